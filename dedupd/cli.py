@@ -1,0 +1,62 @@
+"""The `dedupd` command: argparse front end. Each subcommand lives in dedupd/commands/."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from dedupd import __version__, log
+from dedupd.commands import COMMANDS
+from dedupd.errors import EXIT_FAILURE, EXIT_USAGE, DedupdError
+
+EPILOG = """\
+examples:
+  dedupd scan /srv/photos /mnt/backup       report duplicate files
+  dedupd scan --json --min-size 1M /srv     the same, for scripts
+  dedupd check-config -c /etc/dedupd/dedupd.toml
+
+exit status: 0 ok, 1 failure, 2 usage, 75 temporary (retry later), 78 config error
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="dedupd",
+        description="Deduplicate, consolidate and back up a storage host.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"dedupd {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for module in COMMANDS:
+        module.register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log.setup(getattr(args, "log_level", None) or "info", getattr(args, "log_json", False))
+    sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    try:
+        return int(args.func(args) or 0)
+    except DedupdError as e:
+        sys.stderr.write(f"dedupd: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("dedupd: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILURE
+    except Exception:
+        logging.getLogger("dedupd").exception("unexpected error (this is a bug; please report)")
+        return EXIT_FAILURE

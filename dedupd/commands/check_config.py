@@ -1,0 +1,47 @@
+"""`dedupd check-config`: validate the config file and summarise it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict
+from typing import Any
+
+from dedupd import config
+from dedupd.commands.common import add_common
+from dedupd.output import print_json
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "check-config", help="validate the config file",
+        description="Read and validate the config (default /etc/dedupd/dedupd.toml). "
+        "Errors name the file, the key and the problem; exit status 78 on any error.")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.config or config.DEFAULT_CONFIG
+    cfg = config.load(path)  # must exist here: checking nothing is not a pass
+    if args.json:
+        print_json(json_safe(asdict(cfg)))
+        return 0
+    print(f"{path}: OK")
+    for name, v in cfg.volumes.items():
+        print(f"  volume {name}: {v.kind} at {v.path} ({v.mode})")
+    for name, b in cfg.backups.items():
+        print(f"  backup {name}: {b.dataset} -> {b.target.kind}")
+    for name, c in cfg.consolidate.items():
+        print(f"  consolidate {name}: {len(c.sources)} sources -> {c.archive}")
+    return 0
+
+
+def json_safe(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [json_safe(x) for x in v]
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    return v

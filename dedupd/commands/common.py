@@ -1,0 +1,51 @@
+"""Options and plumbing every subcommand shares: config, index, sizes."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from dedupd import config
+from dedupd.config import Config
+from dedupd.index.store import Store
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'8192', '64K', '1M', '2GiB' -> bytes (binary units)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4096, 64K, 1M, 2G)")
+    return int(m.group(1)) * 1024 ** "kmgt".find(m.group(2).lower()) if m.group(2) else int(
+        m.group(1))
+
+
+def add_common(p: argparse.ArgumentParser, *, json_flag: bool = True,
+               dry_run: bool = False) -> None:
+    g = p.add_argument_group("common options")
+    g.add_argument("-c", "--config", type=Path, metavar="FILE",
+                   help=f"config file (default {config.DEFAULT_CONFIG}; "
+                   "missing default = built-in defaults)")
+    g.add_argument("--db", metavar="URL",
+                   help="index database URL, overrides [database].url "
+                   "(sqlite:////path/x.db or postgresql://user@host/db)")
+    g.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    g.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    if json_flag:
+        g.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    if dry_run:
+        g.add_argument("-n", "--dry-run", action="store_true",
+                       help="show what would be done; change nothing")
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The config named by -c (must exist), else the default one if present."""
+    if args.config is not None:
+        return config.load(args.config)
+    return config.load(config.DEFAULT_CONFIG, missing_ok=True)
+
+
+def open_store(args: argparse.Namespace, cfg: Config) -> Store:
+    return Store(args.db or cfg.database.url)

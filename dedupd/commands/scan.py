@@ -1,0 +1,83 @@
+"""`dedupd scan`: index trees and report duplicate groups (changes no files)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from dedupd.commands.common import add_common, load_config, open_store, parse_size
+from dedupd.output import Progress, human_bytes, print_json, show_path
+from dedupd.scan.scanner import ScanOptions, ScanReport, scan
+
+HELP = """\
+Walk the trees, update the index and report every set of identical files.
+
+Only files whose size is shared by another file are read; a small head block is
+hashed first and the whole file only when heads collide. A second scan reads
+only files whose size, mtime or ctime changed. Hardlinks to one inode count as
+one file. Symlinks are never followed, mount points are not crossed unless
+--cross-mounts, and fifos, sockets and devices are skipped (counted).
+
+Nothing is changed on disk: this is a report. Exit status is 0 even when some
+files could not be read (they are listed under problems).
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("scan", help="report duplicate files under PATHs",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="directory trees (or files)")
+    p.add_argument("--min-size", type=parse_size, default=1, metavar="N",
+                   help="ignore files smaller than N bytes (suffixes K, M, G; default 1: "
+                   "empty files form no group)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="skip names or paths matching GLOB (repeatable)")
+    p.add_argument("--cross-mounts", action="store_true", help="descend into mount points")
+    p.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
+                   help="skip files changed less than SECONDS ago (default 0)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress on stderr (default: when stderr is a terminal)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    store = open_store(args, cfg)
+    opts = ScanOptions(min_size=args.min_size, exclude=tuple(args.exclude),
+                       cross_mounts=args.cross_mounts, settle_seconds=args.settle)
+    prog = Progress(args.progress)
+    try:
+        report = scan(store, args.paths, opts, progress=prog)
+    finally:
+        prog.clear()
+        store.close()
+    if args.json:
+        print_json(report.as_json())
+    else:
+        _print_text(report)
+    return 0
+
+
+def _print_text(r: ScanReport) -> None:
+    out = sys.stdout
+    for g in r.groups:
+        out.write(f"# {len(g.files)} files of {human_bytes(g.size)} "
+                  f"({human_bytes(g.wasted)} duplicate)\n")
+        for f in g.files:
+            out.write(show_path(f.path) + "\n")
+            for extra in f.paths[1:]:
+                out.write(f"  = {show_path(extra)} (hardlink)\n")
+        out.write("\n")
+    for p in r.problems:
+        sys.stderr.write(f"dedupd: {p.reason}: {show_path(p.path)}"
+                         f"{': ' + p.detail if p.detail else ''}\n")
+    st = r.stats
+    out.write(f"{st['groups']} groups, {st['duplicate_files']} duplicate files, "
+              f"{human_bytes(float(st['duplicate_bytes']))} duplicate; "
+              f"{st['files_seen']} files seen, {st['files_hashed']} read "
+              f"({human_bytes(float(st['bytes_read']))}) in {st['seconds']}s")
+    if st["files_pending"]:
+        out.write(f"; {st['files_pending']} not settled yet")
+    out.write("\n")

@@ -1,0 +1,411 @@
+"""TOML config -> frozen dataclasses.
+
+Every error names the file, the key and what is wrong (ConfigError, exit 78).
+Unknown keys are errors too: a typo must not silently fall back to a default.
+The example `etc/dedupd.toml` documents every key; tests check they agree.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dedupd.errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/dedupd/dedupd.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/dedupd")
+DEFAULT_DB_URL = f"sqlite:///{DEFAULT_STATE_DIR}/dedupd.db"
+
+VOLUME_KINDS = ("btrfs", "xfs", "zfs", "plain", "pool")
+# Kinds whose dedupe replaces or deletes user files: dry-run until told otherwise.
+DESTRUCTIVE_KINDS = ("zfs", "plain", "pool")
+MODES = ("apply", "dry-run")
+COMPRESSIONS = ("zstd", "gzip", "pigz", "none")
+TARGET_KINDS = ("s3", "rclone")
+MAX_CHUNK = 5 * 1024**3  # S3's PutObject limit
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    runtime_dir: Path = Path("/run/dedupd")
+    nice: int = 19
+    ionice: str = "idle"
+    log_level: str = "info"
+    log_json: bool = False
+    admin_group: str = "dedupd"
+    stop_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = DEFAULT_DB_URL
+
+
+@dataclass(frozen=True)
+class VolumeConfig:
+    name: str
+    kind: str
+    path: Path
+    settle_seconds: int = 300
+    min_size: int = 8192
+    exclude: tuple[str, ...] = ()
+    mode: str = "apply"
+    cross_mounts: bool = False
+    max_backoff_hours: float = 72.0
+    max_generation_gap: int = 1_000_000
+    min_hours_between_full_scans: float = 24.0
+    full_scan_hour: int | None = None
+    dedup_backend: str = "ioctl"
+    dedup_batch_size: int = 120
+    dedup_snapshots: bool = False
+    vacuum_interval_days: float = 7.0
+    dedup_reset_interval_days: float = 30.0
+    pool_root: Path | None = None
+    branches: tuple[Path, ...] = ()
+    primary_paths: tuple[Path, ...] = ()
+    link_primary_pairs: bool = False
+    quarantine_dir: Path | None = None
+    quarantine_days: float = 30.0
+
+    @property
+    def apply(self) -> bool:
+        return self.mode == "apply"
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    kind: str
+    bucket: str = ""
+    prefix: str = ""
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    storage_class: str = "STANDARD"
+    manifest_storage_class: str = "STANDARD"
+    remote: str = ""
+    path: str = ""
+    config: Path | None = None
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    keep_local: int = 3
+    keep_remote: int = 7
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    name: str
+    dataset: str
+    target: TargetConfig
+    snapshot_prefix: str = "dedupd-"
+    compression: str = "zstd"
+    compression_level: int = 3
+    chunk_size: int = 256 * 1024**2
+    raw: bool = False
+    schedule: str = "daily 03:00"
+    full_every: str = "30d"
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+
+
+@dataclass(frozen=True)
+class ConsolidateConfig:
+    name: str
+    sources: tuple[Path, ...]
+    archive: Path
+    layout: str = "{year}/{month:02d}/{name}"
+    date_from: tuple[str, ...] = ("exif", "mtime")
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    on_name_collision: str = "suffix"
+    undated_dir: str = "undated"
+    link_duplicates: bool = True
+    prune_sources: bool = False
+    quarantine_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    volumes: Mapping[str, VolumeConfig] = field(default_factory=dict)
+    backups: Mapping[str, BackupConfig] = field(default_factory=dict)
+    consolidate: Mapping[str, ConsolidateConfig] = field(default_factory=dict)
+
+
+class _Table:
+    """Typed reads from one TOML table; remembers which keys were used."""
+
+    def __init__(self, file: str, where: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(file, where, f"must be a table, got {_kind(data)}")
+        self.file, self.where, self.data = file, where, data
+        self.used: set[str] = set()
+
+    def key(self, k: str) -> str:
+        return f"{self.where}.{k}" if self.where else k
+
+    def err(self, k: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, self.key(k), problem)
+
+    def _get(self, k: str, types: tuple[type, ...], what: str) -> Any:
+        self.used.add(k)
+        v = self.data.get(k)
+        if v is None:
+            return None
+        if isinstance(v, bool) and bool not in types:
+            raise self.err(k, f"must be {what}, got a boolean")
+        if not isinstance(v, types):
+            raise self.err(k, f"must be {what}, got {_kind(v)}")
+        return v
+
+    def str(self, k: str, default: Any, choices: tuple[str, ...] = ()) -> Any:
+        v = self._get(k, (str,), "a string")
+        if v is None:
+            return default
+        if choices and v not in choices:
+            raise self.err(k, f"must be one of {', '.join(choices)}; got {v!r}")
+        return v
+
+    def required_str(self, k: str) -> str:
+        v = self.str(k, None)
+        if not v:
+            raise self.err(k, "is required")
+        return str(v)
+
+    def int(self, k: str, default: Any, lo: int | None = None, hi: int | None = None) -> Any:
+        v = self._get(k, (int,), "an integer")
+        if v is None:
+            return default
+        if lo is not None and v < lo:
+            raise self.err(k, f"must be >= {lo}; got {v}")
+        if hi is not None and v > hi:
+            raise self.err(k, f"must be <= {hi}; got {v}")
+        return v
+
+    def float(self, k: str, default: float, lo: float = 0.0) -> float:
+        v = self._get(k, (int, float), "a number")
+        if v is None:
+            return default
+        if v < lo:
+            raise self.err(k, f"must be >= {lo}; got {v}")
+        return float(v)
+
+    def bool(self, k: str, default: bool) -> bool:
+        v = self._get(k, (bool,), "true or false")
+        return default if v is None else bool(v)
+
+    def path(self, k: str, default: Path | None) -> Path | None:
+        v = self.str(k, None)
+        if v is None:
+            return default
+        if not v.startswith("/"):
+            raise self.err(k, f"must be an absolute path; got {v!r}")
+        return Path(v)
+
+    def required_path(self, k: str) -> Path:
+        p = self.path(k, None)
+        if p is None:
+            raise self.err(k, "is required")
+        return p
+
+    def strs(self, k: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        v = self._get(k, (list,), "a list of strings")
+        if v is None:
+            return default
+        if not all(isinstance(x, str) for x in v):
+            raise self.err(k, "must be a list of strings")
+        return tuple(v)
+
+    def paths(self, k: str) -> tuple[Path, ...]:
+        items = self.strs(k)
+        for x in items:
+            if not x.startswith("/"):
+                raise self.err(k, f"must hold absolute paths; got {x!r}")
+        return tuple(Path(x) for x in items)
+
+    def sub(self, k: str) -> _Table:
+        self.used.add(k)
+        return _Table(self.file, self.key(k), self.data.get(k, {}))
+
+    def names(self) -> list[str]:
+        return list(self.data)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.err(unknown[0], "unknown key (see etc/dedupd.toml for the valid keys)")
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def load(path: Path | str = DEFAULT_CONFIG, *, missing_ok: bool = False) -> Config:
+    """Read and validate a config file. Raises ConfigError (exit 78) on any problem."""
+    file = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        if missing_ok:
+            return Config(source="(defaults)")
+        raise ConfigError(file, "-", "file not found") from None
+    except OSError as e:
+        raise ConfigError(file, "-", f"cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(file, "-", "not valid UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(file, "-", f"TOML syntax error: {e}") from None
+    return parse(data, file)
+
+
+def parse(data: dict[str, Any], file: str = "<config>") -> Config:
+    top = _Table(file, "", data)
+    daemon = _daemon(top.sub("daemon"))
+    database = _database(top.sub("database"))
+    vols = top.sub("volumes")
+    volumes = {n: _volume(vols.sub(n), n) for n in vols.names()}
+    bks = top.sub("backups")
+    backups = {n: _backup(bks.sub(n), n) for n in bks.names()}
+    cons = top.sub("consolidate")
+    consolidate = {n: _consolidate(cons.sub(n), n) for n in cons.names()}
+    top.done()
+    return Config(file, daemon, database, volumes, backups, consolidate)
+
+
+def _daemon(t: _Table) -> DaemonConfig:
+    d = DaemonConfig(
+        runtime_dir=t.path("runtime_dir", DaemonConfig.runtime_dir) or DaemonConfig.runtime_dir,
+        nice=t.int("nice", 19, lo=-20, hi=19),
+        ionice=t.str("ionice", "idle", choices=("idle", "best-effort", "none")),
+        log_level=t.str("log_level", "info", choices=("debug", "info", "warning", "error")),
+        log_json=t.bool("log_json", False),
+        admin_group=t.str("admin_group", "dedupd"),
+        stop_timeout=t.float("stop_timeout", 30.0),
+    )
+    t.done()
+    return d
+
+
+def _database(t: _Table) -> DatabaseConfig:
+    url = t.str("url", DEFAULT_DB_URL)
+    if not url.startswith(("sqlite:", "postgresql:", "postgresql+")):
+        raise t.err("url", f"must be a sqlite:/// or postgresql:// URL; got {url!r}")
+    t.done()
+    return DatabaseConfig(url=url)
+
+
+def _volume(t: _Table, name: str) -> VolumeConfig:
+    kind = t.str("kind", None, choices=VOLUME_KINDS)
+    if kind is None:
+        raise t.err("kind", f"is required (one of {', '.join(VOLUME_KINDS)})")
+    default_mode = "dry-run" if kind in DESTRUCTIVE_KINDS else "apply"
+    v = VolumeConfig(
+        name=name,
+        kind=kind,
+        path=t.required_path("path"),
+        settle_seconds=t.int("settle_seconds", 300, lo=0),
+        min_size=t.int("min_size", 8192, lo=1),
+        exclude=t.strs("exclude"),
+        mode=t.str("mode", default_mode, choices=MODES),
+        cross_mounts=t.bool("cross_mounts", False),
+        max_backoff_hours=t.float("max_backoff_hours", 72.0),
+        max_generation_gap=t.int("max_generation_gap", 1_000_000, lo=1),
+        min_hours_between_full_scans=t.float("min_hours_between_full_scans", 24.0),
+        full_scan_hour=t.int("full_scan_hour", None, lo=0, hi=23),
+        dedup_backend=t.str("dedup_backend", "ioctl", choices=("ioctl", "duperemove")),
+        dedup_batch_size=t.int("dedup_batch_size", 120, lo=1, hi=120),
+        dedup_snapshots=t.bool("dedup_snapshots", False),
+        vacuum_interval_days=t.float("vacuum_interval_days", 7.0),
+        dedup_reset_interval_days=t.float("dedup_reset_interval_days", 30.0),
+        pool_root=t.path("pool_root", None),
+        branches=t.paths("branches"),
+        primary_paths=t.paths("primary_paths"),
+        link_primary_pairs=t.bool("link_primary_pairs", False),
+        quarantine_dir=t.path("quarantine_dir", None),
+        quarantine_days=t.float("quarantine_days", 30.0),
+    )
+    if kind == "pool" and len(v.branches) < 2:
+        raise t.err("branches", "a pool volume needs at least two branches")
+    if kind != "pool" and v.branches:
+        raise t.err("branches", f"only pool volumes have branches (this one is {kind})")
+    t.done()
+    return v
+
+
+def _target(t: _Table) -> TargetConfig:
+    kind = t.str("kind", None, choices=TARGET_KINDS)
+    if kind is None:
+        raise t.err("kind", "is required (s3 or rclone)")
+    tc = TargetConfig(
+        kind=kind,
+        bucket=t.str("bucket", ""),
+        prefix=t.str("prefix", ""),
+        region=t.str("region", "us-east-1"),
+        endpoint_url=t.str("endpoint_url", None),
+        storage_class=t.str("storage_class", "STANDARD"),
+        manifest_storage_class=t.str("manifest_storage_class", "STANDARD"),
+        remote=t.str("remote", ""),
+        path=t.str("path", ""),
+        config=t.path("config", None),
+    )
+    if kind == "s3" and not tc.bucket:
+        raise t.err("bucket", "is required for an s3 target")
+    if kind == "rclone" and not tc.remote:
+        raise t.err("remote", "is required for an rclone target")
+    t.done()
+    return tc
+
+
+def _backup(t: _Table, name: str) -> BackupConfig:
+    rt = t.sub("retention")
+    retention = RetentionConfig(
+        keep_local=rt.int("keep_local", 3, lo=1), keep_remote=rt.int("keep_remote", 7, lo=1)
+    )
+    rt.done()
+    b = BackupConfig(
+        name=name,
+        dataset=t.required_str("dataset"),
+        target=_target(t.sub("target")),
+        snapshot_prefix=t.str("snapshot_prefix", "dedupd-"),
+        compression=t.str("compression", "zstd", choices=COMPRESSIONS),
+        compression_level=t.int("compression_level", 3, lo=1, hi=19),
+        chunk_size=t.int("chunk_size", 256 * 1024**2, lo=1024 * 1024, hi=MAX_CHUNK),
+        raw=t.bool("raw", False),
+        schedule=t.str("schedule", "daily 03:00"),
+        full_every=t.str("full_every", "30d"),
+        retention=retention,
+    )
+    t.done()
+    return b
+
+
+def _consolidate(t: _Table, name: str) -> ConsolidateConfig:
+    sources = t.paths("sources")
+    if not sources:
+        raise t.err("sources", "needs at least one source directory")
+    c = ConsolidateConfig(
+        name=name,
+        sources=sources,
+        archive=t.required_path("archive"),
+        layout=t.str("layout", "{year}/{month:02d}/{name}"),
+        date_from=t.strs("date_from", ("exif", "mtime")),
+        include=t.strs("include"),
+        exclude=t.strs("exclude"),
+        on_name_collision=t.str("on_name_collision", "suffix", choices=("suffix", "skip")),
+        undated_dir=t.str("undated_dir", "undated"),
+        link_duplicates=t.bool("link_duplicates", True),
+        prune_sources=t.bool("prune_sources", False),
+        quarantine_dir=t.path("quarantine_dir", None),
+    )
+    bad = [d for d in c.date_from if d not in ("exif", "mtime")]
+    if bad:
+        raise t.err("date_from", f"unknown date source {bad[0]!r} (use exif, mtime)")
+    t.done()
+    return c

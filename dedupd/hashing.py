@@ -1,0 +1,200 @@
+"""Size-matched hashing: a small head hash first, the full hash only on collision.
+
+Hashes only *find* candidates (XXH3 is not collision-resistant against a crafted
+file); every destructive path compares bytes before acting. Each read is
+bracketed by fstat checks (borg's stat_update_check): a file whose identity,
+size, mtime or ctime moved while we read it is reported as changed and its hash
+is thrown away.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import xxhash
+
+from dedupd.index.store import HashUpdate, IndexedFile
+from dedupd.scan.events import Problem
+
+HEAD_SIZE = 4096
+BUF_SIZE = 1 << 20
+_O_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+class FileChanged(Exception):
+    """The file is not the one the index describes any more (or changed mid-read)."""
+
+
+@dataclass
+class HashStats:
+    files_hashed: int = 0  # files read at all (head or full)
+    full_hashes: int = 0
+    bytes_hashed: int = 0  # bytes covered by full-file hashes
+    bytes_read: int = 0  # every byte read from file data
+    pending: int = 0  # not settled yet: left for a later pass
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Stability:
+    """When a recently changed file may be hashed.
+
+    A file waits settle_seconds after its last change; each pass that finds it
+    changed again doubles the wait, up to max_backoff_seconds.
+    """
+
+    settle_seconds: float = 0.0
+    max_backoff_seconds: float = 72 * 3600.0
+
+    def ready(self, f: IndexedFile, now: float) -> bool:
+        if self.settle_seconds <= 0:
+            return True
+        wait = min(self.settle_seconds * (2 ** min(f.unstable, 30)), self.max_backoff_seconds)
+        last_change = max(f.mtime_ns, f.ctime_ns) / 1e9
+        return now - last_change >= wait
+
+
+def open_checked(f: IndexedFile) -> int:
+    """Open f.path read-only and confirm it is still the indexed inode, unchanged."""
+    try:
+        fd = os.open(f.path, _O_FLAGS | _NOATIME)
+    except PermissionError:
+        # O_NOATIME needs ownership (or CAP_FOWNER); retry without it.
+        fd = os.open(f.path, _O_FLAGS)
+    try:
+        _check(fd, f)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check(fd: int, f: IndexedFile) -> None:
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
+        f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns
+    ):
+        raise FileChanged(os.fsdecode(f.path))
+
+
+def read_hashes(f: IndexedFile, full: bool, stats: HashStats) -> tuple[int, bytes | None]:
+    """Return (head64, full128 or None). Small files get both from one read."""
+    fd = open_checked(f)
+    try:
+        if not full and f.size > HEAD_SIZE:
+            os.posix_fadvise(fd, 0, HEAD_SIZE, os.POSIX_FADV_RANDOM)
+            data = os.pread(fd, HEAD_SIZE, 0)
+            stats.bytes_read += len(data)
+            _check(fd, f)
+            return xxhash.xxh3_64_intdigest(data), None
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        h128 = xxhash.xxh3_128()
+        head = None
+        buf = bytearray(BUF_SIZE)
+        mv = memoryview(buf)
+        total = 0
+        with open(fd, "rb", buffering=0, closefd=False) as fh:
+            while True:
+                n = fh.readinto(mv)
+                if not n:
+                    break
+                if head is None:
+                    head = xxhash.xxh3_64_intdigest(mv[: min(n, HEAD_SIZE)])
+                h128.update(mv[:n])
+                total += n
+        stats.bytes_read += total
+        if total != f.size:
+            raise FileChanged(os.fsdecode(f.path))
+        _check(fd, f)
+        stats.bytes_hashed += total
+        stats.full_hashes += 1
+        if head is None:  # cannot happen for size >= 1, kept for type safety
+            head = xxhash.xxh3_64_intdigest(b"")
+        return head, h128.digest()
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class SizeGroupResult:
+    updates: tuple[HashUpdate, ...]
+    groups: tuple[tuple[IndexedFile, ...], ...]  # identical by full hash, 2+ inodes
+    gone: tuple[tuple[int, int], ...]  # inodes that vanished or changed
+
+
+class Hasher:
+    """Hashes one size group at a time; reports groups of equal full hashes."""
+
+    def __init__(self, stability: Stability, stats: HashStats,
+                 now: Callable[[], float] = time.time) -> None:
+        self.stability = stability
+        self.stats = stats
+        self.now = now
+        self._counted: set[tuple[int, int]] = set()
+
+    def hash_size_group(self, files: list[IndexedFile]) -> SizeGroupResult:
+        now = self.now()
+        ready = [f for f in files if self.stability.ready(f, now)]
+        self.stats.pending += len(files) - len(ready)
+        updates: dict[tuple[int, int], HashUpdate] = {}
+        gone: list[tuple[int, int]] = []
+        if len(ready) < 2:
+            return SizeGroupResult((), (), ())
+        self._counted.clear()
+        small = ready[0].size <= HEAD_SIZE
+        heads: dict[int, list[IndexedFile]] = defaultdict(list)
+        for f in ready:
+            head = f.head
+            if head is None or (small and f.full is None):
+                got = self._read(f, full=small, gone=gone)
+                if got is None:
+                    continue
+                head, full = got
+                f = _with(f, head, full)
+                updates[f.key] = HashUpdate(f.dev, f.ino, head, full)
+            heads[head].append(f)
+        fulls: dict[bytes, list[IndexedFile]] = defaultdict(list)
+        for same_head in heads.values():
+            if len(same_head) < 2:
+                continue
+            for f in same_head:
+                full = f.full
+                if full is None:
+                    got = self._read(f, full=True, gone=gone)
+                    if got is None:
+                        continue
+                    full = got[1]
+                    updates[f.key] = HashUpdate(f.dev, f.ino, got[0], full)
+                assert full is not None
+                fulls[full].append(f)
+        groups = tuple(tuple(g) for g in fulls.values() if len(g) > 1)
+        return SizeGroupResult(tuple(updates.values()), groups, tuple(gone))
+
+    def _read(self, f: IndexedFile, full: bool,
+              gone: list[tuple[int, int]]) -> tuple[int, bytes | None] | None:
+        if f.key not in self._counted:
+            self._counted.add(f.key)
+            self.stats.files_hashed += 1
+        try:
+            return read_hashes(f, full, self.stats)
+        except FileChanged:
+            self.stats.problems.append(Problem(f.path, "changed", "changed while being read"))
+        except FileNotFoundError:
+            self.stats.problems.append(Problem(f.path, "vanished", "disappeared before hashing"))
+        except OSError as e:
+            reason = "unreadable" if e.errno in (errno.EACCES, errno.EPERM) else "error"
+            self.stats.problems.append(Problem(f.path, reason, e.strerror or str(e)))
+            return None
+        gone.append(f.key)
+        return None
+
+
+def _with(f: IndexedFile, head: int, full: bytes | None) -> IndexedFile:
+    return IndexedFile(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, head,
+                       full if full is not None else f.full, f.unstable, f.paths)

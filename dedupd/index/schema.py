@@ -1,0 +1,80 @@
+"""Tables of the index (see docs/schema.md).
+
+Files are keyed by (dev, ino): hardlinks are one file with several paths.
+Integers that may use all 64 bits (dev, ino, the XXH3-64 head hash) are stored
+as signed 64-bit values through to_s64/from_s64 because both SQLite and
+PostgreSQL BIGINT are signed.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+metadata = MetaData()
+
+meta = Table(
+    "meta", metadata,
+    Column("key", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+scans = Table(
+    "scans", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started", Float, nullable=False),
+    Column("finished", Float),
+    Column("roots", Text, nullable=False),  # JSON list of surrogate-escaped paths
+)
+
+inodes = Table(
+    "inodes", metadata,
+    Column("dev", BigInteger, primary_key=True, autoincrement=False),
+    Column("ino", BigInteger, primary_key=True, autoincrement=False),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("ctime_ns", BigInteger, nullable=False),
+    Column("mode", Integer, nullable=False),
+    Column("uid", Integer, nullable=False),
+    Column("gid", Integer, nullable=False),
+    Column("nlink", Integer, nullable=False),
+    Column("head", BigInteger),  # XXH3-64 of the first HEAD_SIZE bytes
+    Column("full", LargeBinary(16)),  # XXH3-128 of the whole file
+    Column("seen", Integer, nullable=False),  # id of the last scan that saw it
+    Column("changed_at", Float, nullable=False),  # when its stat last changed
+    Column("unstable", Integer, nullable=False, default=0),  # changes seen in a row
+    Index("ix_inodes_size", "size"),
+    Index("ix_inodes_seen_size", "seen", "size"),
+)
+
+paths = Table(
+    "paths", metadata,
+    # blake2b-128 of the path: bytes paths may exceed btree key limits (PostgreSQL),
+    # and a collision-resistant digest keeps crafted names from merging rows.
+    Column("path_key", LargeBinary(16), primary_key=True),
+    Column("path", LargeBinary, nullable=False),
+    Column("dev", BigInteger, nullable=False),
+    Column("ino", BigInteger, nullable=False),
+    Column("seen", Integer, nullable=False),
+    Index("ix_paths_inode", "dev", "ino"),
+    Index("ix_paths_seen", "seen"),
+)
+
+
+def to_s64(x: int) -> int:
+    return x - (1 << 64) if x >= (1 << 63) else x
+
+
+def from_s64(x: int) -> int:
+    return x + (1 << 64) if x < 0 else x

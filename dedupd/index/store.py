@@ -1,0 +1,331 @@
+"""Store: every query the index answers, behind one class.
+
+Blocking (sync SQLAlchemy): the daemon calls it from worker threads. Stages get
+frozen dataclasses back, never rows. Work is done in batches so memory stays
+bounded whatever the number of indexed files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from dedupd.errors import DedupdError, TemporaryFailure
+from dedupd.index import schema as s
+from dedupd.index.schema import from_s64, to_s64
+from dedupd.scan.events import FileEvent
+
+BATCH = 1000  # keys per IN (...) query; well under SQLite's variable limit
+
+
+class IndexError_(DedupdError):
+    """The index cannot be opened or queried."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedFile:
+    """An inode as the index knows it, with the paths seen in the current scan."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    head: int | None
+    full: bytes | None
+    unstable: int
+    paths: tuple[bytes, ...]
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.dev, self.ino)
+
+    @property
+    def path(self) -> bytes:
+        return self.paths[0]
+
+
+@dataclass(frozen=True, slots=True)
+class HashUpdate:
+    dev: int
+    ino: int
+    head: int | None
+    full: bytes | None
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    new: int
+    changed: int
+    unchanged: int
+
+
+def path_key(path: bytes) -> bytes:
+    return hashlib.blake2b(path, digest_size=16).digest()
+
+
+def engine_url(url: str) -> str:
+    """psycopg 3 is the PostgreSQL driver we ship; a bare postgresql:// means it."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    url = engine_url(url)
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(url, future=True)
+    except (SQLAlchemyError, ImportError, ValueError) as e:
+        raise IndexError_(f"cannot use database URL {url!r}: {e}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Store:
+    """The index. Thread-safe as far as the engine's pool is (one Store per process)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.dialect = self.engine.dialect.name
+        try:
+            s.metadata.create_all(self.engine)
+            self._set_meta_default("schema_version", str(s.SCHEMA_VERSION))
+        except OperationalError as e:
+            raise TemporaryFailure(f"index {url}: cannot open: {e.orig}") from None
+        except SQLAlchemyError as e:
+            raise IndexError_(f"index {url}: {e}") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _insert(self, table: Any) -> Any:
+        mod = postgresql if self.dialect == "postgresql" else sqlite
+        return mod.insert(table)
+
+    # --- meta: small key/value state (per-volume generations, timestamps) ---
+
+    def get_meta(self, key: str) -> str | None:
+        with self.engine.connect() as c:
+            return c.execute(select(s.meta.c.value).where(s.meta.c.key == key)).scalar()
+
+    def set_meta(self, key: str, value: str) -> None:
+        ins = self._insert(s.meta).values(key=key, value=value)
+        with self.engine.begin() as c:
+            c.execute(ins.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
+
+    def _set_meta_default(self, key: str, value: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(self._insert(s.meta).values(key=key, value=value).on_conflict_do_nothing())
+
+    # --- scans ---
+
+    def begin_scan(self, roots: Sequence[bytes]) -> int:
+        doc = json.dumps([os.fsdecode(r) for r in roots])
+        with self.engine.begin() as c:
+            res = c.execute(s.scans.insert().values(started=time.time(), roots=doc))
+            return int(res.inserted_primary_key[0])
+
+    def record(self, scan_id: int, events: Sequence[FileEvent]) -> RecordResult:
+        """Upsert one batch of walk results; unchanged inodes keep their hashes.
+
+        An inode is unchanged when size, mtime_ns and ctime_ns all match (ctime
+        catches writes that preserved mtime). Idempotent for a given scan_id.
+        """
+        by_key = {(to_s64(e.dev), to_s64(e.ino)): e for e in events}
+        old = self._stat_rows(list(by_key))
+        now = time.time()
+        new = changed = 0
+        upserts, touched = [], []
+        for k, e in by_key.items():
+            o = old.get(k)
+            if o is not None and (o[0], o[1], o[2]) == (e.size, e.mtime_ns, e.ctime_ns):
+                touched.append({"d": k[0], "i": k[1]})
+                continue
+            if o is None:
+                new += 1
+            else:
+                changed += 1
+            upserts.append(_inode_row(k, e, scan_id, now, 0 if o is None else o[3] + 1))
+        prow = [{"path_key": path_key(e.path), "path": e.path, "dev": to_s64(e.dev),
+                 "ino": to_s64(e.ino), "seen": scan_id} for e in events]
+        with self.engine.begin() as c:
+            if upserts:
+                ins = self._insert(s.inodes)
+                cols = {n: ins.excluded[n] for n in upserts[0] if n not in ("dev", "ino")}
+                c.execute(ins.on_conflict_do_update(index_elements=["dev", "ino"], set_=cols),
+                          upserts)
+            if touched:
+                c.execute(update(s.inodes)
+                          .where(s.inodes.c.dev == _bp("d"), s.inodes.c.ino == _bp("i"))
+                          .values(seen=scan_id), touched)
+            if prow:
+                ins = self._insert(s.paths)
+                c.execute(ins.on_conflict_do_update(
+                    index_elements=["path_key"],
+                    set_={"dev": ins.excluded.dev, "ino": ins.excluded.ino,
+                          "seen": ins.excluded.seen}), prow)
+        return RecordResult(new, changed, len(touched))
+
+    def _stat_rows(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, ...]]:
+        t = s.inodes.c
+        out: dict[tuple[int, int], tuple[int, ...]] = {}
+        with self.engine.connect() as c:
+            for part in _chunks(keys, BATCH):
+                q = select(t.dev, t.ino, t.size, t.mtime_ns, t.ctime_ns, t.unstable).where(
+                    tuple_(t.dev, t.ino).in_(part))
+                for r in c.execute(q):
+                    out[(r[0], r[1])] = (r[2], r[3], r[4], r[5])
+        return out
+
+    def finish_scan(self, scan_id: int, roots: Sequence[bytes]) -> int:
+        """Forget paths under `roots` that this scan did not see; drop orphan inodes.
+
+        Returns the number of paths forgotten. Paths outside the roots are untouched.
+        """
+        prefixes = [r.rstrip(b"/") + b"/" for r in roots]
+        gone: list[bytes] = []
+        p = s.paths.c
+        with self.engine.connect() as c:
+            q = select(p.path_key, p.path).where(p.seen < scan_id)
+            for key, path in c.execution_options(yield_per=5000).execute(q):
+                if any(path.startswith(x) or path + b"/" == x for x in prefixes):
+                    gone.append(key)
+        with self.engine.begin() as c:
+            for part in _chunks(gone, BATCH):
+                c.execute(delete(s.paths).where(p.path_key.in_(part)))
+            self._drop_orphans(c)
+            c.execute(update(s.scans).where(s.scans.c.id == scan_id)
+                      .values(finished=time.time()))
+        return len(gone)
+
+    def _drop_orphans(self, c: Any) -> None:
+        i, p = s.inodes.c, s.paths.c
+        has_path = select(p.dev).where(p.dev == i.dev, p.ino == i.ino).exists()
+        c.execute(delete(s.inodes).where(~has_path))
+
+    def forget(self, keys: Iterable[tuple[int, int]]) -> None:
+        """Remove inodes (and their paths) that turned out to be gone."""
+        ks = [(to_s64(d), to_s64(n)) for d, n in keys]
+        with self.engine.begin() as c:
+            for part in _chunks(ks, BATCH):
+                c.execute(delete(s.paths).where(tuple_(s.paths.c.dev, s.paths.c.ino).in_(part)))
+                c.execute(delete(s.inodes).where(tuple_(s.inodes.c.dev, s.inodes.c.ino)
+                                                 .in_(part)))
+
+    # --- candidates and hashes ---
+
+    def candidate_sizes(self, scan_id: int, min_size: int) -> list[int]:
+        """Sizes shared by 2+ distinct inodes seen in this scan, ascending."""
+        t = s.inodes.c
+        q = (select(t.size).where(t.seen == scan_id, t.size >= max(min_size, 1))
+             .group_by(t.size).having(func.count() > 1).order_by(t.size))
+        with self.engine.connect() as c:
+            return [r[0] for r in c.execute(q)]
+
+    def files_of_sizes(self, scan_id: int, sizes: Sequence[int]) -> Iterator[list[IndexedFile]]:
+        """Yield one list per size (ascending): the inodes of that size seen in this scan."""
+        i, p = s.inodes.c, s.paths.c
+        for part in _chunks(list(sizes), 200):
+            q = (select(i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns, i.head, i.full,
+                        i.unstable, p.path)
+                 .join(s.paths, and_(p.dev == i.dev, p.ino == i.ino))
+                 .where(i.seen == scan_id, p.seen == scan_id, i.size.in_(part))
+                 .order_by(i.size, i.dev, i.ino, p.path))
+            with self.engine.connect() as c:
+                rows = c.execute(q).all()
+            yield from _group_rows(rows)
+
+    def save_hashes(self, updates: Sequence[HashUpdate]) -> None:
+        if not updates:
+            return
+        rows = [{"d": to_s64(u.dev), "i": to_s64(u.ino),
+                 "h": None if u.head is None else to_s64(u.head), "f": u.full}
+                for u in updates]
+        t = s.inodes.c
+        with self.engine.begin() as c:
+            c.execute(update(s.inodes).where(t.dev == _bp("d"), t.ino == _bp("i"))
+                      .values(head=_bp("h"), full=_bp("f"), unstable=0), rows)
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as c:
+            n_inodes = c.execute(select(func.count()).select_from(s.inodes)).scalar() or 0
+            n_paths = c.execute(select(func.count()).select_from(s.paths)).scalar() or 0
+            hashed = c.execute(select(func.count()).select_from(s.inodes)
+                               .where(s.inodes.c.full.is_not(None))).scalar() or 0
+        return {"inodes": n_inodes, "paths": n_paths, "hashed": hashed}
+
+
+def _inode_row(k: tuple[int, int], e: FileEvent, scan_id: int, now: float,
+               unstable: int) -> dict[str, Any]:
+    return {"dev": k[0], "ino": k[1], "size": e.size, "mtime_ns": e.mtime_ns,
+            "ctime_ns": e.ctime_ns, "mode": e.mode, "uid": e.uid, "gid": e.gid,
+            "nlink": e.nlink, "head": None, "full": None, "seen": scan_id,
+            "changed_at": now, "unstable": unstable}
+
+
+def _group_rows(rows: Sequence[Any]) -> Iterator[list[IndexedFile]]:
+    group: list[IndexedFile] = []
+    cur: list[Any] = []
+    paths: list[bytes] = []
+
+    def flush() -> None:
+        if cur:
+            d, n, size, mt, ct, head, full, unst = cur
+            group.append(IndexedFile(from_s64(d), from_s64(n), size, mt, ct,
+                                     None if head is None else from_s64(head), full, unst,
+                                     tuple(paths)))
+
+    for r in rows:
+        if cur and (r[0], r[1]) == (cur[0], cur[1]):
+            paths.append(r[8])
+            continue
+        flush()
+        if group and group[-1].size != r[2]:
+            yield group
+            group = []
+        cur, paths = list(r[:8]), [r[8]]
+    flush()
+    if group:
+        yield group
+
+
+def _bp(name: str) -> Any:
+    return bindparam(name)
+
+
+def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
+    for k in range(0, len(items), n):
+        yield items[k : k + n]

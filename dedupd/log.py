@@ -1,0 +1,53 @@
+"""Logging to stderr; journald-aware.
+
+Under journald (JOURNAL_STREAM set) each line starts with the `<N>` syslog
+priority so the journal keeps the level; --log-json writes one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+             logging.CRITICAL: 2}
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, journal: bool, as_json: bool) -> None:
+        super().__init__()
+        self.journal, self.as_json = journal, as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
+        if self.as_json:
+            doc = {"time": round(record.created, 3), "level": record.levelname.lower(),
+                   "logger": record.name, "msg": msg}
+            doc.update(getattr(record, "fields", {}))
+            line = json.dumps(doc, ensure_ascii=True)
+        elif self.journal:
+            line = f"{record.name}: {msg}"
+        else:
+            stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+            line = f"{stamp} {record.levelname.lower():7} {record.name}: {msg}"
+        if self.journal:
+            pri = _PRIORITY.get(record.levelno, 6)
+            line = "\n".join(f"<{pri}>{part}" for part in line.split("\n"))
+        return line
+
+
+def setup(level: str = "info", as_json: bool = False) -> None:
+    """Configure the root logger once for the process (idempotent)."""
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(journal, as_json))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level.upper())

@@ -1,0 +1,61 @@
+"""Shared helpers for what commands print: paths, sizes, JSON, progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+
+def show_path(path: bytes | str) -> str:
+    """A path for a human: undecodable bytes as \\xNN, control characters escaped.
+
+    JSON output uses surrogateescape instead (see docs/output.md).
+    """
+    b = os.fsencode(path)
+    text = b.decode("utf-8", "backslashreplace")
+    if any(ord(ch) < 32 or ch == "\x7f" for ch in text):
+        text = "".join(_esc(ch) for ch in text)
+    return text
+
+
+def _esc(ch: str) -> str:
+    return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch) or (
+        f"\\x{ord(ch):02x}" if ord(ch) < 32 or ch == "\x7f" else ch)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def print_json(doc: Any) -> None:
+    """One JSON document on stdout. ensure_ascii keeps surrogate escapes (\\udcXX)."""
+    sys.stdout.write(json.dumps(doc, ensure_ascii=True, indent=1) + "\n")
+
+
+class Progress:
+    """A one-line progress display on a terminal's stderr; silent otherwise."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.last = 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.2:
+            return
+        self.last = now
+        text = f"{stage}: {done}/{total}" if total else f"{stage}: {done} files"
+        sys.stderr.write(f"\r\x1b[K{text}")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()

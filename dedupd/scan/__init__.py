@@ -1,0 +1,1 @@
+"""Full tree walks: what files exist, as FileEvents."""

@@ -1,0 +1,58 @@
+"""The records the walk hands to the index."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class FileEvent:
+    """One regular file as the walk saw it. Paths are bytes: names need not be UTF-8."""
+
+    path: bytes
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+
+    @classmethod
+    def from_stat(cls, path: bytes, st: os.stat_result) -> FileEvent:
+        return cls(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                   st.st_mode, st.st_uid, st.st_gid, st.st_nlink)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.dev, self.ino)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A file or directory the walk or the hasher could not use, and why."""
+
+    path: bytes
+    reason: str  # short tag: unreadable, vanished, changed, error
+
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": os.fsdecode(self.path), "reason": self.reason, "detail": self.detail}
+
+
+@dataclass
+class WalkStats:
+    """Counters of one walk (mutable: the walk owns it while running)."""
+
+    files_seen: int = 0
+    dirs_seen: int = 0
+    symlinks: int = 0
+    special_files: int = 0
+    too_small: int = 0
+    excluded: int = 0
+    mount_points_skipped: int = 0
+    problems: list[Problem] = field(default_factory=list)

@@ -1,0 +1,142 @@
+"""One scan: walk -> index -> size-matched hashing -> duplicate groups.
+
+This is the whole pipeline behind `dedupd scan`; volume workers reuse its
+pieces. Memory stays bounded: events are recorded in batches and hashing goes
+one size group at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dedupd.hashing import Hasher, HashStats, Stability
+from dedupd.index.store import IndexedFile, Store
+from dedupd.scan.events import FileEvent, Problem, WalkStats
+from dedupd.scan.walk import WalkOptions, normalize_roots, walk
+
+RECORD_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class DupGroup:
+    """Files with identical content: one entry per distinct inode."""
+
+    size: int
+    files: tuple[IndexedFile, ...]
+
+    @property
+    def wasted(self) -> int:
+        return self.size * (len(self.files) - 1)
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    min_size: int = 1
+    exclude: tuple[str, ...] = ()
+    cross_mounts: bool = False
+    settle_seconds: float = 0.0
+    max_backoff_seconds: float = 72 * 3600.0
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    scan_id: int
+    roots: tuple[bytes, ...]
+    groups: tuple[DupGroup, ...]
+    stats: dict[str, int | float]
+    problems: tuple[Problem, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "groups": [_group_json(g) for g in self.groups],
+            "stats": self.stats,
+            "problems": [p.as_dict() for p in self.problems],
+        }
+
+
+def _group_json(g: DupGroup) -> dict[str, Any]:
+    doc: dict[str, Any] = {"size": g.size, "paths": [os.fsdecode(f.path) for f in g.files]}
+    links = [os.fsdecode(p) for f in g.files for p in f.paths[1:]]
+    if links:
+        doc["hardlinks"] = links
+    return doc
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def _batches(events: Iterator[FileEvent], n: int) -> Iterator[list[FileEvent]]:
+    batch: list[FileEvent] = []
+    for e in events:
+        batch.append(e)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
+         progress: Progress | None = None) -> ScanReport:
+    """Index the trees under roots and return the duplicate groups among them."""
+    t0 = time.monotonic()
+    norm = normalize_roots(roots)
+    scan_id = store.begin_scan(norm)
+    wstats = WalkStats()
+    wopts = WalkOptions(opts.min_size, opts.exclude, opts.cross_mounts)
+    new = changed = unchanged = 0
+    for batch in _batches(walk(norm, wopts, wstats), RECORD_BATCH):
+        r = store.record(scan_id, batch)
+        new, changed, unchanged = new + r.new, changed + r.changed, unchanged + r.unchanged
+        if progress:
+            progress("walk", wstats.files_seen, 0)
+    forgotten = store.finish_scan(scan_id, norm)
+    hstats = HashStats()
+    groups = find_groups(store, scan_id, opts, hstats, progress)
+    stats: dict[str, int | float] = {
+        "files_seen": wstats.files_seen,
+        "files_hashed": hstats.files_hashed,
+        "bytes_hashed": hstats.bytes_hashed,
+        "bytes_read": hstats.bytes_read,
+        "groups": len(groups),
+        "duplicate_files": sum(len(g.files) - 1 for g in groups),
+        "duplicate_bytes": sum(g.wasted for g in groups),
+        "seconds": round(time.monotonic() - t0, 3),
+        "files_new": new,
+        "files_changed": changed,
+        "files_unchanged": unchanged,
+        "files_forgotten": forgotten,
+        "files_pending": hstats.pending,
+        "too_small": wstats.too_small,
+        "excluded": wstats.excluded,
+        "symlinks": wstats.symlinks,
+        "special_files": wstats.special_files,
+        "mount_points_skipped": wstats.mount_points_skipped,
+        "problems": len(wstats.problems) + len(hstats.problems),
+    }
+    problems = tuple(wstats.problems + hstats.problems)
+    return ScanReport(scan_id, tuple(norm), groups, stats, problems)
+
+
+def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats,
+                progress: Progress | None = None) -> tuple[DupGroup, ...]:
+    """Hash the size-matched candidates of a scan; return groups, largest waste first."""
+    hasher = Hasher(Stability(opts.settle_seconds, opts.max_backoff_seconds), hstats)
+    sizes = store.candidate_sizes(scan_id, opts.min_size)
+    groups: list[DupGroup] = []
+    done = 0
+    for files in store.files_of_sizes(scan_id, sizes):
+        res = hasher.hash_size_group(files)
+        store.save_hashes(res.updates)
+        if res.gone:
+            store.forget(res.gone)
+        groups.extend(DupGroup(files[0].size, g) for g in res.groups)
+        done += 1
+        if progress:
+            progress("hash", done, len(sizes))
+    groups.sort(key=lambda g: (-g.wasted, g.files[0].path))
+    return tuple(groups)

@@ -1,0 +1,112 @@
+"""Volume kinds and the contract a volume pass fulfils.
+
+A *pass* is one round over a volume: find what changed, hash size-matched
+candidates, dedupe verified groups. It is a generator of bounded steps so the
+daemon can serve volumes round-robin (one step per volume per turn, run in a
+thread because steps block), and `run --once` simply drains it.
+
+Each kind registers a factory in KINDS (btrfs/xfs: extent dedupe; plain/zfs:
+hardlinks; pool: cross-drive).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dedupd.config import VolumeConfig
+from dedupd.index.store import Store
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    dry_run: bool = False
+    force_rescan: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the pass just did: state is idle|scanning|hashing|deduping."""
+
+    state: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PassReport:
+    volume: str
+    kind: str
+    dry_run: bool
+    seconds: float
+    counters: dict[str, int]  # tries/hits/misses/skips_<reason>, files_seen, ... (docs/status.md)
+    actions: tuple[dict[str, Any], ...] = ()  # what was (or would be) done, one dict each
+    problems: tuple[dict[str, str], ...] = ()
+    bytes_reclaimed: int = 0  # measured, not estimated
+
+    def as_json(self) -> dict[str, Any]:
+        return {"volume": self.volume, "kind": self.kind, "dry_run": self.dry_run,
+                "seconds": round(self.seconds, 3), "bytes_reclaimed": self.bytes_reclaimed,
+                "counters": self.counters, "actions": list(self.actions),
+                "problems": list(self.problems)}
+
+
+class VolumePass(Protocol):
+    """One pass over one volume. Not thread-safe: one caller drives steps()."""
+
+    @property
+    def counters(self) -> dict[str, int]: ...
+
+    def steps(self) -> Iterator[Step]:
+        """Each next() does one bounded unit of work (blocking) and says what it did."""
+        ...
+
+    def report(self) -> PassReport:
+        """Valid once steps() is exhausted."""
+        ...
+
+
+PassFactory = Callable[[VolumeConfig, Store, PassOptions], VolumePass]
+KINDS: dict[str, PassFactory] = {}
+
+
+def register(*kinds: str) -> Callable[[PassFactory], PassFactory]:
+    def deco(factory: PassFactory) -> PassFactory:
+        for k in kinds:
+            KINDS[k] = factory
+        return factory
+
+    return deco
+
+
+def make_pass(vol: VolumeConfig, store: Store, opts: PassOptions) -> VolumePass:
+    from dedupd.errors import ConfigError
+
+    _load_kinds()
+    factory = KINDS.get(vol.kind)
+    if factory is None:
+        raise ConfigError("-", f"volumes.{vol.name}.kind", f"kind {vol.kind!r} is not "
+                          "implemented yet")
+    return factory(vol, store, opts)
+
+
+def _load_kinds() -> None:
+    """Import the kind modules that exist so they register themselves."""
+    import importlib
+    import pkgutil
+
+    import dedupd.volumes as pkg
+
+    for m in pkgutil.iter_modules(pkg.__path__):
+        if not m.name.startswith("_"):
+            importlib.import_module(f"dedupd.volumes.{m.name}")
+
+
+@dataclass
+class Counters:
+    """Event counters of a pass (documented in docs/status.md)."""
+
+    values: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.values[name] = self.values.get(name, 0) + n
