@@ -162,7 +162,7 @@ class _Table:
             raise self.err(k, f"must be {what}, got {_kind(v)}")
         return v
 
-    def str(self, k: str, default: Any, choices: tuple[str, ...] = ()) -> Any:
+    def text(self, k: str, default: Any, choices: tuple[str, ...] = ()) -> Any:
         v = self._get(k, (str,), "a string")
         if v is None:
             return default
@@ -171,12 +171,12 @@ class _Table:
         return v
 
     def required_str(self, k: str) -> str:
-        v = self.str(k, None)
+        v = self.text(k, None)
         if not v:
             raise self.err(k, "is required")
         return str(v)
 
-    def int(self, k: str, default: Any, lo: int | None = None, hi: int | None = None) -> Any:
+    def integer(self, k: str, default: Any, lo: int | None = None, hi: int | None = None) -> Any:
         v = self._get(k, (int,), "an integer")
         if v is None:
             return default
@@ -186,7 +186,7 @@ class _Table:
             raise self.err(k, f"must be <= {hi}; got {v}")
         return v
 
-    def float(self, k: str, default: float, lo: float = 0.0) -> float:
+    def number(self, k: str, default: float, lo: float = 0.0) -> float:
         v = self._get(k, (int, float), "a number")
         if v is None:
             return default
@@ -194,12 +194,12 @@ class _Table:
             raise self.err(k, f"must be >= {lo}; got {v}")
         return float(v)
 
-    def bool(self, k: str, default: bool) -> bool:
+    def flag(self, k: str, default: bool) -> bool:
         v = self._get(k, (bool,), "true or false")
         return default if v is None else bool(v)
 
     def path(self, k: str, default: Path | None) -> Path | None:
-        v = self.str(k, None)
+        v = self.text(k, None)
         if v is None:
             return default
         if not v.startswith("/"):
@@ -282,19 +282,19 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
 def _daemon(t: _Table) -> DaemonConfig:
     d = DaemonConfig(
         runtime_dir=t.path("runtime_dir", DaemonConfig.runtime_dir) or DaemonConfig.runtime_dir,
-        nice=t.int("nice", 19, lo=-20, hi=19),
-        ionice=t.str("ionice", "idle", choices=("idle", "best-effort", "none")),
-        log_level=t.str("log_level", "info", choices=("debug", "info", "warning", "error")),
-        log_json=t.bool("log_json", False),
-        admin_group=t.str("admin_group", "dedupd"),
-        stop_timeout=t.float("stop_timeout", 30.0),
+        nice=t.integer("nice", 19, lo=-20, hi=19),
+        ionice=t.text("ionice", "idle", choices=("idle", "best-effort", "none")),
+        log_level=t.text("log_level", "info", choices=("debug", "info", "warning", "error")),
+        log_json=t.flag("log_json", False),
+        admin_group=t.text("admin_group", "dedupd"),
+        stop_timeout=t.number("stop_timeout", 30.0),
     )
     t.done()
     return d
 
 
 def _database(t: _Table) -> DatabaseConfig:
-    url = t.str("url", DEFAULT_DB_URL)
+    url = t.text("url", DEFAULT_DB_URL)
     if not url.startswith(("sqlite:", "postgresql:", "postgresql+")):
         raise t.err("url", f"must be a sqlite:/// or postgresql:// URL; got {url!r}")
     t.done()
@@ -302,7 +302,7 @@ def _database(t: _Table) -> DatabaseConfig:
 
 
 def _volume(t: _Table, name: str) -> VolumeConfig:
-    kind = t.str("kind", None, choices=VOLUME_KINDS)
+    kind = t.text("kind", None, choices=VOLUME_KINDS)
     if kind is None:
         raise t.err("kind", f"is required (one of {', '.join(VOLUME_KINDS)})")
     default_mode = "dry-run" if kind in DESTRUCTIVE_KINDS else "apply"
@@ -310,26 +310,26 @@ def _volume(t: _Table, name: str) -> VolumeConfig:
         name=name,
         kind=kind,
         path=t.required_path("path"),
-        settle_seconds=t.int("settle_seconds", 300, lo=0),
-        min_size=t.int("min_size", 8192, lo=1),
+        settle_seconds=t.integer("settle_seconds", 300, lo=0),
+        min_size=t.integer("min_size", 8192, lo=1),
         exclude=t.strs("exclude"),
-        mode=t.str("mode", default_mode, choices=MODES),
-        cross_mounts=t.bool("cross_mounts", False),
-        max_backoff_hours=t.float("max_backoff_hours", 72.0),
-        max_generation_gap=t.int("max_generation_gap", 1_000_000, lo=1),
-        min_hours_between_full_scans=t.float("min_hours_between_full_scans", 24.0),
-        full_scan_hour=t.int("full_scan_hour", None, lo=0, hi=23),
-        dedup_backend=t.str("dedup_backend", "ioctl", choices=("ioctl", "duperemove")),
-        dedup_batch_size=t.int("dedup_batch_size", 120, lo=1, hi=120),
-        dedup_snapshots=t.bool("dedup_snapshots", False),
-        vacuum_interval_days=t.float("vacuum_interval_days", 7.0),
-        dedup_reset_interval_days=t.float("dedup_reset_interval_days", 30.0),
+        mode=t.text("mode", default_mode, choices=MODES),
+        cross_mounts=t.flag("cross_mounts", False),
+        max_backoff_hours=t.number("max_backoff_hours", 72.0),
+        max_generation_gap=t.integer("max_generation_gap", 1_000_000, lo=1),
+        min_hours_between_full_scans=t.number("min_hours_between_full_scans", 24.0),
+        full_scan_hour=t.integer("full_scan_hour", None, lo=0, hi=23),
+        dedup_backend=t.text("dedup_backend", "ioctl", choices=("ioctl", "duperemove")),
+        dedup_batch_size=t.integer("dedup_batch_size", 120, lo=1, hi=120),
+        dedup_snapshots=t.flag("dedup_snapshots", False),
+        vacuum_interval_days=t.number("vacuum_interval_days", 7.0),
+        dedup_reset_interval_days=t.number("dedup_reset_interval_days", 30.0),
         pool_root=t.path("pool_root", None),
         branches=t.paths("branches"),
         primary_paths=t.paths("primary_paths"),
-        link_primary_pairs=t.bool("link_primary_pairs", False),
+        link_primary_pairs=t.flag("link_primary_pairs", False),
         quarantine_dir=t.path("quarantine_dir", None),
-        quarantine_days=t.float("quarantine_days", 30.0),
+        quarantine_days=t.number("quarantine_days", 30.0),
     )
     if kind == "pool" and len(v.branches) < 2:
         raise t.err("branches", "a pool volume needs at least two branches")
@@ -340,19 +340,19 @@ def _volume(t: _Table, name: str) -> VolumeConfig:
 
 
 def _target(t: _Table) -> TargetConfig:
-    kind = t.str("kind", None, choices=TARGET_KINDS)
+    kind = t.text("kind", None, choices=TARGET_KINDS)
     if kind is None:
         raise t.err("kind", "is required (s3 or rclone)")
     tc = TargetConfig(
         kind=kind,
-        bucket=t.str("bucket", ""),
-        prefix=t.str("prefix", ""),
-        region=t.str("region", "us-east-1"),
-        endpoint_url=t.str("endpoint_url", None),
-        storage_class=t.str("storage_class", "STANDARD"),
-        manifest_storage_class=t.str("manifest_storage_class", "STANDARD"),
-        remote=t.str("remote", ""),
-        path=t.str("path", ""),
+        bucket=t.text("bucket", ""),
+        prefix=t.text("prefix", ""),
+        region=t.text("region", "us-east-1"),
+        endpoint_url=t.text("endpoint_url", None),
+        storage_class=t.text("storage_class", "STANDARD"),
+        manifest_storage_class=t.text("manifest_storage_class", "STANDARD"),
+        remote=t.text("remote", ""),
+        path=t.text("path", ""),
         config=t.path("config", None),
     )
     if kind == "s3" and not tc.bucket:
@@ -366,20 +366,20 @@ def _target(t: _Table) -> TargetConfig:
 def _backup(t: _Table, name: str) -> BackupConfig:
     rt = t.sub("retention")
     retention = RetentionConfig(
-        keep_local=rt.int("keep_local", 3, lo=1), keep_remote=rt.int("keep_remote", 7, lo=1)
+        keep_local=rt.integer("keep_local", 3, lo=1), keep_remote=rt.integer("keep_remote", 7, lo=1)
     )
     rt.done()
     b = BackupConfig(
         name=name,
         dataset=t.required_str("dataset"),
         target=_target(t.sub("target")),
-        snapshot_prefix=t.str("snapshot_prefix", "dedupd-"),
-        compression=t.str("compression", "zstd", choices=COMPRESSIONS),
-        compression_level=t.int("compression_level", 3, lo=1, hi=19),
-        chunk_size=t.int("chunk_size", 256 * 1024**2, lo=1024 * 1024, hi=MAX_CHUNK),
-        raw=t.bool("raw", False),
-        schedule=t.str("schedule", "daily 03:00"),
-        full_every=t.str("full_every", "30d"),
+        snapshot_prefix=t.text("snapshot_prefix", "dedupd-"),
+        compression=t.text("compression", "zstd", choices=COMPRESSIONS),
+        compression_level=t.integer("compression_level", 3, lo=1, hi=19),
+        chunk_size=t.integer("chunk_size", 256 * 1024**2, lo=1024 * 1024, hi=MAX_CHUNK),
+        raw=t.flag("raw", False),
+        schedule=t.text("schedule", "daily 03:00"),
+        full_every=t.text("full_every", "30d"),
         retention=retention,
     )
     t.done()
@@ -394,14 +394,14 @@ def _consolidate(t: _Table, name: str) -> ConsolidateConfig:
         name=name,
         sources=sources,
         archive=t.required_path("archive"),
-        layout=t.str("layout", "{year}/{month:02d}/{name}"),
+        layout=t.text("layout", "{year}/{month:02d}/{name}"),
         date_from=t.strs("date_from", ("exif", "mtime")),
         include=t.strs("include"),
         exclude=t.strs("exclude"),
-        on_name_collision=t.str("on_name_collision", "suffix", choices=("suffix", "skip")),
-        undated_dir=t.str("undated_dir", "undated"),
-        link_duplicates=t.bool("link_duplicates", True),
-        prune_sources=t.bool("prune_sources", False),
+        on_name_collision=t.text("on_name_collision", "suffix", choices=("suffix", "skip")),
+        undated_dir=t.text("undated_dir", "undated"),
+        link_duplicates=t.flag("link_duplicates", True),
+        prune_sources=t.flag("prune_sources", False),
         quarantine_dir=t.path("quarantine_dir", None),
     )
     bad = [d for d in c.date_from if d not in ("exif", "mtime")]

@@ -55,9 +55,9 @@ class Stability:
     def ready(self, f: IndexedFile, now: float) -> bool:
         if self.settle_seconds <= 0:
             return True
-        wait = min(self.settle_seconds * (2 ** min(f.unstable, 30)), self.max_backoff_seconds)
+        wait = min(self.settle_seconds * 2.0 ** min(f.unstable, 30), self.max_backoff_seconds)
         last_change = max(f.mtime_ns, f.ctime_ns) / 1e9
-        return now - last_change >= wait
+        return bool(now - last_change >= wait)
 
 
 def open_checked(f: IndexedFile) -> int:

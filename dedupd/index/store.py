@@ -156,7 +156,9 @@ class Store:
         doc = json.dumps([os.fsdecode(r) for r in roots])
         with self.engine.begin() as c:
             res = c.execute(s.scans.insert().values(started=time.time(), roots=doc))
-            return int(res.inserted_primary_key[0])
+            pk = res.inserted_primary_key
+            assert pk is not None
+            return int(pk[0])
 
     def record(self, scan_id: int, events: Sequence[FileEvent]) -> RecordResult:
         """Upsert one batch of walk results; unchanged inodes keep their hashes.

@@ -69,7 +69,7 @@ def _group_json(g: DupGroup) -> dict[str, Any]:
 Progress = Callable[[str, int, int], None]
 
 
-def _batches(events: Iterator[FileEvent], n: int) -> Iterator[list[FileEvent]]:
+def batches(events: Iterator[FileEvent], n: int) -> Iterator[list[FileEvent]]:
     batch: list[FileEvent] = []
     for e in events:
         batch.append(e)
@@ -89,7 +89,7 @@ def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
     wstats = WalkStats()
     wopts = WalkOptions(opts.min_size, opts.exclude, opts.cross_mounts)
     new = changed = unchanged = 0
-    for batch in _batches(walk(norm, wopts, wstats), RECORD_BATCH):
+    for batch in batches(walk(norm, wopts, wstats), RECORD_BATCH):
         r = store.record(scan_id, batch)
         new, changed, unchanged = new + r.new, changed + r.changed, unchanged + r.unchanged
         if progress:
@@ -128,14 +128,12 @@ def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats
     hasher = Hasher(Stability(opts.settle_seconds, opts.max_backoff_seconds), hstats)
     sizes = store.candidate_sizes(scan_id, opts.min_size)
     groups: list[DupGroup] = []
-    done = 0
-    for files in store.files_of_sizes(scan_id, sizes):
+    for done, files in enumerate(store.files_of_sizes(scan_id, sizes), 1):
         res = hasher.hash_size_group(files)
         store.save_hashes(res.updates)
         if res.gone:
             store.forget(res.gone)
         groups.extend(DupGroup(files[0].size, g) for g in res.groups)
-        done += 1
         if progress:
             progress("hash", done, len(sizes))
     groups.sort(key=lambda g: (-g.wasted, g.files[0].path))

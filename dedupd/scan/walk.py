@@ -99,7 +99,7 @@ def _walk_tree(
         for entry in entries:
             path = entry.path
             assert isinstance(path, bytes)
-            if _excluded(entry.name, path, opts.exclude):  # type: ignore[arg-type]
+            if _excluded(entry.name, path, opts.exclude):
                 stats.excluded += 1
                 continue
             try:
