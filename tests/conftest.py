@@ -1,1 +1,5 @@
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.loopfs"]
+pytest_plugins = [
+    "tests.fixtures.postgres",
+    "tests.fixtures.loopfs",
+    "tests.fixtures.zfs",
+]
