@@ -47,7 +47,7 @@ bench: deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 demo: deps
-	$(BIN)/python bench/demo.py
+	$(BIN)/python scripts/demo.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

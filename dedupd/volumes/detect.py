@@ -1,0 +1,43 @@
+"""Volumes named on the command line: find the filesystem kind of a path."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from dedupd.config import DESTRUCTIVE_KINDS, VolumeConfig
+from dedupd.scan.walk import _unescape_mount
+
+
+def fs_type(path: str | os.PathLike[str]) -> str:
+    """The filesystem type of the mount that holds path (from /proc/self/mountinfo)."""
+    target = os.path.realpath(os.fsencode(path))
+    best, best_type = b"", "unknown"
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            left, _, right = line.partition(b" - ")
+            mnt = _unescape_mount(left.split(b" ")[4])
+            inside = target == mnt or target.startswith(mnt.rstrip(b"/") + b"/")
+            if inside and len(mnt) >= len(best):
+                best, best_type = mnt, right.split(b" ")[0].decode()
+    return best_type
+
+
+def kind_for(path: str | os.PathLike[str]) -> str:
+    t = fs_type(path)
+    if t in ("btrfs", "xfs", "zfs"):
+        return t
+    if t.startswith("fuse") and "zfs" in t:
+        return "zfs"
+    return "plain"
+
+
+def volume_for_path(path: str, settle_seconds: int = 300, min_size: int = 8192) -> VolumeConfig:
+    """An ad-hoc volume for a path given on the command line."""
+    real = Path(os.path.realpath(path))
+    kind = kind_for(real)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(real).strip("/")) or "root"
+    mode = "dry-run" if kind in DESTRUCTIVE_KINDS else "apply"
+    return VolumeConfig(name=name, kind=kind, path=real, settle_seconds=settle_seconds,
+                        min_size=min_size, mode=mode)
