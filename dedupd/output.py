@@ -51,7 +51,7 @@ class Progress:
         if not self.enabled or now - self.last < 0.2:
             return
         self.last = now
-        text = f"{stage}: {done}/{total}" if total else f"{stage}: {done} files"
+        text = f"{stage}: {done}/{total}" if total else f"{stage}: {done}"
         sys.stderr.write(f"\r\x1b[K{text}")
         sys.stderr.flush()
 

@@ -103,7 +103,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def make_engine(url: str) -> Engine:
     url = engine_url(url)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        where = Path(url[len("sqlite:///") :]).parent
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise IndexError_(f"cannot create the index directory {where}: {e.strerror}") from None
     try:
         engine = create_engine(url, future=True)
     except (SQLAlchemyError, ImportError, ValueError) as e:
@@ -270,6 +274,23 @@ class Store:
                 rows = c.execute(q).all()
             yield from _group_rows(rows)
 
+    def candidate_groups(self, scan_id: int, min_size: int) -> Iterator[list[IndexedFile]]:
+        """Like files_of_sizes over every candidate size, streamed from one cursor.
+
+        Only one size group is in memory at a time, whatever the number of files.
+        """
+        i, p = s.inodes.c, s.paths.c
+        sizes = (select(i.size).where(i.seen == scan_id, i.size >= max(min_size, 1))
+                 .group_by(i.size).having(func.count() > 1))
+        q = (select(i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns, i.head, i.full,
+                    i.unstable, p.path)
+             .join(s.paths, and_(p.dev == i.dev, p.ino == i.ino))
+             .where(i.seen == scan_id, p.seen == scan_id, i.size.in_(sizes))
+             .order_by(i.size, i.dev, i.ino, p.path))
+        with self.engine.connect() as c:
+            rows = c.execution_options(yield_per=2000).execute(q)
+            yield from _group_rows(rows)
+
     def save_hashes(self, updates: Sequence[HashUpdate]) -> None:
         if not updates:
             return
@@ -298,7 +319,7 @@ def _inode_row(k: tuple[int, int], e: FileEvent, scan_id: int, now: float,
             "changed_at": now, "unstable": unstable}
 
 
-def _group_rows(rows: Sequence[Any]) -> Iterator[list[IndexedFile]]:
+def _group_rows(rows: Iterable[Any]) -> Iterator[list[IndexedFile]]:
     group: list[IndexedFile] = []
     cur: list[Any] = []
     paths: list[bytes] = []

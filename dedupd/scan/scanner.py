@@ -126,15 +126,14 @@ def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats
                 progress: Progress | None = None) -> tuple[DupGroup, ...]:
     """Hash the size-matched candidates of a scan; return groups, largest waste first."""
     hasher = Hasher(Stability(opts.settle_seconds, opts.max_backoff_seconds), hstats)
-    sizes = store.candidate_sizes(scan_id, opts.min_size)
     groups: list[DupGroup] = []
-    for done, files in enumerate(store.files_of_sizes(scan_id, sizes), 1):
+    for done, files in enumerate(store.candidate_groups(scan_id, opts.min_size), 1):
         res = hasher.hash_size_group(files)
         store.save_hashes(res.updates)
         if res.gone:
             store.forget(res.gone)
         groups.extend(DupGroup(files[0].size, g) for g in res.groups)
         if progress:
-            progress("hash", done, len(sizes))
+            progress("hash", done, 0)
     groups.sort(key=lambda g: (-g.wasted, g.files[0].path))
     return tuple(groups)

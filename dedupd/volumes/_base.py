@@ -62,8 +62,7 @@ class ScanPass:
     def hash_and_act(self, scan_id: int) -> Iterator[Step]:
         stab = Stability(self.vol.settle_seconds, self.vol.max_backoff_hours * 3600)
         hasher = Hasher(stab, self.hash_stats)
-        for files in self.store.files_of_sizes(scan_id, self.store.candidate_sizes(
-                scan_id, self.vol.min_size)):
+        for files in self.store.candidate_groups(scan_id, self.vol.min_size):
             res = hasher.hash_size_group(files)
             self.store.save_hashes(res.updates)
             if res.gone:
