@@ -149,8 +149,8 @@ def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats
     hasher = Hasher(Stability(opts.settle_seconds, opts.max_backoff_seconds), hstats)
     groups: list[DupGroup] = []
     writer = HashWriter(store)
-    for done, files in enumerate(store.candidate_groups(scan_id, opts.min_size), 1):
-        res = hasher.hash_size_group(files)
+    results = hasher.hash_groups(store.candidate_groups(scan_id, opts.min_size))
+    for done, (files, res) in enumerate(results, 1):
         writer.add(res)
         groups.extend(DupGroup(files[0].size, g) for g in res.groups)
         if progress:

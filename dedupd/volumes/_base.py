@@ -63,8 +63,8 @@ class ScanPass:
         stab = Stability(self.vol.settle_seconds, self.vol.max_backoff_hours * 3600)
         hasher = Hasher(stab, self.hash_stats)
         writer = HashWriter(self.store)
-        for files in self.store.candidate_groups(scan_id, self.vol.min_size):
-            res = hasher.hash_size_group(files)
+        for files, res in hasher.hash_groups(
+                self.store.candidate_groups(scan_id, self.vol.min_size)):
             writer.add(res)
             yield Step("hashing", f"size {files[0].size}")
             if res.groups:
