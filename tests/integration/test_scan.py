@@ -220,3 +220,14 @@ def test_min_size_and_exclude(tmp_path: Path, min_size: str) -> None:
 
     want = as_inode_groups([big] if min_size == "64K" else [small, big])
     assert got == want
+
+
+def test_bulk_tree_matches_jdupes(tmp_path: Path) -> None:
+    from tests.treegen import bulk_tree
+
+    tree = bulk_tree(tmp_path / "t", files=1500, total_bytes=30_000_000, dup_ratio=0.3)
+    doc = scan_json(tree.root, db=db(tmp_path))
+    ours = dedupd_groups(doc)
+    assert ours == jdupes_groups(tree.root)
+    assert tree.truth() <= ours  # every planted group found (random small files may add more)
+    assert len(ours) >= 100
