@@ -105,7 +105,7 @@ def main() -> int:
 def million() -> None:
     """Peak RSS while indexing MILLION small files on a tmpfs (sizes 1..2048 bytes)."""
     mnt = Path(tempfile.mkdtemp(prefix="dedupd-million-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6g,nr_inodes=2000000", "tmpfs",
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10g,nr_inodes=2000000", "tmpfs",
                     str(mnt)], check=True)
     try:
         rnd = os.urandom(4096)

@@ -44,8 +44,8 @@ def peak_rss_kb(argv: list[str]) -> tuple[float, int, bytes]:
     pid = os.fork()
     if pid == 0:
         os.dup2(w, 1)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
+        errlog = os.open("/tmp/dedupd-bench-stderr.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(errlog, 2)
         os.execv(argv[0], argv)
     os.close(w)
     chunks = []
@@ -57,7 +57,8 @@ def peak_rss_kb(argv: list[str]) -> tuple[float, int, bytes]:
     os.close(r)
     _, status, ru = os.wait4(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{argv} failed")
+        with open("/tmp/dedupd-bench-stderr.log") as f:
+            raise SystemExit(f"{argv} failed: {f.read()[-3000:]}")
     return time.perf_counter() - t0, ru.ru_maxrss, b"".join(chunks)
 
 

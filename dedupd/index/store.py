@@ -259,7 +259,7 @@ class Store:
     def files_of_sizes(self, scan_id: int, sizes: Sequence[int]) -> Iterator[list[IndexedFile]]:
         """Yield one list per size (ascending): the inodes of that size seen in this scan."""
         i, p = s.inodes.c, s.paths.c
-        for part in _chunks(list(sizes), 200):
+        for part in _chunks(list(sizes), 1000):
             q = (select(i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns, i.head, i.full,
                         i.unstable, p.path)
                  .join(s.paths, and_(p.dev == i.dev, p.ino == i.ino))
@@ -269,22 +269,33 @@ class Store:
                 rows = c.execute(q).all()
             yield from _group_rows(rows)
 
-    def candidate_groups(self, scan_id: int, min_size: int) -> Iterator[list[IndexedFile]]:
-        """Like files_of_sizes over every candidate size, streamed from one cursor.
+    def candidate_groups(self, scan_id: int, min_size: int,
+                         rows_per_query: int = 5000) -> Iterator[list[IndexedFile]]:
+        """One list per candidate size (ascending): the inodes of that size seen in
+        this scan, when 2+ distinct inodes share it.
 
-        Only one size group is in memory at a time, whatever the number of files.
+        Paged by size (keyset) so no read transaction stays open while the caller
+        writes hashes: a long-lived SQLite reader would stop WAL checkpoints and
+        let the WAL grow with every hash written. Memory holds one page of about
+        rows_per_query rows (or one larger size group).
         """
-        i, p = s.inodes.c, s.paths.c
-        sizes = (select(i.size).where(i.seen == scan_id, i.size >= max(min_size, 1))
-                 .group_by(i.size).having(func.count() > 1))
-        q = (select(i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns, i.head, i.full,
-                    i.unstable, p.path)
-             .join(s.paths, and_(p.dev == i.dev, p.ino == i.ino))
-             .where(i.seen == scan_id, p.seen == scan_id, i.size.in_(sizes))
-             .order_by(i.size, i.dev, i.ino, p.path))
-        with self.engine.connect() as c:
-            rows = c.execution_options(yield_per=2000).execute(q)
-            yield from _group_rows(rows)
+        i = s.inodes.c
+        last = max(min_size, 1) - 1
+        while True:
+            q = (select(i.size, func.count()).where(i.seen == scan_id, i.size > last)
+                 .group_by(i.size).having(func.count() > 1).order_by(i.size).limit(1000))
+            with self.engine.connect() as c:
+                counts = c.execute(q).all()
+            if not counts:
+                return
+            page, n = [], 0
+            for size, count in counts:
+                page.append(size)
+                n += count
+                if n >= rows_per_query:
+                    break
+            last = page[-1]
+            yield from self.files_of_sizes(scan_id, page)
 
     def save_hashes(self, updates: Sequence[HashUpdate]) -> None:
         if not updates:
