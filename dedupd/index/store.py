@@ -140,10 +140,12 @@ class Store:
     def _insert(self, table: Any) -> Any:
         # imported here: loading the PostgreSQL dialect costs ~0.1 s of every start
         if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(table)
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table)
 
     # --- meta: small key/value state (per-volume generations, timestamps) ---
 
