@@ -37,6 +37,8 @@ class DaemonConfig:
     log_json: bool = False
     admin_group: str = "dedupd"
     stop_timeout: float = 30.0
+    socket_group: str = "dedupd"
+    pass_interval: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,8 @@ def _daemon(t: _Table) -> DaemonConfig:
         log_json=t.flag("log_json", False),
         admin_group=t.text("admin_group", "dedupd"),
         stop_timeout=t.number("stop_timeout", 30.0),
+        socket_group=t.text("socket_group", "dedupd"),
+        pass_interval=t.number("pass_interval", 300.0),
     )
     t.done()
     return d
