@@ -1,0 +1,400 @@
+"""The daemon: Config -> startup -> main loop -> graceful shutdown.
+
+Startup order matters and is what systemd is told: take the lock (one daemon
+per runtime dir), lower priority, open the index, finish or roll back
+interrupted operations (dedupd.dedup.journal.recover_all, when this build has
+it), validate the backup schedules, bind the control sockets, and only then
+send READY=1.
+
+The main loop serves volume workers round-robin, one bounded step per worker
+per turn, in a single step thread (blocking work never runs on the loop, and
+the loop stays free to answer the control sockets). SIGHUP reloads the config
+without dropping counters or the pass under way; SIGTERM/SIGINT stop: the
+current step may finish within [daemon] stop_timeout, then each pass is
+closed between steps. A step that overruns is abandoned (the caller exits the
+process); the journal lets the next start recover whatever it was doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import grp
+import importlib
+import importlib.util
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dedupd.config import Config, VolumeConfig
+from dedupd.control import Access, ControlError, ControlServer
+from dedupd.errors import DedupdError, TemporaryFailure
+from dedupd.index.store import Store
+from dedupd.notify import Notifier, watchdog_interval
+from dedupd.proc_priority import apply_priority
+from dedupd.scheduler import BackupScheduler
+from dedupd.status import StatusBoard, WorkerStatus
+from dedupd.workers import RoundRobin, VolumeWorker
+
+log = logging.getLogger("dedupd.daemon")
+
+# Loader: re-reads the config (startup and SIGHUP) -> the config and the volumes to serve.
+Loader = Callable[[], tuple[Config, list[VolumeConfig]]]
+STATUS_EVERY = 2.0
+# The step thread holds the GIL for long stretches of pure Python (walks, hashing
+# bookkeeping); a shorter switch interval bounds how long a status query waits.
+SWITCH_INTERVAL = 0.001
+_SOCK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    dry_run: bool = False
+    force_rescan: bool = False
+    db_url: str | None = None  # --db overrides [database].url
+    log_level_fixed: bool = False  # --log-level given: a reload keeps it
+    pidfile: Path | None = None  # lock + pid file; default RUNTIME_DIR/dedupd.pid
+
+
+def group_id(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+class Daemon:
+    def __init__(self, loader: Loader, opts: DaemonOptions) -> None:
+        self.loader, self.opts = loader, opts
+        self.cfg, vols = loader()
+        self.vols = {v.name: v for v in vols}
+        self.board = StatusBoard()
+        self.notify = Notifier()
+        self.rr = RoundRobin()
+        self.steps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedupd-step")
+        self.abandoned = False  # a step overran stop_timeout: the caller must _exit
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._lock_fd: int | None = None
+        self.store: Store | None = None
+        self.control: ControlServer | None = None
+        self.scheduler: BackupScheduler | None = None
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.cfg.daemon.runtime_dir
+
+    @property
+    def pidfile(self) -> Path:
+        return self.opts.pidfile or self.runtime_dir / "dedupd.pid"
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; 0 after a clean stop."""
+        try:
+            await self.startup()
+            self._install_signals()
+            self.notify.ready(self.board.summary())
+            log.info("dedupd %s ready: %d volume(s), %d backup job(s), sockets in %s",
+                     self.board.snapshot()["version"], len(self.vols), len(self.cfg.backups),
+                     self.runtime_dir)
+            main = asyncio.create_task(self._main_loop(), name="main-loop")
+            await self._stop.wait()
+            return await self.shutdown(main)
+        finally:
+            self._release()
+
+    async def startup(self) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        self._prepare_runtime_dir()
+        self._take_lock()
+        log.info("priority: %s", apply_priority(self.cfg.daemon))
+        self.store = Store(self.opts.db_url or self.cfg.database.url)
+        await self._recover()
+        self.scheduler = BackupScheduler(self.board, self.store, self.opts.dry_run,
+                                         self.cfg.source)
+        self.scheduler.validate(self.cfg.backups)  # a bad schedule is exit 78, before READY
+        d = self.cfg.daemon
+        access = Access(group_id(d.socket_group), group_id(d.admin_group))
+        self.control = ControlServer(self._handle, access)
+        try:
+            await self.control.listen(self.runtime_dir / "dedupd.sock", None, access.socket_gid)
+        except OSError as e:
+            raise DedupdError(f"cannot listen on {self.runtime_dir / 'dedupd.sock'}: "
+                              f"{e.strerror}") from None
+        for v in self.vols.values():
+            await self._add_volume(v)
+        self.scheduler.update(self.cfg.backups)
+        self.board.state = "running"
+        self._tasks += [asyncio.create_task(self._status_loop(), name="status")]
+        wd = watchdog_interval()
+        if wd is not None:
+            self._tasks.append(asyncio.create_task(self._watchdog_loop(wd), name="watchdog"))
+
+    async def _recover(self) -> None:
+        """Finish or roll back interrupted destructive steps, before anything else."""
+        if importlib.util.find_spec("dedupd.dedup") is None or \
+                importlib.util.find_spec("dedupd.dedup.journal") is None:
+            log.debug("no operations journal in this build: nothing to recover")
+            return
+        journal = importlib.import_module("dedupd.dedup.journal")
+        self.board.state = "recovering"
+        log.info("recovering interrupted operations")
+        result = await asyncio.get_running_loop().run_in_executor(
+            self.steps, journal.recover_all, self.store)
+        log.info("recovery done: %s", result)
+
+    async def shutdown(self, main: asyncio.Task[None]) -> int:
+        """Stop within stop_timeout: finish the current step, close passes, close sockets."""
+        timeout = self.cfg.daemon.stop_timeout
+        deadline = time.monotonic() + timeout
+        self.board.state = "stopping"
+        self.notify.stopping(self.board.summary())
+        log.info("stopping (waiting up to %.0fs for the current step)", timeout)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(main), timeout)
+            await asyncio.wait_for(self._in_step_thread(self._close_all), _left(deadline))
+        except TimeoutError:
+            self.abandoned = True
+            log.error("a step did not finish within %.0fs; exiting anyway (interrupted "
+                      "operations are recovered at the next start)", timeout)
+        if self.scheduler is not None and not await self.scheduler.stop(_left(deadline)):
+            self.abandoned = True
+            log.error("a backup job is still running; exiting anyway (it resumes next run)")
+        for t in self._tasks:
+            t.cancel()
+        if self.control is not None:
+            await self.control.close()
+        if not self.abandoned and self.store is not None:
+            self.store.close()
+        log.info("stopped")
+        return 0 if not self.abandoned else 1
+
+    def _close_all(self) -> None:
+        for w in self.rr.workers.values():
+            w.close()
+
+    async def _in_step_thread(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.steps, fn)
+
+    # -- the main loop ------------------------------------------------------------
+
+    async def _main_loop(self) -> None:
+        while not self._stop.is_set():
+            await self._reap_removed()
+            now = time.time()
+            self.board.runnable = self.rr.runnable_names(now)
+            w = self.rr.next(now)
+            if w is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.rr.sleep_for(now))
+                continue
+            await self._turn(w)
+
+    async def _turn(self, w: VolumeWorker) -> None:
+        if not w.in_pass:
+            w.begin()
+        assert self.store is not None
+        store = self.store
+        try:
+            out = await self._in_step_thread(lambda: w.step(store))
+        except Exception as e:
+            w.failed(e)
+            self.board.error(f"volume {w.vol.name}", str(e))
+            return
+        if out.report is None:
+            w.advanced(out)
+            return
+        for p in w.finished(out.report):
+            self.board.error(f"volume {w.vol.name}", f"{p.get('reason')}: {p.get('detail', '')}",
+                             p.get("path", ""))
+
+    async def _reap_removed(self) -> None:
+        for name, w in list(self.rr.workers.items()):
+            if w.removed:
+                await self._in_step_thread(w.close)
+                self.rr.remove(name)
+                self.board.workers.pop(name, None)
+                log.info("volume %s: removed from service", name)
+
+    # -- volumes, sockets, reload -------------------------------------------------------
+
+    async def _add_volume(self, v: VolumeConfig) -> None:
+        d = self.cfg.daemon
+        st = WorkerStatus(v.name, v.kind, str(v.path), v.mode)
+        self.board.workers[v.name] = st
+        self.rr.add(VolumeWorker(v, st, self.opts.dry_run, self.opts.force_rescan,
+                                 d.pass_interval))
+        path = self._volume_socket(v.name)
+        if path is None:
+            log.warning("volume %s: name unusable as a socket name; reach it through "
+                        "dedupd.sock with {\"volume\": ...}", v.name)
+            return
+        assert self.control is not None
+        try:
+            await self.control.listen(path, v.name, self.control.access.socket_gid)
+        except OSError as e:
+            log.error("volume %s: cannot listen on %s: %s", v.name, path, e.strerror)
+            self.board.error(f"volume {v.name}", f"socket {path}: {e.strerror}")
+
+    def _volume_socket(self, name: str) -> Path | None:
+        if name == "dedupd" or not _SOCK_NAME.match(name):
+            return None
+        return self.runtime_dir / f"{name}.sock"
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config; on any error keep running with the old one."""
+        async with self._reload_lock:
+            self.notify.reloading()
+            self.board.state = "reloading"
+            log.info("reloading %s", self.cfg.source)
+            try:
+                cfg, vols = self.loader()
+                assert self.scheduler is not None
+                self.scheduler.validate(cfg.backups)
+                await self._apply(cfg, {v.name: v for v in vols})
+                self.board.reloads += 1
+                log.info("reloaded: %d volume(s), %d backup job(s)", len(vols), len(cfg.backups))
+            except DedupdError as e:
+                log.error("reload failed, still running the previous config: %s", e)
+                self.board.error("reload", str(e))
+            finally:
+                self.board.state = "running"
+                self.notify.ready(self.board.summary())
+                self._wake.set()
+
+    async def _apply(self, cfg: Config, vols: dict[str, VolumeConfig]) -> None:
+        if cfg.daemon.runtime_dir != self.cfg.daemon.runtime_dir:
+            log.warning("[daemon] runtime_dir changed: takes effect at the next restart")
+            cfg = _with_runtime_dir(cfg, self.cfg.daemon.runtime_dir)
+        self.cfg = cfg
+        if not self.opts.log_level_fixed:
+            logging.getLogger().setLevel(cfg.daemon.log_level.upper())
+        for name, w in self.rr.workers.items():
+            if name not in vols:
+                w.removed = True
+                path = self._volume_socket(name)
+                if path is not None and self.control is not None:
+                    await self.control.unlisten(path)
+            elif vols[name] != w.vol:
+                w.pending_vol = vols[name]  # the pass under way keeps its config
+                w.pass_interval = cfg.daemon.pass_interval
+                if not w.in_pass:
+                    w.due = time.time()
+        for name, v in vols.items():
+            if name not in self.rr.workers:
+                await self._add_volume(v)
+        self.vols = vols
+        assert self.scheduler is not None
+        self.scheduler.update(cfg.backups)
+
+    # -- control commands ----------------------------------------------------------------
+
+    def _handle(self, cmd: str, volume: str | None, req: dict[str, Any]) -> dict[str, Any]:
+        """Control socket handler (runs on the loop; must be quick)."""
+        if volume is not None and volume not in self.board.workers:
+            raise ControlError(f"no volume {volume!r} (volumes: "
+                               f"{', '.join(self.board.workers) or 'none'})")
+        if cmd == "status":
+            return self.board.snapshot(volume)
+        if cmd == "stats":
+            return self.board.stats(volume)
+        if cmd == "ping":
+            return {"pid": self.board.pid}
+        if cmd == "help":
+            from dedupd.control import COMMANDS
+            return {"commands": list(COMMANDS), "docs": "docs/status.md"}
+        names = [volume] if volume else list(self.rr.workers)
+        for n in names:
+            w = self.rr.workers[n]
+            if cmd == "pause":
+                w.st.paused = True
+            elif cmd == "resume":
+                w.st.paused = False
+            elif cmd == "rescan":
+                w.st.rescan_requested = True
+                w.force_next = True
+        log.info("%s %s (requested over the control socket)", cmd, ", ".join(names) or "-")
+        self._wake.set()
+        return {cmd: names}
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._tasks.append(
+            asyncio.create_task(self.reload(), name="reload")))
+
+    async def _status_loop(self) -> None:
+        last = ""
+        while True:
+            text = self.board.summary()
+            if text != last:
+                self.notify.status(text)
+                last = text
+            await asyncio.sleep(STATUS_EVERY)
+
+    async def _watchdog_loop(self, interval: float) -> None:
+        while True:
+            self.notify.watchdog()
+            await asyncio.sleep(interval)
+
+    def _prepare_runtime_dir(self) -> None:
+        """Socket dir 0750, group = the socket group when it exists (else root only)."""
+        d = self.runtime_dir
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o750)
+        gid = group_id(self.cfg.daemon.socket_group)
+        if os.geteuid() == 0:
+            os.chown(d, 0, gid if gid is not None else 0)
+
+    def _take_lock(self) -> None:
+        """One daemon per runtime dir: an flock on dedupd.pid, which also holds our pid."""
+        path = self.pidfile
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise TemporaryFailure(f"another dedupd (pid {other or '?'}) is running with "
+                                   f"{path}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.pidfile)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self.notify.close()
+        self.steps.shutdown(wait=False, cancel_futures=True)
+
+
+def _left(deadline: float) -> float:
+    return max(0.1, deadline - time.monotonic())
+
+
+def _with_runtime_dir(cfg: Config, runtime_dir: Path) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon,
+                                                               runtime_dir=runtime_dir))

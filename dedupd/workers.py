@@ -1,0 +1,168 @@
+"""Volume workers and the round-robin that serves them.
+
+A VolumeWorker owns one volume's current pass (a generator of bounded steps,
+see dedupd.volumes). Its `step()` runs in the daemon's single step thread;
+everything else runs on the event loop. Because the loop only ever hands the
+step thread one step at a time, a worker's pass is never touched by two
+threads at once and its StatusBoard entry is updated only between steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dedupd.config import VolumeConfig
+from dedupd.index.store import Store
+from dedupd.status import WorkerStatus
+from dedupd.volumes import PassOptions, PassReport, Step, VolumePass, make_pass
+
+log = logging.getLogger("dedupd.worker")
+
+MAX_ERROR_BACKOFF = 3600.0
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one call of VolumeWorker.step() produced (handed from thread to loop)."""
+
+    step: Step | None = None
+    counters: dict[str, int] | None = None
+    report: PassReport | None = None  # set when the pass is over
+
+
+class VolumeWorker:
+    """One volume: runs passes, one step per turn; idle between passes."""
+
+    def __init__(self, vol: VolumeConfig, status: WorkerStatus, dry_run: bool,
+                 force_rescan: bool, pass_interval: float) -> None:
+        self.vol = vol
+        self.st = status
+        self.dry_run = dry_run
+        self.force_next = force_rescan
+        self.pass_interval = pass_interval
+        self.pending_vol: VolumeConfig | None = None  # from a reload, used at the next pass
+        self.vp: VolumePass | None = None
+        self.gen: Iterator[Step] | None = None
+        self.due = time.time()  # the first pass starts right away
+        self.failures = 0
+        self.removed = False
+
+    @property
+    def in_pass(self) -> bool:
+        return self.gen is not None
+
+    def runnable(self, now: float) -> bool:
+        if self.st.paused or self.removed:
+            return False
+        return self.in_pass or self.st.rescan_requested or now >= self.due
+
+    def step(self, store: Store) -> StepOutcome:
+        """One bounded unit of work (blocking; step thread only). Exceptions propagate."""
+        if self.gen is None:
+            self.vp = make_pass(self.vol, store, PassOptions(self.dry_run, self.force_next))
+            self.gen = self.vp.steps()
+        assert self.vp is not None
+        try:
+            s = next(self.gen)
+        except StopIteration:
+            return StepOutcome(report=self.vp.report())
+        return StepOutcome(step=s, counters=dict(self.vp.counters))
+
+    def close(self) -> None:
+        """Abandon the pass between steps (step thread only): runs its cleanup code."""
+        gen, self.gen, self.vp = self.gen, None, None
+        if gen is not None and hasattr(gen, "close"):
+            gen.close()
+
+    # -- loop side ---------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Called on the loop before the first step of a pass."""
+        if self.pending_vol is not None:
+            self.vol, self.pending_vol = self.pending_vol, None
+            self.st.kind, self.st.path, self.st.mode = (self.vol.kind, str(self.vol.path),
+                                                        self.vol.mode)
+        self.st.start_pass()
+        log.info("volume %s: pass %d started (%s at %s%s)", self.vol.name,
+                 self.st.passes_started, self.vol.kind, self.vol.path,
+                 ", full rescan" if self.force_next else "")
+
+    def advanced(self, out: StepOutcome) -> None:
+        """Record a step's outcome; log the end of the scan phase once per pass."""
+        assert out.step is not None and out.counters is not None
+        before = self.st.state
+        self.st.record_step(out.step.state, out.step.detail, out.counters)
+        if before == "scanning" and self.st.state != "scanning":
+            self._log_scan_done(out.counters)
+
+    def finished(self, report: PassReport) -> list[dict[str, str]]:
+        """The pass ended normally; returns its problems for the error list."""
+        if self.st.state == "scanning":
+            self._log_scan_done(report.counters)
+        self.gen, self.vp = None, None
+        self.force_next = False
+        self.failures = 0
+        self.st.finish_pass(report.counters, report.bytes_reclaimed, ok=True)
+        self.due = time.time() + self.pass_interval
+        self.st.next_pass_at = round(self.due, 3)
+        self.st.doing = f"waiting; last pass {self.st.last_pass_seconds}s"
+        c = report.counters
+        log.info("volume %s: pass %d finished in %.1fs: %d files seen, %d hashed, %d groups, "
+                 "%d actions%s, %d bytes reclaimed, %d problems", self.vol.name,
+                 self.st.passes_started, report.seconds, c.get("files_seen", 0),
+                 c.get("files_hashed", 0), c.get("groups", 0), len(report.actions),
+                 " (dry run)" if report.dry_run else "", report.bytes_reclaimed,
+                 len(report.problems))
+        return list(report.problems)
+
+    def failed(self, err: BaseException) -> None:
+        """The pass raised: drop it and retry later with exponential backoff."""
+        self.gen, self.vp = None, None
+        self.failures += 1
+        self.st.finish_pass({}, 0, ok=False)
+        backoff = min(60.0 * 2 ** (self.failures - 1), MAX_ERROR_BACKOFF, self.pass_interval)
+        self.due = time.time() + backoff
+        self.st.next_pass_at = round(self.due, 3)
+        self.st.doing = f"pass failed: {err}; retry in {backoff:.0f}s"
+        log.error("volume %s: pass %d failed: %s (retry in %.0fs)", self.vol.name,
+                  self.st.passes_started, err, backoff)
+
+    def _log_scan_done(self, c: dict[str, Any]) -> None:
+        log.info("volume %s: scan finished: %d new, %d changed, %d unchanged files",
+                 self.vol.name, c.get("files_new", 0), c.get("files_changed", 0),
+                 c.get("files_unchanged", 0))
+
+
+class RoundRobin:
+    """Picks the next runnable worker after the last one served: one step per turn."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, VolumeWorker] = {}
+        self.cursor = 0
+
+    def add(self, w: VolumeWorker) -> None:
+        self.workers[w.vol.name] = w
+
+    def remove(self, name: str) -> None:
+        self.workers.pop(name, None)
+
+    def next(self, now: float) -> VolumeWorker | None:
+        order = list(self.workers.values())
+        for i in range(len(order)):
+            idx = (self.cursor + i) % len(order)
+            if order[idx].runnable(now):
+                self.cursor = idx + 1
+                return order[idx]
+        return None
+
+    def runnable_names(self, now: float) -> set[str]:
+        return {n for n, w in self.workers.items() if w.runnable(now)}
+
+    def sleep_for(self, now: float, cap: float = 60.0) -> float:
+        """How long nothing is due (paused workers wait for resume, which wakes the loop)."""
+        dues = [w.due for w in self.workers.values() if not w.st.paused and not w.removed]
+        return max(0.0, min([cap] + [d - now for d in dues]))
