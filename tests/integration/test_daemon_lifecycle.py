@@ -1,0 +1,188 @@
+"""The real daemon under a real NOTIFY_SOCKET: READY, WATCHDOG, SIGHUP reload, SIGTERM stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.daemon import ENTRY, REPO, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def make_tree(root: Path, n: int, distinct: int = 5) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"f{i:05d}").write_bytes(f"content {i % distinct}\n".encode() * 10)
+    return root
+
+
+def test_ready_only_after_sockets_exist_then_status(dedupd_daemon, daemon_base):
+    vol = make_tree(daemon_base / "v1", 20)
+    dp = dedupd_daemon({"one": {"path": str(vol)}}, ready=False)
+    _, _, fields = dp.notify.wait_for("READY", "1")
+    # READY arrived: the sockets must already be there and answering.
+    assert stat.S_ISSOCK(os.stat(dp.socket).st_mode)
+    assert stat.S_ISSOCK(os.stat(dp.runtime / "one.sock").st_mode)
+    assert "STATUS" in fields and "one" in fields["STATUS"]
+    doc = dp.request("status")
+    assert doc["pid"] == dp.proc.pid
+    assert set(doc["volumes"]) == {"one"}
+    # the volume socket answers for its own volume by default
+    vdoc = dp.request("status", sock=dp.runtime / "one.sock")
+    assert set(vdoc["volumes"]) == {"one"}
+    done = dp.wait_until(lambda d: d["volumes"]["one"]["passes"]["completed"] >= 1)
+    c = done["volumes"]["one"]["counters"]
+    assert c["files_seen"] == 20 and c["groups"] == 5
+    assert done["volumes"]["one"]["state"] == "idle"
+    assert done["next_events"] and "one" in done["next_events"][0]["what"]
+    # socket directory and socket modes (no dedupd group here: root only)
+    assert stat.S_IMODE(os.stat(dp.runtime).st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(dp.socket).st_mode) == 0o660
+    assert dp.stop() == 0
+
+
+def test_watchdog_pings_at_half_the_interval(dedupd_daemon, daemon_base):
+    vol = make_tree(daemon_base / "v1", 10)
+    dp = dedupd_daemon({"one": {"path": str(vol)}}, env={"WATCHDOG_USEC": "1000000"})
+    first, _, _ = dp.notify.wait_for("WATCHDOG", "1")
+    time.sleep(3.2)
+    pings = [t for t, f in dp.notify.notes[first:] if f.get("WATCHDOG") == "1"]
+    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+    assert len(pings) >= 6, pings
+    # every 0.5 s; systemd would kill us after 1 s without one
+    assert max(gaps) < 0.8, gaps
+    assert sum(gaps) / len(gaps) == pytest.approx(0.5, abs=0.1)
+    assert dp.stop() == 0
+
+
+def test_no_watchdog_pings_for_another_pid(dedupd_daemon, daemon_base):
+    vol = make_tree(daemon_base / "v1", 5)
+    dp = dedupd_daemon({"one": {"path": str(vol)}},
+                       env={"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"})
+    time.sleep(1.0)
+    assert not [f for _, f in dp.notify.notes if "WATCHDOG" in f]
+    assert dp.stop() == 0
+
+
+def test_sighup_reload_keeps_state_and_adds_volume(dedupd_daemon, daemon_base):
+    v1 = make_tree(daemon_base / "v1", 30)
+    v2 = make_tree(daemon_base / "v2", 12, distinct=3)
+    dp = dedupd_daemon({"one": {"path": str(v1)}})
+    before = dp.wait_until(lambda d: d["volumes"]["one"]["passes"]["completed"] >= 1)
+    mark = len(dp.notify.notes)
+    write_config(daemon_base, {"one": {"path": str(v1)}, "two": {"path": str(v2)}})
+    dp.proc.send_signal(signal.SIGHUP)
+    i, _, f = dp.notify.wait_for("RELOADING", "1", after=mark)
+    assert "MONOTONIC_USEC" in f
+    dp.notify.wait_for("READY", "1", after=i)
+    after = dp.wait_until(lambda d: "two" in d["volumes"]
+                          and d["volumes"]["two"]["passes"]["completed"] >= 1)
+    assert after["pid"] == before["pid"] and after["reloads"] == 1
+    assert after["uptime"] > before["uptime"]
+    # state of the old volume survived the reload
+    assert after["volumes"]["one"]["passes"]["completed"] >= 1
+    assert after["volumes"]["one"]["counters"]["files_seen"] >= 30
+    assert after["volumes"]["two"]["counters"]["groups"] == 3
+    assert (dp.runtime / "two.sock").exists()
+
+    # a broken config on reload: keep running the previous one, READY again
+    mark = len(dp.notify.notes)
+    dp.cfg.write_text("[daemon]\nnot_a_key = 1\n")
+    dp.proc.send_signal(signal.SIGHUP)
+    i, _, _ = dp.notify.wait_for("RELOADING", "1", after=mark)
+    dp.notify.wait_for("READY", "1", after=i)
+    doc = dp.request("status")
+    assert set(doc["volumes"]) == {"one", "two"} and doc["reloads"] == 1
+    assert any(e["where"] == "reload" and "not_a_key" in e["error"] for e in doc["last_errors"])
+    assert dp.stop() == 0
+
+
+def test_sigterm_graceful_stop(dedupd_daemon, daemon_base):
+    vol = make_tree(daemon_base / "v1", 3000, distinct=1000)
+    dp = dedupd_daemon({"one": {"path": str(vol)}})
+    dp.wait_until(lambda d: d["volumes"]["one"]["steps"] >= 1, every=0.01)
+    mark = len(dp.notify.notes)
+    t0 = time.monotonic()
+    rc = dp.stop(signal.SIGTERM)
+    assert rc == 0, dp.log_text()
+    assert time.monotonic() - t0 < 10
+    _, _, f = dp.notify.wait_for("STOPPING", "1", after=mark, timeout=1)
+    assert "STATUS" in f
+    assert not dp.socket.exists() and not (dp.runtime / "one.sock").exists()
+    assert not (dp.runtime / "dedupd.pid").exists()
+    assert "stopped" in dp.log_text()
+
+
+def test_priority_applied(dedupd_daemon, daemon_base):
+    vol = make_tree(daemon_base / "v1", 5)
+    dp = dedupd_daemon({"one": {"path": str(vol)}})
+    fields = Path(f"/proc/{dp.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    assert int(fields[16]) == 19  # nice
+    out = subprocess.run(["ionice", "-p", str(dp.proc.pid)], capture_output=True, text=True)
+    assert out.stdout.strip() == "idle"
+    assert dp.stop() == 0
+
+
+def test_one_daemon_per_runtime_dir(dedupd_daemon, daemon_base):
+    vol = make_tree(daemon_base / "v1", 5)
+    first = dedupd_daemon({"one": {"path": str(vol)}})
+    second = dedupd_daemon({"one": {"path": str(vol)}}, ready=False)
+    assert second.proc.wait(30) == 75
+    assert f"pid {first.proc.pid}" in second.log_text()
+    _, _, f = second.notify.wait_for("EXIT_STATUS", "75", timeout=1)
+    assert first.request("ping")["pid"] == first.proc.pid  # the first one is unharmed
+    assert first.stop() == 0
+
+
+def test_config_error_exits_78(daemon_base):
+    cfg = daemon_base / "bad.toml"
+    cfg.write_text(f'[daemon]\nruntime_dir = "{daemon_base}/run"\n[backups.x]\n'
+                   'dataset = "p/d"\nschedule = "sometimes"\n[backups.x.target]\n'
+                   'kind = "s3"\nbucket = "b"\n')
+    r = subprocess.run([sys.executable, str(ENTRY), "run", "-c", str(cfg)], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78
+    assert "backups.x.schedule" in r.stderr and "sometimes" in r.stderr
+
+
+def test_detach_pidfile_and_stop(daemon_base):
+    vol = make_tree(daemon_base / "v1", 10)
+    cfg = write_config(daemon_base, {"one": {"path": str(vol)}})
+    pidfile = daemon_base / "d.pid"
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    r = subprocess.run([sys.executable, str(ENTRY), "run", "--detach", "-c", str(cfg),
+                        "--pidfile", str(pidfile), "--log-file", str(daemon_base / "d.log")],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    pid = int(pidfile.read_text())
+    try:
+        assert os.getsid(pid) != os.getsid(0)  # a new session: detached from our terminal
+        assert os.getppid() != pid and Path(f"/proc/{pid}").exists()
+        from dedupd.control import ControlClient
+        c = ControlClient(daemon_base / "run" / "dedupd.sock")
+        assert c.request("ping")["pid"] == pid
+        c.close()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists()
+    assert "stopped" in (daemon_base / "d.log").read_text()
+
+
+def test_once_still_works(daemon_base):
+    vol = make_tree(daemon_base / "v1", 10)
+    cfg = write_config(daemon_base, {"one": {"path": str(vol)}})
+    r = subprocess.run([sys.executable, str(ENTRY), "run", "--once", "--json", "-c", str(cfg)],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert '"files_seen": 10' in r.stdout
