@@ -178,7 +178,8 @@ class ControlServer:
         async def on_client(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             await self._serve_client(r, w, default_volume)
 
-        self.servers[os.fspath(path)] = await asyncio.start_unix_server(on_client, sock=sock)
+        self.servers[os.fspath(path)] = await asyncio.start_unix_server(
+            on_client, sock=sock, backlog=BACKLOG)
 
     async def unlisten(self, path: Path) -> None:
         srv = self.servers.pop(os.fspath(path), None)
