@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import grp
 import importlib
 import importlib.util
@@ -118,6 +119,9 @@ class Daemon:
 
     async def startup(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL)
+        # A full garbage collection holds the GIL, so it stalls status answers; keep
+        # the long-lived objects of the imports (SQLAlchemy, boto3...) out of it.
+        gc.freeze()
         self._prepare_runtime_dir()
         self._take_lock()
         log.info("priority: %s", apply_priority(self.cfg.daemon))
