@@ -76,9 +76,12 @@ def exchange(a: bytes, b: bytes) -> bool:
     """Atomically swap two names (renameat2 RENAME_EXCHANGE).
 
     Returns False when the filesystem or libc cannot do it (the caller falls
-    back to rename_over); raises OSError for any other failure.
+    back to rename_over); raises OSError for any other failure. Test hook:
+    DEDUPD_TEST_NO_EXCHANGE=1 forces the fallback (never set in production).
     """
     global _libc
+    if os.environ.get("DEDUPD_TEST_NO_EXCHANGE"):  # test-only: exercise the rename path
+        return False
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     fn = getattr(_libc, "renameat2", None)

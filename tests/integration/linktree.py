@@ -81,3 +81,26 @@ def dedupd(*args: str, env: dict[str, str] | None = None,
     if check and r.returncode != 0:
         raise AssertionError(f"dedupd {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r
+
+
+def dedupd_here(*args: str) -> tuple[int, str]:
+    """Run the CLI in this process (the same code path, without a fresh interpreter)."""
+    import contextlib
+    import io
+
+    from dedupd.cli import main
+
+    buf = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    with contextlib.redirect_stdout(buf):
+        rc = main(list(args))
+        buf.flush()
+    raw = buf.buffer.getvalue()  # type: ignore[attr-defined]
+    return rc, raw.decode("utf-8", "surrogateescape")
+
+
+def unfinished_ops(db: Path) -> list[tuple[int, str]]:
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        return list(c.execute("SELECT id, state FROM ops WHERE state NOT IN "
+                              "('DONE', 'REFUSED', 'ROLLED_BACK', 'FAILED')"))
