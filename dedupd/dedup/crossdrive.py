@@ -5,8 +5,8 @@ ends as a hardlink A/R -> K, and B/R is removed. The pool view is unchanged:
 the same path shows the same bytes throughout (first the two copies, then the
 link alone). One journalled operation per duplicate name:
 
-  PENDING -> re-stat both -> byte compare -> re-stat -> LINKING: create the
-  missing parent dirs on A (owner/mode copied from B) and link K at A/R ->
+  PENDING (names recorded) -> re-stat both -> byte compare -> re-stat ->
+  create the missing parent dirs on A (owner/mode copied from B), link K at A/R ->
   LINKED: check A/R is K, re-stat and byte-compare B/R against it ->
   REMOVING: (quarantine link and) unlink B/R -> DONE.
 
@@ -25,8 +25,8 @@ from dedupd.dedup import hardlink as H
 from dedupd.dedup import journal as J
 from dedupd.dedup.verify import (
     Refused,
+    Writers,
     check_metadata,
-    open_for_write,
     readonly,
     restat,
     same_bytes,
@@ -102,7 +102,7 @@ def link_pool_group(journal: J.Journal | None, group: DupGroup, policy: PoolPoli
         results.append(H.link_group(journal, DupGroup(group.size, tuple(same)),
                                     policy.link_policy(a), dry_run))
         H._refresh(run, keep.key, keep.path)  # our links moved its ctime
-    writers = open_for_write()
+    writers = Writers()
     for f in ranked:
         if policy.branch_of(f.path) == a:
             continue
@@ -136,7 +136,7 @@ def _merge(results: list[H.LinkResult]) -> H.LinkResult:
 
 
 def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,
-                f: IndexedFile, writers: dict[tuple[int, int], int]) -> None:
+                f: IndexedFile, writers: Writers) -> None:
     b = policy.branch_of(f.path)
     assert b is not None
     for n, p in enumerate(f.paths):
@@ -162,10 +162,9 @@ def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,
 
 
 def _precheck(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes,
-              writers: dict[tuple[int, int], int]) -> None:
-    for k in (keep.key, f.key):
-        if k in writers:
-            raise Refused("open_for_write", f"open for writing by pid {writers[k]}")
+              writers: Writers) -> None:
+    writers.check(keep.key, keep.path)
+    writers.check(f.key, p)
     if readonly(p) or readonly(keep.path):
         raise Refused("readonly", "a branch is mounted read-only")
     kst = restat(keep.path, run.ident[keep.key])
@@ -223,7 +222,6 @@ def _move(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes,
     try:
         _verify_pair(run, keep, f, keep.path, p)
         if not exists:
-            jr.set(op, J.LINKING)
             fs.mkdirs_like(a, rel_dir, b)
             jr.step("mkdirs")
             fs.link_exact(keep.path, dest)

@@ -5,11 +5,12 @@ branches). Its state says which step may have started; recovery
 (dedupd/dedup/recovery.py) reads the unfinished rows at start and finishes or
 rolls back each one. States (docs/safety.md has the full table):
 
-  PENDING     recorded; verification running; nothing changed yet
+  PENDING     recorded with every name the op may create (temp, quarantine,
+              new link on branch A); verification, then those extra names
+              are created. Nothing user-visible changed yet.
   REFUSED     verification said no; nothing was changed              (final)
-  LINKING     an extra name is being created (temp link / link on branch A)
   SWAPPING    hardlink: temp link exists; swapping it over the duplicate
-  SWAPPED     hardlink: swapped by exchange; old duplicate still at temp name
+              (exchange or rename), then dropping the old copy's temp name
   LINKED      crossdrive: the new name on the kept branch exists; verifying
   REMOVING    crossdrive: verified; the duplicate's name is being removed
   DONE        finished                                                (final)
@@ -36,12 +37,11 @@ from dedupd.index import schema as s
 from dedupd.index.schema import from_s64, to_s64
 from dedupd.index.store import Store, make_engine
 
-PENDING, REFUSED, LINKING = "PENDING", "REFUSED", "LINKING"
-SWAPPING, SWAPPED, LINKED, REMOVING = "SWAPPING", "SWAPPED", "LINKED", "REMOVING"
+PENDING, REFUSED, SWAPPING = "PENDING", "REFUSED", "SWAPPING"
+LINKED, REMOVING = "LINKED", "REMOVING"
 DONE, ROLLED_BACK, FAILED = "DONE", "ROLLED_BACK", "FAILED"
 FINAL = (REFUSED, DONE, ROLLED_BACK, FAILED)
-STATES = (PENDING, REFUSED, LINKING, SWAPPING, SWAPPED, LINKED, REMOVING, DONE, ROLLED_BACK,
-          FAILED)
+STATES = (PENDING, REFUSED, SWAPPING, LINKED, REMOVING, DONE, ROLLED_BACK, FAILED)
 
 
 @dataclass(frozen=True)

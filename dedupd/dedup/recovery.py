@@ -54,9 +54,9 @@ def _plan_hardlink(rec: J.OpRecord) -> tuple[str, str]:
     sp = rec.spec
     keep, dup = (sp.keep_dev, sp.keep_ino), (sp.dup_dev, sp.dup_ino)
     at_name = _ino(sp.dup_path)
-    if rec.state in (J.SWAPPING, J.SWAPPED) and at_name == keep:
+    if rec.state == J.SWAPPING and at_name == keep:
         return J.DONE, "the duplicate's name already links to the kept file: finish"
-    if rec.state == J.SWAPPED or (rec.state == J.SWAPPING and at_name == dup):
+    if rec.state == J.SWAPPING and at_name == dup:
         return J.ROLLED_BACK, "swap did not happen: remove the temporary link"
     if rec.state == J.SWAPPING:
         return J.ROLLED_BACK, "the name now holds another file: remove our temporary link"
@@ -85,7 +85,7 @@ def recover_one(jr: J.Journal, rec: J.OpRecord) -> Recovered:
 def _recover_hardlink(rec: J.OpRecord) -> tuple[str, str]:
     sp = rec.spec
     keep = (sp.keep_dev, sp.keep_ino)
-    if rec.state in (J.SWAPPING, J.SWAPPED) and _ino(sp.dup_path) == keep:
+    if rec.state == J.SWAPPING and _ino(sp.dup_path) == keep:
         if sp.temp_path is not None:
             # After an exchange the old duplicate sits at the temp name.
             fs.unlink_if_inode(sp.temp_path, sp.dup_dev, sp.dup_ino)

@@ -25,9 +25,9 @@ from tests.integration.linktree import (
 
 pytestmark = pytest.mark.integration
 
-# PENDING LINKING mkdirs link LINKED REMOVING unlink DONE (8) for the move into a
-# new directory, PENDING LINKED REMOVING unlink DONE (5) where the name exists.
-STEPS = 13
+# PENDING mkdirs link LINKED REMOVING unlink DONE (7) for the move into a new
+# directory, PENDING LINKED REMOVING unlink DONE (5) where the name exists.
+STEPS = 12
 
 
 def setup(pool: MergerPool, tmp: Path) -> Path:

@@ -30,8 +30,9 @@ pytestmark = pytest.mark.integration
 
 # Steps of the scenario below, per mode (see test_step_count): 2 names replaced.
 MODES = {
-    "exchange": ({}, 16),  # PENDING LINKING link SWAPPING exchange SWAPPED unlink DONE
-    "rename+quarantine": ({"DEDUPD_TEST_NO_EXCHANGE": "1"}, 14),  # q link, rename
+    "exchange": ({}, 12),  # PENDING link SWAPPING exchange unlink-temp DONE
+    "rename+quarantine": ({"DEDUPD_TEST_NO_EXCHANGE": "1"}, 12),  # PENDING q-link link
+    # SWAPPING rename DONE
 }
 
 
