@@ -153,12 +153,15 @@ class Daemon:
                 importlib.util.find_spec("dedupd.dedup.journal") is None:
             log.debug("no operations journal in this build: nothing to recover")
             return
-        journal = importlib.import_module("dedupd.dedup.journal")
         self.board.state = "recovering"
         log.info("recovering interrupted operations")
+        store, dry = self.store, self.opts.dry_run
         result = await asyncio.get_running_loop().run_in_executor(
-            self.steps, journal.recover_all, self.store)
-        log.info("recovery done: %s", result)
+            self.steps, lambda: recover_journal(store, dry))
+        for r in result:
+            log.info("recovered: %s", r)
+        log.info("recovery done: %d unfinished operation(s) %sresolved", len(result),
+                 "would be " if dry else "")
 
     async def shutdown(self, main: asyncio.Task[None]) -> int:
         """Stop within stop_timeout: finish the current step, close passes, close sockets."""
@@ -391,6 +394,24 @@ class Daemon:
             self._lock_fd = None
         self.notify.close()
         self.steps.shutdown(wait=False, cancel_futures=True)
+
+
+def recover_journal(store: Any, dry_run: bool) -> list[Any]:
+    """Resolve every volume's unfinished journal ops (blocking; step thread).
+
+    Uses `dedupd.dedup.journal.recover_all(store)` when the journal module
+    offers it, else `dedupd.dedup.recovery.recover_all(Journal(store))`.
+    """
+    journal = importlib.import_module("dedupd.dedup.journal")
+    if hasattr(journal, "recover_all"):
+        return list(journal.recover_all(store))
+    recovery = importlib.import_module("dedupd.dedup.recovery")
+    jr = journal.Journal(store)
+    try:
+        return [r.as_json() if hasattr(r, "as_json") else r
+                for r in recovery.recover_all(jr, None, dry_run=dry_run)]
+    finally:
+        jr.close()
 
 
 def _left(deadline: float) -> float:
