@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,17 +29,6 @@ def make_small(root: Path) -> None:
     for i in range(100):
         size, variant = 100 * (1 + i % 4), (i // 4) % 2
         (root / f"s{i:03d}").write_bytes(bytes([65 + variant]) * size)
-
-
-@pytest.fixture
-def fast_dir() -> Iterator[Path]:
-    """tmpfs when there is one: 50,000 creates on a busy disk take far longer."""
-    parent = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    d = Path(tempfile.mkdtemp(prefix="dd5-fair-", dir=parent))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_small_volume_done_before_big_scan_finishes(dedupd_daemon, daemon_base, fast_dir):

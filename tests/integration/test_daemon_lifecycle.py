@@ -105,8 +105,8 @@ def test_sighup_reload_keeps_state_and_adds_volume(dedupd_daemon, daemon_base):
     assert dp.stop() == 0
 
 
-def test_sigterm_graceful_stop(dedupd_daemon, daemon_base):
-    vol = make_tree(daemon_base / "v1", 3000, distinct=1000)
+def test_sigterm_graceful_stop(dedupd_daemon, fast_dir):
+    vol = make_tree(fast_dir / "v1", 3000, distinct=1000)
     dp = dedupd_daemon({"one": {"path": str(vol)}})
     dp.wait_until(lambda d: d["volumes"]["one"]["steps"] >= 1, every=0.01)
     mark = len(dp.notify.notes)
