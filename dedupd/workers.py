@@ -89,7 +89,8 @@ class VolumeWorker:
         self.st.start_pass()
         log.info("volume %s: pass %d started (%s at %s%s)", self.vol.name,
                  self.st.passes_started, self.vol.kind, self.vol.path,
-                 ", full rescan" if self.force_next else "")
+                 ", full rescan" if self.force_next else "",
+                 extra=_fields(self, "pass_started", full_rescan=self.force_next))
 
     def advanced(self, out: StepOutcome) -> None:
         """Record a step's outcome; log the end of the scan phase once per pass."""
@@ -116,7 +117,11 @@ class VolumeWorker:
                  self.st.passes_started, report.seconds, c.get("files_seen", 0),
                  c.get("files_hashed", 0), c.get("groups", 0), len(report.actions),
                  " (dry run)" if report.dry_run else "", report.bytes_reclaimed,
-                 len(report.problems))
+                 len(report.problems),
+                 extra=_fields(self, "pass_finished", seconds=round(report.seconds, 3),
+                               actions=len(report.actions), dry_run=report.dry_run,
+                               bytes_reclaimed=report.bytes_reclaimed,
+                               problems=len(report.problems), counters=c))
         return list(report.problems)
 
     def failed(self, err: BaseException) -> None:
@@ -129,12 +134,21 @@ class VolumeWorker:
         self.st.next_pass_at = round(self.due, 3)
         self.st.doing = f"pass failed: {err}; retry in {backoff:.0f}s"
         log.error("volume %s: pass %d failed: %s (retry in %.0fs)", self.vol.name,
-                  self.st.passes_started, err, backoff)
+                  self.st.passes_started, err, backoff,
+                  extra=_fields(self, "pass_failed", error=str(err), retry_in=backoff))
 
     def _log_scan_done(self, c: dict[str, Any]) -> None:
         log.info("volume %s: scan finished: %d new, %d changed, %d unchanged files",
                  self.vol.name, c.get("files_new", 0), c.get("files_changed", 0),
-                 c.get("files_unchanged", 0))
+                 c.get("files_unchanged", 0),
+                 extra=_fields(self, "scan_finished", **{k: c.get(k, 0) for k in (
+                     "files_new", "files_changed", "files_unchanged")}))
+
+
+def _fields(w: VolumeWorker, event: str, **more: Any) -> dict[str, Any]:
+    """Structured fields for --log-json (dedupd.log puts record.fields in the object)."""
+    return {"fields": {"event": event, "volume": w.vol.name, "pass": w.st.passes_started,
+                       **more}}
 
 
 class RoundRobin:

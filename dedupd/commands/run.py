@@ -137,8 +137,10 @@ def serve(args: argparse.Namespace) -> int:
     from dedupd.detach import run_detached
 
     cfg = load_config(args)  # a config error is reported here, before any fork
-    if args.log_level is None:
-        logging.getLogger().setLevel(cfg.daemon.log_level.upper())
+    if args.log_level is None or (cfg.daemon.log_json and not args.log_json):
+        from dedupd import log
+
+        log.setup(args.log_level or cfg.daemon.log_level, args.log_json or cfg.daemon.log_json)
     opts = DaemonOptions(dry_run=args.dry_run, force_rescan=args.force_rescan, db_url=args.db,
                          log_level_fixed=args.log_level is not None, pidfile=args.pidfile)
     if args.detach:

@@ -186,3 +186,27 @@ def test_once_still_works(daemon_base):
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert '"files_seen": 10' in r.stdout
+
+
+def test_journald_prefixes_and_json_logs(dedupd_daemon, daemon_base):
+    vol = make_tree(daemon_base / "v1", 10)
+    dp = dedupd_daemon({"one": {"path": str(vol)}}, env={"JOURNAL_STREAM": "8:12345"})
+    dp.wait_until(lambda d: d["volumes"]["one"]["passes"]["completed"] == 1)
+    assert dp.stop() == 0
+    lines = [x for x in dp.log_text().splitlines() if x]
+    assert lines and all(x[:3] in ("<6>", "<4>", "<3>", "<7>") for x in lines), lines
+    assert any(x.startswith("<6>dedupd.worker: volume one: pass 1 finished") for x in lines)
+
+
+def test_log_json_events(dedupd_daemon, daemon_base):
+    import json
+
+    vol = make_tree(daemon_base / "v1", 10)
+    dp = dedupd_daemon({"one": {"path": str(vol)}}, args=["--log-json"])
+    dp.wait_until(lambda d: d["volumes"]["one"]["passes"]["completed"] == 1)
+    assert dp.stop() == 0
+    docs = [json.loads(x) for x in dp.log_text().splitlines() if x]
+    done = [d for d in docs if d.get("event") == "pass_finished"]
+    assert len(done) == 1 and done[0]["volume"] == "one"
+    assert done[0]["counters"]["files_seen"] == 10
+    assert any(d.get("event") == "scan_finished" and d["files_new"] == 10 for d in docs)
