@@ -128,7 +128,7 @@ class Daemon:
         self.store = Store(self.opts.db_url or self.cfg.database.url)
         await self._recover()
         self.scheduler = BackupScheduler(self.board, self.store, self.opts.dry_run,
-                                         self.cfg.source)
+                                         lambda: self.cfg)
         self.scheduler.validate(self.cfg.backups)  # a bad schedule is exit 78, before READY
         d = self.cfg.daemon
         access = Access(group_id(d.socket_group), group_id(d.admin_group))
@@ -272,7 +272,7 @@ class Daemon:
             try:
                 cfg, vols = self.loader()
                 assert self.scheduler is not None
-                self.scheduler.validate(cfg.backups)
+                self.scheduler.validate(cfg.backups, cfg.source)
                 await self._apply(cfg, {v.name: v for v in vols})
                 self.board.reloads += 1
                 log.info("reloaded: %d volume(s), %d backup job(s)", len(vols), len(cfg.backups))

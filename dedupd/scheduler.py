@@ -4,7 +4,8 @@ A schedule is "daily HH:MM" (local time), "hourly", or "every N<unit>" with
 unit s, m, h or d ("every 6h"). Interval schedules count from daemon start,
 so a restart loop cannot fire a backup on every start.
 
-The job body belongs to the backup package (`dedupd.backup.run_job`); it is
+The job body belongs to the backup package
+(`dedupd.backup.run_job(cfg, job, store, dry_run=...)`); it is
 imported lazily when a job is due, so a build without it still schedules and
 reports "backups not available" instead of failing to start. A job runs in its
 own thread (it may take hours), never on the loop and never in the volume
@@ -17,7 +18,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import importlib
-import inspect
 import logging
 import re
 import time
@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dedupd.config import BackupConfig
+from dedupd.config import BackupConfig, Config
 from dedupd.errors import ConfigError
 from dedupd.index.store import Store
 from dedupd.status import JobStatus, StatusBoard
@@ -90,29 +90,27 @@ def backup_runner() -> Callable[..., Any] | None:
     return fn if callable(fn) else None
 
 
-def call_job(fn: Callable[..., Any], job: BackupConfig, store: Store, dry_run: bool) -> Any:
-    """Call run_job(job, store[, dry_run=...]) with what its signature accepts."""
-    params = inspect.signature(fn).parameters
-    kwargs: dict[str, Any] = {}
-    if "dry_run" in params:
-        kwargs["dry_run"] = dry_run
-    if "store" in params or len(params) >= 2:
-        return fn(job, store, **kwargs)
-    return fn(job, **kwargs)
+def call_job(fn: Callable[..., Any], cfg: Config, job: BackupConfig, store: Store,
+             dry_run: bool) -> Any:
+    """The backup package's contract: run_job(cfg, job, store, dry_run=...) (blocking)."""
+    return fn(cfg, job, store, dry_run=dry_run)
 
 
 class BackupScheduler:
     """One asyncio task per job: sleep until due, run the job in a thread, repeat."""
 
     def __init__(self, board: StatusBoard, store: Store, dry_run: bool,
-                 source: str = "<config>") -> None:
-        self.board, self.store, self.dry_run, self.source = board, store, dry_run, source
+                 config: Callable[[], Config]) -> None:
+        self.board, self.store, self.dry_run = board, store, dry_run
+        self.config = config  # the current config (it changes on reload)
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.jobs: dict[str, BackupConfig] = {}
         self.running: set[asyncio.Future[Any]] = set()
 
-    def validate(self, jobs: Mapping[str, BackupConfig]) -> dict[str, Schedule]:
-        return {n: parse_schedule(j.schedule, f"backups.{n}.schedule", self.source)
+    def validate(self, jobs: Mapping[str, BackupConfig],
+                 source: str | None = None) -> dict[str, Schedule]:
+        src = source or self.config().source
+        return {n: parse_schedule(j.schedule, f"backups.{n}.schedule", src)
                 for n, j in jobs.items()}
 
     def update(self, jobs: Mapping[str, BackupConfig]) -> None:
@@ -130,12 +128,13 @@ class BackupScheduler:
         for name, job in jobs.items():
             if name not in self.tasks:
                 self.board.jobs[name] = JobStatus(name, job.schedule)
-                self.tasks[name] = asyncio.create_task(self._loop(job, schedules[name]),
+                due = schedules[name].next_after(time.time())
+                self.board.jobs[name].next_run_at = round(due, 3)
+                self.tasks[name] = asyncio.create_task(self._loop(job, schedules[name], due),
                                                        name=f"backup-{name}")
 
-    async def _loop(self, job: BackupConfig, sched: Schedule) -> None:
+    async def _loop(self, job: BackupConfig, sched: Schedule, due: float) -> None:
         st = self.board.jobs[job.name]
-        due = sched.next_after(time.time())
         while True:
             st.next_run_at = round(due, 3)
             await asyncio.sleep(max(0.0, due - time.time()))
@@ -151,8 +150,8 @@ class BackupScheduler:
             return
         st.state = "running"
         log.info("backup job %s started (%s)", job.name, job.dataset)
-        fut = asyncio.ensure_future(asyncio.to_thread(call_job, fn, job, self.store,
-                                                      self.dry_run))
+        fut = asyncio.ensure_future(asyncio.to_thread(call_job, fn, self.config(), job,
+                                                      self.store, self.dry_run))
         self.running.add(fut)
         # Discard on completion, not in `finally`: a cancelled _loop must leave a
         # still-running job visible to stop(), which waits for it.

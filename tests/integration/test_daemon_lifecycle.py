@@ -102,6 +102,15 @@ def test_sighup_reload_keeps_state_and_adds_volume(dedupd_daemon, daemon_base):
     doc = dp.request("status")
     assert set(doc["volumes"]) == {"one", "two"} and doc["reloads"] == 1
     assert any(e["where"] == "reload" and "not_a_key" in e["error"] for e in doc["last_errors"])
+
+    # a volume dropped from the config leaves service and loses its socket
+    mark = len(dp.notify.notes)
+    write_config(daemon_base, {"two": {"path": str(v2)}})
+    dp.proc.send_signal(signal.SIGHUP)
+    i, _, _ = dp.notify.wait_for("RELOADING", "1", after=mark)
+    dp.notify.wait_for("READY", "1", after=i)
+    doc = dp.wait_until(lambda d: set(d["volumes"]) == {"two"})
+    assert doc["reloads"] == 2 and not (dp.runtime / "one.sock").exists()
     assert dp.stop() == 0
 
 

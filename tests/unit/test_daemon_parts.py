@@ -103,3 +103,70 @@ def test_status_board_counters_and_summary():
 def test_ioprio_encoding():
     assert ioprio_value("idle") == 3 << 13
     assert ioprio_value("best-effort", 7) == (2 << 13) | 7
+
+
+def _job(name: str = "j", schedule: str = "every 1h"):
+    from dedupd.config import BackupConfig, TargetConfig
+
+    return BackupConfig(name=name, dataset="pool/data", target=TargetConfig("s3", bucket="b"),
+                        schedule=schedule)
+
+
+def test_scheduler_runs_the_job_body_in_a_thread(monkeypatch):
+    import asyncio
+    import threading
+
+    from dedupd import scheduler as S
+    from dedupd.config import Config
+
+    calls = []
+
+    def body(cfg, job, store, dry_run=False):
+        calls.append((cfg.source, job.name, store, dry_run, threading.current_thread().name))
+        if job.name == "bad":
+            raise RuntimeError("target unreachable")
+        return "2 chunks"
+
+    monkeypatch.setattr(S, "backup_runner", lambda: body)
+    board = StatusBoard()
+    cfg = Config(source="t.toml", backups={"j": _job(), "bad": _job("bad")})
+
+    async def go():
+        sch = S.BackupScheduler(board, "STORE", True, lambda: cfg)  # type: ignore[arg-type]
+        sch.update(cfg.backups)
+        assert board.jobs["j"].next_run_at == pytest.approx(time.time() + 3600, abs=5)
+        loop_task = asyncio.create_task(sch._loop(_job(), S.Schedule("t", interval=0.1),
+                                                   time.time() + 0.1))
+        await asyncio.sleep(0.35)
+        await sch._run(_job("bad"), board.jobs["bad"])
+        assert await sch.stop(1.0)
+        loop_task.cancel()
+
+    asyncio.run(go())
+    ok = [c for c in calls if c[1] == "j"]
+    assert len(ok) >= 2 and all(c[0] == "t.toml" and c[2] == "STORE" and c[3] for c in ok)
+    assert all(c[4] != threading.current_thread().name for c in calls)  # never on the loop
+    assert board.jobs["j"].runs >= 2 and board.jobs["j"].last_result == "2 chunks"
+    assert board.jobs["bad"].failures == 1 and "unreachable" in board.jobs["bad"].last_result
+    assert board.errors[-1]["where"] == "backup bad"
+
+
+def test_scheduler_without_backup_module(monkeypatch):
+    import asyncio
+
+    from dedupd import scheduler as S
+    from dedupd.config import Config
+
+    monkeypatch.setattr(S, "backup_runner", lambda: None)
+    board = StatusBoard()
+    cfg = Config(source="t.toml", backups={"j": _job()})
+
+    async def go():
+        sch = S.BackupScheduler(board, None, False, lambda: cfg)  # type: ignore[arg-type]
+        sch.update(cfg.backups)
+        await sch._run(_job(), board.jobs["j"])
+        await sch.stop(1.0)
+
+    asyncio.run(go())
+    assert board.jobs["j"].state == "unavailable"
+    assert "not available" in board.jobs["j"].last_result
