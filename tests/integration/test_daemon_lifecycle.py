@@ -219,3 +219,36 @@ def test_log_json_events(dedupd_daemon, daemon_base):
     assert len(done) == 1 and done[0]["volume"] == "one"
     assert done[0]["counters"]["files_seen"] == 10
     assert any(d.get("event") == "scan_finished" and d["files_new"] == 10 for d in docs)
+
+
+def test_interrupted_operation_recovered_before_ready(dedupd_daemon, daemon_base):
+    """A hardlink op killed mid-swap (journal SWAPPING, temp link made) is rolled
+    back at startup, before READY=1: the temporary name is gone, both files intact."""
+    from dedupd.dedup import journal as J
+    from dedupd.index.store import Store
+
+    vol = daemon_base / "v1"
+    vol.mkdir()
+    keep, dup, temp = vol / "keep", vol / "dup", vol / ".dup.dedupd-tmp"
+    keep.write_bytes(b"same bytes\n" * 100)
+    dup.write_bytes(b"same bytes\n" * 100)
+    os.link(keep, temp)
+    ks, ds = keep.stat(), dup.stat()
+    store = Store(f"sqlite:///{daemon_base / 'index.db'}")
+    jr = J.Journal(store)
+    op = jr.begin(J.OpSpec("one", "hardlink", bytes(keep), bytes(dup), ks.st_dev, ks.st_ino,
+                           ds.st_dev, ds.st_ino, ks.st_size, ds.st_mtime_ns,
+                           temp_path=bytes(temp)))
+    jr.set(op, J.SWAPPING)
+
+    dp = dedupd_daemon({"one": {"path": str(vol)}}, ready=False)
+    dp.notify.wait_for("READY", "1")
+    assert not temp.exists()  # resolved before READY
+    assert dup.stat().st_ino == ds.st_ino and dup.read_bytes() == keep.read_bytes()
+    rec = jr.get(op)
+    assert rec is not None and rec.state == J.ROLLED_BACK
+    jr.close()
+    store.close()
+    assert dp.stop() == 0
+    log = dp.log_text()
+    assert log.index("recovery done: 1 unfinished operation(s) resolved") < log.index("ready")
