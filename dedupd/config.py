@@ -39,6 +39,7 @@ class DaemonConfig:
     stop_timeout: float = 30.0
     socket_group: str = "dedupd"
     pass_interval: float = 300.0
+    client_idle_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,7 @@ def _daemon(t: _Table) -> DaemonConfig:
         stop_timeout=t.number("stop_timeout", 30.0),
         socket_group=t.text("socket_group", "dedupd"),
         pass_interval=t.number("pass_interval", 300.0),
+        client_idle_timeout=t.number("client_idle_timeout", 30.0, lo=0.1),
     )
     t.done()
     return d
