@@ -105,8 +105,8 @@ class Daemon:
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT; 0 after a clean stop."""
         try:
+            self._install_signals()  # a SIGTERM during recovery stops right after it
             await self.startup()
-            self._install_signals()
             self.notify.ready(self.board.summary())
             log.info("dedupd %s ready: %d volume(s), %d backup job(s), sockets in %s",
                      self.board.snapshot()["version"], len(self.vols), len(self.cfg.backups),
@@ -132,7 +132,7 @@ class Daemon:
         self.scheduler.validate(self.cfg.backups)  # a bad schedule is exit 78, before READY
         d = self.cfg.daemon
         access = Access(group_id(d.socket_group), group_id(d.admin_group))
-        self.control = ControlServer(self._handle, access)
+        self.control = ControlServer(self._handle, access, d.client_idle_timeout)
         try:
             await self.control.listen(self.runtime_dir / "dedupd.sock", None, access.socket_gid)
         except OSError as e:
@@ -265,6 +265,9 @@ class Daemon:
 
     async def reload(self) -> None:
         """SIGHUP: re-read the config; on any error keep running with the old one."""
+        if self.board.state != "running":
+            log.warning("SIGHUP ignored while %s", self.board.state)
+            return
         async with self._reload_lock:
             self.notify.reloading()
             self.board.state = "reloading"

@@ -211,3 +211,40 @@ def test_status_command_human_and_not_running(dedupd_daemon, daemon_base):
     r = subprocess.run([sys.executable, "-m", "dedupd", "status", "-c", str(dp.cfg)],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 75 and "no daemon listening" in r.stderr
+
+
+def test_idle_clients_are_disconnected(dedupd_daemon, daemon_base):
+    vol = make_tree(daemon_base / "v1", 10)
+    dp = dedupd_daemon({"v": {"path": str(vol)}}, daemon={"client_idle_timeout": 1.0})
+    silent, partial = connect(dp.socket), connect(dp.socket)
+    partial.sendall(b'{"cmd": "sta')  # half a request, then nothing
+    t0 = time.monotonic()
+    assert silent.recv(10) == b"" and partial.recv(10) == b""  # closed by the daemon
+    assert 0.8 < time.monotonic() - t0 < 5
+    silent.close()
+    partial.close()
+    # an active client is not affected by the timeout between its requests
+    c = connect(dp.socket)
+    for _ in range(3):
+        c.sendall(b'{"cmd": "ping"}\n')
+        assert read_line(c)["ok"] is True
+        time.sleep(0.5)
+    c.close()
+    assert dp.stop() == 0
+
+
+def test_status_watch_json(dedupd_daemon, daemon_base):
+    vol = make_tree(daemon_base / "v1", 10)
+    dp = dedupd_daemon({"v": {"path": str(vol)}})
+    p = subprocess.Popen([sys.executable, "-m", "dedupd", "status", "v", "--json", "--watch",
+                          "0.2", "--socket", str(dp.socket)], cwd=REPO,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        lines = [p.stdout.readline() for _ in range(4)] if p.stdout else []
+    finally:
+        p.terminate()
+        p.wait(10)
+    docs = [json.loads(x) for x in lines]
+    assert len(docs) == 4 and all(set(d["volumes"]) == {"v"} for d in docs)
+    assert docs[-1]["uptime"] > docs[0]["uptime"]
+    assert dp.stop() == 0
