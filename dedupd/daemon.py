@@ -7,12 +7,15 @@ it), validate the backup schedules, bind the control sockets, and only then
 send READY=1.
 
 The main loop serves volume workers round-robin, one bounded step per worker
-per turn, in a single step thread (blocking work never runs on the loop, and
-the loop stays free to answer the control sockets). SIGHUP reloads the config
-without dropping counters or the pass under way; SIGTERM/SIGINT stop: the
-current step may finish within [daemon] stop_timeout, then each pass is
-closed between steps. A step that overruns is abandoned (the caller exits the
-process); the journal lets the next start recover whatever it was doing.
+per turn. The passes themselves run in one child process (dedupd/stepper.py)
+at [daemon] nice, so neither their blocking calls nor their hold on the GIL
+delay the loop, which answers the control sockets at normal priority. SIGHUP
+reloads the config without dropping counters or the pass under way;
+SIGTERM/SIGINT stop: the current step may finish within [daemon]
+stop_timeout, then each pass is closed between steps. A step that overruns is
+killed with its process; the journal lets the next start recover whatever it
+was doing. A backup job still running at the deadline is abandoned (the
+caller exits the process without waiting for its thread).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import gc
 import grp
 import importlib
@@ -41,9 +45,10 @@ from dedupd.control import Access, ControlError, ControlServer
 from dedupd.errors import DedupdError, TemporaryFailure
 from dedupd.index.store import Store
 from dedupd.notify import Notifier, watchdog_interval
-from dedupd.proc_priority import apply_priority
+from dedupd.proc_priority import apply_priority, responsive_loop_thread, work_thread_init
 from dedupd.scheduler import BackupScheduler
 from dedupd.status import StatusBoard, WorkerStatus
+from dedupd.stepper import StepProcess, StepProcessDied
 from dedupd.workers import RoundRobin, VolumeWorker
 
 log = logging.getLogger("dedupd.daemon")
@@ -81,8 +86,10 @@ class Daemon:
         self.board = StatusBoard()
         self.notify = Notifier()
         self.rr = RoundRobin()
-        self.steps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedupd-step")
-        self.abandoned = False  # a step overran stop_timeout: the caller must _exit
+        dc = self.cfg.daemon
+        self.steps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedupd-step",
+                                        initializer=work_thread_init, initargs=(dc,))
+        self.abandoned = False  # the stop overran stop_timeout (exit status 1)
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -91,6 +98,7 @@ class Daemon:
         self.store: Store | None = None
         self.control: ControlServer | None = None
         self.scheduler: BackupScheduler | None = None
+        self.stepper: StepProcess | None = None
 
     @property
     def runtime_dir(self) -> Path:
@@ -124,7 +132,17 @@ class Daemon:
         gc.freeze()
         self._prepare_runtime_dir()
         self._take_lock()
-        log.info("priority: %s", apply_priority(self.cfg.daemon))
+        done = apply_priority(self.cfg.daemon)  # the process's starting point, inherited
+        # Fork the step process now: no other thread exists yet, no socket is bound.
+        self.stepper = StepProcess(self.opts.db_url or self.cfg.database.url, self.cfg.daemon)
+        assert self._lock_fd is not None
+        self.stepper.start(close_fds=(self._lock_fd,))
+        # Backup jobs (asyncio.to_thread) run in the default executor: low priority too.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(
+            thread_name_prefix="dedupd-job", initializer=work_thread_init,
+            initargs=(self.cfg.daemon,)))
+        done["loop_thread_nice"] = responsive_loop_thread(self.cfg.daemon)
+        log.info("priority: %s", done)
         self.store = Store(self.opts.db_url or self.cfg.database.url)
         await self._recover()
         self.scheduler = BackupScheduler(self.board, self.store, self.opts.dry_run,
@@ -173,11 +191,19 @@ class Daemon:
         self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(main), timeout)
-            await asyncio.wait_for(self._in_step_thread(self._close_all), _left(deadline))
         except TimeoutError:
             self.abandoned = True
-            log.error("a step did not finish within %.0fs; exiting anyway (interrupted "
-                      "operations are recovered at the next start)", timeout)
+            log.error("a step did not finish within %.0fs; killed it (interrupted operations "
+                      "are recovered at the next start)", timeout)
+            if self.stepper is not None:
+                self.stepper.interrupt()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(main), 10)
+        if self.stepper is not None:
+            stepper = self.stepper
+            if not await self._in_step_thread(lambda: stepper.stop(_left(deadline))):
+                self.abandoned = True
+                log.error("the step process did not close its passes in time; killed it")
         if self.scheduler is not None and not await self.scheduler.stop(_left(deadline)):
             self.abandoned = True
             log.error("a backup job is still running; exiting anyway (it resumes next run)")
@@ -189,10 +215,6 @@ class Daemon:
             self.store.close()
         log.info("stopped")
         return 0 if not self.abandoned else 1
-
-    def _close_all(self) -> None:
-        for w in self.rr.workers.values():
-            w.close()
 
     async def _in_step_thread(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.steps, fn)
@@ -215,10 +237,13 @@ class Daemon:
     async def _turn(self, w: VolumeWorker) -> None:
         if not w.in_pass:
             w.begin()
-        assert self.store is not None
-        store = self.store
+        assert self.stepper is not None
+        stepper = self.stepper
         try:
-            out = await self._in_step_thread(lambda: w.step(store))
+            out = await self._in_step_thread(lambda: w.step(stepper))
+        except StepProcessDied as e:
+            await self._step_process_died(e)
+            return
         except Exception as e:
             w.failed(e)
             self.board.error(f"volume {w.vol.name}", str(e))
@@ -226,14 +251,28 @@ class Daemon:
         if out.report is None:
             w.advanced(out)
             return
-        for p in w.finished(out.report):
+        for p in w.finished(out.report, out.actions):
             self.board.error(f"volume {w.vol.name}", f"{p.get('reason')}: {p.get('detail', '')}",
                              p.get("path", ""))
+
+    async def _step_process_died(self, err: Exception) -> None:
+        """Every pass under way is lost: fail them (retried later), start a new process."""
+        for w in self.rr.workers.values():
+            if w.in_pass:
+                w.failed(err)
+                self.board.error(f"volume {w.vol.name}", str(err))
+        if not self._stop.is_set() and self.stepper is not None:
+            stepper = self.stepper
+            await self._in_step_thread(stepper.restart)
+            log.warning("step process restarted (pid %d)", stepper.pid)
 
     async def _reap_removed(self) -> None:
         for name, w in list(self.rr.workers.items()):
             if w.removed:
-                await self._in_step_thread(w.close)
+                stepper = self.stepper
+                assert stepper is not None
+                with contextlib.suppress(DedupdError):
+                    await self._in_step_thread(functools.partial(w.close, stepper))
                 self.rr.remove(name)
                 self.board.workers.pop(name, None)
                 log.info("volume %s: removed from service", name)
@@ -390,6 +429,8 @@ class Daemon:
         self._lock_fd = fd
 
     def _release(self) -> None:
+        if self.stepper is not None:
+            self.stepper.kill()  # only if still running (startup failed, or abandoned)
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.pidfile)

@@ -1,13 +1,18 @@
-"""CPU and I/O priority of the daemon process ([daemon] nice, ionice).
+"""CPU and I/O priority of the daemon ([daemon] nice, ionice).
 
-Applied once at start, before any worker thread exists: on Linux both the nice
-value and the I/O priority are per thread, and new threads inherit them from
-the thread that creates them. Under systemd the unit's Nice= and
-IOSchedulingClass= already did the same; applying it again is harmless.
+On Linux both the nice value and the I/O priority are per *thread* (new
+threads and child processes inherit them from the thread that creates them).
+The daemon uses that: every thread that does work (volume steps, backup jobs,
+and the subprocesses they start) runs at the configured low priority, while
+the event-loop thread, which only answers the control sockets and hands out
+turns, goes back to normal CPU priority when it may (root). A nice-19 loop on
+a busy host would otherwise answer `dedupd status` tens of milliseconds late.
+Under systemd the unit's Nice= and IOSchedulingClass= set the starting point.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -46,7 +51,10 @@ def set_ioprio(klass: str) -> bool:
 
 
 def apply_priority(cfg: DaemonConfig) -> dict[str, object]:
-    """Lower (never raise, unless root) CPU and I/O priority as configured; say what was done."""
+    """Set the calling thread's CPU and I/O priority as configured; say what was done.
+
+    Raising priority needs root (CAP_SYS_NICE); without it the current value stays.
+    """
     done: dict[str, object] = {}
     try:
         current = os.getpriority(os.PRIO_PROCESS, 0)
@@ -68,3 +76,26 @@ def current_ioprio() -> int:
         return -1
     libc = ctypes.CDLL(None, use_errno=True)
     return int(libc.syscall(get_nr, _IOPRIO_WHO_PROCESS, 0))
+
+
+def work_thread_init(cfg: DaemonConfig) -> None:
+    """ThreadPoolExecutor initializer: a work thread runs at the configured priority."""
+    # Without root a thread cannot go below the value it inherited: keep that then.
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, cfg.nice)
+    if cfg.ionice != "none":
+        set_ioprio(cfg.ionice)
+
+
+def responsive_loop_thread(cfg: DaemonConfig) -> int:
+    """Put the calling (event-loop) thread back at nice 0 when allowed; returns its nice.
+
+    The loop thread does little CPU work (status replies, scheduling); the
+    configured priority still applies to every work thread via work_thread_init.
+    """
+    if cfg.nice > 0:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+        except OSError:
+            log.debug("event loop thread stays at nice %d (not root)", cfg.nice)
+    return os.getpriority(os.PRIO_PROCESS, 0)

@@ -1,24 +1,25 @@
 """Volume workers and the round-robin that serves them.
 
-A VolumeWorker owns one volume's current pass (a generator of bounded steps,
-see dedupd.volumes). Its `step()` runs in the daemon's single step thread;
-everything else runs on the event loop. Because the loop only ever hands the
-step thread one step at a time, a worker's pass is never touched by two
-threads at once and its StatusBoard entry is updated only between steps.
+A VolumeWorker stands for one volume's passes (generators of bounded steps,
+see dedupd.volumes), which live in the step process (dedupd/stepper.py).
+`step()` and `close()` block on that process and run in the daemon's single
+step thread; everything else runs on the event loop. The loop hands out one
+step at a time, so the StatusBoard entry is only updated between steps.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dedupd.config import VolumeConfig
-from dedupd.index.store import Store
 from dedupd.status import WorkerStatus
-from dedupd.volumes import PassOptions, PassReport, Step, VolumePass, make_pass
+from dedupd.volumes import PassReport, Step
+
+if TYPE_CHECKING:
+    from dedupd.stepper import StepProcess
 
 log = logging.getLogger("dedupd.worker")
 
@@ -31,7 +32,8 @@ class StepOutcome:
 
     step: Step | None = None
     counters: dict[str, int] | None = None
-    report: PassReport | None = None  # set when the pass is over
+    report: PassReport | None = None  # set when the pass is over (actions left out)
+    actions: int = 0  # how many actions the finished pass did (or would do)
 
 
 class VolumeWorker:
@@ -45,38 +47,30 @@ class VolumeWorker:
         self.force_next = force_rescan
         self.pass_interval = pass_interval
         self.pending_vol: VolumeConfig | None = None  # from a reload, used at the next pass
-        self.vp: VolumePass | None = None
-        self.gen: Iterator[Step] | None = None
+        self.active = False  # a pass is under way in the step process
         self.due = time.time()  # the first pass starts right away
         self.failures = 0
         self.removed = False
 
     @property
     def in_pass(self) -> bool:
-        return self.gen is not None
+        return self.active
 
     def runnable(self, now: float) -> bool:
         if self.st.paused or self.removed:
             return False
         return self.in_pass or self.st.rescan_requested or now >= self.due
 
-    def step(self, store: Store) -> StepOutcome:
+    def step(self, stepper: StepProcess) -> StepOutcome:
         """One bounded unit of work (blocking; step thread only). Exceptions propagate."""
-        if self.gen is None:
-            self.vp = make_pass(self.vol, store, PassOptions(self.dry_run, self.force_next))
-            self.gen = self.vp.steps()
-        assert self.vp is not None
-        try:
-            s = next(self.gen)
-        except StopIteration:
-            return StepOutcome(report=self.vp.report())
-        return StepOutcome(step=s, counters=dict(self.vp.counters))
+        self.active = True
+        return stepper.call("step", self.vol, self.dry_run, self.force_next)  # type: ignore[no-any-return]
 
-    def close(self) -> None:
+    def close(self, stepper: StepProcess) -> None:
         """Abandon the pass between steps (step thread only): runs its cleanup code."""
-        gen, self.gen, self.vp = self.gen, None, None
-        if gen is not None and hasattr(gen, "close"):
-            gen.close()
+        if self.active:
+            self.active = False
+            stepper.call("close", self.vol.name)
 
     # -- loop side ---------------------------------------------------------------
 
@@ -100,11 +94,11 @@ class VolumeWorker:
         if before == "scanning" and self.st.state != "scanning":
             self._log_scan_done(out.counters)
 
-    def finished(self, report: PassReport) -> list[dict[str, str]]:
+    def finished(self, report: PassReport, actions: int) -> list[dict[str, str]]:
         """The pass ended normally; returns its problems for the error list."""
         if self.st.state == "scanning":
             self._log_scan_done(report.counters)
-        self.gen, self.vp = None, None
+        self.active = False
         self.force_next = False
         self.failures = 0
         self.st.finish_pass(report.counters, report.bytes_reclaimed, ok=True)
@@ -115,18 +109,18 @@ class VolumeWorker:
         log.info("volume %s: pass %d finished in %.1fs: %d files seen, %d hashed, %d groups, "
                  "%d actions%s, %d bytes reclaimed, %d problems", self.vol.name,
                  self.st.passes_started, report.seconds, c.get("files_seen", 0),
-                 c.get("files_hashed", 0), c.get("groups", 0), len(report.actions),
+                 c.get("files_hashed", 0), c.get("groups", 0), actions,
                  " (dry run)" if report.dry_run else "", report.bytes_reclaimed,
                  len(report.problems),
                  extra=_fields(self, "pass_finished", seconds=round(report.seconds, 3),
-                               actions=len(report.actions), dry_run=report.dry_run,
+                               actions=actions, dry_run=report.dry_run,
                                bytes_reclaimed=report.bytes_reclaimed,
                                problems=len(report.problems), counters=c))
         return list(report.problems)
 
     def failed(self, err: BaseException) -> None:
         """The pass raised: drop it and retry later with exponential backoff."""
-        self.gen, self.vp = None, None
+        self.active = False
         self.failures += 1
         self.st.finish_pass({}, 0, ok=False)
         backoff = min(60.0 * 2 ** (self.failures - 1), MAX_ERROR_BACKOFF, self.pass_interval)

@@ -130,13 +130,57 @@ def test_sigterm_graceful_stop(dedupd_daemon, fast_dir):
     assert "stopped" in dp.log_text()
 
 
+def children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def nice_of(path: str) -> int:
+    return int(Path(path).read_text().rsplit(")", 1)[1].split()[16])
+
+
 def test_priority_applied(dedupd_daemon, daemon_base):
+    """The step process at nice 19 / idle I/O; the event loop back at nice 0."""
     vol = make_tree(daemon_base / "v1", 5)
     dp = dedupd_daemon({"one": {"path": str(vol)}})
-    fields = Path(f"/proc/{dp.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    assert int(fields[16]) == 19  # nice
-    out = subprocess.run(["ionice", "-p", str(dp.proc.pid)], capture_output=True, text=True)
+    dp.wait_until(lambda d: d["volumes"]["one"]["passes"]["completed"] == 1)
+    pid = dp.proc.pid
+    assert nice_of(f"/proc/{pid}/stat") == 0  # the loop thread answers status promptly
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    assert all(nice_of(f"/proc/{pid}/task/{t}/stat") == 19 for t in tids)
+    (child,) = children(pid)
+    assert nice_of(f"/proc/{child}/stat") == 19
+    out = subprocess.run(["ionice", "-p", str(child)], capture_output=True, text=True)
     assert out.stdout.strip() == "idle"
+    assert "loop_thread_nice': 0" in dp.log_text()
+    assert dp.stop() == 0
+    assert not Path(f"/proc/{child}").exists()  # the step process went with it
+
+
+def test_step_process_killed_is_replaced(dedupd_daemon, fast_dir):
+    vol = make_tree(fast_dir / "v1", 20000, distinct=5000)
+    dp = dedupd_daemon({"one": {"path": str(vol)}})
+    dp.wait_until(lambda d: d["volumes"]["one"]["steps"] >= 1, every=0.01)
+    (child,) = children(dp.proc.pid)
+    os.kill(child, signal.SIGKILL)
+    doc = dp.wait_until(lambda d: d["volumes"]["one"]["passes"]["failed"] == 1)
+    assert "died" in doc["volumes"]["one"]["doing"]
+    deadline = time.monotonic() + 10
+    while "step process restarted" not in dp.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (new_child,) = children(dp.proc.pid)
+    assert new_child != child
+    dp.request("rescan", volume="one")  # do not wait for the retry backoff
+    doc = dp.wait_until(lambda d: d["volumes"]["one"]["passes"]["completed"] == 1)
+    assert doc["volumes"]["one"]["counters"]["files_seen"] == 20000
     assert dp.stop() == 0
 
 
