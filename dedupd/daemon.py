@@ -22,14 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import gc
-import grp
-import importlib
-import importlib.util
 import logging
-import os
 import re
 import signal
 import sys
@@ -42,10 +37,11 @@ from typing import Any
 
 from dedupd.config import Config, VolumeConfig
 from dedupd.control import Access, ControlError, ControlServer
-from dedupd.errors import DedupdError, TemporaryFailure
+from dedupd.errors import DedupdError
 from dedupd.index.store import Store
 from dedupd.notify import Notifier, watchdog_interval
 from dedupd.proc_priority import apply_priority, responsive_loop_thread, work_thread_init
+from dedupd.runtime import PidLock, group_id, has_journal, prepare_runtime_dir, recover_journal
 from dedupd.scheduler import BackupScheduler
 from dedupd.status import StatusBoard, WorkerStatus
 from dedupd.stepper import StepProcess, StepProcessDied
@@ -71,13 +67,6 @@ class DaemonOptions:
     pidfile: Path | None = None  # lock + pid file; default RUNTIME_DIR/dedupd.pid
 
 
-def group_id(name: str) -> int | None:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        return None
-
-
 class Daemon:
     def __init__(self, loader: Loader, opts: DaemonOptions) -> None:
         self.loader, self.opts = loader, opts
@@ -94,7 +83,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._lock_fd: int | None = None
+        self.lock = PidLock(self.pidfile)
         self.store: Store | None = None
         self.control: ControlServer | None = None
         self.scheduler: BackupScheduler | None = None
@@ -130,13 +119,12 @@ class Daemon:
         # A full garbage collection holds the GIL, so it stalls status answers; keep
         # the long-lived objects of the imports (SQLAlchemy, boto3...) out of it.
         gc.freeze()
-        self._prepare_runtime_dir()
-        self._take_lock()
+        prepare_runtime_dir(self.runtime_dir, self.cfg.daemon.socket_group)
+        lock_fd = self.lock.acquire()
         done = apply_priority(self.cfg.daemon)  # the process's starting point, inherited
         # Fork the step process now: no other thread exists yet, no socket is bound.
         self.stepper = StepProcess(self.opts.db_url or self.cfg.database.url, self.cfg.daemon)
-        assert self._lock_fd is not None
-        self.stepper.start(close_fds=(self._lock_fd,))
+        self.stepper.start(close_fds=(lock_fd,))
         # Backup jobs (asyncio.to_thread) run in the default executor: low priority too.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(
             thread_name_prefix="dedupd-job", initializer=work_thread_init,
@@ -167,8 +155,7 @@ class Daemon:
 
     async def _recover(self) -> None:
         """Finish or roll back interrupted destructive steps, before anything else."""
-        if importlib.util.find_spec("dedupd.dedup") is None or \
-                importlib.util.find_spec("dedupd.dedup.journal") is None:
+        if not has_journal():
             log.debug("no operations journal in this build: nothing to recover")
             return
         self.board.state = "recovering"
@@ -404,58 +391,12 @@ class Daemon:
             self.notify.watchdog()
             await asyncio.sleep(interval)
 
-    def _prepare_runtime_dir(self) -> None:
-        """Socket dir 0750, group = the socket group when it exists (else root only)."""
-        d = self.runtime_dir
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o750)
-        gid = group_id(self.cfg.daemon.socket_group)
-        if os.geteuid() == 0:
-            os.chown(d, 0, gid if gid is not None else 0)
-
-    def _take_lock(self) -> None:
-        """One daemon per runtime dir: an flock on dedupd.pid, which also holds our pid."""
-        path = self.pidfile
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            raise TemporaryFailure(f"another dedupd (pid {other or '?'}) is running with "
-                                   f"{path}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-
     def _release(self) -> None:
         if self.stepper is not None:
             self.stepper.kill()  # only if still running (startup failed, or abandoned)
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.pidfile)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.lock.release()
         self.notify.close()
         self.steps.shutdown(wait=False, cancel_futures=True)
-
-
-def recover_journal(store: Any, dry_run: bool) -> list[Any]:
-    """Resolve every volume's unfinished journal ops (blocking; step thread).
-
-    Uses `dedupd.dedup.journal.recover_all(store)` when the journal module
-    offers it, else `dedupd.dedup.recovery.recover_all(Journal(store))`.
-    """
-    journal = importlib.import_module("dedupd.dedup.journal")
-    if hasattr(journal, "recover_all"):
-        return list(journal.recover_all(store))
-    recovery = importlib.import_module("dedupd.dedup.recovery")
-    jr = journal.Journal(store)
-    try:
-        return [r.as_json() if hasattr(r, "as_json") else r
-                for r in recovery.recover_all(jr, None, dry_run=dry_run)]
-    finally:
-        jr.close()
 
 
 def _left(deadline: float) -> float:
