@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from dedupd.dedup import hardlink as H
 from dedupd.dedup import journal as J
+from dedupd.dedup import recovery
 from dedupd.dedup.verify import (
     Refused,
     Writers,
@@ -264,13 +265,12 @@ def _remove(jr: J.Journal, spec: J.OpSpec) -> None:
 
 def _rollback(jr: J.Journal, op: int, spec: J.OpSpec, e: Exception) -> None:
     rec = jr.get(op)
-    if rec is not None and rec.state == J.PENDING:
-        jr.set(op, J.REFUSED, str(e))
+    made = spec.dest_path is not None and os.path.lexists(spec.dest_path)
+    if rec is not None and rec.state == J.PENDING and not made:
+        fs.rmdirs_if_empty(spec.dirs)
+        jr.set(op, J.REFUSED if isinstance(e, Refused) else J.ROLLED_BACK, str(e))
         return
-    if spec.dest_path is not None:
-        fs.unlink_if_inode(spec.dest_path, spec.keep_dev, spec.keep_ino)
-    if spec.quarantine_path is not None:
-        fs.unlink_if_inode(spec.quarantine_path, spec.dup_dev, spec.dup_ino)
-    fs.rmdirs_if_empty(spec.dirs)
-    jr.set(op, J.ROLLED_BACK, str(e))
-
+    # The inode-based decision recovery makes: never drop the new link once
+    # the duplicate is gone.
+    after, detail = recovery.recover_cross_now(spec)
+    jr.set(op, after, f"{e}; {detail}")

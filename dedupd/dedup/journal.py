@@ -110,20 +110,29 @@ def _full_sync(dbapi_conn: Any, _record: Any) -> None:
 
 
 class Journal:
-    """Journal rows in the index database. Every write is committed before returning."""
+    """Journal rows in the index database. Every write is committed before returning.
+
+    Durability: the PENDING row, which names every extra name the operation
+    may create, is synced to disk (SQLite synchronous=FULL) before any step.
+    Later state changes are committed (they survive kill -9) but synced lazily
+    (synchronous=NORMAL: the next FULL commit or checkpoint syncs them): after
+    a power cut recovery may see an older state, and it is built for that — it
+    decides from the inodes on disk, never from the state alone, whether an
+    operation is finished.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.engine: Engine = store.engine
+        self.engine: Engine = store.engine  # NORMAL: state changes
+        self.synced: Engine = store.engine  # FULL: new operations
         if store.dialect == "sqlite" and ":memory:" not in store.url:
-            # Own engine: the index itself runs with synchronous=NORMAL.
-            self.engine = make_engine(store.url)
-            event.listen(self.engine, "connect", _full_sync)
+            self.synced = make_engine(store.url)
+            event.listen(self.synced, "connect", _full_sync)
         self.step = StepHook()
 
     def close(self) -> None:
-        if self.engine is not self.store.engine:
-            self.engine.dispose()
+        if self.synced is not self.store.engine:
+            self.synced.dispose()
 
     def begin(self, spec: OpSpec) -> int:
         """Record a new operation as PENDING; returns its id."""
@@ -136,7 +145,7 @@ class Journal:
                "dup_dev": to_s64(spec.dup_dev), "dup_ino": to_s64(spec.dup_ino),
                "size": spec.size, "dup_mtime_ns": spec.dup_mtime_ns,
                "dirs": _dirs_json(spec.dirs), "created": now, "updated": now}
-        with self.engine.begin() as c:
+        with self.synced.begin() as c:
             pk = c.execute(s.ops.insert().values(**row)).inserted_primary_key
         assert pk is not None
         self.step(f"journal {PENDING}")
