@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, event, select, update
+from sqlalchemy import Engine, bindparam, event, func, select, update
 
 from dedupd.index import schema as s
 from dedupd.index.schema import from_s64, to_s64
@@ -146,7 +146,7 @@ class Journal:
                "size": spec.size, "dup_mtime_ns": spec.dup_mtime_ns,
                "dirs": _dirs_json(spec.dirs), "created": now, "updated": now}
         with self.synced.begin() as c:
-            pk = c.execute(s.ops.insert().values(**row)).inserted_primary_key
+            pk = c.execute(_INSERT, row).inserted_primary_key
         assert pk is not None
         self.step(f"journal {PENDING}")
         return int(pk[0])
@@ -155,13 +155,14 @@ class Journal:
             dirs: tuple[bytes, ...] | None = None) -> None:
         """Move an operation to `state` (committed before this returns)."""
         assert state in STATES
-        vals: dict[str, Any] = {"state": state, "updated": time.time()}
-        if reason is not None:
-            vals["reason"] = reason[:2000]
-        if dirs is not None:
-            vals["dirs"] = _dirs_json(dirs)
+        vals: dict[str, Any] = {"oid": op_id, "st": state, "up": time.time()}
+        stmt = _SET_STATE
+        if reason is not None or dirs is not None:
+            stmt = _SET_DETAIL
+            vals["rs"] = None if reason is None else reason[:2000]
+            vals["ds"] = None if dirs is None else _dirs_json(dirs)
         with self.engine.begin() as c:
-            c.execute(update(s.ops).where(s.ops.c.id == op_id).values(**vals))
+            c.execute(stmt, vals)
         self.step(f"journal {state}")
 
     def get(self, op_id: int) -> OpRecord | None:
@@ -187,6 +188,16 @@ class Journal:
         with self.engine.connect() as c:
             rows = [_record(r) for r in c.execute(q)]
         return rows[::-1]
+
+
+# Built once: statement construction is most of a small write's cost.
+_INSERT = s.ops.insert()
+_SET_STATE = update(s.ops).where(s.ops.c.id == bindparam("oid")).values(
+    state=bindparam("st"), updated=bindparam("up"))
+_SET_DETAIL = update(s.ops).where(s.ops.c.id == bindparam("oid")).values(
+    state=bindparam("st"), updated=bindparam("up"),
+    reason=func.coalesce(bindparam("rs"), s.ops.c.reason),
+    dirs=func.coalesce(bindparam("ds"), s.ops.c.dirs))
 
 
 def _dirs_json(dirs: tuple[bytes, ...]) -> str:
