@@ -57,9 +57,12 @@ class LinkPass(ScanPass):
         return [] if q is None else [os.fsencode(q)]
 
     def changed_files(self) -> Iterator[FileEvent]:
-        """The walk minus our own temporary names and quarantined copies."""
+        return self.without_own(super().changed_files())
+
+    def without_own(self, events: Iterator[FileEvent]) -> Iterator[FileEvent]:
+        """Events minus our own temporary names and quarantined copies."""
         qdirs = tuple(self.quarantine_dirs())
-        for ev in super().changed_files():
+        for ev in events:
             if is_temp_name(ev.path) or (qdirs and under(ev.path, qdirs)):
                 self.c.add("own_files_skipped")
                 continue

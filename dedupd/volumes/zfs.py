@@ -142,10 +142,8 @@ class ZfsPass(PlainPass):
 
     def _events(self, fresh: list[bytes]) -> Iterator[FileEvent]:
         opts = WalkOptions(self.vol.min_size, self.vol.exclude, self.vol.cross_mounts)
-        roots = normalize_roots(p for p in fresh if self._inside(p) and os.path.lexists(p))
-        for ev in walk(roots, opts, self.walk_stats):
-            if not os.path.basename(ev.path).startswith(b".dedupd-tmp-"):
-                yield ev
+        roots = normalize_roots([p for p in fresh if self._inside(p) and os.path.lexists(p)])
+        return self.without_own(walk(roots, opts, self.walk_stats))
 
     def _inside(self, p: bytes) -> bool:
         return any(p == r or p.startswith(r.rstrip(b"/") + b"/") for r in self.roots)
