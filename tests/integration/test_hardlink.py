@@ -294,3 +294,21 @@ def test_proc_scan_finds_a_writer_in_another_process(tmp_path: Path) -> None:
         p.kill()
         p.wait()
     assert lease_writer(os.fsencode(f)) is False
+
+
+def test_journal_on_postgresql(tmpfs: Callable[..., Path], pg_url: str) -> None:
+    """The shared-inventory backend keeps the journal too."""
+    root = tmpfs() / "vol"
+    write(root / "a.bin", blob(1, 50_000))
+    write(root / "b.bin", blob(1, 50_000))
+    store = Store(pg_url)
+    try:
+        res = link(store, only_group(store, root), root)
+        assert res.linked == 1
+        jr = Journal(store)
+        assert [(o.state, o.spec.dup_path) for o in jr.history()] == [
+            ("DONE", os.fsencode(root / "b.bin"))]
+        assert jr.unfinished() == []
+    finally:
+        store.close()
+    assert (root / "a.bin").stat().st_ino == (root / "b.bin").stat().st_ino
