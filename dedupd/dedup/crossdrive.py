@@ -143,7 +143,7 @@ def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,
     for n, p in enumerate(f.paths):
         dest = os.path.join(a, rel_to(p, b))
         try:
-            _precheck(run, keep, f, p, dest, writers)
+            st = _precheck(run, keep, f, p, dest, writers)
         except Refused as r:
             run.refuse(p, r)
             continue
@@ -153,7 +153,6 @@ def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,
             q = None if policy.quarantine_rel is None else os.path.join(
                 b, policy.quarantine_rel, os.path.basename(p)[:180] + b"."
                 + os.urandom(6).hex().encode() + fs.QUARANTINE_SUFFIX)
-            st = os.lstat(p)
             freed = n == len(f.paths) - 1 and st.st_nlink == 1 and q is None
             _move(run, keep, f, p, dest, a, b, q, freed)
         H._refresh(run, keep.key, keep.path)
@@ -163,7 +162,8 @@ def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,
 
 
 def _precheck(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes,
-              writers: Writers) -> None:
+              writers: Writers) -> os.stat_result:
+    """Every check that needs no journal; returns the duplicate's stat."""
     writers.check(keep.key, keep.path)
     writers.check(f.key, p)
     if readonly(p) or readonly(keep.path):
@@ -174,9 +174,10 @@ def _precheck(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: by
     try:
         cur = os.lstat(dest)
     except FileNotFoundError:
-        return
+        return dst
     if (cur.st_dev, cur.st_ino) != keep.key:
         raise Refused("dest_exists", f"{os.fsdecode(dest)} exists on the kept branch")
+    return dst
 
 
 def _describe(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dedupd.dedup import journal as J
+from dedupd.dedup import recovery
 from dedupd.dedup.verify import (
     Ident,
     Refused,
@@ -258,10 +259,12 @@ def _replace(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes, freed: bool
         _swap(jr, op, spec, did)
     except (Refused, OSError) as e:
         reason = e.reason if isinstance(e, Refused) else "error"
-        _undo_links(jr, spec)
-        jr.set(op, J.ROLLED_BACK, str(e))
-        run.refuse(p, e if isinstance(e, Refused) else Refused(reason, str(e)))
-        return
+        # Decide like recovery does, from the inodes: the swap may have happened.
+        after, detail = recovery.resolve_hardlink(spec)
+        jr.set(op, after, f"{e}; {detail}")
+        if after != J.DONE:
+            run.refuse(p, e if isinstance(e, Refused) else Refused(reason, str(e)))
+            return
     run.linked += 1
     if freed:
         run.reclaimed += f.size
@@ -294,11 +297,3 @@ def _swap(jr: J.Journal, op: int, spec: J.OpSpec, did: Ident) -> None:
         fs.rename_over(tmp, p)
         jr.step("rename")
     jr.set(op, J.DONE)
-
-
-def _undo_links(jr: J.Journal, spec: J.OpSpec) -> None:
-    """Remove the extra names an interrupted hardlink op may have made."""
-    if spec.temp_path is not None:
-        fs.unlink_if_inode(spec.temp_path, spec.keep_dev, spec.keep_ino)
-    if spec.quarantine_path is not None:
-        fs.unlink_if_inode(spec.quarantine_path, spec.dup_dev, spec.dup_ino)

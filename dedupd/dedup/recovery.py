@@ -84,8 +84,12 @@ def recover_one(jr: J.Journal, rec: J.OpRecord) -> Recovered:
 
 
 def _recover_hardlink(rec: J.OpRecord) -> tuple[str, str]:
-    """Decided by inodes, not by the state (which may lag after a power cut)."""
-    sp = rec.spec
+    return resolve_hardlink(rec.spec)
+
+
+def resolve_hardlink(sp: J.OpSpec) -> tuple[str, str]:
+    """Finish or undo a hardlink op, decided by inodes, not by the journal state
+    (which may lag after a power cut). Idempotent."""
     if _ino(sp.dup_path) == (sp.keep_dev, sp.keep_ino):
         if sp.temp_path is not None:
             # After an exchange the old duplicate sits at the temp name.

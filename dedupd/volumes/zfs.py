@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 
 from dedupd import proc
+from dedupd.dedup.lock import volume_lock
 from dedupd.index.carry import carry_forward
 from dedupd.scan.events import FileEvent
 from dedupd.scan.scanner import RECORD_BATCH, batches
@@ -76,8 +77,9 @@ class ZfsPass(PlainPass):
 
     def steps(self) -> Iterator[Step]:
         try:
-            yield from self.prepare()
-            yield from self._tracked()
+            with volume_lock(self.lock_root()):
+                yield from self.prepare()
+                yield from self._tracked()
         finally:
             self.journal.close()
 

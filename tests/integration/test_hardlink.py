@@ -312,3 +312,19 @@ def test_journal_on_postgresql(tmpfs: Callable[..., Path], pg_url: str) -> None:
     finally:
         store.close()
     assert (root / "a.bin").stat().st_ino == (root / "b.bin").stat().st_ino
+
+
+def test_second_process_on_a_busy_volume_exits_75(tmpfs: Callable[..., Path],
+                                                  tmp_path: Path) -> None:
+    from dedupd.dedup.lock import volume_lock
+
+    root = tmpfs() / "vol"
+    write(root / "a.bin", blob(1, 50_000))
+    write(root / "b.bin", blob(1, 50_000))
+    cfg = plain_cfg(tmp_path, root, mode="apply")
+    with volume_lock(os.fsencode(root)):
+        r = dedupd("run", "--once", "-c", str(cfg), check=False)
+    assert r.returncode == 75 and "another dedupd" in r.stderr
+    assert (root / "a.bin").stat().st_ino != (root / "b.bin").stat().st_ino
+    dedupd("run", "--once", "-c", str(cfg))
+    assert (root / "a.bin").stat().st_ino == (root / "b.bin").stat().st_ino
