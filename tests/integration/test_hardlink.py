@@ -328,3 +328,22 @@ def test_second_process_on_a_busy_volume_exits_75(tmpfs: Callable[..., Path],
     assert (root / "a.bin").stat().st_ino != (root / "b.bin").stat().st_ino
     dedupd("run", "--once", "-c", str(cfg))
     assert (root / "a.bin").stat().st_ino == (root / "b.bin").stat().st_ino
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_two_primary_copies_left_alone_unless_configured(tree: tuple[Path, Store],
+                                                         pairs: bool) -> None:
+    root, store = tree
+    write(root / "p1/a.bin", blob(1, 50_000))
+    write(root / "p2/a.bin", blob(1, 50_000))
+    write(root / "other/a.bin", blob(1, 50_000))
+    prim = (os.fsencode(root / "p1"), os.fsencode(root / "p2"))
+    res = link(store, only_group(store, root), root, primary_paths=prim,
+               link_primary_pairs=pairs)
+    ino = inodes(root)
+    assert ino["other/a.bin"] == ino["p1/a.bin"]
+    if pairs:
+        assert res.linked == 2 and ino["p2/a.bin"] == ino["p1/a.bin"]
+    else:
+        assert res.linked == 1 and dict(res.counts) == {"primary_pair": 1}
+        assert ino["p2/a.bin"] != ino["p1/a.bin"]
