@@ -5,7 +5,7 @@ a real mergerfs mount; each tool gets a fresh pool. jdupes works through the
 mount (mergerfs makes a cross-branch link on the source's branch, cloning the
 parent directories); dedupd works on the branches directly with its journalled
 link-then-delete. Prints wall time and bytes freed (sum over branches,
-statvfs) and checks the pool view (paths, bytes, mtimes) afterwards.
+statvfs) and checks the pool view (every path, same bytes) afterwards.
 
 Run as root: python bench/bench_pool.py [--files N]
 """
