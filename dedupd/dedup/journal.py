@@ -1,4 +1,4 @@
-"""The journal of destructive dedup steps: written, and durable, before each step.
+"""The journal of destructive dedup steps: each state is committed before its step.
 
 One row per operation (replace one name by a hardlink, or move one name across
 branches). Its state says which step may have started; recovery
