@@ -117,7 +117,15 @@ def link_group(journal: J.Journal | None, group: DupGroup, policy: LinkPolicy,
     is re-stat'ed and byte-compared right before it is replaced. With dry_run
     (journal may then be None) all checks run, including the byte compare, and
     nothing is written anywhere. Idempotent: a group already linked to one
-    inode is a no-op. Blocking; call from a worker thread.
+    inode is a no-op. Blocking; call from a worker thread. The caller should
+    hold the volume lock (dedup/lock.py) so recovery never races it.
+
+    Example (an archive's duplicates, after a scan that produced `group`):
+
+        jr = Journal(store)
+        res = link_group(jr, group, LinkPolicy("archive", (b"/mnt/archive",)))
+        jr.close()
+        # res.linked, res.bytes_reclaimed, res.counts["content_differs"], ...
     """
     if journal is None and not dry_run:
         raise ValueError("link_group needs a journal unless dry_run")
