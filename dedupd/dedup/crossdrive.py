@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from dedupd.dedup import hardlink as H
 from dedupd.dedup import journal as J
+from dedupd.dedup import recovery
 from dedupd.dedup.verify import (
     Refused,
     Writers,
@@ -142,7 +143,7 @@ def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,
     for n, p in enumerate(f.paths):
         dest = os.path.join(a, rel_to(p, b))
         try:
-            _precheck(run, keep, f, p, dest, writers)
+            st = _precheck(run, keep, f, p, dest, writers)
         except Refused as r:
             run.refuse(p, r)
             continue
@@ -152,7 +153,6 @@ def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,
             q = None if policy.quarantine_rel is None else os.path.join(
                 b, policy.quarantine_rel, os.path.basename(p)[:180] + b"."
                 + os.urandom(6).hex().encode() + fs.QUARANTINE_SUFFIX)
-            st = os.lstat(p)
             freed = n == len(f.paths) - 1 and st.st_nlink == 1 and q is None
             _move(run, keep, f, p, dest, a, b, q, freed)
         H._refresh(run, keep.key, keep.path)
@@ -162,7 +162,8 @@ def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,
 
 
 def _precheck(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes,
-              writers: Writers) -> None:
+              writers: Writers) -> os.stat_result:
+    """Every check that needs no journal; returns the duplicate's stat."""
     writers.check(keep.key, keep.path)
     writers.check(f.key, p)
     if readonly(p) or readonly(keep.path):
@@ -173,9 +174,10 @@ def _precheck(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: by
     try:
         cur = os.lstat(dest)
     except FileNotFoundError:
-        return
+        return dst
     if (cur.st_dev, cur.st_ino) != keep.key:
         raise Refused("dest_exists", f"{os.fsdecode(dest)} exists on the kept branch")
+    return dst
 
 
 def _describe(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes) -> None:
@@ -264,13 +266,12 @@ def _remove(jr: J.Journal, spec: J.OpSpec) -> None:
 
 def _rollback(jr: J.Journal, op: int, spec: J.OpSpec, e: Exception) -> None:
     rec = jr.get(op)
-    if rec is not None and rec.state == J.PENDING:
-        jr.set(op, J.REFUSED, str(e))
+    made = spec.dest_path is not None and os.path.lexists(spec.dest_path)
+    if rec is not None and rec.state == J.PENDING and not made:
+        fs.rmdirs_if_empty(spec.dirs)
+        jr.set(op, J.REFUSED if isinstance(e, Refused) else J.ROLLED_BACK, str(e))
         return
-    if spec.dest_path is not None:
-        fs.unlink_if_inode(spec.dest_path, spec.keep_dev, spec.keep_ino)
-    if spec.quarantine_path is not None:
-        fs.unlink_if_inode(spec.quarantine_path, spec.dup_dev, spec.dup_ino)
-    fs.rmdirs_if_empty(spec.dirs)
-    jr.set(op, J.ROLLED_BACK, str(e))
-
+    # The inode-based decision recovery makes: never drop the new link once
+    # the duplicate is gone.
+    after, detail = recovery.recover_cross_now(spec)
+    jr.set(op, after, f"{e}; {detail}")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dedupd.dedup import journal as J
+from dedupd.dedup import recovery
 from dedupd.dedup.verify import (
     Ident,
     Refused,
@@ -116,7 +117,15 @@ def link_group(journal: J.Journal | None, group: DupGroup, policy: LinkPolicy,
     is re-stat'ed and byte-compared right before it is replaced. With dry_run
     (journal may then be None) all checks run, including the byte compare, and
     nothing is written anywhere. Idempotent: a group already linked to one
-    inode is a no-op. Blocking; call from a worker thread.
+    inode is a no-op. Blocking; call from a worker thread. The caller should
+    hold the volume lock (dedup/lock.py) so recovery never races it.
+
+    Example (an archive's duplicates, after a scan that produced `group`):
+
+        jr = Journal(store)
+        res = link_group(jr, group, LinkPolicy("archive", (b"/mnt/archive",)))
+        jr.close()
+        # res.linked, res.bytes_reclaimed, res.counts["content_differs"], ...
     """
     if journal is None and not dry_run:
         raise ValueError("link_group needs a journal unless dry_run")
@@ -258,10 +267,12 @@ def _replace(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes, freed: bool
         _swap(jr, op, spec, did)
     except (Refused, OSError) as e:
         reason = e.reason if isinstance(e, Refused) else "error"
-        _undo_links(jr, spec)
-        jr.set(op, J.ROLLED_BACK, str(e))
-        run.refuse(p, e if isinstance(e, Refused) else Refused(reason, str(e)))
-        return
+        # Decide like recovery does, from the inodes: the swap may have happened.
+        after, detail = recovery.resolve_hardlink(spec)
+        jr.set(op, after, f"{e}; {detail}")
+        if after != J.DONE:
+            run.refuse(p, e if isinstance(e, Refused) else Refused(reason, str(e)))
+            return
     run.linked += 1
     if freed:
         run.reclaimed += f.size
@@ -275,7 +286,7 @@ def _swap(jr: J.Journal, op: int, spec: J.OpSpec, did: Ident) -> None:
         os.makedirs(os.path.dirname(spec.quarantine_path), mode=0o700, exist_ok=True)
         fs.link_exact(p, spec.quarantine_path)
         jr.step("link quarantine")
-    fs.link_exact(spec.keep_path, tmp)
+    fs.link_exact(spec.keep_path, tmp, durable=False)  # the swap fsyncs this directory
     jr.step("link temp")
     jr.set(op, J.SWAPPING)
     # The last look before the name changes (a quarantine link moved its ctime).
@@ -294,11 +305,3 @@ def _swap(jr: J.Journal, op: int, spec: J.OpSpec, did: Ident) -> None:
         fs.rename_over(tmp, p)
         jr.step("rename")
     jr.set(op, J.DONE)
-
-
-def _undo_links(jr: J.Journal, spec: J.OpSpec) -> None:
-    """Remove the extra names an interrupted hardlink op may have made."""
-    if spec.temp_path is not None:
-        fs.unlink_if_inode(spec.temp_path, spec.keep_dev, spec.keep_ino)
-    if spec.quarantine_path is not None:
-        fs.unlink_if_inode(spec.quarantine_path, spec.dup_dev, spec.dup_ino)

@@ -93,3 +93,20 @@ def test_pool_refuses_when_name_taken_on_kept_branch(mergerfs_pool: Callable[...
     doc = json.loads(dedupd("run", "--once", "-c", str(cfg), "--json").stdout)["volumes"][0]
     assert doc["counters"]["skips_dest_exists"] == 1
     assert [manifest(b) for b in pool.branches] == before
+
+
+def test_pool_quarantine_keeps_removed_copy_on_its_branch(
+        mergerfs_pool: Callable[..., MergerPool], tmp_path: Path) -> None:
+    pool = mergerfs_pool(2)
+    b0, b1 = pool.branches
+    write(b0 / "a/x.bin", blob(1, 100 * K))
+    write(b1 / "b/x.bin", blob(1, 100 * K))
+    view = content(manifest(pool.root, skip_dirs=(".q",)))
+    cfg = pool_cfg(tmp_path, pool, mode="apply", quarantine_dir=str(pool.root / ".q"))
+    doc = json.loads(dedupd("run", "--once", "-c", str(cfg), "--json").stdout)["volumes"][0]
+    assert doc["counters"]["hits"] == 1 and doc["bytes_reclaimed"] == 0
+    assert content(manifest(pool.root, skip_dirs=(".q",))) == view
+    (q,) = list((b1 / ".q").iterdir())  # same drive as the removed copy
+    assert q.read_bytes() == blob(1, 100 * K) and not (b1 / "b/x.bin").exists()
+    again = json.loads(dedupd("run", "--once", "-c", str(cfg), "--json").stdout)["volumes"][0]
+    assert again["counters"].get("hits", 0) == 0

@@ -18,6 +18,7 @@ from tests.integration.linktree import (
     content,
     dedupd,
     dedupd_here,
+    lose_journal_states,
     manifest,
     unfinished_ops,
     write,
@@ -51,9 +52,10 @@ def test_step_count(mergerfs_pool: Callable[..., MergerPool], tmp_path: Path) ->
     assert len(log.read_text().splitlines()) == STEPS, log.read_text()
 
 
+@pytest.mark.parametrize("lost", [False, True], ids=["journal-intact", "states-lost"])
 @pytest.mark.parametrize("k", range(1, STEPS + 1))
 def test_kill_at_step_then_recover(mergerfs_pool: Callable[..., MergerPool], tmp_path: Path,
-                                   k: int) -> None:
+                                   k: int, lost: bool) -> None:
     pool = mergerfs_pool(2)
     b0, b1 = pool.branches
     cfg = setup(pool, tmp_path)
@@ -61,6 +63,8 @@ def test_kill_at_step_then_recover(mergerfs_pool: Callable[..., MergerPool], tmp
     r = dedupd("run", "--once", "-c", str(cfg), env={"DEDUPD_TEST_KILL_AT_STEP": str(k)},
                check=False)
     assert r.returncode == -9, (r.returncode, r.stderr)
+    if lost:  # power cut: later state changes were never synced (see Journal)
+        lose_journal_states(tmp_path / "index.db")
     assert content(manifest(pool.root)) == view  # even before recovery
     rc, out = dedupd_here("recover", "-c", str(cfg))
     assert rc == 0, out

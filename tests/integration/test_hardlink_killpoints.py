@@ -21,6 +21,7 @@ from tests.integration.linktree import (
     dedupd,
     dedupd_here,
     inodes,
+    lose_journal_states,
     manifest,
     unfinished_ops,
     write,
@@ -73,9 +74,10 @@ def _cases() -> list[tuple[str, int]]:
     return [(m, k) for m, (_, n) in MODES.items() for k in range(1, n + 1)]
 
 
+@pytest.mark.parametrize("lost", [False, True], ids=["journal-intact", "states-lost"])
 @pytest.mark.parametrize("mode,k", _cases())
 def test_kill_at_step_then_recover(tmpfs: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
-                                   mode: str, k: int) -> None:
+                                   mode: str, k: int, lost: bool) -> None:
     base = tmpfs("32m")
     root, cfg, env = setup(base, mode)
     before = content(manifest(root))
@@ -83,6 +85,8 @@ def test_kill_at_step_then_recover(tmpfs: Callable[..., Path], monkeypatch: pyte
     r = dedupd("run", "--once", "-c", str(cfg), env={**env, "DEDUPD_TEST_KILL_AT_STEP": str(k)},
                check=False)
     assert r.returncode == -9, (r.returncode, r.stderr)
+    if lost:  # power cut: later state changes were never synced (see Journal)
+        lose_journal_states(base / "index.db")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     rc, out = dedupd_here("recover", "-c", str(cfg), "--json")

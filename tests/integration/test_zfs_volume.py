@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,13 +34,16 @@ def test_zfs_fuse_dataset_links_and_releases_pass_snapshots(zpool: Callable[...,
     ds = pool.dataset("data")
     zfs("create", ds)
     root = pool.mountpoint / "data"
+    zfs("snapshot", f"{ds}@dedupd-backup-keepme")  # not ours: never touched (empty here)
     write(root / "a/x.bin", blob(1, 400_000))
     write(root / "b/x.bin", blob(1, 400_000))
     write(root / "b/y.bin", blob(2, 100_000))
     write(root / "c/y copy.bin", blob(2, 100_000))
-    zfs("snapshot", f"{ds}@{PASS_PREFIX}20200101T000000000000Z")  # left by an old pass
-    zfs("snapshot", f"{ds}@dedupd-backup-keepme")  # not ours: never touched
+    # Left by an old pass: it pins every block written above until released.
+    zfs("snapshot", f"{ds}@{PASS_PREFIX}20200101T000000000000Z")
     before = manifest(root)
+    os.sync()
+    used0 = int(zfs("get", "-Hp", "-o", "value", "used", ds))
     assert dataset_for(str(root)) == (ds, os.fsencode(root))
     cfg = config(tmp_path, {"z": {"kind": "zfs", "path": str(root), "settle_seconds": 0,
                                   "min_size": 1, "mode": "apply"}})
@@ -48,6 +52,13 @@ def test_zfs_fuse_dataset_links_and_releases_pass_snapshots(zpool: Callable[...,
     ino = inodes(root)
     assert ino["a/x.bin"] == ino["b/x.bin"] and ino["b/y.bin"] == ino["c/y copy.bin"]
     assert doc["bytes_reclaimed"] == 500_000
+    # The freed blocks show in `used` once the transaction group commits (the
+    # old pass snapshot was released by the pass, so nothing pins them).
+    deadline = time.monotonic() + 30
+    while used0 - int(zfs("get", "-Hp", "-o", "value", "used", ds)) < 450_000:
+        assert time.monotonic() < deadline, "space was not freed on the dataset"
+        os.sync()
+        time.sleep(0.5)
     if not has_diff():  # zfs-fuse: stat walk, and no pass snapshot may pin space
         assert doc["counters"]["zfs_diff_unavailable"] == 1
         assert pass_snapshots(ds) == []
@@ -113,3 +124,27 @@ def test_incremental_pass_from_diff_matches_a_full_walk(tmp_path: Path) -> None:
     assert indexed == sorted(["keep.bin", "new file.bin", "renamed/b.txt", "dir two/inner.bin"])
     zp2.journal.close()
     store.close()
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])  # after the temp link, after SWAPPING, after rename
+def test_kill_during_link_on_zfs_fuse_then_recover(zpool: Callable[..., Pool], tmp_path: Path,
+                                                   k: int) -> None:
+    """zfs-fuse cannot exchange names: the rename path, killed mid-way, on real ZFS."""
+    from tests.integration.linktree import dedupd_here, unfinished_ops
+
+    pool = zpool("256M")
+    zfs("create", pool.dataset("k"))
+    root = pool.mountpoint / "k"
+    write(root / "x.bin", blob(1, 100_000))
+    write(root / "y.bin", blob(1, 100_000))
+    before = content(manifest(root))
+    cfg = config(tmp_path, {"z": {"kind": "zfs", "path": str(root), "settle_seconds": 0,
+                                  "min_size": 1, "mode": "apply"}})
+    r = dedupd("run", "--once", "-c", str(cfg), env={"DEDUPD_TEST_KILL_AT_STEP": str(k)},
+               check=False)
+    assert r.returncode == -9
+    assert dedupd_here("recover", "-c", str(cfg))[0] == 0
+    assert content(manifest(root)) == before and unfinished_ops(tmp_path / "index.db") == []
+    assert dedupd_here("run", "--once", "-c", str(cfg))[0] == 0
+    assert content(manifest(root)) == before
+    assert (root / "x.bin").stat().st_ino == (root / "y.bin").stat().st_ino
