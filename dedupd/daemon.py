@@ -160,9 +160,9 @@ class Daemon:
             return
         self.board.state = "recovering"
         log.info("recovering interrupted operations")
-        store, dry = self.store, self.opts.dry_run
+        store, dry, vols = self.store, self.opts.dry_run, {**self.cfg.volumes, **self.vols}
         result = await asyncio.get_running_loop().run_in_executor(
-            self.steps, lambda: recover_journal(store, dry))
+            self.steps, lambda: recover_journal(store, dry, vols))
         for r in result:
             log.info("recovered: %s", r)
         log.info("recovery done: %d unfinished operation(s) %sresolved", len(result),

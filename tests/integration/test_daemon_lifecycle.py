@@ -265,9 +265,8 @@ def test_log_json_events(dedupd_daemon, daemon_base):
     assert any(d.get("event") == "scan_finished" and d["files_new"] == 10 for d in docs)
 
 
-def test_interrupted_operation_recovered_before_ready(dedupd_daemon, daemon_base):
-    """A hardlink op killed mid-swap (journal SWAPPING, temp link made) is rolled
-    back at startup, before READY=1: the temporary name is gone, both files intact."""
+def _interrupted_op(daemon_base: Path):
+    """A hardlink op killed mid-swap: journal SWAPPING, its temporary link made."""
     from dedupd.dedup import journal as J
     from dedupd.index.store import Store
 
@@ -284,7 +283,14 @@ def test_interrupted_operation_recovered_before_ready(dedupd_daemon, daemon_base
                            ds.st_dev, ds.st_ino, ks.st_size, ds.st_mtime_ns,
                            temp_path=bytes(temp)))
     jr.set(op, J.SWAPPING)
+    return vol, store, jr, op, (keep, dup, temp, ds)
 
+
+def test_interrupted_operation_recovered_before_ready(dedupd_daemon, daemon_base):
+    """Rolled back at startup, before READY=1: the temporary name is gone, files intact."""
+    from dedupd.dedup import journal as J
+
+    vol, store, jr, op, (keep, dup, temp, ds) = _interrupted_op(daemon_base)
     dp = dedupd_daemon({"one": {"path": str(vol)}}, ready=False)
     dp.notify.wait_for("READY", "1")
     assert not temp.exists()  # resolved before READY
@@ -296,3 +302,21 @@ def test_interrupted_operation_recovered_before_ready(dedupd_daemon, daemon_base
     assert dp.stop() == 0
     log = dp.log_text()
     assert log.index("recovery done: 1 unfinished operation(s) resolved") < log.index("ready")
+
+
+def test_recovery_skips_a_volume_locked_by_another_pass(dedupd_daemon, daemon_base):
+    """`run --once` holds the volume: the daemon must not take its op for an interrupted one."""
+    from dedupd.dedup import journal as J
+    from dedupd.dedup.lock import volume_lock
+
+    vol, store, jr, op, (_, _, temp, _) = _interrupted_op(daemon_base)
+    with volume_lock(os.fsencode(vol)):
+        dp = dedupd_daemon({"one": {"path": str(vol)}}, ready=False)
+        dp.notify.wait_for("READY", "1")
+        assert temp.exists()
+        rec = jr.get(op)
+        assert rec is not None and rec.state == J.SWAPPING
+    jr.close()
+    store.close()
+    assert dp.stop() == 0
+    assert "volume one: not recovered now" in dp.log_text()
