@@ -320,3 +320,22 @@ def test_recovery_skips_a_volume_locked_by_another_pass(dedupd_daemon, daemon_ba
     store.close()
     assert dp.stop() == 0
     assert "volume one: not recovered now" in dp.log_text()
+
+
+def test_step_overrunning_stop_timeout_is_killed(dedupd_daemon, daemon_base):
+    vol = make_tree(daemon_base / "v1", 3)
+    dp = dedupd_daemon({"slow": {"path": str(vol), "kind": "xfs"}},
+                       daemon={"stop_timeout": 1.0},
+                       env={"DEDUPD_TEST_SLOW_KIND": "xfs"})
+    dp.wait_until(lambda d: d["volumes"]["slow"]["passes"]["started"] == 1)
+    (child,) = children(dp.proc.pid)
+    mark = len(dp.notify.notes)
+    t0 = time.monotonic()
+    rc = dp.stop(signal.SIGTERM, timeout=20)
+    took = time.monotonic() - t0
+    assert rc == 1, dp.log_text()  # not a clean stop, and it says so
+    assert 0.9 < took < 8, took
+    dp.notify.wait_for("STOPPING", "1", after=mark, timeout=1)
+    assert "did not finish within 1s; killed it" in dp.log_text()
+    assert not Path(f"/proc/{child}").exists()
+    assert not dp.socket.exists()
