@@ -234,7 +234,7 @@ class ControlServer:
         """One request line -> one reply document (never raises)."""
         try:
             req = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             return {"ok": False, "error": "request is not JSON (send {\"cmd\": \"help\"})"}
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
             return {"ok": False, "error": "request must be an object with a string \"cmd\""}

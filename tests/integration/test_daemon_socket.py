@@ -60,7 +60,8 @@ def test_hostile_clients_then_fast_status(dedupd_daemon, fast_dir):
     # garbage of every kind on one connection; each line gets an error reply
     s = connect(sock)
     for junk in (b"\x00\xff\xfe garbage {{{", b"[1, 2]", b'{"cmd": 5}', b'{"cmd": "nope"}',
-                 b'{"cmd": "status", "volume": 7}', b'{"cmd": "status", "volume": "zz"}'):
+                 b'{"cmd": "status", "volume": 7}', b'{"cmd": "status", "volume": "zz"}',
+                 b"[" * 30000 + b"]" * 30000, b'{"cmd": "\xff\xfe"}'):
         s.sendall(junk + b"\n")
         reply = read_line(s)
         assert reply["ok"] is False and reply["error"], junk
