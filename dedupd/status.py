@@ -104,6 +104,7 @@ class WorkerStatus:
         self.last_pass_finished_at = now
         self.pass_started_at = None
         self.state = "idle"
+        self.rate = RateMeter()  # an idle volume reports 0/s, not its last pass's speed
         if ok:
             self.passes_completed += 1
         else:
