@@ -161,12 +161,29 @@ class _Passes:
         except BaseException:
             del self.live[vol.name]
             raise
-        return StepOutcome(step=s, counters=dict(vp.counters))
+        return StepOutcome(step=s, counters=live_counters(vp))
 
     def close(self, name: str) -> None:
         entry = self.live.pop(name, None)
         if entry is not None and hasattr(entry[1], "close"):
             entry[1].close()
+
+
+def live_counters(vp: VolumePass) -> dict[str, int]:
+    """The pass's counters, plus live progress of passes built on ScanPass.
+
+    ScanPass adds files_seen, files_hashed and bytes_read only when a phase is
+    over; its walk and hash statistics have them as they grow. The pass's own
+    value wins as soon as it exists, so nothing is counted twice.
+    """
+    c = dict(vp.counters)
+    ws, hs = getattr(vp, "walk_stats", None), getattr(vp, "hash_stats", None)
+    if ws is not None:
+        c.setdefault("files_seen", int(ws.files_seen))
+    if hs is not None:
+        c.setdefault("files_hashed", int(hs.files_hashed))
+        c.setdefault("bytes_read", int(hs.bytes_read))
+    return c
 
 
 def _child_main(conn: Connection, db_url: str, cfg: DaemonConfig) -> None:

@@ -43,6 +43,7 @@ def test_small_volume_done_before_big_scan_finishes(dedupd_daemon, daemon_base, 
     assert small["files_seen"] == 100 and small["groups"] == 8
     big = doc["volumes"]["big"]
     assert big["passes"]["completed"] == 0
+    assert 0 < big["counters"]["files_seen"] <= 50_000  # live progress of the scan
     dp.wait_until(lambda d: d["volumes"]["big"]["state"] != "scanning", timeout=180)
     log = dp.log_text()
     small_done = log.index("volume small: pass 1 finished")
