@@ -34,6 +34,13 @@ class Bulk:
         sql = f"SELECT path_key, dev, ino FROM paths WHERE path_key IN ({self._in(len(keys))})"
         return list(c.exec_driver_sql(sql, tuple(keys)).fetchall())
 
+    def paths_of_inodes(self, c: Connection, scan_id: int, dev: int,
+                        inos: Sequence[int]) -> list[Any]:
+        """(ino, path) of the given inodes' names seen in this scan."""
+        sql = (f"SELECT ino, path FROM paths WHERE dev = {self.p} "
+               f"AND ino IN ({self._in(len(inos))}) AND seen = {self.p}")
+        return list(c.exec_driver_sql(sql, (dev, *inos, scan_id)).fetchall())
+
     def touch_inodes(self, c: Connection, scan_id: int, dev: int, inos: Sequence[int]) -> None:
         sql = (f"UPDATE inodes SET seen = {self.p} WHERE dev = {self.p} "
                f"AND ino IN ({self._in(len(inos))})")

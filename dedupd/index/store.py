@@ -19,7 +19,6 @@ from typing import Any
 
 from sqlalchemy import (
     Engine,
-    and_,
     bindparam,
     create_engine,
     delete,
@@ -262,17 +261,36 @@ class Store:
             return [r[0] for r in c.execute(q)]
 
     def files_of_sizes(self, scan_id: int, sizes: Sequence[int]) -> Iterator[list[IndexedFile]]:
-        """Yield one list per size (ascending): the inodes of that size seen in this scan."""
-        i, p = s.inodes.c, s.paths.c
-        for part in _chunks(list(sizes), 1000):
-            q = (select(i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns, i.head, i.full,
-                        i.unstable, p.path)
-                 .join(s.paths, and_(p.dev == i.dev, p.ino == i.ino))
-                 .where(i.seen == scan_id, p.seen == scan_id, i.size.in_(part))
-                 .order_by(i.size, i.dev, i.ino, p.path))
+        """Yield one list per size (ascending): the inodes of that size seen in this scan.
+
+        Two queries (inodes by size, then their paths by inode) rather than a
+        join: SQLite plans the join as a walk over every path of the scan per
+        call, which turns a scan quadratic in its number of files.
+        """
+        i = s.inodes.c
+        for part in _chunks(sorted(sizes), 1000):
+            q = (select(i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns, i.head, i.full, i.unstable)
+                 .where(i.seen == scan_id, i.size.in_(part))
+                 .order_by(i.size, i.dev, i.ino))
             with self.engine.connect() as c:
                 rows = c.execute(q).all()
-            yield from _group_rows(rows)
+                names = self._paths_of(c, scan_id, [(r[0], r[1]) for r in rows])
+            yield from _group_rows(rows, names)
+
+    def _paths_of(self, c: Any, scan_id: int, keys: list[tuple[int, int]]
+                  ) -> dict[tuple[int, int], list[bytes]]:
+        """Paths seen in this scan for the given (signed) inode keys, sorted per inode."""
+        by_dev: dict[int, list[int]] = defaultdict(list)
+        for d, n in keys:
+            by_dev[d].append(n)
+        out: dict[tuple[int, int], list[bytes]] = defaultdict(list)
+        for d, inos in by_dev.items():
+            for part in _chunks(inos, BATCH):
+                for ino, path in self.bulk.paths_of_inodes(c, scan_id, d, part):
+                    out[(d, ino)].append(path)
+        for v in out.values():
+            v.sort()
+        return out
 
     def candidate_groups(self, scan_id: int, min_size: int,
                          rows_per_query: int = 5000) -> Iterator[list[IndexedFile]]:
@@ -329,28 +347,21 @@ def _inode_row(k: tuple[int, int], e: FileEvent, scan_id: int, now: float,
             None, None, scan_id, now, unstable)
 
 
-def _group_rows(rows: Iterable[Any]) -> Iterator[list[IndexedFile]]:
+def _group_rows(rows: Iterable[Any], names: dict[tuple[int, int], list[bytes]]
+                ) -> Iterator[list[IndexedFile]]:
+    """Rows ordered by size -> one list of IndexedFile per size (inodes with no path
+    seen in this scan are left out)."""
     group: list[IndexedFile] = []
-    cur: list[Any] = []
-    paths: list[bytes] = []
-
-    def flush() -> None:
-        if cur:
-            d, n, size, mt, ct, head, full, unst = cur
-            group.append(IndexedFile(from_s64(d), from_s64(n), size, mt, ct,
-                                     None if head is None else from_s64(head), full, unst,
-                                     tuple(paths)))
-
-    for r in rows:
-        if cur and (r[0], r[1]) == (cur[0], cur[1]):
-            paths.append(r[8])
+    for d, n, size, mt, ct, head, full, unst in rows:
+        paths = names.get((d, n))
+        if not paths:
             continue
-        flush()
-        if group and group[-1].size != r[2]:
+        if group and group[-1].size != size:
             yield group
             group = []
-        cur, paths = list(r[:8]), [r[8]]
-    flush()
+        group.append(IndexedFile(from_s64(d), from_s64(n), size, mt, ct,
+                                 None if head is None else from_s64(head), full, unst,
+                                 tuple(paths)))
     if group:
         yield group
 
