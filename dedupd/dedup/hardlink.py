@@ -5,10 +5,11 @@ one inode (primary_paths first, then the inode that already has the most
 links, then the smallest path) and replaces every name of every other inode
 by a hardlink to it, one journalled operation per name:
 
-  PENDING (names recorded) -> re-stat both -> byte compare -> re-stat ->
-  link() the kept file to a temp name next to the duplicate -> SWAPPING:
+  PENDING (synced; names the temp link) -> re-stat both -> byte compare ->
+  re-stat -> link() the kept file to a temp name next to the duplicate ->
   exchange (or rename) the temp name over the duplicate, drop the old copy's
-  temp name -> DONE.
+  temp name -> DONE (the group's final states are written in one commit;
+  recovery decides unmarked ops from the inodes, see recovery.py).
 
 The user-visible name always exists and always holds the same bytes; the
 duplicate's content stays until its last name is replaced. Refusals never
@@ -98,6 +99,17 @@ class _Run:
         self.linked = 0
         self.reclaimed = 0
         self.ident: dict[tuple[int, int], Ident] = {}
+        # Final states of this group's ops, written in one commit at the end:
+        # until then recovery would decide them from the inodes anyway.
+        self.marks: list[tuple[int, str, str | None]] = []
+
+    def mark(self, op: int, state: str, reason: str | None = None) -> None:
+        self.marks.append((op, state, reason))
+
+    def flush(self) -> None:
+        if self.journal is not None and self.marks:
+            self.journal.set_many(self.marks)
+        self.marks = []
 
     def refuse(self, path: bytes, r: Refused) -> None:
         self.refused.append({"path": show(path), "reason": r.reason, "detail": r.detail})
@@ -130,9 +142,17 @@ def link_group(journal: J.Journal | None, group: DupGroup, policy: LinkPolicy,
     if journal is None and not dry_run:
         raise ValueError("link_group needs a journal unless dry_run")
     run = _Run(journal, policy, dry_run)
+    try:
+        _link_all(run, group, policy)
+    finally:
+        run.flush()
+    return run.result()
+
+
+def _link_all(run: _Run, group: DupGroup, policy: LinkPolicy) -> None:
     files = _eligible(run, list(group.files))
     if len(files) < 2:
-        return run.result()
+        return
     ranked = rank(files, policy.primary_paths)
     keep = ranked[0]
     writers = Writers()
@@ -144,7 +164,7 @@ def link_group(journal: J.Journal | None, group: DupGroup, policy: LinkPolicy,
         for f in ranked[1:]:
             for p in f.paths:
                 run.refuse(p, r)
-        return run.result()
+        return
     for f in ranked[1:]:
         if is_primary(f, policy.primary_paths) and is_primary(keep, policy.primary_paths) \
                 and not policy.link_primary_pairs:
@@ -152,7 +172,7 @@ def link_group(journal: J.Journal | None, group: DupGroup, policy: LinkPolicy,
                 run.refuse(p, Refused("primary_pair", "both copies are in primary_paths"))
             continue
         _link_inode(run, keep, f, writers)
-    return run.result()
+    return
 
 
 def _eligible(run: _Run, files: list[IndexedFile]) -> list[IndexedFile]:
@@ -260,26 +280,27 @@ def _replace(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes, freed: bool
         restat(keep.path, kid)
         restat(p, did)
     except Refused as r:
-        jr.set(op, J.REFUSED, f"{r.reason}: {r.detail}")
+        run.mark(op, J.REFUSED, f"{r.reason}: {r.detail}")
         run.refuse(p, r)
         return
     try:
-        _swap(jr, op, spec, did)
+        _swap(jr, spec, did)
     except (Refused, OSError) as e:
         reason = e.reason if isinstance(e, Refused) else "error"
         # Decide like recovery does, from the inodes: the swap may have happened.
         after, detail = recovery.resolve_hardlink(spec)
-        jr.set(op, after, f"{e}; {detail}")
+        run.mark(op, after, f"{e}; {detail}")
         if after != J.DONE:
             run.refuse(p, e if isinstance(e, Refused) else Refused(reason, str(e)))
             return
+    run.mark(op, J.DONE)
     run.linked += 1
     if freed:
         run.reclaimed += f.size
     run.actions.append(_action(keep.path, p, f.size, "done", op))
 
 
-def _swap(jr: J.Journal, op: int, spec: J.OpSpec, did: Ident) -> None:
+def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident) -> None:
     assert spec.temp_path is not None
     tmp, p = spec.temp_path, spec.dup_path
     if spec.quarantine_path is not None:
@@ -288,7 +309,6 @@ def _swap(jr: J.Journal, op: int, spec: J.OpSpec, did: Ident) -> None:
         jr.step("link quarantine")
     fs.link_exact(spec.keep_path, tmp, durable=False)  # the swap fsyncs this directory
     jr.step("link temp")
-    jr.set(op, J.SWAPPING)
     # The last look before the name changes (a quarantine link moved its ctime).
     restat(p, did, ctime=spec.quarantine_path is None)
     if fs.exchange(tmp, p):
@@ -304,4 +324,3 @@ def _swap(jr: J.Journal, op: int, spec: J.OpSpec, did: Ident) -> None:
     else:
         fs.rename_over(tmp, p)
         jr.step("rename")
-    jr.set(op, J.DONE)

@@ -9,8 +9,6 @@ rolls back each one. States (docs/safety.md has the full table):
               new link on branch A); verification, then those extra names
               are created. Nothing user-visible changed yet.
   REFUSED     verification said no; nothing was changed              (final)
-  SWAPPING    hardlink: temp link exists; swapping it over the duplicate
-              (exchange or rename), then dropping the old copy's temp name
   LINKED      crossdrive: the new name on the kept branch exists; verifying
   REMOVING    crossdrive: verified; the duplicate's name is being removed
   DONE        finished                                                (final)
@@ -37,11 +35,11 @@ from dedupd.index import schema as s
 from dedupd.index.schema import from_s64, to_s64
 from dedupd.index.store import Store, make_engine
 
-PENDING, REFUSED, SWAPPING = "PENDING", "REFUSED", "SWAPPING"
+PENDING, REFUSED = "PENDING", "REFUSED"
 LINKED, REMOVING = "LINKED", "REMOVING"
 DONE, ROLLED_BACK, FAILED = "DONE", "ROLLED_BACK", "FAILED"
 FINAL = (REFUSED, DONE, ROLLED_BACK, FAILED)
-STATES = (PENDING, REFUSED, SWAPPING, LINKED, REMOVING, DONE, ROLLED_BACK, FAILED)
+STATES = (PENDING, REFUSED, LINKED, REMOVING, DONE, ROLLED_BACK, FAILED)
 
 
 @dataclass(frozen=True)
@@ -164,6 +162,16 @@ class Journal:
         with self.engine.begin() as c:
             c.execute(stmt, vals)
         self.step(f"journal {state}")
+
+    def set_many(self, marks: list[tuple[int, str, str | None]]) -> None:
+        """Several final states in one commit (one step for the test hook)."""
+        now = time.time()
+        rows = [{"oid": op, "st": st, "up": now, "rs": None if r is None else r[:2000],
+                 "ds": None} for op, st, r in marks]
+        assert all(st in STATES for _, st, _ in marks)
+        with self.engine.begin() as c:
+            c.execute(_SET_DETAIL, rows)
+        self.step(f"journal {len(marks)} states")
 
     def get(self, op_id: int) -> OpRecord | None:
         with self.engine.connect() as c:

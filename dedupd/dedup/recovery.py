@@ -60,7 +60,9 @@ def _plan_hardlink(rec: J.OpRecord) -> tuple[str, str]:
 def _plan_cross(rec: J.OpRecord) -> tuple[str, str]:
     sp = rec.spec
     if not _dup_present(sp):
-        return J.DONE, "the duplicate is already gone: finish"
+        if _ino(sp.dest_path or sp.keep_path) == (sp.keep_dev, sp.keep_ino):
+            return J.DONE, "the duplicate is already gone: finish"
+        return J.FAILED, "the duplicate and the new link are both gone: leave as is"
     if rec.state == J.REMOVING:
         return J.DONE, "verified before the crash: re-check bytes, remove the duplicate"
     return J.ROLLED_BACK, "remove the new link on the kept branch, if it was made"

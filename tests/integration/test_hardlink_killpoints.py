@@ -31,9 +31,10 @@ pytestmark = pytest.mark.integration
 
 # Steps of the scenario below, per mode (see test_step_count): 2 names replaced.
 MODES = {
-    "exchange": ({}, 12),  # PENDING link SWAPPING exchange unlink-temp DONE
-    "rename+quarantine": ({"DEDUPD_TEST_NO_EXCHANGE": "1"}, 12),  # PENDING q-link link
-    # SWAPPING rename DONE
+    # per name: PENDING, link temp, exchange, unlink temp; per group: final states
+    "exchange": ({}, 10),
+    # per name: PENDING, quarantine link, link temp, rename; per group: final states
+    "rename+quarantine": ({"DEDUPD_TEST_NO_EXCHANGE": "1"}, 10),
 }
 
 
