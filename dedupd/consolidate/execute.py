@@ -1,0 +1,178 @@
+"""Carry out a plan: verified copies, byte-compared confirmations, provenance rows.
+
+Index writes are batched (every FLUSH_EVERY files): a crash loses at most the
+rows of one batch, and the next run rebuilds them from the files themselves
+(the copies are already in the archive; they are found and byte-compared).
+
+Test hook: when the environment variable DEDUPD_TEST_KILL_AFTER_COPY_STEPS=k
+is set, the process SIGKILLs itself right after the k-th copy step (steps:
+written, synced, verified, placed, queued; five per copied file). The
+kill -9 tests use it to stop a run at every interesting point.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dedupd.consolidate.compare import same_bytes
+from dedupd.consolidate.inventory import SourcePath
+from dedupd.consolidate.plan import Copy, Known, Plan, Names
+from dedupd.fsops.copy import CopyError, CopyResult, Identity, copy_verified
+from dedupd.index import provenance as prov
+from dedupd.index.provenance import Provenance
+from dedupd.index.store import HashUpdate, IndexedFile, Store
+from dedupd.scan.events import FileEvent, Problem
+
+KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
+FLUSH_EVERY = 256
+MAX_RETRIES = 20
+
+CopyProgress = Callable[[int, int, int, int], None]  # files done/total, bytes done/total
+
+
+@dataclass
+class Counters:
+    files_copied: int = 0
+    bytes_copied: int = 0
+    bytes_written: int = 0
+    bytes_read: int = 0
+    files_confirmed: int = 0  # source paths byte-compared against the archive
+    files_unchanged: int = 0  # source paths whose provenance row was still valid
+    rows_written: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+
+class _KillHook:
+    """The documented test-only SIGKILL after the k-th copy step (see module doc)."""
+
+    def __init__(self) -> None:
+        raw = os.environ.get(KILL_ENV, "")
+        self.after = int(raw) if raw.isdigit() else 0
+        self.steps = 0
+
+    def __call__(self, _step: str) -> None:
+        self.steps += 1
+        if self.after and self.steps >= self.after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Executor:
+    """Runs one plan against the archive; the caller holds the archive lock."""
+
+    def __init__(self, store: Store, name: str, scan_id: int, plan: Plan,
+                 on_name_collision: str, progress: CopyProgress | None = None) -> None:
+        self.store, self.name, self.scan_id, self.plan = store, name, scan_id, plan
+        self.policy = on_name_collision
+        self.progress = progress
+        self.c = Counters()
+        self.kill = _KillHook()
+        self._rows: list[Provenance] = []
+        self._events: list[FileEvent] = []
+        self._hashes: list[HashUpdate] = []
+        self._touch: list[bytes] = []
+        self._now = time.time()
+
+    def run(self, names: Names) -> Counters:
+        for k in self.plan.known:
+            self._confirm(k)
+        total, nbytes, done_bytes = len(self.plan.copies), self.plan.bytes_to_copy, 0
+        for i, cp in enumerate(self.plan.copies, 1):
+            if self.progress:
+                self.progress(i - 1, total, done_bytes, nbytes)
+            self._copy(cp, names)
+            done_bytes += cp.content.size
+            if i % FLUSH_EVERY == 0:
+                self.flush()
+        if self.progress:
+            self.progress(total, total, done_bytes, nbytes)
+        self.flush()
+        return self.c
+
+    # --- content the archive already has ---
+
+    def _confirm(self, k: Known) -> None:
+        self.c.files_unchanged += len(k.fresh)
+        self._touch.extend(s.path for s in k.fresh)
+        target = next(f for f in k.content.archive if k.target in f.paths)
+        assert k.content.full is not None  # grouped contents always carry their hash
+        for s in k.check:
+            if self._equal(s.path, s.file, k.target, target):
+                self.c.files_confirmed += 1
+                self._row(s, k.target, k.content.full)
+        if len(self._rows) + len(self._touch) >= FLUSH_EVERY:
+            self.flush()
+
+    def _equal(self, a: bytes, fa: IndexedFile, b: bytes, fb: IndexedFile) -> bool:
+        res = same_bytes(a, _ident(fa), b, _ident(fb))
+        self.c.bytes_read += res.bytes_read
+        if res.problem:
+            self.c.problems.append(Problem(a, res.problem[0], res.problem[1]))
+        return res.equal
+
+    # --- new content ---
+
+    def _copy(self, cp: Copy, names: Names) -> None:
+        dest = cp.dest
+        for _ in range(MAX_RETRIES):
+            try:
+                res = copy_verified(cp.src.path, dest, _ident(cp.src.file), self.kill)
+                break
+            except CopyError as e:
+                if e.reason == "exists" and self.policy == "suffix":
+                    nxt = names.claim(dest, "suffix")
+                    if nxt is not None:
+                        dest = nxt
+                        continue
+                self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
+                return
+        else:
+            self.c.problems.append(Problem(cp.src.path, "name-collision", "no free name"))
+            return
+        self._copied(cp, res)
+        self.kill("queued")
+
+    def _copied(self, cp: Copy, res: CopyResult) -> None:
+        c = self.c
+        c.files_copied += 1
+        c.bytes_copied += cp.content.size
+        c.bytes_written += res.bytes_written
+        c.bytes_read += res.bytes_read
+        st = res.dest_stat
+        self._events.append(FileEvent.from_stat(res.dest, st))
+        f = cp.src.file
+        self._hashes += [HashUpdate(st.st_dev, st.st_ino, res.head, res.full),
+                         HashUpdate(f.dev, f.ino, res.head, res.full)]
+        dest_file = IndexedFile(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                st.st_ctime_ns, res.head, res.full, 0, (res.dest,))
+        for s in cp.content.sources:
+            if s.file.key == f.key or self._equal(s.path, s.file, res.dest, dest_file):
+                if s.file.key != f.key:
+                    c.files_confirmed += 1
+                self._row(s, res.dest, res.full)
+
+    # --- index writes ---
+
+    def _row(self, s: SourcePath, archive_path: bytes, full: bytes) -> None:
+        f = s.file
+        self._rows.append(Provenance(self.name, s.path, archive_path, full, f.size, f.dev,
+                                     f.ino, f.mtime_ns, f.ctime_ns, self._now, self._now))
+
+    def flush(self) -> None:
+        """Write queued index rows: archive files first, then hashes, then provenance."""
+        if self._events:
+            self.store.record(self.scan_id, self._events)
+        if self._hashes:
+            self.store.save_hashes(self._hashes)
+        if self._rows:
+            self.c.rows_written += prov.save(self.store, self._rows)
+        if self._touch:
+            prov.touch(self.store, self.name, self._touch, self._now)
+        self._events, self._hashes, self._rows, self._touch = [], [], [], []
+
+
+def _ident(f: IndexedFile) -> Identity:
+    return Identity(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns)

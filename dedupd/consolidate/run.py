@@ -1,0 +1,113 @@
+"""One consolidation run: index -> group -> plan -> copy/confirm -> report.
+
+Contract: sources are only read. The archive only gains files (through
+fsops.copy) and, with link_duplicates, has duplicate inodes hardlinked through
+the hardlink linker. Re-running is always safe and resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dedupd.config import ConsolidateConfig
+from dedupd.consolidate.execute import Counters, CopyProgress, Executor
+from dedupd.consolidate.inventory import Inventory, Progress, group_contents, index_trees, \
+    resolve_roots
+from dedupd.consolidate.layout import check_layout
+from dedupd.consolidate.plan import Names, Plan, make_plan
+from dedupd.errors import TemporaryFailure
+from dedupd.fsops.copy import Locked, lock_archive, remove_stale_temps
+from dedupd.index import provenance as prov
+from dedupd.index.store import Store
+
+
+@dataclass(frozen=True)
+class Options:
+    dry_run: bool = False
+    progress: Progress | None = None  # (stage, done, total) while indexing and hashing
+    copy_progress: CopyProgress | None = None  # (files, files_total, bytes, bytes_total)
+
+
+@dataclass(frozen=True)
+class Report:
+    name: str
+    dry_run: bool
+    stats: dict[str, int | float]
+    copies: tuple[dict[str, Any], ...]
+    archive_duplicates: tuple[dict[str, Any], ...]
+    problems: tuple[dict[str, str], ...]
+    notes: tuple[str, ...] = field(default=())
+
+    def as_json(self) -> dict[str, Any]:
+        return {"consolidation": self.name, "dry_run": self.dry_run, "stats": self.stats,
+                "copies": list(self.copies),
+                "archive_duplicates": list(self.archive_duplicates),
+                "problems": list(self.problems), "notes": list(self.notes)}
+
+
+def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options) -> Report:
+    """Import every content of cfg.sources the archive lacks (see module docstring)."""
+    t0 = time.monotonic()
+    check_layout(cfg.name, cfg.layout, cfg.undated_dir)
+    roots = resolve_roots(cfg)
+    lock = -1
+    if not opts.dry_run:
+        try:
+            lock = lock_archive(roots.archive)
+        except Locked:
+            raise TemporaryFailure(f"{os.fsdecode(roots.archive)}: another dedupd is "
+                                   "importing into this archive; try again later") from None
+    try:
+        stale = remove_stale_temps(roots.archive, dry_run=opts.dry_run)
+        inv = index_trees(store, cfg, roots, opts.progress)
+        group_contents(store, inv, opts.progress)
+        names = Names(inv.archive_paths)
+        plan = make_plan(inv, cfg, prov.load(store, cfg.name), names)
+        counters = Counters()
+        if not opts.dry_run:
+            counters = Executor(store, cfg.name, inv.scan_id, plan, cfg.on_name_collision,
+                                opts.copy_progress).run(names)
+            keep = inv.archive_paths | {c.dest for c in plan.copies}
+            prov.forget_archive_paths(store, cfg.name, keep)
+    finally:
+        if lock >= 0:
+            os.close(lock)
+    return _report(cfg, opts, inv, plan, counters, len(stale), time.monotonic() - t0)
+
+
+def _report(cfg: ConsolidateConfig, opts: Options, inv: Inventory, plan: Plan,
+            c: Counters, stale: int, seconds: float) -> Report:
+    src_inodes = {s.file.key: s.file.size for x in inv.contents for s in x.sources}
+    stats: dict[str, int | float] = {
+        "files_seen": inv.walk.files_seen,
+        "source_paths": sum(len(x.sources) for x in inv.contents),
+        "source_bytes": sum(src_inodes.values()),
+        "distinct_contents": sum(1 for x in inv.contents if x.sources),
+        "already_in_archive": len(plan.known),
+        "to_copy": len(plan.copies),
+        "bytes_to_copy": plan.bytes_to_copy,
+        "files_copied": c.files_copied,
+        "bytes_copied": c.bytes_copied,
+        "bytes_written": c.bytes_written,
+        "bytes_read": inv.hashing.bytes_read + plan.bytes_read + c.bytes_read,
+        "files_hashed": inv.hashing.files_hashed,
+        "files_confirmed": c.files_confirmed,
+        "files_unchanged": c.files_unchanged,
+        "provenance_rows_written": c.rows_written,
+        "archive_duplicate_groups": len(plan.archive_dups),
+        "stale_temp_files": stale,
+        "excluded": inv.walk.excluded,
+        "problems": len(inv.problems) + len(plan.problems) + len(c.problems),
+        "seconds": round(seconds, 3),
+    }
+    copies = tuple({"source": os.fsdecode(x.src.path), "archive": os.fsdecode(x.dest),
+                    "size": x.content.size, "date_from": x.date.source,
+                    "duplicates": [os.fsdecode(s.path) for s in x.content.sources[1:]]}
+                   for x in plan.copies)
+    dups = tuple({"size": d.size, "paths": [os.fsdecode(f.paths[0]) for f in d.archive]}
+                 for d in plan.archive_dups)
+    problems = tuple(p.as_dict() for p in [*inv.problems, *plan.problems, *c.problems])
+    return Report(cfg.name, opts.dry_run, stats, copies, dups, problems)
