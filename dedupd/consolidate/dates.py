@@ -86,8 +86,9 @@ def exif_date(path: bytes) -> tuple[datetime | None, str, int]:
         fh.seek(0)
         counted = _Counting(fh)
         try:
-            tags = exifread.process_file(counted, details=False, extract_thumbnail=False,
-                                         stop_tag="DateTimeOriginal")
+            tags = exifread.process_file(
+                counted,  # type: ignore[arg-type]  # duck-typed: read/seek/tell suffice
+                details=False, extract_thumbnail=False, stop_tag="DateTimeOriginal")
         except Exception as e:  # noqa: BLE001 - a third-party parser on untrusted bytes
             return None, f"unreadable EXIF ({type(e).__name__})", nread + counted.nread
         nread += counted.nread

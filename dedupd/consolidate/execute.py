@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from dedupd.consolidate.compare import same_bytes
 from dedupd.consolidate.inventory import SourcePath
-from dedupd.consolidate.plan import Copy, Known, Plan, Names
+from dedupd.consolidate.plan import Copy, Known, Names, Plan
 from dedupd.fsops.copy import CopyError, CopyResult, Identity, copy_verified
 from dedupd.index import provenance as prov
 from dedupd.index.provenance import Provenance

@@ -103,7 +103,8 @@ def _known(c: Content, rows: dict[bytes, Provenance]) -> Known:
         if r is not None and r.archive_path in apaths:
             target = r.archive_path
             break
-    fresh, check = [], []
+    fresh: list[SourcePath] = []
+    check: list[SourcePath] = []
     for s in c.sources:
         r = rows.get(s.path)
         f = s.file

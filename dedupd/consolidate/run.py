@@ -13,9 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dedupd.config import ConsolidateConfig
-from dedupd.consolidate.execute import Counters, CopyProgress, Executor
-from dedupd.consolidate.inventory import Inventory, Progress, group_contents, index_trees, \
-    resolve_roots
+from dedupd.consolidate.execute import CopyProgress, Counters, Executor
+from dedupd.consolidate.inventory import (
+    Inventory,
+    Progress,
+    group_contents,
+    index_trees,
+    resolve_roots,
+)
 from dedupd.consolidate.layout import check_layout
 from dedupd.consolidate.plan import Names, Plan, make_plan
 from dedupd.errors import TemporaryFailure

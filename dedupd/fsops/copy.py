@@ -20,7 +20,9 @@ deletes on the next run) and never a half-written file under `dest`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Callable
@@ -186,14 +188,11 @@ def _same(sfd: int, st: os.stat_result) -> None:
 def _set_meta(tfd: int, st: os.stat_result) -> None:
     """Mode, owner (root only; a failure is not an error) and atime/mtime of the source."""
     if os.geteuid() == 0:
-        try:
+        # A uid the archive filesystem cannot store is not an error: keep ours.
+        with contextlib.suppress(OSError):
             os.fchown(tfd, st.st_uid, st.st_gid)
-        except OSError:
-            pass  # e.g. a uid the archive filesystem cannot store: keep ours
-    try:
+    with contextlib.suppress(OSError):  # filesystems without POSIX modes (some SMB mounts)
         os.fchmod(tfd, stat.S_IMODE(st.st_mode))
-    except OSError:
-        pass  # filesystems without POSIX modes (some SMB/FUSE mounts)
     os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
@@ -240,10 +239,8 @@ def _fsync_dir(path: bytes) -> None:
 
 
 def _unlink_quiet(path: bytes) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def is_temp_name(name: bytes) -> bool:
@@ -279,8 +276,6 @@ def lock_archive(root: bytes) -> int:
 
     The lock file stays (empty) in the archive root; it is excluded from scans.
     """
-    import fcntl
-
     fd = os.open(os.path.join(root, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

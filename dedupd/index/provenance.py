@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
@@ -46,10 +47,10 @@ _COLS = (s.provenance.c.consolidation, s.provenance.c.source_path,
          s.provenance.c.src_ctime_ns, s.provenance.c.first_seen, s.provenance.c.last_seen)
 
 
-def _row(r: Sequence[object]) -> Provenance:
-    return Provenance(str(r[0]), bytes(r[1]), bytes(r[2]), bytes(r[3]),  # type: ignore[call-overload]
-                      int(r[4]), from_s64(int(r[5])), from_s64(int(r[6])),  # type: ignore[call-overload]
-                      int(r[7]), int(r[8]), float(r[9]), float(r[10]))  # type: ignore[arg-type]
+def _row(r: Sequence[Any]) -> Provenance:
+    return Provenance(str(r[0]), bytes(r[1]), bytes(r[2]), bytes(r[3]), int(r[4]),
+                      from_s64(int(r[5])), from_s64(int(r[6])), int(r[7]), int(r[8]),
+                      float(r[9]), float(r[10]))
 
 
 def load(store: Store, consolidation: str) -> dict[bytes, Provenance]:
