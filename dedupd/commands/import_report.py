@@ -109,8 +109,8 @@ def _print_text(doc: dict[str, Any], v: Verification) -> None:
         for p in g.paths:
             out.write(show_path(p) + "\n")
         out.write("\n")
-    for p in v.skipped:
-        out.write(f"skipped ({p.reason}): {show_path(p.path)}: {p.detail}\n")
+    for sk in v.skipped:
+        out.write(f"skipped ({sk.reason}): {show_path(sk.path)}: {sk.detail}\n")
     st = doc["stats"]
     out.write(f"{doc['format']} report: {st['groups_in_report']} groups, "
               f"{st['files_in_report']} files; {st['groups_verified']} groups "

@@ -107,12 +107,16 @@ def verify_group(g: CandidateGroup, scope: Sequence[bytes], v: Verification,
         if got is not None:
             hashed.append((ev, *got))
             fulls[got[1]].append(ev)
+    matched = any(len(evs) > 1 for evs in fulls.values())
     for full, evs in fulls.items():
         if len(evs) > 1:
             v.groups.append(VerifiedGroup(evs[0].size, full, tuple(e.path for e in evs)))
-        else:
+        elif matched or len(fulls) > 1:
             v.skipped.append(Problem(evs[0].path, "differs",
                                      "content differs from the rest of its group"))
+        else:
+            v.skipped.append(Problem(evs[0].path, "unmatched",
+                                     "no other file of its group is left to match"))
     return hashed
 
 
