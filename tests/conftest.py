@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.loopfs",
     "tests.fixtures.zfs",
     "tests.fixtures.consolidate",
+    "tests.fixtures.mergerfs",
 ]

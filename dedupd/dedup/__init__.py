@@ -1,0 +1,1 @@
+"""Deduplication: planners, backends and the safety machinery (verify, journal)."""
