@@ -119,8 +119,15 @@ def _print_text(r: Report) -> None:
         out.write("archive duplicates: " + " = ".join(show_path(p) for p in d["paths"]) + "\n")
     for p in r.problems:
         sys.stderr.write(f"dedupd: {p['reason']}: {show_path(p['path'])}: {p['detail']}\n")
-    for n in r.notes:
-        out.write(f"note: {n}\n")
+    for a in r.actions:
+        what = f"{a.get('keep', '')} <- {a.get('replace', '')}" if a["action"] == "hardlink" \
+            else f"{a['path']} (in archive as {a['archive']})"
+        out.write(f"{a['result']} {a['action']}: {show_path(what)}\n")
+    for x in r.refused:
+        sys.stderr.write(f"dedupd: not done ({x['reason']}): {show_path(x['path'])}: "
+                         f"{x.get('detail', '')}\n")
+    for rec in r.recovered:
+        out.write(f"recovered op {rec['op']}: {rec['before']} -> {rec['after']}\n")
     st = r.stats
     out.write(f"{r.name}{' (dry run)' if r.dry_run else ''}: {st['distinct_contents']} distinct "
               f"contents in {st['source_paths']} source files, {st['already_in_archive']} "

@@ -75,6 +75,8 @@ class Executor:
         self._hashes: list[HashUpdate] = []
         self._touch: list[bytes] = []
         self._now = time.time()
+        # (source path, archive file) pairs whose equality is confirmed: prune candidates
+        self.confirmed: list[tuple[SourcePath, bytes]] = []
 
     def run(self, names: Names) -> Counters:
         for k in self.plan.known:
@@ -97,6 +99,7 @@ class Executor:
     def _confirm(self, k: Known) -> None:
         self.c.files_unchanged += len(k.fresh)
         self._touch.extend(s.path for s in k.fresh)
+        self.confirmed.extend((s, k.target) for s in k.fresh)
         target = next(f for f in k.content.archive if k.target in f.paths)
         assert k.content.full is not None  # grouped contents always carry their hash
         for s in k.check:
@@ -157,6 +160,7 @@ class Executor:
     # --- index writes ---
 
     def _row(self, s: SourcePath, archive_path: bytes, full: bytes) -> None:
+        self.confirmed.append((s, archive_path))
         f = s.file
         self._rows.append(Provenance(self.name, s.path, archive_path, full, f.size, f.dev,
                                      f.ino, f.mtime_ns, f.ctime_ns, self._now, self._now))

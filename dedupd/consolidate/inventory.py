@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from dedupd.config import ConsolidateConfig
 from dedupd.errors import ConfigError
 from dedupd.fsops.copy import LOCK_NAME, TMP_GLOB
+from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
 from dedupd.hashing import Hasher, HashStats, Stability
 from dedupd.index import provenance as prov
 from dedupd.index.store import IndexedFile, Store
@@ -105,7 +106,11 @@ def _included(ev: FileEvent, root: bytes, patterns: Sequence[str]) -> bool:
 
 
 def _source_events(inv: Inventory, cfg: ConsolidateConfig) -> Iterator[FileEvent]:
-    opts = WalkOptions(1, cfg.exclude, False)
+    skip = cfg.exclude
+    if cfg.quarantine_dir is not None:  # pruned copies kept there are not source files
+        q = os.fsdecode(os.path.realpath(os.fsencode(cfg.quarantine_dir)))
+        skip = (*skip, q, q + "/*")
+    opts = WalkOptions(1, skip, False)
     for root in inv.roots.sources:
         for ev in walk([root], opts, inv.walk):
             if _included(ev, root, cfg.include):
@@ -115,8 +120,9 @@ def _source_events(inv: Inventory, cfg: ConsolidateConfig) -> Iterator[FileEvent
 
 
 def _archive_events(inv: Inventory) -> Iterator[FileEvent]:
-    # Our own temp and lock files are never archive content.
-    opts = WalkOptions(1, (TMP_GLOB, os.fsdecode(LOCK_NAME)), False)
+    # Our own temp and lock files (and the linker's temp links) are never archive content.
+    opts = WalkOptions(1, (TMP_GLOB, os.fsdecode(LOCK_NAME),
+                           os.fsdecode(LINK_TEMP_PREFIX) + "*"), False)
     for ev in walk([inv.roots.archive], opts, inv.walk):
         inv.archive_paths.add(ev.path)
         yield ev

@@ -89,6 +89,8 @@ def test_consolidate_end_to_end(tmp_path: Path, zfs_archive: Callable[[str], Pat
     dry = run_json("consolidate", "-c", str(cfg), "photos", "--dry-run")
     assert dry["dry_run"] and dry["stats"]["files_copied"] == 0
     assert len(archive_files(archive)) == 3  # the seed only: a dry run writes nothing
+    assert [a["result"] for a in dry["actions"]] == ["would"]  # the link it would make
+    assert os.stat(archive / "old/dup-a.dat").st_nlink == 1
 
     rep = run_json("consolidate", "-c", str(cfg), "photos")
     assert {s: manifest(s) for s in sources} == before  # sources untouched
@@ -112,6 +114,11 @@ def test_consolidate_end_to_end(tmp_path: Path, zfs_archive: Callable[[str], Pat
     assert not any(b".dedupd-copy." in p for p in manifest(archive))
     assert rep["stats"]["files_copied"] == 7 and rep["stats"]["already_in_archive"] == 1
     assert rep["stats"]["archive_duplicate_groups"] == 1
+    # duplicates already in the archive were hardlinked by the linker (journalled)
+    dup_a, dup_b = os.stat(archive / "old/dup-a.dat"), os.stat(archive / "old/dup-b.dat")
+    assert dup_a.st_ino == dup_b.st_ino and dup_a.st_nlink == 2
+    assert rep["stats"]["archive_names_linked"] == 1
+    assert [a["result"] for a in rep["actions"]] == ["done"]
 
     # where: archive -> sources, and source -> archive (also for an already-archived file)
     w = run_json("where", "-c", str(cfg), str(archive / "2019/07/IMG_0001.JPG"))
@@ -133,6 +140,7 @@ def test_consolidate_end_to_end(tmp_path: Path, zfs_archive: Callable[[str], Pat
     again = run_json("consolidate", "-c", str(cfg), "photos")
     assert again["stats"]["files_copied"] == 0
     assert again["stats"]["bytes_read"] == 0
+    assert again["stats"]["archive_duplicate_groups"] == 0
     assert archive_files(archive) == files
 
     # A new file in a share is imported by the next run (and only it is read).
