@@ -96,18 +96,18 @@ def prune_sources(jr: J.Journal | None, name: str, pairs: Sequence[tuple[SourceP
     for s, archive_path in pairs:
         f = s.file
         ident = Identity(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns)
-        try:
-            ast = os.lstat(archive_path)
-        except OSError as e:
-            _refuse(rep, s.path, "archive-missing", e.strerror or str(e))
-            continue
         if qdir is not None and _device(qdir, s.root) != f.dev:
             _refuse(rep, s.path, "quarantine-other-fs", "quarantine_dir is not on the "
                     "source's filesystem (a hardlink cannot keep the copy there)")
             continue
-        if dry_run:
+        if dry_run:  # the archive copy may not exist yet: it is compared in the real run
             rep.actions.append({"action": "prune", "path": os.fsdecode(s.path),
                                 "archive": os.fsdecode(archive_path), "result": "would"})
+            continue
+        try:
+            ast = os.lstat(archive_path)
+        except OSError as e:
+            _refuse(rep, s.path, "archive-missing", e.strerror or str(e))
             continue
         assert jr is not None
         _prune_one(jr, name, s, ident, archive_path, ast, qdir, rep)
