@@ -4,10 +4,15 @@ Index writes are batched (every FLUSH_EVERY files): a crash loses at most the
 rows of one batch, and the next run rebuilds them from the files themselves
 (the copies are already in the archive; they are found and byte-compared).
 
+Copies go in batches (BATCH_FILES / BATCH_BYTES): stage every copy of the
+batch to a temp name, one syncfs, then per file compare + link into place,
+one more syncfs, then the index rows.
+
 Test hook: when the environment variable DEDUPD_TEST_KILL_AFTER_COPY_STEPS=k
-is set, the process SIGKILLs itself right after the k-th copy step (steps:
-written, synced, verified, placed, queued; five per copied file). The
-kill -9 tests use it to stop a run at every interesting point.
+is set, the process SIGKILLs itself right after the k-th copy step. Steps,
+five per copied file: "written" for each file of a batch, then "synced" for
+each, then "verified", "placed", "queued" file by file. The kill -9 tests use
+it to stop a run at every interesting point.
 """
 
 from __future__ import annotations
@@ -21,7 +26,16 @@ from dataclasses import dataclass, field
 from dedupd.consolidate.compare import same_bytes
 from dedupd.consolidate.inventory import SourcePath
 from dedupd.consolidate.plan import Copy, Known, Names, Plan
-from dedupd.fsops.copy import CopyError, CopyResult, Identity, copy_verified
+from dedupd.fsops.copy import (
+    CopyError,
+    CopyResult,
+    Identity,
+    Staged,
+    discard,
+    place_copy,
+    stage_copy,
+    sync_filesystem,
+)
 from dedupd.index import provenance as prov
 from dedupd.index.provenance import Provenance
 from dedupd.index.store import HashUpdate, IndexedFile, Store
@@ -30,6 +44,9 @@ from dedupd.scan.events import FileEvent, Problem
 KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
 FLUSH_EVERY = 256
 MAX_RETRIES = 20
+# One filesystem sync per batch (see fsops/copy.py): bounded so a crash redoes little.
+BATCH_FILES = 128
+BATCH_BYTES = 64 << 20
 
 CopyProgress = Callable[[int, int, int, int], None]  # files done/total, bytes done/total
 
@@ -63,9 +80,11 @@ class _KillHook:
 class Executor:
     """Runs one plan against the archive; the caller holds the archive lock."""
 
-    def __init__(self, store: Store, name: str, scan_id: int, plan: Plan,
+    def __init__(self, store: Store, name: str, scan_id: int, plan: Plan, archive: bytes,
                  on_name_collision: str, progress: CopyProgress | None = None) -> None:
         self.store, self.name, self.scan_id, self.plan = store, name, scan_id, plan
+        self.archive = archive
+        self._done_files = self._done_bytes = 0
         self.policy = on_name_collision
         self.progress = progress
         self.c = Counters()
@@ -81,18 +100,25 @@ class Executor:
     def run(self, names: Names) -> Counters:
         for k in self.plan.known:
             self._confirm(k)
-        total, nbytes, done_bytes = len(self.plan.copies), self.plan.bytes_to_copy, 0
-        for i, cp in enumerate(self.plan.copies, 1):
-            if self.progress:
-                self.progress(i - 1, total, done_bytes, nbytes)
-            self._copy(cp, names)
-            done_bytes += cp.content.size
-            if i % FLUSH_EVERY == 0:
-                self.flush()
-        if self.progress:
-            self.progress(total, total, done_bytes, nbytes)
+        self._done_files = self._done_bytes = 0
+        batch: list[Copy] = []
+        size = 0
+        for cp in self.plan.copies:
+            batch.append(cp)
+            size += cp.content.size
+            if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
+                self._copy_batch(batch, names)
+                batch, size = [], 0
+        if batch:
+            self._copy_batch(batch, names)
+        self._tick()
         self.flush()
         return self.c
+
+    def _tick(self) -> None:
+        if self.progress:
+            self.progress(self._done_files, len(self.plan.copies), self._done_bytes,
+                          self.plan.bytes_to_copy)
 
     # --- content the archive already has ---
 
@@ -118,25 +144,52 @@ class Executor:
 
     # --- new content ---
 
-    def _copy(self, cp: Copy, names: Names) -> None:
+    def _copy_batch(self, batch: list[Copy], names: Names) -> None:
+        """Stage every copy, make the batch durable with one sync, then compare and
+        link each into place; a second sync makes the new names durable before the
+        index records them."""
+        staged: list[tuple[Copy, Staged]] = []
+        for cp in batch:
+            self._tick()
+            self._done_files += 1
+            self._done_bytes += cp.content.size
+            try:
+                st = stage_copy(cp.src.path, os.path.dirname(cp.dest), _ident(cp.src.file))
+            except CopyError as e:
+                self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
+                continue
+            self.kill("written")
+            staged.append((cp, st))
+        if not staged:
+            return
+        sync_filesystem(self.archive)
+        for _ in staged:
+            self.kill("synced")
+        for cp, st in staged:
+            res = self._place(cp, st, names)
+            if res is not None:
+                self._copied(cp, res)
+                self.kill("queued")
+        sync_filesystem(self.archive)
+        self.flush()
+
+    def _place(self, cp: Copy, st: Staged, names: Names) -> CopyResult | None:
         dest = cp.dest
         for _ in range(MAX_RETRIES):
             try:
-                res = copy_verified(cp.src.path, dest, _ident(cp.src.file), self.kill)
-                break
+                return place_copy(st, dest, self.kill)
             except CopyError as e:
                 if e.reason == "exists" and self.policy == "suffix":
-                    nxt = names.claim(dest, "suffix")
+                    nxt = names.claim(cp.dest, "suffix")  # the next free "name (n).ext"
                     if nxt is not None:
                         dest = nxt
                         continue
+                discard(st)
                 self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
-                return
-        else:
-            self.c.problems.append(Problem(cp.src.path, "name-collision", "no free name"))
-            return
-        self._copied(cp, res)
-        self.kill("queued")
+                return None
+        discard(st)
+        self.c.problems.append(Problem(cp.src.path, "name-collision", "no free name"))
+        return None
 
     def _copied(self, cp: Copy, res: CopyResult) -> None:
         c = self.c

@@ -20,12 +20,13 @@ from dedupd.fsops.copy import LOCK_NAME, TMP_GLOB
 from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
 from dedupd.hashing import Hasher, HashStats, Stability
 from dedupd.index import provenance as prov
-from dedupd.index.store import IndexedFile, Store
+from dedupd.index.store import HashUpdate, IndexedFile, Store
 from dedupd.scan.events import FileEvent, Problem, WalkStats
 from dedupd.scan.scanner import RECORD_BATCH, batches
 from dedupd.scan.walk import WalkOptions, normalize_roots, walk
 
 Progress = Callable[[str, int, int], None]
+SAVE_BATCH = 2000
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ def group_contents(store: Store, inv: Inventory, progress: Progress | None = Non
     """Hash size-matched candidates and fill inv.contents (sources and archive dups)."""
     hasher = Hasher(Stability(0.0), inv.hashing)
     sizes = prov.sizes_seen(store, inv.scan_id)
+    pending: list[HashUpdate] = []
     for done, files in enumerate(store.files_of_sizes(inv.scan_id, sizes), 1):
         if progress:
             progress("hash", done, len(sizes))
@@ -152,7 +154,10 @@ def group_contents(store: Store, inv: Inventory, progress: Progress | None = Non
             _add(inv, files, files[0].full)
             continue
         res = hasher.hash_size_group(files)
-        store.save_hashes(res.updates)
+        pending.extend(res.updates)
+        if len(pending) >= SAVE_BATCH:  # one transaction per batch, not per size group
+            store.save_hashes(pending)
+            pending = []
         if res.gone:
             store.forget(res.gone)
         full = {(u.dev, u.ino): u.full for u in res.updates if u.full}
@@ -166,6 +171,7 @@ def group_contents(store: Store, inv: Inventory, progress: Progress | None = Non
             if f.key not in grouped and f.key not in gone:
                 ff = _with_full(f, full.get(f.key, f.full))
                 _add(inv, [ff], ff.full)
+    store.save_hashes(pending)
 
 
 def _with_full(f: IndexedFile, full: bytes | None) -> IndexedFile:

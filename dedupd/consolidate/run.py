@@ -89,8 +89,8 @@ def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options) -> Report:
         plan = make_plan(inv, cfg, prov.load(store, cfg.name), names)
         counters, confirmed = Counters(), _would_confirm(plan)
         if not opts.dry_run:
-            ex = Executor(store, cfg.name, inv.scan_id, plan, cfg.on_name_collision,
-                          opts.copy_progress)
+            ex = Executor(store, cfg.name, inv.scan_id, plan, roots.archive,
+                          cfg.on_name_collision, opts.copy_progress)
             counters, confirmed = ex.run(names), ex.confirmed
             keep = inv.archive_paths | {c.dest for c in plan.copies}
             prov.forget_archive_paths(store, cfg.name, keep)

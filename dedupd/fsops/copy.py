@@ -16,6 +16,12 @@ Contract of `copy_verified(src, dest)`:
 
 A crash at any point leaves at most a temp file (which `remove_stale_temps`
 deletes on the next run) and never a half-written file under `dest`.
+
+Batches: `stage_copy` does steps 1-2 and the metadata of 3 for one file;
+`sync_filesystem` then makes a whole batch durable with one syncfs(2) (an
+fsync per small file costs a journal commit each: 2-3 ms on the test VM, most
+of an import's time); `place_copy` does steps 4-5. The order per file stays
+write -> durable -> compare -> link, so no name ever shows undurable data.
 """
 
 from __future__ import annotations
@@ -82,62 +88,144 @@ def _noop(_step: str) -> None:
     return None
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A copy written to its temp name, not yet durable, verified or in place."""
+
+    src: bytes
+    tmp: bytes
+    src_stat: os.stat_result  # the source as it was copied
+    head: int
+    full: bytes
+    bytes_read: int
+
+
 def copy_verified(src: bytes, dest: bytes, expect: Identity | None = None,
                   on_step: Step = _noop) -> CopyResult:
-    """Copy src to dest as described in the module docstring; raise CopyError."""
+    """Copy one file (steps 1-5 of the module docstring); raise CopyError.
+
+    For many files prefer stage_copy + sync_filesystem + place_copy: one
+    filesystem sync covers a whole batch instead of one fsync per file.
+    """
+    staged = stage_copy(src, os.path.dirname(dest) or b".", expect)
+    on_step("written")
     try:
-        sfd = os.open(src, _RD | _NOATIME)
-    except PermissionError:
-        sfd = _open_src(src)  # O_NOATIME needs ownership; retry without it
-    except FileNotFoundError:
-        raise CopyError("vanished", "source disappeared before the copy") from None
-    except OSError as e:
-        raise CopyError("error", f"cannot open source: {e.strerror}") from None
-    try:
-        st = os.fstat(sfd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CopyError("changed", "source is no longer a regular file")
-        if expect is not None and Identity.of(st) != expect:
-            raise CopyError("changed", "source changed since it was indexed")
-        return _copy_fd(sfd, st, dest, on_step)
-    finally:
-        os.close(sfd)
+        fd = os.open(staged.tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        on_step("synced")
+        res = place_copy(staged, dest, on_step)
+        _fsync_dir(os.path.dirname(dest) or b".")
+        return res
+    except BaseException:
+        discard(staged)
+        raise
 
 
 def _open_src(src: bytes) -> int:
     try:
-        return os.open(src, _RD)
+        try:
+            return os.open(src, _RD | _NOATIME)
+        except PermissionError:
+            return os.open(src, _RD)  # O_NOATIME needs ownership; retry without it
     except FileNotFoundError:
         raise CopyError("vanished", "source disappeared before the copy") from None
     except OSError as e:
         raise CopyError("error", f"cannot open source: {e.strerror}") from None
 
 
-def _copy_fd(sfd: int, st: os.stat_result, dest: bytes, on_step: Step) -> CopyResult:
-    ddir = os.path.dirname(dest) or b"."
-    make_dirs(ddir)
-    tmp = os.path.join(ddir, TMP_PREFIX + os.urandom(8).hex().encode() + TMP_SUFFIX)
-    tfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    placed = False
+def _open_expected(src: bytes, expect: Identity | None) -> tuple[int, os.stat_result]:
+    sfd = _open_src(src)
+    st = os.fstat(sfd)
+    if not stat.S_ISREG(st.st_mode) or (expect is not None and Identity.of(st) != expect):
+        os.close(sfd)
+        raise CopyError("changed", "source changed since it was indexed")
+    return sfd, st
+
+
+def stage_copy(src: bytes, dest_dir: bytes, expect: Identity | None = None) -> Staged:
+    """Write src to a fresh temp name in dest_dir (created if needed), hashing it, with
+    the source's mode, owner and mtime. Not fsynced: the caller syncs the batch."""
+    sfd, st = _open_expected(src, expect)
     try:
-        head, full, nread = _write_copy(sfd, tfd, st)
-        on_step("written")
-        _set_meta(tfd, st)
-        os.fsync(tfd)
-        on_step("synced")
-        nread += _compare(sfd, tfd, st)
-        on_step("verified")
-        _place(tmp, dest)
-        placed = True
-        _fsync_dir(ddir)
-        on_step("placed")
-        return CopyResult(dest, head, full, os.lstat(dest), nread, st.st_size)
+        make_dirs(dest_dir)
+        tmp = os.path.join(dest_dir, TMP_PREFIX + os.urandom(8).hex().encode() + TMP_SUFFIX)
+        tfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                      0o600)
+        try:
+            head, full, nread = _write_copy(sfd, tfd, st)
+            _set_meta(tfd, st)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        finally:
+            os.close(tfd)
+        return Staged(src, tmp, st, head, full, nread)
     except OSError as e:
         raise CopyError("error", f"{e.strerror or e} while copying") from None
     finally:
-        os.close(tfd)
-        if not placed:
-            _unlink_quiet(tmp)
+        os.close(sfd)
+
+
+def place_copy(staged: Staged, dest: bytes, on_step: Step = _noop) -> CopyResult:
+    """Compare the (already durable) temp copy with the source byte for byte, then link
+    it to dest without clobbering. On CopyError("exists") the temp file is kept so the
+    caller may place it under another name; on any other error it is removed."""
+    try:
+        sfd, _ = _open_expected(staged.src, Identity.of(staged.src_stat))
+        try:
+            tfd = os.open(staged.tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                nread = staged.bytes_read + _compare(sfd, tfd, staged.src_stat)
+            finally:
+                os.close(tfd)
+        finally:
+            os.close(sfd)
+        on_step("verified")
+        _place(staged.tmp, dest)
+        on_step("placed")
+        return CopyResult(dest, staged.head, staged.full, os.lstat(dest), nread,
+                          staged.src_stat.st_size)
+    except CopyError as e:
+        if e.reason != "exists":
+            discard(staged)
+        raise
+    except OSError as e:
+        discard(staged)
+        raise CopyError("error", f"{e.strerror or e} while placing the copy") from None
+
+
+def discard(staged: Staged) -> None:
+    _unlink_quiet(staged.tmp)
+
+
+def sync_filesystem(path: bytes) -> None:
+    """Make everything written to path's filesystem durable: syncfs(2), one journal
+    commit for a whole batch instead of an fsync per file."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc_syncfs(fd) != 0:
+            os.sync()  # no syncfs: the global sync is slower but as safe
+    finally:
+        os.close(fd)
+
+
+_SYNCFS: list[object] = []
+
+
+def _libc_syncfs(fd: int) -> int:
+    import ctypes
+    import ctypes.util
+
+    if not _SYNCFS:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _SYNCFS.append(getattr(lib, "syncfs", None))
+    fn = _SYNCFS[0]
+    if fn is None:
+        return -1
+    return int(fn(fd))  # type: ignore[operator]
 
 
 def _write_copy(sfd: int, tfd: int, st: os.stat_result) -> tuple[int, bytes, int]:
