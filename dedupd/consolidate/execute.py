@@ -85,6 +85,7 @@ class Executor:
         self.store, self.name, self.scan_id, self.plan = store, name, scan_id, plan
         self.archive = archive
         self._done_files = self._done_bytes = 0
+        self._bytes_total = plan.bytes_to_copy
         self.policy = on_name_collision
         self.progress = progress
         self.c = Counters()
@@ -118,7 +119,7 @@ class Executor:
     def _tick(self) -> None:
         if self.progress:
             self.progress(self._done_files, len(self.plan.copies), self._done_bytes,
-                          self.plan.bytes_to_copy)
+                          self._bytes_total)
 
     # --- content the archive already has ---
 
