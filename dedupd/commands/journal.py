@@ -14,7 +14,7 @@ from dedupd.output import human_bytes, print_json, show_path
 HELP = """\
 List the operations the hardlink and cross-drive linkers journalled: every
 name replaced by a hardlink or moved to another branch, with its state and
-time. States: PENDING, LINKING, SWAPPING, SWAPPED, LINKED, REMOVING (unfinished:
+time. States: PENDING, SWAPPING, LINKED, REMOVING (unfinished:
 `dedupd recover` resolves them), DONE, REFUSED, ROLLED_BACK, FAILED (final).
 See docs/safety.md. Changes nothing.
 """

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from typing import Any
 
 from dedupd.commands.common import add_common, load_config, open_store
 from dedupd.dedup.journal import FAILED, Journal
-from dedupd.dedup.recovery import recover_all
+from dedupd.dedup.lock import lock_root, volume_lock
+from dedupd.dedup.recovery import Recovered, recover_all
 from dedupd.output import print_json
 
 HELP = """\
@@ -17,7 +19,9 @@ kill -9 or a power cut): an operation whose new name is already in place is
 finished (a duplicate is only removed after its bytes are compared again);
 any other is rolled back by removing the extra names it had made. Decisions
 use the inode numbers recorded in the journal, so running it twice is safe.
-`dedupd run` does the same for each volume before it starts.
+`dedupd run` does the same for each volume before it starts. Volumes named in
+the config are locked while they are recovered (exit 75 if a pass is running
+on one: try again later).
 
 exit status: 0 when everything was resolved, 1 when an operation was left
 FAILED (see `dedupd journal --state FAILED`).
@@ -36,8 +40,15 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     store = open_store(args, cfg)
     jr = Journal(store)
+    done: list[Recovered] = []
     try:
-        done = recover_all(jr, args.volume, dry_run=args.dry_run)
+        names = sorted({r.spec.volume for r in jr.unfinished(args.volume)})
+        for name in names:
+            v = cfg.volumes.get(name)
+            # A configured volume is locked so a running pass is never "recovered".
+            lock = volume_lock(lock_root(v.kind, v.path, v.branches)) if v else nullcontext()
+            with lock:
+                done += recover_all(jr, name, dry_run=args.dry_run)
     finally:
         jr.close()
         store.close()

@@ -5,8 +5,8 @@ ends as a hardlink A/R -> K, and B/R is removed. The pool view is unchanged:
 the same path shows the same bytes throughout (first the two copies, then the
 link alone). One journalled operation per duplicate name:
 
-  PENDING -> re-stat both -> byte compare -> re-stat -> LINKING: create the
-  missing parent dirs on A (owner/mode copied from B) and link K at A/R ->
+  PENDING (names recorded) -> re-stat both -> byte compare -> re-stat ->
+  create the missing parent dirs on A (owner/mode copied from B), link K at A/R ->
   LINKED: check A/R is K, re-stat and byte-compare B/R against it ->
   REMOVING: (quarantine link and) unlink B/R -> DONE.
 
@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 from dedupd.dedup import hardlink as H
 from dedupd.dedup import journal as J
+from dedupd.dedup import recovery
 from dedupd.dedup.verify import (
     Refused,
+    Writers,
     check_metadata,
-    open_for_write,
     readonly,
     restat,
     same_bytes,
@@ -102,7 +103,7 @@ def link_pool_group(journal: J.Journal | None, group: DupGroup, policy: PoolPoli
         results.append(H.link_group(journal, DupGroup(group.size, tuple(same)),
                                     policy.link_policy(a), dry_run))
         H._refresh(run, keep.key, keep.path)  # our links moved its ctime
-    writers = open_for_write()
+    writers = Writers()
     for f in ranked:
         if policy.branch_of(f.path) == a:
             continue
@@ -136,13 +137,13 @@ def _merge(results: list[H.LinkResult]) -> H.LinkResult:
 
 
 def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,
-                f: IndexedFile, writers: dict[tuple[int, int], int]) -> None:
+                f: IndexedFile, writers: Writers) -> None:
     b = policy.branch_of(f.path)
     assert b is not None
     for n, p in enumerate(f.paths):
         dest = os.path.join(a, rel_to(p, b))
         try:
-            _precheck(run, keep, f, p, dest, writers)
+            st = _precheck(run, keep, f, p, dest, writers)
         except Refused as r:
             run.refuse(p, r)
             continue
@@ -152,7 +153,6 @@ def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,
             q = None if policy.quarantine_rel is None else os.path.join(
                 b, policy.quarantine_rel, os.path.basename(p)[:180] + b"."
                 + os.urandom(6).hex().encode() + fs.QUARANTINE_SUFFIX)
-            st = os.lstat(p)
             freed = n == len(f.paths) - 1 and st.st_nlink == 1 and q is None
             _move(run, keep, f, p, dest, a, b, q, freed)
         H._refresh(run, keep.key, keep.path)
@@ -162,10 +162,10 @@ def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,
 
 
 def _precheck(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes,
-              writers: dict[tuple[int, int], int]) -> None:
-    for k in (keep.key, f.key):
-        if k in writers:
-            raise Refused("open_for_write", f"open for writing by pid {writers[k]}")
+              writers: Writers) -> os.stat_result:
+    """Every check that needs no journal; returns the duplicate's stat."""
+    writers.check(keep.key, keep.path)
+    writers.check(f.key, p)
     if readonly(p) or readonly(keep.path):
         raise Refused("readonly", "a branch is mounted read-only")
     kst = restat(keep.path, run.ident[keep.key])
@@ -174,9 +174,10 @@ def _precheck(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: by
     try:
         cur = os.lstat(dest)
     except FileNotFoundError:
-        return
+        return dst
     if (cur.st_dev, cur.st_ino) != keep.key:
         raise Refused("dest_exists", f"{os.fsdecode(dest)} exists on the kept branch")
+    return dst
 
 
 def _describe(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes) -> None:
@@ -223,7 +224,6 @@ def _move(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes,
     try:
         _verify_pair(run, keep, f, keep.path, p)
         if not exists:
-            jr.set(op, J.LINKING)
             fs.mkdirs_like(a, rel_dir, b)
             jr.step("mkdirs")
             fs.link_exact(keep.path, dest)
@@ -266,13 +266,12 @@ def _remove(jr: J.Journal, spec: J.OpSpec) -> None:
 
 def _rollback(jr: J.Journal, op: int, spec: J.OpSpec, e: Exception) -> None:
     rec = jr.get(op)
-    if rec is not None and rec.state == J.PENDING:
-        jr.set(op, J.REFUSED, str(e))
+    made = spec.dest_path is not None and os.path.lexists(spec.dest_path)
+    if rec is not None and rec.state == J.PENDING and not made:
+        fs.rmdirs_if_empty(spec.dirs)
+        jr.set(op, J.REFUSED if isinstance(e, Refused) else J.ROLLED_BACK, str(e))
         return
-    if spec.dest_path is not None:
-        fs.unlink_if_inode(spec.dest_path, spec.keep_dev, spec.keep_ino)
-    if spec.quarantine_path is not None:
-        fs.unlink_if_inode(spec.quarantine_path, spec.dup_dev, spec.dup_ino)
-    fs.rmdirs_if_empty(spec.dirs)
-    jr.set(op, J.ROLLED_BACK, str(e))
-
+    # The inode-based decision recovery makes: never drop the new link once
+    # the duplicate is gone.
+    after, detail = recovery.recover_cross_now(spec)
+    jr.set(op, after, f"{e}; {detail}")

@@ -5,9 +5,10 @@ one inode (primary_paths first, then the inode that already has the most
 links, then the smallest path) and replaces every name of every other inode
 by a hardlink to it, one journalled operation per name:
 
-  PENDING -> re-stat both -> byte compare -> re-stat -> LINKING: link() the
-  kept file to a temp name next to the duplicate -> SWAPPING: exchange (or
-  rename) the temp name over the duplicate -> DONE.
+  PENDING (names recorded) -> re-stat both -> byte compare -> re-stat ->
+  link() the kept file to a temp name next to the duplicate -> SWAPPING:
+  exchange (or rename) the temp name over the duplicate, drop the old copy's
+  temp name -> DONE.
 
 The user-visible name always exists and always holds the same bytes; the
 duplicate's content stays until its last name is replaced. Refusals never
@@ -23,11 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dedupd.dedup import journal as J
+from dedupd.dedup import recovery
 from dedupd.dedup.verify import (
     Ident,
     Refused,
+    Writers,
     check_metadata,
-    open_for_write,
     readonly,
     restat,
     same_bytes,
@@ -125,11 +127,9 @@ def link_group(journal: J.Journal | None, group: DupGroup, policy: LinkPolicy,
         return run.result()
     ranked = rank(files, policy.primary_paths)
     keep = ranked[0]
-    writers = open_for_write()
+    writers = Writers()
     try:
-        if keep.key in writers:
-            raise Refused("open_for_write",
-                          f"kept file open for writing by pid {writers[keep.key]}")
+        writers.check(keep.key, keep.path)
         if readonly(keep.path):
             raise Refused("keep_readonly", show(keep.path))
     except Refused as r:
@@ -166,13 +166,11 @@ def _eligible(run: _Run, files: list[IndexedFile]) -> list[IndexedFile]:
     return out
 
 
-def _link_inode(run: _Run, keep: IndexedFile, f: IndexedFile,
-                writers: dict[tuple[int, int], int]) -> None:
+def _link_inode(run: _Run, keep: IndexedFile, f: IndexedFile, writers: Writers) -> None:
     for n, p in enumerate(f.paths):
         last = n == len(f.paths) - 1
         try:
-            if f.key in writers:
-                raise Refused("open_for_write", f"open for writing by pid {writers[f.key]}")
+            writers.check(f.key, p)
             if f.dev != keep.dev:
                 raise Refused("different_fs", "the files are on different filesystems")
             if readonly(p):
@@ -261,10 +259,12 @@ def _replace(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes, freed: bool
         _swap(jr, op, spec, did)
     except (Refused, OSError) as e:
         reason = e.reason if isinstance(e, Refused) else "error"
-        _undo_links(jr, spec)
-        jr.set(op, J.ROLLED_BACK, str(e))
-        run.refuse(p, e if isinstance(e, Refused) else Refused(reason, str(e)))
-        return
+        # Decide like recovery does, from the inodes: the swap may have happened.
+        after, detail = recovery.resolve_hardlink(spec)
+        jr.set(op, after, f"{e}; {detail}")
+        if after != J.DONE:
+            run.refuse(p, e if isinstance(e, Refused) else Refused(reason, str(e)))
+            return
     run.linked += 1
     if freed:
         run.reclaimed += f.size
@@ -274,7 +274,6 @@ def _replace(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes, freed: bool
 def _swap(jr: J.Journal, op: int, spec: J.OpSpec, did: Ident) -> None:
     assert spec.temp_path is not None
     tmp, p = spec.temp_path, spec.dup_path
-    jr.set(op, J.LINKING)
     if spec.quarantine_path is not None:
         os.makedirs(os.path.dirname(spec.quarantine_path), mode=0o700, exist_ok=True)
         fs.link_exact(p, spec.quarantine_path)
@@ -292,18 +291,9 @@ def _swap(jr: J.Journal, op: int, spec: J.OpSpec, did: Ident) -> None:
             fs.exchange(tmp, p)
             jr.step("exchange back")
             raise Refused("changed", f"{show(p)} was replaced while linking")
-        jr.set(op, J.SWAPPED)
         fs.unlink_if_inode(tmp, spec.dup_dev, spec.dup_ino)
         jr.step("unlink temp")
     else:
         fs.rename_over(tmp, p)
         jr.step("rename")
     jr.set(op, J.DONE)
-
-
-def _undo_links(jr: J.Journal, spec: J.OpSpec) -> None:
-    """Remove the extra names an interrupted hardlink op may have made."""
-    if spec.temp_path is not None:
-        fs.unlink_if_inode(spec.temp_path, spec.keep_dev, spec.keep_ino)
-    if spec.quarantine_path is not None:
-        fs.unlink_if_inode(spec.quarantine_path, spec.dup_dev, spec.dup_ino)

@@ -5,11 +5,12 @@ branches). Its state says which step may have started; recovery
 (dedupd/dedup/recovery.py) reads the unfinished rows at start and finishes or
 rolls back each one. States (docs/safety.md has the full table):
 
-  PENDING     recorded; verification running; nothing changed yet
+  PENDING     recorded with every name the op may create (temp, quarantine,
+              new link on branch A); verification, then those extra names
+              are created. Nothing user-visible changed yet.
   REFUSED     verification said no; nothing was changed              (final)
-  LINKING     an extra name is being created (temp link / link on branch A)
   SWAPPING    hardlink: temp link exists; swapping it over the duplicate
-  SWAPPED     hardlink: swapped by exchange; old duplicate still at temp name
+              (exchange or rename), then dropping the old copy's temp name
   LINKED      crossdrive: the new name on the kept branch exists; verifying
   REMOVING    crossdrive: verified; the duplicate's name is being removed
   DONE        finished                                                (final)
@@ -30,18 +31,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, event, select, update
+from sqlalchemy import Engine, bindparam, event, func, select, update
 
 from dedupd.index import schema as s
 from dedupd.index.schema import from_s64, to_s64
 from dedupd.index.store import Store, make_engine
 
-PENDING, REFUSED, LINKING = "PENDING", "REFUSED", "LINKING"
-SWAPPING, SWAPPED, LINKED, REMOVING = "SWAPPING", "SWAPPED", "LINKED", "REMOVING"
+PENDING, REFUSED, SWAPPING = "PENDING", "REFUSED", "SWAPPING"
+LINKED, REMOVING = "LINKED", "REMOVING"
 DONE, ROLLED_BACK, FAILED = "DONE", "ROLLED_BACK", "FAILED"
 FINAL = (REFUSED, DONE, ROLLED_BACK, FAILED)
-STATES = (PENDING, REFUSED, LINKING, SWAPPING, SWAPPED, LINKED, REMOVING, DONE, ROLLED_BACK,
-          FAILED)
+STATES = (PENDING, REFUSED, SWAPPING, LINKED, REMOVING, DONE, ROLLED_BACK, FAILED)
 
 
 @dataclass(frozen=True)
@@ -110,20 +110,29 @@ def _full_sync(dbapi_conn: Any, _record: Any) -> None:
 
 
 class Journal:
-    """Journal rows in the index database. Every write is committed before returning."""
+    """Journal rows in the index database. Every write is committed before returning.
+
+    Durability: the PENDING row, which names every extra name the operation
+    may create, is synced to disk (SQLite synchronous=FULL) before any step.
+    Later state changes are committed (they survive kill -9) but synced lazily
+    (synchronous=NORMAL: the next FULL commit or checkpoint syncs them): after
+    a power cut recovery may see an older state, and it is built for that — it
+    decides from the inodes on disk, never from the state alone, whether an
+    operation is finished.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.engine: Engine = store.engine
+        self.engine: Engine = store.engine  # NORMAL: state changes
+        self.synced: Engine = store.engine  # FULL: new operations
         if store.dialect == "sqlite" and ":memory:" not in store.url:
-            # Own engine: the index itself runs with synchronous=NORMAL.
-            self.engine = make_engine(store.url)
-            event.listen(self.engine, "connect", _full_sync)
+            self.synced = make_engine(store.url)
+            event.listen(self.synced, "connect", _full_sync)
         self.step = StepHook()
 
     def close(self) -> None:
-        if self.engine is not self.store.engine:
-            self.engine.dispose()
+        if self.synced is not self.store.engine:
+            self.synced.dispose()
 
     def begin(self, spec: OpSpec) -> int:
         """Record a new operation as PENDING; returns its id."""
@@ -136,8 +145,8 @@ class Journal:
                "dup_dev": to_s64(spec.dup_dev), "dup_ino": to_s64(spec.dup_ino),
                "size": spec.size, "dup_mtime_ns": spec.dup_mtime_ns,
                "dirs": _dirs_json(spec.dirs), "created": now, "updated": now}
-        with self.engine.begin() as c:
-            pk = c.execute(s.ops.insert().values(**row)).inserted_primary_key
+        with self.synced.begin() as c:
+            pk = c.execute(_INSERT, row).inserted_primary_key
         assert pk is not None
         self.step(f"journal {PENDING}")
         return int(pk[0])
@@ -146,13 +155,14 @@ class Journal:
             dirs: tuple[bytes, ...] | None = None) -> None:
         """Move an operation to `state` (committed before this returns)."""
         assert state in STATES
-        vals: dict[str, Any] = {"state": state, "updated": time.time()}
-        if reason is not None:
-            vals["reason"] = reason[:2000]
-        if dirs is not None:
-            vals["dirs"] = _dirs_json(dirs)
+        vals: dict[str, Any] = {"oid": op_id, "st": state, "up": time.time()}
+        stmt = _SET_STATE
+        if reason is not None or dirs is not None:
+            stmt = _SET_DETAIL
+            vals["rs"] = None if reason is None else reason[:2000]
+            vals["ds"] = None if dirs is None else _dirs_json(dirs)
         with self.engine.begin() as c:
-            c.execute(update(s.ops).where(s.ops.c.id == op_id).values(**vals))
+            c.execute(stmt, vals)
         self.step(f"journal {state}")
 
     def get(self, op_id: int) -> OpRecord | None:
@@ -178,6 +188,16 @@ class Journal:
         with self.engine.connect() as c:
             rows = [_record(r) for r in c.execute(q)]
         return rows[::-1]
+
+
+# Built once: statement construction is most of a small write's cost.
+_INSERT = s.ops.insert()
+_SET_STATE = update(s.ops).where(s.ops.c.id == bindparam("oid")).values(
+    state=bindparam("st"), updated=bindparam("up"))
+_SET_DETAIL = update(s.ops).where(s.ops.c.id == bindparam("oid")).values(
+    state=bindparam("st"), updated=bindparam("up"),
+    reason=func.coalesce(bindparam("rs"), s.ops.c.reason),
+    dirs=func.coalesce(bindparam("ds"), s.ops.c.dirs))
 
 
 def _dirs_json(dirs: tuple[bytes, ...]) -> str:

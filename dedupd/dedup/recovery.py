@@ -52,21 +52,22 @@ def plan(rec: J.OpRecord) -> tuple[str, str]:
 
 def _plan_hardlink(rec: J.OpRecord) -> tuple[str, str]:
     sp = rec.spec
-    keep, dup = (sp.keep_dev, sp.keep_ino), (sp.dup_dev, sp.dup_ino)
-    at_name = _ino(sp.dup_path)
-    if rec.state in (J.SWAPPING, J.SWAPPED) and at_name == keep:
+    if _ino(sp.dup_path) == (sp.keep_dev, sp.keep_ino):
         return J.DONE, "the duplicate's name already links to the kept file: finish"
-    if rec.state == J.SWAPPED or (rec.state == J.SWAPPING and at_name == dup):
-        return J.ROLLED_BACK, "swap did not happen: remove the temporary link"
-    if rec.state == J.SWAPPING:
-        return J.ROLLED_BACK, "the name now holds another file: remove our temporary link"
-    return J.ROLLED_BACK, "nothing replaced yet: remove extra names, if any"
+    return J.ROLLED_BACK, "the name was not replaced: remove our extra names, if any"
 
 
 def _plan_cross(rec: J.OpRecord) -> tuple[str, str]:
+    sp = rec.spec
+    if not _dup_present(sp):
+        return J.DONE, "the duplicate is already gone: finish"
     if rec.state == J.REMOVING:
         return J.DONE, "verified before the crash: re-check bytes, remove the duplicate"
     return J.ROLLED_BACK, "remove the new link on the kept branch, if it was made"
+
+
+def _dup_present(sp: J.OpSpec) -> bool:
+    return _ino(sp.dup_path) == (sp.dup_dev, sp.dup_ino)
 
 
 def recover_one(jr: J.Journal, rec: J.OpRecord) -> Recovered:
@@ -83,9 +84,13 @@ def recover_one(jr: J.Journal, rec: J.OpRecord) -> Recovered:
 
 
 def _recover_hardlink(rec: J.OpRecord) -> tuple[str, str]:
-    sp = rec.spec
-    keep = (sp.keep_dev, sp.keep_ino)
-    if rec.state in (J.SWAPPING, J.SWAPPED) and _ino(sp.dup_path) == keep:
+    return resolve_hardlink(rec.spec)
+
+
+def resolve_hardlink(sp: J.OpSpec) -> tuple[str, str]:
+    """Finish or undo a hardlink op, decided by inodes, not by the journal state
+    (which may lag after a power cut). Idempotent."""
+    if _ino(sp.dup_path) == (sp.keep_dev, sp.keep_ino):
         if sp.temp_path is not None:
             # After an exchange the old duplicate sits at the temp name.
             fs.unlink_if_inode(sp.temp_path, sp.dup_dev, sp.dup_ino)
@@ -101,16 +106,34 @@ def _recover_hardlink(rec: J.OpRecord) -> tuple[str, str]:
 def _recover_cross(rec: J.OpRecord) -> tuple[str, str]:
     sp = rec.spec
     ref = sp.dest_path or sp.keep_path
-    if rec.state == J.REMOVING and _ino(ref) == (sp.keep_dev, sp.keep_ino) \
-            and finish_remove(sp):
+    if rec.state == J.REMOVING and _dup_present(sp) \
+            and _ino(ref) == (sp.keep_dev, sp.keep_ino) and finish_remove(sp):
         return J.DONE, "finished: duplicate removed after a fresh byte compare"
-    # Roll back: drop the new name (only one this op made) and the dirs it made.
+    return recover_cross_now(sp)
+
+
+def recover_cross_now(sp: J.OpSpec) -> tuple[str, str]:
+    """Finish if the duplicate is already gone (states may lag), else undo."""
+    ref = sp.dest_path or sp.keep_path
+    if not _dup_present(sp):
+        # Removed before the crash: never touch the new link now.
+        if _ino(ref) == (sp.keep_dev, sp.keep_ino):
+            return J.DONE, "finished: the duplicate was already removed"
+        return J.FAILED, "both the duplicate and the new link are gone (changed by " \
+            f"someone else?); the kept copy is {os.fsdecode(sp.keep_path)}"
+    undo_cross(sp)
+    return J.ROLLED_BACK, "rolled back: new link removed, duplicate kept"
+
+
+def undo_cross(sp: J.OpSpec) -> None:
+    """Drop the names a crossdrive op made; only while the duplicate still exists."""
+    if not _dup_present(sp):
+        return
     if sp.dest_path is not None:
         fs.unlink_if_inode(sp.dest_path, sp.keep_dev, sp.keep_ino)
     if sp.quarantine_path is not None:
         fs.unlink_if_inode(sp.quarantine_path, sp.dup_dev, sp.dup_ino)
     fs.rmdirs_if_empty(sp.dirs)
-    return J.ROLLED_BACK, "rolled back: new link removed, duplicate kept"
 
 
 def finish_remove(sp: J.OpSpec) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dedupd.config import VolumeConfig
 from dedupd.dedup.hardlink import LinkPolicy, LinkResult, link_group
 from dedupd.dedup.journal import Journal
+from dedupd.dedup.lock import lock_root, volume_lock
 from dedupd.dedup.recovery import recover_all
 from dedupd.dedup.verify import under
 from dedupd.fsops.link import is_temp_name, purge_quarantine
@@ -36,10 +37,14 @@ class LinkPass(ScanPass):
 
     def steps(self) -> Iterator[Step]:
         try:
-            yield from self.prepare()
-            yield from super().steps()
+            with volume_lock(self.lock_root()):
+                yield from self.prepare()
+                yield from super().steps()
         finally:
             self.journal.close()
+
+    def lock_root(self) -> bytes:
+        return lock_root(self.vol.kind, self.vol.path, self.vol.branches)
 
     def prepare(self) -> Iterator[Step]:
         """Recovery of this volume's unfinished ops, then quarantine expiry."""
@@ -57,9 +62,12 @@ class LinkPass(ScanPass):
         return [] if q is None else [os.fsencode(q)]
 
     def changed_files(self) -> Iterator[FileEvent]:
-        """The walk minus our own temporary names and quarantined copies."""
+        return self.without_own(super().changed_files())
+
+    def without_own(self, events: Iterator[FileEvent]) -> Iterator[FileEvent]:
+        """Events minus our own temporary names and quarantined copies."""
         qdirs = tuple(self.quarantine_dirs())
-        for ev in super().changed_files():
+        for ev in events:
             if is_temp_name(ev.path) or (qdirs and under(ev.path, qdirs)):
                 self.c.add("own_files_skipped")
                 continue

@@ -104,3 +104,11 @@ def unfinished_ops(db: Path) -> list[tuple[int, str]]:
     with sqlite3.connect(db) as c:
         return list(c.execute("SELECT id, state FROM ops WHERE state NOT IN "
                               "('DONE', 'REFUSED', 'ROLLED_BACK', 'FAILED')"))
+
+
+def lose_journal_states(db: Path) -> None:
+    """Simulate a power cut after which only the synced PENDING rows survived."""
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE ops SET state = 'PENDING'")

@@ -167,7 +167,7 @@ def test_open_for_write_refused(tree: tuple[Path, Store]) -> None:
     with open(root / "b.bin", "ab"):
         res = link(store, g, root)
     assert res.linked == 0 and dict(res.counts) == {"open_for_write": 1}
-    assert "pid" in res.refused[0]["detail"]
+    assert "open for writing" in res.refused[0]["detail"]
 
 
 def test_different_filesystems_refused(tmpfs: Callable[..., Path], tmp_path: Path) -> None:
@@ -275,3 +275,56 @@ def test_quarantine_keeps_replaced_copy_then_expires(tmpfs: Callable[..., Path],
     cfg = plain_cfg(tmp_path, root, mode="apply", quarantine_dir=str(q), quarantine_days=0)
     last = json.loads(dedupd("run", "--once", "-c", str(cfg), "--json").stdout)["volumes"][0]
     assert last["counters"]["quarantine_purged"] == 1 and list(q.iterdir()) == []
+
+
+def test_proc_scan_finds_a_writer_in_another_process(tmp_path: Path) -> None:
+    """The fallback where leases are unsupported: /proc/*/fd of other processes."""
+    from dedupd.dedup.verify import lease_writer, open_for_write
+
+    f = write(tmp_path / "busy.bin", b"x" * 10)
+    p = subprocess.Popen(["python3", "-c", "import sys,time; f=open(sys.argv[1],'ab'); "
+                          "print('ready', flush=True); time.sleep(30)", str(f)],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        st = f.stat()
+        assert open_for_write().get((st.st_dev, st.st_ino)) == p.pid
+        assert lease_writer(os.fsencode(f)) is True
+    finally:
+        p.kill()
+        p.wait()
+    assert lease_writer(os.fsencode(f)) is False
+
+
+def test_journal_on_postgresql(tmpfs: Callable[..., Path], pg_url: str) -> None:
+    """The shared-inventory backend keeps the journal too."""
+    root = tmpfs() / "vol"
+    write(root / "a.bin", blob(1, 50_000))
+    write(root / "b.bin", blob(1, 50_000))
+    store = Store(pg_url)
+    try:
+        res = link(store, only_group(store, root), root)
+        assert res.linked == 1
+        jr = Journal(store)
+        assert [(o.state, o.spec.dup_path) for o in jr.history()] == [
+            ("DONE", os.fsencode(root / "b.bin"))]
+        assert jr.unfinished() == []
+    finally:
+        store.close()
+    assert (root / "a.bin").stat().st_ino == (root / "b.bin").stat().st_ino
+
+
+def test_second_process_on_a_busy_volume_exits_75(tmpfs: Callable[..., Path],
+                                                  tmp_path: Path) -> None:
+    from dedupd.dedup.lock import volume_lock
+
+    root = tmpfs() / "vol"
+    write(root / "a.bin", blob(1, 50_000))
+    write(root / "b.bin", blob(1, 50_000))
+    cfg = plain_cfg(tmp_path, root, mode="apply")
+    with volume_lock(os.fsencode(root)):
+        r = dedupd("run", "--once", "-c", str(cfg), check=False)
+    assert r.returncode == 75 and "another dedupd" in r.stderr
+    assert (root / "a.bin").stat().st_ino != (root / "b.bin").stat().st_ino
+    dedupd("run", "--once", "-c", str(cfg))
+    assert (root / "a.bin").stat().st_ino == (root / "b.bin").stat().st_ino
