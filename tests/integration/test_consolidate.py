@@ -135,6 +135,11 @@ def test_consolidate_end_to_end(tmp_path: Path, zfs_archive: Callable[[str], Pat
     assert [x["archive"] for x in w["archive"]] == [
         os.fsdecode(os.path.join(os.fsencode(archive), b"2015/02/" + LATIN1))]
     assert dedupd("where", "-c", str(cfg), str(tmp_path), check=False).returncode == 1
+    # a file not imported by path (here: outside the shares) is found by its content
+    write(tmp_path / "stray.jpg", PHOTO)
+    w = run_json("where", "-c", str(cfg), str(tmp_path / "stray.jpg"))
+    assert w["by_content"] and [x["archive"] for x in w["archive"]] == [
+        str(archive / "2019/07/IMG_0001.JPG")]
 
     # A second run copies nothing and reads nothing: all sources are unchanged.
     again = run_json("consolidate", "-c", str(cfg), "photos")
