@@ -101,6 +101,7 @@ provenance = Table(
     Column("last_seen", Float, nullable=False),
     Index("ix_provenance_archive", "archive_key"),
     Index("ix_provenance_source", "source_key"),
+    Index("ix_provenance_content", "content"),  # `dedupd where` by content
 )
 
 # The journal of destructive dedup steps (dedupd/dedup/journal.py, docs/safety.md).
