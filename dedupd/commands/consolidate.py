@@ -9,7 +9,7 @@ from typing import Any
 
 from dedupd.commands.common import add_common, load_config, open_store
 from dedupd.consolidate.run import Options, Report, consolidate
-from dedupd.errors import UsageError
+from dedupd.errors import ConfigError, UsageError
 from dedupd.output import human_bytes, print_json, show_path
 
 HELP = """\
@@ -97,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = consolidate(store, cfg.consolidate[args.name],
                              Options(args.dry_run, prog.stage, prog.copy))
+    except ConfigError as e:  # checks made at run time name the config file too
+        if e.file != "<config>":
+            raise
+        raise ConfigError(cfg.source, e.key, e.problem) from None
     finally:
         prog.clear()
         store.close()
