@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dedupd.consolidate.compare import same_bytes
+from dedupd.consolidate.compare import Compared, same_bytes
 from dedupd.consolidate.inventory import SourcePath
 from dedupd.consolidate.plan import Copy, Known, Names, Plan
 from dedupd.fsops.copy import (
@@ -97,14 +97,33 @@ class Executor:
         self._now = time.time()
         # (source path, archive file) pairs whose equality is confirmed: prune candidates
         self.confirmed: list[tuple[SourcePath, bytes]] = []
+        self.collided: list[SourcePath] = []
 
-    def run(self, names: Names) -> Counters:
+    def run(self, names: Names,
+            replan: Callable[[list[SourcePath]], None] | None = None) -> Counters:
+        """Confirm known contents, then copy. Sources that turn out to differ from every
+        archive file of their hash group go to `replan`, which adds copies to the plan
+        (rounds repeat while copies reveal more of them)."""
         for k in self.plan.known:
             self._confirm(k)
-        self._done_files = self._done_bytes = 0
+        start = 0
+        while True:
+            if self.collided and replan is not None:
+                replan(self.collided)
+                self.collided = []
+                self._bytes_total = self.plan.bytes_to_copy
+            self._copy_all(self.plan.copies[start:], names)
+            start = len(self.plan.copies)
+            if not self.collided or replan is None:
+                break
+        self._tick()
+        self.flush()
+        return self.c
+
+    def _copy_all(self, copies: list[Copy], names: Names) -> None:
         batch: list[Copy] = []
         size = 0
-        for cp in self.plan.copies:
+        for cp in copies:
             batch.append(cp)
             size += cp.content.size
             if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
@@ -112,9 +131,6 @@ class Executor:
                 batch, size = [], 0
         if batch:
             self._copy_batch(batch, names)
-        self._tick()
-        self.flush()
-        return self.c
 
     def _tick(self) -> None:
         if self.progress:
@@ -127,21 +143,30 @@ class Executor:
         self.c.files_unchanged += len(k.fresh)
         self._touch.extend(s.path for s in k.fresh)
         self.confirmed.extend((s, k.target) for s in k.fresh)
-        target = next(f for f in k.content.archive if k.target in f.paths)
         assert k.content.full is not None  # grouped contents always carry their hash
+        # the target first, then the other archive inodes of the group
+        order = sorted(k.content.archive, key=lambda f: k.target not in f.paths)
         for s in k.check:
-            if self._equal(s.path, s.file, k.target, target):
-                self.c.files_confirmed += 1
-                self._row(s, k.target, k.content.full)
+            for f in order:
+                path = k.target if k.target in f.paths else f.paths[0]
+                res = self._compare(s.path, s.file, path, f)
+                if res.equal:
+                    self.c.files_confirmed += 1
+                    self._row(s, path, k.content.full)
+                    break
+                if res.problem is None or res.problem[0] != "differs":
+                    break  # vanished/changed/unreadable: reported, nothing more to try
+            else:
+                self._collision(s)
         if len(self._rows) + len(self._touch) >= FLUSH_EVERY:
             self.flush()
 
-    def _equal(self, a: bytes, fa: IndexedFile, b: bytes, fb: IndexedFile) -> bool:
+    def _compare(self, a: bytes, fa: IndexedFile, b: bytes, fb: IndexedFile) -> Compared:
         res = same_bytes(a, _ident(fa), b, _ident(fb))
         self.c.bytes_read += res.bytes_read
-        if res.problem:
+        if res.problem and res.problem[0] != "differs":
             self.c.problems.append(Problem(a, res.problem[0], res.problem[1]))
-        return res.equal
+        return res
 
     # --- new content ---
 
@@ -206,10 +231,20 @@ class Executor:
         dest_file = IndexedFile(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                 st.st_ctime_ns, res.head, res.full, 0, (res.dest,))
         for s in cp.content.sources:
-            if s.file.key == f.key or self._equal(s.path, s.file, res.dest, dest_file):
-                if s.file.key != f.key:
-                    c.files_confirmed += 1
+            if s.file.key == f.key:
                 self._row(s, res.dest, res.full)
+                continue
+            cmp = self._compare(s.path, s.file, res.dest, dest_file)
+            if cmp.equal:
+                c.files_confirmed += 1
+                self._row(s, res.dest, res.full)
+            elif cmp.problem is not None and cmp.problem[0] == "differs":
+                self._collision(s)
+
+    def _collision(self, s: SourcePath) -> None:
+        self.collided.append(s)
+        self.c.problems.append(Problem(s.path, "hash-collision", "same size and hash as "
+                                       "other content, other bytes: imported on its own"))
 
     # --- index writes ---
 

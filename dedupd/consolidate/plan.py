@@ -108,11 +108,21 @@ def _known(c: Content, rows: dict[bytes, Provenance]) -> Known:
     for s in c.sources:
         r = rows.get(s.path)
         f = s.file
-        ok = (r is not None and r.archive_path == target and c.full is not None
+        # a row naming another archive file of this content stays valid too: after a
+        # hash collision the content group holds files that only share a hash
+        ok = (r is not None and r.archive_path in apaths and c.full is not None
               and r.content == c.full
               and r.matches_stat(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns))
         (fresh if ok else check).append(s)
     return Known(c, target, tuple(fresh), tuple(check))
+
+
+def plan_collisions(plan: Plan, cfg: ConsolidateConfig, archive: bytes, names: Names,
+                    sources: list[SourcePath]) -> None:
+    """Plan copies for sources whose bytes differ from every archive file of their
+    hash group (an XXH3 collision, or a forged index row): each is content of its own."""
+    for s in sources:
+        _plan_copy(plan, Content(s.file.size, None, (), (s,)), cfg, archive, names)
 
 
 def _plan_copy(plan: Plan, c: Content, cfg: ConsolidateConfig, archive: bytes,

@@ -30,7 +30,7 @@ from dedupd.consolidate.inventory import (
     resolve_roots,
 )
 from dedupd.consolidate.layout import check_layout
-from dedupd.consolidate.plan import Names, Plan, make_plan
+from dedupd.consolidate.plan import Names, Plan, make_plan, plan_collisions
 from dedupd.dedup.journal import Journal
 from dedupd.errors import TemporaryFailure
 from dedupd.fsops.copy import Locked, lock_archive, remove_stale_temps
@@ -91,7 +91,9 @@ def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options) -> Report:
         if not opts.dry_run:
             ex = Executor(store, cfg.name, inv.scan_id, plan, roots.archive,
                           cfg.on_name_collision, opts.copy_progress)
-            counters, confirmed = ex.run(names), ex.confirmed
+            counters = ex.run(names, lambda srcs: plan_collisions(plan, cfg, roots.archive,
+                                                                  names, srcs))
+            confirmed = ex.confirmed
             keep = inv.archive_paths | {c.dest for c in plan.copies}
             prov.forget_archive_paths(store, cfg.name, keep)
         if cfg.link_duplicates and plan.archive_dups:
