@@ -33,7 +33,13 @@ from dedupd.consolidate.layout import check_layout
 from dedupd.consolidate.plan import Names, Plan, make_plan, plan_collisions
 from dedupd.dedup.journal import Journal
 from dedupd.errors import TemporaryFailure
-from dedupd.fsops.copy import Locked, lock_archive, remove_stale_temps
+from dedupd.fsops.copy import (
+    Locked,
+    lock_archive,
+    mark_running,
+    remove_stale_temps,
+    was_interrupted,
+)
 from dedupd.index import provenance as prov
 from dedupd.index.store import Store
 
@@ -82,7 +88,12 @@ def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options) -> Report:
     try:
         if jr is not None:
             recover(jr, cfg.name, ops)  # an interrupted link or prune comes first
-        stale = remove_stale_temps(roots.archive, dry_run=opts.dry_run)
+        # Temp files exist only if a run was interrupted: sweep only then (a whole walk).
+        stale: list[bytes] = []
+        if was_interrupted(roots.archive):
+            stale = remove_stale_temps(roots.archive, dry_run=opts.dry_run)
+        if lock >= 0:
+            mark_running(lock, True)
         inv = index_trees(store, cfg, roots, opts.progress)
         group_contents(store, inv, opts.progress)
         names = Names(inv.archive_paths)
@@ -102,6 +113,8 @@ def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options) -> Report:
         if cfg.prune_sources:
             qdir = None if cfg.quarantine_dir is None else os.fsencode(cfg.quarantine_dir)
             prune_sources(jr, cfg.name, confirmed, qdir, opts.dry_run, ops)
+        if lock >= 0:
+            mark_running(lock, False)  # reached only when the run finished
     finally:
         if jr is not None:
             jr.close()

@@ -362,7 +362,9 @@ class Locked(Exception):
 def lock_archive(root: bytes) -> int:
     """Take the archive's exclusive lock (non-blocking); return the fd to close later.
 
-    The lock file stays (empty) in the archive root; it is excluded from scans.
+    The lock file stays in the archive root (excluded from scans). While a run
+    works it holds RUNNING: finding that word when taking the lock means the
+    previous run was interrupted and may have left temp files (`was_interrupted`).
     """
     fd = os.open(os.path.join(root, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -371,3 +373,25 @@ def lock_archive(root: bytes) -> int:
         os.close(fd)
         raise Locked(os.fsdecode(root)) from None
     return fd
+
+
+RUNNING = b"running\n"
+
+
+def was_interrupted(root: bytes) -> bool:
+    """True when the last run into this archive did not finish (or never ran here)."""
+    try:
+        with open(os.path.join(root, LOCK_NAME), "rb") as f:
+            return f.read(len(RUNNING)) == RUNNING
+    except FileNotFoundError:
+        return True  # first run, or the marker was removed: sweep to be sure
+    except OSError:
+        return True
+
+
+def mark_running(fd: int, running: bool) -> None:
+    """Set (durably) or clear the RUNNING marker in the held lock file."""
+    os.ftruncate(fd, 0)
+    if running:
+        os.pwrite(fd, RUNNING, 0)
+    os.fsync(fd)
