@@ -278,7 +278,7 @@ def _swap(jr: J.Journal, op: int, spec: J.OpSpec, did: Ident) -> None:
         os.makedirs(os.path.dirname(spec.quarantine_path), mode=0o700, exist_ok=True)
         fs.link_exact(p, spec.quarantine_path)
         jr.step("link quarantine")
-    fs.link_exact(spec.keep_path, tmp)
+    fs.link_exact(spec.keep_path, tmp, durable=False)  # the swap fsyncs this directory
     jr.step("link temp")
     jr.set(op, J.SWAPPING)
     # The last look before the name changes (a quarantine link moved its ctime).

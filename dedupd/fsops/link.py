@@ -55,13 +55,16 @@ def _parent(path: bytes) -> bytes:
     return os.path.dirname(path) or b"."
 
 
-def link_exact(src: bytes, dst: bytes) -> None:
+def link_exact(src: bytes, dst: bytes, *, durable: bool = True) -> None:
     """Hardlink src at the new name dst; raises FileExistsError if dst exists.
 
-    Never overwrites: a name that appeared meanwhile is left alone.
+    Never overwrites: a name that appeared meanwhile is left alone. durable=False
+    skips the directory fsync: for a temporary name whose directory the very
+    next step (the swap) fsyncs anyway, and whose loss in a crash costs nothing.
     """
     os.link(src, dst, follow_symlinks=False)
-    fsync_dir(_parent(dst))
+    if durable:
+        fsync_dir(_parent(dst))
 
 
 def rename_over(src: bytes, dst: bytes) -> None:

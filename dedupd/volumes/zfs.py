@@ -25,7 +25,7 @@ from dedupd.scan.walk import WalkOptions, normalize_roots, walk
 from dedupd.volumes import Step, register
 from dedupd.volumes._base import ScanPass
 from dedupd.volumes.plain import PlainPass
-from dedupd.volumes.zfs_diff import DiffEntry, parse_diff
+from dedupd.volumes.zfs_diff import DiffEntry, DiffFormatError, parse_diff
 
 PASS_PREFIX = "dedupdpass-"
 
@@ -97,15 +97,26 @@ class ZfsPass(PlainPass):
         if not self.dry:
             proc.run(["zfs", "snapshot", new], timeout=300)
         prev = self.store.get_meta(meta_key)
+        entries = None
         if prev in old and not self.opts.force_rescan and not self.dry:
-            entries = parse_diff(proc.run(["zfs", "diff", "-FHt", str(prev), new],
-                                          timeout=3600).stdout)
+            entries = self._diff(str(prev), new)
+        if entries is not None:
             yield from self._incremental(entries)
         else:
             yield from ScanPass.steps(self)
         if not self.dry:
             self.store.set_meta(meta_key, new)
             self._release(pass_snapshots(dataset), new)
+
+    def _diff(self, prev: str, new: str) -> list[DiffEntry] | None:
+        """Changes prev -> new, or None (then the pass walks) if zfs diff fails."""
+        try:
+            return parse_diff(proc.run(["zfs", "diff", "-FHt", prev, new], timeout=3600).stdout)
+        except (proc.ProcError, DiffFormatError) as e:
+            self.problems.append({"path": str(self.vol.path), "reason": "zfs_diff_failed",
+                                  "detail": f"{e}; walking the tree instead"})
+            self.c.add("skips_zfs_diff_failed")
+            return None
 
     def _release(self, snaps: list[str], keep: str | None) -> None:
         if self.dry:

@@ -328,3 +328,41 @@ def test_second_process_on_a_busy_volume_exits_75(tmpfs: Callable[..., Path],
     assert (root / "a.bin").stat().st_ino != (root / "b.bin").stat().st_ino
     dedupd("run", "--once", "-c", str(cfg))
     assert (root / "a.bin").stat().st_ino == (root / "b.bin").stat().st_ino
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_two_primary_copies_left_alone_unless_configured(tree: tuple[Path, Store],
+                                                         pairs: bool) -> None:
+    root, store = tree
+    write(root / "p1/a.bin", blob(1, 50_000))
+    write(root / "p2/a.bin", blob(1, 50_000))
+    write(root / "other/a.bin", blob(1, 50_000))
+    prim = (os.fsencode(root / "p1"), os.fsencode(root / "p2"))
+    res = link(store, only_group(store, root), root, primary_paths=prim,
+               link_primary_pairs=pairs)
+    ino = inodes(root)
+    assert ino["other/a.bin"] == ino["p1/a.bin"]
+    if pairs:
+        assert res.linked == 2 and ino["p2/a.bin"] == ino["p1/a.bin"]
+    else:
+        assert res.linked == 1 and dict(res.counts) == {"primary_pair": 1}
+        assert ino["p2/a.bin"] != ino["p1/a.bin"]
+
+
+def test_odd_names_are_linked_and_reported(tmpfs: Callable[..., Path], tmp_path: Path) -> None:
+    """Names that are not UTF-8, or hold newlines and backslashes, are just bytes."""
+    root = tmpfs() / "vol"
+    root.mkdir()
+    names = [b"caf\xe9.bin", b"line\nbreak.bin", b"back\\slash \t.bin"]
+    for n in names:
+        with open(os.path.join(os.fsencode(root), n), "wb") as f:
+            f.write(blob(5, 30_000))
+    before = manifest(root)
+    cfg = plain_cfg(tmp_path, root, mode="apply")
+    doc = json.loads(dedupd("run", "--once", "-c", str(cfg), "--json").stdout)["volumes"][0]
+    assert manifest(root).keys() == before.keys() and content(manifest(root)) == content(before)
+    assert len({os.lstat(os.path.join(os.fsencode(root), n)).st_ino for n in names}) == 1
+    replaced = {os.fsencode(a["replace"]) for a in doc["actions"] if a["action"] == "hardlink"}
+    assert len(replaced) == 2 and replaced <= {os.path.join(os.fsencode(root), n) for n in names}
+    ops = json.loads(dedupd("journal", "-c", str(cfg), "--json").stdout)["operations"]
+    assert {os.fsencode(o["replace"]) for o in ops} == replaced

@@ -124,3 +124,27 @@ def test_incremental_pass_from_diff_matches_a_full_walk(tmp_path: Path) -> None:
     assert indexed == sorted(["keep.bin", "new file.bin", "renamed/b.txt", "dir two/inner.bin"])
     zp2.journal.close()
     store.close()
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])  # after the temp link, after SWAPPING, after rename
+def test_kill_during_link_on_zfs_fuse_then_recover(zpool: Callable[..., Pool], tmp_path: Path,
+                                                   k: int) -> None:
+    """zfs-fuse cannot exchange names: the rename path, killed mid-way, on real ZFS."""
+    from tests.integration.linktree import dedupd_here, unfinished_ops
+
+    pool = zpool("256M")
+    zfs("create", pool.dataset("k"))
+    root = pool.mountpoint / "k"
+    write(root / "x.bin", blob(1, 100_000))
+    write(root / "y.bin", blob(1, 100_000))
+    before = content(manifest(root))
+    cfg = config(tmp_path, {"z": {"kind": "zfs", "path": str(root), "settle_seconds": 0,
+                                  "min_size": 1, "mode": "apply"}})
+    r = dedupd("run", "--once", "-c", str(cfg), env={"DEDUPD_TEST_KILL_AT_STEP": str(k)},
+               check=False)
+    assert r.returncode == -9
+    assert dedupd_here("recover", "-c", str(cfg))[0] == 0
+    assert content(manifest(root)) == before and unfinished_ops(tmp_path / "index.db") == []
+    assert dedupd_here("run", "--once", "-c", str(cfg))[0] == 0
+    assert content(manifest(root)) == before
+    assert (root / "x.bin").stat().st_ino == (root / "y.bin").stat().st_ino
