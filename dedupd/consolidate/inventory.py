@@ -145,11 +145,10 @@ def index_trees(store: Store, cfg: ConsolidateConfig, roots: Roots,
 def group_contents(store: Store, inv: Inventory, progress: Progress | None = None) -> None:
     """Hash size-matched candidates and fill inv.contents (sources and archive dups)."""
     hasher = Hasher(Stability(0.0), inv.hashing)
-    sizes = prov.sizes_seen(store, inv.scan_id)
     pending: list[HashUpdate] = []
-    for done, files in enumerate(store.files_of_sizes(inv.scan_id, sizes), 1):
+    for done, files in enumerate(prov.files_by_size(store, inv.scan_id), 1):
         if progress:
-            progress("hash", done, len(sizes))
+            progress("hash (size groups)", done, 0)
         if len(files) == 1:
             _add(inv, files, files[0].full)
             continue
