@@ -148,7 +148,7 @@ def group_contents(store: Store, inv: Inventory, progress: Progress | None = Non
     pending: list[HashUpdate] = []
     for done, files in enumerate(prov.files_by_size(store, inv.scan_id), 1):
         if progress:
-            progress("hash (size groups)", done, 0)
+            progress("hash", done, 0)  # done = size groups so far
         if len(files) == 1:
             _add(inv, files, files[0].full)
             continue
