@@ -2,6 +2,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.loopfs",
     "tests.fixtures.zfs",
+    "tests.fixtures.consolidate",
     "tests.fixtures.mergerfs",
     "tests.fixtures.daemon",
 ]

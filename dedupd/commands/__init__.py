@@ -1,5 +1,17 @@
 """Subcommands. Each module has register(subparsers); add new ones to COMMANDS."""
 
-from dedupd.commands import check_config, ctl, journal, recover, run, scan, status
+from dedupd.commands import (
+    check_config,
+    consolidate,
+    ctl,
+    import_report,
+    journal,
+    recover,
+    run,
+    scan,
+    status,
+    where,
+)
 
-COMMANDS = [scan, run, status, ctl, check_config, journal, recover]
+COMMANDS = [scan, run, status, ctl, check_config, journal, recover, consolidate, where,
+            import_report]

@@ -80,6 +80,30 @@ def from_s64(x: int) -> int:
     return x + (1 << 64) if x < 0 else x
 
 
+# Consolidation provenance (see docs/consolidate.md): one row per source path per
+# consolidation, naming the archive file that holds the same content. The source's
+# identity and stat are kept so a re-run can trust an unchanged row without
+# reading the file again.
+provenance = Table(
+    "provenance", metadata,
+    Column("consolidation", String(200), primary_key=True),
+    Column("source_key", LargeBinary(16), primary_key=True),  # path_key(source_path)
+    Column("source_path", LargeBinary, nullable=False),
+    Column("archive_key", LargeBinary(16), nullable=False),
+    Column("archive_path", LargeBinary, nullable=False),
+    Column("content", LargeBinary(16), nullable=False),  # XXH3-128 of the content
+    Column("size", BigInteger, nullable=False),
+    Column("src_dev", BigInteger, nullable=False),
+    Column("src_ino", BigInteger, nullable=False),
+    Column("src_mtime_ns", BigInteger, nullable=False),
+    Column("src_ctime_ns", BigInteger, nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Index("ix_provenance_archive", "archive_key"),
+    Index("ix_provenance_source", "source_key"),
+    Index("ix_provenance_content", "content"),  # `dedupd where` by content
+)
+
 # The journal of destructive dedup steps (dedupd/dedup/journal.py, docs/safety.md).
 # A row is written (and committed) *before* each step it describes.
 ops = Table(

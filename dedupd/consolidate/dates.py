@@ -1,0 +1,113 @@
+"""Capture dates: EXIF DateTimeOriginal for JPEG/TIFF/HEIC, else the file's mtime.
+
+The EXIF reader (`exifread`) gets a file object that counts the bytes it reads,
+so the consolidation's bytes_read counter stays honest. Damaged images are
+normal in old backups: any failure of the parser means "no EXIF date", never
+an aborted import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import exifread
+
+# exifread logs every malformed tag at WARNING; a corrupt photo is reported once by us.
+logging.getLogger("exifread").setLevel(logging.CRITICAL)
+
+_RD = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+MIN_YEAR, MAX_YEAR = 1900, 2200
+
+
+@dataclass(frozen=True)
+class CaptureDate:
+    when: datetime | None  # None: no usable date (goes to undated_dir)
+    source: str  # "exif", "mtime" or "none"
+    exif_problem: str = ""  # why EXIF was not usable, when it was tried and failed
+
+
+class _Counting:
+    """A read-only binary file that counts the bytes read through it."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.nread = fh, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.fh.read(n)
+        self.nread += len(data)
+        return data
+
+    def seek(self, off: int, whence: int = 0) -> int:
+        return int(self.fh.seek(off, whence))
+
+    def tell(self) -> int:
+        return int(self.fh.tell())
+
+
+def image_kind(head: bytes) -> str | None:
+    """jpeg, tiff or heic by magic bytes (names lie; content does not)."""
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"heim",
+                                                b"heis", b"hevc", b"avif"):
+        return "heic"
+    return None
+
+
+def parse_exif_datetime(text: str) -> datetime | None:
+    """'YYYY:MM:DD HH:MM:SS' (seconds optional) -> datetime, or None if unusable."""
+    text = text.strip().rstrip("\x00").strip()
+    for fmt in ("%Y:%m:%d %H:%M:%S", "%Y:%m:%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y:%m:%d"):
+        try:
+            dt = datetime.strptime(text[: len(fmt) + 2], fmt)
+        except ValueError:
+            continue
+        return dt if MIN_YEAR <= dt.year <= MAX_YEAR else None
+    return None
+
+
+def exif_date(path: bytes) -> tuple[datetime | None, str, int]:
+    """(date or None, problem, bytes read) for one file; never raises for bad content."""
+    try:
+        fd = os.open(path, _RD)
+    except OSError as e:
+        return None, f"cannot open: {e.strerror}", 0
+    with open(fd, "rb") as fh:
+        head = fh.read(12)
+        nread = len(head)
+        if image_kind(head) is None:
+            return None, "", nread
+        fh.seek(0)
+        counted = _Counting(fh)
+        try:
+            tags = exifread.process_file(
+                counted,  # type: ignore[arg-type]  # duck-typed: read/seek/tell suffice
+                details=False, extract_thumbnail=False, stop_tag="DateTimeOriginal")
+        except Exception as e:  # noqa: BLE001 - a third-party parser on untrusted bytes
+            return None, f"unreadable EXIF ({type(e).__name__})", nread + counted.nread
+        nread += counted.nread
+    tag = tags.get("EXIF DateTimeOriginal")
+    if tag is None:
+        return None, "no DateTimeOriginal", nread
+    when = parse_exif_datetime(str(tag))
+    return when, "" if when else f"unusable DateTimeOriginal {str(tag)!r}", nread
+
+
+def capture_date(path: bytes, mtime_ns: int, date_from: tuple[str, ...]) -> tuple[CaptureDate, int]:
+    """The first usable date in date_from order, and the bytes read to find it."""
+    problem, nread = "", 0
+    for how in date_from:
+        if how == "exif":
+            when, problem, n = exif_date(path)
+            nread += n
+            if when is not None:
+                return CaptureDate(when, "exif"), nread
+        elif how == "mtime" and mtime_ns > 0:
+            return CaptureDate(datetime.fromtimestamp(mtime_ns / 1e9), "mtime", problem), nread
+    return CaptureDate(None, "none", problem), nread

@@ -1,0 +1,271 @@
+"""Carry out a plan: verified copies, byte-compared confirmations, provenance rows.
+
+Index writes are batched (every FLUSH_EVERY files): a crash loses at most the
+rows of one batch, and the next run rebuilds them from the files themselves
+(the copies are already in the archive; they are found and byte-compared).
+
+Copies go in batches (BATCH_FILES / BATCH_BYTES): stage every copy of the
+batch to a temp name, one syncfs, then per file compare + link into place,
+one more syncfs, then the index rows.
+
+Test hook: when the environment variable DEDUPD_TEST_KILL_AFTER_COPY_STEPS=k
+is set, the process SIGKILLs itself right after the k-th copy step. Steps,
+five per copied file: "written" for each file of a batch, then "synced" for
+each, then "verified", "placed", "queued" file by file. The kill -9 tests use
+it to stop a run at every interesting point.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dedupd.consolidate.compare import Compared, same_bytes
+from dedupd.consolidate.inventory import SourcePath
+from dedupd.consolidate.plan import Copy, Known, Names, Plan
+from dedupd.fsops.copy import (
+    CopyError,
+    CopyResult,
+    Identity,
+    Staged,
+    discard,
+    place_copy,
+    stage_copy,
+    sync_filesystem,
+)
+from dedupd.index import provenance as prov
+from dedupd.index.provenance import Provenance
+from dedupd.index.store import HashUpdate, IndexedFile, Store
+from dedupd.scan.events import FileEvent, Problem
+
+KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
+FLUSH_EVERY = 256
+MAX_RETRIES = 20
+# One filesystem sync per batch (see fsops/copy.py): bounded so a crash redoes little.
+BATCH_FILES = 128
+BATCH_BYTES = 64 << 20
+
+CopyProgress = Callable[[int, int, int, int], None]  # files done/total, bytes done/total
+
+
+@dataclass
+class Counters:
+    files_copied: int = 0
+    bytes_copied: int = 0
+    bytes_written: int = 0
+    bytes_read: int = 0
+    files_confirmed: int = 0  # source paths byte-compared against the archive
+    files_unchanged: int = 0  # source paths whose provenance row was still valid
+    rows_written: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+
+class _KillHook:
+    """The documented test-only SIGKILL after the k-th copy step (see module doc)."""
+
+    def __init__(self) -> None:
+        raw = os.environ.get(KILL_ENV, "")
+        self.after = int(raw) if raw.isdigit() else 0
+        self.steps = 0
+
+    def __call__(self, _step: str) -> None:
+        self.steps += 1
+        if self.after and self.steps >= self.after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Executor:
+    """Runs one plan against the archive; the caller holds the archive lock."""
+
+    def __init__(self, store: Store, name: str, scan_id: int, plan: Plan, archive: bytes,
+                 on_name_collision: str, progress: CopyProgress | None = None) -> None:
+        self.store, self.name, self.scan_id, self.plan = store, name, scan_id, plan
+        self.archive = archive
+        self._done_files = self._done_bytes = 0
+        self._bytes_total = plan.bytes_to_copy
+        self.policy = on_name_collision
+        self.progress = progress
+        self.c = Counters()
+        self.kill = _KillHook()
+        self._rows: list[Provenance] = []
+        self._events: list[FileEvent] = []
+        self._hashes: list[HashUpdate] = []
+        self._touch: list[bytes] = []
+        self._now = time.time()
+        # (source path, archive file) pairs whose equality is confirmed: prune candidates
+        self.confirmed: list[tuple[SourcePath, bytes]] = []
+        self.collided: list[SourcePath] = []
+
+    def run(self, names: Names,
+            replan: Callable[[list[SourcePath]], None] | None = None) -> Counters:
+        """Confirm known contents, then copy. Sources that turn out to differ from every
+        archive file of their hash group go to `replan`, which adds copies to the plan
+        (rounds repeat while copies reveal more of them)."""
+        for k in self.plan.known:
+            self._confirm(k)
+        start = 0
+        while True:
+            if self.collided and replan is not None:
+                replan(self.collided)
+                self.collided = []
+                self._bytes_total = self.plan.bytes_to_copy
+            self._copy_all(self.plan.copies[start:], names)
+            start = len(self.plan.copies)
+            if not self.collided or replan is None:
+                break
+        self._tick()
+        self.flush()
+        return self.c
+
+    def _copy_all(self, copies: list[Copy], names: Names) -> None:
+        batch: list[Copy] = []
+        size = 0
+        for cp in copies:
+            batch.append(cp)
+            size += cp.content.size
+            if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
+                self._copy_batch(batch, names)
+                batch, size = [], 0
+        if batch:
+            self._copy_batch(batch, names)
+
+    def _tick(self) -> None:
+        if self.progress:
+            self.progress(self._done_files, len(self.plan.copies), self._done_bytes,
+                          self._bytes_total)
+
+    # --- content the archive already has ---
+
+    def _confirm(self, k: Known) -> None:
+        self.c.files_unchanged += len(k.fresh)
+        self._touch.extend(s.path for s in k.fresh)
+        self.confirmed.extend((s, k.target) for s in k.fresh)
+        assert k.content.full is not None  # grouped contents always carry their hash
+        # the target first, then the other archive inodes of the group
+        order = sorted(k.content.archive, key=lambda f: k.target not in f.paths)
+        for s in k.check:
+            for f in order:
+                path = k.target if k.target in f.paths else f.paths[0]
+                res = self._compare(s.path, s.file, path, f)
+                if res.equal:
+                    self.c.files_confirmed += 1
+                    self._row(s, path, k.content.full)
+                    break
+                if res.problem is None or res.problem[0] != "differs":
+                    break  # vanished/changed/unreadable: reported, nothing more to try
+            else:
+                self._collision(s)
+        if len(self._rows) + len(self._touch) >= FLUSH_EVERY:
+            self.flush()
+
+    def _compare(self, a: bytes, fa: IndexedFile, b: bytes, fb: IndexedFile) -> Compared:
+        res = same_bytes(a, _ident(fa), b, _ident(fb))
+        self.c.bytes_read += res.bytes_read
+        if res.problem and res.problem[0] != "differs":
+            self.c.problems.append(Problem(a, res.problem[0], res.problem[1]))
+        return res
+
+    # --- new content ---
+
+    def _copy_batch(self, batch: list[Copy], names: Names) -> None:
+        """Stage every copy, make the batch durable with one sync, then compare and
+        link each into place; a second sync makes the new names durable before the
+        index records them."""
+        staged: list[tuple[Copy, Staged]] = []
+        for cp in batch:
+            self._tick()
+            self._done_files += 1
+            self._done_bytes += cp.content.size
+            try:
+                st = stage_copy(cp.src.path, os.path.dirname(cp.dest), _ident(cp.src.file))
+            except CopyError as e:
+                self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
+                continue
+            self.kill("written")
+            staged.append((cp, st))
+        if not staged:
+            return
+        sync_filesystem(self.archive)
+        for _ in staged:
+            self.kill("synced")
+        for cp, st in staged:
+            res = self._place(cp, st, names)
+            if res is not None:
+                self._copied(cp, res)
+                self.kill("queued")
+        sync_filesystem(self.archive)
+        self.flush()
+
+    def _place(self, cp: Copy, st: Staged, names: Names) -> CopyResult | None:
+        dest = cp.dest
+        for _ in range(MAX_RETRIES):
+            try:
+                return place_copy(st, dest, self.kill)
+            except CopyError as e:
+                if e.reason == "exists" and self.policy == "suffix":
+                    nxt = names.claim(cp.dest, "suffix")  # the next free "name (n).ext"
+                    if nxt is not None:
+                        dest = nxt
+                        continue
+                discard(st)
+                self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
+                return None
+        discard(st)
+        self.c.problems.append(Problem(cp.src.path, "name-collision", "no free name"))
+        return None
+
+    def _copied(self, cp: Copy, res: CopyResult) -> None:
+        c = self.c
+        c.files_copied += 1
+        c.bytes_copied += cp.content.size
+        c.bytes_written += res.bytes_written
+        c.bytes_read += res.bytes_read
+        st = res.dest_stat
+        self._events.append(FileEvent.from_stat(res.dest, st))
+        f = cp.src.file
+        self._hashes += [HashUpdate(st.st_dev, st.st_ino, res.head, res.full),
+                         HashUpdate(f.dev, f.ino, res.head, res.full)]
+        dest_file = IndexedFile(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                st.st_ctime_ns, res.head, res.full, 0, (res.dest,))
+        for s in cp.content.sources:
+            if s.file.key == f.key:
+                self._row(s, res.dest, res.full)
+                continue
+            cmp = self._compare(s.path, s.file, res.dest, dest_file)
+            if cmp.equal:
+                c.files_confirmed += 1
+                self._row(s, res.dest, res.full)
+            elif cmp.problem is not None and cmp.problem[0] == "differs":
+                self._collision(s)
+
+    def _collision(self, s: SourcePath) -> None:
+        self.collided.append(s)
+        self.c.problems.append(Problem(s.path, "hash-collision", "same size and hash as "
+                                       "other content, other bytes: imported on its own"))
+
+    # --- index writes ---
+
+    def _row(self, s: SourcePath, archive_path: bytes, full: bytes) -> None:
+        self.confirmed.append((s, archive_path))
+        f = s.file
+        self._rows.append(Provenance(self.name, s.path, archive_path, full, f.size, f.dev,
+                                     f.ino, f.mtime_ns, f.ctime_ns, self._now, self._now))
+
+    def flush(self) -> None:
+        """Write queued index rows: archive files first, then hashes, then provenance."""
+        if self._events:
+            self.store.record(self.scan_id, self._events)
+        if self._hashes:
+            self.store.save_hashes(self._hashes)
+        if self._rows:
+            self.c.rows_written += prov.save(self.store, self._rows)
+        if self._touch:
+            prov.touch(self.store, self.name, self._touch, self._now)
+        self._events, self._hashes, self._rows, self._touch = [], [], [], []
+
+
+def _ident(f: IndexedFile) -> Identity:
+    return Identity(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns)

@@ -1,0 +1,196 @@
+"""Stage 1: what is in the sources and the archive, grouped by content.
+
+One index scan covers every source root and the archive. Only files whose size
+is shared by another file are read (head hash first, whole-file hash only when
+heads collide), exactly as `dedupd scan`; unchanged files keep their hashes, so
+a re-run over unchanged trees reads nothing. Sources are only ever read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from dedupd.config import ConsolidateConfig
+from dedupd.errors import ConfigError
+from dedupd.fsops.copy import LOCK_NAME, TMP_GLOB
+from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
+from dedupd.hashing import Hasher, HashStats, Stability
+from dedupd.index import provenance as prov
+from dedupd.index.store import HashUpdate, IndexedFile, Store
+from dedupd.scan.events import FileEvent, Problem, WalkStats
+from dedupd.scan.scanner import RECORD_BATCH, batches
+from dedupd.scan.walk import WalkOptions, normalize_roots, walk
+
+Progress = Callable[[str, int, int], None]
+SAVE_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class SourcePath:
+    """One path under a source root, with the inode it names."""
+
+    path: bytes
+    root: bytes
+    file: IndexedFile
+
+
+@dataclass(frozen=True)
+class Content:
+    """Files known to hold the same bytes (by XXH3-128; bytes are compared before
+    anything is recorded). A content with one inode may have no hash yet."""
+
+    size: int
+    full: bytes | None
+    archive: tuple[IndexedFile, ...]  # archive inodes; .paths are archive paths only
+    sources: tuple[SourcePath, ...]  # every source path, sorted by (root order, path)
+
+
+@dataclass(frozen=True)
+class Roots:
+    sources: tuple[bytes, ...]
+    archive: bytes
+
+    def source_of(self, path: bytes) -> bytes | None:
+        for r in self.sources:
+            if path.startswith(r.rstrip(b"/") + b"/"):
+                return r
+        return None
+
+    def in_archive(self, path: bytes) -> bool:
+        return path.startswith(self.archive.rstrip(b"/") + b"/")
+
+
+@dataclass
+class Inventory:
+    scan_id: int
+    roots: Roots
+    contents: list[Content] = field(default_factory=list)
+    archive_paths: set[bytes] = field(default_factory=set)
+    walk: WalkStats = field(default_factory=WalkStats)
+    hashing: HashStats = field(default_factory=HashStats)
+
+    @property
+    def problems(self) -> list[Problem]:
+        return self.walk.problems + self.hashing.problems
+
+
+def resolve_roots(cfg: ConsolidateConfig) -> Roots:
+    """Real paths of sources and archive; refuses overlaps (an archive inside a share
+    would import itself; a share inside the archive would already be 'imported')."""
+    arch = os.path.realpath(os.fsencode(cfg.archive))
+    srcs = normalize_roots(cfg.sources)
+    key = f"consolidate.{cfg.name}"
+    if not os.path.isdir(arch):
+        raise ConfigError("<config>", f"{key}.archive", f"{os.fsdecode(arch)}: not a directory")
+    for s in srcs:
+        if not os.path.isdir(s):
+            raise ConfigError("<config>", f"{key}.sources", f"{os.fsdecode(s)}: not a directory")
+        a, b = arch.rstrip(b"/") + b"/", s.rstrip(b"/") + b"/"
+        if a.startswith(b) or b.startswith(a):
+            raise ConfigError("<config>", f"{key}.sources",
+                              f"{os.fsdecode(s)} and the archive overlap")
+    order = {os.path.realpath(os.fsencode(p)): i for i, p in enumerate(cfg.sources)}
+    srcs.sort(key=lambda r: order.get(r, len(order)))
+    return Roots(tuple(srcs), arch)
+
+
+def _included(ev: FileEvent, root: bytes, patterns: Sequence[str]) -> bool:
+    if not patterns:
+        return True
+    name = os.fsdecode(os.path.basename(ev.path))
+    rel = os.fsdecode(ev.path[len(root.rstrip(b"/")) + 1:])
+    return any(fnmatch.fnmatchcase(x, p) for p in patterns for x in (name, rel))
+
+
+def _source_events(inv: Inventory, cfg: ConsolidateConfig) -> Iterator[FileEvent]:
+    skip = cfg.exclude
+    if cfg.quarantine_dir is not None:  # pruned copies kept there are not source files
+        q = os.fsdecode(os.path.realpath(os.fsencode(cfg.quarantine_dir)))
+        skip = (*skip, q, q + "/*")
+    opts = WalkOptions(1, skip, False)
+    for root in inv.roots.sources:
+        for ev in walk([root], opts, inv.walk):
+            if _included(ev, root, cfg.include):
+                yield ev
+            else:
+                inv.walk.excluded += 1
+
+
+def _archive_events(inv: Inventory) -> Iterator[FileEvent]:
+    # Our own temp and lock files (and the linker's temp links) are never archive content.
+    opts = WalkOptions(1, (TMP_GLOB, os.fsdecode(LOCK_NAME),
+                           os.fsdecode(LINK_TEMP_PREFIX) + "*"), False)
+    for ev in walk([inv.roots.archive], opts, inv.walk):
+        inv.archive_paths.add(ev.path)
+        yield ev
+
+
+def index_trees(store: Store, cfg: ConsolidateConfig, roots: Roots,
+                progress: Progress | None = None) -> Inventory:
+    """Walk sources and archive into one scan of the index (no file data is read)."""
+    inv = Inventory(store.begin_scan([*roots.sources, roots.archive]), roots)
+    for events in (_source_events(inv, cfg), _archive_events(inv)):
+        for batch in batches(events, RECORD_BATCH):
+            store.record(inv.scan_id, batch)
+            if progress:
+                progress("walk", inv.walk.files_seen, 0)
+    store.finish_scan(inv.scan_id, [*roots.sources, roots.archive])
+    return inv
+
+
+def group_contents(store: Store, inv: Inventory, progress: Progress | None = None) -> None:
+    """Hash size-matched candidates and fill inv.contents (sources and archive dups)."""
+    hasher = Hasher(Stability(0.0), inv.hashing)
+    pending: list[HashUpdate] = []
+    for done, files in enumerate(prov.files_by_size(store, inv.scan_id), 1):
+        if progress:
+            progress("hash", done, 0)  # done = size groups so far
+        if len(files) == 1:
+            _add(inv, files, files[0].full)
+            continue
+        res = hasher.hash_size_group(files)
+        pending.extend(res.updates)
+        if len(pending) >= SAVE_BATCH:  # one transaction per batch, not per size group
+            store.save_hashes(pending)
+            pending = []
+        if res.gone:
+            store.forget(res.gone)
+        full = {(u.dev, u.ino): u.full for u in res.updates if u.full}
+        gone = set(res.gone)
+        grouped: set[tuple[int, int]] = set()
+        for g in res.groups:
+            members = [_with_full(f, full.get(f.key, f.full)) for f in g]
+            grouped.update(f.key for f in g)
+            _add(inv, members, members[0].full)
+        for f in files:
+            if f.key not in grouped and f.key not in gone:
+                ff = _with_full(f, full.get(f.key, f.full))
+                _add(inv, [ff], ff.full)
+    store.save_hashes(pending)
+
+
+def _with_full(f: IndexedFile, full: bytes | None) -> IndexedFile:
+    return dataclasses.replace(f, full=full)
+
+
+def _add(inv: Inventory, files: Sequence[IndexedFile], full: bytes | None) -> None:
+    archive: list[IndexedFile] = []
+    sources: list[SourcePath] = []
+    for f in files:
+        apaths = tuple(p for p in f.paths if inv.roots.in_archive(p))
+        if apaths:
+            archive.append(dataclasses.replace(f, paths=apaths))
+        for p in f.paths:
+            root = inv.roots.source_of(p)
+            if root is not None:
+                sources.append(SourcePath(p, root, f))
+    if not sources and len(archive) < 2:
+        return  # archive content with no source and no duplicate: nothing to do
+    order = {r: i for i, r in enumerate(inv.roots.sources)}
+    sources.sort(key=lambda s: (order[s.root], s.path))
+    archive.sort(key=lambda f: f.paths[0])
+    inv.contents.append(Content(files[0].size, full, tuple(archive), tuple(sources)))

@@ -1,0 +1,85 @@
+"""Where a file goes in the archive: the `layout` template and name collisions.
+
+Placeholders (str.format syntax, so `{month:02d}` works):
+  year, month, day  ints from the capture date
+  name              the source file name ("IMG_0001.JPG")
+  stem, ext         "IMG_0001" and ".JPG" (ext keeps its dot; "" when none)
+  source            the last component of the source root ("backup-disk1")
+Files without a usable date go to `<undated_dir>/<name>`.
+
+Names need not be UTF-8: they are decoded with surrogateescape for the template
+and encoded back, so the archive name has exactly the source's bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+
+from dedupd.errors import ConfigError
+
+PLACEHOLDERS = ("year", "month", "day", "name", "stem", "ext", "source")
+
+
+@dataclass(frozen=True)
+class Fields:
+    name: bytes
+    source_root: bytes
+    when: datetime | None
+
+
+def split_name(name: bytes) -> tuple[bytes, bytes]:
+    """("IMG_1", ".jpg"); a leading dot is part of the stem (".bashrc" has no ext)."""
+    stem, ext = os.path.splitext(name)
+    return stem, ext
+
+
+def render(layout: str, undated_dir: str, f: Fields) -> bytes:
+    """The archive-relative path for one file. Raises ValueError for an unsafe result."""
+    if f.when is None:
+        rel = os.fsencode(undated_dir) + b"/" + f.name
+    else:
+        stem, ext = split_name(f.name)
+        text = layout.format(
+            year=f.when.year, month=f.when.month, day=f.when.day,
+            name=os.fsdecode(f.name), stem=os.fsdecode(stem), ext=os.fsdecode(ext),
+            source=os.fsdecode(os.path.basename(f.source_root.rstrip(b"/"))))
+        rel = os.fsencode(text)
+    return safe_relative(rel)
+
+
+def safe_relative(rel: bytes) -> bytes:
+    """Normalise a/b//c to a/b/c; refuse absolute paths, '.', '..' and empty names."""
+    parts = [p for p in rel.split(b"/") if p]
+    if rel.startswith(b"/") or not parts or any(p in (b".", b"..") for p in parts):
+        raise ValueError(f"layout produced an unsafe path: {os.fsdecode(rel)!r}")
+    return b"/".join(parts)
+
+
+def with_suffix(rel: bytes, n: int) -> bytes:
+    """'2021/05/a.jpg', 2 -> '2021/05/a (2).jpg' (the n-th name tried on a collision)."""
+    d, name = os.path.split(rel)
+    stem, ext = split_name(name)
+    new = stem + f" ({n})".encode() + ext
+    return os.path.join(d, new) if d else new
+
+
+def check_layout(name: str, layout: str, undated_dir: str) -> None:
+    """Render a sample so a bad template fails at start with a config error (78)."""
+    key = f"consolidate.{name}.layout"
+    sample = Fields(b"IMG_0001.JPG", b"/mnt/backup", datetime(2001, 2, 3, 4, 5, 6))
+    try:
+        render(layout, undated_dir, sample)
+    except KeyError as e:
+        raise ConfigError("<config>", key, f"unknown placeholder {{{e.args[0]}}} "
+                          f"(use {', '.join(PLACEHOLDERS)})") from None
+    except (ValueError, IndexError) as e:
+        raise ConfigError("<config>", key, str(e)) from None
+    if "{name}" not in layout and "{stem}" not in layout:
+        raise ConfigError("<config>", key, "must contain {name} or {stem}: otherwise "
+                          "every file of a day would collide")
+    try:
+        safe_relative(os.fsencode(undated_dir) + b"/x")
+    except ValueError as e:
+        raise ConfigError("<config>", f"consolidate.{name}.undated_dir", str(e)) from None

@@ -1,0 +1,148 @@
+"""Stage 2: turn the inventory into a plan (pure decisions, no writes).
+
+- content the archive already has (anywhere, under any name) is not copied;
+  its source paths only need provenance rows: rows that still describe the
+  same unchanged source and archive file are kept as they are (no read), new
+  ones are confirmed by a byte compare when the plan is carried out;
+- every other content is copied once, from its first source path (sources in
+  config order, then path order), to the path its layout renders to;
+- archive contents held by two or more inodes are candidates for hardlinking.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from dedupd.config import ConsolidateConfig
+from dedupd.consolidate.dates import CaptureDate, capture_date
+from dedupd.consolidate.inventory import Content, Inventory, SourcePath
+from dedupd.consolidate.layout import Fields, render, with_suffix
+from dedupd.index.provenance import Provenance
+from dedupd.scan.events import Problem
+
+MAX_SUFFIX = 10_000
+
+
+@dataclass(frozen=True)
+class Copy:
+    """Copy `src` to `dest` (absolute), then record every source path of `content`."""
+
+    content: Content
+    src: SourcePath
+    dest: bytes
+    date: CaptureDate
+
+
+@dataclass(frozen=True)
+class Known:
+    """Content already in the archive at `target`; `fresh` paths have valid rows,
+    `check` paths need a byte compare before a row is written."""
+
+    content: Content
+    target: bytes
+    fresh: tuple[SourcePath, ...]
+    check: tuple[SourcePath, ...]
+
+
+@dataclass
+class Plan:
+    copies: list[Copy] = field(default_factory=list)
+    known: list[Known] = field(default_factory=list)
+    archive_dups: list[Content] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    bytes_read: int = 0  # EXIF reads made while planning
+
+    @property
+    def bytes_to_copy(self) -> int:
+        return sum(c.content.size for c in self.copies)
+
+
+class Names:
+    """Archive paths taken (existing or planned), to pick collision-free names."""
+
+    def __init__(self, existing: set[bytes]) -> None:
+        self.taken = set(existing)
+
+    def claim(self, want: bytes, policy: str) -> bytes | None:
+        for n in range(1, MAX_SUFFIX):
+            cand = want if n == 1 else with_suffix(want, n)
+            if cand not in self.taken and not os.path.lexists(cand):
+                self.taken.add(cand)
+                return cand
+            if policy == "skip":
+                return None
+        return None
+
+
+def make_plan(inv: Inventory, cfg: ConsolidateConfig, rows: dict[bytes, Provenance],
+              names: Names) -> Plan:
+    """Decide every copy and confirmation; reads EXIF of the files to copy only.
+
+    `names` starts as the archive's paths; the names planned here are added to it.
+    """
+    plan = Plan()
+    for c in inv.contents:
+        if len(c.archive) > 1:
+            plan.archive_dups.append(c)
+        if not c.sources:
+            continue
+        if c.archive:
+            plan.known.append(_known(c, rows))
+        else:
+            _plan_copy(plan, c, cfg, inv.roots.archive, names)
+    plan.copies.sort(key=lambda x: x.dest)
+    return plan
+
+
+def _known(c: Content, rows: dict[bytes, Provenance]) -> Known:
+    apaths = {p for f in c.archive for p in f.paths}
+    target = min(apaths)
+    for s in c.sources:  # keep the archive file the rows already name, if still valid
+        r = rows.get(s.path)
+        if r is not None and r.archive_path in apaths:
+            target = r.archive_path
+            break
+    fresh: list[SourcePath] = []
+    check: list[SourcePath] = []
+    for s in c.sources:
+        r = rows.get(s.path)
+        f = s.file
+        # a row naming another archive file of this content stays valid too: after a
+        # hash collision the content group holds files that only share a hash
+        ok = (r is not None and r.archive_path in apaths and c.full is not None
+              and r.content == c.full
+              and r.matches_stat(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns))
+        (fresh if ok else check).append(s)
+    return Known(c, target, tuple(fresh), tuple(check))
+
+
+def plan_collisions(plan: Plan, cfg: ConsolidateConfig, archive: bytes, names: Names,
+                    sources: list[SourcePath]) -> None:
+    """Plan copies for sources whose bytes differ from every archive file of their
+    hash group (an XXH3 collision, or a forged index row): each is content of its own."""
+    for s in sources:
+        _plan_copy(plan, Content(s.file.size, None, (), (s,)), cfg, archive, names)
+
+
+def _plan_copy(plan: Plan, c: Content, cfg: ConsolidateConfig, archive: bytes,
+               names: Names) -> None:
+    src = c.sources[0]
+    date, nread = capture_date(src.path, src.file.mtime_ns, cfg.date_from)
+    plan.bytes_read += nread
+    if date.exif_problem and date.exif_problem not in ("", "no DateTimeOriginal"):
+        plan.problems.append(Problem(src.path, "exif", date.exif_problem + f"; dated by "
+                                     f"{date.source}"))
+    try:
+        rel = render(cfg.layout, cfg.undated_dir,
+                     Fields(os.path.basename(src.path), src.root, date.when))
+    except ValueError as e:
+        plan.problems.append(Problem(src.path, "layout", str(e)))
+        return
+    dest = names.claim(os.path.join(archive, rel), cfg.on_name_collision)
+    if dest is None:
+        plan.problems.append(Problem(src.path, "name-collision",
+                                     f"{os.fsdecode(rel)} is taken by other content "
+                                     "(on_name_collision = skip)"))
+        return
+    plan.copies.append(Copy(c, src, dest, date))

@@ -1,0 +1,171 @@
+"""One consolidation run: index -> group -> plan -> copy/confirm -> report.
+
+Contract: sources are only read (unless prune_sources, see archive_ops). The
+archive only gains files (through fsops.copy) and, with link_duplicates, has
+duplicate inodes hardlinked through the hardlink linker. Re-running is always
+safe and resumes an interrupted run (journalled ops are recovered first).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from dedupd.config import ConsolidateConfig
+from dedupd.consolidate.archive_ops import (
+    OpsReport,
+    link_archive_duplicates,
+    prune_sources,
+    recover,
+)
+from dedupd.consolidate.execute import CopyProgress, Counters, Executor
+from dedupd.consolidate.inventory import (
+    Inventory,
+    Progress,
+    SourcePath,
+    group_contents,
+    index_trees,
+    resolve_roots,
+)
+from dedupd.consolidate.layout import check_layout
+from dedupd.consolidate.plan import Names, Plan, make_plan, plan_collisions
+from dedupd.dedup.journal import Journal
+from dedupd.errors import TemporaryFailure
+from dedupd.fsops.copy import (
+    Locked,
+    lock_archive,
+    mark_running,
+    remove_stale_temps,
+    was_interrupted,
+)
+from dedupd.index import provenance as prov
+from dedupd.index.store import Store
+
+
+@dataclass(frozen=True)
+class Options:
+    dry_run: bool = False
+    progress: Progress | None = None  # (stage, done, total) while indexing and hashing
+    copy_progress: CopyProgress | None = None  # (files, files_total, bytes, bytes_total)
+
+
+@dataclass(frozen=True)
+class Report:
+    name: str
+    dry_run: bool
+    stats: dict[str, int | float]
+    copies: tuple[dict[str, Any], ...]
+    archive_duplicates: tuple[dict[str, Any], ...]
+    problems: tuple[dict[str, str], ...]
+    actions: tuple[dict[str, Any], ...] = ()  # hardlinks in the archive, source prunes
+    refused: tuple[dict[str, str], ...] = ()  # links or prunes not done, with reasons
+    recovered: tuple[dict[str, object], ...] = ()  # interrupted ops finished/rolled back
+
+    def as_json(self) -> dict[str, Any]:
+        return {"consolidation": self.name, "dry_run": self.dry_run, "stats": self.stats,
+                "copies": list(self.copies),
+                "archive_duplicates": list(self.archive_duplicates),
+                "actions": list(self.actions), "refused": list(self.refused),
+                "recovered": list(self.recovered), "problems": list(self.problems)}
+
+
+def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options) -> Report:
+    """Import every content of cfg.sources the archive lacks (see module docstring)."""
+    t0 = time.monotonic()
+    check_layout(cfg.name, cfg.layout, cfg.undated_dir)
+    roots = resolve_roots(cfg)
+    lock = -1
+    if not opts.dry_run:
+        try:
+            lock = lock_archive(roots.archive)
+        except Locked:
+            raise TemporaryFailure(f"{os.fsdecode(roots.archive)}: another dedupd is "
+                                   "importing into this archive; try again later") from None
+    jr = None if opts.dry_run else Journal(store)
+    ops = OpsReport()
+    try:
+        if jr is not None:
+            recover(jr, cfg.name, ops)  # an interrupted link or prune comes first
+        # Temp files exist only if a run was interrupted: sweep only then (a whole walk).
+        stale: list[bytes] = []
+        if was_interrupted(roots.archive):
+            stale = remove_stale_temps(roots.archive, dry_run=opts.dry_run)
+        if lock >= 0:
+            mark_running(lock, True)
+        inv = index_trees(store, cfg, roots, opts.progress)
+        group_contents(store, inv, opts.progress)
+        names = Names(inv.archive_paths)
+        plan = make_plan(inv, cfg, prov.load(store, cfg.name), names)
+        counters, confirmed = Counters(), _would_confirm(plan)
+        if not opts.dry_run:
+            ex = Executor(store, cfg.name, inv.scan_id, plan, roots.archive,
+                          cfg.on_name_collision, opts.copy_progress)
+            counters = ex.run(names, lambda srcs: plan_collisions(plan, cfg, roots.archive,
+                                                                  names, srcs))
+            confirmed = ex.confirmed
+            keep = inv.archive_paths | {c.dest for c in plan.copies}
+            prov.forget_archive_paths(store, cfg.name, keep)
+        if cfg.link_duplicates and plan.archive_dups:
+            link_archive_duplicates(jr, store, inv.scan_id, cfg.name, roots, plan.archive_dups,
+                                    opts.dry_run, ops)
+        if cfg.prune_sources:
+            qdir = None if cfg.quarantine_dir is None else os.fsencode(cfg.quarantine_dir)
+            prune_sources(jr, cfg.name, confirmed, qdir, opts.dry_run, ops)
+        if lock >= 0:
+            mark_running(lock, False)  # reached only when the run finished
+    finally:
+        if jr is not None:
+            jr.close()
+        if lock >= 0:
+            os.close(lock)
+    return _report(cfg, opts, inv, plan, counters, ops, len(stale), time.monotonic() - t0)
+
+
+def _would_confirm(plan: Plan) -> list[tuple[SourcePath, bytes]]:
+    """For a dry run: the (source, archive file) pairs a real run would confirm."""
+    pairs = [(s, k.target) for k in plan.known for s in (*k.fresh, *k.check)]
+    pairs += [(s, c.dest) for c in plan.copies for s in c.content.sources]
+    return pairs
+
+
+def _report(cfg: ConsolidateConfig, opts: Options, inv: Inventory, plan: Plan,
+            c: Counters, ops: OpsReport, stale: int, seconds: float) -> Report:
+    src_inodes = {s.file.key: s.file.size for x in inv.contents for s in x.sources}
+    stats: dict[str, int | float] = {
+        "files_seen": inv.walk.files_seen,
+        "source_paths": sum(len(x.sources) for x in inv.contents),
+        "source_bytes": sum(src_inodes.values()),
+        "distinct_contents": sum(1 for x in inv.contents if x.sources),
+        "already_in_archive": len(plan.known),
+        "to_copy": len(plan.copies),
+        "bytes_to_copy": plan.bytes_to_copy,
+        "files_copied": c.files_copied,
+        "bytes_copied": c.bytes_copied,
+        "bytes_written": c.bytes_written,
+        "bytes_read": inv.hashing.bytes_read + plan.bytes_read + c.bytes_read + ops.bytes_read,
+        "files_hashed": inv.hashing.files_hashed,
+        "files_confirmed": c.files_confirmed,
+        "files_unchanged": c.files_unchanged,
+        "provenance_rows_written": c.rows_written,
+        "archive_duplicate_groups": len(plan.archive_dups),
+        "archive_names_linked": ops.linked,
+        "bytes_reclaimed": ops.bytes_reclaimed,
+        "sources_pruned": ops.pruned,
+        "ops_refused": len(ops.refused),
+        "ops_recovered": len(ops.recovered),
+        "stale_temp_files": stale,
+        "excluded": inv.walk.excluded,
+        "problems": len(inv.problems) + len(plan.problems) + len(c.problems),
+        "seconds": round(seconds, 3),
+    }
+    copies = tuple({"source": os.fsdecode(x.src.path), "archive": os.fsdecode(x.dest),
+                    "size": x.content.size, "date_from": x.date.source,
+                    "duplicates": [os.fsdecode(s.path) for s in x.content.sources[1:]]}
+                   for x in plan.copies)
+    dups = tuple({"size": d.size, "paths": [os.fsdecode(f.paths[0]) for f in d.archive]}
+                 for d in plan.archive_dups)
+    problems = tuple(p.as_dict() for p in [*inv.problems, *plan.problems, *c.problems])
+    return Report(cfg.name, opts.dry_run, stats, copies, dups, problems, tuple(ops.actions),
+                  tuple(ops.refused), tuple(ops.recovered))

@@ -1,0 +1,397 @@
+"""Verified copy into a directory that never leaves a partial file under a real name.
+
+Contract of `copy_verified(src, dest)`:
+
+1. open the source (no symlinks followed) and check it is the expected inode,
+   unchanged (dev, ino, size, mtime_ns, ctime_ns);
+2. write it to `.dedupd-copy.<random>.tmp` in dest's directory, hashing what
+   was read (XXH3-64 head + XXH3-128 whole);
+3. set mode, owner (when we may) and mtime, then fsync the temp file;
+4. re-read the temp file and the source side by side and compare every byte;
+   the source must still be unchanged;
+5. put it in place without clobbering: `link(tmp, dest)` fails if dest exists
+   (a plain `rename` would silently replace a file someone else put there);
+   then unlink tmp and fsync the directory. Filesystems without hardlinks fall
+   back to check-then-rename.
+
+A crash at any point leaves at most a temp file (which `remove_stale_temps`
+deletes on the next run) and never a half-written file under `dest`.
+
+Batches: `stage_copy` does steps 1-2 and the metadata of 3 for one file;
+`sync_filesystem` then makes a whole batch durable with one syncfs(2) (an
+fsync per small file costs a journal commit each: 2-3 ms on the test VM, most
+of an import's time); `place_copy` does steps 4-5. The order per file stays
+write -> durable -> compare -> link, so no name ever shows undurable data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import xxhash
+
+from dedupd.hashing import HEAD_SIZE
+
+TMP_PREFIX = b".dedupd-copy."
+TMP_SUFFIX = b".tmp"
+TMP_GLOB = ".dedupd-copy.*.tmp"
+BUF = 1 << 20
+_RD = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOATIME = getattr(os, "O_NOATIME", 0)
+# Errors from link() that mean "this filesystem has no hardlinks", not "dest exists".
+_NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
+
+Step = Callable[[str], None]
+
+
+class CopyError(Exception):
+    """The copy did not happen; `reason` is a short tag (vanished, changed, exists,
+    mismatch, error) and nothing was left under the destination name."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the caller believes the source is; a mismatch means it changed."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Identity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    dest: bytes
+    head: int  # XXH3-64 of the first HEAD_SIZE bytes (the index's head hash)
+    full: bytes  # XXH3-128 of the whole content
+    dest_stat: os.stat_result
+    bytes_read: int  # source bytes read (copy + compare passes)
+    bytes_written: int
+
+
+def _noop(_step: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A copy written to its temp name, not yet durable, verified or in place."""
+
+    src: bytes
+    tmp: bytes
+    src_stat: os.stat_result  # the source as it was copied
+    head: int
+    full: bytes
+    bytes_read: int
+
+
+def copy_verified(src: bytes, dest: bytes, expect: Identity | None = None,
+                  on_step: Step = _noop) -> CopyResult:
+    """Copy one file (steps 1-5 of the module docstring); raise CopyError.
+
+    For many files prefer stage_copy + sync_filesystem + place_copy: one
+    filesystem sync covers a whole batch instead of one fsync per file.
+    """
+    staged = stage_copy(src, os.path.dirname(dest) or b".", expect)
+    on_step("written")
+    try:
+        fd = os.open(staged.tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        on_step("synced")
+        res = place_copy(staged, dest, on_step)
+        _fsync_dir(os.path.dirname(dest) or b".")
+        return res
+    except BaseException:
+        discard(staged)
+        raise
+
+
+def _open_src(src: bytes) -> int:
+    try:
+        try:
+            return os.open(src, _RD | _NOATIME)
+        except PermissionError:
+            return os.open(src, _RD)  # O_NOATIME needs ownership; retry without it
+    except FileNotFoundError:
+        raise CopyError("vanished", "source disappeared before the copy") from None
+    except OSError as e:
+        raise CopyError("error", f"cannot open source: {e.strerror}") from None
+
+
+def _open_expected(src: bytes, expect: Identity | None) -> tuple[int, os.stat_result]:
+    sfd = _open_src(src)
+    st = os.fstat(sfd)
+    if not stat.S_ISREG(st.st_mode) or (expect is not None and Identity.of(st) != expect):
+        os.close(sfd)
+        raise CopyError("changed", "source changed since it was indexed")
+    return sfd, st
+
+
+def stage_copy(src: bytes, dest_dir: bytes, expect: Identity | None = None) -> Staged:
+    """Write src to a fresh temp name in dest_dir (created if needed), hashing it, with
+    the source's mode, owner and mtime. Not fsynced: the caller syncs the batch."""
+    sfd, st = _open_expected(src, expect)
+    try:
+        make_dirs(dest_dir)
+        tmp = os.path.join(dest_dir, TMP_PREFIX + os.urandom(8).hex().encode() + TMP_SUFFIX)
+        tfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                      0o600)
+        try:
+            head, full, nread = _write_copy(sfd, tfd, st)
+            _set_meta(tfd, st)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        finally:
+            os.close(tfd)
+        return Staged(src, tmp, st, head, full, nread)
+    except OSError as e:
+        raise CopyError("error", f"{e.strerror or e} while copying") from None
+    finally:
+        os.close(sfd)
+
+
+def place_copy(staged: Staged, dest: bytes, on_step: Step = _noop) -> CopyResult:
+    """Compare the (already durable) temp copy with the source byte for byte, then link
+    it to dest without clobbering. On CopyError("exists") the temp file is kept so the
+    caller may place it under another name; on any other error it is removed."""
+    try:
+        sfd, _ = _open_expected(staged.src, Identity.of(staged.src_stat))
+        try:
+            tfd = os.open(staged.tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                nread = staged.bytes_read + _compare(sfd, tfd, staged.src_stat)
+            finally:
+                os.close(tfd)
+        finally:
+            os.close(sfd)
+        on_step("verified")
+        _place(staged.tmp, dest)
+        on_step("placed")
+        return CopyResult(dest, staged.head, staged.full, os.lstat(dest), nread,
+                          staged.src_stat.st_size)
+    except CopyError as e:
+        if e.reason != "exists":
+            discard(staged)
+        raise
+    except OSError as e:
+        discard(staged)
+        raise CopyError("error", f"{e.strerror or e} while placing the copy") from None
+
+
+def discard(staged: Staged) -> None:
+    _unlink_quiet(staged.tmp)
+
+
+def sync_filesystem(path: bytes) -> None:
+    """Make everything written to path's filesystem durable: syncfs(2), one journal
+    commit for a whole batch instead of an fsync per file."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc_syncfs(fd) != 0:
+            os.sync()  # no syncfs: the global sync is slower but as safe
+    finally:
+        os.close(fd)
+
+
+_SYNCFS: list[object] = []
+
+
+def _libc_syncfs(fd: int) -> int:
+    import ctypes
+    import ctypes.util
+
+    if not _SYNCFS:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _SYNCFS.append(getattr(lib, "syncfs", None))
+    fn = _SYNCFS[0]
+    if fn is None:
+        return -1
+    return int(fn(fd))  # type: ignore[operator]
+
+
+def _write_copy(sfd: int, tfd: int, st: os.stat_result) -> tuple[int, bytes, int]:
+    os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    h = xxhash.xxh3_128()
+    head_buf = b""
+    total = 0
+    while True:
+        data = os.read(sfd, BUF)
+        if not data:
+            break
+        if len(head_buf) < HEAD_SIZE:
+            head_buf += data[: HEAD_SIZE - len(head_buf)]
+        h.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(tfd, view):]
+        total += len(data)
+    _same(sfd, st)
+    if total != st.st_size:
+        raise CopyError("changed", "source size changed during the copy")
+    return xxhash.xxh3_64_intdigest(head_buf), h.digest(), total
+
+
+def _compare(sfd: int, tfd: int, st: os.stat_result) -> int:
+    """Compare the written copy with the source byte for byte; return source bytes read."""
+    # Drop the copy's cached pages so the compare reads what reached the disk where
+    # the filesystem honours it (zfs-fuse and some FUSE mounts ignore the advice).
+    os.posix_fadvise(tfd, 0, 0, os.POSIX_FADV_DONTNEED)
+    off = 0
+    while off < st.st_size:
+        a = os.pread(sfd, BUF, off)
+        b = os.pread(tfd, BUF, off)
+        if not a or a != b:
+            raise CopyError("mismatch", f"copy differs from source at byte {off}")
+        off += len(a)
+    if os.pread(tfd, 1, off):
+        raise CopyError("mismatch", "copy is longer than the source")
+    _same(sfd, st)
+    return off
+
+
+def _same(sfd: int, st: os.stat_result) -> None:
+    if Identity.of(os.fstat(sfd)) != Identity.of(st):
+        raise CopyError("changed", "source changed while it was being copied")
+
+
+def _set_meta(tfd: int, st: os.stat_result) -> None:
+    """Mode, owner (root only; a failure is not an error) and atime/mtime of the source."""
+    if os.geteuid() == 0:
+        # A uid the archive filesystem cannot store is not an error: keep ours.
+        with contextlib.suppress(OSError):
+            os.fchown(tfd, st.st_uid, st.st_gid)
+    with contextlib.suppress(OSError):  # filesystems without POSIX modes (some SMB mounts)
+        os.fchmod(tfd, stat.S_IMODE(st.st_mode))
+    os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _place(tmp: bytes, dest: bytes) -> None:
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise CopyError("exists", "destination appeared during the copy") from None
+    except OSError as e:
+        if e.errno not in _NO_LINKS:
+            raise
+        if os.path.lexists(dest):
+            raise CopyError("exists", "destination appeared during the copy") from None
+        os.rename(tmp, dest)
+        return
+    os.unlink(tmp)
+
+
+def make_dirs(path: bytes) -> None:
+    """mkdir -p, fsyncing each parent whose entry we created so the tree survives a crash."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path.rstrip(b"/"))
+    if parent and parent != path:
+        make_dirs(parent)
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return
+    _fsync_dir(parent or b".")
+
+
+def _fsync_dir(path: bytes) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # some FUSE mounts refuse dir fsync
+            raise
+    finally:
+        os.close(fd)
+
+
+def _unlink_quiet(path: bytes) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def is_temp_name(name: bytes) -> bool:
+    return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
+
+
+def remove_stale_temps(root: bytes, dry_run: bool = False) -> list[bytes]:
+    """Delete the temp files an interrupted copy left under root; return their paths.
+
+    Only names of the exact `.dedupd-copy.<hex>.tmp` shape are touched. The
+    caller holds the archive lock, so no live copy owns one of them.
+    """
+    found: list[bytes] = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if is_temp_name(name):
+                p = os.path.join(dirpath, name)
+                found.append(p)
+                if not dry_run:
+                    _unlink_quiet(p)
+    return found
+
+
+LOCK_NAME = b".dedupd-consolidate.lock"
+
+
+class Locked(Exception):
+    """Another dedupd process is importing into the same archive."""
+
+
+def lock_archive(root: bytes) -> int:
+    """Take the archive's exclusive lock (non-blocking); return the fd to close later.
+
+    The lock file stays in the archive root (excluded from scans). While a run
+    works it holds RUNNING: finding that word when taking the lock means the
+    previous run was interrupted and may have left temp files (`was_interrupted`).
+    """
+    fd = os.open(os.path.join(root, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Locked(os.fsdecode(root)) from None
+    return fd
+
+
+RUNNING = b"running\n"
+
+
+def was_interrupted(root: bytes) -> bool:
+    """True when the last run into this archive did not finish (or never ran here)."""
+    try:
+        with open(os.path.join(root, LOCK_NAME), "rb") as f:
+            return f.read(len(RUNNING)) == RUNNING
+    except FileNotFoundError:
+        return True  # first run, or the marker was removed: sweep to be sure
+    except OSError:
+        return True
+
+
+def mark_running(fd: int, running: bool) -> None:
+    """Set (durably) or clear the RUNNING marker in the held lock file."""
+    os.ftruncate(fd, 0)
+    if running:
+        os.pwrite(fd, RUNNING, 0)
+    os.fsync(fd)

@@ -1,0 +1,102 @@
+"""Pieces of consolidation on their own: layout, EXIF dates, the verified copy."""
+
+from __future__ import annotations
+
+import io
+import os
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dedupd.consolidate.dates import capture_date, exif_date, image_kind, parse_exif_datetime
+from dedupd.consolidate.layout import Fields, check_layout, render, with_suffix
+from dedupd.errors import ConfigError
+from dedupd.fsops.copy import CopyError, Identity, copy_verified, remove_stale_temps
+from tests.fixtures.consolidate import corrupt_jpeg, jpeg, write
+
+WHEN = datetime(2019, 7, 4, 12, 0, 0)
+
+
+def test_layout_placeholders_and_non_utf8_names() -> None:
+    f = Fields(b"IMG_\xff1.JPG", b"/mnt/backup-disk1/", WHEN)
+    assert render("{year}/{month:02d}/{day:02d}/{name}", "undated", f) == \
+        b"2019/07/04/IMG_\xff1.JPG"
+    assert render("{source}/{year}/{stem}-{day}{ext}", "undated", f) == \
+        b"backup-disk1/2019/IMG_\xff1-4.JPG"
+    assert render("{year}/{name}", "no-date", Fields(b"a.txt", b"/s", None)) == b"no-date/a.txt"
+    assert with_suffix(b"2019/07/a.tar.gz", 2) == b"2019/07/a.tar (2).gz"
+    assert with_suffix(b"noext", 3) == b"noext (3)"
+
+
+def test_layout_refuses_unsafe_paths_and_bad_templates() -> None:
+    with pytest.raises(ValueError):
+        render("../{name}", "u", Fields(b"a", b"/s", WHEN))
+    with pytest.raises(ConfigError, match="unknown placeholder"):
+        check_layout("x", "{year}/{camera}/{name}", "undated")
+    with pytest.raises(ConfigError, match="must contain"):
+        check_layout("x", "{year}/{month}", "undated")
+    with pytest.raises(ConfigError, match="undated_dir"):
+        check_layout("x", "{year}/{name}", "../out")
+
+
+def test_exif_dates_from_real_images(tmp_path: Path) -> None:
+    p = tmp_path / "a.jpg"
+    write(p, jpeg((1, 2, 3), "2011:02:03 04:05:06"), "2020-01-01")
+    when, problem, nread = exif_date(os.fsencode(p))
+    assert when == datetime(2011, 2, 3, 4, 5, 6) and problem == "" and nread > 0
+    # a TIFF written by Pillow with the same EXIF sub-IFD
+    t = tmp_path / "b.tif"
+    ex = Image.Exif()
+    ex.get_ifd(0x8769)[0x9003] = "2012:12:12 12:12:12"
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "TIFF", exif=ex.tobytes())
+    write(t, buf.getvalue())
+    assert exif_date(os.fsencode(t))[0] == datetime(2012, 12, 12, 12, 12, 12)
+
+
+def test_corrupt_and_missing_exif_fall_back_to_mtime(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    write(bad, corrupt_jpeg(), "2016-08-09")
+    d, _ = capture_date(os.fsencode(bad), os.stat(bad).st_mtime_ns, ("exif", "mtime"))
+    assert (d.source, d.when and (d.when.year, d.when.month)) == ("mtime", (2016, 8))
+    plain = tmp_path / "plain.jpg"
+    write(plain, jpeg((0, 0, 0), None), "2015-05-05")
+    d, _ = capture_date(os.fsencode(plain), os.stat(plain).st_mtime_ns, ("exif",))
+    assert d.when is None and d.source == "none"  # exif only: goes to undated_dir
+    assert image_kind(b"\x00\x00\x00\x18ftypheic\x00\x00") == "heic"
+    assert parse_exif_datetime("0000:00:00 00:00:00") is None
+    assert parse_exif_datetime("2001:02:03 04:05:06\x00") == datetime(2001, 2, 3, 4, 5, 6)
+
+
+def test_copy_never_clobbers_and_leaves_no_temp(tmp_path: Path) -> None:
+    src, dest = tmp_path / "src.bin", tmp_path / "out" / "dest.bin"
+    write(src, os.urandom(300_000), "2020-02-02", mode=0o640)
+    res = copy_verified(os.fsencode(src), os.fsencode(dest), Identity.of(os.stat(src)))
+    assert dest.read_bytes() == src.read_bytes()
+    assert os.stat(dest).st_mtime_ns == os.stat(src).st_mtime_ns
+    assert os.stat(dest).st_mode & 0o777 == 0o640
+    assert res.bytes_written == 300_000
+    with pytest.raises(CopyError) as e:  # the name is taken: refused, original kept
+        copy_verified(os.fsencode(src), os.fsencode(dest))
+    assert e.value.reason == "exists"
+    stale = os.listdir(tmp_path / "out")
+    assert stale == ["dest.bin"]
+    stat_before = Identity.of(os.stat(src))
+    with open(src, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(CopyError) as e:  # the source is not what the index said
+        copy_verified(os.fsencode(src), os.fsencode(tmp_path / "out" / "b"), stat_before)
+    assert e.value.reason == "changed"
+    assert sorted(os.listdir(tmp_path / "out")) == ["dest.bin"]
+
+
+def test_remove_stale_temps_touches_only_our_names(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    ours = tmp_path / "d" / ".dedupd-copy.0123abcd.tmp"
+    theirs = tmp_path / "d" / ".dedupd-copy-notes.tmp"
+    ours.write_bytes(b"partial")
+    theirs.write_bytes(b"user file")
+    assert remove_stale_temps(os.fsencode(tmp_path)) == [os.fsencode(ours)]
+    assert not ours.exists() and theirs.exists()
