@@ -87,6 +87,12 @@ class TargetConfig:
     remote: str = ""
     path: str = ""
     config: Path | None = None
+    # Retries of one request to the target (S3 call or rclone command): attempts
+    # in all, and the exponential backoff between them (base doubling up to max).
+    retries: int = 5
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 30.0
+    timeout_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,7 @@ class BackupConfig:
     schedule: str = "daily 03:00"
     full_every: str = "30d"
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    spool_dir: Path | None = None  # where one chunk is spooled (default: the temp dir)
 
 
 @dataclass(frozen=True)
@@ -354,6 +361,10 @@ def _target(t: _Table) -> TargetConfig:
         remote=t.text("remote", ""),
         path=t.text("path", ""),
         config=t.path("config", None),
+        retries=t.integer("retries", 5, lo=1, hi=100),
+        retry_base_seconds=t.number("retry_base_seconds", 1.0),
+        retry_max_seconds=t.number("retry_max_seconds", 30.0),
+        timeout_seconds=t.number("timeout_seconds", 300.0, lo=1.0),
     )
     if kind == "s3" and not tc.bucket:
         raise t.err("bucket", "is required for an s3 target")
@@ -381,6 +392,7 @@ def _backup(t: _Table, name: str) -> BackupConfig:
         schedule=t.text("schedule", "daily 03:00"),
         full_every=t.text("full_every", "30d"),
         retention=retention,
+        spool_dir=t.path("spool_dir", None),
     )
     t.done()
     return b
