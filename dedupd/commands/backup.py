@@ -88,7 +88,7 @@ def run_backups(args: argparse.Namespace) -> int:
         local = {r.id: r for r in rows.for_job(store, jc.name)}
     finally:
         store.close()
-    points = []
+    points: list[dict[str, Any]] = []
     for pt in catalog.points(ms):
         m = pt.manifest
         row = local.get(m.id)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from dedupd.backup import jobs, restore, verify
+from dedupd.backup import jobs, restore, snapshots, verify
 from dedupd.backup.targets import make_target
 from dedupd.commands.common import add_common, load_config, open_store
 from dedupd.errors import EXIT_FAILURE, UsageError
@@ -117,7 +117,7 @@ def run_restore(args: argparse.Namespace) -> int:
     jc = jobs.resolve(cfg, args.job)
     target = make_target(jc.target)
     p = restore.plan(target, jc.name, args.at, args.target)
-    exists = restore.snapshots.dataset_exists(args.target)
+    exists = snapshots.dataset_exists(args.target)
     if args.dry_run:
         if args.json:
             print_json({**p.as_json(), "dry_run": True, "target_exists": exists})

@@ -9,6 +9,7 @@ Cold storage classes are not supported through rclone (use an s3 target).
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ _TRANSIENT_RC = {1, 5, 6}
 
 class RcloneTarget:
     def __init__(self, cfg: TargetConfig) -> None:
-        base = cfg.path.strip("/")
+        base = cfg.path.rstrip("/")
         self.root = f"{cfg.remote}:{base + '/' if base else ''}"
         self.description = f"rclone {self.root}"
         self.timeout = cfg.timeout_seconds
@@ -65,8 +66,20 @@ class RcloneTarget:
         extra = ["--size", str(size), "--s3-upload-cutoff", "5G"]
         if storage_class and storage_class != "STANDARD":
             extra += ["--s3-storage-class", storage_class]
-        p = proc.spawn(self._argv("rcat", *extra, self.root + key), stdin=file,
-                       stdout=subprocess.DEVNULL)
+        argv = self._argv("rcat", *extra, self.root + key)
+        try:
+            file.fileno()
+        except (OSError, io.UnsupportedOperation):
+            # An in-memory body (a manifest): feed it through a pipe.
+            p = proc.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            assert p.stdin is not None
+            try:
+                p.stdin.write(file.read())
+                p.stdin.close()
+            except BrokenPipeError:
+                pass
+        else:
+            p = proc.spawn(argv, stdin=file, stdout=subprocess.DEVNULL)
         self._wait(f"rcat {key}", p)
 
     def _wait(self, what: str, p: subprocess.Popen[bytes]) -> None:
