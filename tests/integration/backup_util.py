@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,10 @@ MiB = 1024 * 1024
 
 def make_config(tmp: Path, pool: Pool, target: dict[str, Any], **job: Any) -> Config:
     """A config with one backup job `j` of <pool>/data, parsed like a real file."""
+    return config.parse(config_dict(tmp, pool, target, **job), "test.toml")
+
+
+def config_dict(tmp: Path, pool: Pool, target: dict[str, Any], **job: Any) -> dict[str, Any]:
     retention = job.pop("retention", {"keep_local": 10, "keep_remote": 50})
     data = {
         "daemon": {"runtime_dir": str(tmp / "run")},
@@ -30,7 +36,36 @@ def make_config(tmp: Path, pool: Pool, target: dict[str, Any], **job: Any) -> Co
                        "timeout_seconds": 20.0, **target},
             **job}},
     }
-    return config.parse(data, "test.toml")
+    return data
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> Path:
+    """Just enough TOML for our config dicts (tables of scalars and string lists)."""
+    lines: list[str] = []
+
+    def emit(prefix: str, table: dict[str, Any]) -> None:
+        subs = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if prefix:
+            lines.append(f"[{prefix}]")
+        for k, v in table.items():
+            if not isinstance(v, dict):
+                lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in subs.items():
+            emit(f"{prefix}.{k}" if prefix else k, v)
+
+    emit("", data)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def s3_target(moto_url: str, bucket: str, **kw: Any) -> dict[str, Any]:
@@ -72,3 +107,23 @@ def tree(root: Path) -> dict[str, str]:
 
 def mountpoint(pool: Pool, rel: str) -> Path:
     return pool.mountpoint / rel
+
+
+def dedupd(*args: str, env: dict[str, str] | None = None, timeout: float = 300
+           ) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "dedupd", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def owned_snapshots(dataset: str) -> list[str]:
+    r = subprocess.run(["zfs", "get", "-Hp", "-r", "-d", "1", "-o", "name,value",
+                        "dedupd:job", dataset], capture_output=True, text=True, check=True)
+    return [ln.split("\t")[0] for ln in r.stdout.splitlines()
+            if "@" in ln and ln.split("\t")[1] != "-"]
+
+
+def all_snapshots(dataset: str) -> list[str]:
+    r = subprocess.run(["zfs", "get", "-Hp", "-r", "-d", "1", "-o", "name", "guid", dataset],
+                       capture_output=True, text=True, check=True)
+    return [ln for ln in r.stdout.split() if "@" in ln]
