@@ -116,11 +116,12 @@ def dedupd(*args: str, env: dict[str, str] | None = None, timeout: float = 300
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def owned_snapshots(dataset: str) -> list[str]:
+def owned_snapshots(dataset: str, job: str = "j") -> list[str]:
+    """Snapshots of dataset whose dedupd:job property names `job`."""
     r = subprocess.run(["zfs", "get", "-Hp", "-r", "-d", "1", "-o", "name,value",
                         "dedupd:job", dataset], capture_output=True, text=True, check=True)
     return [ln.split("\t")[0] for ln in r.stdout.splitlines()
-            if "@" in ln and ln.split("\t")[1] != "-"]
+            if "@" in ln and ln.split("\t")[1] == job]
 
 
 def all_snapshots(dataset: str) -> list[str]:
