@@ -103,14 +103,21 @@ class RcloneTarget:
     def get(self, key: str, out: IO[bytes]) -> None:
         p = proc.spawn(self._argv("cat", self.root + key))
         assert p.stdout is not None
+        got = 0
         try:
             while True:
                 b = p.stdout.read(READ)
                 if not b:
                     break
                 out.write(b)
+                got += len(b)
         finally:
             p.stdout.close()
+        if got == 0 and self.head(key) is None:
+            # `rclone cat` of a missing key on a bucket remote lists an empty
+            # "directory" and exits 0: never mistake that for an empty object.
+            p.wait()
+            raise TargetError(f"{self.description}: {key}: no such object")
         try:
             proc.check_exit(p, self.timeout)
         except proc.ProcError as e:
@@ -132,7 +139,7 @@ class RcloneTarget:
     def delete(self, key: str) -> None:
         r = proc.run(self._argv("deletefile", self.root + key), check=False,
                      timeout=self.timeout)
-        if r.returncode in (3, 4) or "not found" in r.stderr:
+        if r.returncode in (3, 4) or "not found" in r.stderr or "doesn't exist" in r.stderr:
             return
         self._check(f"deletefile {key}", r.returncode, r.stderr)
 
