@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ class Uploaded:
     md5s: tuple[str | None, ...]  # per chunk, when the target confirms MD5 only
     uploaded: int
     skipped: int
+    upload_seconds: float  # time spent in target requests (the rest is the stream)
 
     @property
     def total_size(self) -> int:
@@ -68,15 +70,18 @@ def upload_stream(target: Target, plan: UploadPlan,
     refs: list[ChunkRef] = []
     md5s: list[str | None] = []
     uploaded = skipped = 0
+    in_target = 0.0
     kill_at = os.environ.get(KILL_AFTER_CHUNK_ENV)
     try:
         with Spool(plan.spool_dir) as sp:
             for c in chunks(pipe.stdout, plan.chunk_size, sp, want_md5=target.wants_md5):
                 key = mf.chunk_key(plan.job, plan.backup_id, c.seq, plan.compression)
+                t = time.monotonic()
                 if _put_unless_present(target, plan, key, c):
                     uploaded += 1
                 else:
                     skipped += 1
+                in_target += time.monotonic() - t
                 refs.append(ChunkRef(key, c.size, c.sha256))
                 md5s.append(c.md5)
                 if kill_at is not None and int(kill_at) == c.seq:
@@ -87,7 +92,7 @@ def upload_stream(target: Target, plan: UploadPlan,
         pipe.kill()
         raise
     pipe.close()
-    return Uploaded(tuple(refs), tuple(md5s), uploaded, skipped)
+    return Uploaded(tuple(refs), tuple(md5s), uploaded, skipped, in_target)
 
 
 def _put_unless_present(target: Target, plan: UploadPlan, key: str, c: Chunk) -> bool:

@@ -46,7 +46,10 @@ class Target(Protocol):
     """What the backup path needs from a store. Keys never start with '/'."""
 
     description: str
-    wants_md5: bool  # True when head() can confirm MD5 only (not SHA-256)
+
+    @property
+    def wants_md5(self) -> bool:
+        """True when head() can confirm MD5 only (not SHA-256)."""
 
     def put(self, key: str, file: IO[bytes], size: int, sha256: str, md5: str | None,
             storage_class: str) -> None:

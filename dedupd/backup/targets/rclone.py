@@ -37,9 +37,26 @@ class RcloneTarget:
         if cfg.config is not None:
             self.common = ["--config", str(cfg.config), *self.common]
         self.storage_class = cfg.storage_class
-        self.wants_md5 = True  # some remotes (s3) only report MD5
+        self._hashes: list[str] | None = None
+
+    @property
+    def wants_md5(self) -> bool:
+        """True when the remote cannot report SHA-256 (rclone s3: MD5 only)."""
+        return "sha256" not in self._remote_hashes()
+
+    def _remote_hashes(self) -> list[str]:
+        """The hash types the remote knows (`rclone backend features`), asked once."""
+        if self._hashes is None:
+            r = self._run("features", self._argv("backend", "features", self.root))
+            try:
+                self._hashes = [str(h) for h in json.loads(r.text).get("Hashes") or []]
+            except (json.JSONDecodeError, AttributeError):
+                self._hashes = []
+        return self._hashes
 
     def _argv(self, cmd: str, *args: str) -> list[str]:
+        if cmd == "backend":  # `rclone backend features REMOTE`: flags go after the verb
+            return ["rclone", cmd, args[0], *self.common, *args[1:]]
         return ["rclone", cmd, *self.common, *args]
 
     def _check(self, what: str, rc: int | None, stderr: str) -> None:
@@ -89,8 +106,9 @@ class RcloneTarget:
             self._check(what, e.returncode, e.stderr)
 
     def head(self, key: str) -> ObjectInfo | None:
-        argv = self._argv("lsjson", "--files-only", "--hash-type", "SHA-256",
-                          "--hash-type", "MD5", self.root + key)
+        # Hash only what is used: on a local remote every hash type is a full read.
+        kind = "MD5" if self.wants_md5 else "SHA-256"
+        argv = self._argv("lsjson", "--files-only", "--hash-type", kind, self.root + key)
         r = proc.run(argv, check=False, timeout=self.timeout)
         if r.returncode in (3, 4):
             return None

@@ -42,7 +42,10 @@ class RetryingTarget:
     def __init__(self, inner: Target, cfg: TargetConfig) -> None:
         self.inner, self.cfg = inner, cfg
         self.description = inner.description
-        self.wants_md5 = inner.wants_md5
+
+    @property
+    def wants_md5(self) -> bool:
+        return self.inner.wants_md5
 
     def put(self, key: str, file: IO[bytes], size: int, sha256: str, md5: str | None,
             storage_class: str) -> None:
