@@ -214,8 +214,8 @@ class _Run:
                        base_guid=base.guid if base else None, created_snapshot=True)
             up = upload.upload_stream(self.target, self._plan(backup_id, spec, False),
                                       self.hooks.after_chunk)
-        upload.confirm_all(self.target, up)
-        self._drop_strays(backup_id, up)
+        for stray in upload.confirm_all(self.target, up, mf.chunk_dir(self.jc.name, backup_id)):
+            self.target.delete(stray)
         m = Manifest(
             job=self.jc.name, id=backup_id, dataset=self.jc.dataset, snapshot=snap.name,
             snapshot_guid=snap.guid, base_snapshot=base.name if base else None,
@@ -235,13 +235,6 @@ class _Run:
             level=self.jc.compression_level, chunk_size=self.jc.chunk_size,
             storage_class=self.jc.target.storage_class, spool_dir=self.jc.spool_dir,
             resuming=resuming)
-
-    def _drop_strays(self, backup_id: str, up: upload.Uploaded) -> None:
-        """Objects of this id that the manifest will not list (a longer earlier attempt)."""
-        keep = {c.key for c in up.chunks}
-        for o in self.target.list(mf.chunk_dir(self.jc.name, backup_id)):
-            if o.key not in keep:
-                self.target.delete(o.key)
 
     def _fail(self, backup_id: str, snap: Snapshot, e: BaseException) -> None:
         """A reported failure: no manifest was written, so the snapshot is not uploaded;

@@ -110,15 +110,21 @@ def _put_unless_present(target: Target, plan: UploadPlan, key: str, c: Chunk) ->
     return True
 
 
-def confirm_all(target: Target, up: Uploaded) -> None:
-    """HEAD every chunk: size and checksum as uploaded, or TargetError. No manifest otherwise."""
+def confirm_all(target: Target, up: Uploaded, folder: str) -> list[str]:
+    """Check every chunk on the target (size and checksum as uploaded) with one
+    checksummed listing of the backup's folder; TargetError if any is off, so no
+    manifest is written. Returns the keys in the folder the manifest will not
+    list (strays of a longer earlier attempt) for the caller to delete."""
+    found = {o.key: o for o in target.list(folder, checksums=True)}
     for r, md5 in zip(up.chunks, up.md5s, strict=True):
-        info = target.head(r.key)
+        info = found.pop(r.key, None)
         if info is None:
             raise TargetError(f"{r.key}: uploaded but not found on the target")
         if not confirmed(info, r.size, r.sha256, md5):
             raise TargetError(f"{r.key}: the target holds {info.size} bytes / sha256 "
-                              f"{info.sha256}, expected {r.size} / {r.sha256}")
+                              f"{info.sha256} / md5 {info.md5}, expected {r.size} / "
+                              f"{r.sha256}")
+    return sorted(found)
 
 
 def delete_prefix(target: Target, prefix: str) -> int:

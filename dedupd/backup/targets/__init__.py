@@ -61,8 +61,12 @@ class Target(Protocol):
     def get(self, key: str, out: IO[bytes]) -> None:
         """Write the object's bytes to `out`. TargetError if it is cold and not restored."""
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
-        """Objects whose key starts with `prefix` (a folder ending in '/')."""
+    def list(self, prefix: str, checksums: bool = False) -> list[ObjectInfo]:
+        """Objects whose key starts with `prefix` (a folder ending in '/').
+
+        With checksums=True each entry carries what head() would report (size,
+        sha256 or md5), in as few requests as the store allows.
+        """
 
     def delete(self, key: str) -> None:
         """Idempotent: deleting an absent object is not an error."""

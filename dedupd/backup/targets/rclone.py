@@ -143,9 +143,10 @@ class RcloneTarget:
                 raise TargetError(f"{self.description}: {key}: no such object") from None
             self._check(f"cat {key}", e.returncode, e.stderr)
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def list(self, prefix: str, checksums: bool = False) -> list[ObjectInfo]:
         folder, _, start = prefix.rpartition("/")
-        argv = self._argv("lsjson", "-R", "--files-only", self.root + folder)
+        extra = ["--hash-type", "MD5" if self.wants_md5 else "SHA-256"] if checksums else []
+        argv = self._argv("lsjson", "-R", "--files-only", *extra, self.root + folder)
         r = proc.run(argv, check=False, timeout=self.timeout)
         if r.returncode == 3:
             return []

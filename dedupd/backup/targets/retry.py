@@ -64,8 +64,8 @@ class RetryingTarget:
             self.inner.get(key, out)
         call(f"download {key}", attempt, self.cfg)
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
-        return call(f"list {prefix}", lambda: self.inner.list(prefix), self.cfg)
+    def list(self, prefix: str, checksums: bool = False) -> list[ObjectInfo]:
+        return call(f"list {prefix}", lambda: self.inner.list(prefix, checksums), self.cfg)
 
     def delete(self, key: str) -> None:
         call(f"delete {key}", lambda: self.inner.delete(key), self.cfg)

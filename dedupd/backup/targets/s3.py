@@ -100,7 +100,7 @@ class S3Target:
         finally:
             body.close()
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def _list(self, prefix: str) -> list[ObjectInfo]:
         out: list[ObjectInfo] = []
         token: str | None = None
         while True:
@@ -115,6 +115,13 @@ class S3Target:
             if not r.get("IsTruncated"):
                 return out
             token = r.get("NextContinuationToken")
+
+    def list(self, prefix: str, checksums: bool = False) -> list[ObjectInfo]:
+        objs = self._list(prefix)
+        if not checksums:
+            return objs
+        # A listing carries no user metadata: one HEAD per object.
+        return [h for h in (self.head(o.key) for o in objs) if h is not None]
 
     def delete(self, key: str) -> None:
         self._call("delete_object", key, Key=self._k(key))
