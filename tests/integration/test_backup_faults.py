@@ -62,6 +62,8 @@ def test_kill9_during_upload_resumes_without_reupload(
     bucket_path = f"/{s3_bucket}/host1/j/"
     assert not moto.requests("PUT", bucket_path + "manifests/")
     assert len(moto.requests("PUT", bucket_path + "chunks/")) == kill_at + 1
+    listed = dedupd("backups", "j", "--json", "-c", str(conf))
+    assert '"restore_points": []' in listed.stdout, "a partial backup is listed"
 
     done = dedupd("backup", "j", "--json", "-c", str(conf))
     assert done.returncode == 0, done.stderr
@@ -174,3 +176,29 @@ def test_corrupt_chunk_found_by_verify_and_restore(tmp_path: Path, zpool: Any, m
                                                        s3_target(moto.url, s3_bucket)))
     cli = dedupd("verify", "j", "--level", "metadata", "-c", str(conf))
     assert cli.returncode == 1 and "PROBLEM" in cli.stdout
+
+
+def test_changed_stream_restarts_under_new_id(tmp_path: Path, zpool: Any, moto: Moto,
+                                              s3_bucket: str) -> None:
+    """Resume finds the regenerated stream differs (here: another compression level):
+    the attempt restarts cleanly under a new id; old chunks are not mixed in."""
+    pool = zpool("256M")
+    src = _dataset(pool, random.Random(21), 8)
+    target = s3_target(moto.url, s3_bucket)
+    conf = write_toml(tmp_path / "dedupd.toml", config_dict(tmp_path, pool, target))
+    killed = dedupd("backup", "j", "-c", str(conf), env={"DEDUPD_TEST_KILL_AFTER_CHUNK": "1"})
+    assert killed.returncode == -9
+    cfg = make_config(tmp_path, pool, target, compression_level=9)
+    store = store_for(cfg)
+    try:
+        old = rows.unfinished(store, "j")
+        assert old is not None
+        r = run_job(cfg, "j", store)
+        assert r.id != old.id and r.uploaded == r.chunks
+        states = {x.id: x.state for x in rows.for_job(store, "j")}
+        assert states == {old.id: "abandoned", r.id: "complete"}
+    finally:
+        store.close()
+    keys = [o["Key"] for o in moto.client().list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert not [k for k in keys if old.id in k], "chunks of the abandoned attempt remain"
+    _restore_and_compare(cfg, pool, "restored", tree(src))

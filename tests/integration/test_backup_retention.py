@@ -84,3 +84,26 @@ def test_keep_n_many_runs(tmp_path: Path, zpool: Any, moto: Moto, s3_bucket: str
     r = run_job(cfg, "j", make_store := store_for(cfg))
     make_store.close()
     assert r.base_snapshot == newest or r.full
+
+
+def test_destroy_refuses_foreign_snapshots(zpool: Any) -> None:
+    from dedupd.backup import snapshots
+
+    pool = zpool("128M")
+    ds = pool.dataset("data")
+    subprocess.run(["zfs", "create", ds], check=True)
+    subprocess.run(["zfs", "snapshot", f"{ds}@dedupd-plain"], check=True)
+    subprocess.run(["zfs", "snapshot", "-o", "dedupd:job=other", f"{ds}@dedupd-x"],
+                   check=True)
+    mine = snapshots.create(ds, "dedupd-", "j")
+    by_name = {s.short: s for s in snapshots.list_snapshots(ds)}
+    for foreign in ("dedupd-plain", "dedupd-x"):
+        with pytest.raises(snapshots.SnapshotError, match="refusing"):
+            snapshots.destroy(by_name[foreign], "j", "dedupd-")
+    snapshots.hold(mine)
+    snapshots.hold(mine)  # idempotent
+    assert snapshots.get(mine.name).userrefs == 1  # type: ignore[union-attr]
+    snapshots.release(mine)
+    snapshots.release(mine)
+    snapshots.destroy(mine, "j", "dedupd-")
+    assert {s.short for s in snapshots.list_snapshots(ds)} == {"dedupd-plain", "dedupd-x"}
