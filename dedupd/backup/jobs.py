@@ -45,7 +45,7 @@ class BackupResult:
     skipped: int = 0
     total_size: int = 0
     seconds: float = 0.0
-    upload_seconds: float = 0.0  # in target requests (PUT/HEAD), the rest is local work
+    upload_seconds: float = 0.0  # in requests to the target; the rest is local work
     pruned_local: tuple[str, ...] = ()
     pruned_remote: tuple[str, ...] = ()
 
@@ -193,7 +193,7 @@ class _Run:
             self.jc.name, False, m.id, snap.name, base.name if base else None, resumed=resumed,
             chunks=len(m.chunks), uploaded=up.uploaded, skipped=up.skipped,
             total_size=m.total_size, seconds=time.monotonic() - self.t0,
-            upload_seconds=up.upload_seconds,
+            upload_seconds=float(getattr(self.target, "busy_seconds", up.upload_seconds)),
             pruned_local=pruned_local, pruned_remote=pruned_remote)
 
     def _send_and_commit(self, backup_id: str, snap: Snapshot, base: Snapshot | None,
