@@ -162,3 +162,12 @@ def destroy(snap: Snapshot, job: str, prefix: str) -> None:
         raise SnapshotError(f"{snap.name}: not created by dedupd job {job!r}; refusing to "
                             "destroy it")
     proc.run(["zfs", "destroy", fresh.name], timeout=300)
+
+
+def destroy_scratch(dataset: str) -> None:
+    """Destroy a dataset (and its snapshots) that a test restore just created.
+
+    The caller checked it did not exist before the restore: it holds nothing
+    but what the restore received.
+    """
+    proc.run(["zfs", "destroy", "-r", dataset], timeout=600)

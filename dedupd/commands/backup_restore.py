@@ -9,6 +9,7 @@ from typing import Any
 from dedupd.backup import jobs, restore, snapshots, verify
 from dedupd.backup.targets import make_target
 from dedupd.commands.common import add_common, load_config, open_store
+from dedupd.config import BackupConfig
 from dedupd.errors import EXIT_FAILURE, UsageError
 from dedupd.index import backups as rows
 from dedupd.output import human_bytes, print_json
@@ -20,7 +21,10 @@ Check that the job's restore points on the target are intact.
                     manifest. Downloads nothing (fine on Glacier/Deep Archive).
   --level sample    also download --sample PCT percent of the chunks and
                     compare their SHA-256 with the manifest.
-  --level full      download and check every chunk.
+  --level full      download and check every chunk; with --scratch POOL/DS,
+                    also test-restore the newest point (or --at) into that new
+                    dataset (the whole chain through zfs receive), then destroy
+                    the scratch dataset again.
 
 exit status: 0 all intact, 1 a problem was found (listed), 75 target unreachable.
 """
@@ -52,6 +56,9 @@ def register(sub: Any) -> None:
     v.add_argument("--sample", type=float, default=10.0, metavar="PCT",
                    help="percentage of chunks downloaded at --level sample (default 10)")
     v.add_argument("--at", metavar="POINT", help="only this restore point and its chain")
+    v.add_argument("--scratch", metavar="POOL/DATASET",
+                   help="--level full: test-restore into this dataset (must not exist; "
+                   "destroyed afterwards)")
     add_common(v)
     v.set_defaults(func=run_verify)
 
@@ -92,8 +99,14 @@ def run_verify(args: argparse.Namespace) -> int:
     finally:
         store.close()
     bad = [x for x in results if not x.ok]
+    scratch = None
+    if args.scratch and not bad:
+        if args.level != "full":
+            raise UsageError("--scratch needs --level full")
+        scratch = _test_restore(jc, args.at, args.scratch)
     if args.json:
         print_json({"job": jc.name, "level": args.level, "ok": not bad,
+                    "test_restore": scratch,
                     "restore_points": [x.as_json() for x in results]})
     else:
         for x in results:
@@ -104,7 +117,24 @@ def run_verify(args: argparse.Namespace) -> int:
                 print(f"  {p}")
         print(f"{jc.name}: {len(results)} restore points, {len(bad)} with problems "
               f"(level {args.level})")
+        if scratch:
+            print(f"test restore of {scratch} into {args.scratch}: ok (scratch destroyed)")
     return EXIT_FAILURE if bad else 0
+
+
+def _test_restore(jc: BackupConfig, at: str | None, scratch: str) -> str:
+    """Receive the chain into a scratch dataset that we create, then destroy it."""
+    if snapshots.dataset_exists(scratch):
+        raise UsageError(f"--scratch {scratch} exists; name a dataset that does not")
+    target = make_target(jc.target)
+    p = restore.plan(target, jc.name, at, scratch)
+    try:
+        restore.run(target, p, verify_first=False, force=False, spool_dir=jc.spool_dir,
+                    report=_say)
+    finally:
+        if snapshots.dataset_exists(scratch):
+            snapshots.destroy_scratch(scratch)
+    return p.point.snapshot
 
 
 def _say(msg: str) -> None:

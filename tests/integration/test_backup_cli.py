@@ -87,7 +87,11 @@ def test_cli_cold_storage_backup_list_verify_restore(tmp_path: Path, zpool: Any,
     assert "requested restore" not in done.stderr  # resumed: nothing asked twice
     assert tree(mountpoint(pool, "restored")) == expected
 
-    verified = dedupd("verify", "j", "--level", "full", "--json", *c)
-    assert json.loads(verified.stdout)["ok"] is True
+    verified = dedupd("verify", "j", "--level", "full", "--json", "--scratch",
+                      pool.dataset("scratch"), *c)
+    doc = json.loads(verified.stdout)
+    assert doc["ok"] is True and doc["test_restore"] == pts[1]["snapshot"]
+    assert subprocess.run(["zfs", "list", pool.dataset("scratch")],
+                          capture_output=True).returncode != 0
     after = json.loads(dedupd("backups", "j", "--json", *c).stdout)["restore_points"]
     assert [p["verified"] for p in after] == ["full", "full"]
