@@ -135,14 +135,13 @@ def receive_argv(target_dataset: str, incremental: bool, force: bool) -> list[st
     return ["zfs", "receive", *flags, target_dataset]
 
 
-def receive_one(target: Target, m: Manifest, target_dataset: str, spool: Spool,
-                force: bool) -> None:
+def receive_one(target: Target, m: Manifest, target_dataset: str, spool: Spool) -> None:
     """Replay one stream: verified chunks -> decompressor -> zfs receive."""
     stages: list[list[str]] = []
     dec = compress.decompress_argv(m.compression)
     if dec:
         stages.append(dec)
-    stages.append(receive_argv(target_dataset, not m.full, force))
+    stages.append(receive_argv(target_dataset, not m.full, False))
     pipe = compress.Pipeline(stages, stdin=subprocess.PIPE)
     sink = pipe.procs[0].stdin
     assert sink is not None
@@ -152,6 +151,10 @@ def receive_one(target: Target, m: Manifest, target_dataset: str, spool: Spool,
             while b := f.read(READ_SIZE):
                 sink.write(b)
         sink.close()
+    except BrokenPipeError:
+        # zfs receive (or the decompressor) quit early: its own error says why.
+        pipe.close(timeout=None)
+        raise DedupdError(f"zfs receive of {m.id} stopped reading its stream") from None
     except BaseException:
         pipe.kill()  # zfs discards a partially received stream
         raise
@@ -160,18 +163,27 @@ def receive_one(target: Target, m: Manifest, target_dataset: str, spool: Spool,
 
 def run(target: Target, p: RestorePlan, *, verify_first: bool, force: bool,
         spool_dir: Path | None, report: Report) -> None:
-    """Receive the chain into p.target_dataset (which must not exist unless force)."""
+    """Receive the chain into p.target_dataset (which must not exist unless force).
+
+    An existing target (force: the user confirmed overwriting it) is destroyed
+    only after every chunk of the chain has been downloaded and verified, right
+    before the receive. (A receive into a sibling plus `zfs rename` would keep
+    it until the end, but zfs-fuse cannot rename datasets.)
+    """
     exists = snapshots.dataset_exists(p.target_dataset)
     if exists and not force:
         raise DedupdError(f"{p.target_dataset} exists; restore into a new dataset, or "
                           "confirm overwriting it")
     with Spool(spool_dir) as sp:
-        if verify_first:
+        if verify_first or exists:
             verify_chain(target, p, sp, report)
+        if exists:
+            report(f"destroying {p.target_dataset} to receive the restore in its place")
+            snapshots.destroy_confirmed(p.target_dataset)
         for m in p.chain:
             report(f"receiving {m.snapshot} ({'full' if m.full else 'incremental'}, "
                    f"{len(m.chunks)} chunks) into {p.target_dataset}")
             try:
-                receive_one(target, m, p.target_dataset, sp, force and m.full)
+                receive_one(target, m, p.target_dataset, sp)
             except proc.ProcError as e:
                 raise DedupdError(f"zfs receive of {m.id} failed: {e}") from None

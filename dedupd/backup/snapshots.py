@@ -170,4 +170,21 @@ def destroy_scratch(dataset: str) -> None:
     The caller checked it did not exist before the restore: it holds nothing
     but what the restore received.
     """
-    proc.run(["zfs", "destroy", "-r", dataset], timeout=600)
+    _destroy_tree(dataset)
+
+
+def destroy_confirmed(dataset: str) -> None:
+    """Destroy a restore target the user confirmed may be overwritten (restore --yes)."""
+    _destroy_tree(dataset)
+
+
+def _destroy_tree(dataset: str, tries: int = 6) -> None:
+    """`zfs destroy -r -f`, retried while zfs says "busy": zfs-fuse reports a
+    just-written dataset busy for a moment after its last file was closed."""
+    for attempt in range(tries):
+        r = proc.run(["zfs", "destroy", "-r", "-f", dataset], timeout=600, check=False)
+        if r.returncode == 0:
+            return
+        if "busy" not in r.stderr or attempt == tries - 1:
+            raise SnapshotError(f"zfs destroy -r {dataset}: {r.stderr.strip()}")
+        time.sleep(0.5 * (attempt + 1))

@@ -86,6 +86,10 @@ def test_cli_cold_storage_backup_list_verify_restore(tmp_path: Path, zpool: Any,
     assert done.returncode == 0, done.stderr
     assert "requested restore" not in done.stderr  # resumed: nothing asked twice
     assert tree(mountpoint(pool, "restored")) == expected
+    (mountpoint(pool, "restored") / "stray.txt").write_text("overwritten by a restore")
+    again = dedupd("restore", "j", "--target", dest, "--yes", "--poll", "0.1", *c)
+    assert again.returncode == 0, again.stderr  # an existing target is overwritten
+    assert tree(mountpoint(pool, "restored")) == expected
 
     verified = dedupd("verify", "j", "--level", "full", "--json", "--scratch",
                       pool.dataset("scratch"), *c)
