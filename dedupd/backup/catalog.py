@@ -7,6 +7,7 @@ an earlier manifest of the same job.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from dedupd.backup import manifest as mf
@@ -15,13 +16,20 @@ from dedupd.backup.manifest import Manifest, ManifestError
 from dedupd.backup.targets import Target
 from dedupd.errors import DedupdError
 
+log = logging.getLogger("dedupd.backup")
+
 
 class ChainError(DedupdError):
     """A restore point's chain is broken (a base manifest is missing)."""
 
 
-def load(target: Target, job: str) -> list[Manifest]:
-    """Every manifest of the job, oldest first. Unreadable ones raise ManifestError."""
+def load(target: Target, job: str, *, strict: bool = False) -> list[Manifest]:
+    """Every readable manifest of the job, oldest first.
+
+    An unreadable one (damaged, or written by a newer dedupd) is skipped with a
+    warning, or raises ManifestError when strict: it must not stop new backups,
+    and nothing is ever deleted on the strength of it (see manifest_ids).
+    """
     out: list[Manifest] = []
     with Spool() as sp:
         for o in target.list(mf.manifest_dir(job)):
@@ -29,8 +37,19 @@ def load(target: Target, job: str) -> list[Manifest]:
                 continue
             target.get(o.key, sp.file)
             sp.file.seek(0)
-            out.append(Manifest.from_bytes(sp.file.read(), o.key))
+            try:
+                out.append(Manifest.from_bytes(sp.file.read(), o.key))
+            except ManifestError as e:
+                if strict:
+                    raise
+                log.warning("%s; skipping it", e)
     return sorted(out, key=lambda m: (m.created, m.id))
+
+
+def manifest_ids(target: Target, job: str) -> set[str]:
+    """Ids that have a manifest object at all, readable or not."""
+    ids = (mf.id_of_manifest_key(o.key) for o in target.list(mf.manifest_dir(job)))
+    return {i for i in ids if i is not None}
 
 
 def parent(ms: list[Manifest], m: Manifest) -> Manifest | None:

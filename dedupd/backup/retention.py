@@ -83,12 +83,14 @@ def prune_remote(target: Target, jc: BackupConfig, store: Store, ms: list[Manife
             rows.set_state(store, m.id, "deleted")
         log.info("%s: pruned remote restore point %s (%s)", jc.name, m.id, m.snapshot)
     if not dry_run:
-        _drop_orphans(target, jc, store, {m.id for m in ms})
+        doomed_ids = {m.id for m in doomed}
+        _drop_orphans(target, jc, store, catalog.manifest_ids(target, jc.name) - doomed_ids)
     return tuple(m.id for m in doomed)
 
 
 def _drop_orphans(target: Target, jc: BackupConfig, store: Store, listed: set[str]) -> None:
-    """Chunks of failed or abandoned attempts: no manifest, not the unfinished one."""
+    """Chunks of failed or abandoned attempts: no manifest object (readable or not),
+    not the unfinished attempt being resumed."""
     running = rows.unfinished(store, jc.name)
     live = listed | ({running.id} if running else set())
     seen: set[str] = set()

@@ -84,6 +84,11 @@ def verify(target: Target, job: str, level: str, *, sample_pct: float = 10.0,
     chosen = ms if at is None else catalog.chain(ms, catalog.find(ms, at))
     rng = random.Random(seed)
     out = []
+    if at is None:
+        for bad in sorted(catalog.manifest_ids(target, job) - {m.id for m in ms}):
+            out.append(PointResult(bad, "?", problems=[
+                f"{mf.manifest_key(job, bad)}: manifest unreadable (damaged, or from a newer "
+                "dedupd)"]))
     with Spool(spool_dir) as sp:
         for m in chosen:
             res = verify_point(target, job, m, level, sample_pct, sp, rng)

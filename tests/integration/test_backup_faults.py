@@ -177,6 +177,20 @@ def test_corrupt_chunk_found_by_verify_and_restore(tmp_path: Path, zpool: Any, m
     cli = dedupd("verify", "j", "--level", "metadata", "-c", str(conf))
     assert cli.returncode == 1 and "PROBLEM" in cli.stdout
 
+    # a damaged manifest: reported by verify, skipped (not fatal) by the next backup,
+    # and its chunks are not swept as orphans
+    mkey = f"host1/j/manifests/{ms[1].id}.json"
+    moto.client().put_object(Bucket=s3_bucket, Key=mkey, Body=b"{not json")
+    meta = verify.verify(tgt, "j", "metadata")
+    assert any(x.id == ms[1].id and "unreadable" in x.problems[0] for x in meta)
+    store = store_for(cfg)
+    try:
+        run_job(cfg, "j", store)
+    finally:
+        store.close()
+    keys = [o["Key"] for o in moto.client().list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert any(ms[1].id in k and "/chunks/" in k for k in keys)
+
 
 def test_changed_stream_restarts_under_new_id(tmp_path: Path, zpool: Any, moto: Moto,
                                               s3_bucket: str) -> None:
