@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dedupd.backup import catalog, retention, snapshots, upload
@@ -69,7 +69,6 @@ class Hooks:
     """Test seams: after_chunk(seq) runs after each chunk is uploaded."""
 
     after_chunk: Callable[[int], None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve(cfg: Config, job: str | BackupConfig) -> BackupConfig:
