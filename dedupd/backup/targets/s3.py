@@ -11,6 +11,7 @@ with exit 75.
 from __future__ import annotations
 
 import base64
+import logging
 from typing import IO, Any
 
 import boto3
@@ -21,6 +22,8 @@ from dedupd.backup.targets import COLD_CLASSES, ObjectInfo, TargetError, Transie
 from dedupd.config import TargetConfig
 
 READ = 1024 * 1024
+# botocore logs "Found credentials in ..." at INFO on every run: noise in our logs.
+logging.getLogger("botocore").setLevel(logging.WARNING)
 _TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException",
                     "InternalError", "ServiceUnavailable", "RequestTimeTooSkewed"}
 _NETWORK = (bex.EndpointConnectionError, bex.ConnectionClosedError, bex.ReadTimeoutError,
