@@ -7,6 +7,7 @@ The example `etc/dedupd.toml` documents every key; tests check they agree.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ MODES = ("apply", "dry-run")
 COMPRESSIONS = ("zstd", "gzip", "pigz", "none")
 TARGET_KINDS = ("s3", "rclone")
 MAX_CHUNK = 5 * 1024**3  # S3's PutObject limit
+_FULL_EVERY = re.compile(r"^\s*(never|\d+|\d+(\.\d+)?[dhms])\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -394,6 +396,9 @@ def _backup(t: _Table, name: str) -> BackupConfig:
         retention=retention,
         spool_dir=t.path("spool_dir", None),
     )
+    if not _FULL_EVERY.match(b.full_every):
+        raise t.err("full_every", f"must be an age like 30d/12h or a chain length like 10 "
+                    f"(or never); got {b.full_every!r}")
     t.done()
     return b
 
