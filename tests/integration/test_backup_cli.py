@@ -99,3 +99,6 @@ def test_cli_cold_storage_backup_list_verify_restore(tmp_path: Path, zpool: Any,
                           capture_output=True).returncode != 0
     after = json.loads(dedupd("backups", "j", "--json", *c).stdout)["restore_points"]
     assert [p["verified"] for p in after] == ["full", "full"]
+    sample = json.loads(dedupd("verify", "j", "--level", "sample", "--sample", "50",
+                               "--json", *c).stdout)
+    assert sample["ok"] and all(p["chunks_downloaded"] >= 1 for p in sample["restore_points"])
