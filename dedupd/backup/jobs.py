@@ -119,6 +119,9 @@ class _Run:
     def run(self, dry_run: bool, full: bool) -> BackupResult:
         ms = catalog.load(self.target, self.jc.name)
         row = rows.unfinished(self.store, self.jc.name)
+        if row is not None and full and row.base_guid is not None and not dry_run:
+            self._abandon(row, "a full backup was asked for")
+            row = None
         if row is not None:
             resumable = self._resumable(row, ms)
             if resumable is not None and dry_run:
@@ -153,6 +156,15 @@ class _Run:
             return None
         log.info("%s: resuming unfinished backup %s of %s", self.jc.name, row.id, snap.name)
         return snap, base
+
+    def _abandon(self, row: rows.BackupRow, why: str) -> None:
+        """Give up an unfinished incremental attempt: its snapshot (ours, never
+        uploaded) goes; its chunks are swept by the next remote prune."""
+        log.info("%s: abandoning unfinished backup %s: %s", self.jc.name, row.id, why)
+        rows.finish(self.store, row.id, "abandoned", error=why)
+        snap = snapshots.get(row.snapshot)
+        if snap is not None and snap.guid == row.guid and row.created_snapshot:
+            snapshots.destroy(snap, self.jc.name, self.jc.snapshot_prefix)
 
     def _choose_base(self, ms: list[Manifest]) -> Snapshot | None:
         """The newest uploaded-and-confirmed snapshot still present locally, unless a

@@ -41,7 +41,9 @@ def register(sub: Any) -> None:
                        description=BACKUP_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("job", metavar="JOB", help="a [backups.JOB] table of the config")
-    p.add_argument("--full", action="store_true", help="send a full stream, not incremental")
+    p.add_argument("--full", action="store_true",
+                   help="send a full stream, not an incremental (an unfinished incremental "
+                   "attempt is given up rather than resumed)")
     add_common(p, dry_run=True)
     p.set_defaults(func=run_backup)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dedupd.backup import Hooks, catalog, restore, run_job, verify
+from dedupd.backup import Hooks, catalog, restore, run_job, snapshots, verify
 from dedupd.backup.targets import make_target
 from dedupd.errors import EXIT_TEMPFAIL, TemporaryFailure
 from dedupd.index import backups as rows
@@ -215,4 +215,31 @@ def test_changed_stream_restarts_under_new_id(tmp_path: Path, zpool: Any, moto: 
         store.close()
     keys = [o["Key"] for o in moto.client().list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert not [k for k in keys if old.id in k], "chunks of the abandoned attempt remain"
+    _restore_and_compare(cfg, pool, "restored", tree(src))
+
+
+def test_full_gives_up_an_unfinished_incremental(tmp_path: Path, zpool: Any, moto: Moto,
+                                                 s3_bucket: str) -> None:
+    pool = zpool("256M")
+    src = _dataset(pool, random.Random(31), 1)
+    target = s3_target(moto.url, s3_bucket)
+    conf = write_toml(tmp_path / "dedupd.toml", config_dict(tmp_path, pool, target))
+    assert dedupd("backup", "j", "-c", str(conf)).returncode == 0
+    write_files(src / "more", random.Random(32), 6, 512 * 1024)
+    killed = dedupd("backup", "j", "-c", str(conf), env={"DEDUPD_TEST_KILL_AFTER_CHUNK": "0"})
+    assert killed.returncode == -9
+    cfg = make_config(tmp_path, pool, target)
+    store = store_for(cfg)
+    try:
+        old = rows.unfinished(store, "j")
+        assert old is not None and old.base_guid is not None
+        r = run_job(cfg, "j", store, full=True)
+        assert r.full and not r.resumed
+        assert rows.get(store, old.id).state == "abandoned"  # type: ignore[union-attr]
+        # names can repeat within a second: the old attempt's snapshot is gone by GUID
+        assert old.guid not in {x.guid for x in snapshots.list_snapshots(pool.dataset("data"))}
+    finally:
+        store.close()
+    keys = [o["Key"] for o in moto.client().list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert not [k for k in keys if old.id in k]
     _restore_and_compare(cfg, pool, "restored", tree(src))
