@@ -100,6 +100,22 @@ def time_pipeline(snap: str) -> float:
     return time.monotonic() - t
 
 
+def time_stream_stage(snap: str, chunk: int) -> float:
+    """dedupd's own stream stage in-process: send | zstd | chunk + SHA-256 + spool,
+    no upload: the part of `dedupd backup` that replaces the rival pipeline."""
+    sys.path.insert(0, str(ROOT))
+    from dedupd.backup import compress
+    from dedupd.backup.chunker import Spool, chunks
+
+    t = time.monotonic()
+    pipe = compress.send_pipeline(["zfs", "send", snap], "zstd", 3)
+    with Spool() as sp:
+        for _ in chunks(pipe.stdout, chunk, sp):
+            pass
+    pipe.close()
+    return time.monotonic() - t
+
+
 def time_dedupd(conf: Path, job: str, env: dict[str, str]) -> tuple[float, int, int, dict]:
     argv = ["/usr/bin/time", "-v", sys.executable, "-m", "dedupd", "backup", job, "--full",
             "--json", "-c", str(conf)]
@@ -151,13 +167,14 @@ def main() -> int:
                      aws_access_key_id="b", aws_secret_access_key="b").create_bucket(
             Bucket="bench")
         time_pipeline(f"{pool}/data@rival")  # warm the cache for everyone
-        rows: dict[str, list[float]] = {"pipeline": [], "rclone": [], "s3": [],
+        rows: dict[str, list[float]] = {"pipeline": [], "stage": [], "rclone": [], "s3": [],
                                         "rclone-local-work": [], "s3-local-work": []}
         mem: dict[str, int] = {}
         spool: dict[str, int] = {}
         stored = 0
         for _ in range(a.rounds):
             rows["pipeline"].append(time_pipeline(f"{pool}/data@rival"))
+            rows["stage"].append(time_stream_stage(f"{pool}/data@rival", a.chunk_mib << 20))
             for job in ("rclone", "s3"):
                 wall, rss, peak, res = time_dedupd(conf, job, env)
                 rows[job].append(wall)
@@ -213,6 +230,9 @@ def report(a: argparse.Namespace, stream: int, stored: int, rows: dict[str, list
           f"{'temp disk':>10}")
     print(f"{'zfs send | zstd -3 > /dev/null':44} {base:8.2f} {stream / mib / base:8.1f} "
           f"{1.0:6.2f} {'-':>9} {'0':>10}")
+    st = statistics.median(rows["stage"])
+    print(f"{'dedupd stream stage (no upload), same snapshot':44} {st:8.2f} "
+          f"{stream / mib / st:8.1f} {base / st:6.2f} {'-':>9} {a.chunk_mib:8.1f}MB")
     for job, label in (("rclone", "dedupd backup -> rclone local remote"),
                        ("s3", "dedupd backup -> S3 (moto_server, 127.0.0.1)")):
         t = statistics.median(rows[job])
