@@ -187,9 +187,20 @@ def main() -> int:
         if moto is not None:
             os.kill(moto.pid, signal.SIGTERM)
             moto.wait()
-        subprocess.run(["zpool", "destroy", "-f", pool], capture_output=True)
+        destroy_pool(pool)
         shutil.rmtree(base, ignore_errors=True)
     return 0
+
+
+def destroy_pool(pool: str) -> None:
+    """Retry: zfs-fuse says "pool is busy" for a while after a heavy run."""
+    for attempt in range(10):
+        subprocess.run(["zpool", "destroy", "-f", pool], capture_output=True)
+        if subprocess.run(["zpool", "list", "-H", pool], capture_output=True).returncode:
+            return
+        time.sleep(0.5 * (attempt + 1))
+    print(f"warning: could not destroy pool {pool}; run `zpool destroy -f {pool}`",
+          file=sys.stderr)
 
 
 def wait_port(port: int) -> None:
