@@ -161,26 +161,57 @@ def receive_one(target: Target, m: Manifest, target_dataset: str, spool: Spool) 
     pipe.close(timeout=None)
 
 
+def already_received(p: RestorePlan) -> int:
+    """How many streams of the chain an existing target already holds.
+
+    The target continues the chain when its newest snapshot is chain[k]'s (by
+    GUID) and chain[0..k] are all there: a restore interrupted between streams,
+    or an older restore point being brought forward. 0 otherwise.
+    """
+    if not snapshots.dataset_exists(p.target_dataset):
+        return 0
+    snaps = snapshots.list_snapshots(p.target_dataset)
+    if not snaps:
+        return 0
+    have = {s.guid for s in snaps}
+    newest = snaps[-1].guid
+    for k, m in enumerate(p.chain):
+        if m.snapshot_guid == newest:
+            return k + 1 if all(x.snapshot_guid in have for x in p.chain[: k + 1]) else 0
+    return 0
+
+
 def run(target: Target, p: RestorePlan, *, verify_first: bool, force: bool,
         spool_dir: Path | None, report: Report) -> None:
     """Receive the chain into p.target_dataset (which must not exist unless force).
 
-    An existing target (force: the user confirmed overwriting it) is destroyed
-    only after every chunk of the chain has been downloaded and verified, right
-    before the receive. (A receive into a sibling plus `zfs rename` would keep
-    it until the end, but zfs-fuse cannot rename datasets.)
+    A target that already holds the start of the chain (already_received) only
+    gets the missing incrementals (-F rolls back changes made since its newest
+    snapshot). Any other existing target (force: the user confirmed overwriting
+    it) is destroyed only after every chunk of the chain has been downloaded and
+    verified, right before the receive. (A receive into a sibling plus `zfs
+    rename` would keep it until the end, but zfs-fuse cannot rename datasets.)
     """
     exists = snapshots.dataset_exists(p.target_dataset)
     if exists and not force:
         raise DedupdError(f"{p.target_dataset} exists; restore into a new dataset, or "
                           "confirm overwriting it")
+    done = already_received(p) if exists else 0
+    todo = p.chain[done:]
+    if done:
+        report(f"{p.target_dataset} already holds {p.chain[done - 1].snapshot} "
+               f"({done} of {len(p.chain)} streams); receiving the rest")
+    if done == len(p.chain):
+        # Already at that point: only undo whatever changed since (confirmed).
+        snapshots.rollback_to_newest(p.target_dataset)
+        return
     with Spool(spool_dir) as sp:
-        if verify_first or exists:
-            verify_chain(target, p, sp, report)
-        if exists:
+        if verify_first or (exists and not done):
+            verify_chain(target, RestorePlan(p.point, todo, p.target_dataset), sp, report)
+        if exists and not done:
             report(f"destroying {p.target_dataset} to receive the restore in its place")
             snapshots.destroy_confirmed(p.target_dataset)
-        for m in p.chain:
+        for m in todo:
             report(f"receiving {m.snapshot} ({'full' if m.full else 'incremental'}, "
                    f"{len(m.chunks)} chunks) into {p.target_dataset}")
             try:

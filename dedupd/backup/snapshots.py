@@ -173,6 +173,13 @@ def destroy_scratch(dataset: str) -> None:
     _destroy_tree(dataset)
 
 
+def rollback_to_newest(dataset: str) -> None:
+    """Undo changes made since the dataset's newest snapshot (a confirmed restore)."""
+    snaps = list_snapshots(dataset)
+    if snaps:
+        proc.run(["zfs", "rollback", snaps[-1].name], timeout=600)
+
+
 def destroy_confirmed(dataset: str) -> None:
     """Destroy a restore target the user confirmed may be overwritten (restore --yes)."""
     _destroy_tree(dataset)

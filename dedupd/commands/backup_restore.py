@@ -38,8 +38,11 @@ once and waits, showing what it waits for (re-running resumes the wait), then
 downloads every chunk and checks its SHA-256 before anything is received, and
 replays each stream through the decompressor into `zfs receive`.
 
-The target dataset should not exist. If it does, restoring overwrites it
-(zfs receive -F). You are asked to confirm unless --yes (without a terminal,
+The target dataset should not exist. If it already holds the start of the
+chain (an interrupted restore, or an older restore point), only the missing
+incrementals are received and changes made since its newest snapshot are
+rolled back; any other existing target is destroyed - after the whole chain
+has been verified - and received anew. You are asked to confirm unless --yes (without a terminal,
 --yes is required); --dry-run shows the plan only.
 
 exit status: 0 restored, 1 failure (a corrupt chunk, a broken chain), 75 objects

@@ -88,8 +88,13 @@ def test_cli_cold_storage_backup_list_verify_restore(tmp_path: Path, zpool: Any,
     assert tree(mountpoint(pool, "restored")) == expected
     (mountpoint(pool, "restored") / "stray.txt").write_text("overwritten by a restore")
     again = dedupd("restore", "j", "--target", dest, "--yes", "--poll", "0.1", *c)
-    assert again.returncode == 0, again.stderr  # an existing target is overwritten
+    assert again.returncode == 0, again.stderr  # already there: changes rolled back
     assert tree(mountpoint(pool, "restored")) == expected
+    subprocess.run(["zfs", "create", pool.dataset("other")], check=True)
+    (mountpoint(pool, "other") / "unrelated.txt").write_text("replaced by the restore")
+    over = dedupd("restore", "j", "--target", pool.dataset("other"), "--yes", *c)
+    assert over.returncode == 0 and "destroying" in over.stderr, over.stderr
+    assert tree(mountpoint(pool, "other")) == expected
 
     verified = dedupd("verify", "j", "--level", "full", "--json", "--scratch",
                       pool.dataset("scratch"), *c)

@@ -26,13 +26,17 @@ from tests.integration.backup_util import (
 pytestmark = pytest.mark.integration
 
 
-def _restore(cfg: Any, pool: Any, at: str | None, dest: str) -> None:
+def _restore(cfg: Any, pool: Any, at: str | None, dest: str, force: bool = False) -> None:
     jc = cfg.backups["j"]
     tgt = make_target(jc.target)
     p = restore.plan(tgt, "j", at, dest)
     restore.thaw(tgt, p, wait=True, poll_seconds=0.1, max_wait=30, days=1,
                  report=lambda m: None)
-    restore.run(tgt, p, verify_first=True, force=False, spool_dir=None, report=lambda m: None)
+    said: list[str] = []
+    restore.run(tgt, p, verify_first=True, force=force, spool_dir=None, report=said.append)
+    if force:
+        assert any("receiving the rest" in x for x in said), said
+        assert not any("destroying" in x for x in said), said
 
 
 def _chain_roundtrip(tmp_path: Path, pool: Any, target: dict[str, Any], *, steps: int,
@@ -67,6 +71,9 @@ def _chain_roundtrip(tmp_path: Path, pool: Any, target: dict[str, Any], *, steps
             dest = pool.dataset(f"restored{idx}")
             _restore(cfg, pool, snap.split("@", 1)[1], dest)
             assert tree(mountpoint(pool, f"restored{idx}")) == expected
+        if steps > 2:  # bring the older restore forward: only the missing streams
+            _restore(cfg, pool, None, pool.dataset("restored1"), force=True)
+            assert tree(mountpoint(pool, "restored1")) == states[-1][1]
     finally:
         store.close()
 
