@@ -7,6 +7,7 @@ The example `etc/dedupd.toml` documents every key; tests check they agree.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ MODES = ("apply", "dry-run")
 COMPRESSIONS = ("zstd", "gzip", "pigz", "none")
 TARGET_KINDS = ("s3", "rclone")
 MAX_CHUNK = 5 * 1024**3  # S3's PutObject limit
+_FULL_EVERY = re.compile(r"^\s*(never|\d+|\d+(\.\d+)?[dhms])\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,12 @@ class TargetConfig:
     remote: str = ""
     path: str = ""
     config: Path | None = None
+    # Retries of one request to the target (S3 call or rclone command): attempts
+    # in all, and the exponential backoff between them (base doubling up to max).
+    retries: int = 5
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 30.0
+    timeout_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,7 @@ class BackupConfig:
     schedule: str = "daily 03:00"
     full_every: str = "30d"
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    spool_dir: Path | None = None  # where one chunk is spooled (default: the temp dir)
 
 
 @dataclass(frozen=True)
@@ -360,6 +369,10 @@ def _target(t: _Table) -> TargetConfig:
         remote=t.text("remote", ""),
         path=t.text("path", ""),
         config=t.path("config", None),
+        retries=t.integer("retries", 5, lo=1, hi=100),
+        retry_base_seconds=t.number("retry_base_seconds", 1.0),
+        retry_max_seconds=t.number("retry_max_seconds", 30.0),
+        timeout_seconds=t.number("timeout_seconds", 300.0, lo=1.0),
     )
     if kind == "s3" and not tc.bucket:
         raise t.err("bucket", "is required for an s3 target")
@@ -387,7 +400,11 @@ def _backup(t: _Table, name: str) -> BackupConfig:
         schedule=t.text("schedule", "daily 03:00"),
         full_every=t.text("full_every", "30d"),
         retention=retention,
+        spool_dir=t.path("spool_dir", None),
     )
+    if not _FULL_EVERY.match(b.full_every):
+        raise t.err("full_every", f"must be an age like 30d/12h or a chain length like 10 "
+                    f"(or never); got {b.full_every!r}")
     t.done()
     return b
 

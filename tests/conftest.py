@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.consolidate",
     "tests.fixtures.mergerfs",
     "tests.fixtures.daemon",
+    "tests.fixtures.s3",
 ]

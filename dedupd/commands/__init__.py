@@ -1,6 +1,8 @@
 """Subcommands. Each module has register(subparsers); add new ones to COMMANDS."""
 
 from dedupd.commands import (
+    backup,
+    backup_restore,
     check_config,
     consolidate,
     ctl,
@@ -14,4 +16,4 @@ from dedupd.commands import (
 )
 
 COMMANDS = [scan, run, status, ctl, check_config, journal, recover, consolidate, where,
-            import_report]
+            import_report, backup, backup_restore]

@@ -129,3 +129,27 @@ ops = Table(
     Column("updated", Float, nullable=False),
     Index("ix_ops_state", "state"),
 )
+
+# --- backups (dedupd/index/backups.py holds the queries) ---
+# One row per backup attempt. The remote manifest is the commit marker and the
+# source of truth; this table remembers what a run was doing so the next run can
+# resume it (state "uploading") and what `dedupd backups` reports locally.
+backups = Table(
+    "backups", metadata,
+    Column("id", String(200), primary_key=True),  # backup id, also the object-key folder
+    Column("job", String(200), nullable=False),
+    Column("dataset", Text, nullable=False),
+    Column("snapshot", Text, nullable=False),  # full name pool/ds@snap
+    Column("guid", String(40), nullable=False),  # decimal text: GUIDs use all 64 bits
+    Column("base_guid", String(40)),
+    Column("state", String(20), nullable=False),  # uploading|complete|failed|abandoned|deleted
+    Column("created_snapshot", Integer, nullable=False, default=0),  # 1: this run made it
+    Column("chunks", Integer, nullable=False, default=0),
+    Column("total_size", BigInteger, nullable=False, default=0),
+    Column("started", Float, nullable=False),
+    Column("finished", Float),
+    Column("verified_at", Float),
+    Column("verify_level", String(20)),
+    Column("error", Text),
+    Index("ix_backups_job_state", "job", "state"),
+)

@@ -1,0 +1,258 @@
+"""`dedupd backup` vs the plain pipeline `zfs send | zstd > /dev/null`, same data.
+
+Builds a zfs-fuse pool with a mixed dataset (half random, half text), then, in
+alternation: the rival pipeline on a snapshot, and `dedupd backup --full` to an
+rclone local remote and to S3 (moto_server on 127.0.0.1). Prints throughput
+(send-stream bytes / wall seconds), the ratio to the pipeline, peak RSS of the
+dedupd process tree (GNU time), and peak temp disk (the spooled chunk, sampled
+from /proc/PID/fd).
+
+    python bench/bench_backup.py [--data-mib 768] [--chunk-mib 64] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sh(*argv: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), check=True, capture_output=True, text=True, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+def ensure_zfs() -> None:
+    if subprocess.run(["zpool", "list", "-H"], capture_output=True).returncode != 0:
+        sys.exit("zfs-fuse is not running (start it with `zfs-fuse`); bench needs it")
+
+
+def make_data(root: Path, mib: int) -> None:
+    rng = random.Random(1)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(mib // 4):
+        if i % 2:
+            data = rng.randbytes(4 * 1024 * 1024)
+        else:
+            line = f"line {i} of some fairly repetitive text {rng.random()}\n".encode()
+            data = (line * (4 * 1024 * 1024 // len(line) + 1))[: 4 * 1024 * 1024]
+        (root / f"f{i:04d}.bin").write_bytes(data)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PeakSpool(threading.Thread):
+    """Samples the size of dedupd's spooled chunk (an unlinked temp file) via /proc."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, 0, False
+        self.tmp = tempfile.gettempdir()
+
+    def run(self) -> None:
+        while not self.stop:
+            for p in _tree(self.pid):
+                fd_dir = Path(f"/proc/{p}/fd")
+                try:
+                    for fd in fd_dir.iterdir():
+                        # the spool is an O_TMPFILE in the temp dir: "/tmp/#123 (deleted)"
+                        link = os.readlink(fd)
+                        if link.startswith(self.tmp) and link.endswith("(deleted)"):
+                            self.peak = max(self.peak, fd.stat().st_size)
+                except OSError:
+                    pass
+            time.sleep(0.02)
+
+
+def _tree(pid: int) -> list[int]:
+    out = [pid]
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for k in kids:
+        out += _tree(int(k))
+    return out
+
+
+def time_pipeline(snap: str) -> float:
+    t = time.monotonic()
+    subprocess.run(["bash", "-c", f"set -o pipefail; zfs send {snap} | zstd -3 -q -c "
+                    "> /dev/null"], check=True)
+    return time.monotonic() - t
+
+
+def time_stream_stage(snap: str, chunk: int) -> float:
+    """dedupd's own stream stage in-process: send | zstd | chunk + SHA-256 + spool,
+    no upload: the part of `dedupd backup` that replaces the rival pipeline."""
+    sys.path.insert(0, str(ROOT))
+    from dedupd.backup import compress
+    from dedupd.backup.chunker import Spool, chunks
+
+    t = time.monotonic()
+    pipe = compress.send_pipeline(["zfs", "send", snap], "zstd", 3)
+    with Spool() as sp:
+        for _ in chunks(pipe.stdout, chunk, sp):
+            pass
+    pipe.close()
+    return time.monotonic() - t
+
+
+def time_dedupd(conf: Path, job: str, env: dict[str, str]) -> tuple[float, int, int, dict]:
+    argv = ["/usr/bin/time", "-v", sys.executable, "-m", "dedupd", "backup", job, "--full",
+            "--json", "-c", str(conf)]
+    t = time.monotonic()
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env)
+    mon = PeakSpool(p.pid)
+    mon.start()
+    out, err = p.communicate()
+    wall = time.monotonic() - t
+    mon.stop = True
+    if p.returncode != 0:
+        raise SystemExit(f"dedupd backup failed: {err[-2000:]}")
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", err).group(1))  # type: ignore[union-attr]
+    return wall, rss * 1024, mon.peak, json.loads(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-mib", type=int, default=768)
+    ap.add_argument("--chunk-mib", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2)
+    a = ap.parse_args()
+    for tool in ("zfs", "zpool", "zstd", "rclone", "/usr/bin/time"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} missing (make deps)")
+    ensure_zfs()
+    base = Path(tempfile.mkdtemp(prefix="dedupd-bench-"))
+    pool = f"bb{uuid.uuid4().hex[:8]}"
+    moto = None
+    try:
+        sh("truncate", "-s", f"{a.data_mib * 2 + 512}M", str(base / "pool.img"))
+        sh("zpool", "create", "-m", str(base / "mnt"), pool, str(base / "pool.img"))
+        sh("zfs", "create", f"{pool}/data")
+        make_data(base / "mnt" / "data", a.data_mib)
+        sh("zfs", "snapshot", f"{pool}/data@rival")
+        stream = int(subprocess.run(["bash", "-c", f"zfs send {pool}/data@rival | wc -c"],
+                                    check=True, capture_output=True, text=True).stdout)
+        port = free_port()
+        moto_bin = Path(sys.executable).parent / "moto_server"
+        moto = subprocess.Popen([str(moto_bin), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "b", "AWS_SECRET_ACCESS_KEY": "b"}
+        env.pop("AWS_CA_BUNDLE", None)
+        conf = write_conf(base, pool, port, a.chunk_mib)
+        wait_port(port)
+        import boto3
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                     aws_access_key_id="b", aws_secret_access_key="b").create_bucket(
+            Bucket="bench")
+        time_pipeline(f"{pool}/data@rival")  # warm the cache for everyone
+        rows: dict[str, list[float]] = {"pipeline": [], "stage": [], "rclone": [], "s3": [],
+                                        "rclone-local-work": [], "s3-local-work": []}
+        mem: dict[str, int] = {}
+        spool: dict[str, int] = {}
+        stored = 0
+        for _ in range(a.rounds):
+            rows["pipeline"].append(time_pipeline(f"{pool}/data@rival"))
+            rows["stage"].append(time_stream_stage(f"{pool}/data@rival", a.chunk_mib << 20))
+            for job in ("rclone", "s3"):
+                wall, rss, peak, res = time_dedupd(conf, job, env)
+                rows[job].append(wall)
+                rows[f"{job}-local-work"].append(wall - res["upload_seconds"])
+                mem[job] = max(mem.get(job, 0), rss)
+                spool[job] = max(spool.get(job, 0), peak)
+                stored = res["total_size"]
+        report(a, stream, stored, rows, mem, spool)
+    finally:
+        if moto is not None:
+            os.kill(moto.pid, signal.SIGTERM)
+            moto.wait()
+        destroy_pool(pool)
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+def destroy_pool(pool: str) -> None:
+    """Retry: zfs-fuse says "pool is busy" for a while after a heavy run."""
+    for attempt in range(10):
+        subprocess.run(["zpool", "destroy", "-f", pool], capture_output=True)
+        if subprocess.run(["zpool", "list", "-H", pool], capture_output=True).returncode:
+            return
+        time.sleep(0.5 * (attempt + 1))
+    print(f"warning: could not destroy pool {pool}; run `zpool destroy -f {pool}`",
+          file=sys.stderr)
+
+
+def wait_port(port: int) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit("moto_server did not start")
+
+
+def write_conf(base: Path, pool: str, port: int, chunk_mib: int) -> Path:
+    (base / "remote").mkdir()
+    (base / "rclone.conf").write_text("[loc]\ntype = local\n")
+    common = (f'dataset = "{pool}/data"\nchunk_size = {chunk_mib * 1024 * 1024}\n'
+              'compression = "zstd"\ncompression_level = 3\n'
+              "[backups.{job}.retention]\nkeep_local = 1\nkeep_remote = 1\n")
+    conf = base / "dedupd.toml"
+    conf.write_text(
+        f'[daemon]\nruntime_dir = "{base}/run"\n[database]\nurl = "sqlite:///{base}/i.db"\n'
+        "[backups.rclone]\n" + common.format(job="rclone") +
+        f'[backups.rclone.target]\nkind = "rclone"\nremote = "loc"\npath = "{base}/remote"\n'
+        f'config = "{base}/rclone.conf"\n'
+        "[backups.s3]\n" + common.format(job="s3") +
+        f'[backups.s3.target]\nkind = "s3"\nbucket = "bench"\n'
+        f'endpoint_url = "http://127.0.0.1:{port}"\n')
+    return conf
+
+
+def report(a: argparse.Namespace, stream: int, stored: int, rows: dict[str, list[float]],
+           mem: dict[str, int], spool: dict[str, int]) -> None:
+    mib = 1024 * 1024
+    base = statistics.median(rows["pipeline"])
+    print(f"dataset {a.data_mib} MiB, send stream {stream / mib:.0f} MiB, stored (zstd -3) "
+          f"{stored / mib:.0f} MiB, chunk {a.chunk_mib} MiB, {a.rounds} rounds (median)")
+    print(f"{'what':44} {'seconds':>8} {'MiB/s':>8} {'ratio':>6} {'max RSS':>9} "
+          f"{'temp disk':>10}")
+    print(f"{'zfs send | zstd -3 > /dev/null':44} {base:8.2f} {stream / mib / base:8.1f} "
+          f"{1.0:6.2f} {'-':>9} {'0':>10}")
+    st = statistics.median(rows["stage"])
+    print(f"{'dedupd stream stage (no upload), same snapshot':44} {st:8.2f} "
+          f"{stream / mib / st:8.1f} {base / st:6.2f} {'-':>9} {a.chunk_mib:8.1f}MB")
+    for job, label in (("rclone", "dedupd backup -> rclone local remote"),
+                       ("s3", "dedupd backup -> S3 (moto_server, 127.0.0.1)")):
+        t = statistics.median(rows[job])
+        print(f"{label:44} {t:8.2f} {stream / mib / t:8.1f} {base / t:6.2f} "
+              f"{mem[job] / mib:7.1f}MB {spool[job] / mib:8.1f}MB")
+        w = statistics.median(rows[f"{job}-local-work"])
+        print(f"{'  of which not in target requests':44} {w:8.2f} {stream / mib / w:8.1f} "
+              f"{base / w:6.2f}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,297 @@
+"""One run of a backup job: snapshot, send, upload, manifest, hold, prune.
+
+Order of commitment: chunks first, each confirmed by HEAD; the manifest last
+(the commit marker); only then the index says "complete" and the new snapshot
+is held as the next incremental's base. A kill at any point leaves either a
+complete backup or an unfinished attempt that the next run resumes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from dedupd.backup import catalog, retention, snapshots, upload
+from dedupd.backup import manifest as mf
+from dedupd.backup.manifest import Manifest
+from dedupd.backup.send import SendSpec
+from dedupd.backup.snapshots import Snapshot
+from dedupd.backup.targets import Target, make_target
+from dedupd.config import BackupConfig, Config
+from dedupd.errors import DedupdError, TemporaryFailure, UsageError
+from dedupd.index import backups as rows
+from dedupd.index.store import Store
+
+log = logging.getLogger("dedupd.backup")
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    job: str
+    dry_run: bool
+    id: str | None
+    snapshot: str
+    base_snapshot: str | None
+    resumed: bool = False
+    chunks: int = 0
+    uploaded: int = 0
+    skipped: int = 0
+    total_size: int = 0
+    seconds: float = 0.0
+    upload_seconds: float = 0.0  # in requests to the target; the rest is local work
+    pruned_local: tuple[str, ...] = ()
+    pruned_remote: tuple[str, ...] = ()
+
+    @property
+    def full(self) -> bool:
+        return self.base_snapshot is None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"job": self.job, "dry_run": self.dry_run, "id": self.id,
+                "snapshot": self.snapshot, "base_snapshot": self.base_snapshot,
+                "full": self.full, "resumed": self.resumed, "chunks": self.chunks,
+                "uploaded": self.uploaded, "skipped": self.skipped,
+                "total_size": self.total_size, "seconds": round(self.seconds, 3),
+                "upload_seconds": round(self.upload_seconds, 3),
+                "pruned_local": list(self.pruned_local),
+                "pruned_remote": list(self.pruned_remote)}
+
+
+@dataclass
+class Hooks:
+    """Test seams: after_chunk(seq) runs after each chunk is uploaded."""
+
+    after_chunk: Callable[[int], None] | None = None
+
+
+def resolve(cfg: Config, job: str | BackupConfig) -> BackupConfig:
+    if isinstance(job, BackupConfig):
+        return job
+    if job not in cfg.backups:
+        known = ", ".join(cfg.backups) or "none configured"
+        raise UsageError(f"no backup job {job!r} in {cfg.source} ({known})")
+    return cfg.backups[job]
+
+
+@contextmanager
+def job_lock(cfg: Config, job: str) -> Iterator[None]:
+    """One run per job at a time (CLI and daemon alike); a second one exits 75."""
+    d = cfg.daemon.runtime_dir
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / f"backup-{job}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TemporaryFailure(f"backup job {job} is already running") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def run_job(cfg: Config, job: str | BackupConfig, store: Store, dry_run: bool = False,
+            full: bool = False, *, target: Target | None = None,
+            hooks: Hooks | None = None) -> BackupResult:
+    """Run one backup of `job`: resume an unfinished attempt or take a new snapshot.
+
+    Blocking (subprocesses, boto3): the daemon calls it from a worker thread.
+    Raises TemporaryFailure (75) when the target stays unreachable after retries.
+    """
+    jc = resolve(cfg, job)
+    tgt = target or make_target(jc.target)
+    with job_lock(cfg, jc.name):
+        return _Run(jc, store, tgt, hooks or Hooks()).run(dry_run, full)
+
+
+class _Run:
+    def __init__(self, jc: BackupConfig, store: Store, target: Target, hooks: Hooks) -> None:
+        self.jc, self.store, self.target, self.hooks = jc, store, target, hooks
+        self.t0 = time.monotonic()
+        self.current_id = ""
+
+    def run(self, dry_run: bool, full: bool) -> BackupResult:
+        ms = catalog.load(self.target, self.jc.name)
+        row = rows.unfinished(self.store, self.jc.name)
+        if row is not None and full and row.base_guid is not None and not dry_run:
+            self._abandon(row, "a full backup was asked for")
+            row = None
+        if row is not None:
+            resumable = self._resumable(row, ms)
+            if resumable is not None and dry_run:
+                return BackupResult(self.jc.name, True, row.id, row.snapshot,
+                                    resumable[1].name if resumable[1] else None, resumed=True)
+            if resumable is not None:
+                return self._upload(row.id, resumable[0], resumable[1], ms, created=False,
+                                    resumed=True)
+        base = None if full else self._choose_base(ms)
+        if dry_run:
+            name = snapshots.new_name(self.jc.dataset, self.jc.snapshot_prefix)
+            return BackupResult(self.jc.name, True, None, name, base.name if base else None)
+        snap = snapshots.create(self.jc.dataset, self.jc.snapshot_prefix, self.jc.name)
+        log.info("%s: took %s (%s)", self.jc.name, snap.name,
+                 f"incremental from {base.name}" if base else "full")
+        return self._upload(mf.new_id(), snap, base, ms, created=True, resumed=False)
+
+    def _resumable(self, row: rows.BackupRow, ms: list[Manifest]
+                   ) -> tuple[Snapshot, Snapshot | None] | None:
+        """(snapshot, base) of an unfinished attempt that can go on; else mark it dead."""
+        if any(m.id == row.id for m in ms):
+            rows.set_state(self.store, row.id, "complete")  # killed after the manifest
+            return None
+        snap = snapshots.get(row.snapshot)
+        base = (None if row.base_guid is None
+                else snapshots.by_guid(self.jc.dataset, row.base_guid))
+        if snap is None or snap.guid != row.guid or (row.base_guid is not None
+                                                     and base is None):
+            log.warning("%s: unfinished backup %s cannot be resumed (snapshot or base gone); "
+                        "starting over", self.jc.name, row.id)
+            rows.finish(self.store, row.id, "abandoned", error="snapshot or base gone")
+            return None
+        log.info("%s: resuming unfinished backup %s of %s", self.jc.name, row.id, snap.name)
+        return snap, base
+
+    def _abandon(self, row: rows.BackupRow, why: str) -> None:
+        """Give up an unfinished incremental attempt: its snapshot (ours, never
+        uploaded) goes; its chunks are swept by the next remote prune."""
+        log.info("%s: abandoning unfinished backup %s: %s", self.jc.name, row.id, why)
+        rows.finish(self.store, row.id, "abandoned", error=why)
+        snap = snapshots.get(row.snapshot)
+        if snap is not None and snap.guid == row.guid and row.created_snapshot:
+            snapshots.destroy(snap, self.jc.name, self.jc.snapshot_prefix)
+
+    def _choose_base(self, ms: list[Manifest]) -> Snapshot | None:
+        """The newest uploaded-and-confirmed snapshot still present locally, unless a
+        new full is due (full_every: age like "30d" or a chain length like "10")."""
+        local = {s.guid: s for s in snapshots.list_snapshots(self.jc.dataset)}
+        for m in reversed(ms):
+            if m.dataset != self.jc.dataset or m.snapshot_guid not in local:
+                continue
+            try:
+                ch = catalog.chain(ms, m)
+            except catalog.ChainError as e:
+                log.warning("%s: %s; not using it as a base", self.jc.name, e)
+                continue
+            if full_due(self.jc.full_every, ch):
+                log.info("%s: full_every=%s reached: sending a new full", self.jc.name,
+                         self.jc.full_every)
+                return None
+            return local[m.snapshot_guid]
+        return None
+
+    def _upload(self, backup_id: str, snap: Snapshot, base: Snapshot | None,
+                ms: list[Manifest], *, created: bool, resumed: bool) -> BackupResult:
+        if not resumed:
+            rows.start(self.store, id=backup_id, job=self.jc.name, dataset=self.jc.dataset,
+                       snapshot=snap.name, guid=snap.guid,
+                       base_guid=base.guid if base else None, created_snapshot=created)
+        self.current_id = backup_id
+        try:
+            m, up = self._send_and_commit(backup_id, snap, base, resumed)
+        except BaseException as e:
+            self._fail(self.current_id, snap, e)
+            raise
+        rows.finish(self.store, m.id, "complete", chunks=len(m.chunks), total_size=m.total_size)
+        self._hold_new_base(snap)
+        pruned_local, pruned_remote = self._prune([*ms, m])
+        return BackupResult(
+            self.jc.name, False, m.id, snap.name, base.name if base else None, resumed=resumed,
+            chunks=len(m.chunks), uploaded=up.uploaded, skipped=up.skipped,
+            total_size=m.total_size, seconds=time.monotonic() - self.t0,
+            upload_seconds=float(getattr(self.target, "busy_seconds", up.upload_seconds)),
+            pruned_local=pruned_local, pruned_remote=pruned_remote)
+
+    def _send_and_commit(self, backup_id: str, snap: Snapshot, base: Snapshot | None,
+                         resuming: bool) -> tuple[Manifest, upload.Uploaded]:
+        spec = SendSpec(snap, base, self.jc.raw)
+        try:
+            up = upload.upload_stream(self.target, self._plan(backup_id, spec, resuming),
+                                      self.hooks.after_chunk)
+        except upload.StreamChanged as e:
+            # Same snapshot, different bytes (another zfs or compressor version):
+            # the old chunks cannot be mixed with new ones. Start clean once.
+            log.warning("%s; restarting under a new backup id", e)
+            rows.finish(self.store, backup_id, "abandoned", error=str(e))
+            _delete_quietly(self.target, mf.chunk_dir(self.jc.name, backup_id))
+            backup_id = self.current_id = mf.new_id()
+            rows.start(self.store, id=backup_id, job=self.jc.name, dataset=self.jc.dataset,
+                       snapshot=snap.name, guid=snap.guid,
+                       base_guid=base.guid if base else None, created_snapshot=True)
+            up = upload.upload_stream(self.target, self._plan(backup_id, spec, False),
+                                      self.hooks.after_chunk)
+        for stray in upload.confirm_all(self.target, up, mf.chunk_dir(self.jc.name, backup_id)):
+            self.target.delete(stray)
+        m = Manifest(
+            job=self.jc.name, id=backup_id, dataset=self.jc.dataset, snapshot=snap.name,
+            snapshot_guid=snap.guid, base_snapshot=base.name if base else None,
+            base_guid=base.guid if base else None, send_flags=spec.flags,
+            compression=self.jc.compression, compression_level=self.jc.compression_level,
+            chunk_size=self.jc.chunk_size, chunks=up.chunks, total_size=up.total_size,
+            created=time.time(), storage_class=self.jc.target.storage_class)
+        body, size = mf.as_file(m)
+        sha = _sha256(body.getvalue())
+        self.target.put(mf.manifest_key(self.jc.name, backup_id), body, size, sha, None,
+                        self.jc.target.manifest_storage_class)
+        return m, up
+
+    def _plan(self, backup_id: str, spec: SendSpec, resuming: bool) -> upload.UploadPlan:
+        return upload.UploadPlan(
+            job=self.jc.name, backup_id=backup_id, spec=spec, compression=self.jc.compression,
+            level=self.jc.compression_level, chunk_size=self.jc.chunk_size,
+            storage_class=self.jc.target.storage_class, spool_dir=self.jc.spool_dir,
+            resuming=resuming)
+
+    def _fail(self, backup_id: str, snap: Snapshot, e: BaseException) -> None:
+        """A reported failure: no manifest was written, so the snapshot is not uploaded;
+        destroy it (it is ours) and record why. A kill -9 never gets here: resume."""
+        rows.finish(self.store, backup_id, "failed", error=str(e) or type(e).__name__)
+        try:
+            snapshots.destroy(snap, self.jc.name, self.jc.snapshot_prefix)
+        except DedupdError as de:
+            log.error("%s: could not destroy %s after the failure: %s", self.jc.name,
+                      snap.name, de)
+        if not isinstance(e, TemporaryFailure):
+            _delete_quietly(self.target, mf.chunk_dir(self.jc.name, backup_id))
+
+    def _hold_new_base(self, snap: Snapshot) -> None:
+        """Hold the snapshot the next incremental starts from; release older holds."""
+        snapshots.hold(snap)
+        for s in snapshots.list_snapshots(self.jc.dataset):
+            if s.guid != snap.guid and s.userrefs and s.owned_by(self.jc.name,
+                                                                 self.jc.snapshot_prefix):
+                snapshots.release(s)
+
+    def _prune(self, ms: list[Manifest]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        local = retention.prune_local(self.jc, dry_run=False)
+        remote = retention.prune_remote(self.target, self.jc, self.store, ms, dry_run=False)
+        return local, remote
+
+
+def full_due(full_every: str, chain: list[Manifest]) -> bool:
+    """'30d'/'12h': the chain's full is older than that; '10': 10+ incrementals."""
+    text = full_every.strip().lower()
+    if not text or text in ("0", "never"):
+        return False
+    if text.isdigit():
+        return len(chain) - 1 >= int(text)
+    units = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+    if text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return time.time() - chain[0].created >= float(text[:-1]) * units[text[-1]]
+    raise DedupdError(f"full_every: cannot read {full_every!r} (use e.g. 30d, 12h or 10)")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _delete_quietly(target: Target, prefix: str) -> None:
+    try:
+        upload.delete_prefix(target, prefix)
+    except DedupdError as e:
+        log.warning("could not delete %s (retention will): %s", prefix, e)

@@ -1,0 +1,42 @@
+"""The `zfs send` stage: argv for a full or incremental stream of one snapshot.
+
+A stream is fully described by (snapshot, base snapshot, flags); the manifest
+records those flags so a by-hand restore knows what it is replaying.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+
+from dedupd import proc
+from dedupd.backup.snapshots import Snapshot, SnapshotError, features
+
+
+@dataclass(frozen=True)
+class SendSpec:
+    snapshot: Snapshot
+    base: Snapshot | None  # None: a full stream
+    raw: bool = False
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        f: list[str] = []
+        if self.raw:
+            f.append("-w")
+        if self.base is not None:
+            f += ["-i", self.base.name]
+        return tuple(f)
+
+    def argv(self) -> list[str]:
+        if self.raw and not features().raw_send:
+            raise SnapshotError("raw = true needs `zfs send -w` (OpenZFS); this zfs lacks it")
+        if self.base is not None and self.base.dataset != self.snapshot.dataset:
+            raise SnapshotError(f"base {self.base.name} is not a snapshot of "
+                                f"{self.snapshot.dataset}")
+        return ["zfs", "send", *self.flags, self.snapshot.name]
+
+
+def start(spec: SendSpec) -> subprocess.Popen[bytes]:
+    """Spawn `zfs send`; stdout is a pipe the caller must drain."""
+    return proc.spawn(spec.argv())

@@ -1,0 +1,104 @@
+"""Backup targets: one small interface, one implementation per kind of store.
+
+Every target stores opaque objects under string keys ("job/chunks/ID/000003").
+Implementations raise TargetError for permanent problems and Transient for
+ones worth retrying; `retry.call` turns exhausted retries into a
+TemporaryFailure (exit 75). The shared conformance suite in
+tests/integration/test_backup_targets.py runs against each of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+from dedupd.config import TargetConfig
+from dedupd.errors import DedupdError
+
+COLD_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
+
+
+class TargetError(DedupdError):
+    """A permanent target problem (access denied, no such bucket, bad request)."""
+
+
+class Transient(DedupdError):
+    """A problem worth retrying (connection refused, 5xx, throttling, timeout)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    sha256: str | None  # hex, as the store reports it (metadata or native checksum)
+    md5: str | None  # hex, when the store knows it (rclone remotes)
+    storage_class: str
+    # "none": readable now; "needed": cold, not requested; "in-progress": thawing;
+    # "available": a restored copy is readable now.
+    restore: str = "none"
+
+    @property
+    def readable(self) -> bool:
+        return self.restore in ("none", "available")
+
+
+class Target(Protocol):
+    """What the backup path needs from a store. Keys never start with '/'."""
+
+    description: str
+
+    @property
+    def wants_md5(self) -> bool:
+        """True when head() can confirm MD5 only (not SHA-256)."""
+
+    def put(self, key: str, file: IO[bytes], size: int, sha256: str, md5: str | None,
+            storage_class: str) -> None:
+        """Store `size` bytes read from `file` (positioned at 0) as one object."""
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size, checksum and storage state of one object; None when absent."""
+
+    def get(self, key: str, out: IO[bytes]) -> None:
+        """Write the object's bytes to `out`. TargetError if it is cold and not restored."""
+
+    def list(self, prefix: str, checksums: bool = False) -> list[ObjectInfo]:
+        """Objects whose key starts with `prefix` (a folder ending in '/').
+
+        With checksums=True each entry carries what head() would report (size,
+        sha256 or md5), in as few requests as the store allows.
+        """
+
+    def delete(self, key: str) -> None:
+        """Idempotent: deleting an absent object is not an error."""
+
+    def restore_request(self, key: str, days: int) -> None:
+        """Ask a cold store to make the object readable for `days` (idempotent)."""
+
+
+def confirmed(info: ObjectInfo | None, size: int, sha256: str, md5: str | None) -> bool:
+    """True when the store shows exactly this object: same size and a matching checksum.
+
+    A store that reports no usable checksum never confirms (the chunk is then
+    uploaded again rather than trusted blindly).
+    """
+    if info is None or info.size != size:
+        return False
+    if info.sha256 is not None:
+        return info.sha256 == sha256
+    return md5 is not None and info.md5 is not None and info.md5 == md5
+
+
+def make_target(cfg: TargetConfig) -> Target:
+    """The configured store, every request wrapped in retries with backoff."""
+    from dedupd.backup.targets.retry import RetryingTarget
+
+    inner: Target
+    if cfg.kind == "s3":
+        from dedupd.backup.targets.s3 import S3Target
+        inner = S3Target(cfg)
+    elif cfg.kind == "rclone":
+        from dedupd.backup.targets.rclone import RcloneTarget
+        inner = RcloneTarget(cfg)
+    else:
+        raise TargetError(f"unknown target kind {cfg.kind!r}")
+    return RetryingTarget(inner, cfg)

@@ -1,0 +1,181 @@
+"""rclone remotes: `rclone rcat` / `cat` / `lsjson` / `deletefile` through proc.py.
+
+`rcat --size N` tells rclone the object's size up front, so a remote of type
+s3 does a single PUT (with --s3-upload-cutoff raised to 5G) rather than a
+multipart upload. HEAD is `lsjson --hash` on the object: SHA-256 where the
+remote knows it (local), MD5 otherwise (s3: the ETag of a single PUT).
+Cold storage classes are not supported through rclone (use an s3 target).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from collections.abc import Sequence
+from typing import IO, Any
+
+from dedupd import proc
+from dedupd.backup.targets import ObjectInfo, TargetError, Transient
+from dedupd.config import TargetConfig
+
+READ = 1024 * 1024
+# rclone exit codes: 2 usage, 3 directory not found, 4 file not found,
+# 7 fatal (e.g. access denied). 1 (uncategorised, includes connection refused)
+# and 5 (temporary) are retried.
+_TRANSIENT_RC = {1, 5, 6}
+
+
+class RcloneTarget:
+    def __init__(self, cfg: TargetConfig) -> None:
+        base = cfg.path.rstrip("/")
+        self.root = f"{cfg.remote}:{base + '/' if base else ''}"
+        self.description = f"rclone {self.root}"
+        self.timeout = cfg.timeout_seconds
+        self.common: list[str] = ["--retries", "1", "--low-level-retries", "1",
+                                  "--timeout", f"{int(cfg.timeout_seconds)}s"]
+        if cfg.config is not None:
+            self.common = ["--config", str(cfg.config), *self.common]
+        self.storage_class = cfg.storage_class
+        self._hashes: list[str] | None = None
+
+    @property
+    def wants_md5(self) -> bool:
+        """True when the remote cannot report SHA-256 (rclone s3: MD5 only)."""
+        return "sha256" not in self._remote_hashes()
+
+    def _remote_hashes(self) -> list[str]:
+        """The hash types the remote knows (`rclone backend features`), asked once."""
+        if self._hashes is None:
+            r = self._run("features", self._argv("backend", "features", self.root))
+            try:
+                self._hashes = [str(h) for h in json.loads(r.text).get("Hashes") or []]
+            except (json.JSONDecodeError, AttributeError):
+                self._hashes = []
+        return self._hashes
+
+    def _argv(self, cmd: str, *args: str) -> list[str]:
+        if cmd == "backend":  # `rclone backend features REMOTE`: flags go after the verb
+            return ["rclone", cmd, args[0], *self.common, *args[1:]]
+        return ["rclone", cmd, *self.common, *args]
+
+    def _check(self, what: str, rc: int | None, stderr: str) -> None:
+        if rc == 0:
+            return
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+        msg = f"{self.description}: {what}: rclone exited {rc}: {last}"
+        if rc is None or rc in _TRANSIENT_RC:
+            raise Transient(msg)
+        raise TargetError(msg)
+
+    def _run(self, what: str, argv: Sequence[str]) -> proc.Result:
+        try:
+            r = proc.run(argv, check=False, timeout=self.timeout)
+        except proc.MissingTool:
+            raise TargetError("rclone is not installed") from None
+        except proc.ProcError as e:  # timeout
+            raise Transient(f"{self.description}: {what}: {e}") from None
+        self._check(what, r.returncode, r.stderr)
+        return r
+
+    def put(self, key: str, file: IO[bytes], size: int, sha256: str, md5: str | None,
+            storage_class: str) -> None:
+        extra = ["--size", str(size), "--s3-upload-cutoff", "5G"]
+        if storage_class and storage_class != "STANDARD":
+            extra += ["--s3-storage-class", storage_class]
+        argv = self._argv("rcat", *extra, self.root + key)
+        try:
+            file.fileno()
+        except (OSError, io.UnsupportedOperation):
+            # An in-memory body (a manifest): feed it through a pipe.
+            p = proc.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            assert p.stdin is not None
+            try:
+                p.stdin.write(file.read())
+                p.stdin.close()
+            except BrokenPipeError:
+                pass
+        else:
+            p = proc.spawn(argv, stdin=file, stdout=subprocess.DEVNULL)
+        self._wait(f"rcat {key}", p)
+
+    def _wait(self, what: str, p: subprocess.Popen[bytes]) -> None:
+        try:
+            proc.check_exit(p, self.timeout)
+        except proc.ProcError as e:
+            self._check(what, e.returncode, e.stderr)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        # Hash only what is used: on a local remote every hash type is a full read.
+        kind = "MD5" if self.wants_md5 else "SHA-256"
+        argv = self._argv("lsjson", "--files-only", "--hash-type", kind, self.root + key)
+        r = proc.run(argv, check=False, timeout=self.timeout)
+        if r.returncode in (3, 4):
+            return None
+        self._check(f"lsjson {key}", r.returncode, r.stderr)
+        items = [o for o in _parse(r.text) if not o.get("IsDir")]
+        if not items:
+            return None
+        return _info(key, items[0])
+
+    def get(self, key: str, out: IO[bytes]) -> None:
+        p = proc.spawn(self._argv("cat", self.root + key))
+        assert p.stdout is not None
+        got = 0
+        try:
+            while True:
+                b = p.stdout.read(READ)
+                if not b:
+                    break
+                out.write(b)
+                got += len(b)
+        finally:
+            p.stdout.close()
+        if got == 0 and self.head(key) is None:
+            # `rclone cat` of a missing key on a bucket remote lists an empty
+            # "directory" and exits 0: never mistake that for an empty object.
+            p.wait()
+            raise TargetError(f"{self.description}: {key}: no such object")
+        try:
+            proc.check_exit(p, self.timeout)
+        except proc.ProcError as e:
+            if e.returncode in (3, 4) or "not found" in e.stderr:
+                raise TargetError(f"{self.description}: {key}: no such object") from None
+            self._check(f"cat {key}", e.returncode, e.stderr)
+
+    def list(self, prefix: str, checksums: bool = False) -> list[ObjectInfo]:
+        folder, _, start = prefix.rpartition("/")
+        extra = ["--hash-type", "MD5" if self.wants_md5 else "SHA-256"] if checksums else []
+        argv = self._argv("lsjson", "-R", "--files-only", *extra, self.root + folder)
+        r = proc.run(argv, check=False, timeout=self.timeout)
+        if r.returncode == 3:
+            return []
+        self._check(f"lsjson {prefix}", r.returncode, r.stderr)
+        base = folder + "/" if folder else ""
+        out = [_info(base + o["Path"], o) for o in _parse(r.text)]
+        return [o for o in out if o.key.startswith(prefix)] if start else out
+
+    def delete(self, key: str) -> None:
+        r = proc.run(self._argv("deletefile", self.root + key), check=False,
+                     timeout=self.timeout)
+        if r.returncode in (3, 4) or "not found" in r.stderr or "doesn't exist" in r.stderr:
+            return
+        self._check(f"deletefile {key}", r.returncode, r.stderr)
+
+    def restore_request(self, key: str, days: int) -> None:
+        raise TargetError(f"{self.description}: restoring cold objects is supported on s3 "
+                          "targets only")
+
+
+def _parse(text: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(text or "[]")
+    except json.JSONDecodeError as e:
+        raise Transient(f"rclone lsjson printed no JSON: {e}") from None
+    return [d for d in data if isinstance(d, dict)]
+
+
+def _info(key: str, o: dict[str, Any]) -> ObjectInfo:
+    hashes = o.get("Hashes") or {}
+    return ObjectInfo(key, int(o.get("Size", -1)), hashes.get("sha256") or None,
+                      hashes.get("md5") or None, o.get("Tier") or "STANDARD")
