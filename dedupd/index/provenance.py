@@ -12,11 +12,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 
 from dedupd.index import schema as s
 from dedupd.index.schema import from_s64, to_s64
-from dedupd.index.store import BATCH, IndexedFile, Store, _group_rows, path_key
+from dedupd.index.store import BATCH, IndexedFile, Store, path_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,41 +144,8 @@ def count(store: Store, consolidation: str) -> int:
         return int(c.execute(q).scalar() or 0)
 
 
-PAGE = 20_000
-
-
 def files_by_size(store: Store, scan_id: int) -> Iterator[list[IndexedFile]]:
-    """Every inode a scan saw, with its paths seen, one list per size (ascending).
-
-    Pages through the sizes in order (keyset on size, whole size groups per page)
-    instead of one `size IN (...)` query per chunk of sizes: SQLite plans the
-    latter as a walk over every path of the scan per query, quadratic overall.
-    """
-    last = -1
-    while True:
-        rows = _page(store, scan_id, last, PAGE)
-        if not rows:
-            return
-        if len(rows) < PAGE:
-            yield from _group_rows(rows)
-            return
-        top = rows[-1][2]
-        keep = [r for r in rows if r[2] < top]
-        if not keep:  # one size fills a page on its own: take that size whole
-            keep = _page(store, scan_id, top - 1, None, only=top)
-        last = keep[-1][2]
-        yield from _group_rows(keep)
+    """Every inode a scan saw, with its paths seen, one list per size (ascending)."""
+    return store.size_groups(scan_id)
 
 
-def _page(store: Store, scan_id: int, after: int, limit: int | None,
-          only: int | None = None) -> list[Any]:
-    i, p = s.inodes.c, s.paths.c
-    q = (select(i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns, i.head, i.full, i.unstable, p.path)
-         .join(s.paths, and_(p.dev == i.dev, p.ino == i.ino))
-         .where(i.seen == scan_id, p.seen == scan_id)
-         .order_by(i.size, i.dev, i.ino, p.path))
-    q = q.where(i.size == only) if only is not None else q.where(i.size > after)
-    if limit is not None:
-        q = q.limit(limit)
-    with store.engine.connect() as c:
-        return list(c.execute(q).all())

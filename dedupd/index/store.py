@@ -292,10 +292,15 @@ class Store:
             v.sort()
         return out
 
-    def candidate_groups(self, scan_id: int, min_size: int,
-                         rows_per_query: int = 5000) -> Iterator[list[IndexedFile]]:
+    def candidate_groups(self, scan_id: int, min_size: int) -> Iterator[list[IndexedFile]]:
         """One list per candidate size (ascending): the inodes of that size seen in
-        this scan, when 2+ distinct inodes share it.
+        this scan, when 2+ distinct inodes share it."""
+        return self.size_groups(scan_id, max(min_size, 1), min_count=2)
+
+    def size_groups(self, scan_id: int, min_size: int = 0, min_count: int = 1,
+                    rows_per_query: int = 5000) -> Iterator[list[IndexedFile]]:
+        """One list per size (ascending) of the inodes seen in this scan, for sizes
+        >= min_size held by at least min_count inodes.
 
         Paged by size (keyset) so no read transaction stays open while the caller
         writes hashes: a long-lived SQLite reader would stop WAL checkpoints and
@@ -303,10 +308,12 @@ class Store:
         rows_per_query rows (or one larger size group).
         """
         i = s.inodes.c
-        last = max(min_size, 1) - 1
+        last = min_size - 1
         while True:
             q = (select(i.size, func.count()).where(i.seen == scan_id, i.size > last)
-                 .group_by(i.size).having(func.count() > 1).order_by(i.size).limit(1000))
+                 .group_by(i.size).order_by(i.size).limit(1000))
+            if min_count > 1:
+                q = q.having(func.count() >= min_count)
             with self.engine.connect() as c:
                 counts = c.execute(q).all()
             if not counts:

@@ -88,7 +88,10 @@ def test_import_real_rmlint_report(tmp_path: Path) -> None:
     for name in odd:
         write(os.path.join(os.fsencode(root), name), (root / "x").read_bytes(), "2020-05-05")
     report = tmp_path / "rmlint.json"
-    subprocess.run(["rmlint", "-o", f"json:{report}", "-o", "summary:/dev/null", str(root)],
+    # rmlint replaces each output file by rename: a summary aimed at /dev/null would
+    # turn the machine's /dev/null into a regular file
+    summary = tmp_path / "rmlint.summary"
+    subprocess.run(["rmlint", "-o", f"json:{report}", "-o", f"summary:{summary}", str(root)],
                    cwd=tmp_path, capture_output=True, check=True, timeout=120)
     spoil(root)
     doc = run_import(report, tmp_path, "--format", "rmlint")
