@@ -1,0 +1,1 @@
+"""Dedup stages: planner (pure), verify, and the backends (extent, hardlink, crossdrive)."""

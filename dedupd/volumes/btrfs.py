@@ -1,0 +1,242 @@
+"""BTRFS and XFS volumes: change tracking and extent dedupe.
+
+BTRFS: the first pass walks everything; later passes ask each subvolume's
+tree for inodes whose inode item changed since the remembered transid (any
+data or metadata change moves it) and look only at those. XFS has no
+generation numbers, so every pass walks (unchanged files are never re-read:
+the index keeps their hashes). Both dedupe by sharing extents
+(dedupd.dedup.extent_group); read-only snapshots are never made writable and
+never written to: their files can only be the reference of a dedupe.
+
+Caller contract: one pass per volume at a time (steps() takes the volume lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from dedupd.config import VolumeConfig
+from dedupd.dedup.extent_group import ExtentDeduper
+from dedupd.index import extents as ix
+from dedupd.index.store import IndexedFile, Store
+from dedupd.scan.events import FileEvent
+from dedupd.scan.scanner import RECORD_BATCH, DupGroup, batches
+from dedupd.volumes import PassOptions, Step, register
+from dedupd.volumes import btrfs_ioctl as bt
+from dedupd.volumes._base import ScanPass
+from dedupd.volumes.changes import ChangeFinder, Subvol, full_walk
+from dedupd.volumes.lock import VolumeLock
+
+DAY = 86400.0
+
+
+def meta_key(vol: VolumeConfig, what: str) -> str:
+    return f"extent.{vol.name}.{what}"
+
+
+def full_scan_reason(vol: VolumeConfig, prev_gen: int | None, gen: int,
+                     last_full: float | None, now: float, force: bool) -> str | None:
+    """Why this pass must walk everything, or None for an incremental pass.
+
+    First run and --force-rescan always; a generation gap above
+    max_generation_gap at most once per min_hours_between_full_scans; the
+    scheduled scan at full_scan_hour once per day (not twice in that hour).
+    """
+    if force:
+        return "forced"
+    if prev_gen is None or last_full is None:
+        return "first run"
+    hours = (now - last_full) / 3600.0
+    if gen - prev_gen > vol.max_generation_gap and hours >= vol.min_hours_between_full_scans:
+        return "generation gap"
+    if (vol.full_scan_hour is not None and time.localtime(now).tm_hour == vol.full_scan_hour
+            and hours >= 1.0):
+        return "scheduled"
+    return None
+
+
+@dataclass
+class _State:
+    gen: int | None
+    last_full: float | None
+    subvols: dict[int, Subvol]
+
+
+@register("btrfs", "xfs")
+class ExtentPass(ScanPass):
+    """A pass over a BTRFS or XFS volume (see the module docstring)."""
+
+    def __init__(self, vol: VolumeConfig, store: Store, opts: PassOptions) -> None:
+        super().__init__(vol, store, opts)
+        self.btrfs = vol.kind == "btrfs"
+        self.dry = opts.dry_run or not vol.apply
+        self.finder = ChangeFinder(vol, self.c, self.walk_stats)
+        self.deduper = ExtentDeduper(store, self.c, vol.dedup_batch_size, vol.dedup_backend,
+                                     self.dry, self._readonly)
+        self.full_reason: str | None = None
+
+    def _readonly(self, f: IndexedFile) -> bool:
+        return self.finder.readonly(f.dev, f.path) if self.btrfs else False
+
+    def changed_files(self) -> Iterator[FileEvent]:
+        """Full walk; on BTRFS read-only snapshots are walked only with dedup_snapshots."""
+        if self.btrfs:
+            return full_walk(self.finder, self.roots[0])
+        return super().changed_files()
+
+    def steps(self) -> Iterator[Step]:
+        lock = VolumeLock(self.vol.path)
+        lock.acquire()
+        try:
+            yield from self._steps()
+        finally:
+            lock.release()
+
+    def _steps(self) -> Iterator[Step]:
+        free0 = self._free_bytes()
+        st = self._load_state()
+        gen = self._sync() if self.btrfs else None
+        now = time.time()
+        if self.btrfs and gen is not None:
+            self.full_reason = full_scan_reason(self.vol, st.gen, gen, st.last_full, now,
+                                                self.opts.force_rescan)
+        else:
+            self.full_reason = "no generations (xfs)"
+        if self.full_reason is not None:
+            self.finder.subvols = {}
+            yield from self._full_pass()
+        else:
+            self.finder.subvols = dict(st.subvols)
+            yield from self._incremental_pass(st.gen or 0)
+        self.deduper.flush()
+        self._measure(free0)
+        self._save_state(gen, now)
+        self._maintain(now)
+        self._finish()
+        self._collect()
+        self.store.set_meta(meta_key(self.vol, "last_pass"), json.dumps(
+            {"at": now, "full": self.full_reason, "counters": self.c.values}))
+
+    def _full_pass(self) -> Iterator[Step]:
+        self.c.add("full_scans")
+        scan_id = self.store.begin_scan(self.roots)
+        for batch in batches(self.changed_files(), RECORD_BATCH):
+            self._record(scan_id, batch)
+            yield Step("scanning", f"{self.walk_stats.files_seen} files")
+        self.c.add("files_examined", self.walk_stats.files_seen)
+        self.c.add("files_forgotten", self.store.finish_scan(scan_id, self.roots))
+        yield from self.hash_and_act(scan_id)
+
+    def _incremental_pass(self, prev_gen: int) -> Iterator[Step]:
+        scan_id = self.store.begin_scan(self.roots)
+        events = self.finder.incremental(self.store, self.roots[0], prev_gen)
+        sizes: set[int] = set()
+        for batch in batches(iter(events), RECORD_BATCH):
+            self._record(scan_id, batch)
+            sizes.update(e.size for e in batch if e.size >= self.vol.min_size)
+            yield Step("scanning", f"{len(sizes)} sizes changed")
+        self.c.add("files_examined", len(events))
+        self.c.add("files_forgotten", self.finder.forgotten)
+        ix.finish_incremental(self.store, scan_id)
+        sizes.update(ix.pending_sizes(self.store, self.roots, self.vol.min_size))
+        yield from self._hash_sizes(sorted(sizes))
+
+    def _record(self, scan_id: int, batch: list[FileEvent]) -> None:
+        r = self.store.record(scan_id, batch)
+        self.c.add("files_new", r.new)
+        self.c.add("files_changed", r.changed)
+        self.c.add("files_unchanged", r.unchanged)
+
+    def _hash_sizes(self, sizes: list[int]) -> Iterator[Step]:
+        from dedupd.hashing import Hasher, Stability
+
+        stab = Stability(self.vol.settle_seconds, self.vol.max_backoff_hours * 3600)
+        hasher = Hasher(stab, self.hash_stats)
+        for files in ix.files_of_sizes(self.store, sizes, self.roots):
+            res = hasher.hash_size_group(files)
+            self.store.save_hashes(res.updates)
+            if res.gone:
+                self.store.forget(res.gone)
+            yield Step("hashing", f"size {files[0].size}")
+            for g in res.groups:
+                self.c.add("groups")
+                yield from self.act(DupGroup(files[0].size, g))
+
+    def act(self, group: DupGroup) -> Iterator[Step]:
+        self.deduper.dedupe_group(group.size, group.files)
+        yield Step("deduping", f"{len(group.files)} files of {group.size} bytes")
+
+    # --- state, measurement, maintenance ---
+
+    def _sync(self) -> int | None:
+        """Commit the running transaction and return its transid (the pass's horizon)."""
+        fd = bt.open_dir(self.roots[0])
+        try:
+            gen = bt.start_sync(fd)
+            bt.wait_sync(fd, gen)
+            return gen
+        finally:
+            os.close(fd)
+
+    def _free_bytes(self) -> int:
+        """Free bytes after committing pending frees (BTRFS frees at transaction commit)."""
+        if self.btrfs:
+            self._sync()
+        else:
+            fd = bt.open_dir(self.roots[0])
+            try:
+                os.syncfs(fd) if hasattr(os, "syncfs") else os.sync()
+            finally:
+                os.close(fd)
+        sv = os.statvfs(self.roots[0])
+        return sv.f_bfree * sv.f_frsize
+
+    def _measure(self, free0: int) -> None:
+        if self.dry or not self.c.values.get("hits"):
+            return
+        self.bytes_reclaimed = max(0, self._free_bytes() - free0)
+        key = meta_key(self.vol, "bytes_reclaimed")
+        total = int(self.store.get_meta(key) or 0) + self.bytes_reclaimed
+        self.store.set_meta(key, str(total))
+
+    def _load_state(self) -> _State:
+        g = self.store.get_meta(meta_key(self.vol, "gen"))
+        lf = self.store.get_meta(meta_key(self.vol, "last_full_scan"))
+        raw = self.store.get_meta(meta_key(self.vol, "subvols"))
+        subvols = {int(k): Subvol.from_json(int(k), v) for k, v in json.loads(raw or "{}").items()}
+        return _State(int(g) if g else None, float(lf) if lf else None, subvols)
+
+    def _save_state(self, gen: int | None, started: float) -> None:
+        if self.full_reason is not None:
+            self.store.set_meta(meta_key(self.vol, "last_full_scan"), repr(started))
+        if gen is not None:
+            self.store.set_meta(meta_key(self.vol, "gen"), str(gen))
+            doc = {str(k): v.as_json() for k, v in self.finder.subvols.items()}
+            self.store.set_meta(meta_key(self.vol, "subvols"), json.dumps(doc))
+
+    def _maintain(self, now: float) -> None:
+        """VACUUM/ANALYZE and the periodic re-verification of deduped files."""
+        k = meta_key(self.vol, "last_vacuum")
+        last = float(self.store.get_meta(k) or 0)
+        if last == 0:
+            self.store.set_meta(k, repr(now))
+        elif now - last >= self.vol.vacuum_interval_days * DAY:
+            ix.maintain(self.store)
+            self.store.set_meta(k, repr(now))
+            self.c.add("vacuums")
+        k = meta_key(self.vol, "last_reset")
+        last = float(self.store.get_meta(k) or 0)
+        if last == 0:
+            self.store.set_meta(k, repr(now))
+        elif now - last >= self.vol.dedup_reset_interval_days * DAY:
+            cutoff = now - self.vol.dedup_reset_interval_days * DAY
+            self.c.add("done_reset", ix.reset_done_before(self.store, cutoff))
+            self.store.set_meta(k, repr(now))
+
+    def _collect(self) -> None:
+        self.actions.extend(self.deduper.actions)
+        self.problems.extend(self.deduper.problems)
