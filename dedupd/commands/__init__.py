@@ -1,5 +1,5 @@
 """Subcommands. Each module has register(subparsers); add new ones to COMMANDS."""
 
-from dedupd.commands import check_config, run, scan
+from dedupd.commands import check_config, run, scan, stats
 
-COMMANDS = [scan, run, check_config]
+COMMANDS = [scan, run, check_config, stats]
