@@ -12,6 +12,7 @@ from dedupd.commands.common import add_common, load_config, open_store, parse_si
 from dedupd.config import Config, VolumeConfig
 from dedupd.errors import UsageError
 from dedupd.output import human_bytes, print_json, show_path
+from dedupd.priority import apply_priority
 from dedupd.volumes import PassOptions, PassReport, make_pass
 from dedupd.volumes.detect import volume_for_path
 
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     vols = select_volumes(cfg, args.volumes, args)
     if not args.once:
         raise UsageError("daemon mode is not available yet; use --once")
+    apply_priority(cfg.daemon)
     store = open_store(args, cfg)
     reports = []
     try:
