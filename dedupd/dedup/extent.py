@@ -117,4 +117,7 @@ def duperemove(groups: Sequence[Sequence[bytes]], timeout: float = 3600.0) -> pr
         for p in g:
             lines += p + b"\n"
         lines += b"\n"
-    return proc.run(["duperemove", "--fdupes", "-q"], input=bytes(lines), timeout=timeout)
+    # -b 4096: duperemove silently skips files smaller than its block size
+    # (128 KiB by default), even in --fdupes mode where it dedupes whole files.
+    return proc.run(["duperemove", "--fdupes", "-q", "-b", "4096"], input=bytes(lines),
+                    timeout=timeout)

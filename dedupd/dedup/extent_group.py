@@ -219,7 +219,11 @@ class ExtentDeduper:
         if not q:
             return
         try:
-            extent.duperemove([[g.ref.path, *[d.path for d in g.dests]] for g in q])
+            # duperemove dedupes at most ~120 files of a group against one source;
+            # split big groups so every chunk repeats the reference first.
+            n = max(1, min(self.batch_size, extent.KERNEL_MAX_DESTS) - 1)
+            extent.duperemove([[g.ref.path, *[d.path for d in g.dests[k:k + n]]]
+                               for g in q for k in range(0, len(g.dests), n)])
             self.c.add("dedupe_calls")
         except (ProcError, ValueError) as e:
             self.c.add("errors")

@@ -116,6 +116,7 @@ class ExtentPass(ScanPass):
         self._measure(free0)
         self._save_state(gen, now)
         self._maintain(now)
+        self.c.add("files_seen", self.walk_stats.files_seen)
         self._finish()
         self._collect()
         self.store.set_meta(meta_key(self.vol, "last_pass"), json.dumps(

@@ -1,0 +1,259 @@
+"""BTRFS volume: extent dedupe on a real loop-mounted filesystem."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dedupd.dedup import extent, fiemap
+from dedupd.dedup.extent_group import ExtentDeduper
+from dedupd.index.store import IndexedFile, Store
+from dedupd.volumes import Counters
+from dedupd.volumes.lock import VolumeLock
+from tests.fixtures.components import require_tools
+from tests.integration.extent_helpers import (
+    BLOCK,
+    btrfs_data_bytes,
+    copy_fresh,
+    digests,
+    make_groups,
+    run_pass,
+    write_random,
+)
+
+pytestmark = pytest.mark.integration
+MountFactory = Callable[[str, str], Path]
+
+
+@pytest.fixture
+def vol(loopfs: MountFactory) -> Path:
+    require_tools("btrfs")
+    return loopfs("btrfs", "1G")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(f"sqlite:///{tmp_path}/index.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture(autouse=True)
+def _lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEDUPD_LOCK_DIR", str(tmp_path / "locks"))
+
+
+def test_reclaims_the_duplicate_bytes_and_keeps_content(vol: Path, store: Store) -> None:
+    dup = make_groups(vol / "photos", groups=12, copies=3, size_blocks=64)
+    write_random(vol / "photos" / "unique.jpg", 300 * BLOCK, 99)
+    before = digests(vol)
+    total0, disk0 = btrfs_data_bytes(vol)
+    assert total0 == disk0  # nothing shared yet
+    r = run_pass(store, vol)
+    assert r.counters["hits"] == 24 and not r.problems
+    total1, disk1 = btrfs_data_bytes(vol)
+    assert total1 == total0
+    assert abs((disk0 - disk1) - dup) <= dup * 0.01
+    assert abs(r.bytes_reclaimed - dup) <= dup * 0.05  # statvfs also sees metadata
+    assert digests(vol) == before
+
+    again = run_pass(store, vol)
+    assert again.actions == () and again.counters.get("hits", 0) == 0
+    assert again.counters.get("bytes_read", 0) == 0
+    third = run_pass(store, vol)  # the pass after sees no change at all
+    assert third.counters.get("files_examined", 0) == 0
+    assert btrfs_data_bytes(vol)[1] == disk1
+
+
+def test_duperemove_backend_reclaims_the_same(vol: Path, store: Store) -> None:
+    require_tools("duperemove")
+    dup = make_groups(vol / "p", groups=6, copies=3, size_blocks=40)
+    _, disk0 = btrfs_data_bytes(vol)
+    r = run_pass(store, vol, dedup_backend="duperemove")
+    assert r.counters["hits"] == 12, r.problems
+    assert abs((disk0 - btrfs_data_bytes(vol)[1]) - dup) <= dup * 0.01
+
+
+def test_dry_run_changes_nothing(vol: Path, store: Store) -> None:
+    make_groups(vol / "p", groups=3, copies=2, size_blocks=16)
+    _, disk0 = btrfs_data_bytes(vol)
+    r = run_pass(store, vol, dry_run=True)
+    assert r.dry_run and len(r.actions) == 3 and r.counters.get("hits", 0) == 0
+    assert btrfs_data_bytes(vol)[1] == disk0
+
+
+def test_kernel_refuses_different_tail(vol: Path, store: Store) -> None:
+    """Same size, same head, different last byte: never merged, even when the index
+    claims equal hashes (a crafted collision)."""
+    data = write_random(vol / "a", 64 * BLOCK, 5)
+    (vol / "b").write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    fa, fb = os.open(vol / "a", os.O_RDONLY), extent.open_dest(os.fsencode(vol / "b"))
+    try:
+        res = extent.dedupe_fds(fa, len(data), [fb])
+        assert res[0].status == "differs"
+    finally:
+        os.close(fa)
+        os.close(fb)
+    # Through the group path with lying hashes.
+    r = run_pass(store, vol)  # index both (different hashes: no group)
+    assert r.counters.get("groups", 0) == 0
+    files = []
+    for name in ("a", "b"):
+        st = os.stat(vol / name)
+        files.append(IndexedFile(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                 st.st_ctime_ns, 1, b"x" * 16, 0, (os.fsencode(vol / name),)))
+    c = Counters()
+    ExtentDeduper(store, c).dedupe_group(len(data), files)
+    assert c.values.get("misses_differs") == 1 and not c.values.get("hits")
+    assert (vol / "a").read_bytes() == data
+    assert (vol / "b").read_bytes()[-1] == data[-1] ^ 0xFF
+
+
+def test_snapshot_stays_readonly_and_received_uuid_untouched(vol: Path, store: Store,
+                                                              tmp_path: Path) -> None:
+    subprocess.run(["btrfs", "subvolume", "create", str(vol / "live")], check=True,
+                   capture_output=True)
+    make_groups(vol / "live", groups=4, copies=2, size_blocks=32)
+    subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(vol / "live"),
+                    str(vol / "snap")], check=True, capture_output=True)
+    (vol / "recv").mkdir()
+    send = subprocess.Popen(["btrfs", "send", "-q", str(vol / "snap")],
+                            stdout=subprocess.PIPE)
+    subprocess.run(["btrfs", "receive", "-q", str(vol / "recv")], stdin=send.stdout,
+                   check=True, capture_output=True)
+    assert send.wait() == 0
+    received = vol / "recv" / "snap"
+
+    def props() -> tuple[str, str]:
+        ro = subprocess.run(["btrfs", "property", "get", "-ts", str(received), "ro"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+        show = subprocess.run(["btrfs", "subvolume", "show", str(received)],
+                              capture_output=True, text=True, check=True).stdout
+        uuid = next(line for line in show.splitlines() if "Received UUID" in line)
+        return ro, uuid
+
+    before, content = props(), digests(vol)
+    recv_file = received / "g000" / "c0.jpg"
+    recv_map = _extents(recv_file)
+    assert before[0] == "ro=true"
+    r = run_pass(store, vol)  # default: snapshots are not even walked
+    assert r.counters["snapshots_skipped"] == 2 and r.counters["hits"] == 4
+    assert all("/recv/" not in p and "/snap/" not in p
+               for a in r.actions for p in [a["reference"], *a["paths"]])
+    r2 = run_pass(store, vol, dedup_snapshots=True, force_rescan=True)
+    assert not [p for p in r2.problems if p["reason"] == "error"], r2.problems
+    assert r2.counters.get("skips_readonly", 0) > 0
+    for a in r2.actions:  # snapshot files appear only as references
+        assert not any("/recv/" in p or "/snap/" in p for p in a["paths"])
+    assert props() == before
+    assert digests(vol) == content
+    assert _extents(recv_file) == recv_map
+
+
+def test_snapshot_file_is_the_source(vol: Path, store: Store) -> None:
+    """Only a read-only snapshot holds the old copy: the live file is deduped onto it."""
+    subprocess.run(["btrfs", "subvolume", "create", str(vol / "old")], check=True,
+                   capture_output=True)
+    data = write_random(vol / "old" / "a.jpg", 48 * BLOCK, 21)
+    subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(vol / "old"),
+                    str(vol / "snap")], check=True, capture_output=True)
+    subprocess.run(["btrfs", "subvolume", "delete", str(vol / "old")], check=True,
+                   capture_output=True)
+    time.sleep(0.05)
+    (vol / "live").mkdir()
+    (vol / "live" / "a.jpg").write_bytes(data)
+    r = run_pass(store, vol, dedup_snapshots=True)
+    assert r.counters.get("hits") == 1, (r.counters, r.problems)
+    assert r.actions[0]["reference"].endswith("/snap/a.jpg")
+    assert fiemap.same_extents(_extents(vol / "snap" / "a.jpg"), _extents(vol / "live" / "a.jpg"))
+    ro = subprocess.run(["btrfs", "property", "get", "-ts", str(vol / "snap"), "ro"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+    assert ro == "ro=true"
+    assert (vol / "live" / "a.jpg").read_bytes() == data
+
+
+def _extents(path: Path) -> list[fiemap.Extent]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return fiemap.extents(fd)
+    finally:
+        os.close(fd)
+
+
+def test_file_being_appended_waits_until_it_settles(vol: Path, store: Store) -> None:
+    data = write_random(vol / "done.bin", 256 * BLOCK, 7)
+    growing = vol / "growing.bin"
+    growing.write_bytes(data[: 64 * BLOCK])
+    stop = threading.Event()
+
+    def append() -> None:
+        with open(growing, "ab") as f:
+            for k in range(64, 256, 16):
+                if stop.is_set():
+                    return
+                f.write(data[k * BLOCK:(k + 16) * BLOCK])
+                f.flush()
+                time.sleep(0.25)
+
+    t = threading.Thread(target=append)
+    t.start()
+    try:
+        time.sleep(0.3)
+        r1 = run_pass(store, vol, settle_seconds=2)
+        assert r1.counters.get("hits", 0) == 0
+    finally:
+        t.join()
+        stop.set()
+    assert growing.read_bytes() == data
+    r2 = run_pass(store, vol, settle_seconds=2)  # just finished: still settling
+    assert r2.counters.get("hits", 0) == 0 and r2.counters.get("files_pending", 0) >= 1
+    time.sleep(4.5)  # settle_seconds doubled once for a file seen changing again
+    r3 = run_pass(store, vol, settle_seconds=2)
+    assert r3.counters.get("hits", 0) == 1, (r3.counters, r3.problems)
+    assert growing.read_bytes() == data
+
+
+def test_group_of_130_members(vol: Path, store: Store) -> None:
+    first = vol / "many" / "x000.jpg"
+    write_random(first, 4 * BLOCK, 11)
+    for k in range(1, 130):
+        copy_fresh(first, vol / "many" / f"x{k:03d}.jpg")
+    _, disk0 = btrfs_data_bytes(vol)
+    r = run_pass(store, vol, dedup_batch_size=120)
+    assert r.counters["hits"] == 129 and r.counters["dedupe_calls"] >= 2
+    assert disk0 - btrfs_data_bytes(vol)[1] == 129 * 4 * BLOCK
+
+
+@pytest.mark.parametrize("backend", ["ioctl", "duperemove"])
+def test_group_with_over_a_megabyte_of_path_names(vol: Path, store: Store,
+                                                  backend: str) -> None:
+    require_tools("duperemove")
+    deep = vol
+    for k in range(14):  # ~3.5 KiB of directory names
+        deep = deep / (f"{k:02d}" + "d" * 240)
+    deep.mkdir(parents=True)
+    first = deep / ("f" * 200 + "0000")
+    write_random(first, 2 * BLOCK, 12)
+    n = 300
+    for k in range(1, n):
+        copy_fresh(first, deep / ("f" * 200 + f"{k:04d}"))
+    assert sum(len(os.fsencode(p)) for p in deep.iterdir()) > 1024 * 1024
+    r = run_pass(store, vol, dedup_backend=backend)
+    assert r.counters.get("hits") == n - 1, (r.counters, r.problems[:3])
+
+
+def test_second_instance_gets_a_clear_error(vol: Path, tmp_path: Path) -> None:
+    with VolumeLock(vol, tmp_path / "locks"):
+        p = subprocess.run([sys.executable, "-m", "dedupd", "run", "--once", "--settle", "0",
+                            "--db", f"sqlite:///{tmp_path}/other.db", str(vol)],
+                           capture_output=True, text=True,
+                           env={**os.environ, "DEDUPD_LOCK_DIR": str(tmp_path / "locks")})
+    assert p.returncode == 75, p.stderr
+    assert "being processed by another dedupd" in p.stderr
