@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from dedupd.config import VolumeConfig
 from dedupd.dedup.extent_group import ExtentDeduper
+from dedupd.hashing import Hasher, Stability
 from dedupd.index import extents as ix
 from dedupd.index.store import IndexedFile, Store
 from dedupd.scan.events import FileEvent
@@ -32,6 +33,22 @@ from dedupd.volumes.changes import ChangeFinder, Subvol, full_walk
 from dedupd.volumes.lock import VolumeLock
 
 DAY = 86400.0
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def prefetch(files: list[IndexedFile]) -> None:
+    """Ask the kernel to start reading files that will be hashed soon (async readahead)."""
+    for f in files:
+        if f.full is not None:
+            continue
+        try:
+            fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _NOATIME)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
 
 
 def meta_key(vol: VolumeConfig, what: str) -> str:
@@ -130,7 +147,8 @@ class ExtentPass(ScanPass):
             yield Step("scanning", f"{self.walk_stats.files_seen} files")
         self.c.add("files_examined", self.walk_stats.files_seen)
         self.c.add("files_forgotten", self.store.finish_scan(scan_id, self.roots))
-        yield from self.hash_and_act(scan_id)
+        sizes = self.store.candidate_sizes(scan_id, self.vol.min_size)
+        yield from self._hash_groups(self.store.files_of_sizes(scan_id, sizes))
 
     def _incremental_pass(self, prev_gen: int) -> Iterator[Step]:
         scan_id = self.store.begin_scan(self.roots)
@@ -153,11 +171,21 @@ class ExtentPass(ScanPass):
         self.c.add("files_unchanged", r.unchanged)
 
     def _hash_sizes(self, sizes: list[int]) -> Iterator[Step]:
-        from dedupd.hashing import Hasher, Stability
+        yield from self._hash_groups(ix.files_of_sizes(self.store, sizes, self.roots))
 
+    def _hash_groups(self, groups: Iterator[list[IndexedFile]]) -> Iterator[Step]:
+        """Hash size groups and dedupe what matches, reading one group ahead.
+
+        The next group's unread files get POSIX_FADV_WILLNEED while this one is
+        hashed and deduped, so the disk works while Python hashes.
+        """
         stab = Stability(self.vol.settle_seconds, self.vol.max_backoff_hours * 3600)
         hasher = Hasher(stab, self.hash_stats)
-        for files in ix.files_of_sizes(self.store, sizes, self.roots):
+        nxt = next(groups, None)
+        while nxt is not None:
+            files, nxt = nxt, next(groups, None)
+            if nxt is not None:
+                prefetch(nxt)
             res = hasher.hash_size_group(files)
             self.store.save_hashes(res.updates)
             if res.gone:
@@ -212,6 +240,10 @@ class ExtentPass(ScanPass):
         return _State(int(g) if g else None, float(lf) if lf else None, subvols)
 
     def _save_state(self, gen: int | None, started: float) -> None:
+        """Advance the change horizon. Never in dry-run: the next real pass must see the
+        same changes again, or the groups this pass only described would be lost."""
+        if self.dry:
+            return
         if self.full_reason is not None:
             self.store.set_meta(meta_key(self.vol, "last_full_scan"), repr(started))
         if gen is not None:

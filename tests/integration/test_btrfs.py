@@ -257,3 +257,12 @@ def test_second_instance_gets_a_clear_error(vol: Path, tmp_path: Path) -> None:
                            env={**os.environ, "DEDUPD_LOCK_DIR": str(tmp_path / "locks")})
     assert p.returncode == 75, p.stderr
     assert "being processed by another dedupd" in p.stderr
+
+
+def test_dry_run_does_not_advance_the_generation(vol: Path, store: Store) -> None:
+    run_pass(store, vol)  # first real pass: nothing yet
+    make_groups(vol / "later", groups=2, copies=2, size_blocks=8)
+    dry = run_pass(store, vol, dry_run=True)
+    assert len(dry.actions) == 2 and dry.counters.get("full_scans", 0) == 0
+    real = run_pass(store, vol)
+    assert real.counters.get("hits") == 2, real.counters

@@ -1,0 +1,157 @@
+"""BTRFS extent dedupe: dedupd vs duperemove vs jdupes on the same fresh image.
+
+One dataset (photo-sized incompressible files, a share of them copied into
+backup folders with cp --reflink=never) is written once into a BTRFS image;
+each contender gets its own byte-identical copy of that image, a cold page
+cache, and is timed until it exits. Space reclaimed is measured with
+`btrfs filesystem du` (exclusive + shared data bytes) before and after.
+
+Run: .venv/bin/python bench/bench_btrfs.py [--files N] [--dup-ratio R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+def sh(*argv: str, capture: bool = True) -> str:
+    return subprocess.run(list(argv), check=True, text=True, capture_output=capture).stdout
+
+
+def make_dataset(mnt: Path, files: int, dup_ratio: float, seed: int = 1) -> int:
+    """Originals of 0.5-4 MiB plus fresh copies of a share of them; returns duplicate bytes."""
+    rnd = random.Random(seed)
+    lib = mnt / "Pictures"
+    lib.mkdir()
+    originals = []
+    for k in range(files):
+        size = rnd.randrange(MiB // 2, 4 * MiB)
+        d = lib / f"{2010 + k % 14}"
+        d.mkdir(exist_ok=True)
+        p = d / f"IMG_{k:05d}.jpg"
+        p.write_bytes(rnd.randbytes(size))
+        originals.append(p)
+    dup = 0
+    backup = mnt / "Backup"
+    for p in rnd.sample(originals, int(files * dup_ratio)):
+        for copy in range(rnd.choice([1, 1, 2])):
+            target = backup / f"disk{copy}" / p.parent.name / p.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            sh("cp", "--reflink=never", str(p), str(target))
+            dup += p.stat().st_size
+    return dup
+
+
+def data_bytes(mnt: Path) -> int:
+    sh("btrfs", "filesystem", "sync", str(mnt))
+    line = sh("btrfs", "filesystem", "du", "-s", "--raw", str(mnt)).splitlines()[-1]
+    _t, excl, shared = (int(x) for x in line.split()[:3])
+    return excl + shared
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def contenders(work: Path) -> dict[str, Callable[[Path], list[str]]]:
+    py = sys.executable
+
+    def dedupd(backend: str) -> Callable[[Path], list[str]]:
+        def argv(mnt: Path) -> list[str]:
+            cfg = work / f"dedupd-{backend}.toml"
+            cfg.write_text(f'[volumes.bench]\nkind = "btrfs"\npath = "{mnt}"\n'
+                           f'settle_seconds = 0\ndedup_backend = "{backend}"\n')
+            db = work / f"dedupd-{backend}.db"
+            db.unlink(missing_ok=True)
+            return [py, "-m", "dedupd", "run", "--once", "-c", str(cfg), "--db",
+                    f"sqlite:///{db}", "bench"]
+        return argv
+
+    return {
+        "dedupd run --once (ioctl)": dedupd("ioctl"),
+        "dedupd run --once (duperemove backend)": dedupd("duperemove"),
+        "duperemove -dr": lambda mnt: ["duperemove", "-dr", "-q", str(mnt)],
+        "jdupes -rB": lambda mnt: ["jdupes", "-rBq", str(mnt)],
+    }
+
+
+def run_one(name: str, argv: Callable[[Path], list[str]], master: Path,
+            work: Path) -> tuple[float, int]:
+    img = work / "run.img"
+    mnt = work / "mnt"
+    sh("cp", "--sparse=always", str(master), str(img))
+    sh("mount", "-o", "loop", str(img), str(mnt))
+    try:
+        before = data_bytes(mnt)
+        drop_caches()
+        t0 = time.monotonic()
+        r = subprocess.run(argv(mnt), capture_output=True, text=True)
+        wall = time.monotonic() - t0
+        if r.returncode != 0:
+            print(f"  {name}: exit {r.returncode}: {r.stderr.strip()[-300:]}", file=sys.stderr)
+        return wall, before - data_bytes(mnt)
+    finally:
+        sh("umount", str(mnt))
+        img.unlink()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=300, help="original photos (default 300)")
+    ap.add_argument("--dup-ratio", type=float, default=0.4, help="share copied (default 0.4)")
+    ap.add_argument("--rounds", type=int, default=1, help="runs per contender (best is kept)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench_btrfs needs root (loop mounts)", file=sys.stderr)
+        return 1
+    missing = [t for t in ("mkfs.btrfs", "duperemove", "jdupes") if shutil.which(t) is None]
+    if missing:
+        print(f"missing tools: {', '.join(missing)} (make deps)", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="dedupd-bench-"))
+    os.environ["DEDUPD_LOCK_DIR"] = str(work / "locks")
+    master, mnt = work / "master.img", work / "mnt"
+    mnt.mkdir()
+    try:
+        sh("truncate", "-s", "4G", str(master))
+        sh("mkfs.btrfs", "-q", "-f", str(master))
+        sh("mount", "-o", "loop", str(master), str(mnt))
+        try:
+            dup = make_dataset(mnt, args.files, args.dup_ratio)
+            total = data_bytes(mnt)
+        finally:
+            sh("umount", str(mnt))
+        print(f"dataset: {total / MiB:.0f} MiB of file data, {dup / MiB:.0f} MiB duplicate "
+              f"({args.files} originals, dup ratio {args.dup_ratio})")
+        print(f"{'tool':42} {'wall s':>8} {'reclaimed MiB':>14} {'of dup':>7} "
+              f"{'vs duperemove':>14}")
+        results = {}
+        for name, argv in contenders(work).items():
+            runs = [run_one(name, argv, master, work) for _ in range(args.rounds)]
+            results[name] = min(runs)
+        base = results["duperemove -dr"][0]
+        for name, (wall, rec) in results.items():
+            print(f"{name:42} {wall:8.2f} {rec / MiB:14.1f} {100 * rec / dup:6.1f}% "
+                  f"{wall / base:13.2f}x")
+        return 0
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
