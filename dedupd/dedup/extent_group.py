@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dedupd.dedup import extent, fiemap
-from dedupd.dedup.planner import Member, Plan, plan_group
+from dedupd.dedup.planner import Member, plan_group
 from dedupd.hashing import FileChanged, _check
 from dedupd.index import extents as ix
 from dedupd.index.store import HashUpdate, IndexedFile, Store
@@ -29,10 +29,10 @@ DUPEREMOVE_QUEUE = 2000  # files per duperemove run
 
 @dataclass
 class _Open:
-    """A member opened and checked against the index, with its extent map."""
+    """A member checked against the index, with its extent map (fd already closed:
+    groups may be larger than the open-files limit)."""
 
     file: IndexedFile
-    fd: int
     exts: list[fiemap.Extent]
 
 
@@ -62,32 +62,42 @@ class ExtentDeduper:
         if full is None or len(files) < 2:
             return
         opened = self._open_all(files)
-        try:
-            if len(opened) < 2:
-                return
+        if len(opened) >= 2:
             self._dedupe_opened(size, full, opened)
-        finally:
-            for o in opened.values():
-                os.close(o.fd)
 
     def _open_all(self, files: Sequence[IndexedFile]) -> dict[tuple[int, int], _Open]:
         out: dict[tuple[int, int], _Open] = {}
         for f in files:
+            fd = self._open_checked(f)
+            if fd is None:
+                continue
+            try:
+                out[f.key] = _Open(f, fiemap.extents(fd))
+            except OSError as e:
+                self.c.add("errors")
+                self._problem(f.path, "error", e)
+            finally:
+                os.close(fd)
+        return out
+
+    def _open_checked(self, f: IndexedFile) -> int | None:
+        """Open read-only and confirm it is still the indexed, unchanged inode."""
+        try:
             try:
                 fd = os.open(f.path, _RO)
             except PermissionError:
                 fd = os.open(f.path, _RO & ~getattr(os, "O_NOATIME", 0))
-            except OSError as e:
-                self._problem(f.path, "vanished" if e.errno == errno.ENOENT else "error", e)
-                continue
-            try:
-                _check(fd, f)
-                out[f.key] = _Open(f, fd, fiemap.extents(fd))
-            except (FileChanged, OSError) as e:
-                os.close(fd)
-                self.c.add("skips_changed")
-                self._problem(f.path, "changed", e)
-        return out
+        except OSError as e:
+            self._problem(f.path, "vanished" if e.errno == errno.ENOENT else "error", e)
+            return None
+        try:
+            _check(fd, f)
+        except (FileChanged, OSError) as e:
+            os.close(fd)
+            self.c.add("skips_changed")
+            self._problem(f.path, "changed", e)
+            return None
+        return fd
 
     def _dedupe_opened(self, size: int, full: bytes,
                        opened: dict[tuple[int, int], _Open]) -> None:
@@ -115,9 +125,9 @@ class ExtentDeduper:
         if not self.dry_run:
             ix.mark_done(self.store, [(m.key, full, ref.file.key, size) for m in shared])
         if todo:
-            self._act(size, full, ref, [opened[m.key] for m in todo], plan)
+            self._act(size, full, ref, [opened[m.key] for m in todo])
 
-    def _act(self, size: int, full: bytes, ref: _Open, dests: list[_Open], plan: Plan) -> None:
+    def _act(self, size: int, full: bytes, ref: _Open, dests: list[_Open]) -> None:
         action = {"action": "dedupe", "size": size, "reference": _show(ref.file.path),
                   "paths": [_show(d.file.path) for d in dests]}
         self.actions.append(action)
@@ -135,6 +145,9 @@ class ExtentDeduper:
             self._ioctl_batch(size, full, ref, dests[k:k + n])
 
     def _ioctl_batch(self, size: int, full: bytes, ref: _Open, dests: list[_Open]) -> None:
+        src = self._open_checked(ref.file)
+        if src is None:
+            return
         fds: dict[int, _Open] = {}
         try:
             for d in dests:
@@ -143,13 +156,13 @@ class ExtentDeduper:
                     fds[fd] = d
             if not fds:
                 return
-            results = extent.dedupe_fds(ref.fd, size, list(fds))
+            results = extent.dedupe_fds(src, size, list(fds))
         except OSError as e:
             self.c.add("errors")
             self._problem(ref.file.path, "error", e)
             return
         finally:
-            for fd in fds:
+            for fd in [src, *fds]:
                 os.close(fd)
         self.c.add("dedupe_calls")
         ok = []
