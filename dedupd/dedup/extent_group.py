@@ -25,6 +25,7 @@ from dedupd.volumes import Counters
 
 _RO = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
 DUPEREMOVE_QUEUE = 2000  # files per duperemove run
+STATE_BATCH = 500  # buffered done marks / references per index transaction
 
 
 @dataclass
@@ -56,9 +57,15 @@ class ExtentDeduper:
     actions: list[dict[str, Any]] = field(default_factory=list)
     problems: list[dict[str, str]] = field(default_factory=list)
     queue: list[_Queued] = field(default_factory=list)
+    refs: list[tuple[int, bytes, tuple[int, int]]] = field(default_factory=list)
+    done_buf: list[tuple[tuple[int, int], bytes, tuple[int, int], int]] = field(
+        default_factory=list)
 
-    def dedupe_group(self, size: int, files: Sequence[IndexedFile]) -> None:
-        full = files[0].full or ix.full_hash(self.store, files[0].key)
+    def dedupe_group(self, size: int, files: Sequence[IndexedFile],
+                     full: bytes | None = None) -> None:
+        """Dedupe one group of files with identical content hash `full` (looked up when
+        not given). State writes are buffered: call flush() at the end of the pass."""
+        full = full or files[0].full or ix.full_hash(self.store, files[0].key)
         if full is None or len(files) < 2:
             return
         opened = self._open_all(files)
@@ -101,8 +108,7 @@ class ExtentDeduper:
 
     def _dedupe_opened(self, size: int, full: bytes,
                        opened: dict[tuple[int, int], _Open]) -> None:
-        done = ix.done_rows(self.store, opened)
-        remembered = ix.get_ref(self.store, size, full)
+        remembered, done = ix.group_state(self.store, size, full, opened)
         members = [Member(k, o.file.path, o.file.mtime_ns, self.is_readonly(o.file),
                           fiemap.any_shared(o.exts),
                           k in done and done[k][0] == full and done[k][1] == remembered)
@@ -111,7 +117,7 @@ class ExtentDeduper:
         if plan is None:
             return
         if plan.reference.key != remembered and not self.dry_run:
-            ix.set_ref(self.store, size, full, plan.reference.key)
+            self.refs.append((size, full, plan.reference.key))
         self.c.add("skips_done", len(plan.skipped_done))
         self.c.add("skips_readonly", len(plan.skipped_readonly))
         ref = opened[plan.reference.key]
@@ -123,7 +129,7 @@ class ExtentDeduper:
                 todo.append(m)
         self.c.add("skips_already_shared", len(shared))
         if not self.dry_run:
-            ix.mark_done(self.store, [(m.key, full, ref.file.key, size) for m in shared])
+            self._done([(m.key, full, ref.file.key, size) for m in shared])
         if todo:
             self._act(size, full, ref, [opened[m.key] for m in todo])
 
@@ -138,7 +144,7 @@ class ExtentDeduper:
                 b"\n" in f.file.path for f in [ref, *dests]):
             self.queue.append(_Queued(ref.file, [d.file for d in dests], full))
             if sum(len(q.dests) + 1 for q in self.queue) >= DUPEREMOVE_QUEUE:
-                self.flush()
+                self._run_duperemove()
             return
         n = max(1, min(self.batch_size, extent.KERNEL_MAX_DESTS))
         for k in range(0, len(dests), n):
@@ -224,9 +230,30 @@ class ExtentDeduper:
                 rows.append((d.key, full, ref.key, size))
             else:
                 self.c.add("misses_not_shared")
-        ix.mark_done(self.store, rows)
+        self._done(rows)
+
+    def _done(self, rows: list[tuple[tuple[int, int], bytes, tuple[int, int], int]]) -> None:
+        self.done_buf.extend(rows)
+        if len(self.done_buf) + len(self.refs) >= STATE_BATCH:
+            self.save_state()
+
+    def save_state(self) -> None:
+        """Write buffered references and done marks (one transaction each).
+
+        Losing them (kill -9) is harmless: the next pass finds the same files
+        sharing extents with FIEMAP and marks them then.
+        """
+        refs, self.refs = self.refs, []
+        done, self.done_buf = self.done_buf, []
+        ix.set_refs(self.store, refs)
+        ix.mark_done(self.store, done)
 
     def flush(self) -> None:
+        """Run queued duperemove work, then write the buffered state. End of a pass."""
+        self._run_duperemove()
+        self.save_state()
+
+    def _run_duperemove(self) -> None:
         """Run queued groups through duperemove (one process, groups on stdin)."""
         q, self.queue = self.queue, []
         if not q:

@@ -89,20 +89,6 @@ def files_of_sizes(store: Store, sizes: Sequence[int],
 
 # --- group state ---
 
-def done_rows(store: Store, keys: Iterable[Key]) -> dict[Key, tuple[bytes, Key]]:
-    """key -> (full hash, reference key) for inodes confirmed deduped earlier."""
-    t = s.extent_done.c
-    ks = [(to_s64(d), to_s64(n)) for d, n in keys]
-    out: dict[Key, tuple[bytes, Key]] = {}
-    with store.engine.connect() as c:
-        for part in _chunks(ks, BATCH):
-            q = select(t.dev, t.ino, t.full, t.ref_dev, t.ref_ino).where(
-                tuple_(t.dev, t.ino).in_(part))
-            for d, n, full, rd, rn in c.execute(q):
-                out[(from_s64(d), from_s64(n))] = (full, (from_s64(rd), from_s64(rn)))
-    return out
-
-
 def mark_done(store: Store, rows: Sequence[tuple[Key, bytes, Key, int]]) -> None:
     """Record (key, full, ref_key, bytes) as confirmed shared with the reference."""
     if not rows:
@@ -116,20 +102,34 @@ def mark_done(store: Store, rows: Sequence[tuple[Key, bytes, Key, int]]) -> None
         c.execute(ins.on_conflict_do_update(index_elements=["dev", "ino"], set_=cols), vals)
 
 
-def get_ref(store: Store, size: int, full: bytes) -> Key | None:
-    t = s.extent_refs.c
-    with store.engine.connect() as c:
-        r = c.execute(select(t.dev, t.ino).where(t.size == size, t.full == full)).first()
-    return None if r is None else (from_s64(r[0]), from_s64(r[1]))
-
-
-def set_ref(store: Store, size: int, full: bytes, key: Key) -> None:
-    ins = store._insert(s.extent_refs).values(size=size, full=full, dev=to_s64(key[0]),
-                                              ino=to_s64(key[1]))
+def set_refs(store: Store, refs: Sequence[tuple[int, bytes, Key]]) -> None:
+    """Remember (size, full) -> reference key, replacing an older choice."""
+    if not refs:
+        return
+    rows = [{"size": size, "full": full, "dev": to_s64(k[0]), "ino": to_s64(k[1])}
+            for size, full, k in refs]
+    ins = store._insert(s.extent_refs)
     with store.engine.begin() as c:
         c.execute(ins.on_conflict_do_update(index_elements=["size", "full"],
                                             set_={"dev": ins.excluded.dev,
-                                                  "ino": ins.excluded.ino}))
+                                                  "ino": ins.excluded.ino}), rows)
+
+
+def group_state(store: Store, size: int, full: bytes, keys: Iterable[Key]
+                ) -> tuple[Key | None, dict[Key, tuple[bytes, Key]]]:
+    """(remembered reference, done rows of keys) in one round trip to the index."""
+    t, d = s.extent_refs.c, s.extent_done.c
+    ks = [(to_s64(a), to_s64(b)) for a, b in keys]
+    done: dict[Key, tuple[bytes, Key]] = {}
+    with store.engine.connect() as c:
+        r = c.execute(select(t.dev, t.ino).where(t.size == size, t.full == full)).first()
+        for part in _chunks(ks, BATCH):
+            q = select(d.dev, d.ino, d.full, d.ref_dev, d.ref_ino).where(
+                tuple_(d.dev, d.ino).in_(part))
+            for dv, n, f, rd, rn in c.execute(q):
+                done[(from_s64(dv), from_s64(n))] = (f, (from_s64(rd), from_s64(rn)))
+    ref = None if r is None else (from_s64(r[0]), from_s64(r[1]))
+    return ref, done
 
 
 def reset_done_before(store: Store, when: float) -> int:

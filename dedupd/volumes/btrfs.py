@@ -13,8 +13,12 @@ Caller contract: one pass per volume at a time (steps() takes the volume lock).
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,22 +37,49 @@ from dedupd.volumes.changes import ChangeFinder, Subvol, full_walk
 from dedupd.volumes.lock import VolumeLock
 
 DAY = 86400.0
+LOOKAHEAD = 8  # size groups read ahead of the hashing
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
 
-def prefetch(files: list[IndexedFile]) -> None:
-    """Ask the kernel to start reading files that will be hashed soon (async readahead)."""
-    for f in files:
-        if f.full is not None:
-            continue
-        try:
-            fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _NOATIME)
-        except OSError:
-            continue
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
+class Prefetcher:
+    """Starts reading files that will be hashed soon, in a thread of its own.
+
+    POSIX_FADV_WILLNEED queues readahead but may block while the device queue
+    is full, so it runs beside the hashing, never in front of it. It stays at
+    most LOOKAHEAD groups ahead.
+    """
+
+    def __init__(self) -> None:
+        self.q: queue.Queue[list[IndexedFile] | None] = queue.Queue(maxsize=LOOKAHEAD)
+        self.t = threading.Thread(target=self._run, name="dedupd-prefetch", daemon=True)
+        self.t.start()
+
+    def submit(self, files: list[IndexedFile]) -> None:
+        with contextlib.suppress(queue.Full):  # never make the hashing wait for a hint
+            self.q.put_nowait(files)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.t.join(timeout=30)
+
+    def _run(self) -> None:
+        while (files := self.q.get()) is not None:
+            for f in files:
+                if f.full is None:
+                    _willneed(f.path)
+
+
+def _willneed(path: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _NOATIME)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def meta_key(vol: VolumeConfig, what: str) -> str:
@@ -181,19 +212,34 @@ class ExtentPass(ScanPass):
         """
         stab = Stability(self.vol.settle_seconds, self.vol.max_backoff_hours * 3600)
         hasher = Hasher(stab, self.hash_stats)
-        nxt = next(groups, None)
-        while nxt is not None:
-            files, nxt = nxt, next(groups, None)
-            if nxt is not None:
-                prefetch(nxt)
-            res = hasher.hash_size_group(files)
-            self.store.save_hashes(res.updates)
-            if res.gone:
-                self.store.forget(res.gone)
-            yield Step("hashing", f"size {files[0].size}")
-            for g in res.groups:
-                self.c.add("groups")
-                yield from self.act(DupGroup(files[0].size, g))
+        pre = Prefetcher()
+        try:
+            yield from self._hash_each(hasher, pre, groups)
+        finally:
+            pre.close()
+
+    def _hash_each(self, hasher: Hasher, pre: Prefetcher,
+                   groups: Iterator[list[IndexedFile]]) -> Iterator[Step]:
+        ahead: collections.deque[list[IndexedFile]] = collections.deque()
+        for g in groups:
+            ahead.append(g)
+            pre.submit(g)
+            if len(ahead) > LOOKAHEAD:
+                yield from self._hash_one(hasher, ahead.popleft())
+        while ahead:
+            yield from self._hash_one(hasher, ahead.popleft())
+
+    def _hash_one(self, hasher: Hasher, files: list[IndexedFile]) -> Iterator[Step]:
+        res = hasher.hash_size_group(files)
+        self.store.save_hashes(res.updates)
+        if res.gone:
+            self.store.forget(res.gone)
+        yield Step("hashing", f"size {files[0].size}")
+        fulls = {(u.dev, u.ino): u.full for u in res.updates}
+        for g in res.groups:
+            self.c.add("groups")
+            self.deduper.dedupe_group(files[0].size, g, g[0].full or fulls.get(g[0].key))
+            yield Step("deduping", f"{len(g)} files of {files[0].size} bytes")
 
     def act(self, group: DupGroup) -> Iterator[Step]:
         self.deduper.dedupe_group(group.size, group.files)
