@@ -14,72 +14,27 @@ Caller contract: one pass per volume at a time (steps() takes the volume lock).
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
-import queue
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from dedupd.config import VolumeConfig
 from dedupd.dedup.extent_group import ExtentDeduper
+from dedupd.dedup.worker import LOOKAHEAD, DedupeWorker, Prefetcher
 from dedupd.hashing import Hasher, Stability
 from dedupd.index import extents as ix
 from dedupd.index.store import IndexedFile, Store
 from dedupd.scan.events import FileEvent
 from dedupd.scan.scanner import RECORD_BATCH, DupGroup, batches
-from dedupd.volumes import PassOptions, Step, register
+from dedupd.volumes import Counters, PassOptions, Step, register
 from dedupd.volumes import btrfs_ioctl as bt
 from dedupd.volumes._base import ScanPass
 from dedupd.volumes.changes import ChangeFinder, Subvol, full_walk
 from dedupd.volumes.lock import VolumeLock
 
 DAY = 86400.0
-LOOKAHEAD = 8  # size groups read ahead of the hashing
-_NOATIME = getattr(os, "O_NOATIME", 0)
-
-
-class Prefetcher:
-    """Starts reading files that will be hashed soon, in a thread of its own.
-
-    POSIX_FADV_WILLNEED queues readahead but may block while the device queue
-    is full, so it runs beside the hashing, never in front of it. It stays at
-    most LOOKAHEAD groups ahead.
-    """
-
-    def __init__(self) -> None:
-        self.q: queue.Queue[list[IndexedFile] | None] = queue.Queue(maxsize=LOOKAHEAD)
-        self.t = threading.Thread(target=self._run, name="dedupd-prefetch", daemon=True)
-        self.t.start()
-
-    def submit(self, files: list[IndexedFile]) -> None:
-        with contextlib.suppress(queue.Full):  # never make the hashing wait for a hint
-            self.q.put_nowait(files)
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.t.join(timeout=30)
-
-    def _run(self) -> None:
-        while (files := self.q.get()) is not None:
-            for f in files:
-                if f.full is None:
-                    _willneed(f.path)
-
-
-def _willneed(path: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _NOATIME)
-    except OSError:
-        return
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def meta_key(vol: VolumeConfig, what: str) -> str:
@@ -123,7 +78,9 @@ class ExtentPass(ScanPass):
         self.btrfs = vol.kind == "btrfs"
         self.dry = opts.dry_run or not vol.apply
         self.finder = ChangeFinder(vol, self.c, self.walk_stats)
-        self.deduper = ExtentDeduper(store, self.c, vol.dedup_batch_size, vol.dedup_backend,
+        # The deduper runs in a worker thread: it counts into its own Counters,
+        # merged into the pass's at the end.
+        self.deduper = ExtentDeduper(store, Counters(), vol.dedup_batch_size, vol.dedup_backend,
                                      self.dry, self._readonly)
         self.full_reason: str | None = None
 
@@ -161,12 +118,12 @@ class ExtentPass(ScanPass):
             self.finder.subvols = dict(st.subvols)
             yield from self._incremental_pass(st.gen or 0)
         self.deduper.flush()
+        self._collect()
         self._measure(free0)
         self._save_state(gen, now)
         self._maintain(now)
         self.c.add("files_seen", self.walk_stats.files_seen)
         self._finish()
-        self._collect()
         self.store.set_meta(meta_key(self.vol, "last_pass"), json.dumps(
             {"at": now, "full": self.full_reason, "counters": self.c.values}))
 
@@ -205,18 +162,19 @@ class ExtentPass(ScanPass):
         yield from self._hash_groups(ix.files_of_sizes(self.store, sizes, self.roots))
 
     def _hash_groups(self, groups: Iterator[list[IndexedFile]]) -> Iterator[Step]:
-        """Hash size groups and dedupe what matches, reading one group ahead.
+        """Hash size groups and dedupe what matches, three things at once.
 
-        The next group's unread files get POSIX_FADV_WILLNEED while this one is
-        hashed and deduped, so the disk works while Python hashes.
+        Upcoming groups' files get readahead hints (Prefetcher) and matched
+        groups are deduped in a thread (DedupeWorker) while this thread hashes.
         """
         stab = Stability(self.vol.settle_seconds, self.vol.max_backoff_hours * 3600)
         hasher = Hasher(stab, self.hash_stats)
-        pre = Prefetcher()
+        pre, self.worker = Prefetcher(), DedupeWorker(self.deduper)
         try:
             yield from self._hash_each(hasher, pre, groups)
         finally:
             pre.close()
+            self.worker.close()
 
     def _hash_each(self, hasher: Hasher, pre: Prefetcher,
                    groups: Iterator[list[IndexedFile]]) -> Iterator[Step]:
@@ -238,7 +196,7 @@ class ExtentPass(ScanPass):
         fulls = {(u.dev, u.ino): u.full for u in res.updates}
         for g in res.groups:
             self.c.add("groups")
-            self.deduper.dedupe_group(files[0].size, g, g[0].full or fulls.get(g[0].key))
+            self.worker.submit(files[0].size, g, g[0].full or fulls.get(g[0].key))
             yield Step("deduping", f"{len(g)} files of {files[0].size} bytes")
 
     def act(self, group: DupGroup) -> Iterator[Step]:
@@ -317,5 +275,7 @@ class ExtentPass(ScanPass):
             self.store.set_meta(k, repr(now))
 
     def _collect(self) -> None:
+        for k, v in self.deduper.c.values.items():
+            self.c.add(k, v)
         self.actions.extend(self.deduper.actions)
         self.problems.extend(self.deduper.problems)
