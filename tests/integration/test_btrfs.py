@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -293,3 +294,46 @@ def test_kill_9_mid_pass_loses_nothing(vol: Path, store: Store, tmp_path: Path) 
     assert r.returncode == 0, r.stderr
     assert digests(vol) == before
     assert abs((disk0 - btrfs_data_bytes(vol)[1]) - dup) <= dup * 0.01
+
+
+def test_postgresql_index(vol: Path, pg_url: str) -> None:
+    """The same pass against the shared-inventory backend."""
+    pg = Store(pg_url)
+    try:
+        dup = make_groups(vol / "p", groups=3, copies=3, size_blocks=16)
+        _, disk0 = btrfs_data_bytes(vol)
+        r = run_pass(pg, vol)
+        assert r.counters["hits"] == 6, r.problems
+        assert abs((disk0 - btrfs_data_bytes(vol)[1]) - dup) <= dup * 0.01
+        again = run_pass(pg, vol)
+        assert again.actions == () and again.counters.get("bytes_read", 0) == 0
+    finally:
+        pg.close()
+
+
+def test_newline_names_with_the_duperemove_backend(vol: Path, store: Store) -> None:
+    require_tools("duperemove")
+    data = write_random(vol / "plain.jpg", 8 * BLOCK, 31)
+    (vol / "odd\nname.jpg").write_bytes(data)
+    (vol / "other.jpg").write_bytes(data)
+    r = run_pass(store, vol, dedup_backend="duperemove")
+    assert r.counters.get("hits") == 2, (r.counters, r.problems)
+
+
+def test_stats_command_reports_the_last_pass(vol: Path, tmp_path: Path) -> None:
+    make_groups(vol / "p", groups=2, copies=2, size_blocks=8)
+    db = f"sqlite:///{tmp_path}/cli.db"
+    env = {**os.environ, "DEDUPD_LOCK_DIR": str(tmp_path / "locks")}
+    base = [sys.executable, "-m", "dedupd"]
+    subprocess.run([*base, "run", "--once", "--settle", "0", "--db", db, str(vol)],
+                   check=True, env=env, capture_output=True)
+    out = subprocess.run([*base, "stats", "--json", "--db", db, str(vol)], check=True,
+                         env=env, capture_output=True, text=True).stdout
+    doc = json.loads(out)
+    assert doc["files_indexed"] == 4 and doc["duplicate_groups"] == 2
+    assert doc["files_deduped"] == 2 and doc["bytes_deduped"] == (8 + 9) * BLOCK
+    assert doc["last_generation"] > 0 and doc["last_full_scan"] is not None
+    assert doc["last_pass"]["counters"]["files_examined"] == 4
+    text = subprocess.run([*base, "stats", "--db", db, str(vol)], check=True, env=env,
+                          capture_output=True, text=True).stdout
+    assert "duplicate groups  2" in text and "last generation" in text

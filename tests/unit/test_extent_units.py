@@ -87,3 +87,24 @@ def test_apply_priority_in_a_child() -> None:
     assert out[0] == "19"
     assert out[1] == "3"  # IOPRIO_CLASS_IDLE
     assert DaemonConfig().nice == 19 and DaemonConfig().ionice == "idle"
+
+
+def test_dedupe_worker_hands_a_failure_back() -> None:
+    from dedupd.dedup.worker import DedupeWorker
+
+    class Boom:
+        calls = 0
+
+        def dedupe_group(self, *a: object) -> None:
+            Boom.calls += 1
+            raise RuntimeError("kaput")
+
+    w = DedupeWorker(Boom())  # type: ignore[arg-type]
+    w.submit(1, [], None)
+    with pytest.raises(RuntimeError, match="kaput"):
+        for _ in range(50):  # the failure surfaces at a later submit or at close
+            time.sleep(0.01)
+            w.submit(1, [], None)
+        w.close()
+    w.close()
+    assert Boom.calls == 1
