@@ -14,6 +14,7 @@ Caller contract: one pass per volume at a time (steps() takes the volume lock).
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from dedupd.config import VolumeConfig
 from dedupd.dedup.extent_group import ExtentDeduper
 from dedupd.dedup.worker import LOOKAHEAD, DedupeWorker, Prefetcher
+from dedupd.errors import ConfigError
 from dedupd.hashing import Hasher, Stability
 from dedupd.index import extents as ix
 from dedupd.index.store import IndexedFile, Store
@@ -106,7 +108,10 @@ class ExtentPass(ScanPass):
         st = self._load_state()
         gen = self._sync() if self.btrfs else None
         now = time.time()
-        if self.btrfs and gen is not None:
+        if self.btrfs and gen is not None and not self.finder.can_search(self.roots[0]):
+            self.full_reason = "generation tracking needs CAP_SYS_ADMIN (root)"
+            gen = None  # nothing to remember: every pass walks
+        elif self.btrfs and gen is not None:
             self.full_reason = full_scan_reason(self.vol, st.gen, gen, st.last_full, now,
                                                 self.opts.force_rescan)
         else:
@@ -212,6 +217,12 @@ class ExtentPass(ScanPass):
             gen = bt.start_sync(fd)
             bt.wait_sync(fd, gen)
             return gen
+        except OSError as e:
+            if e.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+                raise ConfigError("-", f"volumes.{self.vol.name}.kind",
+                                  f"btrfs, but {self.vol.path} is not on a BTRFS "
+                                  f"filesystem ({e.strerror})") from None
+            raise
         finally:
             os.close(fd)
 

@@ -85,6 +85,18 @@ class ChangeFinder:
         self._ro_dev: dict[int, bool] = {}
         self.forgotten = 0
 
+    def can_search(self, root: bytes) -> bool:
+        """Whether tree searches are allowed here (they need CAP_SYS_ADMIN)."""
+        fd = bt.open_dir(root)
+        try:
+            next(bt.search(fd, 1, (bt.FS_TREE_OBJECTID, 0, 0), (bt.FS_TREE_OBJECTID, 255, 0)),
+                 None)
+            return True
+        except PermissionError:
+            return False
+        finally:
+            os.close(fd)
+
     def skip_subvol(self, sv: Subvol) -> bool:
         return sv.readonly and not self.vol.dedup_snapshots
 
@@ -217,5 +229,8 @@ class ChangeFinder:
 
 def full_walk(finder: ChangeFinder, root: bytes) -> Iterator[FileEvent]:
     """Every file below root, skipping read-only snapshots unless dedup_snapshots."""
-    finder.subvols = visible_subvols(root)
+    try:
+        finder.subvols = visible_subvols(root)
+    except PermissionError:  # not root: snapshots are still never destinations
+        finder.subvols = {}
     return walk([root], finder.walk_options(), finder.stats)

@@ -337,3 +337,32 @@ def test_stats_command_reports_the_last_pass(vol: Path, tmp_path: Path) -> None:
     text = subprocess.run([*base, "stats", "--db", db, str(vol)], check=True, env=env,
                           capture_output=True, text=True).stdout
     assert "duplicate groups  2" in text and "last generation" in text
+
+
+def test_without_cap_sys_admin_every_pass_walks(vol: Path, tmp_path: Path) -> None:
+    """Tree searches need CAP_SYS_ADMIN; without it dedupd walks and still dedupes."""
+    require_tools("setpriv")
+    make_groups(vol / "p", groups=2, copies=2, size_blocks=8)
+    db = f"sqlite:///{tmp_path}/nocap.db"
+    argv = ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin",
+            sys.executable, "-m", "dedupd", "run", "--once", "--json", "--settle", "0",
+            "--db", db, str(vol)]
+    env = {**os.environ, "DEDUPD_LOCK_DIR": str(tmp_path / "locks")}
+    for _ in range(2):
+        p = subprocess.run(argv, env=env, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        counters = json.loads(p.stdout)["volumes"][0]["counters"]
+        assert counters["full_scans"] == 1
+    assert counters.get("skips_done") == 2 and counters.get("bytes_read", 0) == 0
+
+
+def test_btrfs_kind_on_another_filesystem_is_a_config_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[volumes.x]\nkind = "btrfs"\npath = "{tmp_path}"\n')
+    p = subprocess.run([sys.executable, "-m", "dedupd", "run", "--once", "-c", str(cfg),
+                        "--db", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True,
+                       env={**os.environ, "DEDUPD_LOCK_DIR": str(tmp_path / "locks")})
+    if subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)],
+                                 capture_output=True, text=True).stdout.strip() == "btrfs":
+        pytest.skip("the temp dir is on BTRFS here")
+    assert p.returncode == 78 and "not on a BTRFS filesystem" in p.stderr, p.stderr
