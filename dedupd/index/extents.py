@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, tuple_, update
+from sqlalchemy import and_, case, delete, func, or_, select, tuple_, update
 
 from dedupd.index import schema as s
 from dedupd.index.schema import from_s64, to_s64
@@ -59,18 +59,20 @@ def forget_paths(store: Store, path_keys: Sequence[bytes]) -> int:
 
 
 def pending_sizes(store: Store, roots: Sequence[bytes], min_size: int) -> list[int]:
-    """Sizes with 2+ inodes under roots where some inode was never read (left pending)."""
+    """Sizes with 2+ inodes under roots where some inode was never read (left pending).
+
+    One query: a volume of unique sizes (photos) must not cost one query per size.
+    """
     i, p = s.inodes.c, s.paths.c
-    unread = (select(i.size).join(s.paths, and_(p.dev == i.dev, p.ino == i.ino))
-              .where(i.head.is_(None), i.size >= min_size).distinct())
+    inner = (select(i.dev, i.ino, i.size, i.head)
+             .join(s.paths, and_(p.dev == i.dev, p.ino == i.ino))
+             .where(or_(*[_range(r) for r in roots]), i.size >= max(min_size, 1))
+             .distinct().subquery())
+    unread = func.sum(case((inner.c.head.is_(None), 1), else_=0))
+    q = (select(inner.c.size).group_by(inner.c.size)
+         .having(and_(func.count() > 1, unread > 0)).order_by(inner.c.size))
     with store.engine.connect() as c:
-        sizes = [r[0] for r in c.execute(unread)]
-    out = []
-    for size in sizes:
-        files = next(files_of_sizes(store, [size], roots), [])
-        if len(files) > 1:
-            out.append(size)
-    return out
+        return [r[0] for r in c.execute(q)]
 
 
 def files_of_sizes(store: Store, sizes: Sequence[int],
