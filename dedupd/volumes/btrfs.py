@@ -104,9 +104,9 @@ class ExtentPass(ScanPass):
             lock.release()
 
     def _steps(self) -> Iterator[Step]:
-        free0 = self._free_bytes()
         st = self._load_state()
-        gen = self._sync() if self.btrfs else None
+        gen = self._sync() if self.btrfs else None  # also commits pending frees
+        free0 = self._free_bytes(commit=False)
         now = time.time()
         if self.btrfs and gen is not None and not self.finder.can_search(self.roots[0]):
             self.full_reason = "generation tracking needs CAP_SYS_ADMIN (root)"
@@ -226,10 +226,11 @@ class ExtentPass(ScanPass):
         finally:
             os.close(fd)
 
-    def _free_bytes(self) -> int:
+    def _free_bytes(self, commit: bool = True) -> int:
         """Free bytes after committing pending frees (BTRFS frees at transaction commit)."""
         if self.btrfs:
-            self._sync()
+            if commit:
+                self._sync()
         else:
             fd = bt.open_dir(self.roots[0])
             try:
