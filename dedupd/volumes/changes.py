@@ -139,7 +139,9 @@ class ChangeFinder:
         self.c.add("subvols_searched", sum(1 for sv in self.subvols.values()
                                            if sv.generation > prev_gen))
         self._deletions(store, root, dirs, fresh)
-        for d in sorted(fresh):
+        # A fresh subvolume that holds the volume root is walked from the root only.
+        fresh = sorted({d if ix.under(d, [root]) else root for d in fresh})
+        for d in fresh:
             if not any(ix.under(d, [x]) and d != x for x in fresh):
                 for ev in walk([d], self.walk_options(), self.stats):
                     events[ev.path] = ev
@@ -152,7 +154,8 @@ class ChangeFinder:
             for ch in bt.changed_inodes(fd, prev_gen + 1):
                 self.c.add("inodes_changed")
                 if ch.ino == bt.FIRST_FREE_OBJECTID:
-                    dirs.add(sv.path)
+                    if ix.under(sv.path, [root]):
+                        dirs.add(sv.path)
                     continue
                 if not (stat.S_ISDIR(ch.mode) or stat.S_ISREG(ch.mode)):
                     continue

@@ -117,3 +117,22 @@ def test_metadata_changes_deletions_renames_and_new_subvolumes(loopfs: MountFact
     assert r.counters.get("hits") == 1, (r.counters, r.problems)
     assert {os.fsencode(vol / "sub" / "copy.jpg"), os.fsencode(vol / "a" / "one-again.jpg")} \
         <= {p for _k, p, _d, _i in ix.paths_below(store, root)}
+
+
+def test_volume_below_a_subvolume_root_stays_inside(loopfs: MountFactory,
+                                                    store: Store) -> None:
+    require_tools("btrfs")
+    fs = loopfs("btrfs", "1G")
+    vol = fs / "photos"
+    data = write_random(vol / "a.jpg", 40960, 4)
+    write_random(fs / "outside" / "x.jpg", 40960, 5)
+    first = run_pass(store, vol)
+    assert first.counters["files_examined"] == 1
+    (fs / "outside" / "copy.jpg").write_bytes(data)  # changes outside the volume,
+    write_random(fs / "newtop" / "y.jpg", 40960, 6)  # including the subvolume's root dir
+    (vol / "copy.jpg").write_bytes(data)
+    r = run_pass(store, vol)
+    assert r.counters.get("full_scans", 0) == 0
+    assert r.counters["files_examined"] == 1 and r.counters.get("hits") == 1
+    root = os.fsencode(fs / "outside")
+    assert not any(True for _ in ix.paths_below(store, root))
