@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import xxhash
@@ -25,6 +27,18 @@ HEAD_SIZE = 4096
 BUF_SIZE = 1 << 20
 _O_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+_tls = threading.local()
+
+
+def _buffer() -> memoryview:
+    """A read buffer per thread: allocating (and zeroing) 1 MiB per file costs more
+    than hashing a small file."""
+    buf = getattr(_tls, "buf", None)
+    if buf is None:
+        buf = _tls.buf = memoryview(bytearray(BUF_SIZE))
+    return buf
 
 
 class FileChanged(Exception):
@@ -39,6 +53,14 @@ class HashStats:
     bytes_read: int = 0  # every byte read from file data
     pending: int = 0  # not settled yet: left for a later pass
     problems: list[Problem] = field(default_factory=list)
+
+    def merge(self, other: HashStats) -> None:
+        self.files_hashed += other.files_hashed
+        self.full_hashes += other.full_hashes
+        self.bytes_hashed += other.bytes_hashed
+        self.bytes_read += other.bytes_read
+        self.pending += other.pending
+        self.problems.extend(other.problems)
 
 
 @dataclass(frozen=True)
@@ -96,8 +118,7 @@ def read_hashes(f: IndexedFile, full: bool, stats: HashStats) -> tuple[int, byte
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         h128 = xxhash.xxh3_128()
         head = None
-        buf = bytearray(BUF_SIZE)
-        mv = memoryview(buf)
+        mv = _buffer()
         total = 0
         with open(fd, "rb", buffering=0, closefd=False) as fh:
             while True:
@@ -126,33 +147,59 @@ class SizeGroupResult:
     updates: tuple[HashUpdate, ...]
     groups: tuple[tuple[IndexedFile, ...], ...]  # identical by full hash, 2+ inodes
     gone: tuple[tuple[int, int], ...]  # inodes that vanished or changed
+    stats: HashStats = field(default_factory=HashStats)
 
 
 class Hasher:
-    """Hashes one size group at a time; reports groups of equal full hashes."""
+    """Hashes size groups; reports groups of equal full hashes.
+
+    hash_size_group touches no shared state, so groups can be hashed in
+    parallel threads (reads release the GIL; on a cold cache several reads in
+    flight keep the disk busy). hash_groups does that with a bounded window
+    and merges the counters into `stats` in the caller's thread.
+    """
 
     def __init__(self, stability: Stability, stats: HashStats,
-                 now: Callable[[], float] = time.time) -> None:
+                 now: Callable[[], float] = time.time, workers: int = 4) -> None:
         self.stability = stability
         self.stats = stats
         self.now = now
-        self._counted: set[tuple[int, int]] = set()
+        self.workers = workers
+
+    def hash_groups(self, groups: Iterable[list[IndexedFile]]
+                    ) -> Iterator[tuple[list[IndexedFile], SizeGroupResult]]:
+        """hash_size_group over groups, in order, at most 2*workers groups in flight."""
+        window: deque[tuple[list[IndexedFile], Future[SizeGroupResult]]] = deque()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="hash") as pool:
+            for files in groups:
+                window.append((files, pool.submit(self.hash_size_group, files)))
+                if len(window) >= 2 * self.workers:
+                    yield self._done(*window.popleft())
+            while window:
+                yield self._done(*window.popleft())
+
+    def _done(self, files: list[IndexedFile], fut: Future[SizeGroupResult]
+              ) -> tuple[list[IndexedFile], SizeGroupResult]:
+        res = fut.result()
+        self.stats.merge(res.stats)
+        return files, res
 
     def hash_size_group(self, files: list[IndexedFile]) -> SizeGroupResult:
+        """Hash what one size group needs; thread-safe (no shared state)."""
+        st = HashStats()
         now = self.now()
         ready = [f for f in files if self.stability.ready(f, now)]
-        self.stats.pending += len(files) - len(ready)
-        updates: dict[tuple[int, int], HashUpdate] = {}
-        gone: list[tuple[int, int]] = []
+        st.pending = len(files) - len(ready)
         if len(ready) < 2:
-            return SizeGroupResult((), (), ())
-        self._counted.clear()
+            return SizeGroupResult((), (), (), st)
+        rd = _GroupReader(st)
         small = ready[0].size <= HEAD_SIZE
+        updates: dict[tuple[int, int], HashUpdate] = {}
         heads: dict[int, list[IndexedFile]] = defaultdict(list)
         for f in ready:
             head = f.head
             if head is None or (small and f.full is None):
-                got = self._read(f, full=small, gone=gone)
+                got = rd.read(f, full=small)
                 if got is None:
                     continue
                 head, full = got
@@ -166,7 +213,7 @@ class Hasher:
             for f in same_head:
                 full = f.full
                 if full is None:
-                    got = self._read(f, full=True, gone=gone)
+                    got = rd.read(f, full=True)
                     if got is None:
                         continue
                     full = got[1]
@@ -174,12 +221,20 @@ class Hasher:
                 assert full is not None
                 fulls[full].append(f)
         groups = tuple(tuple(g) for g in fulls.values() if len(g) > 1)
-        return SizeGroupResult(tuple(updates.values()), groups, tuple(gone))
+        return SizeGroupResult(tuple(updates.values()), groups, tuple(rd.gone), st)
 
-    def _read(self, f: IndexedFile, full: bool,
-              gone: list[tuple[int, int]]) -> tuple[int, bytes | None] | None:
-        if f.key not in self._counted:
-            self._counted.add(f.key)
+
+class _GroupReader:
+    """Reads files for one size group, turning failures into Problems."""
+
+    def __init__(self, stats: HashStats) -> None:
+        self.stats = stats
+        self.gone: list[tuple[int, int]] = []
+        self.counted: set[tuple[int, int]] = set()
+
+    def read(self, f: IndexedFile, full: bool) -> tuple[int, bytes | None] | None:
+        if f.key not in self.counted:
+            self.counted.add(f.key)
             self.stats.files_hashed += 1
         try:
             return read_hashes(f, full, self.stats)
@@ -191,7 +246,7 @@ class Hasher:
             reason = "unreadable" if e.errno in (errno.EACCES, errno.EPERM) else "error"
             self.stats.problems.append(Problem(f.path, reason, e.strerror or str(e)))
             return None
-        gone.append(f.key)
+        self.gone.append(f.key)
         return None
 
 

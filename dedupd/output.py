@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -14,11 +15,11 @@ def show_path(path: bytes | str) -> str:
 
     JSON output uses surrogateescape instead (see docs/output.md).
     """
-    b = os.fsencode(path)
-    text = b.decode("utf-8", "backslashreplace")
-    if any(ord(ch) < 32 or ch == "\x7f" for ch in text):
-        text = "".join(_esc(ch) for ch in text)
-    return text
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: _esc(m.group()), text) if _CONTROL.search(text) else text
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def _esc(ch: str) -> str:
@@ -51,7 +52,7 @@ class Progress:
         if not self.enabled or now - self.last < 0.2:
             return
         self.last = now
-        text = f"{stage}: {done}/{total}" if total else f"{stage}: {done} files"
+        text = f"{stage}: {done}/{total}" if total else f"{stage}: {done}"
         sys.stderr.write(f"\r\x1b[K{text}")
         sys.stderr.flush()
 

@@ -18,8 +18,8 @@ def parse_size(text: str) -> int:
     m = _SIZE.match(text)
     if not m:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4096, 64K, 1M, 2G)")
-    return int(m.group(1)) * 1024 ** "kmgt".find(m.group(2).lower()) if m.group(2) else int(
-        m.group(1))
+    unit = m.group(2).lower()
+    return int(m.group(1)) * (1024 ** ("kmgt".index(unit) + 1) if unit else 1)
 
 
 def add_common(p: argparse.ArgumentParser, *, json_flag: bool = True,

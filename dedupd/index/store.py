@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import time
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,11 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from dedupd.errors import DedupdError, TemporaryFailure
 from dedupd.index import schema as s
+from dedupd.index.bulk import Bulk
 from dedupd.index.schema import from_s64, to_s64
 from dedupd.scan.events import FileEvent
 
@@ -103,7 +104,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def make_engine(url: str) -> Engine:
     url = engine_url(url)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        where = Path(url[len("sqlite:///") :]).parent
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise IndexError_(f"cannot create the index directory {where}: {e.strerror}") from None
     try:
         engine = create_engine(url, future=True)
     except (SQLAlchemyError, ImportError, ValueError) as e:
@@ -120,6 +125,7 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self.dialect = self.engine.dialect.name
+        self.bulk = Bulk(self.dialect)
         try:
             s.metadata.create_all(self.engine)
             self._set_meta_default("schema_version", str(s.SCHEMA_VERSION))
@@ -132,8 +138,14 @@ class Store:
         self.engine.dispose()
 
     def _insert(self, table: Any) -> Any:
-        mod = postgresql if self.dialect == "postgresql" else sqlite
-        return mod.insert(table)
+        # imported here: loading the PostgreSQL dialect costs ~0.1 s of every start
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table)
 
     # --- meta: small key/value state (per-volume generations, timestamps) ---
 
@@ -167,50 +179,42 @@ class Store:
         catches writes that preserved mtime). Idempotent for a given scan_id.
         """
         by_key = {(to_s64(e.dev), to_s64(e.ino)): e for e in events}
-        old = self._stat_rows(list(by_key))
+        by_dev: dict[int, list[int]] = defaultdict(list)
+        for d, n in by_key:
+            by_dev[d].append(n)
         now = time.time()
         new = changed = 0
-        upserts, touched = [], []
-        for k, e in by_key.items():
-            o = old.get(k)
-            if o is not None and (o[0], o[1], o[2]) == (e.size, e.mtime_ns, e.ctime_ns):
-                touched.append({"d": k[0], "i": k[1]})
-                continue
-            if o is None:
-                new += 1
-            else:
-                changed += 1
-            upserts.append(_inode_row(k, e, scan_id, now, 0 if o is None else o[3] + 1))
-        prow = [{"path_key": path_key(e.path), "path": e.path, "dev": to_s64(e.dev),
-                 "ino": to_s64(e.ino), "seen": scan_id} for e in events]
+        upserts: list[tuple[Any, ...]] = []
+        touched: dict[int, list[int]] = defaultdict(list)
+        pkeys = {path_key(e.path): e for e in events}
         with self.engine.begin() as c:
+            old: dict[tuple[int, int], tuple[int, ...]] = {}
+            for d, inos in by_dev.items():
+                for r in self.bulk.stat_rows(c, d, inos):
+                    old[(d, r[0])] = tuple(r[1:])
+            for k, e in by_key.items():
+                o = old.get(k)
+                if o is not None and o[:3] == (e.size, e.mtime_ns, e.ctime_ns):
+                    touched[k[0]].append(k[1])
+                    continue
+                new, changed = (new + 1, changed) if o is None else (new, changed + 1)
+                upserts.append(_inode_row(k, e, scan_id, now, 0 if o is None else o[3] + 1))
+            known = {r[0]: (r[1], r[2]) for r in self.bulk.path_rows(c, list(pkeys))}
+            same, prow = [], []
+            for pk, e in pkeys.items():
+                if known.get(pk) == (to_s64(e.dev), to_s64(e.ino)):
+                    same.append(pk)
+                else:
+                    prow.append((pk, e.path, to_s64(e.dev), to_s64(e.ino), scan_id))
             if upserts:
-                ins = self._insert(s.inodes)
-                cols = {n: ins.excluded[n] for n in upserts[0] if n not in ("dev", "ino")}
-                c.execute(ins.on_conflict_do_update(index_elements=["dev", "ino"], set_=cols),
-                          upserts)
-            if touched:
-                c.execute(update(s.inodes)
-                          .where(s.inodes.c.dev == _bp("d"), s.inodes.c.ino == _bp("i"))
-                          .values(seen=scan_id), touched)
+                self.bulk.upsert_inodes(c, upserts)
+            for d, inos in touched.items():
+                self.bulk.touch_inodes(c, scan_id, d, inos)
+            if same:
+                self.bulk.touch_paths(c, scan_id, same)
             if prow:
-                ins = self._insert(s.paths)
-                c.execute(ins.on_conflict_do_update(
-                    index_elements=["path_key"],
-                    set_={"dev": ins.excluded.dev, "ino": ins.excluded.ino,
-                          "seen": ins.excluded.seen}), prow)
-        return RecordResult(new, changed, len(touched))
-
-    def _stat_rows(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, ...]]:
-        t = s.inodes.c
-        out: dict[tuple[int, int], tuple[int, ...]] = {}
-        with self.engine.connect() as c:
-            for part in _chunks(keys, BATCH):
-                q = select(t.dev, t.ino, t.size, t.mtime_ns, t.ctime_ns, t.unstable).where(
-                    tuple_(t.dev, t.ino).in_(part))
-                for r in c.execute(q):
-                    out[(r[0], r[1])] = (r[2], r[3], r[4], r[5])
-        return out
+                self.bulk.upsert_paths(c, prow)
+        return RecordResult(new, changed, sum(len(v) for v in touched.values()))
 
     def finish_scan(self, scan_id: int, roots: Sequence[bytes]) -> int:
         """Forget paths under `roots` that this scan did not see; drop orphan inodes.
@@ -260,7 +264,7 @@ class Store:
     def files_of_sizes(self, scan_id: int, sizes: Sequence[int]) -> Iterator[list[IndexedFile]]:
         """Yield one list per size (ascending): the inodes of that size seen in this scan."""
         i, p = s.inodes.c, s.paths.c
-        for part in _chunks(list(sizes), 200):
+        for part in _chunks(list(sizes), 1000):
             q = (select(i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns, i.head, i.full,
                         i.unstable, p.path)
                  .join(s.paths, and_(p.dev == i.dev, p.ino == i.ino))
@@ -269,6 +273,34 @@ class Store:
             with self.engine.connect() as c:
                 rows = c.execute(q).all()
             yield from _group_rows(rows)
+
+    def candidate_groups(self, scan_id: int, min_size: int,
+                         rows_per_query: int = 5000) -> Iterator[list[IndexedFile]]:
+        """One list per candidate size (ascending): the inodes of that size seen in
+        this scan, when 2+ distinct inodes share it.
+
+        Paged by size (keyset) so no read transaction stays open while the caller
+        writes hashes: a long-lived SQLite reader would stop WAL checkpoints and
+        let the WAL grow with every hash written. Memory holds one page of about
+        rows_per_query rows (or one larger size group).
+        """
+        i = s.inodes.c
+        last = max(min_size, 1) - 1
+        while True:
+            q = (select(i.size, func.count()).where(i.seen == scan_id, i.size > last)
+                 .group_by(i.size).having(func.count() > 1).order_by(i.size).limit(1000))
+            with self.engine.connect() as c:
+                counts = c.execute(q).all()
+            if not counts:
+                return
+            page, n = [], 0
+            for size, count in counts:
+                page.append(size)
+                n += count
+                if n >= rows_per_query:
+                    break
+            last = page[-1]
+            yield from self.files_of_sizes(scan_id, page)
 
     def save_hashes(self, updates: Sequence[HashUpdate]) -> None:
         if not updates:
@@ -291,14 +323,13 @@ class Store:
 
 
 def _inode_row(k: tuple[int, int], e: FileEvent, scan_id: int, now: float,
-               unstable: int) -> dict[str, Any]:
-    return {"dev": k[0], "ino": k[1], "size": e.size, "mtime_ns": e.mtime_ns,
-            "ctime_ns": e.ctime_ns, "mode": e.mode, "uid": e.uid, "gid": e.gid,
-            "nlink": e.nlink, "head": None, "full": None, "seen": scan_id,
-            "changed_at": now, "unstable": unstable}
+               unstable: int) -> tuple[Any, ...]:
+    """A row in bulk.INODE_COLS order; a new or changed inode has no hashes yet."""
+    return (k[0], k[1], e.size, e.mtime_ns, e.ctime_ns, e.mode, e.uid, e.gid, e.nlink,
+            None, None, scan_id, now, unstable)
 
 
-def _group_rows(rows: Sequence[Any]) -> Iterator[list[IndexedFile]]:
+def _group_rows(rows: Iterable[Any]) -> Iterator[list[IndexedFile]]:
     group: list[IndexedFile] = []
     cur: list[Any] = []
     paths: list[bytes] = []

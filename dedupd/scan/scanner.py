@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dedupd.hashing import Hasher, HashStats, Stability
-from dedupd.index.store import IndexedFile, Store
+from dedupd.hashing import Hasher, HashStats, SizeGroupResult, Stability
+from dedupd.index.store import HashUpdate, IndexedFile, Store
 from dedupd.scan.events import FileEvent, Problem, WalkStats
 from dedupd.scan.walk import WalkOptions, normalize_roots, walk
 
@@ -122,19 +122,39 @@ def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
     return ScanReport(scan_id, tuple(norm), groups, stats, problems)
 
 
+class HashWriter:
+    """Buffers hash updates and forgotten inodes so the index sees few, larger writes."""
+
+    def __init__(self, store: Store, batch: int = 2000) -> None:
+        self.store, self.batch = store, batch
+        self.updates: list[HashUpdate] = []
+        self.gone: list[tuple[int, int]] = []
+
+    def add(self, res: SizeGroupResult) -> None:
+        self.updates.extend(res.updates)
+        self.gone.extend(res.gone)
+        if len(self.updates) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        self.store.save_hashes(self.updates)
+        if self.gone:
+            self.store.forget(self.gone)
+        self.updates, self.gone = [], []
+
+
 def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats,
                 progress: Progress | None = None) -> tuple[DupGroup, ...]:
     """Hash the size-matched candidates of a scan; return groups, largest waste first."""
     hasher = Hasher(Stability(opts.settle_seconds, opts.max_backoff_seconds), hstats)
-    sizes = store.candidate_sizes(scan_id, opts.min_size)
     groups: list[DupGroup] = []
-    for done, files in enumerate(store.files_of_sizes(scan_id, sizes), 1):
-        res = hasher.hash_size_group(files)
-        store.save_hashes(res.updates)
-        if res.gone:
-            store.forget(res.gone)
+    writer = HashWriter(store)
+    results = hasher.hash_groups(store.candidate_groups(scan_id, opts.min_size))
+    for done, (files, res) in enumerate(results, 1):
+        writer.add(res)
         groups.extend(DupGroup(files[0].size, g) for g in res.groups)
         if progress:
-            progress("hash", done, len(sizes))
+            progress("hash", done, 0)
+    writer.flush()
     groups.sort(key=lambda g: (-g.wasted, g.files[0].path))
     return tuple(groups)

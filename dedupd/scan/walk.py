@@ -88,37 +88,42 @@ def _walk_tree(
         d = stack.pop()
         stats.dirs_seen += 1
         try:
-            with os.scandir(d) as it:
-                entries = list(it)
+            it = os.scandir(d)
         except FileNotFoundError:
             stats.problems.append(Problem(d, "vanished", "directory disappeared during the walk"))
             continue
         except OSError as e:
             stats.problems.append(Problem(d, "unreadable", e.strerror or str(e)))
             continue
-        for entry in entries:
-            path = entry.path
-            assert isinstance(path, bytes)
-            if _excluded(entry.name, path, opts.exclude):
-                stats.excluded += 1
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                stats.problems.append(Problem(path, "vanished", "disappeared during the walk"))
-                continue
-            except OSError as e:
-                stats.problems.append(Problem(path, "unreadable", e.strerror or str(e)))
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                if path in mounts:
-                    stats.mount_points_skipped += 1
-                else:
-                    stack.append(path)
-                continue
-            ev = _classify(path, st, opts, stats)
-            if ev is not None:
-                yield ev
+        # Iterate lazily: a directory with a million entries must not become a list.
+        with it:
+            for entry in it:
+                ev = _entry(entry, opts, mounts, stats, stack)
+                if ev is not None:
+                    yield ev
+
+
+def _entry(entry: os.DirEntry[bytes], opts: WalkOptions, mounts: frozenset[bytes],
+           stats: WalkStats, stack: list[bytes]) -> FileEvent | None:
+    path = entry.path
+    if _excluded(entry.name, path, opts.exclude):
+        stats.excluded += 1
+        return None
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        stats.problems.append(Problem(path, "vanished", "disappeared during the walk"))
+        return None
+    except OSError as e:
+        stats.problems.append(Problem(path, "unreadable", e.strerror or str(e)))
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        if path in mounts:
+            stats.mount_points_skipped += 1
+        else:
+            stack.append(path)
+        return None
+    return _classify(path, st, opts, stats)
 
 
 def _classify(

@@ -14,7 +14,7 @@ from dedupd.config import VolumeConfig
 from dedupd.hashing import Hasher, HashStats, Stability
 from dedupd.index.store import Store
 from dedupd.scan.events import FileEvent, WalkStats
-from dedupd.scan.scanner import RECORD_BATCH, DupGroup, batches
+from dedupd.scan.scanner import RECORD_BATCH, DupGroup, HashWriter, batches
 from dedupd.scan.walk import WalkOptions, normalize_roots, walk
 from dedupd.volumes import Counters, PassOptions, PassReport, Step
 
@@ -62,16 +62,17 @@ class ScanPass:
     def hash_and_act(self, scan_id: int) -> Iterator[Step]:
         stab = Stability(self.vol.settle_seconds, self.vol.max_backoff_hours * 3600)
         hasher = Hasher(stab, self.hash_stats)
-        for files in self.store.files_of_sizes(scan_id, self.store.candidate_sizes(
-                scan_id, self.vol.min_size)):
-            res = hasher.hash_size_group(files)
-            self.store.save_hashes(res.updates)
-            if res.gone:
-                self.store.forget(res.gone)
+        writer = HashWriter(self.store)
+        for files, res in hasher.hash_groups(
+                self.store.candidate_groups(scan_id, self.vol.min_size)):
+            writer.add(res)
             yield Step("hashing", f"size {files[0].size}")
+            if res.groups:
+                writer.flush()  # act on groups whose hashes the index already holds
             for g in res.groups:
                 self.c.add("groups")
                 yield from self.act(DupGroup(files[0].size, g))
+        writer.flush()
 
     def act(self, group: DupGroup) -> Iterator[Step]:
         """Do (or, in dry-run, describe) the dedupe of one group. Default: report it."""

@@ -1,0 +1,73 @@
+"""Shared helpers for benchmarks: timing commands, peak memory, dropping caches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.treegen builds the trees
+DEDUPD = str(ROOT / ".venv" / "bin" / "dedupd")
+WORK = Path(os.environ.get("DEDUPD_BENCH_DIR", "/var/tmp/dedupd-bench"))
+
+
+@dataclass(frozen=True)
+class Timed:
+    seconds: float
+    max_rss_kb: int
+    stdout: bytes
+
+
+def timed(argv: list[str], cwd: str | None = None) -> Timed:
+    """Run a command to completion; wall time and its peak RSS (wait4 rusage)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
+    out, err = p.communicate()
+    seconds = time.perf_counter() - t0
+    # communicate() already reaped it; the children's rusage holds the peak of all of them
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if p.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed ({p.returncode}): {err.decode()[-2000:]}")
+    return Timed(seconds, rss, out)
+
+
+def peak_rss_kb(argv: list[str]) -> tuple[float, int, bytes]:
+    """Wall time and the peak RSS of exactly this process (fork + wait4)."""
+    t0 = time.perf_counter()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(w, 1)
+        errlog = os.open("/tmp/dedupd-bench-stderr.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(errlog, 2)
+        os.execv(argv[0], argv)
+    os.close(w)
+    chunks = []
+    while True:
+        b = os.read(r, 1 << 20)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(r)
+    _, status, ru = os.wait4(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        with open("/tmp/dedupd-bench-stderr.log") as f:
+            raise SystemExit(f"{argv} failed: {f.read()[-3000:]}")
+    return time.perf_counter() - t0, ru.ru_maxrss, b"".join(chunks)
+
+
+def drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def warm(root: Path) -> None:
+    """Read every file once so the page cache holds the tree."""
+    subprocess.run(["find", str(root), "-type", "f", "-exec", "cat", "{}", "+"],
+                   stdout=subprocess.DEVNULL, check=True)

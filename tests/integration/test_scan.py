@@ -1,0 +1,233 @@
+"""`dedupd scan` against generated trees with known truth and jdupes as an oracle."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from dedupd.index.store import Store
+from dedupd.scan.scanner import ScanOptions, scan
+from tests.fixtures.components import require_tools
+from tests.oracles import dedupd_groups, jdupes_groups, scan_json
+from tests.treegen import Builder, hostile_tree
+
+
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/index.db"
+
+
+def test_groups_equal_truth_and_jdupes(tmp_path: Path) -> None:
+    tree = hostile_tree(tmp_path / "t", newline_names=False)
+    doc = scan_json(tree.root, db=db(tmp_path))
+    ours = dedupd_groups(doc)
+    assert ours == tree.truth()
+    assert ours == jdupes_groups(tree.root)
+    st = doc["stats"]
+    assert isinstance(st, dict)
+    assert st["groups"] == len(tree.truth())
+    assert st["special_files"] == 1 and st["symlinks"] == 2
+
+
+def test_newline_and_non_utf8_names(tmp_path: Path) -> None:
+    tree = hostile_tree(tmp_path / "t", newline_names=True)
+    doc = scan_json(tree.root, db=db(tmp_path))
+    assert dedupd_groups(doc) == tree.truth()
+    names = {os.fsencode(p) for g in doc["groups"] for p in g["paths"]}  # type: ignore[attr-defined]
+    assert any(b"new\nline" in n for n in names)
+    assert any(b"\xff\xfe raw" in n for n in names)  # surrogateescape round-trips the bytes
+
+
+def test_text_output_escapes_odd_names(tmp_path: Path) -> None:
+    tree = hostile_tree(tmp_path / "t", newline_names=True)
+    exe = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "dedupd"
+    out = subprocess.run([str(exe), "scan", "--db", db(tmp_path), str(tree.root)],
+                         capture_output=True, check=True).stdout
+    assert b"new\\nline" in out and b"\\xff\\xfe raw" in out
+    assert b"new\nline" not in out  # one path per line, always
+
+
+def test_same_tree_twice_and_nested_roots(tmp_path: Path) -> None:
+    tree = hostile_tree(tmp_path / "t", newline_names=False)
+    doc = scan_json(tree.root, tree.root, tree.root / "dups", db=db(tmp_path))
+    assert dedupd_groups(doc) == tree.truth()
+    for g in doc["groups"]:  # type: ignore[attr-defined]
+        assert len(set(g["paths"])) == len(g["paths"])
+
+
+def test_second_scan_reads_nothing_and_hardlinks_are_one_file(tmp_path: Path) -> None:
+    tree = hostile_tree(tmp_path / "t", newline_names=False)
+    first = scan_json(tree.root, db=db(tmp_path))
+    again = scan_json(tree.root, db=db(tmp_path))
+    assert first["stats"]["bytes_read"] > 0  # type: ignore[index]
+    assert again["stats"]["bytes_read"] == 0  # type: ignore[index]
+    assert again["stats"]["files_hashed"] == 0  # type: ignore[index]
+    assert dedupd_groups(again) == tree.truth()
+    links = [g for g in again["groups"] if g.get("hardlinks")]  # type: ignore[attr-defined]
+    assert len(links) == 1 and len(links[0]["hardlinks"]) == 2 and len(links[0]["paths"]) == 2
+
+
+def test_incremental_rescan_hashes_only_changed_files(tmp_path: Path) -> None:
+    b = Builder(tmp_path / "t", seed=11)
+    for _ in range(500):  # 1,000 files in pairs of equal size: 500 groups
+        b.group(b.data(b.rng.randrange(5000, 20000)), 2)
+    url = db(tmp_path)
+    scan_json(b.tree.root, db=url)
+    changed = b.tree.files[::100]  # 1%: 10 files
+    for i, p in enumerate(changed):
+        st = os.stat(p)
+        with open(p, "r+b") as f:
+            f.write(os.urandom(st.st_size))
+        if i % 2:  # half keep their old mtime: only ctime betrays the write
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    doc = scan_json(b.tree.root, db=url)
+    st = doc["stats"]
+    assert st["files_hashed"] == len(changed)  # type: ignore[index]
+    assert st["files_changed"] == len(changed)  # type: ignore[index]
+    assert st["groups"] == 500 - len(changed)  # type: ignore[index]
+
+
+def test_deleted_files_leave_the_index(tmp_path: Path) -> None:
+    b = Builder(tmp_path / "t")
+    pair = b.group(b.data(10_000), 2)
+    url = db(tmp_path)
+    scan_json(b.tree.root, db=url)
+    os.unlink(pair[1])
+    doc = scan_json(b.tree.root, db=url)
+    assert doc["groups"] == [] and doc["stats"]["files_forgotten"] == 1  # type: ignore[index]
+    assert Store(url).counts()["paths"] == 1
+
+
+def test_file_vanishing_between_walk_and_hash(tmp_path: Path) -> None:
+    b = Builder(tmp_path / "t")
+    data = b.data(30_000)
+    paths = b.group(data, 3)
+    store = Store(db(tmp_path))
+    removed = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "walk" and not removed:  # the walk is over, hashing not begun
+            os.unlink(paths[0])
+            removed.append(paths[0])
+
+    rep = scan(store, [b.tree.root], ScanOptions(), progress=progress)
+    assert [p.reason for p in rep.problems] == ["vanished"]
+    assert len(rep.groups) == 1 and {f.path for f in rep.groups[0].files} == set(paths[1:])
+
+
+def test_file_changing_during_hash_is_not_grouped(tmp_path: Path) -> None:
+    b = Builder(tmp_path / "t")
+    paths = b.group(b.data(30_000), 2)
+    store = Store(db(tmp_path))
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "walk":
+            with open(paths[0], "ab") as f:
+                f.write(b"more")
+
+    rep = scan(store, [b.tree.root], ScanOptions(), progress=progress)
+    assert rep.groups == ()
+    assert [p.reason for p in rep.problems] == ["changed"]
+
+
+def test_settle_leaves_fresh_files_pending(tmp_path: Path) -> None:
+    b = Builder(tmp_path / "t")
+    b.group(b.data(10_000), 2)
+    rep = scan(Store(db(tmp_path)), [b.tree.root], ScanOptions(settle_seconds=300))
+    assert rep.groups == () and rep.stats["files_pending"] == 2
+    assert rep.stats["bytes_read"] == 0
+
+
+def test_unreadable_files_are_reported_not_fatal(tmp_path: Path) -> None:
+    require_tools("setpriv")
+    # pytest's tmp_path sits under a 0700 directory: the unprivileged scanner needs a way in
+    tmp_path = Path(tempfile.mkdtemp(prefix="dedupd-unreadable-"))
+    os.chmod(tmp_path, 0o755)
+    try:
+        _unreadable_case(tmp_path)
+    finally:
+        subprocess.run(["rm", "-rf", str(tmp_path)], check=False)
+
+
+def _unreadable_case(tmp_path: Path) -> None:
+    tree = hostile_tree(tmp_path / "t", newline_names=False)
+    locked = tree.groups[0][0]
+    os.chmod(locked, 0)
+    secret = tree.root / "secretdir"
+    secret.mkdir()
+    (secret / "x").write_bytes(b"x" * 100)
+    os.chmod(secret, 0)
+    dbdir = tmp_path / "db"
+    dbdir.mkdir()
+    os.chown(dbdir, 65534, 65534)
+    exe = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "dedupd"
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        str(exe), "scan", "--json", "--db", f"sqlite:///{dbdir}/i.db",
+                        str(tree.root)], capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    import json
+
+    doc = json.loads(r.stdout)
+    problems = {(os.fsencode(p["path"]), p["reason"]) for p in doc["problems"]}
+    assert (locked, "unreadable") in problems
+    assert (os.fsencode(secret), "unreadable") in problems
+    truth = tree.truth()
+    lk = (os.stat(locked).st_dev, os.stat(locked).st_ino)
+    expected = {g - {lk} for g in truth}
+    assert dedupd_groups(doc) == {g for g in expected if len(g) > 1}
+
+
+def test_mount_points_not_crossed_unless_asked(tmp_path: Path) -> None:
+    require_tools("mount")
+    b = Builder(tmp_path / "t")
+    data = b.data(20_000)
+    b.write(data)
+    inner = tmp_path / "t" / "inner"
+    inner.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(inner)], check=True)
+    try:
+        (inner / "copy").write_bytes(data)
+        doc = scan_json(b.tree.root, db=db(tmp_path))
+        assert doc["groups"] == [] and doc["stats"]["mount_points_skipped"] == 1  # type: ignore[index]
+        doc = scan_json(b.tree.root, "--cross-mounts", db=f"sqlite:///{tmp_path}/other.db")
+        assert len(doc["groups"]) == 1  # type: ignore[arg-type]
+    finally:
+        subprocess.run(["umount", str(inner)], check=False)
+
+
+def test_postgresql_index_gives_the_same_answer(tmp_path: Path, pg_url: str) -> None:
+    tree = hostile_tree(tmp_path / "t", newline_names=True)
+    doc = scan_json(tree.root, db=pg_url)
+    assert dedupd_groups(doc) == tree.truth()
+    again = scan_json(tree.root, db=pg_url)
+    assert again["stats"]["bytes_read"] == 0  # type: ignore[index]
+    assert dedupd_groups(again) == tree.truth()
+
+
+@pytest.mark.parametrize("min_size", ["1", "64K"])
+def test_min_size_and_exclude(tmp_path: Path, min_size: str) -> None:
+    b = Builder(tmp_path / "t")
+    small = b.group(b.data(1000), 2)
+    big = b.group(b.data(100_000), 2)
+    b.group(b.data(5000), 2, sub="skipme")
+    doc = scan_json(b.tree.root, "--min-size", min_size, "--exclude", "skipme",
+                    db=db(tmp_path))
+    got = dedupd_groups(doc)
+    from tests.treegen import as_inode_groups
+
+    want = as_inode_groups([big] if min_size == "64K" else [small, big])
+    assert got == want
+
+
+def test_bulk_tree_matches_jdupes(tmp_path: Path) -> None:
+    from tests.treegen import bulk_tree
+
+    tree = bulk_tree(tmp_path / "t", files=1500, total_bytes=30_000_000, dup_ratio=0.3)
+    doc = scan_json(tree.root, db=db(tmp_path))
+    ours = dedupd_groups(doc)
+    assert ours == jdupes_groups(tree.root)
+    assert tree.truth() <= ours  # every planted group found (random small files may add more)
+    assert len(ours) >= 100
