@@ -57,6 +57,7 @@ class ExtentDeduper:
     actions: list[dict[str, Any]] = field(default_factory=list)
     problems: list[dict[str, str]] = field(default_factory=list)
     queue: list[_Queued] = field(default_factory=list)
+    retry_sizes: set[int] = field(default_factory=set)  # to hash again next pass
     refs: list[tuple[int, bytes, tuple[int, int]]] = field(default_factory=list)
     done_buf: list[tuple[tuple[int, int], bytes, tuple[int, int], int]] = field(
         default_factory=list)
@@ -205,6 +206,7 @@ class ExtentDeduper:
             # drop its hashes so the next pass reads it again.
             self.c.add("misses_differs")
             self.store.save_hashes([HashUpdate(f.dev, f.ino, None, None)])
+            self.retry_sizes.add(f.size)
             self._problem(f.path, "differs", "content differs from the reference; not merged")
         else:
             self.c.add("errors")

@@ -1,15 +1,12 @@
-"""Overlap the three kinds of waiting in an extent pass: disk reads, hashing, dedupe.
+"""Overlap hashing and extent dedupe in an extent pass.
 
-Prefetcher: readahead hints for size groups about to be hashed. DedupeWorker:
-extent dedupes of groups already hashed, while the next ones are hashed. Both
-are single threads with bounded queues; the pass's generator stays the only
-driver (closing it waits for at most a few queued groups).
+DedupeWorker dedupes groups already hashed while the next ones are hashed: one
+thread, a bounded queue; the pass's generator stays the only driver (closing
+it waits for at most a few queued groups).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import queue
 import threading
 from collections.abc import Sequence
@@ -17,50 +14,7 @@ from collections.abc import Sequence
 from dedupd.dedup.extent_group import ExtentDeduper
 from dedupd.index.store import IndexedFile
 
-LOOKAHEAD = 8  # size groups read ahead of the hashing
 DEDUPE_QUEUE = 4  # hashed groups waiting for the dedupe thread
-_NOATIME = getattr(os, "O_NOATIME", 0)
-
-
-class Prefetcher:
-    """Starts reading files that will be hashed soon, in a thread of its own.
-
-    POSIX_FADV_WILLNEED queues readahead but may block while the device queue
-    is full, so it runs beside the hashing, never in front of it. A dropped
-    hint costs speed, nothing else.
-    """
-
-    def __init__(self) -> None:
-        self.q: queue.Queue[list[IndexedFile] | None] = queue.Queue(maxsize=LOOKAHEAD)
-        self.t = threading.Thread(target=self._run, name="dedupd-prefetch", daemon=True)
-        self.t.start()
-
-    def submit(self, files: list[IndexedFile]) -> None:
-        with contextlib.suppress(queue.Full):  # never make the hashing wait for a hint
-            self.q.put_nowait(files)
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.t.join(timeout=30)
-
-    def _run(self) -> None:
-        while (files := self.q.get()) is not None:
-            for f in files:
-                if f.full is None:
-                    _willneed(f.path)
-
-
-def _willneed(path: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _NOATIME)
-    except OSError:
-        return
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class DedupeWorker:

@@ -13,7 +13,6 @@ Caller contract: one pass per volume at a time (steps() takes the volume lock).
 
 from __future__ import annotations
 
-import collections
 import errno
 import json
 import os
@@ -23,13 +22,13 @@ from dataclasses import dataclass
 
 from dedupd.config import VolumeConfig
 from dedupd.dedup.extent_group import ExtentDeduper
-from dedupd.dedup.worker import LOOKAHEAD, DedupeWorker, Prefetcher
+from dedupd.dedup.worker import DedupeWorker
 from dedupd.errors import ConfigError
 from dedupd.hashing import Hasher, Stability
 from dedupd.index import extents as ix
 from dedupd.index.store import IndexedFile, Store
 from dedupd.scan.events import FileEvent
-from dedupd.scan.scanner import RECORD_BATCH, DupGroup, batches
+from dedupd.scan.scanner import RECORD_BATCH, DupGroup, HashWriter, batches
 from dedupd.volumes import Counters, PassOptions, Step, register
 from dedupd.volumes import btrfs_ioctl as bt
 from dedupd.volumes._base import ScanPass
@@ -69,6 +68,7 @@ class _State:
     gen: int | None
     last_full: float | None
     subvols: dict[int, Subvol]
+    pending: set[int]
 
 
 @register("btrfs", "xfs")
@@ -85,6 +85,7 @@ class ExtentPass(ScanPass):
         self.deduper = ExtentDeduper(store, Counters(), vol.dedup_batch_size, vol.dedup_backend,
                                      self.dry, self._readonly)
         self.full_reason: str | None = None
+        self.pending: set[int] = set()  # sizes with files not settled yet
 
     def _readonly(self, f: IndexedFile) -> bool:
         return self.finder.readonly(f.dev, f.path) if self.btrfs else False
@@ -121,7 +122,7 @@ class ExtentPass(ScanPass):
             yield from self._full_pass()
         else:
             self.finder.subvols = dict(st.subvols)
-            yield from self._incremental_pass(st.gen or 0)
+            yield from self._incremental_pass(st.gen or 0, st.pending)
         self.deduper.flush()
         self._collect()
         self._measure(free0)
@@ -140,10 +141,9 @@ class ExtentPass(ScanPass):
             yield Step("scanning", f"{self.walk_stats.files_seen} files")
         self.c.add("files_examined", self.walk_stats.files_seen)
         self.c.add("files_forgotten", self.store.finish_scan(scan_id, self.roots))
-        sizes = self.store.candidate_sizes(scan_id, self.vol.min_size)
-        yield from self._hash_groups(self.store.files_of_sizes(scan_id, sizes))
+        yield from self._hash_groups(self.store.candidate_groups(scan_id, self.vol.min_size))
 
-    def _incremental_pass(self, prev_gen: int) -> Iterator[Step]:
+    def _incremental_pass(self, prev_gen: int, st_pending: set[int]) -> Iterator[Step]:
         scan_id = self.store.begin_scan(self.roots)
         events = self.finder.incremental(self.store, self.roots[0], prev_gen)
         sizes: set[int] = set()
@@ -154,7 +154,7 @@ class ExtentPass(ScanPass):
         self.c.add("files_examined", len(events))
         self.c.add("files_forgotten", self.finder.forgotten)
         ix.finish_incremental(self.store, scan_id)
-        sizes.update(ix.pending_sizes(self.store, self.roots, self.vol.min_size))
+        sizes.update(st_pending)
         yield from self._hash_sizes(sorted(sizes))
 
     def _record(self, scan_id: int, batch: list[FileEvent]) -> None:
@@ -167,42 +167,28 @@ class ExtentPass(ScanPass):
         yield from self._hash_groups(ix.files_of_sizes(self.store, sizes, self.roots))
 
     def _hash_groups(self, groups: Iterator[list[IndexedFile]]) -> Iterator[Step]:
-        """Hash size groups and dedupe what matches, three things at once.
-
-        Upcoming groups' files get readahead hints (Prefetcher) and matched
-        groups are deduped in a thread (DedupeWorker) while this thread hashes.
-        """
+        """Hash size groups (the foundation's parallel readers) and dedupe what matches
+        in a worker thread, so hashing and dedupe overlap."""
         stab = Stability(self.vol.settle_seconds, self.vol.max_backoff_hours * 3600)
         hasher = Hasher(stab, self.hash_stats)
-        pre, self.worker = Prefetcher(), DedupeWorker(self.deduper)
+        writer = HashWriter(self.store)
+        self.worker = DedupeWorker(self.deduper)
         try:
-            yield from self._hash_each(hasher, pre, groups)
+            for files, res in hasher.hash_groups(groups):
+                writer.add(res)
+                if res.stats.pending:
+                    self.pending.add(files[0].size)  # unsettled: look again next pass
+                yield Step("hashing", f"size {files[0].size}")
+                if res.groups:
+                    writer.flush()  # the dedupe side reads hashes from the index
+                fulls = {(u.dev, u.ino): u.full for u in res.updates}
+                for g in res.groups:
+                    self.c.add("groups")
+                    self.worker.submit(files[0].size, g, g[0].full or fulls.get(g[0].key))
+                    yield Step("deduping", f"{len(g)} files of {files[0].size} bytes")
+            writer.flush()
         finally:
-            pre.close()
             self.worker.close()
-
-    def _hash_each(self, hasher: Hasher, pre: Prefetcher,
-                   groups: Iterator[list[IndexedFile]]) -> Iterator[Step]:
-        ahead: collections.deque[list[IndexedFile]] = collections.deque()
-        for g in groups:
-            ahead.append(g)
-            pre.submit(g)
-            if len(ahead) > LOOKAHEAD:
-                yield from self._hash_one(hasher, ahead.popleft())
-        while ahead:
-            yield from self._hash_one(hasher, ahead.popleft())
-
-    def _hash_one(self, hasher: Hasher, files: list[IndexedFile]) -> Iterator[Step]:
-        res = hasher.hash_size_group(files)
-        self.store.save_hashes(res.updates)
-        if res.gone:
-            self.store.forget(res.gone)
-        yield Step("hashing", f"size {files[0].size}")
-        fulls = {(u.dev, u.ino): u.full for u in res.updates}
-        for g in res.groups:
-            self.c.add("groups")
-            self.worker.submit(files[0].size, g, g[0].full or fulls.get(g[0].key))
-            yield Step("deduping", f"{len(g)} files of {files[0].size} bytes")
 
     def act(self, group: DupGroup) -> Iterator[Step]:
         self.deduper.dedupe_group(group.size, group.files)
@@ -253,7 +239,8 @@ class ExtentPass(ScanPass):
         lf = self.store.get_meta(meta_key(self.vol, "last_full_scan"))
         raw = self.store.get_meta(meta_key(self.vol, "subvols"))
         subvols = {int(k): Subvol.from_json(int(k), v) for k, v in json.loads(raw or "{}").items()}
-        return _State(int(g) if g else None, float(lf) if lf else None, subvols)
+        pending = set(json.loads(self.store.get_meta(meta_key(self.vol, "pending")) or "[]"))
+        return _State(int(g) if g else None, float(lf) if lf else None, subvols, pending)
 
     def _save_state(self, gen: int | None, started: float) -> None:
         """Advance the change horizon. Never in dry-run: the next real pass must see the
@@ -266,6 +253,10 @@ class ExtentPass(ScanPass):
             self.store.set_meta(meta_key(self.vol, "gen"), str(gen))
             doc = {str(k): v.as_json() for k, v in self.finder.subvols.items()}
             self.store.set_meta(meta_key(self.vol, "subvols"), json.dumps(doc))
+            # Sizes to hash again although nothing changes: files still settling
+            # (their inodes will not change again) and files the kernel found differing.
+            again = sorted(self.pending | self.deduper.retry_sizes)
+            self.store.set_meta(meta_key(self.vol, "pending"), json.dumps(again))
 
     def _maintain(self, now: float) -> None:
         """VACUUM/ANALYZE and the periodic re-verification of deduped files."""
