@@ -108,7 +108,8 @@ def main() -> int:
         print(f"\nfile data now uses {mib(data1)} (df used {mib(df1)})")
         print(f"reclaimed: {mib(data0 - data1)} by `btrfs filesystem du`, "
               f"{mib(df0 - df1)} by df; duplicate copies were {mib(dup)}\n")
-        print("$ dedupd run --once (again: nothing changed, nothing to do)")
+        print("$ dedupd run --once   # again: it looks only at inodes changed since the last "
+              "run\n#   (the ones the dedupe itself rewrote), reads nothing, dedupes nothing")
         subprocess.run(cmd, check=True)
         print("\n$ dedupd stats " + str(mnt))
         subprocess.run([sys.executable, "-m", "dedupd", "stats", "--db", db, str(mnt)],
