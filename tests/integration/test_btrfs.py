@@ -236,6 +236,12 @@ def test_group_of_130_members(vol: Path, store: Store) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert r.counters["hits"] == 129 and r.counters["dedupe_calls"] == 3, r.problems[:2]
     assert disk0 - btrfs_data_bytes(vol)[1] == 129 * 4 * BLOCK
+    run_pass(store, vol)
+    copy_fresh(first, vol / "many" / "x130.jpg")  # the 131st copy: deduped alone
+    r = run_pass(store, vol)
+    assert r.counters["tries"] == 1 and r.counters["hits"] == 1
+    assert r.counters["skips_done"] == 129
+    assert r.actions[0]["reference"] == str(first) and len(r.actions[0]["paths"]) == 1
 
 
 @pytest.mark.parametrize("backend", ["ioctl", "duperemove"])
@@ -366,3 +372,31 @@ def test_btrfs_kind_on_another_filesystem_is_a_config_error(tmp_path: Path) -> N
                                  capture_output=True, text=True).stdout.strip() == "btrfs":
         pytest.skip("the temp dir is on BTRFS here")
     assert p.returncode == 78 and "not on a BTRFS filesystem" in p.stderr, p.stderr
+
+
+def test_maintenance_vacuums_and_reverifies(vol: Path, store: Store) -> None:
+    make_groups(vol / "p", groups=2, copies=2, size_blocks=8)
+    run_pass(store, vol)  # first pass: starts the maintenance clocks
+    r = run_pass(store, vol, force_rescan=True, vacuum_interval_days=0.0,
+                 dedup_reset_interval_days=0.0)
+    assert r.counters.get("vacuums") == 1
+    assert r.counters.get("done_reset") == 2
+    # forgotten done marks are found again by FIEMAP, never deduped twice
+    r = run_pass(store, vol, force_rescan=True)
+    assert r.counters.get("skips_already_shared") == 2 and not r.counters.get("tries")
+
+
+def test_immutable_file_is_left_alone(vol: Path, store: Store) -> None:
+    require_tools("chattr")
+    data = write_random(vol / "a.jpg", 16 * BLOCK, 41)
+    (vol / "b.jpg").write_bytes(data)
+    (vol / "c.jpg").write_bytes(data)
+    subprocess.run(["chattr", "+i", str(vol / "c.jpg")], check=True)
+    try:
+        r = run_pass(store, vol)
+        assert r.counters.get("hits") == 1
+        assert [p["path"] for p in r.problems] == [str(vol / "c.jpg")]
+        assert not fiemap.same_extents(_extents(vol / "a.jpg"), _extents(vol / "c.jpg"))
+        assert (vol / "c.jpg").read_bytes() == data
+    finally:
+        subprocess.run(["chattr", "-i", str(vol / "c.jpg")], check=False)
