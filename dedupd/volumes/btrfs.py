@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from dedupd.config import VolumeConfig
 from dedupd.dedup.extent_group import ExtentDeduper
 from dedupd.dedup.worker import DedupeWorker
-from dedupd.errors import ConfigError
+from dedupd.errors import ConfigError, TemporaryFailure
 from dedupd.hashing import Hasher, Stability
 from dedupd.index import extents as ix
 from dedupd.index.store import IndexedFile, Store
@@ -97,6 +97,9 @@ class ExtentPass(ScanPass):
         return super().changed_files()
 
     def steps(self) -> Iterator[Step]:
+        if not os.path.isdir(self.vol.path):
+            raise TemporaryFailure(f"volume {self.vol.name}: {self.vol.path} is not a "
+                                   "directory (not mounted yet?)")
         lock = VolumeLock(self.vol.path)
         lock.acquire()
         try:

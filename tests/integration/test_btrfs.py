@@ -400,3 +400,12 @@ def test_immutable_file_is_left_alone(vol: Path, store: Store) -> None:
         assert (vol / "c.jpg").read_bytes() == data
     finally:
         subprocess.run(["chattr", "-i", str(vol / "c.jpg")], check=False)
+
+
+def test_missing_volume_path_is_temporary(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[volumes.gone]\nkind = "btrfs"\npath = "{tmp_path}/not-mounted"\n')
+    p = subprocess.run([sys.executable, "-m", "dedupd", "run", "--once", "-c", str(cfg),
+                        "--db", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True,
+                       env={**os.environ, "DEDUPD_LOCK_DIR": str(tmp_path / "locks")})
+    assert p.returncode == 75 and "not mounted yet?" in p.stderr, p.stderr
