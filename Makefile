@@ -49,5 +49,32 @@ bench: deps
 demo: deps
 	$(BIN)/python scripts/demo.py
 
+# `make install`: the package in its own venv (PREFIX), the command in BINDIR,
+# the systemd units, the example config and the docs. DESTDIR stages it (the
+# venv then runs from DESTDIR: install without DESTDIR on the target host).
+PREFIX ?= /opt/dedupd
+BINDIR ?= /usr/local/bin
+UNITDIR ?= /etc/systemd/system
+CONFDIR ?= /etc/dedupd
+DOCDIR ?= /usr/local/share/doc/dedupd
+
+install:
+	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
+	$(DESTDIR)$(PREFIX)/bin/pip install -q --upgrade pip
+	$(DESTDIR)$(PREFIX)/bin/pip install -q .
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)
+	ln -sf $(PREFIX)/bin/dedupd $(DESTDIR)$(BINDIR)/dedupd
+	for u in systemd/*.service systemd/*.timer; do \
+		sed 's|/usr/local/bin/dedupd|$(BINDIR)/dedupd|' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+	done
+	install -d -m 0755 $(DESTDIR)$(CONFDIR)
+	install -m 0644 etc/dedupd.toml $(DESTDIR)$(CONFDIR)/dedupd.toml.example
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/
+	if [ -d docs ]; then install -m 0644 docs/*.md $(DESTDIR)$(DOCDIR)/; fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed; copy $(CONFDIR)/dedupd.toml.example to $(CONFDIR)/dedupd.toml, edit it,"
+	@echo "then: systemctl enable --now dedupd"
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -178,7 +178,6 @@ def main() -> int:
         print(f"missing tools: {', '.join(missing)} (make deps)", file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="dedupd-bench-"))
-    os.environ["DEDUPD_LOCK_DIR"] = str(work / "locks")
     master, mnt = work / "master.img", work / "mnt"
     mnt.mkdir()
     try:

@@ -37,6 +37,9 @@ class DaemonConfig:
     log_json: bool = False
     admin_group: str = "dedupd"
     stop_timeout: float = 30.0
+    socket_group: str = "dedupd"
+    pass_interval: float = 300.0
+    client_idle_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,9 @@ def _daemon(t: _Table) -> DaemonConfig:
         log_json=t.flag("log_json", False),
         admin_group=t.text("admin_group", "dedupd"),
         stop_timeout=t.number("stop_timeout", 30.0),
+        socket_group=t.text("socket_group", "dedupd"),
+        pass_interval=t.number("pass_interval", 300.0),
+        client_idle_timeout=t.number("client_idle_timeout", 30.0, lo=0.1),
     )
     t.done()
     return d

@@ -24,6 +24,10 @@ from dedupd.index.store import HashUpdate, IndexedFile
 from dedupd.scan.events import Problem
 
 HEAD_SIZE = 4096
+# Files up to this size are hashed whole in the first read: on a cold cache one
+# 128 KiB read costs about what a 4 KiB one does (readahead), and it saves a
+# second open for every duplicate.
+WHOLE_READ = 128 * 1024
 BUF_SIZE = 1 << 20
 _O_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOATIME = getattr(os, "O_NOATIME", 0)
@@ -193,7 +197,7 @@ class Hasher:
         if len(ready) < 2:
             return SizeGroupResult((), (), (), st)
         rd = _GroupReader(st)
-        small = ready[0].size <= HEAD_SIZE
+        small = ready[0].size <= WHOLE_READ
         updates: dict[tuple[int, int], HashUpdate] = {}
         heads: dict[int, list[IndexedFile]] = defaultdict(list)
         for f in ready:

@@ -1,5 +1,5 @@
 """Subcommands. Each module has register(subparsers); add new ones to COMMANDS."""
 
-from dedupd.commands import check_config, run, scan, stats
+from dedupd.commands import check_config, ctl, journal, recover, run, scan, stats, status
 
-COMMANDS = [scan, run, check_config, stats]
+COMMANDS = [scan, run, status, ctl, check_config, journal, recover, stats]

@@ -1,25 +1,36 @@
-"""`dedupd run`: serve the configured volumes; `--once` does one pass and exits."""
+"""`dedupd run`: serve the configured volumes (daemon); `--once` does one pass and exits."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from dedupd.commands.common import add_common, load_config, open_store, parse_size
 from dedupd.config import Config, VolumeConfig
-from dedupd.errors import UsageError
+from dedupd.errors import DedupdError, UsageError
 from dedupd.output import human_bytes, print_json, show_path
-from dedupd.priority import apply_priority
+from dedupd.proc_priority import apply_priority
 from dedupd.volumes import PassOptions, PassReport, make_pass
 from dedupd.volumes.detect import volume_for_path
 
 HELP = """\
-Deduplicate volumes. With --once: one pass over every volume (those in the
-config, or the paths or volume names given) and exit: the mode for cron and
-systemd timers.
+Deduplicate volumes.
+
+Without --once this is the daemon (the mode of dedupd.service, Type=notify):
+it serves every volume round-robin, runs backup jobs on their schedule,
+answers `dedupd status` on the sockets in [daemon] runtime_dir, reloads the
+config on SIGHUP and stops gracefully on SIGTERM. --detach forks it into the
+background (for hosts without systemd); the command returns once the daemon
+is ready and its pid is in --pidfile.
+
+With --once: one pass over every volume (those in the config, or the paths or
+volume names given) and exit: the mode for cron and systemd timers.
 
 Destructive kinds (plain, zfs, pool) only describe what they would do until
 the config says mode = "apply" or --apply is given; --dry-run never changes
@@ -33,6 +44,12 @@ def register(sub: Any) -> None:
     p.add_argument("volumes", nargs="*", metavar="VOLUME",
                    help="volume names from the config or paths (default: all configured)")
     p.add_argument("--once", action="store_true", help="one pass over everything, then exit")
+    p.add_argument("--detach", action="store_true",
+                   help="run the daemon in the background (not under systemd)")
+    p.add_argument("--pidfile", type=Path, metavar="FILE",
+                   help="lock and pid file (default RUNTIME_DIR/dedupd.pid)")
+    p.add_argument("--log-file", type=Path, metavar="FILE", default=Path("/var/log/dedupd.log"),
+                   help="where a --detach daemon logs (default %(default)s)")
     p.add_argument("--apply", action="store_true",
                    help="act even where the config says mode = dry-run")
     p.add_argument("--force-rescan", action="store_true",
@@ -68,11 +85,13 @@ def select_volumes(cfg: Config, names: list[str], args: argparse.Namespace) -> l
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.once:
+        return serve(args)
+    if args.detach:
+        raise UsageError("--detach is for the daemon; --once runs in the foreground")
     cfg = load_config(args)
     vols = select_volumes(cfg, args.volumes, args)
-    if not args.once:
-        raise UsageError("daemon mode is not available yet; use --once")
-    apply_priority(cfg.daemon)
+    apply_priority(cfg.daemon)  # [daemon] nice/ionice for one-shot runs too (cron, timers)
     store = open_store(args, cfg)
     reports = []
     try:
@@ -104,3 +123,47 @@ def print_report(r: PassReport) -> None:
         out.write(f"  {verb} {a.get('action')}: " + " ".join(show_path(p) for p in paths) + "\n")
     for p in r.problems:
         out.write(f"  {p['reason']}: {show_path(p['path'])} {p.get('detail', '')}\n")
+
+
+def _daemon_config(args: argparse.Namespace) -> tuple[Config, list[VolumeConfig]]:
+    """The loader the daemon calls at start and on SIGHUP: config + volumes to serve."""
+    cfg = load_config(args)
+    if not args.volumes and not cfg.volumes:
+        return cfg, []  # a daemon for backup jobs only is fine
+    return cfg, select_volumes(cfg, args.volumes, args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Daemon mode, in the foreground or (--detach) in the background."""
+    from dedupd.daemon import DaemonOptions
+    from dedupd.detach import run_detached
+
+    cfg = load_config(args)  # a config error is reported here, before any fork
+    if args.log_level is None or (cfg.daemon.log_json and not args.log_json):
+        from dedupd import log
+
+        log.setup(args.log_level or cfg.daemon.log_level, args.log_json or cfg.daemon.log_json)
+    opts = DaemonOptions(dry_run=args.dry_run, force_rescan=args.force_rescan, db_url=args.db,
+                         log_level_fixed=args.log_level is not None, pidfile=args.pidfile)
+    if args.detach:
+        return run_detached(lambda: _serve_now(args, opts), args.log_file)
+    return _serve_now(args, opts)
+
+
+def _serve_now(args: argparse.Namespace, opts: Any) -> int:
+    from dedupd.daemon import Daemon
+    from dedupd.notify import Notifier
+
+    try:
+        d = Daemon(lambda: _daemon_config(args), opts)
+        rc = asyncio.run(d.serve())
+    except DedupdError as e:
+        # also tells a waiting `run --detach` parent (and systemd) why we did not start
+        Notifier().send(STATUS=f"startup failed: {e}", EXIT_STATUS=e.exit_code)
+        sys.stderr.write(f"dedupd: error: {e}\n")
+        return e.exit_code
+    if d.abandoned:
+        # a step thread is still blocked in the kernel: do not wait for it at exit
+        logging.shutdown()
+        os._exit(rc)
+    return rc

@@ -1,1 +1,1 @@
-"""Dedup stages: planner (pure), verify, and the backends (extent, hardlink, crossdrive)."""
+"""Deduplication: planners, backends and the safety machinery (verify, journal)."""

@@ -79,6 +79,33 @@ def to_s64(x: int) -> int:
 def from_s64(x: int) -> int:
     return x + (1 << 64) if x < 0 else x
 
+
+# The journal of destructive dedup steps (dedupd/dedup/journal.py, docs/safety.md).
+# A row is written (and committed) *before* each step it describes.
+ops = Table(
+    "ops", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("volume", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),  # hardlink | crossdrive
+    Column("state", String(20), nullable=False),
+    Column("keep_path", LargeBinary, nullable=False),
+    Column("dup_path", LargeBinary, nullable=False),
+    Column("temp_path", LargeBinary),  # hardlink: the temporary link next to dup_path
+    Column("dest_path", LargeBinary),  # crossdrive: the new name on the kept branch
+    Column("quarantine_path", LargeBinary),
+    Column("keep_dev", BigInteger, nullable=False),
+    Column("keep_ino", BigInteger, nullable=False),
+    Column("dup_dev", BigInteger, nullable=False),
+    Column("dup_ino", BigInteger, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("dup_mtime_ns", BigInteger, nullable=False),
+    Column("dirs", Text),  # JSON list of directories the op creates (crossdrive)
+    Column("reason", Text),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Index("ix_ops_state", "state"),
+)
+
 # --- extent dedupe state (BTRFS/XFS volumes; see docs/btrfs.md) ---
 
 extent_done = Table(

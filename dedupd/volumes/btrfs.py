@@ -8,7 +8,8 @@ the index keeps their hashes). Both dedupe by sharing extents
 (dedupd.dedup.extent_group); read-only snapshots are never made writable and
 never written to: their files can only be the reference of a dedupe.
 
-Caller contract: one pass per volume at a time (steps() takes the volume lock).
+Caller contract: one pass per volume at a time (steps() takes the volume lock,
+dedupd.dedup.lock).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 from dedupd.config import VolumeConfig
 from dedupd.dedup.extent_group import ExtentDeduper
+from dedupd.dedup.lock import lock_root, volume_lock
 from dedupd.dedup.worker import DedupeWorker
 from dedupd.errors import ConfigError, TemporaryFailure
 from dedupd.hashing import Hasher, Stability
@@ -33,7 +35,6 @@ from dedupd.volumes import Counters, PassOptions, Step, register
 from dedupd.volumes import btrfs_ioctl as bt
 from dedupd.volumes._base import ScanPass
 from dedupd.volumes.changes import ChangeFinder, Subvol, full_walk
-from dedupd.volumes.lock import VolumeLock
 
 DAY = 86400.0
 
@@ -100,12 +101,9 @@ class ExtentPass(ScanPass):
         if not os.path.isdir(self.vol.path):
             raise TemporaryFailure(f"volume {self.vol.name}: {self.vol.path} is not a "
                                    "directory (not mounted yet?)")
-        lock = VolumeLock(self.vol.path)
-        lock.acquire()
-        try:
+        # The same per-volume lock as every other kind and `dedupd recover`.
+        with volume_lock(lock_root(self.vol.kind, self.vol.path, self.vol.branches)):
             yield from self._steps()
-        finally:
-            lock.release()
 
     def _steps(self) -> Iterator[Step]:
         st = self._load_state()

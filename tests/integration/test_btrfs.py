@@ -16,9 +16,9 @@ import pytest
 
 from dedupd.dedup import extent, fiemap
 from dedupd.dedup.extent_group import ExtentDeduper
+from dedupd.dedup.lock import volume_lock
 from dedupd.index.store import IndexedFile, Store
 from dedupd.volumes import Counters
-from dedupd.volumes.lock import VolumeLock
 from tests.fixtures.components import require_tools
 from tests.integration.extent_helpers import (
     BLOCK,
@@ -45,11 +45,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(f"sqlite:///{tmp_path}/index.db")
     yield s
     s.close()
-
-
-@pytest.fixture(autouse=True)
-def _lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEDUPD_LOCK_DIR", str(tmp_path / "locks"))
 
 
 def test_reclaims_the_duplicate_bytes_and_keeps_content(vol: Path, store: Store) -> None:
@@ -263,13 +258,12 @@ def test_group_with_over_a_megabyte_of_path_names(vol: Path, store: Store,
 
 
 def test_second_instance_gets_a_clear_error(vol: Path, tmp_path: Path) -> None:
-    with VolumeLock(vol, tmp_path / "locks"):
+    with volume_lock(os.fsencode(vol)):
         p = subprocess.run([sys.executable, "-m", "dedupd", "run", "--once", "--settle", "0",
                             "--db", f"sqlite:///{tmp_path}/other.db", str(vol)],
-                           capture_output=True, text=True,
-                           env={**os.environ, "DEDUPD_LOCK_DIR": str(tmp_path / "locks")})
+                           capture_output=True, text=True)
     assert p.returncode == 75, p.stderr
-    assert "being processed by another dedupd" in p.stderr
+    assert "another dedupd pass or recovery is working on this volume" in p.stderr
 
 
 def test_dry_run_does_not_advance_the_generation(vol: Path, store: Store) -> None:
@@ -286,17 +280,16 @@ def test_kill_9_mid_pass_loses_nothing(vol: Path, store: Store, tmp_path: Path) 
     before = digests(vol)
     _, disk0 = btrfs_data_bytes(vol)
     db = f"sqlite:///{tmp_path}/killed.db"
-    env = {**os.environ, "DEDUPD_LOCK_DIR": str(tmp_path / "locks")}
     argv = [sys.executable, "-m", "dedupd", "run", "--once", "--settle", "0", "--db", db,
             str(vol)]
-    p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and btrfs_data_bytes(vol)[1] == disk0:
         time.sleep(0.02)  # wait until some dedupe has happened
     p.kill()
     p.wait()
     assert digests(vol) == before
-    r = subprocess.run(argv, env=env, capture_output=True, text=True)
+    r = subprocess.run(argv, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert digests(vol) == before
     assert abs((disk0 - btrfs_data_bytes(vol)[1]) - dup) <= dup * 0.01
@@ -329,18 +322,17 @@ def test_newline_names_with_the_duperemove_backend(vol: Path, store: Store) -> N
 def test_stats_command_reports_the_last_pass(vol: Path, tmp_path: Path) -> None:
     make_groups(vol / "p", groups=2, copies=2, size_blocks=8)
     db = f"sqlite:///{tmp_path}/cli.db"
-    env = {**os.environ, "DEDUPD_LOCK_DIR": str(tmp_path / "locks")}
     base = [sys.executable, "-m", "dedupd"]
     subprocess.run([*base, "run", "--once", "--settle", "0", "--db", db, str(vol)],
-                   check=True, env=env, capture_output=True)
+                   check=True, capture_output=True)
     out = subprocess.run([*base, "stats", "--json", "--db", db, str(vol)], check=True,
-                         env=env, capture_output=True, text=True).stdout
+                         capture_output=True, text=True).stdout
     doc = json.loads(out)
     assert doc["files_indexed"] == 4 and doc["duplicate_groups"] == 2
     assert doc["files_deduped"] == 2 and doc["bytes_deduped"] == (8 + 9) * BLOCK
     assert doc["last_generation"] > 0 and doc["last_full_scan"] is not None
     assert doc["last_pass"]["counters"]["files_examined"] == 4
-    text = subprocess.run([*base, "stats", "--db", db, str(vol)], check=True, env=env,
+    text = subprocess.run([*base, "stats", "--db", db, str(vol)], check=True,
                           capture_output=True, text=True).stdout
     assert "duplicate groups  2" in text and "last generation" in text
 
@@ -353,9 +345,8 @@ def test_without_cap_sys_admin_every_pass_walks(vol: Path, tmp_path: Path) -> No
     argv = ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin",
             sys.executable, "-m", "dedupd", "run", "--once", "--json", "--settle", "0",
             "--db", db, str(vol)]
-    env = {**os.environ, "DEDUPD_LOCK_DIR": str(tmp_path / "locks")}
     for _ in range(2):
-        p = subprocess.run(argv, env=env, capture_output=True, text=True)
+        p = subprocess.run(argv, capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
         counters = json.loads(p.stdout)["volumes"][0]["counters"]
         assert counters["full_scans"] == 1
@@ -366,8 +357,7 @@ def test_btrfs_kind_on_another_filesystem_is_a_config_error(tmp_path: Path) -> N
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[volumes.x]\nkind = "btrfs"\npath = "{tmp_path}"\n')
     p = subprocess.run([sys.executable, "-m", "dedupd", "run", "--once", "-c", str(cfg),
-                        "--db", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True,
-                       env={**os.environ, "DEDUPD_LOCK_DIR": str(tmp_path / "locks")})
+                        "--db", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True)
     if subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)],
                                  capture_output=True, text=True).stdout.strip() == "btrfs":
         pytest.skip("the temp dir is on BTRFS here")
@@ -406,6 +396,5 @@ def test_missing_volume_path_is_temporary(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[volumes.gone]\nkind = "btrfs"\npath = "{tmp_path}/not-mounted"\n')
     p = subprocess.run([sys.executable, "-m", "dedupd", "run", "--once", "-c", str(cfg),
-                        "--db", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True,
-                       env={**os.environ, "DEDUPD_LOCK_DIR": str(tmp_path / "locks")})
+                        "--db", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True)
     assert p.returncode == 75 and "not mounted yet?" in p.stderr, p.stderr

@@ -29,11 +29,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-@pytest.fixture(autouse=True)
-def _lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEDUPD_LOCK_DIR", str(tmp_path / "locks"))
-
-
 def fill(root: Path, n: int) -> list[Path]:
     """n small files (8-16 KiB) in 100 directories; every 500th has a twin."""
     rnd = random.Random(3)

@@ -28,11 +28,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-@pytest.fixture(autouse=True)
-def _lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEDUPD_LOCK_DIR", str(tmp_path / "locks"))
-
-
 @pytest.mark.parametrize("backend", ["ioctl", "duperemove"])
 def test_xfs_reclaims_duplicates(loopfs: Callable[[str, str], Path], store: Store,
                                  backend: str) -> None:

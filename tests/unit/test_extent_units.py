@@ -1,20 +1,15 @@
-"""Pure parts of the BTRFS/XFS pass: full-scan policy, FIEMAP run merging, lock, priority."""
+"""Pure parts of the BTRFS/XFS pass: full-scan policy, FIEMAP run merging, dedupe worker."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from dedupd.config import DaemonConfig, VolumeConfig
+from dedupd.config import VolumeConfig
 from dedupd.dedup.fiemap import EXTENT_DELALLOC, EXTENT_SHARED, Extent, layout, same_extents
-from dedupd.errors import TemporaryFailure
 from dedupd.volumes.btrfs import full_scan_reason
-from dedupd.volumes.lock import VolumeLock, lock_path
 
 VOL = VolumeConfig(name="v", kind="btrfs", path=Path("/v"), max_generation_gap=1000,
                    min_hours_between_full_scans=24.0)
@@ -43,50 +38,6 @@ def test_layout_merges_contiguous_pieces() -> None:
     # delayed allocations have no address yet: never "the same"
     assert not same_extents([Extent(0, 0, 4096, EXTENT_DELALLOC)],
                             [Extent(0, 0, 4096, EXTENT_DELALLOC)])
-
-
-def test_second_lock_on_the_same_volume_fails_clearly(tmp_path: Path) -> None:
-    with VolumeLock("/srv/vol", tmp_path):
-        with pytest.raises(TemporaryFailure) as e:
-            VolumeLock("/srv/vol/", tmp_path).acquire()
-        assert e.value.exit_code == 75
-        assert "being processed by another dedupd" in str(e.value)
-        assert f"pid {os.getpid()}" in str(e.value)
-        VolumeLock("/srv/other", tmp_path).acquire()  # other volumes are independent
-    with VolumeLock("/srv/vol", tmp_path):  # released on exit
-        pass
-    assert lock_path("/srv/vol", tmp_path) != lock_path("/srv/vol2", tmp_path)
-
-
-def test_lock_dies_with_its_process(tmp_path: Path) -> None:
-    code = ("import sys,time; from dedupd.volumes.lock import VolumeLock; "
-            f"VolumeLock('/srv/x', __import__('pathlib').Path({str(tmp_path)!r})).acquire(); "
-            "print('locked', flush=True); time.sleep(60)")
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    try:
-        assert p.stdout is not None and p.stdout.readline().strip() == b"locked"
-        with pytest.raises(TemporaryFailure):
-            VolumeLock("/srv/x", tmp_path).acquire()
-        p.kill()
-        p.wait()
-        with VolumeLock("/srv/x", tmp_path):
-            pass
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
-def test_apply_priority_in_a_child() -> None:
-    code = ("import os; from dedupd.config import DaemonConfig; "
-            "from dedupd.priority import apply_priority, get_ioprio_class; "
-            "a = apply_priority(DaemonConfig(nice=19, ionice='idle')); "
-            "print(os.getpriority(os.PRIO_PROCESS, 0), get_ioprio_class(), a)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out[0] == "19"
-    assert out[1] == "3"  # IOPRIO_CLASS_IDLE
-    assert DaemonConfig().nice == 19 and DaemonConfig().ionice == "idle"
 
 
 def test_dedupe_worker_hands_a_failure_back() -> None:

@@ -1,0 +1,128 @@
+"""`dedupd status`: ask the running daemon what it is doing (its control socket)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dedupd.commands.common import add_common, load_config
+from dedupd.control import ControlClient
+from dedupd.output import human_bytes, print_json
+
+HELP = """\
+Show what the running daemon is doing: each volume's state (idle, scanning,
+hashing, deduping; paused), what it is working on, rates, passes, bytes
+reclaimed, backup jobs, the next scheduled events and the last errors.
+
+It asks the daemon over its control socket (RUNTIME_DIR/dedupd.sock, see
+[daemon] runtime_dir); root and members of the socket group may ask. The
+protocol is plain newline-delimited JSON (docs/status.md), so this works too:
+  echo '{"cmd":"status"}' | socat - UNIX-CONNECT:/run/dedupd/dedupd.sock
+
+exit status: 0 ok, 1 refused (permission, unknown volume), 75 daemon not running
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("status", help="what the running daemon is doing",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("volume", nargs="?", metavar="VOLUME", help="only this volume")
+    p.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+                   help="redraw every SECONDS (default 2) until interrupted")
+    add_socket_arg(p)
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def add_socket_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", type=Path, metavar="PATH",
+                   help="daemon socket (default RUNTIME_DIR/dedupd.sock from the config)")
+
+
+def socket_path(args: argparse.Namespace) -> Path:
+    if args.socket is not None:
+        return Path(args.socket)
+    return load_config(args).daemon.runtime_dir / "dedupd.sock"
+
+
+def run(args: argparse.Namespace) -> int:
+    client = ControlClient(socket_path(args))
+    fields = {"volume": args.volume} if args.volume else {}
+    try:
+        while True:
+            doc = client.request("status", **fields)
+            doc.pop("ok", None)
+            if args.json:
+                if args.watch:
+                    sys.stdout.write(json.dumps(doc, ensure_ascii=True) + "\n")
+                else:
+                    print_json(doc)
+            else:
+                if args.watch and sys.stdout.isatty():
+                    sys.stdout.write("\x1b[H\x1b[2J")
+                sys.stdout.write(render(doc))
+            sys.stdout.flush()
+            if not args.watch:
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        client.close()
+
+
+def _ago(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    fmt = "%H:%M:%S" if abs(t - time.time()) < 86400 else "%Y-%m-%d %H:%M"
+    return time.strftime(fmt, time.localtime(t))
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n"
+                   for r in rows)
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The human view of a status document."""
+    out = [f"dedupd {doc['version']}, pid {doc['pid']}, {doc['state']}, up "
+           f"{_ago(doc['uptime'])}, {human_bytes(doc['bytes_reclaimed'])} reclaimed\n"]
+    rows = [["VOLUME", "KIND", "MODE", "STATE", "FILES/S", "READ/S", "PASSES", "RECLAIMED",
+             "DOING"]]
+    for v in doc["volumes"].values():
+        state = "paused" if v["paused"] else v["state"]
+        if v["queue"]["rescan_requested"]:
+            state += "+rescan"
+        rows.append([v["name"], v["kind"], v["mode"], state,
+                     f"{v['rates']['files_per_s']:.0f}",
+                     human_bytes(v["rates"]["bytes_per_s"]) + "/s",
+                     f"{v['passes']['completed']}/{v['passes']['started']}",
+                     human_bytes(v["bytes_reclaimed"]), v["doing"]])
+    out.append(_table(rows) if len(rows) > 1 else "no volumes\n")
+    if doc["backups"]:
+        jrows = [["BACKUP", "SCHEDULE", "STATE", "NEXT RUN", "LAST RESULT"]]
+        jrows += [[j["name"], j["schedule"], j["state"], _when(j["next_run_at"]),
+                   j["last_result"] or "-"] for j in doc["backups"].values()]
+        out.append(_table(jrows))
+    for e in doc["next_events"][:5]:
+        out.append(f"next: {_when(e['at'])} {e['what']}\n")
+    if doc["last_errors"]:
+        out.append("last errors:\n")
+        for e in doc["last_errors"][-10:]:
+            path = f" {e['path']}" if e.get("path") else ""
+            out.append(f"  {_when(e['time'])} {e['where']}:{path} {e['error']}\n")
+    return "".join(out)

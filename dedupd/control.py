@@ -1,0 +1,321 @@
+"""The control socket: newline-delimited JSON, one request -> one reply.
+
+Server side (asyncio, in the daemon's loop) and a small blocking client for
+`dedupd status`. The server is hostile-input proof: a line is read in bounded
+chunks (a longer one is discarded up to its newline and answered with an
+error, memory never grows past MAX_LINE + one chunk), a silent client is
+dropped after IDLE_TIMEOUT, a client that stops reading is dropped after
+WRITE_TIMEOUT, and a client that vanishes mid-reply only ends its own
+connection. Who may do what comes from SO_PEERCRED (see Access).
+The protocol is documented in docs/status.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dedupd.errors import DedupdError, TemporaryFailure
+
+log = logging.getLogger("dedupd.control")
+
+MAX_LINE = 64 * 1024  # a request is a few dozen bytes; anything this long is garbage
+CHUNK = 64 * 1024
+MAX_DISCARD = 64 * 1024 * 1024  # give up on a client sending an endless line
+IDLE_TIMEOUT = 30.0
+WRITE_TIMEOUT = 10.0
+MAX_CLIENTS = 1024  # beyond this a new client gets "busy" and is closed
+BACKLOG = 512
+MAX_REPLY = 64 * 1024 * 1024  # client side bound on one reply
+
+READ_COMMANDS = ("status", "stats", "ping", "help")
+MUTATING_COMMANDS = ("pause", "resume", "rescan")
+COMMANDS = READ_COMMANDS + MUTATING_COMMANDS
+
+
+class ControlError(DedupdError):
+    """A request the daemon refused (unknown volume, bad argument, no permission)."""
+
+
+class PermissionDenied(ControlError):
+    pass
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+    groups: frozenset[int]
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    """Credentials of the process at the other end (SO_PEERCRED + its supplementary groups)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Peer(pid, uid, gid, frozenset(_proc_groups(pid)) | {gid})
+
+
+def _proc_groups(pid: int) -> list[int]:
+    # SO_PEERCRED carries only the primary gid; the supplementary groups of the
+    # connecting process are in /proc. If it already exited, primary gid only.
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return [int(g) for g in line.split()[1:] if g.isdigit()]
+    except OSError:
+        pass
+    return []
+
+
+@dataclass(frozen=True)
+class Access:
+    """root (or the daemon's own uid) and admin_gid may mutate; socket_gid may read."""
+
+    socket_gid: int | None
+    admin_gid: int | None
+    owner_uid: int = os.geteuid()
+
+    def level(self, p: Peer) -> str:
+        """'admin', 'read' or 'none'."""
+        if p.uid in (0, self.owner_uid):
+            return "admin"
+        if self.admin_gid is not None and self.admin_gid in p.groups:
+            return "admin"
+        if self.socket_gid is not None and self.socket_gid in p.groups:
+            return "read"
+        return "none"
+
+
+# handler(cmd, volume or None, request) -> reply fields; raises ControlError to refuse.
+Handler = Callable[[str, "str | None", dict[str, Any]], dict[str, Any]]
+
+
+class _TooLong(Exception):
+    pass
+
+
+class _Lines:
+    """Bounded line reader over a StreamReader."""
+
+    def __init__(self, reader: asyncio.StreamReader, timeout: float) -> None:
+        self.reader, self.timeout = reader, timeout
+        self.buf = bytearray()
+
+    async def _chunk(self) -> bytes:
+        return await asyncio.wait_for(self.reader.read(CHUNK), self.timeout)
+
+    async def next(self) -> bytes | None:
+        """The next line without its newline; None at EOF; raises _TooLong (line dropped)."""
+        while True:
+            i = self.buf.find(b"\n")
+            if i > MAX_LINE or (i < 0 and len(self.buf) > MAX_LINE):
+                await self._discard()
+                raise _TooLong()
+            if i >= 0:
+                line = bytes(self.buf[:i])
+                del self.buf[: i + 1]
+                return line
+            chunk = await self._chunk()
+            if not chunk:  # EOF: a last request without newline still counts
+                line, self.buf = bytes(self.buf), bytearray()
+                return line or None
+            self.buf += chunk
+
+    async def _discard(self) -> None:
+        dropped = 0
+        while (i := self.buf.find(b"\n")) < 0:
+            dropped += len(self.buf)
+            self.buf.clear()
+            if dropped > MAX_DISCARD:
+                raise ConnectionAbortedError("line without end")
+            chunk = await self._chunk()
+            if not chunk:
+                raise ConnectionAbortedError("EOF inside an over-long line")
+            self.buf += chunk
+        del self.buf[: i + 1]
+
+
+class ControlServer:
+    """Serves any number of Unix sockets with one handler."""
+
+    def __init__(self, handler: Handler, access: Access,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.handler, self.access, self.idle_timeout = handler, access, idle_timeout
+        self.servers: dict[str, asyncio.AbstractServer] = {}
+        self.clients = 0
+        self.served = 0
+
+    async def listen(self, path: Path, default_volume: str | None, gid: int | None) -> None:
+        """Bind path (0660, group gid) and serve it; a stale socket file is replaced.
+
+        The caller holds the daemon lock, so a socket file left at path is ours
+        from a previous run, never another live daemon's.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(os.fspath(path))
+            os.chmod(path, 0o660)
+            if gid is not None and os.geteuid() == 0:
+                os.chown(path, 0, gid)
+            sock.listen(BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+
+        async def on_client(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await self._serve_client(r, w, default_volume)
+
+        self.servers[os.fspath(path)] = await asyncio.start_unix_server(
+            on_client, sock=sock, backlog=BACKLOG)
+
+    async def unlisten(self, path: Path) -> None:
+        srv = self.servers.pop(os.fspath(path), None)
+        if srv is not None:
+            srv.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    async def close(self) -> None:
+        for p in list(self.servers):
+            await self.unlisten(Path(p))
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            default_volume: str | None) -> None:
+        self.clients += 1
+        try:
+            if self.clients > MAX_CLIENTS:
+                await self._reply(writer, {"ok": False, "error": "busy: too many clients"})
+                return
+            peer = peer_of(writer.get_extra_info("socket"))
+            level = self.access.level(peer)
+            if level == "none":
+                await self._reply(writer, _denied(peer, "read"))
+                return
+            await self._conversation(_Lines(reader, self.idle_timeout), writer, peer, level,
+                                     default_volume)
+        except (ConnectionError, TimeoutError, OSError):
+            pass  # the client went away, stalled or broke the protocol: drop it alone
+        finally:
+            self.clients -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _conversation(self, lines: _Lines, writer: asyncio.StreamWriter, peer: Peer,
+                            level: str, default_volume: str | None) -> None:
+        while True:
+            try:
+                line = await lines.next()
+            except _TooLong:
+                await self._reply(writer, {"ok": False,
+                                           "error": f"request longer than {MAX_LINE} bytes"})
+                continue
+            if line is None:
+                return
+            if not line.strip():
+                continue
+            await self._reply(writer, self.dispatch(line, peer, level, default_volume))
+
+    def dispatch(self, line: bytes, peer: Peer, level: str,
+                 default_volume: str | None) -> dict[str, Any]:
+        """One request line -> one reply document (never raises)."""
+        try:
+            req = json.loads(line)
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+            return {"ok": False, "error": "request is not JSON (send {\"cmd\": \"help\"})"}
+        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+            return {"ok": False, "error": "request must be an object with a string \"cmd\""}
+        cmd = req["cmd"]
+        if cmd not in COMMANDS:
+            return {"ok": False, "error": f"unknown command {cmd!r}",
+                    "commands": list(COMMANDS)}
+        if cmd in MUTATING_COMMANDS and level != "admin":
+            return _denied(peer, "admin")
+        volume = req.get("volume", default_volume)
+        if volume is not None and not isinstance(volume, str):
+            return {"ok": False, "error": "\"volume\" must be a string"}
+        self.served += 1
+        try:
+            return {"ok": True, **self.handler(cmd, volume, req)}
+        except ControlError as e:
+            return {"ok": False, "error": str(e)}
+        except Exception as e:  # a handler bug must not take the socket down
+            log.exception("control command %s failed", cmd)
+            return {"ok": False, "error": f"internal error: {e}"}
+
+    async def _reply(self, writer: asyncio.StreamWriter, doc: dict[str, Any]) -> None:
+        writer.write(json.dumps(doc, ensure_ascii=True).encode() + b"\n")
+        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+
+
+def _denied(peer: Peer, need: str) -> dict[str, Any]:
+    what = "root or the admin group" if need == "admin" else "root or the socket group"
+    return {"ok": False, "error": f"permission denied: uid {peer.uid} is not {what}",
+            "code": "EPERM"}
+
+
+class ControlClient:
+    """Blocking client: one connection, any number of requests (for --watch)."""
+
+    def __init__(self, path: Path | str, timeout: float = 10.0) -> None:
+        self.path = os.fspath(path)
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self.buf = b""
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            s.close()
+            raise TemporaryFailure(f"no daemon listening on {self.path} "
+                                   "(is dedupd running? `systemctl status dedupd`)") from None
+        except PermissionError:
+            s.close()
+            raise PermissionDenied(f"permission denied: {self.path} (root or a member of "
+                                   "the socket's group may connect)") from None
+        self.sock = s
+
+    def request(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        """Send one request and return the reply; raises ControlError when ok is false."""
+        if self.sock is None:
+            self.connect()
+        assert self.sock is not None
+        self.sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+        reply = json.loads(self._line())
+        if not reply.get("ok"):
+            err = str(reply.get("error", "request failed"))
+            raise (PermissionDenied if reply.get("code") == "EPERM" else ControlError)(err)
+        return dict(reply)
+
+    def _line(self) -> bytes:
+        assert self.sock is not None
+        while b"\n" not in self.buf:
+            if len(self.buf) > MAX_REPLY:
+                raise ControlError("reply too long")
+            chunk = self.sock.recv(CHUNK)
+            if not chunk:
+                raise TemporaryFailure(f"{self.path}: the daemon closed the connection")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None

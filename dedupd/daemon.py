@@ -1,0 +1,410 @@
+"""The daemon: Config -> startup -> main loop -> graceful shutdown.
+
+Startup order matters and is what systemd is told: take the lock (one daemon
+per runtime dir), lower priority, open the index, finish or roll back
+interrupted operations (dedupd.dedup.journal.recover_all, when this build has
+it), validate the backup schedules, bind the control sockets, and only then
+send READY=1.
+
+The main loop serves volume workers round-robin, one bounded step per worker
+per turn. The passes themselves run in one child process (dedupd/stepper.py)
+at [daemon] nice, so neither their blocking calls nor their hold on the GIL
+delay the loop, which answers the control sockets at normal priority. SIGHUP
+reloads the config without dropping counters or the pass under way;
+SIGTERM/SIGINT stop: the current step may finish within [daemon]
+stop_timeout, then each pass is closed between steps. A step that overruns is
+killed with its process; the journal lets the next start recover whatever it
+was doing. A backup job still running at the deadline is abandoned (the
+caller exits the process without waiting for its thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gc
+import logging
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dedupd.config import Config, VolumeConfig
+from dedupd.control import Access, ControlError, ControlServer
+from dedupd.errors import DedupdError
+from dedupd.index.store import Store
+from dedupd.notify import Notifier, watchdog_interval
+from dedupd.proc_priority import apply_priority, responsive_loop_thread, work_thread_init
+from dedupd.runtime import PidLock, group_id, has_journal, prepare_runtime_dir, recover_journal
+from dedupd.scheduler import BackupScheduler
+from dedupd.status import StatusBoard, WorkerStatus
+from dedupd.stepper import StepProcess, StepProcessDied
+from dedupd.workers import RoundRobin, VolumeWorker
+
+log = logging.getLogger("dedupd.daemon")
+
+# Loader: re-reads the config (startup and SIGHUP) -> the config and the volumes to serve.
+Loader = Callable[[], tuple[Config, list[VolumeConfig]]]
+STATUS_EVERY = 2.0
+# The step thread holds the GIL for long stretches of pure Python (walks, hashing
+# bookkeeping); a shorter switch interval bounds how long a status query waits.
+SWITCH_INTERVAL = 0.001
+_SOCK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    dry_run: bool = False
+    force_rescan: bool = False
+    db_url: str | None = None  # --db overrides [database].url
+    log_level_fixed: bool = False  # --log-level given: a reload keeps it
+    pidfile: Path | None = None  # lock + pid file; default RUNTIME_DIR/dedupd.pid
+
+
+class Daemon:
+    def __init__(self, loader: Loader, opts: DaemonOptions) -> None:
+        self.loader, self.opts = loader, opts
+        self.cfg, vols = loader()
+        self.vols = {v.name: v for v in vols}
+        self.board = StatusBoard()
+        self.notify = Notifier()
+        self.rr = RoundRobin()
+        dc = self.cfg.daemon
+        self.steps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedupd-step",
+                                        initializer=work_thread_init, initargs=(dc,))
+        self.abandoned = False  # the stop overran stop_timeout (exit status 1)
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.lock = PidLock(self.pidfile)
+        self.store: Store | None = None
+        self.control: ControlServer | None = None
+        self.scheduler: BackupScheduler | None = None
+        self.stepper: StepProcess | None = None
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.cfg.daemon.runtime_dir
+
+    @property
+    def pidfile(self) -> Path:
+        return self.opts.pidfile or self.runtime_dir / "dedupd.pid"
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; 0 after a clean stop."""
+        try:
+            self._install_signals()  # a SIGTERM during recovery stops right after it
+            await self.startup()
+            self.notify.ready(self.board.summary())
+            log.info("dedupd %s ready: %d volume(s), %d backup job(s), sockets in %s",
+                     self.board.snapshot()["version"], len(self.vols), len(self.cfg.backups),
+                     self.runtime_dir)
+            main = asyncio.create_task(self._main_loop(), name="main-loop")
+            await self._stop.wait()
+            return await self.shutdown(main)
+        finally:
+            self._release()
+
+    async def startup(self) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        # A full garbage collection holds the GIL, so it stalls status answers; keep
+        # the long-lived objects of the imports (SQLAlchemy, boto3...) out of it.
+        gc.freeze()
+        prepare_runtime_dir(self.runtime_dir, self.cfg.daemon.socket_group)
+        lock_fd = self.lock.acquire()
+        done = apply_priority(self.cfg.daemon)  # the process's starting point, inherited
+        # Fork the step process now: no other thread exists yet, no socket is bound.
+        self.stepper = StepProcess(self.opts.db_url or self.cfg.database.url, self.cfg.daemon)
+        self.stepper.start(close_fds=(lock_fd,))
+        # Backup jobs (asyncio.to_thread) run in the default executor: low priority too.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(
+            thread_name_prefix="dedupd-job", initializer=work_thread_init,
+            initargs=(self.cfg.daemon,)))
+        done["loop_thread_nice"] = responsive_loop_thread(self.cfg.daemon)
+        log.info("priority: %s", done)
+        self.store = Store(self.opts.db_url or self.cfg.database.url)
+        await self._recover()
+        self.scheduler = BackupScheduler(self.board, self.store, self.opts.dry_run,
+                                         lambda: self.cfg)
+        self.scheduler.validate(self.cfg.backups)  # a bad schedule is exit 78, before READY
+        d = self.cfg.daemon
+        access = Access(group_id(d.socket_group), group_id(d.admin_group))
+        self.control = ControlServer(self._handle, access, d.client_idle_timeout)
+        try:
+            await self.control.listen(self.runtime_dir / "dedupd.sock", None, access.socket_gid)
+        except OSError as e:
+            raise DedupdError(f"cannot listen on {self.runtime_dir / 'dedupd.sock'}: "
+                              f"{e.strerror}") from None
+        for v in self.vols.values():
+            await self._add_volume(v)
+        self.scheduler.update(self.cfg.backups)
+        self.board.state = "running"
+        self._tasks += [asyncio.create_task(self._status_loop(), name="status")]
+        wd = watchdog_interval()
+        if wd is not None:
+            self._tasks.append(asyncio.create_task(self._watchdog_loop(wd), name="watchdog"))
+
+    async def _recover(self) -> None:
+        """Finish or roll back interrupted destructive steps, before anything else."""
+        if not has_journal():
+            log.debug("no operations journal in this build: nothing to recover")
+            return
+        self.board.state = "recovering"
+        log.info("recovering interrupted operations")
+        store, dry, vols = self.store, self.opts.dry_run, {**self.cfg.volumes, **self.vols}
+        result = await asyncio.get_running_loop().run_in_executor(
+            self.steps, lambda: recover_journal(store, dry, vols))
+        for r in result:
+            log.info("recovered: %s", r)
+        log.info("recovery done: %d unfinished operation(s) %sresolved", len(result),
+                 "would be " if dry else "")
+
+    async def shutdown(self, main: asyncio.Task[None]) -> int:
+        """Stop within stop_timeout: finish the current step, close passes, close sockets."""
+        timeout = self.cfg.daemon.stop_timeout
+        deadline = time.monotonic() + timeout
+        self.board.state = "stopping"
+        self.notify.stopping(self.board.summary())
+        log.info("stopping (waiting up to %.0fs for the current step)", timeout)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(main), timeout)
+        except TimeoutError:
+            self.abandoned = True
+            log.error("a step did not finish within %.0fs; killed it (interrupted operations "
+                      "are recovered at the next start)", timeout)
+            if self.stepper is not None:
+                self.stepper.interrupt()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(main), 10)
+        if self.stepper is not None:
+            stepper = self.stepper
+            if not await self._in_step_thread(lambda: stepper.stop(_left(deadline))):
+                self.abandoned = True
+                log.error("the step process did not close its passes in time; killed it")
+        if self.scheduler is not None and not await self.scheduler.stop(_left(deadline)):
+            self.abandoned = True
+            log.error("a backup job is still running; exiting anyway (it resumes next run)")
+        for t in self._tasks:
+            t.cancel()
+        if self.control is not None:
+            await self.control.close()
+        if not self.abandoned and self.store is not None:
+            self.store.close()
+        log.info("stopped")
+        return 0 if not self.abandoned else 1
+
+    async def _in_step_thread(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.steps, fn)
+
+    # -- the main loop ------------------------------------------------------------
+
+    async def _main_loop(self) -> None:
+        while not self._stop.is_set():
+            await self._reap_removed()
+            now = time.time()
+            self.board.runnable = self.rr.runnable_names(now)
+            w = self.rr.next(now)
+            if w is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.rr.sleep_for(now))
+                continue
+            await self._turn(w)
+
+    async def _turn(self, w: VolumeWorker) -> None:
+        if not w.in_pass:
+            w.begin()
+        assert self.stepper is not None
+        stepper = self.stepper
+        try:
+            out = await self._in_step_thread(lambda: w.step(stepper))
+        except StepProcessDied as e:
+            await self._step_process_died(e)
+            return
+        except Exception as e:
+            w.failed(e)
+            self.board.error(f"volume {w.vol.name}", str(e))
+            return
+        if out.report is None:
+            w.advanced(out)
+            return
+        for p in w.finished(out.report, out.actions):
+            self.board.error(f"volume {w.vol.name}", f"{p.get('reason')}: {p.get('detail', '')}",
+                             p.get("path", ""))
+
+    async def _step_process_died(self, err: Exception) -> None:
+        """Every pass under way is lost: fail them (retried later), start a new process."""
+        for w in self.rr.workers.values():
+            if w.in_pass:
+                w.failed(err)
+                self.board.error(f"volume {w.vol.name}", str(err))
+        if not self._stop.is_set() and self.stepper is not None:
+            stepper = self.stepper
+            await self._in_step_thread(stepper.restart)
+            log.warning("step process restarted (pid %d)", stepper.pid)
+
+    async def _reap_removed(self) -> None:
+        for name, w in list(self.rr.workers.items()):
+            if w.removed:
+                stepper = self.stepper
+                assert stepper is not None
+                with contextlib.suppress(DedupdError):
+                    await self._in_step_thread(functools.partial(w.close, stepper))
+                self.rr.remove(name)
+                self.board.workers.pop(name, None)
+                log.info("volume %s: removed from service", name)
+
+    # -- volumes, sockets, reload -------------------------------------------------------
+
+    async def _add_volume(self, v: VolumeConfig) -> None:
+        d = self.cfg.daemon
+        st = WorkerStatus(v.name, v.kind, str(v.path), v.mode)
+        self.board.workers[v.name] = st
+        self.rr.add(VolumeWorker(v, st, self.opts.dry_run, self.opts.force_rescan,
+                                 d.pass_interval))
+        path = self._volume_socket(v.name)
+        if path is None:
+            log.warning("volume %s: name unusable as a socket name; reach it through "
+                        "dedupd.sock with {\"volume\": ...}", v.name)
+            return
+        assert self.control is not None
+        try:
+            await self.control.listen(path, v.name, self.control.access.socket_gid)
+        except OSError as e:
+            log.error("volume %s: cannot listen on %s: %s", v.name, path, e.strerror)
+            self.board.error(f"volume {v.name}", f"socket {path}: {e.strerror}")
+
+    def _volume_socket(self, name: str) -> Path | None:
+        if name == "dedupd" or not _SOCK_NAME.match(name):
+            return None
+        return self.runtime_dir / f"{name}.sock"
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config; on any error keep running with the old one."""
+        if self.board.state != "running":
+            log.warning("SIGHUP ignored while %s", self.board.state)
+            return
+        async with self._reload_lock:
+            self.notify.reloading()
+            self.board.state = "reloading"
+            log.info("reloading %s", self.cfg.source)
+            try:
+                cfg, vols = self.loader()
+                assert self.scheduler is not None
+                self.scheduler.validate(cfg.backups, cfg.source)
+                await self._apply(cfg, {v.name: v for v in vols})
+                self.board.reloads += 1
+                log.info("reloaded: %d volume(s), %d backup job(s)", len(vols), len(cfg.backups))
+            except DedupdError as e:
+                log.error("reload failed, still running the previous config: %s", e)
+                self.board.error("reload", str(e))
+            finally:
+                self.board.state = "running"
+                self.notify.ready(self.board.summary())
+                self._wake.set()
+
+    async def _apply(self, cfg: Config, vols: dict[str, VolumeConfig]) -> None:
+        if cfg.daemon.runtime_dir != self.cfg.daemon.runtime_dir:
+            log.warning("[daemon] runtime_dir changed: takes effect at the next restart")
+            cfg = _with_runtime_dir(cfg, self.cfg.daemon.runtime_dir)
+        self.cfg = cfg
+        if not self.opts.log_level_fixed:
+            logging.getLogger().setLevel(cfg.daemon.log_level.upper())
+        for name, w in self.rr.workers.items():
+            if name not in vols:
+                w.removed = True
+                path = self._volume_socket(name)
+                if path is not None and self.control is not None:
+                    await self.control.unlisten(path)
+            elif vols[name] != w.vol:
+                w.pending_vol = vols[name]  # the pass under way keeps its config
+                w.pass_interval = cfg.daemon.pass_interval
+                if not w.in_pass:
+                    w.due = time.time()
+        for name, v in vols.items():
+            if name not in self.rr.workers:
+                await self._add_volume(v)
+        self.vols = vols
+        assert self.scheduler is not None
+        self.scheduler.update(cfg.backups)
+
+    # -- control commands ----------------------------------------------------------------
+
+    def _handle(self, cmd: str, volume: str | None, req: dict[str, Any]) -> dict[str, Any]:
+        """Control socket handler (runs on the loop; must be quick)."""
+        if volume is not None and volume not in self.board.workers:
+            raise ControlError(f"no volume {volume!r} (volumes: "
+                               f"{', '.join(self.board.workers) or 'none'})")
+        if cmd == "status":
+            return self.board.snapshot(volume)
+        if cmd == "stats":
+            return self.board.stats(volume)
+        if cmd == "ping":
+            return {"pid": self.board.pid}
+        if cmd == "help":
+            from dedupd.control import COMMANDS
+            return {"commands": list(COMMANDS), "docs": "docs/status.md"}
+        names = [volume] if volume else list(self.rr.workers)
+        for n in names:
+            w = self.rr.workers[n]
+            if cmd == "pause":
+                w.st.paused = True
+            elif cmd == "resume":
+                w.st.paused = False
+            elif cmd == "rescan":
+                w.st.rescan_requested = True
+                w.force_next = True
+        log.info("%s %s (requested over the control socket)", cmd, ", ".join(names) or "-")
+        self._wake.set()
+        return {cmd: names}
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._tasks.append(
+            asyncio.create_task(self.reload(), name="reload")))
+
+    async def _status_loop(self) -> None:
+        last = ""
+        while True:
+            text = self.board.summary()
+            if text != last:
+                self.notify.status(text)
+                last = text
+            await asyncio.sleep(STATUS_EVERY)
+
+    async def _watchdog_loop(self, interval: float) -> None:
+        while True:
+            self.notify.watchdog()
+            await asyncio.sleep(interval)
+
+    def _release(self) -> None:
+        if self.stepper is not None:
+            self.stepper.kill()  # only if still running (startup failed, or abandoned)
+        self.lock.release()
+        self.notify.close()
+        self.steps.shutdown(wait=False, cancel_futures=True)
+
+
+def _left(deadline: float) -> float:
+    return max(0.1, deadline - time.monotonic())
+
+
+def _with_runtime_dir(cfg: Config, runtime_dir: Path) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon,
+                                                               runtime_dir=runtime_dir))

@@ -1,0 +1,307 @@
+"""Hardlink dedupe on one filesystem (plain, ext4, tmpfs, ZFS): the safety contract.
+
+Public entry point: `link_group`. For one group of identical files it keeps
+one inode (primary_paths first, then the inode that already has the most
+links, then the smallest path) and replaces every name of every other inode
+by a hardlink to it, one journalled operation per name:
+
+  PENDING (names recorded) -> re-stat both -> byte compare -> re-stat ->
+  link() the kept file to a temp name next to the duplicate -> SWAPPING:
+  exchange (or rename) the temp name over the duplicate, drop the old copy's
+  temp name -> DONE.
+
+The user-visible name always exists and always holds the same bytes; the
+duplicate's content stays until its last name is replaced. Refusals never
+change anything and are counted by reason (docs/safety.md).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dedupd.dedup import journal as J
+from dedupd.dedup import recovery
+from dedupd.dedup.verify import (
+    Ident,
+    Refused,
+    Writers,
+    check_metadata,
+    readonly,
+    restat,
+    same_bytes,
+    under,
+)
+from dedupd.fsops import link as fs
+from dedupd.index.store import IndexedFile
+from dedupd.scan.scanner import DupGroup
+
+
+@dataclass(frozen=True)
+class LinkPolicy:
+    """How a group is linked.
+
+    scope: the volume's roots; an inode with names outside them (or names the
+    scan did not see) is never touched. primary_paths: a file below one of
+    them is kept; two such files are linked only if link_primary_pairs.
+    quarantine_dir: replaced copies keep a name there (same filesystem).
+    """
+
+    volume: str
+    scope: tuple[bytes, ...]
+    primary_paths: tuple[bytes, ...] = ()
+    link_primary_pairs: bool = False
+    quarantine_dir: bytes | None = None
+
+
+@dataclass(frozen=True)
+class LinkResult:
+    """What link_group did (or, dry run, would do).
+
+    actions: one dict per name replaced (result done|would|rolled_back);
+    refused: one dict per name left alone, with its reason; counts: by reason.
+    bytes_reclaimed counts inodes whose last name was replaced (their blocks
+    are freed unless a process still holds them open or a snapshot pins them).
+    """
+
+    actions: tuple[dict[str, Any], ...] = ()
+    refused: tuple[dict[str, str], ...] = ()
+    linked: int = 0
+    bytes_reclaimed: int = 0
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+
+def show(p: bytes) -> str:
+    return os.fsdecode(p)
+
+
+def is_primary(f: IndexedFile, primaries: tuple[bytes, ...]) -> bool:
+    return bool(primaries) and any(under(p, primaries) for p in f.paths)
+
+
+def rank(files: list[IndexedFile], primaries: tuple[bytes, ...]) -> list[IndexedFile]:
+    """Best keep candidate first: in a primary path, most names, smallest path."""
+    return sorted(files, key=lambda f: (not is_primary(f, primaries), -len(f.paths), f.path))
+
+
+class _Run:
+    """Accumulates the outcome of one group (mutable, private to link_group)."""
+
+    def __init__(self, journal: J.Journal | None, policy: LinkPolicy, dry_run: bool) -> None:
+        self.journal, self.policy, self.dry_run = journal, policy, dry_run
+        self.actions: list[dict[str, Any]] = []
+        self.refused: list[dict[str, str]] = []
+        self.counts: Counter[str] = Counter()
+        self.linked = 0
+        self.reclaimed = 0
+        self.ident: dict[tuple[int, int], Ident] = {}
+
+    def refuse(self, path: bytes, r: Refused) -> None:
+        self.refused.append({"path": show(path), "reason": r.reason, "detail": r.detail})
+        self.counts[r.reason] += 1
+
+    def result(self) -> LinkResult:
+        return LinkResult(tuple(self.actions), tuple(self.refused), self.linked,
+                          self.reclaimed, dict(self.counts))
+
+
+def link_group(journal: J.Journal | None, group: DupGroup, policy: LinkPolicy,
+               dry_run: bool = False) -> LinkResult:
+    """Replace every duplicate name in `group` by a hardlink to one kept inode.
+
+    Contract: the group's files were found equal by hash and their IndexedFile
+    stat fields are what was hashed; nothing is trusted beyond that — each name
+    is re-stat'ed and byte-compared right before it is replaced. With dry_run
+    (journal may then be None) all checks run, including the byte compare, and
+    nothing is written anywhere. Idempotent: a group already linked to one
+    inode is a no-op. Blocking; call from a worker thread. The caller should
+    hold the volume lock (dedup/lock.py) so recovery never races it.
+
+    Example (an archive's duplicates, after a scan that produced `group`):
+
+        jr = Journal(store)
+        res = link_group(jr, group, LinkPolicy("archive", (b"/mnt/archive",)))
+        jr.close()
+        # res.linked, res.bytes_reclaimed, res.counts["content_differs"], ...
+    """
+    if journal is None and not dry_run:
+        raise ValueError("link_group needs a journal unless dry_run")
+    run = _Run(journal, policy, dry_run)
+    files = _eligible(run, list(group.files))
+    if len(files) < 2:
+        return run.result()
+    ranked = rank(files, policy.primary_paths)
+    keep = ranked[0]
+    writers = Writers()
+    try:
+        writers.check(keep.key, keep.path)
+        if readonly(keep.path):
+            raise Refused("keep_readonly", show(keep.path))
+    except Refused as r:
+        for f in ranked[1:]:
+            for p in f.paths:
+                run.refuse(p, r)
+        return run.result()
+    for f in ranked[1:]:
+        if is_primary(f, policy.primary_paths) and is_primary(keep, policy.primary_paths) \
+                and not policy.link_primary_pairs:
+            for p in f.paths:
+                run.refuse(p, Refused("primary_pair", "both copies are in primary_paths"))
+            continue
+        _link_inode(run, keep, f, writers)
+    return run.result()
+
+
+def _eligible(run: _Run, files: list[IndexedFile]) -> list[IndexedFile]:
+    """Drop inodes that moved since hashing or have names outside the scope."""
+    out = []
+    for f in files:
+        try:
+            st = restat(f.path, Ident(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns))
+            outside = [p for p in f.paths if not under(p, run.policy.scope)]
+            if st.st_nlink > len(f.paths) or outside:
+                raise Refused("links_outside_scope",
+                              f"{st.st_nlink} links, {len(f.paths)} seen in the volume")
+        except Refused as r:
+            for p in f.paths:
+                run.refuse(p, r)
+            continue
+        run.ident[f.key] = Ident.of(st)
+        out.append(f)
+    return out
+
+
+def _link_inode(run: _Run, keep: IndexedFile, f: IndexedFile, writers: Writers) -> None:
+    for n, p in enumerate(f.paths):
+        last = n == len(f.paths) - 1
+        try:
+            writers.check(f.key, p)
+            if f.dev != keep.dev:
+                raise Refused("different_fs", "the files are on different filesystems")
+            if readonly(p):
+                raise Refused("readonly", "the duplicate's directory is read-only")
+            kst = restat(keep.path, run.ident[keep.key])
+            dst = restat(p, run.ident[f.key])
+            check_metadata(keep.path, kst, p, dst)
+        except Refused as r:
+            run.refuse(p, r)
+            continue
+        if run.dry_run:
+            _describe(run, keep, f, p)
+        else:
+            freed = last and dst.st_nlink == 1 and run.policy.quarantine_dir is None
+            _replace(run, keep, f, p, freed)
+        _refresh(run, keep.key, keep.path)
+        for rest in f.paths[n + 1:]:
+            if _refresh(run, f.key, rest):
+                break
+
+
+def _refresh(run: _Run, key: tuple[int, int], path: bytes) -> bool:
+    """After our own link changes, accept the new ctime if nothing else moved."""
+    old = run.ident[key]
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if old.matches(st, ctime=False):
+        run.ident[key] = Ident.of(st)
+        return True
+    return False
+
+
+def _describe(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes) -> None:
+    try:
+        if not same_bytes(keep.path, run.ident[keep.key], p, run.ident[f.key]):
+            raise Refused("content_differs", "same hash, different bytes")
+    except Refused as r:
+        run.refuse(p, r)
+        return
+    run.actions.append(_action(keep.path, p, f.size, "would"))
+
+
+def _action(keep: bytes, dup: bytes, size: int, result: str, op: int | None = None,
+            reason: str = "") -> dict[str, Any]:
+    a: dict[str, Any] = {"action": "hardlink", "keep": show(keep), "replace": show(dup),
+                         "paths": [show(keep), show(dup)], "size": size, "result": result}
+    if op is not None:
+        a["op"] = op
+    if reason:
+        a["reason"] = reason
+    return a
+
+
+def _spec(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes) -> J.OpSpec:
+    qdir = run.policy.quarantine_dir
+    q = None
+    if qdir is not None:
+        q = os.path.join(qdir, os.path.basename(p)[:180] + b"." + os.urandom(6).hex().encode()
+                         + fs.QUARANTINE_SUFFIX)
+    return J.OpSpec(run.policy.volume, "hardlink", keep.path, p, keep.dev, keep.ino, f.dev,
+                    f.ino, f.size, run.ident[f.key].mtime_ns, temp_path=fs.temp_name(p),
+                    quarantine_path=q)
+
+
+def _replace(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes, freed: bool) -> None:
+    """The journalled sequence for one name (see the module docstring)."""
+    jr = run.journal
+    assert jr is not None
+    spec = _spec(run, keep, f, p)
+    op = jr.begin(spec)
+    kid, did = run.ident[keep.key], run.ident[f.key]
+    try:
+        restat(keep.path, kid)
+        restat(p, did)
+        if not same_bytes(keep.path, kid, p, did):
+            raise Refused("content_differs", "same hash, different bytes")
+        restat(keep.path, kid)
+        restat(p, did)
+    except Refused as r:
+        jr.set(op, J.REFUSED, f"{r.reason}: {r.detail}")
+        run.refuse(p, r)
+        return
+    try:
+        _swap(jr, op, spec, did)
+    except (Refused, OSError) as e:
+        reason = e.reason if isinstance(e, Refused) else "error"
+        # Decide like recovery does, from the inodes: the swap may have happened.
+        after, detail = recovery.resolve_hardlink(spec)
+        jr.set(op, after, f"{e}; {detail}")
+        if after != J.DONE:
+            run.refuse(p, e if isinstance(e, Refused) else Refused(reason, str(e)))
+            return
+    run.linked += 1
+    if freed:
+        run.reclaimed += f.size
+    run.actions.append(_action(keep.path, p, f.size, "done", op))
+
+
+def _swap(jr: J.Journal, op: int, spec: J.OpSpec, did: Ident) -> None:
+    assert spec.temp_path is not None
+    tmp, p = spec.temp_path, spec.dup_path
+    if spec.quarantine_path is not None:
+        os.makedirs(os.path.dirname(spec.quarantine_path), mode=0o700, exist_ok=True)
+        fs.link_exact(p, spec.quarantine_path)
+        jr.step("link quarantine")
+    fs.link_exact(spec.keep_path, tmp, durable=False)  # the swap fsyncs this directory
+    jr.step("link temp")
+    jr.set(op, J.SWAPPING)
+    # The last look before the name changes (a quarantine link moved its ctime).
+    restat(p, did, ctime=spec.quarantine_path is None)
+    if fs.exchange(tmp, p):
+        jr.step("exchange")
+        st = os.lstat(tmp)
+        if (st.st_dev, st.st_ino) != (spec.dup_dev, spec.dup_ino):
+            # Someone replaced the name in the last instant: put theirs back.
+            fs.exchange(tmp, p)
+            jr.step("exchange back")
+            raise Refused("changed", f"{show(p)} was replaced while linking")
+        fs.unlink_if_inode(tmp, spec.dup_dev, spec.dup_ino)
+        jr.step("unlink temp")
+    else:
+        fs.rename_over(tmp, p)
+        jr.step("rename")
+    jr.set(op, J.DONE)

@@ -1,0 +1,178 @@
+"""Finish or roll back every unfinished journal operation (`dedupd recover`).
+
+Runs before anything else touches a volume. Decisions are made from what is on
+disk *now*, identified by inode numbers recorded in the journal, never from
+names alone, so running recovery twice (or after a crash inside recovery) is
+safe: each step is idempotent.
+
+Rule of thumb: an operation whose new name is already in place is finished;
+otherwise the extra names it made are removed (rolled back). A duplicate is
+only ever removed after re-checking its bytes against the kept copy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from dedupd.dedup import journal as J
+from dedupd.dedup.verify import Ident, Refused, same_bytes
+from dedupd.fsops import link as fs
+
+
+@dataclass(frozen=True)
+class Recovered:
+    op: int
+    kind: str
+    before: str
+    after: str
+    detail: str
+
+    def as_json(self) -> dict[str, object]:
+        return {"op": self.op, "kind": self.kind, "before": self.before, "after": self.after,
+                "detail": self.detail}
+
+
+def _ino(path: bytes | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def plan(rec: J.OpRecord) -> tuple[str, str]:
+    """(final state, what recovery will do) for one unfinished op; changes nothing."""
+    if rec.spec.kind == "crossdrive":
+        return _plan_cross(rec)
+    return _plan_hardlink(rec)
+
+
+def _plan_hardlink(rec: J.OpRecord) -> tuple[str, str]:
+    sp = rec.spec
+    if _ino(sp.dup_path) == (sp.keep_dev, sp.keep_ino):
+        return J.DONE, "the duplicate's name already links to the kept file: finish"
+    return J.ROLLED_BACK, "the name was not replaced: remove our extra names, if any"
+
+
+def _plan_cross(rec: J.OpRecord) -> tuple[str, str]:
+    sp = rec.spec
+    if not _dup_present(sp):
+        return J.DONE, "the duplicate is already gone: finish"
+    if rec.state == J.REMOVING:
+        return J.DONE, "verified before the crash: re-check bytes, remove the duplicate"
+    return J.ROLLED_BACK, "remove the new link on the kept branch, if it was made"
+
+
+def _dup_present(sp: J.OpSpec) -> bool:
+    return _ino(sp.dup_path) == (sp.dup_dev, sp.dup_ino)
+
+
+def recover_one(jr: J.Journal, rec: J.OpRecord) -> Recovered:
+    """Resolve one unfinished op and record its final state."""
+    try:
+        if rec.spec.kind == "crossdrive":
+            after, detail = _recover_cross(rec)
+        else:
+            after, detail = _recover_hardlink(rec)
+    except OSError as e:
+        after, detail = J.FAILED, f"recovery failed: {e}; left as is"
+    jr.set(rec.id, after, f"recovered from {rec.state}: {detail}")
+    return Recovered(rec.id, rec.spec.kind, rec.state, after, detail)
+
+
+def _recover_hardlink(rec: J.OpRecord) -> tuple[str, str]:
+    return resolve_hardlink(rec.spec)
+
+
+def resolve_hardlink(sp: J.OpSpec) -> tuple[str, str]:
+    """Finish or undo a hardlink op, decided by inodes, not by the journal state
+    (which may lag after a power cut). Idempotent."""
+    if _ino(sp.dup_path) == (sp.keep_dev, sp.keep_ino):
+        if sp.temp_path is not None:
+            # After an exchange the old duplicate sits at the temp name.
+            fs.unlink_if_inode(sp.temp_path, sp.dup_dev, sp.dup_ino)
+            fs.unlink_if_inode(sp.temp_path, sp.keep_dev, sp.keep_ino)
+        return J.DONE, "finished: name links to the kept file"
+    if sp.temp_path is not None:
+        fs.unlink_if_inode(sp.temp_path, sp.keep_dev, sp.keep_ino)
+    if sp.quarantine_path is not None:
+        fs.unlink_if_inode(sp.quarantine_path, sp.dup_dev, sp.dup_ino)
+    return J.ROLLED_BACK, "rolled back: duplicate left as it was"
+
+
+def _recover_cross(rec: J.OpRecord) -> tuple[str, str]:
+    sp = rec.spec
+    ref = sp.dest_path or sp.keep_path
+    if rec.state == J.REMOVING and _dup_present(sp) \
+            and _ino(ref) == (sp.keep_dev, sp.keep_ino) and finish_remove(sp):
+        return J.DONE, "finished: duplicate removed after a fresh byte compare"
+    return recover_cross_now(sp)
+
+
+def recover_cross_now(sp: J.OpSpec) -> tuple[str, str]:
+    """Finish if the duplicate is already gone (states may lag), else undo."""
+    ref = sp.dest_path or sp.keep_path
+    if not _dup_present(sp):
+        # Removed before the crash: never touch the new link now.
+        if _ino(ref) == (sp.keep_dev, sp.keep_ino):
+            return J.DONE, "finished: the duplicate was already removed"
+        return J.FAILED, "both the duplicate and the new link are gone (changed by " \
+            f"someone else?); the kept copy is {os.fsdecode(sp.keep_path)}"
+    undo_cross(sp)
+    return J.ROLLED_BACK, "rolled back: new link removed, duplicate kept"
+
+
+def undo_cross(sp: J.OpSpec) -> None:
+    """Drop the names a crossdrive op made; only while the duplicate still exists."""
+    if not _dup_present(sp):
+        return
+    if sp.dest_path is not None:
+        fs.unlink_if_inode(sp.dest_path, sp.keep_dev, sp.keep_ino)
+    if sp.quarantine_path is not None:
+        fs.unlink_if_inode(sp.quarantine_path, sp.dup_dev, sp.dup_ino)
+    fs.rmdirs_if_empty(sp.dirs)
+
+
+def finish_remove(sp: J.OpSpec) -> bool:
+    """Remove the duplicate name if it is still the recorded, unchanged copy.
+
+    True when the duplicate is gone (removed now or already). False when it
+    changed: the caller then rolls back so the changed copy stays visible.
+    """
+    ref = sp.dest_path or sp.keep_path
+    try:
+        st = os.lstat(sp.dup_path)
+    except FileNotFoundError:
+        return True
+    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (
+            sp.dup_dev, sp.dup_ino, sp.size, sp.dup_mtime_ns):
+        return False
+    try:
+        kst = os.lstat(ref)
+        if (kst.st_dev, kst.st_ino) != (sp.keep_dev, sp.keep_ino):
+            return False
+        if not same_bytes(ref, Ident.of(kst), sp.dup_path, Ident.of(st)):
+            return False
+    except Refused:
+        return False
+    if sp.quarantine_path is not None and _ino(sp.quarantine_path) is None:
+        os.makedirs(os.path.dirname(sp.quarantine_path), mode=0o700, exist_ok=True)
+        fs.link_exact(sp.dup_path, sp.quarantine_path)
+    fs.unlink_if_inode(sp.dup_path, sp.dup_dev, sp.dup_ino)
+    return True
+
+
+def recover_all(jr: J.Journal, volume: str | None = None,
+                dry_run: bool = False) -> list[Recovered]:
+    """Resolve every unfinished op (of one volume, or all). Idempotent."""
+    out = []
+    for rec in jr.unfinished(volume):
+        if dry_run:
+            after, detail = plan(rec)
+            out.append(Recovered(rec.id, rec.spec.kind, rec.state, after, "would: " + detail))
+        else:
+            out.append(recover_one(jr, rec))
+    return out

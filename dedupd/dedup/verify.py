@@ -1,0 +1,260 @@
+"""Checks made right before a destructive step (they never change anything).
+
+A hash only *finds* candidates. Before a name is replaced or removed, this
+module proves, as far as a program can, that the two files are the same bytes
+and may share one inode: identity re-stat (dev, ino, size, mtime_ns, ctime_ns)
+-> byte compare bracketed by fstat -> metadata equality (owner, group, mode,
+xattrs, POSIX ACLs) -> not open for writing -> kept location writable.
+
+Every refusal is a `Refused(reason, detail)`; reasons are short stable tags
+counted as `skips_<reason>` (docs/safety.md lists them).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from dataclasses import dataclass
+
+BUF = 1 << 20
+_O_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOATIME = getattr(os, "O_NOATIME", 0)
+ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+
+
+class Refused(Exception):
+    """The pair must not be linked; nothing was changed."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Ident:
+    """What must not have moved since the file was hashed."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Ident:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def matches(self, st: os.stat_result, *, ctime: bool = True) -> bool:
+        same = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
+            self.dev, self.ino, self.size, self.mtime_ns)
+        return same and (not ctime or st.st_ctime_ns == self.ctime_ns)
+
+
+def restat(path: bytes, expected: Ident, *, ctime: bool = True) -> os.stat_result:
+    """lstat path and insist it is still the expected, unchanged regular file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise Refused("vanished", os.fsdecode(path)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise Refused("changed", f"{os.fsdecode(path)} is no longer a regular file")
+    if not expected.matches(st, ctime=ctime):
+        raise Refused("changed", f"{os.fsdecode(path)} changed since it was hashed")
+    return st
+
+
+def _open(path: bytes) -> int:
+    try:
+        return os.open(path, _O_FLAGS | _NOATIME)
+    except PermissionError:
+        return os.open(path, _O_FLAGS)
+
+
+def same_bytes(a: bytes, a_id: Ident, b: bytes, b_id: Ident, *, ctime: bool = True) -> bool:
+    """Compare two files byte for byte; Refused('changed') if either moved meanwhile.
+
+    Both descriptors are checked against the expected identity before and after
+    reading, so the bytes compared are the bytes of the files that were hashed.
+    """
+    try:
+        fa = _open(a)
+    except FileNotFoundError:
+        raise Refused("vanished", os.fsdecode(a)) from None
+    try:
+        try:
+            fb = _open(b)
+        except FileNotFoundError:
+            raise Refused("vanished", os.fsdecode(b)) from None
+        try:
+            return _compare_fds(fa, a_id, fb, b_id, a, b, ctime)
+        finally:
+            os.close(fb)
+    finally:
+        os.close(fa)
+
+
+def _check_fd(fd: int, ident: Ident, path: bytes, ctime: bool) -> None:
+    if not ident.matches(os.fstat(fd), ctime=ctime):
+        raise Refused("changed", f"{os.fsdecode(path)} changed during the byte compare")
+
+
+def _compare_fds(fa: int, a_id: Ident, fb: int, b_id: Ident, a: bytes, b: bytes,
+                 ctime: bool) -> bool:
+    _check_fd(fa, a_id, a, ctime)
+    _check_fd(fb, b_id, b, ctime)
+    if a_id.size != b_id.size:
+        return False
+    for fd in (fa, fb):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    off = 0
+    while True:
+        da = os.pread(fa, BUF, off)
+        db = os.pread(fb, BUF, off)
+        if da != db:
+            return False
+        if not da:
+            break
+        off += len(da)
+    _check_fd(fa, a_id, a, ctime)
+    _check_fd(fb, b_id, b, ctime)
+    return off == a_id.size
+
+
+def xattrs(path: bytes) -> dict[str, bytes]:
+    """All extended attributes of path (ACLs included); {} where unsupported."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            return {}
+        raise
+    out = {}
+    for n in names:
+        try:
+            out[n] = os.getxattr(path, n, follow_symlinks=False)
+        except OSError as e:
+            if e.errno != errno.ENODATA:  # removed meanwhile: treat as absent
+                raise
+    return out
+
+
+def check_metadata(keep: bytes, kst: os.stat_result, dup: bytes,
+                   dst: os.stat_result) -> None:
+    """Refuse unless owner, group, mode, xattrs and ACLs are identical.
+
+    Linking makes both names share the kept inode's metadata, so any
+    difference here would silently change who may read or write the duplicate.
+    """
+    if kst.st_uid != dst.st_uid:
+        raise Refused("owner_differs", f"uid {kst.st_uid} != {dst.st_uid}")
+    if kst.st_gid != dst.st_gid:
+        raise Refused("group_differs", f"gid {kst.st_gid} != {dst.st_gid}")
+    if stat.S_IMODE(kst.st_mode) != stat.S_IMODE(dst.st_mode):
+        raise Refused("mode_differs", f"{stat.S_IMODE(kst.st_mode):o} != "
+                      f"{stat.S_IMODE(dst.st_mode):o}")
+    xa, xb = xattrs(keep), xattrs(dup)
+    if xa != xb:
+        names = {n for n in set(xa) | set(xb) if xa.get(n) != xb.get(n)}
+        reason = "acl_differs" if names & set(ACL_XATTRS) else "xattr_differs"
+        raise Refused(reason, ", ".join(sorted(names)))
+
+
+def open_for_write() -> dict[tuple[int, int], int]:
+    """(dev, ino) -> pid of every regular file some process holds open for writing.
+
+    Best effort from /proc/*/fd and /proc/*/fdinfo flags: processes we may not
+    inspect, and files opened after this call, are not seen. Leases are not
+    consulted. Callers take one snapshot per group, right before acting.
+    """
+    found: dict[tuple[int, int], int] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        base = f"/proc/{pid}"
+        try:
+            fds = os.listdir(f"{base}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            key = _writable_fd(base, fd)
+            if key is not None:
+                found[key] = int(pid)
+    return found
+
+
+def lease_writer(path: bytes) -> bool | None:
+    """Is path open for writing by any process? None where leases are unsupported.
+
+    A read lease (F_SETLEASE F_RDLCK) is refused with EAGAIN exactly when some
+    process holds the file open for writing. It is taken and released at once:
+    exact at this instant, and far cheaper than walking /proc.
+    """
+    try:
+        fd = _open(path)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as e:
+        return True if e.errno == errno.EAGAIN else None
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
+
+
+class Writers:
+    """The open-for-write check of one group: a lease per file, /proc where needed."""
+
+    def __init__(self) -> None:
+        self._proc: dict[tuple[int, int], int] | None = None
+
+    def check(self, key: tuple[int, int], path: bytes) -> None:
+        """Raise Refused('open_for_write') naming how it was found."""
+        held = lease_writer(path)
+        if held:
+            raise Refused("open_for_write", "read lease refused: another process has it "
+                          "open for writing")
+        if held is None:  # no leases here (FUSE, NFS): fall back to /proc
+            if self._proc is None:
+                self._proc = open_for_write()
+            pid = self._proc.get(key)
+            if pid is not None:
+                raise Refused("open_for_write", f"/proc: open for writing by pid {pid}")
+
+
+def _writable_fd(base: str, fd: str) -> tuple[int, int] | None:
+    try:
+        with open(f"{base}/fdinfo/{fd}", "rb") as f:
+            flags = 0
+            for line in f:
+                if line.startswith(b"flags:"):
+                    flags = int(line.split()[1], 8)
+                    break
+        if flags & os.O_ACCMODE not in (os.O_WRONLY, os.O_RDWR):
+            return None
+        st = os.stat(f"{base}/fd/{fd}")
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def readonly(path: bytes) -> bool:
+    """True when path lies on a read-only mount or inside a ZFS/BTRFS-style snapshot."""
+    if b"/.zfs/snapshot/" in path:
+        return True
+    try:
+        return bool(os.statvfs(os.path.dirname(path) or b".").f_flag & os.ST_RDONLY)
+    except OSError:
+        return True
+
+
+def under(path: bytes, roots: tuple[bytes, ...]) -> bool:
+    """path equals or lies below one of roots (byte paths, no trailing slash needed)."""
+    return any(path == r or path.startswith(r.rstrip(b"/") + b"/") for r in roots)

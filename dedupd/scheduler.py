@@ -1,0 +1,183 @@
+"""Backup job scheduling inside the daemon's loop.
+
+A schedule is "daily HH:MM" (local time), "hourly", or "every N<unit>" with
+unit s, m, h or d ("every 6h"). Interval schedules count from daemon start,
+so a restart loop cannot fire a backup on every start.
+
+The job body belongs to the backup package
+(`dedupd.backup.run_job(cfg, job, store, dry_run=...)`); it is
+imported lazily when a job is due, so a build without it still schedules and
+reports "backups not available" instead of failing to start. A job runs in its
+own thread (it may take hours), never on the loop and never in the volume
+workers' step thread, so dedupe keeps its round-robin turns meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import importlib
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dedupd.config import BackupConfig, Config
+from dedupd.errors import ConfigError
+from dedupd.index.store import Store
+from dedupd.status import JobStatus, StatusBoard
+
+log = logging.getLogger("dedupd.scheduler")
+
+_EVERY = re.compile(r"^every\s+(\d+(?:\.\d+)?)\s*([smhd])$")
+_DAILY = re.compile(r"^daily\s+(\d{1,2}):(\d{2})$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Either an interval (seconds) or a daily wall-clock time."""
+
+    text: str
+    interval: float | None = None
+    hour: int = 0
+    minute: int = 0
+
+    def next_after(self, t: float) -> float:
+        """The first due time strictly after t (epoch seconds)."""
+        if self.interval is not None:
+            return t + self.interval
+        now = dt.datetime.fromtimestamp(t)
+        due = now.replace(hour=self.hour, minute=self.minute, second=0, microsecond=0)
+        if due.timestamp() <= t:
+            # next calendar day at the same wall time (DST-safe: rebuilt from the date)
+            tomorrow = (now + dt.timedelta(days=1)).date()
+            due = dt.datetime.combine(tomorrow, dt.time(self.hour, self.minute))
+        return due.timestamp()
+
+
+def parse_schedule(text: str, key: str = "schedule", file: str = "<config>") -> Schedule:
+    """Parse a schedule string; ConfigError (exit 78) naming key when it is not one."""
+    s = " ".join(text.strip().lower().split())
+    if s == "hourly":
+        return Schedule(text, interval=3600.0)
+    if m := _EVERY.match(s):
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+        if seconds < 60:
+            raise ConfigError(file, key, f"{text!r}: the shortest interval is 60s")
+        return Schedule(text, interval=seconds)
+    if m := _DAILY.match(s):
+        hour, minute = int(m.group(1)), int(m.group(2))
+        if hour > 23 or minute > 59:
+            raise ConfigError(file, key, f"{text!r}: no such time of day")
+        return Schedule(text, hour=hour, minute=minute)
+    raise ConfigError(file, key, f"{text!r} is not a schedule (use \"daily 03:00\", "
+                      "\"hourly\" or \"every 6h\")")
+
+
+def backup_runner() -> Callable[..., Any] | None:
+    """dedupd.backup.run_job if this build has it, else None."""
+    try:
+        mod = importlib.import_module("dedupd.backup")
+    except ModuleNotFoundError as e:
+        if e.name in ("dedupd.backup",):
+            return None
+        raise
+    fn = getattr(mod, "run_job", None)
+    return fn if callable(fn) else None
+
+
+def call_job(fn: Callable[..., Any], cfg: Config, job: BackupConfig, store: Store,
+             dry_run: bool) -> Any:
+    """The backup package's contract: run_job(cfg, job, store, dry_run=...) (blocking)."""
+    return fn(cfg, job, store, dry_run=dry_run)
+
+
+class BackupScheduler:
+    """One asyncio task per job: sleep until due, run the job in a thread, repeat."""
+
+    def __init__(self, board: StatusBoard, store: Store, dry_run: bool,
+                 config: Callable[[], Config]) -> None:
+        self.board, self.store, self.dry_run = board, store, dry_run
+        self.config = config  # the current config (it changes on reload)
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.jobs: dict[str, BackupConfig] = {}
+        self.running: set[asyncio.Future[Any]] = set()
+
+    def validate(self, jobs: Mapping[str, BackupConfig],
+                 source: str | None = None) -> dict[str, Schedule]:
+        src = source or self.config().source
+        return {n: parse_schedule(j.schedule, f"backups.{n}.schedule", src)
+                for n, j in jobs.items()}
+
+    def update(self, jobs: Mapping[str, BackupConfig]) -> None:
+        """Start, restart (changed) or drop job tasks to match jobs. Validates first."""
+        schedules = self.validate(jobs)
+        for name in list(self.tasks):
+            if name not in jobs or jobs[name] != self.jobs.get(name):
+                self.tasks.pop(name).cancel()
+                self.board.jobs.pop(name, None)
+        if jobs and backup_runner() is None:
+            log.warning("%d backup job(s) configured, but backups are not available in "
+                        "this build (no dedupd.backup.run_job): they will only be logged",
+                        len(jobs))
+        self.jobs = dict(jobs)
+        for name, job in jobs.items():
+            if name not in self.tasks:
+                self.board.jobs[name] = JobStatus(name, job.schedule)
+                due = schedules[name].next_after(time.time())
+                self.board.jobs[name].next_run_at = round(due, 3)
+                self.tasks[name] = asyncio.create_task(self._loop(job, schedules[name], due),
+                                                       name=f"backup-{name}")
+
+    async def _loop(self, job: BackupConfig, sched: Schedule, due: float) -> None:
+        st = self.board.jobs[job.name]
+        while True:
+            st.next_run_at = round(due, 3)
+            await asyncio.sleep(max(0.0, due - time.time()))
+            await self._run(job, st)
+            due = sched.next_after(max(time.time(), due))
+
+    async def _run(self, job: BackupConfig, st: JobStatus) -> None:
+        fn = backup_runner()
+        st.last_run_at = round(time.time(), 3)
+        if fn is None:
+            st.state, st.last_result = "unavailable", "backups not available in this build"
+            log.warning("backup job %s is due, but backups are not available", job.name)
+            return
+        st.state = "running"
+        log.info("backup job %s started (%s)", job.name, job.dataset)
+        fut = asyncio.ensure_future(asyncio.to_thread(call_job, fn, self.config(), job,
+                                                      self.store, self.dry_run))
+        self.running.add(fut)
+        # Discard on completion, not in `finally`: a cancelled _loop must leave a
+        # still-running job visible to stop(), which waits for it.
+        fut.add_done_callback(self.running.discard)
+        try:
+            result = await asyncio.shield(fut)
+            st.runs += 1
+            st.last_result = "ok" if result is None else str(result)[:200]
+            log.info("backup job %s finished: %s", job.name, st.last_result)
+        except Exception as e:
+            st.failures += 1
+            st.last_result = f"failed: {e}"
+            self.board.error(f"backup {job.name}", str(e))
+            log.error("backup job %s failed: %s", job.name, e)
+        finally:
+            st.state = "idle"
+
+    async def stop(self, timeout: float) -> bool:
+        """Stop scheduling; wait up to timeout for running jobs. True if none is left."""
+        for t in self.tasks.values():
+            t.cancel()
+        for t in self.tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self.tasks.clear()
+        if not self.running:
+            return True
+        done, pending = await asyncio.wait(self.running, timeout=timeout)
+        return not pending
