@@ -11,9 +11,10 @@ from dedupd.commands import (
     recover,
     run,
     scan,
+    stats,
     status,
     where,
 )
 
-COMMANDS = [scan, run, status, ctl, check_config, journal, recover, consolidate, where,
+COMMANDS = [scan, run, status, stats, ctl, check_config, journal, recover, consolidate, where,
             import_report, backup, backup_restore]

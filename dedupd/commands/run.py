@@ -15,6 +15,7 @@ from dedupd.commands.common import add_common, load_config, open_store, parse_si
 from dedupd.config import Config, VolumeConfig
 from dedupd.errors import DedupdError, UsageError
 from dedupd.output import human_bytes, print_json, show_path
+from dedupd.proc_priority import apply_priority
 from dedupd.volumes import PassOptions, PassReport, make_pass
 from dedupd.volumes.detect import volume_for_path
 
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--detach is for the daemon; --once runs in the foreground")
     cfg = load_config(args)
     vols = select_volumes(cfg, args.volumes, args)
+    apply_priority(cfg.daemon)  # [daemon] nice/ionice for one-shot runs too (cron, timers)
     store = open_store(args, cfg)
     reports = []
     try:

@@ -153,3 +153,29 @@ backups = Table(
     Column("error", Text),
     Index("ix_backups_job_state", "job", "state"),
 )
+
+# --- extent dedupe state (BTRFS/XFS volumes; see docs/btrfs.md) ---
+
+extent_done = Table(
+    "extent_done", metadata,
+    # An inode confirmed (by FIEMAP) to share all its extents with ref_dev/ref_ino
+    # while its content hash was `full`; a changed file gets a new hash, so the
+    # row stops matching and the file is examined again.
+    Column("dev", BigInteger, primary_key=True, autoincrement=False),
+    Column("ino", BigInteger, primary_key=True, autoincrement=False),
+    Column("full", LargeBinary(16), nullable=False),
+    Column("ref_dev", BigInteger, nullable=False),
+    Column("ref_ino", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+extent_refs = Table(
+    "extent_refs", metadata,
+    # The reference chosen for a group of identical files, so later members are
+    # deduped against it and only it.
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("full", LargeBinary(16), primary_key=True),
+    Column("dev", BigInteger, nullable=False),
+    Column("ino", BigInteger, nullable=False),
+)
