@@ -157,10 +157,11 @@ class SizeGroupResult:
 class Hasher:
     """Hashes size groups; reports groups of equal full hashes.
 
-    hash_size_group touches no shared state, so groups can be hashed in
-    parallel threads (reads release the GIL; on a cold cache several reads in
-    flight keep the disk busy). hash_groups does that with a bounded window
-    and merges the counters into `stats` in the caller's thread.
+    The work itself (_hash) touches no shared state, so groups can be hashed
+    in parallel threads (reads release the GIL; on a cold cache several reads
+    in flight keep the disk busy). hash_groups does that with a bounded window;
+    both it and hash_size_group merge the counters into `stats` in the
+    caller's thread.
     """
 
     def __init__(self, stability: Stability, stats: HashStats,
@@ -176,7 +177,7 @@ class Hasher:
         window: deque[tuple[list[IndexedFile], Future[SizeGroupResult]]] = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="hash") as pool:
             for files in groups:
-                window.append((files, pool.submit(self.hash_size_group, files)))
+                window.append((files, pool.submit(self._hash, files)))
                 if len(window) >= 2 * self.workers:
                     yield self._done(*window.popleft())
             while window:
@@ -189,7 +190,13 @@ class Hasher:
         return files, res
 
     def hash_size_group(self, files: list[IndexedFile]) -> SizeGroupResult:
-        """Hash what one size group needs; thread-safe (no shared state)."""
+        """Hash what one size group needs, in this thread; counters go to `stats`."""
+        res = self._hash(files)
+        self.stats.merge(res.stats)
+        return res
+
+    def _hash(self, files: list[IndexedFile]) -> SizeGroupResult:
+        """Hash one size group; thread-safe (counters only in the result)."""
         st = HashStats()
         now = self.now()
         ready = [f for f in files if self.stability.ready(f, now)]

@@ -86,7 +86,14 @@ def files_of_sizes(store: Store, sizes: Sequence[int],
              .where(i.size.in_(part)).order_by(i.size, i.dev, i.ino, p.path))
         with store.engine.connect() as c:
             rows = [r for r in c.execute(q).all() if under(r[8], roots)]
-        yield from _group_rows(rows)
+        names: dict[tuple[int, int], list[bytes]] = {}
+        inodes = []
+        for r in rows:  # ordered by inode then path: one inode row, all its names
+            if (r[0], r[1]) not in names:
+                names[(r[0], r[1])] = []
+                inodes.append(tuple(r[:8]))
+            names[(r[0], r[1])].append(r[8])
+        yield from _group_rows(inodes, names)
 
 
 # --- group state ---

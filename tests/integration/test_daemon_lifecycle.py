@@ -266,7 +266,8 @@ def test_log_json_events(dedupd_daemon, daemon_base):
 
 
 def _interrupted_op(daemon_base: Path):
-    """A hardlink op killed mid-swap: journal SWAPPING, its temporary link made."""
+    """A hardlink op killed mid-swap: journal PENDING (the linker writes no state
+    between PENDING and DONE), its temporary link made."""
     from dedupd.dedup import journal as J
     from dedupd.index.store import Store
 
@@ -282,7 +283,6 @@ def _interrupted_op(daemon_base: Path):
     op = jr.begin(J.OpSpec("one", "hardlink", bytes(keep), bytes(dup), ks.st_dev, ks.st_ino,
                            ds.st_dev, ds.st_ino, ks.st_size, ds.st_mtime_ns,
                            temp_path=bytes(temp)))
-    jr.set(op, J.SWAPPING)
     return vol, store, jr, op, (keep, dup, temp, ds)
 
 
@@ -315,7 +315,7 @@ def test_recovery_skips_a_volume_locked_by_another_pass(dedupd_daemon, daemon_ba
         dp.notify.wait_for("READY", "1")
         assert temp.exists()
         rec = jr.get(op)
-        assert rec is not None and rec.state == J.SWAPPING
+        assert rec is not None and rec.state == J.PENDING
     jr.close()
     store.close()
     assert dp.stop() == 0
