@@ -25,10 +25,9 @@ from dedupd.consolidate.inventory import Content, Roots, SourcePath
 from dedupd.dedup import journal as J
 from dedupd.dedup.hardlink import LinkPolicy, link_group
 from dedupd.dedup.recovery import finish_remove, recover_all
-from dedupd.fsops.copy import Identity
 from dedupd.fsops.link import QUARANTINE_SUFFIX
 from dedupd.index.store import HashUpdate, Store
-from dedupd.scan.events import FileEvent
+from dedupd.scan.events import FileEvent, Ident
 from dedupd.scan.scanner import DupGroup
 
 
@@ -95,7 +94,7 @@ def prune_sources(jr: J.Journal | None, name: str, pairs: Sequence[tuple[SourceP
     """Remove each source name whose bytes equal its archive file (see module doc)."""
     for s, archive_path in pairs:
         f = s.file
-        ident = Identity(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns)
+        ident = Ident(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns)
         if qdir is not None and _device(qdir, s.root) != f.dev:
             _refuse(rep, s.path, "quarantine-other-fs", "quarantine_dir is not on the "
                     "source's filesystem (a hardlink cannot keep the copy there)")
@@ -121,14 +120,14 @@ def _device(qdir: bytes, root: bytes) -> int:
     return os.lstat(p or root).st_dev
 
 
-def _prune_one(jr: J.Journal, name: str, s: SourcePath, ident: Identity, archive_path: bytes,
+def _prune_one(jr: J.Journal, name: str, s: SourcePath, ident: Ident, archive_path: bytes,
                ast: os.stat_result, qdir: bytes | None, rep: OpsReport) -> None:
     f = s.file
     spec = J.OpSpec(journal_volume(name), "crossdrive", archive_path, s.path, ast.st_dev,
                     ast.st_ino, f.dev, f.ino, f.size, f.mtime_ns,
                     quarantine_path=None if qdir is None else _quarantine_path(qdir, s))
     op = jr.begin(spec)
-    cmp = same_bytes(s.path, ident, archive_path, Identity.of(ast))
+    cmp = same_bytes(s.path, ident, archive_path, Ident.of(ast))
     rep.bytes_read += cmp.bytes_read
     if not cmp.equal:
         reason, detail = cmp.problem or ("differs", "content differs")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from dedupd.fsops.copy import Identity
+from dedupd.scan.events import Ident
 
 BUF = 1 << 20
 _RD = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -23,9 +23,9 @@ class Compared:
     problem: tuple[str, str] | None = None  # (reason, detail) when not comparable
 
 
-def _open(path: bytes, want: Identity | None) -> int:
+def _open(path: bytes, want: Ident | None) -> int:
     fd = os.open(path, _RD)
-    if want is not None and Identity.of(os.fstat(fd)) != want:
+    if want is not None and Ident.of(os.fstat(fd)) != want:
         os.close(fd)
         raise _Changed(path)
     return fd
@@ -35,7 +35,7 @@ class _Changed(Exception):
     pass
 
 
-def same_bytes(a: bytes, ida: Identity | None, b: bytes, idb: Identity | None) -> Compared:
+def same_bytes(a: bytes, ida: Ident | None, b: bytes, idb: Ident | None) -> Compared:
     """Compare a and b; each must match its identity (when given) before and after."""
     fa = fb = -1
     nread = 0
@@ -57,8 +57,8 @@ def same_bytes(a: bytes, ida: Identity | None, b: bytes, idb: Identity | None) -
             if not x:
                 break
             off += len(x)
-        if Identity.of(os.fstat(fa)) != Identity.of(sa) or Identity.of(
-                os.fstat(fb)) != Identity.of(sb):
+        if Ident.of(os.fstat(fa)) != Ident.of(sa) or Ident.of(
+                os.fstat(fb)) != Ident.of(sb):
             return Compared(False, nread, ("changed", "changed while being compared"))
         return Compared(True, nread)
     except _Changed as e:

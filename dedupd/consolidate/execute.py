@@ -29,7 +29,6 @@ from dedupd.consolidate.plan import Copy, Known, Names, Plan
 from dedupd.fsops.copy import (
     CopyError,
     CopyResult,
-    Identity,
     Staged,
     discard,
     place_copy,
@@ -39,7 +38,7 @@ from dedupd.fsops.copy import (
 from dedupd.index import provenance as prov
 from dedupd.index.provenance import Provenance
 from dedupd.index.store import HashUpdate, IndexedFile, Store
-from dedupd.scan.events import FileEvent, Problem
+from dedupd.scan.events import FileEvent, Ident, Problem
 
 KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
 FLUSH_EVERY = 256
@@ -267,5 +266,5 @@ class Executor:
         self._events, self._hashes, self._rows, self._touch = [], [], [], []
 
 
-def _ident(f: IndexedFile) -> Identity:
-    return Identity(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns)
+def _ident(f: IndexedFile) -> Ident:
+    return Ident(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns)

@@ -27,7 +27,6 @@ from typing import Any
 from dedupd.dedup import journal as J
 from dedupd.dedup import recovery
 from dedupd.dedup.verify import (
-    Ident,
     Refused,
     Writers,
     check_metadata,
@@ -38,6 +37,7 @@ from dedupd.dedup.verify import (
 )
 from dedupd.fsops import link as fs
 from dedupd.index.store import IndexedFile
+from dedupd.scan.events import Ident
 from dedupd.scan.scanner import DupGroup
 
 

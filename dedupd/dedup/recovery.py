@@ -16,8 +16,9 @@ import os
 from dataclasses import dataclass
 
 from dedupd.dedup import journal as J
-from dedupd.dedup.verify import Ident, Refused, same_bytes
+from dedupd.dedup.verify import Refused, same_bytes
 from dedupd.fsops import link as fs
+from dedupd.scan.events import Ident
 
 
 @dataclass(frozen=True)

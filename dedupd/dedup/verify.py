@@ -16,7 +16,8 @@ import errno
 import fcntl
 import os
 import stat
-from dataclasses import dataclass
+
+from dedupd.scan.events import Ident
 
 BUF = 1 << 20
 _O_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -31,26 +32,6 @@ class Refused(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class Ident:
-    """What must not have moved since the file was hashed."""
-
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> Ident:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    def matches(self, st: os.stat_result, *, ctime: bool = True) -> bool:
-        same = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
-            self.dev, self.ino, self.size, self.mtime_ns)
-        return same and (not ctime or st.st_ctime_ns == self.ctime_ns)
 
 
 def restat(path: bytes, expected: Ident, *, ctime: bool = True) -> os.stat_result:

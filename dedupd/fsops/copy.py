@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import xxhash
 
 from dedupd.hashing import HEAD_SIZE
+from dedupd.scan.events import Ident
 
 TMP_PREFIX = b".dedupd-copy."
 TMP_SUFFIX = b".tmp"
@@ -57,21 +58,6 @@ class CopyError(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What the caller believes the source is; a mismatch means it changed."""
-
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> Identity:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -100,7 +86,7 @@ class Staged:
     bytes_read: int
 
 
-def copy_verified(src: bytes, dest: bytes, expect: Identity | None = None,
+def copy_verified(src: bytes, dest: bytes, expect: Ident | None = None,
                   on_step: Step = _noop) -> CopyResult:
     """Copy one file (steps 1-5 of the module docstring); raise CopyError.
 
@@ -136,16 +122,16 @@ def _open_src(src: bytes) -> int:
         raise CopyError("error", f"cannot open source: {e.strerror}") from None
 
 
-def _open_expected(src: bytes, expect: Identity | None) -> tuple[int, os.stat_result]:
+def _open_expected(src: bytes, expect: Ident | None) -> tuple[int, os.stat_result]:
     sfd = _open_src(src)
     st = os.fstat(sfd)
-    if not stat.S_ISREG(st.st_mode) or (expect is not None and Identity.of(st) != expect):
+    if not stat.S_ISREG(st.st_mode) or (expect is not None and Ident.of(st) != expect):
         os.close(sfd)
         raise CopyError("changed", "source changed since it was indexed")
     return sfd, st
 
 
-def stage_copy(src: bytes, dest_dir: bytes, expect: Identity | None = None) -> Staged:
+def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None) -> Staged:
     """Write src to a fresh temp name in dest_dir (created if needed), hashing it, with
     the source's mode, owner and mtime. Not fsynced: the caller syncs the batch."""
     sfd, st = _open_expected(src, expect)
@@ -174,7 +160,7 @@ def place_copy(staged: Staged, dest: bytes, on_step: Step = _noop) -> CopyResult
     it to dest without clobbering. On CopyError("exists") the temp file is kept so the
     caller may place it under another name; on any other error it is removed."""
     try:
-        sfd, _ = _open_expected(staged.src, Identity.of(staged.src_stat))
+        sfd, _ = _open_expected(staged.src, Ident.of(staged.src_stat))
         try:
             tfd = os.open(staged.tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
@@ -269,7 +255,7 @@ def _compare(sfd: int, tfd: int, st: os.stat_result) -> int:
 
 
 def _same(sfd: int, st: os.stat_result) -> None:
-    if Identity.of(os.fstat(sfd)) != Identity.of(st):
+    if Ident.of(os.fstat(sfd)) != Ident.of(st):
         raise CopyError("changed", "source changed while it was being copied")
 
 

@@ -32,6 +32,27 @@ class FileEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Ident:
+    """What must not have moved since a file was hashed (borg's stat_update_check):
+    the same inode, size, mtime and ctime."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Ident:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def matches(self, st: os.stat_result, *, ctime: bool = True) -> bool:
+        same = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
+            self.dev, self.ino, self.size, self.mtime_ns)
+        return same and (not ctime or st.st_ctime_ns == self.ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
 class Problem:
     """A file or directory the walk or the hasher could not use, and why."""
 
