@@ -13,7 +13,8 @@ from PIL import Image
 from dedupd.consolidate.dates import capture_date, exif_date, image_kind, parse_exif_datetime
 from dedupd.consolidate.layout import Fields, check_layout, render, with_suffix
 from dedupd.errors import ConfigError
-from dedupd.fsops.copy import CopyError, Identity, copy_verified, remove_stale_temps
+from dedupd.fsops.copy import CopyError, copy_verified, remove_stale_temps
+from dedupd.scan.events import Ident
 from tests.fixtures.consolidate import corrupt_jpeg, jpeg, write
 
 WHEN = datetime(2019, 7, 4, 12, 0, 0)
@@ -73,7 +74,7 @@ def test_corrupt_and_missing_exif_fall_back_to_mtime(tmp_path: Path) -> None:
 def test_copy_never_clobbers_and_leaves_no_temp(tmp_path: Path) -> None:
     src, dest = tmp_path / "src.bin", tmp_path / "out" / "dest.bin"
     write(src, os.urandom(300_000), "2020-02-02", mode=0o640)
-    res = copy_verified(os.fsencode(src), os.fsencode(dest), Identity.of(os.stat(src)))
+    res = copy_verified(os.fsencode(src), os.fsencode(dest), Ident.of(os.stat(src)))
     assert dest.read_bytes() == src.read_bytes()
     assert os.stat(dest).st_mtime_ns == os.stat(src).st_mtime_ns
     assert os.stat(dest).st_mode & 0o777 == 0o640
@@ -83,7 +84,7 @@ def test_copy_never_clobbers_and_leaves_no_temp(tmp_path: Path) -> None:
     assert e.value.reason == "exists"
     stale = os.listdir(tmp_path / "out")
     assert stale == ["dest.bin"]
-    stat_before = Identity.of(os.stat(src))
+    stat_before = Ident.of(os.stat(src))
     with open(src, "ab") as f:
         f.write(b"x")
     with pytest.raises(CopyError) as e:  # the source is not what the index said
