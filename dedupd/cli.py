@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from dedupd import __version__, log
-from dedupd.commands import COMMANDS
+from dedupd.commands import modules_for
 from dedupd.errors import EXIT_FAILURE, EXIT_USAGE, DedupdError
 
 EPILOG = """\
@@ -28,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for argv: only the named subcommand's module is imported."""
     p = _Parser(
         prog="dedupd",
         description="Deduplicate, consolidate and back up a storage host.",
@@ -38,13 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"dedupd {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in COMMANDS:
+    for module in modules_for(list(sys.argv[1:] if argv is None else argv)):
         module.register(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     log.setup(getattr(args, "log_level", None) or "info", getattr(args, "log_json", False))
     sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     try:

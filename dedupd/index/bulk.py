@@ -31,15 +31,24 @@ class Bulk:
         return list(c.exec_driver_sql(sql, (dev, *inos)).fetchall())
 
     def path_rows(self, c: Connection, keys: Sequence[bytes]) -> list[Any]:
-        sql = f"SELECT path_key, dev, ino FROM paths WHERE path_key IN ({self._in(len(keys))})"
+        """(path_key, dev, ino, size, mtime_ns, ctime_ns, unstable) of known paths;
+        the inode columns are NULL when the path's inode has no row."""
+        sql = ("SELECT p.path_key, p.dev, p.ino, i.size, i.mtime_ns, i.ctime_ns, i.unstable "
+               "FROM paths p LEFT JOIN inodes i ON i.dev = p.dev AND i.ino = p.ino "
+               f"WHERE p.path_key IN ({self._in(len(keys))})")
         return list(c.exec_driver_sql(sql, tuple(keys)).fetchall())
 
     def paths_of_inodes(self, c: Connection, scan_id: int, dev: int,
                         inos: Sequence[int]) -> list[Any]:
-        """(ino, path) of the given inodes' names seen in this scan."""
-        sql = (f"SELECT ino, path FROM paths WHERE dev = {self.p} "
-               f"AND ino IN ({self._in(len(inos))}) AND seen = {self.p}")
-        return list(c.exec_driver_sql(sql, (dev, *inos, scan_id)).fetchall())
+        """(ino, path) of the given inodes' names seen in this scan.
+
+        `seen` is filtered here, not in SQL: given the choice SQLite walks the
+        seen index (every path of the scan) instead of looking up the inodes.
+        """
+        sql = (f"SELECT ino, path, seen FROM paths WHERE dev = {self.p} "
+               f"AND ino IN ({self._in(len(inos))})")
+        rows = c.exec_driver_sql(sql, (dev, *inos)).fetchall()
+        return [(r[0], r[1]) for r in rows if r[2] == scan_id]
 
     def touch_inodes(self, c: Connection, scan_id: int, dev: int, inos: Sequence[int]) -> None:
         sql = (f"UPDATE inodes SET seen = {self.p} WHERE dev = {self.p} "

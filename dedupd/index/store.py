@@ -178,17 +178,25 @@ class Store:
         catches writes that preserved mtime). Idempotent for a given scan_id.
         """
         by_key = {(to_s64(e.dev), to_s64(e.ino)): e for e in events}
-        by_dev: dict[int, list[int]] = defaultdict(list)
-        for d, n in by_key:
-            by_dev[d].append(n)
+        pkeys = {path_key(e.path): e for e in events}
         now = time.time()
         new = changed = 0
         upserts: list[tuple[Any, ...]] = []
         touched: dict[int, list[int]] = defaultdict(list)
-        pkeys = {path_key(e.path): e for e in events}
         with self.engine.begin() as c:
+            # One lookup answers the common (rescan) case: the path is known, still
+            # names the same inode, and that inode's stat is on the same row.
+            known: dict[bytes, tuple[int, int]] = {}
             old: dict[tuple[int, int], tuple[int, ...]] = {}
-            for d, inos in by_dev.items():
+            for r in self.bulk.path_rows(c, list(pkeys)):
+                known[r[0]] = (r[1], r[2])
+                if r[3] is not None:
+                    old[(r[1], r[2])] = tuple(r[3:])
+            missing: dict[int, list[int]] = defaultdict(list)
+            for d, n in by_key:
+                if (d, n) not in old:
+                    missing[d].append(n)
+            for d, inos in missing.items():  # new names, hardlinks seen for the first time
                 for r in self.bulk.stat_rows(c, d, inos):
                     old[(d, r[0])] = tuple(r[1:])
             for k, e in by_key.items():
@@ -198,7 +206,6 @@ class Store:
                     continue
                 new, changed = (new + 1, changed) if o is None else (new, changed + 1)
                 upserts.append(_inode_row(k, e, scan_id, now, 0 if o is None else o[3] + 1))
-            known = {r[0]: (r[1], r[2]) for r in self.bulk.path_rows(c, list(pkeys))}
             same, prow = [], []
             for pk, e in pkeys.items():
                 if known.get(pk) == (to_s64(e.dev), to_s64(e.ino)):
