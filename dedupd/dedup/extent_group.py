@@ -98,14 +98,7 @@ class ExtentDeduper:
         except OSError as e:
             self._problem(f.path, "vanished" if e.errno == errno.ENOENT else "error", e)
             return None
-        try:
-            _check(fd, f)
-        except (FileChanged, OSError) as e:
-            os.close(fd)
-            self.c.add("skips_changed")
-            self._problem(f.path, "changed", e)
-            return None
-        return fd
+        return self._still_indexed(fd, f)
 
     def _dedupe_opened(self, size: int, full: bytes,
                        opened: dict[tuple[int, int], _Open]) -> None:
@@ -182,6 +175,17 @@ class ExtentDeduper:
                 self._failed(d.file, r.status, r.detail)
         self._confirm(size, full, ref.file, ok)
 
+    def _still_indexed(self, fd: int, f: IndexedFile) -> int | None:
+        """fd if it is still the indexed, unchanged inode; else close it and say why."""
+        try:
+            _check(fd, f)
+        except (FileChanged, OSError) as e:
+            os.close(fd)
+            self.c.add("skips_changed")
+            self._problem(f.path, "changed", e)
+            return None
+        return fd
+
     def _open_dest(self, f: IndexedFile) -> int | None:
         """Open a destination for the dedupe and confirm it is still the indexed file."""
         try:
@@ -191,14 +195,7 @@ class ExtentDeduper:
             self.c.add(f"skips_{reason}")
             self._problem(f.path, reason, e)
             return None
-        try:
-            _check(fd, f)
-        except (FileChanged, OSError) as e:
-            os.close(fd)
-            self.c.add("skips_changed")
-            self._problem(f.path, "changed", e)
-            return None
-        return fd
+        return self._still_indexed(fd, f)
 
     def _failed(self, f: IndexedFile, status: str, detail: str) -> None:
         if status == "differs":
