@@ -48,11 +48,14 @@ class Progress:
         self.last = 0.0
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        self.show(f"{stage}: {done}/{total}" if total else f"{stage}: {done}")
+
+    def show(self, text: str, force: bool = False) -> None:
+        """Replace the line with text, at most 5 times a second unless forced."""
         now = time.monotonic()
-        if not self.enabled or now - self.last < 0.2:
+        if not self.enabled or (not force and now - self.last < 0.2):
             return
         self.last = now
-        text = f"{stage}: {done}/{total}" if total else f"{stage}: {done}"
         sys.stderr.write(f"\r\x1b[K{text}")
         sys.stderr.flush()
 

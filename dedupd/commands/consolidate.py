@@ -10,7 +10,7 @@ from typing import Any
 from dedupd.commands.common import add_common, load_config, open_store
 from dedupd.consolidate.run import Options, Report, consolidate
 from dedupd.errors import ConfigError, UsageError
-from dedupd.output import human_bytes, print_json, show_path
+from dedupd.output import Progress, human_bytes, print_json, show_path
 
 HELP = """\
 Import every distinct file of the [consolidate.NAME] sources that the archive
@@ -46,17 +46,15 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-class CopyProgress:
+class CopyProgress(Progress):
     """'copy 120/500 files, 1.2 GiB/4.0 GiB, ETA 3m10s' on a terminal's stderr."""
 
     def __init__(self, enabled: bool | None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        super().__init__(enabled)
         self.t0 = time.monotonic()
-        self.last = 0.0
 
     def stage(self, stage: str, done: int, total: int) -> None:
-        text = f"{stage}: {done}/{total}" if total else f"{stage}: {done} files"
-        self._show(text, force=False)
+        self.show(f"{stage}: {done}/{total}" if total else f"{stage}: {done} files")
 
     def copy(self, files: int, files_total: int, nbytes: int, bytes_total: int) -> None:
         if files == 0:
@@ -65,21 +63,8 @@ class CopyProgress:
         eta = "?"
         if nbytes and elapsed > 0.5:
             eta = _duration((bytes_total - nbytes) * elapsed / nbytes)
-        self._show(f"copy {files}/{files_total} files, {human_bytes(nbytes)}/"
-                   f"{human_bytes(bytes_total)}, ETA {eta}", force=files == files_total)
-
-    def _show(self, text: str, force: bool) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self.last < 0.2):
-            return
-        self.last = now
-        sys.stderr.write(f"\r\x1b[K{text}")
-        sys.stderr.flush()
-
-    def clear(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+        self.show(f"copy {files}/{files_total} files, {human_bytes(nbytes)}/"
+                  f"{human_bytes(bytes_total)}, ETA {eta}", force=files == files_total)
 
 
 def _duration(s: float) -> str:
