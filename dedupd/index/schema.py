@@ -57,7 +57,6 @@ inodes = Table(
     Column("changed_at", Float, nullable=False),  # when its stat last changed
     Column("unstable", Integer, nullable=False, default=0),  # changes seen in a row
     Index("ix_inodes_size", "size"),
-    Index("ix_inodes_seen_size", "seen", "size"),
 )
 
 paths = Table(
@@ -70,7 +69,6 @@ paths = Table(
     Column("ino", BigInteger, nullable=False),
     Column("seen", Integer, nullable=False),
     Index("ix_paths_inode", "dev", "ino"),
-    Index("ix_paths_seen", "seen"),
 )
 
 

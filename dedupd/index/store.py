@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 __all__ = ["IndexError_", "Store", "IndexedFile", "HashUpdate", "RecordResult", "path_key",
            "make_engine"]
 
+# Statements that take an index from version N to N + 1.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 1 -> 2: the `seen` indexes cost every rescan an index update per file
+    # and served only queries that read the whole scan anyway.
+    1: ("DROP INDEX IF EXISTS ix_inodes_seen_size", "DROP INDEX IF EXISTS ix_paths_seen"),
+}
 BATCH = 1000  # keys per IN (...) query; well under SQLite's variable limit
 
 
@@ -116,8 +122,8 @@ class Store:
         try:
             if self.db.missing_tables():
                 self._create_tables()
-            self._set_meta_default("schema_version", str(SCHEMA_VERSION))
-        except (sqlite3.OperationalError) as e:
+            self._upgrade()
+        except sqlite3.OperationalError as e:
             raise TemporaryFailure(f"index {url}: cannot open: {e}") from None
         except sqlite3.Error as e:
             raise IndexError_(f"index {url}: {e}") from None
@@ -163,12 +169,23 @@ class Store:
             cur.execute(f"INSERT INTO meta (key, value) VALUES ({p}, {p}) "
                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
-    def _set_meta_default(self, key: str, value: str) -> None:
+    def _upgrade(self) -> None:
+        """Bring an index written by an older dedupd to SCHEMA_VERSION."""
         p = self.db.p
-        if self.get_meta(key) is None:
-            with self.db.tx() as cur:
-                cur.execute(f"INSERT INTO meta (key, value) VALUES ({p}, {p}) "
-                            "ON CONFLICT (key) DO NOTHING", (key, value))
+        found = self.get_meta("schema_version")
+        if found == str(SCHEMA_VERSION):
+            return
+        if found is not None and (not found.isdigit() or int(found) > SCHEMA_VERSION):
+            raise IndexError_(f"index {self.url} has schema version {found}; this dedupd "
+                              f"knows up to {SCHEMA_VERSION} (upgrade dedupd, or use "
+                              "another --db)")
+        with self.db.tx() as cur:
+            for version in range(int(found or SCHEMA_VERSION), SCHEMA_VERSION):
+                for stmt in MIGRATIONS.get(version, ()):
+                    cur.execute(stmt)
+            cur.execute(f"INSERT INTO meta (key, value) VALUES ({p}, {p}) ON CONFLICT (key) "
+                        "DO UPDATE SET value = excluded.value",
+                        ("schema_version", str(SCHEMA_VERSION)))
 
     # --- scans ---
 

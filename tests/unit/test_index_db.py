@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dedupd.index import schema
-from dedupd.index.db import TABLES, Db, IndexError_
+from dedupd.index.db import SCHEMA_VERSION, TABLES, Db, IndexError_
 from dedupd.index.store import Store
 
 
@@ -90,3 +90,22 @@ def test_tables_made_from_the_ddl_match_sqlalchemy_create_all(tmp_path: Path) ->
                                     "WHERE sql IS NOT NULL").fetchall())
 
     assert layout(tmp_path / "ours.db") == layout(tmp_path / "theirs.db")
+
+
+def test_an_old_index_is_upgraded_and_a_newer_one_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path}/i.db"
+    Store(url).close()
+    with sqlite3.connect(tmp_path / "i.db") as c:  # what version 1 looked like
+        c.execute("CREATE INDEX ix_paths_seen ON paths (seen)")
+        c.execute("CREATE INDEX ix_inodes_seen_size ON inodes (seen, size)")
+        c.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    store = Store(url)
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION)
+    names = {r[0] for r in store.db.rows("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert not names & {"ix_paths_seen", "ix_inodes_seen_size"}
+    store.set_meta("schema_version", str(SCHEMA_VERSION + 1))
+    store.close()
+    with pytest.raises(IndexError_, match="upgrade dedupd"):
+        Store(url)
