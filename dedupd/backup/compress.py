@@ -58,7 +58,7 @@ class Pipeline:
         try:
             for i, argv in enumerate(stages):
                 p = proc.spawn(argv, stdin=src)
-                _widen(p.stdout)
+                widen_pipe(p.stdout)
                 if i > 0 and isinstance(src, io.IOBase):
                     # The next stage owns the read end now; our copy would keep
                     # the writer from seeing EPIPE if that reader dies.
@@ -101,7 +101,7 @@ class Pipeline:
 PIPE_SIZE = 1024 * 1024
 
 
-def _widen(f: IO[bytes] | None) -> None:
+def widen_pipe(f: IO[bytes] | None) -> None:
     """Grow a pipe to 1 MiB (from 64 KiB) so stages block on each other less often."""
     if f is None:
         return

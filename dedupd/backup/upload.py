@@ -13,17 +13,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import IO, cast
 
 from dedupd.backup import compress, send
 from dedupd.backup import manifest as mf
-from dedupd.backup.chunker import Chunk, Spool, chunks
 from dedupd.backup.manifest import ChunkRef
+from dedupd.backup.ring import BodyGone, Ring, RingAborted, RingStats, Sealed, produce
 from dedupd.backup.targets import Target, TargetError, confirmed
-from dedupd.errors import DedupdError
+from dedupd.errors import DedupdError, TemporaryFailure
 
 log = logging.getLogger("dedupd.backup")
 
@@ -48,6 +50,7 @@ class UploadPlan:
     storage_class: str
     spool_dir: Path | None
     resuming: bool  # objects of this id may exist already: HEAD before each PUT
+    restarts: int = 3  # stream regenerations allowed when a retry finds its body gone
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class Uploaded:
     uploaded: int
     skipped: int
     upload_seconds: float  # time spent in target requests (the rest is the stream)
+    stats: RingStats = RingStats(0, 0.0, 0.0)
+    restarts: int = 0  # times the stream was regenerated after a failed upload
 
     @property
     def total_size(self) -> int:
@@ -65,37 +70,113 @@ class Uploaded:
 
 def upload_stream(target: Target, plan: UploadPlan,
                   after_chunk: Callable[[int], None] | None = None) -> Uploaded:
-    """Stream, chunk and upload; return the chunk list. Raises on any stage's failure."""
+    """Stream, chunk and upload; return the chunk list. Raises on any stage's failure.
+
+    The stream is produced in this thread while one uploader thread sends the
+    previous chunk (ring.py). When a chunk's upload failed after its spooled
+    bytes were reused, the whole stream is regenerated and resumed (HEAD skips
+    what is confirmed), up to plan.restarts times, then TemporaryFailure.
+    """
+    done = 0  # chunks PUT by passes that later had to start over
+    for attempt in range(plan.restarts + 1):
+        p = plan if attempt == 0 else replace(plan, resuming=True)
+        try:
+            up = _one_pass(target, p, after_chunk)
+        except _PassLost as e:
+            done += e.uploaded
+            if attempt == plan.restarts:
+                raise TemporaryFailure(f"{e.cause} (gave up after {attempt} stream "
+                                       "restarts)") from None
+            log.warning("%s; regenerating the stream (restart %d/%d), confirmed chunks "
+                        "are not sent again", e.cause, attempt + 1, plan.restarts)
+            continue
+        return replace(up, uploaded=up.uploaded + done, skipped=up.skipped - done,
+                       restarts=attempt)
+    raise AssertionError("unreachable")
+
+
+class _PassLost(Exception):
+    """One pass ended with BodyGone: `uploaded` chunks went up before it."""
+
+    def __init__(self, cause: BodyGone, uploaded: int) -> None:
+        super().__init__(str(cause))
+        self.cause, self.uploaded = cause, uploaded
+
+
+def _one_pass(target: Target, plan: UploadPlan,
+              after_chunk: Callable[[int], None] | None) -> Uploaded:
     pipe = compress.send_pipeline(plan.spec.argv(), plan.compression, plan.level)
-    refs: list[ChunkRef] = []
-    md5s: list[str | None] = []
-    uploaded = skipped = 0
-    in_target = 0.0
-    kill_at = os.environ.get(KILL_AFTER_CHUNK_ENV)
-    try:
-        with Spool(plan.spool_dir) as sp:
-            for c in chunks(pipe.stdout, plan.chunk_size, sp, want_md5=target.wants_md5):
-                key = mf.chunk_key(plan.job, plan.backup_id, c.seq, plan.compression)
-                t = time.monotonic()
-                if _put_unless_present(target, plan, key, c):
-                    uploaded += 1
-                else:
-                    skipped += 1
-                in_target += time.monotonic() - t
-                refs.append(ChunkRef(key, c.size, c.sha256))
-                md5s.append(c.md5)
-                if kill_at is not None and int(kill_at) == c.seq:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if after_chunk is not None:
-                    after_chunk(c.seq)
-    except BaseException:
-        pipe.kill()
-        raise
-    pipe.close()
-    return Uploaded(tuple(refs), tuple(md5s), uploaded, skipped, in_target)
+    with Ring(plan.spool_dir) as ring:
+        up = _Uploader(target, plan, ring, after_chunk)
+        thread = threading.Thread(target=up.run, name=f"dedupd-upload-{plan.backup_id}",
+                                  daemon=True)
+        thread.start()
+        try:
+            produce(pipe.stdout, plan.chunk_size, ring, want_md5=target.wants_md5)
+            pipe.close()
+            ring.end()
+        except BaseException as e:
+            ring.abort(f"the stream stopped: {e or type(e).__name__}")
+            pipe.kill()
+            thread.join()
+            if isinstance(e, RingAborted) and up.error is not None:
+                raise _lost_or(up) from None
+            raise
+        thread.join()
+        if up.error is not None:
+            raise _lost_or(up)
+        return Uploaded(tuple(up.refs), tuple(up.md5s), up.uploaded, up.skipped,
+                        up.seconds, ring.stats)
 
 
-def _put_unless_present(target: Target, plan: UploadPlan, key: str, c: Chunk) -> bool:
+def _lost_or(up: _Uploader) -> BaseException:
+    assert up.error is not None
+    if isinstance(up.error, BodyGone):
+        return _PassLost(up.error, up.uploaded)
+    return up.error
+
+
+class _Uploader:
+    """The uploader thread: takes sealed chunks in order and puts each one."""
+
+    def __init__(self, target: Target, plan: UploadPlan, ring: Ring,
+                 after_chunk: Callable[[int], None] | None) -> None:
+        self.target, self.plan, self.ring, self.after_chunk = target, plan, ring, after_chunk
+        self.refs: list[ChunkRef] = []
+        self.md5s: list[str | None] = []
+        self.uploaded = self.skipped = 0
+        self.seconds = 0.0
+        self.error: BaseException | None = None
+        kill_at = os.environ.get(KILL_AFTER_CHUNK_ENV)
+        self.kill_at = None if kill_at is None else int(kill_at)
+
+    def run(self) -> None:
+        try:
+            while (c := self.ring.take()) is not None:
+                self._one(c)
+                self.ring.release()
+        except BaseException as e:  # handed to the producer's thread, which raises it
+            self.error = e
+            self.ring.abort(f"upload failed: {e or type(e).__name__}")
+
+    def _one(self, c: Sealed) -> None:
+        key = mf.chunk_key(self.plan.job, self.plan.backup_id, c.seq, self.plan.compression)
+        t = time.monotonic()
+        if _put_unless_present(self.target, self.plan, key, c, self.ring):
+            self.uploaded += 1
+        else:
+            self.skipped += 1
+        self.seconds += time.monotonic() - t
+        self.refs.append(ChunkRef(key, c.size, c.sha256))
+        self.md5s.append(c.md5)
+        if self.kill_at == c.seq:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.after_chunk is not None:
+            self.after_chunk(c.seq)
+
+
+def _put_unless_present(target: Target, plan: UploadPlan, key: str, c: Sealed,
+                        ring: Ring) -> bool:
     """Upload chunk c under key unless the very same object is already there."""
     if plan.resuming:
         info = target.head(key)
@@ -106,7 +187,9 @@ def _put_unless_present(target: Target, plan: UploadPlan, key: str, c: Chunk) ->
         if info is not None and info.size == c.size:
             raise StreamChanged(f"{plan.backup_id}: chunk {c.seq} differs from the one "
                                 "uploaded before")
-    target.put(key, c.file, c.size, c.sha256, c.md5, plan.storage_class)
+    # A RingBody offers the read/seek/tell a target uses on a file (no fileno).
+    body = cast(IO[bytes], ring.body())
+    target.put(key, body, c.size, c.sha256, c.md5, plan.storage_class)
     return True
 
 

@@ -9,13 +9,15 @@ Cold storage classes are not supported through rclone (use an s3 target).
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import subprocess
+import threading
 from collections.abc import Sequence
 from typing import IO, Any
 
 from dedupd import proc
+from dedupd.backup.compress import widen_pipe
 from dedupd.backup.targets import ObjectInfo, TargetError, Transient
 from dedupd.config import TargetConfig
 
@@ -86,18 +88,46 @@ class RcloneTarget:
         argv = self._argv("rcat", *extra, self.root + key)
         try:
             file.fileno()
-        except (OSError, io.UnsupportedOperation):
-            # An in-memory body (a manifest): feed it through a pipe.
-            p = proc.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-            assert p.stdin is not None
-            try:
-                p.stdin.write(file.read())
-                p.stdin.close()
-            except BrokenPipeError:
-                pass
-        else:
-            p = proc.spawn(argv, stdin=file, stdout=subprocess.DEVNULL)
+        except (OSError, AttributeError):
+            # Not a plain file (a manifest in memory, a chunk in the shared spool
+            # whose reader must see every read): feed rclone through a pipe.
+            self._feed(f"rcat {key}", argv, file)
+            return
+        p = proc.spawn(argv, stdin=file, stdout=subprocess.DEVNULL)
         self._wait(f"rcat {key}", p)
+
+    def _feed(self, what: str, argv: Sequence[str], file: IO[bytes]) -> None:
+        """Copy `file` to rclone's stdin in blocks; memory stays at one block. The
+        timeout covers the whole upload, as it does when rclone reads a file."""
+        p = proc.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        assert p.stdin is not None
+        widen_pipe(p.stdin)
+        fired = threading.Event()
+
+        def expire() -> None:
+            fired.set()
+            p.kill()
+
+        watchdog = threading.Timer(self.timeout, expire)
+        watchdog.start()
+        try:
+            while b := file.read(READ):
+                p.stdin.write(b)
+            p.stdin.close()
+        except BrokenPipeError:
+            pass  # rclone stopped reading: its exit status says why
+        except BaseException:
+            p.kill()
+            p.wait()
+            raise
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(BrokenPipeError):
+                p.stdin.close()
+        if fired.is_set():
+            p.wait()
+            raise Transient(f"{self.description}: {what}: timed out after {self.timeout:g}s")
+        self._wait(what, p)
 
     def _wait(self, what: str, p: subprocess.Popen[bytes]) -> None:
         try:

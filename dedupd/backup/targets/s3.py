@@ -46,7 +46,7 @@ class S3Target:
                 read_timeout=cfg.timeout_seconds,
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                s3={"addressing_style": "path"} if cfg.endpoint_url else None))
+                s3=_s3_options(cfg)))
 
     def _k(self, key: str) -> str:
         return self.prefix + key
@@ -137,6 +137,17 @@ class S3Target:
             # A second request while one is running is S3's 409; it is what we want.
             if "RestoreAlreadyInProgress" not in str(e):
                 raise
+
+
+def _s3_options(cfg: TargetConfig) -> dict[str, Any]:
+    """No SigV4 payload hash: botocore would read each body once to hash it before
+    sending it, and a chunk's body is read while the next chunk overwrites it
+    (ring.py). Integrity in transit is the x-amz-checksum-sha256 header instead,
+    which the store checks on arrival (what botocore itself does over https)."""
+    opts: dict[str, Any] = {"payload_signing_enabled": False}
+    if cfg.endpoint_url:
+        opts["addressing_style"] = "path"
+    return opts
 
 
 def _restore_state(storage_class: str, restore: str | None) -> str:
