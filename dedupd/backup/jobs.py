@@ -50,6 +50,7 @@ class BackupResult:
     # the uploader for a complete chunk (stream-bound).
     stream_waited: float = 0.0
     upload_waited: float = 0.0
+    overlapped: int = 0  # stream bytes spooled while the previous chunk was uploading
     restarts: int = 0  # stream regenerations after an upload lost its spooled body
     pruned_local: tuple[str, ...] = ()
     pruned_remote: tuple[str, ...] = ()
@@ -67,7 +68,7 @@ class BackupResult:
                 "upload_seconds": round(self.upload_seconds, 3),
                 "stream_waited_seconds": round(self.stream_waited, 3),
                 "upload_waited_seconds": round(self.upload_waited, 3),
-                "restarts": self.restarts,
+                "overlapped_bytes": self.overlapped, "restarts": self.restarts,
                 "pruned_local": list(self.pruned_local),
                 "pruned_remote": list(self.pruned_remote)}
 
@@ -214,7 +215,7 @@ class _Run:
             total_size=m.total_size, seconds=time.monotonic() - self.t0,
             upload_seconds=float(getattr(self.target, "busy_seconds", up.upload_seconds)),
             stream_waited=up.stats.producer_wait, upload_waited=up.stats.uploader_wait,
-            restarts=up.restarts,
+            overlapped=up.stats.overlap_bytes, restarts=up.restarts,
             pruned_local=pruned_local, pruned_remote=pruned_remote)
 
     def _send_and_commit(self, backup_id: str, snap: Snapshot, base: Snapshot | None,

@@ -203,6 +203,9 @@ class RingBody(io.RawIOBase):
         self._pos = 0  # logical position of the next byte handed out
         self._buf = b""
         self._buf_at = 0  # chunk offset of _buf[0]
+        # Set when a rewind was refused: an HTTP stack may wrap the error in its
+        # own, and the caller must still know the attempt failed for this reason.
+        self.gone: BodyGone | None = None
 
     def readable(self) -> bool:
         return True
@@ -217,7 +220,11 @@ class RingBody(io.RawIOBase):
         target = {io.SEEK_SET: pos, io.SEEK_CUR: self._pos + pos,
                   io.SEEK_END: self._size + pos}[whence]
         if not self._buf_at <= target <= self._buf_at + len(self._buf):
-            self._ring._seek(min(max(target, 0), self._size))
+            try:
+                self._ring._seek(min(max(target, 0), self._size))
+            except BodyGone as e:
+                self.gone = e
+                raise
             self._buf, self._buf_at = b"", target
         self._pos = target
         return target

@@ -24,7 +24,7 @@ from dedupd.backup import compress, send
 from dedupd.backup import manifest as mf
 from dedupd.backup.manifest import ChunkRef
 from dedupd.backup.ring import BodyGone, Ring, RingAborted, RingStats, Sealed, produce
-from dedupd.backup.targets import Target, TargetError, confirmed
+from dedupd.backup.targets import ObjectInfo, Target, TargetError, confirmed
 from dedupd.errors import DedupdError, TemporaryFailure
 
 log = logging.getLogger("dedupd.backup")
@@ -188,25 +188,40 @@ def _put_unless_present(target: Target, plan: UploadPlan, key: str, c: Sealed,
             raise StreamChanged(f"{plan.backup_id}: chunk {c.seq} differs from the one "
                                 "uploaded before")
     # A RingBody offers the read/seek/tell a target uses on a file (no fileno).
-    body = cast(IO[bytes], ring.body())
-    target.put(key, body, c.size, c.sha256, c.md5, plan.storage_class)
+    body = ring.body()
+    try:
+        target.put(key, cast(IO[bytes], body), c.size, c.sha256, c.md5, plan.storage_class)
+    except Exception as e:
+        if body.gone is not None:  # whatever the HTTP stack made of it
+            raise body.gone from e
+        raise
+    # Confirm now, in the uploader thread: on a local remote this re-reads and
+    # hashes the object, work that overlaps the stream here instead of
+    # following it. confirm_all() then only checks that all are still there.
+    info = target.head(key)
+    if not confirmed(info, c.size, c.sha256, c.md5):
+        raise TargetError(_mismatch(key, info, c.size, c.sha256))
     return True
 
 
+def _mismatch(key: str, info: ObjectInfo | None, size: int, sha256: str) -> str:
+    if info is None:
+        return f"{key}: uploaded but not found on the target"
+    return (f"{key}: the target holds {info.size} bytes / sha256 {info.sha256} / md5 "
+            f"{info.md5}, expected {size} / {sha256}")
+
+
 def confirm_all(target: Target, up: Uploaded, folder: str) -> list[str]:
-    """Check every chunk on the target (size and checksum as uploaded) with one
-    checksummed listing of the backup's folder; TargetError if any is off, so no
+    """Check that every chunk is on the target with its size, with one listing of
+    the backup's folder (each chunk's checksum was confirmed by HEAD right after
+    its upload or before it was skipped); TargetError if any is off, so no
     manifest is written. Returns the keys in the folder the manifest will not
     list (strays of a longer earlier attempt) for the caller to delete."""
-    found = {o.key: o for o in target.list(folder, checksums=True)}
-    for r, md5 in zip(up.chunks, up.md5s, strict=True):
+    found = {o.key: o for o in target.list(folder)}
+    for r in up.chunks:
         info = found.pop(r.key, None)
-        if info is None:
-            raise TargetError(f"{r.key}: uploaded but not found on the target")
-        if not confirmed(info, r.size, r.sha256, md5):
-            raise TargetError(f"{r.key}: the target holds {info.size} bytes / sha256 "
-                              f"{info.sha256} / md5 {info.md5}, expected {r.size} / "
-                              f"{r.sha256}")
+        if info is None or info.size != r.size:
+            raise TargetError(_mismatch(r.key, info, r.size, r.sha256))
     return sorted(found)
 
 

@@ -41,7 +41,7 @@ class S3Target:
         self.client: Any = boto3.session.Session().client(
             "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region,
             config=BotoConfig(
-                retries={"max_attempts": 1, "mode": "standard"},
+                retries={"total_max_attempts": 1, "mode": "standard"},
                 connect_timeout=min(cfg.timeout_seconds, 30.0),
                 read_timeout=cfg.timeout_seconds,
                 request_checksum_calculation="when_required",
