@@ -225,9 +225,7 @@ def confirm_all(target: Target, up: Uploaded, folder: str) -> list[str]:
     return sorted(found)
 
 
-def delete_prefix(target: Target, prefix: str) -> int:
-    """Delete every object under prefix; returns how many. Best effort is up to the caller."""
-    objs = target.list(prefix)
-    for o in objs:
-        target.delete(o.key)
-    return len(objs)
+def delete_prefix(target: Target, prefix: str) -> None:
+    """Delete every object under prefix (a folder ending in '/'). Best effort is up to
+    the caller."""
+    target.delete_folder(prefix)

@@ -74,3 +74,19 @@ def test_in_memory_body_and_overwrite(target: Target) -> None:
     out = io.BytesIO()
     target.get("j/m.json", out)
     assert out.getvalue() == b"manifest v2!"
+
+
+def test_delete_folder_takes_that_folder_only(target: Target) -> None:
+    for i in range(3):
+        _put(target, f"j/chunks/a/{i:06d}.zst", b"a%d" % i)
+    _put(target, "j/chunks/ab/000000.zst", b"sibling with a longer name")
+    _put(target, "j/manifests/a.json", b"{}")
+    target.delete_folder("j/chunks/a/")
+    target.delete_folder("j/chunks/a/")  # idempotent
+    target.delete_folder("j/chunks/never/")
+    left = sorted(o.key for o in target.list("j/"))
+    assert left == ["j/chunks/ab/000000.zst", "j/manifests/a.json"]
+    for bad in ("", "/", "j/chunks/ab/000000.zst"):
+        with pytest.raises(TargetError, match="refusing"):
+            target.delete_folder(bad)
+    assert sorted(o.key for o in target.list("j/")) == left

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from dedupd import proc
 from dedupd.backup.compress import widen_pipe
-from dedupd.backup.targets import ObjectInfo, TargetError, Transient
+from dedupd.backup.targets import ObjectInfo, TargetError, Transient, check_folder
 from dedupd.config import TargetConfig
 
 READ = 1024 * 1024
@@ -191,6 +191,15 @@ class RcloneTarget:
         if r.returncode in (3, 4) or "not found" in r.stderr or "doesn't exist" in r.stderr:
             return
         self._check(f"deletefile {key}", r.returncode, r.stderr)
+
+    def delete_folder(self, folder: str) -> None:
+        check_folder(folder)
+        # One `rclone purge` (the folder and all in it) instead of a process per object.
+        r = proc.run(self._argv("purge", self.root + folder.rstrip("/")), check=False,
+                     timeout=self.timeout)
+        if r.returncode in (3, 4) or "not found" in r.stderr or "doesn't exist" in r.stderr:
+            return
+        self._check(f"purge {folder}", r.returncode, r.stderr)
 
     def restore_request(self, key: str, days: int) -> None:
         raise TargetError(f"{self.description}: restoring cold objects is supported on s3 "

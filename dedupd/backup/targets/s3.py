@@ -18,7 +18,13 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config as BotoConfig
 
-from dedupd.backup.targets import COLD_CLASSES, ObjectInfo, TargetError, Transient
+from dedupd.backup.targets import (
+    COLD_CLASSES,
+    ObjectInfo,
+    TargetError,
+    Transient,
+    check_folder,
+)
 from dedupd.config import TargetConfig
 
 READ = 1024 * 1024
@@ -128,6 +134,18 @@ class S3Target:
 
     def delete(self, key: str) -> None:
         self._call("delete_object", key, Key=self._k(key))
+
+    def delete_folder(self, folder: str) -> None:
+        check_folder(folder)
+        keys = [o.key for o in self._list(folder)]
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes up to 1000 keys
+            r = self._call("delete_objects", folder, Delete={
+                "Objects": [{"Key": self._k(k)} for k in keys[i:i + 1000]],
+                "Quiet": True})
+            errors = r.get("Errors") or []
+            if errors:
+                e = errors[0]
+                raise Transient(f"delete {e.get('Key')}: {e.get('Code')} {e.get('Message')}")
 
     def restore_request(self, key: str, days: int) -> None:
         try:
