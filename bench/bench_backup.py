@@ -3,13 +3,14 @@
 Builds a zfs-fuse pool with a mixed dataset (half random, half text), then, in
 alternation: the rival pipeline on a snapshot, and `dedupd backup --full` to an
 rclone local remote and to S3 (moto_server on 127.0.0.1). Prints throughput
-(send-stream bytes / wall seconds), the ratio to the pipeline, the machine's
-busy CPU core-seconds during each run (/proc/stat: other users' load counts
-too), peak RSS of the dedupd process tree (GNU time), and peak temp disk (the
-spooled chunk, sampled from /proc/PID/fd). It also times each target taking
-the same chunks alone (PUT + confirming HEAD, what dedupd's uploader does per
-chunk, nothing else running): when that alone is slower than the pipeline, no
-overlap can reach the pipeline's speed, and `ceiling` says how close it can get.
+(send-stream bytes / wall seconds), the ratio to the pipeline, the CPU
+core-seconds spent on each run (ours, the zfs-fuse daemon's and moto_server's;
+not other users'), peak RSS of the dedupd process tree (GNU time), and peak
+temp disk (the spooled chunk, sampled from /proc/PID/fd). It also times each
+target taking the same chunks alone (PUT + confirming HEAD, what dedupd's
+uploader does per chunk, nothing else running): when that alone is slower than
+the pipeline, no overlap can reach the pipeline's speed, and `ceiling` says how
+close it can get.
 
     python bench/bench_backup.py [--data-mib 768] [--chunk-mib 64] [--rounds 2]
 """
@@ -22,6 +23,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -98,10 +100,44 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
+class Cpu:
+    """CPU core-seconds spent on our behalf: this process and its waited-for children
+    (the pipeline, `dedupd backup` and its rclone/zstd/zfs children), plus the
+    zfs-fuse daemon (which does the work of `zfs send`) and moto_server. Other
+    users of the machine are not counted (except their use of zfs-fuse)."""
+
+    servers: list[int] = []
+
+    @classmethod
+    def now(cls) -> float:
+        own = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF,
+                                                              resource.RUSAGE_CHILDREN)
+                  for f in ("ru_utime", "ru_stime"))
+        return own + sum(_proc_cpu(p) for p in cls.servers)
+
+
+def _proc_cpu(pid: int) -> float:
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def zfs_fuse_pids() -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().strip() == "zfs-fuse":
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
 def busy() -> float:
-    """Busy core-seconds of the whole machine since boot (first line of /proc/stat)."""
-    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    return Cpu.now()
 
 
 def time_pipeline(snap: str) -> tuple[float, float]:
@@ -218,6 +254,7 @@ def main() -> int:
                      aws_access_key_id="b", aws_secret_access_key="b").create_bucket(
             Bucket="bench")
         snap = f"{pool}/data@rival"
+        Cpu.servers = [*zfs_fuse_pids(), moto.pid]
         time_pipeline(snap)  # warm the cache for everyone
         files = split_stored(snap, a.chunk_mib << 20, base / "stored")
         rows: dict[str, list[tuple[float, float]]] = {}

@@ -107,6 +107,33 @@ def test_upload_cut_mid_body_after_overwrite_regenerates_the_stream(
     _restore_and_compare(cfg, pool, tree(src))
 
 
+def test_uploads_cut_every_time_give_up_after_the_restarts(
+        tmp_path: Path, zpool: Any, moto: Moto, s3_bucket: str,
+        fault_proxy: FaultProxy) -> None:
+    pool = zpool("256M")
+    _dataset(pool, 45, 48)
+    cfg = make_config(tmp_path, pool, s3_target(fault_proxy.url, s3_bucket),
+                      chunk_size=4 * MiB)
+    store = store_for(cfg)
+    fault_proxy.slow(16 * MiB)
+    fault_proxy.cut_once_after(2 * MiB, times=1000)  # every request dies mid-body
+    before = _children()
+    try:
+        with pytest.raises(TemporaryFailure, match="gave up after 3 stream restarts"):
+            run_job(cfg, "j", store)
+        assert [x.state for x in rows.for_job(store, "j")] == ["failed"]
+    finally:
+        store.close()
+        fault_proxy.cut_once_after(0, times=0)
+        fault_proxy.slow(None)
+    assert fault_proxy.cuts >= 4
+    assert not _upload_threads() and _children() <= before
+    assert owned_snapshots(pool.dataset("data")) == []
+    keys = [o["Key"] for o in moto.client().list_objects_v2(Bucket=s3_bucket).get(
+        "Contents", [])]
+    assert not [k for k in keys if "/manifests/" in k]
+
+
 def test_upload_failure_while_the_producer_runs_ahead_stops_cleanly(
         tmp_path: Path, zpool: Any, moto: Moto, s3_bucket: str,
         fault_proxy: FaultProxy) -> None:
