@@ -238,7 +238,9 @@ class RingBody(io.RawIOBase):
         n = min(n, left)
         off = self._pos - self._buf_at
         if off >= len(self._buf):
-            self._buf = self._ring._read(self._pos, max(n, min(READ_SIZE, left)))
+            # Never more than READ_SIZE at once (a short read is allowed): memory
+            # stays bounded whatever size a caller asks for.
+            self._buf = self._ring._read(self._pos, min(READ_SIZE, left))
             self._buf_at, off = self._pos, 0
             if not self._buf:
                 raise OSError(f"spooled chunk ends at {self._pos}, expected {self._size}")
