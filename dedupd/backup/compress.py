@@ -72,10 +72,15 @@ class Pipeline:
         assert out is not None
         self.stdout: IO[bytes] = out
 
-    def kill(self) -> None:
+    def signal_kill(self) -> None:
+        """SIGKILL every stage still running, without waiting: safe from another
+        thread, it makes a reader blocked on `stdout` see EOF at once."""
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
+
+    def kill(self) -> None:
+        self.signal_kill()
         for p in self.procs:
             p.wait()
             for f in (p.stdout, p.stderr):

@@ -107,7 +107,7 @@ def _one_pass(target: Target, plan: UploadPlan,
               after_chunk: Callable[[int], None] | None) -> Uploaded:
     pipe = compress.send_pipeline(plan.spec.argv(), plan.compression, plan.level)
     with Ring(plan.spool_dir) as ring:
-        up = _Uploader(target, plan, ring, after_chunk)
+        up = _Uploader(target, plan, ring, after_chunk, pipe.signal_kill)
         thread = threading.Thread(target=up.run, name=f"dedupd-upload-{plan.backup_id}",
                                   daemon=True)
         thread.start()
@@ -119,7 +119,10 @@ def _one_pass(target: Target, plan: UploadPlan,
             ring.abort(f"the stream stopped: {e or type(e).__name__}")
             pipe.kill()
             thread.join()
-            if isinstance(e, RingAborted) and up.error is not None:
+            if isinstance(e, Exception) and up.error is not None and not isinstance(
+                    up.error, RingAborted):
+                # The upload failed first (and stopped the stream): report that,
+                # not the stream's reaction to it.
                 raise _lost_or(up) from None
             raise
         thread.join()
@@ -140,8 +143,10 @@ class _Uploader:
     """The uploader thread: takes sealed chunks in order and puts each one."""
 
     def __init__(self, target: Target, plan: UploadPlan, ring: Ring,
-                 after_chunk: Callable[[int], None] | None) -> None:
+                 after_chunk: Callable[[int], None] | None,
+                 stop_stream: Callable[[], None]) -> None:
         self.target, self.plan, self.ring, self.after_chunk = target, plan, ring, after_chunk
+        self.stop_stream = stop_stream
         self.refs: list[ChunkRef] = []
         self.md5s: list[str | None] = []
         self.uploaded = self.skipped = 0
@@ -158,6 +163,9 @@ class _Uploader:
         except BaseException as e:  # handed to the producer's thread, which raises it
             self.error = e
             self.ring.abort(f"upload failed: {e or type(e).__name__}")
+            # The producer may be blocked reading a slow `zfs send`: end the stream
+            # so it notices now (it reaps the processes itself).
+            self.stop_stream()
 
     def _one(self, c: Sealed) -> None:
         key = mf.chunk_key(self.plan.job, self.plan.backup_id, c.seq, self.plan.compression)
