@@ -271,6 +271,9 @@ def main() -> int:
                 rows.setdefault(job, []).append((wall, cpu))
                 waits[job].append((res["stream_waited_seconds"],
                                    res["upload_waited_seconds"]))
+                # the stream and its uploads only: without the per-run fixed costs
+                # (interpreter, imports, client, catalog, snapshot, manifest, prune)
+                rows.setdefault(f"{job}-stream", []).append((res["stream_seconds"], 0.0))
                 mem[job] = max(mem.get(job, 0), rss)
                 spool[job] = max(spool.get(job, 0), peak)
                 stored = res["total_size"]
@@ -356,6 +359,9 @@ def report(a: argparse.Namespace, stream: int, stored: int,
             ("rclone", "dedupd backup -> rclone local remote", "rclone rcat + lsjson SHA-256"),
             ("s3", "dedupd backup -> S3 (moto_server, 127.0.0.1)", "S3 PUT + HEAD (moto)")):
         line(label, job, f"{mem[job] / mib:.1f}MB", f"{spool[job] / mib:.1f}MB")
+        t = med(f"{job}-stream")[0]
+        print(f"{'  of which send+compress+hash+upload':46} {t:8.2f} {stream / mib / t:7.1f} "
+              f"{base / t:6.2f} (the rest: fixed per-run costs)")
         sw = statistics.median(x for x, _ in waits[job])
         uw = statistics.median(y for _, y in waits[job])
         print(f"{'':4}stream waited {sw:.2f}s for uploads, uploads waited {uw:.2f}s "

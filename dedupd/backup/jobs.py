@@ -46,6 +46,7 @@ class BackupResult:
     total_size: int = 0
     seconds: float = 0.0
     upload_seconds: float = 0.0  # in requests to the target (overlaps the stream)
+    stream_seconds: float = 0.0  # send | compress | chunk | upload, without fixed costs
     # Where the overlapped pipeline waited: the stream for uploads (upload-bound),
     # the uploader for a complete chunk (stream-bound).
     stream_waited: float = 0.0
@@ -66,6 +67,7 @@ class BackupResult:
                 "uploaded": self.uploaded, "skipped": self.skipped,
                 "total_size": self.total_size, "seconds": round(self.seconds, 3),
                 "upload_seconds": round(self.upload_seconds, 3),
+                "stream_seconds": round(self.stream_seconds, 3),
                 "stream_waited_seconds": round(self.stream_waited, 3),
                 "upload_waited_seconds": round(self.upload_waited, 3),
                 "overlapped_bytes": self.overlapped, "restarts": self.restarts,
@@ -214,6 +216,7 @@ class _Run:
             chunks=len(m.chunks), uploaded=up.uploaded, skipped=up.skipped,
             total_size=m.total_size, seconds=time.monotonic() - self.t0,
             upload_seconds=float(getattr(self.target, "busy_seconds", up.upload_seconds)),
+            stream_seconds=up.seconds,
             stream_waited=up.stats.producer_wait, upload_waited=up.stats.uploader_wait,
             overlapped=up.stats.overlap_bytes, restarts=up.restarts,
             pruned_local=pruned_local, pruned_remote=pruned_remote)

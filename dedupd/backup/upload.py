@@ -62,6 +62,7 @@ class Uploaded:
     upload_seconds: float  # time spent in target requests (the rest is the stream)
     stats: RingStats = RingStats(0, 0.0, 0.0)
     restarts: int = 0  # times the stream was regenerated after a failed upload
+    seconds: float = 0.0  # wall time of upload_stream: the stream and its uploads
 
     @property
     def total_size(self) -> int:
@@ -78,6 +79,7 @@ def upload_stream(target: Target, plan: UploadPlan,
     what is confirmed), up to plan.restarts times, then TemporaryFailure.
     """
     done = 0  # chunks PUT by passes that later had to start over
+    t0 = time.monotonic()
     for attempt in range(plan.restarts + 1):
         p = plan if attempt == 0 else replace(plan, resuming=True)
         try:
@@ -91,7 +93,7 @@ def upload_stream(target: Target, plan: UploadPlan,
                         "are not sent again", e.cause, attempt + 1, plan.restarts)
             continue
         return replace(up, uploaded=up.uploaded + done, skipped=up.skipped - done,
-                       restarts=attempt)
+                       restarts=attempt, seconds=time.monotonic() - t0)
     raise AssertionError("unreachable")
 
 
