@@ -1,4 +1,4 @@
-"""S3 (and S3-compatible stores) through boto3: one plain PutObject per chunk.
+"""S3 (and S3-compatible stores) through botocore: one plain PutObject per chunk.
 
 No multipart upload: a chunk is at most 5 GiB (PutObject's limit), which keeps
 every object self-contained for a by-hand restore. Each PUT carries the chunk's
@@ -14,8 +14,8 @@ import base64
 import logging
 from typing import IO, Any
 
-import boto3
 import botocore.exceptions as bex
+import botocore.session
 from botocore.config import Config as BotoConfig
 
 from dedupd.backup.targets import (
@@ -44,7 +44,9 @@ class S3Target:
         self.prefix = cfg.prefix
         where = cfg.endpoint_url or f"s3 ({cfg.region})"
         self.description = f"s3://{cfg.bucket}/{cfg.prefix} at {where}"
-        self.client: Any = boto3.session.Session().client(
+        # botocore directly: boto3 adds nothing used here but ~0.1 s of imports
+        # on every run (s3transfer, resources).
+        self.client: Any = botocore.session.get_session().create_client(
             "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region,
             config=BotoConfig(
                 retries={"total_max_attempts": 1, "mode": "standard"},
