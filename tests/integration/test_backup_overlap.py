@@ -209,3 +209,43 @@ def test_slow_store_or_slow_stream(tmp_path: Path, zpool: Any, moto: Moto, s3_bu
     else:
         assert r.upload_waited > r.stream_waited
     _restore_and_compare(cfg, pool, tree(src))
+
+
+def test_temp_disk_stays_at_one_chunk_while_uploads_overlap(
+        tmp_path: Path, zpool: Any, moto: Moto, s3_bucket: str,
+        fault_proxy: FaultProxy) -> None:
+    """The issue's budget: at most one chunk of temporary disk, also while the next
+    chunk is being written behind the upload of the previous one."""
+    pool = zpool("256M")
+    src = _dataset(pool, 46, 32)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    fault_proxy.slow(8 * MiB)  # uploads slower than the stream: the ring is always full
+    cfg = make_config(tmp_path, pool, s3_target(fault_proxy.url, s3_bucket),
+                      spool_dir=str(spool))
+    peak, files, stop = [0], set(), threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for fd in Path(f"/proc/{os.getpid()}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd).startswith(str(spool)):
+                        files.add(os.readlink(fd))
+                        peak[0] = max(peak[0], fd.stat().st_size)
+            stop.wait(0.005)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    store = store_for(cfg)
+    try:
+        r = run_job(cfg, "j", store)
+    finally:
+        stop.set()
+        t.join()
+        store.close()
+        fault_proxy.slow(None)
+    assert r.chunks >= 6 and r.overlapped > 0
+    assert files, "the sampler never saw the spool file"
+    assert 0 < peak[0] <= MiB, f"temp disk peaked at {peak[0]} bytes, chunk is {MiB}"
+    assert list(spool.iterdir()) == []  # unlinked from the start: nothing left over
+    _restore_and_compare(cfg, pool, tree(src))
