@@ -3,17 +3,20 @@
 `rcat --size N` tells rclone the object's size up front, so a remote of type
 s3 does a single PUT (with --s3-upload-cutoff raised to 5G) rather than a
 multipart upload. HEAD is `lsjson --hash` on the object: SHA-256 where the
-remote knows it (local), MD5 otherwise (s3: the ETag of a single PUT).
+remote knows it, MD5 otherwise (s3: the ETag of a single PUT); on a remote of
+type `local` dedupd reads and hashes the file itself (same bytes, far faster).
 Cold storage classes are not supported through rclone (use an s3 target).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import subprocess
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from dedupd import proc
@@ -39,7 +42,9 @@ class RcloneTarget:
         if cfg.config is not None:
             self.common = ["--config", str(cfg.config), *self.common]
         self.storage_class = cfg.storage_class
-        self._hashes: list[str] | None = None
+        self.remote = cfg.remote
+        self._features: dict[str, Any] | None = None
+        self._local: str | None = None  # "" once known not to be a local remote
 
     @property
     def wants_md5(self) -> bool:
@@ -48,13 +53,34 @@ class RcloneTarget:
 
     def _remote_hashes(self) -> list[str]:
         """The hash types the remote knows (`rclone backend features`), asked once."""
-        if self._hashes is None:
+        return [str(h) for h in self._remote_features().get("Hashes") or []]
+
+    def _remote_features(self) -> dict[str, Any]:
+        if self._features is None:
             r = self._run("features", self._argv("backend", "features", self.root))
             try:
-                self._hashes = [str(h) for h in json.loads(r.text).get("Hashes") or []]
-            except (json.JSONDecodeError, AttributeError):
-                self._hashes = []
-        return self._hashes
+                got = json.loads(r.text)
+            except json.JSONDecodeError:
+                got = None
+            self._features = got if isinstance(got, dict) else {}
+        return self._features
+
+    def _local_dir(self) -> Path | None:
+        """The directory behind a remote of type `local`, else None (asked once).
+
+        head() of such a remote reads and hashes the file itself: the same bytes
+        `rclone lsjson --hash` would read, but with SHA-256 at several times the
+        speed (OpenSSL vs rclone's Go build) and no process per object.
+        """
+        if self._local is None:
+            self._local = ""
+            r = self._run("listremotes", self._argv("listremotes", "--long"))
+            types = dict(ln.split(":", 1) for ln in r.text.splitlines() if ":" in ln)
+            root = self._remote_features().get("Root")
+            if (types.get(self.remote, "").strip() == "local" and isinstance(root, str)
+                    and root.startswith("/")):
+                self._local = root
+        return Path(self._local) if self._local else None
 
     def _argv(self, cmd: str, *args: str) -> list[str]:
         if cmd == "backend":  # `rclone backend features REMOTE`: flags go after the verb
@@ -137,6 +163,9 @@ class RcloneTarget:
 
     def head(self, key: str) -> ObjectInfo | None:
         # Hash only what is used: on a local remote every hash type is a full read.
+        local = self._local_dir()
+        if local is not None and not self.wants_md5:
+            return _local_head(key, local / key)
         kind = "MD5" if self.wants_md5 else "SHA-256"
         argv = self._argv("lsjson", "--files-only", "--hash-type", kind, self.root + key)
         r = proc.run(argv, check=False, timeout=self.timeout)
@@ -204,6 +233,20 @@ class RcloneTarget:
     def restore_request(self, key: str, days: int) -> None:
         raise TargetError(f"{self.description}: restoring cold objects is supported on s3 "
                           "targets only")
+
+
+def _local_head(key: str, path: Path) -> ObjectInfo | None:
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while b := f.read(READ):
+                h.update(b)
+            size = f.tell()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise TargetError(f"{path}: {e.strerror or e}") from None
+    return ObjectInfo(key, size, h.hexdigest(), None, "STANDARD")
 
 
 def _parse(text: str) -> list[dict[str, Any]]:
