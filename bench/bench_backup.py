@@ -356,7 +356,7 @@ def report(a: argparse.Namespace, stream: int, stored: int,
     line("dedupd stream stage (no upload), same snapshot", "stage",
          disk=f"{a.chunk_mib:.1f}MB")
     for job, label, alone in (
-            ("rclone", "dedupd backup -> rclone local remote", "rclone rcat + lsjson SHA-256"),
+            ("rclone", "dedupd backup -> rclone local remote", "rclone rcat + HEAD (SHA-256)"),
             ("s3", "dedupd backup -> S3 (moto_server, 127.0.0.1)", "S3 PUT + HEAD (moto)")):
         line(label, job, f"{mem[job] / mib:.1f}MB", f"{spool[job] / mib:.1f}MB")
         t = med(f"{job}-stream")[0]
