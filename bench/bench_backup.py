@@ -3,9 +3,14 @@
 Builds a zfs-fuse pool with a mixed dataset (half random, half text), then, in
 alternation: the rival pipeline on a snapshot, and `dedupd backup --full` to an
 rclone local remote and to S3 (moto_server on 127.0.0.1). Prints throughput
-(send-stream bytes / wall seconds), the ratio to the pipeline, peak RSS of the
-dedupd process tree (GNU time), and peak temp disk (the spooled chunk, sampled
-from /proc/PID/fd).
+(send-stream bytes / wall seconds), the ratio to the pipeline, the CPU
+core-seconds spent on each run (ours, the zfs-fuse daemon's and moto_server's;
+not other users'), peak RSS of the dedupd process tree (GNU time), and peak
+temp disk (the spooled chunk, sampled from /proc/PID/fd). It also times each
+target taking the same chunks alone (PUT + confirming HEAD, what dedupd's
+uploader does per chunk, nothing else running): when that alone is slower than
+the pipeline, no overlap can reach the pipeline's speed, and `ceiling` says how
+close it can get.
 
     python bench/bench_backup.py [--data-mib 768] [--chunk-mib 64] [--rounds 2]
 """
@@ -13,10 +18,12 @@ from /proc/PID/fd).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -93,44 +100,124 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def time_pipeline(snap: str) -> float:
-    t = time.monotonic()
+class Cpu:
+    """CPU core-seconds spent on our behalf: this process and its waited-for children
+    (the pipeline, `dedupd backup` and its rclone/zstd/zfs children), plus the
+    zfs-fuse daemon (which does the work of `zfs send`) and moto_server. Other
+    users of the machine are not counted (except their use of zfs-fuse)."""
+
+    servers: list[int] = []
+
+    @classmethod
+    def now(cls) -> float:
+        own = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF,
+                                                              resource.RUSAGE_CHILDREN)
+                  for f in ("ru_utime", "ru_stime"))
+        return own + sum(_proc_cpu(p) for p in cls.servers)
+
+
+def _proc_cpu(pid: int) -> float:
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def zfs_fuse_pids() -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().strip() == "zfs-fuse":
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+def busy() -> float:
+    return Cpu.now()
+
+
+def time_pipeline(snap: str) -> tuple[float, float]:
+    c, t = busy(), time.monotonic()
     subprocess.run(["bash", "-c", f"set -o pipefail; zfs send {snap} | zstd -3 -q -c "
                     "> /dev/null"], check=True)
-    return time.monotonic() - t
+    return time.monotonic() - t, busy() - c
 
 
-def time_stream_stage(snap: str, chunk: int) -> float:
+def time_stream_stage(snap: str, chunk: int) -> tuple[float, float]:
     """dedupd's own stream stage in-process: send | zstd | chunk + SHA-256 + spool,
     no upload: the part of `dedupd backup` that replaces the rival pipeline."""
     sys.path.insert(0, str(ROOT))
     from dedupd.backup import compress
     from dedupd.backup.chunker import Spool, chunks
 
-    t = time.monotonic()
+    c, t = busy(), time.monotonic()
     pipe = compress.send_pipeline(["zfs", "send", snap], "zstd", 3)
     with Spool() as sp:
         for _ in chunks(pipe.stdout, chunk, sp):
             pass
     pipe.close()
-    return time.monotonic() - t
+    return time.monotonic() - t, busy() - c
 
 
-def time_dedupd(conf: Path, job: str, env: dict[str, str]) -> tuple[float, int, int, dict]:
+def split_stored(snap: str, chunk: int, out: Path) -> list[tuple[Path, int, str]]:
+    """The compressed stream cut into chunk files, as dedupd would upload them."""
+    out.mkdir()
+    pipe = subprocess.Popen(["bash", "-c", f"zfs send {snap} | zstd -3 -q -c"],
+                            stdout=subprocess.PIPE)
+    assert pipe.stdout is not None
+    files = []
+    while data := pipe.stdout.read(chunk):
+        f = out / f"{len(files):06d}"
+        f.write_bytes(data)
+        files.append((f, len(data), hashlib.sha256(data).hexdigest()))
+    if pipe.wait():
+        raise SystemExit("zfs send | zstd failed")
+    return files
+
+
+def time_target_alone(conf: Path, job: str, files: list[tuple[Path, int, str]],
+                      env: dict[str, str], tag: str) -> tuple[float, float]:
+    """PUT + confirming HEAD of every chunk file through dedupd's own target, in order."""
+    sys.path.insert(0, str(ROOT))
+    from dedupd import config
+    from dedupd.backup.targets import confirmed, make_target
+
+    os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
+    os.environ.pop("AWS_CA_BUNDLE", None)
+    tgt = make_target(config.load(conf).backups[job].target)
+    keys = [f"alone-{tag}/{p.name}" for p, _, _ in files]
+    c, t = busy(), time.monotonic()
+    for key, (path, size, sha) in zip(keys, files, strict=True):
+        with path.open("rb") as f:
+            tgt.put(key, f, size, sha, None, "STANDARD")
+        if not confirmed(tgt.head(key), size, sha, None):
+            raise SystemExit(f"{job}: {key} not confirmed")
+    wall, cpu = time.monotonic() - t, busy() - c
+    for key in keys:
+        tgt.delete(key)
+    return wall, cpu
+
+
+def time_dedupd(conf: Path, job: str, env: dict[str, str]
+                ) -> tuple[float, float, int, int, dict]:
     argv = ["/usr/bin/time", "-v", sys.executable, "-m", "dedupd", "backup", job, "--full",
             "--json", "-c", str(conf)]
-    t = time.monotonic()
+    c, t = busy(), time.monotonic()
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=env)
     mon = PeakSpool(p.pid)
     mon.start()
     out, err = p.communicate()
-    wall = time.monotonic() - t
+    wall, cpu = time.monotonic() - t, busy() - c
     mon.stop = True
     if p.returncode != 0:
         raise SystemExit(f"dedupd backup failed: {err[-2000:]}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", err).group(1))  # type: ignore[union-attr]
-    return wall, rss * 1024, mon.peak, json.loads(out)
+    return wall, cpu, rss * 1024, mon.peak, json.loads(out)
 
 
 def main() -> int:
@@ -166,23 +253,33 @@ def main() -> int:
         boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
                      aws_access_key_id="b", aws_secret_access_key="b").create_bucket(
             Bucket="bench")
-        time_pipeline(f"{pool}/data@rival")  # warm the cache for everyone
-        rows: dict[str, list[float]] = {"pipeline": [], "stage": [], "rclone": [], "s3": [],
-                                        "rclone-local-work": [], "s3-local-work": []}
+        snap = f"{pool}/data@rival"
+        Cpu.servers = [*zfs_fuse_pids(), moto.pid]
+        time_pipeline(snap)  # warm the cache for everyone
+        files = split_stored(snap, a.chunk_mib << 20, base / "stored")
+        rows: dict[str, list[tuple[float, float]]] = {}
         mem: dict[str, int] = {}
         spool: dict[str, int] = {}
+        waits: dict[str, list[tuple[float, float]]] = {"rclone": [], "s3": []}
         stored = 0
-        for _ in range(a.rounds):
-            rows["pipeline"].append(time_pipeline(f"{pool}/data@rival"))
-            rows["stage"].append(time_stream_stage(f"{pool}/data@rival", a.chunk_mib << 20))
+        load = os.getloadavg()
+        for r in range(a.rounds):
+            rows.setdefault("pipeline", []).append(time_pipeline(snap))
+            rows.setdefault("stage", []).append(time_stream_stage(snap, a.chunk_mib << 20))
             for job in ("rclone", "s3"):
-                wall, rss, peak, res = time_dedupd(conf, job, env)
-                rows[job].append(wall)
-                rows[f"{job}-local-work"].append(wall - res["upload_seconds"])
+                wall, cpu, rss, peak, res = time_dedupd(conf, job, env)
+                rows.setdefault(job, []).append((wall, cpu))
+                waits[job].append((res["stream_waited_seconds"],
+                                   res["upload_waited_seconds"]))
+                # the stream and its uploads only: without the per-run fixed costs
+                # (interpreter, imports, client, catalog, snapshot, manifest, prune)
+                rows.setdefault(f"{job}-stream", []).append((res["stream_seconds"], 0.0))
                 mem[job] = max(mem.get(job, 0), rss)
                 spool[job] = max(spool.get(job, 0), peak)
                 stored = res["total_size"]
-        report(a, stream, stored, rows, mem, spool)
+                rows.setdefault(f"{job}-alone", []).append(
+                    time_target_alone(conf, job, files, env, str(r)))
+        report(a, stream, stored, rows, mem, spool, waits, (load, os.getloadavg()))
     finally:
         if moto is not None:
             os.kill(moto.pid, signal.SIGTERM)
@@ -231,27 +328,52 @@ def write_conf(base: Path, pool: str, port: int, chunk_mib: int) -> Path:
     return conf
 
 
-def report(a: argparse.Namespace, stream: int, stored: int, rows: dict[str, list[float]],
-           mem: dict[str, int], spool: dict[str, int]) -> None:
+def report(a: argparse.Namespace, stream: int, stored: int,
+           rows: dict[str, list[tuple[float, float]]], mem: dict[str, int],
+           spool: dict[str, int], waits: dict[str, list[tuple[float, float]]],
+           load: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
     mib = 1024 * 1024
-    base = statistics.median(rows["pipeline"])
+
+    def med(key: str) -> tuple[float, float]:
+        return (statistics.median(w for w, _ in rows[key]),
+                statistics.median(c for _, c in rows[key]))
+
+    base, base_cpu = med("pipeline")
     print(f"dataset {a.data_mib} MiB, send stream {stream / mib:.0f} MiB, stored (zstd -3) "
-          f"{stored / mib:.0f} MiB, chunk {a.chunk_mib} MiB, {a.rounds} rounds (median)")
-    print(f"{'what':44} {'seconds':>8} {'MiB/s':>8} {'ratio':>6} {'max RSS':>9} "
-          f"{'temp disk':>10}")
-    print(f"{'zfs send | zstd -3 > /dev/null':44} {base:8.2f} {stream / mib / base:8.1f} "
-          f"{1.0:6.2f} {'-':>9} {'0':>10}")
-    st = statistics.median(rows["stage"])
-    print(f"{'dedupd stream stage (no upload), same snapshot':44} {st:8.2f} "
-          f"{stream / mib / st:8.1f} {base / st:6.2f} {'-':>9} {a.chunk_mib:8.1f}MB")
-    for job, label in (("rclone", "dedupd backup -> rclone local remote"),
-                       ("s3", "dedupd backup -> S3 (moto_server, 127.0.0.1)")):
-        t = statistics.median(rows[job])
-        print(f"{label:44} {t:8.2f} {stream / mib / t:8.1f} {base / t:6.2f} "
-              f"{mem[job] / mib:7.1f}MB {spool[job] / mib:8.1f}MB")
-        w = statistics.median(rows[f"{job}-local-work"])
-        print(f"{'  of which not in target requests':44} {w:8.2f} {stream / mib / w:8.1f} "
-              f"{base / w:6.2f}")
+          f"{stored / mib:.0f} MiB, chunk {a.chunk_mib} MiB, {a.rounds} rounds (median), "
+          f"{os.cpu_count()} cores, load average {load[0][0]:.2f} before, "
+          f"{load[1][0]:.2f} after")
+    print(f"{'what':46} {'seconds':>8} {'MiB/s':>7} {'ratio':>6} {'CPU s':>6} "
+          f"{'max RSS':>8} {'temp disk':>9}")
+
+    def line(label: str, key: str, rss: str = "-", disk: str = "-") -> float:
+        t, cpu = med(key)
+        print(f"{label:46} {t:8.2f} {stream / mib / t:7.1f} {base / t:6.2f} {cpu:6.2f} "
+              f"{rss:>8} {disk:>9}")
+        return t
+
+    line("zfs send | zstd -3 > /dev/null", "pipeline", disk="0")
+    line("dedupd stream stage (no upload), same snapshot", "stage",
+         disk=f"{a.chunk_mib:.1f}MB")
+    for job, label, alone in (
+            ("rclone", "dedupd backup -> rclone local remote", "rclone rcat + HEAD (SHA-256)"),
+            ("s3", "dedupd backup -> S3 (moto_server, 127.0.0.1)", "S3 PUT + HEAD (moto)")):
+        line(label, job, f"{mem[job] / mib:.1f}MB", f"{spool[job] / mib:.1f}MB")
+        t = med(f"{job}-stream")[0]
+        print(f"{'  of which send+compress+hash+upload':46} {t:8.2f} {stream / mib / t:7.1f} "
+              f"{base / t:6.2f} (the rest: fixed per-run costs)")
+        sw = statistics.median(x for x, _ in waits[job])
+        uw = statistics.median(y for _, y in waits[job])
+        print(f"{'':4}stream waited {sw:.2f}s for uploads, uploads waited {uw:.2f}s "
+              "for the stream")
+        t = line(f"  {alone} alone, same chunks", f"{job}-alone")
+        # Overlap hides the slower of stream and upload at best, and only while a
+        # core is free: the work of both (in core-seconds) spread over every core
+        # is a floor on the wall time too.
+        need = (med("stage")[1] + med(f"{job}-alone")[1]) / (os.cpu_count() or 1)
+        print(f"{'':4}ceiling: target alone vs pipeline {min(1.0, base / t):.2f}; "
+              f"CPU of stream stage + target alone over {os.cpu_count()} cores "
+              f"{min(1.0, base / need):.2f}")
 
 
 if __name__ == "__main__":

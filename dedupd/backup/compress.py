@@ -58,7 +58,7 @@ class Pipeline:
         try:
             for i, argv in enumerate(stages):
                 p = proc.spawn(argv, stdin=src)
-                _widen(p.stdout)
+                widen_pipe(p.stdout)
                 if i > 0 and isinstance(src, io.IOBase):
                     # The next stage owns the read end now; our copy would keep
                     # the writer from seeing EPIPE if that reader dies.
@@ -72,10 +72,15 @@ class Pipeline:
         assert out is not None
         self.stdout: IO[bytes] = out
 
-    def kill(self) -> None:
+    def signal_kill(self) -> None:
+        """SIGKILL every stage still running, without waiting: safe from another
+        thread, it makes a reader blocked on `stdout` see EOF at once."""
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
+
+    def kill(self) -> None:
+        self.signal_kill()
         for p in self.procs:
             p.wait()
             for f in (p.stdout, p.stderr):
@@ -101,7 +106,7 @@ class Pipeline:
 PIPE_SIZE = 1024 * 1024
 
 
-def _widen(f: IO[bytes] | None) -> None:
+def widen_pipe(f: IO[bytes] | None) -> None:
     """Grow a pipe to 1 MiB (from 64 KiB) so stages block on each other less often."""
     if f is None:
         return

@@ -45,7 +45,14 @@ class BackupResult:
     skipped: int = 0
     total_size: int = 0
     seconds: float = 0.0
-    upload_seconds: float = 0.0  # in requests to the target; the rest is local work
+    upload_seconds: float = 0.0  # in requests to the target (overlaps the stream)
+    stream_seconds: float = 0.0  # send | compress | chunk | upload, without fixed costs
+    # Where the overlapped pipeline waited: the stream for uploads (upload-bound),
+    # the uploader for a complete chunk (stream-bound).
+    stream_waited: float = 0.0
+    upload_waited: float = 0.0
+    overlapped: int = 0  # stream bytes spooled while the previous chunk was uploading
+    restarts: int = 0  # stream regenerations after an upload lost its spooled body
     pruned_local: tuple[str, ...] = ()
     pruned_remote: tuple[str, ...] = ()
 
@@ -60,6 +67,10 @@ class BackupResult:
                 "uploaded": self.uploaded, "skipped": self.skipped,
                 "total_size": self.total_size, "seconds": round(self.seconds, 3),
                 "upload_seconds": round(self.upload_seconds, 3),
+                "stream_seconds": round(self.stream_seconds, 3),
+                "stream_waited_seconds": round(self.stream_waited, 3),
+                "upload_waited_seconds": round(self.upload_waited, 3),
+                "overlapped_bytes": self.overlapped, "restarts": self.restarts,
                 "pruned_local": list(self.pruned_local),
                 "pruned_remote": list(self.pruned_remote)}
 
@@ -205,6 +216,9 @@ class _Run:
             chunks=len(m.chunks), uploaded=up.uploaded, skipped=up.skipped,
             total_size=m.total_size, seconds=time.monotonic() - self.t0,
             upload_seconds=float(getattr(self.target, "busy_seconds", up.upload_seconds)),
+            stream_seconds=up.seconds,
+            stream_waited=up.stats.producer_wait, upload_waited=up.stats.uploader_wait,
+            overlapped=up.stats.overlap_bytes, restarts=up.restarts,
             pruned_local=pruned_local, pruned_remote=pruned_remote)
 
     def _send_and_commit(self, backup_id: str, snap: Snapshot, base: Snapshot | None,
@@ -245,7 +259,7 @@ class _Run:
             job=self.jc.name, backup_id=backup_id, spec=spec, compression=self.jc.compression,
             level=self.jc.compression_level, chunk_size=self.jc.chunk_size,
             storage_class=self.jc.target.storage_class, spool_dir=self.jc.spool_dir,
-            resuming=resuming)
+            resuming=resuming, restarts=self.jc.target.retries)
 
     def _fail(self, backup_id: str, snap: Snapshot, e: BaseException) -> None:
         """A reported failure: no manifest was written, so the snapshot is not uploaded;

@@ -122,7 +122,7 @@ def test_endpoint_errors_exit_75(tmp_path: Path, zpool: Any, moto: Moto, s3_buck
     r = dedupd("backup", "j", "-c", str(conf))
     assert r.returncode == EXIT_TEMPFAIL, r.stderr
     assert "SlowDown" in r.stderr and "gave up after 3 attempts" in r.stderr
-    assert fault_proxy.requests - before >= 3  # connections: one or more per attempt
+    assert fault_proxy.requests - before >= 3, r.stderr  # one connection or more per attempt
     assert owned_snapshots(pool.dataset("data")) == []
 
 

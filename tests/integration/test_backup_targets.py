@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -74,3 +76,43 @@ def test_in_memory_body_and_overwrite(target: Target) -> None:
     out = io.BytesIO()
     target.get("j/m.json", out)
     assert out.getvalue() == b"manifest v2!"
+
+
+def test_delete_folder_takes_that_folder_only(target: Target) -> None:
+    for i in range(3):
+        _put(target, f"j/chunks/a/{i:06d}.zst", b"a%d" % i)
+    _put(target, "j/chunks/ab/000000.zst", b"sibling with a longer name")
+    _put(target, "j/manifests/a.json", b"{}")
+    target.delete_folder("j/chunks/a/")
+    target.delete_folder("j/chunks/a/")  # idempotent
+    target.delete_folder("j/chunks/never/")
+    left = sorted(o.key for o in target.list("j/"))
+    assert left == ["j/chunks/ab/000000.zst", "j/manifests/a.json"]
+    for bad in ("", "/", "j/chunks/ab/000000.zst"):
+        with pytest.raises(TargetError, match="refusing"):
+            target.delete_folder(bad)
+    assert sorted(o.key for o in target.list("j/")) == left
+
+
+def test_rclone_local_head_hashes_the_stored_bytes(rclone_conf: Path, tmp_path: Path) -> None:
+    """On a `local` remote head() hashes the file itself: it must agree with what
+    `rclone lsjson --hash` says, and see a flipped byte."""
+    (tmp_path / "r").mkdir()
+    t = make_target(TargetConfig(kind="rclone", remote="loc", path=str(tmp_path / "r"),
+                                 config=rclone_conf, **FAST))  # type: ignore[arg-type]
+    data = bytes(range(256)) * 5000
+    sha = _put(t, "j/chunks/x/000000.zst", data)
+    assert confirmed(t.head("j/chunks/x/000000.zst"), len(data), sha, None)
+    stored = tmp_path / "r/j/chunks/x/000000.zst"
+    flipped = bytearray(stored.read_bytes())
+    flipped[4321] ^= 1
+    stored.write_bytes(flipped)
+    info = t.head("j/chunks/x/000000.zst")
+    assert info is not None and info.size == len(data)
+    assert not confirmed(info, len(data), sha, None)
+    out = subprocess.run(["rclone", "--config", str(rclone_conf), "lsjson", "--hash-type",
+                          "SHA-256", f"loc:{stored}"], capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out)[0]["Hashes"]["sha256"] == info.sha256
+    assert t.head("j/chunks/x/000001.zst") is None
+    assert t.head("j/chunks/x") is None  # a folder is no object

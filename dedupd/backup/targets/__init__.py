@@ -71,6 +71,10 @@ class Target(Protocol):
     def delete(self, key: str) -> None:
         """Idempotent: deleting an absent object is not an error."""
 
+    def delete_folder(self, folder: str) -> None:
+        """Delete every object whose key starts with `folder` (ending in '/'), in as
+        few requests as the store allows. Idempotent."""
+
     def restore_request(self, key: str, days: int) -> None:
         """Ask a cold store to make the object readable for `days` (idempotent)."""
 
@@ -86,6 +90,12 @@ def confirmed(info: ObjectInfo | None, size: int, sha256: str, md5: str | None) 
     if info.sha256 is not None:
         return info.sha256 == sha256
     return md5 is not None and info.md5 is not None and info.md5 == md5
+
+
+def check_folder(folder: str) -> None:
+    """delete_folder's guard: never the whole target, never a key mistaken for a folder."""
+    if not folder.strip("/") or not folder.endswith("/") or folder.startswith("/"):
+        raise TargetError(f"refusing to delete folder {folder!r}: not a sub-folder")
 
 
 def make_target(cfg: TargetConfig) -> Target:

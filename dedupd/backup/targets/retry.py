@@ -86,6 +86,10 @@ class RetryingTarget:
     def delete(self, key: str) -> None:
         call(f"delete {key}", lambda: self.inner.delete(key), self.cfg, self.clock)
 
+    def delete_folder(self, folder: str) -> None:
+        call(f"delete {folder}", lambda: self.inner.delete_folder(folder), self.cfg,
+             self.clock)
+
     def restore_request(self, key: str, days: int) -> None:
         call(f"restore request {key}", lambda: self.inner.restore_request(key, days),
              self.cfg, self.clock)
