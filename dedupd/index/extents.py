@@ -141,6 +141,15 @@ def group_state(store: Store, size: int, full: bytes, keys: Iterable[Key]
     return ref, done
 
 
+def has_group_state(store: Store) -> bool:
+    """Whether any reference or done mark is stored (none on a volume's first pass)."""
+    with store.engine.connect() as c:
+        for t in (s.extent_refs, s.extent_done):
+            if c.execute(select(t.c.dev).limit(1)).first() is not None:
+                return True
+    return False
+
+
 def reset_done_before(store: Store, when: float) -> int:
     """Forget 'done' marks older than `when` so those files are verified again."""
     with store.engine.begin() as c:

@@ -41,6 +41,7 @@ def test_layout_merges_contiguous_pieces() -> None:
 
 
 def test_dedupe_worker_hands_a_failure_back() -> None:
+    from dedupd.dedup.route import Group
     from dedupd.dedup.worker import DedupeWorker
 
     class Boom:
@@ -51,11 +52,12 @@ def test_dedupe_worker_hands_a_failure_back() -> None:
             raise RuntimeError("kaput")
 
     w = DedupeWorker(Boom())  # type: ignore[arg-type]
-    w.submit(1, [], None)
+    g = Group(1, (), b"x" * 16, ())
+    w.submit(g)
     with pytest.raises(RuntimeError, match="kaput"):
         for _ in range(50):  # the failure surfaces at a later submit or at close
             time.sleep(0.01)
-            w.submit(1, [], None)
+            w.submit(g)
         w.close()
     w.close()
     assert Boom.calls == 1

@@ -1,0 +1,110 @@
+"""Groups of equal size and head go to the kernel's byte compare without a full hash.
+
+The kernel refuses what differs; those files are then hashed and regrouped. Every
+hash the index ends up with is the true hash of the file's bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from dedupd.index import extents as ix
+from dedupd.index.store import Store
+from tests.fixtures.components import require_tools
+from tests.integration.extent_helpers import (
+    BLOCK,
+    btrfs_data_bytes,
+    copy_fresh,
+    digests,
+    run_pass,
+    write_random,
+)
+
+pytestmark = pytest.mark.integration
+MountFactory = Callable[[str, str], Path]
+
+
+@pytest.fixture
+def vol(loopfs: MountFactory) -> Path:
+    require_tools("btrfs")
+    return loopfs("btrfs", "1G")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(f"sqlite:///{tmp_path}/index.db")
+    yield s
+    s.close()
+
+
+def _indexed_full(store: Store, p: Path) -> bytes | None:
+    st = os.stat(p)
+    return ix.full_hash(store, (st.st_dev, st.st_ino))
+
+
+def _true_full(p: Path) -> bytes:
+    return xxhash.xxh3_128(p.read_bytes()).digest()
+
+
+def test_same_head_different_tail_is_refused_and_never_merged(vol: Path, store: Store) -> None:
+    data = write_random(vol / "a.jpg", 300 * BLOCK, 5)
+    (vol / "b.jpg").write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    before = digests(vol)
+    _, disk0 = btrfs_data_bytes(vol)
+    r = run_pass(store, vol)
+    c = r.counters
+    assert c.get("kernel_refused") == 1 and c.get("tries") == 1
+    assert not c.get("hits") and not c.get("groups") and not c.get("misses_differs")
+    assert digests(vol) == before
+    # The refused file was hashed afterwards: both hashes known and true.
+    for name in ("a.jpg", "b.jpg"):
+        assert _indexed_full(store, vol / name) == _true_full(vol / name)
+    # Only the identical prefix (all but the last block) may have been shared.
+    assert disk0 - btrfs_data_bytes(vol)[1] <= 300 * BLOCK
+    again = run_pass(store, vol, force_rescan=True)
+    assert again.counters.get("bytes_read", 0) == 0 and not again.counters.get("tries")
+
+
+def test_two_contents_behind_one_head_are_split_and_both_deduped(vol: Path,
+                                                                 store: Store) -> None:
+    size = 200 * BLOCK
+    a = write_random(vol / "a0.jpg", size, 7)
+    b = a[:BLOCK * 100] + write_random(vol / "tmp", size - BLOCK * 100, 8)
+    (vol / "tmp").unlink()
+    for k in (1, 2):
+        copy_fresh(vol / "a0.jpg", vol / f"a{k}.jpg")
+    (vol / "b0.jpg").write_bytes(b)
+    copy_fresh(vol / "b0.jpg", vol / "b1.jpg")
+    before = digests(vol)
+    _, disk0 = btrfs_data_bytes(vol)
+    r = run_pass(store, vol)
+    c = r.counters
+    assert c["hits"] == 3 and c["groups"] == 2 and not r.problems
+    assert c["kernel_refused"] == 2  # b0 and b1 against a0
+    assert digests(vol) == before
+    # a1, a2 and b1 are free now; the b files also share the prefix they have with a0.
+    assert disk0 - btrfs_data_bytes(vol)[1] >= 3 * size
+    for p in sorted(vol.glob("*.jpg")):
+        assert _indexed_full(store, p) == _true_full(p), p
+    again = run_pass(store, vol, force_rescan=True)
+    assert again.counters.get("bytes_read", 0) == 0 and again.actions == ()
+    assert again.counters.get("skips_done") == 3
+
+
+def test_a_new_copy_meets_the_remembered_reference(vol: Path, store: Store) -> None:
+    write_random(vol / "a0.jpg", 64 * BLOCK, 9)
+    copy_fresh(vol / "a0.jpg", vol / "a1.jpg")
+    first = run_pass(store, vol)
+    assert first.counters["hits"] == 1
+    copy_fresh(vol / "a0.jpg", vol / "a2.jpg")
+    r = run_pass(store, vol)
+    # Known hashes: the new file alone is read (head, then whole) and deduped
+    # against the remembered reference; the other copy is skipped as done.
+    assert r.counters["hits"] == 1 and r.counters.get("skips_done") == 1
+    assert r.counters["bytes_read"] == 64 * BLOCK + 4096
+    assert _indexed_full(store, vol / "a2.jpg") == _true_full(vol / "a0.jpg")
