@@ -5,12 +5,6 @@ inode) -> plan (reference, destinations, batches) -> skip destinations that
 already share every extent with the reference -> dedupe (kernel byte-compares)
 -> FIEMAP again and mark a destination done only once it shares the
 reference's extents. Read-only snapshot files are never destinations.
-
-An "unverified" group (equal size and head, full hashes unknown; see
-dedupd.dedup.route) goes the same way after its reference is hashed: a
-destination the kernel found equal and that now shares the reference's
-extents has the reference's bytes, so it gets the reference's hash; the ones
-it refused are full-hashed and regrouped. Nothing is merged on a hash alone.
 """
 
 from __future__ import annotations
@@ -22,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dedupd.dedup import extent, fiemap
-from dedupd.dedup.planner import Member, choose_reference, plan_group
-from dedupd.dedup.route import hash_file, with_hashes
-from dedupd.hashing import FileChanged, HashStats, _check
+from dedupd.dedup.planner import Member, plan_group
+from dedupd.hashing import FileChanged, _check
 from dedupd.index import extents as ix
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 from dedupd.proc import ProcError
@@ -69,8 +62,6 @@ class ExtentDeduper:
     done_buf: list[tuple[tuple[int, int], bytes, tuple[int, int], int]] = field(
         default_factory=list)
     hash_buf: dict[tuple[int, int], HashUpdate] = field(default_factory=dict)
-    hstats: HashStats = field(default_factory=HashStats)  # reads made while deduping
-    refused: list[IndexedFile] | None = None  # collects "differs" of an unverified group
     _fresh: bool | None = None  # no group state in the index at all (a first pass)
 
     def dedupe_group(self, size: int, files: Sequence[IndexedFile],
@@ -86,49 +77,6 @@ class ExtentDeduper:
         if len(opened) >= 2:
             self.c.add("groups")
             self._dedupe_opened(size, full, opened)
-
-    def dedupe_unverified(self, size: int, files: Sequence[IndexedFile],
-                          updates: Sequence[HashUpdate] = ()) -> None:
-        """Dedupe files of equal size and head, full hashes unknown (module docstring)."""
-        self._learn(updates)
-        opened = self._open_all(files)
-        if len(opened) < 2:
-            return
-        facts = [self._member(k, o, None, {}) for k, o in opened.items()]
-        ref = opened[choose_reference(facts).key]
-        got = hash_file(ref.file, True, self.hstats, set())
-        if not isinstance(got, tuple) or got[1] is None:
-            return  # the reference changed or vanished: the next pass looks again
-        full = got[1]
-        self._learn([HashUpdate(ref.file.dev, ref.file.ino, got[0], full)])
-        ref.file = with_hashes(ref.file, got[0], full)
-        joined = self._joined()
-        self.refused = []
-        try:
-            self._dedupe_opened(size, full, opened, ref.file.key)
-        finally:
-            refused, self.refused = self.refused, None
-        if self._joined() > joined:
-            self.c.add("groups")
-        self._regroup(size, refused)
-
-    def _joined(self) -> int:
-        v = self.c.values
-        return v.get("hits", 0) + v.get("skips_already_shared", 0) + v.get("skips_done", 0)
-
-    def _regroup(self, size: int, refused: list[IndexedFile]) -> None:
-        """Full-hash the files the kernel refused and dedupe those that still match."""
-        self.c.add("kernel_refused", len(refused))
-        fulls: dict[bytes, list[IndexedFile]] = {}
-        counted: set[tuple[int, int]] = set()
-        for f in refused:
-            got = hash_file(f, True, self.hstats, counted)
-            if isinstance(got, tuple) and got[1] is not None:
-                self._learn([HashUpdate(f.dev, f.ino, got[0], got[1])])
-                fulls.setdefault(got[1], []).append(with_hashes(f, got[0], got[1]))
-        for full, g in fulls.items():
-            if len(g) >= 2:
-                self.dedupe_group(size, g, full)
 
     def _learn(self, updates: Sequence[HashUpdate]) -> None:
         for u in updates:
@@ -163,7 +111,7 @@ class ExtentDeduper:
 
     def _member(self, k: tuple[int, int], o: _Open, remembered: tuple[int, int] | None,
                 done: dict[tuple[int, int], tuple[bytes, tuple[int, int]]],
-                full: bytes | None = None) -> Member:
+                full: bytes) -> Member:
         return Member(k, o.file.path, o.file.mtime_ns, self.is_readonly(o.file),
                       fiemap.any_shared(o.exts),
                       k in done and done[k][0] == full and done[k][1] == remembered)
@@ -175,12 +123,11 @@ class ExtentDeduper:
             self._fresh = not ix.has_group_state(self.store)
         return (None, {}) if self._fresh else ix.group_state(self.store, size, full, keys)
 
-    def _dedupe_opened(self, size: int, full: bytes, opened: dict[tuple[int, int], _Open],
-                       use_ref: tuple[int, int] | None = None) -> None:
-        """Plan and dedupe; use_ref forces the reference (the file whose hash is full)."""
+    def _dedupe_opened(self, size: int, full: bytes,
+                       opened: dict[tuple[int, int], _Open]) -> None:
         remembered, done = self._group_state(size, full, list(opened))
         members = [self._member(k, o, remembered, done, full) for k, o in opened.items()]
-        plan = plan_group(members, self.batch_size, use_ref or remembered)
+        plan = plan_group(members, self.batch_size, remembered)
         if plan is None:
             return
         if plan.reference.key != remembered and not self.dry_run:
@@ -197,9 +144,6 @@ class ExtentDeduper:
         self.c.add("skips_already_shared", len(shared))
         if not self.dry_run:
             self._done([(m.key, full, ref.file.key, size) for m in shared])
-            # Same blocks as the reference: same bytes, so the reference's hash.
-            self._learn([HashUpdate(m.key[0], m.key[1], opened[m.key].file.head, full)
-                         for m in shared if opened[m.key].file.full != full])
         if todo:
             self._act(size, full, ref, [opened[m.key] for m in todo])
 
@@ -273,9 +217,7 @@ class ExtentDeduper:
         return self._still_indexed(fd, f)
 
     def _failed(self, f: IndexedFile, status: str, detail: str) -> None:
-        if status == "differs" and self.refused is not None:
-            self.refused.append(f)  # equal heads only: its content is looked at next
-        elif status == "differs":
+        if status == "differs":
             # The index was wrong (changed after hashing, or a hash collision):
             # drop its hashes so the next pass reads it again.
             self.c.add("misses_differs")
@@ -310,28 +252,16 @@ class ExtentDeduper:
 
     def _confirm_fds(self, size: int, full: bytes, ref: tuple[int, IndexedFile],
                      dests: Sequence[tuple[int, IndexedFile]]) -> None:
-        """_confirm on the descriptors the dedupe used (no path lookups). A destination
-        still the indexed inode, unchanged, gets the reference's hash: the kernel found
-        its bytes equal, and it now shares the reference's blocks."""
+        """_confirm on the descriptors the dedupe used (no path lookups, no reopening)."""
         ref_exts = fiemap.extents(ref[0])
-        rows, learned = [], []
+        rows = []
         for fd, d in dests:
-            if not fiemap.same_extents(ref_exts, fiemap.extents(fd)):
+            if fiemap.same_extents(ref_exts, fiemap.extents(fd)):
+                self.c.add("hits")
+                rows.append((d.key, full, ref[1].key, size))
+            else:
                 self.c.add("misses_not_shared")
-                continue
-            self.c.add("hits")
-            rows.append((d.key, full, ref[1].key, size))
-            if d.full != full and self._still_same(fd, d):
-                learned.append(HashUpdate(d.dev, d.ino, d.head, full))
         self._done(rows)
-        self._learn(learned)
-
-    def _still_same(self, fd: int, f: IndexedFile) -> bool:
-        try:
-            _check(fd, f)
-        except (FileChanged, OSError):
-            return False
-        return True
 
     def _done(self, rows: list[tuple[tuple[int, int], bytes, tuple[int, int], int]]) -> None:
         self.done_buf.extend(rows)

@@ -1,49 +1,55 @@
-"""Split size groups into dedupe groups for extent volumes, reading as little as possible.
+"""Hash size groups of an extent volume into dedupe groups, reading in on-disk order.
 
-An extent dedupe needs no full-file hash to be safe: FIDEDUPERANGE locks both
-ranges and compares them byte for byte, and refuses ("differs") where they are
-not equal. So after the head hash (one 4 KiB read per file) a group of files
-of equal size and head whose full hashes are all unknown goes to the kernel as
-it is ("unverified"): the kernel reads every byte once while comparing, where
-hashing first would read everything twice on a cold cache. The deduper hashes
-the reference, gives the destinations the kernel found equal (and FIEMAP
-confirms sharing) the reference's hash, and full-hashes only the files the
-kernel refused, to regroup them (dedupd.dedup.extent_group).
+Stage 1, per size group in parallel threads: the head hash (one 4 KiB read;
+small files are read whole, as the foundation's Hasher does). Stage 2: the
+files that share a size and a head with another and have no full hash yet are
+collected into windows of about WINDOW_BYTES and read whole by several
+threads in the order of their first block on disk. On a cold cache this is
+what the time goes into: the same reads in size order seek back and forth
+(originals and their copies lie far apart), while in disk order the readahead
+of the filesystem and the device below it work in long runs.
 
-Groups where some full hashes are known already (a new copy of a file deduped
-before) are full-hashed as usual, so they meet their remembered reference.
-Small files are read whole in one go, as the foundation's Hasher does.
+A size group is handed on (`Routed`) as soon as its last read is done, so the
+dedupe of the first groups overlaps the reads of the next ones, and the dedupe
+then finds the bytes it compares in the page cache. The kernel still compares
+every byte before sharing (a hash only proposes a group).
 """
 
 from __future__ import annotations
 
 import errno
+import os
+import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from dedupd.dedup import fiemap
 from dedupd.hashing import WHOLE_READ, FileChanged, HashStats, Stability, read_hashes
 from dedupd.index.store import HashUpdate, IndexedFile
 from dedupd.scan.events import Problem
 
 Key = tuple[int, int]
+WINDOW_BYTES = 512 * 1024 * 1024  # file bytes read per window, in disk order
+_RO = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
 
 
 @dataclass(frozen=True)
 class Group:
-    """Files to dedupe together. full is their common hash, or None when only size and
-    head are known to match (the kernel's compare decides)."""
+    """Files with one full hash, to dedupe together, and the new hashes of its members
+    (the deduper writes them, in order with its own writes)."""
 
     size: int
     files: tuple[IndexedFile, ...]
-    full: bytes | None
-    updates: tuple[HashUpdate, ...]  # new hashes of these files: the deduper writes them
+    full: bytes
+    updates: tuple[HashUpdate, ...] = ()
 
 
 @dataclass(frozen=True)
 class Routed:
-    """One size group: the hash updates of files in no group, vanished inodes, groups."""
+    """One size group: the new hashes of files in no group, vanished inodes, groups."""
 
     size: int
     updates: tuple[HashUpdate, ...]
@@ -52,93 +58,160 @@ class Routed:
     stats: HashStats = field(default_factory=HashStats)
 
 
+@dataclass
+class _Sized:
+    """A size group between the stages: files by head, the reads still outstanding."""
+
+    size: int
+    heads: dict[int, list[IndexedFile]]
+    reader: _Reader
+    todo: list[IndexedFile]  # need a full hash (stage 2)
+    left: int = 0
+
+    def routed(self) -> Routed:
+        rd = self.reader
+        fulls: dict[bytes, list[IndexedFile]] = defaultdict(list)
+        for same in self.heads.values():
+            if len(same) < 2:
+                continue
+            for f in same:
+                f = rd.hashed.get(f.key, f)
+                if f.full is not None:
+                    fulls[f.full].append(f)
+        groups = [Group(self.size, tuple(g), full,
+                        tuple(rd.updates[f.key] for f in g if f.key in rd.updates))
+                  for full, g in fulls.items() if len(g) >= 2]
+        grouped = {f.key for g in groups for f in g.files}
+        loose = tuple(u for k, u in rd.updates.items() if k not in grouped)
+        return Routed(self.size, loose, tuple(rd.gone), tuple(groups), rd.stats)
+
+
 class Router:
-    """Routes size groups (in parallel threads, results in order, like Hasher)."""
+    """Routes size groups (see the module docstring); counters are merged into `stats`
+    in the caller's thread. Results come in the order their reads complete."""
 
-    def __init__(self, stability: Stability, stats: HashStats, kernel_verify: bool = True,
-                 workers: int = 4, now: Callable[[], float] | None = None) -> None:
-        import time
-
+    def __init__(self, stability: Stability, stats: HashStats, workers: int = 4,
+                 window: int | None = None, now: Callable[[], float] = time.time) -> None:
         self.stability = stability
         self.stats = stats
-        self.kernel_verify = kernel_verify
         self.workers = workers
-        self.now = now or time.time
+        self.window = window or WINDOW_BYTES
+        self.now = now
 
     def route(self, groups: Iterable[list[IndexedFile]]) -> Iterator[Routed]:
-        """route_one over groups, in order, at most 2*workers groups in flight; counters
-        are merged into `stats` in the caller's thread."""
-        window: deque[Future[Routed]] = deque()
+        batch: list[_Sized] = []
+        nbytes = 0
         with ThreadPoolExecutor(self.workers, thread_name_prefix="route") as pool:
-            for files in groups:
-                window.append(pool.submit(self.route_one, files))
-                if len(window) >= 2 * self.workers:
-                    yield self._done(window.popleft())
-            while window:
-                yield self._done(window.popleft())
+            for sized in self._heads(pool, groups):
+                if not sized.todo:
+                    yield self._done(sized)
+                    continue
+                batch.append(sized)
+                nbytes += sized.size * len(sized.todo)
+                if nbytes >= self.window:
+                    yield from self._read_window(pool, batch)
+                    batch, nbytes = [], 0
+            yield from self._read_window(pool, batch)
 
-    def _done(self, fut: Future[Routed]) -> Routed:
-        r = fut.result()
+    def _done(self, sized: _Sized) -> Routed:
+        r = sized.routed()
         self.stats.merge(r.stats)
         return r
 
-    def route_one(self, files: list[IndexedFile]) -> Routed:
-        """Head-hash one size group and split it; thread-safe (counters in the result)."""
+    def _heads(self, pool: ThreadPoolExecutor, groups: Iterable[list[IndexedFile]]
+               ) -> Iterator[_Sized]:
+        """Stage 1 over groups, in order, at most 2*workers groups in flight."""
+        window: deque[Future[_Sized]] = deque()
+        for files in groups:
+            window.append(pool.submit(self.head_stage, files))
+            if len(window) >= 2 * self.workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+    def head_stage(self, files: list[IndexedFile]) -> _Sized:
+        """Head hashes of one size group; thread-safe (counters in its own reader)."""
         rd = _Reader(HashStats())
         ready = [f for f in files if self.stability.ready(f, self.now())]
         rd.stats.pending = len(files) - len(ready)
         size = files[0].size if files else 0
-        if len(ready) < 2:
-            return Routed(size, (), (), (), rd.stats)
-        small = size <= WHOLE_READ
         heads: dict[int, list[IndexedFile]] = defaultdict(list)
-        for f in ready:
-            got: IndexedFile | None = f
-            if f.head is None or (small and f.full is None):
-                got = rd.read(f, full=small)
-            if got is not None and got.head is not None:
-                heads[got.head].append(got)
-        groups: list[Group] = []
-        for same in heads.values():
-            if len(same) >= 2:
-                groups.extend(self._split(size, same, rd))
-        grouped = {f.key for g in groups for f in g.files}
-        loose = tuple(u for k, u in rd.updates.items() if k not in grouped)
-        out = tuple(Group(g.size, g.files, g.full,
-                          tuple(rd.updates[f.key] for f in g.files if f.key in rd.updates))
-                    for g in groups)
-        return Routed(size, loose, tuple(rd.gone), out, rd.stats)
+        if len(ready) >= 2:
+            small = size <= WHOLE_READ
+            for f in ready:
+                got: IndexedFile | None = f
+                if f.head is None or (small and f.full is None):
+                    got = rd.read(f, full=small)
+                if got is not None and got.head is not None:
+                    heads[got.head].append(got)
+        todo = [f for same in heads.values() if len(same) >= 2 for f in same if f.full is None]
+        return _Sized(size, heads, rd, todo)
 
-    def _split(self, size: int, same_head: list[IndexedFile], rd: _Reader) -> list[Group]:
-        if self.kernel_verify and all(f.full is None for f in same_head):
-            return [Group(size, tuple(same_head), None, ())]
-        fulls: dict[bytes, list[IndexedFile]] = defaultdict(list)
-        for f in same_head:
-            got = rd.read(f, full=True) if f.full is None else f
-            if got is not None and got.full is not None:
-                fulls[got.full].append(got)
-        return [Group(size, tuple(g), full, ()) for full, g in fulls.items() if len(g) >= 2]
+    def _read_window(self, pool: ThreadPoolExecutor, batch: list[_Sized]) -> Iterator[Routed]:
+        """Stage 2: full-hash the window's files in disk order; yield each size group
+        once its reads are done."""
+        jobs = [(on_disk(f), f, s) for s in batch for f in s.todo]
+        jobs.sort(key=lambda j: j[0])
+        running: dict[Future[IndexedFile | None], _Sized] = {}
+        for s in batch:
+            s.left = len(s.todo)
+        for _, f, s in jobs:
+            running[pool.submit(s.reader.read, f, True)] = s
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                s = running.pop(fut)
+                fut.result()
+                s.left -= 1
+                if s.left == 0:
+                    yield self._done(s)
+
+
+def on_disk(f: IndexedFile) -> tuple[int, int, int]:
+    """Sort key: (device, first physical byte, inode); unmapped files sort first."""
+    phys = 0
+    try:
+        fd = os.open(f.path, _RO)
+    except OSError:
+        return (f.dev, phys, f.ino)
+    try:
+        phys = fiemap.first_physical(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return (f.dev, phys, f.ino)
 
 
 class _Reader:
-    """Reads hashes for one size group, turning failures into Problems."""
+    """Reads hashes for one size group, turning failures into Problems. Reads of
+    different files may run in different threads at once."""
 
     def __init__(self, stats: HashStats) -> None:
         self.stats = stats
+        self.lock = threading.Lock()
         self.updates: dict[Key, HashUpdate] = {}
+        self.hashed: dict[Key, IndexedFile] = {}
         self.gone: list[Key] = []
         self.counted: set[Key] = set()
 
     def read(self, f: IndexedFile, full: bool) -> IndexedFile | None:
         """f with its head (and full hash, when asked) filled in; None if unreadable."""
-        got = hash_file(f, full, self.stats, self.counted)
-        if isinstance(got, Problem):
-            if got.reason in ("changed", "vanished"):
-                self.gone.append(f.key)
-            return None
-        head, digest = got
-        self.updates[f.key] = HashUpdate(f.dev, f.ino, head, digest)
-        return with_hashes(f, head, digest)
+        st = HashStats()  # per call: several threads may read for this group
+        with self.lock:
+            first = f.key not in self.counted
+            self.counted.add(f.key)
+        got = hash_file(f, full, st, set() if first else {f.key})
+        with self.lock:
+            self.stats.merge(st)
+            if isinstance(got, Problem):
+                if got.reason in ("changed", "vanished"):
+                    self.gone.append(f.key)
+                return None
+            head, digest = got
+            self.updates[f.key] = HashUpdate(f.dev, f.ino, head, digest)
+            out = self.hashed[f.key] = with_hashes(f, head, digest)
+        return out
 
 
 def hash_file(f: IndexedFile, full: bool, stats: HashStats,

@@ -169,13 +169,10 @@ class ExtentPass(ScanPass):
         yield from self._hash_groups(ix.files_of_sizes(self.store, sizes, self.roots))
 
     def _hash_groups(self, groups: Iterator[list[IndexedFile]]) -> Iterator[Step]:
-        """Head-hash size groups in parallel threads and dedupe what matches in a worker
-        thread, so reading and deduping overlap. With the ioctl backend, groups of equal
-        size and head go to the kernel's byte compare without a full hash first
-        (dedupd.dedup.route); dry runs and duperemove get full-hash groups."""
+        """Hash size groups (heads, then whole files in on-disk order: dedupd.dedup.route)
+        and dedupe what matches in a worker thread, so reading and deduping overlap."""
         stab = Stability(self.vol.settle_seconds, self.vol.max_backoff_hours * 3600)
-        kernel = self.deduper.backend == "ioctl" and not self.dry
-        router = Router(stab, self.hash_stats, kernel_verify=kernel)
+        router = Router(stab, self.hash_stats)
         writer = HashWriter(self.store)
         self.worker = DedupeWorker(self.deduper)
         try:
@@ -187,7 +184,7 @@ class ExtentPass(ScanPass):
                     self.pending.add(res.size)  # unsettled: look again next pass
                 yield Step("hashing", f"size {res.size}")
                 for g in res.groups:
-                    self.worker.submit(g, prefetch=not self.dry)
+                    self.worker.submit(g)
                     yield Step("deduping", f"{len(g.files)} files of {res.size} bytes")
             writer.flush()
         finally:
@@ -283,6 +280,5 @@ class ExtentPass(ScanPass):
     def _collect(self) -> None:
         for k, v in self.deduper.c.values.items():
             self.c.add(k, v)
-        self.hash_stats.merge(self.deduper.hstats)
         self.actions.extend(self.deduper.actions)
         self.problems.extend(self.deduper.problems)

@@ -52,7 +52,7 @@ def test_dedupe_worker_hands_a_failure_back() -> None:
             raise RuntimeError("kaput")
 
     w = DedupeWorker(Boom())  # type: ignore[arg-type]
-    g = Group(1, (), b"x" * 16, ())
+    g = Group(1, (), b"x" * 16)
     w.submit(g)
     with pytest.raises(RuntimeError, match="kaput"):
         for _ in range(50):  # the failure surfaces at a later submit or at close
