@@ -32,7 +32,8 @@ from dedupd.index.store import HashUpdate, IndexedFile
 from dedupd.scan.events import Problem
 
 Key = tuple[int, int]
-WINDOW_BYTES = 512 * 1024 * 1024  # file bytes read per window, in disk order
+READERS = 4  # threads reading files (several reads in flight keep the device busy)
+WINDOW_BYTES = 512 * 1024 * 1024  # file bytes read per window, in disk order (at most)
 _RO = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
 
 
@@ -90,12 +91,12 @@ class Router:
     """Routes size groups (see the module docstring); counters are merged into `stats`
     in the caller's thread. Results come in the order their reads complete."""
 
-    def __init__(self, stability: Stability, stats: HashStats, workers: int = 4,
+    def __init__(self, stability: Stability, stats: HashStats, workers: int | None = None,
                  window: int | None = None, now: Callable[[], float] = time.time) -> None:
         self.stability = stability
         self.stats = stats
-        self.workers = workers
-        self.window = window or WINDOW_BYTES
+        self.workers = workers or READERS
+        self.window = window or window_bytes()
         self.now = now
 
     def route(self, groups: Iterable[list[IndexedFile]]) -> Iterator[Routed]:
@@ -165,6 +166,16 @@ class Router:
                 s.left -= 1
                 if s.left == 0:
                     yield self._done(s)
+
+
+def window_bytes() -> int:
+    """WINDOW_BYTES, or an eighth of the memory when that is less: a window's bytes must
+    still be in the page cache when its groups are deduped."""
+    try:
+        mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return WINDOW_BYTES
+    return max(16 * 1024 * 1024, min(WINDOW_BYTES, mem // 8))
 
 
 def on_disk(f: IndexedFile) -> tuple[int, int, int]:

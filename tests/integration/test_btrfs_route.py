@@ -16,7 +16,7 @@ import xxhash
 
 from dedupd.dedup import route
 from dedupd.index import extents as ix
-from dedupd.index.store import Store
+from dedupd.index.store import IndexedFile, Store
 from tests.fixtures.components import require_tools
 from tests.integration.extent_helpers import (
     BLOCK,
@@ -24,6 +24,7 @@ from tests.integration.extent_helpers import (
     copy_fresh,
     digests,
     run_pass,
+    sync_fs,
     write_random,
 )
 
@@ -126,3 +127,30 @@ def test_groups_of_many_sizes_across_windows(vol: Path, store: Store,
     r = run_pass(store, vol)
     assert r.counters["groups"] == 9 and not r.problems
     assert disk0 - btrfs_data_bytes(vol)[1] == dup
+
+
+def test_whole_files_are_read_in_disk_order(vol: Path, store: Store,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copies written in reverse order lie on disk in reverse order: the second stage
+    reads them by their first block, not by size or name."""
+    for g in range(6):
+        write_random(vol / f"o{g}.jpg", (40 + g) * BLOCK, 300 + g)  # > WHOLE_READ
+    for g in reversed(range(6)):
+        copy_fresh(vol / f"o{g}.jpg", vol / f"c{g}.jpg")
+    order: list[tuple[int, int, int]] = []
+    real = route.hash_file
+
+    def spy(f: IndexedFile, full: bool, *a: object) -> object:
+        if full:
+            order.append(route.on_disk(f))
+        return real(f, full, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(route, "hash_file", spy)
+    monkeypatch.setattr(route, "WINDOW_BYTES", 1 << 30)
+    monkeypatch.setattr(route, "READERS", 1)  # reads happen in the order they are handed out
+    sync_fs(vol)  # written data gets its disk addresses (delayed allocation)
+    r = run_pass(store, vol, min_size=BLOCK)
+    assert r.counters["hits"] == 6 and len(order) == 12
+    # One window: disk order (size order would read c0 second, not last).
+    assert all(k[1] > 0 for k in order)
+    assert order == sorted(order)
