@@ -33,7 +33,7 @@ from dedupd.scan.events import Problem
 
 Key = tuple[int, int]
 READERS = 4  # threads reading files (several reads in flight keep the device busy)
-WINDOW_BYTES = 512 * 1024 * 1024  # file bytes read per window, in disk order (at most)
+WINDOW_BYTES = 1024 * 1024 * 1024  # file bytes read per window, in disk order (at most)
 _RO = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
 
 
