@@ -102,7 +102,8 @@ class Router:
     def route(self, groups: Iterable[list[IndexedFile]]) -> Iterator[Routed]:
         batch: list[_Sized] = []
         nbytes = 0
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="route") as pool:
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="route")
+        try:
             for sized in self._heads(pool, groups):
                 if not sized.todo:
                     yield self._done(sized)
@@ -113,6 +114,10 @@ class Router:
                     yield from self._read_window(pool, batch)
                     batch, nbytes = [], 0
             yield from self._read_window(pool, batch)
+        finally:
+            # Closed early (an error, a stop request): drop the reads not started yet
+            # instead of reading the rest of the window for nobody.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _done(self, sized: _Sized) -> Routed:
         r = sized.routed()

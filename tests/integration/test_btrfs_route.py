@@ -15,6 +15,7 @@ import pytest
 import xxhash
 
 from dedupd.dedup import route
+from dedupd.hashing import HashStats, Stability
 from dedupd.index import extents as ix
 from dedupd.index.store import IndexedFile, Store
 from tests.fixtures.components import require_tools
@@ -154,3 +155,35 @@ def test_whole_files_are_read_in_disk_order(vol: Path, store: Store,
     # One window: disk order (size order would read c0 second, not last).
     assert all(k[1] > 0 for k in order)
     assert order == sorted(order)
+
+
+def test_closing_early_drops_the_reads_not_started(vol: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    groups = []
+    for g in range(8):
+        write_random(vol / f"o{g}.jpg", (40 + g) * BLOCK, 400 + g)
+        copy_fresh(vol / f"o{g}.jpg", vol / f"c{g}.jpg")
+    sync_fs(vol)
+    for g in range(8):
+        files = []
+        for name in (f"o{g}.jpg", f"c{g}.jpg"):
+            st = os.stat(vol / name)
+            files.append(IndexedFile(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                     st.st_ctime_ns, None, None, 0,
+                                     (os.fsencode(vol / name),)))
+        groups.append(files)
+    reads: list[bytes] = []
+    real = route.hash_file
+
+    def spy(f: IndexedFile, full: bool, *a: object) -> object:
+        if full:
+            reads.append(f.path)
+        return real(f, full, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(route, "hash_file", spy)
+    r = route.Router(Stability(), HashStats(), workers=1, window=1 << 30)
+    it = r.route(groups)
+    first = next(it)  # disk order o0, c0, o1, ...: two reads complete the first group
+    assert len(first.groups) == 1 and len(first.groups[0].files) == 2
+    it.close()
+    assert len(reads) <= 3  # the read in progress may finish; the other 13 never start
