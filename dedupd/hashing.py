@@ -17,6 +17,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import xxhash
 
@@ -34,6 +35,7 @@ _NOATIME = getattr(os, "O_NOATIME", 0)
 
 
 _tls = threading.local()
+_T = TypeVar("_T")
 
 
 def _buffer() -> memoryview:
@@ -43,6 +45,18 @@ def _buffer() -> memoryview:
     if buf is None:
         buf = _tls.buf = memoryview(bytearray(BUF_SIZE))
     return buf
+
+
+def default_workers() -> int:
+    """One hashing thread per CPU, 2 to 4. More threads than CPUs only fight over
+    the GIL when the data is cached (0.55 s against 0.75 s for the same warm
+    groups on 2 CPUs), and on a cold cache WILLNEED prefetching already keeps
+    the disk queue full."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 2
+    return max(2, min(4, cpus))
 
 
 class FileChanged(Exception):
@@ -111,28 +125,30 @@ def _check(fd: int, f: IndexedFile) -> None:
 
 def read_hashes(f: IndexedFile, full: bool, stats: HashStats) -> tuple[int, bytes | None]:
     """Return (head64, full128 or None). Small files get both from one read."""
-    fd = open_checked(f)
+    return hash_open(open_checked(f), f, full, stats)
+
+
+def hash_open(fd: int, f: IndexedFile, full: bool, stats: HashStats
+              ) -> tuple[int, bytes | None]:
+    """read_hashes on a descriptor from open_checked; closes it."""
     try:
         if not full and f.size > HEAD_SIZE:
-            os.posix_fadvise(fd, 0, HEAD_SIZE, os.POSIX_FADV_RANDOM)
             data = os.pread(fd, HEAD_SIZE, 0)
             stats.bytes_read += len(data)
             _check(fd, f)
             return xxhash.xxh3_64_intdigest(data), None
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         h128 = xxhash.xxh3_128()
         head = None
         mv = _buffer()
         total = 0
-        with open(fd, "rb", buffering=0, closefd=False) as fh:
-            while True:
-                n = fh.readinto(mv)
-                if not n:
-                    break
-                if head is None:
-                    head = xxhash.xxh3_64_intdigest(mv[: min(n, HEAD_SIZE)])
-                h128.update(mv[:n])
-                total += n
+        while True:
+            n = os.readv(fd, (mv,))
+            if not n:
+                break
+            if head is None:
+                head = xxhash.xxh3_64_intdigest(mv[: min(n, HEAD_SIZE)])
+            h128.update(mv[:n])
+            total += n
         stats.bytes_read += total
         if total != f.size:
             raise FileChanged(os.fsdecode(f.path))
@@ -165,11 +181,11 @@ class Hasher:
     """
 
     def __init__(self, stability: Stability, stats: HashStats,
-                 now: Callable[[], float] = time.time, workers: int = 4) -> None:
+                 now: Callable[[], float] = time.time, workers: int = 0) -> None:
         self.stability = stability
         self.stats = stats
         self.now = now
-        self.workers = workers
+        self.workers = workers or default_workers()
 
     def hash_groups(self, groups: Iterable[list[IndexedFile]]
                     ) -> Iterator[tuple[list[IndexedFile], SizeGroupResult]]:
@@ -177,7 +193,13 @@ class Hasher:
         window: deque[tuple[list[IndexedFile], Future[SizeGroupResult]]] = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="hash") as pool:
             for files in groups:
-                window.append((files, pool.submit(self._hash, files)))
+                if all(f.full is not None for f in files):
+                    # nothing to read (a rescan): a thread would only add overhead
+                    done: Future[SizeGroupResult] = Future()
+                    done.set_result(self._hash(files))
+                    window.append((files, done))
+                else:
+                    window.append((files, pool.submit(self._hash, files)))
                 if len(window) >= 2 * self.workers:
                     yield self._done(*window.popleft())
             while window:
@@ -207,48 +229,81 @@ class Hasher:
         small = ready[0].size <= WHOLE_READ
         updates: dict[tuple[int, int], HashUpdate] = {}
         heads: dict[int, list[IndexedFile]] = defaultdict(list)
+        need = [f for f in ready if f.head is None or (small and f.full is None)]
         for f in ready:
-            head = f.head
-            if head is None or (small and f.full is None):
-                got = rd.read(f, full=small)
-                if got is None:
-                    continue
-                head, full = got
-                f = _with(f, head, full)
-                updates[f.key] = HashUpdate(f.dev, f.ino, head, full)
+            if f.head is not None and not (small and f.full is None):
+                heads[f.head].append(f)
+        for f, (head, full) in rd.read_all(need, full=small):
+            f = _with(f, head, full)
+            updates[f.key] = HashUpdate(f.dev, f.ino, head, full)
             heads[head].append(f)
         fulls: dict[bytes, list[IndexedFile]] = defaultdict(list)
+        todo: list[IndexedFile] = []
         for same_head in heads.values():
-            if len(same_head) < 2:
-                continue
-            for f in same_head:
-                full = f.full
-                if full is None:
-                    got = rd.read(f, full=True)
-                    if got is None:
-                        continue
-                    full = got[1]
-                    updates[f.key] = HashUpdate(f.dev, f.ino, got[0], full)
-                assert full is not None
-                fulls[full].append(f)
+            if len(same_head) > 1:
+                for f in same_head:
+                    (todo if f.full is None else fulls[f.full]).append(f)
+        for f, (head, full) in rd.read_all(todo, full=True):
+            assert full is not None
+            updates[f.key] = HashUpdate(f.dev, f.ino, head, full)
+            fulls[full].append(f)
         groups = tuple(tuple(g) for g in fulls.values() if len(g) > 1)
         return SizeGroupResult(tuple(updates.values()), groups, tuple(rd.gone), st)
 
 
 class _GroupReader:
-    """Reads files for one size group, turning failures into Problems."""
+    """Reads files for one size group, turning failures into Problems.
+
+    Opens up to PREFETCH files ahead of the one being read and asks the kernel
+    to start reading them (POSIX_FADV_WILLNEED): on a cold cache the disk then
+    has a queue to work on while this thread hashes, without more threads.
+    """
+
+    PREFETCH = 8
 
     def __init__(self, stats: HashStats) -> None:
         self.stats = stats
         self.gone: list[tuple[int, int]] = []
         self.counted: set[tuple[int, int]] = set()
 
-    def read(self, f: IndexedFile, full: bool) -> tuple[int, bytes | None] | None:
+    def read_all(self, files: list[IndexedFile], full: bool
+                 ) -> Iterator[tuple[IndexedFile, tuple[int, bytes | None]]]:
+        """(file, (head, full or None)) for each file that could be read, in order."""
+        ahead: deque[tuple[IndexedFile, int | None]] = deque()
+        it = iter(files)
+        try:
+            while True:
+                while len(ahead) <= self.PREFETCH:
+                    nxt = next(it, None)
+                    if nxt is None:
+                        break
+                    ahead.append((nxt, self._open(nxt, full)))
+                if not ahead:
+                    return
+                f, fd = ahead.popleft()
+                if fd is None:
+                    continue
+                got = self._guard(f, hash_open, fd, f, full, self.stats)
+                if got is not None:
+                    yield f, got
+        finally:
+            for _, fd in ahead:
+                if fd is not None:
+                    os.close(fd)
+
+    def _open(self, f: IndexedFile, full: bool) -> int | None:
         if f.key not in self.counted:
             self.counted.add(f.key)
             self.stats.files_hashed += 1
+        fd = self._guard(f, open_checked, f)
+        if fd is not None:
+            whole = full or f.size <= HEAD_SIZE
+            os.posix_fadvise(fd, 0, 0 if whole else HEAD_SIZE, os.POSIX_FADV_WILLNEED)
+        return fd
+
+    def _guard(self, f: IndexedFile, work: Callable[..., _T], *args: object) -> _T | None:
         try:
-            return read_hashes(f, full, self.stats)
+            return work(*args)
         except FileChanged:
             self.stats.problems.append(Problem(f.path, "changed", "changed while being read"))
         except FileNotFoundError:

@@ -36,8 +36,13 @@ def human_bytes(n: float) -> str:
 
 
 def print_json(doc: Any) -> None:
-    """One JSON document on stdout. ensure_ascii keeps surrogate escapes (\\udcXX)."""
-    sys.stdout.write(json.dumps(doc, ensure_ascii=True, indent=1) + "\n")
+    """One JSON document on stdout. ensure_ascii keeps surrogate escapes (\\udcXX).
+
+    Indented for a terminal; compact for a pipe, where the C encoder is ten
+    times faster (a report of thousands of groups otherwise takes a quarter second).
+    """
+    indent = 1 if sys.stdout.isatty() else None
+    sys.stdout.write(json.dumps(doc, ensure_ascii=True, indent=indent) + "\n")
 
 
 class Progress:

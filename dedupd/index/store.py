@@ -10,37 +10,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import (
-    Engine,
-    bindparam,
-    create_engine,
-    delete,
-    event,
-    func,
-    select,
-    tuple_,
-    update,
-)
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-
-from dedupd.errors import DedupdError, TemporaryFailure
-from dedupd.index import schema as s
+from dedupd.errors import TemporaryFailure
 from dedupd.index.bulk import Bulk
-from dedupd.index.schema import from_s64, to_s64
+from dedupd.index.db import SCHEMA_VERSION, Db, IndexError_, from_s64, to_s64
 from dedupd.scan.events import FileEvent
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+__all__ = ["IndexError_", "Store", "IndexedFile", "HashUpdate", "RecordResult", "path_key",
+           "make_engine"]
+
+# Statements that take an index from version N to N + 1.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 1 -> 2: the `seen` indexes cost every rescan an index update per file
+    # and served only queries that read the whole scan anyway.
+    1: ("DROP INDEX IF EXISTS ix_inodes_seen_size", "DROP INDEX IF EXISTS ix_paths_seen"),
+}
 BATCH = 1000  # keys per IN (...) query; well under SQLite's variable limit
-
-
-class IndexError_(DedupdError):
-    """The index cannot be opened or queried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +95,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
+    """A SQLAlchemy engine on the index, for the modules written with its Core."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.exc import SQLAlchemyError
+
+    Db(url)  # the same checks (and index directory) as Store's own connection
     url = engine_url(url)
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        where = Path(url[len("sqlite:///") :]).parent
-        try:
-            where.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise IndexError_(f"cannot create the index directory {where}: {e.strerror}") from None
     try:
         engine = create_engine(url, future=True)
     except (SQLAlchemyError, ImportError, ValueError) as e:
@@ -118,23 +111,41 @@ def make_engine(url: str) -> Engine:
 
 
 class Store:
-    """The index. Thread-safe as far as the engine's pool is (one Store per process)."""
+    """The index. Thread-safe: each thread gets its own connection (see db.py)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = make_engine(url)
-        self.dialect = self.engine.dialect.name
-        self.bulk = Bulk(self.dialect)
+        self.db = Db(url)
+        self.dialect = self.db.dialect
+        self.bulk = Bulk(self.db)
+        self._engine: Engine | None = None
         try:
-            s.metadata.create_all(self.engine)
-            self._set_meta_default("schema_version", str(s.SCHEMA_VERSION))
-        except OperationalError as e:
-            raise TemporaryFailure(f"index {url}: cannot open: {e.orig}") from None
-        except SQLAlchemyError as e:
+            if self.db.missing_tables():
+                self._create_tables()
+            self._upgrade()
+        except sqlite3.OperationalError as e:
+            raise TemporaryFailure(f"index {url}: cannot open: {e}") from None
+        except sqlite3.Error as e:
             raise IndexError_(f"index {url}: {e}") from None
 
+    def _create_tables(self) -> None:
+        from dedupd.index.ddl import SCHEMA_DDL
+
+        with self.db.tx() as cur:
+            for stmt in SCHEMA_DDL[self.dialect]:
+                cur.execute(stmt)
+
+    @property
+    def engine(self) -> Engine:
+        """SQLAlchemy engine on the same database, made (and imported) on first use."""
+        if self._engine is None:
+            self._engine = make_engine(self.url)
+        return self._engine
+
     def close(self) -> None:
-        self.engine.dispose()
+        self.db.close()
+        if self._engine is not None:
+            self._engine.dispose()
 
     def _insert(self, table: Any) -> Any:
         # imported here: loading the PostgreSQL dialect costs ~0.1 s of every start
@@ -149,27 +160,42 @@ class Store:
     # --- meta: small key/value state (per-volume generations, timestamps) ---
 
     def get_meta(self, key: str) -> str | None:
-        with self.engine.connect() as c:
-            return c.execute(select(s.meta.c.value).where(s.meta.c.key == key)).scalar()
+        rows = self.db.rows(f"SELECT value FROM meta WHERE key = {self.db.p}", (key,))
+        return str(rows[0][0]) if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
-        ins = self._insert(s.meta).values(key=key, value=value)
-        with self.engine.begin() as c:
-            c.execute(ins.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
+        p = self.db.p
+        with self.db.tx() as cur:
+            cur.execute(f"INSERT INTO meta (key, value) VALUES ({p}, {p}) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
-    def _set_meta_default(self, key: str, value: str) -> None:
-        with self.engine.begin() as c:
-            c.execute(self._insert(s.meta).values(key=key, value=value).on_conflict_do_nothing())
+    def _upgrade(self) -> None:
+        """Bring an index written by an older dedupd to SCHEMA_VERSION."""
+        p = self.db.p
+        found = self.get_meta("schema_version")
+        if found == str(SCHEMA_VERSION):
+            return
+        if found is not None and (not found.isdigit() or int(found) > SCHEMA_VERSION):
+            raise IndexError_(f"index {self.url} has schema version {found}; this dedupd "
+                              f"knows up to {SCHEMA_VERSION} (upgrade dedupd, or use "
+                              "another --db)")
+        with self.db.tx() as cur:
+            for version in range(int(found or SCHEMA_VERSION), SCHEMA_VERSION):
+                for stmt in MIGRATIONS.get(version, ()):
+                    cur.execute(stmt)
+            cur.execute(f"INSERT INTO meta (key, value) VALUES ({p}, {p}) ON CONFLICT (key) "
+                        "DO UPDATE SET value = excluded.value",
+                        ("schema_version", str(SCHEMA_VERSION)))
 
     # --- scans ---
 
     def begin_scan(self, roots: Sequence[bytes]) -> int:
         doc = json.dumps([os.fsdecode(r) for r in roots])
-        with self.engine.begin() as c:
-            res = c.execute(s.scans.insert().values(started=time.time(), roots=doc))
-            pk = res.inserted_primary_key
-            assert pk is not None
-            return int(pk[0])
+        p = self.db.p
+        with self.db.tx() as cur:
+            cur.execute(f"INSERT INTO scans (started, roots) VALUES ({p}, {p}) RETURNING id",
+                        (time.time(), doc))
+            return int(cur.fetchone()[0])
 
     def record(self, scan_id: int, events: Sequence[FileEvent]) -> RecordResult:
         """Upsert one batch of walk results; unchanged inodes keep their hashes.
@@ -183,7 +209,7 @@ class Store:
         new = changed = 0
         upserts: list[tuple[Any, ...]] = []
         touched: dict[int, list[int]] = defaultdict(list)
-        with self.engine.begin() as c:
+        with self.db.tx() as c:
             # One lookup answers the common (rescan) case: the path is known, still
             # names the same inode, and that inode's stat is on the same row.
             known: dict[bytes, tuple[int, int]] = {}
@@ -229,43 +255,40 @@ class Store:
         """
         prefixes = [r.rstrip(b"/") + b"/" for r in roots]
         gone: list[bytes] = []
-        p = s.paths.c
-        with self.engine.connect() as c:
-            q = select(p.path_key, p.path).where(p.seen < scan_id)
-            for key, path in c.execution_options(yield_per=5000).execute(q):
-                if any(path.startswith(x) or path + b"/" == x for x in prefixes):
-                    gone.append(key)
-        with self.engine.begin() as c:
+        for key, path in self.db.rows(f"SELECT path_key, path FROM paths "
+                                      f"WHERE seen < {self.db.p}", (scan_id,)):
+            path = bytes(path)
+            if any(path.startswith(x) or path + b"/" == x for x in prefixes):
+                gone.append(bytes(key))
+        p = self.db.p
+        with self.db.tx() as cur:
             for part in _chunks(gone, BATCH):
-                c.execute(delete(s.paths).where(p.path_key.in_(part)))
-            self._drop_orphans(c)
-            c.execute(update(s.scans).where(s.scans.c.id == scan_id)
-                      .values(finished=time.time()))
+                cur.execute(f"DELETE FROM paths WHERE path_key IN ({self.db.marks(len(part))})",
+                            part)
+            self._drop_orphans(cur)
+            cur.execute(f"UPDATE scans SET finished = {p} WHERE id = {p}", (time.time(), scan_id))
         return len(gone)
 
-    def _drop_orphans(self, c: Any) -> None:
-        i, p = s.inodes.c, s.paths.c
-        has_path = select(p.dev).where(p.dev == i.dev, p.ino == i.ino).exists()
-        c.execute(delete(s.inodes).where(~has_path))
+    def _drop_orphans(self, cur: Any) -> None:
+        cur.execute("DELETE FROM inodes WHERE NOT EXISTS (SELECT 1 FROM paths p "
+                    "WHERE p.dev = inodes.dev AND p.ino = inodes.ino)")
 
     def forget(self, keys: Iterable[tuple[int, int]]) -> None:
         """Remove inodes (and their paths) that turned out to be gone."""
         ks = [(to_s64(d), to_s64(n)) for d, n in keys]
-        with self.engine.begin() as c:
-            for part in _chunks(ks, BATCH):
-                c.execute(delete(s.paths).where(tuple_(s.paths.c.dev, s.paths.c.ino).in_(part)))
-                c.execute(delete(s.inodes).where(tuple_(s.inodes.c.dev, s.inodes.c.ino)
-                                                 .in_(part)))
+        p = self.db.p
+        with self.db.tx() as cur:
+            for table in ("paths", "inodes"):
+                cur.executemany(f"DELETE FROM {table} WHERE dev = {p} AND ino = {p}", ks)
 
     # --- candidates and hashes ---
 
     def candidate_sizes(self, scan_id: int, min_size: int) -> list[int]:
         """Sizes shared by 2+ distinct inodes seen in this scan, ascending."""
-        t = s.inodes.c
-        q = (select(t.size).where(t.seen == scan_id, t.size >= max(min_size, 1))
-             .group_by(t.size).having(func.count() > 1).order_by(t.size))
-        with self.engine.connect() as c:
-            return [r[0] for r in c.execute(q)]
+        p = self.db.p
+        return [int(r[0]) for r in self.db.rows(
+            f"SELECT size FROM inodes WHERE seen = {p} AND size >= {p} "
+            "GROUP BY size HAVING count(*) > 1 ORDER BY size", (scan_id, max(min_size, 1)))]
 
     def files_of_sizes(self, scan_id: int, sizes: Sequence[int]) -> Iterator[list[IndexedFile]]:
         """Yield one list per size (ascending): the inodes of that size seen in this scan.
@@ -274,27 +297,30 @@ class Store:
         join: SQLite plans the join as a walk over every path of the scan per
         call, which turns a scan quadratic in its number of files.
         """
-        i = s.inodes.c
+        p = self.db.p
         for part in _chunks(sorted(sizes), 1000):
-            q = (select(i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns, i.head, i.full, i.unstable)
-                 .where(i.seen == scan_id, i.size.in_(part))
-                 .order_by(i.size, i.dev, i.ino))
-            with self.engine.connect() as c:
-                rows = c.execute(q).all()
-                names = self._paths_of(c, scan_id, [(r[0], r[1]) for r in rows])
+            rows = self.db.rows(
+                'SELECT dev, ino, size, mtime_ns, ctime_ns, head, "full", unstable FROM inodes '
+                f"WHERE seen = {p} AND size IN ({self.db.marks(len(part))}) "
+                "ORDER BY size, dev, ino", (scan_id, *part))
+            names = self._paths_of(scan_id, [(r[0], r[1]) for r in rows])
             yield from _group_rows(rows, names)
 
-    def _paths_of(self, c: Any, scan_id: int, keys: list[tuple[int, int]]
+    def _paths_of(self, scan_id: int, keys: list[tuple[int, int]]
                   ) -> dict[tuple[int, int], list[bytes]]:
         """Paths seen in this scan for the given (signed) inode keys, sorted per inode."""
         by_dev: dict[int, list[int]] = defaultdict(list)
         for d, n in keys:
             by_dev[d].append(n)
         out: dict[tuple[int, int], list[bytes]] = defaultdict(list)
-        for d, inos in by_dev.items():
-            for part in _chunks(inos, BATCH):
-                for ino, path in self.bulk.paths_of_inodes(c, scan_id, d, part):
-                    out[(d, ino)].append(path)
+        cur = self.db.conn().cursor()
+        try:
+            for d, inos in by_dev.items():
+                for part in _chunks(inos, BATCH):
+                    for ino, path in self.bulk.paths_of_inodes(cur, scan_id, d, part):
+                        out[(d, ino)].append(path)
+        finally:
+            cur.close()
         for v in out.values():
             v.sort()
         return out
@@ -314,20 +340,18 @@ class Store:
         let the WAL grow with every hash written. Memory holds one page of about
         rows_per_query rows (or one larger size group).
         """
-        i = s.inodes.c
+        p = self.db.p
         last = min_size - 1
         while True:
-            q = (select(i.size, func.count()).where(i.seen == scan_id, i.size > last)
-                 .group_by(i.size).order_by(i.size).limit(1000))
-            if min_count > 1:
-                q = q.having(func.count() >= min_count)
-            with self.engine.connect() as c:
-                counts = c.execute(q).all()
+            counts = self.db.rows(
+                f"SELECT size, count(*) FROM inodes WHERE seen = {p} AND size > {p} "
+                f"GROUP BY size HAVING count(*) >= {p} ORDER BY size LIMIT 1000",
+                (scan_id, last, max(min_count, 1)))
             if not counts:
                 return
             page, n = [], 0
             for size, count in counts:
-                page.append(size)
+                page.append(int(size))
                 n += count
                 if n >= rows_per_query:
                     break
@@ -337,21 +361,16 @@ class Store:
     def save_hashes(self, updates: Sequence[HashUpdate]) -> None:
         if not updates:
             return
-        rows = [{"d": to_s64(u.dev), "i": to_s64(u.ino),
-                 "h": None if u.head is None else to_s64(u.head), "f": u.full}
-                for u in updates]
-        t = s.inodes.c
-        with self.engine.begin() as c:
-            c.execute(update(s.inodes).where(t.dev == _bp("d"), t.ino == _bp("i"))
-                      .values(head=_bp("h"), full=_bp("f"), unstable=0), rows)
+        rows = [(None if u.head is None else to_s64(u.head), u.full, to_s64(u.dev),
+                 to_s64(u.ino)) for u in updates]
+        with self.db.tx() as cur:
+            self.bulk.save_hashes(cur, rows)
 
     def counts(self) -> dict[str, int]:
-        with self.engine.connect() as c:
-            n_inodes = c.execute(select(func.count()).select_from(s.inodes)).scalar() or 0
-            n_paths = c.execute(select(func.count()).select_from(s.paths)).scalar() or 0
-            hashed = c.execute(select(func.count()).select_from(s.inodes)
-                               .where(s.inodes.c.full.is_not(None))).scalar() or 0
-        return {"inodes": n_inodes, "paths": n_paths, "hashed": hashed}
+        one = self.db.rows
+        return {"inodes": int(one("SELECT count(*) FROM inodes")[0][0]),
+                "paths": int(one("SELECT count(*) FROM paths")[0][0]),
+                "hashed": int(one('SELECT count(*) FROM inodes WHERE "full" IS NOT NULL')[0][0])}
 
 
 def _inode_row(k: tuple[int, int], e: FileEvent, scan_id: int, now: float,
@@ -378,10 +397,6 @@ def _group_rows(rows: Iterable[Any], names: dict[tuple[int, int], list[bytes]]
                                  tuple(paths)))
     if group:
         yield group
-
-
-def _bp(name: str) -> Any:
-    return bindparam(name)
 
 
 def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:

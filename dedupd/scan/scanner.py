@@ -8,6 +8,8 @@ one size group at a time.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -88,12 +90,12 @@ def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
     scan_id = store.begin_scan(norm)
     wstats = WalkStats()
     wopts = WalkOptions(opts.min_size, opts.exclude, opts.cross_mounts)
-    new = changed = unchanged = 0
-    for batch in batches(walk(norm, wopts, wstats), RECORD_BATCH):
-        r = store.record(scan_id, batch)
-        new, changed, unchanged = new + r.new, changed + r.changed, unchanged + r.unchanged
-        if progress:
-            progress("walk", wstats.files_seen, 0)
+    with Recorder(store, scan_id) as rec:
+        for batch in batches(walk(norm, wopts, wstats), RECORD_BATCH):
+            rec.put(batch)
+            if progress:
+                progress("walk", wstats.files_seen, 0)
+    new, changed, unchanged = rec.new, rec.changed, rec.unchanged
     forgotten = store.finish_scan(scan_id, norm)
     hstats = HashStats()
     groups = find_groups(store, scan_id, opts, hstats, progress)
@@ -120,6 +122,52 @@ def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
     }
     problems = tuple(wstats.problems + hstats.problems)
     return ScanReport(scan_id, tuple(norm), groups, stats, problems)
+
+
+class Recorder:
+    """Records walk batches in a thread of its own, so that the index's work
+    (SQLite and psycopg release the GIL) overlaps the walk's system calls.
+
+    At most two batches wait in the queue; an error in the writer is raised
+    again in the walking thread (at the next put or at exit).
+    """
+
+    def __init__(self, store: Store, scan_id: int) -> None:
+        self.store, self.scan_id = store, scan_id
+        self.new = self.changed = self.unchanged = 0
+        self.queue: queue.Queue[list[FileEvent] | None] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="record", daemon=True)
+
+    def __enter__(self) -> Recorder:
+        self.thread.start()
+        return self
+
+    def put(self, batch: list[FileEvent]) -> None:
+        self._raise()
+        self.queue.put(batch)
+
+    def __exit__(self, *exc: object) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if exc[0] is None:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain, so that put() never blocks on a dead writer
+            try:
+                r = self.store.record(self.scan_id, batch)
+            except BaseException as e:  # handed to the walking thread
+                self.error = e
+                continue
+            self.new, self.changed = self.new + r.new, self.changed + r.changed
+            self.unchanged += r.unchanged
 
 
 class HashWriter:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,32 @@ def test_bulk_tree_matches_jdupes(tmp_path: Path) -> None:
     assert ours == jdupes_groups(tree.root)
     assert tree.truth() <= ours  # every planted group found (random small files may add more)
     assert len(ours) >= 100
+
+
+def test_an_index_failure_mid_walk_stops_the_scan_cleanly(tmp_path: Path) -> None:
+    # The walk's batches are recorded in a thread of their own: its error must
+    # reach the caller (not hang the walk, not be lost), and no thread may stay.
+    import threading
+
+    from dedupd.index.store import RecordResult
+    from dedupd.scan import scanner
+    from dedupd.scan.events import FileEvent
+
+    class Failing(Store):
+        calls = 0
+
+        def record(self, scan_id: int, events: Sequence[FileEvent]) -> RecordResult:
+            Failing.calls += 1
+            if Failing.calls == 2:
+                raise OSError(28, "No space left on device")
+            return super().record(scan_id, events)
+
+    for i in range(5 * scanner.RECORD_BATCH):
+        d = tmp_path / "t" / f"d{i % 50}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}").write_bytes(b"x")
+    before = threading.active_count()
+    with pytest.raises(OSError, match="No space left"):
+        scan(Failing(db(tmp_path)), [str(tmp_path / "t")], ScanOptions())
+    assert threading.active_count() == before
+    assert Failing.calls >= 2

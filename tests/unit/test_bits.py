@@ -11,7 +11,7 @@ import pytest
 
 from dedupd import log, proc
 from dedupd.commands.common import parse_size
-from dedupd.index.schema import from_s64, to_s64
+from dedupd.index.db import from_s64, to_s64
 from dedupd.output import show_path
 from dedupd.scan.walk import _unescape_mount, normalize_roots
 

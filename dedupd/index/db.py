@@ -1,0 +1,159 @@
+"""The index's plain DB-API connection: what Store's queries run on.
+
+SQLAlchemy costs about 0.25 s to import, more than a whole unchanged rescan of
+thousands of files should take, so Store speaks plain SQL (the common subset of
+SQLite >= 3.24 and PostgreSQL; only the placeholder differs) through sqlite3 or
+psycopg. SQLAlchemy is loaded only when tables must be created and by the
+modules written with its Core (extents, provenance, backups, the journal).
+
+One connection per thread, re-opened in a forked child (a connection must not
+cross fork). Connections are in autocommit mode; tx() brackets writes, and on
+SQLite takes the write lock up front (BEGIN IMMEDIATE) so that a read-then-write
+transaction waits for a busy writer instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dedupd.errors import DedupdError, TemporaryFailure
+
+# Every table of schema.py (a test keeps the two equal): all present means
+# there is nothing to create and SQLAlchemy need not be loaded.
+TABLES = ("meta", "scans", "inodes", "paths", "provenance", "ops", "backups",
+          "extent_done", "extent_refs")
+BUSY_TIMEOUT_MS = 30000
+SCHEMA_VERSION = 2
+
+
+class IndexError_(DedupdError):
+    """The index cannot be opened or queried."""
+
+
+def to_s64(x: int) -> int:
+    return x - (1 << 64) if x >= (1 << 63) else x
+
+
+def from_s64(x: int) -> int:
+    return x + (1 << 64) if x < 0 else x
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a sqlite:/// URL; None for other databases."""
+    if not url.startswith("sqlite:"):
+        return None
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    if not path or path.startswith(":memory:"):
+        # Store and the Core-written modules hold separate connections: an
+        # in-memory database would be a different one for each.
+        raise IndexError_(f"cannot use database URL {url!r}: the index must be a file "
+                          "(sqlite:///PATH)")
+    return path
+
+
+class Db:
+    """DB-API connections to one index database, one per thread and process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        path = sqlite_path(url)
+        if path is None and not url.startswith(("postgresql://", "postgresql+psycopg://")):
+            raise IndexError_(f"cannot use database URL {url!r}: expected sqlite:///FILE "
+                              "or postgresql://...")
+        self.sqlite = path
+        self.dialect = "sqlite" if path is not None else "postgresql"
+        self.p = "?" if path is not None else "%s"  # the driver's placeholder
+        self._local = threading.local()
+        self._inherited: list[Any] = []
+        if path is not None:
+            where = Path(path).parent
+            try:
+                where.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise IndexError_(f"cannot create the index directory {where}: "
+                                  f"{e.strerror}") from None
+
+    def conn(self) -> Any:
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            if self._local.pid == os.getpid():
+                return c
+            # Inherited across fork: never used nor closed here (SQLite forbids
+            # both), only kept from being garbage-collected, which closes it.
+            self._inherited.append(c)
+        c = self._connect()
+        self._local.conn, self._local.pid = c, os.getpid()
+        return c
+
+    def _connect(self) -> Any:
+        try:
+            if self.sqlite is not None:
+                c = sqlite3.connect(self.sqlite, isolation_level=None,
+                                    check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+                c.execute("PRAGMA journal_mode=WAL")
+                c.execute("PRAGMA synchronous=NORMAL")
+                c.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                # Checkpoint every 32 MiB of WAL, not 4: each checkpoint syncs the
+                # database file, and a scan rewrites the same index pages many times.
+                c.execute("PRAGMA wal_autocheckpoint=8192")
+                return c
+            import psycopg
+
+            url = self.url.replace("postgresql+psycopg://", "postgresql://", 1)
+            return psycopg.connect(url, autocommit=True)
+        except sqlite3.OperationalError as e:
+            raise TemporaryFailure(f"index {self.url}: cannot open: {e}") from None
+        except Exception as e:
+            if type(e).__module__.startswith("psycopg"):
+                raise TemporaryFailure(f"index {self.url}: cannot open: {e}") from None
+            raise
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        c = getattr(self._local, "conn", None)
+        if c is not None and self._local.pid == os.getpid():
+            c.close()
+        self._local.conn = None
+
+    @contextmanager
+    def tx(self) -> Iterator[Any]:
+        """A cursor inside one transaction: committed on success, rolled back on error."""
+        c = self.conn()
+        cur = c.cursor()
+        cur.execute("BEGIN IMMEDIATE" if self.sqlite is not None else "BEGIN")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        else:
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one read (autocommit: no transaction stays open)."""
+        cur = self.conn().cursor()
+        try:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+        finally:
+            cur.close()
+
+    def marks(self, n: int) -> str:
+        """n placeholders, comma-separated, for IN (...) and VALUES (...)."""
+        return ",".join([self.p] * n)
+
+    def missing_tables(self) -> list[str]:
+        if self.sqlite is not None:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        else:
+            sql = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        have = {r[0] for r in self.rows(sql)}
+        return [t for t in TABLES if t not in have]
