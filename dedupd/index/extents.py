@@ -159,11 +159,8 @@ def group_state(store: Store, size: int, full: bytes, keys: Iterable[Key]
 
 def has_group_state(store: Store) -> bool:
     """Whether any reference or done mark is stored (none on a volume's first pass)."""
-    with store.engine.connect() as c:
-        for t in (s.extent_refs, s.extent_done):
-            if c.execute(select(t.c.dev).limit(1)).first() is not None:
-                return True
-    return False
+    return any(store.db.rows(f"SELECT 1 FROM {t} LIMIT 1")
+               for t in ("extent_refs", "extent_done"))
 
 
 def reset_done_before(store: Store, when: float) -> int:
