@@ -61,3 +61,17 @@ def test_dedupe_worker_hands_a_failure_back() -> None:
         w.close()
     w.close()
     assert Boom.calls == 1
+
+
+def test_an_extent_pass_loads_no_other_kind() -> None:
+    """run --once on btrfs/xfs imports neither the hardlink kinds nor SQLAlchemy."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dedupd.volumes import _load_kind; "
+            "assert _load_kind('xfs') is _load_kind('btrfs') is not None; "
+            "print(sorted(m for m in ('sqlalchemy', 'dedupd.dedup.hardlink', "
+            "'dedupd.volumes.plain') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
