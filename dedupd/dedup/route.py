@@ -21,9 +21,9 @@ import errno
 import os
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from dedupd.dedup import fiemap
@@ -32,6 +32,7 @@ from dedupd.index.store import HashUpdate, IndexedFile
 from dedupd.scan.events import Problem
 
 Key = tuple[int, int]
+HEAD_BATCH = 4096  # head reads per batch, in inode order
 READERS = 4  # threads reading files (several reads in flight keep the device busy)
 WINDOW_BYTES = 1024 * 1024 * 1024  # file bytes read per window, in disk order (at most)
 _RO = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
@@ -64,10 +65,27 @@ class _Sized:
     """A size group between the stages: files by head, the reads still outstanding."""
 
     size: int
-    heads: dict[int, list[IndexedFile]]
+    ready: list[IndexedFile]  # settled members
     reader: _Reader
-    todo: list[IndexedFile]  # need a full hash (stage 2)
-    left: int = 0
+    reads: list[IndexedFile] = field(default_factory=list)  # need a head (stage 1)
+    heads: dict[int, list[IndexedFile]] = field(default_factory=dict)
+    todo: list[IndexedFile] = field(default_factory=list)  # need a full hash (stage 2)
+    left: int = 0  # reads of the current stage not done yet
+
+    @property
+    def small(self) -> bool:
+        return self.size <= WHOLE_READ
+
+    def split_heads(self) -> None:
+        """After stage 1: members by head, and the files stage 2 must read whole."""
+        heads: dict[int, list[IndexedFile]] = defaultdict(list)
+        for f in self.ready:
+            f = self.reader.hashed.get(f.key, f)
+            if f.head is not None and f.key not in self.reader.gone_keys:
+                heads[f.head].append(f)
+        self.heads = heads
+        self.todo = [f for same in heads.values() if len(same) >= 2
+                     for f in same if f.full is None]
 
     def routed(self) -> Routed:
         rd = self.reader
@@ -126,43 +144,43 @@ class Router:
 
     def _heads(self, pool: ThreadPoolExecutor, groups: Iterable[list[IndexedFile]]
                ) -> Iterator[_Sized]:
-        """Stage 1 over groups, in order, at most 2*workers groups in flight."""
-        window: deque[Future[_Sized]] = deque()
+        """Stage 1 over batches of about HEAD_BATCH files needing a head read."""
+        batch: list[_Sized] = []
+        n = 0
         for files in groups:
-            window.append(pool.submit(self.head_stage, files))
-            if len(window) >= 2 * self.workers:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+            batch.append(self._prepare(files))
+            n += len(batch[-1].reads)
+            if n >= HEAD_BATCH:
+                yield from self._read_heads(pool, batch)
+                batch, n = [], 0
+        yield from self._read_heads(pool, batch)
 
-    def head_stage(self, files: list[IndexedFile]) -> _Sized:
-        """Head hashes of one size group; thread-safe (counters in its own reader)."""
+    def _prepare(self, files: list[IndexedFile]) -> _Sized:
         rd = _Reader(HashStats())
         ready = [f for f in files if self.stability.ready(f, self.now())]
         rd.stats.pending = len(files) - len(ready)
-        size = files[0].size if files else 0
-        heads: dict[int, list[IndexedFile]] = defaultdict(list)
+        s = _Sized(files[0].size if files else 0, ready, rd)
         if len(ready) >= 2:
-            small = size <= WHOLE_READ
-            for f in ready:
-                got: IndexedFile | None = f
-                if f.head is None or (small and f.full is None):
-                    got = rd.read(f, full=small)
-                if got is not None and got.head is not None:
-                    heads[got.head].append(got)
-        todo = [f for same in heads.values() if len(same) >= 2 for f in same if f.full is None]
-        return _Sized(size, heads, rd, todo)
+            s.reads = [f for f in ready if f.head is None or (s.small and f.full is None)]
+        return s
 
-    def _read_window(self, pool: ThreadPoolExecutor, batch: list[_Sized]) -> Iterator[Routed]:
-        """Stage 2: full-hash the window's files in disk order; yield each size group
-        once its reads are done."""
-        jobs = [(on_disk(f), f, s) for s in batch for f in s.todo]
-        jobs.sort(key=lambda j: j[0])
-        running: dict[Future[IndexedFile | None], _Sized] = {}
+    def _read_heads(self, pool: ThreadPoolExecutor, batch: list[_Sized]) -> Iterator[_Sized]:
+        """Read the batch's heads in inode order (files written one after the other lie
+        on disk in about that order too; stage 2 asks FIEMAP for the big reads)."""
+        jobs = sorted(((f.dev, f.ino, f, s) for s in batch for f in s.reads),
+                      key=lambda j: (j[0], j[1]))
         for s in batch:
-            s.left = len(s.todo)
-        for _, f, s in jobs:
-            running[pool.submit(s.reader.read, f, True)] = s
+            s.left = len(s.reads)
+            if not s.left:
+                s.split_heads()
+                yield s
+        yield from self._run(pool, [(f, s, s.small) for _, _, f, s in jobs], _Sized.split_heads)
+
+    def _run(self, pool: ThreadPoolExecutor, jobs: list[tuple[IndexedFile, _Sized, bool]],
+             finish: Callable[[_Sized], None]) -> Iterator[_Sized]:
+        """Submit the reads in the order given; yield each size group (after finish)
+        as soon as its last read is done."""
+        running = {pool.submit(s.reader.read, f, full): s for f, s, full in jobs}
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
@@ -170,7 +188,18 @@ class Router:
                 fut.result()
                 s.left -= 1
                 if s.left == 0:
-                    yield self._done(s)
+                    finish(s)
+                    yield s
+
+    def _read_window(self, pool: ThreadPoolExecutor, batch: list[_Sized]) -> Iterator[Routed]:
+        """Stage 2: full-hash the window's files in disk order; yield each size group
+        once its reads are done."""
+        jobs = [(on_disk(f), f, s) for s in batch for f in s.todo]
+        jobs.sort(key=lambda j: j[0])
+        for s in batch:
+            s.left = len(s.todo)
+        for s in self._run(pool, [(f, s, True) for _, f, s in jobs], lambda s: None):
+            yield self._done(s)
 
 
 def window_bytes() -> int:
@@ -209,6 +238,7 @@ class _Reader:
         self.updates: dict[Key, HashUpdate] = {}
         self.hashed: dict[Key, IndexedFile] = {}
         self.gone: list[Key] = []
+        self.gone_keys: set[Key] = set()  # unreadable now: in no group
         self.counted: set[Key] = set()
 
     def read(self, f: IndexedFile, full: bool) -> IndexedFile | None:
@@ -221,6 +251,7 @@ class _Reader:
         with self.lock:
             self.stats.merge(st)
             if isinstance(got, Problem):
+                self.gone_keys.add(f.key)
                 if got.reason in ("changed", "vanished"):
                     self.gone.append(f.key)
                 return None

@@ -192,3 +192,25 @@ def test_closing_early_drops_the_reads_not_started(vol: Path,
     threading.Timer(0.2, gate.set).start()
     it.close()
     assert len(reads) in (2, 3)  # one in progress may finish; the other 13 never start
+
+
+def test_heads_are_read_in_inode_order_across_size_groups(vol: Path, store: Store,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Small files (read whole in the first stage) written largest first: the reads
+    follow the inode numbers, not the sizes the index hands the groups out by."""
+    for g in reversed(range(6)):
+        write_random(vol / f"s{g}.jpg", (4 + g) * BLOCK, 500 + g)
+        copy_fresh(vol / f"s{g}.jpg", vol / f"t{g}.jpg")
+    inos: list[int] = []
+    real = route.hash_file
+
+    def spy(f: IndexedFile, full: bool, *a: object) -> object:
+        inos.append(f.ino)
+        return real(f, full, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(route, "hash_file", spy)
+    monkeypatch.setattr(route, "READERS", 1)
+    r = run_pass(store, vol, min_size=BLOCK)
+    assert r.counters["hits"] == 6 and len(inos) == 12
+    assert inos == sorted(inos)
