@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from dedupd.dedup import fiemap
@@ -180,16 +181,20 @@ class Router:
              finish: Callable[[_Sized], None]) -> Iterator[_Sized]:
         """Submit the reads in the order given; yield each size group (after finish)
         as soon as its last read is done."""
-        running = {pool.submit(s.reader.read, f, full): s for f, s, full in jobs}
-        while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                s = running.pop(fut)
-                fut.result()
-                s.left -= 1
-                if s.left == 0:
-                    finish(s)
-                    yield s
+        # Completions arrive on a queue: wait() over thousands of futures costs
+        # time linear in their number at every call.
+        done: queue.SimpleQueue[tuple[Future[IndexedFile | None], _Sized]] = (
+            queue.SimpleQueue())
+        for f, s, full in jobs:
+            fut = pool.submit(s.reader.read, f, full)
+            fut.add_done_callback(lambda fu, s=s: done.put((fu, s)))  # type: ignore[misc]
+        for _ in range(len(jobs)):
+            fut, s = done.get()
+            fut.result()
+            s.left -= 1
+            if s.left == 0:
+                finish(s)
+                yield s
 
     def _read_window(self, pool: ThreadPoolExecutor, batch: list[_Sized]) -> Iterator[Routed]:
         """Stage 2: full-hash the window's files in disk order; yield each size group
