@@ -24,7 +24,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from dedupd.dedup import fiemap
@@ -33,6 +33,7 @@ from dedupd.index.store import HashUpdate, IndexedFile
 from dedupd.scan.events import Problem
 
 Key = tuple[int, int]
+CHUNK_FILES, CHUNK_BYTES = 16, 1024 * 1024  # reads per task (at most)
 HEAD_BATCH = 4096  # head reads per batch, in inode order
 READERS = 4  # threads reading files (several reads in flight keep the device busy)
 WINDOW_BYTES = 1024 * 1024 * 1024  # file bytes read per window, in disk order (at most)
@@ -179,18 +180,18 @@ class Router:
 
     def _run(self, pool: ThreadPoolExecutor, jobs: list[tuple[IndexedFile, _Sized, bool]],
              finish: Callable[[_Sized], None]) -> Iterator[_Sized]:
-        """Submit the reads in the order given; yield each size group (after finish)
-        as soon as its last read is done."""
+        """Read in the order given, a few small files per task (a task per 12 KiB file
+        costs more than its read); yield each size group (after finish) as soon as its
+        last read is done."""
         # Completions arrive on a queue: wait() over thousands of futures costs
         # time linear in their number at every call.
-        done: queue.SimpleQueue[tuple[Future[IndexedFile | None], _Sized]] = (
-            queue.SimpleQueue())
-        for f, s, full in jobs:
-            fut = pool.submit(s.reader.read, f, full)
-            fut.add_done_callback(lambda fu, s=s: done.put((fu, s)))  # type: ignore[misc]
+        done: queue.SimpleQueue[_Sized | BaseException] = queue.SimpleQueue()
+        for chunk in _chunks(jobs):
+            pool.submit(_read_chunk, chunk, done)
         for _ in range(len(jobs)):
-            fut, s = done.get()
-            fut.result()
+            s = done.get()
+            if isinstance(s, BaseException):
+                raise s
             s.left -= 1
             if s.left == 0:
                 finish(s)
@@ -205,6 +206,32 @@ class Router:
             s.left = len(s.todo)
         for s in self._run(pool, [(f, s, True) for _, f, s in jobs], lambda s: None):
             yield self._done(s)
+
+
+def _chunks(jobs: list[tuple[IndexedFile, _Sized, bool]]
+            ) -> Iterator[list[tuple[IndexedFile, _Sized, bool]]]:
+    """Consecutive jobs, up to CHUNK_FILES files and CHUNK_BYTES bytes each."""
+    chunk: list[tuple[IndexedFile, _Sized, bool]] = []
+    nbytes = 0
+    for j in jobs:
+        if chunk and (len(chunk) >= CHUNK_FILES or nbytes + j[0].size > CHUNK_BYTES):
+            yield chunk
+            chunk, nbytes = [], 0
+        chunk.append(j)
+        nbytes += j[0].size
+    if chunk:
+        yield chunk
+
+
+def _read_chunk(chunk: list[tuple[IndexedFile, _Sized, bool]],
+                done: queue.SimpleQueue[_Sized | BaseException]) -> None:
+    for f, s, full in chunk:
+        try:
+            s.reader.read(f, full)
+        except BaseException as e:  # handed to the consuming thread
+            done.put(e)
+            return
+        done.put(s)
 
 
 def window_bytes() -> int:

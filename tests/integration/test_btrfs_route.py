@@ -181,7 +181,7 @@ def test_closing_early_drops_the_reads_not_started(vol: Path,
         if full:
             reads.append(f.path)
             if len(reads) == 3:
-                gate.wait(10)  # the third read is "in progress" when the route is closed
+                gate.wait(10)  # the first task is in progress when the route is closed
         return real(f, full, *a)  # type: ignore[arg-type]
 
     monkeypatch.setattr(route, "hash_file", spy)
@@ -191,7 +191,9 @@ def test_closing_early_drops_the_reads_not_started(vol: Path,
     assert len(first.groups) == 1 and len(first.groups[0].files) == 2
     threading.Timer(0.2, gate.set).start()
     it.close()
-    assert len(reads) in (2, 3)  # one in progress may finish; the other 13 never start
+    # The task in progress (up to CHUNK_BYTES of files: 6 here) finishes; the
+    # 10 other reads never start.
+    assert len(reads) <= 6
 
 
 def test_heads_are_read_in_inode_order_across_size_groups(vol: Path, store: Store,
