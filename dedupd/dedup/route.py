@@ -1,7 +1,8 @@
 """Hash size groups of an extent volume into dedupe groups, reading in on-disk order.
 
-Stage 1, per size group in parallel threads: the head hash (one 4 KiB read;
-small files are read whole, as the foundation's Hasher does). Stage 2: the
+Stage 1: the head hash (one 4 KiB read; small files are read whole, as the
+foundation's Hasher does), by several threads, in batches of size groups read
+in inode order (a few small files per task). Stage 2: the
 files that share a size and a head with another and have no full hash yet are
 collected into windows of about WINDOW_BYTES and read whole by several
 threads in the order of their first block on disk. On a cold cache this is
