@@ -8,6 +8,7 @@ Destinations are passed as open file descriptors (ioctl) or on stdin
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -21,6 +22,11 @@ FIDEDUPERANGE = 0xC0189436  # _IOWR(0x94, 54, struct file_dedupe_range)
 SAME, DIFFERS = 0, 1
 KERNEL_MAX_DESTS = 120  # larger requests may fail with ENOMEM in kmalloc'd arrays
 CHUNK = 16 * 1024 * 1024  # btrfs dedupes at most 16 MiB per call internally
+# The kernel's byte compare reads pages one by one without readahead: on a cold
+# cache that is ~5x slower than reading ahead. Every call's ranges (and the
+# next call's) are handed to readahead first, within this many bytes per call.
+PREFETCH_BUDGET = 256 * 1024 * 1024
+MIN_CALL = 1024 * 1024
 _RANGE = struct.Struct("=QQHHI")  # struct file_dedupe_range (24 bytes)
 _INFO = struct.Struct("=qQQiI")  # struct file_dedupe_range_info (32 bytes)
 
@@ -48,11 +54,17 @@ def dedupe_fds(src_fd: int, size: int, dest_fds: Sequence[int]) -> list[DestResu
     state = {fd: "ok" for fd in dest_fds}
     detail: dict[int, str] = {}
     off = 0
+    # Fewer bytes per call for many destinations, so one call's ranges fit the budget.
+    step = max(MIN_CALL, min(CHUNK, PREFETCH_BUDGET // (len(dest_fds) + 1)))
     while off < size:
         live = [fd for fd in dest_fds if state[fd] == "ok" and done[fd] == off]
         if not live:
             break
-        length = min(CHUNK, size - off)
+        length = min(step, size - off)
+        if off == 0:
+            prefetch([src_fd, *live], 0, length)
+        if off + length < size:  # read the next range while this call compares
+            prefetch([src_fd, *live], off + length, step)
         for fd, st, n in _call(src_fd, off, length, live):
             if st == SAME and n > 0:
                 done[fd] += n
@@ -68,6 +80,14 @@ def dedupe_fds(src_fd: int, size: int, dest_fds: Sequence[int]) -> list[DestResu
         status = state[fd] if state[fd] != "ok" or done[fd] >= size else "error"
         out.append(DestResult(fd, status, done[fd], detail.get(fd, "")))
     return out
+
+
+def prefetch(fds: Sequence[int], offset: int, length: int) -> None:
+    """Start asynchronous readahead of [offset, offset+length) of every fd (a hint:
+    errors are ignored, nothing waits for the data)."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
 
 
 def _call(src_fd: int, off: int, length: int,

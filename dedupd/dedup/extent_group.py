@@ -61,17 +61,26 @@ class ExtentDeduper:
     refs: list[tuple[int, bytes, tuple[int, int]]] = field(default_factory=list)
     done_buf: list[tuple[tuple[int, int], bytes, tuple[int, int], int]] = field(
         default_factory=list)
+    hash_buf: dict[tuple[int, int], HashUpdate] = field(default_factory=dict)
+    _fresh: bool | None = None  # no group state in the index at all (a first pass)
 
     def dedupe_group(self, size: int, files: Sequence[IndexedFile],
-                     full: bytes | None = None) -> None:
+                     full: bytes | None = None, updates: Sequence[HashUpdate] = ()) -> None:
         """Dedupe one group of files with identical content hash `full` (looked up when
-        not given). State writes are buffered: call flush() at the end of the pass."""
+        not given). `updates` are the members' new hashes, written in order with this
+        deduper's own. State writes are buffered: call flush() at the end of the pass."""
+        self._learn(updates)
         full = full or files[0].full or ix.full_hash(self.store, files[0].key)
         if full is None or len(files) < 2:
             return
         opened = self._open_all(files)
         if len(opened) >= 2:
+            self.c.add("groups")
             self._dedupe_opened(size, full, opened)
+
+    def _learn(self, updates: Sequence[HashUpdate]) -> None:
+        for u in updates:
+            self.hash_buf[(u.dev, u.ino)] = u
 
     def _open_all(self, files: Sequence[IndexedFile]) -> dict[tuple[int, int], _Open]:
         out: dict[tuple[int, int], _Open] = {}
@@ -100,13 +109,24 @@ class ExtentDeduper:
             return None
         return self._still_indexed(fd, f)
 
+    def _member(self, k: tuple[int, int], o: _Open, remembered: tuple[int, int] | None,
+                done: dict[tuple[int, int], tuple[bytes, tuple[int, int]]],
+                full: bytes) -> Member:
+        return Member(k, o.file.path, o.file.mtime_ns, self.is_readonly(o.file),
+                      fiemap.any_shared(o.exts),
+                      k in done and done[k][0] == full and done[k][1] == remembered)
+
+    def _group_state(self, size: int, full: bytes, keys: Sequence[tuple[int, int]]
+                     ) -> tuple[tuple[int, int] | None, dict[tuple[int, int],
+                                                          tuple[bytes, tuple[int, int]]]]:
+        if self._fresh is None:  # one query per pass instead of one per group
+            self._fresh = not ix.has_group_state(self.store)
+        return (None, {}) if self._fresh else ix.group_state(self.store, size, full, keys)
+
     def _dedupe_opened(self, size: int, full: bytes,
                        opened: dict[tuple[int, int], _Open]) -> None:
-        remembered, done = ix.group_state(self.store, size, full, opened)
-        members = [Member(k, o.file.path, o.file.mtime_ns, self.is_readonly(o.file),
-                          fiemap.any_shared(o.exts),
-                          k in done and done[k][0] == full and done[k][1] == remembered)
-                   for k, o in opened.items()]
+        remembered, done = self._group_state(size, full, list(opened))
+        members = [self._member(k, o, remembered, done, full) for k, o in opened.items()]
         plan = plan_group(members, self.batch_size, remembered)
         if plan is None:
             return
@@ -157,23 +177,22 @@ class ExtentDeduper:
             if not fds:
                 return
             results = extent.dedupe_fds(src, size, list(fds))
+            self.c.add("dedupe_calls")
+            ok = []
+            for r in results:
+                d = fds[r.fd]
+                if r.status == "ok":
+                    self.c.add("bytes_deduped", r.bytes_deduped)
+                    ok.append((r.fd, d.file))
+                else:
+                    self._failed(d.file, r.status, r.detail)
+            self._confirm_fds(size, full, (src, ref.file), ok)
         except OSError as e:
             self.c.add("errors")
             self._problem(ref.file.path, "error", e)
-            return
         finally:
             for fd in [src, *fds]:
                 os.close(fd)
-        self.c.add("dedupe_calls")
-        ok = []
-        for r in results:
-            d = fds[r.fd]
-            if r.status == "ok":
-                self.c.add("bytes_deduped", r.bytes_deduped)
-                ok.append(d.file)
-            else:
-                self._failed(d.file, r.status, r.detail)
-        self._confirm(size, full, ref.file, ok)
 
     def _still_indexed(self, fd: int, f: IndexedFile) -> int | None:
         """fd if it is still the indexed, unchanged inode; else close it and say why."""
@@ -202,7 +221,7 @@ class ExtentDeduper:
             # The index was wrong (changed after hashing, or a hash collision):
             # drop its hashes so the next pass reads it again.
             self.c.add("misses_differs")
-            self.store.save_hashes([HashUpdate(f.dev, f.ino, None, None)])
+            self._learn([HashUpdate(f.dev, f.ino, None, None)])
             self.retry_sizes.add(f.size)
             self._problem(f.path, "differs", "content differs from the reference; not merged")
         else:
@@ -231,9 +250,22 @@ class ExtentDeduper:
                 self.c.add("misses_not_shared")
         self._done(rows)
 
+    def _confirm_fds(self, size: int, full: bytes, ref: tuple[int, IndexedFile],
+                     dests: Sequence[tuple[int, IndexedFile]]) -> None:
+        """_confirm on the descriptors the dedupe used (no path lookups, no reopening)."""
+        ref_exts = fiemap.extents(ref[0])
+        rows = []
+        for fd, d in dests:
+            if fiemap.same_extents(ref_exts, fiemap.extents(fd)):
+                self.c.add("hits")
+                rows.append((d.key, full, ref[1].key, size))
+            else:
+                self.c.add("misses_not_shared")
+        self._done(rows)
+
     def _done(self, rows: list[tuple[tuple[int, int], bytes, tuple[int, int], int]]) -> None:
         self.done_buf.extend(rows)
-        if len(self.done_buf) + len(self.refs) >= STATE_BATCH:
+        if len(self.done_buf) + len(self.refs) + len(self.hash_buf) >= STATE_BATCH:
             self.save_state()
 
     def save_state(self) -> None:
@@ -244,6 +276,8 @@ class ExtentDeduper:
         """
         refs, self.refs = self.refs, []
         done, self.done_buf = self.done_buf, []
+        hashes, self.hash_buf = list(self.hash_buf.values()), {}
+        self.store.save_hashes(hashes)
         ix.set_refs(self.store, refs)
         ix.mark_done(self.store, done)
 

@@ -2,19 +2,19 @@
 
 DedupeWorker dedupes groups already hashed while the next ones are hashed: one
 thread, a bounded queue; the pass's generator stays the only driver (closing
-it waits for at most a few queued groups).
+it waits for the queued groups). The queue is long enough that the reads of
+the next groups never wait for the dedupe of earlier ones.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
 
 from dedupd.dedup.extent_group import ExtentDeduper
-from dedupd.index.store import IndexedFile
+from dedupd.dedup.route import Group
 
-DEDUPE_QUEUE = 4  # hashed groups waiting for the dedupe thread
+DEDUPE_QUEUE = 256  # hashed groups waiting for the dedupe thread
 
 
 class DedupeWorker:
@@ -26,15 +26,14 @@ class DedupeWorker:
 
     def __init__(self, deduper: ExtentDeduper) -> None:
         self.deduper = deduper
-        self.q: queue.Queue[tuple[int, Sequence[IndexedFile], bytes | None] | None] = (
-            queue.Queue(maxsize=DEDUPE_QUEUE))
+        self.q: queue.Queue[Group | None] = queue.Queue(maxsize=DEDUPE_QUEUE)
         self.error: BaseException | None = None
         self.t = threading.Thread(target=self._run, name="dedupd-dedupe", daemon=True)
         self.t.start()
 
-    def submit(self, size: int, files: Sequence[IndexedFile], full: bytes | None) -> None:
+    def submit(self, group: Group) -> None:
         self._raise()
-        self.q.put((size, files, full))
+        self.q.put(group)
 
     def close(self) -> None:
         """Wait for queued groups to be done; re-raise a failure of the thread."""
@@ -53,6 +52,6 @@ class DedupeWorker:
             if self.error is not None:
                 continue  # drain: the submitter learns of the failure and stops
             try:
-                self.deduper.dedupe_group(*item)
+                self.deduper.dedupe_group(item.size, item.files, item.full, item.updates)
             except BaseException as e:  # handed to the driving thread
                 self.error = e

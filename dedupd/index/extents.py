@@ -157,6 +157,12 @@ def group_state(store: Store, size: int, full: bytes, keys: Iterable[Key]
     return ref, done
 
 
+def has_group_state(store: Store) -> bool:
+    """Whether any reference or done mark is stored (none on a volume's first pass)."""
+    return any(store.db.rows(f"SELECT 1 FROM {t} LIMIT 1")
+               for t in ("extent_refs", "extent_done"))
+
+
 def reset_done_before(store: Store, when: float) -> int:
     """Forget 'done' marks older than `when` so those files are verified again."""
     with store.db.tx() as cur:

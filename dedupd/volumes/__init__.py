@@ -82,12 +82,28 @@ def register(*kinds: str) -> Callable[[PassFactory], PassFactory]:
 def make_pass(vol: VolumeConfig, store: Store, opts: PassOptions) -> VolumePass:
     from dedupd.errors import ConfigError
 
-    _load_kinds()
-    factory = KINDS.get(vol.kind)
+    factory = KINDS.get(vol.kind) or _load_kind(vol.kind)
     if factory is None:
         raise ConfigError("-", f"volumes.{vol.name}.kind", f"kind {vol.kind!r} is not "
                           "implemented yet")
     return factory(vol, store, opts)
+
+
+# Kinds whose module is not named after them (others: dedupd.volumes.<kind>).
+_KIND_MODULES = {"xfs": "btrfs"}
+
+
+def _load_kind(kind: str) -> PassFactory | None:
+    """Import only the module of `kind` (a one-shot run needs no other kind's imports,
+    some of which are heavy); all kind modules if that does not register it."""
+    import contextlib
+    import importlib
+
+    with contextlib.suppress(ModuleNotFoundError):
+        importlib.import_module(f"dedupd.volumes.{_KIND_MODULES.get(kind, kind)}")
+    if kind not in KINDS:
+        _load_kinds()
+    return KINDS.get(kind)
 
 
 def _load_kinds() -> None:

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from dedupd.config import VolumeConfig
 from dedupd.dedup.extent_group import ExtentDeduper
 from dedupd.dedup.lock import lock_root, volume_lock
+from dedupd.dedup.route import Router
 from dedupd.dedup.worker import DedupeWorker
 from dedupd.errors import ConfigError, TemporaryFailure
-from dedupd.hashing import Hasher, Stability
+from dedupd.hashing import SizeGroupResult, Stability
 from dedupd.index import extents as ix
 from dedupd.index.store import IndexedFile, Store
 from dedupd.scan.events import FileEvent
@@ -168,25 +169,23 @@ class ExtentPass(ScanPass):
         yield from self._hash_groups(ix.files_of_sizes(self.store, sizes, self.roots))
 
     def _hash_groups(self, groups: Iterator[list[IndexedFile]]) -> Iterator[Step]:
-        """Hash size groups (the foundation's parallel readers) and dedupe what matches
-        in a worker thread, so hashing and dedupe overlap."""
+        """Hash size groups (heads, then whole files in on-disk order: dedupd.dedup.route)
+        and dedupe what matches in a worker thread, so reading and deduping overlap."""
         stab = Stability(self.vol.settle_seconds, self.vol.max_backoff_hours * 3600)
-        hasher = Hasher(stab, self.hash_stats)
+        router = Router(stab, self.hash_stats)
         writer = HashWriter(self.store)
         self.worker = DedupeWorker(self.deduper)
         try:
-            for files, res in hasher.hash_groups(groups):
-                writer.add(res)
+            for res in router.route(groups):
+                # Hashes of grouped files travel with the group: the deduper writes
+                # them in order with what it learns (never overwritten by a stale one).
+                writer.add(SizeGroupResult(res.updates, (), res.gone, res.stats))
                 if res.stats.pending:
-                    self.pending.add(files[0].size)  # unsettled: look again next pass
-                yield Step("hashing", f"size {files[0].size}")
-                if res.groups:
-                    writer.flush()  # the dedupe side reads hashes from the index
-                fulls = {(u.dev, u.ino): u.full for u in res.updates}
+                    self.pending.add(res.size)  # unsettled: look again next pass
+                yield Step("hashing", f"size {res.size}")
                 for g in res.groups:
-                    self.c.add("groups")
-                    self.worker.submit(files[0].size, g, g[0].full or fulls.get(g[0].key))
-                    yield Step("deduping", f"{len(g)} files of {files[0].size} bytes")
+                    self.worker.submit(g)
+                    yield Step("deduping", f"{len(g.files)} files of {res.size} bytes")
             writer.flush()
         finally:
             self.worker.close()

@@ -41,6 +41,7 @@ def test_layout_merges_contiguous_pieces() -> None:
 
 
 def test_dedupe_worker_hands_a_failure_back() -> None:
+    from dedupd.dedup.route import Group
     from dedupd.dedup.worker import DedupeWorker
 
     class Boom:
@@ -51,11 +52,26 @@ def test_dedupe_worker_hands_a_failure_back() -> None:
             raise RuntimeError("kaput")
 
     w = DedupeWorker(Boom())  # type: ignore[arg-type]
-    w.submit(1, [], None)
+    g = Group(1, (), b"x" * 16)
+    w.submit(g)
     with pytest.raises(RuntimeError, match="kaput"):
         for _ in range(50):  # the failure surfaces at a later submit or at close
             time.sleep(0.01)
-            w.submit(1, [], None)
+            w.submit(g)
         w.close()
     w.close()
     assert Boom.calls == 1
+
+
+def test_an_extent_pass_loads_no_other_kind() -> None:
+    """run --once on btrfs/xfs imports neither the hardlink kinds nor SQLAlchemy."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dedupd.volumes import _load_kind; "
+            "assert _load_kind('xfs') is _load_kind('btrfs') is not None; "
+            "print(sorted(m for m in ('sqlalchemy', 'dedupd.dedup.hardlink', "
+            "'dedupd.volumes.plain') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
