@@ -35,6 +35,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,9 +111,9 @@ class Cpu:
 
     @classmethod
     def now(cls) -> float:
-        own = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF,
-                                                              resource.RUSAGE_CHILDREN)
-                  for f in ("ru_utime", "ru_stime"))
+        own: float = sum(getattr(resource.getrusage(w), f)
+                         for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                         for f in ("ru_utime", "ru_stime"))
         return own + sum(_proc_cpu(p) for p in cls.servers)
 
 
@@ -169,7 +170,7 @@ def split_stored(snap: str, chunk: int, out: Path) -> list[tuple[Path, int, str]
     pipe = subprocess.Popen(["bash", "-c", f"zfs send {snap} | zstd -3 -q -c"],
                             stdout=subprocess.PIPE)
     assert pipe.stdout is not None
-    files = []
+    files: list[tuple[Path, int, str]] = []
     while data := pipe.stdout.read(chunk):
         f = out / f"{len(files):06d}"
         f.write_bytes(data)
@@ -203,7 +204,7 @@ def time_target_alone(conf: Path, job: str, files: list[tuple[Path, int, str]],
 
 
 def time_dedupd(conf: Path, job: str, env: dict[str, str]
-                ) -> tuple[float, float, int, int, dict]:
+                ) -> tuple[float, float, int, int, dict[str, Any]]:
     argv = ["/usr/bin/time", "-v", sys.executable, "-m", "dedupd", "backup", job, "--full",
             "--json", "-c", str(conf)]
     c, t = busy(), time.monotonic()

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common import compile_dedupd
+
 MiB = 1024 * 1024
 
 
@@ -92,14 +94,6 @@ def contenders(work: Path) -> dict[str, Callable[[Path], list[str]]]:
         "duperemove -dr": lambda mnt: ["duperemove", "-dr", "-q", str(mnt)],
         "jdupes -rB": lambda mnt: ["jdupes", "-rBq", str(mnt)],
     }
-
-
-def compile_dedupd() -> None:
-    import compileall
-
-    import dedupd
-
-    compileall.compile_dir(str(Path(dedupd.__file__).parent), quiet=1)
 
 
 def startup(work: Path) -> float:

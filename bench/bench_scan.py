@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import DEDUPD, WORK, drop_caches, peak_rss_kb, warm
+from common import DEDUPD, WORK, compile_dedupd, drop_caches, peak_rss_kb, warm
 
 from tests.treegen import bulk_tree
 
@@ -80,6 +80,7 @@ def one_round(root: Path, cold: bool, tmp: str) -> tuple[dict[str, float], dict[
 
 def main() -> int:
     root = tree()
+    compile_dedupd()
     results: dict[str, dict[str, float]] = {}
     first: dict[str, Any] = {}
     tmp = tempfile.mkdtemp(prefix="dedupd-bench-")
