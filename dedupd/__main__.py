@@ -1,3 +1,3 @@
-from dedupd.cli import main
+from dedupd.cli import run
 
-raise SystemExit(main())
+run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -61,3 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         logging.getLogger("dedupd").exception("unexpected error (this is a bug; please report)")
         return EXIT_FAILURE
+
+
+def run() -> None:
+    """The console entry point: main(), then exit without the interpreter's
+    teardown, which frees every object one by one and costs a short command
+    (a scan, a status query) 0.05 to 0.2 s. Output is flushed and logging shut
+    down first; usage errors, --help and --version exit through SystemExit."""
+    rc = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        rc = rc or EXIT_FAILURE
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(rc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import logging
 import os
@@ -156,6 +155,8 @@ def _serve_now(args: argparse.Namespace, opts: Any) -> int:
 
     try:
         d = Daemon(lambda: _daemon_config(args), opts)
+        import asyncio  # here: 40 ms that `run --once` does not need
+
         rc = asyncio.run(d.serve())
     except DedupdError as e:
         # also tells a waiting `run --detach` parent (and systemd) why we did not start

@@ -200,6 +200,10 @@ class ExtentPass(ScanPass):
         """Commit the running transaction and return its transid (the pass's horizon)."""
         fd = bt.open_dir(self.roots[0])
         try:
+            # Dirty data first: BTRFS allocates its extents at writeback and updates
+            # the inode then, in a later transaction, so a file written just before
+            # this horizon would look changed to the next pass.
+            bt.flush(fd)
             gen = bt.start_sync(fd)
             bt.wait_sync(fd, gen)
             return gen

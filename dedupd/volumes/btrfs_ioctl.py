@@ -21,6 +21,7 @@ def _ioc(direction: int, nr: int, size: int) -> int:
 
 _READ, _WRITE = 2, 1
 IOC_TREE_SEARCH_V2 = _ioc(_READ | _WRITE, 17, 112)
+IOC_SYNC = _ioc(0, 8, 0)
 IOC_START_SYNC = _ioc(_READ, 24, 8)
 IOC_WAIT_SYNC = _ioc(_WRITE, 22, 8)
 IOC_INO_PATHS = _ioc(_READ | _WRITE, 35, 56)
@@ -77,6 +78,11 @@ def start_sync(fd: int) -> int:
     buf = bytearray(8)
     fcntl.ioctl(fd, IOC_START_SYNC, buf, True)
     return int(struct.unpack("=Q", buf)[0])
+
+
+def flush(fd: int) -> None:
+    """Write back the filesystem's dirty data, then commit (BTRFS_IOC_SYNC)."""
+    fcntl.ioctl(fd, IOC_SYNC)
 
 
 def wait_sync(fd: int, transid: int = 0) -> None:
