@@ -1,5 +1,6 @@
 pytest_plugins = [
     "tests.fixtures.postgres",
+    "tests.fixtures.index",
     "tests.fixtures.loopfs",
     "tests.fixtures.zfs",
     "tests.fixtures.consolidate",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -45,19 +45,18 @@ class Spool:
         self.close()
 
 
-def chunks(stream: IO[bytes], chunk_size: int, spool: Spool, *, want_md5: bool = False
-           ) -> Iterator[Chunk]:
-    """Yield the chunks of `stream` in order; each is valid until the next is requested.
-
-    An empty stream yields no chunk. The last chunk may be shorter.
-    """
+def cut(stream: IO[bytes], chunk_size: int, write: Callable[[memoryview], object], *,
+        want_md5: bool = False, begin: Callable[[], object] | None = None
+        ) -> Iterator[tuple[int, str, str | None]]:
+    """Read `stream` a chunk at a time: every piece goes to write() and into the
+    chunk's digests; (size, sha256 hex, md5 hex or None) is yielded as each chunk
+    ends. begin() runs before a chunk's first piece. An empty stream yields
+    nothing; the last chunk may be shorter. Memory: one READ_SIZE buffer."""
     buf = bytearray(min(READ_SIZE, chunk_size))
     view = memoryview(buf)
-    seq = 0
     while True:
-        f = spool.file
-        f.seek(0)
-        f.truncate()
+        if begin is not None:
+            begin()
         sha = hashlib.sha256()
         md5 = hashlib.md5(usedforsecurity=False) if want_md5 else None
         size = 0
@@ -69,16 +68,30 @@ def chunks(stream: IO[bytes], chunk_size: int, spool: Spool, *, want_md5: bool =
             sha.update(part)
             if md5 is not None:
                 md5.update(part)
-            f.write(part)
+            write(part)
             size += n
         if size == 0:
             return
-        f.flush()
-        f.seek(0)
-        yield Chunk(seq, size, sha.hexdigest(), md5.hexdigest() if md5 else None, f)
-        seq += 1
+        yield size, sha.hexdigest(), md5.hexdigest() if md5 else None
         if size < chunk_size:
             return
+
+
+def chunks(stream: IO[bytes], chunk_size: int, spool: Spool, *, want_md5: bool = False
+           ) -> Iterator[Chunk]:
+    """Yield the chunks of `stream` in order, each spooled alone (the file rewritten
+    in place); each is valid until the next is requested."""
+    f = spool.file
+
+    def rewind() -> None:
+        f.seek(0)
+        f.truncate()
+
+    for seq, (size, sha, md5) in enumerate(cut(stream, chunk_size, f.write,
+                                               want_md5=want_md5, begin=rewind)):
+        f.flush()
+        f.seek(0)
+        yield Chunk(seq, size, sha, md5, f)
 
 
 def file_digests(f: IO[bytes]) -> tuple[int, str]:

@@ -13,7 +13,6 @@ regenerates the stream (resume: chunks already confirmed are not sent again).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import sys
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from dedupd.backup.chunker import READ_SIZE, Spool
+from dedupd.backup.chunker import READ_SIZE, Spool, cut
 from dedupd.errors import DedupdError
 
 
@@ -263,26 +262,8 @@ def _pwrite_all(fd: int, data: memoryview, at: int) -> None:
 def produce(stream: IO[bytes], chunk_size: int, ring: Ring, *, want_md5: bool) -> int:
     """Cut `stream` into chunks in the ring, hashing each as it is read; returns how
     many. The last chunk may be shorter; an empty stream seals none."""
-    buf = bytearray(min(READ_SIZE, chunk_size))
-    view = memoryview(buf)
     seq = 0
-    while True:
-        sha = hashlib.sha256()
-        md5 = hashlib.md5(usedforsecurity=False) if want_md5 else None
-        size = 0
-        while size < chunk_size:
-            n = stream.readinto(view[: min(len(buf), chunk_size - size)])  # type: ignore[attr-defined]
-            if not n:
-                break
-            part = view[:n]
-            sha.update(part)
-            if md5 is not None:
-                md5.update(part)
-            ring.write(part)
-            size += n
-        if size == 0:
-            return seq
-        ring.seal(Sealed(seq, size, sha.hexdigest(), md5.hexdigest() if md5 else None))
+    for size, sha, md5 in cut(stream, chunk_size, ring.write, want_md5=want_md5):
+        ring.seal(Sealed(seq, size, sha, md5))
         seq += 1
-        if size < chunk_size:
-            return seq
+    return seq

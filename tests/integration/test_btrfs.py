@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,13 +38,6 @@ MountFactory = Callable[[str, str], Path]
 def vol(loopfs: MountFactory) -> Path:
     require_tools("btrfs")
     return loopfs("btrfs", "1G")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path}/index.db")
-    yield s
-    s.close()
 
 
 def test_reclaims_the_duplicate_bytes_and_keeps_content(vol: Path, store: Store) -> None:

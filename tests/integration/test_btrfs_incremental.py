@@ -6,7 +6,7 @@ import os
 import random
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,13 +20,6 @@ pytestmark = pytest.mark.integration
 MountFactory = Callable[[str, str], Path]
 # 50,000 files as the issue asks; DEDUPD_TEST_FILES lowers it on a slow machine.
 N_FILES = int(os.environ.get("DEDUPD_TEST_FILES", "50000"))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path}/index.db")
-    yield s
-    s.close()
 
 
 def fill(root: Path, n: int) -> list[Path]:
