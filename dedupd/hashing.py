@@ -30,6 +30,7 @@ HEAD_SIZE = 4096
 # second open for every duplicate.
 WHOLE_READ = 128 * 1024
 BUF_SIZE = 1 << 20
+PREFETCH_BYTES = 4 << 20  # per file opened ahead (see _GroupReader)
 _O_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
@@ -229,9 +230,11 @@ class Hasher:
         small = ready[0].size <= WHOLE_READ
         updates: dict[tuple[int, int], HashUpdate] = {}
         heads: dict[int, list[IndexedFile]] = defaultdict(list)
-        need = [f for f in ready if f.head is None or (small and f.full is None)]
+        need: list[IndexedFile] = []
         for f in ready:
-            if f.head is not None and not (small and f.full is None):
+            if f.head is None or (small and f.full is None):
+                need.append(f)
+            else:
                 heads[f.head].append(f)
         for f, (head, full) in rd.read_all(need, full=small):
             f = _with(f, head, full)
@@ -297,8 +300,13 @@ class _GroupReader:
             self.stats.files_hashed += 1
         fd = self._guard(f, open_checked, f)
         if fd is not None:
-            whole = full or f.size <= HEAD_SIZE
-            os.posix_fadvise(fd, 0, 0 if whole else HEAD_SIZE, os.POSIX_FADV_WILLNEED)
+            # Only the start of a file: WILLNEED reads its whole range at once, and
+            # eight multi-GB videos ahead would flush the page cache. Sequential
+            # readahead takes over from there.
+            if full or f.size <= HEAD_SIZE:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            ahead = min(f.size, PREFETCH_BYTES) if full else HEAD_SIZE
+            os.posix_fadvise(fd, 0, ahead, os.POSIX_FADV_WILLNEED)
         return fd
 
     def _guard(self, f: IndexedFile, work: Callable[..., _T], *args: object) -> _T | None:
