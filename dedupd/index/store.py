@@ -127,6 +127,10 @@ class Store:
             raise TemporaryFailure(f"index {url}: cannot open: {e}") from None
         except sqlite3.Error as e:
             raise IndexError_(f"index {url}: {e}") from None
+        except Exception as e:
+            if type(e).__module__.startswith("psycopg"):  # not imported for SQLite
+                raise IndexError_(f"index {url}: {e}") from None
+            raise
 
     def _create_tables(self) -> None:
         from dedupd.index.ddl import SCHEMA_DDL
@@ -164,14 +168,16 @@ class Store:
         return str(rows[0][0]) if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
-        p = self.db.p
         with self.db.tx() as cur:
-            cur.execute(f"INSERT INTO meta (key, value) VALUES ({p}, {p}) "
-                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+            self._put_meta(cur, key, value)
+
+    def _put_meta(self, cur: Any, key: str, value: str) -> None:
+        p = self.db.p
+        cur.execute(f"INSERT INTO meta (key, value) VALUES ({p}, {p}) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
     def _upgrade(self) -> None:
         """Bring an index written by an older dedupd to SCHEMA_VERSION."""
-        p = self.db.p
         found = self.get_meta("schema_version")
         if found == str(SCHEMA_VERSION):
             return
@@ -183,9 +189,7 @@ class Store:
             for version in range(int(found or SCHEMA_VERSION), SCHEMA_VERSION):
                 for stmt in MIGRATIONS.get(version, ()):
                     cur.execute(stmt)
-            cur.execute(f"INSERT INTO meta (key, value) VALUES ({p}, {p}) ON CONFLICT (key) "
-                        "DO UPDATE SET value = excluded.value",
-                        ("schema_version", str(SCHEMA_VERSION)))
+            self._put_meta(cur, "schema_version", str(SCHEMA_VERSION))
 
     # --- scans ---
 
