@@ -57,6 +57,20 @@ def sqlite_path(url: str) -> str | None:
     return path
 
 
+def sqlite_pragmas(c: Any) -> None:
+    """Settings every connection to a SQLite index gets (ours and SQLAlchemy's)."""
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", f"busy_timeout={BUSY_TIMEOUT_MS}",
+                   # Checkpoint every 32 MiB of WAL, not 4: each checkpoint syncs the
+                   # database file, and a scan rewrites the same index pages many times.
+                   "wal_autocheckpoint=8192"):
+        c.execute(f"PRAGMA {pragma}")
+
+
+def is_psycopg_error(e: BaseException) -> bool:
+    """Whether e comes from the PostgreSQL driver (without importing it for SQLite)."""
+    return type(e).__module__.startswith("psycopg")
+
+
 class Db:
     """DB-API connections to one index database, one per thread and process."""
 
@@ -96,12 +110,7 @@ class Db:
             if self.sqlite is not None:
                 c = sqlite3.connect(self.sqlite, isolation_level=None,
                                     check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
-                c.execute("PRAGMA journal_mode=WAL")
-                c.execute("PRAGMA synchronous=NORMAL")
-                c.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-                # Checkpoint every 32 MiB of WAL, not 4: each checkpoint syncs the
-                # database file, and a scan rewrites the same index pages many times.
-                c.execute("PRAGMA wal_autocheckpoint=8192")
+                sqlite_pragmas(c)
                 return c
             import psycopg
 
@@ -110,7 +119,7 @@ class Db:
         except sqlite3.OperationalError as e:
             raise TemporaryFailure(f"index {self.url}: cannot open: {e}") from None
         except Exception as e:
-            if type(e).__module__.startswith("psycopg"):
+            if is_psycopg_error(e):
                 raise TemporaryFailure(f"index {self.url}: cannot open: {e}") from None
             raise
 

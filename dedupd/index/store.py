@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from dedupd.errors import TemporaryFailure
 from dedupd.index.bulk import Bulk
-from dedupd.index.db import SCHEMA_VERSION, Db, IndexError_, from_s64, to_s64
+from dedupd.index.db import (
+    SCHEMA_VERSION,
+    Db,
+    IndexError_,
+    from_s64,
+    is_psycopg_error,
+    sqlite_pragmas,
+    to_s64,
+)
 from dedupd.scan.events import FileEvent
 
 if TYPE_CHECKING:
@@ -86,14 +94,6 @@ def engine_url(url: str) -> str:
     return url
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
-
-
 def make_engine(url: str) -> Engine:
     """A SQLAlchemy engine on the index, for the modules written with its Core."""
     from sqlalchemy import create_engine, event
@@ -106,7 +106,7 @@ def make_engine(url: str) -> Engine:
     except (SQLAlchemyError, ImportError, ValueError) as e:
         raise IndexError_(f"cannot use database URL {url!r}: {e}") from None
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", lambda c, _record: sqlite_pragmas(c))
     return engine
 
 
@@ -128,7 +128,7 @@ class Store:
         except sqlite3.Error as e:
             raise IndexError_(f"index {url}: {e}") from None
         except Exception as e:
-            if type(e).__module__.startswith("psycopg"):  # not imported for SQLite
+            if is_psycopg_error(e):
                 raise IndexError_(f"index {url}: {e}") from None
             raise
 
