@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import xxhash
 
-from dedupd.index.store import HashUpdate, IndexedFile
+from dedupd.index.store import HashUpdate, IndexedFile, Store
 from dedupd.scan.events import Problem
 
 HEAD_SIZE = 4096
@@ -30,7 +30,7 @@ HEAD_SIZE = 4096
 # second open for every duplicate.
 WHOLE_READ = 128 * 1024
 BUF_SIZE = 1 << 20
-PREFETCH_BYTES = 4 << 20  # per file opened ahead (see _GroupReader)
+PREFETCH_BYTES = 4 << 20  # per file opened ahead (see GroupReader)
 _O_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
@@ -163,6 +163,15 @@ def hash_open(fd: int, f: IndexedFile, full: bool, stats: HashStats
         os.close(fd)
 
 
+def needs_reading(files: list[IndexedFile]) -> bool:
+    """Whether hashing this size group may read a file (False: the index has it all)."""
+    if any(f.head is None for f in files):
+        return True
+    if any(f.full is None for f in files):
+        return files[0].size <= WHOLE_READ or len({f.head for f in files}) < len(files)
+    return False
+
+
 @dataclass(frozen=True)
 class SizeGroupResult:
     updates: tuple[HashUpdate, ...]
@@ -194,8 +203,8 @@ class Hasher:
         window: deque[tuple[list[IndexedFile], Future[SizeGroupResult]]] = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="hash") as pool:
             for files in groups:
-                if all(f.full is not None for f in files):
-                    # nothing to read (a rescan): a thread would only add overhead
+                if not needs_reading(files):
+                    # a rescan, or hashed early: a thread would only add overhead
                     done: Future[SizeGroupResult] = Future()
                     done.set_result(self._hash(files))
                     window.append((files, done))
@@ -226,7 +235,7 @@ class Hasher:
         st.pending = len(files) - len(ready)
         if len(ready) < 2:
             return SizeGroupResult((), (), (), st)
-        rd = _GroupReader(st)
+        rd = GroupReader(st)
         small = ready[0].size <= WHOLE_READ
         updates: dict[tuple[int, int], HashUpdate] = {}
         heads: dict[int, list[IndexedFile]] = defaultdict(list)
@@ -237,7 +246,7 @@ class Hasher:
             else:
                 heads[f.head].append(f)
         for f, (head, full) in rd.read_all(need, full=small):
-            f = _with(f, head, full)
+            f = with_hashes(f, head, full)
             updates[f.key] = HashUpdate(f.dev, f.ino, head, full)
             heads[head].append(f)
         fulls: dict[bytes, list[IndexedFile]] = defaultdict(list)
@@ -254,7 +263,7 @@ class Hasher:
         return SizeGroupResult(tuple(updates.values()), groups, tuple(rd.gone), st)
 
 
-class _GroupReader:
+class GroupReader:
     """Reads files for one size group, turning failures into Problems.
 
     Opens up to PREFETCH files ahead of the one being read and asks the kernel
@@ -324,6 +333,30 @@ class _GroupReader:
         return None
 
 
-def _with(f: IndexedFile, head: int, full: bytes | None) -> IndexedFile:
+class HashWriter:
+    """Buffers hash updates and forgotten inodes so the index sees few, larger writes."""
+
+    def __init__(self, store: Store, batch: int = 2000) -> None:
+        self.store, self.batch = store, batch
+        self.updates: list[HashUpdate] = []
+        self.gone: list[tuple[int, int]] = []
+
+    def add(self, res: SizeGroupResult) -> None:
+        self.put(res.updates, res.gone)
+
+    def put(self, updates: Iterable[HashUpdate], gone: Iterable[tuple[int, int]] = ()) -> None:
+        self.updates.extend(updates)
+        self.gone.extend(gone)
+        if len(self.updates) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        self.store.save_hashes(self.updates)
+        if self.gone:
+            self.store.forget(self.gone)
+        self.updates, self.gone = [], []
+
+
+def with_hashes(f: IndexedFile, head: int, full: bytes | None) -> IndexedFile:
     return IndexedFile(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, head,
                        full if full is not None else f.full, f.unstable, f.paths)

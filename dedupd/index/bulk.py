@@ -26,15 +26,17 @@ class Bulk:
         self._in = db.marks
 
     def stat_rows(self, cur: Any, dev: int, inos: Sequence[int]) -> list[Any]:
-        """(ino, size, mtime_ns, ctime_ns, unstable) of the known inodes among inos."""
-        sql = (f"SELECT ino, size, mtime_ns, ctime_ns, unstable FROM inodes "
+        """(ino, size, mtime_ns, ctime_ns, unstable, head, full) of the known inodes
+        among inos."""
+        sql = (f'SELECT ino, size, mtime_ns, ctime_ns, unstable, head, "full" FROM inodes '
                f"WHERE dev = {self.p} AND ino IN ({self._in(len(inos))})")
         return _all(cur, sql, (dev, *inos))
 
     def path_rows(self, cur: Any, keys: Sequence[bytes]) -> list[Any]:
-        """(path_key, dev, ino, size, mtime_ns, ctime_ns, unstable) of known paths;
-        the inode columns are NULL when the path's inode has no row."""
-        sql = ("SELECT p.path_key, p.dev, p.ino, i.size, i.mtime_ns, i.ctime_ns, i.unstable "
+        """(path_key, dev, ino, size, mtime_ns, ctime_ns, unstable, head, full) of
+        known paths; the inode columns are NULL when the path's inode has no row."""
+        sql = ("SELECT p.path_key, p.dev, p.ino, i.size, i.mtime_ns, i.ctime_ns, i.unstable, "
+               'i.head, i."full" '
                "FROM paths p LEFT JOIN inodes i ON i.dev = p.dev AND i.ino = p.ino "
                f"WHERE p.path_key IN ({self._in(len(keys))})")
         return _all(cur, sql, tuple(keys))

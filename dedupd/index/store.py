@@ -81,6 +81,7 @@ class RecordResult:
     new: int
     changed: int
     unchanged: int
+    files: tuple[IndexedFile, ...] = ()  # the batch's inodes, hashes kept when unchanged
 
 
 def path_key(path: bytes) -> bytes:
@@ -206,18 +207,25 @@ class Store:
 
         An inode is unchanged when size, mtime_ns and ctime_ns all match (ctime
         catches writes that preserved mtime). Idempotent for a given scan_id.
+        The result lists the batch's inodes as the index now has them.
         """
-        by_key = {(to_s64(e.dev), to_s64(e.ino)): e for e in events}
+        by_key: dict[tuple[int, int], FileEvent] = {}
+        names: dict[tuple[int, int], list[bytes]] = defaultdict(list)
+        for e in events:
+            k = (to_s64(e.dev), to_s64(e.ino))
+            by_key[k] = e
+            names[k].append(e.path)
         pkeys = {path_key(e.path): e for e in events}
         now = time.time()
         new = changed = 0
         upserts: list[tuple[Any, ...]] = []
         touched: dict[int, list[int]] = defaultdict(list)
+        files: list[IndexedFile] = []
         with self.db.tx() as c:
             # One lookup answers the common (rescan) case: the path is known, still
             # names the same inode, and that inode's stat is on the same row.
             known: dict[bytes, tuple[int, int]] = {}
-            old: dict[tuple[int, int], tuple[int, ...]] = {}
+            old: dict[tuple[int, int], tuple[Any, ...]] = {}
             for r in self.bulk.path_rows(c, list(pkeys)):
                 known[r[0]] = (r[1], r[2])
                 if r[3] is not None:
@@ -230,12 +238,19 @@ class Store:
                 for r in self.bulk.stat_rows(c, d, inos):
                     old[(d, r[0])] = tuple(r[1:])
             for k, e in by_key.items():
-                o = old.get(k)
+                o = old.get(k)  # (size, mtime_ns, ctime_ns, unstable, head, full)
+                paths = tuple(sorted(names[k]))
                 if o is not None and o[:3] == (e.size, e.mtime_ns, e.ctime_ns):
                     touched[k[0]].append(k[1])
+                    head = None if o[4] is None else from_s64(o[4])
+                    files.append(IndexedFile(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
+                                             head, o[5], o[3], paths))
                     continue
                 new, changed = (new + 1, changed) if o is None else (new, changed + 1)
-                upserts.append(_inode_row(k, e, scan_id, now, 0 if o is None else o[3] + 1))
+                unstable = 0 if o is None else o[3] + 1
+                upserts.append(_inode_row(k, e, scan_id, now, unstable))
+                files.append(IndexedFile(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
+                                         None, None, unstable, paths))
             same, prow = [], []
             for pk, e in pkeys.items():
                 if known.get(pk) == (to_s64(e.dev), to_s64(e.ino)):
@@ -250,7 +265,7 @@ class Store:
                 self.bulk.touch_paths(c, scan_id, same)
             if prow:
                 self.bulk.upsert_paths(c, prow)
-        return RecordResult(new, changed, sum(len(v) for v in touched.values()))
+        return RecordResult(new, changed, sum(len(v) for v in touched.values()), tuple(files))
 
     def finish_scan(self, scan_id: int, roots: Sequence[bytes]) -> int:
         """Forget paths under `roots` that this scan did not see; drop orphan inodes.

@@ -7,17 +7,19 @@ one size group at a time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dedupd.hashing import Hasher, HashStats, SizeGroupResult, Stability
-from dedupd.index.store import HashUpdate, IndexedFile, Store
+from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
+from dedupd.index.store import IndexedFile, Store
 from dedupd.scan.events import FileEvent, Problem, WalkStats
+from dedupd.scan.prehash import PreHasher
 from dedupd.scan.walk import WalkOptions, normalize_roots, walk
 
 RECORD_BATCH = 2000
@@ -90,15 +92,24 @@ def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
     scan_id = store.begin_scan(norm)
     wstats = WalkStats()
     wopts = WalkOptions(opts.min_size, opts.exclude, opts.cross_mounts)
-    with Recorder(store, scan_id) as rec:
-        for batch in batches(walk(norm, wopts, wstats), RECORD_BATCH):
-            rec.put(batch)
-            if progress:
-                progress("walk", wstats.files_seen, 0)
+    stability = Stability(opts.settle_seconds, opts.max_backoff_seconds)
+    pre = PreHasher(store, stability)
+    try:
+        with Recorder(store, scan_id, pre.put) as rec:
+            for batch in batches(walk(norm, wopts, wstats), RECORD_BATCH):
+                rec.put(batch)
+                if progress:
+                    progress("walk", wstats.files_seen, 0)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            pre.close()  # no thread may outlive the scan
+        raise
+    early = pre.close()
     new, changed, unchanged = rec.new, rec.changed, rec.unchanged
     forgotten = store.finish_scan(scan_id, norm)
     hstats = HashStats()
-    groups = find_groups(store, scan_id, opts, hstats, progress)
+    hstats.merge(pre.stats)
+    groups = find_groups(store, scan_id, opts, hstats, progress, early)
     stats: dict[str, int | float] = {
         "files_seen": wstats.files_seen,
         "files_hashed": hstats.files_hashed,
@@ -132,8 +143,9 @@ class Recorder:
     again in the walking thread (at the next put or at exit).
     """
 
-    def __init__(self, store: Store, scan_id: int) -> None:
-        self.store, self.scan_id = store, scan_id
+    def __init__(self, store: Store, scan_id: int,
+                 sink: Callable[[Sequence[IndexedFile]], None] | None = None) -> None:
+        self.store, self.scan_id, self.sink = store, scan_id, sink
         self.new = self.changed = self.unchanged = 0
         self.queue: queue.Queue[list[FileEvent] | None] = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
@@ -168,39 +180,30 @@ class Recorder:
                 continue
             self.new, self.changed = self.new + r.new, self.changed + r.changed
             self.unchanged += r.unchanged
+            if self.sink is not None:
+                self.sink(r.files)
 
 
-class HashWriter:
-    """Buffers hash updates and forgotten inodes so the index sees few, larger writes."""
-
-    def __init__(self, store: Store, batch: int = 2000) -> None:
-        self.store, self.batch = store, batch
-        self.updates: list[HashUpdate] = []
-        self.gone: list[tuple[int, int]] = []
-
-    def add(self, res: SizeGroupResult) -> None:
-        self.updates.extend(res.updates)
-        self.gone.extend(res.gone)
-        if len(self.updates) >= self.batch:
-            self.flush()
-
-    def flush(self) -> None:
-        self.store.save_hashes(self.updates)
-        if self.gone:
-            self.store.forget(self.gone)
-        self.updates, self.gone = [], []
+def _path(f: IndexedFile) -> bytes:
+    return f.path
 
 
 def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats,
-                progress: Progress | None = None) -> tuple[DupGroup, ...]:
-    """Hash the size-matched candidates of a scan; return groups, largest waste first."""
+                progress: Progress | None = None,
+                candidates: Iterable[list[IndexedFile]] | None = None
+                ) -> tuple[DupGroup, ...]:
+    """Hash the size-matched candidates of a scan (by default, the index's);
+    return groups, largest waste first."""
     hasher = Hasher(Stability(opts.settle_seconds, opts.max_backoff_seconds), hstats)
     groups: list[DupGroup] = []
     writer = HashWriter(store)
-    results = hasher.hash_groups(store.candidate_groups(scan_id, opts.min_size))
+    if candidates is None:
+        candidates = store.candidate_groups(scan_id, opts.min_size)
+    results = hasher.hash_groups(candidates)
     for done, (files, res) in enumerate(results, 1):
         writer.add(res)
-        groups.extend(DupGroup(files[0].size, g) for g in res.groups)
+        # by path: the same answer whichever files the index had hashes for
+        groups.extend(DupGroup(files[0].size, tuple(sorted(g, key=_path))) for g in res.groups)
         if progress:
             progress("hash", done, 0)
     writer.flush()

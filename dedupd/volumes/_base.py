@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterator
 
 from dedupd.config import VolumeConfig
-from dedupd.hashing import Hasher, HashStats, Stability
+from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
 from dedupd.index.store import Store
 from dedupd.scan.events import FileEvent, WalkStats
-from dedupd.scan.scanner import RECORD_BATCH, DupGroup, HashWriter, batches
+from dedupd.scan.scanner import RECORD_BATCH, DupGroup, batches
 from dedupd.scan.walk import WalkOptions, normalize_roots, walk
 from dedupd.volumes import Counters, PassOptions, PassReport, Step
 

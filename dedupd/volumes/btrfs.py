@@ -27,11 +27,11 @@ from dedupd.dedup.lock import lock_root, volume_lock
 from dedupd.dedup.route import Router
 from dedupd.dedup.worker import DedupeWorker
 from dedupd.errors import ConfigError, TemporaryFailure
-from dedupd.hashing import SizeGroupResult, Stability
+from dedupd.hashing import HashWriter, SizeGroupResult, Stability
 from dedupd.index import extents as ix
 from dedupd.index.store import IndexedFile, Store
 from dedupd.scan.events import FileEvent
-from dedupd.scan.scanner import RECORD_BATCH, DupGroup, HashWriter, batches
+from dedupd.scan.scanner import RECORD_BATCH, DupGroup, batches
 from dedupd.volumes import Counters, PassOptions, Step, register
 from dedupd.volumes import btrfs_ioctl as bt
 from dedupd.volumes._base import ScanPass

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from dedupd.index.store import Store
-from dedupd.scan.scanner import ScanOptions, scan
+from dedupd.index.store import IndexedFile, Store
+from dedupd.scan.scanner import ScanOptions, ScanReport, scan
 from tests.fixtures.components import require_tools
 from tests.oracles import dedupd_groups, jdupes_groups, scan_json
 from tests.treegen import Builder, hostile_tree
@@ -102,36 +102,100 @@ def test_deleted_files_leave_the_index(tmp_path: Path) -> None:
     assert Store(url).counts()["paths"] == 1
 
 
-def test_file_vanishing_between_walk_and_hash(tmp_path: Path) -> None:
+def _before_hashing(monkeypatch: pytest.MonkeyPatch, early: bool,
+                    touch: Callable[[], None]) -> Callable[[str, int, int], None] | None:
+    """Run `touch` once, after the walk saw the files and before any was read.
+
+    early: inside the pre-hasher, before it reads the batch; otherwise the
+    pre-hasher is disabled and the walk's progress hook runs it, before the
+    find pass reads anything.
+    """
+    from dedupd.scan import prehash
+
+    done: list[bool] = []
+
+    def once() -> None:
+        if not done:
+            done.append(True)
+            touch()
+
+    if not early:
+        monkeypatch.setattr(prehash, "PREHASH_LIMIT", 0)
+        return lambda stage, _done, _total: once() if stage == "walk" else None
+    add = prehash.PreHasher._add
+
+    def add_after(self: prehash.PreHasher, batch: Sequence[IndexedFile]) -> None:
+        once()
+        add(self, batch)
+
+    monkeypatch.setattr(prehash.PreHasher, "_add", add_after)
+    return None
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["early", "after-walk"])
+def test_file_vanishing_between_walk_and_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              early: bool) -> None:
     b = Builder(tmp_path / "t")
     data = b.data(30_000)
     paths = b.group(data, 3)
-    store = Store(db(tmp_path))
-    removed = []
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage == "walk" and not removed:  # the walk is over, hashing not begun
-            os.unlink(paths[0])
-            removed.append(paths[0])
-
-    rep = scan(store, [b.tree.root], ScanOptions(), progress=progress)
+    progress = _before_hashing(monkeypatch, early, lambda: os.unlink(paths[0]))
+    rep = scan(Store(db(tmp_path)), [b.tree.root], ScanOptions(), progress=progress)
     assert [p.reason for p in rep.problems] == ["vanished"]
     assert len(rep.groups) == 1 and {f.path for f in rep.groups[0].files} == set(paths[1:])
+    assert rep.stats["files_forgotten"] + Store(db(tmp_path)).counts()["paths"] >= 2
 
 
-def test_file_changing_during_hash_is_not_grouped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("early", [True, False], ids=["early", "after-walk"])
+def test_file_changing_during_hash_is_not_grouped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  early: bool) -> None:
     b = Builder(tmp_path / "t")
     paths = b.group(b.data(30_000), 2)
-    store = Store(db(tmp_path))
 
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage == "walk":
-            with open(paths[0], "ab") as f:
-                f.write(b"more")
+    def grow() -> None:
+        with open(paths[0], "ab") as f:
+            f.write(b"more")
 
-    rep = scan(store, [b.tree.root], ScanOptions(), progress=progress)
+    progress = _before_hashing(monkeypatch, early, grow)
+    rep = scan(Store(db(tmp_path)), [b.tree.root], ScanOptions(), progress=progress)
     assert rep.groups == ()
     assert [p.reason for p in rep.problems] == ["changed"]
+
+
+def test_early_hashing_gives_what_the_index_pass_gives(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pre-hasher (hashing during the walk) and the index's size groups (its
+    # fallback past PREHASH_LIMIT) must agree on groups, reads and counters,
+    # also with hardlinks split across record batches and large-file heads.
+    from dedupd.scan import prehash, scanner
+    from tests.treegen import bulk_tree
+
+    tree = bulk_tree(tmp_path / "t", files=600, total_bytes=60_000_000, dup_ratio=0.4)
+    b = Builder(tmp_path / "t" / "links")
+    big = b.group(b.data(300_000), 2)  # > WHOLE_READ: heads first
+    b.unique(300_000)  # same size, other content: its head differs
+    for i, p in enumerate(big + tree.files[:5]):
+        os.link(p, tmp_path / "t" / "links" / f"zz-link{i}")  # walked last: later batches
+    monkeypatch.setattr(scanner, "RECORD_BATCH", 7)
+    reports = {}
+    for limit in (prehash.PREHASH_LIMIT, 0, 250):
+        monkeypatch.setattr(prehash, "PREHASH_LIMIT", limit)
+        reports[limit] = scan(Store(f"sqlite:///{tmp_path}/{limit}.db"), [tmp_path / "t"],
+                              ScanOptions())
+    first = reports[prehash.PREHASH_LIMIT]
+    assert len(first.groups) >= 50 and first.stats["bytes_read"] > 0
+    keys = ("files_hashed", "bytes_read", "bytes_hashed", "groups", "duplicate_bytes")
+
+    def shape(rep: ScanReport) -> list[tuple[int, list[tuple[bytes, ...]]]]:
+        return [(g.size, [f.paths for f in g.files]) for g in rep.groups]
+
+    for rep in reports.values():
+        assert shape(rep) == shape(first)
+        assert {k: rep.stats[k] for k in keys} == {k: first.stats[k] for k in keys}
+    linked = [g for g in first.groups if any(len(f.paths) == 2 for f in g.files)]
+    assert len(linked) >= 2  # a hardlink's two names stayed one inode
+    again = scan(Store(f"sqlite:///{tmp_path}/{prehash.PREHASH_LIMIT}.db"), [tmp_path / "t"],
+                 ScanOptions())
+    assert again.stats["bytes_read"] == 0 and shape(again) == shape(first)
 
 
 def test_settle_leaves_fresh_files_pending(tmp_path: Path) -> None:

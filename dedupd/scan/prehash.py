@@ -1,0 +1,157 @@
+"""Hashing that starts while the walk is still going.
+
+A one-shot scan used to walk everything, then ask the index for the size
+groups, then read. The walk is Python-bound and reading mostly waits on the
+kernel (copies and xxhash release the GIL), so the two overlap well: as soon
+as a second inode of some size is recorded, both can be read. The rules are
+those of Hasher._hash, applied as files arrive: a small size is read whole, a
+large one head first and whole only when heads collide. The find pass after
+the walk then gets these groups with their hashes filled in and reads nothing
+more; it still decides the groups, so correctness does not rest on this.
+
+Memory is bounded: past `limit` inodes the pre-hasher lets go of what it holds
+(hashes already read stay in the index) and the find pass falls back to asking
+the index for the size groups.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from dedupd.hashing import (
+    WHOLE_READ,
+    GroupReader,
+    HashStats,
+    HashWriter,
+    Stability,
+    with_hashes,
+)
+from dedupd.index.store import HashUpdate, IndexedFile, Store
+
+Key = tuple[int, int]
+# ~300 bytes an inode held: 200,000 inodes cost about 60 MB at most.
+PREHASH_LIMIT = 200_000
+
+
+class PreHasher:
+    """Reads size-matched files in a thread of its own as batches are recorded.
+
+    put() takes the inodes of one recorded batch (from the record thread);
+    close() waits for the reads and returns the size groups (2+ inodes, sizes
+    ascending, hashes filled in) or None when it gave up holding them.
+    """
+
+    def __init__(self, store: Store, stability: Stability,
+                 now: Callable[[], float] = time.time, limit: int | None = None) -> None:
+        self.stability, self.now = stability, now
+        self.limit = PREHASH_LIMIT if limit is None else limit
+        self.stats = HashStats()
+        self.files: dict[Key, IndexedFile] = {}
+        self.sizes: dict[int, list[Key]] = {}
+        self.heads: dict[tuple[int, int], list[Key]] = {}  # (size, head) -> large inodes
+        self.gone: set[Key] = set()  # left out of the groups
+        self.overflow = False
+        self.reader = GroupReader(self.stats)
+        self.writer = HashWriter(store)
+        self.error: BaseException | None = None
+        self.queue: queue.Queue[Sequence[IndexedFile] | None] = queue.Queue(maxsize=4)
+        self.thread = threading.Thread(target=self._run, name="prehash", daemon=True)
+        self.thread.start()
+
+    def put(self, files: Sequence[IndexedFile]) -> None:
+        self.queue.put(files)
+
+    def close(self) -> list[list[IndexedFile]] | None:
+        """Wait for the reads; raise the thread's error, if any; return the groups."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        self.writer.flush()
+        if self.overflow:
+            return None
+        groups = []
+        for size in sorted(self.sizes):
+            keys = [k for k in self.sizes[size] if k not in self.gone]
+            if len(keys) > 1:
+                groups.append([self.files[k] for k in sorted(keys)])
+        return groups
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            if self.error is not None or self.overflow:
+                continue  # drain, so that put() never blocks on a dead thread
+            try:
+                self._add(batch)
+            except BaseException as e:  # raised again by close()
+                self.error = e
+
+    def _add(self, batch: Sequence[IndexedFile]) -> None:
+        now = self.now()
+        heads: list[IndexedFile] = []  # large files that need their head read
+        wholes: list[IndexedFile] = []  # files that need a full read
+        for f in batch:
+            if f.size == 0:
+                continue
+            known = self.files.get(f.key)
+            if known is not None:  # another name of an inode seen in an earlier batch
+                paths = tuple(sorted(set(known.paths) | set(f.paths)))
+                self.files[f.key] = replace(known, paths=paths)
+                continue
+            self.files[f.key] = f
+            members = self.sizes.setdefault(f.size, [])
+            members.append(f.key)
+            if len(members) < 2:
+                continue
+            # a size now shared: the first inode of it needs reading too
+            for k in (members if len(members) == 2 else members[-1:]):
+                m = self.files[k]
+                if not self.stability.ready(m, now):
+                    continue
+                if m.size <= WHOLE_READ:
+                    if m.full is None:
+                        wholes.append(m)
+                elif m.head is None:
+                    heads.append(m)
+                else:
+                    self._collide(m, wholes)
+        if len(self.files) > self.limit:
+            self._let_go()
+            return
+        failed = {f.key for f in heads + wholes}
+        for f, (head, _) in self.reader.read_all(heads, full=False):
+            failed.discard(f.key)
+            self._learn(with_hashes(f, head, None))
+            self._collide(self.files[f.key], wholes)
+        failed.update(f.key for f in wholes)
+        for f, (head, full) in self.reader.read_all(wholes, full=True):
+            failed.discard(f.key)
+            self._learn(with_hashes(f, head, full))
+        # Vanished, changed or unreadable: the problem is reported once, here,
+        # and the inode leaves its group (the index forgets the first two kinds).
+        self.gone |= failed
+        self.writer.put((), self.reader.gone)
+        self.reader.gone = []
+
+    def _collide(self, f: IndexedFile, wholes: list[IndexedFile]) -> None:
+        """Note a large inode's head; when it matches another's, both need a full read."""
+        assert f.head is not None
+        same = self.heads.setdefault((f.size, f.head), [])
+        same.append(f.key)
+        if len(same) == 1:
+            return
+        for k in (same if len(same) == 2 else same[-1:]):
+            if self.files[k].full is None:
+                wholes.append(self.files[k])
+
+    def _learn(self, f: IndexedFile) -> None:
+        self.files[f.key] = f
+        self.writer.put((HashUpdate(f.dev, f.ino, f.head, f.full),))
+
+    def _let_go(self) -> None:
+        self.overflow = True
+        self.files, self.sizes, self.heads = {}, {}, {}
