@@ -142,7 +142,8 @@ def hash_open(fd: int, f: IndexedFile, full: bool, stats: HashStats
         head = None
         mv = _buffer()
         total = 0
-        while True:
+        # No read for EOF: a file that grew shows in the fstat check below.
+        while total < f.size:
             n = os.readv(fd, (mv,))
             if not n:
                 break
@@ -312,7 +313,7 @@ class GroupReader:
             # Only the start of a file: WILLNEED reads its whole range at once, and
             # eight multi-GB videos ahead would flush the page cache. Sequential
             # readahead takes over from there.
-            if full or f.size <= HEAD_SIZE:
+            if full and f.size > PREFETCH_BYTES:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             ahead = min(f.size, PREFETCH_BYTES) if full else HEAD_SIZE
             os.posix_fadvise(fd, 0, ahead, os.POSIX_FADV_WILLNEED)

@@ -202,12 +202,15 @@ class Store:
                         (time.time(), doc))
             return int(cur.fetchone()[0])
 
-    def record(self, scan_id: int, events: Sequence[FileEvent]) -> RecordResult:
+    def record(self, scan_id: int, events: Sequence[FileEvent],
+               touch_inodes: bool = True) -> RecordResult:
         """Upsert one batch of walk results; unchanged inodes keep their hashes.
 
         An inode is unchanged when size, mtime_ns and ctime_ns all match (ctime
         catches writes that preserved mtime). Idempotent for a given scan_id.
         The result lists the batch's inodes as the index now has them.
+        touch_inodes=False leaves unchanged inodes' `seen` alone (the caller
+        finds its groups without the index, or calls mark_inodes_seen later).
         """
         by_key: dict[tuple[int, int], FileEvent] = {}
         names: dict[tuple[int, int], list[bytes]] = defaultdict(list)
@@ -259,7 +262,7 @@ class Store:
                     prow.append((pk, e.path, to_s64(e.dev), to_s64(e.ino), scan_id))
             if upserts:
                 self.bulk.upsert_inodes(c, upserts)
-            for d, inos in touched.items():
+            for d, inos in touched.items() if touch_inodes else ():
                 self.bulk.touch_inodes(c, scan_id, d, inos)
             if same:
                 self.bulk.touch_paths(c, scan_id, same)
@@ -287,6 +290,15 @@ class Store:
             self._drop_orphans(cur)
             cur.execute(f"UPDATE scans SET finished = {p} WHERE id = {p}", (time.time(), scan_id))
         return len(gone)
+
+    def mark_inodes_seen(self, scan_id: int) -> None:
+        """Set `seen` on every inode with a path seen in this scan (after record(...,
+        touch_inodes=False)), so that the size-group queries find them."""
+        p = self.db.p
+        with self.db.tx() as cur:
+            cur.execute(f"UPDATE inodes SET seen = {p} WHERE seen <> {p} AND EXISTS (SELECT 1 "
+                        "FROM paths p WHERE p.dev = inodes.dev AND p.ino = inodes.ino "
+                        f"AND p.seen = {p})", (scan_id, scan_id, scan_id))
 
     def _drop_orphans(self, cur: Any) -> None:
         cur.execute("DELETE FROM inodes WHERE NOT EXISTS (SELECT 1 FROM paths p "

@@ -95,7 +95,9 @@ def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
     stability = Stability(opts.settle_seconds, opts.max_backoff_seconds)
     pre = PreHasher(store, stability)
     try:
-        with Recorder(store, scan_id, pre.put) as rec:
+        # Groups come from the pre-hasher's memory, so unchanged inodes need no
+        # `seen` mark (one write each) unless it lets go (mark_inodes_seen below).
+        with Recorder(store, scan_id, pre.put, touch_inodes=False) as rec:
             for batch in batches(walk(norm, wopts, wstats), RECORD_BATCH):
                 rec.put(batch)
                 if progress:
@@ -107,6 +109,8 @@ def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
     early = pre.close()
     new, changed, unchanged = rec.new, rec.changed, rec.unchanged
     forgotten = store.finish_scan(scan_id, norm)
+    if early is None:  # the pre-hasher let go: the index's size groups it is
+        store.mark_inodes_seen(scan_id)
     hstats = HashStats()
     hstats.merge(pre.stats)
     groups = find_groups(store, scan_id, opts, hstats, progress, early)
@@ -144,8 +148,10 @@ class Recorder:
     """
 
     def __init__(self, store: Store, scan_id: int,
-                 sink: Callable[[Sequence[IndexedFile]], None] | None = None) -> None:
+                 sink: Callable[[Sequence[IndexedFile]], None] | None = None,
+                 touch_inodes: bool = True) -> None:
         self.store, self.scan_id, self.sink = store, scan_id, sink
+        self.touch_inodes = touch_inodes
         self.new = self.changed = self.unchanged = 0
         self.queue: queue.Queue[list[FileEvent] | None] = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
@@ -174,7 +180,7 @@ class Recorder:
             if self.error is not None:
                 continue  # drain, so that put() never blocks on a dead writer
             try:
-                r = self.store.record(self.scan_id, batch)
+                r = self.store.record(self.scan_id, batch, self.touch_inodes)
             except BaseException as e:  # handed to the walking thread
                 self.error = e
                 continue
