@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import stat
+from dataclasses import dataclass
 
 from dedupd.scan.events import Ident
 
@@ -54,54 +55,65 @@ def _open(path: bytes) -> int:
         return os.open(path, _O_FLAGS)
 
 
+@dataclass(frozen=True)
+class ByteCompare:
+    equal: bool
+    bytes_read: int
+    differs_at: int | None = None  # offset of the first differing block
+
+
 def same_bytes(a: bytes, a_id: Ident, b: bytes, b_id: Ident, *, ctime: bool = True) -> bool:
-    """Compare two files byte for byte; Refused('changed') if either moved meanwhile.
+    """Compare two files byte for byte; Refused('changed') if either moved meanwhile."""
+    return compare_bytes(a, a_id, b, b_id, ctime=ctime).equal
 
-    Both descriptors are checked against the expected identity before and after
-    reading, so the bytes compared are the bytes of the files that were hashed.
+
+def compare_bytes(a: bytes, a_id: Ident | None, b: bytes, b_id: Ident | None, *,
+                  ctime: bool = True) -> ByteCompare:
+    """The one byte compare behind every destructive step (dedupe and consolidation).
+
+    Each descriptor is checked before and after reading: against the expected
+    identity when given (so the bytes compared are those of the files that
+    were hashed), otherwise against itself at open. Raises Refused('vanished')
+    or Refused('changed').
     """
+    fds: list[int] = []
     try:
-        fa = _open(a)
-    except FileNotFoundError:
-        raise Refused("vanished", os.fsdecode(a)) from None
-    try:
-        try:
-            fb = _open(b)
-        except FileNotFoundError:
-            raise Refused("vanished", os.fsdecode(b)) from None
-        try:
-            return _compare_fds(fa, a_id, fb, b_id, a, b, ctime)
-        finally:
-            os.close(fb)
+        ids = []
+        for path, want in ((a, a_id), (b, b_id)):
+            try:
+                fds.append(_open(path))
+            except FileNotFoundError:
+                raise Refused("vanished", os.fsdecode(path)) from None
+            ids.append(_check_fd(fds[-1], want, path, ctime))
+        fa, fb = fds
+        if ids[0].size != ids[1].size:
+            return ByteCompare(False, 0)
+        for fd in fds:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        off = nread = 0
+        while True:
+            da = os.pread(fa, BUF, off)
+            db = os.pread(fb, BUF, off)
+            nread += len(da) + len(db)
+            if da != db:
+                return ByteCompare(False, nread, off)
+            if not da:
+                break
+            off += len(da)
+        for fd, ident, path in zip(fds, ids, (a, b), strict=True):
+            _check_fd(fd, ident, path, ctime)
+        return ByteCompare(off == ids[0].size, nread)
     finally:
-        os.close(fa)
+        for fd in fds:
+            os.close(fd)
 
 
-def _check_fd(fd: int, ident: Ident, path: bytes, ctime: bool) -> None:
-    if not ident.matches(os.fstat(fd), ctime=ctime):
-        raise Refused("changed", f"{os.fsdecode(path)} changed during the byte compare")
-
-
-def _compare_fds(fa: int, a_id: Ident, fb: int, b_id: Ident, a: bytes, b: bytes,
-                 ctime: bool) -> bool:
-    _check_fd(fa, a_id, a, ctime)
-    _check_fd(fb, b_id, b, ctime)
-    if a_id.size != b_id.size:
-        return False
-    for fd in (fa, fb):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-    off = 0
-    while True:
-        da = os.pread(fa, BUF, off)
-        db = os.pread(fb, BUF, off)
-        if da != db:
-            return False
-        if not da:
-            break
-        off += len(da)
-    _check_fd(fa, a_id, a, ctime)
-    _check_fd(fb, b_id, b, ctime)
-    return off == a_id.size
+def _check_fd(fd: int, want: Ident | None, path: bytes, ctime: bool) -> Ident:
+    """The descriptor's identity; Refused('changed') unless it is `want` (when given)."""
+    st = os.fstat(fd)
+    if want is not None and not want.matches(st, ctime=ctime):
+        raise Refused("changed", f"{os.fsdecode(path)} changed since it was hashed")
+    return want if want is not None else Ident.of(st)
 
 
 def xattrs(path: bytes) -> dict[str, bytes]:
