@@ -76,8 +76,12 @@ class Bulk:
                "ino = excluded.ino, seen = excluded.seen")
         cur.executemany(sql, rows)
 
-    def save_hashes(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
-        """rows: (head, full, dev, ino); a hashed inode is stable again."""
+    def save_hashes(self, cur: Any, rows: list[tuple[Any, ...]], same_stat: bool = False
+                    ) -> None:
+        """rows: (head, full, dev, ino), plus (size, mtime_ns, ctime_ns) with same_stat:
+        then only a row still at that stat takes them. A hashed inode is stable again."""
         sql = (f'UPDATE inodes SET head = {self.p}, "full" = {self.p}, unstable = 0 '
                f"WHERE dev = {self.p} AND ino = {self.p}")
+        if same_stat:
+            sql += f" AND size = {self.p} AND mtime_ns = {self.p} AND ctime_ns = {self.p}"
         cur.executemany(sql, rows)

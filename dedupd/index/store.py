@@ -74,6 +74,9 @@ class HashUpdate:
     ino: int
     head: int | None
     full: bytes | None
+    # (size, mtime_ns, ctime_ns) the hashes were read at: when given, a row that
+    # moved on meanwhile (re-recorded as changed) is left alone
+    stat: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -393,9 +396,14 @@ class Store:
         if not updates:
             return
         rows = [(None if u.head is None else to_s64(u.head), u.full, to_s64(u.dev),
-                 to_s64(u.ino)) for u in updates]
+                 to_s64(u.ino)) for u in updates if u.stat is None]
+        checked = [(None if u.head is None else to_s64(u.head), u.full, to_s64(u.dev),
+                    to_s64(u.ino), *u.stat) for u in updates if u.stat is not None]
         with self.db.tx() as cur:
-            self.bulk.save_hashes(cur, rows)
+            if rows:
+                self.bulk.save_hashes(cur, rows)
+            if checked:
+                self.bulk.save_hashes(cur, checked, same_stat=True)
 
     def counts(self) -> dict[str, int]:
         one = self.db.rows

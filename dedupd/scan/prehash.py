@@ -31,6 +31,7 @@ from dedupd.hashing import (
     with_hashes,
 )
 from dedupd.index.store import HashUpdate, IndexedFile, Store
+from dedupd.scan.events import Problem
 
 Key = tuple[int, int]
 # About 750 bytes an inode held (its record, path, keys and maps): 200,000 took
@@ -100,6 +101,10 @@ class PreHasher:
                 continue
             known = self.files.get(f.key)
             if known is not None:  # another name of an inode seen in an earlier batch
+                if _stat(known) != _stat(f) and f.key not in self.gone:
+                    self.gone.add(f.key)  # written to since: leave it for a later scan
+                    self.stats.problems.append(Problem(f.path, "changed",
+                                                       "changed during the scan"))
                 paths = tuple(sorted(set(known.paths) | set(f.paths)))
                 self.files[f.key] = replace(known, paths=paths)
                 continue
@@ -151,9 +156,16 @@ class PreHasher:
 
     def _learn(self, f: IndexedFile) -> None:
         self.files[f.key] = f
-        self.writer.put((HashUpdate(f.dev, f.ino, f.head, f.full),))
+        # stat-checked: the record thread may meanwhile have re-recorded this inode
+        # as changed (another name of it, later in the walk), and its row must not
+        # get hashes of what it was
+        self.writer.put((HashUpdate(f.dev, f.ino, f.head, f.full, _stat(f)),))
 
     def _let_go(self) -> None:
         self.overflow = True
         self.files, self.sizes, self.heads, self.gone = {}, {}, {}, set()
         self.reader.counted = set()
+
+
+def _stat(f: IndexedFile) -> tuple[int, int, int]:
+    return (f.size, f.mtime_ns, f.ctime_ns)

@@ -161,6 +161,45 @@ def test_file_changing_during_hash_is_not_grouped(tmp_path: Path, monkeypatch: p
     assert [p.reason for p in rep.problems] == ["changed"]
 
 
+def test_a_file_written_between_two_of_its_names_keeps_no_stale_hash(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The walk meets name 1, the file is rewritten, the walk meets name 2 (a
+    # hardlink, walked later): the index must end with the new stat and no hash
+    # of the old bytes, however the pre-hasher's reads and writes interleave.
+    import threading
+
+    from dedupd.scan import prehash, scanner
+
+    b = Builder(tmp_path / "t")
+    data = b.data(50_000)
+    a, _ = b.group(data, 2)
+    (tmp_path / "t" / "z").mkdir()
+    os.link(a, tmp_path / "t" / "z" / "a2")  # a subdirectory: walked after both files
+    monkeypatch.setattr(scanner, "RECORD_BATCH", 1)
+    add, calls, both_read = prehash.PreHasher._add, [], threading.Event()
+
+    def add_counted(self: prehash.PreHasher, batch: Sequence[IndexedFile]) -> None:
+        add(self, batch)
+        calls.append(1)
+        if len(calls) == 2:
+            both_read.set()  # the pair's hashes are read, their write still buffered
+
+    monkeypatch.setattr(prehash.PreHasher, "_add", add_counted)
+
+    def rewrite(stage: str, seen: int, _total: int) -> None:
+        if stage == "walk" and seen == 2:
+            assert both_read.wait(30)
+            with open(a, "r+b") as f:
+                f.write(bytes([data[0] ^ 1]))
+
+    url = db(tmp_path)
+    rep = scan(Store(url), [b.tree.root], ScanOptions(), progress=rewrite)
+    assert rep.groups == ()
+    assert {p.reason for p in rep.problems} == {"changed"}
+    again = scan(Store(url), [b.tree.root], ScanOptions())
+    assert again.groups == () and again.problems == ()
+
+
 def test_early_hashing_gives_what_the_index_pass_gives(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # The pre-hasher (hashing during the walk) and the index's size groups (its
