@@ -8,11 +8,9 @@ the next groups never wait for the dedupe of earlier ones.
 
 from __future__ import annotations
 
-import queue
-import threading
-
 from dedupd.dedup.extent_group import ExtentDeduper
 from dedupd.dedup.route import Group
+from dedupd.queuethread import QueueThread
 
 DEDUPE_QUEUE = 256  # hashed groups waiting for the dedupe thread
 
@@ -26,32 +24,14 @@ class DedupeWorker:
 
     def __init__(self, deduper: ExtentDeduper) -> None:
         self.deduper = deduper
-        self.q: queue.Queue[Group | None] = queue.Queue(maxsize=DEDUPE_QUEUE)
-        self.error: BaseException | None = None
-        self.t = threading.Thread(target=self._run, name="dedupd-dedupe", daemon=True)
-        self.t.start()
+        self.t = QueueThread(self._dedupe, "dedupd-dedupe", DEDUPE_QUEUE)
 
     def submit(self, group: Group) -> None:
-        self._raise()
-        self.q.put(group)
+        self.t.put(group)
 
     def close(self) -> None:
         """Wait for queued groups to be done; re-raise a failure of the thread."""
-        if self.t.is_alive():
-            self.q.put(None)
-            self.t.join()
-        self._raise()
+        self.t.close()
 
-    def _raise(self) -> None:
-        if self.error is not None:
-            err, self.error = self.error, None
-            raise err
-
-    def _run(self) -> None:
-        while (item := self.q.get()) is not None:
-            if self.error is not None:
-                continue  # drain: the submitter learns of the failure and stops
-            try:
-                self.deduper.dedupe_group(item.size, item.files, item.full, item.updates)
-            except BaseException as e:  # handed to the driving thread
-                self.error = e
+    def _dedupe(self, item: Group) -> None:
+        self.deduper.dedupe_group(item.size, item.files, item.full, item.updates)

@@ -16,8 +16,6 @@ the index for the size groups.
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -31,6 +29,7 @@ from dedupd.hashing import (
     with_hashes,
 )
 from dedupd.index.store import HashUpdate, IndexedFile, Store
+from dedupd.queuethread import QueueThread
 from dedupd.scan.events import Problem
 
 Key = tuple[int, int]
@@ -59,20 +58,14 @@ class PreHasher:
         self.overflow = False
         self.reader = GroupReader(self.stats)
         self.writer = HashWriter(store)
-        self.error: BaseException | None = None
-        self.queue: queue.Queue[Sequence[IndexedFile] | None] = queue.Queue(maxsize=4)
-        self.thread = threading.Thread(target=self._run, name="prehash", daemon=True)
-        self.thread.start()
+        self.thread: QueueThread[Sequence[IndexedFile]] = QueueThread(self._add, "prehash", 4)
 
     def put(self, files: Sequence[IndexedFile]) -> None:
-        self.queue.put(files)
+        self.thread.put(files)
 
     def close(self) -> list[list[IndexedFile]] | None:
         """Wait for the reads; raise the thread's error, if any; return the groups."""
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
+        self.thread.close()
         self.writer.flush()
         if self.overflow:
             return None
@@ -83,16 +76,9 @@ class PreHasher:
                 groups.append([self.files[k] for k in sorted(keys)])
         return groups
 
-    def _run(self) -> None:
-        while (batch := self.queue.get()) is not None:
-            if self.error is not None or self.overflow:
-                continue  # drain, so that put() never blocks on a dead thread
-            try:
-                self._add(batch)
-            except BaseException as e:  # raised again by close()
-                self.error = e
-
     def _add(self, batch: Sequence[IndexedFile]) -> None:
+        if self.overflow:
+            return
         now = self.now()
         heads: list[IndexedFile] = []  # large files that need their head read
         wholes: list[IndexedFile] = []  # files that need a full read

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from typing import Any
 
 from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
 from dedupd.index.store import IndexedFile, Store
+from dedupd.queuethread import QueueThread
 from dedupd.scan.events import FileEvent, Problem, WalkStats
 from dedupd.scan.prehash import PreHasher
 from dedupd.scan.walk import WalkOptions, normalize_roots, walk
@@ -143,8 +142,8 @@ class Recorder:
     """Records walk batches in a thread of its own, so that the index's work
     (SQLite and psycopg release the GIL) overlaps the walk's system calls.
 
-    At most two batches wait in the queue; an error in the writer is raised
-    again in the walking thread (at the next put or at exit).
+    At most two batches wait in the queue; an error in the writer (or in the
+    sink) is raised again in the walking thread (at the next put or at exit).
     """
 
     def __init__(self, store: Store, scan_id: int,
@@ -153,41 +152,23 @@ class Recorder:
         self.store, self.scan_id, self.sink = store, scan_id, sink
         self.touch_inodes = touch_inodes
         self.new = self.changed = self.unchanged = 0
-        self.queue: queue.Queue[list[FileEvent] | None] = queue.Queue(maxsize=2)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="record", daemon=True)
 
     def __enter__(self) -> Recorder:
-        self.thread.start()
+        self.thread: QueueThread[list[FileEvent]] = QueueThread(self._record, "record", 2)
         return self
 
     def put(self, batch: list[FileEvent]) -> None:
-        self._raise()
-        self.queue.put(batch)
+        self.thread.put(batch)
 
     def __exit__(self, *exc: object) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if exc[0] is None:
-            self._raise()
+        self.thread.close(raise_error=exc[0] is None)
 
-    def _raise(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        while (batch := self.queue.get()) is not None:
-            if self.error is not None:
-                continue  # drain, so that put() never blocks on a dead writer
-            try:
-                r = self.store.record(self.scan_id, batch, self.touch_inodes)
-            except BaseException as e:  # handed to the walking thread
-                self.error = e
-                continue
-            self.new, self.changed = self.new + r.new, self.changed + r.changed
-            self.unchanged += r.unchanged
-            if self.sink is not None:
-                self.sink(r.files)
+    def _record(self, batch: list[FileEvent]) -> None:
+        r = self.store.record(self.scan_id, batch, self.touch_inodes)
+        self.new, self.changed = self.new + r.new, self.changed + r.changed
+        self.unchanged += r.unchanged
+        if self.sink is not None:
+            self.sink(r.files)
 
 
 def _path(f: IndexedFile) -> bytes:
