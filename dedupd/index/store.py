@@ -395,10 +395,15 @@ class Store:
     def save_hashes(self, updates: Sequence[HashUpdate]) -> None:
         if not updates:
             return
-        rows = [(None if u.head is None else to_s64(u.head), u.full, to_s64(u.dev),
-                 to_s64(u.ino)) for u in updates if u.stat is None]
-        checked = [(None if u.head is None else to_s64(u.head), u.full, to_s64(u.dev),
-                    to_s64(u.ino), *u.stat) for u in updates if u.stat is not None]
+        rows: list[tuple[Any, ...]] = []
+        checked: list[tuple[Any, ...]] = []
+        for u in updates:
+            row = (None if u.head is None else to_s64(u.head), u.full, to_s64(u.dev),
+                   to_s64(u.ino))
+            if u.stat is None:
+                rows.append(row)
+            else:
+                checked.append((*row, *u.stat))
         with self.db.tx() as cur:
             if rows:
                 self.bulk.save_hashes(cur, rows)
