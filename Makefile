@@ -57,6 +57,12 @@ BINDIR ?= /usr/local/bin
 UNITDIR ?= /etc/systemd/system
 CONFDIR ?= /etc/dedupd
 DOCDIR ?= /usr/local/share/doc/dedupd
+# Where bash-completion, zsh (Debian's default fpath) and man look for files
+# of locally installed software.
+DATAROOT ?= /usr/local/share
+BASHCOMPDIR ?= $(DATAROOT)/bash-completion/completions
+ZSHCOMPDIR ?= $(DATAROOT)/zsh/site-functions
+MANDIR ?= $(DATAROOT)/man
 
 install:
 	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
@@ -72,6 +78,13 @@ install:
 	install -m 0644 etc/dedupd.toml $(DESTDIR)$(CONFDIR)/dedupd.toml.example
 	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/
 	if [ -d docs ]; then install -m 0644 docs/*.md $(DESTDIR)$(DOCDIR)/; fi
+	@# completion and man page, generated from the installed parser (dedupd/shellfiles.py)
+	gen=$$(mktemp -d) && $(DESTDIR)$(PREFIX)/bin/python -m dedupd.shellfiles $$gen >/dev/null && \
+	install -d $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(MANDIR)/man1 && \
+	install -m 0644 $$gen/dedupd.bash $(DESTDIR)$(BASHCOMPDIR)/dedupd && \
+	install -m 0644 $$gen/_dedupd $(DESTDIR)$(ZSHCOMPDIR)/_dedupd && \
+	install -m 0644 $$gen/dedupd.1 $(DESTDIR)$(MANDIR)/man1/dedupd.1 && \
+	rm -rf $$gen
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed; copy $(CONFDIR)/dedupd.toml.example to $(CONFDIR)/dedupd.toml, edit it,"
 	@echo "then: systemctl enable --now dedupd"

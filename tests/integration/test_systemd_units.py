@@ -79,6 +79,13 @@ def test_make_install_staged(tmp_path):
         assert os.readlink(dest / "usr/local/bin/dedupd") == "/opt/dedupd/bin/dedupd"
         assert (dest / "etc/dedupd/dedupd.toml.example").read_text() == \
             (REPO / "etc/dedupd.toml").read_text()
+        share = dest / "usr/local/share"
+        comp = share / "bash-completion/completions/dedupd"
+        c = subprocess.run(["bash", "-c", f"source {comp}; complete -p dedupd"],
+                           capture_output=True, text=True, timeout=60)
+        assert c.returncode == 0 and "_shtab_dedupd" in c.stdout, c.stderr
+        assert (share / "zsh/site-functions/_dedupd").read_text().startswith("#compdef dedupd")
+        assert ".SH COMMAND \\fI\\,'dedupd restore'" in (share / "man/man1/dedupd.1").read_text()
         units = [dest / "etc/systemd/system" / u.name for u in UNITS]
         assert all(u.exists() for u in units)
         staged = rewritten(tmp_path, str(exe))
