@@ -42,6 +42,7 @@ class DaemonConfig:
     socket_group: str = "dedupd"
     pass_interval: float = 300.0
     client_idle_timeout: float = 30.0
+    metrics_address: str = ""  # HOST:PORT of the Prometheus endpoint; "" = none
 
 
 @dataclass(frozen=True)
@@ -303,9 +304,35 @@ def _daemon(t: _Table) -> DaemonConfig:
         socket_group=t.text("socket_group", "dedupd"),
         pass_interval=t.number("pass_interval", 300.0),
         client_idle_timeout=t.number("client_idle_timeout", 30.0, lo=0.1),
+        metrics_address=_metrics_address(t),
     )
     t.done()
     return d
+
+
+def _metrics_address(t: _Table) -> str:
+    value = str(t.text("metrics_address", "")).strip()
+    if value:
+        try:
+            parse_host_port(value)
+        except ValueError as e:
+            raise t.err("metrics_address", str(e)) from None
+    return value
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[V6]:PORT' -> (host, port); ValueError says what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets: [{host}]:{port}")
+    if not sep or not host or any(c in host for c in "[]/ "):
+        raise ValueError(f"must be HOST:PORT, e.g. 127.0.0.1:9577 (empty: no metrics); "
+                         f"got {value!r}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be 1-65535; got {port!r}")
+    return host, int(port)
 
 
 def _database(t: _Table) -> DatabaseConfig:

@@ -88,6 +88,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.scheduler: BackupScheduler | None = None
         self.stepper: StepProcess | None = None
+        self.metrics: Any = None  # dedupd.metrics.MetricsServer when [daemon] metrics_address
 
     @property
     def runtime_dir(self) -> Path:
@@ -147,6 +148,8 @@ class Daemon:
         for v in self.vols.values():
             await self._add_volume(v)
         self.scheduler.update(self.cfg.backups)
+        if d.metrics_address:
+            self._serve_metrics(d.metrics_address)
         self.board.state = "running"
         self._tasks += [asyncio.create_task(self._status_loop(), name="status")]
         wd = watchdog_interval()
@@ -198,6 +201,8 @@ class Daemon:
             t.cancel()
         if self.control is not None:
             await self.control.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
         if not self.abandoned and self.store is not None:
             self.store.close()
         log.info("stopped")
@@ -317,6 +322,8 @@ class Daemon:
         if cfg.daemon.runtime_dir != self.cfg.daemon.runtime_dir:
             log.warning("[daemon] runtime_dir changed: takes effect at the next restart")
             cfg = _with_runtime_dir(cfg, self.cfg.daemon.runtime_dir)
+        if cfg.daemon.metrics_address != self.cfg.daemon.metrics_address:
+            log.warning("[daemon] metrics_address changed: takes effect at the next restart")
         self.cfg = cfg
         if not self.opts.log_level_fixed:
             logging.getLogger().setLevel(cfg.daemon.log_level.upper())
@@ -337,6 +344,36 @@ class Daemon:
         self.vols = vols
         assert self.scheduler is not None
         self.scheduler.update(cfg.backups)
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def _serve_metrics(self, address: str) -> None:
+        """Serve Prometheus metrics on address (dedupd/metrics.py) from a thread of its own.
+
+        A scrape reads the status board on the loop (its owner) and the backup rows
+        from the index in the scrape's thread, like the backup jobs' threads do.
+        """
+        from dedupd import metrics
+
+        loop = asyncio.get_running_loop()
+
+        async def snapshot() -> dict[str, Any]:
+            return self.board.snapshot()
+
+        def source() -> list[Any]:
+            doc = asyncio.run_coroutine_threadsafe(snapshot(), loop).result(10)
+            facts = metrics.backup_facts(self.store, list(self.cfg.backups)) \
+                if self.store is not None else []
+            return metrics.families(doc, facts)
+
+        self.metrics = metrics.MetricsServer(address, source)
+        try:
+            self.metrics.start()
+        except OSError as e:
+            self.metrics = None
+            raise DedupdError(f"cannot serve metrics on {address} ([daemon] metrics_address): "
+                              f"{e.strerror}") from None
+        log.info("metrics on http://%s/metrics", address)
 
     # -- control commands ----------------------------------------------------------------
 
@@ -392,6 +429,8 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def _release(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.stepper is not None:
             self.stepper.kill()  # only if still running (startup failed, or abandoned)
         self.lock.release()

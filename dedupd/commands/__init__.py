@@ -13,7 +13,7 @@ from types import ModuleType
 
 # In --help order.
 MODULES = ("scan", "run", "status", "stats", "ctl", "check_config", "journal", "recover",
-           "consolidate", "where", "import_report", "backup", "backup_restore")
+           "consolidate", "where", "import_report", "backup", "backup_restore", "metrics")
 
 # subcommand name -> module that registers it
 NAMES = {
@@ -21,7 +21,7 @@ NAMES = {
     "pause": "ctl", "resume": "ctl", "rescan": "ctl", "check-config": "check_config",
     "journal": "journal", "recover": "recover", "consolidate": "consolidate",
     "where": "where", "import": "import_report", "backup": "backup", "backups": "backup",
-    "verify": "backup_restore", "restore": "backup_restore",
+    "verify": "backup_restore", "restore": "backup_restore", "metrics": "metrics",
 }
 
 

@@ -1,0 +1,80 @@
+"""`dedupd metrics`: the daemon's Prometheus metrics, printed once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from dedupd.commands.common import add_common, load_config, open_store
+from dedupd.commands.status import add_socket_arg, socket_path
+from dedupd.control import ControlClient
+from dedupd.errors import TemporaryFailure
+from dedupd.output import print_json
+
+HELP = """\
+Print the metrics that [daemon] metrics_address serves over HTTP, once, in
+Prometheus text format: for node_exporter's textfile collector, e.g. from a
+systemd timer or cron:
+
+  dedupd metrics -o /var/lib/node_exporter/textfile_collector/dedupd.prom
+
+Volume counters, passes and errors come from the running daemon (over its
+control socket); backup age and size per job from the index. Without a
+running daemon only the backup metrics are printed, with dedupd_up 0 (a
+note on stderr; exit status 0, so the file is still written). Every metric
+is described in docs/status.md (Metrics).
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("metrics", help="print Prometheus metrics once (textfile collector)",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", type=Path, metavar="FILE",
+                   help="write FILE (atomically: a temp file renamed over it) instead of stdout")
+    add_socket_arg(p)
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dedupd import metrics
+
+    cfg = load_config(args)
+    doc = _status(args)
+    store = open_store(args, cfg)
+    try:
+        facts = metrics.backup_facts(store, list(cfg.backups))
+    finally:
+        store.close()
+    fams = metrics.families(doc, facts)
+    if args.json:
+        print_json({f.name: {"type": f.type, "help": f.documentation,
+                             "samples": [{"name": s.name, "labels": s.labels, "value": s.value}
+                                         for s in f.samples]} for f in fams})
+        return 0
+    out = metrics.text(fams)
+    if args.output is None:
+        sys.stdout.write(out)
+        return 0
+    tmp = args.output.with_name(f".{args.output.name}.{os.getpid()}.tmp")
+    tmp.write_text(out, encoding="utf-8")
+    tmp.chmod(0o644)
+    os.replace(tmp, args.output)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The daemon's status document, or None (with a note) when no daemon answers."""
+    client = ControlClient(socket_path(args))
+    try:
+        doc = client.request("status")
+    except TemporaryFailure as e:
+        sys.stderr.write(f"dedupd: {e}; printing the index's metrics only (dedupd_up 0)\n")
+        return None
+    finally:
+        client.close()
+    doc.pop("ok", None)
+    return doc
