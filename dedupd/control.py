@@ -7,6 +7,15 @@ error, memory never grows past MAX_LINE + one chunk), a silent client is
 dropped after IDLE_TIMEOUT, a client that stops reading is dropped after
 WRITE_TIMEOUT, and a client that vanishes mid-reply only ends its own
 connection. Who may do what comes from SO_PEERCRED (see Access).
+
+No user can lock the others out (see Admission): every uid but root's and the
+daemon's own holds at most PER_UID connections, and the last RESERVED of the
+MAX_CLIENTS places are kept for admins, plus ROOT_RESERVE beyond them for
+root alone, so `dedupd status` and `pause` from root always get in. A refused
+client is told why in one reply line before the connection is closed; the
+client reads that line even when the close beat its request (EPIPE).
+On close() every connected client gets a last "daemon is stopping" line and
+its connection ends normally (no task is left for the loop to cancel).
 The protocol is documented in docs/status.md.
 """
 
@@ -19,6 +28,7 @@ import logging
 import os
 import socket
 import struct
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +43,10 @@ CHUNK = 64 * 1024
 MAX_DISCARD = 64 * 1024 * 1024  # give up on a client sending an endless line
 IDLE_TIMEOUT = 30.0
 WRITE_TIMEOUT = 10.0
-MAX_CLIENTS = 1024  # beyond this a new client gets "busy" and is closed
+MAX_CLIENTS = 1024  # connections at once; beyond this a new client gets "busy"
+RESERVED = 64  # of MAX_CLIENTS, places only admins (root, admin group) may take
+ROOT_RESERVE = 16  # beyond MAX_CLIENTS, places for root (and the daemon's uid) alone
+PER_UID = 32  # connections one uid may hold (root and the daemon's uid: no cap)
 BACKLOG = 512
 MAX_REPLY = 64 * 1024 * 1024  # client side bound on one reply
 
@@ -86,15 +99,51 @@ class Access:
     admin_gid: int | None
     owner_uid: int = os.geteuid()
 
+    def is_root(self, p: Peer) -> bool:
+        return p.uid in (0, self.owner_uid)
+
     def level(self, p: Peer) -> str:
         """'admin', 'read' or 'none'."""
-        if p.uid in (0, self.owner_uid):
+        if self.is_root(p):
             return "admin"
         if self.admin_gid is not None and self.admin_gid in p.groups:
             return "admin"
         if self.socket_gid is not None and self.socket_gid in p.groups:
             return "read"
         return "none"
+
+
+class Admission:
+    """Who gets one more connection: counts open ones, total and per uid."""
+
+    def __init__(self, access: Access) -> None:
+        self.access = access
+        self.total = 0
+        self.by_uid: Counter[int] = Counter()
+
+    def refusal(self, p: Peer, level: str) -> dict[str, Any] | None:
+        """None to admit p (then enter/leave around its connection), else the reply."""
+        if level == "none":
+            return _denied(p, "read")
+        root = self.access.is_root(p)
+        if not root and self.by_uid[p.uid] >= PER_UID:
+            return _busy(f"uid {p.uid} already has {PER_UID} connections open "
+                         "(the limit per user)")
+        limit = MAX_CLIENTS + ROOT_RESERVE if root else \
+            MAX_CLIENTS if level == "admin" else MAX_CLIENTS - RESERVED
+        if self.total >= limit:
+            return _busy("too many clients")
+        return None
+
+    def enter(self, p: Peer) -> None:
+        self.total += 1
+        self.by_uid[p.uid] += 1
+
+    def leave(self, p: Peer) -> None:
+        self.total -= 1
+        self.by_uid[p.uid] -= 1
+        if self.by_uid[p.uid] <= 0:
+            del self.by_uid[p.uid]
 
 
 # handler(cmd, volume or None, request) -> reply fields; raises ControlError to refuse.
@@ -153,8 +202,14 @@ class ControlServer:
                  idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.handler, self.access, self.idle_timeout = handler, access, idle_timeout
         self.servers: dict[str, asyncio.AbstractServer] = {}
-        self.clients = 0
+        self.admission = Admission(access)
         self.served = 0
+        # every connection being served, so that close() can end each one cleanly
+        self._live: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+
+    @property
+    def clients(self) -> int:
+        return self.admission.total
 
     async def listen(self, path: Path, default_volume: str | None, gid: int | None) -> None:
         """Bind path (0660, group gid) and serve it; a stale socket file is replaced.
@@ -188,28 +243,42 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop listening, tell every connected client the daemon is stopping, and
+        wait (up to grace seconds) until each connection has ended."""
         for p in list(self.servers):
             await self.unlisten(Path(p))
+        notice = _line({"ok": False, "error": "the daemon is stopping", "code": "ESHUTDOWN"})
+        for w in list(self._live.values()):
+            with contextlib.suppress(Exception):
+                w.write(notice)
+                w.close()  # the reader sees EOF: the conversation returns
+        if self._live:
+            await asyncio.wait(list(self._live), timeout=grace)
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                             default_volume: str | None) -> None:
-        self.clients += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._live[task] = writer
+        admitted: Peer | None = None
         try:
-            if self.clients > MAX_CLIENTS:
-                await self._reply(writer, {"ok": False, "error": "busy: too many clients"})
-                return
             peer = peer_of(writer.get_extra_info("socket"))
             level = self.access.level(peer)
-            if level == "none":
-                await self._reply(writer, _denied(peer, "read"))
+            refused = self.admission.refusal(peer, level)
+            if refused is not None:
+                await self._reply(writer, refused)
                 return
+            self.admission.enter(peer)
+            admitted = peer
             await self._conversation(_Lines(reader, self.idle_timeout), writer, peer, level,
                                      default_volume)
         except (ConnectionError, TimeoutError, OSError):
             pass  # the client went away, stalled or broke the protocol: drop it alone
         finally:
-            self.clients -= 1
+            if admitted is not None:
+                self.admission.leave(admitted)
+            del self._live[task]
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -257,8 +326,16 @@ class ControlServer:
             return {"ok": False, "error": f"internal error: {e}"}
 
     async def _reply(self, writer: asyncio.StreamWriter, doc: dict[str, Any]) -> None:
-        writer.write(json.dumps(doc, ensure_ascii=True).encode() + b"\n")
+        writer.write(_line(doc))
         await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+
+
+def _line(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, ensure_ascii=True).encode() + b"\n"
+
+
+def _busy(why: str) -> dict[str, Any]:
+    return {"ok": False, "error": f"busy: {why}; try again later", "code": "EBUSY"}
 
 
 def _denied(peer: Peer, need: str) -> dict[str, Any]:
@@ -292,15 +369,32 @@ class ControlClient:
         self.sock = s
 
     def request(self, cmd: str, **fields: Any) -> dict[str, Any]:
-        """Send one request and return the reply; raises ControlError when ok is false."""
+        """Send one request and return the reply; raises PermissionDenied (EPERM),
+        TemporaryFailure (busy, stopping, gone, silent) or ControlError (refused)."""
         if self.sock is None:
             self.connect()
         assert self.sock is not None
-        self.sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
-        reply = json.loads(self._line())
+        try:
+            self.sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon closed first: the reason it gave waits in our receive buffer
+        except TimeoutError:
+            raise TemporaryFailure(f"{self.path}: the daemon does not read requests "
+                                   f"(nothing taken within {self.timeout:.0f}s)") from None
+        try:
+            reply = json.loads(self._line())
+        except ValueError:
+            raise ControlError(f"{self.path}: the reply is not JSON") from None
+        if not isinstance(reply, dict):
+            raise ControlError(f"{self.path}: the reply is not a JSON object")
         if not reply.get("ok"):
             err = str(reply.get("error", "request failed"))
-            raise (PermissionDenied if reply.get("code") == "EPERM" else ControlError)(err)
+            code = reply.get("code")
+            if code == "EPERM":
+                raise PermissionDenied(err)
+            if code in ("EBUSY", "ESHUTDOWN"):
+                raise TemporaryFailure(f"{self.path}: {err}")
+            raise ControlError(err)
         return dict(reply)
 
     def _line(self) -> bytes:
@@ -308,9 +402,16 @@ class ControlClient:
         while b"\n" not in self.buf:
             if len(self.buf) > MAX_REPLY:
                 raise ControlError("reply too long")
-            chunk = self.sock.recv(CHUNK)
+            try:
+                chunk = self.sock.recv(CHUNK)
+            except ConnectionResetError:
+                chunk = b""  # after the daemon's last line: no more to read
+            except TimeoutError:
+                raise TemporaryFailure(f"{self.path}: no reply within {self.timeout:.0f}s "
+                                       "(the daemon is busy or stuck)") from None
             if not chunk:
-                raise TemporaryFailure(f"{self.path}: the daemon closed the connection")
+                raise TemporaryFailure(f"{self.path}: the daemon closed the connection "
+                                       "without a reply (stopped or restarted?)")
             self.buf += chunk
         line, _, self.buf = self.buf.partition(b"\n")
         return line

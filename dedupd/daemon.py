@@ -41,7 +41,14 @@ from dedupd.errors import DedupdError
 from dedupd.index.store import Store
 from dedupd.notify import Notifier, watchdog_interval
 from dedupd.proc_priority import apply_priority, responsive_loop_thread, work_thread_init
-from dedupd.runtime import PidLock, group_id, has_journal, prepare_runtime_dir, recover_journal
+from dedupd.runtime import (
+    PidLock,
+    group_id,
+    has_journal,
+    prepare_runtime_dir,
+    raise_fd_limit,
+    recover_journal,
+)
 from dedupd.scheduler import BackupScheduler
 from dedupd.status import StatusBoard, WorkerStatus
 from dedupd.stepper import StepProcess, StepProcessDied
@@ -120,7 +127,8 @@ class Daemon:
         # A full garbage collection holds the GIL, so it stalls status answers; keep
         # the long-lived objects of the imports (SQLAlchemy, boto3...) out of it.
         gc.freeze()
-        prepare_runtime_dir(self.runtime_dir, self.cfg.daemon.socket_group)
+        prepare_runtime_dir(self.runtime_dir, self.cfg.daemon.socket_group, self.cfg.source)
+        raise_fd_limit()
         lock_fd = self.lock.acquire()
         done = apply_priority(self.cfg.daemon)  # the process's starting point, inherited
         # Fork the step process now: no other thread exists yet, no socket is bound.

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
+from dedupd import config
 from dedupd.commands.common import add_common, load_config
 from dedupd.control import ControlClient
+from dedupd.errors import ConfigError
 from dedupd.output import human_bytes, print_json
 
 HELP = """\
@@ -23,7 +27,8 @@ It asks the daemon over its control socket (RUNTIME_DIR/dedupd.sock, see
 protocol is plain newline-delimited JSON (docs/status.md), so this works too:
   echo '{"cmd":"status"}' | socat - UNIX-CONNECT:/run/dedupd/dedupd.sock
 
-exit status: 0 ok, 1 refused (permission, unknown volume), 75 daemon not running
+exit status: 0 ok, 1 refused (permission, unknown volume), 75 daemon not running,
+busy, or stopped (--watch ends with it, saying so, when the daemon stops)
 """
 
 
@@ -44,9 +49,33 @@ def add_socket_arg(p: argparse.ArgumentParser) -> None:
 
 
 def socket_path(args: argparse.Namespace) -> Path:
+    """--socket, else RUNTIME_DIR/dedupd.sock from the config.
+
+    A config that no longer validates (edited, then reloaded: the daemon logs
+    the error and keeps running with the previous one) must not hide the
+    daemon: its runtime_dir is then read from the raw TOML (or the default is
+    used) with a warning naming the config error."""
     if args.socket is not None:
         return Path(args.socket)
-    return load_config(args).daemon.runtime_dir / "dedupd.sock"
+    try:
+        return load_config(args).daemon.runtime_dir / "dedupd.sock"
+    except ConfigError as e:
+        d = _raw_runtime_dir(args.config or config.DEFAULT_CONFIG)
+        sys.stderr.write(f"dedupd: warning: {e}\n(asking the daemon at {d}/dedupd.sock "
+                         "anyway; the running daemon keeps its last good config)\n")
+        return d / "dedupd.sock"
+
+
+def _raw_runtime_dir(path: Path) -> Path:
+    """[daemon] runtime_dir as written in path, when it is there and absolute."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f).get("daemon", {}).get("runtime_dir")
+    except (OSError, ValueError, AttributeError):
+        raw = None
+    if isinstance(raw, str) and os.path.isabs(raw):
+        return Path(raw)
+    return config.DaemonConfig.runtime_dir
 
 
 def run(args: argparse.Namespace) -> int:
