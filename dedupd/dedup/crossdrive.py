@@ -133,7 +133,8 @@ def _merge(results: list[H.LinkResult]) -> H.LinkResult:
     return H.LinkResult(tuple(a for r in results for a in r.actions),
                         tuple(x for r in results for x in r.refused),
                         sum(r.linked for r in results),
-                        sum(r.bytes_reclaimed for r in results), dict(counts))
+                        sum(r.bytes_reclaimed for r in results), dict(counts),
+                        tuple(x for r in results for x in r.restat))
 
 
 def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,

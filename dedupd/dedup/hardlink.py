@@ -66,6 +66,8 @@ class LinkResult:
     refused: one dict per name left alone, with its reason; counts: by reason.
     bytes_reclaimed counts inodes whose last name was replaced (their blocks
     are freed unless a process still holds them open or a snapshot pins them).
+    restat: (before, after) of every inode whose ctime only our own links moved,
+    in order, so the index can take the new ctime instead of reading it again.
     """
 
     actions: tuple[dict[str, Any], ...] = ()
@@ -73,6 +75,7 @@ class LinkResult:
     linked: int = 0
     bytes_reclaimed: int = 0
     counts: Mapping[str, int] = field(default_factory=dict)
+    restat: tuple[tuple[Ident, Ident], ...] = ()
 
 
 def show(p: bytes) -> str:
@@ -99,6 +102,7 @@ class _Run:
         self.linked = 0
         self.reclaimed = 0
         self.ident: dict[tuple[int, int], Ident] = {}
+        self.restat: list[tuple[Ident, Ident]] = []
         # Final states of this group's ops, written in one commit at the end:
         # until then recovery would decide them from the inodes anyway.
         self.marks: list[tuple[int, str, str | None]] = []
@@ -117,7 +121,7 @@ class _Run:
 
     def result(self) -> LinkResult:
         return LinkResult(tuple(self.actions), tuple(self.refused), self.linked,
-                          self.reclaimed, dict(self.counts))
+                          self.reclaimed, dict(self.counts), tuple(self.restat))
 
 
 def link_group(journal: J.Journal | None, group: DupGroup, policy: LinkPolicy,
@@ -229,6 +233,8 @@ def _refresh(run: _Run, key: tuple[int, int], path: bytes) -> bool:
         return False
     if old.matches(st, ctime=False):
         run.ident[key] = Ident.of(st)
+        if st.st_ctime_ns != old.ctime_ns:
+            run.restat.append((old, run.ident[key]))
         return True
     return False
 

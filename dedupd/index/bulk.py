@@ -76,6 +76,13 @@ class Bulk:
                "ino = excluded.ino, seen = excluded.seen")
         cur.executemany(sql, rows)
 
+    def set_ctimes(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+        """rows: (new ctime_ns, dev, ino, size, mtime_ns, old ctime_ns); only a row still
+        at the old stat takes the new ctime."""
+        sql = (f"UPDATE inodes SET ctime_ns = {self.p} WHERE dev = {self.p} AND ino = {self.p} "
+               f"AND size = {self.p} AND mtime_ns = {self.p} AND ctime_ns = {self.p}")
+        cur.executemany(sql, rows)
+
     def save_hashes(self, cur: Any, rows: list[tuple[Any, ...]], same_stat: bool = False
                     ) -> None:
         """rows: (head, full, dev, ino), plus (size, mtime_ns, ctime_ns) with same_stat:

@@ -28,7 +28,7 @@ from dedupd.index.db import (
     sqlite_pragmas,
     to_s64,
 )
-from dedupd.scan.events import FileEvent
+from dedupd.scan.events import FileEvent, Ident
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -409,6 +409,16 @@ class Store:
                 self.bulk.save_hashes(cur, rows)
             if checked:
                 self.bulk.save_hashes(cur, checked, same_stat=True)
+
+    def accept_own_ctimes(self, changes: Sequence[tuple[Ident, Ident]]) -> None:
+        """Take the new ctime of inodes that only dedupd's own links changed (before,
+        after; applied in order), where the index still holds the before stat: else the
+        next pass would count every linked file as changed and read it again."""
+        rows = [(new.ctime_ns, to_s64(old.dev), to_s64(old.ino), old.size, old.mtime_ns,
+                 old.ctime_ns) for old, new in changes]
+        if rows:
+            with self.db.tx() as cur:
+                self.bulk.set_ctimes(cur, rows)
 
     def counts(self) -> dict[str, int]:
         one = self.db.rows

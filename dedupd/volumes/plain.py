@@ -81,6 +81,7 @@ class LinkPass(ScanPass):
         self.actions.extend(res.actions)
         self.problems.extend(res.refused)
         self.bytes_reclaimed += res.bytes_reclaimed
+        self.store.accept_own_ctimes(res.restat)
 
 
 class PlainPass(LinkPass):
