@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dedupd.dedup import extent, fiemap
+from dedupd.dedup.killpoint import StepHook
 from dedupd.dedup.planner import Member, plan_group
 from dedupd.hashing import FileChanged, _check
 from dedupd.index import extents as ix
@@ -63,6 +64,9 @@ class ExtentDeduper:
         default_factory=list)
     hash_buf: dict[tuple[int, int], HashUpdate] = field(default_factory=dict)
     _fresh: bool | None = None  # no group state in the index at all (a first pass)
+    # The journal's kill-point test hook: one step per dedupe call (ioctl batch or
+    # duperemove run), so the contract tests can kill -9 right after one.
+    step: StepHook = field(default_factory=StepHook)
 
     def dedupe_group(self, size: int, files: Sequence[IndexedFile],
                      full: bytes | None = None, updates: Sequence[HashUpdate] = ()) -> None:
@@ -178,6 +182,7 @@ class ExtentDeduper:
                 return
             results = extent.dedupe_fds(src, size, list(fds))
             self.c.add("dedupe_calls")
+            self.step("dedupe")
             ok = []
             for r in results:
                 d = fds[r.fd]
@@ -298,6 +303,7 @@ class ExtentDeduper:
             extent.duperemove([[g.ref.path, *[d.path for d in g.dests[k:k + n]]]
                                for g in q for k in range(0, len(g.dests), n)])
             self.c.add("dedupe_calls")
+            self.step("duperemove")
         except (ProcError, ValueError) as e:
             self.c.add("errors")
             self.problems.append({"path": "", "reason": "error", "detail": f"duperemove: {e}"})

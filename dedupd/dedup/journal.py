@@ -15,22 +15,22 @@ rolls back each one. States (docs/safety.md has the full table):
   ROLLED_BACK undone by recovery or after a failed step               (final)
   FAILED      recovery found a state it cannot resolve alone (kept as is) (final)
 
-Test hook (never set in production): DEDUPD_TEST_KILL_AT_STEP=k makes the
-process SIGKILL itself right after its k-th step (journal write or filesystem
-mutation); DEDUPD_TEST_STEP_LOG=FILE appends "n label" per step.
+Test hook (never set in production; dedup/killpoint.py): DEDUPD_TEST_KILL_AT_STEP=k
+makes the process SIGKILL itself right after its k-th step (journal write or
+filesystem mutation); DEDUPD_TEST_STEP_LOG=FILE appends "n label" per step.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, event, func, select, update
 
+from dedupd.dedup.killpoint import StepHook
 from dedupd.index import schema as s
 from dedupd.index.schema import from_s64, to_s64
 from dedupd.index.store import Store, make_engine
@@ -82,23 +82,6 @@ class OpRecord:
                 "dest": p(sp.dest_path), "quarantine": p(sp.quarantine_path),
                 "size": sp.size, "reason": self.reason, "created": self.created,
                 "updated": self.updated}
-
-
-class StepHook:
-    """Counts steps; the fault-injection test hook described in the module doc."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.kill_at = int(os.environ.get("DEDUPD_TEST_KILL_AT_STEP", "0") or 0)
-        self.log = os.environ.get("DEDUPD_TEST_STEP_LOG")
-
-    def __call__(self, label: str) -> None:
-        self.n += 1
-        if self.log:
-            with open(self.log, "a") as f:
-                f.write(f"{self.n} {label}\n")
-        if self.n == self.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _full_sync(dbapi_conn: Any, _record: Any) -> None:
