@@ -75,6 +75,7 @@ class VolumeConfig:
     link_primary_pairs: bool = False
     quarantine_dir: Path | None = None
     quarantine_days: float = 30.0
+    zfs_full_walk_days: float = 7.0
 
     @property
     def apply(self) -> bool:
@@ -372,6 +373,7 @@ def _volume(t: _Table, name: str) -> VolumeConfig:
         link_primary_pairs=t.flag("link_primary_pairs", False),
         quarantine_dir=t.path("quarantine_dir", None),
         quarantine_days=t.number("quarantine_days", 30.0),
+        zfs_full_walk_days=t.number("zfs_full_walk_days", 7.0),
     )
     if kind == "pool" and len(v.branches) < 2:
         raise t.err("branches", "a pool volume needs at least two branches")

@@ -8,26 +8,37 @@ snapshot at all. Pass snapshots other than the newest processed one are
 destroyed at the end of the pass, so they never pin replaced blocks for long
 (space freed by linking shows once the previous pass snapshot is released).
 The prefix differs from the backup jobs' so neither touches the other's.
+
+The dataset is the one mounted at the volume's path (zfs_mounts), and how
+diff lines become index work is zfs_track's business. The pass walks the whole
+tree instead when there is no earlier pass snapshot, every zfs_full_walk_days
+(the diff can omit changes), when the diff reports errors, and when
+cross_mounts lets the walk into other mounts the diff cannot see. docs/zfs.md.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import time
 from collections.abc import Iterator
 
 from dedupd import proc
+from dedupd.config import VolumeConfig
 from dedupd.dedup.lock import volume_lock
 from dedupd.index.carry import carry_forward
+from dedupd.index.store import Store
 from dedupd.scan.events import FileEvent
 from dedupd.scan.scanner import RECORD_BATCH, batches
-from dedupd.scan.walk import WalkOptions, normalize_roots, walk
-from dedupd.volumes import Step, register
+from dedupd.scan.walk import WalkOptions, walk
+from dedupd.volumes import PassOptions, Step, register
 from dedupd.volumes._base import ScanPass
 from dedupd.volumes.plain import PlainPass
-from dedupd.volumes.zfs_diff import DiffEntry, DiffFormatError, parse_diff
+from dedupd.volumes.zfs_diff import DiffEntry
+from dedupd.volumes.zfs_mounts import Mount, dataset_for, mounts_below, snapdir_excludes
+from dedupd.volumes.zfs_track import Reconciler, plan, run_diff
 
 PASS_PREFIX = "dedupdpass-"
+log = logging.getLogger("dedupd.zfs")
 
 
 def has_diff() -> bool:
@@ -35,21 +46,6 @@ def has_diff() -> bool:
     r = proc.run(["zfs", "diff"], check=False, timeout=30)
     err = r.stderr.lower()
     return "unrecognized command" not in err and "diff" in err
-
-
-def dataset_for(path: str) -> tuple[str, bytes]:
-    """(dataset, mountpoint) of the ZFS filesystem holding path (longest mountpoint)."""
-    real = os.path.realpath(os.fsencode(path))
-    out = proc.run(["zfs", "list", "-H", "-t", "filesystem", "-o", "name,mountpoint"]).stdout
-    best: tuple[str, bytes] | None = None
-    for line in out.splitlines():
-        name, _, mnt = line.partition(b"\t")
-        if mnt.startswith(b"/") and (real == mnt or real.startswith(mnt.rstrip(b"/") + b"/")) \
-                and (best is None or len(mnt) > len(best[1])):
-            best = (name.decode(), mnt)
-    if best is None:
-        raise proc.ProcError(["zfs", "list"], 1, f"no ZFS dataset holds {path}")
-    return best
 
 
 def pass_snapshots(dataset: str) -> list[str]:
@@ -75,6 +71,12 @@ def release(snaps: list[str], keep: str | None) -> list[str]:
 class ZfsPass(PlainPass):
     """PlainPass whose changed files come from `zfs diff` between pass snapshots."""
 
+    datasets: list[Mount]
+
+    def __init__(self, vol: VolumeConfig, store: Store, opts: PassOptions) -> None:
+        super().__init__(vol, store, opts)
+        self.datasets = []  # mounted datasets the walk may reach (set by the pass)
+
     def steps(self) -> Iterator[Step]:
         try:
             with volume_lock(self.lock_root()):
@@ -84,12 +86,16 @@ class ZfsPass(PlainPass):
             self.journal.close()
 
     def _tracked(self) -> Iterator[Step]:
-        dataset, _ = dataset_for(str(self.vol.path))
+        mnt = dataset_for(self.vol.path)
+        dataset = mnt.dataset
+        below = mounts_below(self.roots[0]) if self.vol.cross_mounts else []
+        self.datasets = [mnt, *(m for m in below if m.is_zfs)]
         meta_key = f"zfs_pass_snapshot:{self.vol.name}"
         old = pass_snapshots(dataset)
-        if not has_diff():
-            self.c.add("zfs_diff_unavailable")
-            yield from ScanPass.steps(self)  # stat walk, nothing pinned
+        if not has_diff() or below:
+            # The diff of one dataset cannot see other mounts the walk enters.
+            self.c.add("zfs_diff_unavailable" if not below else "zfs_walk_child_mounts")
+            yield from self._full_walk()
             self._release(old, None)
             return
         new = f"{dataset}@{PASS_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}" \
@@ -97,26 +103,61 @@ class ZfsPass(PlainPass):
         if not self.dry:
             proc.run(["zfs", "snapshot", new], timeout=300)
         prev = self.store.get_meta(meta_key)
-        entries = None
-        if prev in old and not self.opts.force_rescan and not self.dry:
-            entries = self._diff(str(prev), new)
-        if entries is not None:
-            yield from self._incremental(entries)
+        diff = None
+        why = self._walk_reason(prev, old)
+        if why is None:
+            diff = self._diff(str(prev), new)
         else:
-            yield from ScanPass.steps(self)
+            self.c.add(why)
+        if diff is not None:
+            yield from self._incremental(diff)
+        else:
+            yield from self._full_walk()
         if not self.dry:
             self.store.set_meta(meta_key, new)
             self._release(pass_snapshots(dataset), new)
 
+    def _walk_reason(self, prev: str | None, old: list[str]) -> str | None:
+        """Why this pass walks the whole tree instead of reading the diff (a counter
+        name), or None when the diff can be used."""
+        if self.dry:
+            return "zfs_walk_dry_run"  # a dry run takes no snapshot to diff against
+        if self.opts.force_rescan:
+            return "zfs_walk_forced"
+        if prev not in old:
+            return "zfs_walk_no_base"
+        last = float(self.store.get_meta(f"zfs_full_walk:{self.vol.name}") or 0)
+        if time.time() - last >= self.vol.zfs_full_walk_days * 86400:
+            return "zfs_walk_scheduled"
+        return None
+
+    def _full_walk(self) -> Iterator[Step]:
+        """A verification walk of the whole tree (also what a pass without diff does)."""
+        self.c.add("zfs_full_walks")
+        yield from ScanPass.steps(self)
+        if not self.dry:
+            self.store.set_meta(f"zfs_full_walk:{self.vol.name}", str(time.time()))
+
+    def walk_options(self) -> WalkOptions:
+        return WalkOptions(self.vol.min_size,
+                           self.vol.exclude + snapdir_excludes(self.datasets),
+                           self.vol.cross_mounts)
+
+    def changed_files(self) -> Iterator[FileEvent]:
+        return self.without_own(walk(self.roots, self.walk_options(), self.walk_stats))
+
     def _diff(self, prev: str, new: str) -> list[DiffEntry] | None:
-        """Changes prev -> new, or None (then the pass walks) if zfs diff fails."""
-        try:
-            return parse_diff(proc.run(["zfs", "diff", "-FHt", prev, new], timeout=3600).stdout)
-        except (proc.ProcError, DiffFormatError) as e:
-            self.problems.append({"path": str(self.vol.path), "reason": "zfs_diff_failed",
-                                  "detail": f"{e}; walking the tree instead"})
-            self.c.add("skips_zfs_diff_failed")
+        """Changes prev -> new, or None (then the pass walks) if zfs diff fails or
+        its output is incomplete."""
+        r = run_diff(prev, new)
+        if r.entries is None:
+            reason = "zfs_diff_incomplete" if r.incomplete else "zfs_diff_failed"
+            log.warning("%s: %s; walking the tree instead", self.vol.name, r.problem)
+            self.problems.append({"path": str(self.vol.path), "reason": reason,
+                                  "detail": f"{r.problem}; walked the tree instead"})
+            self.c.add(f"skips_{reason}")
             return None
+        return list(r.entries)
 
     def _release(self, snaps: list[str], keep: str | None) -> None:
         if self.dry:
@@ -127,39 +168,19 @@ class ZfsPass(PlainPass):
 
     def _incremental(self, entries: list[DiffEntry]) -> Iterator[Step]:
         scan_id = self.store.begin_scan(self.roots)
-        gone: set[bytes] = set()
-        gone_dirs: list[bytes] = []
-        fresh: list[bytes] = []
-        for e in entries:
-            if e.change in ("-", "R"):
-                if e.kind == "/":
-                    gone_dirs.append(e.path)  # every indexed path below it moved or died
-                else:
-                    gone.add(e.path)
-            target = e.new_path if e.change == "R" else e.path
-            # A modified directory only means its entries changed; those are listed
-            # one by one. A created or renamed directory is walked whole.
-            if target is not None and (e.kind == "F" or (e.kind == "/" and e.change != "M")) \
-                    and e.change != "-":
-                fresh.append(target)
         self.c.add("zfs_diff_entries", len(entries))
-        for batch in batches(self._events(fresh), RECORD_BATCH):
+        rec = Reconciler(self.store, self.roots, self.walk_options(), self.walk_stats)
+        done = rec.apply(plan(entries))
+        self.c.add("zfs_dirs_relisted", done.relisted)
+        for batch in batches(self.without_own(iter(done.events)), RECORD_BATCH):
             r = self.store.record(scan_id, batch)
             self.c.add("files_new", r.new)
             self.c.add("files_changed", r.changed)
             yield Step("scanning", f"{len(batch)} changed files")
-        carry_forward(self.store, scan_id, self.roots, gone, tuple(gone_dirs))
+        carry_forward(self.store, scan_id, self.roots, done.gone, done.gone_dirs)
         self.c.add("files_forgotten", self.store.finish_scan(scan_id, self.roots))
         yield from self.hash_and_act(scan_id)
         self._finish()
-
-    def _events(self, fresh: list[bytes]) -> Iterator[FileEvent]:
-        opts = WalkOptions(self.vol.min_size, self.vol.exclude, self.vol.cross_mounts)
-        roots = normalize_roots([p for p in fresh if self._inside(p) and os.path.lexists(p)])
-        return self.without_own(walk(roots, opts, self.walk_stats))
-
-    def _inside(self, p: bytes) -> bool:
-        return any(p == r or p.startswith(r.rstrip(b"/") + b"/") for r in self.roots)
 
 
 register("zfs")(ZfsPass)

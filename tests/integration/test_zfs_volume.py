@@ -14,9 +14,10 @@ import pytest
 from dedupd.config import VolumeConfig
 from dedupd.index.store import Store
 from dedupd.volumes import PassOptions
-from dedupd.volumes.zfs import PASS_PREFIX, ZfsPass, dataset_for, has_diff, pass_snapshots
+from dedupd.volumes.zfs import PASS_PREFIX, ZfsPass, has_diff, pass_snapshots
 from dedupd.volumes.zfs_diff import parse_diff
 from dedupd.volumes.zfs_diff import parse_line as _parse_line
+from dedupd.volumes.zfs_mounts import dataset_for
 from tests.fixtures.zfs import Pool
 from tests.integration.linktree import blob, config, content, dedupd, inodes, manifest, write
 
@@ -44,7 +45,8 @@ def test_zfs_fuse_dataset_links_and_releases_pass_snapshots(zpool: Callable[...,
     before = manifest(root)
     os.sync()
     used0 = int(zfs("get", "-Hp", "-o", "value", "used", ds))
-    assert dataset_for(str(root)) == (ds, os.fsencode(root))
+    mnt = dataset_for(str(root))
+    assert (mnt.dataset, mnt.mountpoint) == (ds, os.fsencode(root))
     cfg = config(tmp_path, {"z": {"kind": "zfs", "path": str(root), "settle_seconds": 0,
                                   "min_size": 1, "mode": "apply"}})
     doc = json.loads(dedupd("run", "--once", "-c", str(cfg), "--json").stdout)["volumes"][0]

@@ -62,6 +62,10 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     ("[consolidate.c]\narchive = '/a'\n", "consolidate.c.sources", "at least one"),
     ("volumes = 3\n", "volumes", "table"),
     ("[daemon]\nlog_json = 'yes'\n", "daemon.log_json", "true or false"),
+    ("[volumes.a]\nkind = 'zfs'\npath = '/x'\nzfs_full_walk_days = -1\n",
+     "volumes.a.zfs_full_walk_days", ">= 0"),
+    ("[volumes.a]\nkind = 'zfs'\npath = '/x'\nzfs_full_walk_days = 'weekly'\n",
+     "volumes.a.zfs_full_walk_days", "a number"),
 ])
 def test_errors_name_file_key_and_problem(tmp_path: Path, text: str, key: str,
                                           words: str) -> None:

@@ -1,0 +1,196 @@
+"""ZFS volumes as they run on OpenZFS: `zfs diff` from the OpenZFS emulator
+(tests/fixtures/openzfs.py) over real zfs-fuse snapshots, hardlink dedupe for
+real, several passes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dedupd.volumes.zfs import PASS_PREFIX, pass_snapshots
+from dedupd.volumes.zfs_mounts import dataset_for
+from tests.fixtures.zfs import OpenZfs, Pool
+from tests.integration.linktree import blob, config, content, dedupd, manifest, write
+
+pytestmark = pytest.mark.integration
+
+Row = tuple[int, int, int, int]  # ino, size, mtime_ns, ctime_ns
+
+
+def zfs(*args: str) -> str:
+    return subprocess.run(["zfs", *args], check=True, capture_output=True, text=True,
+                          timeout=120).stdout
+
+
+def tree(root: Path) -> dict[str, Row]:
+    """What a fresh full walk finds: every regular file (min_size 1), by path."""
+    out: dict[str, Row] = {}
+    for dirpath, dirs, files in os.walk(root):
+        if Path(dirpath) == root:
+            dirs[:] = [d for d in dirs if d != ".zfs"]
+        for n in files:
+            st = os.lstat(os.path.join(dirpath, n))
+            if st.st_size >= 1 and not n.startswith(".dedupd"):
+                rel = os.path.relpath(os.path.join(dirpath, n), root)
+                out[rel] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return out
+
+
+def index(db: Path, root: Path) -> dict[str, Row]:
+    """The index after the last scan: its paths with their inode's stat."""
+    with sqlite3.connect(db) as c:
+        rows = c.execute("SELECT p.path, i.ino, i.size, i.mtime_ns, i.ctime_ns FROM paths p "
+                         "JOIN inodes i ON i.dev = p.dev AND i.ino = p.ino "
+                         "WHERE p.seen = (SELECT max(id) FROM scans)").fetchall()
+    return {os.path.relpath(os.fsdecode(bytes(p)), root): (n, s, m, ct)
+            for p, n, s, m, ct in rows}
+
+
+def run_pass(cfg: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(dedupd("run", "--once", "-c", str(cfg), "--json")
+                                     .stdout)["volumes"][0]
+    return doc
+
+
+@pytest.fixture
+def volume(zpool: Callable[..., Pool], openzfs: OpenZfs, tmp_path: Path
+           ) -> tuple[str, Path, Path]:
+    pool = zpool("256M")
+    ds = pool.dataset("data")
+    zfs("create", ds)
+    root = pool.mountpoint / "data"
+    cfg = config(tmp_path, {"z": {"kind": "zfs", "path": str(root), "settle_seconds": 0,
+                                  "min_size": 1, "mode": "apply",
+                                  "zfs_full_walk_days": 365}})
+    return ds, root, cfg
+
+
+X, Y, Z = blob(1, 70_000), blob(2, 50_000), blob(3, 50_000)
+
+
+def _changes(root: Path) -> list[Callable[[], None]]:
+    """Pass by pass: what a user does between two passes."""
+    def p2() -> None:
+        write(root / "d4/c3 copy.bin", X)  # a third copy
+        (root / "d5").mkdir()
+        os.rename(root / "d3/c.bin", root / "d5/c-renamed.bin")
+
+    def p3() -> None:
+        write(root / "d6/x4.bin", X)  # a fourth copy
+        (root / "d7").mkdir()
+        os.link(root / "d5/c-renamed.bin", root / "d7/c-link.bin")  # a link elsewhere
+        (root / "d1/a.bin").unlink()  # the name the first pass kept
+
+    def p4() -> None:
+        (root / "d8").mkdir()
+        os.rename(root / "d2/b.bin", root / "d8/b-moved.bin")
+        (root / "d7/c-link.bin").unlink()  # the link goes again
+        write(root / "d9/x5.bin", X)
+        write(root / "d5/c-renamed.bin", Z)  # rewritten in place
+
+    def p5() -> None:
+        (root / "d4/c3 copy.bin").unlink()  # the name the parent pointer points at
+        write(root / "d1/again.bin", X)
+        os.link(root / "d8/b-moved.bin", root / "d1/hard.bin")
+        write(root / os.fsdecode(b"caf\xe9 \\ tab\t.bin"), Y)  # escaped by zfs diff
+
+    return [p2, p3, p4, p5]
+
+
+def test_index_equals_a_full_walk_after_every_diff_pass(volume: tuple[str, Path, Path],
+                                                        tmp_path: Path) -> None:
+    ds, root, cfg = volume
+    assert dataset_for(root).dataset == ds
+    write(root / "d1/a.bin", X)
+    write(root / "d2/b.bin", X)
+    write(root / "d3/c.bin", Y)
+    db = tmp_path / "index.db"
+    first = run_pass(cfg)
+    assert first["counters"]["zfs_walk_no_base"] == 1
+    assert (root / "d1/a.bin").stat().st_ino == (root / "d2/b.bin").stat().st_ino
+    for n, change in enumerate(_changes(root), start=2):
+        change()
+        want, before = tree(root), content(manifest(root))
+        doc = run_pass(cfg)
+        assert doc["counters"].get("zfs_diff_entries", 0) > 0, (n, doc["counters"])
+        assert "zfs_full_walks" not in doc["counters"], (n, doc["counters"])
+        assert index(db, root) == want, f"pass {n}"
+        assert content(manifest(root)) == before
+        refused = [p for p in doc["problems"] if p["reason"] == "links_outside_scope"]
+        assert refused == [], (n, refused)
+        copies = [p for p, (_h, size, _m) in manifest(root).items() if size == len(X)]
+        assert len({(root / p).stat().st_ino for p in copies}) == 1, (n, copies)
+        assert len(pass_snapshots(ds)) == 1
+    assert all(s.startswith(f"{ds}@{PASS_PREFIX}") for s in pass_snapshots(ds))
+
+
+def test_diff_with_errors_on_stderr_is_not_trusted(volume: tuple[str, Path, Path],
+                                                   openzfs: OpenZfs, tmp_path: Path) -> None:
+    """`zfs diff` exits 0 after "Unable to determine path or stats for object N":
+    the pass walks instead, and says so."""
+    _ds, root, cfg = volume
+    write(root / "a/x.bin", X)
+    run_pass(cfg)
+    write(root / "b/x.bin", X)
+    (openzfs.state / "diff-stderr").write_text(
+        "Unable to determine path or stats for object 9 in pool/data@snap: "
+        "Invalid argument\n")
+    want = tree(root)
+    doc = run_pass(cfg)
+    c = doc["counters"]
+    assert c["skips_zfs_diff_incomplete"] == 1 and c["zfs_full_walks"] == 1, c
+    assert [p["reason"] for p in doc["problems"]] == ["zfs_diff_incomplete"]
+    assert "object 9" in doc["problems"][0]["detail"]
+    assert index(tmp_path / "index.db", root) == want
+    assert (root / "a/x.bin").stat().st_ino == (root / "b/x.bin").stat().st_ino
+
+
+def test_dot_zfs_at_the_dataset_root_is_never_walked(volume: tuple[str, Path, Path],
+                                                     tmp_path: Path) -> None:
+    """With snapdir=visible, <mountpoint>/.zfs/snapshot/* holds a copy of the tree
+    per snapshot. (zfs-fuse has no .zfs: a plain directory stands in for it.)"""
+    _ds, root, cfg = volume
+    write(root / "a/x.bin", X)
+    write(root / ".zfs/snapshot/old/a/x.bin", X)
+    write(root / "sub/.zfs/x.bin", X)  # not at a dataset root: an ordinary name
+    run_pass(cfg)
+    walked = index(tmp_path / "index.db", root)
+    assert sorted(walked) == ["a/x.bin", "sub/.zfs/x.bin"]
+    ino = (root / "a/x.bin").stat().st_ino
+    assert (root / "sub/.zfs/x.bin").stat().st_ino == ino
+    assert (root / ".zfs/snapshot/old/a/x.bin").stat().st_ino != ino
+    write(root / "c/x.bin", X)
+    doc = run_pass(cfg)  # the diff pass, which re-lists the root
+    assert doc["counters"]["zfs_diff_entries"] > 0
+    assert sorted(index(tmp_path / "index.db", root)) == ["a/x.bin", "c/x.bin",
+                                                          "sub/.zfs/x.bin"]
+
+
+def test_scheduled_full_walk_catches_what_the_diff_omits(volume: tuple[str, Path, Path],
+                                                         tmp_path: Path) -> None:
+    """A file whose parent pointer names a removed link: OpenZFS cannot name it on
+    either side, so `zfs diff` omits its later changes (OpenZFS #13283). The
+    walk due after zfs_full_walk_days puts the index right."""
+    _ds, root, cfg = volume
+    write(root / "d1/f.bin", Y)
+    (root / "d2").mkdir()
+    os.link(root / "d1/f.bin", root / "d2/g.bin")  # parent pointer -> d2
+    (root / "d2/g.bin").unlink()  # ... now stale
+    run_pass(cfg)
+    write(root / "d1/f.bin", Z)  # rewritten in place: same inode
+    want = tree(root)
+    doc = run_pass(cfg)
+    assert "zfs_full_walks" not in doc["counters"]
+    assert index(tmp_path / "index.db", root) != want  # what OpenZFS's diff gives
+    cfg = config(tmp_path, {"z": {"kind": "zfs", "path": str(root), "settle_seconds": 0,
+                                  "min_size": 1, "mode": "apply", "zfs_full_walk_days": 0}})
+    doc = run_pass(cfg)
+    assert doc["counters"]["zfs_walk_scheduled"] == 1 and doc["counters"]["zfs_full_walks"] == 1
+    assert index(tmp_path / "index.db", root) == want
