@@ -53,6 +53,15 @@ def index(db: Path, root: Path) -> dict[str, Row]:
             for p, n, s, m, ct in rows}
 
 
+def same_index(got: dict[str, Row], want: dict[str, Row], root: Path) -> bool:
+    """got (the index after a pass) is what a full walk found when the pass began,
+    except for ctimes that the pass's own links moved later (the index takes those)."""
+    now = {row[0]: row[3] for row in tree(root).values()}
+    return got.keys() == want.keys() and all(
+        g == w or (g[:3] == w[:3] and g[3] == now.get(g[0])) for g, w in
+        ((got[k], want[k]) for k in want))
+
+
 def run_pass(cfg: Path) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(dedupd("run", "--once", "-c", str(cfg), "--json")
                                      .stdout)["volumes"][0]
@@ -121,7 +130,8 @@ def test_index_equals_a_full_walk_after_every_diff_pass(volume: tuple[str, Path,
         doc = run_pass(cfg)
         assert doc["counters"].get("zfs_diff_entries", 0) > 0, (n, doc["counters"])
         assert "zfs_full_walks" not in doc["counters"], (n, doc["counters"])
-        assert index(db, root) == want, f"pass {n}"
+        got = index(db, root)
+        assert same_index(got, want, root), (n, got, want)
         assert content(manifest(root)) == before
         refused = [p for p in doc["problems"] if p["reason"] == "links_outside_scope"]
         assert refused == [], (n, refused)
@@ -148,7 +158,7 @@ def test_diff_with_errors_on_stderr_is_not_trusted(volume: tuple[str, Path, Path
     assert c["skips_zfs_diff_incomplete"] == 1 and c["zfs_full_walks"] == 1, c
     assert [p["reason"] for p in doc["problems"]] == ["zfs_diff_incomplete"]
     assert "object 9" in doc["problems"][0]["detail"]
-    assert index(tmp_path / "index.db", root) == want
+    assert same_index(index(tmp_path / "index.db", root), want, root)
     assert (root / "a/x.bin").stat().st_ino == (root / "b/x.bin").stat().st_ino
 
 
@@ -193,4 +203,4 @@ def test_scheduled_full_walk_catches_what_the_diff_omits(volume: tuple[str, Path
                                   "min_size": 1, "mode": "apply", "zfs_full_walk_days": 0}})
     doc = run_pass(cfg)
     assert doc["counters"]["zfs_walk_scheduled"] == 1 and doc["counters"]["zfs_full_walks"] == 1
-    assert index(tmp_path / "index.db", root) == want
+    assert same_index(index(tmp_path / "index.db", root), want, root)
