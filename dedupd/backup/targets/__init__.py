@@ -13,13 +13,19 @@ from dataclasses import dataclass
 from typing import IO, Protocol
 
 from dedupd.config import TargetConfig
-from dedupd.errors import DedupdError
+from dedupd.errors import EXIT_CONFIG, DedupdError
 
 COLD_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
 
 
 class TargetError(DedupdError):
     """A permanent target problem (access denied, no such bucket, bad request)."""
+
+
+class NoCredentials(TargetError):
+    """The store's credentials are missing or incomplete: configuration (exit 78)."""
+
+    exit_code = EXIT_CONFIG
 
 
 class Transient(DedupdError):

@@ -20,6 +20,7 @@ from botocore.config import Config as BotoConfig
 
 from dedupd.backup.targets import (
     COLD_CLASSES,
+    NoCredentials,
     ObjectInfo,
     TargetError,
     Transient,
@@ -32,6 +33,11 @@ READ = 1024 * 1024
 logging.getLogger("botocore").setLevel(logging.WARNING)
 _TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException",
                     "InternalError", "ServiceUnavailable", "RequestTimeTooSkewed"}
+# Where botocore looks (docs/backup-layout.md, "S3 credentials"), for the error.
+CREDENTIALS_HELP = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment "
+                    "(for the daemon: a systemd drop-in or /etc/dedupd/environment), or "
+                    "give them in ~/.aws/credentials (AWS_PROFILE picks a profile); see "
+                    "docs/backup-layout.md, \"S3 credentials\"")
 _NETWORK = (bex.EndpointConnectionError, bex.ConnectionClosedError, bex.ReadTimeoutError,
             bex.ConnectTimeoutError, bex.ConnectionError, bex.HTTPClientError)
 
@@ -46,7 +52,14 @@ class S3Target:
         self.description = f"s3://{cfg.bucket}/{cfg.prefix} at {where}"
         # botocore directly: boto3 adds nothing used here but ~0.1 s of imports
         # on every run (s3transfer, resources).
-        self.client: Any = botocore.session.get_session().create_client(
+        try:
+            self.client: Any = self._client(cfg)
+        except (bex.ProfileNotFound, bex.PartialCredentialsError) as e:
+            raise NoCredentials(f"{self.description}: {e}; {CREDENTIALS_HELP}") from None
+
+    @staticmethod
+    def _client(cfg: TargetConfig) -> Any:
+        return botocore.session.get_session().create_client(
             "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region,
             config=BotoConfig(
                 retries={"total_max_attempts": 1, "mode": "standard"},
@@ -64,6 +77,8 @@ class S3Target:
             return getattr(self.client, op)(Bucket=self.bucket, **kw)
         except _NETWORK as e:
             raise Transient(f"{self.description}: {e}") from None
+        except (bex.NoCredentialsError, bex.PartialCredentialsError) as e:
+            raise NoCredentials(f"{self.description}: {e}; {CREDENTIALS_HELP}") from None
         except bex.ClientError as e:
             err = e.response.get("Error", {})
             code = str(err.get("Code", ""))
