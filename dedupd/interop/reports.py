@@ -4,7 +4,11 @@ Formats (as the tools write them):
   jdupes -j   {"matchSets": [{"fileSize": N, "fileList": [{"filePath": P}, ...]}]}
               paths are as given on jdupes' command line (often relative: --base)
   rmlint -o json   [header, {"type": "duplicate_file", "path", "size", "mtime",
-              "checksum", ...}, ..., footer]; a group is the entries sharing a checksum
+              "checksum", ...}, ..., footer]; a group is the entries sharing a checksum.
+              rmlint omits "checksum" when it read nothing: a file whose only twin
+              is its own hardlink. Such entries are grouped by (disk_id, inode),
+              else by their run in the report (each group starts with its
+              "is_original" entry).
   czkawka (dup, JSON save)   {"<size>": [[{"path", "size", "modified_date", "hash"}]]}
 
 Reports may hold non-UTF-8 names: the file is decoded with surrogateescape so
@@ -81,14 +85,24 @@ def _jdupes(doc: Any, base: bytes) -> list[CandidateGroup]:
 
 def _rmlint(doc: Any, base: bytes) -> list[CandidateGroup]:
     groups: OrderedDict[str, list[Claim]] = OrderedDict()
+    run = 0
     for x in doc:
         if not isinstance(x, dict) or x.get("type") != "duplicate_file":
             continue
+        run += bool(x.get("is_original"))
         mtime = x.get("mtime")
-        groups.setdefault(str(x["checksum"]), []).append(
+        groups.setdefault(_rmlint_group(x, run), []).append(
             Claim(_path(x["path"], base), int(x["size"]),
                   None if mtime is None else float(mtime)))
     return [CandidateGroup(tuple(c)) for c in groups.values()]
+
+
+def _rmlint_group(x: dict[str, Any], run: int) -> str:
+    if x.get("checksum") is not None:
+        return f"sum:{x['checksum']}"
+    if x.get("inode") is not None:
+        return f"inode:{x.get('disk_id')}:{x['inode']}"
+    return f"run:{run}"
 
 
 def _czkawka(doc: Any, base: bytes) -> list[CandidateGroup]:

@@ -126,3 +126,28 @@ def test_import_czkawka_sample_and_scope(tmp_path: Path) -> None:
     cfg.write_text(f'[consolidate.t]\nsources = ["{other}"]\narchive = "{tmp_path}/arch"\n')
     doc = run_import(report, tmp_path, "-c", str(cfg), "--consolidation", "t")
     assert set(reasons_of(doc, root).values()) == {"outside"}
+
+
+def test_import_rmlint_report_without_checksums(tmp_path: Path) -> None:
+    """A file whose only twin is its own hardlink: rmlint reads neither and writes
+    its entries without "checksum"; the rest of the report still imports."""
+    require_tools("rmlint")
+    root = tmp_path / "tree"
+    make_tree(root)
+    write(root / "h1", os.urandom(4000), "2020-05-05")
+    os.link(root / "h1", root / "h2")
+    report = tmp_path / "rmlint.json"
+    summary = tmp_path / "rmlint.summary"
+    subprocess.run(["rmlint", "-o", f"json:{report}", "-o", f"summary:{summary}", str(root)],
+                   cwd=tmp_path, capture_output=True, check=True, timeout=120)
+    entries = [x for x in json.loads(report.read_text())
+               if isinstance(x, dict) and x.get("type") == "duplicate_file"]
+    unsummed = {os.path.relpath(x["path"], root) for x in entries if "checksum" not in x}
+    assert unsummed == {"h1", "h2"}  # the case as the real tool writes it
+    doc = run_import(report, tmp_path, "--format", "rmlint")
+    assert doc["format"] == "rmlint"
+    assert groups_of(doc, root) == {frozenset({"a", "b", "sub/c", "d"}),
+                                    frozenset({"x", "y", "z"})}
+    # the hardlink pair is read as one file: nothing to verify, nothing to import
+    assert reasons_of(doc, root) == {"h2": "hardlink", "h1": "unmatched"}
+    assert doc["stats"]["groups_in_report"] == 3
