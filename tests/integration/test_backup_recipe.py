@@ -1,10 +1,12 @@
 """The by-hand restore recipe of docs/backup-layout.md, run as written with real
-tools (aws cli, sha256sum, zstd, zfs receive) against a real chain in moto."""
+tools (aws cli or rclone, sha256sum, zstd, zfs receive) against a real chain: in
+moto through an s3 target, and in an rclone remote through an rclone target."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,19 +32,37 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "backup-layout.md"
 
 
 def recipe() -> str:
-    text = DOC.read_text()
-    start = text.index("# by-hand restore\n")
-    return text[start: text.index("```", start)]
+    """The fenced code block of the doc that starts with '# by-hand restore', verbatim."""
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", DOC.read_text(), re.M | re.S)
+    found = [b for b in blocks if b.startswith("# by-hand restore\n")]
+    assert len(found) == 1, "docs/backup-layout.md must hold one by-hand restore block"
+    return str(found[0])
 
 
-def test_recipe_restores_a_chain(tmp_path: Path, zpool: Any, moto: Moto,
-                                 s3_bucket: str) -> None:
-    if shutil.which("aws") is None:
-        missing("aws cli not installed")
+def where(how: str, tmp_path: Path, request: pytest.FixtureRequest
+          ) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the job's target, the recipe's variables naming the same objects)."""
+    if how == "s3":
+        if shutil.which("aws") is None:
+            missing("aws cli not installed")
+        moto: Moto = request.getfixturevalue("moto")
+        bucket: str = request.getfixturevalue("s3_bucket")
+        return (s3_target(moto.url, bucket),
+                {"S3": f"s3://{bucket}/host1/", "AWS": f"aws --endpoint-url {moto.url}"})
+    conf: Path = request.getfixturevalue("rclone_conf")
+    remote = tmp_path / "remote"
+    return ({"kind": "rclone", "remote": "loc", "path": str(remote), "config": str(conf)},
+            {"REMOTE": f"loc:{remote}/", "RCLONE": f"rclone --config {conf}"})
+
+
+@pytest.mark.parametrize("how", ["s3", "rclone"])
+def test_recipe_restores_a_chain(how: str, tmp_path: Path, zpool: Any,
+                                 request: pytest.FixtureRequest) -> None:
+    target, variables = where(how, tmp_path, request)
     pool = zpool("256M")
     subprocess.run(["zfs", "create", pool.dataset("data")], check=True)
     src = mountpoint(pool, "data")
-    cfg = make_config(tmp_path, pool, s3_target(moto.url, s3_bucket))
+    cfg = make_config(tmp_path, pool, target)
     store = store_for(cfg)
     rng = random.Random(11)
     try:
@@ -56,8 +76,8 @@ def test_recipe_restores_a_chain(tmp_path: Path, zpool: Any, moto: Moto,
     ms = catalog.load(make_target(cfg.backups["j"].target), "j")
     assert len(ms) == 3 and ms[0].full and not ms[2].full
 
-    env = {**os.environ, "S3": f"s3://{s3_bucket}/host1/", "JOB": "j", "POINT": ms[2].id,
-           "DEST": pool.dataset("byhand"), "AWS": f"aws --endpoint-url {moto.url}"}
+    env = {k: v for k, v in os.environ.items() if k not in ("S3", "AWS", "REMOTE", "RCLONE")}
+    env.update({"JOB": "j", "POINT": ms[2].id, "DEST": pool.dataset("byhand"), **variables})
     r = subprocess.run(["bash", "-c", recipe()], env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
