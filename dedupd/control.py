@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -354,18 +355,30 @@ class ControlClient:
         self.buf = b""
 
     def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self.path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            s.close()
-            raise TemporaryFailure(f"no daemon listening on {self.path} "
-                                   "(is dedupd running? `systemctl status dedupd`)") from None
-        except PermissionError:
-            s.close()
-            raise PermissionDenied(f"permission denied: {self.path} (root or a member of "
-                                   "the socket's group may connect)") from None
+        """Connect, waiting up to timeout while the daemon's listen queue is full
+        (a Unix socket with a timeout answers EAGAIN at once instead of waiting)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(self.timeout)
+            try:
+                s.connect(self.path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                s.close()
+                raise TemporaryFailure(f"no daemon listening on {self.path} (is dedupd "
+                                       "running? `systemctl status dedupd`)") from None
+            except PermissionError:
+                s.close()
+                raise PermissionDenied(f"permission denied: {self.path} (root or a member "
+                                       "of the socket's group may connect)") from None
+            except BlockingIOError:
+                s.close()
+                if time.monotonic() > deadline:
+                    raise TemporaryFailure(f"{self.path}: the daemon takes no new "
+                                           "connections (its queue stayed full for "
+                                           f"{self.timeout:.0f}s)") from None
+                time.sleep(0.005)
         self.sock = s
 
     def request(self, cmd: str, **fields: Any) -> dict[str, Any]:

@@ -235,3 +235,34 @@ def test_status_finds_the_socket_after_a_bad_reload(dedupd_daemon, daemon_base):
     assert set(json.loads(r.stdout)["volumes"]) == {"v"}
     assert "no_such_key" in r.stderr and "warning" in r.stderr
     assert dp.stop() == 0
+
+
+def test_client_waits_while_the_listen_queue_is_full(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(os.fspath(path))
+    srv.listen(1)
+    queued = []
+    while True:  # fill the queue: a connect with a timeout then fails with EAGAIN
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(os.fspath(path))
+        except BlockingIOError:
+            s.close()
+            break
+        queued.append(s)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TemporaryFailure, match="queue stayed full"):
+            ControlClient(path, timeout=0.5).connect()
+        assert time.monotonic() - t0 >= 0.5
+        # the daemon takes one from the queue a little later: the client gets in
+        threading.Timer(0.2, lambda: queued.append(srv.accept()[0])).start()
+        c = ControlClient(path, timeout=5)
+        c.connect()
+        c.close()
+    finally:
+        for s in queued:
+            s.close()
+        srv.close()
