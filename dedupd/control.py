@@ -6,14 +6,10 @@ chunks (a longer one is discarded up to its newline and answered with an
 error, memory never grows past MAX_LINE + one chunk), a silent client is
 dropped after IDLE_TIMEOUT, a client that stops reading is dropped after
 WRITE_TIMEOUT, and a client that vanishes mid-reply only ends its own
-connection. Who may do what comes from SO_PEERCRED (see Access).
-
-No user can lock the others out (see Admission): every uid but root's and the
-daemon's own holds at most PER_UID connections, and the last RESERVED of the
-MAX_CLIENTS places are kept for admins, plus ROOT_RESERVE beyond them for
-root alone, so `dedupd status` and `pause` from root always get in. A refused
-client is told why in one reply line before the connection is closed; the
-client reads that line even when the close beat its request (EPIPE).
+connection. Who may do what and who gets a connection at all comes from
+SO_PEERCRED (dedupd/control_access.py: Access, Admission). A refused client is
+told why in one reply line before the connection is closed; the client reads
+that line even when the close beat its request (EPIPE).
 On close() every connected client gets a last "daemon is stopping" line and
 its connection ends normally (no task is left for the loop to cancel).
 The protocol is documented in docs/status.md.
@@ -27,14 +23,16 @@ import json
 import logging
 import os
 import socket
-import struct
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Access and Peer are part of this module's interface too (the daemon and tests
+# build a ControlServer from them).
+from dedupd.control_access import Access as Access
+from dedupd.control_access import Admission, denied, peer_of
+from dedupd.control_access import Peer as Peer
 from dedupd.errors import DedupdError, TemporaryFailure
 
 log = logging.getLogger("dedupd.control")
@@ -44,10 +42,6 @@ CHUNK = 64 * 1024
 MAX_DISCARD = 64 * 1024 * 1024  # give up on a client sending an endless line
 IDLE_TIMEOUT = 30.0
 WRITE_TIMEOUT = 10.0
-MAX_CLIENTS = 1024  # connections at once; beyond this a new client gets "busy"
-RESERVED = 64  # of MAX_CLIENTS, places only admins (root, admin group) may take
-ROOT_RESERVE = 16  # beyond MAX_CLIENTS, places for root (and the daemon's uid) alone
-PER_UID = 32  # connections one uid may hold (root and the daemon's uid: no cap)
 BACKLOG = 512
 MAX_REPLY = 64 * 1024 * 1024  # client side bound on one reply
 
@@ -62,89 +56,6 @@ class ControlError(DedupdError):
 
 class PermissionDenied(ControlError):
     pass
-
-
-@dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-    groups: frozenset[int]
-
-
-def peer_of(sock: socket.socket) -> Peer:
-    """Credentials of the process at the other end (SO_PEERCRED + its supplementary groups)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return Peer(pid, uid, gid, frozenset(_proc_groups(pid)) | {gid})
-
-
-def _proc_groups(pid: int) -> list[int]:
-    # SO_PEERCRED carries only the primary gid; the supplementary groups of the
-    # connecting process are in /proc. If it already exited, primary gid only.
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return [int(g) for g in line.split()[1:] if g.isdigit()]
-    except OSError:
-        pass
-    return []
-
-
-@dataclass(frozen=True)
-class Access:
-    """root (or the daemon's own uid) and admin_gid may mutate; socket_gid may read."""
-
-    socket_gid: int | None
-    admin_gid: int | None
-    owner_uid: int = os.geteuid()
-
-    def is_root(self, p: Peer) -> bool:
-        return p.uid in (0, self.owner_uid)
-
-    def level(self, p: Peer) -> str:
-        """'admin', 'read' or 'none'."""
-        if self.is_root(p):
-            return "admin"
-        if self.admin_gid is not None and self.admin_gid in p.groups:
-            return "admin"
-        if self.socket_gid is not None and self.socket_gid in p.groups:
-            return "read"
-        return "none"
-
-
-class Admission:
-    """Who gets one more connection: counts open ones, total and per uid."""
-
-    def __init__(self, access: Access) -> None:
-        self.access = access
-        self.total = 0
-        self.by_uid: Counter[int] = Counter()
-
-    def refusal(self, p: Peer, level: str) -> dict[str, Any] | None:
-        """None to admit p (then enter/leave around its connection), else the reply."""
-        if level == "none":
-            return _denied(p, "read")
-        root = self.access.is_root(p)
-        if not root and self.by_uid[p.uid] >= PER_UID:
-            return _busy(f"uid {p.uid} already has {PER_UID} connections open "
-                         "(the limit per user)")
-        limit = MAX_CLIENTS + ROOT_RESERVE if root else \
-            MAX_CLIENTS if level == "admin" else MAX_CLIENTS - RESERVED
-        if self.total >= limit:
-            return _busy("too many clients")
-        return None
-
-    def enter(self, p: Peer) -> None:
-        self.total += 1
-        self.by_uid[p.uid] += 1
-
-    def leave(self, p: Peer) -> None:
-        self.total -= 1
-        self.by_uid[p.uid] -= 1
-        if self.by_uid[p.uid] <= 0:
-            del self.by_uid[p.uid]
 
 
 # handler(cmd, volume or None, request) -> reply fields; raises ControlError to refuse.
@@ -313,7 +224,7 @@ class ControlServer:
             return {"ok": False, "error": f"unknown command {cmd!r}",
                     "commands": list(COMMANDS)}
         if cmd in MUTATING_COMMANDS and level != "admin":
-            return _denied(peer, "admin")
+            return denied(peer, "admin")
         volume = req.get("volume", default_volume)
         if volume is not None and not isinstance(volume, str):
             return {"ok": False, "error": "\"volume\" must be a string"}
@@ -333,16 +244,6 @@ class ControlServer:
 
 def _line(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, ensure_ascii=True).encode() + b"\n"
-
-
-def _busy(why: str) -> dict[str, Any]:
-    return {"ok": False, "error": f"busy: {why}; try again later", "code": "EBUSY"}
-
-
-def _denied(peer: Peer, need: str) -> dict[str, Any]:
-    what = "root or the admin group" if need == "admin" else "root or the socket group"
-    return {"ok": False, "error": f"permission denied: uid {peer.uid} is not {what}",
-            "code": "EPERM"}
 
 
 class ControlClient:

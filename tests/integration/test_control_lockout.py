@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from dedupd import control
+from dedupd import control_access
 from dedupd.control import ControlClient
 from dedupd.errors import EXIT_TEMPFAIL, TemporaryFailure
 from tests.fixtures.components import require_tools
@@ -120,7 +120,7 @@ def test_one_user_cannot_lock_root_out(dedupd_daemon, daemon_base, member):
         took, reply = timed(dp, "resume")
         assert reply["resume"] == ["v"] and took < 0.1, took
         # all but PER_UID of them were refused at once, with the reason
-        assert seen["answered"] == HOLD - control.PER_UID, seen
+        assert seen["answered"] == HOLD - control_access.PER_UID, seen
         assert len(seen["replies"]) == 1 and '"code": "EBUSY"' in seen["replies"][0]
         assert f"uid {seen['uid']} already has" in seen["replies"][0]
 
