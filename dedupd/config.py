@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dedupd import config_rules as rules
+from dedupd.config_table import Table
+from dedupd.consolidate.layout import check_layout
 from dedupd.errors import ConfigError
+from dedupd.schedule import parse_schedule
 
 DEFAULT_CONFIG = Path("/etc/dedupd/dedupd.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/dedupd")
@@ -150,115 +154,6 @@ class Config:
     consolidate: Mapping[str, ConsolidateConfig] = field(default_factory=dict)
 
 
-class _Table:
-    """Typed reads from one TOML table; remembers which keys were used."""
-
-    def __init__(self, file: str, where: str, data: Any) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(file, where, f"must be a table, got {_kind(data)}")
-        self.file, self.where, self.data = file, where, data
-        self.used: set[str] = set()
-
-    def key(self, k: str) -> str:
-        return f"{self.where}.{k}" if self.where else k
-
-    def err(self, k: str, problem: str) -> ConfigError:
-        return ConfigError(self.file, self.key(k), problem)
-
-    def _get(self, k: str, types: tuple[type, ...], what: str) -> Any:
-        self.used.add(k)
-        v = self.data.get(k)
-        if v is None:
-            return None
-        if isinstance(v, bool) and bool not in types:
-            raise self.err(k, f"must be {what}, got a boolean")
-        if not isinstance(v, types):
-            raise self.err(k, f"must be {what}, got {_kind(v)}")
-        return v
-
-    def text(self, k: str, default: Any, choices: tuple[str, ...] = ()) -> Any:
-        v = self._get(k, (str,), "a string")
-        if v is None:
-            return default
-        if choices and v not in choices:
-            raise self.err(k, f"must be one of {', '.join(choices)}; got {v!r}")
-        return v
-
-    def required_str(self, k: str) -> str:
-        v = self.text(k, None)
-        if not v:
-            raise self.err(k, "is required")
-        return str(v)
-
-    def integer(self, k: str, default: Any, lo: int | None = None, hi: int | None = None) -> Any:
-        v = self._get(k, (int,), "an integer")
-        if v is None:
-            return default
-        if lo is not None and v < lo:
-            raise self.err(k, f"must be >= {lo}; got {v}")
-        if hi is not None and v > hi:
-            raise self.err(k, f"must be <= {hi}; got {v}")
-        return v
-
-    def number(self, k: str, default: float, lo: float = 0.0) -> float:
-        v = self._get(k, (int, float), "a number")
-        if v is None:
-            return default
-        if v < lo:
-            raise self.err(k, f"must be >= {lo}; got {v}")
-        return float(v)
-
-    def flag(self, k: str, default: bool) -> bool:
-        v = self._get(k, (bool,), "true or false")
-        return default if v is None else bool(v)
-
-    def path(self, k: str, default: Path | None) -> Path | None:
-        v = self.text(k, None)
-        if v is None:
-            return default
-        if not v.startswith("/"):
-            raise self.err(k, f"must be an absolute path; got {v!r}")
-        return Path(v)
-
-    def required_path(self, k: str) -> Path:
-        p = self.path(k, None)
-        if p is None:
-            raise self.err(k, "is required")
-        return p
-
-    def strs(self, k: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        v = self._get(k, (list,), "a list of strings")
-        if v is None:
-            return default
-        if not all(isinstance(x, str) for x in v):
-            raise self.err(k, "must be a list of strings")
-        return tuple(v)
-
-    def paths(self, k: str) -> tuple[Path, ...]:
-        items = self.strs(k)
-        for x in items:
-            if not x.startswith("/"):
-                raise self.err(k, f"must hold absolute paths; got {x!r}")
-        return tuple(Path(x) for x in items)
-
-    def sub(self, k: str) -> _Table:
-        self.used.add(k)
-        return _Table(self.file, self.key(k), self.data.get(k, {}))
-
-    def names(self) -> list[str]:
-        return list(self.data)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise self.err(unknown[0], "unknown key (see etc/dedupd.toml for the valid keys)")
-
-
-def _kind(v: Any) -> str:
-    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean",
-            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
-
-
 def load(path: Path | str = DEFAULT_CONFIG, *, missing_ok: bool = False) -> Config:
     """Read and validate a config file. Raises ConfigError (exit 78) on any problem."""
     file = str(path)
@@ -280,20 +175,22 @@ def load(path: Path | str = DEFAULT_CONFIG, *, missing_ok: bool = False) -> Conf
 
 
 def parse(data: dict[str, Any], file: str = "<config>") -> Config:
-    top = _Table(file, "", data)
+    top = Table(file, "", data)
     daemon = _daemon(top.sub("daemon"))
     database = _database(top.sub("database"))
-    vols = top.sub("volumes")
+    vols, bks, cons = top.sub("volumes"), top.sub("backups"), top.sub("consolidate")
+    for section, t in (("volumes", vols), ("backups", bks), ("consolidate", cons)):
+        for n in t.names():
+            rules.check_name(file, section, n)
     volumes = {n: _volume(vols.sub(n), n) for n in vols.names()}
-    bks = top.sub("backups")
     backups = {n: _backup(bks.sub(n), n) for n in bks.names()}
-    cons = top.sub("consolidate")
     consolidate = {n: _consolidate(cons.sub(n), n) for n in cons.names()}
     top.done()
+    rules.check_volumes(file, volumes)
     return Config(file, daemon, database, volumes, backups, consolidate)
 
 
-def _daemon(t: _Table) -> DaemonConfig:
+def _daemon(t: Table) -> DaemonConfig:
     d = DaemonConfig(
         runtime_dir=t.path("runtime_dir", DaemonConfig.runtime_dir) or DaemonConfig.runtime_dir,
         nice=t.integer("nice", 19, lo=-20, hi=19),
@@ -311,7 +208,7 @@ def _daemon(t: _Table) -> DaemonConfig:
     return d
 
 
-def _metrics_address(t: _Table) -> str:
+def _metrics_address(t: Table) -> str:
     value = str(t.text("metrics_address", "")).strip()
     if value:
         try:
@@ -336,7 +233,7 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _database(t: _Table) -> DatabaseConfig:
+def _database(t: Table) -> DatabaseConfig:
     url = t.text("url", DEFAULT_DB_URL)
     if not url.startswith(("sqlite:", "postgresql:", "postgresql+")):
         raise t.err("url", f"must be a sqlite:/// or postgresql:// URL; got {url!r}")
@@ -344,7 +241,7 @@ def _database(t: _Table) -> DatabaseConfig:
     return DatabaseConfig(url=url)
 
 
-def _volume(t: _Table, name: str) -> VolumeConfig:
+def _volume(t: Table, name: str) -> VolumeConfig:
     kind = t.text("kind", None, choices=VOLUME_KINDS)
     if kind is None:
         raise t.err("kind", f"is required (one of {', '.join(VOLUME_KINDS)})")
@@ -379,11 +276,12 @@ def _volume(t: _Table, name: str) -> VolumeConfig:
         raise t.err("branches", "a pool volume needs at least two branches")
     if kind != "pool" and v.branches:
         raise t.err("branches", f"only pool volumes have branches (this one is {kind})")
+    rules.check_branches(t.file, name, v.branches)
     t.done()
     return v
 
 
-def _target(t: _Table) -> TargetConfig:
+def _target(t: Table) -> TargetConfig:
     kind = t.text("kind", None, choices=TARGET_KINDS)
     if kind is None:
         raise t.err("kind", "is required (s3 or rclone)")
@@ -411,7 +309,7 @@ def _target(t: _Table) -> TargetConfig:
     return tc
 
 
-def _backup(t: _Table, name: str) -> BackupConfig:
+def _backup(t: Table, name: str) -> BackupConfig:
     rt = t.sub("retention")
     retention = RetentionConfig(
         keep_local=rt.integer("keep_local", 3, lo=1), keep_remote=rt.integer("keep_remote", 7, lo=1)
@@ -431,6 +329,7 @@ def _backup(t: _Table, name: str) -> BackupConfig:
         retention=retention,
         spool_dir=t.path("spool_dir", None),
     )
+    parse_schedule(b.schedule, t.key("schedule"), t.file)
     if not _FULL_EVERY.match(b.full_every):
         raise t.err("full_every", f"must be an age like 30d/12h or a chain length like 10 "
                     f"(or never); got {b.full_every!r}")
@@ -438,7 +337,7 @@ def _backup(t: _Table, name: str) -> BackupConfig:
     return b
 
 
-def _consolidate(t: _Table, name: str) -> ConsolidateConfig:
+def _consolidate(t: Table, name: str) -> ConsolidateConfig:
     sources = t.paths("sources")
     if not sources:
         raise t.err("sources", "needs at least one source directory")
@@ -459,5 +358,7 @@ def _consolidate(t: _Table, name: str) -> ConsolidateConfig:
     bad = [d for d in c.date_from if d not in ("exif", "mtime")]
     if bad:
         raise t.err("date_from", f"unknown date source {bad[0]!r} (use exif, mtime)")
+    check_layout(name, c.layout, c.undated_dir, t.file)
+    rules.check_archive(t.file, name, c.archive, c.sources)
     t.done()
     return c

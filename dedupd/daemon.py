@@ -312,7 +312,9 @@ class Daemon:
             self.board.state = "reloading"
             log.info("reloading %s", self.cfg.source)
             try:
-                cfg, vols = self.loader()
+                # Off the loop: the loader reads the file and stats every volume path,
+                # which blocks on a hung or spinning-up mount; status answers must not.
+                cfg, vols = await asyncio.to_thread(self.loader)
                 assert self.scheduler is not None
                 self.scheduler.validate(cfg.backups, cfg.source)
                 await self._apply(cfg, {v.name: v for v in vols})

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import asdict
 from typing import Any
 
-from dedupd import config
+from dedupd import config, preflight
 from dedupd.commands.common import add_common
+from dedupd.errors import EXIT_CONFIG
 from dedupd.output import print_json
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "check-config", help="validate the config file",
-        description="Read and validate the config (default /etc/dedupd/dedupd.toml). "
-        "Errors name the file, the key and the problem; exit status 78 on any error.")
+        description="Read and validate the config (default /etc/dedupd/dedupd.toml), "
+        "then check it against this machine: volume paths exist and are directories, "
+        "volumes do not overlap (also through symlinks), archives are apart from their "
+        "sources, runtime_dir can be a directory, and each volume's kind fits the "
+        "filesystem under it. Errors name the file, the key and the problem; exit status "
+        "78 on any error. Advice (a setting that works but another fits better) is "
+        "printed without failing.")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -24,9 +31,17 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     path = args.config or config.DEFAULT_CONFIG
     cfg = config.load(path)  # must exist here: checking nothing is not a pass
+    found = preflight.check(cfg)
     if args.json:
-        print_json(json_safe(asdict(cfg)))
-        return 0
+        print_json({**json_safe(asdict(cfg)), "ok": not found.errors,
+                    "errors": [str(e) for e in found.errors], "advice": found.advice})
+        return EXIT_CONFIG if found.errors else 0
+    for e in found.errors:
+        sys.stderr.write(f"dedupd: error: {e}\n")
+    for a in found.advice:
+        sys.stderr.write(f"dedupd: advice: {a}\n")
+    if found.errors:
+        return EXIT_CONFIG
     print(f"{path}: OK")
     for name, v in cfg.volumes.items():
         print(f"  volume {name}: {v.kind} at {v.path} ({v.mode})")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dedupd import preflight
 from dedupd.commands.common import add_common, load_config, open_store, parse_size
 from dedupd.config import Config, VolumeConfig
 from dedupd.errors import DedupdError, UsageError
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--detach is for the daemon; --once runs in the foreground")
     cfg = load_config(args)
     vols = select_volumes(cfg, args.volumes, args)
+    preflight_or_fail(cfg, vols)
     apply_priority(cfg.daemon)  # [daemon] nice/ionice for one-shot runs too (cron, timers)
     store = open_store(args, cfg)
     reports = []
@@ -124,12 +126,23 @@ def print_report(r: PassReport) -> None:
         out.write(f"  {p['reason']}: {show_path(p['path'])} {p.get('detail', '')}\n")
 
 
+def preflight_or_fail(cfg: Config, vols: list[VolumeConfig]) -> None:
+    """The machine-dependent checks of `check-config` for what this run serves:
+    the first error is raised (exit 78), advice is logged."""
+    found = preflight.check(cfg, vols, consolidate=False)
+    for a in found.advice:
+        logging.getLogger("dedupd").warning("%s", a)
+    found.raise_first()
+
+
 def _daemon_config(args: argparse.Namespace) -> tuple[Config, list[VolumeConfig]]:
-    """The loader the daemon calls at start and on SIGHUP: config + volumes to serve."""
+    """The loader the daemon calls at start and on SIGHUP: config + volumes to serve,
+    checked against the machine. Blocking (file reads, stats): not for the event loop."""
     cfg = load_config(args)
-    if not args.volumes and not cfg.volumes:
-        return cfg, []  # a daemon for backup jobs only is fine
-    return cfg, select_volumes(cfg, args.volumes, args)
+    vols = [] if not args.volumes and not cfg.volumes else select_volumes(
+        cfg, args.volumes, args)  # none: a daemon for backup jobs only is fine
+    preflight_or_fail(cfg, vols)
+    return cfg, vols
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -14,12 +14,17 @@ and encoded back, so the archive name has exactly the source's bytes.
 from __future__ import annotations
 
 import os
+import string
 from dataclasses import dataclass
 from datetime import datetime
 
 from dedupd.errors import ConfigError
 
 PLACEHOLDERS = ("year", "month", "day", "name", "stem", "ext", "source")
+
+
+class UnsafePath(ValueError):
+    """A rendered path that would leave the archive (absolute, '..') or is empty."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ def safe_relative(rel: bytes) -> bytes:
     """Normalise a/b//c to a/b/c; refuse absolute paths, '.', '..' and empty names."""
     parts = [p for p in rel.split(b"/") if p]
     if rel.startswith(b"/") or not parts or any(p in (b".", b"..") for p in parts):
-        raise ValueError(f"layout produced an unsafe path: {os.fsdecode(rel)!r}")
+        raise UnsafePath(f"layout produced an unsafe path: {os.fsdecode(rel)!r}")
     return b"/".join(parts)
 
 
@@ -65,21 +70,38 @@ def with_suffix(rel: bytes, n: int) -> bytes:
     return os.path.join(d, new) if d else new
 
 
-def check_layout(name: str, layout: str, undated_dir: str) -> None:
-    """Render a sample so a bad template fails at start with a config error (78)."""
+def check_layout(name: str, layout: str, undated_dir: str, file: str = "<config>") -> None:
+    """Refuse a template that could not render a safe archive path for every file.
+
+    Pure, so the config loader calls it (check-config and every start report a
+    bad layout with exit 78 before anything runs). Placeholders must be plain
+    names from PLACEHOLDERS (no `{name.attr}` or `{year[0]}`), the format specs
+    must suit their values (a sample is rendered), and neither the template nor
+    undated_dir may be absolute or climb out with `..`.
+    """
     key = f"consolidate.{name}.layout"
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(layout) if f is not None]
+    except ValueError as e:
+        raise ConfigError(file, key, f"{e} in {layout!r}") from None
+    for f in fields:
+        if f not in PLACEHOLDERS:
+            raise ConfigError(file, key, f"unknown placeholder {{{f}}} "
+                              f"(use {', '.join(PLACEHOLDERS)})")
+    if "{name}" not in layout and "{stem}" not in layout:
+        raise ConfigError(file, key, "must contain {name} or {stem}: otherwise "
+                          "every file of a day would collide")
     sample = Fields(b"IMG_0001.JPG", b"/mnt/backup", datetime(2001, 2, 3, 4, 5, 6))
     try:
         render(layout, undated_dir, sample)
-    except KeyError as e:
-        raise ConfigError("<config>", key, f"unknown placeholder {{{e.args[0]}}} "
-                          f"(use {', '.join(PLACEHOLDERS)})") from None
-    except (ValueError, IndexError) as e:
-        raise ConfigError("<config>", key, str(e)) from None
-    if "{name}" not in layout and "{stem}" not in layout:
-        raise ConfigError("<config>", key, "must contain {name} or {stem}: otherwise "
-                          "every file of a day would collide")
+    except UnsafePath as e:
+        raise ConfigError(file, key, f"{e}: the layout must render a path inside "
+                          "the archive") from None
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(file, key, f"cannot render {layout!r}: {e}") from None
     try:
         safe_relative(os.fsencode(undated_dir) + b"/x")
-    except ValueError as e:
-        raise ConfigError("<config>", f"consolidate.{name}.undated_dir", str(e)) from None
+    except ValueError:
+        raise ConfigError(file, f"consolidate.{name}.undated_dir", "must be a relative "
+                          f"directory inside the archive (no leading '/', no '..'); "
+                          f"got {undated_dir!r}") from None

@@ -14,11 +14,12 @@ transaction waits for a busy writer instead of failing.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,46 @@ def sqlite_pragmas(c: Any) -> None:
                    # database file, and a scan rewrites the same index pages many times.
                    "wal_autocheckpoint=8192"):
         c.execute(f"PRAGMA {pragma}")
+
+
+def index_failure(url: str, e: BaseException) -> DedupdError | None:
+    """A one-line error for a failure of the storage under the index, else None.
+
+    SQLite reports a read-only file, an immutable one (chattr +i: it opens it
+    read-only and then refuses writes alike), a read-only mount and a full disk
+    only as message text, at the first write: those are the user's to fix, not
+    bugs. A full disk is temporary (exit 75); the others fail (exit 1) and say
+    what to look at. SQLAlchemy wraps the driver's error in `.orig`.
+    """
+    orig = getattr(e, "orig", None) or e
+    if not isinstance(orig, sqlite3.Error | OSError):
+        return None
+    msg = str(orig).lower()
+    err = getattr(orig, "errno", None)
+    where = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    full = "disk is full" in msg or err in (errno.ENOSPC, errno.EDQUOT)
+    if not full and ("disk i/o error" in msg or "unable to open" in msg):
+        full = _no_space(where)  # SQLite says only "disk I/O error" when the WAL cannot grow
+    if full:
+        return TemporaryFailure(f"index {where}: the disk is full ({orig}); free some space "
+                                "and retry")
+    if "readonly" in msg or "read-only" in msg or err in (errno.EROFS, errno.EPERM,
+                                                          errno.EACCES):
+        return IndexError_(f"index {where} cannot be written ({orig}): check its permissions "
+                           "and those of its directory, `lsattr` (chattr +i), and whether its "
+                           "filesystem is mounted read-only")
+    if "unable to open" in msg or "disk i/o error" in msg:
+        return IndexError_(f"index {where}: {orig} (is its directory writable, its disk "
+                           "full or failing?)")
+    return None
+
+
+def _no_space(path: str) -> bool:
+    try:
+        st = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:
+        return False
+    return st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0)
 
 
 def is_psycopg_error(e: BaseException) -> bool:
@@ -117,7 +158,8 @@ class Db:
             url = self.url.replace("postgresql+psycopg://", "postgresql://", 1)
             return psycopg.connect(url, autocommit=True)
         except sqlite3.OperationalError as e:
-            raise TemporaryFailure(f"index {self.url}: cannot open: {e}") from None
+            raise index_failure(self.url, e) or TemporaryFailure(
+                f"index {self.url}: cannot open: {e}") from None
         except Exception as e:
             if is_psycopg_error(e):
                 raise TemporaryFailure(f"index {self.url}: cannot open: {e}") from None
@@ -135,14 +177,23 @@ class Db:
         """A cursor inside one transaction: committed on success, rolled back on error."""
         c = self.conn()
         cur = c.cursor()
-        cur.execute("BEGIN IMMEDIATE" if self.sqlite is not None else "BEGIN")
         try:
-            yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        else:
-            cur.execute("COMMIT")
+            cur.execute("BEGIN IMMEDIATE" if self.sqlite is not None else "BEGIN")
+            try:
+                yield cur
+            except BaseException:
+                # After SQLITE_FULL and friends SQLite may have rolled back already:
+                # a failing ROLLBACK must not hide the error that caused it.
+                with suppress(Exception):
+                    cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+        except sqlite3.Error as e:
+            fail = index_failure(self.url, e)
+            if fail is None:
+                raise
+            raise fail from None
         finally:
             cur.close()
 
@@ -152,6 +203,11 @@ class Db:
         try:
             cur.execute(sql, params)
             return list(cur.fetchall())
+        except sqlite3.Error as e:
+            fail = index_failure(self.url, e)
+            if fail is None:
+                raise
+            raise fail from None
         finally:
             cur.close()
 

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from dedupd.index.db import (
     Db,
     IndexError_,
     from_s64,
+    index_failure,
     is_psycopg_error,
     sqlite_pragmas,
     to_s64,
@@ -111,7 +112,18 @@ def make_engine(url: str) -> Engine:
         raise IndexError_(f"cannot use database URL {url!r}: {e}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", lambda c, _record: sqlite_pragmas(c))
+        event.listen(engine, "handle_error", _index_failure_of(url))
     return engine
+
+
+def _index_failure_of(url: str) -> Callable[[Any], None]:
+    """SQLAlchemy hook: a read-only or full index is a one-line error, as in Db."""
+    def hook(ctx: Any) -> None:
+        fail = index_failure(url, ctx.original_exception)
+        if fail is not None:
+            raise fail from None
+
+    return hook
 
 
 class Store:
@@ -128,7 +140,8 @@ class Store:
                 self._create_tables()
             self._upgrade()
         except sqlite3.OperationalError as e:
-            raise TemporaryFailure(f"index {url}: cannot open: {e}") from None
+            raise index_failure(url, e) or TemporaryFailure(
+                f"index {url}: cannot open: {e}") from None
         except sqlite3.Error as e:
             raise IndexError_(f"index {url}: {e}") from None
         except Exception as e:

@@ -10,8 +10,9 @@ from dedupd.config import DESTRUCTIVE_KINDS, VolumeConfig
 from dedupd.scan.walk import _unescape_mount
 
 
-def fs_type(path: str | os.PathLike[str]) -> str:
-    """The filesystem type of the mount that holds path (from /proc/self/mountinfo)."""
+def mount_of(path: str | os.PathLike[str]) -> tuple[bytes, str]:
+    """(mount point, filesystem type) of the mount that holds path, from
+    /proc/self/mountinfo (the last, i.e. topmost, of stacked mounts wins)."""
     target = os.path.realpath(os.fsencode(path))
     best, best_type = b"", "unknown"
     with open("/proc/self/mountinfo", "rb") as f:
@@ -21,7 +22,27 @@ def fs_type(path: str | os.PathLike[str]) -> str:
             inside = target == mnt or target.startswith(mnt.rstrip(b"/") + b"/")
             if inside and len(mnt) >= len(best):
                 best, best_type = mnt, right.split(b" ")[0].decode()
-    return best_type
+    return best, best_type
+
+
+def fs_type(path: str | os.PathLike[str]) -> str:
+    """The filesystem type of the mount that holds path (from /proc/self/mountinfo)."""
+    return mount_of(path)[1]
+
+
+def mergerfs_branches(mount: bytes) -> tuple[bytes, ...]:
+    """The branches of the mergerfs pool mounted at `mount`, read from the extended
+    attributes of its control file (`.mergerfs`): `user.mergerfs.branches`
+    ("/b1=RW:/b2=RO"), or `srcmounts` on old versions. () when unreadable."""
+    ctl = os.path.join(mount, b".mergerfs")
+    for attr in ("user.mergerfs.branches", "user.mergerfs.srcmounts"):
+        try:
+            raw = os.getxattr(ctl, attr)
+        except OSError:
+            continue
+        return tuple(b.rsplit(b"=", 1)[0] if b"=" in b else b
+                     for b in raw.strip(b"\0").split(b":") if b)
+    return ()
 
 
 def kind_for(path: str | os.PathLike[str]) -> str:

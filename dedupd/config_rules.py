@@ -1,0 +1,111 @@
+"""Rules between the tables of one config, checked when it is loaded.
+
+Pure: only the parsed values are compared (paths lexically, after `..` and
+`//` are folded), never the filesystem, so every command that loads a config
+gets them for free and a unit test needs no disks. What depends on the state
+of the machine (does the path exist, is it a mergerfs mount, do two paths meet
+through a symlink) is dedupd/preflight.py's job.
+
+Each rule raises ConfigError naming the file, the key and the problem (exit 78).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dedupd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dedupd.config import VolumeConfig
+
+# A table name becomes a socket file name (volumes), part of index keys and of
+# log lines: one path component of safe characters, not starting with a dot.
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(file: str, section: str, name: str) -> None:
+    if not NAME.match(name):
+        quoted = json.dumps(name)  # as TOML spells a key with dots or slashes
+        raise ConfigError(file, f"{section}.{quoted}",
+                          f"{quoted} is not usable as a name: use letters, digits, '_', '.' "
+                          "and '-' (at most 64, not starting with '.'); the name becomes "
+                          "a socket file in runtime_dir")
+
+
+def norm(p: Path) -> str:
+    """The lexical form used for comparisons: '/a/./b/../c/' -> '/a/c'."""
+    return os.path.normpath(os.fspath(p))
+
+
+def relation(a: str, b: str) -> str | None:
+    """'equal', 'inside' (a is under b), 'contains' (b is under a), or None."""
+    if a == b:
+        return "equal"
+    if a.startswith(b.rstrip("/") + "/"):
+        return "inside"
+    if b.startswith(a.rstrip("/") + "/"):
+        return "contains"
+    return None
+
+
+def check_volumes(file: str, vols: Mapping[str, VolumeConfig]) -> None:
+    """No two volumes may cover the same files: two passes would race over them
+    (and with different kinds, one would hardlink what the other shares by extent)."""
+    seen: list[tuple[str, str, str]] = []
+    for name, v in vols.items():
+        kind, path = v.kind, norm(v.path)
+        for other, okind, opath in seen:
+            rel = relation(path, opath)
+            if rel is None:
+                continue
+            key = f"volumes.{name}.path"
+            if rel == "equal" and kind != okind:
+                raise ConfigError(file, key, f"{path} is configured as two kinds: {kind} here "
+                                  f"and {okind} in volumes.{other}")
+            where = {"equal": "is the same path as", "inside": "is inside",
+                     "contains": "contains"}[rel]
+            raise ConfigError(file, key, f"{path} {where} volumes.{other} ({opath}): "
+                              "volumes must not overlap")
+        seen.append((name, kind, path))
+
+
+def check_branches(file: str, name: str, branches: tuple[Path, ...]) -> None:
+    """Each branch of a pool once, and none inside another."""
+    seen: list[str] = []
+    for b in branches:
+        p = norm(b)
+        for q in seen:
+            rel = relation(p, q)
+            if rel == "equal":
+                raise ConfigError(file, f"volumes.{name}.branches",
+                                  f"{p} is listed twice")
+            if rel is not None:
+                raise ConfigError(file, f"volumes.{name}.branches",
+                                  f"{p} and {q}: one branch is inside the other")
+        seen.append(p)
+
+
+def check_archive(file: str, name: str, archive: Path, sources: tuple[Path, ...]) -> None:
+    """The archive must be apart from every source: an archive inside a source
+    would be imported into itself; a source inside the archive would be
+    consolidated onto itself (and pruning would delete archive files)."""
+    a = norm(archive)
+    for s in sources:
+        rel = relation(a, norm(s))
+        if rel is not None:
+            what = {"equal": "is the same directory as", "inside": "is inside",
+                    "contains": "contains"}[rel]
+            raise ConfigError(file, f"consolidate.{name}.archive",
+                              f"{a} {what} the source {norm(s)}: the archive must be "
+                              "outside every source, and no source inside it")
+    seen: list[str] = []
+    for s in sources:
+        p = norm(s)
+        if p in seen:
+            raise ConfigError(file, f"consolidate.{name}.sources", f"{p} is listed twice")
+        seen.append(p)

@@ -1,0 +1,168 @@
+"""Checks of a loaded config against the machine, before anything runs.
+
+config.load() already refused what the file alone gets wrong (config_rules.py);
+what is left depends on the filesystem: a volume path that does not exist or
+is a file, a runtime_dir that is a file, two volumes (or an archive and a
+source) that meet through a symlink or a bind mount, and a volume whose kind
+does not fit the filesystem under it (a mergerfs pool configured as plain).
+
+`check-config` reports every finding; `run` (one-shot and daemon, at start and
+on reload) refuses to start on an error (ConfigError, exit 78) and logs the
+advice. Reads only (stat, realpath, /proc/self/mountinfo, xattrs): may block on
+a slow or hung mount, so the daemon calls it from a thread, never its loop.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dedupd.config import Config, VolumeConfig
+from dedupd.config_rules import relation
+from dedupd.errors import ConfigError
+
+
+@dataclass
+class Findings:
+    errors: list[ConfigError] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)  # works, but another setting fits better
+
+    def raise_first(self) -> None:
+        if self.errors:
+            raise self.errors[0]
+
+
+def check(cfg: Config, volumes: Iterable[VolumeConfig] | None = None, *,
+          consolidate: bool = True) -> Findings:
+    """Everything about cfg that depends on the machine. `volumes` defaults to the
+    configured ones (a run may serve a selection, or ad-hoc paths)."""
+    out = Findings()
+    vols = list(cfg.volumes.values() if volumes is None else volumes)
+    f = cfg.source
+    _check_runtime_dir(out, f, cfg.daemon.runtime_dir)
+    for v in vols:
+        _check_volume(out, f, v)
+    _check_real_overlaps(out, f, [(f"volumes.{v.name}.path", v.path) for v in vols
+                                  if v.path.is_dir()])
+    if consolidate:
+        for c in cfg.consolidate.values():
+            _check_consolidate(out, f, c.name, c.archive, c.sources)
+    for b in cfg.backups.values():
+        if b.spool_dir is not None:
+            _need_dir(out, f, f"backups.{b.name}.spool_dir", b.spool_dir)
+        if b.target.config is not None and not b.target.config.is_file():
+            out.errors.append(ConfigError(f, f"backups.{b.name}.target.config",
+                                          f"{b.target.config}: no such file"))
+    return out
+
+
+def _describe(p: Path) -> str | None:
+    """Why p is not a usable directory, or None when it is one."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        return f"{p} does not exist"
+    except NotADirectoryError:
+        return f"{p}: a component of the path is a file"
+    except OSError as e:
+        return f"{p}: {e.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{p} is a file, not a directory"
+    return None
+
+
+def _need_dir(out: Findings, f: str, key: str, p: Path) -> bool:
+    why = _describe(p)
+    if why is not None:
+        out.errors.append(ConfigError(f, key, why))
+    return why is None
+
+
+def _check_runtime_dir(out: Findings, f: str, d: Path) -> None:
+    # The daemon creates it when missing: only something else in its place is wrong.
+    for p in (d, *d.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                out.errors.append(ConfigError(f, "daemon.runtime_dir", (
+                    f"{d} is a file, not a directory" if p == d
+                    else f"{d} cannot be created: {p} is a file")))
+            return
+
+
+def _check_volume(out: Findings, f: str, v: VolumeConfig) -> None:
+    key = f"volumes.{v.name}"
+    if not _need_dir(out, f, f"{key}.path", v.path):
+        return
+    for b in v.branches:
+        _need_dir(out, f, f"{key}.branches", b)
+    if v.kind == "plain":
+        tip = mergerfs_advice(v)
+        if tip:
+            out.advice.append(f"{f}: {key}.kind: {tip}")
+
+
+def mergerfs_advice(v: VolumeConfig) -> str | None:
+    """For a plain volume on a mergerfs pool: which kind fits instead, else None.
+
+    Plain works there, but it hardlinks through the FUSE view, which only links
+    copies that happen to sit on one branch; kind "pool" walks the branches and
+    moves duplicates across them (link first, delete second).
+    """
+    from dedupd.volumes.detect import mergerfs_branches, mount_of
+
+    mnt, fstype = mount_of(v.path)
+    if fstype != "fuse.mergerfs":
+        return None
+    branches = mergerfs_branches(mnt)
+    listed = ", ".join(f'"{os.fsdecode(b)}"' for b in branches) or "...the branch paths..."
+    return (f"{v.path} is on a mergerfs pool ({os.fsdecode(mnt)}); kind \"plain\" only "
+            "links copies that share a branch. Use kind = \"pool\" with "
+            f"branches = [{listed}] to deduplicate across its drives")
+
+
+def _real(p: Path) -> str:
+    return os.path.realpath(p)
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _check_real_overlaps(out: Findings, f: str, items: list[tuple[str, Path]]) -> None:
+    """Overlaps the lexical rule could not see: symlinks and bind mounts."""
+    for i, (key, p) in enumerate(items):
+        for okey, op in items[:i]:
+            rel = "equal" if _same_dir(p, op) else relation(_real(p), _real(op))
+            if rel is not None:
+                out.errors.append(ConfigError(f, key, (
+                    f"{p} and {op} ({okey.rsplit('.', 1)[0]}) are the same directory or one "
+                    "holds the other (through a symlink or a bind mount): volumes must not "
+                    "overlap")))
+
+
+def _check_consolidate(out: Findings, f: str, name: str, archive: Path,
+                       sources: tuple[Path, ...]) -> None:
+    key = f"consolidate.{name}"
+    for s in sources:
+        _need_dir(out, f, f"{key}.sources", s)
+    if archive.exists() and not archive.is_dir():
+        out.errors.append(ConfigError(f, f"{key}.archive", f"{archive} is a file, "
+                                      "not a directory"))
+        return
+    a = _real(archive)
+    for s in sources:
+        if not s.is_dir():
+            continue
+        rel = "equal" if _same_dir(archive, s) else relation(a, _real(s))
+        if rel is not None:
+            out.errors.append(ConfigError(f, f"{key}.archive", (
+                f"{archive} and the source {s} are the same directory or one holds the "
+                "other (through a symlink or a bind mount): the archive must be outside "
+                "every source")))
