@@ -88,8 +88,9 @@ def index_failure(url: str, e: BaseException) -> DedupdError | None:
     if full:
         return TemporaryFailure(f"index {where}: the disk is full ({orig}); free some space "
                                 "and retry")
-    if "readonly" in msg or "read-only" in msg or err in (errno.EROFS, errno.EPERM,
-                                                          errno.EACCES):
+    if "readonly" in msg or "read-only" in msg or err in (
+            errno.EROFS, errno.EPERM, errno.EACCES) or (
+            "unable to open" in msg and _not_writable(where)):
         return IndexError_(f"index {where} cannot be written ({orig}): check its permissions "
                            "and those of its directory, `lsattr` (chattr +i), and whether its "
                            "filesystem is mounted read-only")
@@ -105,6 +106,13 @@ def _no_space(path: str) -> bool:
     except OSError:
         return False
     return st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0)
+
+
+def _not_writable(path: str) -> bool:
+    """The index file or its directory refuses writes (mode, chattr +i, ro mount);
+    access() asks the kernel, which knows all three, also for root."""
+    d = os.path.dirname(path) or "."
+    return any(os.path.exists(p) and not os.access(p, os.W_OK) for p in (path, d))
 
 
 def is_psycopg_error(e: BaseException) -> bool:

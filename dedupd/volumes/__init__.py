@@ -11,8 +11,11 @@ hardlinks; pool: cross-drive).
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from dedupd.config import VolumeConfig
@@ -80,13 +83,29 @@ def register(*kinds: str) -> Callable[[PassFactory], PassFactory]:
 
 
 def make_pass(vol: VolumeConfig, store: Store, opts: PassOptions) -> VolumePass:
+    """The pass of vol's kind. Raises TemporaryFailure (one line, exit 75) when the
+    volume's path or a pool branch is gone or not a directory (an unmounted disk
+    reappears; the daemon retries later), ConfigError for an unknown kind."""
     from dedupd.errors import ConfigError
 
+    for p in (vol.path, *vol.branches):
+        _require_dir(vol.name, p)
     factory = KINDS.get(vol.kind) or _load_kind(vol.kind)
     if factory is None:
         raise ConfigError("-", f"volumes.{vol.name}.kind", f"kind {vol.kind!r} is not "
                           "implemented yet")
     return factory(vol, store, opts)
+
+
+def _require_dir(name: str, p: Path) -> None:
+    from dedupd.errors import TemporaryFailure
+
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        raise TemporaryFailure(f"volume {name}: {p}: {e.strerror} (not mounted?)") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise TemporaryFailure(f"volume {name}: {p} is not a directory")
 
 
 # Kinds whose module is not named after them (others: dedupd.volumes.<kind>).
