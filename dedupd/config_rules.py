@@ -101,8 +101,8 @@ def check_archive(file: str, name: str, archive: Path, sources: tuple[Path, ...]
             what = {"equal": "is the same directory as", "inside": "is inside",
                     "contains": "contains"}[rel]
             raise ConfigError(file, f"consolidate.{name}.archive",
-                              f"{a} {what} the source {norm(s)}: the archive must be "
-                              "outside every source, and no source inside it")
+                              f"{a} {what} the source {norm(s)}: an archive and its "
+                              "sources must not overlap")
     seen: list[str] = []
     for s in sources:
         p = norm(s)
