@@ -71,7 +71,16 @@ class HashStats:
     bytes_hashed: int = 0  # bytes covered by full-file hashes
     bytes_read: int = 0  # every byte read from file data
     pending: int = 0  # not settled yet: left for a later pass
+    # when the first and the last of the pending files settle (epoch seconds; 0: none)
+    pending_first: float = 0.0
+    pending_last: float = 0.0
     problems: list[Problem] = field(default_factory=list)
+
+    def wait_until(self, t: float) -> None:
+        """Count one pending file that settles at t."""
+        self.pending += 1
+        self.pending_first = min(self.pending_first or t, t)
+        self.pending_last = max(self.pending_last, t)
 
     def merge(self, other: HashStats) -> None:
         self.files_hashed += other.files_hashed
@@ -79,6 +88,10 @@ class HashStats:
         self.bytes_hashed += other.bytes_hashed
         self.bytes_read += other.bytes_read
         self.pending += other.pending
+        if other.pending_first:
+            self.pending_first = min(self.pending_first or other.pending_first,
+                                     other.pending_first)
+        self.pending_last = max(self.pending_last, other.pending_last)
         self.problems.extend(other.problems)
 
 
@@ -96,9 +109,27 @@ class Stability:
     def ready(self, f: IndexedFile, now: float) -> bool:
         if self.settle_seconds <= 0:
             return True
+        return bool(now >= self.ready_at(f))
+
+    def ready_at(self, f: IndexedFile) -> float:
+        """When f will have settled (epoch seconds), if it does not change again."""
         wait = min(self.settle_seconds * 2.0 ** min(f.unstable, 30), self.max_backoff_seconds)
-        last_change = max(f.mtime_ns, f.ctime_ns) / 1e9
-        return bool(now - last_change >= wait)
+        return max(f.mtime_ns, f.ctime_ns) / 1e9 + wait
+
+    def split(self, files: list[IndexedFile], now: float, stats: HashStats
+              ) -> list[IndexedFile]:
+        """The files settled at `now`; the others are counted pending in stats, with
+        when they settle (the summary tells the user when a pass will take them)."""
+        if self.settle_seconds <= 0:
+            return files
+        ready = []
+        for f in files:
+            t = self.ready_at(f)
+            if now >= t:
+                ready.append(f)
+            else:
+                stats.wait_until(t)
+        return ready
 
 
 def open_checked(f: IndexedFile) -> int:
@@ -232,8 +263,7 @@ class Hasher:
         """Hash one size group; thread-safe (counters only in the result)."""
         st = HashStats()
         now = self.now()
-        ready = [f for f in files if self.stability.ready(f, now)]
-        st.pending = len(files) - len(ready)
+        ready = self.stability.split(files, now, st)
         if len(ready) < 2:
             return SizeGroupResult((), (), (), st)
         rd = GroupReader(st)

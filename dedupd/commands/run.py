@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,18 +113,52 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_report(r: PassReport) -> None:
+def print_report(r: PassReport, now: float | None = None) -> None:
+    """The one-shot summary. It must never read as "no duplicates" when files only
+    wait out settle_seconds, nor "0 B reclaimed" when a dry run found some."""
     out = sys.stdout
     verb = "would" if r.dry_run else "did"
+    saved = (f"would reclaim up to {human_bytes(r.bytes_would_reclaim)}" if r.dry_run
+             else f"{human_bytes(r.bytes_reclaimed)} reclaimed")
     out.write(f"{r.volume} ({r.kind}{', dry run' if r.dry_run else ''}): "
               f"{r.counters.get('files_seen', 0)} files seen, "
               f"{r.counters.get('groups', 0)} duplicate groups, "
-              f"{human_bytes(r.bytes_reclaimed)} reclaimed in {r.seconds:.1f}s\n")
+              f"{saved} in {r.seconds:.1f}s\n")
+    if r.files_pending:
+        out.write("  " + pending_line(r, time.time() if now is None else now) + "\n")
     for a in r.actions:
-        paths = a.get("paths") or []
-        out.write(f"  {verb} {a.get('action')}: " + " ".join(show_path(p) for p in paths) + "\n")
+        out.write(f"  {verb} {a.get('action')}: {describe_action(a)}\n")
     for p in r.problems:
         out.write(f"  {p['reason']}: {show_path(p['path'])} {p.get('detail', '')}\n")
+
+
+def pending_line(r: PassReport, now: float) -> str:
+    """How many candidate files wait to settle, and from when a pass takes them."""
+    def when(t: float) -> str:
+        fmt = "%H:%M:%S" if t - now < 86400 else "%Y-%m-%d %H:%M"
+        return time.strftime(fmt, time.localtime(t))
+
+    n = r.files_pending
+    span = (f"from {when(r.pending_first)}" if r.pending_last - r.pending_first < 1
+            else f"between {when(r.pending_first)} and {when(r.pending_last)}")
+    return (f"{n} file{'s' if n != 1 else ''} that may have duplicates changed less than "
+            f"settle_seconds ({r.settle_seconds:g} s) ago and wait{'s' if n == 1 else ''} "
+            f"to settle: a pass {span} on considers {'them' if n != 1 else 'it'} "
+            "(--settle 0 does not wait)")
+
+
+def describe_action(a: dict[str, Any]) -> str:
+    """One action, naming what stays (the reference) and what is replaced by it."""
+    kind = a.get("action")
+    if kind == "dedupe" and "reference" in a:
+        dests = " ".join(show_path(p) for p in a.get("paths") or ())
+        return f"{dests} against {show_path(a['reference'])}"
+    if kind == "hardlink":
+        return f"{show_path(a['replace'])} becomes a link to {show_path(a['keep'])}"
+    if kind == "crossdrive":
+        return (f"{show_path(a['replace'])} becomes a link to {show_path(a['keep'])} "
+                f"(as {show_path(a['link'])} on its drive)")
+    return " ".join(show_path(p) for p in a.get("paths") or ())
 
 
 def preflight_or_fail(cfg: Config, vols: list[VolumeConfig]) -> None:

@@ -160,8 +160,7 @@ class Router:
 
     def _prepare(self, files: list[IndexedFile]) -> _Sized:
         rd = _Reader(HashStats())
-        ready = [f for f in files if self.stability.ready(f, self.now())]
-        rd.stats.pending = len(files) - len(ready)
+        ready = self.stability.split(files, self.now(), rd.stats)
         s = _Sized(files[0].size if files else 0, ready, rd)
         if len(ready) >= 2:
             s.reads = [f for f in ready if f.head is None or (s.small and f.full is None)]

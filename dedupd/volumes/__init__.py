@@ -46,10 +46,39 @@ class PassReport:
     actions: tuple[dict[str, Any], ...] = ()  # what was (or would be) done, one dict each
     problems: tuple[dict[str, str], ...] = ()
     bytes_reclaimed: int = 0  # measured, not estimated
+    settle_seconds: float = 0.0
+    # files of candidate size groups still inside settle_seconds of their last change:
+    # when the first and the last of them settle (epoch seconds; 0 when none waits)
+    pending_first: float = 0.0
+    pending_last: float = 0.0
+
+    @property
+    def files_pending(self) -> int:
+        return self.counters.get("files_pending", 0)
+
+    @property
+    def bytes_would_reclaim(self) -> int:
+        """In a dry run, the most the described actions would free: each replaced
+        copy (hardlink, cross-drive), each extent destination. An upper bound: a copy
+        with other hardlinks, or extents already partly shared, frees less."""
+        if not self.dry_run:
+            return 0
+        total = 0
+        for a in self.actions:
+            size = int(a.get("size") or 0)
+            if a.get("action") in ("hardlink", "crossdrive") and a.get("result") == "would":
+                total += size
+            elif a.get("action") == "dedupe":
+                total += size * len(a.get("paths") or ())
+        return total
 
     def as_json(self) -> dict[str, Any]:
         return {"volume": self.volume, "kind": self.kind, "dry_run": self.dry_run,
                 "seconds": round(self.seconds, 3), "bytes_reclaimed": self.bytes_reclaimed,
+                "bytes_would_reclaim": self.bytes_would_reclaim,
+                "pending": {"files": self.files_pending, "settle_seconds": self.settle_seconds,
+                            "first_settles_at": self.pending_first or None,
+                            "last_settles_at": self.pending_last or None},
                 "counters": self.counters, "actions": list(self.actions),
                 "problems": list(self.problems)}
 

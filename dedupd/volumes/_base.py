@@ -92,6 +92,8 @@ class ScanPass:
         self._seconds = time.monotonic() - self._t0
 
     def report(self) -> PassReport:
+        hs = self.hash_stats
         return PassReport(self.vol.name, self.vol.kind, self.opts.dry_run or not self.vol.apply,
                           self._seconds, dict(self.c.values), tuple(self.actions),
-                          tuple(self.problems), self.bytes_reclaimed)
+                          tuple(self.problems), self.bytes_reclaimed, self.vol.settle_seconds,
+                          hs.pending_first, hs.pending_last)
