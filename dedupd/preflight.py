@@ -22,17 +22,27 @@ from pathlib import Path
 
 from dedupd.config import Config, VolumeConfig
 from dedupd.config_rules import relation
-from dedupd.errors import ConfigError
+from dedupd.errors import ConfigError, TemporaryFailure
 
 
 @dataclass
 class Findings:
     errors: list[ConfigError] = field(default_factory=list)
+    # volume paths that do not exist: an error for check-config, but at a run's
+    # start a temporary failure (exit 75): the disk may not be mounted yet
+    missing: list[ConfigError] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)  # works, but another setting fits better
 
+    @property
+    def all_errors(self) -> list[ConfigError]:
+        return self.errors + self.missing
+
     def raise_first(self) -> None:
+        """For a run: a config error (78) first, else a missing volume path (75)."""
         if self.errors:
             raise self.errors[0]
+        if self.missing:
+            raise TemporaryFailure(f"{self.missing[0]} (not mounted yet?)")
 
 
 def check(cfg: Config, volumes: Iterable[VolumeConfig] | None = None, *,
@@ -74,10 +84,13 @@ def _describe(p: Path) -> str | None:
     return None
 
 
-def _need_dir(out: Findings, f: str, key: str, p: Path) -> bool:
+def _need_dir(out: Findings, f: str, key: str, p: Path, *, mountable: bool = False) -> bool:
+    """Record why p is not a directory; `mountable`: a missing p may be a disk
+    not mounted yet (see Findings.missing)."""
     why = _describe(p)
     if why is not None:
-        out.errors.append(ConfigError(f, key, why))
+        where = out.missing if mountable and not os.path.lexists(p) else out.errors
+        where.append(ConfigError(f, key, why))
     return why is None
 
 
@@ -94,10 +107,10 @@ def _check_runtime_dir(out: Findings, f: str, d: Path) -> None:
 
 def _check_volume(out: Findings, f: str, v: VolumeConfig) -> None:
     key = f"volumes.{v.name}"
-    if not _need_dir(out, f, f"{key}.path", v.path):
+    if not _need_dir(out, f, f"{key}.path", v.path, mountable=True):
         return
     for b in v.branches:
-        _need_dir(out, f, f"{key}.branches", b)
+        _need_dir(out, f, f"{key}.branches", b, mountable=True)
     if v.kind == "plain":
         tip = mergerfs_advice(v)
         if tip:

@@ -36,14 +36,15 @@ def run(args: argparse.Namespace) -> int:
     cfg = config.load(path)  # must exist here: checking nothing is not a pass
     found = preflight.Findings() if args.file_only else preflight.check(cfg)
     if args.json:
-        print_json({**json_safe(asdict(cfg)), "ok": not found.errors,
-                    "errors": [str(e) for e in found.errors], "advice": found.advice})
-        return EXIT_CONFIG if found.errors else 0
-    for e in found.errors:
+        errors = found.all_errors
+        print_json({**json_safe(asdict(cfg)), "ok": not errors,
+                    "errors": [str(e) for e in errors], "advice": found.advice})
+        return EXIT_CONFIG if errors else 0
+    for e in found.all_errors:
         sys.stderr.write(f"dedupd: error: {e}\n")
     for a in found.advice:
         sys.stderr.write(f"dedupd: advice: {a}\n")
-    if found.errors:
+    if found.all_errors:
         return EXIT_CONFIG
     print(f"{path}: OK")
     for name, v in cfg.volumes.items():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dedupd import cli, config
-from dedupd.errors import EXIT_CONFIG, ConfigError
+from dedupd.errors import EXIT_CONFIG, EXIT_TEMPFAIL, ConfigError
 
 SRC = "sources = ['{t}/src']\n"
 
@@ -115,9 +115,15 @@ def test_pure_rules_hold_for_every_loader(tree: Path) -> None:
 
 def test_run_refuses_a_missing_volume_path_in_one_line(
         tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Missing at a run's start: temporary (75), the disk may not be mounted yet;
+    a file where the volume should be is a config error (78)."""
     cfg = tree / "c.toml"
     cfg.write_text(_vol("a", "{t}/gone").format(t=tree))
     rc = cli.main(["run", "--once", "-c", str(cfg), "--db", f"sqlite:///{tree}/i.db"])
     err = capsys.readouterr().err
-    assert rc == EXIT_CONFIG
-    assert err.strip() == f"dedupd: error: {cfg}: volumes.a.path: {tree}/gone does not exist"
+    assert rc == EXIT_TEMPFAIL
+    assert err.strip() == (f"dedupd: error: {cfg}: volumes.a.path: {tree}/gone does not "
+                           "exist (not mounted yet?)")
+    cfg.write_text(_vol("a", "{t}/afile").format(t=tree))
+    rc = cli.main(["run", "--once", "-c", str(cfg), "--db", f"sqlite:///{tree}/i.db"])
+    assert rc == EXIT_CONFIG and "is a file" in capsys.readouterr().err
