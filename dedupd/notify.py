@@ -1,11 +1,15 @@
 """sd_notify: tell systemd what the daemon is doing (READY, STATUS, WATCHDOG, ...).
 
-A few lines of socket code rather than a library: the protocol is one
-datagram of `KEY=VALUE` lines to the AF_UNIX socket named by $NOTIFY_SOCKET
-(a leading '@' means the abstract namespace). Outside systemd (no
-NOTIFY_SOCKET) every call is a no-op, so the daemon never needs to ask.
+A few lines of socket code rather than the `sdnotify` package: the protocol is
+one datagram of `KEY=VALUE` lines to the AF_UNIX socket named by $NOTIFY_SOCKET
+(a leading '@' means the abstract namespace). That package takes no
+address (only the environment's; tests aim a notifier at their own socket),
+connects once when constructed, encodes as Latin-1 (a STATUS naming a path
+outside Latin-1, "/srv/фото", would be silently dropped) and reports no
+failure to its caller. Outside systemd (no
+NOTIFY_SOCKET) every call here is a no-op, so the daemon never needs to ask.
 Sending never raises: a lost notification must not kill the daemon (systemd
-will notice a missing READY or WATCHDOG by itself).
+will notice a missing READY or WATCHDOG by itself), but the caller learns it.
 """
 
 from __future__ import annotations
