@@ -115,6 +115,10 @@ def _check_volume(out: Findings, f: str, v: VolumeConfig) -> None:
         tip = mergerfs_advice(v)
         if tip:
             out.advice.append(f"{f}: {key}.kind: {tip}")
+    elif v.kind == "pool":
+        tip = pool_branches_advice(v)
+        if tip:
+            out.advice.append(f"{f}: {key}.branches: {tip}")
 
 
 def mergerfs_advice(v: VolumeConfig) -> str | None:
@@ -134,6 +138,22 @@ def mergerfs_advice(v: VolumeConfig) -> str | None:
     return (f"{v.path} is on a mergerfs pool ({os.fsdecode(mnt)}); kind \"plain\" only "
             "links copies that share a branch. Use kind = \"pool\" with "
             f"branches = [{listed}] to deduplicate across its drives")
+
+
+def pool_branches_advice(v: VolumeConfig) -> str | None:
+    """For a pool volume on a mergerfs mount whose branches differ from the
+    configured ones: what the mount reports. None when they agree or unknown."""
+    from dedupd.volumes.detect import mergerfs_branches, mount_of
+
+    mnt, fstype = mount_of(v.path)
+    if fstype != "fuse.mergerfs":
+        return None
+    actual = {os.path.realpath(b) for b in mergerfs_branches(mnt)}
+    if not actual or actual == {os.fsencode(_real(b)) for b in v.branches}:
+        return None
+    listed = ", ".join(f'"{os.fsdecode(b)}"' for b in sorted(actual))
+    return (f"the mergerfs mount at {os.fsdecode(mnt)} has branches [{listed}]; files on "
+            "a branch not listed here are not deduplicated")
 
 
 def _real(p: Path) -> str:

@@ -151,6 +151,12 @@ def test_plain_volume_on_mergerfs_is_told_to_use_pool(
     assert config.load(fixed).volumes["p"].branches == pool.branches
     r = dedupd("check-config", "-c", str(fixed))
     assert r.returncode == 0 and "advice" not in r.stderr
+    # a pool missing one of the mount's branches is told which it has
+    fixed.write_text(f"[volumes.p]\nkind = 'pool'\npath = '{pool.root}'\n"
+                     f"branches = ['{pool.branches[0]}', '{tmp_path}']\n")
+    r = dedupd("check-config", "-c", str(fixed))
+    assert r.returncode == 0 and "volumes.p.branches: the mergerfs mount" in r.stderr
+    assert f'"{pool.branches[1]}"' in r.stderr
     # and the run says it too, in its log
     r = dedupd("run", "--once", "-c", str(cfg), "--db", f"sqlite:///{tmp_path}/i.db")
     assert r.returncode == 0, r.stderr
