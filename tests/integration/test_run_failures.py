@@ -171,3 +171,21 @@ def test_runtime_dir_that_is_a_file_stops_the_daemon_at_start(tmp_path: Path) ->
     assert r.returncode == EXIT_CONFIG
     assert r.stderr.strip().endswith("daemon.runtime_dir: " f"{tmp_path}/run is a file, "
                                      "not a directory")
+
+
+def test_core_writes_map_the_same_way(tmp_path: Path) -> None:
+    """Consolidation, backups and the journal write through SQLAlchemy: the same
+    one-line error as Store's own connection."""
+    from sqlalchemy import text
+
+    from dedupd.errors import DedupdError
+    from dedupd.index.store import make_engine
+
+    db = tmp_path / "i.db"
+    Store(f"sqlite:///{db}").close()
+    engine = make_engine(f"sqlite:///{db}")
+    try:
+        with immutable(db), pytest.raises(DedupdError, match="chattr"), engine.begin() as c:
+            c.execute(text("INSERT INTO meta (key, value) VALUES ('k', 'v')"))
+    finally:
+        engine.dispose()
