@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import xxhash
 
+from dedupd import handles
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 from dedupd.scan.events import Problem
 
@@ -31,7 +32,7 @@ HEAD_SIZE = 4096
 WHOLE_READ = 128 * 1024
 BUF_SIZE = 1 << 20
 PREFETCH_BYTES = 4 << 20  # per file opened ahead (see GroupReader)
-_O_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_FLAGS = handles.FILE_FLAGS
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
 
@@ -135,10 +136,10 @@ class Stability:
 def open_checked(f: IndexedFile) -> int:
     """Open f.path read-only and confirm it is still the indexed inode, unchanged."""
     try:
-        fd = os.open(f.path, _O_FLAGS | _NOATIME)
+        fd = handles.open_at(f.path, _O_FLAGS | _NOATIME)
     except PermissionError:
         # O_NOATIME needs ownership (or CAP_FOWNER); retry without it.
-        fd = os.open(f.path, _O_FLAGS)
+        fd = handles.open_at(f.path, _O_FLAGS)
     try:
         _check(fd, f)
     except BaseException:
@@ -356,6 +357,8 @@ class GroupReader:
             self.stats.problems.append(Problem(f.path, "changed", "changed while being read"))
         except FileNotFoundError:
             self.stats.problems.append(Problem(f.path, "vanished", "disappeared before hashing"))
+        except handles.PathChanged as e:
+            self.stats.problems.append(Problem(f.path, e.reason, e.strerror or str(e)))
         except OSError as e:
             reason = "unreadable" if e.errno in (errno.EACCES, errno.EPERM) else "error"
             self.stats.problems.append(Problem(f.path, reason, e.strerror or str(e)))

@@ -16,10 +16,12 @@ from typing import Any
 
 import exifread
 
+from dedupd import handles
+
 # exifread logs every malformed tag at WARNING; a corrupt photo is reported once by us.
 logging.getLogger("exifread").setLevel(logging.CRITICAL)
 
-_RD = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_RD = handles.FILE_FLAGS
 MIN_YEAR, MAX_YEAR = 1900, 2200
 
 
@@ -75,7 +77,7 @@ def parse_exif_datetime(text: str) -> datetime | None:
 def exif_date(path: bytes) -> tuple[datetime | None, str, int]:
     """(date or None, problem, bytes read) for one file; never raises for bad content."""
     try:
-        fd = os.open(path, _RD)
+        fd = handles.open_at(path, _RD)
     except OSError as e:
         return None, f"cannot open: {e.strerror}", 0
     with open(fd, "rb") as fh:

@@ -18,9 +18,11 @@ linker (hardlink.link_group).
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass
 
+from dedupd import handles
 from dedupd.dedup import hardlink as H
 from dedupd.dedup import journal as J
 from dedupd.dedup import recovery
@@ -173,9 +175,11 @@ def _precheck(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: by
     dst = restat(p, run.ident[f.key])
     check_metadata(keep.path, kst, p, dst)
     try:
-        cur = os.lstat(dest)
+        cur = handles.lstat(dest)
     except FileNotFoundError:
         return dst
+    except handles.PathChanged as e:
+        raise Refused(e.reason, f"{os.fsdecode(dest)}: {e.strerror}") from None
     if (cur.st_dev, cur.st_ino) != keep.key:
         raise Refused("dest_exists", f"{os.fsdecode(dest)} exists on the kept branch")
     return dst
@@ -206,16 +210,31 @@ def _missing_dirs(a: bytes, rel_dir: bytes) -> tuple[bytes, ...]:
     out, cur = [], a
     for part in [x for x in rel_dir.split(b"/") if x]:
         cur = os.path.join(cur, part)
-        if not os.path.isdir(cur):
+        if not _is_dir(cur):
             out.append(cur)
     return tuple(out)
+
+
+def _is_dir(path: bytes) -> bool:
+    try:
+        return stat.S_ISDIR(handles.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _exists(path: bytes) -> bool:
+    try:
+        handles.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _move(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes, a: bytes,
           b: bytes, q: bytes | None, freed: bool) -> None:
     jr = run.journal
     assert jr is not None
-    exists = os.path.lexists(dest)  # precheck proved: then it is the kept inode
+    exists = _exists(dest)  # precheck proved: then it is the kept inode
     rel_dir = os.path.dirname(rel_to(p, b))
     spec = J.OpSpec(run.policy.volume, "crossdrive", keep.path, p, keep.dev, keep.ino, f.dev,
                     f.ino, f.size, run.ident[f.key].mtime_ns,
@@ -227,7 +246,7 @@ def _move(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes,
         if not exists:
             fs.mkdirs_like(a, rel_dir, b)
             jr.step("mkdirs")
-            fs.link_exact(keep.path, dest)
+            fs.link_exact(keep.path, dest, expect=keep.key)
             jr.step("link dest")
         jr.set(op, J.LINKED)
         H._refresh(run, keep.key, keep.path)
@@ -236,7 +255,8 @@ def _move(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes,
         _remove(jr, spec)
     except (Refused, OSError) as e:
         _rollback(jr, op, spec, e)
-        run.refuse(p, e if isinstance(e, Refused) else Refused("error", str(e)))
+        run.refuse(p, e if isinstance(e, Refused) else Refused(
+            "path_changed" if isinstance(e, handles.PathChanged) else "error", str(e)))
         return
     jr.set(op, J.DONE)
     run.linked += 1
@@ -258,8 +278,8 @@ def _verify_pair(run: H._Run, keep: IndexedFile, f: IndexedFile, kpath: bytes,
 
 def _remove(jr: J.Journal, spec: J.OpSpec) -> None:
     if spec.quarantine_path is not None:
-        os.makedirs(os.path.dirname(spec.quarantine_path), mode=0o700, exist_ok=True)
-        fs.link_exact(spec.dup_path, spec.quarantine_path)
+        fs.make_private_dirs(os.path.dirname(spec.quarantine_path))
+        fs.link_exact(spec.dup_path, spec.quarantine_path, expect=(spec.dup_dev, spec.dup_ino))
         jr.step("link quarantine")
     fs.unlink_if_inode(spec.dup_path, spec.dup_dev, spec.dup_ino)
     jr.step("unlink duplicate")
@@ -267,7 +287,7 @@ def _remove(jr: J.Journal, spec: J.OpSpec) -> None:
 
 def _rollback(jr: J.Journal, op: int, spec: J.OpSpec, e: Exception) -> None:
     rec = jr.get(op)
-    made = spec.dest_path is not None and os.path.lexists(spec.dest_path)
+    made = spec.dest_path is not None and _exists(spec.dest_path)
     if rec is not None and rec.state == J.PENDING and not made:
         fs.rmdirs_if_empty(spec.dirs)
         jr.set(op, J.REFUSED if isinstance(e, Refused) else J.ROLLED_BACK, str(e))

@@ -16,6 +16,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dedupd import handles
 from dedupd import proc
 
 FIDEDUPERANGE = 0xC0189436  # _IOWR(0x94, 54, struct file_dedupe_range)
@@ -115,13 +116,13 @@ def open_dest(path: bytes) -> int:
     Root may dedupe into a file it opened read-only (CAP_SYS_ADMIN). EROFS is
     never worked around: a read-only snapshot or mount is not a destination.
     """
-    flags = os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOATIME", 0)
     try:
-        return os.open(path, os.O_RDWR | flags)
+        return handles.open_at(path, os.O_RDWR | flags)
     except OSError as e:
         if e.errno not in (errno.EACCES, errno.EPERM, errno.ETXTBSY):
             raise
-    return os.open(path, os.O_RDONLY | flags)
+    return handles.open_at(path, os.O_RDONLY | flags)
 
 
 def duperemove(groups: Sequence[Sequence[bytes]], timeout: float = 3600.0) -> proc.Result:

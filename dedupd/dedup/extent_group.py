@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dedupd import handles
 from dedupd.dedup import extent, fiemap
 from dedupd.dedup.killpoint import StepHook
 from dedupd.dedup.planner import Member, plan_group
@@ -24,7 +25,7 @@ from dedupd.index.store import HashUpdate, IndexedFile, Store
 from dedupd.proc import ProcError
 from dedupd.volumes import Counters
 
-_RO = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
+_RO = handles.FILE_FLAGS | getattr(os, "O_NOATIME", 0)
 DUPEREMOVE_QUEUE = 2000  # files per duperemove run
 STATE_BATCH = 500  # buffered done marks / references per index transaction
 
@@ -105,11 +106,12 @@ class ExtentDeduper:
         """Open read-only and confirm it is still the indexed, unchanged inode."""
         try:
             try:
-                fd = os.open(f.path, _RO)
+                fd = handles.open_at(f.path, _RO)
             except PermissionError:
-                fd = os.open(f.path, _RO & ~getattr(os, "O_NOATIME", 0))
+                fd = handles.open_at(f.path, _RO & ~getattr(os, "O_NOATIME", 0))
         except OSError as e:
-            self._problem(f.path, "vanished" if e.errno == errno.ENOENT else "error", e)
+            reason = "vanished" if e.errno == errno.ENOENT else "error"
+            self._problem(f.path, e.reason if isinstance(e, handles.PathChanged) else reason, e)
             return None
         return self._still_indexed(fd, f)
 
@@ -316,7 +318,7 @@ class ExtentDeduper:
 
 
 def _extents_of(path: bytes) -> list[fiemap.Extent]:
-    fd = os.open(path, _RO)
+    fd = handles.open_at(path, _RO)
     try:
         return fiemap.extents(fd)
     finally:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dedupd import handles
 from dedupd.dedup import journal as J
 from dedupd.dedup import recovery
 from dedupd.dedup.verify import (
@@ -228,7 +229,7 @@ def _refresh(run: _Run, key: tuple[int, int], path: bytes) -> bool:
     """After our own link changes, accept the new ctime if nothing else moved."""
     old = run.ident[key]
     try:
-        st = os.lstat(path)
+        st = handles.lstat(path)
     except OSError:
         return False
     if old.matches(st, ctime=False):
@@ -292,7 +293,7 @@ def _replace(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes, freed: bool
     try:
         _swap(jr, spec, did)
     except (Refused, OSError) as e:
-        reason = e.reason if isinstance(e, Refused) else "error"
+        reason = e.reason if isinstance(e, (Refused, handles.PathChanged)) else "error"
         # Decide like recovery does, from the inodes: the swap may have happened.
         after, detail = recovery.resolve_hardlink(spec)
         run.mark(op, after, f"{e}; {detail}")
@@ -310,16 +311,17 @@ def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident) -> None:
     assert spec.temp_path is not None
     tmp, p = spec.temp_path, spec.dup_path
     if spec.quarantine_path is not None:
-        os.makedirs(os.path.dirname(spec.quarantine_path), mode=0o700, exist_ok=True)
-        fs.link_exact(p, spec.quarantine_path)
+        fs.make_private_dirs(os.path.dirname(spec.quarantine_path))
+        fs.link_exact(p, spec.quarantine_path, expect=(spec.dup_dev, spec.dup_ino))
         jr.step("link quarantine")
-    fs.link_exact(spec.keep_path, tmp, durable=False)  # the swap fsyncs this directory
+    # the swap fsyncs this directory; the temp name must be the verified kept inode
+    fs.link_exact(spec.keep_path, tmp, durable=False, expect=(spec.keep_dev, spec.keep_ino))
     jr.step("link temp")
     # The last look before the name changes (a quarantine link moved its ctime).
     restat(p, did, ctime=spec.quarantine_path is None)
     if fs.exchange(tmp, p):
         jr.step("exchange")
-        st = os.lstat(tmp)
+        st = handles.lstat(tmp)
         if (st.st_dev, st.st_ino) != (spec.dup_dev, spec.dup_ino):
             # Someone replaced the name in the last instant: put theirs back.
             fs.exchange(tmp, p)

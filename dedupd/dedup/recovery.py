@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from dedupd import handles
 from dedupd.dedup import journal as J
 from dedupd.dedup.verify import Refused, same_bytes
 from dedupd.fsops import link as fs
@@ -38,7 +39,7 @@ def _ino(path: bytes | None) -> tuple[int, int] | None:
     if path is None:
         return None
     try:
-        st = os.lstat(path)
+        st = handles.lstat(path)
     except FileNotFoundError:
         return None
     return (st.st_dev, st.st_ino)
@@ -147,14 +148,14 @@ def finish_remove(sp: J.OpSpec) -> bool:
     """
     ref = sp.dest_path or sp.keep_path
     try:
-        st = os.lstat(sp.dup_path)
+        st = handles.lstat(sp.dup_path)
     except FileNotFoundError:
         return True
     if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (
             sp.dup_dev, sp.dup_ino, sp.size, sp.dup_mtime_ns):
         return False
     try:
-        kst = os.lstat(ref)
+        kst = handles.lstat(ref)
         if (kst.st_dev, kst.st_ino) != (sp.keep_dev, sp.keep_ino):
             return False
         if not same_bytes(ref, Ident.of(kst), sp.dup_path, Ident.of(st)):
@@ -162,8 +163,8 @@ def finish_remove(sp: J.OpSpec) -> bool:
     except Refused:
         return False
     if sp.quarantine_path is not None and _ino(sp.quarantine_path) is None:
-        os.makedirs(os.path.dirname(sp.quarantine_path), mode=0o700, exist_ok=True)
-        fs.link_exact(sp.dup_path, sp.quarantine_path)
+        fs.make_private_dirs(os.path.dirname(sp.quarantine_path))
+        fs.link_exact(sp.dup_path, sp.quarantine_path, expect=(sp.dup_dev, sp.dup_ino))
     fs.unlink_if_inode(sp.dup_path, sp.dup_dev, sp.dup_ino)
     return True
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from dedupd import handles
 from dedupd.dedup import fiemap
 from dedupd.hashing import WHOLE_READ, FileChanged, HashStats, Stability, read_hashes
 from dedupd.index.store import HashUpdate, IndexedFile
@@ -38,7 +39,7 @@ CHUNK_FILES, CHUNK_BYTES = 16, 1024 * 1024  # reads per task (at most)
 HEAD_BATCH = 4096  # head reads per batch, in inode order
 READERS = 4  # threads reading files (several reads in flight keep the device busy)
 WINDOW_BYTES = 1024 * 1024 * 1024  # file bytes read per window, in disk order (at most)
-_RO = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
+_RO = handles.FILE_FLAGS | getattr(os, "O_NOATIME", 0)
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ def on_disk(f: IndexedFile) -> tuple[int, int, int]:
     """Sort key: (device, first physical byte, inode); unmapped files sort first."""
     phys = 0
     try:
-        fd = os.open(f.path, _RO)
+        fd = handles.open_at(f.path, _RO)
     except OSError:
         return (f.dev, phys, f.ino)
     try:

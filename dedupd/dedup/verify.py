@@ -18,10 +18,11 @@ import os
 import stat
 from dataclasses import dataclass
 
+from dedupd import handles
 from dedupd.scan.events import Ident
 
 BUF = 1 << 20
-_O_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_FLAGS = handles.FILE_FLAGS
 _NOATIME = getattr(os, "O_NOATIME", 0)
 ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
 
@@ -38,9 +39,11 @@ class Refused(Exception):
 def restat(path: bytes, expected: Ident, *, ctime: bool = True) -> os.stat_result:
     """lstat path and insist it is still the expected, unchanged regular file."""
     try:
-        st = os.lstat(path)
+        st = handles.lstat(path)
     except FileNotFoundError:
         raise Refused("vanished", os.fsdecode(path)) from None
+    except handles.PathChanged as e:
+        raise Refused(e.reason, f"{os.fsdecode(path)}: {e.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise Refused("changed", f"{os.fsdecode(path)} is no longer a regular file")
     if not expected.matches(st, ctime=ctime):
@@ -49,10 +52,14 @@ def restat(path: bytes, expected: Ident, *, ctime: bool = True) -> os.stat_resul
 
 
 def _open(path: bytes) -> int:
+    """Open through the path's handles (dedupd/handles.py); Refused if it moved."""
     try:
-        return os.open(path, _O_FLAGS | _NOATIME)
-    except PermissionError:
-        return os.open(path, _O_FLAGS)
+        try:
+            return handles.open_at(path, _O_FLAGS | _NOATIME)
+        except PermissionError:
+            return handles.open_at(path, _O_FLAGS)
+    except handles.PathChanged as e:
+        raise Refused(e.reason, f"{os.fsdecode(path)}: {e.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -117,21 +124,27 @@ def _check_fd(fd: int, want: Ident | None, path: bytes, ctime: bool) -> Ident:
 
 
 def xattrs(path: bytes) -> dict[str, bytes]:
-    """All extended attributes of path (ACLs included); {} where unsupported."""
+    """All extended attributes of path (ACLs included); {} where unsupported.
+
+    Read through a descriptor opened by handle, so a swapped name is refused."""
+    fd = _open(path)
     try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
-            return {}
-        raise
-    out = {}
-    for n in names:
         try:
-            out[n] = os.getxattr(path, n, follow_symlinks=False)
+            names = os.listxattr(fd)
         except OSError as e:
-            if e.errno != errno.ENODATA:  # removed meanwhile: treat as absent
-                raise
-    return out
+            if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                return {}
+            raise
+        out = {}
+        for n in names:
+            try:
+                out[n] = os.getxattr(fd, n)
+            except OSError as e:
+                if e.errno != errno.ENODATA:  # removed meanwhile: treat as absent
+                    raise
+        return out
+    finally:
+        os.close(fd)
 
 
 def check_metadata(keep: bytes, kst: os.stat_result, dup: bytes,
@@ -187,7 +200,7 @@ def lease_writer(path: bytes) -> bool | None:
     """
     try:
         fd = _open(path)
-    except OSError:
+    except (OSError, Refused):
         return None
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
@@ -243,7 +256,8 @@ def readonly(path: bytes) -> bool:
     if b"/.zfs/snapshot/" in path:
         return True
     try:
-        return bool(os.statvfs(os.path.dirname(path) or b".").f_flag & os.ST_RDONLY)
+        with handles.Parent(path) as p:
+            return bool(os.fstatvfs(p.fd).f_flag & os.ST_RDONLY)
     except OSError:
         return True
 

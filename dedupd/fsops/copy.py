@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import xxhash
 
+from dedupd import handles
 from dedupd.hashing import HEAD_SIZE
 from dedupd.scan.events import Ident
 
@@ -43,7 +44,7 @@ TMP_PREFIX = b".dedupd-copy."
 TMP_SUFFIX = b".tmp"
 TMP_GLOB = ".dedupd-copy.*.tmp"
 BUF = 1 << 20
-_RD = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_RD = handles.FILE_FLAGS
 _NOATIME = getattr(os, "O_NOATIME", 0)
 # Errors from link() that mean "this filesystem has no hardlinks", not "dest exists".
 _NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
@@ -113,9 +114,9 @@ def copy_verified(src: bytes, dest: bytes, expect: Ident | None = None,
 def _open_src(src: bytes) -> int:
     try:
         try:
-            return os.open(src, _RD | _NOATIME)
+            return handles.open_at(src, _RD | _NOATIME)
         except PermissionError:
-            return os.open(src, _RD)  # O_NOATIME needs ownership; retry without it
+            return handles.open_at(src, _RD)  # O_NOATIME needs ownership; retry without it
     except FileNotFoundError:
         raise CopyError("vanished", "source disappeared before the copy") from None
     except OSError as e:

@@ -21,6 +21,8 @@ import secrets
 import stat
 from collections.abc import Sequence
 
+from dedupd import handles
+
 TEMP_PREFIX = b".dedupd-tmp-"
 QUARANTINE_SUFFIX = b".dedupd-q"
 _RENAME_EXCHANGE = 2  # linux/fs.h
@@ -40,43 +42,48 @@ def is_temp_name(path: bytes) -> bool:
 
 def fsync_dir(path: bytes) -> None:
     """Make a directory's entries durable (a link, rename or unlink inside it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = handles.open_dir(path)
     try:
-        os.fsync(fd)
-    except OSError as e:
-        # Some FUSE filesystems do not implement fsync on directories.
-        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise
+        handles.fsync_fd(fd)
     finally:
         os.close(fd)
 
 
-def _parent(path: bytes) -> bytes:
-    return os.path.dirname(path) or b"."
-
-
-def link_exact(src: bytes, dst: bytes, *, durable: bool = True) -> None:
+def link_exact(src: bytes, dst: bytes, *, durable: bool = True,
+               expect: tuple[int, int] | None = None) -> None:
     """Hardlink src at the new name dst; raises FileExistsError if dst exists.
 
-    Never overwrites: a name that appeared meanwhile is left alone. durable=False
-    skips the directory fsync: for a temporary name whose directory the very
-    next step (the swap) fsyncs anyway, and whose loss in a crash costs nothing.
+    Both names are reached through their directories' handles and neither final
+    component is followed. With `expect` (dev, ino), the new name must be that
+    inode, else it is removed again and PathChanged raised (src was swapped
+    under us). Never overwrites: a name that appeared meanwhile is left alone.
+    durable=False skips the directory fsync: for a temporary name whose
+    directory the very next step (the swap) fsyncs anyway, and whose loss in a
+    crash costs nothing.
     """
-    os.link(src, dst, follow_symlinks=False)
-    if durable:
-        fsync_dir(_parent(dst))
+    with handles.Parent(src) as sp, handles.Parent(dst) as dp:
+        os.link(sp.name, dp.name, src_dir_fd=sp.fd, dst_dir_fd=dp.fd, follow_symlinks=False)
+        if expect is not None:
+            st = dp.lstat()
+            if not stat.S_ISREG(st.st_mode) or not handles.same_inode(st, expect):
+                os.unlink(dp.name, dir_fd=dp.fd)
+                raise handles.PathChanged(errno.ESTALE, "the kept file was replaced",
+                                          os.fsdecode(src))
+        if durable:
+            dp.fsync()
 
 
 def rename_over(src: bytes, dst: bytes) -> None:
-    """Atomically replace the name dst by src (same directory or filesystem)."""
-    os.rename(src, dst)
-    fsync_dir(_parent(dst))
-    if _parent(src) != _parent(dst):
-        fsync_dir(_parent(src))
+    """Atomically replace the name dst by src (same filesystem), through handles."""
+    with handles.Parent(src) as sp, handles.Parent(dst) as dp:
+        os.rename(sp.name, dp.name, src_dir_fd=sp.fd, dst_dir_fd=dp.fd)
+        dp.fsync()
+        if sp.dir != dp.dir:
+            sp.fsync()
 
 
 def exchange(a: bytes, b: bytes) -> bool:
-    """Atomically swap two names (renameat2 RENAME_EXCHANGE).
+    """Atomically swap two names (renameat2 RENAME_EXCHANGE on directory handles).
 
     Returns False when the filesystem or libc cannot do it (the caller falls
     back to rename_over); raises OSError for any other failure. Test hook:
@@ -90,79 +97,138 @@ def exchange(a: bytes, b: bytes) -> bool:
     fn = getattr(_libc, "renameat2", None)
     if fn is None:
         return False
-    at_fdcwd = -100
-    rc = fn(at_fdcwd, a, at_fdcwd, b, _RENAME_EXCHANGE)
-    if rc != 0:
-        err = ctypes.get_errno()
-        if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            return False
-        raise OSError(err, os.strerror(err), os.fsdecode(a))
-    fsync_dir(_parent(b))
-    if _parent(a) != _parent(b):
-        fsync_dir(_parent(a))
+    with handles.Parent(a) as pa, handles.Parent(b) as pb:
+        rc = fn(pa.fd, pa.name, pb.fd, pb.name, _RENAME_EXCHANGE)
+        if rc != 0:
+            err = ctypes.get_errno()
+            if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                return False
+            raise OSError(err, os.strerror(err), os.fsdecode(a))
+        pb.fsync()
+        if pa.dir != pb.dir:
+            pa.fsync()
     return True
 
 
 def unlink_name(path: bytes) -> None:
     """Remove one name. The caller guarantees the content lives on elsewhere."""
-    os.unlink(path)
-    fsync_dir(_parent(path))
+    with handles.Parent(path) as p:
+        os.unlink(p.name, dir_fd=p.fd)
+        p.fsync()
 
 
 def unlink_if_inode(path: bytes, dev: int, ino: int) -> bool:
-    """Remove path only if it still names inode (dev, ino); True if removed."""
+    """Remove path only if it still names inode (dev, ino); True if removed.
+
+    The check and the unlink act on the same directory handle, so the name that
+    is removed is the one that was checked, wherever the path string now leads.
+    """
     try:
-        st = os.lstat(path)
+        p = handles.Parent(path)
     except FileNotFoundError:
         return False
-    if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
-        return False
-    unlink_name(path)
+    with p:
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            return False
+        if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
+            return False
+        os.unlink(p.name, dir_fd=p.fd)
+        p.fsync()
     return True
 
 
 def purge_quarantine(qdir: bytes, max_age_seconds: float, now: float) -> int:
     """Remove quarantined copies older than max_age_seconds; returns how many.
 
-    Only names this module's callers made (suffix QUARANTINE_SUFFIX) are touched.
+    Only names this module's callers made (suffix QUARANTINE_SUFFIX) are touched,
+    through the quarantine directory's handle.
     """
     removed = 0
     try:
-        entries = os.listdir(qdir)
+        fd = handles.open_dir(qdir)
     except FileNotFoundError:
         return 0
-    for name in entries:
-        if not name.endswith(QUARANTINE_SUFFIX):
-            continue
-        p = os.path.join(qdir, name)
-        st = os.lstat(p)
-        if stat.S_ISREG(st.st_mode) and now - st.st_ctime > max_age_seconds:
-            os.unlink(p)
-            removed += 1
-    if removed:
-        fsync_dir(qdir)
+    try:
+        for name in os.listdir(fd):
+            bname = os.fsencode(name)
+            if not bname.endswith(QUARANTINE_SUFFIX):
+                continue
+            st = os.stat(bname, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and now - st.st_ctime > max_age_seconds:
+                os.unlink(bname, dir_fd=fd)
+                removed += 1
+        if removed:
+            handles.fsync_fd(fd)
+    finally:
+        os.close(fd)
     return removed
+
+
+def make_private_dirs(path: bytes) -> None:
+    """mkdir -p path (mode 0700 for new levels, owned by us), never through a symlink."""
+    parts = [p for p in path.split(b"/") if p]
+    fd = handles.open_dir(b"/")
+    for part in parts:
+        fd = _child(fd, part, None)  # closes its argument, even when it raises
+    os.close(fd)
+
+
+def _child(fd: int, part: bytes, template: os.stat_result | None) -> int:
+    """Open (making it if missing) subdirectory `part` of fd; closes fd.
+
+    A new level is created 0700 and only then given the template's owner and
+    mode, through its own fd (never by name). Returns the child's fd."""
+    try:
+        try:
+            return handles.open_child_dir(fd, part, cross_mounts=True)
+        except FileNotFoundError:
+            pass
+        try:
+            os.mkdir(part, 0o700, dir_fd=fd)
+        except FileExistsError:
+            return handles.open_child_dir(fd, part, cross_mounts=True)
+        child = handles.open_child_dir(fd, part, cross_mounts=True)
+        if template is not None:
+            os.fchown(child, template.st_uid, template.st_gid)
+            os.fchmod(child, stat.S_IMODE(template.st_mode))
+            os.utime(child, ns=(template.st_atime_ns, template.st_mtime_ns))
+        handles.fsync_fd(fd)
+        return child
+    finally:
+        os.close(fd)
 
 
 def mkdirs_like(root: bytes, rel_dirs: bytes, template_root: bytes) -> list[bytes]:
     """Create root/rel_dirs, each new level with owner and mode of template_root/<level>.
 
-    Returns the directories created (outermost first) so a rollback can remove
-    them if they are still empty. Existing directories are left as they are.
+    Both trees are descended by handle (no symlink followed, template levels
+    read through their own fds). Returns the directories created (outermost
+    first) so a rollback can remove them if they are still empty. Existing
+    directories are left as they are.
     """
     created: list[bytes] = []
-    cur, tcur = root, template_root
-    for part in [p for p in rel_dirs.split(b"/") if p]:
-        cur, tcur = os.path.join(cur, part), os.path.join(tcur, part)
-        if os.path.isdir(cur):
-            continue
-        tst = os.lstat(tcur)
-        os.mkdir(cur, 0o700)  # tight until owner and mode are copied
-        os.chown(cur, tst.st_uid, tst.st_gid, follow_symlinks=False)
-        os.chmod(cur, stat.S_IMODE(tst.st_mode))
-        os.utime(cur, ns=(tst.st_atime_ns, tst.st_mtime_ns))
-        fsync_dir(_parent(cur))
-        created.append(cur)
+    cur, tfd = handles.open_dir(root), handles.open_dir(template_root)
+    path = root
+    try:
+        for part in [p for p in rel_dirs.split(b"/") if p]:
+            path = os.path.join(path, part)
+            tnext = handles.open_child_dir(tfd, part, cross_mounts=True)
+            os.close(tfd)
+            tfd = tnext
+            try:
+                existed = stat.S_ISDIR(os.stat(part, dir_fd=cur, follow_symlinks=False).st_mode)
+            except FileNotFoundError:
+                existed = False
+            parent, cur = cur, -1
+            cur = _child(parent, part, os.fstat(tfd))  # closes parent, even when it raises
+            if not existed:
+                created.append(path)
+    finally:
+        for fd in (cur, tfd):
+            if fd >= 0:
+                os.close(fd)
     return created
 
 
@@ -170,7 +236,8 @@ def rmdirs_if_empty(dirs: Sequence[bytes]) -> None:
     """Remove directories created by mkdirs_like (innermost first) while empty."""
     for d in reversed(list(dirs)):
         try:
-            os.rmdir(d)
+            with handles.Parent(d) as p:
+                os.rmdir(p.name, dir_fd=p.fd)
+                p.fsync()
         except OSError:
             return
-        fsync_dir(_parent(d))

@@ -7,6 +7,7 @@ of failing the walk.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import stat
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from stat import S_ISDIR, S_ISREG
 
+from dedupd import handles
 from dedupd.scan.events import FileEvent, Problem, WalkStats
 
 
@@ -65,72 +67,146 @@ def normalize_roots(roots: Iterable[str | bytes | os.PathLike[str]]) -> list[byt
 
 
 def walk(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats) -> Iterator[FileEvent]:
-    """Yield every regular file under the (normalized) roots; counts go to stats."""
-    mounts = frozenset() if opts.cross_mounts else mount_points()
+    """Yield every regular file under the (normalized) roots; counts go to stats.
+
+    Descends by directory handle (see dedupd/handles.py): each subdirectory is
+    opened relative to its parent's fd without following symlinks or crossing a
+    mount (unless cross_mounts), and must be the inode its listing showed, else
+    it is refused as `path_changed`. A root is resolved without following any
+    symlink: roots come from normalize_roots, so they have none.
+    """
     for root in roots:
         try:
-            st = os.lstat(root)
+            st = handles.lstat(root)
         except OSError as e:
-            stats.problems.append(Problem(root, "unreadable", e.strerror or str(e)))
+            stats.problems.append(_problem(root, e))
             continue
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk_tree(root, opts, mounts, stats)
+            with handles.anchored([root], cross_mounts=opts.cross_mounts):
+                yield from _walk_tree(root, st, opts, stats)
         else:
             ev = _classify(root, st, opts, stats)
             if ev is not None:
                 yield ev
 
 
-def _walk_tree(
-    root: bytes, opts: WalkOptions, mounts: frozenset[bytes], stats: WalkStats
-) -> Iterator[FileEvent]:
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        stats.dirs_seen += 1
-        try:
-            it = os.scandir(d)
-        except FileNotFoundError:
-            stats.problems.append(Problem(d, "vanished", "directory disappeared during the walk"))
-            continue
-        except OSError as e:
-            stats.problems.append(Problem(d, "unreadable", e.strerror or str(e)))
-            continue
-        # Iterate lazily: a directory with a million entries must not become a list.
-        with it:
-            for entry in it:
-                st = _entry_stat(entry, opts, stats)
-                if st is None:
-                    continue
-                # the common case first, inline: this loop runs once per file
-                if S_ISREG(st.st_mode) and st.st_size >= opts.min_size:
-                    stats.files_seen += 1
-                    yield FileEvent(entry.path, st.st_dev, st.st_ino, st.st_size,
-                                    st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid,
-                                    st.st_gid, st.st_nlink)
-                elif S_ISDIR(st.st_mode):
-                    if entry.path in mounts:
-                        stats.mount_points_skipped += 1
-                    else:
-                        stack.append(entry.path)
-                else:
-                    ev = _classify(entry.path, st, opts, stats)
-                    if ev is not None:
-                        yield ev
+@dataclass
+class _Frame:
+    """A directory being walked: its fd stays open while its subdirectories are
+    visited (so each is opened relative to it), and is closed after."""
+
+    fd: int
+    path: bytes
+    subdirs: Iterator[tuple[bytes, os.stat_result]]
 
 
-def _entry_stat(entry: os.DirEntry[bytes], opts: WalkOptions, stats: WalkStats
-                ) -> os.stat_result | None:
+def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkStats
+               ) -> Iterator[FileEvent]:
+    try:
+        fd = handles.open_dir(root)
+    except OSError as e:
+        stats.problems.append(_problem(root, e))
+        return
+    if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != (rst.st_dev, rst.st_ino):
+        os.close(fd)
+        stats.problems.append(Problem(root, "path_changed", "replaced during the walk"))
+        return
+    stats.dirs_seen += 1
+    subdirs: list[tuple[bytes, os.stat_result]] = []
+    yield from _list(fd, root, opts, stats, subdirs)
+    stack = [_Frame(fd, root, reversed(subdirs))]
+    try:
+        while stack:
+            top = stack[-1]
+            nxt = next(top.subdirs, None)
+            if nxt is None:
+                os.close(stack.pop().fd)
+                continue
+            name, st = nxt
+            path = top.path.rstrip(b"/") + b"/" + name
+            child = _open_child(top.fd, name, path, st, opts, stats)
+            if child is None:
+                continue
+            subdirs = []
+            yield from _list(child, path, opts, stats, subdirs)
+            stack.append(_Frame(child, path, reversed(subdirs)))
+    finally:
+        for fr in stack:
+            os.close(fr.fd)
+
+
+def _open_child(parent: int, name: bytes, path: bytes, st: os.stat_result,
+                opts: WalkOptions, stats: WalkStats) -> int | None:
+    """The subdirectory `name` of parent's fd, if it is still the listed inode."""
+    try:
+        fd = handles.open_child_dir(parent, name, cross_mounts=opts.cross_mounts)
+    except handles.PathChanged as e:
+        if e.errno == errno.EXDEV:
+            stats.mount_points_skipped += 1
+        else:
+            stats.problems.append(_problem(path, e))
+        return None
+    except OSError as e:
+        stats.problems.append(_problem(path, e))
+        return None
+    got = os.fstat(fd)
+    if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        stats.problems.append(Problem(path, "path_changed",
+                                      "replaced by another directory during the walk"))
+        return None
+    stats.dirs_seen += 1
+    return fd
+
+
+def _list(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
+          subdirs: list[tuple[bytes, os.stat_result]]) -> Iterator[FileEvent]:
+    """Files of one directory (by fd); its subdirectories go to `subdirs`."""
+    base = dpath.rstrip(b"/") + b"/"
+    try:
+        it = os.scandir(fd)
+    except OSError as e:
+        stats.problems.append(_problem(dpath, e))
+        return
+    # Iterate lazily: a directory with a million files must not become a list.
+    with it:
+        for entry in it:
+            name = os.fsencode(entry.name)
+            st = _entry_stat(entry, name, base + name, opts, stats)
+            if st is None:
+                continue
+            # the common case first, inline: this loop runs once per file
+            if S_ISREG(st.st_mode) and st.st_size >= opts.min_size:
+                stats.files_seen += 1
+                yield FileEvent(base + name, st.st_dev, st.st_ino, st.st_size,
+                                st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid,
+                                st.st_gid, st.st_nlink)
+            elif S_ISDIR(st.st_mode):
+                subdirs.append((name, st))
+            else:
+                ev = _classify(base + name, st, opts, stats)
+                if ev is not None:
+                    yield ev
+
+
+def _problem(path: bytes, e: OSError) -> Problem:
+    if isinstance(e, handles.PathChanged):
+        return Problem(path, "path_changed", e.strerror or str(e))
+    if isinstance(e, FileNotFoundError):
+        return Problem(path, "vanished", "disappeared during the walk")
+    return Problem(path, "unreadable", e.strerror or str(e))
+
+
+def _entry_stat(entry: os.DirEntry[str], name: bytes, path: bytes, opts: WalkOptions,
+                stats: WalkStats) -> os.stat_result | None:
     """lstat of a directory entry, or None when excluded or unreadable (counted)."""
-    if opts.exclude and _excluded(entry.name, entry.path, opts.exclude):
+    if opts.exclude and _excluded(name, path, opts.exclude):
         stats.excluded += 1
         return None
     try:
         return entry.stat(follow_symlinks=False)
-    except FileNotFoundError:
-        stats.problems.append(Problem(entry.path, "vanished", "disappeared during the walk"))
     except OSError as e:
-        stats.problems.append(Problem(entry.path, "unreadable", e.strerror or str(e)))
+        stats.problems.append(_problem(path, e))
     return None
 
 

@@ -1,0 +1,313 @@
+"""Handles, not names: how every path string becomes a file descriptor.
+
+dedupd is root in directories other users write, so a path is a label, never
+an authority. `open_at(path, flags)` resolves it from a trusted anchor (the
+volume root that holds it, else "/") with the kernel's `openat2`
+(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, plus
+RESOLVE_NO_XDEV unless the anchor allows crossing mounts). Without openat2
+(kernels < 5.6) the same rules are applied one component at a time with
+O_NOFOLLOW | O_DIRECTORY and ".." refused; that fallback cannot see a mount
+made after the anchor was entered (documented in docs/safety.md).
+
+A component that is a symlink, leaves the anchor or crosses a mount raises
+`PathChanged` (reason tag `path_changed`): it is refused and counted by the
+caller, never followed. Everything that mutates works on `Parent(path)`: the
+directory's fd plus the final name, and the final name is never followed.
+
+Anchors are the roots dedupd was configured with (volumes, branches,
+consolidation sources and archive); a pass enters them with `anchored(roots)`.
+They only make the rule stricter: a path outside every anchor is still
+resolved from "/" without following any symlink.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+_SYS_OPENAT2 = 437  # the same number on every architecture (asm-generic)
+# Errors that mean "the path no longer leads where it did": a symlink (ELOOP),
+# an escape or mount crossing (EXDEV), a directory swapped for a file (ENOTDIR).
+_MOVED = (errno.ELOOP, errno.EXDEV, errno.ENOTDIR)
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+# Regular files are opened non-blocking: a name swapped for a FIFO must not hang us.
+FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+class PathChanged(OSError):
+    """A component became a symlink, left its anchor, crossed a mount or changed identity."""
+
+    reason = "path_changed"
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_have_openat2: bool | None = None
+
+
+def have_openat2() -> bool:
+    """True when the kernel has openat2 (5.6+). Test hook: DEDUPD_TEST_NO_OPENAT2=1
+    forces the component-by-component fallback (never set in production)."""
+    global _have_openat2
+    if os.environ.get("DEDUPD_TEST_NO_OPENAT2"):
+        return False
+    if _have_openat2 is None:
+        try:
+            os.close(_openat2(-100, b"/", DIR_FLAGS, RESOLVE_NO_SYMLINKS))
+            _have_openat2 = True
+        except OSError as e:
+            _have_openat2 = e.errno not in (errno.ENOSYS, errno.EPERM, errno.EINVAL)
+    return _have_openat2
+
+
+def _openat2(dirfd: int, path: bytes, flags: int, resolve: int, mode: int = 0) -> int:
+    how = _OpenHow(flags, mode, resolve)
+    fd = _libc.syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fsdecode(path))
+    return int(fd)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    root: bytes  # absolute, symlink-free (normalize_roots)
+    cross_mounts: bool = False
+
+
+_lock = threading.Lock()
+_anchors: list[Anchor] = []
+
+
+@contextmanager
+def anchored(roots: Iterable[bytes], *, cross_mounts: bool = False) -> Iterator[None]:
+    """Resolve paths below `roots` beneath them for the duration (process-wide,
+    all threads: the workers of a pass see the anchors their pass entered)."""
+    added = [Anchor(os.path.normpath(r), cross_mounts) for r in roots]
+    with _lock:
+        _anchors.extend(added)
+    try:
+        yield
+    finally:
+        with _lock:
+            for a in added:
+                _anchors.remove(a)
+
+
+def anchor_of(path: bytes) -> Anchor:
+    """The deepest anchor holding path, else "/" (no symlinks, mounts allowed)."""
+    best = Anchor(b"/", True)
+    for a in list(_anchors):
+        if (path == a.root or path.startswith(a.root.rstrip(b"/") + b"/")) \
+                and len(a.root) > len(best.root):
+            best = a
+    return best
+
+
+def _split(path: bytes) -> list[bytes]:
+    if not path.startswith(b"/"):
+        raise PathChanged(errno.EINVAL, "not an absolute path", os.fsdecode(path))
+    parts = [p for p in path.split(b"/") if p and p != b"."]
+    if b".." in parts:
+        raise PathChanged(errno.EXDEV, "'..' in a path", os.fsdecode(path))
+    return parts
+
+
+def open_at(path: bytes, flags: int = FILE_FLAGS, mode: int = 0) -> int:
+    """Open path (absolute) from its anchor, never following a symlink anywhere.
+
+    O_NOFOLLOW is added for the final component. Raises PathChanged when the
+    path does not lead where it did (see module doc), other OSErrors as usual.
+    """
+    flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+    anchor = anchor_of(path)
+    parts = _split(path)
+    rel = path[len(anchor.root):].lstrip(b"/") if anchor.root != b"/" else b"/".join(parts)
+    root_fd = _open_root(anchor.root)
+    try:
+        if not parts[len(_split(anchor.root)):]:
+            return os.open(b".", flags, mode, dir_fd=root_fd)
+        if have_openat2():
+            resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+            if not anchor.cross_mounts:
+                resolve |= RESOLVE_NO_XDEV
+            try:
+                return _openat2(root_fd, rel, flags, resolve, mode)
+            except OSError as e:
+                raise _moved(e, path) from None
+        return _open_by_components(root_fd, _split(b"/" + rel), flags, mode, anchor, path)
+    finally:
+        os.close(root_fd)
+
+
+def _open_root(root: bytes) -> int:
+    """The anchor itself, reached from "/" without following symlinks."""
+    fd = os.open(b"/", DIR_FLAGS)
+    try:
+        parts = _split(root)
+        if not parts:
+            return os.dup(fd)
+        if have_openat2():
+            try:
+                return _openat2(fd, b"/".join(parts), DIR_FLAGS,
+                                RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+            except OSError as e:
+                raise _moved(e, root) from None
+        return _open_by_components(fd, parts, DIR_FLAGS, 0, Anchor(b"/", True), root)
+    finally:
+        os.close(fd)
+
+
+def _open_by_components(dirfd: int, parts: list[bytes], flags: int, mode: int,
+                        anchor: Anchor, path: bytes) -> int:
+    """The fallback resolver: one O_NOFOLLOW | O_DIRECTORY open per directory."""
+    fd = os.dup(dirfd)
+    dev = os.fstat(fd).st_dev
+    try:
+        for part in parts[:-1]:
+            try:
+                nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                raise _moved(e, path) from None
+            os.close(fd)
+            fd = nfd
+            if not anchor.cross_mounts and os.fstat(fd).st_dev != dev and _is_mount(fd):
+                raise PathChanged(errno.EXDEV, "crosses a mount point", os.fsdecode(path))
+        try:
+            return os.open(parts[-1], flags, mode, dir_fd=fd)
+        except OSError as e:
+            raise _moved(e, path) from None
+    finally:
+        os.close(fd)
+
+
+def _is_mount(fd: int) -> bool:
+    """A directory on another device than its parent's that is listed as a mount
+    (BTRFS subvolumes change st_dev without being mounts)."""
+    from dedupd.scan.walk import mount_points
+
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}").encode()
+    except OSError:
+        return True
+    return os.fsencode(real) in mount_points()
+
+
+def _moved(e: OSError, path: bytes) -> OSError:
+    if e.errno in _MOVED and not isinstance(e, PathChanged):
+        what = {errno.ELOOP: "a component is a symlink",
+                errno.EXDEV: "leaves the volume or crosses a mount point",
+                errno.ENOTDIR: "a directory was replaced by a file"}[e.errno]
+        return PathChanged(e.errno, what, os.fsdecode(path))
+    return e
+
+
+def open_child_dir(parent: int, name: bytes, *, cross_mounts: bool = False) -> int:
+    """Subdirectory `name` of the directory fd `parent`: not a symlink, not a mount
+    point unless cross_mounts (PathChanged with EXDEV then)."""
+    if have_openat2():
+        resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+        if not cross_mounts:
+            resolve |= RESOLVE_NO_XDEV
+        try:
+            return _openat2(parent, name, DIR_FLAGS, resolve)
+        except OSError as e:
+            raise _moved(e, name) from None
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+    except OSError as e:
+        raise _moved(e, name) from None
+    if not cross_mounts and os.fstat(fd).st_dev != os.fstat(parent).st_dev and _is_mount(fd):
+        os.close(fd)
+        raise PathChanged(errno.EXDEV, "crosses a mount point", os.fsdecode(name))
+    return fd
+
+
+def open_dir(path: bytes) -> int:
+    """A directory fd for path (O_RDONLY, usable for scandir, fsync and *at calls)."""
+    return open_at(path, DIR_FLAGS)
+
+
+class Parent:
+    """The directory holding `path`, as an fd, and the final name.
+
+    Use as a context manager; every *at call on `fd` with `name` acts on the
+    entry of that very directory, whatever happens to the path string meanwhile.
+    """
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+        self.dir, self.name = os.path.split(path.rstrip(b"/"))
+        if not self.name or self.name in (b".", b".."):
+            raise PathChanged(errno.EINVAL, "no final name", os.fsdecode(path))
+        self.fd = open_dir(self.dir or b"/")
+
+    def __enter__(self) -> Parent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def lstat(self) -> os.stat_result:
+        return os.stat(self.name, dir_fd=self.fd, follow_symlinks=False)
+
+    def open(self, flags: int = FILE_FLAGS, mode: int = 0) -> int:
+        return os.open(self.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+
+    def fsync(self) -> None:
+        fsync_fd(self.fd)
+
+
+def lstat(path: bytes) -> os.stat_result:
+    """lstat through the parent's handle (the final component is not followed)."""
+    with Parent(path) as p:
+        return p.lstat()
+
+
+def open_regular(path: bytes, flags: int = FILE_FLAGS) -> int:
+    """open_at that insists on a regular file (a FIFO or device is refused)."""
+    fd = open_at(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PathChanged(errno.EINVAL, "no longer a regular file", os.fsdecode(path))
+        if flags & os.O_NONBLOCK:
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def fsync_fd(fd: int) -> None:
+    """fsync a directory fd; FUSE filesystems that lack directory fsync are tolerated."""
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+
+
+def same_inode(st: os.stat_result, key: tuple[int, int]) -> bool:
+    return (st.st_dev, st.st_ino) == key
