@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dedupd import handles
 from dedupd.consolidate.compare import same_bytes
 from dedupd.consolidate.inventory import Content, Roots, SourcePath
 from dedupd.dedup import journal as J
@@ -72,7 +73,7 @@ def _reindex(store: Store, scan_id: int, c: Content) -> None:
     for f in c.archive:
         for p in f.paths:
             try:
-                st = os.lstat(p)
+                st = handles.lstat(p)
             except OSError:
                 continue
             events.append(FileEvent.from_stat(p, st))
@@ -104,7 +105,7 @@ def prune_sources(jr: J.Journal | None, name: str, pairs: Sequence[tuple[SourceP
                                 "archive": os.fsdecode(archive_path), "result": "would"})
             continue
         try:
-            ast = os.lstat(archive_path)
+            ast = handles.lstat(archive_path)
         except OSError as e:
             _refuse(rep, s.path, "archive-missing", e.strerror or str(e))
             continue

@@ -16,8 +16,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dedupd import handles
-from dedupd import proc
+from dedupd import handles, proc
 
 FIDEDUPERANGE = 0xC0189436  # _IOWR(0x94, 54, struct file_dedupe_range)
 SAME, DIFFERS = 0, 1

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import xxhash
 
 from dedupd import handles
+from dedupd.fsops import link as link_ops
+from dedupd.fsops.link import fsync_dir
 from dedupd.hashing import HEAD_SIZE
 from dedupd.scan.events import Ident
 
@@ -97,14 +99,14 @@ def copy_verified(src: bytes, dest: bytes, expect: Ident | None = None,
     staged = stage_copy(src, os.path.dirname(dest) or b".", expect)
     on_step("written")
     try:
-        fd = os.open(staged.tmp, os.O_RDONLY | os.O_CLOEXEC)
+        fd = handles.open_at(staged.tmp, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         on_step("synced")
         res = place_copy(staged, dest, on_step)
-        _fsync_dir(os.path.dirname(dest) or b".")
+        fsync_dir(os.path.dirname(dest))
         return res
     except BaseException:
         discard(staged)
@@ -139,8 +141,8 @@ def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None) -> Stag
     try:
         make_dirs(dest_dir)
         tmp = os.path.join(dest_dir, TMP_PREFIX + os.urandom(8).hex().encode() + TMP_SUFFIX)
-        tfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
-                      0o600)
+        with handles.Parent(tmp) as parent:
+            tfd = parent.open(os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             head, full, nread = _write_copy(sfd, tfd, st)
             _set_meta(tfd, st)
@@ -163,7 +165,7 @@ def place_copy(staged: Staged, dest: bytes, on_step: Step = _noop) -> CopyResult
     try:
         sfd, _ = _open_expected(staged.src, Ident.of(staged.src_stat))
         try:
-            tfd = os.open(staged.tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            tfd = handles.open_at(staged.tmp, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 nread = staged.bytes_read + _compare(sfd, tfd, staged.src_stat)
             finally:
@@ -173,7 +175,7 @@ def place_copy(staged: Staged, dest: bytes, on_step: Step = _noop) -> CopyResult
         on_step("verified")
         _place(staged.tmp, dest)
         on_step("placed")
-        return CopyResult(dest, staged.head, staged.full, os.lstat(dest), nread,
+        return CopyResult(dest, staged.head, staged.full, handles.lstat(dest), nread,
                           staged.src_stat.st_size)
     except CopyError as e:
         if e.reason != "exists":
@@ -191,7 +193,7 @@ def discard(staged: Staged) -> None:
 def sync_filesystem(path: bytes) -> None:
     """Make everything written to path's filesystem durable: syncfs(2), one journal
     commit for a whole batch instead of an fsync per file."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = handles.open_dir(path)
     try:
         if _libc_syncfs(fd) != 0:
             os.sync()  # no syncfs: the global sync is slower but as safe
@@ -272,50 +274,34 @@ def _set_meta(tfd: int, st: os.stat_result) -> None:
 
 
 def _place(tmp: bytes, dest: bytes) -> None:
-    try:
-        os.link(tmp, dest)
-    except FileExistsError:
-        raise CopyError("exists", "destination appeared during the copy") from None
-    except OSError as e:
-        if e.errno not in _NO_LINKS:
-            raise
-        if os.path.lexists(dest):
+    """Give the temp copy its real name through both directories' handles."""
+    with handles.Parent(tmp) as tp, handles.Parent(dest) as dp:
+        try:
+            os.link(tp.name, dp.name, src_dir_fd=tp.fd, dst_dir_fd=dp.fd,
+                    follow_symlinks=False)
+        except FileExistsError:
             raise CopyError("exists", "destination appeared during the copy") from None
-        os.rename(tmp, dest)
-        return
-    os.unlink(tmp)
+        except OSError as e:
+            if e.errno not in _NO_LINKS:
+                raise
+            try:
+                dp.lstat()
+            except FileNotFoundError:
+                os.rename(tp.name, dp.name, src_dir_fd=tp.fd, dst_dir_fd=dp.fd)
+                return
+            raise CopyError("exists", "destination appeared during the copy") from None
+        os.unlink(tp.name, dir_fd=tp.fd)
 
 
 def make_dirs(path: bytes) -> None:
-    """mkdir -p, fsyncing each parent whose entry we created so the tree survives a crash."""
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path.rstrip(b"/"))
-    if parent and parent != path:
-        make_dirs(parent)
-    try:
-        os.mkdir(path, 0o755)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise
-        return
-    _fsync_dir(parent or b".")
-
-
-def _fsync_dir(path: bytes) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # some FUSE mounts refuse dir fsync
-            raise
-    finally:
-        os.close(fd)
+    """mkdir -p (0755), by handle, fsyncing each parent whose entry we created so the
+    tree survives a crash; a level that is a symlink is refused (PathChanged)."""
+    link_ops.make_dirs(os.path.abspath(path), 0o755)
 
 
 def _unlink_quiet(path: bytes) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+    with contextlib.suppress(OSError), handles.Parent(path) as p:
+        os.unlink(p.name, dir_fd=p.fd)
 
 
 def is_temp_name(name: bytes) -> bool:
@@ -329,13 +315,15 @@ def remove_stale_temps(root: bytes, dry_run: bool = False) -> list[bytes]:
     caller holds the archive lock, so no live copy owns one of them.
     """
     found: list[bytes] = []
-    for dirpath, _dirs, files in os.walk(root):
+    # fwalk descends by fd without following symlinks: removal acts on the very
+    # directory that was listed.
+    for dirpath, _dirs, files, dfd in os.fwalk(root):
         for name in files:
             if is_temp_name(name):
-                p = os.path.join(dirpath, name)
-                found.append(p)
+                found.append(os.path.join(dirpath, name))
                 if not dry_run:
-                    _unlink_quiet(p)
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=dfd)
     return found
 
 
@@ -353,7 +341,8 @@ def lock_archive(root: bytes) -> int:
     works it holds RUNNING: finding that word when taking the lock means the
     previous run was interrupted and may have left temp files (`was_interrupted`).
     """
-    fd = os.open(os.path.join(root, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with handles.Parent(os.path.join(root, LOCK_NAME)) as p:
+        fd = p.open(os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -368,7 +357,7 @@ RUNNING = b"running\n"
 def was_interrupted(root: bytes) -> bool:
     """True when the last run into this archive did not finish (or never ran here)."""
     try:
-        with open(os.path.join(root, LOCK_NAME), "rb") as f:
+        with open(handles.open_at(os.path.join(root, LOCK_NAME)), "rb") as f:
             return f.read(len(RUNNING)) == RUNNING
     except FileNotFoundError:
         return True  # first run, or the marker was removed: sweep to be sure

@@ -168,14 +168,20 @@ def purge_quarantine(qdir: bytes, max_age_seconds: float, now: float) -> int:
 
 def make_private_dirs(path: bytes) -> None:
     """mkdir -p path (mode 0700 for new levels, owned by us), never through a symlink."""
+    make_dirs(path, 0o700)
+
+
+def make_dirs(path: bytes, mode: int) -> None:
+    """mkdir -p path, new levels owned by us with `mode`, each level opened by handle
+    (a symlinked level is refused), each parent whose entry we made fsynced."""
     parts = [p for p in path.split(b"/") if p]
     fd = handles.open_dir(b"/")
     for part in parts:
-        fd = _child(fd, part, None)  # closes its argument, even when it raises
+        fd = _child(fd, part, None, mode)  # closes its argument, even when it raises
     os.close(fd)
 
 
-def _child(fd: int, part: bytes, template: os.stat_result | None) -> int:
+def _child(fd: int, part: bytes, template: os.stat_result | None, mode: int = 0o700) -> int:
     """Open (making it if missing) subdirectory `part` of fd; closes fd.
 
     A new level is created 0700 and only then given the template's owner and
@@ -190,6 +196,8 @@ def _child(fd: int, part: bytes, template: os.stat_result | None) -> int:
         except FileExistsError:
             return handles.open_child_dir(fd, part, cross_mounts=True)
         child = handles.open_child_dir(fd, part, cross_mounts=True)
+        if template is None and mode != 0o700:
+            os.fchmod(child, mode)  # not umask's say: dedupd's own rule
         if template is not None:
             os.fchown(child, template.st_uid, template.st_gid)
             os.fchmod(child, stat.S_IMODE(template.st_mode))
