@@ -123,7 +123,39 @@ def make_pass(vol: VolumeConfig, store: Store, opts: PassOptions) -> VolumePass:
     if factory is None:
         raise ConfigError("-", f"volumes.{vol.name}.kind", f"kind {vol.kind!r} is not "
                           "implemented yet")
-    return factory(vol, store, opts)
+    return Anchored(factory(vol, store, opts), volume_roots(vol), vol.cross_mounts)
+
+
+def volume_roots(vol: VolumeConfig) -> list[bytes]:
+    """The directories a pass of vol may touch: its path, or a pool's branches."""
+    import os
+
+    return [os.path.realpath(os.fsencode(p)) for p in (vol.branches or (vol.path,))]
+
+
+class Anchored:
+    """A pass whose every path is resolved beneath the volume's roots (handles.py):
+    nothing it reads, links or removes can lie outside them or across a mount."""
+
+    def __init__(self, inner: VolumePass, roots: list[bytes], cross_mounts: bool) -> None:
+        self.inner, self.roots, self.cross_mounts = inner, roots, cross_mounts
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.inner.counters
+
+    def steps(self) -> Iterator[Step]:
+        from dedupd import handles
+
+        with handles.anchored(self.roots, cross_mounts=self.cross_mounts):
+            yield from self.inner.steps()
+
+    def report(self) -> PassReport:
+        return self.inner.report()
+
+    def __getattr__(self, name: str) -> Any:
+        # live progress (walk_stats, hash_stats) is read from the pass itself
+        return getattr(self.inner, name)
 
 
 def _require_dir(name: str, p: Path) -> None:
