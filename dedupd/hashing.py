@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import xxhash
 
-from dedupd import handles
+from dedupd import handles, testpoints
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 from dedupd.scan.events import Problem
 
@@ -135,6 +135,7 @@ class Stability:
 
 def open_checked(f: IndexedFile) -> int:
     """Open f.path read-only and confirm it is still the indexed inode, unchanged."""
+    testpoints.at("read.open", f.path)
     try:
         fd = handles.open_at(f.path, _O_FLAGS | _NOATIME)
     except PermissionError:

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dedupd import handles, proc
+from dedupd import handles, proc, testpoints
 
 FIDEDUPERANGE = 0xC0189436  # _IOWR(0x94, 54, struct file_dedupe_range)
 SAME, DIFFERS = 0, 1
@@ -115,6 +115,7 @@ def open_dest(path: bytes) -> int:
     Root may dedupe into a file it opened read-only (CAP_SYS_ADMIN). EROFS is
     never worked around: a read-only snapshot or mount is not a destination.
     """
+    testpoints.at("mutate", path)
     flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOATIME", 0)
     try:
         return handles.open_at(path, os.O_RDWR | flags)

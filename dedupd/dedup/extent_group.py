@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dedupd import handles
+from dedupd import handles, testpoints
 from dedupd.dedup import extent, fiemap
 from dedupd.dedup.killpoint import StepHook
 from dedupd.dedup.planner import Member, plan_group
@@ -104,6 +104,7 @@ class ExtentDeduper:
 
     def _open_checked(self, f: IndexedFile) -> int | None:
         """Open read-only and confirm it is still the indexed, unchanged inode."""
+        testpoints.at("read.open", f.path)
         try:
             try:
                 fd = handles.open_at(f.path, _RO)

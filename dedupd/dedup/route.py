@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from dedupd import handles
+from dedupd import handles, testpoints
 from dedupd.dedup import fiemap
 from dedupd.hashing import WHOLE_READ, FileChanged, HashStats, Stability, read_hashes
 from dedupd.index.store import HashUpdate, IndexedFile
@@ -248,6 +248,7 @@ def window_bytes() -> int:
 def on_disk(f: IndexedFile) -> tuple[int, int, int]:
     """Sort key: (device, first physical byte, inode); unmapped files sort first."""
     phys = 0
+    testpoints.at("read.open", f.path)
     try:
         fd = handles.open_at(f.path, _RO)
     except OSError:

@@ -18,7 +18,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from dedupd import handles
+from dedupd import handles, testpoints
 from dedupd.scan.events import Ident
 
 BUF = 1 << 20
@@ -38,6 +38,7 @@ class Refused(Exception):
 
 def restat(path: bytes, expected: Ident, *, ctime: bool = True) -> os.stat_result:
     """lstat path and insist it is still the expected, unchanged regular file."""
+    testpoints.at("verify", path)
     try:
         st = handles.lstat(path)
     except FileNotFoundError:
@@ -87,6 +88,7 @@ def compare_bytes(a: bytes, a_id: Ident | None, b: bytes, b_id: Ident | None, *,
     try:
         ids = []
         for path, want in ((a, a_id), (b, b_id)):
+            testpoints.at("verify", path)
             try:
                 fds.append(_open(path))
             except FileNotFoundError:

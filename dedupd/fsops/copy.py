@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from dedupd import handles
+from dedupd import handles, testpoints
 from dedupd.fsops import link as link_ops
 from dedupd.fsops.link import fsync_dir
 from dedupd.hashing import HEAD_SIZE
@@ -114,6 +114,7 @@ def copy_verified(src: bytes, dest: bytes, expect: Ident | None = None,
 
 
 def _open_src(src: bytes) -> int:
+    testpoints.at("read.open", src)
     try:
         try:
             return handles.open_at(src, _RD | _NOATIME)
@@ -139,6 +140,7 @@ def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None) -> Stag
     the source's mode, owner and mtime. Not fsynced: the caller syncs the batch."""
     sfd, st = _open_expected(src, expect)
     try:
+        testpoints.at("mutate", dest_dir)
         make_dirs(dest_dir)
         tmp = os.path.join(dest_dir, TMP_PREFIX + os.urandom(8).hex().encode() + TMP_SUFFIX)
         with handles.Parent(tmp) as parent:
@@ -275,6 +277,7 @@ def _set_meta(tfd: int, st: os.stat_result) -> None:
 
 def _place(tmp: bytes, dest: bytes) -> None:
     """Give the temp copy its real name through both directories' handles."""
+    testpoints.at("mutate", dest)
     with handles.Parent(tmp) as tp, handles.Parent(dest) as dp:
         try:
             os.link(tp.name, dp.name, src_dir_fd=tp.fd, dst_dir_fd=dp.fd,

@@ -21,7 +21,7 @@ import secrets
 import stat
 from collections.abc import Sequence
 
-from dedupd import handles
+from dedupd import handles, testpoints
 
 TEMP_PREFIX = b".dedupd-tmp-"
 QUARANTINE_SUFFIX = b".dedupd-q"
@@ -61,6 +61,7 @@ def link_exact(src: bytes, dst: bytes, *, durable: bool = True,
     directory the very next step (the swap) fsyncs anyway, and whose loss in a
     crash costs nothing.
     """
+    testpoints.at("mutate", dst)
     with handles.Parent(src) as sp, handles.Parent(dst) as dp:
         os.link(sp.name, dp.name, src_dir_fd=sp.fd, dst_dir_fd=dp.fd, follow_symlinks=False)
         if expect is not None:
@@ -75,6 +76,7 @@ def link_exact(src: bytes, dst: bytes, *, durable: bool = True,
 
 def rename_over(src: bytes, dst: bytes) -> None:
     """Atomically replace the name dst by src (same filesystem), through handles."""
+    testpoints.at("mutate", dst)
     with handles.Parent(src) as sp, handles.Parent(dst) as dp:
         os.rename(sp.name, dp.name, src_dir_fd=sp.fd, dst_dir_fd=dp.fd)
         dp.fsync()
@@ -97,6 +99,7 @@ def exchange(a: bytes, b: bytes) -> bool:
     fn = getattr(_libc, "renameat2", None)
     if fn is None:
         return False
+    testpoints.at("mutate", b)
     with handles.Parent(a) as pa, handles.Parent(b) as pb:
         rc = fn(pa.fd, pa.name, pb.fd, pb.name, _RENAME_EXCHANGE)
         if rc != 0:
@@ -112,6 +115,7 @@ def exchange(a: bytes, b: bytes) -> bool:
 
 def unlink_name(path: bytes) -> None:
     """Remove one name. The caller guarantees the content lives on elsewhere."""
+    testpoints.at("mutate", path)
     with handles.Parent(path) as p:
         os.unlink(p.name, dir_fd=p.fd)
         p.fsync()
@@ -123,6 +127,7 @@ def unlink_if_inode(path: bytes, dev: int, ino: int) -> bool:
     The check and the unlink act on the same directory handle, so the name that
     is removed is the one that was checked, wherever the path string now leads.
     """
+    testpoints.at("mutate", path)
     try:
         p = handles.Parent(path)
     except FileNotFoundError:
@@ -217,6 +222,7 @@ def mkdirs_like(root: bytes, rel_dirs: bytes, template_root: bytes) -> list[byte
     directories are left as they are.
     """
     created: list[bytes] = []
+    testpoints.at("mutate", os.path.join(root, rel_dirs))
     cur, tfd = handles.open_dir(root), handles.open_dir(template_root)
     path = root
     try:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from stat import S_ISDIR, S_ISREG
 
-from dedupd import handles
+from dedupd import handles, testpoints
 from dedupd.scan.events import FileEvent, Problem, WalkStats
 
 
@@ -138,6 +138,7 @@ def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkS
 def _open_child(parent: int, name: bytes, path: bytes, st: os.stat_result,
                 opts: WalkOptions, stats: WalkStats) -> int | None:
     """The subdirectory `name` of parent's fd, if it is still the listed inode."""
+    testpoints.at("walk.subdir", path)
     try:
         fd = handles.open_child_dir(parent, name, cross_mounts=opts.cross_mounts)
     except handles.PathChanged as e:
