@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.mergerfs",
     "tests.fixtures.daemon",
     "tests.fixtures.s3",
+    "tests.fixtures.attacker",
 ]

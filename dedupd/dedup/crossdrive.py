@@ -31,6 +31,7 @@ from dedupd.dedup.verify import (
     Writers,
     check_metadata,
     readonly,
+    refusal,
     restat,
     same_bytes,
     under,
@@ -255,8 +256,7 @@ def _move(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes,
         _remove(jr, spec)
     except (Refused, OSError) as e:
         _rollback(jr, op, spec, e)
-        run.refuse(p, e if isinstance(e, Refused) else Refused(
-            "path_changed" if isinstance(e, handles.PathChanged) else "error", str(e)))
+        run.refuse(p, refusal(e))
         return
     jr.set(op, J.DONE)
     run.linked += 1
@@ -281,7 +281,9 @@ def _remove(jr: J.Journal, spec: J.OpSpec) -> None:
         fs.make_private_dirs(os.path.dirname(spec.quarantine_path))
         fs.link_exact(spec.dup_path, spec.quarantine_path, expect=(spec.dup_dev, spec.dup_ino))
         jr.step("link quarantine")
-    fs.unlink_if_inode(spec.dup_path, spec.dup_dev, spec.dup_ino)
+    if not fs.unlink_if_inode(spec.dup_path, spec.dup_dev, spec.dup_ino):
+        raise Refused("path_changed", f"{os.fsdecode(spec.dup_path)} no longer leads to the "
+                      "verified duplicate; both copies kept")
     jr.step("unlink duplicate")
 
 

@@ -314,6 +314,10 @@ class ExtentDeduper:
             self._confirm(g.dests[0].size, g.full, g.ref, g.dests)
 
     def _problem(self, path: bytes, reason: str, detail: object) -> None:
+        if isinstance(detail, handles.PathChanged):
+            reason = detail.reason  # refused, never followed (docs/safety.md)
+        elif isinstance(detail, FileNotFoundError):
+            reason = "vanished"
         text = detail.strerror if isinstance(detail, OSError) and detail.strerror else str(detail)
         self.problems.append({"path": os.fsdecode(path), "reason": reason, "detail": text})
 

@@ -32,6 +32,7 @@ from dedupd.dedup.verify import (
     Writers,
     check_metadata,
     readonly,
+    refusal,
     restat,
     same_bytes,
     under,
@@ -293,12 +294,11 @@ def _replace(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes, freed: bool
     try:
         _swap(jr, spec, did)
     except (Refused, OSError) as e:
-        reason = e.reason if isinstance(e, (Refused, handles.PathChanged)) else "error"
         # Decide like recovery does, from the inodes: the swap may have happened.
         after, detail = recovery.resolve_hardlink(spec)
         run.mark(op, after, f"{e}; {detail}")
         if after != J.DONE:
-            run.refuse(p, e if isinstance(e, Refused) else Refused(reason, str(e)))
+            run.refuse(p, refusal(e))
             return
     run.mark(op, J.DONE)
     run.linked += 1

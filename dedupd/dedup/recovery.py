@@ -40,7 +40,9 @@ def _ino(path: bytes | None) -> tuple[int, int] | None:
         return None
     try:
         st = handles.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, handles.PathChanged):
+        # A name whose directory was swapped or moved away is not "there": every
+        # decision below then keeps both copies (never removes on a guess).
         return None
     return (st.st_dev, st.st_ino)
 

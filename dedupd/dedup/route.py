@@ -309,6 +309,8 @@ def hash_file(f: IndexedFile, full: bool, stats: HashStats,
         p = Problem(f.path, "vanished", "disappeared before hashing")
     except OSError as e:
         reason = "unreadable" if e.errno in (errno.EACCES, errno.EPERM) else "error"
+        if isinstance(e, handles.PathChanged):
+            reason = e.reason
         p = Problem(f.path, reason, e.strerror or str(e))
     stats.problems.append(p)
     return p

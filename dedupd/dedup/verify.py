@@ -36,6 +36,17 @@ class Refused(Exception):
         self.detail = detail
 
 
+def refusal(e: Exception) -> Refused:
+    """The refusal an error in a destructive step amounts to (its reason tag)."""
+    if isinstance(e, Refused):
+        return e
+    if isinstance(e, handles.PathChanged):
+        return Refused(e.reason, str(e))
+    if isinstance(e, FileNotFoundError):
+        return Refused("vanished", str(e))
+    return Refused("error", str(e))
+
+
 def restat(path: bytes, expected: Ident, *, ctime: bool = True) -> os.stat_result:
     """lstat path and insist it is still the expected, unchanged regular file."""
     testpoints.at("verify", path)

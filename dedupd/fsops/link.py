@@ -130,8 +130,8 @@ def unlink_if_inode(path: bytes, dev: int, ino: int) -> bool:
     testpoints.at("mutate", path)
     try:
         p = handles.Parent(path)
-    except FileNotFoundError:
-        return False
+    except (FileNotFoundError, handles.PathChanged):
+        return False  # the name no longer leads where it did: not ours to remove
     with p:
         try:
             st = p.lstat()
