@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from dedupd import handles
 from dedupd.config import ConsolidateConfig
 from dedupd.consolidate.archive_ops import (
     OpsReport,
@@ -24,6 +25,7 @@ from dedupd.consolidate.execute import CopyProgress, Counters, Executor
 from dedupd.consolidate.inventory import (
     Inventory,
     Progress,
+    Roots,
     SourcePath,
     group_contents,
     index_trees,
@@ -72,10 +74,18 @@ class Report:
 
 
 def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options) -> Report:
-    """Import every content of cfg.sources the archive lacks (see module docstring)."""
-    t0 = time.monotonic()
+    """Import every content of cfg.sources the archive lacks (see module docstring).
+
+    Every path is resolved beneath the sources and the archive (handles.py): a
+    symlinked directory in a source share is refused, never copied from."""
     check_layout(cfg.name, cfg.layout, cfg.undated_dir)
     roots = resolve_roots(cfg)
+    with handles.anchored([*roots.sources, roots.archive]):
+        return _consolidate(store, cfg, opts, roots)
+
+
+def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roots) -> Report:
+    t0 = time.monotonic()
     lock = -1
     if not opts.dry_run:
         try:

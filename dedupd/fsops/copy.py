@@ -122,6 +122,8 @@ def _open_src(src: bytes) -> int:
             return handles.open_at(src, _RD)  # O_NOATIME needs ownership; retry without it
     except FileNotFoundError:
         raise CopyError("vanished", "source disappeared before the copy") from None
+    except handles.PathChanged as e:
+        raise CopyError(e.reason, f"source refused: {e.strerror}") from None
     except OSError as e:
         raise CopyError("error", f"cannot open source: {e.strerror}") from None
 

@@ -258,3 +258,40 @@ def test_file_swapped_or_directory_renamed_away(site: Site, attacker: User,
                 rep = run_pass(site, db)
             check_nothing_outside(site, before, db, rep,
                                   {"path_changed", "changed", "vanished"})
+
+
+@pytest.mark.parametrize("window", ["walk.subdir", "read.open"])
+def test_consolidation_never_copies_through_a_swapped_directory(
+        loopfs: Callable[..., Path], attacker: User, tmp_path: Path, window: str) -> None:
+    from dedupd.config import ConsolidateConfig
+    from dedupd.consolidate.run import Options, consolidate
+
+    mnt = loopfs("ext4", "256M")
+    share, archive, private = mnt / "share", mnt / "archive", mnt / "private"
+    d = share / "atk" / "d"
+    d.mkdir(parents=True)
+    archive.mkdir()
+    private.mkdir(mode=0o700)
+    (private / "secret.bin").write_bytes(data(7))  # a private file nobody may import
+    for n, seed in (("mine.bin", 3), ("also.bin", 4)):
+        (d / n).write_bytes(data(seed))
+        attacker.owns(d / n)
+    attacker.owns(share / "atk", d)
+    reachable(d)
+    site = Site("plain", {}, (mnt,), private, tmp_path / "unused")  # attacks mnt/share/atk/d
+    before = manifest(private)
+
+    def swap(p: Path) -> None:
+        attacker.run('mv "$1" "$1.real" && ln -s "$2" "$1"', str(d), str(private))
+
+    db = tmp_path / "c.db"
+    cfg = ConsolidateConfig("c", (share,), archive, layout="{name}")
+    with attack_at(site, window, swap):
+        rep = consolidate(Store(f"sqlite:///{db}"), cfg, Options()).as_json()
+    assert site.fired
+    assert manifest(private) == before
+    copied = {hashlib.sha256(p.read_bytes()).digest() for p in archive.rglob("*")
+              if p.is_file() and not p.name.startswith(".dedupd")}
+    assert hashlib.sha256(data(7)).digest() not in copied
+    assert [p for p in indexed_paths(db) if p.startswith(bytes(private))] == []
+    assert "path_changed" in {p["reason"] for p in rep["problems"]}, rep["problems"]
