@@ -236,6 +236,23 @@ class ExtentDeduper:
             self.c.add("errors")
             self._problem(f.path, "error", detail)
 
+    def _still_there(self, g: _Queued) -> _Queued | None:
+        def there(f: IndexedFile) -> bool:
+            try:
+                st = handles.lstat(f.path)
+            except OSError as e:
+                self._problem(f.path, "vanished", e)  # PathChanged maps to path_changed
+                return False
+            if (st.st_dev, st.st_ino) != f.key:
+                self._problem(f.path, "changed", "replaced before duperemove ran")
+                return False
+            return True
+
+        if not there(g.ref):
+            return None
+        dests = [d for d in g.dests if there(d)]
+        return _Queued(g.ref, dests, g.full) if dests else None
+
     def _confirm(self, size: int, full: bytes, ref: IndexedFile,
                  dests: Sequence[IndexedFile]) -> None:
         """FIEMAP after the dedupe: only files now sharing the reference's extents are done."""
@@ -297,6 +314,9 @@ class ExtentDeduper:
     def _run_duperemove(self) -> None:
         """Run queued groups through duperemove (one process, groups on stdin)."""
         q, self.queue = self.queue, []
+        # duperemove opens path strings itself: hand it only paths that still lead,
+        # by handle, to the inode that was hashed (docs/safety.md, known limits).
+        q = [g for g in (self._still_there(g) for g in q) if g is not None]
         if not q:
             return
         try:

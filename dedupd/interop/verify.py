@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from dedupd import handles
 from dedupd.hashing import FileChanged, HashStats, read_hashes
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 from dedupd.interop.reports import CandidateGroup, Claim
@@ -52,9 +53,12 @@ def _stat_claim(c: Claim, scope: Sequence[bytes], v: Verification) -> FileEvent 
         v.skipped.append(Problem(c.path, "outside", "not under the chosen volume or sources"))
         return None
     try:
-        st = os.lstat(c.path)
+        st = handles.lstat(c.path)  # a report's path is re-resolved, never followed
     except FileNotFoundError:
         v.skipped.append(Problem(c.path, "missing", "no such file any more"))
+        return None
+    except handles.PathChanged as e:
+        v.skipped.append(Problem(c.path, e.reason, e.strerror or str(e)))
         return None
     except OSError as e:
         v.skipped.append(Problem(c.path, "unreadable", e.strerror or str(e)))
@@ -125,11 +129,13 @@ def verify_report(store: Store, groups: Sequence[CandidateGroup], scope: Sequenc
     """Verify every claimed group; unless dry_run, record the hashed files in the index."""
     v = Verification()
     scan_id = None if dry_run else store.begin_scan(list(scope))
-    for g in groups:
-        hashed = verify_group(g, scope, v)
-        if scan_id is None or not hashed:
-            continue
-        store.record(scan_id, [ev for ev, _, _ in hashed])
-        store.save_hashes([HashUpdate(ev.dev, ev.ino, head, full) for ev, head, full in hashed])
+    with handles.anchored(scope):  # beneath the volume or sources, when one is chosen
+        for g in groups:
+            hashed = verify_group(g, scope, v)
+            if scan_id is None or not hashed:
+                continue
+            store.record(scan_id, [ev for ev, _, _ in hashed])
+            store.save_hashes([HashUpdate(ev.dev, ev.ino, head, full)
+                               for ev, head, full in hashed])
     return v
 

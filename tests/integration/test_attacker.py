@@ -248,7 +248,8 @@ def test_file_swapped_or_directory_renamed_away(site: Site, attacker: User,
             db = tmp_path / f"{name}-{window}.db"
             before: dict[str, Manifest] = {}
 
-            def act(p: Path, script: str = script, args: tuple[str, ...] = args) -> None:
+            def act(p: Path, script: str = script, args: tuple[str, ...] = args,
+                    before: dict[str, Manifest] = before) -> None:
                 # the duplicate (a1 is kept: first by path, and on the kept branch)
                 dup = next(a for a in [p, *p.parents] if a.name == "d") / "a2"
                 attacker.run(script, str(dup), *args)
@@ -295,3 +296,28 @@ def test_consolidation_never_copies_through_a_swapped_directory(
     assert hashlib.sha256(data(7)).digest() not in copied
     assert [p for p in indexed_paths(db) if p.startswith(bytes(private))] == []
     assert "path_changed" in {p["reason"] for p in rep["problems"]}, rep["problems"]
+
+
+def test_import_re_resolves_report_paths(loopfs: Callable[..., Path], attacker: User,
+                                         tmp_path: Path) -> None:
+    # A report names files through a directory the user has since swapped for a
+    # symlink to a private directory: the paths are re-resolved and refused.
+    from dedupd.interop.reports import CandidateGroup, Claim
+    from dedupd.interop.verify import verify_report
+
+    mnt = loopfs("ext4", "256M")
+    vol, private = mnt / "vol", mnt / "private"
+    d = vol / "share" / "atk" / "d"
+    d.mkdir(parents=True)
+    private.mkdir(mode=0o700)
+    for n in ("v1", "v2"):
+        (private / n).write_bytes(data(1))
+    attacker.owns(vol / "share" / "atk", d)
+    reachable(d)
+    attacker.run('rmdir "$1" && ln -s "$2" "$1"', str(d), str(private))
+    db = tmp_path / "i.db"
+    group = CandidateGroup(tuple(Claim(bytes(d / n)) for n in ("v1", "v2")))
+    v = verify_report(Store(f"sqlite:///{db}"), [group], [bytes(vol)])
+    assert v.groups == []
+    assert {p.reason for p in v.skipped} == {"path_changed"}
+    assert indexed_paths(db) == []
