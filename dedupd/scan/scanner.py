@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dedupd import handles
 from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
 from dedupd.index.store import IndexedFile, Store
 from dedupd.queuethread import QueueThread
@@ -85,9 +86,17 @@ def batches(events: Iterator[FileEvent], n: int) -> Iterator[list[FileEvent]]:
 
 def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
          progress: Progress | None = None) -> ScanReport:
-    """Index the trees under roots and return the duplicate groups among them."""
-    t0 = time.monotonic()
+    """Index the trees under roots and return the duplicate groups among them.
+
+    Every read is resolved beneath the roots (handles.py), never through a symlink."""
     norm = normalize_roots(roots)
+    with handles.anchored(norm, cross_mounts=opts.cross_mounts):
+        return _scan(store, norm, opts, progress)
+
+
+def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
+          progress: Progress | None) -> ScanReport:
+    t0 = time.monotonic()
     scan_id = store.begin_scan(norm)
     wstats = WalkStats()
     wopts = WalkOptions(opts.min_size, opts.exclude, opts.cross_mounts)

@@ -17,10 +17,11 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from dedupd import handles
 from dedupd.config import VolumeConfig
 from dedupd.index import extents as ix
 from dedupd.index.store import Store
-from dedupd.scan.events import FileEvent, WalkStats
+from dedupd.scan.events import FileEvent, Problem, WalkStats
 from dedupd.scan.walk import WalkOptions, _excluded, _unescape_mount, walk
 from dedupd.volumes import Counters
 from dedupd.volumes import btrfs_ioctl as bt
@@ -178,7 +179,10 @@ class ChangeFinder:
 
     def _event(self, path: bytes, ino: int) -> FileEvent | None:
         try:
-            st = os.lstat(path)
+            st = handles.lstat(path)  # a name BTRFS resolved is still only a label
+        except handles.PathChanged as e:
+            self.stats.problems.append(Problem(path, e.reason, e.strerror or str(e)))
+            return None
         except OSError:
             return None
         if st.st_ino != ino or not stat.S_ISREG(st.st_mode):
@@ -204,7 +208,7 @@ class ChangeFinder:
             if self._vanished(path, dev, ino, root, dirs, populated, exists):
                 gone.append(key)
         self.forgotten = ix.forget_paths(store, gone)
-        fresh.extend(d for d in dirs if d not in populated and os.path.isdir(d))
+        fresh.extend(d for d in dirs if d not in populated and _is_dir(d))
 
     @staticmethod
     def _vanished(path: bytes, dev: int, ino: int, root: bytes, dirs: set[bytes],
@@ -216,17 +220,25 @@ class ChangeFinder:
                 populated.add(parent)
                 if a is path:
                     try:
-                        st = os.lstat(path)
+                        st = handles.lstat(path)
                     except OSError:
                         return True
                     if (st.st_dev, st.st_ino) != (dev, ino):
                         return True
                 else:
                     if a not in exists:
-                        exists[a] = os.path.isdir(a)
+                        exists[a] = _is_dir(a)
                     if not exists[a]:
                         return True
             a = parent
+        return False
+
+
+def _is_dir(path: bytes) -> bool:
+    """A directory reached by handle (a symlink on the way is not one)."""
+    try:
+        return stat.S_ISDIR(handles.lstat(path).st_mode)
+    except OSError:
         return False
 
 
