@@ -115,14 +115,15 @@ class PreHasher:
             self._let_go()
             return
         failed = {f.key for f in heads + wholes}
+        # self.files[...]: a later name of the inode in this batch may have added a path
         for f, (head, _) in self.reader.read_all(heads, full=False):
             failed.discard(f.key)
-            self._learn(with_hashes(f, head, None))
+            self._learn(with_hashes(self.files[f.key], head, None))
             self._collide(self.files[f.key], wholes)
         failed.update(f.key for f in wholes)
         for f, (head, full) in self.reader.read_all(wholes, full=True):
             failed.discard(f.key)
-            self._learn(with_hashes(f, head, full))
+            self._learn(with_hashes(self.files[f.key], head, full))
         # Vanished, changed or unreadable: the problem is reported once, here,
         # and the inode leaves its group (the index forgets the first two kinds).
         self.gone |= failed
