@@ -246,4 +246,7 @@ def _buffer_address(buf: bytearray) -> int:
 
 
 def open_dir(path: bytes | str) -> int:
-    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """A directory fd for the ioctls, reached by handle (handles.py: no symlink followed)."""
+    from dedupd import handles
+
+    return handles.open_dir(os.path.abspath(os.fsencode(path)))
