@@ -33,7 +33,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dedupd import proc
+from dedupd import handles, proc
 from dedupd.index import extents as ix
 from dedupd.index.store import Store, path_key
 from dedupd.scan.events import FileEvent, Problem, WalkStats
@@ -155,9 +155,10 @@ class Reconciler:
                 gone.add(p)
         # Walk created directories, and old names of removed ones that exist again.
         fresh = [d for d in cp.walk if self.inside(d)]
-        fresh += [d for d in gone_dirs if os.path.isdir(d) and not os.path.islink(d)]
-        for ev in walk(normalize_roots([d for d in fresh if os.path.lexists(d)]), self.opts,
-                       self.stats):
+        fresh += [d for d in gone_dirs if _is_dir(d)]
+        # realpath may lead through a symlink a user planted: keep only roots inside
+        roots = [r for r in normalize_roots([d for d in fresh if _is_dir(d)]) if self.inside(r)]
+        for ev in walk(roots, self.opts, self.stats):
             events[ev.path] = ev
         return Reconciled(list(events.values()), gone - events.keys(), gone_dirs, len(relist))
 
@@ -192,24 +193,28 @@ class Reconciler:
         None when d cannot be read (then nothing indexed in it is forgotten)."""
         listed: set[bytes] = set()
         try:
-            st = os.lstat(d)
-            if not stat.S_ISDIR(st.st_mode):
-                return listed
-            it = os.scandir(d)
-        except FileNotFoundError:
+            fd = handles.open_dir(d)  # by handle: a directory swapped for a symlink is refused
+        except (FileNotFoundError, NotADirectoryError):
             return listed
+        except handles.PathChanged as e:
+            self.stats.problems.append(Problem(d, e.reason, e.strerror or str(e)))
+            return None
         except OSError as e:
             self.stats.problems.append(Problem(d, "unreadable", e.strerror or str(e)))
             return None
         self.stats.dirs_seen += 1
-        with it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    continue  # directories report their own changes
-                ev = self._file(entry.path)
-                if ev is not None:
-                    events[entry.path] = ev
-                    listed.add(entry.path)
+        try:
+            with os.scandir(fd) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        continue  # directories report their own changes
+                    p = os.path.join(d, os.fsencode(entry.name))
+                    ev = self._file(p)
+                    if ev is not None:
+                        events[p] = ev
+                        listed.add(p)
+        finally:
+            os.close(fd)
         return listed
 
     def _file(self, p: bytes) -> FileEvent | None:
@@ -218,7 +223,10 @@ class Reconciler:
             self.stats.excluded += 1
             return None
         try:
-            st = os.lstat(p)
+            st = handles.lstat(p)
+        except handles.PathChanged as e:
+            self.stats.problems.append(Problem(p, e.reason, e.strerror or str(e)))
+            return None
         except OSError:
             return None
         if stat.S_ISLNK(st.st_mode):
@@ -231,3 +239,11 @@ class Reconciler:
             self.stats.too_small += 1
             return None
         return FileEvent.from_stat(p, st)
+
+
+def _is_dir(path: bytes) -> bool:
+    """A directory reached by handle (a symlink on the way is not one)."""
+    try:
+        return stat.S_ISDIR(handles.lstat(path).st_mode)
+    except OSError:
+        return False
