@@ -121,7 +121,7 @@ class BackupConfig:
     compression: str = "zstd"
     compression_level: int = 3
     chunk_size: int = 256 * 1024**2
-    raw: bool = False
+    raw: bool | None = None  # None: raw exactly when the dataset is encrypted
     schedule: str = "daily 03:00"
     full_every: str = "30d"
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -323,7 +323,7 @@ def _backup(t: Table, name: str) -> BackupConfig:
         compression=t.text("compression", "zstd", choices=COMPRESSIONS),
         compression_level=t.integer("compression_level", 3, lo=1, hi=19),
         chunk_size=t.integer("chunk_size", 256 * 1024**2, lo=1024 * 1024, hi=MAX_CHUNK),
-        raw=t.flag("raw", False),
+        raw=t.optional_flag("raw"),
         schedule=t.text("schedule", "daily 03:00"),
         full_every=t.text("full_every", "30d"),
         retention=retention,

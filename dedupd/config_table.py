@@ -76,6 +76,10 @@ class Table:
             raise self.err(k, f"must be >= {lo}; got {v}")
         return float(v)
 
+    def optional_flag(self, k: str) -> bool | None:
+        v = self._get(k, (bool,), "true or false")
+        return None if v is None else bool(v)
+
     def flag(self, k: str, default: bool) -> bool:
         v = self._get(k, (bool,), "true or false")
         return default if v is None else bool(v)

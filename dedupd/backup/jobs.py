@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from dedupd.backup import catalog, retention, snapshots, upload
+from dedupd.backup import catalog, retention, snapshots, streams, upload
 from dedupd.backup import manifest as mf
 from dedupd.backup.manifest import Manifest
 from dedupd.backup.send import SendSpec
@@ -139,16 +139,17 @@ class _Run:
                 return BackupResult(self.jc.name, True, row.id, row.snapshot,
                                     resumable[1].name if resumable[1] else None, resumed=True)
             if resumable is not None:
-                return self._upload(row.id, resumable[0], resumable[1], ms, created=False,
-                                    resumed=True)
-        base = None if full else self._choose_base(ms)
+                flags = self._flags_for(resumable[1], ms)
+                return self._upload(row.id, resumable[0], resumable[1], flags, ms,
+                                    created=False, resumed=True)
+        base, flags = (None, self._wanted()) if full else self._choose_base(ms)
         if dry_run:
             name = snapshots.new_name(self.jc.dataset, self.jc.snapshot_prefix)
             return BackupResult(self.jc.name, True, None, name, base.name if base else None)
         snap = snapshots.create(self.jc.dataset, self.jc.snapshot_prefix, self.jc.name)
         log.info("%s: took %s (%s)", self.jc.name, snap.name,
                  f"incremental from {base.name}" if base else "full")
-        return self._upload(mf.new_id(), snap, base, ms, created=True, resumed=False)
+        return self._upload(mf.new_id(), snap, base, flags, ms, created=True, resumed=False)
 
     def _resumable(self, row: rows.BackupRow, ms: list[Manifest]
                    ) -> tuple[Snapshot, Snapshot | None] | None:
@@ -177,9 +178,35 @@ class _Run:
         if snap is not None and snap.guid == row.guid and row.created_snapshot:
             snapshots.destroy(snap, self.jc.name, self.jc.snapshot_prefix)
 
-    def _choose_base(self, ms: list[Manifest]) -> Snapshot | None:
-        """The newest uploaded-and-confirmed snapshot still present locally, unless a
-        new full is due (full_every: age like "30d" or a chain length like "10")."""
+    def _wanted(self) -> tuple[str, ...]:
+        return streams.wanted(self.jc.dataset, self.jc.raw)
+
+    def _flags_for(self, base: Snapshot | None, ms: list[Manifest]) -> tuple[str, ...]:
+        """Flags of a resumed attempt: those its base was sent with, where usable."""
+        now = self._wanted()
+        m = next((m for m in reversed(ms) if base is not None
+                  and m.snapshot_guid == base.guid), None)
+        same = None if m is None else streams.continue_with(m.send_flags, now)
+        return now if same is None else same
+
+    def _choose_base(self, ms: list[Manifest]) -> tuple[Snapshot | None, tuple[str, ...]]:
+        """The newest uploaded-and-confirmed snapshot still present locally and the
+        flags to continue its chain with, unless a new full is due (full_every: age
+        like "30d" or a chain length like "10", or send flags that cannot continue)."""
+        now = self._wanted()
+        base = self._base_manifest(ms)
+        if base is None:
+            return None, now
+        same = streams.continue_with(base[0].send_flags, now)
+        if same is None:
+            log.warning("%s: %s was sent with %s; this run needs %s: sending a new full",
+                        self.jc.name, base[0].snapshot,
+                        " ".join(streams.stream_flags(base[0].send_flags)) or "no flags",
+                        " ".join(now) or "no flags")
+            return None, now
+        return base[1], same
+
+    def _base_manifest(self, ms: list[Manifest]) -> tuple[Manifest, Snapshot] | None:
         local = {s.guid: s for s in snapshots.list_snapshots(self.jc.dataset)}
         for m in reversed(ms):
             if m.dataset != self.jc.dataset or m.snapshot_guid not in local:
@@ -193,18 +220,19 @@ class _Run:
                 log.info("%s: full_every=%s reached: sending a new full", self.jc.name,
                          self.jc.full_every)
                 return None
-            return local[m.snapshot_guid]
+            return m, local[m.snapshot_guid]
         return None
 
     def _upload(self, backup_id: str, snap: Snapshot, base: Snapshot | None,
-                ms: list[Manifest], *, created: bool, resumed: bool) -> BackupResult:
+                flags: tuple[str, ...], ms: list[Manifest], *, created: bool,
+                resumed: bool) -> BackupResult:
         if not resumed:
             rows.start(self.store, id=backup_id, job=self.jc.name, dataset=self.jc.dataset,
                        snapshot=snap.name, guid=snap.guid,
                        base_guid=base.guid if base else None, created_snapshot=created)
         self.current_id = backup_id
         try:
-            m, up = self._send_and_commit(backup_id, snap, base, resumed)
+            m, up = self._send_and_commit(backup_id, SendSpec(snap, base, flags), resumed)
         except BaseException as e:
             self._fail(self.current_id, snap, e)
             raise
@@ -221,9 +249,9 @@ class _Run:
             overlapped=up.stats.overlap_bytes, restarts=up.restarts,
             pruned_local=pruned_local, pruned_remote=pruned_remote)
 
-    def _send_and_commit(self, backup_id: str, snap: Snapshot, base: Snapshot | None,
-                         resuming: bool) -> tuple[Manifest, upload.Uploaded]:
-        spec = SendSpec(snap, base, self.jc.raw)
+    def _send_and_commit(self, backup_id: str, spec: SendSpec, resuming: bool
+                         ) -> tuple[Manifest, upload.Uploaded]:
+        snap, base = spec.snapshot, spec.base
         try:
             up = upload.upload_stream(self.target, self._plan(backup_id, spec, resuming),
                                       self.hooks.after_chunk)
@@ -247,7 +275,9 @@ class _Run:
             base_guid=base.guid if base else None, send_flags=spec.flags,
             compression=self.jc.compression, compression_level=self.jc.compression_level,
             chunk_size=self.jc.chunk_size, chunks=up.chunks, total_size=up.total_size,
-            created=time.time(), storage_class=self.jc.target.storage_class)
+            created=time.time(), storage_class=self.jc.target.storage_class,
+            extra={"encryption": streams.encryption(self.jc.dataset),
+                   "zfs_send_flags_available": "".join(sorted(streams.caps().send))})
         body, size = mf.as_file(m)
         sha = _sha256(body.getvalue())
         self.target.put(mf.manifest_key(self.jc.name, backup_id), body, size, sha, None,

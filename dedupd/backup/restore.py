@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from dedupd import proc
-from dedupd.backup import catalog, compress, snapshots
+from dedupd.backup import catalog, compress, snapshots, streams
 from dedupd.backup.chunker import READ_SIZE, Spool
 from dedupd.backup.manifest import ChunkRef, Manifest
 from dedupd.backup.targets import Target
@@ -131,8 +131,24 @@ def verify_chain(target: Target, p: RestorePlan, spool: Spool, report: Report) -
 
 
 def receive_argv(target_dataset: str, incremental: bool, force: bool) -> list[str]:
+    """-u where zfs has it: a restored (or scratch) dataset is not mounted by the
+    receive, so a stream sent with -p cannot mount it over the live original."""
     flags = ["-F"] if incremental or force else []
+    if "u" in streams.caps().receive:
+        flags.append("-u")
     return ["zfs", "receive", *flags, target_dataset]
+
+
+def check_resume_token(dataset: str) -> None:
+    """A receive interrupted with -s leaves receive_resume_token set, and every
+    other receive into that dataset is refused until it is discarded."""
+    r = proc.run(["zfs", "get", "-H", "-o", "value", "receive_resume_token", dataset],
+                 check=False, timeout=60)
+    token = r.text.strip()
+    if r.returncode == 0 and token not in ("", "-"):
+        raise DedupdError(f"{dataset} holds a partly received stream (its "
+                          "receive_resume_token is set), which blocks any other receive; "
+                          f"discard it with `zfs receive -A {dataset}`, then restore again")
 
 
 def receive_one(target: Target, m: Manifest, target_dataset: str, spool: Spool) -> None:
@@ -196,6 +212,8 @@ def run(target: Target, p: RestorePlan, *, verify_first: bool, force: bool,
     if exists and not force:
         raise DedupdError(f"{p.target_dataset} exists; restore into a new dataset, or "
                           "confirm overwriting it")
+    if exists:
+        check_resume_token(p.target_dataset)
     done = already_received(p) if exists else 0
     todo = p.chain[done:]
     if done:
@@ -210,6 +228,10 @@ def run(target: Target, p: RestorePlan, *, verify_first: bool, force: bool,
             verify_chain(target, RestorePlan(p.point, todo, p.target_dataset), sp, report)
         if exists and not done:
             report(f"destroying {p.target_dataset} to receive the restore in its place")
+            # Restoring onto the job's own dataset: its base hold would block the destroy.
+            for s in snapshots.list_snapshots(p.target_dataset):
+                if s.userrefs:
+                    snapshots.release(s)
             snapshots.destroy_confirmed(p.target_dataset)
         for m in todo:
             report(f"receiving {m.snapshot} ({'full' if m.full else 'incremental'}, "
@@ -218,3 +240,6 @@ def run(target: Target, p: RestorePlan, *, verify_first: bool, force: bool,
                 receive_one(target, m, p.target_dataset, sp)
             except proc.ProcError as e:
                 raise DedupdError(f"zfs receive of {m.id} failed: {e}") from None
+    if "u" in streams.caps().receive and not exists:
+        report(f"{p.target_dataset} was received unmounted (zfs receive -u); mount it with "
+               f"`zfs mount {p.target_dataset}`")

@@ -1,7 +1,8 @@
 """The `zfs send` stage: argv for a full or incremental stream of one snapshot.
 
 A stream is fully described by (snapshot, base snapshot, flags); the manifest
-records those flags so a by-hand restore knows what it is replaying.
+records those flags so a by-hand restore knows what it is replaying. Which
+flags a job uses is decided in streams.py.
 """
 
 from __future__ import annotations
@@ -10,27 +11,23 @@ import subprocess
 from dataclasses import dataclass
 
 from dedupd import proc
-from dedupd.backup.snapshots import Snapshot, SnapshotError, features
+from dedupd.backup.snapshots import Snapshot, SnapshotError
 
 
 @dataclass(frozen=True)
 class SendSpec:
     snapshot: Snapshot
     base: Snapshot | None  # None: a full stream
-    raw: bool = False
+    stream: tuple[str, ...] = ()  # e.g. ("-L", "-e", "-c", "-p") or ("-w", "-p")
 
     @property
     def flags(self) -> tuple[str, ...]:
-        f: list[str] = []
-        if self.raw:
-            f.append("-w")
+        f = list(self.stream)
         if self.base is not None:
             f += ["-i", self.base.name]
         return tuple(f)
 
     def argv(self) -> list[str]:
-        if self.raw and not features().raw_send:
-            raise SnapshotError("raw = true needs `zfs send -w` (OpenZFS); this zfs lacks it")
         if self.base is not None and self.base.dataset != self.snapshot.dataset:
             raise SnapshotError(f"base {self.base.name} is not a snapshot of "
                                 f"{self.snapshot.dataset}")

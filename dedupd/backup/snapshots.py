@@ -6,14 +6,13 @@ the job's prefix AND its user property `dedupd:job` names the job. Anything else
 
 Works on OpenZFS and on zfs-fuse (pool v23). zfs-fuse lacks `zfs version`,
 `send -w`, parsable `zfs list -p` and resume tokens, so every read goes through
-`zfs get -Hp`, which both understand.
+`zfs get -Hp`, which both understand (what else differs: streams.py).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 
 from dedupd import proc
 from dedupd.errors import DedupdError
@@ -25,30 +24,6 @@ _PROPS = ("guid", "createtxg", "creation", JOB_PROPERTY, "userrefs")
 
 class SnapshotError(DedupdError):
     """A snapshot operation was refused or failed."""
-
-
-@dataclass(frozen=True)
-class Features:
-    """What the installed zfs can do (OpenZFS vs zfs-fuse)."""
-
-    openzfs: bool
-
-    @property
-    def raw_send(self) -> bool:
-        return self.openzfs
-
-    @property
-    def incremental_receive_needs_force(self) -> bool:
-        # zfs-fuse refuses an incremental receive into a mounted dataset whose
-        # atime changed ("has been modified since most recent snapshot").
-        return True
-
-
-@lru_cache(maxsize=1)
-def features() -> Features:
-    """`zfs version` exists on OpenZFS >= 0.8 only; zfs-fuse answers with usage (exit 2)."""
-    r = proc.run(["zfs", "version"], check=False, timeout=30)
-    return Features(openzfs=r.returncode == 0)
 
 
 @dataclass(frozen=True)
@@ -74,16 +49,22 @@ class Snapshot:
 
 def list_snapshots(dataset: str) -> list[Snapshot]:
     """Snapshots of `dataset` itself (not its children), oldest first (by createtxg)."""
-    r = proc.run(["zfs", "get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
+    r = proc.run(["zfs", "get", "-Hp", "-r", "-d", "1", "-o", "name,property,value,source",
                   ",".join(_PROPS), dataset], timeout=120)
     props: dict[str, dict[str, str]] = {}
     for line in r.text.splitlines():
         parts = line.split("\t")
-        if len(parts) != 3 or not parts[0].startswith(dataset + "@"):
+        if len(parts) != 4 or not parts[0].startswith(dataset + "@"):
             continue
-        props.setdefault(parts[0], {})[parts[1]] = parts[2]
+        props.setdefault(parts[0], {})[parts[1]] = _own(parts[1], parts[2], parts[3])
     snaps = [_snapshot(n, p) for n, p in props.items()]
     return sorted(snaps, key=lambda x: x.createtxg)
+
+
+def _own(prop: str, value: str, source: str) -> str:
+    """The ownership mark counts only where it was set on the snapshot itself: a
+    dedupd:job set on the dataset is inherited by every snapshot, a user's too."""
+    return value if prop != JOB_PROPERTY or source == "local" else "-"
 
 
 def _snapshot(name: str, p: dict[str, str]) -> Snapshot:
@@ -96,12 +77,12 @@ def _snapshot(name: str, p: dict[str, str]) -> Snapshot:
 
 def get(name: str) -> Snapshot | None:
     """One snapshot by full name, None when it does not exist."""
-    r = proc.run(["zfs", "get", "-Hp", "-o", "name,property,value", ",".join(_PROPS), name],
-                 check=False, timeout=60)
+    r = proc.run(["zfs", "get", "-Hp", "-o", "name,property,value,source", ",".join(_PROPS),
+                  name], check=False, timeout=60)
     if r.returncode != 0:
         return None
-    p = {parts[1]: parts[2] for parts in (ln.split("\t") for ln in r.text.splitlines())
-         if len(parts) == 3}
+    p = {parts[1]: _own(parts[1], parts[2], parts[3])
+         for parts in (ln.split("\t") for ln in r.text.splitlines()) if len(parts) == 4}
     return _snapshot(name, p) if "guid" in p else None
 
 

@@ -1,0 +1,105 @@
+"""Which `zfs send` flags a backup stream is made with, and when a chain may go on.
+
+Detected, never assumed: the single-letter flags `zfs send` and `zfs receive`
+list in their usage (OpenZFS 2.2: `send [-DLPbcehnpsUVvw]`, `receive
+[-vMnsFhu]`; zfs-fuse: `send [-RDp]`, `receive [-vnF]`), `zfs bookmark`, and the
+dataset's `encryption` property (absent on zfs-fuse: off).
+
+The flags of a stream (recorded in its manifest):
+- raw (`-w`) when `raw = true`, or when `raw` is unset and the dataset is
+  encrypted: a non-raw send of an encrypted dataset uploads plaintext and fails
+  outright when its key is not loaded. Raw implies -L -e -c.
+- otherwise `-L -e -c` where supported: without -L large blocks come back as
+  128K blocks (and OpenZFS 2.3 refuses a send of a large_microzap dataset
+  without -L or -w); without -c the data is decompressed, then recompressed.
+- `-p` where supported, so a restore keeps compression, recordsize and the like.
+
+An incremental must be made with its base's flags (`zfs receive` rejects a
+chain whose raw-ness changes, and -L must not change within a chain); when the
+base's flags cannot be used any more, the job sends a new full instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from dedupd import proc
+from dedupd.errors import DedupdError
+
+_USAGE = re.compile(r"\b(send|receive) \[-([A-Za-z]+)\]")
+
+
+class StreamError(DedupdError):
+    """The stream this job needs cannot be made here."""
+
+
+@dataclass(frozen=True)
+class Caps:
+    send: frozenset[str]  # single-letter `zfs send` flags
+    receive: frozenset[str]
+    bookmarks: bool
+
+
+def _usage_letters(sub: str) -> frozenset[str]:
+    r = proc.run(["zfs", sub], check=False, timeout=30)
+    letters: set[str] = set()
+    for cmd, flags in _USAGE.findall(r.stderr + r.text):
+        if cmd == sub:
+            letters.update(flags)
+    return frozenset(letters)
+
+
+@lru_cache(maxsize=1)
+def caps() -> Caps:
+    """What the installed `zfs` offers (cached for the process)."""
+    bm = proc.run(["zfs", "bookmark"], check=False, timeout=30)
+    return Caps(_usage_letters("send"), _usage_letters("receive"),
+                "unrecognized command" not in bm.stderr)
+
+
+def encryption(dataset: str) -> str:
+    """The dataset's `encryption` property; "off" where zfs has no such property."""
+    r = proc.run(["zfs", "get", "-H", "-o", "value", "encryption", dataset], check=False,
+                 timeout=60)
+    value = r.text.strip()
+    return value if r.returncode == 0 and value not in ("", "-") else "off"
+
+
+def wanted(dataset: str, raw: bool | None) -> tuple[str, ...]:
+    """The flags a new full stream of dataset is made with (see the module doc)."""
+    c = caps()
+    is_raw = encryption(dataset) != "off" if raw is None else raw
+    if is_raw and "w" not in c.send:
+        raise StreamError("raw = true needs `zfs send -w` (OpenZFS); this zfs lacks it")
+    flags = ["-w"] if is_raw else [f"-{x}" for x in "Lec" if x in c.send]
+    if "p" in c.send:
+        flags.append("-p")
+    return tuple(flags)
+
+
+def stream_flags(send_flags: Sequence[str]) -> tuple[str, ...]:
+    """A manifest's send_flags without the incremental source (-i/-I NAME)."""
+    out: list[str] = []
+    skip = False
+    for f in send_flags:
+        if skip:
+            skip = False
+        elif f in ("-i", "-I"):
+            skip = True
+        else:
+            out.append(f)
+    return tuple(out)
+
+
+def continue_with(base_flags: Sequence[str], now: Sequence[str]) -> tuple[str, ...] | None:
+    """The flags for an incremental on a base sent with base_flags, or None when a
+    new full is needed: raw-ness changed, or the base used a flag this zfs lacks."""
+    base = stream_flags(base_flags)
+    if ("-w" in base) != ("-w" in now):
+        return None
+    if any(f.lstrip("-") not in caps().send for f in base):
+        return None
+    return base
