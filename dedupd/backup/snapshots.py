@@ -142,7 +142,19 @@ def destroy(snap: Snapshot, job: str, prefix: str) -> None:
     if fresh.guid != snap.guid or not fresh.owned_by(job, prefix):
         raise SnapshotError(f"{snap.name}: not created by dedupd job {job!r}; refusing to "
                             "destroy it")
-    proc.run(["zfs", "destroy", fresh.name], timeout=300)
+    _destroy(fresh.name, [])
+
+
+def _destroy(name: str, flags: list[str], tries: int = 6) -> None:
+    """`zfs destroy`, retried while zfs says "busy": zfs-fuse reports a dataset (or
+    a snapshot a killed `zfs send -p` just read) busy for a moment afterwards."""
+    for attempt in range(tries):
+        r = proc.run(["zfs", "destroy", *flags, name], timeout=600, check=False)
+        if r.returncode == 0:
+            return
+        if "busy" not in r.stderr or attempt == tries - 1:
+            raise SnapshotError(f"zfs destroy {' '.join([*flags, name])}: {r.stderr.strip()}")
+        time.sleep(0.5 * (attempt + 1))
 
 
 def destroy_scratch(dataset: str) -> None:
@@ -166,13 +178,5 @@ def destroy_confirmed(dataset: str) -> None:
     _destroy_tree(dataset)
 
 
-def _destroy_tree(dataset: str, tries: int = 6) -> None:
-    """`zfs destroy -r -f`, retried while zfs says "busy": zfs-fuse reports a
-    just-written dataset busy for a moment after its last file was closed."""
-    for attempt in range(tries):
-        r = proc.run(["zfs", "destroy", "-r", "-f", dataset], timeout=600, check=False)
-        if r.returncode == 0:
-            return
-        if "busy" not in r.stderr or attempt == tries - 1:
-            raise SnapshotError(f"zfs destroy -r {dataset}: {r.stderr.strip()}")
-        time.sleep(0.5 * (attempt + 1))
+def _destroy_tree(dataset: str) -> None:
+    _destroy(dataset, ["-r", "-f"])

@@ -12,7 +12,9 @@ The flags of a stream (recorded in its manifest):
 - otherwise `-L -e -c` where supported: without -L large blocks come back as
   128K blocks (and OpenZFS 2.3 refuses a send of a large_microzap dataset
   without -L or -w); without -c the data is decompressed, then recompressed.
-- `-p` where supported, so a restore keeps compression, recordsize and the like.
+- `-p` where supported, so a restore keeps compression, recordsize and the like;
+  on OpenZFS only: zfs-fuse lists -p, but a `zfs send -p` killed mid-stream (an
+  upload that failed) leaves its snapshot "busy" until the daemon restarts.
 
 An incremental must be made with its base's flags (`zfs receive` rejects a
 chain whose raw-ness changes, and -L must not change within a chain); when the
@@ -41,6 +43,7 @@ class Caps:
     send: frozenset[str]  # single-letter `zfs send` flags
     receive: frozenset[str]
     bookmarks: bool
+    openzfs: bool  # `zfs version` answers (OpenZFS >= 0.8; zfs-fuse does not)
 
 
 def _usage_letters(sub: str) -> frozenset[str]:
@@ -56,8 +59,9 @@ def _usage_letters(sub: str) -> frozenset[str]:
 def caps() -> Caps:
     """What the installed `zfs` offers (cached for the process)."""
     bm = proc.run(["zfs", "bookmark"], check=False, timeout=30)
+    version = proc.run(["zfs", "version"], check=False, timeout=30)
     return Caps(_usage_letters("send"), _usage_letters("receive"),
-                "unrecognized command" not in bm.stderr)
+                "unrecognized command" not in bm.stderr, version.returncode == 0)
 
 
 def encryption(dataset: str) -> str:
@@ -75,7 +79,7 @@ def wanted(dataset: str, raw: bool | None) -> tuple[str, ...]:
     if is_raw and "w" not in c.send:
         raise StreamError("raw = true needs `zfs send -w` (OpenZFS); this zfs lacks it")
     flags = ["-w"] if is_raw else [f"-{x}" for x in "Lec" if x in c.send]
-    if "p" in c.send:
+    if "p" in c.send and c.openzfs:
         flags.append("-p")
     return tuple(flags)
 
