@@ -170,9 +170,9 @@ class _Passes:
 
 
 def live_counters(vp: VolumePass) -> dict[str, int]:
-    """The pass's counters, plus live progress of passes built on ScanPass.
+    """The pass's counters, plus live progress (volumes/pipeline.Pass).
 
-    ScanPass adds files_seen, files_hashed and bytes_read only when a phase is
+    A pass adds files_seen, files_hashed and bytes_read only when a phase is
     over; its walk and hash statistics have them as they grow. The pass's own
     value wins as soon as it exists, so nothing is counted twice.
     """

@@ -5,8 +5,9 @@ candidates, dedupe verified groups. It is a generator of bounded steps so the
 daemon can serve volumes round-robin (one step per volume per turn, run in a
 thread because steps block), and `run --once` simply drains it.
 
-Each kind registers a factory in KINDS (btrfs/xfs: extent dedupe; plain/zfs:
-hardlinks; pool: cross-drive).
+Every kind is one pass driver (volumes/pipeline.py) with its pair of change
+source and dedupe engine, declared in pipeline.KIND_TABLE (btrfs/xfs: extent
+dedupe; plain/zfs: hardlinks; pool: cross-drive). docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -99,16 +100,8 @@ class VolumePass(Protocol):
 
 
 PassFactory = Callable[[VolumeConfig, Store, PassOptions], VolumePass]
+# Passes that replace a kind's own (tests only: a pass that sleeps in every step).
 KINDS: dict[str, PassFactory] = {}
-
-
-def register(*kinds: str) -> Callable[[PassFactory], PassFactory]:
-    def deco(factory: PassFactory) -> PassFactory:
-        for k in kinds:
-            KINDS[k] = factory
-        return factory
-
-    return deco
 
 
 def make_pass(vol: VolumeConfig, store: Store, opts: PassOptions) -> VolumePass:
@@ -116,14 +109,16 @@ def make_pass(vol: VolumeConfig, store: Store, opts: PassOptions) -> VolumePass:
     volume's path or a pool branch is gone or not a directory (an unmounted disk
     reappears; the daemon retries later), ConfigError for an unknown kind."""
     from dedupd.errors import ConfigError
+    from dedupd.volumes.pipeline import build
 
     for p in (vol.path, *vol.branches):
         _require_dir(vol.name, p)
-    factory = KINDS.get(vol.kind) or _load_kind(vol.kind)
-    if factory is None:
+    factory = KINDS.get(vol.kind)
+    vp = factory(vol, store, opts) if factory is not None else build(vol, store, opts)
+    if vp is None:
         raise ConfigError("-", f"volumes.{vol.name}.kind", f"kind {vol.kind!r} is not "
                           "implemented yet")
-    return Anchored(factory(vol, store, opts), volume_roots(vol), vol.cross_mounts)
+    return Anchored(vp, volume_roots(vol), vol.cross_mounts)
 
 
 def volume_roots(vol: VolumeConfig) -> list[bytes]:
@@ -167,35 +162,6 @@ def _require_dir(name: str, p: Path) -> None:
         raise TemporaryFailure(f"volume {name}: {p}: {e.strerror} (not mounted?)") from None
     if not stat.S_ISDIR(st.st_mode):
         raise TemporaryFailure(f"volume {name}: {p} is not a directory")
-
-
-# Kinds whose module is not named after them (others: dedupd.volumes.<kind>).
-_KIND_MODULES = {"xfs": "btrfs"}
-
-
-def _load_kind(kind: str) -> PassFactory | None:
-    """Import only the module of `kind` (a one-shot run needs no other kind's imports,
-    some of which are heavy); all kind modules if that does not register it."""
-    import contextlib
-    import importlib
-
-    with contextlib.suppress(ModuleNotFoundError):
-        importlib.import_module(f"dedupd.volumes.{_KIND_MODULES.get(kind, kind)}")
-    if kind not in KINDS:
-        _load_kinds()
-    return KINDS.get(kind)
-
-
-def _load_kinds() -> None:
-    """Import the kind modules that exist so they register themselves."""
-    import importlib
-    import pkgutil
-
-    import dedupd.volumes as pkg
-
-    for m in pkgutil.iter_modules(pkg.__path__):
-        if not m.name.startswith("_"):
-            importlib.import_module(f"dedupd.volumes.{m.name}")
 
 
 @dataclass

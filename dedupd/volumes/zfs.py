@@ -14,6 +14,9 @@ diff lines become index work is zfs_track's business. The pass walks the whole
 tree instead when there is no earlier pass snapshot, every zfs_full_walk_days
 (the diff can omit changes), when the diff reports errors, and when
 cross_mounts lets the walk into other mounts the diff cannot see. docs/zfs.md.
+
+This is the change source of kind "zfs" (volumes/pipeline.py); its engine is
+the hardlink engine (volumes/link_engine.py).
 """
 
 from __future__ import annotations
@@ -23,16 +26,11 @@ import time
 from collections.abc import Iterator
 
 from dedupd import proc
-from dedupd.config import VolumeConfig
-from dedupd.dedup.lock import volume_lock
 from dedupd.index.carry import carry_forward
-from dedupd.index.store import Store
 from dedupd.scan.events import FileEvent
-from dedupd.scan.scanner import RECORD_BATCH, batches
-from dedupd.scan.walk import WalkOptions, walk
-from dedupd.volumes import PassOptions, Step, register
-from dedupd.volumes._base import ScanPass
-from dedupd.volumes.plain import PlainPass
+from dedupd.scan.walk import WalkOptions
+from dedupd.volumes.pipeline import ChangeSource, Groups, PassRun
+from dedupd.volumes.walk_source import FullWalk
 from dedupd.volumes.zfs_diff import DiffEntry
 from dedupd.volumes.zfs_mounts import Mount, dataset_for, mounts_below, snapdir_excludes
 from dedupd.volumes.zfs_track import Reconciler, plan, run_diff
@@ -68,119 +66,149 @@ def release(snaps: list[str], keep: str | None) -> list[str]:
     return problems
 
 
-class ZfsPass(PlainPass):
-    """PlainPass whose changed files come from `zfs diff` between pass snapshots."""
+class ZfsSnapshots:
+    """Changes from `zfs diff` between pass snapshots; a full walk where the diff
+    cannot be used (see the module docstring)."""
 
-    datasets: list[Mount]
+    def __init__(self, run: PassRun) -> None:
+        self.run = run
+        self.meta_key = f"zfs_pass_snapshot:{run.vol.name}"
+        self.datasets: list[Mount] = []  # mounted datasets the walk may reach
+        self.inner: ChangeSource = FullWalk(run)
+        self.walked = True  # this pass walks the whole tree
+        self.old: list[str] = []
+        self.new: str | None = None  # this pass's snapshot; None: none taken
+        self.dataset = ""
 
-    def __init__(self, vol: VolumeConfig, store: Store, opts: PassOptions) -> None:
-        super().__init__(vol, store, opts)
-        self.datasets = []  # mounted datasets the walk may reach (set by the pass)
+    def walk_options(self) -> WalkOptions:
+        vol = self.run.vol
+        return WalkOptions(vol.min_size, vol.exclude + snapdir_excludes(self.datasets),
+                           vol.cross_mounts)
 
-    def steps(self) -> Iterator[Step]:
-        try:
-            with volume_lock(self.lock_root()):
-                yield from self.prepare()
-                yield from self._tracked()
-        finally:
-            self.journal.close()
-
-    def _tracked(self) -> Iterator[Step]:
-        mnt = dataset_for(self.vol.path)
-        dataset = mnt.dataset
-        below = mounts_below(self.roots[0]) if self.vol.cross_mounts else []
+    def begin(self) -> None:
+        r = self.run
+        mnt = dataset_for(r.vol.path)
+        self.dataset = mnt.dataset
+        below = mounts_below(r.roots[0]) if r.vol.cross_mounts else []
         self.datasets = [mnt, *(m for m in below if m.is_zfs)]
-        meta_key = f"zfs_pass_snapshot:{self.vol.name}"
-        old = pass_snapshots(dataset)
+        self.inner = FullWalk(r, self.walk_options())
+        self.old = pass_snapshots(self.dataset)
         if not has_diff() or below:
             # The diff of one dataset cannot see other mounts the walk enters.
-            self.c.add("zfs_diff_unavailable" if not below else "zfs_walk_child_mounts")
-            yield from self._full_walk()
-            self._release(old, None)
-            return
-        new = f"{dataset}@{PASS_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}" \
-              f"{time.time_ns() % 10**6:06d}Z"
-        if not self.dry:
-            proc.run(["zfs", "snapshot", new], timeout=300)
-        prev = self.store.get_meta(meta_key)
+            r.c.add("zfs_diff_unavailable" if not below else "zfs_walk_child_mounts")
+            r.c.add("zfs_full_walks")
+            return  # a stat walk, nothing pinned
+        self.new = f"{self.dataset}@{PASS_PREFIX}" \
+                   f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}" \
+                   f"{time.time_ns() % 10**6:06d}Z"
+        if not r.dry:
+            proc.run(["zfs", "snapshot", self.new], timeout=300)
+        prev = r.store.get_meta(self.meta_key)
         diff = None
-        why = self._walk_reason(prev, old)
+        why = self._walk_reason(prev, self.old)
         if why is None:
-            diff = self._diff(str(prev), new)
+            diff = self._diff(str(prev), self.new)
         else:
-            self.c.add(why)
+            r.c.add(why)
         if diff is not None:
-            yield from self._incremental(diff)
+            self.inner, self.walked = DiffChanges(r, diff, self.walk_options()), False
         else:
-            yield from self._full_walk()
-        if not self.dry:
-            self.store.set_meta(meta_key, new)
-            self._release(pass_snapshots(dataset), new)
+            r.c.add("zfs_full_walks")
 
     def _walk_reason(self, prev: str | None, old: list[str]) -> str | None:
         """Why this pass walks the whole tree instead of reading the diff (a counter
         name), or None when the diff can be used."""
-        if self.dry:
+        r = self.run
+        if r.dry:
             return "zfs_walk_dry_run"  # a dry run takes no snapshot to diff against
-        if self.opts.force_rescan:
+        if r.opts.force_rescan:
             return "zfs_walk_forced"
         if prev not in old:
             return "zfs_walk_no_base"
-        last = float(self.store.get_meta(f"zfs_full_walk:{self.vol.name}") or 0)
-        if time.time() - last >= self.vol.zfs_full_walk_days * 86400:
+        last = float(r.store.get_meta(f"zfs_full_walk:{r.vol.name}") or 0)
+        if time.time() - last >= r.vol.zfs_full_walk_days * 86400:
             return "zfs_walk_scheduled"
         return None
-
-    def _full_walk(self) -> Iterator[Step]:
-        """A verification walk of the whole tree (also what a pass without diff does)."""
-        self.c.add("zfs_full_walks")
-        yield from ScanPass.steps(self)
-        if not self.dry:
-            self.store.set_meta(f"zfs_full_walk:{self.vol.name}", str(time.time()))
-
-    def walk_options(self) -> WalkOptions:
-        return WalkOptions(self.vol.min_size,
-                           self.vol.exclude + snapdir_excludes(self.datasets),
-                           self.vol.cross_mounts)
-
-    def changed_files(self) -> Iterator[FileEvent]:
-        return self.without_own(walk(self.roots, self.walk_options(), self.walk_stats))
 
     def _diff(self, prev: str, new: str) -> list[DiffEntry] | None:
         """Changes prev -> new, or None (then the pass walks) if zfs diff fails or
         its output is incomplete."""
-        r = run_diff(prev, new)
-        if r.entries is None:
-            reason = "zfs_diff_incomplete" if r.incomplete else "zfs_diff_failed"
-            log.warning("%s: %s; walking the tree instead", self.vol.name, r.problem)
-            self.problems.append({"path": str(self.vol.path), "reason": reason,
-                                  "detail": f"{r.problem}; walked the tree instead"})
-            self.c.add(f"skips_{reason}")
+        res = run_diff(prev, new)
+        if res.entries is None:
+            reason = "zfs_diff_incomplete" if res.incomplete else "zfs_diff_failed"
+            log.warning("%s: %s; walking the tree instead", self.run.vol.name, res.problem)
+            self.run.problem(reason, f"{res.problem}; walked the tree instead")
+            self.run.c.add(f"skips_{reason}")
             return None
-        return list(r.entries)
+        return list(res.entries)
+
+    def open_scan(self) -> int:
+        return self.inner.open_scan()
+
+    def events(self) -> Iterator[FileEvent]:
+        return self.inner.events()
+
+    def progress(self, batch: list[FileEvent]) -> str:
+        return self.inner.progress(batch)
+
+    def close_scan(self, scan_id: int) -> Groups:
+        return self.inner.close_scan(scan_id)
+
+    def save(self) -> None:
+        """Remember this pass's snapshot (and when the tree was last walked whole);
+        release the older snapshots. Not in dry-run."""
+        r = self.run
+        if r.dry:
+            return
+        if self.walked:
+            r.store.set_meta(f"zfs_full_walk:{r.vol.name}", str(time.time()))
+        if self.new is None:
+            self._release(self.old, None)
+            return
+        r.store.set_meta(self.meta_key, self.new)
+        self._release(pass_snapshots(self.dataset), self.new)
 
     def _release(self, snaps: list[str], keep: str | None) -> None:
-        if self.dry:
-            return
         for p in release(snaps, keep):
-            self.problems.append({"path": str(self.vol.path), "reason": "snapshot_held",
-                                  "detail": p})
-
-    def _incremental(self, entries: list[DiffEntry]) -> Iterator[Step]:
-        scan_id = self.store.begin_scan(self.roots)
-        self.c.add("zfs_diff_entries", len(entries))
-        rec = Reconciler(self.store, self.roots, self.walk_options(), self.walk_stats)
-        done = rec.apply(plan(entries))
-        self.c.add("zfs_dirs_relisted", done.relisted)
-        for batch in batches(self.without_own(iter(done.events)), RECORD_BATCH):
-            r = self.store.record(scan_id, batch)
-            self.c.add("files_new", r.new)
-            self.c.add("files_changed", r.changed)
-            yield Step("scanning", f"{len(batch)} changed files")
-        carry_forward(self.store, scan_id, self.roots, done.gone, done.gone_dirs)
-        self.c.add("files_forgotten", self.store.finish_scan(scan_id, self.roots))
-        yield from self.hash_and_act(scan_id)
-        self._finish()
+            self.run.problem("snapshot_held", p)
 
 
-register("zfs")(ZfsPass)
+class DiffChanges:
+    """Record what `zfs diff` lists, reconciled with the index (zfs_track): the
+    changed files and re-listed directories are recorded, what is gone is
+    carried out of the index."""
+
+    def __init__(self, run: PassRun, entries: list[DiffEntry],
+                 options: WalkOptions | None = None) -> None:
+        self.run, self.entries = run, entries
+        vol = run.vol
+        self.options = options or WalkOptions(vol.min_size, vol.exclude, vol.cross_mounts)
+        self.gone: set[bytes] = set()
+        self.gone_dirs: tuple[bytes, ...] = ()
+
+    def begin(self) -> None:
+        """The snapshots are ZfsSnapshots' business."""
+
+    def open_scan(self) -> int:
+        self.run.c.add("zfs_diff_entries", len(self.entries))
+        return self.run.store.begin_scan(self.run.roots)
+
+    def events(self) -> Iterator[FileEvent]:
+        r = self.run
+        rec = Reconciler(r.store, r.roots, self.options, r.walk_stats)
+        done = rec.apply(plan(self.entries))
+        r.c.add("zfs_dirs_relisted", done.relisted)
+        self.gone, self.gone_dirs = set(done.gone), tuple(done.gone_dirs)
+        return iter(done.events)
+
+    def progress(self, batch: list[FileEvent]) -> str:
+        return f"{len(batch)} changed files"
+
+    def close_scan(self, scan_id: int) -> Groups:
+        r = self.run
+        carry_forward(r.store, scan_id, r.roots, self.gone, self.gone_dirs)
+        r.c.add("files_forgotten", r.store.finish_scan(scan_id, r.roots))
+        return r.store.candidate_groups(scan_id, r.vol.min_size)
+
+    def save(self) -> None:
+        """The snapshots are ZfsSnapshots' business."""

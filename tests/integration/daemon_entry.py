@@ -1,9 +1,6 @@
 """Test-only entry point: `python daemon_entry.py ARGS...` == `dedupd ARGS...`.
 
-Until the real 'plain' volume kind landed (issue 4, dedupd/volumes/plain.py),
-this registered the foundation's report-only ScanPass for kind "plain"; with
-the plain kind present it changes nothing for it. With
-DEDUPD_TEST_SLOW_KIND=KIND set, volumes of KIND get a pass whose every step
+With DEDUPD_TEST_SLOW_KIND=KIND set, volumes of KIND get a pass whose every step
 sleeps DEDUPD_TEST_SLOW_SECONDS (default 30): the stop-timeout test needs a
 step that overruns. Production code has no hook for any of this: the
 registrations happen in this process before dedupd.cli.main(), and the step
@@ -18,15 +15,27 @@ import time
 from collections.abc import Iterator
 
 from dedupd.cli import main
-from dedupd.volumes import KINDS, Step, _load_kinds
-from dedupd.volumes._base import ScanPass
-
-_load_kinds()
-if "plain" not in KINDS:
-    KINDS["plain"] = ScanPass
+from dedupd.config import VolumeConfig
+from dedupd.index.store import Store
+from dedupd.volumes import KINDS, PassOptions, PassReport, Step
+from dedupd.volumes.pipeline import Pass, build
 
 
-class SlowPass(ScanPass):
+class SlowPass:
+    """The kind's own pass, except that every step sleeps and none ever ends."""
+
+    def __init__(self, vol: VolumeConfig, store: Store, opts: PassOptions) -> None:
+        inner = build(vol, store, opts)
+        assert inner is not None
+        self.inner: Pass = inner
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.inner.counters
+
+    def report(self) -> PassReport:
+        return self.inner.report()
+
     def steps(self) -> Iterator[Step]:
         while True:
             time.sleep(float(os.environ.get("DEDUPD_TEST_SLOW_SECONDS", "30")))

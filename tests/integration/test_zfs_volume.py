@@ -14,7 +14,10 @@ import pytest
 from dedupd.config import VolumeConfig
 from dedupd.index.store import Store
 from dedupd.volumes import PassOptions
-from dedupd.volumes.zfs import PASS_PREFIX, ZfsPass, has_diff, pass_snapshots
+from dedupd.volumes.link_engine import HardlinkEngine
+from dedupd.volumes.pipeline import Pass
+from dedupd.volumes.walk_source import FullWalk
+from dedupd.volumes.zfs import PASS_PREFIX, DiffChanges, has_diff, pass_snapshots
 from dedupd.volumes.zfs_diff import parse_diff
 from dedupd.volumes.zfs_diff import parse_line as _parse_line
 from dedupd.volumes.zfs_mounts import dataset_for
@@ -95,9 +98,7 @@ def test_incremental_pass_from_diff_matches_a_full_walk(tmp_path: Path) -> None:
     write(root / "a.txt", blob(4, 50_000))
     vol = VolumeConfig("z", "zfs", root, settle_seconds=0, min_size=1, mode="apply")
     store = Store(f"sqlite:///{tmp_path}/i.db")
-    zp = ZfsPass(vol, store, PassOptions())
-    list(zp.prepare())
-    list(super(ZfsPass, zp).steps())  # the first pass: a full walk
+    list(Pass(vol, store, PassOptions(), FullWalk, HardlinkEngine).steps())  # a full walk
     (root / "old.bin").unlink()
     (root / "renamed").mkdir()
     os.rename(root / "a.txt", root / "renamed/b.txt")
@@ -114,8 +115,8 @@ def test_incremental_pass_from_diff_matches_a_full_walk(tmp_path: Path) -> None:
     ]).encode()
     entries = parse_diff(diff)
     assert entries[-1] == _parse_line(diff.splitlines()[-1])
-    zp2 = ZfsPass(vol, store, PassOptions())
-    list(zp2._incremental(entries))
+    zp2 = Pass(vol, store, PassOptions(), lambda run: DiffChanges(run, entries), HardlinkEngine)
+    list(zp2.steps())
     rep = zp2.report()
     assert rep.counters["zfs_diff_entries"] == 6 and rep.counters["hits"] == 1
     assert (root / "keep.bin").stat().st_ino == (root / "new file.bin").stat().st_ino
@@ -124,7 +125,6 @@ def test_incremental_pass_from_diff_matches_a_full_walk(tmp_path: Path) -> None:
                                  "(SELECT max(id) FROM scans)").all()
     indexed = sorted(os.path.relpath(os.fsdecode(bytes(p[0])), r) for p in rows)
     assert indexed == sorted(["keep.bin", "new file.bin", "renamed/b.txt", "dir two/inner.bin"])
-    zp2.journal.close()
     store.close()
 
 

@@ -68,10 +68,11 @@ def test_an_extent_pass_loads_no_other_kind() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from dedupd.volumes import _load_kind; "
-            "assert _load_kind('xfs') is _load_kind('btrfs') is not None; "
+    code = ("import sys; from dedupd.volumes.pipeline import KIND_TABLE, _load; "
+            "assert KIND_TABLE['xfs'] == KIND_TABLE['btrfs']; "
+            "[_load(r) for r in (KIND_TABLE['btrfs'].source, KIND_TABLE['btrfs'].engine)]; "
             "print(sorted(m for m in ('sqlalchemy', 'dedupd.dedup.hardlink', "
-            "'dedupd.volumes.plain') if m in sys.modules))")
+            "'dedupd.volumes.link_engine') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"

@@ -1,0 +1,139 @@
+"""The hardlink engines: plain and zfs volumes (one filesystem), pool volumes
+(across the drives of a mergerfs pool).
+
+Before anything else the engine resolves this volume's unfinished journal
+operations (recovery) and expires old quarantined copies. Then each group of
+identical files goes to dedup/hardlink.py (or, across branches,
+dedup/crossdrive.py: duplicates on the kept file's branch become hardlinks,
+those on other branches move onto it, link first, delete second; the pool
+view keeps every path with the same bytes). An engine only describes what it
+would do (exact actions) unless the volume is in mode "apply" and --dry-run
+is not given.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+from dedupd.dedup.crossdrive import PoolPolicy, link_pool_group, rel_to
+from dedupd.dedup.hardlink import LinkPolicy, LinkResult, link_group
+from dedupd.dedup.journal import Journal
+from dedupd.dedup.recovery import recover_all
+from dedupd.dedup.verify import under
+from dedupd.fsops.link import is_temp_name, purge_quarantine
+from dedupd.hashing import Hasher, HashWriter, Stability
+from dedupd.scan.events import FileEvent
+from dedupd.scan.scanner import DupGroup
+from dedupd.volumes import Step
+from dedupd.volumes.pipeline import Groups, PassRun
+
+
+class HardlinkEngine:
+    """Hardlink dedupe inside one filesystem tree (kinds plain and zfs)."""
+
+    def __init__(self, run: PassRun) -> None:
+        self.run = run
+        self.journal = Journal(run.store)
+
+    def prepare(self) -> Iterator[Step]:
+        """Recovery of this volume's unfinished ops, then quarantine expiry."""
+        r = self.run
+        for op in recover_all(self.journal, r.vol.name, dry_run=r.dry):
+            r.c.add("recovered" if not r.dry else "recover_pending")
+            r.actions.append({"action": "recover", **op.as_json(), "paths": []})
+        if not r.dry:
+            for q in self.quarantine_dirs():
+                r.c.add("quarantine_purged", purge_quarantine(
+                    q, r.vol.quarantine_days * 86400, time.time()))
+        yield Step("idle", "recovered")
+
+    def start(self) -> None:
+        """Nothing to measure: linking counts what it frees."""
+
+    def quarantine_dirs(self) -> list[bytes]:
+        q = self.run.vol.quarantine_dir
+        return [] if q is None else [os.fsencode(q)]
+
+    def own(self, events: Iterator[FileEvent]) -> Iterator[FileEvent]:
+        """Events minus our own temporary names and quarantined copies."""
+        qdirs = tuple(self.quarantine_dirs())
+        for ev in events:
+            if is_temp_name(ev.path) or (qdirs and under(ev.path, qdirs)):
+                self.run.c.add("own_files_skipped")
+                continue
+            yield ev
+
+    def hash_and_act(self, groups: Groups) -> Iterator[Step]:
+        r = self.run
+        stab = Stability(r.vol.settle_seconds, r.vol.max_backoff_hours * 3600)
+        writer = HashWriter(r.store)
+        for files, res in Hasher(stab, r.hash_stats).hash_groups(groups):
+            writer.add(res)
+            yield Step("hashing", f"size {files[0].size}")
+            if res.groups:
+                writer.flush()  # act on groups whose hashes the index already holds
+            for g in res.groups:
+                r.c.add("groups")
+                yield from self.act(DupGroup(files[0].size, g))
+        writer.flush()
+
+    def act(self, group: DupGroup) -> Iterator[Step]:
+        r = self.run
+        q = r.vol.quarantine_dir
+        policy = LinkPolicy(r.vol.name, tuple(r.roots),
+                            tuple(os.fsencode(p) for p in r.vol.primary_paths),
+                            r.vol.link_primary_pairs, None if q is None else os.fsencode(q))
+        self.absorb(link_group(None if r.dry else self.journal, group, policy, r.dry))
+        yield Step("deduping", f"{len(group.files)} files of {group.size} bytes")
+
+    def absorb(self, res: LinkResult) -> None:
+        r = self.run
+        r.c.add("tries", len(res.actions) + len(res.refused))
+        r.c.add("hits", res.linked if not r.dry else len(res.actions))
+        for reason, n in res.counts.items():
+            r.c.add(f"skips_{reason}", n)
+        r.actions.extend(res.actions)
+        r.problems.extend(res.refused)
+        r.bytes_reclaimed += res.bytes_reclaimed
+        r.store.accept_own_ctimes(res.restat)
+
+    def finish(self) -> None:
+        """Every group is finished (and journalled) when act() returns."""
+
+    def after(self) -> None:
+        """Nothing kept beyond the journal."""
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+class CrossDriveEngine(HardlinkEngine):
+    """Dedupe across the branches of a mergerfs pool (kind pool)."""
+
+    def pool_policy(self) -> PoolPolicy:
+        vol = self.run.vol
+        root = os.fsencode(vol.pool_root or vol.path)
+        q = vol.quarantine_dir
+        qrel = None
+        if q is not None:
+            # Quarantine must stay on each copy's own drive: a pool-view path
+            # becomes the same relative path on every branch.
+            qb = os.fsencode(q)
+            qrel = rel_to(qb, root) if qb.startswith(root.rstrip(b"/") + b"/") else \
+                qb.lstrip(b"/")
+        return PoolPolicy(vol.name, root, tuple(os.path.realpath(os.fsencode(b))
+                                                for b in vol.branches),
+                          tuple(os.fsencode(p) for p in vol.primary_paths),
+                          vol.link_primary_pairs, qrel)
+
+    def quarantine_dirs(self) -> list[bytes]:
+        qrel = self.pool_policy().quarantine_rel
+        return [] if qrel is None else [os.path.join(b, qrel) for b in self.run.roots]
+
+    def act(self, group: DupGroup) -> Iterator[Step]:
+        r = self.run
+        self.absorb(link_pool_group(None if r.dry else self.journal, group, self.pool_policy(),
+                                    r.dry))
+        yield Step("deduping", f"{len(group.files)} files of {group.size} bytes")
