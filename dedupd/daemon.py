@@ -2,9 +2,9 @@
 
 Startup order matters and is what systemd is told: take the lock (one daemon
 per runtime dir), lower priority, open the index, finish or roll back
-interrupted operations (dedupd.dedup.journal.recover_all, when this build has
-it), validate the backup schedules, bind the control sockets, and only then
-send READY=1.
+interrupted operations (dedupd.dedup.recovery.recover_volumes, shared with
+`dedupd recover`), validate the backup schedules, bind the control sockets,
+and only then send READY=1.
 
 The main loop serves volume workers round-robin, one bounded step per worker
 per turn. The passes themselves run in one child process (dedupd/stepper.py)
@@ -37,6 +37,7 @@ from typing import Any
 
 from dedupd.config import Config, VolumeConfig
 from dedupd.control import Access, ControlError, ControlServer
+from dedupd.dedup.recovery import recover_volumes
 from dedupd.errors import DedupdError
 from dedupd.index.store import Store
 from dedupd.notify import Notifier, watchdog_interval
@@ -44,10 +45,8 @@ from dedupd.proc_priority import apply_priority, responsive_loop_thread, work_th
 from dedupd.runtime import (
     PidLock,
     group_id,
-    has_journal,
     prepare_runtime_dir,
     raise_fd_limit,
-    recover_journal,
 )
 from dedupd.scheduler import BackupScheduler
 from dedupd.status import StatusBoard, WorkerStatus
@@ -166,16 +165,14 @@ class Daemon:
 
     async def _recover(self) -> None:
         """Finish or roll back interrupted destructive steps, before anything else."""
-        if not has_journal():
-            log.debug("no operations journal in this build: nothing to recover")
-            return
         self.board.state = "recovering"
         log.info("recovering interrupted operations")
         store, dry, vols = self.store, self.opts.dry_run, {**self.cfg.volumes, **self.vols}
+        assert store is not None  # opened by startup() before this
         result = await asyncio.get_running_loop().run_in_executor(
-            self.steps, lambda: recover_journal(store, dry, vols))
+            self.steps, lambda: recover_volumes(store, vols, dry_run=dry, skip_busy=True))
         for r in result:
-            log.info("recovered: %s", r)
+            log.info("recovered: %s", r.as_json())
         log.info("recovery done: %d unfinished operation(s) %sresolved", len(result),
                  "would be " if dry else "")
 

@@ -1,4 +1,4 @@
-"""The daemon's footprint outside its loop: runtime dir, lock/pid file, recovery hook.
+"""The daemon's footprint outside its loop: runtime dir, lock/pid file, fd limit.
 
 The runtime directory holds the control sockets and (by default) the pid
 file, and the daemon is root: a name there that another user could bend
@@ -17,17 +17,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import grp
-import importlib
-import importlib.util
 import logging
 import os
 import resource
 import stat
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from dedupd.config import VolumeConfig
 from dedupd.errors import ConfigError, DedupdError, TemporaryFailure
 
 log = logging.getLogger("dedupd.runtime")
@@ -140,48 +135,3 @@ class PidLock:
                     os.unlink(self.path)
             os.close(self.fd)
             self.fd = None
-
-
-def has_journal() -> bool:
-    """True when this build has the operations journal (dedupd.dedup.journal)."""
-    return importlib.util.find_spec("dedupd.dedup") is not None and \
-        importlib.util.find_spec("dedupd.dedup.journal") is not None
-
-
-def recover_journal(store: Any, dry_run: bool,
-                    volumes: Mapping[str, VolumeConfig]) -> list[Any]:
-    """Resolve every volume's unfinished journal ops (blocking: run it in a thread).
-
-    Uses `dedupd.dedup.journal.recover_all(store)` when the journal module
-    offers it; otherwise, like `dedupd recover`, resolves one volume at a time
-    with `dedupd.dedup.recovery.recover_all`, holding the volume's lock so that
-    a pass running elsewhere (`dedupd run --once`) is never taken for an
-    interrupted one. A volume whose lock is busy is left to its next pass,
-    which recovers it first.
-    """
-    journal = importlib.import_module("dedupd.dedup.journal")
-    if hasattr(journal, "recover_all"):
-        return list(journal.recover_all(store))
-    recovery = importlib.import_module("dedupd.dedup.recovery")
-    jr = journal.Journal(store)
-    out: list[Any] = []
-    try:
-        for name in sorted({r.spec.volume for r in jr.unfinished(None)}):
-            try:
-                with _volume_lock(volumes.get(name)):
-                    out += [r.as_json() if hasattr(r, "as_json") else r
-                            for r in recovery.recover_all(jr, name, dry_run=dry_run)]
-            except TemporaryFailure as e:
-                log.warning("volume %s: not recovered now: %s", name, e)
-    finally:
-        jr.close()
-    return out
-
-
-def _volume_lock(v: VolumeConfig | None) -> contextlib.AbstractContextManager[Any]:
-    if v is None or importlib.util.find_spec("dedupd.dedup.lock") is None:
-        return contextlib.nullcontext()
-    lock = importlib.import_module("dedupd.dedup.lock")
-    cm: contextlib.AbstractContextManager[Any] = lock.volume_lock(
-        lock.lock_root(v.kind, v.path, v.branches))
-    return cm

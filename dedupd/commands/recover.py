@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import nullcontext
 from typing import Any
 
 from dedupd.commands.common import add_common, load_config, open_store
-from dedupd.dedup.journal import FAILED, Journal
-from dedupd.dedup.lock import lock_root, volume_lock
-from dedupd.dedup.recovery import Recovered, recover_all
+from dedupd.dedup.journal import FAILED
+from dedupd.dedup.recovery import recover_volumes
 from dedupd.output import print_json
 
 HELP = """\
@@ -39,18 +37,9 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     store = open_store(args, cfg)
-    jr = Journal(store)
-    done: list[Recovered] = []
     try:
-        names = sorted({r.spec.volume for r in jr.unfinished(args.volume)})
-        for name in names:
-            v = cfg.volumes.get(name)
-            # A configured volume is locked so a running pass is never "recovered".
-            lock = volume_lock(lock_root(v.kind, v.path, v.branches)) if v else nullcontext()
-            with lock:
-                done += recover_all(jr, name, dry_run=args.dry_run)
+        done = recover_volumes(store, cfg.volumes, only=args.volume, dry_run=args.dry_run)
     finally:
-        jr.close()
         store.close()
     if args.json:
         print_json({"dry_run": args.dry_run, "recovered": [r.as_json() for r in done]})

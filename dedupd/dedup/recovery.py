@@ -12,13 +12,20 @@ only ever removed after re-checking its bytes against the kept copy.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from dedupd import handles
+from dedupd.config import VolumeConfig
 from dedupd.dedup import journal as J
+from dedupd.dedup.lock import lock_root, volume_lock
 from dedupd.dedup.verify import Refused, same_bytes
+from dedupd.errors import TemporaryFailure
 from dedupd.fsops import link as fs
+from dedupd.index.store import Store
 from dedupd.scan.events import Ident
 
 
@@ -182,3 +189,35 @@ def recover_all(jr: J.Journal, volume: str | None = None,
         else:
             out.append(recover_one(jr, rec))
     return out
+
+
+log = logging.getLogger("dedupd.recovery")
+
+
+def recover_volumes(store: Store, volumes: Mapping[str, VolumeConfig], *,
+                    only: str | None = None, dry_run: bool = False,
+                    skip_busy: bool = False) -> list[Recovered]:
+    """Resolve every volume's unfinished ops (or only volume `only`'s), one volume at
+    a time: the daemon at start and `dedupd recover` (blocking: run it in a thread).
+
+    A volume named in `volumes` is locked while it is recovered, so a pass running
+    elsewhere (`dedupd run --once`) is never taken for an interrupted one. A busy
+    volume raises TemporaryFailure, or with skip_busy is left to its next pass (which
+    recovers it first). Idempotent.
+    """
+    jr = J.Journal(store)
+    done: list[Recovered] = []
+    try:
+        for name in sorted({r.spec.volume for r in jr.unfinished(only)}):
+            v = volumes.get(name)
+            lock = volume_lock(lock_root(v.kind, v.path, v.branches)) if v else nullcontext()
+            try:
+                with lock:
+                    done += recover_all(jr, name, dry_run=dry_run)
+            except TemporaryFailure as e:
+                if not skip_busy:
+                    raise
+                log.warning("volume %s: not recovered now: %s", name, e)
+    finally:
+        jr.close()
+    return done
