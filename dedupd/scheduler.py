@@ -5,9 +5,7 @@ unit s, m, h or d ("every 6h"). Interval schedules count from daemon start,
 so a restart loop cannot fire a backup on every start.
 
 The job body belongs to the backup package
-(`dedupd.backup.run_job(cfg, job, store, dry_run=...)`); it is
-imported lazily when a job is due, so a build without it still schedules and
-reports "backups not available" instead of failing to start. A job runs in its
+(`dedupd.backup.run_job(cfg, job, store, dry_run=...)`). A job runs in its
 own thread (it may take hours), never on the loop and never in the volume
 workers' step thread, so dedupe keeps its round-robin turns meanwhile.
 """
@@ -16,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dedupd.backup import run_job
 from dedupd.config import BackupConfig, Config
 from dedupd.index.store import Store
 from dedupd.schedule import Schedule, parse_schedule
@@ -29,34 +27,19 @@ from dedupd.status import JobStatus, StatusBoard
 
 log = logging.getLogger("dedupd.scheduler")
 
-__all__ = ["BackupScheduler", "Schedule", "parse_schedule", "backup_runner", "call_job"]
-
-
-def backup_runner() -> Callable[..., Any] | None:
-    """dedupd.backup.run_job if this build has it, else None."""
-    try:
-        mod = importlib.import_module("dedupd.backup")
-    except ModuleNotFoundError as e:
-        if e.name in ("dedupd.backup",):
-            return None
-        raise
-    fn = getattr(mod, "run_job", None)
-    return fn if callable(fn) else None
-
-
-def call_job(fn: Callable[..., Any], cfg: Config, job: BackupConfig, store: Store,
-             dry_run: bool) -> Any:
-    """The backup package's contract: run_job(cfg, job, store, dry_run=...) (blocking)."""
-    return fn(cfg, job, store, dry_run=dry_run)
+__all__ = ["BackupScheduler", "Schedule", "parse_schedule"]
 
 
 class BackupScheduler:
     """One asyncio task per job: sleep until due, run the job in a thread, repeat."""
 
     def __init__(self, board: StatusBoard, store: Store, dry_run: bool,
-                 config: Callable[[], Config]) -> None:
+                 config: Callable[[], Config],
+                 job_body: Callable[..., Any] = run_job) -> None:
         self.board, self.store, self.dry_run = board, store, dry_run
         self.config = config  # the current config (it changes on reload)
+        # run_job(cfg, job, store, dry_run=...), blocking: it runs in a thread
+        self.job_body = job_body
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.jobs: dict[str, BackupConfig] = {}
         self.running: set[asyncio.Future[Any]] = set()
@@ -74,10 +57,6 @@ class BackupScheduler:
             if name not in jobs or jobs[name] != self.jobs.get(name):
                 self.tasks.pop(name).cancel()
                 self.board.jobs.pop(name, None)
-        if jobs and backup_runner() is None:
-            log.warning("%d backup job(s) configured, but backups are not available in "
-                        "this build (no dedupd.backup.run_job): they will only be logged",
-                        len(jobs))
         self.jobs = dict(jobs)
         for name, job in jobs.items():
             if name not in self.tasks:
@@ -96,16 +75,11 @@ class BackupScheduler:
             due = sched.next_after(max(time.time(), due))
 
     async def _run(self, job: BackupConfig, st: JobStatus) -> None:
-        fn = backup_runner()
         st.last_run_at = round(time.time(), 3)
-        if fn is None:
-            st.state, st.last_result = "unavailable", "backups not available in this build"
-            log.warning("backup job %s is due, but backups are not available", job.name)
-            return
         st.state = "running"
         log.info("backup job %s started (%s)", job.name, job.dataset)
-        fut = asyncio.ensure_future(asyncio.to_thread(call_job, fn, self.config(), job,
-                                                      self.store, self.dry_run))
+        fut = asyncio.ensure_future(asyncio.to_thread(self.job_body, self.config(), job,
+                                                      self.store, dry_run=self.dry_run))
         self.running.add(fut)
         # Discard on completion, not in `finally`: a cancelled _loop must leave a
         # still-running job visible to stop(), which waits for it.

@@ -135,7 +135,7 @@ class JobStatus:
 
     name: str
     schedule: str
-    state: str = "idle"  # idle | running | unavailable
+    state: str = "idle"  # idle | running
     next_run_at: float | None = None
     last_run_at: float | None = None
     last_result: str = ""

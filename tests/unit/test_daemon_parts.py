@@ -112,7 +112,7 @@ def _job(name: str = "j", schedule: str = "every 1h"):
                         schedule=schedule)
 
 
-def test_scheduler_runs_the_job_body_in_a_thread(monkeypatch):
+def test_scheduler_runs_the_job_body_in_a_thread():
     import asyncio
     import threading
 
@@ -127,12 +127,12 @@ def test_scheduler_runs_the_job_body_in_a_thread(monkeypatch):
             raise RuntimeError("target unreachable")
         return "2 chunks"
 
-    monkeypatch.setattr(S, "backup_runner", lambda: body)
     board = StatusBoard()
     cfg = Config(source="t.toml", backups={"j": _job(), "bad": _job("bad")})
 
     async def go():
-        sch = S.BackupScheduler(board, "STORE", True, lambda: cfg)  # type: ignore[arg-type]
+        sch = S.BackupScheduler(board, "STORE", True, lambda: cfg,  # type: ignore[arg-type]
+                                body)
         sch.update(cfg.backups)
         assert board.jobs["j"].next_run_at == pytest.approx(time.time() + 3600, abs=5)
         loop_task = asyncio.create_task(sch._loop(_job(), S.Schedule("t", interval=0.1),
@@ -151,24 +151,3 @@ def test_scheduler_runs_the_job_body_in_a_thread(monkeypatch):
     assert board.jobs["j"].runs >= 2 and board.jobs["j"].last_result == "2 chunks"
     assert board.jobs["bad"].failures == 1 and "unreachable" in board.jobs["bad"].last_result
     assert board.errors[-1]["where"] == "backup bad"
-
-
-def test_scheduler_without_backup_module(monkeypatch):
-    import asyncio
-
-    from dedupd import scheduler as S
-    from dedupd.config import Config
-
-    monkeypatch.setattr(S, "backup_runner", lambda: None)
-    board = StatusBoard()
-    cfg = Config(source="t.toml", backups={"j": _job()})
-
-    async def go():
-        sch = S.BackupScheduler(board, None, False, lambda: cfg)  # type: ignore[arg-type]
-        sch.update(cfg.backups)
-        await sch._run(_job(), board.jobs["j"])
-        await sch.stop(1.0)
-
-    asyncio.run(go())
-    assert board.jobs["j"].state == "unavailable"
-    assert "not available" in board.jobs["j"].last_result
