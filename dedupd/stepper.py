@@ -8,12 +8,7 @@ status query waits for it. In a child process the passes only compete for CPU
 [daemon] nice), and a step that overruns the stop timeout can be killed
 cleanly (destructive steps are journalled; the next start recovers them).
 
-Protocol over a multiprocessing Pipe, strictly request -> reply, one at a time:
-  ("step", VolumeConfig, dry_run, force_rescan) -> StepOutcome
-  ("close", volume name)                         -> None  (abandon the pass between steps)
-  ("exit",)                                      -> None  (close every pass, then exit)
-A reply is ("ok", value) or ("err", message). EOF on the pipe means the other
-side is gone: the child exits, the parent restarts it.
+The protocol over the pipe between the two is dedupd/steppipe.py.
 """
 
 from __future__ import annotations
@@ -33,8 +28,8 @@ from dedupd.config import DaemonConfig, VolumeConfig
 from dedupd.errors import DedupdError
 from dedupd.index.store import Store
 from dedupd.proc_priority import work_thread_init
+from dedupd.steppipe import CLOSE, ERR, EXIT, OK, STEP, Request, StepOutcome
 from dedupd.volumes import PassOptions, Step, VolumePass, make_pass
-from dedupd.workers import StepOutcome
 
 log = logging.getLogger("dedupd.stepper")
 MAX_PROBLEMS = 50  # problems of one pass handed to the parent (the rest are counted)
@@ -88,7 +83,7 @@ class StepProcess:
             status, value = self.conn.recv()
         except (EOFError, OSError) as e:
             raise StepProcessDied(f"step process {self.pid} died: {e or 'EOF'}") from None
-        if status == "err":
+        if status == ERR:
             raise DedupdError(str(value))
         return value
 
@@ -107,7 +102,7 @@ class StepProcess:
         if self.conn is None:
             return True
         with contextlib.suppress(OSError, EOFError):
-            self.conn.send(("exit",))
+            self.conn.send((EXIT,))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if os.waitpid(self.pid, os.WNOHANG)[0] != 0:
@@ -200,8 +195,8 @@ def _child_main(conn: Connection, db_url: str, cfg: DaemonConfig) -> None:
                 req = conn.recv()
             except (EOFError, OSError):
                 return  # the parent is gone
-            if req[0] == "exit":
-                conn.send(("ok", None))
+            if req[0] == EXIT:
+                conn.send((OK, None))
                 return
             conn.send(_answer(passes, req))
     finally:
@@ -212,14 +207,14 @@ def _child_main(conn: Connection, db_url: str, cfg: DaemonConfig) -> None:
             passes._store.close()
 
 
-def _answer(passes: _Passes, req: tuple[Any, ...]) -> tuple[str, Any]:
+def _answer(passes: _Passes, req: Request) -> tuple[str, Any]:
     try:
-        if req[0] == "step":
-            return "ok", passes.step(req[1], req[2], req[3])
-        if req[0] == "close":
+        if req[0] == STEP:
+            return OK, passes.step(req[1], req[2], req[3])
+        if req[0] == CLOSE:
             passes.close(req[1])
-            return "ok", None
-        return "err", f"unknown request {req[0]!r}"
+            return OK, None
+        return ERR, f"unknown request {req[0]!r}"
     except Exception as e:
         log.debug("step failed", exc_info=True)
-        return "err", f"{type(e).__name__}: {e}" if not isinstance(e, DedupdError) else str(e)
+        return ERR, f"{type(e).__name__}: {e}" if not isinstance(e, DedupdError) else str(e)

@@ -1,7 +1,8 @@
 """Volume workers and the round-robin that serves them.
 
 A VolumeWorker stands for one volume's passes (generators of bounded steps,
-see dedupd.volumes), which live in the step process (dedupd/stepper.py).
+see dedupd.volumes), which live in the step process (dedupd/stepper.py; its
+protocol: dedupd/steppipe.py).
 `step()` and `close()` block on that process and run in the daemon's single
 step thread; everything else runs on the event loop. The loop hands out one
 step at a time, so the StatusBoard entry is only updated between steps.
@@ -11,29 +12,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dedupd.config import VolumeConfig
 from dedupd.status import WorkerStatus
-from dedupd.volumes import PassReport, Step
-
-if TYPE_CHECKING:
-    from dedupd.stepper import StepProcess
+from dedupd.steppipe import StepChannel, StepOutcome, close_request, step_request
+from dedupd.volumes import PassReport
 
 log = logging.getLogger("dedupd.worker")
 
 MAX_ERROR_BACKOFF = 3600.0
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    """What one call of VolumeWorker.step() produced (handed from thread to loop)."""
-
-    step: Step | None = None
-    counters: dict[str, int] | None = None
-    report: PassReport | None = None  # set when the pass is over (actions left out)
-    actions: int = 0  # how many actions the finished pass did (or would do)
 
 
 class VolumeWorker:
@@ -61,16 +49,17 @@ class VolumeWorker:
             return False
         return self.in_pass or self.st.rescan_requested or now >= self.due
 
-    def step(self, stepper: StepProcess) -> StepOutcome:
+    def step(self, stepper: StepChannel) -> StepOutcome:
         """One bounded unit of work (blocking; step thread only). Exceptions propagate."""
         self.active = True
-        return stepper.call("step", self.vol, self.dry_run, self.force_next)  # type: ignore[no-any-return]
+        out: StepOutcome = stepper.call(*step_request(self.vol, self.dry_run, self.force_next))
+        return out
 
-    def close(self, stepper: StepProcess) -> None:
+    def close(self, stepper: StepChannel) -> None:
         """Abandon the pass between steps (step thread only): runs its cleanup code."""
         if self.active:
             self.active = False
-            stepper.call("close", self.vol.name)
+            stepper.call(*close_request(self.vol.name))
 
     # -- loop side ---------------------------------------------------------------
 
