@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from dedupd.index.db import from_s64, to_s64
-from dedupd.index.store import BATCH, IndexedFile, Store, _chunks, _group_rows
+from dedupd.index.store import BATCH, IndexedFile, Store, chunks, group_rows
 
 Key = tuple[int, int]
 
@@ -60,10 +60,10 @@ def forget_paths(store: Store, path_keys: Sequence[bytes]) -> int:
     if not path_keys:
         return 0
     with store.db.tx() as cur:
-        for part in _chunks(list(path_keys), BATCH):
+        for part in chunks(list(path_keys), BATCH):
             cur.execute(f"DELETE FROM paths WHERE path_key IN ({store.db.marks(len(part))})",
                         part)
-        store._drop_orphans(cur)
+        store.drop_orphans(cur)
     return len(path_keys)
 
 
@@ -92,7 +92,7 @@ def pending_sizes(store: Store, roots: Sequence[bytes], min_size: int) -> list[i
 def files_of_sizes(store: Store, sizes: Sequence[int],
                    roots: Sequence[bytes]) -> Iterator[list[IndexedFile]]:
     """Like Store.files_of_sizes but over the whole index (any scan), limited to roots."""
-    for part in _chunks(sorted(set(sizes)), 200):
+    for part in chunks(sorted(set(sizes)), 200):
         rows = [r for r in store.db.rows(
             'SELECT i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns, i.head, i."full", '
             "i.unstable, p.path FROM inodes i JOIN paths p ON p.dev = i.dev AND p.ino = i.ino "
@@ -105,7 +105,7 @@ def files_of_sizes(store: Store, sizes: Sequence[int],
                 names[(r[0], r[1])] = []
                 inodes.append(tuple(r[:8]))
             names[(r[0], r[1])].append(bytes(r[8]))
-        yield from _group_rows(inodes, names)
+        yield from group_rows(inodes, names)
 
 
 # --- group state ---
@@ -148,7 +148,7 @@ def group_state(store: Store, size: int, full: bytes, keys: Iterable[Key]
     r = store.db.rows(f'SELECT dev, ino FROM extent_refs WHERE size = {p} AND "full" = {p}',
                       (size, full))
     for dev, inos in by_dev.items():
-        for part in _chunks(inos, BATCH):
+        for part in chunks(inos, BATCH):
             for dv, n, f, rd, rn in store.db.rows(
                     f'SELECT dev, ino, "full", ref_dev, ref_ino FROM extent_done '
                     f"WHERE dev = {p} AND ino IN ({store.db.marks(len(part))})", (dev, *part)):

@@ -71,7 +71,7 @@ def save(store: Store, rows: Iterable[Provenance]) -> int:
         "first_seen": p.first_seen, "last_seen": p.last_seen} for p in rows]
     if not docs:
         return 0
-    ins = store._insert(s.provenance)
+    ins = store.insert(s.provenance)
     keep = {k: ins.excluded[k] for k in docs[0]
             if k not in ("consolidation", "source_key", "first_seen")}
     with store.engine.begin() as c:

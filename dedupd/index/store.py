@@ -168,7 +168,8 @@ class Store:
         if self._engine is not None:
             self._engine.dispose()
 
-    def _insert(self, table: Any) -> Any:
+    def insert(self, table: Any) -> Any:
+        """A SQLAlchemy INSERT of table in this index's dialect (with on_conflict_*)."""
         # imported here: loading the PostgreSQL dialect costs ~0.1 s of every start
         if self.dialect == "postgresql":
             from sqlalchemy.dialects import postgresql
@@ -300,10 +301,10 @@ class Store:
                 gone.append(bytes(key))
         p = self.db.p
         with self.db.tx() as cur:
-            for part in _chunks(gone, BATCH):
+            for part in chunks(gone, BATCH):
                 cur.execute(f"DELETE FROM paths WHERE path_key IN ({self.db.marks(len(part))})",
                             part)
-            self._drop_orphans(cur)
+            self.drop_orphans(cur)
             cur.execute(f"UPDATE scans SET finished = {p} WHERE id = {p}", (time.time(), scan_id))
         return len(gone)
 
@@ -316,7 +317,8 @@ class Store:
                         "FROM paths p WHERE p.dev = inodes.dev AND p.ino = inodes.ino "
                         f"AND p.seen = {p})", (scan_id, scan_id, scan_id))
 
-    def _drop_orphans(self, cur: Any) -> None:
+    def drop_orphans(self, cur: Any) -> None:
+        """Delete inode rows no path names any more (in the caller's transaction)."""
         cur.execute("DELETE FROM inodes WHERE NOT EXISTS (SELECT 1 FROM paths p "
                     "WHERE p.dev = inodes.dev AND p.ino = inodes.ino)")
 
@@ -345,13 +347,13 @@ class Store:
         call, which turns a scan quadratic in its number of files.
         """
         p = self.db.p
-        for part in _chunks(sorted(sizes), 1000):
+        for part in chunks(sorted(sizes), 1000):
             rows = self.db.rows(
                 'SELECT dev, ino, size, mtime_ns, ctime_ns, head, "full", unstable FROM inodes '
                 f"WHERE seen = {p} AND size IN ({self.db.marks(len(part))}) "
                 "ORDER BY size, dev, ino", (scan_id, *part))
             names = self._paths_of(scan_id, [(r[0], r[1]) for r in rows])
-            yield from _group_rows(rows, names)
+            yield from group_rows(rows, names)
 
     def _paths_of(self, scan_id: int, keys: list[tuple[int, int]]
                   ) -> dict[tuple[int, int], list[bytes]]:
@@ -363,7 +365,7 @@ class Store:
         cur = self.db.conn().cursor()
         try:
             for d, inos in by_dev.items():
-                for part in _chunks(inos, BATCH):
+                for part in chunks(inos, BATCH):
                     for ino, path in self.bulk.paths_of_inodes(cur, scan_id, d, part):
                         out[(d, ino)].append(path)
         finally:
@@ -447,7 +449,7 @@ def _inode_row(k: tuple[int, int], e: FileEvent, scan_id: int, now: float,
             None, None, scan_id, now, unstable)
 
 
-def _group_rows(rows: Iterable[Any], names: dict[tuple[int, int], list[bytes]]
+def group_rows(rows: Iterable[Any], names: dict[tuple[int, int], list[bytes]]
                 ) -> Iterator[list[IndexedFile]]:
     """Rows ordered by size -> one list of IndexedFile per size (inodes with no path
     seen in this scan are left out)."""
@@ -466,6 +468,7 @@ def _group_rows(rows: Iterable[Any], names: dict[tuple[int, int], list[bytes]]
         yield group
 
 
-def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
+def chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
+    """items in slices of at most n (bound parameters per statement are limited)."""
     for k in range(0, len(items), n):
         yield items[k : k + n]
