@@ -142,14 +142,15 @@ def open_checked(f: IndexedFile) -> int:
         # O_NOATIME needs ownership (or CAP_FOWNER); retry without it.
         fd = handles.open_at(f.path, _O_FLAGS)
     try:
-        _check(fd, f)
+        check_unchanged(fd, f)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def _check(fd: int, f: IndexedFile) -> None:
+def check_unchanged(fd: int, f: IndexedFile) -> None:
+    """FileChanged unless fd is still f's inode at f's size, mtime and ctime."""
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
         f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns
@@ -169,7 +170,7 @@ def hash_open(fd: int, f: IndexedFile, full: bool, stats: HashStats
         if not full and f.size > HEAD_SIZE:
             data = os.pread(fd, HEAD_SIZE, 0)
             stats.bytes_read += len(data)
-            _check(fd, f)
+            check_unchanged(fd, f)
             return xxhash.xxh3_64_intdigest(data), None
         h128 = xxhash.xxh3_128()
         head = None
@@ -187,7 +188,7 @@ def hash_open(fd: int, f: IndexedFile, full: bool, stats: HashStats
         stats.bytes_read += total
         if total != f.size:
             raise FileChanged(os.fsdecode(f.path))
-        _check(fd, f)
+        check_unchanged(fd, f)
         stats.bytes_hashed += total
         stats.full_hashes += 1
         if head is None:  # cannot happen for size >= 1, kept for type safety

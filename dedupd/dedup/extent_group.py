@@ -19,7 +19,7 @@ from dedupd import handles, testpoints
 from dedupd.dedup import extent, fiemap
 from dedupd.dedup.killpoint import StepHook
 from dedupd.dedup.planner import Member, plan_group
-from dedupd.hashing import FileChanged, _check
+from dedupd.hashing import FileChanged, check_unchanged
 from dedupd.index import extents as ix
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 from dedupd.proc import ProcError
@@ -205,7 +205,7 @@ class ExtentDeduper:
     def _still_indexed(self, fd: int, f: IndexedFile) -> int | None:
         """fd if it is still the indexed, unchanged inode; else close it and say why."""
         try:
-            _check(fd, f)
+            check_unchanged(fd, f)
         except (FileChanged, OSError) as e:
             os.close(fd)
             self.c.add("skips_changed")

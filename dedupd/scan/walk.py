@@ -34,13 +34,15 @@ def mount_points() -> frozenset[bytes]:
             for line in f:
                 fields = line.split(b" ")
                 if len(fields) > 4:
-                    points.add(_unescape_mount(fields[4]))
+                    points.add(unescape_mount(fields[4]))
     except OSError:
         pass
     return frozenset(points)
 
 
-def _unescape_mount(raw: bytes) -> bytes:
+def unescape_mount(raw: bytes) -> bytes:
+    """A /proc/self/mountinfo field as bytes: space, tab, newline and backslash are
+    written there as 3-digit octal escapes."""
     out, i = bytearray(), 0
     while i < len(raw):
         if raw[i : i + 1] == b"\\" and raw[i + 1 : i + 4].isdigit():
@@ -201,7 +203,7 @@ def _problem(path: bytes, e: OSError) -> Problem:
 def _entry_stat(entry: os.DirEntry[str], name: bytes, path: bytes, opts: WalkOptions,
                 stats: WalkStats) -> os.stat_result | None:
     """lstat of a directory entry, or None when excluded or unreadable (counted)."""
-    if opts.exclude and _excluded(name, path, opts.exclude):
+    if opts.exclude and excluded(name, path, opts.exclude):
         stats.excluded += 1
         return None
     try:
@@ -228,7 +230,8 @@ def _classify(
     return FileEvent.from_stat(path, st)
 
 
-def _excluded(name: bytes, path: bytes, patterns: tuple[str, ...]) -> bool:
+def excluded(name: bytes, path: bytes, patterns: tuple[str, ...]) -> bool:
+    """Whether a file's name or full path matches one of the exclude globs."""
     if not patterns:
         return False
     n, p = os.fsdecode(name), os.fsdecode(path)

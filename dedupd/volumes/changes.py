@@ -22,7 +22,7 @@ from dedupd.config import VolumeConfig
 from dedupd.index import extents as ix
 from dedupd.index.store import Store
 from dedupd.scan.events import FileEvent, Problem, WalkStats
-from dedupd.scan.walk import WalkOptions, _excluded, _unescape_mount, walk
+from dedupd.scan.walk import WalkOptions, excluded, unescape_mount, walk
 from dedupd.volumes import Counters
 from dedupd.volumes import btrfs_ioctl as bt
 
@@ -48,10 +48,10 @@ def mount_of(path: bytes) -> tuple[bytes, bytes]:
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
             fields = line.split(b" ")
-            mnt = _unescape_mount(fields[4])
+            mnt = unescape_mount(fields[4])
             inside = path == mnt or path.startswith(mnt.rstrip(b"/") + b"/")
             if inside and len(mnt) >= len(best):
-                best, root = mnt, _unescape_mount(fields[3])
+                best, root = mnt, unescape_mount(fields[3])
     return best, root
 
 
@@ -191,7 +191,7 @@ class ChangeFinder:
         if st.st_size < self.vol.min_size:
             self.stats.too_small += 1
             return None
-        if _excluded(os.path.basename(path), path, self.vol.exclude):
+        if excluded(os.path.basename(path), path, self.vol.exclude):
             self.stats.excluded += 1
             return None
         return FileEvent.from_stat(path, st)

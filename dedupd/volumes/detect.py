@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from dedupd.config import DESTRUCTIVE_KINDS, VolumeConfig
-from dedupd.scan.walk import _unescape_mount
+from dedupd.scan.walk import unescape_mount
 
 
 def mount_of(path: str | os.PathLike[str]) -> tuple[bytes, str]:
@@ -18,7 +18,7 @@ def mount_of(path: str | os.PathLike[str]) -> tuple[bytes, str]:
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
             left, _, right = line.partition(b" - ")
-            mnt = _unescape_mount(left.split(b" ")[4])
+            mnt = unescape_mount(left.split(b" ")[4])
             inside = target == mnt or target.startswith(mnt.rstrip(b"/") + b"/")
             if inside and len(mnt) >= len(best):
                 best, best_type = mnt, right.split(b" ")[0].decode()

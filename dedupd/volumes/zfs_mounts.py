@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 
 from dedupd.errors import DedupdError
+from dedupd.scan.walk import unescape_mount
 
 ZFS_FSTYPES = ("zfs", "fuse.zfs")
 MOUNTINFO = "/proc/self/mountinfo"
@@ -39,19 +40,6 @@ class Mount:
         return self.source
 
 
-def _unescape(raw: bytes) -> bytes:
-    """mountinfo writes space, tab, newline and backslash as 3-digit octal escapes."""
-    out, i = bytearray(), 0
-    while i < len(raw):
-        if raw[i:i + 1] == b"\\" and raw[i + 1:i + 4].isdigit():
-            out.append(int(raw[i + 1:i + 4], 8))
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return bytes(out)
-
-
 def parse_mountinfo(text: bytes) -> list[Mount]:
     """Mounts in table order (later lines are mounted over earlier ones)."""
     mounts = []
@@ -62,8 +50,8 @@ def parse_mountinfo(text: bytes) -> list[Mount]:
             mnt, fstype, source = fields[4], fields[sep + 1], fields[sep + 2]
         except (ValueError, IndexError):
             continue
-        mounts.append(Mount(_unescape(mnt), os.fsdecode(_unescape(fstype)),
-                            os.fsdecode(_unescape(source))))
+        mounts.append(Mount(unescape_mount(mnt), os.fsdecode(unescape_mount(fstype)),
+                            os.fsdecode(unescape_mount(source))))
     return mounts
 
 

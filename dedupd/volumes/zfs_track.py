@@ -27,7 +27,6 @@ built around:
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import stat
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ from dedupd import handles, proc
 from dedupd.index import extents as ix
 from dedupd.index.store import Store, path_key
 from dedupd.scan.events import FileEvent, Problem, WalkStats
-from dedupd.scan.walk import WalkOptions, normalize_roots, walk
+from dedupd.scan.walk import WalkOptions, excluded, normalize_roots, walk
 from dedupd.volumes.zfs_diff import DiffEntry, DiffFormatError, parse_diff
 
 
@@ -115,11 +114,6 @@ class Reconciled:
     gone: set[bytes]
     gone_dirs: tuple[bytes, ...]
     relisted: int = 0
-
-
-def _excluded(name: bytes, path: bytes, patterns: tuple[str, ...]) -> bool:
-    n, p = os.fsdecode(name), os.fsdecode(path)
-    return any(fnmatch.fnmatchcase(n, pat) or fnmatch.fnmatchcase(p, pat) for pat in patterns)
 
 
 class Reconciler:
@@ -219,7 +213,7 @@ class Reconciler:
 
     def _file(self, p: bytes) -> FileEvent | None:
         """A FileEvent when p is a regular file the volume indexes, else None."""
-        if self.opts.exclude and _excluded(os.path.basename(p), p, self.opts.exclude):
+        if self.opts.exclude and excluded(os.path.basename(p), p, self.opts.exclude):
             self.stats.excluded += 1
             return None
         try:

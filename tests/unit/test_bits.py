@@ -13,7 +13,7 @@ from dedupd import log, proc
 from dedupd.commands.common import parse_size
 from dedupd.index.db import from_s64, to_s64
 from dedupd.output import show_path
-from dedupd.scan.walk import _unescape_mount, normalize_roots
+from dedupd.scan.walk import normalize_roots, unescape_mount
 
 
 @pytest.mark.parametrize(("text", "n"), [("0", 0), ("4096", 4096), ("64K", 65536),
@@ -42,7 +42,7 @@ def test_normalize_roots_drops_nested_and_repeated(tmp_path: Path) -> None:
 
 
 def test_unescape_mountinfo() -> None:
-    assert _unescape_mount(b"/mnt/with\\040space\\012nl") == b"/mnt/with space\nnl"
+    assert unescape_mount(b"/mnt/with\\040space\\012nl") == b"/mnt/with space\nnl"
 
 
 def test_s64_round_trip() -> None:
