@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Every real component the tests use (see DESIGN.md). --no-install-recommends keeps
+# Every real component the tests use (tests/fixtures/). --no-install-recommends keeps
 # rmlint from pulling a desktop in.
 DEB_PACKAGES := btrfs-progs xfsprogs duperemove zfs-fuse mergerfs fuse3 rclone \
 	postgresql jdupes rmlint fdupes attr acl zstd pigz socat time rsync \

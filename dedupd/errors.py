@@ -1,4 +1,4 @@
-"""Exceptions that map to the exit codes documented in DESIGN.md."""
+"""Exceptions that map to the exit codes documented in README.md ("Exit status")."""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def test_import_real_rmlint_report(tmp_path: Path) -> None:
     require_tools("rmlint")
     root = tmp_path / "tree"
     make_tree(root)
-    # names jdupes -j chokes on (DESIGN.md) go to rmlint: raw bytes in its JSON
+    # names jdupes 1.21.3 -j spins on (non-UTF-8, newlines) go to rmlint: raw bytes in its JSON
     odd = [b"caf\xe9.dat", b"new\nline.dat"]
     for name in odd:
         write(os.path.join(os.fsencode(root), name), (root / "x").read_bytes(), "2020-05-05")
