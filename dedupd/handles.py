@@ -58,13 +58,15 @@ class _OpenHow(ctypes.Structure):
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _have_openat2: bool | None = None
+# Test hook (never set in production): the component-by-component fallback, as on
+# kernels without openat2. Read once; in-process tests set the attribute.
+FORCE_FALLBACK = bool(os.environ.get("DEDUPD_TEST_NO_OPENAT2"))
 
 
 def have_openat2() -> bool:
-    """True when the kernel has openat2 (5.6+). Test hook: DEDUPD_TEST_NO_OPENAT2=1
-    forces the component-by-component fallback (never set in production)."""
+    """True when the kernel has openat2 (5.6+) and the fallback is not forced."""
     global _have_openat2
-    if os.environ.get("DEDUPD_TEST_NO_OPENAT2"):
+    if FORCE_FALLBACK:
         return False
     if _have_openat2 is None:
         try:
@@ -88,6 +90,7 @@ def _openat2(dirfd: int, path: bytes, flags: int, resolve: int, mode: int = 0) -
 class Anchor:
     root: bytes  # absolute, symlink-free (normalize_roots)
     cross_mounts: bool = False
+    fd: int = -1  # the root, opened once when the anchor is entered (-1: open per call)
 
 
 _lock = threading.Lock()
@@ -98,20 +101,35 @@ _anchors: list[Anchor] = []
 def anchored(roots: Iterable[bytes], *, cross_mounts: bool = False) -> Iterator[None]:
     """Resolve paths below `roots` beneath them for the duration (process-wide,
     all threads: the workers of a pass see the anchors their pass entered)."""
-    added = [Anchor(os.path.normpath(r), cross_mounts) for r in roots]
+    added = [Anchor(os.path.normpath(r), cross_mounts, _try_open_root(os.path.normpath(r)))
+             for r in roots]
     with _lock:
         _anchors.extend(added)
     try:
         yield
     finally:
-        with _lock:
+        with _lock:  # open_at dups an anchor's fd under this lock: no use after close
             for a in added:
                 _anchors.remove(a)
+                if a.fd >= 0:
+                    os.close(a.fd)
+
+
+def _try_open_root(root: bytes) -> int:
+    """The anchor's fd, or -1 when it cannot be opened now (then each use opens it
+    and reports the error where it matters)."""
+    try:
+        return _open_root(root)
+    except OSError:
+        return -1
+
+
+_SLASH = Anchor(b"/", True, os.open(b"/", DIR_FLAGS))  # never closed: "/" outlives us
 
 
 def anchor_of(path: bytes) -> Anchor:
     """The deepest anchor holding path, else "/" (no symlinks, mounts allowed)."""
-    best = Anchor(b"/", True)
+    best = _SLASH
     for a in list(_anchors):
         if (path == a.root or path.startswith(a.root.rstrip(b"/") + b"/")) \
                 and len(a.root) > len(best.root):
@@ -120,6 +138,7 @@ def anchor_of(path: bytes) -> Anchor:
 
 
 def _split(path: bytes) -> list[bytes]:
+    """The components of an absolute path (or of the rest below an anchor)."""
     if not path.startswith(b"/"):
         raise PathChanged(errno.EINVAL, "not an absolute path", os.fsdecode(path))
     parts = [p for p in path.split(b"/") if p and p != b"."]
@@ -136,11 +155,14 @@ def open_at(path: bytes, flags: int = FILE_FLAGS, mode: int = 0) -> int:
     """
     flags |= os.O_NOFOLLOW | os.O_CLOEXEC
     anchor = anchor_of(path)
-    parts = _split(path)
-    rel = path[len(anchor.root):].lstrip(b"/") if anchor.root != b"/" else b"/".join(parts)
-    root_fd = _open_root(anchor.root)
+    parts = _split(path[len(anchor.root):] or b"/" if anchor.root != b"/" else path)
+    rel = b"/".join(parts)
+    with _lock:  # a dup under the lock cannot race the close when the anchor is left
+        root_fd = os.dup(anchor.fd) if anchor.fd >= 0 else -1
+    if root_fd < 0:
+        root_fd = _open_root(anchor.root)
     try:
-        if not parts[len(_split(anchor.root)):]:
+        if not parts:
             return os.open(b".", flags, mode, dir_fd=root_fd)
         if have_openat2():
             resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
@@ -150,7 +172,7 @@ def open_at(path: bytes, flags: int = FILE_FLAGS, mode: int = 0) -> int:
                 return _openat2(root_fd, rel, flags, resolve, mode)
             except OSError as e:
                 raise _moved(e, path) from None
-        return _open_by_components(root_fd, _split(b"/" + rel), flags, mode, anchor, path)
+        return _open_by_components(root_fd, parts, flags, mode, anchor, path)
     finally:
         os.close(root_fd)
 

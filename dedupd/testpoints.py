@@ -7,6 +7,8 @@ Points (the windows of docs/safety.md):
   read.open    before a file is opened to be hashed (or its extents read)
   verify       before a pair is re-stat'ed and compared ahead of a change
   mutate       before a link, rename, exchange, unlink or mkdir
+  batch        after a hardlink batch's PENDING rows are committed, before any name
+               of it is verified and swapped (path: b"")
 """
 
 from __future__ import annotations

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dedupd import handles
+from dedupd import handles, testpoints
 from dedupd.dedup import journal as J
 from dedupd.dedup import recovery
 from dedupd.dedup.verify import (
@@ -38,6 +38,7 @@ from dedupd.dedup.verify import (
     under,
 )
 from dedupd.fsops import link as fs
+from dedupd.fsops.copy import sync_filesystem
 from dedupd.index.store import IndexedFile
 from dedupd.scan.events import Ident
 from dedupd.scan.scanner import DupGroup
@@ -93,6 +94,18 @@ def rank(files: list[IndexedFile], primaries: tuple[bytes, ...]) -> list[Indexed
     return sorted(files, key=lambda f: (not is_primary(f, primaries), -len(f.paths), f.path))
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """A name that passed every check and waits for its batch: replace `path` (a name
+    of f) by a link to keep; `rest` are f's later names (to refresh its identity)."""
+
+    keep: IndexedFile
+    f: IndexedFile
+    path: bytes
+    freed: bool
+    rest: tuple[bytes, ...]
+
+
 class _Run:
     """Accumulates the outcome of one group (mutable, private to link_group)."""
 
@@ -108,6 +121,7 @@ class _Run:
         # Final states of this group's ops, written in one commit at the end:
         # until then recovery would decide them from the inodes anyway.
         self.marks: list[tuple[int, str, str | None]] = []
+        self.planned: list[_Planned] = []  # checked names waiting for the batch
 
     def mark(self, op: int, state: str, reason: str | None = None) -> None:
         self.marks.append((op, state, reason))
@@ -145,11 +159,22 @@ def link_group(journal: J.Journal | None, group: DupGroup, policy: LinkPolicy,
         jr.close()
         # res.linked, res.bytes_reclaimed, res.counts["content_differs"], ...
     """
+    return link_groups(journal, [group], policy, dry_run)
+
+
+def link_groups(journal: J.Journal | None, groups: Sequence[DupGroup], policy: LinkPolicy,
+                dry_run: bool = False) -> LinkResult:
+    """link_group over several groups as one group commit (see the module docstring):
+    every name is checked first, then the batch's PENDING rows are committed in one
+    synced write, each name is verified and swapped, the filesystem is synced once,
+    and the DONE states are committed together."""
     if journal is None and not dry_run:
         raise ValueError("link_group needs a journal unless dry_run")
     run = _Run(journal, policy, dry_run)
     try:
-        _link_all(run, group, policy)
+        for group in groups:
+            _link_all(run, group, policy)
+        _execute(run)
     finally:
         run.flush()
     return run.result()
@@ -219,11 +244,7 @@ def _link_inode(run: _Run, keep: IndexedFile, f: IndexedFile, writers: Writers) 
             _describe(run, keep, f, p)
         else:
             freed = last and dst.st_nlink == 1 and run.policy.quarantine_dir is None
-            _replace(run, keep, f, p, freed)
-        _refresh(run, keep.key, keep.path)
-        for rest in f.paths[n + 1:]:
-            if _refresh(run, f.key, rest):
-                break
+            run.planned.append(_Planned(keep, f, p, freed, tuple(f.paths[n + 1:])))
 
 
 def _refresh(run: _Run, key: tuple[int, int], path: bytes) -> bool:
@@ -273,12 +294,44 @@ def _spec(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes) -> J.OpSpec:
                     quarantine_path=q)
 
 
-def _replace(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes, freed: bool) -> None:
-    """The journalled sequence for one name (see the module docstring)."""
+def _execute(run: _Run) -> None:
+    """Carry out the planned names as one batch (the group commit)."""
+    plan, run.planned = run.planned, []
+    jr = run.journal
+    if not plan or jr is None:
+        return
+    specs = [_spec(run, pl.keep, pl.f, pl.path) for pl in plan]
+    ops = jr.begin_many(specs)
+    testpoints.at("batch", b"")
+    swapped: list[tuple[_Planned, int]] = []
+    for pl, spec, op in zip(plan, specs, ops, strict=True):
+        if _replace(run, pl, spec, op):
+            swapped.append((pl, op))
+        _refresh(run, pl.keep.key, pl.keep.path)  # our link moved their ctimes
+        for rest in pl.rest:
+            if _refresh(run, pl.f.key, rest):
+                break
+    if not swapped:
+        return
+    # One sync per filesystem makes every link, swap and unlink of the batch
+    # durable before any of them is marked DONE (recovery decides from inodes).
+    for path in {pl.f.dev: pl.path for pl, _ in swapped}.values():
+        sync_filesystem(os.path.dirname(path))
+    jr.step("sync")
+    for pl, op in swapped:
+        run.mark(op, J.DONE)
+        run.linked += 1
+        if pl.freed:
+            run.reclaimed += pl.f.size
+        run.actions.append(_action(pl.keep.path, pl.path, pl.f.size, "done", op))
+
+
+def _replace(run: _Run, pl: _Planned, spec: J.OpSpec, op: int) -> bool:
+    """Verify and swap one name of the batch; True when the name now links the kept
+    file (its DONE mark waits for the batch's sync)."""
     jr = run.journal
     assert jr is not None
-    spec = _spec(run, keep, f, p)
-    op = jr.begin(spec)
+    keep, f, p = pl.keep, pl.f, pl.path
     kid, did = run.ident[keep.key], run.ident[f.key]
     try:
         restat(keep.path, kid)
@@ -290,21 +343,17 @@ def _replace(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes, freed: bool
     except Refused as r:
         run.mark(op, J.REFUSED, f"{r.reason}: {r.detail}")
         run.refuse(p, r)
-        return
+        return False
     try:
         _swap(jr, spec, did)
     except (Refused, OSError) as e:
         # Decide like recovery does, from the inodes: the swap may have happened.
         after, detail = recovery.resolve_hardlink(spec)
-        run.mark(op, after, f"{e}; {detail}")
         if after != J.DONE:
+            run.mark(op, after, f"{e}; {detail}")
             run.refuse(p, refusal(e))
-            return
-    run.mark(op, J.DONE)
-    run.linked += 1
-    if freed:
-        run.reclaimed += f.size
-    run.actions.append(_action(keep.path, p, f.size, "done", op))
+            return False
+    return True
 
 
 def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident) -> None:
@@ -312,23 +361,25 @@ def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident) -> None:
     tmp, p = spec.temp_path, spec.dup_path
     if spec.quarantine_path is not None:
         fs.make_private_dirs(os.path.dirname(spec.quarantine_path))
-        fs.link_exact(p, spec.quarantine_path, expect=(spec.dup_dev, spec.dup_ino))
+        fs.link_exact(p, spec.quarantine_path, durable=False,
+                      expect=(spec.dup_dev, spec.dup_ino))
         jr.step("link quarantine")
-    # the swap fsyncs this directory; the temp name must be the verified kept inode
+    # durable=False here and below: the batch syncs the filesystem once (_execute);
+    # the temp name must be the verified kept inode
     fs.link_exact(spec.keep_path, tmp, durable=False, expect=(spec.keep_dev, spec.keep_ino))
     jr.step("link temp")
     # The last look before the name changes (a quarantine link moved its ctime).
     restat(p, did, ctime=spec.quarantine_path is None)
-    if fs.exchange(tmp, p):
+    if fs.exchange(tmp, p, durable=False):
         jr.step("exchange")
         st = handles.lstat(tmp)
         if (st.st_dev, st.st_ino) != (spec.dup_dev, spec.dup_ino):
             # Someone replaced the name in the last instant: put theirs back.
-            fs.exchange(tmp, p)
+            fs.exchange(tmp, p, durable=False)
             jr.step("exchange back")
             raise Refused("changed", f"{show(p)} was replaced while linking")
-        fs.unlink_if_inode(tmp, spec.dup_dev, spec.dup_ino)
+        fs.unlink_if_inode(tmp, spec.dup_dev, spec.dup_ino, durable=False)
         jr.step("unlink temp")
     else:
-        fs.rename_over(tmp, p)
+        fs.rename_over(tmp, p, durable=False)
         jr.step("rename")

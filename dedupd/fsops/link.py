@@ -74,17 +74,19 @@ def link_exact(src: bytes, dst: bytes, *, durable: bool = True,
             dp.fsync()
 
 
-def rename_over(src: bytes, dst: bytes) -> None:
-    """Atomically replace the name dst by src (same filesystem), through handles."""
+def rename_over(src: bytes, dst: bytes, *, durable: bool = True) -> None:
+    """Atomically replace the name dst by src (same filesystem), through handles.
+    durable=False leaves the directory fsync to the caller's batch sync."""
     testpoints.at("mutate", dst)
     with handles.Parent(src) as sp, handles.Parent(dst) as dp:
         os.rename(sp.name, dp.name, src_dir_fd=sp.fd, dst_dir_fd=dp.fd)
-        dp.fsync()
-        if sp.dir != dp.dir:
-            sp.fsync()
+        if durable:
+            dp.fsync()
+            if sp.dir != dp.dir:
+                sp.fsync()
 
 
-def exchange(a: bytes, b: bytes) -> bool:
+def exchange(a: bytes, b: bytes, *, durable: bool = True) -> bool:
     """Atomically swap two names (renameat2 RENAME_EXCHANGE on directory handles).
 
     Returns False when the filesystem or libc cannot do it (the caller falls
@@ -107,9 +109,10 @@ def exchange(a: bytes, b: bytes) -> bool:
             if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                 return False
             raise OSError(err, os.strerror(err), os.fsdecode(a))
-        pb.fsync()
-        if pa.dir != pb.dir:
-            pa.fsync()
+        if durable:
+            pb.fsync()
+            if pa.dir != pb.dir:
+                pa.fsync()
     return True
 
 
@@ -121,7 +124,7 @@ def unlink_name(path: bytes) -> None:
         p.fsync()
 
 
-def unlink_if_inode(path: bytes, dev: int, ino: int) -> bool:
+def unlink_if_inode(path: bytes, dev: int, ino: int, *, durable: bool = True) -> bool:
     """Remove path only if it still names inode (dev, ino); True if removed.
 
     The check and the unlink act on the same directory handle, so the name that
@@ -140,7 +143,8 @@ def unlink_if_inode(path: bytes, dev: int, ino: int) -> bool:
         if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
             return False
         os.unlink(p.name, dir_fd=p.fd)
-        p.fsync()
+        if durable:
+            p.fsync()
     return True
 
 

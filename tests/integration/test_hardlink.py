@@ -247,6 +247,40 @@ def test_writer_between_hashing_and_linking(tree: tuple[Path, Store], keep_mtime
     assert (root / "a.bin").read_bytes() == blob(1, 60_000)
 
 
+def test_writer_after_the_batch_is_journalled_is_refused(tree: tuple[Path, Store]) -> None:
+    # Group commit: three groups go into one batch; a user edits one duplicate after
+    # the batch's PENDING rows are committed and before its name is verified.
+    from dedupd import testpoints
+    from dedupd.dedup.hardlink import link_groups
+
+    root, store = tree
+    for i in range(3):
+        write(root / f"a{i}.bin", blob(10 + i, 60_000))
+        write(root / f"b{i}.bin", blob(10 + i, 60_000))
+    groups = scan(store, [str(root)], ScanOptions()).groups
+    assert len(groups) == 3
+    edited = root / "b1.bin"
+
+    def edit(_point: str, _path: bytes) -> None:
+        with open(edited, "r+b") as f:  # same size, new bytes
+            f.seek(100)
+            f.write(b"edited by a user")
+
+    jr = Journal(store)
+    try:
+        with testpoints.acting(("batch",), edit):
+            res = link_groups(jr, groups, LinkPolicy("v", (bytes(root),)))
+        states = {os.path.basename(r.spec.dup_path): r.state for r in jr.history("v")}
+    finally:
+        jr.close()
+    assert res.linked == 2 and dict(res.counts) == {"changed": 1}
+    assert b"edited by a user" in edited.read_bytes()
+    ino = inodes(root)
+    assert ino["b0.bin"] == ino["a0.bin"] and ino["b2.bin"] == ino["a2.bin"]
+    assert ino["b1.bin"] != ino["a1.bin"]
+    assert states == {b"b0.bin": "DONE", b"b1.bin": "REFUSED", b"b2.bin": "DONE"}
+
+
 def test_primary_paths_decide_the_kept_copy(tree: tuple[Path, Store]) -> None:
     root, store = tree
     write(root / "archive/p.bin", blob(1, 50_000))
