@@ -28,12 +28,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, event, func, select, update
-
 from dedupd.dedup.killpoint import StepHook
-from dedupd.index import schema as s
-from dedupd.index.schema import from_s64, to_s64
-from dedupd.index.store import Store, make_engine
+from dedupd.index.db import from_s64, to_s64
+from dedupd.index.store import Store
 
 PENDING, REFUSED = "PENDING", "REFUSED"
 LINKED, REMOVING = "LINKED", "REMOVING"
@@ -84,12 +81,6 @@ class OpRecord:
                 "updated": self.updated}
 
 
-def _full_sync(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA synchronous=FULL")  # a journal row must survive power loss
-    cur.close()
-
-
 class Journal:
     """Journal rows in the index database. Every write is committed before returning.
 
@@ -100,99 +91,117 @@ class Journal:
     a power cut recovery may see an older state, and it is built for that — it
     decides from the inodes on disk, never from the state alone, whether an
     operation is finished.
+
+    Plain DB-API through the index's Db (docs/schema.md, "one query style"):
+    the hardlink kinds need no SQLAlchemy import.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.engine: Engine = store.engine  # NORMAL: state changes
-        self.synced: Engine = store.engine  # FULL: new operations
-        if store.dialect == "sqlite" and ":memory:" not in store.url:
-            self.synced = make_engine(store.url)
-            event.listen(self.synced, "connect", _full_sync)
+        self.db = store.db
         self.step = StepHook()
 
     def close(self) -> None:
-        if self.synced is not self.store.engine:
-            self.synced.dispose()
+        """Nothing of its own to release (connections belong to the store)."""
+
+    def _insert(self, cur: Any, spec: OpSpec, now: float) -> int:
+        row = _row(spec, now)
+        sql = f"INSERT INTO ops ({', '.join(row)}) VALUES ({self.db.marks(len(row))})"
+        if self.db.sqlite is not None:
+            cur.execute(sql, list(row.values()))
+            return int(cur.lastrowid)
+        cur.execute(sql + " RETURNING id", list(row.values()))
+        return int(cur.fetchone()[0])
+
+    def _synced(self, cur: Any) -> None:
+        if self.db.sqlite is not None:
+            cur.execute("PRAGMA synchronous=FULL")  # a PENDING row must survive power loss
+
+    def _lazy(self, cur: Any) -> None:
+        if self.db.sqlite is not None:
+            cur.execute("PRAGMA synchronous=NORMAL")
 
     def begin(self, spec: OpSpec) -> int:
         """Record a new operation as PENDING; returns its id."""
-        with self.synced.begin() as c:
-            pk = c.execute(_INSERT, _row(spec, time.time())).inserted_primary_key
-        assert pk is not None
-        self.step(f"journal {PENDING}")
-        return int(pk[0])
+        return self._begin([spec])[0]
 
     def begin_many(self, specs: list[OpSpec]) -> list[int]:
         """Record a batch of operations as PENDING in one synced commit (group commit:
         one flush for the batch instead of one per operation); returns their ids."""
+        return self._begin(specs)
+
+    def _begin(self, specs: list[OpSpec]) -> list[int]:
         now = time.time()
-        ids = []
-        with self.synced.begin() as c:
-            for spec in specs:
-                pk = c.execute(_INSERT, _row(spec, now)).inserted_primary_key
-                assert pk is not None
-                ids.append(int(pk[0]))
-        self.step(f"journal {len(specs)} {PENDING}")
+        cur = self.db.conn().cursor()
+        self._synced(cur)  # outside the transaction: SQLite ignores it inside one
+        try:
+            with self.db.tx() as tx:
+                ids = [self._insert(tx, spec, now) for spec in specs]
+        finally:
+            self._lazy(cur)
+            cur.close()
+        self.step(f"journal {PENDING}" if len(specs) == 1 else
+                  f"journal {len(specs)} {PENDING}")
         return ids
 
     def set(self, op_id: int, state: str, reason: str | None = None,
             dirs: tuple[bytes, ...] | None = None) -> None:
         """Move an operation to `state` (committed before this returns)."""
         assert state in STATES
-        vals: dict[str, Any] = {"oid": op_id, "st": state, "up": time.time()}
-        stmt = _SET_STATE
-        if reason is not None or dirs is not None:
-            stmt = _SET_DETAIL
-            vals["rs"] = None if reason is None else reason[:2000]
-            vals["ds"] = None if dirs is None else _dirs_json(dirs)
-        with self.engine.begin() as c:
-            c.execute(stmt, vals)
+        self._update([(op_id, state, reason, dirs)])
         self.step(f"journal {state}")
 
     def set_many(self, marks: list[tuple[int, str, str | None]]) -> None:
         """Several final states in one commit (one step for the test hook)."""
-        now = time.time()
-        rows = [{"oid": op, "st": st, "up": now, "rs": None if r is None else r[:2000],
-                 "ds": None} for op, st, r in marks]
         assert all(st in STATES for _, st, _ in marks)
-        with self.engine.begin() as c:
-            c.execute(_SET_DETAIL, rows)
+        self._update([(op, st, r, None) for op, st, r in marks])
         self.step(f"journal {len(marks)} states")
 
+    def _update(self, rows: list[tuple[int, str, str | None, tuple[bytes, ...] | None]]
+                ) -> None:
+        p, now = self.db.p, time.time()
+        sql = (f"UPDATE ops SET state = {p}, updated = {p}, reason = COALESCE({p}, reason), "
+               f"dirs = COALESCE({p}, dirs) WHERE id = {p}")
+        with self.db.tx() as cur:
+            cur.executemany(sql, [(st, now, None if r is None else r[:2000],
+                                   None if d is None else _dirs_json(d), op)
+                                  for op, st, r, d in rows])
+
+    def _select(self, where: str = "", params: tuple[Any, ...] = (),
+                tail: str = "") -> list[OpRecord]:
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM ops {where} {tail}"
+        return [_record(r) for r in self.db.rows(sql, params)]
+
     def get(self, op_id: int) -> OpRecord | None:
-        with self.engine.connect() as c:
-            r = c.execute(select(s.ops).where(s.ops.c.id == op_id)).first()
-        return None if r is None else _record(r)
+        got = self._select(f"WHERE id = {self.db.p}", (op_id,))
+        return got[0] if got else None
 
     def unfinished(self, volume: str | None = None) -> list[OpRecord]:
-        q = select(s.ops).where(s.ops.c.state.not_in(FINAL)).order_by(s.ops.c.id)
+        where = f"WHERE state NOT IN ({self.db.marks(len(FINAL))})"
+        params: tuple[Any, ...] = FINAL
         if volume is not None:
-            q = q.where(s.ops.c.volume == volume)
-        with self.engine.connect() as c:
-            return [_record(r) for r in c.execute(q)]
+            where += f" AND volume = {self.db.p}"
+            params += (volume,)
+        return self._select(where, params, "ORDER BY id")
 
     def history(self, volume: str | None = None, limit: int = 100,
                 states: tuple[str, ...] = ()) -> list[OpRecord]:
         """The newest `limit` operations, oldest first."""
-        q = select(s.ops).order_by(s.ops.c.id.desc()).limit(limit)
+        conds, params = [], []
         if volume is not None:
-            q = q.where(s.ops.c.volume == volume)
+            conds.append(f"volume = {self.db.p}")
+            params.append(volume)
         if states:
-            q = q.where(s.ops.c.state.in_(states))
-        with self.engine.connect() as c:
-            rows = [_record(r) for r in c.execute(q)]
+            conds.append(f"state IN ({self.db.marks(len(states))})")
+            params += states
+        where = ("WHERE " + " AND ".join(conds)) if conds else ""
+        rows = self._select(where, tuple(params), f"ORDER BY id DESC LIMIT {int(limit)}")
         return rows[::-1]
 
 
-# Built once: statement construction is most of a small write's cost.
-_INSERT = s.ops.insert()
-_SET_STATE = update(s.ops).where(s.ops.c.id == bindparam("oid")).values(
-    state=bindparam("st"), updated=bindparam("up"))
-_SET_DETAIL = update(s.ops).where(s.ops.c.id == bindparam("oid")).values(
-    state=bindparam("st"), updated=bindparam("up"),
-    reason=func.coalesce(bindparam("rs"), s.ops.c.reason),
-    dirs=func.coalesce(bindparam("ds"), s.ops.c.dirs))
+_COLUMNS = ("id", "state", "volume", "kind", "keep_path", "dup_path", "keep_dev", "keep_ino",
+            "dup_dev", "dup_ino", "size", "dup_mtime_ns", "temp_path", "dest_path",
+            "quarantine_path", "dirs", "reason", "created", "updated")
 
 
 def _row(spec: OpSpec, now: float) -> dict[str, Any]:
@@ -211,7 +220,7 @@ def _dirs_json(dirs: tuple[bytes, ...]) -> str:
 
 
 def _record(r: Any) -> OpRecord:
-    m = r._mapping
+    m = dict(zip(_COLUMNS, r, strict=True))
     dirs = tuple(os.fsencode(d) for d in json.loads(m["dirs"] or "[]"))
     spec = OpSpec(m["volume"], m["kind"], bytes(m["keep_path"]), bytes(m["dup_path"]),
                   from_s64(m["keep_dev"]), from_s64(m["keep_ino"]), from_s64(m["dup_dev"]),
