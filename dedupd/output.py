@@ -1,4 +1,4 @@
-"""Shared helpers for what commands print: paths, sizes, JSON, progress."""
+"""Shared helpers for what commands print: paths, sizes, JSON (progress: dedupd.progress)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import re
 import sys
-import time
 from typing import Any
 
 
@@ -43,28 +42,3 @@ def print_json(doc: Any) -> None:
     """
     indent = 1 if sys.stdout.isatty() else None
     sys.stdout.write(json.dumps(doc, ensure_ascii=True, indent=indent) + "\n")
-
-
-class Progress:
-    """A one-line progress display on a terminal's stderr; silent otherwise."""
-
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.last = 0.0
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        self.show(f"{stage}: {done}/{total}" if total else f"{stage}: {done}")
-
-    def show(self, text: str, force: bool = False) -> None:
-        """Replace the line with text, at most 5 times a second unless forced."""
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self.last < 0.2):
-            return
-        self.last = now
-        sys.stderr.write(f"\r\x1b[K{text}")
-        sys.stderr.flush()
-
-    def clear(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()

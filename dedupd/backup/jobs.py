@@ -77,9 +77,11 @@ class BackupResult:
 
 @dataclass
 class Hooks:
-    """Test seams: after_chunk(seq) runs after each chunk is uploaded."""
+    """Callbacks: after_chunk(seq) runs after each chunk is uploaded (a test seam);
+    progress(chunks, bytes) adds to what is uploaded (the progress display)."""
 
     after_chunk: Callable[[int], None] | None = None
+    progress: Callable[[int, int], None] | None = None
 
 
 def resolve(cfg: Config, job: str | BackupConfig) -> BackupConfig:
@@ -254,7 +256,7 @@ class _Run:
         snap, base = spec.snapshot, spec.base
         try:
             up = upload.upload_stream(self.target, self._plan(backup_id, spec, resuming),
-                                      self.hooks.after_chunk)
+                                      self.hooks.after_chunk, self.hooks.progress)
         except upload.StreamChanged as e:
             # Same snapshot, different bytes (another zfs or compressor version):
             # the old chunks cannot be mixed with new ones. Start clean once.
@@ -266,7 +268,7 @@ class _Run:
                        snapshot=snap.name, guid=snap.guid,
                        base_guid=base.guid if base else None, created_snapshot=True)
             up = upload.upload_stream(self.target, self._plan(backup_id, spec, False),
-                                      self.hooks.after_chunk)
+                                      self.hooks.after_chunk, self.hooks.progress)
         for stray in upload.confirm_all(self.target, up, mf.chunk_dir(self.jc.name, backup_id)):
             self.target.delete(stray)
         m = Manifest(

@@ -24,6 +24,7 @@ from dedupd.backup.chunker import READ_SIZE, Spool
 from dedupd.backup.manifest import ChunkRef, Manifest
 from dedupd.backup.targets import Target
 from dedupd.errors import DedupdError, TemporaryFailure
+from dedupd.progress import NO_PROGRESS, Progress
 
 log = logging.getLogger("dedupd.backup")
 
@@ -120,13 +121,16 @@ def fetch_verified(target: Target, ref: ChunkRef, spool: Spool) -> IO[bytes]:
     return f
 
 
-def verify_chain(target: Target, p: RestorePlan, spool: Spool, report: Report) -> None:
+def verify_chain(target: Target, p: RestorePlan, spool: Spool, report: Report,
+                 progress: Progress = NO_PROGRESS) -> None:
     n = sum(len(m.chunks) for m in p.chain)
+    progress.phase("download+verify", n, p.total_size)
     done = 0
     for m in p.chain:
         for c in m.chunks:
             fetch_verified(target, c, spool)
             done += 1
+            progress.advance(1, c.size)
         report(f"verified {done}/{n} chunks ({m.id})")
 
 
@@ -151,7 +155,8 @@ def check_resume_token(dataset: str) -> None:
                           f"discard it with `zfs receive -A {dataset}`, then restore again")
 
 
-def receive_one(target: Target, m: Manifest, target_dataset: str, spool: Spool) -> None:
+def receive_one(target: Target, m: Manifest, target_dataset: str, spool: Spool,
+                progress: Progress = NO_PROGRESS) -> None:
     """Replay one stream: verified chunks -> decompressor -> zfs receive."""
     stages: list[list[str]] = []
     dec = compress.decompress_argv(m.compression)
@@ -166,6 +171,7 @@ def receive_one(target: Target, m: Manifest, target_dataset: str, spool: Spool) 
             f = fetch_verified(target, c, spool)
             while b := f.read(READ_SIZE):
                 sink.write(b)
+            progress.advance(1, c.size)
         sink.close()
     except BrokenPipeError:
         # zfs receive (or the decompressor) quit early: its own error says why.
@@ -198,7 +204,7 @@ def already_received(p: RestorePlan) -> int:
 
 
 def run(target: Target, p: RestorePlan, *, verify_first: bool, force: bool,
-        spool_dir: Path | None, report: Report) -> None:
+        spool_dir: Path | None, report: Report, progress: Progress = NO_PROGRESS) -> None:
     """Receive the chain into p.target_dataset (which must not exist unless force).
 
     A target that already holds the start of the chain (already_received) only
@@ -225,7 +231,8 @@ def run(target: Target, p: RestorePlan, *, verify_first: bool, force: bool,
         return
     with Spool(spool_dir) as sp:
         if verify_first or (exists and not done):
-            verify_chain(target, RestorePlan(p.point, todo, p.target_dataset), sp, report)
+            verify_chain(target, RestorePlan(p.point, todo, p.target_dataset), sp, report,
+                         progress)
         if exists and not done:
             report(f"destroying {p.target_dataset} to receive the restore in its place")
             # Restoring onto the job's own dataset: its base hold would block the destroy.
@@ -233,11 +240,13 @@ def run(target: Target, p: RestorePlan, *, verify_first: bool, force: bool,
                 if s.userrefs:
                     snapshots.release(s)
             snapshots.destroy_confirmed(p.target_dataset)
+        progress.phase("receive", sum(len(m.chunks) for m in todo),
+                       sum(m.total_size for m in todo))
         for m in todo:
             report(f"receiving {m.snapshot} ({'full' if m.full else 'incremental'}, "
                    f"{len(m.chunks)} chunks) into {p.target_dataset}")
             try:
-                receive_one(target, m, p.target_dataset, sp)
+                receive_one(target, m, p.target_dataset, sp, progress)
             except proc.ProcError as e:
                 raise DedupdError(f"zfs receive of {m.id} failed: {e}") from None
     if "u" in streams.caps().receive and not exists:

@@ -70,20 +70,23 @@ class Uploaded:
 
 
 def upload_stream(target: Target, plan: UploadPlan,
-                  after_chunk: Callable[[int], None] | None = None) -> Uploaded:
+                  after_chunk: Callable[[int], None] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> Uploaded:
     """Stream, chunk and upload; return the chunk list. Raises on any stage's failure.
 
     The stream is produced in this thread while one uploader thread sends the
     previous chunk (ring.py). When a chunk's upload failed after its spooled
     bytes were reused, the whole stream is regenerated and resumed (HEAD skips
     what is confirmed), up to plan.restarts times, then TemporaryFailure.
+    progress(1, size) is called (in the uploader thread) after each chunk is
+    uploaded or found already there.
     """
     done = 0  # chunks PUT by passes that later had to start over
     t0 = time.monotonic()
     for attempt in range(plan.restarts + 1):
         p = plan if attempt == 0 else replace(plan, resuming=True)
         try:
-            up = _one_pass(target, p, after_chunk)
+            up = _one_pass(target, p, after_chunk, progress)
         except _PassLost as e:
             done += e.uploaded
             if attempt == plan.restarts:
@@ -105,11 +108,11 @@ class _PassLost(Exception):
         self.cause, self.uploaded = cause, uploaded
 
 
-def _one_pass(target: Target, plan: UploadPlan,
-              after_chunk: Callable[[int], None] | None) -> Uploaded:
+def _one_pass(target: Target, plan: UploadPlan, after_chunk: Callable[[int], None] | None,
+              progress: Callable[[int, int], None] | None) -> Uploaded:
     pipe = compress.send_pipeline(plan.spec.argv(), plan.compression, plan.level)
     with Ring(plan.spool_dir) as ring:
-        up = _Uploader(target, plan, ring, after_chunk, pipe.signal_kill)
+        up = _Uploader(target, plan, ring, after_chunk, pipe.signal_kill, progress)
         thread = threading.Thread(target=up.run, name=f"dedupd-upload-{plan.backup_id}",
                                   daemon=True)
         thread.start()
@@ -146,8 +149,10 @@ class _Uploader:
 
     def __init__(self, target: Target, plan: UploadPlan, ring: Ring,
                  after_chunk: Callable[[int], None] | None,
-                 stop_stream: Callable[[], None]) -> None:
+                 stop_stream: Callable[[], None],
+                 progress: Callable[[int, int], None] | None = None) -> None:
         self.target, self.plan, self.ring, self.after_chunk = target, plan, ring, after_chunk
+        self.progress = progress
         self.stop_stream = stop_stream
         self.refs: list[ChunkRef] = []
         self.md5s: list[str | None] = []
@@ -181,6 +186,8 @@ class _Uploader:
         self.md5s.append(c.md5)
         if self.kill_at == c.seq:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.progress is not None:
+            self.progress(1, c.size)
         if self.after_chunk is not None:
             self.after_chunk(c.seq)
 

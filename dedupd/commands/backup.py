@@ -9,9 +9,10 @@ from typing import Any
 
 from dedupd.backup import catalog, jobs
 from dedupd.backup.targets import make_target
-from dedupd.commands.common import add_common, load_config, open_store
+from dedupd.commands.common import add_common, add_progress_arg, load_config, open_store
 from dedupd.index import backups as rows
 from dedupd.output import human_bytes, print_json
+from dedupd.progress import open_progress
 
 BACKUP_HELP = """\
 Back up a ZFS dataset to the job's target (S3 bucket or rclone remote).
@@ -44,6 +45,7 @@ def register(sub: Any) -> None:
     p.add_argument("--full", action="store_true",
                    help="send a full stream, not an incremental (an unfinished incremental "
                    "attempt is given up rather than resumed)")
+    add_progress_arg(p)
     add_common(p, dry_run=True)
     p.set_defaults(func=run_backup)
 
@@ -59,7 +61,11 @@ def run_backup(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     store = open_store(args, cfg)
     try:
-        r = jobs.run_job(cfg, args.job, store, dry_run=args.dry_run, full=args.full)
+        with open_progress(args.progress, unit="chunks") as prog:
+            if prog:
+                prog.phase("upload")
+            r = jobs.run_job(cfg, args.job, store, dry_run=args.dry_run, full=args.full,
+                             hooks=jobs.Hooks(progress=prog.advance if prog else None))
     finally:
         store.close()
     if args.json:

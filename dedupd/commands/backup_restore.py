@@ -8,11 +8,12 @@ from typing import Any
 
 from dedupd.backup import jobs, restore, snapshots, verify
 from dedupd.backup.targets import make_target
-from dedupd.commands.common import add_common, load_config, open_store
+from dedupd.commands.common import add_common, add_progress_arg, load_config, open_store
 from dedupd.config import BackupConfig
 from dedupd.errors import EXIT_FAILURE, UsageError
 from dedupd.index import backups as rows
 from dedupd.output import human_bytes, print_json
+from dedupd.progress import open_progress
 
 VERIFY_HELP = """\
 Check that the job's restore points on the target are intact.
@@ -85,6 +86,7 @@ def register(sub: Any) -> None:
     r.add_argument("--single-pass", action="store_true",
                    help="skip the verify-everything-first pass (each chunk is still checked "
                    "before it is received; a bad one aborts the receive midway)")
+    add_progress_arg(r)
     add_common(r, dry_run=True)
     r.set_defaults(func=run_restore)
 
@@ -168,8 +170,9 @@ def run_restore(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
     restore.thaw(target, p, wait=not args.no_wait, poll_seconds=args.poll,
                  max_wait=args.max_wait, days=args.thaw_days, report=_say)
-    restore.run(target, p, verify_first=not args.single_pass, force=exists,
-                spool_dir=jc.spool_dir, report=_say)
+    with open_progress(args.progress, unit="chunks") as prog:
+        restore.run(target, p, verify_first=not args.single_pass, force=exists,
+                    spool_dir=jc.spool_dir, report=_say, progress=prog)
     if args.json:
         print_json({**p.as_json(), "restored": True})
     else:

@@ -40,6 +40,11 @@ def add_common(p: argparse.ArgumentParser, *, json_flag: bool = True,
                        help="show what would be done; change nothing")
 
 
+def add_progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress on stderr (default: when stderr is a terminal)")
+
+
 def load_config(args: argparse.Namespace) -> Config:
     """The config named by -c (must exist), else the default one if present."""
     if args.config is not None:

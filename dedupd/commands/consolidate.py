@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
+from collections.abc import Callable
 from typing import Any
 
-from dedupd.commands.common import add_common, load_config, open_store
+from dedupd.commands.common import add_common, add_progress_arg, load_config, open_store
 from dedupd.consolidate.run import Options, Report, consolidate
 from dedupd.errors import ConfigError, UsageError
-from dedupd.output import Progress, human_bytes, print_json, show_path
+from dedupd.output import human_bytes, print_json, show_path
+from dedupd.progress import Progress, open_progress
 
 HELP = """\
 Import every distinct file of the [consolidate.NAME] sources that the archive
@@ -40,36 +41,17 @@ def register(sub: Any) -> None:
     p = sub.add_parser("consolidate", help="import new content from backup shares into an archive",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", metavar="NAME", help="a [consolidate.NAME] table of the config")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress on stderr (default: when stderr is a terminal)")
+    add_progress_arg(p)
     add_common(p, dry_run=True)
     p.set_defaults(func=run)
 
 
-class CopyProgress(Progress):
-    """'copy 120/500 files, 1.2 GiB/4.0 GiB, ETA 3m10s' on a terminal's stderr."""
-
-    def __init__(self, enabled: bool | None) -> None:
-        super().__init__(enabled)
-        self.t0 = time.monotonic()
-
-    def stage(self, stage: str, done: int, total: int) -> None:
-        self.show(f"{stage}: {done}/{total}" if total else f"{stage}: {done} files")
-
-    def copy(self, files: int, files_total: int, nbytes: int, bytes_total: int) -> None:
-        if files == 0:
-            self.t0 = time.monotonic()
-        elapsed = time.monotonic() - self.t0
-        eta = "?"
-        if nbytes and elapsed > 0.5:
-            eta = _duration((bytes_total - nbytes) * elapsed / nbytes)
-        self.show(f"copy {files}/{files_total} files, {human_bytes(nbytes)}/"
-                  f"{human_bytes(bytes_total)}, ETA {eta}", force=files == files_total)
-
-
-def _duration(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+def copy_reporter(prog: Progress) -> Callable[[int, int, int, int], None]:
+    """The copy stage's (files, files_total, bytes, bytes_total) callback, on prog."""
+    def report(files: int, files_total: int, nbytes: int, bytes_total: int) -> None:
+        prog.phase("copy", files_total, bytes_total)
+        prog.update(files, nbytes)
+    return report
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,16 +60,15 @@ def run(args: argparse.Namespace) -> int:
         known = ", ".join(cfg.consolidate) or "none configured"
         raise UsageError(f"no [consolidate.{args.name}] in {cfg.source} (known: {known})")
     store = open_store(args, cfg)
-    prog = CopyProgress(args.progress)
     try:
-        report = consolidate(store, cfg.consolidate[args.name],
-                             Options(args.dry_run, prog.stage, prog.copy))
+        with open_progress(args.progress) as prog:
+            report = consolidate(store, cfg.consolidate[args.name],
+                                 Options(args.dry_run, prog, copy_reporter(prog)))
     except ConfigError as e:  # checks made at run time name the config file too
         if e.file != "<config>":
             raise
         raise ConfigError(cfg.source, e.key, e.problem) from None
     finally:
-        prog.clear()
         store.close()
     if args.json:
         print_json(report.as_json())

@@ -12,12 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from dedupd import preflight
-from dedupd.commands.common import add_common, load_config, open_store, parse_size
+from dedupd.commands.common import (
+    add_common,
+    add_progress_arg,
+    load_config,
+    open_store,
+    parse_size,
+)
 from dedupd.config import Config, VolumeConfig
 from dedupd.errors import DedupdError, UsageError
 from dedupd.output import human_bytes, print_json, show_path
 from dedupd.proc_priority import apply_priority
-from dedupd.volumes import PassOptions, PassReport, make_pass
+from dedupd.progress import Progress, open_progress
+from dedupd.volumes import PassOptions, PassReport, Step, VolumePass, make_pass
 from dedupd.volumes.detect import volume_for_path
 
 HELP = """\
@@ -59,6 +66,7 @@ def register(sub: Any) -> None:
                    help="override settle_seconds for this run")
     p.add_argument("--min-size", type=parse_size, default=None, metavar="N",
                    help="override min_size for this run")
+    add_progress_arg(p)
     add_common(p, dry_run=True)
     p.set_defaults(func=run)
 
@@ -97,12 +105,14 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args, cfg)
     reports = []
     try:
-        for v in vols:
-            vp = make_pass(v, store, PassOptions(dry_run=args.dry_run,
-                                                 force_rescan=args.force_rescan))
-            for _ in vp.steps():
-                pass
-            reports.append(vp.report())
+        with open_progress(args.progress) as prog:
+            for v in vols:
+                vp = make_pass(v, store, PassOptions(dry_run=args.dry_run,
+                                                     force_rescan=args.force_rescan))
+                for step in vp.steps():
+                    if prog:
+                        show_step(prog, v.name, step, vp)
+                reports.append(vp.report())
     finally:
         store.close()
     if args.json:
@@ -111,6 +121,23 @@ def run(args: argparse.Namespace) -> int:
         for r in reports:
             print_report(r)
     return 0
+
+
+def show_step(prog: Progress, volume: str, step: Step, vp: VolumePass) -> None:
+    """A pass's progress after one step: walking, then hashing and deduping (which
+    alternate, one size group at a time) on a second line."""
+    from dedupd.stepper import live_counters
+
+    if step.state not in ("scanning", "hashing", "deduping"):
+        return  # idle: recovery of an earlier run, before the pass proper
+    c = live_counters(vp)
+    if step.state == "scanning":
+        prog.phase(f"{volume}: walk")
+        prog.update(c.get("files_seen", 0))
+        return
+    prog.phase(f"{volume}: hash+dedupe")
+    prog.update(c.get("files_hashed", 0), c.get("bytes_read", 0),
+                note=f"{c.get('groups', 0):,} groups")
 
 
 def print_report(r: PassReport, now: float | None = None) -> None:

@@ -6,8 +6,15 @@ import argparse
 import sys
 from typing import Any
 
-from dedupd.commands.common import add_common, load_config, open_store, parse_size
-from dedupd.output import Progress, human_bytes, print_json, show_path
+from dedupd.commands.common import (
+    add_common,
+    add_progress_arg,
+    load_config,
+    open_store,
+    parse_size,
+)
+from dedupd.output import human_bytes, print_json, show_path
+from dedupd.progress import open_progress
 from dedupd.scan.scanner import ScanOptions, ScanReport, scan
 
 HELP = """\
@@ -36,8 +43,7 @@ def register(sub: Any) -> None:
     p.add_argument("--cross-mounts", action="store_true", help="descend into mount points")
     p.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
                    help="skip files changed less than SECONDS ago (default 0)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress on stderr (default: when stderr is a terminal)")
+    add_progress_arg(p)
     add_common(p)
     p.set_defaults(func=run)
 
@@ -47,11 +53,10 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args, cfg)
     opts = ScanOptions(min_size=args.min_size, exclude=tuple(args.exclude),
                        cross_mounts=args.cross_mounts, settle_seconds=args.settle)
-    prog = Progress(args.progress)
     try:
-        report = scan(store, args.paths, opts, progress=prog)
+        with open_progress(args.progress) as prog:
+            report = scan(store, args.paths, opts, progress=prog)
     finally:
-        prog.clear()
         store.close()
     if args.json:
         print_json(report.as_json())

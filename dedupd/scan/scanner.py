@@ -17,6 +17,8 @@ from typing import Any
 from dedupd import handles
 from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
 from dedupd.index.store import IndexedFile, Store
+from dedupd.output import human_bytes
+from dedupd.progress import Progress
 from dedupd.queuethread import QueueThread
 from dedupd.scan.events import FileEvent, Problem, WalkStats
 from dedupd.scan.prehash import PreHasher
@@ -70,9 +72,6 @@ def _group_json(g: DupGroup) -> dict[str, Any]:
     return doc
 
 
-Progress = Callable[[str, int, int], None]
-
-
 def batches(events: Iterator[FileEvent], n: int) -> Iterator[list[FileEvent]]:
     batch: list[FileEvent] = []
     for e in events:
@@ -105,11 +104,15 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     try:
         # Groups come from the pre-hasher's memory, so unchanged inodes need no
         # `seen` mark (one write each) unless it lets go (mark_inodes_seen below).
+        walked = 0  # bytes of the files walked, for the progress display only
+        if progress:
+            progress.phase("walk")
         with Recorder(store, scan_id, pre.put, touch_inodes=False) as rec:
             for batch in batches(walk(norm, wopts, wstats), RECORD_BATCH):
                 rec.put(batch)
-                if progress:
-                    progress("walk", wstats.files_seen, 0)
+                if progress:  # bytes found, not read: a note, not the phase's bytes
+                    walked += sum(e.size for e in batch)
+                    progress.update(wstats.files_seen, note=f"{human_bytes(walked)}")
     except BaseException:
         with contextlib.suppress(Exception):  # the first error is the one to report
             pre.close()  # no thread may outlive the scan
@@ -195,13 +198,18 @@ def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats
     writer = HashWriter(store)
     if candidates is None:
         candidates = store.candidate_groups(scan_id, opts.min_size)
+    if progress:
+        known = isinstance(candidates, list)  # from memory: the total is known
+        progress.phase("hash", sum(len(g) for g in candidates) if known else None)
+        files_done, read_before = 0, hstats.bytes_read
     results = hasher.hash_groups(candidates)
-    for done, (files, res) in enumerate(results, 1):
+    for files, res in results:
         writer.add(res)
         # by path: the same answer whichever files the index had hashes for
         groups.extend(DupGroup(files[0].size, tuple(sorted(g, key=_path))) for g in res.groups)
         if progress:
-            progress("hash", done, 0)
+            files_done += len(files)
+            progress.update(files_done, hstats.bytes_read - read_before)
     writer.flush()
     groups.sort(key=lambda g: (-g.wasted, g.files[0].path))
     return tuple(groups)

@@ -102,8 +102,31 @@ def test_deleted_files_leave_the_index(tmp_path: Path) -> None:
     assert Store(url).counts()["paths"] == 1
 
 
+class StageHook:
+    """A dedupd.progress.Progress that calls fn(phase, files, 0) at each update:
+    the scan's progress reports as a test seam."""
+
+    def __init__(self, fn: Callable[[str, int, int], None]) -> None:
+        self.fn, self.stage = fn, ""
+
+    def phase(self, name: str, files_total: int | None = None,
+              bytes_total: int | None = None) -> None:
+        self.stage = name
+
+    def update(self, files: int | None = None, nbytes: int | None = None,
+               **totals: object) -> None:
+        if files is not None:
+            self.fn(self.stage, files, 0)
+
+    def advance(self, files: int = 0, nbytes: int = 0) -> None:
+        pass
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        self.fn(stage, done, total)
+
+
 def _before_hashing(monkeypatch: pytest.MonkeyPatch, early: bool,
-                    touch: Callable[[], None]) -> Callable[[str, int, int], None] | None:
+                    touch: Callable[[], None]) -> StageHook | None:
     """Run `touch` once, after the walk saw the files and before any was read.
 
     early: inside the pre-hasher, before it reads the batch; otherwise the
@@ -121,7 +144,7 @@ def _before_hashing(monkeypatch: pytest.MonkeyPatch, early: bool,
 
     if not early:
         monkeypatch.setattr(prehash, "PREHASH_LIMIT", 0)
-        return lambda stage, _done, _total: once() if stage == "walk" else None
+        return StageHook(lambda stage, _done, _total: once() if stage == "walk" else None)
     add = prehash.PreHasher._add
 
     def add_after(self: prehash.PreHasher, batch: Sequence[IndexedFile]) -> None:
@@ -193,7 +216,7 @@ def test_a_file_written_between_two_of_its_names_keeps_no_stale_hash(
                 f.write(bytes([data[0] ^ 1]))
 
     url = db(tmp_path)
-    rep = scan(Store(url), [b.tree.root], ScanOptions(), progress=rewrite)
+    rep = scan(Store(url), [b.tree.root], ScanOptions(), progress=StageHook(rewrite))
     assert rep.groups == ()
     assert {p.reason for p in rep.problems} == {"changed"}
     again = scan(Store(url), [b.tree.root], ScanOptions())
