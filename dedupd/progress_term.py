@@ -1,176 +1,120 @@
-"""The terminal display behind dedupd.progress (imported only when one is drawn).
+"""The drawing behind dedupd.progress.TerminalProgress (imported only when drawn).
 
-One line per phase (rich's Progress, transient, on stderr): the phase, a bar,
-files (or chunks) and bytes done/total, the phase's average rate and the ETA
-at that rate. Counts live in the rich task's fields; the bar follows bytes when
-their total is known, else files.
+rich's Progress, transient, on stderr, refreshed REFRESH_PER_SECOND times a
+second from its own thread: one line per phase with its name, a bar (bytes
+when their total is known, else files; a pulse while neither total is), the
+counts done/total, the phase's average rate and the ETA at that rate. Every
+column reads the phase's PhaseState; nothing is pushed into rich's tasks but
+the phase itself when it first appears.
 """
 
 from __future__ import annotations
 
 import sys
-import threading
-import time
-from types import TracebackType
+from collections.abc import Iterable
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, ProgressColumn, TaskID, TextColumn
+from rich.console import Console, RenderableType
 from rich.progress import Progress as RichProgress
+from rich.progress import ProgressColumn, Task, TextColumn
+from rich.progress_bar import ProgressBar
 from rich.text import Text
 
 from dedupd.output import human_bytes
+from dedupd.progress import PhaseState, TerminalProgress
 
 REFRESH_PER_SECOND = 4
 
 
-class TerminalProgress:
-    """The rich display: one line per phase, the current one moving. Thread-safe."""
+class Display:
+    """Draws a TerminalProgress's phases until stop()."""
 
-    def __init__(self, unit: str = "files") -> None:
-        self.unit = unit
-        self.console = Console(file=sys.stderr, force_terminal=True)
-        self.rich = RichProgress(
-            TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
-            _CountsColumn(), _RateColumn(), _EtaColumn(),
-            console=self.console, transient=True, refresh_per_second=REFRESH_PER_SECOND,
-            redirect_stdout=False)
-        self.lock = threading.Lock()
-        self.tasks: dict[str, TaskID] = {}  # phase name -> its line
-        self.state: dict[TaskID, dict[str, Any]] = {}  # the counts, also the task's fields
-        self.current: TaskID | None = None
+    def __init__(self, source: TerminalProgress) -> None:
+        self.rich = _Rich(source, TextColumn("[bold]{task.description}"), _Bar(), _Counts(),
+                          _Rate(), _Eta(), console=Console(file=sys.stderr, force_terminal=True),
+                          transient=True, refresh_per_second=REFRESH_PER_SECOND,
+                          redirect_stdout=False)
 
-    def __enter__(self) -> TerminalProgress:
+    def start(self) -> None:
         self.rich.start()
-        return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def stop(self) -> None:
         self.rich.stop()
 
-    def phase(self, name: str, files_total: int | None = None,
-              bytes_total: int | None = None) -> None:
-        with self.lock:
-            self._phase(name)
-            self._update(files_total=files_total, bytes_total=bytes_total)
 
-    def _phase(self, name: str) -> None:
-        task = self.tasks.get(name)
-        if task is None:
-            if self.current is not None:  # a new phase: the one before is over
-                self._end(self.current)
-            fields: dict[str, Any] = {
-                "files": 0, "nbytes": 0, "files_total": None, "bytes_total": None,
-                "unit": self.unit, "note": "", "t0": time.monotonic(), "t_end": None}
-            task = self.tasks[name] = self.rich.add_task(name, total=None, **fields)
-            self.state[task] = fields
-        self.current = task
-        self.state[task]["t_end"] = None
+class _Rich(RichProgress):
+    """rich's Progress, with one task per phase of the source, added as they begin."""
 
-    def _end(self, task: TaskID) -> None:
-        """The phase is over: its clock stops, its bar is full."""
-        f = self.state[task]
-        f["t_end"] = time.monotonic()
-        done = f["nbytes"] if f["bytes_total"] else f["files"]
-        self.rich.update(task, total=max(done, 1), completed=max(done, 1), **f)
+    def __init__(self, source: TerminalProgress, *columns: Any, **kw: Any) -> None:
+        self.source = source
+        self.shown: set[str] = set()
+        self.ready = False  # rich's __init__ renders once, before it can add tasks
+        super().__init__(*columns, **kw)
+        self.ready = True
 
-    def update(self, files: int | None = None, nbytes: int | None = None, *,
-               files_total: int | None = None, bytes_total: int | None = None,
-               note: str | None = None) -> None:
-        with self.lock:
-            self._update(files, nbytes, files_total=files_total, bytes_total=bytes_total,
-                         note=note)
-
-    def _update(self, files: int | None = None, nbytes: int | None = None, *,
-                files_total: int | None = None, bytes_total: int | None = None,
-                note: str | None = None) -> None:
-        if self.current is None:
-            self._phase("working")
-        assert self.current is not None
-        f = self.state[self.current]
-        for k, v in (("files", files), ("nbytes", nbytes), ("files_total", files_total),
-                     ("bytes_total", bytes_total), ("note", note)):
-            if v is not None:
-                f[k] = v
-        # the bar follows bytes when their total is known, else files
-        total, done = ((f["bytes_total"], f["nbytes"]) if f["bytes_total"]
-                       else (f["files_total"], f["files"]))
-        self.rich.update(self.current, total=total, completed=done, **f)
-
-    def advance(self, files: int = 0, nbytes: int = 0) -> None:
-        with self.lock:
-            if self.current is None:
-                self._phase("working")
-            assert self.current is not None
-            f = self.state[self.current]
-            self._update(f["files"] + files, f["nbytes"] + nbytes)
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        with self.lock:
-            if self.tasks.get(stage) != self.current or self.current is None:
-                self._phase(stage)
-            self._update(done, files_total=total or None)
+    def get_renderables(self) -> Iterable[RenderableType]:
+        if not self.ready:
+            yield from super().get_renderables()
+            return
+        with self.source.lock:
+            new = [ph for name, ph in self.source.phases.items() if name not in self.shown]
+        for ph in new:
+            self.shown.add(ph.name)
+            self.add_task(ph.name, total=None, ph=ph)
+        yield self.make_tasks_table(self.tasks)
 
 
-def human_count(n: float) -> str:
-    return f"{n:,.0f}"
+def _ph(task: Task) -> PhaseState:
+    ph: PhaseState = task.fields["ph"]
+    return ph
 
 
-def _size(n: float) -> str:
-    return human_bytes(n)
+class _Bar(ProgressColumn):
+    def render(self, task: Task) -> ProgressBar:
+        ph = _ph(task)
+        total, done = ((ph.bytes_total, ph.nbytes) if ph.bytes_total
+                       else (ph.files_total, ph.files))
+        if ph.t_end is not None:  # over: a full bar whatever the totals said
+            total = done = max(done, 1)
+        return ProgressBar(total=total, completed=min(done, total or done), width=20,
+                           pulse=total is None, animation_time=task.get_time())
 
 
-def _elapsed(task: Any) -> float:
-    """Seconds the phase has run (frozen when it ended)."""
-    end = task.fields["t_end"] or time.monotonic()
-    return max(end - float(task.fields["t0"]), 1e-6)
+class _Counts(ProgressColumn):
+    """'1,234/5,000 files  1.2 GiB/4.0 GiB  note' (no '/total' while unknown)."""
 
-
-def _eta_seconds(task: Any) -> float | None:
-    """Time left at the phase's average speed so far, or None (no total, no progress)."""
-    f = task.fields
-    for done, total in ((f["nbytes"], f["bytes_total"]), (f["files"], f["files_total"])):
-        if total and done:
-            return max(0.0, _elapsed(task) * float(total - done) / float(done))
-    return None
-
-
-def _duration(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else \
-        f"{s // 60}:{s % 60:02d}"
-
-
-class _CountsColumn(ProgressColumn):
-    """'1,234/5,000 files  1.2 GiB/4.0 GiB' (without '/total' while unknown)."""
-
-    def render(self, task: Any) -> Text:
-        f = task.fields
-        files = human_count(f["files"]) + (
-            f"/{human_count(f['files_total'])}" if f["files_total"] else "")
-        text = f"{files} {f['unit']}"
-        if f["nbytes"] or f["bytes_total"]:
-            text += f"  {_size(f['nbytes'])}" + (
-                f"/{_size(f['bytes_total'])}" if f["bytes_total"] else "")
-        if f["note"]:
-            text += f"  {f['note']}"
+    def render(self, task: Task) -> Text:
+        ph = _ph(task)
+        text = f"{ph.files:,}" + (f"/{ph.files_total:,}" if ph.files_total else "")
+        text += f" {ph.unit}"
+        if ph.nbytes or ph.bytes_total:
+            text += f"  {human_bytes(ph.nbytes)}" + (
+                f"/{human_bytes(ph.bytes_total)}" if ph.bytes_total else "")
+        if ph.note:
+            text += f"  {ph.note}"
         return Text(text)
 
 
-class _RateColumn(ProgressColumn):
+class _Rate(ProgressColumn):
     """Bytes per second where bytes move, else files per second (phase average)."""
 
-    def render(self, task: Any) -> Text:
-        f = task.fields
-        dt = _elapsed(task)
-        if f["nbytes"]:
-            return Text(f"{_size(f['nbytes'] / dt)}/s")
-        return Text(f"{human_count(f['files'] / dt)} {f['unit']}/s")
+    def render(self, task: Task) -> Text:
+        ph = _ph(task)
+        if ph.nbytes:
+            return Text(f"{human_bytes(ph.nbytes / ph.elapsed)}/s")
+        return Text(f"{ph.files / ph.elapsed:,.0f} {ph.unit}/s")
 
 
-class _EtaColumn(ProgressColumn):
-    def render(self, task: Any) -> Text:
-        if task.fields["t_end"] is not None:
+class _Eta(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        ph = _ph(task)
+        if ph.t_end is not None:
             return Text("done")
-        eta = _eta_seconds(task)
+        eta = ph.eta()
         return Text("ETA " + ("-" if eta is None else _duration(eta)))
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else \
+        f"{s // 60}:{s % 60:02d}"

@@ -63,6 +63,10 @@ def test_scan_progress_on_a_terminal_only(tmp_path):
     # --no-progress silences even a terminal
     quiet = run_on_tty("scan", str(tree), "--db", f"sqlite:///{tmp_path}/c.db", "--no-progress")
     assert quiet.returncode == 0 and quiet.tty == b""
+    # a command done before the display's delay draws nothing either
+    quick = run_on_tty("scan", str(tree / "d0"), "--db", f"sqlite:///{tmp_path}/d.db",
+                       delay="30")
+    assert quick.returncode == 0 and quick.tty == b"" and b"groups" in quick.stdout
 
 
 def test_run_once_progress(tmp_path):
