@@ -41,10 +41,24 @@ class _Formatter(logging.Formatter):
         return line
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to sys.stderr as it is at each record: while a progress display is
+    drawn (dedupd/progress.py), that is rich's stand-in, which prints the line
+    above the display instead of through it."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def setup(level: str = "info", as_json: bool = False) -> None:
     """Configure the root logger once for the process (idempotent)."""
     journal = bool(os.environ.get("JOURNAL_STREAM"))
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_Formatter(journal, as_json))
     root = logging.getLogger()
     for h in list(root.handlers):
