@@ -146,9 +146,11 @@ def group_contents(store: Store, inv: Inventory, progress: Progress | None = Non
     """Hash size-matched candidates and fill inv.contents (sources and archive dups)."""
     hasher = Hasher(Stability(0.0), inv.hashing)
     pending: list[HashUpdate] = []
-    for done, files in enumerate(prov.files_by_size(store, inv.scan_id), 1):
+    done = 0
+    for files in prov.files_by_size(store, inv.scan_id):
+        done += len(files)
         if progress:
-            progress("hash", done, 0)  # done = size groups so far
+            progress("hash", done, 0)  # files of the size groups so far
         if len(files) == 1:
             _add(inv, files, files[0].full)
             continue
