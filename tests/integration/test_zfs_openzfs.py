@@ -207,3 +207,23 @@ def test_scheduled_full_walk_catches_what_the_diff_omits(volume: tuple[str, Path
     doc = run_pass(cfg)
     assert doc["counters"]["zfs_walk_scheduled"] == 1 and doc["counters"]["zfs_full_walks"] == 1
     assert same_index(index(tmp_path / "index.db", root), want, root)
+
+
+def test_cross_mounts_covers_child_datasets(zpool: Callable[..., Pool], openzfs: OpenZfs,
+                                            tmp_path: Path) -> None:
+    """`zfs diff` sees one dataset: with cross_mounts and a child dataset below the
+    path, every pass walks (the child's changes are found too)."""
+    pool = zpool("256M")
+    zfs("create", pool.dataset("top"))
+    zfs("create", pool.dataset("top/child"))
+    root = pool.mountpoint / "top"
+    cfg = config(tmp_path, {"z": {"kind": "zfs", "path": str(root), "settle_seconds": 0,
+                                  "min_size": 1, "mode": "apply", "cross_mounts": True,
+                                  "zfs_full_walk_days": 365}})
+    write(root / "child/a.bin", X)
+    run_pass(cfg)
+    write(root / "child/b.bin", X)  # a change only the child's diff would show
+    doc = run_pass(cfg)
+    assert doc["counters"]["zfs_walk_child_mounts"] == 1
+    assert (root / "child/a.bin").stat().st_ino == (root / "child/b.bin").stat().st_ino
+    assert pass_snapshots(pool.dataset("top")) == []  # nothing pinned when never diffed
