@@ -1,8 +1,9 @@
-"""One run of a backup job: snapshot, send, upload, manifest, hold, prune.
+"""One run of a backup job: snapshot, send, upload, manifest, hold (or bookmark), prune.
 
 Order of commitment: chunks first, each confirmed by HEAD; the manifest last
 (the commit marker); only then the index says "complete" and the new snapshot
-is held as the next incremental's base. A kill at any point leaves either a
+is kept as the next incremental's base: bookmarked where the pool has
+bookmarks (bookmarks.py), else held. A kill at any point leaves either a
 complete backup or an unfinished attempt that the next run resumes.
 """
 
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from dedupd.backup import catalog, retention, snapshots, streams, upload
+from dedupd.backup import bookmarks, catalog, retention, snapshots, streams, upload
 from dedupd.backup import manifest as mf
 from dedupd.backup.manifest import Manifest
 from dedupd.backup.send import SendSpec
@@ -160,8 +161,7 @@ class _Run:
             rows.set_state(self.store, row.id, "complete")  # killed after the manifest
             return None
         snap = snapshots.get(row.snapshot)
-        base = (None if row.base_guid is None
-                else snapshots.by_guid(self.jc.dataset, row.base_guid))
+        base = None if row.base_guid is None else self._source(row.base_guid)
         if snap is None or snap.guid != row.guid or (row.base_guid is not None
                                                      and base is None):
             log.warning("%s: unfinished backup %s cannot be resumed (snapshot or base gone); "
@@ -208,8 +208,18 @@ class _Run:
             return None, now
         return base[1], same
 
+    def _sources(self) -> dict[int, Snapshot]:
+        """Local incremental sources by GUID: snapshots, and bookmarks of snapshots
+        that are gone."""
+        local = {b.guid: b for b in bookmarks.list_bookmarks(self.jc.dataset)}
+        local.update({s.guid: s for s in snapshots.list_snapshots(self.jc.dataset)})
+        return local
+
+    def _source(self, guid: int) -> Snapshot | None:
+        return self._sources().get(guid)
+
     def _base_manifest(self, ms: list[Manifest]) -> tuple[Manifest, Snapshot] | None:
-        local = {s.guid: s for s in snapshots.list_snapshots(self.jc.dataset)}
+        local = self._sources()
         for m in reversed(ms):
             if m.dataset != self.jc.dataset or m.snapshot_guid not in local:
                 continue
@@ -239,7 +249,7 @@ class _Run:
             self._fail(self.current_id, snap, e)
             raise
         rows.finish(self.store, m.id, "complete", chunks=len(m.chunks), total_size=m.total_size)
-        self._hold_new_base(snap)
+        self._keep_base(snap, m, ms)
         pruned_local, pruned_remote = self._prune([*ms, m])
         return BackupResult(
             self.jc.name, False, m.id, snap.name, base.name if base else None, resumed=resumed,
@@ -273,7 +283,8 @@ class _Run:
             self.target.delete(stray)
         m = Manifest(
             job=self.jc.name, id=backup_id, dataset=self.jc.dataset, snapshot=snap.name,
-            snapshot_guid=snap.guid, base_snapshot=base.name if base else None,
+            snapshot_guid=snap.guid,
+            base_snapshot=base.name.replace("#", "@", 1) if base else None,
             base_guid=base.guid if base else None, send_flags=spec.flags,
             compression=self.jc.compression, compression_level=self.jc.compression_level,
             chunk_size=self.jc.chunk_size, chunks=up.chunks, total_size=up.total_size,
@@ -305,12 +316,24 @@ class _Run:
         if not isinstance(e, TemporaryFailure):
             _delete_quietly(self.target, mf.chunk_dir(self.jc.name, backup_id))
 
-    def _hold_new_base(self, snap: Snapshot) -> None:
-        """Hold the snapshot the next incremental starts from; release older holds."""
-        snapshots.hold(snap)
+    def _keep_base(self, snap: Snapshot, m: Manifest, ms: list[Manifest]) -> None:
+        """Keep the next incremental's source: a bookmark where the pool has them
+        (then nothing is held and retention may destroy the snapshot), else a hold
+        on the snapshot. Older holds and bookmarks of this job go."""
+        bm = None
+        if bookmarks.supported(self.jc.dataset, "-w" in m.send_flags):
+            bm = bookmarks.create(snap)
+            if bm is None:
+                log.info("%s: could not bookmark %s; holding it instead", self.jc.name,
+                         snap.name)
+        if bm is None:
+            snapshots.hold(snap)
+        else:
+            uploaded = {x.snapshot_guid for x in ms} | {snap.guid}
+            bookmarks.prune(self.jc.dataset, self.jc.snapshot_prefix, snap.guid, uploaded)
         for s in snapshots.list_snapshots(self.jc.dataset):
-            if s.guid != snap.guid and s.userrefs and s.owned_by(self.jc.name,
-                                                                 self.jc.snapshot_prefix):
+            if (s.guid != snap.guid or bm is not None) and s.userrefs \
+                    and s.owned_by(self.jc.name, self.jc.snapshot_prefix):
                 snapshots.release(s)
 
     def _prune(self, ms: list[Manifest]) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -11,6 +11,7 @@ Works on OpenZFS and on zfs-fuse (pool v23). zfs-fuse lacks `zfs version`,
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from dedupd import proc
 from dedupd.errors import DedupdError
 
 JOB_PROPERTY = "dedupd:job"
+_SEP = re.compile("[@#]")
 HOLD_TAG = "dedupd-base"
 _PROPS = ("guid", "createtxg", "creation", JOB_PROPERTY, "userrefs")
 
@@ -37,11 +39,12 @@ class Snapshot:
 
     @property
     def dataset(self) -> str:
-        return self.name.split("@", 1)[0]
+        return _SEP.split(self.name, maxsplit=1)[0]
 
     @property
     def short(self) -> str:
-        return self.name.split("@", 1)[1]
+        """The name after '@' (or after '#' for a bookmark, bookmarks.py)."""
+        return _SEP.split(self.name, maxsplit=1)[1]
 
     def owned_by(self, job: str, prefix: str) -> bool:
         return self.job == job and self.short.startswith(prefix)

@@ -187,3 +187,33 @@ def test_an_inherited_job_property_does_not_make_a_snapshot_ours(
     assert f"{ds}@dedupd-20200101T000000Z" in [s.name for s in mine]
     assert [s.job for s in mine if s.short == "dedupd-20200101T000000Z"] == [None]
     assert retention.prune_local(cfg.backups["j"], dry_run=True) == ()
+
+
+def test_a_bookmark_is_the_next_incrementals_source(tmp_path: Path, zpool: Any, moto: Moto,
+                                                    s3_bucket: str, openzfs: OpenZfs) -> None:
+    """Where bookmarks exist nothing is held: the uploaded snapshot may be destroyed
+    (by retention or by hand) and the next incremental starts from its bookmark."""
+    from dedupd.backup import bookmarks
+
+    pool, cfg, src = _setup(tmp_path, zpool, moto, s3_bucket)
+    ds = pool.dataset("data")
+    store = store_for(cfg)
+    try:
+        r1 = run_job(cfg, "j", store)
+        assert [s.userrefs for s in snapshots.list_snapshots(ds)] == [0]
+        first = snapshots.list_snapshots(ds)[0]
+        assert [b.guid for b in bookmarks.list_bookmarks(ds)] == [first.guid]
+        subprocess.run(["zfs", "destroy", r1.snapshot], check=True)  # not held: it goes
+        assert snapshots.list_snapshots(ds) == []
+        (src / "later.bin").write_bytes(b"q" * 120_000)
+        r2 = run_job(cfg, "j", store)
+    finally:
+        store.close()
+    assert not r2.full and r2.base_snapshot == f"{ds}#{first.short}"
+    assert openzfs.sends()[-1][-3:] == ["-i", f"{ds}#{first.short}", r2.snapshot]
+    full, incr = _manifests(cfg)
+    assert incr.base_guid == full.snapshot_guid and incr.base_snapshot == r1.snapshot
+    newest = snapshots.list_snapshots(ds)[-1]
+    assert [b.guid for b in bookmarks.list_bookmarks(ds)] == [newest.guid]  # older pruned
+    _restore(cfg, None, pool.dataset("back"))
+    assert tree(mountpoint(pool, "back")) == tree(src)
