@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -227,3 +228,47 @@ def test_cross_mounts_covers_child_datasets(zpool: Callable[..., Pool], openzfs:
     assert doc["counters"]["zfs_walk_child_mounts"] == 1
     assert (root / "child/a.bin").stat().st_ino == (root / "child/b.bin").stat().st_ino
     assert pass_snapshots(pool.dataset("top")) == []  # nothing pinned when never diffed
+
+
+def test_the_emulator_passes_openzfs_own_zfs_diff_checks(zpool: Callable[..., Pool],
+                                                         openzfs: OpenZfs) -> None:
+    """OpenZFS's tests/zfs-tests/.../cli_root/zfs_diff/zfs_diff_changes.ksh and
+    zfs_diff_mangle.ksh, replayed against the emulator (between two snapshots:
+    the emulator diffs snapshots only)."""
+    pool = zpool("256M")
+    ds = pool.dataset("fs")
+    zfs("create", ds)
+    mnt = pool.mountpoint / "fs"
+    for f in ("fremoved", "frenamed", "fmodified"):
+        (mnt / f).touch()
+    for d in ("dremoved", "drenamed", "dmodified"):
+        (mnt / d).mkdir()
+    zfs("snapshot", f"{ds}@snap1")
+    time.sleep(1.1)  # zfs-fuse times have whole seconds; `touch` must move them
+    (mnt / "fremoved").unlink()
+    os.rename(mnt / "frenamed", mnt / "frenamed.new")
+    (mnt / "fmodified").touch()
+    (mnt / "dremoved").rmdir()
+    os.rename(mnt / "drenamed", mnt / "drenamed.new")
+    (mnt / "dmodified/file").touch()
+    (mnt / "fcreated").touch()
+    (mnt / "dcreated").mkdir()
+    for name in ("śmieszny żupan", "достопримечательности"):
+        (mnt / name).touch()
+    zfs("snapshot", f"{ds}@snap2")
+    out = zfs("diff", "-F", f"{ds}@snap1", f"{ds}@snap2")
+    change = {ln.split()[-1]: ln.split()[0] for ln in out.splitlines()}
+    for path, want in [("fremoved", "-"), ("frenamed.new", "R"), ("fmodified", "M"),
+                       ("fcreated", "+"), ("dremoved", "-"), ("drenamed.new", "R"),
+                       ("dmodified", "M"), ("dcreated", "+")]:
+        assert change.get(f"{mnt}/{path}") == want, (path, out)
+    mangled = ("\\0305\\0233mieszny\\0040\\0305\\0274upan", "\\0320\\0264\\0320\\0276"
+               "\\0321\\0201\\0321\\0202\\0320\\0276\\0320\\0277\\0321\\0200\\0320\\0270"
+               "\\0320\\0274\\0320\\0265\\0321\\0207\\0320\\0260\\0321\\0202\\0320\\0265"
+               "\\0320\\0273\\0321\\0214\\0320\\0275\\0320\\0276\\0321\\0201\\0321\\0202"
+               "\\0320\\0270")
+    lines = out.splitlines()
+    assert f"M\t/\t{mnt}/" in lines
+    assert all(f"+\tF\t{mnt}/{m}" in lines for m in mangled), out
+    plain = zfs("diff", "-h", f"{ds}@snap1", f"{ds}@snap2").splitlines()
+    assert f"+\t{mnt}/śmieszny żupan" in plain and f"+\t{mnt}/достопримечательности" in plain
