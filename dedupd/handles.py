@@ -306,6 +306,24 @@ def lstat(path: bytes) -> os.stat_result:
         return p.lstat()
 
 
+def is_dir(path: bytes) -> bool:
+    """A directory reached by handle (a symlink anywhere on the way is not one)."""
+    try:
+        return stat.S_ISDIR(lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def exists(path: bytes) -> bool:
+    """Whether the final name exists (not followed), reached by handle; a path that
+    no longer leads there raises PathChanged."""
+    try:
+        lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def open_regular(path: bytes, flags: int = FILE_FLAGS) -> int:
     """open_at that insists on a regular file (a FIFO or device is refused)."""
     fd = open_at(path, flags)

@@ -18,7 +18,6 @@ linker (hardlink.link_group).
 from __future__ import annotations
 
 import os
-import stat
 from collections import Counter
 from dataclasses import dataclass
 
@@ -211,31 +210,16 @@ def _missing_dirs(a: bytes, rel_dir: bytes) -> tuple[bytes, ...]:
     out, cur = [], a
     for part in [x for x in rel_dir.split(b"/") if x]:
         cur = os.path.join(cur, part)
-        if not _is_dir(cur):
+        if not handles.is_dir(cur):
             out.append(cur)
     return tuple(out)
-
-
-def _is_dir(path: bytes) -> bool:
-    try:
-        return stat.S_ISDIR(handles.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _exists(path: bytes) -> bool:
-    try:
-        handles.lstat(path)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _move(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes, a: bytes,
           b: bytes, q: bytes | None, freed: bool) -> None:
     jr = run.journal
     assert jr is not None
-    exists = _exists(dest)  # precheck proved: then it is the kept inode
+    exists = handles.exists(dest)  # precheck proved: then it is the kept inode
     rel_dir = os.path.dirname(rel_to(p, b))
     spec = J.OpSpec(run.policy.volume, "crossdrive", keep.path, p, keep.dev, keep.ino, f.dev,
                     f.ino, f.size, run.ident[f.key].mtime_ns,
@@ -289,7 +273,7 @@ def _remove(jr: J.Journal, spec: J.OpSpec) -> None:
 
 def _rollback(jr: J.Journal, op: int, spec: J.OpSpec, e: Exception) -> None:
     rec = jr.get(op)
-    made = spec.dest_path is not None and _exists(spec.dest_path)
+    made = spec.dest_path is not None and handles.exists(spec.dest_path)
     if rec is not None and rec.state == J.PENDING and not made:
         fs.rmdirs_if_empty(spec.dirs)
         jr.set(op, J.REFUSED if isinstance(e, Refused) else J.ROLLED_BACK, str(e))

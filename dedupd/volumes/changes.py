@@ -208,7 +208,7 @@ class ChangeFinder:
             if self._vanished(path, dev, ino, root, dirs, populated, exists):
                 gone.append(key)
         self.forgotten = ix.forget_paths(store, gone)
-        fresh.extend(d for d in dirs if d not in populated and _is_dir(d))
+        fresh.extend(d for d in dirs if d not in populated and handles.is_dir(d))
 
     @staticmethod
     def _vanished(path: bytes, dev: int, ino: int, root: bytes, dirs: set[bytes],
@@ -227,18 +227,10 @@ class ChangeFinder:
                         return True
                 else:
                     if a not in exists:
-                        exists[a] = _is_dir(a)
+                        exists[a] = handles.is_dir(a)
                     if not exists[a]:
                         return True
             a = parent
-        return False
-
-
-def _is_dir(path: bytes) -> bool:
-    """A directory reached by handle (a symlink on the way is not one)."""
-    try:
-        return stat.S_ISDIR(handles.lstat(path).st_mode)
-    except OSError:
         return False
 
 

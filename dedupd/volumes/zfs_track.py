@@ -149,9 +149,10 @@ class Reconciler:
                 gone.add(p)
         # Walk created directories, and old names of removed ones that exist again.
         fresh = [d for d in cp.walk if self.inside(d)]
-        fresh += [d for d in gone_dirs if _is_dir(d)]
+        fresh += [d for d in gone_dirs if handles.is_dir(d)]
         # realpath may lead through a symlink a user planted: keep only roots inside
-        roots = [r for r in normalize_roots([d for d in fresh if _is_dir(d)]) if self.inside(r)]
+        roots = [r for r in normalize_roots([d for d in fresh if handles.is_dir(d)])
+                 if self.inside(r)]
         for ev in walk(roots, self.opts, self.stats):
             events[ev.path] = ev
         return Reconciled(list(events.values()), gone - events.keys(), gone_dirs, len(relist))
@@ -233,11 +234,3 @@ class Reconciler:
             self.stats.too_small += 1
             return None
         return FileEvent.from_stat(p, st)
-
-
-def _is_dir(path: bytes) -> bool:
-    """A directory reached by handle (a symlink on the way is not one)."""
-    try:
-        return stat.S_ISDIR(handles.lstat(path).st_mode)
-    except OSError:
-        return False
