@@ -161,14 +161,11 @@ class Reconciler:
         """Indexed paths of the inodes that the index has under these paths."""
         db, out = self.store.db, set[bytes]()
         keys = [path_key(p) for p in files]
-        inodes: set[tuple[int, int]] = set()
         for k in range(0, len(keys), 500):
             part = keys[k:k + 500]
-            inodes.update((d, n) for d, n in db.rows(
-                f"SELECT dev, ino FROM paths WHERE path_key IN ({db.marks(len(part))})", part))
-        for d, n in inodes:
             out.update(bytes(r[0]) for r in db.rows(
-                f"SELECT path FROM paths WHERE dev = {db.p} AND ino = {db.p}", (d, n)))
+                "SELECT o.path FROM paths p JOIN paths o ON o.dev = p.dev AND o.ino = p.ino "
+                f"WHERE p.path_key IN ({db.marks(len(part))})", part))
         return out - files
 
     def _indexed(self, dirs: set[bytes], files: set[bytes]) -> dict[bytes, list[bytes]]:
