@@ -22,8 +22,8 @@ from typing import TypeVar
 import xxhash
 
 from dedupd import handles, testpoints
+from dedupd.files.events import Problem
 from dedupd.index.store import HashUpdate, IndexedFile, Store
-from dedupd.scan.events import Problem
 
 HEAD_SIZE = 4096
 # Files up to this size are hashed whole in the first read: on a cold cache one

@@ -26,9 +26,9 @@ from dedupd.consolidate.inventory import Content, Roots, SourcePath
 from dedupd.dedup import journal as J
 from dedupd.dedup.hardlink import LinkPolicy, link_group
 from dedupd.dedup.recovery import finish_remove, recover_all
+from dedupd.files.events import FileEvent, Ident
 from dedupd.fsops.link import QUARANTINE_SUFFIX
 from dedupd.index.store import HashUpdate, Store
-from dedupd.scan.events import FileEvent, Ident
 from dedupd.scan.scanner import DupGroup
 
 

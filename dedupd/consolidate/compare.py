@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dedupd.dedup.verify import Refused, compare_bytes
-from dedupd.scan.events import Ident
+from dedupd.files.events import Ident
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from dedupd.consolidate.compare import Compared, same_bytes
 from dedupd.consolidate.inventory import SourcePath
 from dedupd.consolidate.plan import Copy, Known, Names, Plan
+from dedupd.files.events import FileEvent, Ident, Problem
 from dedupd.fsops.copy import (
     CopyError,
     CopyResult,
@@ -38,7 +39,6 @@ from dedupd.fsops.copy import (
 from dedupd.index import provenance as prov
 from dedupd.index.provenance import Provenance
 from dedupd.index.store import HashUpdate, IndexedFile, Store
-from dedupd.scan.events import FileEvent, Ident, Problem
 
 KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
 FLUSH_EVERY = 256

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 from dedupd.config import ConsolidateConfig
 from dedupd.errors import ConfigError
+from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.fsops.copy import LOCK_NAME, TMP_GLOB
 from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
 from dedupd.hashing import Hasher, HashStats, Stability
 from dedupd.index import provenance as prov
 from dedupd.index.store import HashUpdate, IndexedFile, Store
-from dedupd.scan.events import FileEvent, Problem, WalkStats
 from dedupd.scan.scanner import RECORD_BATCH, batches
 from dedupd.scan.walk import WalkOptions, normalize_roots, walk
 

@@ -18,8 +18,8 @@ from dedupd.config import ConsolidateConfig
 from dedupd.consolidate.dates import CaptureDate, capture_date
 from dedupd.consolidate.inventory import Content, Inventory, SourcePath
 from dedupd.consolidate.layout import Fields, render, with_suffix
+from dedupd.files.events import Problem
 from dedupd.index.provenance import Provenance
-from dedupd.scan.events import Problem
 
 MAX_SUFFIX = 10_000
 

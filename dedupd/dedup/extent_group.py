@@ -19,11 +19,11 @@ from dedupd import handles, testpoints
 from dedupd.dedup import extent, fiemap
 from dedupd.dedup.killpoint import StepHook
 from dedupd.dedup.planner import Member, plan_group
+from dedupd.files.counters import Counters
 from dedupd.hashing import FileChanged, check_unchanged
 from dedupd.index import extents as ix
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 from dedupd.proc import ProcError
-from dedupd.volumes import Counters
 
 _RO = handles.FILE_FLAGS | getattr(os, "O_NOATIME", 0)
 DUPEREMOVE_QUEUE = 2000  # files per duperemove run

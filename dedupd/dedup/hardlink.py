@@ -37,10 +37,10 @@ from dedupd.dedup.verify import (
     same_bytes,
     under,
 )
+from dedupd.files.events import Ident
 from dedupd.fsops import link as fs
 from dedupd.fsops.copy import sync_filesystem
 from dedupd.index.store import IndexedFile
-from dedupd.scan.events import Ident
 from dedupd.scan.scanner import DupGroup
 
 

@@ -24,9 +24,9 @@ from dedupd.dedup import journal as J
 from dedupd.dedup.lock import lock_root, volume_lock
 from dedupd.dedup.verify import Refused, same_bytes
 from dedupd.errors import TemporaryFailure
+from dedupd.files.events import Ident
 from dedupd.fsops import link as fs
 from dedupd.index.store import Store
-from dedupd.scan.events import Ident
 
 
 @dataclass(frozen=True)

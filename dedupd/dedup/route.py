@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 from dedupd import handles, testpoints
 from dedupd.dedup import fiemap
+from dedupd.files.events import Problem
 from dedupd.hashing import WHOLE_READ, FileChanged, HashStats, Stability, read_hashes
 from dedupd.index.store import HashUpdate, IndexedFile
-from dedupd.scan.events import Problem
 
 Key = tuple[int, int]
 CHUNK_FILES, CHUNK_BYTES = 16, 1024 * 1024  # reads per task (at most)

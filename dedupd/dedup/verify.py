@@ -19,7 +19,7 @@ import stat
 from dataclasses import dataclass
 
 from dedupd import handles, testpoints
-from dedupd.scan.events import Ident
+from dedupd.files.events import Ident
 
 BUF = 1 << 20
 _O_FLAGS = handles.FILE_FLAGS

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 import xxhash
 
 from dedupd import handles, testpoints
+from dedupd.files.events import Ident
 from dedupd.fsops import link as link_ops
 from dedupd.fsops.link import fsync_dir
 from dedupd.hashing import HEAD_SIZE
-from dedupd.scan.events import Ident
 
 TMP_PREFIX = b".dedupd-copy."
 TMP_SUFFIX = b".tmp"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dedupd.errors import TemporaryFailure
+from dedupd.files.events import FileEvent, Ident
 from dedupd.index.bulk import Bulk
 from dedupd.index.db import (
     SCHEMA_VERSION,
@@ -29,7 +30,6 @@ from dedupd.index.db import (
     sqlite_pragmas,
     to_s64,
 )
-from dedupd.scan.events import FileEvent, Ident
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dedupd import handles
+from dedupd.files.events import FileEvent, Problem
 from dedupd.hashing import FileChanged, HashStats, read_hashes
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 from dedupd.interop.reports import CandidateGroup, Claim
-from dedupd.scan.events import FileEvent, Problem
 
 
 @dataclass(frozen=True)

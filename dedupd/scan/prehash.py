@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from dedupd.files.events import Problem
 from dedupd.hashing import (
     WHOLE_READ,
     GroupReader,
@@ -30,7 +31,6 @@ from dedupd.hashing import (
 )
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 from dedupd.queuethread import QueueThread
-from dedupd.scan.events import Problem
 
 Key = tuple[int, int]
 # About 750 bytes an inode held (its record, path, keys and maps): 200,000 took

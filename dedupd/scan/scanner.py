@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from dedupd import handles
+from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
 from dedupd.index.store import IndexedFile, Store
 from dedupd.output import human_bytes
 from dedupd.progress import Progress
 from dedupd.queuethread import QueueThread
-from dedupd.scan.events import FileEvent, Problem, WalkStats
 from dedupd.scan.prehash import PreHasher
 from dedupd.scan.walk import WalkOptions, normalize_roots, walk
 

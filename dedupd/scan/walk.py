@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from stat import S_ISDIR, S_ISREG
 
 from dedupd import handles, testpoints
-from dedupd.scan.events import FileEvent, Problem, WalkStats
+from dedupd.files.events import FileEvent, Problem, WalkStats
 
 
 @dataclass(frozen=True)

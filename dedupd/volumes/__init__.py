@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -162,13 +162,3 @@ def _require_dir(name: str, p: Path) -> None:
         raise TemporaryFailure(f"volume {name}: {p}: {e.strerror} (not mounted?)") from None
     if not stat.S_ISDIR(st.st_mode):
         raise TemporaryFailure(f"volume {name}: {p} is not a directory")
-
-
-@dataclass
-class Counters:
-    """Event counters of a pass (documented in docs/status.md)."""
-
-    values: dict[str, int] = field(default_factory=dict)
-
-    def add(self, name: str, n: int = 1) -> None:
-        self.values[name] = self.values.get(name, 0) + n

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 from dedupd.config import VolumeConfig
 from dedupd.errors import ConfigError
+from dedupd.files.events import FileEvent
 from dedupd.index import extents as ix
 from dedupd.index.store import IndexedFile
-from dedupd.scan.events import FileEvent
 from dedupd.scan.walk import WalkOptions, walk
 from dedupd.volumes import btrfs_ioctl as bt
 from dedupd.volumes.changes import ChangeFinder, Subvol, full_walk

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 from dedupd import handles
 from dedupd.config import VolumeConfig
+from dedupd.files.counters import Counters
+from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.index import extents as ix
 from dedupd.index.store import Store
-from dedupd.scan.events import FileEvent, Problem, WalkStats
 from dedupd.scan.walk import WalkOptions, excluded, unescape_mount, walk
-from dedupd.volumes import Counters
 from dedupd.volumes import btrfs_ioctl as bt
 
 

@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from dedupd.dedup.extent_group import ExtentDeduper
 from dedupd.dedup.route import Router
 from dedupd.dedup.worker import DedupeWorker
+from dedupd.files.counters import Counters
+from dedupd.files.events import FileEvent
 from dedupd.hashing import HashWriter, SizeGroupResult, Stability
 from dedupd.index import extents as ix
-from dedupd.scan.events import FileEvent
-from dedupd.volumes import Counters, Step
+from dedupd.volumes import Step
 from dedupd.volumes import btrfs_ioctl as bt
 from dedupd.volumes.btrfs import commit, meta_key
 from dedupd.volumes.pipeline import Groups, PassRun

@@ -22,9 +22,9 @@ from dedupd.dedup.hardlink import LinkPolicy, LinkResult, link_groups
 from dedupd.dedup.journal import Journal
 from dedupd.dedup.recovery import recover_all
 from dedupd.dedup.verify import under
+from dedupd.files.events import FileEvent
 from dedupd.fsops.link import is_temp_name, purge_quarantine
 from dedupd.hashing import Hasher, HashWriter, Stability
-from dedupd.scan.events import FileEvent
 from dedupd.scan.scanner import DupGroup
 from dedupd.volumes import Step
 from dedupd.volumes.pipeline import Groups, PassRun

@@ -26,12 +26,13 @@ from typing import Protocol
 
 from dedupd.config import VolumeConfig
 from dedupd.dedup.lock import lock_root, volume_lock
+from dedupd.files.counters import Counters
+from dedupd.files.events import FileEvent, WalkStats
 from dedupd.hashing import HashStats
 from dedupd.index.store import IndexedFile, Store
-from dedupd.scan.events import FileEvent, WalkStats
 from dedupd.scan.scanner import RECORD_BATCH, batches
 from dedupd.scan.walk import normalize_roots
-from dedupd.volumes import Counters, PassOptions, PassReport, Step
+from dedupd.volumes import PassOptions, PassReport, Step
 
 Groups = Iterator[list[IndexedFile]]
 

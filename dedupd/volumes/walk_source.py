@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from dedupd.scan.events import FileEvent
+from dedupd.files.events import FileEvent
 from dedupd.scan.walk import WalkOptions, walk
 from dedupd.volumes.pipeline import Groups, PassRun
 

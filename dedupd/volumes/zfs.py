@@ -26,8 +26,8 @@ import time
 from collections.abc import Iterator
 
 from dedupd import proc
+from dedupd.files.events import FileEvent
 from dedupd.index.carry import carry_forward
-from dedupd.scan.events import FileEvent
 from dedupd.scan.walk import WalkOptions
 from dedupd.volumes.pipeline import ChangeSource, Groups, PassRun
 from dedupd.volumes.walk_source import FullWalk

@@ -33,9 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dedupd import handles, proc
+from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.index import extents as ix
 from dedupd.index.store import Store, path_key
-from dedupd.scan.events import FileEvent, Problem, WalkStats
 from dedupd.scan.walk import WalkOptions, excluded, normalize_roots, walk
 from dedupd.volumes.zfs_diff import DiffEntry, DiffFormatError, parse_diff
 

@@ -17,8 +17,8 @@ import pytest
 from dedupd.dedup import extent, fiemap
 from dedupd.dedup.extent_group import ExtentDeduper
 from dedupd.dedup.lock import volume_lock
+from dedupd.files.counters import Counters
 from dedupd.index.store import IndexedFile, Store
-from dedupd.volumes import Counters
 from tests.fixtures.components import require_tools
 from tests.integration.extent_helpers import (
     BLOCK,

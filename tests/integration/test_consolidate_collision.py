@@ -11,9 +11,9 @@ import pytest
 
 from dedupd.config import ConsolidateConfig
 from dedupd.consolidate.run import Options, consolidate
+from dedupd.files.events import FileEvent
 from dedupd.hashing import HashStats, read_hashes
 from dedupd.index.store import HashUpdate, IndexedFile, Store
-from dedupd.scan.events import FileEvent
 from tests.fixtures.consolidate import archive_files, sha, write
 
 pytestmark = pytest.mark.integration

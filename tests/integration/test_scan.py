@@ -366,9 +366,9 @@ def test_an_index_failure_mid_walk_stops_the_scan_cleanly(tmp_path: Path) -> Non
     # reach the caller (not hang the walk, not be lost), and no thread may stay.
     import threading
 
+    from dedupd.files.events import FileEvent
     from dedupd.index.store import RecordResult
     from dedupd.scan import scanner
-    from dedupd.scan.events import FileEvent
 
     class Failing(Store):
         calls = 0

@@ -13,8 +13,8 @@ from PIL import Image
 from dedupd.consolidate.dates import capture_date, exif_date, image_kind, parse_exif_datetime
 from dedupd.consolidate.layout import Fields, check_layout, render, with_suffix
 from dedupd.errors import ConfigError
+from dedupd.files.events import Ident
 from dedupd.fsops.copy import CopyError, copy_verified, remove_stale_temps
-from dedupd.scan.events import Ident
 from tests.fixtures.consolidate import corrupt_jpeg, jpeg, write
 
 WHEN = datetime(2019, 7, 4, 12, 0, 0)

@@ -1,4 +1,4 @@
-"""The records the walk hands to the index."""
+"""The records a walk or a change source hands to the index, and what it could not use."""
 
 from __future__ import annotations
 
