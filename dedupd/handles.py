@@ -278,6 +278,7 @@ class Parent:
         if not self.name or self.name in (b".", b".."):
             raise PathChanged(errno.EINVAL, "no final name", os.fsdecode(path))
         self.fd = open_dir(self.dir or b"/")
+        self.owned = True
 
     def __enter__(self) -> Parent:
         return self
@@ -286,9 +287,18 @@ class Parent:
         self.close()
 
     def close(self) -> None:
-        if self.fd >= 0:
+        if self.fd >= 0 and self.owned:
             os.close(self.fd)
-            self.fd = -1
+        self.fd = -1
+
+    def sibling(self, path: bytes) -> Parent:
+        """Another name in this same directory, sharing this handle (not closed by it)."""
+        dir_, name = os.path.split(path.rstrip(b"/"))
+        if dir_ != self.dir or not name or name in (b".", b".."):
+            raise PathChanged(errno.EINVAL, "not a name of this directory", os.fsdecode(path))
+        other = Parent.__new__(Parent)
+        other.path, other.dir, other.name, other.fd, other.owned = path, dir_, name, self.fd, False
+        return other
 
     def lstat(self) -> os.stat_result:
         return os.stat(self.name, dir_fd=self.fd, follow_symlinks=False)

@@ -334,12 +334,11 @@ def _replace(run: _Run, pl: _Planned, spec: J.OpSpec, op: int) -> bool:
     keep, f, p = pl.keep, pl.f, pl.path
     kid, did = run.ident[keep.key], run.ident[f.key]
     try:
-        restat(keep.path, kid)
-        restat(p, did)
+        # re-stat -> compare -> re-stat: compare_bytes opens both names and checks
+        # each descriptor against its identity before and after reading; the names
+        # are checked again by the swap (link_exact's inode, the last re-stat)
         if not same_bytes(keep.path, kid, p, did):
             raise Refused("content_differs", "same hash, different bytes")
-        restat(keep.path, kid)
-        restat(p, did)
     except Refused as r:
         run.mark(op, J.REFUSED, f"{r.reason}: {r.detail}")
         run.refuse(p, r)

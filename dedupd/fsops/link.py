@@ -40,6 +40,27 @@ def is_temp_name(path: bytes) -> bool:
     return os.path.basename(path).startswith(TEMP_PREFIX)
 
 
+class _Pair:
+    """The parents of two names, resolved once when both live in one directory
+    (a temp name next to its target): one handle, one resolution."""
+
+    def __init__(self, a: bytes, b: bytes) -> None:
+        self.a = handles.Parent(a)
+        try:
+            self.b = handles.Parent(b) if self.a.dir != os.path.dirname(b.rstrip(b"/")) \
+                else self.a.sibling(b)
+        except BaseException:
+            self.a.close()
+            raise
+
+    def __enter__(self) -> tuple[handles.Parent, handles.Parent]:
+        return self.a, self.b
+
+    def __exit__(self, *exc: object) -> None:
+        self.b.close()
+        self.a.close()
+
+
 def fsync_dir(path: bytes) -> None:
     """Make a directory's entries durable (a link, rename or unlink inside it)."""
     fd = handles.open_dir(path)
@@ -62,7 +83,7 @@ def link_exact(src: bytes, dst: bytes, *, durable: bool = True,
     crash costs nothing.
     """
     testpoints.at("mutate", dst)
-    with handles.Parent(src) as sp, handles.Parent(dst) as dp:
+    with _Pair(src, dst) as (sp, dp):
         os.link(sp.name, dp.name, src_dir_fd=sp.fd, dst_dir_fd=dp.fd, follow_symlinks=False)
         if expect is not None:
             st = dp.lstat()
@@ -78,7 +99,7 @@ def rename_over(src: bytes, dst: bytes, *, durable: bool = True) -> None:
     """Atomically replace the name dst by src (same filesystem), through handles.
     durable=False leaves the directory fsync to the caller's batch sync."""
     testpoints.at("mutate", dst)
-    with handles.Parent(src) as sp, handles.Parent(dst) as dp:
+    with _Pair(src, dst) as (sp, dp):
         os.rename(sp.name, dp.name, src_dir_fd=sp.fd, dst_dir_fd=dp.fd)
         if durable:
             dp.fsync()
@@ -102,7 +123,7 @@ def exchange(a: bytes, b: bytes, *, durable: bool = True) -> bool:
     if fn is None:
         return False
     testpoints.at("mutate", b)
-    with handles.Parent(a) as pa, handles.Parent(b) as pb:
+    with _Pair(a, b) as (pa, pb):
         rc = fn(pa.fd, pa.name, pb.fd, pb.name, _RENAME_EXCHANGE)
         if rc != 0:
             err = ctypes.get_errno()
