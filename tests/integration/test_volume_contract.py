@@ -1,8 +1,9 @@
 """The volume-pass contract, one suite run over every kind on its real filesystem.
 
-Kinds: btrfs and xfs (loop devices, extent dedupe), zfs (zfs-fuse, hardlinks),
-plain (tmpfs, hardlinks) and pool (mergerfs over two tmpfs branches,
-cross-drive). Each test builds the same small tree, whose true duplicate
+Kinds: btrfs and xfs (loop devices, extent dedupe), zfs (zfs-fuse, hardlinks;
+"zfs-diff" is the same with the OpenZFS emulator's `zfs diff`, so later passes
+take the snapshot-diff path), plain (tmpfs, hardlinks) and pool (mergerfs over
+two tmpfs branches, cross-drive). Each test builds the same small tree, whose true duplicate
 groups are known, and checks one promise every pass makes, whatever its kind:
 
 - a dry run changes nothing on disk (paths, inodes, link counts, times,
@@ -37,7 +38,7 @@ from tests.integration.linktree import unfinished_ops as journal_unfinished
 
 pytestmark = pytest.mark.integration
 
-KINDS = ("btrfs", "xfs", "zfs", "plain", "pool")
+KINDS = ("btrfs", "xfs", "zfs", "zfs-diff", "plain", "pool")
 EXTENT_KINDS = ("btrfs", "xfs")
 MIN_SIZE = 4096
 K = 1024
@@ -92,6 +93,7 @@ class Vol:
     cfg: Path
     db: Path
     dataset: str | None = None
+    diff: bool = False  # zfs with `zfs diff`: passes after the first read the diff
 
     def build(self, specs: list[Spec]) -> None:
         for s in specs:
@@ -118,7 +120,9 @@ def _sync(roots: tuple[Path, ...]) -> None:
 
 @pytest.fixture(params=KINDS)
 def vol(request: Any, tmp_path: Path) -> Iterator[Vol]:
-    kind = request.param
+    kind = request.param.partition("-")[0]
+    if request.param == "zfs-diff":
+        request.getfixturevalue("openzfs")  # `zfs diff` as OpenZFS has it, on zfs-fuse
     keys: dict[str, Any] = {"kind": kind, "settle_seconds": 0, "min_size": MIN_SIZE,
                             "mode": "apply"}
     dataset = None
@@ -140,7 +144,8 @@ def vol(request: Any, tmp_path: Path) -> Iterator[Vol]:
         roots, view = mp.branches, mp.root
         keys.update(pool_root=str(mp.root), branches=[str(b) for b in mp.branches])
     keys["path"] = str(view)
-    yield Vol(kind, roots, view, config(tmp_path, {"v": keys}), tmp_path / "index.db", dataset)
+    yield Vol(kind, roots, view, config(tmp_path, {"v": keys}), tmp_path / "index.db", dataset,
+              request.param == "zfs-diff")
 
 
 def run_pass(v: Vol, *args: str) -> dict[str, Any]:
@@ -233,6 +238,7 @@ def test_unchanged_rescan_reads_no_bytes(vol: Vol) -> None:
     applied = run_pass(vol)
     assert dedupe_actions(applied) and not applied["problems"], applied
     rescan = run_pass(vol)
+    assert ("zfs_diff_entries" in rescan["counters"]) == vol.diff, rescan["counters"]
     assert rescan["counters"].get("bytes_read", 0) == 0, rescan["counters"]
     assert rescan["counters"].get("files_hashed", 0) == 0, rescan["counters"]
     assert dedupe_actions(rescan) == [], rescan["actions"]
