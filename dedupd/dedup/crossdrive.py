@@ -91,8 +91,8 @@ def link_pool_group(journal: J.Journal | None, group: DupGroup, policy: PoolPoli
     only after the new name on the kept branch exists and was verified.
     """
     lp = policy.link_policy(b"/")
-    run = H._Run(journal, lp, dry_run)
-    files = [f for f in H._eligible(run, list(group.files)) if _one_branch(run, policy, f)]
+    run = H.LinkRun(journal, lp, dry_run)
+    files = [f for f in H.eligible(run, list(group.files)) if _one_branch(run, policy, f)]
     if len(files) < 2:
         return run.result()
     ranked = H.rank(files, lp.primary_paths)
@@ -104,7 +104,7 @@ def link_pool_group(journal: J.Journal | None, group: DupGroup, policy: PoolPoli
     if len(same) > 1:
         results.append(H.link_group(journal, DupGroup(group.size, tuple(same)),
                                     policy.link_policy(a), dry_run))
-        H._refresh(run, keep.key, keep.path)  # our links moved its ctime
+        H.refresh(run, keep.key, keep.path)  # our links moved its ctime
     writers = Writers()
     for f in ranked:
         if policy.branch_of(f.path) == a:
@@ -119,7 +119,7 @@ def link_pool_group(journal: J.Journal | None, group: DupGroup, policy: PoolPoli
     return _merge(results[1:])
 
 
-def _one_branch(run: H._Run, policy: PoolPolicy, f: IndexedFile) -> bool:
+def _one_branch(run: H.LinkRun, policy: PoolPolicy, f: IndexedFile) -> bool:
     bs = {policy.branch_of(p) for p in f.paths}
     if len(bs) == 1 and None not in bs:
         return True
@@ -139,7 +139,7 @@ def _merge(results: list[H.LinkResult]) -> H.LinkResult:
                         tuple(x for r in results for x in r.restat))
 
 
-def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,
+def _move_inode(run: H.LinkRun, policy: PoolPolicy, keep: IndexedFile, a: bytes,
                 f: IndexedFile, writers: Writers) -> None:
     b = policy.branch_of(f.path)
     assert b is not None
@@ -158,13 +158,13 @@ def _move_inode(run: H._Run, policy: PoolPolicy, keep: IndexedFile, a: bytes,
                 + os.urandom(6).hex().encode() + fs.QUARANTINE_SUFFIX)
             freed = n == len(f.paths) - 1 and st.st_nlink == 1 and q is None
             _move(run, keep, f, p, dest, a, b, q, freed)
-        H._refresh(run, keep.key, keep.path)
+        H.refresh(run, keep.key, keep.path)
         for rest in f.paths[n + 1:]:
-            if H._refresh(run, f.key, rest):
+            if H.refresh(run, f.key, rest):
                 break
 
 
-def _precheck(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes,
+def _precheck(run: H.LinkRun, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes,
               writers: Writers) -> os.stat_result:
     """Every check that needs no journal; returns the duplicate's stat."""
     writers.check(keep.key, keep.path)
@@ -185,7 +185,7 @@ def _precheck(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: by
     return dst
 
 
-def _describe(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes) -> None:
+def _describe(run: H.LinkRun, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes) -> None:
     try:
         if not same_bytes(keep.path, run.ident[keep.key], p, run.ident[f.key]):
             raise Refused("content_differs", "same hash, different bytes")
@@ -215,7 +215,7 @@ def _missing_dirs(a: bytes, rel_dir: bytes) -> tuple[bytes, ...]:
     return tuple(out)
 
 
-def _move(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes, a: bytes,
+def _move(run: H.LinkRun, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes, a: bytes,
           b: bytes, q: bytes | None, freed: bool) -> None:
     jr = run.journal
     assert jr is not None
@@ -234,7 +234,7 @@ def _move(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes,
             fs.link_exact(keep.path, dest, expect=keep.key)
             jr.step("link dest")
         jr.set(op, J.LINKED)
-        H._refresh(run, keep.key, keep.path)
+        H.refresh(run, keep.key, keep.path)
         _verify_pair(run, keep, f, dest, p)
         jr.set(op, J.REMOVING)
         _remove(jr, spec)
@@ -249,7 +249,7 @@ def _move(run: H._Run, keep: IndexedFile, f: IndexedFile, p: bytes, dest: bytes,
     run.actions.append(_action(keep.path, p, dest, f.size, "done", op))
 
 
-def _verify_pair(run: H._Run, keep: IndexedFile, f: IndexedFile, kpath: bytes,
+def _verify_pair(run: H.LinkRun, keep: IndexedFile, f: IndexedFile, kpath: bytes,
                  p: bytes) -> None:
     kid, did = run.ident[keep.key], run.ident[f.key]
     restat(kpath, kid)

@@ -106,8 +106,9 @@ class _Planned:
     rest: tuple[bytes, ...]
 
 
-class _Run:
-    """Accumulates the outcome of one group (mutable, private to link_group)."""
+class LinkRun:
+    """Accumulates the outcome of a batch of groups (mutable; link_groups and the
+    cross-drive linker each own one for the length of a call)."""
 
     def __init__(self, journal: J.Journal | None, policy: LinkPolicy, dry_run: bool) -> None:
         self.journal, self.policy, self.dry_run = journal, policy, dry_run
@@ -170,7 +171,7 @@ def link_groups(journal: J.Journal | None, groups: Sequence[DupGroup], policy: L
     and the DONE states are committed together."""
     if journal is None and not dry_run:
         raise ValueError("link_group needs a journal unless dry_run")
-    run = _Run(journal, policy, dry_run)
+    run = LinkRun(journal, policy, dry_run)
     try:
         for group in groups:
             _link_all(run, group, policy)
@@ -180,8 +181,8 @@ def link_groups(journal: J.Journal | None, groups: Sequence[DupGroup], policy: L
     return run.result()
 
 
-def _link_all(run: _Run, group: DupGroup, policy: LinkPolicy) -> None:
-    files = _eligible(run, list(group.files))
+def _link_all(run: LinkRun, group: DupGroup, policy: LinkPolicy) -> None:
+    files = eligible(run, list(group.files))
     if len(files) < 2:
         return
     ranked = rank(files, policy.primary_paths)
@@ -206,7 +207,7 @@ def _link_all(run: _Run, group: DupGroup, policy: LinkPolicy) -> None:
     return
 
 
-def _eligible(run: _Run, files: list[IndexedFile]) -> list[IndexedFile]:
+def eligible(run: LinkRun, files: list[IndexedFile]) -> list[IndexedFile]:
     """Drop inodes that moved since hashing or have names outside the scope."""
     out = []
     for f in files:
@@ -225,7 +226,7 @@ def _eligible(run: _Run, files: list[IndexedFile]) -> list[IndexedFile]:
     return out
 
 
-def _link_inode(run: _Run, keep: IndexedFile, f: IndexedFile, writers: Writers) -> None:
+def _link_inode(run: LinkRun, keep: IndexedFile, f: IndexedFile, writers: Writers) -> None:
     for n, p in enumerate(f.paths):
         last = n == len(f.paths) - 1
         try:
@@ -247,7 +248,7 @@ def _link_inode(run: _Run, keep: IndexedFile, f: IndexedFile, writers: Writers) 
             run.planned.append(_Planned(keep, f, p, freed, tuple(f.paths[n + 1:])))
 
 
-def _refresh(run: _Run, key: tuple[int, int], path: bytes) -> bool:
+def refresh(run: LinkRun, key: tuple[int, int], path: bytes) -> bool:
     """After our own link changes, accept the new ctime if nothing else moved."""
     old = run.ident[key]
     try:
@@ -262,7 +263,7 @@ def _refresh(run: _Run, key: tuple[int, int], path: bytes) -> bool:
     return False
 
 
-def _describe(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes) -> None:
+def _describe(run: LinkRun, keep: IndexedFile, f: IndexedFile, p: bytes) -> None:
     try:
         if not same_bytes(keep.path, run.ident[keep.key], p, run.ident[f.key]):
             raise Refused("content_differs", "same hash, different bytes")
@@ -283,7 +284,7 @@ def _action(keep: bytes, dup: bytes, size: int, result: str, op: int | None = No
     return a
 
 
-def _spec(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes) -> J.OpSpec:
+def _spec(run: LinkRun, keep: IndexedFile, f: IndexedFile, p: bytes) -> J.OpSpec:
     qdir = run.policy.quarantine_dir
     q = None
     if qdir is not None:
@@ -294,7 +295,7 @@ def _spec(run: _Run, keep: IndexedFile, f: IndexedFile, p: bytes) -> J.OpSpec:
                     quarantine_path=q)
 
 
-def _execute(run: _Run) -> None:
+def _execute(run: LinkRun) -> None:
     """Carry out the planned names as one batch (the group commit)."""
     plan, run.planned = run.planned, []
     jr = run.journal
@@ -307,9 +308,9 @@ def _execute(run: _Run) -> None:
     for pl, spec, op in zip(plan, specs, ops, strict=True):
         if _replace(run, pl, spec, op):
             swapped.append((pl, op))
-        _refresh(run, pl.keep.key, pl.keep.path)  # our link moved their ctimes
+        refresh(run, pl.keep.key, pl.keep.path)  # our link moved their ctimes
         for rest in pl.rest:
-            if _refresh(run, pl.f.key, rest):
+            if refresh(run, pl.f.key, rest):
                 break
     if not swapped:
         return
@@ -326,7 +327,7 @@ def _execute(run: _Run) -> None:
         run.actions.append(_action(pl.keep.path, pl.path, pl.f.size, "done", op))
 
 
-def _replace(run: _Run, pl: _Planned, spec: J.OpSpec, op: int) -> bool:
+def _replace(run: LinkRun, pl: _Planned, spec: J.OpSpec, op: int) -> bool:
     """Verify and swap one name of the batch; True when the name now links the kept
     file (its DONE mark waits for the batch's sync)."""
     jr = run.journal
