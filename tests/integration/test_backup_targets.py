@@ -116,3 +116,28 @@ def test_rclone_local_head_hashes_the_stored_bytes(rclone_conf: Path, tmp_path: 
     assert json.loads(out)[0]["Hashes"]["sha256"] == info.sha256
     assert t.head("j/chunks/x/000001.zst") is None
     assert t.head("j/chunks/x") is None  # a folder is no object
+
+
+def test_rclone_local_backend_is_recognised_from_its_features(rclone_conf: Path,
+                                                               s3_bucket: str,
+                                                               tmp_path: Path) -> None:
+    """The local backend (also behind an alias) is found from `backend features`
+    alone; an s3 remote or a crypt over a local path is not taken for a directory."""
+    from dedupd.backup.targets.rclone import RcloneTarget
+
+    (tmp_path / "r").mkdir()
+    obscured = subprocess.run(["rclone", "obscure", "pw"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    with rclone_conf.open("a") as f:
+        f.write(f"\n[al]\ntype = alias\nremote = loc:{tmp_path}\n"
+                f"\n[cr]\ntype = crypt\nremote = loc:{tmp_path}/c\npassword = {obscured}\n")
+
+    def local_dir(remote: str, path: str) -> Path | None:
+        t = RcloneTarget(TargetConfig(kind="rclone", remote=remote, path=path,
+                                      config=rclone_conf, **FAST))  # type: ignore[arg-type]
+        return t._local_dir()
+
+    assert local_dir("loc", str(tmp_path / "r")) == tmp_path / "r"
+    assert local_dir("al", "r") == tmp_path / "r"
+    assert local_dir("cr", "r") is None
+    assert local_dir("mots3", f"{s3_bucket}/p") is None

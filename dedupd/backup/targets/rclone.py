@@ -29,6 +29,8 @@ READ = 1024 * 1024
 # 7 fatal (e.g. access denied). 1 (uncategorised, includes connection refused)
 # and 5 (temporary) are retried.
 _TRANSIENT_RC = {1, 5, 6}
+# How rclone's local backend names itself in `rclone backend features` ("String").
+_LOCAL_DESCRIPTION = "Local file system at "
 
 
 class RcloneTarget:
@@ -66,19 +68,21 @@ class RcloneTarget:
         return self._features
 
     def _local_dir(self) -> Path | None:
-        """The directory behind a remote of type `local`, else None (asked once).
+        """The directory behind a remote of the `local` backend, else None (asked once).
 
         head() of such a remote reads and hashes the file itself: the same bytes
         `rclone lsjson --hash` would read, but with SHA-256 at several times the
-        speed (OpenSSL vs rclone's Go build) and no process per object.
+        speed (OpenSSL vs rclone's Go build) and no process per object. The
+        backend is read from the `features` answer already fetched (the local
+        backend describes itself as "Local file system at ROOT"), which also
+        counts an alias of a local path and saves a `listremotes` process.
         """
         if self._local is None:
             self._local = ""
-            r = self._run("listremotes", self._argv("listremotes", "--long"))
-            types = dict(ln.split(":", 1) for ln in r.text.splitlines() if ":" in ln)
-            root = self._remote_features().get("Root")
-            if (types.get(self.remote, "").strip() == "local" and isinstance(root, str)
-                    and root.startswith("/")):
+            feats = self._remote_features()
+            root, text = feats.get("Root"), feats.get("String")
+            if (isinstance(root, str) and root.startswith("/") and isinstance(text, str)
+                    and text == f"{_LOCAL_DESCRIPTION}{root}"):
                 self._local = root
         return Path(self._local) if self._local else None
 
