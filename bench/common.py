@@ -62,6 +62,49 @@ def peak_rss_kb(argv: list[str]) -> tuple[float, int, bytes]:
     return time.perf_counter() - t0, ru.ru_maxrss, b"".join(chunks)
 
 
+def _tree_rss_kb(pid: int) -> int:
+    """RSS of pid and its descendants now (0 once gone)."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except (OSError, ValueError):
+        return total
+    return total + sum(_tree_rss_kb(k) for k in kids)
+
+
+def tree_peak_rss_kb(argv: list[str]) -> tuple[float, int, int, bytes]:
+    """peak_rss_kb plus the peak of the summed RSS of the process and its children
+    (helper processes), sampled every 20 ms."""
+    import threading
+
+    peak = [0]
+    stop = threading.Event()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            peak[0] = max(peak[0], _tree_rss_kb(proc.pid))
+
+    t = threading.Thread(target=sample, daemon=True)
+    t0 = time.perf_counter()
+    t.start()
+    out, _ = proc.communicate()
+    secs = time.perf_counter() - t0
+    stop.set()
+    t.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv} failed ({proc.returncode})")
+    import resource
+
+    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return secs, largest, peak[0], out
+
+
 def drop_caches() -> None:
     subprocess.run(["sync"], check=True)
     Path("/proc/sys/vm/drop_caches").write_text("3\n")

@@ -260,6 +260,15 @@ def open_child_dir(parent: int, name: bytes, *, cross_mounts: bool = False) -> i
     return fd
 
 
+def open_in(dirfd: int, name: bytes, flags: int = FILE_FLAGS) -> int:
+    """Open the entry `name` (one component) of the directory fd `dirfd` (from
+    open_dir), never following it: a symlink there raises PathChanged."""
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    except OSError as e:
+        raise _moved(e, name) from None
+
+
 def open_dir(path: bytes) -> int:
     """A directory fd for path (O_RDONLY, usable for scandir, fsync and *at calls)."""
     return open_at(path, DIR_FLAGS)

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from dedupd.commands.common import add_common, load_config, open_store
-from dedupd.hashing import FileChanged, HashStats, read_hashes
+from dedupd.hashing import FileChanged, read_hashes
 from dedupd.index import provenance as prov
 from dedupd.index.provenance import Provenance
 from dedupd.index.store import IndexedFile, Store
@@ -83,7 +83,7 @@ def _same_content(store: Store, path: bytes) -> list[Provenance]:
     f = IndexedFile(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                     None, None, 0, (path,))
     try:
-        full = read_hashes(f, True, HashStats())[1]
+        full = read_hashes(f, True).full
     except (OSError, FileChanged):
         return []
     seen: set[tuple[str, bytes]] = set()

@@ -19,9 +19,9 @@ from dedupd.errors import ConfigError
 from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.fsops.copy import LOCK_NAME, TMP_GLOB
 from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
-from dedupd.hashing import Hasher, HashStats, Stability
+from dedupd.hashing import Engine, HashStats, HashWriter, Stability
 from dedupd.index import provenance as prov
-from dedupd.index.store import HashUpdate, IndexedFile, Store
+from dedupd.index.store import IndexedFile, Store
 from dedupd.scan.scanner import RECORD_BATCH, batches
 from dedupd.scan.walk import WalkOptions, normalize_roots, walk
 
@@ -143,40 +143,26 @@ def index_trees(store: Store, cfg: ConsolidateConfig, roots: Roots,
 
 
 def group_contents(store: Store, inv: Inventory, progress: Progress | None = None) -> None:
-    """Hash size-matched candidates and fill inv.contents (sources and archive dups)."""
-    hasher = Hasher(Stability(0.0), inv.hashing)
-    pending: list[HashUpdate] = []
+    """Hash size-matched candidates and fill inv.contents (sources and archive dups),
+    by ascending size."""
+    engine = Engine(Stability(0.0), inv.hashing)
+    writer = HashWriter(store, SAVE_BATCH)  # one transaction per batch, not per size
     done = 0
-    for files in prov.files_by_size(store, inv.scan_id):
-        done += len(files)
+    for res in engine.run(prov.files_by_size(store, inv.scan_id)):
+        done += len(res.files) + len(res.gone)
         if progress:
             progress("hash", done, 0)  # files of the size groups so far
-        if len(files) == 1:
-            _add(inv, files, files[0].full)
-            continue
-        res = hasher.hash_size_group(files)
-        pending.extend(res.updates)
-        if len(pending) >= SAVE_BATCH:  # one transaction per batch, not per size group
-            store.save_hashes(pending)
-            pending = []
-        if res.gone:
-            store.forget(res.gone)
-        full = {(u.dev, u.ino): u.full for u in res.updates if u.full}
-        gone = set(res.gone)
+        writer.add(res)
         grouped: set[tuple[int, int]] = set()
         for g in res.groups:
-            members = [_with_full(f, full.get(f.key, f.full)) for f in g]
-            grouped.update(f.key for f in g)
-            _add(inv, members, members[0].full)
-        for f in files:
-            if f.key not in grouped and f.key not in gone:
-                ff = _with_full(f, full.get(f.key, f.full))
-                _add(inv, [ff], ff.full)
-    store.save_hashes(pending)
-
-
-def _with_full(f: IndexedFile, full: bytes | None) -> IndexedFile:
-    return dataclasses.replace(f, full=full)
+            grouped.update(f.key for f in g.files)
+            _add(inv, g.files, g.full)
+        for f in res.files:
+            if f.key not in grouped:
+                _add(inv, [f], f.full)
+    writer.flush()
+    # the engine hands size groups on as their reads complete
+    inv.contents.sort(key=lambda c: c.size)
 
 
 def _add(inv: Inventory, files: Sequence[IndexedFile], full: bytes | None) -> None:

@@ -9,7 +9,7 @@ the next groups never wait for the dedupe of earlier ones.
 from __future__ import annotations
 
 from dedupd.dedup.extent_group import ExtentDeduper
-from dedupd.dedup.route import Group
+from dedupd.hashing import Group
 from dedupd.queuethread import QueueThread
 
 DEDUPE_QUEUE = 256  # hashed groups waiting for the dedupe thread

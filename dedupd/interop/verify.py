@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from dedupd import handles
 from dedupd.files.events import FileEvent, Problem
-from dedupd.hashing import FileChanged, HashStats, read_hashes
+from dedupd.hashing import HashStats
+from dedupd.hashing.read import read_one
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 from dedupd.interop.reports import CandidateGroup, Claim
 
@@ -78,17 +79,17 @@ def _stat_claim(c: Claim, scope: Sequence[bytes], v: Verification) -> FileEvent 
 def _hash(ev: FileEvent, v: Verification) -> tuple[int, bytes] | None:
     f = IndexedFile(ev.dev, ev.ino, ev.size, ev.mtime_ns, ev.ctime_ns, None, None, 0,
                     (ev.path,))
-    try:
-        head, full = read_hashes(f, True, v.hashing)
-        assert full is not None  # full=True always yields the whole-file hash
-        return head, full
-    except FileChanged:
-        v.skipped.append(Problem(ev.path, "changed", "changed while being read"))
-    except FileNotFoundError:
-        v.skipped.append(Problem(ev.path, "missing", "disappeared before hashing"))
-    except OSError as e:
-        v.skipped.append(Problem(ev.path, "unreadable", e.strerror or str(e)))
-    return None
+    got = read_one(f, True)
+    if isinstance(got, Problem):
+        # an import report calls a file that is gone "missing", whenever it went
+        reason = "missing" if got.reason == "vanished" else got.reason
+        v.skipped.append(Problem(got.path, reason, got.detail))
+        return None
+    v.hashing.bytes_read += got.nread
+    v.hashing.bytes_hashed += got.nread
+    v.hashing.full_hashes += 1
+    assert got.full is not None  # a whole read always yields the full hash
+    return got.head, got.full
 
 
 def verify_group(g: CandidateGroup, scope: Sequence[bytes], v: Verification,

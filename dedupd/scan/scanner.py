@@ -16,15 +16,17 @@ from typing import Any
 
 from dedupd import handles
 from dedupd.files.events import FileEvent, Problem, WalkStats
-from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
+from dedupd.hashing import Engine, Group, HashStats, HashWriter, Stability
 from dedupd.index.store import IndexedFile, Store
 from dedupd.output import human_bytes
 from dedupd.progress import Progress
 from dedupd.queuethread import QueueThread
-from dedupd.scan.prehash import PreHasher
+from dedupd.scan.prehash import EarlyHashing
 from dedupd.scan.walk import WalkOptions, normalize_roots, walk
+from dedupd.scan.walkproc import ForkedWalk
 
 RECORD_BATCH = 2000
+WALK_PROC = True  # the walk in a process of its own (dedupd.scan.walkproc)
 
 
 @dataclass(frozen=True)
@@ -100,31 +102,43 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     wstats = WalkStats()
     wopts = WalkOptions(opts.min_size, opts.exclude, opts.cross_mounts)
     stability = Stability(opts.settle_seconds, opts.max_backoff_seconds)
-    pre = PreHasher(store, stability)
+    # both fork: before any thread of ours starts
+    walker = ForkedWalk(norm, wopts, RECORD_BATCH) if WALK_PROC else None
+    pre = EarlyHashing(store, stability)
     try:
-        # Groups come from the pre-hasher's memory, so unchanged inodes need no
-        # `seen` mark (one write each) unless it lets go (mark_inodes_seen below).
-        walked = 0  # bytes of the files walked, for the progress display only
+        # Groups come from the feeders' memory, so unchanged inodes need no
+        # `seen` mark (one write each) unless they let go (mark_inodes_seen below).
+        walked = seen = 0  # for the progress display only
         if progress:
             progress.phase("walk")
+        events = walker.batches() if walker else batches(walk(norm, wopts, wstats), RECORD_BATCH)
         with Recorder(store, scan_id, pre.put, touch_inodes=False) as rec:
-            for batch in batches(walk(norm, wopts, wstats), RECORD_BATCH):
+            for batch in events:
                 rec.put(batch)
                 if progress:  # bytes found, not read: a note, not the phase's bytes
                     walked += sum(e.size for e in batch)
-                    progress.update(wstats.files_seen, note=f"{human_bytes(walked)}")
+                    seen += len(batch)
+                    progress.update(seen, note=f"{human_bytes(walked)}")
+        if walker:
+            wstats = walker.stats
     except BaseException:
         with contextlib.suppress(Exception):  # the first error is the one to report
-            pre.close()  # no thread may outlive the scan
+            if walker:
+                walker.close()
+            pre.close()  # no thread or process may outlive the scan
         raise
+    if progress:
+        progress.phase("hash")  # what the feeders still read
     early = pre.close()
     new, changed, unchanged = rec.new, rec.changed, rec.unchanged
     forgotten = store.finish_scan(scan_id, norm)
-    if early is None:  # the pre-hasher let go: the index's size groups it is
-        store.mark_inodes_seen(scan_id)
     hstats = HashStats()
     hstats.merge(pre.stats)
-    groups = find_groups(store, scan_id, opts, hstats, progress, early)
+    if early is None:  # the feeders let go: the index's size groups it is
+        store.mark_inodes_seen(scan_id)
+        groups = find_groups(store, scan_id, opts, hstats, progress)
+    else:
+        groups = _sorted(early)
     stats: dict[str, int | float] = {
         "files_seen": wstats.files_seen,
         "files_hashed": hstats.files_hashed,
@@ -193,8 +207,8 @@ def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats
                 ) -> tuple[DupGroup, ...]:
     """Hash the size-matched candidates of a scan (by default, the index's);
     return groups, largest waste first."""
-    hasher = Hasher(Stability(opts.settle_seconds, opts.max_backoff_seconds), hstats)
-    groups: list[DupGroup] = []
+    engine = Engine(Stability(opts.settle_seconds, opts.max_backoff_seconds), hstats)
+    found: list[Group] = []
     writer = HashWriter(store)
     if candidates is None:
         candidates = store.candidate_groups(scan_id, opts.min_size)
@@ -202,14 +216,19 @@ def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats
         known = isinstance(candidates, list)  # from memory: the total is known
         progress.phase("hash", sum(len(g) for g in candidates) if known else None)
         files_done, read_before = 0, hstats.bytes_read
-    results = hasher.hash_groups(candidates)
-    for files, res in results:
+    for res in engine.run(candidates):
         writer.add(res)
-        # by path: the same answer whichever files the index had hashes for
-        groups.extend(DupGroup(files[0].size, tuple(sorted(g, key=_path))) for g in res.groups)
+        found.extend(res.groups)
         if progress:
-            files_done += len(files)
+            files_done += len(res.files) + len(res.gone)
             progress.update(files_done, hstats.bytes_read - read_before)
     writer.flush()
+    return _sorted(found)
+
+
+def _sorted(found: Iterable[Group]) -> tuple[DupGroup, ...]:
+    """Groups with members by path (the same answer whichever files the index had
+    hashes for), largest waste first."""
+    groups = [DupGroup(g.size, tuple(sorted(g.files, key=_path))) for g in found]
     groups.sort(key=lambda g: (-g.wasted, g.files[0].path))
     return tuple(groups)

@@ -1,7 +1,7 @@
 """The extent engine: BTRFS and XFS volumes dedupe by sharing extents.
 
 Size groups are hashed heads first, then whole files in on-disk order
-(dedup/route.py); each group of identical files goes to a worker thread that
+(dedupd/hashing); each group of identical files goes to a worker thread that
 runs dedup/extent_group.py (the kernel compares the bytes in FIDEDUPERANGE),
 so reading and deduping overlap. Files in read-only snapshots are only ever
 the reference of a dedupe. The engine measures the space a pass freed and
@@ -16,11 +16,10 @@ import time
 from collections.abc import Iterator
 
 from dedupd.dedup.extent_group import ExtentDeduper
-from dedupd.dedup.route import Router
 from dedupd.dedup.worker import DedupeWorker
 from dedupd.files.counters import Counters
 from dedupd.files.events import FileEvent
-from dedupd.hashing import HashWriter, SizeGroupResult, Stability
+from dedupd.hashing import Engine, HashWriter, Stability
 from dedupd.index import extents as ix
 from dedupd.volumes import Step
 from dedupd.volumes import btrfs_ioctl as bt
@@ -55,17 +54,17 @@ class ExtentEngine:
         return events  # no temporary names of ours
 
     def hash_and_act(self, groups: Groups) -> Iterator[Step]:
-        """Hash size groups (heads, then whole files in on-disk order: dedupd.dedup.route)
+        """Hash size groups (heads, then whole files in on-disk order: dedupd.hashing)
         and dedupe what matches in a worker thread, so reading and deduping overlap."""
         r = self.run
         stab = Stability(r.vol.settle_seconds, r.vol.max_backoff_hours * 3600)
         writer = HashWriter(r.store)
         worker = DedupeWorker(self.deduper)
         try:
-            for res in Router(stab, r.hash_stats).route(groups):
+            for res in Engine(stab, r.hash_stats).run(groups):
                 # Hashes of grouped files travel with the group: the deduper writes
                 # them in order with what it learns (never overwritten by a stale one).
-                writer.add(SizeGroupResult(res.updates, (), res.gone, res.stats))
+                writer.add(res, groups=False)
                 if res.stats.pending:
                     r.again.add(res.size)  # unsettled: look again next pass
                 yield Step("hashing", f"size {res.size}")

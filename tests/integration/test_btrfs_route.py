@@ -1,4 +1,4 @@
-"""Hashing for extent volumes (dedupd.dedup.route): heads, then whole files in disk
+"""Hashing for extent volumes (dedupd.hashing.engine): heads, then whole files in disk
 order, in windows; groups are handed to the dedupe as their reads complete.
 
 Every hash the index ends up with is the true hash of the file's bytes, whatever
@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from dedupd.dedup import route
-from dedupd.hashing import HashStats, Stability
+from dedupd.hashing import HashStats, Stability, engine
 from dedupd.index import extents as ix
 from dedupd.index.store import IndexedFile, Store
 from tests.fixtures.components import require_tools
@@ -68,7 +67,7 @@ def test_same_head_different_tail_is_never_merged(vol: Path, store: Store) -> No
 @pytest.mark.parametrize("window", [1, 1 << 30])
 def test_two_contents_behind_one_head_are_split_and_both_deduped(
         vol: Path, store: Store, window: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(route, "WINDOW_BYTES", window)
+    monkeypatch.setattr(engine, "WINDOW_BYTES", window)
     size = 200 * BLOCK
     a = write_random(vol / "a0.jpg", size, 7)
     b = a[:BLOCK * 100] + write_random(vol / "tmp", size - BLOCK * 100, 8)
@@ -109,7 +108,7 @@ def test_groups_of_many_sizes_across_windows(vol: Path, store: Store,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Windows smaller than one group's bytes, several groups per window, and size
     groups without duplicates in between: every group is found exactly once."""
-    monkeypatch.setattr(route, "WINDOW_BYTES", 100 * BLOCK)
+    monkeypatch.setattr(engine, "WINDOW_BYTES", 100 * BLOCK)
     dup = 0
     for g in range(9):
         size = (20 + 7 * g) * BLOCK
@@ -133,16 +132,16 @@ def test_whole_files_are_read_in_disk_order(vol: Path, store: Store,
     for g in reversed(range(6)):
         copy_fresh(vol / f"o{g}.jpg", vol / f"c{g}.jpg")
     order: list[tuple[int, int, int]] = []
-    real = route.hash_file
+    real = engine.read_one
 
     def spy(f: IndexedFile, full: bool, *a: object) -> object:
         if full:
-            order.append(route.on_disk(f))
+            order.append(engine.on_disk(f))
         return real(f, full, *a)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(route, "hash_file", spy)
-    monkeypatch.setattr(route, "WINDOW_BYTES", 1 << 30)
-    monkeypatch.setattr(route, "READERS", 1)  # reads happen in the order they are handed out
+    monkeypatch.setattr(engine, "read_one", spy)
+    monkeypatch.setattr(engine, "WINDOW_BYTES", 1 << 30)
+    monkeypatch.setattr(engine, "READERS", 1)  # reads happen in the order they are handed out
     sync_fs(vol)  # written data gets its disk addresses (delayed allocation)
     r = run_pass(store, vol, min_size=BLOCK)
     assert r.counters["hits"] == 6 and len(order) == 12
@@ -167,7 +166,7 @@ def test_closing_early_drops_the_reads_not_started(vol: Path,
                                      (os.fsencode(vol / name),)))
         groups.append(files)
     reads: list[bytes] = []
-    real = route.hash_file
+    real = engine.read_one
     gate = threading.Event()
 
     def spy(f: IndexedFile, full: bool, *a: object) -> object:
@@ -177,9 +176,9 @@ def test_closing_early_drops_the_reads_not_started(vol: Path,
                 gate.wait(10)  # the first task is in progress when the route is closed
         return real(f, full, *a)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(route, "hash_file", spy)
-    r = route.Router(Stability(), HashStats(), workers=1, window=1 << 30)
-    it = r.route(groups)
+    monkeypatch.setattr(engine, "read_one", spy)
+    r = engine.Engine(Stability(), HashStats(), workers=1, window=1 << 30)
+    it = r.run(groups)
     first = next(it)  # disk order o0, c0, o1, ...: two reads complete the first group
     assert len(first.groups) == 1 and len(first.groups[0].files) == 2
     threading.Timer(0.2, gate.set).start()
@@ -198,14 +197,14 @@ def test_heads_are_read_in_inode_order_across_size_groups(vol: Path, store: Stor
         write_random(vol / f"s{g}.jpg", (4 + g) * BLOCK, 500 + g)
         copy_fresh(vol / f"s{g}.jpg", vol / f"t{g}.jpg")
     inos: list[int] = []
-    real = route.hash_file
+    real = engine.read_one
 
     def spy(f: IndexedFile, full: bool, *a: object) -> object:
         inos.append(f.ino)
         return real(f, full, *a)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(route, "hash_file", spy)
-    monkeypatch.setattr(route, "READERS", 1)
+    monkeypatch.setattr(engine, "read_one", spy)
+    monkeypatch.setattr(engine, "READERS", 1)
     r = run_pass(store, vol, min_size=BLOCK)
     assert r.counters["hits"] == 6 and len(inos) == 12
     assert inos == sorted(inos)

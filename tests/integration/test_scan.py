@@ -129,10 +129,11 @@ def _before_hashing(monkeypatch: pytest.MonkeyPatch, early: bool,
                     touch: Callable[[], None]) -> StageHook | None:
     """Run `touch` once, after the walk saw the files and before any was read.
 
-    early: inside the pre-hasher, before it reads the batch; otherwise the
-    pre-hasher is disabled and the walk's progress hook runs it, before the
-    find pass reads anything.
+    early: inside the early hashing's feeder (in this process, for the hook),
+    before it reads the batch; otherwise early hashing lets go at once and the
+    walk's progress hook runs it, before the find pass reads anything.
     """
+    from dedupd.hashing import engine
     from dedupd.scan import prehash
 
     done: list[bool] = []
@@ -145,13 +146,14 @@ def _before_hashing(monkeypatch: pytest.MonkeyPatch, early: bool,
     if not early:
         monkeypatch.setattr(prehash, "PREHASH_LIMIT", 0)
         return StageHook(lambda stage, _done, _total: once() if stage == "walk" else None)
-    add = prehash.PreHasher._add
+    monkeypatch.setattr(prehash, "FEED_PROCS", 0)
+    put = engine.Feeder.put
 
-    def add_after(self: prehash.PreHasher, batch: Sequence[IndexedFile]) -> None:
+    def put_after(self: engine.Feeder, batch: Sequence[IndexedFile]) -> object:
         once()
-        add(self, batch)
+        return put(self, batch)
 
-    monkeypatch.setattr(prehash.PreHasher, "_add", add_after)
+    monkeypatch.setattr(engine.Feeder, "put", put_after)
     return None
 
 
@@ -191,6 +193,7 @@ def test_a_file_written_between_two_of_its_names_keeps_no_stale_hash(
     # of the old bytes, however the pre-hasher's reads and writes interleave.
     import threading
 
+    from dedupd.hashing import engine
     from dedupd.scan import prehash, scanner
 
     b = Builder(tmp_path / "t")
@@ -199,15 +202,18 @@ def test_a_file_written_between_two_of_its_names_keeps_no_stale_hash(
     (tmp_path / "t" / "z").mkdir()
     os.link(a, tmp_path / "t" / "z" / "a2")  # a subdirectory: walked after both files
     monkeypatch.setattr(scanner, "RECORD_BATCH", 1)
-    add, calls, both_read = prehash.PreHasher._add, [], threading.Event()
+    monkeypatch.setattr(prehash, "FEED_PROCS", 0)  # the hook needs the feeder here
+    monkeypatch.setattr(scanner, "WALK_PROC", False)  # and the walk in step with it
+    put, calls, both_read = engine.Feeder.put, [], threading.Event()
 
-    def add_counted(self: prehash.PreHasher, batch: Sequence[IndexedFile]) -> None:
-        add(self, batch)
+    def put_counted(self: engine.Feeder, batch: Sequence[IndexedFile]) -> object:
+        out = put(self, batch)
         calls.append(1)
         if len(calls) == 2:
             both_read.set()  # the pair's hashes are read, their write still buffered
+        return out
 
-    monkeypatch.setattr(prehash.PreHasher, "_add", add_counted)
+    monkeypatch.setattr(engine.Feeder, "put", put_counted)
 
     def rewrite(stage: str, seen: int, _total: int) -> None:
         if stage == "walk" and seen == 2:
@@ -239,11 +245,13 @@ def test_early_hashing_gives_what_the_index_pass_gives(tmp_path: Path,
         os.link(p, tmp_path / "t" / "links" / f"zz-link{i}")  # walked last: later batches
     monkeypatch.setattr(scanner, "RECORD_BATCH", 7)
     reports, default = {}, prehash.PREHASH_LIMIT
-    for limit in (default, 0, 250):
+    # forked feeders, one feeder in a thread, none, and forked ones that let go
+    for limit, procs in ((default, 2), (default, 0), (0, 2), (250, 2)):
         monkeypatch.setattr(prehash, "PREHASH_LIMIT", limit)
-        reports[limit] = scan(Store(f"sqlite:///{tmp_path}/{limit}.db"), [tmp_path / "t"],
-                              ScanOptions())
-    first = reports[default]
+        monkeypatch.setattr(prehash, "FEED_PROCS", procs)
+        reports[limit, procs] = scan(Store(f"sqlite:///{tmp_path}/{limit}-{procs}.db"),
+                                     [tmp_path / "t"], ScanOptions())
+    first = reports[default, 2]
     assert len(first.groups) >= 50 and first.stats["bytes_read"] > 0
     keys = ("files_hashed", "bytes_read", "bytes_hashed", "groups", "duplicate_bytes")
 
@@ -255,9 +263,11 @@ def test_early_hashing_gives_what_the_index_pass_gives(tmp_path: Path,
         assert {k: rep.stats[k] for k in keys} == {k: first.stats[k] for k in keys}
     linked = [g for g in first.groups if any(len(f.paths) == 2 for f in g.files)]
     assert len(linked) >= 2  # a hardlink's two names stayed one inode
-    for limit in reports:  # unchanged rescans, with and without the pre-hasher's groups
+    for limit, procs in reports:  # unchanged rescans, with and without early groups
         monkeypatch.setattr(prehash, "PREHASH_LIMIT", limit)
-        again = scan(Store(f"sqlite:///{tmp_path}/{limit}.db"), [tmp_path / "t"], ScanOptions())
+        monkeypatch.setattr(prehash, "FEED_PROCS", procs)
+        again = scan(Store(f"sqlite:///{tmp_path}/{limit}-{procs}.db"), [tmp_path / "t"],
+                     ScanOptions())
         assert again.stats["bytes_read"] == 0 and shape(again) == shape(first)
 
 

@@ -41,8 +41,8 @@ def test_layout_merges_contiguous_pieces() -> None:
 
 
 def test_dedupe_worker_hands_a_failure_back() -> None:
-    from dedupd.dedup.route import Group
     from dedupd.dedup.worker import DedupeWorker
+    from dedupd.hashing import Group
 
     class Boom:
         calls = 0

@@ -1,0 +1,278 @@
+"""The hashing engine: schedules the reads the rule (dedupd.hashing.rule) asks for.
+
+Reads go in two stages, for every kind. Stage 1, the first read of each file
+(a head, or a small file whole), runs over batches of size groups in inode
+order: files written one after the other lie on disk in about that order too.
+Stage 2, the whole reads of large files whose heads collide, is collected into
+windows of about WINDOW_BYTES and read in the order of each file's first block
+on disk (FIEMAP). On a cold cache this is where the time goes: the same reads
+in size order seek back and forth (originals and their copies lie far apart),
+while in disk order the readahead of the filesystem and of the device below it
+work in long runs. A size group is handed on (`Hashed`) as soon as its last
+read is done, so acting on the first groups overlaps the reads of the next,
+and finds the bytes it compares in the page cache.
+
+`Engine.run` takes complete size groups (from the index); `Feeder` takes the
+members of many sizes batch by batch as a walk records them (the scan's early
+hashing) and applies the same rule and the same order to each batch.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from dedupd.files.events import Problem
+from dedupd.hashing.read import Dirs, Got, on_disk, open_ahead, read_one
+from dedupd.hashing.rule import Group, Hashed, Key, Read, SizeGroup
+from dedupd.hashing.stats import HashStats, Stability
+from dedupd.index.store import HashUpdate, IndexedFile
+
+CHUNK_FILES, CHUNK_BYTES = 16, 1024 * 1024  # reads per task (at most)
+HEAD_BATCH = 4096  # first reads per batch, in inode order
+READERS = 4  # threads reading files (several reads in flight keep the device busy)
+PREFETCH = 8  # files opened (and asked for with WILLNEED) ahead of the one read
+WINDOW_BYTES = 1024 * 1024 * 1024  # whole-file bytes per window, in disk order (at most)
+
+Job = tuple[IndexedFile, bool, SizeGroup]
+_J = TypeVar("_J", bound=tuple[IndexedFile, bool, SizeGroup])
+
+
+def window_bytes() -> int:
+    """WINDOW_BYTES, or an eighth of the memory when that is less: a window's bytes must
+    still be in the page cache when its groups are acted on."""
+    try:
+        mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return WINDOW_BYTES
+    return max(16 * 1024 * 1024, min(WINDOW_BYTES, mem // 8))
+
+
+def inode_order(jobs: list[_J]) -> list[_J]:
+    return sorted(jobs, key=lambda j: (j[0].dev, j[0].ino))
+
+
+def disk_order(jobs: list[_J]) -> list[_J]:
+    dirs = Dirs()
+    try:
+        keyed = [(on_disk(j[0], dirs), n, j) for n, j in enumerate(jobs)]
+    finally:
+        dirs.close()
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    return [j for _, _, j in keyed]
+
+
+def read_many(jobs: Sequence[_J]) -> Iterator[tuple[_J, Got | Problem]]:
+    """Read jobs in order, opening up to PREFETCH files ahead (WILLNEED): on a cold
+    cache the disk then has a queue to work on while this thread hashes."""
+    ahead: deque[tuple[_J, int | Problem]] = deque()
+    nxt = 0
+    dirs = Dirs()
+    try:
+        while nxt < len(jobs) or ahead:
+            while nxt < len(jobs) and len(ahead) <= PREFETCH:
+                j = jobs[nxt]
+                ahead.append((j, open_ahead(j[0], j[1], dirs)))
+                nxt += 1
+            j, fd = ahead.popleft()
+            yield j, (fd if isinstance(fd, Problem) else read_one(j[0], j[1], fd))
+    finally:
+        for _, fd in ahead:
+            if isinstance(fd, int):
+                os.close(fd)
+        dirs.close()
+
+
+def _chunks(jobs: list[Job]) -> Iterator[list[Job]]:
+    """Consecutive jobs, up to CHUNK_FILES files and CHUNK_BYTES bytes each (a task
+    per 12 KiB file costs more than its read)."""
+    chunk: list[Job] = []
+    nbytes = 0
+    for j in jobs:
+        if chunk and (len(chunk) >= CHUNK_FILES or nbytes + j[0].size > CHUNK_BYTES):
+            yield chunk
+            chunk, nbytes = [], 0
+        chunk.append(j)
+        nbytes += j[0].size
+    if chunk:
+        yield chunk
+
+
+def _read_chunk(chunk: list[Job], done: queue.SimpleQueue[object]) -> None:
+    try:
+        for item in read_many(chunk):
+            done.put(item)
+    except BaseException as e:  # handed to the consuming thread
+        done.put(e)
+
+
+def _threaded(pool: ThreadPoolExecutor, jobs: list[Job]
+              ) -> Iterator[tuple[Job, Got | Problem]]:
+    """read_many in the pool's threads; outcomes in the order they complete.
+    Completions come on a queue: wait() over thousands of futures costs time
+    linear in their number at every call."""
+    done: queue.SimpleQueue[object] = queue.SimpleQueue()
+    for chunk in _chunks(jobs):
+        pool.submit(_read_chunk, chunk, done)
+    for _ in range(len(jobs)):
+        item = done.get()
+        if isinstance(item, BaseException):
+            raise item
+        yield item  # type: ignore[misc]
+
+
+def _jobs(sg: SizeGroup, reads: list[Read]) -> list[Job]:
+    return [(f, whole, sg) for f, whole in reads]
+
+
+class Engine:
+    """Hashes complete size groups (see the module docstring). Counters are merged
+    into `stats` in the caller's thread; results come in the order their reads
+    complete, one per size group given."""
+
+    def __init__(self, stability: Stability, stats: HashStats, workers: int | None = None,
+                 window: int | None = None, now: Callable[[], float] = time.time) -> None:
+        self.stability, self.stats, self.now = stability, stats, now
+        self.workers = workers or READERS
+        self.window = window or window_bytes()
+
+    def run(self, groups: Iterable[list[IndexedFile]]) -> Iterator[Hashed]:
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="hash")
+        window: list[Job] = []
+        try:
+            for batch in self._batches(groups):
+                jobs = inode_order([j for sg, reads in batch for j in _jobs(sg, reads)])
+                for sg, _ in batch:
+                    if not sg.outstanding:
+                        yield self._done(sg)
+                for (f, _, sg), got in _threaded(pool, jobs):
+                    window += _jobs(sg, sg.learn(f, got))
+                    if not sg.outstanding:
+                        yield self._done(sg)
+                if sum(j[0].size for j in window) >= self.window:
+                    yield from self._whole(pool, window)
+                    window = []
+            yield from self._whole(pool, window)
+        finally:
+            # Closed early (an error, a stop request): drop the reads not started yet
+            # instead of reading the rest of the window for nobody.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _batches(self, groups: Iterable[list[IndexedFile]]
+                 ) -> Iterator[list[tuple[SizeGroup, list[Read]]]]:
+        """Size groups with their first reads, about HEAD_BATCH reads a batch."""
+        batch: list[tuple[SizeGroup, list[Read]]] = []
+        n = 0
+        for files in groups:
+            sg = SizeGroup(files[0].size if files else 0)
+            ready = self.stability.split(files, self.now(), sg.stats)
+            reads = [r for f in ready for r in sg.add(f)]
+            batch.append((sg, reads))
+            n += len(reads)
+            if n >= HEAD_BATCH:
+                yield batch
+                batch, n = [], 0
+        if batch:
+            yield batch
+
+    def _whole(self, pool: ThreadPoolExecutor, window: list[Job]) -> Iterator[Hashed]:
+        """Stage 2: the window's whole reads in disk order."""
+        for (f, _, sg), got in _threaded(pool, disk_order(window)):
+            sg.learn(f, got)
+            if not sg.outstanding:
+                yield self._done(sg)
+
+    def _done(self, sg: SizeGroup) -> Hashed:
+        res = sg.result()
+        self.stats.merge(res.stats)
+        return res
+
+
+class Feeder:
+    """The scan's early hashing: the same rule and order, applied to the members of
+    many sizes as they are recorded, one batch at a time, in the calling thread.
+
+    put() reads what the batch makes due and returns the new hashes (stat-checked:
+    the record may meanwhile have re-recorded an inode as changed) and the inodes
+    that vanished or changed. Past `limit` inodes held it lets go of everything
+    (hashes already read stay in the index) and `overflow` is set: the caller then
+    hashes the index's size groups instead.
+    """
+
+    def __init__(self, stability: Stability, limit: int,
+                 now: Callable[[], float] = time.time) -> None:
+        self.stability, self.limit, self.now = stability, limit, now
+        self.stats = HashStats()
+        self.sizes: dict[int, SizeGroup] = {}
+        self.single: dict[int, IndexedFile] = {}  # sizes met once
+        self.held = 0
+        self.waiting: set[Key] = set()  # counted pending once
+        self.overflow = False
+
+    def put(self, batch: Sequence[IndexedFile]
+            ) -> tuple[list[HashUpdate], list[Key]]:
+        if not self.overflow and self.held + len(batch) > self.limit:
+            self._let_go()  # before the batch: no read handed out is left unread
+        if self.overflow:
+            return [], []
+        now = self.now()
+        first: list[Job] = []
+        for f in batch:
+            if f.size == 0:
+                continue
+            if not self.stability.ready(f, now):
+                if f.key not in self.waiting:
+                    self.waiting.add(f.key)
+                    self.stats.wait_until(self.stability.ready_at(f))
+                continue
+            sg = self.sizes.get(f.size)
+            if sg is None:
+                one = self.single.pop(f.size, None)
+                if one is None:  # most sizes stay single: no SizeGroup for them
+                    self.single[f.size] = f
+                    self.held += 1
+                    continue
+                sg = self.sizes[f.size] = SizeGroup(f.size, stat_checked=True)
+                first += _jobs(sg, sg.add(one))
+            self.held += f.key not in sg.files
+            if reads := sg.add(f):
+                first += _jobs(sg, reads)
+        learnt: list[Job] = []
+        second: list[Job] = []
+        for (f, _, sg), got in read_many(inode_order(first)):
+            learnt.append((f, False, sg))
+            if more := sg.learn(f, got):
+                second += _jobs(sg, more)
+        for (f, _, sg), got in read_many(disk_order(second)):
+            learnt.append((f, False, sg))
+            sg.learn(f, got)
+        return self._drain(learnt)
+
+    def _drain(self, learnt: list[Job]) -> tuple[list[HashUpdate], list[Key]]:
+        updates = {f.key: sg.updates[f.key] for f, _, sg in learnt if f.key in sg.updates}
+        gone = [k for sg in {id(j[2]): j[2] for j in learnt}.values() for k in sg.gone]
+        for _, _, sg in learnt:
+            sg.gone = []
+        return list(updates.values()), gone
+
+    def _let_go(self) -> None:
+        self.overflow = True
+        for sg in self.sizes.values():
+            self.stats.merge(sg.stats)
+        # the index pass that takes over counts the files still settling itself
+        self.stats.pending, self.stats.pending_first, self.stats.pending_last = 0, 0.0, 0.0
+        self.sizes, self.single, self.held = {}, {}, 0
+
+    def groups(self) -> list[Group]:
+        """The groups found (only when not overflowed); counters go to `stats`."""
+        out: list[Group] = []
+        for size in sorted(self.sizes):
+            sg = self.sizes[size]
+            self.stats.merge(sg.stats)
+            out.extend(sg.result().groups)
+        return out

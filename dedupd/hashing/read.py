@@ -1,0 +1,210 @@
+"""The one reader: open by handle, read, hash, re-check; failures become Problems.
+
+Hashes only *find* candidates (XXH3 is not collision-resistant against a crafted
+file); every destructive path compares bytes before acting. Each read is
+bracketed by fstat checks (borg's stat_update_check): a file whose identity,
+size, mtime or ctime moved while we read it is reported as changed and its hash
+is thrown away. `read_one` is the only place that maps a failed read to a
+Problem reason; it touches no shared state, so any thread or process may call it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import xxhash
+
+from dedupd import handles, testpoints
+from dedupd.dedup import fiemap
+from dedupd.files.events import Problem
+from dedupd.index.store import IndexedFile
+
+HEAD_SIZE = 4096
+# Files up to this size are hashed whole in the first read: on a cold cache one
+# 128 KiB read costs about what a 4 KiB one does (readahead), and it saves a
+# second open for every duplicate.
+WHOLE_READ = 128 * 1024
+BUF_SIZE = 1 << 20
+PREFETCH_BYTES = 4 << 20  # asked ahead per file (see prefetch)
+_O_FLAGS = handles.FILE_FLAGS
+_NOATIME = getattr(os, "O_NOATIME", 0)
+_tls = threading.local()
+
+
+class FileChanged(Exception):
+    """The file is not the one the index describes any more (or changed mid-read)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Got:
+    """What one read learnt: the head hash, the full hash when read whole, bytes read."""
+
+    head: int
+    full: bytes | None
+    nread: int
+
+
+def _buffer() -> memoryview:
+    """A read buffer per thread: allocating (and zeroing) 1 MiB per file costs more
+    than hashing a small file."""
+    buf = getattr(_tls, "buf", None)
+    if buf is None:
+        buf = _tls.buf = memoryview(bytearray(BUF_SIZE))
+    return buf
+
+
+class Dirs:
+    """Directory fds by path, for one run of reads: the files of one directory cost
+    one resolution by handle (dedupd.handles), not one each. Files are opened
+    relative to the directory's fd, never following the final name. close() when
+    done; one thread's."""
+
+    KEEP = 64
+
+    def __init__(self) -> None:
+        self.fds: OrderedDict[bytes, int] = OrderedDict()
+
+    def open(self, path: bytes, flags: int) -> int:
+        parent, _, name = path.rpartition(b"/")
+        fd = self.fds.get(parent)
+        if fd is None:
+            fd = self.fds[parent] = handles.open_dir(parent or b"/")
+            if len(self.fds) > self.KEEP:
+                os.close(self.fds.popitem(last=False)[1])
+        else:
+            self.fds.move_to_end(parent)
+        return handles.open_in(fd, name, flags)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def open_checked(f: IndexedFile, dirs: Dirs | None = None) -> int:
+    """Open f.path read-only by handle and confirm it is still the indexed inode,
+    unchanged. Raises FileChanged, handles.PathChanged or another OSError."""
+    testpoints.at("read.open", f.path)
+    opener = handles.open_at if dirs is None else dirs.open
+    try:
+        fd = opener(f.path, _O_FLAGS | _NOATIME)
+    except PermissionError:
+        # O_NOATIME needs ownership (or CAP_FOWNER); retry without it.
+        fd = opener(f.path, _O_FLAGS)
+    try:
+        check_unchanged(fd, f)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_unchanged(fd: int, f: IndexedFile) -> None:
+    """Raise FileChanged unless fd is f's inode with f's size, mtime and ctime."""
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
+        f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns
+    ):
+        raise FileChanged(os.fsdecode(f.path))
+
+
+def prefetch(fd: int, f: IndexedFile, full: bool) -> None:
+    """Ask the kernel to start reading what hash_open will read. Only the start of
+    a file: WILLNEED reads its whole range at once, and several multi-GB videos
+    ahead would flush the page cache; sequential readahead takes over after."""
+    if full and f.size > PREFETCH_BYTES:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    os.posix_fadvise(fd, 0, min(f.size, PREFETCH_BYTES) if full else HEAD_SIZE,
+                     os.POSIX_FADV_WILLNEED)
+
+
+def hash_open(fd: int, f: IndexedFile, full: bool) -> Got:
+    """Hash a descriptor from open_checked (head only unless full or small); closes it."""
+    try:
+        if not full and f.size > HEAD_SIZE:
+            data = os.pread(fd, HEAD_SIZE, 0)
+            check_unchanged(fd, f)
+            return Got(xxhash.xxh3_64_intdigest(data), None, len(data))
+        h128 = xxhash.xxh3_128()
+        head = xxhash.xxh3_64_intdigest(b"")
+        mv = _buffer()
+        total = 0
+        # No read for EOF: a file that grew shows in the fstat check below.
+        while total < f.size:
+            n = os.readv(fd, (mv,))
+            if not n:
+                break
+            if not total:
+                head = xxhash.xxh3_64_intdigest(mv[: min(n, HEAD_SIZE)])
+            h128.update(mv[:n])
+            total += n
+        if total != f.size:
+            raise FileChanged(os.fsdecode(f.path))
+        check_unchanged(fd, f)
+        return Got(head, h128.digest(), total)
+    finally:
+        os.close(fd)
+
+
+def read_hashes(f: IndexedFile, full: bool) -> Got:
+    """Open, hash and re-check f; failures raise (see open_checked)."""
+    return hash_open(open_checked(f), f, full)
+
+
+def problem(f: IndexedFile, e: BaseException) -> Problem:
+    """The one mapping of a failed read to a Problem reason."""
+    if isinstance(e, FileChanged):
+        return Problem(f.path, "changed", "changed while being read")
+    if isinstance(e, FileNotFoundError):
+        return Problem(f.path, "vanished", "disappeared before hashing")
+    if isinstance(e, handles.PathChanged):
+        return Problem(f.path, e.reason, e.strerror or str(e))
+    if isinstance(e, OSError):
+        reason = "unreadable" if e.errno in (errno.EACCES, errno.EPERM) else "error"
+        return Problem(f.path, reason, e.strerror or str(e))
+    raise e
+
+
+def read_one(f: IndexedFile, full: bool, fd: int | None = None) -> Got | Problem:
+    """read_hashes with a failure as its Problem (fd: already from open_checked)."""
+    try:
+        return hash_open(open_checked(f) if fd is None else fd, f, full)
+    except (FileChanged, OSError) as e:
+        return problem(f, e)
+
+
+def open_ahead(f: IndexedFile, full: bool, dirs: Dirs | None = None) -> int | Problem:
+    """open_checked plus prefetch, with a failure as its Problem."""
+    try:
+        fd = open_checked(f, dirs)
+    except (FileChanged, OSError) as e:
+        return problem(f, e)
+    prefetch(fd, f, full)
+    return fd
+
+
+def on_disk(f: IndexedFile, dirs: Dirs | None = None) -> tuple[int, int, int]:
+    """Sort key: (device, first physical byte, inode); unmapped files sort first."""
+    phys = 0
+    testpoints.at("read.open", f.path)
+    try:
+        fd = (handles.open_at if dirs is None else dirs.open)(f.path, _O_FLAGS | _NOATIME)
+    except OSError:
+        return (f.dev, phys, f.ino)
+    try:
+        phys = fiemap.first_physical(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return (f.dev, phys, f.ino)
+
+
+def with_hashes(f: IndexedFile, head: int, full: bytes | None) -> IndexedFile:
+    """f with its head (and full hash, when known) filled in."""
+    return IndexedFile(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, head,
+                       full if full is not None else f.full, f.unstable, f.paths)

@@ -1,0 +1,155 @@
+"""The hashing rule, stated once: small files whole, else head first, whole only
+when heads collide.
+
+A `SizeGroup` holds the settled members of one size met so far and answers,
+as members arrive and reads complete, which reads the rule asks for next. It
+reads nothing itself: an engine (dedupd.hashing.engine) schedules the reads, in
+whatever order suits the disk, and reports each outcome back with `learn`. The
+same object serves a complete size group from the index (all members at once)
+and the scan's early hashing (members one batch at a time): a size met once is
+never read; when a second member comes, both are.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+
+from dedupd.files.events import Problem
+from dedupd.hashing.read import WHOLE_READ, Got, with_hashes
+from dedupd.hashing.stats import HashStats
+from dedupd.index.store import HashUpdate, IndexedFile
+
+Key = tuple[int, int]
+Read = tuple[IndexedFile, bool]  # (file, whole?)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Files with one full hash, to dedupe together, and the new hashes of its members
+    (whoever acts on the group writes them, in order with its own writes)."""
+
+    size: int
+    files: tuple[IndexedFile, ...]
+    full: bytes
+    updates: tuple[HashUpdate, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hashed:
+    """One size group, hashed: new hashes of files in no group, inodes that vanished
+    or changed (the index forgets them), the groups, the group's counters, and
+    every settled member still there (unreadable ones too), with its hashes as known."""
+
+    size: int
+    updates: tuple[HashUpdate, ...]
+    gone: tuple[Key, ...]
+    groups: tuple[Group, ...]
+    stats: HashStats = field(default_factory=HashStats)
+    files: tuple[IndexedFile, ...] = ()
+
+
+@dataclass
+class SizeGroup:
+    size: int
+    stat_checked: bool = False  # updates carry the stat they were read at
+    stats: HashStats = field(default_factory=HashStats)
+    files: dict[Key, IndexedFile] = field(default_factory=dict)
+    heads: dict[int, list[Key]] = field(default_factory=lambda: defaultdict(list))
+    updates: dict[Key, HashUpdate] = field(default_factory=dict)
+    failed: set[Key] = field(default_factory=set)
+    gone: list[Key] = field(default_factory=list)
+    counted: set[Key] = field(default_factory=set)
+    outstanding: int = 0  # reads handed out, not learnt yet
+
+    @property
+    def small(self) -> bool:
+        return self.size <= WHOLE_READ
+
+    def add(self, f: IndexedFile) -> list[Read]:
+        """A settled member (or another name of one already held); the reads now due."""
+        known = self.files.get(f.key)
+        if known is not None:
+            if _stat(known) != _stat(f) and f.key not in self.failed:
+                # written to between two of its names: leave it for a later pass
+                self.failed.add(f.key)
+                self.stats.problems.append(Problem(f.path, "changed", "changed during the scan"))
+            self.files[f.key] = replace(known, paths=tuple(sorted({*known.paths, *f.paths})))
+            return []
+        self.files[f.key] = f
+        if len(self.files) < 2:
+            return []
+        due = list(self.files.values()) if len(self.files) == 2 else [f]
+        return [r for m in due for r in self._first_read(m)]
+
+    def _first_read(self, m: IndexedFile) -> list[Read]:
+        if self.small:
+            return [] if m.full is not None else [self._hand_out(m, True)]
+        if m.head is None:
+            return [self._hand_out(m, False)]
+        return self._note_head(m)
+
+    def _note_head(self, m: IndexedFile) -> list[Read]:
+        """A large member's head is known: when it matches another's, both are read whole."""
+        assert m.head is not None
+        same = self.heads[m.head]
+        same.append(m.key)
+        if len(same) < 2:
+            return []
+        due = same if len(same) == 2 else same[-1:]
+        return [self._hand_out(self.files[k], True) for k in due
+                if self.files[k].full is None and k not in self.failed]
+
+    def _hand_out(self, m: IndexedFile, whole: bool) -> Read:
+        self.outstanding += 1
+        if m.key not in self.counted:
+            self.counted.add(m.key)
+            self.stats.files_hashed += 1
+        return (m, whole)
+
+    def learn(self, f: IndexedFile, got: Got | Problem) -> list[Read]:
+        """The outcome of a read this group handed out; the reads it makes due."""
+        self.outstanding -= 1
+        if isinstance(got, Problem):
+            self.stats.problems.append(got)
+            self.failed.add(f.key)
+            if got.reason in ("changed", "vanished"):
+                self.gone.append(f.key)
+            return []
+        st = self.stats
+        st.bytes_read += got.nread
+        if got.full is not None:
+            st.full_hashes += 1
+            st.bytes_hashed += got.nread
+        # the latest record of the inode: another name may have come meanwhile
+        m = with_hashes(self.files[f.key], got.head, got.full)
+        self.files[f.key] = m
+        self.updates[m.key] = HashUpdate(m.dev, m.ino, m.head, m.full,
+                                         _stat(m) if self.stat_checked else None)
+        if self.small or got.full is not None:
+            return []
+        return self._note_head(m)
+
+    def result(self) -> Hashed:
+        """The groups (2+ inodes with one full hash) and the rest, once nothing is
+        outstanding; the group may take more members and give a later result."""
+        fulls: dict[bytes, list[IndexedFile]] = defaultdict(list)
+        for m in self.files.values():
+            if m.full is not None and m.key not in self.failed and self._grouped(m):
+                fulls[m.full].append(m)
+        groups = tuple(
+            Group(self.size, tuple(g), full,
+                  tuple(self.updates[f.key] for f in g if f.key in self.updates))
+            for full, g in fulls.items() if len(g) >= 2)
+        grouped = {f.key for g in groups for f in g.files}
+        loose = tuple(u for k, u in self.updates.items() if k not in grouped)
+        gone = set(self.gone)
+        kept = tuple(m for k, m in self.files.items() if k not in gone)
+        return Hashed(self.size, loose, tuple(self.gone), groups, self.stats, kept)
+
+    def _grouped(self, m: IndexedFile) -> bool:
+        return self.small or (m.head is not None and len(self.heads.get(m.head, ())) >= 2)
+
+
+def _stat(f: IndexedFile) -> tuple[int, int, int]:
+    return (f.size, f.mtime_ns, f.ctime_ns)

@@ -1,0 +1,75 @@
+"""The walk in a forked process: batches of FileEvents come back through a pipe.
+
+A walk is Python-bound; so is recording its batches in the index. In one
+interpreter they take turns (and lose more to switching); in two processes
+they run side by side on two cores. Same walk, same events, same counters:
+only where it runs changes (dedupd.forkpipe for the process rules).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+from dedupd import forkpipe
+from dedupd.files.events import FileEvent, Problem, WalkStats
+from dedupd.forkpipe import ChildFailed, Wire
+from dedupd.scan.walk import WalkOptions, walk
+
+_COUNTERS = [f.name for f in dataclasses.fields(WalkStats) if f.name != "problems"]
+
+
+def _event(ev: FileEvent) -> Wire:
+    return (ev.path, ev.dev, ev.ino, ev.size, ev.mtime_ns, ev.ctime_ns, ev.mode, ev.uid,
+            ev.gid, ev.nlink)
+
+
+def _child(_in: int, out: int, roots: Sequence[bytes], opts: WalkOptions, n: int) -> None:
+    stats = WalkStats()
+    batch: list[Wire] = []
+    for ev in walk(roots, opts, stats):
+        batch.append(_event(ev))
+        if len(batch) >= n:
+            forkpipe.send(out, batch)
+            batch = []
+    if batch:
+        forkpipe.send(out, batch)
+    forkpipe.send(out, ("end", [getattr(stats, k) for k in _COUNTERS],
+                        [(p.path, p.reason, p.detail) for p in stats.problems]))
+
+
+class ForkedWalk:
+    """walk(roots, opts) in a child; batches() yields lists of about n events, then
+    `stats` holds the walk's counters. Construct inside the scan's handles.anchored."""
+
+    def __init__(self, roots: Sequence[bytes], opts: WalkOptions, n: int) -> None:
+        self.stats = WalkStats()
+        self.pid, self.to, self.frm = forkpipe.spawn(
+            lambda i, o: _child(i, o, roots, opts, n))
+
+    def batches(self) -> Iterator[list[FileEvent]]:
+        ended = False
+        try:
+            while (msg := forkpipe.recv(self.frm)) is not None:
+                if isinstance(msg, list):
+                    yield [FileEvent(*t) for t in msg]
+                elif msg[0] == "end":
+                    ended = True
+                    for k, v in zip(_COUNTERS, msg[1], strict=True):
+                        setattr(self.stats, k, v)
+                    self.stats.problems = [Problem(*p) for p in msg[2]]
+                else:
+                    raise ChildFailed(f"the walk failed: {msg[1]}")
+        finally:
+            self.close()
+        if not ended:
+            raise ChildFailed("the walk process died")
+
+    def close(self) -> None:
+        """Idempotent. Closing early makes the child's next send fail, and it exits
+        (an error batches() does not report: the walk's answer was not wanted)."""
+        if self.pid:
+            forkpipe.close(self.to)
+            forkpipe.close(self.frm)
+            forkpipe.reap(self.pid)
+            self.pid = 0
