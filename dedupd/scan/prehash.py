@@ -39,6 +39,7 @@ class EarlyHashing:
                  now: Callable[[], float] = time.time) -> None:
         self.writer = HashWriter(store)
         self.stats = HashStats()
+        self.files = 0  # handed to the feeders so far
         self.procs: ForkedFeeders | None = None
         self.thread: QueueThread[Sequence[IndexedFile]] | None = None
         if FEED_PROCS:
@@ -48,6 +49,7 @@ class EarlyHashing:
             self.thread = QueueThread(self._feed, "prehash", 4)
 
     def put(self, files: Sequence[IndexedFile]) -> None:
+        self.files += len(files)
         if self.procs is not None:
             self.procs.put(files)
             self.writer.put(*self.procs.take())

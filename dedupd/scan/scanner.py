@@ -127,9 +127,11 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
                 walker.close()
             pre.close()  # no thread or process may outlive the scan
         raise
-    if progress:
-        progress.phase("hash")  # what the feeders still read
+    if progress:  # the files handed to the feeders, done when they are
+        progress.phase("hash", pre.files)
     early = pre.close()
+    if progress and early is not None:
+        progress.update(pre.files, pre.stats.bytes_read)
     new, changed, unchanged = rec.new, rec.changed, rec.unchanged
     forgotten = store.finish_scan(scan_id, norm)
     hstats = HashStats()
