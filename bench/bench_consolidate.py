@@ -1,16 +1,23 @@
-"""Bench: `dedupd consolidate` of a 20,000-file, 3-source import vs `rsync -a`.
+"""Bench: `dedupd consolidate` first import vs `rsync -a` of the same sources, side by side.
 
-Three shares overlap the way old backups do: about half of each share also
-exists in another one (same bytes, other names and mtimes), and some photos
-(real Pillow JPEGs with EXIF dates) appear in all three. dedupd imports each
-distinct content once into an empty archive; rsync -a copies the three shares
-into an empty directory as they are (no dedupe). Both run on the same
-filesystem with a warm page cache (the trees were just written). dedupd's
-copies are durable when it exits (syncfs per batch); rsync's are not, so the
-time of rsync followed by `sync -f` is shown too.
+Two source sets, each three shares imported into an empty archive:
 
-Prints wall time, bytes written and bytes read for: dedupd first run, dedupd
-re-run with nothing new, and rsync. Usage: python bench/bench_consolidate.py
+- generated: 20,000 files in three shares that overlap the way old backups do
+  (about half of each share also exists in another one, same bytes, other
+  names and mtimes; some real Pillow JPEGs with EXIF dates in all three);
+- real: files copied from this machine (/usr/share/doc, the Debian Python
+  packages and the Python standard library: ~23,000 small files as they are).
+
+Each round times, in turn, dedupd's first import (fresh archive and index),
+`rsync -a` of the same shares into an empty directory (no dedupe), and
+`rsync -a` followed by `sync -f` (dedupd's copies are durable when it exits,
+rsync's are not). Rounds are interleaved (dedupd, rsync, dedupd, rsync...)
+so a machine shared with other work loads every tool alike; the table shows
+best-of-N and the range of wall times, and the CPU time (user + sys) of each
+tool. The sources are read once before every timed command (warm cache for
+each). After the rounds, a dedupd re-run with nothing new must read nothing.
+
+Usage: python bench/bench_consolidate.py [--trees generated,real] [--rounds N]
 [--files N] [--keep]
 """
 
@@ -26,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -88,78 +96,165 @@ def tree_bytes(roots: list[Path]) -> tuple[int, int]:
     return files, size
 
 
-def run_dedupd(cfg: Path) -> tuple[float, dict]:  # type: ignore[type-arg]
-    t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "dedupd", "consolidate", "-c", str(cfg), "bench",
-                        "--json"], capture_output=True, cwd=ROOT, timeout=3600)
-    dt = time.monotonic() - t0
-    if r.returncode != 0:
-        sys.exit(f"dedupd failed ({r.returncode}): {r.stderr.decode()[-2000:]}")
-    return dt, json.loads(r.stdout)["stats"]
+REAL_TREES = (("/usr/share/doc", ()), ("/usr/lib/python3/dist-packages", ()),
+              (f"{sys.base_prefix}/lib/python{sys.version_info[0]}.{sys.version_info[1]}",
+               ("/site-packages",)))
 
 
-def run_rsync(shares: list[Path], dest: Path) -> tuple[float, float]:
-    """(rsync -a wall time, + the `sync -f` that makes its copies durable as dedupd's are)."""
-    if shutil.which("rsync") is None:
-        sys.exit("rsync not installed (make deps installs it)")
-    dest.mkdir()
-    subprocess.run(["sync", "-f", str(dest)], check=True, timeout=600)
+def make_real_shares(base: Path) -> list[Path]:
+    """Three shares copied from this machine's own trees (as they are, symlinks too)."""
+    shares = []
+    for i, (src, excl) in enumerate(REAL_TREES):
+        if not os.path.isdir(src):
+            continue
+        dest = base / f"share{i}"
+        dest.mkdir(parents=True)
+        subprocess.run(["rsync", "-a", *[f"--exclude={x}" for x in excl], src + "/",
+                        str(dest) + "/"], check=True, timeout=3600)
+        shares.append(dest)
+    if not shares:
+        sys.exit("none of the real trees exists here")
+    return shares
+
+
+@dataclass
+class Runs:
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def add(self, wall: float, cpu: float) -> None:
+        self.wall.append(wall)
+        self.cpu.append(cpu)
+
+    def best(self) -> float:
+        return min(self.wall)
+
+    def cells(self) -> str:
+        return (f"{self.best():8.2f} {min(self.wall):6.2f}-{max(self.wall):<6.2f} "
+                f"{min(self.cpu):8.2f}")
+
+
+def timed(argv: list[str], cwd: Path | None = None) -> tuple[float, float, bytes]:
+    """Run to completion: wall seconds, CPU seconds (user + sys of it and its children)."""
     t0 = time.monotonic()
-    subprocess.run(["rsync", "-a", *[str(s) for s in shares], str(dest) + "/"], check=True,
-                   timeout=3600)
-    t1 = time.monotonic()
-    subprocess.run(["sync", "-f", str(dest)], check=True, timeout=600)
-    return t1 - t0, time.monotonic() - t0
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
+    out = p.stdout.read() if p.stdout else b""
+    err = p.stderr.read() if p.stderr else b""
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - t0
+    if p.returncode != 0:
+        sys.exit(f"{argv[0]} failed ({p.returncode}): {err.decode()[-2000:]}")
+    return wall, ru.ru_utime + ru.ru_stime, out
+
+
+def warm(roots: list[Path]) -> None:
+    """Read every source file once so each timed command starts with a warm cache."""
+    subprocess.run(["find", *map(str, roots), "-type", "f", "-exec", "cat", "{}", "+"],
+                   stdout=subprocess.DEVNULL, check=True)
+
+
+def fresh(p: Path) -> None:
+    if p.exists():
+        shutil.rmtree(p)
+        subprocess.run(["sync", "-f", str(p.parent)], check=True, timeout=600)
+    p.mkdir()
+
+
+def dedupd_config(base: Path, shares: list[Path], archive: Path, tag: str) -> Path:
+    cfg = base / f"{tag}.toml"
+    db = base / f"{tag}.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    cfg.write_text(f'[database]\nurl = "sqlite:///{db}"\n\n[consolidate.bench]\n'
+                   f'sources = {json.dumps([str(s) for s in shares])}\n'
+                   f'archive = "{archive}"\n')
+    return cfg
+
+
+def dedupd_argv(cfg: Path) -> list[str]:
+    return [sys.executable, "-m", "dedupd", "consolidate", "-c", str(cfg), "bench", "--json"]
 
 
 def mib(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+def bench_tree(name: str, base: Path, shares: list[Path], rounds: int) -> bool:
+    """Interleaved rounds on one source set; print the table; False if the re-run read."""
+    n_files, n_bytes = tree_bytes(shares)
+    print(f"--- {name}: {n_files:,} files, {mib(n_bytes)} in {len(shares)} shares", flush=True)
+    archive, rdest = base / "archive", base / "rsync"
+    ded, rs, rss = Runs(), Runs(), Runs()
+    stats: dict = {}  # type: ignore[type-arg]
+    for _ in range(rounds):
+        fresh(archive)
+        cfg = dedupd_config(base, shares, archive, "bench")
+        warm(shares)
+        wall, cpu, out = timed(dedupd_argv(cfg), ROOT)
+        ded.add(wall, cpu)
+        stats = json.loads(out)["stats"]
+        fresh(rdest)
+        warm(shares)
+        wall, cpu, _ = timed(["rsync", "-a", *map(str, shares), str(rdest) + "/"])
+        rs.add(wall, cpu)
+        w2, c2, _ = timed(["sync", "-f", str(rdest)])
+        rss.add(wall + w2, cpu + c2)
+    again_wall, _, out = timed(dedupd_argv(cfg), ROOT)
+    again = json.loads(out)["stats"]
+    r_files, r_bytes = tree_bytes([rdest])
+    print(f"{'':28} {'best s':>8} {'range s':>13} {'cpu s':>8} {'written':>12} "
+          f"{'read':>12} {'files':>7}")
+    for label, runs, w, rd, f in (
+            ("dedupd consolidate (first)", ded, stats["bytes_written"], stats["bytes_read"],
+             stats["files_copied"]),
+            ("rsync -a (no dedupe)", rs, r_bytes, n_bytes, r_files),
+            ("rsync -a + sync -f", rss, r_bytes, n_bytes, r_files)):
+        print(f"{label:28} {runs.cells()} {mib(w):>12} {mib(rd):>12} {f:>7,}")
+    print(f"{'dedupd re-run, nothing new':28} {again_wall:8.2f} {'':13} {'':8} "
+          f"{mib(again['bytes_written']):>12} {mib(again['bytes_read']):>12} "
+          f"{again['files_copied']:>7,}")
+    print(f"{name}: dedupd/rsync best-of-{rounds} wall {ded.best() / rs.best():.2f}x "
+          f"(vs rsync + sync -f {ded.best() / rss.best():.2f}x; worst/worst "
+          f"{max(ded.wall) / max(rs.wall):.2f}x); {stats['distinct_contents']:,} distinct "
+          f"contents, archive = {stats['bytes_written'] / max(n_bytes, 1):.1%} of the source "
+          f"bytes; dedupd read {stats['bytes_read'] / max(n_bytes, 1):.2f}x the source bytes",
+          flush=True)
+    if again["files_copied"] or again["bytes_read"]:
+        print("WARNING: the re-run copied or read something")
+        return False
+    return True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--files", type=int, default=20_000)
+    ap.add_argument("--files", type=int, default=20_000, help="generated tree size")
+    ap.add_argument("--trees", default="generated,real", help="generated, real or both")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per tree")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = ap.parse_args()
+    if shutil.which("rsync") is None:
+        sys.exit("rsync not installed (make deps installs it)")
+    os.sync()
+    load = os.getloadavg()
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs "
+          f"(other work on the machine slows every tool; rounds are interleaved)")
     base = Path(tempfile.mkdtemp(prefix="dedupd-bench-consolidate-"))
+    ok = True
     try:
-        t0 = time.monotonic()
-        shares = make_shares(base / "src", args.files)
-        n_files, n_bytes = tree_bytes(shares)
-        print(f"sources: {n_files:,} files, {mib(n_bytes)} in 3 shares "
-              f"(built in {time.monotonic() - t0:.1f}s)")
-        archive = base / "archive"
-        archive.mkdir()
-        cfg = base / "bench.toml"
-        cfg.write_text(f'[database]\nurl = "sqlite:///{base}/index.db"\n\n[consolidate.bench]\n'
-                       f'sources = {json.dumps([str(s) for s in shares])}\n'
-                       f'archive = "{archive}"\n')
-        t1, s1 = run_dedupd(cfg)
-        t2, s2 = run_dedupd(cfg)
-        t3, t3s = run_rsync(shares, base / "rsync")
-        r_files, r_bytes = tree_bytes([base / "rsync"])
-        a_files, a_bytes = tree_bytes([archive])
-        rows = [
-            ("dedupd consolidate (first)", t1, s1["bytes_written"], s1["bytes_read"],
-             s1["files_copied"]),
-            ("dedupd consolidate (re-run)", t2, s2["bytes_written"], s2["bytes_read"],
-             s2["files_copied"]),
-            ("rsync -a (no dedupe)", t3, r_bytes, n_bytes, r_files),
-            ("rsync -a + sync -f", t3s, r_bytes, n_bytes, r_files),
-        ]
-        print(f"{'':30} {'wall s':>8} {'written':>14} {'read':>14} {'files':>8}")
-        for name, t, w, rd, f in rows:
-            print(f"{name:30} {t:8.2f} {mib(w):>14} {mib(rd):>14} {f:>8,}")
-        print(f"archive: {a_files - 1:,} files, {mib(a_bytes)} "
-              f"= {a_bytes / n_bytes:.1%} of the source bytes "
-              f"({s1['distinct_contents']:,} distinct contents)")
-        print(f"ratios: dedupd/rsync wall time {t1 / t3:.2f}x first run "
-              f"({t1 / t3s:.2f}x vs rsync + sync), {t2 / t3:.2f}x re-run; "
-              f"bytes written {s1['bytes_written'] / r_bytes:.1%} of rsync's")
-        if s2["files_copied"] or s2["bytes_read"]:
-            print("WARNING: the re-run copied or read something")
-            return 1
-        return 0
+        for tree in [t.strip() for t in args.trees.split(",") if t.strip()]:
+            tb = base / tree
+            tb.mkdir()
+            t0 = time.monotonic()
+            if tree == "generated":
+                shares = make_shares(tb / "src", args.files)
+            elif tree == "real":
+                shares = make_real_shares(tb / "src")
+            else:
+                sys.exit(f"unknown tree {tree!r} (generated, real)")
+            print(f"{tree} sources built in {time.monotonic() - t0:.1f}s", flush=True)
+            ok = bench_tree(tree, tb, shares, args.rounds) and ok
+        return 0 if ok else 1
     finally:
         if args.keep:
             print(f"kept {base}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dedupd.dedup.verify import Refused, compare_bytes
+from dedupd.dedup.verify import ByteCompare, Refused, compare_bytes, compare_with_bytes
 from dedupd.files.events import Ident
 
 
@@ -23,11 +23,25 @@ class Compared:
 def same_bytes(a: bytes, ida: Ident | None, b: bytes, idb: Ident | None) -> Compared:
     """Compare a and b; each must match its identity (when given) before and after."""
     try:
-        res = compare_bytes(a, ida, b, idb)
+        return _result(compare_bytes(a, ida, b, idb))
     except Refused as e:
         return Compared(False, 0, (e.reason, e.detail))
     except OSError as e:
         return Compared(False, 0, ("error", e.strerror or str(e)))
+
+
+def same_as_data(a: bytes, ida: Ident, data: bytes) -> Compared:
+    """Compare a (which must stay `ida`) with bytes in memory: the content of an
+    archive copy that was just verified against its source (read once, not twice)."""
+    try:
+        return _result(compare_with_bytes(a, ida, data))
+    except Refused as e:
+        return Compared(False, 0, (e.reason, e.detail))
+    except OSError as e:
+        return Compared(False, 0, ("error", e.strerror or str(e)))
+
+
+def _result(res: ByteCompare) -> Compared:
     if res.differs_at is not None:
         return Compared(False, res.bytes_read, ("differs", f"content differs at byte "
                                                 f"{res.differs_at} despite equal hashes "

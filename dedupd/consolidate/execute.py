@@ -5,8 +5,11 @@ rows of one batch, and the next run rebuilds them from the files themselves
 (the copies are already in the archive; they are found and byte-compared).
 
 Copies go in batches (BATCH_FILES / BATCH_BYTES): stage every copy of the
-batch to a temp name, one syncfs, then per file compare + link into place,
-one more syncfs, then the index rows.
+batch to a temp name, one syncfs (then the batch's temp files are dropped
+from the cache and read ahead together), then per file compare + link into
+place, one more syncfs, then the index rows. Each source is read once for
+its copy: the bytes stay in memory for the verify of the copy and for the
+byte compare of the content's other source paths (see fsops/copy.py).
 
 Test hook: when the environment variable DEDUPD_TEST_KILL_AFTER_COPY_STEPS=k
 is set, the process SIGKILLs itself right after the k-th copy step. Steps,
@@ -23,17 +26,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dedupd.consolidate.compare import Compared, same_bytes
+from dedupd.consolidate.compare import Compared, same_as_data, same_bytes
 from dedupd.consolidate.inventory import SourcePath
 from dedupd.consolidate.plan import Copy, Known, Names, Plan
 from dedupd.files.events import FileEvent, Ident, Problem
 from dedupd.fsops.copy import (
     CopyError,
     CopyResult,
+    DestDirs,
     Staged,
     discard,
     place_copy,
     stage_copy,
+    sync_batch,
     sync_filesystem,
 )
 from dedupd.index import provenance as prov
@@ -173,46 +178,48 @@ class Executor:
         """Stage every copy, make the batch durable with one sync, then compare and
         link each into place; a second sync makes the new names durable before the
         index records them."""
-        staged: list[tuple[Copy, Staged]] = []
-        for cp in batch:
-            self._tick()
-            self._done_files += 1
-            self._done_bytes += cp.content.size
-            try:
-                st = stage_copy(cp.src.path, os.path.dirname(cp.dest), _ident(cp.src.file))
-            except CopyError as e:
-                self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
-                continue
-            self.kill("written")
-            staged.append((cp, st))
-        if not staged:
-            return
-        sync_filesystem(self.archive)
-        for _ in staged:
-            self.kill("synced")
-        for cp, st in staged:
-            res = self._place(cp, st, names)
-            if res is not None:
-                self._copied(cp, res)
-                self.kill("queued")
+        with DestDirs() as dirs:
+            staged: list[tuple[Copy, Staged]] = []
+            for cp in batch:
+                self._tick()
+                self._done_files += 1
+                self._done_bytes += cp.content.size
+                try:
+                    st = stage_copy(cp.src.path, os.path.dirname(cp.dest), _ident(cp.src.file),
+                                    dirs)
+                except CopyError as e:
+                    self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
+                    continue
+                self.kill("written")
+                staged.append((cp, st))
+            if not staged:
+                return
+            sync_batch(self.archive, [st for _, st in staged], dirs)
+            for _ in staged:
+                self.kill("synced")
+            for cp, st in staged:
+                res = self._place(cp, st, names, dirs)
+                if res is not None:
+                    self._copied(cp, res)
+                    self.kill("queued")
         sync_filesystem(self.archive)
         self.flush()
 
-    def _place(self, cp: Copy, st: Staged, names: Names) -> CopyResult | None:
+    def _place(self, cp: Copy, st: Staged, names: Names, dirs: DestDirs) -> CopyResult | None:
         dest = cp.dest
         for _ in range(MAX_RETRIES):
             try:
-                return place_copy(st, dest, self.kill)
+                return place_copy(st, dest, self.kill, dirs)
             except CopyError as e:
                 if e.reason == "exists" and self.policy == "suffix":
                     nxt = names.claim(cp.dest, "suffix")  # the next free "name (n).ext"
                     if nxt is not None:
                         dest = nxt
                         continue
-                discard(st)
+                discard(st, dirs)
                 self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
                 return None
-        discard(st)
+        discard(st, dirs)
         self.c.problems.append(Problem(cp.src.path, "name-collision", "no free name"))
         return None
 
@@ -233,7 +240,13 @@ class Executor:
             if s.file.key == f.key:
                 self._row(s, res.dest, res.full)
                 continue
-            cmp = self._compare(s.path, s.file, res.dest, dest_file)
+            if res.data is not None:  # the copy's verified bytes: read the other path only
+                cmp = same_as_data(s.path, _ident(s.file), res.data)
+                self.c.bytes_read += cmp.bytes_read
+                if cmp.problem and cmp.problem[0] != "differs":
+                    self.c.problems.append(Problem(s.path, cmp.problem[0], cmp.problem[1]))
+            else:
+                cmp = self._compare(s.path, s.file, res.dest, dest_file)
             if cmp.equal:
                 c.files_confirmed += 1
                 self._row(s, res.dest, res.full)

@@ -128,6 +128,33 @@ def compare_bytes(a: bytes, a_id: Ident | None, b: bytes, b_id: Ident | None, *,
             os.close(fd)
 
 
+def compare_with_bytes(path: bytes, want: Ident, data: bytes) -> ByteCompare:
+    """Compare a file with bytes held in memory (content just verified elsewhere, e.g. a
+    copy's source as read back from the archive), bracketed by fstat checks against
+    `want` as compare_bytes does: the file is read once instead of twice."""
+    testpoints.at("verify", path)
+    try:
+        fd = _open(path)
+    except FileNotFoundError:
+        raise Refused("vanished", os.fsdecode(path)) from None
+    try:
+        ident = _check_fd(fd, want, path, True)
+        if ident.size != len(data):
+            return ByteCompare(False, 0)
+        off, view = 0, memoryview(data)
+        while True:
+            got = os.pread(fd, BUF, off)
+            if got != view[off:off + len(got)] or (not got and off < len(data)):
+                return ByteCompare(False, off + len(got), off)
+            if not got:
+                break
+            off += len(got)
+        _check_fd(fd, ident, path, True)
+        return ByteCompare(off == len(data), off)
+    finally:
+        os.close(fd)
+
+
 def _check_fd(fd: int, want: Ident | None, path: bytes, ctime: bool) -> Ident:
     """The descriptor's identity; Refused('changed') unless it is `want` (when given)."""
     st = os.fstat(fd)

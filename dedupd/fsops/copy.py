@@ -5,10 +5,14 @@ Contract of `copy_verified(src, dest)`:
 1. open the source (no symlinks followed) and check it is the expected inode,
    unchanged (dev, ino, size, mtime_ns, ctime_ns);
 2. write it to `.dedupd-copy.<random>.tmp` in dest's directory, hashing what
-   was read (XXH3-64 head + XXH3-128 whole);
-3. set mode, owner (when we may) and mtime, then fsync the temp file;
-4. re-read the temp file and the source side by side and compare every byte;
-   the source must still be unchanged;
+   was read (XXH3-64 head + XXH3-128 whole); a source of at most KEEP_BYTES
+   stays in memory, as read;
+3. set mode, owner (when we may) and mtime, then make the temp file durable
+   and drop its cached pages (where the filesystem honours it);
+4. read the temp file back from the disk and compare every byte with the
+   source: with the bytes kept in memory (the source is read once), else by
+   reading the source again side by side; either way the source must still
+   be the unchanged inode its path named when it was copied;
 5. put it in place without clobbering: `link(tmp, dest)` fails if dest exists
    (a plain `rename` would silently replace a file someone else put there);
    then unlink tmp and fsync the directory. Filesystems without hardlinks fall
@@ -18,10 +22,14 @@ A crash at any point leaves at most a temp file (which `remove_stale_temps`
 deletes on the next run) and never a half-written file under `dest`.
 
 Batches: `stage_copy` does steps 1-2 and the metadata of 3 for one file;
-`sync_filesystem` then makes a whole batch durable with one syncfs(2) (an
-fsync per small file costs a journal commit each: 2-3 ms on the test VM, most
-of an import's time); `place_copy` does steps 4-5. The order per file stays
-write -> durable -> compare -> link, so no name ever shows undurable data.
+`sync_batch` then makes a whole batch durable with one syncfs(2) (an fsync
+per small file costs a journal commit each: 2-3 ms on the test VM) and drops
+and prefetches the batch's temp files together (one read-ahead for the batch
+instead of one disk round trip per file); `place_copy` does steps 4-5. The
+order per file stays write -> durable -> compare -> link, so no name ever
+shows undurable or unverified data. `DestDirs` holds the destination
+directories' handles for a batch: each is made and opened once, and every
+create, link and unlink of the batch is relative to it.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import xxhash
@@ -39,15 +47,18 @@ import xxhash
 from dedupd import handles, testpoints
 from dedupd.files.events import Ident
 from dedupd.fsops import link as link_ops
-from dedupd.fsops.link import fsync_dir
 from dedupd.hashing import HEAD_SIZE
 
 TMP_PREFIX = b".dedupd-copy."
 TMP_SUFFIX = b".tmp"
 TMP_GLOB = ".dedupd-copy.*.tmp"
 BUF = 1 << 20
+# A source up to this size is kept in memory between its copy and its verify,
+# so it is read once; a batch holds at most its byte cap (execute.BATCH_BYTES).
+KEEP_BYTES = 16 << 20
 _RD = handles.FILE_FLAGS
 _NOATIME = getattr(os, "O_NOATIME", 0)
+_TMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Errors from link() that mean "this filesystem has no hardlinks", not "dest exists".
 _NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
 
@@ -71,6 +82,7 @@ class CopyResult:
     dest_stat: os.stat_result
     bytes_read: int  # source bytes read (copy + compare passes)
     bytes_written: int
+    data: bytes | None = None  # the verified content, when it was kept in memory
 
 
 def _noop(_step: str) -> None:
@@ -87,30 +99,67 @@ class Staged:
     head: int
     full: bytes
     bytes_read: int
+    data: bytes | None = None  # the source bytes as copied (sources <= KEEP_BYTES)
+
+
+class DestDirs:
+    """Handles of destination directories, each made (mkdir -p, by handle) and
+    opened once; close() when the batch is done. Not thread-safe."""
+
+    def __init__(self) -> None:
+        self._fds: dict[bytes, int] = {}
+
+    def fd(self, path: bytes) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            make_dirs(path)
+            fd = handles.open_dir(path)
+            self._fds[path] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def __enter__(self) -> DestDirs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def copy_verified(src: bytes, dest: bytes, expect: Ident | None = None,
                   on_step: Step = _noop) -> CopyResult:
     """Copy one file (steps 1-5 of the module docstring); raise CopyError.
 
-    For many files prefer stage_copy + sync_filesystem + place_copy: one
+    For many files prefer stage_copy + sync_batch + place_copy: one
     filesystem sync covers a whole batch instead of one fsync per file.
     """
-    staged = stage_copy(src, os.path.dirname(dest) or b".", expect)
-    on_step("written")
-    try:
-        fd = handles.open_at(staged.tmp, os.O_RDONLY | os.O_CLOEXEC)
+    with DestDirs() as dirs:
+        staged = stage_copy(src, os.path.dirname(dest) or b".", expect, dirs)
+        on_step("written")
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        on_step("synced")
-        res = place_copy(staged, dest, on_step)
-        fsync_dir(os.path.dirname(dest))
-        return res
-    except BaseException:
-        discard(staged)
-        raise
+            tdir, tname = _at(dirs, staged.tmp)
+            fd = os.open(tname, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=tdir)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            on_step("synced")
+            res = place_copy(staged, dest, on_step, dirs)
+            handles.fsync_fd(dirs.fd(os.path.dirname(dest)))
+            return res
+        except BaseException:
+            discard(staged, dirs)
+            raise
+
+
+def _at(dirs: DestDirs, path: bytes) -> tuple[int, bytes]:
+    """(directory handle, final name) of a path in one of the batch's directories."""
+    d, name = os.path.split(path)
+    return dirs.fd(d), name
 
 
 def _open_src(src: bytes) -> int:
@@ -137,61 +186,111 @@ def _open_expected(src: bytes, expect: Ident | None) -> tuple[int, os.stat_resul
     return sfd, st
 
 
-def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None) -> Staged:
+def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None,
+               dirs: DestDirs | None = None) -> Staged:
     """Write src to a fresh temp name in dest_dir (created if needed), hashing it, with
-    the source's mode, owner and mtime. Not fsynced: the caller syncs the batch."""
+    the source's mode, owner and mtime. Not fsynced: the caller syncs the batch
+    (sync_batch). `dirs` holds the batch's directory handles (else a private one)."""
     sfd, st = _open_expected(src, expect)
+    own = dirs is None
+    d = DestDirs() if dirs is None else dirs
     try:
         testpoints.at("mutate", dest_dir)
-        make_dirs(dest_dir)
-        tmp = os.path.join(dest_dir, TMP_PREFIX + os.urandom(8).hex().encode() + TMP_SUFFIX)
-        with handles.Parent(tmp) as parent:
-            tfd = parent.open(os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        dfd = d.fd(dest_dir)
+        name = TMP_PREFIX + os.urandom(8).hex().encode() + TMP_SUFFIX
+        tfd = os.open(name, _TMP_FLAGS, 0o600, dir_fd=dfd)
         try:
-            head, full, nread = _write_copy(sfd, tfd, st)
+            head, full, nread, data = _write_copy(sfd, tfd, st)
             _set_meta(tfd, st)
         except BaseException:
-            _unlink_quiet(tmp)
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dfd)
             raise
         finally:
             os.close(tfd)
-        return Staged(src, tmp, st, head, full, nread)
+        return Staged(src, os.path.join(dest_dir, name), st, head, full, nread, data)
     except OSError as e:
         raise CopyError("error", f"{e.strerror or e} while copying") from None
     finally:
         os.close(sfd)
+        if own:
+            d.close()
 
 
-def place_copy(staged: Staged, dest: bytes, on_step: Step = _noop) -> CopyResult:
-    """Compare the (already durable) temp copy with the source byte for byte, then link
-    it to dest without clobbering. On CopyError("exists") the temp file is kept so the
-    caller may place it under another name; on any other error it is removed."""
+def sync_batch(archive: bytes, staged: Iterable[Staged], dirs: DestDirs) -> None:
+    """Make a batch durable (one syncfs of the archive's filesystem), then drop the
+    temp files' cached pages and ask for them back at once, so each verify reads
+    what reached the disk without a disk round trip per file."""
+    sync_filesystem(archive)
+    fds: list[int] = []
     try:
-        sfd, _ = _open_expected(staged.src, Ident.of(staged.src_stat))
-        try:
-            tfd = handles.open_at(staged.tmp, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                nread = staged.bytes_read + _compare(sfd, tfd, staged.src_stat)
-            finally:
-                os.close(tfd)
-        finally:
-            os.close(sfd)
-        on_step("verified")
-        _place(staged.tmp, dest)
-        on_step("placed")
-        return CopyResult(dest, staged.head, staged.full, handles.lstat(dest), nread,
-                          staged.src_stat.st_size)
+        for s in staged:
+            tdir, tname = _at(dirs, s.tmp)
+            fds.append(os.open(tname, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=tdir))
+            os.posix_fadvise(fds[-1], 0, 0, os.POSIX_FADV_DONTNEED)
+        for fd in fds:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def place_copy(staged: Staged, dest: bytes, on_step: Step = _noop,
+               dirs: DestDirs | None = None) -> CopyResult:
+    """Compare the temp copy, already durable and dropped from the cache (sync_batch),
+    with the source byte for byte, then link it to dest without clobbering. On
+    CopyError("exists") the temp file is kept so the caller may place it under another
+    name; on any other error it is removed."""
+    own = dirs is None
+    d = DestDirs() if dirs is None else dirs
+    try:
+        return _verify_and_place(staged, dest, on_step, d)
     except CopyError as e:
         if e.reason != "exists":
-            discard(staged)
+            discard(staged, d)
         raise
     except OSError as e:
-        discard(staged)
+        discard(staged, d)
         raise CopyError("error", f"{e.strerror or e} while placing the copy") from None
+    finally:
+        if own:
+            d.close()
 
 
-def discard(staged: Staged) -> None:
-    _unlink_quiet(staged.tmp)
+def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
+                      dirs: DestDirs) -> CopyResult:
+    # The source must still be the unchanged inode its path named at the copy.
+    sfd, _ = _open_expected(staged.src, Ident.of(staged.src_stat))
+    try:
+        tdir, tname = _at(dirs, staged.tmp)
+        tfd = os.open(tname, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=tdir)
+        try:
+            if staged.data is not None:
+                _compare_kept(staged.data, tfd)
+                nread = staged.bytes_read
+            else:
+                nread = staged.bytes_read + _compare(sfd, tfd, staged.src_stat)
+        finally:
+            os.close(tfd)
+        _same(sfd, staged.src_stat)
+    finally:
+        os.close(sfd)
+    on_step("verified")
+    ddir, dname = _at(dirs, dest)
+    _place(tdir, tname, ddir, dname, dest)
+    on_step("placed")
+    return CopyResult(dest, staged.head, staged.full,
+                      os.stat(dname, dir_fd=ddir, follow_symlinks=False), nread,
+                      staged.src_stat.st_size, staged.data)
+
+
+def discard(staged: Staged, dirs: DestDirs | None = None) -> None:
+    if dirs is None:
+        _unlink_quiet(staged.tmp)
+        return
+    with contextlib.suppress(OSError):
+        tdir, tname = _at(dirs, staged.tmp)
+        os.unlink(tname, dir_fd=tdir)
 
 
 def sync_filesystem(path: bytes) -> None:
@@ -221,33 +320,55 @@ def _libc_syncfs(fd: int) -> int:
     return int(fn(fd))  # type: ignore[operator]
 
 
-def _write_copy(sfd: int, tfd: int, st: os.stat_result) -> tuple[int, bytes, int]:
-    os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+def _write_copy(sfd: int, tfd: int, st: os.stat_result
+                ) -> tuple[int, bytes, int, bytes | None]:
+    """Copy sfd to tfd; (head hash, full hash, bytes read, the bytes when kept)."""
+    if st.st_size > BUF:
+        os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     h = xxhash.xxh3_128()
+    keep: list[bytes] | None = [] if st.st_size <= KEEP_BYTES else None
     head_buf = b""
     total = 0
+    # One read more than the size: a source that grew is caught here, not at the verify.
+    want = min(st.st_size + 1, BUF)
     while True:
-        data = os.read(sfd, BUF)
+        data = os.read(sfd, want)
         if not data:
             break
         if len(head_buf) < HEAD_SIZE:
             head_buf += data[: HEAD_SIZE - len(head_buf)]
         h.update(data)
+        if keep is not None:
+            keep.append(data)
+            if total + len(data) > KEEP_BYTES:
+                keep = None
         view = memoryview(data)
         while view:
             view = view[os.write(tfd, view):]
         total += len(data)
+        want = BUF
     _same(sfd, st)
     if total != st.st_size:
         raise CopyError("changed", "source size changed during the copy")
-    return xxhash.xxh3_64_intdigest(head_buf), h.digest(), total
+    kept = None if keep is None else (keep[0] if len(keep) == 1 else b"".join(keep))
+    return xxhash.xxh3_64_intdigest(head_buf), h.digest(), total, kept
+
+
+def _compare_kept(data: bytes, tfd: int) -> None:
+    """Compare the copy as read back with the source bytes kept from the copy."""
+    off, n = 0, len(data)
+    view = memoryview(data)
+    while off < n:
+        b = os.pread(tfd, min(BUF, n - off), off)
+        if not b or b != view[off:off + len(b)]:
+            raise CopyError("mismatch", f"copy differs from source at byte {off}")
+        off += len(b)
+    if os.pread(tfd, 1, off):
+        raise CopyError("mismatch", "copy is longer than the source")
 
 
 def _compare(sfd: int, tfd: int, st: os.stat_result) -> int:
     """Compare the written copy with the source byte for byte; return source bytes read."""
-    # Drop the copy's cached pages so the compare reads what reached the disk where
-    # the filesystem honours it (zfs-fuse and some FUSE mounts ignore the advice).
-    os.posix_fadvise(tfd, 0, 0, os.POSIX_FADV_DONTNEED)
     off = 0
     while off < st.st_size:
         a = os.pread(sfd, BUF, off)
@@ -277,25 +398,23 @@ def _set_meta(tfd: int, st: os.stat_result) -> None:
     os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _place(tmp: bytes, dest: bytes) -> None:
-    """Give the temp copy its real name through both directories' handles."""
+def _place(tdir: int, tname: bytes, ddir: int, dname: bytes, dest: bytes) -> None:
+    """Give the temp copy its real name, both names relative to their directory handles."""
     testpoints.at("mutate", dest)
-    with handles.Parent(tmp) as tp, handles.Parent(dest) as dp:
+    try:
+        os.link(tname, dname, src_dir_fd=tdir, dst_dir_fd=ddir, follow_symlinks=False)
+    except FileExistsError:
+        raise CopyError("exists", "destination appeared during the copy") from None
+    except OSError as e:
+        if e.errno not in _NO_LINKS:
+            raise
         try:
-            os.link(tp.name, dp.name, src_dir_fd=tp.fd, dst_dir_fd=dp.fd,
-                    follow_symlinks=False)
-        except FileExistsError:
-            raise CopyError("exists", "destination appeared during the copy") from None
-        except OSError as e:
-            if e.errno not in _NO_LINKS:
-                raise
-            try:
-                dp.lstat()
-            except FileNotFoundError:
-                os.rename(tp.name, dp.name, src_dir_fd=tp.fd, dst_dir_fd=dp.fd)
-                return
-            raise CopyError("exists", "destination appeared during the copy") from None
-        os.unlink(tp.name, dir_fd=tp.fd)
+            os.stat(dname, dir_fd=ddir, follow_symlinks=False)
+        except FileNotFoundError:
+            os.rename(tname, dname, src_dir_fd=tdir, dst_dir_fd=ddir)
+            return
+        raise CopyError("exists", "destination appeared during the copy") from None
+    os.unlink(tname, dir_fd=tdir)
 
 
 def make_dirs(path: bytes) -> None:
