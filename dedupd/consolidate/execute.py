@@ -7,7 +7,10 @@ rows of one batch, and the next run rebuilds them from the files themselves
 Copies go in batches (BATCH_FILES / BATCH_BYTES): stage every copy of the
 batch to a temp name, one syncfs (then the batch's temp files are dropped
 from the cache and read ahead together), then per file compare + link into
-place, one more syncfs, then the index rows. Each source is read once for
+place. The index rows of a batch are written after the next sync (the next
+batch's, or the last one at the end): that sync makes its new names durable
+first, so the index never names a copy a crash could lose, at one syncfs per
+batch. Each source is read once for
 its copy: the bytes stay in memory for the verify of the copy and for the
 byte compare of the content's other source paths (see fsops/copy.py).
 
@@ -49,7 +52,7 @@ KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
 FLUSH_EVERY = 256
 MAX_RETRIES = 20
 # One filesystem sync per batch (see fsops/copy.py): bounded so a crash redoes little.
-BATCH_FILES = 128
+BATCH_FILES = 1024
 BATCH_BYTES = 64 << 20
 
 CopyProgress = Callable[[int, int, int, int], None]  # files done/total, bytes done/total
@@ -98,6 +101,7 @@ class Executor:
         self._events: list[FileEvent] = []
         self._hashes: list[HashUpdate] = []
         self._touch: list[bytes] = []
+        self._unsynced = False  # names placed since the last sync (their rows wait)
         self._now = time.time()
         # (source path, archive file) pairs whose equality is confirmed: prune candidates
         self.confirmed: list[tuple[SourcePath, bytes]] = []
@@ -121,6 +125,9 @@ class Executor:
             if not self.collided or replan is None:
                 break
         self._tick()
+        if self._unsynced:
+            sync_filesystem(self.archive)  # the last batch's names, before its rows
+            self._unsynced = False
         self.flush()
         return self.c
 
@@ -176,9 +183,8 @@ class Executor:
 
     def _copy_batch(self, batch: list[Copy], names: Names) -> None:
         """Stage every copy, make the batch durable with one sync, then compare and
-        link each into place; a second sync makes the new names durable before the
-        index records them."""
-        with DestDirs() as dirs:
+        link each into place; the rows wait for the next sync (module docstring)."""
+        with DestDirs(synced_later=True) as dirs:
             staged: list[tuple[Copy, Staged]] = []
             for cp in batch:
                 self._tick()
@@ -195,15 +201,16 @@ class Executor:
             if not staged:
                 return
             sync_batch(self.archive, [st for _, st in staged], dirs)
+            self._unsynced = False
+            self.flush()  # the previous batch's rows: its names are durable now
             for _ in staged:
                 self.kill("synced")
             for cp, st in staged:
                 res = self._place(cp, st, names, dirs)
                 if res is not None:
+                    self._unsynced = True
                     self._copied(cp, res)
                     self.kill("queued")
-        sync_filesystem(self.archive)
-        self.flush()
 
     def _place(self, cp: Copy, st: Staged, names: Names, dirs: DestDirs) -> CopyResult | None:
         dest = cp.dest

@@ -128,6 +128,32 @@ def compare_bytes(a: bytes, a_id: Ident | None, b: bytes, b_id: Ident | None, *,
             os.close(fd)
 
 
+def read_upto(fd: int, n: int) -> bytes:
+    """Up to n bytes from offset 0 (fewer only at the end of the file), in one read
+    where the filesystem allows it (callers hold the other side in memory)."""
+    got = os.pread(fd, n, 0)
+    if len(got) == n or not got:
+        return got
+    parts = [got]
+    off = len(got)
+    while off < n:
+        b = os.pread(fd, n - off, off)
+        if not b:
+            break
+        parts.append(b)
+        off += len(b)
+    return b"".join(parts)
+
+
+def first_difference(a: bytes, b: bytes) -> int:
+    """Offset of the first byte where a and b differ (len of the shorter if a prefix)."""
+    n = min(len(a), len(b))
+    lo = 0
+    while lo < n and a[lo:lo + BUF] == b[lo:lo + BUF]:
+        lo += BUF
+    return next((i for i in range(lo, min(lo + BUF, n)) if a[i] != b[i]), n)
+
+
 def compare_with_bytes(path: bytes, want: Ident, data: bytes) -> ByteCompare:
     """Compare a file with bytes held in memory (content just verified elsewhere, e.g. a
     copy's source as read back from the archive), bracketed by fstat checks against
@@ -141,16 +167,11 @@ def compare_with_bytes(path: bytes, want: Ident, data: bytes) -> ByteCompare:
         ident = _check_fd(fd, want, path, True)
         if ident.size != len(data):
             return ByteCompare(False, 0)
-        off, view = 0, memoryview(data)
-        while True:
-            got = os.pread(fd, BUF, off)
-            if got != view[off:off + len(got)] or (not got and off < len(data)):
-                return ByteCompare(False, off + len(got), off)
-            if not got:
-                break
-            off += len(got)
+        got = read_upto(fd, len(data) + 1)  # one byte more: a longer file differs too
+        if got != data:
+            return ByteCompare(False, len(got), first_difference(got, data))
         _check_fd(fd, ident, path, True)
-        return ByteCompare(off == len(data), off)
+        return ByteCompare(True, len(got))
     finally:
         os.close(fd)
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import xxhash
 
 from dedupd import handles, testpoints
+from dedupd.dedup.verify import first_difference, read_upto
 from dedupd.files.events import Ident
 from dedupd.fsops import link as link_ops
 from dedupd.hashing import HEAD_SIZE
@@ -104,15 +105,18 @@ class Staged:
 
 class DestDirs:
     """Handles of destination directories, each made (mkdir -p, by handle) and
-    opened once; close() when the batch is done. Not thread-safe."""
+    opened once; close() when the batch is done. Not thread-safe. With
+    synced_later the new levels are not fsynced one by one: the caller syncs
+    the filesystem (sync_batch) before any name in them is placed."""
 
-    def __init__(self) -> None:
+    def __init__(self, synced_later: bool = False) -> None:
         self._fds: dict[bytes, int] = {}
+        self._sync = not synced_later
 
     def fd(self, path: bytes) -> int:
         fd = self._fds.get(path)
         if fd is None:
-            make_dirs(path)
+            make_dirs(path, sync=self._sync)
             fd = handles.open_dir(path)
             self._fds[path] = fd
         return fd
@@ -356,15 +360,10 @@ def _write_copy(sfd: int, tfd: int, st: os.stat_result
 
 def _compare_kept(data: bytes, tfd: int) -> None:
     """Compare the copy as read back with the source bytes kept from the copy."""
-    off, n = 0, len(data)
-    view = memoryview(data)
-    while off < n:
-        b = os.pread(tfd, min(BUF, n - off), off)
-        if not b or b != view[off:off + len(b)]:
-            raise CopyError("mismatch", f"copy differs from source at byte {off}")
-        off += len(b)
-    if os.pread(tfd, 1, off):
-        raise CopyError("mismatch", "copy is longer than the source")
+    got = read_upto(tfd, len(data) + 1)  # one byte more: a longer copy differs too
+    if got != data:
+        raise CopyError("mismatch", "copy is longer than the source" if len(got) > len(data)
+                        else f"copy differs from source at byte {first_difference(got, data)}")
 
 
 def _compare(sfd: int, tfd: int, st: os.stat_result) -> int:
@@ -417,10 +416,11 @@ def _place(tdir: int, tname: bytes, ddir: int, dname: bytes, dest: bytes) -> Non
     os.unlink(tname, dir_fd=tdir)
 
 
-def make_dirs(path: bytes) -> None:
-    """mkdir -p (0755), by handle, fsyncing each parent whose entry we created so the
-    tree survives a crash; a level that is a symlink is refused (PathChanged)."""
-    link_ops.make_dirs(os.path.abspath(path), 0o755)
+def make_dirs(path: bytes, sync: bool = True) -> None:
+    """mkdir -p (0755), by handle, fsyncing each parent whose entry we created (unless
+    the caller syncs the filesystem) so the tree survives a crash; a level that is a
+    symlink is refused (PathChanged)."""
+    link_ops.make_dirs(os.path.abspath(path), 0o755, sync=sync)
 
 
 def _unlink_quiet(path: bytes) -> None:

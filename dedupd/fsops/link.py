@@ -201,17 +201,19 @@ def make_private_dirs(path: bytes) -> None:
     make_dirs(path, 0o700)
 
 
-def make_dirs(path: bytes, mode: int) -> None:
+def make_dirs(path: bytes, mode: int, *, sync: bool = True) -> None:
     """mkdir -p path, new levels owned by us with `mode`, each level opened by handle
-    (a symlinked level is refused), each parent whose entry we made fsynced."""
+    (a symlinked level is refused), each parent whose entry we made fsynced (unless
+    sync=False: the caller syncs the whole filesystem before anything depends on it)."""
     parts = [p for p in path.split(b"/") if p]
     fd = handles.open_dir(b"/")
     for part in parts:
-        fd = _child(fd, part, None, mode)  # closes its argument, even when it raises
+        fd = _child(fd, part, None, mode, sync)  # closes its argument, even when it raises
     os.close(fd)
 
 
-def _child(fd: int, part: bytes, template: os.stat_result | None, mode: int = 0o700) -> int:
+def _child(fd: int, part: bytes, template: os.stat_result | None, mode: int = 0o700,
+           sync: bool = True) -> int:
     """Open (making it if missing) subdirectory `part` of fd; closes fd.
 
     A new level is created 0700 and only then given the template's owner and
@@ -232,7 +234,8 @@ def _child(fd: int, part: bytes, template: os.stat_result | None, mode: int = 0o
             os.fchown(child, template.st_uid, template.st_gid)
             os.fchmod(child, stat.S_IMODE(template.st_mode))
             os.utime(child, ns=(template.st_atime_ns, template.st_mtime_ns))
-        handles.fsync_fd(fd)
+        if sync:
+            handles.fsync_fd(fd)
         return child
     finally:
         os.close(fd)
