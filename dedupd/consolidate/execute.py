@@ -18,7 +18,8 @@ Test hook: when the environment variable DEDUPD_TEST_KILL_AFTER_COPY_STEPS=k
 is set, the process SIGKILLs itself right after the k-th copy step. Steps,
 five per copied file: "written" for each file of a batch, then "synced" for
 each, then "verified", "placed", "queued" file by file. The kill -9 tests use
-it to stop a run at every interesting point.
+it to stop a run at every interesting point. DEDUPD_TEST_COPY_BATCH_FILES=b
+makes batches of b files, so those tests can cross batch boundaries with a few.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from dedupd.index.provenance import Provenance
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 
 KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
+BATCH_ENV = "DEDUPD_TEST_COPY_BATCH_FILES"
 FLUSH_EVERY = 256
 MAX_RETRIES = 20
 # One filesystem sync per batch (see fsops/copy.py): bounded so a crash redoes little.
@@ -134,10 +136,12 @@ class Executor:
     def _copy_all(self, copies: list[Copy], names: Names) -> None:
         batch: list[Copy] = []
         size = 0
+        raw = os.environ.get(BATCH_ENV, "")
+        max_files = int(raw) if raw.isdigit() and int(raw) > 0 else BATCH_FILES
         for cp in copies:
             batch.append(cp)
             size += cp.content.size
-            if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
+            if len(batch) >= max_files or size >= BATCH_BYTES:
                 self._copy_batch(batch, names)
                 batch, size = [], 0
         if batch:

@@ -12,9 +12,19 @@ from PIL import Image
 
 from dedupd.consolidate.dates import capture_date, exif_date, image_kind, parse_exif_datetime
 from dedupd.consolidate.layout import Fields, check_layout, render, with_suffix
+from dedupd.dedup.verify import first_difference
 from dedupd.errors import ConfigError
 from dedupd.files.events import Ident
-from dedupd.fsops.copy import CopyError, copy_verified, remove_stale_temps
+from dedupd.fsops.copy import (
+    KEEP_BYTES,
+    CopyError,
+    DestDirs,
+    copy_verified,
+    place_copy,
+    remove_stale_temps,
+    stage_copy,
+    sync_batch,
+)
 from tests.fixtures.consolidate import corrupt_jpeg, jpeg, write
 
 WHEN = datetime(2019, 7, 4, 12, 0, 0)
@@ -101,3 +111,46 @@ def test_remove_stale_temps_touches_only_our_names(tmp_path: Path) -> None:
     theirs.write_bytes(b"user file")
     assert remove_stale_temps(os.fsencode(tmp_path)) == [os.fsencode(ours)]
     assert not ours.exists() and theirs.exists()
+
+
+@pytest.mark.parametrize("size", [0, 5000, KEEP_BYTES + 1])  # kept in memory, or re-read
+def test_staged_copy_is_verified_against_the_source_bytes(tmp_path: Path, size: int) -> None:
+    """The read-back of the temp copy is compared with the source bytes: a copy that
+    differs (here: bytes changed on the disk after the copy) never gets its name."""
+    src, out = tmp_path / "src.bin", tmp_path / "out"
+    write(src, os.urandom(size), "2020-02-02")
+    with DestDirs() as dirs:
+        st = stage_copy(os.fsencode(src), os.fsencode(out), Ident.of(os.stat(src)), dirs)
+        assert (st.data is not None) == (size <= KEEP_BYTES)
+        sync_batch(os.fsencode(tmp_path), [st], dirs)
+        tmp = Path(os.fsdecode(st.tmp))
+        with open(tmp, "r+b") as f:  # what reached the disk is not what was read
+            f.seek(size // 2)
+            f.write(b"\x00" if size and src.read_bytes()[size // 2] else b"\x01")
+        with pytest.raises(CopyError) as e:
+            place_copy(st, os.fsencode(out / "dest.bin"), dirs=dirs)
+        assert e.value.reason == "mismatch"
+        assert os.listdir(out) == []  # no name, and the temp copy is gone
+
+
+def test_source_changed_after_its_copy_is_refused(tmp_path: Path) -> None:
+    """Bytes kept from the copy are only trusted while the source stays the same inode,
+    unchanged: a rewrite with the same size and mtime still changes its ctime."""
+    src, out = tmp_path / "src.bin", tmp_path / "out"
+    write(src, b"a" * 5000, "2020-02-02")
+    with DestDirs() as dirs:
+        st = stage_copy(os.fsencode(src), os.fsencode(out), Ident.of(os.stat(src)), dirs)
+        mtime = os.stat(src).st_mtime_ns
+        src.write_bytes(b"b" * 5000)
+        os.utime(src, ns=(mtime, mtime))
+        sync_batch(os.fsencode(tmp_path), [st], dirs)
+        with pytest.raises(CopyError) as e:
+            place_copy(st, os.fsencode(out / "dest.bin"), dirs=dirs)
+        assert e.value.reason == "changed"
+        assert os.listdir(out) == []
+
+
+def test_compare_with_kept_bytes() -> None:
+    assert first_difference(b"abcdef", b"abcxef") == 3
+    assert first_difference(b"abc", b"abcd") == 3
+    assert first_difference(b"", b"") == 0
