@@ -63,12 +63,16 @@ class Names:
 
     def __init__(self, existing: set[bytes]) -> None:
         self.taken = set(existing)
+        # want -> the last suffix number handed out: a thousand files of one name in
+        # one directory (__init__.py, README) must not each try every number again
+        self._next: dict[bytes, int] = {}
 
     def claim(self, want: bytes, policy: str) -> bytes | None:
-        for n in range(1, MAX_SUFFIX):
+        for n in range(self._next.get(want, 1), MAX_SUFFIX):
             cand = want if n == 1 else with_suffix(want, n)
             if cand not in self.taken and not os.path.lexists(cand):
                 self.taken.add(cand)
+                self._next[want] = n + 1
                 return cand
             if policy == "skip":
                 return None
