@@ -68,7 +68,8 @@ class Names:
         self._next: dict[bytes, int] = {}
 
     def claim(self, want: bytes, policy: str) -> bytes | None:
-        for n in range(self._next.get(want, 1), MAX_SUFFIX):
+        first = 1 if policy == "skip" else self._next.get(want, 1)  # skip: the name or none
+        for n in range(first, MAX_SUFFIX):
             cand = want if n == 1 else with_suffix(want, n)
             if cand not in self.taken and not os.path.lexists(cand):
                 self.taken.add(cand)
