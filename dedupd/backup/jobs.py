@@ -54,6 +54,7 @@ class BackupResult:
     upload_waited: float = 0.0
     overlapped: int = 0  # stream bytes spooled while the previous chunk was uploading
     restarts: int = 0  # stream regenerations after an upload lost its spooled body
+    streamed: int = 0  # chunks sent live as the stream was read (rclone targets)
     pruned_local: tuple[str, ...] = ()
     pruned_remote: tuple[str, ...] = ()
 
@@ -72,6 +73,7 @@ class BackupResult:
                 "stream_waited_seconds": round(self.stream_waited, 3),
                 "upload_waited_seconds": round(self.upload_waited, 3),
                 "overlapped_bytes": self.overlapped, "restarts": self.restarts,
+                "streamed": self.streamed,
                 "pruned_local": list(self.pruned_local),
                 "pruned_remote": list(self.pruned_remote)}
 
@@ -258,7 +260,7 @@ class _Run:
             upload_seconds=float(getattr(self.target, "busy_seconds", up.upload_seconds)),
             stream_seconds=up.seconds,
             stream_waited=up.stats.producer_wait, upload_waited=up.stats.uploader_wait,
-            overlapped=up.stats.overlap_bytes, restarts=up.restarts,
+            overlapped=up.stats.overlap_bytes, restarts=up.restarts, streamed=up.streamed,
             pruned_local=pruned_local, pruned_remote=pruned_remote)
 
     def _send_and_commit(self, backup_id: str, spec: SendSpec, resuming: bool

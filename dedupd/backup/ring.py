@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from dedupd.backup.chunker import READ_SIZE, Spool, cut
+from dedupd.backup.live import LiveFeed
 from dedupd.errors import DedupdError
 
 
@@ -43,6 +44,9 @@ class Sealed:
     size: int
     sha256: str  # hex
     md5: str | None  # hex, when the target confirms MD5 only
+    # The producer already sent it to the target as it was read (live upload);
+    # the spooled copy is then only for a retry, if confirming it fails.
+    streamed: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,14 @@ class Ring:
             assert self._sealed is not None and self._taken
             return RingBody(self, self._sealed.size)
 
+    def skip_read(self) -> None:
+        """The taken chunk needs no read (it went up live): the producer may overwrite
+        it at once; a later body() rewind then raises BodyGone as usual."""
+        with self._cv:
+            assert self._sealed is not None and self._taken
+            self._rpos = self._sealed.size
+            self._cv.notify_all()
+
     def release(self) -> None:
         """The taken chunk is uploaded (or skipped): the producer may overwrite all of it."""
         with self._cv:
@@ -259,11 +271,22 @@ def _pwrite_all(fd: int, data: memoryview, at: int) -> None:
         data, at = data[n:], at + n
 
 
-def produce(stream: IO[bytes], chunk_size: int, ring: Ring, *, want_md5: bool) -> int:
-    """Cut `stream` into chunks in the ring, hashing each as it is read; returns how
-    many. The last chunk may be shorter; an empty stream seals none."""
+def produce(stream: IO[bytes], chunk_size: int, ring: Ring, *, want_md5: bool,
+            live: LiveFeed | None = None) -> int:
+    """Cut `stream` into chunks in the ring, hashing each as it is read (and sending
+    it to the target as it is read, with `live`); returns how many. The last
+    chunk may be shorter; an empty stream seals none."""
+    write: Callable[[memoryview], object] = ring.write
+    if live is not None:
+        feed = live
+
+        def write(part: memoryview) -> None:
+            feed.write(part)  # first: the target's upload runs while we spool
+            ring.write(part)
+
     seq = 0
-    for size, sha, md5 in cut(stream, chunk_size, ring.write, want_md5=want_md5):
-        ring.seal(Sealed(seq, size, sha, md5))
+    for size, sha, md5 in cut(stream, chunk_size, write, want_md5=want_md5):
+        streamed = live.end_chunk(size) if live is not None else False
+        ring.seal(Sealed(seq, size, sha, md5, streamed))
         seq += 1
     return seq

@@ -22,6 +22,7 @@ from typing import IO, cast
 
 from dedupd.backup import compress, send
 from dedupd.backup import manifest as mf
+from dedupd.backup.live import LiveFeed
 from dedupd.backup.manifest import ChunkRef
 from dedupd.backup.ring import BodyGone, Ring, RingAborted, RingStats, Sealed, produce
 from dedupd.backup.targets import ObjectInfo, Target, TargetError, confirmed
@@ -63,6 +64,7 @@ class Uploaded:
     stats: RingStats = RingStats(0, 0.0, 0.0)
     restarts: int = 0  # times the stream was regenerated after a failed upload
     seconds: float = 0.0  # wall time of upload_stream: the stream and its uploads
+    streamed: int = 0  # chunks sent live, as the stream was read (live.py)
 
     @property
     def total_size(self) -> int:
@@ -111,17 +113,23 @@ class _PassLost(Exception):
 def _one_pass(target: Target, plan: UploadPlan, after_chunk: Callable[[int], None] | None,
               progress: Callable[[int, int], None] | None) -> Uploaded:
     pipe = compress.send_pipeline(plan.spec.argv(), plan.compression, plan.level)
+    live = None if plan.resuming else LiveFeed(
+        target, lambda seq: mf.chunk_key(plan.job, plan.backup_id, seq, plan.compression),
+        plan.chunk_size, plan.storage_class)
     with Ring(plan.spool_dir) as ring:
         up = _Uploader(target, plan, ring, after_chunk, pipe.signal_kill, progress)
         thread = threading.Thread(target=up.run, name=f"dedupd-upload-{plan.backup_id}",
                                   daemon=True)
         thread.start()
         try:
-            produce(pipe.stdout, plan.chunk_size, ring, want_md5=target.wants_md5)
+            produce(pipe.stdout, plan.chunk_size, ring, want_md5=target.wants_md5,
+                    live=live)
             pipe.close()
             ring.end()
         except BaseException as e:
             ring.abort(f"the stream stopped: {e or type(e).__name__}")
+            if live is not None:
+                live.abort()
             pipe.kill()
             thread.join()
             if isinstance(e, Exception) and up.error is not None and not isinstance(
@@ -134,7 +142,8 @@ def _one_pass(target: Target, plan: UploadPlan, after_chunk: Callable[[int], Non
         if up.error is not None:
             raise _lost_or(up)
         return Uploaded(tuple(up.refs), tuple(up.md5s), up.uploaded, up.skipped,
-                        up.seconds, ring.stats)
+                        up.seconds, ring.stats,
+                        streamed=0 if live is None else live.streamed)
 
 
 def _lost_or(up: _Uploader) -> BaseException:
@@ -177,7 +186,8 @@ class _Uploader:
     def _one(self, c: Sealed) -> None:
         key = mf.chunk_key(self.plan.job, self.plan.backup_id, c.seq, self.plan.compression)
         t = time.monotonic()
-        if _put_unless_present(self.target, self.plan, key, c, self.ring):
+        live_ok = c.streamed and _confirm_streamed(self.target, self.plan, key, c, self.ring)
+        if live_ok or _put_unless_present(self.target, self.plan, key, c, self.ring):
             self.uploaded += 1
         else:
             self.skipped += 1
@@ -190,6 +200,20 @@ class _Uploader:
             self.progress(1, c.size)
         if self.after_chunk is not None:
             self.after_chunk(c.seq)
+
+
+def _confirm_streamed(target: Target, plan: UploadPlan, key: str, c: Sealed,
+                      ring: Ring) -> bool:
+    """A chunk the producer sent live: confirm it by HEAD like any upload. The
+    spool is not read for it, so the producer may overwrite it at once; if the
+    object is not confirmed, the caller puts it again (from the spool while
+    that still holds it, else the stream is regenerated)."""
+    ring.skip_read()
+    info = target.head(key)
+    if confirmed(info, c.size, c.sha256, c.md5):
+        return True
+    log.warning("%s: %s", plan.backup_id, _mismatch(key, info, c.size, c.sha256))
+    return False
 
 
 def _put_unless_present(target: Target, plan: UploadPlan, key: str, c: Sealed,

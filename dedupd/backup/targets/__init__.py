@@ -85,6 +85,32 @@ class Target(Protocol):
         """Ask a cold store to make the object readable for `days` (idempotent)."""
 
 
+class LivePut(Protocol):
+    """One object uploaded while its bytes are produced (targets that can: rclone).
+
+    Best effort: finish() returns False when anything went wrong, and the caller
+    then uploads the object again with put() from its own copy. A True means the
+    store accepted the bytes, not that they are confirmed: head() says that.
+    """
+
+    def write(self, data: memoryview) -> None: ...
+
+    def finish(self) -> bool: ...
+
+    def abort(self) -> None: ...
+
+
+def begin_put(target: Target, key: str, size: int, storage_class: str) -> LivePut | None:
+    """A streamed upload of exactly `size` bytes under key, or None when the target
+    only uploads from a file it can re-read (S3 here: its body must be seekable
+    for the SDK's retries and checksum)."""
+    start = getattr(target, "begin_put", None)
+    if start is None:
+        return None
+    live: LivePut | None = start(key, size, storage_class)
+    return live
+
+
 def confirmed(info: ObjectInfo | None, size: int, sha256: str, md5: str | None) -> bool:
     """True when the store shows exactly this object: same size and a matching checksum.
 

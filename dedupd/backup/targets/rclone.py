@@ -112,10 +112,7 @@ class RcloneTarget:
 
     def put(self, key: str, file: IO[bytes], size: int, sha256: str, md5: str | None,
             storage_class: str) -> None:
-        extra = ["--size", str(size), "--s3-upload-cutoff", "5G"]
-        if storage_class and storage_class != "STANDARD":
-            extra += ["--s3-storage-class", storage_class]
-        argv = self._argv("rcat", *extra, self.root + key)
+        argv = self._rcat_argv(key, size, storage_class)
         try:
             file.fileno()
         except (OSError, AttributeError):
@@ -125,6 +122,18 @@ class RcloneTarget:
             return
         p = proc.spawn(argv, stdin=file, stdout=subprocess.DEVNULL)
         self._wait(f"rcat {key}", p)
+
+    def begin_put(self, key: str, size: int, storage_class: str) -> LiveRcat:
+        """An `rclone rcat --size SIZE` of key, fed by the caller as the bytes are
+        produced (no spooled copy read back). The object is one PUT of exactly
+        `size` bytes, as put() makes it; confirming it is the caller's job."""
+        return LiveRcat(self._rcat_argv(key, size, storage_class), self.timeout)
+
+    def _rcat_argv(self, key: str, size: int, storage_class: str) -> list[str]:
+        extra = ["--size", str(size), "--s3-upload-cutoff", "5G"]
+        if storage_class and storage_class != "STANDARD":
+            extra += ["--s3-storage-class", storage_class]
+        return self._argv("rcat", *extra, self.root + key)
 
     def _feed(self, what: str, argv: Sequence[str], file: IO[bytes]) -> None:
         """Copy `file` to rclone's stdin in blocks; memory stays at one block. The
@@ -237,6 +246,74 @@ class RcloneTarget:
     def restore_request(self, key: str, days: int) -> None:
         raise TargetError(f"{self.description}: restoring cold objects is supported on s3 "
                           "targets only")
+
+
+class LiveRcat:
+    """One streamed upload: write() what the stream produces, then finish() or abort().
+
+    Best effort by design: any failure (rclone exits, the pipe breaks, the
+    watchdog fires) only makes finish() return False, and the caller uploads
+    the chunk again from its spooled copy. The watchdog bounds the whole
+    upload (rclone may stop reading without exiting).
+    """
+
+    def __init__(self, argv: Sequence[str], timeout: float) -> None:
+        self.failed = False
+        try:
+            self._p: subprocess.Popen[bytes] | None = proc.spawn(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        except proc.MissingTool:
+            self._p, self.failed = None, True
+            return
+        assert self._p.stdin is not None
+        widen_pipe(self._p.stdin)
+        self._watchdog = threading.Timer(timeout, self.abort)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def write(self, data: memoryview) -> None:
+        if self.failed or self._p is None or self._p.stdin is None:
+            return
+        try:
+            self._p.stdin.write(data)
+        except (OSError, ValueError):  # rclone stopped reading (or was killed)
+            self.abort()
+
+    def finish(self) -> bool:
+        """Close the body and wait: True when rclone stored it (exit 0)."""
+        if self._p is None:
+            return False
+        self._watchdog.cancel()
+        if not self.failed:
+            try:
+                self._p.stdin.close()  # type: ignore[union-attr]
+            except OSError:
+                self.failed = True
+        try:
+            rc = self._p.wait(timeout=self._watchdog.interval)
+        except subprocess.TimeoutExpired:
+            self.abort()
+            rc = None
+        self._close_pipes()
+        return rc == 0 and not self.failed
+
+    def abort(self) -> None:
+        """Stop the upload: SIGKILL rclone and reap it (safe from the watchdog thread)."""
+        self.failed = True
+        if self._p is None:
+            return
+        self._watchdog.cancel()
+        if self._p.poll() is None:
+            self._p.kill()
+        self._p.wait()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        assert self._p is not None
+        for f in (self._p.stdin, self._p.stderr):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
 
 
 def _local_head(key: str, path: Path) -> ObjectInfo | None:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import IO, TypeVar
 
-from dedupd.backup.targets import ObjectInfo, Target, Transient
+from dedupd.backup.targets import LivePut, ObjectInfo, Target, Transient, begin_put
 from dedupd.config import TargetConfig
 from dedupd.errors import TemporaryFailure
 
@@ -68,6 +68,11 @@ class RetryingTarget:
             file.seek(0)  # a failed attempt may have read part of the body
             self.inner.put(key, file, size, sha256, md5, storage_class)
         call(f"upload {key}", attempt, self.cfg, self.clock)
+
+    def begin_put(self, key: str, size: int, storage_class: str) -> LivePut | None:
+        """The inner target's streamed upload, not retried: a failed one is
+        uploaded again through put(), which is."""
+        return begin_put(self.inner, key, size, storage_class)
 
     def head(self, key: str) -> ObjectInfo | None:
         return call(f"head {key}", lambda: self.inner.head(key), self.cfg, self.clock)

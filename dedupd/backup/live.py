@@ -1,0 +1,68 @@
+"""Live uploads: each full-size chunk goes to the target while the stream is read.
+
+The producer hands every piece of the stream to the spool (ring.py) and, for a
+target that can take a streamed body (rclone), to an upload of the current
+chunk started with the chunk's size. Nothing is read back from the spool on
+that path. The spooled copy stays the retry copy: a live upload that fails, or
+whose object the uploader cannot confirm by HEAD, is put again from the spool
+(or, once the spool was overwritten, by regenerating the stream, as for any
+failed upload). Only chunks of exactly chunk_size are sent live, since the size
+must be declared up front (one PUT, never multipart): the last, shorter chunk of
+a stream is uploaded from the spool.
+
+A resumed pass never streams: each chunk must be compared by HEAD before any
+byte of it is sent, so a confirmed chunk is never uploaded twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from dedupd.backup.targets import LivePut, Target, begin_put
+
+log = logging.getLogger("dedupd.backup")
+
+
+class LiveFeed:
+    """The producer's side: write() each piece, end_chunk() when a chunk is cut."""
+
+    def __init__(self, target: Target, key_of: Callable[[int], str], chunk_size: int,
+                 storage_class: str) -> None:
+        self._target, self._key_of = target, key_of
+        self._size, self._class = chunk_size, storage_class
+        self._seq = 0
+        self._live: LivePut | None = None
+        self._on = True  # False once the target turned out to have no live uploads
+        self.streamed = 0  # chunks whose live upload was accepted by the target
+        self.fallbacks = 0  # full-size chunks whose live upload failed
+
+    def write(self, part: memoryview) -> None:
+        if self._live is None and self._on:
+            self._live = begin_put(self._target, self._key_of(self._seq), self._size,
+                                   self._class)
+            self._on = self._live is not None
+        if self._live is not None:
+            self._live.write(part)
+
+    def end_chunk(self, size: int) -> bool:
+        """The chunk just cut had `size` bytes: True when its live upload was stored."""
+        live, self._live = self._live, None
+        seq, self._seq = self._seq, self._seq + 1
+        if live is None:
+            return False
+        if size != self._size:  # the stream's last chunk: its declared size was wrong
+            live.abort()
+            return False
+        if live.finish():
+            self.streamed += 1
+            return True
+        self.fallbacks += 1
+        log.info("chunk %d: the live upload failed; uploading it from the spooled copy", seq)
+        return False
+
+    def abort(self) -> None:
+        """Stop an upload in flight (the stream failed or the pass is given up)."""
+        live, self._live = self._live, None
+        if live is not None:
+            live.abort()
