@@ -83,19 +83,27 @@ def prune_remote(target: Target, jc: BackupConfig, store: Store, ms: list[Manife
             rows.set_state(store, m.id, "deleted")
         log.info("%s: pruned remote restore point %s (%s)", jc.name, m.id, m.snapshot)
     if not dry_run:
-        doomed_ids = {m.id for m in doomed}
-        _drop_orphans(target, jc, store, catalog.manifest_ids(target, jc.name) - doomed_ids)
+        # One listing of the job's folder, after the deletions, answers both
+        # questions: which ids have a manifest object (readable or not) and
+        # which chunk folders exist (one request or rclone process, not two).
+        listing = target.list(f"{jc.name}/")
+        mdir = mf.manifest_dir(jc.name)
+        listed = {i for o in listing if o.key.startswith(mdir)
+                  and (i := mf.id_of_manifest_key(o.key)) is not None}
+        chunks = [o.key for o in listing if o.key.startswith(f"{jc.name}/chunks/")]
+        _drop_orphans(target, jc, store, listed - {m.id for m in doomed}, chunks)
     return tuple(m.id for m in doomed)
 
 
-def _drop_orphans(target: Target, jc: BackupConfig, store: Store, listed: set[str]) -> None:
+def _drop_orphans(target: Target, jc: BackupConfig, store: Store, listed: set[str],
+                  chunk_keys: list[str]) -> None:
     """Chunks of failed or abandoned attempts: no manifest object (readable or not),
     not the unfinished attempt being resumed."""
     running = rows.unfinished(store, jc.name)
     live = listed | ({running.id} if running else set())
     seen: set[str] = set()
-    for o in target.list(f"{jc.name}/chunks/"):
-        bid = o.key[len(f"{jc.name}/chunks/"):].split("/", 1)[0]
+    for key in chunk_keys:
+        bid = key[len(f"{jc.name}/chunks/"):].split("/", 1)[0]
         if bid in live or bid in seen:
             continue
         seen.add(bid)
