@@ -262,7 +262,7 @@ class LiveRcat:
         try:
             self._p: subprocess.Popen[bytes] | None = proc.spawn(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        except proc.MissingTool:
+        except (proc.MissingTool, OSError):  # put() from the spool will say why
             self._p, self.failed = None, True
             return
         assert self._p.stdin is not None
