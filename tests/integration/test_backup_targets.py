@@ -141,3 +141,33 @@ def test_rclone_local_backend_is_recognised_from_its_features(rclone_conf: Path,
     assert local_dir("al", "r") == tmp_path / "r"
     assert local_dir("cr", "r") is None
     assert local_dir("mots3", f"{s3_bucket}/p") is None
+
+
+def test_rclone_local_list_and_get_agree_with_rclone(rclone_conf: Path,
+                                                     tmp_path: Path) -> None:
+    """A local remote is listed and read without rclone: same keys and sizes as
+    `rclone lsjson -R --files-only` (symlinks skipped, as rclone does), same bytes."""
+    root = tmp_path / "r"
+    root.mkdir()
+    t = make_target(TargetConfig(kind="rclone", remote="loc", path=str(root),
+                                 config=rclone_conf, **FAST))  # type: ignore[arg-type]
+    _put(t, "j/chunks/a/000000.zst", b"x" * 1000)
+    _put(t, "j/chunks/a/000001.zst", b"y" * 10)
+    _put(t, "j/manifests/a.json", b"{}")
+    _put(t, "j2/manifests/b.json", b"{}")
+    (root / "j/chunks/a/link.zst").symlink_to(root / "j/manifests/a.json")
+    for prefix in ("j/", "j/chunks/", "j/manifests/", "j/chunks/a/0000", "nope/"):
+        folder = prefix.rpartition("/")[0]
+        r = subprocess.run(["rclone", "--config", str(rclone_conf), "lsjson", "-R",
+                            "--files-only", f"loc:{root}/{folder}"], capture_output=True,
+                           text=True)
+        assert r.returncode in (0, 3), r.stderr  # 3: no such directory
+        listed = json.loads(r.stdout) if r.returncode == 0 else []
+        theirs = sorted((f"{folder}/{o['Path']}", o["Size"]) for o in listed
+                        if f"{folder}/{o['Path']}".startswith(prefix))
+        assert sorted((o.key, o.size) for o in t.list(prefix)) == theirs, prefix
+    out = io.BytesIO()
+    t.get("j/chunks/a/000000.zst", out)
+    assert out.getvalue() == b"x" * 1000
+    with pytest.raises(TargetError, match="no such object"):
+        t.get("j/chunks/a/000009.zst", io.BytesIO())

@@ -4,7 +4,8 @@
 s3 does a single PUT (with --s3-upload-cutoff raised to 5G) rather than a
 multipart upload. HEAD is `lsjson --hash` on the object: SHA-256 where the
 remote knows it, MD5 otherwise (s3: the ETag of a single PUT); on a remote of
-type `local` dedupd reads and hashes the file itself (same bytes, far faster).
+type `local` dedupd reads, lists and hashes the files itself (same bytes, far
+faster, no process per request); uploads and deletions always go through rclone.
 Cold storage classes are not supported through rclone (use an s3 target).
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import stat
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -191,6 +194,10 @@ class RcloneTarget:
         return _info(key, items[0])
 
     def get(self, key: str, out: IO[bytes]) -> None:
+        local = self._local_dir()
+        if local is not None:  # the same bytes `rclone cat` would read, no process
+            _local_get(key, local / key, out)
+            return
         p = proc.spawn(self._argv("cat", self.root + key))
         assert p.stdout is not None
         got = 0
@@ -216,6 +223,9 @@ class RcloneTarget:
             self._check(f"cat {key}", e.returncode, e.stderr)
 
     def list(self, prefix: str, checksums: bool = False) -> list[ObjectInfo]:
+        local = self._local_dir()
+        if local is not None and not checksums:
+            return _local_list(local, prefix)
         folder, _, start = prefix.rpartition("/")
         extra = ["--hash-type", "MD5" if self.wants_md5 else "SHA-256"] if checksums else []
         argv = self._argv("lsjson", "-R", "--files-only", *extra, self.root + folder)
@@ -314,6 +324,42 @@ class LiveRcat:
             if f is not None:
                 with contextlib.suppress(OSError):
                     f.close()
+
+
+def _local_get(key: str, path: Path, out: IO[bytes]) -> None:
+    try:
+        with path.open("rb") as f:
+            while b := f.read(READ):
+                out.write(b)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise TargetError(f"{path}: no such object ({key})") from None
+    except OSError as e:
+        raise TargetError(f"{path}: {e.strerror or e}") from None
+
+
+def _local_list(root: Path, prefix: str) -> list[ObjectInfo]:
+    """What `rclone lsjson -R --files-only` lists of a local remote: regular files
+    (rclone skips symlinks), keys relative to the remote's root. A directory that
+    cannot be read is an error, never a shorter listing: retention deletes chunk
+    folders that no listed manifest owns."""
+    folder = prefix.rpartition("/")[0]
+
+    def fail(e: OSError) -> None:
+        if not isinstance(e, FileNotFoundError):
+            raise TargetError(f"{e.filename}: {e.strerror or e}")
+
+    out: list[ObjectInfo] = []
+    for dirpath, _dirs, files in os.walk(root / folder if folder else root, onerror=fail):
+        for name in files:
+            p = Path(dirpath, name)
+            try:
+                st = p.lstat()
+            except FileNotFoundError:
+                continue  # deleted since the directory was read
+            key = p.relative_to(root).as_posix()
+            if stat.S_ISREG(st.st_mode) and key.startswith(prefix):
+                out.append(ObjectInfo(key, st.st_size, None, None, "STANDARD"))
+    return out
 
 
 def _local_head(key: str, path: Path) -> ObjectInfo | None:
