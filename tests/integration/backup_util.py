@@ -109,6 +109,15 @@ def mountpoint(pool: Pool, rel: str) -> Path:
     return pool.mountpoint / rel
 
 
+def half_random_dataset(pool: Pool, seed: int, n_files: int) -> Path:
+    """Dataset POOL/data with n_files of 512 KiB, half random: about n_files/4 MiB
+    once compressed."""
+    subprocess.run(["zfs", "create", pool.dataset("data")], check=True)
+    src = mountpoint(pool, "data")
+    write_files(src, random.Random(seed), n_files, 512 * 1024)
+    return src
+
+
 def dedupd(*args: str, env: dict[str, str] | None = None, timeout: float = 300
            ) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess."""

@@ -9,7 +9,6 @@ nothing fails. Every restore is identical.
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -22,22 +21,14 @@ from dedupd.backup.targets import make_target
 from tests.fixtures.s3 import FaultProxy, Moto
 from tests.integration.backup_util import (
     MiB,
+    half_random_dataset,
     make_config,
     mountpoint,
     store_for,
     tree,
-    write_files,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _dataset(pool: Any, seed: int, n_files: int) -> Path:
-    """n_files of 512 KiB, half random: about n_files/4 MiB once compressed."""
-    subprocess.run(["zfs", "create", pool.dataset("data")], check=True)
-    src = mountpoint(pool, "data")
-    write_files(src, random.Random(seed), n_files, 512 * 1024)
-    return src
 
 
 def _rclone_wrapper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut_key: str = ""
@@ -90,7 +81,7 @@ def _local(tmp_path: Path, conf: Path) -> dict[str, Any]:
 def test_full_chunks_go_up_live_once(tmp_path: Path, zpool: Any, rclone_conf: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     pool = zpool("256M")
-    src = _dataset(pool, 51, 32)  # ~8 MiB stored: 8+ chunks of 1 MiB
+    src = half_random_dataset(pool, 51, 32)  # ~8 MiB stored: 8+ chunks of 1 MiB
     log = _rclone_wrapper(tmp_path, monkeypatch)
     r = _backup_and_restore(make_config(tmp_path, pool, _local(tmp_path, rclone_conf)),
                             pool, src)
@@ -109,7 +100,7 @@ def test_live_upload_cut_mid_chunk_is_put_from_the_spool(
         tmp_path: Path, zpool: Any, rclone_conf: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     pool = zpool("256M")
-    src = _dataset(pool, 52, 32)
+    src = half_random_dataset(pool, 52, 32)
     log = _rclone_wrapper(tmp_path, monkeypatch, cut_key="000002.zst")
     r = _backup_and_restore(make_config(tmp_path, pool, _local(tmp_path, rclone_conf)),
                             pool, src)
@@ -127,7 +118,7 @@ def test_endpoint_dies_under_a_live_upload(tmp_path: Path, zpool: Any, moto: Mot
     """rclone on S3 (single PUTs of a declared size): the connection is dropped in
     the middle of a live chunk; the chunk is put again from the spool."""
     pool = zpool("256M")
-    src = _dataset(pool, 53, 32)
+    src = half_random_dataset(pool, 53, 32)
     with rclone_conf.open("a") as f:
         f.write(f"\n[proxy]\ntype = s3\nprovider = Other\nenv_auth = false\n"
                 f"access_key_id = testing\nsecret_access_key = testing\n"

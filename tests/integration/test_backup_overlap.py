@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import re
-import subprocess
 import threading
 from collections import Counter
 from pathlib import Path
@@ -31,25 +29,17 @@ from tests.integration.backup_util import (
     MiB,
     config_dict,
     dedupd,
+    half_random_dataset,
     make_config,
     mountpoint,
     owned_snapshots,
     s3_target,
     store_for,
     tree,
-    write_files,
     write_toml,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _dataset(pool: Any, seed: int, n_files: int) -> Path:
-    """n_files of 512 KiB, half random: about n_files/4 MiB once compressed."""
-    subprocess.run(["zfs", "create", pool.dataset("data")], check=True)
-    src = mountpoint(pool, "data")
-    write_files(src, random.Random(seed), n_files, 512 * 1024)
-    return src
 
 
 def _restore_and_compare(cfg: Any, pool: Any, expected: dict[str, str]) -> None:
@@ -87,7 +77,7 @@ def test_upload_cut_mid_body_after_overwrite_regenerates_the_stream(
         tmp_path: Path, zpool: Any, moto: Moto, s3_bucket: str,
         fault_proxy: FaultProxy) -> None:
     pool = zpool("256M")
-    src = _dataset(pool, 41, 48)  # ~12 MiB stored: 3+ chunks of 4 MiB
+    src = half_random_dataset(pool, 41, 48)  # ~12 MiB stored: 3+ chunks of 4 MiB
     cfg = make_config(tmp_path, pool, s3_target(fault_proxy.url, s3_bucket),
                       chunk_size=4 * MiB)
     store = store_for(cfg)
@@ -112,7 +102,7 @@ def test_uploads_cut_every_time_give_up_after_the_restarts(
         tmp_path: Path, zpool: Any, moto: Moto, s3_bucket: str,
         fault_proxy: FaultProxy) -> None:
     pool = zpool("256M")
-    _dataset(pool, 45, 48)
+    half_random_dataset(pool, 45, 48)
     cfg = make_config(tmp_path, pool, s3_target(fault_proxy.url, s3_bucket),
                       chunk_size=4 * MiB)
     store = store_for(cfg)
@@ -139,7 +129,7 @@ def test_upload_failure_while_the_producer_runs_ahead_stops_cleanly(
         tmp_path: Path, zpool: Any, moto: Moto, s3_bucket: str,
         fault_proxy: FaultProxy) -> None:
     pool = zpool("256M")
-    _dataset(pool, 42, 48)  # ~12 MiB stored: 12 chunks of 1 MiB
+    half_random_dataset(pool, 42, 48)  # ~12 MiB stored: 12 chunks of 1 MiB
     cfg = make_config(tmp_path, pool, s3_target(fault_proxy.url, s3_bucket))
     store = store_for(cfg)
     before = _children()
@@ -165,7 +155,7 @@ def test_upload_failure_while_the_producer_runs_ahead_stops_cleanly(
 def test_kill9_mid_overlap_on_rclone_resends_nothing_confirmed(
         tmp_path: Path, zpool: Any, rclone_conf: Path) -> None:
     pool = zpool("256M")
-    src = _dataset(pool, 43, 32)
+    src = half_random_dataset(pool, 43, 32)
     remote = tmp_path / "remote"
     target = {"kind": "rclone", "remote": "loc", "path": str(remote),
               "config": str(rclone_conf)}
@@ -195,7 +185,7 @@ def test_kill9_mid_overlap_on_rclone_resends_nothing_confirmed(
 def test_slow_store_or_slow_stream(tmp_path: Path, zpool: Any, moto: Moto, s3_bucket: str,
                                   fault_proxy: FaultProxy, slow: str) -> None:
     pool = zpool("256M")
-    src = _dataset(pool, 44, 24)
+    src = half_random_dataset(pool, 44, 24)
     if slow == "store":
         fault_proxy.slow(6 * MiB)
         cfg = make_config(tmp_path, pool, s3_target(fault_proxy.url, s3_bucket))
@@ -222,7 +212,7 @@ def test_temp_disk_stays_at_one_chunk_while_uploads_overlap(
     """The issue's budget: at most one chunk of temporary disk, also while the next
     chunk is being written behind the upload of the previous one."""
     pool = zpool("256M")
-    src = _dataset(pool, 46, 32)
+    src = half_random_dataset(pool, 46, 32)
     spool = tmp_path / "spool"
     spool.mkdir()
     fault_proxy.slow(8 * MiB)  # uploads slower than the stream: the ring is always full
