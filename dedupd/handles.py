@@ -165,11 +165,8 @@ def open_at(path: bytes, flags: int = FILE_FLAGS, mode: int = 0) -> int:
         if not parts:
             return os.open(b".", flags, mode, dir_fd=root_fd)
         if have_openat2():
-            resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
-            if not anchor.cross_mounts:
-                resolve |= RESOLVE_NO_XDEV
             try:
-                return _openat2(root_fd, rel, flags, resolve, mode)
+                return _openat2(root_fd, rel, flags, _beneath(anchor.cross_mounts), mode)
             except OSError as e:
                 raise _moved(e, path) from None
         return _open_by_components(root_fd, parts, flags, mode, anchor, path)
@@ -177,22 +174,25 @@ def open_at(path: bytes, flags: int = FILE_FLAGS, mode: int = 0) -> int:
         os.close(root_fd)
 
 
+def _beneath(cross_mounts: bool) -> int:
+    """openat2's resolve flags below an anchor: no symlink, no escape, no mount crossed
+    unless the volume says cross_mounts."""
+    resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+    return resolve if cross_mounts else resolve | RESOLVE_NO_XDEV
+
+
 def _open_root(root: bytes) -> int:
     """The anchor itself, reached from "/" without following symlinks."""
-    fd = os.open(b"/", DIR_FLAGS)
-    try:
-        parts = _split(root)
-        if not parts:
-            return os.dup(fd)
-        if have_openat2():
-            try:
-                return _openat2(fd, b"/".join(parts), DIR_FLAGS,
-                                RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
-            except OSError as e:
-                raise _moved(e, root) from None
-        return _open_by_components(fd, parts, DIR_FLAGS, 0, Anchor(b"/", True), root)
-    finally:
-        os.close(fd)
+    parts = _split(root)
+    if not parts:
+        return os.dup(_SLASH.fd)
+    if have_openat2():
+        try:
+            return _openat2(_SLASH.fd, b"/".join(parts), DIR_FLAGS,
+                            RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+        except OSError as e:
+            raise _moved(e, root) from None
+    return _open_by_components(_SLASH.fd, parts, DIR_FLAGS, 0, _SLASH, root)
 
 
 def _open_by_components(dirfd: int, parts: list[bytes], flags: int, mode: int,
@@ -208,14 +208,19 @@ def _open_by_components(dirfd: int, parts: list[bytes], flags: int, mode: int,
                 raise _moved(e, path) from None
             os.close(fd)
             fd = nfd
-            if not anchor.cross_mounts and os.fstat(fd).st_dev != dev and _is_mount(fd):
-                raise PathChanged(errno.EXDEV, "crosses a mount point", os.fsdecode(path))
+            _refuse_mount(fd, dev, anchor.cross_mounts, path)
         try:
             return os.open(parts[-1], flags, mode, dir_fd=fd)
         except OSError as e:
             raise _moved(e, path) from None
     finally:
         os.close(fd)
+
+
+def _refuse_mount(fd: int, parent_dev: int, cross_mounts: bool, path: bytes) -> None:
+    """The fallback's NO_XDEV: PathChanged(EXDEV) when the directory fd is a mount."""
+    if not cross_mounts and os.fstat(fd).st_dev != parent_dev and _is_mount(fd):
+        raise PathChanged(errno.EXDEV, "crosses a mount point", os.fsdecode(path))
 
 
 def _is_mount(fd: int) -> bool:
@@ -243,20 +248,19 @@ def open_child_dir(parent: int, name: bytes, *, cross_mounts: bool = False) -> i
     """Subdirectory `name` of the directory fd `parent`: not a symlink, not a mount
     point unless cross_mounts (PathChanged with EXDEV then)."""
     if have_openat2():
-        resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
-        if not cross_mounts:
-            resolve |= RESOLVE_NO_XDEV
         try:
-            return _openat2(parent, name, DIR_FLAGS, resolve)
+            return _openat2(parent, name, DIR_FLAGS, _beneath(cross_mounts))
         except OSError as e:
             raise _moved(e, name) from None
     try:
         fd = os.open(name, DIR_FLAGS, dir_fd=parent)
     except OSError as e:
         raise _moved(e, name) from None
-    if not cross_mounts and os.fstat(fd).st_dev != os.fstat(parent).st_dev and _is_mount(fd):
+    try:
+        _refuse_mount(fd, os.fstat(parent).st_dev, cross_mounts, name)
+    except BaseException:
         os.close(fd)
-        raise PathChanged(errno.EXDEV, "crosses a mount point", os.fsdecode(name))
+        raise
     return fd
 
 
@@ -341,22 +345,6 @@ def exists(path: bytes) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def open_regular(path: bytes, flags: int = FILE_FLAGS) -> int:
-    """open_at that insists on a regular file (a FIFO or device is refused)."""
-    fd = open_at(path, flags)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PathChanged(errno.EINVAL, "no longer a regular file", os.fsdecode(path))
-        if flags & os.O_NONBLOCK:
-            import fcntl
-
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def fsync_fd(fd: int) -> None:

@@ -1,15 +1,18 @@
 """Hardlink dedupe on one filesystem (plain, ext4, tmpfs, ZFS): the safety contract.
 
-Public entry point: `link_group`. For one group of identical files it keeps
-one inode (primary_paths first, then the inode that already has the most
-links, then the smallest path) and replaces every name of every other inode
-by a hardlink to it, one journalled operation per name:
+Public entry points: `link_groups` (a batch of groups, one group commit) and
+`link_group` (one). For each group of identical files it keeps one inode
+(primary_paths first, then the inode that already has the most links, then
+the smallest path) and replaces every name of every other inode by a hardlink
+to it, one journalled operation per name, committed as a batch:
 
-  PENDING (synced; names the temp link) -> re-stat both -> byte compare ->
-  re-stat -> link() the kept file to a temp name next to the duplicate ->
-  exchange (or rename) the temp name over the duplicate, drop the old copy's
-  temp name -> DONE (the group's final states are written in one commit;
-  recovery decides unmarked ops from the inodes, see recovery.py).
+  checks per name (writers, read-only, re-stat, owner/mode/xattrs) ->
+  PENDING for the whole batch (one synced write; each row names its temp link) ->
+  per name: byte compare (its descriptors re-stat'ed before and after) ->
+  link() the kept file to a temp name next to the duplicate (must be the kept
+  inode) -> exchange (or rename) the temp name over the duplicate, drop the
+  old copy's temp name -> one syncfs for the batch -> DONE for the batch
+  (one commit; recovery decides unmarked ops from the inodes, see recovery.py).
 
 The user-visible name always exists and always holds the same bytes; the
 duplicate's content stays until its last name is replaced. Refusals never

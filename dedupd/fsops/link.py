@@ -1,14 +1,16 @@
 """Mutation primitives of the hardlink and cross-drive dedup paths.
 
-Every function here changes the filesystem in one small, crash-safe step and
-makes it durable (fsync of the directory that changed) before returning, so
-the journal never records a step the disk could still forget. Callers record
-the intent in the journal *before* calling, and the next state after.
+Every function here changes the filesystem in one small, crash-safe step,
+through directory handles (dedupd/handles.py), and makes it durable (fsync of
+the directory that changed) before returning, unless the caller passes
+durable=False and syncs its whole batch before recording the next state.
+Callers record the intent in the journal *before* calling, and the next state
+after.
 
 None of these functions ever removes the last name of some content on its own:
-`rename_over` replaces a name atomically, `unlink_name` refuses unless the
-caller proved another copy exists (that is the caller's contract, not checked
-here), and `link_exact` never overwrites (EEXIST).
+`rename_over` replaces a name atomically, `unlink_if_inode` removes a name only
+while it is the inode the caller proved has another copy (that proof is the
+caller's contract, not checked here), and `link_exact` never overwrites (EEXIST).
 """
 
 from __future__ import annotations
@@ -53,21 +55,18 @@ class _Pair:
             self.a.close()
             raise
 
-    def __enter__(self) -> tuple[handles.Parent, handles.Parent]:
-        return self.a, self.b
+    def __enter__(self) -> _Pair:
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.b.close()
         self.a.close()
 
-
-def fsync_dir(path: bytes) -> None:
-    """Make a directory's entries durable (a link, rename or unlink inside it)."""
-    fd = handles.open_dir(path)
-    try:
-        handles.fsync_fd(fd)
-    finally:
-        os.close(fd)
+    def sync(self) -> None:
+        """fsync the directory (or both) whose entries changed."""
+        self.b.fsync()
+        if self.a.dir != self.b.dir:
+            self.a.fsync()
 
 
 def link_exact(src: bytes, dst: bytes, *, durable: bool = True,
@@ -83,7 +82,8 @@ def link_exact(src: bytes, dst: bytes, *, durable: bool = True,
     crash costs nothing.
     """
     testpoints.at("mutate", dst)
-    with _Pair(src, dst) as (sp, dp):
+    with _Pair(src, dst) as pair:
+        sp, dp = pair.a, pair.b
         os.link(sp.name, dp.name, src_dir_fd=sp.fd, dst_dir_fd=dp.fd, follow_symlinks=False)
         if expect is not None:
             st = dp.lstat()
@@ -99,12 +99,11 @@ def rename_over(src: bytes, dst: bytes, *, durable: bool = True) -> None:
     """Atomically replace the name dst by src (same filesystem), through handles.
     durable=False leaves the directory fsync to the caller's batch sync."""
     testpoints.at("mutate", dst)
-    with _Pair(src, dst) as (sp, dp):
+    with _Pair(src, dst) as pair:
+        sp, dp = pair.a, pair.b
         os.rename(sp.name, dp.name, src_dir_fd=sp.fd, dst_dir_fd=dp.fd)
         if durable:
-            dp.fsync()
-            if sp.dir != dp.dir:
-                sp.fsync()
+            pair.sync()
 
 
 def exchange(a: bytes, b: bytes, *, durable: bool = True) -> bool:
@@ -123,7 +122,8 @@ def exchange(a: bytes, b: bytes, *, durable: bool = True) -> bool:
     if fn is None:
         return False
     testpoints.at("mutate", b)
-    with _Pair(a, b) as (pa, pb):
+    with _Pair(a, b) as pair:
+        pa, pb = pair.a, pair.b
         rc = fn(pa.fd, pa.name, pb.fd, pb.name, _RENAME_EXCHANGE)
         if rc != 0:
             err = ctypes.get_errno()
@@ -131,18 +131,8 @@ def exchange(a: bytes, b: bytes, *, durable: bool = True) -> bool:
                 return False
             raise OSError(err, os.strerror(err), os.fsdecode(a))
         if durable:
-            pb.fsync()
-            if pa.dir != pb.dir:
-                pa.fsync()
+            pair.sync()
     return True
-
-
-def unlink_name(path: bytes) -> None:
-    """Remove one name. The caller guarantees the content lives on elsewhere."""
-    testpoints.at("mutate", path)
-    with handles.Parent(path) as p:
-        os.unlink(p.name, dir_fd=p.fd)
-        p.fsync()
 
 
 def unlink_if_inode(path: bytes, dev: int, ino: int, *, durable: bool = True) -> bool:

@@ -95,11 +95,12 @@ def walk(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats) -> Iterato
 @dataclass
 class _Frame:
     """A directory being walked: its fd stays open while its subdirectories are
-    visited (so each is opened relative to it), and is closed after."""
+    visited (so each is opened relative to it), and is closed after. `subdirs` is
+    filled by the listing and consumed from its end (last listed, first walked)."""
 
     fd: int
     path: bytes
-    subdirs: Iterator[tuple[bytes, os.stat_result]]
+    subdirs: list[tuple[bytes, os.stat_result]]
 
 
 def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkStats
@@ -109,32 +110,38 @@ def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkS
     except OSError as e:
         stats.problems.append(_problem(root, e))
         return
-    if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != (rst.st_dev, rst.st_ino):
-        os.close(fd)
-        stats.problems.append(Problem(root, "path_changed", "replaced during the walk"))
+    if not _same_dir(fd, root, rst, stats):
         return
-    stats.dirs_seen += 1
-    subdirs: list[tuple[bytes, os.stat_result]] = []
-    yield from _list(fd, root, opts, stats, subdirs)
-    stack = [_Frame(fd, root, reversed(subdirs))]
+    stack = [_Frame(fd, root, [])]  # pushed before listing: closed however we leave
     try:
+        yield from _list(fd, root, opts, stats, stack[-1].subdirs)
         while stack:
             top = stack[-1]
-            nxt = next(top.subdirs, None)
-            if nxt is None:
+            if not top.subdirs:
                 os.close(stack.pop().fd)
                 continue
-            name, st = nxt
+            name, st = top.subdirs.pop()
             path = top.path.rstrip(b"/") + b"/" + name
             child = _open_child(top.fd, name, path, st, opts, stats)
-            if child is None:
-                continue
-            subdirs = []
-            yield from _list(child, path, opts, stats, subdirs)
-            stack.append(_Frame(child, path, reversed(subdirs)))
+            if child is not None:
+                stack.append(_Frame(child, path, []))
+                yield from _list(child, path, opts, stats, stack[-1].subdirs)
     finally:
         for fr in stack:
             os.close(fr.fd)
+
+
+def _same_dir(fd: int, path: bytes, st: os.stat_result, stats: WalkStats) -> bool:
+    """Whether the opened directory is the inode the listing showed (counted when it
+    is; closed and refused as path_changed when it is not)."""
+    got = os.fstat(fd)
+    if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        stats.problems.append(Problem(path, "path_changed",
+                                      "replaced by another directory during the walk"))
+        return False
+    stats.dirs_seen += 1
+    return True
 
 
 def _open_child(parent: int, name: bytes, path: bytes, st: os.stat_result,
@@ -152,14 +159,7 @@ def _open_child(parent: int, name: bytes, path: bytes, st: os.stat_result,
     except OSError as e:
         stats.problems.append(_problem(path, e))
         return None
-    got = os.fstat(fd)
-    if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):
-        os.close(fd)
-        stats.problems.append(Problem(path, "path_changed",
-                                      "replaced by another directory during the walk"))
-        return None
-    stats.dirs_seen += 1
-    return fd
+    return fd if _same_dir(fd, path, st, stats) else None
 
 
 def _list(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
