@@ -19,7 +19,7 @@ from dedupd.errors import ConfigError
 from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.fsops.copy import LOCK_NAME, TMP_GLOB
 from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
-from dedupd.hashing import Engine, HashStats, HashWriter, Stability
+from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
 from dedupd.index import provenance as prov
 from dedupd.index.store import IndexedFile, Store
 from dedupd.scan.scanner import RECORD_BATCH, batches
@@ -145,7 +145,7 @@ def index_trees(store: Store, cfg: ConsolidateConfig, roots: Roots,
 def group_contents(store: Store, inv: Inventory, progress: Progress | None = None) -> None:
     """Hash size-matched candidates and fill inv.contents (sources and archive dups),
     by ascending size."""
-    engine = Engine(Stability(0.0), inv.hashing)
+    engine = Hasher(Stability(0.0), inv.hashing)
     writer = HashWriter(store, SAVE_BATCH)  # one transaction per batch, not per size
     done = 0
     for res in engine.run(prov.files_by_size(store, inv.scan_id)):

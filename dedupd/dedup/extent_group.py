@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dedupd import handles, testpoints
-from dedupd.dedup import extent, fiemap
+from dedupd import fiemap, handles, testpoints
+from dedupd.dedup import extent
 from dedupd.dedup.killpoint import StepHook
 from dedupd.dedup.planner import Member, plan_group
 from dedupd.files.counters import Counters

@@ -12,7 +12,7 @@ work in long runs. A size group is handed on (`Hashed`) as soon as its last
 read is done, so acting on the first groups overlaps the reads of the next,
 and finds the bytes it compares in the page cache.
 
-`Engine.run` takes complete size groups (from the index); `Feeder` takes the
+`Hasher.run` takes complete size groups (from the index); `Feeder` takes the
 members of many sizes batch by batch as a walk records them (the scan's early
 hashing) and applies the same rule and the same order to each batch.
 """
@@ -130,7 +130,7 @@ def _jobs(sg: SizeGroup, reads: list[Read]) -> list[Job]:
     return [(f, whole, sg) for f, whole in reads]
 
 
-class Engine:
+class Hasher:
     """Hashes complete size groups (see the module docstring). Counters are merged
     into `stats` in the caller's thread; results come in the order their reads
     complete, one per size group given."""

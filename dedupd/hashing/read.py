@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from dedupd import handles, testpoints
-from dedupd.dedup import fiemap
+from dedupd import fiemap, handles, testpoints
 from dedupd.files.events import Problem
 from dedupd.index.store import IndexedFile
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from dedupd import handles
 from dedupd.files.events import FileEvent, Problem, WalkStats
-from dedupd.hashing import Engine, Group, HashStats, HashWriter, Stability
+from dedupd.hashing import Group, Hasher, HashStats, HashWriter, Stability
 from dedupd.index.store import IndexedFile, Store
 from dedupd.output import human_bytes
 from dedupd.progress import Progress
@@ -209,7 +209,7 @@ def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats
                 ) -> tuple[DupGroup, ...]:
     """Hash the size-matched candidates of a scan (by default, the index's);
     return groups, largest waste first."""
-    engine = Engine(Stability(opts.settle_seconds, opts.max_backoff_seconds), hstats)
+    engine = Hasher(Stability(opts.settle_seconds, opts.max_backoff_seconds), hstats)
     found: list[Group] = []
     writer = HashWriter(store)
     if candidates is None:

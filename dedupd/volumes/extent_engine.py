@@ -19,7 +19,7 @@ from dedupd.dedup.extent_group import ExtentDeduper
 from dedupd.dedup.worker import DedupeWorker
 from dedupd.files.counters import Counters
 from dedupd.files.events import FileEvent
-from dedupd.hashing import Engine, HashWriter, Stability
+from dedupd.hashing import Hasher, HashWriter, Stability
 from dedupd.index import extents as ix
 from dedupd.volumes import Step
 from dedupd.volumes import btrfs_ioctl as bt
@@ -61,7 +61,7 @@ class ExtentEngine:
         writer = HashWriter(r.store)
         worker = DedupeWorker(self.deduper)
         try:
-            for res in Engine(stab, r.hash_stats).run(groups):
+            for res in Hasher(stab, r.hash_stats).run(groups):
                 # Hashes of grouped files travel with the group: the deduper writes
                 # them in order with what it learns (never overwritten by a stale one).
                 writer.add(res, groups=False)

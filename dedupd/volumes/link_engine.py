@@ -24,7 +24,7 @@ from dedupd.dedup.recovery import recover_all
 from dedupd.dedup.verify import under
 from dedupd.files.events import FileEvent
 from dedupd.fsops.link import is_temp_name, purge_quarantine
-from dedupd.hashing import Engine, HashWriter, Stability
+from dedupd.hashing import Hasher, HashWriter, Stability
 from dedupd.scan.scanner import DupGroup
 from dedupd.volumes import Step
 from dedupd.volumes.pipeline import Groups, PassRun
@@ -75,7 +75,7 @@ class HardlinkEngine:
         r = self.run
         stab = Stability(r.vol.settle_seconds, r.vol.max_backoff_hours * 3600)
         writer = HashWriter(r.store)
-        for res in Engine(stab, r.hash_stats).run(groups):
+        for res in Hasher(stab, r.hash_stats).run(groups):
             writer.add(res)
             yield Step("hashing", f"size {res.size}")
             if res.groups:

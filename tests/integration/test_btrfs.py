@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dedupd.dedup import extent, fiemap
+from dedupd import fiemap
+from dedupd.dedup import extent
 from dedupd.dedup.extent_group import ExtentDeduper
 from dedupd.dedup.lock import volume_lock
 from dedupd.files.counters import Counters

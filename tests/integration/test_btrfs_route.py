@@ -177,7 +177,7 @@ def test_closing_early_drops_the_reads_not_started(vol: Path,
         return real(f, full, *a)  # type: ignore[arg-type]
 
     monkeypatch.setattr(engine, "read_one", spy)
-    r = engine.Engine(Stability(), HashStats(), workers=1, window=1 << 30)
+    r = engine.Hasher(Stability(), HashStats(), workers=1, window=1 << 30)
     it = r.run(groups)
     first = next(it)  # disk order o0, c0, o1, ...: two reads complete the first group
     assert len(first.groups) == 1 and len(first.groups[0].files) == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dedupd.config import VolumeConfig
-from dedupd.dedup.fiemap import EXTENT_DELALLOC, EXTENT_SHARED, Extent, layout, same_extents
+from dedupd.fiemap import EXTENT_DELALLOC, EXTENT_SHARED, Extent, layout, same_extents
 from dedupd.volumes.btrfs import full_scan_reason
 
 VOL = VolumeConfig(name="v", kind="btrfs", path=Path("/v"), max_generation_gap=1000,

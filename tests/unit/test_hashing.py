@@ -1,11 +1,11 @@
-"""Engine: counters reach the shared stats with one reader thread or several."""
+"""Hasher: counters reach the shared stats with one reader thread or several."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from dedupd.hashing import Engine, HashStats, Stability
+from dedupd.hashing import Hasher, HashStats, Stability
 from dedupd.index.store import IndexedFile
 
 
@@ -28,7 +28,7 @@ def test_serial_path_reports_vanished_files(tmp_path: Path) -> None:
     files = three(tmp_path)
     os.unlink(tmp_path / "a")
     stats = HashStats()
-    [res] = Engine(Stability(), stats, workers=1).run([files])
+    [res] = Hasher(Stability(), stats, workers=1).run([files])
     assert [p.reason for p in stats.problems] == ["vanished"]
     assert len(res.groups) == 1 and len(res.groups[0].files) == 2
     assert res.gone == (files[0].key,)
@@ -42,7 +42,7 @@ def test_parallel_path_gives_every_group_and_counts(tmp_path: Path) -> None:
         d.mkdir()
         groups.append(three(d))
     stats = HashStats()
-    out = list(Engine(Stability(), stats, workers=3).run(groups))
+    out = list(Hasher(Stability(), stats, workers=3).run(groups))
     assert sorted(f.key for r in out for f in r.groups[0].files) == sorted(
         f.key for g in groups for f in g)
     assert len(out) == 20 and all(len(r.groups) == 1 for r in out)
