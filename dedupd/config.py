@@ -52,6 +52,7 @@ class DaemonConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = DEFAULT_DB_URL
+    host: str | None = None  # this host's name in a shared inventory; None: the machine id
 
 
 @dataclass(frozen=True)
@@ -237,8 +238,11 @@ def _database(t: Table) -> DatabaseConfig:
     url = t.text("url", DEFAULT_DB_URL)
     if not url.startswith(("sqlite:", "postgresql:", "postgresql+")):
         raise t.err("url", f"must be a sqlite:/// or postgresql:// URL; got {url!r}")
+    host = t.text("host", None)
+    if host is not None:
+        rules.check_host(t.file, t.key("host"), host)
     t.done()
-    return DatabaseConfig(url=url)
+    return DatabaseConfig(url=url, host=host)
 
 
 def _volume(t: Table, name: str) -> VolumeConfig:

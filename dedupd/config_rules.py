@@ -37,6 +37,21 @@ def check_name(file: str, section: str, name: str) -> None:
                           "a socket file in runtime_dir")
 
 
+HOST_MAX = 200
+
+
+def check_host(file: str, key: str, host: str) -> None:
+    """`[database] host`: how this host is told apart from the others sharing an
+    inventory, printed in reports ("nas1:/tank/photos")."""
+    if not host.strip():
+        raise ConfigError(file, key, "must not be empty (leave it out to use /etc/machine-id)")
+    if len(host) > HOST_MAX:
+        raise ConfigError(file, key, f"must be at most {HOST_MAX} characters; got {len(host)}")
+    if not host.isprintable():
+        raise ConfigError(file, key, f"must be printable text (no control characters); "
+                          f"got {host!r}")
+
+
 def norm(p: Path) -> str:
     """The lexical form used for comparisons: '/a/./b/../c/' -> '/a/c'."""
     return os.path.normpath(os.fspath(p))

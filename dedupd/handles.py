@@ -31,6 +31,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from dedupd.files import mounts
+
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
@@ -224,15 +226,15 @@ def _refuse_mount(fd: int, parent_dev: int, cross_mounts: bool, path: bytes) -> 
 
 
 def _is_mount(fd: int) -> bool:
-    """A directory on another device than its parent's that is listed as a mount
-    (BTRFS subvolumes change st_dev without being mounts)."""
-    from dedupd.scan.walk import mount_points
-
+    """A directory on another device than its parent's that is the root of a mount
+    (BTRFS subvolumes change st_dev without being mounts): its mount's mount point,
+    found by the fd's own mount id, is where the fd is. Unknown counts as a mount."""
     try:
+        m = mounts.mount_of_fd(fd)
         real = os.readlink(f"/proc/self/fd/{fd}").encode()
     except OSError:
         return True
-    return os.fsencode(real) in mount_points()
+    return m is None or os.fsencode(real) == m.mountpoint
 
 
 def _moved(e: OSError, path: bytes) -> OSError:

@@ -11,6 +11,7 @@ from typing import Any
 from dedupd import config, preflight
 from dedupd.commands.common import add_common
 from dedupd.errors import EXIT_CONFIG
+from dedupd.files.fsid import host_identity
 from dedupd.output import print_json
 
 
@@ -47,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if found.all_errors:
         return EXIT_CONFIG
     print(f"{path}: OK")
+    host = host_identity(cfg.database.host)
+    print(f"  host: {host.name} (machine id {host.machine_id})")
     for name, v in cfg.volumes.items():
         print(f"  volume {name}: {v.kind} at {v.path} ({v.mode})")
     for name, b in cfg.backups.items():

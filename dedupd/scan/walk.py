@@ -26,34 +26,6 @@ class WalkOptions:
     cross_mounts: bool = False
 
 
-def mount_points() -> frozenset[bytes]:
-    """Mount points from /proc/self/mountinfo (octal escapes decoded)."""
-    points = set()
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                fields = line.split(b" ")
-                if len(fields) > 4:
-                    points.add(unescape_mount(fields[4]))
-    except OSError:
-        pass
-    return frozenset(points)
-
-
-def unescape_mount(raw: bytes) -> bytes:
-    """A /proc/self/mountinfo field as bytes: space, tab, newline and backslash are
-    written there as 3-digit octal escapes."""
-    out, i = bytearray(), 0
-    while i < len(raw):
-        if raw[i : i + 1] == b"\\" and raw[i + 1 : i + 4].isdigit():
-            out.append(int(raw[i + 1 : i + 4], 8))
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return bytes(out)
-
-
 def normalize_roots(roots: Iterable[str | bytes | os.PathLike[str]]) -> list[bytes]:
     """Absolute, symlink-free roots with nested and repeated ones dropped.
 

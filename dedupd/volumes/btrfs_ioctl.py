@@ -12,14 +12,16 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-_MAGIC = 0x94
+from dedupd.files.fsioctl import BTRFS_MAGIC, IOC_READ, IOC_WRITE, ioc
+from dedupd.files.fsioctl import FIRST_FREE_OBJECTID as FIRST_FREE_OBJECTID
+from dedupd.files.fsioctl import ino_lookup as _ino_lookup
 
 
 def _ioc(direction: int, nr: int, size: int) -> int:
-    return (direction << 30) | (size << 16) | (_MAGIC << 8) | nr
+    return ioc(direction, BTRFS_MAGIC, nr, size)
 
 
-_READ, _WRITE = 2, 1
+_READ, _WRITE = IOC_READ, IOC_WRITE
 IOC_TREE_SEARCH_V2 = _ioc(_READ | _WRITE, 17, 112)
 IOC_SYNC = _ioc(0, 8, 0)
 IOC_START_SYNC = _ioc(_READ, 24, 8)
@@ -27,7 +29,6 @@ IOC_WAIT_SYNC = _ioc(_WRITE, 22, 8)
 IOC_INO_PATHS = _ioc(_READ | _WRITE, 35, 56)
 IOC_GET_SUBVOL_INFO = _ioc(_READ, 60, 504)
 ROOT_SUBVOL_RDONLY = 1 << 0  # btrfs_root_item.flags (also GET_SUBVOL_INFO flags)
-FIRST_FREE_OBJECTID = 256  # inode number of every subvolume's root directory
 INODE_ITEM_KEY = 1
 _KEY = struct.Struct("=7Q4I4Q")  # btrfs_ioctl_search_key (104 bytes)
 _HDR = struct.Struct("=3Q2I")  # btrfs_ioctl_search_header (32 bytes)
@@ -189,15 +190,9 @@ def list_roots(fd: int) -> dict[int, RootInfo]:
     return out
 
 
-IOC_INO_LOOKUP = _ioc(_READ | _WRITE, 18, 4096)
-
-
 def ino_lookup(fd: int, treeid: int, objectid: int) -> bytes:
     """Path of directory objectid inside subvolume treeid ('' for its root, else 'a/b/')."""
-    buf = bytearray(4096)
-    struct.pack_into("=QQ", buf, 0, treeid, objectid)
-    fcntl.ioctl(fd, IOC_INO_LOOKUP, buf, True)
-    return bytes(buf[16:]).split(b"\0", 1)[0]
+    return _ino_lookup(fd, treeid, objectid)[1]
 
 
 def subvol_paths(fd: int, roots: dict[int, RootInfo]) -> dict[int, bytes]:

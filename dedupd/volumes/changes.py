@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 from dedupd import handles
 from dedupd.config import VolumeConfig
+from dedupd.files import mounts
 from dedupd.files.counters import Counters
 from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.index import extents as ix
 from dedupd.index.store import Store
-from dedupd.scan.walk import WalkOptions, excluded, unescape_mount, walk
+from dedupd.scan.walk import WalkOptions, excluded, walk
 from dedupd.volumes import btrfs_ioctl as bt
 
 
@@ -44,15 +45,8 @@ class Subvol:
 
 def mount_of(path: bytes) -> tuple[bytes, bytes]:
     """(mount point, root of the mount inside its filesystem) for the mount holding path."""
-    best, root = b"", b"/"
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split(b" ")
-            mnt = unescape_mount(fields[4])
-            inside = path == mnt or path.startswith(mnt.rstrip(b"/") + b"/")
-            if inside and len(mnt) >= len(best):
-                best, root = mnt, unescape_mount(fields[3])
-    return best, root
+    m = mounts.mount_of_path(path)
+    return (b"", b"/") if m is None else (m.mountpoint, m.root)
 
 
 def visible_subvols(volume_root: bytes) -> dict[int, Subvol]:

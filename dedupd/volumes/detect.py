@@ -7,22 +7,14 @@ import re
 from pathlib import Path
 
 from dedupd.config import DESTRUCTIVE_KINDS, VolumeConfig
-from dedupd.scan.walk import unescape_mount
+from dedupd.files import mounts
 
 
 def mount_of(path: str | os.PathLike[str]) -> tuple[bytes, str]:
     """(mount point, filesystem type) of the mount that holds path, from
     /proc/self/mountinfo (the last, i.e. topmost, of stacked mounts wins)."""
-    target = os.path.realpath(os.fsencode(path))
-    best, best_type = b"", "unknown"
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            left, _, right = line.partition(b" - ")
-            mnt = unescape_mount(left.split(b" ")[4])
-            inside = target == mnt or target.startswith(mnt.rstrip(b"/") + b"/")
-            if inside and len(mnt) >= len(best):
-                best, best_type = mnt, right.split(b" ")[0].decode()
-    return best, best_type
+    m = mounts.mount_of_path(path)
+    return (b"", "unknown") if m is None else (m.mountpoint, m.fstype)
 
 
 def fs_type(path: str | os.PathLike[str]) -> str:
@@ -49,7 +41,7 @@ def kind_for(path: str | os.PathLike[str]) -> str:
     t = fs_type(path)
     if t in ("btrfs", "xfs", "zfs"):
         return t
-    if t.startswith("fuse") and "zfs" in t:
+    if t in mounts.ZFS_FSTYPES or (t.startswith("fuse") and "zfs" in t):
         return "zfs"
     return "plain"
 

@@ -27,12 +27,13 @@ from collections.abc import Iterator
 
 from dedupd import proc
 from dedupd.files.events import FileEvent
+from dedupd.files.mounts import Mount, mounts_below
 from dedupd.index.carry import carry_forward
 from dedupd.scan.walk import WalkOptions
 from dedupd.volumes.pipeline import ChangeSource, Groups, PassRun
 from dedupd.volumes.walk_source import FullWalk
 from dedupd.volumes.zfs_diff import DiffEntry
-from dedupd.volumes.zfs_mounts import Mount, dataset_for, mounts_below, snapdir_excludes
+from dedupd.volumes.zfs_mounts import dataset_for, snapdir_excludes
 from dedupd.volumes.zfs_track import Reconciler, plan, run_diff
 
 PASS_PREFIX = "dedupdpass-"

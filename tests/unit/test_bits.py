@@ -11,9 +11,10 @@ import pytest
 
 from dedupd import log, proc
 from dedupd.commands.common import parse_size
+from dedupd.files.mounts import unescape as unescape_mount
 from dedupd.index.db import from_s64, to_s64
 from dedupd.output import show_path
-from dedupd.scan.walk import normalize_roots, unescape_mount
+from dedupd.scan.walk import normalize_roots
 
 
 @pytest.mark.parametrize(("text", "n"), [("0", 0), ("4096", 4096), ("64K", 65536),

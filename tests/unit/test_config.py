@@ -55,6 +55,12 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     ("[volumes.a]\nkind = 'pool'\npath = '/x'\nbranches = ['/b1']\n", "volumes.a.branches",
      "two"),
     ("[database]\nurl = 'mysql://x'\n", "database.url", "sqlite"),
+    ("[database]\nhost = ''\n", "database.host", "empty"),
+    ("[database]\nhost = '  '\n", "database.host", "empty"),
+    ('[database]\nhost = "nas\\u0007"\n', "database.host", "printable"),
+    ('[database]\nhost = "nas\\nbox"\n', "database.host", "printable"),
+    (f"[database]\nhost = '{'h' * 201}'\n", "database.host", "at most 200"),
+    ("[database]\nhost = 7\n", "database.host", "a string"),
     ("[backups.b]\ndataset = 't/d'\n[backups.b.target]\nkind = 's3'\n",
      "backups.b.target.bucket", "required"),
     ("[backups.b]\ndataset = 't/d'\nchunk_size = 10\n[backups.b.target]\nkind='rclone'\n"
@@ -108,3 +114,26 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     r = subprocess.run([str(exe), "check-config", "-c", str(tmp_path / "missing.toml")],
                        capture_output=True)
     assert r.returncode == 78 and b"file not found" in r.stderr
+
+
+def test_check_config_names_this_host(tmp_path: Path) -> None:
+    """`[database] host` is what check-config reports; without it the machine id."""
+    exe = ROOT / ".venv" / "bin" / "dedupd"
+    machine = Path("/etc/machine-id").read_text().strip()
+    named = tmp_path / "named.toml"
+    named.write_text("[database]\nhost = 'nas1'\n")
+    r = subprocess.run([str(exe), "check-config", "--file-only", "-c", str(named)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"host: nas1 (machine id {machine})" in r.stdout
+    plain = tmp_path / "plain.toml"
+    plain.write_text("[database]\n")
+    r = subprocess.run([str(exe), "check-config", "--file-only", "-c", str(plain)],
+                       capture_output=True, text=True)
+    assert f"host: {machine} (machine id {machine})" in r.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[database]\nhost = "a\\tb"\n')
+    r = subprocess.run([str(exe), "check-config", "--file-only", "-c", str(bad)],
+                       capture_output=True, text=True)
+    assert r.returncode == 78
+    assert f"{bad}: database.host: must be printable" in r.stderr

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from dedupd.files.mounts import mounts_below
+from dedupd.files.mounts import parse as parse_mountinfo
 from dedupd.volumes.zfs_diff import parse_diff
-from dedupd.volumes.zfs_mounts import (
-    NotZfs,
-    dataset_for,
-    mounts_below,
-    parse_mountinfo,
-    snapdir_excludes,
-)
+from dedupd.volumes.zfs_mounts import NotZfs, dataset_for, snapdir_excludes
 from dedupd.volumes.zfs_track import plan
 
 # /proc/self/mountinfo lines as the kernel writes them (optional fields, "-",
