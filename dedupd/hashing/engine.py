@@ -220,45 +220,61 @@ class Feeder:
             self._let_go()  # before the batch: no read handed out is left unread
         if self.overflow:
             return [], []
-        now = self.now()
-        first: list[Job] = []
-        for f in batch:
-            if f.size == 0:
-                continue
-            if not self.stability.ready(f, now):
-                if f.key not in self.waiting:
-                    self.waiting.add(f.key)
-                    self.stats.wait_until(self.stability.ready_at(f))
-                continue
-            sg = self.sizes.get(f.size)
-            if sg is None:
-                one = self.single.pop(f.size, None)
-                if one is None:  # most sizes stay single: no SizeGroup for them
-                    self.single[f.size] = f
-                    self.held += 1
-                    continue
-                sg = self.sizes[f.size] = SizeGroup(f.size, stat_checked=True)
-                first += _jobs(sg, sg.add(one))
-            self.held += f.key not in sg.files
-            if reads := sg.add(f):
-                first += _jobs(sg, reads)
-        learnt: list[Job] = []
+        first = self._first(batch)
+        learnt: dict[Key, SizeGroup] = {}
         second: list[Job] = []
         for (f, _, sg), got in read_many(inode_order(first)):
-            learnt.append((f, False, sg))
+            learnt[(f.dev, f.ino)] = sg
             if more := sg.learn(f, got):
                 second += _jobs(sg, more)
         for (f, _, sg), got in read_many(disk_order(second)):
-            learnt.append((f, False, sg))
+            learnt[(f.dev, f.ino)] = sg
             sg.learn(f, got)
         return self._drain(learnt)
 
-    def _drain(self, learnt: list[Job]) -> tuple[list[HashUpdate], list[Key]]:
-        updates = {f.key: sg.updates[f.key] for f, _, sg in learnt if f.key in sg.updates}
-        gone = [k for sg in {id(j[2]): j[2] for j in learnt}.values() for k in sg.gone]
-        for _, _, sg in learnt:
+    def _first(self, batch: Sequence[IndexedFile]) -> list[Job]:
+        """Take a batch's members (this loop runs once per file of a tree); the
+        first reads they make due."""
+        now = self.now()
+        settle = self.stability.settle_seconds > 0
+        sizes, single = self.sizes, self.single
+        first: list[Job] = []
+        for f in batch:
+            size = f.size
+            if not size:
+                continue
+            if settle and not self._settled(f, now):
+                continue
+            sg = sizes.get(size)
+            if sg is None:
+                one = single.pop(size, None)
+                if one is None:  # most sizes stay single: no SizeGroup for them
+                    single[size] = f
+                    self.held += 1
+                    continue
+                sg = sizes[size] = SizeGroup(size, stat_checked=True)
+                first += _jobs(sg, sg.add(one))
+            self.held += (f.dev, f.ino) not in sg.files
+            if reads := sg.add(f):
+                first += _jobs(sg, reads)
+        return first
+
+    def _settled(self, f: IndexedFile, now: float) -> bool:
+        if self.stability.ready(f, now):
+            return True
+        if f.key not in self.waiting:
+            self.waiting.add(f.key)
+            self.stats.wait_until(self.stability.ready_at(f))
+        return False
+
+    @staticmethod
+    def _drain(learnt: dict[Key, SizeGroup]) -> tuple[list[HashUpdate], list[Key]]:
+        updates = [u for k, sg in learnt.items() if (u := sg.updates.get(k)) is not None]
+        gone: list[Key] = []
+        for sg in {id(sg): sg for sg in learnt.values()}.values():
+            gone += sg.gone
             sg.gone = []
-        return list(updates.values()), gone
+        return updates, gone
 
     def _let_go(self) -> None:
         self.overflow = True

@@ -66,40 +66,51 @@ class Dirs:
 
     def __init__(self) -> None:
         self.fds: OrderedDict[bytes, int] = OrderedDict()
+        self.last: bytes | None = None
 
     def open(self, path: bytes, flags: int) -> int:
         parent, _, name = path.rpartition(b"/")
-        fd = self.fds.get(parent)
-        if fd is None:
+        if parent == self.last:  # files of one directory come together
+            fd = self.fds[parent]
+        elif parent in self.fds:
+            fd = self.fds[parent]
+            self.fds.move_to_end(parent)
+        else:
             fd = self.fds[parent] = handles.open_dir(parent or b"/")
             if len(self.fds) > self.KEEP:
                 os.close(self.fds.popitem(last=False)[1])
-        else:
-            self.fds.move_to_end(parent)
+        self.last = parent
         return handles.open_in(fd, name, flags)
 
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+        self.last = None
 
 
 def open_checked(f: IndexedFile, dirs: Dirs | None = None) -> int:
     """Open f.path read-only by handle and confirm it is still the indexed inode,
     unchanged. Raises FileChanged, handles.PathChanged or another OSError."""
-    testpoints.at("read.open", f.path)
-    opener = handles.open_at if dirs is None else dirs.open
-    try:
-        fd = opener(f.path, _O_FLAGS | _NOATIME)
-    except PermissionError:
-        # O_NOATIME needs ownership (or CAP_FOWNER); retry without it.
-        fd = opener(f.path, _O_FLAGS)
+    fd = open_file(f, dirs)
     try:
         check_unchanged(fd, f)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def open_file(f: IndexedFile, dirs: Dirs | None = None) -> int:
+    """Open f.path read-only by handle, not checked yet: hash_open's check after
+    the read is the one that counts (any change since the walk moves ctime)."""
+    testpoints.at("read.open", f.path)
+    opener = handles.open_at if dirs is None else dirs.open
+    try:
+        return opener(f.path, _O_FLAGS | _NOATIME)
+    except PermissionError:
+        # O_NOATIME needs ownership (or CAP_FOWNER); retry without it.
+        return opener(f.path, _O_FLAGS)
 
 
 def check_unchanged(fd: int, f: IndexedFile) -> None:
@@ -122,31 +133,55 @@ def prefetch(fd: int, f: IndexedFile, full: bool) -> None:
 
 
 def hash_open(fd: int, f: IndexedFile, full: bool) -> Got:
-    """Hash a descriptor from open_checked (head only unless full or small); closes it."""
+    """Hash a descriptor from open_file (head only unless full or small), then
+    check it against f's stat; closes it."""
     try:
-        if not full and f.size > HEAD_SIZE:
+        size = f.size
+        if not full and size > HEAD_SIZE:
             data = os.pread(fd, HEAD_SIZE, 0)
             check_unchanged(fd, f)
             return Got(xxhash.xxh3_64_intdigest(data), None, len(data))
-        h128 = xxhash.xxh3_128()
-        head = xxhash.xxh3_64_intdigest(b"")
-        mv = _buffer()
-        total = 0
-        # No read for EOF: a file that grew shows in the fstat check below.
-        while total < f.size:
-            n = os.readv(fd, (mv,))
-            if not n:
-                break
-            if not total:
-                head = xxhash.xxh3_64_intdigest(mv[: min(n, HEAD_SIZE)])
-            h128.update(mv[:n])
-            total += n
-        if total != f.size:
-            raise FileChanged(os.fsdecode(f.path))
-        check_unchanged(fd, f)
-        return Got(head, h128.digest(), total)
+        if size <= WHOLE_READ:  # one read, one-shot hashes: most files of a tree
+            data = os.read(fd, size)
+            if len(data) != size:
+                data += _rest(fd, size - len(data))
+                if len(data) != size:
+                    raise FileChanged(os.fsdecode(f.path))
+            check_unchanged(fd, f)
+            return Got(xxhash.xxh3_64_intdigest(data[:HEAD_SIZE]),
+                       xxhash.xxh3_128_digest(data), size)
+        return _hash_large(fd, f)
     finally:
         os.close(fd)
+
+
+def _rest(fd: int, n: int) -> bytes:
+    """The rest of a short read (a signal, a filesystem that reads in pieces)."""
+    parts = []
+    while n > 0 and (b := os.read(fd, n)):
+        parts.append(b)
+        n -= len(b)
+    return b"".join(parts)
+
+
+def _hash_large(fd: int, f: IndexedFile) -> Got:
+    h128 = xxhash.xxh3_128()
+    head = 0
+    mv = _buffer()
+    total = 0
+    # No read for EOF: a file that grew shows in the fstat check below.
+    while total < f.size:
+        n = os.readv(fd, (mv,))
+        if not n:
+            break
+        if not total:
+            head = xxhash.xxh3_64_intdigest(mv[: min(n, HEAD_SIZE)])
+        h128.update(mv[:n])
+        total += n
+    if total != f.size:
+        raise FileChanged(os.fsdecode(f.path))
+    check_unchanged(fd, f)
+    return Got(head, h128.digest(), total)
 
 
 def read_hashes(f: IndexedFile, full: bool) -> Got:
@@ -169,7 +204,7 @@ def problem(f: IndexedFile, e: BaseException) -> Problem:
 
 
 def read_one(f: IndexedFile, full: bool, fd: int | None = None) -> Got | Problem:
-    """read_hashes with a failure as its Problem (fd: already from open_checked)."""
+    """read_hashes with a failure as its Problem (fd: already from open_ahead)."""
     try:
         return hash_open(open_checked(f) if fd is None else fd, f, full)
     except (FileChanged, OSError) as e:
@@ -177,9 +212,11 @@ def read_one(f: IndexedFile, full: bool, fd: int | None = None) -> Got | Problem
 
 
 def open_ahead(f: IndexedFile, full: bool, dirs: Dirs | None = None) -> int | Problem:
-    """open_checked plus prefetch, with a failure as its Problem."""
+    """The descriptor to give hash_open, with its first bytes asked for (prefetch);
+    a failure as its Problem. Checked now only when it will read more than one
+    small read (a changed file is not read through for nothing)."""
     try:
-        fd = open_checked(f, dirs)
+        fd = (open_checked if full and f.size > WHOLE_READ else open_file)(f, dirs)
     except (FileChanged, OSError) as e:
         return problem(f, e)
     prefetch(fd, f, full)

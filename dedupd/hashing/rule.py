@@ -61,74 +61,81 @@ class SizeGroup:
     gone: list[Key] = field(default_factory=list)
     counted: set[Key] = field(default_factory=set)
     outstanding: int = 0  # reads handed out, not learnt yet
+    small: bool = field(init=False)  # read whole in one read (the first)
 
-    @property
-    def small(self) -> bool:
-        return self.size <= WHOLE_READ
+    def __post_init__(self) -> None:
+        self.small = self.size <= WHOLE_READ
+
+    # The methods below run once or twice per file of a tree: keys are built once
+    # per call, not through IndexedFile.key at every use.
 
     def add(self, f: IndexedFile) -> list[Read]:
         """A settled member (or another name of one already held); the reads now due."""
-        known = self.files.get(f.key)
+        key = (f.dev, f.ino)
+        files = self.files
+        known = files.get(key)
         if known is not None:
-            if _stat(known) != _stat(f) and f.key not in self.failed:
+            if _stat(known) != _stat(f) and key not in self.failed:
                 # written to between two of its names: leave it for a later pass
-                self.failed.add(f.key)
+                self.failed.add(key)
                 self.stats.problems.append(Problem(f.path, "changed", "changed during the scan"))
-            self.files[f.key] = replace(known, paths=tuple(sorted({*known.paths, *f.paths})))
+            files[key] = replace(known, paths=tuple(sorted({*known.paths, *f.paths})))
             return []
-        self.files[f.key] = f
-        if len(self.files) < 2:
+        files[key] = f
+        n = len(files)
+        if n < 2:
             return []
-        due = list(self.files.values()) if len(self.files) == 2 else [f]
-        return [r for m in due for r in self._first_read(m)]
+        if n > 2:
+            return self._first_read(f, key)
+        return [r for k, m in files.items() for r in self._first_read(m, k)]
 
-    def _first_read(self, m: IndexedFile) -> list[Read]:
+    def _first_read(self, m: IndexedFile, key: Key) -> list[Read]:
         if self.small:
-            return [] if m.full is not None else [self._hand_out(m, True)]
+            return [] if m.full is not None else [self._hand_out(m, key, True)]
         if m.head is None:
-            return [self._hand_out(m, False)]
-        return self._note_head(m)
+            return [self._hand_out(m, key, False)]
+        return self._note_head(m.head, key)
 
-    def _note_head(self, m: IndexedFile) -> list[Read]:
+    def _note_head(self, head: int, key: Key) -> list[Read]:
         """A large member's head is known: when it matches another's, both are read whole."""
-        assert m.head is not None
-        same = self.heads[m.head]
-        same.append(m.key)
+        same = self.heads[head]
+        same.append(key)
         if len(same) < 2:
             return []
         due = same if len(same) == 2 else same[-1:]
-        return [self._hand_out(self.files[k], True) for k in due
+        return [self._hand_out(self.files[k], k, True) for k in due
                 if self.files[k].full is None and k not in self.failed]
 
-    def _hand_out(self, m: IndexedFile, whole: bool) -> Read:
+    def _hand_out(self, m: IndexedFile, key: Key, whole: bool) -> Read:
         self.outstanding += 1
-        if m.key not in self.counted:
-            self.counted.add(m.key)
+        if key not in self.counted:
+            self.counted.add(key)
             self.stats.files_hashed += 1
         return (m, whole)
 
     def learn(self, f: IndexedFile, got: Got | Problem) -> list[Read]:
         """The outcome of a read this group handed out; the reads it makes due."""
         self.outstanding -= 1
+        key = (f.dev, f.ino)
         if isinstance(got, Problem):
             self.stats.problems.append(got)
-            self.failed.add(f.key)
+            self.failed.add(key)
             if got.reason in ("changed", "vanished"):
-                self.gone.append(f.key)
+                self.gone.append(key)
             return []
         st = self.stats
-        st.bytes_read += got.nread
-        if got.full is not None:
+        nread, full = got.nread, got.full
+        st.bytes_read += nread
+        if full is not None:
             st.full_hashes += 1
-            st.bytes_hashed += got.nread
+            st.bytes_hashed += nread
         # the latest record of the inode: another name may have come meanwhile
-        m = with_hashes(self.files[f.key], got.head, got.full)
-        self.files[f.key] = m
-        self.updates[m.key] = HashUpdate(m.dev, m.ino, m.head, m.full,
-                                         _stat(m) if self.stat_checked else None)
-        if self.small or got.full is not None:
+        m = self.files[key] = with_hashes(self.files[key], got.head, full)
+        self.updates[key] = HashUpdate(m.dev, m.ino, m.head, m.full,
+                                       _stat(m) if self.stat_checked else None)
+        if self.small or full is not None:
             return []
-        return self._note_head(m)
+        return self._note_head(got.head, key)
 
     def result(self) -> Hashed:
         """The groups (2+ inodes with one full hash) and the rest, once nothing is
