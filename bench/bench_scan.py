@@ -132,6 +132,7 @@ def bench_tree(label: str, root: Path, nbytes: int, tmp: str) -> None:
     """Warm and cold, ROUNDS interleaved rounds each; print best, range and ratios."""
     runs: dict[str, dict[str, list[float]]] = {}
     first: dict[str, Any] = {}
+    load0 = _load()
     for mode in ("warm", "cold"):
         if mode == "warm":
             warm(root)
@@ -147,7 +148,8 @@ def bench_tree(label: str, root: Path, nbytes: int, tmp: str) -> None:
     print(f"--- {label}: {stats['files_seen']} files, {nbytes / 1e9:.2f} GB, "
           f"{stats['groups']} groups, {stats['duplicate_bytes'] / 1e9:.2f} GB duplicate; "
           f"jdupes: {jg} groups of {jf} files ({'same' if same else 'DIFFERENT'})")
-    print(f"best of {ROUNDS} interleaved rounds [range]")
+    print(f"best of {ROUNDS} interleaved rounds [range]; load average before/after: "
+          f"{load0} / {_load()}")
     print(f"{'cache':6} {'dedupd s':>18} {'jdupes s':>18} {'rmlint s':>18} "
           f"{'dedupd/jdupes':>14} {'dedupd/rmlint':>14}")
     for mode, t in runs.items():
@@ -164,6 +166,12 @@ def bench_tree(label: str, root: Path, nbytes: int, tmp: str) -> None:
         print(f"unchanged rescan ({mode} cache): {r:.2f} s = {r / d:.2f} of the {mode} "
               f"first scan, 0 bytes read")
     print(f"dedupd peak RSS (first scan, largest process): {rss / 1024:.1f} MB", flush=True)
+
+
+def _load() -> str:
+    """The 1-, 5- and 15-minute load averages (as `uptime` prints them): the machine is
+    shared, so figures come with the load they were measured under."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> int:
@@ -208,7 +216,8 @@ def million() -> None:
         st = json.loads(out)["stats"]
         print(f"1M-file index: {st['files_seen']} files seen, {st['groups']} groups, "
               f"{secs:.1f} s, peak RSS {rss / 1024:.1f} MB (largest process; "
-              f"{total / 1024:.1f} MB summed over dedupd's processes, sampled)")
+              f"{total / 1024:.1f} MB summed over dedupd's processes, sampled); "
+              f"load average {_load()}")
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
         mnt.rmdir()

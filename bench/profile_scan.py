@@ -1,11 +1,14 @@
-"""Where a first scan's time goes: each stage alone next to its bare cost.
+"""Where a first scan's time goes: each stage next to its bare cost, then the
+whole scan's CPU process by process.
 
-Measured the same way (one process, warm cache, best of ROUNDS): a bare
-`os.scandir` + lstat walk against dedupd's walk (handles, events); a bare
-open + read + XXH3 loop over the files dedupd reads against the engine's
-Feeder reading them (the rule, the checks, the bookkeeping); and the index's
-`record` of the walk's events. Not part of `make bench`; run it when the scan
-is slower than expected:
+Stages (one process, warm cache, CPU seconds, best of ROUNDS): a bare
+`os.scandir` + lstat walk against dedupd's walk; a bare `executemany` of the
+same inode and path rows into the same SQLite schema against the index's
+`record`; a bare open + read + XXH3 loop over the files dedupd reads against
+the engine's Feeder reading them (the rule, the checks, the bookkeeping).
+Whole run: `scan()` as `dedupd scan` runs it, with the CPU of every process
+(the walk and feeder children report theirs at exit) and of the parent's
+threads. Not part of `make bench`; run it when the scan is slower than expected:
 
     .venv/bin/python bench/profile_scan.py TREE
 """
@@ -13,30 +16,40 @@ is slower than expected:
 from __future__ import annotations
 
 import os
+import resource
+import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import xxhash
 from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 
-from dedupd import handles
+from dedupd import forkpipe, handles
 from dedupd.files.events import FileEvent, WalkStats
-from dedupd.hashing import Feeder, Stability
-from dedupd.index.store import IndexedFile, Store
+from dedupd.hashing import Feeder, Stability, forked
+from dedupd.index import ddl
+from dedupd.index.db import sqlite_pragmas
+from dedupd.index.store import IndexedFile, Store, path_key
+from dedupd.queuethread import QueueThread
+from dedupd.scan import prehash, scanner
 from dedupd.scan.walk import WalkOptions, normalize_roots, walk
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+BATCH = 2000
 
 
 def best(fn: Callable[[], object]) -> float:
+    """Least CPU time (this process) of ROUNDS calls: the machine is shared."""
     times = []
     for _ in range(ROUNDS):
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(time.process_time() - t)
     return min(times)
 
 
@@ -69,6 +82,28 @@ def bare_reads(paths: list[bytes]) -> int:
     return total
 
 
+def bare_rows(evs: list[FileEvent]) -> None:
+    """The rows a first scan writes (inodes, paths), by executemany in batches of
+    BATCH, one transaction each, into a fresh index of the same schema."""
+    with tempfile.TemporaryDirectory() as d:
+        c = sqlite3.connect(f"{d}/i.db", isolation_level=None)
+        sqlite_pragmas(c)
+        for stmt in ddl.SCHEMA_DDL["sqlite"]:
+            c.execute(stmt)
+        ins = ('INSERT INTO inodes (dev, ino, size, mtime_ns, ctime_ns, mode, uid, gid, nlink, '
+               'head, "full", seen, changed_at, unstable) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)')
+        for i in range(0, len(evs), BATCH):
+            part = evs[i:i + BATCH]
+            c.execute("BEGIN")
+            c.executemany(ins, [(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns, e.mode, e.uid,
+                                 e.gid, e.nlink, None, None, 1, 0.0, 0) for e in part])
+            c.executemany("INSERT INTO paths (path_key, path, dev, ino, seen) "
+                          "VALUES (?,?,?,?,?)",
+                          [(path_key(e.path), e.path, e.dev, e.ino, 1) for e in part])
+            c.execute("COMMIT")
+        c.close()
+
+
 def indexed(evs: list[FileEvent]) -> list[IndexedFile]:
     return [IndexedFile(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns, None, None, 0,
                         (e.path,)) for e in evs]
@@ -76,8 +111,8 @@ def indexed(evs: list[FileEvent]) -> list[IndexedFile]:
 
 def feed(files: list[IndexedFile]) -> Feeder:
     fd = Feeder(Stability(), len(files) + 1)
-    for i in range(0, len(files), 2000):
-        fd.put(files[i:i + 2000])
+    for i in range(0, len(files), BATCH):
+        fd.put(files[i:i + BATCH])
     return fd
 
 
@@ -85,11 +120,11 @@ def record(evs: list[FileEvent], roots: list[bytes]) -> None:
     with tempfile.TemporaryDirectory() as d:
         st = Store(f"sqlite:///{d}/i.db")
         sid = st.begin_scan(roots)
-        for i in range(0, len(evs), 2000):
-            st.record(sid, evs[i:i + 2000], False)
+        for i in range(0, len(evs), BATCH):
+            st.record(sid, evs[i:i + BATCH], False)
 
 
-def main(tree: str) -> int:
+def stages(tree: str) -> int:
     roots = normalize_roots([tree])
     with handles.anchored(roots):
         evs = list(walk(roots, WalkOptions(), WalkStats()))
@@ -97,15 +132,100 @@ def main(tree: str) -> int:
         read = sorted({f.path for g in feed(files).sizes.values() for f in g.files.values()
                        if f.key in g.updates})
         rows = [
-            ("bare walk (scandir + lstat)", best(lambda: bare_walk(roots[0]))),
-            ("dedupd walk", best(lambda: list(walk(roots, WalkOptions(), WalkStats())))),
-            ("index record of the walk's events", best(lambda: record(evs, roots))),
-            (f"bare read loop ({len(read)} files, whole)", best(lambda: bare_reads(read))),
-            ("engine Feeder (same files, the rule)", best(lambda: feed(files))),
+            ("bare walk (scandir + lstat)", len(evs), best(lambda: bare_walk(roots[0]))),
+            ("dedupd walk", len(evs), best(lambda: list(walk(roots, WalkOptions(),
+                                                             WalkStats())))),
+            ("bare executemany of the same rows", len(evs), best(lambda: bare_rows(evs))),
+            ("index record of the walk's events", len(evs), best(lambda: record(evs, roots))),
+            ("bare read loop (same files, whole)", len(read), best(lambda: bare_reads(read))),
+            ("engine Feeder (same files, the rule)", len(read), best(lambda: feed(files))),
         ]
-    print(f"{len(evs)} files under {tree}; best of {ROUNDS}, one process, warm cache")
-    for label, secs in rows:
-        print(f"{label:45} {secs:6.2f} s")
+    print(f"{len(evs)} files under {tree} ({len(read)} read); CPU s, best of {ROUNDS}, "
+          "one process, warm cache")
+    for label, n, secs in rows:
+        print(f"  {label:40} {secs:6.2f} s {secs / max(n, 1) * 1e6:6.1f} us/file")
+    return len(evs)
+
+
+class _Cpu:
+    """CPU seconds by process and thread of one scan (fork and thread hooks)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, float]] = []
+        self.parts: dict[str, float] = {}
+        self.r, self.w = os.pipe()
+
+    def spawn(self, work: Callable[[int, int], None]) -> tuple[int, int, int]:
+        name = getattr(work, "__qualname__", "child").split(".")[0]
+        w = self.w
+
+        def timed(i: int, o: int) -> None:
+            try:
+                work(i, o)
+            finally:
+                ru = resource.getrusage(resource.RUSAGE_SELF)
+                os.write(w, f"{name} process\t{ru.ru_utime + ru.ru_stime}\n".encode())
+        return _SPAWN(timed)
+
+    def part(self, fn: Any, name: str) -> Any:
+        """Accumulate the thread CPU time of fn's calls under name."""
+        self.parts[name] = 0.0
+
+        def timed(*a: Any, **k: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.parts[name] += time.thread_time() - t
+        return timed
+
+    def thread(self, fn: Any, name: str) -> Any:
+        def timed(*a: Any, **k: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.rows.append((f"parent: {name} thread", time.thread_time() - t))
+        return timed
+
+    def children(self) -> None:
+        os.close(self.w)
+        with os.fdopen(self.r) as f:
+            for line in f:
+                label, secs = line.rsplit("\t", 1)
+                self.rows.append((label, float(secs)))
+
+
+_SPAWN = forkpipe.spawn
+
+
+def whole(tree: str, nfiles: int) -> None:
+    cpu = _Cpu()
+    forkpipe.spawn = forked.spawn = cpu.spawn  # type: ignore[assignment]
+    QueueThread._run = cpu.thread(QueueThread._run, "record")  # type: ignore[method-assign]
+    forked.ForkedFeeders._collect = cpu.thread(  # type: ignore[method-assign]
+        forked.ForkedFeeders._collect, "hash-results")
+    hw = prehash.HashWriter
+    hw.flush = cpu.part(hw.flush, "  of which: hash writes (save_hashes)")  # type: ignore[method-assign]
+    eh = prehash.EarlyHashing
+    eh.put = cpu.part(eh.put, "  of which: feeding (incl. hash writes)")  # type: ignore[method-assign]
+    with tempfile.TemporaryDirectory() as d:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        rep = scanner.scan(Store(f"sqlite:///{d}/i.db"), [tree], scanner.ScanOptions())
+        wall = time.perf_counter() - t0
+        cpu.rows.append(("parent: main thread", time.thread_time() - c0))
+    time.sleep(0.1)
+    cpu.children()
+    total = sum(s for _, s in cpu.rows)
+    print(f"whole scan: {wall:.2f} s wall, {total:.2f} CPU s in all, "
+          f"{total / nfiles * 1e6:.1f} us/file ({rep.stats['files_hashed']} files read); "
+          f"load {os.getloadavg()[0]:.1f} (threads {threading.active_count()})")
+    for label, secs in cpu.rows + list(cpu.parts.items()):
+        print(f"  {label:40} {secs:6.2f} s {secs / nfiles * 1e6:6.1f} us/file")
+
+
+def main(tree: str) -> int:
+    whole(tree, stages(tree))
     return 0
 
 

@@ -34,12 +34,11 @@ GC_THRESHOLDS = (20_000, 20, 20)  # the defaults are (700, 10, 10)
 
 
 def _file(t: Wire) -> IndexedFile:
-    return IndexedFile(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], tuple(t[8]))
+    return IndexedFile(*t)  # marshal gives paths back as the tuple it was given
 
 
 def _tuple(f: IndexedFile) -> Wire:
-    return (f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, f.head, f.full, f.unstable,
-            list(f.paths))
+    return (f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, f.head, f.full, f.unstable, f.paths)
 
 
 def _stats(st: HashStats) -> Wire:
