@@ -116,9 +116,8 @@ def open_file(f: IndexedFile, dirs: Dirs | None = None) -> int:
 def check_unchanged(fd: int, f: IndexedFile) -> None:
     """Raise FileChanged unless fd is f's inode with f's size, mtime and ctime."""
     st = os.fstat(fd)
-    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
-        f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns
-    ):
+    if (st.st_ctime_ns != f.ctime_ns or st.st_ino != f.ino or st.st_dev != f.dev
+            or st.st_size != f.size or st.st_mtime_ns != f.mtime_ns):
         raise FileChanged(os.fsdecode(f.path))
 
 
