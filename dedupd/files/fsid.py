@@ -20,10 +20,11 @@ explains them for users):
   all-zero or missing UUID falls through to the rule below.
 - everything else (tmpfs, overlay, FUSE such as mergerfs, NFS, SMB, sshfs):
   `mount:<fstype>:<source>` with stable=False. A source that names a location
-  (contains "/" or ":": a device, `server:/export`, `//server/share`, branch
-  lists) is kept as is, so moving the mount point keeps the name; a generic
-  source (`tmpfs`, `none`, `overlay`) adds `:at:<mount point>` (and
-  `:root:<root>` for a bind of a subdirectory), so two tmpfs mounts differ.
+  (contains "/" or ":": a device, `server:/export`, `//server/share`) is kept
+  as is, so moving the mount point keeps the name; a generic source (`tmpfs`,
+  `none`, `overlay`) and every FUSE source (the daemon's free choice: mergerfs
+  says `1:2` for any two branches named 1 and 2) add `:at:<mount point>` (and
+  `:root:<root>` for a bind of a subdirectory), so two such mounts differ.
   Caveats: a remote filesystem reached by another server name, a device path
   that moved (sdb -> sdc) or a mount point that moved is a new filesystem to
   the index (its files are read again, never mixed up).
@@ -146,7 +147,7 @@ def fallback_ident(m: mounts.Mount, table: list[mounts.Mount]) -> str:
     """`mount:<fstype>:<source>`, plus the mount point (and root) of the canonical mount
     of that superblock when the source does not name a location (module docstring)."""
     head = f"mount:{_part(m.fstype)}:{_part(m.source)}"
-    if "/" in m.source or ":" in m.source:
+    if ("/" in m.source or ":" in m.source) and not is_fuse(m.fstype):
         return head
     # Bind mounts of one tmpfs share its device: name it after the same mount
     # whichever bind this directory came through (the whole-filesystem one first).
@@ -155,6 +156,12 @@ def fallback_ident(m: mounts.Mount, table: list[mounts.Mount]) -> str:
     canon = min(same, key=lambda x: (x.root != b"/", len(x.mountpoint), x.mountpoint))
     ident = f"{head}:at:{_part(canon.mountpoint)}"
     return ident if canon.root == b"/" else f"{ident}:root:{_part(canon.root)}"
+
+
+def is_fuse(fstype: str) -> bool:
+    """A FUSE mount: its source is whatever name the daemon chose (mergerfs says "1:2"
+    for branches /a/1 and /b/2), so it never names a location by itself."""
+    return fstype == "fuse" or fstype.startswith(("fuse.", "fuseblk"))
 
 
 def _part(value: str | bytes) -> str:

@@ -251,3 +251,26 @@ def test_a_directory_whose_mount_is_gone_has_no_identity(tmp_path: Path,
             fsid.identify(fd)
         with pytest.raises(fsid.FsIdentityError):
             fsid.Identities().of(os.fstat(fd).st_dev, fd)
+
+
+def test_two_mergerfs_pools_with_like_named_branches_differ(tmp_path: Path,
+                                                            mounter: Mounter) -> None:
+    """mergerfs names a pool after its branches' last components ("1:2"): that source
+    is no location, so the mount point tells two pools apart."""
+    require_tools("mergerfs")
+    pools = []
+    for side in ("a", "b"):
+        for n in ("1", "2"):
+            (tmp_path / side / n).mkdir(parents=True)
+        pool = tmp_path / f"pool-{side}"
+        pool.mkdir()
+        branches = f"{tmp_path / side / '1'}:{tmp_path / side / '2'}"
+        sh("mergerfs", "-o", "cache.files=off", branches, pool)
+        mounter.mounted.append(pool)
+        pools.append(pool)
+    a, b = (ident_of(p)[0] for p in pools)
+    assert a.fstype == "fuse.mergerfs" and not a.stable
+    assert a.ident != b.ident
+    sources = {m.source for m in mounts.read() if m.mountpoint in map(os.fsencode, pools)}
+    assert len(sources) == 1, "the premise: both pools have one source"
+    assert a.ident.endswith(f":at:{pools[0]}") and b.ident.endswith(f":at:{pools[1]}")

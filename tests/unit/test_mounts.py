@@ -95,7 +95,8 @@ def test_fallback_names() -> None:
     # a location source names the filesystem wherever it is mounted
     assert ident(51) == "mount:nfs4:nas\\072/export/photos"
     assert ident(52) == "mount:cifs://nas/share\\040one"
-    assert ident(53) == "mount:fuse.mergerfs:/b1\\072/b2"
+    # a FUSE source is the daemon's choice (mergerfs: "1:2" for any branches 1 and 2)
+    assert ident(53) == "mount:fuse.mergerfs:/b1\\072/b2:at:/pool"
     # a generic source adds the mount point of the whole-filesystem mount: two tmpfs
     # differ, a bind of a subdirectory names the tmpfs it shows
     assert ident(48) == "mount:tmpfs:tmpfs:at:/tmp/a\\012b\\134c"
