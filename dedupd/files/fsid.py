@@ -151,8 +151,8 @@ def fallback_ident(m: mounts.Mount, table: list[mounts.Mount]) -> str:
         return head
     # Bind mounts of one tmpfs share its device: name it after the same mount
     # whichever bind this directory came through (the whole-filesystem one first).
-    same = [x for x in table if x.dev == m.dev and x.fstype == m.fstype
-            and x.source == m.source] or [m]
+    same = [x for x in mounts.by_dev(m.dev, table)
+            if x.fstype == m.fstype and x.source == m.source] or [m]
     canon = min(same, key=lambda x: (x.root != b"/", len(x.mountpoint), x.mountpoint))
     ident = f"{head}:at:{_part(canon.mountpoint)}"
     return ident if canon.root == b"/" else f"{ident}:root:{_part(canon.root)}"

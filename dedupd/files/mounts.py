@@ -149,11 +149,3 @@ def mounts_below(root: bytes, mounts: Iterable[Mount] | None = None) -> list[Mou
     real = os.path.realpath(root)
     return [m for m in (read() if mounts is None else mounts)
             if m.mountpoint != real and below(m.mountpoint, real)]
-
-
-def mount_points(mounts: Iterable[Mount] | None = None) -> frozenset[bytes]:
-    """Every mount point in the table; empty when the table cannot be read."""
-    try:
-        return frozenset(m.mountpoint for m in (read() if mounts is None else mounts))
-    except OSError:
-        return frozenset()

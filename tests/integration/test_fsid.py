@@ -122,6 +122,11 @@ def test_btrfs_subvolume_keeps_its_identity_after_device_numbers_move(
     assert all(m.dev != inner_dev for m in mounts.read())
     assert inner.mountpoint == before.mountpoint == os.fsencode(mnt)
     assert ident_of(top / "other")[0].ident == f"btrfs:{uuid}:{rootid['other']}"
+    # a snapshot holds the same inode numbers, and is another subvolume
+    sh("btrfs", "subvolume", "snapshot", "-r", top / "photos", top / "snap")
+    snap = ident_of(top / "snap")[0].ident
+    assert snap == f"btrfs:{uuid}:{sh('btrfs', 'inspect-internal', 'rootid', top / 'snap')}"
+    assert snap != before.ident
 
     mounter.umount(mnt)
     mounter.umount(top)
