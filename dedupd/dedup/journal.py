@@ -15,6 +15,11 @@ rolls back each one. States (docs/safety.md has the full table):
   ROLLED_BACK undone by recovery or after a failed step               (final)
   FAILED      recovery found a state it cannot resolve alone (kept as is) (final)
 
+Rows belong to one host and name filesystems by their ids (keep_fs, dup_fs), not
+by st_dev, which changes across reboots: an OpSpec read back carries the device
+its filesystem has now, or UNREACHABLE while it is not mounted (no inode check
+matches it, so recovery removes nothing on its account).
+
 Test hook (never set in production; dedup/killpoint.py): DEDUPD_TEST_KILL_AT_STEP=k
 makes the process SIGKILL itself right after its k-th step (journal write or
 filesystem mutation); DEDUPD_TEST_STEP_LOG=FILE appends "n label" per step.
@@ -25,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +112,10 @@ class Journal:
 
     def _insert(self, cur: Any, spec: OpSpec, now: float) -> int:
         row = _row(spec, now)
+        # the index keeps filesystem ids, not st_dev (dedupd/index/fsmap.py)
+        row.update(host=self.store.host, keep_dev=self.store.fs_of(spec.keep_dev, spec.keep_path),
+                   dup_dev=self.store.fs_of(spec.dup_dev, spec.dup_path))
+        row["keep_fs"], row["dup_fs"] = row.pop("keep_dev"), row.pop("dup_dev")
         sql = f"INSERT INTO ops ({', '.join(row)}) VALUES ({self.db.marks(len(row))})"
         if self.db.sqlite is not None:
             cur.execute(sql, list(row.values()))
@@ -169,8 +179,16 @@ class Journal:
 
     def _select(self, where: str = "", params: tuple[Any, ...] = (),
                 tail: str = "") -> list[OpRecord]:
+        mine = f"host = {self.db.p}"
+        where = f"{where} AND {mine}" if where else f"WHERE {mine}"
         sql = f"SELECT {', '.join(_COLUMNS)} FROM ops {where} {tail}"
-        return [_record(r) for r in self.db.rows(sql, params)]
+        return [_record(r, self._dev) for r in self.db.rows(sql, (*params, self.store.host))]
+
+    def _dev(self, fs: int, path: bytes) -> int:
+        """The current st_dev of a filesystem id; UNREACHABLE when it is not mounted
+        now (then no inode check can match and recovery changes nothing)."""
+        dev = self.store.dev_of(fs, os.path.dirname(path) or b"/")
+        return UNREACHABLE if dev is None else dev
 
     def get(self, op_id: int) -> OpRecord | None:
         got = self._select(f"WHERE id = {self.db.p}", (op_id,))
@@ -199,8 +217,10 @@ class Journal:
         return rows[::-1]
 
 
-_COLUMNS = ("id", "state", "volume", "kind", "keep_path", "dup_path", "keep_dev", "keep_ino",
-            "dup_dev", "dup_ino", "size", "dup_mtime_ns", "temp_path", "dest_path",
+# A device number no file has: what an op's filesystem maps to while it is not mounted.
+UNREACHABLE = -1
+_COLUMNS = ("id", "state", "volume", "kind", "keep_path", "dup_path", "keep_fs", "keep_ino",
+            "dup_fs", "dup_ino", "size", "dup_mtime_ns", "temp_path", "dest_path",
             "quarantine_path", "dirs", "reason", "created", "updated")
 
 
@@ -209,8 +229,8 @@ def _row(spec: OpSpec, now: float) -> dict[str, Any]:
             "keep_path": spec.keep_path, "dup_path": spec.dup_path,
             "temp_path": spec.temp_path, "dest_path": spec.dest_path,
             "quarantine_path": spec.quarantine_path,
-            "keep_dev": to_s64(spec.keep_dev), "keep_ino": to_s64(spec.keep_ino),
-            "dup_dev": to_s64(spec.dup_dev), "dup_ino": to_s64(spec.dup_ino),
+            "keep_dev": spec.keep_dev, "keep_ino": to_s64(spec.keep_ino),
+            "dup_dev": spec.dup_dev, "dup_ino": to_s64(spec.dup_ino),
             "size": spec.size, "dup_mtime_ns": spec.dup_mtime_ns,
             "dirs": _dirs_json(spec.dirs), "created": now, "updated": now}
 
@@ -219,11 +239,12 @@ def _dirs_json(dirs: tuple[bytes, ...]) -> str:
     return json.dumps([os.fsdecode(d) for d in dirs])
 
 
-def _record(r: Any) -> OpRecord:
+def _record(r: Any, dev: Callable[[int, bytes], int]) -> OpRecord:
     m = dict(zip(_COLUMNS, r, strict=True))
     dirs = tuple(os.fsencode(d) for d in json.loads(m["dirs"] or "[]"))
-    spec = OpSpec(m["volume"], m["kind"], bytes(m["keep_path"]), bytes(m["dup_path"]),
-                  from_s64(m["keep_dev"]), from_s64(m["keep_ino"]), from_s64(m["dup_dev"]),
+    keep, dup = bytes(m["keep_path"]), bytes(m["dup_path"])
+    spec = OpSpec(m["volume"], m["kind"], keep, dup,
+                  dev(m["keep_fs"], keep), from_s64(m["keep_ino"]), dev(m["dup_fs"], dup),
                   from_s64(m["dup_ino"]), m["size"], m["dup_mtime_ns"],
                   _b(m["temp_path"]), _b(m["dest_path"]), _b(m["quarantine_path"]), dirs)
     return OpRecord(m["id"], m["state"], spec, m["reason"], m["created"], m["updated"])

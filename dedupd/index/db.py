@@ -27,10 +27,10 @@ from dedupd.errors import DedupdError, TemporaryFailure
 
 # Every table of schema.py (a test keeps the two equal): all present means
 # there is nothing to create and SQLAlchemy need not be loaded.
-TABLES = ("meta", "scans", "inodes", "paths", "provenance", "ops", "backups",
-          "extent_done", "extent_refs")
+TABLES = ("meta", "hosts", "filesystems", "scans", "directories", "entries", "inodes",
+          "provenance", "ops", "backups", "extent_done", "extent_refs")
 BUSY_TIMEOUT_MS = 30000
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class IndexError_(DedupdError):

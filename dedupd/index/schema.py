@@ -1,7 +1,10 @@
 """Tables of the index (see docs/schema.md).
 
-Files are keyed by (dev, ino): hardlinks are one file with several paths.
-Integers that may use all 64 bits (dev, ino, the XXH3-64 head hash) are stored
+Files are keyed by (filesystem id, ino): hardlinks are one file with several
+names. No table stores st_dev: device numbers change with mount order, so each
+pass maps them to filesystems rows (dedupd/index/fsmap.py). Every row belongs to
+one host, directly or through its filesystem. Integers that may use all 64 bits
+(ino, the XXH3-64 head hash) are stored
 as signed 64-bit values through to_s64/from_s64 because both SQLite and
 PostgreSQL BIGINT are signed.
 """
@@ -19,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 from dedupd.index.db import SCHEMA_VERSION, from_s64, to_s64
@@ -26,49 +30,83 @@ from dedupd.index.db import SCHEMA_VERSION, from_s64, to_s64
 metadata = MetaData()
 __all__ = ["SCHEMA_VERSION", "from_s64", "metadata", "to_s64"]
 
+# Small key/value state. host 0 holds what belongs to the database (schema_version);
+# everything else (per-volume generations, timestamps) belongs to one host.
 meta = Table(
     "meta", metadata,
+    Column("host", Integer, primary_key=True, autoincrement=False),
     Column("key", String(200), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# One row per host sharing this database ([database] host): a name is bound to the
+# machine-id that claimed it first, so two machines never write each other's rows.
+hosts = Table(
+    "hosts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("machine_id", String(200), nullable=False),
+)
+
+# A filesystem (or BTRFS subvolume, ZFS dataset) by its stable identity, never by
+# st_dev: see docs/schema.md for the identity rules. Every file row refers to one.
+filesystems = Table(
+    "filesystems", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("host", Integer, nullable=False),
+    Column("ident", Text, nullable=False),
+    Column("fstype", String(50), nullable=False),
+    Column("mountpoint", LargeBinary, nullable=False),  # where it was last seen
+    Column("stable", Integer, nullable=False),  # 0: mount source + type (may move)
+    UniqueConstraint("host", "ident", name="uq_filesystems_host_ident"),
 )
 
 scans = Table(
     "scans", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("host", Integer, nullable=False),
     Column("started", Float, nullable=False),
     Column("finished", Float),
     Column("roots", Text, nullable=False),  # JSON list of surrogate-escaped paths
 )
 
+# Every directory that holds an indexed file, once: its name within its parent.
+# A host's root directory ("/") has parent = -(host id) and an empty name, so two
+# hosts' trees never meet. fs: the filesystem the directory was last listed on.
+directories = Table(
+    "directories", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("parent", BigInteger, nullable=False),
+    Column("name", LargeBinary, nullable=False),
+    Column("fs", Integer, nullable=False),
+    Column("digest", LargeBinary),  # listing digest of the last walk (docs/schema.md)
+    Index("uq_directories_parent_name", "parent", "name", unique=True),
+)
+
+# A name in a directory that holds a regular file: only its own name.
+entries = Table(
+    "entries", metadata,
+    Column("dir", Integer, primary_key=True, autoincrement=False),
+    Column("name", LargeBinary, primary_key=True),
+    Column("ino", BigInteger, nullable=False),
+    Column("seen", Integer, nullable=False),  # id of the last scan that saw it
+    Index("ix_entries_ino", "ino"),
+    sqlite_with_rowid=False,
+)
+
 inodes = Table(
     "inodes", metadata,
-    Column("dev", BigInteger, primary_key=True, autoincrement=False),
+    Column("fs", Integer, primary_key=True, autoincrement=False),
     Column("ino", BigInteger, primary_key=True, autoincrement=False),
     Column("size", BigInteger, nullable=False),
     Column("mtime_ns", BigInteger, nullable=False),
     Column("ctime_ns", BigInteger, nullable=False),
-    Column("mode", Integer, nullable=False),
-    Column("uid", Integer, nullable=False),
-    Column("gid", Integer, nullable=False),
-    Column("nlink", Integer, nullable=False),
     Column("head", BigInteger),  # XXH3-64 of the first HEAD_SIZE bytes
     Column("full", LargeBinary(16)),  # XXH3-128 of the whole file
     Column("seen", Integer, nullable=False),  # id of the last scan that saw it
-    Column("changed_at", Float, nullable=False),  # when its stat last changed
     Column("unstable", Integer, nullable=False, default=0),  # changes seen in a row
     Index("ix_inodes_size", "size"),
-)
-
-paths = Table(
-    "paths", metadata,
-    # blake2b-128 of the path: bytes paths may exceed btree key limits (PostgreSQL),
-    # and a collision-resistant digest keeps crafted names from merging rows.
-    Column("path_key", LargeBinary(16), primary_key=True),
-    Column("path", LargeBinary, nullable=False),
-    Column("dev", BigInteger, nullable=False),
-    Column("ino", BigInteger, nullable=False),
-    Column("seen", Integer, nullable=False),
-    Index("ix_paths_inode", "dev", "ino"),
+    sqlite_with_rowid=False,
 )
 
 
@@ -78,6 +116,7 @@ paths = Table(
 # reading the file again.
 provenance = Table(
     "provenance", metadata,
+    Column("host", Integer, primary_key=True, autoincrement=False),
     Column("consolidation", String(200), primary_key=True),
     Column("source_key", LargeBinary(16), primary_key=True),  # path_key(source_path)
     Column("source_path", LargeBinary, nullable=False),
@@ -85,7 +124,7 @@ provenance = Table(
     Column("archive_path", LargeBinary, nullable=False),
     Column("content", LargeBinary(16), nullable=False),  # XXH3-128 of the content
     Column("size", BigInteger, nullable=False),
-    Column("src_dev", BigInteger, nullable=False),
+    Column("src_fs", Integer, nullable=False),
     Column("src_ino", BigInteger, nullable=False),
     Column("src_mtime_ns", BigInteger, nullable=False),
     Column("src_ctime_ns", BigInteger, nullable=False),
@@ -101,6 +140,7 @@ provenance = Table(
 ops = Table(
     "ops", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("host", Integer, nullable=False),
     Column("volume", String(200), nullable=False),
     Column("kind", String(20), nullable=False),  # hardlink | crossdrive
     Column("state", String(20), nullable=False),
@@ -109,9 +149,9 @@ ops = Table(
     Column("temp_path", LargeBinary),  # hardlink: the temporary link next to dup_path
     Column("dest_path", LargeBinary),  # crossdrive: the new name on the kept branch
     Column("quarantine_path", LargeBinary),
-    Column("keep_dev", BigInteger, nullable=False),
+    Column("keep_fs", Integer, nullable=False),
     Column("keep_ino", BigInteger, nullable=False),
-    Column("dup_dev", BigInteger, nullable=False),
+    Column("dup_fs", Integer, nullable=False),
     Column("dup_ino", BigInteger, nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("dup_mtime_ns", BigInteger, nullable=False),
@@ -150,13 +190,13 @@ backups = Table(
 
 extent_done = Table(
     "extent_done", metadata,
-    # An inode confirmed (by FIEMAP) to share all its extents with ref_dev/ref_ino
+    # An inode confirmed (by FIEMAP) to share all its extents with ref_fs/ref_ino
     # while its content hash was `full`; a changed file gets a new hash, so the
     # row stops matching and the file is examined again.
-    Column("dev", BigInteger, primary_key=True, autoincrement=False),
+    Column("fs", Integer, primary_key=True, autoincrement=False),
     Column("ino", BigInteger, primary_key=True, autoincrement=False),
     Column("full", LargeBinary(16), nullable=False),
-    Column("ref_dev", BigInteger, nullable=False),
+    Column("ref_fs", Integer, nullable=False),
     Column("ref_ino", BigInteger, nullable=False),
     Column("bytes", BigInteger, nullable=False),
     Column("at", Float, nullable=False),
@@ -166,9 +206,10 @@ extent_refs = Table(
     "extent_refs", metadata,
     # The reference chosen for a group of identical files, so later members are
     # deduped against it and only it.
+    Column("host", Integer, primary_key=True, autoincrement=False),
     Column("size", BigInteger, primary_key=True, autoincrement=False),
     Column("full", LargeBinary(16), primary_key=True),
-    Column("dev", BigInteger, nullable=False),
+    Column("fs", Integer, nullable=False),
     Column("ino", BigInteger, nullable=False),
 )
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from dedupd.errors import TemporaryFailure
 from dedupd.files.events import FileEvent, Ident
+from dedupd.files.fsid import HostIdentity, host_identity
 from dedupd.index.bulk import Bulk
 from dedupd.index.db import (
-    SCHEMA_VERSION,
     Db,
     IndexError_,
     from_s64,
@@ -30,6 +30,10 @@ from dedupd.index.db import (
     sqlite_pragmas,
     to_s64,
 )
+from dedupd.index.dirs import DirTree, join, split
+from dedupd.index.fsmap import FsMap, Unreachable
+from dedupd.index.migrate import open_index, put_meta
+from dedupd.index.record import forget_unseen, record_batch
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -37,18 +41,13 @@ if TYPE_CHECKING:
 __all__ = ["IndexError_", "Store", "IndexedFile", "HashUpdate", "RecordResult", "path_key",
            "make_engine"]
 
-# Statements that take an index from version N to N + 1.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    # 1 -> 2: the `seen` indexes cost every rescan an index update per file
-    # and served only queries that read the whole scan anyway.
-    1: ("DROP INDEX IF EXISTS ix_inodes_seen_size", "DROP INDEX IF EXISTS ix_paths_seen"),
-}
 BATCH = 1000  # keys per IN (...) query; well under SQLite's variable limit
 
 
 @dataclass(frozen=True, slots=True)
 class IndexedFile:
-    """An inode as the index knows it, with the paths seen in the current scan."""
+    """An inode as the index knows it, with the paths seen in the current scan.
+    dev is the current st_dev of its filesystem (the index keeps filesystem ids)."""
 
     dev: int
     ino: int
@@ -89,6 +88,8 @@ class RecordResult:
 
 
 def path_key(path: bytes) -> bytes:
+    """A fixed-size key of a path (provenance rows): bytes paths may exceed btree key
+    limits (PostgreSQL), and a collision-resistant digest keeps crafted names apart."""
     return hashlib.blake2b(path, digest_size=16).digest()
 
 
@@ -127,18 +128,22 @@ def _index_failure_of(url: str) -> Callable[[Any], None]:
 
 
 class Store:
-    """The index. Thread-safe: each thread gets its own connection (see db.py)."""
+    """The index. Thread-safe: each thread gets its own connection (see db.py).
 
-    def __init__(self, url: str) -> None:
+    host: whose rows this Store reads and writes (default: this machine,
+    dedupd.files.fsid.host_identity). Files come in and go out with their current
+    st_dev; the index keeps filesystem ids (dedupd/index/fsmap.py).
+    """
+
+    def __init__(self, url: str, host: HostIdentity | None = None) -> None:
         self.url = url
         self.db = Db(url)
         self.dialect = self.db.dialect
         self.bulk = Bulk(self.db)
         self._engine: Engine | None = None
+        self.host_identity = host or host_identity(None)
         try:
-            if self.db.missing_tables():
-                self._create_tables()
-            self._upgrade()
+            self.host = open_index(self.db, self.host_identity)
         except sqlite3.OperationalError as e:
             raise index_failure(url, e) or TemporaryFailure(
                 f"index {url}: cannot open: {e}") from None
@@ -148,13 +153,8 @@ class Store:
             if is_psycopg_error(e):
                 raise IndexError_(f"index {url}: {e}") from None
             raise
-
-    def _create_tables(self) -> None:
-        from dedupd.index.ddl import SCHEMA_DDL
-
-        with self.db.tx() as cur:
-            for stmt in SCHEMA_DDL[self.dialect]:
-                cur.execute(stmt)
+        self.fsmap = FsMap(self.db, self.host)
+        self.dirs = DirTree(self.db, self.host)
 
     @property
     def engine(self) -> Engine:
@@ -179,35 +179,36 @@ class Store:
 
         return sqlite.insert(table)
 
-    # --- meta: small key/value state (per-volume generations, timestamps) ---
+    # --- identity: st_dev <-> filesystem ids (fsmap.py) ---
+
+    def fs_of(self, dev: int, path: bytes) -> int:
+        """The filesystem id of device dev, met at path (identified on first sight)."""
+        return self.fsmap.fs_of(dev, path, lambda p: self.dirs.find(split(p)[0]))
+
+    def dev_of(self, fs: int, hint: bytes | None = None) -> int | None:
+        """The current st_dev of filesystem fs; None when it is not reachable now."""
+        return self.fsmap.dev_of(fs, lambda: hint if hint is not None else self._probe(fs))
+
+    def _probe(self, fs: int) -> bytes | None:
+        rows = self.db.rows(f"SELECT id FROM directories WHERE fs = {self.db.p} LIMIT 1", (fs,))
+        return self.dirs.paths([int(rows[0][0])]).get(int(rows[0][0])) if rows else None
+
+    def key_of(self, dev: int, ino: int) -> tuple[int, int] | None:
+        """(fs, signed ino) of a device already met in this Store, else None."""
+        fs = self.fsmap.known_fs(dev)
+        return None if fs is None else (fs, to_s64(ino))
+
+    # --- meta: small key/value state of this host (per-volume generations, timestamps) ---
 
     def get_meta(self, key: str) -> str | None:
-        rows = self.db.rows(f"SELECT value FROM meta WHERE key = {self.db.p}", (key,))
+        p = self.db.p
+        rows = self.db.rows(f'SELECT value FROM meta WHERE host = {p} AND "key" = {p}',
+                            (self.host, key))
         return str(rows[0][0]) if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
         with self.db.tx() as cur:
-            self._put_meta(cur, key, value)
-
-    def _put_meta(self, cur: Any, key: str, value: str) -> None:
-        p = self.db.p
-        cur.execute(f"INSERT INTO meta (key, value) VALUES ({p}, {p}) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
-
-    def _upgrade(self) -> None:
-        """Bring an index written by an older dedupd to SCHEMA_VERSION."""
-        found = self.get_meta("schema_version")
-        if found == str(SCHEMA_VERSION):
-            return
-        if found is not None and (not found.isdigit() or int(found) > SCHEMA_VERSION):
-            raise IndexError_(f"index {self.url} has schema version {found}; this dedupd "
-                              f"knows up to {SCHEMA_VERSION} (upgrade dedupd, or use "
-                              "another --db)")
-        with self.db.tx() as cur:
-            for version in range(int(found or SCHEMA_VERSION), SCHEMA_VERSION):
-                for stmt in MIGRATIONS.get(version, ()):
-                    cur.execute(stmt)
-            self._put_meta(cur, "schema_version", str(SCHEMA_VERSION))
+            put_meta(self.db, cur, self.host, key, value)
 
     # --- scans ---
 
@@ -215,8 +216,8 @@ class Store:
         doc = json.dumps([os.fsdecode(r) for r in roots])
         p = self.db.p
         with self.db.tx() as cur:
-            cur.execute(f"INSERT INTO scans (started, roots) VALUES ({p}, {p}) RETURNING id",
-                        (time.time(), doc))
+            cur.execute(f"INSERT INTO scans (host, started, roots) VALUES ({p}, {p}, {p}) "
+                        "RETURNING id", (self.host, time.time(), doc))
             return int(cur.fetchone()[0])
 
     def record(self, scan_id: int, events: Sequence[FileEvent],
@@ -228,107 +229,148 @@ class Store:
         The result lists the batch's inodes as the index now has them.
         touch_inodes=False leaves unchanged inodes' `seen` alone (the caller
         finds its groups without the index, or calls mark_inodes_seen later).
+        Raises UnknownFilesystem (nothing of the batch written) when a file's
+        filesystem cannot be identified.
         """
-        by_key: dict[tuple[int, int], FileEvent] = {}
-        names: dict[tuple[int, int], list[bytes]] = defaultdict(list)
+        keyed = []
         for e in events:
-            k = (to_s64(e.dev), to_s64(e.ino))
-            by_key[k] = e
-            names[k].append(e.path)
-        pkeys = {path_key(e.path): e for e in events}
-        now = time.time()
-        new = changed = 0
-        upserts: list[tuple[Any, ...]] = []
-        touched: dict[int, list[int]] = defaultdict(list)
-        files: list[IndexedFile] = []
-        with self.db.tx() as c:
-            # One lookup answers the common (rescan) case: the path is known, still
-            # names the same inode, and that inode's stat is on the same row.
-            known: dict[bytes, tuple[int, int]] = {}
-            old: dict[tuple[int, int], tuple[Any, ...]] = {}
-            for r in self.bulk.path_rows(c, list(pkeys)):
-                known[r[0]] = (r[1], r[2])
-                if r[3] is not None:
-                    old[(r[1], r[2])] = tuple(r[3:])
-            missing: dict[int, list[int]] = defaultdict(list)
-            for d, n in by_key:
-                if (d, n) not in old:
-                    missing[d].append(n)
-            for d, inos in missing.items():  # new names, hardlinks seen for the first time
-                for r in self.bulk.stat_rows(c, d, inos):
-                    old[(d, r[0])] = tuple(r[1:])
-            for k, e in by_key.items():
-                o = old.get(k)  # (size, mtime_ns, ctime_ns, unstable, head, full)
-                paths = tuple(sorted(names[k]))
-                if o is not None and o[:3] == (e.size, e.mtime_ns, e.ctime_ns):
-                    touched[k[0]].append(k[1])
-                    head = None if o[4] is None else from_s64(o[4])
-                    files.append(IndexedFile(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
-                                             head, o[5], o[3], paths))
-                    continue
-                new, changed = (new + 1, changed) if o is None else (new, changed + 1)
-                unstable = 0 if o is None else o[3] + 1
-                upserts.append(_inode_row(k, e, scan_id, now, unstable))
-                files.append(IndexedFile(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
-                                         None, None, unstable, paths))
-            same, prow = [], []
-            for pk, e in pkeys.items():
-                if known.get(pk) == (to_s64(e.dev), to_s64(e.ino)):
-                    same.append(pk)
-                else:
-                    prow.append((pk, e.path, to_s64(e.dev), to_s64(e.ino), scan_id))
-            if upserts:
-                self.bulk.upsert_inodes(c, upserts)
-            for d, inos in touched.items() if touch_inodes else ():
-                self.bulk.touch_inodes(c, scan_id, d, inos)
-            if same:
-                self.bulk.touch_paths(c, scan_id, same)
-            if prow:
-                self.bulk.upsert_paths(c, prow)
-        return RecordResult(new, changed, sum(len(v) for v in touched.values()), tuple(files))
+            try:
+                keyed.append((self.fs_of(e.dev, e.path), e))
+            except Unreachable:
+                continue  # its directory vanished since the walk: the next scan decides
+        try:
+            with self.db.tx() as c:
+                return record_batch(self, c, scan_id, keyed, touch_inodes)
+        except BaseException:
+            self.dirs.reset()  # ids created in the rolled-back transaction are void
+            raise
 
     def finish_scan(self, scan_id: int, roots: Sequence[bytes]) -> int:
-        """Forget paths under `roots` that this scan did not see; drop orphan inodes.
-
-        Returns the number of paths forgotten. Paths outside the roots are untouched.
-        """
-        prefixes = [r.rstrip(b"/") + b"/" for r in roots]
-        gone: list[bytes] = []
-        for key, path in self.db.rows(f"SELECT path_key, path FROM paths "
-                                      f"WHERE seen < {self.db.p}", (scan_id,)):
-            path = bytes(path)
-            if any(path.startswith(x) or path + b"/" == x for x in prefixes):
-                gone.append(bytes(key))
+        """Forget entries under `roots` that this scan did not see; drop orphan inodes
+        and directories left empty. Returns the number of entries forgotten. Entries
+        outside the roots are untouched."""
         p = self.db.p
         with self.db.tx() as cur:
-            for part in chunks(gone, BATCH):
-                cur.execute(f"DELETE FROM paths WHERE path_key IN ({self.db.marks(len(part))})",
-                            part)
+            n = forget_unseen(self, cur, scan_id, roots)
             self.drop_orphans(cur)
             cur.execute(f"UPDATE scans SET finished = {p} WHERE id = {p}", (time.time(), scan_id))
-        return len(gone)
+        return n
 
     def mark_inodes_seen(self, scan_id: int) -> None:
-        """Set `seen` on every inode with a path seen in this scan (after record(...,
+        """Set `seen` on every inode with a name seen in this scan (after record(...,
         touch_inodes=False)), so that the size-group queries find them."""
         p = self.db.p
         with self.db.tx() as cur:
             cur.execute(f"UPDATE inodes SET seen = {p} WHERE seen <> {p} AND EXISTS (SELECT 1 "
-                        "FROM paths p WHERE p.dev = inodes.dev AND p.ino = inodes.ino "
-                        f"AND p.seen = {p})", (scan_id, scan_id, scan_id))
+                        "FROM entries e JOIN directories d ON d.id = e.dir WHERE "
+                        f"e.ino = inodes.ino AND d.fs = inodes.fs AND e.seen = {p})",
+                        (scan_id, scan_id, scan_id))
 
     def drop_orphans(self, cur: Any) -> None:
-        """Delete inode rows no path names any more (in the caller's transaction)."""
-        cur.execute("DELETE FROM inodes WHERE NOT EXISTS (SELECT 1 FROM paths p "
-                    "WHERE p.dev = inodes.dev AND p.ino = inodes.ino)")
+        """Delete inode rows no entry names any more (in the caller's transaction)."""
+        cur.execute("DELETE FROM inodes WHERE NOT EXISTS (SELECT 1 FROM entries e "
+                    "JOIN directories d ON d.id = e.dir "
+                    "WHERE e.ino = inodes.ino AND d.fs = inodes.fs)")
 
     def forget(self, keys: Iterable[tuple[int, int]]) -> None:
-        """Remove inodes (and their paths) that turned out to be gone."""
-        ks = [(to_s64(d), to_s64(n)) for d, n in keys]
+        """Remove inodes (and their names) that turned out to be gone."""
+        ks = [k for k in (self.key_of(d, n) for d, n in keys) if k is not None]
         p = self.db.p
         with self.db.tx() as cur:
-            for table in ("paths", "inodes"):
-                cur.executemany(f"DELETE FROM {table} WHERE dev = {p} AND ino = {p}", ks)
+            cur.executemany(f"DELETE FROM entries WHERE ino = {p} AND dir IN "
+                            f"(SELECT id FROM directories WHERE fs = {p})",
+                            [(n, f) for f, n in ks])
+            cur.executemany(f"DELETE FROM inodes WHERE fs = {p} AND ino = {p}", ks)
+
+    def paths_below(self, root: bytes) -> Iterator[tuple[bytes, int, int]]:
+        """(path, dev, ino) of every indexed name below root, in pages of directories
+        (no read stays open while the caller writes). Names on a filesystem that is
+        not reachable now are left out."""
+        sub = [d for d in self.dirs.subtree([root])]
+        for part in chunks(sub, 200):
+            fs = dict(part)
+            names = self.dirs.paths(fs)
+            for did, name, ino in self.db.rows(
+                    f"SELECT dir, name, ino FROM entries WHERE dir IN "
+                    f"({self.db.marks(len(part))}) ORDER BY dir, name", list(fs)):
+                dev = self.dev_of(fs[did])
+                if dev is not None and did in names:
+                    yield join(names[did], bytes(name)), dev, from_s64(ino)
+
+    def forget_paths(self, paths: Sequence[bytes]) -> int:
+        """Drop these names, then inodes left without any. Returns names dropped."""
+        rows = self._entry_keys(paths)
+        if not rows:
+            return 0
+        p = self.db.p
+        with self.db.tx() as cur:
+            cur.executemany(f"DELETE FROM entries WHERE dir = {p} AND name = {p}", rows)
+            self.drop_orphans(cur)
+        return len(rows)
+
+    def unsee(self, scan_id: int, paths: Sequence[bytes]) -> int:
+        """Take these names' `seen` back below scan_id (finish_scan then forgets them);
+        returns how many were marked seen in scan_id."""
+        rows = [(scan_id - 1, d, n, scan_id) for d, n in self._entry_keys(paths)]
+        if not rows:
+            return 0
+        p = self.db.p
+        with self.db.tx() as cur:
+            cur.execute(f"SELECT count(*) FROM entries WHERE seen = {p} AND dir IN "
+                        f"({self.db.marks(len({r[1] for r in rows}))})",
+                        (scan_id, *{r[1] for r in rows}))
+            before = int(cur.fetchone()[0])
+            cur.executemany(f"UPDATE entries SET seen = {p} WHERE dir = {p} AND name = {p} "
+                            f"AND seen = {p}", rows)
+            cur.execute(f"SELECT count(*) FROM entries WHERE seen = {p} AND dir IN "
+                        f"({self.db.marks(len({r[1] for r in rows}))})",
+                        (scan_id, *{r[1] for r in rows}))
+            return before - int(cur.fetchone()[0])
+
+    def _entry_keys(self, paths: Iterable[bytes]) -> list[tuple[int, bytes]]:
+        """(directory id, name) of the given paths whose directory is indexed."""
+        out = []
+        for path in paths:
+            d, name = split(path)
+            did = self.dirs.find(d)
+            if did is not None:
+                out.append((did, name))
+        return out
+
+    def names_in(self, directory: bytes) -> list[bytes]:
+        """Paths of the names indexed directly in directory."""
+        did = self.dirs.find(directory)
+        if did is None:
+            return []
+        return [join(directory, bytes(r[0])) for r in self.db.rows(
+            f"SELECT name FROM entries WHERE dir = {self.db.p}", (did,))]
+
+    def other_names(self, paths: Iterable[bytes]) -> set[bytes]:
+        """Every indexed name of the inodes the index has under these paths."""
+        keys: set[tuple[int, int]] = set()
+        for part in chunks(self._entry_keys(paths), BATCH):
+            for did, name in part:
+                fs = self.dirs.fs_of(did)
+                for r in self.db.rows(f"SELECT ino FROM entries WHERE dir = {self.db.p} AND "
+                                      f"name = {self.db.p}", (did, name)):
+                    if fs is not None:
+                        keys.add((fs, r[0]))
+        return {p for v in self._names_of(None, sorted(keys)).values() for p in v}
+
+    def scan_paths(self, scan_id: int | None = None
+                   ) -> list[tuple[bytes, int, int, int, int]]:
+        """(path, ino, size, mtime_ns, ctime_ns) of every name of this host seen in
+        scan_id (default: every name): what tests compare with a tree."""
+        p = self.db.p
+        rows = self.db.rows(
+            "SELECT e.dir, e.name, e.ino, i.size, i.mtime_ns, i.ctime_ns FROM entries e "
+            "JOIN directories d ON d.id = e.dir JOIN inodes i ON i.fs = d.fs AND i.ino = e.ino "
+            f"JOIN filesystems f ON f.id = d.fs WHERE f.host = {p}"
+            + ("" if scan_id is None else f" AND e.seen = {p}"),
+            (self.host,) if scan_id is None else (self.host, scan_id))
+        names = self.dirs.paths({int(r[0]) for r in rows})
+        return sorted((join(names[r[0]], bytes(r[1])), from_s64(r[2]), *r[3:]) for r in rows
+                      if r[0] in names)
 
     # --- candidates and hashes ---
 
@@ -342,34 +384,38 @@ class Store:
     def files_of_sizes(self, scan_id: int, sizes: Sequence[int]) -> Iterator[list[IndexedFile]]:
         """Yield one list per size (ascending): the inodes of that size seen in this scan.
 
-        Two queries (inodes by size, then their paths by inode) rather than a
-        join: SQLite plans the join as a walk over every path of the scan per
+        Two queries (inodes by size, then their names by inode) rather than a
+        join: SQLite plans the join as a walk over every name of the scan per
         call, which turns a scan quadratic in its number of files.
         """
         p = self.db.p
         for part in chunks(sorted(sizes), 1000):
             rows = self.db.rows(
-                'SELECT dev, ino, size, mtime_ns, ctime_ns, head, "full", unstable FROM inodes '
+                'SELECT fs, ino, size, mtime_ns, ctime_ns, head, "full", unstable FROM inodes '
                 f"WHERE seen = {p} AND size IN ({self.db.marks(len(part))}) "
-                "ORDER BY size, dev, ino", (scan_id, *part))
-            names = self._paths_of(scan_id, [(r[0], r[1]) for r in rows])
-            yield from group_rows(rows, names)
+                "ORDER BY size, fs, ino", (scan_id, *part))
+            names = self._names_of(scan_id, [(r[0], r[1]) for r in rows])
+            yield from group_rows(rows, names, self.dev_of)
 
-    def _paths_of(self, scan_id: int, keys: list[tuple[int, int]]
+    def _names_of(self, scan_id: int | None, keys: list[tuple[int, int]]
                   ) -> dict[tuple[int, int], list[bytes]]:
-        """Paths seen in this scan for the given (signed) inode keys, sorted per inode."""
-        by_dev: dict[int, list[int]] = defaultdict(list)
-        for d, n in keys:
-            by_dev[d].append(n)
-        out: dict[tuple[int, int], list[bytes]] = defaultdict(list)
+        """Paths seen in this scan (None: any) of the given (fs, signed ino) keys,
+        sorted per inode."""
+        want = set(keys)
+        found: list[tuple[tuple[int, int], int, bytes]] = []
         cur = self.db.conn().cursor()
         try:
-            for d, inos in by_dev.items():
-                for part in chunks(inos, BATCH):
-                    for ino, path in self.bulk.paths_of_inodes(cur, scan_id, d, part):
-                        out[(d, ino)].append(path)
+            for part in chunks(sorted({n for _f, n in keys}), BATCH):
+                for fs, ino, did, name, seen in self.bulk.names_of_inodes(cur, part):
+                    if (fs, ino) in want and (scan_id is None or seen == scan_id):
+                        found.append(((fs, ino), did, name))
         finally:
             cur.close()
+        dirs = self.dirs.paths({did for _k, did, _n in found})
+        out: dict[tuple[int, int], list[bytes]] = defaultdict(list)
+        for k, did, name in found:
+            if did in dirs:
+                out[k].append(join(dirs[did], name))
         for v in out.values():
             v.sort()
         return out
@@ -408,17 +454,20 @@ class Store:
             yield from self.files_of_sizes(scan_id, page)
 
     def save_hashes(self, updates: Sequence[HashUpdate]) -> None:
-        if not updates:
-            return
+        """Store hashes of inodes this Store has met (others are not indexed: skipped)."""
         rows: list[tuple[Any, ...]] = []
         checked: list[tuple[Any, ...]] = []
         for u in updates:
-            row = (None if u.head is None else to_s64(u.head), u.full, to_s64(u.dev),
-                   to_s64(u.ino))
+            k = self.key_of(u.dev, u.ino)
+            if k is None:
+                continue
+            row = (None if u.head is None else to_s64(u.head), u.full, *k)
             if u.stat is None:
                 rows.append(row)
             else:
                 checked.append((*row, *u.stat))
+        if not rows and not checked:
+            return
         with self.db.tx() as cur:
             if rows:
                 self.bulk.save_hashes(cur, rows)
@@ -429,39 +478,41 @@ class Store:
         """Take the new ctime of inodes that only dedupd's own links changed (before,
         after; applied in order), where the index still holds the before stat: else the
         next pass would count every linked file as changed and read it again."""
-        rows = [(new.ctime_ns, to_s64(old.dev), to_s64(old.ino), old.size, old.mtime_ns,
-                 old.ctime_ns) for old, new in changes]
+        rows = []
+        for old, new in changes:
+            k = self.key_of(old.dev, old.ino)
+            if k is not None:
+                rows.append((new.ctime_ns, *k, old.size, old.mtime_ns, old.ctime_ns))
         if rows:
             with self.db.tx() as cur:
                 self.bulk.set_ctimes(cur, rows)
 
     def counts(self) -> dict[str, int]:
+        """Rows of this host: inodes, names (paths) and hashed inodes."""
+        p, h = self.db.p, (self.host,)
+        mine = f"JOIN filesystems f ON f.id = i.fs WHERE f.host = {p}"
         one = self.db.rows
-        return {"inodes": int(one("SELECT count(*) FROM inodes")[0][0]),
-                "paths": int(one("SELECT count(*) FROM paths")[0][0]),
-                "hashed": int(one('SELECT count(*) FROM inodes WHERE "full" IS NOT NULL')[0][0])}
+        return {"inodes": int(one(f"SELECT count(*) FROM inodes i {mine}", h)[0][0]),
+                "paths": int(one("SELECT count(*) FROM entries e JOIN directories i "
+                                 f"ON i.id = e.dir {mine}", h)[0][0]),
+                "hashed": int(one(f'SELECT count(*) FROM inodes i {mine} AND i."full" '
+                                  "IS NOT NULL", h)[0][0])}
 
 
-def _inode_row(k: tuple[int, int], e: FileEvent, scan_id: int, now: float,
-               unstable: int) -> tuple[Any, ...]:
-    """A row in bulk.INODE_COLS order; a new or changed inode has no hashes yet."""
-    return (k[0], k[1], e.size, e.mtime_ns, e.ctime_ns, e.mode, e.uid, e.gid, e.nlink,
-            None, None, scan_id, now, unstable)
-
-
-def group_rows(rows: Iterable[Any], names: dict[tuple[int, int], list[bytes]]
-                ) -> Iterator[list[IndexedFile]]:
-    """Rows ordered by size -> one list of IndexedFile per size (inodes with no path
-    seen in this scan are left out)."""
+def group_rows(rows: Iterable[Any], names: dict[tuple[int, int], list[bytes]],
+               dev_of: Callable[[int], int | None]) -> Iterator[list[IndexedFile]]:
+    """Rows (fs, ino, size, ...) ordered by size -> one list of IndexedFile per size
+    (inodes with no name, or on a filesystem not reachable now, are left out)."""
     group: list[IndexedFile] = []
-    for d, n, size, mt, ct, head, full, unst in rows:
-        paths = names.get((d, n))
-        if not paths:
+    for fs, n, size, mt, ct, head, full, unst in rows:
+        paths = names.get((fs, n))
+        dev = dev_of(fs) if paths else None
+        if dev is None or not paths:
             continue
         if group and group[-1].size != size:
             yield group
             group = []
-        group.append(IndexedFile(from_s64(d), from_s64(n), size, mt, ct,
+        group.append(IndexedFile(dev, from_s64(n), size, mt, ct,
                                  None if head is None else from_s64(head), full, unst,
                                  tuple(paths)))
     if group:

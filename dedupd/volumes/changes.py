@@ -198,10 +198,10 @@ class ChangeFinder:
         populated: set[bytes] = set()
         gone: list[bytes] = []
         exists: dict[bytes, bool] = {}
-        for key, path, dev, ino in ix.paths_below(store, root):
+        for path, dev, ino in store.paths_below(root):
             if self._vanished(path, dev, ino, root, dirs, populated, exists):
-                gone.append(key)
-        self.forgotten = ix.forget_paths(store, gone)
+                gone.append(path)
+        self.forgotten = store.forget_paths(gone)
         fresh.extend(d for d in dirs if d not in populated and handles.is_dir(d))
 
     @staticmethod

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from dedupd import handles, proc
 from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.index import extents as ix
-from dedupd.index.store import Store, path_key
+from dedupd.index.store import Store
 from dedupd.scan.walk import WalkOptions, excluded, normalize_roots, walk
 from dedupd.volumes.zfs_diff import DiffEntry, DiffFormatError, parse_diff
 
@@ -159,26 +159,11 @@ class Reconciler:
 
     def _other_names(self, files: set[bytes]) -> set[bytes]:
         """Indexed paths of the inodes that the index has under these paths."""
-        db, out = self.store.db, set[bytes]()
-        keys = [path_key(p) for p in files]
-        for k in range(0, len(keys), 500):
-            part = keys[k:k + 500]
-            out.update(bytes(r[0]) for r in db.rows(
-                "SELECT o.path FROM paths p JOIN paths o ON o.dev = p.dev AND o.ino = p.ino "
-                f"WHERE p.path_key IN ({db.marks(len(part))})", part))
-        return out - files
+        return self.store.other_names(files) - files
 
     def _indexed(self, dirs: set[bytes], files: set[bytes]) -> dict[bytes, list[bytes]]:
-        """Indexed paths directly in each of dirs (one read of the volume's paths)."""
-        out: dict[bytes, list[bytes]] = {}
-        if not dirs:
-            return out
-        for root in self.roots:
-            for _key, path, _dev, _ino in ix.paths_below(self.store, root):
-                parent = os.path.dirname(path)
-                if parent in dirs:
-                    out.setdefault(parent, []).append(path)
-        return out
+        """Indexed paths directly in each of dirs."""
+        return {d: names for d in dirs if (names := self.store.names_in(d))}
 
     def _list(self, d: bytes, events: dict[bytes, FileEvent]) -> set[bytes] | None:
         """Add the regular files directly in d to events; returns their paths, or

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,8 +120,11 @@ def run_pass(site: Site, db: Path) -> PassReport:
 
 
 def indexed_paths(db: Path) -> list[bytes]:
-    with sqlite3.connect(db) as c:
-        return [bytes(r[0]) for r in c.execute("SELECT path FROM paths")]
+    store = Store(f"sqlite:///{db}")
+    try:
+        return [r[0] for r in store.scan_paths()]
+    finally:
+        store.close()
 
 
 def refusals(rep: PassReport) -> set[str]:

@@ -29,7 +29,7 @@ def _exercise(url: str, root: Path) -> dict[str, Any]:
     broot = os.fsencode(root)
     rep = scan(store, [root], ScanOptions())
     out: dict[str, Any] = {"groups": sorted(sorted(f.paths) for g in rep.groups for f in g.files)}
-    out["below_a"] = sorted(p for _k, p, _d, _n in ix.paths_below(store, broot + b"/a"))
+    out["below_a"] = sorted(p for p, _d, _n in store.paths_below(broot + b"/a"))
     out["pending"] = ix.pending_sizes(store, [broot], 1)
     files = [f for g in ix.files_of_sizes(store, [5000], [broot]) for f in g]
     out["size_5000"] = sorted(f.path for f in files)
@@ -46,8 +46,8 @@ def _exercise(url: str, root: Path) -> dict[str, Any]:
     out["stats"] = ix.volume_stats(store, broot)
     ix.maintain(store)
     out["reset"] = ix.reset_done_before(store, float("inf"))
-    keys = [k for k, p, _d, _n in ix.paths_below(store, broot) if p.endswith(b"/a/y")]
-    out["forgot"] = ix.forget_paths(store, keys)
+    gone = [p for p, _d, _n in store.paths_below(broot) if p.endswith(b"/a/y")]
+    out["forgot"] = store.forget_paths(gone)
     out["stats_after"] = ix.volume_stats(store, broot)
     store.close()
     return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from dedupd.index.store import Store
 from dedupd.volumes.zfs import PASS_PREFIX, pass_snapshots
 from dedupd.volumes.zfs_mounts import dataset_for
 from tests.fixtures.zfs import OpenZfs, Pool
@@ -46,10 +46,11 @@ def tree(root: Path) -> dict[str, Row]:
 
 def index(db: Path, root: Path) -> dict[str, Row]:
     """The index after the last scan: its paths with their inode's stat."""
-    with sqlite3.connect(db) as c:
-        rows = c.execute("SELECT p.path, i.ino, i.size, i.mtime_ns, i.ctime_ns FROM paths p "
-                         "JOIN inodes i ON i.dev = p.dev AND i.ino = p.ino "
-                         "WHERE p.seen = (SELECT max(id) FROM scans)").fetchall()
+    store = Store(f"sqlite:///{db}")
+    try:
+        rows = store.scan_paths(store.db.rows("SELECT max(id) FROM scans")[0][0])
+    finally:
+        store.close()
     return {os.path.relpath(os.fsdecode(bytes(p)), root): (n, s, m, ct)
             for p, n, s, m, ct in rows}
 

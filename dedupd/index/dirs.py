@@ -1,0 +1,214 @@
+"""The directories table: paths stored once per directory, as a tree per host.
+
+A path is a label (DESIGN.md): here it is the chain of names from the host's root
+directory (parent = -(host id), empty name) down to the directory. Files are
+entries (directory id, own name). DirTree caches both directions for the life of
+a Store; rows are only created (in the caller's transaction) or deleted with
+their subtree, never renamed, so a cached id -> path stays true while it exists.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from dedupd.index.db import Db
+
+SUBTREE_BATCH = 500
+
+
+def split(path: bytes) -> tuple[bytes, bytes]:
+    """(directory, name) of an absolute path; the directory of "/x" is "/"."""
+    d, _, name = path.rstrip(b"/").rpartition(b"/")
+    return (d or b"/"), name
+
+
+def parts(path: bytes) -> list[bytes]:
+    return [c for c in path.split(b"/") if c]
+
+
+def join(d: bytes, name: bytes) -> bytes:
+    return (d.rstrip(b"/") + b"/" + name) if name else d
+
+
+class DirTree:
+    """Directory ids of one host's tree. Thread-safe."""
+
+    def __init__(self, db: Db, host_id: int) -> None:
+        self.db, self.host = db, host_id
+        self._lock = threading.Lock()
+        self._id: dict[bytes, int] = {}
+        self._path: dict[int, bytes] = {}
+        self._fs: dict[int, int] = {}
+
+    def _remember(self, path: bytes, did: int, fs: int) -> None:
+        self._id[path], self._path[did], self._fs[did] = did, path, fs
+
+    def _child(self, cur: Any, parent: int, name: bytes) -> tuple[int, int] | None:
+        p = self.db.p
+        cur.execute(f"SELECT id, fs FROM directories WHERE parent = {p} AND name = {p}",
+                    (parent, name))
+        r = cur.fetchone()
+        return None if r is None else (int(r[0]), int(r[1]))
+
+    def find(self, path: bytes, cur: Any = None) -> int | None:
+        """The id of directory `path`, or None when the index has no such directory."""
+        path = path.rstrip(b"/") or b"/"
+        with self._lock:
+            if path in self._id:
+                return self._id[path]
+        own = cur is None
+        c = self.db.conn().cursor() if own else cur
+        try:
+            node, at = self._child(c, -self.host, b""), b"/"
+            for name in parts(path):
+                if node is None:
+                    return None
+                with self._lock:
+                    self._remember(at, node[0], node[1])
+                at = join(at, name)
+                node = self._child(c, node[0], name)
+            if node is not None:
+                with self._lock:
+                    self._remember(at, node[0], node[1])
+            return None if node is None else node[0]
+        finally:
+            if own:
+                c.close()
+
+    def ensure(self, cur: Any, path: bytes, fs: int) -> int:
+        """The id of directory `path`, created (with its missing ancestors) in the
+        caller's transaction. Its fs is set to `fs`; the caller learns of a change
+        through changed_fs() before calling this."""
+        path = path.rstrip(b"/") or b"/"
+        did = self.find(path, cur)
+        if did is not None:
+            if self._fs.get(did) != fs:
+                cur.execute(f"UPDATE directories SET fs = {self.db.p} WHERE id = {self.db.p}",
+                            (fs, did))
+                with self._lock:
+                    self._fs[did] = fs
+            return did
+        parent, at = -self.host, b"/"
+        chain = [b""] + parts(path)
+        for k, name in enumerate(chain):
+            at = join(at, name) if k else b"/"
+            with self._lock:
+                known = self._id.get(at)
+            if known is not None:
+                parent = known
+                continue
+            last = k == len(chain) - 1
+            node = self._child(cur, parent, name)
+            if node is None:
+                p = self.db.p
+                cur.execute(f"INSERT INTO directories (parent, name, fs) VALUES ({p}, {p}, {p}) "
+                            "RETURNING id", (parent, name, fs if last else 0))
+                node = (int(cur.fetchone()[0]), fs if last else 0)
+            with self._lock:
+                self._remember(at, *node)
+            parent = node[0]
+        return parent
+
+    def fs_of(self, did: int) -> int | None:
+        with self._lock:
+            return self._fs.get(did)
+
+    def paths(self, ids: Iterable[int]) -> dict[int, bytes]:
+        """id -> path of the given directory ids (the ones still in the index)."""
+        want = set(ids)
+        out: dict[int, bytes] = {}
+        with self._lock:
+            for i in list(want):
+                if i in self._path:
+                    out[i] = self._path[i]
+                    want.discard(i)
+        if not want:
+            return out
+        rows: dict[int, tuple[int, bytes, int]] = {}
+        todo = set(want)
+        while todo:
+            part = sorted(todo)[:SUBTREE_BATCH]
+            todo.difference_update(part)
+            for i, parent, name, fs in self.db.rows(
+                    f"SELECT id, parent, name, fs FROM directories WHERE id IN "
+                    f"({self.db.marks(len(part))})", part):
+                rows[int(i)] = (int(parent), bytes(name), int(fs))
+                if parent >= 0 and parent not in rows and parent not in self._path:
+                    todo.add(int(parent))
+        for i in want:
+            path = self._resolve(i, rows)
+            if path is not None:
+                out[i] = path
+        return out
+
+    def _resolve(self, i: int, rows: dict[int, tuple[int, bytes, int]]) -> bytes | None:
+        chain: list[int] = []
+        at = i
+        while True:
+            with self._lock:
+                if at in self._path:
+                    path = self._path[at]
+                    break
+            r = rows.get(at)
+            if r is None:
+                return None
+            if r[0] < 0:
+                path = b"/"
+                with self._lock:
+                    self._remember(path, at, r[2])
+                break
+            chain.append(at)
+            at = r[0]
+        for did in reversed(chain):
+            path = join(path, rows[did][1])
+            with self._lock:
+                self._remember(path, did, rows[did][2])
+        return path
+
+    def subtree(self, roots: Sequence[bytes]) -> list[tuple[int, int]]:
+        """(id, fs) of every indexed directory at or below the given paths."""
+        out: list[tuple[int, int]] = []
+        frontier = [d for d in (self.find(r) for r in roots) if d is not None]
+        seen = set(frontier)
+        if frontier:
+            rows = self.db.rows(f"SELECT id, fs FROM directories WHERE id IN "
+                                f"({self.db.marks(len(frontier))})", frontier)
+            out.extend((int(a), int(b)) for a, b in rows)
+        while frontier:
+            nxt: list[int] = []
+            for k in range(0, len(frontier), SUBTREE_BATCH):
+                part = frontier[k:k + SUBTREE_BATCH]
+                for i, fs in self.db.rows(f"SELECT id, fs FROM directories WHERE parent IN "
+                                          f"({self.db.marks(len(part))})", part):
+                    if i not in seen:
+                        seen.add(int(i))
+                        out.append((int(i), int(fs)))
+                        nxt.append(int(i))
+            frontier = nxt
+        return out
+
+    def reset(self) -> None:
+        """Drop every cached id (after a failed transaction that may have made some)."""
+        with self._lock:
+            self._id.clear()
+            self._path.clear()
+            self._fs.clear()
+
+    def forget(self, ids: Iterable[int]) -> None:
+        """Drop cached paths of deleted directories."""
+        with self._lock:
+            for i in ids:
+                path = self._path.pop(i, None)
+                self._fs.pop(i, None)
+                if path is not None:
+                    self._id.pop(path, None)
+
+
+def subtree_sql(db: Db, root_ids: Sequence[int]) -> tuple[str, list[int]]:
+    """A WITH clause defining sub(id, fs): the directories at or below root_ids."""
+    ids = list(root_ids) or [-1]  # no such directory: an empty subtree
+    return ("WITH RECURSIVE sub(id, fs) AS (SELECT id, fs FROM directories WHERE id IN "
+            f"({db.marks(len(ids))}) UNION ALL SELECT d.id, d.fs FROM directories d "
+            "JOIN sub s ON d.parent = s.id) "), ids

@@ -1,0 +1,181 @@
+"""st_dev <-> filesystem rows: the one place the index meets device numbers.
+
+Device numbers are not stable names (anonymous devices of subvolumes, datasets,
+FUSE and network mounts change with mount order), so nothing in the index stores
+them. In memory, files keep carrying the current st_dev, because the runtime
+compares it with fstat. FsMap translates at the boundary, per Store (and so per
+pass): a device met for the first time is identified through a directory on it
+(dedupd.files.fsid) and bound to its `filesystems` row, created on first sight;
+a row read back is given the device its filesystem has now.
+
+Provisional filesystems: a migration from schema 2 keeps rows whose device it
+could not identify under ident "provisional:<old st_dev>" (stable = 0). The first
+pass that identifies a filesystem holding one of their directories, while that
+identity has no row yet, renames the provisional row to it: its hashes are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from dedupd import handles
+from dedupd.errors import EXIT_CONFIG, DedupdError
+from dedupd.files.fsid import FsIdentity, FsIdentityError, HostIdentity, Identities
+from dedupd.index.db import Db
+
+PROVISIONAL = "provisional:"
+
+
+class HostClash(DedupdError):
+    """The configured host name belongs to another machine in this database."""
+
+    exit_code = EXIT_CONFIG
+
+
+class UnknownFilesystem(DedupdError):
+    """A filesystem whose identity cannot be determined: nothing is recorded for it."""
+
+
+class Unreachable(UnknownFilesystem):
+    """The path a device was met at is gone (or moved) before it could be identified:
+    the caller drops what it had from that device and meets it again later."""
+
+
+def register_host(db: Db, host: HostIdentity) -> int:
+    """The host's id, its row created on first use. Raises HostClash (nothing written)
+    when the name is held by another machine-id."""
+    p = db.p
+    rows = db.rows(f"SELECT id, machine_id FROM hosts WHERE name = {p}", (host.name,))
+    if not rows:
+        with db.tx() as cur:
+            cur.execute(f"INSERT INTO hosts (name, machine_id) VALUES ({p}, {p}) "
+                        "ON CONFLICT (name) DO NOTHING", (host.name, host.machine_id))
+        rows = db.rows(f"SELECT id, machine_id FROM hosts WHERE name = {p}", (host.name,))
+    hid, mid = rows[0]
+    if mid != host.machine_id:
+        raise HostClash(f"index {db.url}: host name {host.name!r} belongs to the machine "
+                        f"with machine-id {mid}, not this one ({host.machine_id}); set another "
+                        "[database] host for this machine")
+    return int(hid)
+
+
+class FsMap:
+    """Thread-safe map between this host's filesystem rows and current devices."""
+
+    def __init__(self, db: Db, host_id: int) -> None:
+        self.db, self.host = db, host_id
+        self.ids = Identities()
+        self._lock = threading.Lock()
+        self._fs: dict[int, int] = {}  # st_dev -> filesystems.id
+        self._dev: dict[int, int | None] = {}  # filesystems.id -> st_dev (None: not here)
+
+    def fs_of(self, dev: int, path: bytes, dir_of: Any = None) -> int:
+        """The filesystem id of device `dev`, met at `path` (a file in a directory on it).
+
+        dir_of(path) -> the directory id of path in the index, or None: a provisional
+        filesystem holding it is claimed. Raises UnknownFilesystem."""
+        fs = self._fs.get(dev)
+        if fs is not None:
+            return fs
+        with self._lock:
+            fs = self._fs.get(dev)
+            if fs is None:
+                ident = self._identify(dev, path)
+                fs = self._bind(ident, path, dir_of)
+                self._fs[dev], self._dev[fs] = fs, dev
+            return fs
+
+    def learn(self, dev: int, ident: FsIdentity) -> int:
+        """Bind a device identified elsewhere (by the walk, next to its fd)."""
+        with self._lock:
+            fs = self._fs.get(dev)
+            if fs is None:
+                fs = self._bind(ident, ident.mountpoint, None)
+                self._fs[dev], self._dev[fs] = fs, dev
+            return fs
+
+    def known_fs(self, dev: int) -> int | None:
+        return self._fs.get(dev)
+
+    def dev_of(self, fs: int, probe: Any = None) -> int | None:
+        """The current st_dev of filesystem `fs`, or None when it is not reachable
+        now. probe() -> a path of a directory of fs in the index (tried once)."""
+        if fs in self._dev:
+            return self._dev[fs]
+        with self._lock:
+            if fs in self._dev:
+                return self._dev[fs]
+            dev = self._find(fs, probe() if probe is not None else None)
+            self._dev[fs] = dev
+            if dev is not None:
+                self._fs.setdefault(dev, fs)
+            return dev
+
+    def _identify(self, dev: int, path: bytes) -> FsIdentity:
+        """Identify dev through the directory holding the file at path."""
+        d = os.path.dirname(path.rstrip(b"/")) or b"/"
+        try:
+            fd = handles.open_dir(d)
+        except OSError as e:
+            raise Unreachable(f"cannot identify the filesystem of {os.fsdecode(path)}: "
+                              f"{e.strerror or e}") from None
+        try:
+            if os.fstat(fd).st_dev != dev:
+                raise Unreachable(f"{os.fsdecode(d)} moved to another filesystem "
+                                        "while it was being identified")
+            return self.ids.of(dev, fd)
+        except FsIdentityError as e:
+            raise UnknownFilesystem(f"cannot identify the filesystem of {os.fsdecode(d)}: "
+                                    f"{e}") from None
+        finally:
+            os.close(fd)
+
+    def _bind(self, ident: FsIdentity, path: bytes, dir_of: Any) -> int:
+        p = self.db.p
+        with self.db.tx() as cur:
+            cur.execute(f"SELECT id FROM filesystems WHERE host = {p} AND ident = {p}",
+                        (self.host, ident.ident))
+            row = cur.fetchone()
+            if row is None and dir_of is not None:
+                row = self._provisional(cur, dir_of(path))
+            if row is None:
+                cur.execute(f"INSERT INTO filesystems (host, ident, fstype, mountpoint, stable) "
+                            f"VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id",
+                            (self.host, ident.ident, ident.fstype, ident.mountpoint,
+                             int(ident.stable)))
+                return int(cur.fetchone()[0])
+            cur.execute(f"UPDATE filesystems SET ident = {p}, fstype = {p}, mountpoint = {p}, "
+                        f"stable = {p} WHERE id = {p}", (ident.ident, ident.fstype,
+                                                         ident.mountpoint, int(ident.stable),
+                                                         row[0]))
+            return int(row[0])
+
+    def _provisional(self, cur: Any, dir_id: int | None) -> Any:
+        """The provisional filesystem row of directory dir_id, if it has one."""
+        if dir_id is None:
+            return None
+        p = self.db.p
+        cur.execute(f"SELECT f.id FROM directories d JOIN filesystems f ON f.id = d.fs "
+                    f"WHERE d.id = {p} AND f.ident LIKE {p}", (dir_id, PROVISIONAL + "%"))
+        return cur.fetchone()
+
+    def _find(self, fs: int, path: bytes | None) -> int | None:
+        rows = self.db.rows(f"SELECT ident FROM filesystems WHERE id = {self.db.p}", (fs,))
+        if not rows or path is None:
+            return None
+        try:
+            fd = handles.open_dir(path)
+        except OSError:
+            return None
+        try:
+            dev = os.fstat(fd).st_dev
+            known = self.ids.known(dev)
+            try:
+                ident = known if known is not None else self.ids.of(dev, fd)
+            except FsIdentityError:
+                return None
+        finally:
+            os.close(fd)
+        return dev if ident.ident == rows[0][0] else None

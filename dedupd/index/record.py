@@ -1,0 +1,132 @@
+"""Recording walk results into directories/entries/inodes, and forgetting what a
+full walk no longer saw. Runs inside the caller's transaction (Store.record,
+Store.finish_scan); Store is only read for its helpers."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from dedupd.files.events import FileEvent
+from dedupd.index.db import from_s64, to_s64
+from dedupd.index.dirs import split
+
+if TYPE_CHECKING:
+    from dedupd.index.store import IndexedFile, RecordResult, Store
+
+Key = tuple[int, int]  # (filesystem id, signed ino)
+
+
+def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, FileEvent]],
+                 touch_inodes: bool) -> RecordResult:
+    """See Store.record. keyed: (filesystem id, event) pairs."""
+    from dedupd.index.store import BATCH, IndexedFile, RecordResult, chunks
+
+    by_key: dict[Key, FileEvent] = {}
+    names: dict[Key, list[bytes]] = defaultdict(list)
+    by_dir: dict[int, dict[bytes, Key]] = defaultdict(dict)
+    for fs, e in keyed:
+        k = (fs, to_s64(e.ino))
+        by_key[k] = e
+        names[k].append(e.path)
+        d, name = split(e.path)
+        by_dir[store.dirs.ensure(c, d, fs)][name] = k
+    # One lookup per directory answers the common (rescan) case: the name is known,
+    # still names the same inode, and that inode's stat is on the same row.
+    known: dict[tuple[int, bytes], int] = {}
+    old: dict[Key, tuple[Any, ...]] = {}
+    for did, ents in by_dir.items():
+        fs = next(iter(ents.values()))[0]
+        for part in chunks(list(ents), BATCH):
+            for r in store.bulk.entry_rows(c, did, fs, part):
+                known[(did, bytes(r[0]))] = r[1]
+                if r[2] is not None:
+                    old[(fs, r[1])] = tuple(r[2:])
+    missing: dict[int, list[int]] = defaultdict(list)
+    for k in by_key:
+        if k not in old:
+            missing[k[0]].append(k[1])
+    for fs, inos in missing.items():  # new names, hardlinks seen for the first time
+        for part in chunks(inos, BATCH):
+            for r in store.bulk.stat_rows(c, fs, part):
+                old[(fs, r[0])] = tuple(r[1:])
+    new = changed = 0
+    upserts: list[tuple[Any, ...]] = []
+    touched: dict[int, list[int]] = defaultdict(list)
+    files: list[IndexedFile] = []
+    for k, e in by_key.items():
+        o = old.get(k)  # (size, mtime_ns, ctime_ns, unstable, head, full)
+        paths = tuple(sorted(names[k]))
+        if o is not None and o[:3] == (e.size, e.mtime_ns, e.ctime_ns):
+            touched[k[0]].append(k[1])
+            head = None if o[4] is None else from_s64(o[4])
+            files.append(IndexedFile(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
+                                     head, o[5], o[3], paths))
+            continue
+        new, changed = (new + 1, changed) if o is None else (new, changed + 1)
+        unstable = 0 if o is None else o[3] + 1
+        upserts.append((*k, e.size, e.mtime_ns, e.ctime_ns, None, None, scan_id, unstable))
+        files.append(IndexedFile(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
+                                 None, None, unstable, paths))
+    erows: list[tuple[Any, ...]] = []
+    for did, ents in by_dir.items():
+        same = [n for n, k in ents.items() if known.get((did, n)) == k[1]]
+        erows += [(did, n, k[1], scan_id) for n, k in ents.items() if known.get((did, n)) != k[1]]
+        for part in chunks(same, BATCH):
+            store.bulk.touch_entries(c, scan_id, did, part)
+    if upserts:
+        store.bulk.upsert_inodes(c, upserts)
+    for fs, inos in touched.items() if touch_inodes else ():
+        for part in chunks(inos, BATCH):
+            store.bulk.touch_inodes(c, scan_id, fs, part)
+    if erows:
+        store.bulk.upsert_entries(c, erows)
+    return RecordResult(new, changed, sum(len(v) for v in touched.values()), tuple(files))
+
+
+def forget_unseen(store: Store, cur: Any, scan_id: int, roots: Sequence[bytes]) -> int:
+    """Delete entries at or below roots not seen in scan_id, then the directories
+    of that subtree left without any entry below them. Returns entries deleted."""
+    from dedupd.index.store import chunks
+
+    p, gone = store.db.p, 0
+    sub = store.dirs.subtree(roots)
+    ids = [d for d, _fs in sub]
+    for part in chunks(ids, 500):
+        cur.execute(f"DELETE FROM entries WHERE seen < {p} AND dir IN "
+                    f"({store.db.marks(len(part))})", (scan_id, *part))
+        gone += max(int(cur.rowcount or 0), 0)
+    for root in roots:
+        if store.dirs.find(root) is None:  # a file given as a root
+            d, name = split(root)
+            did = store.dirs.find(d)
+            if did is not None:
+                cur.execute(f"DELETE FROM entries WHERE dir = {p} AND name = {p} AND "
+                            f"seen < {p}", (did, name, scan_id))
+                gone += max(int(cur.rowcount or 0), 0)
+    _drop_empty(store, cur, ids)
+    return gone
+
+
+def _drop_empty(store: Store, cur: Any, ids: list[int]) -> None:
+    """Delete the directories among ids (a subtree) with no entry at or below them."""
+    from dedupd.index.store import chunks
+
+    parent: dict[int, int] = {}
+    full: set[int] = set()
+    for part in chunks(ids, 500):
+        marks = store.db.marks(len(part))
+        cur.execute(f"SELECT id, parent FROM directories WHERE id IN ({marks})", part)
+        parent.update((int(a), int(b)) for a, b in cur.fetchall())
+        cur.execute(f"SELECT DISTINCT dir FROM entries WHERE dir IN ({marks})", part)
+        full.update(int(r[0]) for r in cur.fetchall())
+    keep: set[int] = set()
+    for d in full:
+        while d in parent and d not in keep:
+            keep.add(d)
+            d = parent[d]
+    drop = [d for d in ids if d not in keep]
+    for part in chunks(drop, 500):
+        cur.execute(f"DELETE FROM directories WHERE id IN ({store.db.marks(len(part))})", part)
+    store.dirs.forget(drop)
