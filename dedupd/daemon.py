@@ -39,6 +39,7 @@ from dedupd.config import Config, VolumeConfig
 from dedupd.control import Access, ControlError, ControlServer
 from dedupd.dedup.recovery import recover_volumes
 from dedupd.errors import DedupdError
+from dedupd.files.fsid import host_identity
 from dedupd.index.store import Store
 from dedupd.notify import Notifier, watchdog_interval
 from dedupd.proc_priority import apply_priority, responsive_loop_thread, work_thread_init
@@ -131,7 +132,8 @@ class Daemon:
         lock_fd = self.lock.acquire()
         done = apply_priority(self.cfg.daemon)  # the process's starting point, inherited
         # Fork the step process now: no other thread exists yet, no socket is bound.
-        self.stepper = StepProcess(self.opts.db_url or self.cfg.database.url, self.cfg.daemon)
+        self.stepper = StepProcess(self.opts.db_url or self.cfg.database.url, self.cfg.daemon,
+                                   self.cfg.database.host)
         self.stepper.start(close_fds=(lock_fd,))
         # Backup jobs (asyncio.to_thread) run in the default executor: low priority too.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(
@@ -139,7 +141,8 @@ class Daemon:
             initargs=(self.cfg.daemon,)))
         done["loop_thread_nice"] = responsive_loop_thread(self.cfg.daemon)
         log.info("priority: %s", done)
-        self.store = Store(self.opts.db_url or self.cfg.database.url)
+        self.store = Store(self.opts.db_url or self.cfg.database.url,
+                           host_identity(self.cfg.database.host))
         await self._recover()
         self.scheduler = BackupScheduler(self.board, self.store, self.opts.dry_run,
                                          lambda: self.cfg)

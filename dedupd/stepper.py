@@ -26,6 +26,7 @@ from typing import Any
 
 from dedupd.config import DaemonConfig, VolumeConfig
 from dedupd.errors import DedupdError
+from dedupd.files.fsid import host_identity
 from dedupd.index.store import Store
 from dedupd.proc_priority import work_thread_init
 from dedupd.steppipe import CLOSE, ERR, EXIT, OK, STEP, Request, StepOutcome
@@ -42,8 +43,8 @@ class StepProcessDied(DedupdError):
 class StepProcess:
     """Parent side. call() blocks: run it in a thread, never on the event loop."""
 
-    def __init__(self, db_url: str, daemon_cfg: DaemonConfig) -> None:
-        self.db_url, self.daemon_cfg = db_url, daemon_cfg
+    def __init__(self, db_url: str, daemon_cfg: DaemonConfig, host: str | None = None) -> None:
+        self.db_url, self.daemon_cfg, self.host = db_url, daemon_cfg, host
         self.pid = 0
         self.conn: Connection | None = None
         self.restarts = -1
@@ -65,7 +66,7 @@ class StepProcess:
                     os.close(fd)
             code = 1
             try:
-                _child_main(child, self.db_url, self.daemon_cfg)
+                _child_main(child, self.db_url, self.daemon_cfg, self.host)
                 code = 0
             except BaseException:
                 log.exception("step process failed")
@@ -127,8 +128,8 @@ class StepProcess:
 class _Passes:
     """Child side: the live passes by volume name."""
 
-    def __init__(self, db_url: str) -> None:
-        self.db_url = db_url
+    def __init__(self, db_url: str, host: str | None) -> None:
+        self.db_url, self.host = db_url, host
         self._store: Store | None = None
         self.live: dict[str, tuple[VolumePass, Iterator[Step]]] = {}
 
@@ -137,7 +138,7 @@ class _Passes:
         # Opened at the first step, not at fork: by then the parent has created
         # the schema (two processes creating it at once would collide).
         if self._store is None:
-            self._store = Store(self.db_url)
+            self._store = Store(self.db_url, host_identity(self.host))
         return self._store
 
     def step(self, vol: VolumeConfig, dry_run: bool, force: bool) -> StepOutcome:
@@ -181,14 +182,14 @@ def live_counters(vp: VolumePass) -> dict[str, int]:
     return c
 
 
-def _child_main(conn: Connection, db_url: str, cfg: DaemonConfig) -> None:
+def _child_main(conn: Connection, db_url: str, cfg: DaemonConfig, host: str | None) -> None:
     # The parent owns signals: Ctrl-C or a SIGTERM to the process group must not
     # cut a step in half here; the parent asks us to stop between steps.
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     work_thread_init(cfg)
-    passes = _Passes(db_url)
+    passes = _Passes(db_url, host)
     try:
         while True:
             try:

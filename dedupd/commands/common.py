@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dedupd import config
 from dedupd.config import Config
+from dedupd.files.fsid import host_identity
 from dedupd.index.store import Store
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -53,4 +54,4 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def open_store(args: argparse.Namespace, cfg: Config) -> Store:
-    return Store(args.db or cfg.database.url)
+    return Store(args.db or cfg.database.url, host_identity(cfg.database.host))

@@ -110,12 +110,15 @@ class Journal:
     def close(self) -> None:
         """Nothing of its own to release (connections belong to the store)."""
 
-    def _insert(self, cur: Any, spec: OpSpec, now: float) -> int:
+    def _row(self, spec: OpSpec, now: float) -> dict[str, Any]:
+        """The row of spec, its devices as filesystem ids (dedupd/index/fsmap.py);
+        made before the transaction: a device met first is bound in one of its own."""
         row = _row(spec, now)
-        # the index keeps filesystem ids, not st_dev (dedupd/index/fsmap.py)
-        row.update(host=self.store.host, keep_dev=self.store.fs_of(spec.keep_dev, spec.keep_path),
-                   dup_dev=self.store.fs_of(spec.dup_dev, spec.dup_path))
-        row["keep_fs"], row["dup_fs"] = row.pop("keep_dev"), row.pop("dup_dev")
+        row.update(host=self.store.host, keep_fs=self.store.fs_of(spec.keep_dev, spec.keep_path),
+                   dup_fs=self.store.fs_of(spec.dup_dev, spec.dup_path))
+        return row
+
+    def _insert(self, cur: Any, row: dict[str, Any]) -> int:
         sql = f"INSERT INTO ops ({', '.join(row)}) VALUES ({self.db.marks(len(row))})"
         if self.db.sqlite is not None:
             cur.execute(sql, list(row.values()))
@@ -145,8 +148,9 @@ class Journal:
         cur = self.db.conn().cursor()
         self._synced(cur)  # outside the transaction: SQLite ignores it inside one
         try:
+            rows = [self._row(spec, now) for spec in specs]
             with self.db.tx() as tx:
-                ids = [self._insert(tx, spec, now) for spec in specs]
+                ids = [self._insert(tx, row) for row in rows]
         finally:
             self._lazy(cur)
             cur.close()
@@ -229,8 +233,7 @@ def _row(spec: OpSpec, now: float) -> dict[str, Any]:
             "keep_path": spec.keep_path, "dup_path": spec.dup_path,
             "temp_path": spec.temp_path, "dest_path": spec.dest_path,
             "quarantine_path": spec.quarantine_path,
-            "keep_dev": spec.keep_dev, "keep_ino": to_s64(spec.keep_ino),
-            "dup_dev": spec.dup_dev, "dup_ino": to_s64(spec.dup_ino),
+            "keep_ino": to_s64(spec.keep_ino), "dup_ino": to_s64(spec.dup_ino),
             "size": spec.size, "dup_mtime_ns": spec.dup_mtime_ns,
             "dirs": _dirs_json(spec.dirs), "created": now, "updated": now}
 

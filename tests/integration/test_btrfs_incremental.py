@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from dedupd.index import extents as ix
 from dedupd.index.store import Store
 from tests.fixtures.components import require_tools
 from tests.integration.extent_helpers import copy_fresh, run_pass, write_random
@@ -93,7 +92,7 @@ def test_metadata_changes_deletions_renames_and_new_subvolumes(loopfs: MountFact
     os.rename(vol / "b" / "keep", vol / "b" / "moved")
     r = run_pass(store, vol)
     root = os.fsencode(vol)
-    indexed = {p for _k, p, _d, _i in ix.paths_below(store, root)}
+    indexed = {p for p, _d, _i in store.paths_below(root)}
     assert os.fsencode(vol / "a" / "one.jpg") not in indexed
     assert os.fsencode(vol / "b" / "keep" / "three.jpg") not in indexed
     assert os.fsencode(vol / "b" / "moved" / "three.jpg") in indexed
@@ -107,7 +106,7 @@ def test_metadata_changes_deletions_renames_and_new_subvolumes(loopfs: MountFact
     assert r.counters.get("full_scans", 0) == 0
     assert r.counters.get("hits") == 1, (r.counters, r.problems)
     assert {os.fsencode(vol / "sub" / "copy.jpg"), os.fsencode(vol / "a" / "one-again.jpg")} \
-        <= {p for _k, p, _d, _i in ix.paths_below(store, root)}
+        <= {p for p, _d, _i in store.paths_below(root)}
 
 
 def test_volume_below_a_subvolume_root_stays_inside(loopfs: MountFactory,
@@ -126,4 +125,4 @@ def test_volume_below_a_subvolume_root_stays_inside(loopfs: MountFactory,
     assert r.counters.get("full_scans", 0) == 0
     assert r.counters["files_examined"] == 1 and r.counters.get("hits") == 1
     root = os.fsencode(fs / "outside")
-    assert not any(True for _ in ix.paths_below(store, root))
+    assert not any(True for _ in store.paths_below(root))
