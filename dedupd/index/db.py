@@ -30,6 +30,7 @@ from dedupd.errors import DedupdError, TemporaryFailure
 TABLES = ("meta", "hosts", "filesystems", "scans", "directories", "entries", "inodes",
           "provenance", "ops", "backups", "extent_done", "extent_refs")
 BUSY_TIMEOUT_MS = 30000
+BATCH = 1000  # keys per IN (...) query; well under SQLite's variable limit
 SCHEMA_VERSION = 3
 
 
@@ -43,6 +44,12 @@ def to_s64(x: int) -> int:
 
 def from_s64(x: int) -> int:
     return x + (1 << 64) if x < 0 else x
+
+
+def chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
+    """items in slices of at most n (bound parameters per statement are limited)."""
+    for k in range(0, len(items), n):
+        yield items[k : k + n]
 
 
 def sqlite_path(url: str) -> str | None:
@@ -211,6 +218,19 @@ class Db:
         try:
             cur.execute(sql, params)
             return list(cur.fetchall())
+        except sqlite3.Error as e:
+            fail = index_failure(self.url, e)
+            if fail is None:
+                raise
+            raise fail from None
+        finally:
+            cur.close()
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """One statement that returns no rows, in autocommit (temporary tables)."""
+        cur = self.conn().cursor()
+        try:
+            cur.execute(sql, params)
         except sqlite3.Error as e:
             fail = index_failure(self.url, e)
             if fail is None:

@@ -28,10 +28,30 @@ def _subtree(store: Store, roots: Sequence[bytes]) -> tuple[str, list[int]]:
                                   if d is not None])
 
 
-def finish_incremental(store: Store, scan_id: int) -> None:
+def finish_incremental(store: Store, scan_id: int, roots: Sequence[bytes],
+                       gone: Sequence[bytes], gone_dirs: Sequence[bytes],
+                       sizes: Iterable[int] | None, min_size: int
+                       ) -> tuple[int, Iterator[list[IndexedFile]]]:
+    """Store.finish_incremental (the contract is documented there)."""
+    n = store.forget_paths(gone) if gone else 0
+    dead = [d for d, _fs in store.dirs.subtree(gone_dirs)]
     p = store.db.p
     with store.db.tx() as cur:
+        for part in chunks(dead, 500):
+            marks = store.db.marks(len(part))
+            cur.execute(f"DELETE FROM entries WHERE dir IN ({marks})", part)
+            n += max(int(cur.rowcount or 0), 0)
+            cur.execute(f"DELETE FROM directories WHERE id IN ({marks})", part)
+        if dead:
+            store.drop_orphans(cur)
         cur.execute(f"UPDATE scans SET finished = {p} WHERE id = {p}", (time.time(), scan_id))
+    store.dirs.forget(dead)
+    if sizes is None:
+        inner, params = _inodes_below(store, roots, max(min_size, 1))
+        sizes = [int(r[0]) for r in store.db.rows(
+            f"SELECT size FROM {inner} u GROUP BY size HAVING count(*) > 1 ORDER BY size",
+            params)]
+    return n, files_of_sizes(store, sorted(set(sizes)), roots)
 
 
 def _inodes_below(store: Store, roots: Sequence[bytes], min_size: int = 0
@@ -62,7 +82,8 @@ def files_of_sizes(store: Store, sizes: Sequence[int],
     cte, ids = _subtree(store, roots)
     for part in chunks(sorted(set(sizes)), 200):
         rows = store.db.rows(
-            f'{cte}SELECT i.fs, i.ino, i.size, i.mtime_ns, i.ctime_ns, i.head, i."full", '
+            f'{cte}SELECT i.fs, i.ino, i.size, i.mtime_ns, i.mtime_ns + i.ctime_delta, i.head, '
+            'i."full", '
             "i.unstable, e.dir, e.name FROM sub JOIN entries e ON e.dir = sub.id "
             "JOIN inodes i ON i.fs = sub.fs AND i.ino = e.ino "
             f"WHERE i.size IN ({store.db.marks(len(part))}) "

@@ -156,13 +156,13 @@ def _copy_files(db: Db, cur: Any, hid: int, fs: _Devices) -> None:
     for dev, in list(_rows(db, "SELECT DISTINCT dev FROM inodes_v2")):
         fs(dev)
     batch: list[Any] = []
-    for r in _rows(db, 'SELECT dev, ino, size, mtime_ns, ctime_ns, head, "full", seen, '
-                   "unstable FROM inodes_v2"):
+    for r in _rows(db, 'SELECT dev, ino, size, mtime_ns, ctime_ns - mtime_ns, head, "full", '
+                   "seen, unstable FROM inodes_v2"):
         batch.append((fs(r[0]), *r[1:]))
         if len(batch) >= PAGE:
-            _insert(cur, f'INSERT INTO inodes (fs, ino, size, mtime_ns, ctime_ns, head, "full", '
+            _insert(cur, f'INSERT INTO inodes (fs, ino, size, mtime_ns, ctime_delta, head, "full", '
                     f"seen, unstable) VALUES ({m(9)}) ON CONFLICT (fs, ino) DO NOTHING", batch)
-    _insert(cur, f'INSERT INTO inodes (fs, ino, size, mtime_ns, ctime_ns, head, "full", '
+    _insert(cur, f'INSERT INTO inodes (fs, ino, size, mtime_ns, ctime_delta, head, "full", '
             f"seen, unstable) VALUES ({m(9)}) ON CONFLICT (fs, ino) DO NOTHING", batch)
     tree = DirTree(db, hid)
     for path, dev, ino, seen in _rows(db, "SELECT path, dev, ino, seen FROM paths_v2"):

@@ -66,13 +66,16 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
             continue
         new, changed = (new + 1, changed) if o is None else (new, changed + 1)
         unstable = 0 if o is None else o[3] + 1
-        upserts.append((*k, e.size, e.mtime_ns, e.ctime_ns, None, None, scan_id, unstable))
+        upserts.append((*k, e.size, e.mtime_ns, e.ctime_ns - e.mtime_ns, None, None, scan_id,
+                        unstable))
         files.append(IndexedFile(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
                                  None, None, unstable, paths))
     erows: list[tuple[Any, ...]] = []
     for did, ents in by_dir.items():
         same = [n for n, k in ents.items() if known.get((did, n)) == k[1]]
         erows += [(did, n, k[1], scan_id) for n, k in ents.items() if known.get((did, n)) != k[1]]
+        # a name that now holds another inode may leave the old one without a name
+        store.orphans_maybe |= any(known.get((did, n), k[1]) != k[1] for n, k in ents.items())
         for part in chunks(same, BATCH):
             store.bulk.touch_entries(c, scan_id, did, part)
     if upserts:
@@ -106,6 +109,7 @@ def forget_unseen(store: Store, cur: Any, scan_id: int, roots: Sequence[bytes]) 
                             f"seen < {p}", (did, name, scan_id))
                 gone += max(int(cur.rowcount or 0), 0)
     _drop_empty(store, cur, ids)
+    store.orphans_maybe |= gone > 0
     return gone
 
 

@@ -90,7 +90,6 @@ entries = Table(
     Column("name", LargeBinary, primary_key=True),
     Column("ino", BigInteger, nullable=False),
     Column("seen", Integer, nullable=False),  # id of the last scan that saw it
-    Index("ix_entries_ino", "ino"),
     sqlite_with_rowid=False,
 )
 
@@ -100,12 +99,14 @@ inodes = Table(
     Column("ino", BigInteger, primary_key=True, autoincrement=False),
     Column("size", BigInteger, nullable=False),
     Column("mtime_ns", BigInteger, nullable=False),
-    Column("ctime_ns", BigInteger, nullable=False),
+    # ctime_ns - mtime_ns: 0 (stored in no bytes) for most files, whose ctime is
+    # their last write
+    Column("ctime_delta", BigInteger, nullable=False),
     Column("head", BigInteger),  # XXH3-64 of the first HEAD_SIZE bytes
     Column("full", LargeBinary(16)),  # XXH3-128 of the whole file
     Column("seen", Integer, nullable=False),  # id of the last scan that saw it
     Column("unstable", Integer, nullable=False, default=0),  # changes seen in a row
-    Index("ix_inodes_size", "size"),
+    # no index by size: size groups are one pass over a scan's rows anyway
     sqlite_with_rowid=False,
 )
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,8 +23,10 @@ from dedupd.files.events import FileEvent, Ident
 from dedupd.files.fsid import HostIdentity, host_identity
 from dedupd.index.bulk import Bulk
 from dedupd.index.db import (
+    BATCH,
     Db,
     IndexError_,
+    chunks,
     from_s64,
     index_failure,
     is_psycopg_error,
@@ -33,15 +36,15 @@ from dedupd.index.db import (
 from dedupd.index.dirs import DirTree, join, split
 from dedupd.index.fsmap import FsMap, Unreachable
 from dedupd.index.migrate import open_index, put_meta
+from dedupd.index.names import Names
 from dedupd.index.record import forget_unseen, record_batch
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-__all__ = ["IndexError_", "Store", "IndexedFile", "HashUpdate", "RecordResult", "path_key",
-           "make_engine"]
+__all__ = ["BATCH", "IndexError_", "Store", "chunks", "IndexedFile", "HashUpdate",
+           "RecordResult", "path_key", "make_engine"]
 
-BATCH = 1000  # keys per IN (...) query; well under SQLite's variable limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +130,7 @@ def _index_failure_of(url: str) -> Callable[[Any], None]:
     return hook
 
 
-class Store:
+class Store(Names):
     """The index. Thread-safe: each thread gets its own connection (see db.py).
 
     host: whose rows this Store reads and writes (default: this machine,
@@ -155,6 +158,8 @@ class Store:
             raise
         self.fsmap = FsMap(self.db, self.host)
         self.dirs = DirTree(self.db, self.host)
+        # set when a record or forget may have left an inode without a name
+        self.orphans_maybe = False
 
     @property
     def engine(self) -> Engine:
@@ -252,7 +257,8 @@ class Store:
         p = self.db.p
         with self.db.tx() as cur:
             n = forget_unseen(self, cur, scan_id, roots)
-            self.drop_orphans(cur)
+            if self.orphans_maybe:  # one pass over every name: only when it can find any
+                self.drop_orphans(cur)
             cur.execute(f"UPDATE scans SET finished = {p} WHERE id = {p}", (time.time(), scan_id))
         return n
 
@@ -260,117 +266,57 @@ class Store:
         """Set `seen` on every inode with a name seen in this scan (after record(...,
         touch_inodes=False)), so that the size-group queries find them."""
         p = self.db.p
-        with self.db.tx() as cur:
-            cur.execute(f"UPDATE inodes SET seen = {p} WHERE seen <> {p} AND EXISTS (SELECT 1 "
-                        "FROM entries e JOIN directories d ON d.id = e.dir WHERE "
-                        f"e.ino = inodes.ino AND d.fs = inodes.fs AND e.seen = {p})",
-                        (scan_id, scan_id, scan_id))
+        with self.db.tx() as cur:  # one pass over the names (no index by inode)
+            cur.execute(f"UPDATE inodes SET seen = {p} WHERE seen <> {p} AND (fs, ino) IN "
+                        "(SELECT d.fs, e.ino FROM entries e JOIN directories d "
+                        f"ON d.id = e.dir WHERE e.seen = {p})", (scan_id, scan_id, scan_id))
 
     def drop_orphans(self, cur: Any) -> None:
-        """Delete inode rows no entry names any more (in the caller's transaction)."""
-        cur.execute("DELETE FROM inodes WHERE NOT EXISTS (SELECT 1 FROM entries e "
-                    "JOIN directories d ON d.id = e.dir "
-                    "WHERE e.ino = inodes.ino AND d.fs = inodes.fs)")
+        """Delete inode rows no entry names any more (in the caller's transaction).
+
+        One pass over the names: PostgreSQL plans NOT EXISTS as an anti-join; SQLite
+        would run it once per inode, so it gets NOT IN over a row-value list."""
+        names = "SELECT d.fs, e.ino FROM entries e JOIN directories d ON d.id = e.dir"
+        if self.dialect == "sqlite":
+            cur.execute(f"DELETE FROM inodes WHERE (fs, ino) NOT IN ({names})")
+        else:
+            cur.execute(f"DELETE FROM inodes WHERE NOT EXISTS ({names} "
+                        "WHERE e.ino = inodes.ino AND d.fs = inodes.fs)")
+        self.orphans_maybe = False
 
     def forget(self, keys: Iterable[tuple[int, int]]) -> None:
         """Remove inodes (and their names) that turned out to be gone."""
         ks = [k for k in (self.key_of(d, n) for d, n in keys) if k is not None]
+        by_fs: dict[int, list[int]] = defaultdict(list)
+        for f, n in ks:
+            by_fs[f].append(n)
         p = self.db.p
         with self.db.tx() as cur:
-            cur.executemany(f"DELETE FROM entries WHERE ino = {p} AND dir IN "
-                            f"(SELECT id FROM directories WHERE fs = {p})",
-                            [(n, f) for f, n in ks])
+            for f, inos in by_fs.items():
+                for part in chunks(inos, BATCH):
+                    cur.execute(f"DELETE FROM entries WHERE ino IN ({self.db.marks(len(part))}) "
+                                f"AND dir IN (SELECT id FROM directories WHERE fs = {p})",
+                                (*part, f))
             cur.executemany(f"DELETE FROM inodes WHERE fs = {p} AND ino = {p}", ks)
 
-    def paths_below(self, root: bytes) -> Iterator[tuple[bytes, int, int]]:
-        """(path, dev, ino) of every indexed name below root, in pages of directories
-        (no read stays open while the caller writes). Names on a filesystem that is
-        not reachable now are left out."""
-        sub = [d for d in self.dirs.subtree([root])]
-        for part in chunks(sub, 200):
-            fs = dict(part)
-            names = self.dirs.paths(fs)
-            for did, name, ino in self.db.rows(
-                    f"SELECT dir, name, ino FROM entries WHERE dir IN "
-                    f"({self.db.marks(len(part))}) ORDER BY dir, name", list(fs)):
-                dev = self.dev_of(fs[did])
-                if dev is not None and did in names:
-                    yield join(names[did], bytes(name)), dev, from_s64(ino)
+    def finish_incremental(self, scan_id: int, roots: Sequence[bytes],
+                           gone: Sequence[bytes] = (), gone_dirs: Sequence[bytes] = (),
+                           sizes: Iterable[int] | None = None, min_size: int = 1
+                           ) -> tuple[int, Iterator[list[IndexedFile]]]:
+        """The one contract of incremental scans (BTRFS generations, ZFS diffs).
 
-    def forget_paths(self, paths: Sequence[bytes]) -> int:
-        """Drop these names, then inodes left without any. Returns names dropped."""
-        rows = self._entry_keys(paths)
-        if not rows:
-            return 0
-        p = self.db.p
-        with self.db.tx() as cur:
-            cur.executemany(f"DELETE FROM entries WHERE dir = {p} AND name = {p}", rows)
-            self.drop_orphans(cur)
-        return len(rows)
+        Such a pass sees only what changed: it opens a scan (begin_scan), records
+        the changed files (record), forgets what it learnt is gone (the names in
+        `gone`, every name below `gone_dirs`; forget_paths may also be called on
+        the way), then calls this, which closes the scan and returns (names
+        forgotten here, the size groups to hash): every inode under roots whose
+        size is in `sizes` (None: every size >= min_size that 2+ inodes under
+        roots share), with all its names under roots. It never forgets a name it
+        was not told about: finish_scan is for full walks only.
+        """
+        from dedupd.index.extents import finish_incremental
 
-    def unsee(self, scan_id: int, paths: Sequence[bytes]) -> int:
-        """Take these names' `seen` back below scan_id (finish_scan then forgets them);
-        returns how many were marked seen in scan_id."""
-        rows = [(scan_id - 1, d, n, scan_id) for d, n in self._entry_keys(paths)]
-        if not rows:
-            return 0
-        p = self.db.p
-        with self.db.tx() as cur:
-            cur.execute(f"SELECT count(*) FROM entries WHERE seen = {p} AND dir IN "
-                        f"({self.db.marks(len({r[1] for r in rows}))})",
-                        (scan_id, *{r[1] for r in rows}))
-            before = int(cur.fetchone()[0])
-            cur.executemany(f"UPDATE entries SET seen = {p} WHERE dir = {p} AND name = {p} "
-                            f"AND seen = {p}", rows)
-            cur.execute(f"SELECT count(*) FROM entries WHERE seen = {p} AND dir IN "
-                        f"({self.db.marks(len({r[1] for r in rows}))})",
-                        (scan_id, *{r[1] for r in rows}))
-            return before - int(cur.fetchone()[0])
-
-    def _entry_keys(self, paths: Iterable[bytes]) -> list[tuple[int, bytes]]:
-        """(directory id, name) of the given paths whose directory is indexed."""
-        out = []
-        for path in paths:
-            d, name = split(path)
-            did = self.dirs.find(d)
-            if did is not None:
-                out.append((did, name))
-        return out
-
-    def names_in(self, directory: bytes) -> list[bytes]:
-        """Paths of the names indexed directly in directory."""
-        did = self.dirs.find(directory)
-        if did is None:
-            return []
-        return [join(directory, bytes(r[0])) for r in self.db.rows(
-            f"SELECT name FROM entries WHERE dir = {self.db.p}", (did,))]
-
-    def other_names(self, paths: Iterable[bytes]) -> set[bytes]:
-        """Every indexed name of the inodes the index has under these paths."""
-        keys: set[tuple[int, int]] = set()
-        for part in chunks(self._entry_keys(paths), BATCH):
-            for did, name in part:
-                fs = self.dirs.fs_of(did)
-                for r in self.db.rows(f"SELECT ino FROM entries WHERE dir = {self.db.p} AND "
-                                      f"name = {self.db.p}", (did, name)):
-                    if fs is not None:
-                        keys.add((fs, r[0]))
-        return {p for v in self._names_of(None, sorted(keys)).values() for p in v}
-
-    def scan_paths(self, scan_id: int | None = None
-                   ) -> list[tuple[bytes, int, int, int, int]]:
-        """(path, ino, size, mtime_ns, ctime_ns) of every name of this host seen in
-        scan_id (default: every name): what tests compare with a tree."""
-        p = self.db.p
-        rows = self.db.rows(
-            "SELECT e.dir, e.name, e.ino, i.size, i.mtime_ns, i.ctime_ns FROM entries e "
-            "JOIN directories d ON d.id = e.dir JOIN inodes i ON i.fs = d.fs AND i.ino = e.ino "
-            f"JOIN filesystems f ON f.id = d.fs WHERE f.host = {p}"
-            + ("" if scan_id is None else f" AND e.seen = {p}"),
-            (self.host,) if scan_id is None else (self.host, scan_id))
-        names = self.dirs.paths({int(r[0]) for r in rows})
-        return sorted((join(names[r[0]], bytes(r[1])), from_s64(r[2]), *r[3:]) for r in rows
-                      if r[0] in names)
+        return finish_incremental(self, scan_id, roots, gone, gone_dirs, sizes, min_size)
 
     # --- candidates and hashes ---
 
@@ -382,43 +328,10 @@ class Store:
             "GROUP BY size HAVING count(*) > 1 ORDER BY size", (scan_id, max(min_size, 1)))]
 
     def files_of_sizes(self, scan_id: int, sizes: Sequence[int]) -> Iterator[list[IndexedFile]]:
-        """Yield one list per size (ascending): the inodes of that size seen in this scan.
-
-        Two queries (inodes by size, then their names by inode) rather than a
-        join: SQLite plans the join as a walk over every name of the scan per
-        call, which turns a scan quadratic in its number of files.
-        """
-        p = self.db.p
-        for part in chunks(sorted(sizes), 1000):
-            rows = self.db.rows(
-                'SELECT fs, ino, size, mtime_ns, ctime_ns, head, "full", unstable FROM inodes '
-                f"WHERE seen = {p} AND size IN ({self.db.marks(len(part))}) "
-                "ORDER BY size, fs, ino", (scan_id, *part))
-            names = self._names_of(scan_id, [(r[0], r[1]) for r in rows])
-            yield from group_rows(rows, names, self.dev_of)
-
-    def _names_of(self, scan_id: int | None, keys: list[tuple[int, int]]
-                  ) -> dict[tuple[int, int], list[bytes]]:
-        """Paths seen in this scan (None: any) of the given (fs, signed ino) keys,
-        sorted per inode."""
-        want = set(keys)
-        found: list[tuple[tuple[int, int], int, bytes]] = []
-        cur = self.db.conn().cursor()
-        try:
-            for part in chunks(sorted({n for _f, n in keys}), BATCH):
-                for fs, ino, did, name, seen in self.bulk.names_of_inodes(cur, part):
-                    if (fs, ino) in want and (scan_id is None or seen == scan_id):
-                        found.append(((fs, ino), did, name))
-        finally:
-            cur.close()
-        dirs = self.dirs.paths({did for _k, did, _n in found})
-        out: dict[tuple[int, int], list[bytes]] = defaultdict(list)
-        for k, did, name in found:
-            if did in dirs:
-                out[k].append(join(dirs[did], name))
-        for v in out.values():
-            v.sort()
-        return out
+        """The size groups of this scan (see size_groups) of the given sizes only."""
+        want = set(sizes)
+        if want:
+            yield from (g for g in self.size_groups(scan_id, min(want)) if g[0].size in want)
 
     def candidate_groups(self, scan_id: int, min_size: int) -> Iterator[list[IndexedFile]]:
         """One list per candidate size (ascending): the inodes of that size seen in
@@ -427,31 +340,67 @@ class Store:
 
     def size_groups(self, scan_id: int, min_size: int = 0, min_count: int = 1,
                     rows_per_query: int = 5000) -> Iterator[list[IndexedFile]]:
-        """One list per size (ascending) of the inodes seen in this scan, for sizes
-        >= min_size held by at least min_count inodes.
+        """One list per size (ascending) of the inodes seen in this scan, with their
+        names seen in it, for sizes >= min_size held by at least min_count inodes.
 
-        Paged by size (keyset) so no read transaction stays open while the caller
-        writes hashes: a long-lived SQLite reader would stop WAL checkpoints and
-        let the WAL grow with every hash written. Memory holds one page of about
-        rows_per_query rows (or one larger size group).
+        The names of the sizes wanted are gathered in one pass into a temporary
+        table of this thread's connection (the index has no lookup by inode: it
+        would cost a quarter of its size), then read in pages by size, so no read
+        transaction stays open while the caller writes hashes (a long-lived SQLite
+        reader would stop WAL checkpoints). Iterate it in one thread.
         """
         p = self.db.p
-        last = min_size - 1
-        while True:
-            counts = self.db.rows(
-                f"SELECT size, count(*) FROM inodes WHERE seen = {p} AND size > {p} "
-                f"GROUP BY size HAVING count(*) >= {p} ORDER BY size LIMIT 1000",
-                (scan_id, last, max(min_count, 1)))
-            if not counts:
-                return
-            page, n = [], 0
-            for size, count in counts:
-                page.append(int(size))
-                n += count
-                if n >= rows_per_query:
-                    break
-            last = page[-1]
-            yield from self.files_of_sizes(scan_id, page)
+        t = f"sizes_{scan_id}_{threading.get_ident() % 1000003}"
+        blob = "BLOB" if self.dialect == "sqlite" else "BYTEA"
+        self.db.run(f"DROP TABLE IF EXISTS {t}")
+        self.db.run(f"CREATE TEMPORARY TABLE {t} (size BIGINT, fs INTEGER, ino BIGINT, "
+                    f'mtime_ns BIGINT, ctime_ns BIGINT, head BIGINT, "full" {blob}, '
+                    f"unstable INTEGER, dir INTEGER, name {blob})")
+        self.db.run(
+            f"INSERT INTO {t} SELECT i.size, i.fs, i.ino, i.mtime_ns, "
+            'i.mtime_ns + i.ctime_delta, i.head, i."full", i.unstable, e.dir, '
+            "e.name FROM entries e JOIN directories d ON d.id = e.dir JOIN inodes i "
+            f"ON i.fs = d.fs AND i.ino = e.ino WHERE e.seen = {p} AND i.seen = {p} "
+            f"AND i.size IN (SELECT size FROM inodes WHERE seen = {p} AND size >= {p} "
+            f"GROUP BY size HAVING count(*) >= {p})",
+            (scan_id, scan_id, scan_id, min_size, max(min_count, 1)))
+        try:
+            self.db.run(f"CREATE INDEX {t}_size ON {t} (size)")
+            last = min_size - 1
+            while True:
+                counts = self.db.rows(f"SELECT size, count(*) FROM {t} WHERE size > {p} "
+                                      "GROUP BY size ORDER BY size LIMIT 1000", (last,))
+                if not counts:
+                    return
+                top, n = counts[-1][0], 0
+                for size, count in counts:
+                    n += count
+                    if n >= rows_per_query:
+                        top = size
+                        break
+                rows = self.db.rows(f"SELECT * FROM {t} WHERE size > {p} AND size <= {p} "
+                                    "ORDER BY size, fs, ino", (last, top))
+                last = int(top)
+                yield from self._grouped(rows)
+        finally:
+            self.db.run(f"DROP TABLE IF EXISTS {t}")
+
+    def _grouped(self, rows: list[Any]) -> Iterator[list[IndexedFile]]:
+        """Rows (size, fs, ino, stat, hashes, unstable, dir, name) ordered by inode ->
+        IndexedFile lists by size."""
+        dirs = self.dirs.paths({int(r[8]) for r in rows})
+        names: dict[tuple[int, int], list[bytes]] = {}
+        inodes = []
+        for r in rows:
+            k = (r[1], r[2])
+            if k not in names:
+                names[k] = []
+                inodes.append((r[1], r[2], r[0], *r[3:8]))
+            if r[8] in dirs:
+                names[k].append(join(dirs[r[8]], bytes(r[9])))
+        for v in names.values():
+            v.sort()
+        yield from group_rows(inodes, names, self.dev_of)
 
     def save_hashes(self, updates: Sequence[HashUpdate]) -> None:
         """Store hashes of inodes this Store has met (others are not indexed: skipped)."""
@@ -517,9 +466,3 @@ def group_rows(rows: Iterable[Any], names: dict[tuple[int, int], list[bytes]],
                                  tuple(paths)))
     if group:
         yield group
-
-
-def chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
-    """items in slices of at most n (bound parameters per statement are limited)."""
-    for k in range(0, len(items), n):
-        yield items[k : k + n]

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from dedupd.config import VolumeConfig
 from dedupd.errors import ConfigError
 from dedupd.files.events import FileEvent
-from dedupd.index import extents as ix
 from dedupd.index.store import IndexedFile
 from dedupd.scan.walk import WalkOptions, walk
 from dedupd.volumes import btrfs_ioctl as bt
@@ -158,8 +157,9 @@ class Generations:
             return r.store.candidate_groups(scan_id, r.vol.min_size)
         r.c.add("files_examined", len(self.changed))
         r.c.add("files_forgotten", self.finder.forgotten)
-        ix.finish_incremental(r.store, scan_id)
-        return ix.files_of_sizes(r.store, sorted(self.sizes | self.state.pending), r.roots)
+        _, groups = r.store.finish_incremental(scan_id, r.roots,
+                                               sizes=self.sizes | self.state.pending)
+        return groups
 
     def _load_state(self) -> _State:
         store, vol = self.run.store, self.run.vol

@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from dedupd import proc
 from dedupd.files.events import FileEvent
 from dedupd.files.mounts import Mount, mounts_below
-from dedupd.index.carry import carry_forward
 from dedupd.scan.walk import WalkOptions
 from dedupd.volumes.pipeline import ChangeSource, Groups, PassRun
 from dedupd.volumes.walk_source import FullWalk
@@ -207,9 +206,10 @@ class DiffChanges:
 
     def close_scan(self, scan_id: int) -> Groups:
         r = self.run
-        carry_forward(r.store, scan_id, r.roots, self.gone, self.gone_dirs)
-        r.c.add("files_forgotten", r.store.finish_scan(scan_id, r.roots))
-        return r.store.candidate_groups(scan_id, r.vol.min_size)
+        n, groups = r.store.finish_incremental(scan_id, r.roots, sorted(self.gone),
+                                               self.gone_dirs, None, r.vol.min_size)
+        r.c.add("files_forgotten", n)
+        return groups
 
     def save(self) -> None:
         """The snapshots are ZfsSnapshots' business."""
