@@ -163,3 +163,19 @@ def test_a_host_name_held_by_another_machine_is_refused_and_nothing_written(
         Store(f"sqlite:///{db}", HostIdentity("nas1", "machine-b"))
     assert e.value.exit_code == EXIT_CONFIG
     assert db.read_bytes() == before
+
+
+def test_cli_refuses_a_configured_host_name_of_another_machine(tmp_path: Path) -> None:
+    db = tmp_path / "i.db"
+    Store(f"sqlite:///{db}", HostIdentity("nas1", "another-machine")).close()
+    before = db.read_bytes()
+    cfg = tmp_path / "dedupd.toml"
+    cfg.write_text(f'[database]\nurl = "sqlite:///{db}"\nhost = "nas1"\n')
+    (tmp_path / "t").mkdir()
+    exe = REPO / ".venv" / "bin" / "dedupd"
+    r = subprocess.run([str(exe), "scan", "-c", str(cfg), str(tmp_path / "t")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == EXIT_CONFIG, r.stderr
+    assert r.stderr.count("\n") == 1 and "another-machine" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert db.read_bytes() == before
