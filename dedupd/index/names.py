@@ -49,6 +49,8 @@ class Names:
         p = self.db.p
         with self.db.tx() as cur:
             cur.executemany(f"DELETE FROM entries WHERE dir = {p} AND name = {p}", rows)
+            cur.executemany(f"UPDATE directories SET digest = NULL WHERE id = {p}",
+                            [(d,) for d in {d for d, _n in rows}])
             self.drop_orphans(cur)
         return len(rows)
 

@@ -19,7 +19,8 @@ Key = tuple[int, int]  # (filesystem id, signed ino)
 
 
 def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, FileEvent]],
-                 touch_inodes: bool) -> RecordResult:
+                 touch_inodes: bool, digests: Sequence[tuple[bytes, bytes]] = ()
+                 ) -> RecordResult:
     """See Store.record. keyed: (filesystem id, event) pairs."""
     from dedupd.index.store import BATCH, IndexedFile, RecordResult, chunks
 
@@ -85,18 +86,38 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
             store.bulk.touch_inodes(c, scan_id, fs, part)
     if erows:
         store.bulk.upsert_entries(c, erows)
+    _digests(store, c, list(by_dir), digests)
     return RecordResult(new, changed, sum(len(v) for v in touched.values()), tuple(files))
 
 
-def forget_unseen(store: Store, cur: Any, scan_id: int, roots: Sequence[bytes]) -> int:
-    """Delete entries at or below roots not seen in scan_id, then the directories
-    of that subtree left without any entry below them. Returns entries deleted."""
+def _digests(store: Store, c: Any, written: list[int],
+             digests: Sequence[tuple[bytes, bytes]]) -> None:
+    """Store the given listing digests; clear those of other directories written."""
+    from dedupd.index.store import chunks
+
+    p = store.db.p
+    fresh = {d: g for d, g in ((store.dirs.find(path, c), g) for path, g in digests)
+             if d is not None}
+    stale = [d for d in written if d not in fresh]
+    for part in chunks(stale, 500):
+        c.execute(f"UPDATE directories SET digest = NULL WHERE digest IS NOT NULL AND id IN "
+                  f"({store.db.marks(len(part))})", part)
+    if fresh:
+        c.executemany(f"UPDATE directories SET digest = {p} WHERE id = {p}",
+                      [(g, d) for d, g in fresh.items()])
+
+
+def forget_unseen(store: Store, cur: Any, scan_id: int, roots: Sequence[bytes],
+                  keep: set[int]) -> int:
+    """Delete entries at or below roots not seen in scan_id (except in the
+    directories `keep`), then the directories of that subtree left without any
+    entry below them. Returns entries deleted."""
     from dedupd.index.store import chunks
 
     p, gone = store.db.p, 0
     sub = store.dirs.subtree(roots)
     ids = [d for d, _fs in sub]
-    for part in chunks(ids, 500):
+    for part in chunks([d for d in ids if d not in keep], 500):
         cur.execute(f"DELETE FROM entries WHERE seen < {p} AND dir IN "
                     f"({store.db.marks(len(part))})", (scan_id, *part))
         gone += max(int(cur.rowcount or 0), 0)

@@ -8,6 +8,7 @@ bounded whatever the number of indexed files.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -33,7 +34,7 @@ from dedupd.index.db import (
     sqlite_pragmas,
     to_s64,
 )
-from dedupd.index.dirs import DirTree, join, split
+from dedupd.index.dirs import DirTree, join, split, subtree_sql
 from dedupd.index.fsmap import FsMap, Unreachable
 from dedupd.index.migrate import open_index, put_meta
 from dedupd.index.names import Names
@@ -42,6 +43,7 @@ from dedupd.index.record import forget_unseen, record_batch
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+_tables = itertools.count()  # temporary table names, unique in the process
 __all__ = ["BATCH", "IndexError_", "Store", "chunks", "IndexedFile", "HashUpdate",
            "RecordResult", "path_key", "make_engine"]
 
@@ -226,7 +228,8 @@ class Store(Names):
             return int(cur.fetchone()[0])
 
     def record(self, scan_id: int, events: Sequence[FileEvent],
-               touch_inodes: bool = True) -> RecordResult:
+               touch_inodes: bool = True, digests: Sequence[tuple[bytes, bytes]] = ()
+               ) -> RecordResult:
         """Upsert one batch of walk results; unchanged inodes keep their hashes.
 
         An inode is unchanged when size, mtime_ns and ctime_ns all match (ctime
@@ -236,6 +239,11 @@ class Store(Names):
         finds its groups without the index, or calls mark_inodes_seen later).
         Raises UnknownFilesystem (nothing of the batch written) when a file's
         filesystem cannot be identified.
+
+        digests: (directory, listing digest) of directories whose every file is
+        now recorded (this batch or an earlier one of the scan): stored so that the
+        next walk can skip them while they do not change (known_digests). Any other
+        directory this batch writes into loses its stored digest.
         """
         keyed = []
         for e in events:
@@ -245,18 +253,21 @@ class Store(Names):
                 continue  # its directory vanished since the walk: the next scan decides
         try:
             with self.db.tx() as c:
-                return record_batch(self, c, scan_id, keyed, touch_inodes)
+                return record_batch(self, c, scan_id, keyed, touch_inodes, digests)
         except BaseException:
             self.dirs.reset()  # ids created in the rolled-back transaction are void
             raise
 
-    def finish_scan(self, scan_id: int, roots: Sequence[bytes]) -> int:
-        """Forget entries under `roots` that this scan did not see; drop orphan inodes
-        and directories left empty. Returns the number of entries forgotten. Entries
-        outside the roots are untouched."""
+    def finish_scan(self, scan_id: int, roots: Sequence[bytes],
+                    same: Sequence[bytes] = ()) -> int:
+        """Forget entries under `roots` that this scan did not see, except in the
+        directories `same` (skipped by the walk: their listing did not change); drop
+        orphan inodes and directories left empty. Returns the number of entries
+        forgotten. Entries outside the roots are untouched."""
         p = self.db.p
+        keep = {d for d in (self.dirs.find(x) for x in same) if d is not None}
         with self.db.tx() as cur:
-            n = forget_unseen(self, cur, scan_id, roots)
+            n = forget_unseen(self, cur, scan_id, roots, keep)
             if self.orphans_maybe:  # one pass over every name: only when it can find any
                 self.drop_orphans(cur)
             cur.execute(f"UPDATE scans SET finished = {p} WHERE id = {p}", (time.time(), scan_id))
@@ -298,6 +309,10 @@ class Store(Names):
                                 f"AND dir IN (SELECT id FROM directories WHERE fs = {p})",
                                 (*part, f))
             cur.executemany(f"DELETE FROM inodes WHERE fs = {p} AND ino = {p}", ks)
+            # which directories lost a name is not known here: their filesystems'
+            # digests go, so the next walk lists those directories again
+            cur.executemany(f"UPDATE directories SET digest = NULL WHERE fs = {p}",
+                            [(f,) for f in by_fs])
 
     def finish_incremental(self, scan_id: int, roots: Sequence[bytes],
                            gone: Sequence[bytes] = (), gone_dirs: Sequence[bytes] = (),
@@ -317,6 +332,17 @@ class Store(Names):
         from dedupd.index.extents import finish_incremental
 
         return finish_incremental(self, scan_id, roots, gone, gone_dirs, sizes, min_size)
+
+    def known_digests(self, roots: Sequence[bytes]) -> dict[bytes, bytes]:
+        """directory path -> listing digest stored by the last scan, under roots."""
+        ids = [d for d, _fs in self.dirs.subtree(roots)]
+        out: dict[int, bytes] = {}
+        for part in chunks(ids, 500):
+            out.update((int(i), bytes(g)) for i, g in self.db.rows(
+                f"SELECT id, digest FROM directories WHERE digest IS NOT NULL AND id IN "
+                f"({self.db.marks(len(part))})", part))
+        paths = self.dirs.paths(out)
+        return {paths[i]: g for i, g in out.items() if i in paths}
 
     # --- candidates and hashes ---
 
@@ -350,21 +376,44 @@ class Store(Names):
         reader would stop WAL checkpoints). Iterate it in one thread.
         """
         p = self.db.p
-        t = f"sizes_{scan_id}_{threading.get_ident() % 1000003}"
-        blob = "BLOB" if self.dialect == "sqlite" else "BYTEA"
-        self.db.run(f"DROP TABLE IF EXISTS {t}")
-        self.db.run(f"CREATE TEMPORARY TABLE {t} (size BIGINT, fs INTEGER, ino BIGINT, "
-                    f'mtime_ns BIGINT, ctime_ns BIGINT, head BIGINT, "full" {blob}, '
-                    f"unstable INTEGER, dir INTEGER, name {blob})")
-        self.db.run(
-            f"INSERT INTO {t} SELECT i.size, i.fs, i.ino, i.mtime_ns, "
+        return self._paged(
+            "INSERT INTO {t} SELECT i.size, i.fs, i.ino, i.mtime_ns, "
             'i.mtime_ns + i.ctime_delta, i.head, i."full", i.unstable, e.dir, '
             "e.name FROM entries e JOIN directories d ON d.id = e.dir JOIN inodes i "
             f"ON i.fs = d.fs AND i.ino = e.ino WHERE e.seen = {p} AND i.seen = {p} "
             f"AND i.size IN (SELECT size FROM inodes WHERE seen = {p} AND size >= {p} "
             f"GROUP BY size HAVING count(*) >= {p})",
-            (scan_id, scan_id, scan_id, min_size, max(min_count, 1)))
+            (scan_id, scan_id, scan_id, min_size, max(min_count, 1)), min_size,
+            rows_per_query)
+
+    def groups_under(self, roots: Sequence[bytes], min_size: int
+                     ) -> Iterator[list[IndexedFile]]:
+        """Like candidate_groups, over every name the index has under roots (whatever
+        scan saw it last): what a scan that skipped unchanged directories hashes."""
+        cte, ids = subtree_sql(self.db, [d for d in (self.dirs.find(r) for r in roots)
+                                         if d is not None])
+        p = self.db.p
+        return self._paged(
+            cte.rstrip() + ", u AS (SELECT i.size, i.fs, i.ino, i.mtime_ns, "
+            'i.mtime_ns + i.ctime_delta AS ctime_ns, i.head, i."full", i.unstable, e.dir, '
+            "e.name FROM sub JOIN entries e "
+            "ON e.dir = sub.id JOIN inodes i ON i.fs = sub.fs AND i.ino = e.ino "
+            f"WHERE i.size >= {p}) INSERT INTO {{t}} SELECT * FROM u WHERE size IN "
+            "(SELECT size FROM (SELECT DISTINCT size, fs, ino FROM u) k GROUP BY size "
+            "HAVING count(*) > 1)", (*ids, max(min_size, 1)), max(min_size, 1), 5000)
+
+    def _paged(self, fill: str, params: Sequence[Any], min_size: int, rows_per_query: int
+               ) -> Iterator[list[IndexedFile]]:
+        """Run `fill` (an INSERT INTO {t}) into a temporary table of candidate names,
+        then yield its size groups page by page (see size_groups)."""
+        p = self.db.p
+        t = f"sizes_{threading.get_ident() % 1000003}_{next(_tables)}"
+        blob = "BLOB" if self.dialect == "sqlite" else "BYTEA"
+        self.db.run(f"CREATE TEMPORARY TABLE {t} (size BIGINT, fs INTEGER, ino BIGINT, "
+                    f'mtime_ns BIGINT, ctime_ns BIGINT, head BIGINT, "full" {blob}, '
+                    f"unstable INTEGER, dir INTEGER, name {blob})")
         try:
+            self.db.run(fill.replace("{t}", t), params)
             self.db.run(f"CREATE INDEX {t}_size ON {t} (size)")
             last = min_size - 1
             while True:

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from dedupd import handles
 from dedupd.files.events import FileEvent, Problem, WalkStats
@@ -22,9 +22,10 @@ from dedupd.output import human_bytes
 from dedupd.progress import Progress
 from dedupd.queuethread import QueueThread
 from dedupd.scan.prehash import EarlyHashing
-from dedupd.scan.walk import WalkOptions, normalize_roots, walk
+from dedupd.scan.walk import DirListed, WalkOptions, normalize_roots, walk_listed
 from dedupd.scan.walkproc import ForkedWalk
 
+T = TypeVar("T")
 RECORD_BATCH = 2000
 WALK_PROC = True  # the walk in a process of its own (dedupd.scan.walkproc)
 
@@ -74,8 +75,8 @@ def _group_json(g: DupGroup) -> dict[str, Any]:
     return doc
 
 
-def batches(events: Iterator[FileEvent], n: int) -> Iterator[list[FileEvent]]:
-    batch: list[FileEvent] = []
+def batches(events: Iterator[T], n: int) -> Iterator[list[T]]:
+    batch: list[T] = []
     for e in events:
         batch.append(e)
         if len(batch) >= n:
@@ -102,8 +103,11 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     wstats = WalkStats()
     wopts = WalkOptions(opts.min_size, opts.exclude, opts.cross_mounts)
     stability = Stability(opts.settle_seconds, opts.max_backoff_seconds)
+    # Directories whose listing did not change since the last scan are skipped by
+    # the walk (docs/schema.md): their files cost one digest compare, no write.
+    known = store.known_digests(norm)
     # both fork: before any thread of ours starts
-    walker = ForkedWalk(norm, wopts, RECORD_BATCH) if WALK_PROC else None
+    walker = ForkedWalk(norm, wopts, RECORD_BATCH, known) if WALK_PROC else None
     pre = EarlyHashing(store, stability)
     try:
         # Groups come from the feeders' memory, so unchanged inodes need no
@@ -111,13 +115,15 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
         walked = seen = 0  # for the progress display only
         if progress:
             progress.phase("walk")
-        events = walker.batches() if walker else batches(walk(norm, wopts, wstats), RECORD_BATCH)
+        events = walker.batches() if walker else batches(
+            walk_listed(norm, wopts, wstats, known), RECORD_BATCH)
         with Recorder(store, scan_id, pre.put, touch_inodes=False) as rec:
             for batch in events:
                 rec.put(batch)
                 if progress:  # bytes found, not read: a note, not the phase's bytes
-                    walked += sum(e.size for e in batch)
-                    seen += len(batch)
+                    walked += sum(e.size for e in batch if isinstance(e, FileEvent))
+                    seen += sum(1 if isinstance(e, FileEvent) else e.files if e.same else 0
+                                for e in batch)
                     progress.update(seen, note=f"{human_bytes(walked)}")
         if walker:
             wstats = walker.stats
@@ -133,10 +139,13 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     if progress and early is not None:
         progress.update(pre.files, pre.stats.bytes_read)
     new, changed, unchanged = rec.new, rec.changed, rec.unchanged
-    forgotten = store.finish_scan(scan_id, norm)
+    forgotten = store.finish_scan(scan_id, norm, rec.same)
     hstats = HashStats()
     hstats.merge(pre.stats)
-    if early is None:  # the feeders let go: the index's size groups it is
+    if rec.same:  # the feeders never saw the skipped directories' files
+        groups = find_groups(store, scan_id, opts, hstats, progress,
+                             store.groups_under(norm, opts.min_size))
+    elif early is None:  # the feeders let go: the index's size groups it is
         store.mark_inodes_seen(scan_id)
         groups = find_groups(store, scan_id, opts, hstats, progress)
     else:
@@ -180,21 +189,27 @@ class Recorder:
         self.store, self.scan_id, self.sink = store, scan_id, sink
         self.touch_inodes = touch_inodes
         self.new = self.changed = self.unchanged = 0
+        self.same: list[bytes] = []  # directories the walk skipped (listing unchanged)
 
     def __enter__(self) -> Recorder:
-        self.thread: QueueThread[list[FileEvent]] = QueueThread(self._record, "record", 2)
+        self.thread: QueueThread[list[Any]] = QueueThread(self._record, "record", 2)
         return self
 
-    def put(self, batch: list[FileEvent]) -> None:
+    def put(self, batch: list[Any]) -> None:
+        """A batch of FileEvents, with DirListed items from walk_listed."""
         self.thread.put(batch)
 
     def __exit__(self, *exc: object) -> None:
         self.thread.close(raise_error=exc[0] is None)
 
-    def _record(self, batch: list[FileEvent]) -> None:
-        r = self.store.record(self.scan_id, batch, self.touch_inodes)
+    def _record(self, batch: list[Any]) -> None:
+        files = [e for e in batch if isinstance(e, FileEvent)]
+        listed = [d for d in batch if isinstance(d, DirListed)]
+        r = self.store.record(self.scan_id, files, self.touch_inodes,
+                              [(d.path, d.digest) for d in listed if d.digest and not d.same])
         self.new, self.changed = self.new + r.new, self.changed + r.changed
-        self.unchanged += r.unchanged
+        self.unchanged += r.unchanged + sum(d.files for d in listed if d.same)
+        self.same += [d.path for d in listed if d.same]
         if self.sink is not None:
             self.sink(r.files)
 

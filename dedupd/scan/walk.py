@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import functools
+import hashlib
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from stat import S_ISDIR, S_ISREG
+from typing import Any
 
 from dedupd import handles, testpoints
 from dedupd.files.events import FileEvent, Problem, WalkStats
@@ -38,6 +41,42 @@ def normalize_roots(roots: Iterable[str | bytes | os.PathLike[str]]) -> list[byt
         if not any(r == k or r.startswith(k.rstrip(b"/") + b"/") for k in kept):
             kept.append(r)
     return kept
+
+
+@dataclass(frozen=True, slots=True)
+class DirListed:
+    """A directory the walk listed in full (walk_listed): the digest of its listing
+    (b"" when it had more than LIST_CAP entries: no digest), how many regular files
+    of at least min_size it holds, and whether they were left out of the walk's
+    output because the digest equals the index's (`same`)."""
+
+    path: bytes
+    digest: bytes
+    files: int
+    same: bool
+
+
+LIST_CAP = 20000  # entries of one directory held to digest it; bigger ones stream
+
+
+def walk_listed(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats,
+                known: Mapping[bytes, bytes]) -> Iterator[FileEvent | DirListed]:
+    """walk(), with a DirListed after each directory's files. A directory whose
+    listing digest equals known[path] (what the index stored at the last scan)
+    yields only its DirListed: its files did not change (docs/schema.md)."""
+    for root in roots:
+        try:
+            st = handles.lstat(root)
+        except OSError as e:
+            stats.problems.append(_problem(root, e))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            with handles.anchored([root], cross_mounts=opts.cross_mounts):
+                yield from _walk_tree(root, st, opts, stats, known)
+        else:
+            ev = _classify(root, st, opts, stats)
+            if ev is not None:
+                yield ev
 
 
 def walk(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats) -> Iterator[FileEvent]:
@@ -75,8 +114,9 @@ class _Frame:
     subdirs: list[tuple[bytes, os.stat_result]]
 
 
-def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkStats
-               ) -> Iterator[FileEvent]:
+def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkStats,
+               known: Mapping[bytes, bytes] | None = None) -> Iterator[Any]:
+    lister = _list if known is None else functools.partial(_list_digested, known=known)
     try:
         fd = handles.open_dir(root)
     except OSError as e:
@@ -86,7 +126,7 @@ def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkS
         return
     stack = [_Frame(fd, root, [])]  # pushed before listing: closed however we leave
     try:
-        yield from _list(fd, root, opts, stats, stack[-1].subdirs)
+        yield from lister(fd, root, opts, stats, stack[-1].subdirs)
         while stack:
             top = stack[-1]
             if not top.subdirs:
@@ -97,7 +137,7 @@ def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkS
             child = _open_child(top.fd, name, path, st, opts, stats)
             if child is not None:
                 stack.append(_Frame(child, path, []))
-                yield from _list(child, path, opts, stats, stack[-1].subdirs)
+                yield from lister(child, path, opts, stats, stack[-1].subdirs)
     finally:
         for fr in stack:
             os.close(fr.fd)
@@ -135,8 +175,10 @@ def _open_child(parent: int, name: bytes, path: bytes, st: os.stat_result,
 
 
 def _list(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
-          subdirs: list[tuple[bytes, os.stat_result]]) -> Iterator[FileEvent]:
-    """Files of one directory (by fd); its subdirectories go to `subdirs`."""
+          subdirs: list[tuple[bytes, os.stat_result]],
+          items: list[tuple[Any, ...]] | None = None) -> Iterator[FileEvent]:
+    """Files of one directory (by fd); its subdirectories go to `subdirs`, and with
+    `items` every listed entry's digest item (see _list_digested)."""
     base = dpath.rstrip(b"/") + b"/"
     try:
         it = os.scandir(fd)
@@ -150,6 +192,10 @@ def _list(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
             st = _entry_stat(entry, name, base + name, opts, stats)
             if st is None:
                 continue
+            if items is not None:
+                items.append((name, st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns,
+                              st.st_ctime_ns) if S_ISREG(st.st_mode) else
+                             (name, st.st_mode, st.st_ino, 0, 0, 0))
             # the common case first, inline: this loop runs once per file
             if S_ISREG(st.st_mode) and st.st_size >= opts.min_size:
                 stats.files_seen += 1
@@ -162,6 +208,42 @@ def _list(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
                 ev = _classify(base + name, st, opts, stats)
                 if ev is not None:
                     yield ev
+
+
+def _list_digested(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
+                   subdirs: list[tuple[bytes, os.stat_result]],
+                   known: Mapping[bytes, bytes]) -> Iterator[FileEvent | DirListed]:
+    """_list, holding the directory's files until its listing is digested: every
+    entry's name and type, and the inode, size, mtime and ctime of files and the
+    inode of directories, sorted by name, under the walk's options. A write, a
+    rename, a new or removed name changes it (ctime: set by the kernel only)."""
+    h = hashlib.blake2b(repr((opts.min_size, opts.exclude, opts.cross_mounts)).encode(),
+                        digest_size=16)
+    items: list[tuple[Any, ...]] = []
+    held: list[FileEvent] = []
+    files, capped = 0, False
+    for ev in _list(fd, dpath, opts, stats, subdirs, items):
+        files += 1
+        if capped:
+            yield ev
+        elif len(items) > LIST_CAP:  # too big to hold: stream the rest, no digest
+            capped = True
+            yield from held
+            held = []
+            yield ev
+        else:
+            held.append(ev)
+    if capped:
+        yield DirListed(dpath, b"", files, False)
+        return
+    items.sort()
+    for it in items:
+        h.update(repr(it).encode("ascii", "backslashreplace"))
+    digest = h.digest()
+    same = known.get(dpath) == digest
+    if not same:
+        yield from held
+    yield DirListed(dpath, digest, files, same)
 
 
 def _problem(path: bytes, e: OSError) -> Problem:

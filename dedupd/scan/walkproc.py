@@ -9,25 +9,35 @@ only where it runs changes (dedupd.forkpipe for the process rules).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from dedupd import forkpipe
 from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.forkpipe import ChildFailed, Wire
-from dedupd.scan.walk import WalkOptions, walk
+from dedupd.scan.walk import DirListed, WalkOptions, walk, walk_listed
 
 _COUNTERS = [f.name for f in dataclasses.fields(WalkStats) if f.name != "problems"]
 
 
-def _event(ev: FileEvent) -> Wire:
+def _event(ev: FileEvent | DirListed) -> Wire:
+    if isinstance(ev, DirListed):
+        return (ev.path, ev.digest, ev.files, ev.same)
     return (ev.path, ev.dev, ev.ino, ev.size, ev.mtime_ns, ev.ctime_ns, ev.mode, ev.uid,
             ev.gid, ev.nlink)
 
 
-def _child(_in: int, out: int, roots: Sequence[bytes], opts: WalkOptions, n: int) -> None:
+def _item(t: Wire) -> FileEvent | DirListed:
+    return DirListed(*t) if len(t) == 4 else FileEvent(*t)
+
+
+def _child(_in: int, out: int, roots: Sequence[bytes], opts: WalkOptions, n: int,
+           known: Mapping[bytes, bytes] | None) -> None:
     stats = WalkStats()
     batch: list[Wire] = []
-    for ev in walk(roots, opts, stats):
+    events = walk(roots, opts, stats) if known is None else walk_listed(roots, opts, stats,
+                                                                         known)
+    for ev in events:
         batch.append(_event(ev))
         if len(batch) >= n:
             forkpipe.send(out, batch)
@@ -39,20 +49,22 @@ def _child(_in: int, out: int, roots: Sequence[bytes], opts: WalkOptions, n: int
 
 
 class ForkedWalk:
-    """walk(roots, opts) in a child; batches() yields lists of about n events, then
+    """walk(roots, opts) in a child (walk_listed with `known` digests: DirListed
+    items among the events); batches() yields lists of about n events, then
     `stats` holds the walk's counters. Construct inside the scan's handles.anchored."""
 
-    def __init__(self, roots: Sequence[bytes], opts: WalkOptions, n: int) -> None:
+    def __init__(self, roots: Sequence[bytes], opts: WalkOptions, n: int,
+                 known: Mapping[bytes, bytes] | None = None) -> None:
         self.stats = WalkStats()
         self.pid, self.to, self.frm = forkpipe.spawn(
-            lambda i, o: _child(i, o, roots, opts, n))
+            lambda i, o: _child(i, o, roots, opts, n, known))
 
-    def batches(self) -> Iterator[list[FileEvent]]:
+    def batches(self) -> Iterator[list[Any]]:
         ended = False
         try:
             while (msg := forkpipe.recv(self.frm)) is not None:
                 if isinstance(msg, list):
-                    yield [FileEvent(*t) for t in msg]
+                    yield [_item(t) for t in msg]
                 elif msg[0] == "end":
                     ended = True
                     for k, v in zip(_COUNTERS, msg[1], strict=True):

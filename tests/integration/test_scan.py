@@ -384,11 +384,12 @@ def test_an_index_failure_mid_walk_stops_the_scan_cleanly(tmp_path: Path) -> Non
         calls = 0
 
         def record(self, scan_id: int, events: Sequence[FileEvent],
-                   touch_inodes: bool = True) -> RecordResult:
+                   touch_inodes: bool = True, digests: Sequence[tuple[bytes, bytes]] = ()
+                   ) -> RecordResult:
             Failing.calls += 1
             if Failing.calls == 2:
                 raise OSError(28, "No space left on device")
-            return super().record(scan_id, events, touch_inodes)
+            return super().record(scan_id, events, touch_inodes, digests)
 
     for i in range(5 * scanner.RECORD_BATCH):
         d = tmp_path / "t" / f"d{i % 50}"
