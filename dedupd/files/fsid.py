@@ -118,17 +118,17 @@ def zfs_guid(dataset: str) -> str:
 
 
 def _disk_uuid(dir_fd: int, m: mounts.Mount) -> str | None:
-    """The superblock UUID of a block filesystem, None when it has none we trust."""
-    if m.fstype in UUID_FSTYPES:
-        try:
-            raw = fsioctl.fs_uuid(dir_fd)
-        except OSError:
-            raw = None
-        if raw is not None and raw not in _NO_UUID and len(raw) == 16:
-            return str(uuid.UUID(bytes=raw))
-    if m.source.startswith("/dev/") and (m.fstype in UUID_FSTYPES or "fuse" not in m.fstype):
-        return blkid_uuid(m.source)
-    return None
+    """The superblock UUID of a block filesystem, None when it has none we trust
+    (other types' "UUIDs" can be dates or made up at mount: iso9660, tmpfs)."""
+    if m.fstype not in UUID_FSTYPES:
+        return None
+    try:
+        raw = fsioctl.fs_uuid(dir_fd)
+    except OSError:
+        raw = None
+    if raw is not None and raw not in _NO_UUID and len(raw) == 16:
+        return str(uuid.UUID(bytes=raw))
+    return blkid_uuid(m.source) if m.source.startswith("/dev/") else None
 
 
 def blkid_uuid(device: str) -> str | None:
