@@ -279,3 +279,20 @@ def test_two_mergerfs_pools_with_like_named_branches_differ(tmp_path: Path,
     sources = {m.source for m in mounts.read() if m.mountpoint in map(os.fsencode, pools)}
     assert len(sources) == 1, "the premise: both pools have one source"
     assert a.ident.endswith(f":at:{pools[0]}") and b.ident.endswith(f":at:{pools[1]}")
+
+
+def test_ext4_without_a_uuid_falls_back_and_says_so(tmp_path: Path, mounter: Mounter) -> None:
+    """An all-zero UUID (mkfs -U clear, some cloud images) names nothing: the mount
+    source stands in, stable=False, and blkid agrees there is no UUID."""
+    require_tools("mkfs.ext4")
+    img = tmp_path / "nouuid.img"
+    sh("truncate", "-s", "64M", img)
+    sh("mkfs.ext4", "-q", "-F", "-U", "clear", img)
+    loop = mounter.loop(img)
+    mnt = mounter.mount(tmp_path / "m", loop)
+    got = ident_of(mnt)[0]
+    assert got == fsid.FsIdentity(f"mount:ext4:{loop}", "ext4", os.fsencode(mnt), False)
+    assert fsid.blkid_uuid(loop) is None
+    with_uuid = make_image(tmp_path, "ext4", "u.img")
+    assert fsid.blkid_uuid(mounter.loop(with_uuid)) == sh("blkid", "-s", "UUID", "-o",
+                                                          "value", with_uuid)
