@@ -13,14 +13,15 @@ from types import ModuleType
 
 # In --help order.
 MODULES = ("scan", "run", "status", "stats", "ctl", "check_config", "journal", "recover",
-           "consolidate", "where", "import_report", "backup", "backup_restore", "metrics")
+           "consolidate", "where", "groups", "import_report", "backup", "backup_restore", "metrics")
 
 # subcommand name -> module that registers it
 NAMES = {
     "scan": "scan", "run": "run", "status": "status", "stats": "stats",
     "pause": "ctl", "resume": "ctl", "rescan": "ctl", "check-config": "check_config",
     "journal": "journal", "recover": "recover", "consolidate": "consolidate",
-    "where": "where", "import": "import_report", "backup": "backup", "backups": "backup",
+    "where": "where", "groups": "groups", "import": "import_report", "backup": "backup",
+    "backups": "backup",
     "verify": "backup_restore", "restore": "backup_restore", "metrics": "metrics",
 }
 
