@@ -109,3 +109,26 @@ def test_groups_is_empty_and_where_fails_on_an_unknown_file(tmp_path: Path) -> N
 @pytest.mark.parametrize("args", [["groups", "--min-size", "lots"]])
 def test_usage_errors(args: list[str]) -> None:
     assert dedupd(*args, check=False).returncode == 2
+
+
+def test_groups_from_the_index_equal_what_the_scan_reported(tmp_path: Path) -> None:
+    """Without walking, the same groups (and hardlinks) the scan found, nothing read."""
+    t = tmp_path / "t"
+    for d in range(6):
+        (t / f"d{d}").mkdir(parents=True)
+        for k in range(8):
+            n = (d * 8 + k) % 11
+            (t / f"d{d}" / f"f{k}").write_bytes(b"%d-" % n * (400 + 37 * (n % 4)))
+    os.link(t / "d0" / "f0", t / "d5" / "link")
+    url = f"sqlite:///{tmp_path}/i.db"
+    scanned = run_json("scan", "--db", url, t)
+    listed = run_json("groups", "--db", url)
+
+    # one path per inode in both; the scan's hardlinks are the index's other names
+    assert {frozenset(g["paths"]) for g in scanned["groups"]} == {
+        frozenset(f["path"] for f in g["files"]) for g in listed["groups"]}
+    assert {h for g in scanned["groups"] for h in g.get("hardlinks", [])} == {
+        h for g in listed["groups"] for f in g["files"] for h in f.get("hardlinks", [])}
+    assert str(t / "d5" / "link") in json.dumps(listed)
+    assert listed["stats"] == {k: scanned["stats"][k] for k in listed["stats"]}
+    assert listed["stats"]["groups"] == 11
