@@ -49,10 +49,12 @@ class ContentGroup:
         return self.size * (len(self.copies) - 1)
 
 
-_SELECT = ('SELECT i.size, i."full", i.ino, f.host, e.dir, e.name FROM inodes i '
-           "JOIN filesystems f ON f.id = i.fs "
-           "JOIN entries e ON e.ino = i.ino "
-           "JOIN directories d ON d.id = e.dir AND d.fs = i.fs ")
+# From the names: entries -> their directory (its filesystem) -> the inode by its key.
+# The index keeps no index by inode number or size (docs/schema.md): one pass.
+_SELECT = ('SELECT i.size, i."full", i.ino, f.host, e.dir, e.name FROM entries e '
+           "JOIN directories d ON d.id = e.dir "
+           "JOIN inodes i ON i.fs = d.fs AND i.ino = e.ino "
+           "JOIN filesystems f ON f.id = i.fs ")
 
 
 def groups(store: Store, *, all_hosts: bool = False, min_size: int = 1) -> list[ContentGroup]:
@@ -96,7 +98,8 @@ def indexed(store: Store, path: bytes, host: int | None = None
     if did is None or not name:
         return None
     p = store.db.p
-    rows = store.db.rows('SELECT i.ino, i.size, i.mtime_ns, i.ctime_ns, i."full" '
+    rows = store.db.rows('SELECT i.ino, i.size, i.mtime_ns, i.mtime_ns + i.ctime_delta, '
+                         'i."full" '
                          "FROM entries e JOIN directories d ON d.id = e.dir "
                          "JOIN inodes i ON i.fs = d.fs AND i.ino = e.ino "
                          f"WHERE e.dir = {p} AND e.name = {p}", (did, name))
