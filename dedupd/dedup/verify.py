@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from dedupd import handles, testpoints
 from dedupd.files.events import Ident
 
-BUF = 1 << 20
+BUF = 1 << 17  # 128 KiB: stays in cache between read and compare (1 MiB cost 2.5x)
 _O_FLAGS = handles.FILE_FLAGS
 _NOATIME = getattr(os, "O_NOATIME", 0)
 ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
