@@ -33,12 +33,14 @@ from dedupd.dedup import recovery
 from dedupd.dedup.verify import (
     Refused,
     Writers,
-    check_metadata,
-    readonly,
+    check_stat,
+    open_name,
     refusal,
     restat,
     same_bytes,
+    same_metadata,
     under,
+    xattrs_fd,
 )
 from dedupd.files.events import Ident
 from dedupd.fsops import link as fs
@@ -192,8 +194,8 @@ def _link_all(run: LinkRun, group: DupGroup, policy: LinkPolicy) -> None:
     keep = ranked[0]
     writers = Writers()
     try:
-        writers.check(keep.key, keep.path)
-        if readonly(keep.path):
+        kl = look(run, keep, keep.path, writers)
+        if kl.readonly:
             raise Refused("keep_readonly", show(keep.path))
     except Refused as r:
         for f in ranked[1:]:
@@ -206,8 +208,44 @@ def _link_all(run: LinkRun, group: DupGroup, policy: LinkPolicy) -> None:
             for p in f.paths:
                 run.refuse(p, Refused("primary_pair", "both copies are in primary_paths"))
             continue
-        _link_inode(run, keep, f, writers)
+        _link_inode(run, keep, kl, f, writers)
     return
+
+
+@dataclass(frozen=True)
+class Look:
+    """One name as the checks before a batch saw it, through one directory handle."""
+
+    st: os.stat_result
+    readonly: bool
+    xattrs: dict[str, bytes]
+
+
+def look(run: LinkRun, f: IndexedFile, p: bytes, writers: Writers) -> Look:
+    """Every check of a name that needs no journal, on one directory handle and one
+    descriptor: the name is still f's unchanged regular file (re-stat), not open for
+    writing, on a writable mount; plus its xattrs for the metadata check."""
+    testpoints.at("verify", p)
+    try:
+        dp = handles.Parent(p)
+    except FileNotFoundError:
+        raise Refused("vanished", show(p)) from None
+    except handles.PathChanged as e:
+        raise Refused(e.reason, f"{show(p)}: {e.strerror}") from None
+    with dp:
+        try:
+            st = check_stat(p, dp.lstat(), run.ident[f.key])
+        except FileNotFoundError:
+            raise Refused("vanished", show(p)) from None
+        fd = open_name(dp)
+        try:
+            if not handles.same_inode(os.fstat(fd), f.key):
+                raise Refused("changed", f"{show(p)} was replaced while checked")
+            writers.check_fd(f.key, fd)
+            ro = b"/.zfs/snapshot/" in p or bool(os.fstatvfs(dp.fd).f_flag & os.ST_RDONLY)
+            return Look(st, ro, xattrs_fd(fd) if not ro else {})
+        finally:
+            os.close(fd)
 
 
 def eligible(run: LinkRun, files: list[IndexedFile]) -> list[IndexedFile]:
@@ -229,18 +267,18 @@ def eligible(run: LinkRun, files: list[IndexedFile]) -> list[IndexedFile]:
     return out
 
 
-def _link_inode(run: LinkRun, keep: IndexedFile, f: IndexedFile, writers: Writers) -> None:
+def _link_inode(run: LinkRun, keep: IndexedFile, kl: Look, f: IndexedFile,
+                writers: Writers) -> None:
     for n, p in enumerate(f.paths):
         last = n == len(f.paths) - 1
         try:
-            writers.check(f.key, p)
             if f.dev != keep.dev:
                 raise Refused("different_fs", "the files are on different filesystems")
-            if readonly(p):
+            dl = look(run, f, p, writers)
+            if dl.readonly:
                 raise Refused("readonly", "the duplicate's directory is read-only")
-            kst = restat(keep.path, run.ident[keep.key])
-            dst = restat(p, run.ident[f.key])
-            check_metadata(keep.path, kst, p, dst)
+            dst = dl.st
+            same_metadata(kl.st, kl.xattrs.copy, dst, dl.xattrs.copy)
         except Refused as r:
             run.refuse(p, r)
             continue
@@ -253,11 +291,16 @@ def _link_inode(run: LinkRun, keep: IndexedFile, f: IndexedFile, writers: Writer
 
 def refresh(run: LinkRun, key: tuple[int, int], path: bytes) -> bool:
     """After our own link changes, accept the new ctime if nothing else moved."""
-    old = run.ident[key]
     try:
         st = handles.lstat(path)
     except OSError:
         return False
+    return accept(run, key, st)
+
+
+def accept(run: LinkRun, key: tuple[int, int], st: os.stat_result) -> bool:
+    """refresh() on a stat already taken (through the caller's handle)."""
+    old = run.ident[key]
     if old.matches(st, ctime=False):
         run.ident[key] = Ident.of(st)
         if st.st_ctime_ns != old.ctime_ns:
@@ -309,9 +352,12 @@ def _execute(run: LinkRun) -> None:
     testpoints.at("batch", b"")
     swapped: list[tuple[_Planned, int]] = []
     for pl, spec, op in zip(plan, specs, ops, strict=True):
-        if _replace(run, pl, spec, op):
+        after = _replace(run, pl, spec, op)
+        if after is not None:
             swapped.append((pl, op))
-        refresh(run, pl.keep.key, pl.keep.path)  # our link moved their ctimes
+            accept(run, pl.keep.key, after)  # our link moved the kept file's ctime
+        else:
+            refresh(run, pl.keep.key, pl.keep.path)
         for rest in pl.rest:
             if refresh(run, pl.f.key, rest):
                 break
@@ -330,9 +376,9 @@ def _execute(run: LinkRun) -> None:
         run.actions.append(_action(pl.keep.path, pl.path, pl.f.size, "done", op))
 
 
-def _replace(run: LinkRun, pl: _Planned, spec: J.OpSpec, op: int) -> bool:
-    """Verify and swap one name of the batch; True when the name now links the kept
-    file (its DONE mark waits for the batch's sync)."""
+def _replace(run: LinkRun, pl: _Planned, spec: J.OpSpec, op: int) -> os.stat_result | None:
+    """Verify and swap one name of the batch; the name's stat (the kept inode) when it
+    now links the kept file (its DONE mark waits for the batch's sync), else None."""
     jr = run.journal
     assert jr is not None
     keep, f, p = pl.keep, pl.f, pl.path
@@ -346,20 +392,25 @@ def _replace(run: LinkRun, pl: _Planned, spec: J.OpSpec, op: int) -> bool:
     except Refused as r:
         run.mark(op, J.REFUSED, f"{r.reason}: {r.detail}")
         run.refuse(p, r)
-        return False
+        return None
     try:
-        _swap(jr, spec, did)
+        return _swap(jr, spec, did)
     except (Refused, OSError) as e:
         # Decide like recovery does, from the inodes: the swap may have happened.
         after, detail = recovery.resolve_hardlink(spec)
         if after != J.DONE:
             run.mark(op, after, f"{e}; {detail}")
             run.refuse(p, refusal(e))
-            return False
-    return True
+            return None
+    try:
+        return handles.lstat(p)
+    except OSError:
+        return None
 
 
-def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident) -> None:
+def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident) -> os.stat_result:
+    """Link the kept file over the duplicate's name (fsops.link.Swap: both directories
+    resolved once); returns the name's final stat, the kept inode."""
     assert spec.temp_path is not None
     tmp, p = spec.temp_path, spec.dup_path
     if spec.quarantine_path is not None:
@@ -367,22 +418,27 @@ def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident) -> None:
         fs.link_exact(p, spec.quarantine_path, durable=False,
                       expect=(spec.dup_dev, spec.dup_ino))
         jr.step("link quarantine")
-    # durable=False here and below: the batch syncs the filesystem once (_execute);
-    # the temp name must be the verified kept inode
-    fs.link_exact(spec.keep_path, tmp, durable=False, expect=(spec.keep_dev, spec.keep_ino))
-    jr.step("link temp")
-    # The last look before the name changes (a quarantine link moved its ctime).
-    restat(p, did, ctime=spec.quarantine_path is None)
-    if fs.exchange(tmp, p, durable=False):
-        jr.step("exchange")
-        st = handles.lstat(tmp)
-        if (st.st_dev, st.st_ino) != (spec.dup_dev, spec.dup_ino):
-            # Someone replaced the name in the last instant: put theirs back.
-            fs.exchange(tmp, p, durable=False)
-            jr.step("exchange back")
-            raise Refused("changed", f"{show(p)} was replaced while linking")
-        fs.unlink_if_inode(tmp, spec.dup_dev, spec.dup_ino, durable=False)
-        jr.step("unlink temp")
-    else:
-        fs.rename_over(tmp, p, durable=False)
-        jr.step("rename")
+    with fs.Swap(spec.keep_path, tmp, p) as sw:
+        # the temp name must be the verified kept inode
+        sw.link_temp((spec.keep_dev, spec.keep_ino))
+        jr.step("link temp")
+        # The last look before the name changes (a quarantine link moved its ctime).
+        testpoints.at("verify", p)
+        try:
+            check_stat(p, sw.lstat_dup(), did, ctime=spec.quarantine_path is None)
+        except FileNotFoundError:
+            raise Refused("vanished", show(p)) from None
+        if sw.exchange():
+            jr.step("exchange")
+            st = sw.lstat_temp()
+            if (st.st_dev, st.st_ino) != (spec.dup_dev, spec.dup_ino):
+                # Someone replaced the name in the last instant: put theirs back.
+                sw.exchange()
+                jr.step("exchange back")
+                raise Refused("changed", f"{show(p)} was replaced while linking")
+            sw.unlink_temp(spec.dup_dev, spec.dup_ino)
+            jr.step("unlink temp")
+        else:
+            sw.rename()
+            jr.step("rename")
+        return sw.lstat_dup()

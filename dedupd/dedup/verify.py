@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dedupd import handles, testpoints
@@ -56,11 +57,31 @@ def restat(path: bytes, expected: Ident, *, ctime: bool = True) -> os.stat_resul
         raise Refused("vanished", os.fsdecode(path)) from None
     except handles.PathChanged as e:
         raise Refused(e.reason, f"{os.fsdecode(path)}: {e.strerror}") from None
+    return check_stat(path, st, expected, ctime=ctime)
+
+
+def check_stat(path: bytes, st: os.stat_result, expected: Ident, *,
+               ctime: bool = True) -> os.stat_result:
+    """restat's verdict on a stat already taken (through the caller's handle)."""
     if not stat.S_ISREG(st.st_mode):
         raise Refused("changed", f"{os.fsdecode(path)} is no longer a regular file")
     if not expected.matches(st, ctime=ctime):
         raise Refused("changed", f"{os.fsdecode(path)} changed since it was hashed")
     return st
+
+
+def open_name(parent: handles.Parent) -> int:
+    """The parent's final name opened read-only (never followed, O_NOATIME where
+    permitted); Refused if it is gone or no longer a plain name."""
+    try:
+        try:
+            return handles.open_in(parent.fd, parent.name, _O_FLAGS | _NOATIME)
+        except PermissionError:
+            return handles.open_in(parent.fd, parent.name, _O_FLAGS)
+    except FileNotFoundError:
+        raise Refused("vanished", os.fsdecode(parent.path)) from None
+    except handles.PathChanged as e:
+        raise Refused(e.reason, f"{os.fsdecode(parent.path)}: {e.strerror}") from None
 
 
 def _open(path: bytes) -> int:
@@ -190,22 +211,27 @@ def xattrs(path: bytes) -> dict[str, bytes]:
     Read through a descriptor opened by handle, so a swapped name is refused."""
     fd = _open(path)
     try:
-        try:
-            names = os.listxattr(fd)
-        except OSError as e:
-            if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
-                return {}
-            raise
-        out = {}
-        for n in names:
-            try:
-                out[n] = os.getxattr(fd, n)
-            except OSError as e:
-                if e.errno != errno.ENODATA:  # removed meanwhile: treat as absent
-                    raise
-        return out
+        return xattrs_fd(fd)
     finally:
         os.close(fd)
+
+
+def xattrs_fd(fd: int) -> dict[str, bytes]:
+    """All extended attributes of an open file (ACLs included); {} where unsupported."""
+    try:
+        names = os.listxattr(fd)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            return {}
+        raise
+    out = {}
+    for n in names:
+        try:
+            out[n] = os.getxattr(fd, n)
+        except OSError as e:
+            if e.errno != errno.ENODATA:  # removed meanwhile: treat as absent
+                raise
+    return out
 
 
 def check_metadata(keep: bytes, kst: os.stat_result, dup: bytes,
@@ -215,6 +241,13 @@ def check_metadata(keep: bytes, kst: os.stat_result, dup: bytes,
     Linking makes both names share the kept inode's metadata, so any
     difference here would silently change who may read or write the duplicate.
     """
+    same_metadata(kst, lambda: xattrs(keep), dst, lambda: xattrs(dup))
+
+
+def same_metadata(kst: os.stat_result, kx: Callable[[], dict[str, bytes]],
+                  dst: os.stat_result, dx: Callable[[], dict[str, bytes]]) -> None:
+    """check_metadata on stats already taken; kx/dx read each side's xattrs (only
+    once owner, group and mode agree)."""
     if kst.st_uid != dst.st_uid:
         raise Refused("owner_differs", f"uid {kst.st_uid} != {dst.st_uid}")
     if kst.st_gid != dst.st_gid:
@@ -222,7 +255,7 @@ def check_metadata(keep: bytes, kst: os.stat_result, dup: bytes,
     if stat.S_IMODE(kst.st_mode) != stat.S_IMODE(dst.st_mode):
         raise Refused("mode_differs", f"{stat.S_IMODE(kst.st_mode):o} != "
                       f"{stat.S_IMODE(dst.st_mode):o}")
-    xa, xb = xattrs(keep), xattrs(dup)
+    xa, xb = kx(), dx()
     if xa != xb:
         names = {n for n in set(xa) | set(xb) if xa.get(n) != xb.get(n)}
         reason = "acl_differs" if names & set(ACL_XATTRS) else "xattr_differs"
@@ -264,14 +297,19 @@ def lease_writer(path: bytes) -> bool | None:
     except (OSError, Refused):
         return None
     try:
+        return lease_writer_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def lease_writer_fd(fd: int) -> bool | None:
+    """lease_writer on a descriptor opened read-only (by the caller's handle)."""
+    try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
     except OSError as e:
         return True if e.errno == errno.EAGAIN else None
-    else:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return False
-    finally:
-        os.close(fd)
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
 
 
 class Writers:
@@ -282,7 +320,13 @@ class Writers:
 
     def check(self, key: tuple[int, int], path: bytes) -> None:
         """Raise Refused('open_for_write') naming how it was found."""
-        held = lease_writer(path)
+        self.check_held(key, lease_writer(path))
+
+    def check_fd(self, key: tuple[int, int], fd: int) -> None:
+        """check() on the file's descriptor (opened read-only by the caller)."""
+        self.check_held(key, lease_writer_fd(fd))
+
+    def check_held(self, key: tuple[int, int], held: bool | None) -> None:
         if held:
             raise Refused("open_for_write", "read lease refused: another process has it "
                           "open for writing")

@@ -22,6 +22,7 @@ import os
 import secrets
 import stat
 from collections.abc import Sequence
+from typing import Any
 
 from dedupd import handles, testpoints
 
@@ -83,16 +84,19 @@ def link_exact(src: bytes, dst: bytes, *, durable: bool = True,
     """
     testpoints.at("mutate", dst)
     with _Pair(src, dst) as pair:
-        sp, dp = pair.a, pair.b
-        os.link(sp.name, dp.name, src_dir_fd=sp.fd, dst_dir_fd=dp.fd, follow_symlinks=False)
-        if expect is not None:
-            st = dp.lstat()
-            if not stat.S_ISREG(st.st_mode) or not handles.same_inode(st, expect):
-                os.unlink(dp.name, dir_fd=dp.fd)
-                raise handles.PathChanged(errno.ESTALE, "the kept file was replaced",
-                                          os.fsdecode(src))
+        _link_in(pair.a, pair.b, expect)
         if durable:
-            dp.fsync()
+            pair.b.fsync()
+
+
+def _link_in(sp: handles.Parent, dp: handles.Parent, expect: tuple[int, int] | None) -> None:
+    os.link(sp.name, dp.name, src_dir_fd=sp.fd, dst_dir_fd=dp.fd, follow_symlinks=False)
+    if expect is not None:
+        st = dp.lstat()
+        if not stat.S_ISREG(st.st_mode) or not handles.same_inode(st, expect):
+            os.unlink(dp.name, dir_fd=dp.fd)
+            raise handles.PathChanged(errno.ESTALE, "the kept file was replaced",
+                                      os.fsdecode(sp.path))
 
 
 def rename_over(src: bytes, dst: bytes, *, durable: bool = True) -> None:
@@ -113,25 +117,36 @@ def exchange(a: bytes, b: bytes, *, durable: bool = True) -> bool:
     back to rename_over); raises OSError for any other failure. Test hook:
     DEDUPD_TEST_NO_EXCHANGE=1 forces the fallback (never set in production).
     """
-    global _libc
-    if os.environ.get("DEDUPD_TEST_NO_EXCHANGE"):  # test-only: exercise the rename path
-        return False
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    fn = getattr(_libc, "renameat2", None)
+    fn = _renameat2()
     if fn is None:
         return False
     testpoints.at("mutate", b)
     with _Pair(a, b) as pair:
-        pa, pb = pair.a, pair.b
-        rc = fn(pa.fd, pa.name, pb.fd, pb.name, _RENAME_EXCHANGE)
-        if rc != 0:
-            err = ctypes.get_errno()
-            if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                return False
-            raise OSError(err, os.strerror(err), os.fsdecode(a))
+        if not _exchange_in(fn, pair.a, pair.b):
+            return False
         if durable:
             pair.sync()
+    return True
+
+
+def _renameat2() -> Any:
+    """libc's renameat2, or None where it is missing or the test hook
+    DEDUPD_TEST_NO_EXCHANGE=1 forces the rename fallback (never set in production)."""
+    global _libc
+    if os.environ.get("DEDUPD_TEST_NO_EXCHANGE"):  # test-only: exercise the rename path
+        return None
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    return getattr(_libc, "renameat2", None)
+
+
+def _exchange_in(fn: Any, pa: handles.Parent, pb: handles.Parent) -> bool:
+    rc = fn(pa.fd, pa.name, pb.fd, pb.name, _RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            return False
+        raise OSError(err, os.strerror(err), os.fsdecode(pa.path))
     return True
 
 
@@ -147,16 +162,76 @@ def unlink_if_inode(path: bytes, dev: int, ino: int, *, durable: bool = True) ->
     except (FileNotFoundError, handles.PathChanged):
         return False  # the name no longer leads where it did: not ours to remove
     with p:
-        try:
-            st = p.lstat()
-        except FileNotFoundError:
+        if not _unlink_in(p, dev, ino):
             return False
-        if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
-            return False
-        os.unlink(p.name, dir_fd=p.fd)
         if durable:
             p.fsync()
     return True
+
+
+def _unlink_in(p: handles.Parent, dev: int, ino: int) -> bool:
+    try:
+        st = p.lstat()
+    except FileNotFoundError:
+        return False
+    if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
+        return False
+    os.unlink(p.name, dir_fd=p.fd)
+    return True
+
+
+class Swap:
+    """One name of a hardlink batch replaced by a link to the kept file, on directory
+    handles resolved once, after the first mutate point: the kept file's directory
+    and the duplicate's (which also holds the temp name). Steps, in order:
+    link_temp -> (the caller's last look at the duplicate) -> exchange or rename ->
+    unlink_temp. Nothing is made durable here: the batch syncs the filesystem.
+    """
+
+    def __init__(self, keep: bytes, tmp: bytes, dup: bytes) -> None:
+        testpoints.at("mutate", tmp)
+        self.pair = _Pair(keep, tmp)
+        try:
+            self.tmp = self.pair.b
+            self.dup = self.tmp.sibling(dup)
+        except BaseException:
+            self.pair.__exit__()
+            raise
+
+    def __enter__(self) -> Swap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pair.__exit__()
+
+    def link_temp(self, expect: tuple[int, int]) -> None:
+        """link_exact(keep, tmp, expect=...) on the held handles."""
+        _link_in(self.pair.a, self.tmp, expect)
+
+    def lstat_dup(self) -> os.stat_result:
+        return self.dup.lstat()
+
+    def lstat_temp(self) -> os.stat_result:
+        return self.tmp.lstat()
+
+    def exchange(self) -> bool:
+        """Swap the temp name and the duplicate's; False where unsupported."""
+        fn = _renameat2()
+        if fn is None:
+            return False
+        testpoints.at("mutate", self.dup.path)
+        return _exchange_in(fn, self.tmp, self.dup)
+
+    def rename(self) -> None:
+        """The fallback: the temp name replaces the duplicate's atomically."""
+        testpoints.at("mutate", self.dup.path)
+        os.rename(self.tmp.name, self.dup.name, src_dir_fd=self.tmp.fd,
+                  dst_dir_fd=self.dup.fd)
+
+    def unlink_temp(self, dev: int, ino: int) -> bool:
+        """unlink_if_inode(tmp, dev, ino) on the held handle."""
+        testpoints.at("mutate", self.tmp.path)
+        return _unlink_in(self.tmp, dev, ino)
 
 
 def purge_quarantine(qdir: bytes, max_age_seconds: float, now: float) -> int:

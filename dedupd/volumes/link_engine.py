@@ -42,6 +42,7 @@ class HardlinkEngine:
         self.journal = Journal(run.store)
         self.batch: list[DupGroup] = []
         self.batch_names = 0
+        self.writer: HashWriter | None = None
 
     def prepare(self) -> Iterator[Step]:
         """Recovery of this volume's unfinished ops, then quarantine expiry."""
@@ -74,12 +75,10 @@ class HardlinkEngine:
     def hash_and_act(self, groups: Groups) -> Iterator[Step]:
         r = self.run
         stab = Stability(r.vol.settle_seconds, r.vol.max_backoff_hours * 3600)
-        writer = HashWriter(r.store)
+        self.writer = writer = HashWriter(r.store)
         for res in Hasher(stab, r.hash_stats).run(groups):
             writer.add(res)
             yield Step("hashing", f"size {res.size}")
-            if res.groups:
-                writer.flush()  # act on groups whose hashes the index already holds
             for g in res.groups:
                 r.c.add("groups")
                 yield from self.act(DupGroup(g.size, g.files))
@@ -101,12 +100,19 @@ class HardlinkEngine:
         if not groups:
             return
         r = self.run
+        self.hashes_saved()
         q = r.vol.quarantine_dir
         policy = LinkPolicy(r.vol.name, tuple(r.roots),
                             tuple(os.fsencode(p) for p in r.vol.primary_paths),
                             r.vol.link_primary_pairs, None if q is None else os.fsencode(q))
         self.absorb(link_groups(None if r.dry else self.journal, groups, policy, r.dry))
         yield Step("deduping", f"{len(groups)} groups")
+
+    def hashes_saved(self) -> None:
+        """Groups are acted on once the index holds their hashes (accept_own_ctimes
+        updates those rows): one index write per batch, not one per group."""
+        if self.writer is not None and self.writer.updates:
+            self.writer.flush()
 
     def absorb(self, res: LinkResult) -> None:
         r = self.run
@@ -154,6 +160,7 @@ class CrossDriveEngine(HardlinkEngine):
 
     def act(self, group: DupGroup) -> Iterator[Step]:
         r = self.run
+        self.hashes_saved()
         self.absorb(link_pool_group(None if r.dry else self.journal, group, self.pool_policy(),
                                     r.dry))
         yield Step("deduping", f"{len(group.files)} files of {group.size} bytes")
