@@ -1,12 +1,15 @@
 """Hardlink dedupe: dedupd vs `jdupes -r -L` (the old scripts' approach), same data.
 
 Builds one tree of files with duplicates (groups of 2-4, nested directories,
-a few same-size different-content files), copies it twice onto one fresh
-tmpfs (or ext4 loop mount with --fs ext4), runs each tool on its own copy, and
-prints wall time, bytes freed (statvfs before/after) and the time of a second,
-no-op run. Both copies are checked afterwards: every path with its bytes.
+a few same-size different-content files). For each filesystem (ext4 on a loop
+device and tmpfs, side by side in one run) and each round, copies it twice onto
+a fresh mount, runs each tool on its own copy (alternating which goes first)
+and records wall time, bytes freed (statvfs before/after) and the time of
+unchanged re-runs. Every copy is checked afterwards: every path with its bytes.
+Prints the median and range per filesystem, the load average, and the ratios.
 
-Run as root (it mounts): python bench/bench_hardlink.py [--files N] [--fs ext4]
+Run as root (it mounts): python bench/bench_hardlink.py [--files N] [--fs ext4 tmpfs]
+[--rounds N]
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import hashlib
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -72,20 +77,79 @@ def mount(kind: str, where: Path, size_mb: int) -> None:
     subprocess.run(["mount", "-o", "loop", str(img), str(where)], check=True)
 
 
-def run_tool(name: str, tree: Path, db: Path) -> tuple[float, int, float]:
-    argv = {"dedupd": [sys.executable, "-m", "dedupd", "run", "--once", "--apply", "--settle",
+def umount(where: Path) -> None:
+    subprocess.run(["umount", str(where)], check=False)
+    (where.parent / "ext4.img").unlink(missing_ok=True)
+
+
+@dataclass
+class Figures:
+    wall: list[float] = field(default_factory=list)
+    freed: list[int] = field(default_factory=list)
+    rerun: list[float] = field(default_factory=list)
+
+
+def argv_of(name: str, tree: Path, db: Path) -> list[str]:
+    return {"dedupd": [sys.executable, "-m", "dedupd", "run", "--once", "--apply", "--settle",
                        "0", "--min-size", "1", "--db", f"sqlite:///{db}", str(tree)],
             "jdupes": ["jdupes", "-r", "-L", "-q", str(tree)]}[name]
-    f0 = free(tree)
-    t = timed(argv)
-    freed = free(tree) - f0
-    return t, freed, timed(argv)
+
+
+def one_round(src: Path, kind: str, mnt: Path, size_mb: int, order: tuple[str, ...],
+              reruns: int, out: dict[str, Figures]) -> None:
+    """Both tools on fresh copies on a fresh mount; each copy keeps every path's bytes."""
+    mount(kind, mnt, size_mb)
+    try:
+        trees = {}
+        for name in order:
+            trees[name] = mnt / name
+            shutil.copytree(src, trees[name])
+        before = manifest(src)
+        os.sync()
+        for name in order:
+            argv = argv_of(name, trees[name], mnt.parent / f"index-{kind}.db")
+            f0 = free(trees[name])
+            out[name].wall.append(timed(argv))
+            out[name].freed.append(free(trees[name]) - f0)
+            out[name].rerun.extend(timed(argv) for _ in range(reruns))
+        for name in order:
+            assert manifest(trees[name]) == before, f"{name} changed file contents"
+    finally:
+        umount(mnt)
+        for db in mnt.parent.glob(f"index-{kind}.db*"):
+            db.unlink()
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def span(xs: list[float]) -> str:
+    return f"{statistics.median(xs):6.2f} ({min(xs):.2f}-{max(xs):.2f})"
+
+
+def report(kind: str, figs: dict[str, Figures], loads: list[str]) -> None:
+    print(f"-- {kind}  (load before each round: {'; '.join(loads)})")
+    print(f"{'tool':8} {'wall s, median (range)':>24} {'freed MiB':>10} "
+          f"{'re-run s, median (range)':>26}")
+    for name, f in figs.items():
+        freed = sorted(set(f.freed))
+        shown = "/".join(f"{x / 2**20:.1f}" for x in freed)
+        print(f"{name:8} {span(f.wall):>24} {shown:>10} {span(f.rerun):>26}")
+    d, j = figs["dedupd"], figs["jdupes"]
+    ratio = statistics.median(d.wall) / statistics.median(j.wall)
+    print(f"ratio dedupd/jdupes on {kind}: wall {ratio:.2f}x "
+          f"(best of each {min(d.wall) / min(j.wall):.2f}x), bytes freed "
+          f"{'equal' if set(d.freed) == set(j.freed) else 'DIFFERENT'}; dedupd re-run "
+          f"median {statistics.median(d.rerun):.2f} s (target <= 0.2 s)")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=3000)
-    ap.add_argument("--fs", choices=("tmpfs", "ext4"), default="tmpfs")
+    ap.add_argument("--fs", nargs="+", choices=("ext4", "tmpfs"), default=["ext4", "tmpfs"])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reruns", type=int, default=3)
     args = ap.parse_args()
     if os.geteuid() != 0 or shutil.which("jdupes") is None:
         print("bench_hardlink: needs root and jdupes; skipped")
@@ -98,24 +162,20 @@ def main() -> int:
         src.mkdir()
         ideal = build(src, args.files, 1)
         size_mb = 3 * sum(p.stat().st_size for p in src.rglob("*") if p.is_file()) // 2**20 + 64
-        mount(args.fs, mnt, size_mb)
-        results = {}
-        for name in ("dedupd", "jdupes"):
-            tree = mnt / name
-            shutil.copytree(src, tree)
-            before = manifest(tree)
-            results[name] = run_tool(name, tree, base / "index.db")
-            assert manifest(tree) == before, f"{name} changed file contents"
-        print(f"{args.files} files on {args.fs}, ideal bytes freed {ideal / 2**20:.1f} MiB")
-        print(f"{'tool':8} {'wall s':>8} {'freed MiB':>10} {'rerun s':>8}")
-        for name, (t, freed, rerun) in results.items():
-            print(f"{name:8} {t:8.2f} {freed / 2**20:10.1f} {rerun:8.2f}")
-        d, j = results["dedupd"], results["jdupes"]
-        print(f"ratio dedupd/jdupes: wall {d[0] / j[0]:.2f}x, freed "
-              f"{d[1] / max(j[1], 1):.2f}x, rerun {d[2] / j[2]:.2f}x")
+        print(f"{args.files} files, ideal bytes freed {ideal / 2**20:.1f} MiB, "
+              f"{args.rounds} rounds per filesystem (tools alternate going first), "
+              f"{args.reruns} unchanged re-runs each")
+        for kind in args.fs:
+            figs = {name: Figures() for name in ("dedupd", "jdupes")}
+            loads = []
+            for r in range(args.rounds):
+                loads.append(load())
+                order = ("dedupd", "jdupes") if r % 2 == 0 else ("jdupes", "dedupd")
+                one_round(src, kind, mnt, size_mb, order, args.reruns, figs)
+            report(kind, figs, loads)
         return 0
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
