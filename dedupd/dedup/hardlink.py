@@ -34,6 +34,7 @@ from dedupd.dedup.verify import (
     Refused,
     Writers,
     check_stat,
+    compare_group,
     open_name,
     refusal,
     restat,
@@ -351,8 +352,11 @@ def _execute(run: LinkRun) -> None:
     ops = jr.begin_many(specs)
     testpoints.at("batch", b"")
     swapped: list[tuple[_Planned, int]] = []
-    for pl, spec, op in zip(plan, specs, ops, strict=True):
-        after = _replace(run, pl, spec, op)
+    verdicts: dict[tuple[int, int], Refused | None] = {}
+    for n, (pl, spec, op) in enumerate(zip(plan, specs, ops, strict=True)):
+        if n == 0 or plan[n - 1].keep is not pl.keep:
+            verdicts = _compare(run, _same_keep(plan, n))
+        after = _replace(run, pl, spec, op, verdicts[pl.f.key])
         if after is not None:
             swapped.append((pl, op))
             accept(run, pl.keep.key, after)  # our link moved the kept file's ctime
@@ -376,22 +380,43 @@ def _execute(run: LinkRun) -> None:
         run.actions.append(_action(pl.keep.path, pl.path, pl.f.size, "done", op))
 
 
-def _replace(run: LinkRun, pl: _Planned, spec: J.OpSpec, op: int) -> os.stat_result | None:
-    """Verify and swap one name of the batch; the name's stat (the kept inode) when it
-    now links the kept file (its DONE mark waits for the batch's sync), else None."""
+def _same_keep(plan: list[_Planned], n: int) -> list[_Planned]:
+    """plan[n] and the names after it that keep the same file (one group)."""
+    end = n + 1
+    while end < len(plan) and plan[end].keep is plan[n].keep:
+        end += 1
+    return plan[n:end]
+
+
+def _compare(run: LinkRun, group: list[_Planned]) -> dict[tuple[int, int], Refused | None]:
+    """The byte compare of a kept file with its duplicates in the batch, the kept file
+    read once for all (verify.compare_group): per duplicate inode, None when equal,
+    else why not. Each descriptor is checked against its identity before and after
+    reading; the names are checked again by the swap (link_temp's inode, the last
+    re-stat)."""
+    keep = group[0].keep
+    dups = list({pl.f.key: pl for pl in reversed(group)}.values())[::-1]
+    try:
+        got = compare_group(keep.path, run.ident[keep.key],
+                            [(pl.path, run.ident[pl.f.key]) for pl in dups])
+    except Refused as r:
+        return {pl.f.key: r for pl in dups}
+    differs = Refused("content_differs", "same hash, different bytes")
+    return {pl.f.key: c if isinstance(c, Refused) else None if c.equal else differs
+            for pl, c in zip(dups, got, strict=True)}
+
+
+def _replace(run: LinkRun, pl: _Planned, spec: J.OpSpec, op: int,
+             verdict: Refused | None) -> os.stat_result | None:
+    """Swap one name of the batch whose inode the compare found equal (`verdict` None);
+    the name's stat (the kept inode) when it now links the kept file (its DONE mark
+    waits for the batch's sync), else None."""
     jr = run.journal
     assert jr is not None
-    keep, f, p = pl.keep, pl.f, pl.path
-    kid, did = run.ident[keep.key], run.ident[f.key]
-    try:
-        # re-stat -> compare -> re-stat: compare_bytes opens both names and checks
-        # each descriptor against its identity before and after reading; the names
-        # are checked again by the swap (link_exact's inode, the last re-stat)
-        if not same_bytes(keep.path, kid, p, did):
-            raise Refused("content_differs", "same hash, different bytes")
-    except Refused as r:
-        run.mark(op, J.REFUSED, f"{r.reason}: {r.detail}")
-        run.refuse(p, r)
+    p, did = pl.path, run.ident[pl.f.key]
+    if verdict is not None:
+        run.mark(op, J.REFUSED, f"{verdict.reason}: {verdict.detail}")
+        run.refuse(p, verdict)
         return None
     try:
         return _swap(jr, spec, did)

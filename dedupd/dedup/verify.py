@@ -16,7 +16,7 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from dedupd import handles, testpoints
@@ -147,6 +147,91 @@ def compare_bytes(a: bytes, a_id: Ident | None, b: bytes, b_id: Ident | None, *,
     finally:
         for fd in fds:
             os.close(fd)
+
+
+GROUP_FDS = 64  # duplicates read alongside one kept file at a time
+
+
+def compare_group(a: bytes, a_id: Ident, others: Sequence[tuple[bytes, Ident]]
+                  ) -> list[ByteCompare | Refused]:
+    """compare_bytes of `a` with each of `others`, reading `a` once for all of them:
+    one verdict per other, in order (a Refused where that file moved or vanished).
+
+    The same descriptor checks as compare_bytes (before and after reading, against
+    the given identities); Refused is raised (for all) only when `a` itself moved.
+    """
+    out: list[ByteCompare | Refused] = []
+    for i in range(0, len(others), GROUP_FDS):
+        out += _compare_some(a, a_id, others[i:i + GROUP_FDS])
+    return out
+
+
+def _compare_some(a: bytes, a_id: Ident, others: Sequence[tuple[bytes, Ident]]
+                  ) -> list[ByteCompare | Refused]:
+    out: list[ByteCompare | Refused] = []
+    live: list[tuple[int, int]] = []  # (index in out, fd) still equal so far
+    fa = _open_checked(a, a_id)
+    try:
+        for path, want in others:
+            try:
+                fd = _open_checked(path, want)
+            except Refused as r:
+                out.append(r)
+                continue
+            if want.size != a_id.size:
+                os.close(fd)
+                out.append(ByteCompare(False, 0))
+                continue
+            out.append(ByteCompare(True, 0))
+            live.append((len(out) - 1, fd))
+        _read_along(fa, a_id.size, live, out)
+        _check_fd(fa, a_id, a, True)
+        for i, fd in live:
+            try:
+                _check_fd(fd, others[i][1], others[i][0], True)
+            except Refused as r:
+                out[i] = r
+        return out
+    finally:
+        os.close(fa)
+        for _, fd in live:
+            os.close(fd)
+
+
+def _open_checked(path: bytes, want: Ident) -> int:
+    testpoints.at("verify", path)
+    try:
+        fd = _open(path)
+    except FileNotFoundError:
+        raise Refused("vanished", os.fsdecode(path)) from None
+    try:
+        _check_fd(fd, want, path, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_along(fa: int, size: int, live: list[tuple[int, int]],
+                out: list[ByteCompare | Refused]) -> None:
+    """Read fa once and every live fd along with it; a file that differs (or ends
+    elsewhere) gets its verdict and leaves `live` (its fd closed)."""
+    os.posix_fadvise(fa, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    off = nread = 0
+    while live:
+        da = os.pread(fa, BUF, off)
+        nread += len(da)
+        for i, fd in list(live):
+            db = os.pread(fd, BUF, off)
+            if da != db:
+                out[i] = ByteCompare(False, nread + len(db), off)
+                live.remove((i, fd))
+                os.close(fd)
+        if not da:
+            break
+        off += len(da)
+    for i, _ in live:
+        out[i] = ByteCompare(off == size, 2 * off)
 
 
 def read_upto(fd: int, n: int) -> bytes:

@@ -212,6 +212,29 @@ def test_forced_hash_collision_is_never_linked(tree: tuple[Path, Store]) -> None
     assert [o.state for o in ops] == ["REFUSED"]
 
 
+def test_forced_collision_inside_a_larger_group(tree: tuple[Path, Store]) -> None:
+    """The kept file is read once for all its duplicates (verify.compare_group): each
+    one that differs (first block, last block) is refused, the equal ones linked."""
+    root, store = tree
+    size = 300_000  # several compare reads
+    data = blob(4, size)
+    write(root / "a.bin", data)
+    write(root / "b.bin", data)
+    write(root / "c.bin", data[:-1] + b"!")
+    write(root / "d.bin", b"!" + data[1:])
+    write(root / "e.bin", data)
+    rep = scan(store, [str(root)], ScanOptions())
+    files = [f for grp in store.files_of_sizes(rep.scan_id, [size]) for f in grp]
+    assert len(files) == 5
+    res = link(store, DupGroup(size, tuple(files)), root)
+    assert res.linked == 2 and dict(res.counts) == {"content_differs": 2}
+    ino = inodes(root)
+    assert ino["b.bin"] == ino["a.bin"] == ino["e.bin"]
+    assert len({ino["a.bin"], ino["c.bin"], ino["d.bin"]}) == 3
+    assert (root / "c.bin").read_bytes().endswith(b"!")
+    assert (root / "d.bin").read_bytes().startswith(b"!")
+
+
 def test_forced_collision_through_the_index(tmpfs: Callable[..., Path], tmp_path: Path) -> None:
     """The CLI pass trusts stored hashes for unchanged files: forge equal ones."""
     root = tmpfs() / "vol"
@@ -279,6 +302,37 @@ def test_writer_after_the_batch_is_journalled_is_refused(tree: tuple[Path, Store
     assert ino["b0.bin"] == ino["a0.bin"] and ino["b2.bin"] == ino["a2.bin"]
     assert ino["b1.bin"] != ino["a1.bin"]
     assert states == {b"b0.bin": "DONE", b"b1.bin": "REFUSED", b"b2.bin": "DONE"}
+
+
+def test_writer_inside_a_group_after_the_batch_is_journalled(tree: tuple[Path, Store]) -> None:
+    # One group of four copies: a user edits one duplicate after the batch's PENDING
+    # rows are committed; the compare of the whole group refuses that one only.
+    from dedupd import testpoints
+    from dedupd.dedup.hardlink import link_groups
+
+    root, store = tree
+    for name in ("a", "b", "c", "d"):
+        write(root / f"{name}.bin", blob(20, 200_000))
+    g = only_group(store, root)
+    edited = root / "c.bin"
+
+    def edit(_point: str, _path: bytes) -> None:
+        with open(edited, "r+b") as f:  # same size, new bytes
+            f.seek(150_000)
+            f.write(b"edited by a user")
+
+    jr = Journal(store)
+    try:
+        with testpoints.acting(("batch",), edit):
+            res = link_groups(jr, [g], LinkPolicy("v", (bytes(root),)))
+        states = {os.path.basename(r.spec.dup_path): r.state for r in jr.history("v")}
+    finally:
+        jr.close()
+    assert res.linked == 2 and dict(res.counts) == {"changed": 1}
+    assert b"edited by a user" in edited.read_bytes()
+    ino = inodes(root)
+    assert ino["a.bin"] == ino["b.bin"] == ino["d.bin"] != ino["c.bin"]
+    assert states == {b"b.bin": "DONE", b"c.bin": "REFUSED", b"d.bin": "DONE"}
 
 
 def test_primary_paths_decide_the_kept_copy(tree: tuple[Path, Store]) -> None:
