@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from dedupd.consolidate.compare import Compared, same_as_data, same_bytes
 from dedupd.consolidate.inventory import SourcePath
 from dedupd.consolidate.plan import Copy, Known, Names, Plan
+from dedupd.consolidate.writer import IndexWriter
 from dedupd.files.events import FileEvent, Ident, Problem
 from dedupd.fsops.copy import (
     CopyError,
@@ -45,7 +46,6 @@ from dedupd.fsops.copy import (
     sync_batch,
     sync_filesystem,
 )
-from dedupd.index import provenance as prov
 from dedupd.index.provenance import Provenance
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 
@@ -114,6 +114,16 @@ class Executor:
         """Confirm known contents, then copy. Sources that turn out to differ from every
         archive file of their hash group go to `replan`, which adds copies to the plan
         (rounds repeat while copies reveal more of them)."""
+        self._writer = IndexWriter(self.store.url)  # forked before any thread of ours
+        try:
+            self._run(names, replan)
+        except BaseException:
+            self._writer.abandon()
+            raise
+        self.c.rows_written += self._writer.close()
+        return self.c
+
+    def _run(self, names: Names, replan: Callable[[list[SourcePath]], None] | None) -> None:
         for k in self.plan.known:
             self._confirm(k)
         start = 0
@@ -131,7 +141,6 @@ class Executor:
             sync_filesystem(self.archive)  # the last batch's names, before its rows
             self._unsynced = False
         self.flush()
-        return self.c
 
     def _copy_all(self, copies: list[Copy], names: Names) -> None:
         batch: list[Copy] = []
@@ -278,15 +287,11 @@ class Executor:
                                      f.ino, f.mtime_ns, f.ctime_ns, self._now, self._now))
 
     def flush(self) -> None:
-        """Write queued index rows: archive files first, then hashes, then provenance."""
-        if self._events:
-            self.store.record(self.scan_id, self._events)
-        if self._hashes:
-            self.store.save_hashes(self._hashes)
-        if self._rows:
-            self.c.rows_written += prov.save(self.store, self._rows)
-        if self._touch:
-            prov.touch(self.store, self.name, self._touch, self._now)
+        """Hand the queued index rows to the writer (archive files first, then hashes,
+        then provenance); it writes them beside the next batch's copies."""
+        if self._events or self._hashes or self._rows or self._touch:
+            self._writer.write(self.scan_id, self._events, self._hashes, self._rows,
+                               self.name, self._touch, self._now)
         self._events, self._hashes, self._rows, self._touch = [], [], [], []
 
 

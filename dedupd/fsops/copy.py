@@ -105,12 +105,15 @@ class Staged:
 
 class DestDirs:
     """Handles of destination directories, each made (mkdir -p, by handle) and
-    opened once; close() when the batch is done. Not thread-safe. With
-    synced_later the new levels are not fsynced one by one: the caller syncs
-    the filesystem (sync_batch) before any name in them is placed."""
+    opened once, and of the batch's temp files, each open from its creation to
+    its placing (sync, read-back and stat go through it: no re-open by name);
+    close() when the batch is done closes whatever is left. Not thread-safe.
+    With synced_later the new levels are not fsynced one by one: the caller
+    syncs the filesystem (sync_batch) before any name in them is placed."""
 
     def __init__(self, synced_later: bool = False) -> None:
         self._fds: dict[bytes, int] = {}
+        self._tmp: dict[bytes, int] = {}
         self._sync = not synced_later
 
     def fd(self, path: bytes) -> int:
@@ -121,10 +124,21 @@ class DestDirs:
             self._fds[path] = fd
         return fd
 
-    def close(self) -> None:
-        for fd in self._fds.values():
+    def keep(self, tmp: bytes, fd: int) -> None:
+        self._tmp[tmp] = fd
+
+    def tmp_fd(self, tmp: bytes) -> int | None:
+        return self._tmp.get(tmp)
+
+    def release(self, tmp: bytes) -> None:
+        fd = self._tmp.pop(tmp, None)
+        if fd is not None:
             os.close(fd)
-        self._fds = {}
+
+    def close(self) -> None:
+        for fd in (*self._tmp.values(), *self._fds.values()):
+            os.close(fd)
+        self._fds, self._tmp = {}, {}
 
     def __enter__(self) -> DestDirs:
         return self
@@ -144,13 +158,10 @@ def copy_verified(src: bytes, dest: bytes, expect: Ident | None = None,
         staged = stage_copy(src, os.path.dirname(dest) or b".", expect, dirs)
         on_step("written")
         try:
-            tdir, tname = _at(dirs, staged.tmp)
-            fd = os.open(tname, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=tdir)
-            try:
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+            fd = dirs.tmp_fd(staged.tmp)
+            assert fd is not None  # stage_copy keeps it in dirs
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             on_step("synced")
             res = place_copy(staged, dest, on_step, dirs)
             handles.fsync_fd(dirs.fd(os.path.dirname(dest)))
@@ -207,12 +218,16 @@ def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None,
             head, full, nread, data = _write_copy(sfd, tfd, st)
             _set_meta(tfd, st)
         except BaseException:
+            os.close(tfd)
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=dfd)
             raise
-        finally:
+        tmp = os.path.join(dest_dir, name)
+        if own:
             os.close(tfd)
-        return Staged(src, os.path.join(dest_dir, name), st, head, full, nread, data)
+        else:
+            d.keep(tmp, tfd)  # open until placed or discarded (DestDirs)
+        return Staged(src, tmp, st, head, full, nread, data)
     except OSError as e:
         raise CopyError("error", f"{e.strerror or e} while copying") from None
     finally:
@@ -227,15 +242,20 @@ def sync_batch(archive: bytes, staged: Iterable[Staged], dirs: DestDirs) -> None
     what reached the disk without a disk round trip per file."""
     sync_filesystem(archive)
     fds: list[int] = []
+    opened: list[int] = []
     try:
         for s in staged:
-            tdir, tname = _at(dirs, s.tmp)
-            fds.append(os.open(tname, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=tdir))
-            os.posix_fadvise(fds[-1], 0, 0, os.POSIX_FADV_DONTNEED)
+            fd = dirs.tmp_fd(s.tmp)
+            if fd is None:  # staged with a private DestDirs
+                tdir, tname = _at(dirs, s.tmp)
+                fd = os.open(tname, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=tdir)
+                opened.append(fd)
+            fds.append(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         for fd in fds:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
     finally:
-        for fd in fds:
+        for fd in opened:
             os.close(fd)
 
 
@@ -265,17 +285,17 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
                       dirs: DestDirs) -> CopyResult:
     # The source must still be the unchanged inode its path named at the copy.
     sfd, _ = _open_expected(staged.src, Ident.of(staged.src_stat))
-    try:
-        tdir, tname = _at(dirs, staged.tmp)
+    tdir, tname = _at(dirs, staged.tmp)
+    tfd = dirs.tmp_fd(staged.tmp)
+    if tfd is None:  # staged with a private DestDirs
         tfd = os.open(tname, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=tdir)
-        try:
-            if staged.data is not None:
-                _compare_kept(staged.data, tfd)
-                nread = staged.bytes_read
-            else:
-                nread = staged.bytes_read + _compare(sfd, tfd, staged.src_stat)
-        finally:
-            os.close(tfd)
+        dirs.keep(staged.tmp, tfd)
+    try:
+        if staged.data is not None:
+            _compare_kept(staged.data, tfd)
+            nread = staged.bytes_read
+        else:
+            nread = staged.bytes_read + _compare(sfd, tfd, staged.src_stat)
         _same(sfd, staged.src_stat)
     finally:
         os.close(sfd)
@@ -283,15 +303,17 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
     ddir, dname = _at(dirs, dest)
     _place(tdir, tname, ddir, dname, dest)
     on_step("placed")
-    return CopyResult(dest, staged.head, staged.full,
-                      os.stat(dname, dir_fd=ddir, follow_symlinks=False), nread,
-                      staged.src_stat.st_size, staged.data)
+    st = os.fstat(tfd)  # the inode now under dest (after the temp name went)
+    dirs.release(staged.tmp)
+    return CopyResult(dest, staged.head, staged.full, st, nread, staged.src_stat.st_size,
+                      staged.data)
 
 
 def discard(staged: Staged, dirs: DestDirs | None = None) -> None:
     if dirs is None:
         _unlink_quiet(staged.tmp)
         return
+    dirs.release(staged.tmp)
     with contextlib.suppress(OSError):
         tdir, tname = _at(dirs, staged.tmp)
         os.unlink(tname, dir_fd=tdir)
