@@ -24,7 +24,9 @@ makes batches of b files, so those tests can cross batch boundaries with a few.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable
@@ -147,6 +149,7 @@ class Executor:
         size = 0
         raw = os.environ.get(BATCH_ENV, "")
         max_files = int(raw) if raw.isdigit() and int(raw) > 0 else BATCH_FILES
+        max_files = min(max_files, _fd_budget())
         for cp in copies:
             batch.append(cp)
             size += cp.content.size
@@ -293,6 +296,22 @@ class Executor:
             self._writer.write(self.scan_id, self._events, self._hashes, self._rows,
                                self.name, self._touch, self._now)
         self._events, self._hashes, self._rows, self._touch = [], [], [], []
+
+
+def _fd_budget() -> int:
+    """Files a batch may hold open: each staged copy keeps its temp file and its source
+    open until placed (fsops.copy.DestDirs). The soft limit is raised to the hard one
+    where that is allowed (commonly 1024 of 524288); a third of it stays for the rest."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 16
+    want = min(want, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 16
+    return max(8, soft // 3)
 
 
 def _ident(f: IndexedFile) -> Ident:

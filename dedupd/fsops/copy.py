@@ -105,15 +105,17 @@ class Staged:
 
 class DestDirs:
     """Handles of destination directories, each made (mkdir -p, by handle) and
-    opened once, and of the batch's temp files, each open from its creation to
-    its placing (sync, read-back and stat go through it: no re-open by name);
-    close() when the batch is done closes whatever is left. Not thread-safe.
+    opened once, and of the batch's temp files and their sources, each open
+    from the copy to the placing (sync, read-back, stat and the source's
+    unchanged-check go through them: nothing is opened by name twice); close()
+    when the batch is done closes whatever is left. Not thread-safe.
     With synced_later the new levels are not fsynced one by one: the caller
     syncs the filesystem (sync_batch) before any name in them is placed."""
 
     def __init__(self, synced_later: bool = False) -> None:
         self._fds: dict[bytes, int] = {}
         self._tmp: dict[bytes, int] = {}
+        self._src: dict[bytes, int] = {}  # the source each temp file was copied from
         self._sync = not synced_later
 
     def fd(self, path: bytes) -> int:
@@ -124,21 +126,26 @@ class DestDirs:
             self._fds[path] = fd
         return fd
 
-    def keep(self, tmp: bytes, fd: int) -> None:
+    def keep(self, tmp: bytes, fd: int, src_fd: int) -> None:
         self._tmp[tmp] = fd
+        self._src[tmp] = src_fd
 
     def tmp_fd(self, tmp: bytes) -> int | None:
         return self._tmp.get(tmp)
 
+    def src_fd(self, tmp: bytes) -> int | None:
+        return self._src.get(tmp)
+
     def release(self, tmp: bytes) -> None:
-        fd = self._tmp.pop(tmp, None)
-        if fd is not None:
-            os.close(fd)
+        for held in (self._tmp, self._src):
+            fd = held.pop(tmp, None)
+            if fd is not None:
+                os.close(fd)
 
     def close(self) -> None:
-        for fd in (*self._tmp.values(), *self._fds.values()):
+        for fd in (*self._tmp.values(), *self._src.values(), *self._fds.values()):
             os.close(fd)
-        self._fds, self._tmp = {}, {}
+        self._fds, self._tmp, self._src = {}, {}, {}
 
     def __enter__(self) -> DestDirs:
         return self
@@ -209,6 +216,7 @@ def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None,
     sfd, st = _open_expected(src, expect)
     own = dirs is None
     d = DestDirs() if dirs is None else dirs
+    kept = False
     try:
         testpoints.at("mutate", dest_dir)
         dfd = d.fd(dest_dir)
@@ -226,12 +234,14 @@ def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None,
         if own:
             os.close(tfd)
         else:
-            d.keep(tmp, tfd)  # open until placed or discarded (DestDirs)
+            d.keep(tmp, tfd, sfd)  # both open until placed or discarded (DestDirs)
+            kept = True
         return Staged(src, tmp, st, head, full, nread, data)
     except OSError as e:
         raise CopyError("error", f"{e.strerror or e} while copying") from None
     finally:
-        os.close(sfd)
+        if not kept:
+            os.close(sfd)
         if own:
             d.close()
 
@@ -283,13 +293,17 @@ def place_copy(staged: Staged, dest: bytes, on_step: Step = _noop,
 
 def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
                       dirs: DestDirs) -> CopyResult:
-    # The source must still be the unchanged inode its path named at the copy.
-    sfd, _ = _open_expected(staged.src, Ident.of(staged.src_stat))
+    # The source must still be the inode that was copied, unchanged (its ctime moves
+    # with any write): checked on the handle it was read through, or re-opened.
+    sfd = dirs.src_fd(staged.tmp)
+    own_src = sfd is None
+    if sfd is None:
+        sfd, _ = _open_expected(staged.src, Ident.of(staged.src_stat))
     tdir, tname = _at(dirs, staged.tmp)
     tfd = dirs.tmp_fd(staged.tmp)
     if tfd is None:  # staged with a private DestDirs
         tfd = os.open(tname, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=tdir)
-        dirs.keep(staged.tmp, tfd)
+        dirs.keep(staged.tmp, tfd, os.dup(sfd))
     try:
         if staged.data is not None:
             _compare_kept(staged.data, tfd)
@@ -298,7 +312,8 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
             nread = staged.bytes_read + _compare(sfd, tfd, staged.src_stat)
         _same(sfd, staged.src_stat)
     finally:
-        os.close(sfd)
+        if own_src:
+            os.close(sfd)
     on_step("verified")
     ddir, dname = _at(dirs, dest)
     _place(tdir, tname, ddir, dname, dest)
