@@ -4,15 +4,17 @@ Index writes are batched (every FLUSH_EVERY files): a crash loses at most the
 rows of one batch, and the next run rebuilds them from the files themselves
 (the copies are already in the archive; they are found and byte-compared).
 
-Copies go in batches (BATCH_FILES / BATCH_BYTES): stage every copy of the
-batch to a temp name, one syncfs (then the batch's temp files are dropped
-from the cache and read ahead together), then per file compare + link into
-place. The index rows of a batch are written after the next sync (the next
-batch's, or the last one at the end): that sync makes its new names durable
-first, so the index never names a copy a crash could lose, at one syncfs per
-batch. Each source is read once for
-its copy: the bytes stay in memory for the verify of the copy and for the
-byte compare of the content's other source paths (see fsops/copy.py).
+Copies go in batches (BATCH_FILES / BATCH_BYTES, and at most a third of the
+open-file limit: each staged copy holds its temp file and its source open until
+placed): stage every copy of the batch to a temp name, one syncfs (then the
+batch's temp files are dropped from the cache and read ahead together), then
+per file compare + link into place. The index rows of a batch are handed to
+the index writer (consolidate/writer.py, a forked process on the other core)
+after the next sync (the next batch's, or the last one at the end): that sync
+makes its new names durable first, so the index never names a copy a crash
+could lose, at one syncfs per batch. Each source is read once for its copy:
+the bytes stay in memory for the verify of the copy and for the byte compare
+of the content's other source paths (see fsops/copy.py).
 
 Test hook: when the environment variable DEDUPD_TEST_KILL_AFTER_COPY_STEPS=k
 is set, the process SIGKILLs itself right after the k-th copy step. Steps,

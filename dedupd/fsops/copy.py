@@ -12,7 +12,8 @@ Contract of `copy_verified(src, dest)`:
 4. read the temp file back from the disk and compare every byte with the
    source: with the bytes kept in memory (the source is read once), else by
    reading the source again side by side; either way the source must still
-   be the unchanged inode its path named when it was copied;
+   be the inode that was copied, unchanged (size, mtime, ctime: any write
+   moves the ctime), checked on the handle it was read through;
 5. put it in place without clobbering: `link(tmp, dest)` fails if dest exists
    (a plain `rename` would silently replace a file someone else put there);
    then unlink tmp and fsync the directory. Filesystems without hardlinks fall
@@ -29,7 +30,10 @@ instead of one disk round trip per file); `place_copy` does steps 4-5. The
 order per file stays write -> durable -> compare -> link, so no name ever
 shows undurable or unverified data. `DestDirs` holds the destination
 directories' handles for a batch: each is made and opened once, and every
-create, link and unlink of the batch is relative to it.
+create, link and unlink of the batch is relative to it. It also holds each
+staged temp file and its source open until the copy is placed or discarded:
+the sync's cache drop, the read-back, the source's unchanged-check (fstat of
+the very handle it was read through) and the final stat need no new open.
 """
 
 from __future__ import annotations
