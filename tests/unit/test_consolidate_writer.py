@@ -20,30 +20,37 @@ from dedupd.index.store import HashUpdate, Store
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _row(src: bytes, content: bytes, when: float = 1.0) -> Provenance:
-    return Provenance("c", src, b"/a/" + os.path.basename(src), content, 3, 1, 2, 3, 4,
-                      when, when)
+def _row(src: Path, archive: Path, content: bytes, when: float = 1.0) -> Provenance:
+    st = os.stat(src)
+    return Provenance("c", bytes(src), bytes(archive), content, st.st_size, st.st_dev,
+                      st.st_ino, st.st_mtime_ns, st.st_ctime_ns, when, when)
 
 
 def test_writes_every_flush_in_order_and_counts_rows(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    src, arch = tmp_path / "s", tmp_path / "a"
+    for d in (src, arch):
+        d.mkdir()
+    for n in ("x", "y"):
+        (src / n).write_bytes(b"abc")
+    (arch / "x").write_bytes(b"abc")
     store = Store(url)
     try:
-        scan = store.begin_scan([b"/a"])
-        ev = FileEvent(b"/a/x", 1, 77, 3, 5, 6, 0o100644, 0, 0, 1)
+        scan = store.begin_scan([bytes(arch)])
+        ev = FileEvent.from_stat(bytes(arch / "x"), os.stat(arch / "x"))
         w = IndexWriter(url)
-        w.write(scan, [ev], [HashUpdate(1, 77, 11, b"h" * 16)], [_row(b"/s/x", b"h" * 16)],
-                "c", [], 1.0)
+        w.write(scan, [ev], [HashUpdate(ev.dev, ev.ino, 11, b"h" * 16)],
+                [_row(src / "x", arch / "x", b"h" * 16)], "c", [], 1.0)
         # a later flush replaces the row: applied after the first, never before
-        w.write(scan, [], [], [_row(b"/s/x", b"k" * 16, 2.0), _row(b"/s/y", b"k" * 16)],
-                "c", [], 2.0)
-        w.write(scan, [], [], [], "c", [b"/s/y"], 9.0)
+        w.write(scan, [], [], [_row(src / "x", arch / "x", b"k" * 16, 2.0),
+                               _row(src / "y", arch / "x", b"k" * 16)], "c", [], 2.0)
+        w.write(scan, [], [], [], "c", [bytes(src / "y")], 9.0)
         assert w.close() == 3
         rows = prov.load(store, "c")
-        assert rows[b"/s/x"].content == b"k" * 16 and rows[b"/s/x"].first_seen == 1.0
-        assert rows[b"/s/y"].last_seen == 9.0
+        x, y = rows[bytes(src / "x")], rows[bytes(src / "y")]
+        assert x.content == b"k" * 16 and x.first_seen == 1.0 and y.last_seen == 9.0
         [f] = [f for g in prov.files_by_size(store, scan) for f in g]
-        assert (f.ino, f.head, f.full) == (77, 11, b"h" * 16)
+        assert (f.ino, f.head, f.full) == (ev.ino, 11, b"h" * 16)
     finally:
         store.close()
 
