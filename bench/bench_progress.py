@@ -10,8 +10,12 @@ duplicates) in /dev/shm when it exists, so that the disk adds no noise, and
 removes it at the end. Each round scans it twice into fresh index files (every
 file walked and every candidate read: a first scan), in alternating order;
 prints the best and the median wall time and CPU time of each, and the
-overhead of the display. About 40 seconds.
-Run: .venv/bin/python bench/bench_progress.py  (or make bench BENCH_ARGS=progress)
+overhead of the display. On a busy machine the wall times wander by more than
+the display costs, so the display's own CPU is measured apart too, in fresh
+interpreters (--probe): once per display (import, first and last frame) and per
+refresh, and put next to the --no-progress scan. About a minute.
+Run: flock /work/wt/bench.lock .venv/bin/python bench/bench_progress.py
+(or make bench BENCH_ARGS=progress); BENCH_ROUNDS=N for N rounds (default 5).
 """
 
 from __future__ import annotations
@@ -45,18 +49,7 @@ def scan_on_tty(root: Path, db: str, progress: bool) -> tuple[float, float, int]
     """Wall seconds, CPU seconds (user + system) and bytes drawn on the terminal."""
     master, slave = os.openpty()
     drawn = [0]
-
-    def drain() -> None:
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            drawn[0] += len(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
+    reader = threading.Thread(target=_drain, args=(master, drawn), daemon=True)
     reader.start()
     flag = "--progress" if progress else "--no-progress"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -76,11 +69,92 @@ def scan_on_tty(root: Path, db: str, progress: bool) -> tuple[float, float, int]
 
 
 DELAY = os.environ.get("BENCH_PROGRESS_DELAY", "0")
+REFRESHES = 200  # timed one by one in each probe
+
+
+def probe() -> None:
+    """(Run in a fresh interpreter, --probe.) What the display itself costs, in
+    CPU seconds of the thread that pays: once (import, first and last frame) and
+    per refresh. A small scan runs first, so that what a scan has imported by
+    the time its display starts is already there. Prints JSON on stdout."""
+    import contextlib
+    import json
+
+    from dedupd.cli import main as dedupd_main
+    from dedupd.progress import TerminalProgress
+
+    with tempfile.TemporaryDirectory(prefix="dedupd-bench-probe-", dir=BASE) as tmp:
+        for i in range(4):
+            Path(tmp, f"f{i}").write_bytes(b"x" * (1000 + i % 2))
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            dedupd_main(["scan", "--no-progress", "--json", "--db", f"sqlite:///{tmp}/i.db", tmp])
+    master, slave = os.openpty()
+    reader = threading.Thread(target=_drain, args=(master, [0]), daemon=True)
+    reader.start()
+    term = open(slave, "w", encoding="utf-8")  # noqa: SIM115
+    src = TerminalProgress("files", delay=3600)
+    src.phase("walk")
+    src.update(40_000, note="400.0 MiB")
+    src.phase("hash", 12_000, 4 * 1024**3)
+    src.update(3_000, 1024**3)
+    clock = time.thread_time
+    t0 = clock()
+    from dedupd.progress_term import Display
+
+    display = Display(src, term)
+    display.start()
+    display.stop()
+    fixed = clock() - t0
+    refresh = []
+    display = Display(src, term)
+    display.start()
+    for _ in range(REFRESHES):
+        src.advance(1, 1 << 20)  # new numbers: every refresh redraws
+        t0 = clock()
+        display.refresh()
+        refresh.append(clock() - t0)
+    display.stop()
+    term.close()
+    reader.join(10)
+    os.close(master)
+    print(json.dumps({"fixed": fixed, "refresh": statistics.median(refresh),
+                      "refresh_best": min(refresh)}))
+
+
+def _drain(master: int, drawn: list[int]) -> None:
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            return
+        if not data:
+            return
+        drawn[0] += len(data)
+
+
+def measure_display() -> tuple[list[float], list[float]]:
+    """Fixed and per-refresh CPU seconds, one of each per fresh interpreter."""
+    import json
+    import sys
+
+    fixed, refresh = [], []
+    for _ in range(ROUNDS):
+        out = subprocess.run([sys.executable, __file__, "--probe"], check=True,
+                             capture_output=True, text=True).stdout
+        got = json.loads(out)
+        fixed.append(got["fixed"])
+        refresh.append(got["refresh"])
+    return fixed, refresh
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
     runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
     drawn = 0
+    load_before = load()
     with tempfile.TemporaryDirectory(prefix="dedupd-bench-progress-", dir=BASE) as tmp:
         root = tree(Path(tmp))
         scan_on_tty(root, f"sqlite:///{tmp}/warm.db", False)  # warm the page cache
@@ -91,20 +165,49 @@ def main() -> None:
                 runs[progress].append((wall, cpu))
                 drawn += n if progress else 0
                 os.unlink(db.removeprefix("sqlite:///"))
-    print(f"scan of {FILES} files, {ROUNDS} rounds, stderr on a pty "
-          f"({drawn // ROUNDS} bytes of progress drawn per scan)")
+    fixed, refresh = measure_display()
+    report(runs, drawn, fixed, refresh)
+    print(f"  ({load_before} before, {load()} after)")
+
+
+def report(runs: dict[bool, list[tuple[float, float]]], drawn: int,
+           fixed: list[float], refresh: list[float]) -> None:
+    from dedupd.progress_term import REFRESH_PER_SECOND
+
+    med = statistics.median
+    print(f"scan of {FILES} files, {ROUNDS} rounds, stderr on a pty, display drawn after "
+          f"{DELAY} s ({drawn // ROUNDS} bytes of progress drawn per scan)")
+    print(f"  {'':24s}{'wall best':>10s}{'median':>9s}{'cpu best':>11s}{'median':>9s}")
     for progress, label in ((False, "--no-progress"), (True, "progress")):
         walls = [w for w, _ in runs[progress]]
         cpus = [c for _, c in runs[progress]]
-        print(f"  {label:14s} wall best {min(walls):.3f}s median {statistics.median(walls):.3f}s"
-              f"  cpu best {min(cpus):.3f}s median {statistics.median(cpus):.3f}s")
-    for what, k in (("wall", 0), ("cpu", 1)):
-        for how, pick in ((f"best of {ROUNDS}", min), ("median", statistics.median)):
-            on = pick([r[k] for r in runs[True]])
-            off = pick([r[k] for r in runs[False]])
-            print(f"  overhead of the display ({what}, {how}, drawn after {DELAY} s): "
-                  f"{(on - off) / off * 100:+.1f}%")
+        print(f"  {label:24s}{min(walls):9.3f}s{med(walls):8.3f}s{min(cpus):10.3f}s"
+              f"{med(cpus):8.3f}s")
+    over = [(pick([r[k] for r in runs[True]]) - pick([r[k] for r in runs[False]]))
+            / pick([r[k] for r in runs[False]]) * 100 for k in (0, 1) for pick in (min, med)]
+    print(f"  {'overhead (measured)':24s}" + "".join(
+        f"{o:+{w}.1f}%" for o, w in zip(over, (9, 8, 10, 8), strict=True)))
+    # the display's own cost, from fresh interpreters, against the same scans
+    wall0, cpu0 = med([w for w, _ in runs[False]]), med([c for _, c in runs[False]])
+    drawn_for = max(0.0, wall0 - float(DELAY))
+    n = drawn_for * REFRESH_PER_SECOND
+    print(f"the display's own CPU ({ROUNDS} fresh interpreters; % of the --no-progress "
+          f"scan's median wall {wall0:.3f}s / cpu {cpu0:.3f}s):")
+    for label, xs in (("fixed (import, first and last frame)", fixed),
+                      ("per refresh", refresh)):
+        b, m = min(xs), med(xs)
+        print(f"  {label:38s} best {b * 1000:7.3f} ms  median {m * 1000:7.3f} ms"
+              f"  ({m / wall0 * 100:.2f}% / {m / cpu0 * 100:.2f}%)")
+    total = med(fixed) + n * med(refresh)
+    label = f"expected: fixed + {n:.0f} refreshes"
+    print(f"  {label:38s} {total * 1000:12.3f} ms"
+          f"  ({total / wall0 * 100:.2f}% / {total / cpu0 * 100:.2f}%)")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:] == ["--probe"]:
+        probe()
+    else:
+        main()
