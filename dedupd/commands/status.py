@@ -20,7 +20,9 @@ from dedupd.output import human_bytes, print_json
 HELP = """\
 Show what the running daemon is doing: each volume's state (idle, scanning,
 hashing, deduping; paused), what it is working on, rates, passes, bytes
-reclaimed, backup jobs, the next scheduled events and the last errors.
+reclaimed, backup jobs, the next scheduled events and the last errors. On a
+terminal as tables; piped or redirected as plain columns (the same each
+release, for scripts); --json for the whole status document.
 
 It asks the daemon over its control socket (RUNTIME_DIR/dedupd.sock, see
 [daemon] runtime_dir); root and members of the socket group may ask. The
@@ -81,6 +83,11 @@ def _raw_runtime_dir(path: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     client = ControlClient(socket_path(args))
     fields = {"volume": args.volume} if args.volume else {}
+    console = None
+    if not args.json and sys.stdout.isatty():  # tables on a terminal; scripts get render()
+        from rich.console import Console
+
+        console = Console(highlight=False)
     try:
         while True:
             doc = client.request("status", **fields)
@@ -93,7 +100,12 @@ def run(args: argparse.Namespace) -> int:
             else:
                 if args.watch and sys.stdout.isatty():
                     sys.stdout.write("\x1b[H\x1b[2J")
-                sys.stdout.write(render(doc))
+                if console is not None:
+                    from dedupd.commands.status_table import show
+
+                    show(doc, console)
+                else:
+                    sys.stdout.write(render(doc))
             sys.stdout.flush()
             if not args.watch:
                 return 0
