@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,6 +20,12 @@ pytestmark = pytest.mark.integration
 MountFactory = Callable[[str, str], Path]
 # 50,000 files as the issue asks; DEDUPD_TEST_FILES lowers it on a slow machine.
 N_FILES = int(os.environ.get("DEDUPD_TEST_FILES", "50000"))
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children so far (user + system)."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def fill(root: Path, n: int) -> list[Path]:
@@ -44,9 +51,9 @@ def test_next_pass_examines_only_the_touched_files(loopfs: MountFactory, store: 
     require_tools("btrfs")
     vol = loopfs("btrfs", "3G")
     files = fill(vol / "photos", N_FILES)
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), cpu_seconds()
     first = run_pass(store, vol)
-    t_full = time.monotonic() - t0
+    t_full, c_full = time.monotonic() - t0, cpu_seconds() - c0
     assert first.counters["files_examined"] == N_FILES + N_FILES // 500
     assert first.counters["hits"] == N_FILES // 500
     # Data written before the first pass but written back after its horizon must
@@ -59,14 +66,20 @@ def test_next_pass_examines_only_the_touched_files(loopfs: MountFactory, store: 
     touched = random.Random(9).sample(files, 100)
     for p in touched:
         os.utime(p)
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), cpu_seconds()
     inc = run_pass(store, vol)
-    t_inc = time.monotonic() - t0
+    t_inc, c_inc = time.monotonic() - t0, cpu_seconds() - c0
     assert inc.counters["files_examined"] == 100
     assert inc.counters.get("full_scans", 0) == 0
-    assert t_inc < 0.05 * t_full, (t_inc, t_full)
-    print(f"\nfull pass {t_full:.2f}s over {N_FILES} files; incremental {t_inc:.3f}s "
-          f"({100 * t_inc / t_full:.1f}%)")
+    # Its work follows the 100 changes, not the 50,000 files: the generation search
+    # found only those inodes, and no walk ran. What a pass costs is checked in CPU
+    # time (this process and its children) against the full pass of this test:
+    # wall time on a shared machine measures the neighbours (~1% when measured).
+    assert inc.counters["inodes_changed"] <= 2 * 100, inc.counters
+    assert inc.counters["files_seen"] == 100, inc.counters
+    assert c_inc < 0.05 * c_full, (c_inc, c_full)
+    print(f"\nfull pass {t_full:.2f}s ({c_full:.2f}s cpu) over {N_FILES} files; incremental "
+          f"{t_inc:.3f}s ({c_inc:.3f}s cpu, {100 * c_inc / c_full:.1f}%)")
 
 
 def test_metadata_changes_deletions_renames_and_new_subvolumes(loopfs: MountFactory,

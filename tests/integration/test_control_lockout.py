@@ -99,6 +99,8 @@ def test_one_user_cannot_lock_root_out(dedupd_daemon, daemon_base, member):
     # the member may read but not steer: admin_group is root's own group
     dp = dedupd_daemon({"v": {"path": str(vol)}},
                        daemon={"socket_group": group, "admin_group": "root"})
+    # root's answers with nobody in the way: the baseline for the ones below
+    before = sorted(timed(dp, "status")[0] for _ in range(5))
     script = daemon_base / "attacker.py"
     script.write_text(ATTACKER)
     os.chmod(script, 0o644)
@@ -111,14 +113,21 @@ def test_one_user_cannot_lock_root_out(dedupd_daemon, daemon_base, member):
         seen = json.loads(attacker.stdout.readline())
         assert seen["uid"] == pwd.getpwnam(user).pw_uid != 0
         assert seen["connected"] == HOLD
-        for _ in range(3):
+        # Root is answered as quickly as with nobody in the way (the median against
+        # the baseline above, not a fixed 100 ms a busy machine misses), and never
+        # made to wait for a slot (that would be the client's 5 s timeout).
+        during = []
+        for _ in range(5):
             took, reply = timed(dp, "status")
             assert reply["ok"] and reply["pid"] == dp.proc.pid
-            assert took < 0.1, took
+            during.append(took)
+        during.sort()
+        assert during[2] <= 3 * before[2] + 0.05, (during, before)
         took, reply = timed(dp, "pause")
-        assert reply["pause"] == ["v"] and took < 0.1, took
+        assert reply["pause"] == ["v"] and took < 2.0, took
         took, reply = timed(dp, "resume")
-        assert reply["resume"] == ["v"] and took < 0.1, took
+        assert reply["resume"] == ["v"] and took < 2.0, took
+        assert max(during) < 2.0, during
         # all but PER_UID of them were refused at once, with the reason
         assert seen["answered"] == HOLD - control_access.PER_UID, seen
         assert len(seen["replies"]) == 1 and '"code": "EBUSY"' in seen["replies"][0]

