@@ -9,11 +9,13 @@ Builds a tree of BENCH_PROGRESS_FILES files (default 40,000, ~400 MB, 30%
 duplicates) in /dev/shm when it exists, so that the disk adds no noise, and
 removes it at the end. Each round scans it twice into fresh index files (every
 file walked and every candidate read: a first scan), in alternating order;
-prints the best and the median wall time and CPU time of each, and the
-overhead of the display. On a busy machine the wall times wander by more than
-the display costs, so the display's own CPU is measured apart too, in fresh
-interpreters (--probe): once per display (import, first and last frame) and per
-refresh, and put next to the --no-progress scan. About a minute.
+prints the best and the median wall time and CPU time of each (all processes,
+and the dedupd process alone, where the display runs: the forked walker and
+hashers add most of the noise), and the overhead of the display. On a busy
+machine the wall times wander by more than the display costs, so the display's
+own CPU is measured apart too, in fresh interpreters (--probe): once per display
+(import, first and last frame) and per refresh, and put next to the
+--no-progress scan. About a minute.
 Run: flock /work/wt/bench.lock .venv/bin/python bench/bench_progress.py
 (or make bench BENCH_ARGS=progress); BENCH_ROUNDS=N for N rounds (default 5).
 """
@@ -24,9 +26,11 @@ import os
 import resource
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import DEDUPD
@@ -45,27 +49,53 @@ def tree(base: Path) -> Path:
     return base / "t"
 
 
-def scan_on_tty(root: Path, db: str, progress: bool) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds (user + system) and bytes drawn on the terminal."""
+PYTHON = str(Path(DEDUPD).with_name("python"))  # the venv's, as the dedupd script's
+# `dedupd` as its console script runs it, then its own CPU time (the display's
+# process, without the forked walker and hashers) written to BENCH_CPU_FD.
+RUN_DEDUPD = """
+import os, resource, sys
+from dedupd.cli import main
+rc = main(sys.argv[1:])
+me = resource.getrusage(resource.RUSAGE_SELF)
+os.write(int(os.environ["BENCH_CPU_FD"]), b"%.6f" % (me.ru_utime + me.ru_stime))
+sys.exit(rc)
+"""
+
+
+@dataclass(frozen=True)
+class Scan:
+    wall: float  # seconds
+    cpu: float  # CPU seconds (user + system) of dedupd and all its children
+    cpu_self: float  # of the dedupd process alone: where the display draws
+    drawn: int  # bytes written to the terminal
+
+
+def scan_on_tty(root: Path, db: str, progress: bool) -> Scan:
     master, slave = os.openpty()
     drawn = [0]
     reader = threading.Thread(target=_drain, args=(master, drawn), daemon=True)
     reader.start()
     flag = "--progress" if progress else "--no-progress"
+    r, w = os.pipe()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    p = subprocess.run([DEDUPD, "scan", "--json", flag, "--db", db, str(root)],
+    p = subprocess.run([PYTHON, "-c", RUN_DEDUPD, "scan", "--json", flag, "--db", db,
+                        str(root)],
                        stdout=subprocess.DEVNULL, stderr=slave, stdin=subprocess.DEVNULL,
-                       env={**os.environ, "DEDUPD_PROGRESS_DELAY": DELAY})
+                       pass_fds=(w,), env={**os.environ, "DEDUPD_PROGRESS_DELAY": DELAY,
+                                           "BENCH_CPU_FD": str(w)})
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    os.close(w)
+    cpu_self = os.read(r, 100)
+    os.close(r)
     os.close(slave)
     reader.join(10)
     os.close(master)
-    if p.returncode != 0:
+    if p.returncode != 0 or not cpu_self:
         raise SystemExit(f"dedupd scan failed ({p.returncode})")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, drawn[0]
+    return Scan(wall, cpu, float(cpu_self), drawn[0])
 
 
 DELAY = os.environ.get("BENCH_PROGRESS_DELAY", "0")
@@ -135,7 +165,6 @@ def _drain(master: int, drawn: list[int]) -> None:
 def measure_display() -> tuple[list[float], list[float]]:
     """Fixed and per-refresh CPU seconds, one of each per fresh interpreter."""
     import json
-    import sys
 
     fixed, refresh = [], []
     for _ in range(ROUNDS):
@@ -152,8 +181,7 @@ def load() -> str:
 
 
 def main() -> None:
-    runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
-    drawn = 0
+    runs: dict[bool, list[Scan]] = {True: [], False: []}
     load_before = load()
     with tempfile.TemporaryDirectory(prefix="dedupd-bench-progress-", dir=BASE) as tmp:
         root = tree(Path(tmp))
@@ -161,36 +189,36 @@ def main() -> None:
         for i in range(ROUNDS):
             for progress in ((True, False) if i % 2 == 0 else (False, True)):
                 db = f"sqlite:///{tmp}/r{i}-{int(progress)}.db"
-                wall, cpu, n = scan_on_tty(root, db, progress)
-                runs[progress].append((wall, cpu))
-                drawn += n if progress else 0
+                runs[progress].append(scan_on_tty(root, db, progress))
                 os.unlink(db.removeprefix("sqlite:///"))
     fixed, refresh = measure_display()
-    report(runs, drawn, fixed, refresh)
+    report(runs, fixed, refresh)
     print(f"  ({load_before} before, {load()} after)")
 
 
-def report(runs: dict[bool, list[tuple[float, float]]], drawn: int,
-           fixed: list[float], refresh: list[float]) -> None:
+def report(runs: dict[bool, list[Scan]], fixed: list[float], refresh: list[float]) -> None:
     from dedupd.progress_term import REFRESH_PER_SECOND
 
     med = statistics.median
+    drawn = med([r.drawn for r in runs[True]])
     print(f"scan of {FILES} files, {ROUNDS} rounds, stderr on a pty, display drawn after "
-          f"{DELAY} s ({drawn // ROUNDS} bytes of progress drawn per scan)")
-    print(f"  {'':24s}{'wall best':>10s}{'median':>9s}{'cpu best':>11s}{'median':>9s}")
+          f"{DELAY} s ({drawn:.0f} bytes of progress drawn per scan)")
+    what = (("wall", lambda r: r.wall), ("cpu, all", lambda r: r.cpu),
+            ("cpu, dedupd alone", lambda r: r.cpu_self))
+    print(f"  {'':22s}" + "".join(f"{w + ' best':>22s}{'median':>9s}" for w, _ in what))
     for progress, label in ((False, "--no-progress"), (True, "progress")):
-        walls = [w for w, _ in runs[progress]]
-        cpus = [c for _, c in runs[progress]]
-        print(f"  {label:24s}{min(walls):9.3f}s{med(walls):8.3f}s{min(cpus):10.3f}s"
-              f"{med(cpus):8.3f}s")
-    over = [(pick([r[k] for r in runs[True]]) - pick([r[k] for r in runs[False]]))
-            / pick([r[k] for r in runs[False]]) * 100 for k in (0, 1) for pick in (min, med)]
-    print(f"  {'overhead (measured)':24s}" + "".join(
-        f"{o:+{w}.1f}%" for o, w in zip(over, (9, 8, 10, 8), strict=True)))
+        print(f"  {label:22s}" + "".join(
+            f"{min(map(f, runs[progress])):21.3f}s{med(list(map(f, runs[progress]))):8.3f}s"
+            for _, f in what))
+    cells = []
+    for _, f in what:
+        for pick in (min, med):
+            on, off = pick(list(map(f, runs[True]))), pick(list(map(f, runs[False])))
+            cells.append(f"{(on - off) / off * 100:+{21 if pick is min else 8}.1f}%")
+    print(f"  {'overhead (measured)':22s}" + "".join(cells))
     # the display's own cost, from fresh interpreters, against the same scans
-    wall0, cpu0 = med([w for w, _ in runs[False]]), med([c for _, c in runs[False]])
-    drawn_for = max(0.0, wall0 - float(DELAY))
-    n = drawn_for * REFRESH_PER_SECOND
+    wall0, cpu0 = med([r.wall for r in runs[False]]), med([r.cpu for r in runs[False]])
+    n = max(0.0, wall0 - float(DELAY)) * REFRESH_PER_SECOND
     print(f"the display's own CPU ({ROUNDS} fresh interpreters; % of the --no-progress "
           f"scan's median wall {wall0:.3f}s / cpu {cpu0:.3f}s):")
     for label, xs in (("fixed (import, first and last frame)", fixed),
@@ -205,8 +233,6 @@ def report(runs: dict[bool, list[tuple[float, float]]], drawn: int,
 
 
 if __name__ == "__main__":
-    import sys
-
     if sys.argv[1:] == ["--probe"]:
         probe()
     else:
