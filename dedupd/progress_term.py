@@ -66,6 +66,7 @@ class Display:
         self.shown = 0  # lines of the display on the screen now
         self.last = ""  # the frame they show
         self.broken = False  # the terminal refused a write: draw no more
+        self.live = False  # between start() and stop()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self.stderr: Any = None  # what sys.stderr was before the display took it over
@@ -74,6 +75,7 @@ class Display:
         with self.lock:
             if sys.stderr is self.out:
                 self.stderr, sys.stderr = sys.stderr, LinesAbove(self)
+            self.live = True
             self._write(_HIDE + self._redraw(force=True))
         self.thread.start()
 
@@ -86,6 +88,7 @@ class Display:
             if isinstance(sys.stderr, LinesAbove) and sys.stderr.display is self:
                 sys.stderr.flush()
                 sys.stderr = self.stderr
+            self.live = False
             self._write(self._redraw() + self._erase() + _SHOW)
 
     def refresh(self) -> None:
@@ -95,13 +98,17 @@ class Display:
             self._write(self._redraw())
 
     def _loop(self) -> None:
-        while not self.stopping.wait(1 / REFRESH_PER_SECOND):
+        while not self.stopping.wait(1 / REFRESH_PER_SECOND) and not self.broken:
             self.refresh()
 
     def above(self, text: str) -> None:
-        """Print whole lines (ending in a newline) above the display."""
+        """Print whole lines (ending in a newline) above the display (once it is
+        stopped, to whoever still holds the stand-in: just the lines)."""
         with self.lock:
-            self._write(self._erase() + text + self._redraw(force=True))
+            if self.live:
+                self._write(self._erase() + text + self._redraw(force=True))
+            else:
+                self._write(text)
 
     def _write(self, text: str) -> None:
         if not text or self.broken:

@@ -74,10 +74,12 @@ def test_lines_above_the_display_and_nothing_left_behind(monkeypatch):
         d.start()
         assert sys.stderr is not term  # lines written meanwhile go through the display
         logging.getLogger("dedupd").warning("a line from the log")
+        kept = sys.stderr  # (a stream handler made meanwhile would keep the stand-in)
         p.update(6_000, 2 * 1024**3)
         d.refresh()
         d.stop()
         assert sys.stderr is term
+        kept.write("after the end\n")  # just the line: the display stays erased
     raw = b"".join(got).decode()
     # the display erased, the log line, the display drawn again below it
     m = re.search(r"3,000/12,000 files[^\r]*\r\x1b\[2K\x1b\[1A\x1b\[2K"
@@ -86,7 +88,7 @@ def test_lines_above_the_display_and_nothing_left_behind(monkeypatch):
     assert m, repr(raw)
     assert "6,000/12,000 files  2.0 GiB/4.0 GiB" in raw[m.end():]
     # the end: the last frame erased line by line, the cursor shown again
-    assert raw.endswith("\r\x1b[2K\x1b[1A\x1b[2K\x1b[?25h"), repr(raw[-80:])
+    assert raw.endswith("\r\x1b[2K\x1b[1A\x1b[2K\x1b[?25hafter the end\r\n"), repr(raw[-80:])
     assert raw.startswith("\x1b[?25l")
 
 
