@@ -141,6 +141,11 @@ class Db:
         self.p = "?" if path is not None else "%s"  # the driver's placeholder
         self._local = threading.local()
         self._inherited: list[Any] = []
+        # Every connection opened in this process, with its thread: a sqlite3
+        # connection is in a reference cycle (its statement cache), so one that
+        # is not closed keeps its 3 fds until the garbage collector runs.
+        self._opened: list[tuple[int, threading.Thread, Any]] = []
+        self._opened_lock = threading.Lock()
         if path is not None:
             where = Path(path).parent
             try:
@@ -159,7 +164,25 @@ class Db:
             self._inherited.append(c)
         c = self._connect()
         self._local.conn, self._local.pid = c, os.getpid()
+        with self._opened_lock:
+            self._close_ended()
+            self._opened.append((os.getpid(), threading.current_thread(), c))
         return c
+
+    def _close_ended(self, this_thread: bool = False) -> None:
+        """Close this process's connections of threads that ended (and this thread's
+        with this_thread); the caller holds _opened_lock."""
+        me, pid, kept = threading.current_thread(), os.getpid(), []
+        for entry in self._opened:
+            owner, t, c = entry
+            if owner != pid:  # inherited across fork: the parent's, never closed here
+                kept.append(entry)
+            elif (this_thread and t is me) or not t.is_alive():
+                with suppress(Exception):
+                    c.close()
+            else:
+                kept.append(entry)
+        self._opened[:] = kept
 
     def _connect(self) -> Any:
         try:
@@ -181,10 +204,10 @@ class Db:
             raise
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their thread ends)."""
-        c = getattr(self._local, "conn", None)
-        if c is not None and self._local.pid == os.getpid():
-            c.close()
+        """Close this thread's connection and those of threads that ended (a live
+        thread's closes at the next close or connection after it ends)."""
+        with self._opened_lock:
+            self._close_ended(this_thread=True)
         self._local.conn = None
 
     @contextmanager

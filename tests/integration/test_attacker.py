@@ -113,10 +113,14 @@ def build(site: Site, atk: User) -> None:
 
 def run_pass(site: Site, db: Path) -> PassReport:
     cfg = parse({"volumes": {"v": site.volume}})
-    vp = make_pass(cfg.volumes["v"], Store(f"sqlite:///{db}"), PassOptions())
-    for _ in vp.steps():
-        pass
-    return vp.report()
+    store = Store(f"sqlite:///{db}")
+    try:
+        vp = make_pass(cfg.volumes["v"], store, PassOptions())
+        for _ in vp.steps():
+            pass
+        return vp.report()
+    finally:
+        store.close()  # a test's index must not hold fds into the next tests
 
 
 def indexed_paths(db: Path) -> list[bytes]:
@@ -289,8 +293,10 @@ def test_consolidation_never_copies_through_a_swapped_directory(
 
     db = tmp_path / "c.db"
     cfg = ConsolidateConfig("c", (share,), archive, layout="{name}")
+    store = Store(f"sqlite:///{db}")
     with attack_at(site, window, swap):
-        rep = consolidate(Store(f"sqlite:///{db}"), cfg, Options()).as_json()
+        rep = consolidate(store, cfg, Options()).as_json()
+    store.close()
     assert site.fired
     assert manifest(private) == before
     copied = {hashlib.sha256(p.read_bytes()).digest() for p in archive.rglob("*")
@@ -319,7 +325,9 @@ def test_import_re_resolves_report_paths(loopfs: Callable[..., Path], attacker: 
     attacker.run('rmdir "$1" && ln -s "$2" "$1"', str(d), str(private))
     db = tmp_path / "i.db"
     group = CandidateGroup(tuple(Claim(bytes(d / n)) for n in ("v1", "v2")))
-    v = verify_report(Store(f"sqlite:///{db}"), [group], [bytes(vol)])
+    store = Store(f"sqlite:///{db}")
+    v = verify_report(store, [group], [bytes(vol)])
+    store.close()
     assert v.groups == []
     assert {p.reason for p in v.skipped} == {"path_changed"}
     assert indexed_paths(db) == []

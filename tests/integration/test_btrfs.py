@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -218,6 +219,7 @@ def test_group_of_130_members(vol: Path, store: Store) -> None:
         copy_fresh(first, vol / "many" / f"x{k:03d}.jpg")
     _, disk0 = btrfs_data_bytes(vol)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    gc.collect()  # earlier tests' unreferenced objects are not this pass's open files
     resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard))  # group > open-files limit
     try:
         r = run_pass(store, vol, dedup_batch_size=60)
