@@ -118,8 +118,14 @@ def forget_unseen(store: Store, cur: Any, scan_id: int, roots: Sequence[bytes],
     sub = store.dirs.subtree(roots)
     ids = [d for d, _fs in sub]
     for part in chunks([d for d in ids if d not in keep], 500):
-        cur.execute(f"DELETE FROM entries WHERE seen < {p} AND dir IN "
-                    f"({store.db.marks(len(part))})", (scan_id, *part))
+        marks = store.db.marks(len(part))
+        # a directory that loses a name the walk did not list (a pass with another
+        # min_size or exclude) loses its digest: the next scan must list it again
+        cur.execute(f"UPDATE directories SET digest = NULL WHERE digest IS NOT NULL AND id IN "
+                    f"({marks}) AND id IN (SELECT dir FROM entries WHERE seen < {p} AND dir "
+                    f"IN ({marks}))", (*part, scan_id, *part))
+        cur.execute(f"DELETE FROM entries WHERE seen < {p} AND dir IN ({marks})",
+                    (scan_id, *part))
         gone += max(int(cur.rowcount or 0), 0)
     for root in roots:
         if store.dirs.find(root) is None:  # a file given as a root
@@ -128,6 +134,8 @@ def forget_unseen(store: Store, cur: Any, scan_id: int, roots: Sequence[bytes],
             if did is not None:
                 cur.execute(f"DELETE FROM entries WHERE dir = {p} AND name = {p} AND "
                             f"seen < {p}", (did, name, scan_id))
+                if cur.rowcount:
+                    cur.execute(f"UPDATE directories SET digest = NULL WHERE id = {p}", (did,))
                 gone += max(int(cur.rowcount or 0), 0)
     _drop_empty(store, cur, ids)
     store.orphans_maybe |= gone > 0
