@@ -389,7 +389,9 @@ class Store(Names):
     def groups_under(self, roots: Sequence[bytes], min_size: int
                      ) -> Iterator[list[IndexedFile]]:
         """Like candidate_groups, over every name the index has under roots (whatever
-        scan saw it last): what a scan that skipped unchanged directories hashes."""
+        scan saw it last): what a scan that skipped unchanged directories hashes.
+        A size whose every inode has its full hash comes only with the inodes that
+        share one (what the hasher would keep of it)."""
         cte, ids = subtree_sql(self.db, [d for d in (self.dirs.find(r) for r in roots)
                                          if d is not None])
         p = self.db.p
@@ -398,9 +400,14 @@ class Store(Names):
             'i.mtime_ns + i.ctime_delta AS ctime_ns, i.head, i."full", i.unstable, e.dir, '
             "e.name FROM sub JOIN entries e "
             "ON e.dir = sub.id JOIN inodes i ON i.fs = sub.fs AND i.ino = e.ino "
-            f"WHERE i.size >= {p}) INSERT INTO {{t}} SELECT * FROM u WHERE size IN "
-            "(SELECT size FROM (SELECT DISTINCT size, fs, ino FROM u) k GROUP BY size "
-            "HAVING count(*) > 1)", (*ids, max(min_size, 1)), max(min_size, 1), 5000)
+            f'WHERE i.size >= {p}), k AS (SELECT DISTINCT size, fs, ino, "full" FROM u) '
+            # sizes the hasher must see (an inode without its full hash), and the
+            # duplicates among fully hashed sizes: nothing else can be in a group
+            f"INSERT INTO {{t}} SELECT * FROM u WHERE size IN (SELECT size FROM k "
+            'GROUP BY size HAVING count(*) > 1 AND count("full") < count(*)) OR '
+            '(size, "full") IN (SELECT size, "full" FROM k WHERE "full" IS NOT NULL '
+            'GROUP BY size, "full" HAVING count(*) > 1)',
+            (*ids, max(min_size, 1)), max(min_size, 1), 5000)
 
     def _paged(self, fill: str, params: Sequence[Any], min_size: int, rows_per_query: int
                ) -> Iterator[list[IndexedFile]]:

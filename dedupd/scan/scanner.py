@@ -143,8 +143,11 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     hstats = HashStats()
     hstats.merge(pre.stats)
     if rec.same:  # the feeders never saw the skipped directories' files
-        groups = find_groups(store, scan_id, opts, hstats, progress,
-                             store.groups_under(norm, opts.min_size))
+        ready: list[Group] = []
+        found = find_groups(store, scan_id, opts, hstats, progress,
+                            _hashed_apart(store.groups_under(norm, opts.min_size), ready))
+        groups = tuple(sorted((*found, *_sorted(ready)),
+                              key=lambda g: (-g.wasted, g.files[0].path)))
     elif early is None:  # the feeders let go: the index's size groups it is
         store.mark_inodes_seen(scan_id)
         groups = find_groups(store, scan_id, opts, hstats, progress)
@@ -241,6 +244,21 @@ def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats
             progress.update(files_done, hstats.bytes_read - read_before)
     writer.flush()
     return _sorted(found)
+
+
+def _hashed_apart(candidates: Iterable[list[IndexedFile]], ready: list[Group]
+                  ) -> Iterator[list[IndexedFile]]:
+    """Size groups whose every inode has its full hash (kept by the index only while
+    its stat is unchanged) are grouped here, without the hasher: an unchanged tree's
+    report is the index's. The others go on to the hasher."""
+    for files in candidates:
+        if any(f.full is None for f in files):
+            yield files
+            continue
+        by: dict[bytes, list[IndexedFile]] = {}
+        for f in files:
+            by.setdefault(f.full or b"", []).append(f)
+        ready.extend(Group(files[0].size, tuple(v), k) for k, v in by.items() if len(v) > 1)
 
 
 def _sorted(found: Iterable[Group]) -> tuple[DupGroup, ...]:
