@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -251,8 +252,7 @@ class _Run:
             self._fail(self.current_id, snap, e)
             raise
         rows.finish(self.store, m.id, "complete", chunks=len(m.chunks), total_size=m.total_size)
-        self._keep_base(snap, m, ms)
-        pruned_local, pruned_remote = self._prune([*ms, m])
+        pruned_local, pruned_remote = self._after_commit(snap, m, ms)
         return BackupResult(
             self.jc.name, False, m.id, snap.name, base.name if base else None, resumed=resumed,
             chunks=len(m.chunks), uploaded=up.uploaded, skipped=up.skipped,
@@ -338,10 +338,33 @@ class _Run:
                     and s.owned_by(self.jc.name, self.jc.snapshot_prefix):
                 snapshots.release(s)
 
-    def _prune(self, ms: list[Manifest]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        local = retention.prune_local(self.jc, dry_run=False)
-        remote = retention.prune_remote(self.target, self.jc, self.store, ms, dry_run=False)
-        return local, remote
+    def _after_commit(self, snap: Snapshot, m: Manifest, ms: list[Manifest]
+                      ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Keep the next base and prune locally (zfs commands only) in a worker
+        thread while the remote prune (target requests, index rows) runs here: the
+        two touch nothing in common and each is mostly waiting for processes, so
+        together they take the longer one's time, not the sum. The local side's
+        error, if any, is raised after both ended."""
+        local: list[tuple[str, ...]] = []
+        failed: list[BaseException] = []
+
+        def local_side() -> None:
+            try:
+                self._keep_base(snap, m, ms)
+                local.append(retention.prune_local(self.jc, dry_run=False))
+            except BaseException as e:  # raised in this thread below
+                failed.append(e)
+
+        worker = threading.Thread(target=local_side, name=f"dedupd-keep-{self.jc.name}")
+        worker.start()
+        try:
+            remote = retention.prune_remote(self.target, self.jc, self.store, [*ms, m],
+                                            dry_run=False)
+        finally:
+            worker.join()
+        if failed:
+            raise failed[0]
+        return local[0], remote
 
 
 def full_due(full_every: str, chain: list[Manifest]) -> bool:

@@ -289,4 +289,6 @@ def produce(stream: IO[bytes], chunk_size: int, ring: Ring, *, want_md5: bool,
         streamed = live.end_chunk(size) if live is not None else False
         ring.seal(Sealed(seq, size, sha, md5, streamed))
         seq += 1
+    if live is not None:
+        live.abort()  # the upload started ahead for a chunk that did not come
     return seq

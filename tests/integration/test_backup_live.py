@@ -92,8 +92,18 @@ def test_full_chunks_go_up_live_once(tmp_path: Path, zpool: Any, rclone_conf: Pa
     # the shorter last chunk: its live upload is killed (maybe before the wrapper
     # logged it) and it goes up from the spool
     assert rcats.pop(last) in (1, 2)
+    # the upload started ahead for a chunk that never came: killed, maybe logged
+    assert rcats.pop(f"{r.chunks:06d}.zst", 0) in (0, 1)
     assert sorted(rcats) == [f"{i:06d}.zst" for i in range(r.chunks - 1)]
     assert set(rcats.values()) == {1}, rcats
+    _only_the_manifests_chunks(tmp_path / "remote", r.chunks)
+
+
+def _only_the_manifests_chunks(remote: Path, chunks: int) -> None:
+    """No stray object (an upload started ahead leaves an empty file on a local
+    remote): the folder holds exactly the chunks of the manifest."""
+    names = sorted(p.name for p in remote.rglob("chunks/*/*"))
+    assert names == [f"{i:06d}.zst" for i in range(chunks)], names
 
 
 def test_live_upload_cut_mid_chunk_is_put_from_the_spool(
@@ -109,7 +119,9 @@ def test_live_upload_cut_mid_chunk_is_put_from_the_spool(
     assert r.streamed == r.chunks - 2
     rcats = _rcats(log)
     assert rcats.pop("000002.zst") == 2 and rcats.pop(f"{r.chunks - 1:06d}.zst") in (1, 2)
+    assert rcats.pop(f"{r.chunks:06d}.zst", 0) in (0, 1)
     assert set(rcats.values()) == {1}, "a chunk that went up was sent again"
+    _only_the_manifests_chunks(tmp_path / "remote", r.chunks)
 
 
 def test_endpoint_dies_under_a_live_upload(tmp_path: Path, zpool: Any, moto: Moto,
