@@ -17,11 +17,12 @@ uploader does per chunk, nothing else running): when that alone is slower than
 the pipeline, no overlap can reach the pipeline's speed, and `ceiling` says how
 close it can get.
 
-    python bench/bench_backup.py [--data-mib 768] [--chunk-mib 64] [--rounds 3]
-        [--targets rclone,s3] [--no-detail]
+    python bench/bench_backup.py [--data-mib 768[,4096]] [--chunk-mib 64]
+        [--rounds 3[,2]] [--targets rclone,s3] [--no-detail]
 
-A larger --data-mib (e.g. 4096) shows the per-run fixed cost separately: it
-stays the same while the stream grows.
+Several sizes (--data-mib 768,4096) are benched one after the other in the same
+run and their ratios printed side by side at the end: a larger dataset shows
+the per-run fixed cost separately (it stays the same while the stream grows).
 """
 
 from __future__ import annotations
@@ -252,23 +253,70 @@ def time_dedupd(conf: Path, job: str, env: dict[str, str]
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data-mib", type=int, default=768)
+    ap.add_argument("--data-mib", default="768",
+                    help="dataset size(s) in MiB, comma-separated (e.g. 768,4096: each "
+                    "is benched in turn and the ratios are printed side by side)")
     ap.add_argument("--chunk-mib", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", default="3",
+                    help="rounds per dataset size: one number, or one per size (3,2)")
     ap.add_argument("--targets", default="rclone,s3",
                     help="comma-separated: rclone, s3 (default both)")
     ap.add_argument("--no-detail", dest="detail", action="store_false",
                     help="skip the stream-stage and target-alone rows (faster)")
     a = ap.parse_args()
     a.jobs = [j for j in ("rclone", "s3") if j in a.targets.split(",")]
+    sizes = [int(x) for x in a.data_mib.split(",")]
+    rounds = [int(x) for x in a.rounds.split(",")]
+    rounds += [rounds[-1]] * (len(sizes) - len(rounds))
     for tool in ("zfs", "zpool", "zstd", "rclone", "/usr/bin/time",
                  *(["aws"] if "s3" in a.jobs else [])):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} missing (make deps)")
     ensure_zfs()
+    port = free_port()
+    moto_bin = Path(sys.executable).parent / "moto_server"
+    moto = subprocess.Popen([str(moto_bin), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    summary: list[tuple[int, dict[str, float], tuple[float, float]]] = []
+    try:
+        wait_port(port)
+        import boto3
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                     aws_access_key_id="b", aws_secret_access_key="b").create_bucket(
+            Bucket="bench")
+        Cpu.servers = [*zfs_fuse_pids(), moto.pid]
+        for mib, n in zip(sizes, rounds, strict=True):
+            a.data_mib, a.rounds = mib, n
+            load0 = os.getloadavg()[0]
+            ratios = bench_size(a, port)
+            summary.append((mib, ratios, (load0, os.getloadavg()[0])))
+            print()
+    finally:
+        os.kill(moto.pid, signal.SIGTERM)
+        moto.wait()
+    print_summary(a.jobs, summary)
+    return 0
+
+
+def print_summary(jobs: list[str], summary: list[tuple[int, dict[str, float],
+                                                          tuple[float, float]]]) -> None:
+    """The throughput ratios of every size and target of this run, side by side."""
+    rivals = {"rclone": "zfs send | zstd -3 | rclone rcat (local remote)",
+              "s3": "zfs send | zstd -3 | aws s3 cp - (MULTIPART, 8 MiB parts; dedupd: "
+                    "one PUT per chunk)"}
+    print("throughput ratio dedupd / rival, best vs best (per-round range):")
+    for job in jobs:
+        cells = "   ".join(f"{mib} MiB: {r[job]:.2f} ({r[job + '-lo']:.2f}-"
+                           f"{r[job + '-hi']:.2f})" for mib, r, _ in summary)
+        print(f"  {job:6} vs {rivals[job]}\n         {cells}")
+    print("  load average (start-end of each size): " + ", ".join(
+        f"{mib} MiB {lo:.2f}-{hi:.2f}" for mib, _, (lo, hi) in summary))
+
+
+def bench_size(a: argparse.Namespace, port: int) -> dict[str, float]:
+    """One dataset of a.data_mib MiB in its own pool: every row, then its report."""
     base = Path(tempfile.mkdtemp(prefix="dedupd-bench-"))
     pool = f"bb{uuid.uuid4().hex[:8]}"
-    moto = None
     try:
         sh("truncate", "-s", f"{a.data_mib * 2 + 512}M", str(base / "pool.img"))
         sh("zpool", "create", "-m", str(base / "mnt"), pool, str(base / "pool.img"))
@@ -277,21 +325,11 @@ def main() -> int:
         sh("zfs", "snapshot", f"{pool}/data@rival")
         stream = int(subprocess.run(["bash", "-c", f"zfs send {pool}/data@rival | wc -c"],
                                     check=True, capture_output=True, text=True).stdout)
-        port = free_port()
-        moto_bin = Path(sys.executable).parent / "moto_server"
-        moto = subprocess.Popen([str(moto_bin), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "b", "AWS_SECRET_ACCESS_KEY": "b",
                "AWS_DEFAULT_REGION": "us-east-1"}
         env.pop("AWS_CA_BUNDLE", None)
         conf = write_conf(base, pool, port, a.chunk_mib)
-        wait_port(port)
-        import boto3
-        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                     aws_access_key_id="b", aws_secret_access_key="b").create_bucket(
-            Bucket="bench")
         snap = f"{pool}/data@rival"
-        Cpu.servers = [*zfs_fuse_pids(), moto.pid]
         time_pipeline(snap)  # warm the cache for everyone
         files = (split_stored(snap, a.chunk_mib << 20, base / "stored") if a.detail
                  else [])
@@ -322,14 +360,23 @@ def main() -> int:
                 if a.detail:
                     rows.setdefault(f"{job}-alone", []).append(
                         time_target_alone(conf, job, files, env, str(r)))
+        if a.detail:
+            shutil.rmtree(base / "stored")
         report(a, stream, stored, rows, mem, spool, waits, (load, os.getloadavg()))
+        return ratios(a.jobs, rows)
     finally:
-        if moto is not None:
-            os.kill(moto.pid, signal.SIGTERM)
-            moto.wait()
         destroy_pool(pool)
         shutil.rmtree(base, ignore_errors=True)
-    return 0
+
+
+def ratios(jobs: list[str], rows: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
+    """Per job: best vs best, and the lowest and highest per-round ratio."""
+    out: dict[str, float] = {}
+    for job in jobs:
+        pairs = [r / d for (r, _), (d, _) in zip(rows[f"{job}-rival"], rows[job], strict=True)]
+        out[job] = min(rows[f"{job}-rival"])[0] / min(rows[job])[0]
+        out[f"{job}-lo"], out[f"{job}-hi"] = min(pairs), max(pairs)
+    return out
 
 
 def destroy_pool(pool: str) -> None:

@@ -6,9 +6,10 @@ chunk started with the chunk's size. Nothing is read back from the spool on
 that path. The spooled copy stays the retry copy: a live upload that fails, or
 whose object the uploader cannot confirm by HEAD, is put again from the spool
 (or, once the spool was overwritten, by regenerating the stream, as for any
-failed upload). Only chunks of exactly chunk_size are sent live, since the size
-must be declared up front (one PUT, never multipart): the last, shorter chunk of
-a stream is uploaded from the spool.
+failed upload). Only chunks of exactly chunk_size are sent live where the size
+must be declared up front (one PUT, never multipart): there the last, shorter
+chunk of a stream is uploaded from the spool. A target whose live upload takes
+a shorter body (`takes_short`: rclone's local remote) gets that one live too.
 
 A resumed pass never streams: each chunk must be compared by HEAD before any
 byte of it is sent, so a confirmed chunk is never uploaded twice.
@@ -16,9 +17,9 @@ byte of it is sent, so a confirmed chunk is never uploaded twice.
 Each upload is started one chunk ahead: starting `rclone rcat` takes ~50 ms
 before it reads its first byte, and the stream (zfs send and the compressor
 behind it) stood still that long at every chunk. The one started for a chunk
-that never comes (the stream ended) is aborted; on a local remote it leaves an
-empty file under that key, which the final listing (upload.confirm_all) finds
-as a stray and deletes before the manifest is written.
+that never comes (the stream ended) is aborted; a store that kept something
+of it (an empty object) has it deleted as a stray by the final listing
+(upload.confirm_all) before the manifest is written.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ class LiveFeed:
         seq, self._seq = self._seq, self._seq + 1
         if live is None:
             return False
-        if size != self._size:  # the stream's last chunk: its declared size was wrong
-            live.abort()
+        if size != self._size and not live.takes_short:
+            live.abort()  # the stream's last chunk: its declared size was wrong
             return False
         if live.finish():
             self.streamed += 1

@@ -93,6 +93,10 @@ class LivePut(Protocol):
     store accepted the bytes, not that they are confirmed: head() says that.
     """
 
+    # True when a body shorter than the size given to begin_put is stored as an
+    # object of its own length (rclone's local remote); else such a body fails.
+    takes_short: bool
+
     def write(self, data: memoryview) -> None: ...
 
     def finish(self) -> bool: ...

@@ -129,11 +129,21 @@ class RcloneTarget:
     def begin_put(self, key: str, size: int, storage_class: str) -> LiveRcat:
         """An `rclone rcat --size SIZE` of key, fed by the caller as the bytes are
         produced (no spooled copy read back). The object is one PUT of exactly
-        `size` bytes, as put() makes it; confirming it is the caller's job."""
-        return LiveRcat(self._rcat_argv(key, size, storage_class), self.timeout)
+        `size` bytes, as put() makes it; confirming it is the caller's job.
 
-    def _rcat_argv(self, key: str, size: int, storage_class: str) -> list[str]:
-        extra = ["--size", str(size), "--s3-upload-cutoff", "5G"]
+        On a local remote no size is declared: there is no PUT to size, a body of
+        any length is stored as it is (so a stream's shorter last chunk goes up
+        live too), and rclone creates nothing before the first byte arrives (so
+        an upload started ahead for a chunk that never comes leaves no empty
+        file when it is killed)."""
+        local = self._local_dir() is not None
+        return LiveRcat(self._rcat_argv(key, None if local else size, storage_class),
+                        self.timeout, takes_short=local)
+
+    def _rcat_argv(self, key: str, size: int | None, storage_class: str) -> list[str]:
+        extra = ["--s3-upload-cutoff", "5G"]
+        if size is not None:
+            extra = ["--size", str(size), *extra]
         if storage_class and storage_class != "STANDARD":
             extra += ["--s3-storage-class", storage_class]
         return self._argv("rcat", *extra, self.root + key)
@@ -267,8 +277,10 @@ class LiveRcat:
     upload (rclone may stop reading without exiting).
     """
 
-    def __init__(self, argv: Sequence[str], timeout: float) -> None:
+    def __init__(self, argv: Sequence[str], timeout: float, takes_short: bool = False
+                 ) -> None:
         self.failed = False
+        self.takes_short = takes_short
         try:
             self._p: subprocess.Popen[bytes] | None = proc.spawn(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
