@@ -59,12 +59,16 @@ def register(sub: Any) -> None:
 
 def run_backup(args: argparse.Namespace) -> int:
     cfg = load_config(args)
+    # The target first: an rclone target starts asking its remote's features in
+    # the background while the index is opened.
+    target = make_target(jobs.resolve(cfg, args.job).target)
     store = open_store(args, cfg)
     try:
         with open_progress(args.progress, unit="chunks") as prog:
             if prog:
                 prog.phase("upload")
             r = jobs.run_job(cfg, args.job, store, dry_run=args.dry_run, full=args.full,
+                             target=target,
                              hooks=jobs.Hooks(progress=prog.advance if prog else None))
     finally:
         store.close()

@@ -50,6 +50,18 @@ class RcloneTarget:
         self.remote = cfg.remote
         self._features: dict[str, Any] | None = None
         self._local: str | None = None  # "" once known not to be a local remote
+        # `rclone backend features` (~50 ms or more, a process) is asked at once,
+        # in the background: the caller's own start (index, zfs) overlaps it.
+        self._early: dict[str, Any] | BaseException | None = None
+        self._asking: threading.Thread | None = threading.Thread(
+            target=self._ask_early, name="dedupd-rclone-features", daemon=True)
+        self._asking.start()
+
+    def _ask_early(self) -> None:
+        try:
+            self._early = self._ask_features()
+        except BaseException as e:  # raised to the first caller that needs the answer
+            self._early = e
 
     @property
     def wants_md5(self) -> bool:
@@ -61,14 +73,24 @@ class RcloneTarget:
         return [str(h) for h in self._remote_features().get("Hashes") or []]
 
     def _remote_features(self) -> dict[str, Any]:
+        """The answer of the early question, else (it failed: a retry) a new one."""
+        if self._features is None and self._asking is not None:
+            self._asking.join()
+            self._asking, early, self._early = None, self._early, None
+            if isinstance(early, BaseException):
+                raise early
+            self._features = early
         if self._features is None:
-            r = self._run("features", self._argv("backend", "features", self.root))
-            try:
-                got = json.loads(r.text)
-            except json.JSONDecodeError:
-                got = None
-            self._features = got if isinstance(got, dict) else {}
+            self._features = self._ask_features()
         return self._features
+
+    def _ask_features(self) -> dict[str, Any]:
+        r = self._run("features", self._argv("backend", "features", self.root))
+        try:
+            got = json.loads(r.text)
+        except json.JSONDecodeError:
+            got = None
+        return got if isinstance(got, dict) else {}
 
     def _local_dir(self) -> Path | None:
         """The directory behind a remote of the `local` backend, else None (asked once).
