@@ -70,6 +70,34 @@ class FsMap:
         self._lock = threading.Lock()
         self._fs: dict[int, int] = {}  # st_dev -> filesystems.id
         self._dev: dict[int, int | None] = {}  # filesystems.id -> st_dev (None: not here)
+        # what was identified since the last revalidate(): the rest is re-identified
+        # at first use (a Store outlives passes: the daemon's lives for weeks)
+        self._dev_ok: set[int] = set()
+        self._fs_ok: set[int] = set()
+
+    def revalidate(self) -> None:
+        """A new pass: since the last one a filesystem may have been unmounted and its
+        st_dev given to another (anonymous numbers are reused lowest first), or been
+        remounted on another st_dev. Each device and filesystem is identified again at
+        its first use; mappings stay usable meanwhile (known_fs) for passes under way."""
+        with self._lock:
+            self.ids = Identities()
+            self._dev_ok.clear()
+            self._fs_ok.clear()
+
+    def _map(self, dev: int, fs: int | None, fs_id: int) -> None:
+        """Bind dev <-> fs (fs None: filesystem fs_id is not reachable now), dropping
+        what either was bound to before; the caller holds _lock."""
+        old = self._dev.get(fs_id)
+        if old is not None and old != dev:
+            self._fs.pop(old, None)
+        if fs is not None:
+            for f in [f for f, d in self._dev.items() if d == dev and f != fs]:
+                del self._dev[f]
+            self._fs[dev] = fs
+            self._dev_ok.add(dev)
+        self._dev[fs_id] = dev if fs is not None else None
+        self._fs_ok.add(fs_id)
 
     def fs_of(self, dev: int, path: bytes, dir_of: Any = None) -> int:
         """The filesystem id of device `dev`, met at `path` (a file in a directory on it).
@@ -77,23 +105,23 @@ class FsMap:
         dir_of(path) -> the directory id of path in the index, or None: a provisional
         filesystem holding it is claimed. Raises UnknownFilesystem."""
         fs = self._fs.get(dev)
-        if fs is not None:
+        if fs is not None and dev in self._dev_ok:
             return fs
         with self._lock:
             fs = self._fs.get(dev)
-            if fs is None:
+            if fs is None or dev not in self._dev_ok:
                 ident = self._identify(dev, path)
                 fs = self._bind(ident, path, dir_of)
-                self._fs[dev], self._dev[fs] = fs, dev
+                self._map(dev, fs, fs)
             return fs
 
     def learn(self, dev: int, ident: FsIdentity) -> int:
         """Bind a device identified elsewhere (by the walk, next to its fd)."""
         with self._lock:
             fs = self._fs.get(dev)
-            if fs is None:
+            if fs is None or dev not in self._dev_ok:
                 fs = self._bind(ident, ident.mountpoint, None)
-                self._fs[dev], self._dev[fs] = fs, dev
+                self._map(dev, fs, fs)
             return fs
 
     def known_fs(self, dev: int) -> int | None:
@@ -102,15 +130,16 @@ class FsMap:
     def dev_of(self, fs: int, probe: Any = None) -> int | None:
         """The current st_dev of filesystem `fs`, or None when it is not reachable
         now. probe() -> a path of a directory of fs in the index (tried once)."""
-        if fs in self._dev:
-            return self._dev[fs]
+        if fs in self._fs_ok:
+            return self._dev.get(fs)
         with self._lock:
-            if fs in self._dev:
-                return self._dev[fs]
+            if fs in self._fs_ok:
+                return self._dev.get(fs)
             dev = self._find(fs, probe() if probe is not None else None)
-            self._dev[fs] = dev
-            if dev is not None:
-                self._fs.setdefault(dev, fs)
+            if dev is None:
+                self._map(0, None, fs)
+            else:
+                self._map(dev, fs, fs)
             return dev
 
     def _identify(self, dev: int, path: bytes) -> FsIdentity:

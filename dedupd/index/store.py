@@ -221,6 +221,7 @@ class Store(Names):
 
     def begin_scan(self, roots: Sequence[bytes]) -> int:
         doc = json.dumps([os.fsdecode(r) for r in roots])
+        self.fsmap.revalidate()  # mounts may have changed since the last pass
         p = self.db.p
         with self.db.tx() as cur:
             cur.execute(f"INSERT INTO scans (host, started, roots) VALUES ({p}, {p}, {p}) "
@@ -333,16 +334,20 @@ class Store(Names):
 
         return finish_incremental(self, scan_id, roots, gone, gone_dirs, sizes, min_size)
 
-    def known_digests(self, roots: Sequence[bytes]) -> dict[bytes, bytes]:
-        """directory path -> listing digest stored by the last scan, under roots."""
-        ids = [d for d, _fs in self.dirs.subtree(roots)]
+    def known_digests(self, roots: Sequence[bytes]) -> dict[bytes, tuple[bytes, int]]:
+        """directory path -> (listing digest stored by the last scan, the current st_dev
+        of the filesystem the index has the directory on), under roots. A directory
+        whose filesystem is not reachable now is left out."""
+        sub = dict(self.dirs.subtree(roots))
         out: dict[int, bytes] = {}
-        for part in chunks(ids, 500):
+        for part in chunks(list(sub), 500):
             out.update((int(i), bytes(g)) for i, g in self.db.rows(
                 f"SELECT id, digest FROM directories WHERE digest IS NOT NULL AND id IN "
                 f"({self.db.marks(len(part))})", part))
         paths = self.dirs.paths(out)
-        return {paths[i]: g for i, g in out.items() if i in paths}
+        devs = {fs: self.dev_of(fs) for fs in {sub[i] for i in out}}
+        return {paths[i]: (g, dev) for i, g in out.items()
+                if i in paths and (dev := devs[sub[i]]) is not None}
 
     # --- candidates and hashes ---
 

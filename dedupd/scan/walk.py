@@ -60,10 +60,12 @@ LIST_CAP = 20000  # entries of one directory held to digest it; bigger ones stre
 
 
 def walk_listed(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats,
-                known: Mapping[bytes, bytes]) -> Iterator[FileEvent | DirListed]:
+                known: Mapping[bytes, tuple[bytes, int]]) -> Iterator[FileEvent | DirListed]:
     """walk(), with a DirListed after each directory's files. A directory whose
-    listing digest equals known[path] (what the index stored at the last scan)
-    yields only its DirListed: its files did not change (docs/schema.md)."""
+    listing digest and st_dev equal known[path] (what the index stored at the last
+    scan, and the device its filesystem has now: a snapshot put in the place of its
+    source lists alike) yields only its DirListed: its files did not change
+    (docs/schema.md)."""
     for root in roots:
         try:
             st = handles.lstat(root)
@@ -115,7 +117,7 @@ class _Frame:
 
 
 def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkStats,
-               known: Mapping[bytes, bytes] | None = None) -> Iterator[Any]:
+               known: Mapping[bytes, tuple[bytes, int]] | None = None) -> Iterator[Any]:
     lister = _list if known is None else functools.partial(_list_digested, known=known)
     try:
         fd = handles.open_dir(root)
@@ -212,7 +214,7 @@ def _list(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
 
 def _list_digested(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
                    subdirs: list[tuple[bytes, os.stat_result]],
-                   known: Mapping[bytes, bytes]) -> Iterator[FileEvent | DirListed]:
+                   known: Mapping[bytes, tuple[bytes, int]]) -> Iterator[FileEvent | DirListed]:
     """_list, holding the directory's files until its listing is digested: every
     entry's name and type, and the inode, size, mtime and ctime of files and the
     inode of directories, sorted by name, under the walk's options. A write, a
@@ -240,7 +242,7 @@ def _list_digested(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
     for it in items:
         h.update(repr(it).encode("ascii", "backslashreplace"))
     digest = h.digest()
-    same = known.get(dpath) == digest
+    same = known.get(dpath) == (digest, os.fstat(fd).st_dev)
     if not same:
         yield from held
     yield DirListed(dpath, digest, files, same)

@@ -32,7 +32,7 @@ def _item(t: Wire) -> FileEvent | DirListed:
 
 
 def _child(_in: int, out: int, roots: Sequence[bytes], opts: WalkOptions, n: int,
-           known: Mapping[bytes, bytes] | None) -> None:
+           known: Mapping[bytes, tuple[bytes, int]] | None) -> None:
     stats = WalkStats()
     batch: list[Wire] = []
     events = walk(roots, opts, stats) if known is None else walk_listed(roots, opts, stats,
@@ -54,7 +54,7 @@ class ForkedWalk:
     `stats` holds the walk's counters. Construct inside the scan's handles.anchored."""
 
     def __init__(self, roots: Sequence[bytes], opts: WalkOptions, n: int,
-                 known: Mapping[bytes, bytes] | None = None) -> None:
+                 known: Mapping[bytes, tuple[bytes, int]] | None = None) -> None:
         self.stats = WalkStats()
         self.pid, self.to, self.frm = forkpipe.spawn(
             lambda i, o: _child(i, o, roots, opts, n, known))

@@ -4,6 +4,9 @@ fresh scan of the same tree reports."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from dedupd.index.store import Store
@@ -39,3 +42,69 @@ def test_a_volume_pass_with_another_min_size_between_two_scans(tmp_path: Path) -
     again = scan(store, [root], ScanOptions())
     assert _shape(again) == _shape(_fresh(root, tmp_path / "fresh.db")) == _shape(first)
     store.close()
+
+
+def test_a_btrfs_subvolume_replaced_by_its_snapshot_at_the_same_path(
+        loopfs: Callable[..., Path], tmp_path: Path) -> None:
+    # A snapshot has the same inode numbers, sizes and times as its source: every
+    # listing digest matches, but the files are now on another filesystem.
+    mnt = loopfs("btrfs", "512M")
+    subprocess.run(["btrfs", "subvolume", "create", str(mnt / "data")], check=True,
+                   capture_output=True)
+    root = mnt / "data"
+    for d in ("a", "b"):
+        (root / d).mkdir()
+        (root / d / "same.bin").write_bytes(b"x" * 9000)
+        (root / d / f"own-{d}.bin").write_bytes(d.encode() * 7000)
+    store = Store(f"sqlite:///{tmp_path}/i.db")
+    first = scan(store, [root], ScanOptions())
+    assert len(first.groups) == 1
+    os.rename(root, mnt / "data.old")
+    subprocess.run(["btrfs", "subvolume", "snapshot", str(mnt / "data.old"), str(root)],
+                   check=True, capture_output=True)
+    store.close()
+    store = Store(f"sqlite:///{tmp_path}/i.db")  # a new run, as `dedupd scan` is
+    again = scan(store, [root], ScanOptions())
+    assert _shape(again) == _shape(_fresh(root, tmp_path / "fresh.db")) == _shape(first)
+    # the names are now on the snapshot's filesystem, not the old subvolume's
+    store.close()
+
+
+def _tmpfs(at: Path) -> int:
+    at.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(at)], check=True)
+    return os.stat(at).st_dev
+
+
+def test_a_device_number_reused_by_another_filesystem_in_a_long_lived_store(
+        tmp_path: Path) -> None:
+    # The daemon's step process keeps one Store for weeks: a filesystem unmounted,
+    # and another mounted that takes its anonymous device number (the kernel hands
+    # out the lowest free one), must not be filed under the first one's identity.
+    store = Store(f"sqlite:///{tmp_path}/i.db")
+    a, b = tmp_path / "a", tmp_path / "b"
+    try:
+        for _attempt in range(5):
+            dev = _tmpfs(a)
+            (a / "x.bin").write_bytes(b"a" * 5000)
+            (a / "y.bin").write_bytes(b"a" * 5000)
+            assert len(scan(store, [a], ScanOptions()).groups) == 1
+            subprocess.run(["umount", str(a)], check=True)
+            if _tmpfs(b) == dev:
+                break
+            subprocess.run(["umount", str(b)], check=True)
+        else:
+            raise AssertionError("no device number was reused in 5 tries")
+        (b / "x.bin").write_bytes(b"b" * 5000)
+        (b / "z.bin").write_bytes(b"b" * 5000)
+        rep = scan(store, [b], ScanOptions())
+        assert _shape(rep) == [[bytes(b / "x.bin"), bytes(b / "z.bin")]]
+        idents = dict(store.db.rows("SELECT d.name, f.ident FROM directories d "
+                                    "JOIN filesystems f ON f.id = d.fs"))
+        assert idents[b"b"].endswith(os.fsencode(b).decode()), idents
+        assert idents.get(b"a", "").endswith(os.fsencode(a).decode()), idents
+    finally:
+        store.close()
+        for m in (a, b):
+            if os.path.ismount(m):
+                subprocess.run(["umount", str(m)], check=False)
