@@ -197,8 +197,18 @@ class Store(Names):
         return self.fsmap.dev_of(fs, lambda: hint if hint is not None else self._probe(fs))
 
     def _probe(self, fs: int) -> bytes | None:
-        rows = self.db.rows(f"SELECT id FROM directories WHERE fs = {self.db.p} LIMIT 1", (fs,))
-        return self.dirs.paths([int(rows[0][0])]).get(int(rows[0][0])) if rows else None
+        """A directory of fs in the index that is a directory now (one renamed or
+        removed since must not make the whole filesystem look unreachable). fs 0 (the
+        directories that hold no file) is every host's: never resolved here."""
+        if fs <= 0:
+            return None
+        rows = self.db.rows(f"SELECT id FROM directories WHERE fs = {self.db.p} "
+                            "ORDER BY id LIMIT 64", (fs,))
+        paths = self.dirs.paths([int(r[0]) for r in rows])
+        for i in sorted(paths):
+            if os.path.isdir(paths[i]) and not os.path.islink(paths[i]):
+                return paths[i]
+        return None
 
     def key_of(self, dev: int, ino: int) -> tuple[int, int] | None:
         """(fs, signed ino) of a device already met in this Store, else None."""
@@ -345,7 +355,8 @@ class Store(Names):
                 f"SELECT id, digest FROM directories WHERE digest IS NOT NULL AND id IN "
                 f"({self.db.marks(len(part))})", part))
         paths = self.dirs.paths(out)
-        devs = {fs: self.dev_of(fs) for fs in {sub[i] for i in out}}
+        # fs 0: a directory with no file of its own (nothing for a skip to save)
+        devs = {fs: self.dev_of(fs) if fs > 0 else None for fs in {sub[i] for i in out}}
         return {paths[i]: (g, dev) for i, g in out.items()
                 if i in paths and (dev := devs[sub[i]]) is not None}
 
