@@ -193,8 +193,10 @@ class Store(Names):
         return self.fsmap.fs_of(dev, path, lambda p: self.dirs.find(split(p)[0]))
 
     def dev_of(self, fs: int, hint: bytes | None = None) -> int | None:
-        """The current st_dev of filesystem fs; None when it is not reachable now."""
-        return self.fsmap.dev_of(fs, lambda: hint if hint is not None else self._probe(fs))
+        """The current st_dev of filesystem fs; None when it is not reachable now. hint:
+        a directory to look through first (one gone since: the index's directories)."""
+        return self.fsmap.dev_of(fs, lambda: hint if hint is not None and os.path.isdir(hint)
+                                 and not os.path.islink(hint) else self._probe(fs))
 
     def _probe(self, fs: int) -> bytes | None:
         """A directory of fs in the index that is a directory now (one renamed or

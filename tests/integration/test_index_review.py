@@ -108,3 +108,22 @@ def test_a_device_number_reused_by_another_filesystem_in_a_long_lived_store(
         for m in (a, b):
             if os.path.ismount(m):
                 subprocess.run(["umount", str(m)], check=False)
+
+
+def test_a_vanished_directory_does_not_make_its_filesystem_unreachable(tmp_path: Path) -> None:
+    # Recovery asks for each journalled operation's filesystem through the
+    # operation's own directory; one the user removed since must not hide the
+    # filesystem from the other operations (and the rest of the pass).
+    root = tmp_path / "t"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "x.bin").write_bytes(b"x" * 4000)
+    url = f"sqlite:///{tmp_path}/i.db"
+    store = Store(url)
+    scan(store, [root], ScanOptions())
+    store.close()
+    store = Store(url)  # a new process: nothing cached
+    fs = int(store.db.rows("SELECT id FROM filesystems")[0][0])
+    dev = os.stat(root).st_dev
+    assert store.dev_of(fs, bytes(root / "removed-since")) == dev
+    assert store.dev_of(fs, bytes(root / "d")) == dev
+    store.close()
