@@ -9,9 +9,23 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from dedupd.index.store import Store
 from dedupd.scan.scanner import ScanOptions, ScanReport, scan
+from tests.fixtures.loopfs import unmount
 from tests.integration.extent_helpers import run_pass
+from tests.integration.linktree import (
+    blob,
+    config,
+    content,
+    dedupd,
+    dedupd_here,
+    inodes,
+    manifest,
+    unfinished_ops,
+    write,
+)
 
 
 def _shape(rep: ScanReport) -> list[list[bytes]]:
@@ -68,6 +82,19 @@ def test_a_btrfs_subvolume_replaced_by_its_snapshot_at_the_same_path(
     assert _shape(again) == _shape(_fresh(root, tmp_path / "fresh.db")) == _shape(first)
     # the names are now on the snapshot's filesystem, not the old subvolume's
     store.close()
+
+
+def _remount(img: Path, mnt: Path) -> None:
+    """Mount img again at mnt on another loop device: a held one takes the freed one."""
+    unmount(mnt)
+    hold = img.with_suffix(".hold")
+    subprocess.run(["truncate", "-s", "1M", str(hold)], check=True)
+    loop = subprocess.run(["losetup", "-f", "--show", str(hold)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    try:
+        subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
 
 
 def _tmpfs(at: Path) -> int:
@@ -127,3 +154,34 @@ def test_a_vanished_directory_does_not_make_its_filesystem_unreachable(tmp_path:
     assert store.dev_of(fs, bytes(root / "removed-since")) == dev
     assert store.dev_of(fs, bytes(root / "d")) == dev
     store.close()
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])  # after: a temp link, the first swap, a 2nd temp
+def test_journal_recovery_after_a_reboot_that_moved_the_device_number(
+        loopfs: Callable[..., Path], tmp_path: Path, k: int) -> None:
+    # ops are keyed by filesystem id: after `kill -9` mid-batch and a "reboot" that
+    # mounts the volume's ext4 on another loop device, recovery must still find
+    # every operation's files and finish or roll back each one
+    mnt = loopfs("ext4", "64M")
+    root = mnt / "vol"
+    write(root / "a/x.bin", blob(1, 200_000))
+    write(root / "b/x copy.bin", blob(1, 200_000))
+    write(root / "a/y.bin", blob(2, 150_000))
+    write(root / "b/y.bin", blob(2, 150_000))
+    cfg = config(tmp_path, {"v": {"kind": "plain", "path": str(root), "settle_seconds": 0,
+                                  "min_size": 1, "mode": "apply"}})
+    before = content(manifest(root))
+    r = dedupd("run", "--once", "-c", str(cfg), env={"DEDUPD_TEST_KILL_AT_STEP": str(k)},
+               check=False)
+    assert r.returncode == -9, (r.returncode, r.stderr)
+    assert unfinished_ops(tmp_path / "index.db")
+    dev = os.stat(root).st_dev
+    _remount(mnt.parent / "ext4.img", mnt)
+    assert os.stat(root).st_dev != dev
+    rc, out = dedupd_here("recover", "-c", str(cfg), "--json")
+    assert rc == 0, out
+    assert content(manifest(root)) == before  # every path, original bytes, no temp names
+    assert unfinished_ops(tmp_path / "index.db") == []
+    assert dedupd_here("run", "--once", "-c", str(cfg))[0] == 0
+    ino = inodes(root)
+    assert ino["a/x.bin"] == ino["b/x copy.bin"] and ino["a/y.bin"] == ino["b/y.bin"]
