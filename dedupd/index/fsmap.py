@@ -23,7 +23,7 @@ from typing import Any
 from dedupd import handles
 from dedupd.errors import EXIT_CONFIG, DedupdError
 from dedupd.files.fsid import FsIdentity, FsIdentityError, HostIdentity, Identities
-from dedupd.index.db import Db
+from dedupd.index.db import Db, to_s64
 
 PROVISIONAL = "provisional:"
 
@@ -99,11 +99,11 @@ class FsMap:
         self._dev[fs_id] = dev if fs is not None else None
         self._fs_ok.add(fs_id)
 
-    def fs_of(self, dev: int, path: bytes, dir_of: Any = None) -> int:
+    def fs_of(self, dev: int, path: bytes, paths_of: Any = None) -> int:
         """The filesystem id of device `dev`, met at `path` (a file in a directory on it).
 
-        dir_of(path) -> the directory id of path in the index, or None: a provisional
-        filesystem holding it is claimed. Raises UnknownFilesystem."""
+        paths_of(directory ids) -> {id: path}: to find a provisional filesystem whose
+        names are on dev (claimed: its rows and hashes are kept). Raises UnknownFilesystem."""
         fs = self._fs.get(dev)
         if fs is not None and dev in self._dev_ok:
             return fs
@@ -111,7 +111,7 @@ class FsMap:
             fs = self._fs.get(dev)
             if fs is None or dev not in self._dev_ok:
                 ident = self._identify(dev, path)
-                fs = self._bind(ident, path, dir_of)
+                fs = self._bind(ident, path, paths_of, dev)
                 self._map(dev, fs, fs)
             return fs
 
@@ -161,14 +161,14 @@ class FsMap:
         finally:
             os.close(fd)
 
-    def _bind(self, ident: FsIdentity, path: bytes, dir_of: Any) -> int:
+    def _bind(self, ident: FsIdentity, path: bytes, paths_of: Any, dev: int = -1) -> int:
         p = self.db.p
         with self.db.tx() as cur:
             cur.execute(f"SELECT id FROM filesystems WHERE host = {p} AND ident = {p}",
                         (self.host, ident.ident))
             row = cur.fetchone()
-            if row is None and dir_of is not None:
-                row = self._provisional(cur, dir_of(path))
+            if row is None and paths_of is not None:
+                row = self._provisional(cur, paths_of, dev)
             if row is None:
                 cur.execute(f"INSERT INTO filesystems (host, ident, fstype, mountpoint, stable) "
                             f"VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id",
@@ -181,14 +181,31 @@ class FsMap:
                                                          row[0]))
             return int(row[0])
 
-    def _provisional(self, cur: Any, dir_id: int | None) -> Any:
-        """The provisional filesystem row of directory dir_id, if it has one."""
-        if dir_id is None:
-            return None
+    def _provisional(self, cur: Any, paths_of: Any, dev: int) -> Any:
+        """The provisional filesystem row whose recorded names, where they still are,
+        name the recorded inodes (same ino, size and mtime) on device dev: the disk
+        that was away during the upgrade, not the filesystem of the empty mount point
+        under it. paths_of(directory ids) -> {id: path}."""
         p = self.db.p
-        cur.execute(f"SELECT f.id FROM directories d JOIN filesystems f ON f.id = d.fs "
-                    f"WHERE d.id = {p} AND f.ident LIKE {p}", (dir_id, PROVISIONAL + "%"))
-        return cur.fetchone()
+        cur.execute(f"SELECT id FROM filesystems WHERE host = {p} AND ident LIKE {p} "
+                    "ORDER BY id", (self.host, PROVISIONAL + "%"))
+        for (fid,) in cur.fetchall():
+            cur.execute(f"SELECT e.dir, e.name, i.ino, i.size, i.mtime_ns FROM directories d "
+                        "JOIN entries e ON e.dir = d.id JOIN inodes i ON i.fs = d.fs AND "
+                        f"i.ino = e.ino WHERE d.fs = {p} LIMIT 16", (fid,))
+            names = cur.fetchall()
+            dirs = paths_of({int(r[0]) for r in names})
+            for did, name, ino, size, mtime_ns in names:
+                if int(did) not in dirs:
+                    continue
+                try:
+                    st = handles.lstat(dirs[int(did)].rstrip(b"/") + b"/" + bytes(name))
+                except OSError:
+                    continue
+                if (st.st_dev, to_s64(st.st_ino), st.st_size, st.st_mtime_ns) == (
+                        dev, ino, size, mtime_ns):
+                    return (fid,)
+        return None
 
     def _find(self, fs: int, path: bytes | None) -> int | None:
         rows = self.db.rows(f"SELECT ident FROM filesystems WHERE id = {self.db.p}", (fs,))

@@ -34,7 +34,7 @@ from dedupd.index.db import (
     sqlite_pragmas,
     to_s64,
 )
-from dedupd.index.dirs import DirTree, join, split, subtree_sql
+from dedupd.index.dirs import DirTree, join, subtree_sql
 from dedupd.index.fsmap import FsMap, Unreachable
 from dedupd.index.migrate import open_index, put_meta
 from dedupd.index.names import Names
@@ -190,7 +190,7 @@ class Store(Names):
 
     def fs_of(self, dev: int, path: bytes) -> int:
         """The filesystem id of device dev, met at path (identified on first sight)."""
-        return self.fsmap.fs_of(dev, path, lambda p: self.dirs.find(split(p)[0]))
+        return self.fsmap.fs_of(dev, path, self.dirs.paths)
 
     def dev_of(self, fs: int, hint: bytes | None = None) -> int | None:
         """The current st_dev of filesystem fs; None when it is not reachable now. hint:

@@ -4,10 +4,13 @@ fresh scan of the same tree reports."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +29,7 @@ from tests.integration.linktree import (
     unfinished_ops,
     write,
 )
+from tests.oracles import scan_json
 
 
 def _shape(rep: ScanReport) -> list[list[bytes]]:
@@ -185,3 +189,44 @@ def test_journal_recovery_after_a_reboot_that_moved_the_device_number(
     assert dedupd_here("run", "--once", "-c", str(cfg))[0] == 0
     ino = inodes(root)
     assert ino["a/x.bin"] == ino["b/x copy.bin"] and ino["a/y.bin"] == ino["b/y.bin"]
+
+
+def _old_scan(tmp: Path, db: str, root: Path) -> dict[str, Any]:
+    """`dedupd scan` of the last release with schema 2 (c9aacac), from git."""
+    old = tmp / "old"
+    old.mkdir(exist_ok=True)
+    arch = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), "archive",
+                           "c9aacac", "dedupd"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=arch, check=True)
+    r = subprocess.run([sys.executable, "-m", "dedupd", "scan", "--json", "--db", db,
+                        str(root)], capture_output=True, cwd=old, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(old)))
+    assert r.returncode == 0, r.stderr.decode()
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def test_provisional_rows_are_not_claimed_by_the_empty_mount_point_under_them(
+        loopfs: Callable[..., Path], tmp_path: Path) -> None:
+    # Upgraded while the disk was away; then something wrote into the bare mount
+    # point (a backup job that did not check) and it was scanned: the filesystem
+    # under the mount point must not take the disk's rows and hashes.
+    mnt = loopfs("ext4", "64M")
+    for k in range(4):
+        write(mnt / "t" / f"d{k}" / "same.bin", blob(1, 30_000))
+        write(mnt / "t" / f"d{k}" / "own.bin", blob(10 + k, 20_000 + k))
+    url = f"sqlite:///{tmp_path}/i.db"
+    before = _old_scan(tmp_path, url, mnt / "t")
+    unmount(mnt)
+    Store(url).close()  # the upgrade, while the disk is away
+    # one directory of the same name, on the filesystem under the mount point: a
+    # full walk of it forgets the disk's names there (they are not there), no more
+    write(mnt / "t" / "d0" / "same.bin", blob(2, 30_000))
+    write(mnt / "t" / "d0" / "same2.bin", blob(2, 30_000))
+    assert scan_json(mnt / "t" / "d0", db=url)["stats"]["bytes_read"] > 0
+    subprocess.run(["rm", "-rf", str(mnt / "t")], check=True)
+    subprocess.run(["mount", "-o", "loop", str(mnt.parent / "ext4.img"), str(mnt)], check=True)
+    again = scan_json(mnt / "t", db=url)
+    # d0/same.bin is read again (its name was forgotten); d1-d3 keep their hashes
+    assert again["stats"]["bytes_read"] <= 30_000, again["stats"]
+    assert sorted(sorted(g["paths"]) for g in again["groups"]) == \
+        sorted(sorted(g["paths"]) for g in before["groups"])
