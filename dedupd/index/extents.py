@@ -13,6 +13,7 @@ from typing import Any
 
 from dedupd.index.db import from_s64
 from dedupd.index.dirs import join, subtree_sql
+from dedupd.index.record import drop_empty
 from dedupd.index.store import BATCH, IndexedFile, Store, chunks, group_rows
 
 Key = tuple[int, int]
@@ -34,18 +35,21 @@ def finish_incremental(store: Store, scan_id: int, roots: Sequence[bytes],
                        ) -> tuple[int, Iterator[list[IndexedFile]]]:
     """Store.finish_incremental (the contract is documented there)."""
     n = store.forget_paths(gone) if gone else 0
+    # Below a removed or renamed-away directory, what this scan recorded (a new
+    # directory of the same name) stays; the rest goes.
     dead = [d for d, _fs in store.dirs.subtree(gone_dirs)]
     p = store.db.p
     with store.db.tx() as cur:
         for part in chunks(dead, 500):
             marks = store.db.marks(len(part))
-            cur.execute(f"DELETE FROM entries WHERE dir IN ({marks})", part)
+            cur.execute(f"DELETE FROM entries WHERE seen < {p} AND dir IN ({marks})",
+                        (scan_id, *part))
             n += max(int(cur.rowcount or 0), 0)
-            cur.execute(f"DELETE FROM directories WHERE id IN ({marks})", part)
+            cur.execute(f"UPDATE directories SET digest = NULL WHERE id IN ({marks})", part)
         if dead:
+            drop_empty(store, cur, dead)
             store.drop_orphans(cur)
         cur.execute(f"UPDATE scans SET finished = {p} WHERE id = {p}", (time.time(), scan_id))
-    store.dirs.forget(dead)
     if sizes is None:
         inner, params = _inodes_below(store, roots, max(min_size, 1))
         sizes = [int(r[0]) for r in store.db.rows(

@@ -137,12 +137,12 @@ def forget_unseen(store: Store, cur: Any, scan_id: int, roots: Sequence[bytes],
                 if cur.rowcount:
                     cur.execute(f"UPDATE directories SET digest = NULL WHERE id = {p}", (did,))
                 gone += max(int(cur.rowcount or 0), 0)
-    _drop_empty(store, cur, ids)
+    drop_empty(store, cur, ids)
     store.orphans_maybe |= gone > 0
     return gone
 
 
-def _drop_empty(store: Store, cur: Any, ids: list[int]) -> None:
+def drop_empty(store: Store, cur: Any, ids: list[int]) -> None:
     """Delete the directories among ids (a subtree) with no entry at or below them."""
     from dedupd.index.store import chunks
 

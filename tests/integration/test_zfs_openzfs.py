@@ -45,10 +45,10 @@ def tree(root: Path) -> dict[str, Row]:
 
 
 def index(db: Path, root: Path) -> dict[str, Row]:
-    """The index after the last scan: its paths with their inode's stat."""
+    """The index: its paths with their inode's stat."""
     store = Store(f"sqlite:///{db}")
     try:
-        rows = store.scan_paths(store.db.rows("SELECT max(id) FROM scans")[0][0])
+        rows = store.scan_paths()  # incremental passes touch only what changed
     finally:
         store.close()
     return {os.path.relpath(os.fsdecode(bytes(p)), root): (n, s, m, ct)
