@@ -32,7 +32,6 @@ from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 from dedupd import forkpipe, handles
 from dedupd.files.events import FileEvent, WalkStats
 from dedupd.hashing import Feeder, Stability, forked
-from dedupd.index import ddl
 from dedupd.index.db import sqlite_pragmas
 from dedupd.index.store import IndexedFile, Store, path_key
 from dedupd.queuethread import QueueThread
@@ -82,23 +81,33 @@ def bare_reads(paths: list[bytes]) -> int:
     return total
 
 
+_BARE_DDL = (
+    "CREATE TABLE inodes (dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, "
+    'ctime_ns INTEGER, head INTEGER, "full" BLOB, seen INTEGER, unstable INTEGER, '
+    "PRIMARY KEY (dev, ino)) WITHOUT ROWID",
+    "CREATE INDEX ix_size ON inodes (size)",
+    "CREATE TABLE paths (path_key BLOB PRIMARY KEY, path BLOB, dev INTEGER, ino INTEGER, "
+    "seen INTEGER)",
+    "CREATE INDEX ix_inode ON paths (dev, ino)",
+)
+
+
 def bare_rows(evs: list[FileEvent]) -> None:
-    """The rows a first scan writes (inodes, paths), by executemany in batches of
-    BATCH, one transaction each, into a fresh index of the same schema."""
+    """An inode row and a path row per file by executemany, in batches of BATCH, one
+    transaction each, into a fresh SQLite file with the index's pragmas: a key and
+    one secondary index per table (the index's own schema is free to differ)."""
     with tempfile.TemporaryDirectory() as d:
         c = sqlite3.connect(f"{d}/i.db", isolation_level=None)
         sqlite_pragmas(c)
-        for stmt in ddl.SCHEMA_DDL["sqlite"]:
+        for stmt in _BARE_DDL:
             c.execute(stmt)
-        ins = ('INSERT INTO inodes (dev, ino, size, mtime_ns, ctime_ns, mode, uid, gid, nlink, '
-               'head, "full", seen, changed_at, unstable) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)')
         for i in range(0, len(evs), BATCH):
             part = evs[i:i + BATCH]
             c.execute("BEGIN")
-            c.executemany(ins, [(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns, e.mode, e.uid,
-                                 e.gid, e.nlink, None, None, 1, 0.0, 0) for e in part])
-            c.executemany("INSERT INTO paths (path_key, path, dev, ino, seen) "
-                          "VALUES (?,?,?,?,?)",
+            c.executemany("INSERT INTO inodes VALUES (?,?,?,?,?,?,?,?,?)",
+                          [(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns, None, None, 1, 0)
+                           for e in part])
+            c.executemany("INSERT INTO paths VALUES (?,?,?,?,?)",
                           [(path_key(e.path), e.path, e.dev, e.ino, 1) for e in part])
             c.execute("COMMIT")
         c.close()
