@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,23 @@ from tests.treegen import Builder, hostile_tree
 def db(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/index.db"
 
+
+
+def _scan_closed(url: str, *args: Any, **kw: Any) -> ScanReport:
+    """scan() on a Store of its own, closed after (its fds do not outlive the test)."""
+    store = Store(url)
+    try:
+        return scan(store, *args, **kw)
+    finally:
+        store.close()
+
+
+def _counts(url: str) -> dict[str, int]:
+    store = Store(url)
+    try:
+        return store.counts()
+    finally:
+        store.close()
 
 def test_groups_equal_truth_and_jdupes(tmp_path: Path) -> None:
     tree = hostile_tree(tmp_path / "t", newline_names=False)
@@ -99,7 +117,7 @@ def test_deleted_files_leave_the_index(tmp_path: Path) -> None:
     os.unlink(pair[1])
     doc = scan_json(b.tree.root, db=url)
     assert doc["groups"] == [] and doc["stats"]["files_forgotten"] == 1  # type: ignore[index]
-    assert Store(url).counts()["paths"] == 1
+    assert _counts(url)["paths"] == 1
 
 
 class StageHook:
@@ -164,10 +182,10 @@ def test_file_vanishing_between_walk_and_hash(tmp_path: Path, monkeypatch: pytes
     data = b.data(30_000)
     paths = b.group(data, 3)
     progress = _before_hashing(monkeypatch, early, lambda: os.unlink(paths[0]))
-    rep = scan(Store(db(tmp_path)), [b.tree.root], ScanOptions(), progress=progress)
+    rep = _scan_closed(db(tmp_path), [b.tree.root], ScanOptions(), progress=progress)
     assert [p.reason for p in rep.problems] == ["vanished"]
     assert len(rep.groups) == 1 and {f.path for f in rep.groups[0].files} == set(paths[1:])
-    assert rep.stats["files_forgotten"] + Store(db(tmp_path)).counts()["paths"] >= 2
+    assert rep.stats["files_forgotten"] + _counts(db(tmp_path))["paths"] >= 2
 
 
 @pytest.mark.parametrize("early", [True, False], ids=["early", "after-walk"])
@@ -181,7 +199,7 @@ def test_file_changing_during_hash_is_not_grouped(tmp_path: Path, monkeypatch: p
             f.write(b"more")
 
     progress = _before_hashing(monkeypatch, early, grow)
-    rep = scan(Store(db(tmp_path)), [b.tree.root], ScanOptions(), progress=progress)
+    rep = _scan_closed(db(tmp_path), [b.tree.root], ScanOptions(), progress=progress)
     assert rep.groups == ()
     assert [p.reason for p in rep.problems] == ["changed"]
 
@@ -222,10 +240,10 @@ def test_a_file_written_between_two_of_its_names_keeps_no_stale_hash(
                 f.write(bytes([data[0] ^ 1]))
 
     url = db(tmp_path)
-    rep = scan(Store(url), [b.tree.root], ScanOptions(), progress=StageHook(rewrite))
+    rep = _scan_closed(url, [b.tree.root], ScanOptions(), progress=StageHook(rewrite))
     assert rep.groups == ()
     assert {p.reason for p in rep.problems} == {"changed"}
-    again = scan(Store(url), [b.tree.root], ScanOptions())
+    again = _scan_closed(url, [b.tree.root], ScanOptions())
     assert again.groups == () and again.problems == ()
 
 
@@ -249,7 +267,7 @@ def test_early_hashing_gives_what_the_index_pass_gives(tmp_path: Path,
     for limit, procs in ((default, 2), (default, 0), (0, 2), (250, 2)):
         monkeypatch.setattr(prehash, "PREHASH_LIMIT", limit)
         monkeypatch.setattr(prehash, "FEED_PROCS", procs)
-        reports[limit, procs] = scan(Store(f"sqlite:///{tmp_path}/{limit}-{procs}.db"),
+        reports[limit, procs] = _scan_closed(f"sqlite:///{tmp_path}/{limit}-{procs}.db",
                                      [tmp_path / "t"], ScanOptions())
     first = reports[default, 2]
     assert len(first.groups) >= 50 and first.stats["bytes_read"] > 0
@@ -266,7 +284,7 @@ def test_early_hashing_gives_what_the_index_pass_gives(tmp_path: Path,
     for limit, procs in reports:  # unchanged rescans, with and without early groups
         monkeypatch.setattr(prehash, "PREHASH_LIMIT", limit)
         monkeypatch.setattr(prehash, "FEED_PROCS", procs)
-        again = scan(Store(f"sqlite:///{tmp_path}/{limit}-{procs}.db"), [tmp_path / "t"],
+        again = _scan_closed(f"sqlite:///{tmp_path}/{limit}-{procs}.db", [tmp_path / "t"],
                      ScanOptions())
         assert again.stats["bytes_read"] == 0 and shape(again) == shape(first)
 
@@ -274,7 +292,7 @@ def test_early_hashing_gives_what_the_index_pass_gives(tmp_path: Path,
 def test_settle_leaves_fresh_files_pending(tmp_path: Path) -> None:
     b = Builder(tmp_path / "t")
     b.group(b.data(10_000), 2)
-    rep = scan(Store(db(tmp_path)), [b.tree.root], ScanOptions(settle_seconds=300))
+    rep = _scan_closed(db(tmp_path), [b.tree.root], ScanOptions(settle_seconds=300))
     assert rep.groups == () and rep.stats["files_pending"] == 2
     assert rep.stats["bytes_read"] == 0
 
