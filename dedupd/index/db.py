@@ -211,11 +211,24 @@ class Db:
         self._local.conn = None
 
     @contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        """A cursor, closed after; a read-only, full or locked index's sqlite3 error
+        becomes its one-line error (index_failure)."""
+        cur = self.conn().cursor()
+        try:
+            yield cur
+        except sqlite3.Error as e:
+            fail = index_failure(self.url, e)
+            if fail is None:
+                raise
+            raise fail from None
+        finally:
+            cur.close()
+
+    @contextmanager
     def tx(self) -> Iterator[Any]:
         """A cursor inside one transaction: committed on success, rolled back on error."""
-        c = self.conn()
-        cur = c.cursor()
-        try:
+        with self._cursor() as cur:
             cur.execute("BEGIN IMMEDIATE" if self.sqlite is not None else "BEGIN")
             try:
                 yield cur
@@ -227,40 +240,17 @@ class Db:
                 raise
             else:
                 cur.execute("COMMIT")
-        except sqlite3.Error as e:
-            fail = index_failure(self.url, e)
-            if fail is None:
-                raise
-            raise fail from None
-        finally:
-            cur.close()
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """The rows of one read (autocommit: no transaction stays open)."""
-        cur = self.conn().cursor()
-        try:
+        with self._cursor() as cur:
             cur.execute(sql, params)
             return list(cur.fetchall())
-        except sqlite3.Error as e:
-            fail = index_failure(self.url, e)
-            if fail is None:
-                raise
-            raise fail from None
-        finally:
-            cur.close()
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> None:
         """One statement that returns no rows, in autocommit (temporary tables)."""
-        cur = self.conn().cursor()
-        try:
+        with self._cursor() as cur:
             cur.execute(sql, params)
-        except sqlite3.Error as e:
-            fail = index_failure(self.url, e)
-            if fail is None:
-                raise
-            raise fail from None
-        finally:
-            cur.close()
 
     def marks(self, n: int) -> str:
         """n placeholders, comma-separated, for IN (...) and VALUES (...)."""

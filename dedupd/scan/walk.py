@@ -66,19 +66,7 @@ def walk_listed(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats,
     scan, and the device its filesystem has now: a snapshot put in the place of its
     source lists alike) yields only its DirListed: its files did not change
     (docs/schema.md)."""
-    for root in roots:
-        try:
-            st = handles.lstat(root)
-        except OSError as e:
-            stats.problems.append(_problem(root, e))
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            with handles.anchored([root], cross_mounts=opts.cross_mounts):
-                yield from _walk_tree(root, st, opts, stats, known)
-        else:
-            ev = _classify(root, st, opts, stats)
-            if ev is not None:
-                yield ev
+    yield from _walk_roots(roots, opts, stats, known)
 
 
 def walk(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats) -> Iterator[FileEvent]:
@@ -90,6 +78,12 @@ def walk(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats) -> Iterato
     it is refused as `path_changed`. A root is resolved without following any
     symlink: roots come from normalize_roots, so they have none.
     """
+    yield from _walk_roots(roots, opts, stats, None)
+
+
+def _walk_roots(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats,
+                known: Mapping[bytes, tuple[bytes, int]] | None) -> Iterator[Any]:
+    """Each root: a directory walked by handle under its own anchor, a file classified."""
     for root in roots:
         try:
             st = handles.lstat(root)
@@ -98,7 +92,7 @@ def walk(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats) -> Iterato
             continue
         if stat.S_ISDIR(st.st_mode):
             with handles.anchored([root], cross_mounts=opts.cross_mounts):
-                yield from _walk_tree(root, st, opts, stats)
+                yield from _walk_tree(root, st, opts, stats, known)
         else:
             ev = _classify(root, st, opts, stats)
             if ev is not None:

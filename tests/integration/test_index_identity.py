@@ -21,7 +21,7 @@ from dedupd.files.fsid import HostIdentity
 from dedupd.index.fsmap import PROVISIONAL, HostClash
 from dedupd.index.store import Store
 from dedupd.scan.scanner import ScanOptions, scan
-from tests.fixtures.loopfs import loopfs, unmount  # noqa: F401
+from tests.fixtures.loopfs import loopfs, remount_elsewhere, unmount  # noqa: F401
 from tests.oracles import scan_json
 
 OLD_RELEASE = "c9aacac"  # the last dedupd with schema 2
@@ -85,18 +85,6 @@ def test_an_index_of_the_previous_release_is_upgraded_and_nothing_is_read_again(
     assert _groups(after) == _groups(before) and len(_groups(after)) == 3
 
 
-def _remount(img: Path, mnt: Path) -> None:
-    """Mount img again at mnt on another loop device (a held one pushes it along)."""
-    unmount(mnt)
-    hold = img.with_suffix(".hold")
-    subprocess.run(["truncate", "-s", "1M", str(hold)], check=True)
-    loop = subprocess.run(["losetup", "-f", "--show", str(hold)], check=True,
-                          capture_output=True, text=True).stdout.strip()
-    try:
-        subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=False)
-
 
 def test_ext4_remounted_on_another_loop_device_is_not_read_again(
         tmp_path: Path, loopfs: Callable[[str, str], Path]) -> None:  # noqa: F811
@@ -105,7 +93,7 @@ def test_ext4_remounted_on_another_loop_device_is_not_read_again(
     url = f"sqlite:///{tmp_path}/i.db"
     first = scan_json(mnt / "t", db=url)
     dev = os.stat(mnt / "t").st_dev
-    _remount(mnt.parent / "ext4.img", mnt)
+    remount_elsewhere(mnt.parent / "ext4.img", mnt)
     assert os.stat(mnt / "t").st_dev != dev
     again = scan_json(mnt / "t", db=url)
     assert again["stats"]["bytes_read"] == 0  # type: ignore[index]
@@ -126,7 +114,7 @@ def test_rows_of_an_unmounted_filesystem_survive_the_upgrade_and_are_claimed(
     assert any(i.startswith(PROVISIONAL) for i in idents)
     assert store.counts()["hashed"] > 0
     store.close()
-    _remount(mnt.parent / "ext4.img", mnt)
+    remount_elsewhere(mnt.parent / "ext4.img", mnt)
     again = scan_json(mnt / "t", db=url)
     assert again["stats"]["bytes_read"] == 0  # type: ignore[index]
     assert _groups(again) == _groups(before)

@@ -16,7 +16,7 @@ import pytest
 
 from dedupd.index.store import Store
 from dedupd.scan.scanner import ScanOptions, ScanReport, scan
-from tests.fixtures.loopfs import unmount
+from tests.fixtures.loopfs import remount_elsewhere, unmount
 from tests.integration.extent_helpers import run_pass
 from tests.integration.linktree import (
     blob,
@@ -87,18 +87,6 @@ def test_a_btrfs_subvolume_replaced_by_its_snapshot_at_the_same_path(
     # the names are now on the snapshot's filesystem, not the old subvolume's
     store.close()
 
-
-def _remount(img: Path, mnt: Path) -> None:
-    """Mount img again at mnt on another loop device: a held one takes the freed one."""
-    unmount(mnt)
-    hold = img.with_suffix(".hold")
-    subprocess.run(["truncate", "-s", "1M", str(hold)], check=True)
-    loop = subprocess.run(["losetup", "-f", "--show", str(hold)], check=True,
-                          capture_output=True, text=True).stdout.strip()
-    try:
-        subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=False)
 
 
 def _tmpfs(at: Path) -> int:
@@ -180,7 +168,7 @@ def test_journal_recovery_after_a_reboot_that_moved_the_device_number(
     assert r.returncode == -9, (r.returncode, r.stderr)
     assert unfinished_ops(tmp_path / "index.db")
     dev = os.stat(root).st_dev
-    _remount(mnt.parent / "ext4.img", mnt)
+    remount_elsewhere(mnt.parent / "ext4.img", mnt)
     assert os.stat(root).st_dev != dev
     rc, out = dedupd_here("recover", "-c", str(cfg), "--json")
     assert rc == 0, out
