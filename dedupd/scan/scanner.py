@@ -121,9 +121,12 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
             for batch in events:
                 rec.put(batch)
                 if progress:  # bytes found, not read: a note, not the phase's bytes
-                    walked += sum(e.size for e in batch if isinstance(e, FileEvent))
-                    seen += sum(1 if isinstance(e, FileEvent) else e.files if e.same else 0
-                                for e in batch)
+                    if walker:  # counted by the walk process, on the other core
+                        seen, walked = walker.files, walker.nbytes
+                    else:
+                        walked += sum(e.size for e in batch if isinstance(e, FileEvent))
+                        seen += sum(1 if isinstance(e, FileEvent) else
+                                    e.files if e.same else 0 for e in batch)
                     progress.update(seen, note=f"{human_bytes(walked)}")
         if walker:
             wstats = walker.stats

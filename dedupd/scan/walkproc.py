@@ -35,15 +35,21 @@ def _child(_in: int, out: int, roots: Sequence[bytes], opts: WalkOptions, n: int
            known: Mapping[bytes, tuple[bytes, int]] | None) -> None:
     stats = WalkStats()
     batch: list[Wire] = []
+    files = nbytes = 0  # running totals for a progress display, counted on this core
     events = walk(roots, opts, stats) if known is None else walk_listed(roots, opts, stats,
                                                                          known)
     for ev in events:
         batch.append(_event(ev))
+        if isinstance(ev, DirListed):
+            files += ev.files if ev.same else 0
+        else:
+            files += 1
+            nbytes += ev.size
         if len(batch) >= n:
-            forkpipe.send(out, batch)
+            forkpipe.send(out, ("batch", files, nbytes, batch))
             batch = []
     if batch:
-        forkpipe.send(out, batch)
+        forkpipe.send(out, ("batch", files, nbytes, batch))
     forkpipe.send(out, ("end", [getattr(stats, k) for k in _COUNTERS],
                         [(p.path, p.reason, p.detail) for p in stats.problems]))
 
@@ -51,11 +57,14 @@ def _child(_in: int, out: int, roots: Sequence[bytes], opts: WalkOptions, n: int
 class ForkedWalk:
     """walk(roots, opts) in a child (walk_listed with `known` digests: DirListed
     items among the events); batches() yields lists of about n events, then
-    `stats` holds the walk's counters. Construct inside the scan's handles.anchored."""
+    `stats` holds the walk's counters. After each batch, `files` and `nbytes` are
+    the files walked so far (those of unchanged directories included) and their
+    bytes. Construct inside the scan's handles.anchored."""
 
     def __init__(self, roots: Sequence[bytes], opts: WalkOptions, n: int,
                  known: Mapping[bytes, tuple[bytes, int]] | None = None) -> None:
         self.stats = WalkStats()
+        self.files = self.nbytes = 0
         self.pid, self.to, self.frm = forkpipe.spawn(
             lambda i, o: _child(i, o, roots, opts, n, known))
 
@@ -63,8 +72,9 @@ class ForkedWalk:
         ended = False
         try:
             while (msg := forkpipe.recv(self.frm)) is not None:
-                if isinstance(msg, list):
-                    yield [_item(t) for t in msg]
+                if msg[0] == "batch":
+                    _, self.files, self.nbytes, items = msg
+                    yield [_item(t) for t in items]
                 elif msg[0] == "end":
                     ended = True
                     for k, v in zip(_COUNTERS, msg[1], strict=True):
