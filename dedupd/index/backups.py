@@ -10,9 +10,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
-
-from dedupd.index import schema as s
 from dedupd.index.store import Store
 
 
@@ -35,24 +32,41 @@ class BackupRow:
     error: str | None
 
 
+# BackupRow's fields in order: a row of _SELECT converts field by field.
+_COLS = ("id", "job", "dataset", "snapshot", "guid", "base_guid", "state", "created_snapshot",
+         "chunks", "total_size", "started", "finished", "verified_at", "verify_level", "error")
+_SELECT = f"SELECT {', '.join(_COLS)} FROM backups"
+
+
 def _row(r: Any) -> BackupRow:
+    (id, job, dataset, snapshot, guid, base_guid, state, created, chunks, total, started,
+     finished, verified_at, level, error) = r
     return BackupRow(
-        id=r.id, job=r.job, dataset=r.dataset, snapshot=r.snapshot, guid=int(r.guid),
-        base_guid=None if r.base_guid is None else int(r.base_guid), state=r.state,
-        created_snapshot=bool(r.created_snapshot), chunks=r.chunks, total_size=r.total_size,
-        started=r.started, finished=r.finished, verified_at=r.verified_at,
-        verify_level=r.verify_level, error=r.error)
+        id=id, job=job, dataset=dataset, snapshot=snapshot, guid=int(guid),
+        base_guid=None if base_guid is None else int(base_guid), state=state,
+        created_snapshot=bool(created), chunks=chunks, total_size=total, started=started,
+        finished=finished, verified_at=verified_at, verify_level=level, error=error)
+
+
+def _set(store: Store, id: str, **values: Any) -> None:
+    """UPDATE one attempt's row (plain DB-API: a backup run imports no SQLAlchemy)."""
+    p = store.db.p
+    sets = ", ".join(f"{k} = {p}" for k in values)
+    with store.db.tx() as cur:
+        cur.execute(f"UPDATE backups SET {sets} WHERE id = {p}", (*values.values(), id))
 
 
 def start(store: Store, *, id: str, job: str, dataset: str, snapshot: str, guid: int,
           base_guid: int | None, created_snapshot: bool) -> None:
     """Record a backup attempt in state 'uploading' before its first chunk goes out."""
-    with store.engine.begin() as c:
-        c.execute(s.backups.insert().values(
-            id=id, job=job, dataset=dataset, snapshot=snapshot, guid=str(guid),
-            base_guid=None if base_guid is None else str(base_guid), state="uploading",
-            created_snapshot=int(created_snapshot), chunks=0, total_size=0,
-            started=time.time()))
+    cols = _COLS[:11]  # up to `started`; the rest start out NULL
+    p = store.db.p
+    with store.db.tx() as cur:
+        cur.execute(f"INSERT INTO backups ({', '.join(cols)}) "
+                    f"VALUES ({', '.join([p] * len(cols))})",
+                    (id, job, dataset, snapshot, str(guid),
+                     None if base_guid is None else str(base_guid), "uploading",
+                     int(created_snapshot), 0, 0, time.time()))
 
 
 def finish(store: Store, id: str, state: str, *, chunks: int = 0, total_size: int = 0,
@@ -60,40 +74,32 @@ def finish(store: Store, id: str, state: str, *, chunks: int = 0, total_size: in
     values: dict[str, Any] = {"state": state, "finished": time.time(), "error": error}
     if chunks:
         values.update(chunks=chunks, total_size=total_size)
-    with store.engine.begin() as c:
-        c.execute(update(s.backups).where(s.backups.c.id == id).values(**values))
+    _set(store, id, **values)
 
 
 def set_state(store: Store, id: str, state: str) -> None:
-    with store.engine.begin() as c:
-        c.execute(update(s.backups).where(s.backups.c.id == id).values(state=state))
+    _set(store, id, state=state)
 
 
 def mark_verified(store: Store, id: str, level: str, ok: bool) -> None:
-    with store.engine.begin() as c:
-        c.execute(update(s.backups).where(s.backups.c.id == id).values(
-            verified_at=time.time() if ok else None, verify_level=level if ok else None,
-            error=None if ok else f"verify {level} failed"))
+    _set(store, id, verified_at=time.time() if ok else None,
+         verify_level=level if ok else None, error=None if ok else f"verify {level} failed")
 
 
 def unfinished(store: Store, job: str) -> BackupRow | None:
     """The newest attempt of this job still in state 'uploading' (a killed run)."""
-    t = s.backups.c
-    q = (select(s.backups).where(t.job == job, t.state == "uploading")
-         .order_by(t.started.desc()).limit(1))
-    with store.engine.connect() as c:
-        r = c.execute(q).first()
-    return None if r is None else _row(r)
+    p = store.db.p
+    rows = store.db.rows(f"{_SELECT} WHERE job = {p} AND state = 'uploading' "
+                         "ORDER BY started DESC LIMIT 1", (job,))
+    return _row(rows[0]) if rows else None
 
 
 def for_job(store: Store, job: str) -> list[BackupRow]:
-    t = s.backups.c
-    with store.engine.connect() as c:
-        return [_row(r) for r in c.execute(
-            select(s.backups).where(t.job == job).order_by(t.started))]
+    p = store.db.p
+    return [_row(r) for r in store.db.rows(f"{_SELECT} WHERE job = {p} ORDER BY started",
+                                           (job,))]
 
 
 def get(store: Store, id: str) -> BackupRow | None:
-    with store.engine.connect() as c:
-        r = c.execute(select(s.backups).where(s.backups.c.id == id)).first()
-    return None if r is None else _row(r)
+    rows = store.db.rows(f"{_SELECT} WHERE id = {store.db.p}", (id,))
+    return _row(rows[0]) if rows else None
