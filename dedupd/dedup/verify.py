@@ -264,19 +264,14 @@ def compare_with_bytes(path: bytes, want: Ident, data: bytes) -> ByteCompare:
     """Compare a file with bytes held in memory (content just verified elsewhere, e.g. a
     copy's source as read back from the archive), bracketed by fstat checks against
     `want` as compare_bytes does: the file is read once instead of twice."""
-    testpoints.at("verify", path)
+    fd = _open_checked(path, want)
     try:
-        fd = _open(path)
-    except FileNotFoundError:
-        raise Refused("vanished", os.fsdecode(path)) from None
-    try:
-        ident = _check_fd(fd, want, path, True)
-        if ident.size != len(data):
+        if want.size != len(data):
             return ByteCompare(False, 0)
         got = read_upto(fd, len(data) + 1)  # one byte more: a longer file differs too
         if got != data:
             return ByteCompare(False, len(got), first_difference(got, data))
-        _check_fd(fd, ident, path, True)
+        _check_fd(fd, want, path, True)
         return ByteCompare(True, len(got))
     finally:
         os.close(fd)

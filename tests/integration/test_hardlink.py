@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dedupd.dedup.hardlink import LinkPolicy, link_group
+from dedupd.dedup.hardlink import LinkPolicy, LinkResult, link_group
 from dedupd.dedup.journal import Journal
 from dedupd.index.store import Store
 from dedupd.scan.scanner import DupGroup, ScanOptions, scan
@@ -270,12 +270,30 @@ def test_writer_between_hashing_and_linking(tree: tuple[Path, Store], keep_mtime
     assert (root / "a.bin").read_bytes() == blob(1, 60_000)
 
 
-def test_writer_after_the_batch_is_journalled_is_refused(tree: tuple[Path, Store]) -> None:
-    # Group commit: three groups go into one batch; a user edits one duplicate after
-    # the batch's PENDING rows are committed and before its name is verified.
+def _link_editing(store: Store, root: Path, groups: list[DupGroup], edited: Path,
+                  offset: int) -> tuple[LinkResult, dict[bytes, str]]:
+    """link_groups while a user writes into `edited` (same size, new bytes at offset)
+    once the batch's PENDING rows are committed: the result and each name's state."""
     from dedupd import testpoints
     from dedupd.dedup.hardlink import link_groups
 
+    def edit(_point: str, _path: bytes) -> None:
+        with open(edited, "r+b") as f:
+            f.seek(offset)
+            f.write(b"edited by a user")
+
+    jr = Journal(store)
+    try:
+        with testpoints.acting(("batch",), edit):
+            res = link_groups(jr, groups, LinkPolicy("v", (bytes(root),)))
+        return res, {os.path.basename(r.spec.dup_path): r.state for r in jr.history("v")}
+    finally:
+        jr.close()
+
+
+def test_writer_after_the_batch_is_journalled_is_refused(tree: tuple[Path, Store]) -> None:
+    # Group commit: three groups go into one batch; a user edits one duplicate after
+    # the batch's PENDING rows are committed and before its name is verified.
     root, store = tree
     for i in range(3):
         write(root / f"a{i}.bin", blob(10 + i, 60_000))
@@ -283,19 +301,7 @@ def test_writer_after_the_batch_is_journalled_is_refused(tree: tuple[Path, Store
     groups = scan(store, [str(root)], ScanOptions()).groups
     assert len(groups) == 3
     edited = root / "b1.bin"
-
-    def edit(_point: str, _path: bytes) -> None:
-        with open(edited, "r+b") as f:  # same size, new bytes
-            f.seek(100)
-            f.write(b"edited by a user")
-
-    jr = Journal(store)
-    try:
-        with testpoints.acting(("batch",), edit):
-            res = link_groups(jr, groups, LinkPolicy("v", (bytes(root),)))
-        states = {os.path.basename(r.spec.dup_path): r.state for r in jr.history("v")}
-    finally:
-        jr.close()
+    res, states = _link_editing(store, root, groups, edited, 100)
     assert res.linked == 2 and dict(res.counts) == {"changed": 1}
     assert b"edited by a user" in edited.read_bytes()
     ino = inodes(root)
@@ -307,27 +313,12 @@ def test_writer_after_the_batch_is_journalled_is_refused(tree: tuple[Path, Store
 def test_writer_inside_a_group_after_the_batch_is_journalled(tree: tuple[Path, Store]) -> None:
     # One group of four copies: a user edits one duplicate after the batch's PENDING
     # rows are committed; the compare of the whole group refuses that one only.
-    from dedupd import testpoints
-    from dedupd.dedup.hardlink import link_groups
-
     root, store = tree
     for name in ("a", "b", "c", "d"):
         write(root / f"{name}.bin", blob(20, 200_000))
     g = only_group(store, root)
     edited = root / "c.bin"
-
-    def edit(_point: str, _path: bytes) -> None:
-        with open(edited, "r+b") as f:  # same size, new bytes
-            f.seek(150_000)
-            f.write(b"edited by a user")
-
-    jr = Journal(store)
-    try:
-        with testpoints.acting(("batch",), edit):
-            res = link_groups(jr, [g], LinkPolicy("v", (bytes(root),)))
-        states = {os.path.basename(r.spec.dup_path): r.state for r in jr.history("v")}
-    finally:
-        jr.close()
+    res, states = _link_editing(store, root, [g], edited, 150_000)
     assert res.linked == 2 and dict(res.counts) == {"changed": 1}
     assert b"edited by a user" in edited.read_bytes()
     ino = inodes(root)
