@@ -85,19 +85,19 @@ class FsMap:
             self._dev_ok.clear()
             self._fs_ok.clear()
 
-    def _map(self, dev: int, fs: int | None, fs_id: int) -> None:
-        """Bind dev <-> fs (fs None: filesystem fs_id is not reachable now), dropping
+    def _map(self, fs: int, dev: int | None) -> None:
+        """Bind filesystem fs <-> device dev (None: fs is not reachable now), dropping
         what either was bound to before; the caller holds _lock."""
-        old = self._dev.get(fs_id)
+        old = self._dev.get(fs)
         if old is not None and old != dev:
             self._fs.pop(old, None)
-        if fs is not None:
+        if dev is not None:
             for f in [f for f, d in self._dev.items() if d == dev and f != fs]:
                 del self._dev[f]
             self._fs[dev] = fs
             self._dev_ok.add(dev)
-        self._dev[fs_id] = dev if fs is not None else None
-        self._fs_ok.add(fs_id)
+        self._dev[fs] = dev
+        self._fs_ok.add(fs)
 
     def fs_of(self, dev: int, path: bytes, paths_of: Any = None) -> int:
         """The filesystem id of device `dev`, met at `path` (a file in a directory on it).
@@ -112,7 +112,7 @@ class FsMap:
             if fs is None or dev not in self._dev_ok:
                 ident = self._identify(dev, path)
                 fs = self._bind(ident, path, paths_of, dev)
-                self._map(dev, fs, fs)
+                self._map(fs, dev)
             return fs
 
     def learn(self, dev: int, ident: FsIdentity) -> int:
@@ -121,7 +121,7 @@ class FsMap:
             fs = self._fs.get(dev)
             if fs is None or dev not in self._dev_ok:
                 fs = self._bind(ident, ident.mountpoint, None)
-                self._map(dev, fs, fs)
+                self._map(fs, dev)
             return fs
 
     def known_fs(self, dev: int) -> int | None:
@@ -136,10 +136,7 @@ class FsMap:
             if fs in self._fs_ok:
                 return self._dev.get(fs)
             dev = self._find(fs, probe() if probe is not None else None)
-            if dev is None:
-                self._map(0, None, fs)
-            else:
-                self._map(dev, fs, fs)
+            self._map(fs, dev)
             return dev
 
     def _identify(self, dev: int, path: bytes) -> FsIdentity:
