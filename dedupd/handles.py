@@ -6,8 +6,10 @@ volume root that holds it, else "/") with the kernel's `openat2`
 (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, plus
 RESOLVE_NO_XDEV unless the anchor allows crossing mounts). Without openat2
 (kernels < 5.6) the same rules are applied one component at a time with
-O_NOFOLLOW | O_DIRECTORY and ".." refused; that fallback cannot see a mount
-made after the anchor was entered (documented in docs/safety.md).
+O_NOFOLLOW | O_DIRECTORY and ".." refused; a mount is recognised there by the
+directory fd's mount id differing from its parent's (bind mounts of the same
+filesystem keep st_dev, so st_dev cannot tell). That fallback cannot see a
+mount made after the anchor was entered (documented in docs/safety.md).
 
 A component that is a symlink, leaves the anchor or crosses a mount raises
 `PathChanged` (reason tag `path_changed`): it is refused and counted by the
@@ -201,8 +203,8 @@ def _open_by_components(dirfd: int, parts: list[bytes], flags: int, mode: int,
                         anchor: Anchor, path: bytes) -> int:
     """The fallback resolver: one O_NOFOLLOW | O_DIRECTORY open per directory."""
     fd = os.dup(dirfd)
-    dev = os.fstat(fd).st_dev
     try:
+        mnt = -1 if anchor.cross_mounts else _mount_id(fd, path)
         for part in parts[:-1]:
             try:
                 nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
@@ -210,31 +212,40 @@ def _open_by_components(dirfd: int, parts: list[bytes], flags: int, mode: int,
                 raise _moved(e, path) from None
             os.close(fd)
             fd = nfd
-            _refuse_mount(fd, dev, anchor.cross_mounts, path)
+            if not anchor.cross_mounts:
+                _refuse_mount(fd, mnt, path)
         try:
-            return os.open(parts[-1], flags, mode, dir_fd=fd)
+            out = os.open(parts[-1], flags, mode, dir_fd=fd)
         except OSError as e:
             raise _moved(e, path) from None
+        if not anchor.cross_mounts:  # the final name can be a mount point too (bind)
+            try:
+                _refuse_mount(out, mnt, path)
+            except BaseException:
+                os.close(out)
+                raise
+        return out
     finally:
         os.close(fd)
 
 
-def _refuse_mount(fd: int, parent_dev: int, cross_mounts: bool, path: bytes) -> None:
-    """The fallback's NO_XDEV: PathChanged(EXDEV) when the directory fd is a mount."""
-    if not cross_mounts and os.fstat(fd).st_dev != parent_dev and _is_mount(fd):
+def _refuse_mount(fd: int, parent_mnt: int, path: bytes) -> None:
+    """The fallback's NO_XDEV: PathChanged(EXDEV) when the directory fd was reached
+    through another mount than its parent's. The mount id, not st_dev, decides: a
+    bind mount of the same filesystem keeps st_dev, and a BTRFS subvolume changes
+    st_dev without being a mount."""
+    if _mount_id(fd, path) != parent_mnt:
         raise PathChanged(errno.EXDEV, "crosses a mount point", os.fsdecode(path))
 
 
-def _is_mount(fd: int) -> bool:
-    """A directory on another device than its parent's that is the root of a mount
-    (BTRFS subvolumes change st_dev without being mounts): its mount's mount point,
-    found by the fd's own mount id, is where the fd is. Unknown counts as a mount."""
+def _mount_id(fd: int, path: bytes) -> int:
+    """The fd's mount id; when the kernel does not say (/proc not mounted), the
+    fallback cannot tell a mount point from a directory and refuses (EXDEV)."""
     try:
-        m = mounts.mount_of_fd(fd)
-        real = os.readlink(f"/proc/self/fd/{fd}").encode()
+        return mounts.mount_id(fd)
     except OSError:
-        return True
-    return m is None or os.fsencode(real) == m.mountpoint
+        raise PathChanged(errno.EXDEV, "cannot tell whether it crosses a mount point "
+                          "(no mnt_id in /proc/self/fdinfo)", os.fsdecode(path)) from None
 
 
 def _moved(e: OSError, path: bytes) -> OSError:
@@ -259,7 +270,8 @@ def open_child_dir(parent: int, name: bytes, *, cross_mounts: bool = False) -> i
     except OSError as e:
         raise _moved(e, name) from None
     try:
-        _refuse_mount(fd, os.fstat(parent).st_dev, cross_mounts, name)
+        if not cross_mounts:
+            _refuse_mount(fd, _mount_id(parent, name), name)
     except BaseException:
         os.close(fd)
         raise
