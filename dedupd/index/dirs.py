@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dedupd.index.db import Db
+from dedupd.index.db import Db, IndexError_
 
 SUBTREE_BATCH = 500
 
@@ -116,7 +116,8 @@ class DirTree:
             return self._fs.get(did)
 
     def paths(self, ids: Iterable[int]) -> dict[int, bytes]:
-        """id -> path of the given directory ids (the ones still in the index)."""
+        """id -> path of the given directory ids (the ones still in the index).
+        Raises IndexError_ for an id of another host's tree (nothing cached)."""
         want = set(ids)
         out: dict[int, bytes] = {}
         with self._lock:
@@ -155,6 +156,9 @@ class DirTree:
             if r is None:
                 return None
             if r[0] < 0:
+                if r[0] != -self.host:  # another host's "/": caching it would graft on it
+                    raise IndexError_(f"directory id {i} belongs to host id {-r[0]}, not to "
+                                      f"host id {self.host} (use a DirTree of that host)")
                 path = b"/"
                 with self._lock:
                     self._remember(path, at, r[2])
