@@ -8,8 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from dedupd import __version__, log
-from dedupd.commands import modules_for
+from dedupd import __version__, commands, log
 from dedupd.errors import EXIT_FAILURE, EXIT_USAGE, DedupdError
 
 EPILOG = """\
@@ -29,8 +28,11 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser for argv: only the named subcommand's module is imported."""
+def build_parser(argv: Sequence[str] | None = None, *, full: bool = False
+                 ) -> argparse.ArgumentParser:
+    """The parser for argv: only the named subcommand's module is imported, none
+    when argv names no command (see dedupd.commands). full: every subcommand's
+    whole parser (completions and the man page)."""
     p = _Parser(
         prog="dedupd",
         description="Deduplicate, consolidate and back up a storage host.",
@@ -40,8 +42,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"dedupd {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in modules_for(list(sys.argv[1:] if argv is None else argv)):
-        module.register(sub)
+    module = commands.named(list(sys.argv[1:] if argv is None else argv))
+    if full:
+        for m in commands.MODULES:
+            commands.load(m).register(sub)
+    elif module is not None:
+        commands.load(module).register(sub)
+    else:
+        commands.register_summaries(sub)
     return p
 
 

@@ -24,7 +24,7 @@ def full_parser() -> argparse.ArgumentParser:
     """The parser with every subcommand registered (the CLI loads only one)."""
     from dedupd.cli import build_parser
 
-    return build_parser([])
+    return build_parser([], full=True)
 
 
 def completion(shell: str, parser: argparse.ArgumentParser | None = None) -> str:

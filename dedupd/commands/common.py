@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dedupd import config
 from dedupd.config import Config
-from dedupd.files.fsid import host_identity
-from dedupd.index.store import Store
+
+if TYPE_CHECKING:  # imported when a store is opened: `--help` of every command skips it
+    from dedupd.index.store import Store
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
@@ -54,4 +56,7 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def open_store(args: argparse.Namespace, cfg: Config) -> Store:
+    from dedupd.files.fsid import host_identity
+    from dedupd.index.store import Store
+
     return Store(args.db or cfg.database.url, host_identity(cfg.database.host))

@@ -13,7 +13,6 @@ from typing import Any
 
 from dedupd import config
 from dedupd.commands.common import add_common, load_config
-from dedupd.control import ControlClient
 from dedupd.errors import ConfigError
 from dedupd.output import human_bytes, print_json
 
@@ -81,6 +80,8 @@ def _raw_runtime_dir(path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dedupd.control import ControlClient  # asyncio: not for `status --help`
+
     client = ControlClient(socket_path(args))
     fields = {"volume": args.volume} if args.volume else {}
     console = None
