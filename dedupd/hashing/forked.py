@@ -17,7 +17,6 @@ SIGINT (the parent decides) and leave by os._exit when their pipe closes.
 
 from __future__ import annotations
 
-import gc
 import select
 import threading
 from collections.abc import Sequence
@@ -29,8 +28,6 @@ from dedupd.hashing.engine import Feeder
 from dedupd.hashing.rule import Group, Key
 from dedupd.hashing.stats import HashStats, Stability
 from dedupd.index.store import HashUpdate, IndexedFile
-
-GC_THRESHOLDS = (20_000, 20, 20)  # the defaults are (700, 10, 10)
 
 
 def _file(t: Wire) -> IndexedFile:
@@ -52,11 +49,7 @@ def _unstats(t: Wire) -> HashStats:
 
 
 def _child(rfd: int, wfd: int, stability: Stability, limit: int) -> None:
-    # What the parent had at the fork is never garbage here: out of the collector's
-    # sight (no scan of it, no copy-on-write of its pages). The feeder keeps every
-    # inode of the tree and makes no cycles: collections rarer (measured 10% less CPU).
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    forkpipe.quiet_gc()  # the feeder keeps every inode of the tree and makes no cycles
     feeder = Feeder(stability, limit)
     while True:
         msg = recv(rfd)

@@ -11,11 +11,12 @@ import errno
 import fnmatch
 import functools
 import hashlib
+import marshal
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from stat import S_ISDIR, S_ISREG
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Any
 
 from dedupd import handles, testpoints
@@ -170,40 +171,61 @@ def _open_child(parent: int, name: bytes, path: bytes, st: os.stat_result,
     return fd if _same_dir(fd, path, st, stats) else None
 
 
-def _list(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
-          subdirs: list[tuple[bytes, os.stat_result]],
-          items: list[tuple[Any, ...]] | None = None) -> Iterator[FileEvent]:
-    """Files of one directory (by fd); its subdirectories go to `subdirs`, and with
-    `items` every listed entry's digest item (see _list_digested)."""
-    base = dpath.rstrip(b"/") + b"/"
+def _entries(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
+             subdirs: list[tuple[bytes, os.stat_result]]
+             ) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry of one directory (by fd) that is not excluded and could be
+    lstat'ed, as (name, lstat), counted in stats; subdirectories also go to
+    `subdirs` (name as bytes). Names stay str here: most entries of an unchanged
+    directory are never turned into a path."""
     try:
         it = os.scandir(fd)
     except OSError as e:
         stats.problems.append(_problem(dpath, e))
         return
+    base = dpath.rstrip(b"/") + b"/"
+    min_size, exclude = opts.min_size, opts.exclude
     # Iterate lazily: a directory with a million files must not become a list.
     with it:
         for entry in it:
-            name = os.fsencode(entry.name)
-            st = _entry_stat(entry, name, base + name, opts, stats)
-            if st is None:
+            name = entry.name
+            if exclude and excluded(os.fsencode(name), base + os.fsencode(name), exclude):
+                stats.excluded += 1
                 continue
-            if items is not None:
-                items.append((name, st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns,
-                              st.st_ctime_ns) if S_ISREG(st.st_mode) else
-                             (name, st.st_mode, st.st_ino, 0, 0, 0))
-            # the common case first, inline: this loop runs once per file
-            if S_ISREG(st.st_mode) and st.st_size >= opts.min_size:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                stats.problems.append(_problem(base + os.fsencode(name), e))
+                continue
+            mode = st.st_mode
+            # the common case first: this loop runs once per file of a tree
+            if S_ISREG(mode):
                 stats.files_seen += 1
-                yield FileEvent(base + name, st.st_dev, st.st_ino, st.st_size,
-                                st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid,
-                                st.st_gid, st.st_nlink)
-            elif S_ISDIR(st.st_mode):
-                subdirs.append((name, st))
+                if st.st_size < min_size:
+                    stats.too_small += 1
+            elif S_ISDIR(mode):
+                subdirs.append((os.fsencode(name), st))
+            elif S_ISLNK(mode):
+                stats.symlinks += 1
             else:
-                ev = _classify(base + name, st, opts, stats)
-                if ev is not None:
-                    yield ev
+                stats.special_files += 1
+            yield name, st
+
+
+def _event(base: bytes, name: str, st: os.stat_result) -> FileEvent:
+    return FileEvent(base + os.fsencode(name), st.st_dev, st.st_ino, st.st_size,
+                     st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid,
+                     st.st_nlink)
+
+
+def _list(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
+          subdirs: list[tuple[bytes, os.stat_result]]) -> Iterator[FileEvent]:
+    """Files of one directory (by fd); its subdirectories go to `subdirs`."""
+    base = dpath.rstrip(b"/") + b"/"
+    min_size = opts.min_size
+    for name, st in _entries(fd, dpath, opts, stats, subdirs):
+        if S_ISREG(st.st_mode) and st.st_size >= min_size:
+            yield _event(base, name, st)
 
 
 def _list_digested(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
@@ -212,34 +234,49 @@ def _list_digested(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
     """_list, holding the directory's files until its listing is digested: every
     entry's name and type, and the inode, size, mtime and ctime of files and the
     inode of directories, sorted by name, under the walk's options. A write, a
-    rename, a new or removed name changes it (ctime: set by the kernel only)."""
-    h = hashlib.blake2b(repr((opts.min_size, opts.exclude, opts.cross_mounts)).encode(),
-                        digest_size=16)
+    rename, a new or removed name changes it (ctime: set by the kernel only).
+    The files of a directory found unchanged never become FileEvents (most of
+    an unchanged rescan's directories)."""
+    base = dpath.rstrip(b"/") + b"/"
+    min_size = opts.min_size
     items: list[tuple[Any, ...]] = []
-    held: list[FileEvent] = []
-    files, capped = 0, False
-    for ev in _list(fd, dpath, opts, stats, subdirs, items):
-        files += 1
-        if capped:
-            yield ev
-        elif len(items) > LIST_CAP:  # too big to hold: stream the rest, no digest
-            capped = True
-            yield from held
-            held = []
-            yield ev
+    held: list[tuple[str, os.stat_result]] = []
+    files = 0
+    entries = _entries(fd, dpath, opts, stats, subdirs)
+    for name, st in entries:
+        mode = st.st_mode
+        if S_ISREG(mode):
+            items.append((name, mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            if st.st_size >= min_size:
+                held.append((name, st))
+                files += 1
         else:
-            held.append(ev)
-    if capped:
-        yield DirListed(dpath, b"", files, False)
-        return
-    items.sort()
-    for it in items:
-        h.update(repr(it).encode("ascii", "backslashreplace"))
-    digest = h.digest()
+            items.append((name, mode, st.st_ino, 0, 0, 0))
+        if len(items) > LIST_CAP:  # too big to hold: stream the rest, no digest
+            yield from (_event(base, n, s) for n, s in held)
+            for name, st in entries:
+                if S_ISREG(st.st_mode) and st.st_size >= min_size:
+                    files += 1
+                    yield _event(base, name, st)
+            yield DirListed(dpath, b"", files, False)
+            return
+    digest = listing_digest(opts, items)
     same = known.get(dpath) == (digest, os.fstat(fd).st_dev)
     if not same:
-        yield from held
+        yield from (_event(base, n, s) for n, s in held)
     yield DirListed(dpath, digest, files, same)
+
+
+def listing_digest(opts: WalkOptions, items: list[tuple[Any, ...]]) -> bytes:
+    """The digest of a directory's listing items (sorted here), seeded with the walk's
+    options. marshal version 2 writes no back-references, so equal listings give
+    equal bytes whichever objects hold them; and one C call serializes the whole
+    listing (a repr per item cost more than the lstat it describes)."""
+    items.sort()
+    h = hashlib.blake2b(repr((opts.min_size, opts.exclude, opts.cross_mounts)).encode(),
+                        digest_size=16)
+    h.update(marshal.dumps(items, 2))
+    return h.digest()
 
 
 def _problem(path: bytes, e: OSError) -> Problem:
@@ -248,19 +285,6 @@ def _problem(path: bytes, e: OSError) -> Problem:
     if isinstance(e, FileNotFoundError):
         return Problem(path, "vanished", "disappeared during the walk")
     return Problem(path, "unreadable", e.strerror or str(e))
-
-
-def _entry_stat(entry: os.DirEntry[str], name: bytes, path: bytes, opts: WalkOptions,
-                stats: WalkStats) -> os.stat_result | None:
-    """lstat of a directory entry, or None when excluded or unreadable (counted)."""
-    if opts.exclude and excluded(name, path, opts.exclude):
-        stats.excluded += 1
-        return None
-    try:
-        return entry.stat(follow_symlinks=False)
-    except OSError as e:
-        stats.problems.append(_problem(path, e))
-    return None
 
 
 def _classify(

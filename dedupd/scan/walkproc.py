@@ -33,6 +33,7 @@ def _item(t: Wire) -> FileEvent | DirListed:
 
 def _child(_in: int, out: int, roots: Sequence[bytes], opts: WalkOptions, n: int,
            known: Mapping[bytes, tuple[bytes, int]] | None) -> None:
+    forkpipe.quiet_gc()  # the walk holds a directory's files at a time, no cycles
     stats = WalkStats()
     batch: list[Wire] = []
     files = nbytes = 0  # running totals for a progress display, counted on this core
