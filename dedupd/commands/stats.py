@@ -44,7 +44,7 @@ def collect(store: Store, vol: VolumeConfig) -> dict[str, Any]:
     pending = 0
     for files in ix.files_of_sizes(store, ix.pending_sizes(store, [root], vol.min_size),
                                    [root]):
-        pending += sum(1 for f in files if f.head is None)
+        pending += sum(1 for f in files if f.head is None and f.full is None)
     doc["pending"] = pending
     reclaimed = store.get_meta(meta_key(vol, "bytes_reclaimed"))
     doc["bytes_reclaimed_measured"] = int(reclaimed) if reclaimed else 0

@@ -77,7 +77,7 @@ def _reindex(store: Store, scan_id: int, c: Content) -> None:
             except OSError:
                 continue
             events.append(FileEvent.from_stat(p, st))
-            if c.full is not None and f.head is not None:
+            if c.full is not None and (f.head is not None or f.full is not None):
                 hashes.append(HashUpdate(st.st_dev, st.st_ino, f.head, c.full))
     if events:
         store.record(scan_id, events)

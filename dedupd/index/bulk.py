@@ -16,6 +16,11 @@ from dedupd.index.db import Db
 INODE_COLS = ("fs", "ino", "size", "mtime_ns", "ctime_delta", "head", "full", "seen",
               "unstable")
 CTIME = "(mtime_ns + ctime_delta)"  # ctime_ns of an inodes row
+# A file of up to this size is read whole in one read and grouped by its full hash
+# alone (dedupd.hashing.rule: "small"), so once its full hash is known its head hash
+# is never used: it is not stored (8 bytes a file; most files of real trees are
+# small). Must not exceed dedupd.hashing.read.WHOLE_READ (a unit test checks).
+HEADLESS_MAX = 128 * 1024
 
 
 def _all(cur: Any, sql: str, params: Sequence[Any]) -> list[Any]:
@@ -90,9 +95,15 @@ class Bulk:
     def save_hashes(self, cur: Any, rows: list[tuple[Any, ...]], same_stat: bool = False
                     ) -> None:
         """rows: (head, full, fs, ino), plus (size, mtime_ns, ctime_ns) with same_stat:
-        then only a row still at that stat takes them. A hashed inode is stable again."""
-        sql = (f'UPDATE inodes SET head = {self.p}, "full" = {self.p}, unstable = 0 '
-               f"WHERE fs = {self.p} AND ino = {self.p}")
-        if same_stat:
-            sql += f" AND size = {self.p} AND mtime_ns = {self.p} AND {CTIME} = {self.p}"
-        cur.executemany(sql, rows)
+        then only a row still at that stat takes them. A hashed inode is stable again.
+        The head of a file of up to HEADLESS_MAX bytes is dropped once its full hash
+        is known."""
+        head = f"CASE WHEN size > {HEADLESS_MAX} THEN CAST({self.p} AS BIGINT) END"
+        for whole, part in ((True, [r for r in rows if r[1] is not None]),
+                            (False, [r for r in rows if r[1] is None])):
+            sql = (f'UPDATE inodes SET head = {head if whole else self.p}, '
+                   f'"full" = {self.p}, unstable = 0 WHERE fs = {self.p} AND ino = {self.p}')
+            if same_stat:
+                sql += f" AND size = {self.p} AND mtime_ns = {self.p} AND {CTIME} = {self.p}"
+            if part:
+                cur.executemany(sql, part)

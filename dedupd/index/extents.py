@@ -69,13 +69,15 @@ def _inodes_below(store: Store, roots: Sequence[bytes], min_size: int = 0
 
 
 def pending_sizes(store: Store, roots: Sequence[bytes], min_size: int) -> list[int]:
-    """Sizes with 2+ inodes under roots where some inode was never read (left pending).
+    """Sizes with 2+ inodes under roots where some inode was never read (left pending:
+    no hash at all; a small file keeps only its full hash).
 
     One query: a volume of unique sizes (photos) must not cost one query per size.
     """
     inner, params = _inodes_below(store, roots, max(min_size, 1))
     sql = (f"SELECT size FROM {inner} u GROUP BY size "
-           "HAVING count(*) > 1 AND sum(CASE WHEN head IS NULL THEN 1 ELSE 0 END) > 0 "
+           "HAVING count(*) > 1 AND "
+           'sum(CASE WHEN head IS NULL AND "full" IS NULL THEN 1 ELSE 0 END) > 0 '
            "ORDER BY size")
     return [int(r[0]) for r in store.db.rows(sql, params)]
 

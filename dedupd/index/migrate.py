@@ -1,5 +1,9 @@
 """Opening an index: create, refuse a newer one, or upgrade an older one in place.
 
+Version 4 has version 3's tables; a file of up to HEADLESS_MAX bytes whose full
+hash is known keeps no head hash (dedupd/index/bulk.py): the upgrade from 3 drops
+those heads and keeps every full hash.
+
 Version 3 keys files by filesystem identity instead of st_dev and stores paths
 once per directory (docs/schema.md). The upgrade from 2 keeps every row and every
 hash, in one transaction (a failure leaves version 2 as it was):
@@ -22,6 +26,7 @@ from typing import Any
 
 from dedupd import handles
 from dedupd.files.fsid import FsIdentity, FsIdentityError, HostIdentity, Identities
+from dedupd.index.bulk import HEADLESS_MAX
 from dedupd.index.db import SCHEMA_VERSION, Db, IndexError_
 from dedupd.index.dirs import DirTree, split
 from dedupd.index.fsmap import PROVISIONAL, register_host
@@ -59,8 +64,11 @@ def open_index(db: Db, host: HostIdentity) -> int:
                           f"knows up to {SCHEMA_VERSION} (upgrade dedupd, or use "
                           "another --db)")
     if found is not None and int(found) < SCHEMA_VERSION:
-        with db.tx() as cur:
-            _upgrade_v2(db, cur, host)
+        with db.tx() as cur:  # one transaction: a failure leaves the old version as it was
+            if int(found) < 3:
+                _upgrade_v2(db, cur, host)
+            _drop_small_heads(cur)
+            put_meta(db, cur, 0, "schema_version", str(SCHEMA_VERSION))
     elif found is None or db.missing_tables():
         with db.tx() as cur:
             _create(db, cur)
@@ -73,6 +81,12 @@ def _create(db: Db, cur: Any) -> None:
 
     for stmt in SCHEMA_DDL[db.dialect]:
         cur.execute(stmt)
+
+
+def _drop_small_heads(cur: Any) -> None:
+    """3 -> 4: the head hash of a small file whose full hash is known is never used."""
+    cur.execute(f'UPDATE inodes SET head = NULL WHERE head IS NOT NULL AND "full" IS NOT NULL '
+                f"AND size <= {HEADLESS_MAX}")
 
 
 def _rows(db: Db, sql: str, params: tuple[Any, ...] = ()) -> Iterator[Any]:
@@ -98,7 +112,6 @@ def _upgrade_v2(db: Db, cur: Any, host: HostIdentity) -> None:
     hid = int(cur.fetchone()[0])
     for key, value in list(_rows(db, 'SELECT "key", value FROM meta_v2')):
         put_meta(db, cur, 0 if key == "schema_version" else hid, key, value)
-    put_meta(db, cur, 0, "schema_version", str(SCHEMA_VERSION))
     cur.execute(f"INSERT INTO scans (id, host, started, finished, roots) SELECT id, {p}, "
                 "started, finished, roots FROM scans_v2", (hid,))
     fs = _Devices(db, cur, hid)

@@ -25,6 +25,7 @@ from tests.fixtures.loopfs import loopfs, remount_elsewhere, unmount  # noqa: F4
 from tests.oracles import scan_json
 
 OLD_RELEASE = "c9aacac"  # the last dedupd with schema 2
+SCHEMA3_RELEASE = "5fecbba"  # the last dedupd with schema 3 (heads of small files kept)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -43,11 +44,11 @@ def _groups(doc: dict[str, object]) -> list[list[str]]:
     return sorted(sorted(g["paths"]) for g in doc["groups"])  # type: ignore[attr-defined]
 
 
-def _old_dedupd(tmp: Path) -> Path:
-    """The previous release's package, unpacked from git (no install needed)."""
+def _old_dedupd(tmp: Path, release: str = OLD_RELEASE) -> Path:
+    """A previous release's package, unpacked from git (no install needed)."""
     dest = tmp / "old"
     dest.mkdir()
-    arch = subprocess.run(["git", "-C", str(REPO), "archive", OLD_RELEASE, "dedupd"],
+    arch = subprocess.run(["git", "-C", str(REPO), "archive", release, "dedupd"],
                           check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
     return dest
@@ -79,7 +80,7 @@ def test_an_index_of_the_previous_release_is_upgraded_and_nothing_is_read_again(
     before = _old_scan(_old_dedupd(tmp_path), url, root)
     assert _version(db) == "2" and before["stats"]["bytes_read"] > 0  # type: ignore[index]
     after = scan_json(root, db=url)
-    assert _version(db) == "3"
+    assert _version(db) == "4"
     assert after["stats"]["bytes_read"] == 0  # type: ignore[index]
     assert after["stats"]["files_new"] == 0  # type: ignore[index]
     assert _groups(after) == _groups(before) and len(_groups(after)) == 3
