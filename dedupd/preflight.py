@@ -111,6 +111,11 @@ def _check_volume(out: Findings, f: str, v: VolumeConfig) -> None:
         return
     for b in v.branches:
         _need_dir(out, f, f"{key}.branches", b, mountable=True)
+    for p in (v.path, *v.branches) if v.kind in ("plain", "pool") else ():
+        why = no_hardlinks(p)
+        if why:
+            out.errors.append(ConfigError(f, f"{key}.kind", why))
+            return
     if v.kind == "plain":
         tip = mergerfs_advice(v)
         if tip:
@@ -119,6 +124,20 @@ def _check_volume(out: Findings, f: str, v: VolumeConfig) -> None:
         tip = pool_branches_advice(v)
         if tip:
             out.advice.append(f"{f}: {key}.branches: {tip}")
+
+
+def no_hardlinks(p: Path) -> str | None:
+    """Why a kind that deduplicates by hard links cannot work at p (a FAT filesystem
+    has none: every link would fail), else None."""
+    from dedupd.files.fsid import FAT_FSTYPES
+    from dedupd.files.mounts import mount_of_path
+
+    m = mount_of_path(p)
+    if m is None or m.fstype not in FAT_FSTYPES:
+        return None
+    return (f"{p} is on {m.fstype} ({os.fsdecode(m.mountpoint)}), which has no hard links; "
+            "this kind deduplicates by hard links, so it would change nothing there. "
+            f"`dedupd scan {p}` reports its duplicates")
 
 
 def mergerfs_advice(v: VolumeConfig) -> str | None:

@@ -50,6 +50,12 @@ from dedupd.files import fsioctl, mounts
 UUID_FSTYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "f2fs", "jfs", "reiserfs", "nilfs2",
                           "bcachefs", "vfat", "exfat", "ntfs", "ntfs3", "hfsplus", "udf"})
 _NO_UUID = (b"", b"\0" * 16)
+# The FAT family has no inode numbers on disk: the kernel (iunique) or the FUSE
+# daemon makes one up when a file enters memory, so after a remount or an
+# eviction another file can carry a number the index knows. It has no hard
+# links either. Its files are trusted as unchanged only where the same name
+# still has the same number (index/record.py); plain volumes refuse it (preflight).
+FAT_FSTYPES = frozenset({"vfat", "msdos", "exfat", "fuse.fusefat", "fuse.exfat"})
 MACHINE_ID = "/etc/machine-id"
 
 

@@ -22,7 +22,13 @@ from typing import Any
 
 from dedupd import handles
 from dedupd.errors import EXIT_CONFIG, DedupdError
-from dedupd.files.fsid import FsIdentity, FsIdentityError, HostIdentity, Identities
+from dedupd.files.fsid import (
+    FAT_FSTYPES,
+    FsIdentity,
+    FsIdentityError,
+    HostIdentity,
+    Identities,
+)
 from dedupd.index.db import Db, to_s64
 
 PROVISIONAL = "provisional:"
@@ -74,6 +80,9 @@ class FsMap:
         # at first use (a Store outlives passes: the daemon's lives for weeks)
         self._dev_ok: set[int] = set()
         self._fs_ok: set[int] = set()
+        # filesystems met in this Store whose inode numbers are made up at each
+        # mount (FAT_FSTYPES): record_batch trusts a row there only by name
+        self.renumbered: set[int] = set()
 
     def revalidate(self) -> None:
         """A new pass: since the last one a filesystem may have been unmounted and its
@@ -113,6 +122,7 @@ class FsMap:
                 ident = self._identify(dev, path)
                 fs = self._bind(ident, path, paths_of, dev)
                 self._map(fs, dev)
+                self._note(fs, ident)
             return fs
 
     def learn(self, dev: int, ident: FsIdentity) -> int:
@@ -122,6 +132,7 @@ class FsMap:
             if fs is None or dev not in self._dev_ok:
                 fs = self._bind(ident, ident.mountpoint, None)
                 self._map(fs, dev)
+                self._note(fs, ident)
             return fs
 
     def known_fs(self, dev: int) -> int | None:
@@ -221,4 +232,12 @@ class FsMap:
                 return None
         finally:
             os.close(fd)
-        return dev if ident.ident == rows[0][0] else None
+        if ident.ident != rows[0][0]:
+            return None
+        self._note(fs, ident)
+        return dev
+
+    def _note(self, fs: int, ident: FsIdentity) -> None:
+        """What the index must know of fs beyond its id (see `renumbered`)."""
+        if ident.fstype in FAT_FSTYPES:
+            self.renumbered.add(fs)

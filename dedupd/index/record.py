@@ -52,12 +52,18 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
         for part in chunks(inos, BATCH):
             for r in store.bulk.stat_rows(c, fs, part):
                 old[(fs, r[0])] = tuple(r[1:])
+    # where inode numbers are made up at each mount (FAT), a row is this file's
+    # only when its name already had that number (else it is recorded as new)
+    renumbered = store.fsmap.renumbered
+    vouched = {k for did, ents in by_dir.items() for n, k in ents.items()
+               if k[0] in renumbered and known.get((did, n)) == k[1]} if renumbered else set()
     new = changed = 0
     upserts: list[tuple[Any, ...]] = []
     touched: dict[int, list[int]] = defaultdict(list)
     files: list[IndexedFile] = []
     for k, e in by_key.items():
-        o = old.get(k)  # (size, mtime_ns, ctime_ns, unstable, head, full)
+        # (size, mtime_ns, ctime_ns, unstable, head, full); None: not this file's
+        o = old.get(k) if k[0] not in renumbered or k in vouched else None
         paths = tuple(sorted(names[k]))
         if o is not None and o[:3] == (e.size, e.mtime_ns, e.ctime_ns):
             touched[k[0]].append(k[1])
