@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # rmlint from pulling a desktop in.
 DEB_PACKAGES := btrfs-progs xfsprogs duperemove zfs-fuse mergerfs fuse3 rclone \
 	postgresql jdupes rmlint fdupes attr acl zstd pigz socat time rsync \
-	e2fsprogs util-linux python3-venv systemd awscli dosfstools
+	e2fsprogs util-linux python3-venv systemd awscli dosfstools fusefat
 
 .PHONY: deps debs venv test test-unit lint bench demo install clean
 
