@@ -30,6 +30,7 @@ from typing import Any
 from dedupd import handles, testpoints
 from dedupd.dedup import journal as J
 from dedupd.dedup import recovery
+from dedupd.dedup.together import Proofs
 from dedupd.dedup.verify import (
     Refused,
     Writers,
@@ -129,6 +130,7 @@ class LinkRun:
         # until then recovery would decide them from the inodes anyway.
         self.marks: list[tuple[int, str, str | None]] = []
         self.planned: list[_Planned] = []  # checked names waiting for the batch
+        self.proofs: Proofs | None = None  # equal bytes already seen (dedup/together.py)
 
     def mark(self, op: int, state: str, reason: str | None = None) -> None:
         self.marks.append((op, state, reason))
@@ -170,14 +172,19 @@ def link_group(journal: J.Journal | None, group: DupGroup, policy: LinkPolicy,
 
 
 def link_groups(journal: J.Journal | None, groups: Sequence[DupGroup], policy: LinkPolicy,
-                dry_run: bool = False) -> LinkResult:
+                dry_run: bool = False, proofs: Proofs | None = None) -> LinkResult:
     """link_group over several groups as one group commit (see the module docstring):
     every name is checked first, then the batch's PENDING rows are committed in one
     synced write, each name is verified and swapped, the filesystem is synced once,
-    and the DONE states are committed together."""
+    and the DONE states are committed together.
+
+    proofs: files the hasher already read side by side and found equal
+    (dedup/together.py); such a pair is verified by checking that both still have
+    the identity they were read at, instead of reading them again."""
     if journal is None and not dry_run:
         raise ValueError("link_group needs a journal unless dry_run")
     run = LinkRun(journal, policy, dry_run)
+    run.proofs = proofs
     try:
         for group in groups:
             _link_all(run, group, policy)
@@ -393,17 +400,39 @@ def _compare(run: LinkRun, group: list[_Planned]) -> dict[tuple[int, int], Refus
     read once for all (verify.compare_group): per duplicate inode, None when equal,
     else why not. Each descriptor is checked against its identity before and after
     reading; the names are checked again by the swap (link_temp's inode, the last
-    re-stat)."""
+    re-stat). A pair in run.proofs was compared when it was hashed: it is not read
+    again, only both names re-stat'ed against the identities it was read at."""
     keep = group[0].keep
+    kid = run.ident[keep.key]
     dups = list({pl.f.key: pl for pl in reversed(group)}.values())[::-1]
+    proofs = run.proofs
+    proven = [pl for pl in dups if proofs is not None and proofs.equal(kid, run.ident[pl.f.key])]
+    seen = {pl.f.key for pl in proven}
+    rest = [pl for pl in dups if pl.f.key not in seen]
     try:
-        got = compare_group(keep.path, run.ident[keep.key],
-                            [(pl.path, run.ident[pl.f.key]) for pl in dups])
+        if proven:
+            restat(keep.path, kid)
+        got = compare_group(keep.path, kid, [(pl.path, run.ident[pl.f.key]) for pl in rest]) \
+            if rest else []
     except Refused as r:
         return {pl.f.key: r for pl in dups}
     differs = Refused("content_differs", "same hash, different bytes")
-    return {pl.f.key: c if isinstance(c, Refused) else None if c.equal else differs
-            for pl, c in zip(dups, got, strict=True)}
+    verdicts: dict[tuple[int, int], Refused | None] = {
+        pl.f.key: c if isinstance(c, Refused) else None if c.equal else differs
+        for pl, c in zip(rest, got, strict=True)}
+    for pl in proven:
+        verdicts[pl.f.key] = _still(pl.path, run.ident[pl.f.key])
+    return verdicts
+
+
+def _still(path: bytes, ident: Ident) -> Refused | None:
+    """A proven duplicate's verdict: None while its name still has the identity the
+    side-by-side read saw (what compare_group checks after reading), else why not."""
+    try:
+        restat(path, ident)
+    except Refused as r:
+        return r
+    return None
 
 
 def _replace(run: LinkRun, pl: _Planned, spec: J.OpSpec, op: int,

@@ -41,6 +41,10 @@ WINDOW_BYTES = 1024 * 1024 * 1024  # whole-file bytes per window, in disk order 
 
 Job = tuple[IndexedFile, bool, SizeGroup]
 _J = TypeVar("_J", bound=tuple[IndexedFile, bool, SizeGroup])
+# Optional whole reader of several members of one size, side by side (the hardlink
+# path's dedupd.dedup.together: hashes and byte compare in one read): one outcome per
+# file, in order, each what read_one would give.
+Together = Callable[[list[IndexedFile]], list[Got | Problem]]
 
 
 def window_bytes() -> int:
@@ -111,13 +115,38 @@ def _read_chunk(chunk: list[Job], done: queue.SimpleQueue[object]) -> None:
         done.put(e)
 
 
-def _threaded(pool: ThreadPoolExecutor, jobs: list[Job]
+def _sets(jobs: list[Job]) -> tuple[list[list[Job]], list[Job]]:
+    """The whole reads of each size group that has two or more of them among jobs
+    (in the order of their first job), and the other jobs."""
+    whole: dict[int, list[Job]] = {}
+    for j in jobs:
+        if j[1]:
+            whole.setdefault(id(j[2]), []).append(j)
+    sets = {k: s for k, s in whole.items() if len(s) > 1}
+    return list(sets.values()), [j for j in jobs if not (j[1] and id(j[2]) in sets)]
+
+
+def _read_set(jobs: list[Job], together: Together, done: queue.SimpleQueue[object]) -> None:
+    try:
+        for item in zip(jobs, together([j[0] for j in jobs]), strict=True):
+            done.put(item)
+    except BaseException as e:  # handed to the consuming thread
+        done.put(e)
+
+
+def _threaded(pool: ThreadPoolExecutor, jobs: list[Job], together: Together | None = None
               ) -> Iterator[tuple[Job, Got | Problem]]:
-    """read_many in the pool's threads; outcomes in the order they complete.
+    """read_many in the pool's threads (with `together`, a size group's whole reads in
+    one task of their own); outcomes in the order they complete.
     Completions come on a queue: wait() over thousands of futures costs time
     linear in their number at every call."""
     done: queue.SimpleQueue[object] = queue.SimpleQueue()
-    for chunk in _chunks(jobs):
+    rest = jobs
+    if together is not None:
+        sets, rest = _sets(jobs)
+        for s in sets:
+            pool.submit(_read_set, s, together, done)
+    for chunk in _chunks(rest):
         pool.submit(_read_chunk, chunk, done)
     for _ in range(len(jobs)):
         item = done.get()
@@ -133,11 +162,13 @@ def _jobs(sg: SizeGroup, reads: list[Read]) -> list[Job]:
 class Hasher:
     """Hashes complete size groups (see the module docstring). Counters are merged
     into `stats` in the caller's thread; results come in the order their reads
-    complete, one per size group given."""
+    complete, one per size group given. `together`: see Together."""
 
     def __init__(self, stability: Stability, stats: HashStats, workers: int | None = None,
-                 window: int | None = None, now: Callable[[], float] = time.time) -> None:
+                 window: int | None = None, now: Callable[[], float] = time.time,
+                 together: Together | None = None) -> None:
         self.stability, self.stats, self.now = stability, stats, now
+        self.together = together
         self.workers = workers or READERS
         self.window = window or window_bytes()
 
@@ -150,7 +181,7 @@ class Hasher:
                 for sg, _ in batch:
                     if not sg.outstanding:
                         yield self._done(sg)
-                for (f, _, sg), got in _threaded(pool, jobs):
+                for (f, _, sg), got in _threaded(pool, jobs, self.together):
                     window += _jobs(sg, sg.learn(f, got))
                     if not sg.outstanding:
                         yield self._done(sg)
@@ -182,7 +213,7 @@ class Hasher:
 
     def _whole(self, pool: ThreadPoolExecutor, window: list[Job]) -> Iterator[Hashed]:
         """Stage 2: the window's whole reads in disk order."""
-        for (f, _, sg), got in _threaded(pool, disk_order(window)):
+        for (f, _, sg), got in _threaded(pool, disk_order(window), self.together):
             sg.learn(f, got)
             if not sg.outstanding:
                 yield self._done(sg)

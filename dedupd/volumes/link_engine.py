@@ -21,6 +21,7 @@ from dedupd.dedup.crossdrive import PoolPolicy, link_pool_group, rel_to
 from dedupd.dedup.hardlink import LinkPolicy, LinkResult, link_groups
 from dedupd.dedup.journal import Journal
 from dedupd.dedup.recovery import recover_all
+from dedupd.dedup.together import Proofs, Together
 from dedupd.dedup.verify import under
 from dedupd.files.events import FileEvent
 from dedupd.fsops.link import is_temp_name, purge_quarantine
@@ -43,6 +44,9 @@ class HardlinkEngine:
         self.batch: list[DupGroup] = []
         self.batch_names = 0
         self.writer: HashWriter | None = None
+        # Members read whole are read side by side and compared as they are hashed:
+        # the linker then re-stats them instead of reading them again (issue 16).
+        self.proofs = Proofs()
 
     def prepare(self) -> Iterator[Step]:
         """Recovery of this volume's unfinished ops, then quarantine expiry."""
@@ -76,7 +80,7 @@ class HardlinkEngine:
         r = self.run
         stab = Stability(r.vol.settle_seconds, r.vol.max_backoff_hours * 3600)
         self.writer = writer = HashWriter(r.store)
-        for res in Hasher(stab, r.hash_stats).run(groups):
+        for res in Hasher(stab, r.hash_stats, together=Together(self.proofs)).run(groups):
             writer.add(res)
             yield Step("hashing", f"size {res.size}")
             for g in res.groups:
@@ -105,7 +109,9 @@ class HardlinkEngine:
         policy = LinkPolicy(r.vol.name, tuple(r.roots),
                             tuple(os.fsencode(p) for p in r.vol.primary_paths),
                             r.vol.link_primary_pairs, None if q is None else os.fsencode(q))
-        self.absorb(link_groups(None if r.dry else self.journal, groups, policy, r.dry))
+        self.absorb(link_groups(None if r.dry else self.journal, groups, policy, r.dry,
+                                self.proofs))
+        self.proofs.forget([f.key for g in groups for f in g.files])
         yield Step("deduping", f"{len(groups)} groups")
 
     def hashes_saved(self) -> None:
@@ -163,4 +169,5 @@ class CrossDriveEngine(HardlinkEngine):
         self.hashes_saved()
         self.absorb(link_pool_group(None if r.dry else self.journal, group, self.pool_policy(),
                                     r.dry))
+        self.proofs.forget([f.key for f in group.files])  # compared again there
         yield Step("deduping", f"{len(group.files)} files of {group.size} bytes")

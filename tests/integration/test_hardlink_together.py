@@ -1,0 +1,207 @@
+"""Hashing and byte compare in one read (dedup/together.py, issue 16): the hashes are
+the reader's, the proofs name only equal bytes, and a proven pair is still refused
+when either file changes after it was read."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dedupd import testpoints
+from dedupd.dedup import hardlink
+from dedupd.dedup.hardlink import LinkPolicy, LinkResult, link_groups
+from dedupd.dedup.journal import Journal
+from dedupd.dedup.together import BUF, Proofs, Together, ident, read_together
+from dedupd.files.events import Problem
+from dedupd.hashing import Hasher, HashStats, Stability
+from dedupd.hashing.read import Got, read_one
+from dedupd.index.store import IndexedFile, Store
+from dedupd.scan.scanner import DupGroup, ScanOptions, scan
+from tests.integration.linktree import blob, inodes, write
+
+pytestmark = pytest.mark.integration
+SIZE = 3 * BUF + 1000  # several steps, a short last one
+
+
+@pytest.fixture
+def tree(tmpfs: Callable[..., Path], tmp_path: Path) -> Iterator[tuple[Path, Store]]:
+    root = tmpfs() / "vol"
+    root.mkdir()
+    store = Store(f"sqlite:///{tmp_path}/index.db")
+    yield root, store
+    store.close()
+
+
+def unhashed(store: Store, root: Path, size: int, *more: int) -> list[IndexedFile]:
+    """The indexed members of one size, as a pass that has not read them yet sees them
+    (with `more` sizes: the members of each, one list after the other)."""
+    rep = scan(store, [str(root)], ScanOptions())
+    files = [f for g in store.files_of_sizes(rep.scan_id, [size, *more]) for f in g]
+    return sorted((dataclasses.replace(f, head=None, full=None) for f in files),
+                  key=lambda f: (f.size, f.path))
+
+
+def by_name(files: list[IndexedFile]) -> dict[str, IndexedFile]:
+    return {os.path.basename(f.path).decode(): f for f in files}
+
+
+def test_outcomes_are_the_readers_and_proofs_name_equal_bytes(tree: tuple[Path, Store]
+                                                              ) -> None:
+    root, store = tree
+    data = blob(1, SIZE)
+    other = data[:BUF + 5] + b"!" + data[BUF + 6:]  # differs in the second step
+    for name, content in (("a", data), ("b", data), ("c", other), ("d", other),
+                          ("e", b"?" + data[1:]), ("f", data[:-1] + b"?"), ("g", data)):
+        write(root / f"{name}.bin", content)
+    files = unhashed(store, root, SIZE)
+    proofs = Proofs()
+    got = read_together(files, proofs)
+    for f, g in zip(files, got, strict=True):
+        assert g == read_one(f, True)  # head, full hash and bytes read: the reader's own
+    n = {k.removesuffix(".bin"): ident(f) for k, f in by_name(files).items()}
+    assert proofs.equal(n["a"], n["b"]) and proofs.equal(n["a"], n["g"])
+    assert proofs.equal(n["c"], n["d"])
+    for x, y in (("a", "c"), ("a", "e"), ("a", "f"), ("e", "f"), ("c", "e")):
+        assert not proofs.equal(n[x], n[y])
+    assert len(proofs) == 5  # e and f equal nothing: no proof names them
+    # A proof holds for the identities read, not for a file that changed since.
+    assert not proofs.equal(n["a"], dataclasses.replace(n["b"], ctime_ns=n["b"].ctime_ns + 1))
+
+
+def test_a_file_changed_before_its_read_is_a_problem_and_unproven(tree: tuple[Path, Store]
+                                                                  ) -> None:
+    root, store = tree
+    for name in ("a", "b", "c"):
+        write(root / f"{name}.bin", blob(2, SIZE))
+    files = unhashed(store, root, SIZE)
+    with open(root / "c.bin", "r+b") as fh:  # same size, new bytes, after indexing
+        fh.write(b"edited")
+    proofs = Proofs()
+    got = read_together(files, proofs)
+    assert isinstance(got[0], Got) and isinstance(got[1], Got)
+    assert isinstance(got[2], Problem) and got[2].reason == "changed"
+    n = by_name(files)
+    assert proofs.equal(ident(n["a.bin"]), ident(n["b.bin"]))
+    assert not proofs.equal(ident(n["a.bin"]), ident(n["c.bin"]))
+
+
+def test_hasher_gives_the_same_results_with_and_without_together(tree: tuple[Path, Store]
+                                                                 ) -> None:
+    root, store = tree
+    small, large = 50_000, SIZE
+    for name, content in (("s1", blob(3, small)), ("s2", blob(3, small)),
+                          ("s3", blob(4, small)), ("l1", blob(5, large)),
+                          ("l2", blob(5, large)), ("l3", blob(5, large)[:-1] + b"!"),
+                          ("l4", blob(6, large))):
+        write(root / f"{name}.bin", content)
+    both = unhashed(store, root, small, large)
+    groups = [[f for f in both if f.size == small], [f for f in both if f.size == large]]
+
+    def run(together: Together | None) -> list[tuple[object, ...]]:
+        res = Hasher(Stability(0.0), HashStats(), together=together).run(groups)
+        return sorted((r.size, sorted((g.full, sorted(f.path for f in g.files))
+                                      for g in r.groups), sorted(map(repr, r.updates)))
+                      for r in res)
+
+    proofs = Proofs()
+    assert run(Together(proofs)) == run(None)
+    n = {k: ident(f) for g in groups for k, f in by_name(g).items()}
+    assert proofs.equal(n["s1.bin"], n["s2.bin"]) and proofs.equal(n["l1.bin"], n["l2.bin"])
+    assert not proofs.equal(n["l1.bin"], n["l3.bin"])  # equal heads, compared to the end
+
+
+def hashed_groups(files: list[IndexedFile], proofs: Proofs) -> list[DupGroup]:
+    res = list(Hasher(Stability(0.0), HashStats(), together=Together(proofs)).run([files]))
+    return [DupGroup(g.size, g.files) for r in res for g in r.groups]
+
+
+def link_editing(store: Store, root: Path, groups: list[DupGroup], proofs: Proofs,
+                 edited: Path | None) -> tuple[LinkResult, dict[bytes, str]]:
+    """link_groups with proofs; a user edits `edited` (same size) once the batch's
+    PENDING rows are committed."""
+    def edit(_point: str, _path: bytes) -> None:
+        if edited is not None:
+            with open(edited, "r+b") as fh:
+                fh.seek(BUF + 10)
+                fh.write(b"edited by a user")
+
+    jr = Journal(store)
+    try:
+        with testpoints.acting(("batch",), edit):
+            res = link_groups(jr, groups, LinkPolicy("v", (bytes(root),)), proofs=proofs)
+        return res, {os.path.basename(r.spec.dup_path): r.state for r in jr.history("v")}
+    finally:
+        jr.close()
+
+
+@pytest.fixture
+def compares(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many files each byte compare of the linker read beside the kept one."""
+    seen: list[int] = []
+    real = hardlink.compare_group
+
+    def counting(a, a_id, others):  # type: ignore[no-untyped-def]
+        seen.append(len(others))
+        return real(a, a_id, others)
+
+    monkeypatch.setattr(hardlink, "compare_group", counting)
+    return seen
+
+
+def test_proven_group_is_linked_without_a_second_read(tree: tuple[Path, Store],
+                                                      compares: list[int]) -> None:
+    root, store = tree
+    for name in ("a", "b", "c"):
+        write(root / f"{name}.bin", blob(7, SIZE))
+    proofs = Proofs()
+    groups = hashed_groups(unhashed(store, root, SIZE), proofs)
+    res, states = link_editing(store, root, groups, proofs, None)
+    assert res.linked == 2 and compares == []
+    assert len(set(inodes(root).values())) == 1
+    assert set(states.values()) == {"DONE"}
+
+
+@pytest.mark.parametrize("who", ["b.bin", "a.bin"])
+def test_writer_after_pending_refused_on_a_proven_pair(tree: tuple[Path, Store],
+                                                       compares: list[int], who: str) -> None:
+    # The proof was made when the files were hashed; a user then edits the duplicate
+    # (or the kept file) after the batch's PENDING rows: refused, nothing linked.
+    root, store = tree
+    for name in ("a", "b"):
+        write(root / f"{name}.bin", blob(8, SIZE))
+    os.link(root / "a.bin", root / "a-link.bin")  # a has the most names: it is kept
+    proofs = Proofs()
+    groups = hashed_groups(unhashed(store, root, SIZE), proofs)
+    res, states = link_editing(store, root, groups, proofs, root / who)
+    assert res.linked == 0 and dict(res.counts) == {"changed": 1}
+    assert compares == []
+    assert b"edited by a user" in (root / who).read_bytes()
+    ino = inodes(root)
+    assert ino["a.bin"] == ino["a-link.bin"] != ino["b.bin"]
+    assert states == {b"b.bin": "REFUSED"}
+
+
+def test_unproven_pairs_are_still_compared(tree: tuple[Path, Store],
+                                           compares: list[int]) -> None:
+    # A forged group (equal hashes claimed, bytes differ in the last byte) and no
+    # proof for it: the linker reads both and refuses; proofs of others do not help.
+    root, store = tree
+    data = blob(9, SIZE)
+    write(root / "a.bin", data)
+    write(root / "b.bin", data[:-1] + b"!")
+    write(root / "c.bin", data)
+    files = by_name(unhashed(store, root, SIZE))
+    proofs = Proofs()
+    read_together([files["a.bin"], files["c.bin"]], proofs)  # a and c proven equal
+    forged = DupGroup(SIZE, (files["a.bin"], files["b.bin"], files["c.bin"]))
+    res, states = link_editing(store, root, [forged], proofs, None)
+    assert res.linked == 1 and dict(res.counts) == {"content_differs": 1}
+    assert compares == [1]  # only b was read again
+    assert (root / "b.bin").read_bytes().endswith(b"!")
+    ino = inodes(root)
+    assert ino["a.bin"] == ino["c.bin"] != ino["b.bin"]
+    assert states == {b"b.bin": "REFUSED", b"c.bin": "DONE"}
