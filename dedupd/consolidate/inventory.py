@@ -8,7 +8,6 @@ a re-run over unchanged trees reads nothing. Sources are only ever read.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -171,7 +170,7 @@ def _add(inv: Inventory, files: Sequence[IndexedFile], full: bytes | None) -> No
     for f in files:
         apaths = tuple(p for p in f.paths if inv.roots.in_archive(p))
         if apaths:
-            archive.append(dataclasses.replace(f, paths=apaths))
+            archive.append(f._replace(paths=apaths))
         for p in f.paths:
             root = inv.roots.source_of(p)
             if root is not None:

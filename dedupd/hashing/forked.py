@@ -31,11 +31,11 @@ from dedupd.index.store import HashUpdate, IndexedFile
 
 
 def _file(t: Wire) -> IndexedFile:
-    return IndexedFile(*t)  # marshal gives paths back as the tuple it was given
+    return IndexedFile._make(t)  # marshal gives paths back as the tuple it was given
 
 
 def _tuple(f: IndexedFile) -> Wire:
-    return (f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, f.head, f.full, f.unstable, f.paths)
+    return tuple(f)  # marshal takes a plain tuple only
 
 
 def _stats(st: HashStats) -> Wire:
@@ -57,7 +57,7 @@ def _child(rfd: int, wfd: int, stability: Stability, limit: int) -> None:
             break
         ups, gone = feeder.put([_file(t) for t in msg])
         if ups or gone:
-            send(wfd, ("h", [(u.dev, u.ino, u.head, u.full, u.stat) for u in ups], gone))
+            send(wfd, ("h", [tuple(u) for u in ups], gone))
     groups = [] if feeder.overflow else feeder.groups()
     send(wfd, ("end", feeder.overflow,
                [(g.size, g.full, [_tuple(f) for f in g.files]) for g in groups],
@@ -120,8 +120,7 @@ class ForkedFeeders:
     def _note(self, msg: Wire) -> None:
         with self.lock:
             if msg[0] == "h":
-                self.updates.extend(HashUpdate(d, i, h, f, tuple(s) if s else None)
-                                    for d, i, h, f, s in msg[1])
+                self.updates.extend(HashUpdate(d, i, h, f, s) for d, i, h, f, s in msg[1])
                 self.gone.extend(tuple(k) for k in msg[2])
             elif msg[0] == "end":
                 self.ends.append(msg)

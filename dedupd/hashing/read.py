@@ -14,7 +14,7 @@ import errno
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import xxhash
 
@@ -38,9 +38,9 @@ class FileChanged(Exception):
     """The file is not the one the index describes any more (or changed mid-read)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Got:
-    """What one read learnt: the head hash, the full hash when read whole, bytes read."""
+class Got(NamedTuple):
+    """What one read learnt: the head hash, the full hash when read whole, bytes read.
+    (A NamedTuple: one per file read, at a third of a frozen dataclass's cost.)"""
 
     head: int
     full: bytes | None

@@ -13,7 +13,7 @@ never read; when a second member comes, both are.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from dedupd.files.events import Problem
 from dedupd.hashing.read import WHOLE_READ, Got, with_hashes
@@ -79,7 +79,7 @@ class SizeGroup:
                 # written to between two of its names: leave it for a later pass
                 self.failed.add(key)
                 self.stats.problems.append(Problem(f.path, "changed", "changed during the scan"))
-            files[key] = replace(known, paths=tuple(sorted({*known.paths, *f.paths})))
+            files[key] = known._replace(paths=tuple(sorted({*known.paths, *f.paths})))
             return []
         files[key] = f
         n = len(files)

@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dedupd.errors import DedupdError, TemporaryFailure
 from dedupd.files.events import FileEvent, Ident
@@ -55,10 +55,12 @@ __all__ = ["BATCH", "IndexError_", "Store", "chunks", "IndexedFile", "HashUpdate
 
 
 
-@dataclass(frozen=True, slots=True)
-class IndexedFile:
+class IndexedFile(NamedTuple):
     """An inode as the index knows it, with the paths seen in the current scan.
-    dev is the current st_dev of its filesystem (the index keeps filesystem ids)."""
+    dev is the current st_dev of its filesystem (the index keeps filesystem ids).
+    A NamedTuple (immutable; `_replace` for a changed copy): several are made per
+    file of a scan (record, each hashing step), at a quarter of a frozen
+    dataclass's cost."""
 
     dev: int
     ino: int
@@ -79,8 +81,7 @@ class IndexedFile:
         return self.paths[0]
 
 
-@dataclass(frozen=True, slots=True)
-class HashUpdate:
+class HashUpdate(NamedTuple):
     dev: int
     ino: int
     head: int | None

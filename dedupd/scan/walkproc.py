@@ -23,12 +23,11 @@ _COUNTERS = [f.name for f in dataclasses.fields(WalkStats) if f.name != "problem
 def _event(ev: FileEvent | DirListed) -> Wire:
     if isinstance(ev, DirListed):
         return (ev.path, ev.digest, ev.files, ev.same)
-    return (ev.path, ev.dev, ev.ino, ev.size, ev.mtime_ns, ev.ctime_ns, ev.mode, ev.uid,
-            ev.gid, ev.nlink)
+    return tuple(ev)  # marshal takes a plain tuple only
 
 
 def _item(t: Wire) -> FileEvent | DirListed:
-    return DirListed(*t) if len(t) == 4 else FileEvent(*t)
+    return DirListed(*t) if len(t) == 4 else FileEvent._make(t)
 
 
 def _child(_in: int, out: int, roots: Sequence[bytes], opts: WalkOptions, n: int,
