@@ -24,8 +24,7 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from dedupd.files.events import Problem
 from dedupd.hashing.read import Dirs, Got, on_disk, open_ahead, read_one
@@ -38,6 +37,9 @@ HEAD_BATCH = 4096  # first reads per batch, in inode order
 READERS = 4  # threads reading files (several reads in flight keep the device busy)
 PREFETCH = 8  # files opened (and asked for with WILLNEED) ahead of the one read
 WINDOW_BYTES = 1024 * 1024 * 1024  # whole-file bytes per window, in disk order (at most)
+
+if TYPE_CHECKING:  # imported when a pool is made: `dedupd scan` mostly has none
+    from concurrent.futures import ThreadPoolExecutor
 
 Job = tuple[IndexedFile, bool, SizeGroup]
 _J = TypeVar("_J", bound=tuple[IndexedFile, bool, SizeGroup])
@@ -173,10 +175,13 @@ class Hasher:
         self.window = window or window_bytes()
 
     def run(self, groups: Iterable[list[IndexedFile]]) -> Iterator[Hashed]:
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="hash")
+        pool: ThreadPoolExecutor | None = None  # made with the first batch: often none
         window: list[Job] = []
         try:
             for batch in self._batches(groups):
+                if pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
+                    pool = ThreadPoolExecutor(self.workers, thread_name_prefix="hash")
                 jobs = inode_order([j for sg, reads in batch for j in _jobs(sg, reads)])
                 for sg, _ in batch:
                     if not sg.outstanding:
@@ -188,11 +193,13 @@ class Hasher:
                 if sum(j[0].size for j in window) >= self.window:
                     yield from self._whole(pool, window)
                     window = []
-            yield from self._whole(pool, window)
+            if pool is not None:
+                yield from self._whole(pool, window)
         finally:
             # Closed early (an error, a stop request): drop the reads not started yet
             # instead of reading the rest of the window for nobody.
-            pool.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _batches(self, groups: Iterable[list[IndexedFile]]
                  ) -> Iterator[list[tuple[SizeGroup, list[Read]]]]:

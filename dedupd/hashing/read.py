@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import xxhash
 
-from dedupd import fiemap, handles, testpoints
+from dedupd import handles, testpoints
 from dedupd.files.events import Problem
 from dedupd.index.store import IndexedFile
 
@@ -231,6 +231,8 @@ def on_disk(f: IndexedFile, dirs: Dirs | None = None) -> tuple[int, int, int]:
     except OSError:
         return (f.dev, phys, f.ino)
     try:
+        from dedupd import fiemap  # here: a scan of small files never asks
+
         phys = fiemap.first_physical(fd)
     except OSError:
         pass
