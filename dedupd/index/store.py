@@ -513,10 +513,15 @@ class Store(Names):
         yield from group_rows(inodes, names, self.dev_of)
 
     def save_hashes(self, updates: Sequence[HashUpdate]) -> None:
-        """Store hashes of inodes this Store has met (others are not indexed: skipped)."""
+        """Store hashes of inodes this Store has met (others are not indexed: skipped).
+        Of several updates of one inode, the last one is written."""
         rows: list[tuple[Any, ...]] = []
         checked: list[tuple[Any, ...]] = []
-        for u in updates:
+        # The rows go out in several statements (with or without a stat check, with
+        # or without a full hash), not in the order given: an earlier head-only
+        # update of an inode would be written after, and erase, its full hash.
+        latest = {(u.dev, u.ino): u for u in updates}
+        for u in latest.values():
             k = self.key_of(u.dev, u.ino)
             if k is None:
                 continue

@@ -418,3 +418,25 @@ def test_an_index_failure_mid_walk_stops_the_scan_cleanly(tmp_path: Path) -> Non
         scan(Failing(db(tmp_path)), [str(tmp_path / "t")], ScanOptions())
     assert threading.active_count() == before
     assert Failing.calls >= 2
+
+
+def test_a_head_learnt_in_one_batch_and_the_whole_in_a_later_one_keeps_the_full_hash(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # x1 and z (same size, other heads) are read head-first when z is recorded; x2,
+    # recorded after, collides with x1's head, so x1 is read whole: two updates of
+    # x1 (head only, then with its full hash) reach one write of the index, which
+    # must keep the later. Roots are walked in sorted order, one file a batch.
+    monkeypatch.setattr("dedupd.scan.scanner.RECORD_BATCH", 1)
+    size = 200_000  # larger than WHOLE_READ: read head first
+    same = os.urandom(size)
+    for root, data in (("1", same), ("2", b"z" + same[1:]), ("3", same)):
+        (tmp_path / root).mkdir()
+        (tmp_path / root / "f.bin").write_bytes(data)
+    roots = [tmp_path / r for r in ("1", "2", "3")]
+    url = db(tmp_path)
+    first = _scan_closed(url, roots, ScanOptions())
+    assert [len(g.files) for g in first.groups] == [2]
+    again = _scan_closed(url, roots, ScanOptions())
+    assert again.stats["bytes_read"] == 0
+    assert [[f.path for f in g.files] for g in again.groups] == \
+        [[f.path for f in g.files] for g in first.groups]
