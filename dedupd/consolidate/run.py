@@ -8,6 +8,7 @@ safe and resumes an interrupted run (journalled ops are recovered first).
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import dataclass
@@ -80,8 +81,17 @@ def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options) -> Report:
     symlinked directory in a source share is refused, never copied from."""
     check_layout(cfg.name, cfg.layout, cfg.undated_dir)
     roots = resolve_roots(cfg)
-    with handles.anchored([*roots.sources, roots.archive]):
-        return _consolidate(store, cfg, opts, roots)
+    # A run holds a few objects per file (index rows, plan, staged copies) and makes no
+    # reference cycles: the collector's full scans of that heap only cost time (10% of
+    # a 20,000-file import's CPU, perf). Refcounting frees everything as before.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with handles.anchored([*roots.sources, roots.archive]):
+            return _consolidate(store, cfg, opts, roots)
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roots) -> Report:
