@@ -8,6 +8,7 @@ an aborted import.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,26 +74,35 @@ def parse_exif_datetime(text: str) -> datetime | None:
     return None
 
 
-def exif_date(path: bytes) -> tuple[datetime | None, str, int]:
-    """(date or None, problem, bytes read) for one file; never raises for bad content."""
+def exif_date(path: bytes, data: bytes | None = None) -> tuple[datetime | None, str, int]:
+    """(date or None, problem, bytes read) for one file, or for its bytes when they are
+    in memory already (data: nothing is read then); never raises for bad content."""
+    if data is not None:
+        when, problem, _ = _exif_date(io.BytesIO(data))
+        return when, problem, 0
     try:
         fd = handles.open_at(path, _RD)
     except OSError as e:
         return None, f"cannot open: {e.strerror}", 0
     with open(fd, "rb") as fh:
-        head = fh.read(12)
-        nread = len(head)
-        if image_kind(head) is None:
-            return None, "", nread
-        fh.seek(0)
-        counted = _Counting(fh)
-        try:
-            tags = exifread.process_file(
-                counted,  # type: ignore[arg-type]  # duck-typed: read/seek/tell suffice
-                details=False, extract_thumbnail=False, stop_tag="DateTimeOriginal")
-        except Exception as e:  # noqa: BLE001 - a third-party parser on untrusted bytes
-            return None, f"unreadable EXIF ({type(e).__name__})", nread + counted.nread
-        nread += counted.nread
+        return _exif_date(fh)
+
+
+def _exif_date(fh: Any) -> tuple[datetime | None, str, int]:
+    """exif_date of an open binary file positioned at its start."""
+    head = fh.read(12)
+    nread = len(head)
+    if image_kind(head) is None:
+        return None, "", nread
+    fh.seek(0)
+    counted = _Counting(fh)
+    try:
+        tags = exifread.process_file(
+            counted,  # type: ignore[arg-type]  # duck-typed: read/seek/tell suffice
+            details=False, extract_thumbnail=False, stop_tag="DateTimeOriginal")
+    except Exception as e:  # noqa: BLE001 - a third-party parser on untrusted bytes
+        return None, f"unreadable EXIF ({type(e).__name__})", nread + counted.nread
+    nread += counted.nread
     tag = tags.get("EXIF DateTimeOriginal")
     if tag is None:
         return None, "no DateTimeOriginal", nread
@@ -100,12 +110,14 @@ def exif_date(path: bytes) -> tuple[datetime | None, str, int]:
     return when, "" if when else f"unusable DateTimeOriginal {str(tag)!r}", nread
 
 
-def capture_date(path: bytes, mtime_ns: int, date_from: tuple[str, ...]) -> tuple[CaptureDate, int]:
-    """The first usable date in date_from order, and the bytes read to find it."""
+def capture_date(path: bytes, mtime_ns: int, date_from: tuple[str, ...],
+                 data: bytes | None = None) -> tuple[CaptureDate, int]:
+    """The first usable date in date_from order, and the bytes read to find it (none
+    when the file's bytes are given)."""
     problem, nread = "", 0
     for how in date_from:
         if how == "exif":
-            when, problem, n = exif_date(path)
+            when, problem, n = exif_date(path, data)
             nread += n
             if when is not None:
                 return CaptureDate(when, "exif"), nread

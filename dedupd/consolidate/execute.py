@@ -35,8 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dedupd.consolidate.compare import Compared, same_as_data, same_bytes
-from dedupd.consolidate.inventory import SourcePath
+from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
 from dedupd.consolidate.plan import Copy, Known, Names, Plan
+from dedupd.consolidate.sortcopy import NewCopy, sort_group
 from dedupd.consolidate.writer import IndexWriter
 from dedupd.files.events import FileEvent, Ident, Problem
 from dedupd.fsops.copy import (
@@ -73,6 +74,7 @@ class Counters:
     files_confirmed: int = 0  # source paths byte-compared against the archive
     files_unchanged: int = 0  # source paths whose provenance row was still valid
     rows_written: int = 0
+    contents_sorted: int = 0  # distinct contents found in unsorted size groups
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -94,11 +96,15 @@ class Executor:
     """Runs one plan against the archive; the caller holds the archive lock."""
 
     def __init__(self, store: Store, name: str, scan_id: int, plan: Plan, archive: bytes,
-                 on_name_collision: str, progress: CopyProgress | None = None) -> None:
+                 on_name_collision: str, progress: CopyProgress | None = None,
+                 new_copy: NewCopy | None = None) -> None:
+        """new_copy names the contents found in plan.unsorted (plan.new_copy)."""
         self.store, self.name, self.scan_id, self.plan = store, name, scan_id, plan
+        self._new_copy: NewCopy = new_copy or _no_new_copy
         self.archive = archive
         self._done_files = self._done_bytes = 0
         self._bytes_total = plan.bytes_to_copy
+        self._unsorted_left = sum(u.inodes for u in plan.unsorted)
         self.policy = on_name_collision
         self.progress = progress
         self.c = Counters()
@@ -131,13 +137,15 @@ class Executor:
         for k in self.plan.known:
             self._confirm(k)
         start = 0
+        items: list[Copy | Unsorted] = [*self.plan.unsorted]  # sorted once, after the rest
         while True:
             if self.collided and replan is not None:
                 replan(self.collided)
                 self.collided = []
                 self._bytes_total = self.plan.bytes_to_copy
-            self._copy_all(self.plan.copies[start:], names)
-            start = len(self.plan.copies)
+            self._copy_all([*self.plan.copies[start:], *items], names)
+            items = []
+            start = len(self.plan.copies)  # copies sorted from the groups included
             if not self.collided or replan is None:
                 break
         self._tick()
@@ -146,25 +154,32 @@ class Executor:
             self._unsynced = False
         self.flush()
 
-    def _copy_all(self, copies: list[Copy], names: Names) -> None:
-        batch: list[Copy] = []
-        size = 0
+    def _copy_all(self, items: list[Copy | Unsorted], names: Names) -> None:
+        """Stage the items into batches of what is really staged (a group staged whole
+        may pass the limits by its own new contents), each finished by _finish_batch."""
         raw = os.environ.get(BATCH_ENV, "")
         max_files = int(raw) if raw.isdigit() and int(raw) > 0 else BATCH_FILES
         max_files = min(max_files, _fd_budget())
-        for cp in copies:
-            batch.append(cp)
-            size += cp.content.size
-            if len(batch) >= max_files or size >= BATCH_BYTES:
-                self._copy_batch(batch, names)
-                batch, size = [], 0
-        if batch:
-            self._copy_batch(batch, names)
+        batch = _Batch(DestDirs(synced_later=True))
+        try:
+            for it in items:
+                if isinstance(it, Unsorted):
+                    self._stage_group(it, batch)
+                else:
+                    self._stage_one(it, batch)
+                if len(batch.staged) >= max_files or batch.size >= BATCH_BYTES:
+                    self._finish_batch(batch, names)
+                    batch.dirs.close()
+                    batch = _Batch(DestDirs(synced_later=True))
+            if batch.staged:
+                self._finish_batch(batch, names)
+        finally:
+            batch.dirs.close()
 
     def _tick(self) -> None:
-        if self.progress:
-            self.progress(self._done_files, len(self.plan.copies), self._done_bytes,
-                          self._bytes_total)
+        if self.progress:  # an unsorted inode counts as a copy until it is read
+            self.progress(self._done_files, len(self.plan.copies) + self._unsorted_left,
+                          self._done_bytes, self._bytes_total)
 
     # --- content the archive already has ---
 
@@ -199,36 +214,56 @@ class Executor:
 
     # --- new content ---
 
-    def _copy_batch(self, batch: list[Copy], names: Names) -> None:
-        """Stage every copy, make the batch durable with one sync, then compare and
-        link each into place; the rows wait for the next sync (module docstring)."""
-        with DestDirs(synced_later=True) as dirs:
-            staged: list[tuple[Copy, Staged]] = []
-            for cp in batch:
-                self._tick()
-                self._done_files += 1
-                self._done_bytes += cp.content.size
-                try:
-                    st = stage_copy(cp.src.path, os.path.dirname(cp.dest), _ident(cp.src.file),
-                                    dirs)
-                except CopyError as e:
-                    self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
-                    continue
-                self.kill("written")
-                staged.append((cp, st))
-            if not staged:
-                return
-            sync_batch(self.archive, [st for _, st in staged], dirs)
-            self._unsynced = False
-            self.flush()  # the previous batch's rows: its names are durable now
-            for _ in staged:
-                self.kill("synced")
-            for cp, st in staged:
-                res = self._place(cp, st, names, dirs)
-                if res is not None:
-                    self._unsynced = True
-                    self._copied(cp, res)
-                    self.kill("queued")
+    def _stage_one(self, cp: Copy, batch: _Batch) -> None:
+        self._tick()
+        self._done_files += 1
+        self._done_bytes += cp.content.size
+        try:
+            st = stage_copy(cp.src.path, os.path.dirname(cp.dest), _ident(cp.src.file),
+                            batch.dirs)
+        except CopyError as e:
+            self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
+            return
+        self.kill("written")
+        batch.add(cp, st)
+
+    def _stage_group(self, u: Unsorted, batch: _Batch) -> None:
+        """An unsorted size group (consolidate/sortcopy.py): each inode read once."""
+        self._tick()
+        res = sort_group(u, self._new_copy, batch.dirs, lambda: self.kill("written"))
+        self._unsorted_left -= u.inodes
+        self.c.bytes_read += res.bytes_read  # the copies' own reads count at _copied
+        self.c.bytes_read -= sum(st.bytes_read for _, st in res.staged)
+        self.c.problems.extend(res.problems)
+        self.c.contents_sorted += res.contents
+        batch.hashes.extend(res.hashes)
+        for cp, st in res.staged:
+            self.plan.copies.append(cp)
+            self._done_files += 1
+            self._done_bytes += cp.content.size
+            self._bytes_total += cp.content.size
+            batch.add(cp, st)
+
+    def _finish_batch(self, batch: _Batch, names: Names) -> None:
+        """Make the batch durable with one sync, then compare and link each copy into
+        place; the rows wait for the next sync (module docstring)."""
+        if not batch.staged:
+            return
+        dirs = batch.dirs
+        sync_batch(self.archive, [st for _, st in batch.staged], dirs)
+        self._unsynced = False
+        self.flush()  # the previous batch's rows: its names are durable now
+        for _ in batch.staged:
+            self.kill("synced")
+        for cp, st in batch.staged:
+            res = self._place(cp, st, names, dirs)
+            if res is not None:
+                self._unsynced = True
+                self._copied(cp, res)
+                self.kill("queued")
+        # after the batch's archive files: the writer's index learns their filesystem
+        # from those records (a hash of a filesystem it has not met is dropped)
+        self._hashes.extend(batch.hashes)
 
     def _place(self, cp: Copy, st: Staged, names: Names, dirs: DestDirs) -> CopyResult | None:
         dest = cp.dest
@@ -263,6 +298,10 @@ class Executor:
                                 st.st_ctime_ns, res.head, res.full, 0, (res.dest,))
         for s in cp.content.sources:
             if s.file.key == f.key:
+                self._row(s, res.dest, res.full)
+                continue
+            if s.path in cp.compared:  # equal to the bytes the copy was verified against
+                c.files_confirmed += 1
                 self._row(s, res.dest, res.full)
                 continue
             if res.data is not None:  # the copy's verified bytes: read the other path only
@@ -300,6 +339,20 @@ class Executor:
         self._events, self._hashes, self._rows, self._touch = [], [], [], []
 
 
+@dataclass
+class _Batch:
+    """Copies staged for one sync: their destination directories and temp files."""
+
+    dirs: DestDirs
+    staged: list[tuple[Copy, Staged]] = field(default_factory=list)
+    size: int = 0
+    hashes: list[HashUpdate] = field(default_factory=list)  # of every source read
+
+    def add(self, cp: Copy, st: Staged) -> None:
+        self.staged.append((cp, st))
+        self.size += cp.content.size
+
+
 def _fd_budget() -> int:
     """Files a batch may hold open: each staged copy keeps its temp file and its source
     open until placed (fsops.copy.DestDirs). The soft limit is raised to the hard one
@@ -314,6 +367,10 @@ def _fd_budget() -> int:
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 16
     return max(8, soft // 3)
+
+
+def _no_new_copy(c: Content, _data: bytes) -> Copy | None:
+    raise AssertionError(f"an unsorted size group ({c.size} bytes) needs new_copy")
 
 
 def _ident(f: IndexedFile) -> Ident:

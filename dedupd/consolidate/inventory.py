@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from dedupd.config import ConsolidateConfig
 from dedupd.errors import ConfigError
 from dedupd.files.events import FileEvent, Problem, WalkStats
-from dedupd.fsops.copy import LOCK_NAME, TMP_GLOB
+from dedupd.fsops.copy import KEEP_BYTES, LOCK_NAME, TMP_GLOB
 from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
 from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
 from dedupd.index import provenance as prov
@@ -63,11 +63,23 @@ class Roots:
         return path.startswith(self.archive.rstrip(b"/") + b"/")
 
 
+@dataclass(frozen=True)
+class Unsorted:
+    """Source inodes of one size that no archive file has and nothing has hashed yet
+    (a first import): sorted into contents while they are read for their copies
+    (execute.py), so each is read once instead of hashed first and read again."""
+
+    size: int
+    sources: tuple[SourcePath, ...]  # every source path, sorted by (root order, path)
+    inodes: int
+
+
 @dataclass
 class Inventory:
     scan_id: int
     roots: Roots
     contents: list[Content] = field(default_factory=list)
+    unsorted: list[Unsorted] = field(default_factory=list)
     archive_paths: set[bytes] = field(default_factory=set)
     walk: WalkStats = field(default_factory=WalkStats)
     hashing: HashStats = field(default_factory=HashStats)
@@ -141,13 +153,18 @@ def index_trees(store: Store, cfg: ConsolidateConfig, roots: Roots,
     return inv
 
 
-def group_contents(store: Store, inv: Inventory, progress: Progress | None = None) -> None:
+def group_contents(store: Store, inv: Inventory, progress: Progress | None = None,
+                   defer: bool = False) -> None:
     """Hash size-matched candidates and fill inv.contents (sources and archive dups),
-    by ascending size."""
+    by ascending size. With defer, size groups that only sources hold, none of them
+    hashed and small enough to be held in memory, go to inv.unsorted unread."""
     engine = Hasher(Stability(0.0), inv.hashing)
     writer = HashWriter(store, SAVE_BATCH)  # one transaction per batch, not per size
     done = 0
-    for res in engine.run(prov.files_by_size(store, inv.scan_id)):
+    groups = prov.files_by_size(store, inv.scan_id)
+    if defer:
+        groups = _defer(inv, groups, progress)
+    for res in engine.run(groups):
         done += len(res.files) + len(res.gone)
         if progress:
             progress("hash", done, 0)  # files of the size groups so far
@@ -164,20 +181,39 @@ def group_contents(store: Store, inv: Inventory, progress: Progress | None = Non
     inv.contents.sort(key=lambda c: c.size)
 
 
+def _defer(inv: Inventory, groups: Iterator[list[IndexedFile]],
+           progress: Progress | None) -> Iterator[list[IndexedFile]]:
+    """The size groups to hash now; the others go to inv.unsorted (group_contents)."""
+    done = 0
+    for files in groups:
+        if (len(files) < 2 or files[0].size > KEEP_BYTES
+                or any(f.full is not None for f in files)
+                or any(inv.roots.in_archive(p) for f in files for p in f.paths)):
+            yield files
+            continue
+        sources = _sources(inv, files)
+        inv.unsorted.append(Unsorted(files[0].size, tuple(sources), len(files)))
+        done += len(files)
+        if progress:
+            progress("hash", done, 0)  # sorted later, while copied
+
+
+def _sources(inv: Inventory, files: Sequence[IndexedFile]) -> list[SourcePath]:
+    sources = [SourcePath(p, root, f) for f in files for p in f.paths
+               if (root := inv.roots.source_of(p)) is not None]
+    order = {r: i for i, r in enumerate(inv.roots.sources)}
+    sources.sort(key=lambda s: (order[s.root], s.path))
+    return sources
+
+
 def _add(inv: Inventory, files: Sequence[IndexedFile], full: bytes | None) -> None:
     archive: list[IndexedFile] = []
-    sources: list[SourcePath] = []
     for f in files:
         apaths = tuple(p for p in f.paths if inv.roots.in_archive(p))
         if apaths:
             archive.append(f._replace(paths=apaths))
-        for p in f.paths:
-            root = inv.roots.source_of(p)
-            if root is not None:
-                sources.append(SourcePath(p, root, f))
+    sources = _sources(inv, files)
     if not sources and len(archive) < 2:
         return  # archive content with no source and no duplicate: nothing to do
-    order = {r: i for i, r in enumerate(inv.roots.sources)}
-    sources.sort(key=lambda s: (order[s.root], s.path))
     archive.sort(key=lambda f: f.paths[0])
     inv.contents.append(Content(files[0].size, full, tuple(archive), tuple(sources)))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from dedupd.config import ConsolidateConfig
 from dedupd.consolidate.dates import CaptureDate, capture_date
-from dedupd.consolidate.inventory import Content, Inventory, SourcePath
+from dedupd.consolidate.inventory import Content, Inventory, SourcePath, Unsorted
 from dedupd.consolidate.layout import Fields, render, with_suffix
 from dedupd.files.events import Problem
 from dedupd.index.provenance import Provenance
@@ -32,6 +32,10 @@ class Copy:
     src: SourcePath
     dest: bytes
     date: CaptureDate
+    # source paths already found byte-equal to src as it was read (an unsorted size
+    # group, sorted while copied): recorded without another read once the copy is
+    # verified against those same bytes
+    compared: frozenset[bytes] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Plan:
     copies: list[Copy] = field(default_factory=list)
     known: list[Known] = field(default_factory=list)
     archive_dups: list[Content] = field(default_factory=list)
+    unsorted: list[Unsorted] = field(default_factory=list)  # sorted while copied
     problems: list[Problem] = field(default_factory=list)
     bytes_read: int = 0  # EXIF reads made while planning
 
@@ -97,6 +102,7 @@ def make_plan(inv: Inventory, cfg: ConsolidateConfig, rows: dict[bytes, Provenan
         else:
             _plan_copy(plan, c, cfg, inv.roots.archive, names)
     plan.copies.sort(key=lambda x: x.dest)
+    plan.unsorted = list(inv.unsorted)
     return plan
 
 
@@ -132,8 +138,18 @@ def plan_collisions(plan: Plan, cfg: ConsolidateConfig, archive: bytes, names: N
 
 def _plan_copy(plan: Plan, c: Content, cfg: ConsolidateConfig, archive: bytes,
                names: Names) -> None:
+    cp = new_copy(plan, c, cfg, archive, names)
+    if cp is not None:
+        plan.copies.append(cp)
+
+
+def new_copy(plan: Plan, c: Content, cfg: ConsolidateConfig, archive: bytes, names: Names,
+             data: bytes | None = None) -> Copy | None:
+    """The copy of content c from its first source (whose bytes, when given, are used
+    for the EXIF date instead of a read), with its name claimed; None (and a problem
+    in the plan) when it gets no name. Not added to plan.copies."""
     src = c.sources[0]
-    date, nread = capture_date(src.path, src.file.mtime_ns, cfg.date_from)
+    date, nread = capture_date(src.path, src.file.mtime_ns, cfg.date_from, data)
     plan.bytes_read += nread
     if date.exif_problem and date.exif_problem not in ("", "no DateTimeOriginal"):
         plan.problems.append(Problem(src.path, "exif", date.exif_problem + f"; dated by "
@@ -143,11 +159,11 @@ def _plan_copy(plan: Plan, c: Content, cfg: ConsolidateConfig, archive: bytes,
                      Fields(os.path.basename(src.path), src.root, date.when))
     except ValueError as e:
         plan.problems.append(Problem(src.path, "layout", str(e)))
-        return
+        return None
     dest = names.claim(os.path.join(archive, rel), cfg.on_name_collision)
     if dest is None:
         plan.problems.append(Problem(src.path, "name-collision",
                                      f"{os.fsdecode(rel)} is taken by other content "
                                      "(on_name_collision = skip)"))
-        return
-    plan.copies.append(Copy(c, src, dest, date))
+        return None
+    return Copy(c, src, dest, date)

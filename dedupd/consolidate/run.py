@@ -33,7 +33,7 @@ from dedupd.consolidate.inventory import (
     resolve_roots,
 )
 from dedupd.consolidate.layout import check_layout
-from dedupd.consolidate.plan import Names, Plan, make_plan, plan_collisions
+from dedupd.consolidate.plan import Names, Plan, make_plan, new_copy, plan_collisions
 from dedupd.dedup.journal import Journal
 from dedupd.errors import TemporaryFailure
 from dedupd.fsops.copy import (
@@ -115,13 +115,15 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
         if lock >= 0:
             mark_running(lock, True)
         inv = index_trees(store, cfg, roots, opts.progress)
-        group_contents(store, inv, opts.progress)
+        # A dry run hashes every size group: its plan lists every copy and duplicate.
+        group_contents(store, inv, opts.progress, defer=not opts.dry_run)
         names = Names(inv.archive_paths)
         plan = make_plan(inv, cfg, prov.load(store, cfg.name), names)
         counters, confirmed = Counters(), _would_confirm(plan)
         if not opts.dry_run:
             ex = Executor(store, cfg.name, inv.scan_id, plan, roots.archive,
-                          cfg.on_name_collision, opts.copy_progress)
+                          cfg.on_name_collision, opts.copy_progress,
+                          lambda c, data: new_copy(plan, c, cfg, roots.archive, names, data))
             counters = ex.run(names, lambda srcs: plan_collisions(plan, cfg, roots.archive,
                                                                   names, srcs))
             confirmed = ex.confirmed
@@ -153,11 +155,13 @@ def _would_confirm(plan: Plan) -> list[tuple[SourcePath, bytes]]:
 def _report(cfg: ConsolidateConfig, opts: Options, inv: Inventory, plan: Plan,
             c: Counters, ops: OpsReport, stale: int, seconds: float) -> Report:
     src_inodes = {s.file.key: s.file.size for x in inv.contents for s in x.sources}
+    src_inodes.update((s.file.key, s.file.size) for u in inv.unsorted for s in u.sources)
     stats: dict[str, int | float] = {
         "files_seen": inv.walk.files_seen,
-        "source_paths": sum(len(x.sources) for x in inv.contents),
+        "source_paths": (sum(len(x.sources) for x in inv.contents)
+                         + sum(len(u.sources) for u in inv.unsorted)),
         "source_bytes": sum(src_inodes.values()),
-        "distinct_contents": sum(1 for x in inv.contents if x.sources),
+        "distinct_contents": sum(1 for x in inv.contents if x.sources) + c.contents_sorted,
         "already_in_archive": len(plan.known),
         "to_copy": len(plan.copies),
         "bytes_to_copy": plan.bytes_to_copy,

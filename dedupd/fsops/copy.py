@@ -218,6 +218,60 @@ def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None,
     the source's mode, owner and mtime. Not fsynced: the caller syncs the batch
     (sync_batch). `dirs` holds the batch's directory handles (else a private one)."""
     sfd, st = _open_expected(src, expect)
+    return _stage(src, sfd, st, dest_dir, dirs, lambda tfd: _write_copy(sfd, tfd, st))
+
+
+@dataclass(frozen=True)
+class SourceRead:
+    """A source read whole into memory and hashed, its handle still open: it is either
+    staged as a copy (stage_read takes the handle) or closed (close)."""
+
+    src: bytes
+    fd: int
+    stat: os.stat_result  # the source as it was read (checked after the read)
+    data: bytes
+    head: int
+    full: bytes
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def read_source(src: bytes, expect: Ident | None = None) -> SourceRead:
+    """Open src (the expected inode, unchanged), read it whole (at most KEEP_BYTES: the
+    caller's contract) and hash it; raise CopyError. The caller owns the handle."""
+    sfd, st = _open_expected(src, expect)
+    try:
+        data = read_upto(sfd, st.st_size + 1)  # one byte more: a source that grew
+        if len(data) != st.st_size:
+            raise CopyError("changed", "source size changed while it was read")
+        _same(sfd, st)
+    except BaseException as e:
+        os.close(sfd)
+        if isinstance(e, OSError):
+            raise CopyError("error", f"cannot read source: {e.strerror or e}") from None
+        raise
+    return SourceRead(src, sfd, st, data, xxhash.xxh3_64_intdigest(data[:HEAD_SIZE]),
+                      xxhash.xxh3_128_digest(data))
+
+
+def stage_read(r: SourceRead, dest_dir: bytes, dirs: DestDirs) -> Staged:
+    """stage_copy for a source already in memory (read_source): write its bytes to a
+    fresh temp name in dest_dir. Takes r's handle (kept in dirs until placed)."""
+
+    def write(tfd: int) -> tuple[int, bytes, int, bytes | None]:
+        view = memoryview(r.data)
+        while view:
+            view = view[os.write(tfd, view):]
+        return r.head, r.full, len(r.data), r.data
+
+    return _stage(r.src, r.fd, r.stat, dest_dir, dirs, write)
+
+
+def _stage(src: bytes, sfd: int, st: os.stat_result, dest_dir: bytes, dirs: DestDirs | None,
+           write: Callable[[int], tuple[int, bytes, int, bytes | None]]) -> Staged:
+    """Create the temp file, fill it (write), set the metadata; sfd is kept with the temp
+    file in dirs (or closed). On failure the temp file is gone and sfd closed."""
     own = dirs is None
     d = DestDirs() if dirs is None else dirs
     kept = False
@@ -227,7 +281,7 @@ def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None,
         name = TMP_PREFIX + os.urandom(8).hex().encode() + TMP_SUFFIX
         tfd = os.open(name, _TMP_FLAGS, 0o600, dir_fd=dfd)
         try:
-            head, full, nread, data = _write_copy(sfd, tfd, st)
+            head, full, nread, data = write(tfd)
             _set_meta(tfd, st)
         except BaseException:
             os.close(tfd)

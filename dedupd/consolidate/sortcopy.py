@@ -1,0 +1,109 @@
+"""Sort an unhashed size group into contents while reading it for the copies.
+
+A first import holds size groups that only the sources have and nothing has
+hashed (inventory.Unsorted). Hashing them first and reading them again for the
+copy and for the byte compare of the duplicates reads every file twice; here
+each inode is read once, in source order (config order, then path):
+
+- its bytes are hashed as read, and compared byte for byte with each content
+  of the group found so far that has the same hash: equal -> another source
+  path of that content (its handle is closed, its row waits for the content's
+  verified copy); a hash match with other bytes is reported as hash-collision
+  and the file is content of its own: a hash never merges anything;
+- a new content gets its name (the EXIF date from the bytes in memory) and is
+  staged from those bytes (fsops.copy.stage_read); its source stays open until
+  placed, where the copy read back from the disk is compared with the same
+  bytes and the source's fstat must still match the indexed inode.
+
+Further names of an inode already read are that inode's content (no read).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
+from dedupd.consolidate.plan import Copy
+from dedupd.files.events import Ident, Problem
+from dedupd.fsops.copy import CopyError, DestDirs, Staged, read_source, stage_read
+from dedupd.index.store import HashUpdate
+
+# (content with its first source, that source's bytes) -> the copy with its name, or None
+NewCopy = Callable[[Content, bytes], Copy | None]
+
+
+@dataclass
+class _Found:
+    """One content of the group: its bytes (as its first source was read), its paths."""
+
+    data: bytes
+    full: bytes
+    paths: list[SourcePath]
+    compared: set[bytes] = field(default_factory=set)
+    copy: Copy | None = None
+    staged: Staged | None = None
+
+
+@dataclass
+class SortedGroup:
+    staged: list[tuple[Copy, Staged]] = field(default_factory=list)
+    hashes: list[HashUpdate] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    bytes_read: int = 0
+    contents: int = 0  # distinct contents found in the group
+
+
+def sort_group(u: Unsorted, new_copy: NewCopy, dirs: DestDirs,
+               on_staged: Callable[[], None]) -> SortedGroup:
+    """Read every inode of u once; stage each new content (module docstring).
+    on_staged runs after each staged copy (the executor's kill-point step)."""
+    out = SortedGroup()
+    found: list[_Found] = []
+    by_inode: dict[tuple[int, int], _Found] = {}
+    for s in u.sources:
+        known = by_inode.get(s.file.key)
+        if known is not None:  # another name of an inode already read
+            known.paths.append(s)
+            continue
+        f = s.file
+        try:
+            r = read_source(s.path, Ident(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns))
+        except CopyError as e:
+            out.problems.append(Problem(s.path, e.reason, e.detail))
+            continue
+        out.bytes_read += len(r.data)
+        out.hashes.append(HashUpdate(f.dev, f.ino, r.head, r.full,
+                                     (f.size, f.mtime_ns, f.ctime_ns)))
+        same_hash = [x for x in found if x.full == r.full]
+        match = next((x for x in same_hash if x.data == r.data), None)
+        if match is not None:
+            r.close()  # compared while open and unchanged after the read (read_source)
+            match.paths.append(s)
+            match.compared.add(s.path)
+            by_inode[f.key] = match
+            continue
+        if same_hash:
+            out.problems.append(Problem(s.path, "hash-collision", "same size and hash as "
+                                        "other content, other bytes: imported on its own"))
+        x = _Found(r.data, r.full, [s])
+        found.append(x)
+        by_inode[f.key] = x
+        x.copy = new_copy(Content(u.size, r.full, (), (s,)), r.data)
+        if x.copy is None:  # no name for it (reported): its duplicates wait too
+            r.close()
+            continue
+        try:
+            x.staged = stage_read(r, os.path.dirname(x.copy.dest), dirs)
+        except CopyError as e:
+            out.problems.append(Problem(s.path, e.reason, e.detail))
+            continue
+        on_staged()
+    out.contents = len(found)
+    for x in found:
+        if x.copy is not None and x.staged is not None:
+            content = Content(u.size, x.full, (), tuple(x.paths))
+            out.staged.append((replace(x.copy, content=content,
+                                       compared=frozenset(x.compared)), x.staged))
+    return out
