@@ -66,6 +66,8 @@ def sort_group(u: Unsorted, new_copy: NewCopy, dirs: DestDirs,
         known = by_inode.get(s.file.key)
         if known is not None:  # another name of an inode already read
             known.paths.append(s)
+            if s.file.key != known.paths[0].file.key:  # a duplicate's: compared as it
+                known.compared.add(s.path)
             continue
         f = s.file
         try:

@@ -1,0 +1,132 @@
+"""First imports sort unhashed size groups while copying them (consolidate/sortcopy.py):
+each source inode is read once, duplicates are byte-compared with the bytes of
+the copy's source, a hash never merges anything, and a source rewritten between
+that read and the rename gets no archive name."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from dedupd import testpoints
+from dedupd.config import ConsolidateConfig
+from dedupd.consolidate.run import Options, consolidate
+from dedupd.index import provenance as prov
+from dedupd.index.store import Store
+from tests.fixtures.consolidate import archive_files, jpeg, manifest, write
+
+pytestmark = pytest.mark.integration
+
+X, Y = b"x" * 30_000, b"y" * 30_000  # one size: one unsorted group
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def reasons(problems: tuple[dict[str, str], ...]) -> set[tuple[str, str]]:
+    return {(os.path.basename(p["path"]), p["reason"]) for p in problems}
+
+
+def test_group_read_once_duplicates_confirmed(tmp_path: Path) -> None:
+    s1, s2, archive = tmp_path / "s1", tmp_path / "s2", tmp_path / "archive"
+    archive.mkdir()
+    photo = jpeg((7, 7, 7), "2011:05:06 07:08:09")
+    write(s1 / "a.jpg", photo, "2015-01-01")
+    write(s2 / "copy of a.jpg", photo, "2016-01-01")
+    write(s1 / "b.bin", X, "2017-03-03")
+    write(s2 / "c.bin", Y, "2018-04-04")
+    write(s2 / "d.bin", X, "2019-05-05")
+    os.link(s2 / "d.bin", s2 / "d-link.bin")  # another name of an inode: never read twice
+    cfg = ConsolidateConfig("s", (s1, s2), archive)
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        rep = consolidate(store, cfg, Options())
+        st = rep.stats
+        assert rep.problems == () and st["files_copied"] == 3 and st["files_hashed"] == 0
+        assert st["distinct_contents"] == 3 and st["source_paths"] == 6
+        # every source inode read once (no hash pass), the copies read back once
+        src_bytes = 2 * len(photo) + 3 * len(X)
+        assert st["source_bytes"] == src_bytes
+        assert st["bytes_read"] == src_bytes
+        files = archive_files(archive)
+        assert sorted(os.path.relpath(p, os.fsencode(archive)) for p in files) == [
+            b"2011/05/a.jpg", b"2017/03/b.bin", b"2018/04/c.bin"]  # EXIF date from memory
+        assert sorted(files.values()) == sorted(digest(d) for d in (photo, X, Y))
+        assert st["files_confirmed"] == 3 and prov.count(store, "s") == 6
+        srcs = {p.source_path for p in prov.sources_of(store, os.fsencode(archive /
+                                                                         "2017/03/b.bin"))}
+        assert srcs == {os.fsencode(p) for p in (s1 / "b.bin", s2 / "d.bin",
+                                                 s2 / "d-link.bin")}
+        again = consolidate(store, cfg, Options())  # hashes recorded: nothing to read
+        assert again.stats["files_copied"] == 0 and again.stats["bytes_read"] == 0
+        assert again.stats["files_unchanged"] == 6
+    finally:
+        store.close()
+
+
+def test_equal_hashes_with_other_bytes_are_never_merged(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Every file hashes alike (an XXH3 collision, which cannot be made for real): the
+    byte compare keeps the contents apart; the file is reported and imported."""
+    src, archive = tmp_path / "src", tmp_path / "archive"
+    archive.mkdir()
+    write(src / "a.bin", X, "2017-03-03")
+    write(src / "b.bin", Y, "2017-03-03")
+    write(src / "c.bin", X, "2017-03-03")
+    monkeypatch.setattr(xxhash, "xxh3_128_digest", lambda _data: b"\0" * 16)
+    cfg = ConsolidateConfig("h", (src,), archive, layout="{name}")
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        rep = consolidate(store, cfg, Options())
+    finally:
+        store.close()
+    assert reasons(rep.problems) == {("b.bin", "hash-collision")}
+    files = archive_files(archive)
+    assert {os.path.basename(p): v for p, v in files.items()} == {
+        b"a.bin": digest(X), b"b.bin": digest(Y)}
+    assert rep.stats["files_confirmed"] == 1  # c.bin, by its bytes
+
+
+def test_source_rewritten_between_read_and_rename_is_refused(tmp_path: Path) -> None:
+    """a1 is rewritten (same size, mtime put back) right after its bytes were read and
+    before its copy is staged: the copy matches what was read, but the source's fstat
+    at the rename shows the write, so neither it nor its duplicate gets a name."""
+    src, archive = tmp_path / "src", tmp_path / "archive"
+    archive.mkdir()
+    write(src / "a1.bin", X, "2017-03-03")
+    write(src / "a2.bin", X, "2017-03-03")
+    write(src / "b.bin", Y, "2017-03-03")
+    a1 = src / "a1.bin"
+    arch = os.fsencode(archive)
+    fired: list[bytes] = []
+
+    def rewrite(_point: str, path: bytes) -> None:
+        if not fired and path.startswith(arch):  # a1: read, its temp copy not made yet
+            fired.append(path)
+            st = os.stat(a1)
+            a1.write_bytes(b"z" * len(X))
+            os.utime(a1, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    cfg = ConsolidateConfig("w", (src,), archive, layout="{name}")
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        with testpoints.acting(("mutate",), rewrite):
+            rep = consolidate(store, cfg, Options())
+        assert fired
+        assert reasons(rep.problems) == {("a1.bin", "changed")}
+        assert {os.path.basename(p) for p in archive_files(archive)} == {b"b.bin"}
+        assert not [p for p in manifest(archive) if b".dedupd-copy." in p]
+        assert prov.count(store, "w") == 1  # b.bin only: a2's content was not placed
+        rep2 = consolidate(store, cfg, Options())  # the rest, as the files are now
+        assert rep2.problems == ()
+        got = {os.path.basename(p): v for p, v in archive_files(archive).items()}
+        assert sorted(got.values()) == sorted(digest(d) for d in (b"z" * len(X), X, Y))
+        assert prov.count(store, "w") == 3
+    finally:
+        store.close()
