@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from dedupd.config import ConsolidateConfig
 from dedupd.errors import ConfigError
 from dedupd.files.events import FileEvent, Problem, WalkStats
-from dedupd.fsops.copy import KEEP_BYTES, LOCK_NAME, TMP_GLOB
+from dedupd.fsops.copy import LOCK_NAME, TMP_GLOB
 from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
 from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
 from dedupd.index import provenance as prov
@@ -26,6 +26,10 @@ from dedupd.scan.walk import WalkOptions, normalize_roots, walk
 
 Progress = Callable[[str, int, int], None]
 SAVE_BATCH = 2000
+# A size group sorted while copied holds its distinct contents in memory and two handles
+# per new content until its batch is placed: only groups this small are (else hashed).
+UNSORTED_BYTES = 64 << 20
+UNSORTED_FILES = 256
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,8 @@ def _defer(inv: Inventory, groups: Iterator[list[IndexedFile]],
     """The size groups to hash now; the others go to inv.unsorted (group_contents)."""
     done = 0
     for files in groups:
-        if (len(files) < 2 or files[0].size > KEEP_BYTES
+        if (len(files) < 2 or len(files) > UNSORTED_FILES
+                or files[0].size * len(files) > UNSORTED_BYTES
                 or any(f.full is not None for f in files)
                 or any(inv.roots.in_archive(p) for f in files for p in f.paths)):
             yield files
