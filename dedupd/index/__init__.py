@@ -1,1 +1,1 @@
-"""The file index: SQLAlchemy tables and the one Store class with every query."""
+"""The file index: the one Store class with its queries (plain DB-API, dedupd/index/db.py)."""

@@ -3,8 +3,8 @@
 SQLAlchemy costs about 0.25 s to import, more than a whole unchanged rescan of
 thousands of files should take, so Store speaks plain SQL (the common subset of
 SQLite >= 3.24 and PostgreSQL; only the placeholder differs) through sqlite3 or
-psycopg. SQLAlchemy is loaded only when tables must be created and by the
-modules written with its Core (extents, provenance, backups, the journal).
+psycopg. Every module of the index speaks it (docs/schema.md, "One query
+style"); no runtime path imports SQLAlchemy, which only generates ddl.py.
 
 One connection per thread, re-opened in a forked child (a connection must not
 cross fork). Connections are in autocommit mode; tx() brackets writes, and on
@@ -26,7 +26,7 @@ from typing import Any
 from dedupd.errors import DedupdError, TemporaryFailure
 
 # Every table of schema.py (a test keeps the two equal): all present means
-# there is nothing to create and SQLAlchemy need not be loaded.
+# there is nothing to create.
 TABLES = ("meta", "hosts", "filesystems", "scans", "directories", "entries", "inodes",
           "provenance", "ops", "backups", "extent_done", "extent_refs")
 BUSY_TIMEOUT_MS = 30000
@@ -58,7 +58,7 @@ def sqlite_path(url: str) -> str | None:
         return None
     path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
     if not path or path.startswith(":memory:"):
-        # Store and the Core-written modules hold separate connections: an
+        # Each thread (and each forked child) has its own connection: an
         # in-memory database would be a different one for each.
         raise IndexError_(f"cannot use database URL {url!r}: the index must be a file "
                           "(sqlite:///PATH)")
@@ -66,7 +66,7 @@ def sqlite_path(url: str) -> str | None:
 
 
 def sqlite_pragmas(c: Any) -> None:
-    """Settings every connection to a SQLite index gets (ours and SQLAlchemy's)."""
+    """Settings every connection to a SQLite index gets."""
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", f"busy_timeout={BUSY_TIMEOUT_MS}",
                    # Checkpoint every 32 MiB of WAL, not 4: each checkpoint syncs the
                    # database file, and a scan rewrites the same index pages many times.
@@ -81,7 +81,7 @@ def index_failure(url: str, e: BaseException) -> DedupdError | None:
     read-only and then refuses writes alike), a read-only mount and a full disk
     only as message text, at the first write: those are the user's to fix, not
     bugs. A full disk is temporary (exit 75); the others fail (exit 1) and say
-    what to look at. SQLAlchemy wraps the driver's error in `.orig`.
+    what to look at. A wrapped driver error (`.orig`) is looked through.
     """
     orig = getattr(e, "orig", None) or e
     if not isinstance(orig, sqlite3.Error | OSError):

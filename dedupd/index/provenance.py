@@ -5,7 +5,9 @@ written by `dedupd consolidate` only after the content was confirmed equal
 (by the verified copy or by a byte compare); `dedupd where` reads them.
 Rows belong to the Store's host; a source's filesystem is stored by id (src_fs)
 and handed out as the device it has now (src_dev; -1 while it is not mounted,
-which no file matches, so such a source is read again).
+which no file matches, so such a source is read again). Plain SQL on the Store's
+DB-API connection, the same text for SQLite and PostgreSQL (docs/schema.md, "One
+query style").
 """
 
 from __future__ import annotations
@@ -16,10 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
-
-from dedupd.index import schema as s
-from dedupd.index.schema import from_s64, to_s64
+from dedupd.index.db import chunks, from_s64, to_s64
 from dedupd.index.store import BATCH, IndexedFile, Store, path_key
 
 
@@ -45,10 +44,14 @@ class Provenance:
                 self.src_ctime_ns) == (dev, ino, size, mtime_ns, ctime_ns)
 
 
-_COLS = (s.provenance.c.consolidation, s.provenance.c.source_path,
-         s.provenance.c.archive_path, s.provenance.c.content, s.provenance.c.size,
-         s.provenance.c.src_fs, s.provenance.c.src_ino, s.provenance.c.src_mtime_ns,
-         s.provenance.c.src_ctime_ns, s.provenance.c.first_seen, s.provenance.c.last_seen)
+# Provenance's fields in order (src_fs becomes src_dev): a row converts by _rows.
+_COLS = ("consolidation", "source_path", "archive_path", "content", "size", "src_fs",
+         "src_ino", "src_mtime_ns", "src_ctime_ns", "first_seen", "last_seen")
+_SELECT = f"SELECT {', '.join(_COLS)} FROM provenance"
+# every column a row writes; those after the key are replaced on conflict, but first_seen
+_WRITE = ("host", "consolidation", "source_key", "source_path", "archive_key", "archive_path",
+          "content", "size", "src_fs", "src_ino", "src_mtime_ns", "src_ctime_ns",
+          "first_seen", "last_seen")
 
 
 def _rows(store: Store, rows: Iterable[Sequence[Any]]) -> Iterator[Provenance]:
@@ -60,34 +63,32 @@ def _rows(store: Store, rows: Iterable[Sequence[Any]]) -> Iterator[Provenance]:
                          float(r[9]), float(r[10]))
 
 
-def _mine(store: Store) -> Any:
-    return s.provenance.c.host == store.host
+def _select(store: Store, where: str, params: Sequence[Any], order: str = "") -> list[Any]:
+    """Rows of _SELECT of this host's provenance matching `where` (placeholders: p)."""
+    p = store.db.p
+    return store.db.rows(f"{_SELECT} WHERE host = {p} AND {where.format(p=p)}{order}",
+                         (store.host, *params))
 
 
 def load(store: Store, consolidation: str) -> dict[bytes, Provenance]:
     """Every row of one consolidation, keyed by source path."""
-    q = select(*_COLS).where(s.provenance.c.consolidation == consolidation, _mine(store))
-    with store.engine.connect() as c:
-        return {p.source_path: p for p in _rows(store, c.execute(q))}
+    rows = _select(store, "consolidation = {p}", (consolidation,))
+    return {p.source_path: p for p in _rows(store, rows)}
 
 
 def save(store: Store, rows: Iterable[Provenance]) -> int:
     """Insert or replace rows (keyed by consolidation + source path); first_seen is kept."""
-    docs = [{
-        "host": store.host, "consolidation": p.consolidation, "source_key": path_key(p.source_path),
-        "source_path": p.source_path, "archive_key": path_key(p.archive_path),
-        "archive_path": p.archive_path, "content": p.content, "size": p.size,
-        "src_fs": store.fs_of(p.src_dev, p.source_path), "src_ino": to_s64(p.src_ino),
-        "src_mtime_ns": p.src_mtime_ns, "src_ctime_ns": p.src_ctime_ns,
-        "first_seen": p.first_seen, "last_seen": p.last_seen} for p in rows]
+    docs = [(store.host, p.consolidation, path_key(p.source_path), p.source_path,
+             path_key(p.archive_path), p.archive_path, p.content, p.size,
+             store.fs_of(p.src_dev, p.source_path), to_s64(p.src_ino), p.src_mtime_ns,
+             p.src_ctime_ns, p.first_seen, p.last_seen) for p in rows]
     if not docs:
         return 0
-    ins = store.insert(s.provenance)
-    keep = {k: ins.excluded[k] for k in docs[0]
-            if k not in ("host", "consolidation", "source_key", "first_seen")}
-    with store.engine.begin() as c:
-        c.execute(ins.on_conflict_do_update(
-            index_elements=["host", "consolidation", "source_key"], set_=keep), docs)
+    keep = ", ".join(f"{k} = excluded.{k}" for k in _WRITE[3:] if k != "first_seen")
+    with store.db.tx() as cur:
+        cur.executemany(f"INSERT INTO provenance ({', '.join(_WRITE)}) VALUES "
+                        f"({store.db.marks(len(_WRITE))}) ON CONFLICT (host, consolidation, "
+                        f"source_key) DO UPDATE SET {keep}", docs)
     return len(docs)
 
 
@@ -95,69 +96,65 @@ def touch(store: Store, consolidation: str, source_paths: Sequence[bytes],
           when: float | None = None) -> None:
     """Mark rows as seen again now (the source was unchanged and still in the archive)."""
     now = time.time() if when is None else when
-    t = s.provenance.c
-    keys = [path_key(p) for p in source_paths]
-    with store.engine.begin() as c:
-        for k in range(0, len(keys), BATCH):
-            c.execute(update(s.provenance)
-                      .where(_mine(store), t.consolidation == consolidation,
-                             t.source_key.in_(keys[k:k + BATCH]))
-                      .values(last_seen=now))
+    _by_keys(store, f"UPDATE provenance SET last_seen = {store.db.p}", (now,), consolidation,
+             [path_key(p) for p in source_paths])
+
+
+def _by_keys(store: Store, head: str, params: tuple[Any, ...], consolidation: str,
+             keys: list[bytes]) -> None:
+    """Run `head` (UPDATE ... SET or DELETE FROM provenance) on this host's rows of
+    one consolidation with the given source keys, BATCH keys a statement, in one
+    transaction."""
+    p = store.db.p
+    with store.db.tx() as cur:
+        for part in chunks(keys, BATCH):
+            cur.execute(f"{head} WHERE host = {p} AND consolidation = {p} AND source_key IN "
+                        f"({store.db.marks(len(part))})",
+                        (*params, store.host, consolidation, *part))
 
 
 def forget_archive_paths(store: Store, consolidation: str, keep: set[bytes]) -> int:
     """Drop rows whose archive file is no longer in the archive (renamed or removed)."""
-    t = s.provenance.c
-    q = select(t.source_key, t.archive_path).where(t.consolidation == consolidation, _mine(store))
-    with store.engine.connect() as c:
-        gone = [r[0] for r in c.execute(q) if bytes(r[1]) not in keep]
-    with store.engine.begin() as c:
-        for k in range(0, len(gone), BATCH):
-            c.execute(delete(s.provenance).where(_mine(store), t.consolidation == consolidation,
-                                                 t.source_key.in_(gone[k:k + BATCH])))
+    p = store.db.p
+    gone = [bytes(r[0]) for r in store.db.rows(
+        f"SELECT source_key, archive_path FROM provenance WHERE host = {p} "
+        f"AND consolidation = {p}", (store.host, consolidation)) if bytes(r[1]) not in keep]
+    _by_keys(store, "DELETE FROM provenance", (), consolidation, gone)
     return len(gone)
 
 
 def sources_of(store: Store, archive_path: bytes) -> list[Provenance]:
     """Every source path recorded for one archive file (all consolidations)."""
-    q = (select(*_COLS).where(s.provenance.c.archive_key == path_key(archive_path), _mine(store))
-         .order_by(s.provenance.c.source_path))
-    with store.engine.connect() as c:
-        return [p for p in _rows(store, c.execute(q)) if p.archive_path == archive_path]
+    rows = _select(store, "archive_key = {p}", (path_key(archive_path),),
+                   " ORDER BY source_path")
+    return [p for p in _rows(store, rows) if p.archive_path == archive_path]
 
 
 def archive_of(store: Store, source_path: bytes) -> list[Provenance]:
     """Where one source path's content lives in the archive (one row per consolidation)."""
-    q = select(*_COLS).where(s.provenance.c.source_key == path_key(source_path),
-                             _mine(store))
-    with store.engine.connect() as c:
-        return [p for p in _rows(store, c.execute(q)) if p.source_path == source_path]
+    rows = _select(store, "source_key = {p}", (path_key(source_path),))
+    return [p for p in _rows(store, rows) if p.source_path == source_path]
 
 
 def by_content(store: Store, content: bytes) -> list[Provenance]:
     """Rows whose content hash is `content` (a source file not recorded by path yet)."""
-    q = select(*_COLS).where(s.provenance.c.content == content, _mine(store))
-    with store.engine.connect() as c:
-        return list(_rows(store, c.execute(q)))
+    return list(_rows(store, _select(store, "content = {p}", (content,))))
 
 
 def sizes_seen(store: Store, scan_id: int) -> list[int]:
     """Distinct sizes of the inodes a scan saw, ascending."""
-    t = s.inodes.c
-    q = select(t.size).where(t.seen == scan_id).group_by(t.size).order_by(t.size)
-    with store.engine.connect() as c:
-        return [int(r[0]) for r in c.execute(q)]
+    return [int(r[0]) for r in store.db.rows(
+        f"SELECT size FROM inodes WHERE seen = {store.db.p} GROUP BY size ORDER BY size",
+        (scan_id,))]
 
 
 def count(store: Store, consolidation: str) -> int:
-    q = (select(func.count()).select_from(s.provenance)
-         .where(s.provenance.c.consolidation == consolidation, _mine(store)))
-    with store.engine.connect() as c:
-        return int(c.execute(q).scalar() or 0)
+    p = store.db.p
+    rows = store.db.rows(f"SELECT count(*) FROM provenance WHERE host = {p} "
+                         f"AND consolidation = {p}", (store.host, consolidation))
+    return int(rows[0][0] or 0)
 
 
 def files_by_size(store: Store, scan_id: int) -> Iterator[list[IndexedFile]]:
     """Every inode a scan saw, with its paths seen, one list per size (ascending)."""
     return store.size_groups(scan_id)
-
-

@@ -7,6 +7,11 @@ one host, directly or through its filesystem. Integers that may use all 64 bits
 (ino, the XXH3-64 head hash) are stored
 as signed 64-bit values through to_s64/from_s64 because both SQLite and
 PostgreSQL BIGINT are signed.
+
+Build-time only: `python -m dedupd.index.schema` writes dedupd/index/ddl.py, the
+CREATE statements dedupd runs. SQLAlchemy is a development dependency (the
+`dev` extra); nothing at runtime imports this module (docs/schema.md, "One query
+style").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Store: every query the index answers, behind one class.
 
-Blocking (sync SQLAlchemy): the daemon calls it from worker threads. Stages get
+Blocking (plain DB-API, dedupd/index/db.py): the daemon calls it from worker threads. Stages get
 frozen dataclasses back, never rows. Work is done in batches so memory stays
 bounded whatever the number of indexed files.
 """
@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from dedupd.errors import DedupdError, TemporaryFailure
 from dedupd.files.events import FileEvent, Ident
@@ -32,7 +32,6 @@ from dedupd.index.db import (
     from_s64,
     index_failure,
     is_psycopg_error,
-    sqlite_pragmas,
     to_s64,
 )
 from dedupd.index.dirs import DirTree, join, subtree_sql
@@ -41,9 +40,6 @@ from dedupd.index.migrate import open_index, put_meta
 from dedupd.index.names import Names
 from dedupd.index.record import forget_unseen, record_batch
 
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
 _tables = itertools.count()  # temporary table names, unique in the process
 log = logging.getLogger("dedupd.index")
 # A full scan that wrote (new, changed or forgotten files) at least half as many
@@ -51,7 +47,7 @@ log = logging.getLogger("dedupd.index")
 # of a SQLite index (see Store.compact).
 COMPACT_MIN_ROWS = 1000
 __all__ = ["BATCH", "IndexError_", "Store", "chunks", "IndexedFile", "HashUpdate",
-           "RecordResult", "path_key", "make_engine"]
+           "RecordResult", "path_key"]
 
 
 
@@ -105,40 +101,6 @@ def path_key(path: bytes) -> bytes:
     return hashlib.blake2b(path, digest_size=16).digest()
 
 
-def engine_url(url: str) -> str:
-    """psycopg 3 is the PostgreSQL driver we ship; a bare postgresql:// means it."""
-    if url.startswith("postgresql://"):
-        return "postgresql+psycopg://" + url[len("postgresql://") :]
-    return url
-
-
-def make_engine(url: str) -> Engine:
-    """A SQLAlchemy engine on the index, for the modules written with its Core."""
-    from sqlalchemy import create_engine, event
-    from sqlalchemy.exc import SQLAlchemyError
-
-    Db(url)  # the same checks (and index directory) as Store's own connection
-    url = engine_url(url)
-    try:
-        engine = create_engine(url, future=True)
-    except (SQLAlchemyError, ImportError, ValueError) as e:
-        raise IndexError_(f"cannot use database URL {url!r}: {e}") from None
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", lambda c, _record: sqlite_pragmas(c))
-        event.listen(engine, "handle_error", _index_failure_of(url))
-    return engine
-
-
-def _index_failure_of(url: str) -> Callable[[Any], None]:
-    """SQLAlchemy hook: a read-only or full index is a one-line error, as in Db."""
-    def hook(ctx: Any) -> None:
-        fail = index_failure(url, ctx.original_exception)
-        if fail is not None:
-            raise fail from None
-
-    return hook
-
-
 class Store(Names):
     """The index. Thread-safe: each thread gets its own connection (see db.py).
 
@@ -152,7 +114,6 @@ class Store(Names):
         self.db = Db(url)
         self.dialect = self.db.dialect
         self.bulk = Bulk(self.db)
-        self._engine: Engine | None = None
         self.host_identity = host or host_identity(None)
         try:
             self.host = open_index(self.db, self.host_identity)
@@ -172,28 +133,8 @@ class Store(Names):
         self._written: dict[int, int] = defaultdict(int)  # scan id -> inode rows written
         self._written_lock = threading.Lock()
 
-    @property
-    def engine(self) -> Engine:
-        """SQLAlchemy engine on the same database, made (and imported) on first use."""
-        if self._engine is None:
-            self._engine = make_engine(self.url)
-        return self._engine
-
     def close(self) -> None:
         self.db.close()
-        if self._engine is not None:
-            self._engine.dispose()
-
-    def insert(self, table: Any) -> Any:
-        """A SQLAlchemy INSERT of table in this index's dialect (with on_conflict_*)."""
-        # imported here: loading the PostgreSQL dialect costs ~0.1 s of every start
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            return postgresql.insert(table)
-        from sqlalchemy.dialects import sqlite
-
-        return sqlite.insert(table)
 
     # --- identity: st_dev <-> filesystem ids (fsmap.py) ---
 

@@ -173,19 +173,26 @@ def test_runtime_dir_that_is_a_file_stops_the_daemon_at_start(tmp_path: Path) ->
                                      "not a directory")
 
 
-def test_core_writes_map_the_same_way(tmp_path: Path) -> None:
-    """Consolidation, backups and the journal write through SQLAlchemy: the same
-    one-line error as Store's own connection."""
-    from sqlalchemy import text
-
+def test_provenance_writes_map_the_same_way(tmp_path: Path) -> None:
+    """Consolidation's provenance rows go through the Store's own connection: the
+    same one-line error for an immutable index."""
     from dedupd.errors import DedupdError
-    from dedupd.index.store import make_engine
+    from dedupd.index import provenance as prov
 
     db = tmp_path / "i.db"
-    Store(f"sqlite:///{db}").close()
-    engine = make_engine(f"sqlite:///{db}")
-    try:
-        with immutable(db), pytest.raises(DedupdError, match="chattr"), engine.begin() as c:
-            c.execute(text("INSERT INTO meta (key, value) VALUES ('k', 'v')"))
-    finally:
-        engine.dispose()
+    src = tmp_path / "src.txt"
+    src.write_bytes(b"x")
+    st = os.stat(src)
+    store = Store(f"sqlite:///{db}")
+    store.fs_of(st.st_dev, bytes(src))  # the row's filesystem is known: only the row is new
+    store.close()
+    for name in ("i.db-wal", "i.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    row = prov.Provenance("c", bytes(src), b"/archive/x", b"\0" * 16, 1, st.st_dev, st.st_ino,
+                          st.st_mtime_ns, st.st_ctime_ns, 1.0, 1.0)
+    with immutable(db), pytest.raises(DedupdError, match="chattr"):
+        store = Store(f"sqlite:///{db}")
+        try:
+            prov.save(store, [row])
+        finally:
+            store.close()
