@@ -88,8 +88,11 @@ def identify(dir_fd: int) -> FsIdentity:
         raise FsIdentityError(f"{_where(dir_fd)}: cannot read the mount table: "
                               f"{e.strerror or e}") from None
     if m is None:
+        # The table lists only the mounts under this process's root: a chroot into a
+        # directory that is not itself a mount point hides the filesystem holding it.
         raise FsIdentityError(f"{_where(dir_fd)}: its mount is not in /proc/self/mountinfo "
-                              "(unmounted meanwhile?)")
+                              "(unmounted meanwhile, or mounted outside this process's root: "
+                              "a chroot into a directory that is not a mount point)")
     if m.fstype == "btrfs":
         return FsIdentity(_btrfs(dir_fd, m), m.fstype, m.mountpoint, True)
     if m.is_zfs:

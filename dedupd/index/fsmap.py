@@ -150,6 +150,25 @@ class FsMap:
             self._map(fs, dev)
             return dev
 
+    def check(self, path: bytes) -> None:
+        """Raise UnknownFilesystem when the filesystem holding path (a directory, or a
+        file's directory) has no identity; writes nothing. A path that cannot be
+        opened is left to the caller's walk to report."""
+        d = path if os.path.isdir(path) and not os.path.islink(path) else (
+            os.path.dirname(path.rstrip(b"/")) or b"/")
+        try:
+            fd = handles.open_dir(d)
+        except OSError:
+            return
+        try:
+            with self._lock:
+                self.ids.of(os.fstat(fd).st_dev, fd)
+        except FsIdentityError as e:
+            raise UnknownFilesystem(f"cannot identify the filesystem of {os.fsdecode(d)}: "
+                                    f"{e}") from None
+        finally:
+            os.close(fd)
+
     def _identify(self, dev: int, path: bytes) -> FsIdentity:
         """Identify dev through the directory holding the file at path."""
         d = os.path.dirname(path.rstrip(b"/")) or b"/"

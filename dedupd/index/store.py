@@ -182,8 +182,12 @@ class Store(Names):
     # --- scans ---
 
     def begin_scan(self, roots: Sequence[bytes]) -> int:
+        """Open a scan of roots; its id. Raises UnknownFilesystem, before writing
+        anything, when a root's filesystem has no identity (fsid.identify)."""
         doc = json.dumps([os.fsdecode(r) for r in roots])
         self.fsmap.revalidate()  # mounts may have changed since the last pass
+        for r in roots:
+            self.fsmap.check(r)
         p = self.db.p
         with self.db.tx() as cur:
             cur.execute(f"INSERT INTO scans (host, started, roots) VALUES ({p}, {p}, {p}) "
