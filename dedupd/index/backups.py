@@ -1,5 +1,8 @@
 """Queries on the `backups` table (see schema.py), taking a Store.
 
+Every row belongs to the Store's host: two hosts sharing one PostgreSQL
+inventory may give their jobs one name, and never see each other's attempts.
+
 The remote manifests are the truth about what is restorable; these rows record
 what a run was doing (so a killed run can be resumed) and verification results.
 """
@@ -53,18 +56,19 @@ def _set(store: Store, id: str, **values: Any) -> None:
     p = store.db.p
     sets = ", ".join(f"{k} = {p}" for k in values)
     with store.db.tx() as cur:
-        cur.execute(f"UPDATE backups SET {sets} WHERE id = {p}", (*values.values(), id))
+        cur.execute(f"UPDATE backups SET {sets} WHERE host = {p} AND id = {p}",
+                    (*values.values(), store.host, id))
 
 
 def start(store: Store, *, id: str, job: str, dataset: str, snapshot: str, guid: int,
           base_guid: int | None, created_snapshot: bool) -> None:
     """Record a backup attempt in state 'uploading' before its first chunk goes out."""
-    cols = _COLS[:11]  # up to `started`; the rest start out NULL
+    cols = ("host", *_COLS[:11])  # up to `started`; the rest start out NULL
     p = store.db.p
     with store.db.tx() as cur:
         cur.execute(f"INSERT INTO backups ({', '.join(cols)}) "
                     f"VALUES ({', '.join([p] * len(cols))})",
-                    (id, job, dataset, snapshot, str(guid),
+                    (store.host, id, job, dataset, snapshot, str(guid),
                      None if base_guid is None else str(base_guid), "uploading",
                      int(created_snapshot), 0, 0, time.time()))
 
@@ -89,17 +93,18 @@ def mark_verified(store: Store, id: str, level: str, ok: bool) -> None:
 def unfinished(store: Store, job: str) -> BackupRow | None:
     """The newest attempt of this job still in state 'uploading' (a killed run)."""
     p = store.db.p
-    rows = store.db.rows(f"{_SELECT} WHERE job = {p} AND state = 'uploading' "
-                         "ORDER BY started DESC LIMIT 1", (job,))
+    rows = store.db.rows(f"{_SELECT} WHERE host = {p} AND job = {p} AND state = 'uploading' "
+                         "ORDER BY started DESC LIMIT 1", (store.host, job))
     return _row(rows[0]) if rows else None
 
 
 def for_job(store: Store, job: str) -> list[BackupRow]:
     p = store.db.p
-    return [_row(r) for r in store.db.rows(f"{_SELECT} WHERE job = {p} ORDER BY started",
-                                           (job,))]
+    return [_row(r) for r in store.db.rows(
+        f"{_SELECT} WHERE host = {p} AND job = {p} ORDER BY started", (store.host, job))]
 
 
 def get(store: Store, id: str) -> BackupRow | None:
-    rows = store.db.rows(f"{_SELECT} WHERE id = {store.db.p}", (id,))
+    p = store.db.p
+    rows = store.db.rows(f"{_SELECT} WHERE host = {p} AND id = {p}", (store.host, id))
     return _row(rows[0]) if rows else None

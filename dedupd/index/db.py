@@ -31,7 +31,7 @@ TABLES = ("meta", "hosts", "filesystems", "scans", "directories", "entries", "in
           "provenance", "ops", "backups", "extent_done", "extent_refs")
 BUSY_TIMEOUT_MS = 30000
 BATCH = 1000  # keys per IN (...) query; well under SQLite's variable limit
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class IndexError_(DedupdError):

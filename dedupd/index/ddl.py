@@ -4,8 +4,8 @@
 
 SCHEMA_DDL: dict[str, tuple[str, ...]] = {
     'sqlite': (
-        'CREATE TABLE IF NOT EXISTS backups (\n\tid VARCHAR(200) NOT NULL, \n\tjob VARCHAR(200) NOT NULL, \n\tdataset TEXT NOT NULL, \n\tsnapshot TEXT NOT NULL, \n\tguid VARCHAR(40) NOT NULL, \n\tbase_guid VARCHAR(40), \n\tstate VARCHAR(20) NOT NULL, \n\tcreated_snapshot INTEGER NOT NULL, \n\tchunks INTEGER NOT NULL, \n\ttotal_size BIGINT NOT NULL, \n\tstarted FLOAT NOT NULL, \n\tfinished FLOAT, \n\tverified_at FLOAT, \n\tverify_level VARCHAR(20), \n\terror TEXT, \n\tPRIMARY KEY (id)\n)',
-        'CREATE INDEX IF NOT EXISTS ix_backups_job_state ON backups (job, state)',
+        "CREATE TABLE IF NOT EXISTS backups (\n\tid VARCHAR(200) NOT NULL, \n\tjob VARCHAR(200) NOT NULL, \n\tdataset TEXT NOT NULL, \n\tsnapshot TEXT NOT NULL, \n\tguid VARCHAR(40) NOT NULL, \n\tbase_guid VARCHAR(40), \n\tstate VARCHAR(20) NOT NULL, \n\tcreated_snapshot INTEGER NOT NULL, \n\tchunks INTEGER NOT NULL, \n\ttotal_size BIGINT NOT NULL, \n\tstarted FLOAT NOT NULL, \n\tfinished FLOAT, \n\tverified_at FLOAT, \n\tverify_level VARCHAR(20), \n\terror TEXT, \n\thost INTEGER DEFAULT '0' NOT NULL, \n\tPRIMARY KEY (id)\n)",
+        'CREATE INDEX IF NOT EXISTS ix_backups_host_job_state ON backups (host, job, state)',
         'CREATE TABLE IF NOT EXISTS directories (\n\tid INTEGER NOT NULL, \n\tparent BIGINT NOT NULL, \n\tname BLOB NOT NULL, \n\tfs INTEGER NOT NULL, \n\tdigest BLOB, \n\tPRIMARY KEY (id)\n)',
         'CREATE UNIQUE INDEX IF NOT EXISTS uq_directories_parent_name ON directories (parent, name)',
         'CREATE TABLE IF NOT EXISTS entries (\n\tdir INTEGER NOT NULL, \n\tname BLOB NOT NULL, \n\tino BIGINT NOT NULL, \n\tseen INTEGER NOT NULL, \n\tPRIMARY KEY (dir, name)\n)\n WITHOUT ROWID',
@@ -24,8 +24,8 @@ SCHEMA_DDL: dict[str, tuple[str, ...]] = {
         'CREATE TABLE IF NOT EXISTS scans (\n\tid INTEGER NOT NULL, \n\thost INTEGER NOT NULL, \n\tstarted FLOAT NOT NULL, \n\tfinished FLOAT, \n\troots TEXT NOT NULL, \n\tPRIMARY KEY (id)\n)',
     ),
     'postgresql': (
-        'CREATE TABLE IF NOT EXISTS backups (\n\tid VARCHAR(200) NOT NULL, \n\tjob VARCHAR(200) NOT NULL, \n\tdataset TEXT NOT NULL, \n\tsnapshot TEXT NOT NULL, \n\tguid VARCHAR(40) NOT NULL, \n\tbase_guid VARCHAR(40), \n\tstate VARCHAR(20) NOT NULL, \n\tcreated_snapshot INTEGER NOT NULL, \n\tchunks INTEGER NOT NULL, \n\ttotal_size BIGINT NOT NULL, \n\tstarted FLOAT NOT NULL, \n\tfinished FLOAT, \n\tverified_at FLOAT, \n\tverify_level VARCHAR(20), \n\terror TEXT, \n\tPRIMARY KEY (id)\n)',
-        'CREATE INDEX IF NOT EXISTS ix_backups_job_state ON backups (job, state)',
+        "CREATE TABLE IF NOT EXISTS backups (\n\tid VARCHAR(200) NOT NULL, \n\tjob VARCHAR(200) NOT NULL, \n\tdataset TEXT NOT NULL, \n\tsnapshot TEXT NOT NULL, \n\tguid VARCHAR(40) NOT NULL, \n\tbase_guid VARCHAR(40), \n\tstate VARCHAR(20) NOT NULL, \n\tcreated_snapshot INTEGER NOT NULL, \n\tchunks INTEGER NOT NULL, \n\ttotal_size BIGINT NOT NULL, \n\tstarted FLOAT NOT NULL, \n\tfinished FLOAT, \n\tverified_at FLOAT, \n\tverify_level VARCHAR(20), \n\terror TEXT, \n\thost INTEGER DEFAULT '0' NOT NULL, \n\tPRIMARY KEY (id)\n)",
+        'CREATE INDEX IF NOT EXISTS ix_backups_host_job_state ON backups (host, job, state)',
         'CREATE TABLE IF NOT EXISTS directories (\n\tid SERIAL NOT NULL, \n\tparent BIGINT NOT NULL, \n\tname BYTEA NOT NULL, \n\tfs INTEGER NOT NULL, \n\tdigest BYTEA, \n\tPRIMARY KEY (id)\n)',
         'CREATE UNIQUE INDEX IF NOT EXISTS uq_directories_parent_name ON directories (parent, name)',
         'CREATE TABLE IF NOT EXISTS entries (\n\tdir INTEGER NOT NULL, \n\tname BYTEA NOT NULL, \n\tino BIGINT NOT NULL, \n\tseen INTEGER NOT NULL, \n\tPRIMARY KEY (dir, name)\n)',

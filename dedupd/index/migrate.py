@@ -1,5 +1,10 @@
 """Opening an index: create, refuse a newer one, or upgrade an older one in place.
 
+Version 5 adds a host to each backup attempt (`backups.host`); the rows an
+older index holds become the upgrading host's (the table did not say whose they
+were: on a PostgreSQL inventory shared before, open it first from the host that
+runs those backup jobs).
+
 Version 4 has version 3's tables; a file of up to HEADLESS_MAX bytes whose full
 hash is known keeps no head hash (dedupd/index/bulk.py): the upgrade from 3 drops
 those heads and keeps every full hash.
@@ -64,9 +69,18 @@ def open_index(db: Db, host: HostIdentity) -> int:
                           f"knows up to {SCHEMA_VERSION} (upgrade dedupd, or use "
                           "another --db)")
     if found is not None and int(found) < SCHEMA_VERSION:
+        old = int(found)
+        # 3 and later have hosts: a clash is refused before the upgrade writes anything
+        hid = register_host(db, host) if old >= 3 else None
         with db.tx() as cur:  # one transaction: a failure leaves the old version as it was
-            if int(found) < 3:
-                _upgrade_v2(db, cur, host)
+            backups = "backups" not in db.missing_tables()
+            if backups:
+                _backups_host_column(cur)
+            if hid is None:
+                hid = _upgrade_v2(db, cur, host)
+            _create(db, cur)  # tables and indexes new since (IF NOT EXISTS)
+            if backups:
+                cur.execute(f"UPDATE backups SET host = {db.p} WHERE host = 0", (hid,))
             _drop_small_heads(cur)
             put_meta(db, cur, 0, "schema_version", str(SCHEMA_VERSION))
     elif found is None or db.missing_tables():
@@ -81,6 +95,14 @@ def _create(db: Db, cur: Any) -> None:
 
     for stmt in SCHEMA_DDL[db.dialect]:
         cur.execute(stmt)
+
+
+def _backups_host_column(cur: Any) -> None:
+    """-> 5: backup attempts belong to a host (two hosts may name their jobs alike).
+    The rows there were are the upgrading host's: an index without hosts in the
+    backups table cannot say whose they were (module docstring)."""
+    cur.execute("DROP INDEX IF EXISTS ix_backups_job_state")
+    cur.execute("ALTER TABLE backups ADD COLUMN host INTEGER DEFAULT '0' NOT NULL")
 
 
 def _drop_small_heads(cur: Any) -> None:
@@ -100,7 +122,7 @@ def _rows(db: Db, sql: str, params: tuple[Any, ...] = ()) -> Iterator[Any]:
         c.close()
 
 
-def _upgrade_v2(db: Db, cur: Any, host: HostIdentity) -> None:
+def _upgrade_v2(db: Db, cur: Any, host: HostIdentity) -> int:
     for ix in OLD_INDEXES:
         cur.execute(f"DROP INDEX IF EXISTS {ix}")
     for t in OLD_TABLES:
@@ -119,6 +141,7 @@ def _upgrade_v2(db: Db, cur: Any, host: HostIdentity) -> None:
     _copy_rest(db, cur, hid, fs)
     for t in OLD_TABLES:
         cur.execute(f"DROP TABLE {t}_v2")
+    return hid
 
 
 class _Devices:

@@ -169,7 +169,7 @@ ops = Table(
 )
 
 # --- backups (dedupd/index/backups.py holds the queries) ---
-# One row per backup attempt. The remote manifest is the commit marker and the
+# One row per backup attempt of one host. The remote manifest is the commit marker and the
 # source of truth; this table remembers what a run was doing so the next run can
 # resume it (state "uploading") and what `dedupd backups` reports locally.
 backups = Table(
@@ -189,7 +189,10 @@ backups = Table(
     Column("verified_at", Float),
     Column("verify_level", String(20)),
     Column("error", Text),
-    Index("ix_backups_job_state", "job", "state"),
+    # whose job this attempt is (two hosts may name their jobs alike); last, with a
+    # default, because schema 5 added it to existing tables (migrate.py)
+    Column("host", Integer, nullable=False, server_default="0"),
+    Index("ix_backups_host_job_state", "host", "job", "state"),
 )
 
 # --- extent dedupe state (BTRFS/XFS volumes; see docs/btrfs.md) ---

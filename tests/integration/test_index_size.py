@@ -73,7 +73,7 @@ def test_an_index_of_schema_3_is_upgraded_keeping_every_full_hash(tmp_path: Path
     old = _hashes(db)
     assert any(r[1] is not None and r[0] <= HEADLESS_MAX for r in old.values())
     after = scan_json(root, db=url)
-    assert _version(db) == "4"
+    assert _version(db) == str(SCHEMA_VERSION)
     assert after["stats"]["bytes_read"] == 0  # type: ignore[index]
     assert _groups(after) == _groups(before)
     new = _hashes(db)
