@@ -18,6 +18,7 @@ import pytest
 
 from dedupd.errors import EXIT_CONFIG
 from dedupd.files.fsid import HostIdentity
+from dedupd.index.db import SCHEMA_VERSION
 from dedupd.index.fsmap import PROVISIONAL, HostClash
 from dedupd.index.store import Store
 from dedupd.scan.scanner import ScanOptions, scan

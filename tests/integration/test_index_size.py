@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dedupd.hashing.read import WHOLE_READ
 from dedupd.index.bulk import HEADLESS_MAX
+from dedupd.index.db import SCHEMA_VERSION
 from tests.integration.test_index_identity import (
     SCHEMA3_RELEASE,
     _groups,
