@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -360,10 +360,11 @@ def _execute(run: LinkRun) -> None:
     testpoints.at("batch", b"")
     swapped: list[tuple[_Planned, int]] = []
     verdicts: dict[tuple[int, int], Refused | None] = {}
+    proven: set[tuple[int, int]] = set()
     for n, (pl, spec, op) in enumerate(zip(plan, specs, ops, strict=True)):
         if n == 0 or plan[n - 1].keep is not pl.keep:
-            verdicts = _compare(run, _same_keep(plan, n))
-        after = _replace(run, pl, spec, op, verdicts[pl.f.key])
+            verdicts, proven = _compare(run, _same_keep(plan, n))
+        after = _replace(run, pl, spec, op, verdicts[pl.f.key], pl.f.key in proven)
         if after is not None:
             swapped.append((pl, op))
             accept(run, pl.keep.key, after)  # our link moved the kept file's ctime
@@ -395,60 +396,75 @@ def _same_keep(plan: list[_Planned], n: int) -> list[_Planned]:
     return plan[n:end]
 
 
-def _compare(run: LinkRun, group: list[_Planned]) -> dict[tuple[int, int], Refused | None]:
+def _compare(run: LinkRun, group: list[_Planned]
+             ) -> tuple[dict[tuple[int, int], Refused | None], set[tuple[int, int]]]:
     """The byte compare of a kept file with its duplicates in the batch, the kept file
     read once for all (verify.compare_group): per duplicate inode, None when equal,
     else why not. Each descriptor is checked against its identity before and after
     reading; the names are checked again by the swap (link_temp's inode, the last
-    re-stat). A pair in run.proofs was compared when it was hashed: it is not read
-    again, only both names re-stat'ed against the identities it was read at."""
+    re-stat). Also the duplicates in run.proofs with the kept file: compared when they
+    were hashed, they are not read again; their swap first checks that both names
+    still have the identities they were read at (_last_look)."""
     keep = group[0].keep
     kid = run.ident[keep.key]
     dups = list({pl.f.key: pl for pl in reversed(group)}.values())[::-1]
     proofs = run.proofs
-    proven = [pl for pl in dups if proofs is not None and proofs.equal(kid, run.ident[pl.f.key])]
-    seen = {pl.f.key for pl in proven}
-    rest = [pl for pl in dups if pl.f.key not in seen]
+    proven = {pl.f.key for pl in dups
+              if proofs is not None and proofs.equal(kid, run.ident[pl.f.key])}
+    rest = [pl for pl in dups if pl.f.key not in proven]
+    verdicts: dict[tuple[int, int], Refused | None] = dict.fromkeys(proven)
+    if not rest:
+        return verdicts, proven
     try:
-        if proven:
-            restat(keep.path, kid)
-        got = compare_group(keep.path, kid, [(pl.path, run.ident[pl.f.key]) for pl in rest]) \
-            if rest else []
+        got = compare_group(keep.path, kid, [(pl.path, run.ident[pl.f.key]) for pl in rest])
     except Refused as r:
-        return {pl.f.key: r for pl in dups}
+        return {pl.f.key: r for pl in dups}, set()
     differs = Refused("content_differs", "same hash, different bytes")
-    verdicts: dict[tuple[int, int], Refused | None] = {
-        pl.f.key: c if isinstance(c, Refused) else None if c.equal else differs
-        for pl, c in zip(rest, got, strict=True)}
-    for pl in proven:
-        verdicts[pl.f.key] = _still(pl.path, run.ident[pl.f.key])
-    return verdicts
+    verdicts.update({pl.f.key: c if isinstance(c, Refused) else None if c.equal else differs
+                     for pl, c in zip(rest, got, strict=True)})
+    return verdicts, proven
 
 
-def _still(path: bytes, ident: Ident) -> Refused | None:
-    """A proven duplicate's verdict: None while its name still has the identity the
-    side-by-side read saw (what compare_group checks after reading), else why not."""
+class _Untouched(Exception):
+    """A proven pair failed its last look, before anything changed: refused as a byte
+    compare would have refused it, nothing to roll back."""
+
+    def __init__(self, refused: Refused) -> None:
+        super().__init__(str(refused))
+        self.refused = refused
+
+
+def _last_look(keep: Callable[[], os.stat_result], spec: J.OpSpec, kid: Ident,
+               dup: Callable[[], os.stat_result], did: Ident) -> None:
+    """A proven pair right before its swap: the kept file and the duplicate still have
+    the identities the side-by-side read saw (what compare_group checks after reading:
+    any write since moved ctime), else _Untouched."""
     try:
-        restat(path, ident)
+        for path, st, want in ((spec.keep_path, keep, kid), (spec.dup_path, dup, did)):
+            testpoints.at("verify", path)
+            try:
+                check_stat(path, st(), want)
+            except FileNotFoundError:
+                raise Refused("vanished", show(path)) from None
     except Refused as r:
-        return r
-    return None
+        raise _Untouched(r) from None
+    except handles.PathChanged as e:
+        raise _Untouched(Refused(e.reason, str(e))) from None
 
 
 def _replace(run: LinkRun, pl: _Planned, spec: J.OpSpec, op: int,
-             verdict: Refused | None) -> os.stat_result | None:
-    """Swap one name of the batch whose inode the compare found equal (`verdict` None);
-    the name's stat (the kept inode) when it now links the kept file (its DONE mark
-    waits for the batch's sync), else None."""
+             verdict: Refused | None, proven: bool) -> os.stat_result | None:
+    """Swap one name of the batch whose inode the compare found equal (`verdict` None;
+    proven: equal by run.proofs, not read again); the name's stat (the kept inode) when
+    it now links the kept file (its DONE mark waits for the batch's sync), else None."""
     jr = run.journal
     assert jr is not None
     p, did = pl.path, run.ident[pl.f.key]
-    if verdict is not None:
-        run.mark(op, J.REFUSED, f"{verdict.reason}: {verdict.detail}")
-        run.refuse(p, verdict)
-        return None
     try:
-        return _swap(jr, spec, did)
+        if verdict is None:
+            return _swap(jr, spec, did, run.ident[pl.keep.key] if proven else None)
+    except _Untouched as u:
+        verdict = u.refused
     except (Refused, OSError) as e:
         # Decide like recovery does, from the inodes: the swap may have happened.
         after, detail = recovery.resolve_hardlink(spec)
@@ -456,23 +472,33 @@ def _replace(run: LinkRun, pl: _Planned, spec: J.OpSpec, op: int,
             run.mark(op, after, f"{e}; {detail}")
             run.refuse(p, refusal(e))
             return None
-    try:
-        return handles.lstat(p)
-    except OSError:
-        return None
+        try:
+            return handles.lstat(p)
+        except OSError:
+            return None
+    assert verdict is not None
+    run.mark(op, J.REFUSED, f"{verdict.reason}: {verdict.detail}")
+    run.refuse(p, verdict)
+    return None
 
 
-def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident) -> os.stat_result:
+def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident, kid: Ident | None) -> os.stat_result:
     """Link the kept file over the duplicate's name (fsops.link.Swap: both directories
-    resolved once); returns the name's final stat, the kept inode."""
+    resolved once); returns the name's final stat, the kept inode. kid: the kept file's
+    identity when the pair is proven equal (see _last_look), else None."""
     assert spec.temp_path is not None
     tmp, p = spec.temp_path, spec.dup_path
     if spec.quarantine_path is not None:
+        if kid is not None:  # before the quarantine link moves the duplicate's ctime
+            _last_look(lambda: handles.lstat(spec.keep_path), spec, kid,
+                       lambda: handles.lstat(p), did)
         fs.make_private_dirs(os.path.dirname(spec.quarantine_path))
         fs.link_exact(p, spec.quarantine_path, durable=False,
                       expect=(spec.dup_dev, spec.dup_ino))
         jr.step("link quarantine")
     with fs.Swap(spec.keep_path, tmp, p) as sw:
+        if kid is not None and spec.quarantine_path is None:
+            _last_look(sw.lstat_keep, spec, kid, sw.lstat_dup, did)
         # the temp name must be the verified kept inode
         sw.link_temp((spec.keep_dev, spec.keep_ino))
         jr.step("link temp")

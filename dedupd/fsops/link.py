@@ -208,6 +208,9 @@ class Swap:
         """link_exact(keep, tmp, expect=...) on the held handles."""
         _link_in(self.pair.a, self.tmp, expect)
 
+    def lstat_keep(self) -> os.stat_result:
+        return self.pair.a.lstat()
+
     def lstat_dup(self) -> os.stat_result:
         return self.dup.lstat()
 

@@ -120,9 +120,11 @@ def hashed_groups(files: list[IndexedFile], proofs: Proofs) -> list[DupGroup]:
 
 
 def link_editing(store: Store, root: Path, groups: list[DupGroup], proofs: Proofs,
-                 edited: Path | None) -> tuple[LinkResult, dict[bytes, str]]:
+                 edited: Path | None, quarantine: bool = False
+                 ) -> tuple[LinkResult, dict[bytes, str]]:
     """link_groups with proofs; a user edits `edited` (same size) once the batch's
     PENDING rows are committed."""
+    q = bytes(root / ".q") if quarantine else None
     def edit(_point: str, _path: bytes) -> None:
         if edited is not None:
             with open(edited, "r+b") as fh:
@@ -132,7 +134,8 @@ def link_editing(store: Store, root: Path, groups: list[DupGroup], proofs: Proof
     jr = Journal(store)
     try:
         with testpoints.acting(("batch",), edit):
-            res = link_groups(jr, groups, LinkPolicy("v", (bytes(root),)), proofs=proofs)
+            res = link_groups(jr, groups, LinkPolicy("v", (bytes(root),), quarantine_dir=q),
+                              proofs=proofs)
         return res, {os.path.basename(r.spec.dup_path): r.state for r in jr.history("v")}
     finally:
         jr.close()
@@ -165,19 +168,23 @@ def test_proven_group_is_linked_without_a_second_read(tree: tuple[Path, Store],
     assert set(states.values()) == {"DONE"}
 
 
+@pytest.mark.parametrize("quarantine", [False, True])
 @pytest.mark.parametrize("who", ["b.bin", "a.bin"])
 def test_writer_after_pending_refused_on_a_proven_pair(tree: tuple[Path, Store],
-                                                       compares: list[int], who: str) -> None:
+                                                       compares: list[int], who: str,
+                                                       quarantine: bool) -> None:
     # The proof was made when the files were hashed; a user then edits the duplicate
-    # (or the kept file) after the batch's PENDING rows: refused, nothing linked.
+    # (or the kept file) after the batch's PENDING rows: refused, nothing linked (with
+    # a quarantine too, whose link would move the duplicate's ctime).
     root, store = tree
     for name in ("a", "b"):
         write(root / f"{name}.bin", blob(8, SIZE))
     os.link(root / "a.bin", root / "a-link.bin")  # a has the most names: it is kept
     proofs = Proofs()
     groups = hashed_groups(unhashed(store, root, SIZE), proofs)
-    res, states = link_editing(store, root, groups, proofs, root / who)
+    res, states = link_editing(store, root, groups, proofs, root / who, quarantine)
     assert res.linked == 0 and dict(res.counts) == {"changed": 1}
+    assert not (root / ".q").exists() or list((root / ".q").iterdir()) == []
     assert compares == []
     assert b"edited by a user" in (root / who).read_bytes()
     ino = inodes(root)
