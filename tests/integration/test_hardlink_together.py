@@ -41,7 +41,7 @@ def unhashed(store: Store, root: Path, size: int, *more: int) -> list[IndexedFil
     (with `more` sizes: the members of each, one list after the other)."""
     rep = scan(store, [str(root)], ScanOptions())
     files = [f for g in store.files_of_sizes(rep.scan_id, [size, *more]) for f in g]
-    return sorted((dataclasses.replace(f, head=None, full=None) for f in files),
+    return sorted((f._replace(head=None, full=None) for f in files),
                   key=lambda f: (f.size, f.path))
 
 
