@@ -16,8 +16,10 @@ outside the volume touched, every content still somewhere.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -311,3 +313,127 @@ def test_import_with_prune_source_rewritten_before_rename(
     # whatever the archive holds under a real name is a whole content of the share
     assert set(archived) <= {hashlib.sha256(x).digest()
                              for x in (data(3), data(4), b"Z" * SIZE)}
+
+
+# ---- root's files in a directory the user may write: names swapped at every point --
+
+
+POINTS = ("walk.subdir", "read.open", "batch", "verify", "mutate")
+
+
+def root_files_in_user_dirs(vol: Path, atk: User) -> tuple[Path, Path]:
+    """share/atk/d and share/atk/e, the user's directories, holding root's files of
+    one size: d/a == d/b == e/a (X), e/b (Y, other bytes). Root's duplicates get
+    linked; the user can rename them (it owns the directories, no sticky bit)."""
+    for child in vol.iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    atk_dir = vol / "share" / "atk"
+    d, e = atk_dir / "d", atk_dir / "e"
+    for x in (d, e):
+        x.mkdir(parents=True)
+    (d / "a").write_bytes(data(1))
+    (d / "b").write_bytes(data(1))
+    (e / "a").write_bytes(data(1))
+    (e / "b").write_bytes(data(5))
+    atk.owns(atk_dir, d, e)
+    reachable(d)
+    return d, e
+
+
+def contents_under(root: Path) -> list[bytes]:
+    return sorted(hashlib.sha256(p.read_bytes()).digest() for p in root.rglob("*")
+                  if p.is_file() and not p.is_symlink())
+
+
+def pass_acting_at(site: Site, db: Path, k: int, act: Callable[[], None]
+                   ) -> tuple[bool, list[tuple[str, bytes]], Any]:
+    """A pass during which act() runs at the k-th test point reached: (whether it
+    ran, the points seen, the report)."""
+    seen: list[tuple[str, bytes]] = []
+
+    def hook(point: str, path: bytes) -> None:
+        seen.append((point, path))
+        if len(seen) == k:
+            act()
+
+    with testpoints.acting(POINTS, hook):
+        rep = run_pass(site, db)
+    return len(seen) >= k, seen, rep
+
+
+def plain_site(loopfs: Callable[..., Path], tmp_path: Path) -> tuple[Site, Path]:
+    mnt = loopfs("ext4", "256M")
+    vol = mnt / "vol"
+    vol.mkdir()
+    return Site("plain", {"kind": "plain", "path": str(vol), "mode": "apply",
+                          "settle_seconds": 0, "min_size": 1},
+                (vol,), mnt / "out", tmp_path / "unused"), vol
+
+
+SWAPS = {
+    # two root files trade names inside the user's directory
+    "files": ('mv "$1/b" "$1/t" && mv "$2/b" "$1/b" && mv "$1/t" "$2/b"', ("d", "e")),
+    # the user's two directories trade places
+    "dirs": ('mv "$1" "$1.t" && mv "$2" "$1" && mv "$1.t" "$2"', ("d", "e")),
+}
+
+
+@pytest.mark.parametrize("swap", list(SWAPS))
+def test_names_swapped_at_every_point_lose_nothing(
+        loopfs: Callable[..., Path], attacker: User, tmp_path: Path, resolver: str,
+        swap: str) -> None:
+    """For k = 1, 2, ... the user swaps names right at the k-th test point the pass
+    reaches, until a pass ends before its k-th point. Every time: each of root's
+    contents is still under some name with its bytes, root still owns every file,
+    only equal bytes share an inode."""
+    site, vol = plain_site(loopfs, tmp_path)
+    script, args = SWAPS[swap]
+    k = 0
+    while True:
+        k += 1
+        d, e = root_files_in_user_dirs(vol, attacker)
+        want = contents_under(vol)
+        paths = tuple(str(d.parent / a) for a in args)
+        fired, seen, rep = pass_acting_at(site, tmp_path / f"db{k}", k,
+                                          functools.partial(attacker.run, script, *paths))
+        if not fired:  # not attacked: root's three equal files became one inode
+            assert len({(x / "a").stat().st_ino for x in (d, e)} |
+                       {(d / "b").stat().st_ino}) == 1, rep.problems
+            break
+        assert contents_under(vol) == want, (k, seen[-1], rep.problems)
+        by_ino: dict[int, bytes] = {}
+        for p in vol.rglob("*"):
+            if p.is_file():
+                st = p.lstat()
+                assert st.st_uid == 0, p
+                assert by_ino.setdefault(st.st_ino, p.read_bytes()) == p.read_bytes(), p
+    assert k > 10, k  # the pass went through many points
+
+
+@pytest.mark.parametrize("mode", ["exchange"])
+def test_atomic_save_at_every_point_is_kept(
+        loopfs: Callable[..., Path], attacker: User, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """An editor saves d/b the atomic way (write a new file, rename it over the name)
+    right at the k-th test point of the pass, for every k: the saved bytes are under
+    d/b afterwards (the linker may not replace a name it did not verify; after an
+    exchange the old name's inode is checked and swapped back)."""
+    if mode == "rename":
+        monkeypatch.setenv("DEDUPD_TEST_NO_EXCHANGE", "1")
+    site, vol = plain_site(loopfs, tmp_path)
+    saved = b"S" * SIZE
+    k = 0
+    while True:
+        k += 1
+        d, _e = root_files_in_user_dirs(vol, attacker)
+        new, b = d / ".b.new", d / "b"
+
+        def save(new: Path = new, b: Path = b) -> None:
+            new.write_bytes(saved)
+            os.rename(new, b)
+
+        fired, seen, rep = pass_acting_at(site, tmp_path / f"db{k}", k, save)
+        if not fired:
+            break
+        assert b.read_bytes() == saved, (k, seen[-1], rep.problems)
+    assert k > 10, k
