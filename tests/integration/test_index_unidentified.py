@@ -18,6 +18,7 @@ from dedupd.errors import EXIT_FAILURE
 from tests.fixtures.components import require_tools
 
 DEDUPD = str(Path(sys.prefix) / "bin" / "dedupd")
+REPO = Path(__file__).resolve().parents[2]
 TABLES = ("hosts", "filesystems", "scans", "directories", "entries", "inodes", "meta")
 
 
@@ -47,6 +48,8 @@ done
 mount -t proc proc "$j/proc"
 mount --rbind /dev "$j/dev"
 mount --bind "$db" "$j/db"
+# the checkout and its venv (dedupd is run from them) wherever they are, /tmp too
+for d in "$REPO" "$PREFIX"; do mkdir -p "$j$d"; mount --rbind "$d" "$j$d"; done
 mount -t tmpfs oktmp "$j/ok"
 mkdir "$j/ok/t"
 echo same > "$j/data/t/a"; echo same > "$j/data/t/b"
@@ -72,7 +75,8 @@ def test_a_chroot_whose_root_filesystem_is_not_in_mountinfo(tmp_path: Path) -> N
         ["unshare", "-m", "--propagation", "private", "bash", "-c", JAIL, "jail",
          str(tmp_path / "fs"), str(tmp_path / "db"),
          f"{scan} /ok/t", f"{scan} /ok/t /data/t", f"{scan} /data/t"],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "REPO": str(REPO), "PREFIX": sys.prefix})
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("rc=") == 3, r.stdout
     rcs = [line for line in r.stdout.splitlines() if line.startswith("rc=")]
