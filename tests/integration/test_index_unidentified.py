@@ -30,26 +30,26 @@ def _dump(db: Path) -> dict[str, list[tuple[object, ...]]]:
 
 # Runs in a private mount namespace (everything it mounts goes with it): a tmpfs
 # holds the jail's root directory one level down, so that filesystem's mount point
-# is outside the chroot; the system's directories, the index's directory (/db) and
-# a tmpfs with an identifiable tree (/ok, a mount point inside the jail) are
-# mounted into it.
+# is outside the chroot; the directories dedupd needs ($DIRS: /usr, /etc, the
+# Python installation, this checkout and its venv wherever they are), the index's
+# directory (/db) and a tmpfs with an identifiable tree (/ok, a mount point inside
+# the jail) are mounted into it.
 JAIL = r"""
 set -eu
 fs="$1"; db="$2"; shift 2
 mount -t tmpfs jailfs "$fs"
 j="$fs/root"
 mkdir -p "$j/data/t" "$j/ok" "$j/db" "$j/proc" "$j/dev"
-for d in /*; do
-    n="${d#/}"
-    case "$n" in proc|sys|dev|tmp|run) continue ;; esac
-    if [ -L "$d" ]; then ln -s "$(readlink "$d")" "$j/$n"
-    elif [ -d "$d" ]; then mkdir -p "$j/$n"; mount --rbind "$d" "$j/$n"; fi
+for d in /*; do  # the top-level symlinks (/bin -> usr/bin ...)
+    [ -L "$d" ] && ln -s "$(readlink "$d")" "$j/${d#/}"
+done
+IFS=: read -r -a dirs <<< "$DIRS"
+for d in "${dirs[@]}"; do  # one filesystem each: no other mount comes along
+    mkdir -p "$j$d"; mount --bind "$d" "$j$d"
 done
 mount -t proc proc "$j/proc"
 mount --rbind /dev "$j/dev"
 mount --bind "$db" "$j/db"
-# the checkout and its venv (dedupd is run from them) wherever they are, /tmp too
-for d in "$REPO" "$PREFIX"; do mkdir -p "$j$d"; mount --rbind "$d" "$j$d"; done
 mount -t tmpfs oktmp "$j/ok"
 mkdir "$j/ok/t"
 echo same > "$j/data/t/a"; echo same > "$j/data/t/b"
@@ -71,12 +71,13 @@ def test_a_chroot_whose_root_filesystem_is_not_in_mountinfo(tmp_path: Path) -> N
     (tmp_path / "fs").mkdir()
     (tmp_path / "db").mkdir()
     scan = f"{DEDUPD} scan --json --db sqlite:////db/i.db"
+    need = ["/usr", "/etc", *{os.path.realpath(p) for p in (sys.prefix, sys.base_prefix,
+                                                            REPO)}]
     r = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "bash", "-c", JAIL, "jail",
          str(tmp_path / "fs"), str(tmp_path / "db"),
          f"{scan} /ok/t", f"{scan} /ok/t /data/t", f"{scan} /data/t"],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "REPO": str(REPO), "PREFIX": sys.prefix})
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, DIRS=":".join(need)))
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("rc=") == 3, r.stdout
     rcs = [line for line in r.stdout.splitlines() if line.startswith("rc=")]
