@@ -125,7 +125,7 @@ class Daemon:
     async def startup(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL)
         # A full garbage collection holds the GIL, so it stalls status answers; keep
-        # the long-lived objects of the imports (SQLAlchemy, boto3...) out of it.
+        # the long-lived objects of the imports (botocore, asyncio...) out of it.
         gc.freeze()
         prepare_runtime_dir(self.runtime_dir, self.cfg.daemon.socket_group, self.cfg.source)
         raise_fd_limit()

@@ -4,7 +4,7 @@ with the one-line help its register() gives them.
 The CLI imports only the module of the command being run (see cli.build_parser).
 `dedupd --help`, a usage error or no command at all imports none: the command
 list is drawn from COMMANDS (tests/unit/test_cli_help.py checks that it says
-what the modules register). Importing every command pulls in SQLAlchemy, boto3,
+what the modules register). Importing every command pulls in the index, botocore,
 asyncio and the rest: a quarter to half a second before anything is printed.
 """
 

@@ -1,7 +1,7 @@
 """The copy phase's index writes, in a forked process beside the copies.
 
 Recording a batch's archive files, hashes and provenance rows is Python-bound
-(SQLAlchemy builds every row) and took about a third of the copy phase's CPU
+(every row is built in Python) and took about a third of the copy phase's CPU
 in the copying process. Here a child with its own connection to the index
 writes them while the parent copies the next batch: two cores instead of one.
 

@@ -98,8 +98,7 @@ class Journal:
     decides from the inodes on disk, never from the state alone, whether an
     operation is finished.
 
-    Plain DB-API through the index's Db (docs/schema.md, "one query style"):
-    the hardlink kinds need no SQLAlchemy import.
+    Plain DB-API through the index's Db (docs/schema.md, "one query style").
     """
 
     def __init__(self, store: Store) -> None:

@@ -4,7 +4,7 @@ DEDUPD_TEST_KILL_AT_STEP=k makes the process SIGKILL itself right after its k-th
 step; DEDUPD_TEST_STEP_LOG=FILE appends "n label" per step. A step is a journal
 write or a filesystem mutation of the hardlink and cross-drive linkers
 (dedup/journal.py), or one extent dedupe call (dedup/extent_group.py). Kept apart
-from the journal so that extent passes need not import SQLAlchemy.
+from the journal so that extent passes need not import the index.
 """
 
 from __future__ import annotations
