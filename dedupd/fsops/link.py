@@ -27,8 +27,12 @@ from typing import Any
 from dedupd import handles, testpoints
 
 TEMP_PREFIX = b".dedupd-tmp-"
+# unlink_if_inode's own name for a file while it checks it (_remove_in); not a temp
+# name: whatever a crash leaves under it is walked and kept like any file
+HOLD_PREFIX = b".dedupd-hold-"
 QUARANTINE_SUFFIX = b".dedupd-q"
-_RENAME_EXCHANGE = 2  # linux/fs.h
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_RENAME_EXCHANGE = 2
 
 _libc: ctypes.CDLL | None = None
 
@@ -162,11 +166,45 @@ def unlink_if_inode(path: bytes, dev: int, ino: int, *, durable: bool = True) ->
     except (FileNotFoundError, handles.PathChanged):
         return False  # the name no longer leads where it did: not ours to remove
     with p:
-        if not _unlink_in(p, dev, ino):
+        if not _remove_in(p, dev, ino):
             return False
         if durable:
             p.fsync()
     return True
+
+
+def _remove_in(p: handles.Parent, dev: int, ino: int) -> bool:
+    """_unlink_in for a name others may replace at any instant (an editor's save: a
+    new file renamed over it). A check then an unlink would remove a file put there
+    between the two; a rename to a name of our own takes whatever the name holds at
+    one instant, which is then checked: not (dev, ino) -> it gets its name back."""
+    try:
+        st = p.lstat()
+    except FileNotFoundError:
+        return False
+    if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
+        return False
+    hold = HOLD_PREFIX + secrets.token_hex(8).encode()
+    os.rename(p.name, hold, src_dir_fd=p.fd, dst_dir_fd=p.fd)
+    st = os.lstat(hold, dir_fd=p.fd)
+    if (st.st_dev, st.st_ino) == (dev, ino) and stat.S_ISREG(st.st_mode):
+        os.unlink(hold, dir_fd=p.fd)
+        return True
+    _give_back(p, hold)
+    return False
+
+
+def _give_back(p: handles.Parent, hold: bytes) -> None:
+    """hold's file back under p's name, never over a name that was made meanwhile
+    (renameat2 RENAME_NOREPLACE, else a link); if neither can, it stays under hold."""
+    fn = _renameat2()
+    if fn is not None and fn(p.fd, hold, p.fd, p.name, _RENAME_NOREPLACE) == 0:
+        return
+    try:
+        os.link(hold, p.name, src_dir_fd=p.fd, dst_dir_fd=p.fd, follow_symlinks=False)
+    except OSError:  # EEXIST, or a directory: nothing is removed
+        return
+    os.unlink(hold, dir_fd=p.fd)
 
 
 def _unlink_in(p: handles.Parent, dev: int, ino: int) -> bool:
