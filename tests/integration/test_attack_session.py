@@ -437,3 +437,49 @@ def test_atomic_save_at_every_point_is_kept(
             break
         assert b.read_bytes() == saved, (k, seen[-1], rep.problems)
     assert k > 10, k
+
+
+@pytest.mark.parametrize("quarantine", [False, True])
+def test_pool_save_at_every_point_is_kept(
+        mergerfs_pool: Callable[..., Any], tmp_path: Path, quarantine: bool) -> None:
+    """A pool: b0/a/x.bin is kept, b1/b/x.bin moves to b0 (link on b0, then the copy
+    on b1 removed). At the k-th test point of the pass, for every k, the user saves
+    b/x.bin on b1 the atomic way. Afterwards the saved bytes are still on b1 unless
+    the pass removed b1's name before the save (then the save made a new one there)."""
+    pool = mergerfs_pool(2)
+    b0, b1 = pool.branches
+    vol: dict[str, Any] = {"kind": "pool", "path": str(pool.root),
+                           "pool_root": str(pool.root),
+                           "branches": [str(b) for b in pool.branches],
+                           "mode": "apply", "settle_seconds": 0, "min_size": 1}
+    if quarantine:
+        vol["quarantine_dir"] = str(pool.root / ".q")
+    site = Site("pool", vol, tuple(pool.branches), tmp_path / "unused", tmp_path / "unused")
+    saved = b"S" * SIZE
+    k = 0
+    while True:
+        k += 1
+        for b in (b0, b1):
+            for child in b.iterdir():
+                shutil.rmtree(child)
+        (b0 / "a").mkdir()
+        (b1 / "b").mkdir()
+        (b0 / "a" / "x.bin").write_bytes(data(1))
+        (b1 / "b" / "x.bin").write_bytes(data(1))
+        target = b1 / "b" / "x.bin"
+
+        def save(target: Path = target) -> None:
+            new = target.parent / ".x.new"
+            new.write_bytes(saved)
+            os.rename(new, target)
+
+        fired, seen, rep = pass_acting_at(site, tmp_path / f"db{k}", k, save)
+        if not fired:  # not attacked: moved to b0 as a link of the kept file
+            assert not target.exists() and (b0 / "b" / "x.bin").stat().st_ino == \
+                (b0 / "a" / "x.bin").stat().st_ino, rep.problems
+            break
+        assert target.read_bytes() == saved, (k, seen[k - 1], rep.problems)
+        assert (b0 / "a" / "x.bin").read_bytes() == data(1)
+        moved = b0 / "b" / "x.bin"
+        assert not moved.exists() or moved.read_bytes() == data(1)
+    assert k > 5, k
