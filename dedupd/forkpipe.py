@@ -21,7 +21,7 @@ import os
 import signal
 import struct
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _LEN = struct.Struct("=I")
@@ -68,6 +68,22 @@ def quiet_gc() -> None:
     collections come rarer (a feeder: 10% less CPU; a walk: see walkproc)."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+@contextlib.contextmanager
+def rare_gc() -> Iterator[None]:
+    """quiet_gc for the parent, for the duration of a block (a scan): what exists
+    when it starts is frozen (its children, forked inside, inherit that), and
+    collections come rarer while it records batch after batch; both undone after,
+    so a long-lived caller's later garbage is collected as usual."""
+    old = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
 
 
 _ours: set[int] = set()  # the parent's ends of every live child's pipes

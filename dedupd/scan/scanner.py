@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dedupd import handles
+from dedupd import forkpipe, handles
 from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.hashing import Group, Hasher, HashStats, HashWriter, Stability
 from dedupd.index.store import IndexedFile, Store
@@ -92,7 +92,7 @@ def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
 
     Every read is resolved beneath the roots (handles.py), never through a symlink."""
     norm = normalize_roots(roots)
-    with handles.anchored(norm, cross_mounts=opts.cross_mounts):
+    with handles.anchored(norm, cross_mounts=opts.cross_mounts), forkpipe.rare_gc():
         return _scan(store, norm, opts, progress)
 
 
