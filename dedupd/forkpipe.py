@@ -75,7 +75,9 @@ def rare_gc() -> Iterator[None]:
     """quiet_gc for the parent, for the duration of a block (a scan): what exists
     when it starts is frozen (its children, forked inside, inherit that), and
     collections come rarer while it records batch after batch; both undone after,
-    so a long-lived caller's later garbage is collected as usual."""
+    so a long-lived caller's later garbage is collected as usual. Not for blocks
+    that overlap in one process (the thresholds are the process's): `dedupd scan`
+    runs one scan."""
     old = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
