@@ -232,8 +232,7 @@ class Executor:
         self._tick()
         res = sort_group(u, self._new_copy, batch.dirs, lambda: self.kill("written"))
         self._unsorted_left -= u.inodes
-        self.c.bytes_read += res.bytes_read  # the copies' own reads count at _copied
-        self.c.bytes_read -= sum(st.bytes_read for _, st in res.staged)
+        self.c.bytes_read += res.bytes_read  # every inode's one read (stage_read: none)
         self.c.problems.extend(res.problems)
         self.c.contents_sorted += res.contents
         batch.hashes.extend(res.hashes)

@@ -263,7 +263,7 @@ def stage_read(r: SourceRead, dest_dir: bytes, dirs: DestDirs) -> Staged:
         view = memoryview(r.data)
         while view:
             view = view[os.write(tfd, view):]
-        return r.head, r.full, len(r.data), r.data
+        return r.head, r.full, 0, r.data  # read (and counted) by read_source
 
     return _stage(r.src, r.fd, r.stat, dest_dir, dirs, write)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from datetime import datetime
@@ -21,8 +22,10 @@ from dedupd.fsops.copy import (
     DestDirs,
     copy_verified,
     place_copy,
+    read_source,
     remove_stale_temps,
     stage_copy,
+    stage_read,
     sync_batch,
 )
 from tests.fixtures.consolidate import corrupt_jpeg, jpeg, write
@@ -148,6 +151,34 @@ def test_source_changed_after_its_copy_is_refused(tmp_path: Path) -> None:
             place_copy(st, os.fsencode(out / "dest.bin"), dirs=dirs)
         assert e.value.reason == "changed"
         assert os.listdir(out) == []
+
+
+def test_read_source_then_stage_read_is_a_verified_copy(tmp_path: Path) -> None:
+    """A source read into memory (an unsorted size group) is staged from those bytes;
+    a source that is not the indexed inode any more is refused before any read, and
+    one rewritten after the read gets no name at the rename."""
+    src, out = tmp_path / "src.bin", tmp_path / "out"
+    write(src, b"a" * 5000, "2020-02-02")
+    ident = Ident.of(os.stat(src))
+    with pytest.raises(CopyError) as e:
+        read_source(os.fsencode(src), dataclasses.replace(ident, size=4999))
+    assert e.value.reason == "changed"
+    with DestDirs() as dirs:
+        r = read_source(os.fsencode(src), ident)
+        assert r.data == b"a" * 5000
+        st = stage_read(r, os.fsencode(out), dirs)
+        sync_batch(os.fsencode(tmp_path), [st], dirs)
+        res = place_copy(st, os.fsencode(out / "a.bin"), dirs=dirs)
+        assert (out / "a.bin").read_bytes() == b"a" * 5000 and res.full == r.full
+        r = read_source(os.fsencode(src), ident)
+        st = stage_read(r, os.fsencode(out), dirs)
+        src.write_bytes(b"b" * 5000)  # after the read, before the rename
+        os.utime(src, ns=(ident.mtime_ns, ident.mtime_ns))
+        sync_batch(os.fsencode(tmp_path), [st], dirs)
+        with pytest.raises(CopyError) as e:
+            place_copy(st, os.fsencode(out / "b.bin"), dirs=dirs)
+        assert e.value.reason == "changed"
+    assert sorted(os.listdir(out)) == ["a.bin"]
 
 
 def test_compare_with_kept_bytes() -> None:
