@@ -400,7 +400,7 @@ def test_names_swapped_at_every_point_lose_nothing(
             assert len({(x / "a").stat().st_ino for x in (d, e)} |
                        {(d / "b").stat().st_ino}) == 1, rep.problems
             break
-        assert contents_under(vol) == want, (k, seen[-1], rep.problems)
+        assert contents_under(vol) == want, (k, seen[k - 1], rep.problems)
         by_ino: dict[int, bytes] = {}
         for p in vol.rglob("*"):
             if p.is_file():
@@ -435,7 +435,7 @@ def test_atomic_save_at_every_point_is_kept(
         fired, seen, rep = pass_acting_at(site, tmp_path / f"db{k}", k, save)
         if not fired:
             break
-        assert b.read_bytes() == saved, (k, seen[-1], rep.problems)
+        assert b.read_bytes() == saved, (k, seen[k - 1], rep.problems)
     assert k > 10, k
 
 
