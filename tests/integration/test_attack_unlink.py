@@ -120,3 +120,44 @@ def test_prune_keeps_a_save_made_between_its_check_and_its_unlink(
         store.close()
     assert sorted(p.read_bytes() for p in archive.iterdir()
                   if not p.name.startswith(".dedupd")) == sorted([OLD, SAVED]), again
+
+
+class _Crash(BaseException):
+    """Stands in for kill -9 at one instant (nothing after it runs)."""
+
+
+def test_crash_while_held_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    """The process dies between the rename to the hold name and the unlink: the next
+    run finishes the journalled prune (the source name is gone, its bytes are in the
+    archive); the held copy is found by the walk like any file."""
+    src, archive = tmp_path / "src", tmp_path / "archive"
+    src.mkdir()
+    archive.mkdir()
+    (src / "b.bin").write_bytes(OLD)
+    real = os.unlink
+
+    def unlink(path: object, *a: object, **kw: object) -> None:
+        if isinstance(path, bytes) and path.startswith(fs.HOLD_PREFIX):
+            raise _Crash
+        real(path, *a, **kw)  # type: ignore[arg-type]
+
+    cfg = ConsolidateConfig("p", (src,), archive, layout="{name}", prune_sources=True)
+    store = Store(f"sqlite:///{tmp_path / 'db'}")
+    try:
+        monkeypatch.setattr(os, "unlink", unlink)
+        with pytest.raises(_Crash):
+            consolidate(store, cfg, Options())
+        monkeypatch.undo()
+        again = consolidate(store, cfg, Options()).as_json()
+    finally:
+        store.close()
+    assert not (src / "b.bin").exists(), again
+    assert (archive / "b.bin").read_bytes() == OLD
+    assert again["stats"]["problems"] == 0, again
+    # the held copy is a source file like any other: whole, or pruned in its turn
+    # (its bytes are the archive's) by the same journalled, byte-compared removal
+    held = [(src / n).read_bytes() for n in leftovers(src)]
+    pruned = [a["path"] for a in again["actions"] if a["action"] == "prune"
+              and os.path.basename(a["path"]).startswith(".dedupd-hold-")]
+    assert held == [OLD] or (held == [] and len(pruned) == 1), again
