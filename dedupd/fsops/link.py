@@ -178,11 +178,7 @@ def _remove_in(p: handles.Parent, dev: int, ino: int) -> bool:
     new file renamed over it). A check then an unlink would remove a file put there
     between the two; a rename to a name of our own takes whatever the name holds at
     one instant, which is then checked: not (dev, ino) -> it gets its name back."""
-    try:
-        st = p.lstat()
-    except FileNotFoundError:
-        return False
-    if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
+    if not _holds(p, dev, ino):
         return False
     hold = HOLD_PREFIX + secrets.token_hex(8).encode()
     os.rename(p.name, hold, src_dir_fd=p.fd, dst_dir_fd=p.fd)
@@ -207,12 +203,17 @@ def _give_back(p: handles.Parent, hold: bytes) -> None:
     os.unlink(hold, dir_fd=p.fd)
 
 
-def _unlink_in(p: handles.Parent, dev: int, ino: int) -> bool:
+def _holds(p: handles.Parent, dev: int, ino: int) -> bool:
+    """p's name is, now, the regular file (dev, ino)."""
     try:
         st = p.lstat()
     except FileNotFoundError:
         return False
-    if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
+    return (st.st_dev, st.st_ino) == (dev, ino) and stat.S_ISREG(st.st_mode)
+
+
+def _unlink_in(p: handles.Parent, dev: int, ino: int) -> bool:
+    if not _holds(p, dev, ino):
         return False
     os.unlink(p.name, dir_fd=p.fd)
     return True

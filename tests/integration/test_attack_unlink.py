@@ -43,7 +43,7 @@ def after_check(monkeypatch: pytest.MonkeyPatch, name: bytes, act: Callable[[], 
     def lstat(self: handles.Parent) -> os.stat_result:
         st = real(self)
         if self.name == name and not fired and \
-                sys._getframe(1).f_code.co_name in ("_unlink_in", "_remove_in"):
+                sys._getframe(1).f_code.co_name == "_holds":
             fired.append(1)
             act()
         return st

@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 
 from dedupd import handles, testpoints
-from dedupd.config import parse
 from dedupd.index.store import Store
-from dedupd.volumes import PassOptions, PassReport, make_pass
+from dedupd.volumes import PassReport
 from tests.fixtures.attacker import User, reachable
+from tests.fixtures.index import run_volume_pass
 from tests.fixtures.mergerfs import mount_mergerfs
 from tests.fixtures.zfs import Pool
 
@@ -112,15 +112,7 @@ def build(site: Site, atk: User) -> None:
 
 
 def run_pass(site: Site, db: Path) -> PassReport:
-    cfg = parse({"volumes": {"v": site.volume}})
-    store = Store(f"sqlite:///{db}")
-    try:
-        vp = make_pass(cfg.volumes["v"], store, PassOptions())
-        for _ in vp.steps():
-            pass
-        return vp.report()
-    finally:
-        store.close()  # a test's index must not hold fds into the next tests
+    return run_volume_pass(site.volume, db)
 
 
 def indexed_paths(db: Path) -> list[bytes]:

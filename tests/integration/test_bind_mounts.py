@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from dedupd import handles
-from dedupd.config import parse
 from dedupd.index.store import Store
-from dedupd.volumes import PassOptions, PassReport, make_pass
+from dedupd.volumes import PassReport
 from tests.fixtures.components import require_tools
+from tests.fixtures.index import run_volume_pass
 from tests.fixtures.loopfs import unmount
 from tests.oracles import scan_json
 
@@ -111,16 +111,8 @@ def test_scan_with_cross_mounts_enters_it(site: Site, resolver: str, tmp_path: P
 
 
 def run_pass(vol: Path, db: Path, **extra: object) -> PassReport:
-    cfg = parse({"volumes": {"v": {"kind": "plain", "path": str(vol), "mode": "apply",
-                                   "settle_seconds": 0, "min_size": 1, **extra}}})
-    store = Store(f"sqlite:///{db}")
-    try:
-        vp = make_pass(cfg.volumes["v"], store, PassOptions())
-        for _ in vp.steps():
-            pass
-        return vp.report()
-    finally:
-        store.close()
+    return run_volume_pass({"kind": "plain", "path": str(vol), "mode": "apply",
+                            "settle_seconds": 0, "min_size": 1, **extra}, db)
 
 
 def test_hardlink_pass_does_not_cross_a_bind_mount(site: Site, resolver: str,

@@ -6,7 +6,7 @@ import json
 import os
 import sqlite3
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -88,15 +88,6 @@ def test_dry_run_changes_nothing(tmpfs: Callable[..., Path], tmp_path: Path, how
     assert json.loads(dedupd("journal", "-c", str(cfg), "--json").stdout)["operations"] == []
 
 
-@pytest.fixture
-def tree(tmpfs: Callable[..., Path], tmp_path: Path) -> Iterator[tuple[Path, Store]]:
-    root = tmpfs() / "vol"
-    root.mkdir()
-    store = Store(f"sqlite:///{tmp_path}/index.db")
-    yield root, store
-    store.close()
-
-
 def only_group(store: Store, *roots: Path) -> DupGroup:
     groups = scan(store, [str(r) for r in roots], ScanOptions()).groups
     assert len(groups) == 1
@@ -135,9 +126,9 @@ def _acl(p: Path) -> None:
 @pytest.mark.parametrize("change,reason", [
     (_chown, "owner_differs"), (_chgrp, "group_differs"), (_chmod, "mode_differs"),
     (_xattr, "xattr_differs"), (_acl, "acl_differs")])
-def test_metadata_difference_refused(tree: tuple[Path, Store], change: Callable[[Path], None],
+def test_metadata_difference_refused(link_tree: tuple[Path, Store], change: Callable[[Path], None],
                                      reason: str) -> None:
-    root, store = tree
+    root, store = link_tree
     write(root / "a.bin", blob(1, 50_000))
     change(write(root / "b.bin", blob(1, 50_000)))
     before, ino0 = manifest(root), inodes(root)
@@ -160,8 +151,8 @@ def test_links_outside_scope_refused(tmpfs: Callable[..., Path], tmp_path: Path)
     store.close()
 
 
-def test_open_for_write_refused(tree: tuple[Path, Store]) -> None:
-    root, store = tree
+def test_open_for_write_refused(link_tree: tuple[Path, Store]) -> None:
+    root, store = link_tree
     write(root / "a.bin", blob(1, 50_000))
     write(root / "b.bin", blob(1, 50_000))
     g = only_group(store, root)
@@ -181,8 +172,8 @@ def test_different_filesystems_refused(tmpfs: Callable[..., Path], tmp_path: Pat
     store.close()
 
 
-def test_readonly_kept_location_refused(tree: tuple[Path, Store], tmp_path: Path) -> None:
-    root, store = tree
+def test_readonly_kept_location_refused(link_tree: tuple[Path, Store], tmp_path: Path) -> None:
+    root, store = link_tree
     write(root / "ro/a.bin", blob(1, 50_000))
     write(root / "rw/b.bin", blob(1, 50_000))
     ro = tmp_path / "ro-view"
@@ -197,9 +188,9 @@ def test_readonly_kept_location_refused(tree: tuple[Path, Store], tmp_path: Path
     assert res.linked == 0 and dict(res.counts) == {"keep_readonly": 1}
 
 
-def test_forced_hash_collision_is_never_linked(tree: tuple[Path, Store]) -> None:
+def test_forced_hash_collision_is_never_linked(link_tree: tuple[Path, Store]) -> None:
     """Test hook: hand the linker a group whose hashes 'collide' but bytes differ."""
-    root, store = tree
+    root, store = link_tree
     a = write(root / "a.bin", blob(1, 80_000))
     b = write(root / "b.bin", blob(1, 80_000)[:-1] + b"!")  # last byte differs
     rep = scan(store, [str(root)], ScanOptions())
@@ -212,10 +203,10 @@ def test_forced_hash_collision_is_never_linked(tree: tuple[Path, Store]) -> None
     assert [o.state for o in ops] == ["REFUSED"]
 
 
-def test_forced_collision_inside_a_larger_group(tree: tuple[Path, Store]) -> None:
+def test_forced_collision_inside_a_larger_group(link_tree: tuple[Path, Store]) -> None:
     """The kept file is read once for all its duplicates (verify.compare_group): each
     one that differs (first block, last block) is refused, the equal ones linked."""
-    root, store = tree
+    root, store = link_tree
     size = 300_000  # several compare reads
     data = blob(4, size)
     write(root / "a.bin", data)
@@ -253,8 +244,9 @@ def test_forced_collision_through_the_index(tmpfs: Callable[..., Path], tmp_path
 
 
 @pytest.mark.parametrize("keep_mtime", [False, True])
-def test_writer_between_hashing_and_linking(tree: tuple[Path, Store], keep_mtime: bool) -> None:
-    root, store = tree
+def test_writer_between_hashing_and_linking(link_tree: tuple[Path, Store],
+                                            keep_mtime: bool) -> None:
+    root, store = link_tree
     write(root / "a.bin", blob(1, 60_000))
     b = write(root / "b.bin", blob(1, 60_000))
     g = only_group(store, root)
@@ -291,10 +283,10 @@ def _link_editing(store: Store, root: Path, groups: list[DupGroup], edited: Path
         jr.close()
 
 
-def test_writer_after_the_batch_is_journalled_is_refused(tree: tuple[Path, Store]) -> None:
+def test_writer_after_the_batch_is_journalled_is_refused(link_tree: tuple[Path, Store]) -> None:
     # Group commit: three groups go into one batch; a user edits one duplicate after
     # the batch's PENDING rows are committed and before its name is verified.
-    root, store = tree
+    root, store = link_tree
     for i in range(3):
         write(root / f"a{i}.bin", blob(10 + i, 60_000))
         write(root / f"b{i}.bin", blob(10 + i, 60_000))
@@ -310,10 +302,10 @@ def test_writer_after_the_batch_is_journalled_is_refused(tree: tuple[Path, Store
     assert states == {b"b0.bin": "DONE", b"b1.bin": "REFUSED", b"b2.bin": "DONE"}
 
 
-def test_writer_inside_a_group_after_the_batch_is_journalled(tree: tuple[Path, Store]) -> None:
+def test_writer_inside_a_group_after_the_batch_is_journalled(link_tree: tuple[Path, Store]) -> None:
     # One group of four copies: a user edits one duplicate after the batch's PENDING
     # rows are committed; the compare of the whole group refuses that one only.
-    root, store = tree
+    root, store = link_tree
     for name in ("a", "b", "c", "d"):
         write(root / f"{name}.bin", blob(20, 200_000))
     g = only_group(store, root)
@@ -326,8 +318,8 @@ def test_writer_inside_a_group_after_the_batch_is_journalled(tree: tuple[Path, S
     assert states == {b"b.bin": "DONE", b"c.bin": "REFUSED", b"d.bin": "DONE"}
 
 
-def test_primary_paths_decide_the_kept_copy(tree: tuple[Path, Store]) -> None:
-    root, store = tree
+def test_primary_paths_decide_the_kept_copy(link_tree: tuple[Path, Store]) -> None:
+    root, store = link_tree
     write(root / "archive/p.bin", blob(1, 50_000))
     x = write(root / "inbox/x.bin", blob(1, 50_000))
     os.link(x, root / "inbox/x2.bin")  # more links, but not primary
@@ -411,9 +403,9 @@ def test_second_process_on_a_busy_volume_exits_75(tmpfs: Callable[..., Path],
 
 
 @pytest.mark.parametrize("pairs", [False, True])
-def test_two_primary_copies_left_alone_unless_configured(tree: tuple[Path, Store],
+def test_two_primary_copies_left_alone_unless_configured(link_tree: tuple[Path, Store],
                                                          pairs: bool) -> None:
-    root, store = tree
+    root, store = link_tree
     write(root / "p1/a.bin", blob(1, 50_000))
     write(root / "p2/a.bin", blob(1, 50_000))
     write(root / "other/a.bin", blob(1, 50_000))

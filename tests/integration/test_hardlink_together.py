@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +26,6 @@ pytestmark = pytest.mark.integration
 SIZE = 3 * BUF + 1000  # several steps, a short last one
 
 
-@pytest.fixture
-def tree(tmpfs: Callable[..., Path], tmp_path: Path) -> Iterator[tuple[Path, Store]]:
-    root = tmpfs() / "vol"
-    root.mkdir()
-    store = Store(f"sqlite:///{tmp_path}/index.db")
-    yield root, store
-    store.close()
-
-
 def unhashed(store: Store, root: Path, size: int, *more: int) -> list[IndexedFile]:
     """The indexed members of one size, as a pass that has not read them yet sees them
     (with `more` sizes: the members of each, one list after the other)."""
@@ -49,9 +39,9 @@ def by_name(files: list[IndexedFile]) -> dict[str, IndexedFile]:
     return {os.path.basename(f.path).decode(): f for f in files}
 
 
-def test_outcomes_are_the_readers_and_proofs_name_equal_bytes(tree: tuple[Path, Store]
+def test_outcomes_are_the_readers_and_proofs_name_equal_bytes(link_tree: tuple[Path, Store]
                                                               ) -> None:
-    root, store = tree
+    root, store = link_tree
     data = blob(1, SIZE)
     other = data[:BUF + 5] + b"!" + data[BUF + 6:]  # differs in the second step
     for name, content in (("a", data), ("b", data), ("c", other), ("d", other),
@@ -72,9 +62,9 @@ def test_outcomes_are_the_readers_and_proofs_name_equal_bytes(tree: tuple[Path, 
     assert not proofs.equal(n["a"], dataclasses.replace(n["b"], ctime_ns=n["b"].ctime_ns + 1))
 
 
-def test_a_file_changed_before_its_read_is_a_problem_and_unproven(tree: tuple[Path, Store]
+def test_a_file_changed_before_its_read_is_a_problem_and_unproven(link_tree: tuple[Path, Store]
                                                                   ) -> None:
-    root, store = tree
+    root, store = link_tree
     for name in ("a", "b", "c"):
         write(root / f"{name}.bin", blob(2, SIZE))
     files = unhashed(store, root, SIZE)
@@ -89,9 +79,9 @@ def test_a_file_changed_before_its_read_is_a_problem_and_unproven(tree: tuple[Pa
     assert not proofs.equal(ident(n["a.bin"]), ident(n["c.bin"]))
 
 
-def test_hasher_gives_the_same_results_with_and_without_together(tree: tuple[Path, Store]
+def test_hasher_gives_the_same_results_with_and_without_together(link_tree: tuple[Path, Store]
                                                                  ) -> None:
-    root, store = tree
+    root, store = link_tree
     small, large = 50_000, SIZE
     for name, content in (("s1", blob(3, small)), ("s2", blob(3, small)),
                           ("s3", blob(4, small)), ("l1", blob(5, large)),
@@ -155,9 +145,9 @@ def compares(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return seen
 
 
-def test_proven_group_is_linked_without_a_second_read(tree: tuple[Path, Store],
+def test_proven_group_is_linked_without_a_second_read(link_tree: tuple[Path, Store],
                                                       compares: list[int]) -> None:
-    root, store = tree
+    root, store = link_tree
     for name in ("a", "b", "c"):
         write(root / f"{name}.bin", blob(7, SIZE))
     proofs = Proofs()
@@ -170,13 +160,13 @@ def test_proven_group_is_linked_without_a_second_read(tree: tuple[Path, Store],
 
 @pytest.mark.parametrize("quarantine", [False, True])
 @pytest.mark.parametrize("who", ["b.bin", "a.bin"])
-def test_writer_after_pending_refused_on_a_proven_pair(tree: tuple[Path, Store],
+def test_writer_after_pending_refused_on_a_proven_pair(link_tree: tuple[Path, Store],
                                                        compares: list[int], who: str,
                                                        quarantine: bool) -> None:
     # The proof was made when the files were hashed; a user then edits the duplicate
     # (or the kept file) after the batch's PENDING rows: refused, nothing linked (with
     # a quarantine too, whose link would move the duplicate's ctime).
-    root, store = tree
+    root, store = link_tree
     for name in ("a", "b"):
         write(root / f"{name}.bin", blob(8, SIZE))
     os.link(root / "a.bin", root / "a-link.bin")  # a has the most names: it is kept
@@ -192,11 +182,11 @@ def test_writer_after_pending_refused_on_a_proven_pair(tree: tuple[Path, Store],
     assert states == {b"b.bin": "REFUSED"}
 
 
-def test_unproven_pairs_are_still_compared(tree: tuple[Path, Store],
+def test_unproven_pairs_are_still_compared(link_tree: tuple[Path, Store],
                                            compares: list[int]) -> None:
     # A forged group (equal hashes claimed, bytes differ in the last byte) and no
     # proof for it: the linker reads both and refuses; proofs of others do not help.
-    root, store = tree
+    root, store = link_tree
     data = blob(9, SIZE)
     write(root / "a.bin", data)
     write(root / "b.bin", data[:-1] + b"!")
