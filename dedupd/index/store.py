@@ -393,25 +393,45 @@ class Store(Names):
         share one (what the hasher would keep of it)."""
         cte, ids = subtree_sql(self.db, [d for d in (self.dirs.find(r) for r in roots)
                                          if d is not None])
-        p = self.db.p
+        lo = max(min_size, 1)
+        fss = self._filesystems_mostly_under(cte, ids)
+        if fss is None:
+            return self._paged(cte.rstrip() + ", " + _UNDER.replace("{p}", self.db.p)
+                               + " INSERT INTO {t} " + _EXACT,
+                               (*ids, lo), lo, 5000)
+        # Most of the filesystems' directories are under roots (a whole-tree rescan):
+        # the shared sizes and contents are found from the inode rows alone (one sort
+        # of (size, hash), no join with the names), a superset of what is under
+        # roots; the names under roots of those are then trimmed to the exact answer.
+        p, fin = self.db.p, f"fs IN ({self.db.marks(len(fss))})"
         return self._paged(
-            cte.rstrip() + ", u AS (SELECT i.size, i.fs, i.ino, i.mtime_ns, "
-            'i.mtime_ns + i.ctime_delta AS ctime_ns, i.head, i."full", i.unstable, e.dir, '
-            "e.name FROM sub JOIN entries e "
-            "ON e.dir = sub.id JOIN inodes i ON i.fs = sub.fs AND i.ino = e.ino "
-            f'WHERE i.size >= {p}), k AS (SELECT DISTINCT size, fs, ino, "full" FROM u) '
-            # sizes the hasher must see (an inode without its full hash), and the
-            # duplicates among fully hashed sizes: nothing else can be in a group
-            f"INSERT INTO {{t}} SELECT * FROM u WHERE size IN (SELECT size FROM k "
-            'GROUP BY size HAVING count(*) > 1 AND count("full") < count(*)) OR '
-            '(size, "full") IN (SELECT size, "full" FROM k WHERE "full" IS NOT NULL '
-            'GROUP BY size, "full" HAVING count(*) > 1)',
-            (*ids, max(min_size, 1)), max(min_size, 1), 5000)
+            cte.rstrip() + ", g AS (SELECT size, count(*) = count(\"full\") AS hashed "
+            f"FROM inodes WHERE {fin} AND size >= {p} GROUP BY size HAVING count(*) > 1 "
+            'AND (count("full") < count(*) OR count(DISTINCT "full") < count("full"))), '
+            f'q AS (SELECT size, "full" FROM inodes WHERE {fin} AND size IN (SELECT size '
+            'FROM g WHERE hashed) GROUP BY size, "full" HAVING count(*) > 1), '
+            + _UNDER.replace("{p}", p) + " INSERT INTO {t} SELECT * FROM u WHERE size IN "
+            '(SELECT size FROM g WHERE NOT hashed) OR (size, "full") IN (SELECT size, "full" '
+            "FROM q)",
+            (*ids, *fss, lo, *fss, lo), lo, 5000, trim=_TRIM)
 
-    def _paged(self, fill: str, params: Sequence[Any], min_size: int, rows_per_query: int
-               ) -> Iterator[list[IndexedFile]]:
+    def _filesystems_mostly_under(self, cte: str, ids: Sequence[int]) -> list[int] | None:
+        """The filesystems of the subtree `cte` when it holds at least half of their
+        directories (then a pass over their inode rows costs about what the subtree's
+        names do), else None."""
+        rows = self.db.rows(cte + "SELECT fs, count(*) FROM sub WHERE fs > 0 GROUP BY fs", ids)
+        if not rows:
+            return None
+        fss = [int(r[0]) for r in rows]
+        held = self.db.rows(f"SELECT count(*) FROM directories WHERE fs IN "
+                            f"({self.db.marks(len(fss))})", fss)
+        return fss if 2 * sum(int(r[1]) for r in rows) >= int(held[0][0]) else None
+
+    def _paged(self, fill: str, params: Sequence[Any], min_size: int, rows_per_query: int,
+               trim: str = "") -> Iterator[list[IndexedFile]]:
         """Run `fill` (an INSERT INTO {t}) into a temporary table of candidate names,
-        then yield its size groups page by page (see size_groups)."""
+        then `trim` (a DELETE FROM {t}, if any), then yield its size groups page by
+        page (see size_groups)."""
         p = self.db.p
         t = f"sizes_{threading.get_ident() % 1000003}_{next(_tables)}"
         blob = "BLOB" if self.dialect == "sqlite" else "BYTEA"
@@ -420,6 +440,8 @@ class Store(Names):
                     f"unstable INTEGER, dir INTEGER, name {blob})")
         try:
             self.db.run(fill.replace("{t}", t), params)
+            if trim:
+                self.db.run(trim.replace("{t}", t))
             self.db.run(f"CREATE INDEX {t}_size ON {t} (size)")
             last = min_size - 1
             while True:
@@ -506,6 +528,26 @@ class Store(Names):
                                  f"ON i.id = e.dir {mine}", h)[0][0]),
                 "hashed": int(one(f'SELECT count(*) FROM inodes i {mine} AND i."full" '
                                   "IS NOT NULL", h)[0][0])}
+
+
+# The names under the subtree `sub` with their inodes of size >= the parameter.
+_UNDER = ("u AS (SELECT i.size, i.fs, i.ino, i.mtime_ns, i.mtime_ns + i.ctime_delta AS "
+          'ctime_ns, i.head, i."full", i.unstable, e.dir, e.name FROM sub JOIN entries e '
+          "ON e.dir = sub.id JOIN inodes i ON i.fs = sub.fs AND i.ino = e.ino WHERE i.size >= "
+          "{p})")
+# 2+ distinct inodes among a group's names (hardlinks: several names, one inode)
+_MANY = "(min(ino) < max(ino) OR min(fs) < max(fs))"
+# Of the names u: the sizes the hasher must see (2+ inodes, one without its full hash)
+# and the duplicates among fully hashed sizes: nothing else can be in a group.
+_EXACT = (f'SELECT * FROM u WHERE size IN (SELECT size FROM u GROUP BY size HAVING {_MANY} '
+          'AND count("full") < count(*)) OR (size, "full") IN (SELECT size, "full" FROM u '
+          f'WHERE "full" IS NOT NULL GROUP BY size, "full" HAVING {_MANY})')
+# The same rule applied to a table {t} of names that holds, for each size or (size,
+# hash) it has, every name of it under roots: what does not qualify goes.
+_TRIM = (f"DELETE FROM {{t}} WHERE size NOT IN (SELECT size FROM {{t}} GROUP BY size HAVING "
+         f'{_MANY} AND count("full") < count(*)) AND ("full" IS NULL OR (size, "full") NOT IN '
+         f'(SELECT size, "full" FROM {{t}} WHERE "full" IS NOT NULL GROUP BY size, "full" '
+         f"HAVING {_MANY}))")
 
 
 def group_rows(rows: Iterable[Any], names: dict[tuple[int, int], list[bytes]],
