@@ -173,24 +173,61 @@ class DirTree:
 
     def subtree(self, roots: Sequence[bytes]) -> list[tuple[int, int]]:
         """(id, fs) of every indexed directory at or below the given paths."""
-        out: list[tuple[int, int]] = []
+        return [(i, fs) for i, fs, _parent in self.subtree_parents(roots)]
+
+    def subtree_parents(self, roots: Sequence[bytes]) -> list[tuple[int, int, int]]:
+        """(id, fs, parent id) of every indexed directory at or below the given paths."""
+        out: list[tuple[int, int, int]] = []
         frontier = [d for d in (self.find(r) for r in roots) if d is not None]
         seen = set(frontier)
         if frontier:
-            rows = self.db.rows(f"SELECT id, fs FROM directories WHERE id IN "
+            rows = self.db.rows(f"SELECT id, fs, parent FROM directories WHERE id IN "
                                 f"({self.db.marks(len(frontier))})", frontier)
-            out.extend((int(a), int(b)) for a, b in rows)
+            out.extend((int(a), int(b), int(c)) for a, b, c in rows)
         while frontier:
             nxt: list[int] = []
             for k in range(0, len(frontier), SUBTREE_BATCH):
                 part = frontier[k:k + SUBTREE_BATCH]
-                for i, fs in self.db.rows(f"SELECT id, fs FROM directories WHERE parent IN "
-                                          f"({self.db.marks(len(part))})", part):
+                for i, fs, parent in self.db.rows(
+                        f"SELECT id, fs, parent FROM directories WHERE parent IN "
+                        f"({self.db.marks(len(part))})", part):
                     if i not in seen:
                         seen.add(int(i))
-                        out.append((int(i), int(fs)))
+                        out.append((int(i), int(fs), int(parent)))
                         nxt.append(int(i))
             frontier = nxt
+        return out
+
+    def listing(self, roots: Sequence[bytes]) -> list[tuple[int, int, bytes, bytes | None]]:
+        """(id, fs, path, listing digest) of every indexed directory at or below the
+        given paths, each once; their paths are cached on the way (one query per
+        level and SUBTREE_BATCH directories, like subtree)."""
+        out: list[tuple[int, int, bytes, bytes | None]] = []
+        frontier = sorted({d for d in (self.find(r) for r in roots) if d is not None})
+        paths = self.paths(frontier)
+        frontier = [i for i in frontier if i in paths]
+        query = "SELECT id, fs, digest{} FROM directories WHERE {} IN ({})"
+        made: list[tuple[bytes, int, int]] = []
+        first = True
+        while frontier:
+            nxt: list[int] = []
+            for k in range(0, len(frontier), SUBTREE_BATCH):
+                part = frontier[k:k + SUBTREE_BATCH]
+                for r in self.db.rows(query.format(
+                        "" if first else ", parent, name", "id" if first else "parent",
+                        self.db.marks(len(part))), part):
+                    i, fs = int(r[0]), int(r[1])
+                    if not first:
+                        if i in paths:
+                            continue  # nested roots: met already
+                        paths[i] = join(paths[int(r[3])], bytes(r[4]))
+                        made.append((paths[i], i, fs))
+                    out.append((i, fs, paths[i], None if r[2] is None else bytes(r[2])))
+                    nxt.append(i)
+            frontier, first = nxt, False
+        with self._lock:
+            for path, i, fs in made:
+                self._remember(path, i, fs)
         return out
 
     def reset(self) -> None:

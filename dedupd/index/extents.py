@@ -37,7 +37,8 @@ def finish_incremental(store: Store, scan_id: int, roots: Sequence[bytes],
     n = store.forget_paths(gone) if gone else 0
     # Below a removed or renamed-away directory, what this scan recorded (a new
     # directory of the same name) stays; the rest goes.
-    dead = [d for d, _fs in store.dirs.subtree(gone_dirs)]
+    dead_parents = store.dirs.subtree_parents(gone_dirs)
+    dead = [d for d, _fs, _parent in dead_parents]
     p = store.db.p
     with store.db.tx() as cur:
         for part in chunks(dead, 500):
@@ -47,7 +48,7 @@ def finish_incremental(store: Store, scan_id: int, roots: Sequence[bytes],
             n += max(int(cur.rowcount or 0), 0)
             cur.execute(f"UPDATE directories SET digest = NULL WHERE id IN ({marks})", part)
         if dead:
-            drop_empty(store, cur, dead)
+            drop_empty(store, cur, dead, {d: parent for d, _fs, parent in dead_parents})
             store.drop_orphans(cur)
         cur.execute(f"UPDATE scans SET finished = {p} WHERE id = {p}", (time.time(), scan_id))
     if sizes is None:

@@ -121,8 +121,8 @@ def forget_unseen(store: Store, cur: Any, scan_id: int, roots: Sequence[bytes],
     from dedupd.index.store import chunks
 
     p, gone = store.db.p, 0
-    sub = store.dirs.subtree(roots)
-    ids = [d for d, _fs in sub]
+    sub = store.dirs.subtree_parents(roots)
+    ids = [d for d, _fs, _parent in sub]
     for part in chunks([d for d in ids if d not in keep], 500):
         marks = store.db.marks(len(part))
         # a directory that loses a name the walk did not list (a pass with another
@@ -143,22 +143,20 @@ def forget_unseen(store: Store, cur: Any, scan_id: int, roots: Sequence[bytes],
                 if cur.rowcount:
                     cur.execute(f"UPDATE directories SET digest = NULL WHERE id = {p}", (did,))
                 gone += max(int(cur.rowcount or 0), 0)
-    drop_empty(store, cur, ids)
+    drop_empty(store, cur, ids, {d: parent for d, _fs, parent in sub})
     store.orphans_maybe |= gone > 0
     return gone
 
 
-def drop_empty(store: Store, cur: Any, ids: list[int]) -> None:
-    """Delete the directories among ids (a subtree) with no entry at or below them."""
+def drop_empty(store: Store, cur: Any, ids: list[int], parent: dict[int, int]) -> None:
+    """Delete the directories among ids (a subtree; parent: id -> parent id of each)
+    with no entry at or below them."""
     from dedupd.index.store import chunks
 
-    parent: dict[int, int] = {}
     full: set[int] = set()
     for part in chunks(ids, 500):
-        marks = store.db.marks(len(part))
-        cur.execute(f"SELECT id, parent FROM directories WHERE id IN ({marks})", part)
-        parent.update((int(a), int(b)) for a, b in cur.fetchall())
-        cur.execute(f"SELECT DISTINCT dir FROM entries WHERE dir IN ({marks})", part)
+        cur.execute(f"SELECT id FROM directories d WHERE id IN ({store.db.marks(len(part))}) "
+                    "AND EXISTS (SELECT 1 FROM entries e WHERE e.dir = d.id)", part)
         full.update(int(r[0]) for r in cur.fetchall())
     keep: set[int] = set()
     for d in full:

@@ -331,17 +331,11 @@ class Store(Names):
         """directory path -> (listing digest stored by the last scan, the current st_dev
         of the filesystem the index has the directory on), under roots. A directory
         whose filesystem is not reachable now is left out."""
-        sub = dict(self.dirs.subtree(roots))
-        out: dict[int, bytes] = {}
-        for part in chunks(list(sub), 500):
-            out.update((int(i), bytes(g)) for i, g in self.db.rows(
-                f"SELECT id, digest FROM directories WHERE digest IS NOT NULL AND id IN "
-                f"({self.db.marks(len(part))})", part))
-        paths = self.dirs.paths(out)
+        rows = [r for r in self.dirs.listing(roots) if r[3] is not None]
         # fs 0: a directory with no file of its own (nothing for a skip to save)
-        devs = {fs: self.dev_of(fs) if fs > 0 else None for fs in {sub[i] for i in out}}
-        return {paths[i]: (g, dev) for i, g in out.items()
-                if i in paths and (dev := devs[sub[i]]) is not None}
+        devs = {fs: self.dev_of(fs) if fs > 0 else None for fs in {r[1] for r in rows}}
+        return {path: (g, dev) for _i, fs, path, g in rows
+                if g is not None and (dev := devs[fs]) is not None}
 
     # --- candidates and hashes ---
 
