@@ -92,3 +92,21 @@ def test_groups_under_follow_the_rule_on_either_plan(
     wide = store._filesystems_mostly_under(*subtree_sql(store.db, [store.dirs.find(root)]))
     assert (wide is not None) == (outside_dirs == 0)
     store.close()
+
+
+def test_listing_gives_each_directory_once_with_its_path_for_nested_roots(
+        tmp_path: Path) -> None:
+    top = tmp_path / "t"
+    _tree(top, 3)
+    store = Store(f"sqlite:///{tmp_path}/i.db")
+    scan(store, [top], ScanOptions())
+    fresh = Store(f"sqlite:///{tmp_path}/i.db")  # nothing cached but what find() caches
+    roots = [bytes(top / "b"), bytes(top), bytes(top / "a" / "a1")]
+    got = fresh.dirs.listing(roots)
+    assert sorted((i, fs) for i, fs, _p, _g in got) == sorted(fresh.dirs.subtree(roots))
+    paths = {p for _i, _fs, p, _g in got}
+    want = {bytes(top)} | {os.fsencode(d) for d, _s, _f in os.walk(top) if d != str(top)}
+    assert paths == want and len(got) == len(want)
+    assert {i: p for i, _fs, p, _g in got} == store.dirs.paths([i for i, *_ in got])
+    store.close()
+    fresh.close()
