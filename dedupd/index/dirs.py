@@ -55,32 +55,44 @@ class DirTree:
     def find(self, path: bytes, cur: Any = None) -> int | None:
         """The id of directory `path`, or None when the index has no such directory."""
         path = path.rstrip(b"/") or b"/"
-        with self._lock:
-            if path in self._id:
-                return self._id[path]
+        at, tail = path, []
+        with self._lock:  # down from the nearest known ancestor, not from the root
+            while at not in self._id and at != b"/":
+                at, _, name = at.rpartition(b"/")
+                at = at or b"/"
+                if name:
+                    tail.append(name)
+            did = self._id.get(at)
+        if did is not None and not tail:
+            return did
         own = cur is None
         c = self.db.conn().cursor() if own else cur
         try:
-            node, at = self._child(c, -self.host, b""), b"/"
-            for name in parts(path):
+            if did is None:  # at is "/", not met yet
+                node = self._child(c, -self.host, b"")
                 if node is None:
                     return None
                 with self._lock:
                     self._remember(at, node[0], node[1])
+                did = node[0]
+            for name in reversed(tail):
                 at = join(at, name)
-                node = self._child(c, node[0], name)
-            if node is not None:
+                node = self._child(c, did, name)
+                if node is None:
+                    return None
                 with self._lock:
                     self._remember(at, node[0], node[1])
-            return None if node is None else node[0]
+                did = node[0]
+            return did
         finally:
             if own:
                 c.close()
 
-    def ensure(self, cur: Any, path: bytes, fs: int) -> int:
+    def ensure(self, cur: Any, path: bytes, fs: int, created: set[int] | None = None) -> int:
         """The id of directory `path`, created (with its missing ancestors) in the
         caller's transaction. Its fs is set to `fs`; the caller learns of a change
-        through changed_fs() before calling this."""
+        through changed_fs() before calling this. created: gets the id when the
+        directory was created here (it has no entry yet)."""
         path = path.rstrip(b"/") or b"/"
         did = self.find(path, cur)
         if did is not None:
@@ -99,13 +111,15 @@ class DirTree:
             if known is not None:
                 parent = known
                 continue
+            # not known: find() just found it absent in the caller's transaction (the
+            # first such child; those below it are absent too)
             last = k == len(chain) - 1
-            node = self._child(cur, parent, name)
-            if node is None:
-                p = self.db.p
-                cur.execute(f"INSERT INTO directories (parent, name, fs) VALUES ({p}, {p}, {p}) "
-                            "RETURNING id", (parent, name, fs if last else 0))
-                node = (int(cur.fetchone()[0]), fs if last else 0)
+            p = self.db.p
+            cur.execute(f"INSERT INTO directories (parent, name, fs) VALUES ({p}, {p}, {p}) "
+                        "RETURNING id", (parent, name, fs if last else 0))
+            node = (int(cur.fetchone()[0]), fs if last else 0)
+            if last and created is not None:
+                created.add(node[0])
             with self._lock:
                 self._remember(at, *node)
             parent = node[0]

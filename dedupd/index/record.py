@@ -25,19 +25,27 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
     from dedupd.index.store import BATCH, IndexedFile, RecordResult, chunks
 
     by_key: dict[Key, FileEvent] = {}
-    names: dict[Key, list[bytes]] = defaultdict(list)
+    extra: dict[Key, list[bytes]] = {}  # every name of an inode met twice (hardlinks)
     by_dir: dict[int, dict[bytes, Key]] = defaultdict(dict)
+    ids: dict[tuple[bytes, int], int] = {}  # (directory, fs) -> id, met in this batch
+    created: set[int] = set()  # directories created now: no name of theirs is known
     for fs, e in keyed:
         k = (fs, to_s64(e.ino))
+        if k in by_key:
+            extra.setdefault(k, [by_key[k].path]).append(e.path)
         by_key[k] = e
-        names[k].append(e.path)
         d, name = split(e.path)
-        by_dir[store.dirs.ensure(c, d, fs)][name] = k
+        did = ids.get((d, fs))
+        if did is None:
+            did = ids[(d, fs)] = store.dirs.ensure(c, d, fs, created)
+        by_dir[did][name] = k
     # One lookup per directory answers the common (rescan) case: the name is known,
     # still names the same inode, and that inode's stat is on the same row.
     known: dict[tuple[int, bytes], int] = {}
     old: dict[Key, tuple[Any, ...]] = {}
     for did, ents in by_dir.items():
+        if did in created:
+            continue
         fs = next(iter(ents.values()))[0]
         for part in chunks(list(ents), BATCH):
             for r in store.bulk.entry_rows(c, did, fs, part):
@@ -64,7 +72,7 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
     for k, e in by_key.items():
         # (size, mtime_ns, ctime_ns, unstable, head, full); None: not this file's
         o = old.get(k) if k[0] not in renumbered or k in vouched else None
-        paths = tuple(sorted(names[k]))
+        paths = (e.path,) if k not in extra else tuple(sorted(extra[k]))
         if o is not None and o[:3] == (e.size, e.mtime_ns, e.ctime_ns):
             touched[k[0]].append(k[1])
             head = None if o[4] is None else from_s64(o[4])
@@ -79,10 +87,16 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
                                  None, None, unstable, paths))
     erows: list[tuple[Any, ...]] = []
     for did, ents in by_dir.items():
-        same = [n for n, k in ents.items() if known.get((did, n)) == k[1]]
-        erows += [(did, n, k[1], scan_id) for n, k in ents.items() if known.get((did, n)) != k[1]]
-        # a name that now holds another inode may leave the old one without a name
-        store.orphans_maybe |= any(known.get((did, n), k[1]) != k[1] for n, k in ents.items())
+        same: list[bytes] = []
+        for n, k in ents.items():
+            was = known.get((did, n))
+            if was == k[1]:
+                same.append(n)
+                continue
+            erows.append((did, n, k[1], scan_id))
+            # a name that now holds another inode may leave the old one without a name
+            if was is not None:
+                store.orphans_maybe = True
         for part in chunks(same, BATCH):
             store.bulk.touch_entries(c, scan_id, did, part)
     if upserts:
