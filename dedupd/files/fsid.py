@@ -37,8 +37,6 @@ raw `:` inside a component and two different tuples never give one text.
 from __future__ import annotations
 
 import os
-import socket
-import uuid
 from dataclasses import dataclass
 
 from dedupd import proc
@@ -111,7 +109,14 @@ def _btrfs(dir_fd: int, m: mounts.Mount) -> str:
         raise FsIdentityError(f"{_where(dir_fd)}: BTRFS filesystem at "
                               f"{os.fsdecode(m.mountpoint)} does not tell its UUID and "
                               f"subvolume id: {e.strerror or e}") from None
-    return f"btrfs:{uuid.UUID(bytes=fsid)}:{subvol}"
+    return f"btrfs:{uuid_text(fsid)}:{subvol}"
+
+
+def uuid_text(raw: bytes) -> str:
+    """16 bytes as str(uuid.UUID(bytes=raw)) spells them (8-4-4-4-12 lower-case hex),
+    without importing uuid (and platform) at every start of dedupd."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
 def zfs_guid(dataset: str) -> str:
@@ -136,7 +141,7 @@ def _disk_uuid(dir_fd: int, m: mounts.Mount) -> str | None:
     except OSError:
         raw = None
     if raw is not None and raw not in _NO_UUID and len(raw) == 16:
-        return str(uuid.UUID(bytes=raw))
+        return uuid_text(raw)
     return blkid_uuid(m.source) if m.source.startswith("/dev/") else None
 
 
@@ -250,5 +255,5 @@ def host_identity(configured: str | None) -> HostIdentity:
             machine = f.read().strip()
     except OSError:
         machine = ""
-    machine = machine or socket.gethostname()
+    machine = machine or os.uname().nodename  # what gethostname() answers on Linux
     return HostIdentity(name=configured or machine, machine_id=machine)

@@ -129,3 +129,12 @@ def test_host_identity(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     empty.write_text("\n")
     monkeypatch.setattr(fsid, "MACHINE_ID", str(empty))
     assert fsid.host_identity("x").machine_id == socket.gethostname()
+
+
+def test_uuid_text_spells_uuids_as_the_uuid_module_does() -> None:
+    """Filesystem identities already stored spell UUIDs with str(uuid.UUID(...)):
+    the spelling must not change."""
+    import uuid
+
+    for raw in (bytes(16), b"\xff" * 16, bytes(range(16)), os.urandom(16)):
+        assert fsid.uuid_text(raw) == str(uuid.UUID(bytes=raw))
