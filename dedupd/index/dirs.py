@@ -91,10 +91,16 @@ class DirTree:
     def ensure(self, cur: Any, path: bytes, fs: int, created: set[int] | None = None) -> int:
         """The id of directory `path`, created (with its missing ancestors) in the
         caller's transaction. Its fs is set to `fs`; the caller learns of a change
-        through changed_fs() before calling this. created: gets the id when the
-        directory was created here (it has no entry yet)."""
+        through changed_fs() before calling this. created: the ids of the directories
+        created in the caller's transaction (they have no entry yet); those made
+        here are added."""
         path = path.rstrip(b"/") or b"/"
-        did = self.find(path, cur)
+        with self._lock:
+            did = self._id.get(path)
+            up = self._id.get(split(path)[0]) if path != b"/" else None
+        # a directory made in this transaction has no child but those it made
+        if did is None and not (created and up in created):
+            did = self.find(path, cur)
         if did is not None:
             if self._fs.get(did) != fs:
                 cur.execute(f"UPDATE directories SET fs = {self.db.p} WHERE id = {self.db.p}",
@@ -111,14 +117,14 @@ class DirTree:
             if known is not None:
                 parent = known
                 continue
-            # not known: find() just found it absent in the caller's transaction (the
-            # first such child; those below it are absent too)
+            # not known: absent in the caller's transaction (find() just found it
+            # so, or its parent was made in it); those below it are absent too
             last = k == len(chain) - 1
             p = self.db.p
             cur.execute(f"INSERT INTO directories (parent, name, fs) VALUES ({p}, {p}, {p}) "
                         "RETURNING id", (parent, name, fs if last else 0))
             node = (int(cur.fetchone()[0]), fs if last else 0)
-            if last and created is not None:
+            if created is not None:
                 created.add(node[0])
             with self._lock:
                 self._remember(at, *node)
