@@ -131,6 +131,16 @@ class LinkRun:
         self.marks: list[tuple[int, str, str | None]] = []
         self.planned: list[_Planned] = []  # checked names waiting for the batch
         self.proofs: Proofs | None = None  # equal bytes already seen (dedup/together.py)
+        # link_groups' directory handles, each directory resolved once per batch
+        # (None: every name resolves its own, as crossdrive's callers do)
+        self.dirs: handles.Dirs | None = None
+
+    def parent(self, path: bytes) -> handles.Parent:
+        """path's directory handle and final name (close it after use)."""
+        return self.dirs.parent(path) if self.dirs is not None else handles.Parent(path)
+
+    def lstat(self, path: bytes) -> os.stat_result:
+        return self.dirs.lstat(path) if self.dirs is not None else handles.lstat(path)
 
     def mark(self, op: int, state: str, reason: str | None = None) -> None:
         self.marks.append((op, state, reason))
@@ -185,11 +195,14 @@ def link_groups(journal: J.Journal | None, groups: Sequence[DupGroup], policy: L
         raise ValueError("link_group needs a journal unless dry_run")
     run = LinkRun(journal, policy, dry_run)
     run.proofs = proofs
+    run.dirs = handles.Dirs()
     try:
         for group in groups:
             _link_all(run, group, policy)
         _execute(run)
     finally:
+        run.dirs.close()
+        run.dirs = None
         run.flush()
     return run.result()
 
@@ -235,7 +248,7 @@ def look(run: LinkRun, f: IndexedFile, p: bytes, writers: Writers) -> Look:
     writing, on a writable mount; plus its xattrs for the metadata check."""
     testpoints.at("verify", p)
     try:
-        dp = handles.Parent(p)
+        dp = run.parent(p)
     except FileNotFoundError:
         raise Refused("vanished", show(p)) from None
     except handles.PathChanged as e:
@@ -261,7 +274,8 @@ def eligible(run: LinkRun, files: list[IndexedFile]) -> list[IndexedFile]:
     out = []
     for f in files:
         try:
-            st = restat(f.path, Ident(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns))
+            st = restat(f.path, Ident(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns),
+                        lstat=run.lstat)
             outside = [p for p in f.paths if not under(p, run.policy.scope)]
             if st.st_nlink > len(f.paths) or outside:
                 raise Refused("links_outside_scope",
@@ -300,7 +314,7 @@ def _link_inode(run: LinkRun, keep: IndexedFile, kl: Look, f: IndexedFile,
 def refresh(run: LinkRun, key: tuple[int, int], path: bytes) -> bool:
     """After our own link changes, accept the new ctime if nothing else moved."""
     try:
-        st = handles.lstat(path)
+        st = run.lstat(path)
     except OSError:
         return False
     return accept(run, key, st)
@@ -358,6 +372,11 @@ def _execute(run: LinkRun) -> None:
     specs = [_spec(run, pl.keep, pl.f, pl.path) for pl in plan]
     ops = jr.begin_many(specs)
     testpoints.at("batch", b"")
+    if run.dirs is not None:
+        # The swaps resolve each directory afresh, after the PENDING commit: a directory
+        # swapped for a symlink since the checks is refused (path_changed), not followed
+        # through the handle the checks held.
+        run.dirs.close()
     swapped: list[tuple[_Planned, int]] = []
     verdicts: dict[tuple[int, int], Refused | None] = {}
     proven: set[tuple[int, int]] = set()
@@ -462,7 +481,7 @@ def _replace(run: LinkRun, pl: _Planned, spec: J.OpSpec, op: int,
     p, did = pl.path, run.ident[pl.f.key]
     try:
         if verdict is None:
-            return _swap(jr, spec, did, run.ident[pl.keep.key] if proven else None)
+            return _swap(jr, spec, did, run.ident[pl.keep.key] if proven else None, run.dirs)
     except _Untouched as u:
         verdict = u.refused
     except (Refused, OSError) as e:
@@ -482,21 +501,23 @@ def _replace(run: LinkRun, pl: _Planned, spec: J.OpSpec, op: int,
     return None
 
 
-def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident, kid: Ident | None) -> os.stat_result:
-    """Link the kept file over the duplicate's name (fsops.link.Swap: both directories
-    resolved once); returns the name's final stat, the kept inode. kid: the kept file's
-    identity when the pair is proven equal (see _last_look), else None."""
+def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident, kid: Ident | None,
+          dirs: handles.Dirs | None) -> os.stat_result:
+    """Link the kept file over the duplicate's name (fsops.link.Swap: both directories'
+    handles, from the batch's `dirs` when given); returns the name's final stat, the
+    kept inode. kid: the kept file's identity when the pair is proven equal (see
+    _last_look), else None."""
     assert spec.temp_path is not None
     tmp, p = spec.temp_path, spec.dup_path
     if spec.quarantine_path is not None:
         if kid is not None:  # before the quarantine link moves the duplicate's ctime
-            _last_look(lambda: handles.lstat(spec.keep_path), spec, kid,
-                       lambda: handles.lstat(p), did)
+            lstat = handles.lstat if dirs is None else dirs.lstat
+            _last_look(lambda: lstat(spec.keep_path), spec, kid, lambda: lstat(p), did)
         fs.make_private_dirs(os.path.dirname(spec.quarantine_path))
         fs.link_exact(p, spec.quarantine_path, durable=False,
                       expect=(spec.dup_dev, spec.dup_ino))
         jr.step("link quarantine")
-    with fs.Swap(spec.keep_path, tmp, p) as sw:
+    with fs.Swap(spec.keep_path, tmp, p, dirs) as sw:
         if kid is not None and spec.quarantine_path is None:
             _last_look(sw.lstat_keep, spec, kid, sw.lstat_dup, did)
         # the temp name must be the verified kept inode

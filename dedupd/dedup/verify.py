@@ -48,11 +48,13 @@ def refusal(e: Exception) -> Refused:
     return Refused("error", str(e))
 
 
-def restat(path: bytes, expected: Ident, *, ctime: bool = True) -> os.stat_result:
-    """lstat path and insist it is still the expected, unchanged regular file."""
+def restat(path: bytes, expected: Ident, *, ctime: bool = True,
+           lstat: Callable[[bytes], os.stat_result] = handles.lstat) -> os.stat_result:
+    """lstat path and insist it is still the expected, unchanged regular file.
+    lstat: how the name is reached (a batch's directory handles, handles.Dirs)."""
     testpoints.at("verify", path)
     try:
-        st = handles.lstat(path)
+        st = lstat(path)
     except FileNotFoundError:
         raise Refused("vanished", os.fsdecode(path)) from None
     except handles.PathChanged as e:

@@ -51,10 +51,11 @@ class _Pair:
     """The parents of two names, resolved once when both live in one directory
     (a temp name next to its target): one handle, one resolution."""
 
-    def __init__(self, a: bytes, b: bytes) -> None:
-        self.a = handles.Parent(a)
+    def __init__(self, a: bytes, b: bytes, dirs: handles.Dirs | None = None) -> None:
+        get = handles.Parent if dirs is None else dirs.parent
+        self.a = get(a)
         try:
-            self.b = handles.Parent(b) if self.a.dir != os.path.dirname(b.rstrip(b"/")) \
+            self.b = get(b) if self.a.dir != os.path.dirname(b.rstrip(b"/")) \
                 else self.a.sibling(b)
         except BaseException:
             self.a.close()
@@ -225,11 +226,13 @@ class Swap:
     and the duplicate's (which also holds the temp name). Steps, in order:
     link_temp -> (the caller's last look at the duplicate) -> exchange or rename ->
     unlink_temp. Nothing is made durable here: the batch syncs the filesystem.
+    dirs: the batch's directory handles (each directory resolved once per batch).
     """
 
-    def __init__(self, keep: bytes, tmp: bytes, dup: bytes) -> None:
+    def __init__(self, keep: bytes, tmp: bytes, dup: bytes,
+                 dirs: handles.Dirs | None = None) -> None:
         testpoints.at("mutate", tmp)
-        self.pair = _Pair(keep, tmp)
+        self.pair = _Pair(keep, tmp, dirs)
         try:
             self.tmp = self.pair.b
             self.dup = self.tmp.sibling(dup)
