@@ -29,7 +29,7 @@ import pytest
 from dedupd import handles, testpoints
 from dedupd.config import ConsolidateConfig
 from dedupd.consolidate.run import Options, consolidate
-from dedupd.dedup import hardlink, verify
+from dedupd.dedup import link_exec, verify
 from dedupd.dedup import together as together_mod
 from dedupd.index.store import Store
 from tests.fixtures.attacker import User, reachable
@@ -78,7 +78,7 @@ def compared(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         seen.extend(p for p, _ in dups)
         return real(keep, kid, dups)
 
-    monkeypatch.setattr(hardlink, "compare_group", spy)
+    monkeypatch.setattr(link_exec, "compare_group", spy)
     return seen
 
 

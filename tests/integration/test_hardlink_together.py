@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dedupd import testpoints
-from dedupd.dedup import hardlink
+from dedupd.dedup import link_exec
 from dedupd.dedup.hardlink import LinkPolicy, LinkResult, link_groups
 from dedupd.dedup.journal import Journal
 from dedupd.dedup.together import BUF, Proofs, Together, ident, read_together
@@ -135,13 +135,13 @@ def link_editing(store: Store, root: Path, groups: list[DupGroup], proofs: Proof
 def compares(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many files each byte compare of the linker read beside the kept one."""
     seen: list[int] = []
-    real = hardlink.compare_group
+    real = link_exec.compare_group
 
     def counting(a, a_id, others):  # type: ignore[no-untyped-def]
         seen.append(len(others))
         return real(a, a_id, others)
 
-    monkeypatch.setattr(hardlink, "compare_group", counting)
+    monkeypatch.setattr(link_exec, "compare_group", counting)
     return seen
 
 
