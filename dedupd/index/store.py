@@ -339,13 +339,6 @@ class Store(Names):
 
     # --- candidates and hashes ---
 
-    def candidate_sizes(self, scan_id: int, min_size: int) -> list[int]:
-        """Sizes shared by 2+ distinct inodes seen in this scan, ascending."""
-        p = self.db.p
-        return [int(r[0]) for r in self.db.rows(
-            f"SELECT size FROM inodes WHERE seen = {p} AND size >= {p} "
-            "GROUP BY size HAVING count(*) > 1 ORDER BY size", (scan_id, max(min_size, 1)))]
-
     def files_of_sizes(self, scan_id: int, sizes: Sequence[int]) -> Iterator[list[IndexedFile]]:
         """The size groups of this scan (see size_groups) of the given sizes only."""
         want = set(sizes)
