@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import re
-import struct
 import sys
-import termios
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +15,7 @@ from rich.cells import cell_len
 from dedupd import log
 from dedupd.progress import NO_PROGRESS, TerminalProgress, open_progress
 from dedupd.progress_term import Display
+from tests.fixtures.tty import pseudo_terminal
 
 SGR = re.compile(r"\x1b\[([0-9;]*)m")
 CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -28,29 +25,12 @@ CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 def pty(cols: int = 100) -> Iterator[tuple[TextIO, list[bytes]]]:
     """A terminal of cols columns: its writing end, and what it received (once
     the block is left)."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, cols, 0, 0))
-    got: list[bytes] = []
-
-    def drain() -> None:
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            got.append(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    stream = open(slave, "w", encoding="utf-8", closefd=True)  # noqa: SIM115
-    try:
-        yield stream, got
-    finally:
-        stream.close()
-        reader.join(10)
-        os.close(master)
+    with pseudo_terminal(cols, 30) as (slave, got):
+        stream = open(slave, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+        try:
+            yield stream, got
+        finally:
+            stream.close()  # flushed; pseudo_terminal closes the fd
 
 
 def phases() -> TerminalProgress:
