@@ -13,7 +13,7 @@ from dedupd import handles, testpoints
 from dedupd.dedup import journal as J
 from dedupd.dedup import recovery
 from dedupd.dedup.link_run import LinkRun, Planned, accept, action, refresh, show
-from dedupd.dedup.verify import Refused, check_stat, compare_group, refusal
+from dedupd.dedup.verify import Refused, compare_group, refusal, restat
 from dedupd.files.events import Ident
 from dedupd.fsops import link as fs
 from dedupd.fsops.copy import sync_filesystem
@@ -121,22 +121,17 @@ class _Untouched(Exception):
         self.refused = refused
 
 
-def _last_look(keep: Callable[[], os.stat_result], spec: J.OpSpec, kid: Ident,
-               dup: Callable[[], os.stat_result], did: Ident) -> None:
+def _last_look(keep: Callable[[bytes], os.stat_result], spec: J.OpSpec, kid: Ident,
+               dup: Callable[[bytes], os.stat_result], did: Ident) -> None:
     """A proven pair right before its swap: the kept file and the duplicate still have
     the identities the side-by-side read saw (what compare_group checks after reading:
-    any write since moved ctime), else _Untouched."""
+    any write since moved ctime), else _Untouched. keep, dup: how each name is lstat'ed
+    (verify.restat)."""
     try:
-        for path, st, want in ((spec.keep_path, keep, kid), (spec.dup_path, dup, did)):
-            testpoints.at("verify", path)
-            try:
-                check_stat(path, st(), want)
-            except FileNotFoundError:
-                raise Refused("vanished", show(path)) from None
+        restat(spec.keep_path, kid, lstat=keep)
+        restat(spec.dup_path, did, lstat=dup)
     except Refused as r:
         raise _Untouched(r) from None
-    except handles.PathChanged as e:
-        raise _Untouched(Refused(e.reason, str(e))) from None
 
 
 def _replace(run: LinkRun, pl: Planned, spec: J.OpSpec, op: int,
@@ -180,23 +175,19 @@ def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident, kid: Ident | None,
     if spec.quarantine_path is not None:
         if kid is not None:  # before the quarantine link moves the duplicate's ctime
             lstat = handles.lstat if dirs is None else dirs.lstat
-            _last_look(lambda: lstat(spec.keep_path), spec, kid, lambda: lstat(p), did)
+            _last_look(lstat, spec, kid, lstat, did)
         fs.make_private_dirs(os.path.dirname(spec.quarantine_path))
         fs.link_exact(p, spec.quarantine_path, durable=False,
                       expect=(spec.dup_dev, spec.dup_ino))
         jr.step("link quarantine")
     with fs.Swap(spec.keep_path, tmp, p, dirs) as sw:
         if kid is not None and spec.quarantine_path is None:
-            _last_look(sw.lstat_keep, spec, kid, sw.lstat_dup, did)
+            _last_look(lambda _: sw.lstat_keep(), spec, kid, lambda _: sw.lstat_dup(), did)
         # the temp name must be the verified kept inode
         sw.link_temp((spec.keep_dev, spec.keep_ino))
         jr.step("link temp")
         # The last look before the name changes (a quarantine link moved its ctime).
-        testpoints.at("verify", p)
-        try:
-            check_stat(p, sw.lstat_dup(), did, ctime=spec.quarantine_path is None)
-        except FileNotFoundError:
-            raise Refused("vanished", show(p)) from None
+        restat(p, did, ctime=spec.quarantine_path is None, lstat=lambda _: sw.lstat_dup())
         if sw.exchange():
             jr.step("exchange")
             st = sw.lstat_temp()
