@@ -95,7 +95,7 @@ def prune_sources(jr: J.Journal | None, name: str, pairs: Sequence[tuple[SourceP
     """Remove each source name whose bytes equal its archive file (see module doc)."""
     for s, archive_path in pairs:
         f = s.file
-        ident = Ident(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns)
+        ident = f.ident
         if qdir is not None and _device(qdir, s.root) != f.dev:
             _refuse(rep, s.path, "quarantine-other-fs", "quarantine_dir is not on the "
                     "source's filesystem (a hardlink cannot keep the copy there)")

@@ -39,7 +39,7 @@ from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
 from dedupd.consolidate.plan import Copy, Known, Names, Plan
 from dedupd.consolidate.sortcopy import NewCopy, sort_group
 from dedupd.consolidate.writer import IndexWriter
-from dedupd.files.events import FileEvent, Ident, Problem
+from dedupd.files.events import FileEvent, Problem
 from dedupd.fsops.copy import (
     CopyError,
     CopyResult,
@@ -206,7 +206,7 @@ class Executor:
             self.flush()
 
     def _compare(self, a: bytes, fa: IndexedFile, b: bytes, fb: IndexedFile) -> Compared:
-        res = same_bytes(a, _ident(fa), b, _ident(fb))
+        res = same_bytes(a, fa.ident, b, fb.ident)
         self.c.bytes_read += res.bytes_read
         if res.problem and res.problem[0] != "differs":
             self.c.problems.append(Problem(a, res.problem[0], res.problem[1]))
@@ -219,7 +219,7 @@ class Executor:
         self._done_files += 1
         self._done_bytes += cp.content.size
         try:
-            st = stage_copy(cp.src.path, os.path.dirname(cp.dest), _ident(cp.src.file),
+            st = stage_copy(cp.src.path, os.path.dirname(cp.dest), cp.src.file.ident,
                             batch.dirs)
         except CopyError as e:
             self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
@@ -304,7 +304,7 @@ class Executor:
                 self._row(s, res.dest, res.full)
                 continue
             if res.data is not None:  # the copy's verified bytes: read the other path only
-                cmp = same_as_data(s.path, _ident(s.file), res.data)
+                cmp = same_as_data(s.path, s.file.ident, res.data)
                 self.c.bytes_read += cmp.bytes_read
                 if cmp.problem and cmp.problem[0] != "differs":
                     self.c.problems.append(Problem(s.path, cmp.problem[0], cmp.problem[1]))
@@ -371,6 +371,3 @@ def _fd_budget() -> int:
 def _no_new_copy(c: Content, _data: bytes) -> Copy | None:
     raise AssertionError(f"an unsorted size group ({c.size} bytes) needs new_copy")
 
-
-def _ident(f: IndexedFile) -> Ident:
-    return Ident(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
 from dedupd.consolidate.plan import Copy
-from dedupd.files.events import Ident, Problem
+from dedupd.files.events import Problem
 from dedupd.fsops.copy import CopyError, DestDirs, Staged, read_source, stage_read
 from dedupd.index.store import HashUpdate
 
@@ -71,7 +71,7 @@ def sort_group(u: Unsorted, new_copy: NewCopy, dirs: DestDirs,
             continue
         f = s.file
         try:
-            r = read_source(s.path, Ident(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns))
+            r = read_source(s.path, f.ident)
         except CopyError as e:
             out.problems.append(Problem(s.path, e.reason, e.detail))
             continue

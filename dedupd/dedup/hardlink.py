@@ -188,7 +188,7 @@ def eligible(run: LinkRun, files: list[IndexedFile]) -> list[IndexedFile]:
     out = []
     for f in files:
         try:
-            st = restat(f.path, Ident(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns),
+            st = restat(f.path, f.ident,
                         lstat=run.lstat)
             outside = [p for p in f.paths if not under(p, run.policy.scope)]
             if st.st_nlink > len(f.paths) or outside:

@@ -77,10 +77,6 @@ class Proofs:
         return len(self._of)
 
 
-def ident(f: IndexedFile) -> Ident:
-    return Ident(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns)
-
-
 @dataclass
 class _Member:
     n: int  # index in the caller's list
@@ -200,4 +196,4 @@ def _finish(c: _Class, size: int, out: list[Got | Problem | None], proofs: Proof
     for m in ok:
         out[m.n] = Got(c.head, full, size)
     if len(ok) >= 2:
-        proofs.add([ident(m.f) for m in ok])
+        proofs.add([m.f.ident for m in ok])

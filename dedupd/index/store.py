@@ -76,6 +76,12 @@ class IndexedFile(NamedTuple):
     def path(self) -> bytes:
         return self.paths[0]
 
+    @property
+    def ident(self) -> Ident:
+        """The identity it was indexed (and hashed) at: what a check before acting
+        compares a descriptor or a name with."""
+        return Ident(self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
+
 
 class HashUpdate(NamedTuple):
     dev: int

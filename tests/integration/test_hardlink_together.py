@@ -14,7 +14,7 @@ from dedupd import testpoints
 from dedupd.dedup import link_exec
 from dedupd.dedup.hardlink import LinkPolicy, LinkResult, link_groups
 from dedupd.dedup.journal import Journal
-from dedupd.dedup.together import BUF, Proofs, Together, ident, read_together
+from dedupd.dedup.together import BUF, Proofs, Together, read_together
 from dedupd.files.events import Problem
 from dedupd.hashing import Hasher, HashStats, Stability
 from dedupd.hashing.read import Got, read_one
@@ -52,7 +52,7 @@ def test_outcomes_are_the_readers_and_proofs_name_equal_bytes(link_tree: tuple[P
     got = read_together(files, proofs)
     for f, g in zip(files, got, strict=True):
         assert g == read_one(f, True)  # head, full hash and bytes read: the reader's own
-    n = {k.removesuffix(".bin"): ident(f) for k, f in by_name(files).items()}
+    n = {k.removesuffix(".bin"): f.ident for k, f in by_name(files).items()}
     assert proofs.equal(n["a"], n["b"]) and proofs.equal(n["a"], n["g"])
     assert proofs.equal(n["c"], n["d"])
     for x, y in (("a", "c"), ("a", "e"), ("a", "f"), ("e", "f"), ("c", "e")):
@@ -75,8 +75,8 @@ def test_a_file_changed_before_its_read_is_a_problem_and_unproven(link_tree: tup
     assert isinstance(got[0], Got) and isinstance(got[1], Got)
     assert isinstance(got[2], Problem) and got[2].reason == "changed"
     n = by_name(files)
-    assert proofs.equal(ident(n["a.bin"]), ident(n["b.bin"]))
-    assert not proofs.equal(ident(n["a.bin"]), ident(n["c.bin"]))
+    assert proofs.equal(n["a.bin"].ident, n["b.bin"].ident)
+    assert not proofs.equal(n["a.bin"].ident, n["c.bin"].ident)
 
 
 def test_hasher_gives_the_same_results_with_and_without_together(link_tree: tuple[Path, Store]
@@ -99,7 +99,7 @@ def test_hasher_gives_the_same_results_with_and_without_together(link_tree: tupl
 
     proofs = Proofs()
     assert run(Together(proofs)) == run(None)
-    n = {k: ident(f) for g in groups for k, f in by_name(g).items()}
+    n = {k: f.ident for g in groups for k, f in by_name(g).items()}
     assert proofs.equal(n["s1.bin"], n["s2.bin"]) and proofs.equal(n["l1.bin"], n["l2.bin"])
     assert not proofs.equal(n["l1.bin"], n["l3.bin"])  # equal heads, compared to the end
 
