@@ -60,7 +60,6 @@ def show(p: bytes) -> str:
     return os.fsdecode(p)
 
 
-
 @dataclass(frozen=True)
 class Planned:
     """A name that passed every check and waits for its batch: replace `path` (a name
@@ -71,7 +70,6 @@ class Planned:
     path: bytes
     freed: bool
     rest: tuple[bytes, ...]
-
 
 class LinkRun:
     """Accumulates the outcome of a batch of groups (mutable; link_groups and the
@@ -118,7 +116,6 @@ class LinkRun:
         return LinkResult(tuple(self.actions), tuple(self.refused), self.linked,
                           self.reclaimed, dict(self.counts), tuple(self.restat))
 
-
 def refresh(run: LinkRun, key: tuple[int, int], path: bytes) -> bool:
     """After our own link changes, accept the new ctime if nothing else moved."""
     try:
@@ -126,7 +123,6 @@ def refresh(run: LinkRun, key: tuple[int, int], path: bytes) -> bool:
     except OSError:
         return False
     return accept(run, key, st)
-
 
 def accept(run: LinkRun, key: tuple[int, int], st: os.stat_result) -> bool:
     """refresh() on a stat already taken (through the caller's handle)."""
@@ -137,7 +133,6 @@ def accept(run: LinkRun, key: tuple[int, int], st: os.stat_result) -> bool:
             run.restat.append((old, run.ident[key]))
         return True
     return False
-
 
 def action(keep: bytes, dup: bytes, size: int, result: str, op: int | None = None,
             reason: str = "") -> dict[str, Any]:
