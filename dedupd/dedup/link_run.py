@@ -71,6 +71,7 @@ class Planned:
     freed: bool
     rest: tuple[bytes, ...]
 
+
 class LinkRun:
     """Accumulates the outcome of a batch of groups (mutable; link_groups and the
     cross-drive linker each own one for the length of a call)."""
@@ -116,6 +117,7 @@ class LinkRun:
         return LinkResult(tuple(self.actions), tuple(self.refused), self.linked,
                           self.reclaimed, dict(self.counts), tuple(self.restat))
 
+
 def refresh(run: LinkRun, key: tuple[int, int], path: bytes) -> bool:
     """After our own link changes, accept the new ctime if nothing else moved."""
     try:
@@ -123,6 +125,7 @@ def refresh(run: LinkRun, key: tuple[int, int], path: bytes) -> bool:
     except OSError:
         return False
     return accept(run, key, st)
+
 
 def accept(run: LinkRun, key: tuple[int, int], st: os.stat_result) -> bool:
     """refresh() on a stat already taken (through the caller's handle)."""
@@ -133,6 +136,7 @@ def accept(run: LinkRun, key: tuple[int, int], st: os.stat_result) -> bool:
             run.restat.append((old, run.ident[key]))
         return True
     return False
+
 
 def action(keep: bytes, dup: bytes, size: int, result: str, op: int | None = None,
             reason: str = "") -> dict[str, Any]:
