@@ -6,8 +6,10 @@ branches). Its state says which step may have started; recovery
 rolls back each one. States (docs/safety.md has the full table):
 
   PENDING     recorded with every name the op may create (temp, quarantine,
-              new link on branch A); verification, then those extra names
-              are created. Nothing user-visible changed yet.
+              new link on branch A; the hold name follows from the temp name);
+              verification, then those extra names are created, and the name
+              is replaced (a hardlink batch has no state between PENDING and
+              DONE: recovery reads from the inodes whether a swap happened).
   REFUSED     verification said no; nothing was changed              (final)
   LINKED      crossdrive: the new name on the kept branch exists; verifying
   REMOVING    crossdrive: verified; the duplicate's name is being removed
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dedupd.dedup.killpoint import StepHook
+from dedupd.fsops.link import hold_name
 from dedupd.index.db import from_s64, to_s64
 from dedupd.index.store import Store
 
@@ -64,6 +67,14 @@ class OpSpec:
     quarantine_path: bytes | None = None
     dirs: tuple[bytes, ...] = ()
 
+    @property
+    def hold_path(self) -> bytes | None:
+        """hardlink: where the duplicate's name is held while a swap without
+        RENAME_EXCHANGE checks it (fsops.link.hold_name: named by temp_path)."""
+        if self.kind != "hardlink" or self.temp_path is None:
+            return None
+        return hold_name(self.temp_path)
+
 
 @dataclass(frozen=True)
 class OpRecord:
@@ -82,6 +93,7 @@ class OpRecord:
 
         return {"id": self.id, "volume": sp.volume, "kind": sp.kind, "state": self.state,
                 "keep": p(sp.keep_path), "replace": p(sp.dup_path), "temp": p(sp.temp_path),
+                "hold": p(sp.hold_path),
                 "dest": p(sp.dest_path), "quarantine": p(sp.quarantine_path),
                 "size": sp.size, "reason": self.reason, "created": self.created,
                 "updated": self.updated}

@@ -13,7 +13,7 @@ from dedupd import handles, testpoints
 from dedupd.dedup import journal as J
 from dedupd.dedup import recovery
 from dedupd.dedup.link_run import LinkRun, Planned, accept, action, refresh, show
-from dedupd.dedup.verify import Refused, compare_group, refusal, restat
+from dedupd.dedup.verify import Refused, check_stat, compare_group, refusal, restat
 from dedupd.files.events import Ident
 from dedupd.fsops import link as fs
 from dedupd.fsops.copy import sync_filesystem
@@ -199,6 +199,39 @@ def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident, kid: Ident | None,
             sw.unlink_temp(spec.dup_dev, spec.dup_ino)
             jr.step("unlink temp")
         else:
-            sw.rename()
-            jr.step("rename")
+            _held_swap(jr, sw, spec, did)
         return sw.lstat_dup()
+
+
+def _held_swap(jr: J.Journal, sw: fs.Swap, spec: J.OpSpec, did: Ident) -> None:
+    """The swap where names cannot be exchanged (zfs-fuse, NFS, SMB). The kernel has no
+    "replace this name only if it is this inode", so the duplicate's name first moves
+    to the hold name (the name is missing for that instant), where the held file is
+    checked: the duplicate as verified (its ctime moved with the rename), else an
+    editor saved over the name since the last look and the save gets its name back.
+    Then the kept inode takes the name, never over a file made there meanwhile (that
+    save wins: Refused, and recovery.resolve_hardlink settles the held duplicate), and
+    the held duplicate goes. A crash anywhere: recovery finds the hold name from the
+    journal's temp name and decides from the inodes."""
+    p = spec.dup_path
+    held = sw.hold()
+    jr.step("hold")
+    try:
+        check_stat(p, held, did, ctime=False)
+    except Refused as r:
+        sw.give_back()
+        jr.step("give back")
+        raise Refused(r.reason, f"{show(p)} was replaced while linking") from None
+    placed = sw.place()
+    if placed is None:
+        placed = sw.link_name()
+        jr.step("link name")
+        if placed:
+            sw.unlink_temp(spec.keep_dev, spec.keep_ino)
+            jr.step("unlink temp")
+    else:
+        jr.step("rename")
+    if not placed or not handles.same_inode(sw.lstat_dup(), (spec.keep_dev, spec.keep_ino)):
+        raise Refused("changed", f"{show(p)} was saved while linking")
+    sw.unlink_held(spec.dup_dev, spec.dup_ino)
+    jr.step("unlink hold")

@@ -65,6 +65,9 @@ def _plan_hardlink(rec: J.OpRecord) -> tuple[str, str]:
     sp = rec.spec
     if _ino(sp.dup_path) == (sp.keep_dev, sp.keep_ino):
         return J.DONE, "the duplicate's name already links to the kept file: finish"
+    if sp.hold_path is not None and _ino(sp.hold_path) is not None:
+        return J.ROLLED_BACK, "the name is held: give it back (never over a newer " \
+            "file), remove our extra names"
     return J.ROLLED_BACK, "the name was not replaced: remove our extra names, if any"
 
 
@@ -103,17 +106,55 @@ def _recover_hardlink(rec: J.OpRecord) -> tuple[str, str]:
 def resolve_hardlink(sp: J.OpSpec) -> tuple[str, str]:
     """Finish or undo a hardlink op, decided by inodes, not by the journal state
     (which may lag after a power cut). Idempotent."""
+    hold = sp.hold_path
     if _ino(sp.dup_path) == (sp.keep_dev, sp.keep_ino):
         if sp.temp_path is not None:
             # After an exchange the old duplicate sits at the temp name.
             fs.unlink_if_inode(sp.temp_path, sp.dup_dev, sp.dup_ino)
             fs.unlink_if_inode(sp.temp_path, sp.keep_dev, sp.keep_ino)
+        if hold is not None:
+            # Without exchange, the duplicate was held (and checked) before the kept
+            # inode took its name.
+            fs.unlink_if_inode(hold, sp.dup_dev, sp.dup_ino)
         return J.DONE, "finished: name links to the kept file"
+    detail = "" if hold is None else _settle_hold(sp, hold)
     if sp.temp_path is not None:
         fs.unlink_if_inode(sp.temp_path, sp.keep_dev, sp.keep_ino)
     if sp.quarantine_path is not None:
         fs.unlink_if_inode(sp.quarantine_path, sp.dup_dev, sp.dup_ino)
-    return J.ROLLED_BACK, "rolled back: duplicate left as it was"
+    return J.ROLLED_BACK, "rolled back: duplicate left as it was" + detail
+
+
+def _settle_hold(sp: J.OpSpec, hold: bytes) -> str:
+    """A swap without exchange stopped while the duplicate's name was held: whatever
+    the hold name has (it was taken from the duplicate's name, an editor's save too)
+    gets that name back, never over a file made there since. If one was (a save while
+    the name was missing), the held file goes only if it is another name of that file,
+    or the duplicate with the kept file's bytes (as the save's rename would have
+    removed it); anything else stays under the hold name. Returns a note for the row."""
+    held = _ino(hold)
+    if held is None or fs.give_back(hold, sp.dup_path):
+        return ""
+    if held == _ino(sp.dup_path) or (
+            held == (sp.dup_dev, sp.dup_ino) and _same_as_keep(sp, hold)):
+        fs.unlink_if_inode(hold, *held)
+        return ""
+    return f"; a file was saved at the name meanwhile: the held one stays at {show(hold)}"
+
+
+def _same_as_keep(sp: J.OpSpec, path: bytes) -> bool:
+    """path has the kept file's bytes (compared now, both read by handle)."""
+    try:
+        kst, st = handles.lstat(sp.keep_path), handles.lstat(path)
+        if (kst.st_dev, kst.st_ino) != (sp.keep_dev, sp.keep_ino):
+            return False
+        return same_bytes(sp.keep_path, Ident.of(kst), path, Ident.of(st))
+    except (OSError, Refused):
+        return False
+
+
+def show(path: bytes) -> str:
+    return os.fsdecode(path)
 
 
 def _recover_cross(rec: J.OpRecord) -> tuple[str, str]:

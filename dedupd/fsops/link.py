@@ -27,8 +27,9 @@ from typing import Any
 from dedupd import handles, testpoints
 
 TEMP_PREFIX = b".dedupd-tmp-"
-# unlink_if_inode's own name for a file while it checks it (_remove_in); not a temp
-# name: whatever a crash leaves under it is walked and kept like any file
+# The name a file is moved to while it is checked (unlink_if_inode; a hardlink swap
+# without RENAME_EXCHANGE: hold_name). Not a temp name: whatever a crash leaves under
+# it is walked and kept like any file.
 HOLD_PREFIX = b".dedupd-hold-"
 QUARANTINE_SUFFIX = b".dedupd-q"
 _RENAME_NOREPLACE = 1  # linux/fs.h
@@ -45,6 +46,14 @@ def temp_name(target: bytes) -> bytes:
 
 def is_temp_name(path: bytes) -> bool:
     return os.path.basename(path).startswith(TEMP_PREFIX)
+
+
+def hold_name(temp: bytes) -> bytes:
+    """The hold name of a hardlink swap whose temp name is `temp` (temp_name): the
+    same directory and random part, so the journal row that names the temp name
+    names this one too (recovery gives a held file its name back)."""
+    d, base = os.path.split(temp)
+    return os.path.join(d, HOLD_PREFIX + base[len(TEMP_PREFIX):])
 
 
 class _Pair:
@@ -136,23 +145,40 @@ def exchange(a: bytes, b: bytes, *, durable: bool = True) -> bool:
 
 def _renameat2() -> Any:
     """libc's renameat2, or None where it is missing or the test hook
-    DEDUPD_TEST_NO_EXCHANGE=1 forces the rename fallback (never set in production)."""
+    DEDUPD_TEST_NO_EXCHANGE=1 forces the rename fallback without any renameat2 flag
+    (never set in production; =noreplace refuses RENAME_EXCHANGE only: _exchange_in)."""
     global _libc
-    if os.environ.get("DEDUPD_TEST_NO_EXCHANGE"):  # test-only: exercise the rename path
-        return None
+    if os.environ.get("DEDUPD_TEST_NO_EXCHANGE", "noreplace") not in ("", "noreplace"):
+        return None  # test-only: exercise the rename path as on NFS or zfs-fuse
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     return getattr(_libc, "renameat2", None)
 
 
 def _exchange_in(fn: Any, pa: handles.Parent, pb: handles.Parent) -> bool:
-    rc = fn(pa.fd, pa.name, pb.fd, pb.name, _RENAME_EXCHANGE)
-    if rc != 0:
-        err = ctypes.get_errno()
-        if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            return False
-        raise OSError(err, os.strerror(err), os.fsdecode(pa.path))
-    return True
+    if os.environ.get("DEDUPD_TEST_NO_EXCHANGE"):  # test-only: as on SMB (NOREPLACE only)
+        return False
+    return _flagged(fn, pa, pb, _RENAME_EXCHANGE) is not None
+
+
+def _flagged(fn: Any, pa: handles.Parent, pb: handles.Parent, flag: int) -> bool | None:
+    """renameat2(pa, pb, flag): True if done, False if pb exists (NOREPLACE), None
+    where the filesystem cannot (EINVAL: FUSE without rename2, NFS); else OSError."""
+    if fn(pa.fd, pa.name, pb.fd, pb.name, flag) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return None
+    if err == errno.EEXIST and flag == _RENAME_NOREPLACE:
+        return False
+    raise OSError(err, os.strerror(err), os.fsdecode(pa.path))
+
+
+def _rename_noreplace(pa: handles.Parent, pb: handles.Parent) -> bool | None:
+    """pa's name moved to pb's only if pb's name does not exist (RENAME_NOREPLACE):
+    True if moved, False if pb exists, None where the flag is unsupported."""
+    fn = _renameat2()
+    return None if fn is None else _flagged(fn, pa, pb, _RENAME_NOREPLACE)
 
 
 def unlink_if_inode(path: bytes, dev: int, ino: int, *, durable: bool = True) -> bool:
@@ -194,14 +220,37 @@ def _remove_in(p: handles.Parent, dev: int, ino: int) -> bool:
 def _give_back(p: handles.Parent, hold: bytes) -> None:
     """hold's file back under p's name, never over a name that was made meanwhile
     (renameat2 RENAME_NOREPLACE, else a link); if neither can, it stays under hold."""
-    fn = _renameat2()
-    if fn is not None and fn(p.fd, hold, p.fd, p.name, _RENAME_NOREPLACE) == 0:
-        return
+    _put_back(p.sibling(os.path.join(p.dir, hold)), p)
+
+
+def _put_back(h: handles.Parent, p: handles.Parent) -> bool:
+    """h's entry moved to p's name, never over a name that exists (RENAME_NOREPLACE,
+    else link then unlink): True if moved, False if it stays under h (p's name exists,
+    h is gone, or a directory where links are needed)."""
     try:
-        os.link(hold, p.name, src_dir_fd=p.fd, dst_dir_fd=p.fd, follow_symlinks=False)
-    except OSError:  # EEXIST, or a directory: nothing is removed
-        return
-    os.unlink(hold, dir_fd=p.fd)
+        moved = _rename_noreplace(h, p)
+    except FileNotFoundError:
+        return False
+    if moved is not None:
+        return moved
+    try:
+        os.link(h.name, p.name, src_dir_fd=h.fd, dst_dir_fd=p.fd, follow_symlinks=False)
+    except OSError:  # EEXIST, gone, or a directory: nothing is removed
+        return False
+    os.unlink(h.name, dir_fd=h.fd)
+    return True
+
+
+def give_back(hold: bytes, name: bytes) -> bool:
+    """The entry under `hold` back under `name` (same directory), never over a name
+    that exists; True if moved (recovery of a swap without RENAME_EXCHANGE)."""
+    testpoints.at("mutate", name)
+    try:
+        p = handles.Parent(name)
+    except (FileNotFoundError, handles.PathChanged):
+        return False
+    with p:
+        return _put_back(p.sibling(hold), p)
 
 
 def _holds(p: handles.Parent, dev: int, ino: int) -> bool:
@@ -223,9 +272,11 @@ def _unlink_in(p: handles.Parent, dev: int, ino: int) -> bool:
 class Swap:
     """One name of a hardlink batch replaced by a link to the kept file, on directory
     handles resolved once, after the first mutate point: the kept file's directory
-    and the duplicate's (which also holds the temp name). Steps, in order:
-    link_temp -> (the caller's last look at the duplicate) -> exchange or rename ->
-    unlink_temp. Nothing is made durable here: the batch syncs the filesystem.
+    and the duplicate's (which also holds the temp and hold names). Steps, in order:
+    link_temp -> (the caller's last look at the duplicate) -> exchange -> unlink_temp;
+    where names cannot be exchanged: hold -> (the caller checks the held file) ->
+    place (or link_name, unlink_temp) -> unlink_held, or give_back. Nothing is made
+    durable here: the batch syncs the filesystem.
     dirs: the batch's directory handles (each directory resolved once per batch).
     """
 
@@ -236,6 +287,7 @@ class Swap:
         try:
             self.tmp = self.pair.b
             self.dup = self.tmp.sibling(dup)
+            self.held = self.tmp.sibling(hold_name(tmp))
         except BaseException:
             self.pair.__exit__()
             raise
@@ -267,11 +319,50 @@ class Swap:
         testpoints.at("mutate", self.dup.path)
         return _exchange_in(fn, self.tmp, self.dup)
 
-    def rename(self) -> None:
-        """The fallback: the temp name replaces the duplicate's atomically."""
+    def hold(self) -> os.stat_result:
+        """Without exchange, first: the duplicate's name moves to the hold name
+        (hold_name of the temp name, so the journal knows it), taking whatever the
+        name holds at that instant (an editor's save, too); returns the held entry's
+        lstat, for the caller to check. The name is missing until place or give_back.
+        A file already at the hold name is never replaced where RENAME_NOREPLACE works
+        (FileExistsError)."""
         testpoints.at("mutate", self.dup.path)
-        os.rename(self.tmp.name, self.dup.name, src_dir_fd=self.tmp.fd,
-                  dst_dir_fd=self.dup.fd)
+        moved = _rename_noreplace(self.dup, self.held)
+        if moved is False:
+            raise FileExistsError(errno.EEXIST, "hold name taken", os.fsdecode(self.held.path))
+        if moved is None:
+            os.rename(self.dup.name, self.held.name, src_dir_fd=self.dup.fd,
+                      dst_dir_fd=self.held.fd)
+        return self.held.lstat()
+
+    def place(self) -> bool | None:
+        """After hold: the temp name (the kept inode) becomes the duplicate's name,
+        never over a file made there meanwhile (RENAME_NOREPLACE). True if done, False
+        if a file is there now, None where unsupported (then link_name, unlink_temp)."""
+        testpoints.at("mutate", self.dup.path)
+        return _rename_noreplace(self.tmp, self.dup)
+
+    def link_name(self) -> bool:
+        """place without RENAME_NOREPLACE: the temp name's inode linked at the
+        duplicate's name; False if a file was made there meanwhile (EEXIST)."""
+        testpoints.at("mutate", self.dup.path)
+        try:
+            os.link(self.tmp.name, self.dup.name, src_dir_fd=self.tmp.fd,
+                    dst_dir_fd=self.dup.fd, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        return True
+
+    def unlink_held(self, dev: int, ino: int) -> bool:
+        """The hold name removed if it is (dev, ino), the duplicate checked there."""
+        testpoints.at("mutate", self.held.path)
+        return _unlink_in(self.held, dev, ino)
+
+    def give_back(self) -> bool:
+        """The held entry back under the duplicate's name, never over a file made
+        there meanwhile (True); else it stays under the hold name (False)."""
+        testpoints.at("mutate", self.dup.path)
+        return _put_back(self.held, self.dup)
 
     def unlink_temp(self, dev: int, ino: int) -> bool:
         """unlink_if_inode(tmp, dev, ino) on the held handle."""

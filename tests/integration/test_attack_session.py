@@ -418,8 +418,8 @@ def test_atomic_save_at_every_point_is_kept(
     right at the k-th test point of the pass, for every k: the saved bytes are under
     d/b afterwards (the linker may not replace a name it did not verify; after an
     exchange the old name's inode is checked and swapped back)."""
-    if mode == "rename":
-        monkeypatch.setenv("DEDUPD_TEST_NO_EXCHANGE", "1")
+    if mode != "exchange":  # the held swap: "rename" without renameat2, or "noreplace"
+        monkeypatch.setenv("DEDUPD_TEST_NO_EXCHANGE", "1" if mode == "rename" else mode)
     site, vol = plain_site(loopfs, tmp_path)
     saved = b"S" * SIZE
     k = 0

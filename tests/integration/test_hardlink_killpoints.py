@@ -35,14 +35,19 @@ pytestmark = pytest.mark.integration
 STEPS = {
     "exchange": ["journal 2 PENDING", "link temp", "exchange", "unlink temp",
                  "link temp", "exchange", "unlink temp", "sync", "journal 2 states"],
-    "rename+quarantine": ["journal 2 PENDING", "link quarantine", "link temp", "rename",
-                          "link quarantine", "link temp", "rename", "sync",
-                          "journal 2 states"],
+    # no RENAME_EXCHANGE (zfs-fuse, NFS): the name is held, checked, the kept inode
+    # linked at it (no RENAME_NOREPLACE either), the held duplicate removed
+    "held-link+quarantine": ["journal 2 PENDING",
+                             *["link quarantine", "link temp", "hold", "link name",
+                               "unlink temp", "unlink hold"] * 2,
+                             "sync", "journal 2 states"],
+    # no RENAME_EXCHANGE but RENAME_NOREPLACE (SMB): the temp name moves to the name
+    "held-noreplace": ["journal 2 PENDING", *["link temp", "hold", "rename", "unlink hold"] * 2,
+                       "sync", "journal 2 states"],
 }
-MODES = {
-    "exchange": ({}, len(STEPS["exchange"])),
-    "rename+quarantine": ({"DEDUPD_TEST_NO_EXCHANGE": "1"}, len(STEPS["rename+quarantine"])),
-}
+ENV = {"exchange": {}, "held-link+quarantine": {"DEDUPD_TEST_NO_EXCHANGE": "1"},
+       "held-noreplace": {"DEDUPD_TEST_NO_EXCHANGE": "noreplace"}}
+MODES = {m: (ENV[m], len(STEPS[m])) for m in STEPS}
 
 
 def build(base: Path) -> tuple[Path, Path]:
