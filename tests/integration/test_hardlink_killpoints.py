@@ -8,12 +8,16 @@ no unfinished journal entry. A final normal run must then finish the dedupe.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.integration import saving_run
 from tests.integration.linktree import (
     blob,
     config,
@@ -111,3 +115,95 @@ def test_kill_at_step_then_recover(tmpfs: Callable[..., Path], monkeypatch: pyte
     ino = inodes(root)
     assert len({ino["a/x.bin"], ino["b/x copy.bin"], ino["a/x-link.bin"]}) == 1
     assert ino["a/y.bin"] == ino["b/y.bin"]
+
+
+HELD = ["held-link+quarantine", "held-noreplace"]
+
+
+@pytest.mark.parametrize("held", ["duplicate", "changed"])
+@pytest.mark.parametrize("mode", HELD)
+def test_killed_while_held_then_saved(tmpfs: Callable[..., Path],
+                                      monkeypatch: pytest.MonkeyPatch, mode: str,
+                                      held: str) -> None:
+    """Killed right after a duplicate's name was held (the name is missing), an editor
+    saves at that name before recovery runs. Recovery leaves the save at the name and
+    drops our extra names; the held duplicate goes if it has the kept file's bytes
+    (`duplicate`), as the save's rename would have removed it, else it stays under its
+    hold name (`changed`: written in place after the kill)."""
+    base = tmpfs("32m")
+    root, cfg, env = setup(base, mode)
+    before = content(manifest(root))
+    k = STEPS[mode].index("hold") + 1
+    r = dedupd("run", "--once", "-c", str(cfg), env={**env, "DEDUPD_TEST_KILL_AT_STEP": str(k)},
+               check=False)
+    assert r.returncode == -9, (r.returncode, r.stderr)
+    [hold] = root.rglob(".dedupd-hold-*")
+    [rel] = set(before) - set(content(manifest(root)))
+    if held == "changed":
+        with open(hold, "ab") as f:
+            f.write(b"!")
+    write(root / rel, saving_run.SAVED)
+    kept = hold.read_bytes()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    rc, out = dedupd_here("recover", "-c", str(cfg), "--json")
+    assert rc == 0, out
+    after = content(manifest(root))
+    assert after.pop(rel) == hashlib.sha256(saving_run.SAVED).hexdigest()
+    if held == "changed":
+        assert after.pop(str(hold.relative_to(root))) == hashlib.sha256(kept).hexdigest()
+        assert "stays at" in out
+    assert after == {p: h for p, h in before.items() if p != rel}
+    assert unfinished_ops(base / "index.db") == []
+
+
+@pytest.mark.parametrize("at", ["before hold", "while held"])
+@pytest.mark.parametrize("mode", HELD)
+def test_save_and_kill_at_every_step(tmpfs: Callable[..., Path],
+                                     monkeypatch: pytest.MonkeyPatch, mode: str,
+                                     at: str) -> None:
+    """An editor saves b/y.bin (a duplicate) right before its name is held (the hold
+    takes the save: it must get its name back) or while it is held (the name is
+    missing: the kept inode must not take it), and the run is killed after each of
+    its steps in turn. After recovery: b/y.bin is the save (if it came before the
+    kill), every other path has its bytes, none of our names is left, nothing is
+    unfinished; a rerun then links x."""
+    # The mutate points on the name: [the exchange tried: renameat2 exists], hold, place.
+    n = 1 if at == "before hold" else 2 + (mode == "held-noreplace")
+    for name, value in env_of(mode).items():
+        monkeypatch.setenv(name, value)
+    steps, k = None, 0
+    while steps is None or k < len(steps):
+        k += 1
+        base = tmpfs("32m")
+        root, cfg, env = setup(base, mode)
+        before = content(manifest(root))
+        log = base / "steps.log"
+        target = str(root / "b/y.bin")
+        argv = [sys.executable, "-m", "tests.integration.saving_run", target, str(n),
+                "run", "--once", "-c", str(cfg)]
+        kill = {} if steps is None else {"DEDUPD_TEST_KILL_AT_STEP": str(k)}
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, **env, **kill, "DEDUPD_TEST_STEP_LOG": str(log)})
+        if steps is None:  # the first run, not killed, counts the steps
+            assert r.returncode == 0, r.stderr
+            steps = [line.split(" ", 1)[1] for line in log.read_text().splitlines()
+                     if not line.startswith("- ")]
+            assert ("give back" in steps) == (at == "before hold"), steps
+            k = 0
+            continue
+        assert r.returncode == -9, (k, r.returncode, r.stderr)
+        saved = "- editor save" in log.read_text().splitlines()
+        assert dedupd_here("recover", "-c", str(cfg))[0] == 0
+        after = content(manifest(root))
+        if saved:
+            before["b/y.bin"] = hashlib.sha256(saving_run.SAVED).hexdigest()
+        assert after == before, (k, steps[k - 1], saved)
+        assert unfinished_ops(base / "index.db") == []
+        assert dedupd_here("run", "--once", "-c", str(cfg))[0] == 0
+        ino = inodes(root)
+        assert len({ino["a/x.bin"], ino["b/x copy.bin"], ino["a/x-link.bin"]}) == 1
+
+
+def env_of(mode: str) -> dict[str, str]:
+    return dict(MODES[mode][0])

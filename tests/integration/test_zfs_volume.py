@@ -125,10 +125,16 @@ def test_incremental_pass_from_diff_matches_a_full_walk(tmp_path: Path) -> None:
     store.close()
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])  # after PENDING, the temp link, the rename
+# zfs-fuse cannot exchange names, nor rename with RENAME_NOREPLACE to a new name: the
+# duplicate's name is held, checked, the kept inode linked at it, the held copy removed.
+ZFS_FUSE_STEPS = ["journal PENDING", "link temp", "hold", "link name", "unlink temp",
+                  "unlink hold", "sync", "journal 1 states"]
+
+
+@pytest.mark.parametrize("k", range(1, len(ZFS_FUSE_STEPS) + 1))
 def test_kill_during_link_on_zfs_fuse_then_recover(zpool: Callable[..., Pool], tmp_path: Path,
                                                    k: int) -> None:
-    """zfs-fuse cannot exchange names: the rename path, killed mid-way, on real ZFS."""
+    """The held swap of zfs-fuse, killed after each of its steps, on real ZFS."""
     from tests.integration.linktree import dedupd_here, unfinished_ops
 
     pool = zpool("256M")
@@ -139,9 +145,12 @@ def test_kill_during_link_on_zfs_fuse_then_recover(zpool: Callable[..., Pool], t
     before = content(manifest(root))
     cfg = config(tmp_path, {"z": {"kind": "zfs", "path": str(root), "settle_seconds": 0,
                                   "min_size": 1, "mode": "apply"}})
-    r = dedupd("run", "--once", "-c", str(cfg), env={"DEDUPD_TEST_KILL_AT_STEP": str(k)},
+    log = tmp_path / "steps.log"
+    r = dedupd("run", "--once", "-c", str(cfg), env={"DEDUPD_TEST_KILL_AT_STEP": str(k),
+                                                     "DEDUPD_TEST_STEP_LOG": str(log)},
                check=False)
     assert r.returncode == -9
+    assert log.read_text().splitlines()[-1] == f"{k} {ZFS_FUSE_STEPS[k - 1]}"
     assert dedupd_here("recover", "-c", str(cfg))[0] == 0
     assert content(manifest(root)) == before and unfinished_ops(tmp_path / "index.db") == []
     assert dedupd_here("run", "--once", "-c", str(cfg))[0] == 0
