@@ -226,7 +226,7 @@ def _give_back(p: handles.Parent, hold: bytes) -> None:
 def _put_back(h: handles.Parent, p: handles.Parent) -> bool:
     """h's entry moved to p's name, never over a name that exists (RENAME_NOREPLACE,
     else link then unlink): True if moved, False if it stays under h (p's name exists,
-    h is gone, or a directory where links are needed)."""
+    or h is gone)."""
     try:
         moved = _rename_noreplace(h, p)
     except FileNotFoundError:
@@ -235,9 +235,24 @@ def _put_back(h: handles.Parent, p: handles.Parent) -> bool:
         return moved
     try:
         os.link(h.name, p.name, src_dir_fd=h.fd, dst_dir_fd=p.fd, follow_symlinks=False)
-    except OSError:  # EEXIST, gone, or a directory: nothing is removed
+    except PermissionError:  # a directory cannot be linked
+        return _put_back_dir(h, p)
+    except OSError:  # EEXIST, or gone: nothing is removed
         return False
     os.unlink(h.name, dir_fd=h.fd)
+    return True
+
+
+def _put_back_dir(h: handles.Parent, p: handles.Parent) -> bool:
+    """A held directory back without RENAME_NOREPLACE: a plain rename, which cannot
+    replace a file (ENOTDIR) nor a directory with entries (ENOTEMPTY); at most an
+    empty directory made at p's name meanwhile."""
+    try:
+        if not stat.S_ISDIR(h.lstat().st_mode):
+            return False
+        os.rename(h.name, p.name, src_dir_fd=h.fd, dst_dir_fd=p.fd)
+    except OSError:
+        return False
     return True
 
 

@@ -69,3 +69,30 @@ def test_user_saves_at_every_point_on_zfs_fuse(zpool: Callable[..., Pool], attac
         assert others <= {p.read_bytes() for p in now}, (k, seen[k - 1])
         assert not [p for p in now if p.name.startswith(".dedupd-")], (k, seen[k - 1])
     assert held and k > 10, (held, k)
+
+
+# The user replaces root's file by a directory of its own holding a file.
+TO_DIR = 'rm -f "$1/b" && mkdir "$1/b" && echo mine > "$1/b/f"'
+
+
+@pytest.mark.parametrize("fallback", ["1", "noreplace"])
+def test_user_dir_put_at_the_name_at_every_point_stays(
+        loopfs: Callable[..., Path], attacker: User, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, fallback: str) -> None:
+    """The user puts a directory at d/b at the k-th test point, for every k, without
+    RENAME_EXCHANGE: a held directory gets its name back too (with links only, by a
+    rename that cannot replace a file), so d/b is the user's directory afterwards and
+    no name of ours is left."""
+    monkeypatch.setenv("DEDUPD_TEST_NO_EXCHANGE", fallback)
+    site, vol = session.plain_site(loopfs, tmp_path)
+    k = 0
+    while True:
+        k += 1
+        d, _e = session.root_files_in_user_dirs(vol, attacker)
+        fired, seen, rep = session.pass_acting_at(
+            site, tmp_path / f"db{k}", k, lambda d=d: attacker.run(TO_DIR, str(d)))
+        if not fired:
+            break
+        assert (d / "b" / "f").read_text() == "mine\n", (k, seen[k - 1], rep.problems)
+        assert not [p for p in vol.rglob(".dedupd-*")], (k, seen[k - 1])
+    assert k > 10, k
