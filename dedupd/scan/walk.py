@@ -11,6 +11,7 @@ import errno
 import fnmatch
 import functools
 import hashlib
+import itertools
 import marshal
 import os
 import stat
@@ -123,7 +124,7 @@ def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkS
         return
     stack = [_Frame(fd, root, [])]  # pushed before listing: closed however we leave
     try:
-        yield from lister(fd, root, opts, stats, stack[-1].subdirs)
+        yield from lister(fd, root, rst.st_dev, opts, stats, stack[-1].subdirs)
         while stack:
             top = stack[-1]
             if not top.subdirs:
@@ -134,7 +135,7 @@ def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkS
             child = _open_child(top.fd, name, path, st, opts, stats)
             if child is not None:
                 stack.append(_Frame(child, path, []))
-                yield from lister(child, path, opts, stats, stack[-1].subdirs)
+                yield from lister(child, path, st.st_dev, opts, stats, stack[-1].subdirs)
     finally:
         for fr in stack:
             os.close(fr.fd)
@@ -218,7 +219,7 @@ def _event(base: bytes, name: str, st: os.stat_result) -> FileEvent:
                      st.st_nlink)
 
 
-def _list(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
+def _list(fd: int, dpath: bytes, _dev: int, opts: WalkOptions, stats: WalkStats,
           subdirs: list[tuple[bytes, os.stat_result]]) -> Iterator[FileEvent]:
     """Files of one directory (by fd); its subdirectories go to `subdirs`."""
     base = dpath.rstrip(b"/") + b"/"
@@ -228,7 +229,7 @@ def _list(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
             yield _event(base, name, st)
 
 
-def _list_digested(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
+def _list_digested(fd: int, dpath: bytes, dev: int, opts: WalkOptions, stats: WalkStats,
                    subdirs: list[tuple[bytes, os.stat_result]],
                    known: Mapping[bytes, tuple[bytes, int]]) -> Iterator[FileEvent | DirListed]:
     """_list, holding the directory's files until its listing is digested: every
@@ -236,47 +237,135 @@ def _list_digested(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
     inode of directories, sorted by name, under the walk's options. A write, a
     rename, a new or removed name changes it (ctime: set by the kernel only).
     The files of a directory found unchanged never become FileEvents (most of
-    an unchanged rescan's directories)."""
-    base = dpath.rstrip(b"/") + b"/"
+    an unchanged rescan's directories). dev: the directory's st_dev.
+
+    One loop, no generator between it and scandir: it runs once per entry of
+    every rescan, where the lstat it makes is the only other cost."""
+    try:
+        it = os.scandir(fd)
+    except OSError as e:
+        stats.problems.append(_problem(dpath, e))
+        return
     min_size = opts.min_size
-    items: list[tuple[Any, ...]] = []
-    held: list[tuple[str, os.stat_result]] = []
-    files = 0
-    entries = _entries(fd, dpath, opts, stats, subdirs)
-    for name, st in entries:
-        mode = st.st_mode
-        if S_ISREG(mode):
-            items.append((name, mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-            if st.st_size >= min_size:
-                held.append((name, st))
-                files += 1
-        else:
-            items.append((name, mode, st.st_ino, 0, 0, 0))
+    items: list[tuple[Any, ...]] = []  # what the digest covers, in listing order
+    sts: list[os.stat_result] = []  # the lstat of each item
+    add, keep = items.append, sts.append
+    regular = small = 0
+    with it:
+        entries: Iterator[os.DirEntry[str]] = it
+        if opts.exclude:
+            entries = _not_excluded(it, dpath, opts.exclude, stats)
+        # a directory of more than LIST_CAP entries is not held: the rest streams
+        for entry in itertools.islice(entries, LIST_CAP + 1):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                stats.problems.append(_problem(_join(dpath, entry.name), e))
+                continue
+            mode = st.st_mode
+            if mode & _IFMT == _IFREG:  # the common case first
+                size = st.st_size
+                add((entry.name, mode, st.st_ino, size, st.st_mtime_ns, st.st_ctime_ns))
+                regular += 1
+                if size < min_size:
+                    small += 1
+            else:
+                add((entry.name, mode, st.st_ino, 0, 0, 0))
+                _other(entry.name, mode, st, stats, subdirs)
+            keep(st)
+        stats.files_seen += regular
+        stats.too_small += small
+        files = regular - small
         if len(items) > LIST_CAP:  # too big to hold: stream the rest, no digest
-            yield from (_event(base, n, s) for n, s in held)
-            for name, st in entries:
-                if S_ISREG(st.st_mode) and st.st_size >= min_size:
-                    files += 1
-                    yield _event(base, name, st)
+            yield from _events(dpath, items, sts, min_size)
+            for ev in _rest(dpath, entries, opts, stats, subdirs):
+                files += 1
+                yield ev
             yield DirListed(dpath, b"", files, False)
             return
-    digest = listing_digest(opts, items)
-    same = known.get(dpath) == (digest, os.fstat(fd).st_dev)
-    if not same:
-        yield from (_event(base, n, s) for n, s in held)
+    digest = listing_digest(opts, sorted(items))
+    same = known.get(dpath) == (digest, dev)
+    if not same and files:
+        yield from _events(dpath, items, sts, min_size)
     yield DirListed(dpath, digest, files, same)
 
 
+_IFMT, _IFREG, _IFDIR, _IFLNK = 0o170000, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
+
+
+def _join(dpath: bytes, name: str) -> bytes:
+    return dpath.rstrip(b"/") + b"/" + os.fsencode(name)
+
+
+def _other(name: str, mode: int, st: os.stat_result, stats: WalkStats,
+           subdirs: list[tuple[bytes, os.stat_result]]) -> None:
+    """Count (or, for a directory, queue) a listed entry that is not a regular file."""
+    if mode & _IFMT == _IFDIR:
+        subdirs.append((os.fsencode(name), st))
+    elif mode & _IFMT == _IFLNK:
+        stats.symlinks += 1
+    else:
+        stats.special_files += 1
+
+
+def _not_excluded(it: Iterable[os.DirEntry[str]], dpath: bytes, exclude: tuple[str, ...],
+                  stats: WalkStats) -> Iterator[os.DirEntry[str]]:
+    base = dpath.rstrip(b"/") + b"/"
+    for entry in it:
+        name = os.fsencode(entry.name)
+        if excluded(name, base + name, exclude):
+            stats.excluded += 1
+        else:
+            yield entry
+
+
+def _events(dpath: bytes, items: list[tuple[Any, ...]], sts: list[os.stat_result],
+            min_size: int) -> Iterator[FileEvent]:
+    """The FileEvents of the held regular files of at least min_size."""
+    base = dpath.rstrip(b"/") + b"/"
+    for item, st in zip(items, sts, strict=True):
+        if item[1] & _IFMT == _IFREG and item[3] >= min_size:
+            yield _event(base, item[0], st)
+
+
+def _rest(dpath: bytes, entries: Iterator[os.DirEntry[str]], opts: WalkOptions,
+          stats: WalkStats, subdirs: list[tuple[bytes, os.stat_result]]
+          ) -> Iterator[FileEvent]:
+    """The FileEvents of the entries a directory has beyond LIST_CAP (streamed)."""
+    base = dpath.rstrip(b"/") + b"/"
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError as e:
+            stats.problems.append(_problem(_join(dpath, entry.name), e))
+            continue
+        mode = st.st_mode
+        if mode & _IFMT == _IFREG:
+            stats.files_seen += 1
+            if st.st_size < opts.min_size:
+                stats.too_small += 1
+            else:
+                yield _event(base, entry.name, st)
+        else:
+            _other(entry.name, mode, st, stats, subdirs)
+
+
 def listing_digest(opts: WalkOptions, items: list[tuple[Any, ...]]) -> bytes:
-    """The digest of a directory's listing items (sorted here), seeded with the walk's
-    options. marshal version 2 writes no back-references, so equal listings give
-    equal bytes whichever objects hold them; and one C call serializes the whole
-    listing (a repr per item cost more than the lstat it describes)."""
-    items.sort()
-    h = hashlib.blake2b(repr((opts.min_size, opts.exclude, opts.cross_mounts)).encode(),
-                        digest_size=16)
+    """The digest of a directory's listing items (sorted by the caller), seeded with
+    the walk's options. marshal version 2 writes no back-references, so equal
+    listings give equal bytes whichever objects hold them; and one C call serializes
+    the whole listing (a repr per item cost more than the lstat it describes)."""
+    h = _seeded(opts).copy()
     h.update(marshal.dumps(items, 2))
     return h.digest()
+
+
+@functools.lru_cache(maxsize=8)
+def _seeded(opts: WalkOptions) -> hashlib.blake2b:
+    """A digest seeded with the walk's options (made once per options, copied per
+    directory)."""
+    return hashlib.blake2b(repr((opts.min_size, opts.exclude, opts.cross_mounts)).encode(),
+                           digest_size=16)
 
 
 def _problem(path: bytes, e: OSError) -> Problem:
