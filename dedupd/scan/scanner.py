@@ -28,6 +28,10 @@ from dedupd.scan.walkproc import ForkedWalk
 T = TypeVar("T")
 RECORD_BATCH = 2000
 WALK_PROC = True  # the walk in a process of its own (dedupd.scan.walkproc)
+# processes of a rescan's walk (one that has digests to compare): its directories
+# are mostly only listed, so the walk is the scan; a first scan's walk is one
+# process beside the index writer and the feeders
+RESCAN_WALKERS = 2
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,8 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     # the walk (docs/schema.md): their files cost one digest compare, no write.
     known = store.known_digests(norm)
     # both fork: before any thread of ours starts
-    walker = ForkedWalk(norm, wopts, RECORD_BATCH, known) if WALK_PROC else None
+    walker = ForkedWalk(norm, wopts, RECORD_BATCH, known,
+                        RESCAN_WALKERS if known else 1) if WALK_PROC else None
     pre = EarlyHashing(store, stability)
     try:
         # Groups come from the feeders' memory, so unchanged inodes need no

@@ -18,7 +18,7 @@ import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from stat import S_ISDIR, S_ISLNK, S_ISREG
-from typing import Any
+from typing import Any, Protocol
 
 from dedupd import handles, testpoints
 from dedupd.files.events import FileEvent, Problem, WalkStats
@@ -61,14 +61,35 @@ class DirListed:
 LIST_CAP = 20000  # entries of one directory held to digest it; bigger ones stream
 
 
+class Donor(Protocol):
+    """Where a walk shares its work (walkproc: another process that ran out of it).
+    wanted() is asked once per directory; give() takes a subdirectory the walk has
+    listed and opened (verified as the listed inode, counted in dirs_seen) and
+    will not walk itself: its fd (the donor closes its own after), path and st_dev."""
+
+    def wanted(self) -> bool: ...
+
+    def give(self, fd: int, path: bytes, dev: int) -> None: ...
+
+
 def walk_listed(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats,
-                known: Mapping[bytes, tuple[bytes, int]]) -> Iterator[FileEvent | DirListed]:
+                known: Mapping[bytes, tuple[bytes, int]], donor: Donor | None = None
+                ) -> Iterator[FileEvent | DirListed]:
     """walk(), with a DirListed after each directory's files. A directory whose
     listing digest and st_dev equal known[path] (what the index stored at the last
     scan, and the device its filesystem has now: a snapshot put in the place of its
     source lists alike) yields only its DirListed: its files did not change
-    (docs/schema.md)."""
-    yield from _walk_roots(roots, opts, stats, known)
+    (docs/schema.md). donor: when it wants work, the subtree the walk would have
+    reached last goes to it instead (walk_from walks it there)."""
+    yield from _walk_roots(roots, opts, stats, known, donor)
+
+
+def walk_from(fd: int, path: bytes, dev: int, opts: WalkOptions, stats: WalkStats,
+              known: Mapping[bytes, tuple[bytes, int]], donor: Donor | None = None
+              ) -> Iterator[FileEvent | DirListed]:
+    """walk_listed of the subtree a Donor gave: the directory fd (owned by this walk
+    from now on, closed however it ends), opened and verified by the donor."""
+    yield from _descend(fd, path, dev, opts, stats, known, donor)
 
 
 def walk(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats) -> Iterator[FileEvent]:
@@ -84,7 +105,8 @@ def walk(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats) -> Iterato
 
 
 def _walk_roots(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats,
-                known: Mapping[bytes, tuple[bytes, int]] | None) -> Iterator[Any]:
+                known: Mapping[bytes, tuple[bytes, int]] | None,
+                donor: Donor | None = None) -> Iterator[Any]:
     """Each root: a directory walked by handle under its own anchor, a file classified."""
     for root in roots:
         try:
@@ -94,7 +116,7 @@ def _walk_roots(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats,
             continue
         if stat.S_ISDIR(st.st_mode):
             with handles.anchored([root], cross_mounts=opts.cross_mounts):
-                yield from _walk_tree(root, st, opts, stats, known)
+                yield from _walk_tree(root, st, opts, stats, known, donor)
         else:
             ev = _classify(root, st, opts, stats)
             if ev is not None:
@@ -113,19 +135,28 @@ class _Frame:
 
 
 def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkStats,
-               known: Mapping[bytes, tuple[bytes, int]] | None = None) -> Iterator[Any]:
-    lister = _list if known is None else functools.partial(_list_digested, known=known)
+               known: Mapping[bytes, tuple[bytes, int]] | None = None,
+               donor: Donor | None = None) -> Iterator[Any]:
     try:
         fd = handles.open_dir(root)
     except OSError as e:
         stats.problems.append(_problem(root, e))
         return
-    if not _same_dir(fd, root, rst, stats):
-        return
+    if _same_dir(fd, root, rst, stats):
+        yield from _descend(fd, root, rst.st_dev, opts, stats, known, donor)
+
+
+def _descend(fd: int, root: bytes, dev: int, opts: WalkOptions, stats: WalkStats,
+             known: Mapping[bytes, tuple[bytes, int]] | None,
+             donor: Donor | None) -> Iterator[Any]:
+    """The subtree of the verified directory fd (closed however we leave)."""
+    lister = _list if known is None else functools.partial(_list_digested, known=known)
     stack = [_Frame(fd, root, [])]  # pushed before listing: closed however we leave
     try:
-        yield from lister(fd, root, rst.st_dev, opts, stats, stack[-1].subdirs)
+        yield from lister(fd, root, dev, opts, stats, stack[-1].subdirs)
         while stack:
+            if donor is not None and donor.wanted():
+                _donate(stack, donor, opts, stats)
             top = stack[-1]
             if not top.subdirs:
                 os.close(stack.pop().fd)
@@ -139,6 +170,23 @@ def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkS
     finally:
         for fr in stack:
             os.close(fr.fd)
+
+
+def _donate(stack: list[_Frame], donor: Donor, opts: WalkOptions, stats: WalkStats) -> None:
+    """Give the donor the subdirectory this walk would reach last: the first listed
+    of the lowest frame that has one left (the biggest share, as far as the walk
+    can tell). Nothing when none is left but the one about to be walked."""
+    for fr in stack:
+        while fr.subdirs and (fr is not stack[-1] or len(fr.subdirs) > 1):
+            name, st = fr.subdirs.pop(0)
+            path = fr.path.rstrip(b"/") + b"/" + name
+            child = _open_child(fr.fd, name, path, st, opts, stats)
+            if child is not None:
+                try:
+                    donor.give(child, path, st.st_dev)
+                finally:
+                    os.close(child)
+                return
 
 
 def _same_dir(fd: int, path: bytes, st: os.stat_result, stats: WalkStats) -> bool:

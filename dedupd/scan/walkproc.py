@@ -1,23 +1,39 @@
-"""The walk in a forked process: batches of FileEvents come back through a pipe.
+"""The walk in forked processes: batches of FileEvents come back through pipes.
 
 A walk is Python-bound; so is recording its batches in the index. In one
 interpreter they take turns (and lose more to switching); in two processes
 they run side by side on two cores. Same walk, same events, same counters:
 only where it runs changes (dedupd.forkpipe for the process rules).
+
+A rescan's walk (walk_listed: most directories only listed and digested) may
+run in several processes that share the tree as they go: one starts at the
+roots; any other that has nothing to do is given, by a busy one, the subtree
+that one would have reached last (walk.Donor), opened and verified there and
+passed as a descriptor (SCM_RIGHTS), so every directory is still opened
+relative to the one that listed it. The parent relays those subtrees and
+ends the walk when every process is idle with nothing queued.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import marshal
+import mmap
+import os
+import select
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from dedupd import forkpipe
 from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.forkpipe import ChildFailed, Wire
-from dedupd.scan.walk import DirListed, WalkOptions, walk, walk_listed
+from dedupd.scan.walk import DirListed, WalkOptions, walk, walk_from, walk_listed
 
 _COUNTERS = [f.name for f in dataclasses.fields(WalkStats) if f.name != "problems"]
+_MSG = 1 << 16  # a task: a path (at most PATH_MAX) and its device
 
 
 def _event(ev: FileEvent | DirListed) -> Wire:
@@ -30,68 +46,221 @@ def _item(t: Wire) -> FileEvent | DirListed:
     return DirListed(*t) if len(t) == 4 else FileEvent._make(t)
 
 
+class _Sender:
+    """A walk's events to the parent in batches of about n, with running totals of
+    the files walked (those of unchanged directories included) and their bytes."""
+
+    def __init__(self, out: int, n: int) -> None:
+        self.out, self.n = out, n
+        self.batch: list[Wire] = []
+        self.files = self.nbytes = 0
+
+    def put(self, ev: FileEvent | DirListed) -> None:
+        self.batch.append(_event(ev))
+        if isinstance(ev, DirListed):
+            self.files += ev.files if ev.same else 0
+        else:
+            self.files += 1
+            self.nbytes += ev.size
+        if len(self.batch) >= self.n:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.batch:
+            forkpipe.send(self.out, ("batch", self.files, self.nbytes, self.batch))
+            self.batch = []
+
+    def end(self, stats: WalkStats) -> None:
+        self.flush()
+        forkpipe.send(self.out, ("end", [getattr(stats, k) for k in _COUNTERS],
+                                 [(p.path, p.reason, p.detail) for p in stats.problems]))
+
+
 def _child(_in: int, out: int, roots: Sequence[bytes], opts: WalkOptions, n: int,
            known: Mapping[bytes, tuple[bytes, int]] | None) -> None:
     forkpipe.quiet_gc()  # the walk holds a directory's files at a time, no cycles
     stats = WalkStats()
-    batch: list[Wire] = []
-    files = nbytes = 0  # running totals for a progress display, counted on this core
+    sender = _Sender(out, n)
     events = walk(roots, opts, stats) if known is None else walk_listed(roots, opts, stats,
                                                                          known)
     for ev in events:
-        batch.append(_event(ev))
-        if isinstance(ev, DirListed):
-            files += ev.files if ev.same else 0
-        else:
-            files += 1
-            nbytes += ev.size
-        if len(batch) >= n:
-            forkpipe.send(out, ("batch", files, nbytes, batch))
-            batch = []
-    if batch:
-        forkpipe.send(out, ("batch", files, nbytes, batch))
-    forkpipe.send(out, ("end", [getattr(stats, k) for k in _COUNTERS],
-                        [(p.path, p.reason, p.detail) for p in stats.problems]))
+        sender.put(ev)
+    sender.end(stats)
+
+
+class _Share:
+    """walk.Donor of one walk process. `flag` (shared with the parent) changes each
+    time a process runs out of work; this one serves each change once."""
+
+    def __init__(self, flag: mmap.mmap, sock: socket.socket) -> None:
+        self.flag, self.sock, self.served = flag, sock, 0
+
+    def wanted(self) -> bool:
+        return self.flag[0] != self.served
+
+    def give(self, fd: int, path: bytes, dev: int) -> None:
+        self.served = self.flag[0]
+        socket.send_fds(self.sock, [marshal.dumps(("task", path, dev))], [fd])
+
+
+def _worker(k: int, _in: int, out: int, *, roots: Sequence[bytes], opts: WalkOptions,
+            n: int, known: Mapping[bytes, tuple[bytes, int]], flag: mmap.mmap,
+            socks: list[tuple[socket.socket, socket.socket]]) -> None:
+    """Walk process k: the roots (k = 0), then each subtree the parent hands over,
+    until told to stop; "done" after each."""
+    for j, (theirs, mine) in enumerate(socks):
+        theirs.close()
+        if j != k:
+            mine.close()
+    sock = socks[k][1]
+    forkpipe.quiet_gc()
+    stats = WalkStats()
+    sender = _Sender(out, n)
+    share = _Share(flag, sock)
+    if k == 0:
+        for ev in walk_listed(roots, opts, stats, known, share):
+            sender.put(ev)
+    while True:
+        sender.flush()  # what this process holds goes out before it waits
+        sock.send(marshal.dumps(("done",)))
+        data, fds, _flags, _addr = socket.recv_fds(sock, _MSG, 1)
+        msg: Any = marshal.loads(data) if data else ("stop",)
+        if msg[0] == "stop":
+            for fd in fds:
+                os.close(fd)
+            break
+        share.served = flag[0]  # a request made before this task came was this one's
+        for ev in walk_from(fds[0], msg[1], msg[2], opts, stats, known, share):
+            sender.put(ev)
+    sender.end(stats)
 
 
 class ForkedWalk:
     """walk(roots, opts) in a child (walk_listed with `known` digests: DirListed
-    items among the events); batches() yields lists of about n events, then
-    `stats` holds the walk's counters. After each batch, `files` and `nbytes` are
-    the files walked so far (those of unchanged directories included) and their
-    bytes. Construct inside the scan's handles.anchored."""
+    items among the events; in `workers` processes sharing the tree, see the module
+    docstring); batches() yields lists of about n events, then `stats` holds the
+    walk's counters. After each batch, `files` and `nbytes` are the files walked so
+    far (those of unchanged directories included) and their bytes. Construct inside
+    the scan's handles.anchored."""
 
     def __init__(self, roots: Sequence[bytes], opts: WalkOptions, n: int,
-                 known: Mapping[bytes, tuple[bytes, int]] | None = None) -> None:
+                 known: Mapping[bytes, tuple[bytes, int]] | None = None,
+                 workers: int = 1) -> None:
         self.stats = WalkStats()
         self.files = self.nbytes = 0
-        self.pid, self.to, self.frm = forkpipe.spawn(
-            lambda i, o: _child(i, o, roots, opts, n, known))
+        self.procs: list[tuple[int, int, int]] = []  # (pid, to, frm) of each process
+        self.socks: list[socket.socket] = []  # the parent's end of each one's channel
+        self.queue: list[tuple[Wire, int]] = []  # subtrees given, none idle to take them
+        self.relayed = 0  # subtrees handed from one process to another
+        if known is None or workers <= 1:
+            self.procs.append(forkpipe.spawn(lambda i, o: _child(i, o, roots, opts, n, known)))
+            return
+        self.flag = mmap.mmap(-1, 1)  # 0: each process but the first starts "done"
+        self.stopped = False
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                 for _ in range(workers)]
+        try:
+            for k in range(workers):
+                self.procs.append(forkpipe.spawn(functools.partial(
+                    _worker, k, roots=roots, opts=opts, n=n, known=known, flag=self.flag,
+                    socks=pairs)))
+        finally:
+            for theirs, mine in pairs:
+                mine.close()
+                self.socks.append(theirs)
+            if len(self.procs) < workers:
+                self.close()
 
     def batches(self) -> Iterator[list[Any]]:
-        ended = False
         try:
-            while (msg := forkpipe.recv(self.frm)) is not None:
-                if msg[0] == "batch":
-                    _, self.files, self.nbytes, items = msg
-                    yield [_item(t) for t in items]
-                elif msg[0] == "end":
-                    ended = True
-                    for k, v in zip(_COUNTERS, msg[1], strict=True):
-                        setattr(self.stats, k, v)
-                    self.stats.problems = [Problem(*p) for p in msg[2]]
-                else:
-                    raise ChildFailed(f"the walk failed: {msg[1]}")
+            yield from self._run()
         finally:
             self.close()
-        if not ended:
-            raise ChildFailed("the walk process died")
+
+    def _run(self) -> Iterator[list[Any]]:
+        busy = {0} if self.socks else set()
+        ended: set[int] = set()
+        totals = [(0, 0)] * len(self.procs)
+        poll = select.poll()
+        fds = {}
+        for k, (_pid, _to, frm) in enumerate(self.procs):
+            poll.register(frm, select.POLLIN)
+            fds[frm] = ("pipe", k)
+        for k, s in enumerate(self.socks):
+            poll.register(s, select.POLLIN)
+            fds[s.fileno()] = ("sock", k)
+        while len(ended) < len(self.procs):
+            for fd, _ev in poll.poll():
+                kind, k = fds[fd]
+                if kind == "sock":
+                    if not self._relay(k, busy):
+                        poll.unregister(fd)
+                    continue
+                msg = forkpipe.recv(fd)
+                if msg is None:
+                    raise ChildFailed("the walk process died")
+                if msg[0] == "batch":
+                    totals[k] = (msg[1], msg[2])
+                    self.files = sum(t[0] for t in totals)
+                    self.nbytes = sum(t[1] for t in totals)
+                    yield [_item(t) for t in msg[3]]
+                elif msg[0] == "end":
+                    ended.add(k)
+                    poll.unregister(fd)
+                    for name, v in zip(_COUNTERS, msg[1], strict=True):
+                        setattr(self.stats, name, getattr(self.stats, name) + v)
+                    self.stats.problems += [Problem(*p) for p in msg[2]]
+                else:
+                    raise ChildFailed(f"the walk failed: {msg[1]}")
+
+    def _relay(self, k: int, busy: set[int]) -> bool:
+        """One message of process k's channel: a subtree it gives (to an idle process,
+        else queued) or its being done (then the next queued subtree, else the others
+        are asked to share; when none is busy, all are told to stop). False at EOF."""
+        data, fds, _flags, _addr = socket.recv_fds(self.socks[k], _MSG, 1)
+        if not data:
+            return False
+        if self.stopped:
+            for fd in fds:
+                os.close(fd)
+            return True
+        if marshal.loads(data)[0] == "task":
+            self.queue.append((data, fds[0]))
+        else:
+            busy.discard(k)
+        idle = [j for j in range(len(self.socks)) if j not in busy]
+        while self.queue and idle:
+            j = idle.pop()
+            task, fd = self.queue.pop(0)
+            try:
+                socket.send_fds(self.socks[j], [task], [fd])
+            finally:
+                os.close(fd)
+            busy.add(j)
+            self.relayed += 1
+        if not busy:
+            self.stopped = True
+            for s in self.socks:
+                s.send(marshal.dumps(("stop",)))
+        elif idle:
+            self.flag[0] = (self.flag[0] + 1) % 256  # a process wants work
+        return True
 
     def close(self) -> None:
-        """Idempotent. Closing early makes the child's next send fail, and it exits
+        """Idempotent. Closing early makes the children's next send fail, and they exit
         (an error batches() does not report: the walk's answer was not wanted)."""
-        if self.pid:
-            forkpipe.close(self.to)
-            forkpipe.close(self.frm)
-            forkpipe.reap(self.pid)
-            self.pid = 0
+        for _task, fd in self.queue:
+            os.close(fd)
+        self.queue = []
+        for s in self.socks:
+            # the peer sees EOF even where a copy of this end lives on (a process
+            # forked after the walk's: the feeders), so a waiting child exits
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self.socks = []
+        for pid, to, frm in self.procs:
+            forkpipe.close(to)
+            forkpipe.close(frm)
+            forkpipe.reap(pid)
+        self.procs = []
