@@ -34,7 +34,7 @@ from dedupd.index.db import (
     is_psycopg_error,
     to_s64,
 )
-from dedupd.index.dirs import DirTree, join, subtree_sql
+from dedupd.index.dirs import NO_DEV, DirTree, join, split, subtree_sql
 from dedupd.index.fsmap import FsMap, Unreachable
 from dedupd.index.migrate import open_index, put_meta
 from dedupd.index.names import Names
@@ -136,6 +136,9 @@ class Store(Names):
         self.dirs = DirTree(self.db, self.host)
         # set when a record or forget may have left an inode without a name
         self.orphans_maybe = False
+        # (roots, paths of the directories under them that hold names) of the last
+        # known_digests: what finish_scan may skip
+        self._listed: tuple[tuple[bytes, ...], set[bytes]] | None = None
         self._written: dict[int, int] = defaultdict(int)  # scan id -> inode rows written
         self._written_lock = threading.Lock()
 
@@ -242,7 +245,15 @@ class Store(Names):
         forgotten. Entries outside the roots are untouched. A scan that rewrote most
         of a SQLite index compacts it after (compact)."""
         p = self.db.p
-        keep = {d for d in (self.dirs.find(x) for x in same) if d is not None}
+        listed, self._listed = self._listed, None
+        if listed is not None and listed[0] == tuple(roots) and listed[1].issubset(same):
+            # every directory under roots that holds a name was skipped unchanged
+            # (known_digests, just before this scan's walk): none can have a name to
+            # forget, nor be left empty; only roots that are files are looked at
+            keep: set[int] = set()
+            roots = [r for r in roots if self.dirs.find(r) is None]
+        else:
+            keep = {d for d in (self.dirs.find(x) for x in same) if d is not None}
         with self.db.tx() as cur:
             n = forget_unseen(self, cur, scan_id, roots, keep)
             if self.orphans_maybe:  # one pass over every name: only when it can find any
@@ -336,10 +347,14 @@ class Store(Names):
     def known_digests(self, roots: Sequence[bytes]) -> dict[bytes, tuple[bytes, int]]:
         """directory path -> (listing digest stored by the last scan, the current st_dev
         of the filesystem the index has the directory on), under roots. A directory
-        whose filesystem is not reachable now is left out."""
-        rows = [r for r in self.dirs.listing(roots) if r[3] is not None]
-        # fs 0: a directory with no file of its own (nothing for a skip to save)
-        devs = {fs: self.dev_of(fs) if fs > 0 else None for fs in {r[1] for r in rows}}
+        whose filesystem is not reachable now is left out; one without a file of its
+        own (fs 0: nothing of it in the index but its name) comes with NO_DEV, any
+        device: its unchanged listing still has no file to record.
+
+        Remembers which of them hold files, for finish_scan (_listed)."""
+        rows = self.dirs.listing(roots)
+        self._listed = (tuple(roots), {r[2] for r in rows if r[1] > 0})
+        devs = {fs: self.dev_of(fs) if fs > 0 else NO_DEV for fs in {r[1] for r in rows}}
         return {path: (g, dev) for _i, fs, path, g in rows
                 if g is not None and (dev := devs[fs]) is not None}
 
@@ -381,44 +396,56 @@ class Store(Names):
     def groups_under(self, roots: Sequence[bytes], min_size: int
                      ) -> Iterator[list[IndexedFile]]:
         """Like candidate_groups, over every name the index has under roots (whatever
-        scan saw it last): what a scan that skipped unchanged directories hashes.
-        A size whose every inode has its full hash comes only with the inodes that
-        share one (what the hasher would keep of it)."""
-        cte, ids = subtree_sql(self.db, [d for d in (self.dirs.find(r) for r in roots)
-                                         if d is not None])
-        lo = max(min_size, 1)
-        fss = self._filesystems_mostly_under(cte, ids)
+        scan saw it last; a root that is a file: its own name): what a scan that
+        skipped unchanged directories hashes. A size whose every inode has its full
+        hash comes only with the inodes that share one (what the hasher would keep
+        of it)."""
+        top = {r: self.dirs.find(r) for r in roots}
+        cte, ids = subtree_sql(self.db, [d for d in top.values() if d is not None])
+        files = [(d, name) for d, name in (self._entry_of(r) for r, i in top.items()
+                                           if i is None) if d is not None]
+        p, lo = self.db.p, max(min_size, 1)
+        under = _UNDER + "".join(
+            " UNION ALL " + _NAMED + " AND e.dir = {p} AND e.name = {p}" for _ in files)
+        named = [x for d, name in files for x in (lo, d, name)]
+        fss = self._filesystems_mostly_under(cte, ids, [d for d, _n in files])
         if fss is None:
-            return self._paged(cte.rstrip() + ", " + _UNDER.replace("{p}", self.db.p)
-                               + " INSERT INTO {t} " + _EXACT,
-                               (*ids, lo), lo, 5000)
+            return self._paged(cte.rstrip() + ", u AS (" + under.replace("{p}", p)
+                               + ") INSERT INTO {t} " + _EXACT,
+                               (*ids, lo, *named), lo, 5000)
         # Most of the filesystems' directories are under roots (a whole-tree rescan):
         # the shared sizes and contents are found from the inode rows alone (one sort
         # of (size, hash), no join with the names), a superset of what is under
         # roots; the names under roots of those are then trimmed to the exact answer.
-        p, fin = self.db.p, f"fs IN ({self.db.marks(len(fss))})"
+        fin = f"fs IN ({self.db.marks(len(fss))})"
         return self._paged(
             cte.rstrip() + ", g AS (SELECT size, count(*) = count(\"full\") AS hashed "
             f"FROM inodes WHERE {fin} AND size >= {p} GROUP BY size HAVING count(*) > 1 "
             'AND (count("full") < count(*) OR count(DISTINCT "full") < count("full"))), '
             f'q AS (SELECT size, "full" FROM inodes WHERE {fin} AND size IN (SELECT size '
             'FROM g WHERE hashed) GROUP BY size, "full" HAVING count(*) > 1), '
-            + _UNDER.replace("{p}", p) + " INSERT INTO {t} SELECT * FROM u WHERE size IN "
-            '(SELECT size FROM g WHERE NOT hashed) OR (size, "full") IN (SELECT size, "full" '
-            "FROM q)",
-            (*ids, *fss, lo, *fss, lo), lo, 5000, trim=_TRIM)
+            "u AS (" + under.replace("{p}", p) + ") INSERT INTO {t} SELECT * FROM u WHERE "
+            'size IN (SELECT size FROM g WHERE NOT hashed) OR (size, "full") IN (SELECT '
+            'size, "full" FROM q)',
+            (*ids, *fss, lo, *fss, lo, *named), lo, 5000, trim=_TRIM)
 
-    def _filesystems_mostly_under(self, cte: str, ids: Sequence[int]) -> list[int] | None:
-        """The filesystems of the subtree `cte` when it holds at least half of their
-        directories (then a pass over their inode rows costs about what the subtree's
-        names do), else None."""
+    def _entry_of(self, path: bytes) -> tuple[int | None, bytes]:
+        """(directory id, name) of a file's path (None: its directory is not indexed)."""
+        d, name = split(path)
+        return self.dirs.find(d), name
+
+    def _filesystems_mostly_under(self, cte: str, ids: Sequence[int], more: Sequence[int] = ()
+                                  ) -> list[int] | None:
+        """The filesystems of the subtree `cte` (and of the directories `more`) when it
+        holds at least half of their directories (then a pass over their inode rows
+        costs about what the subtree's names do), else None."""
         rows = self.db.rows(cte + "SELECT fs, count(*) FROM sub WHERE fs > 0 GROUP BY fs", ids)
+        fss = {int(r[0]) for r in rows} | {f for f in map(self.dirs.fs_of, more) if f}
         if not rows:
             return None
-        fss = [int(r[0]) for r in rows]
         held = self.db.rows(f"SELECT count(*) FROM directories WHERE fs IN "
-                            f"({self.db.marks(len(fss))})", fss)
-        return fss if 2 * sum(int(r[1]) for r in rows) >= int(held[0][0]) else None
+                            f"({self.db.marks(len(fss))})", sorted(fss))
+        return sorted(fss) if 2 * sum(int(r[1]) for r in rows) >= int(held[0][0]) else None
 
     def _paged(self, fill: str, params: Sequence[Any], min_size: int, rows_per_query: int,
                trim: str = "") -> Iterator[list[IndexedFile]]:
@@ -524,10 +551,14 @@ class Store(Names):
 
 
 # The names under the subtree `sub` with their inodes of size >= the parameter.
-_UNDER = ("u AS (SELECT i.size, i.fs, i.ino, i.mtime_ns, i.mtime_ns + i.ctime_delta AS "
+_UNDER = ("SELECT i.size, i.fs, i.ino, i.mtime_ns, i.mtime_ns + i.ctime_delta AS "
           'ctime_ns, i.head, i."full", i.unstable, e.dir, e.name FROM sub JOIN entries e '
           "ON e.dir = sub.id JOIN inodes i ON i.fs = sub.fs AND i.ino = e.ino WHERE i.size >= "
-          "{p})")
+          "{p}")
+# One name given by (directory, name), with its inode of size >= the first parameter.
+_NAMED = ("SELECT i.size, i.fs, i.ino, i.mtime_ns, i.mtime_ns + i.ctime_delta, i.head, "
+          'i."full", i.unstable, e.dir, e.name FROM entries e JOIN directories d ON d.id = '
+          "e.dir JOIN inodes i ON i.fs = d.fs AND i.ino = e.ino WHERE i.size >= {p}")
 # 2+ distinct inodes among a group's names (hardlinks: several names, one inode)
 _MANY = "(min(ino) < max(ino) OR min(fs) < max(fs))"
 # Of the names u: the sizes the hasher must see (2+ inodes, one without its full hash)

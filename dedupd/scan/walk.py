@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from dedupd import handles, testpoints
 from dedupd.files.events import FileEvent, Problem, WalkStats
+from dedupd.index.dirs import NO_DEV
 
 
 @dataclass(frozen=True)
@@ -332,7 +333,9 @@ def _list_digested(fd: int, dpath: bytes, dev: int, opts: WalkOptions, stats: Wa
             yield DirListed(dpath, b"", files, False)
             return
     digest = listing_digest(opts, sorted(items))
-    same = known.get(dpath) == (digest, dev)
+    was = known.get(dpath)
+    same = was is not None and was[0] == digest and (was[1] == dev or (
+        was[1] == NO_DEV and not files))
     if not same and files:
         yield from _events(dpath, items, sts, min_size)
     yield DirListed(dpath, digest, files, same)
