@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from dedupd.files.events import Problem
-from dedupd.hashing.read import Dirs, Got, on_disk, open_ahead, read_one
+from dedupd.hashing.read import Dirs, Got, cacheable, on_disk, open_ahead, read_cached, read_one
 from dedupd.hashing.rule import Group, Hashed, Key, Read, SizeGroup
 from dedupd.hashing.stats import HashStats, Stability
 from dedupd.index.store import HashUpdate, IndexedFile
@@ -74,13 +74,25 @@ def disk_order(jobs: list[_J]) -> list[_J]:
 
 
 def read_many(jobs: Sequence[_J]) -> Iterator[tuple[_J, Got | Problem]]:
-    """Read jobs in order, opening up to PREFETCH files ahead (WILLNEED): on a cold
-    cache the disk then has a queue to work on while this thread hashes."""
+    """Read jobs in order. While the page cache holds what they read, one at a time
+    (read_cached); from the first that it does not hold on (a cold cache), opening
+    up to PREFETCH files ahead (WILLNEED): the disk then has a queue to work on
+    while this thread hashes."""
     ahead: deque[tuple[_J, int | Problem]] = deque()
     nxt = 0
+    warm = True
     dirs = Dirs()
     try:
         while nxt < len(jobs) or ahead:
+            if warm and not ahead:
+                j = jobs[nxt]
+                if cacheable(j[0], j[1]):
+                    got = read_cached(j[0], j[1], dirs)
+                    if got is not None:
+                        nxt += 1
+                        yield j, got
+                        continue
+                    warm = False
             while nxt < len(jobs) and len(ahead) <= PREFETCH:
                 j = jobs[nxt]
                 ahead.append((j, open_ahead(j[0], j[1], dirs)))
@@ -259,14 +271,14 @@ class Feeder:
         if self.overflow:
             return [], []
         first = self._first(batch)
-        learnt: dict[Key, SizeGroup] = {}
+        learnt: list[tuple[IndexedFile, SizeGroup]] = []
         second: list[Job] = []
         for (f, _, sg), got in read_many(inode_order(first)):
-            learnt[(f.dev, f.ino)] = sg
+            learnt.append((f, sg))
             if more := sg.learn(f, got):
                 second += _jobs(sg, more)
         for (f, _, sg), got in read_many(disk_order(second)):
-            learnt[(f.dev, f.ino)] = sg
+            learnt.append((f, sg))
             sg.learn(f, got)
         return self._drain(learnt)
 
@@ -277,8 +289,9 @@ class Feeder:
         settle = self.stability.settle_seconds > 0
         sizes, single = self.sizes, self.single
         first: list[Job] = []
+        held = self.held
         for f in batch:
-            size = f.size
+            size = f[2]
             if not size:
                 continue
             if settle and not self._settled(f, now):
@@ -288,13 +301,16 @@ class Feeder:
                 one = single.pop(size, None)
                 if one is None:  # most sizes stay single: no SizeGroup for them
                     single[size] = f
-                    self.held += 1
+                    held += 1
                     continue
                 sg = sizes[size] = SizeGroup(size, stat_checked=True)
                 first += _jobs(sg, sg.add(one))
-            self.held += (f.dev, f.ino) not in sg.files
+            n = len(sg.files)
             if reads := sg.add(f):
-                first += _jobs(sg, reads)
+                for r in reads:
+                    first.append((r[0], r[1], sg))
+            held += len(sg.files) - n
+        self.held = held
         return first
 
     def _settled(self, f: IndexedFile, now: float) -> bool:
@@ -306,13 +322,21 @@ class Feeder:
         return False
 
     @staticmethod
-    def _drain(learnt: dict[Key, SizeGroup]) -> tuple[list[HashUpdate], list[Key]]:
-        updates = [u for k, sg in learnt.items() if (u := sg.updates.get(k)) is not None]
+    def _drain(learnt: list[tuple[IndexedFile, SizeGroup]]
+               ) -> tuple[list[HashUpdate], list[Key]]:
+        updates: dict[Key, HashUpdate] = {}  # one per inode read (a head, then its whole)
+        groups: dict[int, SizeGroup] = {}
+        for f, sg in learnt:
+            key = (f[0], f[1])
+            if (u := sg.updates.get(key)) is not None:
+                updates[key] = u
+            groups[id(sg)] = sg
         gone: list[Key] = []
-        for sg in {id(sg): sg for sg in learnt.values()}.values():
-            gone += sg.gone
-            sg.gone = []
-        return updates, gone
+        for sg in groups.values():
+            if sg.gone:
+                gone += sg.gone
+                sg.gone = []
+        return list(updates.values()), gone
 
     def _let_go(self) -> None:
         self.overflow = True
