@@ -352,5 +352,5 @@ class Feeder:
         for size in sorted(self.sizes):
             sg = self.sizes[size]
             self.stats.merge(sg.stats)
-            out.extend(sg.result().groups)
+            out.extend(sg.groups(updates=False))  # put() returned them already
         return out

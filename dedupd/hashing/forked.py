@@ -55,7 +55,7 @@ def _child(rfd: int, wfd: int, stability: Stability, limit: int) -> None:
         msg = recv(rfd)
         if msg is None:
             break
-        ups, gone = feeder.put([_file(t) for t in msg])
+        ups, gone = feeder.put(list(map(IndexedFile._make, msg)))
         if ups or gone:
             send(wfd, ("h", [tuple(u) for u in ups], gone))
     groups = [] if feeder.overflow else feeder.groups()
@@ -90,9 +90,10 @@ class ForkedFeeders:
         return frm
 
     def put(self, batch: Sequence[IndexedFile]) -> None:
-        shares: list[list[Wire]] = [[] for _ in range(self.n)]
-        for f in batch:
-            shares[f.size % self.n].append(_tuple(f))
+        n = self.n
+        shares: list[list[Wire]] = [[] for _ in range(n)]
+        for f in batch:  # marshal takes a plain tuple only (this runs once per file)
+            shares[f[2] % n].append(tuple(f))
         for fd, share in zip(self.to, shares, strict=False):
             if share:
                 send(fd, share)
@@ -120,7 +121,7 @@ class ForkedFeeders:
     def _note(self, msg: Wire) -> None:
         with self.lock:
             if msg[0] == "h":
-                self.updates.extend(HashUpdate(d, i, h, f, s) for d, i, h, f, s in msg[1])
+                self.updates.extend(map(HashUpdate._make, msg[1]))
                 self.gone.extend(tuple(k) for k in msg[2])
             elif msg[0] == "end":
                 self.ends.append(msg)

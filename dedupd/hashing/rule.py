@@ -149,22 +149,30 @@ class SizeGroup:
     def result(self) -> Hashed:
         """The groups (2+ inodes with one full hash) and the rest, once nothing is
         outstanding; the group may take more members and give a later result."""
-        fulls: dict[bytes, list[IndexedFile]] = defaultdict(list)
-        for m in self.files.values():
-            if m.full is not None and m.key not in self.failed and self._grouped(m):
-                fulls[m.full].append(m)
-        groups = tuple(
-            Group(self.size, tuple(g), full,
-                  tuple(self.updates[f.key] for f in g if f.key in self.updates))
-            for full, g in fulls.items() if len(g) >= 2)
+        groups = self.groups()
         grouped = {f.key for g in groups for f in g.files}
         loose = tuple(u for k, u in self.updates.items() if k not in grouped)
         gone = set(self.gone)
         kept = tuple(m for k, m in self.files.items() if k not in gone)
         return Hashed(self.size, loose, tuple(self.gone), groups, self.stats, kept)
 
-    def _grouped(self, m: IndexedFile) -> bool:
-        return self.small or (m.head is not None and len(self.heads.get(m.head, ())) >= 2)
+    def groups(self, updates: bool = True) -> tuple[Group, ...]:
+        """result()'s groups alone (updates=False: without their members' new hashes,
+        for a caller that wrote them already, as the scan's feeders do)."""
+        fulls: dict[bytes, list[IndexedFile]] = defaultdict(list)
+        failed, small, heads = self.failed, self.small, self.heads
+        for key, m in self.files.items():
+            full, head = m[6], m[5]
+            # a large member counts once its head matched another's (the rule's
+            # condition for reading it whole), not for a full hash the index had
+            if full is not None and key not in failed and (
+                    small or (head is not None and len(heads.get(head, ())) >= 2)):
+                fulls[full].append(m)
+        new = self.updates if updates else {}
+        return tuple(
+            Group(self.size, tuple(g), full,
+                  tuple(new[k] for f in g if (k := (f[0], f[1])) in new))
+            for full, g in fulls.items() if len(g) >= 2)
 
 
 def _stat(f: IndexedFile) -> tuple[int, int, int]:

@@ -507,16 +507,19 @@ class Store(Names):
         # The rows go out in several statements (with or without a stat check, with
         # or without a full hash), not in the order given: an earlier head-only
         # update of an inode would be written after, and erase, its full hash.
-        latest = {(u.dev, u.ino): u for u in updates}
-        for u in latest.values():
-            k = self.key_of(u.dev, u.ino)
-            if k is None:
+        latest = {(u[0], u[1]): u for u in updates}
+        fs_of = {dev: self.fsmap.known_fs(dev) for dev in {k[0] for k in latest}}
+        # in key order: each row's B-tree page is met once per batch, not once per row
+        for (dev, ino), u in sorted(latest.items()):
+            fs = fs_of[dev]
+            if fs is None:
                 continue
-            row = (None if u.head is None else to_s64(u.head), u.full, *k)
-            if u.stat is None:
+            head, stat = u[2], u[4]
+            row = (None if head is None else to_s64(head), u[3], fs, to_s64(ino))
+            if stat is None:
                 rows.append(row)
             else:
-                checked.append((*row, *u.stat))
+                checked.append((*row, *stat))
         if not rows and not checked:
             return
         with self.db.tx() as cur:
