@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xxhash
@@ -197,13 +198,18 @@ def test_heads_are_read_in_inode_order_across_size_groups(vol: Path, store: Stor
         write_random(vol / f"s{g}.jpg", (4 + g) * BLOCK, 500 + g)
         copy_fresh(vol / f"s{g}.jpg", vol / f"t{g}.jpg")
     inos: list[int] = []
-    real = engine.read_one
 
-    def spy(f: IndexedFile, full: bool, *a: object) -> object:
-        inos.append(f.ino)
-        return real(f, full, *a)  # type: ignore[arg-type]
+    def spy(real: Any) -> Any:
+        def read(f: IndexedFile, full: bool, *a: object) -> object:
+            got = real(f, full, *a)
+            if got is not None:  # read_cached's None: not read (not in the page cache)
+                inos.append(f.ino)
+            return got
+        return read
 
-    monkeypatch.setattr(engine, "read_one", spy)
+    # a read from the page cache (read_cached) or, when it misses, by read_one
+    monkeypatch.setattr(engine, "read_one", spy(engine.read_one))
+    monkeypatch.setattr(engine, "read_cached", spy(engine.read_cached))
     monkeypatch.setattr(engine, "READERS", 1)
     r = run_pass(store, vol, min_size=BLOCK)
     assert r.counters["hits"] == 6 and len(inos) == 12
