@@ -70,16 +70,6 @@ def quiet_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def no_gc() -> None:
-    """For a child that keeps what it makes until it exits and makes no cycles (a
-    feeder holds every inode of a tree): no collection at all. Each collection
-    there would find nothing, and the older generations' ones walk everything held
-    so far (a feeder spent 15% of its CPU in them, even with quiet_gc's thresholds).
-    Whatever the child does make, refcounting frees; it exits soon after anyway."""
-    gc.freeze()
-    gc.disable()
-
-
 @contextlib.contextmanager
 def rare_gc() -> Iterator[None]:
     """quiet_gc for the parent, for the duration of a block (a scan): what exists

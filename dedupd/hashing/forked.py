@@ -49,7 +49,7 @@ def _unstats(t: Wire) -> HashStats:
 
 
 def _child(rfd: int, wfd: int, stability: Stability, limit: int) -> None:
-    forkpipe.no_gc()  # the feeder keeps every inode of the tree and makes no cycles
+    forkpipe.quiet_gc()  # the feeder keeps every inode of the tree and makes no cycles
     feeder = Feeder(stability, limit)
     while True:
         msg = recv(rfd)
