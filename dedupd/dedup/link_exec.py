@@ -46,11 +46,14 @@ def execute(run: LinkRun) -> None:
         # through the handle the checks held.
         run.dirs.close()
     swapped: list[tuple[Planned, int]] = []
+    touched: dict[int, bytes] = {}
     verdicts: dict[tuple[int, int], Refused | None] = {}
     proven: set[tuple[int, int]] = set()
     for n, (pl, spec, op) in enumerate(zip(plan, specs, ops, strict=True)):
         if n == 0 or plan[n - 1].keep is not pl.keep:
             verdicts, proven = _compare(run, _same_keep(plan, n))
+        if verdicts[pl.f.key] is None:  # a swap is tried: names may move, refused or not
+            touched[pl.f.dev] = pl.path
         after = _replace(run, pl, spec, op, verdicts[pl.f.key], pl.f.key in proven)
         if after is not None:
             swapped.append((pl, op))
@@ -60,11 +63,12 @@ def execute(run: LinkRun) -> None:
         for rest in pl.rest:
             if refresh(run, pl.f.key, rest):
                 break
-    if not swapped:
+    if not touched:
         return
-    # One sync per filesystem makes every link, swap and unlink of the batch
-    # durable before any of them is marked DONE (recovery decides from inodes).
-    for path in {pl.f.dev: pl.path for pl, _ in swapped}.values():
+    # One sync per filesystem makes every link, swap, unlink and undo of the batch
+    # (a save given back, a temp link dropped) durable before any of its final states
+    # is written: recovery decides from inodes, but never revisits a final state.
+    for path in touched.values():
         sync_filesystem(os.path.dirname(path))
     jr.step("sync")
     for pl, op in swapped:

@@ -207,3 +207,30 @@ def test_save_and_kill_at_every_step(tmpfs: Callable[..., Path],
 
 def env_of(mode: str) -> dict[str, str]:
     return dict(MODES[mode][0])
+
+
+@pytest.mark.parametrize("mode", ["exchange", *HELD])
+def test_a_swap_undone_is_synced_before_its_state(tmpfs: Callable[..., Path],
+                                                  mode: str) -> None:
+    """A batch whose only swap is undone (an editor saved right before the name was
+    exchanged or held: the save is swapped or given back) syncs the filesystem before
+    the final state is written: a state is never revisited by recovery, so after a
+    power cut it must not be on disk ahead of the undo."""
+    base = tmpfs("32m")
+    root = base / "vol"
+    write(root / "a/y.bin", blob(2, 150_000))
+    write(root / "b/y.bin", blob(2, 150_000))
+    cfg = config(base, {"v": {"kind": "plain", "path": str(root), "settle_seconds": 0,
+                              "min_size": 1, "mode": "apply"}})
+    log = base / "steps.log"
+    argv = [sys.executable, "-m", "tests.integration.saving_run", str(root / "b/y.bin"), "1",
+            "run", "--once", "-c", str(cfg)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, **env_of(mode), "DEDUPD_TEST_STEP_LOG": str(log)})
+    assert r.returncode == 0, r.stderr
+    steps = [line.split(" ", 1)[1] for line in log.read_text().splitlines()]
+    undo = ["exchange", "exchange back"] if mode == "exchange" else ["hold", "give back"]
+    assert steps == ["journal PENDING", "link temp", "editor save", *undo, "sync",
+                     "journal 1 states"]
+    assert (root / "b/y.bin").read_bytes() == saving_run.SAVED
+    assert unfinished_ops(base / "index.db") == []
