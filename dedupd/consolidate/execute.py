@@ -6,22 +6,23 @@ rows of one batch, and the next run rebuilds them from the files themselves
 
 Copies go in batches (BATCH_FILES / BATCH_BYTES, and at most a third of the
 open-file limit: each staged copy holds its temp file and its source open until
-placed): stage every copy of the batch to a temp name, one syncfs (then the
-batch's temp files are dropped from the cache and read ahead together), then
-per file compare + link into place. The index rows of a batch are handed to
-the index writer (consolidate/writer.py, a forked process on the other core)
-after the next sync (the next batch's, or the last one at the end): that sync
-makes its new names durable first, so the index never names a copy a crash
-could lose, at one syncfs per batch. Each source is read once for its copy:
-the bytes stay in memory for the verify of the copy and for the byte compare
-of the content's other source paths (see fsops/copy.py).
+placed). This process reads each source whole (hashing it, sorting unsorted
+size groups, naming new contents) and hands a batch -- bytes, hashes, stat and
+the very handle each source was read through -- to the copy worker
+(consolidate/copyworker.py, a forked process on the other core), which stages
+every copy of the batch to a temp name, makes them durable with one syncfs,
+reads them back from the disk, compares them with those bytes, checks each
+source through its handle and links each copy into place, while this process
+reads the next batch. The index rows of a batch go to the index writer
+(consolidate/writer.py, another forked process) only after the worker says a
+later sync made the batch's names durable (the next batch's, or the last one
+at the end), so the index never names a copy a crash could lose. Each source
+is read once for its copy: the bytes stay in memory for the verify of the copy
+and for the byte compare of the content's other source paths.
 
-Test hook: when the environment variable DEDUPD_TEST_KILL_AFTER_COPY_STEPS=k
-is set, the process SIGKILLs itself right after the k-th copy step. Steps,
-five per copied file: "written" for each file of a batch, then "synced" for
-each, then "verified", "placed", "queued" file by file. The kill -9 tests use
-it to stop a run at every interesting point. DEDUPD_TEST_COPY_BATCH_FILES=b
-makes batches of b files, so those tests can cross batch boundaries with a few.
+Test hooks: DEDUPD_TEST_KILL_AFTER_COPY_STEPS=k kills the run (and the worker)
+at the worker's k-th copy step (copyworker.py); DEDUPD_TEST_COPY_BATCH_FILES=b
+makes batches of b files, so the kill -9 tests cross batch boundaries with a few.
 """
 
 from __future__ import annotations
@@ -29,35 +30,32 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dedupd.consolidate.compare import Compared, same_as_data, same_bytes
+from dedupd.consolidate.copyworker import KILL_ENV, CopyWorker, stat_from, stat_wire
 from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
 from dedupd.consolidate.plan import Copy, Known, Names, Plan
 from dedupd.consolidate.sortcopy import NewCopy, sort_group
 from dedupd.consolidate.writer import IndexWriter
 from dedupd.files.events import FileEvent, Problem
+from dedupd.forkpipe import Wire
 from dedupd.fsops.copy import (
+    KEEP_BYTES,
     CopyError,
     CopyResult,
-    DestDirs,
-    Staged,
-    discard,
-    place_copy,
-    stage_copy,
-    sync_batch,
+    SourceRead,
+    read_source,
     sync_filesystem,
 )
 from dedupd.index.provenance import Provenance
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 
-KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
+__all__ = ["BATCH_ENV", "KILL_ENV", "Counters", "Executor"]
 BATCH_ENV = "DEDUPD_TEST_COPY_BATCH_FILES"
 FLUSH_EVERY = 256
-MAX_RETRIES = 20
 # One filesystem sync per batch (see fsops/copy.py): bounded so a crash redoes little.
 BATCH_FILES = 1024
 BATCH_BYTES = 64 << 20
@@ -78,20 +76,6 @@ class Counters:
     problems: list[Problem] = field(default_factory=list)
 
 
-class _KillHook:
-    """The documented test-only SIGKILL after the k-th copy step (see module doc)."""
-
-    def __init__(self) -> None:
-        raw = os.environ.get(KILL_ENV, "")
-        self.after = int(raw) if raw.isdigit() else 0
-        self.steps = 0
-
-    def __call__(self, _step: str) -> None:
-        self.steps += 1
-        if self.after and self.steps >= self.after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 class Executor:
     """Runs one plan against the archive; the caller holds the archive lock."""
 
@@ -108,12 +92,14 @@ class Executor:
         self.policy = on_name_collision
         self.progress = progress
         self.c = Counters()
-        self.kill = _KillHook()
         self._rows: list[Provenance] = []
         self._events: list[FileEvent] = []
         self._hashes: list[HashUpdate] = []
         self._touch: list[bytes] = []
         self._unsynced = False  # names placed since the last sync (their rows wait)
+        self._pending: dict[int, tuple[Copy, bytes | None]] = {}  # sent to the worker
+        self._next_id = 0
+        self._batch_hashes: list[list[HashUpdate]] = []  # of batches the worker has
         self._now = time.time()
         # (source path, archive file) pairs whose equality is confirmed: prune candidates
         self.confirmed: list[tuple[SourcePath, bytes]] = []
@@ -155,26 +141,42 @@ class Executor:
         self.flush()
 
     def _copy_all(self, items: list[Copy | Unsorted], names: Names) -> None:
-        """Stage the items into batches of what is really staged (a group staged whole
-        may pass the limits by its own new contents), each finished by _finish_batch."""
+        """Read the items here and stage, sync, verify and link them in the copy worker
+        (consolidate/copyworker.py, forked now: it knows the names claimed so far), in
+        batches of what is really staged (a group may pass the limits by its own new
+        contents). At most one batch is in the worker while the next is read."""
         raw = os.environ.get(BATCH_ENV, "")
         max_files = int(raw) if raw.isdigit() and int(raw) > 0 else BATCH_FILES
         max_files = min(max_files, _fd_budget())
-        batch = _Batch(DestDirs(synced_later=True))
+        self._worker = CopyWorker(self.archive, self.policy, names, self._answer)
         try:
+            batch = _Batch()
             for it in items:
                 if isinstance(it, Unsorted):
                     self._stage_group(it, batch)
                 else:
                     self._stage_one(it, batch)
-                if len(batch.staged) >= max_files or batch.size >= BATCH_BYTES:
-                    self._finish_batch(batch, names)
-                    batch.dirs.close()
-                    batch = _Batch(DestDirs(synced_later=True))
-            if batch.staged:
-                self._finish_batch(batch, names)
+                if batch.files >= max_files or batch.size >= BATCH_BYTES:
+                    self._end_batch(batch)
+                    batch = _Batch()
+            if batch.files or batch.hashes:
+                self._end_batch(batch)
+            self._worker.finish()
+        except BaseException:
+            batch.close()
+            self._worker.abandon()
+            raise
+        for cp, _ in self._pending.values():  # never answered: cannot happen, but say so
+            self.c.problems.append(Problem(cp.src.path, "error", "copy worker gave no answer"))
+        self._pending = {}
+
+    def _end_batch(self, batch: _Batch) -> None:
+        self._batch_hashes.append(batch.hashes)
+        try:
+            self._worker.send_batch(batch.items, batch.payload, batch.fds)
         finally:
-            batch.dirs.close()
+            batch.close()
+        self._worker.wait(behind=1)
 
     def _tick(self) -> None:
         if self.progress:  # an unsorted inode counts as a copy until it is read
@@ -218,69 +220,72 @@ class Executor:
         self._tick()
         self._done_files += 1
         self._done_bytes += cp.content.size
+        f = cp.src.file
+        if f.size > KEEP_BYTES:  # the worker copies it from the source, a buffer at a time
+            self._send(cp, None, batch)
+            return
         try:
-            st = stage_copy(cp.src.path, os.path.dirname(cp.dest), cp.src.file.ident,
-                            batch.dirs)
+            r = read_source(cp.src.path, f.ident)
         except CopyError as e:
             self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
             return
-        self.kill("written")
-        batch.add(cp, st)
+        self.c.bytes_read += len(r.data)
+        self._send(cp, r, batch)
 
     def _stage_group(self, u: Unsorted, batch: _Batch) -> None:
         """An unsorted size group (consolidate/sortcopy.py): each inode read once."""
         self._tick()
-        res = sort_group(u, self._new_copy, batch.dirs, lambda: self.kill("written"))
+        res = sort_group(u, self._new_copy)
         self._unsorted_left -= u.inodes
-        self.c.bytes_read += res.bytes_read  # every inode's one read (stage_read: none)
+        self.c.bytes_read += res.bytes_read  # every inode's one read
         self.c.problems.extend(res.problems)
         self.c.contents_sorted += res.contents
         batch.hashes.extend(res.hashes)
-        for cp, st in res.staged:
+        for cp, r in res.copies:
             self.plan.copies.append(cp)
             self._done_files += 1
             self._done_bytes += cp.content.size
             self._bytes_total += cp.content.size
-            batch.add(cp, st)
+            self._send(cp, r, batch)
 
-    def _finish_batch(self, batch: _Batch, names: Names) -> None:
-        """Make the batch durable with one sync, then compare and link each copy into
-        place; the rows wait for the next sync (module docstring)."""
-        if not batch.staged:
-            return
-        dirs = batch.dirs
-        sync_batch(self.archive, [st for _, st in batch.staged], dirs)
-        self._unsynced = False
-        self.flush()  # the previous batch's rows: its names are durable now
-        for _ in batch.staged:
-            self.kill("synced")
-        for cp, st in batch.staged:
-            res = self._place(cp, st, names, dirs)
-            if res is not None:
+    def _send(self, cp: Copy, r: SourceRead | None, batch: _Batch) -> None:
+        """Hand one copy to the worker: its bytes as read (r), else its source path."""
+        cid = self._next_id
+        self._next_id += 1
+        if r is None:
+            i = cp.src.file.ident
+            self._pending[cid] = (cp, None)
+            batch.items.append((cid, cp.dest, cp.src.path,
+                                (i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns), 0, b"", -1))
+        else:
+            self._pending[cid] = (cp, r.data)
+            batch.items.append((cid, cp.dest, r.src, stat_wire(r.stat), r.head, r.full,
+                                len(r.data)))
+            batch.payload.append(r.data)
+            batch.fds.append(r.fd)  # the worker checks the source through it before the link
+        batch.files += 1
+        batch.size += cp.content.size
+
+    def _answer(self, synced: bool, results: list[Wire]) -> None:
+        """The worker's answer for one batch (copyworker.py), in the order of batches."""
+        if synced:  # the names placed before are durable: their rows may go
+            self._unsynced = False
+            self.flush()
+        for msg in results:
+            if msg[0] == "p":
+                _, cid, dest, stw, head, full, nread, nwritten = msg
+                cp, data = self._pending.pop(cid)
                 self._unsynced = True
-                self._copied(cp, res)
-                self.kill("queued")
-        # after the batch's archive files: the writer's index learns their filesystem
-        # from those records (a hash of a filesystem it has not met is dropped)
-        self._hashes.extend(batch.hashes)
-
-    def _place(self, cp: Copy, st: Staged, names: Names, dirs: DestDirs) -> CopyResult | None:
-        dest = cp.dest
-        for _ in range(MAX_RETRIES):
-            try:
-                return place_copy(st, dest, self.kill, dirs)
-            except CopyError as e:
-                if e.reason == "exists" and self.policy == "suffix":
-                    nxt = names.claim(cp.dest, "suffix")  # the next free "name (n).ext"
-                    if nxt is not None:
-                        dest = nxt
-                        continue
-                discard(st, dirs)
-                self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
-                return None
-        discard(st, dirs)
-        self.c.problems.append(Problem(cp.src.path, "name-collision", "no free name"))
-        return None
+                self._copied(cp, CopyResult(dest, head, full, stat_from(stw), nread,
+                                            nwritten, data))
+            else:
+                _, cid, reason, detail = msg
+                cp, _ = self._pending.pop(cid)
+                self.c.problems.append(Problem(cp.src.path, reason, detail))
+        if self._batch_hashes:
+            # after the batch's archive files: the writer's index learns their filesystem
+            # from those records (a hash of a filesystem it has not met is dropped)
+            self._hashes.extend(self._batch_hashes.pop(0))
 
     def _copied(self, cp: Copy, res: CopyResult) -> None:
         c = self.c
@@ -340,16 +345,21 @@ class Executor:
 
 @dataclass
 class _Batch:
-    """Copies staged for one sync: their destination directories and temp files."""
+    """Copies handed to the worker for one sync: how many, their bytes, and the hashes
+    of every source read for them."""
 
-    dirs: DestDirs
-    staged: list[tuple[Copy, Staged]] = field(default_factory=list)
+    files: int = 0
     size: int = 0
-    hashes: list[HashUpdate] = field(default_factory=list)  # of every source read
+    hashes: list[HashUpdate] = field(default_factory=list)
+    items: list[Wire] = field(default_factory=list)  # copyworker.CopyWorker.send_batch
+    payload: list[bytes] = field(default_factory=list)
+    fds: list[int] = field(default_factory=list)  # the sources' handles, payload's order
 
-    def add(self, cp: Copy, st: Staged) -> None:
-        self.staged.append((cp, st))
-        self.size += cp.content.size
+    def close(self) -> None:
+        """Close the run's handles of the batch's sources (the worker has its own)."""
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
 
 
 def _fd_budget() -> int:

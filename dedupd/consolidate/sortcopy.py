@@ -10,24 +10,24 @@ each inode is read once, in source order (config order, then path):
   path of that content (its handle is closed, its row waits for the content's
   verified copy); a hash match with other bytes is reported as hash-collision
   and the file is content of its own: a hash never merges anything;
-- a new content gets its name (the EXIF date from the bytes in memory) and is
-  staged from those bytes (fsops.copy.stage_read); its source stays open until
-  placed, where the copy read back from the disk is compared with the same
-  bytes and the source's fstat must still match the indexed inode.
+- a new content gets its name (the EXIF date from the bytes in memory); its
+  bytes and its open handle go to the copy worker (consolidate/copyworker.py),
+  which writes them to a temp file and, after the batch's sync, compares the
+  copy read back from the disk with the same bytes; an fstat of that handle
+  must then still show the inode read, unchanged.
 
 Further names of an inode already read are that inode's content (no read).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
 from dedupd.consolidate.plan import Copy
 from dedupd.files.events import Problem
-from dedupd.fsops.copy import CopyError, DestDirs, Staged, read_source, stage_read
+from dedupd.fsops.copy import CopyError, SourceRead, read_source
 from dedupd.index.store import HashUpdate
 
 # (content with its first source, that source's bytes) -> the copy with its name, or None
@@ -43,22 +43,21 @@ class _Found:
     paths: list[SourcePath]
     compared: set[bytes] = field(default_factory=set)
     copy: Copy | None = None
-    staged: Staged | None = None
+    read: SourceRead | None = None  # its first source as read, its handle open
 
 
 @dataclass
 class SortedGroup:
-    staged: list[tuple[Copy, Staged]] = field(default_factory=list)
+    copies: list[tuple[Copy, SourceRead]] = field(default_factory=list)  # to stage
     hashes: list[HashUpdate] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     bytes_read: int = 0
     contents: int = 0  # distinct contents found in the group
 
 
-def sort_group(u: Unsorted, new_copy: NewCopy, dirs: DestDirs,
-               on_staged: Callable[[], None]) -> SortedGroup:
-    """Read every inode of u once; stage each new content (module docstring).
-    on_staged runs after each staged copy (the executor's kill-point step)."""
+def sort_group(u: Unsorted, new_copy: NewCopy) -> SortedGroup:
+    """Read every inode of u once; name each new content (module docstring). The
+    handles of the copies' sources stay open (the caller closes them)."""
     out = SortedGroup()
     found: list[_Found] = []
     by_inode: dict[tuple[int, int], _Found] = {}
@@ -96,16 +95,11 @@ def sort_group(u: Unsorted, new_copy: NewCopy, dirs: DestDirs,
         if x.copy is None:  # no name for it (reported): its duplicates wait too
             r.close()
             continue
-        try:
-            x.staged = stage_read(r, os.path.dirname(x.copy.dest), dirs)
-        except CopyError as e:
-            out.problems.append(Problem(s.path, e.reason, e.detail))
-            continue
-        on_staged()
+        x.read = r  # open until the copy worker has its own handle of it
     out.contents = len(found)
     for x in found:
-        if x.copy is not None and x.staged is not None:
+        if x.copy is not None and x.read is not None:
             content = Content(u.size, x.full, (), tuple(x.paths))
-            out.staged.append((replace(x.copy, content=content,
-                                       compared=frozenset(x.compared)), x.staged))
+            out.copies.append((replace(x.copy, content=content,
+                                       compared=frozenset(x.compared)), x.read))
     return out

@@ -34,6 +34,9 @@ create, link and unlink of the batch is relative to it. It also holds each
 staged temp file and its source open until the copy is placed or discarded:
 the sync's cache drop, the read-back, the source's unchanged-check (fstat of
 the very handle it was read through) and the final stat need no new open.
+`read_source` + `stage_data` split steps 1-2 between two processes
+(consolidate/copyworker.py): one reads and hashes, the other writes those
+bytes and gets the source's handle along with them.
 """
 
 from __future__ import annotations
@@ -131,8 +134,10 @@ class DestDirs:
         return fd
 
     def keep(self, tmp: bytes, fd: int, src_fd: int) -> None:
+        """Hold a temp file's handle and its source's (-1: none, re-opened to check)."""
         self._tmp[tmp] = fd
-        self._src[tmp] = src_fd
+        if src_fd >= 0:
+            self._src[tmp] = src_fd
 
     def tmp_fd(self, tmp: bytes) -> int | None:
         return self._tmp.get(tmp)
@@ -224,7 +229,7 @@ def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None,
 @dataclass(frozen=True)
 class SourceRead:
     """A source read whole into memory and hashed, its handle still open: it is either
-    staged as a copy (stage_read takes the handle) or closed (close)."""
+    staged as a copy (stage_data takes the handle) or closed (close)."""
 
     src: bytes
     fd: int
@@ -255,23 +260,31 @@ def read_source(src: bytes, expect: Ident | None = None) -> SourceRead:
                       xxhash.xxh3_128_digest(data))
 
 
-def stage_read(r: SourceRead, dest_dir: bytes, dirs: DestDirs) -> Staged:
-    """stage_copy for a source already in memory (read_source): write its bytes to a
-    fresh temp name in dest_dir. Takes r's handle (kept in dirs until placed)."""
+def stage_data(src: bytes, sfd: int, st: os.stat_result, head: int, full: bytes,
+               data: bytes, dest_dir: bytes, dirs: DestDirs) -> Staged:
+    """stage_copy for bytes read in another process (consolidate/copyworker.py) through
+    sfd, a handle of src passed along with them, as st describes it: write them to a
+    fresh temp name in dest_dir. Takes sfd (kept in dirs until placed: place_copy
+    checks with it that the source is still st, unchanged)."""
 
     def write(tfd: int) -> tuple[int, bytes, int, bytes | None]:
-        view = memoryview(r.data)
-        while view:
-            view = view[os.write(tfd, view):]
-        return r.head, r.full, 0, r.data  # read (and counted) by read_source
+        _write_all(tfd, data)
+        return head, full, 0, data
 
-    return _stage(r.src, r.fd, r.stat, dest_dir, dirs, write)
+    return _stage(src, sfd, st, dest_dir, dirs, write)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _stage(src: bytes, sfd: int, st: os.stat_result, dest_dir: bytes, dirs: DestDirs | None,
            write: Callable[[int], tuple[int, bytes, int, bytes | None]]) -> Staged:
-    """Create the temp file, fill it (write), set the metadata; sfd is kept with the temp
-    file in dirs (or closed). On failure the temp file is gone and sfd closed."""
+    """Create the temp file, fill it (write), set the metadata; sfd (-1: none) is kept
+    with the temp file in dirs (or closed). On failure the temp file is gone and sfd
+    closed."""
     own = dirs is None
     d = DestDirs() if dirs is None else dirs
     kept = False
@@ -298,7 +311,7 @@ def _stage(src: bytes, sfd: int, st: os.stat_result, dest_dir: bytes, dirs: Dest
     except OSError as e:
         raise CopyError("error", f"{e.strerror or e} while copying") from None
     finally:
-        if not kept:
+        if not kept and sfd >= 0:
             os.close(sfd)
         if own:
             d.close()

@@ -33,6 +33,7 @@ from dedupd.dedup import link_exec, verify
 from dedupd.dedup import together as together_mod
 from dedupd.index.store import Store
 from tests.fixtures.attacker import User, reachable
+from tests.fixtures.consolidate import Once
 from tests.integration.test_attacker import (
     SIZE,
     Site,
@@ -260,11 +261,10 @@ def test_import_with_prune_directory_swapped_before_rename(
     (nor quarantine) root's files, the user's real files keep every content."""
     d, private = share["d"], share["private"]
     before = manifest(private)
-    fired: list[bytes] = []
+    fired = Once(tmp_path / "fired")  # the act may run in the copy worker
 
     def swap(path: bytes) -> None:
-        if not fired and at_step(share, step, path):
-            fired.append(path)
+        if at_step(share, step, path) and fired.first():
             attacker.run('mv "$1" "$1.real" && ln -s "$2" "$1"', str(d), str(private))
 
     rep = run_import(share, tmp_path / "db", swap)
@@ -292,11 +292,10 @@ def test_import_with_prune_source_rewritten_before_rename(
     d = share["d"]
     target = d / victim
     stamp = mtime_arg(target)
-    fired: list[bytes] = []
+    fired = Once(tmp_path / "fired")  # the act may run in the copy worker
 
     def rewrite(path: bytes) -> None:
-        if not fired and at_step(share, step, path):
-            fired.append(path)
+        if at_step(share, step, path) and fired.first():
             attacker.run('head -c "$2" /dev/zero | tr "\\000" Z > "$1" && '
                          'touch -m -d "$3" "$1"', str(target), str(SIZE), stamp)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dedupd.config import ConsolidateConfig
+from dedupd.consolidate.copyworker import KILL_WHICH_ENV
 from dedupd.consolidate.execute import BATCH_ENV, KILL_ENV
 from dedupd.consolidate.run import Options, consolidate
 from dedupd.index import provenance as prov
@@ -202,3 +204,54 @@ def test_source_rewritten_after_its_copy_is_refused(tmp_path: Path) -> None:
         assert (archive / "a.bin").read_bytes() == b"A" * 70_000
     finally:
         store.close()
+
+
+def wait_unlocked(archive: Path) -> None:
+    """Block until no process holds the archive's lock (a copy worker that outlived its
+    run holds the inherited lock until it exits: on its next pipe write or read)."""
+    fd = os.open(archive / ".dedupd-consolidate.lock", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("which", ["worker", "run"])
+def test_kill_one_process_at_every_step_across_batches(tmp_path: Path, which: str) -> None:
+    """The copy worker alone killed at each of its steps (the run must fail with an
+    error and place nothing more), or the run alone (the worker finishes at most its
+    batch, then exits): no partial file under a real name, no index row naming a
+    missing copy, and the next run completes the import."""
+    sources, contents = small_sources(tmp_path / "src")
+    n = len(contents)
+    n_paths = sum(1 for s in sources for v in manifest(s).values() if v[-1])
+    for k in range(1, 5 * n + 1):
+        archive = tmp_path / f"a{k}"
+        archive.mkdir()
+        db = tmp_path / f"db{k}.sqlite"
+        cfg = write_config(tmp_path / f"c{k}.toml", db, "x", sources, archive)
+        env = {KILL_ENV: str(k), KILL_WHICH_ENV: which, BATCH_ENV: "2"}
+        r = dedupd("consolidate", "-c", str(cfg), "x", env=env, check=False)
+        if which == "worker":
+            assert r.returncode == 1, (k, r.returncode, r.stderr.decode())
+            assert b"copy worker died" in r.stderr, r.stderr
+            assert b"Traceback" not in r.stderr
+        else:
+            assert r.returncode == -9, (k, r.returncode, r.stderr.decode())
+        wait_unlocked(archive)
+        check_archive(archive, contents, complete=False)
+        store = Store(f"sqlite:///{db}")
+        try:  # every row written names a copy that is there, whole
+            files = archive_files(archive)
+            for row in prov.load(store, "x").values():
+                assert files.get(row.archive_path) in contents, (k, row.archive_path)
+        finally:
+            store.close()
+        rep = json.loads(dedupd("consolidate", "-c", str(cfg), "x", "--json").stdout)
+        assert rep["stats"]["problems"] == 0, (k, rep["problems"])
+        check_archive(archive, contents, complete=True)
+        store = Store(f"sqlite:///{db}")
+        try:
+            assert prov.count(store, "x") == n_paths, k
+        finally:
+            store.close()

@@ -25,7 +25,7 @@ from dedupd.fsops.copy import (
     read_source,
     remove_stale_temps,
     stage_copy,
-    stage_read,
+    stage_data,
     sync_batch,
 )
 from tests.fixtures.consolidate import corrupt_jpeg, jpeg, write
@@ -153,8 +153,9 @@ def test_source_changed_after_its_copy_is_refused(tmp_path: Path) -> None:
         assert os.listdir(out) == []
 
 
-def test_read_source_then_stage_read_is_a_verified_copy(tmp_path: Path) -> None:
-    """A source read into memory (an unsorted size group) is staged from those bytes;
+def test_read_source_then_stage_data_is_a_verified_copy(tmp_path: Path) -> None:
+    """A source read into memory (as the run reads it for the copy worker) is staged
+    from those bytes and its handle;
     a source that is not the indexed inode any more is refused before any read, and
     one rewritten after the read gets no name at the rename."""
     src, out = tmp_path / "src.bin", tmp_path / "out"
@@ -166,12 +167,12 @@ def test_read_source_then_stage_read_is_a_verified_copy(tmp_path: Path) -> None:
     with DestDirs() as dirs:
         r = read_source(os.fsencode(src), ident)
         assert r.data == b"a" * 5000
-        st = stage_read(r, os.fsencode(out), dirs)
+        st = stage_data(r.src, r.fd, r.stat, r.head, r.full, r.data, os.fsencode(out), dirs)
         sync_batch(os.fsencode(tmp_path), [st], dirs)
         res = place_copy(st, os.fsencode(out / "a.bin"), dirs=dirs)
         assert (out / "a.bin").read_bytes() == b"a" * 5000 and res.full == r.full
         r = read_source(os.fsencode(src), ident)
-        st = stage_read(r, os.fsencode(out), dirs)
+        st = stage_data(r.src, r.fd, r.stat, r.head, r.full, r.data, os.fsencode(out), dirs)
         src.write_bytes(b"b" * 5000)  # after the read, before the rename
         os.utime(src, ns=(ident.mtime_ns, ident.mtime_ns))
         sync_batch(os.fsencode(tmp_path), [st], dirs)
