@@ -38,13 +38,16 @@ def _groups(doc: dict[str, object]) -> list[list[str]]:
 
 
 @contextlib.contextmanager
-def _numbers_taken(n: int = 2) -> Iterator[None]:
-    """n tmpfs mounts: each takes an anonymous device number while it lasts."""
+def _numbers_taken(n: int = 2, holding: int | None = None) -> Iterator[None]:
+    """n tmpfs mounts: each takes an anonymous device number while it lasts; with
+    `holding`, more until one of them took that number (the kernel hands out the
+    lowest free one, and earlier tests may have left lower ones free)."""
     base = Path(tempfile.mkdtemp(prefix="dedupd-hold-"))
-    held = []
+    held: list[Path] = []
     try:
-        for k in range(n):
-            d = base / str(k)
+        while len(held) < n or (holding is not None and len(held) < 64
+                                and holding not in {os.stat(d).st_dev for d in held}):
+            d = base / str(len(held))
             d.mkdir()
             subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "hold", str(d)],
                            check=True)
@@ -80,7 +83,7 @@ def test_btrfs_subvolume_remounted_with_another_device_number(
     img = top.parent / "btrfs.img"
     with _numbers_taken():
         unmount(top)
-        with _numbers_taken():
+        with _numbers_taken(holding=dev):
             subprocess.run(["mount", "-o", "loop", str(img), str(top)], check=True)
             # btrfs gives a subvolume its number when it is first looked up: here,
             # while the held numbers still keep it off the one it had
@@ -114,7 +117,7 @@ def test_zfs_fuse_dataset_remounted_with_another_device_number(
     dev = os.stat(root).st_dev
     with _numbers_taken():
         _zfs("unmount", ds)
-        with _numbers_taken():
+        with _numbers_taken(holding=dev):
             _zfs("mount", ds)
     assert os.stat(root).st_dev != dev
     again = scan_json(root / "photos", db=store_url)
