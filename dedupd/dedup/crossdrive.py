@@ -223,6 +223,7 @@ def _move(run: H.LinkRun, keep: IndexedFile, f: IndexedFile, p: bytes, dest: byt
     rel_dir = os.path.dirname(rel_to(p, b))
     spec = J.OpSpec(run.policy.volume, "crossdrive", keep.path, p, keep.dev, keep.ino, f.dev,
                     f.ino, f.size, run.ident[f.key].mtime_ns,
+                    temp_path=fs.temp_name(p),  # reserved: names the hold name
                     dest_path=None if exists else dest, quarantine_path=q,
                     dirs=() if exists else _missing_dirs(a, rel_dir))
     op = jr.begin(spec)
@@ -263,7 +264,8 @@ def _remove(jr: J.Journal, spec: J.OpSpec) -> None:
         fs.make_private_dirs(os.path.dirname(spec.quarantine_path))
         fs.link_exact(spec.dup_path, spec.quarantine_path, expect=(spec.dup_dev, spec.dup_ino))
         jr.step("link quarantine")
-    if not fs.unlink_if_inode(spec.dup_path, spec.dup_dev, spec.dup_ino):
+    if not fs.unlink_if_inode(spec.dup_path, spec.dup_dev, spec.dup_ino,
+                              hold=spec.hold_path, step=jr.step):
         raise Refused("path_changed", f"{os.fsdecode(spec.dup_path)} no longer leads to the "
                       "verified duplicate; both copies kept")
     jr.step("unlink duplicate")

@@ -69,11 +69,10 @@ class OpSpec:
 
     @property
     def hold_path(self) -> bytes | None:
-        """hardlink: where the duplicate's name is held while a swap without
-        RENAME_EXCHANGE checks it (fsops.link.hold_name: named by temp_path)."""
-        if self.kind != "hardlink" or self.temp_path is None:
-            return None
-        return hold_name(self.temp_path)
+        """Where the duplicate's name is held while it is checked (fsops.link.hold_name
+        of temp_path): hardlink, a swap without RENAME_EXCHANGE; crossdrive, the
+        duplicate's removal (its temp_path is a name reserved for this, never made)."""
+        return None if self.temp_path is None else hold_name(self.temp_path)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,9 @@ def _plan_hardlink(rec: J.OpRecord) -> tuple[str, str]:
 
 def _plan_cross(rec: J.OpRecord) -> tuple[str, str]:
     sp = rec.spec
+    if sp.hold_path is not None and _ino(sp.hold_path) is not None:
+        return J.ROLLED_BACK, "the duplicate's name is held: give it back (never over " \
+            "a newer file), then finish or roll back"
     if not _dup_present(sp):
         if _ino(sp.dest_path or sp.keep_path) == (sp.keep_dev, sp.keep_ino):
             return J.DONE, "the duplicate is already gone: finish"
@@ -117,7 +120,7 @@ def resolve_hardlink(sp: J.OpSpec) -> tuple[str, str]:
             # inode took its name.
             fs.unlink_if_inode(hold, sp.dup_dev, sp.dup_ino)
         return J.DONE, "finished: name links to the kept file"
-    detail = "" if hold is None else _settle_hold(sp, hold)
+    detail = "" if hold is None else settle_hold(sp, hold)
     if sp.temp_path is not None:
         fs.unlink_if_inode(sp.temp_path, sp.keep_dev, sp.keep_ino)
     if sp.quarantine_path is not None:
@@ -125,13 +128,14 @@ def resolve_hardlink(sp: J.OpSpec) -> tuple[str, str]:
     return J.ROLLED_BACK, "rolled back: duplicate left as it was" + detail
 
 
-def _settle_hold(sp: J.OpSpec, hold: bytes) -> str:
-    """A swap without exchange stopped while the duplicate's name was held: whatever
-    the hold name has (it was taken from the duplicate's name, an editor's save too)
-    gets that name back, never over a file made there since. If one was (a save while
-    the name was missing), the held file goes only if it is another name of that file,
-    or the duplicate with the kept file's bytes (as the save's rename would have
-    removed it); anything else stays under the hold name. Returns a note for the row."""
+def settle_hold(sp: J.OpSpec, hold: bytes) -> str:
+    """An op stopped while the duplicate's name was held (a hardlink swap without
+    exchange, a crossdrive removal): whatever the hold name has (it was taken from the
+    duplicate's name, an editor's save too) gets that name back, never over a file
+    made there since. If one was (a save while the name was missing), the held file
+    goes only if it is another name of that file, or the duplicate with the kept
+    file's bytes (as the save's rename would have removed it); anything else stays
+    under the hold name. Returns a note for the row."""
     held = _ino(hold)
     if held is None or fs.give_back(hold, sp.dup_path):
         return ""
@@ -159,6 +163,8 @@ def show(path: bytes) -> str:
 
 def _recover_cross(rec: J.OpRecord) -> tuple[str, str]:
     sp = rec.spec
+    if sp.hold_path is not None:
+        settle_hold(sp, sp.hold_path)
     ref = sp.dest_path or sp.keep_path
     if rec.state == J.REMOVING and _dup_present(sp) \
             and _ino(ref) == (sp.keep_dev, sp.keep_ino) and finish_remove(sp):
@@ -167,16 +173,18 @@ def _recover_cross(rec: J.OpRecord) -> tuple[str, str]:
 
 
 def recover_cross_now(sp: J.OpSpec) -> tuple[str, str]:
-    """Finish if the duplicate is already gone (states may lag), else undo."""
+    """Finish if the duplicate is already gone (states may lag), else undo; a held
+    duplicate's name is given back first."""
+    note = "" if sp.hold_path is None else settle_hold(sp, sp.hold_path)
     ref = sp.dest_path or sp.keep_path
     if not _dup_present(sp):
         # Removed before the crash: never touch the new link now.
         if _ino(ref) == (sp.keep_dev, sp.keep_ino):
-            return J.DONE, "finished: the duplicate was already removed"
+            return J.DONE, "finished: the duplicate was already removed" + note
         return J.FAILED, "both the duplicate and the new link are gone (changed by " \
-            f"someone else?); the kept copy is {os.fsdecode(sp.keep_path)}"
+            f"someone else?); the kept copy is {os.fsdecode(sp.keep_path)}" + note
     undo_cross(sp)
-    return J.ROLLED_BACK, "rolled back: new link removed, duplicate kept"
+    return J.ROLLED_BACK, "rolled back: new link removed, duplicate kept" + note
 
 
 def undo_cross(sp: J.OpSpec) -> None:
@@ -215,7 +223,7 @@ def finish_remove(sp: J.OpSpec) -> bool:
     if sp.quarantine_path is not None and _ino(sp.quarantine_path) is None:
         fs.make_private_dirs(os.path.dirname(sp.quarantine_path))
         fs.link_exact(sp.dup_path, sp.quarantine_path, expect=(sp.dup_dev, sp.dup_ino))
-    fs.unlink_if_inode(sp.dup_path, sp.dup_dev, sp.dup_ino)
+    fs.unlink_if_inode(sp.dup_path, sp.dup_dev, sp.dup_ino, hold=sp.hold_path)
     return True
 
 

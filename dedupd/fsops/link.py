@@ -21,7 +21,7 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dedupd import handles, testpoints
@@ -49,7 +49,7 @@ def is_temp_name(path: bytes) -> bool:
 
 
 def hold_name(temp: bytes) -> bytes:
-    """The hold name of a hardlink swap whose temp name is `temp` (temp_name): the
+    """The hold name of a journalled op whose temp name is `temp` (temp_name): the
     same directory and random part, so the journal row that names the temp name
     names this one too (recovery gives a held file its name back)."""
     d, base = os.path.split(temp)
@@ -181,11 +181,17 @@ def _rename_noreplace(pa: handles.Parent, pb: handles.Parent) -> bool | None:
     return None if fn is None else _flagged(fn, pa, pb, _RENAME_NOREPLACE)
 
 
-def unlink_if_inode(path: bytes, dev: int, ino: int, *, durable: bool = True) -> bool:
+def unlink_if_inode(path: bytes, dev: int, ino: int, *, durable: bool = True,
+                    hold: bytes | None = None, step: Callable[[str], None] | None = None
+                    ) -> bool:
     """Remove path only if it still names inode (dev, ino); True if removed.
 
     The check and the unlink act on the same directory handle, so the name that
     is removed is the one that was checked, wherever the path string now leads.
+    hold: the name in path's directory the file is held under while it is checked
+    (_remove_in), when the caller's journal names it so that recovery can give it
+    back after a crash (default: a fresh random name). step: told "hold" once the
+    name is held and "give back" after a give-back (the journal's kill-point hook).
     """
     testpoints.at("mutate", path)
     try:
@@ -193,34 +199,47 @@ def unlink_if_inode(path: bytes, dev: int, ino: int, *, durable: bool = True) ->
     except (FileNotFoundError, handles.PathChanged):
         return False  # the name no longer leads where it did: not ours to remove
     with p:
-        if not _remove_in(p, dev, ino):
+        if not _remove_in(p, dev, ino, hold, step):
             return False
         if durable:
             p.fsync()
     return True
 
 
-def _remove_in(p: handles.Parent, dev: int, ino: int) -> bool:
+def _remove_in(p: handles.Parent, dev: int, ino: int, hold: bytes | None = None,
+               step: Callable[[str], None] | None = None) -> bool:
     """_unlink_in for a name others may replace at any instant (an editor's save: a
     new file renamed over it). A check then an unlink would remove a file put there
     between the two; a rename to a name of our own takes whatever the name holds at
     one instant, which is then checked: not (dev, ino) -> it gets its name back."""
     if not _holds(p, dev, ino):
         return False
-    hold = HOLD_PREFIX + secrets.token_hex(8).encode()
-    os.rename(p.name, hold, src_dir_fd=p.fd, dst_dir_fd=p.fd)
-    st = os.lstat(hold, dir_fd=p.fd)
+    testpoints.at("mutate", p.path)  # a save right after the check is taken by the hold
+    if hold is None:
+        hold = os.path.join(p.dir, HOLD_PREFIX + secrets.token_hex(8).encode())
+    h = p.sibling(hold)
+    st = _hold_in(p, h)
+    if step is not None:
+        step("hold")
     if (st.st_dev, st.st_ino) == (dev, ino) and stat.S_ISREG(st.st_mode):
-        os.unlink(hold, dir_fd=p.fd)
+        os.unlink(h.name, dir_fd=h.fd)
         return True
-    _give_back(p, hold)
+    _put_back(h, p)
+    if step is not None:
+        step("give back")
     return False
 
 
-def _give_back(p: handles.Parent, hold: bytes) -> None:
-    """hold's file back under p's name, never over a name that was made meanwhile
-    (renameat2 RENAME_NOREPLACE, else a link); if neither can, it stays under hold."""
-    _put_back(p.sibling(os.path.join(p.dir, hold)), p)
+def _hold_in(p: handles.Parent, h: handles.Parent) -> os.stat_result:
+    """p's entry moved to h's name, whatever p's name holds at that instant; h's
+    lstat. Where RENAME_NOREPLACE works a file at h's name is never replaced
+    (FileExistsError)."""
+    moved = _rename_noreplace(p, h)
+    if moved is False:
+        raise FileExistsError(errno.EEXIST, "hold name taken", os.fsdecode(h.path))
+    if moved is None:
+        os.rename(p.name, h.name, src_dir_fd=p.fd, dst_dir_fd=h.fd)
+    return h.lstat()
 
 
 def _put_back(h: handles.Parent, p: handles.Parent) -> bool:
@@ -342,13 +361,7 @@ class Swap:
         A file already at the hold name is never replaced where RENAME_NOREPLACE works
         (FileExistsError)."""
         testpoints.at("mutate", self.dup.path)
-        moved = _rename_noreplace(self.dup, self.held)
-        if moved is False:
-            raise FileExistsError(errno.EEXIST, "hold name taken", os.fsdecode(self.held.path))
-        if moved is None:
-            os.rename(self.dup.name, self.held.name, src_dir_fd=self.dup.fd,
-                      dst_dir_fd=self.held.fd)
-        return self.held.lstat()
+        return _hold_in(self.dup, self.held)
 
     def place(self) -> bool | None:
         """After hold: the temp name (the kept inode) becomes the duplicate's name,
