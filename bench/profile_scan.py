@@ -5,7 +5,9 @@ Stages (one process, warm cache, CPU seconds, best of ROUNDS): a bare
 `os.scandir` + lstat walk against dedupd's walk; a bare `executemany` of the
 same inode and path rows into the same SQLite schema against the index's
 `record`; a bare open + read + XXH3 loop over the files dedupd reads against
-the engine's Feeder reading them (the rule, the checks, the bookkeeping).
+the engine's Feeder reading them (the rule, the checks, the bookkeeping); a bare
+`executemany` of the hash UPDATEs the Feeder learnt against `Store.save_hashes`.
+Each stage runs under the collector settings of the process it runs in (quiet_gc).
 Whole run: `scan()` as `dedupd scan` runs it, with the CPU of every process
 (the walk and feeder children report theirs at exit) and of the parent's
 threads. Not part of `make bench`; run it when the scan is slower than expected:
@@ -32,8 +34,8 @@ from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 from dedupd import forkpipe, handles
 from dedupd.files.events import FileEvent, WalkStats
 from dedupd.hashing import Feeder, Stability, forked
-from dedupd.index.db import sqlite_pragmas
-from dedupd.index.store import IndexedFile, Store, path_key
+from dedupd.index.db import sqlite_pragmas, to_s64
+from dedupd.index.store import HashUpdate, IndexedFile, Store, path_key
 from dedupd.queuethread import QueueThread
 from dedupd.scan import prehash, scanner
 from dedupd.scan.walk import WalkOptions, normalize_roots, walk
@@ -133,13 +135,41 @@ def record(evs: list[FileEvent], roots: list[bytes]) -> None:
             st.record(sid, evs[i:i + BATCH], False)
 
 
+def hashes(evs: list[FileEvent], roots: list[bytes], updates: list[HashUpdate],
+           bare: bool) -> float:
+    """CPU seconds of writing the learnt hashes into an index that recorded evs: by
+    Store.save_hashes (BATCH at a time), or by a bare executemany of one UPDATE per
+    row (the same stat-checked statement, without the Python around it)."""
+    with tempfile.TemporaryDirectory() as d:
+        st = Store(f"sqlite:///{d}/i.db")
+        sid = st.begin_scan(roots)
+        for i in range(0, len(evs), BATCH):
+            st.record(sid, evs[i:i + BATCH], False)
+        fs = st.fs_of(evs[0].dev, evs[0].path)
+        rows = [(u.full, fs, to_s64(u.ino), *(u.stat or ())) for u in updates]
+        t = time.process_time()
+        for i in range(0, len(updates), BATCH):
+            if not bare:
+                st.save_hashes(updates[i:i + BATCH])
+                continue
+            with st.db.tx() as cur:
+                cur.executemany('UPDATE inodes SET "full" = ? WHERE fs = ? AND ino = ? AND '
+                                "size = ? AND mtime_ns = ? AND mtime_ns + ctime_delta = ?",
+                                rows[i:i + BATCH])
+        return time.process_time() - t
+
+
 def stages(tree: str) -> int:
+    # the collector's settings of the processes these stages run in (forkpipe)
+    forkpipe.quiet_gc()
     roots = normalize_roots([tree])
     with handles.anchored(roots):
         evs = list(walk(roots, WalkOptions(), WalkStats()))
         files = indexed(evs)
-        read = sorted({f.path for g in feed(files).sizes.values() for f in g.files.values()
+        fed = feed(files)
+        read = sorted({f.path for g in fed.sizes.values() for f in g.files.values()
                        if f.key in g.updates})
+        ups = [u for g in fed.sizes.values() for u in g.updates.values()]
         rows = [
             ("bare walk (scandir + lstat)", len(evs), best(lambda: bare_walk(roots[0]))),
             ("dedupd walk", len(evs), best(lambda: list(walk(roots, WalkOptions(),
@@ -148,6 +178,10 @@ def stages(tree: str) -> int:
             ("index record of the walk's events", len(evs), best(lambda: record(evs, roots))),
             ("bare read loop (same files, whole)", len(read), best(lambda: bare_reads(read))),
             ("engine Feeder (same files, the rule)", len(read), best(lambda: feed(files))),
+            ("bare executemany of the hash UPDATEs", len(ups),
+             min(hashes(evs, roots, ups, True) for _ in range(ROUNDS))),
+            ("index save_hashes of the same", len(ups),
+             min(hashes(evs, roots, ups, False) for _ in range(ROUNDS))),
         ]
     print(f"{len(evs)} files under {tree} ({len(read)} read); CPU s, best of {ROUNDS}, "
           "one process, warm cache")
