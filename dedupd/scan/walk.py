@@ -64,13 +64,14 @@ LIST_CAP = 20000  # entries of one directory held to digest it; bigger ones stre
 
 class Donor(Protocol):
     """Where a walk shares its work (walkproc: another process that ran out of it).
-    wanted() is asked once per directory; give() takes a subdirectory the walk has
-    listed and opened (verified as the listed inode, counted in dirs_seen) and
-    will not walk itself: its fd (the donor closes its own after), path and st_dev."""
+    wanted() is asked once per directory; give() takes subdirectories the walk has
+    listed and will not walk itself: the fd of the directory that listed them (the
+    walk keeps it: the donor passes a copy on), its path, and their (name, st_dev,
+    st_ino) as listed."""
 
     def wanted(self) -> bool: ...
 
-    def give(self, fd: int, path: bytes, dev: int) -> None: ...
+    def give(self, fd: int, path: bytes, subdirs: list[tuple[bytes, int, int]]) -> None: ...
 
 
 def walk_listed(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats,
@@ -85,12 +86,15 @@ def walk_listed(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats,
     yield from _walk_roots(roots, opts, stats, known, donor)
 
 
-def walk_from(fd: int, path: bytes, dev: int, opts: WalkOptions, stats: WalkStats,
-              known: Mapping[bytes, tuple[bytes, int]], donor: Donor | None = None
-              ) -> Iterator[FileEvent | DirListed]:
-    """walk_listed of the subtree a Donor gave: the directory fd (owned by this walk
-    from now on, closed however it ends), opened and verified by the donor."""
-    yield from _descend(fd, path, dev, opts, stats, known, donor)
+def walk_from(fd: int, path: bytes, subdirs: Sequence[tuple[bytes, int, int]],
+              opts: WalkOptions, stats: WalkStats, known: Mapping[bytes, tuple[bytes, int]],
+              donor: Donor | None = None) -> Iterator[FileEvent | DirListed]:
+    """walk_listed of the subdirectories a Donor gave, each opened relative to the
+    directory fd that listed them (owned by this walk from now on, closed however it
+    ends) and refused unless it is the listed inode, as if this walk had listed it."""
+    held = [(name, os.stat_result((0, ino, dev, 0, 0, 0, 0, 0, 0, 0)))
+            for name, dev, ino in subdirs]
+    yield from _descend(fd, path, 0, opts, stats, known, donor, held)
 
 
 def walk(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats) -> Iterator[FileEvent]:
@@ -148,16 +152,18 @@ def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkS
 
 
 def _descend(fd: int, root: bytes, dev: int, opts: WalkOptions, stats: WalkStats,
-             known: Mapping[bytes, tuple[bytes, int]] | None,
-             donor: Donor | None) -> Iterator[Any]:
-    """The subtree of the verified directory fd (closed however we leave)."""
+             known: Mapping[bytes, tuple[bytes, int]] | None, donor: Donor | None,
+             listed: list[tuple[bytes, os.stat_result]] | None = None) -> Iterator[Any]:
+    """The subtree of the verified directory fd (closed however we leave); with
+    `listed`, only those of its subdirectories (it was listed elsewhere)."""
     lister = _list if known is None else functools.partial(_list_digested, known=known)
-    stack = [_Frame(fd, root, [])]  # pushed before listing: closed however we leave
+    stack = [_Frame(fd, root, listed or [])]  # pushed first: closed however we leave
     try:
-        yield from lister(fd, root, dev, opts, stats, stack[-1].subdirs)
+        if listed is None:
+            yield from lister(fd, root, dev, opts, stats, stack[-1].subdirs)
         while stack:
             if donor is not None and donor.wanted():
-                _donate(stack, donor, opts, stats)
+                _donate(stack, donor)
             top = stack[-1]
             if not top.subdirs:
                 os.close(stack.pop().fd)
@@ -173,21 +179,21 @@ def _descend(fd: int, root: bytes, dev: int, opts: WalkOptions, stats: WalkStats
             os.close(fr.fd)
 
 
-def _donate(stack: list[_Frame], donor: Donor, opts: WalkOptions, stats: WalkStats) -> None:
-    """Give the donor the subdirectory this walk would reach last: the first listed
-    of the lowest frame that has one left (the biggest share, as far as the walk
-    can tell). Nothing when none is left but the one about to be walked."""
+DONATE_MAX = 256  # subdirectories handed over at once (a bound on the message's size)
+
+
+def _donate(stack: list[_Frame], donor: Donor) -> None:
+    """Give the donor half of the subdirectories this walk would reach last: those
+    of the lowest frame that has any left (the biggest shares, as far as the walk
+    can tell), keeping the one about to be walked. Nothing when none is left."""
     for fr in stack:
-        while fr.subdirs and (fr is not stack[-1] or len(fr.subdirs) > 1):
-            name, st = fr.subdirs.pop(0)
-            path = fr.path.rstrip(b"/") + b"/" + name
-            child = _open_child(fr.fd, name, path, st, opts, stats)
-            if child is not None:
-                try:
-                    donor.give(child, path, st.st_dev)
-                finally:
-                    os.close(child)
-                return
+        n = len(fr.subdirs) - (fr is stack[-1])
+        if n > 0:
+            k = min((n + 1) // 2, DONATE_MAX)
+            given = fr.subdirs[:k]
+            del fr.subdirs[:k]
+            donor.give(fr.fd, fr.path, [(name, st.st_dev, st.st_ino) for name, st in given])
+            return
 
 
 def _same_dir(fd: int, path: bytes, st: os.stat_result, stats: WalkStats) -> bool:

@@ -7,11 +7,12 @@ only where it runs changes (dedupd.forkpipe for the process rules).
 
 A rescan's walk (walk_listed: most directories only listed and digested) may
 run in several processes that share the tree as they go: one starts at the
-roots; any other that has nothing to do is given, by a busy one, the subtree
-that one would have reached last (walk.Donor), opened and verified there and
-passed as a descriptor (SCM_RIGHTS), so every directory is still opened
-relative to the one that listed it. The parent relays those subtrees and
-ends the walk when every process is idle with nothing queued.
+roots; any other that has nothing to do is given, by a busy one, half of the
+subdirectories that one would have reached last (walk.Donor), with the
+descriptor of the directory that listed them (SCM_RIGHTS), so every directory is
+still opened relative to its listed parent and checked to be the listed inode.
+The parent relays them and ends the walk when every process is idle with
+nothing queued.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dedupd.forkpipe import ChildFailed, Wire
 from dedupd.scan.walk import DirListed, WalkOptions, walk, walk_from, walk_listed
 
 _COUNTERS = [f.name for f in dataclasses.fields(WalkStats) if f.name != "problems"]
-_MSG = 1 << 16  # a task: a path (at most PATH_MAX) and its device
+_MSG = 1 << 18  # a task: a path and up to walk.DONATE_MAX names with their identities
 
 
 def _event(ev: FileEvent | DirListed) -> Wire:
@@ -98,9 +99,9 @@ class _Share:
     def wanted(self) -> bool:
         return self.flag[0] != self.served
 
-    def give(self, fd: int, path: bytes, dev: int) -> None:
+    def give(self, fd: int, path: bytes, subdirs: list[tuple[bytes, int, int]]) -> None:
         self.served = self.flag[0]
-        socket.send_fds(self.sock, [marshal.dumps(("task", path, dev))], [fd])
+        socket.send_fds(self.sock, [marshal.dumps(("task", path, subdirs))], [fd])
 
 
 def _worker(k: int, _in: int, out: int, *, roots: Sequence[bytes], opts: WalkOptions,
