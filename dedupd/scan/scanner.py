@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,9 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     walker = ForkedWalk(norm, wopts, RECORD_BATCH, known,
                         RESCAN_WALKERS if known else 1) if WALK_PROC else None
     pre = EarlyHashing(store, stability)
+    # threads only after the forks above
+    ahead = GroupsAhead(store, norm, opts.min_size) if walker and 0 < len(known) <= \
+        AHEAD_MAX_DIRS else None
     try:
         # Groups come from the feeders' memory, so unchanged inodes need no
         # `seen` mark (one write each) unless they let go (mark_inodes_seen below).
@@ -137,6 +141,8 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
             wstats = walker.stats
     except BaseException:
         with contextlib.suppress(Exception):  # the first error is the one to report
+            if ahead:
+                ahead.result()
             if walker:
                 walker.close()
             pre.close()  # no thread or process may outlive the scan
@@ -152,8 +158,11 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     hstats.merge(pre.stats)
     if rec.same:  # the feeders never saw the skipped directories' files
         ready: list[Group] = []
+        # what was read beside the walk holds while the scan wrote no name
+        held = ahead.result() if ahead and not rec.events and not forgotten else None
+        under = store.groups_under(norm, opts.min_size) if held is None else held
         found = find_groups(store, scan_id, opts, hstats, progress,
-                            _hashed_apart(store.groups_under(norm, opts.min_size), ready))
+                            _hashed_apart(under, ready))
         groups = tuple(sorted((*found, *_sorted(ready)),
                               key=lambda g: (-g.wasted, g.files[0].path)))
     elif early is None:  # the feeders let go: the index's size groups it is
@@ -200,6 +209,7 @@ class Recorder:
         self.store, self.scan_id, self.sink = store, scan_id, sink
         self.touch_inodes = touch_inodes
         self.new = self.changed = self.unchanged = 0
+        self.events = 0  # files recorded (not in a directory the walk skipped)
         self.same: list[bytes] = []  # directories the walk skipped (listing unchanged)
 
     def __enter__(self) -> Recorder:
@@ -216,17 +226,59 @@ class Recorder:
     def _record(self, batch: list[Any]) -> None:
         files = [e for e in batch if isinstance(e, FileEvent)]
         listed = [d for d in batch if isinstance(d, DirListed)]
-        r = self.store.record(self.scan_id, files, self.touch_inodes,
-                              [(d.path, d.digest) for d in listed if d.digest and not d.same])
-        self.new, self.changed = self.new + r.new, self.changed + r.changed
-        self.unchanged += r.unchanged + sum(d.files for d in listed if d.same)
+        digests = [(d.path, d.digest) for d in listed if d.digest and not d.same]
+        self.events += len(files)
         self.same += [d.path for d in listed if d.same]
+        self.unchanged += sum(d.files for d in listed if d.same)
+        if not files and not digests:  # directories skipped: nothing to write
+            return
+        r = self.store.record(self.scan_id, files, self.touch_inodes, digests)
+        self.new, self.changed = self.new + r.new, self.changed + r.changed
+        self.unchanged += r.unchanged
         if self.sink is not None:
             self.sink(r.files)
 
 
 def _path(f: IndexedFile) -> bytes:
     return f.path
+
+
+AHEAD_MAX_DIRS = 50_000  # a rescan of more directories reads its groups after the walk
+AHEAD_MAX_FILES = 100_000  # files of groups held in memory when read beside the walk
+
+
+class GroupsAhead:
+    """Store.groups_under(roots), read in a thread of its own (its own connection)
+    while a rescan's walk runs: what the scan reports when the walk found every
+    directory unchanged, without waiting for the index after the walk. result():
+    the size groups, or None when they were more than AHEAD_MAX_FILES files (not
+    held: read again after) or reading them failed (read again after, where an
+    error is the scan's)."""
+
+    def __init__(self, store: Store, roots: Sequence[bytes], min_size: int) -> None:
+        self.groups: list[list[IndexedFile]] | None = None
+        self.thread = threading.Thread(target=self._read, args=(store, roots, min_size),
+                                       name="groups-ahead", daemon=True)
+        self.thread.start()
+
+    def _read(self, store: Store, roots: Sequence[bytes], min_size: int) -> None:
+        held: list[list[IndexedFile]] = []
+        files = 0
+        with contextlib.suppress(Exception):
+            groups = store.groups_under(roots, min_size)
+            try:
+                for g in groups:
+                    held.append(g)
+                    files += len(g)
+                    if files > AHEAD_MAX_FILES:
+                        return
+                self.groups = held
+            finally:  # its temporary table goes now, on this thread's connection
+                getattr(groups, "close", lambda: None)()
+
+    def result(self) -> list[list[IndexedFile]] | None:
+        self.thread.join()
+        return self.groups
 
 
 def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats,

@@ -108,3 +108,18 @@ def test_what_goes_after_an_unchanged_rescan_is_forgotten(tmp_path: Path) -> Non
         assert store.dirs.find(bytes(root / "only-dirs" / "b")) is None
     finally:
         store.close()
+
+
+def test_groups_read_beside_the_walk_are_not_reported_after_a_change(tmp_path: Path) -> None:
+    """The groups a rescan reads while it walks (scanner.GroupsAhead) are those of the
+    index before the walk: a rename the walk then records must not be reported
+    from them."""
+    root, db = tmp_path / "t", tmp_path / "i.db"
+    tree(root)
+    run(db, root)
+    run(db, root)
+    (root / "c" / "y1").rename(root / "c" / "y1-renamed")
+    (root / "only-dirs" / "b" / "x2").unlink()
+    rep = run(db, root)
+    assert groups(rep) == {paths(root, "c/y1-renamed", "d/y2")}
+    assert groups(run(db, root)) == groups(rep)
