@@ -179,7 +179,7 @@ class ForkedWalk:
             self.close()
 
     def _run(self) -> Iterator[list[Any]]:
-        busy = {0} if self.socks else set()
+        idle: set[int] = set()  # processes whose last word was "done"
         ended: set[int] = set()
         totals = [(0, 0)] * len(self.procs)
         poll = select.poll()
@@ -194,7 +194,7 @@ class ForkedWalk:
             for fd, _ev in poll.poll():
                 kind, k = fds[fd]
                 if kind == "sock":
-                    if not self._relay(k, busy):
+                    if not self._relay(k, idle):
                         poll.unregister(fd)
                     continue
                 msg = forkpipe.recv(fd)
@@ -214,10 +214,12 @@ class ForkedWalk:
                 else:
                     raise ChildFailed(f"the walk failed: {msg[1]}")
 
-    def _relay(self, k: int, busy: set[int]) -> bool:
-        """One message of process k's channel: a subtree it gives (to an idle process,
-        else queued) or its being done (then the next queued subtree, else the others
-        are asked to share; when none is busy, all are told to stop). False at EOF."""
+    def _relay(self, k: int, idle: set[int]) -> bool:
+        """One message of process k's channel: subdirectories it gives (to an idle
+        process, else queued) or its being done (then the next queued ones, else the
+        others are asked to share; when all are idle, all are told to stop). A
+        process is idle from its "done" (each task, and its start, ends with one)
+        until it is given a task. False at EOF."""
         data, fds, _flags, _addr = socket.recv_fds(self.socks[k], _MSG, 1)
         if not data:
             return False
@@ -228,8 +230,7 @@ class ForkedWalk:
         if marshal.loads(data)[0] == "task":
             self.queue.append((data, fds[0]))
         else:
-            busy.discard(k)
-        idle = [j for j in range(len(self.socks)) if j not in busy]
+            idle.add(k)
         while self.queue and idle:
             j = idle.pop()
             task, fd = self.queue.pop(0)
@@ -237,9 +238,8 @@ class ForkedWalk:
                 socket.send_fds(self.socks[j], [task], [fd])
             finally:
                 os.close(fd)
-            busy.add(j)
             self.relayed += 1
-        if not busy:
+        if len(idle) == len(self.socks):
             self.stopped = True
             for s in self.socks:
                 s.send(marshal.dumps(("stop",)))
