@@ -28,7 +28,7 @@ from dedupd.errors import DedupdError, TemporaryFailure
 # Every table of schema.py (a test keeps the two equal): all present means
 # there is nothing to create.
 TABLES = ("meta", "hosts", "filesystems", "scans", "directories", "entries", "inodes",
-          "provenance", "ops", "backups", "extent_done", "extent_refs")
+          "provenance", "ops", "backups", "extent_done", "extent_refs", "answers")
 BUSY_TIMEOUT_MS = 30000
 BATCH = 1000  # keys per IN (...) query; well under SQLite's variable limit
 SCHEMA_VERSION = 5

@@ -4,6 +4,7 @@
 
 SCHEMA_DDL: dict[str, tuple[str, ...]] = {
     'sqlite': (
+        'CREATE TABLE IF NOT EXISTS answers (\n\thost INTEGER NOT NULL, \n\t"key" VARCHAR(64) NOT NULL, \n\tfingerprint BLOB NOT NULL, \n\tepoch BIGINT NOT NULL, \n\tanswer BLOB NOT NULL, \n\tPRIMARY KEY (host, "key")\n)',
         "CREATE TABLE IF NOT EXISTS backups (\n\tid VARCHAR(200) NOT NULL, \n\tjob VARCHAR(200) NOT NULL, \n\tdataset TEXT NOT NULL, \n\tsnapshot TEXT NOT NULL, \n\tguid VARCHAR(40) NOT NULL, \n\tbase_guid VARCHAR(40), \n\tstate VARCHAR(20) NOT NULL, \n\tcreated_snapshot INTEGER NOT NULL, \n\tchunks INTEGER NOT NULL, \n\ttotal_size BIGINT NOT NULL, \n\tstarted FLOAT NOT NULL, \n\tfinished FLOAT, \n\tverified_at FLOAT, \n\tverify_level VARCHAR(20), \n\terror TEXT, \n\thost INTEGER DEFAULT '0' NOT NULL, \n\tPRIMARY KEY (id)\n)",
         'CREATE INDEX IF NOT EXISTS ix_backups_host_job_state ON backups (host, job, state)',
         'CREATE TABLE IF NOT EXISTS directories (\n\tid INTEGER NOT NULL, \n\tparent BIGINT NOT NULL, \n\tname BLOB NOT NULL, \n\tfs INTEGER NOT NULL, \n\tdigest BLOB, \n\tPRIMARY KEY (id)\n)',
@@ -22,8 +23,11 @@ SCHEMA_DDL: dict[str, tuple[str, ...]] = {
         'CREATE INDEX IF NOT EXISTS ix_provenance_content ON provenance (content)',
         'CREATE INDEX IF NOT EXISTS ix_provenance_source ON provenance (source_key)',
         'CREATE TABLE IF NOT EXISTS scans (\n\tid INTEGER NOT NULL, \n\thost INTEGER NOT NULL, \n\tstarted FLOAT NOT NULL, \n\tfinished FLOAT, \n\troots TEXT NOT NULL, \n\tPRIMARY KEY (id)\n)',
+        'INSERT INTO meta (host, "key", value) VALUES (0, \'hash_epoch\', \'0\') ON CONFLICT (host, "key") DO NOTHING',
+        'CREATE TRIGGER IF NOT EXISTS inodes_hash_moved AFTER UPDATE OF head, "full" ON inodes FOR EACH ROW WHEN (OLD."full" IS NOT NULL AND NEW."full" IS NOT OLD."full") OR (OLD.head IS NOT NULL AND NEW.head IS NOT OLD.head AND (NEW.head IS NOT NULL OR NEW."full" IS NULL)) BEGIN UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE host = 0 AND "key" = \'hash_epoch\'; END',
     ),
     'postgresql': (
+        'CREATE TABLE IF NOT EXISTS answers (\n\thost INTEGER NOT NULL, \n\tkey VARCHAR(64) NOT NULL, \n\tfingerprint BYTEA NOT NULL, \n\tepoch BIGINT NOT NULL, \n\tanswer BYTEA NOT NULL, \n\tPRIMARY KEY (host, key)\n)',
         "CREATE TABLE IF NOT EXISTS backups (\n\tid VARCHAR(200) NOT NULL, \n\tjob VARCHAR(200) NOT NULL, \n\tdataset TEXT NOT NULL, \n\tsnapshot TEXT NOT NULL, \n\tguid VARCHAR(40) NOT NULL, \n\tbase_guid VARCHAR(40), \n\tstate VARCHAR(20) NOT NULL, \n\tcreated_snapshot INTEGER NOT NULL, \n\tchunks INTEGER NOT NULL, \n\ttotal_size BIGINT NOT NULL, \n\tstarted FLOAT NOT NULL, \n\tfinished FLOAT, \n\tverified_at FLOAT, \n\tverify_level VARCHAR(20), \n\terror TEXT, \n\thost INTEGER DEFAULT '0' NOT NULL, \n\tPRIMARY KEY (id)\n)",
         'CREATE INDEX IF NOT EXISTS ix_backups_host_job_state ON backups (host, job, state)',
         'CREATE TABLE IF NOT EXISTS directories (\n\tid SERIAL NOT NULL, \n\tparent BIGINT NOT NULL, \n\tname BYTEA NOT NULL, \n\tfs INTEGER NOT NULL, \n\tdigest BYTEA, \n\tPRIMARY KEY (id)\n)',
@@ -42,5 +46,8 @@ SCHEMA_DDL: dict[str, tuple[str, ...]] = {
         'CREATE INDEX IF NOT EXISTS ix_provenance_content ON provenance (content)',
         'CREATE INDEX IF NOT EXISTS ix_provenance_source ON provenance (source_key)',
         'CREATE TABLE IF NOT EXISTS scans (\n\tid SERIAL NOT NULL, \n\thost INTEGER NOT NULL, \n\tstarted FLOAT NOT NULL, \n\tfinished FLOAT, \n\troots TEXT NOT NULL, \n\tPRIMARY KEY (id)\n)',
+        'INSERT INTO meta (host, "key", value) VALUES (0, \'hash_epoch\', \'0\') ON CONFLICT (host, "key") DO NOTHING',
+        'CREATE OR REPLACE FUNCTION dedupd_hash_moved() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN UPDATE meta SET value = (value::bigint + 1)::text WHERE host = 0 AND "key" = \'hash_epoch\'; RETURN NULL; END $$',
+        'CREATE OR REPLACE TRIGGER inodes_hash_moved AFTER UPDATE OF head, "full" ON inodes FOR EACH ROW WHEN ((OLD."full" IS NOT NULL AND NEW."full" IS DISTINCT FROM OLD."full") OR (OLD.head IS NOT NULL AND NEW.head IS DISTINCT FROM OLD.head AND (NEW.head IS NOT NULL OR NEW."full" IS NULL))) EXECUTE FUNCTION dedupd_hash_moved()',
     ),
 }

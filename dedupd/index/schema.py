@@ -17,6 +17,7 @@ style").
 from __future__ import annotations
 
 from sqlalchemy import (
+    DDL,
     BigInteger,
     Column,
     Float,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
 )
 
 from dedupd.index.db import SCHEMA_VERSION, from_s64, to_s64
@@ -223,9 +225,59 @@ extent_refs = Table(
 )
 
 
+# --- the answer of a scan, kept for the next unchanged rescan (dedupd/index/answers.py) ---
+
+answers = Table(
+    "answers", metadata,
+    Column("host", Integer, primary_key=True, autoincrement=False),
+    Column("key", String(64), primary_key=True),  # the roots and options (answers.key)
+    # of the tree the walk listed: every directory's path and listing digest
+    Column("fingerprint", LargeBinary(16), nullable=False),
+    Column("epoch", BigInteger, nullable=False),  # meta hash_epoch when it was right
+    Column("answer", LargeBinary, nullable=False),  # zlib of marshal (answers.pack)
+)
+
+# A hash the index held that is replaced or dropped while the stat it was read at
+# stays (content changed behind an unchanged stat: extent passes' "differs", a
+# verification): every kept answer may be wrong from then on. The hash_epoch row
+# of meta (host 0) counts such rows; a head dropped because the full hash is now
+# known, and a hash first written, are not counted (content as it was).
+_MOVED = ('(OLD."full" IS NOT NULL AND NEW."full" IS DISTINCT FROM OLD."full") OR (OLD.head '
+          "IS NOT NULL AND NEW.head IS DISTINCT FROM OLD.head AND (NEW.head IS NOT NULL OR "
+          'NEW."full" IS NULL))')
+_EPOCH = ("INSERT INTO meta (host, \"key\", value) VALUES (0, 'hash_epoch', '0') "
+          'ON CONFLICT (host, "key") DO NOTHING')
+_BUMP = ("UPDATE meta SET value = {cast} WHERE host = 0 AND \"key\" = 'hash_epoch'")
+TRIGGERS = {
+    "sqlite": (
+        _EPOCH,
+        "CREATE TRIGGER IF NOT EXISTS inodes_hash_moved AFTER UPDATE OF head, \"full\" ON "
+        f"inodes FOR EACH ROW WHEN {_MOVED.replace('IS DISTINCT FROM', 'IS NOT')} BEGIN "
+        + _BUMP.format(cast="CAST(CAST(value AS INTEGER) + 1 AS TEXT)") + "; END",
+    ),
+    "postgresql": (
+        _EPOCH,
+        "CREATE OR REPLACE FUNCTION dedupd_hash_moved() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN " + _BUMP.format(cast="(value::bigint + 1)::text")
+        + "; RETURN NULL; END $$",
+        "CREATE OR REPLACE TRIGGER inodes_hash_moved AFTER UPDATE OF head, \"full\" ON inodes "
+        f"FOR EACH ROW WHEN ({_MOVED}) EXECUTE FUNCTION dedupd_hash_moved()",
+    ),
+}
+
+
+# create_all (the tests' reference layout) makes them too
+event.listen(meta, "after_create", DDL(_EPOCH))  # type: ignore[no-untyped-call]
+for _dialect, _stmts in TRIGGERS.items():
+    for _stmt in _stmts[1:]:
+        event.listen(inodes, "after_create",
+                     DDL(_stmt).execute_if(dialect=_dialect))  # type: ignore[no-untyped-call]
+
+
 def ddl(dialect: str) -> tuple[str, ...]:
     """CREATE statements (idempotent) for every table and index, as the given
-    dialect ("sqlite" or "postgresql") spells them."""
+    dialect ("sqlite" or "postgresql") spells them, then the hash_epoch row and its
+    trigger."""
     from sqlalchemy.dialects import postgresql, sqlite
     from sqlalchemy.engine import Dialect
     from sqlalchemy.schema import CreateIndex, CreateTable
@@ -237,7 +289,7 @@ def ddl(dialect: str) -> tuple[str, ...]:
         out.append(str(CreateTable(t, if_not_exists=True).compile(dialect=d)).strip())
         for ix in sorted(t.indexes, key=lambda i: str(i.name)):
             out.append(str(CreateIndex(ix, if_not_exists=True).compile(dialect=d)).strip())
-    return tuple(out)
+    return (*out, *TRIGGERS[dialect])
 
 
 def write_ddl_module(path: str) -> None:

@@ -139,6 +139,7 @@ class Store(Names):
         # (roots, paths of the directories under them that hold names) of the last
         # known_digests: what finish_scan may skip
         self._listed: tuple[tuple[bytes, ...], set[bytes]] | None = None
+        self.compact_due = False  # see finish_scan
         self._written: dict[int, int] = defaultdict(int)  # scan id -> inode rows written
         self._written_lock = threading.Lock()
 
@@ -238,12 +239,13 @@ class Store(Names):
         return res
 
     def finish_scan(self, scan_id: int, roots: Sequence[bytes],
-                    same: Sequence[bytes] = ()) -> int:
+                    same: Sequence[bytes] = (), compact: bool = True) -> int:
         """Forget entries under `roots` that this scan did not see, except in the
         directories `same` (skipped by the walk: their listing did not change); drop
         orphan inodes and directories left empty. Returns the number of entries
         forgotten. Entries outside the roots are untouched. A scan that rewrote most
-        of a SQLite index compacts it after (compact)."""
+        of a SQLite index compacts it after (compact; with compact=False, only
+        `compact_due` is set, for the caller to compact once its last write is done)."""
         p = self.db.p
         listed, self._listed = self._listed, None
         if listed is not None and listed[0] == tuple(roots) and listed[1].issubset(same):
@@ -264,7 +266,9 @@ class Store(Names):
         if written >= COMPACT_MIN_ROWS and self.dialect == "sqlite":
             held = int(self.db.rows("SELECT count(*) FROM inodes")[0][0])
             if 2 * written >= held:
-                self.compact()
+                self.compact_due = True
+        if compact and self.compact_due:
+            self.compact()
         return n
 
     def compact(self) -> None:
@@ -277,6 +281,7 @@ class Store(Names):
         the index's size again in temporary disk space while it runs). Best effort:
         a busy or full disk leaves the index as it was, with a warning. PostgreSQL
         reclaims space on its own (autovacuum): nothing to do there."""
+        self.compact_due = False
         if self.dialect != "sqlite":
             return
         try:

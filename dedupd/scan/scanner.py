@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from dedupd import forkpipe, handles
 from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.hashing import Group, Hasher, HashStats, HashWriter, Stability
+from dedupd.index import answers
 from dedupd.index.store import IndexedFile, Store
 from dedupd.output import human_bytes
 from dedupd.progress import Progress
@@ -111,13 +112,14 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     # Directories whose listing did not change since the last scan are skipped by
     # the walk (docs/schema.md): their files cost one digest compare, no write.
     known = store.known_digests(norm)
+    answer = _Answer(store, norm, opts)
     # both fork: before any thread of ours starts
     walker = ForkedWalk(norm, wopts, RECORD_BATCH, known,
                         RESCAN_WALKERS if known else 1) if WALK_PROC else None
     pre = EarlyHashing(store, stability)
     # threads only after the forks above
     ahead = GroupsAhead(store, norm, opts.min_size) if walker and 0 < len(known) <= \
-        AHEAD_MAX_DIRS else None
+        AHEAD_MAX_DIRS and not answer.likely() else None
     try:
         # Groups come from the feeders' memory, so unchanged inodes need no
         # `seen` mark (one write each) unless they let go (mark_inodes_seen below).
@@ -153,10 +155,16 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     if progress and early is not None:
         progress.update(pre.files, pre.stats.bytes_read)
     new, changed, unchanged = rec.new, rec.changed, rec.unchanged
-    forgotten = store.finish_scan(scan_id, norm, rec.same)
+    forgotten = store.finish_scan(scan_id, norm, rec.same, compact=False)
     hstats = HashStats()
     hstats.merge(pre.stats)
-    if rec.same:  # the feeders never saw the skipped directories' files
+    fp = None if rec.listed is None else answers.fingerprint(rec.listed)
+    # a tree listed as the kept answer's was, every directory skipped: that answer
+    reused = answer.reuse(fp) if rec.same and not rec.events and not forgotten and \
+        not wstats.problems else None
+    if reused is not None:
+        groups = reused
+    elif rec.same:  # the feeders never saw the skipped directories' files
         ready: list[Group] = []
         # what was read beside the walk holds while the scan wrote no name
         held = ahead.result() if ahead and not rec.events and not forgotten else None
@@ -192,7 +200,39 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
         "problems": len(wstats.problems) + len(hstats.problems),
     }
     problems = tuple(wstats.problems + hstats.problems)
+    if reused is None and fp is not None and not problems and not hstats.pending:
+        answer.keep(fp, groups)
+    if store.compact_due:  # after the last write
+        store.compact()
     return ScanReport(scan_id, tuple(norm), groups, stats, problems)
+
+
+class _Answer:
+    """The answer kept for this scan's roots and options (dedupd/index/answers.py),
+    as it was when the scan began."""
+
+    def __init__(self, store: Store, norm: Sequence[bytes], opts: ScanOptions) -> None:
+        self.store = store
+        self.key = answers.key(norm, (opts.min_size, opts.exclude, opts.cross_mounts,
+                                      opts.settle_seconds, opts.max_backoff_seconds))
+        self.since = answers.epoch(store)
+        self.kept = answers.kept(store, self.key) if self.since is not None else None
+
+    def likely(self) -> bool:
+        """Whether the kept answer is still good, should the tree list the same."""
+        return self.kept is not None and self.kept.epoch == self.since
+
+    def reuse(self, fp: bytes | None) -> tuple[DupGroup, ...] | None:
+        """The kept answer, if the walk's fingerprint is its and no hash moved since."""
+        if fp is None or self.kept is None or fp != self.kept.fingerprint or \
+                answers.epoch(self.store) != self.kept.epoch:
+            return None
+        got = answers.unpack(self.store, self.kept.answer)
+        return None if got is None else tuple(DupGroup(n, tuple(fs)) for n, fs in got)
+
+    def keep(self, fp: bytes, groups: Sequence[DupGroup]) -> None:
+        if self.since is not None:
+            answers.keep(self.store, self.key, fp, self.since, [(g.size, g.files) for g in groups])
 
 
 class Recorder:
@@ -210,6 +250,9 @@ class Recorder:
         self.touch_inodes = touch_inodes
         self.new = self.changed = self.unchanged = 0
         self.events = 0  # files recorded (not in a directory the walk skipped)
+        # (path, digest) of every directory listed, for answers.fingerprint; None
+        # when one had no digest, or past AHEAD_MAX_DIRS (no answer kept)
+        self.listed: list[tuple[bytes, bytes]] | None = []
         self.same: list[bytes] = []  # directories the walk skipped (listing unchanged)
 
     def __enter__(self) -> Recorder:
@@ -227,6 +270,10 @@ class Recorder:
         files = [e for e in batch if isinstance(e, FileEvent)]
         listed = [d for d in batch if isinstance(d, DirListed)]
         digests = [(d.path, d.digest) for d in listed if d.digest and not d.same]
+        if self.listed is not None:
+            self.listed += [(d.path, d.digest) for d in listed]
+            if len(self.listed) > AHEAD_MAX_DIRS or any(not d.digest for d in listed):
+                self.listed = None
         self.events += len(files)
         self.same += [d.path for d in listed if d.same]
         self.unchanged += sum(d.files for d in listed if d.same)

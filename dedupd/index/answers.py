@@ -1,0 +1,146 @@
+"""A scan's duplicate groups, kept for the next rescan that finds nothing changed.
+
+What a scan reports is decided by what its walk listed (every directory's names,
+inode numbers, sizes, mtimes and ctimes: the listing digests of walk.py) and by
+the index's hashes of those files, which the index keeps only while the stat they
+were read at stays. A rescan whose walk lists exactly what an earlier scan's did
+(the same fingerprint: every directory's path and digest, under the same roots and
+options) while every directory is skipped unchanged against the index, reports
+what that scan reported, unless the index has since replaced or dropped a hash
+behind an unchanged stat (content that changed without its stat: the
+`inodes_hash_moved` trigger counts those in meta's hash_epoch, schema.py). Such
+a rescan reads its groups from here: one row naming the inodes of each group and
+their names (directory id, own name), and their inode rows by key, instead of a
+pass over the index. A member whose row is gone, or no longer has the group's
+size and full hash, voids the answer.
+
+Only a clean answer is kept: no problem in the walk or the hashing, no file left
+pending, every directory digested, and no hash moved while the scan ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import marshal
+import os
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from dedupd import __version__
+from dedupd.index.db import from_s64, to_s64
+from dedupd.index.dirs import join, split
+
+if TYPE_CHECKING:
+    from dedupd.index.store import IndexedFile, Store
+
+FORMAT = 1  # of the key and of the packed answer
+
+
+class Kept(NamedTuple):
+    fingerprint: bytes
+    epoch: int
+    answer: bytes
+
+
+def key(roots: Sequence[bytes], options: Sequence[Any]) -> str:
+    """The answers row of these roots and options (whatever decides the answer
+    besides the tree: min size, excludes, mounts, settling), for this dedupd."""
+    doc = json.dumps([__version__, FORMAT, [os.fsdecode(r) for r in roots], list(options)])
+    return hashlib.blake2b(doc.encode(), digest_size=32).hexdigest()
+
+
+def fingerprint(listed: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Of the (directory path, listing digest) pairs of one walk, in any order."""
+    return hashlib.blake2b(marshal.dumps(sorted(listed), 2), digest_size=16).digest()
+
+
+def epoch(store: Store) -> int | None:
+    """meta's hash_epoch now (None in an index without it)."""
+    rows = store.db.rows("SELECT value FROM meta WHERE host = 0 AND \"key\" = 'hash_epoch'")
+    return int(rows[0][0]) if rows else None
+
+
+def kept(store: Store, k: str) -> Kept | None:
+    p = store.db.p
+    rows = store.db.rows(f'SELECT fingerprint, epoch, answer FROM answers WHERE host = {p} '
+                         f'AND "key" = {p}', (store.host, k))
+    return Kept(bytes(rows[0][0]), int(rows[0][1]), bytes(rows[0][2])) if rows else None
+
+
+def unpack(store: Store, answer: bytes) -> list[tuple[int, list[IndexedFile]]] | None:
+    """The groups (size, files) of a kept answer, as the index has their inodes now
+    and with each filesystem's current st_dev; None when one is gone from the index,
+    or no longer has its group's size and full hash, or its filesystem is not
+    reachable now."""
+    from dedupd.index.store import BATCH, IndexedFile, chunks
+
+    sizes, counts, fss, inos, npaths, dirs, names = marshal.loads(zlib.decompress(answer))
+    rows: dict[tuple[int, int], tuple[Any, ...]] = {}
+    p = store.db.p
+    for fs in set(fss):
+        mine = [to_s64(i) for f, i in zip(fss, inos, strict=True) if f == fs]
+        for part in chunks(mine, BATCH):
+            for r in store.db.rows(
+                    f"SELECT ino, size, mtime_ns, mtime_ns + ctime_delta, head, \"full\", "
+                    f"unstable FROM inodes WHERE fs = {p} AND ino IN "
+                    f"({store.db.marks(len(part))})", (fs, *part)):
+                rows[(fs, from_s64(r[0]))] = tuple(r[1:])
+    where = store.dirs.paths(set(dirs))
+    out, k, at = [], 0, 0
+    for size, count in zip(sizes, counts, strict=True):
+        group = []
+        for fs, ino, n in zip(fss[k:k + count], inos[k:k + count], npaths[k:k + count],
+                              strict=True):
+            r, dev = rows.get((fs, ino)), store.dev_of(fs)
+            if r is None or dev is None or r[0] != size or r[4] is None or \
+                    r[4] != rows[(fss[k], inos[k])][4] or any(d not in where for d in
+                                                             dirs[at:at + n]):
+                return None
+            paths = tuple(join(where[d], name) for d, name in
+                          zip(dirs[at:at + n], names[at:at + n], strict=True))
+            group.append(IndexedFile(dev, ino, size, r[1], r[2],
+                                     None if r[3] is None else from_s64(r[3]), bytes(r[4]),
+                                     r[5], paths))
+            at += n
+        k += count
+        out.append((size, group))
+    return out
+
+
+def keep(store: Store, k: str, fp: bytes, since: int,
+         groups: Iterable[tuple[int, Sequence[IndexedFile]]]) -> bool:
+    """Keep the answer `groups` of a scan whose walk had the fingerprint fp, if no
+    hash moved since it began (epoch `since`). False when not kept."""
+    sizes, counts, fss, inos, npaths, dirs, names = [], [], [], [], [], [], []
+    for size, files in groups:
+        sizes.append(size)
+        counts.append(len(files))
+        for f in files:
+            fs = store.key_of(f.dev, f.ino)
+            if fs is None:
+                return False
+            fss.append(fs[0])
+            inos.append(f.ino)
+            npaths.append(len(f.paths))
+            for path in f.paths:
+                d, name = split(path)
+                did = store.dirs.find(d)
+                if did is None:
+                    return False
+                dirs.append(did)
+                names.append(name)
+    blob = zlib.compress(marshal.dumps((sizes, counts, fss, inos, npaths, dirs, names), 2))
+    p = store.db.p
+    lock = " FOR UPDATE" if store.dialect == "postgresql" else ""  # against a bump meanwhile
+    with store.db.tx() as cur:
+        cur.execute(f"SELECT value FROM meta WHERE host = 0 AND \"key\" = 'hash_epoch'{lock}")
+        row = cur.fetchone()
+        if row is None or int(row[0]) != since:
+            return False
+        cur.execute(f'INSERT INTO answers (host, "key", fingerprint, epoch, answer) VALUES '
+                    f'({p}, {p}, {p}, {p}, {p}) ON CONFLICT (host, "key") DO UPDATE SET '
+                    "fingerprint = excluded.fingerprint, epoch = excluded.epoch, "
+                    "answer = excluded.answer", (store.host, k, fp, since, blob))
+    return True

@@ -1,0 +1,139 @@
+"""The answer a scan keeps for the next unchanged rescan (dedupd/index/answers.py):
+reported without a pass over the index when the tree lists as it did, and never
+once the index learns something that could change it (a hash replaced or dropped
+behind an unchanged stat, a name forgotten), or under other options. On SQLite and
+on a real PostgreSQL (the hash_epoch trigger of each)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dedupd.index import answers
+from dedupd.index.store import HashUpdate, Store
+from dedupd.scan.scanner import ScanOptions, ScanReport, scan
+
+SIZE = 9000
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/i.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "t"
+    for d, name, c in (("a", "a1", b"a"), ("b", "a2", b"a"), ("b", "b1", b"b"),
+                       ("c", "small1", b"s"), ("c", "small2", b"s")):
+        (root / d).mkdir(parents=True, exist_ok=True)
+        (root / d / name).write_bytes(c * (SIZE if not name.startswith("small") else 10))
+    return root
+
+
+@pytest.fixture
+def no_index_pass(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts the passes over the index's groups a scan makes (Store.groups_under)."""
+    calls: list[int] = []
+    real = Store.groups_under
+
+    def counted(self: Store, roots: object, min_size: int) -> object:
+        calls.append(min_size)
+        return real(self, roots, min_size)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "groups_under", counted)
+    yield calls
+
+
+def run(url: str, root: Path, **opts: int) -> ScanReport:
+    store = Store(url)
+    try:
+        return scan(store, [str(root)], ScanOptions(**opts))
+    finally:
+        store.close()
+
+
+def groups(rep: ScanReport) -> set[frozenset[str]]:
+    return {frozenset(os.fsdecode(os.path.basename(p)) for f in g.files for p in f.paths)
+            for g in rep.groups}
+
+
+def with_store(url: str) -> Store:
+    return Store(url)
+
+
+def test_kept_answer_is_reported_without_a_pass(url: str, tree: Path,
+                                                no_index_pass: list[int]) -> None:
+    first = run(url, tree)
+    again = run(url, tree)
+    assert no_index_pass == []
+    assert groups(again) == groups(first) == {frozenset({"a1", "a2"}),
+                                              frozenset({"small1", "small2"})}
+    assert [[(f.dev, f.ino, f.size, f.full, f.paths) for f in g.files] for g in again.groups] \
+        == [[(f.dev, f.ino, f.size, f.full, f.paths) for f in g.files] for g in first.groups]
+    assert again.stats["bytes_read"] == 0
+    st = with_store(url)
+    try:
+        assert answers.epoch(st) == 0  # first hashes and dropped heads move nothing
+    finally:
+        st.close()
+
+
+def test_a_hash_replaced_behind_an_unchanged_stat_voids_it(url: str, tree: Path,
+                                                           no_index_pass: list[int]) -> None:
+    first = run(url, tree)
+    a = next(f for g in first.groups for f in g.files if f.path.endswith(b"/a1"))
+    b = os.lstat(tree / "b" / "b1")
+    st = with_store(url)
+    try:  # the index learns (as a verification would) that b1 now holds a's bytes
+        st.fs_of(b.st_dev, bytes(tree))  # met: its hashes can be written
+        st.save_hashes([HashUpdate(b.st_dev, b.st_ino, a.head, a.full)])
+        assert answers.epoch(st) == 1
+    finally:
+        st.close()
+    rep = run(url, tree)
+    assert no_index_pass == [1]
+    assert frozenset({"a1", "a2", "b1"}) in groups(rep)  # the index's answer now
+
+
+def test_a_hash_dropped_behind_an_unchanged_stat_voids_it(url: str, tree: Path,
+                                                          no_index_pass: list[int]) -> None:
+    run(url, tree)
+    a2 = os.lstat(tree / "b" / "a2")
+    st = with_store(url)
+    try:  # an extent pass found a2's bytes differ from its hash: dropped
+        st.fs_of(a2.st_dev, bytes(tree))
+        st.save_hashes([HashUpdate(a2.st_dev, a2.st_ino, None, None)])
+    finally:
+        st.close()
+    rep = run(url, tree)
+    assert no_index_pass == [1] and rep.stats["bytes_read"] == SIZE  # read again
+    assert groups(rep) == {frozenset({"a1", "a2"}), frozenset({"small1", "small2"})}
+    assert run(url, tree).stats["bytes_read"] == 0 and no_index_pass == [1]  # kept again
+
+
+def test_a_forgotten_file_voids_it(url: str, tree: Path, no_index_pass: list[int]) -> None:
+    run(url, tree)
+    a2 = os.lstat(tree / "b" / "a2")
+    st = with_store(url)
+    try:
+        st.fs_of(a2.st_dev, bytes(tree))
+        st.forget([(a2.st_dev, a2.st_ino)])
+    finally:
+        st.close()
+    rep = run(url, tree)
+    assert groups(rep) == {frozenset({"a1", "a2"}), frozenset({"small1", "small2"})}
+    assert rep.stats["files_new"] == 1
+
+
+def test_other_options_have_their_own(url: str, tree: Path, no_index_pass: list[int]) -> None:
+    run(url, tree)
+    rep = run(url, tree, min_size=100)
+    assert groups(rep) == {frozenset({"a1", "a2"})}
+    assert groups(run(url, tree)) == {frozenset({"a1", "a2"}), frozenset({"small1", "small2"})}
+    assert groups(run(url, tree, min_size=100)) == {frozenset({"a1", "a2"})}
