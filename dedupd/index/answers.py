@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dedupd import __version__
 from dedupd.index.db import from_s64, to_s64
-from dedupd.index.dirs import join, split
+from dedupd.index.dirs import split
 
 if TYPE_CHECKING:
     from dedupd.index.store import IndexedFile, Store
@@ -87,22 +87,23 @@ def unpack(store: Store, answer: bytes) -> list[tuple[int, list[IndexedFile]]] |
                     f"unstable FROM inodes WHERE fs = {p} AND ino IN "
                     f"({store.db.marks(len(part))})", (fs, *part)):
                 rows[(fs, from_s64(r[0]))] = tuple(r[1:])
-    where = store.dirs.paths(set(dirs))
+    where = {d: path.rstrip(b"/") + b"/" for d, path in store.dirs.paths(set(dirs)).items()}
+    devs = {fs: dev for fs in set(fss) if (dev := store.dev_of(fs)) is not None}
+    if len(devs) < len(set(fss)) or len(where) < len(set(dirs)):
+        return None
+    names_of = [where[d] + name for d, name in zip(dirs, names, strict=True)]
     out, k, at = [], 0, 0
     for size, count in zip(sizes, counts, strict=True):
         group = []
+        full = rows.get((fss[k], inos[k]), (None,) * 6)[4]
         for fs, ino, n in zip(fss[k:k + count], inos[k:k + count], npaths[k:k + count],
                               strict=True):
-            r, dev = rows.get((fs, ino)), store.dev_of(fs)
-            if r is None or dev is None or r[0] != size or r[4] is None or \
-                    r[4] != rows[(fss[k], inos[k])][4] or any(d not in where for d in
-                                                             dirs[at:at + n]):
+            r = rows.get((fs, ino))
+            if r is None or r[0] != size or r[4] is None or r[4] != full:
                 return None
-            paths = tuple(join(where[d], name) for d, name in
-                          zip(dirs[at:at + n], names[at:at + n], strict=True))
-            group.append(IndexedFile(dev, ino, size, r[1], r[2],
+            group.append(IndexedFile(devs[fs], ino, size, r[1], r[2],
                                      None if r[3] is None else from_s64(r[3]), bytes(r[4]),
-                                     r[5], paths))
+                                     r[5], tuple(names_of[at:at + n])))
             at += n
         k += count
         out.append((size, group))
