@@ -8,7 +8,6 @@ The example `etc/dedupd.toml` documents every key; tests check they agree.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +165,8 @@ def load(path: Path | str = DEFAULT_CONFIG, *, missing_ok: bool = False) -> Conf
         raise ConfigError(file, "-", "file not found") from None
     except OSError as e:
         raise ConfigError(file, "-", f"cannot read: {e.strerror}") from None
+    import tomllib  # here: a scan without a config file never parses TOML (3 ms)
+
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from dedupd import proc
 from dedupd.errors import DedupdError
 from dedupd.files import fsioctl, mounts
 
@@ -121,6 +120,8 @@ def uuid_text(raw: bytes) -> str:
 
 def zfs_guid(dataset: str) -> str:
     """The GUID of a ZFS dataset (decimal text, as `zfs get -Hp` prints it)."""
+    from dedupd import proc  # here: most passes identify no filesystem anew (5 ms)
+
     try:
         out = proc.run(["zfs", "get", "-Hp", "-o", "value", "guid", dataset], timeout=60).text
     except proc.ProcError as e:
@@ -147,6 +148,8 @@ def _disk_uuid(dir_fd: int, m: mounts.Mount) -> str | None:
 
 def blkid_uuid(device: str) -> str | None:
     """`blkid -s UUID -o value DEVICE`, None when it has no UUID or blkid cannot tell."""
+    from dedupd import proc
+
     try:
         r = proc.run(["blkid", "-s", "UUID", "-o", "value", device], timeout=30, check=False)
     except proc.ProcError:
