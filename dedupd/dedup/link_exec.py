@@ -218,6 +218,9 @@ def _held_swap(jr: J.Journal, sw: fs.Swap, spec: J.OpSpec, did: Ident) -> None:
     the held duplicate goes. A crash anywhere: recovery finds the hold name from the
     journal's temp name and decides from the inodes."""
     p = spec.dup_path
+    if sw.others_may_take_name():
+        raise Refused("sticky_dir", f"{show(p)}: its name would be missing for an instant "
+                      "in a shared sticky directory, where another user may create it")
     held = sw.hold()
     jr.step("hold")
     try:

@@ -353,6 +353,14 @@ class Swap:
         testpoints.at("mutate", self.dup.path)
         return _exchange_in(fn, self.tmp, self.dup)
 
+    def others_may_take_name(self) -> bool:
+        """The duplicate's directory has the sticky bit and others may write it (a
+        shared 1777 directory): there another user may create a name that is missing
+        but not replace a file, so the held swap's missing instant would hand them
+        the name (hold refuses to open it)."""
+        mode = os.fstat(self.dup.fd).st_mode
+        return bool(mode & stat.S_ISVTX and mode & 0o022)
+
     def hold(self) -> os.stat_result:
         """Without exchange, first: the duplicate's name moves to the hold name
         (hold_name of the temp name, so the journal knows it), taking whatever the
