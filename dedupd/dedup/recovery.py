@@ -26,6 +26,7 @@ from dedupd.dedup.verify import Refused, same_bytes
 from dedupd.errors import TemporaryFailure
 from dedupd.files.events import Ident
 from dedupd.fsops import link as fs
+from dedupd.fsops import names
 from dedupd.index.store import Store
 
 
@@ -137,7 +138,7 @@ def settle_hold(sp: J.OpSpec, hold: bytes) -> str:
     file's bytes (as the save's rename would have removed it); anything else stays
     under the hold name. Returns a note for the row."""
     held = _ino(hold)
-    if held is None or fs.give_back(hold, sp.dup_path):
+    if held is None or names.give_back(hold, sp.dup_path):
         return ""
     if held == _ino(sp.dup_path) or (
             held == (sp.dup_dev, sp.dup_ino) and _same_as_keep(sp, hold)):

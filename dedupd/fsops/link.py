@@ -11,20 +11,19 @@ None of these functions ever removes the last name of some content on its own:
 `rename_over` replaces a name atomically, `unlink_if_inode` removes a name only
 while it is the inode the caller proved has another copy (that proof is the
 caller's contract, not checked here), and `link_exact` never overwrites (EEXIST).
+renameat2 and the hold primitives under them live in fsops/names.py.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import secrets
 import stat
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from dedupd import handles, testpoints
+from dedupd.fsops.names import exchange_in, hold_in, put_back, rename_noreplace, renameat2
 
 TEMP_PREFIX = b".dedupd-tmp-"
 # The name a file is moved to while it is checked (unlink_if_inode; a hardlink swap
@@ -32,10 +31,6 @@ TEMP_PREFIX = b".dedupd-tmp-"
 # it is walked and kept like any file.
 HOLD_PREFIX = b".dedupd-hold-"
 QUARANTINE_SUFFIX = b".dedupd-q"
-_RENAME_NOREPLACE = 1  # linux/fs.h
-_RENAME_EXCHANGE = 2
-
-_libc: ctypes.CDLL | None = None
 
 
 def temp_name(target: bytes) -> bytes:
@@ -131,54 +126,16 @@ def exchange(a: bytes, b: bytes, *, durable: bool = True) -> bool:
     back to rename_over); raises OSError for any other failure. Test hook:
     DEDUPD_TEST_NO_EXCHANGE=1 forces the fallback (never set in production).
     """
-    fn = _renameat2()
+    fn = renameat2()
     if fn is None:
         return False
     testpoints.at("mutate", b)
     with _Pair(a, b) as pair:
-        if not _exchange_in(fn, pair.a, pair.b):
+        if not exchange_in(fn, pair.a, pair.b):
             return False
         if durable:
             pair.sync()
     return True
-
-
-def _renameat2() -> Any:
-    """libc's renameat2, or None where it is missing or the test hook
-    DEDUPD_TEST_NO_EXCHANGE=1 forces the rename fallback without any renameat2 flag
-    (never set in production; =noreplace refuses RENAME_EXCHANGE only: _exchange_in)."""
-    global _libc
-    if os.environ.get("DEDUPD_TEST_NO_EXCHANGE", "noreplace") not in ("", "noreplace"):
-        return None  # test-only: exercise the rename path as on NFS or zfs-fuse
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    return getattr(_libc, "renameat2", None)
-
-
-def _exchange_in(fn: Any, pa: handles.Parent, pb: handles.Parent) -> bool:
-    if os.environ.get("DEDUPD_TEST_NO_EXCHANGE"):  # test-only: as on SMB (NOREPLACE only)
-        return False
-    return _flagged(fn, pa, pb, _RENAME_EXCHANGE) is not None
-
-
-def _flagged(fn: Any, pa: handles.Parent, pb: handles.Parent, flag: int) -> bool | None:
-    """renameat2(pa, pb, flag): True if done, False if pb exists (NOREPLACE), None
-    where the filesystem cannot (EINVAL: FUSE without rename2, NFS); else OSError."""
-    if fn(pa.fd, pa.name, pb.fd, pb.name, flag) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return None
-    if err == errno.EEXIST and flag == _RENAME_NOREPLACE:
-        return False
-    raise OSError(err, os.strerror(err), os.fsdecode(pa.path))
-
-
-def _rename_noreplace(pa: handles.Parent, pb: handles.Parent) -> bool | None:
-    """pa's name moved to pb's only if pb's name does not exist (RENAME_NOREPLACE):
-    True if moved, False if pb exists, None where the flag is unsupported."""
-    fn = _renameat2()
-    return None if fn is None else _flagged(fn, pa, pb, _RENAME_NOREPLACE)
 
 
 def unlink_if_inode(path: bytes, dev: int, ino: int, *, durable: bool = True,
@@ -218,73 +175,16 @@ def _remove_in(p: handles.Parent, dev: int, ino: int, hold: bytes | None = None,
     if hold is None:
         hold = os.path.join(p.dir, HOLD_PREFIX + secrets.token_hex(8).encode())
     h = p.sibling(hold)
-    st = _hold_in(p, h)
+    st = hold_in(p, h)
     if step is not None:
         step("hold")
     if (st.st_dev, st.st_ino) == (dev, ino) and stat.S_ISREG(st.st_mode):
         os.unlink(h.name, dir_fd=h.fd)
         return True
-    _put_back(h, p)
+    put_back(h, p)
     if step is not None:
         step("give back")
     return False
-
-
-def _hold_in(p: handles.Parent, h: handles.Parent) -> os.stat_result:
-    """p's entry moved to h's name, whatever p's name holds at that instant; h's
-    lstat. Where RENAME_NOREPLACE works a file at h's name is never replaced
-    (FileExistsError)."""
-    moved = _rename_noreplace(p, h)
-    if moved is False:
-        raise FileExistsError(errno.EEXIST, "hold name taken", os.fsdecode(h.path))
-    if moved is None:
-        os.rename(p.name, h.name, src_dir_fd=p.fd, dst_dir_fd=h.fd)
-    return h.lstat()
-
-
-def _put_back(h: handles.Parent, p: handles.Parent) -> bool:
-    """h's entry moved to p's name, never over a name that exists (RENAME_NOREPLACE,
-    else link then unlink): True if moved, False if it stays under h (p's name exists,
-    or h is gone)."""
-    try:
-        moved = _rename_noreplace(h, p)
-    except FileNotFoundError:
-        return False
-    if moved is not None:
-        return moved
-    try:
-        os.link(h.name, p.name, src_dir_fd=h.fd, dst_dir_fd=p.fd, follow_symlinks=False)
-    except PermissionError:  # a directory cannot be linked
-        return _put_back_dir(h, p)
-    except OSError:  # EEXIST, or gone: nothing is removed
-        return False
-    os.unlink(h.name, dir_fd=h.fd)
-    return True
-
-
-def _put_back_dir(h: handles.Parent, p: handles.Parent) -> bool:
-    """A held directory back without RENAME_NOREPLACE: a plain rename, which cannot
-    replace a file (ENOTDIR) nor a directory with entries (ENOTEMPTY); at most an
-    empty directory made at p's name meanwhile."""
-    try:
-        if not stat.S_ISDIR(h.lstat().st_mode):
-            return False
-        os.rename(h.name, p.name, src_dir_fd=h.fd, dst_dir_fd=p.fd)
-    except OSError:
-        return False
-    return True
-
-
-def give_back(hold: bytes, name: bytes) -> bool:
-    """The entry under `hold` back under `name` (same directory), never over a name
-    that exists; True if moved (recovery of a swap without RENAME_EXCHANGE)."""
-    testpoints.at("mutate", name)
-    try:
-        p = handles.Parent(name)
-    except (FileNotFoundError, handles.PathChanged):
-        return False
-    with p:
-        return _put_back(p.sibling(hold), p)
 
 
 def _holds(p: handles.Parent, dev: int, ino: int) -> bool:
@@ -347,11 +247,11 @@ class Swap:
 
     def exchange(self) -> bool:
         """Swap the temp name and the duplicate's; False where unsupported."""
-        fn = _renameat2()
+        fn = renameat2()
         if fn is None:
             return False
         testpoints.at("mutate", self.dup.path)
-        return _exchange_in(fn, self.tmp, self.dup)
+        return exchange_in(fn, self.tmp, self.dup)
 
     def others_may_take_name(self) -> bool:
         """The duplicate's directory has the sticky bit and others may write it (a
@@ -369,14 +269,14 @@ class Swap:
         A file already at the hold name is never replaced where RENAME_NOREPLACE works
         (FileExistsError)."""
         testpoints.at("mutate", self.dup.path)
-        return _hold_in(self.dup, self.held)
+        return hold_in(self.dup, self.held)
 
     def place(self) -> bool | None:
         """After hold: the temp name (the kept inode) becomes the duplicate's name,
         never over a file made there meanwhile (RENAME_NOREPLACE). True if done, False
         if a file is there now, None where unsupported (then link_name, unlink_temp)."""
         testpoints.at("mutate", self.dup.path)
-        return _rename_noreplace(self.tmp, self.dup)
+        return rename_noreplace(self.tmp, self.dup)
 
     def link_name(self) -> bool:
         """place without RENAME_NOREPLACE: the temp name's inode linked at the
@@ -398,7 +298,7 @@ class Swap:
         """The held entry back under the duplicate's name, never over a file made
         there meanwhile (True); else it stays under the hold name (False)."""
         testpoints.at("mutate", self.dup.path)
-        return _put_back(self.held, self.dup)
+        return put_back(self.held, self.dup)
 
     def unlink_temp(self, dev: int, ino: int) -> bool:
         """unlink_if_inode(tmp, dev, ino) on the held handle."""
