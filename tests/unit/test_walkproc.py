@@ -56,7 +56,7 @@ def slow_subdirs(_point: str, _path: bytes) -> None:
     time.sleep(0.002)  # the walk outlasts the relay of the first subtree asked for
 
 
-@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("workers", [2, 3, 4])
 def test_several_processes_walk_what_one_does(tmp_path: Path, workers: int) -> None:
     tree(tmp_path)
     _, first, _ = walked(tmp_path, 1, {})
