@@ -59,3 +59,47 @@ def test_user_never_takes_a_name_in_a_sticky_dir(
         assert (share / "b").read_bytes() == data(1), (k, seen[k - 1])
         assert not list(vol.rglob(".dedupd-*")), (k, seen[k - 1])
     assert k > 5, k
+
+
+# test_attack_session.SWAPS, each move tried on its own: while d/b is held (missing)
+# the files swap moves e/b to the free name d/b (a save at the missing name).
+SWAPS = {
+    "files": ('for m in "$1/b $1/t" "$2/b $1/b" "$1/t $2/b"; do '
+              'mv $m 2>/dev/null || true; done', ("d", "e")),
+    "dirs": session.SWAPS["dirs"],
+}
+
+
+@pytest.mark.parametrize("fallback", ["1", "noreplace"])
+@pytest.mark.parametrize("swap", list(SWAPS))
+def test_names_swapped_at_every_point_with_the_held_swap(
+        loopfs: Callable[..., Path], attacker: User, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, fallback: str, swap: str) -> None:
+    """test_attack_session's swaps (two of root's files trade names in the user's
+    directory; the user's two directories trade places) at every test point, where
+    names cannot be exchanged: every content of root's is still somewhere, root's, only
+    equal bytes share an inode, and no file is left hidden under a name of ours."""
+    monkeypatch.setenv("DEDUPD_TEST_NO_EXCHANGE", fallback)
+    site, vol = session.plain_site(loopfs, tmp_path)
+    script, args = SWAPS[swap]
+    k = 0
+    while True:
+        k += 1
+        d, _e = session.root_files_in_user_dirs(vol, attacker)
+        want = session.contents_under(vol)
+        paths = tuple(str(d.parent / a) for a in args)
+        fired, seen, rep = session.pass_acting_at(
+            site, tmp_path / f"db{k}", k, lambda p=paths: attacker.run(script, *p))
+        if not fired:
+            break
+        # a set: a file moved to the held name wins it, as a save would (the held
+        # duplicate, with the kept file's bytes, goes)
+        assert set(session.contents_under(vol)) == set(want), (k, seen[k - 1], rep.problems)
+        assert not list(vol.rglob(".dedupd-*")), (k, seen[k - 1], rep.problems)
+        by_ino: dict[int, bytes] = {}
+        for p in vol.rglob("*"):
+            if p.is_file():
+                st = p.lstat()
+                assert st.st_uid == 0, p
+                assert by_ino.setdefault(st.st_ino, p.read_bytes()) == p.read_bytes(), p
+    assert k > 10, k
