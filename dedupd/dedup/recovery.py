@@ -112,15 +112,19 @@ def resolve_hardlink(sp: J.OpSpec) -> tuple[str, str]:
     (which may lag after a power cut). Idempotent."""
     hold = sp.hold_path
     if _ino(sp.dup_path) == (sp.keep_dev, sp.keep_ino):
+        note = ""
+        # The old duplicate sits at the temp name after an exchange, at the hold name
+        # without. It goes only if the name has its bytes: an inode number is reused by
+        # a file made since (the kept file removed, a new one saved at the name).
+        for old in (sp.temp_path, hold):
+            if old is not None and _ino(old) == (sp.dup_dev, sp.dup_ino):
+                if _same_bytes(sp.dup_path, old):
+                    fs.unlink_if_inode(old, sp.dup_dev, sp.dup_ino)
+                else:
+                    note = f"; the name's bytes differ: the duplicate stays at {show(old)}"
         if sp.temp_path is not None:
-            # After an exchange the old duplicate sits at the temp name.
-            fs.unlink_if_inode(sp.temp_path, sp.dup_dev, sp.dup_ino)
             fs.unlink_if_inode(sp.temp_path, sp.keep_dev, sp.keep_ino)
-        if hold is not None:
-            # Without exchange, the duplicate was held (and checked) before the kept
-            # inode took its name.
-            fs.unlink_if_inode(hold, sp.dup_dev, sp.dup_ino)
-        return J.DONE, "finished: name links to the kept file"
+        return J.DONE, "finished: name links to the kept file" + note
     detail = "" if hold is None else settle_hold(sp, hold)
     if sp.temp_path is not None:
         fs.unlink_if_inode(sp.temp_path, sp.keep_dev, sp.keep_ino)
@@ -149,11 +153,14 @@ def settle_hold(sp: J.OpSpec, hold: bytes) -> str:
 
 def _same_as_keep(sp: J.OpSpec, path: bytes) -> bool:
     """path has the kept file's bytes (compared now, both read by handle)."""
+    return _ino(sp.keep_path) == (sp.keep_dev, sp.keep_ino) and _same_bytes(sp.keep_path, path)
+
+
+def _same_bytes(ref: bytes, path: bytes) -> bool:
+    """path has the bytes of the file at ref (compared now, both read by handle)."""
     try:
-        kst, st = handles.lstat(sp.keep_path), handles.lstat(path)
-        if (kst.st_dev, kst.st_ino) != (sp.keep_dev, sp.keep_ino):
-            return False
-        return same_bytes(sp.keep_path, Ident.of(kst), path, Ident.of(st))
+        rst, st = handles.lstat(ref), handles.lstat(path)
+        return same_bytes(ref, Ident.of(rst), path, Ident.of(st))
     except (OSError, Refused):
         return False
 
