@@ -27,7 +27,7 @@ from dedupd.dedup import journal as J
 from dedupd.dedup.hardlink import LinkPolicy, link_group
 from dedupd.dedup.recovery import finish_remove, recover_all
 from dedupd.files.events import FileEvent, Ident
-from dedupd.fsops.link import QUARANTINE_SUFFIX
+from dedupd.fsops.link import QUARANTINE_SUFFIX, temp_name
 from dedupd.index.store import HashUpdate, Store
 from dedupd.scan.scanner import DupGroup
 
@@ -126,6 +126,7 @@ def _prune_one(jr: J.Journal, name: str, s: SourcePath, ident: Ident, archive_pa
     f = s.file
     spec = J.OpSpec(journal_volume(name), "crossdrive", archive_path, s.path, ast.st_dev,
                     ast.st_ino, f.dev, f.ino, f.size, f.mtime_ns,
+                    temp_path=temp_name(s.path),  # reserved: names the hold name
                     quarantine_path=None if qdir is None else _quarantine_path(qdir, s))
     op = jr.begin(spec)
     cmp = same_bytes(s.path, ident, archive_path, Ident.of(ast))
