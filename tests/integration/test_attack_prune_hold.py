@@ -59,7 +59,7 @@ def _killed_after_hold(cfg: ConsolidateConfig, db: Path, src: Path) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
                 return False
 
-            fs._put_back = die  # type: ignore[assignment]  # the kill, after the hold
+            fs.put_back = die  # type: ignore[assignment]  # the kill, after the hold
             with testpoints.acting(("mutate",), act):
                 _import(cfg, db)
         finally:
