@@ -123,6 +123,8 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     # threads only after the forks above
     ahead = GroupsAhead(store, norm, opts.min_size) if walker and 0 < len(known) <= \
         AHEAD_MAX_DIRS and not answer.likely() else None
+    if walker and answer.likely():
+        answer.prefetch()
     try:
         # Groups come from the feeders' memory, so unchanged inodes need no
         # `seen` mark (one write each) unless they let go (mark_inodes_seen below).
@@ -148,6 +150,8 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
         with contextlib.suppress(Exception):  # the first error is the one to report
             if ahead:
                 ahead.result()
+            if answer.read:
+                answer.read.join()
             if walker:
                 walker.close()
             pre.close()  # no thread or process may outlive the scan
@@ -220,6 +224,19 @@ class _Answer:
                                       opts.settle_seconds, opts.max_backoff_seconds))
         self.since = answers.epoch(store)
         self.kept = answers.kept(store, self.key) if self.since is not None else None
+        self.read: threading.Thread | None = None
+        self.groups: list[tuple[int, list[IndexedFile]]] | None = None
+
+    def prefetch(self) -> None:
+        """Unpack the kept answer in a thread of its own while the walk runs (the
+        scan writes nothing when it is reported: what is read now holds)."""
+        kept = self.kept
+        if kept is not None:
+            def read() -> None:
+                with contextlib.suppress(Exception):  # read again after, if needed
+                    self.groups = answers.unpack(self.store, kept.answer)
+            self.read = threading.Thread(target=read, name="answer", daemon=True)
+            self.read.start()
 
     def likely(self) -> bool:
         """Whether the kept answer is still good, should the tree list the same."""
@@ -230,7 +247,10 @@ class _Answer:
         if fp is None or self.kept is None or fp != self.kept.fingerprint or \
                 answers.epoch(self.store) != self.kept.epoch:
             return None
-        got = answers.unpack(self.store, self.kept.answer)
+        if self.read is not None:
+            self.read.join()
+        got = self.groups if self.groups is not None else answers.unpack(self.store,
+                                                                        self.kept.answer)
         return None if got is None else tuple(DupGroup(n, tuple(fs)) for n, fs in got)
 
     def keep(self, fp: bytes, groups: Sequence[DupGroup]) -> None:
