@@ -135,7 +135,7 @@ def keep(store: Store, k: str, fp: bytes, since: int,
                     return False
                 dirs.append(did)
                 names.append(name)
-    blob = zlib.compress(marshal.dumps((sizes, counts, fss, inos, npaths, dirs, names), 2))
+    blob = zlib.compress(marshal.dumps((sizes, counts, fss, inos, npaths, dirs, names), 2), 1)
     p = store.db.p
     lock = " FOR UPDATE" if store.dialect == "postgresql" else ""  # against a bump meanwhile
     with store.db.tx() as cur:
