@@ -334,8 +334,22 @@ def purge_quarantine(qdir: bytes, max_age_seconds: float, now: float) -> int:
 
 
 def make_private_dirs(path: bytes) -> None:
-    """mkdir -p path (mode 0700 for new levels, owned by us), never through a symlink."""
-    make_dirs(path, 0o700)
+    """mkdir -p path (mode 0700 for new levels, owned by us), never through a symlink.
+    Every level, from /, must be root's or ours and writable by no one else (sticky
+    excepted: there others cannot rename what is not theirs), else handles.PathChanged:
+    a level another user made or may change could be theirs, or be swapped, and the
+    names put in it (quarantined hardlinks) theirs to open and keep."""
+    fd = handles.open_dir(b"/")
+    for part in [b"", *[p for p in path.split(b"/") if p]]:
+        if part:
+            fd = _child(fd, part, None)  # closes its argument, even when it raises
+        st = os.fstat(fd)
+        if st.st_uid not in (0, os.geteuid()) or (
+                st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+            os.close(fd)
+            raise handles.PathChanged(errno.EPERM, "a level of the quarantine directory "
+                                      "may be changed by another user", os.fsdecode(path))
+    os.close(fd)
 
 
 def make_dirs(path: bytes, mode: int, *, sync: bool = True) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.fixtures.attacker import User, reachable
 from tests.integration import test_attack_session as session
-from tests.integration.test_attacker import data, run_pass
+from tests.integration.test_attacker import data, refusals, run_pass
 
 pytestmark = pytest.mark.integration
 
@@ -43,4 +43,5 @@ def test_quarantine_dir_made_by_another_user_gets_no_links(
                         "attacker", str(q)], capture_output=True, timeout=60)
     assert secret not in r.stdout, rep.problems
     assert not list(q.iterdir()), rep.problems
+    assert "path_changed" in refusals(rep), rep.problems
     assert all((private / n).read_bytes() == secret for n in ("a", "b"))
