@@ -305,7 +305,8 @@ def _list_digested(fd: int, dpath: bytes, dev: int, opts: WalkOptions, stats: Wa
     items: list[tuple[Any, ...]] = []  # what the digest covers, in listing order
     sts: list[os.stat_result] = []  # the lstat of each item
     add, keep = items.append, sts.append
-    regular = small = 0
+    ifmt, ifreg = _IFMT, _IFREG
+    other = small = 0
     with it:
         entries: Iterator[os.DirEntry[str]] = it
         if opts.exclude:
@@ -318,16 +319,17 @@ def _list_digested(fd: int, dpath: bytes, dev: int, opts: WalkOptions, stats: Wa
                 stats.problems.append(_problem(_join(dpath, entry.name), e))
                 continue
             mode = st.st_mode
-            if mode & _IFMT == _IFREG:  # the common case first
+            if mode & ifmt == ifreg:  # the common case first
                 size = st.st_size
                 add((entry.name, mode, st.st_ino, size, st.st_mtime_ns, st.st_ctime_ns))
-                regular += 1
                 if size < min_size:
                     small += 1
             else:
                 add((entry.name, mode, st.st_ino, 0, 0, 0))
                 _other(entry.name, mode, st, stats, subdirs)
+                other += 1
             keep(st)
+        regular = len(items) - other
         stats.files_seen += regular
         stats.too_small += small
         files = regular - small
