@@ -16,8 +16,9 @@ explains them for users):
   is the dataset and `zfs get -Hp -o value guid` its GUID (survives renames,
   export/import, reboots; a destroyed and re-created dataset is a new one).
 - ext2/3/4, xfs, f2fs and other block filesystems: `<fstype>:<uuid>` from the
-  superblock (FS_IOC_GETFSUUID), else `blkid` on the source device. An
-  all-zero or missing UUID falls through to the rule below.
+  superblock (FS_IOC_GETFSUUID), else (a kernel without that ioctl) `blkid` on
+  the source device. An all-zero or missing UUID falls through to the rule
+  below (without asking blkid when the ioctl answered: it reads the same field).
 - everything else (tmpfs, overlay, FUSE such as mergerfs, NFS, SMB, sshfs):
   `mount:<fstype>:<source>` with stable=False. A source that names a location
   (contains "/" or ":": a device, `server:/export`, `//server/share`) is kept
@@ -141,8 +142,8 @@ def _disk_uuid(dir_fd: int, m: mounts.Mount) -> str | None:
         raw = fsioctl.fs_uuid(dir_fd)
     except OSError:
         raw = None
-    if raw is not None and raw not in _NO_UUID and len(raw) == 16:
-        return uuid_text(raw)
+    if raw is not None:  # the superblock's own answer: blkid would read the same field
+        return uuid_text(raw) if raw not in _NO_UUID and len(raw) == 16 else None
     return blkid_uuid(m.source) if m.source.startswith("/dev/") else None
 
 
