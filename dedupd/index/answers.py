@@ -35,7 +35,7 @@ from dedupd.index.dirs import split
 if TYPE_CHECKING:
     from dedupd.index.store import IndexedFile, Store
 
-FORMAT = 1  # of the key and of the packed answer
+FORMAT = 2  # of the key and of the packed answer
 
 
 class Kept:
@@ -59,6 +59,13 @@ def fingerprint(listed: Iterable[tuple[bytes, bytes]]) -> bytes:
     return hashlib.blake2b(marshal.dumps(sorted(listed), 2), digest_size=16).digest()
 
 
+def _dirs_check(paths: Iterable[tuple[int, bytes]]) -> bytes:
+    """Of the answer's directory ids with their paths: a directory row dropped and its
+    id given to another path (SQLite reuses the highest id) must not rename a member."""
+    return hashlib.blake2b(marshal.dumps(sorted((d, p.rstrip(b"/")) for d, p in paths), 2),
+                           digest_size=16).digest()
+
+
 def epoch(store: Store) -> int | None:
     """meta's hash_epoch now (None in an index without it)."""
     rows = store.db.rows("SELECT value FROM meta WHERE host = 0 AND \"key\" = 'hash_epoch'")
@@ -79,7 +86,8 @@ def unpack(store: Store, answer: bytes) -> list[tuple[int, list[IndexedFile]]] |
     reachable now."""
     from dedupd.index.store import BATCH, IndexedFile, chunks
 
-    sizes, counts, fss, inos, npaths, dirs, names = marshal.loads(zlib.decompress(answer))
+    sizes, counts, fss, inos, npaths, dirs, names, check = marshal.loads(
+        zlib.decompress(answer))
     rows: dict[tuple[int, int], tuple[Any, ...]] = {}
     p = store.db.p
     for fs in set(fss):
@@ -90,9 +98,11 @@ def unpack(store: Store, answer: bytes) -> list[tuple[int, list[IndexedFile]]] |
                     f"unstable FROM inodes WHERE fs = {p} AND ino IN "
                     f"({store.db.marks(len(part))})", (fs, *part)):
                 rows[(fs, from_s64(r[0]))] = tuple(r[1:])
-    where = {d: path.rstrip(b"/") + b"/" for d, path in store.dirs.paths(set(dirs)).items()}
+    found = store.dirs.paths(set(dirs))
+    where = {d: path.rstrip(b"/") + b"/" for d, path in found.items()}
     devs = {fs: dev for fs in set(fss) if (dev := store.dev_of(fs)) is not None}
-    if len(devs) < len(set(fss)) or len(where) < len(set(dirs)):
+    if len(devs) < len(set(fss)) or len(where) < len(set(dirs)) or \
+            _dirs_check(found.items()) != check:
         return None
     names_of = [where[d] + name for d, name in zip(dirs, names, strict=True)]
     out, k, at = [], 0, 0
@@ -118,6 +128,7 @@ def keep(store: Store, k: str, fp: bytes, since: int,
     """Keep the answer `groups` of a scan whose walk had the fingerprint fp, if no
     hash moved since it began (epoch `since`). False when not kept."""
     sizes, counts, fss, inos, npaths, dirs, names = [], [], [], [], [], [], []
+    at: dict[int, bytes] = {}  # directory id -> its path, as the answer names it
     for size, files in groups:
         sizes.append(size)
         counts.append(len(files))
@@ -135,7 +146,9 @@ def keep(store: Store, k: str, fp: bytes, since: int,
                     return False
                 dirs.append(did)
                 names.append(name)
-    blob = zlib.compress(marshal.dumps((sizes, counts, fss, inos, npaths, dirs, names), 2), 1)
+                at[did] = d
+    blob = zlib.compress(marshal.dumps((sizes, counts, fss, inos, npaths, dirs, names,
+                                        _dirs_check(at.items())), 2), 1)
     p = store.db.p
     lock = " FOR UPDATE" if store.dialect == "postgresql" else ""  # against a bump meanwhile
     with store.db.tx() as cur:
