@@ -50,3 +50,67 @@ def test_a_directory_id_given_to_another_path_is_never_reported(tmp_path: Path) 
     rep = run(db, r)
     assert rep.stats["files_unchanged"] == 3 and rep.stats["files_new"] == 0
     assert names(rep) == want
+
+
+def full(rep: ScanReport) -> list[list[tuple[int, tuple[bytes, ...]]]]:
+    return [[(f.ino, f.paths) for f in g.files] for g in rep.groups]
+
+
+def test_a_name_outside_the_roots_is_in_no_answer(tmp_path: Path) -> None:
+    """A member hardlinked from outside the roots, that name indexed by a scan of its
+    own tree: the first scan, the rescan that reads the index's groups and the one
+    that reports the kept answer list the same names (those under the roots)."""
+    db, r, out = tmp_path / "i.db", tmp_path / "r", tmp_path / "out"
+    put(r / "a" / "f", b"a" * SIZE)
+    put(r / "b" / "g", b"a" * SIZE)
+    put(r / "b" / "h", b"h" * SIZE)
+    out.mkdir()
+    import os
+
+    os.link(r / "a" / "f", out / "link")
+    os.link(r / "b" / "h", r / "a" / "h2")
+    run(db, out)
+    first = run(db, r)
+    assert full(first) == [[(os.lstat(r / "a" / "f").st_ino, (bytes(r / "a" / "f"),)),
+                            (os.lstat(r / "b" / "g").st_ino, (bytes(r / "b" / "g"),))]]
+    assert full(run(db, r)) == full(first)  # the kept answer
+    store = Store(f"sqlite:///{db}")
+    try:
+        store.db.run("DELETE FROM answers")
+    finally:
+        store.close()
+    assert full(run(db, r)) == full(first)  # the index's groups
+    os.unlink(out / "link")  # a change outside the roots, seen by a's ctime
+    again = run(db, r)
+    assert again.stats["files_changed"] == 1 and full(again) == full(first)
+
+
+def test_a_scan_killed_before_its_finish_leaves_no_removed_file_behind(tmp_path: Path) -> None:
+    """A file removed, then a scan killed (kill -9) after it recorded the file's
+    directory (its new listing digest) and before its finish forgot the name: the
+    next scans skip that directory as unchanged and must still not report the
+    removed file (it was reported for ever: the name was never forgotten)."""
+    import os
+    import subprocess
+    import sys
+
+    db, r = tmp_path / "i.db", tmp_path / "r"
+    put(r / "a" / "x1", b"x" * SIZE)
+    put(r / "b" / "x2", b"x" * SIZE)
+    put(r / "b" / "y", b"y" * SIZE)
+    assert names(run(db, r)) == {frozenset({bytes(r / "a" / "x1"), bytes(r / "b" / "x2")})}
+    (r / "b" / "x2").unlink()
+    code = ("import os, signal, sys\n"
+            "from dedupd.index.store import Store\n"
+            "from dedupd.scan.scanner import ScanOptions, scan\n"
+            "def killed(*a, **k):\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "Store.finish_scan = killed\n"
+            f"scan(Store('sqlite:///{db}'), [{str(r)!r}], ScanOptions())\n")
+    rc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ),
+                        timeout=120).returncode
+    assert rc == -9
+    for _ in range(2):
+        rep = run(db, r)
+        assert names(rep) == set(), rep.groups
+

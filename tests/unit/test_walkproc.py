@@ -91,3 +91,34 @@ def test_a_failing_process_fails_the_walk_and_none_is_left(tmp_path: Path) -> No
         walked(tmp_path, 2, known)
     assert not calls  # the walk ran in the children, not here
     assert _children() <= before  # every walk process reaped (others of pytest may live)
+
+
+@pytest.mark.parametrize("at", [b"d0/d0", b"d3/d3", b"d2/d1"])
+def test_a_process_killed_mid_walk_fails_it_without_a_hang(tmp_path: Path, at: bytes) -> None:
+    """kill -9 of one walk process (whichever walks `at`, possibly a subtree another
+    gave it): the walk fails at once, every other process ends and is reaped."""
+    import signal
+
+    tree(tmp_path, 2)
+    _, first, _ = walked(tmp_path, 1, {})
+    known = {d.path: (d.digest, os.lstat(tmp_path).st_dev) for d in first}
+    before = _children()
+
+    def killed(_point: str, path: bytes) -> None:
+        time.sleep(0.002)
+        if path.endswith(at):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def hung(*_a: object) -> None:
+        raise TimeoutError("the walk hangs")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        with testpoints.acting(("walk.subdir",), killed), \
+                pytest.raises(ChildFailed, match="died"):
+            walked(tmp_path, 4, known)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert _children() <= before
