@@ -106,18 +106,28 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
             store.bulk.touch_inodes(c, scan_id, fs, part)
     if erows:
         store.bulk.upsert_entries(c, erows)
-    _digests(store, c, list(by_dir), digests)
+    _digests(store, c, scan_id, list(by_dir), digests, created)
     return RecordResult(new, changed, sum(len(v) for v in touched.values()), tuple(files))
 
 
-def _digests(store: Store, c: Any, written: list[int],
-             digests: Sequence[tuple[bytes, bytes]]) -> None:
-    """Store the given listing digests; clear those of other directories written."""
+def _digests(store: Store, c: Any, scan_id: int, written: list[int],
+             digests: Sequence[tuple[bytes, bytes]], created: set[int]) -> None:
+    """Store the given listing digests; clear those of other directories written.
+
+    A directory that still has a name this scan did not see (a file removed, or
+    not listed under these options) gets no digest: the name is forgotten only by
+    the scan's finish, and a digest stored before it (a scan killed in between)
+    would have the next scans skip the directory and keep the name for ever."""
     from dedupd.index.store import chunks
 
     p = store.db.p
     fresh = {d: g for d, g in ((store.dirs.find(path, c), g) for path, g in digests)
              if d is not None}
+    for part in chunks([d for d in fresh if d not in created], 500):
+        c.execute(f"SELECT DISTINCT dir FROM entries WHERE dir IN ({store.db.marks(len(part))})"
+                  f" AND seen < {p}", (*part, scan_id))
+        for (d,) in c.fetchall():
+            del fresh[int(d)]
     stale = [d for d in written if d not in fresh]
     for part in chunks(stale, 500):
         c.execute(f"UPDATE directories SET digest = NULL WHERE digest IS NOT NULL AND id IN "
