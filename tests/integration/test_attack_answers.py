@@ -5,8 +5,12 @@ anything but the tree's files under their current names."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+from dedupd import testpoints
 from dedupd.index.store import Store
 from dedupd.scan.scanner import ScanOptions, ScanReport, scan
 
@@ -65,8 +69,6 @@ def test_a_name_outside_the_roots_is_in_no_answer(tmp_path: Path) -> None:
     put(r / "b" / "g", b"a" * SIZE)
     put(r / "b" / "h", b"h" * SIZE)
     out.mkdir()
-    import os
-
     os.link(r / "a" / "f", out / "link")
     os.link(r / "b" / "h", r / "a" / "h2")
     run(db, out)
@@ -90,10 +92,6 @@ def test_a_scan_killed_before_its_finish_leaves_no_removed_file_behind(tmp_path:
     directory (its new listing digest) and before its finish forgot the name: the
     next scans skip that directory as unchanged and must still not report the
     removed file (it was reported for ever: the name was never forgotten)."""
-    import os
-    import subprocess
-    import sys
-
     db, r = tmp_path / "i.db", tmp_path / "r"
     put(r / "a" / "x1", b"x" * SIZE)
     put(r / "b" / "x2", b"x" * SIZE)
@@ -114,3 +112,51 @@ def test_a_scan_killed_before_its_finish_leaves_no_removed_file_behind(tmp_path:
         rep = run(db, r)
         assert names(rep) == set(), rep.groups
 
+
+
+def test_a_directory_swapped_for_a_symlink_in_the_parallel_walk(tmp_path: Path,
+                                                                 attacker: object) -> None:
+    """A user swaps a directory of theirs for a symlink to a tree they may not list,
+    right before a walk process (of the rescan's four, sharing subtrees by
+    descriptor) opens it: nothing behind the symlink is walked, the swap is a
+    problem, no answer is kept from that scan, and once the user puts it back the
+    next scan reports the truth."""
+    from tests.fixtures.attacker import User, reachable
+
+    assert isinstance(attacker, User)
+    db, r, secret = tmp_path / "i.db", tmp_path / "r", tmp_path / "secret"
+    for i in range(6):
+        for j in range(6):
+            put(r / f"d{i}" / f"s{j}" / "f", b"%d" % (i * 6 + j) * SIZE)
+    put(r / "d5" / "s5" / "dup", b"0" * SIZE)
+    put(secret / "s" / "x", b"0" * SIZE)
+    put(secret / "s" / "y", b"0" * SIZE)
+    secret.chmod(0o700)
+    reachable(r)
+    attacker.owns(r / "d5", r / "d5" / "s5", r / "d5" / "s5" / "f", r / "d5" / "s5" / "dup")
+    want = {frozenset({bytes(r / "d0" / "s0" / "f"), bytes(r / "d5" / "s5" / "dup")})}
+    assert names(run(db, r)) == want
+    (r / "d3" / "s3" / "f").write_bytes(b"z" * SIZE)  # one directory to record
+    swapped = tmp_path / "swapped"
+
+    def swap(_point: str, path: bytes) -> None:
+        if path == bytes(r / "d5" / "s5") and not swapped.exists():
+            swapped.write_text(str(os.getpid()))
+            attacker.run('mv "$1/s5" "$1/s5-away" && ln -s "$2/s" "$1/s5"', str(r / "d5"),
+                         str(secret))
+
+    with testpoints.acting(("walk.subdir",), swap):
+        rep = run(db, r)
+    assert int(swapped.read_text()) != os.getpid()  # done in a walk process
+    assert [(p.path, p.reason) for p in rep.problems] == [(bytes(r / "d5" / "s5"),
+                                                          "path_changed")]
+    assert names(rep) == set()  # d5/s5 was not walked: dup is not reported
+    store = Store(f"sqlite:///{db}")
+    try:
+        assert store.dirs.find(bytes(secret / "s")) is None
+        assert not store.db.rows("SELECT 1 FROM directories WHERE name = ?", (b"s5-away",))
+    finally:
+        store.close()
+    attacker.run('rm "$1/s5" && mv "$1/s5-away" "$1/s5"', str(r / "d5"))
+    assert names(run(db, r)) == want
+    assert names(run(db, r)) == want
