@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dedupd import testpoints
 from dedupd.index.store import Store
 from dedupd.scan.scanner import ScanOptions, ScanReport, scan
@@ -160,3 +162,52 @@ def test_a_directory_swapped_for_a_symlink_in_the_parallel_walk(tmp_path: Path,
     attacker.run('rm "$1/s5" && mv "$1/s5-away" "$1/s5"', str(r / "d5"))
     assert names(run(db, r)) == want
     assert names(run(db, r)) == want
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/i.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def test_a_changed_file_recorded_leaves_kept_answers_alone(url: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """A file rewritten (its stat changes: the walk sees it) and recorded drops its
+    hashes; that is not content changing behind an unchanged stat, so hash_epoch
+    stays: the scan that recorded it keeps its answer, and another tree's kept
+    answer (another process's, another host's on a shared index) stays good (the
+    drop voided every kept answer: the next rescan of each made a pass)."""
+    from dedupd.index import answers
+
+    passes: list[int] = []
+    real = Store.groups_under
+    monkeypatch.setattr(Store, "groups_under",
+                        lambda self, *a: passes.append(1) or real(self, *a))
+    r, o = tmp_path / "r", tmp_path / "o"
+    put(r / "a" / "x", b"x" * SIZE)
+    put(r / "b" / "x", b"x" * SIZE)
+    put(r / "b" / "y", b"y" * SIZE)
+    put(o / "p", b"p" * SIZE)
+    put(o / "q", b"p" * SIZE)
+
+    def scanned(root: Path) -> ScanReport:
+        store = Store(url)
+        try:
+            return scan(store, [str(root)], ScanOptions())
+        finally:
+            store.close()
+
+    scanned(r), scanned(o)
+    (r / "b" / "y").write_bytes(b"q" * SIZE)
+    assert scanned(r).stats["files_changed"] == 1
+    store = Store(url)
+    try:
+        assert answers.epoch(store) == 0
+    finally:
+        store.close()
+    assert passes == [1]  # the changed tree's own
+    assert names(scanned(r)) == {frozenset({bytes(r / "a" / "x"), bytes(r / "b" / "x")})}
+    assert names(scanned(o)) == {frozenset({bytes(o / "p"), bytes(o / "q")})}
+    assert passes == [1]
