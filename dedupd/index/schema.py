@@ -241,10 +241,14 @@ answers = Table(
 # stays (content changed behind an unchanged stat: extent passes' "differs", a
 # verification): every kept answer may be wrong from then on. The hash_epoch row
 # of meta (host 0) counts such rows; a head dropped because the full hash is now
-# known, and a hash first written, are not counted (content as it was).
-_MOVED = ('(OLD."full" IS NOT NULL AND NEW."full" IS DISTINCT FROM OLD."full") OR (OLD.head '
-          "IS NOT NULL AND NEW.head IS DISTINCT FROM OLD.head AND (NEW.head IS NOT NULL OR "
-          'NEW."full" IS NULL))')
+# known, and a hash first written, are not counted (content as it was), nor are the
+# hashes a new stat drops (a file recorded changed: every walk that lists one of its
+# names sees that stat, so an answer listing it is void by its fingerprint; counting
+# it voided every other tree's and host's answer at each change recorded).
+_MOVED = ('OLD.size = NEW.size AND OLD.mtime_ns = NEW.mtime_ns AND OLD.ctime_delta = '
+          'NEW.ctime_delta AND ((OLD."full" IS NOT NULL AND NEW."full" IS DISTINCT FROM '
+          'OLD."full") OR (OLD.head IS NOT NULL AND NEW.head IS DISTINCT FROM OLD.head AND '
+          '(NEW.head IS NOT NULL OR NEW."full" IS NULL)))')
 _EPOCH = ("INSERT INTO meta (host, \"key\", value) VALUES (0, 'hash_epoch', '0') "
           'ON CONFLICT (host, "key") DO NOTHING')
 _BUMP = ("UPDATE meta SET value = {cast} WHERE host = 0 AND \"key\" = 'hash_epoch'")
