@@ -211,3 +211,52 @@ def test_a_changed_file_recorded_leaves_kept_answers_alone(url: str, tmp_path: P
     assert names(scanned(r)) == {frozenset({bytes(r / "a" / "x"), bytes(r / "b" / "x")})}
     assert names(scanned(o)) == {frozenset({bytes(o / "p"), bytes(o / "q")})}
     assert passes == [1]
+
+
+PREVIOUS = "43483dc"  # the dedupd before kept answers and the parallel rescan walk
+
+
+def test_an_index_of_the_previous_dedupd_rescans_right(url: str, tmp_path: Path) -> None:
+    """An index written by the previous dedupd (its scan, run from `git archive`),
+    then changes on disk (a duplicate removed, one added in a directory without a
+    file of its own, a file rewritten): this dedupd's scans report the disk, keep an
+    answer and report it again, and the old dedupd can still scan the index after."""
+    from tests.integration.test_index_identity import _old_dedupd
+
+    r = tmp_path / "r"
+    put(r / "a" / "x1", b"x" * SIZE)
+    put(r / "b" / "x2", b"x" * SIZE)
+    put(r / "b" / "x3", b"x" * SIZE)
+    put(r / "c" / "y1", b"y" * SIZE)
+    put(r / "only" / "deep" / "y2", b"y" * SIZE)
+    put(r / "c" / "z", b"z" * SIZE)
+    old = _old_dedupd(tmp_path, PREVIOUS)
+
+    def old_scan() -> None:
+        res = subprocess.run([sys.executable, "-m", "dedupd", "scan", "--json", "--db", url,
+                              str(r)], capture_output=True, env=dict(os.environ,
+                                                                     PYTHONPATH=str(old)),
+                             cwd=old, timeout=300)
+        assert res.returncode == 0, res.stderr.decode()
+
+    old_scan()
+    (r / "b" / "x3").unlink()
+    put(r / "only" / "z2", b"z" * SIZE)
+    (r / "c" / "y1").write_bytes(b"w" * SIZE)
+    want = {frozenset({bytes(r / "a" / "x1"), bytes(r / "b" / "x2")}),
+            frozenset({bytes(r / "c" / "z"), bytes(r / "only" / "z2")})}
+
+    def scanned() -> ScanReport:
+        store = Store(url)
+        try:
+            return scan(store, [str(r)], ScanOptions())
+        finally:
+            store.close()
+
+    assert names(scanned()) == want
+    assert names(scanned()) == want
+    again = scanned()
+    assert names(again) == want and again.stats["bytes_read"] == 0
+    old_scan()  # the old dedupd on the upgraded index
+    (r / "a" / "x1").write_bytes(b"v" * SIZE)
+    assert names(scanned()) == {frozenset({bytes(r / "c" / "z"), bytes(r / "only" / "z2")})}
