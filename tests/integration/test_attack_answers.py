@@ -260,3 +260,27 @@ def test_an_index_of_the_previous_dedupd_rescans_right(url: str, tmp_path: Path)
     old_scan()  # the old dedupd on the upgraded index
     (r / "a" / "x1").write_bytes(b"v" * SIZE)
     assert names(scanned()) == {frozenset({bytes(r / "c" / "z"), bytes(r / "only" / "z2")})}
+
+
+def test_scans_of_a_subtree_and_with_an_exclude_between_two_of_the_parent(tmp_path: Path
+                                                                          ) -> None:
+    """The parent's answer kept; a file of a subtree rewritten to another file's bytes
+    and recorded by a scan of the subtree (the parent's directories then all list as
+    the index has them): the parent's next scan reports the new group. Then a scan
+    with an exclude that hides a member, and the parent again: the member is back."""
+    db, r = tmp_path / "i.db", tmp_path / "r"
+    put(r / "a" / "x", b"x" * SIZE)
+    put(r / "s" / "t" / "y", b"y" * SIZE)
+    put(r / "s" / "t" / "x2", b"x" * SIZE)
+    xs = frozenset({bytes(r / "a" / "x"), bytes(r / "s" / "t" / "x2")})
+    assert names(run(db, r)) == {xs}
+    (r / "s" / "t" / "y").write_bytes(b"x" * SIZE)
+    xs3 = xs | {bytes(r / "s" / "t" / "y")}
+    assert names(run(db, r / "s")) == {xs3 - {bytes(r / "a" / "x")}}
+    rep = run(db, r)
+    assert rep.stats["files_unchanged"] == 3 and names(rep) == {xs3}
+    assert names(run(db, r)) == {xs3}
+    assert names(run(db, r, exclude=("x2",))) == {xs3 - {bytes(r / "s" / "t" / "x2")}}
+    assert names(run(db, r / "s", exclude=("x2",))) == set()
+    assert names(run(db, r)) == {xs3}
+    assert names(run(db, r)) == {xs3}
