@@ -15,6 +15,7 @@ import pytest
 from dedupd import testpoints
 from dedupd.index.store import Store
 from dedupd.scan.scanner import ScanOptions, ScanReport, scan
+from tests.integration.test_vfat import fat  # noqa: F401
 
 SIZE = 9000
 
@@ -284,3 +285,35 @@ def test_scans_of_a_subtree_and_with_an_exclude_between_two_of_the_parent(tmp_pa
     assert names(run(db, r / "s", exclude=("x2",))) == set()
     assert names(run(db, r)) == {xs3}
     assert names(run(db, r)) == {xs3}
+
+
+def test_fat_numbers_handed_to_another_tree_between_two_rescans(tmp_path: Path,
+                                                                fat: object) -> None:
+    """FAT makes inode numbers up as files are looked up. Between two scans of t, a
+    remount gives u/y t/x's number and a scan of u records y (its stat and bytes)
+    on that number; another remount gives x its number back, so t lists as it did
+    and every directory of t is skipped: x must not be taken for a copy of a
+    (y's bytes) on the index's word (it was: x's row was y's, never checked)."""
+    from tests.integration.test_vfat import Fat
+    from tests.integration.test_vfat import put as fat_put
+
+    assert isinstance(fat, Fat)
+    v = fat.vol
+    (v / "t").mkdir()
+    (v / "u").mkdir()
+    for name, seed in (("t/a", b"1"), ("t/b", b"2"), ("t/x", b"9"), ("u/y", b"1"),
+                       ("u/z", b"4")):
+        fat_put(v / name, seed)
+
+    def mounted(order: str) -> dict[str, int]:
+        fat.remount()
+        return {n: (v / n).stat().st_ino for n in ["", *order.split()]}
+
+    db = tmp_path / "i.db"
+    first = mounted("t t/x t/a t/b u u/y u/z")
+    assert names(run(db, v / "t")) == set()
+    second = mounted("u u/y t t/b u/z")  # y: x's number; a keeps its own
+    assert second["u/y"] == first["t/x"], (first, second)
+    assert names(run(db, v / "u")) == set()
+    assert mounted("t t/x t/a t/b u u/y u/z") == first
+    assert names(run(db, v / "t")) == set()
