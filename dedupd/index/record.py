@@ -104,10 +104,33 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
     for fs, inos in touched.items() if touch_inodes else ():
         for part in chunks(inos, BATCH):
             store.bulk.touch_inodes(c, scan_id, fs, part)
+    claimed = [k for k in by_key if k[0] in renumbered and k in old and k not in vouched]
+    if claimed:
+        _drop_claimed(store, c, claimed, {(did, n) for did, ents in by_dir.items() for n in ents})
     if erows:
         store.bulk.upsert_entries(c, erows)
     _digests(store, c, scan_id, list(by_dir), digests, created)
     return RecordResult(new, changed, sum(len(v) for v in touched.values()), tuple(files))
+
+
+def _drop_claimed(store: Store, c: Any, keys: list[Key], mine: set[tuple[int, bytes]]) -> None:
+    """Where inode numbers are made up at each mount (FAT: no hard links either), a
+    known number now held by a name that did not have it names no other file: the
+    index's other names of it (files that had it before a remount) are dropped, with
+    their directories' digests (else a directory listing as it did would be skipped,
+    its file taken for the row's new file)."""
+    from dedupd.index.store import BATCH, chunks
+
+    want = set(keys)
+    stale: list[tuple[int, bytes]] = []
+    for part in chunks(sorted({k[1] for k in keys}), BATCH):
+        stale += [(did, name) for fs, ino, did, name, _seen in store.bulk.names_of_inodes(c, part)
+                  if (fs, ino) in want and (did, name) not in mine]
+    if stale:
+        p = store.db.p
+        c.executemany(f"DELETE FROM entries WHERE dir = {p} AND name = {p}", stale)
+        c.executemany(f"UPDATE directories SET digest = NULL WHERE id = {p}",
+                      [(d,) for d in {d for d, _n in stale}])
 
 
 def _digests(store: Store, c: Any, scan_id: int, written: list[int],

@@ -15,7 +15,8 @@ import pytest
 from dedupd import testpoints
 from dedupd.index.store import Store
 from dedupd.scan.scanner import ScanOptions, ScanReport, scan
-from tests.integration.test_vfat import fat  # noqa: F401
+from tests.integration.test_vfat import Fat, fat  # noqa: F401
+from tests.integration.test_vfat import put as fat_put
 
 SIZE = 9000
 
@@ -287,17 +288,13 @@ def test_scans_of_a_subtree_and_with_an_exclude_between_two_of_the_parent(tmp_pa
     assert names(run(db, r)) == {xs3}
 
 
-def test_fat_numbers_handed_to_another_tree_between_two_rescans(tmp_path: Path,
-                                                                fat: object) -> None:
+def test_fat_numbers_handed_to_another_tree_between_two_rescans(
+        tmp_path: Path, fat: Fat) -> None:  # noqa: F811
     """FAT makes inode numbers up as files are looked up. Between two scans of t, a
     remount gives u/y t/x's number and a scan of u records y (its stat and bytes)
     on that number; another remount gives x its number back, so t lists as it did
     and every directory of t is skipped: x must not be taken for a copy of a
     (y's bytes) on the index's word (it was: x's row was y's, never checked)."""
-    from tests.integration.test_vfat import Fat
-    from tests.integration.test_vfat import put as fat_put
-
-    assert isinstance(fat, Fat)
     v = fat.vol
     (v / "t").mkdir()
     (v / "u").mkdir()
