@@ -189,6 +189,10 @@ class Executor:
         self.c.files_unchanged += len(k.fresh)
         self._touch.extend(s.path for s in k.fresh)
         self.confirmed.extend((s, k.target) for s in k.fresh)
+        if not k.check:  # a re-run's common case: every row still valid, nothing to read
+            if len(self._touch) >= FLUSH_EVERY:
+                self.flush()
+            return
         assert k.content.full is not None  # grouped contents always carry their hash
         # the target first, then the other archive inodes of the group
         order = sorted(k.content.archive, key=lambda f: k.target not in f.paths)
