@@ -221,10 +221,12 @@ class _Worker:
         """The n source handles of a batch, in the order of its copies with bytes."""
         got: list[int] = []
         while len(got) < n:
-            _, fds, _, _ = socket.recv_fds(self.fds, 1, FDS_PER_MSG)
+            _, fds, flags, _ = socket.recv_fds(self.fds, 1, FDS_PER_MSG)
+            got.extend(fds)
+            if flags & socket.MSG_CTRUNC:  # the kernel dropped handles (our fd limit)
+                raise OSError("source handles lost in passing (too many open files)")
             if not fds:
                 raise EOFError("the run closed the socket in the middle of a batch")
-            got.extend(fds)
         return got
 
     def _batch(self, items: list[Wire], payload: bytearray,
