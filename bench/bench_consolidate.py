@@ -18,7 +18,10 @@ tool. The sources are read once before every timed command (warm cache for
 each). After the rounds, a dedupd re-run with nothing new must read nothing.
 
 Usage: python bench/bench_consolidate.py [--trees generated,real] [--rounds N]
-[--files N] [--keep]
+[--files N] [--keep] [--baseline CHECKOUT]
+
+--baseline times another dedupd checkout's first import in each round too
+(e.g. `git worktree add /tmp/old <commit>`): old and new side by side.
 """
 
 from __future__ import annotations
@@ -180,11 +183,14 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
-def bench_tree(name: str, base: Path, shares: list[Path], rounds: int) -> bool:
-    """Interleaved rounds on one source set; print the table; False if the re-run read."""
+def bench_tree(name: str, base: Path, shares: list[Path], rounds: int,
+               baseline: Path | None = None) -> bool:
+    """Interleaved rounds on one source set; print the table; False if the re-run read.
+    With baseline (another dedupd checkout), its first import is timed in each round too."""
     n_files, n_bytes = tree_bytes(shares)
     print(f"--- {name}: {n_files:,} files, {mib(n_bytes)} in {len(shares)} shares", flush=True)
-    ded, rs, rss = Runs(), Runs(), Runs()
+    ded, rs, rss, old = Runs(), Runs(), Runs(), Runs()
+    old_stats: dict = {}  # type: ignore[type-arg]
     stats: dict = {}  # type: ignore[type-arg]
     for r in range(rounds):
         # Fresh target directories per round, all removed at the end: ext4 skips the
@@ -205,6 +211,14 @@ def bench_tree(name: str, base: Path, shares: list[Path], rounds: int) -> bool:
         rs.add(wall, cpu)
         w2, c2, _ = timed(["sync", "-f", str(rdest)])
         rss.add(wall + w2, cpu + c2)
+        if baseline is not None:
+            barchive = base / f"archive-baseline{r}"
+            fresh(barchive)
+            bcfg = dedupd_config(base, shares, barchive, "baseline")
+            warm(shares)
+            wall, cpu, out = timed(dedupd_argv(bcfg), baseline)
+            old.add(wall, cpu)
+            old_stats = json.loads(out)["stats"]
     again_wall, _, out = timed(dedupd_argv(cfg), ROOT)
     again = json.loads(out)["stats"]
     r_files, r_bytes = tree_bytes([rdest])
@@ -216,6 +230,9 @@ def bench_tree(name: str, base: Path, shares: list[Path], rounds: int) -> bool:
             ("rsync -a (no dedupe)", rs, r_bytes, n_bytes, r_files),
             ("rsync -a + sync -f", rss, r_bytes, n_bytes, r_files)):
         print(f"{label:28} {runs.cells()} {mib(w):>12} {mib(rd):>12} {f:>7,}")
+    if old.wall:
+        print(f"{'dedupd at --baseline':28} {old.cells()} {mib(old_stats['bytes_written']):>12} "
+              f"{mib(old_stats['bytes_read']):>12} {old_stats['files_copied']:>7,}")
     print(f"{'dedupd re-run, nothing new':28} {again_wall:8.2f} {'':13} {'':8} "
           f"{mib(again['bytes_written']):>12} {mib(again['bytes_read']):>12} "
           f"{again['files_copied']:>7,}")
@@ -237,6 +254,8 @@ def main() -> int:
     ap.add_argument("--trees", default="generated,real", help="generated, real or both")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per tree")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory")
+    ap.add_argument("--baseline", type=Path, help="another dedupd checkout (its root) whose "
+                    "first import is timed beside, round by round")
     args = ap.parse_args()
     if shutil.which("rsync") is None:
         sys.exit("rsync not installed (make deps installs it)")
@@ -258,7 +277,7 @@ def main() -> int:
             else:
                 sys.exit(f"unknown tree {tree!r} (generated, real)")
             print(f"{tree} sources built in {time.monotonic() - t0:.1f}s", flush=True)
-            ok = bench_tree(tree, tb, shares, args.rounds) and ok
+            ok = bench_tree(tree, tb, shares, args.rounds, args.baseline) and ok
         return 0 if ok else 1
     finally:
         if args.keep:
