@@ -54,7 +54,7 @@ def check_archive(archive: Path, contents: set[str], complete: bool) -> None:
 
 
 def kill_points(n_copies: int) -> list[int]:
-    """Copies go in one batch here (see execute.py): steps 1..n are "written" for each
+    """Copies go in one batch here (copyworker.py): steps 1..n are "written" for each
     file, n+1..2n "synced", then "verified", "placed", "queued" file by file. Kill
     after the first and last of each phase and at each step kind of a middle file."""
     n = n_copies
