@@ -197,6 +197,9 @@ class _Worker:
         self.kill = _KillHook()
         self.dirs = DestDirs(synced_later=True)
         self.unsynced = False  # names placed since the last syncfs
+        # one receive buffer for every batch: a fresh one per batch costs a page fault
+        # per 4 KiB (60,000 for 250 MB of copies)
+        self.buf = bytearray()
 
     def serve(self) -> None:
         try:
@@ -204,8 +207,8 @@ class _Worker:
                 if msg[0] == "b":
                     _, items, total = msg
                     handles = self._handles(sum(1 for it in items if it[-1] >= 0))
-                    synced, results = self._batch(items, _read_exact(self.inp, total),
-                                                  handles)
+                    _read_exact(self.inp, total, self.buf)
+                    synced, results = self._batch(items, self.buf, handles)
                     forkpipe.send(self.out, ("d", synced, results))
                 elif msg[0] == "e":
                     synced = self.unsynced
@@ -236,12 +239,13 @@ class _Worker:
         results: list[Wire] = []
         staged: list[tuple[int, bytes, Staged]] = []
         view = memoryview(payload)
+        data: memoryview | None
         off = 0
         try:
             for cid, dest, src, stw, head, full, n in items:
                 sfd, data = -1, None
-                if n >= 0:
-                    sfd, data = handles.pop(0), bytes(view[off:off + n])
+                if n >= 0:  # a view: the batch's bytes stay in one buffer, reused
+                    sfd, data = handles.pop(0), view[off:off + n]
                     off += n
                 st = self._stage(cid, dest, src, sfd, stw, head, full, data, results)
                 if st is not None:
@@ -261,13 +265,12 @@ class _Worker:
                                     res.full, res.bytes_read, res.bytes_written))
                     self.kill("queued")
             return True, results
-        finally:
-            view.release()
+        finally:  # the views of self.buf go with this frame: the next batch may grow it
             self.dirs.close()
             self.dirs = DestDirs(synced_later=True)
 
     def _stage(self, cid: int, dest: bytes, src: bytes, sfd: int, stw: StatWire, head: int,
-               full: bytes, data: bytes | None, results: list[Wire]) -> Staged | None:
+               full: bytes, data: memoryview | None, results: list[Wire]) -> Staged | None:
         ddir = os.path.dirname(dest)
         try:
             if data is None:  # a large source: copied from the source, which must be stw
@@ -302,18 +305,19 @@ def _frame(msg: Wire) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
-def _read_exact(fd: int, n: int) -> bytearray:
-    """n bytes from the pipe into one buffer (a batch's bytes: up to 64 MiB)."""
-    buf = bytearray(n)
+def _read_exact(fd: int, n: int, buf: bytearray) -> None:
+    """n bytes from the pipe into the start of buf (grown to n when shorter: a batch's
+    bytes, up to 64 MiB)."""
+    if len(buf) < n:
+        buf.extend(bytes(n - len(buf)))
     view = memoryview(buf)
     got = 0
     while got < n:
-        k = os.readv(fd, [view[got:]])
+        k = os.readv(fd, [view[got:n]])  # never past n: the next frame follows
         if not k:
             raise EOFError("the run closed the pipe in the middle of a batch")
         got += k
     view.release()
-    return buf
 
 
 class _KillHook:

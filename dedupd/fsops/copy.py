@@ -107,7 +107,9 @@ class Staged:
     head: int
     full: bytes
     bytes_read: int
-    data: bytes | None = None  # the source bytes as copied (sources <= KEEP_BYTES)
+    # the source bytes as copied (sources <= KEEP_BYTES); a view of a batch's buffer
+    # when they were handed over by another process (stage_data)
+    data: bytes | memoryview | None = None
 
 
 class DestDirs:
@@ -261,27 +263,28 @@ def read_source(src: bytes, expect: Ident | None = None) -> SourceRead:
 
 
 def stage_data(src: bytes, sfd: int, st: os.stat_result, head: int, full: bytes,
-               data: bytes, dest_dir: bytes, dirs: DestDirs) -> Staged:
+               data: bytes | memoryview, dest_dir: bytes, dirs: DestDirs) -> Staged:
     """stage_copy for bytes read in another process (consolidate/copyworker.py) through
     sfd, a handle of src passed along with them, as st describes it: write them to a
     fresh temp name in dest_dir. Takes sfd (kept in dirs until placed: place_copy
     checks with it that the source is still st, unchanged)."""
 
-    def write(tfd: int) -> tuple[int, bytes, int, bytes | None]:
+    def write(tfd: int) -> tuple[int, bytes, int, bytes | memoryview | None]:
         _write_all(tfd, data)
         return head, full, 0, data
 
     return _stage(src, sfd, st, dest_dir, dirs, write)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
 
 
 def _stage(src: bytes, sfd: int, st: os.stat_result, dest_dir: bytes, dirs: DestDirs | None,
-           write: Callable[[int], tuple[int, bytes, int, bytes | None]]) -> Staged:
+           write: Callable[[int], tuple[int, bytes, int, bytes | memoryview | None]]
+           ) -> Staged:
     """Create the temp file, fill it (write), set the metadata; sfd (-1: none) is kept
     with the temp file in dirs (or closed). On failure the temp file is gone and sfd
     closed."""
@@ -391,8 +394,9 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
     on_step("placed")
     st = os.fstat(tfd)  # the inode now under dest (after the temp name went)
     dirs.release(staged.tmp)
+    kept = staged.data if isinstance(staged.data, bytes) else None  # a view: the caller's
     return CopyResult(dest, staged.head, staged.full, st, nread, staged.src_stat.st_size,
-                      staged.data)
+                      kept)
 
 
 def discard(staged: Staged, dirs: DestDirs | None = None) -> None:
@@ -466,8 +470,10 @@ def _write_copy(sfd: int, tfd: int, st: os.stat_result
     return xxhash.xxh3_64_intdigest(head_buf), h.digest(), total, kept
 
 
-def _compare_kept(data: bytes, tfd: int) -> None:
+def _compare_kept(kept: bytes | memoryview, tfd: int) -> None:
     """Compare the copy as read back with the source bytes kept from the copy."""
+    # a bytes copy of a view: comparing bytes with a memoryview goes byte by byte
+    data = kept if isinstance(kept, bytes) else bytes(kept)
     got = read_upto(tfd, len(data) + 1)  # one byte more: a longer copy differs too
     if got != data:
         raise CopyError("mismatch", "copy is longer than the source" if len(got) > len(data)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from dedupd.consolidate.copyworker import _read_exact
 from dedupd.consolidate.dates import capture_date, exif_date, image_kind, parse_exif_datetime
 from dedupd.consolidate.layout import Fields, check_layout, render, with_suffix
 from dedupd.dedup.verify import first_difference
@@ -186,3 +187,22 @@ def test_compare_with_kept_bytes() -> None:
     assert first_difference(b"abcdef", b"abcxef") == 3
     assert first_difference(b"abc", b"abcd") == 3
     assert first_difference(b"", b"") == 0
+
+
+def test_copy_worker_reads_a_batch_into_its_reused_buffer_and_no_further() -> None:
+    """The worker's receive buffer outlives its batches (no page faults per batch): a
+    batch shorter than an earlier one must leave the next frame in the pipe."""
+    r, w = os.pipe()
+    try:
+        buf = bytearray(b"x" * 100)  # an earlier, bigger batch
+        os.write(w, b"abc" + b"NEXT")
+        os.set_blocking(r, False)  # a read past the batch empties the pipe: no hang
+        _read_exact(r, 3, buf)
+        assert bytes(buf[:3]) == b"abc"
+        assert os.read(r, 10) == b"NEXT"
+        os.write(w, b"y" * 150)
+        _read_exact(r, 150, buf)
+        assert len(buf) == 150 and bytes(buf) == b"y" * 150
+    finally:
+        os.close(r)
+        os.close(w)
