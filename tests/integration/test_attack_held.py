@@ -103,3 +103,52 @@ def test_names_swapped_at_every_point_with_the_held_swap(
                 assert st.st_uid == 0, p
                 assert by_ino.setdefault(st.st_ino, p.read_bytes()) == p.read_bytes(), p
     assert k > 10, k
+
+
+# The user plants, for each temp link of ours it sees in d, the hold name the swap
+# will use (.dedupd-hold-<the temp name's random part>): a file, a directory, or a
+# symlink to root's private file.
+PLANT = {
+    "file": 'echo mine > "$1/.dedupd-hold-$r"',
+    "dir": 'mkdir "$1/.dedupd-hold-$r" && echo mine > "$1/.dedupd-hold-$r/f"',
+    "symlink": 'ln -s "$2" "$1/.dedupd-hold-$r"',
+}
+
+
+@pytest.mark.parametrize("fallback", ["1", "noreplace"])
+@pytest.mark.parametrize("kind", list(PLANT))
+def test_hold_name_planted_at_every_point(
+        loopfs: Callable[..., Path], attacker: User, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, fallback: str, kind: str) -> None:
+    """The hold name is the temp name's random part, and the temp link is in the
+    listing before the hold: the user plants that name at the k-th point, for every
+    k. Root's files keep every byte under their names (d/b: root's, X), root's
+    private file outside is untouched, and a hold name left is the user's own (a file
+    or symlink there is replaced by the hold where a rename cannot refuse to)."""
+    monkeypatch.setenv("DEDUPD_TEST_NO_EXCHANGE", fallback)
+    site, vol = session.plain_site(loopfs, tmp_path)
+    secret = site.outside / "secret"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_bytes(data(8))
+    script = ('for t in "$1"/.dedupd-tmp-*; do [ -e "$t" ] || continue; '
+              f'r=${{t##*/.dedupd-tmp-}}; {PLANT[kind]} 2>/dev/null || true; done')
+    k, planted = 0, False
+    while True:
+        k += 1
+        d, e = session.root_files_in_user_dirs(vol, attacker)
+        fired, seen, rep = session.pass_acting_at(
+            site, tmp_path / f"db{k}", k,
+            lambda d=d: attacker.run(script, str(d), str(secret)))
+        if not fired:
+            break
+        for x, n, want in ((d, "a", 1), (d, "b", 1), (e, "a", 1), (e, "b", 5)):
+            st = (x / n).lstat()
+            assert st.st_uid == 0 and (x / n).read_bytes() == data(want), \
+                (k, seen[k - 1], rep.problems)
+        for h in vol.rglob(".dedupd-hold-*"):
+            planted = True
+            assert h.lstat().st_uid == attacker.uid, (k, h, seen[k - 1])
+        assert not list(vol.rglob(".dedupd-tmp-*")), (k, seen[k - 1])
+        assert secret.read_bytes() == data(8)
+    # without any renameat2 flag the hold's rename replaces a file or symlink there
+    assert k > 10 and planted != (kind != "dir" and fallback == "1"), (k, planted)
