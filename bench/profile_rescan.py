@@ -4,7 +4,7 @@ Makes a fresh index of TREE (a first scan), then, best of ROUNDS (warm cache):
 the interpreter alone and with `dedupd scan`'s imports; the index's reads
 (known_digests, the kept answer, groups_under, which the kept answer replaces);
 the walk in one process (CPU) next to a bare scandir + lstat loop, and in the
-walk's two processes (wall); and the whole `dedupd scan` rescan (wall). Not
+processes a rescan walks in (wall); and the whole `dedupd scan` rescan (wall). Not
 part of `make bench`; run it when a rescan is slower than expected:
 
     .venv/bin/python bench/profile_rescan.py TREE
@@ -26,6 +26,7 @@ from dedupd import handles
 from dedupd.files.events import WalkStats
 from dedupd.index import answers
 from dedupd.index.store import Store
+from dedupd.scan.scanner import RESCAN_WALKERS
 from dedupd.scan.walk import WalkOptions, normalize_roots, walk_listed
 from dedupd.scan.walkproc import ForkedWalk
 
@@ -79,8 +80,8 @@ def main(tree: str) -> int:
                                                     time.process_time)),
                 ("walk_listed, one process (CPU)", best(lambda: list(walk_listed(
                     roots, WalkOptions(), WalkStats(), known)), time.process_time)),
-                ("walk, two processes (wall)", best(lambda: [b for b in ForkedWalk(
-                    roots, WalkOptions(), 2000, known, 2).batches()])),
+                (f"walk, {RESCAN_WALKERS} processes (wall)", best(lambda: [b for b in ForkedWalk(
+                    roots, WalkOptions(), 2000, known, RESCAN_WALKERS).batches()])),
             ]
         rows.append(("dedupd scan, unchanged rescan (wall)", best(lambda: run(scan))))
         st.close()
