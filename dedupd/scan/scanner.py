@@ -123,8 +123,6 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     # threads only after the forks above
     ahead = GroupsAhead(store, norm, opts.min_size) if walker and 0 < len(known) <= \
         AHEAD_MAX_DIRS and not answer.likely() else None
-    if walker and answer.likely():
-        answer.prefetch()
     try:
         # Groups come from the feeders' memory, so unchanged inodes need no
         # `seen` mark (one write each) unless they let go (mark_inodes_seen below).
@@ -134,6 +132,8 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
         events = walker.batches() if walker else batches(
             walk_listed(norm, wopts, wstats, known), RECORD_BATCH)
         with Recorder(store, scan_id, pre.put, touch_inodes=False) as rec:
+            if walker and answer.likely():  # while the walk runs, by the record thread
+                rec.call(answer.unpack)
             for batch in events:
                 rec.put(batch)
                 if progress:  # bytes found, not read: a note, not the phase's bytes
@@ -150,8 +150,6 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
         with contextlib.suppress(Exception):  # the first error is the one to report
             if ahead:
                 ahead.result()
-            if answer.read:
-                answer.read.join()
             if walker:
                 walker.close()
             pre.close()  # no thread or process may outlive the scan
@@ -224,19 +222,15 @@ class _Answer:
                                       opts.settle_seconds, opts.max_backoff_seconds))
         self.since = answers.epoch(store)
         self.kept = answers.kept(store, self.key) if self.since is not None else None
-        self.read: threading.Thread | None = None
         self.groups: list[tuple[int, list[IndexedFile]]] | None = None
 
-    def prefetch(self) -> None:
-        """Unpack the kept answer in a thread of its own while the walk runs (the
-        scan writes nothing when it is reported: what is read now holds)."""
-        kept = self.kept
-        if kept is not None:
-            def read() -> None:
-                with contextlib.suppress(Exception):  # read again after, if needed
-                    self.groups = answers.unpack(self.store, kept.answer)
-            self.read = threading.Thread(target=read, name="answer", daemon=True)
-            self.read.start()
+    def unpack(self) -> None:
+        """Unpack the kept answer (read its members' inode rows) ahead of reuse(); the
+        scan writes nothing when it is reported, so what is read during the walk
+        holds."""
+        with contextlib.suppress(Exception):  # read again in reuse(), if needed
+            if self.kept is not None:
+                self.groups = answers.unpack(self.store, self.kept.answer)
 
     def likely(self) -> bool:
         """Whether the kept answer is still good, should the tree list the same."""
@@ -247,8 +241,6 @@ class _Answer:
         if fp is None or self.kept is None or fp != self.kept.fingerprint or \
                 answers.epoch(self.store) != self.kept.epoch:
             return None
-        if self.read is not None:
-            self.read.join()
         got = self.groups if self.groups is not None else answers.unpack(self.store,
                                                                         self.kept.answer)
         return None if got is None else tuple(DupGroup(n, tuple(fs)) for n, fs in got)
@@ -282,6 +274,10 @@ class Recorder:
         self.thread: QueueThread[list[Any]] = QueueThread(self._record, "record", 2)
         return self
 
+    def call(self, job: Callable[[], None]) -> None:
+        """Run job in the record thread, in turn with the batches (its connection)."""
+        self.thread.put(job)  # type: ignore[arg-type]
+
     def put(self, batch: list[Any]) -> None:
         """A batch of FileEvents, with DirListed items from walk_listed."""
         self.thread.put(batch)
@@ -289,7 +285,10 @@ class Recorder:
     def __exit__(self, *exc: object) -> None:
         self.thread.close(raise_error=exc[0] is None)
 
-    def _record(self, batch: list[Any]) -> None:
+    def _record(self, batch: list[Any] | Callable[[], None]) -> None:
+        if callable(batch):
+            batch()
+            return
         files = [e for e in batch if isinstance(e, FileEvent)]
         listed = [d for d in batch if isinstance(d, DirListed)]
         digests = [(d.path, d.digest) for d in listed if d.digest and not d.same]
@@ -345,6 +344,7 @@ class GroupsAhead:
                 self.groups = held
             finally:  # its temporary table goes now, on this thread's connection
                 getattr(groups, "close", lambda: None)()
+                store.db.close()  # and the connection: no fd outlives the thread
 
     def result(self) -> list[list[IndexedFile]] | None:
         self.thread.join()
