@@ -314,3 +314,35 @@ def test_fat_numbers_handed_to_another_tree_between_two_rescans(
     assert names(run(db, v / "u")) == set()
     assert mounted("t t/x t/a t/b u u/y u/z") == first
     assert names(run(db, v / "t")) == set()
+
+
+def test_two_hosts_on_one_postgresql_keep_their_own(pg_url: str, tmp_path: Path) -> None:
+    """Two hosts sharing one PostgreSQL inventory scan trees at the same paths (here
+    the same disk): each keeps and reports its own answer; one host's files changing
+    and its scan recording them never puts the other's answer out of step with the
+    disk the other lists, nor mixes their rows."""
+    from dedupd.files.fsid import HostIdentity
+
+    r = tmp_path / "r"
+    put(r / "a" / "x", b"x" * SIZE)
+    put(r / "b" / "x", b"x" * SIZE)
+    put(r / "b" / "y", b"y" * SIZE)
+
+    def scanned(host: str) -> ScanReport:
+        store = Store(pg_url, HostIdentity(host, f"m-{host}"))
+        try:
+            return scan(store, [str(r)], ScanOptions())
+        finally:
+            store.close()
+
+    xs = frozenset({bytes(r / "a" / "x"), bytes(r / "b" / "x")})
+    assert names(scanned("one")) == names(scanned("two")) == {xs}
+    assert names(scanned("one")) == {xs}
+    (r / "b" / "y").write_bytes(b"x" * SIZE)
+    assert names(scanned("two")) == {xs | {bytes(r / "b" / "y")}}
+    rep = scanned("one")  # its own digests: b changed for it too
+    assert rep.stats["files_changed"] == 1 and names(rep) == {xs | {bytes(r / "b" / "y")}}
+    (r / "a" / "x").unlink()
+    assert names(scanned("one")) == {frozenset({bytes(r / "b" / "x"), bytes(r / "b" / "y")})}
+    assert names(scanned("two")) == {frozenset({bytes(r / "b" / "x"), bytes(r / "b" / "y")})}
+    assert names(scanned("two")) == {frozenset({bytes(r / "b" / "x"), bytes(r / "b" / "y")})}
