@@ -346,3 +346,28 @@ def test_two_hosts_on_one_postgresql_keep_their_own(pg_url: str, tmp_path: Path)
     assert names(scanned("one")) == {frozenset({bytes(r / "b" / "x"), bytes(r / "b" / "y")})}
     assert names(scanned("two")) == {frozenset({bytes(r / "b" / "x"), bytes(r / "b" / "y")})}
     assert names(scanned("two")) == {frozenset({bytes(r / "b" / "x"), bytes(r / "b" / "y")})}
+
+
+def test_a_long_lived_store_after_another_process_reused_a_directory_id(tmp_path: Path
+                                                                        ) -> None:
+    """The daemon's Store lives for weeks, caching directory ids. Another process (a
+    `dedupd scan` of its own) drops a directory row it cached and SQLite gives that
+    id to another path; the directory's files must still be recorded under their own
+    path by the long-lived Store's next scan, and reported (they were written into
+    the other path's row: the scan's groups, read from the index, lost them)."""
+    db, r, o = tmp_path / "i.db", tmp_path / "r", tmp_path / "o"
+    put(r / "f1", b"a" * SIZE)
+    put(r / "z" / "f2", b"a" * SIZE)
+    put(r / "z" / "f3", b"a" * SIZE)
+    put(o / "g", b"g" * SIZE)
+    want = {frozenset({bytes(r / "f1"), bytes(r / "z" / "f2"), bytes(r / "z" / "f3")})}
+    daemon = Store(f"sqlite:///{db}")
+    try:
+        assert names(scan(daemon, [str(r)], ScanOptions())) == want
+        assert names(run(db, r / "z", exclude=("f*",))) == set()  # r/z's row dropped
+        run(db, o)  # o takes its id
+        assert names(scan(daemon, [str(r)], ScanOptions())) == want
+    finally:
+        daemon.close()
+    assert names(run(db, o)) == set()
+    assert names(run(db, r)) == want
