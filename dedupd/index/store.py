@@ -196,6 +196,10 @@ class Store(Names):
         anything, when a root's filesystem has no identity (fsid.identify)."""
         doc = json.dumps([os.fsdecode(r) for r in roots])
         self.fsmap.revalidate()  # mounts may have changed since the last pass
+        # another process may have dropped a directory row since (a scan that left it
+        # no name) and SQLite given its id to another path: a Store that outlives
+        # passes (the daemon's) would record into that row under a cached id
+        self.dirs.reset()
         for r in roots:
             self.fsmap.check(r)
         p = self.db.p
