@@ -4,8 +4,9 @@ A first import is Python-bound per file (issue 16): reading, hashing, sorting
 size groups into contents and naming them cost about as much as creating the
 temp files, syncing, reading them back, comparing and linking them, and all of
 it ran in one process. The reading side stays in the run's process
-(execute.py; names are decided in one place); this worker, forked at the start
-of the copies, does the writing side on the other core. It gets, in plan order:
+(execute.py; names are decided in one place); this worker, forked when the run
+starts (run.py: its heap still small), does the writing side on the other core.
+It gets, in plan order:
 
 - "c" (one per copy): the archive path, the source path, the source's stat as
   it was read, its hashes and its bytes (read whole by the run, at most
@@ -18,7 +19,8 @@ of the copies, does the writing side on the other core. It gets, in plan order:
   written from, its source re-opened beneath its anchor and required to be the
   very inode that was read, unchanged (its ctime moves with any write), then
   linked to its name, never replacing a file (fsops.copy.place_copy);
-- "e" (end): a last syncfs when names were placed since the previous one.
+- "e" (end of a round of copies): a syncfs when names were placed since the
+  previous one. The worker exits when its input closes (EOF).
 
 It answers in order: "s" after each syncfs (every name it placed before is
 durable: the run hands their index rows to the writer only then), "p" (placed,
@@ -95,14 +97,17 @@ class CopyWorker:
     says a syncfs made every name placed by the batches before durable. Construct
     before starting threads (dedupd.forkpipe's rule)."""
 
-    def __init__(self, archive: bytes, policy: str, names: Names,
-                 on_batch: Callable[[bool, list[Wire]], None]) -> None:
-        self._on = on_batch
+    def __init__(self, archive: bytes, policy: str) -> None:
+        """Fork the worker; on_batch is set before the first batch. Fork it while the
+        run's heap is small (before the index scan): each page the run writes after a
+        fork costs it a copy-on-write fault (34,000 of them for a 20,000-file import
+        when it was forked at the copies)."""
+        self.on_batch: Callable[[bool, list[Wire]], None] = _unset
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
         def work(i: int, o: int) -> None:
             ours.close()
-            _Worker(i, o, theirs, archive, policy, names).serve()
+            _Worker(i, o, theirs, archive, policy).serve()
 
         try:
             self.pid, self.to, self.frm = forkpipe.spawn(work)
@@ -134,11 +139,16 @@ class CopyWorker:
             self._answer()
 
     def finish(self) -> None:
-        """Let the worker sync what it placed, read every answer, reap it."""
+        """Let the worker sync what it placed since its last sync; read every answer."""
         self._write(_frame(("e",)))
         while not self._finished:
             self._answer()
-        self._close()
+        self._finished = False  # another round of copies may follow
+
+    def close(self) -> None:
+        """End the worker (it sees EOF) and reap it; WorkerFailed if it failed."""
+        if self.pid and not self._close():
+            raise WorkerFailed("the copy worker failed after its last answer")
 
     def abandon(self) -> None:
         """Stop without waiting for answers (the run is failing): the worker sees EOF
@@ -146,14 +156,13 @@ class CopyWorker:
         if self.pid:
             self._close()
 
-    def _close(self) -> None:
+    def _close(self) -> bool:
         self._fds.close()
         forkpipe.close(self.to)
         forkpipe.close(self.frm)
         ok = forkpipe.reap(self.pid)
         self.pid = 0
-        if not ok and self._finished:
-            raise WorkerFailed("the copy worker failed after its last answer")
+        return ok
 
     def _write(self, data: bytes) -> None:
         """Write to the worker, reading its answers whenever the pipe is full (it may
@@ -181,19 +190,21 @@ class CopyWorker:
             raise WorkerFailed(f"the copy worker failed: {lines[-1] if lines else '?'}")
         if kind == "d":
             self.batches_done += 1
-            self._on(msg[1], msg[2])
+            self.on_batch(msg[1], msg[2])
         elif kind == "done":
             self._finished = True
-            self._on(msg[1], [])
+            self.on_batch(msg[1], [])
 
 
 class _Worker:
     """The worker process's loop (module docstring)."""
 
-    def __init__(self, inp: int, out: int, fds: socket.socket, archive: bytes, policy: str,
-                 names: Names) -> None:
+    def __init__(self, inp: int, out: int, fds: socket.socket, archive: bytes,
+                 policy: str) -> None:
         self.inp, self.out, self.fds = inp, out, fds
-        self.archive, self.policy, self.names = archive, policy, names
+        # a name taken since it was planned: the next free suffix on the disk (the
+        # run's planned names are not known here; link() never replaces one anyway)
+        self.archive, self.policy, self.names = archive, policy, Names(set())
         self.kill = _KillHook()
         self.dirs = DestDirs(synced_later=True)
         self.unsynced = False  # names placed since the last syncfs
@@ -214,9 +225,10 @@ class _Worker:
                     synced = self.unsynced
                     if synced:
                         sync_filesystem(self.archive)
+                        self.unsynced = False
                     forkpipe.send(self.out, ("done", synced))
-                    return
-            # EOF: the run is gone; what is staged stays a temp file for the next sweep
+            # EOF: the run is done, or gone (what is staged stays a temp file for the
+            # next run's sweep)
         finally:
             self.dirs.close()
 
@@ -298,6 +310,10 @@ class _Worker:
         discard(st, self.dirs)
         results.append(("x", cid, "name-collision", "no free name"))
         return None
+
+
+def _unset(_synced: bool, _results: list[Wire]) -> None:
+    raise AssertionError("CopyWorker.on_batch was not set")
 
 
 def _frame(msg: Wire) -> bytes:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from dedupd.consolidate.compare import Compared, same_as_data, same_bytes
 from dedupd.consolidate.copyworker import KILL_ENV, CopyWorker, stat_from, stat_wire
 from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
-from dedupd.consolidate.plan import Copy, Known, Names, Plan
+from dedupd.consolidate.plan import Copy, Known, Plan
 from dedupd.consolidate.sortcopy import NewCopy, sort_group
 from dedupd.consolidate.writer import IndexWriter
 from dedupd.files.events import FileEvent, Problem
@@ -81,8 +81,10 @@ class Executor:
 
     def __init__(self, store: Store, name: str, scan_id: int, plan: Plan, archive: bytes,
                  on_name_collision: str, progress: CopyProgress | None = None,
-                 new_copy: NewCopy | None = None) -> None:
-        """new_copy names the contents found in plan.unsorted (plan.new_copy)."""
+                 new_copy: NewCopy | None = None, helpers: Helpers | None = None) -> None:
+        """new_copy names the contents found in plan.unsorted (plan.new_copy); helpers:
+        the processes forked early for the run (Helpers), else forked here."""
+        self._helpers = helpers
         self.store, self.name, self.scan_id, self.plan = store, name, scan_id, plan
         self._new_copy: NewCopy = new_copy or _no_new_copy
         self.archive = archive
@@ -105,21 +107,22 @@ class Executor:
         self.confirmed: list[tuple[SourcePath, bytes]] = []
         self.collided: list[SourcePath] = []
 
-    def run(self, names: Names,
-            replan: Callable[[list[SourcePath]], None] | None = None) -> Counters:
+    def run(self, replan: Callable[[list[SourcePath]], None] | None = None) -> Counters:
         """Confirm known contents, then copy. Sources that turn out to differ from every
         archive file of their hash group go to `replan`, which adds copies to the plan
         (rounds repeat while copies reveal more of them)."""
-        self._writer = IndexWriter(self.store.url)  # forked before any thread of ours
+        h = self._helpers or Helpers(self.store.url, self.archive, self.policy)
+        self._writer, self._worker = h.writer, h.worker
+        self._worker.on_batch = self._answer
         try:
-            self._run(names, replan)
+            self._run(replan)
         except BaseException:
-            self._writer.abandon()
+            h.abandon()
             raise
-        self.c.rows_written += self._writer.close()
+        self.c.rows_written += h.close()
         return self.c
 
-    def _run(self, names: Names, replan: Callable[[list[SourcePath]], None] | None) -> None:
+    def _run(self, replan: Callable[[list[SourcePath]], None] | None) -> None:
         for k in self.plan.known:
             self._confirm(k)
         start = 0
@@ -129,7 +132,7 @@ class Executor:
                 replan(self.collided)
                 self.collided = []
                 self._bytes_total = self.plan.bytes_to_copy
-            self._copy_all([*self.plan.copies[start:], *items], names)
+            self._copy_all([*self.plan.copies[start:], *items])
             items = []
             start = len(self.plan.copies)  # copies sorted from the groups included
             if not self.collided or replan is None:
@@ -140,15 +143,14 @@ class Executor:
             self._unsynced = False
         self.flush()
 
-    def _copy_all(self, items: list[Copy | Unsorted], names: Names) -> None:
+    def _copy_all(self, items: list[Copy | Unsorted]) -> None:
         """Read the items here and stage, sync, verify and link them in the copy worker
-        (consolidate/copyworker.py, forked now: it knows the names claimed so far), in
-        batches of what is really staged (a group may pass the limits by its own new
-        contents). At most one batch is in the worker while the next is read."""
+        (consolidate/copyworker.py), in batches of what is really staged (a group may
+        pass the limits by its own new contents). At most one batch is in the worker
+        while the next is read; the round ends with a sync of the last one."""
         raw = os.environ.get(BATCH_ENV, "")
         max_files = int(raw) if raw.isdigit() and int(raw) > 0 else BATCH_FILES
         max_files = min(max_files, _fd_budget())
-        self._worker = CopyWorker(self.archive, self.policy, names, self._answer)
         try:
             batch = _Batch()
             for it in items:
@@ -164,7 +166,6 @@ class Executor:
             self._worker.finish()
         except BaseException:
             batch.close()
-            self._worker.abandon()
             raise
         for cp, _ in self._pending.values():  # never answered: cannot happen, but say so
             self.c.problems.append(Problem(cp.src.path, "error", "copy worker gave no answer"))
@@ -345,6 +346,34 @@ class Executor:
             self._writer.write(self.scan_id, self._events, self._hashes, self._rows,
                                self.name, self._touch, self._now)
         self._events, self._hashes, self._rows, self._touch = [], [], [], []
+
+
+class Helpers:
+    """The processes a run's copies use: the index writer (writer.py) and the copy
+    worker (copyworker.py). Fork them early (run.py: before the index scan, while the
+    heap is small, and before any thread); close() or abandon() them at the end."""
+
+    def __init__(self, url: str, archive: bytes, policy: str) -> None:
+        _fd_budget()  # the open-file limit raised first: the worker holds a batch open
+        self.writer = IndexWriter(url)
+        try:
+            self.worker = CopyWorker(archive, policy)
+        except BaseException:
+            self.writer.abandon()
+            raise
+
+    def close(self) -> int:
+        """End both (the worker first: its answers are all in); rows written."""
+        try:
+            self.worker.close()
+        except BaseException:
+            self.writer.abandon()
+            raise
+        return self.writer.close()
+
+    def abandon(self) -> None:
+        self.worker.abandon()
+        self.writer.abandon()
 
 
 @dataclass

@@ -22,7 +22,7 @@ from dedupd.consolidate.archive_ops import (
     prune_sources,
     recover,
 )
-from dedupd.consolidate.execute import CopyProgress, Counters, Executor
+from dedupd.consolidate.execute import CopyProgress, Counters, Executor, Helpers
 from dedupd.consolidate.inventory import (
     Inventory,
     Progress,
@@ -114,18 +114,27 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
             stale = remove_stale_temps(roots.archive, dry_run=opts.dry_run)
         if lock >= 0:
             mark_running(lock, True)
-        inv = index_trees(store, cfg, roots, opts.progress)
-        # A dry run hashes every size group: its plan lists every copy and duplicate.
-        group_contents(store, inv, opts.progress, defer=not opts.dry_run)
-        names = Names(inv.archive_paths)
-        plan = make_plan(inv, cfg, prov.load(store, cfg.name), names)
+        # the copies' helper processes, forked while the heap is small (execute.Helpers)
+        helpers = None if opts.dry_run else Helpers(store.url, roots.archive,
+                                                    cfg.on_name_collision)
+        try:
+            inv = index_trees(store, cfg, roots, opts.progress)
+            # A dry run hashes every size group: its plan lists every copy and duplicate.
+            group_contents(store, inv, opts.progress, defer=not opts.dry_run)
+            names = Names(inv.archive_paths)
+            plan = make_plan(inv, cfg, prov.load(store, cfg.name), names)
+        except BaseException:
+            if helpers is not None:
+                helpers.abandon()
+            raise
         counters, confirmed = Counters(), _would_confirm(plan)
-        if not opts.dry_run:
+        if helpers is not None:
             ex = Executor(store, cfg.name, inv.scan_id, plan, roots.archive,
                           cfg.on_name_collision, opts.copy_progress,
-                          lambda c, data: new_copy(plan, c, cfg, roots.archive, names, data))
-            counters = ex.run(names, lambda srcs: plan_collisions(plan, cfg, roots.archive,
-                                                                  names, srcs))
+                          lambda c, data: new_copy(plan, c, cfg, roots.archive, names, data),
+                          helpers)
+            counters = ex.run(lambda srcs: plan_collisions(plan, cfg, roots.archive,
+                                                           names, srcs))
             confirmed = ex.confirmed
             keep = inv.archive_paths | {c.dest for c in plan.copies}
             prov.forget_archive_paths(store, cfg.name, keep)
