@@ -144,8 +144,11 @@ def settle_hold(sp: J.OpSpec, hold: bytes) -> str:
     held = _ino(hold)
     if held is None or names.give_back(hold, sp.dup_path):
         return ""
-    if held == _ino(sp.dup_path) or (
-            held == (sp.dup_dev, sp.dup_ino) and _same_as_keep(sp, hold)):
+    now = _ino(sp.dup_path)
+    # the held file goes only where the name has a file again: a give-back that failed
+    # otherwise (the link limit, an I/O error) must not leave the name with nothing
+    if now is not None and (held == now or (
+            held == (sp.dup_dev, sp.dup_ino) and _same_as_keep(sp, hold))):
         fs.unlink_if_inode(hold, *held)
         return ""
     return f"; a file was saved at the name meanwhile: the held one stays at {show(hold)}"
