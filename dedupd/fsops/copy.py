@@ -55,6 +55,7 @@ from dedupd import handles, testpoints
 from dedupd.dedup.verify import first_difference, read_upto
 from dedupd.files.events import Ident
 from dedupd.fsops import link as link_ops
+from dedupd.fsops import names
 from dedupd.hashing import HEAD_SIZE
 
 TMP_PREFIX = b".dedupd-copy."
@@ -521,11 +522,17 @@ def _place(tdir: int, tname: bytes, ddir: int, dname: bytes, dest: bytes) -> Non
     except OSError as e:
         if e.errno not in _NO_LINKS:
             raise
-        try:
-            os.stat(dname, dir_fd=ddir, follow_symlinks=False)
-        except FileNotFoundError:
-            os.rename(tname, dname, src_dir_fd=tdir, dst_dir_fd=ddir)
+        # no hard links (FAT): a rename that never replaces where the filesystem can;
+        # else a check then a rename, which a file made at the name in between loses to
+        moved = names.rename_noreplace_at(tdir, tname, ddir, dname)
+        if moved:
             return
+        if moved is None:
+            try:
+                os.stat(dname, dir_fd=ddir, follow_symlinks=False)
+            except FileNotFoundError:
+                os.rename(tname, dname, src_dir_fd=tdir, dst_dir_fd=ddir)
+                return
         raise CopyError("exists", "destination appeared during the copy") from None
     os.unlink(tname, dir_fd=tdir)
 

@@ -49,14 +49,19 @@ def exchange_in(fn: Any, pa: handles.Parent, pb: handles.Parent) -> bool:
 def flagged(fn: Any, pa: handles.Parent, pb: handles.Parent, flag: int) -> bool | None:
     """renameat2(pa, pb, flag): True if done, False if pb exists (NOREPLACE), None
     where the filesystem cannot (EINVAL: FUSE without rename2, NFS); else OSError."""
-    if fn(pa.fd, pa.name, pb.fd, pb.name, flag) == 0:
+    return _flagged_at(fn, pa.fd, pa.name, pb.fd, pb.name, flag, pa.path)
+
+
+def _flagged_at(fn: Any, sfd: int, sname: bytes, dfd: int, dname: bytes, flag: int,
+                shown: bytes) -> bool | None:
+    if fn(sfd, sname, dfd, dname, flag) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return None
     if err == errno.EEXIST and flag == RENAME_NOREPLACE:
         return False
-    raise OSError(err, os.strerror(err), os.fsdecode(pa.path))
+    raise OSError(err, os.strerror(err), os.fsdecode(shown))
 
 
 def rename_noreplace(pa: handles.Parent, pb: handles.Parent) -> bool | None:
@@ -64,6 +69,13 @@ def rename_noreplace(pa: handles.Parent, pb: handles.Parent) -> bool | None:
     True if moved, False if pb exists, None where the flag is unsupported."""
     fn = renameat2()
     return None if fn is None else flagged(fn, pa, pb, RENAME_NOREPLACE)
+
+
+def rename_noreplace_at(sfd: int, sname: bytes, dfd: int, dname: bytes) -> bool | None:
+    """rename_noreplace on raw directory fds and names (fsops.copy's temp copies)."""
+    fn = renameat2()
+    return None if fn is None else _flagged_at(fn, sfd, sname, dfd, dname,
+                                               RENAME_NOREPLACE, sname)
 
 
 def hold_in(p: handles.Parent, h: handles.Parent) -> os.stat_result:

@@ -155,3 +155,52 @@ def test_a_plain_volume_is_refused_and_nothing_changes(fat: Fat, tmp_path: Path)
                                      f"sqlite:///{tmp_path}/scan.db", str(fat.vol)],
                                     capture_output=True, check=True).stdout)
     assert groups(doc) == {frozenset((str(fat.vol / "a"), str(fat.vol / "b")))}  # scan still works
+
+
+def _consolidate(fat: Fat, tmp_path: Path) -> tuple[Path, dict[str, object]]:
+    from dedupd.config import ConsolidateConfig
+    from dedupd.consolidate.run import Options, consolidate
+    from dedupd.index.store import Store
+
+    src, archive = tmp_path / "src", fat.vol / "archive"
+    archive.mkdir(exist_ok=True)
+    for name, seed in (("a.bin", b"a"), ("b.bin", b"b"), ("c.bin", b"a")):
+        src.mkdir(exist_ok=True)
+        put(src / name, seed)
+    store = Store(f"sqlite:///{tmp_path}/index.db")
+    try:
+        doc = consolidate(store, ConsolidateConfig("p", (src,), archive, layout="{name}"),
+                          Options()).as_json()
+    finally:
+        store.close()
+    return archive, doc
+
+
+def _contents(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_consolidation_into_an_archive_without_hard_links(fat: Fat, tmp_path: Path) -> None:
+    """FAT has no hard links: each verified copy gets its name by a rename that
+    never replaces a file (RENAME_NOREPLACE, else a check then the rename)."""
+    archive, doc = _consolidate(fat, tmp_path)
+    got = _contents(archive)
+    got.pop(".dedupd-consolidate.lock")
+    assert set(got.values()) == {(tmp_path / "src" / n).read_bytes() for n in ("a.bin", "b.bin")}
+    assert not [n for n in got if "dedupd" in n], got  # no temp name left
+
+
+def test_a_file_made_at_the_archive_name_during_the_copy_stays(fat: Fat, tmp_path: Path
+                                                               ) -> None:
+    from dedupd import testpoints
+
+    mine = b"the user's own file" * 100
+
+    def make(_point: str, path: bytes) -> None:
+        if path.endswith(b"/archive/b.bin") and not os.path.lexists(path):
+            Path(os.fsdecode(path)).write_bytes(mine)
+
+    with testpoints.acting(("mutate",), make):
+        archive, doc = _consolidate(fat, tmp_path)
+    assert (archive / "b.bin").read_bytes() == mine, doc
+    assert (tmp_path / "src" / "b.bin").exists()
