@@ -13,19 +13,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dedupd import forkpipe, handles
 from dedupd.files.events import FileEvent, Problem, WalkStats
-from dedupd.hashing import Group, Hasher, HashStats, HashWriter, Stability
+from dedupd.hashing.stats import HashStats, Stability
 from dedupd.index import answers
 from dedupd.index.store import IndexedFile, Store
 from dedupd.output import human_bytes
 from dedupd.progress import Progress
 from dedupd.queuethread import QueueThread
-from dedupd.scan.prehash import EarlyHashing
 from dedupd.scan.walk import DirListed, WalkOptions, normalize_roots, walk_listed
 from dedupd.scan.walkproc import ForkedWalk
+
+if TYPE_CHECKING:  # the hashing engine is imported when a scan hashes (not a kept answer)
+    from dedupd.hashing import Group
+    from dedupd.scan.prehash import EarlyHashing
 
 T = TypeVar("T")
 RECORD_BATCH = 2000
@@ -119,7 +122,7 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     # both fork: before any thread of ours starts
     walker = ForkedWalk(norm, wopts, RECORD_BATCH, known,
                         RESCAN_WALKERS if known else 1) if WALK_PROC else None
-    pre = EarlyHashing(store, stability)
+    pre = _early_hashing(store, stability, answer)
     # threads only after the forks above
     ahead = GroupsAhead(store, norm, opts.min_size) if walker and 0 < len(known) <= \
         AHEAD_MAX_DIRS and not answer.likely() else None
@@ -210,6 +213,34 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     if store.compact_due:  # after the last write
         store.compact()
     return ScanReport(scan_id, tuple(norm), groups, stats, problems)
+
+
+class NoEarlyHashing:
+    """The early hashing of a rescan whose kept answer is likely to hold: none. No
+    feeder is forked nor the hashing engine imported for a tree that lists as it
+    did; the files such a rescan does record are hashed after the walk, from the
+    index's size groups (find_groups), as when the feeders let go."""
+
+    files = 0
+
+    def __init__(self) -> None:
+        self.stats = HashStats()
+
+    def put(self, files: Sequence[IndexedFile]) -> None:
+        """Nothing held: what was recorded is in the index, read after the walk."""
+
+    def close(self) -> None:
+        return None
+
+
+def _early_hashing(store: Store, stability: Stability, answer: _Answer
+                   ) -> EarlyHashing | NoEarlyHashing:
+    """Feeders (forked now: before any thread of ours), unless the kept answer is
+    likely to be reported."""
+    if answer.likely():
+        return NoEarlyHashing()
+    from dedupd.scan.prehash import EarlyHashing
+    return EarlyHashing(store, stability)
 
 
 class _Answer:
@@ -357,6 +388,8 @@ def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats
                 ) -> tuple[DupGroup, ...]:
     """Hash the size-matched candidates of a scan (by default, the index's);
     return groups, largest waste first."""
+    from dedupd.hashing import Hasher, HashWriter
+
     engine = Hasher(Stability(opts.settle_seconds, opts.max_backoff_seconds), hstats)
     found: list[Group] = []
     writer = HashWriter(store)
@@ -381,6 +414,8 @@ def _hashed_apart(candidates: Iterable[list[IndexedFile]], ready: list[Group]
     """Size groups whose every inode has its full hash (kept by the index only while
     its stat is unchanged) are grouped here, without the hasher: an unchanged tree's
     report is the index's. The others go on to the hasher."""
+    from dedupd.hashing import Group
+
     for files in candidates:
         if any(f.full is None for f in files):
             yield files
