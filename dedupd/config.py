@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from dedupd import config_rules as rules
+from dedupd import defaults
 from dedupd.config_table import Table
 from dedupd.consolidate.layout import check_layout
 from dedupd.errors import ConfigError
 from dedupd.schedule import parse_schedule
 
-DEFAULT_CONFIG = Path("/etc/dedupd/dedupd.toml")
-DEFAULT_STATE_DIR = Path("/var/lib/dedupd")
-DEFAULT_DB_URL = f"sqlite:///{DEFAULT_STATE_DIR}/dedupd.db"
+DEFAULT_CONFIG, DEFAULT_STATE_DIR, DEFAULT_DB_URL = (  # here too: config.DEFAULT_CONFIG
+    defaults.DEFAULT_CONFIG, defaults.DEFAULT_STATE_DIR, defaults.DEFAULT_DB_URL)
 
 VOLUME_KINDS = ("btrfs", "xfs", "zfs", "plain", "pool")
 # Kinds whose dedupe replaces or deletes user files: dry-run until told otherwise.

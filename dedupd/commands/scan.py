@@ -9,8 +9,7 @@ from typing import Any
 from dedupd.commands.common import (
     add_common,
     add_progress_arg,
-    load_config,
-    open_store,
+    open_index,
     parse_size,
 )
 from dedupd.output import human_bytes, print_json, show_path
@@ -49,8 +48,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
-    store = open_store(args, cfg)
+    store = open_index(args)
     opts = ScanOptions(min_size=args.min_size, exclude=tuple(args.exclude),
                        cross_mounts=args.cross_mounts, settle_seconds=args.settle)
     try:
