@@ -8,7 +8,7 @@ one size group at a time.
 from __future__ import annotations
 
 import contextlib
-import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -79,11 +79,17 @@ class ScanReport:
         }
 
 
+# os.fsdecode's own encoding and errors, without its per-call checks (a report of
+# thousands of paths)
+_FS_ENC, _FS_ERR = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
 def _group_json(g: DupGroup) -> dict[str, Any]:
-    doc: dict[str, Any] = {"size": g.size, "paths": [os.fsdecode(f.path) for f in g.files]}
-    links = [os.fsdecode(p) for f in g.files for p in f.paths[1:]]
-    if links:
-        doc["hardlinks"] = links
+    files = g.files
+    doc: dict[str, Any] = {"size": g.size,
+                           "paths": [f.paths[0].decode(_FS_ENC, _FS_ERR) for f in files]}
+    if any(len(f.paths) > 1 for f in files):
+        doc["hardlinks"] = [p.decode(_FS_ENC, _FS_ERR) for f in files for p in f.paths[1:]]
     return doc
 
 
