@@ -371,3 +371,29 @@ def test_a_long_lived_store_after_another_process_reused_a_directory_id(tmp_path
         daemon.close()
     assert names(run(db, o)) == set()
     assert names(run(db, r)) == want
+
+
+def test_a_volume_pass_that_links_between_two_scans(tmp_path: Path) -> None:
+    """`dedupd run --once` on a plain volume holding the scanned tree links its
+    copies (and one outside the scan's roots) between two scans sharing its index:
+    the next scans report no group (one inode), then a copy made anew is found."""
+    from tests.fixtures.index import run_volume_pass
+
+    vol = tmp_path / "vol"
+    db, r = tmp_path / "i.db", vol / "r"
+    put(r / "a" / "x", b"x" * SIZE)
+    put(r / "b" / "x", b"x" * SIZE)
+    put(vol / "s" / "x", b"x" * SIZE)
+    put(r / "b" / "y", b"y" * SIZE)
+    assert names(run(db, r)) == {frozenset({bytes(r / "a" / "x"), bytes(r / "b" / "x")})}
+    assert names(run(db, r)) == {frozenset({bytes(r / "a" / "x"), bytes(r / "b" / "x")})}
+    run_volume_pass({"kind": "plain", "path": str(vol), "mode": "apply", "settle_seconds": 0,
+                     "min_size": 1}, db)
+    assert os.lstat(r / "a" / "x").st_ino == os.lstat(r / "b" / "x").st_ino \
+        == os.lstat(vol / "s" / "x").st_ino
+    for _ in range(2):
+        rep = run(db, r)
+        assert names(rep) == set() and rep.stats["bytes_read"] == 0
+    put(r / "c" / "y2", b"y" * SIZE)
+    assert names(run(db, r)) == {frozenset({bytes(r / "b" / "y"), bytes(r / "c" / "y2")})}
+    assert names(run(db, r)) == {frozenset({bytes(r / "b" / "y"), bytes(r / "c" / "y2")})}
