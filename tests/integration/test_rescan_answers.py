@@ -14,6 +14,7 @@ import pytest
 
 from dedupd.index import answers
 from dedupd.index.store import HashUpdate, Store
+from dedupd.scan import prehash
 from dedupd.scan.scanner import ScanOptions, ScanReport, scan
 
 SIZE = 9000
@@ -137,3 +138,31 @@ def test_other_options_have_their_own(url: str, tree: Path, no_index_pass: list[
     assert groups(rep) == {frozenset({"a1", "a2"})}
     assert groups(run(url, tree)) == {frozenset({"a1", "a2"}), frozenset({"small1", "small2"})}
     assert groups(run(url, tree, min_size=100)) == {frozenset({"a1", "a2"})}
+
+
+@pytest.mark.parametrize("everywhere", [False, True])
+def test_a_changed_tree_is_hashed_without_the_feeders(url: str, tree: Path, everywhere: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rescan that expects its kept answer forks no feeders (scanner.NoEarlyHashing);
+    when the tree changed after all, what it records is read after the walk: in one
+    directory (the others skipped), or in every one (none skipped: the index's size
+    groups)."""
+    run(url, tree)
+
+    def no_feeders(*_a: object) -> None:
+        raise AssertionError("feeders forked for a rescan that expects its answer")
+
+    monkeypatch.setattr(prehash.EarlyHashing, "__init__", no_feeders)
+    (tree / "b" / "b1").write_bytes(b"a" * SIZE)  # now a copy of a1, same size
+    if everywhere:
+        (tree / "a" / "a3").write_bytes(b"a" * SIZE)
+        (tree / "c" / "small3").write_bytes(b"s" * 10)
+        (tree / "new").write_bytes(b"n")
+    again = run(url, tree)
+    want = {frozenset({"a1", "a2", "b1"} | ({"a3"} if everywhere else set())),
+            frozenset({"small1", "small2"} | ({"small3"} if everywhere else set()))}
+    assert groups(again) == want
+    assert (again.stats["files_changed"], again.stats["files_new"]) == \
+        (1, 3 if everywhere else 0)
+    assert again.stats["bytes_read"] >= SIZE  # b1 (and a3) read after the walk
+    assert groups(run(url, tree)) == want  # and that answer is kept
