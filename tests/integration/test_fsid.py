@@ -48,6 +48,16 @@ class Mounter:
         """A tmpfs: holds an anonymous device number while it stays mounted."""
         return self.mount(self.base / name, "-t", "tmpfs", "tmpfs")
 
+    def fill(self, n: int, holding: int) -> list[Path]:
+        """At least n tmpfs fillers, and more until one holds device number `holding`
+        (the kernel hands out the lowest free number: other tests may have left
+        lower ones free, which the first fillers then take instead)."""
+        out: list[Path] = []
+        while len(out) < n or (len(out) < 64
+                               and holding not in {os.stat(f).st_dev for f in out}):
+            out.append(self.tmpfs(f"filler{len(out)}"))
+        return out
+
     def loop(self, image: Path) -> str:
         dev = sh("losetup", "-f", "--show", image)
         self.loops.append(dev)
@@ -130,13 +140,13 @@ def test_btrfs_subvolume_keeps_its_identity_after_device_numbers_move(
 
     mounter.umount(mnt)
     mounter.umount(top)
-    fillers = [mounter.tmpfs(f"filler{i}") for i in range(3)]  # take the freed numbers
+    fillers = mounter.fill(3, holding=dev_before)  # take the freed numbers
     mounter.mount(mnt, "-o", "loop,subvol=photos", img)
     after, dev_after = ident_of(mnt)
     assert dev_after != dev_before, "the remount must really move st_dev"
     assert after == before
     assert ident_of(mnt / "inner")[0] == inner
-    assert len({ident_of(f)[0].ident for f in fillers}) == 3
+    assert len({ident_of(f)[0].ident for f in fillers}) == len(fillers)
 
 
 def test_zfs_dataset_keeps_its_identity_after_remount(
@@ -153,8 +163,7 @@ def test_zfs_dataset_keeps_its_identity_after_remount(
     assert ident_of(pool.mountpoint)[0].ident != before.ident
 
     sh("zfs", "umount", ds)
-    mounter.tmpfs("filler0")
-    mounter.tmpfs("filler1")
+    mounter.fill(2, holding=dev_before)
     sh("zfs", "mount", ds)
     after, dev_after = ident_of(path)
     assert dev_after != dev_before, "the remount must really move st_dev"
