@@ -160,4 +160,6 @@ def keep(store: Store, k: str, fp: bytes, since: int,
                     f'({p}, {p}, {p}, {p}, {p}) ON CONFLICT (host, "key") DO UPDATE SET '
                     "fingerprint = excluded.fingerprint, epoch = excluded.epoch, "
                     "answer = excluded.answer", (store.host, k, fp, since, blob))
+        # hash_epoch only grows: an answer kept at an older epoch is never reported again
+        cur.execute(f"DELETE FROM answers WHERE host = {p} AND epoch < {p}", (store.host, since))
     return True

@@ -88,6 +88,7 @@ def test_kept_answer_is_reported_without_a_pass(url: str, tree: Path,
 def test_a_hash_replaced_behind_an_unchanged_stat_voids_it(url: str, tree: Path,
                                                            no_index_pass: list[int]) -> None:
     first = run(url, tree)
+    run(url, tree / "c")  # another tree's answer (from the index), kept at epoch 0
     a = next(f for g in first.groups for f in g.files if f.path.endswith(b"/a1"))
     b = os.lstat(tree / "b" / "b1")
     st = with_store(url)
@@ -98,8 +99,13 @@ def test_a_hash_replaced_behind_an_unchanged_stat_voids_it(url: str, tree: Path,
     finally:
         st.close()
     rep = run(url, tree)
-    assert no_index_pass == [1]
+    assert no_index_pass == [1, 1]
     assert frozenset({"a1", "a2", "b1"}) in groups(rep)  # the index's answer now
+    st = with_store(url)
+    try:  # c's answer, void since epoch 1, was dropped when tree's was kept
+        assert [int(r[0]) for r in st.db.rows("SELECT epoch FROM answers")] == [1]
+    finally:
+        st.close()
 
 
 def test_a_hash_dropped_behind_an_unchanged_stat_voids_it(url: str, tree: Path,
