@@ -139,6 +139,28 @@ def test_files_vanish_and_change_during_run(tmp_path: Path,
         store.close()
 
 
+def _killed_then_rerun(k: int, archive: Path, db: Path, cfg: Path, contents: set[str],
+                       n_paths: int, env: dict[str, str]) -> None:
+    """After kill point k: nothing partial under a real name, every row written names
+    a copy that is there, whole; a re-run completes the archive and its rows."""
+    check_archive(archive, contents, complete=False)
+    store = Store(f"sqlite:///{db}")
+    try:
+        files = archive_files(archive)
+        for row in prov.load(store, "x").values():
+            assert files.get(row.archive_path) in contents, (k, row.archive_path)
+    finally:
+        store.close()
+    rep = json.loads(dedupd("consolidate", "-c", str(cfg), "x", "--json", env=env).stdout)
+    assert rep["stats"]["problems"] == 0, (k, rep["problems"])
+    check_archive(archive, contents, complete=True)
+    store = Store(f"sqlite:///{db}")
+    try:
+        assert prov.count(store, "x") == n_paths, k
+    finally:
+        store.close()
+
+
 def test_kill_at_every_step_across_batches(tmp_path: Path) -> None:
     """Batches of two (the test hook): a kill after every step of every batch, the
     rows of a batch waiting for the next batch's sync included, loses nothing, leaves
@@ -155,23 +177,7 @@ def test_kill_at_every_step_across_batches(tmp_path: Path) -> None:
         env = {KILL_ENV: str(k), BATCH_ENV: "2"}
         r = dedupd("consolidate", "-c", str(cfg), "x", env=env, check=False)
         assert r.returncode == -9, (k, r.returncode, r.stderr.decode())
-        check_archive(archive, contents, complete=False)
-        store = Store(f"sqlite:///{db}")
-        try:  # every row written so far names a copy that is there, whole
-            files = archive_files(archive)
-            for row in prov.load(store, "x").values():
-                assert files.get(row.archive_path) in contents, (k, row.archive_path)
-        finally:
-            store.close()
-        rep = json.loads(dedupd("consolidate", "-c", str(cfg), "x", "--json",
-                                env={BATCH_ENV: "2"}).stdout)
-        assert rep["stats"]["problems"] == 0, (k, rep["problems"])
-        check_archive(archive, contents, complete=True)
-        store = Store(f"sqlite:///{db}")
-        try:
-            assert prov.count(store, "x") == n_paths, k
-        finally:
-            store.close()
+        _killed_then_rerun(k, archive, db, cfg, contents, n_paths, {BATCH_ENV: "2"})
 
 
 def test_source_rewritten_after_its_copy_is_refused(tmp_path: Path) -> None:
@@ -239,19 +245,4 @@ def test_kill_one_process_at_every_step_across_batches(tmp_path: Path, which: st
         else:
             assert r.returncode == -9, (k, r.returncode, r.stderr.decode())
         wait_unlocked(archive)
-        check_archive(archive, contents, complete=False)
-        store = Store(f"sqlite:///{db}")
-        try:  # every row written names a copy that is there, whole
-            files = archive_files(archive)
-            for row in prov.load(store, "x").values():
-                assert files.get(row.archive_path) in contents, (k, row.archive_path)
-        finally:
-            store.close()
-        rep = json.loads(dedupd("consolidate", "-c", str(cfg), "x", "--json").stdout)
-        assert rep["stats"]["problems"] == 0, (k, rep["problems"])
-        check_archive(archive, contents, complete=True)
-        store = Store(f"sqlite:///{db}")
-        try:
-            assert prov.count(store, "x") == n_paths, k
-        finally:
-            store.close()
+        _killed_then_rerun(k, archive, db, cfg, contents, n_paths, {})

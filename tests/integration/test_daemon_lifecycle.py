@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.daemon import ENTRY, REPO, write_config
+from tests.fixtures.procs import children
 
 pytestmark = pytest.mark.integration
 
@@ -128,19 +129,6 @@ def test_sigterm_graceful_stop(dedupd_daemon, fast_dir):
     assert not dp.socket.exists() and not (dp.runtime / "one.sock").exists()
     assert not (dp.runtime / "dedupd.pid").exists()
     assert "stopped" in dp.log_text()
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d))
-    return out
 
 
 def nice_of(path: str) -> int:

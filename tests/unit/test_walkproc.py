@@ -15,6 +15,7 @@ from dedupd.files.events import FileEvent
 from dedupd.forkpipe import ChildFailed
 from dedupd.scan.walk import DirListed, WalkOptions, normalize_roots
 from dedupd.scan.walkproc import ForkedWalk
+from tests.fixtures.procs import children
 
 
 def tree(root: Path, depth: int = 3, fanout: int = 4) -> None:
@@ -36,20 +37,6 @@ def walked(root: Path, workers: int, known: dict[bytes, tuple[bytes, int]]
         items = [e for b in fw.batches() for e in b]
     return ([e for e in items if isinstance(e, FileEvent)],
             [d for d in items if isinstance(d, DirListed)], fw)
-
-
-def _children() -> set[int]:
-    """PIDs whose parent is this process, zombies included (/proc)."""
-    me, out = os.getpid(), set()
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
-                out.add(int(d))
-    return out
 
 
 def slow_subdirs(_point: str, _path: bytes) -> None:
@@ -78,7 +65,7 @@ def test_a_failing_process_fails_the_walk_and_none_is_left(tmp_path: Path) -> No
     _, first, _ = walked(tmp_path, 1, {})
     known = {d.path: (d.digest, os.lstat(tmp_path).st_dev) for d in first}
     calls = []
-    before = _children()
+    before = set(children(os.getpid()))
 
     def fail_late(_point: str, path: bytes) -> None:
         calls.append(path)
@@ -90,7 +77,7 @@ def test_a_failing_process_fails_the_walk_and_none_is_left(tmp_path: Path) -> No
             pytest.raises(ChildFailed, match="injected"):
         walked(tmp_path, 2, known)
     assert not calls  # the walk ran in the children, not here
-    assert _children() <= before  # every walk process reaped (others of pytest may live)
+    assert set(children(os.getpid())) <= before  # every walk process reaped
 
 
 @pytest.mark.parametrize("at", [b"d0/d0", b"d3/d3", b"d2/d1"])
@@ -102,7 +89,7 @@ def test_a_process_killed_mid_walk_fails_it_without_a_hang(tmp_path: Path, at: b
     tree(tmp_path, 2)
     _, first, _ = walked(tmp_path, 1, {})
     known = {d.path: (d.digest, os.lstat(tmp_path).st_dev) for d in first}
-    before = _children()
+    before = set(children(os.getpid()))
 
     def killed(_point: str, path: bytes) -> None:
         time.sleep(0.002)
@@ -121,4 +108,4 @@ def test_a_process_killed_mid_walk_fails_it_without_a_hang(tmp_path: Path, at: b
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-    assert _children() <= before
+    assert set(children(os.getpid())) <= before
