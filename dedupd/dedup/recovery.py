@@ -121,11 +121,11 @@ def resolve_hardlink(sp: J.OpSpec) -> tuple[str, str]:
                 if _same_bytes(sp.dup_path, old):
                     fs.unlink_if_inode(old, sp.dup_dev, sp.dup_ino)
                 else:
-                    note = f"; the name's bytes differ: the duplicate stays at {show(old)}"
+                    note = f"; the name's bytes differ: the duplicate stays at {os.fsdecode(old)}"
         if sp.temp_path is not None:
             fs.unlink_if_inode(sp.temp_path, sp.keep_dev, sp.keep_ino)
         return J.DONE, "finished: name links to the kept file" + note
-    detail = "" if hold is None else settle_hold(sp, hold)
+    detail = _settle(sp)
     if sp.temp_path is not None:
         fs.unlink_if_inode(sp.temp_path, sp.keep_dev, sp.keep_ino)
     if sp.quarantine_path is not None:
@@ -151,7 +151,7 @@ def settle_hold(sp: J.OpSpec, hold: bytes) -> str:
             held == (sp.dup_dev, sp.dup_ino) and _same_as_keep(sp, hold))):
         fs.unlink_if_inode(hold, *held)
         return ""
-    return f"; a file was saved at the name meanwhile: the held one stays at {show(hold)}"
+    return f"; a file was saved at the name meanwhile: the held one stays at {os.fsdecode(hold)}"
 
 
 def _same_as_keep(sp: J.OpSpec, path: bytes) -> bool:
@@ -168,25 +168,28 @@ def _same_bytes(ref: bytes, path: bytes) -> bool:
         return False
 
 
-def show(path: bytes) -> str:
-    return os.fsdecode(path)
+def _settle(sp: J.OpSpec) -> str:
+    """settle_hold where the op has a hold name; its note for the row."""
+    return "" if sp.hold_path is None else settle_hold(sp, sp.hold_path)
 
 
 def _recover_cross(rec: J.OpRecord) -> tuple[str, str]:
     sp = rec.spec
-    if sp.hold_path is not None:
-        settle_hold(sp, sp.hold_path)
+    note = _settle(sp)
     ref = sp.dest_path or sp.keep_path
     if rec.state == J.REMOVING and _dup_present(sp) \
             and _ino(ref) == (sp.keep_dev, sp.keep_ino) and finish_remove(sp):
-        return J.DONE, "finished: duplicate removed after a fresh byte compare"
-    return recover_cross_now(sp)
+        return J.DONE, "finished: duplicate removed after a fresh byte compare" + note
+    return _finish_or_undo_cross(sp, note)
 
 
 def recover_cross_now(sp: J.OpSpec) -> tuple[str, str]:
     """Finish if the duplicate is already gone (states may lag), else undo; a held
     duplicate's name is given back first."""
-    note = "" if sp.hold_path is None else settle_hold(sp, sp.hold_path)
+    return _finish_or_undo_cross(sp, _settle(sp))
+
+
+def _finish_or_undo_cross(sp: J.OpSpec, note: str) -> tuple[str, str]:
     ref = sp.dest_path or sp.keep_path
     if not _dup_present(sp):
         # Removed before the crash: never touch the new link now.
