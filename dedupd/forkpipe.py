@@ -33,9 +33,14 @@ class ChildFailed(RuntimeError):
     """A helper process died or raised; its traceback is the message."""
 
 
-def send(fd: int, msg: Wire) -> None:
+def frame(msg: Wire) -> bytes:
+    """msg as recv reads it back: its length, then its marshal bytes."""
     data = marshal.dumps(msg)
-    view = memoryview(_LEN.pack(len(data)) + data)
+    return _LEN.pack(len(data)) + data
+
+
+def send(fd: int, msg: Wire) -> None:
+    view = memoryview(frame(msg))
     while view:
         view = view[os.write(fd, view):]
 

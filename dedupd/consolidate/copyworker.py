@@ -41,12 +41,10 @@ worker kills only that one.
 
 from __future__ import annotations
 
-import marshal
 import os
 import select
 import signal
 import socket
-import struct
 from collections.abc import Callable
 
 from dedupd import forkpipe
@@ -70,7 +68,6 @@ from dedupd.fsops.copy import (
 KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
 KILL_WHICH_ENV = "DEDUPD_TEST_KILL_WHICH"
 MAX_RETRIES = 20
-_LEN = struct.Struct("=I")
 FDS_PER_MSG = 250  # SCM_RIGHTS carries at most 253 handles a message
 StatWire = tuple[int, int, int, int, int, int, int, int, int, int]
 
@@ -128,7 +125,7 @@ class CopyWorker:
                 socket.send_fds(self._fds, [b"f"], fds[k:k + FDS_PER_MSG])
             except BrokenPipeError:
                 raise WorkerFailed("the copy worker died") from None
-        self._write(_frame(("b", items, sum(len(b) for b in payload))))
+        self._write(forkpipe.frame(("b", items, sum(len(b) for b in payload))))
         for b in payload:
             self._write(b)
         self.batches_sent += 1
@@ -140,7 +137,7 @@ class CopyWorker:
 
     def finish(self) -> None:
         """Let the worker sync what it placed since its last sync; read every answer."""
-        self._write(_frame(("e",)))
+        self._write(forkpipe.frame(("e",)))
         while not self._finished:
             self._answer()
         self._finished = False  # another round of copies may follow
@@ -314,11 +311,6 @@ class _Worker:
 
 def _unset(_synced: bool, _results: list[Wire]) -> None:
     raise AssertionError("CopyWorker.on_batch was not set")
-
-
-def _frame(msg: Wire) -> bytes:
-    body = marshal.dumps(msg)
-    return _LEN.pack(len(body)) + body
 
 
 def _read_exact(fd: int, n: int, buf: bytearray) -> None:
