@@ -9,7 +9,6 @@ under a hold name.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 
 from tests.fixtures.attacker import User, reachable
 from tests.integration import test_attack_session as session
-from tests.integration.test_attacker import Site, data
+from tests.integration.test_attacker import data
 
 pytestmark = pytest.mark.integration
 
@@ -42,18 +41,12 @@ def test_pool_names_swapped_at_every_point(
         swap: str) -> None:
     pool = mergerfs_pool(2)
     b0, b1 = pool.branches
-    vol: dict[str, Any] = {"kind": "pool", "path": str(pool.root),
-                           "pool_root": str(pool.root),
-                           "branches": [str(b) for b in pool.branches],
-                           "mode": "apply", "settle_seconds": 0, "min_size": 1}
-    site = Site("pool", vol, tuple(pool.branches), tmp_path / "unused", tmp_path / "unused")
+    site = session.pool_site(pool, tmp_path)
     script, args = SWAPS[swap]
     k = 0
     while True:
         k += 1
-        for b in (b0, b1):
-            for child in b.iterdir():
-                shutil.rmtree(child)
+        session.empty_branches(pool)
         (b0 / "a").mkdir()
         (b0 / "a" / "x.bin").write_bytes(data(1))
         u = b1 / "u"
@@ -75,13 +68,7 @@ def test_pool_names_swapped_at_every_point(
                 assert (b0 / "u" / d / "x.bin").stat().st_ino == kept, rep.problems
             break
         assert _digests(pool.branches) == want, (k, seen[k - 1], rep.problems)
-        by_ino: dict[tuple[int, int], bytes] = {}
         for b in pool.branches:
             assert not list(b.rglob(".dedupd-*")), (k, seen[k - 1], rep.problems)
-            for p in b.rglob("*"):
-                if p.is_file():
-                    st = p.lstat()
-                    assert st.st_uid == 0, p
-                    got = by_ino.setdefault((st.st_dev, st.st_ino), p.read_bytes())
-                    assert got == p.read_bytes(), p
+        session.assert_roots_one_content_per_inode(*pool.branches)
     assert k > 10, k

@@ -339,6 +339,18 @@ def root_files_in_user_dirs(vol: Path, atk: User) -> tuple[Path, Path]:
     return d, e
 
 
+def assert_roots_one_content_per_inode(*roots: Path) -> None:
+    """Every file under roots is root's, and the names of one inode read alike."""
+    by_ino: dict[tuple[int, int], bytes] = {}
+    for root in roots:
+        for p in root.rglob("*"):
+            if p.is_file():
+                st = p.lstat()
+                assert st.st_uid == 0, p
+                got = by_ino.setdefault((st.st_dev, st.st_ino), p.read_bytes())
+                assert got == p.read_bytes(), p
+
+
 def contents_under(root: Path) -> list[bytes]:
     return sorted(hashlib.sha256(p.read_bytes()).digest() for p in root.rglob("*")
                   if p.is_file() and not p.is_symlink())
@@ -367,6 +379,21 @@ def plain_site(loopfs: Callable[..., Path], tmp_path: Path) -> tuple[Site, Path]
     return Site("plain", {"kind": "plain", "path": str(vol), "mode": "apply",
                           "settle_seconds": 0, "min_size": 1},
                 (vol,), mnt / "out", tmp_path / "unused"), vol
+
+
+def pool_site(pool: Any, tmp_path: Path, **extra: str) -> Site:
+    """A pool volume over the mergerfs pool's branches, applying at once."""
+    vol: dict[str, Any] = {"kind": "pool", "path": str(pool.root),
+                           "pool_root": str(pool.root),
+                           "branches": [str(b) for b in pool.branches],
+                           "mode": "apply", "settle_seconds": 0, "min_size": 1, **extra}
+    return Site("pool", vol, tuple(pool.branches), tmp_path / "unused", tmp_path / "unused")
+
+
+def empty_branches(pool: Any) -> None:
+    for b in pool.branches:
+        for child in b.iterdir():
+            shutil.rmtree(child)
 
 
 SWAPS = {
@@ -400,12 +427,7 @@ def test_names_swapped_at_every_point_lose_nothing(
                        {(d / "b").stat().st_ino}) == 1, rep.problems
             break
         assert contents_under(vol) == want, (k, seen[k - 1], rep.problems)
-        by_ino: dict[int, bytes] = {}
-        for p in vol.rglob("*"):
-            if p.is_file():
-                st = p.lstat()
-                assert st.st_uid == 0, p
-                assert by_ino.setdefault(st.st_ino, p.read_bytes()) == p.read_bytes(), p
+        assert_roots_one_content_per_inode(vol)
     assert k > 10, k  # the pass went through many points
 
 
@@ -447,20 +469,13 @@ def test_pool_save_at_every_point_is_kept(
     the pass removed b1's name before the save (then the save made a new one there)."""
     pool = mergerfs_pool(2)
     b0, b1 = pool.branches
-    vol: dict[str, Any] = {"kind": "pool", "path": str(pool.root),
-                           "pool_root": str(pool.root),
-                           "branches": [str(b) for b in pool.branches],
-                           "mode": "apply", "settle_seconds": 0, "min_size": 1}
-    if quarantine:
-        vol["quarantine_dir"] = str(pool.root / ".q")
-    site = Site("pool", vol, tuple(pool.branches), tmp_path / "unused", tmp_path / "unused")
+    site = pool_site(pool, tmp_path,
+                     **({"quarantine_dir": str(pool.root / ".q")} if quarantine else {}))
     saved = b"S" * SIZE
     k = 0
     while True:
         k += 1
-        for b in (b0, b1):
-            for child in b.iterdir():
-                shutil.rmtree(child)
+        empty_branches(pool)
         (b0 / "a").mkdir()
         (b1 / "b").mkdir()
         (b0 / "a" / "x.bin").write_bytes(data(1))
