@@ -34,6 +34,18 @@ def run(db: Path, root: Path, **opts: object) -> ScanReport:
         store.close()
 
 
+def _r_and_o(tmp_path: Path) -> tuple[Path, Path, Path, set[frozenset[bytes]]]:
+    """The index's path, a tree r with one group of three (f1 and, in r/z, f2 and
+    f3), another tree o, and r's groups."""
+    db, r, o = tmp_path / "i.db", tmp_path / "r", tmp_path / "o"
+    put(r / "f1", b"a" * SIZE)
+    put(r / "z" / "f2", b"a" * SIZE)
+    put(r / "z" / "f3", b"a" * SIZE)
+    put(o / "g", b"g" * SIZE)
+    return db, r, o, {frozenset({bytes(r / "f1"), bytes(r / "z" / "f2"),
+                                 bytes(r / "z" / "f3")})}
+
+
 def names(rep: ScanReport) -> set[frozenset[bytes]]:
     return {frozenset(p for f in g.files for p in f.paths) for g in rep.groups}
 
@@ -44,12 +56,7 @@ def test_a_directory_id_given_to_another_path_is_never_reported(tmp_path: Path) 
     tree), and the directory comes back under a new id (a scan of it alone): the
     tree lists as it did, every directory is skipped, but the answer's names must
     not be read through the reused id (they were: the other tree's path)."""
-    db, r, o = tmp_path / "i.db", tmp_path / "r", tmp_path / "o"
-    put(r / "f1", b"a" * SIZE)
-    put(r / "z" / "f2", b"a" * SIZE)
-    put(r / "z" / "f3", b"a" * SIZE)
-    put(o / "g", b"g" * SIZE)
-    want = {frozenset({bytes(r / "f1"), bytes(r / "z" / "f2"), bytes(r / "z" / "f3")})}
+    db, r, o, want = _r_and_o(tmp_path)
     assert names(run(db, r)) == want  # kept: r/z is the newest directory row
     assert names(run(db, r / "z", exclude=("f*",))) == set()  # r/z has no name: dropped
     run(db, o)  # o takes r/z's old id
@@ -355,12 +362,7 @@ def test_a_long_lived_store_after_another_process_reused_a_directory_id(tmp_path
     id to another path; the directory's files must still be recorded under their own
     path by the long-lived Store's next scan, and reported (they were written into
     the other path's row: the scan's groups, read from the index, lost them)."""
-    db, r, o = tmp_path / "i.db", tmp_path / "r", tmp_path / "o"
-    put(r / "f1", b"a" * SIZE)
-    put(r / "z" / "f2", b"a" * SIZE)
-    put(r / "z" / "f3", b"a" * SIZE)
-    put(o / "g", b"g" * SIZE)
-    want = {frozenset({bytes(r / "f1"), bytes(r / "z" / "f2"), bytes(r / "z" / "f3")})}
+    db, r, o, want = _r_and_o(tmp_path)
     daemon = Store(f"sqlite:///{db}")
     try:
         assert names(scan(daemon, [str(r)], ScanOptions())) == want
