@@ -179,6 +179,19 @@ def dedupd_argv(cfg: Path) -> list[str]:
     return [sys.executable, "-m", "dedupd", "consolidate", "-c", str(cfg), "bench", "--json"]
 
 
+def first_import(base: Path, shares: list[Path], archive_name: str, tag: str,
+                 checkout: Path, runs: Runs) -> tuple[Path, dict]:  # type: ignore[type-arg]
+    """One timed first import of the shares by the dedupd of checkout, into a fresh
+    archive and index (added to runs); its config and its report's stats."""
+    archive = base / archive_name
+    fresh(archive)
+    cfg = dedupd_config(base, shares, archive, tag)
+    warm(shares)
+    wall, cpu, out = timed(dedupd_argv(cfg), checkout)
+    runs.add(wall, cpu)
+    return cfg, json.loads(out)["stats"]
+
+
 def mib(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
@@ -198,13 +211,8 @@ def bench_tree(name: str, base: Path, shares: list[Path], rounds: int,
         # so a tree removed just before a timed run makes every create scan past them
         # (measured: about 10% of a whole import's CPU), which a first import into an
         # archive does not pay.
-        archive, rdest = base / f"archive{r}", base / f"rsync{r}"
-        fresh(archive)
-        cfg = dedupd_config(base, shares, archive, "bench")
-        warm(shares)
-        wall, cpu, out = timed(dedupd_argv(cfg), ROOT)
-        ded.add(wall, cpu)
-        stats = json.loads(out)["stats"]
+        rdest = base / f"rsync{r}"
+        cfg, stats = first_import(base, shares, f"archive{r}", "bench", ROOT, ded)
         fresh(rdest)
         warm(shares)
         wall, cpu, _ = timed(["rsync", "-a", *map(str, shares), str(rdest) + "/"])
@@ -212,13 +220,8 @@ def bench_tree(name: str, base: Path, shares: list[Path], rounds: int,
         w2, c2, _ = timed(["sync", "-f", str(rdest)])
         rss.add(wall + w2, cpu + c2)
         if baseline is not None:
-            barchive = base / f"archive-baseline{r}"
-            fresh(barchive)
-            bcfg = dedupd_config(base, shares, barchive, "baseline")
-            warm(shares)
-            wall, cpu, out = timed(dedupd_argv(bcfg), baseline)
-            old.add(wall, cpu)
-            old_stats = json.loads(out)["stats"]
+            _, old_stats = first_import(base, shares, f"archive-baseline{r}", "baseline",
+                                        baseline, old)
     again_wall, _, out = timed(dedupd_argv(cfg), ROOT)
     again = json.loads(out)["stats"]
     r_files, r_bytes = tree_bytes([rdest])
