@@ -299,8 +299,6 @@ def on_disk(f: IndexedFile, dirs: Dirs | None = None) -> tuple[int, int, int]:
     return (f.dev, phys, f.ino)
 
 
-
-
 def with_hashes(f: IndexedFile, head: int, full: bytes | None) -> IndexedFile:
     """f with its head (and full hash, when known) filled in."""
     return _new(IndexedFile, (f[0], f[1], f[2], f[3], f[4], head,
