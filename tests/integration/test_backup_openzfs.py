@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,9 @@ def test_a_bookmark_is_the_next_incrementals_source(tmp_path: Path, zpool: Any, 
         subprocess.run(["zfs", "destroy", r1.snapshot], check=True)  # not held: it goes
         assert snapshots.list_snapshots(ds) == []
         (src / "later.bin").write_bytes(b"q" * 120_000)
+        # snapshot names carry the second: taken within r1's second, r2's snapshot gets
+        # the name of r1's bookmark, cannot be bookmarked under it and is held instead
+        time.sleep(1.1)
         r2 = run_job(cfg, "j", store)
     finally:
         store.close()
