@@ -46,6 +46,7 @@ from dedupd.fsops.copy import (
     KEEP_BYTES,
     CopyError,
     CopyResult,
+    SourceDirs,
     SourceRead,
     read_source,
     sync_filesystem,
@@ -105,6 +106,7 @@ class Executor:
         self._now = time.time()
         # (source path, archive file) pairs whose equality is confirmed: prune candidates
         self.confirmed: list[tuple[SourcePath, bytes]] = []
+        self._dirs = SourceDirs()  # the sources' directory handles, for the whole run
         self.collided: list[SourcePath] = []
 
     def run(self, replan: Callable[[list[SourcePath]], None] | None = None) -> Counters:
@@ -119,6 +121,8 @@ class Executor:
         except BaseException:
             h.abandon()
             raise
+        finally:
+            self._dirs.close()
         self.c.rows_written += h.close()
         return self.c
 
@@ -230,7 +234,7 @@ class Executor:
             self._send(cp, None, batch)
             return
         try:
-            r = read_source(cp.src.path, f.ident)
+            r = read_source(cp.src.path, f.ident, self._dirs)
         except CopyError as e:
             self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
             return
@@ -240,7 +244,7 @@ class Executor:
     def _stage_group(self, u: Unsorted, batch: _Batch) -> None:
         """An unsorted size group (consolidate/sortcopy.py): each inode read once."""
         self._tick()
-        res = sort_group(u, self._new_copy)
+        res = sort_group(u, self._new_copy, self._dirs)
         self._unsorted_left -= u.inodes
         self.c.bytes_read += res.bytes_read  # every inode's one read
         self.c.problems.extend(res.problems)

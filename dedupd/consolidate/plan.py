@@ -64,19 +64,33 @@ class Plan:
 
 
 class Names:
-    """Archive paths taken (existing or planned), to pick collision-free names."""
+    """Archive paths taken (existing or planned), to pick collision-free names. A name
+    is free when nothing planned has it and the disk shows nothing there; a directory
+    found missing once holds nothing but planned names for the rest of the run (a
+    first import: one look per directory, not one per file). A name that appears
+    anyway is never replaced: the copy's link() fails and it takes the next suffix."""
 
     def __init__(self, existing: set[bytes]) -> None:
         self.taken = set(existing)
         # want -> the last suffix number handed out: a thousand files of one name in
         # one directory (__init__.py, README) must not each try every number again
         self._next: dict[bytes, int] = {}
+        self._dirs_seen: set[bytes] = set()
+        self._dirs_missing: set[bytes] = set()
+
+    def _on_disk(self, path: bytes) -> bool:
+        d = os.path.dirname(path)
+        if d not in self._dirs_seen:
+            self._dirs_seen.add(d)
+            if not os.path.lexists(d):
+                self._dirs_missing.add(d)
+        return d not in self._dirs_missing and os.path.lexists(path)
 
     def claim(self, want: bytes, policy: str) -> bytes | None:
         first = 1 if policy == "skip" else self._next.get(want, 1)  # skip: the name or none
         for n in range(first, MAX_SUFFIX):
             cand = want if n == 1 else with_suffix(want, n)
-            if cand not in self.taken and not os.path.lexists(cand):
+            if cand not in self.taken and not self._on_disk(cand):
                 self.taken.add(cand)
                 self._next[want] = n + 1
                 return cand

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
 from dedupd.consolidate.plan import Copy
 from dedupd.files.events import Problem
-from dedupd.fsops.copy import CopyError, SourceRead, read_source
+from dedupd.fsops.copy import CopyError, SourceDirs, SourceRead, read_source
 from dedupd.index.store import HashUpdate
 
 # (content with its first source, that source's bytes) -> the copy with its name, or None
@@ -55,9 +55,11 @@ class SortedGroup:
     contents: int = 0  # distinct contents found in the group
 
 
-def sort_group(u: Unsorted, new_copy: NewCopy) -> SortedGroup:
-    """Read every inode of u once; name each new content (module docstring). The
-    handles of the copies' sources stay open (the caller closes them)."""
+def sort_group(u: Unsorted, new_copy: NewCopy, dirs: SourceDirs | None = None
+               ) -> SortedGroup:
+    """Read every inode of u once (opened through dirs' directory handles when given);
+    name each new content (module docstring). The handles of the copies' sources stay
+    open (the caller closes them)."""
     out = SortedGroup()
     found: list[_Found] = []
     by_inode: dict[tuple[int, int], _Found] = {}
@@ -70,7 +72,7 @@ def sort_group(u: Unsorted, new_copy: NewCopy) -> SortedGroup:
             continue
         f = s.file
         try:
-            r = read_source(s.path, f.ident)
+            r = read_source(s.path, f.ident, dirs)
         except CopyError as e:
             out.problems.append(Problem(s.path, e.reason, e.detail))
             continue

@@ -46,6 +46,7 @@ import errno
 import fcntl
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -67,6 +68,7 @@ BUF = 1 << 20
 KEEP_BYTES = 16 << 20
 _RD = handles.FILE_FLAGS
 _NOATIME = getattr(os, "O_NOATIME", 0)
+_EUID = os.geteuid()  # whether copies may take the source's owner (root only)
 _TMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Errors from link() that mean "this filesystem has no hardlinks", not "dest exists".
 _NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
@@ -196,13 +198,45 @@ def _at(dirs: DestDirs, path: bytes) -> tuple[int, bytes]:
     return dirs.fd(d), name
 
 
-def _open_src(src: bytes) -> int:
+class SourceDirs:
+    """Handles of source directories for a run of reads (the most recent KEEP): the
+    files of one directory cost one resolution beneath the anchor (handles.open_dir),
+    then one open of the final name relative to it, never followed (handles.open_in).
+    A directory renamed or replaced after its handle was taken is still the directory
+    the handle holds: the opened file must anyway be the indexed inode, unchanged
+    (_open_expected), so what is read is what the index scan saw in the share.
+    close() when done; one thread's."""
+
+    KEEP = 1024
+
+    def __init__(self) -> None:
+        self._fds: OrderedDict[bytes, int] = OrderedDict()
+
+    def open(self, path: bytes, flags: int) -> int:
+        parent, name = os.path.split(path)
+        fd = self._fds.get(parent)
+        if fd is None:
+            fd = self._fds[parent] = handles.open_dir(parent or b"/")
+            if len(self._fds) > self.KEEP:
+                os.close(self._fds.popitem(last=False)[1])
+        else:
+            self._fds.move_to_end(parent)
+        return handles.open_in(fd, name, flags)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _open_src(src: bytes, dirs: SourceDirs | None = None) -> int:
     testpoints.at("read.open", src)
+    opener = handles.open_at if dirs is None else dirs.open
     try:
         try:
-            return handles.open_at(src, _RD | _NOATIME)
+            return opener(src, _RD | _NOATIME)
         except PermissionError:
-            return handles.open_at(src, _RD)  # O_NOATIME needs ownership; retry without it
+            return opener(src, _RD)  # O_NOATIME needs ownership; retry without it
     except FileNotFoundError:
         raise CopyError("vanished", "source disappeared before the copy") from None
     except handles.PathChanged as e:
@@ -211,8 +245,9 @@ def _open_src(src: bytes) -> int:
         raise CopyError("error", f"cannot open source: {e.strerror}") from None
 
 
-def _open_expected(src: bytes, expect: Ident | None) -> tuple[int, os.stat_result]:
-    sfd = _open_src(src)
+def _open_expected(src: bytes, expect: Ident | None,
+                   dirs: SourceDirs | None = None) -> tuple[int, os.stat_result]:
+    sfd = _open_src(src, dirs)
     st = os.fstat(sfd)
     if not stat.S_ISREG(st.st_mode) or (expect is not None and Ident.of(st) != expect):
         os.close(sfd)
@@ -245,12 +280,19 @@ class SourceRead:
         os.close(self.fd)
 
 
-def read_source(src: bytes, expect: Ident | None = None) -> SourceRead:
-    """Open src (the expected inode, unchanged), read it whole (at most KEEP_BYTES: the
-    caller's contract) and hash it; raise CopyError. The caller owns the handle."""
-    sfd, st = _open_expected(src, expect)
+def read_source(src: bytes, expect: Ident | None = None,
+                dirs: SourceDirs | None = None) -> SourceRead:
+    """Open src (the expected inode, unchanged; through dirs' directory handles when
+    given), read it whole (at most KEEP_BYTES: the caller's contract) and hash it;
+    raise CopyError. The caller owns the handle."""
+    sfd, st = _open_expected(src, expect, dirs)
     try:
-        data = read_upto(sfd, st.st_size + 1)  # one byte more: a source that grew
+        # one byte more than the size: a source that grew is caught here. A single
+        # read that returns exactly the size is the whole file as st describes it
+        # (the fstat below confirms nothing changed since): no read for the EOF.
+        data = os.pread(sfd, st.st_size + 1, 0)
+        if len(data) != st.st_size:
+            data = read_upto(sfd, st.st_size + 1)
         if len(data) != st.st_size:
             raise CopyError("changed", "source size changed while it was read")
         _same(sfd, st)
@@ -503,7 +545,7 @@ def _same(sfd: int, st: os.stat_result) -> None:
 
 def _set_meta(tfd: int, st: os.stat_result) -> None:
     """Mode, owner (root only; a failure is not an error) and atime/mtime of the source."""
-    if os.geteuid() == 0:
+    if _EUID == 0:
         # A uid the archive filesystem cannot store is not an error: keep ours.
         with contextlib.suppress(OSError):
             os.fchown(tfd, st.st_uid, st.st_gid)
