@@ -106,7 +106,10 @@ class Executor:
         self._now = time.time()
         # (source path, archive file) pairs whose equality is confirmed: prune candidates
         self.confirmed: list[tuple[SourcePath, bytes]] = []
-        self._dirs = SourceDirs()  # the sources' directory handles, for the whole run
+        # the sources' directory handles, for the whole run: a size group's files lie
+        # all over the shares, so keep many (a sixth of the open-file limit, at most
+        # 4096: the batches' files take a third)
+        self._dirs = SourceDirs(min(4096, max(64, _fd_budget() // 2)))
         self.collided: list[SourcePath] = []
 
     def run(self, replan: Callable[[list[SourcePath]], None] | None = None) -> Counters:

@@ -207,17 +207,16 @@ class SourceDirs:
     (_open_expected), so what is read is what the index scan saw in the share.
     close() when done; one thread's."""
 
-    KEEP = 1024
-
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 1024) -> None:
         self._fds: OrderedDict[bytes, int] = OrderedDict()
+        self.keep = keep
 
     def open(self, path: bytes, flags: int) -> int:
         parent, name = os.path.split(path)
         fd = self._fds.get(parent)
         if fd is None:
             fd = self._fds[parent] = handles.open_dir(parent or b"/")
-            if len(self._fds) > self.KEEP:
+            if len(self._fds) > self.keep:
                 os.close(self._fds.popitem(last=False)[1])
         else:
             self._fds.move_to_end(parent)
