@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dedupd.commands.common import (
     add_common,
@@ -12,9 +12,9 @@ from dedupd.commands.common import (
     open_index,
     parse_size,
 )
-from dedupd.output import human_bytes, print_json, show_path
-from dedupd.progress import open_progress
-from dedupd.scan.scanner import ScanOptions, ScanReport, scan
+
+if TYPE_CHECKING:  # imported once the walk is under way (run)
+    from dedupd.scan.scanner import ScanReport
 
 HELP = """\
 Walk the trees, update the index and report every set of identical files.
@@ -48,14 +48,31 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = open_index(args)
-    opts = ScanOptions(min_size=args.min_size, exclude=tuple(args.exclude),
-                       cross_mounts=args.cross_mounts, settle_seconds=args.settle)
-    try:
-        with open_progress(args.progress) as prog:
-            report = scan(store, args.paths, opts, progress=prog)
+    # The walk first: its processes are forked before the index, SQLite and the
+    # scanner are imported (a rescan's walk is most of its time; docs/schema.md),
+    # and get the index's known digests from the scan once it has read them.
+    from dedupd.scan.walk import WalkOptions, normalize_roots
+    from dedupd.scan.walkproc import BATCH, RESCAN_WALKERS, ForkedWalk
+
+    walking = ForkedWalk(normalize_roots(args.paths),
+                         WalkOptions(args.min_size, tuple(args.exclude), args.cross_mounts),
+                         BATCH, workers=RESCAN_WALKERS, later=True)
+    try:  # however it ends, no walk process outlives the scan
+        from dedupd.progress import open_progress
+        from dedupd.scan.scanner import ScanOptions, scan
+
+        store = open_index(args)
+        opts = ScanOptions(min_size=args.min_size, exclude=tuple(args.exclude),
+                           cross_mounts=args.cross_mounts, settle_seconds=args.settle)
+        try:
+            with open_progress(args.progress) as prog:
+                report = scan(store, args.paths, opts, progress=prog, walking=walking)
+        finally:
+            store.close()
     finally:
-        store.close()
+        walking.close()
+    from dedupd.output import print_json
+
     if args.json:
         print_json(report.as_json())
     else:
@@ -64,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_text(r: ScanReport) -> None:
+    from dedupd.output import human_bytes, show_path
+
     out = sys.stdout
     for g in r.groups:
         out.write(f"# {len(g.files)} files of {human_bytes(g.size)} "

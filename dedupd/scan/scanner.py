@@ -24,22 +24,15 @@ from dedupd.output import human_bytes
 from dedupd.progress import Progress
 from dedupd.queuethread import QueueThread
 from dedupd.scan.walk import DirListed, WalkOptions, normalize_roots, walk_listed
-from dedupd.scan.walkproc import ForkedWalk
+from dedupd.scan.walkproc import BATCH, RESCAN_WALKERS, ForkedWalk
 
 if TYPE_CHECKING:  # the hashing engine is imported when a scan hashes (not a kept answer)
     from dedupd.hashing import Group
     from dedupd.scan.prehash import EarlyHashing
 
 T = TypeVar("T")
-RECORD_BATCH = 2000
+RECORD_BATCH = BATCH
 WALK_PROC = True  # the walk in a process of its own (dedupd.scan.walkproc)
-# processes of a rescan's walk (one that has digests to compare): its directories
-# are mostly only listed, so the walk is the scan; a first scan's walk is one
-# process beside the index writer and the feeders. Four, on two cores: from a cold
-# cache the walk waits for the disk, and four keep more requests in flight (the
-# real tree of docs/schema.md: 1.16 s with one, 0.87 with two, 0.65 with four);
-# from a warm one they share the two cores as two would
-RESCAN_WALKERS = 4
 
 
 @dataclass(frozen=True)
@@ -105,17 +98,23 @@ def batches(events: Iterator[T], n: int) -> Iterator[list[T]]:
 
 
 def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
-         progress: Progress | None = None) -> ScanReport:
+         progress: Progress | None = None, walking: ForkedWalk | None = None) -> ScanReport:
     """Index the trees under roots and return the duplicate groups among them.
+    walking: their walk, started already (walkproc.ForkedWalk, later=True) with these
+    roots and options; the scan gives it the known digests and closes it.
 
     Every read is resolved beneath the roots (handles.py), never through a symlink."""
     norm = normalize_roots(roots)
     with handles.anchored(norm, cross_mounts=opts.cross_mounts), forkpipe.rare_gc():
-        return _scan(store, norm, opts, progress)
+        try:
+            return _scan(store, norm, opts, progress, walking)
+        finally:
+            if walking is not None:
+                walking.close()
 
 
 def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
-          progress: Progress | None) -> ScanReport:
+          progress: Progress | None, walking: ForkedWalk | None) -> ScanReport:
     t0 = time.monotonic()
     scan_id = store.begin_scan(norm)
     wstats = WalkStats()
@@ -126,8 +125,12 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     known = store.known_digests(norm)
     answer = _Answer(store, norm, opts)
     # both fork: before any thread of ours starts
-    walker = ForkedWalk(norm, wopts, RECORD_BATCH, known,
-                        RESCAN_WALKERS if known else 1) if WALK_PROC else None
+    if walking is not None:
+        walker: ForkedWalk | None = walking
+        walking.start(known)
+    else:
+        walker = ForkedWalk(norm, wopts, RECORD_BATCH, known,
+                            RESCAN_WALKERS if known else 1) if WALK_PROC else None
     pre = _early_hashing(store, stability, answer)
     # threads only after the forks above
     ahead = GroupsAhead(store, norm, opts.min_size) if walker and 0 < len(known) <= \
@@ -151,7 +154,8 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
                     else:
                         walked += sum(e.size for e in batch if isinstance(e, FileEvent))
                         seen += sum(1 if isinstance(e, FileEvent) else
-                                    e.files if e.same else 0 for e in batch)
+                                    e.files if isinstance(e, DirListed) and e.same else 0
+                                    for e in batch)
                     progress.update(seen, note=f"{human_bytes(walked)}")
         if walker:
             wstats = walker.stats

@@ -15,7 +15,7 @@ import itertools
 import marshal
 import os
 import stat
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Any, Protocol
@@ -62,6 +62,30 @@ class DirListed:
 LIST_CAP = 20000  # entries of one directory held to digest it; bigger ones stream
 
 
+class Known(Protocol):
+    """The index's digests: directory path -> (listing digest, st_dev), a dict; or,
+    in a walk started before they were read (walkproc), PENDING until they are."""
+
+    def get(self, path: bytes, /) -> tuple[bytes, int] | None: ...
+
+
+# what Known.get returns while the digests are on their way (compared by identity)
+PENDING: tuple[bytes, int] = (b"pending", NO_DEV)
+
+
+@dataclass(frozen=True, slots=True)
+class DirHeld:
+    """A directory listed and digested while its known digest was PENDING: its
+    listing items and their lstats, held until it is decided (decided())."""
+
+    path: bytes
+    digest: bytes
+    files: int
+    dev: int
+    items: list[tuple[Any, ...]]
+    sts: list[os.stat_result]
+
+
 class Donor(Protocol):
     """Where a walk shares its work (walkproc: another process that ran out of it).
     wanted() is asked once per directory; give() takes subdirectories the walk has
@@ -75,20 +99,21 @@ class Donor(Protocol):
 
 
 def walk_listed(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats,
-                known: Mapping[bytes, tuple[bytes, int]], donor: Donor | None = None
-                ) -> Iterator[FileEvent | DirListed]:
+                known: Known, donor: Donor | None = None
+                ) -> Iterator[FileEvent | DirListed | DirHeld]:
     """walk(), with a DirListed after each directory's files. A directory whose
     listing digest and st_dev equal known[path] (what the index stored at the last
     scan, and the device its filesystem has now: a snapshot put in the place of its
     source lists alike) yields only its DirListed: its files did not change
     (docs/schema.md). donor: when it wants work, the subtree the walk would have
-    reached last goes to it instead (walk_from walks it there)."""
+    reached last goes to it instead (walk_from walks it there). While known.get
+    returns PENDING, a directory comes as a DirHeld, to be decided()."""
     yield from _walk_roots(roots, opts, stats, known, donor)
 
 
 def walk_from(fd: int, path: bytes, subdirs: Sequence[tuple[bytes, int, int]],
-              opts: WalkOptions, stats: WalkStats, known: Mapping[bytes, tuple[bytes, int]],
-              donor: Donor | None = None) -> Iterator[FileEvent | DirListed]:
+              opts: WalkOptions, stats: WalkStats, known: Known,
+              donor: Donor | None = None) -> Iterator[FileEvent | DirListed | DirHeld]:
     """walk_listed of the subdirectories a Donor gave, each opened relative to the
     directory fd that listed them (owned by this walk from now on, closed however it
     ends) and refused unless it is the listed inode, as if this walk had listed it."""
@@ -110,7 +135,7 @@ def walk(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats) -> Iterato
 
 
 def _walk_roots(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats,
-                known: Mapping[bytes, tuple[bytes, int]] | None,
+                known: Known | None,
                 donor: Donor | None = None) -> Iterator[Any]:
     """Each root: a directory walked by handle under its own anchor, a file classified."""
     for root in roots:
@@ -140,7 +165,7 @@ class _Frame:
 
 
 def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkStats,
-               known: Mapping[bytes, tuple[bytes, int]] | None = None,
+               known: Known | None = None,
                donor: Donor | None = None) -> Iterator[Any]:
     try:
         fd = handles.open_dir(root)
@@ -152,7 +177,7 @@ def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkS
 
 
 def _descend(fd: int, root: bytes, dev: int, opts: WalkOptions, stats: WalkStats,
-             known: Mapping[bytes, tuple[bytes, int]] | None, donor: Donor | None,
+             known: Known | None, donor: Donor | None,
              listed: list[tuple[bytes, os.stat_result]] | None = None) -> Iterator[Any]:
     """The subtree of the verified directory fd (closed however we leave); with
     `listed`, only those of its subdirectories (it was listed elsewhere)."""
@@ -286,7 +311,7 @@ def _list(fd: int, dpath: bytes, _dev: int, opts: WalkOptions, stats: WalkStats,
 
 def _list_digested(fd: int, dpath: bytes, dev: int, opts: WalkOptions, stats: WalkStats,
                    subdirs: list[tuple[bytes, os.stat_result]],
-                   known: Mapping[bytes, tuple[bytes, int]]) -> Iterator[FileEvent | DirListed]:
+                   known: Known) -> Iterator[FileEvent | DirListed | DirHeld]:
     """_list, holding the directory's files until its listing is digested: every
     entry's name and type, and the inode, size, mtime and ctime of files and the
     inode of directories, sorted by name, under the walk's options. A write, a
@@ -342,11 +367,26 @@ def _list_digested(fd: int, dpath: bytes, dev: int, opts: WalkOptions, stats: Wa
             return
     digest = listing_digest(opts, sorted(items))
     was = known.get(dpath)
-    same = was is not None and was[0] == digest and (was[1] == dev or (
+    if was is PENDING:  # decided once the index's digests are there (walkproc)
+        yield DirHeld(dpath, digest, files, dev, items, sts)
+    else:
+        yield from _decided(DirHeld(dpath, digest, files, dev, items, sts), was, min_size)
+
+
+def decided(held: DirHeld, known: Known, min_size: int) -> Iterator[FileEvent | DirListed]:
+    """What the walk yields for a directory it held (DirHeld), now that known has
+    the index's digests: its DirListed, after its files unless it is unchanged."""
+    return _decided(held, known.get(held.path), min_size)
+
+
+def _decided(held: DirHeld, was: tuple[bytes, int] | None, min_size: int
+             ) -> Iterator[FileEvent | DirListed]:
+    files, dev = held.files, held.dev
+    same = was is not None and was[0] == held.digest and (was[1] == dev or (
         was[1] == NO_DEV and not files))
     if not same and files:
-        yield from _events(dpath, items, sts, min_size)
-    yield DirListed(dpath, digest, files, same)
+        yield from _events(held.path, held.items, held.sts, min_size)
+    yield DirListed(held.path, held.digest, files, same)
 
 
 _IFMT, _IFREG, _IFDIR, _IFLNK = 0o170000, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK

@@ -13,6 +13,13 @@ descriptor of the directory that listed them (SCM_RIGHTS), so every directory is
 still opened relative to its listed parent and checked to be the listed inode.
 The parent relays them and ends the walk when every process is idle with
 nothing queued.
+
+`dedupd scan` starts its walk before it has read the index (ForkedWalk with
+later=True, forked before the index, SQLite and the rest are even imported): the
+walk then runs while the parent imports, opens the index and reads the known
+digests, which it hands over with start(). Until then a walk process holds what
+it lists (walk.DirHeld: at most HOLD_MAX entries, then it waits), and decides
+it once they come.
 """
 
 from __future__ import annotations
@@ -25,16 +32,36 @@ import mmap
 import os
 import select
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dedupd import forkpipe
 from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.forkpipe import ChildFailed, Wire
-from dedupd.scan.walk import DirListed, WalkOptions, walk, walk_from, walk_listed
+from dedupd.scan.walk import (
+    PENDING,
+    DirHeld,
+    DirListed,
+    Known,
+    WalkOptions,
+    decided,
+    walk,
+    walk_from,
+    walk_listed,
+)
 
 _COUNTERS = [f.name for f in dataclasses.fields(WalkStats) if f.name != "problems"]
 _MSG = 1 << 18  # a task: a path and up to walk.DONATE_MAX names with their identities
+BATCH = 2000  # events a batch (the scanner's RECORD_BATCH)
+# processes of a rescan's walk (one that has digests to compare): its directories
+# are mostly only listed, so the walk is the scan; a first scan's walk is one
+# process beside the index writer and the feeders. Four, on two cores: from a cold
+# cache the walk waits for the disk, and four keep more requests in flight (the
+# real tree of docs/schema.md: 1.16 s with one, 0.87 with two, 0.65 with four);
+# from a warm one they share the two cores as two would
+RESCAN_WALKERS = 4
+HOLD_MAX = 20_000  # listed entries an early walk process holds before it waits
+_PUBLISHED, _ABANDONED = 1, 2  # flag[1] of an early walk: the digests are there / never
 
 
 def _event(ev: FileEvent | DirListed) -> Wire:
@@ -77,6 +104,69 @@ class _Sender:
                                  [(p.path, p.reason, p.detail) for p in stats.problems]))
 
 
+class _Later:
+    """walk.Known of an early walk process: PENDING until the parent has published
+    the index's digests (ForkedWalk.start: marshalled into the memfd, then flag[1]
+    set and a byte written to each process's input), then those."""
+
+    def __init__(self, flag: mmap.mmap, memfd: int, wake: int) -> None:
+        self.flag, self.memfd, self.wake = flag, memfd, wake
+        self.map: dict[bytes, tuple[bytes, int]] | None = None
+
+    def get(self, path: bytes, /) -> tuple[bytes, int] | None:
+        m = self.map
+        if m is None:
+            if not self.flag[1]:
+                return PENDING
+            m = self._load()
+        return m.get(path)
+
+    def wait(self) -> dict[bytes, tuple[bytes, int]]:
+        """The digests, once published (blocks until then)."""
+        while not self.flag[1]:
+            if not os.read(self.wake, 1):
+                raise ChildFailed("the scan ended before its walk")
+        return self.map if self.map is not None else self._load()
+
+    def _load(self) -> dict[bytes, tuple[bytes, int]]:
+        if self.flag[1] != _PUBLISHED:
+            raise ChildFailed("the scan ended before its walk")
+        data, size = b"", os.fstat(self.memfd).st_size
+        while len(data) < size:
+            data += os.pread(self.memfd, size - len(data), len(data))
+        self.map = marshal.loads(data)
+        os.close(self.memfd)
+        return self.map
+
+
+def _send_walk(events: Iterable[FileEvent | DirListed | DirHeld], sender: _Sender,
+               later: _Later | None, min_size: int) -> None:
+    """A walk's events to the sender; the directories it held (DirHeld: listed
+    before the digests came) once they are there, in listing order."""
+    held: list[DirHeld] = []
+    n = 0
+    for ev in events:
+        if isinstance(ev, DirHeld):
+            held.append(ev)
+            n += len(ev.items)
+            if n < HOLD_MAX:
+                continue
+        else:
+            sender.put(ev)
+        if held and later is not None and (later.map is not None or n >= HOLD_MAX):
+            _send_held(held, sender, later.wait(), min_size)
+            n = 0
+    if held and later is not None:
+        _send_held(held, sender, later.wait(), min_size)
+
+
+def _send_held(held: list[DirHeld], sender: _Sender, known: Known, min_size: int) -> None:
+    for h in held:
+        for ev in decided(h, known, min_size):
+            sender.put(ev)
+    held.clear()
+
+
 def _child(_in: int, out: int, roots: Sequence[bytes], opts: WalkOptions, n: int,
            known: Mapping[bytes, tuple[bytes, int]] | None) -> None:
     forkpipe.quiet_gc()  # the walk holds a directory's files at a time, no cycles
@@ -84,8 +174,7 @@ def _child(_in: int, out: int, roots: Sequence[bytes], opts: WalkOptions, n: int
     sender = _Sender(out, n)
     events = walk(roots, opts, stats) if known is None else walk_listed(roots, opts, stats,
                                                                          known)
-    for ev in events:
-        sender.put(ev)
+    _send_walk(events, sender, None, opts.min_size)
     sender.end(stats)
 
 
@@ -105,10 +194,11 @@ class _Share:
 
 
 def _worker(k: int, _in: int, out: int, *, roots: Sequence[bytes], opts: WalkOptions,
-            n: int, known: Mapping[bytes, tuple[bytes, int]], flag: mmap.mmap,
-            socks: list[tuple[socket.socket, socket.socket]]) -> None:
+            n: int, known: Mapping[bytes, tuple[bytes, int]] | None, flag: mmap.mmap,
+            memfd: int, socks: list[tuple[socket.socket, socket.socket]]) -> None:
     """Walk process k: the roots (k = 0), then each subtree the parent hands over,
-    until told to stop; "done" after each."""
+    until told to stop; "done" after each. known None: the digests come later
+    (memfd, see _Later)."""
     for j, (theirs, mine) in enumerate(socks):
         theirs.close()
         if j != k:
@@ -118,9 +208,11 @@ def _worker(k: int, _in: int, out: int, *, roots: Sequence[bytes], opts: WalkOpt
     stats = WalkStats()
     sender = _Sender(out, n)
     share = _Share(flag, sock)
+    later = _Later(flag, memfd, _in) if known is None else None
+    digests: Known = later or known or {}
     if k == 0:
-        for ev in walk_listed(roots, opts, stats, known, share):
-            sender.put(ev)
+        _send_walk(walk_listed(roots, opts, stats, digests, share), sender, later,
+                   opts.min_size)
     while True:
         sender.flush()  # what this process holds goes out before it waits
         sock.send(marshal.dumps(("done",)))
@@ -131,8 +223,8 @@ def _worker(k: int, _in: int, out: int, *, roots: Sequence[bytes], opts: WalkOpt
                 os.close(fd)
             break
         share.served = flag[0]  # a request made before this task came was this one's
-        for ev in walk_from(fds[0], msg[1], msg[2], opts, stats, known, share):
-            sender.put(ev)
+        _send_walk(walk_from(fds[0], msg[1], msg[2], opts, stats, digests, share), sender,
+                   later, opts.min_size)
     sender.end(stats)
 
 
@@ -141,29 +233,36 @@ class ForkedWalk:
     items among the events; in `workers` processes sharing the tree, see the module
     docstring); batches() yields lists of about n events, then `stats` holds the
     walk's counters. After each batch, `files` and `nbytes` are the files walked so
-    far (those of unchanged directories included) and their bytes. Construct inside
-    the scan's handles.anchored."""
+    far (those of unchanged directories included) and their bytes. later: the known
+    digests are given by start(), before batches(), and the walk begins before
+    (`workers` processes; they share the tree only when start() gave digests)."""
 
     def __init__(self, roots: Sequence[bytes], opts: WalkOptions, n: int,
                  known: Mapping[bytes, tuple[bytes, int]] | None = None,
-                 workers: int = 1) -> None:
+                 workers: int = 1, *, later: bool = False) -> None:
         self.stats = WalkStats()
         self.files = self.nbytes = 0
         self.procs: list[tuple[int, int, int]] = []  # (pid, to, frm) of each process
         self.socks: list[socket.socket] = []  # the parent's end of each one's channel
         self.queue: list[tuple[Wire, int]] = []  # subtrees given, none idle to take them
         self.relayed = 0  # subtrees handed from one process to another
-        if known is None or workers <= 1:
+        self.memfd = -1
+        self.share = not later  # whether idle processes ask the busy one for work
+        if not later and (known is None or workers <= 1):
             self.procs.append(forkpipe.spawn(lambda i, o: _child(i, o, roots, opts, n, known)))
             return
-        self.flag = mmap.mmap(-1, 1)  # 0: each process but the first starts "done"
+        # [0]: each process but the first starts "done"; [1]: _Later's
+        self.flag = mmap.mmap(-1, 2)
+        if later:
+            self.memfd = os.memfd_create("dedupd-known", os.MFD_CLOEXEC)
         self.stopped = False
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                  for _ in range(workers)]
         try:
             for k in range(workers):
                 self.procs.append(forkpipe.spawn(functools.partial(
-                    _worker, k, roots=roots, opts=opts, n=n, known=known, flag=self.flag,
+                    _worker, k, roots=roots, opts=opts, n=n,
+                    known=None if later else known, flag=self.flag, memfd=self.memfd,
                     socks=pairs)))
         finally:
             for theirs, mine in pairs:
@@ -171,6 +270,18 @@ class ForkedWalk:
                 self.socks.append(theirs)
             if len(self.procs) < workers:
                 self.close()
+
+    def start(self, known: Mapping[bytes, tuple[bytes, int]]) -> None:
+        """The index's digests, to a walk made with later=True (before batches())."""
+        view = memoryview(marshal.dumps(dict(known)))
+        while view:
+            view = view[os.write(self.memfd, view):]
+        os.close(self.memfd)
+        self.memfd = -1
+        self.flag[1] = _PUBLISHED
+        for _pid, to, _frm in self.procs:
+            os.write(to, b"k")  # one byte: a process waiting for them wakes
+        self.share = bool(known)  # a first scan's walk stays one process
 
     def batches(self) -> Iterator[list[Any]]:
         try:
@@ -243,13 +354,17 @@ class ForkedWalk:
             self.stopped = True
             for s in self.socks:
                 s.send(marshal.dumps(("stop",)))
-        elif idle:
+        elif idle and self.share:
             self.flag[0] = (self.flag[0] + 1) % 256  # a process wants work
         return True
 
     def close(self) -> None:
         """Idempotent. Closing early makes the children's next send fail, and they exit
         (an error batches() does not report: the walk's answer was not wanted)."""
+        if self.memfd >= 0:  # an early walk whose digests never came: it ends
+            self.flag[1] = _ABANDONED
+            os.close(self.memfd)
+            self.memfd = -1
         for _task, fd in self.queue:
             os.close(fd)
         self.queue = []

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xxhash
@@ -176,3 +179,45 @@ def test_rescan_after_a_mount_over_a_directory_came_and_went(tmp_path: Path) -> 
     finally:
         subprocess.run(["umount", str(root / "d")], check=True)
     check(root, db)
+
+
+def test_a_file_rewritten_in_place_under_old_mtimes_is_read_again(tmp_path: Path) -> None:
+    """`dedupd scan` (its walk forked before it reads the index): a file rewritten in
+    place with other bytes of the same size, its mtime and its directory's put back
+    as they were, lists alike but for its ctime. The rescan reads it again and
+    reports the disk; the next one reads nothing."""
+    root, db = tmp_path / "t", f"sqlite:///{tmp_path / 'db'}"
+    for d in ("d", "e"):
+        put(root / d / "a", blob("x"))
+        put(root / d / "b", blob("y"))
+
+    def cli_scan() -> dict[str, Any]:
+        r = subprocess.run([sys.executable, "-m", "dedupd", "scan", "--json", "--db", db,
+                            str(root)], capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr.decode()
+        doc: dict[str, Any] = json.loads(r.stdout)
+        return doc
+
+    def groups(doc: dict[str, Any]) -> set[frozenset[str]]:
+        return {frozenset(g["paths"]) for g in doc["groups"]}
+
+    assert groups(cli_scan()) == {frozenset({str(root / "d" / "a"), str(root / "e" / "a")}),
+                                  frozenset({str(root / "d" / "b"), str(root / "e" / "b")})}
+    assert cli_scan()["stats"]["files_unchanged"] == 4
+    f, d = root / "e" / "b", root / "e"
+    fst, dst = f.lstat(), d.lstat()
+    with open(f, "r+b") as out:  # in place: same inode, same size
+        out.write(blob("x"))
+    os.utime(f, ns=(fst.st_atime_ns, fst.st_mtime_ns))
+    os.utime(d, ns=(dst.st_atime_ns, dst.st_mtime_ns))
+    now = f.lstat()
+    assert (now.st_ino, now.st_size, now.st_mtime_ns) == (fst.st_ino, fst.st_size,
+                                                          fst.st_mtime_ns)
+    assert d.lstat().st_mtime_ns == dst.st_mtime_ns
+    again = cli_scan()
+    assert groups(again) == {frozenset({str(root / "d" / "a"), str(root / "e" / "a"),
+                                        str(f)})}
+    assert again["stats"]["files_changed"] == 1 and again["stats"]["bytes_read"] >= SIZE
+    assert truth(root) == {frozenset(os.fsencode(p) for p in g) for g in groups(again)}
+    last = cli_scan()
+    assert groups(last) == groups(again) and last["stats"]["bytes_read"] == 0

@@ -13,6 +13,7 @@ import pytest
 from dedupd import handles, testpoints
 from dedupd.files.events import FileEvent
 from dedupd.forkpipe import ChildFailed
+from dedupd.scan import walkproc
 from dedupd.scan.walk import DirListed, WalkOptions, normalize_roots
 from dedupd.scan.walkproc import ForkedWalk
 from tests.fixtures.procs import children
@@ -109,3 +110,60 @@ def test_a_process_killed_mid_walk_fails_it_without_a_hang(tmp_path: Path, at: b
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     assert set(children(os.getpid())) <= before
+
+
+@pytest.mark.parametrize("hold", [1_000_000, 5])
+def test_a_walk_started_before_its_digests_walks_what_one_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hold: int) -> None:
+    """ForkedWalk(later=True), as `dedupd scan` starts it: the walk goes ahead before
+    the digests are read (holding what it lists: all of it, or HOLD_MAX entries and
+    then it waits); once start() gives them, the same events, directories and
+    counters as a walk that had them from the start."""
+    monkeypatch.setattr(walkproc, "HOLD_MAX", hold)  # the walk processes inherit it
+    tree(tmp_path)
+    _, first, _ = walked(tmp_path, 1, {})
+    known = {d.path: (d.digest, os.lstat(tmp_path).st_dev) for d in first}
+    os.utime(tmp_path / "d1" / "d2" / "f1")  # one directory changed: its files come
+    files, listed, one = walked(tmp_path, 1, known)
+    roots = normalize_roots([tmp_path])
+    with handles.anchored(roots):
+        early = ForkedWalk(roots, WalkOptions(), 16, workers=4, later=True)
+        time.sleep(0.2)  # the walk has listed (and held) the tree, or HOLD_MAX of it
+        early.start(known)
+        items = [e for b in early.batches() for e in b]
+    assert sorted(e for e in items if isinstance(e, FileEvent)) == sorted(files)
+    assert len(files) == 3
+    early_listed = [d for d in items if isinstance(d, DirListed)]
+    assert set(early_listed) == set(listed) and len(early_listed) == len(listed) == 85
+    assert early.stats == one.stats and early.files == one.files
+
+
+def test_a_first_scans_early_walk_is_one_process(tmp_path: Path) -> None:
+    """No digests (a first scan): every file comes, walked by the first process alone
+    (the others are there, and stopped unused: the feeders need the cores)."""
+    tree(tmp_path, 2)
+    files, listed, one = walked(tmp_path, 1, {})
+    roots = normalize_roots([tmp_path])
+    with handles.anchored(roots):
+        early = ForkedWalk(roots, WalkOptions(), 16, workers=4, later=True)
+        early.start({})
+        items = [e for b in early.batches() for e in b]
+    assert sorted(e for e in items if isinstance(e, FileEvent)) == sorted(files)
+    assert len(files) == 20 * 3 and not any(d.same for d in listed)
+    assert early.stats == one.stats and early.relayed == 0
+
+
+def test_an_early_walk_whose_digests_never_come_ends(tmp_path: Path) -> None:
+    """The scan failed before it read the index (bad config, index from a newer
+    dedupd): close() ends every walk process, at once, holding or waiting."""
+    tree(tmp_path, 2)
+    before = set(children(os.getpid()))
+    roots = normalize_roots([tmp_path])
+    with handles.anchored(roots):
+        for wait in (0.0, 0.2):  # still walking; done and waiting for the digests
+            early = ForkedWalk(roots, WalkOptions(), 16, workers=4, later=True)
+            time.sleep(wait)
+            t = time.monotonic()
+            early.close()
+            assert time.monotonic() - t < 5
+            assert set(children(os.getpid())) <= before
