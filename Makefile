@@ -27,10 +27,15 @@ debs:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The checkout on the path by a plain .pth line (setuptools' compat editable mode):
+# the default editable install imports a finder (pathlib, urllib...) at every
+# interpreter start, 10 ms of each `dedupd` command that an installed dedupd
+# (`make install`) does not pay. Where that mode is gone, the default one.
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat 2>/dev/null \
+		|| $(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 test: deps
