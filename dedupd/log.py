@@ -6,7 +6,6 @@ priority so the journal keeps the level; --log-json writes one JSON object per l
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -29,6 +28,8 @@ class _Formatter(logging.Formatter):
             doc = {"time": round(record.created, 3), "level": record.levelname.lower(),
                    "logger": record.name, "msg": msg}
             doc.update(getattr(record, "fields", {}))
+            import json  # here: `dedupd scan` forks its walk before json is needed
+
             line = json.dumps(doc, ensure_ascii=True)
         elif self.journal:
             line = f"{record.name}: {msg}"

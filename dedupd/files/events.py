@@ -6,6 +6,11 @@ import os
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+# the device of a known directory without a file of its own (Store.known_digests):
+# its digest alone decides whether the walk skips it, as it has nothing to record.
+# Here, not in the index: the walk is forked before the index (SQLite) is imported
+NO_DEV = -1
+
 
 class FileEvent(NamedTuple):
     """One regular file as the walk saw it. Paths are bytes: names need not be UTF-8.

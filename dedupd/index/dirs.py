@@ -16,9 +16,6 @@ from typing import Any
 from dedupd.index.db import Db, IndexError_
 
 SUBTREE_BATCH = 500
-# the device of a known directory without a file of its own (Store.known_digests):
-# its digest alone decides whether the walk skips it, as it has nothing to record
-NO_DEV = -1
 
 
 def split(path: bytes) -> tuple[bytes, bytes]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from dedupd.errors import DedupdError, TemporaryFailure
-from dedupd.files.events import FileEvent, Ident
+from dedupd.files.events import NO_DEV, FileEvent, Ident
 from dedupd.files.fsid import HostIdentity, host_identity
 from dedupd.index.bulk import Bulk
 from dedupd.index.db import (
@@ -34,7 +34,7 @@ from dedupd.index.db import (
     is_psycopg_error,
     to_s64,
 )
-from dedupd.index.dirs import NO_DEV, DirTree, join, split, subtree_sql
+from dedupd.index.dirs import DirTree, join, split, subtree_sql
 from dedupd.index.fsmap import FsMap, Unreachable
 from dedupd.index.migrate import open_index, put_meta
 from dedupd.index.names import Names

@@ -21,8 +21,7 @@ from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Any, Protocol
 
 from dedupd import handles, testpoints
-from dedupd.files.events import FileEvent, Problem, WalkStats
-from dedupd.index.dirs import NO_DEV
+from dedupd.files.events import NO_DEV, FileEvent, Problem, WalkStats
 
 
 @dataclass(frozen=True)
