@@ -83,40 +83,44 @@ def unpack(store: Store, answer: bytes) -> list[tuple[int, list[IndexedFile]]] |
     """The groups (size, files) of a kept answer, as the index has their inodes now
     and with each filesystem's current st_dev; None when one is gone from the index,
     or no longer has its group's size and full hash, or its filesystem is not
-    reachable now."""
+    reachable now. (It runs beside an unchanged rescan's walk, once per member: one
+    dict per filesystem keyed by the stored inode number, no per-row conversion.)"""
     from dedupd.index.store import BATCH, IndexedFile, chunks
 
     sizes, counts, fss, inos, npaths, dirs, names, check = marshal.loads(
         zlib.decompress(answer))
-    rows: dict[tuple[int, int], tuple[Any, ...]] = {}
     p = store.db.p
+    rows: dict[int, dict[int, tuple[Any, ...]]] = {}
     for fs in set(fss):
+        got = rows[fs] = {}
         mine = [to_s64(i) for f, i in zip(fss, inos, strict=True) if f == fs]
         for part in chunks(mine, BATCH):
             for r in store.db.rows(
                     f"SELECT ino, size, mtime_ns, mtime_ns + ctime_delta, head, \"full\", "
                     f"unstable FROM inodes WHERE fs = {p} AND ino IN "
                     f"({store.db.marks(len(part))})", (fs, *part)):
-                rows[(fs, from_s64(r[0]))] = tuple(r[1:])
+                got[r[0]] = r
     found = store.dirs.paths(set(dirs))
     where = {d: path.rstrip(b"/") + b"/" for d, path in found.items()}
-    devs = {fs: dev for fs in set(fss) if (dev := store.dev_of(fs)) is not None}
-    if len(devs) < len(set(fss)) or len(where) < len(set(dirs)) or \
+    devs = {fs: dev for fs in rows if (dev := store.dev_of(fs)) is not None}
+    if len(devs) < len(rows) or len(where) < len(set(dirs)) or \
             _dirs_check(found.items()) != check:
         return None
     names_of = [where[d] + name for d, name in zip(dirs, names, strict=True)]
     out, k, at = [], 0, 0
     for size, count in zip(sizes, counts, strict=True):
         group = []
-        full = rows.get((fss[k], inos[k]), (None,) * 6)[4]
-        for fs, ino, n in zip(fss[k:k + count], inos[k:k + count], npaths[k:k + count],
-                              strict=True):
-            r = rows.get((fs, ino))
-            if r is None or r[0] != size or r[4] is None or r[4] != full:
+        full = None
+        for j in range(k, k + count):
+            fs, ino = fss[j], inos[j]
+            r = rows[fs].get(to_s64(ino))
+            if r is None or r[1] != size or r[5] is None or (full is not None and r[5] != full):
                 return None
-            group.append(IndexedFile(devs[fs], ino, size, r[1], r[2],
-                                     None if r[3] is None else from_s64(r[3]), bytes(r[4]),
-                                     r[5], tuple(names_of[at:at + n])))
+            full = r[5]
+            n = npaths[j]
+            group.append(IndexedFile(devs[fs], ino, size, r[2], r[3],
+                                     None if r[4] is None else from_s64(r[4]), bytes(full),
+                                     r[6], tuple(names_of[at:at + n])))
             at += n
         k += count
         out.append((size, group))
