@@ -25,6 +25,11 @@ class HashWriter:
             self.put(u for g in res.groups for u in g.updates)
 
     def put(self, updates: Iterable[HashUpdate], gone: Iterable[Key] = ()) -> None:
+        held = self.store.held
+        if held is not None:  # rows not written yet take their hashes in memory
+            updates = held.fill(updates)
+            gone = list(gone)
+            held.drop(gone)
         self.updates.extend(updates)
         self.gone.extend(gone)
         if len(self.updates) >= self.batch:

@@ -24,6 +24,11 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
     """See Store.record. keyed: (filesystem id, event) pairs."""
     from dedupd.index.store import BATCH, IndexedFile, RecordResult, chunks
 
+    held = store.held
+    if held is not None:  # rows held back in memory (held.py) that this batch must find
+        rows = held.next_batch((e.dev, e.ino) for _fs, e in keyed)
+        if rows:  # in key order: each B-tree page met once, not once per row
+            store.bulk.upsert_inodes(c, sorted(rows))
     by_key: dict[Key, FileEvent] = {}
     extra: dict[Key, list[bytes]] = {}  # every name of an inode met twice (hardlinks)
     by_dir: dict[int, dict[bytes, Key]] = defaultdict(dict)
@@ -69,6 +74,7 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
     upserts: list[tuple[Any, ...]] = []
     touched: dict[int, list[int]] = defaultdict(list)
     files: list[IndexedFile] = []
+    hold: dict[tuple[int, int], list[Any]] | None = None if held is None else {}
     for k, e in by_key.items():
         # (size, mtime_ns, ctime_ns, unstable, head, full); None: not this file's
         o = old.get(k) if k[0] not in renumbered or k in vouched else None
@@ -81,8 +87,12 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
             continue
         new, changed = (new + 1, changed) if o is None else (new, changed + 1)
         unstable = 0 if o is None else o[3] + 1
-        upserts.append((*k, e.size, e.mtime_ns, e.ctime_ns - e.mtime_ns, None, None, scan_id,
-                        unstable))
+        if o is None and hold is not None and k[0] not in renumbered:
+            hold[(e.dev, e.ino)] = [*k, e.size, e.mtime_ns, e.ctime_ns - e.mtime_ns, None, None,
+                                    scan_id, 0]
+        else:
+            upserts.append((*k, e.size, e.mtime_ns, e.ctime_ns - e.mtime_ns, None, None,
+                            scan_id, unstable))
         files.append(IndexedFile(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
                                  None, None, unstable, paths))
     erows: list[tuple[Any, ...]] = []
@@ -99,6 +109,8 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
                 store.orphans_maybe = True
         for part in chunks(same, BATCH):
             store.bulk.touch_entries(c, scan_id, did, part)
+    if held is not None and hold:
+        held.hold(hold)
     if upserts:
         store.bulk.upsert_inodes(c, upserts)
     for fs, inos in touched.items() if touch_inodes else ():
@@ -109,7 +121,12 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
         _drop_claimed(store, c, claimed, {(did, n) for did, ents in by_dir.items() for n in ents})
     if erows:
         store.bulk.upsert_entries(c, erows)
-    _digests(store, c, scan_id, list(by_dir), digests, created)
+    if held is None:
+        _digests(store, c, scan_id, list(by_dir), digests, created)
+    else:
+        _digests(store, c, scan_id, list(by_dir), (), created)
+        if due := held.defer(digests):
+            store_digests(store, c, scan_id, due)
     return RecordResult(new, changed, sum(len(v) for v in touched.values()), tuple(files))
 
 
@@ -158,6 +175,13 @@ def _digests(store: Store, c: Any, scan_id: int, written: list[int],
     if fresh:
         c.executemany(f"UPDATE directories SET digest = {p} WHERE id = {p}",
                       [(g, d) for d, g in fresh.items()])
+
+
+def store_digests(store: Store, c: Any, scan_id: int,
+                  digests: Sequence[tuple[bytes, bytes]]) -> None:
+    """Store listing digests held back (held.py) past the batch that recorded their
+    directories' last files: as _digests would have, had they come with it."""
+    _digests(store, c, scan_id, [], digests, set())
 
 
 def forget_unseen(store: Store, cur: Any, scan_id: int, roots: Sequence[bytes],

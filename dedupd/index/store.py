@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from dedupd.errors import DedupdError, TemporaryFailure
 from dedupd.files.events import NO_DEV, FileEvent, Ident
 from dedupd.files.fsid import HostIdentity, host_identity
-from dedupd.index.bulk import Bulk
+from dedupd.index.bulk import HEADLESS_MAX, Bulk
 from dedupd.index.db import (
     BATCH,
     Db,
@@ -36,9 +36,10 @@ from dedupd.index.db import (
 )
 from dedupd.index.dirs import DirTree, join, split, subtree_sql
 from dedupd.index.fsmap import FsMap, Unreachable
+from dedupd.index.held import HeldRows
 from dedupd.index.migrate import open_index, put_meta
 from dedupd.index.names import Names
-from dedupd.index.record import forget_unseen, record_batch
+from dedupd.index.record import forget_unseen, record_batch, store_digests
 
 _tables = itertools.count()  # temporary table names, unique in the process
 log = logging.getLogger("dedupd.index")
@@ -142,6 +143,8 @@ class Store(Names):
         self.compact_due = False  # see finish_scan
         self._written: dict[int, int] = defaultdict(int)  # scan id -> inode rows written
         self._written_lock = threading.Lock()
+        # new inode rows held until their hashes come (held.py; a scan with feeders)
+        self.held: HeldRows | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -274,6 +277,25 @@ class Store(Names):
         if compact and self.compact_due:
             self.compact()
         return n
+
+    def hold_new_rows(self) -> None:
+        """From now on, record() holds new inode rows a few batches (held.py): hashes
+        learnt meanwhile go in with them. release_held() writes what is left."""
+        self.held = HeldRows(HEADLESS_MAX)
+
+    def release_held(self, scan_id: int) -> None:
+        """Write every row and directory digest still held, and hold no more."""
+        held, self.held = self.held, None
+        if held is None:
+            return
+        rows, digests = held.release()
+        if not rows and not digests:
+            return
+        with self.db.tx() as cur:
+            if rows:
+                self.bulk.upsert_inodes(cur, sorted(rows))  # key order, as record's
+            if digests:
+                store_digests(self, cur, scan_id, digests)
 
     def compact(self) -> None:
         """VACUUM a SQLite index: rewrite it with full pages, free pages returned.

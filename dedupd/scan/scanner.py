@@ -109,6 +109,7 @@ def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
         try:
             return _scan(store, norm, opts, progress, walking)
         finally:
+            store.held = None  # a failed scan writes no row it held, as if killed (held.py)
             if walking is not None:
                 walking.close()
 
@@ -132,6 +133,8 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
         walker = ForkedWalk(norm, wopts, RECORD_BATCH, known,
                             RESCAN_WALKERS if known else 1) if WALK_PROC else None
     pre = _early_hashing(store, stability, answer)
+    if not isinstance(pre, NoEarlyHashing):  # hashes read early go in with new rows
+        store.hold_new_rows()
     # threads only after the forks above
     ahead = GroupsAhead(store, norm, opts.min_size) if walker and 0 < len(known) <= \
         AHEAD_MAX_DIRS and not answer.likely() else None
@@ -170,6 +173,7 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     if progress:  # the files handed to the feeders, done when they are
         progress.phase("hash", pre.files)
     early = pre.close()
+    store.release_held(scan_id)  # before anything reads the index's rows
     if progress and early is not None:
         progress.update(pre.files, pre.stats.bytes_read)
     new, changed, unchanged = rec.new, rec.changed, rec.unchanged

@@ -1,0 +1,48 @@
+"""HeldRows (dedupd/index/held.py): new inode rows held a few record batches so that
+their hashes are written with them."""
+
+from __future__ import annotations
+
+from dedupd.index.bulk import HEADLESS_MAX
+from dedupd.index.held import LAG, HeldRows
+from dedupd.index.store import HashUpdate
+
+BIG = HEADLESS_MAX + 1
+
+
+def row(ino: int, size: int) -> list[object]:
+    return [1, ino, size, 1000, 5, None, None, 7, 0]
+
+
+def test_hashes_fill_the_held_rows_and_the_rest_go_to_the_index() -> None:
+    h = HeldRows(HEADLESS_MAX)
+    h.next_batch([])
+    h.hold({(9, 1): row(1, 10), (9, 2): row(2, BIG), (9, 3): row(3, BIG)})
+    rest = h.fill([
+        HashUpdate(9, 1, 11, b"f1", (10, 1000, 1005)),  # small, whole: its head is dropped
+        HashUpdate(9, 2, 22, None, (BIG, 1000, 1005)),  # a large file's head first ...
+        HashUpdate(9, 2, 2 ** 64 - 1, b"f2", (BIG, 1000, 1005)),  # ... then whole: kept
+        HashUpdate(9, 3, 33, b"f3", (BIG, 1000, 999)),  # read at another stat: dropped
+        HashUpdate(9, 4, 44, b"f4", None),  # not held: for the index's UPDATE
+    ])
+    assert rest == [HashUpdate(9, 4, 44, b"f4", None)]
+    out = {r[1]: r for r in h.next_batch([])}  # filled rows go at the next batch
+    assert set(out) == {1, 2}
+    assert out[1][5:7] == [None, b"f1"]
+    assert out[2][5:7] == [-1, b"f2"]  # signed, as the index stores it
+    assert h.release() == ([row(3, BIG)], [])
+
+
+def test_rows_and_digests_wait_lag_batches_and_a_batch_takes_its_own_inodes() -> None:
+    h = HeldRows(HEADLESS_MAX)
+    h.next_batch([])
+    h.hold({(9, 1): row(1, 10), (9, 2): row(2, 10)})
+    assert h.defer([(b"/d", b"digest")]) == []
+    assert [r[1] for r in h.next_batch([(9, 2)])] == [2]  # another name of inode 2
+    for _ in range(LAG - 2):
+        assert h.next_batch([]) == [] and h.defer([]) == []
+    assert [r[1] for r in h.next_batch([])] == [1]  # LAG batches old
+    assert h.defer([]) == [(b"/d", b"digest")]  # every row of its batch is written
+    h.hold({(9, 5): row(5, 10)})
+    h.drop([(9, 5)])  # found gone: not written
+    assert h.release() == ([], [])
