@@ -49,7 +49,8 @@ class HeldRows:
         self.seq = 0
 
     def next_batch(self, keys: Iterable[tuple[int, int]]) -> list[Row]:
-        """Start a record batch (its files' (dev, ino)): the held rows to write in its
+        """Start a record batch (the (dev, ino) of its files that may have been met
+        before: another name of a hardlinked inode): the held rows to write in its
         transaction: those of its own inodes (so that the batch finds them), those
         whose hashes came, and those LAG batches old."""
         self.seq += 1

@@ -26,7 +26,8 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
 
     held = store.held
     if held is not None:  # rows held back in memory (held.py) that this batch must find
-        rows = held.next_batch((e.dev, e.ino) for _fs, e in keyed)
+        # another name of an inode held (a hardlink: a file of one link is named once)
+        rows = held.next_batch([(e.dev, e.ino) for _fs, e in keyed if e.nlink > 1])
         if rows:  # in key order: each B-tree page met once, not once per row
             store.bulk.upsert_inodes(c, sorted(rows))
     by_key: dict[Key, FileEvent] = {}

@@ -230,11 +230,15 @@ class Store(Names):
         directory this batch writes into loses its stored digest.
         """
         keyed = []
+        known: dict[int, int] = {}  # dev -> fs, for this batch (one call per file costs)
         for e in events:
-            try:
-                keyed.append((self.fs_of(e.dev, e.path), e))
-            except Unreachable:
-                continue  # its directory vanished since the walk: the next scan decides
+            fs = known.get(e.dev)
+            if fs is None:
+                try:
+                    fs = known[e.dev] = self.fs_of(e.dev, e.path)
+                except Unreachable:
+                    continue  # its directory vanished since the walk: the next scan decides
+            keyed.append((fs, e))
         try:
             with self.db.tx() as c:
                 res = record_batch(self, c, scan_id, keyed, touch_inodes, digests)
