@@ -36,6 +36,7 @@ CHUNK_FILES, CHUNK_BYTES = 16, 1024 * 1024  # reads per task (at most)
 HEAD_BATCH = 4096  # first reads per batch, in inode order
 READERS = 4  # threads reading files (several reads in flight keep the device busy)
 PREFETCH = 8  # files opened (and asked for with WILLNEED) ahead of the one read
+COLD_MISSES = 3  # page cache misses in a row that make read_many prefetch (a cold cache)
 WINDOW_BYTES = 1024 * 1024 * 1024  # whole-file bytes per window, in disk order (at most)
 
 if TYPE_CHECKING:  # imported when a pool is made: `dedupd scan` mostly has none
@@ -75,12 +76,15 @@ def disk_order(jobs: list[_J]) -> list[_J]:
 
 def read_many(jobs: Sequence[_J]) -> Iterator[tuple[_J, Got | Problem]]:
     """Read jobs in order. While the page cache holds what they read, one at a time
-    (read_cached); from the first that it does not hold on (a cold cache), opening
-    up to PREFETCH files ahead (WILLNEED): the disk then has a queue to work on
-    while this thread hashes."""
+    (read_cached); from COLD_MISSES misses in a row on (a cold cache), opening up
+    to PREFETCH files ahead (WILLNEED): the disk then has a queue to work on while
+    this thread hashes. A miss alone is read alone: on a warm cache, a file another
+    reader read only the start of still carries the kernel's readahead mark past
+    it, which fails RWF_NOWAIT although every byte is cached (after `jdupes -r`,
+    most files of the real bench tree: the rest of each batch went the slow way)."""
     ahead: deque[tuple[_J, int | Problem]] = deque()
     nxt = 0
-    warm = True
+    warm, misses = True, 0
     dirs = Dirs()
     try:
         while nxt < len(jobs) or ahead:
@@ -88,11 +92,16 @@ def read_many(jobs: Sequence[_J]) -> Iterator[tuple[_J, Got | Problem]]:
                 j = jobs[nxt]
                 if cacheable(j[0], j[1]):
                     got = read_cached(j[0], j[1], dirs)
+                    nxt += 1
                     if got is not None:
-                        nxt += 1
+                        misses = 0
                         yield j, got
                         continue
-                    warm = False
+                    misses += 1
+                    warm = misses < COLD_MISSES
+                    fd = open_ahead(j[0], j[1], dirs)
+                    yield j, (fd if isinstance(fd, Problem) else read_one(j[0], j[1], fd))
+                    continue
             while nxt < len(jobs) and len(ahead) <= PREFETCH:
                 j = jobs[nxt]
                 ahead.append((j, open_ahead(j[0], j[1], dirs)))

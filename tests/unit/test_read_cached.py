@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import xxhash
 
 from dedupd.files.events import Problem
@@ -102,3 +103,39 @@ def test_a_filesystem_without_nowait_reads_is_read_the_usual_way() -> None:
                           xxhash.xxh3_128_digest(b"q" * 5000), 5000)
     finally:
         shm.unlink()
+
+
+def test_one_file_the_cache_lost_is_read_alone_and_the_rest_still_from_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a miss among cached files (a readahead mark left by another reader, an evicted
+    # file) is read the slow way alone; misses in a row (a cold cache) prefetch
+    from dedupd.hashing import engine
+
+    paths = [tmp_path / f"f{i}" for i in range(8)]
+    for p in paths:
+        p.write_bytes(os.urandom(20_000))
+    files = [indexed(p) for p in paths]
+    tried: list[bytes] = []
+    slow: list[bytes] = []
+    cached_read, open_ahead = engine.read_cached, engine.open_ahead
+
+    def counted(f: IndexedFile, full: bool, dirs: Dirs) -> Got | Problem | None:
+        tried.append(f.path)
+        return cached_read(f, full, dirs)
+
+    def opened(f: IndexedFile, full: bool, dirs: Dirs | None = None) -> int | Problem:
+        slow.append(f.path)
+        return open_ahead(f, full, dirs)
+
+    monkeypatch.setattr(engine, "read_cached", counted)
+    monkeypatch.setattr(engine, "open_ahead", opened)
+    want = [read_one(f, True) for f in files]
+    evict(paths[1])
+    assert [g for _, g in read_many([(f, True) for f in files])] == want
+    assert slow == [files[1].path] and len(tried) == 8
+    tried.clear()
+    slow.clear()
+    for p in paths:
+        evict(p)
+    assert [g for _, g in read_many([(f, True) for f in files])] == want
+    assert len(tried) == engine.COLD_MISSES and len(slow) == 8
