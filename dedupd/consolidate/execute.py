@@ -157,7 +157,10 @@ class Executor:
         while the next is read; the round ends with a sync of the last one."""
         raw = os.environ.get(BATCH_ENV, "")
         max_files = int(raw) if raw.isdigit() and int(raw) > 0 else BATCH_FILES
-        max_files = min(max_files, _fd_budget())
+        # the worker holds up to three handles a staged copy (its temp file, its source
+        # and, the layout spreading them, its archive directory): half the budget's
+        # files keep them within it (all of them overran a hard limit of 1024)
+        max_files = min(max_files, max(1, _fd_budget() // 2))
         try:
             batch = _Batch()
             for it in items:
