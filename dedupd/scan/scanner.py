@@ -101,10 +101,13 @@ def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
          progress: Progress | None = None, walking: ForkedWalk | None = None) -> ScanReport:
     """Index the trees under roots and return the duplicate groups among them.
     walking: their walk, started already (walkproc.ForkedWalk, later=True) with these
-    roots and options; the scan gives it the known digests and closes it.
+    roots and options; the scan gives it the known digests and closes it, and is of
+    the roots it walks (walking.roots).
 
     Every read is resolved beneath the roots (handles.py), never through a symlink."""
-    norm = normalize_roots(roots)
+    # a walk started already has its roots: normalized again, a path holding a
+    # symlink repointed since would name another tree than the one walked
+    norm = walking.roots if walking is not None else normalize_roots(roots)
     with handles.anchored(norm, cross_mounts=opts.cross_mounts), forkpipe.rare_gc():
         try:
             return _scan(store, norm, opts, progress, walking)

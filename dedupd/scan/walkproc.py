@@ -240,6 +240,7 @@ class ForkedWalk:
     def __init__(self, roots: Sequence[bytes], opts: WalkOptions, n: int,
                  known: Mapping[bytes, tuple[bytes, int]] | None = None,
                  workers: int = 1, *, later: bool = False) -> None:
+        self.roots = list(roots)  # the normalized roots it walks (scan() records these)
         self.stats = WalkStats()
         self.files = self.nbytes = 0
         self.procs: list[tuple[int, int, int]] = []  # (pid, to, frm) of each process

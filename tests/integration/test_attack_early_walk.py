@@ -1,0 +1,68 @@
+"""`dedupd scan` forks its walk before it opens the index (walkproc ForkedWalk with
+later=True), so the scan's roots are known to two parties: the walk, and the scan
+that records and answers for them. A real unprivileged user owns the symlink root
+is asked to scan, and points it elsewhere while the index is being opened: the walk
+and the scan must still agree on one tree (the one walked), or the scan records one
+tree's files as another's, forgets the other's and its answer names the wrong roots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dedupd.cli import main
+from dedupd.commands import scan as scan_cmd
+from tests.fixtures.attacker import User, reachable
+from tests.integration.test_attack_rescan import blob, put
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def two_trees(tmp_path: Path, attacker: User) -> Iterator[tuple[Path, Path, Path]]:
+    """a and b, each with one pair of duplicates; the attacker's directory with `link`."""
+    a, b, atk = tmp_path / "a", tmp_path / "b", tmp_path / "atk"
+    for t, c in ((a, "x"), (b, "y")):
+        put(t / "d" / "1", blob(c))
+        put(t / "d" / "2", blob(c))
+    atk.mkdir()
+    attacker.owns(atk)
+    reachable(atk)
+    attacker.run('ln -s "$2" "$1/link"', str(atk), str(a))
+    yield a, b, atk / "link"
+
+
+def cli_scan(db: str, root: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    assert main(["scan", "--json", "--db", db, str(root)]) == 0
+    doc: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return doc
+
+
+def test_a_root_repointed_while_the_index_opens_is_one_tree_for_walk_and_scan(
+        two_trees: tuple[Path, Path, Path], attacker: User, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, link = two_trees
+    db = f"sqlite:///{tmp_path / 'db'}"
+    for t in (a, b):
+        assert cli_scan(db, t, capsys)["stats"]["files_hashed"] == 2
+    real_open = scan_cmd.open_index
+
+    def repointed(args: Any) -> Any:  # the walk has its roots (a) by now
+        attacker.run('ln -sfn "$2" "$1"', str(link), str(b))
+        return real_open(args)
+
+    monkeypatch.setattr(scan_cmd, "open_index", repointed)
+    doc = cli_scan(db, link, capsys)
+    monkeypatch.undo()
+    paths = {p for g in doc["groups"] for p in g["paths"]}
+    assert paths == {str(a / "d" / "1"), str(a / "d" / "2")}  # what was walked
+    # neither tree lost anything: each rescan reads nothing and reports its pair
+    for t in (a, b):
+        again = cli_scan(db, t, capsys)
+        assert again["stats"]["bytes_read"] == 0, (t, again["stats"])
+        assert {p for g in again["groups"] for p in g["paths"]} == \
+            {str(t / "d" / "1"), str(t / "d" / "2")}
