@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     # The walk first: its processes are forked before the index, SQLite and the
     # scanner are imported (a rescan's walk is most of its time; docs/schema.md),
     # and get the index's known digests from the scan once it has read them.
+    from dedupd.errors import DedupdError
+    from dedupd.forkpipe import ChildFailed
     from dedupd.scan.walk import WalkOptions, normalize_roots
     from dedupd.scan.walkproc import BATCH, RESCAN_WALKERS, ForkedWalk
 
@@ -67,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             with open_progress(args.progress) as prog:
                 report = scan(store, args.paths, opts, progress=prog, walking=walking)
+        except ChildFailed as e:  # a walk or hashing process died (killed): no answer
+            raise DedupdError(f"the scan failed: {e}") from None
         finally:
             store.close()
     finally:

@@ -281,7 +281,10 @@ class ForkedWalk:
         self.memfd = -1
         self.flag[1] = _PUBLISHED
         for _pid, to, _frm in self.procs:
-            os.write(to, b"k")  # one byte: a process waiting for them wakes
+            # one byte: a process waiting for them wakes; one that died (killed) is
+            # reported by batches() as it reads the walk (ChildFailed), not here
+            with contextlib.suppress(BrokenPipeError):
+                os.write(to, b"k")
         self.share = bool(known)  # a first scan's walk stays one process
 
     def batches(self) -> Iterator[list[Any]]:

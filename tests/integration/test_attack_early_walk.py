@@ -8,6 +8,8 @@ tree's files as another's, forgets the other's and its answer names the wrong ro
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,9 @@ import pytest
 
 from dedupd.cli import main
 from dedupd.commands import scan as scan_cmd
+from dedupd.scan import walkproc
 from tests.fixtures.attacker import User, reachable
+from tests.fixtures.procs import children
 from tests.integration.test_attack_rescan import blob, put
 
 pytestmark = pytest.mark.integration
@@ -66,3 +70,35 @@ def test_a_root_repointed_while_the_index_opens_is_one_tree_for_walk_and_scan(
         assert again["stats"]["bytes_read"] == 0, (t, again["stats"])
         assert {p for g in again["groups"] for p in g["paths"]} == \
             {str(t / "d" / "1"), str(t / "d" / "2")}
+
+
+@pytest.mark.parametrize("which", ["one", "all"])
+def test_walk_processes_killed_before_the_digests_come_fail_the_scan_clearly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        which: str) -> None:
+    """The early walk's processes die (the OOM killer) while the index opens: the scan
+    fails with a message and exit 1, not silently and not with a traceback; it keeps
+    no answer: the next scan reports the tree."""
+    root, db = tmp_path / "t", f"sqlite:///{tmp_path / 'db'}"
+    for i in range(20):
+        put(root / f"d{i}" / "1", blob("x"))
+        put(root / f"d{i}" / "2", blob("y"))
+    assert len(cli_scan(db, root, capsys)["groups"]) == 2
+    put(root / "d0" / "3", blob("z"))
+    put(root / "d1" / "3", blob("z"))
+    real_open = scan_cmd.open_index
+
+    def killed(args: Any) -> Any:
+        kids = children(os.getpid())
+        assert len(kids) == walkproc.RESCAN_WALKERS
+        for pid in kids if which == "all" else kids[:1]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+        return real_open(args)
+
+    monkeypatch.setattr(scan_cmd, "open_index", killed)
+    assert main(["scan", "--db", db, str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "dedupd: error:" in err and "walk" in err and "Traceback" not in err, err
+    monkeypatch.undo()
+    assert len(cli_scan(db, root, capsys)["groups"]) == 3
