@@ -42,6 +42,7 @@ def _rclone_wrapper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut_key: st
     script = bindir / "rclone"
     script.write_text(f"""#!/bin/sh
 for a; do last=$a; done
+echo "$1 $last" >> {tmp_path}/verbs.log
 if [ "$1" = rcat ]; then
   echo "$last" >> {log}
   case "$last" in
@@ -94,6 +95,9 @@ def test_full_chunks_go_up_live_once(tmp_path: Path, zpool: Any, rclone_conf: Pa
     assert sorted(rcats) == [f"{i:06d}.zst" for i in range(r.chunks)]
     assert set(rcats.values()) == {1}, rcats
     _only_the_manifests_chunks(tmp_path / "remote", r.chunks)
+    # nothing to delete: the upload started ahead and killed left no empty object
+    verbs = Counter(x.split()[0] for x in (tmp_path / "verbs.log").read_text().splitlines())
+    assert set(verbs) == {"backend", "rcat"}, verbs
 
 
 def _only_the_manifests_chunks(remote: Path, chunks: int) -> None:

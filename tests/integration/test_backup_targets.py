@@ -143,6 +143,55 @@ def test_rclone_local_backend_is_recognised_from_its_features(rclone_conf: Path,
     assert local_dir("mots3", f"{s3_bucket}/p") is None
 
 
+def test_rclone_local_live_upload_started_ahead_and_killed_leaves_nothing(
+        rclone_conf: Path, tmp_path: Path) -> None:
+    """An upload started ahead for a chunk that never comes is killed unfed: on a
+    local remote no (empty) object may be left behind (it would be a stray to
+    delete, one more rclone process per run). A shorter body than the size
+    given is stored as it is (the stream's last chunk goes up live)."""
+    import time
+
+    from dedupd.backup.targets import begin_put
+
+    root = tmp_path / "r"
+    root.mkdir()
+    t = make_target(TargetConfig(kind="rclone", remote="loc", path=str(root),
+                                 config=rclone_conf, **FAST))  # type: ignore[arg-type]
+    live = begin_put(t, "j/chunks/a/000001.zst", 1 << 20, "STANDARD")
+    assert live is not None and live.takes_short
+    time.sleep(1.0)  # rclone is up and waiting for its body
+    live.abort()
+    assert not (root / "j/chunks/a/000001.zst").exists()
+    short = begin_put(t, "j/chunks/a/000002.zst", 1 << 20, "STANDARD")
+    assert short is not None
+    short.write(memoryview(b"z" * 1000))
+    assert short.finish()
+    assert (root / "j/chunks/a/000002.zst").read_bytes() == b"z" * 1000
+
+
+def test_rclone_local_delete_and_purge_without_rclone(rclone_conf: Path,
+                                                      tmp_path: Path) -> None:
+    """A local remote's objects and folders are deleted in place: a missing one is
+    no error, a folder's symlink is removed and never followed."""
+    root = tmp_path / "r"
+    root.mkdir()
+    t = make_target(TargetConfig(kind="rclone", remote="loc", path=str(root),
+                                 config=rclone_conf, **FAST))  # type: ignore[arg-type]
+    _put(t, "j/chunks/a/000000.zst", b"x" * 10)
+    _put(t, "j/manifests/a.json", b"{}")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_bytes(b"k")
+    (root / "j/chunks/a/link").symlink_to(outside)
+    t.delete("j/manifests/a.json")
+    t.delete("j/manifests/a.json")
+    assert not (root / "j/manifests/a.json").exists()
+    t.delete_folder("j/chunks/a/")
+    t.delete_folder("j/chunks/a/")
+    assert not (root / "j/chunks/a").exists() and (outside / "keep").read_bytes() == b"k"
+    assert (root / "j/chunks").is_dir()
+
+
 def test_rclone_local_list_and_get_agree_with_rclone(rclone_conf: Path,
                                                      tmp_path: Path) -> None:
     """A local remote is listed and read without rclone: same keys and sizes as

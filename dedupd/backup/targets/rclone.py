@@ -4,8 +4,9 @@
 s3 does a single PUT (with --s3-upload-cutoff raised to 5G) rather than a
 multipart upload. HEAD is `lsjson --hash` on the object: SHA-256 where the
 remote knows it, MD5 otherwise (s3: the ETag of a single PUT); on a remote of
-type `local` dedupd reads, lists and hashes the files itself (same bytes, far
-faster, no process per request); uploads and deletions always go through rclone.
+type `local` dedupd reads, lists, hashes and deletes the files itself (same
+bytes and files, far faster, no process per request); uploads always go
+through rclone.
 Cold storage classes are not supported through rclone (use an s3 target).
 """
 
@@ -15,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import threading
@@ -149,21 +151,22 @@ class RcloneTarget:
         self._wait(f"rcat {key}", p)
 
     def begin_put(self, key: str, size: int, storage_class: str) -> LiveRcat:
-        """An `rclone rcat --size SIZE` of key, fed by the caller as the bytes are
-        produced (no spooled copy read back). The object is one PUT of exactly
-        `size` bytes, as put() makes it; confirming it is the caller's job.
+        """An `rclone rcat` of key, fed by the caller as the bytes are produced (no
+        spooled copy read back). The object is one PUT of exactly `size` bytes, as
+        put() makes it; confirming it is the caller's job.
 
-        On a local remote a shorter body is stored as it is (rclone checks no
-        length there), so a stream's shorter last chunk goes up live too; the
-        file is then not preallocated to the declared size, which would leave a
-        whole chunk's blocks allocated behind a short file. The size is declared
-        all the same: without it rclone hashes the whole stream for a check of
-        its own (~4x its CPU time per chunk), work the confirming HEAD does."""
-        local = self._local_dir() is not None
-        argv = self._rcat_argv(key, size, storage_class)
-        if local:
-            argv.insert(-1, "--local-no-preallocate")
-        return LiveRcat(argv, self.timeout, takes_short=local)
+        On a local remote no size is declared and rclone's own checksum is off
+        (--ignore-checksum): rclone then creates the file only once bytes come,
+        so an upload started ahead and killed unfed leaves nothing (with a size
+        it creates an empty file at once: a stray to delete, one more rclone
+        process per run), and a stream's shorter last chunk goes up live too
+        (rclone checks no length there). Without --ignore-checksum an undeclared
+        size makes rclone hash the whole stream for a check of its own (~4x its
+        CPU time per chunk), work the caller's confirming HEAD does anyway."""
+        if self._local_dir() is not None:
+            argv = self._argv("rcat", "--ignore-checksum", self.root + key)
+            return LiveRcat(argv, self.timeout, takes_short=True)
+        return LiveRcat(self._rcat_argv(key, size, storage_class), self.timeout)
 
     def _rcat_argv(self, key: str, size: int, storage_class: str) -> list[str]:
         extra = ["--size", str(size), "--s3-upload-cutoff", "5G"]
@@ -271,6 +274,10 @@ class RcloneTarget:
         return [o for o in out if o.key.startswith(prefix)] if start else out
 
     def delete(self, key: str) -> None:
+        local = self._local_dir()
+        if local is not None:  # what `rclone deletefile` does there, no process
+            _local_delete(local / key)
+            return
         r = proc.run(self._argv("deletefile", self.root + key), check=False,
                      timeout=self.timeout)
         if r.returncode in (3, 4) or "not found" in r.stderr or "doesn't exist" in r.stderr:
@@ -279,6 +286,10 @@ class RcloneTarget:
 
     def delete_folder(self, folder: str) -> None:
         check_folder(folder)
+        local = self._local_dir()
+        if local is not None:  # what `rclone purge` does there, no process
+            _local_purge(local / folder.rstrip("/"))
+            return
         # One `rclone purge` (the folder and all in it) instead of a process per object.
         r = proc.run(self._argv("purge", self.root + folder.rstrip("/")), check=False,
                      timeout=self.timeout)
@@ -395,6 +406,29 @@ def _local_list(root: Path, prefix: str) -> list[ObjectInfo]:
             if stat.S_ISREG(st.st_mode) and key.startswith(prefix):
                 out.append(ObjectInfo(key, st.st_size, None, None, "STANDARD"))
     return out
+
+
+def _local_delete(path: Path) -> None:
+    """Delete one object of a local remote; a missing one is no error (as for
+    `rclone deletefile`: deleting is idempotent)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise TargetError(f"{path}: {e.strerror or e}") from None
+
+
+def _local_purge(path: Path) -> None:
+    """Delete a folder of a local remote and all in it (symlinks are removed, never
+    followed); a missing folder is no error."""
+
+    def fail(_fn: object, p: str, exc: tuple[type[BaseException], BaseException, object]
+             ) -> None:
+        if not isinstance(exc[1], FileNotFoundError):
+            raise TargetError(f"{p}: {getattr(exc[1], 'strerror', None) or exc[1]}")
+
+    shutil.rmtree(path, onerror=fail)
 
 
 def _local_head(key: str, path: Path) -> ObjectInfo | None:
