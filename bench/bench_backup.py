@@ -5,10 +5,10 @@ interleaved rounds: `zfs send | zstd -3 > /dev/null`, the rivals
 `zfs send | zstd -3 | rclone rcat remote:file` (the seed design's pipeline) and
 `zfs send | zstd -3 | aws s3 cp - s3://bucket/key` (a multipart upload: 8 MiB
 parts, which dedupd never does), and `dedupd backup --full` to the same rclone
-local remote and S3 (moto_server on 127.0.0.1). Prints the best of N rounds and
-the range (the machine may be shared: best-of-N is the least disturbed
-figure), throughput (send-stream bytes / wall seconds), the ratio of each
-dedupd run to its rival (best vs best, and the range of per-round ratios), the
+local remote and S3 (moto_server on 127.0.0.1). Prints the median of N rounds
+and the range, throughput (send-stream bytes / median wall seconds), the ratio
+of each dedupd run to its rival (median vs median, and the median and range of
+the per-round ratios, each round's pair run back to back), the
 core-seconds spent on each run (ours, the zfs-fuse daemon's and moto_server's;
 not other users'), peak RSS of the dedupd process tree (GNU time), and peak
 temp disk (the spooled chunk, sampled from /proc/PID/fd). It also times each
@@ -16,6 +16,14 @@ target taking the same chunks alone (PUT + confirming HEAD, what dedupd's
 uploader does per chunk, nothing else running): when that alone is slower than
 the pipeline, no overlap can reach the pipeline's speed, and `ceiling` says how
 close it can get.
+
+Fairness: both sides send the same data from the same pool (dedupd its own new
+snapshot of it, as it does in use), with zstd -3 on one thread; the cache is
+warmed once for both; before every timed run dirty pages are written out
+(sync), so no run pays for the writeback of another's output; and the order of
+the pair alternates from round to round (rival first, then dedupd first), so
+neither always runs in the wake of the other. The machine may be shared: the
+load average is printed next to each size's figures.
 
     python bench/bench_backup.py [--data-mib 768[,4096]] [--chunk-mib 64]
         [--rounds 3[,2]] [--targets rclone,s3] [--no-detail]
@@ -38,6 +46,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,6 +157,9 @@ def zfs_fuse_pids() -> list[int]:
 
 
 def busy() -> float:
+    """CPU so far, after writing dirty pages out: a timed run never pays for the
+    writeback of an earlier run's output (called right before each timed run)."""
+    os.sync()
     return Cpu.now()
 
 
@@ -304,10 +316,12 @@ def print_summary(jobs: list[str], summary: list[tuple[int, dict[str, float],
     rivals = {"rclone": "zfs send | zstd -3 | rclone rcat (local remote)",
               "s3": "zfs send | zstd -3 | aws s3 cp - (MULTIPART, 8 MiB parts; dedupd: "
                     "one PUT per chunk)"}
-    print("throughput ratio dedupd / rival, best vs best (per-round range):")
+    print("throughput ratio dedupd / rival, median vs median (per-round ratios: "
+          "median, range):")
     for job in jobs:
-        cells = "   ".join(f"{mib} MiB: {r[job]:.2f} ({r[job + '-lo']:.2f}-"
-                           f"{r[job + '-hi']:.2f})" for mib, r, _ in summary)
+        cells = "   ".join(f"{mib} MiB: {r[job]:.2f} (rounds {r[job + '-med']:.2f}, "
+                           f"{r[job + '-lo']:.2f}-{r[job + '-hi']:.2f})"
+                           for mib, r, _ in summary)
         print(f"  {job:6} vs {rivals[job]}\n         {cells}")
     print("  load average (start-end of each size): " + ", ".join(
         f"{mib} MiB {lo:.2f}-{hi:.2f}" for mib, _, (lo, hi) in summary))
@@ -340,14 +354,23 @@ def bench_size(a: argparse.Namespace, port: int) -> dict[str, float]:
         waits: dict[str, list[tuple[float, float]]] = {"rclone": [], "s3": []}
         stored = 0
         load = os.getloadavg()
+        round_loads: list[float] = []
         for r in range(a.rounds):
+            round_loads.append(os.getloadavg()[0])
             rows.setdefault("pipeline", []).append(time_pipeline(snap))
             if a.detail:
                 rows.setdefault("stage", []).append(time_stream_stage(snap, a.chunk_mib << 20))
             for job in a.jobs:
-                rows.setdefault(f"{job}-rival", []).append(time_rival(snap, sinks[job][0], env))
-                subprocess.run(sinks[job][1], env=env, check=True, capture_output=True)
+                def rival(job: str = job) -> None:
+                    rows.setdefault(f"{job}-rival", []).append(
+                        time_rival(snap, sinks[job][0], env))
+                    subprocess.run(sinks[job][1], env=env, check=True, capture_output=True)
+
+                if r % 2 == 0:  # alternate: rival first, then dedupd first
+                    rival()
                 wall, cpu, rss, peak, res = time_dedupd(conf, job, env)
+                if r % 2 == 1:
+                    rival()
                 rows.setdefault(job, []).append((wall, cpu))
                 waits[job].append((res["stream_waited_seconds"],
                                    res["upload_waited_seconds"]))
@@ -362,19 +385,30 @@ def bench_size(a: argparse.Namespace, port: int) -> dict[str, float]:
                         time_target_alone(conf, job, files, env, str(r)))
         if a.detail:
             shutil.rmtree(base / "stored")
-        report(a, stream, stored, rows, mem, spool, waits, (load, os.getloadavg()))
+        report(a, stream, stored, rows, mem, spool, waits, (load, os.getloadavg()),
+               round_loads)
         return ratios(a.jobs, rows)
     finally:
         destroy_pool(pool)
         shutil.rmtree(base, ignore_errors=True)
 
 
+def median_wall(runs: list[tuple[float, float]]) -> float:
+    return statistics.median(w for w, _ in runs)
+
+
+def round_ratios(rows: dict[str, list[tuple[float, float]]], job: str) -> list[float]:
+    """Throughput ratio dedupd/rival of each round (the pair ran back to back)."""
+    return [r / d for (r, _), (d, _) in zip(rows[f"{job}-rival"], rows[job], strict=True)]
+
+
 def ratios(jobs: list[str], rows: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
-    """Per job: best vs best, and the lowest and highest per-round ratio."""
+    """Per job: median vs median, and the median, lowest and highest per-round ratio."""
     out: dict[str, float] = {}
     for job in jobs:
-        pairs = [r / d for (r, _), (d, _) in zip(rows[f"{job}-rival"], rows[job], strict=True)]
-        out[job] = min(rows[f"{job}-rival"])[0] / min(rows[job])[0]
+        pairs = round_ratios(rows, job)
+        out[job] = median_wall(rows[f"{job}-rival"]) / median_wall(rows[job])
+        out[f"{job}-med"] = statistics.median(pairs)
         out[f"{job}-lo"], out[f"{job}-hi"] = min(pairs), max(pairs)
     return out
 
@@ -421,13 +455,15 @@ def write_conf(base: Path, pool: str, port: int, chunk_mib: int) -> Path:
 def report(a: argparse.Namespace, stream: int, stored: int,
            rows: dict[str, list[tuple[float, float]]], mem: dict[str, int],
            spool: dict[str, int], waits: dict[str, list[tuple[float, float]]],
-           load: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
+           load: tuple[tuple[float, ...], tuple[float, ...]],
+           round_loads: list[float]) -> None:
     mib = 1024 * 1024
     cores = os.cpu_count() or 1
 
-    def best(key: str) -> tuple[float, float]:
-        """(fastest wall seconds, CPU of that run)."""
-        return min(rows[key])
+    def med(key: str) -> tuple[float, float]:
+        """(median wall seconds, median CPU seconds)."""
+        return (statistics.median(w for w, _ in rows[key]),
+                statistics.median(c for _, c in rows[key]))
 
     def spread(key: str) -> str:
         ws = [w for w, _ in rows[key]]
@@ -435,14 +471,15 @@ def report(a: argparse.Namespace, stream: int, stored: int,
 
     print(f"dataset {a.data_mib} MiB, send stream {stream / mib:.0f} MiB, stored (zstd -3) "
           f"{stored / mib:.0f} MiB, chunk {a.chunk_mib} MiB, {a.rounds} interleaved rounds "
-          f"(best of N, range), {cores} cores, load average {load[0][0]:.2f} before, "
-          f"{load[1][0]:.2f} after (other users' load included)")
-    print(f"{'what':50} {'best s':>7} {'range s':>11} {'MiB/s':>7} {'CPU s':>6} "
+          f"(median of N, range), {cores} cores, load average {load[0][0]:.2f} before, "
+          f"{load[1][0]:.2f} after (other users' load included); at the start of each "
+          f"round: {' '.join(f'{x:.2f}' for x in round_loads)}")
+    print(f"{'what':50} {'median s':>8} {'range s':>11} {'MiB/s':>7} {'CPU s':>6} "
           f"{'max RSS':>8} {'temp disk':>9}")
 
     def line(label: str, key: str, rss: str = "-", disk: str = "-") -> float:
-        t, cpu = best(key)
-        print(f"{label:50} {t:7.2f} {spread(key):>11} {stream / mib / t:7.1f} {cpu:6.2f} "
+        t, cpu = med(key)
+        print(f"{label:50} {t:8.2f} {spread(key):>11} {stream / mib / t:7.1f} {cpu:6.2f} "
               f"{rss:>8} {disk:>9}")
         return t
 
@@ -459,24 +496,25 @@ def report(a: argparse.Namespace, stream: int, stored: int,
         rival, ours, alone = labels[job]
         rt = line(rival, f"{job}-rival", disk="0")
         t = line(ours, job, f"{mem[job] / mib:.1f}MB", f"{spool[job] / mib:.1f}MB")
-        pairs = [r / d for (r, _), (d, _) in zip(rows[f"{job}-rival"], rows[job], strict=True)]
-        print(f"    throughput ratio dedupd/rival: best vs best {rt / t:.2f}, per round "
-              f"{min(pairs):.2f}-{max(pairs):.2f}")
-        st = best(f"{job}-stream")[0]
+        pairs = round_ratios(rows, job)
+        print(f"    throughput ratio dedupd/rival: median vs median {rt / t:.2f}; per round "
+              f"{' '.join(f'{x:.2f}' for x in pairs)} (median "
+              f"{statistics.median(pairs):.2f})")
+        st = med(f"{job}-stream")[0]
         print(f"    of which send+compress+hash+upload {st:.2f}s (ratio {rt / st:.2f}); the "
               f"rest {t - st:.2f}s: fixed per-run costs (interpreter, imports, catalog, "
               "snapshot, manifest, prune)")
-        sw = min(x for x, _ in waits[job])
-        uw = min(y for _, y in waits[job])
-        print(f"    stream waited >= {sw:.2f}s for uploads, uploads waited >= {uw:.2f}s "
-              "for the stream")
+        sw = statistics.median(x for x, _ in waits[job])
+        uw = statistics.median(y for _, y in waits[job])
+        print(f"    stream waited {sw:.2f}s for uploads, uploads waited {uw:.2f}s for the "
+              "stream (medians)")
         if not a.detail:
             continue
         ta = line(f"  {alone} alone, same chunks", f"{job}-alone")
         # Overlap hides the slower of stream and upload at best, and only while a
         # core is free: the work of both (in core-seconds) spread over every core
         # is a floor on the wall time too.
-        need = (best("stage")[1] + best(f"{job}-alone")[1]) / cores
+        need = (med("stage")[1] + med(f"{job}-alone")[1]) / cores
         print(f"    ceiling: target alone vs rival {min(1.0, rt / ta):.2f}; CPU of stream "
               f"stage + target alone over {cores} cores {min(1.0, rt / need):.2f}")
 
