@@ -20,7 +20,11 @@ close it can get.
 Fairness: both sides send the same data from the same pool (dedupd its own new
 snapshot of it, as it does in use), with zstd -3 on one thread; the cache is
 warmed once for both; before every timed run dirty pages are written out
-(sync), so no run pays for the writeback of another's output; and the order of
+(sync), so no run pays for the writeback of another's output; each side's
+output is deleted between runs, untimed (the rival's file, and dedupd's
+previous backup: its remote prune then finds nothing to delete; deleting
+hundreds of MiB on this disk costs a timed run up to ~0.5 s that the rival
+never pays); and the order of
 the pair alternates from round to round (rival first, then dedupd first), so
 neither always runs in the wake of the other. The machine may be shared: the
 load average is printed next to each size's figures.
@@ -369,6 +373,7 @@ def bench_size(a: argparse.Namespace, port: int) -> dict[str, float]:
                 if r % 2 == 0:  # alternate: rival first, then dedupd first
                     rival()
                 wall, cpu, rss, peak, res = time_dedupd(conf, job, env)
+                drop_backups(base, job, port)
                 if r % 2 == 1:
                     rival()
                 rows.setdefault(job, []).append((wall, cpu))
@@ -400,6 +405,21 @@ def median_wall(runs: list[tuple[float, float]]) -> float:
 def round_ratios(rows: dict[str, list[tuple[float, float]]], job: str) -> list[float]:
     """Throughput ratio dedupd/rival of each round (the pair ran back to back)."""
     return [r / d for (r, _), (d, _) in zip(rows[f"{job}-rival"], rows[job], strict=True)]
+
+
+def drop_backups(base: Path, job: str, port: int) -> None:
+    """Delete the job's backups on its target (untimed), as the rival's output is:
+    the next timed run then prunes no remote data (its local prune still runs)."""
+    if job == "rclone":
+        shutil.rmtree(base / "remote" / job, ignore_errors=True)
+        return
+    import boto3
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                      aws_access_key_id="b", aws_secret_access_key="b")
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench",
+                                                            Prefix=f"{job}/"):
+        for o in page.get("Contents", []):
+            s3.delete_object(Bucket="bench", Key=o["Key"])
 
 
 def ratios(jobs: list[str], rows: dict[str, list[tuple[float, float]]]) -> dict[str, float]:

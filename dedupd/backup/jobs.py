@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -132,8 +133,12 @@ class _Run:
         self.jc, self.store, self.target, self.hooks = jc, store, target, hooks
         self.t0 = time.monotonic()
         self.current_id = ""
+        self._flags: Future[tuple[str, ...]] | None = None
 
     def run(self, dry_run: bool, full: bool) -> BackupResult:
+        # The zfs probes behind the send flags (five short processes) run while
+        # the target lists and reads the manifests.
+        self._flags = streams.wanted_soon(self.jc.dataset, self.jc.raw)
         ms = catalog.load(self.target, self.jc.name)
         row = rows.unfinished(self.store, self.jc.name)
         if row is not None and full and row.base_guid is not None and not dry_run:
@@ -184,6 +189,8 @@ class _Run:
             snapshots.destroy(snap, self.jc.name, self.jc.snapshot_prefix)
 
     def _wanted(self) -> tuple[str, ...]:
+        if self._flags is not None:
+            return self._flags.result()
         return streams.wanted(self.jc.dataset, self.jc.raw)
 
     def _flags_for(self, base: Snapshot | None, ms: list[Manifest]) -> tuple[str, ...]:

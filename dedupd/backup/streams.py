@@ -24,7 +24,9 @@ base's flags cannot be used any more, the job sends a new full instead.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -70,6 +72,21 @@ def encryption(dataset: str) -> str:
                  timeout=60)
     value = r.text.strip()
     return value if r.returncode == 0 and value not in ("", "-") else "off"
+
+
+def wanted_soon(dataset: str, raw: bool | None) -> Future[tuple[str, ...]]:
+    """wanted() started in a thread at once (its zfs probes are short processes
+    that can overlap the caller's own start); result() returns it or raises."""
+    fut: Future[tuple[str, ...]] = Future()
+
+    def go() -> None:
+        try:
+            fut.set_result(wanted(dataset, raw))
+        except BaseException as e:  # raised by result(), in the caller's thread
+            fut.set_exception(e)
+
+    threading.Thread(target=go, name="dedupd-zfs-probe", daemon=True).start()
+    return fut
 
 
 def wanted(dataset: str, raw: bool | None) -> tuple[str, ...]:
