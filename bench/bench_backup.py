@@ -24,7 +24,13 @@ warmed once for both; before every timed run dirty pages are written out
 output is deleted between runs, untimed (the rival's file, and dedupd's
 previous backup: its remote prune then finds nothing to delete; deleting
 hundreds of MiB on this disk costs a timed run up to ~0.5 s that the rival
-never pays); and the order of
+never pays); the rclone local remote is on its own file system (--remote-dir,
+tmpfs /dev/shm by default), as a backup disk is not the pool's disk: with both
+on one ext4, every txg sync of zfs-fuse (dedupd's snapshot, hold, destroy)
+fsyncs the pool's image file and waits there for the writeback of the chunks
+just written (and of other users' writes: 0.01-1.1 s per `zfs destroy`
+measured), while the rival's output is never written back within its timing;
+and the order of
 the pair alternates from round to round (rival first, then dedupd first), so
 neither always runs in the wake of the other. The machine may be shared: the
 load average is printed next to each size's figures.
@@ -184,11 +190,12 @@ def time_rival(snap: str, sink: list[str], env: dict[str, str]) -> tuple[float, 
     return time.monotonic() - t, busy() - c
 
 
-def rival_sinks(base: Path, port: int) -> dict[str, tuple[list[str], list[str]]]:
+def rival_sinks(base: Path, remote: Path, port: int
+                ) -> dict[str, tuple[list[str], list[str]]]:
     """Per target: (upload argv reading stdin, cleanup argv)."""
     aws = ["aws", "--endpoint-url", f"http://127.0.0.1:{port}", "s3"]
     rc = ["rclone", "--config", str(base / "rclone.conf")]
-    dest = f"loc:{base}/remote/rival.zst"
+    dest = f"loc:{remote}/rival.zst"
     return {"rclone": ([*rc, "rcat", dest], [*rc, "deletefile", dest]),
             "s3": ([*aws, "cp", "-", "s3://bench/rival.zst"],
                    [*aws, "rm", "s3://bench/rival.zst"])}
@@ -277,6 +284,9 @@ def main() -> int:
                     help="rounds per dataset size: one number, or one per size (3,2)")
     ap.add_argument("--targets", default="rclone,s3",
                     help="comma-separated: rclone, s3 (default both)")
+    ap.add_argument("--remote-dir", default=None,
+                    help="where the rclone local remote lives (default: /dev/shm when it "
+                    "is a tmpfs with room, else the bench's temp dir)")
     ap.add_argument("--no-detail", dest="detail", action="store_false",
                     help="skip the stream-stage and target-alone rows (faster)")
     a = ap.parse_args()
@@ -335,6 +345,7 @@ def bench_size(a: argparse.Namespace, port: int) -> dict[str, float]:
     """One dataset of a.data_mib MiB in its own pool: every row, then its report."""
     base = Path(tempfile.mkdtemp(prefix="dedupd-bench-"))
     pool = f"bb{uuid.uuid4().hex[:8]}"
+    remote = remote_root(a.remote_dir, a.data_mib) / f"dedupd-bench-remote-{pool}"
     try:
         sh("truncate", "-s", f"{a.data_mib * 2 + 512}M", str(base / "pool.img"))
         sh("zpool", "create", "-m", str(base / "mnt"), pool, str(base / "pool.img"))
@@ -346,12 +357,12 @@ def bench_size(a: argparse.Namespace, port: int) -> dict[str, float]:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "b", "AWS_SECRET_ACCESS_KEY": "b",
                "AWS_DEFAULT_REGION": "us-east-1"}
         env.pop("AWS_CA_BUNDLE", None)
-        conf = write_conf(base, pool, port, a.chunk_mib)
+        conf = write_conf(base, remote, pool, port, a.chunk_mib)
         snap = f"{pool}/data@rival"
         time_pipeline(snap)  # warm the cache for everyone
         files = (split_stored(snap, a.chunk_mib << 20, base / "stored") if a.detail
                  else [])
-        sinks = rival_sinks(base, port)
+        sinks = rival_sinks(base, remote, port)
         rows: dict[str, list[tuple[float, float]]] = {}
         mem: dict[str, int] = {}
         spool: dict[str, int] = {}
@@ -373,7 +384,7 @@ def bench_size(a: argparse.Namespace, port: int) -> dict[str, float]:
                 if r % 2 == 0:  # alternate: rival first, then dedupd first
                     rival()
                 wall, cpu, rss, peak, res = time_dedupd(conf, job, env)
-                drop_backups(base, job, port)
+                drop_backups(remote, job, port)
                 if r % 2 == 1:
                     rival()
                 rows.setdefault(job, []).append((wall, cpu))
@@ -390,12 +401,14 @@ def bench_size(a: argparse.Namespace, port: int) -> dict[str, float]:
                         time_target_alone(conf, job, files, env, str(r)))
         if a.detail:
             shutil.rmtree(base / "stored")
+        print(f"rclone local remote in {remote.parent} ({fs_type(remote)})")
         report(a, stream, stored, rows, mem, spool, waits, (load, os.getloadavg()),
                round_loads)
         return ratios(a.jobs, rows)
     finally:
         destroy_pool(pool)
         shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(remote, ignore_errors=True)
 
 
 def median_wall(runs: list[tuple[float, float]]) -> float:
@@ -407,11 +420,29 @@ def round_ratios(rows: dict[str, list[tuple[float, float]]], job: str) -> list[f
     return [r / d for (r, _), (d, _) in zip(rows[f"{job}-rival"], rows[job], strict=True)]
 
 
-def drop_backups(base: Path, job: str, port: int) -> None:
+def remote_root(given: str | None, data_mib: int) -> Path:
+    """--remote-dir, else /dev/shm when it is a tmpfs with room for the rival's
+    output and one backup (the stored stream is at most the data's size), else
+    the temp dir."""
+    if given:
+        return Path(given)
+    shm = Path("/dev/shm")
+    if shm.is_dir() and fs_type(shm) == "tmpfs":
+        st = os.statvfs(shm)
+        if st.f_bavail * st.f_frsize > 3 * data_mib * 1024 * 1024:
+            return shm
+    return Path(tempfile.gettempdir())
+
+
+def fs_type(path: Path) -> str:
+    return sh("stat", "-f", "-c", "%T", str(path)).stdout.strip()
+
+
+def drop_backups(remote: Path, job: str, port: int) -> None:
     """Delete the job's backups on its target (untimed), as the rival's output is:
     the next timed run then prunes no remote data (its local prune still runs)."""
     if job == "rclone":
-        shutil.rmtree(base / "remote" / job, ignore_errors=True)
+        shutil.rmtree(remote / job, ignore_errors=True)
         return
     import boto3
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
@@ -454,8 +485,8 @@ def wait_port(port: int) -> None:
     sys.exit("moto_server did not start")
 
 
-def write_conf(base: Path, pool: str, port: int, chunk_mib: int) -> Path:
-    (base / "remote").mkdir()
+def write_conf(base: Path, remote: Path, pool: str, port: int, chunk_mib: int) -> Path:
+    remote.mkdir()
     (base / "rclone.conf").write_text("[loc]\ntype = local\n")
     common = (f'dataset = "{pool}/data"\nchunk_size = {chunk_mib * 1024 * 1024}\n'
               'compression = "zstd"\ncompression_level = 3\n'
@@ -464,7 +495,7 @@ def write_conf(base: Path, pool: str, port: int, chunk_mib: int) -> Path:
     conf.write_text(
         f'[daemon]\nruntime_dir = "{base}/run"\n[database]\nurl = "sqlite:///{base}/i.db"\n'
         "[backups.rclone]\n" + common.format(job="rclone") +
-        f'[backups.rclone.target]\nkind = "rclone"\nremote = "loc"\npath = "{base}/remote"\n'
+        f'[backups.rclone.target]\nkind = "rclone"\nremote = "loc"\npath = "{remote}"\n'
         f'config = "{base}/rclone.conf"\n'
         "[backups.s3]\n" + common.format(job="s3") +
         f'[backups.s3.target]\nkind = "s3"\nbucket = "bench"\n'
