@@ -98,6 +98,8 @@ def test_full_chunks_go_up_live_once(tmp_path: Path, zpool: Any, rclone_conf: Pa
     # nothing to delete: the upload started ahead and killed left no empty object
     verbs = Counter(x.split()[0] for x in (tmp_path / "verbs.log").read_text().splitlines())
     assert set(verbs) == {"backend", "rcat"}, verbs
+    # the manifest is written in place on a local remote: every rcat is a chunk's
+    assert not [x for x in log.read_text().split() if "/manifests/" in x]
 
 
 def _only_the_manifests_chunks(remote: Path, chunks: int) -> None:

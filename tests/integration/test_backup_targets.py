@@ -169,6 +169,29 @@ def test_rclone_local_live_upload_started_ahead_and_killed_leaves_nothing(
     assert (root / "j/chunks/a/000002.zst").read_bytes() == b"z" * 1000
 
 
+def test_rclone_local_body_in_memory_written_in_place(rclone_conf: Path,
+                                                      tmp_path: Path) -> None:
+    """A manifest (a body in memory) on a local remote is written by dedupd under a
+    temp name and renamed: the object's bytes, rclone's file mode, no temp file
+    left, an overwrite replaces it whole; `rclone cat` reads the same bytes."""
+    root = tmp_path / "r"
+    root.mkdir()
+    t = make_target(TargetConfig(kind="rclone", remote="loc", path=str(root),
+                                 config=rclone_conf, **FAST))  # type: ignore[arg-type]
+    for body in (b'{"a": 1}' * 100, b"{}"):
+        t.put("j/manifests/m.json", io.BytesIO(body), len(body),
+              hashlib.sha256(body).hexdigest(), None, "STANDARD")
+        stored = root / "j/manifests/m.json"
+        assert stored.read_bytes() == body and (stored.stat().st_mode & 0o777) == 0o644
+        assert [x.name for x in stored.parent.iterdir()] == ["m.json"]
+        out = subprocess.run(["rclone", "--config", str(rclone_conf), "cat", f"loc:{stored}"],
+                             capture_output=True, check=True).stdout
+        assert out == body
+    with pytest.raises(TargetError, match="declared"):
+        t.put("j/manifests/n.json", io.BytesIO(b"{}"), 3, "0" * 64, None, "STANDARD")
+    assert not (root / "j/manifests/n.json").exists()
+
+
 def test_rclone_local_delete_and_purge_without_rclone(rclone_conf: Path,
                                                       tmp_path: Path) -> None:
     """A local remote's objects and folders are deleted in place: a missing one is
