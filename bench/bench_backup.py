@@ -35,8 +35,8 @@ the pair alternates from round to round (rival first, then dedupd first), so
 neither always runs in the wake of the other. The machine may be shared: the
 load average is printed next to each size's figures.
 
-    python bench/bench_backup.py [--data-mib 768[,4096]] [--chunk-mib 64]
-        [--rounds 3[,2]] [--targets rclone,s3] [--no-detail]
+    python bench/bench_backup.py [--data-mib 768,4096] [--chunk-mib 64]
+        [--rounds 5,3] [--targets rclone,s3] [--no-detail] [--remote-dir DIR]
 
 Several sizes (--data-mib 768,4096) are benched one after the other in the same
 run and their ratios printed side by side at the end: a larger dataset shows
@@ -276,12 +276,12 @@ def time_dedupd(conf: Path, job: str, env: dict[str, str]
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data-mib", default="768",
+    ap.add_argument("--data-mib", default="768,4096",
                     help="dataset size(s) in MiB, comma-separated (e.g. 768,4096: each "
                     "is benched in turn and the ratios are printed side by side)")
     ap.add_argument("--chunk-mib", type=int, default=64)
-    ap.add_argument("--rounds", default="3",
-                    help="rounds per dataset size: one number, or one per size (3,2)")
+    ap.add_argument("--rounds", default="5,3",
+                    help="rounds per dataset size: one number, or one per size (5,3)")
     ap.add_argument("--targets", default="rclone,s3",
                     help="comma-separated: rclone, s3 (default both)")
     ap.add_argument("--remote-dir", default=None,
