@@ -47,6 +47,7 @@ class HeldRows:
         self.digests: deque[tuple[int, Sequence[tuple[bytes, bytes]]]] = deque()
         self.filled: list[tuple[int, int]] = []  # keys whose hashes came since the flush
         self.seq = 0
+        self.forgot = False  # an inode was found gone: no digest is stored any more
 
     def next_batch(self, keys: Iterable[tuple[int, int]]) -> list[Row]:
         """Start a record batch (the (dev, ino) of its files that may have been met
@@ -76,6 +77,8 @@ class HeldRows:
     def defer(self, digests: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The current batch's directory digests, held while a row of theirs may be;
         returns the digests now safe to store (all rows of their batch written)."""
+        if self.forgot:
+            return []
         if digests:
             self.digests.append((self.seq, digests))
         out: list[tuple[bytes, bytes]] = []
@@ -106,9 +109,17 @@ class HeldRows:
         return rest
 
     def drop(self, keys: Iterable[tuple[int, int]]) -> None:
-        """Inodes found gone: their rows are not written (Store.forget drops the names)."""
+        """Inodes found gone: their rows are not written (Store.forget drops the names,
+        and its filesystem's digests, so that their directories are listed again). No
+        digest held now or later in this scan is stored: it may be a directory's that
+        lost such a name, stored after the forgetting, while the directory may list
+        the same again (moved away during the read and back: the next scans would skip
+        it and never index the file again)."""
         for k in keys:
             self.rows.pop(k, None)
+            self.forgot = True
+        if self.forgot:
+            self.digests.clear()
 
     def release(self) -> tuple[list[Row], list[tuple[bytes, bytes]]]:
         """Every row and digest still held."""
