@@ -1,7 +1,8 @@
 """Where an unchanged rescan's time goes, each part next to its bare cost.
 
 Makes a fresh index of TREE (a first scan), then, best of ROUNDS (warm cache):
-the interpreter alone and with `dedupd scan`'s imports; the index's reads
+the interpreter alone, with what `dedupd scan` imports before it forks its walk,
+and with all it imports; the index's reads
 (known_digests, the kept answer, groups_under, which the kept answer replaces);
 the walk in one process (CPU) next to a bare scandir + lstat loop, and in the
 processes a rescan walks in (wall); and the whole `dedupd scan` rescan (wall). Not
@@ -31,6 +32,8 @@ from dedupd.scan.walk import WalkOptions, normalize_roots, walk_listed
 from dedupd.scan.walkproc import ForkedWalk
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+BEFORE_WALK = ["dedupd.cli", "dedupd.commands.scan", "dedupd.log", "dedupd.scan.walkproc"]
+AFTER_WALK = ["dedupd.scan.scanner", "dedupd.progress", "dedupd.output", "dedupd.files.fsid"]
 PY = str(ROOT / ".venv" / "bin" / "python")
 
 
@@ -68,8 +71,11 @@ def main(tree: str) -> int:
         key = kept_key(st)
         rows: list[tuple[str, float]] = [
             ("python -c pass (wall)", best(lambda: run([PY, "-c", "pass"]))),
-            ("python + scan's imports (wall)", best(lambda: run(
-                [PY, "-c", "import dedupd.cli, dedupd.commands.scan"]))),
+            # what `dedupd scan` imports before it forks its walk, then all of it
+            ("python + imports before the walk (wall)", best(lambda: run(
+                [PY, "-c", f"import {', '.join(BEFORE_WALK)}"]))),
+            ("python + all of scan's imports (wall)", best(lambda: run(
+                [PY, "-c", f"import {', '.join(BEFORE_WALK + AFTER_WALK)}"]))),
             ("known_digests", best(lambda: st.known_digests(roots))),
             ("kept answer: read + unpack", best(lambda: unpack(st, key))),
             ("groups_under (what it replaces)", best(lambda: list(st.groups_under(roots, 1)))),
