@@ -46,6 +46,7 @@ import errno
 import fcntl
 import os
 import stat
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -512,14 +513,38 @@ def _write_copy(sfd: int, tfd: int, st: os.stat_result
     return xxhash.xxh3_64_intdigest(head_buf), h.digest(), total, kept
 
 
+_tls = threading.local()
+
+
+def _readback_buffer(n: int) -> bytearray:
+    """This thread's buffer for reading copies back, at least n bytes: reused, so a
+    read-back costs no fresh pages (a new bytes per copy faulted in 60,000 pages for
+    250 MB of copies)."""
+    buf: bytearray | None = getattr(_tls, "buf", None)
+    if buf is None or len(buf) < n:
+        buf = _tls.buf = bytearray(max(n, BUF))
+    return buf
+
+
 def _compare_kept(kept: bytes | memoryview, tfd: int) -> None:
-    """Compare the copy as read back with the source bytes kept from the copy."""
-    # a bytes copy of a view: comparing bytes with a memoryview goes byte by byte
-    data = kept if isinstance(kept, bytes) else bytes(kept)
-    got = read_upto(tfd, len(data) + 1)  # one byte more: a longer copy differs too
-    if got != data:
-        raise CopyError("mismatch", "copy is longer than the source" if len(got) > len(data)
-                        else f"copy differs from source at byte {first_difference(got, data)}")
+    """Compare the copy as read back with the source bytes kept from the copy, byte for
+    byte: read into a reused buffer, compared with bytearray.startswith (one memcmp
+    over the buffers, no copy of either; comparing memoryviews goes byte by byte)."""
+    n = len(kept)
+    buf = _readback_buffer(n + 1)
+    with memoryview(buf) as view:
+        got = 0
+        while got <= n:  # one byte more than the source: a longer copy differs too
+            k = os.preadv(tfd, [view[got:n + 1]], got)
+            if not k:
+                break
+            got += k
+    if got == n and buf.startswith(kept):
+        return
+    if got > n:
+        raise CopyError("mismatch", "copy is longer than the source")
+    at = first_difference(bytes(buf[:got]), bytes(kept))
+    raise CopyError("mismatch", f"copy differs from source at byte {at}")
 
 
 def _compare(sfd: int, tfd: int, st: os.stat_result) -> int:

@@ -137,6 +137,40 @@ def test_staged_copy_is_verified_against_the_source_bytes(tmp_path: Path, size: 
         assert os.listdir(out) == []  # no name, and the temp copy is gone
 
 
+@pytest.mark.parametrize("change", ["shorter", "longer", "last byte"])
+def test_read_back_in_the_reused_buffer_catches_every_difference(
+        tmp_path: Path, change: str) -> None:
+    """The copies are read back into one reused buffer: a copy of the right bytes read
+    back first leaves them in it, so a later copy that is shorter by its last byte (the
+    buffer still holds that byte), longer, or different in its last byte must still
+    fail, whether the source bytes come as bytes or as a view (the copy worker's)."""
+    data = os.urandom(70_000)
+    out = tmp_path / "out"
+    for i, kept in enumerate((data, memoryview(bytearray(data)))):
+        src = tmp_path / f"src{i}.bin"
+        write(src, data, "2020-02-02")
+        with DestDirs() as dirs:
+            good = stage_data(os.fsencode(src), os.open(src, os.O_RDONLY),
+                              os.stat(src), 0, b"", kept, os.fsencode(out), dirs)
+            bad = stage_data(os.fsencode(src), os.open(src, os.O_RDONLY),
+                             os.stat(src), 0, b"", kept, os.fsencode(out), dirs)
+            sync_batch(os.fsencode(tmp_path), [good, bad], dirs)
+            with open(os.fsdecode(bad.tmp), "r+b") as f:
+                if change == "shorter":
+                    f.truncate(len(data) - 1)
+                elif change == "longer":
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"\0")
+                else:
+                    f.seek(len(data) - 1)
+                    f.write(bytes([data[-1] ^ 1]))
+            place_copy(good, os.fsencode(out / f"good{i}"), dirs=dirs)
+            with pytest.raises(CopyError) as e:
+                place_copy(bad, os.fsencode(out / f"bad{i}"), dirs=dirs)
+            assert e.value.reason == "mismatch", e.value
+    assert sorted(os.listdir(out)) == ["good0", "good1"]
+
+
 def test_source_changed_after_its_copy_is_refused(tmp_path: Path) -> None:
     """Bytes kept from the copy are only trusted while the source stays the same inode,
     unchanged: a rewrite with the same size and mtime still changes its ctime."""
