@@ -102,3 +102,45 @@ def test_walk_processes_killed_before_the_digests_come_fail_the_scan_clearly(
     assert "dedupd: error:" in err and "walk" in err and "Traceback" not in err, err
     monkeypatch.undo()
     assert len(cli_scan(db, root, capsys)["groups"]) == 3
+
+
+def test_a_directory_swapped_for_a_symlink_as_the_early_walk_reaches_it(
+        tmp_path: Path, attacker: User, capsys: pytest.CaptureFixture[str]) -> None:
+    """The early walk (forked first thing, before the index is read) reaches the
+    attacker's directory just as it becomes a symlink to a root-only directory
+    holding the same bytes: refused (path_changed), nothing behind it indexed or
+    reported, then or by the next scan."""
+    from dedupd import testpoints
+    from dedupd.index.store import Store
+
+    root, private = tmp_path / "t", tmp_path / "private"
+    d = root / "atk" / "d"
+    for p in (d / "a", root / "e" / "a", private / "a", private / "b"):
+        put(p, blob("x"))
+    private.chmod(0o700)
+    attacker.owns(root / "atk", d, d / "a")
+    reachable(d)
+    db = f"sqlite:///{tmp_path / 'db'}"
+    assert len(cli_scan(db, root, capsys)["groups"]) == 1
+    put(root / "e" / "c", blob("y"))  # a change: the rescan walks and records
+    fired = tmp_path / "fired"  # the hook runs in a walk process
+
+    def swap(_point: str, path: bytes) -> None:
+        if path == bytes(d) and not fired.exists():
+            fired.touch()
+            attacker.run('mv "$1" "$1.real" && ln -s "$2" "$1"', str(d), str(private))
+
+    with testpoints.acting(("walk.subdir",), swap):
+        doc = cli_scan(db, root, capsys)
+    assert fired.exists()
+    assert "path_changed" in {p["reason"] for p in doc["problems"]}, doc["problems"]
+    for rep in (doc, cli_scan(db, root, capsys)):
+        paths = {p for g in rep["groups"] for p in g["paths"]}
+        assert not any(p.startswith(str(private)) or p.startswith(str(d) + "/")
+                       for p in paths), paths
+    store = Store(db)
+    try:
+        indexed = [p for p, *_ in store.scan_paths()]
+    finally:
+        store.close()
+    assert not [p for p in indexed if p.startswith(bytes(private))], indexed
