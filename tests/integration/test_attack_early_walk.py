@@ -144,3 +144,33 @@ def test_a_directory_swapped_for_a_symlink_as_the_early_walk_reaches_it(
     finally:
         store.close()
     assert not [p for p in indexed if p.startswith(bytes(private))], indexed
+
+
+def test_a_file_rewritten_after_the_early_listing_is_read_by_the_next_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A rescan's early walk lists the tree unchanged; while the index opens, a file
+    it listed is rewritten in place (same size, its mtime put back). That rescan may
+    answer for the tree as listed; the next one must not take it for unchanged."""
+    root, db = tmp_path / "t", f"sqlite:///{tmp_path / 'db'}"
+    for d in ("d", "e"):
+        put(root / d / "a", blob("x"))
+        put(root / d / "b", blob("y"))
+    assert len(cli_scan(db, root, capsys)["groups"]) == 2
+    f = root / "e" / "b"
+    real_open = scan_cmd.open_index
+
+    def rewritten(args: Any) -> Any:
+        st = f.lstat()
+        with open(f, "r+b") as out:
+            out.write(blob("x"))
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return real_open(args)
+
+    monkeypatch.setattr(scan_cmd, "open_index", rewritten)
+    cli_scan(db, root, capsys)
+    monkeypatch.undo()
+    want = {frozenset({str(root / "d" / "a"), str(root / "e" / "a"), str(f)})}
+    for _ in range(2):
+        doc = cli_scan(db, root, capsys)
+        assert {frozenset(g["paths"]) for g in doc["groups"]} == want
