@@ -8,11 +8,13 @@ BENCH_ROUNDS=3 interleaved rounds, each tool once a round, with their range), th
 dedupd/rival ratios, bytes read, the unchanged-rescan ratios (warm against the
 warm first scan, cold against the cold one), and peak RSS; then the peak RSS of
 a scan that indexes 1,000,000 files (tmpfs tree; BENCH_MILLION=0 skips it).
+Settings: BENCH_FILES, BENCH_BYTES, BENCH_ROUNDS, BENCH_TREES, BENCH_MILLION (environment).
 Run: make bench BENCH_ARGS=scan  (or .venv/bin/python bench/bench_scan.py)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -188,6 +190,10 @@ def _load() -> str:
 
 
 def main() -> int:
+    # Its settings are environment variables (above); --help shows them, and any
+    # argument it does not know stops it before a minutes-long run starts.
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     trees = [("bulk", tree(), BYTES), ("real files", real_tree(), 0)]
     compile_dedupd()
     tmp = tempfile.mkdtemp(prefix="dedupd-bench-")
