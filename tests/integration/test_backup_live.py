@@ -95,7 +95,8 @@ def test_full_chunks_go_up_live_once(tmp_path: Path, zpool: Any, rclone_conf: Pa
     assert sorted(rcats) == [f"{i:06d}.zst" for i in range(r.chunks)]
     assert set(rcats.values()) == {1}, rcats
     _only_the_manifests_chunks(tmp_path / "remote", r.chunks)
-    # nothing to delete: the upload started ahead and killed left no empty object
+    # no rclone process but the uploads: the empty object an upload started ahead
+    # and killed may leave is deleted in place, the manifest is written in place
     verbs = Counter(x.split()[0] for x in (tmp_path / "verbs.log").read_text().splitlines())
     assert set(verbs) == {"backend", "rcat"}, verbs
     # the manifest is written in place on a local remote: every rcat is a chunk's
