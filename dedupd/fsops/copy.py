@@ -468,10 +468,9 @@ _SYNCFS: list[object] = []
 
 def _libc_syncfs(fd: int) -> int:
     import ctypes
-    import ctypes.util
 
     if not _SYNCFS:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        lib = ctypes.CDLL(None, use_errno=True)  # find_library would run `ldconfig -p`
         _SYNCFS.append(getattr(lib, "syncfs", None))
     fn = _SYNCFS[0]
     if fn is None:

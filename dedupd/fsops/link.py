@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Callable, Sequence
 
@@ -33,10 +32,16 @@ HOLD_PREFIX = b".dedupd-hold-"
 QUARANTINE_SUFFIX = b".dedupd-q"
 
 
+def _rand() -> bytes:
+    """16 random hex digits (os.urandom, as the secrets module gives them, without
+    importing it and its dependencies on every pass)."""
+    return os.urandom(8).hex().encode()
+
+
 def temp_name(target: bytes) -> bytes:
     """A fresh hidden name in target's directory, e.g. `dir/.dedupd-tmp-<hex>`."""
     d = os.path.dirname(target) or b"."
-    return os.path.join(d, TEMP_PREFIX + secrets.token_hex(8).encode())
+    return os.path.join(d, TEMP_PREFIX + _rand())
 
 
 def is_temp_name(path: bytes) -> bool:
@@ -173,7 +178,7 @@ def _remove_in(p: handles.Parent, dev: int, ino: int, hold: bytes | None = None,
         return False
     testpoints.at("mutate", p.path)  # a save right after the check is taken by the hold
     if hold is None:
-        hold = os.path.join(p.dir, HOLD_PREFIX + secrets.token_hex(8).encode())
+        hold = os.path.join(p.dir, HOLD_PREFIX + _rand())
     h = p.sibling(hold)
     st = hold_in(p, h)
     if step is not None:

@@ -12,7 +12,6 @@ over a name made meanwhile).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import stat
@@ -34,7 +33,9 @@ def renameat2() -> Any:
     if os.environ.get("DEDUPD_TEST_NO_EXCHANGE", "noreplace") not in ("", "noreplace"):
         return None  # test-only: exercise the rename path as on NFS or zfs-fuse
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        # The process's own symbols (libc among them): find_library would run
+        # `ldconfig -p` in a subprocess at every pass.
+        _libc = ctypes.CDLL(None, use_errno=True)
     return getattr(_libc, "renameat2", None)
 
 
