@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dedupd import preflight
+from dedupd import forkpipe, preflight
 from dedupd.commands.common import (
     add_common,
     add_progress_arg,
@@ -105,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args, cfg)
     reports = []
     try:
-        with open_progress(args.progress) as prog:
+        # The passes run one after the other: the collector ignores what exists now
+        # (modules, config) and runs rarely (a pass makes many objects, few cycles:
+        # issue 16, 70 -> 10 ms of collections in a 3,000-file hardlink pass).
+        with open_progress(args.progress) as prog, forkpipe.rare_gc():
             for v in vols:
                 vp = make_pass(v, store, PassOptions(dry_run=args.dry_run,
                                                      force_rescan=args.force_rescan))
