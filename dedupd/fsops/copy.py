@@ -457,10 +457,15 @@ def sync_filesystem(path: bytes) -> None:
     commit for a whole batch instead of an fsync per file."""
     fd = handles.open_dir(path)
     try:
-        if _libc_syncfs(fd) != 0:
-            os.sync()  # no syncfs: the global sync is slower but as safe
+        sync_fd_filesystem(fd)
     finally:
         os.close(fd)
+
+
+def sync_fd_filesystem(fd: int) -> None:
+    """Make everything written to the filesystem of an open fd durable (syncfs(2))."""
+    if _libc_syncfs(fd) != 0:
+        os.sync()  # no syncfs: the global sync is slower but as safe
 
 
 _SYNCFS: list[object] = []

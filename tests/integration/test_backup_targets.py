@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from dedupd.backup.targets import Target, TargetError, confirmed, make_target
 from dedupd.config import TargetConfig
+from tests.fixtures.components import require_tools
 from tests.fixtures.s3 import Moto
 
 pytestmark = pytest.mark.integration
@@ -183,6 +185,33 @@ def test_rclone_local_body_in_memory_written_in_place(rclone_conf: Path,
     with pytest.raises(TargetError, match="declared"):
         t.put("j/manifests/n.json", io.BytesIO(b"{}"), 3, "0" * 64, None, "STANDARD")
     assert not (root / "j/manifests/n.json").exists()
+
+
+def test_rclone_local_backup_is_on_disk_once_its_manifest_is_put(
+        rclone_conf: Path, loopfs: Any) -> None:
+    """A local remote's chunk (written by a real `rclone rcat`) and the manifest put
+    after it survive a crash right after the put: XFS shut down without flushing
+    its log (as a power cut leaves it), then mounted again. rclone syncs nothing,
+    so without the manifest put's syncfs both would still be only in memory when
+    the run goes on to prune older backups."""
+    require_tools("xfs_io")
+    mnt = loopfs("xfs", "300M")
+    root = mnt / "r"
+    root.mkdir()
+    t = make_target(TargetConfig(kind="rclone", remote="loc", path=str(root),
+                                 config=rclone_conf, **FAST))  # type: ignore[arg-type]
+    chunk = os.urandom(3 * 1024 * 1024)
+    subprocess.run(["rclone", "--config", str(rclone_conf), "rcat", f"loc:{root}/j/chunks/c0"],
+                   input=chunk, check=True)
+    manifest = b'{"chunks": ["c0"]}'
+    t.put("j/manifests/m.json", io.BytesIO(manifest), len(manifest),
+          hashlib.sha256(manifest).hexdigest(), None, "STANDARD")
+    subprocess.run(["xfs_io", "-x", "-c", "shutdown", str(mnt)], check=True)
+    img = mnt.parent / "xfs.img"
+    subprocess.run(["umount", str(mnt)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    assert (root / "j/chunks/c0").read_bytes() == chunk
+    assert (root / "j/manifests/m.json").read_bytes() == manifest
 
 
 def test_rclone_local_delete_and_purge_without_rclone(rclone_conf: Path,

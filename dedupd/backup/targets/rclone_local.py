@@ -61,6 +61,11 @@ def local_list(root: Path, prefix: str) -> list[ObjectInfo]:
 
 
 def local_put(key: str, path: Path, body: io.BytesIO, size: int) -> None:
+    """Write a body in memory (a manifest, the last object of a backup) under a temp
+    name and rename it to path, then sync the filesystem. rclone's local backend
+    syncs nothing, so this one syncfs is what makes the backup's chunks and its
+    manifest durable before the run records it complete and prunes older ones (a
+    power cut must not leave an empty newest manifest with its elders deleted)."""
     data = body.getvalue()
     if len(data) != size:
         raise TargetError(f"{key}: body of {len(data)} bytes, {size} declared")
@@ -74,12 +79,25 @@ def local_put(key: str, path: Path, body: io.BytesIO, size: int) -> None:
                 f.write(data)
             os.chmod(tmp, 0o644)  # as rclone creates files; mkstemp makes them 0600
             os.replace(tmp, path)
+            _sync_dir_filesystem(path.parent)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
     except OSError as e:
         raise TargetError(f"{path}: {e.strerror or e}") from None
+
+
+def _sync_dir_filesystem(folder: Path) -> None:
+    # Imported here: fsops.copy brings the hashing side, which a backup's start
+    # (its fixed cost) does not otherwise load.
+    from dedupd.fsops.copy import sync_fd_filesystem
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sync_fd_filesystem(fd)
+    finally:
+        os.close(fd)
 
 
 def local_delete(path: Path) -> None:
