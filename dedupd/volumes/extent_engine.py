@@ -19,6 +19,7 @@ from dedupd.dedup.extent_group import ExtentDeduper
 from dedupd.dedup.worker import DedupeWorker
 from dedupd.files.counters import Counters
 from dedupd.files.events import FileEvent
+from dedupd.fsops.copy import sync_fd_filesystem
 from dedupd.hashing import Hasher, HashWriter, Stability
 from dedupd.index import extents as ix
 from dedupd.volumes import Step
@@ -104,7 +105,7 @@ class ExtentEngine:
         else:
             fd = bt.open_dir(root)
             try:
-                os.syncfs(fd) if hasattr(os, "syncfs") else os.sync()
+                sync_fd_filesystem(fd)  # this filesystem only (os has no syncfs)
             finally:
                 os.close(fd)
         sv = os.statvfs(root)
