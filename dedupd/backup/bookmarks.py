@@ -52,13 +52,23 @@ def list_bookmarks(dataset: str) -> list[Snapshot]:
 
 def create(snap: Snapshot) -> Snapshot | None:
     """Bookmark snap as <dataset>#<its name>; None when zfs refuses (the caller
-    holds the snapshot instead). Idempotent."""
-    name = f"{snap.dataset}#{snap.short}"
-    r = proc.run(["zfs", "bookmark", snap.name, name], check=False, timeout=60)
-    if r.returncode != 0 and "exists" not in r.stderr:
-        return None
-    found = [b for b in list_bookmarks(snap.dataset) if b.name == name]
-    return found[0] if found and found[0].guid == snap.guid else None
+    holds the snapshot instead). Idempotent.
+
+    Snapshot names carry the second: a snapshot taken in the second of an older
+    one that was destroyed gets that one's name, and its bookmark's name is then
+    taken by another GUID. It is bookmarked as <name>-2 (-3, ...) instead: bases
+    are found by GUID and ownership by prefix and GUID, never by the full name."""
+    for n in range(1, 10):
+        name = f"{snap.dataset}#{snap.short}" + (f"-{n}" if n > 1 else "")
+        r = proc.run(["zfs", "bookmark", snap.name, name], check=False, timeout=60)
+        if r.returncode != 0 and "exists" not in r.stderr:
+            return None
+        found = [b for b in list_bookmarks(snap.dataset) if b.name == name]
+        if not found:
+            return None
+        if found[0].guid == snap.guid:
+            return found[0]
+    return None
 
 
 def prune(dataset: str, prefix: str, keep_guid: int, uploaded: set[int]) -> list[str]:
