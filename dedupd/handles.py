@@ -59,8 +59,10 @@ class _OpenHow(ctypes.Structure):
                 ("resolve", ctypes.c_uint64)]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+# The process's own symbols, libc among them (find_library would run `ldconfig -p`
+# in a subprocess): openat2 here, renameat2 and syncfs in dedupd.fsops.
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
 _have_openat2: bool | None = None
 # Test hook (never set in production): the component-by-component fallback, as on
 # kernels without openat2. Read once; in-process tests set the attribute.
@@ -83,7 +85,7 @@ def have_openat2() -> bool:
 
 def _openat2(dirfd: int, path: bytes, flags: int, resolve: int, mode: int = 0) -> int:
     how = _OpenHow(flags, mode, resolve)
-    fd = _libc.syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
+    fd = LIBC.syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), os.fsdecode(path))

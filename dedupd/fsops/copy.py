@@ -464,23 +464,9 @@ def sync_filesystem(path: bytes) -> None:
 
 def sync_fd_filesystem(fd: int) -> None:
     """Make everything written to the filesystem of an open fd durable (syncfs(2))."""
-    if _libc_syncfs(fd) != 0:
+    syncfs = getattr(handles.LIBC, "syncfs", None)
+    if syncfs is None or syncfs(fd) != 0:
         os.sync()  # no syncfs: the global sync is slower but as safe
-
-
-_SYNCFS: list[object] = []
-
-
-def _libc_syncfs(fd: int) -> int:
-    import ctypes
-
-    if not _SYNCFS:
-        lib = ctypes.CDLL(None, use_errno=True)  # find_library would run `ldconfig -p`
-        _SYNCFS.append(getattr(lib, "syncfs", None))
-    fn = _SYNCFS[0]
-    if fn is None:
-        return -1
-    return int(fn(fd))  # type: ignore[operator]
 
 
 def _write_copy(sfd: int, tfd: int, st: os.stat_result

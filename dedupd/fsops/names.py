@@ -22,21 +22,13 @@ from dedupd import handles, testpoints
 RENAME_NOREPLACE = 1  # linux/fs.h
 RENAME_EXCHANGE = 2
 
-_libc: ctypes.CDLL | None = None
-
-
 def renameat2() -> Any:
     """libc's renameat2, or None where it is missing or the test hook
     DEDUPD_TEST_NO_EXCHANGE=1 forces the rename fallback without any renameat2 flag
     (never set in production; =noreplace refuses RENAME_EXCHANGE only: exchange_in)."""
-    global _libc
     if os.environ.get("DEDUPD_TEST_NO_EXCHANGE", "noreplace") not in ("", "noreplace"):
         return None  # test-only: exercise the rename path as on NFS or zfs-fuse
-    if _libc is None:
-        # The process's own symbols (libc among them): find_library would run
-        # `ldconfig -p` in a subprocess at every pass.
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return getattr(_libc, "renameat2", None)
+    return getattr(handles.LIBC, "renameat2", None)
 
 
 def exchange_in(fn: Any, pa: handles.Parent, pb: handles.Parent) -> bool:
