@@ -88,12 +88,11 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
             continue
         new, changed = (new + 1, changed) if o is None else (new, changed + 1)
         unstable = 0 if o is None else o[3] + 1
+        row = (*k, e.size, e.mtime_ns, e.ctime_ns - e.mtime_ns, None, None, scan_id, unstable)
         if o is None and hold is not None and k[0] not in renumbered:
-            hold[(e.dev, e.ino)] = [*k, e.size, e.mtime_ns, e.ctime_ns - e.mtime_ns, None, None,
-                                    scan_id, 0]
+            hold[(e.dev, e.ino)] = list(row)  # a list: held.py fills its hashes in place
         else:
-            upserts.append((*k, e.size, e.mtime_ns, e.ctime_ns - e.mtime_ns, None, None,
-                            scan_id, unstable))
+            upserts.append(row)
         files.append(IndexedFile(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
                                  None, None, unstable, paths))
     erows: list[tuple[Any, ...]] = []
