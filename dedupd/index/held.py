@@ -17,12 +17,18 @@ transaction that writes the last of them. Nothing is held on a filesystem whose
 inode numbers are made up at each mount (its rows may exist under another name;
 record.py decides those with the index).
 
-One thread's: the scan's record thread fills and flushes it, then the scan's
-thread flushes the rest (`Store.release_held`) once the feeders are done.
+Threads: the record thread holds and writes rows; the hashes come from the same
+thread (forked feeders) or from the feeder's own (FEED_PROCS = 0). Every method holds
+`lock`, and Store.record holds it over its whole transaction: a hash is
+put into a row either before the row is taken to be written (it goes in with it) or
+after that row's INSERT is committed (it is returned, for the index's UPDATE, which
+then finds the row). The scan's thread takes the rest (`Store.release_held`) once
+the feeders are done.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -48,12 +54,18 @@ class HeldRows:
         self.filled: list[tuple[int, int]] = []  # keys whose hashes came since the flush
         self.seq = 0
         self.forgot = False  # an inode was found gone: no digest is stored any more
+        self.lock = threading.RLock()  # see the module docstring
 
     def next_batch(self, keys: Iterable[tuple[int, int]]) -> list[Row]:
-        """Start a record batch (the (dev, ino) of its files that may have been met
-        before: another name of a hardlinked inode): the held rows to write in its
-        transaction: those of its own inodes (so that the batch finds them), those
-        whose hashes came, and those LAG batches old."""
+        """Start a record batch (the (dev, ino) of its files): the held rows to write
+        in its transaction: those of its own inodes (another name of one met before:
+        a hardlink, or a directory moved during the scan; so that the batch finds
+        them), those whose hashes came, and those LAG batches old. The caller holds
+        `lock` until the transaction that writes them is committed."""
+        with self.lock:
+            return self._next_batch(keys)
+
+    def _next_batch(self, keys: Iterable[tuple[int, int]]) -> list[Row]:
         self.seq += 1
         rows = self.rows
         out = [rows.pop(k) for k in [k for k in keys if k in rows]]
@@ -71,12 +83,17 @@ class HeldRows:
 
     def hold(self, rows: dict[tuple[int, int], Row]) -> None:
         """The new rows of the current batch, by (dev, ino)."""
-        self.rows.update(rows)
-        self.batches.append((self.seq, list(rows)))
+        with self.lock:
+            self.rows.update(rows)
+            self.batches.append((self.seq, list(rows)))
 
     def defer(self, digests: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The current batch's directory digests, held while a row of theirs may be;
         returns the digests now safe to store (all rows of their batch written)."""
+        with self.lock:
+            return self._defer(digests)
+
+    def _defer(self, digests: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         if self.forgot:
             return []
         if digests:
@@ -91,6 +108,10 @@ class HeldRows:
         replaces an earlier one, as Store.save_hashes does); the others are returned,
         for the index. A stat-checked update of another stat than the row's is
         dropped: the UPDATE would match no row either."""
+        with self.lock:
+            return self._fill(updates)
+
+    def _fill(self, updates: Iterable[HashUpdate]) -> list[HashUpdate]:
         rest: list[HashUpdate] = []
         rows = self.rows
         for u in updates:
@@ -115,6 +136,10 @@ class HeldRows:
         lost such a name, stored after the forgetting, while the directory may list
         the same again (moved away during the read and back: the next scans would skip
         it and never index the file again)."""
+        with self.lock:
+            self._drop(keys)
+
+    def _drop(self, keys: Iterable[tuple[int, int]]) -> None:
         for k in keys:
             self.rows.pop(k, None)
             self.forgot = True
@@ -123,6 +148,10 @@ class HeldRows:
 
     def release(self) -> tuple[list[Row], list[tuple[bytes, bytes]]]:
         """Every row and digest still held."""
+        with self.lock:
+            return self._release()
+
+    def _release(self) -> tuple[list[Row], list[tuple[bytes, bytes]]]:
         rows = list(self.rows.values())
         digests = [d for _, ds in self.digests for d in ds]
         self.rows, self.filled = {}, []

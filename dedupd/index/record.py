@@ -26,8 +26,9 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
 
     held = store.held
     if held is not None:  # rows held back in memory (held.py) that this batch must find
-        # another name of an inode held (a hardlink: a file of one link is named once)
-        rows = held.next_batch([(e.dev, e.ino) for _fs, e in keyed if e.nlink > 1])
+        # another name of an inode held: a hardlink, or a file of one link whose
+        # directory moved during the scan (listed before the move and after it)
+        rows = held.next_batch([(e.dev, e.ino) for _fs, e in keyed])
         if rows:  # in key order: each B-tree page met once, not once per row
             store.bulk.upsert_inodes(c, sorted(rows))
     by_key: dict[Key, FileEvent] = {}

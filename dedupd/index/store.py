@@ -7,6 +7,7 @@ bounded whatever the number of indexed files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -239,8 +240,10 @@ class Store(Names):
                 except Unreachable:
                     continue  # its directory vanished since the walk: the next scan decides
             keyed.append((fs, e))
+        held = self.held  # its lock over the whole transaction (held.py)
         try:
-            with self.db.tx() as c:
+            with held.lock if held is not None else contextlib.nullcontext(), \
+                    self.db.tx() as c:
                 res = record_batch(self, c, scan_id, keyed, touch_inodes, digests)
         except BaseException:
             self.dirs.reset()  # ids created in the rolled-back transaction are void
