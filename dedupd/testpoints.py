@@ -26,6 +26,12 @@ def at(point: str, path: bytes) -> None:
         act(point, path)
 
 
+def action(point: str) -> Action | None:
+    """What at(point, ...) would call now, for a loop that looks it up once (None in
+    production)."""
+    return _actions.get(point)
+
+
 @contextmanager
 def acting(points: tuple[str, ...], action: Action) -> Iterator[None]:
     """Call action(point, path) at each of points while the block runs (tests only)."""

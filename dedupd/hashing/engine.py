@@ -14,7 +14,10 @@ and finds the bytes it compares in the page cache.
 
 `Hasher.run` takes complete size groups (from the index); `Feeder` takes the
 members of many sizes batch by batch as a walk records them (the scan's early
-hashing) and applies the same rule and the same order to each batch.
+hashing) and applies the same rule and the same order to each batch. A Feeder
+first tries a batch's first reads directory by directory from the page cache
+(read.read_warm: on a warm cache the order costs nothing, and each directory is
+resolved once); what that does not answer goes the inode order way.
 """
 
 from __future__ import annotations
@@ -24,10 +27,21 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, TypeVar
 
 from dedupd.files.events import Problem
-from dedupd.hashing.read import Dirs, Got, cacheable, on_disk, open_ahead, read_cached, read_one
+from dedupd.hashing.read import (
+    COLD_MISSES,
+    Dirs,
+    Got,
+    cacheable,
+    on_disk,
+    open_ahead,
+    read_cached,
+    read_one,
+    read_warm,
+)
 from dedupd.hashing.rule import Group, Hashed, Key, Read, SizeGroup
 from dedupd.hashing.stats import HashStats, Stability
 from dedupd.index.store import HashUpdate, IndexedFile
@@ -36,7 +50,6 @@ CHUNK_FILES, CHUNK_BYTES = 16, 1024 * 1024  # reads per task (at most)
 HEAD_BATCH = 4096  # first reads per batch, in inode order
 READERS = 4  # threads reading files (several reads in flight keep the device busy)
 PREFETCH = 8  # files opened (and asked for with WILLNEED) ahead of the one read
-COLD_MISSES = 3  # page cache misses in a row that make read_many prefetch (a cold cache)
 WINDOW_BYTES = 1024 * 1024 * 1024  # whole-file bytes per window, in disk order (at most)
 
 if TYPE_CHECKING:  # imported when a pool is made: `dedupd scan` mostly has none
@@ -282,7 +295,10 @@ class Feeder:
         first = self._first(batch)
         learnt: list[tuple[IndexedFile, SizeGroup]] = []
         second: list[Job] = []
-        for (f, _, sg), got in read_many(inode_order(first)):
+        warm = read_warm(first)  # a warm cache's reads, directory by directory
+        rest = inode_order([j for j, got in zip(first, warm, strict=True) if got is None])
+        done = [(j, got) for j, got in zip(first, warm, strict=True) if got is not None]
+        for (f, _, sg), got in chain(done, read_many(rest)):
             learnt.append((f, sg))
             if more := sg.learn(f, got):
                 second += _jobs(sg, more)

@@ -14,6 +14,7 @@ import errno
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import xxhash
@@ -23,6 +24,7 @@ from dedupd.files.events import Problem
 from dedupd.index.store import IndexedFile
 
 HEAD_SIZE = 4096
+COLD_MISSES = 3  # page cache misses in a row that make the readers deem the cache cold
 # Files up to this size are hashed whole in the first read: on a cold cache one
 # 128 KiB read costs about what a 4 KiB one does (readahead), and it saves a
 # second open for every duplicate.
@@ -244,6 +246,79 @@ def read_cached(f: IndexedFile, full: bool, dirs: Dirs) -> Got | Problem | None:
     data = mv[:got]
     return _new(Got, (xxhash.xxh3_64_intdigest(data[:HEAD_SIZE]),
                       xxhash.xxh3_128_digest(data) if full else None, got))
+
+
+def read_warm(jobs: Sequence[tuple[IndexedFile, bool, object]]) -> list[Got | None]:
+    """read_cached for a batch of first reads (heads, small files whole), directory
+    by directory: each directory is resolved by handle once (handles.open_dir) and
+    its files are opened relative to that fd, never following the final name. One
+    outcome per job, in order: its Got, or None when this path did not answer: not
+    all cached, a large whole read, on a device without RWF_NOWAIT, or anything but
+    the plain case (an error, a symlink or other file in the name's place, a stat
+    that moved since the walk, a short or long read). A None is read again by
+    read_many, whose checks decide what it is (a Problem, a cold read). After
+    COLD_MISSES cache misses in a row (a cold cache) the rest is None, unread.
+    Every Got passed the same fstat check as read_cached, after its read."""
+    out: list[Got | None] = [None] * len(jobs)
+    by_dir: dict[bytes, list[tuple[int, bytes, IndexedFile, bool]]] = {}
+    nowait_off = _no_nowait
+    for i, (f, full, _) in enumerate(jobs):
+        size = f[2]
+        if (full and size > WHOLE_READ) or f[0] in nowait_off:
+            continue
+        parent, _, name = f[8][0].rpartition(b"/")
+        by_dir.setdefault(parent, []).append((i, name, f, full))
+    mv = _buffer()
+    head = mv[:HEAD_SIZE]
+    act = testpoints.action("read.open")
+    fopen, preadv, fstat, close = os.open, os.preadv, os.fstat, os.close
+    h64, h128, head_size = xxhash.xxh3_64_intdigest, xxhash.xxh3_128_digest, HEAD_SIZE
+    flags, plain, nowait = _O_FLAGS | _NOATIME, _O_FLAGS, _NOWAIT
+    misses = 0
+    for parent, files in by_dir.items():
+        dfd = -1
+        try:
+            for i, name, f, full in files:
+                if act is not None:
+                    act("read.open", f[8][0])
+                if dfd < 0:  # resolved at its first file's open, as read_cached does
+                    try:
+                        dfd = handles.open_dir(parent or b"/")
+                    except OSError:
+                        break
+                try:
+                    try:
+                        fd = fopen(name, flags, dir_fd=dfd)
+                    except PermissionError:  # O_NOATIME needs ownership (see open_file)
+                        fd = fopen(name, plain, dir_fd=dfd)
+                except OSError:
+                    continue
+                try:
+                    # a whole read asks one byte past the indexed size: a file that grew shows
+                    got = preadv(fd, (mv[:f[2] + 1] if full else head,), 0, nowait)
+                    st = fstat(fd)
+                except OSError:  # EAGAIN: not cached; anything else: read_many tells
+                    got, st = -1, None
+                finally:
+                    close(fd)
+                size = f[2]
+                # all of it cached: a whole read got the size (or more: it grew), a
+                # head its HEAD_SIZE bytes (or the whole of a shorter file)
+                if st is None or got < (size if full or size < head_size else head_size):
+                    misses += 1  # a miss (or it shrank: read_many tells)
+                    if misses >= COLD_MISSES:
+                        return out
+                    continue
+                if got > size or st.st_ctime_ns != f[4] or st.st_ino != f[1] \
+                        or st.st_dev != f[0] or st.st_size != size or st.st_mtime_ns != f[3]:
+                    continue  # grew, or not the walked inode as it was: read_many tells
+                misses = 0
+                data = mv[:got]
+                out[i] = _new(Got, (h64(data[:head_size]), h128(data) if full else None, got))
+        finally:
+            if dfd >= 0:
+                close(dfd)
+    return out
 
 
 def problem(f: IndexedFile, e: BaseException) -> Problem:

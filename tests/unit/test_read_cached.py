@@ -1,17 +1,29 @@
-"""The warm-cache reader (hashing.read.read_cached): what it learns equals read_one's,
-it never reads past the page cache, and it keeps every check of the slow path."""
+"""The warm-cache readers (hashing.read.read_cached, and read_warm for a batch): what
+they learn equals read_one's, they never read past the page cache, and they keep every
+check of the slow path."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import pytest
 import xxhash
 
+from dedupd import testpoints
 from dedupd.files.events import Problem
+from dedupd.hashing import Feeder, Stability
 from dedupd.hashing.engine import read_many
-from dedupd.hashing.read import HEAD_SIZE, Dirs, Got, read_cached, read_one
+from dedupd.hashing.read import (
+    COLD_MISSES,
+    HEAD_SIZE,
+    Dirs,
+    Got,
+    read_cached,
+    read_one,
+    read_warm,
+)
 from dedupd.index.store import IndexedFile
 
 
@@ -139,3 +151,126 @@ def test_one_file_the_cache_lost_is_read_alone_and_the_rest_still_from_the_cache
         evict(p)
     assert [g for _, g in read_many([(f, True) for f in files])] == want
     assert len(tried) == engine.COLD_MISSES and len(slow) == 8
+
+
+# read_warm: a batch's first reads directory by directory (the scan's feeders)
+
+
+def tree(tmp_path: Path) -> dict[str, Path]:
+    """Small files in two directories and a large one (read by its head)."""
+    paths = {}
+    for d in ("x", "y"):
+        (tmp_path / d).mkdir()
+        for n in ("a", "b"):
+            p = paths[f"{d}/{n}"] = tmp_path / d / n
+            p.write_bytes(os.urandom(3000 if n == "a" else 40_000))
+    paths["big"] = tmp_path / "big"
+    paths["big"].write_bytes(os.urandom(300_000))
+    return paths
+
+
+def test_read_warm_gives_what_read_one_gives(tmp_path: Path) -> None:
+    files = [indexed(p) for p in tree(tmp_path).values()]
+    jobs = [(f, f.size <= 128 * 1024, None) for f in files]
+    got = read_warm(jobs + [(files[-1], True, None)])  # a large whole read: not this path's
+    assert got[:-1] == [read_one(f, full) for f, full, _ in jobs]
+    assert got[-1] is None
+    assert all(isinstance(g, Got) for g in got[:-1])
+
+
+def test_read_warm_refuses_a_name_swapped_or_changed_after_the_walk(tmp_path: Path) -> None:
+    # between the walk (indexed) and the fast read: x/a becomes a symlink to a file
+    # of the same bytes, y/a is rewritten (same size, new ctime), y/b is replaced by
+    # another file, and directory x/.. stays: only the untouched file is read
+    paths = tree(tmp_path)
+    files = {k: indexed(p) for k, p in paths.items()}
+    twin = tmp_path / "twin"
+    twin.write_bytes(paths["x/a"].read_bytes())
+    other = tmp_path / "other"
+    other.write_bytes(paths["y/b"].read_bytes())
+
+    def swap(_point: str, path: bytes) -> None:
+        if path == os.fsencode(paths["x/a"]) and not paths["x/a"].is_symlink():
+            paths["x/a"].unlink()
+            paths["x/a"].symlink_to(twin)
+        elif path == os.fsencode(paths["y/a"]):
+            paths["y/a"].write_bytes(paths["y/a"].read_bytes())
+        elif path == os.fsencode(paths["y/b"]) and other.exists():
+            os.replace(other, paths["y/b"])
+
+    keys = ["x/a", "x/b", "y/a", "y/b"]
+    with testpoints.acting(("read.open",), swap):
+        got = read_warm([(files[k], True, None) for k in keys])
+    assert got[0] is None and got[2] is None and got[3] is None
+    assert got[1] == read_one(files["x/b"], True)
+    # the reader they go on to tells what happened: nothing is hashed
+    assert [cast(Problem, read_one(files[k], True)).reason for k in ("x/a", "y/a", "y/b")] \
+        == ["path_changed", "changed", "changed"]
+
+
+def test_a_directory_swapped_for_a_symlink_is_not_entered(tmp_path: Path) -> None:
+    paths = tree(tmp_path)
+    files = [indexed(paths["x/a"]), indexed(paths["x/b"])]
+    (tmp_path / "x").rename(tmp_path / "x2")
+    (tmp_path / "x").symlink_to(tmp_path / "x2")
+    assert read_warm([(f, True, None) for f in files]) == [None, None]
+
+
+def test_the_feeder_reports_a_file_swapped_before_its_fast_read(tmp_path: Path) -> None:
+    # three of one size: the one replaced by a symlink (to identical bytes) between
+    # the walk and the read is reported, never hashed nor grouped
+    data = os.urandom(5000)
+    paths = [tmp_path / n for n in ("a", "b", "c")]
+    for p in paths:
+        p.write_bytes(data)
+    files = [indexed(p) for p in paths]
+    (tmp_path / "twin").write_bytes(data)
+
+    def swap(_point: str, path: bytes) -> None:
+        if path == os.fsencode(paths[1]) and not paths[1].is_symlink():
+            paths[1].unlink()
+            paths[1].symlink_to(tmp_path / "twin")
+
+    feeder = Feeder(Stability(), 100)
+    with testpoints.acting(("read.open",), swap):
+        updates, gone = feeder.put(files)
+    assert sorted(u.ino for u in updates) == sorted([files[0].ino, files[2].ino])
+    [group] = feeder.groups()  # counters reach feeder.stats with the groups
+    assert {f.ino for f in group.files} == {files[0].ino, files[2].ino}
+    assert [p.reason for p in feeder.stats.problems] == ["path_changed"]
+
+
+def test_read_warm_stops_on_a_cold_cache_and_the_feeder_reads_the_rest(
+        tmp_path: Path) -> None:
+    data = os.urandom(20_000)
+    paths = [tmp_path / f"f{i}" for i in range(8)]
+    for p in paths:
+        p.write_bytes(data)
+    files = [indexed(p) for p in paths]
+    for p in paths:
+        evict(p)
+    tried: list[bytes] = []
+    with testpoints.acting(("read.open",), lambda _p, path: tried.append(path)):
+        assert read_warm([(f, True, None) for f in files]) == [None] * 8
+    assert len(tried) == COLD_MISSES
+    feeder = Feeder(Stability(), 100)
+    updates, gone = feeder.put(files)
+    assert len(updates) == 8 and not gone
+    [group] = feeder.groups()
+    assert not feeder.stats.problems and feeder.stats.full_hashes == 8
+    assert len(group.files) == 8 and group.full == xxhash.xxh3_128_digest(data)
+
+
+def test_read_warm_leaves_a_filesystem_without_nowait_reads_alone() -> None:
+    shm = Path("/dev/shm") / f"dedupd-warm-{os.getpid()}"
+    shm.write_bytes(b"q" * 5000)
+    try:
+        f = indexed(shm)
+        [(_, got)] = list(read_many([(f, True)]))  # learns tmpfs refuses RWF_NOWAIT
+        assert isinstance(got, Got)
+        tried: list[bytes] = []
+        with testpoints.acting(("read.open",), lambda _p, path: tried.append(path)):
+            assert read_warm([(f, True, None)]) == [None]
+        assert tried == []
+    finally:
+        shm.unlink()
