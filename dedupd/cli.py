@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dedupd import __version__, commands, log
+from dedupd import __version__, commands
 from dedupd.errors import EXIT_FAILURE, EXIT_USAGE, DedupdError
 
 EPILOG = """\
@@ -74,9 +73,13 @@ def build_parser(argv: Sequence[str] | None = None, *, full: bool = False
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
-    log.setup(getattr(args, "log_level", None) or "info", getattr(args, "log_json", False))
     sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     try:
+        # a command's work that comes before logging is set up (logging imports
+        # threading, traceback and more): `dedupd scan` forks its walk there
+        if (early := getattr(args, "early", None)) is not None:
+            early(args)
+        _setup_log(args)
         return int(args.func(args) or 0)
     except DedupdError as e:
         sys.stderr.write(f"dedupd: error: {e}\n")
@@ -87,8 +90,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_FAILURE
     except Exception:
+        _setup_log(args)  # again, if early() failed before it
+        import logging
+
         logging.getLogger("dedupd").exception("unexpected error (this is a bug; please report)")
         return EXIT_FAILURE
+
+
+def _setup_log(args: argparse.Namespace) -> None:
+    from dedupd import log
+
+    log.setup(getattr(args, "log_level", None) or "info", getattr(args, "log_json", False))
 
 
 def run() -> None:
@@ -102,5 +114,6 @@ def run() -> None:
     except BrokenPipeError:
         rc = rc or EXIT_FAILURE
     sys.stderr.flush()
-    logging.shutdown()
+    if (logging := sys.modules.get("logging")) is not None:  # not when early() failed
+        logging.shutdown()
     os._exit(rc)

@@ -21,7 +21,7 @@ from dedupd.errors import ConfigError
 from dedupd.schedule import parse_schedule
 
 DEFAULT_CONFIG, DEFAULT_STATE_DIR, DEFAULT_DB_URL = (  # here too: config.DEFAULT_CONFIG
-    defaults.DEFAULT_CONFIG, defaults.DEFAULT_STATE_DIR, defaults.DEFAULT_DB_URL)
+    Path(defaults.DEFAULT_CONFIG), Path(defaults.DEFAULT_STATE_DIR), defaults.DEFAULT_DB_URL)
 
 VOLUME_KINDS = ("btrfs", "xfs", "zfs", "plain", "pool")
 # Kinds whose dedupe replaces or deletes user files: dry-run until told otherwise.

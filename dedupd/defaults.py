@@ -2,12 +2,12 @@
 
 Apart from dedupd.config so that a command which needs only the index (`dedupd
 scan` without a config file) never imports the config's parser and dataclasses.
+Strings, not Paths: pathlib (with urllib.parse and ipaddress) is no import of a
+rescan's start-up, before its walk is forked; dedupd.config has them as Paths.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-DEFAULT_CONFIG = Path("/etc/dedupd/dedupd.toml")
-DEFAULT_STATE_DIR = Path("/var/lib/dedupd")
+DEFAULT_CONFIG = "/etc/dedupd/dedupd.toml"
+DEFAULT_STATE_DIR = "/var/lib/dedupd"
 DEFAULT_DB_URL = f"sqlite:///{DEFAULT_STATE_DIR}/dedupd.db"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dedupd.defaults import DEFAULT_CONFIG, DEFAULT_DB_URL
 
 if TYPE_CHECKING:  # imported when a store is opened: `--help` of every command skips it
+    from pathlib import Path
+
     from dedupd.config import Config
     from dedupd.index.store import Store
 
@@ -25,10 +27,18 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * (1024 ** ("kmgt".index(unit) + 1) if unit else 1)
 
 
+def path(text: str) -> Path:
+    """argparse's type of a file argument: a Path, with pathlib imported only when one
+    is given (`dedupd scan` forks its walk before it imports pathlib)."""
+    from pathlib import Path
+
+    return Path(text)
+
+
 def add_common(p: argparse.ArgumentParser, *, json_flag: bool = True,
                dry_run: bool = False) -> None:
     g = p.add_argument_group("common options")
-    g.add_argument("-c", "--config", type=Path, metavar="FILE",
+    g.add_argument("-c", "--config", type=path, metavar="FILE",
                    help=f"config file (default {DEFAULT_CONFIG}; "
                    "missing default = built-in defaults)")
     g.add_argument("--db", metavar="URL",
@@ -65,7 +75,7 @@ def open_index(args: argparse.Namespace) -> Store:
     """open_store(args, load_config(args)) for a command that needs nothing else of
     the config: without a config file (no -c, no default one) the built-in
     defaults' index, without importing the config's parser (8 ms of a rescan)."""
-    if args.config is None and not DEFAULT_CONFIG.exists():
+    if args.config is None and not os.path.exists(DEFAULT_CONFIG):
         return _store(args.db or DEFAULT_DB_URL, None)
     return open_store(args, load_config(args))
 

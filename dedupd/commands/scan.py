@@ -44,21 +44,29 @@ def register(sub: Any) -> None:
                    help="skip files changed less than SECONDS ago (default 0)")
     add_progress_arg(p)
     add_common(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, early=start_walk)
 
 
-def run(args: argparse.Namespace) -> int:
-    # The walk first: its processes are forked before the index, SQLite and the
-    # scanner are imported (a rescan's walk is most of its time; docs/schema.md),
-    # and get the index's known digests from the scan once it has read them.
-    from dedupd.errors import DedupdError
-    from dedupd.forkpipe import ChildFailed
+def start_walk(args: argparse.Namespace) -> None:
+    """The walk first (cli.main calls this before it sets up logging): its processes
+    are forked before logging, the index, SQLite and the scanner are imported (a
+    rescan's walk is most of its time; docs/schema.md), and get the index's known
+    digests from the scan once it has read them. args.walking: that walk."""
     from dedupd.scan.walk import WalkOptions, normalize_roots
     from dedupd.scan.walkproc import BATCH, RESCAN_WALKERS, ForkedWalk
 
-    walking = ForkedWalk(normalize_roots(args.paths),
-                         WalkOptions(args.min_size, tuple(args.exclude), args.cross_mounts),
-                         BATCH, workers=RESCAN_WALKERS, later=True)
+    args.walking = ForkedWalk(normalize_roots(args.paths),
+                              WalkOptions(args.min_size, tuple(args.exclude),
+                                          args.cross_mounts),
+                              BATCH, workers=RESCAN_WALKERS, later=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dedupd.errors import DedupdError
+    from dedupd.forkpipe import ChildFailed
+    from dedupd.scan.walkproc import ForkedWalk
+
+    walking: ForkedWalk = args.walking
     try:  # however it ends, no walk process outlives the scan
         from dedupd.progress import open_progress
         from dedupd.scan.scanner import ScanOptions, scan

@@ -20,11 +20,11 @@ pending, every directory digested, and no hash moved while the scan ran.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import marshal
 import os
 import zlib
+from _blake2 import blake2b  # hashlib's, without its import of OpenSSL (a scan's start)
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -51,18 +51,18 @@ def key(roots: Sequence[bytes], options: Sequence[Any]) -> str:
     """The answers row of these roots and options (whatever decides the answer
     besides the tree: min size, excludes, mounts, settling), for this dedupd."""
     doc = json.dumps([__version__, FORMAT, [os.fsdecode(r) for r in roots], list(options)])
-    return hashlib.blake2b(doc.encode(), digest_size=32).hexdigest()
+    return blake2b(doc.encode(), digest_size=32).hexdigest()
 
 
 def fingerprint(listed: Iterable[tuple[bytes, bytes]]) -> bytes:
     """Of the (directory path, listing digest) pairs of one walk, in any order."""
-    return hashlib.blake2b(marshal.dumps(sorted(listed), 2), digest_size=16).digest()
+    return blake2b(marshal.dumps(sorted(listed), 2), digest_size=16).digest()
 
 
 def _dirs_check(paths: Iterable[tuple[int, bytes]]) -> bytes:
     """Of the answer's directory ids with their paths: a directory row dropped and its
     id given to another path (SQLite reuses the highest id) must not rename a member."""
-    return hashlib.blake2b(marshal.dumps(sorted((d, p.rstrip(b"/")) for d, p in paths), 2),
+    return blake2b(marshal.dumps(sorted((d, p.rstrip(b"/")) for d, p in paths), 2),
                            digest_size=16).digest()
 
 

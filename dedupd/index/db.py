@@ -20,7 +20,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 from dedupd.errors import DedupdError, TemporaryFailure
@@ -147,9 +146,9 @@ class Db:
         self._opened: list[tuple[int, threading.Thread, Any]] = []
         self._opened_lock = threading.Lock()
         if path is not None:
-            where = Path(path).parent
+            where = os.path.dirname(os.path.abspath(path))  # not pathlib: 3 ms of a scan
             try:
-                where.mkdir(parents=True, exist_ok=True)
+                os.makedirs(where, exist_ok=True)
             except OSError as e:
                 raise IndexError_(f"cannot create the index directory {where}: "
                                   f"{e.strerror}") from None

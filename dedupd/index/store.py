@@ -8,7 +8,6 @@ bounded whatever the number of indexed files.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import logging
@@ -16,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+from _blake2 import blake2b  # hashlib's, without its import of OpenSSL (a scan's start)
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -106,7 +106,7 @@ class RecordResult:
 def path_key(path: bytes) -> bytes:
     """A fixed-size key of a path (provenance rows): bytes paths may exceed btree key
     limits (PostgreSQL), and a collision-resistant digest keeps crafted names apart."""
-    return hashlib.blake2b(path, digest_size=16).digest()
+    return blake2b(path, digest_size=16).digest()
 
 
 class Store(Names):

@@ -10,11 +10,14 @@ from __future__ import annotations
 import errno
 import fnmatch
 import functools
-import hashlib
 import itertools
 import marshal
 import os
 import stat
+
+# hashlib's blake2b itself, without hashlib's import of OpenSSL (_hashlib): a
+# few ms of every `dedupd scan` before its walk is forked
+from _blake2 import blake2b
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from stat import S_ISDIR, S_ISLNK, S_ISREG
@@ -459,10 +462,10 @@ def listing_digest(opts: WalkOptions, items: list[tuple[Any, ...]]) -> bytes:
 
 
 @functools.lru_cache(maxsize=8)
-def _seeded(opts: WalkOptions) -> hashlib.blake2b:
+def _seeded(opts: WalkOptions) -> blake2b:
     """A digest seeded with the walk's options (made once per options, copied per
     directory)."""
-    return hashlib.blake2b(repr((opts.min_size, opts.exclude, opts.cross_mounts)).encode(),
+    return blake2b(repr((opts.min_size, opts.exclude, opts.cross_mounts)).encode(),
                            digest_size=16)
 
 

@@ -31,7 +31,12 @@ import marshal
 import mmap
 import os
 import select
-import socket
+import struct
+
+# the socket module's C core: socket.py's start-up (enums made of every constant)
+# is a few ms of every `dedupd scan`, paid before its walk is forked
+from _socket import AF_UNIX, CMSG_LEN, SCM_RIGHTS, SHUT_RDWR, SOCK_SEQPACKET, SOL_SOCKET, socketpair
+from _socket import socket as Socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -62,6 +67,21 @@ BATCH = 2000  # events a batch (the scanner's RECORD_BATCH)
 RESCAN_WALKERS = 4
 HOLD_MAX = 20_000  # listed entries an early walk process holds before it waits
 _PUBLISHED, _ABANDONED = 1, 2  # flag[1] of an early walk: the digests are there / never
+_FD = struct.Struct("i")
+
+
+def _send_fds(sock: Socket, data: bytes, fd: int) -> None:
+    """data, with a copy of descriptor fd for the peer (SCM_RIGHTS)."""
+    sock.sendmsg([data], [(SOL_SOCKET, SCM_RIGHTS, _FD.pack(fd))])
+
+
+def _recv_fds(sock: Socket) -> tuple[bytes, list[int]]:
+    """One message (b"" at EOF) and the descriptors that came with it (at most one)."""
+    data, anc, _flags, _addr = sock.recvmsg(_MSG, CMSG_LEN(_FD.size))
+    fds = [fd for level, kind, raw in anc if level == SOL_SOCKET and kind == SCM_RIGHTS
+           for (fd,) in _FD.iter_unpack(raw[:len(raw) - len(raw) % _FD.size])]
+    return data, fds
+
 
 
 def _event(ev: FileEvent | DirListed) -> Wire:
@@ -182,7 +202,7 @@ class _Share:
     """walk.Donor of one walk process. `flag` (shared with the parent) changes each
     time a process runs out of work; this one serves each change once."""
 
-    def __init__(self, flag: mmap.mmap, sock: socket.socket) -> None:
+    def __init__(self, flag: mmap.mmap, sock: Socket) -> None:
         self.flag, self.sock, self.served = flag, sock, 0
 
     def wanted(self) -> bool:
@@ -190,12 +210,12 @@ class _Share:
 
     def give(self, fd: int, path: bytes, subdirs: list[tuple[bytes, int, int]]) -> None:
         self.served = self.flag[0]
-        socket.send_fds(self.sock, [marshal.dumps(("task", path, subdirs))], [fd])
+        _send_fds(self.sock, marshal.dumps(("task", path, subdirs)), fd)
 
 
 def _worker(k: int, _in: int, out: int, *, roots: Sequence[bytes], opts: WalkOptions,
             n: int, known: Mapping[bytes, tuple[bytes, int]] | None, flag: mmap.mmap,
-            memfd: int, socks: list[tuple[socket.socket, socket.socket]]) -> None:
+            memfd: int, socks: list[tuple[Socket, Socket]]) -> None:
     """Walk process k: the roots (k = 0), then each subtree the parent hands over,
     until told to stop; "done" after each. known None: the digests come later
     (memfd, see _Later)."""
@@ -216,7 +236,7 @@ def _worker(k: int, _in: int, out: int, *, roots: Sequence[bytes], opts: WalkOpt
     while True:
         sender.flush()  # what this process holds goes out before it waits
         sock.send(marshal.dumps(("done",)))
-        data, fds, _flags, _addr = socket.recv_fds(sock, _MSG, 1)
+        data, fds = _recv_fds(sock)
         msg: Any = marshal.loads(data) if data else ("stop",)
         if msg[0] == "stop":
             for fd in fds:
@@ -244,7 +264,7 @@ class ForkedWalk:
         self.stats = WalkStats()
         self.files = self.nbytes = 0
         self.procs: list[tuple[int, int, int]] = []  # (pid, to, frm) of each process
-        self.socks: list[socket.socket] = []  # the parent's end of each one's channel
+        self.socks: list[Socket] = []  # the parent's end of each one's channel
         self.queue: list[tuple[Wire, int]] = []  # subtrees given, none idle to take them
         self.relayed = 0  # subtrees handed from one process to another
         self.memfd = -1
@@ -257,7 +277,7 @@ class ForkedWalk:
         if later:
             self.memfd = os.memfd_create("dedupd-known", os.MFD_CLOEXEC)
         self.stopped = False
-        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pairs = [socketpair(AF_UNIX, SOCK_SEQPACKET)
                  for _ in range(workers)]
         try:
             for k in range(workers):
@@ -335,7 +355,7 @@ class ForkedWalk:
         others are asked to share; when all are idle, all are told to stop). A
         process is idle from its "done" (each task, and its start, ends with one)
         until it is given a task. False at EOF."""
-        data, fds, _flags, _addr = socket.recv_fds(self.socks[k], _MSG, 1)
+        data, fds = _recv_fds(self.socks[k])
         if not data:
             return False
         if self.stopped:
@@ -350,7 +370,7 @@ class ForkedWalk:
             j = idle.pop()
             task, fd = self.queue.pop(0)
             try:
-                socket.send_fds(self.socks[j], [task], [fd])
+                _send_fds(self.socks[j], task, fd)
             finally:
                 os.close(fd)
             self.relayed += 1
@@ -376,7 +396,7 @@ class ForkedWalk:
             # the peer sees EOF even where a copy of this end lives on (a process
             # forked after the walk's: the feeders), so a waiting child exits
             with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+                s.shutdown(SHUT_RDWR)
             s.close()
         self.socks = []
         for pid, to, frm in self.procs:
