@@ -27,6 +27,11 @@ from typing import Any
 _LEN = struct.Struct("=I")
 PIPE_BYTES = 1 << 20  # a batch or two in flight without blocking the sender
 Wire = Any  # what marshal carries: tuples and lists of ints, bytes, floats, None
+# Format 2, not the default 4: 3 and 4 track every object written (for references
+# to it), which more than doubles the cost of dumping a batch of file tuples
+# (59,866 files: 0.042 s against 0.018); what goes through these pipes is trees
+# of tuples without shared parts worth a reference
+MARSHAL_VERSION = 2
 
 
 class ChildFailed(RuntimeError):
@@ -35,7 +40,7 @@ class ChildFailed(RuntimeError):
 
 def frame(msg: Wire) -> bytes:
     """msg as recv reads it back: its length, then its marshal bytes."""
-    data = marshal.dumps(msg)
+    data = marshal.dumps(msg, MARSHAL_VERSION)
     return _LEN.pack(len(data)) + data
 
 
