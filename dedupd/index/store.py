@@ -335,10 +335,14 @@ class Store(Names):
         """Delete inode rows no entry names any more (in the caller's transaction).
 
         One pass over the names: PostgreSQL plans NOT EXISTS as an anti-join; SQLite
-        would run it once per inode, so it gets NOT IN over a row-value list."""
+        would run it once per inode, so it gets the inodes EXCEPT the named ones (one
+        sort of each). Not NOT IN over a row-value list: SQLite answers every orphan
+        (a value not in the list) by scanning the whole list, in case it holds a NULL,
+        so a pass that relinked 1,092 of 2,892 names spent 70 ms here (issue 16)."""
         names = "SELECT d.fs, e.ino FROM entries e JOIN directories d ON d.id = e.dir"
         if self.dialect == "sqlite":
-            cur.execute(f"DELETE FROM inodes WHERE (fs, ino) NOT IN ({names})")
+            cur.execute("DELETE FROM inodes WHERE (fs, ino) IN "
+                        f"(SELECT fs, ino FROM inodes EXCEPT {names})")
         else:
             cur.execute(f"DELETE FROM inodes WHERE NOT EXISTS ({names} "
                         "WHERE e.ino = inodes.ino AND d.fs = inodes.fs)")
