@@ -15,9 +15,9 @@ and finds the bytes it compares in the page cache.
 `Hasher.run` takes complete size groups (from the index); `Feeder` takes the
 members of many sizes batch by batch as a walk records them (the scan's early
 hashing) and applies the same rule and the same order to each batch. A Feeder
-first tries a batch's first reads directory by directory from the page cache
+first tries each stage's reads directory by directory from the page cache
 (read.read_warm: on a warm cache the order costs nothing, and each directory is
-resolved once); what that does not answer goes the inode order way.
+resolved once); what that does not answer goes the inode (disk) order way.
 """
 
 from __future__ import annotations
@@ -126,6 +126,16 @@ def read_many(jobs: Sequence[_J]) -> Iterator[tuple[_J, Got | Problem]]:
             if isinstance(fd, int):
                 os.close(fd)
         dirs.close()
+
+
+def _warm_first(jobs: list[Job], order: Callable[[list[Job]], list[Job]]
+                ) -> Iterator[tuple[Job, Got | Problem]]:
+    """The outcomes of jobs: those read_warm reads from the page cache (directory
+    by directory), then the others by read_many, in `order`."""
+    warm = read_warm(jobs)
+    done = [(j, got) for j, got in zip(jobs, warm, strict=True) if got is not None]
+    rest = order([j for j, got in zip(jobs, warm, strict=True) if got is None])
+    return chain(done, read_many(rest))
 
 
 def _chunks(jobs: list[Job]) -> Iterator[list[Job]]:
@@ -295,14 +305,11 @@ class Feeder:
         first = self._first(batch)
         learnt: list[tuple[IndexedFile, SizeGroup]] = []
         second: list[Job] = []
-        warm = read_warm(first)  # a warm cache's reads, directory by directory
-        rest = inode_order([j for j, got in zip(first, warm, strict=True) if got is None])
-        done = [(j, got) for j, got in zip(first, warm, strict=True) if got is not None]
-        for (f, _, sg), got in chain(done, read_many(rest)):
+        for (f, _, sg), got in _warm_first(first, inode_order):
             learnt.append((f, sg))
             if more := sg.learn(f, got):
                 second += _jobs(sg, more)
-        for (f, _, sg), got in read_many(disk_order(second)):
+        for (f, _, sg), got in _warm_first(second, disk_order):
             learnt.append((f, sg))
             sg.learn(f, got)
         return self._drain(learnt)

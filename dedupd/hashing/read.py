@@ -249,25 +249,25 @@ def read_cached(f: IndexedFile, full: bool, dirs: Dirs) -> Got | Problem | None:
 
 
 def read_warm(jobs: Sequence[tuple[IndexedFile, bool, object]]) -> list[Got | None]:
-    """read_cached for a batch of first reads (heads, small files whole), directory
-    by directory: each directory is resolved by handle once (handles.open_dir) and
-    its files are opened relative to that fd, never following the final name. One
-    outcome per job, in order: its Got, or None when this path did not answer: not
-    all cached, a large whole read, on a device without RWF_NOWAIT, or anything but
-    the plain case (an error, a symlink or other file in the name's place, a stat
-    that moved since the walk, a short or long read). A None is read again by
-    read_many, whose checks decide what it is (a Problem, a cold read). After
-    COLD_MISSES cache misses in a row (a cold cache) the rest is None, unread.
-    Every Got passed the same fstat check as read_cached, after its read."""
+    """read_cached for a batch of reads, directory by directory: each directory is
+    resolved by handle once (handles.open_dir) and its files are opened relative to
+    that fd, never following the final name. One outcome per job, in order: its
+    Got, or None when this path did not answer: not cached (a large file: its first
+    MiB), on a device without RWF_NOWAIT, or anything but the plain case (an error,
+    a symlink or other file in the name's place, a stat that moved since the walk,
+    a short or long read). A None is read again by read_many, whose checks decide
+    what it is (a Problem, a cold read). After COLD_MISSES cache misses in a row (a
+    cold cache) the rest is None, unread. Every Got passed the same fstat check as
+    read_cached, after its read. A large file whose first MiB is cached is read
+    whole here, the rest of it from the disk if need be (no disk order to keep:
+    its start was in the cache)."""
     out: list[Got | None] = [None] * len(jobs)
     by_dir: dict[bytes, list[tuple[int, bytes, IndexedFile, bool]]] = {}
     nowait_off = _no_nowait
     for i, (f, full, _) in enumerate(jobs):
-        size = f[2]
-        if (full and size > WHOLE_READ) or f[0] in nowait_off:
-            continue
-        parent, _, name = f[8][0].rpartition(b"/")
-        by_dir.setdefault(parent, []).append((i, name, f, full))
+        if f[0] not in nowait_off:
+            parent, _, name = f[8][0].rpartition(b"/")
+            by_dir.setdefault(parent, []).append((i, name, f, full))
     mv = _buffer()
     head = mv[:HEAD_SIZE]
     act = testpoints.action("read.open")
@@ -293,15 +293,21 @@ def read_warm(jobs: Sequence[tuple[IndexedFile, bool, object]]) -> list[Got | No
                         fd = fopen(name, plain, dir_fd=dfd)
                 except OSError:
                     continue
+                size = f[2]
+                large: Got | None = None
                 try:
-                    # a whole read asks one byte past the indexed size: a file that grew shows
-                    got = preadv(fd, (mv[:f[2] + 1] if full else head,), 0, nowait)
+                    if full and size > WHOLE_READ:
+                        large = _large_warm(fd, size, mv)
+                        got = -1 if large is None else large[2]
+                    else:  # a whole read asks one byte past the size: a file that grew shows
+                        got = preadv(fd, (mv[:size + 1] if full else head,), 0, nowait)
                     st = fstat(fd)
-                except OSError:  # EAGAIN: not cached; anything else: read_many tells
+                except OSError as e:  # EAGAIN: not cached; anything else: read_many tells
+                    if e.errno == errno.EOPNOTSUPP:
+                        nowait_off.add(f[0])
                     got, st = -1, None
                 finally:
                     close(fd)
-                size = f[2]
                 # all of it cached: a whole read got the size (or more: it grew), a
                 # head its HEAD_SIZE bytes (or the whole of a shorter file)
                 if st is None or got < (size if full or size < head_size else head_size):
@@ -313,12 +319,34 @@ def read_warm(jobs: Sequence[tuple[IndexedFile, bool, object]]) -> list[Got | No
                         or st.st_dev != f[0] or st.st_size != size or st.st_mtime_ns != f[3]:
                     continue  # grew, or not the walked inode as it was: read_many tells
                 misses = 0
+                if large is not None:
+                    out[i] = large
+                    continue
                 data = mv[:got]
                 out[i] = _new(Got, (h64(data[:head_size]), h128(data) if full else None, got))
         finally:
             if dfd >= 0:
                 close(dfd)
     return out
+
+
+def _large_warm(fd: int, size: int, mv: memoryview) -> Got | None:
+    """Hash a large file whole (as _hash_large) when its first MiB is in the page
+    cache, else None; what follows it that is not cached is read from the disk.
+    Stops at `size` bytes (or EOF): the caller's fstat tells a file that grew."""
+    try:
+        n = os.preadv(fd, (mv,), 0, _NOWAIT)
+    except BlockingIOError:
+        return None
+    if n < min(size, len(mv)):
+        return None
+    head = xxhash.xxh3_64_intdigest(mv[:HEAD_SIZE])
+    h = xxhash.xxh3_128(mv[:n])
+    total = n
+    while total < size and (n := os.preadv(fd, (mv,), total)):
+        h.update(mv[:n])
+        total += n
+    return _new(Got, (head, h.digest(), total))
 
 
 def problem(f: IndexedFile, e: BaseException) -> Problem:

@@ -172,10 +172,29 @@ def tree(tmp_path: Path) -> dict[str, Path]:
 def test_read_warm_gives_what_read_one_gives(tmp_path: Path) -> None:
     files = [indexed(p) for p in tree(tmp_path).values()]
     jobs = [(f, f.size <= 128 * 1024, None) for f in files]
-    got = read_warm(jobs + [(files[-1], True, None)])  # a large whole read: not this path's
-    assert got[:-1] == [read_one(f, full) for f, full, _ in jobs]
-    assert got[-1] is None
-    assert all(isinstance(g, Got) for g in got[:-1])
+    jobs.append((files[-1], True, None))  # the large file's head, then whole
+    got = read_warm(jobs)
+    assert got == [read_one(f, full) for f, full, _ in jobs]
+    assert all(isinstance(g, Got) for g in got)
+
+
+def test_a_large_file_is_read_whole_when_its_start_is_cached(tmp_path: Path) -> None:
+    # first MiB cached, the rest not: read whole here (the rest from the disk); its
+    # first MiB not cached: left to read_many (its disk order); grown: left too
+    paths = [tmp_path / n for n in ("tail", "cold", "grew")]
+    for p in paths:
+        p.write_bytes(os.urandom(3 << 20))
+    files = [indexed(p) for p in paths]
+    evict(paths[1])
+    fd = os.open(paths[0], os.O_RDONLY)
+    os.posix_fadvise(fd, 2 << 20, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    with open(paths[2], "ab") as fh:
+        fh.write(b"more")
+    got = read_warm([(f, True, None) for f in files])
+    assert got[0] == read_one(files[0], True) and got[0] is not None
+    assert got[0].nread == 3 << 20
+    assert got[1:] == [None, None]
 
 
 def test_read_warm_refuses_a_name_swapped_or_changed_after_the_walk(tmp_path: Path) -> None:
