@@ -315,8 +315,7 @@ class Executor:
         f = cp.src.file
         self._hashes += [HashUpdate(st.st_dev, st.st_ino, res.head, res.full),
                          HashUpdate(f.dev, f.ino, res.head, res.full)]
-        dest_file = IndexedFile(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                                st.st_ctime_ns, res.head, res.full, 0, (res.dest,))
+        dest_file: IndexedFile | None = None  # for a compare with the copy on the disk
         for s in cp.content.sources:
             if s.file.key == f.key:
                 self._row(s, res.dest, res.full)
@@ -331,6 +330,10 @@ class Executor:
                 if cmp.problem and cmp.problem[0] != "differs":
                     self.c.problems.append(Problem(s.path, cmp.problem[0], cmp.problem[1]))
             else:
+                if dest_file is None:
+                    dest_file = IndexedFile(st.st_dev, st.st_ino, st.st_size,
+                                            st.st_mtime_ns, st.st_ctime_ns, res.head,
+                                            res.full, 0, (res.dest,))
                 cmp = self._compare(s.path, s.file, res.dest, dest_file)
             if cmp.equal:
                 c.files_confirmed += 1

@@ -249,7 +249,7 @@ def _open_expected(src: bytes, expect: Ident | None,
                    dirs: SourceDirs | None = None) -> tuple[int, os.stat_result]:
     sfd = _open_src(src, dirs)
     st = os.fstat(sfd)
-    if not stat.S_ISREG(st.st_mode) or (expect is not None and Ident.of(st) != expect):
+    if not stat.S_ISREG(st.st_mode) or (expect is not None and not expect.matches(st)):
         os.close(sfd)
         raise CopyError("changed", "source changed since it was indexed")
     return sfd, st
@@ -553,7 +553,9 @@ def _compare(sfd: int, tfd: int, st: os.stat_result) -> int:
 
 
 def _same(sfd: int, st: os.stat_result) -> None:
-    if Ident.of(os.fstat(sfd)) != Ident.of(st):
+    now = os.fstat(sfd)  # Ident's fields, compared without building two Idents
+    if (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
+            st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
         raise CopyError("changed", "source changed while it was being copied")
 
 
