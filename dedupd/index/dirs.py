@@ -24,10 +24,6 @@ def split(path: bytes) -> tuple[bytes, bytes]:
     return (d or b"/"), name
 
 
-def parts(path: bytes) -> list[bytes]:
-    return [c for c in path.split(b"/") if c]
-
-
 def join(d: bytes, name: bytes) -> bytes:
     return (d.rstrip(b"/") + b"/" + name) if name else d
 
@@ -108,27 +104,30 @@ class DirTree:
                 with self._lock:
                     self._fs[did] = fs
             return did
-        parent, at = -self.host, b"/"
-        chain = [b""] + parts(path)
-        for k, name in enumerate(chain):
-            at = join(at, name) if k else b"/"
-            with self._lock:
-                known = self._id.get(at)
-            if known is not None:
-                parent = known
-                continue
-            # not known: absent in the caller's transaction (find() just found it
-            # so, or its parent was made in it); those below it are absent too
-            last = k == len(chain) - 1
-            p = self.db.p
-            cur.execute(f"INSERT INTO directories (parent, name, fs) VALUES ({p}, {p}, {p}) "
-                        "RETURNING id", (parent, name, fs if last else 0))
-            node = (int(cur.fetchone()[0]), fs if last else 0)
+        # Below its nearest known ancestor, path and the ancestors between are absent
+        # in the caller's transaction (find() just found them so, caching those it
+        # found, or its parent was made in it): made from the top down.
+        missing: list[tuple[bytes, bytes]] = []  # (path, name), deepest first
+        at = path
+        with self._lock:
+            while at not in self._id and at != b"/":
+                above, _, name = at.rpartition(b"/")
+                missing.append((at, name))
+                at = above or b"/"
+            known = self._id.get(at)
+        if known is None:  # the host's root itself is not made yet
+            missing.append((b"/", b""))
+        parent = -self.host if known is None else known
+        sql = (f"INSERT INTO directories (parent, name, fs) VALUES ({self.db.p}, {self.db.p}, "
+               f"{self.db.p}) RETURNING id")
+        for at, name in reversed(missing):
+            here = fs if at == path else 0
+            cur.execute(sql, (parent, name, here))
+            parent = int(cur.fetchone()[0])
             if created is not None:
-                created.add(node[0])
+                created.add(parent)
             with self._lock:
-                self._remember(at, *node)
-            parent = node[0]
+                self._remember(at, parent, here)
         return parent
 
     def fs_of(self, did: int) -> int | None:

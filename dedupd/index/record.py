@@ -9,20 +9,22 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dedupd.files.events import FileEvent
-from dedupd.index.db import from_s64, to_s64
+from dedupd.index.db import BATCH, chunks, from_s64
 from dedupd.index.dirs import split
 
 if TYPE_CHECKING:
-    from dedupd.index.store import IndexedFile, RecordResult, Store
+    from dedupd.index.store import RecordResult, Store
 
 Key = tuple[int, int]  # (filesystem id, signed ino)
+_S64, _U64 = 1 << 63, 1 << 64  # db.to_s64, inline: the loop that keys runs once per file
+_new = tuple.__new__  # a NamedTuple's own __new__ is a Python function: 3x the cost
 
 
 def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, FileEvent]],
                  touch_inodes: bool, digests: Sequence[tuple[bytes, bytes]] = ()
                  ) -> RecordResult:
     """See Store.record. keyed: (filesystem id, event) pairs."""
-    from dedupd.index.store import BATCH, IndexedFile, RecordResult, chunks
+    from dedupd.index.store import IndexedFile, RecordResult
 
     held = store.held
     if held is not None:  # rows held back in memory (held.py) that this batch must find
@@ -31,49 +33,16 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
         rows = held.next_batch([(e.dev, e.ino) for _fs, e in keyed])
         if rows:  # in key order: each B-tree page met once, not once per row
             store.bulk.upsert_inodes(c, sorted(rows))
-    by_key: dict[Key, FileEvent] = {}
-    extra: dict[Key, list[bytes]] = {}  # every name of an inode met twice (hardlinks)
-    by_dir: dict[int, dict[bytes, Key]] = defaultdict(dict)
-    ids: dict[tuple[bytes, int], int] = {}  # (directory, fs) -> id, met in this batch
     created: set[int] = set()  # directories created now: no name of theirs is known
-    for fs, e in keyed:
-        k = (fs, to_s64(e.ino))
-        if k in by_key:
-            extra.setdefault(k, [by_key[k].path]).append(e.path)
-        by_key[k] = e
-        d, name = split(e.path)
-        did = ids.get((d, fs))
-        if did is None:
-            did = ids[(d, fs)] = store.dirs.ensure(c, d, fs, created)
-        by_dir[did][name] = k
-    # One lookup per directory answers the common (rescan) case: the name is known,
-    # still names the same inode, and that inode's stat is on the same row.
-    known: dict[tuple[int, bytes], int] = {}
-    old: dict[Key, tuple[Any, ...]] = {}
-    for did, ents in by_dir.items():
-        if did in created:
-            continue
-        fs = next(iter(ents.values()))[0]
-        for part in chunks(list(ents), BATCH):
-            for r in store.bulk.entry_rows(c, did, fs, part):
-                known[(did, bytes(r[0]))] = r[1]
-                if r[2] is not None:
-                    old[(fs, r[1])] = tuple(r[2:])
-    missing: dict[int, list[int]] = defaultdict(list)
-    for k in by_key:
-        if k not in old:
-            missing[k[0]].append(k[1])
-    for fs, inos in missing.items():  # new names, hardlinks seen for the first time
-        for part in chunks(inos, BATCH):
-            for r in store.bulk.stat_rows(c, fs, part):
-                old[(fs, r[0])] = tuple(r[1:])
+    by_key, extra, by_dir = _keyed(store, c, keyed, created)
+    known, old = _looked_up(store, c, by_key, by_dir, created)
     # where inode numbers are made up at each mount (FAT), a row is this file's
     # only when its name already had that number (else it is recorded as new)
     renumbered = store.fsmap.renumbered
     vouched = {k for did, ents in by_dir.items() for n, k in ents.items()
                if k[0] in renumbered and known.get((did, n)) == k[1]} if renumbered else set()
     new = changed = 0
-    upserts: list[tuple[Any, ...]] = []
+    upserts: list[list[Any]] = []
     touched: dict[int, list[int]] = defaultdict(list)
     files: list[IndexedFile] = []
     hold: dict[tuple[int, int], list[Any]] | None = None if held is None else {}
@@ -84,32 +53,26 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
         if o is not None and o[:3] == (e.size, e.mtime_ns, e.ctime_ns):
             touched[k[0]].append(k[1])
             head = None if o[4] is None else from_s64(o[4])
-            files.append(IndexedFile(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
-                                     head, o[5], o[3], paths))
+            files.append(_new(IndexedFile, (e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
+                                            head, o[5], o[3], paths)))
             continue
-        new, changed = (new + 1, changed) if o is None else (new, changed + 1)
-        unstable = 0 if o is None else o[3] + 1
-        row = (*k, e.size, e.mtime_ns, e.ctime_ns - e.mtime_ns, None, None, scan_id, unstable)
+        if o is None:
+            new += 1
+            unstable = 0
+        else:
+            changed += 1
+            unstable = o[3] + 1
+        # fs, ino, size, mtime_ns, ctime_delta, head, full, seen, unstable (a list when
+        # held: held.py fills its hashes in place)
+        row: list[Any] = [k[0], k[1], e.size, e.mtime_ns, e.ctime_ns - e.mtime_ns, None, None,
+                          scan_id, unstable]
         if o is None and hold is not None and k[0] not in renumbered:
-            hold[(e.dev, e.ino)] = list(row)  # a list: held.py fills its hashes in place
+            hold[(e.dev, e.ino)] = row
         else:
             upserts.append(row)
-        files.append(IndexedFile(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
-                                 None, None, unstable, paths))
-    erows: list[tuple[Any, ...]] = []
-    for did, ents in by_dir.items():
-        same: list[bytes] = []
-        for n, k in ents.items():
-            was = known.get((did, n))
-            if was == k[1]:
-                same.append(n)
-                continue
-            erows.append((did, n, k[1], scan_id))
-            # a name that now holds another inode may leave the old one without a name
-            if was is not None:
-                store.orphans_maybe = True
-        for part in chunks(same, BATCH):
-            store.bulk.touch_entries(c, scan_id, did, part)
+        files.append(_new(IndexedFile, (e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
+                                        None, None, unstable, paths)))
+    erows = _entry_rows(store, c, scan_id, by_dir, known, created)
     if held is not None and hold:
         held.hold(hold)
     if upserts:
@@ -131,14 +94,98 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
     return RecordResult(new, changed, sum(len(v) for v in touched.values()), tuple(files))
 
 
+def _keyed(store: Store, c: Any, keyed: Sequence[tuple[int, FileEvent]], created: set[int]
+           ) -> tuple[dict[Key, FileEvent], dict[Key, list[bytes]], dict[int, dict[bytes, Key]]]:
+    """The batch by inode key (the last event of each), every name of an inode met
+    twice (hardlinks), and the names of each directory (ensured: made if new, in
+    `created`). This loop runs once per file of a tree: a walk lists a directory's
+    files together, so its id is looked up once per run of them."""
+    by_key: dict[Key, FileEvent] = {}
+    extra: dict[Key, list[bytes]] = {}
+    by_dir: dict[int, dict[bytes, Key]] = {}
+    ids: dict[tuple[bytes, int], int] = {}  # (directory, fs) -> id, met in this batch
+    ensure = store.dirs.ensure
+    last: tuple[bytes, int] | None = None
+    ents: dict[bytes, Key] = {}
+    for fs, e in keyed:
+        ino = e.ino
+        k = (fs, ino - _U64 if ino >= _S64 else ino)
+        if k in by_key:
+            extra.setdefault(k, [by_key[k].path]).append(e.path)
+        by_key[k] = e
+        d, _, name = e.path.rpartition(b"/")
+        if last is None or d != last[0] or fs != last[1]:
+            last = (d, fs)
+            did = ids.get(last)
+            if did is None:
+                did = ids[last] = ensure(c, d or b"/", fs, created)
+            ents = by_dir.setdefault(did, {})
+        ents[name] = k
+    return by_key, extra, by_dir
+
+
+def _looked_up(store: Store, c: Any, by_key: dict[Key, FileEvent],
+               by_dir: dict[int, dict[bytes, Key]], created: set[int]
+               ) -> tuple[dict[tuple[int, bytes], int], dict[Key, tuple[Any, ...]]]:
+    """What the index has of the batch: the inode each known name had, and the stat
+    row of each inode (size, mtime_ns, ctime_ns, unstable, head, full).
+
+    One lookup per directory answers the common (rescan) case: the name is known,
+    still names the same inode, and that inode's stat is on the same row. The
+    inodes left (new names, hardlinks seen for the first time) are looked up by key."""
+    known: dict[tuple[int, bytes], int] = {}
+    old: dict[Key, tuple[Any, ...]] = {}
+    for did, ents in by_dir.items():
+        if did in created:
+            continue
+        fs = next(iter(ents.values()))[0]
+        for part in chunks(list(ents), BATCH):
+            for r in store.bulk.entry_rows(c, did, fs, part):
+                known[(did, bytes(r[0]))] = r[1]
+                if r[2] is not None:
+                    old[(fs, r[1])] = tuple(r[2:])
+    missing: dict[int, list[int]] = defaultdict(list)
+    for k in by_key:
+        if k not in old:
+            missing[k[0]].append(k[1])
+    for fs, inos in missing.items():
+        for part in chunks(inos, BATCH):
+            for r in store.bulk.stat_rows(c, fs, part):
+                old[(fs, r[0])] = tuple(r[1:])
+    return known, old
+
+
+def _entry_rows(store: Store, c: Any, scan_id: int, by_dir: dict[int, dict[bytes, Key]],
+                known: dict[tuple[int, bytes], int], created: set[int]
+                ) -> list[tuple[Any, ...]]:
+    """The names to write (new, or naming another inode now); those unchanged are
+    marked seen here."""
+    erows: list[tuple[Any, ...]] = []
+    for did, ents in by_dir.items():
+        if did in created:  # no name of it is known
+            erows += [(did, n, k[1], scan_id) for n, k in ents.items()]
+            continue
+        same: list[bytes] = []
+        for n, k in ents.items():
+            was = known.get((did, n))
+            if was == k[1]:
+                same.append(n)
+                continue
+            erows.append((did, n, k[1], scan_id))
+            # a name that now holds another inode may leave the old one without a name
+            if was is not None:
+                store.orphans_maybe = True
+        for part in chunks(same, BATCH):
+            store.bulk.touch_entries(c, scan_id, did, part)
+    return erows
+
+
 def _drop_claimed(store: Store, c: Any, keys: list[Key], mine: set[tuple[int, bytes]]) -> None:
     """Where inode numbers are made up at each mount (FAT: no hard links either), a
     known number now held by a name that did not have it names no other file: the
     index's other names of it (files that had it before a remount) are dropped, with
     their directories' digests (else a directory listing as it did would be skipped,
     its file taken for the row's new file)."""
-    from dedupd.index.store import BATCH, chunks
-
     want = set(keys)
     stale: list[tuple[int, bytes]] = []
     for part in chunks(sorted({k[1] for k in keys}), BATCH):
@@ -159,8 +206,6 @@ def _digests(store: Store, c: Any, scan_id: int, written: list[int],
     not listed under these options) gets no digest: the name is forgotten only by
     the scan's finish, and a digest stored before it (a scan killed in between)
     would have the next scans skip the directory and keep the name for ever."""
-    from dedupd.index.store import chunks
-
     p = store.db.p
     fresh = {d: g for d, g in ((store.dirs.find(path, c), g) for path, g in digests)
              if d is not None}
@@ -190,8 +235,6 @@ def forget_unseen(store: Store, cur: Any, scan_id: int, roots: Sequence[bytes],
     """Delete entries at or below roots not seen in scan_id (except in the
     directories `keep`), then the directories of that subtree left without any
     entry below them. Returns entries deleted."""
-    from dedupd.index.store import chunks
-
     p, gone = store.db.p, 0
     sub = store.dirs.subtree_parents(roots)
     ids = [d for d, _fs, _parent in sub]
@@ -223,8 +266,6 @@ def forget_unseen(store: Store, cur: Any, scan_id: int, roots: Sequence[bytes],
 def drop_empty(store: Store, cur: Any, ids: list[int], parent: dict[int, int]) -> None:
     """Delete the directories among ids (a subtree; parent: id -> parent id of each)
     with no entry at or below them."""
-    from dedupd.index.store import chunks
-
     full: set[int] = set()
     for part in chunks(ids, 500):
         cur.execute(f"SELECT id FROM directories d WHERE id IN ({store.db.marks(len(part))}) "
