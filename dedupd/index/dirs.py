@@ -16,6 +16,7 @@ from typing import Any
 from dedupd.index.db import Db, IndexError_
 
 SUBTREE_BATCH = 500
+_NOTHING = " ON CONFLICT (parent, name) DO NOTHING"
 
 
 def split(path: bytes) -> tuple[bytes, bytes]:
@@ -37,6 +38,10 @@ class DirTree:
         self._id: dict[bytes, int] = {}
         self._path: dict[int, bytes] = {}
         self._fs: dict[int, int] = {}
+        # ids of the directories made through this tree since the last reset (a
+        # scan's start, or a failed transaction): no name of theirs but those
+        # written since (by this Store; another's would be written alike, by a walk)
+        self.made: set[int] = set()
 
     def _remember(self, path: bytes, did: int, fs: int) -> None:
         self._id[path], self._path[did], self._fs[did] = did, path, fs
@@ -84,18 +89,28 @@ class DirTree:
             if own:
                 c.close()
 
-    def ensure(self, cur: Any, path: bytes, fs: int, created: set[int] | None = None) -> int:
-        """The id of directory `path`, created (with its missing ancestors) in the
-        caller's transaction. Its fs is set to `fs`; the caller learns of a change
-        through changed_fs() before calling this. created: the ids of the directories
-        created in the caller's transaction (they have no entry yet); those made
-        here are added."""
+    def ensure(self, cur: Any, path: bytes, fs: int) -> int:
+        """The id of directory `path`, created (with its missing ancestors, all in
+        `made`) in the caller's transaction. Its fs is set to `fs`; the caller learns
+        of a change through changed_fs() before calling this."""
         path = path.rstrip(b"/") or b"/"
+        missing: list[tuple[bytes, bytes]] = []  # (path, name) not cached, deepest first
+        at = path
         with self._lock:
             did = self._id.get(path)
-            up = self._id.get(split(path)[0]) if path != b"/" else None
-        # a directory made in this transaction has no child but those it made
-        if did is None and not (created and up in created):
+            if did is None:
+                while at not in self._id and at != b"/":
+                    above, _, name = at.rpartition(b"/")
+                    missing.append((at, name))
+                    at = above or b"/"
+            known = self._id.get(at)
+        # Below the parent, or below a directory made since the scan began, it is most
+        # likely new: made, unless it exists (made meanwhile by another connection)
+        if did is None and known is not None and (len(missing) == 1 or known in self.made):
+            did = self._chain(cur, path, fs, known, missing)
+            if did is not None:
+                return did
+        if did is None:
             did = self.find(path, cur)
         if did is not None:
             if self._fs.get(did) != fs:
@@ -104,10 +119,9 @@ class DirTree:
                 with self._lock:
                     self._fs[did] = fs
             return did
-        # Below its nearest known ancestor, path and the ancestors between are absent
-        # in the caller's transaction (find() just found them so, caching those it
-        # found, or its parent was made in it): made from the top down.
-        missing: list[tuple[bytes, bytes]] = []  # (path, name), deepest first
+        # Below its nearest known ancestor (find() cached those it found), path and
+        # the ancestors between are absent in the caller's transaction
+        missing.clear()
         at = path
         with self._lock:
             while at not in self._id and at != b"/":
@@ -117,18 +131,38 @@ class DirTree:
             known = self._id.get(at)
         if known is None:  # the host's root itself is not made yet
             missing.append((b"/", b""))
-        parent = -self.host if known is None else known
-        sql = (f"INSERT INTO directories (parent, name, fs) VALUES ({self.db.p}, {self.db.p}, "
-               f"{self.db.p}) RETURNING id")
+        made = self._chain(cur, path, fs, -self.host if known is None else known, missing,
+                           conflict=False)
+        assert made is not None  # without the conflict clause, an error, never None
+        return made
+
+    def _chain(self, cur: Any, path: bytes, fs: int, parent: int,
+               missing: list[tuple[bytes, bytes]], conflict: bool = True) -> int | None:
+        """Make the directories `missing` (deepest first) from the top down under
+        parent; the id of the last (path, with fs; the others with fs 0), or None
+        when the first exists already (conflict=True: nothing made)."""
         for at, name in reversed(missing):
-            here = fs if at == path else 0
-            cur.execute(sql, (parent, name, here))
-            parent = int(cur.fetchone()[0])
-            if created is not None:
-                created.add(parent)
-            with self._lock:
-                self._remember(at, parent, here)
+            made = self._make(cur, at, name, parent, fs if at == path else 0, conflict)
+            if made is None:
+                return None
+            parent, conflict = made, False  # below a directory just made: none exists
         return parent
+
+    def _make(self, cur: Any, path: bytes, name: bytes, parent: int, fs: int,
+              conflict: bool = False) -> int | None:
+        """Insert directory `path` (`name` under parent); its id, or None when it
+        exists already (with conflict=True; else that is an error)."""
+        p = self.db.p
+        cur.execute(f"INSERT INTO directories (parent, name, fs) VALUES ({p}, {p}, {p})"
+                    f"{_NOTHING if conflict else ''} RETURNING id", (parent, name, fs))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        did = int(row[0])
+        with self._lock:
+            self._remember(path, did, fs)
+            self.made.add(did)
+        return did
 
     def fs_of(self, did: int) -> int | None:
         with self._lock:
@@ -255,6 +289,7 @@ class DirTree:
             self._id.clear()
             self._path.clear()
             self._fs.clear()
+            self.made.clear()
 
     def forget(self, ids: Iterable[int]) -> None:
         """Drop cached paths of deleted directories."""
@@ -262,6 +297,7 @@ class DirTree:
             for i in ids:
                 path = self._path.pop(i, None)
                 self._fs.pop(i, None)
+                self.made.discard(i)
                 if path is not None:
                     self._id.pop(path, None)
 

@@ -33,9 +33,11 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
         rows = held.next_batch([(e.dev, e.ino) for _fs, e in keyed])
         if rows:  # in key order: each B-tree page met once, not once per row
             store.bulk.upsert_inodes(c, sorted(rows))
-    created: set[int] = set()  # directories created now: no name of theirs is known
-    by_key, extra, by_dir = _keyed(store, c, keyed, created)
-    known, old = _looked_up(store, c, by_key, by_dir, created)
+    by_key, extra, by_dir = _keyed(store, c, keyed)
+    # directories made since the scan began: no name of theirs is known but those
+    # written since, and a walk lists each name once (dirs.py, DirTree.made)
+    fresh = store.dirs.made
+    known, old = _looked_up(store, c, by_key, by_dir, fresh)
     # where inode numbers are made up at each mount (FAT), a row is this file's
     # only when its name already had that number (else it is recorded as new)
     renumbered = store.fsmap.renumbered
@@ -72,7 +74,7 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
             upserts.append(row)
         files.append(_new(IndexedFile, (e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
                                         None, None, unstable, paths)))
-    erows = _entry_rows(store, c, scan_id, by_dir, known, created)
+    erows = _entry_rows(store, c, scan_id, by_dir, known, fresh)
     if held is not None and hold:
         held.hold(hold)
     if upserts:
@@ -86,20 +88,20 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
     if erows:
         store.bulk.upsert_entries(c, erows)
     if held is None:
-        _digests(store, c, scan_id, list(by_dir), digests, created)
+        _digests(store, c, scan_id, list(by_dir), digests, fresh)
     else:
-        _digests(store, c, scan_id, list(by_dir), (), created)
+        _digests(store, c, scan_id, list(by_dir), (), fresh)
         if due := held.defer(digests):
             store_digests(store, c, scan_id, due)
     return RecordResult(new, changed, sum(len(v) for v in touched.values()), tuple(files))
 
 
-def _keyed(store: Store, c: Any, keyed: Sequence[tuple[int, FileEvent]], created: set[int]
+def _keyed(store: Store, c: Any, keyed: Sequence[tuple[int, FileEvent]]
            ) -> tuple[dict[Key, FileEvent], dict[Key, list[bytes]], dict[int, dict[bytes, Key]]]:
     """The batch by inode key (the last event of each), every name of an inode met
-    twice (hardlinks), and the names of each directory (ensured: made if new, in
-    `created`). This loop runs once per file of a tree: a walk lists a directory's
-    files together, so its id is looked up once per run of them."""
+    twice (hardlinks), and the names of each directory (ensured: made if new). This
+    loop runs once per file of a tree: a walk lists a directory's files together,
+    so its id is looked up once per run of them."""
     by_key: dict[Key, FileEvent] = {}
     extra: dict[Key, list[bytes]] = {}
     by_dir: dict[int, dict[bytes, Key]] = {}
@@ -118,14 +120,14 @@ def _keyed(store: Store, c: Any, keyed: Sequence[tuple[int, FileEvent]], created
             last = (d, fs)
             did = ids.get(last)
             if did is None:
-                did = ids[last] = ensure(c, d or b"/", fs, created)
+                did = ids[last] = ensure(c, d or b"/", fs)
             ents = by_dir.setdefault(did, {})
         ents[name] = k
     return by_key, extra, by_dir
 
 
 def _looked_up(store: Store, c: Any, by_key: dict[Key, FileEvent],
-               by_dir: dict[int, dict[bytes, Key]], created: set[int]
+               by_dir: dict[int, dict[bytes, Key]], fresh: set[int]
                ) -> tuple[dict[tuple[int, bytes], int], dict[Key, tuple[Any, ...]]]:
     """What the index has of the batch: the inode each known name had, and the stat
     row of each inode (size, mtime_ns, ctime_ns, unstable, head, full).
@@ -136,7 +138,7 @@ def _looked_up(store: Store, c: Any, by_key: dict[Key, FileEvent],
     known: dict[tuple[int, bytes], int] = {}
     old: dict[Key, tuple[Any, ...]] = {}
     for did, ents in by_dir.items():
-        if did in created:
+        if did in fresh:
             continue
         fs = next(iter(ents.values()))[0]
         for part in chunks(list(ents), BATCH):
@@ -156,13 +158,13 @@ def _looked_up(store: Store, c: Any, by_key: dict[Key, FileEvent],
 
 
 def _entry_rows(store: Store, c: Any, scan_id: int, by_dir: dict[int, dict[bytes, Key]],
-                known: dict[tuple[int, bytes], int], created: set[int]
+                known: dict[tuple[int, bytes], int], fresh: set[int]
                 ) -> list[tuple[Any, ...]]:
     """The names to write (new, or naming another inode now); those unchanged are
     marked seen here."""
     erows: list[tuple[Any, ...]] = []
     for did, ents in by_dir.items():
-        if did in created:  # no name of it is known
+        if did in fresh:  # no name of it is known
             erows += [(did, n, k[1], scan_id) for n, k in ents.items()]
             continue
         same: list[bytes] = []
@@ -199,17 +201,18 @@ def _drop_claimed(store: Store, c: Any, keys: list[Key], mine: set[tuple[int, by
 
 
 def _digests(store: Store, c: Any, scan_id: int, written: list[int],
-             digests: Sequence[tuple[bytes, bytes]], created: set[int]) -> None:
+             digests: Sequence[tuple[bytes, bytes]], made: set[int]) -> None:
     """Store the given listing digests; clear those of other directories written.
 
     A directory that still has a name this scan did not see (a file removed, or
     not listed under these options) gets no digest: the name is forgotten only by
     the scan's finish, and a digest stored before it (a scan killed in between)
-    would have the next scans skip the directory and keep the name for ever."""
+    would have the next scans skip the directory and keep the name for ever. The
+    directories `made` since the scan began have only names it wrote."""
     p = store.db.p
     fresh = {d: g for d, g in ((store.dirs.find(path, c), g) for path, g in digests)
              if d is not None}
-    for part in chunks([d for d in fresh if d not in created], 500):
+    for part in chunks([d for d in fresh if d not in made], 500):
         c.execute(f"SELECT DISTINCT dir FROM entries WHERE dir IN ({store.db.marks(len(part))})"
                   f" AND seen < {p}", (*part, scan_id))
         for (d,) in c.fetchall():
@@ -227,7 +230,7 @@ def store_digests(store: Store, c: Any, scan_id: int,
                   digests: Sequence[tuple[bytes, bytes]]) -> None:
     """Store listing digests held back (held.py) past the batch that recorded their
     directories' last files: as _digests would have, had they come with it."""
-    _digests(store, c, scan_id, [], digests, set())
+    _digests(store, c, scan_id, [], digests, store.dirs.made)
 
 
 def forget_unseen(store: Store, cur: Any, scan_id: int, roots: Sequence[bytes],
