@@ -93,7 +93,10 @@ class ForkedFeeders:
         for k, fd in enumerate(self.to):
             share = files if n == 1 else [f for f in files if f[2] % n == k]
             if share:
-                send(fd, share)
+                try:
+                    send(fd, share)
+                except BrokenPipeError:  # not stdout's (cli.main's silent exit 1)
+                    raise ChildFailed("a hashing process died (killed?)") from None
 
     def take(self) -> tuple[list[HashUpdate], list[Key]]:
         """The hashes learnt (and inodes gone) since the last take."""
