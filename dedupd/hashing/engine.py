@@ -42,7 +42,7 @@ from dedupd.hashing.read import (
     read_one,
     read_warm,
 )
-from dedupd.hashing.rule import Group, Hashed, Key, Read, SizeGroup
+from dedupd.hashing.rule import Group, Hashed, Key, Read, Sink, SizeGroup
 from dedupd.hashing.stats import HashStats, Stability
 from dedupd.index.store import HashUpdate, IndexedFile
 
@@ -280,8 +280,9 @@ class Feeder:
     many sizes as they are recorded, one batch at a time, in the calling thread.
 
     put() reads what the batch makes due and returns the new hashes (stat-checked:
-    the record may meanwhile have re-recorded an inode as changed) and the inodes
-    that vanished or changed. Past `limit` inodes held it lets go of everything
+    the record may meanwhile have re-recorded an inode as changed; in the order
+    learnt: a large file's head, then its whole, the later one counts) and the
+    inodes that vanished or changed. Past `limit` inodes held it lets go of everything
     (hashes already read stay in the index) and `overflow` is set: the caller then
     hashes the index's size groups instead.
     """
@@ -294,6 +295,7 @@ class Feeder:
         self.single: dict[int, IndexedFile] = {}  # sizes met once
         self.held = 0
         self.waiting: set[Key] = set()  # counted pending once
+        self.sink: Sink = ([], [])  # what the groups learn, handed on by put()
         self.overflow = False
 
     def put(self, batch: Sequence[IndexedFile]
@@ -303,16 +305,17 @@ class Feeder:
         if self.overflow:
             return [], []
         first = self._first(batch)
-        learnt: list[tuple[IndexedFile, SizeGroup]] = []
         second: list[Job] = []
         for (f, _, sg), got in _warm_first(first, inode_order):
-            learnt.append((f, sg))
             if more := sg.learn(f, got):
                 second += _jobs(sg, more)
         for (f, _, sg), got in _warm_first(second, disk_order):
-            learnt.append((f, sg))
             sg.learn(f, got)
-        return self._drain(learnt)
+        updates, gone = self.sink
+        out = updates[:], gone[:]  # the groups hold these lists: emptied, not replaced
+        updates.clear()
+        gone.clear()
+        return out
 
     def _first(self, batch: Sequence[IndexedFile]) -> list[Job]:
         """Take a batch's members (this loop runs once per file of a tree); the
@@ -335,7 +338,7 @@ class Feeder:
                     single[size] = f
                     held += 1
                     continue
-                sg = sizes[size] = SizeGroup(size, stat_checked=True)
+                sg = sizes[size] = SizeGroup(size, stat_checked=True, sink=self.sink)
                 first += _jobs(sg, sg.add(one))
             n = len(sg.files)
             if reads := sg.add(f):
@@ -352,23 +355,6 @@ class Feeder:
             self.waiting.add(f.key)
             self.stats.wait_until(self.stability.ready_at(f))
         return False
-
-    @staticmethod
-    def _drain(learnt: list[tuple[IndexedFile, SizeGroup]]
-               ) -> tuple[list[HashUpdate], list[Key]]:
-        updates: dict[Key, HashUpdate] = {}  # one per inode read (a head, then its whole)
-        groups: dict[int, SizeGroup] = {}
-        for f, sg in learnt:
-            key = (f[0], f[1])
-            if (u := sg.updates.get(key)) is not None:
-                updates[key] = u
-            groups[id(sg)] = sg
-        gone: list[Key] = []
-        for sg in groups.values():
-            if sg.gone:
-                gone += sg.gone
-                sg.gone = []
-        return list(updates.values()), gone
 
     def _let_go(self) -> None:
         self.overflow = True

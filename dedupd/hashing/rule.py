@@ -23,6 +23,7 @@ from dedupd.index.store import HashUpdate, IndexedFile
 Key = tuple[int, int]
 _new = tuple.__new__  # a NamedTuple's own __new__ is a Python function: 3x the cost
 Read = tuple[IndexedFile, bool]  # (file, whole?)
+Sink = tuple[list[HashUpdate], list[Key]]  # updates learnt, inodes gone: in order
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class SizeGroup:
     gone: list[Key] = field(default_factory=list)
     counted: set[Key] = field(default_factory=set)
     outstanding: int = 0  # reads handed out, not learnt yet
+    # the scan's Feeder: each update learnt and inode gone goes to its lists (it
+    # hands them on batch by batch) instead of into `updates` and `gone` for result()
+    sink: Sink | None = None
     small: bool = field(init=False)  # read whole in one read (the first)
 
     def __post_init__(self) -> None:
@@ -130,7 +134,7 @@ class SizeGroup:
             self.stats.problems.append(got)
             self.failed.add(key)
             if got.reason in ("changed", "vanished"):
-                self.gone.append(key)
+                (self.gone if self.sink is None else self.sink[1]).append(key)
             return []
         st = self.stats
         nread, full = got[2], got[1]
@@ -140,8 +144,12 @@ class SizeGroup:
             st.bytes_hashed += nread
         # the latest record of the inode: another name may have come meanwhile
         m = self.files[key] = with_hashes(self.files[key], got[0], full)
-        self.updates[key] = _new(HashUpdate, (m[0], m[1], m[5], m[6],
-                                              (m[2], m[3], m[4]) if self.stat_checked else None))
+        u = _new(HashUpdate, (m[0], m[1], m[5], m[6],
+                              (m[2], m[3], m[4]) if self.stat_checked else None))
+        if self.sink is None:
+            self.updates[key] = u
+        else:
+            self.sink[0].append(u)
         if self.small or full is not None:
             return []
         return self._note_head(got[0], key)
