@@ -20,6 +20,7 @@ is its error, never a partial success). Construct before starting threads
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from dedupd import forkpipe
@@ -79,15 +80,20 @@ class IndexWriter:
               rows: Sequence[Provenance], name: str, touch: Sequence[bytes],
               now: float) -> None:
         wire = [(h.dev, h.ino, h.head, h.full, h.stat) for h in hashes]
-        forkpipe.send(self.to, (scan_id, [_event(e) for e in events], wire,
-                                [_row(p) for p in rows], name, list(touch), now))
+        try:
+            forkpipe.send(self.to, (scan_id, [_event(e) for e in events], wire,
+                                    [_row(p) for p in rows], name, list(touch), now))
+        except BrokenPipeError:  # it died (not stdout's EPIPE): close() tells why
+            self.close()
+            raise WriteFailed("writing the index failed: index writer died") from None
 
     def close(self) -> int:
         """Wait for every write; the provenance rows written (WriteFailed on failure)."""
         if not self.pid:
             return 0
         try:
-            forkpipe.send(self.to, "end")
+            with contextlib.suppress(BrokenPipeError):  # died: its last words, if any
+                forkpipe.send(self.to, "end")
             msg = forkpipe.recv(self.frm)
         except OSError as e:  # the child died: its end of the pipe is gone
             msg = ("err", f"index writer died: {e}")
