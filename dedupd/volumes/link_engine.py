@@ -16,9 +16,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from dedupd.dedup.crossdrive import PoolPolicy, link_pool_group, rel_to
-from dedupd.dedup.hardlink import LinkPolicy, LinkResult, link_groups
 from dedupd.dedup.journal import Journal
 from dedupd.dedup.recovery import recover_all
 from dedupd.dedup.together import Proofs, Together
@@ -29,6 +28,12 @@ from dedupd.hashing import Hasher, HashWriter, Stability
 from dedupd.scan.scanner import DupGroup
 from dedupd.volumes import Step
 from dedupd.volumes.pipeline import Groups, PassRun
+
+# The linkers (hardlink.py and what it loads, crossdrive.py) are imported by the first
+# batch that links: an unchanged re-run links nothing (issue 16: ~5 ms of its start).
+if TYPE_CHECKING:
+    from dedupd.dedup.crossdrive import PoolPolicy
+    from dedupd.dedup.hardlink import LinkResult
 
 # Names per group commit: enough to amortise its fixed costs (the PENDING and DONE
 # commits, one syncfs, the index write, a resolution per directory), few enough that
@@ -112,6 +117,8 @@ class HardlinkEngine:
         groups, self.batch, self.batch_names = self.batch, [], 0
         if not groups:
             return
+        from dedupd.dedup.hardlink import LinkPolicy, link_groups
+
         r = self.run
         self.hashes_saved()
         q = r.vol.quarantine_dir
@@ -154,6 +161,8 @@ class CrossDriveEngine(HardlinkEngine):
     """Dedupe across the branches of a mergerfs pool (kind pool)."""
 
     def pool_policy(self) -> PoolPolicy:
+        from dedupd.dedup.crossdrive import PoolPolicy, rel_to
+
         vol = self.run.vol
         root = os.fsencode(vol.pool_root or vol.path)
         q = vol.quarantine_dir
@@ -174,6 +183,8 @@ class CrossDriveEngine(HardlinkEngine):
         return [] if qrel is None else [os.path.join(b, qrel) for b in self.run.roots]
 
     def act(self, group: DupGroup) -> Iterator[Step]:
+        from dedupd.dedup.crossdrive import link_pool_group
+
         r = self.run
         self.hashes_saved()
         self.absorb(link_pool_group(None if r.dry else self.journal, group, self.pool_policy(),
