@@ -16,7 +16,9 @@ earlier pass, a group too large for one read, a failed read) are compared there.
 
 Equal members are hashed once (their bytes are the same); a member that differs
 from the others continues from a copy of their hash state at the chunk where it
-left them.
+left them. A member read as its first read (the hasher's whole_first: no head known,
+so no head matched another's) that differs from every other is read no further: it
+gets its head only, as a head read would have given it.
 """
 
 from __future__ import annotations
@@ -130,6 +132,8 @@ def read_together(files: Sequence[IndexedFile], proofs: Proofs) -> list[Got | Pr
             n = min(BUF, size - off)
             classes = [d for c in classes for d in _step(c, off, n, out)]
             off += n
+            if off < size:
+                classes = [c for c in classes if not _parted(c, off, out)]
         for c in classes:
             _finish(c, size, out, proofs)
     finally:
@@ -169,6 +173,21 @@ def _step(c: _Class, off: int, n: int, out: list[Got | Problem | None]) -> list[
         head = xxhash.xxh3_64_intdigest(view[:HEAD_SIZE]) if off == 0 else c.head
         out_classes.append(_Class(same, h, head))
     return out_classes
+
+
+def _parted(c: _Class, nread: int, out: list[Got | Problem | None]) -> bool:
+    """A member that differs from every other, read as its first read (no head known:
+    the hasher's whole_first), is read no further: its outcome is its head, as a head
+    read gives it (the rule asks for its whole only if that head matches another's)."""
+    if len(c.members) != 1 or c.members[0].f.head is not None:
+        return False
+    m = c.members[0]
+    try:
+        check_unchanged(m.fd, m.f)
+        out[m.n] = Got(c.head, None, nread)
+    except FileChanged as e:
+        out[m.n] = problem(m.f, e)
+    return True
 
 
 def _fill(m: _Member, off: int, n: int) -> None:

@@ -253,6 +253,10 @@ class Hasher:
         for files in groups:
             sg = SizeGroup(files[0].size if files else 0)
             ready = self.stability.split(files, self.now(), sg.stats)
+            # with a together reader, members never read are read whole side by side
+            # at once (two at least: one alone still starts with its head)
+            sg.whole_first = self.together is not None and \
+                sum(1 for f in ready if f.head is None) >= 2
             reads = [r for f in ready for r in sg.add(f)]
             batch.append((sg, reads))
             n += len(reads)

@@ -66,7 +66,13 @@ class SizeGroup:
     # the scan's Feeder: each update learnt and inode gone goes to its lists (it
     # hands them on batch by batch) instead of into `updates` and `gone` for result()
     sink: Sink | None = None
+    # Large members without a head are read whole at once, side by side (the hardlink
+    # path's together reader: a member that differs from every other stops being read
+    # there, with its head, at the chunk where it parts; issue 16). Members read whole
+    # so have their heads noted when read, not before, as a head read's would be.
+    whole_first: bool = False
     small: bool = field(init=False)  # read whole in one read (the first)
+    read_first: set[Key] = field(default_factory=set)  # read whole by whole_first
 
     def __post_init__(self) -> None:
         self.small = self.size <= WHOLE_READ
@@ -105,6 +111,9 @@ class SizeGroup:
         if self.small:
             return [] if m.full is not None else [self._hand_out(m, key, True)]
         if m.head is None:
+            if self.whole_first:
+                self.read_first.add(key)
+                return [self._hand_out(m, key, True)]
             return [self._hand_out(m, key, False)]
         return self._note_head(m.head, key)
 
@@ -150,8 +159,11 @@ class SizeGroup:
             self.updates[key] = u
         else:
             self.sink[0].append(u)
-        if self.small or full is not None:
+        if self.small or (full is not None and key not in self.read_first):
             return []
+        # a head read, or a whole read at once (whole_first) whose head is known only
+        # now: another member with that head is due for its whole read
+        self.read_first.discard(key)
         return self._note_head(got[0], key)
 
     def result(self) -> Hashed:
