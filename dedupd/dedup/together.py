@@ -85,6 +85,7 @@ class _Member:
     f: IndexedFile
     fd: int
     buf: bytearray
+    ahead: int  # the offset from which the next WILLNEED asks
 
 
 @dataclass
@@ -117,19 +118,25 @@ def read_together(files: Sequence[IndexedFile], proofs: Proofs) -> list[Got | Pr
     file's identity right after opening and again after the last read."""
     out: list[Got | Problem | None] = [None] * len(files)
     live: list[_Member] = []
+    size = files[0].size if files else 0
+    # Members read as their first read (whole_first: no head known) may part at once:
+    # the first step is a head's, and nothing is asked ahead before it, so a member
+    # that equals no other costs what its head read would have (a tree of many
+    # same-size, different files: fixed-size images, records).
+    first = HEAD_SIZE if size > BUF and any(f.head is None for f in files) else BUF
     dirs = Dirs()
     try:
         for n, f in enumerate(files):
             try:
-                live.append(_Member(n, f, open_checked(f, dirs), bytearray(BUF)))
+                live.append(_Member(n, f, open_checked(f, dirs), bytearray(BUF),
+                                    0 if first == BUF else first))
             except (FileChanged, OSError) as e:
                 out[n] = problem(f, e)
-        size = files[0].size if files else 0
         classes = [_Class(live, xxhash.xxh3_128(), xxhash.xxh3_64_intdigest(b""))] \
             if live else []
         off = 0
         while off < size and classes:
-            n = min(BUF, size - off)
+            n = min(BUF if off else first, size - off)
             classes = [d for c in classes for d in _step(c, off, n, out)]
             off += n
             if off < size:
@@ -149,8 +156,9 @@ def _step(c: _Class, off: int, n: int, out: list[Got | Problem | None]) -> list[
     parts: list[tuple[bytearray, list[_Member]]] = []
     for m in c.members:
         try:
-            if off % AHEAD == 0:
+            if off >= m.ahead:
                 os.posix_fadvise(m.fd, off, AHEAD, os.POSIX_FADV_WILLNEED)
+                m.ahead = off + AHEAD
             _fill(m, off, n)
         except (FileChanged, OSError) as e:
             out[m.n] = problem(m.f, e)

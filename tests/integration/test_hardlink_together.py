@@ -17,7 +17,7 @@ from dedupd.dedup.journal import Journal
 from dedupd.dedup.together import BUF, Proofs, Together, read_together
 from dedupd.files.events import Problem
 from dedupd.hashing import Hasher, HashStats, Stability
-from dedupd.hashing.read import Got, read_one
+from dedupd.hashing.read import HEAD_SIZE, Got, read_one
 from dedupd.index.store import IndexedFile, Store
 from dedupd.scan.scanner import DupGroup, ScanOptions, scan
 from tests.integration.linktree import blob, inodes, write
@@ -51,8 +51,8 @@ def test_outcomes_are_the_readers_and_proofs_name_equal_bytes(link_tree: tuple[P
     proofs = Proofs()
     got = read_together(files, proofs)
     for f, g in zip(files, got, strict=True):
-        if f.path.endswith(b"/e.bin"):  # equal to none from its first step: read no further
-            assert g == Got(read_one(f, False).head, None, BUF)
+        if f.path.endswith(b"/e.bin"):  # equal to none from its first step (a head's):
+            assert g == read_one(f, False)  # read no further, what a head read gives
         else:  # head, full hash and bytes read: the reader's own
             assert g == read_one(f, True)
     n = {k.removesuffix(".bin"): f.ident for k, f in by_name(files).items()}
@@ -138,7 +138,9 @@ def test_members_read_whole_at_once_part_with_their_heads(link_tree: tuple[Path,
     assert ups[x.ino][2:4] == (read_one(x, False).head, None)
     p = n["p.bin"]  # parted too, with a's head: read whole again
     assert ups[p.ino][2:4] == read_one(p, True)[:2] and ups[p.ino][3] != r.groups[0].full
-    assert stats.bytes_read == 4 * SIZE + 2 * BUF + SIZE
+    # a, b, m, n whole; x its first step (a head's); p two steps (it parts after its
+    # head), then whole again
+    assert stats.bytes_read == 4 * SIZE + HEAD_SIZE + (HEAD_SIZE + BUF) + SIZE
 
 
 def test_a_member_read_whole_at_once_meets_one_hashed_in_an_earlier_pass(
@@ -256,3 +258,16 @@ def test_unproven_pairs_are_still_compared(link_tree: tuple[Path, Store],
     ino = inodes(root)
     assert ino["a.bin"] == ino["c.bin"] != ino["b.bin"]
     assert states == {b"b.bin": "REFUSED", b"c.bin": "DONE"}
+
+
+def test_same_size_different_files_cost_a_head_each(link_tree: tuple[Path, Store]) -> None:
+    """Many large files of one size, all different (fixed-size images, records): read
+    whole at once, each parts in the first step and costs what its head read did."""
+    root, store = link_tree
+    for k in range(6):
+        write(root / f"r{k}.bin", blob(20 + k, SIZE))
+    files = unhashed(store, root, SIZE)
+    stats = HashStats()
+    (r,) = Hasher(Stability(0.0), stats, together=Together(Proofs())).run([files])
+    assert r.groups == () and stats.bytes_read == 6 * HEAD_SIZE
+    assert sorted(u[2:4] for u in r.updates) == sorted(read_one(f, False)[:2] for f in files)
