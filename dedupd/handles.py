@@ -31,9 +31,7 @@ import stat
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-
-from dedupd.files import mounts
+from typing import NamedTuple
 
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -83,8 +81,14 @@ def have_openat2() -> bool:
     return _have_openat2
 
 
+# (flags, mode, resolve) -> open_how, made once: a walk opens every directory with one
+_HOWS: dict[tuple[int, int, int], _OpenHow] = {}
+
+
 def _openat2(dirfd: int, path: bytes, flags: int, resolve: int, mode: int = 0) -> int:
-    how = _OpenHow(flags, mode, resolve)
+    how = _HOWS.get((flags, mode, resolve))
+    if how is None:
+        how = _HOWS[flags, mode, resolve] = _OpenHow(flags, mode, resolve)
     fd = LIBC.syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
     if fd < 0:
         err = ctypes.get_errno()
@@ -92,8 +96,7 @@ def _openat2(dirfd: int, path: bytes, flags: int, resolve: int, mode: int = 0) -
     return int(fd)
 
 
-@dataclass(frozen=True)
-class Anchor:
+class Anchor(NamedTuple):  # not a dataclass: see dedupd/files/events.py
     root: bytes  # absolute, symlink-free (normalize_roots)
     cross_mounts: bool = False
     fd: int = -1  # the root, opened once when the anchor is entered (-1: open per call)
@@ -244,6 +247,8 @@ def _mount_id(fd: int, path: bytes) -> int:
     """The fd's mount id; when the kernel does not say (/proc not mounted), the
     fallback cannot tell a mount point from a directory and refuses (EXDEV)."""
     try:
+        from dedupd.files import mounts  # the fallback's only: not before a scan's walk
+
         return mounts.mount_id(fd)
     except OSError:
         raise PathChanged(errno.EXDEV, "cannot tell whether it crosses a mount point "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import NamedTuple
+
+# No dataclasses in this module: it is imported before `dedupd scan` forks its walk,
+# where the dataclasses module (with inspect, ast and dis) is 5 ms of every rescan.
 
 # the device of a known directory without a file of its own (Store.known_digests):
 # its digest alone decides whether the walk skips it, as it has nothing to record.
@@ -40,8 +42,7 @@ class FileEvent(NamedTuple):
         return (self.dev, self.ino)
 
 
-@dataclass(frozen=True, slots=True)
-class Ident:
+class Ident(NamedTuple):
     """What must not have moved since a file was hashed (borg's stat_update_check):
     the same inode, size, mtime and ctime."""
 
@@ -61,28 +62,41 @@ class Ident:
         return same and (not ctime or st.st_ctime_ns == self.ctime_ns)
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
+class Problem(NamedTuple):
     """A file or directory the walk or the hasher could not use, and why."""
 
     path: bytes
     reason: str  # short tag: unreadable, vanished, changed, error
-
     detail: str = ""
 
     def as_dict(self) -> dict[str, str]:
         return {"path": os.fsdecode(self.path), "reason": self.reason, "detail": self.detail}
 
 
-@dataclass
 class WalkStats:
-    """Counters of one walk (mutable: the walk owns it while running)."""
+    """Counters of one walk (mutable: the walk owns it while running), and its
+    problems. Equal when all of them are."""
 
-    files_seen: int = 0
-    dirs_seen: int = 0
-    symlinks: int = 0
-    special_files: int = 0
-    too_small: int = 0
-    excluded: int = 0
-    mount_points_skipped: int = 0
-    problems: list[Problem] = field(default_factory=list)
+    COUNTERS = ("files_seen", "dirs_seen", "symlinks", "special_files", "too_small",
+                "excluded", "mount_points_skipped")
+    __slots__ = (*COUNTERS, "problems")
+
+    def __init__(self, files_seen: int = 0, dirs_seen: int = 0, symlinks: int = 0,
+                 special_files: int = 0, too_small: int = 0, excluded: int = 0,
+                 mount_points_skipped: int = 0, problems: list[Problem] | None = None) -> None:
+        self.files_seen, self.dirs_seen, self.symlinks = files_seen, dirs_seen, symlinks
+        self.special_files, self.too_small, self.excluded = special_files, too_small, excluded
+        self.mount_points_skipped = mount_points_skipped
+        self.problems: list[Problem] = [] if problems is None else problems
+
+    def _values(self) -> tuple[object, ...]:
+        return (*(getattr(self, k) for k in self.COUNTERS), self.problems)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WalkStats) and self._values() == other._values()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return "WalkStats(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in
+                                        (*self.COUNTERS, "problems")) + ")"

@@ -19,16 +19,16 @@ import stat
 # few ms of every `dedupd scan` before its walk is forked
 from _blake2 import blake2b
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from stat import S_ISDIR, S_ISLNK, S_ISREG
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from dedupd import handles, testpoints
 from dedupd.files.events import NO_DEV, FileEvent, Problem, WalkStats
 
 
-@dataclass(frozen=True)
-class WalkOptions:
+# NamedTuples, no dataclasses: this module is imported before `dedupd scan` forks its
+# walk (see dedupd/files/events.py), and one DirListed is made per directory walked
+class WalkOptions(NamedTuple):
     min_size: int = 1
     exclude: tuple[str, ...] = ()
     cross_mounts: bool = False
@@ -48,8 +48,7 @@ def normalize_roots(roots: Iterable[str | bytes | os.PathLike[str]]) -> list[byt
     return kept
 
 
-@dataclass(frozen=True, slots=True)
-class DirListed:
+class DirListed(NamedTuple):
     """A directory the walk listed in full (walk_listed): the digest of its listing
     (b"" when it had more than LIST_CAP entries: no digest), how many regular files
     of at least min_size it holds, and whether they were left out of the walk's
@@ -75,8 +74,7 @@ class Known(Protocol):
 PENDING: tuple[bytes, int] = (b"pending", NO_DEV)
 
 
-@dataclass(frozen=True, slots=True)
-class DirHeld:
+class DirHeld(NamedTuple):
     """A directory listed and digested while its known digest was PENDING: its
     listing items and their lstats, held until it is decided (decided())."""
 
@@ -155,15 +153,16 @@ def _walk_roots(roots: Sequence[bytes], opts: WalkOptions, stats: WalkStats,
                 yield ev
 
 
-@dataclass
 class _Frame:
     """A directory being walked: its fd stays open while its subdirectories are
     visited (so each is opened relative to it), and is closed after. `subdirs` is
     filled by the listing and consumed from its end (last listed, first walked)."""
 
-    fd: int
-    path: bytes
-    subdirs: list[tuple[bytes, os.stat_result]]
+    __slots__ = ("fd", "path", "subdirs")
+
+    def __init__(self, fd: int, path: bytes, subdirs: list[tuple[bytes, os.stat_result]]
+                 ) -> None:
+        self.fd, self.path, self.subdirs = fd, path, subdirs
 
 
 def _walk_tree(root: bytes, rst: os.stat_result, opts: WalkOptions, stats: WalkStats,
@@ -369,10 +368,13 @@ def _list_digested(fd: int, dpath: bytes, dev: int, opts: WalkOptions, stats: Wa
             return
     digest = listing_digest(opts, sorted(items))
     was = known.get(dpath)
+    held = DirHeld(dpath, digest, files, dev, items, sts)
     if was is PENDING:  # decided once the index's digests are there (walkproc)
-        yield DirHeld(dpath, digest, files, dev, items, sts)
+        yield held
+    elif _same(held, was):  # most directories of a rescan
+        yield DirListed(dpath, digest, files, True)
     else:
-        yield from _decided(DirHeld(dpath, digest, files, dev, items, sts), was, min_size)
+        yield from _decided(held, was, min_size)
 
 
 def decided(held: DirHeld, known: Known, min_size: int) -> Iterator[FileEvent | DirListed]:
@@ -383,12 +385,16 @@ def decided(held: DirHeld, known: Known, min_size: int) -> Iterator[FileEvent | 
 
 def _decided(held: DirHeld, was: tuple[bytes, int] | None, min_size: int
              ) -> Iterator[FileEvent | DirListed]:
-    files, dev = held.files, held.dev
-    same = was is not None and was[0] == held.digest and (was[1] == dev or (
-        was[1] == NO_DEV and not files))
-    if not same and files:
+    same = _same(held, was)
+    if not same and held.files:
         yield from _events(held.path, held.items, held.sts, min_size)
-    yield DirListed(held.path, held.digest, files, same)
+    yield DirListed(held.path, held.digest, held.files, same)
+
+
+def _same(held: DirHeld, was: tuple[bytes, int] | None) -> bool:
+    """Whether the index's (digest, st_dev) `was` says the held directory is unchanged."""
+    return was is not None and was[0] == held.digest and (was[1] == held.dev or (
+        was[1] == NO_DEV and not held.files))
 
 
 _IFMT, _IFREG, _IFDIR, _IFLNK = 0o170000, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK

@@ -25,7 +25,6 @@ it once they come.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import marshal
 import mmap
@@ -55,7 +54,7 @@ from dedupd.scan.walk import (
     walk_listed,
 )
 
-_COUNTERS = [f.name for f in dataclasses.fields(WalkStats) if f.name != "problems"]
+_COUNTERS = WalkStats.COUNTERS
 _MSG = 1 << 18  # a task: a path and up to walk.DONATE_MAX names with their identities
 BATCH = 2000  # events a batch (the scanner's RECORD_BATCH)
 # processes of a rescan's walk (one that has digests to compare): its directories
@@ -85,13 +84,11 @@ def _recv_fds(sock: Socket) -> tuple[bytes, list[int]]:
 
 
 def _event(ev: FileEvent | DirListed) -> Wire:
-    if isinstance(ev, DirListed):
-        return (ev.path, ev.digest, ev.files, ev.same)
     return tuple(ev)  # marshal takes a plain tuple only
 
 
 def _item(t: Wire) -> FileEvent | DirListed:
-    return DirListed(*t) if len(t) == 4 else FileEvent._make(t)
+    return DirListed._make(t) if len(t) == 4 else FileEvent._make(t)
 
 
 class _Sender:

@@ -4,7 +4,6 @@ when either file changes after it was read."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -62,7 +61,7 @@ def test_outcomes_are_the_readers_and_proofs_name_equal_bytes(link_tree: tuple[P
         assert not proofs.equal(n[x], n[y])
     assert len(proofs) == 5  # e and f equal nothing: no proof names them
     # A proof holds for the identities read, not for a file that changed since.
-    assert not proofs.equal(n["a"], dataclasses.replace(n["b"], ctime_ns=n["b"].ctime_ns + 1))
+    assert not proofs.equal(n["a"], n["b"]._replace(ctime_ns=n["b"].ctime_ns + 1))
 
 
 def test_a_file_changed_before_its_read_is_a_problem_and_unproven(link_tree: tuple[Path, Store]

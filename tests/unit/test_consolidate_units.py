@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 from datetime import datetime
@@ -198,7 +197,7 @@ def test_read_source_then_stage_data_is_a_verified_copy(tmp_path: Path) -> None:
     write(src, b"a" * 5000, "2020-02-02")
     ident = Ident.of(os.stat(src))
     with pytest.raises(CopyError) as e:
-        read_source(os.fsencode(src), dataclasses.replace(ident, size=4999))
+        read_source(os.fsencode(src), ident._replace(size=4999))
     assert e.value.reason == "changed"
     with DestDirs() as dirs:
         r = read_source(os.fsencode(src), ident)
