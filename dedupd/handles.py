@@ -28,7 +28,7 @@ import ctypes
 import errno
 import os
 import stat
-import threading
+from _thread import allocate_lock  # threading's Lock: see _lock
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -102,7 +102,9 @@ class Anchor(NamedTuple):  # not a dataclass: see dedupd/files/events.py
     fd: int = -1  # the root, opened once when the anchor is entered (-1: open per call)
 
 
-_lock = threading.Lock()
+# _thread's lock is threading's: threading itself (1 ms) is no import before a
+# scan's walk is forked
+_lock = allocate_lock()
 _anchors: list[Anchor] = []
 
 
