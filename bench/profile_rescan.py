@@ -32,8 +32,9 @@ from dedupd.scan.walk import WalkOptions, normalize_roots, walk_listed
 from dedupd.scan.walkproc import ForkedWalk
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
-BEFORE_WALK = ["dedupd.cli", "dedupd.commands.scan", "dedupd.log", "dedupd.scan.walkproc"]
-AFTER_WALK = ["dedupd.scan.scanner", "dedupd.progress", "dedupd.output", "dedupd.files.fsid"]
+BEFORE_WALK = ["dedupd.cli", "dedupd.commands.scan", "dedupd.scan.walkproc"]
+AFTER_WALK = ["dedupd.log", "dedupd.scan.scanner", "dedupd.progress", "dedupd.output",
+              "dedupd.files.fsid"]
 PY = str(ROOT / ".venv" / "bin" / "python")
 
 

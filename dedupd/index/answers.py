@@ -29,13 +29,13 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dedupd import __version__
-from dedupd.index.db import from_s64, to_s64
 from dedupd.index.dirs import split
 
 if TYPE_CHECKING:
     from dedupd.index.store import IndexedFile, Store
 
 FORMAT = 2  # of the key and of the packed answer
+_HALF, _WRAP = 1 << 63, 1 << 64  # db.to_s64 and from_s64, inline in unpack's loops
 
 
 class Kept:
@@ -89,17 +89,18 @@ def unpack(store: Store, answer: bytes) -> list[tuple[int, list[IndexedFile]]] |
 
     sizes, counts, fss, inos, npaths, dirs, names, check = marshal.loads(
         zlib.decompress(answer))
+    # the inode numbers as the index stores them (signed 64 bits: db.to_s64), made once
+    keys = [i - _WRAP if i >= _HALF else i for i in inos]
     p = store.db.p
     rows: dict[int, dict[int, tuple[Any, ...]]] = {}
     for fs in set(fss):
         got = rows[fs] = {}
-        mine = [to_s64(i) for f, i in zip(fss, inos, strict=True) if f == fs]
+        mine = [i for f, i in zip(fss, keys, strict=True) if f == fs]
         for part in chunks(mine, BATCH):
-            for r in store.db.rows(
-                    f"SELECT ino, size, mtime_ns, mtime_ns + ctime_delta, head, \"full\", "
-                    f"unstable FROM inodes WHERE fs = {p} AND ino IN "
-                    f"({store.db.marks(len(part))})", (fs, *part)):
-                got[r[0]] = r
+            got.update((r[0], r) for r in store.db.rows(
+                f"SELECT ino, size, mtime_ns, mtime_ns + ctime_delta, head, \"full\", "
+                f"unstable FROM inodes WHERE fs = {p} AND ino IN "
+                f"({store.db.marks(len(part))})", (fs, *part)))
     found = store.dirs.paths(set(dirs))
     where = {d: path.rstrip(b"/") + b"/" for d, path in found.items()}
     devs = {fs: dev for fs in rows if (dev := store.dev_of(fs)) is not None}
@@ -107,20 +108,24 @@ def unpack(store: Store, answer: bytes) -> list[tuple[int, list[IndexedFile]]] |
             _dirs_check(found.items()) != check:
         return None
     names_of = [where[d] + name for d, name in zip(dirs, names, strict=True)]
-    out, k, at = [], 0, 0
+    # IndexedFile's fields as one tuple, made by tuple's own constructor: its
+    # NamedTuple __new__ is a Python call, a third of this loop's time
+    new = tuple.__new__
+    out = []
+    k = at = 0
     for size, count in zip(sizes, counts, strict=True):
         group = []
         full = None
         for j in range(k, k + count):
-            fs, ino = fss[j], inos[j]
-            r = rows[fs].get(to_s64(ino))
+            fs = fss[j]
+            r = rows[fs].get(keys[j])
             if r is None or r[1] != size or r[5] is None or (full is not None and r[5] != full):
                 return None
-            full = r[5]
-            n = npaths[j]
-            group.append(IndexedFile(devs[fs], ino, size, r[2], r[3],
-                                     None if r[4] is None else from_s64(r[4]), bytes(full),
-                                     r[6], tuple(names_of[at:at + n])))
+            full, head, n = r[5], r[4], npaths[j]
+            group.append(new(IndexedFile, (
+                devs[fs], inos[j], size, r[2], r[3],
+                None if head is None else head + _WRAP if head < 0 else head, full, r[6],
+                tuple(names_of[at:at + n]))))
             at += n
         k += count
         out.append((size, group))

@@ -81,8 +81,8 @@ def _group_json(g: DupGroup) -> dict[str, Any]:
     files = g.files
     doc: dict[str, Any] = {"size": g.size,
                            "paths": [f.paths[0].decode(_FS_ENC, _FS_ERR) for f in files]}
-    if any(len(f.paths) > 1 for f in files):
-        doc["hardlinks"] = [p.decode(_FS_ENC, _FS_ERR) for f in files for p in f.paths[1:]]
+    if hardlinks := [p.decode(_FS_ENC, _FS_ERR) for f in files for p in f.paths[1:]]:
+        doc["hardlinks"] = hardlinks
     return doc
 
 
@@ -270,15 +270,15 @@ class _Answer:
                                       opts.settle_seconds, opts.max_backoff_seconds))
         self.since = answers.epoch(store)
         self.kept = answers.kept(store, self.key) if self.since is not None else None
-        self.groups: list[tuple[int, list[IndexedFile]]] | None = None
+        self.groups: tuple[DupGroup, ...] | None = None
 
     def unpack(self) -> None:
-        """Unpack the kept answer (read its members' inode rows) ahead of reuse(); the
-        scan writes nothing when it is reported, so what is read during the walk
-        holds."""
+        """Unpack the kept answer (read its members' inode rows) into its groups ahead
+        of reuse(), beside the walk; the scan writes nothing when it is reported, so
+        what is read during the walk holds."""
         with contextlib.suppress(Exception):  # read again in reuse(), if needed
             if self.kept is not None:
-                self.groups = answers.unpack(self.store, self.kept.answer)
+                self.groups = _dup_groups(answers.unpack(self.store, self.kept.answer))
 
     def likely(self) -> bool:
         """Whether the kept answer is still good, should the tree list the same."""
@@ -289,13 +289,18 @@ class _Answer:
         if fp is None or self.kept is None or fp != self.kept.fingerprint or \
                 answers.epoch(self.store) != self.kept.epoch:
             return None
-        got = self.groups if self.groups is not None else answers.unpack(self.store,
-                                                                        self.kept.answer)
-        return None if got is None else tuple(DupGroup(n, tuple(fs)) for n, fs in got)
+        if self.groups is not None:
+            return self.groups
+        return _dup_groups(answers.unpack(self.store, self.kept.answer))
 
     def keep(self, fp: bytes, groups: Sequence[DupGroup]) -> None:
         if self.since is not None:
             answers.keep(self.store, self.key, fp, self.since, [(g.size, g.files) for g in groups])
+
+
+def _dup_groups(got: list[tuple[int, list[IndexedFile]]] | None
+                ) -> tuple[DupGroup, ...] | None:
+    return None if got is None else tuple(DupGroup(n, tuple(fs)) for n, fs in got)
 
 
 class Recorder:

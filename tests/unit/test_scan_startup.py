@@ -1,0 +1,52 @@
+"""`dedupd scan` forks its walk before it imports what only the rest of the scan needs:
+every module imported before the fork is start-up time of every rescan that nothing
+else runs beside (docs/schema.md: an unchanged rescan's walk is most of its time)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+# what the walk does not use: each is milliseconds of import (dataclasses pulls inspect,
+# ast and dis; hashlib OpenSSL; socket.py its enums) or the index and its SQLite
+NOT_BEFORE_THE_WALK = ("dataclasses", "inspect", "logging", "pathlib", "hashlib", "_hashlib",
+                       "socket", "threading", "traceback", "json", "sqlite3",
+                       "dedupd.index.store", "dedupd.scan.scanner", "dedupd.config")
+
+# records sys.modules at the first fork (the walk's), then runs the real command
+_CODE = """\
+import sys
+from dedupd import forkpipe
+real, seen = forkpipe.spawn, []
+def spawn(work):
+    seen.append(seen or sorted(sys.modules))
+    return real(work)
+forkpipe.spawn = spawn
+from dedupd.cli import main
+rc = main(sys.argv[1:])
+import json
+sys.stderr.write("\\n" + json.dumps(seen[0]))
+sys.exit(rc)
+"""
+
+
+def _modules_at_the_walks_fork(tmp_path: Path, *argv: str) -> tuple[set[str], str]:
+    r = subprocess.run([sys.executable, "-c", _CODE, "scan", "--no-progress", "--db",
+                        f"sqlite:///{tmp_path}/i.db", *argv], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return set(json.loads(r.stderr.splitlines()[-1])), r.stdout
+
+
+def test_the_walk_is_forked_before_logging_the_index_and_dataclasses(tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    (tree / "d").mkdir(parents=True)
+    for name in ("a", "d/b"):
+        (tree / name).write_bytes(b"same bytes")
+    for _ in range(2):  # a first scan, then a rescan (digests known, answer kept)
+        mods, out = _modules_at_the_walks_fork(tmp_path, str(tree))
+        assert "dedupd.scan.walk" in mods and "argparse" in mods
+        assert not mods & set(NOT_BEFORE_THE_WALK), sorted(mods & set(NOT_BEFORE_THE_WALK))
+        assert out.startswith("# 2 files of 10 B") and "1 groups" in out, out
