@@ -53,13 +53,14 @@ def start_walk(args: argparse.Namespace) -> None:
     rescan's walk is most of its time; docs/schema.md), and get the index's known
     digests from the scan once it has read them. args.walking: that walk."""
     from dedupd import forkpipe
-    from dedupd.scan.walk import WalkOptions, normalize_roots
-    from dedupd.scan.walkproc import BATCH, RESCAN_WALKERS, ForkedWalk
 
     # the collector as in the walk's processes, for the rest of this one too: what is
     # imported is never garbage, and without it each of the next imports' thousands
     # of objects, then each of the report's, is traversed again (a few ms a rescan)
     forkpipe.quiet_gc()
+    from dedupd.scan.walk import WalkOptions, normalize_roots
+    from dedupd.scan.walkproc import BATCH, RESCAN_WALKERS, ForkedWalk
+
     args.walking = ForkedWalk(normalize_roots(args.paths),
                               WalkOptions(args.min_size, tuple(args.exclude),
                                           args.cross_mounts),
