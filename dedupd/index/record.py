@@ -20,20 +20,20 @@ _S64, _U64 = 1 << 63, 1 << 64  # db.to_s64, inline: the loop that keys runs once
 _new = tuple.__new__  # a NamedTuple's own __new__ is a Python function: 3x the cost
 
 
-def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, FileEvent]],
-                 touch_inodes: bool, digests: Sequence[tuple[bytes, bytes]] = ()
-                 ) -> RecordResult:
-    """See Store.record. keyed: (filesystem id, event) pairs."""
+def record_batch(store: Store, c: Any, scan_id: int, events: Sequence[FileEvent],
+                 fss: dict[int, int], touch_inodes: bool,
+                 digests: Sequence[tuple[bytes, bytes]] = ()) -> RecordResult:
+    """See Store.record. fss: the filesystem id of each device of the events."""
     from dedupd.index.store import IndexedFile, RecordResult
 
     held = store.held
     if held is not None:  # rows held back in memory (held.py) that this batch must find
         # another name of an inode held: a hardlink, or a file of one link whose
         # directory moved during the scan (listed before the move and after it)
-        rows = held.next_batch([(e.dev, e.ino) for _fs, e in keyed])
+        rows = held.next_batch([(e.dev, e.ino) for e in events])
         if rows:  # in key order: each B-tree page met once, not once per row
             store.bulk.upsert_inodes(c, sorted(rows))
-    by_key, extra, by_dir = _keyed(store, c, keyed)
+    by_key, extra, by_dir = _keyed(store, c, events, fss)
     # directories made since the scan began: no name of theirs is known but those
     # written since, and a walk lists each name once (dirs.py, DirTree.made)
     fresh = store.dirs.made
@@ -96,7 +96,7 @@ def record_batch(store: Store, c: Any, scan_id: int, keyed: Sequence[tuple[int, 
     return RecordResult(new, changed, sum(len(v) for v in touched.values()), tuple(files))
 
 
-def _keyed(store: Store, c: Any, keyed: Sequence[tuple[int, FileEvent]]
+def _keyed(store: Store, c: Any, events: Sequence[FileEvent], fss: dict[int, int]
            ) -> tuple[dict[Key, FileEvent], dict[Key, list[bytes]], dict[int, dict[bytes, Key]]]:
     """The batch by inode key (the last event of each), every name of an inode met
     twice (hardlinks), and the names of each directory (ensured: made if new). This
@@ -109,8 +109,8 @@ def _keyed(store: Store, c: Any, keyed: Sequence[tuple[int, FileEvent]]
     ensure = store.dirs.ensure
     last: tuple[bytes, int] | None = None
     ents: dict[bytes, Key] = {}
-    for fs, e in keyed:
-        ino = e.ino
+    for e in events:
+        fs, ino = fss[e.dev], e.ino
         k = (fs, ino - _U64 if ino >= _S64 else ino)
         if k in by_key:
             extra.setdefault(k, [by_key[k].path]).append(e.path)

@@ -230,21 +230,12 @@ class Store(Names):
         next walk can skip them while they do not change (known_digests). Any other
         directory this batch writes into loses its stored digest.
         """
-        keyed = []
-        known: dict[int, int] = {}  # dev -> fs, for this batch (one call per file costs)
-        for e in events:
-            fs = known.get(e.dev)
-            if fs is None:
-                try:
-                    fs = known[e.dev] = self.fs_of(e.dev, e.path)
-                except Unreachable:
-                    continue  # its directory vanished since the walk: the next scan decides
-            keyed.append((fs, e))
+        events, fss = self._filesystems(events)
         held = self.held  # its lock over the whole transaction (held.py)
         try:
             with held.lock if held is not None else contextlib.nullcontext(), \
                     self.db.tx() as c:
-                res = record_batch(self, c, scan_id, keyed, touch_inodes, digests)
+                res = record_batch(self, c, scan_id, events, fss, touch_inodes, digests)
         except BaseException:
             self.dirs.reset()  # ids created in the rolled-back transaction are void
             raise
@@ -284,6 +275,29 @@ class Store(Names):
         if compact and self.compact_due:
             self.compact()
         return n
+
+    def _filesystems(self, events: Sequence[FileEvent]
+                     ) -> tuple[Sequence[FileEvent], dict[int, int]]:
+        """The events whose filesystem is reachable, and the filesystem id of each
+        of their devices (one fs_of call a device, not a file)."""
+        fss: dict[int, int] = {}
+        lost: set[int] = set()
+        for dev in {e.dev for e in events}:
+            try:
+                fss[dev] = self.fs_of(dev, next(e.path for e in events if e.dev == dev))
+            except Unreachable:  # that directory vanished since the walk: try each file's
+                lost.add(dev)
+        if not lost:
+            return events, fss
+        kept = []
+        for e in events:
+            if e.dev in lost and e.dev not in fss:
+                try:
+                    fss[e.dev] = self.fs_of(e.dev, e.path)
+                except Unreachable:
+                    continue  # the next scan decides
+            kept.append(e)
+        return kept, fss
 
     def hold_new_rows(self) -> None:
         """From now on, record() holds new inode rows a few batches (held.py): hashes

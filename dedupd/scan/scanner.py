@@ -342,16 +342,20 @@ class Recorder:
         if callable(batch):
             batch()
             return
-        files = [e for e in batch if isinstance(e, FileEvent)]
-        listed = [d for d in batch if isinstance(d, DirListed)]
+        files: list[FileEvent] = []
+        listed: list[DirListed] = []
+        for e in batch:  # this loop runs once per file of a tree
+            (listed if type(e) is DirListed else files).append(e)
         digests = [(d.path, d.digest) for d in listed if d.digest and not d.same]
         if self.listed is not None:
             self.listed += [(d.path, d.digest) for d in listed]
             if len(self.listed) > AHEAD_MAX_DIRS or any(not d.digest for d in listed):
                 self.listed = None
         self.events += len(files)
-        self.same += [d.path for d in listed if d.same]
-        self.unchanged += sum(d.files for d in listed if d.same)
+        for d in listed:
+            if d.same:
+                self.same.append(d.path)
+                self.unchanged += d.files
         if not files and not digests:  # directories skipped: nothing to write
             return
         r = self.store.record(self.scan_id, files, self.touch_inodes, digests)
