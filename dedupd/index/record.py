@@ -13,7 +13,7 @@ from dedupd.index.db import BATCH, chunks, from_s64
 from dedupd.index.dirs import split
 
 if TYPE_CHECKING:
-    from dedupd.index.store import RecordResult, Store
+    from dedupd.index.store import IndexedFile, RecordResult, Store
 
 Key = tuple[int, int]  # (filesystem id, signed ino)
 _S64, _U64 = 1 << 63, 1 << 64  # db.to_s64, inline: the loop that keys runs once per file
@@ -24,7 +24,7 @@ def record_batch(store: Store, c: Any, scan_id: int, events: Sequence[FileEvent]
                  fss: dict[int, int], touch_inodes: bool,
                  digests: Sequence[tuple[bytes, bytes]] = ()) -> RecordResult:
     """See Store.record. fss: the filesystem id of each device of the events."""
-    from dedupd.index.store import IndexedFile, RecordResult
+    from dedupd.index.store import RecordResult
 
     held = store.held
     if held is not None:  # rows held back in memory (held.py) that this batch must find
@@ -43,11 +43,70 @@ def record_batch(store: Store, c: Any, scan_id: int, events: Sequence[FileEvent]
     renumbered = store.fsmap.renumbered
     vouched = {k for did, ents in by_dir.items() for n, k in ents.items()
                if k[0] in renumbered and known.get((did, n)) == k[1]} if renumbered else set()
-    new = changed = 0
     upserts: list[list[Any]] = []
     touched: dict[int, list[int]] = defaultdict(list)
-    files: list[IndexedFile] = []
     hold: dict[tuple[int, int], list[Any]] | None = None if held is None else {}
+    if not old and not renumbered:  # nothing of the batch indexed (most of a first scan)
+        new, changed = len(by_key), 0
+        files = _all_new(by_key, extra, scan_id, upserts, hold)
+    else:
+        new, changed, files = _compared(by_key, extra, old, renumbered, vouched, scan_id,
+                                        upserts, hold, touched)
+    erows = _entry_rows(store, c, scan_id, by_dir, known, fresh)
+    if held is not None and hold:
+        held.hold(hold)
+    if upserts:
+        store.bulk.upsert_inodes(c, upserts)
+    for fs, inos in touched.items() if touch_inodes else ():
+        for part in chunks(inos, BATCH):
+            store.bulk.touch_inodes(c, scan_id, fs, part)
+    claimed = [k for k in by_key if k[0] in renumbered and k in old and k not in vouched]
+    if claimed:
+        _drop_claimed(store, c, claimed, {(did, n) for did, ents in by_dir.items() for n in ents})
+    if erows:
+        store.bulk.upsert_entries(c, erows)
+    if held is None:
+        _digests(store, c, scan_id, list(by_dir), digests, fresh)
+    else:
+        _digests(store, c, scan_id, list(by_dir), (), fresh)
+        if due := held.defer(digests):
+            store_digests(store, c, scan_id, due)
+    return RecordResult(new, changed, sum(len(v) for v in touched.values()), tuple(files))
+
+
+def _all_new(by_key: dict[Key, FileEvent], extra: dict[Key, list[bytes]], scan_id: int,
+             upserts: list[list[Any]], hold: dict[tuple[int, int], list[Any]] | None
+             ) -> list[IndexedFile]:
+    """The rows of a batch none of whose inodes is indexed (to the upserts, or held
+    by (dev, ino)), and its files as now indexed. Once per file of a first scan."""
+    from dedupd.index.store import IndexedFile
+
+    files: list[IndexedFile] = []
+    add = files.append
+    for k, e in by_key.items():
+        path, dev, ino, size, mtime, ctime = e[0], e[1], e[2], e[3], e[4], e[5]
+        row = [k[0], k[1], size, mtime, ctime - mtime, None, None, scan_id, 0]
+        if hold is None:
+            upserts.append(row)
+        else:
+            hold[(dev, ino)] = row
+        add(_new(IndexedFile, (dev, ino, size, mtime, ctime, None, None, 0,
+                               (path,) if k not in extra else tuple(sorted(extra[k])))))
+    return files
+
+
+def _compared(by_key: dict[Key, FileEvent], extra: dict[Key, list[bytes]],
+              old: dict[Key, tuple[Any, ...]], renumbered: set[int],
+              vouched: set[Key], scan_id: int, upserts: list[list[Any]],
+              hold: dict[tuple[int, int], list[Any]] | None, touched: dict[int, list[int]]
+              ) -> tuple[int, int, list[IndexedFile]]:
+    """Each inode of the batch against its row (old): unchanged (keeps its hashes;
+    its key to `touched`), changed or new (a row to the upserts, or held by (dev,
+    ino) when new). Returns (new, changed, the batch's files as now indexed)."""
+    from dedupd.index.store import IndexedFile
+
+    new = changed = 0
+    files: list[IndexedFile] = []
     for k, e in by_key.items():
         # (size, mtime_ns, ctime_ns, unstable, head, full); None: not this file's
         o = old.get(k) if k[0] not in renumbered or k in vouched else None
@@ -74,26 +133,7 @@ def record_batch(store: Store, c: Any, scan_id: int, events: Sequence[FileEvent]
             upserts.append(row)
         files.append(_new(IndexedFile, (e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns,
                                         None, None, unstable, paths)))
-    erows = _entry_rows(store, c, scan_id, by_dir, known, fresh)
-    if held is not None and hold:
-        held.hold(hold)
-    if upserts:
-        store.bulk.upsert_inodes(c, upserts)
-    for fs, inos in touched.items() if touch_inodes else ():
-        for part in chunks(inos, BATCH):
-            store.bulk.touch_inodes(c, scan_id, fs, part)
-    claimed = [k for k in by_key if k[0] in renumbered and k in old and k not in vouched]
-    if claimed:
-        _drop_claimed(store, c, claimed, {(did, n) for did, ents in by_dir.items() for n in ents})
-    if erows:
-        store.bulk.upsert_entries(c, erows)
-    if held is None:
-        _digests(store, c, scan_id, list(by_dir), digests, fresh)
-    else:
-        _digests(store, c, scan_id, list(by_dir), (), fresh)
-        if due := held.defer(digests):
-            store_digests(store, c, scan_id, due)
-    return RecordResult(new, changed, sum(len(v) for v in touched.values()), tuple(files))
+    return new, changed, files
 
 
 def _keyed(store: Store, c: Any, events: Sequence[FileEvent], fss: dict[int, int]
