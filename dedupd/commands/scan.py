@@ -61,10 +61,15 @@ def start_walk(args: argparse.Namespace) -> None:
     from dedupd.scan.walk import WalkOptions, normalize_roots
     from dedupd.scan.walkproc import BATCH, RESCAN_WALKERS, ForkedWalk
 
-    args.walking = ForkedWalk(normalize_roots(args.paths),
-                              WalkOptions(args.min_size, tuple(args.exclude),
-                                          args.cross_mounts),
-                              BATCH, workers=RESCAN_WALKERS, later=True)
+    try:
+        args.walking = ForkedWalk(normalize_roots(args.paths),
+                                  WalkOptions(args.min_size, tuple(args.exclude),
+                                              args.cross_mounts),
+                                  BATCH, workers=RESCAN_WALKERS, later=True)
+    except OSError as e:  # no descriptors or processes left (EMFILE, EAGAIN): not a bug
+        from dedupd.errors import DedupdError
+
+        raise DedupdError(f"cannot start the walk: {e.strerror or e}") from None
 
 
 def run(args: argparse.Namespace) -> int:

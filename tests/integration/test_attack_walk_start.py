@@ -1,7 +1,8 @@
 """`dedupd scan` when its walk cannot start (no descriptors left: EMFILE; the same
 path as fork's EAGAIN under a pids limit): a clear error and exit 1, never a
-traceback. Open: start_walk (commands/scan.py) lets the OSError of ForkedWalk()
-reach cli.main's "unexpected error (this is a bug)" with its traceback."""
+traceback: start_walk (commands/scan.py) turns ForkedWalk()'s OSError into a
+DedupdError, which cli.main prints as one line (before, "unexpected error (this is
+a bug)" with its traceback)."""
 
 from __future__ import annotations
 
