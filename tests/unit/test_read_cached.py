@@ -293,3 +293,37 @@ def test_read_warm_leaves_a_filesystem_without_nowait_reads_alone() -> None:
         assert tried == []
     finally:
         shm.unlink()
+
+
+def test_a_feeder_makes_no_reference_cycles(tmp_path: Path) -> None:
+    # forked feeders run with the collector off (hashing.forked): whatever a feeder
+    # learns, fails to read or lets go must be freed by reference counts alone
+    import gc
+
+    data, big = os.urandom(5000), os.urandom(300_000)
+    for d in ("x", "y"):
+        (tmp_path / d).mkdir()
+        for n in ("a", "b", "c"):
+            (tmp_path / d / n).write_bytes(data)
+        (tmp_path / d / "big").write_bytes(big)
+    (tmp_path / "y" / "big2").write_bytes(big[:-1] + b"!")  # same head, other bytes
+    (tmp_path / "x" / "link").symlink_to(tmp_path / "x" / "a")
+    files = [indexed(p) for p in sorted(tmp_path.glob("*/*")) if not p.is_symlink()]
+    (tmp_path / "x" / "b").unlink()  # vanished
+    (tmp_path / "y" / "c").write_bytes(data[::-1])  # changed
+    (tmp_path / "y" / "a").unlink()
+    (tmp_path / "y" / "a").symlink_to(tmp_path / "x" / "a")  # a symlink in its place
+    gc.collect()
+    gc.disable()
+    try:
+        feeder = Feeder(Stability(), 100)
+        updates, gone = feeder.put(files[:4])
+        more, gone2 = feeder.put(files[4:])
+        groups = feeder.groups()
+        assert len(groups) == 2 and len(gone + gone2) == 2, (groups, gone, gone2)
+        assert {p.reason for p in feeder.stats.problems} == {"vanished", "changed",
+                                                             "path_changed"}
+        del feeder, updates, gone, more, gone2, groups
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
