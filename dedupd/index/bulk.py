@@ -106,6 +106,19 @@ class Bulk:
                      " ON CONFLICT (dir, name) DO UPDATE SET ino = excluded.ino, "
                      "seen = excluded.seen", 4, rows)
 
+    def set_digests(self, cur: Any, rows: Sequence[tuple[int, bytes]]) -> None:
+        """rows: (directory id, listing digest). SQLite takes them ROWS_PER_INSERT to
+        an UPDATE ... FROM VALUES (one statement step for many rows)."""
+        if not self._sqlite:
+            cur.executemany(f"UPDATE directories SET digest = {self.p} WHERE id = {self.p}",
+                            [(g, d) for d, g in rows])
+            return
+        for i in range(0, len(rows), ROWS_PER_INSERT):
+            part = rows[i:i + ROWS_PER_INSERT]
+            cur.execute("UPDATE directories SET digest = v.column2 FROM (VALUES "
+                        f"{', '.join(['(?, ?)'] * len(part))}) AS v "
+                        "WHERE directories.id = v.column1", [x for r in part for x in r])
+
     def set_ctimes(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         """rows: (new ctime_ns, fs, ino, size, mtime_ns, old ctime_ns); only a row still
         at the old stat takes the new ctime."""

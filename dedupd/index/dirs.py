@@ -55,6 +55,9 @@ class DirTree:
 
     def find(self, path: bytes, cur: Any = None) -> int | None:
         """The id of directory `path`, or None when the index has no such directory."""
+        did = self._id.get(path)  # cached (one dict read: no lock needed)
+        if did is not None:
+            return did
         path = path.rstrip(b"/") or b"/"
         at, tail = path, []
         with self._lock:  # down from the nearest known ancestor, not from the root

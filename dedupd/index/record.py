@@ -262,8 +262,7 @@ def _digests(store: Store, c: Any, scan_id: int, written: list[int],
         c.execute(f"UPDATE directories SET digest = NULL WHERE digest IS NOT NULL AND id IN "
                   f"({store.db.marks(len(part))})", part)
     if fresh:
-        c.executemany(f"UPDATE directories SET digest = {p} WHERE id = {p}",
-                      [(g, d) for d, g in fresh.items()])
+        store.bulk.set_digests(c, list(fresh.items()))
 
 
 def store_digests(store: Store, c: Any, scan_id: int,
