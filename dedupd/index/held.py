@@ -113,20 +113,22 @@ class HeldRows:
 
     def _fill(self, updates: Iterable[HashUpdate]) -> list[HashUpdate]:
         rest: list[HashUpdate] = []
-        rows = self.rows
-        for u in updates:
-            r = rows.get((u[0], u[1]))
+        rows, filled, headless_max = self.rows, self.filled, self.headless_max
+        for u in updates:  # once per file read: one key built, no stat tuple
+            key = (u[0], u[1])
+            r = rows.get(key)
             if r is None:
                 rest.append(u)
                 continue
             stat = u[4]
-            if stat is not None and stat != (r[2], r[3], r[3] + r[4]):
+            if stat is not None and (stat[0] != r[2] or stat[1] != r[3]
+                                     or stat[2] != r[3] + r[4]):
                 continue
-            full = u[3]
-            r[HEAD] = None if u[2] is None or (full is not None and r[2] <= self.headless_max) \
-                else to_s64(u[2])
+            head, full = u[2], u[3]
+            r[HEAD] = None if head is None or (full is not None and r[2] <= headless_max) \
+                else to_s64(head)
             r[FULL] = full
-            self.filled.append((u[0], u[1]))
+            filled.append(key)
         return rest
 
     def drop(self, keys: Iterable[tuple[int, int]]) -> None:
