@@ -120,11 +120,15 @@ def indexed(evs: list[FileEvent]) -> list[IndexedFile]:
                         (e.path,)) for e in evs]
 
 
-def feed(files: list[IndexedFile]) -> Feeder:
+def feed(files: list[IndexedFile]) -> list[HashUpdate]:
+    """The hashes a Feeder learns over files, in batches as a scan gives them (of
+    an inode read head first, then whole, the last)."""
     fd = Feeder(Stability(), len(files) + 1)
+    learnt: dict[tuple[int, int], HashUpdate] = {}
     for i in range(0, len(files), BATCH):
-        fd.put(files[i:i + BATCH])
-    return fd
+        ups, _gone = fd.put(files[i:i + BATCH])
+        learnt.update(((u[0], u[1]), u) for u in ups)
+    return list(learnt.values())
 
 
 def record(evs: list[FileEvent], roots: list[bytes]) -> None:
@@ -166,10 +170,9 @@ def stages(tree: str) -> int:
     with handles.anchored(roots):
         evs = list(walk(roots, WalkOptions(), WalkStats()))
         files = indexed(evs)
-        fed = feed(files)
-        read = sorted({f.path for g in fed.sizes.values() for f in g.files.values()
-                       if f.key in g.updates})
-        ups = [u for g in fed.sizes.values() for u in g.updates.values()]
+        ups = feed(files)
+        learnt = {(u[0], u[1]) for u in ups}
+        read = sorted({f.path for f in files if f.key in learnt})
         rows = [
             ("bare walk (scandir + lstat)", len(evs), best(lambda: bare_walk(roots[0]))),
             ("dedupd walk", len(evs), best(lambda: list(walk(roots, WalkOptions(),
