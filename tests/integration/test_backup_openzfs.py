@@ -190,6 +190,10 @@ def test_an_inherited_job_property_does_not_make_a_snapshot_ours(
     assert retention.prune_local(cfg.backups["j"], dry_run=True) == ()
 
 
+# seconds of names another snapshot's bookmarks take (the backup must snapshot within)
+TAKEN_SECONDS = 30
+
+
 def test_a_snapshot_named_like_an_older_ones_bookmark_is_bookmarked_all_the_same(
         tmp_path: Path, zpool: Any, moto: Moto, s3_bucket: str, openzfs: OpenZfs) -> None:
     """Two backups within one second: the first snapshot, destroyed, left its bookmark
@@ -201,20 +205,22 @@ def test_a_snapshot_named_like_an_older_ones_bookmark_is_bookmarked_all_the_same
     ds = pool.dataset("data")
     store = store_for(cfg)
     try:
-        # Another snapshot's bookmarks take the names of this second and the next few.
+        # Another snapshot's bookmarks take the names of this second and the next ones
+        # (enough of them that a loaded machine still snapshots within them).
         subprocess.run(["zfs", "snapshot", f"{ds}@other"], check=True)
         now = time.time()
-        for k in range(4):
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now + k))
-            subprocess.run(["zfs", "bookmark", f"{ds}@other", f"{ds}#dedupd-{stamp}"],
-                           check=True)
+        taken = [f"dedupd-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now + k))}"
+                 for k in range(TAKEN_SECONDS)]
+        for name in taken:
+            subprocess.run(["zfs", "bookmark", f"{ds}@other", f"{ds}#{name}"], check=True)
         other = snapshots.get(f"{ds}@other")
         assert other is not None
         subprocess.run(["zfs", "destroy", f"{ds}@other"], check=True)
         r1 = run_job(cfg, "j", store)
-        assert time.time() < now + 4, "the backup took too long for the names to collide"
         snap = snapshots.get(r1.snapshot)
-        assert snap is not None and snap.userrefs == 0  # bookmarked, so not held
+        assert snap is not None
+        assert snap.short in taken, "the snapshot came too late for the names to collide"
+        assert snap.userrefs == 0  # bookmarked, so not held
         mine = [b for b in bookmarks.list_bookmarks(ds) if b.guid == snap.guid]
         assert [b.short for b in mine] == [f"{snap.short}-2"]
         subprocess.run(["zfs", "destroy", r1.snapshot], check=True)
