@@ -60,7 +60,6 @@ FLUSH_EVERY = 256
 # One filesystem sync per batch (see fsops/copy.py): bounded so a crash redoes little.
 BATCH_FILES = 1024
 BATCH_BYTES = 64 << 20
-RAMP_BATCHES = 3  # the first batches are 1/8, 1/4 and 1/2 of the limits (_copy_all)
 
 CopyProgress = Callable[[int, int, int, int], None]  # files done/total, bytes done/total
 
@@ -164,10 +163,6 @@ class Executor:
         # once (copyworker.py): a quarter of the budget's files a batch keeps them
         # within it (all of them overran a hard limit of 1024)
         max_files = min(max_files, max(1, _fd_budget() // 4))
-        # The worker idles until the first batch arrives: the first ones are smaller
-        # (1/8, 1/4, 1/2 of the limits), so it starts after a few files, not a
-        # thousand (a sync more for each: cheap while little is written)
-        ramp = 0 if raw else RAMP_BATCHES  # the test hook's batches are as it says
         try:
             batch = _Batch()
             for it in items:
@@ -175,11 +170,9 @@ class Executor:
                     self._stage_group(it, batch)
                 else:
                     self._stage_one(it, batch)
-                if (batch.files >= max(1, max_files >> ramp)
-                        or batch.size >= BATCH_BYTES >> ramp):
+                if batch.files >= max_files or batch.size >= BATCH_BYTES:
                     self._end_batch(batch)
                     batch = _Batch()
-                    ramp = max(0, ramp - 1)
             if batch.files or batch.hashes:
                 self._end_batch(batch)
             self._worker.finish()
