@@ -22,12 +22,6 @@ It gets, in plan order:
 - "e" (end of a round of copies): a syncfs when names were placed since the
   previous one. The worker exits when its input closes (EOF).
 
-Two batches overlap in the worker: batch N+1 is staged while batch N's sync
-(and the read-ahead of its temp files) runs in a thread; then N is verified,
-linked and answered, and only then N+1's sync starts, so it makes N's names
-durable. The sync is the disk's time, not the CPU's: staging meanwhile keeps
-the core busy (one batch at a time, the worker waited for every syncfs).
-
 The bytes of a batch go through memory both processes share (an anonymous
 shared mapping made before the fork, two slots of SLOT_BYTES): the run copies
 them into the slot of the batch (one memcpy) and sends their offsets; a batch
@@ -51,8 +45,8 @@ next run sweeps; it inherits the run's archive lock, so no next run starts
 while it may still write. When the run dies the worker sees EOF (or EPIPE) and
 exits; when the worker dies the run fails with an error and places nothing
 more. Test hook: DEDUPD_TEST_KILL_AFTER_COPY_STEPS=k counts the five copy steps
-here ("written" per copy as batch N+1 is staged, then batch N's "synced" per
-copy, then its "verified", "placed", "queued" copy by copy), and
+here, in the order one process had them ("written" per copy, then per batch
+"synced" per copy, then "verified", "placed", "queued" copy by copy), and
 SIGKILLs the run and the worker at the k-th; DEDUPD_TEST_KILL_WHICH=run or
 worker kills only that one.
 """
@@ -64,9 +58,7 @@ import os
 import select
 import signal
 import socket
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from dedupd import forkpipe
 from dedupd.consolidate.plan import Names
@@ -239,42 +231,6 @@ class CopyWorker:
             self.on_batch(msg[1], [])
 
 
-class _Synced(threading.Thread):
-    """A staged batch's sync_batch (syncfs, then its temp files dropped from the cache
-    and read ahead), run beside the staging of the next batch (module docstring)."""
-
-    def __init__(self, archive: bytes, staged: list[Staged], dirs: DestDirs) -> None:
-        super().__init__(daemon=True)
-        self.args: tuple[bytes, list[Staged], DestDirs] | None = (archive, staged, dirs)
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            assert self.args is not None
-            sync_batch(*self.args)
-        except BaseException as e:  # raised in the worker's own thread by wait()
-            self.error = e
-        finally:
-            self.args = None  # no view of the batch's bytes outlives the batch
-
-    def wait(self) -> None:
-        self.join()
-        if self.error is not None:
-            raise self.error
-
-
-@dataclass
-class _Batch:
-    """One batch in the worker: its copies as staged, its answers so far, the handles
-    of its directories, temp files and sources, and its sync once started."""
-
-    staged: list[tuple[int, bytes, Staged]]
-    results: list[Wire]
-    dirs: DestDirs
-    synced: _Synced | None = None
-
-
 class _Worker:
     """The worker process's loop (module docstring)."""
 
@@ -285,35 +241,22 @@ class _Worker:
         # run's planned names are not known here; link() never replaces one anyway)
         self.archive, self.policy, self.names = archive, policy, Names(set())
         self.kill = _KillHook()
+        self.dirs = DestDirs(synced_later=True)
         self.unsynced = False  # names placed since the last syncfs
-        # two receive buffers for piped bytes, one per batch in turn (a batch is
-        # verified against its bytes while the next one is received), each reused: a
-        # fresh one per batch costs a page fault per 4 KiB (60,000 for 250 MB)
-        self.bufs = (bytearray(), bytearray())
-        self.received = 0
+        # one receive buffer for every batch: a fresh one per batch costs a page fault
+        # per 4 KiB (60,000 for 250 MB of copies)
+        self.buf = bytearray()
 
     def serve(self) -> None:
-        """Batch N+1 is staged while batch N's sync runs; N is then verified and
-        placed and answered, and only then N+1's sync starts: it makes N's names
-        durable (the "synced" of N+1's answer)."""
-        syncing: _Batch | None = None
         try:
             while (msg := forkpipe.recv(self.inp)) is not None:
                 if msg[0] == "b":
                     _, items, total = msg
                     handles = self._handles(sum(1 for it in items if it[-2] >= 0))
-                    buf = self.bufs[self.received % 2]
-                    self.received += 1
-                    _read_exact(self.inp, total, buf)
-                    nxt = self._stage_batch(items, buf, handles)
-                    if syncing is not None:
-                        self._finish(syncing)
-                        syncing = None
-                    syncing = self._start_sync(nxt)
+                    _read_exact(self.inp, total, self.buf)
+                    synced, results = self._batch(items, self.buf, handles)
+                    forkpipe.send(self.out, ("d", synced, results))
                 elif msg[0] == "e":
-                    if syncing is not None:
-                        self._finish(syncing)
-                        syncing = None
                     synced = self.unsynced
                     if synced:
                         sync_filesystem(self.archive)
@@ -322,10 +265,7 @@ class _Worker:
             # EOF: the run is done, or gone (what is staged stays a temp file for the
             # next run's sweep)
         finally:
-            if syncing is not None:
-                if syncing.synced is not None:
-                    syncing.synced.join()
-                syncing.dirs.close()
+            self.dirs.close()
 
     def _handles(self, n: int) -> list[int]:
         """The n source handles of a batch, in the order of its copies with bytes."""
@@ -339,96 +279,75 @@ class _Worker:
                 raise EOFError("the run closed the socket in the middle of a batch")
         return got
 
-    def _stage_batch(self, items: list[Wire], payload: bytearray,
-                     handles: list[int]) -> _Batch:
-        """Stage every copy of a batch to its temp name (each with its bytes: a view of
-        the batch's slot or of its receive buffer)."""
-        b = _Batch([], [], DestDirs(synced_later=True))
+    def _batch(self, items: list[Wire], payload: bytearray,
+               handles: list[int]) -> tuple[bool, list[Wire]]:
+        """Stage every copy, one sync, then verify and link copy by copy; (whether a
+        sync made the names placed before durable, the answer per copy)."""
+        results: list[Wire] = []
+        staged: list[tuple[int, bytes, Staged]] = []
         view = memoryview(payload)
         shared = memoryview(self.shm)
         data: memoryview | None
-        off = nfd = 0
+        off = 0
         try:
             for cid, dest, src, stw, head, full, n, at in items:
                 sfd, data = -1, None
-                if n >= 0:
-                    sfd = handles[nfd]
-                    nfd += 1
-                    if at >= 0:  # in the batch's slot of the shared memory
-                        data = shared[at:at + n]
-                    else:  # a view: the piped bytes stay in one buffer, reused
-                        data = view[off:off + n]
-                        off += n
-                st = self._stage(cid, dest, src, sfd, stw, head, full, data, b)
+                if n >= 0 and at >= 0:  # in the batch's slot of the shared memory
+                    sfd, data = handles.pop(0), shared[at:at + n]
+                elif n >= 0:  # a view: the piped bytes stay in one buffer, reused
+                    sfd, data = handles.pop(0), view[off:off + n]
+                    off += n
+                st = self._stage(cid, dest, src, sfd, stw, head, full, data, results)
                 if st is not None:
                     self.kill("written")
-                    b.staged.append((cid, dest, st))
-        except BaseException:
-            b.dirs.close()
-            raise
-        return b
-
-    def _start_sync(self, b: _Batch) -> _Batch | None:
-        """Start the batch's sync; a batch with nothing staged is answered at once."""
-        if not b.staged:
-            b.dirs.close()
-            forkpipe.send(self.out, ("d", False, b.results))
-            return None
-        b.synced = _Synced(self.archive, [st for _, _, st in b.staged], b.dirs)
-        return b
-
-    def _finish(self, b: _Batch) -> None:
-        """Wait for the batch's sync, then verify and link copy by copy and answer
-        (whether a sync made the names placed before durable, the answer per copy).
-        The views of the batch's bytes go with it: its slot and its receive buffer
-        are written again only after this answer."""
-        try:
-            assert b.synced is not None  # _start_sync started it
-            b.synced.wait()
+                    staged.append((cid, dest, st))
+            if not staged:
+                return False, results
+            sync_batch(self.archive, [st for _, _, st in staged], self.dirs)
             self.unsynced = False
-            for _ in b.staged:
+            for _ in staged:
                 self.kill("synced")
-            for cid, dest, st in b.staged:
-                res = self._place(cid, dest, st, b)
+            for cid, dest, st in staged:
+                res = self._place(cid, dest, st, results)
                 if res is not None:
                     self.unsynced = True
-                    b.results.append(("p", cid, res.dest, stat_wire(res.dest_stat),
-                                      res.head, res.full, res.bytes_read,
-                                      res.bytes_written))
+                    results.append(("p", cid, res.dest, stat_wire(res.dest_stat), res.head,
+                                    res.full, res.bytes_read, res.bytes_written))
                     self.kill("queued")
-        finally:
-            b.dirs.close()
-            b.staged = []  # with its views of the batch's bytes (gc is off here)
-            b.synced = None
-        forkpipe.send(self.out, ("d", True, b.results))
+            return True, results
+        finally:  # views of self.buf and of the slot go with this frame: the next batch may
+            # grow the buffer, and the run writes the slot again once this one is answered
+            self.dirs.close()
+            self.dirs = DestDirs(synced_later=True)
 
     def _stage(self, cid: int, dest: bytes, src: bytes, sfd: int, stw: StatWire, head: int,
-               full: bytes, data: memoryview | None, b: _Batch) -> Staged | None:
+               full: bytes, data: memoryview | None, results: list[Wire]) -> Staged | None:
         ddir = os.path.dirname(dest)
         try:
             if data is None:  # a large source: copied from the source, which must be stw
-                return stage_copy(src, ddir, Ident(*stw[:5]), b.dirs)
-            return stage_data(src, sfd, stat_from(stw), head, full, data, ddir, b.dirs)
+                return stage_copy(src, ddir, Ident(*stw[:5]), self.dirs)
+            return stage_data(src, sfd, stat_from(stw), head, full, data, ddir, self.dirs)
         except CopyError as e:
-            b.results.append(("x", cid, e.reason, e.detail))
+            results.append(("x", cid, e.reason, e.detail))
             return None
 
-    def _place(self, cid: int, dest: bytes, st: Staged, b: _Batch) -> CopyResult | None:
+    def _place(self, cid: int, dest: bytes, st: Staged,
+               results: list[Wire]) -> CopyResult | None:
         want = dest
         for _ in range(MAX_RETRIES):
             try:
-                return place_copy(st, dest, self.kill, b.dirs)
+                return place_copy(st, dest, self.kill, self.dirs)
             except CopyError as e:
                 if e.reason == "exists" and self.policy == "suffix":
                     nxt = self.names.claim(want, "suffix")  # the next free "name (n).ext"
                     if nxt is not None:
                         dest = nxt
                         continue
-                discard(st, b.dirs)
-                b.results.append(("x", cid, e.reason, e.detail))
+                discard(st, self.dirs)
+                results.append(("x", cid, e.reason, e.detail))
                 return None
-        discard(st, b.dirs)
-        b.results.append(("x", cid, "name-collision", "no free name"))
+        discard(st, self.dirs)
+        results.append(("x", cid, "name-collision", "no free name"))
         return None
 
 

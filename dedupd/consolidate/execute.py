@@ -153,16 +153,14 @@ class Executor:
     def _copy_all(self, items: list[Copy | Unsorted]) -> None:
         """Read the items here and stage, sync, verify and link them in the copy worker
         (consolidate/copyworker.py), in batches of what is really staged (a group may
-        pass the limits by its own new contents). The worker holds at most two batches
-        (one syncing while the next is staged) and one while the run reads the next;
-        the round ends with a sync of the last one."""
+        pass the limits by its own new contents). At most one batch is in the worker
+        while the next is read; the round ends with a sync of the last one."""
         raw = os.environ.get(BATCH_ENV, "")
         max_files = int(raw) if raw.isdigit() and int(raw) > 0 else BATCH_FILES
         # the worker holds up to three handles a staged copy (its temp file, its source
-        # and, the layout spreading them, its archive directory) for two batches at
-        # once (copyworker.py): a quarter of the budget's files a batch keeps them
-        # within it (all of them overran a hard limit of 1024)
-        max_files = min(max_files, max(1, _fd_budget() // 4))
+        # and, the layout spreading them, its archive directory): half the budget's
+        # files keep them within it (all of them overran a hard limit of 1024)
+        max_files = min(max_files, max(1, _fd_budget() // 2))
         try:
             batch = _Batch()
             for it in items:
