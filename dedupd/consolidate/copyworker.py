@@ -22,18 +22,6 @@ It gets, in plan order:
 - "e" (end of a round of copies): a syncfs when names were placed since the
   previous one. The worker exits when its input closes (EOF).
 
-The bytes of a batch go through memory both processes share (an anonymous
-shared mapping made before the fork, two slots of SLOT_BYTES): the run copies
-them into the slot of the batch (one memcpy) and sends their offsets; a batch
-whose bytes overflow its slot sends the rest through the pipe as before. A
-slot is written only when the batch that used it before is answered (two
-batches apart: send_batch waits for that first), and the worker keeps no view
-of a slot past its answer, so the bytes a copy is verified against are the
-bytes the run read, hashed and handed over, and nothing else writes them.
-Through the pipe, 250 MB of copies cost a write and a read of every byte in
-the kernel and stalled the run whenever the worker was still syncing the
-previous batch (issue 16).
-
 It answers in order: "s" after each syncfs (every name it placed before is
 durable: the run hands their index rows to the writer only then), "p" (placed,
 with the name and the copy's stat) or "x" (failed, with the reason) per copy,
@@ -53,7 +41,6 @@ worker kills only that one.
 
 from __future__ import annotations
 
-import mmap
 import os
 import select
 import signal
@@ -82,9 +69,6 @@ KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
 KILL_WHICH_ENV = "DEDUPD_TEST_KILL_WHICH"
 MAX_RETRIES = 20
 FDS_PER_MSG = 250  # SCM_RIGHTS carries at most 253 handles a message
-# A slot of the shared payload memory: a batch's bytes (execute.BATCH_BYTES, 64 MiB,
-# and the last group that passed it); pages are only used as they are touched
-SLOT_BYTES = 96 << 20
 StatWire = tuple[int, int, int, int, int, int, int, int, int, int]
 
 
@@ -117,12 +101,10 @@ class CopyWorker:
         when it was forked at the copies)."""
         self.on_batch: Callable[[bool, list[Wire]], None] = _unset
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # the payload's two slots (module docstring), shared with the child
-        self._shm = mmap.mmap(-1, 2 * SLOT_BYTES, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
 
         def work(i: int, o: int) -> None:
             ours.close()
-            _Worker(i, o, theirs, archive, policy, self._shm).serve()
+            _Worker(i, o, theirs, archive, policy).serve()
 
         try:
             self.pid, self.to, self.frm = forkpipe.spawn(work)
@@ -137,33 +119,14 @@ class CopyWorker:
         """One batch: per copy (id, archive path, source path, the source's stat as
         read -- or, without bytes, the identity it must still have --, head hash, full
         hash, length of its bytes in payload or -1), then the bytes, in that order, and
-        the handle each of those bytes was read through (the caller closes its own).
-        The bytes go to the batch's slot of the shared memory (module docstring); the
-        worker gets each one's offset there (-1: through the pipe, after the frame)."""
-        self.wait(behind=1)  # the batch that used this slot before is answered
-        base = (self.batches_sent % 2) * SLOT_BYTES
-        off, piped, wire = base, [], []
-        k = 0
-        for it in items:
-            if it[-1] < 0:  # no bytes: the worker copies it from the source
-                wire.append((*it, -1))
-                continue
-            b = payload[k]
-            k += 1
-            if off + len(b) <= base + SLOT_BYTES:
-                self._shm[off:off + len(b)] = b
-                wire.append((*it, off))
-                off += len(b)
-            else:
-                piped.append(b)
-                wire.append((*it, -1))
+        the handle each of those bytes was read through (the caller closes its own)."""
         for k in range(0, len(fds), FDS_PER_MSG):
             try:
                 socket.send_fds(self._fds, [b"f"], fds[k:k + FDS_PER_MSG])
             except BrokenPipeError:
                 raise WorkerFailed("the copy worker died") from None
-        self._write(forkpipe.frame(("b", wire, sum(len(b) for b in piped))))
-        for b in piped:
+        self._write(forkpipe.frame(("b", items, sum(len(b) for b in payload))))
+        for b in payload:
             self._write(b)
         self.batches_sent += 1
 
@@ -192,7 +155,6 @@ class CopyWorker:
 
     def _close(self) -> bool:
         self._fds.close()
-        self._shm.close()  # the child keeps its own mapping until it exits
         forkpipe.close(self.to)
         forkpipe.close(self.frm)
         ok = forkpipe.reap(self.pid)
@@ -235,8 +197,8 @@ class _Worker:
     """The worker process's loop (module docstring)."""
 
     def __init__(self, inp: int, out: int, fds: socket.socket, archive: bytes,
-                 policy: str, shm: mmap.mmap) -> None:
-        self.inp, self.out, self.fds, self.shm = inp, out, fds, shm
+                 policy: str) -> None:
+        self.inp, self.out, self.fds = inp, out, fds
         # a name taken since it was planned: the next free suffix on the disk (the
         # run's planned names are not known here; link() never replaces one anyway)
         self.archive, self.policy, self.names = archive, policy, Names(set())
@@ -252,7 +214,7 @@ class _Worker:
             while (msg := forkpipe.recv(self.inp)) is not None:
                 if msg[0] == "b":
                     _, items, total = msg
-                    handles = self._handles(sum(1 for it in items if it[-2] >= 0))
+                    handles = self._handles(sum(1 for it in items if it[-1] >= 0))
                     _read_exact(self.inp, total, self.buf)
                     synced, results = self._batch(items, self.buf, handles)
                     forkpipe.send(self.out, ("d", synced, results))
@@ -286,15 +248,12 @@ class _Worker:
         results: list[Wire] = []
         staged: list[tuple[int, bytes, Staged]] = []
         view = memoryview(payload)
-        shared = memoryview(self.shm)
         data: memoryview | None
         off = 0
         try:
-            for cid, dest, src, stw, head, full, n, at in items:
+            for cid, dest, src, stw, head, full, n in items:
                 sfd, data = -1, None
-                if n >= 0 and at >= 0:  # in the batch's slot of the shared memory
-                    sfd, data = handles.pop(0), shared[at:at + n]
-                elif n >= 0:  # a view: the piped bytes stay in one buffer, reused
+                if n >= 0:  # a view: the batch's bytes stay in one buffer, reused
                     sfd, data = handles.pop(0), view[off:off + n]
                     off += n
                 st = self._stage(cid, dest, src, sfd, stw, head, full, data, results)
@@ -315,8 +274,7 @@ class _Worker:
                                     res.full, res.bytes_read, res.bytes_written))
                     self.kill("queued")
             return True, results
-        finally:  # views of self.buf and of the slot go with this frame: the next batch may
-            # grow the buffer, and the run writes the slot again once this one is answered
+        finally:  # the views of self.buf go with this frame: the next batch may grow it
             self.dirs.close()
             self.dirs = DestDirs(synced_later=True)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dedupd.consolidate import copyworker
 from dedupd.consolidate.copyworker import _read_exact
 from dedupd.consolidate.dates import capture_date, exif_date, image_kind, parse_exif_datetime
 from dedupd.consolidate.layout import Fields, check_layout, render, with_suffix
@@ -240,44 +239,3 @@ def test_copy_worker_reads_a_batch_into_its_reused_buffer_and_no_further() -> No
     finally:
         os.close(r)
         os.close(w)
-
-
-def test_copy_worker_batches_through_the_shared_slots_and_the_pipe(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch's bytes go through the shared memory's slot of the batch; what overflows
-    it goes through the pipe. Three batches sent back to back (the third reuses the
-    first's slot: send_batch waits for the first's answer) are each copied exactly."""
-    monkeypatch.setattr(copyworker, "SLOT_BYTES", 10_000)
-    src, out = tmp_path / "src", tmp_path / "archive"
-    src.mkdir()
-    out.mkdir()
-    sizes = [(6000, 6000, 3000), (9000, 500), (4000, 7000, 2000)]  # per batch
-    want: dict[str, bytes] = {}
-    answers: list[tuple[bool, list[object]]] = []
-    worker = copyworker.CopyWorker(os.fsencode(out), "suffix")
-    worker.on_batch = lambda synced, results: answers.append((synced, results))
-    cid = 0
-    try:
-        for b, batch in enumerate(sizes):
-            items, payload, fds = [], [], []
-            for n in batch:
-                name = f"f{cid}.bin"
-                data = bytes([65 + cid]) * n
-                write(src / name, data, "2021-03-04")
-                r = read_source(os.fsencode(src / name))
-                items.append((cid, os.fsencode(out / f"b{b}" / name), r.src,
-                              copyworker.stat_wire(r.stat), r.head, r.full, len(r.data)))
-                payload.append(r.data)
-                fds.append(r.fd)
-                want[f"b{b}/{name}"] = data
-                cid += 1
-            worker.send_batch(items, payload, fds)
-            for fd in fds:
-                os.close(fd)
-        worker.finish()
-    finally:
-        worker.close()
-    placed = [m for _, results in answers for m in results]
-    assert sorted(m[0] for m in placed) == ["p"] * cid  # type: ignore[index]
-    got = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*.bin")}
-    assert got == want
