@@ -97,16 +97,8 @@ class DirTree:
         `made`) in the caller's transaction. Its fs is set to `fs`; the caller learns
         of a change through changed_fs() before calling this."""
         path = path.rstrip(b"/") or b"/"
-        missing: list[tuple[bytes, bytes]] = []  # (path, name) not cached, deepest first
-        at = path
-        with self._lock:
-            did = self._id.get(path)
-            if did is None:
-                while at not in self._id and at != b"/":
-                    above, _, name = at.rpartition(b"/")
-                    missing.append((at, name))
-                    at = above or b"/"
-            known = self._id.get(at)
+        missing, known = self._uncached(path)
+        did = None if missing else known
         # Below the parent, or below a directory made since the scan began, it is most
         # likely new: made, unless it exists (made meanwhile by another connection)
         if did is None and known is not None and (len(missing) == 1 or known in self.made):
@@ -124,20 +116,25 @@ class DirTree:
             return did
         # Below its nearest known ancestor (find() cached those it found), path and
         # the ancestors between are absent in the caller's transaction
-        missing.clear()
-        at = path
-        with self._lock:
-            while at not in self._id and at != b"/":
-                above, _, name = at.rpartition(b"/")
-                missing.append((at, name))
-                at = above or b"/"
-            known = self._id.get(at)
+        missing, known = self._uncached(path)
         if known is None:  # the host's root itself is not made yet
             missing.append((b"/", b""))
         made = self._chain(cur, path, fs, -self.host if known is None else known, missing,
                            conflict=False)
         assert made is not None  # without the conflict clause, an error, never None
         return made
+
+    def _uncached(self, path: bytes) -> tuple[list[tuple[bytes, bytes]], int | None]:
+        """(path, name) of `path` and of its ancestors not cached, deepest first, and
+        the id of the nearest cached one (None: not even "/")."""
+        missing: list[tuple[bytes, bytes]] = []
+        at = path
+        with self._lock:
+            while at not in self._id and at != b"/":
+                above, _, name = at.rpartition(b"/")
+                missing.append((at, name))
+                at = above or b"/"
+            return missing, self._id.get(at)
 
     def _chain(self, cur: Any, path: bytes, fs: int, parent: int,
                missing: list[tuple[bytes, bytes]], conflict: bool = True) -> int | None:
