@@ -63,23 +63,20 @@ class HeldRows:
         them), those whose hashes came, and those LAG batches old. The caller holds
         `lock` until the transaction that writes them is committed."""
         with self.lock:
-            return self._next_batch(keys)
-
-    def _next_batch(self, keys: Iterable[tuple[int, int]]) -> list[Row]:
-        self.seq += 1
-        rows = self.rows
-        out = [rows.pop(k) for k in [k for k in keys if k in rows]]
-        for k in self.filled:
-            r = rows.pop(k, None)
-            if r is not None:
-                out.append(r)
-        self.filled = []
-        while self.batches and self.batches[0][0] <= self.seq - LAG:
-            for k in self.batches.popleft()[1]:
+            self.seq += 1
+            rows = self.rows
+            out = [rows.pop(k) for k in [k for k in keys if k in rows]]
+            for k in self.filled:
                 r = rows.pop(k, None)
                 if r is not None:
                     out.append(r)
-        return out
+            self.filled = []
+            while self.batches and self.batches[0][0] <= self.seq - LAG:
+                for k in self.batches.popleft()[1]:
+                    r = rows.pop(k, None)
+                    if r is not None:
+                        out.append(r)
+            return out
 
     def hold(self, rows: dict[tuple[int, int], Row]) -> None:
         """The new rows of the current batch, by (dev, ino)."""
@@ -91,17 +88,14 @@ class HeldRows:
         """The current batch's directory digests, held while a row of theirs may be;
         returns the digests now safe to store (all rows of their batch written)."""
         with self.lock:
-            return self._defer(digests)
-
-    def _defer(self, digests: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        if self.forgot:
-            return []
-        if digests:
-            self.digests.append((self.seq, digests))
-        out: list[tuple[bytes, bytes]] = []
-        while self.digests and self.digests[0][0] <= self.seq - LAG:
-            out += self.digests.popleft()[1]
-        return out
+            if self.forgot:
+                return []
+            if digests:
+                self.digests.append((self.seq, digests))
+            out: list[tuple[bytes, bytes]] = []
+            while self.digests and self.digests[0][0] <= self.seq - LAG:
+                out += self.digests.popleft()[1]
+            return out
 
     def fill(self, updates: Iterable[HashUpdate]) -> list[HashUpdate]:
         """Put hashes into the held rows they belong to (a later update of an inode
@@ -109,27 +103,24 @@ class HeldRows:
         for the index. A stat-checked update of another stat than the row's is
         dropped: the UPDATE would match no row either."""
         with self.lock:
-            return self._fill(updates)
-
-    def _fill(self, updates: Iterable[HashUpdate]) -> list[HashUpdate]:
-        rest: list[HashUpdate] = []
-        rows, filled, headless_max = self.rows, self.filled, self.headless_max
-        for u in updates:  # once per file read: one key built, no stat tuple
-            key = (u[0], u[1])
-            r = rows.get(key)
-            if r is None:
-                rest.append(u)
-                continue
-            stat = u[4]
-            if stat is not None and (stat[0] != r[2] or stat[1] != r[3]
-                                     or stat[2] != r[3] + r[4]):
-                continue
-            head, full = u[2], u[3]
-            r[HEAD] = None if head is None or (full is not None and r[2] <= headless_max) \
-                else to_s64(head)
-            r[FULL] = full
-            filled.append(key)
-        return rest
+            rest: list[HashUpdate] = []
+            rows, filled, headless_max = self.rows, self.filled, self.headless_max
+            for u in updates:  # once per file read: one key built, no stat tuple
+                key = (u[0], u[1])
+                r = rows.get(key)
+                if r is None:
+                    rest.append(u)
+                    continue
+                stat = u[4]
+                if stat is not None and (stat[0] != r[2] or stat[1] != r[3]
+                                         or stat[2] != r[3] + r[4]):
+                    continue
+                head, full = u[2], u[3]
+                r[HEAD] = None if head is None or (full is not None and r[2] <= headless_max) \
+                    else to_s64(head)
+                r[FULL] = full
+                filled.append(key)
+            return rest
 
     def drop(self, keys: Iterable[tuple[int, int]]) -> None:
         """Inodes found gone: their rows are not written (Store.forget drops the names,
@@ -139,24 +130,18 @@ class HeldRows:
         the same again (moved away during the read and back: the next scans would skip
         it and never index the file again)."""
         with self.lock:
-            self._drop(keys)
-
-    def _drop(self, keys: Iterable[tuple[int, int]]) -> None:
-        for k in keys:
-            self.rows.pop(k, None)
-            self.forgot = True
-        if self.forgot:
-            self.digests.clear()
+            for k in keys:
+                self.rows.pop(k, None)
+                self.forgot = True
+            if self.forgot:
+                self.digests.clear()
 
     def release(self) -> tuple[list[Row], list[tuple[bytes, bytes]]]:
         """Every row and digest still held."""
         with self.lock:
-            return self._release()
-
-    def _release(self) -> tuple[list[Row], list[tuple[bytes, bytes]]]:
-        rows = list(self.rows.values())
-        digests = [d for _, ds in self.digests for d in ds]
-        self.rows, self.filled = {}, []
-        self.batches.clear()
-        self.digests.clear()
-        return rows, digests
+            rows = list(self.rows.values())
+            digests = [d for _, ds in self.digests for d in ds]
+            self.rows, self.filled = {}, []
+            self.batches.clear()
+            self.digests.clear()
+            return rows, digests
