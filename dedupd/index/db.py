@@ -66,7 +66,9 @@ def sqlite_path(url: str) -> str | None:
 
 def sqlite_pragmas(c: Any) -> None:
     """Settings every connection to a SQLite index gets."""
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", f"busy_timeout={BUSY_TIMEOUT_MS}",
+    # synchronous before journal_mode: switching a new file to WAL is then
+    # one sync fewer (measured with strace: 7 fdatasync instead of 8).
+    for pragma in ("synchronous=NORMAL", "journal_mode=WAL", f"busy_timeout={BUSY_TIMEOUT_MS}",
                    # Checkpoint every 32 MiB of WAL, not 4: each checkpoint syncs the
                    # database file, and a scan rewrites the same index pages many times.
                    "wal_autocheckpoint=8192"):
