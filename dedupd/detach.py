@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from dedupd.errors import EXIT_FAILURE
+from dedupd.errors import EXIT_FAILURE, DedupdError
 
 READY_TIMEOUT = 120.0
 
@@ -29,7 +29,11 @@ def run_detached(body: Callable[[], int], log_file: Path, timeout: float = READY
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         sock.bind(addr)
-        logf = open(log_file, "ab", buffering=0)  # noqa: SIM115 - handed to the child
+        try:
+            logf = open(log_file, "ab", buffering=0)  # noqa: SIM115 - handed to the child
+        except OSError as e:  # before the fork: said here, not lost in the daemon's log
+            raise DedupdError(f"cannot open the log file {log_file}: {e.strerror or e}"
+                              ) from None
         pid = os.fork()
         if pid == 0:
             sock.close()

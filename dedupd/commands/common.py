@@ -29,10 +29,34 @@ def parse_size(text: str) -> int:
 
 def path(text: str) -> Path:
     """argparse's type of a file argument: a Path, with pathlib imported only when one
-    is given (`dedupd scan` forks its walk before it imports pathlib)."""
+    is given (`dedupd scan` forks its walk before it imports pathlib); never ''
+    (Path('') is the current directory)."""
     from pathlib import Path
 
-    return Path(text)
+    return Path(nonempty(text))
+
+
+def existing_path(text: str) -> str:
+    """argparse's type of a PATH that must exist when the command starts (a tree to
+    walk): a missing one is a usage error, not an empty report with a "vanished"
+    problem, and '' is refused rather than taken (by realpath) for the current
+    directory. Other stat errors are left to the walk, which reports them."""
+    nonempty(text)
+    try:
+        os.stat(text)
+    except (FileNotFoundError, NotADirectoryError):
+        raise argparse.ArgumentTypeError(f"no such file or directory: {text}") from None
+    except OSError:
+        pass
+    return text
+
+
+def nonempty(text: str) -> str:
+    """argparse's type of a path argument that may name a file gone by now, but
+    never '' (which os.path and pathlib would take for the current directory)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names nothing")
+    return text
 
 
 def add_common(p: argparse.ArgumentParser, *, json_flag: bool = True,

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from dedupd.commands.common import add_common, load_config, open_store
+from dedupd.commands.common import add_common, load_config, open_store, path
 from dedupd.config import Config
 from dedupd.errors import UsageError
 from dedupd.interop.reports import FORMATS, ReportError, load
@@ -37,10 +36,10 @@ examples:
 def register(sub: Any) -> None:
     p = sub.add_parser("import", help="verify a jdupes/rmlint/czkawka duplicate report",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("report", type=Path, metavar="REPORT.json")
+    p.add_argument("report", type=path, metavar="REPORT.json")
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="report format (default: detected from its shape)")
-    p.add_argument("--base", type=Path, default=None, metavar="DIR",
+    p.add_argument("--base", type=path, default=None, metavar="DIR",
                    help="directory relative paths of the report start from (jdupes writes "
                    "paths as given on its command line; default: current directory)")
     scope = p.add_mutually_exclusive_group()

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from dedupd.commands.common import add_common, load_config, open_store
+from dedupd.commands.common import add_common, load_config, open_store, path
 from dedupd.commands.status import add_socket_arg, socket_path
 from dedupd.control import ControlClient
-from dedupd.errors import TemporaryFailure
+from dedupd.errors import DedupdError, TemporaryFailure
 from dedupd.output import print_json
 
 HELP = """\
@@ -32,7 +33,7 @@ is described in docs/status.md (Metrics).
 def register(sub: Any) -> None:
     p = sub.add_parser("metrics", help="print Prometheus metrics once (textfile collector)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-o", "--output", type=Path, metavar="FILE",
+    p.add_argument("-o", "--output", type=path, metavar="FILE",
                    help="write FILE (atomically: a temp file renamed over it) instead of stdout")
     add_socket_arg(p)
     add_common(p)
@@ -59,11 +60,29 @@ def run(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(out)
         return 0
-    tmp = args.output.with_name(f".{args.output.name}.{os.getpid()}.tmp")
-    tmp.write_text(out, encoding="utf-8")
-    tmp.chmod(0o644)
-    os.replace(tmp, args.output)
+    _write(args.output, out.encode())
     return 0
+
+
+def _write(dest: Path, data: bytes) -> None:
+    """dest replaced by data at once. The temp name is created, never followed
+    (O_EXCL | O_NOFOLLOW: a symlink planted at it in a shared directory is not
+    written through); a directory that is missing or not writable is an error."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+        try:
+            os.fchmod(fd, 0o644)  # whatever the umask: the collector reads it
+            with os.fdopen(fd, "wb", closefd=False) as f:
+                f.write(data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise DedupdError(f"cannot write {dest}: {e.strerror or e}") from None
 
 
 def _status(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -16,8 +16,10 @@ from dedupd.commands.common import (
     add_common,
     add_progress_arg,
     load_config,
+    nonempty,
     open_store,
     parse_size,
+    path,
 )
 from dedupd.config import Config, VolumeConfig
 from dedupd.errors import DedupdError, UsageError
@@ -49,14 +51,14 @@ anything, whatever the config says.
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="deduplicate the configured volumes",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("volumes", nargs="*", metavar="VOLUME",
+    p.add_argument("volumes", nargs="*", type=nonempty, metavar="VOLUME",
                    help="volume names from the config or paths (default: all configured)")
     p.add_argument("--once", action="store_true", help="one pass over everything, then exit")
     p.add_argument("--detach", action="store_true",
                    help="run the daemon in the background (not under systemd)")
-    p.add_argument("--pidfile", type=Path, metavar="FILE",
+    p.add_argument("--pidfile", type=path, metavar="FILE",
                    help="lock and pid file (default RUNTIME_DIR/dedupd.pid)")
-    p.add_argument("--log-file", type=Path, metavar="FILE", default=Path("/var/log/dedupd.log"),
+    p.add_argument("--log-file", type=path, metavar="FILE", default=Path("/var/log/dedupd.log"),
                    help="where a --detach daemon logs (default %(default)s)")
     p.add_argument("--apply", action="store_true",
                    help="act even where the config says mode = dry-run")

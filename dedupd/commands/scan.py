@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from dedupd.commands.common import (
     add_common,
     add_progress_arg,
+    existing_path,
     open_index,
     parse_size,
 )
@@ -33,7 +34,8 @@ files could not be read (they are listed under problems).
 def register(sub: Any) -> None:
     p = sub.add_parser("scan", help="report duplicate files under PATHs",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="PATH", help="directory trees (or files)")
+    p.add_argument("paths", nargs="+", type=existing_path, metavar="PATH",
+                   help="directory trees (or files)")
     p.add_argument("--min-size", type=parse_size, default=1, metavar="N",
                    help="ignore files smaller than N bytes (suffixes K, M, G; default 1: "
                    "empty files form no group)")

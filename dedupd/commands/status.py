@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dedupd import config
-from dedupd.commands.common import add_common, load_config
+from dedupd.commands.common import add_common, load_config, path
 from dedupd.errors import ConfigError
 from dedupd.output import human_bytes, print_json
 
@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
 
 
 def add_socket_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--socket", type=Path, metavar="PATH",
+    p.add_argument("--socket", type=path, metavar="PATH",
                    help="daemon socket (default RUNTIME_DIR/dedupd.sock from the config)")
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from dedupd.commands.common import add_common, load_config, open_store
+from dedupd.commands.common import add_common, load_config, nonempty, open_store
 from dedupd.hashing import FileChanged, read_hashes
 from dedupd.index import provenance as prov
 from dedupd.index.inventory import Copy, copies, host_names, indexed
@@ -46,7 +46,7 @@ examples:
 def register(sub: Any) -> None:
     p = sub.add_parser("where", help="show where an archive file came from (or went)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("path", metavar="PATH",
+    p.add_argument("path", type=nonempty, metavar="PATH",
                    help="a file (an archive or source file, any indexed file), or HOST:PATH")
     add_common(p)
     p.set_defaults(func=run)
