@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dedupd import __version__, commands
-from dedupd.errors import EXIT_FAILURE, EXIT_USAGE, DedupdError
+from dedupd.errors import EXIT_FAILURE, EXIT_USAGE, DedupdError, TemporaryFailure
 
 EPILOG = """\
 examples:
@@ -89,12 +89,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_FAILURE
+    except OSError as e:
+        if (out := _out_of_files(e)) is None:
+            _bug(args)
+            return EXIT_FAILURE
+        sys.stderr.write(f"dedupd: error: {out}\n")
+        return out.exit_code
     except Exception:
-        _setup_log(args)  # again, if early() failed before it
-        import logging
-
-        logging.getLogger("dedupd").exception("unexpected error (this is a bug; please report)")
+        _bug(args)
         return EXIT_FAILURE
+
+
+def _out_of_files(e: OSError) -> DedupdError | None:
+    """Running out of file descriptors, wherever it happened (a walk, a pipe to a
+    helper process, a handle), as a clear error: a limit of this process or of the
+    host, not a bug, so no traceback. EMFILE is exit 1 (a re-run meets the same
+    `ulimit -n`), ENFILE 75 (the system's table frees as other processes close
+    files). None for any other error."""
+    import errno
+
+    if e.errno == errno.ENFILE:
+        return TemporaryFailure("the system's table of open files is full (ENFILE)")
+    if e.errno != errno.EMFILE:
+        return None
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return DedupdError(f"too many open files: the limit (ulimit -n) is {soft}")
+
+
+def _bug(args: argparse.Namespace) -> None:
+    """Log the exception being handled as a bug, with its traceback."""
+    _setup_log(args)  # again, if early() failed before it
+    import logging
+
+    logging.getLogger("dedupd").exception("unexpected error (this is a bug; please report)")
 
 
 def _setup_log(args: argparse.Namespace) -> None:

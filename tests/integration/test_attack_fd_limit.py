@@ -1,0 +1,59 @@
+"""`dedupd consolidate` under a tiny open-file limit (`ulimit -n` 8..20, soft = hard,
+so execute._fd_budget cannot raise it): a clear error and exit 1, never a
+traceback, and nothing half done: the next run with a normal limit imports
+every file.
+
+Before: a traceback ("unexpected error (this is a bug)") from wherever the
+descriptors ran out first: opening the archive's handle, os.fwalk of a source,
+the pipes that fork the index writer and the copy worker (execute.Helpers).
+cli.main now says EMFILE wherever it surfaces as "too many open files: the limit
+(ulimit -n) is N" (exit 1: a re-run meets the same limit; ENFILE is 75).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _consolidate(tmp: Path, limit: int | None) -> subprocess.CompletedProcess[str]:
+    def few_fds() -> None:
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "dedupd", "consolidate", "-c",
+                           str(tmp / "c.toml"), "--db", f"sqlite:///{tmp / 'db'}", "p"],
+                          capture_output=True, text=True, timeout=120, preexec_fn=few_fds)
+
+
+@pytest.mark.parametrize("limit", [8, 10, 12, 14, 16, 20])
+def test_consolidate_without_descriptors_is_a_clear_error(tmp_path: Path, limit: int) -> None:
+    src, arch = tmp_path / "src", tmp_path / "arch"
+    (src / "d").mkdir(parents=True)
+    arch.mkdir()
+    content = {f"d/f{i}": os.urandom(3000 + i) for i in range(6)}
+    for name, data in content.items():
+        (src / name).write_bytes(data)
+    (tmp_path / "c.toml").write_text(
+        f'[consolidate.p]\nsources = ["{src}"]\narchive = "{arch}"\n'
+        'layout = "{name}"\n')
+    r = _consolidate(tmp_path, limit)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and "this is a bug" not in r.stderr, r.stderr
+    assert r.stderr.startswith("dedupd: error: "), r.stderr
+    assert "Too many open files" in r.stderr or f"(ulimit -n) is {limit}" in r.stderr
+
+    again = _consolidate(tmp_path, None)
+    assert again.returncode == 0, again.stderr
+    got = {p.name: p.read_bytes() for p in arch.rglob("*")
+           if p.is_file() and not p.name.startswith(".dedupd")}  # not its lock file
+    assert sorted(got.values()) == sorted(content.values())
+    assert {p.relative_to(src).as_posix(): p.read_bytes()
+            for p in src.rglob("*") if p.is_file()} == content
