@@ -1,4 +1,5 @@
 pytest_plugins = [
+    "tests.fixtures.sigterm",  # SIGTERM (timeout, CI) tears fixtures down like Ctrl-C
     "tests.fixtures.postgres",
     "tests.fixtures.index",
     "tests.fixtures.loopfs",
