@@ -31,7 +31,7 @@ from dedupd.files.events import FileEvent, WalkStats
 from dedupd.hashing import HashStats
 from dedupd.index.store import IndexedFile, Store
 from dedupd.scan.scanner import RECORD_BATCH, batches
-from dedupd.scan.walk import normalize_roots
+from dedupd.scan.walk import DirListed, normalize_roots
 from dedupd.volumes import PassOptions, PassReport, Step
 
 Groups = Iterator[list[IndexedFile]]
@@ -54,6 +54,11 @@ class PassRun:
     # still settling, files the kernel found differing); kept by sources that track
     again: set[int] = field(default_factory=set)
     full_reason: str | None = None  # why this pass walked everything (None: changes only)
+    # directories a listing walk (walk_listed) finished since the last batch was
+    # recorded; their digests go with the next batch (listed_digests)
+    listed: list[DirListed] = field(default_factory=list)
+    # directories it skipped: their listing digest was the index's (files unchanged)
+    same: list[bytes] = field(default_factory=list)
     # whether a file may only be the source of a dedupe (in a read-only BTRFS
     # snapshot); the change source knows, the extent engine asks
     readonly: Callable[[IndexedFile], bool] = lambda f: False
@@ -68,6 +73,22 @@ class PassRun:
         """Where the volume's files are: its path, or a pool's branches."""
         return normalize_roots(list(self.vol.branches) if self.vol.kind == "pool"
                                else [self.vol.path])
+
+    def listed_digests(self) -> list[tuple[bytes, bytes]]:
+        """The digests of the directories listed since the last call, to store with
+        the batch about to be recorded (it, or an earlier one, holds their last
+        file); the unchanged ones are noted in `same` and counted instead."""
+        listed = self.listed[:]
+        del self.listed[:]  # in place: a walk appends to this list
+        digests = []
+        for d in listed:
+            if d.same:
+                self.same.append(d.path)
+                self.c.add("files_unchanged", d.files)
+                self.c.add("dirs_unchanged")
+            elif d.digest:
+                digests.append((d.path, d.digest))
+        return digests
 
     def problem(self, reason: str, detail: str) -> None:
         """A problem of the volume as a whole (not of one file)."""
@@ -197,7 +218,7 @@ class Pass:
         r, src = self.run, self.source
         scan_id = src.open_scan()
         for batch in batches(self.engine.own(src.events()), RECORD_BATCH):
-            done = r.store.record(scan_id, batch)
+            done = r.store.record(scan_id, batch, digests=r.listed_digests())
             r.c.add("files_new", done.new)
             r.c.add("files_changed", done.changed)
             r.c.add("files_unchanged", done.unchanged)
