@@ -16,9 +16,7 @@ from typing import Any
 from dedupd import config_rules as rules
 from dedupd import defaults
 from dedupd.config_table import Table
-from dedupd.consolidate.layout import check_layout
 from dedupd.errors import ConfigError
-from dedupd.schedule import parse_schedule
 
 DEFAULT_CONFIG, DEFAULT_STATE_DIR, DEFAULT_DB_URL = (  # here too: config.DEFAULT_CONFIG
     Path(defaults.DEFAULT_CONFIG), Path(defaults.DEFAULT_STATE_DIR), defaults.DEFAULT_DB_URL)
@@ -334,6 +332,8 @@ def _backup(t: Table, name: str) -> BackupConfig:
         retention=retention,
         spool_dir=t.path("spool_dir", None),
     )
+    from dedupd.schedule import parse_schedule  # with datetime: only configs with backups
+
     parse_schedule(b.schedule, t.key("schedule"), t.file)
     if not _FULL_EVERY.match(b.full_every):
         raise t.err("full_every", f"must be an age like 30d/12h or a chain length like 10 "
@@ -363,6 +363,8 @@ def _consolidate(t: Table, name: str) -> ConsolidateConfig:
     bad = [d for d in c.date_from if d not in ("exif", "mtime")]
     if bad:
         raise t.err("date_from", f"unknown date source {bad[0]!r} (use exif, mtime)")
+    from dedupd.consolidate.layout import check_layout  # with datetime: only these configs
+
     check_layout(name, c.layout, c.undated_dir, t.file)
     rules.check_archive(t.file, name, c.archive, c.sources)
     t.done()

@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import platform
 
 from dedupd.config import DaemonConfig
 
@@ -38,7 +37,7 @@ def ioprio_value(klass: str, level: int = 7) -> int:
 
 def set_ioprio(klass: str) -> bool:
     """Set this thread's (= the process's main thread's) I/O class; False if unsupported."""
-    nr = _SYS_IOPRIO_SET.get(platform.machine())
+    nr = _SYS_IOPRIO_SET.get(os.uname().machine)  # platform.machine()'s, without platform
     if nr is None:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
@@ -71,7 +70,7 @@ def apply_priority(cfg: DaemonConfig) -> dict[str, object]:
 
 def current_ioprio() -> int:
     """ioprio_get(IOPRIO_WHO_PROCESS, 0) for tests and status; -1 if unsupported."""
-    get_nr = {"x86_64": 252, "aarch64": 31}.get(platform.machine())
+    get_nr = {"x86_64": 252, "aarch64": 31}.get(os.uname().machine)
     if get_nr is None:
         return -1
     libc = ctypes.CDLL(None, use_errno=True)

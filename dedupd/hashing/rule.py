@@ -13,6 +13,7 @@ never read; when a second member comes, both are.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dedupd.files.events import Problem
@@ -197,3 +198,18 @@ class SizeGroup:
 
 def _stat(f: IndexedFile) -> tuple[int, int, int]:
     return (f.size, f.mtime_ns, f.ctime_ns)
+
+
+def settled_apart(files: Sequence[IndexedFile]) -> bool:
+    """Whether the rule finds no group among one size's members without reading any:
+    each has the hash the rule compares first known (small: its whole; large: its
+    head) and no two inodes share it. Then hashing them would read nothing, learn
+    nothing and group nothing (a caller may pass them by: issue 16, a re-run's size
+    groups from the index)."""
+    small = bool(files) and files[0].size <= WHOLE_READ
+    seen: dict[int | bytes, Key] = {}
+    for f in files:
+        h = f[6] if small else f[5]
+        if h is None or seen.setdefault(h, (f[0], f[1])) != (f[0], f[1]):
+            return False  # to be read, or shared with another inode
+    return True

@@ -13,6 +13,7 @@ is not given.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -20,20 +21,24 @@ from typing import TYPE_CHECKING
 
 from dedupd.dedup.journal import Journal
 from dedupd.dedup.recovery import recover_all
-from dedupd.dedup.together import Proofs, Together
 from dedupd.dedup.verify import under
 from dedupd.files.events import FileEvent
 from dedupd.fsops.link import is_temp_name, purge_quarantine
-from dedupd.hashing import Hasher, HashWriter, Stability
-from dedupd.scan.scanner import DupGroup
+from dedupd.hashing import Stability
 from dedupd.volumes import Step
 from dedupd.volumes.pipeline import Groups, PassRun
 
 # The linkers (hardlink.py and what it loads, crossdrive.py) are imported by the first
 # batch that links: an unchanged re-run links nothing (issue 16: ~5 ms of its start).
+# So are the hashing engine and the side-by-side reader (with their thread pool and
+# xxhash), by the first size group that needs a read: a re-run's size groups from the
+# index are mostly settled apart already (hashing.rule.settled_apart).
 if TYPE_CHECKING:
     from dedupd.dedup.crossdrive import PoolPolicy
     from dedupd.dedup.hardlink import LinkResult
+    from dedupd.dedup.together import Proofs
+    from dedupd.hashing import HashWriter
+    from dedupd.scan.scanner import DupGroup
 
 # Names per group commit: enough to amortise its fixed costs (the PENDING and DONE
 # commits, one syncfs, the index write, a resolution per directory), few enough that
@@ -57,9 +62,11 @@ class HardlinkEngine:
         self.batch: list[DupGroup] = []
         self.batch_names = 0
         self.writer: HashWriter | None = None
-        # Members read whole are read side by side and compared as they are hashed:
-        # the linker then re-stats them instead of reading them again (issue 16).
-        self.proofs = Proofs()
+
+    # Members read whole are read side by side and compared as they are hashed: the
+    # linker then re-stats them instead of reading them again (issue 16). Made by
+    # hash_and_act before the first group it acts on.
+    proofs: Proofs
 
     def prepare(self) -> Iterator[Step]:
         """Recovery of this volume's unfinished ops, then quarantine expiry."""
@@ -92,12 +99,23 @@ class HardlinkEngine:
     def hash_and_act(self, groups: Groups) -> Iterator[Step]:
         r = self.run
         stab = Stability(r.vol.settle_seconds, r.vol.max_backoff_hours * 3600)
+        due = _to_hash(groups, stab)
+        first = next(due, None)
+        if first is None:
+            return
+        from dedupd.dedup.together import Proofs, Together
+        from dedupd.hashing import Hasher, HashWriter
+
+        self.proofs = Proofs()
         self.writer = writer = HashWriter(r.store)
         hasher = Hasher(stab, r.hash_stats, READERS, together=Together(self.proofs))
-        for res in hasher.run(groups):
+        for res in hasher.run(itertools.chain((first,), due)):
             writer.add(res)
             yield Step("hashing", f"size {res.size}")
             for g in res.groups:
+                # imported by the first group: the scanner loads the walk process's module
+                from dedupd.scan.scanner import DupGroup
+
                 r.c.add("groups")
                 yield from self.act(DupGroup(g.size, g.files))
         yield from self.link_batch()
@@ -155,6 +173,18 @@ class HardlinkEngine:
 
     def close(self) -> None:
         self.journal.close()
+
+
+def _to_hash(groups: Groups, stab: Stability) -> Groups:
+    """The size groups hashing may find duplicates in: not those settled apart (every
+    member settled, its hashes known and unlike the others'), which it would pass
+    without a read, a group or a file pending."""
+    from dedupd.hashing.rule import settled_apart
+
+    now = time.time()
+    for g in groups:
+        if not settled_apart(g) or not all(stab.ready(f, now) for f in g):
+            yield g
 
 
 class CrossDriveEngine(HardlinkEngine):

@@ -22,6 +22,7 @@ import importlib
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Protocol
 
 from dedupd.config import VolumeConfig
@@ -30,11 +31,13 @@ from dedupd.files.counters import Counters
 from dedupd.files.events import FileEvent, WalkStats
 from dedupd.hashing import HashStats
 from dedupd.index.store import IndexedFile, Store
-from dedupd.scan.scanner import RECORD_BATCH, batches
 from dedupd.scan.walk import DirListed, normalize_roots
 from dedupd.volumes import PassOptions, PassReport, Step
 
 Groups = Iterator[list[IndexedFile]]
+# Files recorded per index transaction (dedupd scan's batch). The scanner module is
+# not imported for it: with the walk process it loads, a few ms of every pass's start.
+RECORD_BATCH = 2000
 
 
 @dataclass
@@ -217,7 +220,8 @@ class Pass:
         """Record what changed in the index; returns the size groups to hash."""
         r, src = self.run, self.source
         scan_id = src.open_scan()
-        for batch in batches(self.engine.own(src.events()), RECORD_BATCH):
+        events = self.engine.own(src.events())
+        while batch := list(islice(events, RECORD_BATCH)):
             done = r.store.record(scan_id, batch, digests=r.listed_digests())
             r.c.add("files_new", done.new)
             r.c.add("files_changed", done.changed)

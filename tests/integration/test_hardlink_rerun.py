@@ -13,16 +13,18 @@ from typing import Any
 
 LINKERS = ("dedupd.dedup.hardlink", "dedupd.dedup.link_exec", "dedupd.dedup.crossdrive",
            "dedupd.fsops.copy")
+# the hashing engine and side-by-side reader: not for size groups settled apart
+HASHING = ("dedupd.hashing.engine", "dedupd.dedup.together", "concurrent.futures")
 
 
-def _run(tree: Path, db: Path) -> list[str]:
-    """run --once --apply in a fresh interpreter; the linker modules it loaded."""
+def _run(tree: Path, db: Path, watched: tuple[str, ...] = LINKERS) -> list[str]:
+    """run --once --apply in a fresh interpreter; the watched modules it loaded."""
     code = ("import sys\n"
             "from dedupd.cli import main\n"
             f"sys.argv = ['dedupd', 'run', '--once', '--apply', '--settle', '0', "
             f"'--min-size', '1', '--db', 'sqlite:///{db}', {str(tree)!r}]\n"
             "rc = main()\n"
-            f"print(rc, sorted(m for m in {LINKERS!r} if m in sys.modules))\n")
+            f"print(rc, sorted(m for m in {watched!r} if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True).stdout
     rc, _, loaded = out.strip().splitlines()[-1].partition(" ")
@@ -30,7 +32,7 @@ def _run(tree: Path, db: Path) -> list[str]:
     return list(ast.literal_eval(loaded))
 
 
-def test_an_unchanged_rerun_loads_no_linker(tmp_path: Path) -> None:
+def test_an_unchanged_rerun_loads_no_linker_nor_hashing_engine(tmp_path: Path) -> None:
     tree = tmp_path / "t"
     (tree / "a").mkdir(parents=True)
     (tree / "b").mkdir()
@@ -42,6 +44,10 @@ def test_an_unchanged_rerun_loads_no_linker(tmp_path: Path) -> None:
     assert _run(tree, db) == sorted(m for m in LINKERS if m != "dedupd.dedup.crossdrive")
     assert (tree / "a" / "same").stat().st_ino == (tree / "b" / "same").stat().st_ino
     assert _run(tree, db) == []
+    # a/other and the link's inode: one size, both hashes known and unlike
+    assert _run(tree, db, HASHING) == []
+    (tree / "b" / "new").write_bytes(b"n" * 5000)  # not hashed yet: the engine runs
+    assert _run(tree, db, HASHING) == sorted(HASHING)
 
 
 def _pass(tree: Path, db: Path) -> dict[str, Any]:

@@ -61,3 +61,49 @@ def test_unsettled_files_wait_and_back_off(tmp_path: Path) -> None:
     many = IndexedFile(*[getattr(f, n) for n in ("dev", "ino", "size", "mtime_ns", "ctime_ns",
                                                   "head", "full")], 40, f.paths)
     assert stab.ready(many, changed + 3600)  # capped at max_backoff
+
+
+def _with(f: IndexedFile, head: int | None, full: bytes | None) -> IndexedFile:
+    return f._replace(head=head, full=full)
+
+
+def test_settled_apart_only_where_hashing_would_read_and_group_nothing(
+        tmp_path: Path) -> None:
+    """settled_apart (a re-run passes such size groups by, issue 16) holds exactly
+    when the hasher, given the same members, reads nothing and groups nothing."""
+    from dedupd.hashing.rule import settled_apart
+
+    same = os.urandom(200_000)
+    for n, data in (("a", same), ("b", same), ("c", same[:-1] + b"!")):
+        (tmp_path / n).write_bytes(data)
+    a, b, c = (indexed(tmp_path / n) for n in "abc")
+    # what a first pass learns: every head (c's equals a's and b's), then the wholes
+    first = Hasher(Stability(), HashStats(), workers=1).run([[a, b, c]])
+    [res] = list(first)
+    learnt = {(u.dev, u.ino): u for g in res.groups for u in g.updates} | {
+        (u.dev, u.ino): u for u in res.updates}
+    a, b, c = (_with(f, learnt[f.key].head, learnt[f.key].full) for f in (a, b, c))
+    assert a.head == b.head == c.head and a.full == b.full != c.full
+
+    def hashes_nothing(group: list[IndexedFile]) -> bool:
+        stats = HashStats()
+        out = list(Hasher(Stability(), stats, workers=1).run([group]))
+        return stats.files_hashed == 0 and not any(r.groups for r in out)
+
+    cases = {
+        "heads apart": ([_with(a, 1, None), _with(c, 2, None)], True),
+        "two names of one inode": ([_with(a, 1, None), _with(a, 1, None)], True),
+        "a head unknown": ([_with(a, 1, None), _with(c, None, None)], False),
+        "heads shared, wholes unknown": ([_with(a, a.head, None), _with(b, b.head, None)],
+                                         False),
+        "heads shared, wholes known": ([a, c], False),
+    }
+    for name, (group, apart) in cases.items():
+        assert settled_apart(group) is apart, name
+        if apart:
+            assert hashes_nothing(group), name
+    assert not hashes_nothing([_with(a, a.head, None), _with(b, b.head, None)])
+    small = [indexed(tmp_path / n) for n in "de" if (tmp_path / n).write_bytes(n.encode())]
+    assert settled_apart([_with(small[0], None, b"1"), _with(small[1], None, b"2")])
+    assert not settled_apart([_with(small[0], None, b"1"), _with(small[1], None, b"1")])
+    assert not settled_apart([_with(small[0], None, b"1"), _with(small[1], 7, None)])
