@@ -483,7 +483,7 @@ class Store(Names):
             "u AS (" + under.replace("{p}", p) + ") INSERT INTO {t} SELECT * FROM u WHERE "
             'size IN (SELECT size FROM g WHERE NOT hashed) OR (size, "full") IN (SELECT '
             'size, "full" FROM q)',
-            (*ids, *fss, lo, *fss, lo, *named), lo, 5000, trim=_TRIM)
+            (*ids, *fss, lo, *fss, lo, *named), lo, 5000, trim=_TRIM[self.dialect])
 
     def _entry_of(self, path: bytes) -> tuple[int | None, bytes]:
         """(directory id, name) of a file's path (None: its directory is not indexed)."""
@@ -626,11 +626,17 @@ _EXACT = (f'SELECT * FROM u WHERE size IN (SELECT size FROM u GROUP BY size HAVI
           'AND count("full") < count(*)) OR (size, "full") IN (SELECT size, "full" FROM u '
           f'WHERE "full" IS NOT NULL GROUP BY size, "full" HAVING {_MANY})')
 # The same rule applied to a table {t} of names that holds, for each size or (size,
-# hash) it has, every name of it under roots: what does not qualify goes.
-_TRIM = (f"DELETE FROM {{t}} WHERE size NOT IN (SELECT size FROM {{t}} GROUP BY size HAVING "
-         f'{_MANY} AND count("full") < count(*)) AND ("full" IS NULL OR (size, "full") NOT IN '
-         f'(SELECT size, "full" FROM {{t}} WHERE "full" IS NOT NULL GROUP BY size, "full" '
-         f"HAVING {_MANY}))")
+# hash) it has, every name of it under roots: what does not qualify goes. SQLite
+# answers a row-value NOT IN that finds no match by scanning the whole list for a
+# NULL, once per such row (a rescan of a tree whose files have copies outside it
+# was quadratic: 20,000 such files, 10 s in this statement alone), and so it does
+# NOT (... IN ...): there the rows to keep are named by rowid. PostgreSQL hashes
+# either form.
+_KEEP = (f'size IN (SELECT size FROM {{t}} GROUP BY size HAVING {_MANY} AND count("full") '
+         f'< count(*)) OR ("full" IS NOT NULL AND (size, "full") IN (SELECT size, "full" FROM '
+         f'{{t}} WHERE "full" IS NOT NULL GROUP BY size, "full" HAVING {_MANY}))')
+_TRIM = {"sqlite": f"DELETE FROM {{t}} WHERE rowid NOT IN (SELECT rowid FROM {{t}} WHERE {_KEEP})",
+         "postgresql": f"DELETE FROM {{t}} WHERE NOT ({_KEEP})"}
 
 
 def group_rows(rows: Iterable[Any], names: dict[tuple[int, int], list[bytes]],
