@@ -37,6 +37,7 @@ import struct
 from _socket import AF_UNIX, CMSG_LEN, SCM_RIGHTS, SHUT_RDWR, SOCK_SEQPACKET, SOL_SOCKET, socketpair
 from _socket import socket as Socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from resource import RUSAGE_SELF, getrusage
 from typing import Any
 
 from dedupd import forkpipe
@@ -61,11 +62,21 @@ BATCH = 2000  # events a batch (the scanner's RECORD_BATCH)
 # are mostly only listed, so the walk is the scan; a first scan's walk is one
 # process beside the index writer and the feeders. Four, on two cores: from a cold
 # cache the walk waits for the disk, and four keep more requests in flight (the
-# real tree of docs/schema.md: 1.16 s with one, 0.87 with two, 0.65 with four);
-# from a warm one they share the two cores as two would
+# real tree of docs/schema.md: 1.16 s with one, 0.87 with two, 0.65 with four).
+# From a warm one, no more of them walk at once than there are cores (CORES): each
+# one more costs CPU (its own copy of the digests, its share of the tree handed
+# over: 0.03 s on that tree) and no time. Which one it is, the walk itself tells:
+# a process that blocks while it walks (voluntary context switches, counted each
+# IO_EVERY directories: IO_SWITCHES or more) waits for the disk, and from then on
+# every process may walk (flag[2], _Share.wanted)
 RESCAN_WALKERS = 4
+CORES = max(1, len(os.sched_getaffinity(0)))
+IO_EVERY, IO_SWITCHES = 16, 4
 HOLD_MAX = 20_000  # listed entries an early walk process holds before it waits
 _PUBLISHED, _ABANDONED = 1, 2  # flag[1] of an early walk: the digests are there / never
+# the shared flag bytes: [0] changes each time a process runs out of work, [1]: _Later's,
+# [2]: set once a process waited for the disk, [3]: processes walking (the parent's count)
+_FLAGS = 4
 _FD = struct.Struct("i")
 
 
@@ -197,17 +208,31 @@ def _child(_in: int, out: int, roots: Sequence[bytes], opts: WalkOptions, n: int
 
 class _Share:
     """walk.Donor of one walk process. `flag` (shared with the parent) changes each
-    time a process runs out of work; this one serves each change once."""
+    time a process runs out of work; this one serves each change once, while fewer
+    processes walk than there are cores, or at once when the walk waits for the
+    disk (see RESCAN_WALKERS)."""
 
     def __init__(self, flag: mmap.mmap, sock: Socket) -> None:
         self.flag, self.sock, self.served = flag, sock, 0
+        self.dirs, self.switches = 0, _switches()
 
     def wanted(self) -> bool:
-        return self.flag[0] != self.served
+        flag = self.flag
+        self.dirs += 1
+        if self.dirs % IO_EVERY == 0 and not flag[2]:  # once per directory: cheap first
+            was, self.switches = self.switches, _switches()
+            if self.switches - was >= IO_SWITCHES:
+                flag[2] = 1
+        return flag[0] != self.served and (flag[2] != 0 or flag[3] < CORES)
 
     def give(self, fd: int, path: bytes, subdirs: list[tuple[bytes, int, int]]) -> None:
         self.served = self.flag[0]
         _send_fds(self.sock, marshal.dumps(("task", path, subdirs)), fd)
+
+
+def _switches() -> int:
+    """This process's voluntary context switches so far: each time it blocked."""
+    return getrusage(RUSAGE_SELF).ru_nvcsw
 
 
 def _worker(k: int, _in: int, out: int, *, roots: Sequence[bytes], opts: WalkOptions,
@@ -240,6 +265,7 @@ def _worker(k: int, _in: int, out: int, *, roots: Sequence[bytes], opts: WalkOpt
                 os.close(fd)
             break
         share.served = flag[0]  # a request made before this task came was this one's
+        share.switches = _switches()  # the wait for this task was no disk's
         _send_walk(walk_from(fds[0], msg[1], msg[2], opts, stats, digests, share), sender,
                    later, opts.min_size)
     sender.end(stats)
@@ -269,8 +295,7 @@ class ForkedWalk:
         if not later and (known is None or workers <= 1):
             self.procs.append(forkpipe.spawn(lambda i, o: _child(i, o, roots, opts, n, known)))
             return
-        # [0]: each process but the first starts "done"; [1]: _Later's
-        self.flag = mmap.mmap(-1, 2)
+        self.flag = mmap.mmap(-1, _FLAGS)  # each process but the first starts "done"
         if later:
             self.memfd = os.memfd_create("dedupd-known", os.MFD_CLOEXEC)
         self.stopped = False
@@ -375,8 +400,10 @@ class ForkedWalk:
             self.stopped = True
             for s in self.socks:
                 s.send(marshal.dumps(("stop",)))
-        elif idle and self.share:
-            self.flag[0] = (self.flag[0] + 1) % 256  # a process wants work
+        else:
+            self.flag[3] = min(len(self.socks) - len(idle), 255)
+            if idle and self.share:
+                self.flag[0] = (self.flag[0] + 1) % 256  # a process wants work
         return True
 
     def close(self) -> None:

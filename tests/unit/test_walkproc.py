@@ -167,3 +167,27 @@ def test_an_early_walk_whose_digests_never_come_ends(tmp_path: Path) -> None:
             early.close()
             assert time.monotonic() - t < 5
             assert set(children(os.getpid())) <= before
+
+
+@pytest.mark.parametrize("waits", [False, True])
+def test_no_more_processes_walk_than_cores_unless_the_walk_waits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, waits: bool) -> None:
+    """A warm walk (no process blocks as it walks) stays in as many processes as there
+    are cores (one here: nothing is handed over); one that blocks (a sleep in each
+    subdirectory's open stands for the disk) is shared by all of them. Same events,
+    directories and counters either way."""
+    monkeypatch.setattr(walkproc, "CORES", 1)  # the walk processes inherit it
+    tree(tmp_path)
+    _, first, _ = walked(tmp_path, 1, {})
+    known = {d.path: (d.digest, os.lstat(tmp_path).st_dev) for d in first}
+    os.utime(tmp_path / "d1" / "d2" / "f1")
+    files, listed, one = walked(tmp_path, 1, known)
+    if waits:
+        with testpoints.acting(("walk.subdir",), slow_subdirs):
+            pfiles, plisted, many = walked(tmp_path, 4, known)
+    else:
+        pfiles, plisted, many = walked(tmp_path, 4, known)
+    assert sorted(pfiles) == sorted(files) and len(files) == 3
+    assert set(plisted) == set(listed) and len(plisted) == len(listed) == 85
+    assert many.stats == one.stats and many.files == one.files
+    assert (many.relayed > 0) == waits
