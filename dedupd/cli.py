@@ -79,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # threading, traceback and more): `dedupd scan` forks its walk there
         if (early := getattr(args, "early", None)) is not None:
             early(args)
-        _setup_log(args)
+        if getattr(args, "log_later", False):
+            _setup_log_when_imported(args)
+        else:
+            _setup_log(args)
         return int(args.func(args) or 0)
     except DedupdError as e:
         sys.stderr.write(f"dedupd: error: {e}\n")
@@ -130,6 +133,58 @@ def _setup_log(args: argparse.Namespace) -> None:
     from dedupd import log
 
     log.setup(getattr(args, "log_level", None) or "info", getattr(args, "log_json", False))
+
+
+def _setup_log_when_imported(args: argparse.Namespace) -> None:
+    """_setup_log, done when the logging module is first imported (now, if it is
+    already): a command that logs nothing never imports it (threading, traceback,
+    string and more: 5 ms of an unchanged rescan). Whatever imports it first, its
+    records get the handler, level and format of _setup_log."""
+    if "logging" in sys.modules:
+        _setup_log(args)
+    else:
+        sys.meta_path.insert(0, _WhenImported("logging", lambda: _then_setup_log(args)))
+
+
+def _then_setup_log(args: argparse.Namespace) -> None:
+    # imported by dedupd.log itself (_setup_log's import, in cli.main's error path):
+    # that _setup_log sets it up once dedupd.log is whole
+    if (mod := sys.modules.get("dedupd.log")) is None or hasattr(mod, "setup"):
+        _setup_log(args)
+
+
+class _WhenImported:
+    """A sys.meta_path finder that runs `then` right after module `name` is first
+    imported (its own finder and loader do the import), and then leaves."""
+
+    def __init__(self, name: str, then: Any) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != self.name:
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        from importlib.util import find_spec
+
+        spec: Any = find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _Then(spec.loader, self.then)
+        return spec
+
+
+class _Then:
+    """A module loader that runs `then` after the module it wraps has executed."""
+
+    def __init__(self, loader: Any, then: Any) -> None:
+        self.loader, self.then = loader, then
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        self.then()
 
 
 def run() -> None:

@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
                    help="skip files changed less than SECONDS ago (default 0)")
     add_progress_arg(p)
     add_common(p)
-    p.set_defaults(func=run, early=start_walk)
+    p.set_defaults(func=run, early=start_walk, log_later=True)
 
 
 def start_walk(args: argparse.Namespace) -> None:

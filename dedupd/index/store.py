@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import os
 import sqlite3
 import threading
@@ -43,7 +42,6 @@ from dedupd.index.names import Names
 from dedupd.index.record import forget_unseen, record_batch, store_digests
 
 _tables = itertools.count()  # temporary table names, unique in the process
-log = logging.getLogger("dedupd.index")
 # A full scan that wrote (new, changed or forgotten files) at least half as many
 # rows as the index then holds, and at least this many, is followed by a VACUUM
 # of a SQLite index (see Store.compact).
@@ -334,7 +332,10 @@ class Store(Names):
         try:
             self.db.run("VACUUM")
         except (sqlite3.Error, DedupdError) as e:
-            log.warning("index %s: not compacted: %s", self.url, e)
+            import logging  # here: a scan that logs nothing never imports it (cli.py)
+
+            logging.getLogger("dedupd.index").warning("index %s: not compacted: %s",
+                                                      self.url, e)
 
     def mark_inodes_seen(self, scan_id: int) -> None:
         """Set `seen` on every inode with a name seen in this scan (after record(...,

@@ -50,3 +50,40 @@ def test_the_walk_is_forked_before_logging_the_index_and_dataclasses(tmp_path: P
         assert "dedupd.scan.walk" in mods and "argparse" in mods
         assert not mods & set(NOT_BEFORE_THE_WALK), sorted(mods & set(NOT_BEFORE_THE_WALK))
         assert out.startswith("# 2 files of 10 B") and "1 groups" in out, out
+
+
+# runs the command, then says whether logging was ever imported, then imports it as a
+# late module would and logs through it
+_LATE_LOG = """\
+import sys
+from dedupd.cli import main
+rc = main(sys.argv[1:])
+sys.stdout.write("\\nlogging imported: %s\\n" % ("logging" in sys.modules))
+sys.stdout.flush()
+import logging
+logging.getLogger("dedupd.late").info("a late record")
+logging.getLogger("dedupd.late").debug("not at this level")
+sys.exit(rc)
+"""
+
+
+def test_an_unchanged_rescan_never_imports_logging_and_a_late_record_is_formatted(
+        tmp_path: Path) -> None:
+    """cli's deferred log set-up (log_later): nothing on an unchanged rescan's path
+    imports logging; whatever imports it later logs through the handler, level and
+    format the command line asked for (here: JSON lines at info)."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    for name in ("a", "b"):
+        (tree / name).write_bytes(b"same bytes")
+    argv = [sys.executable, "-c", _LATE_LOG, "scan", "--no-progress", "--log-json",
+            "--db", f"sqlite:///{tmp_path}/i.db", str(tree)]
+    for run in ("first", "rescan"):
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "1 groups" in r.stdout, r.stdout
+        if run == "rescan":
+            assert "logging imported: False" in r.stdout, r.stdout
+        lines = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
+        assert [(x["level"], x["logger"], x["msg"]) for x in lines] == [
+            ("info", "dedupd.late", "a late record")], r.stderr
