@@ -254,33 +254,42 @@ class DirTree:
     def listing(self, roots: Sequence[bytes]) -> list[tuple[int, int, bytes, bytes | None]]:
         """(id, fs, path, listing digest) of every indexed directory at or below the
         given paths, each once; their paths are cached on the way (one query per
-        level and SUBTREE_BATCH directories, like subtree)."""
+        level and SUBTREE_BATCH directories, like subtree). It runs before a
+        rescan's walk has its digests: one pass over the rows, nothing per row
+        but the path and the caches."""
         out: list[tuple[int, int, bytes, bytes | None]] = []
         frontier = sorted({d for d in (self.find(r) for r in roots) if d is not None})
         paths = self.paths(frontier)
         frontier = [i for i in frontier if i in paths]
-        query = "SELECT id, fs, digest{} FROM directories WHERE {} IN ({})"
-        made: list[tuple[bytes, int, int]] = []
-        first = True
-        while frontier:
+        rows = self.db.rows if frontier else None
+        marks = self.db.marks
+        ids: dict[bytes, int] = {}
+        fss: dict[int, int] = {}
+        for k in range(0, len(frontier), SUBTREE_BATCH):
+            part = frontier[k:k + SUBTREE_BATCH]
+            for i, fs, g in self.db.rows("SELECT id, fs, digest FROM directories WHERE id "
+                                         f"IN ({marks(len(part))})", part):
+                out.append((i, fs, paths[i], None if g is None else bytes(g)))
+        # below the roots, level by level: a path is its parent's (known by then) + name
+        slash = {i: (b"" if paths[i] == b"/" else paths[i]) + b"/" for i in frontier}
+        query = "SELECT id, fs, digest, parent, name FROM directories WHERE parent IN ({})"
+        while frontier and rows is not None:
             nxt: list[int] = []
             for k in range(0, len(frontier), SUBTREE_BATCH):
                 part = frontier[k:k + SUBTREE_BATCH]
-                for r in self.db.rows(query.format(
-                        "" if first else ", parent, name", "id" if first else "parent",
-                        self.db.marks(len(part))), part):
-                    i, fs = int(r[0]), int(r[1])
-                    if not first:
-                        if i in paths:
-                            continue  # nested roots: met already
-                        paths[i] = join(paths[int(r[3])], bytes(r[4]))
-                        made.append((paths[i], i, fs))
-                    out.append((i, fs, paths[i], None if r[2] is None else bytes(r[2])))
+                for i, fs, g, parent, name in rows(query.format(marks(len(part))), part):
+                    if i in paths:
+                        continue  # nested roots: met already
+                    path = slash[parent] + name
+                    paths[i], ids[path], fss[i] = path, i, fs
+                    slash[i] = path + b"/"
+                    out.append((i, fs, path, None if g is None else bytes(g)))
                     nxt.append(i)
-            frontier, first = nxt, False
+            frontier = nxt
         with self._lock:
-            for path, i, fs in made:
-                self._remember(path, i, fs)
+            self._id.update(ids)
+            self._path.update((i, p) for p, i in ids.items())
+            self._fs.update(fss)
         return out
 
     def reset(self) -> None:
