@@ -31,7 +31,7 @@ import stat
 from _thread import allocate_lock  # threading's Lock: see _lock
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -81,15 +81,17 @@ def have_openat2() -> bool:
     return _have_openat2
 
 
-# (flags, mode, resolve) -> open_how, made once: a walk opens every directory with one
-_HOWS: dict[tuple[int, int, int], _OpenHow] = {}
+# (flags, mode, resolve) -> (a reference to its open_how, the size), made once: a walk
+# opens every directory with one
+_HOWS: dict[tuple[int, int, int], tuple[Any, int]] = {}
 
 
 def _openat2(dirfd: int, path: bytes, flags: int, resolve: int, mode: int = 0) -> int:
     how = _HOWS.get((flags, mode, resolve))
     if how is None:
-        how = _HOWS[flags, mode, resolve] = _OpenHow(flags, mode, resolve)
-    fd = LIBC.syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
+        made = _OpenHow(flags, mode, resolve)
+        how = _HOWS[flags, mode, resolve] = (ctypes.pointer(made), ctypes.sizeof(made))
+    fd = LIBC.syscall(_SYS_OPENAT2, dirfd, path, *how)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), os.fsdecode(path))

@@ -60,6 +60,9 @@ class DirListed(NamedTuple):
     same: bool
 
 
+# a DirListed made by tuple's own constructor (its NamedTuple __new__ is a Python call:
+# one a directory walked)
+_listed = functools.partial(tuple.__new__, DirListed)
 LIST_CAP = 20000  # entries of one directory held to digest it; bigger ones stream
 
 
@@ -368,13 +371,12 @@ def _list_digested(fd: int, dpath: bytes, dev: int, opts: WalkOptions, stats: Wa
             return
     digest = listing_digest(opts, sorted(items))
     was = known.get(dpath)
-    held = DirHeld(dpath, digest, files, dev, items, sts)
     if was is PENDING:  # decided once the index's digests are there (walkproc)
-        yield held
-    elif _same(held, was):  # most directories of a rescan
-        yield DirListed(dpath, digest, files, True)
+        yield DirHeld(dpath, digest, files, dev, items, sts)
+    elif _same(was, digest, dev, files):  # most directories of a rescan
+        yield _listed((dpath, digest, files, True))
     else:
-        yield from _decided(held, was, min_size)
+        yield from _decided(DirHeld(dpath, digest, files, dev, items, sts), was, min_size)
 
 
 def decided(held: DirHeld, known: Known, min_size: int) -> Iterator[FileEvent | DirListed]:
@@ -385,16 +387,17 @@ def decided(held: DirHeld, known: Known, min_size: int) -> Iterator[FileEvent | 
 
 def _decided(held: DirHeld, was: tuple[bytes, int] | None, min_size: int
              ) -> Iterator[FileEvent | DirListed]:
-    same = _same(held, was)
+    same = _same(was, held.digest, held.dev, held.files)
     if not same and held.files:
         yield from _events(held.path, held.items, held.sts, min_size)
     yield DirListed(held.path, held.digest, held.files, same)
 
 
-def _same(held: DirHeld, was: tuple[bytes, int] | None) -> bool:
-    """Whether the index's (digest, st_dev) `was` says the held directory is unchanged."""
-    return was is not None and was[0] == held.digest and (was[1] == held.dev or (
-        was[1] == NO_DEV and not held.files))
+def _same(was: tuple[bytes, int] | None, digest: bytes, dev: int, files: int) -> bool:
+    """Whether the index's (digest, st_dev) `was` says a directory listed with this
+    digest, on device dev, holding `files` files, is unchanged."""
+    return was is not None and was[0] == digest and (was[1] == dev or (
+        was[1] == NO_DEV and not files))
 
 
 _IFMT, _IFREG, _IFDIR, _IFLNK = 0o170000, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
