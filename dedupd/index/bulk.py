@@ -9,6 +9,7 @@ RETURNING). Inodes are keyed by (filesystem id, signed ino), names by
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 from dedupd.index.db import Db
@@ -58,7 +59,7 @@ class Bulk:
             if sql is None:
                 sql = self._sql[(head, len(part))] = \
                     f"{head} VALUES {', '.join([one] * len(part))}{tail}"
-            cur.execute(sql, [x for r in part for x in r])
+            cur.execute(sql, list(chain.from_iterable(part)))
 
     def stat_rows(self, cur: Any, fs: int, inos: Sequence[int]) -> list[Any]:
         """(ino, size, mtime_ns, ctime_ns, unstable, head, full) of the known inodes

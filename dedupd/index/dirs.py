@@ -13,10 +13,11 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dedupd.index.db import Db, IndexError_
+from dedupd.index.db import Db, IndexError_, chunks
 
 SUBTREE_BATCH = 500
 _NOTHING = " ON CONFLICT (parent, name) DO NOTHING"
+_ROWS = 200  # directories of one multi-row INSERT (3 parameters each)
 
 
 def split(path: bytes) -> tuple[bytes, bytes]:
@@ -123,6 +124,45 @@ class DirTree:
                            conflict=False)
         assert made is not None  # without the conflict clause, an error, never None
         return made
+
+    def ensure_many(self, cur: Any, wanted: Sequence[tuple[bytes, int]]) -> list[int]:
+        """ensure(cur, path, fs) of each (path, fs), in order. The directories missing
+        below a cached one are inserted many to a statement, level by level (a first
+        scan makes one for every few files); the others, and those that exist
+        already (made meanwhile by another connection), go through ensure()."""
+        want = {(path.rstrip(b"/") or b"/"): fs for path, fs in wanted}
+        todo: dict[bytes, tuple[bytes, bytes]] = {}  # path -> (parent path, name), to make
+        for path in want:
+            missing, known = self._uncached(path)
+            if known is not None:
+                for at, name in missing:
+                    todo[at] = (at[:len(at) - len(name) - 1] or b"/", name)
+        while todo:
+            level = [(at, above, name) for at, (above, name) in todo.items()
+                     if above not in todo]
+            for at, _above, _name in level:
+                del todo[at]
+            for part in chunks(level, _ROWS):
+                self._make_many(cur, [(at, name, self._id[above], want.get(at, 0))
+                                      for at, above, name in part if above in self._id])
+        return [self.ensure(cur, path, fs) for path, fs in wanted]
+
+    def _make_many(self, cur: Any, rows: list[tuple[bytes, bytes, int, int]]) -> None:
+        """Insert directories (path, name, parent id, fs), those that do not exist;
+        the ones made are cached and in `made`."""
+        if not rows:
+            return
+        one = f"({self.db.marks(3)})"
+        cur.execute(f"INSERT INTO directories (parent, name, fs) VALUES "
+                    f"{', '.join([one] * len(rows))}{_NOTHING} RETURNING id, parent, name",
+                    [x for _path, name, parent, fs in rows for x in (parent, name, fs)])
+        got = {(int(parent), bytes(name)): int(did) for did, parent, name in cur.fetchall()}
+        with self._lock:
+            for path, name, parent, fs in rows:
+                did = got.get((parent, name))
+                if did is not None:
+                    self._remember(path, did, fs)
+                    self.made.add(did)
 
     def _uncached(self, path: bytes) -> tuple[list[tuple[bytes, bytes]], int | None]:
         """(path, name) of `path` and of its ancestors not cached, deepest first, and

@@ -65,7 +65,7 @@ class HeldRows:
         with self.lock:
             self.seq += 1
             rows = self.rows
-            out = [rows.pop(k) for k in [k for k in keys if k in rows]]
+            out = [rows.pop(k) for k in rows.keys() & keys] if rows else []
             for k in self.filled:
                 r = rows.pop(k, None)
                 if r is not None:

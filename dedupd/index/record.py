@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from dedupd.files.events import FileEvent
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 Key = tuple[int, int]  # (filesystem id, signed ino)
 _S64, _U64 = 1 << 63, 1 << 64  # db.to_s64, inline: the loop that keys runs once per file
 _new = tuple.__new__  # a NamedTuple's own __new__ is a Python function: 3x the cost
+_dev_ino = itemgetter(1, 2)  # (dev, ino) of a FileEvent, in C
 
 
 def record_batch(store: Store, c: Any, scan_id: int, events: Sequence[FileEvent],
@@ -30,7 +32,7 @@ def record_batch(store: Store, c: Any, scan_id: int, events: Sequence[FileEvent]
     if held is not None:  # rows held back in memory (held.py) that this batch must find
         # another name of an inode held: a hardlink, or a file of one link whose
         # directory moved during the scan (listed before the move and after it)
-        rows = held.next_batch([(e.dev, e.ino) for e in events])
+        rows = held.next_batch(map(_dev_ino, events))
         if rows:  # in key order: each B-tree page met once, not once per row
             store.bulk.upsert_inodes(c, sorted(rows))
     by_key, extra, by_dir = _keyed(store, c, events, fss)
@@ -139,14 +141,12 @@ def _compared(by_key: dict[Key, FileEvent], extra: dict[Key, list[bytes]],
 def _keyed(store: Store, c: Any, events: Sequence[FileEvent], fss: dict[int, int]
            ) -> tuple[dict[Key, FileEvent], dict[Key, list[bytes]], dict[int, dict[bytes, Key]]]:
     """The batch by inode key (the last event of each), every name of an inode met
-    twice (hardlinks), and the names of each directory (ensured: made if new). This
-    loop runs once per file of a tree: a walk lists a directory's files together,
-    so its id is looked up once per run of them."""
+    twice (hardlinks), and the names of each directory (ensured: made if new, the
+    batch's together). This loop runs once per file of a tree: a walk lists a
+    directory's files together, so its names' map is looked up once per run of them."""
     by_key: dict[Key, FileEvent] = {}
     extra: dict[Key, list[bytes]] = {}
-    by_dir: dict[int, dict[bytes, Key]] = {}
-    ids: dict[tuple[bytes, int], int] = {}  # (directory, fs) -> id, met in this batch
-    ensure = store.dirs.ensure
+    by_path: dict[tuple[bytes, int], dict[bytes, Key]] = {}  # (directory, fs) -> names
     last: tuple[bytes, int] | None = None
     ents: dict[bytes, Key] = {}
     for e in events:
@@ -158,11 +158,15 @@ def _keyed(store: Store, c: Any, events: Sequence[FileEvent], fss: dict[int, int
         d, _, name = e.path.rpartition(b"/")
         if last is None or d != last[0] or fs != last[1]:
             last = (d, fs)
-            did = ids.get(last)
-            if did is None:
-                did = ids[last] = ensure(c, d or b"/", fs)
-            ents = by_dir.setdefault(did, {})
+            ents = by_path.setdefault(last, {})
         ents[name] = k
+    ids = store.dirs.ensure_many(c, [(d or b"/", fs) for d, fs in by_path])
+    by_dir: dict[int, dict[bytes, Key]] = {}
+    for did, names in zip(ids, by_path.values(), strict=True):
+        if did in by_dir:  # one directory under two spellings of its path
+            by_dir[did].update(names)
+        else:
+            by_dir[did] = names
     return by_key, extra, by_dir
 
 

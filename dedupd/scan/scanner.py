@@ -344,8 +344,11 @@ class Recorder:
             return
         files: list[FileEvent] = []
         listed: list[DirListed] = []
-        for e in batch:  # this loop runs once per file of a tree
-            (listed if type(e) is DirListed else files).append(e)
+        if DirListed not in set(map(type, batch)):  # files only (a first scan's): in C
+            files = batch
+        else:
+            for e in batch:  # this loop runs once per file of a tree
+                (listed if type(e) is DirListed else files).append(e)
         digests = [(d.path, d.digest) for d in listed if d.digest and not d.same]
         if self.listed is not None:
             self.listed += [(d.path, d.digest) for d in listed]

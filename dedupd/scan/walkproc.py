@@ -98,8 +98,19 @@ def _event(ev: FileEvent | DirListed) -> Wire:
     return tuple(ev)  # marshal takes a plain tuple only
 
 
-def _item(t: Wire) -> FileEvent | DirListed:
-    return DirListed._make(t) if len(t) == 4 else FileEvent._make(t)
+# marshal gives plain tuples; these make the NamedTuples back from them in C (a
+# NamedTuple's _make is a Python function, called once per file of a tree here)
+_file = functools.partial(tuple.__new__, FileEvent)
+_listed = functools.partial(tuple.__new__, DirListed)
+_LISTED_LEN = len(DirListed._fields)
+
+
+def _items(ts: list[Wire]) -> list[FileEvent | DirListed]:
+    """A batch's events from their tuples: files only (a first scan's batches) in
+    one C-level pass; with directories listed (a rescan's), each by its length."""
+    if _LISTED_LEN not in set(map(len, ts)):
+        return list(map(_file, ts))
+    return [_listed(t) if len(t) == _LISTED_LEN else _file(t) for t in ts]
 
 
 class _Sender:
@@ -361,7 +372,7 @@ class ForkedWalk:
                     totals[k] = (msg[1], msg[2])
                     self.files = sum(t[0] for t in totals)
                     self.nbytes = sum(t[1] for t in totals)
-                    yield [_item(t) for t in msg[3]]
+                    yield _items(msg[3])
                 elif msg[0] == "end":
                     ended.add(k)
                     poll.unregister(fd)

@@ -479,3 +479,31 @@ def test_a_head_learnt_in_one_batch_and_the_whole_in_a_later_one_keeps_the_full_
     assert again.stats["bytes_read"] == 0
     assert [[f.path for f in g.files] for g in again.groups] == \
         [[f.path for f in g.files] for g in first.groups]
+
+
+def test_an_inode_held_from_one_batch_and_named_twice_in_the_next_is_one_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new inode row waits a few record batches for its hashes (index/held.py); a
+    # later batch that names the same inode twice (three hardlinks: one name in the
+    # first batch, two in the second) takes the held row once and records one file
+    # with every name.
+    from dedupd.scan import scanner
+
+    root = tmp_path / "t"
+    (root / "d1").mkdir(parents=True)
+    (root / "d2").mkdir()
+    data = os.urandom(20_000)
+    (root / "d1" / "a").write_bytes(data)
+    (root / "d1" / "filler").write_bytes(os.urandom(30_000))
+    os.link(root / "d1" / "a", root / "d2" / "b")
+    os.link(root / "d1" / "a", root / "d2" / "c")
+    (root / "d2" / "copy").write_bytes(data)
+    monkeypatch.setattr(scanner, "RECORD_BATCH", 2)  # d1's two files, then d2's
+    url = db(tmp_path)
+    want = [[(str(root / "d1" / "a").encode(), str(root / "d2" / "b").encode(),
+              str(root / "d2" / "c").encode()), (str(root / "d2" / "copy").encode(),)]]
+    rep = _scan_closed(url, [root], ScanOptions())
+    assert [sorted(f.paths for f in g.files) for g in rep.groups] == want
+    again = _scan_closed(url, [root], ScanOptions())
+    assert [sorted(f.paths for f in g.files) for g in again.groups] == want
+    assert again.stats["bytes_read"] == 0
