@@ -145,7 +145,9 @@ class DirTree:
             for part in chunks(level, _ROWS):
                 self._make_many(cur, [(at, name, self._id[above], want.get(at, 0))
                                       for at, above, name in part if above in self._id])
-        return [self.ensure(cur, path, fs) for path, fs in wanted]
+        ids, fss = self._id, self._fs
+        return [did if (did := ids.get(path)) is not None and fss.get(did) == fs
+                else self.ensure(cur, path, fs) for path, fs in wanted]
 
     def _make_many(self, cur: Any, rows: list[tuple[bytes, bytes, int, int]]) -> None:
         """Insert directories (path, name, parent id, fs), those that do not exist;
