@@ -71,3 +71,37 @@ def test_removed_replaced_and_new_files_and_directories_match_a_fresh_scan(
         assert [(p, ino) for p, ino, *_ in store.scan_paths()] == names, n
     assert rep.stats["files_unchanged"] > 0
     store.close()
+
+
+def test_directories_made_by_another_connection_mid_scan_are_found_not_made_twice(
+        tmp_path: Path) -> None:
+    # A batch's new directories are inserted many to a statement (DirTree.ensure_many);
+    # one made meanwhile by another connection (below a directory this scan made) is
+    # found instead, and so are the directories below it.
+    from dedupd.files.events import FileEvent
+
+    root = tmp_path / "t"
+    for sub in ("x", "x/y/z", "x/w"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / sub / "f").write_bytes(sub.encode())
+
+    def events(*subs: str) -> list[FileEvent]:
+        out = []
+        for s in subs:
+            p = os.fsencode(root / s / "f")
+            out.append(FileEvent.from_stat(p, os.lstat(p)))
+        return out
+
+    url = f"sqlite:///{tmp_path}/i.db"
+    ours, other = Store(url), Store(url)
+    sid = ours.begin_scan([os.fsencode(root)])
+    ours.record(sid, events("x"))
+    other.record(other.begin_scan([os.fsencode(root)]), events("x/y/z"))
+    ours.record(sid, events("x/y/z", "x/w"))
+    names = ours.db.rows("SELECT name, count(*) FROM directories GROUP BY parent, name "
+                         "HAVING count(*) > 1")
+    assert names == []
+    got = sorted((bytes(p), ino) for p, ino, *_ in ours.scan_paths())
+    assert got == sorted((e.path, e.ino) for e in events("x", "x/y/z", "x/w"))
+    ours.close()
+    other.close()
