@@ -62,7 +62,8 @@ def record_batch(store: Store, c: Any, scan_id: int, events: Sequence[FileEvent]
     for fs, inos in touched.items() if touch_inodes else ():
         for part in chunks(inos, BATCH):
             store.bulk.touch_inodes(c, scan_id, fs, part)
-    claimed = [k for k in by_key if k[0] in renumbered and k in old and k not in vouched]
+    claimed = [k for k in by_key if k[0] in renumbered and k in old and k not in vouched
+               ] if renumbered else []
     if claimed:
         _drop_claimed(store, c, claimed, {(did, n) for did, ents in by_dir.items() for n in ents})
     if erows:
