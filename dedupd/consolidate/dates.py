@@ -78,6 +78,8 @@ def exif_date(path: bytes, data: bytes | None = None) -> tuple[datetime | None, 
     """(date or None, problem, bytes read) for one file, or for its bytes when they are
     in memory already (data: nothing is read then); never raises for bad content."""
     if data is not None:
+        if image_kind(data[:12]) is None:  # most files: no file object for 12 bytes
+            return None, "", 0
         when, problem, _ = _exif_date(io.BytesIO(data))
         return when, problem, 0
     try:

@@ -27,19 +27,17 @@ makes batches of b files, so the kill -9 tests cross batch boundaries with a few
 
 from __future__ import annotations
 
-import contextlib
 import os
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dedupd.consolidate.compare import Compared, same_as_data, same_bytes
-from dedupd.consolidate.copyworker import KILL_ENV, CopyWorker, stat_from, stat_wire
+from dedupd.consolidate.copyworker import KILL_ENV, stat_from, stat_wire
+from dedupd.consolidate.helpers import Helpers, fd_budget
 from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
 from dedupd.consolidate.plan import Copy, Known, Plan
 from dedupd.consolidate.sortcopy import NewCopy, sort_group
-from dedupd.consolidate.writer import IndexWriter
 from dedupd.files.events import FileEvent, Problem
 from dedupd.forkpipe import Wire
 from dedupd.fsops.copy import (
@@ -91,7 +89,9 @@ class Executor:
         self.archive = archive
         self._done_files = self._done_bytes = 0
         self._bytes_total = plan.bytes_to_copy
-        self._unsorted_left = sum(u.inodes for u in plan.unsorted)
+        # an unsorted inode, or an unnamed content, counts as a copy until it is read
+        self._unsorted_left = sum(u.inodes for u in plan.unsorted) + len(plan.unnamed)
+        self._bytes_total += sum(c.size for c in plan.unnamed)
         self.policy = on_name_collision
         self.progress = progress
         self.c = Counters()
@@ -109,7 +109,7 @@ class Executor:
         # the sources' directory handles, for the whole run: a size group's files lie
         # all over the shares, so keep many (a sixth of the open-file limit, at most
         # 4096: the batches' files take a third)
-        self._dirs = SourceDirs(min(4096, max(64, _fd_budget() // 2)))
+        self._dirs = SourceDirs(min(4096, max(64, fd_budget() // 2)))
         self.collided: list[SourcePath] = []
 
     def run(self, replan: Callable[[list[SourcePath]], None] | None = None) -> Counters:
@@ -133,7 +133,8 @@ class Executor:
         for k in self.plan.known:
             self._confirm(k)
         start = 0
-        items: list[Copy | Unsorted] = [*self.plan.unsorted]  # sorted once, after the rest
+        # named as read, then the size groups sorted as read: once, after the rest
+        items: list[Copy | Content | Unsorted] = [*self.plan.unnamed, *self.plan.unsorted]
         while True:
             if self.collided and replan is not None:
                 replan(self.collided)
@@ -150,7 +151,7 @@ class Executor:
             self._unsynced = False
         self.flush()
 
-    def _copy_all(self, items: list[Copy | Unsorted]) -> None:
+    def _copy_all(self, items: list[Copy | Content | Unsorted]) -> None:
         """Read the items here and stage, sync, verify and link them in the copy worker
         (consolidate/copyworker.py), in batches of what is really staged (a group may
         pass the limits by its own new contents). At most one batch is in the worker
@@ -160,7 +161,7 @@ class Executor:
         # the worker holds up to three handles a staged copy (its temp file, its source
         # and, the layout spreading them, its archive directory): half the budget's
         # files keep them within it (all of them overran a hard limit of 1024)
-        max_files = min(max_files, max(1, _fd_budget() // 2))
+        max_files = min(max_files, max(1, fd_budget() // 2))
         try:
             batch = _Batch()
             for it in items:
@@ -190,7 +191,7 @@ class Executor:
         self._worker.wait(behind=1)
 
     def _tick(self) -> None:
-        if self.progress:  # an unsorted inode counts as a copy until it is read
+        if self.progress:
             self.progress(self._done_files, len(self.plan.copies) + self._unsorted_left,
                           self._done_bytes, self._bytes_total)
 
@@ -231,21 +232,37 @@ class Executor:
 
     # --- new content ---
 
-    def _stage_one(self, cp: Copy, batch: _Batch) -> None:
+    def _stage_one(self, it: Copy | Content, batch: _Batch) -> None:
+        """A planned copy, or a content of plan.unnamed, named here from its bytes."""
         self._tick()
+        src = it.src if isinstance(it, Copy) else it.sources[0]
+        f = src.file
+        r: SourceRead | None = None
+        if f.size <= KEEP_BYTES:  # larger: the worker copies it, a buffer at a time
+            try:
+                r = read_source(src.path, f.ident, self._dirs)
+            except CopyError as e:
+                self.c.problems.append(Problem(src.path, e.reason, e.detail))
+            else:
+                self.c.bytes_read += len(r.data)
+        if isinstance(it, Copy):
+            cp = it
+        else:
+            self._unsorted_left -= 1
+            named = None
+            if r is not None or f.size > KEEP_BYTES:  # else unreadable (reported)
+                named = self._new_copy(it, None if r is None else r.data)
+            if named is None:  # no source bytes, or no name for them (both reported)
+                if r is not None:
+                    r.close()
+                self._done_bytes += f.size
+                return
+            self.plan.copies.append(named)
+            cp = named
         self._done_files += 1
-        self._done_bytes += cp.content.size
-        f = cp.src.file
-        if f.size > KEEP_BYTES:  # the worker copies it from the source, a buffer at a time
-            self._send(cp, None, batch)
-            return
-        try:
-            r = read_source(cp.src.path, f.ident, self._dirs)
-        except CopyError as e:
-            self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
-            return
-        self.c.bytes_read += len(r.data)
-        self._send(cp, r, batch)
+        self._done_bytes += f.size
+        if r is not None or f.size > KEEP_BYTES:
+            self._send(cp, r, batch)
 
     def _stage_group(self, u: Unsorted, batch: _Batch) -> None:
         """An unsorted size group (consolidate/sortcopy.py): each inode read once."""
@@ -361,34 +378,6 @@ class Executor:
         self._events, self._hashes, self._rows, self._touch = [], [], [], []
 
 
-class Helpers:
-    """The processes a run's copies use: the index writer (writer.py) and the copy
-    worker (copyworker.py). Fork them early (run.py: before the index scan, while the
-    heap is small, and before any thread); close() or abandon() them at the end."""
-
-    def __init__(self, url: str, archive: bytes, policy: str) -> None:
-        _fd_budget()  # the open-file limit raised first: the worker holds a batch open
-        self.writer = IndexWriter(url)
-        try:
-            self.worker = CopyWorker(archive, policy)
-        except BaseException:
-            self.writer.abandon()
-            raise
-
-    def close(self) -> int:
-        """End both (the worker first: its answers are all in); rows written."""
-        try:
-            self.worker.close()
-        except BaseException:
-            self.writer.abandon()
-            raise
-        return self.writer.close()
-
-    def abandon(self) -> None:
-        self.worker.abandon()
-        self.writer.abandon()
-
-
 @dataclass
 class _Batch:
     """Copies handed to the worker for one sync: how many, their bytes, and the hashes
@@ -408,22 +397,6 @@ class _Batch:
         self.fds = []
 
 
-def _fd_budget() -> int:
-    """Files a batch may hold open: each staged copy keeps its temp file and its source
-    open until placed (fsops.copy.DestDirs). The soft limit is raised to the hard one
-    where that is allowed (commonly 1024 of 524288); a third of it stays for the rest."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 1 << 16
-    want = min(want, 1 << 16)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            soft = want
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 16
-    return max(8, soft // 3)
-
-
-def _no_new_copy(c: Content, _data: bytes) -> Copy | None:
-    raise AssertionError(f"an unsorted size group ({c.size} bytes) needs new_copy")
+def _no_new_copy(c: Content, _data: bytes | None) -> Copy | None:
+    raise AssertionError(f"a content named as read ({c.size} bytes) needs new_copy")
 

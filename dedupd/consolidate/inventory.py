@@ -195,11 +195,15 @@ def group_contents(store: Store, inv: Inventory, progress: Progress | None = Non
 
 def _hashed_apart(inv: Inventory, groups: Iterator[list[IndexedFile]]
                   ) -> Iterator[list[IndexedFile]]:
-    """The size groups with something to read; those whose every inode has its whole
-    hash in the index (unchanged since it was hashed: a changed inode's hashes are
-    cleared when it is recorded) become contents here, as the engine would make them
-    without a read, minus its cost per group (a re-run with nothing new: 9,000 groups)."""
+    """The size groups with something to read. A lone inode of its size, and groups
+    whose every inode has its whole hash in the index (unchanged since it was hashed:
+    a changed inode's hashes are cleared when it is recorded), become contents here,
+    as the engine would make them without a read, minus its cost per group (a first
+    import: thousands of lone sizes; a re-run with nothing new: 9,000 groups)."""
     for files in groups:
+        if len(files) == 1:  # one inode of its size: nothing to read or compare
+            _add(inv, files, files[0].full)
+            continue
         if not all(f.full is not None for f in files):
             yield files
             continue

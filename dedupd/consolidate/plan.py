@@ -55,6 +55,9 @@ class Plan:
     known: list[Known] = field(default_factory=list)
     archive_dups: list[Content] = field(default_factory=list)
     unsorted: list[Unsorted] = field(default_factory=list)  # sorted while copied
+    # contents to copy, named when their source is read for the copy (new_copy with
+    # its bytes: the EXIF date costs no read of its own); in source order
+    unnamed: list[Content] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     bytes_read: int = 0  # EXIF reads made while planning
 
@@ -100,10 +103,12 @@ class Names:
 
 
 def make_plan(inv: Inventory, cfg: ConsolidateConfig, rows: dict[bytes, Provenance],
-              names: Names) -> Plan:
+              names: Names, defer_names: bool = False) -> Plan:
     """Decide every copy and confirmation; reads EXIF of the files to copy only.
 
     `names` starts as the archive's paths; the names planned here are added to it.
+    With defer_names the contents to copy go to plan.unnamed (named as they are read
+    for their copies, in source order), else each is named here (a dry run).
     """
     plan = Plan()
     for c in inv.contents:
@@ -113,9 +118,13 @@ def make_plan(inv: Inventory, cfg: ConsolidateConfig, rows: dict[bytes, Provenan
             continue
         if c.archive:
             plan.known.append(_known(c, rows))
+        elif defer_names:
+            plan.unnamed.append(c)
         else:
             _plan_copy(plan, c, cfg, inv.roots.archive, names)
     plan.copies.sort(key=lambda x: x.dest)
+    order = {r: i for i, r in enumerate(inv.roots.sources)}
+    plan.unnamed.sort(key=lambda c: (order[c.sources[0].root], c.sources[0].path))
     plan.unsorted = list(inv.unsorted)
     return plan
 

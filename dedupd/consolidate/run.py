@@ -22,7 +22,8 @@ from dedupd.consolidate.archive_ops import (
     prune_sources,
     recover,
 )
-from dedupd.consolidate.execute import CopyProgress, Counters, Executor, Helpers
+from dedupd.consolidate.execute import CopyProgress, Counters, Executor
+from dedupd.consolidate.helpers import Helpers
 from dedupd.consolidate.inventory import (
     Inventory,
     Progress,
@@ -114,7 +115,7 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
             stale = remove_stale_temps(roots.archive, dry_run=opts.dry_run)
         if lock >= 0:
             mark_running(lock, True)
-        # the copies' helper processes, forked while the heap is small (execute.Helpers)
+        # the copies' helper processes, forked while the heap is small (helpers.Helpers)
         helpers = None if opts.dry_run else Helpers(store.url, roots.archive,
                                                     cfg.on_name_collision)
         try:
@@ -122,7 +123,8 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
             # A dry run hashes every size group: its plan lists every copy and duplicate.
             group_contents(store, inv, opts.progress, defer=not opts.dry_run)
             names = Names(inv.archive_paths)
-            plan = make_plan(inv, cfg, prov.load(store, cfg.name), names)
+            plan = make_plan(inv, cfg, prov.load(store, cfg.name), names,
+                             defer_names=not opts.dry_run)
         except BaseException:
             if helpers is not None:
                 helpers.abandon()

@@ -30,8 +30,8 @@ from dedupd.files.events import Problem
 from dedupd.fsops.copy import CopyError, SourceDirs, SourceRead, read_source
 from dedupd.index.store import HashUpdate
 
-# (content with its first source, that source's bytes) -> the copy with its name, or None
-NewCopy = Callable[[Content, bytes], Copy | None]
+# (content with its first source, that source's bytes, if read) -> the named copy, or None
+NewCopy = Callable[[Content, bytes | None], Copy | None]
 
 
 @dataclass
