@@ -131,3 +131,30 @@ def test_source_rewritten_between_read_and_rename_is_refused(tmp_path: Path) -> 
         assert prov.count(store, "w") == 3
     finally:
         store.close()
+
+
+def test_lone_sizes_named_from_the_bytes_read_for_the_copy(tmp_path: Path) -> None:
+    """Contents of a size nothing else has are named when read for their copy: the
+    EXIF date comes from those bytes (no read of its own), a dry run still names
+    each one first, and both agree."""
+    s1, archive = tmp_path / "s1", tmp_path / "archive"
+    archive.mkdir()
+    photo = jpeg((9, 8, 7), "2012:03:04 05:06:07")
+    write(s1 / "p.jpg", photo, "2015-01-01")
+    write(s1 / "z.bin", b"z" * 1234, "2016-02-02")
+    write(s1 / "a.bin", b"a" * 4321, "2016-02-03")
+    cfg = ConsolidateConfig("s", (s1,), archive)
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        dry = consolidate(store, cfg, Options(dry_run=True))
+        assert dry.stats["bytes_read"] > 0  # the dry run read the photo's EXIF
+        rep = consolidate(store, cfg, Options())
+        st = rep.stats
+        assert rep.problems == () and st["files_copied"] == 3 and st["files_hashed"] == 0
+        assert st["bytes_read"] == st["source_bytes"] == len(photo) + 1234 + 4321
+        assert sorted(os.path.relpath(c["archive"], archive) for c in rep.copies) == [
+            "2012/03/p.jpg", "2016/02/a.bin", "2016/02/z.bin"]
+        assert {c["archive"] for c in rep.copies} == {c["archive"] for c in dry.copies}
+        assert archive_files(archive)[os.fsencode(archive / "2012/03/p.jpg")] == digest(photo)
+    finally:
+        store.close()
