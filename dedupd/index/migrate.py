@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from dedupd import handles
@@ -62,7 +63,34 @@ def schema_version(db: Db) -> str | None:
 def open_index(db: Db, host: HostIdentity) -> int:
     """Make db an index of SCHEMA_VERSION; returns the host's id. Raises IndexError_
     for an index of a newer dedupd and HostClash for a host name another machine
-    holds, in both cases before writing anything."""
+    holds, in both cases before writing anything. One process at a time does it
+    (_one_at_a_time), so the second of two started together finds the first's."""
+    with _one_at_a_time(db):
+        return _open(db, host)
+
+
+# PostgreSQL advisory lock key of open_index ("dedupd" in ASCII)
+_OPEN_LOCK = 0x646564757064
+
+
+@contextmanager
+def _one_at_a_time(db: Db) -> Iterator[None]:
+    """On PostgreSQL, a session advisory lock around opening the index: there CREATE
+    TABLE IF NOT EXISTS is not safe against a concurrent one (both see no table and
+    the second fails on the catalog's unique index), nor is an upgrade. SQLite's
+    write transactions (BEGIN IMMEDIATE) are one at a time already."""
+    if db.dialect != "postgresql":
+        yield
+        return
+    db.run(f"SELECT pg_advisory_lock({_OPEN_LOCK})")
+    try:
+        yield
+    finally:
+        with suppress(Exception):  # a broken connection: the session's end frees it
+            db.run(f"SELECT pg_advisory_unlock({_OPEN_LOCK})")
+
+
+def _open(db: Db, host: HostIdentity) -> int:
     found = schema_version(db)
     if found is not None and (not found.isdigit() or int(found) > SCHEMA_VERSION):
         raise IndexError_(f"index {db.url} has schema version {found}; this dedupd "
