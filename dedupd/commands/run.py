@@ -63,7 +63,8 @@ def register(sub: Any) -> None:
     p.add_argument("--apply", action="store_true",
                    help="act even where the config says mode = dry-run")
     p.add_argument("--force-rescan", action="store_true",
-                   help="walk the whole volume instead of tracking changes")
+                   help="walk and record the whole volume: no change tracking, no "
+                   "unchanged directory skipped")
     p.add_argument("--settle", type=int, default=None, metavar="SECONDS",
                    help="override settle_seconds for this run")
     p.add_argument("--min-size", type=parse_size, default=None, metavar="N",
