@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dedupd import __version__, commands
 from dedupd.errors import EXIT_FAILURE, EXIT_USAGE, DedupdError, TemporaryFailure
+
+if TYPE_CHECKING:  # imported by build_parser: `dedupd scan` forks its walk before (run)
+    import argparse
 
 EPILOG = """\
 examples:
@@ -22,19 +24,24 @@ exit status: 0 ok, 1 failure, 2 usage, 75 temporary (retry later), 78 config err
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(EXIT_USAGE)
+def _parser_class() -> type[argparse.ArgumentParser]:
+    import argparse
 
-    def _get_formatter(self) -> argparse.HelpFormatter:
-        """argparse's, with the width shutil.get_terminal_size would give: argparse
-        makes a formatter for every argument added (to check its metavar), and its
-        own would import shutil (with zlib, bz2 and lzma) to size it: 2 ms of every
-        command's start, before `dedupd scan` can fork its walk."""
-        make: Any = self.formatter_class  # typeshed's protocol has no width
-        return make(prog=self.prog, width=_columns() - 2)  # type: ignore[no-any-return]
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            self.print_usage(sys.stderr)
+            sys.stderr.write(f"{self.prog}: error: {message}\n")
+            raise SystemExit(EXIT_USAGE)
+
+        def _get_formatter(self) -> argparse.HelpFormatter:
+            """argparse's, with the width shutil.get_terminal_size would give: argparse
+            makes a formatter for every argument added (to check its metavar), and its
+            own would import shutil (with zlib, bz2 and lzma) to size it: 2 ms of every
+            command's start, before `dedupd scan` can fork its walk."""
+            make: Any = self.formatter_class  # typeshed's protocol has no width
+            return make(prog=self.prog, width=_columns() - 2)  # type: ignore[no-any-return]
+
+    return _Parser
 
 
 def _columns() -> int:
@@ -51,14 +58,17 @@ def build_parser(argv: Sequence[str] | None = None, *, full: bool = False
     """The parser for argv: only the named subcommand's module is imported, none
     when argv names no command (see dedupd.commands). full: every subcommand's
     whole parser (completions and the man page)."""
-    p = _Parser(
+    import argparse
+
+    parser = _parser_class()
+    p = parser(
         prog="dedupd",
         description="Deduplicate, consolidate and back up a storage host.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"dedupd {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser)
     sub.required = True
     module = commands.named(list(sys.argv[1:] if argv is None else argv))
     if full:
@@ -191,7 +201,13 @@ def run() -> None:
     """The console entry point: main(), then exit without the interpreter's
     teardown, which frees every object one by one and costs a short command
     (a scan, a status query) 0.05 to 0.2 s. Output is flushed and logging shut
-    down first; usage errors, --help and --version exit through SystemExit."""
+    down first; usage errors, --help and --version exit through SystemExit.
+    A plain `dedupd scan` command line has its walk forked first of all
+    (commands/scan_first.py), before argparse is even imported."""
+    if sys.argv[1:2] == ["scan"]:
+        from dedupd.commands import scan_first
+
+        scan_first.start(sys.argv[1:])
     rc = main()
     try:
         sys.stdout.flush()

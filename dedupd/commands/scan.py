@@ -60,14 +60,18 @@ def start_walk(args: argparse.Namespace) -> None:
     # imported is never garbage, and without it each of the next imports' thousands
     # of objects, then each of the report's, is traversed again (a few ms a rescan)
     forkpipe.quiet_gc()
+    from dedupd.commands import scan_first
     from dedupd.scan.walk import WalkOptions, normalize_roots
     from dedupd.scan.walkproc import BATCH, RESCAN_WALKERS, ForkedWalk
 
+    roots = normalize_roots(args.paths)
+    opts = WalkOptions(args.min_size, tuple(args.exclude), args.cross_mounts)
+    # the walk cli.run forked before parsing, if it is this one (scan_first.py)
+    if (walking := scan_first.take(roots, opts)) is not None:
+        args.walking = walking
+        return
     try:
-        args.walking = ForkedWalk(normalize_roots(args.paths),
-                                  WalkOptions(args.min_size, tuple(args.exclude),
-                                              args.cross_mounts),
-                                  BATCH, workers=RESCAN_WALKERS, later=True)
+        args.walking = ForkedWalk(roots, opts, BATCH, workers=RESCAN_WALKERS, later=True)
     except OSError as e:  # no descriptors or processes left (EMFILE, EAGAIN): not a bug
         from dedupd.errors import DedupdError
 

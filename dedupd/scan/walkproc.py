@@ -295,6 +295,7 @@ class ForkedWalk:
                  known: Mapping[bytes, tuple[bytes, int]] | None = None,
                  workers: int = 1, *, later: bool = False) -> None:
         self.roots = list(roots)  # the normalized roots it walks (scan() records these)
+        self.opts = opts
         self.stats = WalkStats()
         self.files = self.nbytes = 0
         self.procs: list[tuple[int, int, int]] = []  # (pid, to, frm) of each process
