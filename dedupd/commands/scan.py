@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
                            cross_mounts=args.cross_mounts, settle_seconds=args.settle)
         try:
             with open_progress(args.progress) as prog:
-                report = scan(store, args.paths, opts, progress=prog, walking=walking)
+                report = scan(store, args.paths, opts, progress=prog, walking=walking,
+                              json_groups=args.json and not sys.stdout.isatty())
         except ChildFailed as e:  # a walk or hashing process died (killed): no answer
             raise DedupdError(f"the scan failed: {e}") from None
         finally:
@@ -102,11 +103,23 @@ def run(args: argparse.Namespace) -> int:
         walking.close()
     from dedupd.output import print_json
 
-    if args.json:
+    if args.json and report.groups_json is not None:
+        sys.stdout.write(_json_text(report))
+    elif args.json:
         print_json(report.as_json())
     else:
         _print_text(report)
     return 0
+
+
+def _json_text(r: ScanReport) -> str:
+    """print_json's compact text of r.as_json(), around the groups' JSON that the
+    scan made beside its walk (the same text: that of json.dumps(r.as_json()))."""
+    import json
+
+    head, _, tail = json.dumps(r.as_json(groups=False), ensure_ascii=True).partition(
+        '"groups": null')
+    return f'{head}"groups": {r.groups_json}{tail}\n'
 
 
 def _print_text(r: ScanReport) -> None:

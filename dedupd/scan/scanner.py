@@ -63,10 +63,15 @@ class ScanReport:
     groups: tuple[DupGroup, ...]
     stats: dict[str, int | float]
     problems: tuple[Problem, ...]
+    # as_json()["groups"] as compact JSON text, when it was made beside the walk (a
+    # kept answer reported, scan(json_groups=True)): what is left after the walk
+    groups_json: str | None = None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, groups: bool = True) -> dict[str, Any]:
+        """The report's JSON document (groups=False: "groups" is None, for a caller
+        that has them as text: groups_json)."""
         return {
-            "groups": [_group_json(g) for g in self.groups],
+            "groups": [_group_json(g) for g in self.groups] if groups else None,
             "stats": self.stats,
             "problems": [p.as_dict() for p in self.problems],
         }
@@ -98,11 +103,13 @@ def batches(events: Iterator[T], n: int) -> Iterator[list[T]]:
 
 
 def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
-         progress: Progress | None = None, walking: ForkedWalk | None = None) -> ScanReport:
+         progress: Progress | None = None, walking: ForkedWalk | None = None,
+         json_groups: bool = False) -> ScanReport:
     """Index the trees under roots and return the duplicate groups among them.
     walking: their walk, started already (walkproc.ForkedWalk, later=True) with these
     roots and options; the scan gives it the known digests and closes it, and is of
-    the roots it walks (walking.roots).
+    the roots it walks (walking.roots). json_groups: the report's groups_json too,
+    when it can be made beside the walk.
 
     Every read is resolved beneath the roots (handles.py), never through a symlink."""
     # a walk started already has its roots: normalized again, a path holding a
@@ -110,7 +117,7 @@ def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
     norm = walking.roots if walking is not None else normalize_roots(roots)
     with handles.anchored(norm, cross_mounts=opts.cross_mounts), forkpipe.rare_gc():
         try:
-            return _scan(store, norm, opts, progress, walking)
+            return _scan(store, norm, opts, progress, walking, json_groups)
         finally:
             store.held = None  # a failed scan writes no row it held, as if killed (held.py)
             if walking is not None:
@@ -118,7 +125,8 @@ def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,
 
 
 def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
-          progress: Progress | None, walking: ForkedWalk | None) -> ScanReport:
+          progress: Progress | None, walking: ForkedWalk | None,
+          json_groups: bool = False) -> ScanReport:
     t0 = time.monotonic()
     scan_id = store.begin_scan(norm)
     wstats = WalkStats()
@@ -127,7 +135,7 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     # Directories whose listing did not change since the last scan are skipped by
     # the walk (docs/schema.md): their files cost one digest compare, no write.
     known = store.known_digests(norm)
-    answer = _Answer(store, norm, opts)
+    answer = _Answer(store, norm, opts, json_groups)
     # both fork: before any thread of ours starts
     if walking is not None:
         walker: ForkedWalk | None = walking
@@ -229,7 +237,8 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
         answer.keep(fp, groups)
     if store.compact_due:  # after the last write
         store.compact()
-    return ScanReport(scan_id, tuple(norm), groups, stats, problems)
+    text = answer.text if reused is not None and reused is answer.groups else None
+    return ScanReport(scan_id, tuple(norm), groups, stats, problems, text)
 
 
 class NoEarlyHashing:
@@ -264,13 +273,15 @@ class _Answer:
     """The answer kept for this scan's roots and options (dedupd/index/answers.py),
     as it was when the scan began."""
 
-    def __init__(self, store: Store, norm: Sequence[bytes], opts: ScanOptions) -> None:
-        self.store = store
+    def __init__(self, store: Store, norm: Sequence[bytes], opts: ScanOptions,
+                 json_groups: bool = False) -> None:
+        self.store, self.json_groups = store, json_groups
         self.key = answers.key(norm, (opts.min_size, opts.exclude, opts.cross_mounts,
                                       opts.settle_seconds, opts.max_backoff_seconds))
         self.since = answers.epoch(store)
         self.kept = answers.kept(store, self.key) if self.since is not None else None
         self.groups: tuple[DupGroup, ...] | None = None
+        self.text: str | None = None  # the groups' JSON (json_groups)
 
     def unpack(self) -> None:
         """Unpack the kept answer (read its members' inode rows) into its groups ahead
@@ -279,6 +290,11 @@ class _Answer:
         with contextlib.suppress(Exception):  # read again in reuse(), if needed
             if self.kept is not None:
                 self.groups = _dup_groups(answers.unpack(self.store, self.kept.answer))
+            if self.groups is not None and self.json_groups:
+                import json
+
+                self.text = json.dumps([_group_json(g) for g in self.groups],
+                                       ensure_ascii=True)
 
     def likely(self) -> bool:
         """Whether the kept answer is still good, should the tree list the same."""

@@ -401,7 +401,8 @@ class ForkedWalk:
         else:
             idle.add(k)
         while self.queue and idle:
-            j = idle.pop()
+            j = min(idle)  # one that walked already: its copy of the digests is loaded
+            idle.discard(j)
             task, fd = self.queue.pop(0)
             try:
                 _send_fds(self.socks[j], task, fd)

@@ -172,3 +172,29 @@ def test_a_changed_tree_is_hashed_without_the_feeders(url: str, tree: Path, ever
         (1, 3 if everywhere else 0)
     assert again.stats["bytes_read"] >= SIZE  # b1 (and a3) read after the walk
     assert groups(run(url, tree)) == want  # and that answer is kept
+
+
+def test_a_kept_answers_json_made_beside_the_walk_is_the_reports(tmp_path: Path,
+                                                                tree: Path) -> None:
+    """scan(json_groups=True): a reported kept answer comes with its groups' JSON,
+    made while the walk ran; `dedupd scan --json` prints it around the rest, and the
+    text is json.dumps of the whole report, byte for byte (names not UTF-8 too)."""
+    import json
+
+    from dedupd.commands.scan import _json_text
+
+    (tree / "a" / b"\xff\xfename".decode("utf-8", "surrogateescape")).write_bytes(b"a" * SIZE)
+    url = f"sqlite:///{tmp_path}/i.db"
+    reports = []
+    for _ in range(2):
+        store = Store(url)
+        try:
+            reports.append(scan(store, [str(tree)], ScanOptions(), json_groups=True))
+        finally:
+            store.close()
+    first, again = reports
+    assert first.groups_json is None  # a first scan: made after, as before
+    assert again.groups_json is not None and again.stats["bytes_read"] == 0
+    assert _json_text(again) == json.dumps(again.as_json(), ensure_ascii=True) + "\n"
+    assert json.loads(_json_text(again))["groups"] == first.as_json()["groups"]
+    assert len(first.as_json()["groups"][0]["paths"]) == 3
