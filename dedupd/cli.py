@@ -86,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     try:
         # a command's work that comes before logging is set up (logging imports
-        # threading, traceback and more): `dedupd scan` forks its walk there
+        # threading, traceback and more): `dedupd scan` forks its walk there, or
+        # takes the one cli.run forked before parsing (commands/scan_first.py)
         if (early := getattr(args, "early", None)) is not None:
             early(args)
         if getattr(args, "log_later", False):
@@ -214,6 +215,7 @@ def run() -> None:
     except BrokenPipeError:
         rc = rc or EXIT_FAILURE
     sys.stderr.flush()
-    if (logging := sys.modules.get("logging")) is not None:  # not when early() failed
+    # never imported when early() failed, nor by a scan that logged nothing (log_later)
+    if (logging := sys.modules.get("logging")) is not None:
         logging.shutdown()
     os._exit(rc)
