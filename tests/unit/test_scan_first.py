@@ -16,7 +16,7 @@ import pytest
 from dedupd import handles
 from dedupd.commands import scan_first
 from dedupd.scan.walk import WalkOptions, normalize_roots
-from tests.fixtures.procs import children
+from tests.fixtures.procs import children, with_arg
 
 # the console entry (cli.run), counting the walks made and noting sys.modules at
 # the first fork
@@ -123,24 +123,9 @@ def test_a_usage_error_after_the_early_walk_leaves_no_walk_process(tmp_path: Pat
     # the walk processes (forks of it: its command line) are gone, or go at once
     mark = f"sqlite:///{tmp_path}/i.db".encode()
     deadline = time.monotonic() + 10
-    while (left := _with_arg(mark)) and time.monotonic() < deadline:
+    while (left := with_arg(mark)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left
-
-
-def _with_arg(arg: bytes) -> list[int]:
-    """Live processes (not zombies) with arg in their command line."""
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                cmd = Path(f"/proc/{d}/cmdline").read_bytes()
-                state = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if arg in cmd.split(b"\0") and state != "Z":
-                out.append(int(d))
-    return out
 
 
 @pytest.mark.parametrize(("argv", "read"), [
