@@ -23,7 +23,7 @@ from dedupd.dedup.journal import Journal
 from dedupd.dedup.recovery import recover_all
 from dedupd.dedup.verify import under
 from dedupd.files.events import FileEvent
-from dedupd.fsops.link import is_temp_name, purge_quarantine
+from dedupd.fsops.link import TEMP_PREFIX, is_temp_name, purge_quarantine
 from dedupd.hashing import Stability
 from dedupd.volumes import Step
 from dedupd.volumes.pipeline import Groups, PassRun
@@ -91,7 +91,8 @@ class HardlinkEngine:
         """Events minus our own temporary names and quarantined copies."""
         qdirs = tuple(self.quarantine_dirs())
         for ev in events:
-            if is_temp_name(ev.path) or (qdirs and under(ev.path, qdirs)):
+            path = ev.path  # the substring test first: a C loop, no basename per file
+            if (TEMP_PREFIX in path and is_temp_name(path)) or (qdirs and under(path, qdirs)):
                 self.run.c.add("own_files_skipped")
                 continue
             yield ev

@@ -120,3 +120,17 @@ def test_force_rescan_records_every_file(tmp_path: Path) -> None:
                          capture_output=True, text=True).stdout
     c = json.loads(out)["volumes"][0]["counters"]
     assert "dirs_unchanged" not in c and c["files_unchanged"] == 2, c
+
+
+def test_only_names_with_the_temp_prefix_are_our_own(tmp_path: Path) -> None:
+    """A leftover temporary name of ours is never linked (own_files_skipped); a file
+    under a directory whose name merely holds the prefix is the user's and is."""
+    tree, db = tmp_path / "t", tmp_path / "i.db"
+    data = b"d" * 7000
+    for name in ("a/f", "a/.dedupd-tmp-0123456789abcdef", ".dedupd-tmp-dir/g"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(data)
+    r = _pass(tree, db)
+    assert r["counters"]["own_files_skipped"] == 1, r
+    assert _linked(tree, "a/f", ".dedupd-tmp-dir/g")
+    assert not _linked(tree, "a/f", "a/.dedupd-tmp-0123456789abcdef")
