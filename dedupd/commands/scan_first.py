@@ -41,8 +41,8 @@ def start(argv: list[str]) -> None:
     try:
         _walk = ForkedWalk(normalize_roots(paths), WalkOptions(min_size, exclude, cross),
                            BATCH, workers=RESCAN_WALKERS, later=True)
-    except OSError:
-        _walk = None  # start_walk tries again, and reports the error
+    except Exception:  # a guess: start_walk tries again, and reports the error
+        _walk = None
 
 
 def take(roots: list[bytes], opts: WalkOptions) -> ForkedWalk | None:
