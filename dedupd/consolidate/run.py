@@ -123,8 +123,8 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
             # A dry run hashes every size group: its plan lists every copy and duplicate.
             group_contents(store, inv, opts.progress, defer=not opts.dry_run)
             names = Names(inv.archive_paths)
-            plan = make_plan(inv, cfg, prov.load(store, cfg.name), names,
-                             defer_names=not opts.dry_run)
+            rows = prov.load(store, cfg.name)
+            plan = make_plan(inv, cfg, rows, names, defer_names=not opts.dry_run)
         except BaseException:
             if helpers is not None:
                 helpers.abandon()
@@ -138,8 +138,9 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
             counters = ex.run(lambda srcs: plan_collisions(plan, cfg, roots.archive,
                                                            names, srcs))
             confirmed = ex.confirmed
-            keep = inv.archive_paths | {c.dest for c in plan.copies}
-            prov.forget_archive_paths(store, cfg.name, keep)
+            if rows:  # else every row is this run's, naming a file it found or placed
+                keep = inv.archive_paths | {c.dest for c in plan.copies}
+                prov.forget_archive_paths(store, cfg.name, keep)
         if cfg.link_duplicates and plan.archive_dups:
             link_archive_duplicates(jr, store, inv.scan_id, cfg.name, roots, plan.archive_dups,
                                     opts.dry_run, ops)
