@@ -109,21 +109,35 @@ class DirTree:
         if did is None:
             did = self.find(path, cur)
         if did is not None:
-            if self._fs.get(did) != fs:
-                cur.execute(f"UPDATE directories SET fs = {self.db.p} WHERE id = {self.db.p}",
-                            (fs, did))
-                with self._lock:
-                    self._fs[did] = fs
-            return did
-        # Below its nearest known ancestor (find() cached those it found), path and
-        # the ancestors between are absent in the caller's transaction
-        missing, known = self._uncached(path)
-        if known is None:  # the host's root itself is not made yet
-            missing.append((b"/", b""))
-        made = self._chain(cur, path, fs, -self.host if known is None else known, missing,
-                           conflict=False)
-        assert made is not None  # without the conflict clause, an error, never None
-        return made
+            return self._with_fs(cur, did, fs)
+        # Below its nearest known ancestor (find() cached those it found), path and the
+        # ancestors between were absent when find() looked. Another connection may be
+        # making them now (PostgreSQL, READ COMMITTED: its rows are invisible until it
+        # commits, then a plain INSERT fails on the unique key): the first is inserted
+        # ON CONFLICT DO NOTHING, and if it exists by then, find() looks again (a new
+        # statement sees the committed rows) and the rest is made below what it found.
+        for _ in range(path.count(b"/") + 1):
+            missing, known = self._uncached(path)
+            if known is None:  # the host's root itself is not made yet
+                missing.append((b"/", b""))
+            made = self._chain(cur, path, fs, -self.host if known is None else known,
+                               missing)
+            if made is not None:
+                return made
+            did = self.find(path, cur)
+            if did is not None:
+                return self._with_fs(cur, did, fs)
+        raise IndexError_(f"directory {path!r}: made and removed by another connection "
+                          "while this one made it")
+
+    def _with_fs(self, cur: Any, did: int, fs: int) -> int:
+        """did, its fs set to fs (in the index and the cache) if it was another."""
+        if self._fs.get(did) != fs:
+            cur.execute(f"UPDATE directories SET fs = {self.db.p} WHERE id = {self.db.p}",
+                        (fs, did))
+            with self._lock:
+                self._fs[did] = fs
+        return did
 
     def ensure_many(self, cur: Any, wanted: Sequence[tuple[bytes, int]]) -> list[int]:
         """ensure(cur, path, fs) of each (path, fs), in order. The directories missing

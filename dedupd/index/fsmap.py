@@ -198,10 +198,16 @@ class FsMap:
                 row = self._provisional(cur, paths_of, dev)
             if row is None:
                 cur.execute(f"INSERT INTO filesystems (host, ident, fstype, mountpoint, stable) "
-                            f"VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id",
-                            (self.host, ident.ident, ident.fstype, ident.mountpoint,
-                             int(ident.stable)))
-                return int(cur.fetchone()[0])
+                            f"VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (host, ident) DO "
+                            "NOTHING RETURNING id", (self.host, ident.ident, ident.fstype,
+                                                     ident.mountpoint, int(ident.stable)))
+                if (made := cur.fetchone()) is not None:
+                    return int(made[0])
+                # made meanwhile by another connection of this host (PostgreSQL: the
+                # INSERT waited for its commit, which this new statement sees)
+                cur.execute(f"SELECT id FROM filesystems WHERE host = {p} AND ident = {p}",
+                            (self.host, ident.ident))
+                row = cur.fetchone()
             cur.execute(f"UPDATE filesystems SET ident = {p}, fstype = {p}, mountpoint = {p}, "
                         f"stable = {p} WHERE id = {p}", (ident.ident, ident.fstype,
                                                          ident.mountpoint, int(ident.stable),
