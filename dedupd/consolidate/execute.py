@@ -72,6 +72,10 @@ class Counters:
     files_unchanged: int = 0  # source paths whose provenance row was still valid
     rows_written: int = 0
     contents_sorted: int = 0  # distinct contents found in unsorted size groups
+    # contents of plan.unnamed never named (source gone, changed or unreadable):
+    # planned copies that did not happen, as a failed copy of plan.copies is
+    unnamed_failed: int = 0
+    unnamed_failed_bytes: int = 0
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -256,6 +260,8 @@ class Executor:
                 if r is not None:
                     r.close()
                 self._done_bytes += f.size
+                self.c.unnamed_failed += 1
+                self.c.unnamed_failed_bytes += it.size
                 return
             self.plan.copies.append(named)
             cp = named
