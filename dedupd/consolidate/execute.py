@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dedupd.consolidate.compare import Compared, same_as_data, same_bytes
+from dedupd.consolidate.compare import Compared, hash_archived, same_as_data, same_bytes
 from dedupd.consolidate.copyworker import KILL_ENV, stat_from, stat_wire
 from dedupd.consolidate.helpers import Helpers, fd_budget
 from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
@@ -209,7 +209,9 @@ class Executor:
             if len(self._touch) >= FLUSH_EVERY:
                 self.flush()
             return
-        assert k.content.full is not None  # grouped contents always carry their hash
+        full = k.content.full if k.content.full is not None else self._hashed(k)
+        if full is None:  # the archive file could not be read (reported)
+            return
         # the target first, then the other archive inodes of the group
         order = sorted(k.content.archive, key=lambda f: k.target not in f.paths)
         for s in k.check:
@@ -218,7 +220,7 @@ class Executor:
                 res = self._compare(s.path, s.file, path, f)
                 if res.equal:
                     self.c.files_confirmed += 1
-                    self._row(s, path, k.content.full)
+                    self._row(s, path, full)
                     break
                 if res.problem is None or res.problem[0] != "differs":
                     break  # vanished/changed/unreadable: reported, nothing more to try
@@ -226,6 +228,19 @@ class Executor:
                 self._collision(s)
         if len(self._rows) + len(self._touch) >= FLUSH_EVERY:
             self.flush()
+
+    def _hashed(self, k: Known) -> bytes | None:
+        """The whole hash of k's target, read now: a content without one is an inode
+        met alone (a source hardlinked into the archive); None when unreadable."""
+        got = hash_archived(next(f for f in k.content.archive if k.target in f.paths),
+                            k.target)
+        if isinstance(got, Problem):
+            self.c.problems.append(got)
+            return None
+        self.c.bytes_read += k.content.size
+        self._events.append(got[0])
+        self._hashes.append(got[1])
+        return got[1].full
 
     def _compare(self, a: bytes, fa: IndexedFile, b: bytes, fb: IndexedFile) -> Compared:
         res = same_bytes(a, fa.ident, b, fb.ident)
