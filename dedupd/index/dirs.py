@@ -193,10 +193,11 @@ class DirTree:
             return missing, self._id.get(at)
 
     def _chain(self, cur: Any, path: bytes, fs: int, parent: int,
-               missing: list[tuple[bytes, bytes]], conflict: bool = True) -> int | None:
+               missing: list[tuple[bytes, bytes]]) -> int | None:
         """Make the directories `missing` (deepest first) from the top down under
         parent; the id of the last (path, with fs; the others with fs 0), or None
-        when the first exists already (conflict=True: nothing made)."""
+        when the first exists already (made by another connection: nothing made)."""
+        conflict = True
         for at, name in reversed(missing):
             made = self._make(cur, at, name, parent, fs if at == path else 0, conflict)
             if made is None:
@@ -317,19 +318,18 @@ class DirTree:
         frontier = sorted({d for d in (self.find(r) for r in roots) if d is not None})
         paths = self.paths(frontier)
         frontier = [i for i in frontier if i in paths]
-        rows = self.db.rows if frontier else None
-        marks = self.db.marks
+        rows, marks = self.db.rows, self.db.marks
         ids: dict[bytes, int] = {}
         fss: dict[int, int] = {}
         for k in range(0, len(frontier), SUBTREE_BATCH):
             part = frontier[k:k + SUBTREE_BATCH]
-            for i, fs, g in self.db.rows("SELECT id, fs, digest FROM directories WHERE id "
-                                         f"IN ({marks(len(part))})", part):
+            for i, fs, g in rows("SELECT id, fs, digest FROM directories WHERE id "
+                                 f"IN ({marks(len(part))})", part):
                 out.append((i, fs, paths[i], None if g is None else bytes(g)))
         # below the roots, level by level: a path is its parent's (known by then) + name
         slash = {i: (b"" if paths[i] == b"/" else paths[i]) + b"/" for i in frontier}
         query = "SELECT id, fs, digest, parent, name FROM directories WHERE parent IN ({})"
-        while frontier and rows is not None:
+        while frontier:
             nxt: list[int] = []
             for k in range(0, len(frontier), SUBTREE_BATCH):
                 part = frontier[k:k + SUBTREE_BATCH]
