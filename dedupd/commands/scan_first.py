@@ -6,8 +6,8 @@ argparse will read it; anything else (an abbreviation, `--`, `-h`, an odd size)
 and no walk is started here: commands/scan.start_walk starts it after argparse,
 as before. Whatever is started here is only a guess: start_walk takes it (take())
 only when the roots and walk options argparse gave are exactly those it walks,
-and otherwise ends it and starts the right one. Nothing here is imported by
-anything but cli.run.
+and otherwise ends it and starts the right one. start() is called by cli.run
+only, before anything else is imported; take() by start_walk.
 """
 
 from __future__ import annotations
