@@ -35,12 +35,12 @@ def start(argv: list[str]) -> None:
     from dedupd import forkpipe
 
     forkpipe.quiet_gc()  # as start_walk does: see there
-    from dedupd.scan.walk import WalkOptions, normalize_roots
-    from dedupd.scan.walkproc import BATCH, RESCAN_WALKERS, ForkedWalk
+    from dedupd.scan.walk import RECORD_BATCH, WalkOptions, normalize_roots
+    from dedupd.scan.walkproc import RESCAN_WALKERS, ForkedWalk
 
     try:
         _walk = ForkedWalk(normalize_roots(paths), WalkOptions(min_size, exclude, cross),
-                           BATCH, workers=RESCAN_WALKERS, later=True)
+                           RECORD_BATCH, workers=RESCAN_WALKERS, later=True)
     except Exception:  # a guess: start_walk tries again, and reports the error
         _walk = None
 

@@ -23,15 +23,14 @@ from dedupd.index.store import IndexedFile, Store
 from dedupd.output import human_bytes
 from dedupd.progress import Progress
 from dedupd.queuethread import QueueThread
-from dedupd.scan.walk import DirListed, WalkOptions, normalize_roots, walk_listed
-from dedupd.scan.walkproc import BATCH, RESCAN_WALKERS, ForkedWalk
+from dedupd.scan.walk import RECORD_BATCH, DirListed, WalkOptions, normalize_roots, walk_listed
+from dedupd.scan.walkproc import RESCAN_WALKERS, ForkedWalk
 
 if TYPE_CHECKING:  # the hashing engine is imported when a scan hashes (not a kept answer)
     from dedupd.hashing import Group
     from dedupd.scan.prehash import EarlyHashing
 
 T = TypeVar("T")
-RECORD_BATCH = BATCH
 WALK_PROC = True  # the walk in a process of its own (dedupd.scan.walkproc)
 
 

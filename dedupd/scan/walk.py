@@ -64,6 +64,9 @@ class DirListed(NamedTuple):
 # one a directory walked)
 _listed = functools.partial(tuple.__new__, DirListed)
 LIST_CAP = 20000  # entries of one directory held to digest it; bigger ones stream
+# Files recorded per index transaction, and events per batch of the walk process:
+# dedupd scan and the volume passes both take it from here.
+RECORD_BATCH = 2000
 
 
 class Known(Protocol):

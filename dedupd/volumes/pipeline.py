@@ -31,13 +31,10 @@ from dedupd.files.counters import Counters
 from dedupd.files.events import FileEvent, WalkStats
 from dedupd.hashing import HashStats
 from dedupd.index.store import IndexedFile, Store
-from dedupd.scan.walk import DirListed, normalize_roots
+from dedupd.scan.walk import RECORD_BATCH, DirListed, normalize_roots
 from dedupd.volumes import PassOptions, PassReport, Step
 
 Groups = Iterator[list[IndexedFile]]
-# Files recorded per index transaction (dedupd scan's batch). The scanner module is
-# not imported for it: with the walk process it loads, a few ms of every pass's start.
-RECORD_BATCH = 2000
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dedupd import testpoints
-from dedupd.scan.walkproc import BATCH
+from dedupd.scan.walk import RECORD_BATCH as BATCH
 from tests.integration.test_attack_rescan import blob, put, reported, run_scan, truth
 
 pytestmark = pytest.mark.integration
