@@ -13,7 +13,7 @@ import pytest
 from dedupd import handles, testpoints
 from dedupd.files.events import FileEvent
 from dedupd.forkpipe import ChildFailed
-from dedupd.scan import walkproc
+from dedupd.scan import walkchild
 from dedupd.scan.walk import DirListed, WalkOptions, normalize_roots
 from dedupd.scan.walkproc import ForkedWalk
 from tests.fixtures.procs import children
@@ -119,7 +119,7 @@ def test_a_walk_started_before_its_digests_walks_what_one_does(
     the digests are read (holding what it lists: all of it, or HOLD_MAX entries and
     then it waits); once start() gives them, the same events, directories and
     counters as a walk that had them from the start."""
-    monkeypatch.setattr(walkproc, "HOLD_MAX", hold)  # the walk processes inherit it
+    monkeypatch.setattr(walkchild, "HOLD_MAX", hold)  # the walk processes inherit it
     tree(tmp_path)
     _, first, _ = walked(tmp_path, 1, {})
     known = {d.path: (d.digest, os.lstat(tmp_path).st_dev) for d in first}
@@ -176,7 +176,7 @@ def test_no_more_processes_walk_than_cores_unless_the_walk_waits(
     are cores (one here: nothing is handed over); one that blocks (a sleep in each
     subdirectory's open stands for the disk) is shared by all of them. Same events,
     directories and counters either way."""
-    monkeypatch.setattr(walkproc, "CORES", 1)  # the walk processes inherit it
+    monkeypatch.setattr(walkchild, "CORES", 1)  # the walk processes inherit it
     tree(tmp_path)
     _, first, _ = walked(tmp_path, 1, {})
     known = {d.path: (d.digest, os.lstat(tmp_path).st_dev) for d in first}
