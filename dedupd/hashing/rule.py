@@ -209,7 +209,7 @@ def settled_apart(files: Sequence[IndexedFile]) -> bool:
     small = bool(files) and files[0].size <= WHOLE_READ
     seen: dict[int | bytes, Key] = {}
     for f in files:
-        h = f[6] if small else f[5]
-        if h is None or seen.setdefault(h, (f[0], f[1])) != (f[0], f[1]):
+        h = f.full if small else f.head
+        if h is None or seen.setdefault(h, f.key) != f.key:
             return False  # to be read, or shared with another inode
     return True
