@@ -621,11 +621,15 @@ _NAMED = ("SELECT i.size, i.fs, i.ino, i.mtime_ns, i.mtime_ns + i.ctime_delta, i
           "e.dir JOIN inodes i ON i.fs = d.fs AND i.ino = e.ino WHERE i.size >= {p}")
 # 2+ distinct inodes among a group's names (hardlinks: several names, one inode)
 _MANY = "(min(ino) < max(ino) OR min(fs) < max(fs))"
-# Of the names u: the sizes the hasher must see (2+ inodes, one without its full hash)
-# and the duplicates among fully hashed sizes: nothing else can be in a group.
-_EXACT = (f'SELECT * FROM u WHERE size IN (SELECT size FROM u GROUP BY size HAVING {_MANY} '
-          'AND count("full") < count(*)) OR (size, "full") IN (SELECT size, "full" FROM u '
-          f'WHERE "full" IS NOT NULL GROUP BY size, "full" HAVING {_MANY})')
+# Of a table {t} of names: the sizes the hasher must see (2+ inodes, one without its
+# full hash) and the duplicates among fully hashed sizes: nothing else can be in a
+# group. ("full" IS NOT NULL: a row without one is then not kept, rather than NULL,
+# which NOT (...) below would not delete either.)
+_KEEP = (f'size IN (SELECT size FROM {{t}} GROUP BY size HAVING {_MANY} AND count("full") '
+         f'< count(*)) OR ("full" IS NOT NULL AND (size, "full") IN (SELECT size, "full" FROM '
+         f'{{t}} WHERE "full" IS NOT NULL GROUP BY size, "full" HAVING {_MANY}))')
+# The rule over the names u
+_EXACT = "SELECT * FROM u WHERE " + _KEEP.replace("{t}", "u")
 # The same rule applied to a table {t} of names that holds, for each size or (size,
 # hash) it has, every name of it under roots: what does not qualify goes. SQLite
 # answers a row-value NOT IN that finds no match by scanning the whole list for a
@@ -633,9 +637,6 @@ _EXACT = (f'SELECT * FROM u WHERE size IN (SELECT size FROM u GROUP BY size HAVI
 # was quadratic: 20,000 such files, 10 s in this statement alone), and so it does
 # NOT (... IN ...): there the rows to keep are named by rowid. PostgreSQL hashes
 # either form.
-_KEEP = (f'size IN (SELECT size FROM {{t}} GROUP BY size HAVING {_MANY} AND count("full") '
-         f'< count(*)) OR ("full" IS NOT NULL AND (size, "full") IN (SELECT size, "full" FROM '
-         f'{{t}} WHERE "full" IS NOT NULL GROUP BY size, "full" HAVING {_MANY}))')
 _TRIM = {"sqlite": f"DELETE FROM {{t}} WHERE rowid NOT IN (SELECT rowid FROM {{t}} WHERE {_KEEP})",
          "postgresql": f"DELETE FROM {{t}} WHERE NOT ({_KEEP})"}
 
