@@ -21,8 +21,7 @@ from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
 from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
 from dedupd.index import provenance as prov
 from dedupd.index.store import IndexedFile, Store
-from dedupd.scan.scanner import batches
-from dedupd.scan.walk import RECORD_BATCH, WalkOptions, normalize_roots, walk
+from dedupd.scan.walk import RECORD_BATCH, WalkOptions, batches, normalize_roots, walk
 
 Progress = Callable[[str, int, int], None]
 SAVE_BATCH = 2000

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from dedupd import forkpipe, handles
 from dedupd.files.events import FileEvent, Problem, WalkStats
@@ -23,14 +23,20 @@ from dedupd.index.store import IndexedFile, Store
 from dedupd.output import human_bytes
 from dedupd.progress import Progress
 from dedupd.queuethread import QueueThread
-from dedupd.scan.walk import RECORD_BATCH, DirListed, WalkOptions, normalize_roots, walk_listed
+from dedupd.scan.walk import (
+    RECORD_BATCH,
+    DirListed,
+    WalkOptions,
+    batches,
+    normalize_roots,
+    walk_listed,
+)
 from dedupd.scan.walkproc import RESCAN_WALKERS, ForkedWalk
 
 if TYPE_CHECKING:  # the hashing engine is imported when a scan hashes (not a kept answer)
     from dedupd.hashing import Group
     from dedupd.scan.prehash import EarlyHashing
 
-T = TypeVar("T")
 WALK_PROC = True  # the walk in a process of its own (dedupd.scan.walkproc)
 
 
@@ -88,17 +94,6 @@ def _group_json(g: DupGroup) -> dict[str, Any]:
     if hardlinks := [p.decode(_FS_ENC, _FS_ERR) for f in files for p in f.paths[1:]]:
         doc["hardlinks"] = hardlinks
     return doc
-
-
-def batches(events: Iterator[T], n: int) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for e in events:
-        batch.append(e)
-        if len(batch) >= n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def scan(store: Store, roots: Sequence[str | bytes], opts: ScanOptions,

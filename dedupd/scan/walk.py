@@ -20,7 +20,7 @@ import stat
 from _blake2 import blake2b
 from collections.abc import Iterable, Iterator, Sequence
 from stat import S_ISDIR, S_ISLNK, S_ISREG
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from dedupd import handles, testpoints
 from dedupd.files.events import NO_DEV, FileEvent, Problem, WalkStats
@@ -67,6 +67,19 @@ LIST_CAP = 20000  # entries of one directory held to digest it; bigger ones stre
 # Files recorded per index transaction, and events per batch of the walk process:
 # dedupd scan and the volume passes both take it from here.
 RECORD_BATCH = 2000
+T = TypeVar("T")
+
+
+def batches(events: Iterable[T], n: int) -> Iterator[list[T]]:
+    """events in lists of n, the last one shorter (each taken as soon as it is full)."""
+    batch: list[T] = []
+    for e in events:
+        batch.append(e)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class Known(Protocol):

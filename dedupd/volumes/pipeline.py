@@ -22,7 +22,6 @@ import importlib
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Protocol
 
 from dedupd.config import VolumeConfig
@@ -31,7 +30,7 @@ from dedupd.files.counters import Counters
 from dedupd.files.events import FileEvent, WalkStats
 from dedupd.hashing import HashStats
 from dedupd.index.store import IndexedFile, Store
-from dedupd.scan.walk import RECORD_BATCH, DirListed, normalize_roots
+from dedupd.scan.walk import RECORD_BATCH, DirListed, batches, normalize_roots
 from dedupd.volumes import PassOptions, PassReport, Step
 
 Groups = Iterator[list[IndexedFile]]
@@ -217,8 +216,7 @@ class Pass:
         """Record what changed in the index; returns the size groups to hash."""
         r, src = self.run, self.source
         scan_id = src.open_scan()
-        events = self.engine.own(src.events())
-        while batch := list(islice(events, RECORD_BATCH)):
+        for batch in batches(self.engine.own(src.events()), RECORD_BATCH):
             done = r.store.record(scan_id, batch, digests=r.listed_digests())
             r.c.add("files_new", done.new)
             r.c.add("files_changed", done.changed)
