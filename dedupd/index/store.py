@@ -557,15 +557,16 @@ class Store(Names):
         yield from group_rows(inodes, names, self.dev_of)
 
     def save_hashes(self, updates: Sequence[HashUpdate]) -> None:
-        """Store hashes of inodes this Store has met (others are not indexed: skipped).
-        Of several updates of one inode, the last one is written."""
+        """Store hashes of indexed inodes (others are skipped), whichever Store recorded
+        them: a device this Store has not met is mapped first (_fs_of_dev). Of several
+        updates of one inode, the last one is written."""
         rows: list[tuple[Any, ...]] = []
         checked: list[tuple[Any, ...]] = []
         # The rows go out in several statements (with or without a stat check, with
         # or without a full hash), not in the order given: an earlier head-only
         # update of an inode would be written after, and erase, its full hash.
         latest = {(u[0], u[1]): u for u in updates}
-        fs_of = {dev: self.fsmap.known_fs(dev) for dev in {k[0] for k in latest}}
+        fs_of = {dev: self._fs_of_dev(dev) for dev in {k[0] for k in latest}}
         # in key order: each row's B-tree page is met once per batch, not once per row
         for (dev, ino), u in sorted(latest.items()):
             fs = fs_of[dev]
@@ -584,6 +585,20 @@ class Store(Names):
                 self.bulk.save_hashes(cur, rows)
             if checked:
                 self.bulk.save_hashes(cur, checked, same_stat=True)
+
+    def _fs_of_dev(self, dev: int) -> int | None:
+        """The filesystem of device dev met without a path (a hash update): each of this
+        host's filesystems not located since the last revalidate is looked for through
+        its directories in the index (dev_of) until one is on dev. None: no indexed
+        filesystem is (nothing of dev is indexed). Else a process that only hashes
+        (the consolidation's index writer) dropped the hashes: the next pass read the
+        unchanged files again."""
+        fs = self.fsmap.known_fs(dev)
+        if fs is not None:
+            return fs
+        rows = self.db.rows(f"SELECT id FROM filesystems WHERE host = {self.db.p} "
+                            "ORDER BY id", (self.host,))
+        return next((int(r[0]) for r in rows if self.dev_of(int(r[0])) == dev), None)
 
     def accept_own_ctimes(self, changes: Sequence[tuple[Ident, Ident]]) -> None:
         """Take the new ctime of inodes that only dedupd's own links changed (before,
