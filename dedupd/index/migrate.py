@@ -78,7 +78,8 @@ def _one_at_a_time(db: Db) -> Iterator[None]:
     """On PostgreSQL, a session advisory lock around opening the index: there CREATE
     TABLE IF NOT EXISTS is not safe against a concurrent one (both see no table and
     the second fails on the catalog's unique index), nor is an upgrade. SQLite's
-    write transactions (BEGIN IMMEDIATE) are one at a time already."""
+    write transactions (BEGIN IMMEDIATE) are one at a time already, and an upgrade
+    reads the version again inside its own (_open)."""
     if db.dialect != "postgresql":
         yield
         return
@@ -101,21 +102,32 @@ def _open(db: Db, host: HostIdentity) -> int:
         # 3 and later have hosts: a clash is refused before the upgrade writes anything
         hid = register_host(db, host) if old >= 3 else None
         with db.tx() as cur:  # one transaction: a failure leaves the old version as it was
-            backups = "backups" not in db.missing_tables()
-            if backups:
-                _backups_host_column(cur)
-            if hid is None:
-                hid = _upgrade_v2(db, cur, host)
-            _create(db, cur)  # tables and indexes new since (IF NOT EXISTS)
-            if backups:
-                cur.execute(f"UPDATE backups SET host = {db.p} WHERE host = 0", (hid,))
-            _drop_small_heads(cur)
-            put_meta(db, cur, 0, "schema_version", str(SCHEMA_VERSION))
+            # read again under the write lock (SQLite: BEGIN IMMEDIATE): another process
+            # that read the same old version may have upgraded it since (upgrading it
+            # again failed: "duplicate column name: host")
+            cur.execute("SELECT value FROM meta WHERE \"key\" = 'schema_version'")
+            if str(cur.fetchone()[0]) == found:
+                _upgrade(db, cur, host, hid)
     elif found is None or db.missing_tables():
         with db.tx() as cur:
             _create(db, cur)
             put_meta(db, cur, 0, "schema_version", str(SCHEMA_VERSION))
     return register_host(db, host)
+
+
+def _upgrade(db: Db, cur: Any, host: HostIdentity, hid: int | None) -> None:
+    """An index of an older version to SCHEMA_VERSION, in the caller's transaction.
+    hid: the host's id (None for version 2, which has no hosts: made here)."""
+    backups = "backups" not in db.missing_tables()
+    if backups:
+        _backups_host_column(cur)
+    if hid is None:
+        hid = _upgrade_v2(db, cur, host)
+    _create(db, cur)  # tables and indexes new since (IF NOT EXISTS)
+    if backups:
+        cur.execute(f"UPDATE backups SET host = {db.p} WHERE host = 0", (hid,))
+    _drop_small_heads(cur)
+    put_meta(db, cur, 0, "schema_version", str(SCHEMA_VERSION))
 
 
 def _create(db: Db, cur: Any) -> None:
