@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dedupd.commands.common import add_common, load_config, open_store, path
-from dedupd.commands.status import add_socket_arg, socket_path
+from dedupd.commands.status import add_socket_arg, shown, socket_path
 from dedupd.control import ControlClient
 from dedupd.errors import DedupdError, TemporaryFailure
 from dedupd.output import print_json
@@ -44,13 +44,15 @@ def run(args: argparse.Namespace) -> int:
     from dedupd import metrics
 
     cfg = load_config(args)
-    doc = _status(args)
+    sock = socket_path(args)
+    doc = _status(sock)
     store = open_store(args, cfg)
     try:
         facts = metrics.backup_facts(store, list(cfg.backups))
     finally:
         store.close()
-    fams = metrics.families(doc, facts)
+    with shown(sock):
+        fams = metrics.families(doc, facts)
     if args.json:
         print_json({f.name: {"type": f.type, "help": f.documentation,
                              "samples": [{"name": s.name, "labels": s.labels, "value": s.value}
@@ -85,9 +87,9 @@ def _write(dest: Path, data: bytes) -> None:
         raise DedupdError(f"cannot write {dest}: {e.strerror or e}") from None
 
 
-def _status(args: argparse.Namespace) -> dict[str, Any] | None:
+def _status(sock: Path) -> dict[str, Any] | None:
     """The daemon's status document, or None (with a note) when no daemon answers."""
-    client = ControlClient(socket_path(args))
+    client = ControlClient(sock)
     try:
         doc = client.request("status")
     except TemporaryFailure as e:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from dedupd import config
 from dedupd.commands.common import add_common, load_config, path
-from dedupd.errors import ConfigError
+from dedupd.errors import ConfigError, DedupdError
 from dedupd.output import human_bytes, print_json
 
 HELP = """\
@@ -101,12 +103,13 @@ def run(args: argparse.Namespace) -> int:
             else:
                 if args.watch and sys.stdout.isatty():
                     sys.stdout.write("\x1b[H\x1b[2J")
-                if console is not None:
-                    from dedupd.commands.status_table import show
+                with shown(client.path):
+                    if console is not None:
+                        from dedupd.commands.status_table import show
 
-                    show(doc, console)
-                else:
-                    sys.stdout.write(render(doc))
+                        show(doc, console)
+                    else:
+                        sys.stdout.write(render(doc))
             sys.stdout.flush()
             if not args.watch:
                 return 0
@@ -115,6 +118,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def shown(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Around what reads a status document's fields: a reply that lacks them or has
+    them of other types (another release's daemon, or not dedupd at all listening at
+    path) is a DedupdError naming path, not a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+        raise DedupdError(f"{os.fspath(path)}: the reply is not a status document this dedupd can "
+                          f"read ({type(e).__name__}: {e}; another version of the daemon? "
+                          "--json prints it as it came)") from None
 
 
 def _ago(seconds: float) -> str:
