@@ -55,6 +55,7 @@ import xxhash
 
 from dedupd import handles, testpoints
 from dedupd.dedup.verify import first_difference, read_upto
+from dedupd.errors import DedupdError
 from dedupd.files.events import Ident
 from dedupd.fsops import link as link_ops
 from dedupd.fsops import names
@@ -643,9 +644,23 @@ def lock_archive(root: bytes) -> int:
     The lock file stays in the archive root (excluded from scans). While a run
     works it holds RUNNING: finding that word when taking the lock means the
     previous run was interrupted and may have left temp files (`was_interrupted`).
+    Anything but a regular file at the name (a FIFO, symlink or directory someone
+    put there) is a DedupdError, never opened through nor written.
     """
-    with handles.Parent(os.path.join(root, LOCK_NAME)) as p:
-        fd = p.open(os.O_RDWR | os.O_CREAT, 0o600)
+    path = os.path.join(root, LOCK_NAME)
+    try:
+        with handles.Parent(path) as p:
+            # O_NONBLOCK: a FIFO planted at the name must not hang the open
+            fd = p.open(os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o600)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        fd = -1
+    if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd >= 0:
+            os.close(fd)
+        raise DedupdError(f"{os.fsdecode(path)}: not a regular file: the archive's lock is "
+                          "kept there (remove it, then run again)")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
