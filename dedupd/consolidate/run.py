@@ -139,7 +139,9 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
                                                            names, srcs))
             confirmed = ex.confirmed
             if rows:  # else every row is this run's, naming a file it found or placed
-                keep = inv.archive_paths | {c.dest for c in plan.copies}
+                # the names this run's rows give, not the planned ones: a copy whose
+                # name appeared meanwhile was placed under a suffix
+                keep = inv.archive_paths | {a for _, a in confirmed}
                 prov.forget_archive_paths(store, cfg.name, keep)
         if cfg.link_duplicates and plan.archive_dups:
             link_archive_duplicates(jr, store, inv.scan_id, cfg.name, roots, plan.archive_dups,
