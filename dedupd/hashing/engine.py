@@ -27,7 +27,6 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import chain
 from typing import TYPE_CHECKING, TypeVar
 
 from dedupd.files.events import Problem
@@ -51,6 +50,7 @@ HEAD_BATCH = 4096  # first reads per batch, in inode order
 READERS = 4  # threads reading files (several reads in flight keep the device busy)
 PREFETCH = 8  # files opened (and asked for with WILLNEED) ahead of the one read
 WINDOW_BYTES = 1024 * 1024 * 1024  # whole-file bytes per window, in disk order (at most)
+_new = tuple.__new__  # a NamedTuple's own __new__ is a Python function: 3x the cost
 
 if TYPE_CHECKING:  # imported when a pool is made: `dedupd scan` mostly has none
     from concurrent.futures import ThreadPoolExecutor
@@ -126,16 +126,6 @@ def read_many(jobs: Sequence[_J]) -> Iterator[tuple[_J, Got | Problem]]:
             if isinstance(fd, int):
                 os.close(fd)
         dirs.close()
-
-
-def _warm_first(jobs: list[Job], order: Callable[[list[Job]], list[Job]]
-                ) -> Iterator[tuple[Job, Got | Problem]]:
-    """The outcomes of jobs: those read_warm reads from the page cache (directory
-    by directory), then the others by read_many, in `order`."""
-    warm = read_warm(jobs)
-    done = [(j, got) for j, got in zip(jobs, warm, strict=True) if got is not None]
-    rest = order([j for j, got in zip(jobs, warm, strict=True) if got is None])
-    return chain(done, read_many(rest))
 
 
 def _chunks(jobs: list[Job]) -> Iterator[list[Job]]:
@@ -308,18 +298,50 @@ class Feeder:
             self._let_go()  # before the batch: no read handed out is left unread
         if self.overflow:
             return [], []
-        first = self._first(batch)
-        second: list[Job] = []
-        for (f, _, sg), got in _warm_first(first, inode_order):
-            if more := sg.learn(f, got):
-                second += _jobs(sg, more)
-        for (f, _, sg), got in _warm_first(second, disk_order):
-            sg.learn(f, got)
+        second = self._read(self._first(batch), inode_order)
+        self._read(second, disk_order)
         updates, gone = self.sink
         out = updates[:], gone[:]  # the groups hold these lists: emptied, not replaced
         updates.clear()
         gone.clear()
         return out
+
+    def _read(self, jobs: list[Job], order: Callable[[list[Job]], list[Job]]) -> list[Job]:
+        """Read jobs: those read_warm answers from the page cache (directory by
+        directory), the others by read_many in `order`; learn each outcome. Returns
+        the reads the outcomes make due."""
+        due: list[Job] = []
+        if not jobs:
+            return due
+        rest: list[Job] = []
+        ups = self.sink[0]
+        nread = nsmall = 0
+        for job, got in zip(jobs, read_warm(jobs), strict=True):
+            if got is None:
+                rest.append(job)
+                continue
+            f, _, sg = job
+            if sg.small:
+                # SizeGroup.learn of a small member's whole read (most reads of a
+                # tree), written out: a third of the rule's cost per file. Its bytes
+                # are counted in the Feeder's stats, the sum of its groups'.
+                files, key = sg.files, (f[0], f[1])
+                m = files[key]  # the latest record: another name may have come
+                head, full, n = got
+                files[key] = _new(IndexedFile, (m[0], m[1], m[2], m[3], m[4], head, full,
+                                                m[7], m[8]))
+                ups.append(_new(HashUpdate, (m[0], m[1], head, full, (m[2], m[3], m[4]))))
+                sg.outstanding -= 1
+                nread += n
+                nsmall += 1
+            else:
+                due += _jobs(sg, sg.learn(f, got))
+        self.stats.bytes_read += nread
+        self.stats.bytes_hashed += nread
+        self.stats.full_hashes += nsmall
+        for (f, _, sg), outcome in read_many(order(rest)):
+            due += _jobs(sg, sg.learn(f, outcome))
+        return due
 
     def _first(self, batch: Sequence[IndexedFile]) -> list[Job]:
         """Take a batch's members (this loop runs once per file of a tree); the
