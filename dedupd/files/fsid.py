@@ -38,7 +38,7 @@ raw `:` inside a component and two different tuples never give one text.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from dedupd.errors import DedupdError
 from dedupd.files import fsioctl, mounts
@@ -61,8 +61,7 @@ class FsIdentityError(DedupdError):
     """The identity of a filesystem cannot be determined (or would be ambiguous)."""
 
 
-@dataclass(frozen=True, slots=True)
-class FsIdentity:
+class FsIdentity(NamedTuple):
     ident: str  # stable text, see the module docstring
     fstype: str
     mountpoint: bytes  # where it is mounted now (informational only)
@@ -244,8 +243,7 @@ class Identities:
         return self._by_dev.get(dev)
 
 
-@dataclass(frozen=True, slots=True)
-class HostIdentity:
+class HostIdentity(NamedTuple):
     name: str  # [database] host, default: machine_id
     machine_id: str  # /etc/machine-id, fallback: hostname
 

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MOUNTINFO = "/proc/self/mountinfo"
 ZFS_FSTYPES = ("zfs", "fuse.zfs")  # OpenZFS, and zfs-fuse (source = dataset in both)
 
 
-@dataclass(frozen=True, slots=True)
-class Mount:
+class Mount(NamedTuple):
     """One line of mountinfo; bytes where the kernel gives path bytes."""
 
     mount_id: int

@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from dedupd.files.events import Problem
 from dedupd.index.store import IndexedFile
 
+# No dataclasses here: every `dedupd scan` imports this module, and an unchanged
+# rescan imports nothing else that needs the dataclasses module (with inspect, ast
+# and dis: ~10 ms of its CPU, with the classes it builds).
 
-@dataclass
+
 class HashStats:
-    files_hashed: int = 0  # files read at all (head or full)
-    full_hashes: int = 0
-    bytes_hashed: int = 0  # bytes covered by full-file hashes
-    bytes_read: int = 0  # every byte read from file data
-    pending: int = 0  # not settled yet: left for a later pass
-    # when the first and the last of the pending files settle (epoch seconds; 0: none)
-    pending_first: float = 0.0
-    pending_last: float = 0.0
-    problems: list[Problem] = field(default_factory=list)
+    """A pass's hashing counters (mutable: added to as it reads)."""
+
+    __slots__ = ("files_hashed", "full_hashes", "bytes_hashed", "bytes_read", "pending",
+                 "pending_first", "pending_last", "problems")
+
+    def __init__(self, files_hashed: int = 0, full_hashes: int = 0, bytes_hashed: int = 0,
+                 bytes_read: int = 0, pending: int = 0, pending_first: float = 0.0,
+                 pending_last: float = 0.0, problems: list[Problem] | None = None) -> None:
+        self.files_hashed = files_hashed  # files read at all (head or full)
+        self.full_hashes = full_hashes
+        self.bytes_hashed = bytes_hashed  # bytes covered by full-file hashes
+        self.bytes_read = bytes_read  # every byte read from file data
+        self.pending = pending  # not settled yet: left for a later pass
+        # when the first and the last of the pending files settle (epoch seconds; 0: none)
+        self.pending_first = pending_first
+        self.pending_last = pending_last
+        self.problems: list[Problem] = [] if problems is None else problems
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is HashStats and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return "HashStats(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
 
     def wait_until(self, t: float) -> None:
         """Count one pending file that settles at t."""
@@ -39,8 +61,7 @@ class HashStats:
         self.problems.extend(other.problems)
 
 
-@dataclass(frozen=True)
-class Stability:
+class Stability(NamedTuple):
     """When a recently changed file may be hashed.
 
     A file waits settle_seconds after its last change; each pass that finds it

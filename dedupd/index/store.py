@@ -17,7 +17,6 @@ import time
 from _blake2 import blake2b  # hashlib's, without its import of OpenSSL (a scan's start)
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from dedupd.errors import DedupdError, TemporaryFailure
@@ -93,8 +92,7 @@ class HashUpdate(NamedTuple):
     stat: tuple[int, int, int] | None = None
 
 
-@dataclass(frozen=True)
-class RecordResult:
+class RecordResult(NamedTuple):
     new: int
     changed: int
     unchanged: int
