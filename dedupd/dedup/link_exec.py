@@ -17,6 +17,7 @@ from dedupd.dedup.verify import Refused, check_stat, compare_group, refusal, res
 from dedupd.files.events import Ident
 from dedupd.fsops import link as fs
 from dedupd.fsops.copy import sync_filesystem
+from dedupd.fsops.swap import Swap
 from dedupd.index.store import IndexedFile
 
 
@@ -170,7 +171,7 @@ def _replace(run: LinkRun, pl: Planned, spec: J.OpSpec, op: int,
 
 def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident, kid: Ident | None,
           dirs: handles.Dirs | None) -> os.stat_result:
-    """Link the kept file over the duplicate's name (fsops.link.Swap: both directories'
+    """Link the kept file over the duplicate's name (fsops.swap.Swap: both directories'
     handles, from the batch's `dirs` when given); returns the name's final stat, the
     kept inode. kid: the kept file's identity when the pair is proven equal (see
     _last_look), else None."""
@@ -184,7 +185,7 @@ def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident, kid: Ident | None,
         fs.link_exact(p, spec.quarantine_path, durable=False,
                       expect=(spec.dup_dev, spec.dup_ino))
         jr.step("link quarantine")
-    with fs.Swap(spec.keep_path, tmp, p, dirs) as sw:
+    with Swap(spec.keep_path, tmp, p, dirs) as sw:
         if kid is not None and spec.quarantine_path is None:
             _last_look(lambda _: sw.lstat_keep(), spec, kid, lambda _: sw.lstat_dup(), did)
         # the temp name must be the verified kept inode
@@ -207,7 +208,7 @@ def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident, kid: Ident | None,
         return sw.lstat_dup()
 
 
-def _held_swap(jr: J.Journal, sw: fs.Swap, spec: J.OpSpec, did: Ident) -> None:
+def _held_swap(jr: J.Journal, sw: Swap, spec: J.OpSpec, did: Ident) -> None:
     """The swap where names cannot be exchanged (zfs-fuse, NFS, SMB). The kernel has no
     "replace this name only if it is this inode", so the duplicate's name first moves
     to the hold name (the name is missing for that instant), where the held file is

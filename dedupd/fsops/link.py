@@ -11,7 +11,8 @@ None of these functions ever removes the last name of some content on its own:
 `rename_over` replaces a name atomically, `unlink_if_inode` removes a name only
 while it is the inode the caller proved has another copy (that proof is the
 caller's contract, not checked here), and `link_exact` never overwrites (EEXIST).
-renameat2 and the hold primitives under them live in fsops/names.py.
+renameat2 and the hold primitives under them live in fsops/names.py; the step by step
+swap of one name of a hardlink batch (Swap), made of these, in fsops/swap.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import stat
 from collections.abc import Callable, Sequence
 
 from dedupd import handles, testpoints
-from dedupd.fsops.names import exchange_in, hold_in, put_back, rename_noreplace, renameat2
+from dedupd.fsops.names import exchange_in, hold_in, put_back, renameat2
 
 TEMP_PREFIX = b".dedupd-tmp-"
 # The name a file is moved to while it is checked (unlink_if_inode; a hardlink swap
@@ -56,7 +57,7 @@ def hold_name(temp: bytes) -> bytes:
     return os.path.join(d, HOLD_PREFIX + base[len(TEMP_PREFIX):])
 
 
-class _Pair:
+class Pair:
     """The parents of two names, resolved once when both live in one directory
     (a temp name next to its target): one handle, one resolution."""
 
@@ -70,7 +71,7 @@ class _Pair:
             self.a.close()
             raise
 
-    def __enter__(self) -> _Pair:
+    def __enter__(self) -> Pair:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -97,13 +98,13 @@ def link_exact(src: bytes, dst: bytes, *, durable: bool = True,
     crash costs nothing.
     """
     testpoints.at("mutate", dst)
-    with _Pair(src, dst) as pair:
-        _link_in(pair.a, pair.b, expect)
+    with Pair(src, dst) as pair:
+        link_in(pair.a, pair.b, expect)
         if durable:
             pair.b.fsync()
 
 
-def _link_in(sp: handles.Parent, dp: handles.Parent, expect: tuple[int, int] | None) -> None:
+def link_in(sp: handles.Parent, dp: handles.Parent, expect: tuple[int, int] | None) -> None:
     os.link(sp.name, dp.name, src_dir_fd=sp.fd, dst_dir_fd=dp.fd, follow_symlinks=False)
     if expect is not None:
         st = dp.lstat()
@@ -117,7 +118,7 @@ def rename_over(src: bytes, dst: bytes, *, durable: bool = True) -> None:
     """Atomically replace the name dst by src (same filesystem), through handles.
     durable=False leaves the directory fsync to the caller's batch sync."""
     testpoints.at("mutate", dst)
-    with _Pair(src, dst) as pair:
+    with Pair(src, dst) as pair:
         sp, dp = pair.a, pair.b
         os.rename(sp.name, dp.name, src_dir_fd=sp.fd, dst_dir_fd=dp.fd)
         if durable:
@@ -135,7 +136,7 @@ def exchange(a: bytes, b: bytes, *, durable: bool = True) -> bool:
     if fn is None:
         return False
     testpoints.at("mutate", b)
-    with _Pair(a, b) as pair:
+    with Pair(a, b) as pair:
         if not exchange_in(fn, pair.a, pair.b):
             return False
         if durable:
@@ -170,7 +171,7 @@ def unlink_if_inode(path: bytes, dev: int, ino: int, *, durable: bool = True,
 
 def _remove_in(p: handles.Parent, dev: int, ino: int, hold: bytes | None = None,
                step: Callable[[str], None] | None = None) -> bool:
-    """_unlink_in for a name others may replace at any instant (an editor's save: a
+    """unlink_in for a name others may replace at any instant (an editor's save: a
     new file renamed over it). A check then an unlink would remove a file put there
     between the two; a rename to a name of our own takes whatever the name holds at
     one instant, which is then checked: not (dev, ino) -> it gets its name back."""
@@ -201,114 +202,11 @@ def _holds(p: handles.Parent, dev: int, ino: int) -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino) and stat.S_ISREG(st.st_mode)
 
 
-def _unlink_in(p: handles.Parent, dev: int, ino: int) -> bool:
+def unlink_in(p: handles.Parent, dev: int, ino: int) -> bool:
     if not _holds(p, dev, ino):
         return False
     os.unlink(p.name, dir_fd=p.fd)
     return True
-
-
-class Swap:
-    """One name of a hardlink batch replaced by a link to the kept file, on directory
-    handles resolved once, after the first mutate point: the kept file's directory
-    and the duplicate's (which also holds the temp and hold names). Steps, in order:
-    link_temp -> (the caller's last look at the duplicate) -> exchange -> unlink_temp;
-    where names cannot be exchanged: hold -> (the caller checks the held file) ->
-    place (or link_name, unlink_temp) -> unlink_held, or give_back. Nothing is made
-    durable here: the batch syncs the filesystem.
-    dirs: the batch's directory handles (each directory resolved once per batch).
-    """
-
-    def __init__(self, keep: bytes, tmp: bytes, dup: bytes,
-                 dirs: handles.Dirs | None = None) -> None:
-        testpoints.at("mutate", tmp)
-        self.pair = _Pair(keep, tmp, dirs)
-        try:
-            self.tmp = self.pair.b
-            self.dup = self.tmp.sibling(dup)
-            self.held = self.tmp.sibling(hold_name(tmp))
-        except BaseException:
-            self.pair.__exit__()
-            raise
-
-    def __enter__(self) -> Swap:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.pair.__exit__()
-
-    def link_temp(self, expect: tuple[int, int]) -> None:
-        """link_exact(keep, tmp, expect=...) on the held handles."""
-        _link_in(self.pair.a, self.tmp, expect)
-
-    def lstat_keep(self) -> os.stat_result:
-        return self.pair.a.lstat()
-
-    def lstat_dup(self) -> os.stat_result:
-        return self.dup.lstat()
-
-    def lstat_temp(self) -> os.stat_result:
-        return self.tmp.lstat()
-
-    def exchange(self) -> bool:
-        """Swap the temp name and the duplicate's; False where unsupported."""
-        fn = renameat2()
-        if fn is None:
-            return False
-        testpoints.at("mutate", self.dup.path)
-        return exchange_in(fn, self.tmp, self.dup)
-
-    def others_may_take_name(self) -> bool:
-        """The duplicate's directory has the sticky bit and others may write it (a
-        shared 1777 directory): there another user may create a name that is missing
-        but not replace a file, so the held swap's missing instant would hand them
-        the name (hold refuses to open it)."""
-        mode = os.fstat(self.dup.fd).st_mode
-        return bool(mode & stat.S_ISVTX and mode & 0o022)
-
-    def hold(self) -> os.stat_result:
-        """Without exchange, first: the duplicate's name moves to the hold name
-        (hold_name of the temp name, so the journal knows it), taking whatever the
-        name holds at that instant (an editor's save, too); returns the held entry's
-        lstat, for the caller to check. The name is missing until place or give_back.
-        A file already at the hold name is never replaced where RENAME_NOREPLACE works
-        (FileExistsError)."""
-        testpoints.at("mutate", self.dup.path)
-        return hold_in(self.dup, self.held)
-
-    def place(self) -> bool | None:
-        """After hold: the temp name (the kept inode) becomes the duplicate's name,
-        never over a file made there meanwhile (RENAME_NOREPLACE). True if done, False
-        if a file is there now, None where unsupported (then link_name, unlink_temp)."""
-        testpoints.at("mutate", self.dup.path)
-        return rename_noreplace(self.tmp, self.dup)
-
-    def link_name(self) -> bool:
-        """place without RENAME_NOREPLACE: the temp name's inode linked at the
-        duplicate's name; False if a file was made there meanwhile (EEXIST)."""
-        testpoints.at("mutate", self.dup.path)
-        try:
-            os.link(self.tmp.name, self.dup.name, src_dir_fd=self.tmp.fd,
-                    dst_dir_fd=self.dup.fd, follow_symlinks=False)
-        except FileExistsError:
-            return False
-        return True
-
-    def unlink_held(self, dev: int, ino: int) -> bool:
-        """The hold name removed if it is (dev, ino), the duplicate checked there."""
-        testpoints.at("mutate", self.held.path)
-        return _unlink_in(self.held, dev, ino)
-
-    def give_back(self) -> bool:
-        """The held entry back under the duplicate's name, never over a file made
-        there meanwhile (True); else it stays under the hold name (False)."""
-        testpoints.at("mutate", self.dup.path)
-        return put_back(self.held, self.dup)
-
-    def unlink_temp(self, dev: int, ino: int) -> bool:
-        """unlink_if_inode(tmp, dev, ino) on the held handle."""
-        testpoints.at("mutate", self.tmp.path)
-        return _unlink_in(self.tmp, dev, ino)
 
 
 def purge_quarantine(qdir: bytes, max_age_seconds: float, now: float) -> int:

@@ -2,7 +2,7 @@
 swap where names cannot be exchanged (zfs-fuse, NFS, SMB: no RENAME_EXCHANGE). The
 swap holds the duplicate's name (renames it to a name of its own), checks the held
 file, gives the kept inode the name without replacing anything made there meanwhile,
-and gives a held save its name back (fsops.link.Swap, dedup/link_exec._held_swap).
+and gives a held save its name back (fsops.swap.Swap, dedup/link_exec._held_swap).
 Before it renamed the temp link over whatever the name held after the last re-stat:
 a save in that instant lost its bytes (k=20: before rename(temp, d/b)).
 """
