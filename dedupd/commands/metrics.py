@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from dedupd.commands.common import add_common, load_config, open_store, path
 from dedupd.commands.status import add_socket_arg, shown, socket_path
 from dedupd.control import ControlClient
 from dedupd.errors import DedupdError, TemporaryFailure
+from dedupd.fsops.whole import replace_file
 from dedupd.output import print_json
 
 HELP = """\
@@ -67,23 +66,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write(dest: Path, data: bytes) -> None:
-    """dest replaced by data at once. The temp name is created, never followed
-    (O_EXCL | O_NOFOLLOW: a symlink planted at it in a shared directory is not
-    written through); a directory that is missing or not writable is an error."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    """dest replaced by data at once (fsops.whole); a directory that is missing or not
+    writable is an error."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o644)
-        try:
-            os.fchmod(fd, 0o644)  # whatever the umask: the collector reads it
-            with os.fdopen(fd, "wb", closefd=False) as f:
-                f.write(data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
+        replace_file(dest, data)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise DedupdError(f"cannot write {dest}: {e.strerror or e}") from None
 
 

@@ -1,6 +1,8 @@
 """The only place that changes files (link, rename, unlink, copy, mkdir).
 
 Split by role: `link` holds the hardlink/rename/unlink primitives of the dedup
-safety contract, `copy` the verified copy used by consolidation. Everything
-else in dedupd reads files but never writes them outside this package.
+safety contract, `swap` the step by step swap of a hardlink batch's name made of
+them, `names` renameat2 and the hold, `copy` the verified copy used by
+consolidation, `whole` a small file replaced at once (metrics, manifests).
+Everything else in dedupd reads files but never writes them outside this package.
 """

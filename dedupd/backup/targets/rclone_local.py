@@ -9,17 +9,16 @@ uploaded through rclone (rclone.py).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import IO
 
 from dedupd.backup.targets import ObjectInfo, TargetError
+from dedupd.fsops.whole import replace_file
 
 READ = 1024 * 1024
 
@@ -71,19 +70,10 @@ def local_put(key: str, path: Path, body: io.BytesIO, size: int) -> None:
         raise TargetError(f"{key}: body of {len(data)} bytes, {size} declared")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The temp name ends in no object suffix a reader looks for (.json, .zst).
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial",
-                                   dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o644)  # as rclone creates files; mkstemp makes them 0600
-            os.replace(tmp, path)
-            _sync_dir_filesystem(path.parent)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        # as rclone creates files; the temp name ends in no object suffix a reader
+        # looks for (.json, .zst)
+        replace_file(path, data, 0o644)
+        _sync_dir_filesystem(path.parent)
     except OSError as e:
         raise TargetError(f"{path}: {e.strerror or e}") from None
 
