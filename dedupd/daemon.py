@@ -15,7 +15,8 @@ SIGTERM/SIGINT stop: the current step may finish within [daemon]
 stop_timeout, then each pass is closed between steps. A step that overruns is
 killed with its process; the journal lets the next start recover whatever it
 was doing. A backup job still running at the deadline is abandoned (the
-caller exits the process without waiting for its thread).
+caller exits the process without waiting for its thread). What the daemon does
+when asked (a control command, SIGHUP's reload) is in daemon_requests.py.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dedupd import daemon_requests
 from dedupd.config import Config, VolumeConfig
-from dedupd.control import Access, ControlError, ControlServer
+from dedupd.control import Access, ControlServer
 from dedupd.dedup.recovery import recover_volumes
 from dedupd.errors import DedupdError
 from dedupd.files.fsid import host_identity
@@ -87,8 +89,8 @@ class Daemon:
                                         initializer=work_thread_init, initargs=(dc,))
         self.abandoned = False  # the stop overran stop_timeout (exit status 1)
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._reload_lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+        self.reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
         self.lock = PidLock(self.pidfile)
         self.store: Store | None = None
@@ -149,14 +151,15 @@ class Daemon:
         self.scheduler.validate(self.cfg.backups)  # a bad schedule is exit 78, before READY
         d = self.cfg.daemon
         access = Access(group_id(d.socket_group), group_id(d.admin_group))
-        self.control = ControlServer(self._handle, access, d.client_idle_timeout)
+        self.control = ControlServer(functools.partial(daemon_requests.handle, self), access,
+                                     d.client_idle_timeout)
         try:
             await self.control.listen(self.runtime_dir / "dedupd.sock", None, access.socket_gid)
         except OSError as e:
             raise DedupdError(f"cannot listen on {self.runtime_dir / 'dedupd.sock'}: "
                               f"{e.strerror}") from None
         for v in self.vols.values():
-            await self._add_volume(v)
+            await self.add_volume(v)
         self.scheduler.update(self.cfg.backups)
         if d.metrics_address:
             self._serve_metrics(d.metrics_address)
@@ -186,7 +189,7 @@ class Daemon:
         self.board.state = "stopping"
         self.notify.stopping(self.board.summary())
         log.info("stopping (waiting up to %.0fs for the current step)", timeout)
-        self._wake.set()
+        self.wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(main), timeout)
         except TimeoutError:
@@ -228,9 +231,9 @@ class Daemon:
             self.board.runnable = self.rr.runnable_names(now)
             w = self.rr.next(now)
             if w is None:
-                self._wake.clear()
+                self.wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.rr.sleep_for(now))
+                    await asyncio.wait_for(self.wake.wait(), self.rr.sleep_for(now))
                 continue
             await self._turn(w)
 
@@ -279,13 +282,13 @@ class Daemon:
 
     # -- volumes, sockets, reload -------------------------------------------------------
 
-    async def _add_volume(self, v: VolumeConfig) -> None:
+    async def add_volume(self, v: VolumeConfig) -> None:
         d = self.cfg.daemon
         st = WorkerStatus(v.name, v.kind, str(v.path), v.mode)
         self.board.workers[v.name] = st
         self.rr.add(VolumeWorker(v, st, self.opts.dry_run, self.opts.force_rescan,
                                  d.pass_interval))
-        path = self._volume_socket(v.name)
+        path = self.volume_socket(v.name)
         if path is None:
             log.warning("volume %s: name unusable as a socket name; reach it through "
                         "dedupd.sock with {\"volume\": ...}", v.name)
@@ -297,63 +300,15 @@ class Daemon:
             log.error("volume %s: cannot listen on %s: %s", v.name, path, e.strerror)
             self.board.error(f"volume {v.name}", f"socket {path}: {e.strerror}")
 
-    def _volume_socket(self, name: str) -> Path | None:
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config; on any error keep running with the old one
+        (daemon_requests.reload)."""
+        await daemon_requests.reload(self)
+
+    def volume_socket(self, name: str) -> Path | None:
         if name == "dedupd" or not _SOCK_NAME.match(name):
             return None
         return self.runtime_dir / f"{name}.sock"
-
-    async def reload(self) -> None:
-        """SIGHUP: re-read the config; on any error keep running with the old one."""
-        if self.board.state != "running":
-            log.warning("SIGHUP ignored while %s", self.board.state)
-            return
-        async with self._reload_lock:
-            self.notify.reloading()
-            self.board.state = "reloading"
-            log.info("reloading %s", self.cfg.source)
-            try:
-                # Off the loop: the loader reads the file and stats every volume path,
-                # which blocks on a hung or spinning-up mount; status answers must not.
-                cfg, vols = await asyncio.to_thread(self.loader)
-                assert self.scheduler is not None
-                self.scheduler.validate(cfg.backups, cfg.source)
-                await self._apply(cfg, {v.name: v for v in vols})
-                self.board.reloads += 1
-                log.info("reloaded: %d volume(s), %d backup job(s)", len(vols), len(cfg.backups))
-            except DedupdError as e:
-                log.error("reload failed, still running the previous config: %s", e)
-                self.board.error("reload", str(e))
-            finally:
-                self.board.state = "running"
-                self.notify.ready(self.board.summary())
-                self._wake.set()
-
-    async def _apply(self, cfg: Config, vols: dict[str, VolumeConfig]) -> None:
-        if cfg.daemon.runtime_dir != self.cfg.daemon.runtime_dir:
-            log.warning("[daemon] runtime_dir changed: takes effect at the next restart")
-            cfg = _with_runtime_dir(cfg, self.cfg.daemon.runtime_dir)
-        if cfg.daemon.metrics_address != self.cfg.daemon.metrics_address:
-            log.warning("[daemon] metrics_address changed: takes effect at the next restart")
-        self.cfg = cfg
-        if not self.opts.log_level_fixed:
-            logging.getLogger().setLevel(cfg.daemon.log_level.upper())
-        for name, w in self.rr.workers.items():
-            if name not in vols:
-                w.removed = True
-                path = self._volume_socket(name)
-                if path is not None and self.control is not None:
-                    await self.control.unlisten(path)
-            elif vols[name] != w.vol:
-                w.pending_vol = vols[name]  # the pass under way keeps its config
-                w.pass_interval = cfg.daemon.pass_interval
-                if not w.in_pass:
-                    w.due = time.time()
-        for name, v in vols.items():
-            if name not in self.rr.workers:
-                await self._add_volume(v)
-        self.vols = vols
-        assert self.scheduler is not None
-        self.scheduler.update(cfg.backups)
 
     # -- metrics ---------------------------------------------------------------------------
 
@@ -384,36 +339,6 @@ class Daemon:
             raise DedupdError(f"cannot serve metrics on {address} ([daemon] metrics_address): "
                               f"{e.strerror}") from None
         log.info("metrics on http://%s/metrics", address)
-
-    # -- control commands ----------------------------------------------------------------
-
-    def _handle(self, cmd: str, volume: str | None, req: dict[str, Any]) -> dict[str, Any]:
-        """Control socket handler (runs on the loop; must be quick)."""
-        if volume is not None and volume not in self.board.workers:
-            raise ControlError(f"no volume {volume!r} (volumes: "
-                               f"{', '.join(self.board.workers) or 'none'})")
-        if cmd == "status":
-            return self.board.snapshot(volume)
-        if cmd == "stats":
-            return self.board.stats(volume)
-        if cmd == "ping":
-            return {"pid": self.board.pid}
-        if cmd == "help":
-            from dedupd.control import COMMANDS
-            return {"commands": list(COMMANDS), "docs": "docs/status.md"}
-        names = [volume] if volume else list(self.rr.workers)
-        for n in names:
-            w = self.rr.workers[n]
-            if cmd == "pause":
-                w.st.paused = True
-            elif cmd == "resume":
-                w.st.paused = False
-            elif cmd == "rescan":
-                w.st.rescan_requested = True
-                w.force_next = True
-        log.info("%s %s (requested over the control socket)", cmd, ", ".join(names) or "-")
-        self._wake.set()
-        return {cmd: names}
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -450,10 +375,3 @@ class Daemon:
 
 def _left(deadline: float) -> float:
     return max(0.1, deadline - time.monotonic())
-
-
-def _with_runtime_dir(cfg: Config, runtime_dir: Path) -> Config:
-    import dataclasses
-
-    return dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon,
-                                                               runtime_dir=runtime_dir))
