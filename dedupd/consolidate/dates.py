@@ -32,18 +32,37 @@ class CaptureDate:
     exif_problem: str = ""  # why EXIF was not usable, when it was tried and failed
 
 
+# Reads and seeks the EXIF parser may make in one file. exifread follows sizes and
+# offsets as the file gives them: a HEIC box of 64-bit size 0 ends where it starts,
+# and its box loop seeks back to it forever (a 40-byte file hung the consolidation).
+# A real photo's date takes a few hundred; past this the file has no EXIF date.
+MAX_EXIF_OPS = 100_000
+
+
+class ExifLoop(Exception):
+    """The EXIF parser used up MAX_EXIF_OPS on one file (a crafted or broken one)."""
+
+
 class _Counting:
-    """A read-only binary file that counts the bytes read through it."""
+    """A read-only binary file that counts the bytes read through it, and ends the
+    parse (ExifLoop) past MAX_EXIF_OPS reads and seeks."""
 
     def __init__(self, fh: Any) -> None:
-        self.fh, self.nread = fh, 0
+        self.fh, self.nread, self.ops = fh, 0, 0
+
+    def _op(self) -> None:
+        self.ops += 1
+        if self.ops > MAX_EXIF_OPS:
+            raise ExifLoop(f"more than {MAX_EXIF_OPS} reads and seeks")
 
     def read(self, n: int = -1) -> bytes:
+        self._op()
         data: bytes = self.fh.read(n)
         self.nread += len(data)
         return data
 
     def seek(self, off: int, whence: int = 0) -> int:
+        self._op()
         return int(self.fh.seek(off, whence))
 
     def tell(self) -> int:
