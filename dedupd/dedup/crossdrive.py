@@ -27,7 +27,6 @@ from dedupd.dedup import journal as J
 from dedupd.dedup import recovery
 from dedupd.dedup.verify import (
     Refused,
-    Writers,
     check_metadata,
     readonly,
     refusal,
@@ -35,6 +34,7 @@ from dedupd.dedup.verify import (
     same_bytes,
     under,
 )
+from dedupd.dedup.writers import Writers
 from dedupd.fsops import link as fs
 from dedupd.index.store import IndexedFile
 from dedupd.scan.scanner import DupGroup

@@ -46,7 +46,6 @@ from dedupd.dedup.link_run import (
 from dedupd.dedup.together import Proofs
 from dedupd.dedup.verify import (
     Refused,
-    Writers,
     check_stat,
     open_name,
     restat,
@@ -55,6 +54,7 @@ from dedupd.dedup.verify import (
     under,
     xattrs_fd,
 )
+from dedupd.dedup.writers import Writers
 from dedupd.files.events import Ident
 from dedupd.index.store import IndexedFile
 from dedupd.scan.scanner import DupGroup

@@ -4,7 +4,8 @@ A hash only *finds* candidates. Before a name is replaced or removed, this
 module proves, as far as a program can, that the two files are the same bytes
 and may share one inode: identity re-stat (dev, ino, size, mtime_ns, ctime_ns)
 -> byte compare bracketed by fstat -> metadata equality (owner, group, mode,
-xattrs, POSIX ACLs) -> not open for writing -> kept location writable.
+xattrs, POSIX ACLs) -> not open for writing (dedup/writers.py) -> kept location
+writable.
 
 Every refusal is a `Refused(reason, detail)`; reasons are short stable tags
 counted as `skips_<reason>` (docs/safety.md lists them).
@@ -13,7 +14,6 @@ counted as `skips_<reason>` (docs/safety.md lists them).
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -86,7 +86,7 @@ def open_name(parent: handles.Parent) -> int:
         raise Refused(e.reason, f"{os.fsdecode(parent.path)}: {e.strerror}") from None
 
 
-def _open(path: bytes) -> int:
+def open_path(path: bytes) -> int:
     """Open through the path's handles (dedupd/handles.py); Refused if it moved."""
     try:
         try:
@@ -124,7 +124,7 @@ def compare_bytes(a: bytes, a_id: Ident | None, b: bytes, b_id: Ident | None, *,
         for path, want in ((a, a_id), (b, b_id)):
             testpoints.at("verify", path)
             try:
-                fds.append(_open(path))
+                fds.append(open_path(path))
             except FileNotFoundError:
                 raise Refused("vanished", os.fsdecode(path)) from None
             ids.append(_check_fd(fds[-1], want, path, ctime))
@@ -203,7 +203,7 @@ def _compare_some(a: bytes, a_id: Ident, others: Sequence[tuple[bytes, Ident]]
 def _open_checked(path: bytes, want: Ident) -> int:
     testpoints.at("verify", path)
     try:
-        fd = _open(path)
+        fd = open_path(path)
     except FileNotFoundError:
         raise Refused("vanished", os.fsdecode(path)) from None
     try:
@@ -291,7 +291,7 @@ def xattrs(path: bytes) -> dict[str, bytes]:
     """All extended attributes of path (ACLs included); {} where unsupported.
 
     Read through a descriptor opened by handle, so a swapped name is refused."""
-    fd = _open(path)
+    fd = open_path(path)
     try:
         return xattrs_fd(fd)
     finally:
@@ -342,100 +342,6 @@ def same_metadata(kst: os.stat_result, kx: Callable[[], dict[str, bytes]],
         names = {n for n in set(xa) | set(xb) if xa.get(n) != xb.get(n)}
         reason = "acl_differs" if names & set(ACL_XATTRS) else "xattr_differs"
         raise Refused(reason, ", ".join(sorted(names)))
-
-
-def open_for_write() -> dict[tuple[int, int], int]:
-    """(dev, ino) -> pid of every regular file some process holds open for writing.
-
-    Best effort from /proc/*/fd and /proc/*/fdinfo flags: processes we may not
-    inspect, and files opened after this call, are not seen. Leases are not
-    consulted. Callers take one snapshot per group, right before acting.
-    """
-    found: dict[tuple[int, int], int] = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        base = f"/proc/{pid}"
-        try:
-            fds = os.listdir(f"{base}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            key = _writable_fd(base, fd)
-            if key is not None:
-                found[key] = int(pid)
-    return found
-
-
-def lease_writer(path: bytes) -> bool | None:
-    """Is path open for writing by any process? None where leases are unsupported.
-
-    A read lease (F_SETLEASE F_RDLCK) is refused with EAGAIN exactly when some
-    process holds the file open for writing. It is taken and released at once:
-    exact at this instant, and far cheaper than walking /proc.
-    """
-    try:
-        fd = _open(path)
-    except (OSError, Refused):
-        return None
-    try:
-        return lease_writer_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def lease_writer_fd(fd: int) -> bool | None:
-    """lease_writer on a descriptor opened read-only (by the caller's handle)."""
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-    except OSError as e:
-        return True if e.errno == errno.EAGAIN else None
-    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-    return False
-
-
-class Writers:
-    """The open-for-write check of one group: a lease per file, /proc where needed."""
-
-    def __init__(self) -> None:
-        self._proc: dict[tuple[int, int], int] | None = None
-
-    def check(self, key: tuple[int, int], path: bytes) -> None:
-        """Raise Refused('open_for_write') naming how it was found."""
-        self.check_held(key, lease_writer(path))
-
-    def check_fd(self, key: tuple[int, int], fd: int) -> None:
-        """check() on the file's descriptor (opened read-only by the caller)."""
-        self.check_held(key, lease_writer_fd(fd))
-
-    def check_held(self, key: tuple[int, int], held: bool | None) -> None:
-        if held:
-            raise Refused("open_for_write", "read lease refused: another process has it "
-                          "open for writing")
-        if held is None:  # no leases here (FUSE, NFS): fall back to /proc
-            if self._proc is None:
-                self._proc = open_for_write()
-            pid = self._proc.get(key)
-            if pid is not None:
-                raise Refused("open_for_write", f"/proc: open for writing by pid {pid}")
-
-
-def _writable_fd(base: str, fd: str) -> tuple[int, int] | None:
-    try:
-        with open(f"{base}/fdinfo/{fd}", "rb") as f:
-            flags = 0
-            for line in f:
-                if line.startswith(b"flags:"):
-                    flags = int(line.split()[1], 8)
-                    break
-        if flags & os.O_ACCMODE not in (os.O_WRONLY, os.O_RDWR):
-            return None
-        st = os.stat(f"{base}/fd/{fd}")
-    except (OSError, ValueError):
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    return (st.st_dev, st.st_ino)
 
 
 def readonly(path: bytes) -> bool:

@@ -351,7 +351,7 @@ def test_quarantine_keeps_replaced_copy_then_expires(tmpfs: Callable[..., Path],
 
 def test_proc_scan_finds_a_writer_in_another_process(tmp_path: Path) -> None:
     """The fallback where leases are unsupported: /proc/*/fd of other processes."""
-    from dedupd.dedup.verify import lease_writer, open_for_write
+    from dedupd.dedup.writers import lease_writer, open_for_write
 
     f = write(tmp_path / "busy.bin", b"x" * 10)
     p = subprocess.Popen(["python3", "-c", "import sys,time; f=open(sys.argv[1],'ab'); "
