@@ -50,11 +50,13 @@ def load(data: bytes, fmt: str | None, base: bytes) -> tuple[str, list[Candidate
         doc = json.loads(data.decode("utf-8", "surrogateescape"))
     except ValueError as e:
         raise ReportError(f"not JSON: {e}") from None
+    except RecursionError:
+        raise ReportError("not a report: nested too deeply") from None
     fmt = fmt or detect(doc)
     parse = {"jdupes": _jdupes, "rmlint": _rmlint, "czkawka": _czkawka}[fmt]
     try:
         groups = parse(doc, base)
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as e:
         raise ReportError(f"not a {fmt} report ({type(e).__name__}: {e})") from None
     return fmt, [g for g in groups if len(g.claims) > 1]
 
@@ -71,6 +73,8 @@ def detect(doc: Any) -> str:
 
 def _path(p: str, base: bytes) -> bytes:
     b = os.fsencode(p)
+    if b"\0" in b:
+        raise ValueError(f"a path with a NUL byte: {p!r}")
     return os.path.normpath(os.path.join(base, b))
 
 
