@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
-from dedupd import __version__, commands
+from dedupd import __version__
 from dedupd.errors import EXIT_FAILURE, EXIT_USAGE, DedupdError, TemporaryFailure
+from dedupd.tuples import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported by build_parser: `dedupd scan` forks its walk before (run)
+# argparse is imported by build_parser, typing and the commands' table only for
+# the checker or after: `dedupd scan` forks its walk before (run, scan_first.py)
+if TYPE_CHECKING:
     import argparse
+    from collections.abc import Sequence
+    from typing import Any
 
 EPILOG = """\
 examples:
@@ -59,6 +62,8 @@ def build_parser(argv: Sequence[str] | None = None, *, full: bool = False
     when argv names no command (see dedupd.commands). full: every subcommand's
     whole parser (completions and the man page)."""
     import argparse
+
+    from dedupd import commands
 
     parser = _parser_class()
     p = parser(

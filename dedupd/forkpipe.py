@@ -18,14 +18,25 @@ import fcntl
 import gc
 import marshal
 import os
-import signal
 import struct
-from collections.abc import Callable, Iterator
-from typing import Any
+
+# signal's C core: signal.py makes enums of its constants (the enum module, before
+# `dedupd scan` forks its walk)
+from _signal import SIG_IGN, SIGINT
+from _signal import signal as set_handler
+
+from dedupd.tuples import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported before `dedupd scan` forks its walk: no typing (tuples.py)
+    from collections.abc import Callable, Iterator
+    from typing import Any
+
+    Wire = Any  # what marshal carries: tuples and lists of ints, bytes, floats, None
+else:
+    Wire = object  # only named in annotations
 
 _LEN = struct.Struct("=I")
 PIPE_BYTES = 1 << 20  # a batch or two in flight without blocking the sender
-Wire = Any  # what marshal carries: tuples and lists of ints, bytes, floats, None
 # Format 2, not the default 4: 3 and 4 track every object written (for references
 # to it), which more than doubles the cost of dumping a batch of file tuples
 # (59,866 files: 0.042 s against 0.018); what goes through these pipes is trees
@@ -113,7 +124,7 @@ def spawn(work: Callable[[int, int], None]) -> tuple[int, int, int]:
     if pid == 0:  # pragma: no cover (the child's coverage is not collected)
         code = 0
         try:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            set_handler(SIGINT, SIG_IGN)
             for fd in (w1, r2, *_ours):
                 os.close(fd)
             work(r1, w2)

@@ -29,9 +29,13 @@ import errno
 import os
 import stat
 from _thread import allocate_lock  # threading's Lock: see _lock
-from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+
+from dedupd.tuples import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # imported before `dedupd scan` forks its walk: no typing (tuples.py)
+    from collections.abc import Iterable, Iterator
+    from typing import Any
 
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02

@@ -10,9 +10,13 @@ asyncio and the rest: a quarter to half a second before anything is printed.
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-from typing import Any
+from dedupd.tuples import TYPE_CHECKING
+
+# this package is imported before `dedupd scan` forks its walk (commands/scan_first.py):
+# typing only for the checker (dedupd/tuples.py)
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
 
 # subcommand -> (module that registers it, its one-line help), in --help order
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -42,6 +46,8 @@ MODULES = tuple(dict.fromkeys(NAMES.values()))
 
 
 def load(name: str) -> ModuleType:
+    import importlib
+
     return importlib.import_module(f"dedupd.commands.{name}")
 
 

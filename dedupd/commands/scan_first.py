@@ -12,7 +12,7 @@ only, before anything else is imported; take() by start_walk.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dedupd.tuples import TYPE_CHECKING  # no typing before the walk's fork
 
 if TYPE_CHECKING:
     from dedupd.scan.walk import WalkOptions

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+
+from dedupd.tuples import NamedTuple  # typing's, without typing: see there
 
 # No dataclasses in this module: it is imported before `dedupd scan` forks its walk,
 # where the dataclasses module (with inspect, ast and dis) is 5 ms of every rescan.

@@ -8,7 +8,6 @@ of failing the walk.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import functools
 import itertools
 import marshal
@@ -20,10 +19,19 @@ import stat
 from _blake2 import blake2b
 from collections.abc import Iterable, Iterator, Sequence
 from stat import S_ISDIR, S_ISLNK, S_ISREG
-from typing import Any, NamedTuple, Protocol, TypeVar
 
 from dedupd import handles, testpoints
 from dedupd.files.events import NO_DEV, FileEvent, Problem, WalkStats
+from dedupd.tuples import TYPE_CHECKING, NamedTuple
+
+# typing only for the checker: this module is imported before `dedupd scan` forks
+# its walk, and typing (with re and enum) is ~5 ms of that start (dedupd/tuples.py)
+if TYPE_CHECKING:
+    from typing import Any, Protocol, TypeVar
+
+    T = TypeVar("T")
+else:
+    Protocol = object  # Known and Donor are only named in annotations
 
 
 # NamedTuples, no dataclasses: this module is imported before `dedupd scan` forks its
@@ -67,7 +75,6 @@ LIST_CAP = 20000  # entries of one directory held to digest it; bigger ones stre
 # Files recorded per index transaction, and events per batch of the walk process:
 # dedupd scan and the volume passes both take it from here.
 RECORD_BATCH = 2000
-T = TypeVar("T")
 
 
 def batches(events: Iterable[T], n: int) -> Iterator[list[T]]:
@@ -523,5 +530,7 @@ def excluded(name: bytes, path: bytes, patterns: tuple[str, ...]) -> bool:
     """Whether a file's name or full path matches one of the exclude globs."""
     if not patterns:
         return False
+    import fnmatch  # only with patterns given: fnmatch imports re (see above)
+
     n, p = os.fsdecode(name), os.fsdecode(path)
     return any(fnmatch.fnmatchcase(n, pat) or fnmatch.fnmatchcase(p, pat) for pat in patterns)

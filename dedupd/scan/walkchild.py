@@ -15,9 +15,7 @@ import struct
 # is a few ms of every `dedupd scan`, paid before its walk is forked
 from _socket import CMSG_LEN, SCM_RIGHTS, SOL_SOCKET
 from _socket import socket as Socket
-from collections.abc import Iterable, Mapping, Sequence
 from resource import RUSAGE_SELF, getrusage
-from typing import Any
 
 from dedupd import forkpipe
 from dedupd.files.events import FileEvent, WalkStats
@@ -33,6 +31,11 @@ from dedupd.scan.walk import (
     walk_from,
     walk_listed,
 )
+from dedupd.tuples import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported before `dedupd scan` forks its walk: no typing (tuples.py)
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any
 
 _COUNTERS = WalkStats.COUNTERS
 _MSG = 1 << 18  # a task: a path and up to walk.DONATE_MAX names with their identities

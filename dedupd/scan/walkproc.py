@@ -35,14 +35,17 @@ import select
 # is a few ms of every `dedupd scan`, paid before its walk is forked
 from _socket import AF_UNIX, SHUT_RDWR, SOCK_SEQPACKET, socketpair
 from _socket import socket as Socket
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
 
 from dedupd import forkpipe
 from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.forkpipe import ChildFailed, Wire
 from dedupd.scan.walk import DirListed, WalkOptions
 from dedupd.scan.walkchild import ABANDONED, FLAGS, PUBLISHED, child, recv_fds, send_fds, worker
+from dedupd.tuples import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported before `dedupd scan` forks its walk: no typing (tuples.py)
+    from collections.abc import Iterator, Mapping, Sequence
+    from typing import Any
 
 # processes of a rescan's walk (one that has digests to compare): its directories
 # are mostly only listed, so the walk is the scan; a first scan's walk is one
