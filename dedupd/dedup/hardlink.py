@@ -17,7 +17,7 @@ to it, one journalled operation per name, committed as a batch:
 Roles: this module plans (eligibility, the checks per name, the kept file);
 dedup/link_exec.py carries out a batch (PENDING, compare or proof, swaps, sync,
 DONE); dedup/link_run.py holds the run's state and result. The checks and the
-swaps each reach a directory through one handle per batch phase (handles.Dirs).
+swaps each reach a directory through one handle per batch phase (dirhandles.Dirs).
 
 The user-visible name always exists and always holds the same bytes; the
 duplicate's content stays until its last name is replaced. Refusals never
@@ -30,7 +30,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dedupd import handles, testpoints
+from dedupd import dirhandles, handles, testpoints
 from dedupd.dedup import journal as J
 from dedupd.dedup.link_exec import execute
 from dedupd.dedup.link_run import (
@@ -109,7 +109,7 @@ def link_groups(journal: J.Journal | None, groups: Sequence[DupGroup], policy: L
         raise ValueError("link_group needs a journal unless dry_run")
     run = LinkRun(journal, policy, dry_run)
     run.proofs = proofs
-    run.dirs = handles.Dirs()
+    run.dirs = dirhandles.Dirs()
     try:
         for group in groups:
             _link_all(run, group, policy)

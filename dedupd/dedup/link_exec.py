@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from dedupd import handles, testpoints
+from dedupd import dirhandles, handles, testpoints
 from dedupd.dedup import journal as J
 from dedupd.dedup import recovery
 from dedupd.dedup.link_run import LinkRun, Planned, accept, action, refresh, show
@@ -170,7 +170,7 @@ def _replace(run: LinkRun, pl: Planned, spec: J.OpSpec, op: int,
 
 
 def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident, kid: Ident | None,
-          dirs: handles.Dirs | None) -> os.stat_result:
+          dirs: dirhandles.Dirs | None) -> os.stat_result:
     """Link the kept file over the duplicate's name (fsops.swap.Swap: both directories'
     handles, from the batch's `dirs` when given); returns the name's final stat, the
     kept inode. kid: the kept file's identity when the pair is proven equal (see

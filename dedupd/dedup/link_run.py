@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dedupd import handles
+from dedupd import dirhandles, handles
 from dedupd.dedup import journal as J
 from dedupd.dedup.together import Proofs
 from dedupd.dedup.verify import Refused
@@ -92,7 +92,7 @@ class LinkRun:
         self.proofs: Proofs | None = None  # equal bytes already seen (dedup/together.py)
         # link_groups' directory handles, each directory resolved once per batch
         # (None: every name resolves its own, as crossdrive's callers do)
-        self.dirs: handles.Dirs | None = None
+        self.dirs: dirhandles.Dirs | None = None
 
     def parent(self, path: bytes) -> handles.Parent:
         """path's directory handle and final name (close it after use)."""

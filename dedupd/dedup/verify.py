@@ -51,7 +51,7 @@ def refusal(e: Exception) -> Refused:
 def restat(path: bytes, expected: Ident, *, ctime: bool = True,
            lstat: Callable[[bytes], os.stat_result] = handles.lstat) -> os.stat_result:
     """lstat path and insist it is still the expected, unchanged regular file.
-    lstat: how the name is reached (a batch's directory handles, handles.Dirs)."""
+    lstat: how the name is reached (a batch's directory handles, dirhandles.Dirs)."""
     testpoints.at("verify", path)
     try:
         st = lstat(path)

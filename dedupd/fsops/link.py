@@ -22,7 +22,7 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 
-from dedupd import handles, testpoints
+from dedupd import dirhandles, handles, testpoints
 from dedupd.fsops.names import exchange_in, hold_in, put_back, renameat2
 
 TEMP_PREFIX = b".dedupd-tmp-"
@@ -61,7 +61,7 @@ class Pair:
     """The parents of two names, resolved once when both live in one directory
     (a temp name next to its target): one handle, one resolution."""
 
-    def __init__(self, a: bytes, b: bytes, dirs: handles.Dirs | None = None) -> None:
+    def __init__(self, a: bytes, b: bytes, dirs: dirhandles.Dirs | None = None) -> None:
         get = handles.Parent if dirs is None else dirs.parent
         self.a = get(a)
         try:

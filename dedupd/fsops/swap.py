@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 
-from dedupd import handles, testpoints
+from dedupd import dirhandles, testpoints
 from dedupd.fsops.link import Pair, hold_name, link_in, unlink_in
 from dedupd.fsops.names import exchange_in, hold_in, put_back, rename_noreplace, renameat2
 
@@ -26,7 +26,7 @@ class Swap:
     """
 
     def __init__(self, keep: bytes, tmp: bytes, dup: bytes,
-                 dirs: handles.Dirs | None = None) -> None:
+                 dirs: dirhandles.Dirs | None = None) -> None:
         testpoints.at("mutate", tmp)
         self.pair = Pair(keep, tmp, dirs)
         try:

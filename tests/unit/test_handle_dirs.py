@@ -1,4 +1,4 @@
-"""handles.Dirs: a batch's directory handles, each directory resolved once."""
+"""dirhandles.Dirs: a batch's directory handles, each directory resolved once."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dedupd import handles
+from dedupd import dirhandles, handles
 
 
 def b(p: Path) -> bytes:
@@ -19,7 +19,7 @@ def test_one_handle_per_directory_until_close(tmp_path: Path) -> None:
         (tmp_path / d).mkdir()
         for n in ("a", "b"):
             (tmp_path / d / n).write_bytes(n.encode())
-    dirs = handles.Dirs()
+    dirs = dirhandles.Dirs()
     try:
         with dirs.parent(b(tmp_path / "x" / "a")) as pa, \
                 dirs.parent(b(tmp_path / "x" / "b")) as pb, \
@@ -46,7 +46,7 @@ def test_held_handle_is_the_directory_and_close_resolves_afresh(tmp_path: Path) 
     (d / "f").write_bytes(b"mine")
     (elsewhere / "f").write_bytes(b"theirs")
     ino = (d / "f").stat().st_ino
-    dirs = handles.Dirs()
+    dirs = dirhandles.Dirs()
     try:
         assert dirs.lstat(b(d / "f")).st_ino == ino
         d.rename(tmp_path / "d.real")
@@ -62,7 +62,7 @@ def test_held_handle_is_the_directory_and_close_resolves_afresh(tmp_path: Path) 
 def test_final_name_never_followed(tmp_path: Path) -> None:
     (tmp_path / "target").write_bytes(b"t")
     (tmp_path / "link").symlink_to(tmp_path / "target")
-    dirs = handles.Dirs()
+    dirs = dirhandles.Dirs()
     try:
         assert (dirs.lstat(b(tmp_path / "link")).st_mode & 0o170000) == 0o120000
         with dirs.parent(b(tmp_path / "link")) as p, pytest.raises(OSError):
@@ -77,7 +77,7 @@ def test_past_the_limit_a_parent_owns_its_handle(tmp_path: Path) -> None:
     for d in ("x", "y"):
         (tmp_path / d).mkdir()
         (tmp_path / d / "f").write_bytes(b"f")
-    dirs = handles.Dirs(limit=1)
+    dirs = dirhandles.Dirs(limit=1)
     try:
         with dirs.parent(b(tmp_path / "x" / "f")) as shared:
             assert not shared.owned
