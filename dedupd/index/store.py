@@ -191,10 +191,23 @@ class Store(Names):
 
     # --- scans ---
 
-    def begin_scan(self, roots: Sequence[bytes]) -> int:
+    def begin_scan(self, roots: Sequence[bytes], *, prepared: bool = False) -> int:
         """Open a scan of roots; its id. Raises UnknownFilesystem, before writing
-        anything, when a root's filesystem has no identity (fsid.identify)."""
+        anything, when a root's filesystem has no identity (fsid.identify).
+        prepared: prepare_scan(roots) was called for this pass already (so what it
+        read since, such as known_digests, stays cached)."""
+        if not prepared:
+            self.prepare_scan(roots)
         doc = json.dumps([os.fsdecode(r) for r in roots])
+        p = self.db.p
+        with self.db.tx() as cur:
+            cur.execute(f"INSERT INTO scans (host, started, roots) VALUES ({p}, {p}, {p}) "
+                        "RETURNING id", (self.host, time.time(), doc))
+            return int(cur.fetchone()[0])
+
+    def prepare_scan(self, roots: Sequence[bytes]) -> None:
+        """What begin_scan does before it writes the scan's row: the filesystems'
+        devices checked again and the directory cache emptied. Writes nothing."""
         self.fsmap.revalidate()  # mounts may have changed since the last pass
         # another process may have dropped a directory row since (a scan that left it
         # no name) and SQLite given its id to another path: a Store that outlives
@@ -202,11 +215,6 @@ class Store(Names):
         self.dirs.reset()
         for r in roots:
             self.fsmap.check(r)
-        p = self.db.p
-        with self.db.tx() as cur:
-            cur.execute(f"INSERT INTO scans (host, started, roots) VALUES ({p}, {p}, {p}) "
-                        "RETURNING id", (self.host, time.time(), doc))
-            return int(cur.fetchone()[0])
 
     def record(self, scan_id: int, events: Sequence[FileEvent],
                touch_inodes: bool = True, digests: Sequence[tuple[bytes, bytes]] = ()

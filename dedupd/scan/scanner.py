@@ -121,7 +121,10 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
           progress: Progress | None, walking: ForkedWalk | None,
           json_groups: bool = False) -> ScanReport:
     t0 = time.monotonic()
-    scan_id = store.begin_scan(norm)
+    # the scan's row is written once the walk has its digests: its transaction (the
+    # first write of a closed index makes and syncs its WAL) comes after the walk
+    # can share its work, not between
+    store.prepare_scan(norm)
     wstats = WalkStats()
     wopts = WalkOptions(opts.min_size, opts.exclude, opts.cross_mounts)
     stability = Stability(opts.settle_seconds, opts.max_backoff_seconds)
@@ -136,6 +139,12 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     else:
         walker = ForkedWalk(norm, wopts, RECORD_BATCH, known,
                             RESCAN_WALKERS if known else 1) if WALK_PROC else None
+    try:
+        scan_id = store.begin_scan(norm, prepared=True)
+    except BaseException:
+        if walker:  # no walk process outlives a scan that could not begin
+            walker.close()
+        raise
     pre = _early_hashing(store, stability, answer)
     if not isinstance(pre, NoEarlyHashing):  # hashes read early go in with new rows
         store.hold_new_rows()
