@@ -156,7 +156,9 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
             jr.close()
         if lock >= 0:
             os.close(lock)
-    return _report(cfg, opts, inv, plan, counters, ops, len(stale), time.monotonic() - t0)
+    placed = {s.path: a for s, a in confirmed}  # a copy's name may not be the planned one
+    return _report(cfg, opts, inv, plan, counters, ops, len(stale), time.monotonic() - t0,
+                   placed)
 
 
 def _would_confirm(plan: Plan) -> list[tuple[SourcePath, bytes]]:
@@ -167,7 +169,8 @@ def _would_confirm(plan: Plan) -> list[tuple[SourcePath, bytes]]:
 
 
 def _report(cfg: ConsolidateConfig, opts: Options, inv: Inventory, plan: Plan,
-            c: Counters, ops: OpsReport, stale: int, seconds: float) -> Report:
+            c: Counters, ops: OpsReport, stale: int, seconds: float,
+            placed: dict[bytes, bytes]) -> Report:
     src_inodes = {s.file.key: s.file.size for x in inv.contents for s in x.sources}
     src_inodes.update((s.file.key, s.file.size) for u in inv.unsorted for s in u.sources)
     stats: dict[str, int | float] = {
@@ -198,7 +201,8 @@ def _report(cfg: ConsolidateConfig, opts: Options, inv: Inventory, plan: Plan,
         "problems": len(inv.problems) + len(plan.problems) + len(c.problems),
         "seconds": round(seconds, 3),
     }
-    copies = tuple({"source": os.fsdecode(x.src.path), "archive": os.fsdecode(x.dest),
+    copies = tuple({"source": os.fsdecode(x.src.path),
+                    "archive": os.fsdecode(placed.get(x.src.path, x.dest)),
                     "size": x.content.size, "date_from": x.date.source,
                     "duplicates": [os.fsdecode(s.path) for s in x.content.sources[1:]]}
                    for x in plan.copies)

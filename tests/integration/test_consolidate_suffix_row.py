@@ -46,6 +46,9 @@ def test_a_copy_moved_to_a_suffix_mid_run_keeps_its_row(tmp_path: Path) -> None:
 
         rep = consolidate(store, cfg, Options(copy_progress=progress))
         assert rep.stats["files_copied"] == 2
+        # the report names where each copy is, not where it was planned
+        assert sorted(c["archive"] for c in rep.as_json()["copies"]) == \
+            [str(month / "b (2).txt"), str(month / "c (2).txt")]
         for n in "bc":
             placed = month / f"{n} (2).txt"
             assert placed.read_bytes() == data[n]
