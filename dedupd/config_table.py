@@ -13,6 +13,8 @@ from typing import Any
 
 from dedupd.errors import ConfigError
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # TOML's integers
+
 
 class Table:
     """Typed reads from one TOML table; remembers which keys were used."""
@@ -55,12 +57,16 @@ class Table:
         return str(v)
 
     def integer(self, k: str, default: Any, lo: int | None = None, hi: int | None = None) -> Any:
+        """An integer key within [lo, hi]; TOML's 64-bit range when no bound is given
+        (tomllib takes any size, the index stores 64 bits)."""
         v = self._get(k, (int,), "an integer")
         if v is None:
             return default
-        if lo is not None and v < lo:
+        lo = INT64_MIN if lo is None else lo
+        hi = INT64_MAX if hi is None else hi
+        if v < lo:
             raise self.err(k, f"must be >= {lo}; got {v}")
-        if hi is not None and v > hi:
+        if v > hi:
             raise self.err(k, f"must be <= {hi}; got {v}")
         return v
 
@@ -68,7 +74,8 @@ class Table:
         v = self._get(k, (int, float), "a number")
         if v is None:
             return default
-        if not math.isfinite(v):
+        # (an integer beyond a float's range: math.isfinite would raise OverflowError)
+        if (isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX) or not math.isfinite(v):
             # nan compares false with everything, so it would pass every bound below
             # and later reach the status socket as invalid JSON
             raise self.err(k, f"must be a finite number; got {v}")

@@ -24,7 +24,10 @@ def parse_size(text: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4096, 64K, 1M, 2G)")
     unit = m.group(2).lower()
-    return int(m.group(1)) * (1024 ** ("kmgt".index(unit) + 1) if unit else 1)
+    n = int(m.group(1)) * (1024 ** ("kmgt".index(unit) + 1) if unit else 1)
+    if n >= 2**63:  # the index stores sizes in 64 bits
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (at most 8 EiB)")
+    return n
 
 
 def path(text: str) -> Path:
