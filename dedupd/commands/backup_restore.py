@@ -8,7 +8,13 @@ from typing import Any
 
 from dedupd.backup import jobs, restore, snapshots, verify
 from dedupd.backup.targets import make_target
-from dedupd.commands.common import add_common, add_progress_arg, load_config, open_store
+from dedupd.commands.common import (
+    add_common,
+    add_progress_arg,
+    load_config,
+    open_store,
+    seconds,
+)
 from dedupd.config import BackupConfig
 from dedupd.errors import EXIT_FAILURE, UsageError
 from dedupd.index import backups as rows
@@ -77,9 +83,9 @@ def register(sub: Any) -> None:
     r.add_argument("--yes", action="store_true", help="do not ask before overwriting")
     r.add_argument("--no-wait", action="store_true",
                    help="request the thaw of cold objects and exit 75 instead of waiting")
-    r.add_argument("--poll", type=float, default=60.0, metavar="SECONDS",
+    r.add_argument("--poll", type=seconds, default=60.0, metavar="SECONDS",
                    help="how often to check thawing objects (default 60)")
-    r.add_argument("--max-wait", type=float, default=48 * 3600.0, metavar="SECONDS",
+    r.add_argument("--max-wait", type=seconds, default=48 * 3600.0, metavar="SECONDS",
                    help="give up waiting for the thaw after this long (exit 75; default 48h)")
     r.add_argument("--thaw-days", type=int, default=3, metavar="DAYS",
                    help="keep thawed copies readable this many days (default 3)")

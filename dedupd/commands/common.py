@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ if TYPE_CHECKING:  # imported when a store is opened: `--help` of every command 
     from dedupd.config import Config
     from dedupd.index.store import Store
 
+MAX_SECONDS = 10 * 365 * 86400.0  # ten years: beyond, a typo
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
 
@@ -28,6 +30,27 @@ def parse_size(text: str) -> int:
     if n >= 2**63:  # the index stores sizes in 64 bits
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (at most 8 EiB)")
     return n
+
+
+def seconds(text: str) -> float:
+    """A duration on the command line: a finite number >= 0 ('nan' would compare false
+    with every age, so nothing would ever be too young; 'inf' cannot be slept)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or v < 0 or v > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (0 to "
+                                         f"{MAX_SECONDS:.0f})")
+    return v
+
+
+def whole_seconds(text: str) -> int:
+    """seconds() as a whole number (a config's settle_seconds)."""
+    v = seconds(text)
+    if v != int(v):
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}")
+    return int(v)
 
 
 def path(text: str) -> Path:

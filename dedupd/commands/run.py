@@ -20,6 +20,7 @@ from dedupd.commands.common import (
     open_store,
     parse_size,
     path,
+    whole_seconds,
 )
 from dedupd.config import Config, VolumeConfig
 from dedupd.errors import DedupdError, UsageError
@@ -65,7 +66,7 @@ def register(sub: Any) -> None:
     p.add_argument("--force-rescan", action="store_true",
                    help="walk and record the whole volume: no change tracking, no "
                    "unchanged directory skipped")
-    p.add_argument("--settle", type=int, default=None, metavar="SECONDS",
+    p.add_argument("--settle", type=whole_seconds, default=None, metavar="SECONDS",
                    help="override settle_seconds for this run")
     p.add_argument("--min-size", type=parse_size, default=None, metavar="N",
                    help="override min_size for this run")

@@ -12,6 +12,7 @@ from dedupd.commands.common import (
     existing_path,
     open_index,
     parse_size,
+    seconds,
 )
 
 if TYPE_CHECKING:  # imported once the walk is under way (run)
@@ -42,7 +43,7 @@ def register(sub: Any) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="skip names or paths matching GLOB (repeatable)")
     p.add_argument("--cross-mounts", action="store_true", help="descend into mount points")
-    p.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--settle", type=seconds, default=0.0, metavar="SECONDS",
                    help="skip files changed less than SECONDS ago (default 0)")
     add_progress_arg(p)
     add_common(p)

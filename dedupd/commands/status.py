@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dedupd import config
-from dedupd.commands.common import add_common, load_config, path
+from dedupd.commands.common import add_common, load_config, path, seconds
 from dedupd.errors import ConfigError, DedupdError
 from dedupd.output import human_bytes, print_json
 
@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("status", help="what the running daemon is doing",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("volume", nargs="?", metavar="VOLUME", help="only this volume")
-    p.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+    p.add_argument("--watch", nargs="?", type=seconds, const=2.0, default=None, metavar="SECONDS",
                    help="redraw every SECONDS (default 2) until interrupted")
     add_socket_arg(p)
     add_common(p)

@@ -51,3 +51,20 @@ def test_a_min_size_beyond_64_bits_is_a_usage_error(tmp_path: Path) -> None:
                str(tmp_path / "t"))
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert "not a size" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["scan", "--settle", "nan"], ["scan", "--settle", "inf"], ["scan", "--settle", "-1"],
+    ["run", "--once", "--settle", "-5"], ["run", "--once", "--settle", "1e30"],
+    ["status", "--watch", "-1"], ["restore", "j", "--target", "p/x", "--poll", "nan"],
+], ids=["scan-nan", "scan-inf", "scan-negative", "run-negative", "run-huge", "watch-negative",
+        "restore-poll-nan"])
+def test_a_duration_that_is_no_number_of_seconds_is_a_usage_error(tmp_path: Path,
+                                                                  argv: list[str]) -> None:
+    """--settle nan made every file settled (nan compares false with every age); a
+    negative --watch would reach time.sleep."""
+    (tmp_path / "t").mkdir()
+    paths = [str(tmp_path / "t")] if argv[0] in ("scan", "run") else []
+    r = dedupd(tmp_path, *argv, "--db", f"sqlite:///{tmp_path / 'db'}", *paths)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "seconds" in r.stderr and "Traceback" not in r.stderr, r.stderr
