@@ -4,9 +4,10 @@ Contract of `copy_verified(src, dest)`:
 
 1. open the source (no symlinks followed) and check it is the expected inode,
    unchanged (dev, ino, size, mtime_ns, ctime_ns);
-2. write it to `.dedupd-copy.<random>.tmp` in dest's directory, hashing what
-   was read (XXH3-64 head + XXH3-128 whole); a source of at most KEEP_BYTES
-   stays in memory, as read;
+2. write it to `.dedupd-copy.<random>.tmp` in dest's directory -- or, when a
+   batch's DestDirs holds it and the filesystem can, to a file with no name at
+   all (O_TMPFILE, fsops/anon.py) --, hashing what was read (XXH3-64 head +
+   XXH3-128 whole); a source of at most KEEP_BYTES stays in memory, as read;
 3. set mode, owner (when we may) and mtime, then make the temp file durable
    and drop its cached pages (where the filesystem honours it);
 4. read the temp file back from the disk and compare every byte with the
@@ -20,7 +21,8 @@ Contract of `copy_verified(src, dest)`:
    back to check-then-rename.
 
 A crash at any point leaves at most a temp file (which `remove_stale_temps`
-deletes on the next run) and never a half-written file under `dest`.
+deletes on the next run; a file with no name is freed by the filesystem) and
+never a half-written file under `dest`.
 
 Batches: `stage_copy` does steps 1-2 and the metadata of 3 for one file;
 `sync_batch` then makes a whole batch durable with one syncfs(2) (an fsync
@@ -44,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
 import stat
 import threading
@@ -57,8 +60,8 @@ from dedupd import handles, testpoints
 from dedupd.dedup.verify import first_difference, read_upto
 from dedupd.errors import DedupdError
 from dedupd.files.events import Ident
+from dedupd.fsops import anon, names
 from dedupd.fsops import link as link_ops
-from dedupd.fsops import names
 from dedupd.hashing import HEAD_SIZE
 
 TMP_PREFIX = b".dedupd-copy."
@@ -76,6 +79,7 @@ _TMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
 
 Step = Callable[[str], None]
+_anon_ids = itertools.count()
 
 
 class CopyError(Exception):
@@ -115,6 +119,7 @@ class Staged:
     # the source bytes as copied (sources <= KEEP_BYTES); a view of a batch's buffer
     # when they were handed over by another process (stage_data)
     data: bytes | memoryview | None = None
+    anon: bool = False  # tmp is only the key of a file with no name yet (fsops/anon.py)
 
 
 class DestDirs:
@@ -128,6 +133,7 @@ class DestDirs:
 
     def __init__(self, synced_later: bool = False) -> None:
         self._fds: dict[bytes, int] = {}
+        self._devs: dict[bytes, int] = {}  # each directory's filesystem (anon.open_in)
         self._tmp: dict[bytes, int] = {}
         self._src: dict[bytes, int] = {}  # the source each temp file was copied from
         self._sync = not synced_later
@@ -139,6 +145,14 @@ class DestDirs:
             fd = handles.open_dir(path)
             self._fds[path] = fd
         return fd
+
+    def anon(self, path: bytes) -> int | None:
+        """An anonymous file in directory path (fsops/anon.py), None where it cannot be."""
+        fd = self.fd(path)
+        dev = self._devs.get(path)
+        if dev is None:
+            dev = self._devs[path] = os.fstat(fd).st_dev
+        return anon.open_in(fd, dev)
 
     def keep(self, tmp: bytes, fd: int, src_fd: int) -> None:
         """Hold a temp file's handle and its source's (-1: none, re-opened to check)."""
@@ -161,7 +175,7 @@ class DestDirs:
     def close(self) -> None:
         for fd in (*self._tmp.values(), *self._src.values(), *self._fds.values()):
             os.close(fd)
-        self._fds, self._tmp, self._src = {}, {}, {}
+        self._fds, self._tmp, self._src, self._devs = {}, {}, {}, {}
 
     def __enter__(self) -> DestDirs:
         return self
@@ -338,15 +352,22 @@ def _stage(src: bytes, sfd: int, st: os.stat_result, dest_dir: bytes, dirs: Dest
     try:
         testpoints.at("mutate", dest_dir)
         dfd = d.fd(dest_dir)
-        name = TMP_PREFIX + os.urandom(8).hex().encode() + TMP_SUFFIX
-        tfd = os.open(name, _TMP_FLAGS, 0o600, dir_fd=dfd)
+        # kept open until placed: a file with no name (nothing to sweep after a crash)
+        tfd = None if own else d.anon(dest_dir)
+        is_anon = tfd is not None
+        if tfd is None:
+            name = TMP_PREFIX + os.urandom(8).hex().encode() + TMP_SUFFIX
+            tfd = os.open(name, _TMP_FLAGS, 0o600, dir_fd=dfd)
+        else:  # a key for DestDirs only, never a name on the disk
+            name = b"%s%d.anon" % (TMP_PREFIX, next(_anon_ids))
         try:
             head, full, nread, data = write(tfd)
             _set_meta(tfd, st)
         except BaseException:
             os.close(tfd)
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=dfd)
+            if not is_anon:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=dfd)
             raise
         tmp = os.path.join(dest_dir, name)
         if own:
@@ -354,7 +375,7 @@ def _stage(src: bytes, sfd: int, st: os.stat_result, dest_dir: bytes, dirs: Dest
         else:
             d.keep(tmp, tfd, sfd)  # both open until placed or discarded (DestDirs)
             kept = True
-        return Staged(src, tmp, st, head, full, nread, data)
+        return Staged(src, tmp, st, head, full, nread, data, is_anon)
     except OSError as e:
         raise CopyError("error", f"{e.strerror or e} while copying") from None
     finally:
@@ -434,7 +455,10 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
             os.close(sfd)
     on_step("verified")
     ddir, dname = _at(dirs, dest)
-    _place(tdir, tname, ddir, dname, dest)
+    if staged.anon:
+        _place_anon(tfd, ddir, dname, dest)
+    else:
+        _place(tdir, tname, ddir, dname, dest)
     on_step("placed")
     st = os.fstat(tfd)  # the inode now under dest (after the temp name went)
     dirs.release(staged.tmp)
@@ -447,7 +471,9 @@ def discard(staged: Staged, dirs: DestDirs | None = None) -> None:
     if dirs is None:
         _unlink_quiet(staged.tmp)
         return
-    dirs.release(staged.tmp)
+    dirs.release(staged.tmp)  # an anonymous file goes with its last handle
+    if staged.anon:
+        return
     with contextlib.suppress(OSError):
         tdir, tname = _at(dirs, staged.tmp)
         os.unlink(tname, dir_fd=tdir)
@@ -594,6 +620,15 @@ def _place(tdir: int, tname: bytes, ddir: int, dname: bytes, dest: bytes) -> Non
                 return
         raise CopyError("exists", "destination appeared during the copy") from None
     os.unlink(tname, dir_fd=tdir)
+
+
+def _place_anon(tfd: int, ddir: int, dname: bytes, dest: bytes) -> None:
+    """Give the anonymous copy its real name (never over an existing one)."""
+    testpoints.at("mutate", dest)
+    try:
+        anon.link(tfd, ddir, dname)
+    except FileExistsError:
+        raise CopyError("exists", "destination appeared during the copy") from None
 
 
 def make_dirs(path: bytes, sync: bool = True) -> None:

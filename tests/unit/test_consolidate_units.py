@@ -16,10 +16,12 @@ from dedupd.consolidate.layout import Fields, check_layout, render, with_suffix
 from dedupd.dedup.verify import first_difference
 from dedupd.errors import ConfigError
 from dedupd.files.events import Ident
+from dedupd.fsops import anon
 from dedupd.fsops.copy import (
     KEEP_BYTES,
     CopyError,
     DestDirs,
+    Staged,
     copy_verified,
     place_copy,
     read_source,
@@ -116,6 +118,12 @@ def test_remove_stale_temps_touches_only_our_names(tmp_path: Path) -> None:
     assert not ours.exists() and theirs.exists()
 
 
+def staged_file(st: Staged, dirs: DestDirs) -> str:
+    """A path that opens a staged copy: a copy with no name yet (fsops/anon.py) is
+    reached through the handle dirs holds."""
+    return f"/proc/self/fd/{dirs.tmp_fd(st.tmp)}" if st.anon else os.fsdecode(st.tmp)
+
+
 @pytest.mark.parametrize("size", [0, 5000, KEEP_BYTES + 1])  # kept in memory, or re-read
 def test_staged_copy_is_verified_against_the_source_bytes(tmp_path: Path, size: int) -> None:
     """The read-back of the temp copy is compared with the source bytes: a copy that
@@ -126,8 +134,7 @@ def test_staged_copy_is_verified_against_the_source_bytes(tmp_path: Path, size: 
         st = stage_copy(os.fsencode(src), os.fsencode(out), Ident.of(os.stat(src)), dirs)
         assert (st.data is not None) == (size <= KEEP_BYTES)
         sync_batch(os.fsencode(tmp_path), [st], dirs)
-        tmp = Path(os.fsdecode(st.tmp))
-        with open(tmp, "r+b") as f:  # what reached the disk is not what was read
+        with open(staged_file(st, dirs), "r+b") as f:  # what reached the disk is not what was read
             f.seek(size // 2)
             f.write(b"\x00" if size and src.read_bytes()[size // 2] else b"\x01")
         with pytest.raises(CopyError) as e:
@@ -154,7 +161,7 @@ def test_read_back_in_the_reused_buffer_catches_every_difference(
             bad = stage_data(os.fsencode(src), os.open(src, os.O_RDONLY),
                              os.stat(src), 0, b"", kept, os.fsencode(out), dirs)
             sync_batch(os.fsencode(tmp_path), [good, bad], dirs)
-            with open(os.fsdecode(bad.tmp), "r+b") as f:
+            with open(staged_file(bad, dirs), "r+b") as f:
                 if change == "shorter":
                     f.truncate(len(data) - 1)
                 elif change == "longer":
@@ -239,3 +246,34 @@ def test_copy_worker_reads_a_batch_into_its_reused_buffer_and_no_further() -> No
     finally:
         os.close(r)
         os.close(w)
+
+
+@pytest.mark.parametrize("anon_ok", [True, False])
+def test_staged_copy_has_no_name_until_placed_never_over_a_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, anon_ok: bool) -> None:
+    """Where the filesystem can (O_TMPFILE, fsops/anon.py) a staged copy has no name at
+    all: a crash leaves nothing to sweep. Either way (anon_ok False: a filesystem
+    without O_TMPFILE, the temp name) placing it never replaces a name that appeared,
+    and the copy gets its name with the source's bytes and mtime."""
+    src, out = tmp_path / "src.bin", tmp_path / "out"
+    data = os.urandom(9000)
+    write(src, data, "2020-02-02")
+    out.mkdir()
+    if not anon_ok:  # as on FUSE or NFS: the probe's answer for this filesystem
+        monkeypatch.setitem(anon._able, os.stat(out).st_dev, False)
+    with DestDirs() as dirs:
+        st = stage_copy(os.fsencode(src), os.fsencode(out), Ident.of(os.stat(src)), dirs)
+        assert st.anon == anon_ok
+        assert [n.startswith(".dedupd-copy.") for n in os.listdir(out)] == \
+            ([] if anon_ok else [True])
+        sync_batch(os.fsencode(tmp_path), [st], dirs)
+        (out / "taken.bin").write_bytes(b"someone else's")
+        with pytest.raises(CopyError) as e:
+            place_copy(st, os.fsencode(out / "taken.bin"), dirs=dirs)
+        assert e.value.reason == "exists"
+        assert (out / "taken.bin").read_bytes() == b"someone else's"
+        res = place_copy(st, os.fsencode(out / "dest.bin"), dirs=dirs)
+    assert sorted(os.listdir(out)) == ["dest.bin", "taken.bin"]
+    assert (out / "dest.bin").read_bytes() == data
+    assert res.dest_stat.st_ino == os.stat(out / "dest.bin").st_ino
+    assert os.stat(out / "dest.bin").st_mtime_ns == os.stat(src).st_mtime_ns
