@@ -128,6 +128,23 @@ def is_psycopg_error(e: BaseException) -> bool:
     return type(e).__module__.startswith("psycopg")
 
 
+def _private_file(path: str) -> None:
+    """Create a missing SQLite index file 0600 (its directory 0700 when made here):
+    it names every file of every volume, those under other users' private directories
+    too, with their hashes. SQLite gives -wal and -shm the database file's mode. An
+    existing file keeps the mode it has."""
+    where = os.path.dirname(os.path.abspath(path))  # not pathlib: 3 ms of a scan
+    try:
+        os.makedirs(where, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise IndexError_(f"cannot create the index directory {where}: "
+                          f"{e.strerror}") from None
+    # there already (or not creatable: sqlite3.connect reports it): left as it is
+    with suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600))
+
+
 class Db:
     """DB-API connections to one index database, one per thread and process."""
 
@@ -148,12 +165,7 @@ class Db:
         self._opened: list[tuple[int, threading.Thread, Any]] = []
         self._opened_lock = threading.Lock()
         if path is not None:
-            where = os.path.dirname(os.path.abspath(path))  # not pathlib: 3 ms of a scan
-            try:
-                os.makedirs(where, exist_ok=True)
-            except OSError as e:
-                raise IndexError_(f"cannot create the index directory {where}: "
-                                  f"{e.strerror}") from None
+            _private_file(path)
 
     def conn(self) -> Any:
         c = getattr(self._local, "conn", None)
