@@ -12,10 +12,12 @@ import contextlib
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from dedupd.errors import EXIT_FAILURE, DedupdError
 
@@ -29,11 +31,7 @@ def run_detached(body: Callable[[], int], log_file: Path, timeout: float = READY
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         sock.bind(addr)
-        try:
-            logf = open(log_file, "ab", buffering=0)  # noqa: SIM115 - handed to the child
-        except OSError as e:  # before the fork: said here, not lost in the daemon's log
-            raise DedupdError(f"cannot open the log file {log_file}: {e.strerror or e}"
-                              ) from None
+        logf = _open_log(log_file)  # before the fork: said here, not in the daemon's log
         pid = os.fork()
         if pid == 0:
             sock.close()
@@ -44,6 +42,24 @@ def run_detached(body: Callable[[], int], log_file: Path, timeout: float = READY
     finally:
         sock.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open_log(log_file: Path) -> BinaryIO:
+    """The log file, opened to append as root writes it: never through a symlink, a
+    FIFO or another name of some other file (another user may write its directory),
+    only a regular file of ours with this one name (made 0640 when missing)."""
+    try:
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_NONBLOCK | os.O_CLOEXEC, 0o640)
+    except OSError as e:
+        raise DedupdError(f"cannot open the log file {log_file}: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+        os.close(fd)
+        raise DedupdError(f"cannot open the log file {log_file}: not a regular file of this "
+                          "user with one name (put there by someone else? remove it)")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "ab", buffering=0)
 
 
 def _child(body: Callable[[], int], addr: str, logf: object) -> None:
