@@ -53,7 +53,6 @@ from dedupd.errors import DedupdError
 from dedupd.files.events import Ident
 from dedupd.forkpipe import Wire
 from dedupd.fsops.copy import (
-    CopyError,
     CopyResult,
     DestDirs,
     Staged,
@@ -64,6 +63,7 @@ from dedupd.fsops.copy import (
     sync_batch,
     sync_filesystem,
 )
+from dedupd.fsops.source import CopyError
 
 KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
 KILL_WHICH_ENV = "DEDUPD_TEST_KILL_WHICH"

@@ -40,15 +40,8 @@ from dedupd.consolidate.plan import Copy, Known, Plan
 from dedupd.consolidate.sortcopy import NewCopy, sort_group
 from dedupd.files.events import FileEvent, Problem
 from dedupd.forkpipe import Wire
-from dedupd.fsops.copy import (
-    KEEP_BYTES,
-    CopyError,
-    CopyResult,
-    SourceDirs,
-    SourceRead,
-    read_source,
-    sync_filesystem,
-)
+from dedupd.fsops.copy import KEEP_BYTES, CopyResult, sync_filesystem
+from dedupd.fsops.source import CopyError, SourceDirs, SourceRead, read_source
 from dedupd.index.provenance import Provenance
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from dedupd.config import ConsolidateConfig
 from dedupd.errors import ConfigError
 from dedupd.files.events import FileEvent, Problem, WalkStats
-from dedupd.fsops.copy import LOCK_NAME, TMP_GLOB
+from dedupd.fsops.archive_lock import LOCK_NAME, TMP_GLOB
 from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
 from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
 from dedupd.index import provenance as prov

@@ -37,7 +37,7 @@ from dedupd.consolidate.layout import check_layout
 from dedupd.consolidate.plan import Names, Plan, make_plan, new_copy, plan_collisions
 from dedupd.dedup.journal import Journal
 from dedupd.errors import TemporaryFailure
-from dedupd.fsops.copy import (
+from dedupd.fsops.archive_lock import (
     Locked,
     lock_archive,
     mark_running,

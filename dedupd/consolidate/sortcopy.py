@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
 from dedupd.consolidate.plan import Copy
 from dedupd.files.events import Problem
-from dedupd.fsops.copy import CopyError, SourceDirs, SourceRead, read_source
+from dedupd.fsops.source import CopyError, SourceDirs, SourceRead, read_source
 from dedupd.index.store import HashUpdate
 
 # (content with its first source, that source's bytes, if read) -> the named copy, or None

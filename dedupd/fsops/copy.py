@@ -36,43 +36,37 @@ create, link and unlink of the batch is relative to it. It also holds each
 staged temp file and its source open until the copy is placed or discarded:
 the sync's cache drop, the read-back, the source's unchanged-check (fstat of
 the very handle it was read through) and the final stat need no new open.
-`read_source` + `stage_data` split steps 1-2 between two processes
-(consolidate/copyworker.py): one reads and hashes, the other writes those
-bytes and gets the source's handle along with them.
+`read_source` (fsops/source.py) + `stage_data` split steps 1-2 between two
+processes (consolidate/copyworker.py): one reads and hashes, the other writes
+those bytes and gets the source's handle along with them. The read-back
+compares are fsops/readback.py; the archive's lock and the sweep of temp
+names, fsops/archive_lock.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import itertools
 import os
 import stat
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import xxhash
 
 from dedupd import handles, testpoints
-from dedupd.dedup.verify import first_difference, read_upto
-from dedupd.errors import DedupdError
 from dedupd.files.events import Ident
 from dedupd.fsops import anon, names
 from dedupd.fsops import link as link_ops
+from dedupd.fsops.archive_lock import TMP_PREFIX, TMP_SUFFIX
+from dedupd.fsops.readback import BUF, compare_kept, compare_with_source
+from dedupd.fsops.source import CopyError, open_expected, same_inode
 from dedupd.hashing import HEAD_SIZE
 
-TMP_PREFIX = b".dedupd-copy."
-TMP_SUFFIX = b".tmp"
-TMP_GLOB = ".dedupd-copy.*.tmp"
-BUF = 1 << 20
 # A source up to this size is kept in memory between its copy and its verify,
 # so it is read once; a batch holds at most its byte cap (execute.BATCH_BYTES).
 KEEP_BYTES = 16 << 20
-_RD = handles.FILE_FLAGS
-_NOATIME = getattr(os, "O_NOATIME", 0)
 _EUID = os.geteuid()  # whether copies may take the source's owner (root only)
 _TMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Errors from link() that mean "this filesystem has no hardlinks", not "dest exists".
@@ -80,15 +74,6 @@ _NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.E
 
 Step = Callable[[str], None]
 _anon_ids = itertools.count()
-
-
-class CopyError(Exception):
-    """The copy did not happen; `reason` is a short tag (vanished, changed, exists,
-    mismatch, error) and nothing was left under the destination name."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 @dataclass(frozen=True)
@@ -214,110 +199,13 @@ def _at(dirs: DestDirs, path: bytes) -> tuple[int, bytes]:
     return dirs.fd(d), name
 
 
-class SourceDirs:
-    """Handles of source directories for a run of reads (the most recent KEEP): the
-    files of one directory cost one resolution beneath the anchor (handles.open_dir),
-    then one open of the final name relative to it, never followed (handles.open_in).
-    A directory renamed or replaced after its handle was taken is still the directory
-    the handle holds: the opened file must anyway be the indexed inode, unchanged
-    (_open_expected), so what is read is what the index scan saw in the share.
-    close() when done; one thread's."""
-
-    def __init__(self, keep: int = 1024) -> None:
-        self._fds: OrderedDict[bytes, int] = OrderedDict()
-        self.keep = keep
-
-    def open(self, path: bytes, flags: int) -> int:
-        parent, name = os.path.split(path)
-        fd = self._fds.get(parent)
-        if fd is None:
-            fd = self._fds[parent] = handles.open_dir(parent or b"/")
-            if len(self._fds) > self.keep:
-                os.close(self._fds.popitem(last=False)[1])
-        else:
-            self._fds.move_to_end(parent)
-        return handles.open_in(fd, name, flags)
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-
-def _open_src(src: bytes, dirs: SourceDirs | None = None) -> int:
-    testpoints.at("read.open", src)
-    opener = handles.open_at if dirs is None else dirs.open
-    try:
-        try:
-            return opener(src, _RD | _NOATIME)
-        except PermissionError:
-            return opener(src, _RD)  # O_NOATIME needs ownership; retry without it
-    except FileNotFoundError:
-        raise CopyError("vanished", "source disappeared before the copy") from None
-    except handles.PathChanged as e:
-        raise CopyError(e.reason, f"source refused: {e.strerror}") from None
-    except OSError as e:
-        raise CopyError("error", f"cannot open source: {e.strerror}") from None
-
-
-def _open_expected(src: bytes, expect: Ident | None,
-                   dirs: SourceDirs | None = None) -> tuple[int, os.stat_result]:
-    sfd = _open_src(src, dirs)
-    st = os.fstat(sfd)
-    if not stat.S_ISREG(st.st_mode) or (expect is not None and not expect.matches(st)):
-        os.close(sfd)
-        raise CopyError("changed", "source changed since it was indexed")
-    return sfd, st
-
-
 def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None,
                dirs: DestDirs | None = None) -> Staged:
     """Write src to a fresh temp name in dest_dir (created if needed), hashing it, with
     the source's mode, owner and mtime. Not fsynced: the caller syncs the batch
     (sync_batch). `dirs` holds the batch's directory handles (else a private one)."""
-    sfd, st = _open_expected(src, expect)
+    sfd, st = open_expected(src, expect)
     return _stage(src, sfd, st, dest_dir, dirs, lambda tfd: _write_copy(sfd, tfd, st))
-
-
-@dataclass(frozen=True)
-class SourceRead:
-    """A source read whole into memory and hashed, its handle still open: it is either
-    staged as a copy (stage_data takes the handle) or closed (close)."""
-
-    src: bytes
-    fd: int
-    stat: os.stat_result  # the source as it was read (checked after the read)
-    data: bytes
-    head: int
-    full: bytes
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def read_source(src: bytes, expect: Ident | None = None,
-                dirs: SourceDirs | None = None) -> SourceRead:
-    """Open src (the expected inode, unchanged; through dirs' directory handles when
-    given), read it whole (at most KEEP_BYTES: the caller's contract) and hash it;
-    raise CopyError. The caller owns the handle."""
-    sfd, st = _open_expected(src, expect, dirs)
-    try:
-        # one byte more than the size: a source that grew is caught here. A single
-        # read that returns exactly the size is the whole file as st describes it
-        # (the fstat below confirms nothing changed since): no read for the EOF.
-        data = os.pread(sfd, st.st_size + 1, 0)
-        if len(data) != st.st_size:
-            data = read_upto(sfd, st.st_size + 1)
-        if len(data) != st.st_size:
-            raise CopyError("changed", "source size changed while it was read")
-        _same(sfd, st)
-    except BaseException as e:
-        os.close(sfd)
-        if isinstance(e, OSError):
-            raise CopyError("error", f"cannot read source: {e.strerror or e}") from None
-        raise
-    return SourceRead(src, sfd, st, data, xxhash.xxh3_64_intdigest(data[:HEAD_SIZE]),
-                      xxhash.xxh3_128_digest(data))
 
 
 def stage_data(src: bytes, sfd: int, st: os.stat_result, head: int, full: bytes,
@@ -437,7 +325,7 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
     sfd = dirs.src_fd(staged.tmp)
     own_src = sfd is None
     if sfd is None:
-        sfd, _ = _open_expected(staged.src, Ident.of(staged.src_stat))
+        sfd, _ = open_expected(staged.src, Ident.of(staged.src_stat))
     tdir, tname = _at(dirs, staged.tmp)
     tfd = dirs.tmp_fd(staged.tmp)
     if tfd is None:  # staged with a private DestDirs
@@ -445,11 +333,11 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
         dirs.keep(staged.tmp, tfd, os.dup(sfd))
     try:
         if staged.data is not None:
-            _compare_kept(staged.data, tfd)
+            compare_kept(staged.data, tfd)
             nread = staged.bytes_read
         else:
-            nread = staged.bytes_read + _compare(sfd, tfd, staged.src_stat)
-        _same(sfd, staged.src_stat)
+            nread = staged.bytes_read + compare_with_source(sfd, tfd, staged.src_stat)
+        same_inode(sfd, staged.src_stat)
     finally:
         if own_src:
             os.close(sfd)
@@ -523,67 +411,11 @@ def _write_copy(sfd: int, tfd: int, st: os.stat_result
             view = view[os.write(tfd, view):]
         total += len(data)
         want = BUF
-    _same(sfd, st)
+    same_inode(sfd, st)
     if total != st.st_size:
         raise CopyError("changed", "source size changed during the copy")
     kept = None if keep is None else (keep[0] if len(keep) == 1 else b"".join(keep))
     return xxhash.xxh3_64_intdigest(head_buf), h.digest(), total, kept
-
-
-_tls = threading.local()
-
-
-def _readback_buffer(n: int) -> bytearray:
-    """This thread's buffer for reading copies back, at least n bytes: reused, so a
-    read-back costs no fresh pages (a new bytes per copy faulted in 60,000 pages for
-    250 MB of copies)."""
-    buf: bytearray | None = getattr(_tls, "buf", None)
-    if buf is None or len(buf) < n:
-        buf = _tls.buf = bytearray(max(n, BUF))
-    return buf
-
-
-def _compare_kept(kept: bytes | memoryview, tfd: int) -> None:
-    """Compare the copy as read back with the source bytes kept from the copy, byte for
-    byte: read into a reused buffer, compared with bytearray.startswith (one memcmp
-    over the buffers, no copy of either; comparing memoryviews goes byte by byte)."""
-    n = len(kept)
-    buf = _readback_buffer(n + 1)
-    with memoryview(buf) as view:
-        got = 0
-        while got <= n:  # one byte more than the source: a longer copy differs too
-            k = os.preadv(tfd, [view[got:n + 1]], got)
-            if not k:
-                break
-            got += k
-    if got == n and buf.startswith(kept):
-        return
-    if got > n:
-        raise CopyError("mismatch", "copy is longer than the source")
-    at = first_difference(bytes(buf[:got]), bytes(kept))
-    raise CopyError("mismatch", f"copy differs from source at byte {at}")
-
-
-def _compare(sfd: int, tfd: int, st: os.stat_result) -> int:
-    """Compare the written copy with the source byte for byte; return source bytes read."""
-    off = 0
-    while off < st.st_size:
-        a = os.pread(sfd, BUF, off)
-        b = os.pread(tfd, BUF, off)
-        if not a or a != b:
-            raise CopyError("mismatch", f"copy differs from source at byte {off}")
-        off += len(a)
-    if os.pread(tfd, 1, off):
-        raise CopyError("mismatch", "copy is longer than the source")
-    _same(sfd, st)
-    return off
-
-
-def _same(sfd: int, st: os.stat_result) -> None:
-    now = os.fstat(sfd)  # Ident's fields, compared without building two Idents
-    if (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
-            st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-        raise CopyError("changed", "source changed while it was being copied")
 
 
 def _set_meta(tfd: int, st: os.stat_result) -> None:
@@ -641,86 +473,3 @@ def make_dirs(path: bytes, sync: bool = True) -> None:
 def _unlink_quiet(path: bytes) -> None:
     with contextlib.suppress(OSError), handles.Parent(path) as p:
         os.unlink(p.name, dir_fd=p.fd)
-
-
-def is_temp_name(name: bytes) -> bool:
-    return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
-
-
-def remove_stale_temps(root: bytes, dry_run: bool = False) -> list[bytes]:
-    """Delete the temp files an interrupted copy left under root; return their paths.
-
-    Only names of the exact `.dedupd-copy.<hex>.tmp` shape are touched. The
-    caller holds the archive lock, so no live copy owns one of them.
-    """
-    found: list[bytes] = []
-    # fwalk descends by fd without following symlinks: removal acts on the very
-    # directory that was listed.
-    for dirpath, _dirs, files, dfd in os.fwalk(root):
-        for name in files:
-            if is_temp_name(name):
-                found.append(os.path.join(dirpath, name))
-                if not dry_run:
-                    with contextlib.suppress(OSError):
-                        os.unlink(name, dir_fd=dfd)
-    return found
-
-
-LOCK_NAME = b".dedupd-consolidate.lock"
-
-
-class Locked(Exception):
-    """Another dedupd process is importing into the same archive."""
-
-
-def lock_archive(root: bytes) -> int:
-    """Take the archive's exclusive lock (non-blocking); return the fd to close later.
-
-    The lock file stays in the archive root (excluded from scans). While a run
-    works it holds RUNNING: finding that word when taking the lock means the
-    previous run was interrupted and may have left temp files (`was_interrupted`).
-    Anything but a regular file at the name (a FIFO, symlink or directory someone
-    put there) is a DedupdError, never opened through nor written.
-    """
-    path = os.path.join(root, LOCK_NAME)
-    try:
-        with handles.Parent(path) as p:
-            # O_NONBLOCK: a FIFO planted at the name must not hang the open
-            fd = p.open(os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o600)
-    except OSError as e:
-        if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-            raise
-        fd = -1
-    if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
-        if fd >= 0:
-            os.close(fd)
-        raise DedupdError(f"{os.fsdecode(path)}: not a regular file: the archive's lock is "
-                          "kept there (remove it, then run again)")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise Locked(os.fsdecode(root)) from None
-    return fd
-
-
-RUNNING = b"running\n"
-
-
-def was_interrupted(root: bytes) -> bool:
-    """True when the last run into this archive did not finish (or never ran here)."""
-    try:
-        with open(handles.open_at(os.path.join(root, LOCK_NAME)), "rb") as f:
-            return f.read(len(RUNNING)) == RUNNING
-    except FileNotFoundError:
-        return True  # first run, or the marker was removed: sweep to be sure
-    except OSError:
-        return True
-
-
-def mark_running(fd: int, running: bool) -> None:
-    """Set (durably) or clear the RUNNING marker in the held lock file."""
-    os.ftruncate(fd, 0)
-    if running:
-        os.pwrite(fd, RUNNING, 0)
-    os.fsync(fd)

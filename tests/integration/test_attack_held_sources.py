@@ -1,4 +1,4 @@
-"""Consolidation reads its sources through held directory handles (fsops.copy.SourceDirs:
+"""Consolidation reads its sources through held directory handles (fsops.source.SourceDirs:
 a directory is resolved once, then each of its files is opened by its final name
 relative to the handle). A real unprivileged user acts on their own directory once
 its handle is held (at the read of its second file): the directory swapped for a

@@ -17,19 +17,18 @@ from dedupd.dedup.verify import first_difference
 from dedupd.errors import ConfigError
 from dedupd.files.events import Ident
 from dedupd.fsops import anon
+from dedupd.fsops.archive_lock import remove_stale_temps
 from dedupd.fsops.copy import (
     KEEP_BYTES,
-    CopyError,
     DestDirs,
     Staged,
     copy_verified,
     place_copy,
-    read_source,
-    remove_stale_temps,
     stage_copy,
     stage_data,
     sync_batch,
 )
+from dedupd.fsops.source import CopyError, read_source
 from tests.fixtures.consolidate import corrupt_jpeg, jpeg, write
 
 WHEN = datetime(2019, 7, 4, 12, 0, 0)
