@@ -205,7 +205,9 @@ def _report(cfg: ConsolidateConfig, opts: Options, inv: Inventory, plan: Plan,
                     "archive": os.fsdecode(placed.get(x.src.path, x.dest)),
                     "size": x.content.size, "date_from": x.date.source,
                     "duplicates": [os.fsdecode(s.path) for s in x.content.sources[1:]]}
-                   for x in plan.copies)
+                   # a real run lists the copies placed (and confirmed), not those that
+                   # failed (out of space, source changed: they are in the problems)
+                   for x in plan.copies if opts.dry_run or x.src.path in placed)
     dups = tuple({"size": d.size, "paths": [os.fsdecode(f.paths[0]) for f in d.archive]}
                  for d in plan.archive_dups)
     problems = tuple(p.as_dict() for p in [*inv.problems, *plan.problems, *c.problems])
