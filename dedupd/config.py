@@ -187,6 +187,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     consolidate = {n: _consolidate(cons.sub(n), n) for n in cons.names()}
     top.done()
     rules.check_volumes(file, volumes)
+    rules.check_archives_apart(file, volumes, consolidate, DESTRUCTIVE_KINDS)
     return Config(file, daemon, database, volumes, backups, consolidate)
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from dedupd.errors import ConfigError
 
 if TYPE_CHECKING:
-    from dedupd.config import VolumeConfig
+    from dedupd.config import ConsolidateConfig, VolumeConfig
 
 # A table name becomes a socket file name (volumes), part of index keys and of
 # log lines: one path component of safe characters, not starting with a dot.
@@ -124,3 +124,40 @@ def check_archive(file: str, name: str, archive: Path, sources: tuple[Path, ...]
         if p in seen:
             raise ConfigError(file, f"consolidate.{name}.sources", f"{p} is listed twice")
         seen.append(p)
+
+
+def check_archives_apart(file: str, vols: Mapping[str, VolumeConfig],
+                         cons: Mapping[str, ConsolidateConfig],
+                         link_kinds: tuple[str, ...]) -> None:
+    """A volume deduped by hardlinks (link_kinds) must not hold a consolidation's archive
+    together with other files, unless its exclude patterns keep the walk out of the
+    archive: a hardlink from an archive file to a name outside it (the source in its
+    share, say) would let the next write to that name, in place, change the archive.
+    A volume inside the archive (or equal to it) only links archive files together."""
+    for name, v in vols.items():
+        if v.kind not in link_kinds:
+            continue  # extents are shared copy-on-write: a write reaches one file only
+        for root in (norm(v.path), *(norm(b) for b in v.branches)):
+            for cname, c in cons.items():
+                a = norm(c.archive)
+                if relation(a, root) == "inside" and not _walked_around(a, root, v.exclude):
+                    raise ConfigError(
+                        file, f"volumes.{name}.path",
+                        f"{root} holds consolidate.{cname}'s archive {a} and other files: "
+                        "its hardlinks would let a write outside the archive change the "
+                        f'archive\'s files; add "{a}" to volumes.{name}.exclude, or keep '
+                        "the volume beside the archive")
+
+
+def _walked_around(target: str, root: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a walk of root under these exclude patterns (matched, as the walk does,
+    against each entry's name and full path) never enters target."""
+    import fnmatch  # here: the config of most hosts has no consolidation
+
+    d = target
+    while d != root and len(d) > len(root):
+        if any(fnmatch.fnmatchcase(os.path.basename(d), p) or fnmatch.fnmatchcase(d, p)
+               for p in patterns):
+            return True
+        d = os.path.dirname(d)
+    return False
