@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import resource
-from collections.abc import Sequence
 
 from dedupd.consolidate.copyworker import CopyWorker
 from dedupd.consolidate.writer import IndexWriter
@@ -15,10 +14,9 @@ class Helpers:
     worker (copyworker.py). Fork them early (run.py: before the index scan, while the
     heap is small, and before any thread); close() or abandon() them at the end."""
 
-    def __init__(self, url: str, archive: bytes, policy: str,
-                 sources: Sequence[bytes] = ()) -> None:
+    def __init__(self, url: str, archive: bytes, policy: str) -> None:
         fd_budget()  # the open-file limit raised first: the worker holds a batch open
-        self.writer = IndexWriter(url, (*sources, archive))
+        self.writer = IndexWriter(url)
         try:
             self.worker = CopyWorker(archive, policy)
         except BaseException:

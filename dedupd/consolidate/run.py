@@ -117,7 +117,7 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
             mark_running(lock, True)
         # the copies' helper processes, forked while the heap is small (helpers.Helpers)
         helpers = None if opts.dry_run else Helpers(store.url, roots.archive,
-                                                    cfg.on_name_collision, roots.sources)
+                                                    cfg.on_name_collision)
         try:
             inv = index_trees(store, cfg, roots, opts.progress)
             # A dry run hashes every size group: its plan lists every copy and duplicate.

@@ -21,7 +21,6 @@ is its error, never a partial success). Construct before starting threads
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 
 from dedupd import forkpipe
@@ -60,36 +59,22 @@ def apply(store: Store, msg: Wire) -> int:
     return n
 
 
-def _child(inp: int, out: int, url: str, roots: Sequence[bytes]) -> None:
+def _child(inp: int, out: int, url: str) -> None:
     store = Store(url)  # its own connections: none of the parent's is used here
     written = 0
     while (msg := forkpipe.recv(inp)) is not None:
         if msg == "end":
             forkpipe.send(out, ("done", written))
             return
-        if roots:  # the first flush: the run's index scan has their filesystems by now
-            _learn(store, roots)
-            roots = ()
         written += apply(store, msg)
     # EOF without "end": the parent died; what it sent is written, nothing else to do
 
 
-def _learn(store: Store, roots: Sequence[bytes]) -> None:
-    """The filesystem of each root's device, for this Store: it records archive files
-    only, and Store.save_hashes keeps no update of a device it never met (the hashes
-    of the sources, learnt by their copies, were dropped: the next run read every
-    source again). A root gone or not identifiable: its hashes go, as before."""
-    for r in roots:
-        with contextlib.suppress(OSError, DedupdError):
-            store.fs_of(os.lstat(r).st_dev, r.rstrip(b"/") + b"/.")  # a name in r
-
-
 class IndexWriter:
-    """Index writes of one copy phase in a child process (module docstring). roots:
-    the run's source and archive roots (_learn)."""
+    """Index writes of one copy phase in a child process (module docstring)."""
 
-    def __init__(self, url: str, roots: Sequence[bytes] = ()) -> None:
-        self.pid, self.to, self.frm = forkpipe.spawn(lambda i, o: _child(i, o, url, roots))
+    def __init__(self, url: str) -> None:
+        self.pid, self.to, self.frm = forkpipe.spawn(lambda i, o: _child(i, o, url))
 
     def write(self, scan_id: int, events: Sequence[FileEvent], hashes: Sequence[HashUpdate],
               rows: Sequence[Provenance], name: str, touch: Sequence[bytes],
