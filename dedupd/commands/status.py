@@ -16,7 +16,7 @@ from typing import Any
 from dedupd import config
 from dedupd.commands.common import add_common, load_config, path, seconds
 from dedupd.errors import ConfigError, DedupdError
-from dedupd.output import human_bytes, print_json
+from dedupd.output import human_bytes, print_json, show_path
 
 HELP = """\
 Show what the running daemon is doing: each volume's state (idle, scanning,
@@ -169,18 +169,18 @@ def render(doc: dict[str, Any]) -> str:
                      f"{v['rates']['files_per_s']:.0f}",
                      human_bytes(v["rates"]["bytes_per_s"]) + "/s",
                      f"{v['passes']['completed']}/{v['passes']['started']}",
-                     human_bytes(v["bytes_reclaimed"]), v["doing"]])
+                     human_bytes(v["bytes_reclaimed"]), show_path(v["doing"])])
     out.append(_table(rows) if len(rows) > 1 else "no volumes\n")
     if doc["backups"]:
         jrows = [["BACKUP", "SCHEDULE", "STATE", "NEXT RUN", "LAST RESULT"]]
         jrows += [[j["name"], j["schedule"], j["state"], _when(j["next_run_at"]),
-                   j["last_result"] or "-"] for j in doc["backups"].values()]
+                   show_path(j["last_result"] or "-")] for j in doc["backups"].values()]
         out.append(_table(jrows))
     for e in doc["next_events"][:5]:
-        out.append(f"next: {_when(e['at'])} {e['what']}\n")
+        out.append(f"next: {_when(e['at'])} {show_path(e['what'])}\n")
     if doc["last_errors"]:
         out.append("last errors:\n")
         for e in doc["last_errors"][-10:]:
-            path = f" {e['path']}" if e.get("path") else ""
-            out.append(f"  {_when(e['time'])} {e['where']}:{path} {e['error']}\n")
+            path = f" {show_path(e['path'])}" if e.get("path") else ""
+            out.append(f"  {_when(e['time'])} {e['where']}:{path} {show_path(str(e['error']))}\n")
     return "".join(out)

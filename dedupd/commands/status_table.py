@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dedupd.commands.status import _ago, _when
-from dedupd.output import human_bytes
+from dedupd.output import human_bytes, show_path
 
 STATE_STYLE = {"idle": "green", "scanning": "cyan", "hashing": "cyan", "deduping": "yellow",
                "paused": "magenta"}
@@ -43,7 +43,7 @@ def view(doc: dict[str, Any]) -> Group:
     if doc["next_events"]:
         nxt = Table(title="next", title_justify="left", box=None, show_header=False)
         for e in doc["next_events"][:5]:
-            nxt.add_row(_when(e["at"]), e["what"])
+            nxt.add_row(_when(e["at"]), Text(show_path(e["what"])))
         parts.append(nxt)
     if doc["last_errors"]:
         parts.append(_errors(doc))
@@ -72,7 +72,7 @@ def _volumes(doc: dict[str, Any]) -> Table:
         rate = v["rates"]
         t.add_row(Text.assemble((v["name"], "bold"), f"\n{v['kind']}\n",
                                 (v["mode"], "yellow" if v["mode"] != "apply" else "")),
-                  Text.assemble(head, "\n", (v["doing"], "dim")),
+                  Text.assemble(head, "\n", (show_path(v["doing"]), "dim")),
                   _passes(v),
                   counters,
                   f"{rate['files_per_s']:,.0f} files/s\n{human_bytes(rate['bytes_per_s'])}/s",
@@ -100,16 +100,19 @@ def _backups(doc: dict[str, Any]) -> Table:
     t = Table("BACKUP", "SCHEDULE", "STATE", "LAST RUN", "NEXT RUN", "RUNS", "LAST RESULT")
     for j in doc["backups"].values():
         result = j["last_result"] or "-"
-        t.add_row(Text(j["name"], "bold"), j["schedule"], j["state"], _when(j["last_run_at"]),
+        t.add_row(Text(j["name"], "bold"), Text(j["schedule"]), Text(j["state"]),
+                  _when(j["last_run_at"]),
                   _when(j["next_run_at"]), f"{j['runs']} ({j['failures']} failed)",
-                  Text(result, "red" if result.startswith("failed") else ""))
+                  Text(show_path(result), "red" if result.startswith("failed") else ""))
     return t
 
 
 def _errors(doc: dict[str, Any]) -> Table:
     t = Table("TIME", "WHERE", "PATH", "ERROR", title="last errors", title_justify="left")
     for e in doc["last_errors"][-10:]:
-        t.add_row(_when(e["time"]), e["where"], e.get("path") or "", Text(e["error"], "red"))
+        # names and messages are Text, never markup: a file named "x[/]y" is text
+        t.add_row(_when(e["time"]), Text(str(e["where"])), Text(show_path(e.get("path") or "")),
+                  Text(show_path(str(e["error"])), "red"))
     return t
 
 
