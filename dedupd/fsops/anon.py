@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import os
 
+from dedupd.fsops.archive_lock import TMP_PREFIX, TMP_SUFFIX
+
 _TMPFILE = getattr(os, "O_TMPFILE", 0)
 _FLAGS = _TMPFILE | os.O_RDWR | os.O_CLOEXEC
-_PROBE = b".dedupd-copy.%s.tmp"
+_PROBE = TMP_PREFIX + b"%s" + TMP_SUFFIX  # swept after a crash (remove_stale_temps)
 _able: dict[int, bool] = {}  # st_dev -> anonymous files can be made and linked
 
 

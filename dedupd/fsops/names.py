@@ -1,5 +1,5 @@
 """Moving a name without replacing another (fsops' renameat2 gateway) and holding a
-name: the primitives under fsops.link's swaps and removals.
+name: the primitives under fsops.swap's swaps and fsops.link's removals.
 
 renameat2 is reached through libc by ctypes; RENAME_EXCHANGE and RENAME_NOREPLACE
 are missing on some filesystems (zfs-fuse, NFS: no flag at all; SMB: no exchange),
