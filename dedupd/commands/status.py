@@ -133,7 +133,8 @@ def shown(path: str | os.PathLike[str]) -> Iterator[None]:
                           "--json prints it as it came)") from None
 
 
-def _ago(seconds: float) -> str:
+def ago(seconds: float) -> str:
+    """A duration, short: 45s, 12m, 3h05m (both views of the status)."""
     s = int(seconds)
     if s < 120:
         return f"{s}s"
@@ -142,7 +143,9 @@ def _ago(seconds: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def _when(t: float | None) -> str:
+def when(t: float | None) -> str:
+    """An epoch time, local: the time of day within a day of now, else the date too;
+    "-" for None."""
     if t is None:
         return "-"
     fmt = "%H:%M:%S" if abs(t - time.time()) < 86400 else "%Y-%m-%d %H:%M"
@@ -158,7 +161,7 @@ def _table(rows: list[list[str]]) -> str:
 def render(doc: dict[str, Any]) -> str:
     """The human view of a status document."""
     out = [f"dedupd {doc['version']}, pid {doc['pid']}, {doc['state']}, up "
-           f"{_ago(doc['uptime'])}, {human_bytes(doc['bytes_reclaimed'])} reclaimed\n"]
+           f"{ago(doc['uptime'])}, {human_bytes(doc['bytes_reclaimed'])} reclaimed\n"]
     rows = [["VOLUME", "KIND", "MODE", "STATE", "FILES/S", "READ/S", "PASSES", "RECLAIMED",
              "DOING"]]
     for v in doc["volumes"].values():
@@ -173,14 +176,14 @@ def render(doc: dict[str, Any]) -> str:
     out.append(_table(rows) if len(rows) > 1 else "no volumes\n")
     if doc["backups"]:
         jrows = [["BACKUP", "SCHEDULE", "STATE", "NEXT RUN", "LAST RESULT"]]
-        jrows += [[j["name"], j["schedule"], j["state"], _when(j["next_run_at"]),
+        jrows += [[j["name"], j["schedule"], j["state"], when(j["next_run_at"]),
                    show_path(j["last_result"] or "-")] for j in doc["backups"].values()]
         out.append(_table(jrows))
     for e in doc["next_events"][:5]:
-        out.append(f"next: {_when(e['at'])} {show_path(e['what'])}\n")
+        out.append(f"next: {when(e['at'])} {show_path(e['what'])}\n")
     if doc["last_errors"]:
         out.append("last errors:\n")
         for e in doc["last_errors"][-10:]:
             path = f" {show_path(e['path'])}" if e.get("path") else ""
-            out.append(f"  {_when(e['time'])} {e['where']}:{path} {show_path(str(e['error']))}\n")
+            out.append(f"  {when(e['time'])} {e['where']}:{path} {show_path(str(e['error']))}\n")
     return "".join(out)

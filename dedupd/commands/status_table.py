@@ -19,7 +19,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from dedupd.commands.status import _ago, _when
+from dedupd.commands.status import ago, when
 from dedupd.output import human_bytes, show_path
 
 STATE_STYLE = {"idle": "green", "scanning": "cyan", "hashing": "cyan", "deduping": "yellow",
@@ -34,7 +34,7 @@ def view(doc: dict[str, Any]) -> Group:
     parts: list[RenderableType] = [Text.assemble(
         ("dedupd ", "bold"), (str(doc["version"]), "bold"),
         f"  pid {doc['pid']}  ", (doc["state"], _state_style(doc["state"])),
-        f"  up {_ago(doc['uptime'])}  ",
+        f"  up {ago(doc['uptime'])}  ",
         (human_bytes(doc["bytes_reclaimed"]), "bold"), " reclaimed",
         f"  {doc['reloads']} reloads" if doc.get("reloads") else "")]
     parts.append(_volumes(doc) if doc["volumes"] else Text("no volumes", "dim"))
@@ -43,7 +43,7 @@ def view(doc: dict[str, Any]) -> Group:
     if doc["next_events"]:
         nxt = Table(title="next", title_justify="left", box=None, show_header=False)
         for e in doc["next_events"][:5]:
-            nxt.add_row(_when(e["at"]), Text(show_path(e["what"])))
+            nxt.add_row(when(e["at"]), Text(show_path(e["what"])))
         parts.append(nxt)
     if doc["last_errors"]:
         parts.append(_errors(doc))
@@ -86,13 +86,13 @@ def _passes(v: dict[str, Any]) -> Text:
     if p["failed"]:
         out.append(f", {p['failed']} failed", "red")
     if v["pass_started_at"] is not None:
-        out.append(f"\nrunning for {_ago(time.time() - v['pass_started_at'])}")
+        out.append(f"\nrunning for {ago(time.time() - v['pass_started_at'])}")
     if v["last_pass_finished_at"] is not None:
         took = v["last_pass_seconds"]
-        out.append(f"\nlast {_when(v['last_pass_finished_at'])}"
+        out.append(f"\nlast {when(v['last_pass_finished_at'])}"
                    + (f" ({took:.1f}s)" if took is not None else ""))
     if v["next_pass_at"] is not None:
-        out.append(f"\nnext {_when(v['next_pass_at'])}")
+        out.append(f"\nnext {when(v['next_pass_at'])}")
     return out
 
 
@@ -101,8 +101,8 @@ def _backups(doc: dict[str, Any]) -> Table:
     for j in doc["backups"].values():
         result = j["last_result"] or "-"
         t.add_row(Text(j["name"], "bold"), Text(j["schedule"]), Text(j["state"]),
-                  _when(j["last_run_at"]),
-                  _when(j["next_run_at"]), f"{j['runs']} ({j['failures']} failed)",
+                  when(j["last_run_at"]),
+                  when(j["next_run_at"]), f"{j['runs']} ({j['failures']} failed)",
                   Text(show_path(result), "red" if result.startswith("failed") else ""))
     return t
 
@@ -111,7 +111,7 @@ def _errors(doc: dict[str, Any]) -> Table:
     t = Table("TIME", "WHERE", "PATH", "ERROR", title="last errors", title_justify="left")
     for e in doc["last_errors"][-10:]:
         # names and messages are Text, never markup: a file named "x[/]y" is text
-        t.add_row(_when(e["time"]), Text(str(e["where"])), Text(show_path(e.get("path") or "")),
+        t.add_row(when(e["time"]), Text(str(e["where"])), Text(show_path(e.get("path") or "")),
                   Text(show_path(str(e["error"])), "red"))
     return t
 
