@@ -223,7 +223,26 @@ def stage_data(src: bytes, sfd: int, st: os.stat_result, head: int, full: bytes,
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """data to the fresh file fd, its runs of zeros left as holes (_write_sparse)."""
     view = memoryview(data)
+    for off in range(0, len(view), BUF):
+        _write_sparse(fd, view[off:off + BUF], off + BUF >= len(view))
+
+
+# A user of a share makes a file of any apparent size in no space (truncate -s 16T);
+# written out as zeros its copy would fill the archive's disk, run as root without a
+# quota. A whole buffer of zeros is left as a hole (read back, it is zeros again).
+_ZEROS = bytes(BUF)
+
+
+def _write_sparse(fd: int, chunk: bytes | memoryview, last: bool) -> None:
+    """Write one chunk at fd's offset: skipped (a hole) when it is BUF zero bytes and
+    not the file's last (written, it sets the size: no ftruncate, which FUSE's fusefat
+    refuses)."""
+    if not last and len(chunk) == BUF and chunk == _ZEROS:
+        os.lseek(fd, BUF, os.SEEK_CUR)
+        return
+    view = memoryview(chunk)
     while view:
         view = view[os.write(fd, view):]
 
@@ -406,9 +425,7 @@ def _write_copy(sfd: int, tfd: int, st: os.stat_result
             keep.append(data)
             if total + len(data) > KEEP_BYTES:
                 keep = None
-        view = memoryview(data)
-        while view:
-            view = view[os.write(tfd, view):]
+        _write_sparse(tfd, data, total + len(data) >= st.st_size)
         total += len(data)
         want = BUF
     same_inode(sfd, st)
