@@ -329,8 +329,8 @@ class Executor:
                 cp, _ = self._pending.pop(cid)
                 self.c.problems.append(Problem(cp.src.path, reason, detail))
         if self._batch_hashes:
-            # after the batch's archive files: the writer's index learns their filesystem
-            # from those records (a hash of a filesystem it has not met is dropped)
+            # after the batch's archive files: the writer records them first (save_hashes
+            # skips a hash of an inode the index has no row for)
             self._hashes.extend(self._batch_hashes.pop(0))
 
     def _copied(self, cp: Copy, res: CopyResult) -> None:
