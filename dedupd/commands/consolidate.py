@@ -21,9 +21,10 @@ photos, else mtime), and record where each archive file came from
 
 Stage 1 finds the distinct contents across all sources (a photo present in
 three shares is imported once); stage 2 skips content the archive already has,
-whatever its name or folder there. Copies go to a temp name, are fsynced,
-compared byte for byte with the source and only then linked into place:
-an interrupted run leaves no partial file and the next run resumes.
+whatever its name or folder there. Copies are written under no name (a temp
+name where the filesystem has no O_TMPFILE), fsynced, compared byte for byte
+with the source and only then linked into place: an interrupted run leaves no
+partial file and the next run resumes.
 
 Sources are never modified. A re-run reads only files that changed since the
 last one. --dry-run indexes and plans (reading EXIF dates) but copies nothing.
