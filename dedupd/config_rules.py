@@ -140,7 +140,7 @@ def check_archives_apart(file: str, vols: Mapping[str, VolumeConfig],
         for root in (norm(v.path), *(norm(b) for b in v.branches)):
             for cname, c in cons.items():
                 a = norm(c.archive)
-                if relation(a, root) == "inside" and not _walked_around(a, root, v.exclude):
+                if relation(a, root) == "inside" and not walked_around(a, root, v.exclude):
                     raise ConfigError(
                         file, f"volumes.{name}.path",
                         f"{root} holds consolidate.{cname}'s archive {a} and other files: "
@@ -149,7 +149,7 @@ def check_archives_apart(file: str, vols: Mapping[str, VolumeConfig],
                         "the volume beside the archive")
 
 
-def _walked_around(target: str, root: str, patterns: tuple[str, ...]) -> bool:
+def walked_around(target: str, root: str, patterns: tuple[str, ...]) -> bool:
     """Whether a walk of root under these exclude patterns (matched, as the walk does,
     against each entry's name and full path) never enters target."""
     import fnmatch  # here: the config of most hosts has no consolidation

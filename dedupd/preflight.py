@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dedupd.config import Config, VolumeConfig
-from dedupd.config_rules import relation
+from dedupd.config import DESTRUCTIVE_KINDS, Config, ConsolidateConfig, VolumeConfig
+from dedupd.config_rules import relation, walked_around
 from dedupd.errors import ConfigError, TemporaryFailure
 
 
@@ -57,6 +57,7 @@ def check(cfg: Config, volumes: Iterable[VolumeConfig] | None = None, *,
         _check_volume(out, f, v)
     _check_real_overlaps(out, f, [(f"volumes.{v.name}.path", v.path) for v in vols
                                   if v.path.is_dir()])
+    _check_archives_apart(out, f, vols, cfg.consolidate.values())
     if consolidate:
         for c in cfg.consolidate.values():
             _check_consolidate(out, f, c.name, c.archive, c.sources)
@@ -197,6 +198,29 @@ def _check_real_overlaps(out: Findings, f: str, items: list[tuple[str, Path]]) -
                     f"{p} and {op} ({okey.rsplit('.', 1)[0]}) are the same directory or one "
                     "holds the other (through a symlink or a bind mount): volumes must not "
                     "overlap")))
+
+
+def _check_archives_apart(out: Findings, f: str, vols: list[VolumeConfig],
+                          cons: Iterable[ConsolidateConfig]) -> None:
+    """config_rules.check_archives_apart as the walk sees the paths: it walks a
+    volume's roots by their real paths (volumes.volume_roots) and matches excludes
+    against those, so an archive reached through a symlink (in its own path or the
+    volume's) is inside all the same, and an exclude that only names the path as
+    written in the config keeps nothing out."""
+    for v in vols:
+        if v.kind not in DESTRUCTIVE_KINDS:
+            continue
+        for root in (v.path, *v.branches):
+            r = _real(root)
+            for c in cons:
+                a = _real(c.archive)
+                if relation(a, r) == "inside" and not walked_around(a, r, v.exclude):
+                    out.errors.append(ConfigError(f, f"volumes.{v.name}.path", (
+                        f"{root} holds consolidate.{c.name}'s archive {c.archive} (really "
+                        f"{a}, through a symlink) and other files: its hardlinks would let "
+                        f'a write outside the archive change the archive\'s files; add "{a}" '
+                        f"to volumes.{v.name}.exclude too (the walk matches real paths), or "
+                        "keep the volume beside the archive")))
 
 
 def _check_consolidate(out: Findings, f: str, name: str, archive: Path,
