@@ -58,8 +58,9 @@ def lock_archive(root: bytes) -> int:
     The lock file stays in the archive root (excluded from scans). While a run
     works it holds RUNNING: finding that word when taking the lock means the
     previous run was interrupted and may have left temp files (`was_interrupted`).
-    Anything but a regular file at the name (a FIFO, symlink or directory someone
-    put there) is a DedupdError, never opened through nor written.
+    Anything but a regular file with one name at the name (a FIFO, symlink,
+    directory or another name of some file, put there by someone) is a DedupdError,
+    never opened through nor written.
     """
     path = os.path.join(root, LOCK_NAME)
     try:
@@ -70,11 +71,14 @@ def lock_archive(root: bytes) -> int:
         if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             raise
         fd = -1
-    if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+    # one name only: a hardlink planted there to a file elsewhere (where
+    # fs.protected_hardlinks is 0) would be truncated and written by mark_running
+    st = os.fstat(fd) if fd >= 0 else None
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         if fd >= 0:
             os.close(fd)
-        raise DedupdError(f"{os.fsdecode(path)}: not a regular file: the archive's lock is "
-                          "kept there (remove it, then run again)")
+        raise DedupdError(f"{os.fsdecode(path)}: not a regular file with one name: the "
+                          "archive's lock is kept there (remove it, then run again)")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -1,11 +1,13 @@
-"""Something other than a regular file at the archive's lock name (a FIFO, a symlink,
-a directory: planted by a user who may write the archive root, or left by hand)
-makes `dedupd consolidate` stop with a clear error naming it, exit 1, before
-anything is imported; nothing is written through it and it stays as it was.
+"""Something other than a regular file with one name at the archive's lock name (a
+FIFO, a symlink, a directory, another name of a file elsewhere: planted by a user who
+may write the archive root, or left by hand) makes `dedupd consolidate` stop with a
+clear error naming it, exit 1, before anything is imported; nothing is written
+through it and it stays as it was.
 
 Before: a FIFO was opened (O_RDWR does not block on Linux) and the RUNNING marker's
 ftruncate printed `OSError: [Errno 22]` with a traceback; a symlink or a directory
-printed the open's OSError with a traceback.
+printed the open's OSError with a traceback; a hardlink to a file elsewhere had that
+file truncated and overwritten with the RUNNING marker.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ def _plant(kind: str, at: Path, target: Path) -> None:
         os.mkfifo(at)
     elif kind == "symlink":
         os.symlink(target, at)
+    elif kind == "hardlink":  # where fs.protected_hardlinks is 0, to any file
+        os.link(target, at)
     else:
         at.mkdir()
 
 
-@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory", "hardlink"])
 def test_a_lock_name_that_is_not_a_file_is_a_clear_error(tmp_path: Path, kind: str) -> None:
     src, arch = tmp_path / "src", tmp_path / "arch"
     src.mkdir()
@@ -51,4 +55,5 @@ def test_a_lock_name_that_is_not_a_file_is_a_clear_error(tmp_path: Path, kind: s
     assert sorted(os.listdir(arch)) == [LOCK]  # nothing imported
     assert target.read_bytes() == b"not yours\n"
     mode = os.lstat(arch / LOCK).st_mode
-    assert {"fifo": stat.S_ISFIFO, "symlink": stat.S_ISLNK, "directory": stat.S_ISDIR}[kind](mode)
+    assert {"fifo": stat.S_ISFIFO, "symlink": stat.S_ISLNK, "directory": stat.S_ISDIR,
+            "hardlink": stat.S_ISREG}[kind](mode)
