@@ -38,10 +38,10 @@ raw `:` inside a component and two different tuples never give one text.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
 from dedupd.errors import DedupdError
 from dedupd.files import fsioctl, mounts
+from dedupd.tuples import NamedTuple  # typing's class syntax, built ~10x faster (tuples.py)
 
 # Filesystems whose superblock UUID is written at mkfs time and read back at
 # every mount. tmpfs also answers FS_IOC_GETFSUUID, with a UUID made up at mount.

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import NamedTuple
+
+from dedupd.tuples import NamedTuple  # typing's class syntax, built ~10x faster (tuples.py)
 
 MOUNTINFO = "/proc/self/mountinfo"
 ZFS_FSTYPES = ("zfs", "fuse.zfs")  # OpenZFS, and zfs-fuse (source = dataset in both)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from dedupd.files.events import Problem
 from dedupd.index.store import IndexedFile
+from dedupd.tuples import NamedTuple  # typing's class syntax, built ~10x faster (tuples.py)
 
 # No dataclasses here: every `dedupd scan` imports this module, and an unchanged
 # rescan imports nothing else that needs the dataclasses module (with inspect, ast

@@ -17,7 +17,7 @@ import time
 from _blake2 import blake2b  # hashlib's, without its import of OpenSSL (a scan's start)
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from dedupd.errors import DedupdError, TemporaryFailure
 from dedupd.files.events import NO_DEV, FileEvent, Ident
@@ -39,6 +39,7 @@ from dedupd.index.held import HeldRows
 from dedupd.index.migrate import open_index, put_meta
 from dedupd.index.names import Names
 from dedupd.index.record import forget_unseen, record_batch, store_digests
+from dedupd.tuples import NamedTuple  # typing's class syntax, built ~10x faster (tuples.py)
 
 _tables = itertools.count()  # temporary table names, unique in the process
 # A full scan that wrote (new, changed or forgotten files) at least half as many

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from dedupd import forkpipe, handles
 from dedupd.files.events import FileEvent, Problem, WalkStats
@@ -31,6 +31,7 @@ from dedupd.scan.walk import (
     walk_listed,
 )
 from dedupd.scan.walkproc import RESCAN_WALKERS, ForkedWalk
+from dedupd.tuples import NamedTuple  # typing's class syntax, built ~10x faster (tuples.py)
 
 if TYPE_CHECKING:  # the hashing engine is imported when a scan hashes (not a kept answer)
     from dedupd.hashing import Group
