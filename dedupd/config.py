@@ -236,7 +236,7 @@ def parse_host_port(value: str) -> tuple[str, int]:
 
 def _database(t: Table) -> DatabaseConfig:
     url = t.text("url", DEFAULT_DB_URL)
-    if not url.startswith(("sqlite:", "postgresql:", "postgresql+")):
+    if not url.startswith(defaults.DB_URL_SCHEMES):
         raise t.err("url", f"must be a sqlite:/// or postgresql:// URL; got {url!r}")
     host = t.text("host", None)
     if host is not None:

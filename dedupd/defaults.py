@@ -11,3 +11,5 @@ from __future__ import annotations
 DEFAULT_CONFIG = "/etc/dedupd/dedupd.toml"
 DEFAULT_STATE_DIR = "/var/lib/dedupd"
 DEFAULT_DB_URL = f"sqlite:///{DEFAULT_STATE_DIR}/dedupd.db"
+# what an index URL starts with ([database].url and --db are checked alike)
+DB_URL_SCHEMES = ("sqlite:", "postgresql:", "postgresql+")

@@ -8,7 +8,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from dedupd.defaults import DEFAULT_CONFIG, DEFAULT_DB_URL
+from dedupd.defaults import DB_URL_SCHEMES, DEFAULT_CONFIG, DEFAULT_DB_URL
 
 if TYPE_CHECKING:  # imported when a store is opened: `--help` of every command skips it
     from pathlib import Path
@@ -85,13 +85,22 @@ def nonempty(text: str) -> str:
     return text
 
 
+def db_url(text: str) -> str:
+    """argparse's type of --db: a usage error (exit 2) before anything starts, as
+    [database].url is a config error, not a failure once the index is opened."""
+    if not text.startswith(DB_URL_SCHEMES):
+        raise argparse.ArgumentTypeError(
+            f"must be a sqlite:/// or postgresql:// URL, e.g. sqlite:////var/lib/x.db; got {text!r}")
+    return text
+
+
 def add_common(p: argparse.ArgumentParser, *, json_flag: bool = True,
                dry_run: bool = False) -> None:
     g = p.add_argument_group("common options")
     g.add_argument("-c", "--config", type=path, metavar="FILE",
                    help=f"config file (default {DEFAULT_CONFIG}; "
                    "missing default = built-in defaults)")
-    g.add_argument("--db", metavar="URL",
+    g.add_argument("--db", metavar="URL", type=db_url,
                    help="index database URL, overrides [database].url "
                    "(sqlite:////path/x.db or postgresql://user@host/db)")
     g.add_argument("--log-level", choices=("debug", "info", "warning", "error"))

@@ -76,3 +76,15 @@ def test_top_level_help_lists_every_command_and_usage_errors_exit_2() -> None:
             assert "usage: dedupd" in r.stderr
     r = subprocess.run([str(EXE), "bogus"], capture_output=True, text=True, timeout=120)
     assert "invalid choice: 'bogus'" in r.stderr and "'scan'" in r.stderr
+
+
+@pytest.mark.parametrize("argv", [["scan", "/"], ["groups"], ["where", "/etc/hostname"]])
+def test_a_db_url_that_is_not_one_is_a_usage_error(argv: list[str]) -> None:
+    """--db is checked as [database].url is (a config error there): a bare path is
+    exit 2 naming the option, before any index is opened; was exit 1 at the open."""
+    r = subprocess.run([str(EXE), argv[0], "--db", "/tmp/not-a-url.db", *argv[1:]],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "argument --db: must be a sqlite:/// or postgresql:// URL" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not Path("/tmp/not-a-url.db").exists()
