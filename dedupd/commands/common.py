@@ -90,7 +90,8 @@ def db_url(text: str) -> str:
     [database].url is a config error, not a failure once the index is opened."""
     if not text.startswith(DB_URL_SCHEMES):
         raise argparse.ArgumentTypeError(
-            f"must be a sqlite:/// or postgresql:// URL, e.g. sqlite:////var/lib/x.db; got {text!r}")
+            "must be a sqlite:/// or postgresql:// URL, e.g. sqlite:////var/lib/x.db; "
+            f"got {text!r}")
     return text
 
 
