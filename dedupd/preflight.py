@@ -3,8 +3,9 @@
 config.load() already refused what the file alone gets wrong (config_rules.py);
 what is left depends on the filesystem: a volume path that does not exist or
 is a file, a runtime_dir that is a file, two volumes (or an archive and a
-source) that meet through a symlink or a bind mount, and a volume whose kind
-does not fit the filesystem under it (a mergerfs pool configured as plain).
+source) that meet through a symlink or a bind mount, a hardlink volume whose
+walk (by real paths) would enter an archive, and a volume whose kind does not
+fit the filesystem under it (a mergerfs pool configured as plain).
 
 `check-config` reports every finding; `run` (one-shot and daemon, at start and
 on reload) refuses to start on an error (ConfigError, exit 78) and logs the
