@@ -11,11 +11,8 @@ raw, in both views.
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.impostor import impostor_socket
 from tests.fixtures.tty import run_on_tty
 
 pytestmark = pytest.mark.integration
@@ -50,28 +48,8 @@ def _doc(path: str) -> dict[str, Any]:
 def impostor(tmp_path: Path) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
     """A Unix socket answering each request with the next of a list of replies."""
     path = tmp_path / "s.sock"
-    srv = socket.socket(socket.AF_UNIX)
-    srv.bind(str(path))
-    srv.listen(8)
-    replies: list[dict[str, Any]] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            with c:
-                c.recv(65536)
-                if replies:
-                    c.sendall(json.dumps(replies.pop(0)).encode() + b"\n")
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield path, replies
-    srv.shutdown(socket.SHUT_RDWR)
-    srv.close()
-    t.join(5)
+    with impostor_socket(path) as replies:
+        yield path, replies
 
 
 @pytest.mark.parametrize("path", EVIL, ids=["markup-close", "markup-link", "escapes"])

@@ -8,15 +8,14 @@ traceback for any reply object without the fields they show ({"ok": true}).
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.impostor import impostor_socket
 
 pytestmark = pytest.mark.integration
 
@@ -26,30 +25,10 @@ REPLIES = [{"ok": True}, {"ok": True, "version": "9", "volumes": 5},
 
 @pytest.fixture
 def impostor(tmp_path: Path) -> Iterator[tuple[Path, list[dict[str, object]]]]:
-    """A Unix socket answering each request line with the next of a list of replies."""
+    """A Unix socket answering each request with the next of a list of replies."""
     path = tmp_path / "s.sock"
-    srv = socket.socket(socket.AF_UNIX)
-    srv.bind(str(path))
-    srv.listen(8)
-    replies: list[dict[str, object]] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            with c:
-                c.recv(65536)
-                if replies:
-                    c.sendall(json.dumps(replies.pop(0)).encode() + b"\n")
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield path, replies
-    srv.shutdown(socket.SHUT_RDWR)
-    srv.close()
-    t.join(5)
+    with impostor_socket(path) as replies:
+        yield path, replies
 
 
 @pytest.mark.parametrize("reply", REPLIES, ids=["bare", "volumes-number", "volume-fields"])
