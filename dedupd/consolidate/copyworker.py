@@ -46,6 +46,7 @@ import select
 import signal
 import socket
 from collections.abc import Callable
+from typing import NoReturn
 
 from dedupd import forkpipe
 from dedupd.consolidate.plan import Names
@@ -124,7 +125,7 @@ class CopyWorker:
             try:
                 socket.send_fds(self._fds, [b"f"], fds[k:k + FDS_PER_MSG])
             except BrokenPipeError:
-                raise WorkerFailed("the copy worker died") from None
+                self._last_words()
         self._write(forkpipe.frame(("b", items, sum(len(b) for b in payload))))
         for b in payload:
             self._write(b)
@@ -173,8 +174,13 @@ class CopyWorker:
                 if ready:
                     self._answer()
             except BrokenPipeError:
-                self._answer()  # its last words (an error), else "died"
-                raise WorkerFailed("the copy worker died") from None
+                self._last_words()
+
+    def _last_words(self) -> NoReturn:
+        """The worker closed its end: read what it sent before (answers of batches it
+        did, then its error, e.g. out of file descriptors), else it died."""
+        while True:
+            self._answer()  # raises WorkerFailed at its error or at EOF
 
     def _answer(self) -> None:
         msg = forkpipe.recv(self.frm)
