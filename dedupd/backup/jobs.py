@@ -100,10 +100,16 @@ def resolve(cfg: Config, job: str | BackupConfig) -> BackupConfig:
 
 @contextmanager
 def job_lock(cfg: Config, job: str) -> Iterator[None]:
-    """One run per job at a time (CLI and daemon alike); a second one exits 75."""
+    """One run per job at a time (CLI and daemon alike); a second one exits 75. The
+    runtime dir gets the daemon's checks first (a `dedupd backup` may come before any
+    daemon): one another user can change is a ConfigError, never used to create the
+    lock through a name planted there."""
+    from dedupd.runtime import prepare_runtime_dir
+
     d = cfg.daemon.runtime_dir
-    d.mkdir(parents=True, exist_ok=True)
-    fd = os.open(d / f"backup-{job}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    prepare_runtime_dir(d, cfg.daemon.socket_group, cfg.source)
+    fd = os.open(d / f"backup-{job}.lock",
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
