@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.daemon",
     "tests.fixtures.s3",
     "tests.fixtures.attacker",
+    "tests.fixtures.impostor",
 ]

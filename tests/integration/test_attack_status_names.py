@@ -14,13 +14,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.impostor import impostor_socket
 from tests.fixtures.tty import run_on_tty
 
 pytestmark = pytest.mark.integration
@@ -42,14 +40,6 @@ def _doc(path: str) -> dict[str, Any]:
             "next_events": [{"at": now + 60, "what": f"pass of {path}"}],
             "last_errors": [{"time": now, "where": "v", "path": path,
                              "error": f"cannot read {path}"}]}
-
-
-@pytest.fixture
-def impostor(tmp_path: Path) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
-    """A Unix socket answering each request with the next of a list of replies."""
-    path = tmp_path / "s.sock"
-    with impostor_socket(path) as replies:
-        yield path, replies
 
 
 @pytest.mark.parametrize("path", EVIL, ids=["markup-close", "markup-link", "escapes"])

@@ -10,25 +10,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.fixtures.impostor import impostor_socket
 
 pytestmark = pytest.mark.integration
 
 REPLIES = [{"ok": True}, {"ok": True, "version": "9", "volumes": 5},
            {"ok": True, "volumes": {"a": {"state": 5}}, "backups": []}]
-
-
-@pytest.fixture
-def impostor(tmp_path: Path) -> Iterator[tuple[Path, list[dict[str, object]]]]:
-    """A Unix socket answering each request with the next of a list of replies."""
-    path = tmp_path / "s.sock"
-    with impostor_socket(path) as replies:
-        yield path, replies
 
 
 @pytest.mark.parametrize("reply", REPLIES, ids=["bare", "volumes-number", "volume-fields"])
