@@ -2,7 +2,7 @@
 
 A first import is Python-bound per file (issue 16): reading, hashing, sorting
 size groups into contents and naming them cost about as much as creating the
-temp files, syncing, reading them back, comparing and linking them, and all of
+staged files, syncing, reading them back, comparing and linking them, and all of
 it ran in one process. The reading side stays in the run's process
 (execute.py; names are decided in one place); this worker, forked when the run
 starts (run.py: its heap still small), does the writing side on the other core.
@@ -10,11 +10,12 @@ It gets, in plan order:
 
 - "c" (one per copy): the archive path, the source path, the source's stat as
   it was read, its hashes and its bytes (read whole by the run, at most
-  KEEP_BYTES) -> a temp file in the target directory with the source's
-  metadata (fsops.copy.stage_data); a larger source comes without its bytes and
-  the worker copies it from the source itself (stage_copy, which checks the
-  indexed identity);
-- "b" (end of a batch): one syncfs, the batch's temp files dropped from the
+  KEEP_BYTES) -> a staged file in the target directory with the source's
+  metadata (fsops.copy.stage_data): no name yet (O_TMPFILE, fsops/anon.py), or a
+  temp name where the filesystem has no O_TMPFILE; a larger source comes without
+  its bytes and the worker copies it from the source itself (stage_copy, which
+  checks the indexed identity);
+- "b" (end of a batch): one syncfs, the batch's staged files dropped from the
   cache and read back, each compared byte for byte with the bytes it was
   written from, its source re-opened beneath its anchor and required to be the
   very inode that was read, unchanged (its ctime moves with any write), then
@@ -28,8 +29,9 @@ with the name and the copy's stat) or "x" (failed, with the reason) per copy,
 "d" per batch and "done" at the end. The run reads answers whenever its next
 message does not fit in the pipe, so neither side waits on a full pipe.
 
-Kill -9: the worker keeps nothing that outlives it but temp files, which the
-next run sweeps; it inherits the run's archive lock, so no next run starts
+Kill -9: the worker keeps nothing that outlives it but temp files (only where
+the filesystem has no O_TMPFILE: a file with no name is freed by the kernel),
+which the next run sweeps; it inherits the run's archive lock, so no next run starts
 while it may still write. When the run dies the worker sees EOF (or EPIPE) and
 exits; when the worker dies the run fails with an error and places nothing
 more. Test hook: DEDUPD_TEST_KILL_AFTER_COPY_STEPS=k counts the five copy steps

@@ -5,12 +5,13 @@ rows of one batch, and the next run rebuilds them from the files themselves
 (the copies are already in the archive; they are found and byte-compared).
 
 Copies go in batches (BATCH_FILES / BATCH_BYTES, and at most a third of the
-open-file limit: each staged copy holds its temp file and its source open until
-placed). This process reads each source whole (hashing it, sorting unsorted
+open-file limit: each staged copy holds its staged file and its source open
+until placed). This process reads each source whole (hashing it, sorting unsorted
 size groups, naming new contents) and hands a batch -- bytes, hashes, stat and
 the very handle each source was read through -- to the copy worker
 (consolidate/copyworker.py, a forked process on the other core), which stages
-every copy of the batch to a temp name, makes them durable with one syncfs,
+every copy of the batch as a file with no name yet (fsops/anon.py: O_TMPFILE;
+a temp name where the filesystem has none), makes them durable with one syncfs,
 reads them back from the disk, compares them with those bytes, checks each
 source through its handle and links each copy into place, while this process
 reads the next batch. The index rows of a batch go to the index writer

@@ -201,9 +201,11 @@ def _at(dirs: DestDirs, path: bytes) -> tuple[int, bytes]:
 
 def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None,
                dirs: DestDirs | None = None) -> Staged:
-    """Write src to a fresh temp name in dest_dir (created if needed), hashing it, with
-    the source's mode, owner and mtime. Not fsynced: the caller syncs the batch
-    (sync_batch). `dirs` holds the batch's directory handles (else a private one)."""
+    """Write src to a staged file in dest_dir (created if needed), hashing it, with
+    the source's mode, owner and mtime: a file with no name yet when `dirs` is given
+    and the filesystem can (fsops/anon.py), else a fresh temp name. Not fsynced: the
+    caller syncs the batch (sync_batch). `dirs` holds the batch's directory handles
+    (else a private one)."""
     sfd, st = open_expected(src, expect)
     return _stage(src, sfd, st, dest_dir, dirs, lambda tfd: _write_copy(sfd, tfd, st))
 
@@ -212,7 +214,7 @@ def stage_data(src: bytes, sfd: int, st: os.stat_result, head: int, full: bytes,
                data: bytes | memoryview, dest_dir: bytes, dirs: DestDirs) -> Staged:
     """stage_copy for bytes read in another process (consolidate/copyworker.py) through
     sfd, a handle of src passed along with them, as st describes it: write them to a
-    fresh temp name in dest_dir. Takes sfd (kept in dirs until placed: place_copy
+    staged file in dest_dir (as stage_copy's). Takes sfd (kept in dirs until placed: place_copy
     checks with it that the source is still st, unchanged)."""
 
     def write(tfd: int) -> tuple[int, bytes, int, bytes | memoryview | None]:
@@ -250,9 +252,9 @@ def _write_sparse(fd: int, chunk: bytes | memoryview, last: bool) -> None:
 def _stage(src: bytes, sfd: int, st: os.stat_result, dest_dir: bytes, dirs: DestDirs | None,
            write: Callable[[int], tuple[int, bytes, int, bytes | memoryview | None]]
            ) -> Staged:
-    """Create the temp file, fill it (write), set the metadata; sfd (-1: none) is kept
-    with the temp file in dirs (or closed). On failure the temp file is gone and sfd
-    closed."""
+    """Create the staged file (no name, or a temp name), fill it (write), set the
+    metadata; sfd (-1: none) is kept with it in dirs (or closed). On failure the
+    staged file is gone and sfd closed."""
     own = dirs is None
     d = DestDirs() if dirs is None else dirs
     kept = False
