@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -126,27 +126,40 @@ def check_archive(file: str, name: str, archive: Path, sources: tuple[Path, ...]
         seen.append(p)
 
 
+def archives_inside(vols: Iterable[VolumeConfig], cons: Iterable[ConsolidateConfig],
+                    link_kinds: tuple[str, ...], form: Callable[[Path], str] = norm
+                    ) -> Iterator[tuple[VolumeConfig, Path, str, ConsolidateConfig, str]]:
+    """(volume, root as configured, root, consolidation, archive), the paths in `form`
+    (lexical here; real ones in preflight, as the walk sees them), for each root of a
+    volume deduped by hardlinks (link_kinds) that holds a consolidation's archive
+    together with other files, and whose exclude patterns do not keep the walk out of
+    the archive: a hardlink from an archive file to a name outside it (the source in
+    its share, say) would let the next write to that name, in place, change the
+    archive. A volume inside the archive (or equal to it) only links archive files
+    together; extents (other kinds) are shared copy-on-write: a write reaches one file."""
+    cons = list(cons)
+    for v in vols:
+        if v.kind not in link_kinds:
+            continue
+        for root in (v.path, *v.branches):
+            r = form(root)
+            for c in cons:
+                a = form(c.archive)
+                if relation(a, r) == "inside" and not walked_around(a, r, v.exclude):
+                    yield v, root, r, c, a
+
+
 def check_archives_apart(file: str, vols: Mapping[str, VolumeConfig],
                          cons: Mapping[str, ConsolidateConfig],
                          link_kinds: tuple[str, ...]) -> None:
-    """A volume deduped by hardlinks (link_kinds) must not hold a consolidation's archive
-    together with other files, unless its exclude patterns keep the walk out of the
-    archive: a hardlink from an archive file to a name outside it (the source in its
-    share, say) would let the next write to that name, in place, change the archive.
-    A volume inside the archive (or equal to it) only links archive files together."""
-    for name, v in vols.items():
-        if v.kind not in link_kinds:
-            continue  # extents are shared copy-on-write: a write reaches one file only
-        for root in (norm(v.path), *(norm(b) for b in v.branches)):
-            for cname, c in cons.items():
-                a = norm(c.archive)
-                if relation(a, root) == "inside" and not walked_around(a, root, v.exclude):
-                    raise ConfigError(
-                        file, f"volumes.{name}.path",
-                        f"{root} holds consolidate.{cname}'s archive {a} and other files: "
-                        "its hardlinks would let a write outside the archive change the "
-                        f'archive\'s files; add "{a}" to volumes.{name}.exclude, or keep '
-                        "the volume beside the archive")
+    """The first of archives_inside, by the paths as written, as a ConfigError."""
+    for v, _root, r, c, a in archives_inside(vols.values(), cons.values(), link_kinds):
+        raise ConfigError(
+            file, f"volumes.{v.name}.path",
+            f"{r} holds consolidate.{c.name}'s archive {a} and other files: "
+            "its hardlinks would let a write outside the archive change the "
+            f'archive\'s files; add "{a}" to volumes.{v.name}.exclude, or keep '
+            "the volume beside the archive")
 
 
 def walked_around(target: str, root: str, patterns: tuple[str, ...]) -> bool:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dedupd.config import DESTRUCTIVE_KINDS, Config, ConsolidateConfig, VolumeConfig
-from dedupd.config_rules import relation, walked_around
+from dedupd.config_rules import archives_inside, relation
 from dedupd.errors import ConfigError, TemporaryFailure
 
 
@@ -208,20 +208,13 @@ def _check_archives_apart(out: Findings, f: str, vols: list[VolumeConfig],
     against those, so an archive reached through a symlink (in its own path or the
     volume's) is inside all the same, and an exclude that only names the path as
     written in the config keeps nothing out."""
-    for v in vols:
-        if v.kind not in DESTRUCTIVE_KINDS:
-            continue
-        for root in (v.path, *v.branches):
-            r = _real(root)
-            for c in cons:
-                a = _real(c.archive)
-                if relation(a, r) == "inside" and not walked_around(a, r, v.exclude):
-                    out.errors.append(ConfigError(f, f"volumes.{v.name}.path", (
-                        f"{root} holds consolidate.{c.name}'s archive {c.archive} (really "
-                        f"{a}, through a symlink) and other files: its hardlinks would let "
-                        f'a write outside the archive change the archive\'s files; add "{a}" '
-                        f"to volumes.{v.name}.exclude too (the walk matches real paths), or "
-                        "keep the volume beside the archive")))
+    for v, root, _r, c, a in archives_inside(vols, cons, DESTRUCTIVE_KINDS, _real):
+        out.errors.append(ConfigError(f, f"volumes.{v.name}.path", (
+            f"{root} holds consolidate.{c.name}'s archive {c.archive} (really "
+            f"{a}, through a symlink) and other files: its hardlinks would let "
+            f'a write outside the archive change the archive\'s files; add "{a}" '
+            f"to volumes.{v.name}.exclude too (the walk matches real paths), or "
+            "keep the volume beside the archive")))
 
 
 def _check_consolidate(out: Findings, f: str, name: str, archive: Path,
