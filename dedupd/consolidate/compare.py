@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dedupd import handles
 from dedupd.dedup.verify import ByteCompare, Refused, compare_bytes, compare_with_bytes
-from dedupd.files.events import FileEvent, Ident, Problem
+from dedupd.files.events import Ident, Problem
 from dedupd.hashing.read import FileChanged, read_hashes
 from dedupd.index.store import HashUpdate, IndexedFile
 
@@ -44,23 +43,20 @@ def same_as_data(a: bytes, ida: Ident, data: bytes) -> Compared:
         return Compared(False, 0, ("error", e.strerror or str(e)))
 
 
-def hash_archived(f: IndexedFile, path: bytes) -> tuple[FileEvent, HashUpdate] | Problem:
+def hash_archived(f: IndexedFile, path: bytes) -> HashUpdate | Problem:
     """The whole hash of archive file f, read at path (which must stay f's identity),
-    as an update checked against the stat it was read at, with an event of the file
-    (the index writer learns its filesystem from it); else why not. For an archive
-    file no pass hashed (an inode of a size met once, such as a source file
+    as an update checked against the stat it was read at; else why not. For an
+    archive file no pass hashed (an inode of a size met once, such as a source file
     hardlinked into the archive), before provenance names its content."""
     try:
         got = read_hashes(f._replace(paths=(path,)), True)
-        st = handles.lstat(path)
     except FileChanged as e:
         return Problem(path, "changed", str(e) or "changed since it was indexed")
     except FileNotFoundError:
         return Problem(path, "vanished", "disappeared before it was read")
     except OSError as e:
         return Problem(path, "error", e.strerror or str(e))
-    return (FileEvent.from_stat(path, st),
-            HashUpdate(f.dev, f.ino, got.head, got.full, (f.size, f.mtime_ns, f.ctime_ns)))
+    return HashUpdate(f.dev, f.ino, got.head, got.full, (f.size, f.mtime_ns, f.ctime_ns))
 
 
 def _result(res: ByteCompare) -> Compared:

@@ -232,9 +232,8 @@ class Executor:
             self.c.problems.append(got)
             return None
         self.c.bytes_read += k.content.size
-        self._events.append(got[0])
-        self._hashes.append(got[1])
-        return got[1].full
+        self._hashes.append(got)
+        return got.full
 
     def _compare(self, a: bytes, fa: IndexedFile, b: bytes, fb: IndexedFile) -> Compared:
         res = same_bytes(a, fa.ident, b, fb.ident)
