@@ -62,8 +62,7 @@ def start_walk(args: argparse.Namespace) -> None:
     # of objects, then each of the report's, is traversed again (a few ms a rescan)
     forkpipe.quiet_gc()
     from dedupd.commands import scan_first
-    from dedupd.scan.walk import RECORD_BATCH, WalkOptions, normalize_roots
-    from dedupd.scan.walkproc import RESCAN_WALKERS, ForkedWalk
+    from dedupd.scan.walk import WalkOptions, normalize_roots
 
     roots = normalize_roots(args.paths)
     opts = WalkOptions(args.min_size, tuple(args.exclude), args.cross_mounts)
@@ -72,7 +71,7 @@ def start_walk(args: argparse.Namespace) -> None:
         args.walking = walking
         return
     try:
-        args.walking = ForkedWalk(roots, opts, RECORD_BATCH, workers=RESCAN_WALKERS, later=True)
+        args.walking = scan_first.fork(roots, opts)
     except OSError as e:  # no descriptors or processes left (EMFILE, EAGAIN): not a bug
         from dedupd.errors import DedupdError
 

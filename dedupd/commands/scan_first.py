@@ -35,14 +35,21 @@ def start(argv: list[str]) -> None:
     from dedupd import forkpipe
 
     forkpipe.quiet_gc()  # as start_walk does: see there
-    from dedupd.scan.walk import RECORD_BATCH, WalkOptions, normalize_roots
-    from dedupd.scan.walkproc import RESCAN_WALKERS, ForkedWalk
+    from dedupd.scan.walk import WalkOptions, normalize_roots
 
     try:
-        _walk = ForkedWalk(normalize_roots(paths), WalkOptions(min_size, exclude, cross),
-                           RECORD_BATCH, workers=RESCAN_WALKERS, later=True)
+        _walk = fork(normalize_roots(paths), WalkOptions(min_size, exclude, cross))
     except Exception:  # a guess: start_walk tries again, and reports the error
         _walk = None
+
+
+def fork(roots: list[bytes], opts: WalkOptions) -> ForkedWalk:
+    """A scan's walk of roots under opts, in its processes: the one form start() and
+    commands/scan.start_walk fork it in, so that take() need compare only these two."""
+    from dedupd.scan.walk import RECORD_BATCH
+    from dedupd.scan.walkproc import RESCAN_WALKERS, ForkedWalk
+
+    return ForkedWalk(roots, opts, RECORD_BATCH, workers=RESCAN_WALKERS, later=True)
 
 
 def take(roots: list[bytes], opts: WalkOptions) -> ForkedWalk | None:
