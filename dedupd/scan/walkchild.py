@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # imported before `dedupd scan` forks its walk: no typing (tu
     from collections.abc import Iterable, Mapping, Sequence
     from typing import Any
 
-_COUNTERS = WalkStats.COUNTERS
 _MSG = 1 << 18  # a task: a path and up to walk.DONATE_MAX names with their identities
 # a warm rescan's walk: no more processes at once than CORES, until one blocks
 # IO_SWITCHES times in IO_EVERY directories (the disk): see walkproc.RESCAN_WALKERS
@@ -94,7 +93,7 @@ class _Sender:
 
     def end(self, stats: WalkStats) -> None:
         self.flush()
-        forkpipe.send(self.out, ("end", [getattr(stats, k) for k in _COUNTERS],
+        forkpipe.send(self.out, ("end", [getattr(stats, k) for k in WalkStats.COUNTERS],
                                  [(p.path, p.reason, p.detail) for p in stats.problems]))
 
 

@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # imported before `dedupd scan` forks its walk: no typing (tu
 # more costs CPU (its own copy of the digests, its share of the tree handed over:
 # 0.03 s on that tree) and no time. Which one it is, the walk itself tells: a
 # process that blocks while it walks waits for the disk, and from then on every
-# process may walk (walkchild: CORES, IO_EVERY, IO_SWITCHES, Share.wanted)
+# process may walk (walkchild: CORES, IO_EVERY, IO_SWITCHES, _Share.wanted)
 RESCAN_WALKERS = 4
 
 
