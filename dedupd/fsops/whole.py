@@ -8,26 +8,34 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
+
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def replace_file(dest: Path, data: bytes, mode: int = 0o644) -> None:
-    """dest replaced by data, a file of `mode` whatever the umask. The temp name,
-    ".<name>.<random>.partial" in dest's directory, is created new (O_EXCL |
-    O_NOFOLLOW: a symlink planted in a shared directory is never written through),
-    ends in no suffix a reader looks for, and is removed again on any failure.
-    Raises OSError; a missing directory is one (the caller makes it if it should)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    """dest replaced by data, a file of `mode` whatever the umask. dest's directory is
+    looked up once, and the temp name made, filled, renamed over dest (or removed
+    again on any failure) in that very directory, whatever its path names meanwhile.
+    The temp name, ".<name>.<random>.partial", is created new (O_EXCL | O_NOFOLLOW: a
+    symlink planted in a shared directory is never written through) and ends in no
+    suffix a reader looks for. Raises OSError; a missing directory is one (the caller
+    makes it if it should)."""
+    dfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        tmp = f".{dest.name}.{os.urandom(6).hex()}.partial"
+        fd = os.open(tmp, _TMP_FLAGS, 0o600, dir_fd=dfd)
         try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb", closefd=False) as f:
-                f.write(data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            try:
+                os.fchmod(fd, mode)
+                with os.fdopen(fd, "wb", closefd=False) as f:
+                    f.write(data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, dest.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+    finally:
+        os.close(dfd)

@@ -47,3 +47,27 @@ def test_a_failed_rename_leaves_no_temp_file(tmp_path: Path) -> None:
 def test_a_missing_directory_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         replace_file(tmp_path / "no" / "m.prom", b"x")
+
+
+def test_the_directory_is_looked_up_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    """The directory swapped for another (a symlink to it) once the temp file is made:
+    the rename still acts in the directory the temp file is in, where it was made
+    (before, the rename resolved the path again and went into the swapped one)."""
+    real, other = tmp_path / "d", tmp_path / "other"
+    real.mkdir()
+    other.mkdir()
+    opened = os.open
+
+    def open_then_swap(path: object, flags: int, *a: object, **kw: object) -> int:
+        fd = opened(path, flags, *a, **kw)  # type: ignore[arg-type]
+        if flags & os.O_EXCL:  # the temp file: now the directory's path changes
+            os.rename(real, tmp_path / "d.moved")
+            os.symlink(other, real)
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_swap)
+    replace_file(real / "m.prom", b"new")
+    monkeypatch.undo()
+    assert (tmp_path / "d.moved" / "m.prom").read_bytes() == b"new"
+    assert os.listdir(other) == [] and os.listdir(tmp_path / "d.moved") == ["m.prom"]
