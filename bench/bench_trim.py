@@ -1,5 +1,5 @@
 """Store.groups_under on a subtree rescan whose files have copies outside it: the
-candidate trim (store._TRIM) must stay linear in the names.
+candidate trim (groups._TRIM) must stay linear in the names.
 
 Two trees, N and 2N: under top/a, N duplicate pairs and N files whose only copy is
 under top/b (a holds most directories: the whole-tree plan with its trim). Each is

@@ -1,7 +1,8 @@
 """Name queries of the index: paths of directories + entries, for a Store.
 
 A mixin of Store (dedupd/index/store.py), split off by role: what the change
-sources and tests ask about names (below a directory, of an inode, forgotten).
+sources and tests ask about names (below a directory, of an inode), and how
+names and the inodes left without one are forgotten.
 Paths are absolute; devices the current st_dev of their filesystem.
 """
 
@@ -22,8 +23,10 @@ class Names:
     db: Db
     dirs: DirTree
     host: int
+    dialect: str
+    orphans_maybe: bool
     dev_of: Callable[..., int | None]
-    drop_orphans: Callable[[Any], None]
+    key_of: Callable[[int, int], tuple[int, int] | None]
     bulk: Any
 
     def paths_below(self, root: bytes) -> Iterator[tuple[bytes, int, int]]:
@@ -123,3 +126,38 @@ class Names:
             v.sort()
         return out
 
+    def drop_orphans(self, cur: Any) -> None:
+        """Delete inode rows no entry names any more (in the caller's transaction).
+
+        One pass over the names: PostgreSQL plans NOT EXISTS as an anti-join; SQLite
+        would run it once per inode, so it gets the inodes EXCEPT the named ones (one
+        sort of each). Not NOT IN over a row-value list: SQLite answers every orphan
+        (a value not in the list) by scanning the whole list, in case it holds a NULL,
+        so a pass that relinked 1,092 of 2,892 names spent 70 ms here (issue 16)."""
+        names = "SELECT d.fs, e.ino FROM entries e JOIN directories d ON d.id = e.dir"
+        if self.dialect == "sqlite":
+            cur.execute("DELETE FROM inodes WHERE (fs, ino) IN "
+                        f"(SELECT fs, ino FROM inodes EXCEPT {names})")
+        else:
+            cur.execute(f"DELETE FROM inodes WHERE NOT EXISTS ({names} "
+                        "WHERE e.ino = inodes.ino AND d.fs = inodes.fs)")
+        self.orphans_maybe = False
+
+    def forget(self, keys: Iterable[tuple[int, int]]) -> None:
+        """Remove inodes (and their names) that turned out to be gone."""
+        ks = [k for k in (self.key_of(d, n) for d, n in keys) if k is not None]
+        by_fs: dict[int, list[int]] = defaultdict(list)
+        for f, n in ks:
+            by_fs[f].append(n)
+        p = self.db.p
+        with self.db.tx() as cur:
+            for f, inos in by_fs.items():
+                for part in chunks(inos, BATCH):
+                    cur.execute(f"DELETE FROM entries WHERE ino IN ({self.db.marks(len(part))}) "
+                                f"AND dir IN (SELECT id FROM directories WHERE fs = {p})",
+                                (*part, f))
+            cur.executemany(f"DELETE FROM inodes WHERE fs = {p} AND ino = {p}", ks)
+            # which directories lost a name is not known here: their filesystems'
+            # digests go, so the next walk lists those directories again
+            cur.executemany(f"UPDATE directories SET digest = NULL WHERE fs = {p}",
+                            [(f,) for f in by_fs])

@@ -1,22 +1,24 @@
 """Store: every query the index answers, behind one class.
 
-Blocking (plain DB-API, dedupd/index/db.py): the daemon calls it from worker threads. Stages get
-frozen dataclasses back, never rows. Work is done in batches so memory stays
-bounded whatever the number of indexed files.
+Split by role: name queries (names.py), size-group queries (groups.py) and the
+tuples handed to the stages (rows.py) are in their own modules; Store holds the
+filesystem identities, the scans' lifecycle and hashes.
+
+Blocking (plain DB-API, dedupd/index/db.py): the daemon calls it from worker
+threads. Stages get immutable tuples (rows.py) back, never rows. Work is done in
+batches so memory stays bounded whatever the number of indexed files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import sqlite3
 import threading
 import time
-from _blake2 import blake2b  # hashlib's, without its import of OpenSSL (a scan's start)
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from dedupd.errors import DedupdError, TemporaryFailure
@@ -28,85 +30,30 @@ from dedupd.index.db import (
     Db,
     IndexError_,
     chunks,
-    from_s64,
     index_failure,
     is_psycopg_error,
     to_s64,
 )
-from dedupd.index.dirs import DirTree, join, split, subtree_sql
+from dedupd.index.dirs import DirTree
 from dedupd.index.fsmap import FsMap, Unreachable
+from dedupd.index.groups import SizeGroups
 from dedupd.index.held import HeldRows
 from dedupd.index.migrate import open_index, put_meta
 from dedupd.index.names import Names
 from dedupd.index.record import forget_unseen, record_batch, store_digests
-from dedupd.tuples import NamedTuple  # typing's class syntax, built ~10x faster (tuples.py)
+from dedupd.index.rows import HashUpdate, IndexedFile, RecordResult, group_rows, path_key
 
-_tables = itertools.count()  # temporary table names, unique in the process
 # A full scan that wrote (new, changed or forgotten files) at least half as many
 # rows as the index then holds, and at least this many, is followed by a VACUUM
 # of a SQLite index (see Store.compact).
 COMPACT_MIN_ROWS = 1000
+# IndexedFile, HashUpdate, RecordResult, path_key and group_rows live in rows.py;
+# they are named here too, where every stage has imported them from
 __all__ = ["BATCH", "IndexError_", "Store", "chunks", "IndexedFile", "HashUpdate",
-           "RecordResult", "path_key"]
+           "RecordResult", "group_rows", "path_key"]
 
 
-
-class IndexedFile(NamedTuple):
-    """An inode as the index knows it, with the paths seen in the current scan.
-    dev is the current st_dev of its filesystem (the index keeps filesystem ids).
-    A NamedTuple (immutable; `_replace` for a changed copy): several are made per
-    file of a scan (record, each hashing step), at a quarter of a frozen
-    dataclass's cost."""
-
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    head: int | None
-    full: bytes | None
-    unstable: int
-    paths: tuple[bytes, ...]
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.dev, self.ino)
-
-    @property
-    def path(self) -> bytes:
-        return self.paths[0]
-
-    @property
-    def ident(self) -> Ident:
-        """The identity it was indexed (and hashed) at: what a check before acting
-        compares a descriptor or a name with."""
-        return Ident(self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
-
-
-class HashUpdate(NamedTuple):
-    dev: int
-    ino: int
-    head: int | None
-    full: bytes | None
-    # (size, mtime_ns, ctime_ns) the hashes were read at: when given, a row that
-    # moved on meanwhile (re-recorded as changed) is left alone
-    stat: tuple[int, int, int] | None = None
-
-
-class RecordResult(NamedTuple):
-    new: int
-    changed: int
-    unchanged: int
-    files: tuple[IndexedFile, ...] = ()  # the batch's inodes, hashes kept when unchanged
-
-
-def path_key(path: bytes) -> bytes:
-    """A fixed-size key of a path (provenance rows): bytes paths may exceed btree key
-    limits (PostgreSQL), and a collision-resistant digest keeps crafted names apart."""
-    return blake2b(path, digest_size=16).digest()
-
-
-class Store(Names):
+class Store(Names, SizeGroups):
     """The index. Thread-safe: each thread gets its own connection (see db.py).
 
     host: whose rows this Store reads and writes (default: this machine,
@@ -353,42 +300,6 @@ class Store(Names):
                         "(SELECT d.fs, e.ino FROM entries e JOIN directories d "
                         f"ON d.id = e.dir WHERE e.seen = {p})", (scan_id, scan_id, scan_id))
 
-    def drop_orphans(self, cur: Any) -> None:
-        """Delete inode rows no entry names any more (in the caller's transaction).
-
-        One pass over the names: PostgreSQL plans NOT EXISTS as an anti-join; SQLite
-        would run it once per inode, so it gets the inodes EXCEPT the named ones (one
-        sort of each). Not NOT IN over a row-value list: SQLite answers every orphan
-        (a value not in the list) by scanning the whole list, in case it holds a NULL,
-        so a pass that relinked 1,092 of 2,892 names spent 70 ms here (issue 16)."""
-        names = "SELECT d.fs, e.ino FROM entries e JOIN directories d ON d.id = e.dir"
-        if self.dialect == "sqlite":
-            cur.execute("DELETE FROM inodes WHERE (fs, ino) IN "
-                        f"(SELECT fs, ino FROM inodes EXCEPT {names})")
-        else:
-            cur.execute(f"DELETE FROM inodes WHERE NOT EXISTS ({names} "
-                        "WHERE e.ino = inodes.ino AND d.fs = inodes.fs)")
-        self.orphans_maybe = False
-
-    def forget(self, keys: Iterable[tuple[int, int]]) -> None:
-        """Remove inodes (and their names) that turned out to be gone."""
-        ks = [k for k in (self.key_of(d, n) for d, n in keys) if k is not None]
-        by_fs: dict[int, list[int]] = defaultdict(list)
-        for f, n in ks:
-            by_fs[f].append(n)
-        p = self.db.p
-        with self.db.tx() as cur:
-            for f, inos in by_fs.items():
-                for part in chunks(inos, BATCH):
-                    cur.execute(f"DELETE FROM entries WHERE ino IN ({self.db.marks(len(part))}) "
-                                f"AND dir IN (SELECT id FROM directories WHERE fs = {p})",
-                                (*part, f))
-            cur.executemany(f"DELETE FROM inodes WHERE fs = {p} AND ino = {p}", ks)
-            # which directories lost a name is not known here: their filesystems'
-            # digests go, so the next walk lists those directories again
-            cur.executemany(f"UPDATE directories SET digest = NULL WHERE fs = {p}",
-                            [(f,) for f in by_fs])
-
     def finish_incremental(self, scan_id: int, roots: Sequence[bytes],
                            gone: Sequence[bytes] = (), gone_dirs: Sequence[bytes] = (),
                            sizes: Iterable[int] | None = None, min_size: int = 1
@@ -422,146 +333,7 @@ class Store(Names):
         return {path: (g, dev) for _i, fs, path, g in rows
                 if g is not None and (dev := devs[fs]) is not None}
 
-    # --- candidates and hashes ---
-
-    def files_of_sizes(self, scan_id: int, sizes: Sequence[int]) -> Iterator[list[IndexedFile]]:
-        """The size groups of this scan (see size_groups) of the given sizes only."""
-        want = set(sizes)
-        if want:
-            yield from (g for g in self.size_groups(scan_id, min(want)) if g[0].size in want)
-
-    def candidate_groups(self, scan_id: int, min_size: int) -> Iterator[list[IndexedFile]]:
-        """One list per candidate size (ascending): the inodes of that size seen in
-        this scan, when 2+ distinct inodes share it."""
-        return self.size_groups(scan_id, max(min_size, 1), min_count=2)
-
-    def size_groups(self, scan_id: int, min_size: int = 0, min_count: int = 1,
-                    rows_per_query: int = 5000) -> Iterator[list[IndexedFile]]:
-        """One list per size (ascending) of the inodes seen in this scan, with their
-        names seen in it, for sizes >= min_size held by at least min_count inodes.
-
-        The names of the sizes wanted are gathered in one pass into a temporary
-        table of this thread's connection (the index has no lookup by inode: it
-        would cost a quarter of its size), then read in pages by size, so no read
-        transaction stays open while the caller writes hashes (a long-lived SQLite
-        reader would stop WAL checkpoints). Iterate it in one thread.
-        """
-        p = self.db.p
-        return self._paged(
-            "INSERT INTO {t} SELECT i.size, i.fs, i.ino, i.mtime_ns, "
-            'i.mtime_ns + i.ctime_delta, i.head, i."full", i.unstable, e.dir, '
-            "e.name FROM entries e JOIN directories d ON d.id = e.dir JOIN inodes i "
-            f"ON i.fs = d.fs AND i.ino = e.ino WHERE e.seen = {p} AND i.seen = {p} "
-            f"AND i.size IN (SELECT size FROM inodes WHERE seen = {p} AND size >= {p} "
-            f"GROUP BY size HAVING count(*) >= {p})",
-            (scan_id, scan_id, scan_id, min_size, max(min_count, 1)), min_size,
-            rows_per_query)
-
-    def groups_under(self, roots: Sequence[bytes], min_size: int
-                     ) -> Iterator[list[IndexedFile]]:
-        """Like candidate_groups, over every name the index has under roots (whatever
-        scan saw it last; a root that is a file: its own name): what a scan that
-        skipped unchanged directories hashes. A size whose every inode has its full
-        hash comes only with the inodes that share one (what the hasher would keep
-        of it)."""
-        top = {r: self.dirs.find(r) for r in roots}
-        cte, ids = subtree_sql(self.db, [d for d in top.values() if d is not None])
-        files = [(d, name) for d, name in (self._entry_of(r) for r, i in top.items()
-                                           if i is None) if d is not None]
-        p, lo = self.db.p, max(min_size, 1)
-        under = _UNDER + "".join(
-            " UNION ALL " + _NAMED + " AND e.dir = {p} AND e.name = {p}" for _ in files)
-        named = [x for d, name in files for x in (lo, d, name)]
-        fss = self._filesystems_mostly_under(cte, ids, [d for d, _n in files])
-        if fss is None:
-            return self._paged(cte.rstrip() + ", u AS (" + under.replace("{p}", p)
-                               + ") INSERT INTO {t} " + _EXACT,
-                               (*ids, lo, *named), lo, 5000)
-        # Most of the filesystems' directories are under roots (a whole-tree rescan):
-        # the shared sizes and contents are found from the inode rows alone (one sort
-        # of (size, hash), no join with the names), a superset of what is under
-        # roots; the names under roots of those are then trimmed to the exact answer.
-        fin = f"fs IN ({self.db.marks(len(fss))})"
-        return self._paged(
-            cte.rstrip() + ", g AS (SELECT size, count(*) = count(\"full\") AS hashed "
-            f"FROM inodes WHERE {fin} AND size >= {p} GROUP BY size HAVING count(*) > 1 "
-            'AND (count("full") < count(*) OR count(DISTINCT "full") < count("full"))), '
-            f'q AS (SELECT size, "full" FROM inodes WHERE {fin} AND size IN (SELECT size '
-            'FROM g WHERE hashed) GROUP BY size, "full" HAVING count(*) > 1), '
-            "u AS (" + under.replace("{p}", p) + ") INSERT INTO {t} SELECT * FROM u WHERE "
-            'size IN (SELECT size FROM g WHERE NOT hashed) OR (size, "full") IN (SELECT '
-            'size, "full" FROM q)',
-            (*ids, *fss, lo, *fss, lo, *named), lo, 5000, trim=_TRIM[self.dialect])
-
-    def _entry_of(self, path: bytes) -> tuple[int | None, bytes]:
-        """(directory id, name) of a file's path (None: its directory is not indexed)."""
-        d, name = split(path)
-        return self.dirs.find(d), name
-
-    def _filesystems_mostly_under(self, cte: str, ids: Sequence[int], more: Sequence[int] = ()
-                                  ) -> list[int] | None:
-        """The filesystems of the subtree `cte` (and of the directories `more`) when it
-        holds at least half of their directories (then a pass over their inode rows
-        costs about what the subtree's names do), else None."""
-        rows = self.db.rows(cte + "SELECT fs, count(*) FROM sub WHERE fs > 0 GROUP BY fs", ids)
-        fss = {int(r[0]) for r in rows} | {f for f in map(self.dirs.fs_of, more) if f}
-        if not rows:
-            return None
-        held = self.db.rows(f"SELECT count(*) FROM directories WHERE fs IN "
-                            f"({self.db.marks(len(fss))})", sorted(fss))
-        return sorted(fss) if 2 * sum(int(r[1]) for r in rows) >= int(held[0][0]) else None
-
-    def _paged(self, fill: str, params: Sequence[Any], min_size: int, rows_per_query: int,
-               trim: str = "") -> Iterator[list[IndexedFile]]:
-        """Run `fill` (an INSERT INTO {t}) into a temporary table of candidate names,
-        then `trim` (a DELETE FROM {t}, if any), then yield its size groups page by
-        page (see size_groups)."""
-        p = self.db.p
-        t = f"sizes_{threading.get_ident() % 1000003}_{next(_tables)}"
-        blob = "BLOB" if self.dialect == "sqlite" else "BYTEA"
-        self.db.run(f"CREATE TEMPORARY TABLE {t} (size BIGINT, fs INTEGER, ino BIGINT, "
-                    f'mtime_ns BIGINT, ctime_ns BIGINT, head BIGINT, "full" {blob}, '
-                    f"unstable INTEGER, dir INTEGER, name {blob})")
-        try:
-            self.db.run(fill.replace("{t}", t), params)
-            if trim:
-                self.db.run(trim.replace("{t}", t))
-            self.db.run(f"CREATE INDEX {t}_size ON {t} (size)")
-            last = min_size - 1
-            while True:
-                counts = self.db.rows(f"SELECT size, count(*) FROM {t} WHERE size > {p} "
-                                      "GROUP BY size ORDER BY size LIMIT 1000", (last,))
-                if not counts:
-                    return
-                top, n = counts[-1][0], 0
-                for size, count in counts:
-                    n += count
-                    if n >= rows_per_query:
-                        top = size
-                        break
-                rows = self.db.rows(f"SELECT * FROM {t} WHERE size > {p} AND size <= {p} "
-                                    "ORDER BY size, fs, ino", (last, top))
-                last = int(top)
-                yield from self._grouped(rows)
-        finally:
-            self.db.run(f"DROP TABLE IF EXISTS {t}")
-
-    def _grouped(self, rows: list[Any]) -> Iterator[list[IndexedFile]]:
-        """Rows (size, fs, ino, stat, hashes, unstable, dir, name) ordered by inode ->
-        IndexedFile lists by size."""
-        dirs = self.dirs.paths({int(r[8]) for r in rows})
-        names: dict[tuple[int, int], list[bytes]] = {}
-        inodes = []
-        for r in rows:
-            k = (r[1], r[2])
-            if k not in names:
-                names[k] = []
-                inodes.append((r[1], r[2], r[0], *r[3:8]))
-            if r[8] in dirs:
-                names[k].append(join(dirs[r[8]], bytes(r[9])))
-        for v in names.values():
-            v.sort()
-        yield from group_rows(inodes, names, self.dev_of)
+    # --- hashes ---
 
     def save_hashes(self, updates: Sequence[HashUpdate]) -> None:
         """Store hashes of indexed inodes (others are skipped), whichever Store recorded
@@ -630,54 +402,3 @@ class Store(Names):
                                  f"ON i.id = e.dir {mine}", h)[0][0]),
                 "hashed": int(one(f'SELECT count(*) FROM inodes i {mine} AND i."full" '
                                   "IS NOT NULL", h)[0][0])}
-
-
-# The names under the subtree `sub` with their inodes of size >= the parameter.
-_UNDER = ("SELECT i.size, i.fs, i.ino, i.mtime_ns, i.mtime_ns + i.ctime_delta AS "
-          'ctime_ns, i.head, i."full", i.unstable, e.dir, e.name FROM sub JOIN entries e '
-          "ON e.dir = sub.id JOIN inodes i ON i.fs = sub.fs AND i.ino = e.ino WHERE i.size >= "
-          "{p}")
-# One name given by (directory, name), with its inode of size >= the first parameter.
-_NAMED = ("SELECT i.size, i.fs, i.ino, i.mtime_ns, i.mtime_ns + i.ctime_delta, i.head, "
-          'i."full", i.unstable, e.dir, e.name FROM entries e JOIN directories d ON d.id = '
-          "e.dir JOIN inodes i ON i.fs = d.fs AND i.ino = e.ino WHERE i.size >= {p}")
-# 2+ distinct inodes among a group's names (hardlinks: several names, one inode)
-_MANY = "(min(ino) < max(ino) OR min(fs) < max(fs))"
-# Of a table {t} of names: the sizes the hasher must see (2+ inodes, one without its
-# full hash) and the duplicates among fully hashed sizes: nothing else can be in a
-# group. ("full" IS NOT NULL: a row without one is then not kept, rather than NULL,
-# which NOT (...) below would not delete either.)
-_KEEP = (f'size IN (SELECT size FROM {{t}} GROUP BY size HAVING {_MANY} AND count("full") '
-         f'< count(*)) OR ("full" IS NOT NULL AND (size, "full") IN (SELECT size, "full" FROM '
-         f'{{t}} WHERE "full" IS NOT NULL GROUP BY size, "full" HAVING {_MANY}))')
-# The rule over the names u
-_EXACT = "SELECT * FROM u WHERE " + _KEEP.replace("{t}", "u")
-# The same rule applied to a table {t} of names that holds, for each size or (size,
-# hash) it has, every name of it under roots: what does not qualify goes. SQLite
-# answers a row-value NOT IN that finds no match by scanning the whole list for a
-# NULL, once per such row (a rescan of a tree whose files have copies outside it
-# was quadratic: 20,000 such files, 10 s in this statement alone), and so it does
-# NOT (... IN ...): there the rows to keep are named by rowid. PostgreSQL hashes
-# either form.
-_TRIM = {"sqlite": f"DELETE FROM {{t}} WHERE rowid NOT IN (SELECT rowid FROM {{t}} WHERE {_KEEP})",
-         "postgresql": f"DELETE FROM {{t}} WHERE NOT ({_KEEP})"}
-
-
-def group_rows(rows: Iterable[Any], names: dict[tuple[int, int], list[bytes]],
-               dev_of: Callable[[int], int | None]) -> Iterator[list[IndexedFile]]:
-    """Rows (fs, ino, size, ...) ordered by size -> one list of IndexedFile per size
-    (inodes with no name, or on a filesystem not reachable now, are left out)."""
-    group: list[IndexedFile] = []
-    for fs, n, size, mt, ct, head, full, unst in rows:
-        paths = names.get((fs, n))
-        dev = dev_of(fs) if paths else None
-        if dev is None or not paths:
-            continue
-        if group and group[-1].size != size:
-            yield group
-            group = []
-        group.append(IndexedFile(dev, from_s64(n), size, mt, ct,
-                                 None if head is None else from_s64(head), full, unst,
-                                 tuple(paths)))
-    if group:
-        yield group

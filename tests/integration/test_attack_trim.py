@@ -1,4 +1,4 @@
-"""Store.groups_under's whole-tree plan trims its candidate names (store._TRIM) in
+"""Store.groups_under's whole-tree plan trims its candidate names (groups._TRIM) in
 linear SQLite steps, and keeps exactly the names the rule keeps, on SQLite and on
 a real PostgreSQL.
 
