@@ -18,12 +18,14 @@ def show_path(path: bytes | str) -> str:
     return _CONTROL.sub(lambda m: _esc(m.group()), text) if _CONTROL.search(text) else text
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
+# C0, DEL and C1 (U+0080-U+009F: xterm and the Linux console read U+009B as CSI and
+# U+009D as OSC, as they read ESC [ and ESC ])
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def _esc(ch: str) -> str:
     return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch) or (
-        f"\\x{ord(ch):02x}" if ord(ch) < 32 or ch == "\x7f" else ch)
+        f"\\x{ord(ch):02x}" if ord(ch) < 32 or "\x7f" <= ch <= "\x9f" else ch)
 
 
 def human_bytes(n: float) -> str:
