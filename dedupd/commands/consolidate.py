@@ -89,14 +89,15 @@ def _print_text(r: Report) -> None:
     for d in r.archive_duplicates:
         out.write("archive duplicates: " + " = ".join(show_path(p) for p in d["paths"]) + "\n")
     for p in r.problems:
-        sys.stderr.write(f"dedupd: {p['reason']}: {show_path(p['path'])}: {p['detail']}\n")
+        sys.stderr.write(f"dedupd: {p['reason']}: {show_path(p['path'])}: "
+                         f"{show_path(p['detail'])}\n")
     for a in r.actions:
         what = f"{a.get('keep', '')} <- {a.get('replace', '')}" if a["action"] == "hardlink" \
             else f"{a['path']} (in archive as {a['archive']})"
         out.write(f"{a['result']} {a['action']}: {show_path(what)}\n")
     for x in r.refused:
         sys.stderr.write(f"dedupd: not done ({x['reason']}): {show_path(x['path'])}: "
-                         f"{x.get('detail', '')}\n")
+                         f"{show_path(x.get('detail', ''))}\n")
     for rec in r.recovered:
         out.write(f"recovered op {rec['op']}: {rec['before']} -> {rec['after']}\n")
     st = r.stats

@@ -109,7 +109,7 @@ def _print_text(doc: dict[str, Any], v: Verification) -> None:
             out.write(show_path(p) + "\n")
         out.write("\n")
     for sk in v.skipped:
-        out.write(f"skipped ({sk.reason}): {show_path(sk.path)}: {sk.detail}\n")
+        out.write(f"skipped ({sk.reason}): {show_path(sk.path)}: {show_path(sk.detail)}\n")
     st = doc["stats"]
     out.write(f"{doc['format']} report: {st['groups_in_report']} groups, "
               f"{st['files_in_report']} files; {st['groups_verified']} groups "

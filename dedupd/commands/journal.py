@@ -60,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
         if sp.dest_path:
             out.write(f"  link    {show_path(sp.dest_path)}\n")
         if r.reason:
-            out.write(f"  reason  {r.reason}\n")
+            out.write(f"  reason  {show_path(r.reason)}\n")
     out.write(f"{len(recs)} operations\n")
     return 0

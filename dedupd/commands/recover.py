@@ -9,7 +9,7 @@ from typing import Any
 from dedupd.commands.common import add_common, load_config, open_store
 from dedupd.dedup.journal import FAILED
 from dedupd.dedup.recovery import recover_volumes
-from dedupd.output import print_json
+from dedupd.output import print_json, show_path
 
 HELP = """\
 Resolve every operation the journal shows as unfinished (after a crash, a
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         print_json({"dry_run": args.dry_run, "recovered": [r.as_json() for r in done]})
     else:
         for r in done:
-            sys.stdout.write(f"#{r.op} {r.kind}: {r.before} -> {r.after}: {r.detail}\n")
+            sys.stdout.write(f"#{r.op} {r.kind}: {r.before} -> {r.after}: {show_path(r.detail)}\n")
         sys.stdout.write(f"{len(done)} unfinished operations "
                          f"{'would be ' if args.dry_run else ''}resolved\n")
     return 1 if any(r.after == FAILED for r in done) else 0

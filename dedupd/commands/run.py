@@ -163,7 +163,7 @@ def print_report(r: PassReport, now: float | None = None) -> None:
     for a in r.actions:
         out.write(f"  {verb} {a.get('action')}: {describe_action(a)}\n")
     for p in r.problems:
-        out.write(f"  {p['reason']}: {show_path(p['path'])} {p.get('detail', '')}\n")
+        out.write(f"  {p['reason']}: {show_path(p['path'])} {show_path(p.get('detail', ''))}\n")
 
 
 def pending_line(r: PassReport, now: float) -> str:

@@ -136,7 +136,7 @@ def _print_text(r: ScanReport) -> None:
         out.write("\n")
     for p in r.problems:
         sys.stderr.write(f"dedupd: {p.reason}: {show_path(p.path)}"
-                         f"{': ' + p.detail if p.detail else ''}\n")
+                         f"{': ' + show_path(p.detail) if p.detail else ''}\n")
     st = r.stats
     out.write(f"{st['groups']} groups, {st['duplicate_files']} duplicate files, "
               f"{human_bytes(float(st['duplicate_bytes']))} duplicate; "
