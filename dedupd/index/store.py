@@ -42,6 +42,7 @@ from dedupd.index.migrate import open_index, put_meta
 from dedupd.index.names import Names
 from dedupd.index.record import forget_unseen, record_batch, store_digests
 from dedupd.index.rows import HashUpdate, IndexedFile, RecordResult, group_rows, path_key
+from dedupd.index.scanrow import ScanRow, id_of
 
 # A full scan that wrote (new, changed or forgotten files) at least half as many
 # rows as the index then holds, and at least this many, is followed by a VACUUM
@@ -195,14 +196,16 @@ class Store(Names, SizeGroups):
             self._written[scan_id] += res.new + res.changed
         return res
 
-    def finish_scan(self, scan_id: int, roots: Sequence[bytes],
+    def finish_scan(self, scan: int | ScanRow, roots: Sequence[bytes],
                     same: Sequence[bytes] = (), compact: bool = True) -> int:
         """Forget entries under `roots` that this scan did not see, except in the
         directories `same` (skipped by the walk: their listing did not change); drop
         orphan inodes and directories left empty. Returns the number of entries
         forgotten. Entries outside the roots are untouched. A scan that rewrote most
         of a SQLite index compacts it after (compact; with compact=False, only
-        `compact_due` is set, for the caller to compact once its last write is done)."""
+        `compact_due` is set, for the caller to compact once its last write is done).
+        A scan given by its ScanRow that wrote nothing and has nothing to forget
+        writes nothing here either (its row stays unwritten)."""
         p = self.db.p
         listed, self._listed = self._listed, None
         if listed is not None and listed[0] == tuple(roots) and listed[1].issubset(same):
@@ -211,8 +214,12 @@ class Store(Names, SizeGroups):
             # forget, nor be left empty; only roots that are files are looked at
             keep: set[int] = set()
             roots = [r for r in roots if self.dirs.find(r) is None]
+            if not roots and not self.orphans_maybe and isinstance(scan, ScanRow) \
+                    and not scan.written:
+                return 0
         else:
             keep = {d for d in (self.dirs.find(x) for x in same) if d is not None}
+        scan_id = id_of(scan)
         with self.db.tx() as cur:
             n = forget_unseen(self, cur, scan_id, roots, keep)
             if self.orphans_maybe:  # one pass over every name: only when it can find any
@@ -256,7 +263,7 @@ class Store(Names, SizeGroups):
         learnt meanwhile go in with them. release_held() writes what is left."""
         self.held = HeldRows(HEADLESS_MAX)
 
-    def release_held(self, scan_id: int) -> None:
+    def release_held(self, scan: int | ScanRow) -> None:
         """Write every row and directory digest still held, and hold no more."""
         held, self.held = self.held, None
         if held is None:
@@ -268,7 +275,7 @@ class Store(Names, SizeGroups):
             if rows:
                 self.bulk.upsert_inodes(cur, sorted(rows))  # key order, as record's
             if digests:
-                store_digests(self, cur, scan_id, digests)
+                store_digests(self, cur, id_of(scan), digests)
 
     def compact(self) -> None:
         """VACUUM a SQLite index: rewrite it with full pages, free pages returned.

@@ -18,6 +18,7 @@ from dedupd import forkpipe, handles
 from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.hashing.stats import HashStats, Stability
 from dedupd.index import answers
+from dedupd.index.scanrow import ScanRow, id_of
 from dedupd.index.store import IndexedFile, Store
 from dedupd.output import human_bytes
 from dedupd.progress import Progress
@@ -122,9 +123,9 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
           progress: Progress | None, walking: ForkedWalk | None,
           json_groups: bool = False) -> ScanReport:
     t0 = time.monotonic()
-    # the scan's row is written once the walk has its digests: its transaction (the
-    # first write of a closed index makes and syncs its WAL) comes after the walk
-    # can share its work, not between
+    # the scan's row is written at the scan's first write (ScanRow: none at all for
+    # an unchanged rescan), after the walk has its digests: the first write of a
+    # closed index makes and syncs its WAL, and its close checkpoints it
     store.prepare_scan(norm)
     wstats = WalkStats()
     wopts = WalkOptions(opts.min_size, opts.exclude, opts.cross_mounts)
@@ -140,12 +141,7 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     else:
         walker = ForkedWalk(norm, wopts, RECORD_BATCH, known,
                             RESCAN_WALKERS if known else 1) if WALK_PROC else None
-    try:
-        scan_id = store.begin_scan(norm, prepared=True)
-    except BaseException:
-        if walker:  # no walk process outlives a scan that could not begin
-            walker.close()
-        raise
+    row = ScanRow(store, norm)
     pre = _early_hashing(store, stability, answer)
     if not isinstance(pre, NoEarlyHashing):  # hashes read early go in with new rows
         store.hold_new_rows()
@@ -160,7 +156,7 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
             progress.phase("walk")
         events = walker.batches() if walker else batches(
             walk_listed(norm, wopts, wstats, known), RECORD_BATCH)
-        with Recorder(store, scan_id, pre.put, touch_inodes=False) as rec:
+        with Recorder(store, row, pre.put, touch_inodes=False) as rec:
             if walker and answer.likely():  # while the walk runs, by the record thread
                 rec.call(answer.unpack)
             for batch in events:
@@ -187,11 +183,11 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     if progress:  # the files handed to the feeders, done when they are
         progress.phase("hash", pre.files)
     early = pre.close()
-    store.release_held(scan_id)  # before anything reads the index's rows
+    store.release_held(row)  # before anything reads the index's rows
     if progress and early is not None:
         progress.update(pre.files, pre.stats.bytes_read)
     new, changed, unchanged = rec.new, rec.changed, rec.unchanged
-    forgotten = store.finish_scan(scan_id, norm, rec.same, compact=False)
+    forgotten = store.finish_scan(row, norm, rec.same, compact=False)
     hstats = HashStats()
     hstats.merge(pre.stats)
     fp = None if rec.listed is None else answers.fingerprint(rec.listed)
@@ -205,13 +201,13 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
         # what was read beside the walk holds while the scan wrote no name
         held = ahead.result() if ahead and not rec.events and not forgotten else None
         under = store.groups_under(norm, opts.min_size) if held is None else held
-        found = find_groups(store, scan_id, opts, hstats, progress,
+        found = find_groups(store, row, opts, hstats, progress,
                             _hashed_apart(under, ready))
         groups = tuple(sorted((*found, *_sorted(ready)),
                               key=lambda g: (-g.wasted, g.files[0].path)))
     elif early is None:  # the feeders let go: the index's size groups it is
-        store.mark_inodes_seen(scan_id)
-        groups = find_groups(store, scan_id, opts, hstats, progress)
+        store.mark_inodes_seen(row.id)
+        groups = find_groups(store, row, opts, hstats, progress)
     else:
         groups = _sorted(early)
     stats: dict[str, int | float] = {
@@ -241,7 +237,9 @@ def _scan(store: Store, norm: list[bytes], opts: ScanOptions,
     if store.compact_due:  # after the last write
         store.compact()
     text = answer.text if reused is not None and reused is answer.groups else None
-    return ScanReport(scan_id, tuple(norm), groups, stats, problems, text)
+    # 0: a scan that wrote nothing has no row (an unchanged rescan)
+    return ScanReport(row.id if row.written else 0, tuple(norm), groups, stats, problems,
+                      text)
 
 
 class NoEarlyHashing:
@@ -330,10 +328,10 @@ class Recorder:
     sink) is raised again in the walking thread (at the next put or at exit).
     """
 
-    def __init__(self, store: Store, scan_id: int,
+    def __init__(self, store: Store, scan: int | ScanRow,
                  sink: Callable[[Sequence[IndexedFile]], None] | None = None,
                  touch_inodes: bool = True) -> None:
-        self.store, self.scan_id, self.sink = store, scan_id, sink
+        self.store, self.scan, self.sink = store, scan, sink
         self.touch_inodes = touch_inodes
         self.new = self.changed = self.unchanged = 0
         self.events = 0  # files recorded (not in a directory the walk skipped)
@@ -380,7 +378,7 @@ class Recorder:
                 self.unchanged += d.files
         if not files and not digests:  # directories skipped: nothing to write
             return
-        r = self.store.record(self.scan_id, files, self.touch_inodes, digests)
+        r = self.store.record(id_of(self.scan), files, self.touch_inodes, digests)
         self.new, self.changed = self.new + r.new, self.changed + r.changed
         self.unchanged += r.unchanged
         if self.sink is not None:
@@ -430,7 +428,7 @@ class GroupsAhead:
         return self.groups
 
 
-def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats,
+def find_groups(store: Store, scan: int | ScanRow, opts: ScanOptions, hstats: HashStats,
                 progress: Progress | None = None,
                 candidates: Iterable[list[IndexedFile]] | None = None
                 ) -> tuple[DupGroup, ...]:
@@ -442,7 +440,7 @@ def find_groups(store: Store, scan_id: int, opts: ScanOptions, hstats: HashStats
     found: list[Group] = []
     writer = HashWriter(store)
     if candidates is None:
-        candidates = store.candidate_groups(scan_id, opts.min_size)
+        candidates = store.candidate_groups(id_of(scan), opts.min_size)
     if progress:
         known = isinstance(candidates, list)  # from memory: the total is known
         progress.phase("hash", sum(len(g) for g in candidates) if known else None)

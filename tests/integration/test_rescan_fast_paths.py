@@ -1,13 +1,19 @@
 """The shortcuts of an unchanged rescan: it writes no row of the tree (a directory
 without a file of its own is skipped on its digest alone), its finish forgets
-nothing without looking (every directory with names was skipped unchanged), and
-neither hides a change: a file put in such a directory, a directory or a root
-file removed after an unchanged rescan, are all seen by the next one."""
+nothing without looking (every directory with names was skipped unchanged), it
+writes no scans row (so the index file is left as it was: no WAL made, synced and
+checkpointed), and none of them hides a change: a file put in such a directory, a
+directory or a root file removed after an unchanged rescan, are all seen by the
+next one."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 from dedupd.index.store import Store
@@ -123,3 +129,69 @@ def test_groups_read_beside_the_walk_are_not_reported_after_a_change(tmp_path: P
     rep = run(db, root)
     assert groups(rep) == {paths(root, "c/y1-renamed", "d/y2")}
     assert groups(run(db, root)) == groups(rep)
+
+
+def index_file(db: Path) -> tuple[bytes, int, int, int]:
+    """The index file's bytes, mtime and size, and the bytes of its WAL (0: none,
+    or nothing written in it: a connection still open keeps it until closed)."""
+    st, wal = db.stat(), Path(f"{db}-wal")
+    return db.read_bytes(), st.st_mtime_ns, st.st_size, wal.stat().st_size if wal.exists() else 0
+
+
+def scans(db: Path) -> int:
+    with sqlite3.connect(db) as c:
+        return int(c.execute("SELECT count(*) FROM scans").fetchone()[0])
+
+
+def cli_scan(db: Path, root: Path) -> subprocess.CompletedProcess[bytes]:
+    """`dedupd scan` as the console entry runs it (its walk forked before argparse)."""
+    code = "import sys; from dedupd.cli import run; sys.exit(run())"
+    return subprocess.run([sys.executable, "-c", code, "scan", "--json", "--no-progress",
+                           "--db", f"sqlite:///{db}", str(root)], capture_output=True,
+                          check=True, timeout=120)
+
+
+def test_an_unchanged_rescan_leaves_the_index_file_as_it_was(tmp_path: Path) -> None:
+    root, db = tmp_path / "t", tmp_path / "i.db"
+    tree(root)
+    first = run(db, root)
+    before = index_file(db)
+    assert not before[3] and scans(db) == 1
+    again = run(db, root)  # no scans row: the index is opened, read and closed
+    assert index_file(db) == before
+    assert again.scan_id == 0 and groups(again) == groups(first)
+    out = cli_scan(db, root)
+    assert index_file(db) == before and b'"files_unchanged": 4' in out.stdout
+    # a change is recorded as before: the scan's row with it
+    put(root / "c" / "y3", b"y" * 6000)
+    rep = run(db, root)
+    assert rep.scan_id > first.scan_id and scans(db) == 2
+    assert rep.stats["files_new"] == 1
+    assert paths(root, "c/y1", "c/y3", "d/y2") in groups(rep)
+    after = index_file(db)
+    assert run(db, root).stats["files_unchanged"] == 5 and index_file(db) == after
+
+
+def test_an_unchanged_rescan_killed_leaves_the_index_as_it_was(tmp_path: Path) -> None:
+    """kill -9 at the end of an unchanged rescan (where a changed one forgets names):
+    the index file is untouched, and the next scans report and record as before."""
+    root, db = tmp_path / "t", tmp_path / "i.db"
+    tree(root)
+    first = run(db, root)
+    before = index_file(db)
+    code = ("import os, signal\n"
+            "from dedupd.index.store import Store\n"
+            "from dedupd.scan.scanner import ScanOptions, scan\n"
+            "def killed(*a, **k):\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "Store.finish_scan = killed\n"
+            f"scan(Store('sqlite:///{db}'), [{str(root)!r}], ScanOptions())\n")
+    rc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ),
+                        timeout=120).returncode
+    assert rc == -signal.SIGKILL
+    assert index_file(db)[:3] == before[:3]
+    assert groups(run(db, root)) == groups(first)
+    (root / "d" / "y2").unlink()
+    rep = run(db, root)
+    assert rep.stats["files_forgotten"] == 1 and groups(rep) == {
+        paths(root, "only-dirs/a/x1", "only-dirs/b/x2")}

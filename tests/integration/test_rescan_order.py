@@ -1,7 +1,9 @@
 """A rescan hands its walk the index's digests before it writes its scan's row:
 that first write of a closed index makes and syncs its WAL (milliseconds on a busy
-disk), time in which the walk processes could not yet share the tree. A scan
-whose row cannot be written then still ends its walk processes."""
+disk), time in which the walk processes could not yet share the tree. The row is
+written only by a rescan that records something (an unchanged one writes none:
+test_rescan_fast_paths.py). A scan whose row cannot be written then still ends
+its walk processes."""
 
 from __future__ import annotations
 
@@ -42,10 +44,12 @@ def test_the_walk_has_its_digests_before_the_scans_row_is_written(tmp_path: Path
     finally:
         store.close()
     assert first.stats["groups"] == 1
-    # the scans row now fails to be written, as a full disk would fail it
+    # the scans row now fails to be written, as a full disk would fail it, once the
+    # rescan has a file to record
     with sqlite3.connect(db) as c:
         c.execute("CREATE TRIGGER no_scan BEFORE INSERT ON scans "
                   "BEGIN SELECT RAISE(ABORT, 'no scan row'); END")
+    (root / "d3" / "deep" / "f3").write_bytes(os.urandom(65))  # a size of its own
     walking = _walk(root)
     pids = {pid for pid, _to, _frm in walking.procs}
     store = Store(f"sqlite:///{db}")
@@ -61,10 +65,11 @@ def test_the_walk_has_its_digests_before_the_scans_row_is_written(tmp_path: Path
     with sqlite3.connect(db) as c:
         c.execute("DROP TRIGGER no_scan")
     store = Store(f"sqlite:///{db}")
-    try:  # and the next rescan finds the tree unchanged, its groups as before
+    try:  # and the next rescan records the new file alone, its groups as before
         again = scan(store, [str(root)], ScanOptions(), walking=_walk(root))
     finally:
         store.close()
-    assert again.stats["files_unchanged"] == 12 and again.stats["bytes_read"] == 0
+    assert again.stats["files_unchanged"] == 12 and again.stats["files_new"] == 1
+    assert again.stats["bytes_read"] == 0  # nothing of its size to compare it with
     assert [[f.paths for f in g.files] for g in again.groups] == \
         [[f.paths for f in g.files] for g in first.groups]
