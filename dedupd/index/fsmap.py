@@ -80,6 +80,9 @@ class FsMap:
         # at first use (a Store outlives passes: the daemon's lives for weeks)
         self._dev_ok: set[int] = set()
         self._fs_ok: set[int] = set()
+        # devices no filesystem of the index was found on since the last revalidate()
+        # (Store._fs_of_dev); a device bound meanwhile leaves it
+        self.absent: set[int] = set()
         # filesystems met in this Store whose inode numbers are made up at each
         # mount (FAT_FSTYPES): record_batch trusts a row there only by name
         self.renumbered: set[int] = set()
@@ -93,6 +96,7 @@ class FsMap:
             self.ids = Identities()
             self._dev_ok.clear()
             self._fs_ok.clear()
+            self.absent.clear()
 
     def _map(self, fs: int, dev: int | None) -> None:
         """Bind filesystem fs <-> device dev (None: fs is not reachable now), dropping
@@ -105,6 +109,7 @@ class FsMap:
                 del self._dev[f]
             self._fs[dev] = fs
             self._dev_ok.add(dev)
+            self.absent.discard(dev)
         self._dev[fs] = dev
         self._fs_ok.add(fs)
 

@@ -122,8 +122,9 @@ class Store(Names, SizeGroups):
         return None
 
     def key_of(self, dev: int, ino: int) -> tuple[int, int] | None:
-        """(fs, signed ino) of a device already met in this Store, else None."""
-        fs = self.fsmap.known_fs(dev)
+        """(fs, signed ino) of an inode of device dev; None when no filesystem of this
+        host in the index is on dev (a device not met yet is looked for: _fs_of_dev)."""
+        fs = self._fs_of_dev(dev)
         return None if fs is None else (fs, to_s64(ino))
 
     # --- meta: small key/value state of this host (per-volume generations, timestamps) ---
@@ -376,15 +377,19 @@ class Store(Names, SizeGroups):
         """The filesystem of device dev met without a path (a hash update): each of this
         host's filesystems not located since the last revalidate is looked for through
         its directories in the index (dev_of) until one is on dev. None: no indexed
-        filesystem is (nothing of dev is indexed). Else a process that only hashes
-        (the consolidation's index writer) dropped the hashes: the next pass read the
-        unchanged files again."""
+        filesystem is (nothing of dev is indexed; remembered until the next pass, so
+        a batch of such keys looks once). Else a process that only hashes (the
+        consolidation's index writer) dropped the hashes, and one that only forgets
+        or links (key_of) left the rows as they were."""
         fs = self.fsmap.known_fs(dev)
-        if fs is not None:
+        if fs is not None or dev in self.fsmap.absent:
             return fs
         rows = self.db.rows(f"SELECT id FROM filesystems WHERE host = {self.db.p} "
                             "ORDER BY id", (self.host,))
-        return next((int(r[0]) for r in rows if self.dev_of(int(r[0])) == dev), None)
+        fs = next((int(r[0]) for r in rows if self.dev_of(int(r[0])) == dev), None)
+        if fs is None:
+            self.fsmap.absent.add(dev)
+        return fs
 
     def accept_own_ctimes(self, changes: Sequence[tuple[Ident, Ident]]) -> None:
         """Take the new ctime of inodes that only dedupd's own links changed (before,

@@ -45,10 +45,10 @@ def test_a_store_that_never_met_the_device_saves_its_hashes(tmp_path: Path) -> N
 
     other = Store(url)  # a process of its own: it never recorded anything
     try:
-        assert other.key_of(st.st_dev, st.st_ino) is None
+        assert other.fsmap.known_fs(st.st_dev) is None
         other.save_hashes([HashUpdate(st.st_dev, st.st_ino, 7, b"h" * 16,
                                       (st.st_size, st.st_mtime_ns, st.st_ctime_ns))])
-        assert other.key_of(st.st_dev, st.st_ino) is not None
+        assert other.fsmap.known_fs(st.st_dev) is not None
     finally:
         other.close()
     assert [h[1] for h in _hashes(url)] == [b"h" * 16]
@@ -64,5 +64,51 @@ def test_hashes_of_a_device_nothing_indexes_are_skipped(tmp_path: Path) -> None:
         s.save_hashes([HashUpdate(st.st_dev, st.st_ino, 1, b"h" * 16)])  # no error
         s.save_hashes([HashUpdate(st.st_dev, st.st_ino, 1, b"h" * 16)])  # nor probe again
         assert s.db.rows("SELECT count(*) FROM inodes")[0][0] == 0
+    finally:
+        s.close()
+
+
+def _one_indexed_file(tmp_path: Path) -> tuple[str, os.stat_result]:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    f = tmp_path / "d" / "f"
+    f.parent.mkdir()
+    f.write_bytes(b"z" * 100)
+    st = os.stat(f)
+    first = Store(url)
+    try:
+        first.record(first.begin_scan([os.fsencode(f.parent)]),
+                     [FileEvent.from_stat(os.fsencode(f), st)])
+    finally:
+        first.close()
+    return url, st
+
+
+def test_keys_of_a_device_not_met_yet_are_found(tmp_path: Path) -> None:
+    """key_of (forget, accept_own_ctimes, extent state) maps a device it has not met
+    as save_hashes does: before, it answered None, so a Store that had recorded
+    nothing (a `dedupd run` resuming, the consolidation's writer) forgot nothing and
+    kept stale ctimes without a word."""
+    url, st = _one_indexed_file(tmp_path)
+    other = Store(url)
+    try:
+        assert other.key_of(st.st_dev, st.st_ino) is not None
+        other.forget([(st.st_dev, st.st_ino)])
+        assert other.db.rows("SELECT count(*) FROM inodes")[0][0] == 0
+    finally:
+        other.close()
+
+
+def test_a_device_nothing_indexes_is_looked_for_once(tmp_path: Path) -> None:
+    url, st = _one_indexed_file(tmp_path)
+    s = Store(url)
+    try:
+        queries: list[str] = []
+        s.db.conn().set_trace_callback(queries.append)
+        stranger = st.st_dev + 1  # no filesystem of the index is on it
+        assert s.key_of(stranger, 1) is None
+        n = len(queries)
+        assert n > 0
+        assert [s.key_of(stranger, i) for i in range(2, 50)] == [None] * 48
+        assert len(queries) == n  # until the next pass (prepare_scan) looks again
     finally:
         s.close()
