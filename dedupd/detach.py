@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import socket
-import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dedupd.errors import EXIT_FAILURE, DedupdError
+from dedupd.fsops.single import NotSingle, open_single
 
 READY_TIMEOUT = 120.0
 
@@ -49,16 +49,13 @@ def _open_log(log_file: Path) -> BinaryIO:
     FIFO or another name of some other file (another user may write its directory),
     only a regular file of ours with this one name (made 0640 when missing)."""
     try:
-        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_NONBLOCK | os.O_CLOEXEC, 0o640)
+        fd = open_single(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640,
+                         uid=os.geteuid())
+    except NotSingle:
+        raise DedupdError(f"cannot open the log file {log_file}: not a regular file of this "
+                          "user with one name (put there by someone else? remove it)") from None
     except OSError as e:
         raise DedupdError(f"cannot open the log file {log_file}: {e.strerror or e}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
-        os.close(fd)
-        raise DedupdError(f"cannot open the log file {log_file}: not a regular file of this "
-                          "user with one name (put there by someone else? remove it)")
-    os.set_blocking(fd, True)
     return os.fdopen(fd, "ab", buffering=0)
 
 

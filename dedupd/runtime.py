@@ -24,6 +24,7 @@ import stat
 from pathlib import Path
 
 from dedupd.errors import ConfigError, DedupdError, TemporaryFailure
+from dedupd.fsops.single import NotSingle, open_single
 
 log = logging.getLogger("dedupd.runtime")
 
@@ -104,16 +105,13 @@ class PidLock:
         (DedupdError, exit 1): the pid file may sit in a directory others share.
         O_NONBLOCK: a FIFO planted at the name must not hang the open."""
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-                         | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            what = "is a symbolic link" if os.path.islink(self.path) else e.strerror
+            fd = open_single(self.path, os.O_RDWR | os.O_CREAT, 0o644, uid=os.geteuid())
+        except NotSingle as e:
+            what = "is a symbolic link" if e.symlink else (
+                f"not a regular file of uid {os.geteuid()} with one name")
             raise DedupdError(f"pid file {self.path}: {what}; refusing to use it") from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
-            os.close(fd)
-            raise DedupdError(f"pid file {self.path}: not a regular file of uid "
-                              f"{os.geteuid()} with one name; refusing to use it")
+        except OSError as e:
+            raise DedupdError(f"pid file {self.path}: {e.strerror}; refusing to use it") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

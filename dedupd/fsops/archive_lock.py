@@ -9,13 +9,13 @@ one was interrupted and sweeps the temp names its copies may have left
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
-import stat
 
 from dedupd import handles
-from dedupd.errors import DedupdError
+from dedupd.errors import DedupdError, TemporaryFailure
+from dedupd.fsops.single import NotSingle, open_single
+from dedupd.fsops.whole import replace_at
 
 TMP_PREFIX = b".dedupd-copy."
 TMP_SUFFIX = b".tmp"
@@ -58,33 +58,42 @@ def lock_archive(root: bytes) -> int:
     The lock file stays in the archive root (excluded from scans). While a run
     works it holds RUNNING: finding that word when taking the lock means the
     previous run was interrupted and may have left temp files (`was_interrupted`).
-    Anything but a regular file with one name at the name (a FIFO, symlink,
-    directory or another name of some file, put there by someone) is a DedupdError,
-    never opened through nor written.
-    """
+    Anything but a regular file at the name (a FIFO, symlink or directory put there
+    by someone) is a DedupdError, never opened through nor written. A regular file
+    with other names (an archive copied with `cp -al`, rsnapshot style, or a link
+    planted to a file elsewhere) is never written either: under its lock, its name
+    here is replaced by a new lock file, marked RUNNING so that this run sweeps
+    (the other names keep the file as it was)."""
     path = os.path.join(root, LOCK_NAME)
-    try:
-        with handles.Parent(path) as p:
-            # O_NONBLOCK: a FIFO planted at the name must not hang the open
-            fd = p.open(os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o600)
-    except OSError as e:
-        if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-            raise
-        fd = -1
-    # one name only: a hardlink planted there to a file elsewhere (where
-    # fs.protected_hardlinks is 0) would be truncated and written by mark_running
-    st = os.fstat(fd) if fd >= 0 else None
-    if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        if fd >= 0:
-            os.close(fd)
-        raise DedupdError(f"{os.fsdecode(path)}: not a regular file with one name: the "
-                          "archive's lock is kept there (remove it, then run again)")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise Locked(os.fsdecode(root)) from None
-    return fd
+    with handles.Parent(path) as p:
+        for _ in range(_TRIES):
+            try:
+                fd = open_single(p.name, os.O_RDWR | os.O_CREAT, 0o600, dir_fd=p.fd,
+                                 linked=True)
+            except NotSingle:
+                raise DedupdError(f"{os.fsdecode(path)}: not a regular file: the archive's "
+                                  "lock is kept there (remove it, then run again)") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise Locked(os.fsdecode(root)) from None
+            st, now = os.fstat(fd), p.lstat()
+            if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                if st.st_nlink == 1:
+                    return fd
+                # the name is this file's, and the lock keeps another run from
+                # replacing it meanwhile: a run holds a lock only once it found the
+                # file it locked at the name, with no other name
+                replace_at(p.fd, p.name, RUNNING, 0o600)
+            os.close(fd)  # replaced (here or by another run): lock what is there now
+    raise TemporaryFailure(f"{os.fsdecode(path)}: replaced again and again while being "
+                           "locked; try again later")
+
+
+# rounds of lock_archive: a shared file replaced, then the new one locked; one more
+# when another run's replacement came between this one's open and its lock
+_TRIES = 4
 
 
 RUNNING = b"running\n"

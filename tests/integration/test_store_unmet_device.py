@@ -29,7 +29,7 @@ def _hashes(url: str) -> list[tuple[int | None, bytes | None]]:
         s.close()
 
 
-def test_a_store_that_never_met_the_device_saves_its_hashes(tmp_path: Path) -> None:
+def _one_indexed_file(tmp_path: Path) -> tuple[str, os.stat_result]:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     f = tmp_path / "d" / "f"
     f.parent.mkdir()
@@ -41,6 +41,11 @@ def test_a_store_that_never_met_the_device_saves_its_hashes(tmp_path: Path) -> N
                      [FileEvent.from_stat(os.fsencode(f), st)])
     finally:
         first.close()
+    return url, st
+
+
+def test_a_store_that_never_met_the_device_saves_its_hashes(tmp_path: Path) -> None:
+    url, st = _one_indexed_file(tmp_path)
     assert _hashes(url) == [(None, None)]
 
     other = Store(url)  # a process of its own: it never recorded anything
@@ -66,21 +71,6 @@ def test_hashes_of_a_device_nothing_indexes_are_skipped(tmp_path: Path) -> None:
         assert s.db.rows("SELECT count(*) FROM inodes")[0][0] == 0
     finally:
         s.close()
-
-
-def _one_indexed_file(tmp_path: Path) -> tuple[str, os.stat_result]:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    f = tmp_path / "d" / "f"
-    f.parent.mkdir()
-    f.write_bytes(b"z" * 100)
-    st = os.stat(f)
-    first = Store(url)
-    try:
-        first.record(first.begin_scan([os.fsencode(f.parent)]),
-                     [FileEvent.from_stat(os.fsencode(f), st)])
-    finally:
-        first.close()
-    return url, st
 
 
 def test_keys_of_a_device_not_met_yet_are_found(tmp_path: Path) -> None:
