@@ -63,18 +63,19 @@ def run(
     check: bool = True,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    umask: int = -1,
 ) -> Result:
     """Run a command to completion and capture its output.
 
     Raises MissingTool if the program does not exist, ProcError on timeout or
-    (with check=True) a non-zero exit.
+    (with check=True) a non-zero exit. umask: the child's (-1: ours).
     """
     args = [os.fspath(a) for a in argv]
     full_env = {**os.environ, **env} if env else None
     try:
         cp = subprocess.run(
             args, input=input, capture_output=True, timeout=timeout,
-            env=full_env, cwd=cwd, check=False,
+            env=full_env, cwd=cwd, check=False, umask=umask,
         )
     except FileNotFoundError:
         raise MissingTool(os.fsdecode(args[0])) from None
@@ -92,6 +93,7 @@ def spawn(
     stdin: int | IO[bytes] | None = None,
     stdout: int | IO[bytes] | None = subprocess.PIPE,
     env: Mapping[str, str] | None = None,
+    umask: int = -1,
 ) -> subprocess.Popen[bytes]:
     """Start a long-running command for streaming (pipelines); stderr is piped.
 
@@ -102,7 +104,8 @@ def spawn(
     full_env = {**os.environ, **env} if env else None
     try:
         return subprocess.Popen(
-            args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=full_env
+            args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=full_env,
+            umask=umask,
         )
     except FileNotFoundError:
         raise MissingTool(os.fsdecode(args[0])) from None

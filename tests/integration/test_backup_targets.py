@@ -167,7 +167,7 @@ def test_rclone_local_live_upload_takes_a_shorter_body(rclone_conf: Path,
 def test_rclone_local_body_in_memory_written_in_place(rclone_conf: Path,
                                                       tmp_path: Path) -> None:
     """A manifest (a body in memory) on a local remote is written by dedupd under a
-    temp name and renamed: the object's bytes, rclone's file mode, no temp file
+    temp name and renamed: the object's bytes, rclone's file mode (0600), no temp file
     left, an overwrite replaces it whole; `rclone cat` reads the same bytes."""
     root = tmp_path / "r"
     root.mkdir()
@@ -177,7 +177,7 @@ def test_rclone_local_body_in_memory_written_in_place(rclone_conf: Path,
         t.put("j/manifests/m.json", io.BytesIO(body), len(body),
               hashlib.sha256(body).hexdigest(), None, "STANDARD")
         stored = root / "j/manifests/m.json"
-        assert stored.read_bytes() == body and (stored.stat().st_mode & 0o777) == 0o644
+        assert stored.read_bytes() == body and (stored.stat().st_mode & 0o777) == 0o600
         assert [x.name for x in stored.parent.iterdir()] == ["m.json"]
         out = subprocess.run(["rclone", "--config", str(rclone_conf), "cat", f"loc:{stored}"],
                              capture_output=True, check=True).stdout

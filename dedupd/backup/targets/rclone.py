@@ -41,6 +41,10 @@ READ = 1024 * 1024
 _TRANSIENT_RC = {1, 5, 6}
 # How rclone's local backend names itself in `rclone backend features` ("String").
 _LOCAL_DESCRIPTION = "Local file system at "
+# rclone's umask: its local backend makes files 0666 and directories 0777 less the
+# umask; a backup's chunks hold every file of the dataset, those only root may read
+# included, so they are root's alone (as restic's and borg's repositories)
+PRIVATE = 0o077
 
 
 class RcloneTarget:
@@ -134,7 +138,7 @@ class RcloneTarget:
 
     def _run(self, what: str, argv: Sequence[str]) -> proc.Result:
         try:
-            r = proc.run(argv, check=False, timeout=self.timeout)
+            r = proc.run(argv, check=False, timeout=self.timeout, umask=PRIVATE)
         except proc.MissingTool:
             raise TargetError("rclone is not installed") from None
         except proc.ProcError as e:  # timeout
@@ -159,7 +163,7 @@ class RcloneTarget:
             # whose reader must see every read): feed rclone through a pipe.
             self._feed(f"rcat {key}", argv, file)
             return
-        p = proc.spawn(argv, stdin=file, stdout=subprocess.DEVNULL)
+        p = proc.spawn(argv, stdin=file, stdout=subprocess.DEVNULL, umask=PRIVATE)
         self._wait(f"rcat {key}", p)
 
     def begin_put(self, key: str, size: int, storage_class: str) -> LiveRcat:
@@ -191,7 +195,8 @@ class RcloneTarget:
     def _feed(self, what: str, argv: Sequence[str], file: IO[bytes]) -> None:
         """Copy `file` to rclone's stdin in blocks; memory stays at one block. The
         timeout covers the whole upload, as it does when rclone reads a file."""
-        p = proc.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        p = proc.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                       umask=PRIVATE)
         assert p.stdin is not None
         widen_pipe(p.stdin)
         fired = threading.Event()
@@ -331,7 +336,7 @@ class LiveRcat:
         self.takes_short = takes_short
         try:
             self._p: subprocess.Popen[bytes] | None = proc.spawn(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, umask=PRIVATE)
         except (proc.MissingTool, OSError):  # put() from the spool will say why
             self._p, self.failed = None, True
             return

@@ -59,6 +59,14 @@ def local_list(root: Path, prefix: str) -> list[ObjectInfo]:
     return out
 
 
+def _private_dirs(d: Path) -> None:
+    """mkdir -p d, each missing level 0700 (mkdir(parents=True) makes the parents with
+    the umask's modes)."""
+    for p in [*reversed(d.parents), d]:
+        if not p.is_dir():
+            p.mkdir(0o700, exist_ok=True)
+
+
 def local_put(key: str, path: Path, body: io.BytesIO, size: int) -> None:
     """Write a body in memory (a manifest, the last object of a backup) under a temp
     name and rename it to path, then sync the filesystem. rclone's local backend
@@ -69,10 +77,10 @@ def local_put(key: str, path: Path, body: io.BytesIO, size: int) -> None:
     if len(data) != size:
         raise TargetError(f"{key}: body of {len(data)} bytes, {size} declared")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # as rclone creates files; the temp name ends in no object suffix a reader
-        # looks for (.json, .zst)
-        replace_file(path, data, 0o644)
+        _private_dirs(path.parent)
+        # private as rclone's files (rclone.PRIVATE); the temp name ends in no object
+        # suffix a reader looks for (.json, .zst)
+        replace_file(path, data, 0o600)
         _sync_dir_filesystem(path.parent)
     except OSError as e:
         raise TargetError(f"{path}: {e.strerror or e}") from None
