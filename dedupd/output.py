@@ -39,8 +39,20 @@ def human_bytes(n: float) -> str:
 def print_json(doc: Any) -> None:
     """One JSON document on stdout. ensure_ascii keeps surrogate escapes (\\udcXX).
 
-    Indented for a terminal; compact for a pipe, where the C encoder is ten
-    times faster (a report of thousands of groups otherwise takes a quarter second).
-    """
-    indent = 1 if sys.stdout.isatty() else None
-    sys.stdout.write(json.dumps(doc, ensure_ascii=True, indent=indent) + "\n")
+    Indented for a terminal; compact for a pipe (json_compact), where the C encoder
+    is ten times faster (a report of thousands of groups otherwise takes a quarter
+    second)."""
+    text = json_text(doc) if json_compact() else json.dumps(doc, ensure_ascii=True, indent=1)
+    sys.stdout.write(text + "\n")
+
+
+def json_compact() -> bool:
+    """Whether print_json writes compact JSON now (stdout is not a terminal): a
+    command that builds parts of its document ahead (dedupd scan's groups) asks."""
+    return not sys.stdout.isatty()
+
+
+def json_text(doc: Any) -> str:
+    """The compact JSON print_json writes to a pipe (without its newline), for the
+    parts of a document made ahead to be the same text."""
+    return json.dumps(doc, ensure_ascii=True)

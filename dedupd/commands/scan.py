@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     walking: ForkedWalk = args.walking
     try:  # however it ends, no walk process outlives the scan
+        from dedupd.output import json_compact
         from dedupd.progress import open_progress
         from dedupd.scan.scanner import ScanOptions, scan
 
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with open_progress(args.progress) as prog:
                 report = scan(store, args.paths, opts, progress=prog, walking=walking,
-                              json_groups=args.json and not sys.stdout.isatty())
+                              json_groups=args.json and json_compact())
         except ChildFailed as e:  # a walk or hashing process died (killed): no answer
             raise DedupdError(f"the scan failed: {e}") from None
         finally:
@@ -114,11 +115,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _json_text(r: ScanReport) -> str:
     """print_json's compact text of r.as_json(), around the groups' JSON that the
-    scan made beside its walk (the same text: that of json.dumps(r.as_json()))."""
-    import json
+    scan made beside its walk (the same text: output.json_text)."""
+    from dedupd.output import json_text
 
-    head, _, tail = json.dumps(r.as_json(groups=False), ensure_ascii=True).partition(
-        '"groups": null')
+    head, _, tail = json_text(r.as_json(groups=False)).partition('"groups": null')
     return f'{head}"groups": {r.groups_json}{tail}\n'
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
@@ -16,7 +15,7 @@ from typing import Any
 from dedupd import config
 from dedupd.commands.common import add_common, load_config, path, seconds
 from dedupd.errors import ConfigError, DedupdError
-from dedupd.output import human_bytes, print_json, show_path
+from dedupd.output import human_bytes, json_text, print_json, show_path
 
 HELP = """\
 Show what the running daemon is doing: each volume's state (idle, scanning,
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             doc.pop("ok", None)
             if args.json:
                 if args.watch:
-                    sys.stdout.write(json.dumps(doc, ensure_ascii=True) + "\n")
+                    sys.stdout.write(json_text(doc) + "\n")
                 else:
                     print_json(doc)
             else:

@@ -20,7 +20,7 @@ from dedupd.hashing.stats import HashStats, Stability
 from dedupd.index import answers
 from dedupd.index.scanrow import ScanRow, id_of
 from dedupd.index.store import IndexedFile, Store
-from dedupd.output import human_bytes
+from dedupd.output import human_bytes, json_text
 from dedupd.progress import Progress
 from dedupd.queuethread import QueueThread
 from dedupd.scan.walk import (
@@ -292,10 +292,7 @@ class _Answer:
             if self.kept is not None:
                 self.groups = _dup_groups(answers.unpack(self.store, self.kept.answer))
             if self.groups is not None and self.json_groups:
-                import json
-
-                self.text = json.dumps([_group_json(g) for g in self.groups],
-                                       ensure_ascii=True)
+                self.text = json_text([_group_json(g) for g in self.groups])
 
     def likely(self) -> bool:
         """Whether the kept answer is still good, should the tree list the same."""

@@ -174,14 +174,15 @@ def test_a_changed_tree_is_hashed_without_the_feeders(url: str, tree: Path, ever
     assert groups(run(url, tree)) == want  # and that answer is kept
 
 
-def test_a_kept_answers_json_made_beside_the_walk_is_the_reports(tmp_path: Path,
-                                                                tree: Path) -> None:
+def test_a_kept_answers_json_made_beside_the_walk_is_the_reports(
+        tmp_path: Path, tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """scan(json_groups=True): a reported kept answer comes with its groups' JSON,
     made while the walk ran; `dedupd scan --json` prints it around the rest, and the
     text is json.dumps of the whole report, byte for byte (names not UTF-8 too)."""
     import json
 
     from dedupd.commands.scan import _json_text
+    from dedupd.output import print_json
 
     (tree / "a" / b"\xff\xfename".decode("utf-8", "surrogateescape")).write_bytes(b"a" * SIZE)
     url = f"sqlite:///{tmp_path}/i.db"
@@ -195,6 +196,7 @@ def test_a_kept_answers_json_made_beside_the_walk_is_the_reports(tmp_path: Path,
     first, again = reports
     assert first.groups_json is None  # a first scan: made after, as before
     assert again.groups_json is not None and again.stats["bytes_read"] == 0
-    assert _json_text(again) == json.dumps(again.as_json(), ensure_ascii=True) + "\n"
+    print_json(again.as_json())  # to a pipe: compact, the text it is made to be
+    assert _json_text(again) == capsys.readouterr().out
     assert json.loads(_json_text(again))["groups"] == first.as_json()["groups"]
     assert len(first.as_json()["groups"][0]["paths"]) == 3
