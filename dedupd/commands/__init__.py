@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any
 
+# binary size units of the command line: common.parse_size and scan_first's reading of
+# a plain command line (before its walk's fork, so here: this package is imported then)
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
 # subcommand -> (module that registers it, its one-line help), in --help order
 COMMANDS: dict[str, tuple[str, str]] = {
     "scan": ("scan", "report duplicate files under PATHs"),

@@ -8,6 +8,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
+from dedupd.commands import SIZE_UNITS
 from dedupd.defaults import DB_URL_SCHEMES, DEFAULT_CONFIG, DEFAULT_DB_URL
 
 if TYPE_CHECKING:  # imported when a store is opened: `--help` of every command skips it
@@ -26,7 +27,7 @@ def parse_size(text: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4096, 64K, 1M, 2G)")
     unit = m.group(2).lower()
-    n = int(m.group(1)) * (1024 ** ("kmgt".index(unit) + 1) if unit else 1)
+    n = int(m.group(1)) * SIZE_UNITS[unit]
     if n >= 2**63:  # the index stores sizes in 64 bits
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (at most 8 EiB)")
     return n

@@ -12,6 +12,7 @@ only, before anything else is imported; take() by start_walk.
 
 from __future__ import annotations
 
+from dedupd.commands import SIZE_UNITS
 from dedupd.tuples import TYPE_CHECKING  # no typing before the walk's fork
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 _FLAGS = frozenset({"--json", "--no-progress", "--progress", "--cross-mounts", "--log-json"})
 _VALUED = frozenset({"--db", "--min-size", "--exclude", "--settle", "-c", "--config",
                      "--log-level"})
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _walk: ForkedWalk | None = None  # the walk started here, until take() hands it over
 
 
@@ -101,6 +101,6 @@ def _size(text: str) -> int | None:
     """parse_size's reading of the plain forms (digits, then K, M, G or T), else None."""
     unit = text[-1:].lower() if text[-1:].isalpha() else ""
     digits = text[:len(text) - len(unit)]
-    if unit not in _UNITS or not digits.isascii() or not digits.isdigit():
+    if unit not in SIZE_UNITS or not digits.isascii() or not digits.isdigit():
         return None
-    return int(digits) * _UNITS[unit]
+    return int(digits) * SIZE_UNITS[unit]
