@@ -99,25 +99,22 @@ class DirTree:
         of a change through changed_fs() before calling this."""
         path = path.rstrip(b"/") or b"/"
         missing, known = self._uncached(path)
-        did = None if missing else known
+        if not missing and known is not None:
+            return self._with_fs(cur, known, fs)
         # Below the parent, or below a directory made since the scan began, it is most
-        # likely new: made, unless it exists (made meanwhile by another connection)
-        if did is None and known is not None and (len(missing) == 1 or known in self.made):
-            did = self._chain(cur, path, fs, known, missing)
-            if did is not None:
-                return did
-        if did is None:
+        # likely new: made first (below), unless it exists. Else it is looked for first.
+        if known is None or not (len(missing) == 1 or known in self.made):
             did = self.find(path, cur)
-        if did is not None:
-            return self._with_fs(cur, did, fs)
-        # Below its nearest known ancestor (find() cached those it found), path and the
-        # ancestors between were absent when find() looked. Another connection may be
-        # making them now (PostgreSQL, READ COMMITTED: its rows are invisible until it
-        # commits, then a plain INSERT fails on the unique key): the first is inserted
-        # ON CONFLICT DO NOTHING, and if it exists by then, find() looks again (a new
-        # statement sees the committed rows) and the rest is made below what it found.
+            if did is not None:
+                return self._with_fs(cur, did, fs)
+            missing, known = self._uncached(path)  # find() cached the ancestors it found
+        # Below its nearest known ancestor, path and the ancestors between were absent
+        # when last looked for. Another connection may be making them now (PostgreSQL,
+        # READ COMMITTED: its rows are invisible until it commits, then a plain INSERT
+        # fails on the unique key): the first is inserted ON CONFLICT DO NOTHING, and if
+        # it exists by then, find() looks again (a new statement sees the committed
+        # rows) and the rest is made below what it found.
         for _ in range(path.count(b"/") + 1):
-            missing, known = self._uncached(path)
             if known is None:  # the host's root itself is not made yet
                 missing.append((b"/", b""))
             made = self._chain(cur, path, fs, -self.host if known is None else known,
@@ -127,6 +124,7 @@ class DirTree:
             did = self.find(path, cur)
             if did is not None:
                 return self._with_fs(cur, did, fs)
+            missing, known = self._uncached(path)
         raise IndexError_(f"directory {path!r}: made and removed by another connection "
                           "while this one made it")
 
