@@ -10,7 +10,9 @@ this one is checked as any NamedTuple is.
 
 What it supports is what those modules use: fields with their annotations (in
 order), defaults, a docstring, methods, classmethods and properties. It makes the
-same kind of class (a tuple subclass with _make, _replace, _fields, ...).
+same kind of class (a tuple subclass with _make, _replace, _fields, ...), and
+refuses, as typing does, a body that defines __new__, __init__, __slots__,
+__getnewargs__ or one of namedtuple's _names.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ else:
 
     # what collections.namedtuple makes itself, never copied from the class body
     _OWN = frozenset({"__module__", "__qualname__", "__annotations__", "__doc__",
-                      "__dict__", "__weakref__", "__slots__"})
+                      "__dict__", "__weakref__"})
+    # what a class body may not define, as typing.NamedTuple refuses it: namedtuple's
+    # own would be replaced (or __slots__ ignored), without a word
+    _REFUSED = frozenset({"__new__", "__init__", "__slots__", "__getnewargs__"})
 
     class _Maker(type):
         def __new__(mcls, name, bases, ns):
@@ -45,7 +50,8 @@ else:
             for key, value in ns.items():
                 if key in cls._fields or key in _OWN:
                     continue
-                if key.startswith("_") and key in cls.__dict__ and not key.startswith("__"):
+                if key in _REFUSED or (key.startswith("_") and key in cls.__dict__
+                                       and not key.startswith("__")):
                     raise AttributeError(f"{name}: cannot overwrite {key}")
                 setattr(cls, key, value)
             return cls

@@ -51,6 +51,17 @@ def test_a_field_without_default_after_one_with_is_refused() -> None:
             b: int  # type: ignore[misc]
 
 
+@pytest.mark.parametrize("name", ["__new__", "__init__", "__getnewargs__", "__slots__",
+                                  "_make", "_replace", "_fields"])
+def test_what_namedtuple_makes_cannot_be_overridden(name: str) -> None:
+    """As typing.NamedTuple refuses it (mypy too): before, a class's own __new__ (or
+    __init__, __slots__) silently replaced or was dropped in favour of namedtuple's."""
+    body = {"__module__": __name__, "__annotations__": {"a": "int"},
+            name: (lambda *a, **k: None) if name != "__slots__" else ("a",)}
+    with pytest.raises(AttributeError, match=f"Bad: cannot overwrite {name}"):
+        type(NamedTuple)("Bad", (NamedTuple,), body)
+
+
 def test_the_walks_records_are_such_tuples() -> None:
     assert WalkOptions() == (1, (), False) and WalkOptions(min_size=5).min_size == 5
     assert DirListed(b"/d", b"x", 2, True).same is True
