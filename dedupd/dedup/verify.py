@@ -134,9 +134,13 @@ def compare_bytes(a: bytes, a_id: Ident | None, b: bytes, b_id: Ident | None, *,
         for fd in fds:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         off = nread = 0
-        while True:
-            da = os.pread(fa, BUF, off)
-            db = os.pread(fb, BUF, off)
+        size = ids[0].size
+        # up to the checked size only: a user may grow a file to terabytes of holes in
+        # no time; growth is caught by the checks after the read
+        while off < size:
+            n = min(BUF, size - off)
+            da = os.pread(fa, n, off)
+            db = os.pread(fb, n, off)
             nread += len(da) + len(db)
             if da != db:
                 return ByteCompare(False, nread, off)
@@ -220,11 +224,12 @@ def _read_along(fa: int, size: int, live: list[tuple[int, int]],
     elsewhere) gets its verdict and leaves `live` (its fd closed)."""
     os.posix_fadvise(fa, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     off = nread = 0
-    while live:
-        da = os.pread(fa, BUF, off)
+    while live and off < size:  # the checked size only (as compare_bytes)
+        n = min(BUF, size - off)
+        da = os.pread(fa, n, off)
         nread += len(da)
         for i, fd in list(live):
-            db = os.pread(fd, BUF, off)
+            db = os.pread(fd, n, off)
             if da != db:
                 out[i] = ByteCompare(False, nread + len(db), off)
                 live.remove((i, fd))
