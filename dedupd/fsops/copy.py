@@ -414,10 +414,10 @@ def _write_copy(sfd: int, tfd: int, st: os.stat_result
     keep: list[bytes] | None = [] if st.st_size <= KEEP_BYTES else None
     head_buf = b""
     total = 0
-    # One read more than the size: a source that grew is caught here, not at the verify.
-    want = min(st.st_size + 1, BUF)
-    while True:
-        data = os.read(sfd, want)
+    # Up to one byte more than the size: a source that grew is caught here, not at the
+    # verify, and never read further (a user grows a file to terabytes of holes at once).
+    while total <= st.st_size:
+        data = os.read(sfd, min(st.st_size + 1 - total, BUF))
         if not data:
             break
         if len(head_buf) < HEAD_SIZE:
@@ -429,7 +429,6 @@ def _write_copy(sfd: int, tfd: int, st: os.stat_result
                 keep = None
         _write_sparse(tfd, data, total + len(data) >= st.st_size)
         total += len(data)
-        want = BUF
     same_inode(sfd, st)
     if total != st.st_size:
         raise CopyError("changed", "source size changed during the copy")

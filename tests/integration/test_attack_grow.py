@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from dedupd import testpoints
+from dedupd.cli import main
 from tests.fixtures.attacker import User, reachable
 from tests.fixtures.index import run_volume_pass
 
@@ -84,3 +85,28 @@ def test_duplicates_grown_while_compared_are_refused(tmp_path: Path, attacker: U
     assert sizes == [MiB, 15 << 40, 15 << 40]
     assert all(p.stat().st_nlink == 1 for p in vol.iterdir())  # nothing linked
 
+
+def test_a_source_grown_while_copied_is_refused(tmp_path: Path, attacker: User) -> None:
+    share, arch = tmp_path / "share", tmp_path / "archive"
+    share.mkdir()
+    arch.mkdir()
+    attacker.owns(share)
+    reachable(share)
+    big = share / "big.img"
+    attacker.run('head -c 20971520 /dev/urandom > "$1"', str(big))  # > KEEP_BYTES: streamed
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "db"}"\n'
+                   f'[consolidate.v]\nsources = ["{share}"]\narchive = "{arch}"\n')
+
+    def grow(_point: str, _path: bytes) -> None:  # the source is open and checked
+        attacker.run('truncate -s 15T "$1"', str(big))
+
+    def consolidate() -> int:
+        with testpoints.acting(("mutate",), grow):
+            return main(["consolidate", "v", "-c", str(cfg)])
+
+    code, took = _in_child(consolidate)
+    assert code is not None, f"the copy was still reading the growth after {took:.0f}s"
+    assert code == 1  # not imported: a problem, not a hang and not a success
+    assert big.stat().st_size == 15 << 40
+    assert not [p for p in arch.rglob("*") if p.is_file() and p.name == "big.img"]
