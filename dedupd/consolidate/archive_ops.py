@@ -109,8 +109,27 @@ def prune_sources(jr: J.Journal | None, name: str, pairs: Sequence[tuple[SourceP
         except OSError as e:
             _refuse(rep, s.path, "archive-missing", e.strerror or str(e))
             continue
+        if not _owner_keeps(ast, s.path, rep):
+            continue
         assert jr is not None
         _prune_one(jr, name, s, ident, archive_path, ast, qdir, rep)
+
+
+def _owner_keeps(ast: os.stat_result, src: bytes, rep: OpsReport) -> bool:
+    """Whether the archive file may stand in for src: owned by root or by src's owner.
+    A copy takes its first source's owner, and a content is archived once, whoever
+    else holds it: another user owning it could rewrite it (their file) once src is
+    gone. Else refused "archive-owner" (src stays)."""
+    try:
+        uid = handles.lstat(src).st_uid
+    except OSError as e:
+        _refuse(rep, src, "error", e.strerror or str(e))
+        return False
+    if ast.st_uid in (0, uid):
+        return True
+    _refuse(rep, src, "archive-owner", f"the archive file is owned by uid {ast.st_uid}, "
+            f"not by the source's owner (uid {uid}): kept")
+    return False
 
 
 def _device(qdir: bytes, root: bytes) -> int:
