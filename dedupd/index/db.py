@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -139,10 +140,43 @@ def _private_file(path: str) -> None:
     except OSError as e:
         raise IndexError_(f"cannot create the index directory {where}: "
                           f"{e.strerror}") from None
-    # there already (or not creatable: sqlite3.connect reports it): left as it is
-    with suppress(OSError):
+    try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        for p in (path, path + "-wal", path + "-shm"):
+            _close_to_others(p, path)
+    except OSError:
+        pass  # not creatable: sqlite3.connect reports it
+
+
+def _close_to_others(path: str, index: str) -> None:
+    """An index file (or its -wal, -shm) that every user may read (an older release's:
+    0644, the umask's) loses the others' permissions, with a warning; one that cannot
+    be changed (not ours) is only warned about. The group's are left: granted to a
+    group of readers, maybe, and not given by default to anyone but the owner's."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISREG(st.st_mode) or not mode & 0o007:
+        return
+    import logging  # here: only when there is something to say (a scan's start, cli.py)
+
+    log = logging.getLogger("dedupd.index")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & ~0o007)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        log.warning("index %s is readable by every user (mode %04o) and cannot be changed "
+                    "here (%s): run `chmod o-rwx %s`", index, mode, e.strerror, path)
+        return
+    log.warning("index %s was readable by every user (mode %04o; made by an older release?): "
+                "%s is now %04o", index, mode, os.path.basename(path), mode & ~0o007)
 
 
 class Db:
