@@ -22,6 +22,12 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
+        if not msg.isprintable() and not self.as_json:
+            # a file name a user chose (newline, ESC, C1): one escaped line, as
+            # output.show_path shows names, never a line of its own in the journal
+            from dedupd.output import show_path
+
+            msg = show_path(msg)
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
         if self.as_json:

@@ -56,9 +56,16 @@ def test_journald_priority_prefix(monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
     log.setup("debug")
-    logging.getLogger("dedupd.t").warning("two\nlines")
-    err = capsys.readouterr().err
-    assert err.splitlines() == ["<4>dedupd.t: two", "<4>lines"]
+    logging.getLogger("dedupd.t").warning("two\nlines")  # a message is one line (a name's
+    err = capsys.readouterr().err  # newline escaped: test_hostile_names_shown.py)
+    assert err.splitlines() == ["<4>dedupd.t: two\\nlines"]
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("dedupd.t").exception("failed")
+    err = capsys.readouterr().err  # a traceback's lines keep the record's priority
+    assert err.splitlines()[0] == "<3>dedupd.t: failed" and len(err.splitlines()) > 2
+    assert all(line.startswith("<3>") for line in err.splitlines()), err
     monkeypatch.delenv("JOURNAL_STREAM")
     log.setup("info", as_json=True)
     logging.getLogger("dedupd.t").error("x")
