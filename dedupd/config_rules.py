@@ -127,7 +127,8 @@ def check_archive(file: str, name: str, archive: Path, sources: tuple[Path, ...]
 
 
 def archives_inside(vols: Iterable[VolumeConfig], cons: Iterable[ConsolidateConfig],
-                    link_kinds: tuple[str, ...], form: Callable[[Path], str] = norm
+                    link_kinds: tuple[str, ...], form: Callable[[Path], str] = norm,
+                    reach: Callable[[VolumeConfig, Path, Path], str | None] | None = None
                     ) -> Iterator[tuple[VolumeConfig, Path, str, ConsolidateConfig, str]]:
     """(volume, root as configured, root, consolidation, archive), the paths in `form`
     (lexical here; real ones in preflight, as the walk sees them), for each root of a
@@ -136,7 +137,9 @@ def archives_inside(vols: Iterable[VolumeConfig], cons: Iterable[ConsolidateConf
     the archive: a hardlink from an archive file to a name outside it (the source in
     its share, say) would let the next write to that name, in place, change the
     archive. A volume inside the archive (or equal to it) only links archive files
-    together; extents (other kinds) are shared copy-on-write: a write reaches one file."""
+    together; extents (other kinds) are shared copy-on-write: a write reaches one file.
+    reach(volume, root, archive): where a walk of root meets the archive when `form`
+    does not show it inside (a bind mount; preflight), else None."""
     cons = list(cons)
     for v in vols:
         if v.kind not in link_kinds:
@@ -145,6 +148,8 @@ def archives_inside(vols: Iterable[VolumeConfig], cons: Iterable[ConsolidateConf
             r = form(root)
             for c in cons:
                 a = form(c.archive)
+                if relation(a, r) is None and reach is not None:
+                    a = reach(v, root, c.archive) or a
                 if relation(a, r) == "inside" and not walked_around(a, r, v.exclude):
                     yield v, root, r, c, a
 

@@ -4,7 +4,7 @@ config.load() already refused what the file alone gets wrong (config_rules.py);
 what is left depends on the filesystem: a volume path that does not exist or
 is a file, a runtime_dir that is a file, two volumes (or an archive and a
 source) that meet through a symlink or a bind mount, a hardlink volume whose
-walk (by real paths) would enter an archive, and a volume whose kind does not
+walk (by real paths, through bind mounts) would enter an archive, and a volume whose kind does not
 fit the filesystem under it (a mergerfs pool configured as plain).
 
 `check-config` reports every finding; `run` (one-shot and daemon, at start and
@@ -24,6 +24,7 @@ from pathlib import Path
 from dedupd.config import DESTRUCTIVE_KINDS, Config, ConsolidateConfig, VolumeConfig
 from dedupd.config_rules import archives_inside, relation
 from dedupd.errors import ConfigError, TemporaryFailure
+from dedupd.files.mounts import reached_at
 
 
 @dataclass
@@ -181,6 +182,18 @@ def _real(p: Path) -> str:
     return os.path.realpath(p)
 
 
+def _reached(target: Path, root: Path) -> bool:
+    """Whether a walk of root meets target through a bind mount (mounts.reached_at)."""
+    return reached_at(os.fsencode(target), os.fsencode(root)) is not None
+
+
+def _reach(v: VolumeConfig, root: Path, target: Path) -> str | None:
+    """Where a walk of v's root meets the directory target through a bind mount (the
+    real path it has there), or None (mounts.reached_at)."""
+    at = reached_at(os.fsencode(target), os.fsencode(root), v.cross_mounts)
+    return None if at is None else os.fsdecode(at)
+
+
 def _same_dir(a: Path, b: Path) -> bool:
     try:
         sa, sb = os.stat(a), os.stat(b)
@@ -193,7 +206,8 @@ def _check_real_overlaps(out: Findings, f: str, items: list[tuple[str, Path]]) -
     """Overlaps the lexical rule could not see: symlinks and bind mounts."""
     for i, (key, p) in enumerate(items):
         for okey, op in items[:i]:
-            rel = "equal" if _same_dir(p, op) else relation(_real(p), _real(op))
+            rel = "equal" if _same_dir(p, op) else relation(_real(p), _real(op)) or (
+                "inside" if _reached(p, op) or _reached(op, p) else None)
             if rel is not None:
                 out.errors.append(ConfigError(f, key, (
                     f"{p} and {op} ({okey.rsplit('.', 1)[0]}) are the same directory or one "
@@ -206,12 +220,14 @@ def _check_archives_apart(out: Findings, f: str, vols: list[VolumeConfig],
     """config_rules.check_archives_apart as the walk sees the paths: it walks a
     volume's roots by their real paths (volumes.volume_roots) and matches excludes
     against those, so an archive reached through a symlink (in its own path or the
-    volume's) is inside all the same, and an exclude that only names the path as
-    written in the config keeps nothing out."""
-    for v, root, _r, c, a in archives_inside(vols, cons, DESTRUCTIVE_KINDS, _real):
+    volume's) or a bind mount (the volume's mount showing a directory above the
+    archive, or with cross_mounts one below the volume's root) is inside all the
+    same, and an exclude that only names the path as written in the config keeps
+    nothing out."""
+    for v, root, _r, c, a in archives_inside(vols, cons, DESTRUCTIVE_KINDS, _real, _reach):
         out.errors.append(ConfigError(f, f"volumes.{v.name}.path", (
             f"{root} holds consolidate.{c.name}'s archive {c.archive} (really "
-            f"{a}, through a symlink) and other files: its hardlinks would let "
+            f"{a}, through a symlink or a bind mount) and other files: its hardlinks would let "
             f'a write outside the archive change the archive\'s files; add "{a}" '
             f"to volumes.{v.name}.exclude too (the walk matches real paths), or "
             "keep the volume beside the archive")))

@@ -149,3 +149,47 @@ def mounts_below(root: bytes, mounts: Iterable[Mount] | None = None) -> list[Mou
     real = os.path.realpath(root)
     return [m for m in (read() if mounts is None else mounts)
             if m.mountpoint != real and below(m.mountpoint, real)]
+
+
+def reached_at(target: bytes, root: bytes, cross_mounts: bool = False,
+               mounts: list[Mount] | None = None) -> bytes | None:
+    """The real path, root or below it, at which a walk of root (entering the mounts
+    below root only with cross_mounts) reaches the directory target although target's
+    real path is elsewhere: a bind mount of target (or of a directory above it) shows
+    it there. Found from the mount table (target's path inside its filesystem, seen
+    through each mount of that filesystem the walk enters) and kept only when it is
+    target's very inode (st_dev and st_ino). None: the walk never meets target."""
+    ms = read() if mounts is None else mounts
+    rt, rr = os.path.realpath(target), os.path.realpath(root)
+    mt, mr = mount_of_path(rt, ms), mount_of_path(rr, ms)
+    try:
+        want = os.stat(rt)
+    except OSError:
+        return None
+    if mt is None or mr is None:
+        return None
+    inner = _under(mt.root, _rel(rt, mt.mountpoint))  # target's path in its filesystem
+    for m in [mr, *(mounts_below(rr, ms) if cross_mounts else ())]:
+        if m.dev != mt.dev or not below(inner, m.root):
+            continue
+        at = _under(m.mountpoint, _rel(inner, m.root))
+        seen = mount_of_path(at, ms)
+        if not below(at, rr) or seen is None or (
+                not cross_mounts and seen.mount_id != mr.mount_id):
+            continue
+        try:
+            st = os.stat(at)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+            return at
+    return None
+
+
+def _rel(path: bytes, top: bytes) -> bytes:
+    """path below top (below(path, top)), as b"" or b"/a/b"."""
+    return path[len(top.rstrip(b"/")):]
+
+
+def _under(top: bytes, rel: bytes) -> bytes:
+    return top.rstrip(b"/") + rel or b"/"
