@@ -174,11 +174,14 @@ class MetricsServer:
         self._thread: Any = None
 
     def start(self) -> None:
-        """Bind and serve; OSError when the address cannot be bound."""
-        from prometheus_client import start_http_server
+        """Bind and serve (metrics_http: bounded threads, idle clients dropped);
+        OSError when the address cannot be bound."""
+        from prometheus_client import make_wsgi_app
 
-        self._server, self._thread = start_http_server(self.port, self.host,
-                                                       registry(self.source))
+        from dedupd.metrics_http import serve
+
+        self._server, self._thread = serve(self.host, self.port,
+                                           make_wsgi_app(registry(self.source)))
 
     def stop(self) -> None:
         if self._server is not None:
