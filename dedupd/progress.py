@@ -23,7 +23,7 @@ import time
 from typing import Any, Protocol
 
 # Seconds before the display appears; DEDUPD_PROGRESS_DELAY overrides it (0:
-# at once, as the tests want).
+# at once, drawn when the display is entered, as the tests want).
 DELAY = 1.0
 
 
@@ -146,14 +146,18 @@ class TerminalProgress:
         self.current: PhaseState | None = None
         self.display: Any = None  # dedupd.progress_term.Display, once drawn
         self._closed = False
-        self._timer = threading.Timer(_delay() if delay is None else delay, self._draw)
+        self.delay = _delay() if delay is None else delay
+        self._timer = threading.Timer(self.delay, self._draw)
         self._timer.daemon = True
 
     def __bool__(self) -> bool:
         return True
 
     def __enter__(self) -> TerminalProgress:
-        self._timer.start()
+        if self.delay <= 0:  # at once: up before the work begins, however short it is
+            self._draw()
+        else:
+            self._timer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
