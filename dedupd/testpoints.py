@@ -9,6 +9,7 @@ Points (the windows of docs/safety.md):
   mutate       before a link, rename, exchange, unlink or mkdir
   batch        after a hardlink batch's PENDING rows are committed, before any name
                of it is verified and swapped (path: b"")
+  bookmark     before a backup's snapshot is bookmarked (path: the snapshot's name)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ such bookmarks are ever destroyed here.
 
 from __future__ import annotations
 
-from dedupd import proc
+from dedupd import proc, testpoints
 from dedupd.backup import streams
 from dedupd.backup.snapshots import Snapshot
 
@@ -58,6 +58,7 @@ def create(snap: Snapshot) -> Snapshot | None:
     one that was destroyed gets that one's name, and its bookmark's name is then
     taken by another GUID. It is bookmarked as <name>-2 (-3, ...) instead: bases
     are found by GUID and ownership by prefix and GUID, never by the full name."""
+    testpoints.at("bookmark", snap.name.encode())
     for n in range(1, 10):
         name = f"{snap.dataset}#{snap.short}" + (f"-{n}" if n > 1 else "")
         r = proc.run(["zfs", "bookmark", snap.name, name], check=False, timeout=60)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -190,36 +189,34 @@ def test_an_inherited_job_property_does_not_make_a_snapshot_ours(
     assert retention.prune_local(cfg.backups["j"], dry_run=True) == ()
 
 
-# seconds of names another snapshot's bookmarks take (the backup must snapshot within)
-TAKEN_SECONDS = 30
-
-
 def test_a_snapshot_named_like_an_older_ones_bookmark_is_bookmarked_all_the_same(
         tmp_path: Path, zpool: Any, moto: Moto, s3_bucket: str, openzfs: OpenZfs) -> None:
     """Two backups within one second: the first snapshot, destroyed, left its bookmark
     under the name the second snapshot gets. The second is bookmarked under a
-    suffixed name (not held), and the next incremental starts from it."""
+    suffixed name (not held), and the next incremental starts from it. The other
+    snapshot's bookmark is made under the job's snapshot's name once that name is
+    known (testpoint "bookmark"): no race with the clock, however loaded the machine."""
+    from dedupd import testpoints
     from dedupd.backup import bookmarks
 
     pool, cfg, src = _setup(tmp_path, zpool, moto, s3_bucket)
     ds = pool.dataset("data")
     store = store_for(cfg)
-    try:
-        # Another snapshot's bookmarks take the names of this second and the next ones
-        # (enough of them that a loaded machine still snapshots within them).
-        subprocess.run(["zfs", "snapshot", f"{ds}@other"], check=True)
-        now = time.time()
-        taken = [f"dedupd-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now + k))}"
-                 for k in range(TAKEN_SECONDS)]
-        for name in taken:
-            subprocess.run(["zfs", "bookmark", f"{ds}@other", f"{ds}#{name}"], check=True)
-        other = snapshots.get(f"{ds}@other")
-        assert other is not None
+    subprocess.run(["zfs", "snapshot", f"{ds}@other"], check=True)
+    other = snapshots.get(f"{ds}@other")
+    assert other is not None
+
+    def collide(_point: str, name: bytes) -> None:  # before the job bookmarks `name`
+        short = name.decode().split("@", 1)[1]
+        subprocess.run(["zfs", "bookmark", f"{ds}@other", f"{ds}#{short}"], check=True)
         subprocess.run(["zfs", "destroy", f"{ds}@other"], check=True)
-        r1 = run_job(cfg, "j", store)
+
+    try:
+        with testpoints.acting(("bookmark",), collide):
+            r1 = run_job(cfg, "j", store)
         snap = snapshots.get(r1.snapshot)
         assert snap is not None
-        assert snap.short in taken, "the snapshot came too late for the names to collide"
+        assert snapshots.get(f"{ds}@other") is None  # the collision was made
         assert snap.userrefs == 0  # bookmarked, so not held
         mine = [b for b in bookmarks.list_bookmarks(ds) if b.guid == snap.guid]
         assert [b.short for b in mine] == [f"{snap.short}-2"]
@@ -229,7 +226,7 @@ def test_a_snapshot_named_like_an_older_ones_bookmark_is_bookmarked_all_the_same
     finally:
         store.close()
     assert not r2.full and r2.base_snapshot == f"{ds}#{snap.short}-2"
-    # the other snapshot's bookmarks are not this job's: never pruned
+    # the other snapshot's bookmark is not this job's: never pruned
     assert {b.guid for b in bookmarks.list_bookmarks(ds)} >= {other.guid}
     _restore(cfg, None, pool.dataset("back"))
     assert tree(mountpoint(pool, "back")) == tree(src)
