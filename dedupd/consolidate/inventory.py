@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from dedupd import pathtrust
 from dedupd.config import ConsolidateConfig
 from dedupd.errors import ConfigError
 from dedupd.files.events import FileEvent, Problem, WalkStats
@@ -103,9 +104,11 @@ class Inventory:
 def resolve_roots(cfg: ConsolidateConfig) -> Roots:
     """Real paths of sources and archive; refuses overlaps (an archive inside a share
     would import itself; a share inside the archive would already be 'imported')."""
+    key = f"consolidate.{cfg.name}"
+    for what, p in (("archive", cfg.archive), *(("sources", s) for s in cfg.sources)):
+        _unbendable(os.fsencode(os.path.abspath(p)), f"{key}.{what}")
     arch = os.path.realpath(os.fsencode(cfg.archive))
     srcs = normalize_roots(cfg.sources)
-    key = f"consolidate.{cfg.name}"
     if not os.path.isdir(arch):
         raise ConfigError("<config>", f"{key}.archive", f"{os.fsdecode(arch)}: not a directory")
     for s in srcs:
@@ -118,6 +121,17 @@ def resolve_roots(cfg: ConsolidateConfig) -> Roots:
     order = {os.path.realpath(os.fsencode(p)): i for i, p in enumerate(cfg.sources)}
     srcs.sort(key=lambda r: order.get(r, len(order)))
     return Roots(tuple(srcs), arch)
+
+
+def _unbendable(path: bytes, key: str) -> None:
+    """ConfigError when another user could point path elsewhere (pathtrust): a share
+    root swapped for a symlink to /etc had its files imported and, with
+    prune_sources, removed, by root."""
+    d = pathtrust.bent_by(path)
+    if d is not None:
+        raise ConfigError("<config>", key, f"{os.fsdecode(path)}: {os.fsdecode(d)} may be "
+                          "changed by another user, who could point it elsewhere; use a "
+                          "path whose directories only root can change")
 
 
 def _included(ev: FileEvent, root: bytes, patterns: Sequence[str]) -> bool:
