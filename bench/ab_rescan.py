@@ -1,14 +1,14 @@
-"""Unchanged `dedupd scan` rescans of one tree, this checkout against another, side by side.
+"""Unchanged `dedupd scan` rescans of one tree by two source trees of dedupd, side by side.
 
 Each side gets an index of its own (a first scan by that side), then ROUNDS rounds
 alternate one rescan of each (A first in odd rounds, B first in even ones), warm
 cache. Prints, per side, the wall and CPU (every process of the command, wait4's
-rusage) as best / median, and the load average before and after. The other side
-is a source tree of dedupd (e.g. `git archive main | tar -x -C /tmp/base`), run by
-this checkout's interpreter with PYTHONPATH pointing at it. Not part of
-`make bench`:
+rusage) as best / median, and the load average before and after. A side is a
+source tree of dedupd (e.g. `git archive main | tar -x -C /tmp/base`; `.` for this
+checkout), run by this checkout's interpreter and console entry with PYTHONPATH
+pointing at it. Not part of `make bench`:
 
-    .venv/bin/python bench/ab_rescan.py TREE OTHER_SRC [ROUNDS]
+    .venv/bin/python bench/ab_rescan.py TREE A_SRC B_SRC [ROUNDS]
 """
 
 from __future__ import annotations
@@ -37,23 +37,23 @@ def rescan(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, ru.ru_utime + ru.ru_stime
 
 
-def main(tree: str, other: str, rounds: int) -> int:
-    env_a = dict(os.environ)
-    env_a.pop("PYTHONDONTWRITEBYTECODE", None)
-    env_b = dict(env_a, PYTHONPATH=os.path.abspath(other))
+def main(tree: str, a: str, b: str, rounds: int) -> int:
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # both sides run from their bytecode
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
-        sides = {}
-        for name, env in (("A (this checkout)", env_a), (f"B ({other})", env_b)):
+        sides: dict[str, tuple[list[str], dict[str, str], list[float], list[float]]] = {}
+        for name, src in ((f"A {a}", a), (f"B {b}", b)):
             argv = [DEDUPD, "scan", "--json", "--no-progress", "--db",
                     f"sqlite:///{d}/{len(sides)}.db", tree]
+            side_env = dict(env, PYTHONPATH=os.path.abspath(src))
             for _ in range(2):  # the first scan, then one rescan (bytecode, caches)
-                rescan(argv, env)
-            sides[name] = (argv, env, [], [])
+                rescan(argv, side_env)
+            sides[name] = (argv, side_env, [], [])
         for i in range(rounds):
             order = list(sides.items())
-            for _name, (argv, env, walls, cpus) in order if i % 2 == 0 else order[::-1]:
-                wall, cpu = rescan(argv, env)
+            for _name, (argv, side_env, walls, cpus) in order if i % 2 == 0 else order[::-1]:
+                wall, cpu = rescan(argv, side_env)
                 walls.append(wall)
                 cpus.append(cpu)
     load1 = os.getloadavg()
@@ -67,6 +67,7 @@ def main(tree: str, other: str, rounds: int) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
+    if len(sys.argv) < 4:
         raise SystemExit(__doc__)
-    raise SystemExit(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 15))
+    raise SystemExit(main(sys.argv[1], sys.argv[2], sys.argv[3],
+                          int(sys.argv[4]) if len(sys.argv) > 4 else 15))

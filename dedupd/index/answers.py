@@ -8,11 +8,14 @@ were read at stays. A rescan whose walk lists exactly what an earlier scan's did
 options) while every directory is skipped unchanged against the index, reports
 what that scan reported, unless the index has since replaced or dropped a hash
 behind an unchanged stat (content that changed without its stat: the
-`inodes_hash_moved` trigger counts those in meta's hash_epoch, schema.py). Such
-a rescan reads its groups from here: one row naming the inodes of each group and
-their names (directory id, own name), and their inode rows by key, instead of a
-pass over the index. A member whose row is gone, or no longer has the group's
-size and full hash, voids the answer.
+`inodes_hash_moved` trigger counts those in meta's hash_epoch, schema.py), or
+deleted a row with a full hash (`inodes_gone`). Such a rescan reads its groups
+from here: one row holding each group's size and full hash, and each member's
+inode row as it was kept (inode, mtime, ctime, head, unstable) with its names
+(directory id, own name), instead of a pass over the index. Its members' rows are
+not read again: while the epoch stays, none was deleted and none had its hash
+replaced or dropped behind an unchanged stat; a new stat is seen by the walk (the
+fingerprint), and the hashes a new stat drops come back only with that stat.
 
 Only a clean answer is kept: no problem in the walk or the hashing, no file left
 pending, every directory digested, and no hash moved while the scan ran.
@@ -34,8 +37,7 @@ from dedupd.index.dirs import split
 if TYPE_CHECKING:
     from dedupd.index.store import IndexedFile, Store
 
-FORMAT = 2  # of the key and of the packed answer
-_HALF, _WRAP = 1 << 63, 1 << 64  # db.to_s64 and from_s64, inline in unpack's loops
+FORMAT = 3  # of the key and of the packed answer
 
 
 class Kept:
@@ -80,31 +82,18 @@ def kept(store: Store, k: str) -> Kept | None:
 
 
 def unpack(store: Store, answer: bytes) -> list[tuple[int, list[IndexedFile]]] | None:
-    """The groups (size, files) of a kept answer, as the index has their inodes now
-    and with each filesystem's current st_dev; None when one is gone from the index,
-    or no longer has its group's size and full hash, or its filesystem is not
-    reachable now. (It runs beside an unchanged rescan's walk, once per member: one
-    dict per filesystem keyed by the stored inode number, no per-row conversion.)"""
-    from dedupd.index.store import BATCH, IndexedFile, chunks
+    """The groups (size, files) of a kept answer, its members as they were kept,
+    with each filesystem's current st_dev; None when a directory of theirs is gone
+    (or its id names another path now), or a filesystem is not reachable now. Its
+    caller checks hash_epoch: the answer holds only while it has not moved."""
+    from dedupd.index.store import IndexedFile
 
-    sizes, counts, fss, inos, npaths, dirs, names, check = marshal.loads(
-        zlib.decompress(answer))
-    # the inode numbers as the index stores them (signed 64 bits: db.to_s64), made once
-    keys = [i - _WRAP if i >= _HALF else i for i in inos]
-    p = store.db.p
-    rows: dict[int, dict[int, tuple[Any, ...]]] = {}
-    for fs in set(fss):
-        got = rows[fs] = {}
-        mine = [i for f, i in zip(fss, keys, strict=True) if f == fs]
-        for part in chunks(mine, BATCH):
-            got.update((r[0], r) for r in store.db.rows(
-                f"SELECT ino, size, mtime_ns, mtime_ns + ctime_delta, head, \"full\", "
-                f"unstable FROM inodes WHERE fs = {p} AND ino IN "
-                f"({store.db.marks(len(part))})", (fs, *part)))
+    (sizes, counts, fulls, fss, inos, mtimes, ctimes, heads, unstables, npaths, dirs, names,
+     check) = marshal.loads(zlib.decompress(answer))
     found = store.dirs.paths(set(dirs))
     where = {d: path.rstrip(b"/") + b"/" for d, path in found.items()}
-    devs = {fs: dev for fs in rows if (dev := store.dev_of(fs)) is not None}
-    if len(devs) < len(rows) or len(where) < len(set(dirs)) or \
+    devs = {fs: dev for fs in set(fss) if (dev := store.dev_of(fs)) is not None}
+    if len(devs) < len(set(fss)) or len(where) < len(set(dirs)) or \
             _dirs_check(found.items()) != check:
         return None
     names_of = [where[d] + name for d, name in zip(dirs, names, strict=True)]
@@ -113,19 +102,13 @@ def unpack(store: Store, answer: bytes) -> list[tuple[int, list[IndexedFile]]] |
     new = tuple.__new__
     out = []
     k = at = 0
-    for size, count in zip(sizes, counts, strict=True):
+    for size, count, full in zip(sizes, counts, fulls, strict=True):
         group = []
-        full = None
         for j in range(k, k + count):
-            fs = fss[j]
-            r = rows[fs].get(keys[j])
-            if r is None or r[1] != size or r[5] is None or (full is not None and r[5] != full):
-                return None
-            full, head, n = r[5], r[4], npaths[j]
+            n = npaths[j]
             group.append(new(IndexedFile, (
-                devs[fs], inos[j], size, r[2], r[3],
-                None if head is None else head + _WRAP if head < 0 else head, full, r[6],
-                tuple(names_of[at:at + n]))))
+                devs[fss[j]], inos[j], size, mtimes[j], ctimes[j], heads[j], full,
+                unstables[j], tuple(names_of[at:at + n]))))
             at += n
         k += count
         out.append((size, group))
@@ -136,17 +119,23 @@ def keep(store: Store, k: str, fp: bytes, since: int,
          groups: Iterable[tuple[int, Sequence[IndexedFile]]]) -> bool:
     """Keep the answer `groups` of a scan whose walk had the fingerprint fp, if no
     hash moved since it began (epoch `since`). False when not kept."""
-    sizes, counts, fss, inos, npaths, dirs, names = [], [], [], [], [], [], []
+    sizes, counts, fulls, fss, inos, npaths, dirs, names = [], [], [], [], [], [], [], []
+    mtimes, ctimes, heads, unstables = [], [], [], []
     at: dict[int, bytes] = {}  # directory id -> its path, as the answer names it
     for size, files in groups:
         sizes.append(size)
         counts.append(len(files))
+        fulls.append(files[0].full)
         for f in files:
             fs = store.key_of(f.dev, f.ino)
-            if fs is None:
+            if fs is None or f.full is None or f.full != files[0].full:
                 return False
             fss.append(fs[0])
             inos.append(f.ino)
+            mtimes.append(f.mtime_ns)
+            ctimes.append(f.ctime_ns)
+            heads.append(f.head)
+            unstables.append(f.unstable)
             npaths.append(len(f.paths))
             for path in f.paths:
                 d, name = split(path)
@@ -156,14 +145,15 @@ def keep(store: Store, k: str, fp: bytes, since: int,
                 dirs.append(did)
                 names.append(name)
                 at[did] = d
-    blob = zlib.compress(marshal.dumps((sizes, counts, fss, inos, npaths, dirs, names,
+    blob = zlib.compress(marshal.dumps((sizes, counts, fulls, fss, inos, mtimes, ctimes, heads,
+                                        unstables, npaths, dirs, names,
                                         _dirs_check(at.items())), 2), 1)
     p = store.db.p
     lock = " FOR UPDATE" if store.dialect == "postgresql" else ""  # against a bump meanwhile
     with store.db.tx() as cur:
         cur.execute(f"SELECT value FROM meta WHERE host = 0 AND \"key\" = 'hash_epoch'{lock}")
         row = cur.fetchone()
-        if row is None or int(row[0]) != since:
+        if row is None or int(row[0]) != since or not _counts_deletes(store, cur):
             return False
         cur.execute(f'INSERT INTO answers (host, "key", fingerprint, epoch, answer) VALUES '
                     f'({p}, {p}, {p}, {p}, {p}) ON CONFLICT (host, "key") DO UPDATE SET '
@@ -172,3 +162,22 @@ def keep(store: Store, k: str, fp: bytes, since: int,
         # hash_epoch only grows: an answer kept at an older epoch is never reported again
         cur.execute(f"DELETE FROM answers WHERE host = {p} AND epoch < {p}", (store.host, since))
     return True
+
+
+def _counts_deletes(store: Store, cur: Any) -> bool:
+    """Whether the index counts deleted rows in hash_epoch (the `inodes_gone`
+    trigger, schema.py), which an answer relies on. An index made by an older
+    dedupd gets it here, in the caller's transaction; a scan that began before it
+    was there keeps no answer (a row deleted meanwhile went uncounted)."""
+    if store.dialect == "postgresql":
+        cur.execute("SELECT 1 FROM pg_trigger WHERE tgname = 'inodes_gone' AND "
+                    "tgrelid = 'inodes'::regclass")
+    else:
+        cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND "
+                    "name = 'inodes_gone'")
+    if cur.fetchone() is not None:
+        return True
+    from dedupd.index.ddl import SCHEMA_DDL
+
+    cur.execute(next(s for s in SCHEMA_DDL[store.dialect] if "inodes_gone" in s))
+    return False

@@ -25,6 +25,7 @@ SCHEMA_DDL: dict[str, tuple[str, ...]] = {
         'CREATE TABLE IF NOT EXISTS scans (\n\tid INTEGER NOT NULL, \n\thost INTEGER NOT NULL, \n\tstarted FLOAT NOT NULL, \n\tfinished FLOAT, \n\troots TEXT NOT NULL, \n\tPRIMARY KEY (id)\n)',
         'INSERT INTO meta (host, "key", value) VALUES (0, \'hash_epoch\', \'0\') ON CONFLICT (host, "key") DO NOTHING',
         'CREATE TRIGGER IF NOT EXISTS inodes_hash_moved AFTER UPDATE OF head, "full" ON inodes FOR EACH ROW WHEN OLD.size = NEW.size AND OLD.mtime_ns = NEW.mtime_ns AND OLD.ctime_delta = NEW.ctime_delta AND ((OLD."full" IS NOT NULL AND NEW."full" IS NOT OLD."full") OR (OLD.head IS NOT NULL AND NEW.head IS NOT OLD.head AND (NEW.head IS NOT NULL OR NEW."full" IS NULL))) BEGIN UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE host = 0 AND "key" = \'hash_epoch\'; END',
+        'CREATE TRIGGER IF NOT EXISTS inodes_gone AFTER DELETE ON inodes FOR EACH ROW WHEN OLD."full" IS NOT NULL BEGIN UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE host = 0 AND "key" = \'hash_epoch\'; END',
     ),
     'postgresql': (
         'CREATE TABLE IF NOT EXISTS answers (\n\thost INTEGER NOT NULL, \n\tkey VARCHAR(64) NOT NULL, \n\tfingerprint BYTEA NOT NULL, \n\tepoch BIGINT NOT NULL, \n\tanswer BYTEA NOT NULL, \n\tPRIMARY KEY (host, key)\n)',
@@ -49,5 +50,6 @@ SCHEMA_DDL: dict[str, tuple[str, ...]] = {
         'INSERT INTO meta (host, "key", value) VALUES (0, \'hash_epoch\', \'0\') ON CONFLICT (host, "key") DO NOTHING',
         'CREATE OR REPLACE FUNCTION dedupd_hash_moved() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN UPDATE meta SET value = (value::bigint + 1)::text WHERE host = 0 AND "key" = \'hash_epoch\'; RETURN NULL; END $$',
         'CREATE OR REPLACE TRIGGER inodes_hash_moved AFTER UPDATE OF head, "full" ON inodes FOR EACH ROW WHEN (OLD.size = NEW.size AND OLD.mtime_ns = NEW.mtime_ns AND OLD.ctime_delta = NEW.ctime_delta AND ((OLD."full" IS NOT NULL AND NEW."full" IS DISTINCT FROM OLD."full") OR (OLD.head IS NOT NULL AND NEW.head IS DISTINCT FROM OLD.head AND (NEW.head IS NOT NULL OR NEW."full" IS NULL)))) EXECUTE FUNCTION dedupd_hash_moved()',
+        'CREATE OR REPLACE TRIGGER inodes_gone AFTER DELETE ON inodes FOR EACH ROW WHEN (OLD."full" IS NOT NULL) EXECUTE FUNCTION dedupd_hash_moved()',
     ),
 }

@@ -249,6 +249,11 @@ _MOVED = ('OLD.size = NEW.size AND OLD.mtime_ns = NEW.mtime_ns AND OLD.ctime_del
           'NEW.ctime_delta AND ((OLD."full" IS NOT NULL AND NEW."full" IS DISTINCT FROM '
           'OLD."full") OR (OLD.head IS NOT NULL AND NEW.head IS DISTINCT FROM OLD.head AND '
           '(NEW.head IS NOT NULL OR NEW."full" IS NULL)))')
+# ... and every row with a full hash deleted (`inodes_gone`): a kept answer holds its
+# members' rows as they were (answers.py) instead of reading them again, so a row
+# dropped and made anew (without its hashes, which a first hash then sets uncounted)
+# must void it
+_GONE = 'OLD."full" IS NOT NULL'
 _EPOCH = ("INSERT INTO meta (host, \"key\", value) VALUES (0, 'hash_epoch', '0') "
           'ON CONFLICT (host, "key") DO NOTHING')
 _BUMP = ("UPDATE meta SET value = {cast} WHERE host = 0 AND \"key\" = 'hash_epoch'")
@@ -258,6 +263,9 @@ TRIGGERS = {
         "CREATE TRIGGER IF NOT EXISTS inodes_hash_moved AFTER UPDATE OF head, \"full\" ON "
         f"inodes FOR EACH ROW WHEN {_MOVED.replace('IS DISTINCT FROM', 'IS NOT')} BEGIN "
         + _BUMP.format(cast="CAST(CAST(value AS INTEGER) + 1 AS TEXT)") + "; END",
+        "CREATE TRIGGER IF NOT EXISTS inodes_gone AFTER DELETE ON inodes FOR EACH ROW WHEN "
+        f"{_GONE} BEGIN " + _BUMP.format(cast="CAST(CAST(value AS INTEGER) + 1 AS TEXT)")
+        + "; END",
     ),
     "postgresql": (
         _EPOCH,
@@ -266,6 +274,8 @@ TRIGGERS = {
         + "; RETURN NULL; END $$",
         "CREATE OR REPLACE TRIGGER inodes_hash_moved AFTER UPDATE OF head, \"full\" ON inodes "
         f"FOR EACH ROW WHEN ({_MOVED}) EXECUTE FUNCTION dedupd_hash_moved()",
+        f"CREATE OR REPLACE TRIGGER inodes_gone AFTER DELETE ON inodes FOR EACH ROW WHEN "
+        f"({_GONE}) EXECUTE FUNCTION dedupd_hash_moved()",
     ),
 }
 

@@ -138,6 +138,67 @@ def test_a_forgotten_file_voids_it(url: str, tree: Path, no_index_pass: list[int
     assert rep.stats["files_new"] == 1
 
 
+def test_a_row_made_anew_behind_an_unchanged_listing_voids_it(
+        url: str, tree: Path, no_index_pass: list[int]) -> None:
+    """A member's inode row dropped and made again without its hashes while its
+    directory's digest stays, then given another content's hash as a first hash
+    (neither counted as a hash moving): the answer holds its members' rows as they
+    were, so the delete itself must void it (the inodes_gone trigger)."""
+    first = run(url, tree)
+    a2 = os.lstat(tree / "b" / "a2")
+    st = with_store(url)
+    try:
+        st.fs_of(a2.st_dev, bytes(tree))
+        key = st.key_of(a2.st_dev, a2.st_ino)
+        assert key is not None
+        p = st.db.p
+        with st.db.tx() as cur:
+            cur.execute(f"SELECT size, mtime_ns, ctime_delta, seen, unstable FROM inodes "
+                        f"WHERE fs = {p} AND ino = {p}", key)
+            row = cur.fetchone()
+            cur.execute(f"DELETE FROM inodes WHERE fs = {p} AND ino = {p}", key)
+            cur.execute(f'INSERT INTO inodes (fs, ino, size, mtime_ns, ctime_delta, head, "full", '
+                        f"seen, unstable) VALUES ({p}, {p}, {p}, {p}, {p}, NULL, NULL, {p}, {p})",
+                        (*key, *row))
+        assert answers.epoch(st) == 1  # the delete, counted
+        # a first hash: the index now says a2 holds a content of its own
+        st.save_hashes([HashUpdate(a2.st_dev, a2.st_ino, 1, b"\x01" * 16)])
+        assert answers.epoch(st) == 1
+    finally:
+        st.close()
+    rep = run(url, tree)
+    assert no_index_pass == [1]  # not the kept answer: the index's
+    assert groups(rep) == {frozenset({"small1", "small2"})} != groups(first)
+    assert rep.stats["bytes_read"] == 0
+
+
+def test_an_index_without_the_delete_trigger_gets_it_before_an_answer_is_kept(
+        url: str, tree: Path, no_index_pass: list[int]) -> None:
+    """An index made by an older dedupd has no inodes_gone trigger: the first scan
+    to keep an answer makes it and keeps none (a delete during that scan went
+    uncounted); the next keeps one, and the one after reports it."""
+    run(url, tree)
+    st = with_store(url)
+    try:
+        with st.db.tx() as cur:
+            cur.execute("DROP TRIGGER inodes_gone" + (" ON inodes" if st.dialect ==
+                                                      "postgresql" else ""))
+            cur.execute("DELETE FROM answers")
+    finally:
+        st.close()
+    assert groups(run(url, tree)) == {frozenset({"a1", "a2"}), frozenset({"small1", "small2"})}
+    st = with_store(url)
+    try:
+        assert st.db.rows("SELECT count(*) FROM answers")[0][0] == 0
+    finally:
+        st.close()
+    run(url, tree)  # keeps it now
+    assert no_index_pass == [1, 1]
+    again = run(url, tree)
+    assert no_index_pass == [1, 1] and groups(again) == {frozenset({"a1", "a2"}),
+                                                         frozenset({"small1", "small2"})}
+
+
 def test_other_options_have_their_own(url: str, tree: Path, no_index_pass: list[int]) -> None:
     run(url, tree)
     rep = run(url, tree, min_size=100)
