@@ -323,7 +323,7 @@ def _unset(_synced: bool, _results: list[Wire]) -> None:
 
 def _read_exact(fd: int, n: int, buf: bytearray) -> None:
     """n bytes from the pipe into the start of buf (grown to n when shorter: a batch's
-    bytes, up to 64 MiB)."""
+    bytes, up to execute.BATCH_BYTES or an unsorted group's)."""
     if len(buf) < n:
         buf.extend(bytes(n - len(buf)))
     view = memoryview(buf)

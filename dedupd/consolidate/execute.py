@@ -50,8 +50,12 @@ __all__ = ["BATCH_ENV", "KILL_ENV", "Counters", "Executor"]
 BATCH_ENV = "DEDUPD_TEST_COPY_BATCH_FILES"
 FLUSH_EVERY = 256
 # One filesystem sync per batch (see fsops/copy.py): bounded so a crash redoes little.
-BATCH_FILES = 1024
-BATCH_BYTES = 64 << 20
+# Small enough that the worker starts soon after the plan and ends soon after the
+# run's last read (while the run reads the first batch the worker waits, while the
+# worker writes the last one the run waits), and that the batches in flight hold
+# little memory; a syncfs costs about a millisecond, so more batches cost little.
+BATCH_FILES = 256
+BATCH_BYTES = 16 << 20
 
 CopyProgress = Callable[[int, int, int, int], None]  # files done/total, bytes done/total
 

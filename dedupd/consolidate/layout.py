@@ -13,6 +13,7 @@ and encoded back, so the archive name has exactly the source's bytes.
 
 from __future__ import annotations
 
+import functools
 import os
 import string
 from dataclasses import dataclass
@@ -45,19 +46,34 @@ def render(layout: str, undated_dir: str, f: Fields) -> bytes:
     if f.when is None:
         rel = os.fsencode(undated_dir) + b"/" + f.name
     else:
-        stem, ext = split_name(f.name)
-        text = layout.format(
-            year=f.when.year, month=f.when.month, day=f.when.day,
-            name=os.fsdecode(f.name), stem=os.fsdecode(stem), ext=os.fsdecode(ext),
-            source=os.fsdecode(os.path.basename(f.source_root.rstrip(b"/"))))
-        rel = os.fsencode(text)
+        # only the placeholders the template has (a first import renders one path a
+        # copy: the default layout needs no split of the name and no source root)
+        used = _used(layout)
+        kw: dict[str, object] = {"year": f.when.year, "month": f.when.month,
+                                 "day": f.when.day}
+        if "name" in used:
+            kw["name"] = os.fsdecode(f.name)
+        if "stem" in used or "ext" in used:
+            stem, ext = split_name(f.name)
+            kw["stem"], kw["ext"] = os.fsdecode(stem), os.fsdecode(ext)
+        if "source" in used:
+            kw["source"] = os.fsdecode(os.path.basename(f.source_root.rstrip(b"/")))
+        rel = os.fsencode(layout.format(**kw))
     return safe_relative(rel)
+
+
+@functools.lru_cache(maxsize=32)
+def _used(layout: str) -> frozenset[str]:
+    """The placeholders a (checked: check_layout) template names."""
+    return frozenset(f for _, f, _, _ in string.Formatter().parse(layout) if f is not None)
 
 
 def safe_relative(rel: bytes) -> bytes:
     """Normalise a/b//c to a/b/c; refuse absolute paths, '.', '..' and empty names."""
-    parts = [p for p in rel.split(b"/") if p]
-    if rel.startswith(b"/") or not parts or any(p in (b".", b"..") for p in parts):
+    parts = rel.split(b"/")
+    if b"" in parts:
+        parts = [p for p in parts if p]
+    if rel.startswith(b"/") or not parts or b"." in parts or b".." in parts:
         raise UnsafePath(f"layout produced an unsafe path: {os.fsdecode(rel)!r}")
     return b"/".join(parts)
 
