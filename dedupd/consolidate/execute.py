@@ -1,6 +1,6 @@
 """Carry out a plan: verified copies, byte-compared confirmations, provenance rows.
 
-Index writes are batched (every FLUSH_EVERY files): a crash loses at most the
+Index writes are batched (every rows.FLUSH_EVERY files): a crash loses at most the
 rows of one batch, and the next run rebuilds them from the files themselves
 (the copies are already in the archive; they are found and byte-compared).
 
@@ -29,26 +29,24 @@ makes batches of b files, so the kill -9 tests cross batch boundaries with a few
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dedupd.consolidate.compare import Compared, hash_archived, same_as_data, same_bytes
-from dedupd.consolidate.copyworker import KILL_ENV, stat_from, stat_wire
+from dedupd.consolidate.copyworker import KILL_ENV, StatWire, stat_wire
 from dedupd.consolidate.helpers import Helpers, fd_budget
 from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
 from dedupd.consolidate.plan import Copy, Known, Plan
+from dedupd.consolidate.rows import Rows
 from dedupd.consolidate.sortcopy import NewCopy, sort_group
-from dedupd.files.events import FileEvent, Problem
+from dedupd.files.events import Problem
 from dedupd.forkpipe import Wire
-from dedupd.fsops.copy import KEEP_BYTES, CopyResult, sync_filesystem
+from dedupd.fsops.copy import KEEP_BYTES, sync_filesystem
 from dedupd.fsops.source import CopyError, SourceDirs, SourceRead, read_source
-from dedupd.index.provenance import Provenance
 from dedupd.index.store import HashUpdate, IndexedFile, Store
 
 __all__ = ["BATCH_ENV", "KILL_ENV", "Counters", "Executor"]
 BATCH_ENV = "DEDUPD_TEST_COPY_BATCH_FILES"
-FLUSH_EVERY = 256
 # One filesystem sync per batch (see fsops/copy.py): bounded so a crash redoes little.
 # Small enough that the worker starts soon after the plan and ends soon after the
 # run's last read (while the run reads the first batch the worker waits, while the
@@ -97,17 +95,12 @@ class Executor:
         self.policy = on_name_collision
         self.progress = progress
         self.c = Counters()
-        self._rows: list[Provenance] = []
-        self._events: list[FileEvent] = []
-        self._hashes: list[HashUpdate] = []
-        self._touch: list[bytes] = []
+        # (source path, archive file) pairs whose equality is confirmed: prune candidates
+        self.confirmed: list[tuple[SourcePath, bytes]] = []
         self._unsynced = False  # names placed since the last sync (their rows wait)
         self._pending: dict[int, tuple[Copy, bytes | None]] = {}  # sent to the worker
         self._next_id = 0
         self._batch_hashes: list[list[HashUpdate]] = []  # of batches the worker has
-        self._now = time.time()
-        # (source path, archive file) pairs whose equality is confirmed: prune candidates
-        self.confirmed: list[tuple[SourcePath, bytes]] = []
         # the sources' directory handles, for the whole run: a size group's files lie
         # all over the shares, so keep many (a sixth of the open-file limit, at most
         # 4096: the batches' files take a third)
@@ -119,7 +112,9 @@ class Executor:
         archive file of their hash group go to `replan`, which adds copies to the plan
         (rounds repeat while copies reveal more of them)."""
         h = self._helpers or Helpers(self.store.url, self.archive, self.policy)
-        self._writer, self._worker = h.writer, h.worker
+        self._worker = h.worker
+        self._q = Rows(h.writer, self.scan_id, self.name)
+        self.confirmed = self._q.confirmed
         self._worker.on_batch = self._answer
         try:
             self._run(replan)
@@ -201,10 +196,9 @@ class Executor:
 
     def _confirm(self, k: Known) -> None:
         self.c.files_unchanged += len(k.fresh)
-        self._touch.extend(s.path for s in k.fresh)
-        self.confirmed.extend((s, k.target) for s in k.fresh)
+        self._q.still(k.fresh, k.target)
         if not k.check:  # a re-run's common case: every row still valid, nothing to read
-            if len(self._touch) >= FLUSH_EVERY:
+            if self._q.full():
                 self.flush()
             return
         full = k.content.full if k.content.full is not None else self._hashed(k)
@@ -218,13 +212,13 @@ class Executor:
                 res = self._compare(s.path, s.file, path, f)
                 if res.equal:
                     self.c.files_confirmed += 1
-                    self._row(s, path, full)
+                    self._q.row(s, path, full)
                     break
                 if res.problem is None or res.problem[0] != "differs":
                     break  # vanished/changed/unreadable: reported, nothing more to try
             else:
                 self._collision(s)
-        if len(self._rows) + len(self._touch) >= FLUSH_EVERY:
+        if self._q.full():
             self.flush()
 
     def _hashed(self, k: Known) -> bytes | None:
@@ -236,7 +230,7 @@ class Executor:
             self.c.problems.append(got)
             return None
         self.c.bytes_read += k.content.size
-        self._hashes.append(got)
+        self._q.hashes([got])
         return got.full
 
     def _compare(self, a: bytes, fa: IndexedFile, b: bytes, fb: IndexedFile) -> Compared:
@@ -326,8 +320,7 @@ class Executor:
                 _, cid, dest, stw, head, full, nread, nwritten = msg
                 cp, data = self._pending.pop(cid)
                 self._unsynced = True
-                self._copied(cp, CopyResult(dest, head, full, stat_from(stw), nread,
-                                            nwritten, data))
+                self._copied(cp, dest, stw, head, full, nread, nwritten, data)
             else:
                 _, cid, reason, detail = msg
                 cp, _ = self._pending.pop(cid)
@@ -335,42 +328,43 @@ class Executor:
         if self._batch_hashes:
             # after the batch's archive files: the writer records them first (save_hashes
             # skips a hash of an inode the index has no row for)
-            self._hashes.extend(self._batch_hashes.pop(0))
+            self._q.hashes(self._batch_hashes.pop(0))
 
-    def _copied(self, cp: Copy, res: CopyResult) -> None:
+    def _copied(self, cp: Copy, dest: bytes, stw: StatWire, head: int, full: bytes,
+                nread: int, nwritten: int, data: bytes | None) -> None:
+        """One copy placed at dest (the worker's "p" answer, copyworker.py; data: the
+        source bytes it was verified against, when the run read them)."""
         c = self.c
         c.files_copied += 1
         c.bytes_copied += cp.content.size
-        c.bytes_written += res.bytes_written
-        c.bytes_read += res.bytes_read
-        st = res.dest_stat
-        self._events.append(FileEvent.from_stat(res.dest, st))
+        c.bytes_written += nwritten
+        c.bytes_read += nread
         f = cp.src.file
-        self._hashes += [HashUpdate(st.st_dev, st.st_ino, res.head, res.full),
-                         HashUpdate(f.dev, f.ino, res.head, res.full)]
+        self._q.placed(dest, stw, head, full, f.dev, f.ino)
+        if cp.content.sources == (cp.src,):  # the common case: no other path to confirm
+            self._q.row(cp.src, dest, full)
+            return
         dest_file: IndexedFile | None = None  # for a compare with the copy on the disk
         for s in cp.content.sources:
             if s.file.key == f.key:
-                self._row(s, res.dest, res.full)
+                self._q.row(s, dest, full)
                 continue
             if s.path in cp.compared:  # equal to the bytes the copy was verified against
                 c.files_confirmed += 1
-                self._row(s, res.dest, res.full)
+                self._q.row(s, dest, full)
                 continue
-            if res.data is not None:  # the copy's verified bytes: read the other path only
-                cmp = same_as_data(s.path, s.file.ident, res.data)
+            if data is not None:  # the copy's verified bytes: read the other path only
+                cmp = same_as_data(s.path, s.file.ident, data)
                 self.c.bytes_read += cmp.bytes_read
                 if cmp.problem and cmp.problem[0] != "differs":
                     self.c.problems.append(Problem(s.path, cmp.problem[0], cmp.problem[1]))
             else:
                 if dest_file is None:
-                    dest_file = IndexedFile(st.st_dev, st.st_ino, st.st_size,
-                                            st.st_mtime_ns, st.st_ctime_ns, res.head,
-                                            res.full, 0, (res.dest,))
-                cmp = self._compare(s.path, s.file, res.dest, dest_file)
+                    dest_file = _indexed(dest, stw, head, full)
+                cmp = self._compare(s.path, s.file, dest, dest_file)
             if cmp.equal:
                 c.files_confirmed += 1
-                self._row(s, res.dest, res.full)
+                self._q.row(s, dest, full)
             elif cmp.problem is not None and cmp.problem[0] == "differs":
                 self._collision(s)
 
@@ -381,19 +375,9 @@ class Executor:
 
     # --- index writes ---
 
-    def _row(self, s: SourcePath, archive_path: bytes, full: bytes) -> None:
-        self.confirmed.append((s, archive_path))
-        f = s.file
-        self._rows.append(Provenance(self.name, s.path, archive_path, full, f.size, f.dev,
-                                     f.ino, f.mtime_ns, f.ctime_ns, self._now, self._now))
-
     def flush(self) -> None:
-        """Hand the queued index rows to the writer (archive files first, then hashes,
-        then provenance); it writes them beside the next batch's copies."""
-        if self._events or self._hashes or self._rows or self._touch:
-            self._writer.write(self.scan_id, self._events, self._hashes, self._rows,
-                               self.name, self._touch, self._now)
-        self._events, self._hashes, self._rows, self._touch = [], [], [], []
+        """Hand the queued index rows to the writer (rows.py)."""
+        self._q.flush()
 
 
 @dataclass
@@ -418,3 +402,8 @@ class _Batch:
 def _no_new_copy(c: Content, _data: bytes | None) -> Copy | None:
     raise AssertionError(f"a content named as read ({c.size} bytes) needs new_copy")
 
+
+def _indexed(dest: bytes, stw: StatWire, head: int, full: bytes) -> IndexedFile:
+    """A placed copy as an index row (for a compare of another source path with it)."""
+    _mode, ino, dev, _nlink, _uid, _gid, size, _atime, mtime, ctime = stw
+    return IndexedFile(dev, ino, size, mtime, ctime, head, full, 0, (dest,))

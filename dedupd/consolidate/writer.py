@@ -21,7 +21,6 @@ is its error, never a partial success). Construct before starting threads
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 
 from dedupd import forkpipe
 from dedupd.errors import DedupdError
@@ -34,16 +33,6 @@ from dedupd.index.store import HashUpdate, Store
 
 class WriteFailed(DedupdError):
     """The index writer failed; the copies are in place, their rows are not."""
-
-
-def _event(ev: FileEvent) -> Wire:
-    return (ev.path, ev.dev, ev.ino, ev.size, ev.mtime_ns, ev.ctime_ns, ev.mode, ev.uid,
-            ev.gid, ev.nlink)
-
-
-def _row(p: Provenance) -> Wire:
-    return (p.consolidation, p.source_path, p.archive_path, p.content, p.size, p.src_dev,
-            p.src_ino, p.src_mtime_ns, p.src_ctime_ns, p.first_seen, p.last_seen)
 
 
 def apply(store: Store, msg: Wire) -> int:
@@ -76,13 +65,12 @@ class IndexWriter:
     def __init__(self, url: str) -> None:
         self.pid, self.to, self.frm = forkpipe.spawn(lambda i, o: _child(i, o, url))
 
-    def write(self, scan_id: int, events: Sequence[FileEvent], hashes: Sequence[HashUpdate],
-              rows: Sequence[Provenance], name: str, touch: Sequence[bytes],
-              now: float) -> None:
-        wire = [(h.dev, h.ino, h.head, h.full, h.stat) for h in hashes]
+    def write(self, scan_id: int, events: list[Wire], hashes: list[Wire], rows: list[Wire],
+              name: str, touch: list[bytes], now: float) -> None:
+        """One flush, in wire form (rows.py builds it): events as _event makes them,
+        hashes as HashUpdate's fields, rows as Provenance's fields, in their order."""
         try:
-            forkpipe.send(self.to, (scan_id, [_event(e) for e in events], wire,
-                                    [_row(p) for p in rows], name, list(touch), now))
+            forkpipe.send(self.to, (scan_id, events, hashes, rows, name, touch, now))
         except BrokenPipeError:  # it died (not stdout's EPIPE): close() tells why
             self.close()
             raise WriteFailed("writing the index failed: index writer died") from None

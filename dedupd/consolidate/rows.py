@@ -1,0 +1,77 @@
+"""The index rows of a copy phase, queued until the names they describe are durable.
+
+The executor (execute.py) queues here, per placed copy, the archive file, the
+hashes of the copy and of its source, and a provenance row per source path it
+confirmed; per known content, the rows it confirmed or touched. flush() hands
+them to the index writer (writer.py) -- only when the executor knows a sync made
+every name among them durable -- in the order the writer applies them (files,
+hashes, rows, touches).
+
+Rows are queued in the writer's wire form (plain tuples), not as FileEvent,
+HashUpdate and Provenance objects: a first import queues four per copied file,
+and each object was built only to be taken apart again for the pipe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from dedupd.consolidate.inventory import SourcePath
+from dedupd.consolidate.writer import IndexWriter
+from dedupd.forkpipe import Wire
+from dedupd.index.store import HashUpdate
+
+FLUSH_EVERY = 256
+
+
+class Rows:
+    """One copy phase's queue of index writes (module docstring)."""
+
+    def __init__(self, writer: IndexWriter, scan_id: int, name: str) -> None:
+        self._writer, self.scan_id, self.name = writer, scan_id, name
+        self._now = time.time()
+        self._events: list[Wire] = []
+        self._hashes: list[Wire] = []
+        self._rows: list[Wire] = []
+        self._touch: list[bytes] = []
+        # (source path, archive file) pairs whose equality is confirmed: prune candidates
+        self.confirmed: list[tuple[SourcePath, bytes]] = []
+
+    def placed(self, dest: bytes, stw: Wire, head: int, full: bytes, src_dev: int,
+               src_ino: int) -> None:
+        """A copy placed at dest (stw: its stat, copyworker.stat_wire), read from the
+        source inode (src_dev, src_ino): the archive file and both inodes' hashes."""
+        mode, ino, dev, nlink, uid, gid, size, _atime, mtime, ctime = stw
+        self._events.append((dest, dev, ino, size, mtime, ctime, mode, uid, gid, nlink))
+        self._hashes.append((dev, ino, head, full, None))
+        self._hashes.append((src_dev, src_ino, head, full, None))
+
+    def hashes(self, updates: Iterable[HashUpdate]) -> None:
+        """Hashes read for the plan (after the archive files they may name)."""
+        self._hashes.extend(tuple(h) for h in updates)
+
+    def row(self, s: SourcePath, archive_path: bytes, full: bytes) -> None:
+        """A source path confirmed equal to archive_path (its content's hash full)."""
+        self.confirmed.append((s, archive_path))
+        f = s.file
+        self._rows.append((self.name, s.path, archive_path, full, f.size, f.dev, f.ino,
+                           f.mtime_ns, f.ctime_ns, self._now, self._now))
+
+    def still(self, fresh: Iterable[SourcePath], target: bytes) -> None:
+        """Source paths whose rows still hold (unchanged, same archive file): touched."""
+        for s in fresh:
+            self._touch.append(s.path)
+            self.confirmed.append((s, target))
+
+    def full(self) -> bool:
+        """Whether enough rows wait to be worth a flush (where the caller may flush)."""
+        return len(self._rows) + len(self._touch) >= FLUSH_EVERY
+
+    def flush(self) -> None:
+        """Hand the queued rows to the writer (archive files first, then hashes, then
+        provenance); it writes them beside the next batch's copies."""
+        if self._events or self._hashes or self._rows or self._touch:
+            self._writer.write(self.scan_id, self._events, self._hashes, self._rows,
+                               self.name, self._touch, self._now)
+        self._events, self._hashes, self._rows, self._touch = [], [], [], []
