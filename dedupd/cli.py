@@ -7,7 +7,7 @@ import os
 import sys
 
 from dedupd import __version__
-from dedupd.errors import EXIT_FAILURE, EXIT_USAGE, DedupdError, TemporaryFailure
+from dedupd.errors import EXIT_FAILURE, EXIT_USAGE, DedupdError, TemporaryFailure, one_line
 from dedupd.tuples import TYPE_CHECKING
 
 # argparse is imported by build_parser, typing and the commands' table only for
@@ -33,7 +33,7 @@ def _parser_class() -> type[argparse.ArgumentParser]:
     class _Parser(argparse.ArgumentParser):
         def error(self, message: str) -> None:  # type: ignore[override]
             self.print_usage(sys.stderr)
-            sys.stderr.write(f"{self.prog}: error: {message}\n")
+            sys.stderr.write(f"{self.prog}: error: {one_line(message)}\n")
             raise SystemExit(EXIT_USAGE)
 
         def _get_formatter(self) -> argparse.HelpFormatter:
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _setup_log(args)
         return int(args.func(args) or 0)
     except DedupdError as e:
-        sys.stderr.write(f"dedupd: error: {e}\n")
+        sys.stderr.write(f"dedupd: error: {one_line(str(e))}\n")
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("dedupd: interrupted\n")
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (out := _out_of_files(e)) is None:
             _bug(args)
             return EXIT_FAILURE
-        sys.stderr.write(f"dedupd: error: {out}\n")
+        sys.stderr.write(f"dedupd: error: {one_line(str(out))}\n")
         return out.exit_code
     except Exception:
         _bug(args)

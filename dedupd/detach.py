@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from dedupd.errors import EXIT_FAILURE, DedupdError
+from dedupd.errors import EXIT_FAILURE, DedupdError, one_line
 from dedupd.fsops.single import NotSingle, open_single
 
 READY_TIMEOUT = 120.0
@@ -87,7 +87,8 @@ def _await_ready(sock: socket.socket, timeout: float, log_file: Path) -> int:
         if fields.get("READY") == "1":
             return 0
         if "EXIT_STATUS" in fields:
-            sys.stderr.write(f"dedupd: {fields.get('STATUS', 'failed')} (see {log_file})\n")
+            sys.stderr.write(f"dedupd: {one_line(fields.get('STATUS', 'failed'))} "
+                             f"(see {log_file})\n")
             with contextlib.suppress(ValueError):
                 return int(fields["EXIT_STATUS"])
             return EXIT_FAILURE

@@ -35,3 +35,15 @@ class TemporaryFailure(DedupdError):
     """Something outside us is not ready (lock held, endpoint down): retry later."""
 
     exit_code = EXIT_TEMPFAIL
+
+
+def one_line(message: str) -> str:
+    """message as one line for a terminal: a control character (a newline, ESC, a
+    C1 such as CSI, in a file name an error quotes) escaped as output.show_path
+    shows names, never a line of its own or a terminal sequence."""
+    if message.isprintable():
+        return message
+    # only here: output imports json and re, start-up cost a clean error never pays
+    from dedupd.output import show_path
+
+    return show_path(message)

@@ -10,7 +10,7 @@ from typing import Any
 
 from dedupd import config, preflight
 from dedupd.commands.common import add_common
-from dedupd.errors import EXIT_CONFIG
+from dedupd.errors import EXIT_CONFIG, one_line
 from dedupd.files.fsid import host_identity
 from dedupd.output import print_json
 
@@ -42,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
                     "errors": [str(e) for e in errors], "advice": found.advice})
         return EXIT_CONFIG if errors else 0
     for e in found.all_errors:
-        sys.stderr.write(f"dedupd: error: {e}\n")
+        sys.stderr.write(f"dedupd: error: {one_line(str(e))}\n")
     for a in found.advice:
-        sys.stderr.write(f"dedupd: advice: {a}\n")
+        sys.stderr.write(f"dedupd: advice: {one_line(a)}\n")
     if found.all_errors:
         return EXIT_CONFIG
     print(f"{path}: OK")

@@ -10,7 +10,7 @@ from typing import Any
 from dedupd.commands.common import add_common, load_config, open_store, path
 from dedupd.commands.status import add_socket_arg, shown, socket_path
 from dedupd.control import ControlClient
-from dedupd.errors import DedupdError, TemporaryFailure
+from dedupd.errors import DedupdError, TemporaryFailure, one_line
 from dedupd.fsops.whole import replace_file
 from dedupd.output import print_json
 
@@ -80,7 +80,8 @@ def _status(sock: Path) -> dict[str, Any] | None:
     try:
         doc = client.request("status")
     except TemporaryFailure as e:
-        sys.stderr.write(f"dedupd: {e}; printing the index's metrics only (dedupd_up 0)\n")
+        sys.stderr.write(f"dedupd: {one_line(str(e))}; printing the index's metrics only "
+                         "(dedupd_up 0)\n")
         return None
     finally:
         client.close()

@@ -23,7 +23,7 @@ from dedupd.commands.common import (
     whole_seconds,
 )
 from dedupd.config import Config, VolumeConfig
-from dedupd.errors import DedupdError, UsageError
+from dedupd.errors import DedupdError, UsageError, one_line
 from dedupd.output import human_bytes, print_json, show_path
 from dedupd.proc_priority import apply_priority
 from dedupd.progress import Progress, open_progress
@@ -242,8 +242,8 @@ def _serve_now(args: argparse.Namespace, opts: Any) -> int:
         rc = asyncio.run(d.serve())
     except DedupdError as e:
         # also tells a waiting `run --detach` parent (and systemd) why we did not start
-        Notifier().send(STATUS=f"startup failed: {e}", EXIT_STATUS=e.exit_code)
-        sys.stderr.write(f"dedupd: error: {e}\n")
+        Notifier().send(STATUS=f"startup failed: {one_line(str(e))}", EXIT_STATUS=e.exit_code)
+        sys.stderr.write(f"dedupd: error: {one_line(str(e))}\n")
         return e.exit_code
     if d.abandoned:
         # a step thread is still blocked in the kernel: do not wait for it at exit

@@ -14,7 +14,7 @@ from typing import Any
 
 from dedupd import config
 from dedupd.commands.common import add_common, load_config, path, seconds
-from dedupd.errors import ConfigError, DedupdError
+from dedupd.errors import ConfigError, DedupdError, one_line
 from dedupd.output import human_bytes, json_text, print_json, show_path
 
 HELP = """\
@@ -63,8 +63,9 @@ def socket_path(args: argparse.Namespace) -> Path:
         return load_config(args).daemon.runtime_dir / "dedupd.sock"
     except ConfigError as e:
         d = _raw_runtime_dir(args.config or config.DEFAULT_CONFIG)
-        sys.stderr.write(f"dedupd: warning: {e}\n(asking the daemon at {d}/dedupd.sock "
-                         "anyway; the running daemon keeps its last good config)\n")
+        sys.stderr.write(f"dedupd: warning: {one_line(str(e))}\n(asking the daemon at "
+                         f"{d}/dedupd.sock anyway; the running daemon keeps its last good "
+                         "config)\n")
         return d / "dedupd.sock"
 
 

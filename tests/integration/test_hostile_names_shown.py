@@ -97,3 +97,17 @@ def test_a_log_line_naming_a_file_is_one_line(journald: bool) -> None:
     assert "\x1b" not in r.stderr and "\u009b" not in r.stderr and "\x07" not in r.stderr
     assert lines[0].endswith("cannot link " + SHOWN.replace("forged", "<3>forged"))
     assert lines[0].startswith("<4>dedupd.x: " if journald else "")
+
+
+def test_an_error_naming_a_file_is_one_escaped_line(tmp_path: Path) -> None:
+    """`dedupd: error: ...` (a DedupdError quoting a config file's name) and argparse's
+    `dedupd scan: error: ...` (a PATH argument that does not exist) show the name
+    escaped: one line, no terminal sequence."""
+    missing = tmp_path / EVIL
+    for args in (("check-config", "-c", str(missing)), ("scan", str(missing))):
+        r = _dedupd(*args)
+        assert r.returncode in (2, 78), (args, r.returncode, r.stderr)
+        _shown_escaped(r)
+        errors = [line for line in r.stderr.splitlines() if ": error: " in line]
+        assert len(errors) == 1 and errors[0].endswith(SHOWN + (
+            ": -: file not found" if args[0] == "check-config" else "")), r.stderr
