@@ -28,7 +28,7 @@ MODES = ("apply", "dry-run")
 COMPRESSIONS = ("zstd", "gzip", "pigz", "none")
 TARGET_KINDS = ("s3", "rclone")
 MAX_CHUNK = 5 * 1024**3  # S3's PutObject limit
-_FULL_EVERY = re.compile(r"^\s*(never|\d+|\d+(\.\d+)?[dhms])\s*$", re.IGNORECASE)
+_FULL_EVERY = re.compile(r"^\s*(never|\d+|\d+(\.\d+)?[dhms])\s*$", re.IGNORECASE | re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ def parse_host_port(value: str) -> tuple[str, int]:
     if not sep or not host or any(c in host for c in "[]/ "):
         raise ValueError(f"must be HOST:PORT, e.g. 127.0.0.1:9577 (empty: no metrics); "
                          f"got {value!r}")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ValueError(f"port must be 1-65535; got {port!r}")
     return host, int(port)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from dedupd.errors import ConfigError
 
-_EVERY = re.compile(r"^every\s+(\d+(?:\.\d+)?)\s*([smhd])$")
-_DAILY = re.compile(r"^daily\s+(\d{1,2}):(\d{2})$")
+_EVERY = re.compile(r"^every\s+(\d+(?:\.\d+)?)\s*([smhd])$", re.ASCII)
+_DAILY = re.compile(r"^daily\s+(\d{1,2}):(\d{2})$", re.ASCII)
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

@@ -18,7 +18,9 @@ if TYPE_CHECKING:  # imported when a store is opened: `--help` of every command 
     from dedupd.index.store import Store
 
 MAX_SECONDS = 10 * 365 * 86400.0  # ten years: beyond, a typo
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+# ASCII: \d would take any script's digits ("٣" as 3), which scan_first._size leaves
+# to argparse: both refuse them
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE | re.ASCII)
 
 
 def parse_size(text: str) -> int:
@@ -37,7 +39,8 @@ def seconds(text: str) -> float:
     """A duration on the command line: a finite number >= 0 ('nan' would compare false
     with every age, so nothing would ever be too young; 'inf' cannot be slept)."""
     try:
-        v = float(text)
+        # float() reads any script's digits too: the command line takes ASCII's only
+        v = float(text) if text.isascii() else math.nan
     except ValueError:
         v = math.nan
     if not math.isfinite(v) or v < 0 or v > MAX_SECONDS:
