@@ -8,7 +8,8 @@ Placeholders (str.format syntax, so `{month:02d}` works):
 Files without a usable date go to `<undated_dir>/<name>`.
 
 Names need not be UTF-8: they are decoded with surrogateescape for the template
-and encoded back, so the archive name has exactly the source's bytes.
+and encoded back, so the archive name has exactly the source's bytes (but for a
+name dedupd reserves in the archive, which gets a "_" first: `reserved`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from dedupd.errors import ConfigError
+from dedupd.fsops.archive_lock import LOCK_NAME, is_temp_name
+from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
 
 PLACEHOLDERS = ("year", "month", "day", "name", "stem", "ext", "source")
 
@@ -69,13 +72,23 @@ def _used(layout: str) -> frozenset[str]:
 
 
 def safe_relative(rel: bytes) -> bytes:
-    """Normalise a/b//c to a/b/c; refuse absolute paths, '.', '..' and empty names."""
+    """Normalise a/b//c to a/b/c; refuse absolute paths, '.', '..' and empty names.
+    A name dedupd keeps for its own files in the archive gets a "_" first (reserved)."""
     parts = rel.split(b"/")
     if b"" in parts:
         parts = [p for p in parts if p]
     if rel.startswith(b"/") or not parts or b"." in parts or b".." in parts:
         raise UnsafePath(f"layout produced an unsafe path: {os.fsdecode(rel)!r}")
+    if b".dedupd-" in rel:  # every reserved name starts so: rare, and cheap to rule out
+        parts = [b"_" + p if reserved(p) else p for p in parts]
     return b"/".join(parts)
+
+
+def reserved(name: bytes) -> bool:
+    """A name the archive's walk skips as dedupd's own (temp copies, the lock, the
+    linker's temp links; consolidate/inventory.py): a copy under it would be unseen,
+    so copied again at every run (and swept after an interrupted one)."""
+    return is_temp_name(name) or name == LOCK_NAME or name.startswith(LINK_TEMP_PREFIX)
 
 
 def with_suffix(rel: bytes, n: int) -> bytes:
