@@ -10,6 +10,8 @@ Points (the windows of docs/safety.md):
   batch        after a hardlink batch's PENDING rows are committed, before any name
                of it is verified and swapped (path: b"")
   bookmark     before a backup's snapshot is bookmarked (path: the snapshot's name)
+  replace      before fsops/whole.replace_at renames its filled temp file over the
+               name (path: the temp name)
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from dedupd import pathtrust
 from dedupd.config import ConsolidateConfig
 from dedupd.errors import ConfigError
 from dedupd.files.events import FileEvent, Problem, WalkStats
-from dedupd.fsops.archive_lock import LOCK_NAME, TMP_GLOB
+from dedupd.fsops.archive_lock import LOCK_NAME, LOCK_TEMP_GLOB, TMP_GLOB
 from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
 from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
 from dedupd.index import provenance as prov
@@ -158,7 +158,7 @@ def _source_events(inv: Inventory, cfg: ConsolidateConfig) -> Iterator[FileEvent
 
 def _archive_events(inv: Inventory) -> Iterator[FileEvent]:
     # Our own temp and lock files (and the linker's temp links) are never archive content.
-    opts = WalkOptions(1, (TMP_GLOB, os.fsdecode(LOCK_NAME),
+    opts = WalkOptions(1, (TMP_GLOB, os.fsdecode(LOCK_NAME), LOCK_TEMP_GLOB,
                            os.fsdecode(LINK_TEMP_PREFIX) + "*"), False)
     for ev in walk([inv.roots.archive], opts, inv.walk):
         inv.archive_paths.add(ev.path)

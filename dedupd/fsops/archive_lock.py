@@ -26,18 +26,26 @@ def is_temp_name(name: bytes) -> bool:
     return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
 
 
+def is_lock_temp(name: bytes) -> bool:
+    """The temp name lock_archive's replacement of a shared lock file fills before
+    renaming it over LOCK_NAME (fsops/whole.replace_at): left by a crash between."""
+    return name.startswith(_LOCK_TEMP_PREFIX) and name.endswith(b".partial")
+
+
 def remove_stale_temps(root: bytes, dry_run: bool = False) -> list[bytes]:
     """Delete the temp files an interrupted copy left under root; return their paths.
 
-    Only names of the exact `.dedupd-copy.<hex>.tmp` shape are touched. The
-    caller holds the archive lock, so no live copy owns one of them.
+    Only names of the exact `.dedupd-copy.<hex>.tmp` shape are touched, and in
+    root a lock file's `..dedupd-consolidate.lock.<hex>.partial`. The caller holds
+    the archive lock, so no live copy owns one of them, and no run is replacing
+    the lock file (that takes the lock of the file at its name: this one's).
     """
     found: list[bytes] = []
     # fwalk descends by fd without following symlinks: removal acts on the very
     # directory that was listed.
     for dirpath, _dirs, files, dfd in os.fwalk(root):
         for name in files:
-            if is_temp_name(name):
+            if is_temp_name(name) or (dirpath == root and is_lock_temp(name)):
                 found.append(os.path.join(dirpath, name))
                 if not dry_run:
                     with contextlib.suppress(OSError):
@@ -46,6 +54,8 @@ def remove_stale_temps(root: bytes, dry_run: bool = False) -> list[bytes]:
 
 
 LOCK_NAME = b".dedupd-consolidate.lock"
+_LOCK_TEMP_PREFIX = b"." + LOCK_NAME + b"."
+LOCK_TEMP_GLOB = os.fsdecode(_LOCK_TEMP_PREFIX) + "*.partial"
 
 
 class Locked(Exception):

@@ -10,6 +10,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from dedupd import testpoints
+
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -42,6 +44,7 @@ def replace_at(dfd: int, name: str | bytes, data: bytes, mode: int = 0o644) -> N
                 f.write(data)
         finally:
             os.close(fd)
+        testpoints.at("replace", os.fsencode(tmp))
         os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -98,3 +98,36 @@ def test_a_shared_lock_held_elsewhere_is_not_replaced(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert os.lstat(other / LOCK).st_nlink == 1 and (other / LOCK).read_bytes() == b""
+
+
+_KILLED_REPLACING = """
+import os, signal, sys
+from dedupd import testpoints
+from dedupd.fsops.archive_lock import lock_archive
+kill = lambda point, path: os.kill(os.getpid(), signal.SIGKILL)
+with testpoints.acting(("replace",), kill):
+    lock_archive(os.fsencode(sys.argv[1]))
+"""
+
+
+def test_a_crash_while_replacing_a_shared_lock_leaves_no_partial(tmp_path: Path) -> None:
+    """Killed between filling the new lock file and renaming it over the shared one:
+    its `.partial` temp stays in the archive root. The next run sweeps it, and its
+    inventory never takes it for archive content (it was indexed, then planned)."""
+    (src, arch), copy = _trees(tmp_path), tmp_path / "arch.1"
+    assert _consolidate(tmp_path, src, arch).returncode == 0
+    subprocess.run(["cp", "-al", str(arch), str(copy)], check=True)
+    r = subprocess.run([sys.executable, "-c", _KILLED_REPLACING, str(copy)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == -9, (r.returncode, r.stderr)
+    [partial] = [n for n in os.listdir(copy) if n.endswith(".partial")]
+    assert partial.startswith("." + LOCK + ".")
+    assert os.lstat(copy / LOCK).st_nlink == 2  # not replaced yet
+    (src / "b.jpg").write_bytes(os.urandom(7000))
+    r = _consolidate(tmp_path, src, copy)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert sorted(n for n in os.listdir(copy) if n.startswith(".")) == [LOCK], r.stdout
+    assert partial not in r.stdout + r.stderr
+    assert os.lstat(copy / LOCK).st_nlink == 1
+    [placed] = copy.rglob("b.jpg")
+    assert placed.read_bytes() == (src / "b.jpg").read_bytes()
