@@ -37,7 +37,7 @@ from dedupd.index.dirs import split
 if TYPE_CHECKING:
     from dedupd.index.store import IndexedFile, Store
 
-FORMAT = 3  # of the key and of the packed answer
+FORMAT = 4  # of the key and of the packed answer
 
 
 class Kept:
@@ -51,9 +51,13 @@ class Kept:
 
 def key(roots: Sequence[bytes], options: Sequence[Any]) -> str:
     """The answers row of these roots and options (whatever decides the answer
-    besides the tree: min size, excludes, mounts, settling), for this dedupd."""
-    doc = json.dumps([__version__, FORMAT, [os.fsdecode(r) for r in roots], list(options)])
-    return blake2b(doc.encode(), digest_size=32).hexdigest()
+    besides the tree: min size, excludes, mounts, settling), for this dedupd:
+    `<roots>:<options>`, where <roots> is of the roots alone (keep() replaces the
+    answer of the same roots under other options: one row per roots set)."""
+    names = [os.fsdecode(r) for r in roots]
+    doc = json.dumps([__version__, FORMAT, names, list(options)])
+    return (blake2b(json.dumps([FORMAT, names]).encode(), digest_size=12).hexdigest() + ":"
+            + blake2b(doc.encode(), digest_size=16).hexdigest())
 
 
 def fingerprint(listed: Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -159,8 +163,13 @@ def keep(store: Store, k: str, fp: bytes, since: int,
                     f'({p}, {p}, {p}, {p}, {p}) ON CONFLICT (host, "key") DO UPDATE SET '
                     "fingerprint = excluded.fingerprint, epoch = excluded.epoch, "
                     "answer = excluded.answer", (store.host, k, fp, since, blob))
-        # hash_epoch only grows: an answer kept at an older epoch is never reported again
-        cur.execute(f"DELETE FROM answers WHERE host = {p} AND epoch < {p}", (store.host, since))
+        # hash_epoch only grows: an answer kept at an older epoch is never reported
+        # again. One answer per roots set (the newest: another min size or dedupd
+        # version of the same roots goes; a key of an older FORMAT has no ':'): a
+        # host keeps one row per tree it scans, not one per option ever tried.
+        cur.execute(f"DELETE FROM answers WHERE host = {p} AND (epoch < {p} OR \"key\" NOT "
+                    f"LIKE {p} OR (\"key\" LIKE {p} AND \"key\" <> {p}))",
+                    (store.host, since, "%:%", k.partition(":")[0] + ":%", k))
     return True
 
 

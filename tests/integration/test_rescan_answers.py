@@ -261,3 +261,34 @@ def test_a_kept_answers_json_made_beside_the_walk_is_the_reports(
     assert _json_text(again) == capsys.readouterr().out
     assert json.loads(_json_text(again))["groups"] == first.as_json()["groups"]
     assert len(first.as_json()["groups"][0]["paths"]) == 3
+
+
+def test_one_answer_is_kept_per_roots_set(url: str, tree: Path) -> None:
+    """Every min size (or exclude, or dedupd version) tried on a tree kept an answer
+    of its own, forever (each as big as the tree's groups): now the newest of a
+    roots set replaces the others, and a key of an older format goes."""
+    st = with_store(url)
+    try:
+        with st.db.tx() as cur:  # an answer kept by the previous format (no ':')
+            cur.execute(f'INSERT INTO answers (host, "key", fingerprint, epoch, answer) '
+                        f"VALUES ({st.db.p}, 'f' || '0', {st.db.p}, 0, {st.db.p})",
+                        (st.host, b"\0" * 16, b"x"))
+    finally:
+        st.close()
+
+    def kept() -> list[str]:
+        st = with_store(url)
+        try:
+            return sorted(str(k) for (k,) in st.db.rows('SELECT "key" FROM answers'))
+        finally:
+            st.close()
+
+    for size in (1, 100, 2, 3, 4097):
+        run(url, tree, min_size=size)
+        [only] = kept()
+    assert groups(run(url, tree, min_size=4097)) == {frozenset({"a1", "a2"})}
+    [only] = kept()
+    run(url, tree / "b")
+    assert len(kept()) == 2 and only in kept()
+    assert groups(run(url, tree)) == {frozenset({"a1", "a2"}), frozenset({"small1", "small2"})}
+    assert len(kept()) == 2 and only not in kept()
