@@ -11,7 +11,7 @@ import pytest
 
 from dedupd import handles
 from dedupd.files.events import FileEvent, WalkStats
-from dedupd.scan import walk as walkmod
+from dedupd.scan import listing
 from dedupd.scan.walk import DirListed, WalkOptions, normalize_roots, walk, walk_listed
 
 
@@ -36,13 +36,13 @@ def run(root: Path, opts: WalkOptions, known: dict[bytes, tuple[bytes, int]] | N
             [d for d in got if isinstance(d, DirListed)], stats)
 
 
-@pytest.mark.parametrize("cap", [walkmod.LIST_CAP, 3])
+@pytest.mark.parametrize("cap", [listing.LIST_CAP, 3])
 @pytest.mark.parametrize("opts", [WalkOptions(), WalkOptions(min_size=3),
                                   WalkOptions(exclude=("*.skip",))])
 def test_same_files_and_counters_as_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          cap: int, opts: WalkOptions) -> None:
     tree(tmp_path)
-    monkeypatch.setattr(walkmod, "LIST_CAP", cap)
+    monkeypatch.setattr(listing, "LIST_CAP", cap)  # where the walk reads it
     files, _, stats = run(tmp_path, opts, None)
     listed_files, listed, lstats = run(tmp_path, opts, {})
     assert sorted(listed_files) == sorted(files) and files
