@@ -8,7 +8,7 @@ were read at stays. A rescan whose walk lists exactly what an earlier scan's did
 options) while every directory is skipped unchanged against the index, reports
 what that scan reported, unless the index has since replaced or dropped a hash
 behind an unchanged stat (content that changed without its stat: the
-`inodes_hash_moved` trigger counts those in meta's hash_epoch, schema.py), or
+`inodes_hash_moved` trigger counts those in the host's hash_epoch of meta, schema.py), or
 deleted a row with a full hash (`inodes_gone`). Such a rescan reads its groups
 from here: one row holding each group's size and full hash, and each member's
 inode row as it was kept (inode, mtime, ctime, head, unstable) with its names
@@ -72,10 +72,33 @@ def _dirs_check(paths: Iterable[tuple[int, bytes]]) -> bytes:
                            digest_size=16).digest()
 
 
+_EPOCH = "SELECT value FROM meta WHERE host = {p} AND \"key\" = 'hash_epoch'"
+
+
 def epoch(store: Store) -> int | None:
-    """meta's hash_epoch now (None in an index without it)."""
-    rows = store.db.rows("SELECT value FROM meta WHERE host = 0 AND \"key\" = 'hash_epoch'")
+    """The host's hash_epoch now (None in an index without one). An index whose
+    host has none yet (made by an older dedupd, or a host new to it) gets it here:
+    its triggers, and its row from host 0's counter, which counted for every host
+    until then (so the answers kept at it hold)."""
+    rows = store.db.rows(_EPOCH.format(p=store.db.p), (store.host,))
+    if not rows:
+        _host_epoch(store)
+        rows = store.db.rows(_EPOCH.format(p=store.db.p), (store.host,))
     return int(rows[0][0]) if rows else None
+
+
+def _host_epoch(store: Store) -> None:
+    from dedupd.index.ddl import SCHEMA_DDL
+
+    with store.db.tx() as cur:
+        # the triggers first: on PostgreSQL CREATE TRIGGER waits for the writers of
+        # inodes, so no move is missed between the value read below and the first count
+        for stmt in SCHEMA_DDL[store.dialect]:
+            if "_host" in stmt and ("TRIGGER" in stmt or "FUNCTION" in stmt):
+                cur.execute(stmt)
+        cur.execute("INSERT INTO meta (host, \"key\", value) SELECT "
+                    f"{store.db.p}, \"key\", value FROM meta WHERE host = 0 AND \"key\" = "
+                    "'hash_epoch' ON CONFLICT (host, \"key\") DO NOTHING", (store.host,))
 
 
 def kept(store: Store, k: str) -> Kept | None:
@@ -155,7 +178,7 @@ def keep(store: Store, k: str, fp: bytes, since: int,
     p = store.db.p
     lock = " FOR UPDATE" if store.dialect == "postgresql" else ""  # against a bump meanwhile
     with store.db.tx() as cur:
-        cur.execute(f"SELECT value FROM meta WHERE host = 0 AND \"key\" = 'hash_epoch'{lock}")
+        cur.execute(_EPOCH.format(p=p) + lock, (store.host,))
         row = cur.fetchone()
         if row is None or int(row[0]) != since or not _counts_deletes(store, cur):
             return False

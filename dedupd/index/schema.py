@@ -257,6 +257,16 @@ _GONE = 'OLD."full" IS NOT NULL'
 _EPOCH = ("INSERT INTO meta (host, \"key\", value) VALUES (0, 'hash_epoch', '0') "
           'ON CONFLICT (host, "key") DO NOTHING')
 _BUMP = ("UPDATE meta SET value = {cast} WHERE host = 0 AND \"key\" = 'hash_epoch'")
+# The same counted per host (answers.py reads its host's): hosts sharing a PostgreSQL
+# inventory write only their own filesystems' rows, so one host's deletions and moved
+# hashes no longer void every other host's answers. The host of OLD.fs; every host's
+# when that filesystem row is gone already. The host-0 counter and its triggers stay
+# for the previous dedupd, which reads it (and would replace a trigger of its name).
+# A host's row is made at first use (answers.epoch), from host 0's value then.
+_BUMP_HOST = ("UPDATE meta SET value = {cast} WHERE \"key\" = 'hash_epoch' AND host <> 0 "
+              "AND (host = (SELECT host FROM filesystems WHERE id = OLD.fs) OR NOT EXISTS "
+              "(SELECT 1 FROM filesystems WHERE id = OLD.fs))")
+_SQLITE_CAST = "CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
 TRIGGERS = {
     "sqlite": (
         _EPOCH,
@@ -266,6 +276,11 @@ TRIGGERS = {
         "CREATE TRIGGER IF NOT EXISTS inodes_gone AFTER DELETE ON inodes FOR EACH ROW WHEN "
         f"{_GONE} BEGIN " + _BUMP.format(cast="CAST(CAST(value AS INTEGER) + 1 AS TEXT)")
         + "; END",
+        "CREATE TRIGGER IF NOT EXISTS inodes_hash_moved_host AFTER UPDATE OF head, \"full\" "
+        f"ON inodes FOR EACH ROW WHEN {_MOVED.replace('IS DISTINCT FROM', 'IS NOT')} BEGIN "
+        + _BUMP_HOST.format(cast=_SQLITE_CAST) + "; END",
+        "CREATE TRIGGER IF NOT EXISTS inodes_gone_host AFTER DELETE ON inodes FOR EACH ROW "
+        f"WHEN {_GONE} BEGIN " + _BUMP_HOST.format(cast=_SQLITE_CAST) + "; END",
     ),
     "postgresql": (
         _EPOCH,
@@ -276,6 +291,13 @@ TRIGGERS = {
         f"FOR EACH ROW WHEN ({_MOVED}) EXECUTE FUNCTION dedupd_hash_moved()",
         f"CREATE OR REPLACE TRIGGER inodes_gone AFTER DELETE ON inodes FOR EACH ROW WHEN "
         f"({_GONE}) EXECUTE FUNCTION dedupd_hash_moved()",
+        "CREATE OR REPLACE FUNCTION dedupd_hash_moved_host() RETURNS trigger LANGUAGE plpgsql "
+        "AS $$ BEGIN " + _BUMP_HOST.format(cast="(value::bigint + 1)::text")
+        + "; RETURN NULL; END $$",
+        "CREATE OR REPLACE TRIGGER inodes_hash_moved_host AFTER UPDATE OF head, \"full\" ON "
+        f"inodes FOR EACH ROW WHEN ({_MOVED}) EXECUTE FUNCTION dedupd_hash_moved_host()",
+        f"CREATE OR REPLACE TRIGGER inodes_gone_host AFTER DELETE ON inodes FOR EACH ROW WHEN "
+        f"({_GONE}) EXECUTE FUNCTION dedupd_hash_moved_host()",
     ),
 }
 
