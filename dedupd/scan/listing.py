@@ -13,6 +13,7 @@ import itertools
 import marshal
 import os
 import stat
+import sys
 
 # hashlib's blake2b itself, without hashlib's import of OpenSSL (_hashlib): a
 # few ms of every `dedupd scan` before its walk is forked
@@ -116,10 +117,17 @@ def _entries(fd: int, dpath: bytes, opts: WalkOptions, stats: WalkStats,
             yield name, st
 
 
+# os.fsencode's own encoding and error handler: str.encode is one C call, where
+# os.fsencode is a Python function (its checks); and a FileEvent made by tuple's
+# constructor, not its NamedTuple __new__ (a Python call): one of each a file walked
+_FS_ENC, _FS_ERR = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+_new = tuple.__new__
+
+
 def _event(base: bytes, name: str, st: os.stat_result) -> FileEvent:
-    return FileEvent(base + os.fsencode(name), st.st_dev, st.st_ino, st.st_size,
-                     st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid,
-                     st.st_nlink)
+    return _new(FileEvent, (base + name.encode(_FS_ENC, _FS_ERR), st.st_dev, st.st_ino,
+                            st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
+                            st.st_uid, st.st_gid, st.st_nlink))
 
 
 def list_files(fd: int, dpath: bytes, _dev: int, opts: WalkOptions, stats: WalkStats,

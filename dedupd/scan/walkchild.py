@@ -15,11 +15,12 @@ import struct
 # is a few ms of every `dedupd scan`, paid before its walk is forked
 from _socket import CMSG_LEN, SCM_RIGHTS, SOL_SOCKET
 from _socket import socket as Socket
+from operator import itemgetter
 from resource import RUSAGE_SELF, getrusage
 
 from dedupd import forkpipe
 from dedupd.files.events import FileEvent, WalkStats
-from dedupd.forkpipe import ChildFailed, Wire
+from dedupd.forkpipe import ChildFailed
 from dedupd.scan.walk import (
     PENDING,
     DirHeld,
@@ -63,33 +64,39 @@ def recv_fds(sock: Socket) -> tuple[bytes, list[int]]:
     return data, fds
 
 
-def _event(ev: FileEvent | DirListed) -> Wire:
-    return tuple(ev)  # marshal takes a plain tuple only
+_FOURTH = itemgetter(3)
 
 
 class _Sender:
     """A walk's events to the parent in batches of about n, with running totals of
-    the files walked (those of unchanged directories included) and their bytes."""
+    the files walked (those of unchanged directories included) and their bytes.
+    put() only appends (once per file of a tree): a batch is counted and turned
+    into plain tuples at flush, each step one pass in C."""
 
     def __init__(self, out: int, n: int) -> None:
         self.out, self.n = out, n
-        self.batch: list[Wire] = []
+        self.batch: list[FileEvent | DirListed] = []
         self.files = self.nbytes = 0
 
     def put(self, ev: FileEvent | DirListed) -> None:
-        self.batch.append(_event(ev))
-        if isinstance(ev, DirListed):
-            self.files += ev.files if ev.same else 0
-        else:
-            self.files += 1
-            self.nbytes += ev.size
-        if len(self.batch) >= self.n:
+        batch = self.batch
+        batch.append(ev)
+        if len(batch) >= self.n:
             self.flush()
 
     def flush(self) -> None:
-        if self.batch:
-            forkpipe.send(self.out, ("batch", self.files, self.nbytes, self.batch))
+        batch = self.batch
+        if batch:
+            listed = [e for e in batch if type(e) is DirListed]
+            if listed:
+                self.files += sum(d.files for d in listed if d.same) - len(listed)
+                # [3] is a FileEvent's size, and a DirListed's `same` (1 when true)
+                self.nbytes -= sum(d.same for d in listed)
+            self.files += len(batch)
+            self.nbytes += sum(map(_FOURTH, batch))
+            wire = list(map(tuple, batch))  # marshal takes plain tuples only
             self.batch = []
+            forkpipe.send(self.out, ("batch", self.files, self.nbytes, wire))
 
     def end(self, stats: WalkStats) -> None:
         self.flush()
