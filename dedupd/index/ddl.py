@@ -28,6 +28,8 @@ SCHEMA_DDL: dict[str, tuple[str, ...]] = {
         'CREATE TRIGGER IF NOT EXISTS inodes_gone AFTER DELETE ON inodes FOR EACH ROW WHEN OLD."full" IS NOT NULL BEGIN UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE host = 0 AND "key" = \'hash_epoch\'; END',
         'CREATE TRIGGER IF NOT EXISTS inodes_hash_moved_host AFTER UPDATE OF head, "full" ON inodes FOR EACH ROW WHEN OLD.size = NEW.size AND OLD.mtime_ns = NEW.mtime_ns AND OLD.ctime_delta = NEW.ctime_delta AND ((OLD."full" IS NOT NULL AND NEW."full" IS NOT OLD."full") OR (OLD.head IS NOT NULL AND NEW.head IS NOT OLD.head AND (NEW.head IS NOT NULL OR NEW."full" IS NULL))) BEGIN UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE "key" = \'hash_epoch\' AND host <> 0 AND (host = (SELECT host FROM filesystems WHERE id = OLD.fs) OR NOT EXISTS (SELECT 1 FROM filesystems WHERE id = OLD.fs)); END',
         'CREATE TRIGGER IF NOT EXISTS inodes_gone_host AFTER DELETE ON inodes FOR EACH ROW WHEN OLD."full" IS NOT NULL BEGIN UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE "key" = \'hash_epoch\' AND host <> 0 AND (host = (SELECT host FROM filesystems WHERE id = OLD.fs) OR NOT EXISTS (SELECT 1 FROM filesystems WHERE id = OLD.fs)); END',
+        'INSERT INTO meta (host, "key", value) VALUES (0, \'dirs_dropped\', \'0\') ON CONFLICT (host, "key") DO NOTHING',
+        'CREATE TRIGGER IF NOT EXISTS directories_dropped AFTER DELETE ON directories FOR EACH ROW BEGIN UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE host = 0 AND "key" = \'dirs_dropped\'; END',
     ),
     'postgresql': (
         'CREATE TABLE IF NOT EXISTS answers (\n\thost INTEGER NOT NULL, \n\tkey VARCHAR(64) NOT NULL, \n\tfingerprint BYTEA NOT NULL, \n\tepoch BIGINT NOT NULL, \n\tanswer BYTEA NOT NULL, \n\tPRIMARY KEY (host, key)\n)',
@@ -56,5 +58,8 @@ SCHEMA_DDL: dict[str, tuple[str, ...]] = {
         'CREATE OR REPLACE FUNCTION dedupd_hash_moved_host() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN UPDATE meta SET value = (value::bigint + 1)::text WHERE "key" = \'hash_epoch\' AND host <> 0 AND (host = (SELECT host FROM filesystems WHERE id = OLD.fs) OR NOT EXISTS (SELECT 1 FROM filesystems WHERE id = OLD.fs)); RETURN NULL; END $$',
         'CREATE OR REPLACE TRIGGER inodes_hash_moved_host AFTER UPDATE OF head, "full" ON inodes FOR EACH ROW WHEN (OLD.size = NEW.size AND OLD.mtime_ns = NEW.mtime_ns AND OLD.ctime_delta = NEW.ctime_delta AND ((OLD."full" IS NOT NULL AND NEW."full" IS DISTINCT FROM OLD."full") OR (OLD.head IS NOT NULL AND NEW.head IS DISTINCT FROM OLD.head AND (NEW.head IS NOT NULL OR NEW."full" IS NULL)))) EXECUTE FUNCTION dedupd_hash_moved_host()',
         'CREATE OR REPLACE TRIGGER inodes_gone_host AFTER DELETE ON inodes FOR EACH ROW WHEN (OLD."full" IS NOT NULL) EXECUTE FUNCTION dedupd_hash_moved_host()',
+        'INSERT INTO meta (host, "key", value) VALUES (0, \'dirs_dropped\', \'0\') ON CONFLICT (host, "key") DO NOTHING',
+        'CREATE OR REPLACE FUNCTION dedupd_dirs_dropped() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN UPDATE meta SET value = (value::bigint + 1)::text WHERE host = 0 AND "key" = \'dirs_dropped\'; RETURN NULL; END $$',
+        'CREATE OR REPLACE TRIGGER directories_dropped AFTER DELETE ON directories FOR EACH STATEMENT EXECUTE FUNCTION dedupd_dirs_dropped()',
     ),
 }

@@ -43,6 +43,26 @@ class DirTree:
         # scan's start, or a failed transaction): no name of theirs but those
         # written since (by this Store; another's would be written alike, by a walk)
         self.made: set[int] = set()
+        self._dropped: object = None  # meta dirs_dropped when the cache was last checked
+
+    def drop_stale(self, cur: Any) -> None:
+        """Empty the cache when directory rows were dropped since it was last checked
+        (meta `dirs_dropped`, counted by a trigger, schema.py): another process's
+        scan may have dropped a cached one mid-pass and SQLite given its id to another
+        path. Called in a write transaction before it uses ids (SQLite: no other
+        writer until it ends). An index without the count gets it here."""
+        cur.execute("SELECT value FROM meta WHERE host = 0 AND \"key\" = 'dirs_dropped'")
+        row = cur.fetchone()
+        if row is None:  # drops were not counted until now: any may have happened
+            from dedupd.index.ddl import SCHEMA_DDL
+
+            for stmt in SCHEMA_DDL[self.db.dialect]:
+                if "dirs_dropped" in stmt or "directories_dropped" in stmt:
+                    cur.execute(stmt)
+            row = (None,)
+        if row[0] != self._dropped or row[0] is None:
+            self.reset()
+            self._dropped = row[0]
 
     def _remember(self, path: bytes, did: int, fs: int) -> None:
         self._id[path], self._path[did], self._fs[did] = did, path, fs

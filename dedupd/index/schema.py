@@ -302,11 +302,39 @@ TRIGGERS = {
 }
 
 
+# Directory rows dropped, counted (meta `dirs_dropped` of host 0): SQLite gives a
+# dropped row's id to the next directory made, so a Store that cached the id (the
+# daemon's, mid-pass) would record into another path's row; it empties its cache
+# when the count moved (DirTree.drop_stale). PostgreSQL never reuses an id.
+_DROPS = ("INSERT INTO meta (host, \"key\", value) VALUES (0, 'dirs_dropped', '0') "
+          'ON CONFLICT (host, "key") DO NOTHING')
+_BUMP_DROPS = "UPDATE meta SET value = {cast} WHERE host = 0 AND \"key\" = 'dirs_dropped'"
+DIR_DROPS = {
+    "sqlite": (
+        _DROPS,
+        "CREATE TRIGGER IF NOT EXISTS directories_dropped AFTER DELETE ON directories FOR "
+        "EACH ROW BEGIN " + _BUMP_DROPS.format(cast=_SQLITE_CAST) + "; END",
+    ),
+    "postgresql": (
+        _DROPS,
+        "CREATE OR REPLACE FUNCTION dedupd_dirs_dropped() RETURNS trigger LANGUAGE plpgsql "
+        "AS $$ BEGIN " + _BUMP_DROPS.format(cast="(value::bigint + 1)::text")
+        + "; RETURN NULL; END $$",
+        "CREATE OR REPLACE TRIGGER directories_dropped AFTER DELETE ON directories FOR EACH "
+        "STATEMENT EXECUTE FUNCTION dedupd_dirs_dropped()",
+    ),
+}
+
+
 # create_all (the tests' reference layout) makes them too
 event.listen(meta, "after_create", DDL(_EPOCH))  # type: ignore[no-untyped-call]
+event.listen(meta, "after_create", DDL(_DROPS))  # type: ignore[no-untyped-call]
 for _dialect, _stmts in TRIGGERS.items():
     for _stmt in _stmts[1:]:
         event.listen(inodes, "after_create",
+                     DDL(_stmt).execute_if(dialect=_dialect))  # type: ignore[no-untyped-call]
+    for _stmt in DIR_DROPS[_dialect][1:]:
+        event.listen(directories, "after_create",
                      DDL(_stmt).execute_if(dialect=_dialect))  # type: ignore[no-untyped-call]
 
 
@@ -325,7 +353,7 @@ def ddl(dialect: str) -> tuple[str, ...]:
         out.append(str(CreateTable(t, if_not_exists=True).compile(dialect=d)).strip())
         for ix in sorted(t.indexes, key=lambda i: str(i.name)):
             out.append(str(CreateIndex(ix, if_not_exists=True).compile(dialect=d)).strip())
-    return (*out, *TRIGGERS[dialect])
+    return (*out, *TRIGGERS[dialect], *DIR_DROPS[dialect])
 
 
 def write_ddl_module(path: str) -> None:

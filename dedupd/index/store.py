@@ -189,6 +189,7 @@ class Store(Names, SizeGroups):
         try:
             with held.lock if held is not None else contextlib.nullcontext(), \
                     self.db.tx() as c:
+                self.dirs.drop_stale(c)
                 res = record_batch(self, c, scan_id, events, fss, touch_inodes, digests)
         except BaseException:
             self.dirs.reset()  # ids created in the rolled-back transaction are void
@@ -222,6 +223,7 @@ class Store(Names, SizeGroups):
             keep = {d for d in (self.dirs.find(x) for x in same) if d is not None}
         scan_id = id_of(scan)
         with self.db.tx() as cur:
+            self.dirs.drop_stale(cur)
             n = forget_unseen(self, cur, scan_id, roots, keep)
             if self.orphans_maybe:  # one pass over every name: only when it can find any
                 self.drop_orphans(cur)
