@@ -156,7 +156,7 @@ def _close_to_others(path: str, index: str) -> None:
     be changed (not ours) is only warned about. The group's are left: granted to a
     group of readers, maybe, and not given by default to anyone but the owner's."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         return
     mode = stat.S_IMODE(st.st_mode)
@@ -166,9 +166,12 @@ def _close_to_others(path: str, index: str) -> None:
 
     log = logging.getLogger("dedupd.index")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # never through a symlink: one at `-shm` would have root chmod its target
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & ~0o007)
+            now = os.fstat(fd)
+            if stat.S_ISREG(now.st_mode):
+                os.fchmod(fd, stat.S_IMODE(now.st_mode) & ~0o007)
         finally:
             os.close(fd)
     except OSError as e:

@@ -83,3 +83,21 @@ def test_an_index_of_another_user_is_not_changed_but_named(tmp_path: Path,
         cwd="/", env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     assert f"chmod o-rwx {db}" in r.stderr, (r.returncode, r.stderr)
     assert stat.S_IMODE(db.stat().st_mode) == 0o644
+
+
+def test_a_symlink_beside_the_index_is_not_followed(tmp_path: Path) -> None:
+    """The index's -wal and -shm names are looked at, not through: a symlink there
+    (to a file every user may read) kept its target's mode. Before: root chmodded
+    the target 0640 (/etc/passwd, say: logins of every other user broken)."""
+    db = tmp_path / "dedupd.db"
+    sqlite3.connect(db).close()
+    os.chmod(db, 0o600)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"x")
+    os.chmod(victim, 0o644)
+    os.symlink(victim, f"{db}-shm")
+    r = subprocess.run([sys.executable, "-c", "import sys; from dedupd.index.db import Db; "
+                        "Db(sys.argv[1])", f"sqlite:///{db}"],
+                       capture_output=True, text=True, timeout=60)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644, r.stderr
+    assert "victim" not in r.stderr and "-shm is now" not in r.stderr, r.stderr
