@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
 
 from dedupd.consolidate.writer import IndexWriter, WriteFailed
 from dedupd.files.events import FileEvent
+from dedupd.forkpipe import Wire
 from dedupd.index import provenance as prov
 from dedupd.index.provenance import Provenance
 from dedupd.index.store import HashUpdate, Store
@@ -20,10 +22,12 @@ from dedupd.index.store import HashUpdate, Store
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _row(src: Path, archive: Path, content: bytes, when: float = 1.0) -> Provenance:
+def _row(src: Path, archive: Path, content: bytes, when: float = 1.0) -> Wire:
+    """A provenance row in the writer's wire form (Provenance's fields, consolidate/rows.py)."""
     st = os.stat(src)
-    return Provenance("c", bytes(src), bytes(archive), content, st.st_size, st.st_dev,
-                      st.st_ino, st.st_mtime_ns, st.st_ctime_ns, when, when)
+    return astuple(Provenance("c", bytes(src), bytes(archive), content, st.st_size,
+                              st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, when,
+                              when))
 
 
 def test_writes_every_flush_in_order_and_counts_rows(tmp_path: Path) -> None:
@@ -39,7 +43,7 @@ def test_writes_every_flush_in_order_and_counts_rows(tmp_path: Path) -> None:
         scan = store.begin_scan([bytes(arch)])
         ev = FileEvent.from_stat(bytes(arch / "x"), os.stat(arch / "x"))
         w = IndexWriter(url)
-        w.write(scan, [ev], [HashUpdate(ev.dev, ev.ino, 11, b"h" * 16)],
+        w.write(scan, [tuple(ev)], [tuple(HashUpdate(ev.dev, ev.ino, 11, b"h" * 16))],
                 [_row(src / "x", arch / "x", b"h" * 16)], "c", [], 1.0)
         # a later flush replaces the row: applied after the first, never before
         w.write(scan, [], [], [_row(src / "x", arch / "x", b"k" * 16, 2.0),
@@ -60,7 +64,7 @@ def test_a_failed_write_is_an_error_not_a_partial_success(tmp_path: Path) -> Non
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     Store(url).close()
     w = IndexWriter(url)
-    bad = Provenance(None, b"/s/x", b"/a/x", b"h", 1, 1, 2, 3, 4, 1.0, 1.0)  # type: ignore[arg-type]
+    bad = (None, b"/s/x", b"/a/x", b"h", 1, 1, 2, 3, 4, 1.0, 1.0)  # no consolidation
     w.write(1, [], [], [bad], "c", [], 1.0)
     with pytest.raises(WriteFailed, match="writing the index failed"):
         w.close()
