@@ -48,6 +48,11 @@ from dedupd.index.scanrow import ScanRow, id_of
 # rows as the index then holds, and at least this many, is followed by a VACUUM
 # of a SQLite index (see Store.compact).
 COMPACT_MIN_ROWS = 1000
+# ... when its pages are over COMPACT_ABOVE bytes a file: VACUUM costs about what
+# writing the rows did, for the ~10% a scan's B-trees leave unused (89-90% full, on
+# bench_scan's two trees alike): under #13's budget (100 bytes a file) it does not pay
+COMPACT_ABOVE = 95
+_PAGES = "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
 # IndexedFile, HashUpdate, RecordResult, path_key and group_rows live in rows.py;
 # they are named here too, where every stage has imported them from
 __all__ = ["BATCH", "IndexError_", "Store", "chunks", "IndexedFile", "HashUpdate",
@@ -204,7 +209,7 @@ class Store(Names, SizeGroups):
         directories `same` (skipped by the walk: their listing did not change); drop
         orphan inodes and directories left empty. Returns the number of entries
         forgotten. Entries outside the roots are untouched. A scan that rewrote most
-        of a SQLite index compacts it after (compact; with compact=False, only
+        of a SQLite index over COMPACT_ABOVE bytes a file compacts it (with compact=False, only
         `compact_due` is set, for the caller to compact once its last write is done).
         A scan given by its ScanRow that wrote nothing and has nothing to forget
         writes nothing here either (its row stays unwritten)."""
@@ -232,7 +237,7 @@ class Store(Names, SizeGroups):
             written = self._written.pop(scan_id, 0) + n
         if written >= COMPACT_MIN_ROWS and self.dialect == "sqlite":
             held = int(self.db.rows("SELECT count(*) FROM inodes")[0][0])
-            if 2 * written >= held:
+            if 2 * written >= held and self.db.rows(_PAGES)[0][0] > COMPACT_ABOVE * held:
                 self.compact_due = True
         if compact and self.compact_due:
             self.compact()
