@@ -74,6 +74,9 @@ class Manifest:
     def from_bytes(cls, data: bytes, where: str = "manifest") -> Manifest:
         try:
             d = json.loads(data)
+            if not isinstance(d, dict):
+                raise ManifestError(f"{where}: not a valid manifest: a JSON "
+                                    f"{type(d).__name__}, not an object")
             if d.get("format") != FORMAT:
                 raise ManifestError(f"{where}: unsupported format {d.get('format')!r}")
             chunks = tuple(ChunkRef(c["key"], int(c["size"]), str(c["sha256"]))
@@ -87,8 +90,10 @@ class Manifest:
                 chunks=chunks, total_size=int(d["total_size"]), created=float(d["created"]),
                 storage_class=d["storage_class"], tool_version=d.get("tool_version", "?"),
                 extra=d.get("extra") or {})
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ManifestError(f"{where}: not a valid manifest: {e}") from None
+        except RecursionError:
+            raise ManifestError(f"{where}: not a valid manifest: nested too deep") from None
 
 
 def new_id() -> str:
