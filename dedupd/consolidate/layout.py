@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from dedupd.errors import ConfigError
-from dedupd.fsops.archive_lock import LOCK_NAME, is_temp_name
+from dedupd.fsops.archive_lock import LOCK_NAME, is_lock_temp, is_temp_name
 from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
 
 PLACEHOLDERS = ("year", "month", "day", "name", "stem", "ext", "source")
@@ -85,10 +85,12 @@ def safe_relative(rel: bytes) -> bytes:
 
 
 def reserved(name: bytes) -> bool:
-    """A name the archive's walk skips as dedupd's own (temp copies, the lock, the
-    linker's temp links; consolidate/inventory.py): a copy under it would be unseen,
-    so copied again at every run (and swept after an interrupted one)."""
-    return is_temp_name(name) or name == LOCK_NAME or name.startswith(LINK_TEMP_PREFIX)
+    """A name the archive's walk skips as dedupd's own (temp copies, the lock and its
+    replacement's temp name, the linker's temp links; consolidate/inventory.py): a copy
+    under it would be unseen, so copied again at every run (and swept after an
+    interrupted one)."""
+    return (is_temp_name(name) or name == LOCK_NAME or is_lock_temp(name)
+            or name.startswith(LINK_TEMP_PREFIX))
 
 
 def with_suffix(rel: bytes, n: int) -> bytes:
