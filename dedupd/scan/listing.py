@@ -161,7 +161,7 @@ def list_digested(fd: int, dpath: bytes, dev: int, opts: WalkOptions, stats: Wal
     items: list[tuple[Any, ...]] = []  # what the digest covers, in listing order
     sts: list[os.stat_result] = []  # the lstat of each item
     add, keep = items.append, sts.append
-    ifmt, ifreg = _IFMT, _IFREG
+    ifmt, ifreg, ifdir = _IFMT, _IFREG, _IFDIR
     other = small = 0
     with it:
         entries: Iterator[os.DirEntry[str]] = it
@@ -181,8 +181,12 @@ def list_digested(fd: int, dpath: bytes, dev: int, opts: WalkOptions, stats: Wal
                 if size < min_size:
                     small += 1
             else:
-                add((entry.name, mode, st.st_ino, 0, 0, 0))
-                _other(entry.name, mode, st, stats, subdirs)
+                name = entry.name
+                add((name, mode, st.st_ino, 0, 0, 0))
+                if mode & ifmt == ifdir:  # most other entries: no call for them
+                    subdirs.append((name.encode(_FS_ENC, _FS_ERR), st))
+                else:
+                    _other(name, mode, st, stats, subdirs)
                 other += 1
             keep(st)
         regular = len(items) - other
@@ -196,7 +200,9 @@ def list_digested(fd: int, dpath: bytes, dev: int, opts: WalkOptions, stats: Wal
                 yield ev
             yield DirListed(dpath, b"", files, False)
             return
-    digest = listing_digest(opts, sorted(items))
+    h = _seeded(opts).copy()  # listing_digest(opts, sorted(items)), inline
+    h.update(marshal.dumps(sorted(items), 2))
+    digest = h.digest()
     was = known.get(dpath)
     if was is PENDING:  # decided once the index's digests are there (walkproc)
         yield DirHeld(dpath, digest, files, dev, items, sts)

@@ -11,7 +11,7 @@ import errno
 import functools
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from dedupd import handles, testpoints
 from dedupd.files.events import FileEvent, Problem, WalkStats
@@ -183,6 +183,7 @@ def _descend(fd: int, root: bytes, dev: int, opts: WalkOptions, stats: WalkStats
     """The subtree of the verified directory fd (closed however we leave); with
     `listed`, only those of its subdirectories (it was listed elsewhere)."""
     lister = _list if known is None else functools.partial(_list_digested, known=known)
+    opener = handles.child_dir_opener(opts.cross_mounts)  # made once, not per directory
     stack = [_Frame(fd, root, listed or [])]  # pushed first: closed however we leave
     try:
         if listed is None:
@@ -196,10 +197,11 @@ def _descend(fd: int, root: bytes, dev: int, opts: WalkOptions, stats: WalkStats
                 continue
             name, st = top.subdirs.pop()
             path = top.path.rstrip(b"/") + b"/" + name
-            child = _open_child(top.fd, name, path, st, opts, stats)
+            child = _open_child(top.fd, name, path, st, opener, stats)
             if child is not None:
-                stack.append(_Frame(child, path, []))
-                yield from lister(child, path, st.st_dev, opts, stats, stack[-1].subdirs)
+                subdirs: list[tuple[bytes, os.stat_result]] = []
+                stack.append(_Frame(child, path, subdirs))
+                yield from lister(child, path, st.st_dev, opts, stats, subdirs)
     finally:
         for fr in stack:
             os.close(fr.fd)
@@ -236,11 +238,12 @@ def _same_dir(fd: int, path: bytes, st: os.stat_result, stats: WalkStats) -> boo
 
 
 def _open_child(parent: int, name: bytes, path: bytes, st: os.stat_result,
-                opts: WalkOptions, stats: WalkStats) -> int | None:
-    """The subdirectory `name` of parent's fd, if it is still the listed inode."""
+                opener: Callable[[int, bytes], int], stats: WalkStats) -> int | None:
+    """The subdirectory `name` of parent's fd (by opener: handles.child_dir_opener),
+    if it is still the listed inode (_same_dir, inline: once per directory walked)."""
     testpoints.at("walk.subdir", path)
     try:
-        fd = handles.open_child_dir(parent, name, cross_mounts=opts.cross_mounts)
+        fd = opener(parent, name)
     except handles.PathChanged as e:
         if e.errno == errno.EXDEV:
             stats.mount_points_skipped += 1
@@ -250,8 +253,14 @@ def _open_child(parent: int, name: bytes, path: bytes, st: os.stat_result,
     except OSError as e:
         stats.problems.append(problem(path, e))
         return None
-    return fd if _same_dir(fd, path, st, stats) else None
-
+    got = os.fstat(fd)
+    if got.st_ino == st.st_ino and got.st_dev == st.st_dev:
+        stats.dirs_seen += 1
+        return fd
+    os.close(fd)
+    stats.problems.append(Problem(path, "path_changed",
+                                  "replaced by another directory during the walk"))
+    return None
 
 
 def _classify(
