@@ -437,13 +437,20 @@ def _write_copy(sfd: int, tfd: int, st: os.stat_result
 
 
 def _set_meta(tfd: int, st: os.stat_result) -> None:
-    """Mode, owner (root only; a failure is not an error) and atime/mtime of the source."""
-    if _EUID == 0:
-        # A uid the archive filesystem cannot store is not an error: keep ours.
+    """Mode, owner (root only; a failure is not an error) and atime/mtime of the source.
+    A copy that could not take the source's owner loses setuid/setgid (as cp -p does):
+    else a user's setuid program would be one of ours."""
+    mode = stat.S_IMODE(st.st_mode)
+    owned = st.st_uid == _EUID and st.st_gid == os.getegid()  # made ours: theirs already
+    if _EUID == 0 and not owned:
+        # A uid the archive filesystem cannot store (or no CAP_CHOWN) is not an error
         with contextlib.suppress(OSError):
             os.fchown(tfd, st.st_uid, st.st_gid)
+            owned = True
+    if not owned:
+        mode &= ~(stat.S_ISUID | stat.S_ISGID)
     with contextlib.suppress(OSError):  # filesystems without POSIX modes (some SMB mounts)
-        os.fchmod(tfd, stat.S_IMODE(st.st_mode))
+        os.fchmod(tfd, mode)
     os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
