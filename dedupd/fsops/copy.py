@@ -39,38 +39,31 @@ the very handle it was read through) and the final stat need no new open.
 `read_source` (fsops/source.py) + `stage_data` split steps 1-2 between two
 processes (consolidate/copyworker.py): one reads and hashes, the other writes
 those bytes and gets the source's handle along with them. The read-back
-compares are fsops/readback.py; the archive's lock and the sweep of temp
+compares are fsops/readback.py; the bytes and metadata written, fsops/fill.py;
+the final name, fsops/place.py; the archive's lock and the sweep of temp
 names, fsops/archive_lock.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import os
-import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import xxhash
-
 from dedupd import handles, testpoints
 from dedupd.files.events import Ident
-from dedupd.fsops import anon, names
+from dedupd.fsops import anon, fill, place
 from dedupd.fsops import link as link_ops
 from dedupd.fsops.archive_lock import TMP_PREFIX, TMP_SUFFIX
-from dedupd.fsops.readback import BUF, compare_kept, compare_with_source
+from dedupd.fsops.readback import compare_kept, compare_with_source
 from dedupd.fsops.source import CopyError, open_expected, same_inode
-from dedupd.hashing import HEAD_SIZE
 
 # A source up to this size is kept in memory between its copy and its verify,
 # so it is read once; a batch holds at most its byte cap (execute.BATCH_BYTES).
-KEEP_BYTES = 16 << 20
-_EUID = os.geteuid()  # whether copies may take the source's owner (root only)
 _TMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Errors from link() that mean "this filesystem has no hardlinks", not "dest exists".
-_NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
 
 Step = Callable[[str], None]
 _anon_ids = itertools.count()
@@ -207,7 +200,7 @@ def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None,
     caller syncs the batch (sync_batch). `dirs` holds the batch's directory handles
     (else a private one)."""
     sfd, st = open_expected(src, expect)
-    return _stage(src, sfd, st, dest_dir, dirs, lambda tfd: _write_copy(sfd, tfd, st))
+    return _stage(src, sfd, st, dest_dir, dirs, lambda tfd: fill.write_copy(sfd, tfd, st))
 
 
 def stage_data(src: bytes, sfd: int, st: os.stat_result, head: int, full: bytes,
@@ -218,35 +211,10 @@ def stage_data(src: bytes, sfd: int, st: os.stat_result, head: int, full: bytes,
     checks with it that the source is still st, unchanged)."""
 
     def write(tfd: int) -> tuple[int, bytes, int, bytes | memoryview | None]:
-        _write_all(tfd, data)
+        fill.write_all(tfd, data)
         return head, full, 0, data
 
     return _stage(src, sfd, st, dest_dir, dirs, write)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    """data to the fresh file fd, its runs of zeros left as holes (_write_sparse)."""
-    view = memoryview(data)
-    for off in range(0, len(view), BUF):
-        _write_sparse(fd, view[off:off + BUF], off + BUF >= len(view))
-
-
-# A user of a share makes a file of any apparent size in no space (truncate -s 16T);
-# written out as zeros its copy would fill the archive's disk, run as root without a
-# quota. A whole buffer of zeros is left as a hole (read back, it is zeros again).
-_ZEROS = bytes(BUF)
-
-
-def _write_sparse(fd: int, chunk: bytes | memoryview, last: bool) -> None:
-    """Write one chunk at fd's offset: skipped (a hole) when it is BUF zero bytes and
-    not the file's last (written, it sets the size: no ftruncate, which FUSE's fusefat
-    refuses)."""
-    if not last and len(chunk) == BUF and chunk == _ZEROS:
-        os.lseek(fd, BUF, os.SEEK_CUR)
-        return
-    view = memoryview(chunk)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _stage(src: bytes, sfd: int, st: os.stat_result, dest_dir: bytes, dirs: DestDirs | None,
@@ -271,7 +239,7 @@ def _stage(src: bytes, sfd: int, st: os.stat_result, dest_dir: bytes, dirs: Dest
             name = b"%s%d.anon" % (TMP_PREFIX, next(_anon_ids))
         try:
             head, full, nread, data = write(tfd)
-            _set_meta(tfd, st)
+            fill.set_meta(tfd, st)
         except BaseException:
             os.close(tfd)
             if not is_anon:
@@ -365,9 +333,9 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
     on_step("verified")
     ddir, dname = _at(dirs, dest)
     if staged.anon:
-        _place_anon(tfd, ddir, dname, dest)
+        place.place_anon(tfd, ddir, dname, dest)
     else:
-        _place(tdir, tname, ddir, dname, dest)
+        place.place_named(tdir, tname, ddir, dname, dest)
     on_step("placed")
     st = os.fstat(tfd)  # the inode now under dest (after the temp name went)
     dirs.release(staged.tmp)
@@ -403,89 +371,6 @@ def sync_fd_filesystem(fd: int) -> None:
     syncfs = getattr(handles.LIBC, "syncfs", None)
     if syncfs is None or syncfs(fd) != 0:
         os.sync()  # no syncfs: the global sync is slower but as safe
-
-
-def _write_copy(sfd: int, tfd: int, st: os.stat_result
-                ) -> tuple[int, bytes, int, bytes | None]:
-    """Copy sfd to tfd; (head hash, full hash, bytes read, the bytes when kept)."""
-    if st.st_size > BUF:
-        os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-    h = xxhash.xxh3_128()
-    keep: list[bytes] | None = [] if st.st_size <= KEEP_BYTES else None
-    head_buf = b""
-    total = 0
-    # Up to one byte more than the size: a source that grew is caught here, not at the
-    # verify, and never read further (a user grows a file to terabytes of holes at once).
-    while total <= st.st_size:
-        data = os.read(sfd, min(st.st_size + 1 - total, BUF))
-        if not data:
-            break
-        if len(head_buf) < HEAD_SIZE:
-            head_buf += data[: HEAD_SIZE - len(head_buf)]
-        h.update(data)
-        if keep is not None:
-            keep.append(data)
-            if total + len(data) > KEEP_BYTES:
-                keep = None
-        _write_sparse(tfd, data, total + len(data) >= st.st_size)
-        total += len(data)
-    same_inode(sfd, st)
-    if total != st.st_size:
-        raise CopyError("changed", "source size changed during the copy")
-    kept = None if keep is None else (keep[0] if len(keep) == 1 else b"".join(keep))
-    return xxhash.xxh3_64_intdigest(head_buf), h.digest(), total, kept
-
-
-def _set_meta(tfd: int, st: os.stat_result) -> None:
-    """Mode, owner (root only; a failure is not an error) and atime/mtime of the source.
-    A copy that could not take the source's owner loses setuid/setgid (as cp -p does):
-    else a user's setuid program would be one of ours."""
-    mode = stat.S_IMODE(st.st_mode)
-    owned = st.st_uid == _EUID and st.st_gid == os.getegid()  # made ours: theirs already
-    if _EUID == 0 and not owned:
-        # A uid the archive filesystem cannot store (or no CAP_CHOWN) is not an error
-        with contextlib.suppress(OSError):
-            os.fchown(tfd, st.st_uid, st.st_gid)
-            owned = True
-    if not owned:
-        mode &= ~(stat.S_ISUID | stat.S_ISGID)
-    with contextlib.suppress(OSError):  # filesystems without POSIX modes (some SMB mounts)
-        os.fchmod(tfd, mode)
-    os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _place(tdir: int, tname: bytes, ddir: int, dname: bytes, dest: bytes) -> None:
-    """Give the temp copy its real name, both names relative to their directory handles."""
-    testpoints.at("mutate", dest)
-    try:
-        os.link(tname, dname, src_dir_fd=tdir, dst_dir_fd=ddir, follow_symlinks=False)
-    except FileExistsError:
-        raise CopyError("exists", "destination appeared during the copy") from None
-    except OSError as e:
-        if e.errno not in _NO_LINKS:
-            raise
-        # no hard links (FAT): a rename that never replaces where the filesystem can;
-        # else a check then a rename, which a file made at the name in between loses to
-        moved = names.rename_noreplace_at(tdir, tname, ddir, dname)
-        if moved:
-            return
-        if moved is None:
-            try:
-                os.stat(dname, dir_fd=ddir, follow_symlinks=False)
-            except FileNotFoundError:
-                os.rename(tname, dname, src_dir_fd=tdir, dst_dir_fd=ddir)
-                return
-        raise CopyError("exists", "destination appeared during the copy") from None
-    os.unlink(tname, dir_fd=tdir)
-
-
-def _place_anon(tfd: int, ddir: int, dname: bytes, dest: bytes) -> None:
-    """Give the anonymous copy its real name (never over an existing one)."""
-    testpoints.at("mutate", dest)
-    try:
-        anon.link(tfd, ddir, dname)
-    except FileExistsError:
-        raise CopyError("exists", "destination appeared during the copy") from None
 
 
 def make_dirs(path: bytes, sync: bool = True) -> None:

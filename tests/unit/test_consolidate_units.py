@@ -19,7 +19,6 @@ from dedupd.files.events import Ident
 from dedupd.fsops import anon
 from dedupd.fsops.archive_lock import remove_stale_temps
 from dedupd.fsops.copy import (
-    KEEP_BYTES,
     DestDirs,
     Staged,
     copy_verified,
@@ -28,6 +27,7 @@ from dedupd.fsops.copy import (
     stage_data,
     sync_batch,
 )
+from dedupd.fsops.fill import KEEP_BYTES
 from dedupd.fsops.source import CopyError, read_source
 from tests.fixtures.consolidate import corrupt_jpeg, jpeg, write
 
