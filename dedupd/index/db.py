@@ -7,9 +7,11 @@ psycopg. Every module of the index speaks it (docs/schema.md, "One query
 style"); no runtime path imports SQLAlchemy, which only generates ddl.py.
 
 One connection per thread, re-opened in a forked child (a connection must not
-cross fork). Connections are in autocommit mode; tx() brackets writes, and on
-SQLite takes the write lock up front (BEGIN IMMEDIATE) so that a read-then-write
-transaction waits for a busy writer instead of failing.
+cross fork). Connections are in autocommit mode; tx() brackets writes, and takes
+the index's one write lock up front (SQLite: BEGIN IMMEDIATE; PostgreSQL: an
+advisory lock, WRITE_LOCK), so that write transactions run one at a time on
+both: a read-then-write transaction waits for a busy writer instead of failing,
+and two writers never deadlock (see WRITE_LOCK).
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ TABLES = ("meta", "hosts", "filesystems", "scans", "directories", "entries", "in
 BUSY_TIMEOUT_MS = 30000
 BATCH = 1000  # keys per IN (...) query; well under SQLite's variable limit
 SCHEMA_VERSION = 5
+# PostgreSQL advisory lock key that every tx() takes first ("dedupw" in ASCII). Row
+# locks alone let concurrent writers deadlock (40P01, one of them fails): a scan's
+# batch upserts its inode rows in walk order while another process's touches or
+# hashes them in key order, an UPDATE over a join locks rows in heap order, and the
+# hash_epoch triggers lock one meta row midway through a batch of inode rows. Taken
+# before any other lock and held to COMMIT, it leaves no cycle among transactions
+# (as SQLite's one writer); autocommit statements take only their own row locks.
+WRITE_LOCK = 0x646564757077
 
 
 class IndexError_(DedupdError):
@@ -277,10 +287,13 @@ class Db:
 
     @contextmanager
     def tx(self) -> Iterator[Any]:
-        """A cursor inside one transaction: committed on success, rolled back on error."""
+        """A cursor inside one transaction, the only one writing the index while it
+        runs (WRITE_LOCK): committed on success, rolled back on error."""
         with self._cursor() as cur:
             cur.execute("BEGIN IMMEDIATE" if self.sqlite is not None else "BEGIN")
             try:
+                if self.sqlite is None:
+                    cur.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
                 yield cur
             except BaseException:
                 # After SQLITE_FULL and friends SQLite may have rolled back already:
