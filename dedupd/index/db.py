@@ -36,9 +36,10 @@ BATCH = 1000  # keys per IN (...) query; well under SQLite's variable limit
 SCHEMA_VERSION = 5
 # PostgreSQL advisory lock key that every tx() takes first ("dedupw" in ASCII). Row
 # locks alone let concurrent writers deadlock (40P01, one of them fails): a scan's
-# batch upserts its inode rows in walk order while another process's touches or
-# hashes them in key order, an UPDATE over a join locks rows in heap order, and the
-# hash_epoch triggers lock one meta row midway through a batch of inode rows. Taken
+# batch upserts inode rows and then stores directory digests, while finish_scan
+# clears digests and then deletes orphan inodes (tables in opposite orders); a
+# batch upserts inodes in walk order, save_hashes in key order, a DELETE or UPDATE
+# over a join in heap order; the hash_epoch triggers lock a meta row midway. Taken
 # before any other lock and held to COMMIT, it leaves no cycle among transactions
 # (as SQLite's one writer); autocommit statements take only their own row locks.
 WRITE_LOCK = 0x646564757077
