@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dedupd import __version__
+from dedupd.index.db import run_schema
 from dedupd.index.dirs import split
 
 if TYPE_CHECKING:
@@ -88,14 +89,11 @@ def epoch(store: Store) -> int | None:
 
 
 def _host_epoch(store: Store) -> None:
-    from dedupd.index.ddl import SCHEMA_DDL
-
     with store.db.tx() as cur:
         # the triggers first: on PostgreSQL CREATE TRIGGER waits for the writers of
         # inodes, so no move is missed between the value read below and the first count
-        for stmt in SCHEMA_DDL[store.dialect]:
-            if "_host" in stmt and ("TRIGGER" in stmt or "FUNCTION" in stmt):
-                cur.execute(stmt)
+        run_schema(cur, store.dialect,
+                   lambda s: "_host" in s and ("TRIGGER" in s or "FUNCTION" in s))
         cur.execute("INSERT INTO meta (host, \"key\", value) SELECT "
                     f"{store.db.p}, \"key\", value FROM meta WHERE host = 0 AND \"key\" = "
                     "'hash_epoch' ON CONFLICT (host, \"key\") DO NOTHING", (store.host,))
@@ -209,7 +207,5 @@ def _counts_deletes(store: Store, cur: Any) -> bool:
                     "name = 'inodes_gone'")
     if cur.fetchone() is not None:
         return True
-    from dedupd.index.ddl import SCHEMA_DDL
-
-    cur.execute(next(s for s in SCHEMA_DDL[store.dialect] if "inodes_gone" in s))
+    run_schema(cur, store.dialect, lambda s: " inodes_gone AFTER " in s)  # not _host's
     return False

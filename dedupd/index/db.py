@@ -21,7 +21,7 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -61,6 +61,17 @@ def chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
     """items in slices of at most n (bound parameters per statement are limited)."""
     for k in range(0, len(items), n):
         yield items[k : k + n]
+
+
+def run_schema(cur: Any, dialect: str, wanted: Callable[[str], bool] | None = None) -> None:
+    """Run the index's schema statements (ddl.py, in their order; each IF NOT EXISTS or
+    OR REPLACE) that `wanted` picks, all by default: an upgrade runs them all, and a
+    feature added since an index was made runs its own when it is first needed."""
+    from dedupd.index.ddl import SCHEMA_DDL  # only then: a rescan never needs it
+
+    for stmt in SCHEMA_DDL[dialect]:
+        if wanted is None or wanted(stmt):
+            cur.execute(stmt)
 
 
 def sqlite_path(url: str) -> str | None:

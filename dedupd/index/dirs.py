@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dedupd.index.db import Db, IndexError_, chunks
+from dedupd.index.db import Db, IndexError_, chunks, run_schema
 
 SUBTREE_BATCH = 500
 _NOTHING = " ON CONFLICT (parent, name) DO NOTHING"
@@ -54,11 +54,8 @@ class DirTree:
         cur.execute("SELECT value FROM meta WHERE host = 0 AND \"key\" = 'dirs_dropped'")
         row = cur.fetchone()
         if row is None:  # drops were not counted until now: any may have happened
-            from dedupd.index.ddl import SCHEMA_DDL
-
-            for stmt in SCHEMA_DDL[self.db.dialect]:
-                if "dirs_dropped" in stmt or "directories_dropped" in stmt:
-                    cur.execute(stmt)
+            run_schema(cur, self.db.dialect,
+                       lambda s: "dirs_dropped" in s or "directories_dropped" in s)
             row = (None,)
         if row[0] != self._dropped or row[0] is None:
             self.reset()

@@ -33,7 +33,7 @@ from typing import Any
 from dedupd import handles
 from dedupd.files.fsid import FsIdentity, FsIdentityError, HostIdentity, Identities
 from dedupd.index.bulk import HEADLESS_MAX
-from dedupd.index.db import SCHEMA_VERSION, Db, IndexError_
+from dedupd.index.db import SCHEMA_VERSION, Db, IndexError_, run_schema
 from dedupd.index.dirs import DirTree, split
 from dedupd.index.fsmap import PROVISIONAL, register_host
 
@@ -131,10 +131,7 @@ def _upgrade(db: Db, cur: Any, host: HostIdentity, hid: int | None) -> None:
 
 
 def _create(db: Db, cur: Any) -> None:
-    from dedupd.index.ddl import SCHEMA_DDL
-
-    for stmt in SCHEMA_DDL[db.dialect]:
-        cur.execute(stmt)
+    run_schema(cur, db.dialect)
 
 
 def _backups_host_column(cur: Any) -> None:
