@@ -266,15 +266,16 @@ _BUMP = ("UPDATE meta SET value = {cast} WHERE host = 0 AND \"key\" = 'hash_epoc
 _BUMP_HOST = ("UPDATE meta SET value = {cast} WHERE \"key\" = 'hash_epoch' AND host <> 0 "
               "AND (host = (SELECT host FROM filesystems WHERE id = OLD.fs) OR NOT EXISTS "
               "(SELECT 1 FROM filesystems WHERE id = OLD.fs))")
-_SQLITE_CAST = "CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
+_SQLITE_CAST = "CAST(CAST(value AS INTEGER) + 1 AS TEXT)"  # a counter in meta, plus one
+_PG_CAST = "(value::bigint + 1)::text"
 TRIGGERS = {
     "sqlite": (
         _EPOCH,
         "CREATE TRIGGER IF NOT EXISTS inodes_hash_moved AFTER UPDATE OF head, \"full\" ON "
         f"inodes FOR EACH ROW WHEN {_MOVED.replace('IS DISTINCT FROM', 'IS NOT')} BEGIN "
-        + _BUMP.format(cast="CAST(CAST(value AS INTEGER) + 1 AS TEXT)") + "; END",
+        + _BUMP.format(cast=_SQLITE_CAST) + "; END",
         "CREATE TRIGGER IF NOT EXISTS inodes_gone AFTER DELETE ON inodes FOR EACH ROW WHEN "
-        f"{_GONE} BEGIN " + _BUMP.format(cast="CAST(CAST(value AS INTEGER) + 1 AS TEXT)")
+        f"{_GONE} BEGIN " + _BUMP.format(cast=_SQLITE_CAST)
         + "; END",
         "CREATE TRIGGER IF NOT EXISTS inodes_hash_moved_host AFTER UPDATE OF head, \"full\" "
         f"ON inodes FOR EACH ROW WHEN {_MOVED.replace('IS DISTINCT FROM', 'IS NOT')} BEGIN "
@@ -285,14 +286,14 @@ TRIGGERS = {
     "postgresql": (
         _EPOCH,
         "CREATE OR REPLACE FUNCTION dedupd_hash_moved() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN " + _BUMP.format(cast="(value::bigint + 1)::text")
+        "$$ BEGIN " + _BUMP.format(cast=_PG_CAST)
         + "; RETURN NULL; END $$",
         "CREATE OR REPLACE TRIGGER inodes_hash_moved AFTER UPDATE OF head, \"full\" ON inodes "
         f"FOR EACH ROW WHEN ({_MOVED}) EXECUTE FUNCTION dedupd_hash_moved()",
         f"CREATE OR REPLACE TRIGGER inodes_gone AFTER DELETE ON inodes FOR EACH ROW WHEN "
         f"({_GONE}) EXECUTE FUNCTION dedupd_hash_moved()",
         "CREATE OR REPLACE FUNCTION dedupd_hash_moved_host() RETURNS trigger LANGUAGE plpgsql "
-        "AS $$ BEGIN " + _BUMP_HOST.format(cast="(value::bigint + 1)::text")
+        "AS $$ BEGIN " + _BUMP_HOST.format(cast=_PG_CAST)
         + "; RETURN NULL; END $$",
         "CREATE OR REPLACE TRIGGER inodes_hash_moved_host AFTER UPDATE OF head, \"full\" ON "
         f"inodes FOR EACH ROW WHEN ({_MOVED}) EXECUTE FUNCTION dedupd_hash_moved_host()",
@@ -318,7 +319,7 @@ DIR_DROPS = {
     "postgresql": (
         _DROPS,
         "CREATE OR REPLACE FUNCTION dedupd_dirs_dropped() RETURNS trigger LANGUAGE plpgsql "
-        "AS $$ BEGIN " + _BUMP_DROPS.format(cast="(value::bigint + 1)::text")
+        "AS $$ BEGIN " + _BUMP_DROPS.format(cast=_PG_CAST)
         + "; RETURN NULL; END $$",
         "CREATE OR REPLACE TRIGGER directories_dropped AFTER DELETE ON directories FOR EACH "
         "STATEMENT EXECUTE FUNCTION dedupd_dirs_dropped()",
