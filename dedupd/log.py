@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+from dedupd.errors import one_line
+
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
              logging.CRITICAL: 2}
 
@@ -22,12 +24,10 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
-        if not msg.isprintable() and not self.as_json:
-            # a file name a user chose (newline, ESC, C1): one escaped line, as
-            # output.show_path shows names, never a line of its own in the journal
-            from dedupd.output import show_path
-
-            msg = show_path(msg)
+        if not self.as_json:  # JSON escapes them itself
+            # a file name a user chose (newline, ESC, C1): one escaped line, never a
+            # line of its own in the journal
+            msg = one_line(msg)
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
         if self.as_json:
