@@ -50,3 +50,13 @@ def bent_by(path: bytes) -> bytes | None:
             continue
         cur = entry
     return None
+
+
+def why_bent(path: bytes) -> str | None:
+    """The reason, for a config error naming path, that another user could point it
+    elsewhere (bent_by); None when none can."""
+    d = bent_by(path)
+    if d is None:
+        return None
+    return (f"{os.fsdecode(d)} may be changed by another user, who could point it "
+            "elsewhere; use a path whose directories only root can change")

@@ -116,11 +116,9 @@ def _check_volume(out: Findings, f: str, v: VolumeConfig) -> None:
     for b in v.branches:
         _need_dir(out, f, f"{key}.branches", b, mountable=True)
     for what, p in (("path", v.path), *(("branches", b) for b in v.branches)):
-        d = pathtrust.bent_by(os.fsencode(os.path.abspath(p)))
-        if d is not None:  # swapped for a symlink, the volume's work would go there
-            out.errors.append(ConfigError(f, f"{key}.{what}", (
-                f"{p}: {os.fsdecode(d)} may be changed by another user, who could point "
-                "it elsewhere; use a path whose directories only root can change")))
+        why = pathtrust.why_bent(os.fsencode(os.path.abspath(p)))
+        if why is not None:  # swapped for a symlink, the volume's work would go there
+            out.errors.append(ConfigError(f, f"{key}.{what}", f"{p}: {why}"))
             return
     for p in (v.path, *v.branches) if v.kind in ("plain", "pool") else ():
         why = no_hardlinks(p)

@@ -127,11 +127,9 @@ def _unbendable(path: bytes, key: str) -> None:
     """ConfigError when another user could point path elsewhere (pathtrust): a share
     root swapped for a symlink to /etc had its files imported and, with
     prune_sources, removed, by root."""
-    d = pathtrust.bent_by(path)
-    if d is not None:
-        raise ConfigError("<config>", key, f"{os.fsdecode(path)}: {os.fsdecode(d)} may be "
-                          "changed by another user, who could point it elsewhere; use a "
-                          "path whose directories only root can change")
+    why = pathtrust.why_bent(path)
+    if why is not None:
+        raise ConfigError("<config>", key, f"{os.fsdecode(path)}: {why}")
 
 
 def _included(ev: FileEvent, root: bytes, patterns: Sequence[str]) -> bool:
