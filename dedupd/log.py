@@ -29,7 +29,11 @@ class _Formatter(logging.Formatter):
             # line of its own in the journal
             msg = one_line(msg)
         if record.exc_info:
-            msg += "\n" + self.formatException(record.exc_info)
+            exc = record.exc_info[1]
+            if self.as_json or exc is None:
+                msg += "\n" + self.formatException(record.exc_info)
+            else:
+                msg += "\n" + _escaped_traceback(exc)
         if self.as_json:
             doc = {"time": round(record.created, 3), "level": record.levelname.lower(),
                    "logger": record.name, "msg": msg}
@@ -46,6 +50,39 @@ class _Formatter(logging.Formatter):
             pri = _PRIORITY.get(record.levelno, 6)
             line = "\n".join(f"<{pri}>{part}" for part in line.split("\n"))
         return line
+
+
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+def _escaped_traceback(exc: BaseException) -> str:
+    """The traceback Python prints (the chain, oldest first), with each exception's own
+    text as one escaped line: a file name it quotes (newline, ESC, C1) never makes a
+    line of its own. The frames are dedupd's source lines, printed as they are."""
+    import traceback  # here: only a record with a traceback needs it
+
+    chain: list[tuple[BaseException, str]] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    link = ""
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        chain.append((cur, link))
+        if cur.__cause__ is not None:
+            cur, link = cur.__cause__, _CAUSE
+        elif cur.__context__ is not None and not cur.__suppress_context__:
+            cur, link = cur.__context__, _CONTEXT
+        else:
+            cur = None
+    out: list[str] = []
+    for e, between in reversed(chain):
+        if e.__traceback__ is not None:
+            out.append("Traceback (most recent call last):\n")
+            out.extend(traceback.format_tb(e.__traceback__))
+        text = "".join(traceback.format_exception_only(type(e), e)).rstrip("\n")
+        out.append(one_line(text) + "\n" + between)
+    return "".join(out).rstrip("\n")
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -99,6 +99,32 @@ def test_a_log_line_naming_a_file_is_one_line(journald: bool) -> None:
     assert lines[0].startswith("<4>dedupd.x: " if journald else "")
 
 
+@pytest.mark.parametrize("journald", [False, True])
+def test_a_logged_traceback_naming_a_file_keeps_its_lines(journald: bool) -> None:
+    """A record with a traceback (logger.exception) whose exception quotes a file name
+    as it is: the traceback keeps its own lines, the name's newline and controls are
+    escaped (a newline in it made a line of the attacker's, under journald at the
+    priority it chose)."""
+    code = ("import logging, sys; from dedupd import log; log.setup()\n"
+            "try:\n    raise RuntimeError('cannot read ' + sys.argv[1])\n"
+            "except RuntimeError:\n    logging.getLogger('dedupd.x').exception('walk failed')")
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    if journald:
+        env["JOURNAL_STREAM"] = "8:1234"
+    evil = EVIL.replace("forged", "<3>forged")
+    r = subprocess.run([sys.executable, "-c", code, evil],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stderr and "\u009b" not in r.stderr and "\x07" not in r.stderr
+    lines = r.stderr.splitlines()
+    pri = "<3>" if journald else ""
+    assert lines[0].startswith(f"{pri}dedupd.x: walk failed" if journald else ""), lines
+    assert lines[1] == f"{pri}Traceback (most recent call last):", lines
+    assert lines[-1] == f"{pri}RuntimeError: cannot read " + SHOWN.replace("forged",
+                                                                             "<3>forged")
+    assert not any(ln.startswith((f"{pri}<3>forged", "<3>forged")) for ln in lines), lines
+
+
 def test_an_error_naming_a_file_is_one_escaped_line(tmp_path: Path) -> None:
     """`dedupd: error: ...` (a DedupdError quoting a config file's name) and argparse's
     `dedupd scan: error: ...` (a PATH argument that does not exist) show the name
