@@ -93,12 +93,33 @@ def reserved(name: bytes) -> bool:
             or name.startswith(LINK_TEMP_PREFIX))
 
 
+NAME_MAX = 255  # bytes in one name: Linux's limit on every filesystem dedupd supports
+
+
 def with_suffix(rel: bytes, n: int) -> bytes:
-    """'2021/05/a.jpg', 2 -> '2021/05/a (2).jpg' (the n-th name tried on a collision)."""
+    """'2021/05/a.jpg', 2 -> '2021/05/a (2).jpg' (the n-th name tried on a collision).
+    A name that would pass NAME_MAX loses the end of its stem (at a UTF-8 character
+    boundary where it is UTF-8), keeping its extension: else its link fails at every run."""
     d, name = os.path.split(rel)
     stem, ext = split_name(name)
-    new = stem + f" ({n})".encode() + ext
+    tag = f" ({n})".encode()
+    room = NAME_MAX - len(tag) - len(ext)
+    if room < 1:  # an extension as long as a name: cut the name as a whole
+        stem, ext = _cut(name, NAME_MAX - len(tag)), b""
+    elif len(stem) > room:
+        stem = _cut(stem, room)
+    new = stem + tag + ext
     return os.path.join(d, new) if d else new
+
+
+def _cut(b: bytes, n: int) -> bytes:
+    """b's first n bytes at most, never ending inside a UTF-8 character (else n)."""
+    head = b[:n]
+    try:
+        b.decode()
+    except UnicodeDecodeError:
+        return head  # not UTF-8: bytes are all there is
+    return head.decode(errors="ignore").encode()
 
 
 def check_layout(name: str, layout: str, undated_dir: str, file: str = "<config>") -> None:
