@@ -124,6 +124,10 @@ class Executor:
             raise
         finally:
             self._dirs.close()
+            # the worker's callback is this executor's method: left set, executor and
+            # worker hold each other, so the plan and inventory outlive the run until a
+            # collection (140,000 objects, 56 ms of CPU after a 20,000-file import)
+            self._worker.on_batch = _answered
         self.c.rows_written += h.close()
         return self.c
 
@@ -398,6 +402,10 @@ class _Batch:
         for fd in self.fds:
             os.close(fd)
         self.fds = []
+
+
+def _answered(_synced: bool, _results: list[Wire]) -> None:
+    raise AssertionError("a copy worker answered after its run")
 
 
 def _no_new_copy(c: Content, _data: bytes | None) -> Copy | None:

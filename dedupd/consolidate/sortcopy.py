@@ -32,18 +32,19 @@ from dedupd.index.store import HashUpdate
 
 # (content with its first source, that source's bytes, if read) -> the named copy, or None
 NewCopy = Callable[[Content, bytes | None], Copy | None]
+_new_hash = tuple.__new__  # a NamedTuple's own __new__ is a Python function
 
 
-@dataclass
 class _Found:
     """One content of the group: its bytes (as its first source was read), its paths."""
 
-    data: bytes
-    full: bytes
-    paths: list[SourcePath]
-    compared: set[bytes] = field(default_factory=set)
-    copy: Copy | None = None
-    read: SourceRead | None = None  # its first source as read, its handle open
+    __slots__ = ("data", "full", "paths", "compared", "copy", "read")
+
+    def __init__(self, data: bytes, full: bytes, first: SourcePath) -> None:
+        self.data, self.full, self.paths = data, full, [first]
+        self.compared: list[bytes] = []  # paths of other inodes found equal to data
+        self.copy: Copy | None = None
+        self.read: SourceRead | None = None  # its first source as read, its handle open
 
 
 @dataclass
@@ -64,46 +65,58 @@ def sort_group(u: Unsorted, new_copy: NewCopy, dirs: SourceDirs | None = None
     found: list[_Found] = []
     by_full: dict[bytes, list[_Found]] = {}  # the contents found so far, by hash
     by_inode: dict[tuple[int, int], _Found] = {}
+    size, hashes, nread = u.size, out.hashes, 0
     for s in u.sources:
-        known = by_inode.get(s.file.key)
+        f = s.file
+        key = (f.dev, f.ino)
+        known = by_inode.get(key)
         if known is not None:  # another name of an inode already read
             known.paths.append(s)
-            if s.file.key != known.paths[0].file.key:  # a duplicate's: compared as it
-                known.compared.add(s.path)
+            first = known.paths[0].file
+            if key != (first.dev, first.ino):  # a duplicate's: compared as it was
+                known.compared.append(s.path)
             continue
-        f = s.file
         try:
             r = read_source(s.path, f.ident, dirs)
         except CopyError as e:
             out.problems.append(Problem(s.path, e.reason, e.detail))
             continue
-        out.bytes_read += len(r.data)
-        out.hashes.append(HashUpdate(f.dev, f.ino, r.head, r.full,
-                                     (f.size, f.mtime_ns, f.ctime_ns)))
-        same_hash = by_full.get(r.full, [])
-        match = next((x for x in same_hash if x.data == r.data), None)
-        if match is not None:
-            r.close()  # compared while open and unchanged after the read (read_source)
-            match.paths.append(s)
-            match.compared.add(s.path)
-            by_inode[f.key] = match
-            continue
-        if same_hash:
+        data, full = r.data, r.full
+        nread += len(data)
+        hashes.append(_new_hash(HashUpdate, (f.dev, f.ino, r.head, full,
+                                             (f.size, f.mtime_ns, f.ctime_ns))))
+        same_hash = by_full.get(full)
+        if same_hash is not None:
+            match = None
+            for x in same_hash:
+                if x.data == data:
+                    match = x
+                    break
+            if match is not None:
+                r.close()  # compared while open and unchanged after the read (read_source)
+                match.paths.append(s)
+                match.compared.append(s.path)
+                by_inode[key] = match
+                continue
             out.problems.append(Problem(s.path, "hash-collision", "same size and hash as "
                                         "other content, other bytes: imported on its own"))
-        x = _Found(r.data, r.full, [s])
+        x = _Found(data, full, s)
         found.append(x)
-        by_full.setdefault(r.full, []).append(x)
-        by_inode[f.key] = x
-        x.copy = new_copy(Content(u.size, r.full, (), (s,)), r.data)
+        if same_hash is None:
+            by_full[full] = [x]
+        else:
+            same_hash.append(x)
+        by_inode[key] = x
+        x.copy = new_copy(Content(size, full, (), (s,)), data)
         if x.copy is None:  # no name for it (reported): its duplicates wait too
             r.close()
             continue
         x.read = r  # open until the copy worker has its own handle of it
+    out.bytes_read = nread
     out.contents = len(found)
     for x in found:
         if x.copy is not None and x.read is not None:
             cp = x.copy  # built directly: dataclasses.replace costs 15 us a copy
-            out.copies.append((Copy(Content(u.size, x.full, (), tuple(x.paths)), cp.src,
+            out.copies.append((Copy(Content(size, x.full, (), tuple(x.paths)), cp.src,
                                     cp.dest, cp.date, frozenset(x.compared)), x.read))
     return out
