@@ -138,6 +138,9 @@ def capture_date(path: bytes, mtime_ns: int, date_from: tuple[str, ...],
     problem, nread = "", 0
     for how in date_from:
         if how == "exif":
+            if data is not None and image_kind(data[:12]) is None:
+                problem = ""  # exif_date's answer for bytes of no image (most files)
+                continue
             when, problem, n = exif_date(path, data)
             nread += n
             if when is not None:

@@ -65,6 +65,67 @@ def render(layout: str, undated_dir: str, f: Fields) -> bytes:
     return safe_relative(rel)
 
 
+class Renderer:
+    """render() for one (checked) layout, memoised where that is exact: a layout whose
+    last component is `{name}` alone and whose directories name nothing of the file
+    (the default "{year}/{month:02d}/{name}") renders each date's directory once, then
+    appends the name as it is (the template's decode and encode give its bytes back,
+    surrogateescape); any other layout, or a directory that renders unsafe, goes
+    through render(), whose answers and errors these equal."""
+
+    MAX_DIRS = 4096  # dates remembered (a cache, so bounded: forgotten all at once)
+
+    def __init__(self, layout: str, undated_dir: str) -> None:
+        self.layout, self.undated_dir = layout, undated_dir
+        self._dir = _dir_template(layout)
+        self._by_source = self._dir is not None and "source" in _used(self._dir)
+        self._dirs: dict[tuple[int, int, int, bytes], bytes | None] = {}
+
+    def render(self, name: bytes, source_root: bytes, when: datetime | None) -> bytes:
+        if when is not None and self._dir is not None and name not in (b".", b".."):
+            key = (when.year, when.month, when.day, source_root if self._by_source else b"")
+            d = self._dirs.get(key, _UNSEEN)
+            if d is _UNSEEN:
+                if len(self._dirs) >= self.MAX_DIRS:
+                    self._dirs.clear()
+                d = self._dirs[key] = self._safe_dir(source_root, when)
+            if d is not None:  # else unsafe: render() says why
+                if b".dedupd-" in name and reserved(name):
+                    name = b"_" + name
+                return d + b"/" + name
+        return render(self.layout, self.undated_dir, Fields(name, source_root, when))
+
+    def _safe_dir(self, source_root: bytes, when: datetime) -> bytes | None:
+        assert self._dir is not None  # render() asks only then
+        try:
+            return render(self._dir, self.undated_dir, Fields(b"", source_root, when))
+        except ValueError:
+            return None
+
+
+_UNSEEN = b"\0unseen"  # not a directory: no rendered path has a NUL
+
+
+@functools.lru_cache(maxsize=8)
+def renderer(layout: str, undated_dir: str) -> Renderer:
+    """The Renderer of a layout (one a run, kept for the next)."""
+    return Renderer(layout, undated_dir)
+
+
+@functools.lru_cache(maxsize=32)
+def _dir_template(layout: str) -> str | None:
+    """The directories of a layout that ends in "/{name}" and names no part of the
+    file before it; None for any other."""
+    if not layout.endswith("/{name}"):
+        return None
+    parsed = list(string.Formatter().parse(layout))
+    lit, field_name, spec, conv = parsed[-1]
+    if field_name != "name" or spec or conv is not None or not lit.endswith("/"):
+        return None
+    d = layout[:-len("/{name}")]
+    return d if not _used(d) & {"name", "stem", "ext"} else None
+
+
 @functools.lru_cache(maxsize=32)
 def _used(layout: str) -> frozenset[str]:
     """The placeholders a (checked: check_layout) template names."""

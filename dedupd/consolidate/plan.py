@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from dedupd.config import ConsolidateConfig
 from dedupd.consolidate.dates import CaptureDate, capture_date
 from dedupd.consolidate.inventory import Content, Inventory, SourcePath, Unsorted
-from dedupd.consolidate.layout import Fields, render, with_suffix
+from dedupd.consolidate.layout import renderer, with_suffix
 from dedupd.files.events import Problem
 from dedupd.index.provenance import Provenance
 
@@ -82,7 +82,9 @@ class Names:
         self._dirs_missing: set[bytes] = set()
 
     def _on_disk(self, path: bytes) -> bool:
-        d = os.path.dirname(path)
+        d = path[:path.rfind(b"/") + 1]  # os.path.dirname, inline: once per name
+        if d and d != b"/" * len(d):
+            d = d.rstrip(b"/")
         if d not in self._dirs_seen:
             self._dirs_seen.add(d)
             if not os.path.lexists(d):
@@ -177,13 +179,14 @@ def new_copy(plan: Plan, c: Content, cfg: ConsolidateConfig, archive: bytes, nam
     if date.exif_problem and date.exif_problem not in ("", "no DateTimeOriginal"):
         plan.problems.append(Problem(src.path, "exif", date.exif_problem + f"; dated by "
                                      f"{date.source}"))
-    try:
-        rel = render(cfg.layout, cfg.undated_dir,
-                     Fields(os.path.basename(src.path), src.root, date.when))
+    try:  # the name: os.path.basename, and a join with a relative path, inline
+        rel = renderer(cfg.layout, cfg.undated_dir).render(src.path.rpartition(b"/")[2],
+                                                           src.root, date.when)
     except ValueError as e:
         plan.problems.append(Problem(src.path, "layout", str(e)))
         return None
-    dest = names.claim(os.path.join(archive, rel), cfg.on_name_collision)
+    want = archive + rel if archive.endswith(b"/") else archive + b"/" + rel
+    dest = names.claim(want, cfg.on_name_collision)
     if dest is None:
         plan.problems.append(Problem(src.path, "name-collision",
                                      f"{os.fsdecode(rel)} is taken by other content "
