@@ -13,9 +13,10 @@ the very handle each source was read through -- to the copy worker
 every copy of the batch as a file with no name yet (fsops/anon.py: O_TMPFILE;
 a temp name where the filesystem has none), makes them durable with one syncfs,
 reads them back from the disk, compares them with those bytes, checks each
-source through its handle and links each copy into place, while this process
-reads the next batch. The index rows of a batch go to the index writer
-(consolidate/writer.py, another forked process) only after the worker says a
+source through its handle and links each copy into place (a batch's sync
+overlapping the staging of the next), while this process reads the next batch.
+The index rows of a batch go to the index writer (consolidate/writer.py,
+another forked process) only after the worker says a
 later sync made the batch's names durable (the next batch's, or the last one
 at the end), so the index never names a copy a crash could lose. Each source
 is read once for its copy: the bytes stay in memory for the verify of the copy
@@ -156,14 +157,16 @@ class Executor:
     def _copy_all(self, items: list[Copy | Content | Unsorted]) -> None:
         """Read the items here and stage, sync, verify and link them in the copy worker
         (consolidate/copyworker.py), in batches of what is really staged (a group may
-        pass the limits by its own new contents). At most one batch is in the worker
-        while the next is read; the round ends with a sync of the last one."""
+        pass the limits by its own new contents). Up to two batches are in the worker
+        (one staged while the one before is synced, verified and linked) while the
+        next is read; the round ends with a sync of the last one."""
         raw = os.environ.get(BATCH_ENV, "")
         max_files = int(raw) if raw.isdigit() and int(raw) > 0 else BATCH_FILES
         # the worker holds up to three handles a staged copy (its temp file, its source
-        # and, the layout spreading them, its archive directory): half the budget's
-        # files keep them within it (all of them overran a hard limit of 1024)
-        max_files = min(max_files, max(1, fd_budget() // 2))
+        # and, the layout spreading them, its archive directory) for two batches (one
+        # synced and linked while the next is staged): a quarter of the budget's files
+        # keep them within 1.5 budgets (all of them overran a hard limit of 1024)
+        max_files = min(max_files, max(1, fd_budget() // 4))
         try:
             batch = _Batch()
             for it in items:
@@ -190,7 +193,7 @@ class Executor:
             self._worker.send_batch(batch.items, batch.payload, batch.fds)
         finally:
             batch.close()
-        self._worker.wait(behind=1)
+        self._worker.wait()
 
     def _tick(self) -> None:
         if self.progress:

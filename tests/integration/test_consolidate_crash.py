@@ -5,6 +5,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +34,8 @@ pytestmark = pytest.mark.integration
 
 
 
-def small_sources(base: Path) -> tuple[list[Path], set[str]]:
+def small_sources(base: Path, more: bool = False) -> tuple[list[Path], set[str]]:
+    """Five contents (six with more), of six (seven) source paths."""
     s1, s2, s3 = base / "a", base / "b", base / "c"
     write(s1 / "p1.jpg", jpeg((1, 1, 1), "2020:01:01 00:00:00"), "2020-02-02")
     write(s2 / "p1-again.jpg", jpeg((1, 1, 1), "2020:01:01 00:00:00"), "2021-02-02")
@@ -38,6 +43,8 @@ def small_sources(base: Path) -> tuple[list[Path], set[str]]:
     write(s3 / "big.bin", os.urandom(1 << 20), "2019-09-09")
     write(s3 / "mid.bin", os.urandom(100_000), "2019-09-10")
     write(s1 / "t.txt", b"text\n" * 1000, "2018-01-01")
+    if more:
+        write(s3 / "u.txt", b"more\n" * 900, "2018-01-02")
     srcs = [s1, s2, s3]
     contents = {v[-1] for s in srcs for v in manifest(s).values() if v[-1]}
     return srcs, contents
@@ -53,13 +60,15 @@ def check_archive(archive: Path, contents: set[str], complete: bool) -> None:
         assert not [p for p in manifest(archive) if b".dedupd-copy." in p]
 
 
-def kill_points(n_copies: int) -> list[int]:
-    """Copies go in one batch here (copyworker.py): steps 1..n are "written" for each
-    file, n+1..2n "synced", then "verified", "placed", "queued" file by file. Kill
-    after the first and last of each phase and at each step kind of a middle file."""
-    n = n_copies
-    mid = 2 * n + 3 * (n // 2)  # steps before the middle file's verify
-    return sorted({1, n, n + 1, 2 * n, 2 * n + 1, mid + 1, mid + 2, mid + 3, 5 * n})
+def kill_points(n: int) -> list[str]:
+    """Copies go in one batch here (copyworker.py): "written" for each file, "syncing"
+    (its sync begun), "synced" for each file, then "verified", "placed", "queued" file
+    by file, "answered", and "ended" (the round's last sync). Kill after the first
+    and last of each per-file step and at each step kind of a middle file."""
+    mid = n // 2 + 1
+    return ["written:1", f"written:{n}", "syncing:1", "synced:1", f"synced:{n}",
+            f"verified:{mid}", f"placed:{mid}", f"queued:{mid}", f"queued:{n}",
+            "answered:1", "ended:1"]
 
 
 def test_kill_at_copy_steps(tmp_path: Path, zfs_archive: Callable[[str], Path]) -> None:
@@ -67,17 +76,19 @@ def test_kill_at_copy_steps(tmp_path: Path, zfs_archive: Callable[[str], Path]) 
     n_paths = sum(1 for s in sources for v in manifest(s).values() if v[-1])
     before = {s: manifest(s) for s in sources}
     root = zfs_archive("crash")
-    for k in kill_points(len(contents)):
-        archive = root / f"k{k}"
+    for i, k in enumerate(kill_points(len(contents))):
+        archive = root / f"k{i}"
         archive.mkdir()
-        db = tmp_path / f"db{k}.sqlite"
-        cfg = write_config(tmp_path / f"c{k}.toml", db, "x", sources, archive)
-        r = dedupd("consolidate", "-c", str(cfg), "x", env={KILL_ENV: str(k)}, check=False)
+        db = tmp_path / f"db{i}.sqlite"
+        cfg = write_config(tmp_path / f"c{i}.toml", db, "x", sources, archive)
+        r = dedupd("consolidate", "-c", str(cfg), "x", env={KILL_ENV: k}, check=False)
         assert r.returncode == -9, (k, r.returncode, r.stderr.decode())
         check_archive(archive, contents, complete=False)
         temps = [p for p in manifest(archive) if b".dedupd-copy." in p]
-        if k <= 2 * len(contents):  # killed before anything was placed
-            assert not archive_files(archive) and len(temps) == min(k, len(contents))
+        step, _, nth = k.partition(":")
+        if step in ("written", "syncing", "synced"):  # killed before anything was placed
+            staged = int(nth) if step == "written" else len(contents)
+            assert not archive_files(archive) and len(temps) == staged, k
         rep = json.loads(dedupd("consolidate", "-c", str(cfg), "x", "--json").stdout)
         assert rep["stats"]["problems"] == 0, rep["problems"]
         assert rep["stats"]["stale_temp_files"] == len(temps), k  # removed, then redone
@@ -161,21 +172,35 @@ def _killed_then_rerun(k: int, archive: Path, db: Path, cfg: Path, contents: set
         store.close()
 
 
+def steps_in_three_batches(n: int) -> int:
+    """The worker's steps for small_sources(more=True) in batches of two (copyworker.py):
+    the copies go t.txt + u.txt, big.bin + mid.bin, then the JPEGs' size group (its
+    two contents together): five steps per copy, "syncing" and "answered" per batch,
+    "ended" once."""
+    return 5 * n + 2 * 3 + 1
+
+
 def test_kill_at_every_step_across_batches(tmp_path: Path) -> None:
-    """Batches of two (the test hook): a kill after every step of every batch, the
-    rows of a batch waiting for the next batch's sync included, loses nothing, leaves
-    no partial file under a real name, and never lets the index name a missing copy."""
-    sources, contents = small_sources(tmp_path / "src")
+    """Batches of two (the test hook): a kill after every step of every batch -- the
+    next batch staged while one is synced, the rows of a batch waiting for the next
+    batch's sync included -- loses nothing, leaves no partial file under a real
+    name, and never lets the index name a missing copy. One step past the last: the
+    run completes (so every step was a kill point)."""
+    sources, contents = small_sources(tmp_path / "src", more=True)
     n = len(contents)
     n_paths = sum(1 for s in sources for v in manifest(s).values() if v[-1])
-    steps = 5 * n  # written, synced, verified, placed, queued: once per copy
-    for k in range(1, steps + 1):
+    steps = steps_in_three_batches(n)
+    for k in range(1, steps + 2):
         archive = tmp_path / f"a{k}"
         archive.mkdir()
         db = tmp_path / f"db{k}.sqlite"
         cfg = write_config(tmp_path / f"c{k}.toml", db, "x", sources, archive)
         env = {KILL_ENV: str(k), BATCH_ENV: "2"}
         r = dedupd("consolidate", "-c", str(cfg), "x", env=env, check=False)
+        if k > steps:
+            assert r.returncode == 0, (k, r.returncode, r.stderr.decode())
+            check_archive(archive, contents, complete=True)
+            continue
         assert r.returncode == -9, (k, r.returncode, r.stderr.decode())
         _killed_then_rerun(k, archive, db, cfg, contents, n_paths, {BATCH_ENV: "2"})
 
@@ -228,10 +253,10 @@ def test_kill_one_process_at_every_step_across_batches(tmp_path: Path, which: st
     error and place nothing more), or the run alone (the worker finishes at most its
     batch, then exits): no partial file under a real name, no index row naming a
     missing copy, and the next run completes the import."""
-    sources, contents = small_sources(tmp_path / "src")
+    sources, contents = small_sources(tmp_path / "src", more=True)
     n = len(contents)
     n_paths = sum(1 for s in sources for v in manifest(s).values() if v[-1])
-    for k in range(1, 5 * n + 1):
+    for k in range(1, steps_in_three_batches(n) + 1):
         archive = tmp_path / f"a{k}"
         archive.mkdir()
         db = tmp_path / f"db{k}.sqlite"
@@ -246,3 +271,69 @@ def test_kill_one_process_at_every_step_across_batches(tmp_path: Path, which: st
             assert r.returncode == -9, (k, r.returncode, r.stderr.decode())
         wait_unlocked(archive)
         _killed_then_rerun(k, archive, db, cfg, contents, n_paths, {})
+
+
+def _stopped_child(parent: int, timeout: float = 60) -> int:
+    """The pid of parent's child once it is stopped (SIGSTOP: state T)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == parent and state == "T":
+                return int(d)
+        time.sleep(0.02)
+    raise AssertionError("the copy worker did not stop at its test hook")
+
+
+@pytest.mark.parametrize("stop_at", ["written:5", "synced:3"])
+def test_sources_rewritten_while_their_batch_is_in_the_worker(tmp_path: Path,
+                                                              stop_at: str) -> None:
+    """The worker stopped (the test hook) with batch 1 placed, batch 2 staged and its
+    sync begun or over but nothing of it verified, batch 3 staged in part or whole
+    (its bytes read by the run): every source is rewritten then (same size, mtime
+    put back). Batches 2 and 3 must get no name (their sources "changed": the bytes
+    staged are the old ones), batch 1 keeps its verified copies, no temp file stays,
+    and the next run imports the rest as the sources are now."""
+    src, archive = tmp_path / "s", tmp_path / "archive"
+    old = {f"f{i}.bin": bytes([65 + i]) * (20_000 + i) for i in range(6)}
+    for name, data in old.items():
+        write(src / name, data, "2019-01-01")
+    archive.mkdir()
+    db = tmp_path / "db.sqlite"
+    cfg = write_config(tmp_path / "c.toml", db, "x", [src], archive, 'layout = "{name}"\n')
+    env = {**os.environ, KILL_ENV: stop_at, KILL_WHICH_ENV: "stop", BATCH_ENV: "2"}
+    run = subprocess.Popen([sys.executable, "-m", "dedupd", "consolidate", "-c", str(cfg),
+                            "x", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=env)
+    try:
+        worker = _stopped_child(run.pid)
+        assert sorted(p.name for p in archive.iterdir() if p.suffix == ".bin") == [
+            "f0.bin", "f1.bin"]  # batch 1 only: the worker verifies a batch after the next
+        for name in old:
+            st = os.stat(src / name)
+            (src / name).write_bytes(name.encode().ljust(len(old[name]), b"!"))
+            os.utime(src / name, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.kill(worker, signal.SIGCONT)
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert b"Traceback" not in err, err
+    rep = json.loads(out)
+    assert sorted((p["path"].rsplit("/", 1)[1], p["reason"]) for p in rep["problems"]) == [
+        (f"f{i}.bin", "changed") for i in range(2, 6)]
+    assert {p.name: p.read_bytes() for p in archive.iterdir() if p.suffix == ".bin"} == {
+        "f0.bin": old["f0.bin"], "f1.bin": old["f1.bin"]}
+    assert not [p for p in manifest(archive) if b".dedupd-copy." in p]
+    rep2 = json.loads(dedupd("consolidate", "-c", str(cfg), "x", "--json").stdout)
+    assert rep2["stats"]["problems"] == 0, rep2["problems"]
+    archived = [p.read_bytes() for p in archive.iterdir() if p.suffix == ".bin"]
+    assert sorted(archived) == sorted([old["f0.bin"], old["f1.bin"],
+                                       *(p.read_bytes() for p in src.iterdir())])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dedupd.consolidate.copyworker import _read_exact
+from dedupd.consolidate.copyloop import _read_exact
 from dedupd.consolidate.dates import capture_date, exif_date, image_kind, parse_exif_datetime
 from dedupd.consolidate.layout import Fields, check_layout, render, with_suffix
 from dedupd.dedup.verify import first_difference

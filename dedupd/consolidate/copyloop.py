@@ -1,0 +1,270 @@
+"""The copy worker's process: its loop (copyworker.py has the protocol and the run's side).
+
+Its disk waits overlap its CPU work. A batch's syncfs (then the drop of its
+staged files from the page cache and one read-ahead of them, fsops.copy.sync_batch)
+runs in a second thread, _Syncer: system calls that release the interpreter's
+lock. Meanwhile this thread receives and stages the next batch. Only then does
+it wait for that sync, read the batch back (from the pages read ahead), compare,
+check the sources and link (fsops.copy.place_copy), answer it, and start the
+next batch's sync -- after those names were placed, so that sync makes them
+durable too (the "synced" flag of the next answer). Per batch, in this order:
+
+    receive N+1, stage N+1 ("written" per copy)   | sync of N (thread)
+    wait for N's sync ("synced" per copy of N), verify, link ("verified",
+    "placed", "queued" per copy of N), answer N ("answered")
+    start N+1's sync ("syncing"), receive N+2 ...  | sync of N+1 (thread)
+
+Every per-file order of fsops/copy.py stays: write -> durable -> read back from
+the disk -> compare -> source unchanged -> link. At most two batches are in the
+worker: their handles (the run sizes batches for that: execute.py) and their
+bytes (two receive buffers, used in turn). Every kill step is taken in this
+thread, so their order is fixed whatever the sync thread does meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from dedupd import forkpipe
+from dedupd.consolidate.plan import Names
+from dedupd.files.events import Ident
+from dedupd.forkpipe import Wire
+from dedupd.fsops.copy import (
+    CopyResult,
+    DestDirs,
+    Staged,
+    discard,
+    place_copy,
+    stage_copy,
+    stage_data,
+    sync_batch,
+    sync_filesystem,
+)
+from dedupd.fsops.source import CopyError
+
+KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
+KILL_WHICH_ENV = "DEDUPD_TEST_KILL_WHICH"
+MAX_RETRIES = 20
+FDS_PER_MSG = 250  # SCM_RIGHTS carries at most 253 handles a message
+StatWire = tuple[int, int, int, int, int, int, int, int, int, int]
+
+
+def stat_wire(st: os.stat_result) -> StatWire:
+    return (st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid,
+            st.st_size, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def stat_from(t: StatWire) -> os.stat_result:
+    mode, ino, dev, nlink, uid, gid, size, a, m, c = t
+    g = 10**9
+    return os.stat_result((mode, ino, dev, nlink, uid, gid, size, a // g, m // g, c // g,
+                           a / g, m / g, c / g, a, m, c))
+
+
+class _Syncer:
+    """One batch's sync_batch in a thread of its own; wait() joins it (its error, if
+    it failed, raised there)."""
+
+    def __init__(self, archive: bytes, staged: list[Staged], dirs: DestDirs) -> None:
+        self.error: BaseException | None = None
+        self._t = threading.Thread(target=self._run, args=(archive, staged, dirs),
+                                   name="dedupd-sync", daemon=True)
+        self._t.start()
+
+    def _run(self, archive: bytes, staged: list[Staged], dirs: DestDirs) -> None:
+        try:
+            sync_batch(archive, staged, dirs)
+        except BaseException as e:  # for wait(): this thread has no one to tell
+            self.error = e
+
+    def wait(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+    def join(self) -> None:
+        self._t.join()
+
+
+@dataclass
+class _InFlight:
+    """A batch in the worker: staged (anything but its answer), then synced by a
+    _Syncer, then verified, placed and answered. Its DestDirs holds its handles."""
+
+    dirs: DestDirs
+    staged: list[tuple[int, bytes, Staged]] = field(default_factory=list)
+    results: list[Wire] = field(default_factory=list)
+    sync: _Syncer | None = None
+
+    def close(self) -> None:
+        """Close its handles, its sync over first (it reads them)."""
+        if self.sync is not None:
+            self.sync.join()
+        self.dirs.close()
+
+
+class WorkerLoop:
+    """The worker process's loop (module docstring; the protocol: copyworker.py)."""
+
+    def __init__(self, inp: int, out: int, fds: socket.socket, archive: bytes,
+                 policy: str) -> None:
+        self.inp, self.out, self.fds = inp, out, fds
+        # a name taken since it was planned: the next free suffix on the disk (the
+        # run's planned names are not known here; link() never replaces one anyway)
+        self.archive, self.policy, self.names = archive, policy, Names(set())
+        self.kill = KillHook()
+        self.unsynced = False  # names placed since the last syncfs began
+        # two receive buffers, one per batch in flight, each reused: a fresh one per
+        # batch costs a page fault per 4 KiB (60,000 for 250 MB of copies)
+        self.bufs = [bytearray(), bytearray()]
+        self.turn = 0
+        self.inflight: list[_InFlight] = []  # at most two: staged, and being staged
+
+    def serve(self) -> None:
+        try:
+            while (msg := forkpipe.recv(self.inp)) is not None:
+                if msg[0] == "b":
+                    cur = self._stage(msg[1], msg[2])
+                    if len(self.inflight) > 1:
+                        self._finish(self.inflight[0])
+                    if cur.staged:  # after the names before were placed: syncs them too
+                        cur.sync = _Syncer(self.archive, [s for _, _, s in cur.staged],
+                                           cur.dirs)
+                        self.kill("syncing")
+                elif msg[0] == "e":
+                    if self.inflight:
+                        self._finish(self.inflight[0])
+                    synced = self.unsynced
+                    if synced:
+                        sync_filesystem(self.archive)
+                        self.unsynced = False
+                        self.kill("ended")
+                    forkpipe.send(self.out, ("done", synced))
+            # EOF: the run is done, or gone (what is staged has no name, or a temp name
+            # for the next run's sweep)
+        finally:
+            for b in self.inflight:
+                b.close()
+
+    def _stage(self, items: list[Wire], total: int) -> _InFlight:
+        """Receive a batch (its handles, then its bytes) and stage every copy of it."""
+        handles = self._handles(sum(1 for it in items if it[-1] >= 0))
+        buf = self.bufs[self.turn]
+        if len(buf) < total:  # grown anew: no view of the old one can be in the way
+            buf = self.bufs[self.turn] = bytearray(total)
+        self.turn ^= 1
+        b = _InFlight(DestDirs(synced_later=True))
+        self.inflight.append(b)  # closed by serve even if this fails
+        _read_exact(self.inp, total, buf)
+        view = memoryview(buf)
+        off = 0
+        for cid, dest, src, stw, head, full, n in items:
+            ddir = os.path.dirname(dest)
+            try:
+                if n < 0:  # a large source: copied from the source, which must be stw
+                    st = stage_copy(src, ddir, Ident(*stw[:5]), b.dirs)
+                else:  # a view: the batch's bytes stay in its buffer
+                    st = stage_data(src, handles.pop(0), stat_from(stw), head, full,
+                                    view[off:off + n], ddir, b.dirs)
+                    off += n
+            except CopyError as e:
+                b.results.append(("x", cid, e.reason, e.detail))
+                continue
+            self.kill("written")
+            b.staged.append((cid, dest, st))
+        return b
+
+    def _handles(self, n: int) -> list[int]:
+        """The n source handles of a batch, in the order of its copies with bytes."""
+        got: list[int] = []
+        while len(got) < n:
+            _, fds, flags, _ = socket.recv_fds(self.fds, 1, FDS_PER_MSG)
+            got.extend(fds)
+            if flags & socket.MSG_CTRUNC:  # the kernel dropped handles (our fd limit)
+                raise OSError("source handles lost in passing (too many open files)")
+            if not fds:
+                raise EOFError("the run closed the socket in the middle of a batch")
+        return got
+
+    def _finish(self, b: _InFlight) -> None:
+        """Once b's sync is over: verify and link its copies one by one, answer it
+        with whether a sync made every name placed before durable."""
+        if b.sync is not None:
+            b.sync.wait()
+            self.unsynced = False  # it began after the names before were placed
+            for _ in b.staged:
+                self.kill("synced")
+        for cid, dest, st in b.staged:
+            res = self._place(cid, dest, st, b)
+            if res is not None:
+                self.unsynced = True
+                b.results.append(("p", cid, res.dest, stat_wire(res.dest_stat), res.head,
+                                  res.full, res.bytes_read, res.bytes_written))
+                self.kill("queued")
+        forkpipe.send(self.out, ("d", b.sync is not None, b.results))
+        self.inflight.remove(b)
+        b.close()  # its views of a receive buffer go with it: the next batch reuses it
+        self.kill("answered")
+
+    def _place(self, cid: int, dest: bytes, st: Staged, b: _InFlight) -> CopyResult | None:
+        want = dest
+        for _ in range(MAX_RETRIES):
+            try:
+                return place_copy(st, dest, self.kill, b.dirs)
+            except CopyError as e:
+                if e.reason == "exists" and self.policy == "suffix":
+                    nxt = self.names.claim(want, "suffix")  # the next free "name (n).ext"
+                    if nxt is not None:
+                        dest = nxt
+                        continue
+                discard(st, b.dirs)
+                b.results.append(("x", cid, e.reason, e.detail))
+                return None
+        discard(st, b.dirs)
+        b.results.append(("x", cid, "name-collision", "no free name"))
+        return None
+
+
+def _read_exact(fd: int, n: int, buf: bytearray) -> None:
+    """n bytes from the pipe into the start of buf (grown to n when shorter: a batch's
+    bytes, up to execute.BATCH_BYTES or an unsorted group's)."""
+    if len(buf) < n:
+        buf.extend(bytes(n - len(buf)))
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:n]])  # never past n: the next frame follows
+        if not k:
+            raise EOFError("the run closed the pipe in the middle of a batch")
+        got += k
+    view.release()
+
+
+class KillHook:
+    """The documented test-only SIGKILL after the k-th copy step (copyworker.py's
+    docstring): KILL_ENV is k (any step) or "step:k" (the k-th of that step)."""
+
+    def __init__(self) -> None:
+        step, _, k = os.environ.get(KILL_ENV, "").rpartition(":")
+        self.step = step or None
+        self.after = int(k) if k.isdigit() else 0
+        self.which = os.environ.get(KILL_WHICH_ENV, "both")
+        self.steps = 0
+
+    def __call__(self, step: str) -> None:
+        if not self.after or self.step not in (None, step):
+            return
+        self.steps += 1
+        if self.steps != self.after:
+            return
+        if self.which == "stop":  # frozen for a test to act meanwhile (SIGCONT)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return
+        if self.which in ("both", "run"):
+            os.kill(os.getppid(), signal.SIGKILL)
+        if self.which in ("both", "worker"):
+            os.kill(os.getpid(), signal.SIGKILL)
