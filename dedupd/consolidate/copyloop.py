@@ -24,6 +24,7 @@ thread, so their order is fixed whatever the sync thread does meanwhile.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import threading
@@ -185,7 +186,9 @@ class WorkerLoop:
             _, fds, flags, _ = socket.recv_fds(self.fds, 1, FDS_PER_MSG)
             got.extend(fds)
             if flags & socket.MSG_CTRUNC:  # the kernel dropped handles (our fd limit)
-                raise OSError("source handles lost in passing (too many open files)")
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                raise OSError(f"source handles lost in passing: too many open files: the "
+                              f"limit (ulimit -n) is {soft}")
             if not fds:
                 raise EOFError("the run closed the socket in the middle of a batch")
         return got
