@@ -26,9 +26,10 @@ from dedupd.backup import manifest as mf
 from dedupd.backup.manifest import Manifest
 from dedupd.backup.send import SendSpec
 from dedupd.backup.snapshots import Snapshot
+from dedupd.backup.start import resolve
 from dedupd.backup.targets import Target, make_target
 from dedupd.config import BackupConfig, Config
-from dedupd.errors import DedupdError, TemporaryFailure, UsageError
+from dedupd.errors import DedupdError, TemporaryFailure
 from dedupd.index import backups as rows
 from dedupd.index.store import Store
 
@@ -89,15 +90,6 @@ class Hooks:
     progress: Callable[[int, int], None] | None = None
 
 
-def resolve(cfg: Config, job: str | BackupConfig) -> BackupConfig:
-    if isinstance(job, BackupConfig):
-        return job
-    if job not in cfg.backups:
-        known = ", ".join(cfg.backups) or "none configured"
-        raise UsageError(f"no backup job {job!r} in {cfg.source} ({known})")
-    return cfg.backups[job]
-
-
 @contextmanager
 def job_lock(cfg: Config, job: str) -> Iterator[None]:
     """One run per job at a time (CLI and daemon alike); a second one exits 75. The
@@ -122,29 +114,33 @@ def job_lock(cfg: Config, job: str) -> Iterator[None]:
 
 def run_job(cfg: Config, job: str | BackupConfig, store: Store, dry_run: bool = False,
             full: bool = False, *, target: Target | None = None,
-            hooks: Hooks | None = None) -> BackupResult:
+            hooks: Hooks | None = None,
+            probe: Future[streams.Wanted] | None = None) -> BackupResult:
     """Run one backup of `job`: resume an unfinished attempt or take a new snapshot.
 
     Blocking (subprocesses, boto3): the daemon calls it from a worker thread.
     Raises TemporaryFailure (75) when the target stays unreachable after retries.
+    probe: the job's zfs probes already started (start.py), else they start here.
     """
     jc = resolve(cfg, job)
     tgt = target or make_target(jc.target)
     with job_lock(cfg, jc.name):
-        return _Run(jc, store, tgt, hooks or Hooks()).run(dry_run, full)
+        return _Run(jc, store, tgt, hooks or Hooks(), probe).run(dry_run, full)
 
 
 class _Run:
-    def __init__(self, jc: BackupConfig, store: Store, target: Target, hooks: Hooks) -> None:
+    def __init__(self, jc: BackupConfig, store: Store, target: Target, hooks: Hooks,
+                 probe: Future[streams.Wanted] | None = None) -> None:
         self.jc, self.store, self.target, self.hooks = jc, store, target, hooks
         self.t0 = time.monotonic()
         self.current_id = ""
-        self._flags: Future[tuple[str, ...]] | None = None
+        self._probe = probe
 
     def run(self, dry_run: bool, full: bool) -> BackupResult:
         # The zfs probes behind the send flags (five short processes) run while
         # the target lists and reads the manifests.
-        self._flags = streams.wanted_soon(self.jc.dataset, self.jc.raw)
+        if self._probe is None:
+            self._probe = streams.wanted_soon(self.jc.dataset, self.jc.raw)
         ms = catalog.load(self.target, self.jc.name)
         row = rows.unfinished(self.store, self.jc.name)
         if row is not None and full and row.base_guid is not None and not dry_run:
@@ -195,9 +191,12 @@ class _Run:
             snapshots.destroy(snap, self.jc.name, self.jc.snapshot_prefix)
 
     def _wanted(self) -> tuple[str, ...]:
-        if self._flags is not None:
-            return self._flags.result()
-        return streams.wanted(self.jc.dataset, self.jc.raw)
+        return self._probed().flags
+
+    def _probed(self) -> streams.Wanted:
+        if self._probe is None:
+            self._probe = streams.wanted_soon(self.jc.dataset, self.jc.raw)
+        return self._probe.result()
 
     def _flags_for(self, base: Snapshot | None, ms: list[Manifest]) -> tuple[str, ...]:
         """Flags of a resumed attempt: those its base was sent with, where usable."""
@@ -304,7 +303,7 @@ class _Run:
             compression=self.jc.compression, compression_level=self.jc.compression_level,
             chunk_size=self.jc.chunk_size, chunks=up.chunks, total_size=up.total_size,
             created=time.time(), storage_class=self.jc.target.storage_class,
-            extra={"encryption": streams.encryption(self.jc.dataset),
+            extra={"encryption": self._probed().encryption,
                    "zfs_send_flags_available": "".join(sorted(streams.caps().send))})
         body, size = mf.as_file(m)
         sha = _sha256(body.getvalue())

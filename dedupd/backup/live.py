@@ -16,10 +16,11 @@ byte of it is sent, so a confirmed chunk is never uploaded twice.
 
 Each upload is started one chunk ahead: starting `rclone rcat` takes ~50 ms
 before it reads its first byte, and the stream (zfs send and the compressor
-behind it) stood still that long at every chunk. The one started for a chunk
-that never comes (the stream ended) is aborted; a store that kept something
-of it (an empty object) has it deleted as a stray by the final listing
-(upload.confirm_all) before the manifest is written.
+behind it) stood still that long at every chunk. The first chunk's is started
+with the feed, before the stream's processes. The one started for a chunk
+that never comes (the stream ended, or was empty) is aborted; a store that
+kept something of it (an empty object) has it deleted as a stray by the final
+listing (upload.confirm_all) before the manifest is written.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ class LiveFeed:
         self._size, self._class = chunk_size, storage_class
         self._seq = 0
         self._live: LivePut | None = None
-        self._next: LivePut | None = None  # started for chunk _seq + 1, not fed yet
         self._on = True  # False once the target turned out to have no live uploads
         self.streamed = 0  # chunks whose live upload was accepted by the target
         self.fallbacks = 0  # full-size chunks whose live upload failed
+        # started for chunk _seq + 1 (for chunk 0: now), not fed yet
+        self._next: LivePut | None = self._begin(0)
 
     def write(self, part: memoryview) -> None:
         if self._live is None and self._on:

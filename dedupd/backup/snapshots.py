@@ -110,9 +110,21 @@ def new_name(dataset: str, prefix: str) -> str:
 
 
 def create(dataset: str, prefix: str, job: str) -> Snapshot:
-    """Take a snapshot tagged with dedupd:job=<job> (the ownership mark), atomically."""
-    name = new_name(dataset, prefix)
-    proc.run(["zfs", "snapshot", "-o", f"{JOB_PROPERTY}={job}", name], timeout=120)
+    """Take a snapshot tagged with dedupd:job=<job> (the ownership mark), atomically.
+
+    The plain timestamped name is tried first: zfs refuses a name that exists,
+    and only then are the snapshots listed for a free -N name (new_name), a
+    listing (a process, ~15 ms) that a run otherwise spends before its stream.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    name = f"{dataset}@{prefix}{stamp}"
+    argv = ["zfs", "snapshot", "-o", f"{JOB_PROPERTY}={job}"]
+    r = proc.run([*argv, name], timeout=120, check=False)
+    if r.returncode != 0:
+        if "already exists" not in r.stderr:
+            raise proc.ProcError(r.argv, r.returncode, r.stderr)
+        name = new_name(dataset, prefix)
+        proc.run([*argv, name], timeout=120)
     snap = get(name)
     if snap is None:
         raise SnapshotError(f"{name}: created but cannot be read back")

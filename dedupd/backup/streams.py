@@ -74,14 +74,25 @@ def encryption(dataset: str) -> str:
     return value if r.returncode == 0 and value not in ("", "-") else "off"
 
 
-def wanted_soon(dataset: str, raw: bool | None) -> Future[tuple[str, ...]]:
-    """wanted() started in a thread at once (its zfs probes are short processes
-    that can overlap the caller's own start); result() returns it or raises."""
-    fut: Future[tuple[str, ...]] = Future()
+@dataclass(frozen=True)
+class Wanted:
+    """A dataset's new-full flags and its `encryption` (recorded in the manifest):
+    one set of probes answers both, so the manifest asks zfs nothing again."""
+
+    flags: tuple[str, ...]
+    encryption: str
+
+
+def wanted_soon(dataset: str, raw: bool | None) -> Future[Wanted]:
+    """wanted() and encryption() started in a thread at once (their zfs probes are
+    short processes that can overlap the caller's own start); result() returns
+    them or raises."""
+    fut: Future[Wanted] = Future()
 
     def go() -> None:
         try:
-            fut.set_result(wanted(dataset, raw))
+            enc = encryption(dataset)
+            fut.set_result(Wanted(_flags(enc != "off" if raw is None else raw), enc))
         except BaseException as e:  # raised by result(), in the caller's thread
             fut.set_exception(e)
 
@@ -91,8 +102,11 @@ def wanted_soon(dataset: str, raw: bool | None) -> Future[tuple[str, ...]]:
 
 def wanted(dataset: str, raw: bool | None) -> tuple[str, ...]:
     """The flags a new full stream of dataset is made with (see the module doc)."""
+    return _flags(encryption(dataset) != "off" if raw is None else raw)
+
+
+def _flags(is_raw: bool) -> tuple[str, ...]:
     c = caps()
-    is_raw = encryption(dataset) != "off" if raw is None else raw
     if is_raw and "w" not in c.send:
         raise StreamError("raw = true needs `zfs send -w` (OpenZFS); this zfs lacks it")
     flags = ["-w"] if is_raw else [f"-{x}" for x in "Lec" if x in c.send]

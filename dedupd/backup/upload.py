@@ -112,10 +112,17 @@ class _PassLost(Exception):
 
 def _one_pass(target: Target, plan: UploadPlan, after_chunk: Callable[[int], None] | None,
               progress: Callable[[int, int], None] | None) -> Uploaded:
-    pipe = compress.send_pipeline(plan.spec.argv(), plan.compression, plan.level)
+    # The first chunk's live upload before the stream: it starts (~50 ms for
+    # `rclone rcat`) while zfs send and the compressor start.
     live = None if plan.resuming else LiveFeed(
         target, lambda seq: mf.chunk_key(plan.job, plan.backup_id, seq, plan.compression),
         plan.chunk_size, plan.storage_class)
+    try:
+        pipe = compress.send_pipeline(plan.spec.argv(), plan.compression, plan.level)
+    except BaseException:
+        if live is not None:
+            live.abort()
+        raise
     with Ring(plan.spool_dir) as ring:
         up = _Uploader(target, plan, ring, after_chunk, pipe.signal_kill, progress)
         thread = threading.Thread(target=up.run, name=f"dedupd-upload-{plan.backup_id}",

@@ -7,12 +7,13 @@ import sys
 import time
 from typing import Any
 
-from dedupd.backup import catalog, jobs
-from dedupd.backup.targets import make_target
 from dedupd.commands.common import add_common, add_progress_arg, load_config, open_store
-from dedupd.index import backups as rows
 from dedupd.output import human_bytes, print_json
 from dedupd.progress import open_progress
+
+# The backup code (jobs.py and the index under it) is imported by each command
+# once it runs: `dedupd backup` first starts the processes its run waits on
+# (backup/start.py), then imports it while they run.
 
 BACKUP_HELP = """\
 Back up a ZFS dataset to the job's target (S3 bucket or rclone remote).
@@ -58,17 +59,22 @@ def register(sub: Any) -> None:
 
 
 def run_backup(args: argparse.Namespace) -> int:
+    from dedupd.backup import start
+
     cfg = load_config(args)
-    # The target first: an rclone target starts asking its remote's features in
-    # the background while the index is opened.
-    target = make_target(jobs.resolve(cfg, args.job).target)
+    # The target (an rclone one asks its remote's features) and the zfs probes
+    # first: they run in other processes while the rest is imported and the
+    # index opened.
+    early = start.start(cfg, args.job)
+    from dedupd.backup import jobs
+
     store = open_store(args, cfg)
     try:
         with open_progress(args.progress, unit="chunks") as prog:
             if prog:
                 prog.phase("upload")
-            r = jobs.run_job(cfg, args.job, store, dry_run=args.dry_run, full=args.full,
-                             target=target,
+            r = jobs.run_job(cfg, early.job, store, dry_run=args.dry_run, full=args.full,
+                             target=early.target, probe=early.probe,
                              hooks=jobs.Hooks(progress=prog.advance if prog else None))
     finally:
         store.close()
@@ -92,8 +98,13 @@ def run_backup(args: argparse.Namespace) -> int:
 
 
 def run_backups(args: argparse.Namespace) -> int:
+    from dedupd.backup import catalog
+    from dedupd.backup.start import resolve
+    from dedupd.backup.targets import make_target
+    from dedupd.index import backups as rows
+
     cfg = load_config(args)
-    jc = jobs.resolve(cfg, args.job)
+    jc = resolve(cfg, args.job)
     store = open_store(args, cfg)
     try:
         ms = catalog.load(make_target(jc.target), jc.name)

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from dedupd.backup import jobs, restore, snapshots, verify
+from dedupd.backup import restore, snapshots, verify
+from dedupd.backup.start import resolve
 from dedupd.backup.targets import make_target
 from dedupd.commands.common import (
     add_common,
@@ -99,7 +100,7 @@ def register(sub: Any) -> None:
 
 def run_verify(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    jc = jobs.resolve(cfg, args.job)
+    jc = resolve(cfg, args.job)
     results = verify.verify(make_target(jc.target), jc.name, args.level,
                             sample_pct=args.sample, at=args.at, spool_dir=jc.spool_dir)
     store = open_store(args, cfg)
@@ -155,7 +156,7 @@ def _say(msg: str) -> None:
 
 def run_restore(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    jc = jobs.resolve(cfg, args.job)
+    jc = resolve(cfg, args.job)
     target = make_target(jc.target)
     p = restore.plan(target, jc.name, args.at, args.target)
     exists = snapshots.dataset_exists(args.target)
