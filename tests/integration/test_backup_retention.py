@@ -107,3 +107,26 @@ def test_destroy_refuses_foreign_snapshots(zpool: Any) -> None:
     snapshots.release(mine)
     snapshots.destroy(mine, "j", "dedupd-")
     assert {s.short for s in snapshots.list_snapshots(ds)} == {"dedupd-plain", "dedupd-x"}
+
+
+def test_create_takes_a_free_name_when_the_plain_one_exists(zpool: Any) -> None:
+    """create() tries <prefix><UTC second> first; when zfs refuses it (taken, here by
+    a user's snapshot made for this second and the next two), it takes a -N name,
+    and the user's snapshots are left as they were."""
+    import time
+
+    from dedupd.backup import snapshots
+
+    pool = zpool("128M")
+    ds = pool.dataset("data")
+    subprocess.run(["zfs", "create", ds], check=True)
+    now = time.time()
+    taken = {f"dedupd-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now + d))}"
+             for d in range(3)}
+    for short in taken:
+        subprocess.run(["zfs", "snapshot", f"{ds}@{short}"], check=True)
+    assert time.time() - now < 2, "too slow to test: the names taken are in the past"
+    mine = snapshots.create(ds, "dedupd-", "j")
+    assert mine.short.rsplit("-", 1)[0] in taken and mine.short.rsplit("-", 1)[1] == "2"
+    assert mine.job == "j"
+    assert {s.short for s in snapshots.list_snapshots(ds)} == taken | {mine.short}
