@@ -9,15 +9,12 @@ complete backup or an unfinished attempt that the next run resumes.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +23,7 @@ from dedupd.backup import manifest as mf
 from dedupd.backup.manifest import Manifest
 from dedupd.backup.send import SendSpec
 from dedupd.backup.snapshots import Snapshot
-from dedupd.backup.start import resolve
+from dedupd.backup.start import Ahead, job_lock, resolve
 from dedupd.backup.targets import Target, make_target
 from dedupd.config import BackupConfig, Config
 from dedupd.errors import DedupdError, TemporaryFailure
@@ -90,51 +87,34 @@ class Hooks:
     progress: Callable[[int, int], None] | None = None
 
 
-@contextmanager
-def job_lock(cfg: Config, job: str) -> Iterator[None]:
-    """One run per job at a time (CLI and daemon alike); a second one exits 75. The
-    runtime dir gets the daemon's checks first (a `dedupd backup` may come before any
-    daemon): one another user can change is a ConfigError, never used to create the
-    lock through a name planted there."""
-    from dedupd.runtime import prepare_runtime_dir
-
-    d = cfg.daemon.runtime_dir
-    prepare_runtime_dir(d, cfg.daemon.socket_group, cfg.source)
-    fd = os.open(d / f"backup-{job}.lock",
-                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TemporaryFailure(f"backup job {job} is already running") from None
-        yield
-    finally:
-        os.close(fd)
-
-
 def run_job(cfg: Config, job: str | BackupConfig, store: Store, dry_run: bool = False,
             full: bool = False, *, target: Target | None = None,
-            hooks: Hooks | None = None,
-            probe: Future[streams.Wanted] | None = None) -> BackupResult:
+            hooks: Hooks | None = None, probe: Future[streams.Wanted] | None = None,
+            ahead: Ahead | None = None) -> BackupResult:
     """Run one backup of `job`: resume an unfinished attempt or take a new snapshot.
 
     Blocking (subprocesses, boto3): the daemon calls it from a worker thread.
     Raises TemporaryFailure (75) when the target stays unreachable after retries.
     probe: the job's zfs probes already started (start.py), else they start here.
+    ahead: the new snapshot, taken by the caller under the job lock it holds
+    (start.py); a run that resumes an attempt instead destroys it.
     """
     jc = resolve(cfg, job)
     tgt = target or make_target(jc.target)
+    if ahead is not None:
+        return _Run(jc, store, tgt, hooks or Hooks(), probe, ahead).run(dry_run, full)
     with job_lock(cfg, jc.name):
         return _Run(jc, store, tgt, hooks or Hooks(), probe).run(dry_run, full)
 
 
 class _Run:
     def __init__(self, jc: BackupConfig, store: Store, target: Target, hooks: Hooks,
-                 probe: Future[streams.Wanted] | None = None) -> None:
+                 probe: Future[streams.Wanted] | None = None, ahead: Ahead | None = None
+                 ) -> None:
         self.jc, self.store, self.target, self.hooks = jc, store, target, hooks
         self.t0 = time.monotonic()
         self.current_id = ""
-        self._probe = probe
+        self._probe, self._ahead = probe, ahead
 
     def run(self, dry_run: bool, full: bool) -> BackupResult:
         # The zfs probes behind the send flags (five short processes) run while
@@ -152,6 +132,8 @@ class _Run:
                 return BackupResult(self.jc.name, True, row.id, row.snapshot,
                                     resumable[1].name if resumable[1] else None, resumed=True)
             if resumable is not None:
+                if self._ahead is not None:
+                    self._ahead.close()  # not needed: the attempt's own snapshot goes on
                 flags = self._flags_for(resumable[1], ms)
                 return self._upload(row.id, resumable[0], resumable[1], flags, ms,
                                     created=False, resumed=True)
@@ -159,7 +141,8 @@ class _Run:
         if dry_run:
             name = snapshots.new_name(self.jc.dataset, self.jc.snapshot_prefix)
             return BackupResult(self.jc.name, True, None, name, base.name if base else None)
-        snap = snapshots.create(self.jc.dataset, self.jc.snapshot_prefix, self.jc.name)
+        snap = self._ahead.take() if self._ahead is not None else snapshots.create(
+            self.jc.dataset, self.jc.snapshot_prefix, self.jc.name)
         log.info("%s: took %s (%s)", self.jc.name, snap.name,
                  f"incremental from {base.name}" if base else "full")
         return self._upload(mf.new_id(), snap, base, flags, ms, created=True, resumed=False)

@@ -48,8 +48,7 @@ class Caps:
     openzfs: bool  # `zfs version` answers (OpenZFS >= 0.8; zfs-fuse does not)
 
 
-def _usage_letters(sub: str) -> frozenset[str]:
-    r = proc.run(["zfs", sub], check=False, timeout=30)
+def _usage_letters(sub: str, r: proc.Result) -> frozenset[str]:
     letters: set[str] = set()
     for cmd, flags in _USAGE.findall(r.stderr + r.text):
         if cmd == sub:
@@ -57,12 +56,35 @@ def _usage_letters(sub: str) -> frozenset[str]:
     return frozenset(letters)
 
 
+def _run_all(*argvs: list[str]) -> list[proc.Result]:
+    """Each command (unchecked) in a thread of its own, all at once: four probes
+    take the time of the slowest (each mostly waits on zfs), not their sum."""
+    out: list[proc.Result | BaseException | None] = [None] * len(argvs)
+
+    def one(i: int) -> None:
+        try:
+            out[i] = proc.run(argvs[i], check=False, timeout=30)
+        except BaseException as e:  # raised below, in the caller's thread
+            out[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,), name="dedupd-zfs-probe", daemon=True)
+               for i in range(len(argvs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in out:
+        if isinstance(r, BaseException):
+            raise r
+    return [r for r in out if isinstance(r, proc.Result)]
+
+
 @lru_cache(maxsize=1)
 def caps() -> Caps:
     """What the installed `zfs` offers (cached for the process)."""
-    bm = proc.run(["zfs", "bookmark"], check=False, timeout=30)
-    version = proc.run(["zfs", "version"], check=False, timeout=30)
-    return Caps(_usage_letters("send"), _usage_letters("receive"),
+    bm, version, send, receive = _run_all(["zfs", "bookmark"], ["zfs", "version"],
+                                          ["zfs", "send"], ["zfs", "receive"])
+    return Caps(_usage_letters("send", send), _usage_letters("receive", receive),
                 "unrecognized command" not in bm.stderr, version.returncode == 0)
 
 
@@ -91,7 +113,10 @@ def wanted_soon(dataset: str, raw: bool | None) -> Future[Wanted]:
 
     def go() -> None:
         try:
+            c = threading.Thread(target=caps, name="dedupd-zfs-caps", daemon=True)
+            c.start()  # at the same time as encryption (caps() is cached: _flags reuses it)
             enc = encryption(dataset)
+            c.join()
             fut.set_result(Wanted(_flags(enc != "off" if raw is None else raw), enc))
         except BaseException as e:  # raised by result(), in the caller's thread
             fut.set_exception(e)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dedupd.commands.common import add_common, add_progress_arg, load_config, open_store
 from dedupd.output import human_bytes, print_json
 from dedupd.progress import open_progress
+
+if TYPE_CHECKING:
+    from dedupd.backup.jobs import BackupResult
+    from dedupd.backup.start import Ahead, Started
+    from dedupd.config import Config
 
 # The backup code (jobs.py and the index under it) is imported by each command
 # once it runs: `dedupd backup` first starts the processes its run waits on
@@ -66,18 +71,12 @@ def run_backup(args: argparse.Namespace) -> int:
     # first: they run in other processes while the rest is imported and the
     # index opened.
     early = start.start(cfg, args.job)
-    from dedupd.backup import jobs
-
-    store = open_store(args, cfg)
-    try:
-        with open_progress(args.progress, unit="chunks") as prog:
-            if prog:
-                prog.phase("upload")
-            r = jobs.run_job(cfg, early.job, store, dry_run=args.dry_run, full=args.full,
-                             target=early.target, probe=early.probe,
-                             hooks=jobs.Hooks(progress=prog.advance if prog else None))
-    finally:
-        store.close()
+    if args.dry_run:
+        r = _run(args, cfg, early, None)
+    else:
+        # the job lock, and under it the new snapshot, also before the imports
+        with start.locked_ahead(cfg, early.job) as ahead:
+            r = _run(args, cfg, early, ahead)
     if args.json:
         print_json(r.as_json())
         return 0
@@ -95,6 +94,22 @@ def run_backup(args: argparse.Namespace) -> int:
     for n in r.pruned_remote:
         print(f"  pruned remote restore point {n}")
     return 0
+
+
+def _run(args: argparse.Namespace, cfg: Config, early: Started, ahead: Ahead | None
+         ) -> BackupResult:
+    from dedupd.backup import jobs
+
+    store = open_store(args, cfg)
+    try:
+        with open_progress(args.progress, unit="chunks") as prog:
+            if prog:
+                prog.phase("upload")
+            return jobs.run_job(cfg, early.job, store, dry_run=args.dry_run, full=args.full,
+                                target=early.target, probe=early.probe, ahead=ahead,
+                                hooks=jobs.Hooks(progress=prog.advance if prog else None))
+    finally:
+        store.close()
 
 
 def run_backups(args: argparse.Namespace) -> int:

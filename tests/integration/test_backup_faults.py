@@ -73,6 +73,8 @@ def test_kill9_during_upload_resumes_without_reupload(
     cfg = make_config(tmp_path, pool, s3_target(moto.url, s3_bucket))
     ms = catalog.load(make_target(cfg.backups["j"].target), "j")
     assert len(ms) == 1 and len(ms[0].chunks) == len(puts) > kill_at + 1
+    # the snapshot the resuming run took ahead (before it read the index) is gone
+    assert owned_snapshots(pool.dataset("data")) == [ms[0].snapshot]
     _restore_and_compare(cfg, pool, "restored", expected)
 
 
