@@ -4,12 +4,13 @@ Index writes are batched (every rows.FLUSH_EVERY files): a crash loses at most t
 rows of one batch, and the next run rebuilds them from the files themselves
 (the copies are already in the archive; they are found and byte-compared).
 
-Copies go in batches (BATCH_FILES / BATCH_BYTES, and at most a third of the
-open-file limit: each staged copy holds its staged file and its source open
-until placed). This process reads each source whole (hashing it, sorting unsorted
-size groups, naming new contents) and hands a batch -- bytes, hashes, stat and
-the very handle each source was read through -- to the copy worker
-(consolidate/copyworker.py, a forked process on the other core), which stages
+Copies go in batches (BATCH_FILES / BATCH_BYTES, and at most a quarter of the
+open-file budget, helpers.fd_budget: each staged copy holds its staged file and
+its source open until placed, and the worker holds two batches). This process
+reads each source whole (hashing it, sorting unsorted size groups, naming new
+contents) and hands a batch -- bytes, hashes, stat and the very handle each
+source was read through -- to the copy worker (consolidate/copyworker.py, a
+forked process on the other core), which stages
 every copy of the batch as a file with no name yet (fsops/anon.py: O_TMPFILE;
 a temp name where the filesystem has none), makes them durable with one syncfs,
 reads them back from the disk, compares them with those bytes, checks each
@@ -105,8 +106,9 @@ class Executor:
         self._batch_hashes: list[list[HashUpdate]] = []  # of batches the worker has
         # the sources' directory handles, for the whole run: a size group's files lie
         # all over the shares, so keep many (a sixth of the open-file limit, at most
-        # 4096: the batches' files take a third)
-        self._dirs = SourceDirs(min(4096, max(64, fd_budget() // 2)))
+        # 4096: the batches' files take a third); never more than that sixth (a floor
+        # of 64 overran `ulimit -n 64`: each source past it failed at every run)
+        self._dirs = SourceDirs(min(4096, max(4, fd_budget() // 2)))
         self.collided: list[SourcePath] = []
 
     def run(self, replan: Callable[[list[SourcePath]], None] | None = None) -> Counters:

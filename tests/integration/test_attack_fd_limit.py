@@ -57,3 +57,27 @@ def test_consolidate_without_descriptors_is_a_clear_error(tmp_path: Path, limit:
     assert sorted(got.values()) == sorted(content.values())
     assert {p.relative_to(src).as_posix(): p.read_bytes()
             for p in src.rglob("*") if p.is_file()} == content
+
+
+@pytest.mark.parametrize("limit", [48, 64])
+def test_consolidate_many_source_directories_under_a_low_limit(tmp_path: Path,
+                                                               limit: int) -> None:
+    """150 source directories under `ulimit -n` 48 or 64 (soft = hard): every file is
+    imported at the first run. Before, the run kept up to 64 source directory handles
+    whatever the limit (execute.Executor's SourceDirs: max(64, budget / 2)), so past
+    the limit each further source failed "Too many open files" at every run."""
+    src, arch = tmp_path / "src", tmp_path / "arch"
+    content = {f"d{i}/f": os.urandom(3000 + i) for i in range(150)}
+    for name, data in content.items():
+        (src / name).parent.mkdir(parents=True)
+        (src / name).write_bytes(data)
+    arch.mkdir()
+    (tmp_path / "c.toml").write_text(
+        f'[consolidate.p]\nsources = ["{src}"]\narchive = "{arch}"\n'
+        'layout = "{source}/{name}"\n')
+    r = _consolidate(tmp_path, limit)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Too many open files" not in r.stderr
+    got = [p.read_bytes() for p in arch.rglob("*")
+           if p.is_file() and not p.name.startswith(".dedupd")]
+    assert sorted(got) == sorted(content.values())
