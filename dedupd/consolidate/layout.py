@@ -91,7 +91,7 @@ class Renderer:
                 d = self._dirs[key] = self._safe_dir(source_root, when)
             if d is not None:  # else unsafe: render() says why
                 if b".dedupd-" in name and reserved(name):
-                    name = b"_" + name
+                    name = unreserved(name)
                 return d + b"/" + name
         return render(self.layout, self.undated_dir, Fields(name, source_root, when))
 
@@ -141,8 +141,16 @@ def safe_relative(rel: bytes) -> bytes:
     if rel.startswith(b"/") or not parts or b"." in parts or b".." in parts:
         raise UnsafePath(f"layout produced an unsafe path: {os.fsdecode(rel)!r}")
     if b".dedupd-" in rel:  # every reserved name starts so: rare, and cheap to rule out
-        parts = [b"_" + p if reserved(p) else p for p in parts]
+        parts = [unreserved(p) if reserved(p) else p for p in parts]
     return b"/".join(parts)
+
+
+def unreserved(name: bytes) -> bytes:
+    """A reserved name (reserved) with a "_" first, its stem cut (as with_suffix's)
+    where that passes NAME_MAX: a 255-byte ".dedupd-copy.*.tmp" failed its link
+    with ENAMETOOLONG at every run."""
+    new = b"_" + name
+    return new if len(new) <= NAME_MAX else fit_name(name, b"_", b"")
 
 
 def reserved(name: bytes) -> bool:
@@ -162,15 +170,21 @@ def with_suffix(rel: bytes, n: int) -> bytes:
     A name that would pass NAME_MAX loses the end of its stem (at a UTF-8 character
     boundary where it is UTF-8), keeping its extension: else its link fails at every run."""
     d, name = os.path.split(rel)
+    new = fit_name(name, b"", f" ({n})".encode())
+    return os.path.join(d, new) if d else new
+
+
+def fit_name(name: bytes, first: bytes, tag: bytes) -> bytes:
+    """first + name's stem + tag + its extension, the stem's end cut (at a UTF-8
+    character boundary where it is UTF-8) to fit NAME_MAX; an extension as long as a
+    name: the name cut as a whole."""
     stem, ext = split_name(name)
-    tag = f" ({n})".encode()
-    room = NAME_MAX - len(tag) - len(ext)
+    room = NAME_MAX - len(first) - len(tag) - len(ext)
     if room < 1:  # an extension as long as a name: cut the name as a whole
-        stem, ext = _cut(name, NAME_MAX - len(tag)), b""
+        stem, ext = _cut(name, NAME_MAX - len(first) - len(tag)), b""
     elif len(stem) > room:
         stem = _cut(stem, room)
-    new = stem + tag + ext
-    return os.path.join(d, new) if d else new
+    return first + stem + tag + ext
 
 
 def _cut(b: bytes, n: int) -> bytes:

@@ -47,3 +47,51 @@ def test_reserved_names_are_copied_once(tmp_path: Path, attacker: User) -> None:
     assert got == sorted("_" + n for n in NAMES)
     for n in NAMES:
         assert (arch / "2020" / "05" / ("_" + n)).read_bytes() == (share / n).read_bytes()
+
+
+def test_reserved_names_at_name_max_are_imported(tmp_path: Path, attacker: User) -> None:
+    """A user's 255-byte file named like dedupd's own temp copy or temp link: its "_"
+    name must fit NAME_MAX too (the stem cut, the extension kept). Before: "_" + 255
+    bytes, ENAMETOOLONG at its link, exit 1 at every run and never imported."""
+    share, arch = tmp_path / "share", tmp_path / "archive"
+    share.mkdir()
+    arch.mkdir()
+    attacker.owns(share)
+    reachable(share)
+    long = [".dedupd-copy." + "a" * 238 + ".tmp", ".dedupd-tmp-" + "b" * 243,
+            "..dedupd-consolidate.lock." + "c" * 221 + ".partial"]
+    assert {len(n) for n in long} == {255}
+    for i, n in enumerate(long):
+        attacker.run(f'head -c {30000 + i} /dev/urandom > "$1/$2"; '
+                     'touch -d 2020-05-01T12:00 "$1/$2"', str(share), n)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "db"}"\n'
+                   f'[consolidate.v]\nsources = ["{share}"]\narchive = "{arch}"\n')
+    copied = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-m", "dedupd", "consolidate", "v", "-c", str(cfg),
+                            "--json"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        copied.append(json.loads(r.stdout)["stats"]["files_copied"])
+    assert copied == [len(long), 0]
+    month = arch / "2020" / "05"
+    got = {p.name: p.read_bytes() for p in month.iterdir()}
+    assert all(n.startswith("_") and len(n) == 255 for n in got), list(got)
+    assert sorted(got.values()) == sorted((share / n).read_bytes() for n in long)
+    assert sorted(n[-4:] for n in got) == [".tmp", "bbbb", "tial"]
+
+
+def test_reserved_names_at_name_max_render_within_it() -> None:
+    """Both ways a name is rendered (render: any layout; Renderer: "{year}/.../{name}")."""
+    from datetime import datetime
+
+    from dedupd.consolidate.layout import NAME_MAX, Fields, render, renderer
+
+    name = b".dedupd-copy." + b"\xc3\xa9" * 119 + b".tmp"
+    assert len(name) == 255
+    when = datetime(2020, 5, 1)
+    for got in (render("{name}", "undated", Fields(name, b"/s", when)),
+                renderer("{year}/{name}", "undated").render(name, b"/s", when)[5:]):
+        assert got.startswith(b"_.dedupd-copy.") and got.endswith(b".tmp"), got
+        assert len(got) <= NAME_MAX
+        got.decode()  # cut at a character boundary
