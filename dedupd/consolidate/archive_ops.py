@@ -24,12 +24,10 @@ from dedupd import handles
 from dedupd.consolidate.compare import same_bytes
 from dedupd.consolidate.inventory import Content, Roots, SourcePath
 from dedupd.dedup import journal as J
-from dedupd.dedup.hardlink import LinkPolicy, link_group
 from dedupd.dedup.recovery import finish_remove, recover_all
 from dedupd.files.events import FileEvent, Ident
 from dedupd.fsops.link import QUARANTINE_SUFFIX, temp_name
 from dedupd.index.store import HashUpdate, Store
-from dedupd.scan.scanner import DupGroup
 
 
 def journal_volume(name: str) -> str:
@@ -56,6 +54,11 @@ def link_archive_duplicates(jr: J.Journal | None, store: Store, scan_id: int, na
                             roots: Roots, dups: Sequence[Content], dry_run: bool,
                             rep: OpsReport) -> None:
     """Hardlink each group of identical archive inodes to one of them."""
+    # imported here: the linker is a fifth of the start-up's imports, and a first
+    # import (like most runs) has no archive duplicates to link
+    from dedupd.dedup.hardlink import LinkPolicy, link_group
+    from dedupd.scan.scanner import DupGroup
+
     policy = LinkPolicy(journal_volume(name), (roots.archive,))
     for c in dups:
         res = link_group(jr, DupGroup(c.size, c.archive), policy, dry_run=dry_run)

@@ -59,11 +59,14 @@ class Roots:
     # "root/" of each source and of the archive: asked once or twice per indexed path
     _prefixes: tuple[tuple[bytes, bytes], ...] = field(init=False, repr=False, compare=False)
     _archive_prefix: bytes = field(init=False, repr=False, compare=False)
+    # each source root's place in config order (sources sort by it, then by path)
+    order: dict[bytes, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_prefixes",
                            tuple((r.rstrip(b"/") + b"/", r) for r in self.sources))
         object.__setattr__(self, "_archive_prefix", self.archive.rstrip(b"/") + b"/")
+        object.__setattr__(self, "order", {r: i for i, r in enumerate(self.sources)})
 
     def source_of(self, path: bytes) -> bytes | None:
         for prefix, r in self._prefixes:
@@ -147,6 +150,9 @@ def _source_events(inv: Inventory, cfg: ConsolidateConfig) -> Iterator[FileEvent
         skip = (*skip, q, q + "/*")
     opts = WalkOptions(1, skip, False)
     for root in inv.roots.sources:
+        if not cfg.include:  # every file is (a test and a generator step less a file)
+            yield from walk([root], opts, inv.walk)
+            continue
         for ev in walk([root], opts, inv.walk):
             if _included(ev, root, cfg.include):
                 yield ev
@@ -230,25 +236,31 @@ def _defer(inv: Inventory, groups: Iterator[list[IndexedFile]],
            progress: Progress | None) -> Iterator[list[IndexedFile]]:
     """The size groups to hash now; the others go to inv.unsorted (group_contents)."""
     done = 0
+    in_archive = inv.roots.in_archive
     for files in groups:
-        if (len(files) < 2 or len(files) > UNSORTED_FILES
-                or files[0].size * len(files) > UNSORTED_BYTES
-                or any(f.full is not None for f in files)
-                or any(inv.roots.in_archive(p) for f in files for p in f.paths)):
+        n = len(files)
+        if n < 2 or n > UNSORTED_FILES or files[0].size * n > UNSORTED_BYTES:
             yield files
             continue
-        sources = _sources(inv, files)
-        inv.unsorted.append(Unsorted(files[0].size, tuple(sources), len(files)))
-        done += len(files)
-        if progress:
-            progress("hash", done, 0)  # sorted later, while copied
+        for f in files:  # one pass: any hash known, or any name in the archive
+            if f.full is not None or any(map(in_archive, f.paths)):
+                break
+        else:
+            sources = _sources(inv, files)
+            inv.unsorted.append(Unsorted(files[0].size, tuple(sources), n))
+            done += n
+            if progress:
+                progress("hash", done, 0)  # sorted later, while copied
+            continue
+        yield files
 
 
 def _sources(inv: Inventory, files: Sequence[IndexedFile]) -> list[SourcePath]:
+    source_of = inv.roots.source_of
     sources = [SourcePath(p, root, f) for f in files for p in f.paths
-               if (root := inv.roots.source_of(p)) is not None]
+               if (root := source_of(p)) is not None]
     if len(sources) > 1:
-        order = {r: i for i, r in enumerate(inv.roots.sources)}
+        order = inv.roots.order
         sources.sort(key=lambda s: (order[s.root], s.path))
     return sources
 

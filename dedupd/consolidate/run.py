@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -171,8 +172,9 @@ def _would_confirm(plan: Plan) -> list[tuple[SourcePath, bytes]]:
 def _report(cfg: ConsolidateConfig, opts: Options, inv: Inventory, plan: Plan,
             c: Counters, ops: OpsReport, stale: int, seconds: float,
             placed: dict[bytes, bytes]) -> Report:
-    src_inodes = {s.file.key: s.file.size for x in inv.contents for s in x.sources}
-    src_inodes.update((s.file.key, s.file.size) for u in inv.unsorted for s in u.sources)
+    # s.file[:2] is its key (dev, ino), sliced in C: these run once per source path
+    src_inodes = {s.file[:2]: s.file.size for x in inv.contents for s in x.sources}
+    src_inodes.update((s.file[:2], s.file.size) for u in inv.unsorted for s in u.sources)
     stats: dict[str, int | float] = {
         "files_seen": inv.walk.files_seen,
         "source_paths": (sum(len(x.sources) for x in inv.contents)
@@ -201,10 +203,12 @@ def _report(cfg: ConsolidateConfig, opts: Options, inv: Inventory, plan: Plan,
         "problems": len(inv.problems) + len(plan.problems) + len(c.problems),
         "seconds": round(seconds, 3),
     }
-    copies = tuple({"source": os.fsdecode(x.src.path),
-                    "archive": os.fsdecode(placed.get(x.src.path, x.dest)),
+    enc, err = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    # os.fsdecode's answers, decoded in one C call each (a Python call less a path)
+    copies = tuple({"source": x.src.path.decode(enc, err),
+                    "archive": placed.get(x.src.path, x.dest).decode(enc, err),
                     "size": x.content.size, "date_from": x.date.source,
-                    "duplicates": [os.fsdecode(s.path) for s in x.content.sources[1:]]}
+                    "duplicates": [s.path.decode(enc, err) for s in x.content.sources[1:]]}
                    # a real run lists the copies placed (and confirmed), not those that
                    # failed (out of space, source changed: they are in the problems)
                    for x in plan.copies if opts.dry_run or x.src.path in placed)
