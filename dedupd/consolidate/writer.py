@@ -12,23 +12,38 @@ as the parent did itself. The parent sends a flush only when every name in it
 is durable (execute.py), so whatever the child writes is true on disk. If the
 parent dies (kill -9), the child sees EOF, writes what it already received and
 exits: a crash loses at most the rows not sent, which the next run rebuilds
-from the files. `close()` waits for every write and returns the number of
-provenance rows written; a failure in the child is raised there (the message
-is its error, never a partial success). Construct before starting threads
+from the files. Flushes that follow each other within COMMIT_EVERY go in one
+transaction (committed then, at the end, or at EOF): a flush of a first import
+dirties about a page of each of the provenance B-trees a row (random keys), and
+each commit wrote them all to the WAL again; the index's write lock is held that
+long at most. A failure rolls back the flushes of its transaction.
+`close()` waits for every write and returns the number of provenance rows
+written; a failure in the child is raised there (the message is its error,
+never a partial success). Construct before starting threads
 (dedupd.forkpipe's rule).
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
+import time
+from typing import cast
 
 from dedupd import forkpipe
 from dedupd.errors import DedupdError
 from dedupd.files.events import FileEvent
 from dedupd.forkpipe import Wire
 from dedupd.index import provenance as prov
-from dedupd.index.provenance import Provenance
 from dedupd.index.store import HashUpdate, Store
+
+_new = tuple.__new__  # a NamedTuple's own __new__ is a Python function
+# A transaction stays open while flushes keep coming, this long at most: random keys
+# (provenance's, path digests) have a flush of rows dirty a page of each of its
+# B-trees a row, and each commit writes every page it dirtied (to SQLite's WAL)
+COMMIT_EVERY = 0.5
+CACHE_KIB = 64 << 10  # SQLite's page cache of the writer's connection (pages of a transaction)
+_NEXT = ("next",)  # no flush within the transaction's time: read the next one after it
 
 
 class WriteFailed(DedupdError):
@@ -36,27 +51,55 @@ class WriteFailed(DedupdError):
 
 
 def apply(store: Store, msg: Wire) -> int:
-    """Write one flush (the wire form of IndexWriter.write); return provenance rows."""
+    """Write one flush (the wire form of IndexWriter.write) in one transaction; return
+    provenance rows. Its rows are used as they come: events become FileEvents by
+    tuple.__new__ (no Python __new__ a row), hash updates stay tuples (save_hashes
+    only indexes them), provenance rows go in as fields (prov.save_fields)."""
     scan_id, events, hashes, rows, name, touch, now = msg
-    if events:
-        store.record(scan_id, [FileEvent(*t) for t in events])
-    if hashes:
-        store.save_hashes([HashUpdate(*t) for t in hashes])
-    n = prov.save(store, [Provenance(*t) for t in rows]) if rows else 0
-    if touch:
-        prov.touch(store, name, touch, now)
+    try:
+        with store.db.tx():  # record, save_hashes and the rest join it (Db.tx)
+            if events:
+                store.record(scan_id, [_new(FileEvent, t) for t in events])
+            if hashes:
+                store.save_hashes(cast("list[HashUpdate]", hashes))
+            n = prov.save_fields(store, rows) if rows else 0
+            if touch:
+                prov.touch(store, name, touch, now)
+    except BaseException:
+        store.dirs.reset()  # directories made in the rolled-back transaction are void
+        raise
     return n
 
 
 def _child(inp: int, out: int, url: str) -> None:
     store = Store(url)  # its own connections: none of the parent's is used here
+    if store.dialect == "sqlite":
+        # a transaction's pages stay in memory until it commits (SQLite's default,
+        # 2 MiB, spilled them to the WAL midway, to be written again at the commit)
+        store.db.run(f"PRAGMA cache_size = -{CACHE_KIB}")
     written = 0
-    while (msg := forkpipe.recv(inp)) is not None:
-        if msg == "end":
-            forkpipe.send(out, ("done", written))
-            return
-        written += apply(store, msg)
+    msg = forkpipe.recv(inp)
+    while msg is not None and msg != "end":
+        with store.db.tx():  # several flushes, while they come (module docstring)
+            deadline = time.monotonic() + COMMIT_EVERY
+            while True:
+                written += apply(store, msg)
+                if not _waiting(inp, deadline - time.monotonic()):
+                    msg = _NEXT
+                    break
+                msg = forkpipe.recv(inp)
+                if msg is None or msg == "end":
+                    break
+        if msg is _NEXT:
+            msg = forkpipe.recv(inp)
+    if msg == "end":
+        forkpipe.send(out, ("done", written))
     # EOF without "end": the parent died; what it sent is written, nothing else to do
+
+
+def _waiting(fd: int, seconds: float) -> bool:
+    """Whether a flush comes within `seconds` (at once when nothing is left of them)."""
+    return seconds > 0 and bool(select.select([fd], [], [], seconds)[0])
 
 
 class IndexWriter:

@@ -43,8 +43,8 @@ class Bulk:
         self._sqlite = db.dialect == "sqlite"
         self._sql: dict[tuple[str, int], str] = {}  # (statement, rows) -> its SQL
 
-    def _insert(self, cur: Any, head: str, tail: str, ncols: int,
-                rows: Sequence[Sequence[Any]]) -> None:
+    def insert(self, cur: Any, head: str, tail: str, ncols: int,
+               rows: Sequence[Sequence[Any]]) -> None:
         """INSERT `head` VALUES (...) `tail` of every row. SQLite takes them
         ROWS_PER_INSERT to a statement (one statement step for many rows: a quarter
         less CPU than one per row, executemany's); PostgreSQL by executemany (an
@@ -99,11 +99,11 @@ class Bulk:
 
     def upsert_inodes(self, cur: Any, rows: Sequence[Sequence[Any]]) -> None:
         """rows: INODE_COLS each, one row a key."""
-        self._insert(cur, _INODES, _INODES_TAIL, len(INODE_COLS), rows)
+        self.insert(cur, _INODES, _INODES_TAIL, len(INODE_COLS), rows)
 
     def upsert_entries(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         """rows: (dir, name, ino, seen), one row a (dir, name)."""
-        self._insert(cur, "INSERT INTO entries (dir, name, ino, seen)",
+        self.insert(cur, "INSERT INTO entries (dir, name, ino, seen)",
                      " ON CONFLICT (dir, name) DO UPDATE SET ino = excluded.ino, "
                      "seen = excluded.seen", 4, rows)
 

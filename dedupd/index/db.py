@@ -300,9 +300,19 @@ class Db:
     @contextmanager
     def tx(self) -> Iterator[Any]:
         """A cursor inside one transaction, the only one writing the index while it
-        runs (WRITE_LOCK): committed on success, rolled back on error."""
+        runs (WRITE_LOCK): committed on success, rolled back on error.
+
+        Inside another tx() of the same thread, the cursor of that one: its writes
+        commit or roll back with the outer transaction (the consolidation's index
+        writer puts a whole flush in one). An error in such a block must reach the
+        outer one: caught and ignored inside, what the block wrote would stay."""
+        outer = getattr(self._local, "tx", None)
+        if outer is not None and outer[0] == os.getpid():
+            yield outer[1]
+            return
         with self._cursor() as cur:
             cur.execute("BEGIN IMMEDIATE" if self.sqlite is not None else "BEGIN")
+            self._local.tx = (os.getpid(), cur)
             try:
                 if self.sqlite is None:
                     cur.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
@@ -315,6 +325,8 @@ class Db:
                 raise
             else:
                 cur.execute("COMMIT")
+            finally:
+                self._local.tx = None
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """The rows of one read (autocommit: no transaction stays open)."""

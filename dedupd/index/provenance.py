@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dedupd.index.db import chunks, from_s64, to_s64
+from dedupd.index.db import chunks, from_s64
 from dedupd.index.store import BATCH, IndexedFile, Store, path_key
 
 
@@ -52,6 +52,10 @@ _SELECT = f"SELECT {', '.join(_COLS)} FROM provenance"
 _WRITE = ("host", "consolidation", "source_key", "source_path", "archive_key", "archive_path",
           "content", "size", "src_fs", "src_ino", "src_mtime_ns", "src_ctime_ns",
           "first_seen", "last_seen")
+_INSERT = f"INSERT INTO provenance ({', '.join(_WRITE)})"
+_UPSERT = " ON CONFLICT (host, consolidation, source_key) DO UPDATE SET " + ", ".join(
+    f"{k} = excluded.{k}" for k in _WRITE[3:] if k != "first_seen")
+_S64, _U64 = 1 << 63, 1 << 64  # db.to_s64, inline: once per row
 
 
 def _rows(store: Store, rows: Iterable[Sequence[Any]]) -> Iterator[Provenance]:
@@ -78,17 +82,33 @@ def load(store: Store, consolidation: str) -> dict[bytes, Provenance]:
 
 def save(store: Store, rows: Iterable[Provenance]) -> int:
     """Insert or replace rows (keyed by consolidation + source path); first_seen is kept."""
-    docs = [(store.host, p.consolidation, path_key(p.source_path), p.source_path,
-             path_key(p.archive_path), p.archive_path, p.content, p.size,
-             store.fs_of(p.src_dev, p.source_path), to_s64(p.src_ino), p.src_mtime_ns,
-             p.src_ctime_ns, p.first_seen, p.last_seen) for p in rows]
-    if not docs:
+    return save_fields(store, [(p.consolidation, p.source_path, p.archive_path, p.content,
+                                p.size, p.src_dev, p.src_ino, p.src_mtime_ns, p.src_ctime_ns,
+                                p.first_seen, p.last_seen) for p in rows])
+
+
+def save_fields(store: Store, rows: Sequence[Sequence[Any]]) -> int:
+    """save() of rows given as Provenance's fields in order (the index writer's wire
+    form, consolidate/rows.py: no object made per row only to be taken apart), in
+    one statement per ROWS_PER_INSERT rows on SQLite (Bulk.insert). An archive file
+    named by several rows of the batch has its key computed once."""
+    if not rows:
         return 0
-    keep = ", ".join(f"{k} = excluded.{k}" for k in _WRITE[3:] if k != "first_seen")
+    host, fs_of = store.host, store.fs_of
+    fss: dict[int, int] = {}  # st_dev -> filesystem id, for this batch
+    akeys: dict[bytes, bytes] = {}  # archive path -> its key
+    docs = []
+    for cons, src, arch, content, size, dev, ino, mtime, ctime, first, last in rows:
+        fs = fss.get(dev)
+        if fs is None:
+            fs = fss[dev] = fs_of(dev, src)
+        akey = akeys.get(arch)
+        if akey is None:
+            akey = akeys[arch] = path_key(arch)
+        docs.append((host, cons, path_key(src), src, akey, arch, content, size, fs,
+                     ino - _U64 if ino >= _S64 else ino, mtime, ctime, first, last))
     with store.db.tx() as cur:
-        cur.executemany(f"INSERT INTO provenance ({', '.join(_WRITE)}) VALUES "
-                        f"({store.db.marks(len(_WRITE))}) ON CONFLICT (host, consolidation, "
-                        f"source_key) DO UPDATE SET {keep}", docs)
+        store.bulk.insert(cur, _INSERT, _UPSERT, len(_WRITE), docs)
     return len(docs)
 
 

@@ -95,3 +95,61 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(b") ", 1)[-1][:1] != b"Z"
     except FileNotFoundError:
         return False
+
+
+def test_rows_sent_are_committed_while_no_more_come(tmp_path: Path) -> None:
+    """Flushes share a transaction only while they follow each other: one left alone
+    is committed within about COMMIT_EVERY, and the index's write lock is free again
+    (another writer, the parent here, is not kept waiting until close())."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    src, arch = tmp_path / "s", tmp_path / "a"
+    for d in (src, arch):
+        d.mkdir()
+    (src / "x").write_bytes(b"abc")
+    store = Store(url)
+    w = IndexWriter(url)
+    try:
+        w.write(1, [], [], [_row(src / "x", arch / "x", b"h" * 16)], "c", [], 1.0)
+        deadline = time.monotonic() + 20
+        while not prov.load(store, "c") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert bytes(src / "x") in prov.load(store, "c")
+        t = time.monotonic()
+        store.set_meta("parent", "wrote")  # takes the write lock
+        assert time.monotonic() - t < 5
+        assert w.close() == 1
+    finally:
+        w.abandon()
+        store.close()
+
+
+def test_flushes_received_before_the_parent_died_are_all_written(tmp_path: Path) -> None:
+    """The parent killed -9 right after its flushes: the child, maybe inside a
+    transaction of several, sees EOF and commits every row it received."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    src = tmp_path / "s"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}").write_bytes(b"abc")
+    Store(url).close()
+    rows = [[_row(src / f"f{i}", tmp_path / "a" / f"f{i}", b"h" * 16)] for i in range(3)]
+    code = ("import os, signal, sys\n"
+            "from dedupd.consolidate.writer import IndexWriter\n"
+            f"w = IndexWriter({url!r})\n"
+            f"for r in {rows!r}:\n"
+            "    w.write(1, [], [], r, 'c', [], 1.0)\n"
+            "print(w.pid, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       timeout=60, check=False)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    pid = int(r.stdout)
+    deadline = time.monotonic() + 20
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+    store = Store(url)
+    try:
+        assert sorted(prov.load(store, "c")) == [bytes(src / f"f{i}") for i in range(3)]
+    finally:
+        store.close()

@@ -69,6 +69,23 @@ def test_a_failed_transaction_is_rolled_back(tmp_path: Path) -> None:
     assert store.get_meta("half") is None
 
 
+def test_a_transaction_inside_another_commits_and_rolls_back_with_it(tmp_path: Path) -> None:
+    """The index writer puts several flushes in one transaction: a nested tx() joins
+    the outer one (SQLite refused a BEGIN inside it), whose rollback undoes both."""
+    store = Store(f"sqlite:///{tmp_path}/i.db")
+    with pytest.raises(RuntimeError), store.db.tx():
+        store.set_meta("inner", "1")  # its own tx() inside the outer one
+        raise RuntimeError("boom")
+    assert store.get_meta("inner") is None
+    with store.db.tx():
+        store.set_meta("inner", "2")
+        store.set_meta("other", "3")
+    assert (store.get_meta("inner"), store.get_meta("other")) == ("2", "3")
+    with store.db.tx():  # the outer one ended: a new transaction, not a joined one
+        store.set_meta("after", "4")
+    assert store.get_meta("after") == "4"
+
+
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_generated_ddl_is_current(dialect: str) -> None:
     # regenerate with: .venv/bin/python -m dedupd.index.schema
