@@ -42,9 +42,17 @@ class Bulk:
         self._in = db.marks
         self._sqlite = db.dialect == "sqlite"
         self._sql: dict[tuple[str, int], str] = {}  # (statement, rows) -> its SQL
+        # SQLite keeps a statement journal for an UPDATE of a table with triggers
+        # (inodes: the hash_epoch ones), to undo that one statement when a constraint
+        # fails: each row's page already dirty in the transaction is copied there (a
+        # temporary file; 175 MB for the hashes of a first import's copies, written in
+        # transactions of several flushes). OR FAIL needs none, and is the same here:
+        # no constraint of these columns or of the triggers' can fail, and a failing
+        # statement fails its whole transaction anyway (Db.tx rolls it back).
+        self._or_fail = "OR FAIL " if self._sqlite else ""
 
-    def insert(self, cur: Any, head: str, tail: str, ncols: int,
-               rows: Sequence[Sequence[Any]]) -> None:
+    def _insert(self, cur: Any, head: str, tail: str, ncols: int,
+                rows: Sequence[Sequence[Any]]) -> None:
         """INSERT `head` VALUES (...) `tail` of every row. SQLite takes them
         ROWS_PER_INSERT to a statement (one statement step for many rows: a quarter
         less CPU than one per row, executemany's); PostgreSQL by executemany (an
@@ -99,11 +107,11 @@ class Bulk:
 
     def upsert_inodes(self, cur: Any, rows: Sequence[Sequence[Any]]) -> None:
         """rows: INODE_COLS each, one row a key."""
-        self.insert(cur, _INODES, _INODES_TAIL, len(INODE_COLS), rows)
+        self._insert(cur, _INODES, _INODES_TAIL, len(INODE_COLS), rows)
 
     def upsert_entries(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         """rows: (dir, name, ino, seen), one row a (dir, name)."""
-        self.insert(cur, "INSERT INTO entries (dir, name, ino, seen)",
+        self._insert(cur, "INSERT INTO entries (dir, name, ino, seen)",
                      " ON CONFLICT (dir, name) DO UPDATE SET ino = excluded.ino, "
                      "seen = excluded.seen", 4, rows)
 
@@ -137,7 +145,7 @@ class Bulk:
         head = f"CASE WHEN size > {HEADLESS_MAX} THEN CAST({self.p} AS BIGINT) END"
         for whole, part in ((True, [r for r in rows if r[1] is not None]),
                             (False, [r for r in rows if r[1] is None])):
-            sql = (f'UPDATE inodes SET head = {head if whole else self.p}, '
+            sql = (f'UPDATE {self._or_fail}inodes SET head = {head if whole else self.p}, '
                    f'"full" = {self.p}, unstable = 0 WHERE fs = {self.p} AND ino = {self.p}')
             if same_stat:
                 sql += f" AND size = {self.p} AND mtime_ns = {self.p} AND {CTIME} = {self.p}"
