@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from dedupd.backup import bookmarks, catalog, retention, snapshots, streams, upload
+from dedupd.backup import bookmarks, catalog, keep, retention, snapshots, streams, upload
 from dedupd.backup import manifest as mf
 from dedupd.backup.manifest import Manifest
 from dedupd.backup.send import SendSpec
@@ -313,26 +313,6 @@ class _Run:
         if not isinstance(e, TemporaryFailure):
             _delete_quietly(self.target, mf.chunk_dir(self.jc.name, backup_id))
 
-    def _keep_base(self, snap: Snapshot, m: Manifest, ms: list[Manifest]) -> None:
-        """Keep the next incremental's source: a bookmark where the pool has them
-        (then nothing is held and retention may destroy the snapshot), else a hold
-        on the snapshot. Older holds and bookmarks of this job go."""
-        bm = None
-        if bookmarks.supported(self.jc.dataset, "-w" in m.send_flags):
-            bm = bookmarks.create(snap)
-            if bm is None:
-                log.info("%s: could not bookmark %s; holding it instead", self.jc.name,
-                         snap.name)
-        if bm is None:
-            snapshots.hold(snap)
-        else:
-            uploaded = {x.snapshot_guid for x in ms} | {snap.guid}
-            bookmarks.prune(self.jc.dataset, self.jc.snapshot_prefix, snap.guid, uploaded)
-        for s in snapshots.list_snapshots(self.jc.dataset):
-            if (s.guid != snap.guid or bm is not None) and s.userrefs \
-                    and s.owned_by(self.jc.name, self.jc.snapshot_prefix):
-                snapshots.release(s)
-
     def _after_commit(self, snap: Snapshot, m: Manifest, ms: list[Manifest]
                       ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Keep the next base and prune locally (zfs commands only) in a worker
@@ -345,8 +325,7 @@ class _Run:
 
         def local_side() -> None:
             try:
-                self._keep_base(snap, m, ms)
-                local.append(retention.prune_local(self.jc, dry_run=False))
+                local.append(keep.keep_and_prune(self.jc, snap, m, ms))
             except BaseException as e:  # raised in this thread below
                 failed.append(e)
 

@@ -24,11 +24,13 @@ from dedupd.index.store import Store
 log = logging.getLogger("dedupd.backup")
 
 
-def prune_local(jc: BackupConfig, dry_run: bool, protect: frozenset[int] = frozenset()
-                ) -> tuple[str, ...]:
-    """Destroy this job's snapshots beyond the newest keep_local; returns their names."""
-    owned = [s for s in snapshots.list_snapshots(jc.dataset)
-             if s.owned_by(jc.name, jc.snapshot_prefix)]
+def prune_local(jc: BackupConfig, dry_run: bool, protect: frozenset[int] = frozenset(),
+                listed: list[snapshots.Snapshot] | None = None) -> tuple[str, ...]:
+    """Destroy this job's snapshots beyond the newest keep_local; returns their names.
+    listed: the dataset's snapshots as the caller just listed them (else listed here)."""
+    if listed is None:
+        listed = snapshots.list_snapshots(jc.dataset)
+    owned = [s for s in listed if s.owned_by(jc.name, jc.snapshot_prefix)]
     excess = owned[: max(0, len(owned) - jc.retention.keep_local)]
     gone: list[str] = []
     for s in excess:

@@ -138,11 +138,13 @@ def hold(snap: Snapshot, tag: str = HOLD_TAG) -> None:
         raise SnapshotError(f"zfs hold {tag} {snap.name}: {r.stderr.strip()}")
 
 
-def release(snap: Snapshot, tag: str = HOLD_TAG) -> None:
-    """Idempotent: releasing a hold that is not there is not an error."""
+def release(snap: Snapshot, tag: str = HOLD_TAG) -> bool:
+    """Idempotent: releasing a hold that is not there is not an error. True when
+    this call released it (the snapshot has one hold less)."""
     r = proc.run(["zfs", "release", tag, snap.name], check=False, timeout=60)
     if r.returncode != 0 and "no such tag" not in r.stderr and get(snap.name) is not None:
         raise SnapshotError(f"zfs release {tag} {snap.name}: {r.stderr.strip()}")
+    return r.returncode == 0
 
 
 def destroy(snap: Snapshot, job: str, prefix: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,32 @@ def test_create_takes_a_free_name_when_the_plain_one_exists(zpool: Any) -> None:
     assert mine.short.rsplit("-", 1)[0] in taken and mine.short.rsplit("-", 1)[1] == "2"
     assert mine.job == "j"
     assert {s.short for s in snapshots.list_snapshots(ds)} == taken | {mine.short}
+
+
+def test_a_users_hold_keeps_a_snapshot_the_job_released(tmp_path: Path, zpool: Any,
+                                                         moto: Moto, s3_bucket: str) -> None:
+    """keep_local=1: the next run releases the job's hold on the older snapshot and
+    counts it out of the listing it prunes from (no second listing); a hold of the
+    user's on that snapshot still keeps it, untouched, and the run does not fail."""
+    pool = zpool("128M")
+    ds = pool.dataset("data")
+    subprocess.run(["zfs", "create", ds], check=True)
+    cfg = make_config(tmp_path, pool, s3_target(moto.url, s3_bucket),
+                      retention={"keep_local": 1, "keep_remote": 2})
+    store = store_for(cfg)
+    try:
+        first = run_job(cfg, "j", store).snapshot
+        subprocess.run(["zfs", "hold", "users-own", first], check=True)
+        assert _userrefs(first) == 2
+        t = time.monotonic()
+        second = run_job(cfg, "j", store)
+        assert time.monotonic() - t < 5, "the prune retried a destroy of a held snapshot"
+        assert second.pruned_local == ()
+        assert owned_snapshots(ds) == [first, second.snapshot]
+        assert _userrefs(first) == 1 and _userrefs(second.snapshot) == 1
+        subprocess.run(["zfs", "release", "users-own", first], check=True)
+        third = run_job(cfg, "j", store)
+        assert third.pruned_local == (first, second.snapshot)
+        assert owned_snapshots(ds) == [third.snapshot]
+    finally:
+        store.close()
