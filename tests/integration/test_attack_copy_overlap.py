@@ -1,0 +1,105 @@
+"""A real second user acts on its sources while their batches are in the copy worker.
+
+The worker syncs a batch in a thread while it stages the next, and verifies and
+links it only after that (consolidate/copyloop.py), so a batch's sources stay
+in the worker's hands longer than before. The worker is stopped (its test
+hook) with batch 1 placed, batch 2 staged and syncing or synced, batch 3
+staged in part or whole; the user then truncates, hardlinks elsewhere, saves
+over (a new inode renamed to the name) or replaces by a symlink to a root-only
+file every one of its sources. Whatever it did: no copy of batches 2 and 3 gets
+a name (each is refused, its source "changed"), nothing of the root-only file
+reaches the archive, no temp file stays, and the next run imports the sources
+as they are then, its index rows naming files with those bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dedupd.consolidate.copyworker import KILL_WHICH_ENV
+from dedupd.consolidate.execute import BATCH_ENV, KILL_ENV
+from dedupd.index import provenance as prov
+from dedupd.index.store import Store
+from tests.fixtures.attacker import User, reachable
+from tests.fixtures.consolidate import dedupd, manifest, write_config
+from tests.integration.test_consolidate_crash import _stopped_child
+
+pytestmark = pytest.mark.integration
+
+ACTS = {
+    "truncate": 'for f in "$1"/f*.bin; do truncate -s 7000 "$f"; done',
+    "hardlink": 'for f in "$1"/f*.bin; do ln "$f" "$2/$(basename "$f").ln"; done',
+    "save-over": 'for f in "$1"/f*.bin; do printf new > "$f.n"; cat "$f" >> "$f.n"; '
+                 'mv -f "$f.n" "$f"; done',
+    "symlink": 'for f in "$1"/f*.bin; do mv "$f" "$2/"; ln -s "$3" "$f"; done',
+}
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+@pytest.mark.parametrize("stop_at", ["written:5", "synced:3"])
+@pytest.mark.parametrize("act", sorted(ACTS))
+def test_user_acts_on_sources_while_their_batches_are_in_the_worker(
+        tmp_path: Path, attacker: User, act: str, stop_at: str) -> None:
+    share, other, archive = tmp_path / "share", tmp_path / "other", tmp_path / "archive"
+    for d in (share, other, archive):
+        d.mkdir()
+    attacker.owns(share, other)
+    reachable(share)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root only\n" * 3000)
+    secret.chmod(0o600)
+    for i in range(6):
+        attacker.run('head -c "$2" /dev/urandom > "$1"; touch -d 2019-01-01T12:00 "$1"',
+                     str(share / f"f{i}.bin"), str(20_000 + i))
+    old = {p.name: p.read_bytes() for p in share.iterdir()}
+    db = tmp_path / "db.sqlite"
+    cfg = write_config(tmp_path / "c.toml", db, "x", [share], archive, 'layout = "{name}"\n')
+    env = {**os.environ, KILL_ENV: stop_at, KILL_WHICH_ENV: "stop", BATCH_ENV: "2"}
+    run = subprocess.Popen([sys.executable, "-m", "dedupd", "consolidate", "-c", str(cfg),
+                            "x", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=env)
+    try:
+        worker = _stopped_child(run.pid)
+        attacker.run(ACTS[act], str(share), str(other), str(secret))
+        os.kill(worker, signal.SIGCONT)
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert b"Traceback" not in err, err
+    rep = json.loads(out)
+    refused = sorted((p["path"].rsplit("/", 1)[1], p["reason"]) for p in rep["problems"])
+    assert refused == [(f"f{i}.bin", "changed") for i in range(2, 6)], (act, refused)
+    placed = {p.name: p.read_bytes() for p in archive.iterdir() if p.suffix == ".bin"}
+    assert placed == {"f0.bin": old["f0.bin"], "f1.bin": old["f1.bin"]}, act
+    assert not [p for p in manifest(archive) if b".dedupd-copy." in p]
+
+    again = dedupd("consolidate", "-c", str(cfg), "x", "--json")
+    assert json.loads(again.stdout)["stats"]["problems"] == 0, again.stdout
+    archived = {_sha(p.read_bytes()) for p in archive.rglob("*")
+                if p.is_file() and not p.name.startswith(".dedupd")}
+    assert _sha(secret.read_bytes()) not in archived
+    now = {p.name: p.read_bytes() for p in share.iterdir() if not p.is_symlink()}
+    assert archived == {_sha(b) for b in (old["f0.bin"], old["f1.bin"], *now.values())}
+    store = Store(f"sqlite:///{db}")
+    try:  # every row names an archive file with its source path's bytes as they are
+        rows = prov.load(store, "x")  # (or were, for a source gone: its history stays)
+        assert {os.path.basename(p).decode() for p in rows} >= set(now), (act, sorted(rows))
+        for path, row in rows.items():
+            src = Path(os.fsdecode(path))
+            had = src.read_bytes() if src.name in now else old[src.name]
+            assert Path(os.fsdecode(row.archive_path)).read_bytes() == had, (act, path)
+    finally:
+        store.close()
