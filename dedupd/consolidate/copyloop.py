@@ -16,9 +16,11 @@ durable too (the "synced" flag of the next answer). Per batch, in this order:
 
 Every per-file order of fsops/copy.py stays: write -> durable -> read back from
 the disk -> compare -> source unchanged -> link. At most two batches are in the
-worker: their handles (the run sizes batches for that: execute.py) and their
-bytes (two receive buffers, used in turn). Every kill step is taken in this
-thread, so their order is fixed whatever the sync thread does meanwhile.
+worker: their handles (the run sizes batches for that: execute.py; when two
+would hold more than half the open-file limit, a size group's batch being one,
+the second is staged only once the first is answered) and their bytes (two
+receive buffers, used in turn). Every kill step is taken in this thread, so
+their order is fixed whatever the sync thread does meanwhile.
 """
 
 from __future__ import annotations
@@ -118,6 +120,14 @@ class WorkerLoop:
         # run's planned names are not known here; link() never replaces one anyway)
         self.archive, self.policy, self.names = archive, policy, Names(set())
         self.kill = KillHook()
+        # copies two batches in flight may hold: up to three handles each within half the
+        # open-file limit (the run's batches stay under it, helpers.fd_budget; a size
+        # group comes in one batch, up to inventory.UNSORTED_FILES: 2 x 256 x 3 handles
+        # overran a limit of 1024)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            soft = 1 << 16
+        self.max_files = max(8, soft // 3) // 2
         self.unsynced = False  # names placed since the last syncfs began
         # two receive buffers, one per batch in flight, each reused: a fresh one per
         # batch costs a page fault per 4 KiB (60,000 for 250 MB of copies)
@@ -129,6 +139,9 @@ class WorkerLoop:
         try:
             while (msg := forkpipe.recv(self.inp)) is not None:
                 if msg[0] == "b":
+                    if self.inflight and len(self.inflight[0].staged) + len(
+                            msg[1]) > self.max_files:  # the one before first, not beside
+                        self._finish(self.inflight[0])
                     cur = self._stage(msg[1], msg[2])
                     if len(self.inflight) > 1:
                         self._finish(self.inflight[0])

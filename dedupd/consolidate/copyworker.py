@@ -42,7 +42,8 @@ EPIPE) and exits, placing nothing more; when the worker dies the run fails with
 an error and places nothing more. Test hook: DEDUPD_TEST_KILL_AFTER_COPY_STEPS=k
 SIGKILLs the run and the worker at the worker's k-th step, or with "step:k" at
 the k-th step of that name. Steps, in the order the worker takes them (all in
-one thread: copyloop.py): "written" per copy of batch N+1, then for batch N
+one thread: copyloop.py): "written" per copy of batch N+1 (after batch N's
+steps when the two would hold too many handles), then for batch N
 "synced" per copy (its sync over), "verified", "placed", "queued" copy by copy,
 "answered" (its answer sent), then "syncing" (batch N+1's sync begun, in the
 background); "ended" after a round's last syncfs. DEDUPD_TEST_KILL_WHICH=run or

@@ -81,3 +81,29 @@ def test_consolidate_many_source_directories_under_a_low_limit(tmp_path: Path,
     got = [p.read_bytes() for p in arch.rglob("*")
            if p.is_file() and not p.name.startswith(".dedupd")]
     assert sorted(got) == sorted(content.values())
+
+
+def test_consolidate_size_groups_of_many_files_under_1024(tmp_path: Path) -> None:
+    """`ulimit -n 1024` (a common hard limit): three size groups of 250 distinct files
+    each, dated a month apart (so a copy holds its own archive directory too). A size
+    group goes to the copy worker in one batch, past the batch's file limit, and the
+    worker holds two batches at once (copyloop.py): 2 x 250 x 3 handles. Before, 164
+    of the 750 copies failed "Too many open files" (the session's start imported all)."""
+    src, arch = tmp_path / "src", tmp_path / "arch"
+    src.mkdir()
+    arch.mkdir()
+    content = {}
+    for size in (5000, 5001, 5002):
+        for i in range(250):
+            p = src / f"f{size}-{i}"
+            content[p.name] = os.urandom(size)
+            p.write_bytes(content[p.name])
+            t = 946_684_800 + i * 31 * 86_400
+            os.utime(p, (t, t))
+    (tmp_path / "c.toml").write_text(
+        f'[consolidate.p]\nsources = ["{src}"]\narchive = "{arch}"\n')
+    r = _consolidate(tmp_path, 1024)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = {p.name: p.read_bytes() for p in arch.rglob("*")
+           if p.is_file() and not p.name.startswith(".dedupd")}
+    assert got == content
