@@ -39,6 +39,7 @@ from dedupd.forkpipe import Wire
 from dedupd.fsops.copy import (
     CopyResult,
     DestDirs,
+    DirCache,
     Staged,
     discard,
     place_copy,
@@ -128,6 +129,10 @@ class WorkerLoop:
         if soft == resource.RLIM_INFINITY:
             soft = 1 << 16
         self.max_files = max(8, soft // 3) // 2
+        # the archive directories' handles, kept from batch to batch: between batches
+        # the most recent, at most a 48th of the limit (the generated tree's import
+        # has 120 directories); within them, one a copy at most (counted above)
+        self.dirs = DirCache(sync=False, keep=max(8, min(256, soft // 48)))
         self.unsynced = False  # names placed since the last syncfs began
         # two receive buffers, one per batch in flight, each reused: a fresh one per
         # batch costs a page fault per 4 KiB (60,000 for 250 MB of copies)
@@ -163,6 +168,7 @@ class WorkerLoop:
         finally:
             for b in self.inflight:
                 b.close()
+            self.dirs.close()
 
     def _stage(self, items: list[Wire], total: int) -> _InFlight:
         """Receive a batch (its handles, then its bytes) and stage every copy of it."""
@@ -171,7 +177,7 @@ class WorkerLoop:
         if len(buf) < total:  # grown anew: no view of the old one can be in the way
             buf = self.bufs[self.turn] = bytearray(total)
         self.turn ^= 1
-        b = _InFlight(DestDirs(synced_later=True))
+        b = _InFlight(DestDirs(synced_later=True, dirs=self.dirs))
         self.inflight.append(b)  # closed by serve even if this fails
         _read_exact(self.inp, total, buf)
         view = memoryview(buf)
@@ -223,7 +229,8 @@ class WorkerLoop:
                 self.kill("queued")
         forkpipe.send(self.out, ("d", b.sync is not None, b.results))
         self.inflight.remove(b)
-        b.close()  # its views of a receive buffer go with it: the next batch reuses it
+        b.close()
+        self.dirs.trim()  # its views of a receive buffer go with it: the next batch reuses it
         self.kill("answered")
 
     def _place(self, cid: int, dest: bytes, st: Staged, b: _InFlight) -> CopyResult | None:

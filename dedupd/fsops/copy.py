@@ -30,8 +30,9 @@ per small file costs a journal commit each: 2-3 ms on the test VM) and drops
 and prefetches the batch's temp files together (one read-ahead for the batch
 instead of one disk round trip per file); `place_copy` does steps 4-5. The
 order per file stays write -> durable -> compare -> link, so no name ever
-shows undurable or unverified data. `DestDirs` holds the destination
-directories' handles for a batch: each is made and opened once, and every
+shows undurable or unverified data. `DestDirs` (fsops/destdirs.py)
+holds the destination directories' handles for a batch (or a `DirCache`
+shared by the batches of a run): each is made and opened once, and every
 create, link and unlink of the batch is relative to it. It also holds each
 staged temp file and its source open until the copy is placed or discarded:
 the sync's cache drop, the read-back, the source's unchanged-check (fstat of
@@ -54,9 +55,11 @@ from dataclasses import dataclass
 
 from dedupd import handles, testpoints
 from dedupd.files.events import Ident
-from dedupd.fsops import anon, fill, place
-from dedupd.fsops import link as link_ops
+from dedupd.fsops import fill, place
 from dedupd.fsops.archive_lock import TMP_PREFIX, TMP_SUFFIX
+from dedupd.fsops.destdirs import DestDirs as DestDirs
+from dedupd.fsops.destdirs import DirCache as DirCache
+from dedupd.fsops.destdirs import make_dirs as make_dirs
 from dedupd.fsops.readback import compare_kept, compare_with_source
 from dedupd.fsops.source import CopyError, open_expected, same_inode
 
@@ -98,68 +101,6 @@ class Staged:
     # when they were handed over by another process (stage_data)
     data: bytes | memoryview | None = None
     anon: bool = False  # tmp is only the key of a file with no name yet (fsops/anon.py)
-
-
-class DestDirs:
-    """Handles of destination directories, each made (mkdir -p, by handle) and
-    opened once, and of the batch's temp files and their sources, each open
-    from the copy to the placing (sync, read-back, stat and the source's
-    unchanged-check go through them: nothing is opened by name twice); close()
-    when the batch is done closes whatever is left. Not thread-safe.
-    With synced_later the new levels are not fsynced one by one: the caller
-    syncs the filesystem (sync_batch) before any name in them is placed."""
-
-    def __init__(self, synced_later: bool = False) -> None:
-        self._fds: dict[bytes, int] = {}
-        self._devs: dict[bytes, int] = {}  # each directory's filesystem (anon.open_in)
-        self._tmp: dict[bytes, int] = {}
-        self._src: dict[bytes, int] = {}  # the source each temp file was copied from
-        self._sync = not synced_later
-
-    def fd(self, path: bytes) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            make_dirs(path, sync=self._sync)
-            fd = handles.open_dir(path)
-            self._fds[path] = fd
-        return fd
-
-    def anon(self, path: bytes) -> int | None:
-        """An anonymous file in directory path (fsops/anon.py), None where it cannot be."""
-        fd = self.fd(path)
-        dev = self._devs.get(path)
-        if dev is None:
-            dev = self._devs[path] = os.fstat(fd).st_dev
-        return anon.open_in(fd, dev)
-
-    def keep(self, tmp: bytes, fd: int, src_fd: int) -> None:
-        """Hold a temp file's handle and its source's (-1: none, re-opened to check)."""
-        self._tmp[tmp] = fd
-        if src_fd >= 0:
-            self._src[tmp] = src_fd
-
-    def tmp_fd(self, tmp: bytes) -> int | None:
-        return self._tmp.get(tmp)
-
-    def src_fd(self, tmp: bytes) -> int | None:
-        return self._src.get(tmp)
-
-    def release(self, tmp: bytes) -> None:
-        for held in (self._tmp, self._src):
-            fd = held.pop(tmp, None)
-            if fd is not None:
-                os.close(fd)
-
-    def close(self) -> None:
-        for fd in (*self._tmp.values(), *self._src.values(), *self._fds.values()):
-            os.close(fd)
-        self._fds, self._tmp, self._src, self._devs = {}, {}, {}, {}
-
-    def __enter__(self) -> DestDirs:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def copy_verified(src: bytes, dest: bytes, expect: Ident | None = None,
@@ -371,13 +312,6 @@ def sync_fd_filesystem(fd: int) -> None:
     syncfs = getattr(handles.LIBC, "syncfs", None)
     if syncfs is None or syncfs(fd) != 0:
         os.sync()  # no syncfs: the global sync is slower but as safe
-
-
-def make_dirs(path: bytes, sync: bool = True) -> None:
-    """mkdir -p (0755), by handle, fsyncing each parent whose entry we created (unless
-    the caller syncs the filesystem) so the tree survives a crash; a level that is a
-    symlink is refused (PathChanged)."""
-    link_ops.make_dirs(os.path.abspath(path), 0o755, sync=sync)
 
 
 def _unlink_quiet(path: bytes) -> None:
