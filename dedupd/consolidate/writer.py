@@ -59,10 +59,13 @@ def apply(store: Store, msg: Wire) -> int:
     scan_id, events, hashes, rows, name, touch, now = msg
     try:
         with store.db.tx():  # record, save_hashes and the rest join it (Db.tx)
+            # the update save_hashes would write of each inode: those of new archive
+            # files go in with their rows (Store.record), one UPDATE a copy fewer
+            latest = {(u[0], u[1]): u for u in hashes}
             if events:
-                store.record(scan_id, [_new(FileEvent, t) for t in events])
-            if hashes:
-                store.save_hashes(cast("list[HashUpdate]", hashes))
+                store.record(scan_id, [_new(FileEvent, t) for t in events], hashes=latest)
+            if latest:
+                store.save_hashes(cast("list[HashUpdate]", list(latest.values())))
             n = prov.save_fields(store, rows) if rows else 0
             if touch:
                 prov.touch(store, name, touch, now)

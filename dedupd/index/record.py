@@ -10,6 +10,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from dedupd.files.events import FileEvent
+from dedupd.index.bulk import HEADLESS_MAX
 from dedupd.index.db import BATCH, chunks, from_s64
 from dedupd.index.dirs import split
 
@@ -24,7 +25,8 @@ _dev_ino = itemgetter(1, 2)  # (dev, ino) of a FileEvent, in C
 
 def record_batch(store: Store, c: Any, scan_id: int, events: Sequence[FileEvent],
                  fss: dict[int, int], touch_inodes: bool,
-                 digests: Sequence[tuple[bytes, bytes]] = ()) -> RecordResult:
+                 digests: Sequence[tuple[bytes, bytes]] = (),
+                 hashes: dict[tuple[int, int], Sequence[Any]] | None = None) -> RecordResult:
     """See Store.record. fss: the filesystem id of each device of the events."""
     from dedupd.index.store import RecordResult
 
@@ -50,7 +52,8 @@ def record_batch(store: Store, c: Any, scan_id: int, events: Sequence[FileEvent]
     hold: dict[tuple[int, int], list[Any]] | None = None if held is None else {}
     if not old and not renumbered:  # nothing of the batch indexed (most of a first scan)
         new, changed = len(by_key), 0
-        files = _all_new(by_key, extra, scan_id, upserts, hold)
+        files = _all_new(by_key, extra, scan_id, upserts, hold,
+                         hashes if hold is None else None)
     else:
         new, changed, files = _compared(by_key, extra, old, renumbered, vouched, scan_id,
                                         upserts, hold, touched)
@@ -78,22 +81,32 @@ def record_batch(store: Store, c: Any, scan_id: int, events: Sequence[FileEvent]
 
 
 def _all_new(by_key: dict[Key, FileEvent], extra: dict[Key, list[bytes]], scan_id: int,
-             upserts: list[list[Any]], hold: dict[tuple[int, int], list[Any]] | None
+             upserts: list[list[Any]], hold: dict[tuple[int, int], list[Any]] | None,
+             hashes: dict[tuple[int, int], Sequence[Any]] | None = None
              ) -> list[IndexedFile]:
     """The rows of a batch none of whose inodes is indexed (to the upserts, or held
-    by (dev, ino)), and its files as now indexed. Once per file of a first scan."""
+    by (dev, ino)), and its files as now indexed. Once per file of a first scan.
+    hashes: see Store.record (those taken are written as save_hashes would)."""
     from dedupd.index.store import IndexedFile
 
     files: list[IndexedFile] = []
     add = files.append
     for k, e in by_key.items():
         path, dev, ino, size, mtime, ctime = e[0], e[1], e[2], e[3], e[4], e[5]
-        row = [k[0], k[1], size, mtime, ctime - mtime, None, None, scan_id, 0]
+        head = full = None
+        if hashes and (u := hashes.get((dev, ino))) is not None and (
+                u[4] is None or u[4] == (size, mtime, ctime)):
+            del hashes[(dev, ino)]
+            full = u[3]
+            # bulk.save_hashes: a small file's head goes once its full hash is known
+            head = None if full is not None and size <= HEADLESS_MAX else u[2]
+        row = [k[0], k[1], size, mtime, ctime - mtime,
+               None if head is None else head - _U64 if head >= _S64 else head, full, scan_id, 0]
         if hold is None:
             upserts.append(row)
         else:
             hold[(dev, ino)] = row
-        add(_new(IndexedFile, (dev, ino, size, mtime, ctime, None, None, 0,
+        add(_new(IndexedFile, (dev, ino, size, mtime, ctime, head, full, 0,
                                (path,) if k not in extra else tuple(sorted(extra[k])))))
     return files
 

@@ -172,8 +172,8 @@ class Store(Names, SizeGroups):
             self.fsmap.check(r)
 
     def record(self, scan_id: int, events: Sequence[FileEvent],
-               touch_inodes: bool = True, digests: Sequence[tuple[bytes, bytes]] = ()
-               ) -> RecordResult:
+               touch_inodes: bool = True, digests: Sequence[tuple[bytes, bytes]] = (),
+               hashes: dict[tuple[int, int], Sequence[Any]] | None = None) -> RecordResult:
         """Upsert one batch of walk results; unchanged inodes keep their hashes.
 
         An inode is unchanged when size, mtime_ns and ctime_ns all match (ctime
@@ -188,6 +188,10 @@ class Store(Names, SizeGroups):
         now recorded (this batch or an earlier one of the scan): stored so that the
         next walk can skip them while they do not change (known_digests). Any other
         directory this batch writes into loses its stored digest.
+
+        hashes: (dev, ino) -> the HashUpdate save_hashes is to write next. A batch of
+        inodes none indexed (and none held) puts those at the event's stat (or none)
+        in its new rows and takes them out (save_hashes of the rest: the same rows).
         """
         events, fss = self._filesystems(events)
         held = self.held  # its lock over the whole transaction (held.py)
@@ -195,7 +199,8 @@ class Store(Names, SizeGroups):
             with held.lock if held is not None else contextlib.nullcontext(), \
                     self.db.tx() as c:
                 self.dirs.drop_stale(c)
-                res = record_batch(self, c, scan_id, events, fss, touch_inodes, digests)
+                res = record_batch(self, c, scan_id, events, fss, touch_inodes, digests,
+                                   hashes)
         except BaseException:
             self.dirs.reset()  # ids created in the rolled-back transaction are void
             raise

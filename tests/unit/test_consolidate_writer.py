@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dedupd.consolidate import writer
 from dedupd.consolidate.writer import IndexWriter, WriteFailed
 from dedupd.files.events import FileEvent
 from dedupd.forkpipe import Wire
@@ -153,3 +154,51 @@ def test_flushes_received_before_the_parent_died_are_all_written(tmp_path: Path)
         assert sorted(prov.load(store, "c")) == [bytes(src / f"f{i}") for i in range(3)]
     finally:
         store.close()
+
+
+def test_hashes_of_new_archive_files_go_in_with_their_rows_as_save_hashes_wrote_them(
+        tmp_path: Path) -> None:
+    """apply() writes the hashes of a flush's new inodes in their rows (Store.record's
+    hashes): the index must end as record then save_hashes left it -- a small file
+    without its head, a large one with it, the last of two updates, one at another
+    stat skipped, a known inode's hashes updated."""
+    src, arch = tmp_path / "s", tmp_path / "a"
+    for d in (src, arch):
+        d.mkdir()
+    (src / "known").write_bytes(b"k")
+    (arch / "small").write_bytes(b"abc")
+    (arch / "big").write_bytes(b"b" * (200 * 1024))
+    (arch / "twice").write_bytes(b"t")
+    (arch / "stale").write_bytes(b"s")
+    evs = [FileEvent.from_stat(bytes(arch / n), os.stat(arch / n))
+           for n in ("small", "big", "twice", "stale")]
+    known = os.stat(src / "known")
+    small, big, twice, stale = evs
+    hashes = [(small.dev, small.ino, 1, b"1" * 16, None),
+              (big.dev, big.ino, 2, b"2" * 16, (big.size, big.mtime_ns, big.ctime_ns)),
+              (twice.dev, twice.ino, 3, b"3" * 16, None),
+              (known.st_dev, known.st_ino, 4, b"4" * 16, None),
+              (twice.dev, twice.ino, 5, b"5" * 16, None),
+              (stale.dev, stale.ino, 6, b"6" * 16, (stale.size + 1, stale.mtime_ns,
+                                                    stale.ctime_ns))]
+    rows = []
+    for way in ("apply", "record then save_hashes"):
+        url = f"sqlite:///{tmp_path / way}.sqlite"
+        store = Store(url)
+        try:
+            scan = store.begin_scan([bytes(src), bytes(arch)])
+            store.record(scan, [FileEvent.from_stat(bytes(src / "known"), known)])
+            if way == "apply":
+                writer.apply(store, (scan, [tuple(e) for e in evs], hashes, [], "c", [], 1.0))
+            else:
+                store.record(scan, evs)
+                store.save_hashes([HashUpdate(*h) for h in hashes])
+            rows.append(store.db.rows('SELECT ino, size, head, "full", unstable FROM inodes '
+                                      "ORDER BY ino"))
+        finally:
+            store.close()
+    assert rows[0] == rows[1]
+    got = {r[0]: (r[2], r[3]) for r in rows[0]}
+    assert got[small.ino] == (None, b"1" * 16) and got[big.ino] == (2, b"2" * 16)
+    assert got[twice.ino] == (None, b"5" * 16) and got[stale.ino] == (None, None)
+    assert got[known.st_ino] == (None, b"4" * 16)
