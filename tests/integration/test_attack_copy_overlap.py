@@ -103,3 +103,55 @@ def test_user_acts_on_sources_while_their_batches_are_in_the_worker(
             assert Path(os.fsdecode(row.archive_path)).read_bytes() == had, (act, path)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("stop_at", ["written:3", "synced:3", "placed:3", "answered:2"])
+def test_worker_stopped_then_its_run_killed(tmp_path: Path, stop_at: str) -> None:
+    """The copy worker frozen (SIGSTOP, the test hook) with batches of two in flight,
+    then its run killed -9: a next run is refused while the frozen worker holds the
+    archive's lock (exit 75, no traceback); once the worker is let go it exits on its
+    own (EOF or EPIPE) placing at most verified copies, and the next run completes
+    the import: each content once, whole, and a row for every source path."""
+    from tests.integration.test_consolidate_crash import (
+        check_archive,
+        small_sources,
+        wait_unlocked,
+    )
+
+    sources, contents = small_sources(tmp_path / "src", more=True)
+    n_paths = sum(1 for s in sources for v in manifest(s).values() if v[-1])
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    db = tmp_path / "db.sqlite"
+    cfg = write_config(tmp_path / "c.toml", db, "x", sources, archive)
+    env = {**os.environ, KILL_ENV: stop_at, KILL_WHICH_ENV: "stop", BATCH_ENV: "2"}
+    run = subprocess.Popen([sys.executable, "-m", "dedupd", "consolidate", "-c", str(cfg),
+                            "x"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=env)  # no pipes: the frozen worker would hold them open
+    worker = 0
+    try:
+        worker = _stopped_child(run.pid)
+        run.kill()
+        run.wait(timeout=60)
+        second = dedupd("consolidate", "-c", str(cfg), "x", check=False)
+        assert second.returncode == 75, (second.returncode, second.stderr)
+        assert b"Traceback" not in second.stderr and b"dedupd: " in second.stderr
+    finally:
+        if worker:
+            os.kill(worker, signal.SIGCONT)
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    wait_unlocked(archive)
+    check_archive(archive, contents, complete=False)
+    rep = json.loads(dedupd("consolidate", "-c", str(cfg), "x", "--json").stdout)
+    assert rep["stats"]["problems"] == 0, rep["problems"]
+    check_archive(archive, contents, complete=True)
+    store = Store(f"sqlite:///{db}")
+    try:
+        assert prov.count(store, "x") == n_paths
+        for row in prov.load(store, "x").values():
+            assert Path(os.fsdecode(row.archive_path)).read_bytes() == Path(
+                os.fsdecode(row.source_path)).read_bytes()
+    finally:
+        store.close()
