@@ -107,3 +107,63 @@ def test_consolidate_size_groups_of_many_files_under_1024(tmp_path: Path) -> Non
     got = {p.name: p.read_bytes() for p in arch.rglob("*")
            if p.is_file() and not p.name.startswith(".dedupd")}
     assert got == content
+
+
+def test_kill_at_every_step_when_a_batch_waits_for_the_one_before(tmp_path: Path) -> None:
+    """`ulimit -n 40`: batches of three files, and two batches in the worker may hold
+    six (copyloop.WorkerLoop.max_files). A size group of five distinct files comes
+    as one batch after a batch of three, so the worker finishes the first before it
+    stages the group (no overlap). A kill -9 after every step of that order leaves
+    no partial file under a real name and no index row naming a missing copy, and a
+    run with the usual limit completes the import; one step past the last, the run
+    completes (every step was a kill point)."""
+    from dedupd.consolidate.execute import KILL_ENV
+    from dedupd.index import provenance as prov
+    from dedupd.index.store import Store
+
+    src = tmp_path / "src"
+    src.mkdir()
+    content = {f"u{i}.bin": os.urandom(3000 + 100 * i) for i in range(3)}
+    content.update({f"g{i}.bin": os.urandom(4000) for i in range(5)})
+    for name, data in content.items():
+        (src / name).write_bytes(data)
+    steps = 8 * 5 + 2 + 2 + 1  # written..queued per copy, syncing + answered a batch, ended
+    for k in range(1, steps + 2):
+        arch = tmp_path / f"a{k}"
+        arch.mkdir()
+        db = tmp_path / f"db{k}"
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[database]\nurl = "sqlite:///{db}"\n[consolidate.p]\n'
+                       f'sources = ["{src}"]\narchive = "{arch}"\nlayout = "{{name}}"\n')
+
+        def limited(k: int = k) -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+            os.environ[KILL_ENV] = str(k)
+
+        r = subprocess.run([sys.executable, "-m", "dedupd", "consolidate", "-c", str(cfg),
+                            "p"], capture_output=True, text=True, timeout=120,
+                           preexec_fn=limited)
+        got = {p.name: p.read_bytes() for p in arch.iterdir() if p.suffix == ".bin"}
+        if k > steps:
+            assert r.returncode == 0, r.stderr
+            assert got == content
+            continue
+        assert r.returncode == -9, (k, r.returncode, r.stderr)
+        assert all(content[n] == b for n, b in got.items()), k
+        if k == 18:  # the group's first copy written: the batch before is placed
+            assert sorted(got) == ["u0.bin", "u1.bin", "u2.bin"], got
+        store = Store(f"sqlite:///{db}")
+        try:
+            for row in prov.load(store, "p").values():
+                assert os.path.basename(row.archive_path).decode() in got, (k, row)
+        finally:
+            store.close()
+        again = subprocess.run([sys.executable, "-m", "dedupd", "consolidate", "-c",
+                                str(cfg), "p"], capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, (k, again.stderr)
+        assert {p.name: p.read_bytes() for p in arch.iterdir() if p.suffix == ".bin"} == content
+        store = Store(f"sqlite:///{db}")
+        try:
+            assert prov.count(store, "p") == len(content), k
+        finally:
+            store.close()
