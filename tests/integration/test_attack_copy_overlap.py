@@ -47,7 +47,7 @@ def _sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
-@pytest.mark.parametrize("stop_at", ["written:5", "synced:3"])
+@pytest.mark.parametrize("stop_at", ["written:5", "synced:3", "verified:3"])
 @pytest.mark.parametrize("act", sorted(ACTS))
 def test_user_acts_on_sources_while_their_batches_are_in_the_worker(
         tmp_path: Path, attacker: User, act: str, stop_at: str) -> None:
@@ -80,10 +80,12 @@ def test_user_acts_on_sources_while_their_batches_are_in_the_worker(
             run.wait()
     assert b"Traceback" not in err, err
     rep = json.loads(out)
+    # verified:3: f2 was compared with its source, unchanged then, before the act
+    first = 3 if stop_at == "verified:3" else 2
     refused = sorted((p["path"].rsplit("/", 1)[1], p["reason"]) for p in rep["problems"])
-    assert refused == [(f"f{i}.bin", "changed") for i in range(2, 6)], (act, refused)
+    assert refused == [(f"f{i}.bin", "changed") for i in range(first, 6)], (act, refused)
     placed = {p.name: p.read_bytes() for p in archive.iterdir() if p.suffix == ".bin"}
-    assert placed == {"f0.bin": old["f0.bin"], "f1.bin": old["f1.bin"]}, act
+    assert placed == {f"f{i}.bin": old[f"f{i}.bin"] for i in range(first)}, act
     assert not [p for p in manifest(archive) if b".dedupd-copy." in p]
 
     again = dedupd("consolidate", "-c", str(cfg), "x", "--json")
@@ -92,7 +94,8 @@ def test_user_acts_on_sources_while_their_batches_are_in_the_worker(
                 if p.is_file() and not p.name.startswith(".dedupd")}
     assert _sha(secret.read_bytes()) not in archived
     now = {p.name: p.read_bytes() for p in share.iterdir() if not p.is_symlink()}
-    assert archived == {_sha(b) for b in (old["f0.bin"], old["f1.bin"], *now.values())}
+    assert archived == {_sha(b) for b in (*(old[f"f{i}.bin"] for i in range(first)),
+                                          *now.values())}
     store = Store(f"sqlite:///{db}")
     try:  # every row names an archive file with its source path's bytes as they are
         rows = prov.load(store, "x")  # (or were, for a source gone: its history stays)
