@@ -131,8 +131,9 @@ class WorkerLoop:
         self.max_files = max(8, soft // 3) // 2
         # the archive directories' handles, kept from batch to batch: between batches
         # the most recent, at most a 48th of the limit (the generated tree's import
-        # has 120 directories); within them, one a copy at most (counted above)
-        self.dirs = DirCache(sync=False, keep=max(8, min(256, soft // 48)))
+        # has 120 directories); within them, one a copy at most (counted above); no floor
+        # above that 48th but 2 (one of 8 failed copies under `ulimit -n` 32 and 36)
+        self.dirs = DirCache(sync=False, keep=max(2, min(256, soft // 48)))
         self.unsynced = False  # names placed since the last syncfs began
         # two receive buffers, one per batch in flight, each reused: a fresh one per
         # batch costs a page fault per 4 KiB (60,000 for 250 MB of copies)

@@ -167,3 +167,29 @@ def test_kill_at_every_step_when_a_batch_waits_for_the_one_before(tmp_path: Path
             assert prov.count(store, "p") == len(content), k
         finally:
             store.close()
+
+
+@pytest.mark.parametrize("limit", [32, 36])
+def test_consolidate_a_month_a_file_under_a_very_low_limit(tmp_path: Path,
+                                                           limit: int) -> None:
+    """150 files a month apart (150 archive directories) under `ulimit -n` 32 or 36:
+    every file imported. Before, the copy worker kept at least 8 archive directory
+    handles between batches (copyloop's DirCache) whatever the limit: 35 copies
+    failed "Too many open files" at 32, the worker itself at 36."""
+    src, arch = tmp_path / "src", tmp_path / "arch"
+    content = {}
+    for i in range(150):
+        p = src / f"d{i}" / f"f{i}"
+        p.parent.mkdir(parents=True)
+        content[p.name] = os.urandom(3000 + i)
+        p.write_bytes(content[p.name])
+        t = 946_684_800 + i * 31 * 86_400
+        os.utime(p, (t, t))
+    arch.mkdir()
+    (tmp_path / "c.toml").write_text(
+        f'[consolidate.p]\nsources = ["{src}"]\narchive = "{arch}"\n')
+    r = _consolidate(tmp_path, limit)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = {p.name: p.read_bytes() for p in arch.rglob("*")
+           if p.is_file() and not p.name.startswith(".dedupd")}
+    assert got == content
