@@ -48,6 +48,8 @@ names, fsops/archive_lock.py.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import itertools
 import os
 from collections.abc import Callable, Iterable
@@ -308,9 +310,15 @@ def sync_filesystem(path: bytes) -> None:
 
 
 def sync_fd_filesystem(fd: int) -> None:
-    """Make everything written to the filesystem of an open fd durable (syncfs(2))."""
+    """Make everything written to the filesystem of an open fd durable (syncfs(2));
+    raise OSError when it fails (EIO: what was written may be lost)."""
     syncfs = getattr(handles.LIBC, "syncfs", None)
-    if syncfs is None or syncfs(fd) != 0:
+    if syncfs is not None and syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        if err != errno.ENOSYS:  # sync(2) reports nothing: never in place of a failure
+            raise OSError(err, f"syncing the filesystem: {os.strerror(err)}")
+        syncfs = None
+    if syncfs is None:
         os.sync()  # no syncfs: the global sync is slower but as safe
 
 

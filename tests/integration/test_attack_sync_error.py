@@ -1,0 +1,80 @@
+"""The archive's filesystem fails (an I/O error: here ext4 shut down without flushing
+its journal, as a dying disk leaves it) after a batch's names were placed and before
+the sync that makes them durable. That syncfs fails (EIO): the run must fail
+clearly and hand no row to the index for names the failure may have lost.
+
+Before: a failing syncfs was taken for a missing one (fsops.copy.sync_fd_filesystem
+fell back to sync(2), which reports nothing), the worker answered the next batch
+"synced", and the run wrote the index rows of names that were gone once the
+filesystem was mounted again: the index named copies a crash had lost.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from dedupd.consolidate.copyworker import KILL_WHICH_ENV
+from dedupd.consolidate.execute import BATCH_ENV, KILL_ENV
+from dedupd.index import provenance as prov
+from dedupd.index.store import Store
+from tests.fixtures.components import require_tools
+from tests.fixtures.consolidate import write, write_config
+from tests.integration.test_consolidate_crash import _stopped_child
+
+pytestmark = pytest.mark.integration
+
+
+def test_archive_io_error_before_a_batch_sync_writes_no_row_for_lost_names(
+        tmp_path: Path, loopfs: Callable[[str, str], Path]) -> None:
+    require_tools("xfs_io")
+    mnt = loopfs("ext4", "64M")
+    # no periodic journal commit during the test: only dedupd's syncs make names durable
+    subprocess.run(["mount", "-o", "remount,commit=600", str(mnt)], check=True)
+    archive = mnt / "archive"
+    archive.mkdir()
+    os.sync()
+    src = tmp_path / "src"
+    for i in range(6):
+        write(src / f"f{i}.bin", os.urandom(20_000 + i), "2019-01-01")
+    db = tmp_path / "db.sqlite"
+    cfg = write_config(tmp_path / "c.toml", db, "x", [src], archive, 'layout = "{name}"\n')
+    # stopped with batch 1's names placed (and answered), batch 2 staged, its sync not
+    # begun: batch 2's sync is the one that would make batch 1's names durable
+    env = {**os.environ, KILL_ENV: "answered:1", KILL_WHICH_ENV: "stop", BATCH_ENV: "2"}
+    run = subprocess.Popen([sys.executable, "-m", "dedupd", "consolidate", "-c", str(cfg),
+                            "x"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        worker = _stopped_child(run.pid)
+        assert sorted(p.name for p in archive.glob("*.bin")) == ["f0.bin", "f1.bin"]
+        # the disk fails: its journal is not flushed (xfs_io's shutdown without -f)
+        subprocess.run(["xfs_io", "-x", "-c", "shutdown", str(mnt)], check=True,
+                       capture_output=True)
+        os.kill(worker, signal.SIGCONT)
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 1, (run.returncode, err)
+    assert b"Traceback" not in err, err
+    # the machine comes back: the filesystem mounted again, its journal replayed
+    img = mnt.parent / "ext4.img"  # the loopfs fixture's image beside its mount point
+    assert img.is_file()
+    subprocess.run(["umount", str(mnt)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    store = Store(f"sqlite:///{db}")
+    try:
+        rows = prov.load(store, "x")
+    finally:
+        store.close()
+    for path, row in rows.items():  # each row names a file with its source's bytes
+        where = Path(os.fsdecode(row.archive_path))
+        assert where.exists(), (path, "its archive file was lost, its row written")
+        assert where.read_bytes() == Path(os.fsdecode(path)).read_bytes()
