@@ -124,11 +124,16 @@ def _out_of_files(e: OSError) -> DedupdError | None:
     helper process, a handle), as a clear error: a limit of this process or of the
     host, not a bug, so no traceback. EMFILE is exit 1 (a re-run meets the same
     `ulimit -n`), ENFILE 75 (the system's table frees as other processes close
-    files). None for any other error."""
+    files). A failing disk or filesystem (EIO, EROFS, ENOSPC, EDQUOT) is exit 1
+    too. None for any other error."""
     import errno
 
     if e.errno == errno.ENFILE:
         return TemporaryFailure("the system's table of open files is full (ENFILE)")
+    if e.errno in (errno.EIO, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+        # the disk or filesystem failed, went read-only or is full: the host's, no bug
+        name = "" if e.filename is None else f": {os.fsdecode(e.filename)}"
+        return DedupdError(f"{e.strerror or e}{name}")
     if e.errno != errno.EMFILE:
         return None
     import resource

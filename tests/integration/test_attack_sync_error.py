@@ -78,3 +78,24 @@ def test_archive_io_error_before_a_batch_sync_writes_no_row_for_lost_names(
         where = Path(os.fsdecode(row.archive_path))
         assert where.exists(), (path, "its archive file was lost, its row written")
         assert where.read_bytes() == Path(os.fsdecode(path)).read_bytes()
+
+
+def test_a_run_into_an_archive_on_a_failed_disk_is_a_clear_error(
+        tmp_path: Path, loopfs: Callable[[str, str], Path]) -> None:
+    """The archive's filesystem has failed (shut down, every access EIO) before the run:
+    a clear error naming what failed, exit 1. Before: "unexpected error (this is a
+    bug)" and a traceback from the open of the archive's lock file."""
+    require_tools("xfs_io")
+    mnt = loopfs("ext4", "64M")
+    archive = mnt / "archive"
+    archive.mkdir()
+    src = tmp_path / "src"
+    write(src / "a.bin", os.urandom(20_000), "2019-01-01")
+    cfg = write_config(tmp_path / "c.toml", tmp_path / "db.sqlite", "x", [src], archive)
+    subprocess.run(["xfs_io", "-x", "-c", "shutdown", str(mnt)], check=True,
+                   capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "dedupd", "consolidate", "-c", str(cfg), "x"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "this is a bug" not in r.stderr, r.stderr
+    assert r.stderr.startswith("dedupd: error: Input/output error"), r.stderr
