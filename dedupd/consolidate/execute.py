@@ -103,6 +103,7 @@ class Executor:
         self._unsynced = False  # names placed since the last sync (their rows wait)
         self._pending: dict[int, tuple[Copy, bytes | None]] = {}  # sent to the worker
         self._next_id = 0
+        self._max_files = BATCH_FILES  # copies a batch (_copy_all)
         self._batch_hashes: list[list[HashUpdate]] = []  # of batches the worker has
         # the sources' directory handles, for the whole run: a size group's files lie
         # all over the shares, so keep many (a sixth of the open-file limit, at most
@@ -158,8 +159,8 @@ class Executor:
 
     def _copy_all(self, items: list[Copy | Content | Unsorted]) -> None:
         """Read the items here and stage, sync, verify and link them in the copy worker
-        (consolidate/copyworker.py), in batches of what is really staged (a group may
-        pass the limits by its own new contents). Up to two batches are in the worker
+        (consolidate/copyworker.py), in batches of what is really staged (a size group's
+        copies split among several where they pass the limits). Up to two batches are in the worker
         (one staged while the one before is synced, verified and linked) while the
         next is read; the round ends with a sync of the last one."""
         raw = os.environ.get(BATCH_ENV, "")
@@ -168,7 +169,7 @@ class Executor:
         # and, the layout spreading them, its archive directory) for two batches (one
         # synced and linked while the next is staged): a quarter of the budget's files
         # keep them within 1.5 budgets (all of them overran a hard limit of 1024)
-        max_files = min(max_files, max(1, fd_budget() // 4))
+        max_files = self._max_files = min(max_files, max(1, fd_budget() // 4))
         try:
             batch = _Batch()
             for it in items:
@@ -195,6 +196,8 @@ class Executor:
             self._worker.send_batch(batch.items, batch.payload, batch.fds)
         finally:
             batch.close()
+        batch.files = batch.size = 0  # sent: the same batch goes on empty (_stage_group)
+        batch.hashes, batch.items, batch.payload = [], [], []
         self._worker.wait()
 
     def _tick(self) -> None:
@@ -301,6 +304,10 @@ class Executor:
             self._done_bytes += cp.content.size
             self._bytes_total += cp.content.size
             self._send(cp, r, batch)
+            # a group of up to inventory.UNSORTED_FILES: in one batch, its handles
+            # overran the worker's limit (200 files under `ulimit -n` 384)
+            if batch.files >= self._max_files or batch.size >= BATCH_BYTES:
+                self._end_batch(batch)
 
     def _send(self, cp: Copy, r: SourceRead | None, batch: _Batch) -> None:
         """Hand one copy to the worker: its bytes as read (r), else its source path."""

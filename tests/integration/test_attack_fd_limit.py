@@ -193,3 +193,22 @@ def test_consolidate_a_month_a_file_under_a_very_low_limit(tmp_path: Path,
     got = {p.name: p.read_bytes() for p in arch.rglob("*")
            if p.is_file() and not p.name.startswith(".dedupd")}
     assert got == content
+
+
+def test_consolidate_one_size_group_of_200_files_under_384(tmp_path: Path) -> None:
+    """200 distinct files of one size (one unsorted size group) under `ulimit -n` 384:
+    all imported. Before, a group went to the copy worker as one batch whatever the
+    batch limits, and its 200 staged files and sources overran the worker's limit:
+    "the copy worker failed: ... Too many open files" at every run."""
+    src, arch = tmp_path / "src", tmp_path / "arch"
+    src.mkdir()
+    arch.mkdir()
+    content = {f"f{i}": os.urandom(5000) for i in range(200)}
+    for name, data in content.items():
+        (src / name).write_bytes(data)
+    (tmp_path / "c.toml").write_text(
+        f'[consolidate.p]\nsources = ["{src}"]\narchive = "{arch}"\nlayout = "{{name}}"\n')
+    r = _consolidate(tmp_path, 384)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in arch.iterdir()
+            if not p.name.startswith(".dedupd")} == content
