@@ -17,9 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +31,7 @@ from dedupd.consolidate.copyworker import KILL_WHICH_ENV
 from dedupd.consolidate.execute import BATCH_ENV, KILL_ENV
 from dedupd.index import provenance as prov
 from dedupd.index.store import Store
-from tests.fixtures.attacker import User, reachable
+from tests.fixtures.attacker import User
 from tests.fixtures.consolidate import dedupd, manifest, write_config
 from tests.integration.test_consolidate_crash import _stopped_child
 
@@ -47,15 +50,27 @@ def _sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory the user can reach whatever other test sessions do: not under
+    /tmp/pytest-of-root, which each starting pytest session makes 0700 again (the
+    user then lost its way to tmp_path mid-test: "Permission denied")."""
+    d = Path(tempfile.mkdtemp(prefix="dedupd-atk-"))
+    d.chmod(0o711)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.parametrize("stop_at", ["written:5", "synced:3", "verified:3"])
 @pytest.mark.parametrize("act", sorted(ACTS))
 def test_user_acts_on_sources_while_their_batches_are_in_the_worker(
-        tmp_path: Path, attacker: User, act: str, stop_at: str) -> None:
-    share, other, archive = tmp_path / "share", tmp_path / "other", tmp_path / "archive"
+        tmp_path: Path, open_dir: Path, attacker: User, act: str, stop_at: str) -> None:
+    share, other, archive = open_dir / "share", open_dir / "other", tmp_path / "archive"
     for d in (share, other, archive):
         d.mkdir()
     attacker.owns(share, other)
-    reachable(share)
     secret = tmp_path / "secret"
     secret.write_bytes(b"root only\n" * 3000)
     secret.chmod(0o600)
