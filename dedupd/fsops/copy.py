@@ -208,9 +208,10 @@ def _stage(src: bytes, sfd: int, st: os.stat_result, dest_dir: bytes, dirs: Dest
 def sync_batch(archive: bytes, staged: Iterable[Staged], dirs: DestDirs) -> None:
     """Make a batch durable (one syncfs of the archive's filesystem), then drop the
     temp files' cached pages and ask for them back at once, so each verify reads
-    what reached the disk without a disk round trip per file. Uses only the staged
-    files' handles kept in dirs (not its directories): the copy worker runs it in
-    a thread of its own while it stages the next batch (consolidate/copyloop.py)."""
+    what reached the disk without a disk round trip per file. Staged with dirs, the
+    files are reached through the handles dirs keeps, nothing else of dirs: the copy
+    worker runs it in a thread of its own while it stages the next batch
+    (consolidate/copyloop.py)."""
     sync_filesystem(archive)
     fds: list[int] = []
     opened: list[int] = []
