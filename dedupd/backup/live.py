@@ -14,12 +14,14 @@ a shorter body (`takes_short`: rclone's local remote) gets that one live too.
 A resumed pass never streams: each chunk must be compared by HEAD before any
 byte of it is sent, so a confirmed chunk is never uploaded twice.
 
-Each upload is started one chunk ahead: starting `rclone rcat` takes ~50 ms
-before it reads its first byte, and the stream (zfs send and the compressor
-behind it) stood still that long at every chunk. The first chunk's is started
-with the feed, before the stream's processes. The one started for a chunk
-that never comes (the stream ended, or was empty) is aborted; a store that
-kept something of it (an empty object) has it deleted as a stray by the final
+Each upload is started ahead: starting `rclone rcat` takes ~50 ms (and ~50
+ms of CPU) before it reads its first byte, and the stream (zfs send and the
+compressor behind it) stood still that long at every chunk. The first chunk's
+is started with the feed, before the stream's processes; the next chunk's
+once half of the current one is fed, so a stream whose last chunk is short
+starts no upload for a chunk that never comes. One started for a chunk that
+never comes (the stream ended, or was empty) is aborted; a store that kept
+something of it (an empty object) has it deleted as a stray by the final
 listing (upload.confirm_all) before the manifest is written.
 """
 
@@ -42,6 +44,7 @@ class LiveFeed:
         self._size, self._class = chunk_size, storage_class
         self._seq = 0
         self._live: LivePut | None = None
+        self._fed = 0  # bytes of the current chunk written to its live upload
         self._on = True  # False once the target turned out to have no live uploads
         self.streamed = 0  # chunks whose live upload was accepted by the target
         self.fallbacks = 0  # full-size chunks whose live upload failed
@@ -52,10 +55,12 @@ class LiveFeed:
         if self._live is None and self._on:
             self._live, self._next = self._next or self._begin(self._seq), None
             self._on = self._live is not None
-            if self._on:
-                self._next = self._begin(self._seq + 1)
+            self._fed = 0
         if self._live is not None:
             self._live.write(part)
+            self._fed += len(part)
+            if self._next is None and self._fed >= self._size // 2:
+                self._next = self._begin(self._seq + 1)
 
     def _begin(self, seq: int) -> LivePut | None:
         return begin_put(self._target, self._key_of(seq), self._size, self._class)
