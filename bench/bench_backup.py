@@ -37,6 +37,13 @@ load average is printed next to each size's figures.
 
     python bench/bench_backup.py [--data-mib 768,4096] [--chunk-mib 64]
         [--rounds 5,3] [--targets rclone,s3] [--no-detail] [--remote-dir DIR]
+        [--baseline CHECKOUT]
+
+--baseline CHECKOUT also runs another checkout's `dedupd backup` (a `git
+worktree add DIR OLD_COMMIT`, whose dedupd package `python -m` finds in its
+working directory) in every round beside this one's, in alternating order,
+and prints its row, its ratio to the rival and this checkout's speed-up over
+it: old and new code measured in the same rounds, under the same load.
 
 Several sizes (--data-mib 768,4096) are benched one after the other in the same
 run and their ratios printed side by side at the end: a larger dataset shows
@@ -256,13 +263,15 @@ def time_target_alone(conf: Path, job: str, files: list[tuple[Path, int, str]],
     return wall, cpu
 
 
-def time_dedupd(conf: Path, job: str, env: dict[str, str]
+def time_dedupd(conf: Path, job: str, env: dict[str, str], checkout: Path = ROOT
                 ) -> tuple[float, float, int, int, dict[str, Any]]:
+    """`dedupd backup --full` of the checkout's dedupd package (`python -m` finds it in
+    the working directory first: --baseline runs another checkout's the same way)."""
     argv = ["/usr/bin/time", "-v", sys.executable, "-m", "dedupd", "backup", job, "--full",
             "--json", "-c", str(conf)]
     c, t = busy(), time.monotonic()
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env)
+                         env=env, cwd=checkout)
     mon = PeakSpool(p.pid)
     mon.start()
     out, err = p.communicate()
@@ -289,6 +298,10 @@ def main() -> int:
                     "is a tmpfs with room, else the bench's temp dir)")
     ap.add_argument("--no-detail", dest="detail", action="store_false",
                     help="skip the stream-stage and target-alone rows (faster)")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="CHECKOUT",
+                    help="also time `dedupd backup` of another checkout (e.g. a `git "
+                    "worktree` of an older commit) in every round, next to this one's "
+                    "(order alternating): old and new code side by side")
     a = ap.parse_args()
     a.jobs = [j for j in ("rclone", "s3") if j in a.targets.split(",")]
     sizes = [int(x) for x in a.data_mib.split(",")]
@@ -376,6 +389,13 @@ def bench_size(a: argparse.Namespace, port: int) -> dict[str, float]:
             if a.detail:
                 rows.setdefault("stage", []).append(time_stream_stage(snap, a.chunk_mib << 20))
             for job in a.jobs:
+                def baseline(job: str) -> None:
+                    w, c, _, _, res = time_dedupd(conf, job, env, a.baseline)
+                    drop_backups(remote, job, port)
+                    rows.setdefault(f"{job}-base", []).append((w, c))
+                    rows.setdefault(f"{job}-base-stream", []).append(
+                        (res["stream_seconds"], 0.0))
+
                 def rival(job: str = job) -> None:
                     rows.setdefault(f"{job}-rival", []).append(
                         time_rival(snap, sinks[job][0], env))
@@ -383,8 +403,12 @@ def bench_size(a: argparse.Namespace, port: int) -> dict[str, float]:
 
                 if r % 2 == 0:  # alternate: rival first, then dedupd first
                     rival()
+                if a.baseline and r % 2 == 0:
+                    baseline(job)
                 wall, cpu, rss, peak, res = time_dedupd(conf, job, env)
                 drop_backups(remote, job, port)
+                if a.baseline and r % 2 == 1:
+                    baseline(job)
                 if r % 2 == 1:
                     rival()
                 rows.setdefault(job, []).append((wall, cpu))
@@ -415,9 +439,12 @@ def median_wall(runs: list[tuple[float, float]]) -> float:
     return statistics.median(w for w, _ in runs)
 
 
-def round_ratios(rows: dict[str, list[tuple[float, float]]], job: str) -> list[float]:
-    """Throughput ratio dedupd/rival of each round (the pair ran back to back)."""
-    return [r / d for (r, _), (d, _) in zip(rows[f"{job}-rival"], rows[job], strict=True)]
+def round_ratios(rows: dict[str, list[tuple[float, float]]], job: str, which: str = ""
+                 ) -> list[float]:
+    """Throughput ratio dedupd/rival of each round (the pair ran back to back);
+    which="base": the --baseline checkout's."""
+    ours = rows[f"{job}-{which}" if which else job]
+    return [r / d for (r, _), (d, _) in zip(rows[f"{job}-rival"], ours, strict=True)]
 
 
 def remote_root(given: str | None, data_mib: int) -> Path:
@@ -559,6 +586,13 @@ def report(a: argparse.Namespace, stream: int, stored: int,
         uw = statistics.median(y for _, y in waits[job])
         print(f"    stream waited {sw:.2f}s for uploads, uploads waited {uw:.2f}s for the "
               "stream (medians)")
+        if f"{job}-base" in rows:
+            bt = line(f"  baseline: {a.baseline}"[:50], f"{job}-base")
+            bs = med(f"{job}-base-stream")[0]
+            print(f"    baseline: throughput ratio to the rival {rt / bt:.2f}, per round "
+                  f"{' '.join(f'{x:.2f}' for x in round_ratios(rows, job, 'base'))}; "
+                  f"stream {bs:.2f}s, fixed {bt - bs:.2f}s; this checkout / baseline "
+                  f"{bt / t:.2f}")
         if not a.detail:
             continue
         ta = line(f"  {alone} alone, same chunks", f"{job}-alone")
