@@ -1,4 +1,6 @@
-"""`dedupd backup` runs of one job racing each other under the start-up order of
+"""(Named test_backup_*, not test_attack_*: its session-wide moto server, started before
+test_attack_early_walk and test_attack_feeder_killed, was counted among their
+children.) `dedupd backup` runs of one job racing each other under the start-up order of
 backup/start.py (the job lock, then the new snapshot in a thread, then the
 imports and the index): a run that finds the job locked exits 75 having taken no
 snapshot; two started together end with one snapshot per backup made, none left
