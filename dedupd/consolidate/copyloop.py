@@ -46,8 +46,8 @@ from dedupd.fsops.copy import (
     stage_copy,
     stage_data,
     sync_batch,
-    sync_filesystem,
 )
+from dedupd.fsops.durable import sync_filesystem
 from dedupd.fsops.source import CopyError
 
 KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"

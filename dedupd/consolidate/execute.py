@@ -43,7 +43,7 @@ from dedupd.consolidate.rows import Rows
 from dedupd.consolidate.sortcopy import NewCopy, sort_group
 from dedupd.files.events import Problem
 from dedupd.forkpipe import Wire
-from dedupd.fsops.copy import sync_filesystem
+from dedupd.fsops.durable import sync_filesystem
 from dedupd.fsops.fill import KEEP_BYTES
 from dedupd.fsops.source import CopyError, SourceDirs, SourceRead, read_source
 from dedupd.index.store import HashUpdate, IndexedFile, Store

@@ -16,7 +16,7 @@ from dedupd.dedup.link_run import LinkRun, Planned, accept, action, refresh, sho
 from dedupd.dedup.verify import Refused, check_stat, compare_group, refusal, restat
 from dedupd.files.events import Ident
 from dedupd.fsops import link as fs
-from dedupd.fsops.copy import sync_filesystem
+from dedupd.fsops.durable import sync_filesystem
 from dedupd.fsops.swap import Swap
 from dedupd.index.store import IndexedFile
 

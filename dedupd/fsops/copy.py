@@ -48,8 +48,6 @@ names, fsops/archive_lock.py.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import itertools
 import os
 from collections.abc import Callable, Iterable
@@ -62,6 +60,7 @@ from dedupd.fsops.archive_lock import TMP_PREFIX, TMP_SUFFIX
 from dedupd.fsops.destdirs import DestDirs as DestDirs
 from dedupd.fsops.destdirs import DirCache as DirCache
 from dedupd.fsops.destdirs import make_dirs as make_dirs
+from dedupd.fsops.durable import sync_filesystem
 from dedupd.fsops.readback import compare_kept, compare_with_source
 from dedupd.fsops.source import CopyError, open_expected, same_inode
 
@@ -300,29 +299,6 @@ def discard(staged: Staged, dirs: DestDirs | None = None) -> None:
     with contextlib.suppress(OSError):
         tdir, tname = _at(dirs, staged.tmp)
         os.unlink(tname, dir_fd=tdir)
-
-
-def sync_filesystem(path: bytes) -> None:
-    """Make everything written to path's filesystem durable: syncfs(2), one journal
-    commit for a whole batch instead of an fsync per file."""
-    fd = handles.open_dir(path)
-    try:
-        sync_fd_filesystem(fd)
-    finally:
-        os.close(fd)
-
-
-def sync_fd_filesystem(fd: int) -> None:
-    """Make everything written to the filesystem of an open fd durable (syncfs(2));
-    raise OSError when it fails (EIO: what was written may be lost)."""
-    syncfs = getattr(handles.LIBC, "syncfs", None)
-    if syncfs is not None and syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        if err != errno.ENOSYS:  # sync(2) reports nothing: never in place of a failure
-            raise OSError(err, f"syncing the filesystem: {os.strerror(err)}")
-        syncfs = None
-    if syncfs is None:
-        os.sync()  # no syncfs: the global sync is slower but as safe
 
 
 def _unlink_quiet(path: bytes) -> None:

@@ -20,7 +20,7 @@ from dedupd.dedup.extent_group import ExtentDeduper
 from dedupd.dedup.worker import DedupeWorker
 from dedupd.files.counters import Counters
 from dedupd.files.events import FileEvent
-from dedupd.fsops.copy import sync_fd_filesystem
+from dedupd.fsops.durable import sync_fd_filesystem
 from dedupd.hashing import Hasher, HashWriter, Stability
 from dedupd.index import extents as ix
 from dedupd.volumes import Step

@@ -87,16 +87,15 @@ def local_put(key: str, path: Path, body: io.BytesIO, size: int) -> None:
 
 
 def _sync_dir_filesystem(folder: Path) -> None:
-    """syncfs(2) of folder's filesystem (the global sync where libc has none), as
-    fsops.copy.sync_fd_filesystem does; called directly: importing fsops.copy
-    (and the hashing side it brings) cost ~15 ms after every backup's stream."""
-    from dedupd import handles  # ctypes' libc; the index has loaded it already
+    """syncfs(2) of folder's filesystem; OSError when it fails (a failed sync must never
+    let the manifest, the commit marker, count as durable). fsops.durable, not
+    fsops.copy: that import (and the hashing side it brings) cost ~15 ms after every
+    backup's stream."""
+    from dedupd.fsops.durable import sync_fd_filesystem
 
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        syncfs = getattr(handles.LIBC, "syncfs", None)
-        if syncfs is None or syncfs(fd) != 0:
-            os.sync()
+        sync_fd_filesystem(fd)
     finally:
         os.close(fd)
 
