@@ -8,7 +8,8 @@ writes them while the parent copies the next batch: two cores instead of one.
 Contract: `write()` takes one flush (archive file events, hash updates,
 provenance rows, paths to touch) and returns at once; the child applies the
 flushes in the order given, each in that order (files, hashes, rows), exactly
-as the parent did itself. The parent sends a flush only when every name in it
+as the parent did itself (the hashes of new archive files go in with their rows:
+the same rows). The parent sends a flush only when every name in it
 is durable (execute.py), so whatever the child writes is true on disk. If the
 parent dies (kill -9), the child sees EOF, writes what it already received and
 exits: a crash loses at most the rows not sent, which the next run rebuilds
@@ -52,10 +53,11 @@ class WriteFailed(DedupdError):
 
 
 def apply(store: Store, msg: Wire) -> int:
-    """Write one flush (the wire form of IndexWriter.write) in one transaction; return
-    provenance rows. Its rows are used as they come: events become FileEvents by
-    tuple.__new__ (no Python __new__ a row), hash updates stay tuples (save_hashes
-    only indexes them), provenance rows go in as fields (prov.save_fields)."""
+    """Write one flush (the wire form of IndexWriter.write) in one transaction (the
+    caller's, when it has one: Db.tx); return provenance rows. Its rows are used as
+    they come: events become FileEvents by tuple.__new__ (no Python __new__ a row),
+    hash updates stay tuples (save_hashes only indexes them), provenance rows go in
+    as fields (prov.save_fields)."""
     scan_id, events, hashes, rows, name, touch, now = msg
     try:
         with store.db.tx():  # record, save_hashes and the rest join it (Db.tx)
