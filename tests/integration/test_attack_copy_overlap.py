@@ -19,21 +19,16 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dedupd.consolidate.copyworker import KILL_WHICH_ENV
-from dedupd.consolidate.execute import BATCH_ENV, KILL_ENV
 from dedupd.index import provenance as prov
 from dedupd.index.store import Store
 from tests.fixtures.attacker import User
-from tests.fixtures.consolidate import dedupd, manifest, write_config
-from tests.integration.test_consolidate_crash import _stopped_child
+from tests.fixtures.consolidate import dedupd, import_stopped_at, manifest, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -80,19 +75,10 @@ def test_user_acts_on_sources_while_their_batches_are_in_the_worker(
     old = {p.name: p.read_bytes() for p in share.iterdir()}
     db = tmp_path / "db.sqlite"
     cfg = write_config(tmp_path / "c.toml", db, "x", [share], archive, 'layout = "{name}"\n')
-    env = {**os.environ, KILL_ENV: stop_at, KILL_WHICH_ENV: "stop", BATCH_ENV: "2"}
-    run = subprocess.Popen([sys.executable, "-m", "dedupd", "consolidate", "-c", str(cfg),
-                            "x", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           env=env)
-    try:
-        worker = _stopped_child(run.pid)
+    with import_stopped_at(cfg, "x", stop_at, "--json") as (run, worker):
         attacker.run(ACTS[act], str(share), str(other), str(secret))
         os.kill(worker, signal.SIGCONT)
         out, err = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
     assert b"Traceback" not in err, err
     rep = json.loads(out)
     # verified:3: f2 was compared with its source, unchanged then, before the act
@@ -142,24 +128,13 @@ def test_worker_stopped_then_its_run_killed(tmp_path: Path, stop_at: str) -> Non
     archive.mkdir()
     db = tmp_path / "db.sqlite"
     cfg = write_config(tmp_path / "c.toml", db, "x", sources, archive)
-    env = {**os.environ, KILL_ENV: stop_at, KILL_WHICH_ENV: "stop", BATCH_ENV: "2"}
-    run = subprocess.Popen([sys.executable, "-m", "dedupd", "consolidate", "-c", str(cfg),
-                            "x"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env=env)  # no pipes: the frozen worker would hold them open
-    worker = 0
-    try:
-        worker = _stopped_child(run.pid)
+    # no pipes: the frozen worker would hold them open
+    with import_stopped_at(cfg, "x", stop_at, pipes=False) as (run, _worker):
         run.kill()
         run.wait(timeout=60)
         second = dedupd("consolidate", "-c", str(cfg), "x", check=False)
         assert second.returncode == 75, (second.returncode, second.stderr)
         assert b"Traceback" not in second.stderr and b"dedupd: " in second.stderr
-    finally:
-        if worker:
-            os.kill(worker, signal.SIGCONT)
-        if run.poll() is None:
-            run.kill()
-            run.wait()
     wait_unlocked(archive)
     check_archive(archive, contents, complete=False)
     rep = json.loads(dedupd("consolidate", "-c", str(cfg), "x", "--json").stdout)

@@ -20,13 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from dedupd.consolidate.copyworker import KILL_WHICH_ENV
-from dedupd.consolidate.execute import BATCH_ENV, KILL_ENV
 from dedupd.index import provenance as prov
 from dedupd.index.store import Store
 from tests.fixtures.components import require_tools
-from tests.fixtures.consolidate import write, write_config
-from tests.integration.test_consolidate_crash import _stopped_child
+from tests.fixtures.consolidate import import_stopped_at, write, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -47,21 +44,13 @@ def test_archive_io_error_before_a_batch_sync_writes_no_row_for_lost_names(
     cfg = write_config(tmp_path / "c.toml", db, "x", [src], archive, 'layout = "{name}"\n')
     # stopped with batch 1's names placed (and answered), batch 2 staged, its sync not
     # begun: batch 2's sync is the one that would make batch 1's names durable
-    env = {**os.environ, KILL_ENV: "answered:1", KILL_WHICH_ENV: "stop", BATCH_ENV: "2"}
-    run = subprocess.Popen([sys.executable, "-m", "dedupd", "consolidate", "-c", str(cfg),
-                            "x"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    try:
-        worker = _stopped_child(run.pid)
+    with import_stopped_at(cfg, "x", "answered:1") as (run, worker):
         assert sorted(p.name for p in archive.glob("*.bin")) == ["f0.bin", "f1.bin"]
         # the disk fails: its journal is not flushed (xfs_io's shutdown without -f)
         subprocess.run(["xfs_io", "-x", "-c", "shutdown", str(mnt)], check=True,
                        capture_output=True)
         os.kill(worker, signal.SIGCONT)
         _, err = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
     assert run.returncode == 1, (run.returncode, err)
     assert b"Traceback" not in err, err
     # the machine comes back: the filesystem mounted again, its journal replayed

@@ -6,9 +6,6 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from dedupd.index.store import Store
 from tests.fixtures.consolidate import (
     archive_files,
     dedupd,
+    import_stopped_at,
     jpeg,
     manifest,
     sha,
@@ -273,24 +271,6 @@ def test_kill_one_process_at_every_step_across_batches(tmp_path: Path, which: st
         _killed_then_rerun(k, archive, db, cfg, contents, n_paths, {})
 
 
-def _stopped_child(parent: int, timeout: float = 60) -> int:
-    """The pid of parent's child once it is stopped (SIGSTOP: state T)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-            if int(ppid) == parent and state == "T":
-                return int(d)
-        time.sleep(0.02)
-    raise AssertionError("the copy worker did not stop at its test hook")
-
-
 @pytest.mark.parametrize("stop_at", ["written:5", "synced:3"])
 def test_sources_rewritten_while_their_batch_is_in_the_worker(tmp_path: Path,
                                                               stop_at: str) -> None:
@@ -307,12 +287,7 @@ def test_sources_rewritten_while_their_batch_is_in_the_worker(tmp_path: Path,
     archive.mkdir()
     db = tmp_path / "db.sqlite"
     cfg = write_config(tmp_path / "c.toml", db, "x", [src], archive, 'layout = "{name}"\n')
-    env = {**os.environ, KILL_ENV: stop_at, KILL_WHICH_ENV: "stop", BATCH_ENV: "2"}
-    run = subprocess.Popen([sys.executable, "-m", "dedupd", "consolidate", "-c", str(cfg),
-                            "x", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           env=env)
-    try:
-        worker = _stopped_child(run.pid)
+    with import_stopped_at(cfg, "x", stop_at, "--json") as (run, worker):
         assert sorted(p.name for p in archive.iterdir() if p.suffix == ".bin") == [
             "f0.bin", "f1.bin"]  # batch 1 only: the worker verifies a batch after the next
         for name in old:
@@ -321,10 +296,6 @@ def test_sources_rewritten_while_their_batch_is_in_the_worker(tmp_path: Path,
             os.utime(src / name, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.kill(worker, signal.SIGCONT)
         out, err = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
     assert b"Traceback" not in err, err
     rep = json.loads(out)
     assert sorted((p["path"].rsplit("/", 1)[1], p["reason"]) for p in rep["problems"]) == [
