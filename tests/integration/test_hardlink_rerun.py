@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 LINKERS = ("dedupd.dedup.hardlink", "dedupd.dedup.link_exec", "dedupd.dedup.crossdrive",
-           "dedupd.fsops.copy")
+           "dedupd.fsops.durable")
 # the hashing engine and side-by-side reader: not for size groups settled apart
 HASHING = ("dedupd.hashing.engine", "dedupd.dedup.together", "concurrent.futures")
 
