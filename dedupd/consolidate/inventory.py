@@ -21,6 +21,7 @@ from dedupd.fsops.archive_lock import LOCK_NAME, LOCK_TEMP_GLOB, TMP_GLOB
 from dedupd.fsops.link import TEMP_PREFIX as LINK_TEMP_PREFIX
 from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
 from dedupd.index import provenance as prov
+from dedupd.index.db import S64, U64
 from dedupd.index.store import IndexedFile, Store
 from dedupd.scan.walk import RECORD_BATCH, WalkOptions, batches, normalize_roots, walk
 
@@ -30,7 +31,6 @@ SAVE_BATCH = 2000
 # per new content until its batch is placed: only groups this small are (else hashed).
 UNSORTED_BYTES = 64 << 20
 UNSORTED_FILES = 256
-_S64, _U64 = 1 << 63, 1 << 64  # db.to_s64's bounds (the index's signed inode numbers)
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ def _recorded_groups(store: Store, inv: Inventory) -> Iterator[list[IndexedFile]
             return None
         fs_of[dev] = fs
     files = sorted(recorded.values(), key=lambda f: (
-        f.size, fs_of[f.dev], f.ino - _U64 if f.ino >= _S64 else f.ino))
+        f.size, fs_of[f.dev], f.ino - U64 if f.ino >= S64 else f.ino))
     return _by_size(files)
 
 

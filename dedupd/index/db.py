@@ -49,12 +49,17 @@ class IndexError_(DedupdError):
     """The index cannot be opened or queried."""
 
 
+# The index stores 64-bit unsigned numbers (inodes, head hashes) as signed BIGINTs.
+# Hot loops inline to_s64 as `x - U64 if x >= S64 else x` (a call a file costs more).
+S64, U64 = 1 << 63, 1 << 64
+
+
 def to_s64(x: int) -> int:
-    return x - (1 << 64) if x >= (1 << 63) else x
+    return x - U64 if x >= S64 else x
 
 
 def from_s64(x: int) -> int:
-    return x + (1 << 64) if x < 0 else x
+    return x + U64 if x < 0 else x
 
 
 def chunks(items: list[Any], n: int) -> Iterator[list[Any]]:

@@ -33,7 +33,7 @@ from typing import Any
 from dedupd import handles
 from dedupd.files.fsid import FsIdentity, FsIdentityError, HostIdentity, Identities
 from dedupd.index.bulk import HEADLESS_MAX
-from dedupd.index.db import SCHEMA_VERSION, Db, IndexError_, run_schema
+from dedupd.index.db import SCHEMA_VERSION, Db, IndexError_, from_s64, run_schema
 from dedupd.index.dirs import DirTree, split
 from dedupd.index.fsmap import PROVISIONAL, register_host
 
@@ -211,7 +211,7 @@ class _Devices:
 
     def _identify(self, path: bytes, ino: int) -> FsIdentity | None:
         try:
-            if handles.lstat(path).st_ino != (ino + (1 << 64) if ino < 0 else ino):
+            if handles.lstat(path).st_ino != from_s64(ino):
                 return None
             fd = handles.open_dir(split(path)[0])
         except OSError:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dedupd.index.db import chunks, from_s64
+from dedupd.index.db import S64, U64, chunks, from_s64
 from dedupd.index.store import BATCH, IndexedFile, Store, path_key
 
 
@@ -55,7 +55,6 @@ _WRITE = ("host", "consolidation", "source_key", "source_path", "archive_key", "
 _INSERT = f"INSERT INTO provenance ({', '.join(_WRITE)})"
 _UPSERT = " ON CONFLICT (host, consolidation, source_key) DO UPDATE SET " + ", ".join(
     f"{k} = excluded.{k}" for k in _WRITE[3:] if k != "first_seen")
-_S64, _U64 = 1 << 63, 1 << 64  # db.to_s64, inline: once per row
 
 
 def _rows(store: Store, rows: Iterable[Sequence[Any]]) -> Iterator[Provenance]:
@@ -109,7 +108,7 @@ def save_fields(store: Store, rows: Sequence[Sequence[Any]]) -> int:
         if akey is None:
             akey = akeys[arch] = path_key(arch)
         docs.append((host, cons, path_key(src), src, akey, arch, content, size, fs,
-                     ino - _U64 if ino >= _S64 else ino, mtime, ctime, first, last))
+                     ino - U64 if ino >= S64 else ino, mtime, ctime, first, last))
     with store.db.tx() as cur:
         cur.executemany(f"{_INSERT} VALUES ({store.db.marks(len(_WRITE))}){_UPSERT}", docs)
     return len(docs)

@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from dedupd.files.events import FileEvent
 from dedupd.index.bulk import HEADLESS_MAX
-from dedupd.index.db import BATCH, chunks, from_s64
+from dedupd.index.db import BATCH, S64, U64, chunks, from_s64
 from dedupd.index.dirs import split
 
 if TYPE_CHECKING:
     from dedupd.index.store import IndexedFile, RecordResult, Store
 
 Key = tuple[int, int]  # (filesystem id, signed ino)
-_S64, _U64 = 1 << 63, 1 << 64  # db.to_s64, inline: the loop that keys runs once per file
 _new = tuple.__new__  # a NamedTuple's own __new__ is a Python function: 3x the cost
 _dev_ino = itemgetter(1, 2)  # (dev, ino) of a FileEvent, in C
 
@@ -101,7 +100,7 @@ def _all_new(by_key: dict[Key, FileEvent], extra: dict[Key, list[bytes]], scan_i
             # bulk.save_hashes: a small file's head goes once its full hash is known
             head = None if full is not None and size <= HEADLESS_MAX else u[2]
         row = [k[0], k[1], size, mtime, ctime - mtime,
-               None if head is None else head - _U64 if head >= _S64 else head, full, scan_id, 0]
+               None if head is None else head - U64 if head >= S64 else head, full, scan_id, 0]
         if hold is None:
             upserts.append(row)
         else:
@@ -165,7 +164,7 @@ def _keyed(store: Store, c: Any, events: Sequence[FileEvent], fss: dict[int, int
     ents: dict[bytes, Key] = {}
     for e in events:
         fs, ino = fss[e.dev], e.ino
-        k = (fs, ino - _U64 if ino >= _S64 else ino)
+        k = (fs, ino - U64 if ino >= S64 else ino)
         if k in by_key:
             extra.setdefault(k, [by_key[k].path]).append(e.path)
         by_key[k] = e
