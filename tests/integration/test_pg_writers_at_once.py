@@ -13,9 +13,9 @@ lock first (db.WRITE_LOCK): writers go one at a time, as on SQLite.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
+import multiprocessing.synchronize
 import threading
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,8 @@ import pytest
 from dedupd.files.fsid import HostIdentity
 from dedupd.index import answers
 from dedupd.index.store import Store
+from tests.fixtures.postgres import fresh_database
+from tests.fixtures.procs import at_once
 
 pytestmark = pytest.mark.integration
 
@@ -86,29 +88,13 @@ ROUNDS = 4
 
 
 def _epoch(url: str, k: int, barrier: multiprocessing.synchronize.Barrier) -> None:
-    try:
-        store = Store(url, HostIdentity(f"host{k}", f"{k + 1:032x}"))
-        barrier.wait(30)
-        assert answers.epoch(store) is not None
-        store.close()
-    except BaseException as e:  # the child's outcome is its exit status
-        os.write(2, f"host {k}: {e!r}\n".encode())
-        os._exit(1)
-    os._exit(0)
+    store = Store(url, HostIdentity(f"host{k}", f"{k + 1:032x}"))
+    barrier.wait(30)
+    assert answers.epoch(store) is not None
+    store.close()
 
 
 def test_hosts_taking_their_hash_epoch_at_once_all_do(pg_server: str) -> None:
-    import psycopg
-
-    ctx = multiprocessing.get_context("fork")
     for r in range(ROUNDS):
-        url = f"{pg_server}/epoch{os.getpid()}_{r}"
-        with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "epoch{os.getpid()}_{r}"')
-        barrier = ctx.Barrier(OPENERS)
-        procs = [ctx.Process(target=_epoch, args=(url, k, barrier)) for k in range(OPENERS)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(120)
-        assert [(r, k, p.exitcode) for k, p in enumerate(procs) if p.exitcode != 0] == []
+        url = fresh_database(pg_server)
+        assert [(r, k, code) for k, code in at_once(partial(_epoch, url), OPENERS)] == []
