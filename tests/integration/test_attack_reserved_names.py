@@ -24,24 +24,33 @@ NAMES = (".dedupd-copy.evil.tmp", ".dedupd-consolidate.lock", ".dedupd-tmp-evil"
          "..dedupd-consolidate.lock.0badf00d.partial")
 
 
-def test_reserved_names_are_copied_once(tmp_path: Path, attacker: User) -> None:
+def _imported(tmp_path: Path, attacker: User, names: tuple[str, ...], size: int,
+              runs: int) -> tuple[Path, Path, list[int]]:
+    """The attacker's share holds `names` (random bytes, sizes from `size` on, dated
+    2020-05-01); `dedupd consolidate` into a fresh archive, `runs` times: (share,
+    archive, files copied by each run). Every run must exit 0."""
     share, arch = tmp_path / "share", tmp_path / "archive"
     share.mkdir()
     arch.mkdir()
     attacker.owns(share)
     reachable(share)
-    for i, n in enumerate(NAMES):
-        attacker.run(f'head -c {20000 + i} /dev/urandom > "$1/$2"; '
+    for i, n in enumerate(names):
+        attacker.run(f'head -c {size + i} /dev/urandom > "$1/$2"; '
                      'touch -d 2020-05-01T12:00 "$1/$2"', str(share), n)
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "db"}"\n'
                    f'[consolidate.v]\nsources = ["{share}"]\narchive = "{arch}"\n')
     copied = []
-    for _ in range(3):
+    for _ in range(runs):
         r = subprocess.run([sys.executable, "-m", "dedupd", "consolidate", "v", "-c", str(cfg),
                             "--json"], capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
+        assert r.returncode == 0, r.stderr[-3000:]
         copied.append(json.loads(r.stdout)["stats"]["files_copied"])
+    return share, arch, copied
+
+
+def test_reserved_names_are_copied_once(tmp_path: Path, attacker: User) -> None:
+    share, arch, copied = _imported(tmp_path, attacker, NAMES, 20000, runs=3)
     assert copied == [len(NAMES), 0, 0]
     got = sorted(p.name for p in (arch / "2020" / "05").iterdir())
     assert got == sorted("_" + n for n in NAMES)
@@ -53,26 +62,10 @@ def test_reserved_names_at_name_max_are_imported(tmp_path: Path, attacker: User)
     """A user's 255-byte file named like dedupd's own temp copy or temp link: its "_"
     name must fit NAME_MAX too (the stem cut, the extension kept). Before: "_" + 255
     bytes, ENAMETOOLONG at its link, exit 1 at every run and never imported."""
-    share, arch = tmp_path / "share", tmp_path / "archive"
-    share.mkdir()
-    arch.mkdir()
-    attacker.owns(share)
-    reachable(share)
-    long = [".dedupd-copy." + "a" * 238 + ".tmp", ".dedupd-tmp-" + "b" * 243,
-            "..dedupd-consolidate.lock." + "c" * 221 + ".partial"]
+    long = (".dedupd-copy." + "a" * 238 + ".tmp", ".dedupd-tmp-" + "b" * 243,
+            "..dedupd-consolidate.lock." + "c" * 221 + ".partial")
     assert {len(n) for n in long} == {255}
-    for i, n in enumerate(long):
-        attacker.run(f'head -c {30000 + i} /dev/urandom > "$1/$2"; '
-                     'touch -d 2020-05-01T12:00 "$1/$2"', str(share), n)
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "db"}"\n'
-                   f'[consolidate.v]\nsources = ["{share}"]\narchive = "{arch}"\n')
-    copied = []
-    for _ in range(2):
-        r = subprocess.run([sys.executable, "-m", "dedupd", "consolidate", "v", "-c", str(cfg),
-                            "--json"], capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
-        copied.append(json.loads(r.stdout)["stats"]["files_copied"])
+    share, arch, copied = _imported(tmp_path, attacker, long, 30000, runs=2)
     assert copied == [len(long), 0]
     month = arch / "2020" / "05"
     got = {p.name: p.read_bytes() for p in month.iterdir()}

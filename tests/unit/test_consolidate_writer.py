@@ -73,10 +73,16 @@ def test_a_failed_write_is_an_error_not_a_partial_success(tmp_path: Path) -> Non
 
 def test_the_writer_ends_with_its_parent_killed(tmp_path: Path) -> None:
     """A kill -9 of the copying process leaves no writer behind: it sees EOF and exits."""
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    _writer_of_a_killed_parent(f"sqlite:///{tmp_path / 'db.sqlite'}", "")
+
+
+def _writer_of_a_killed_parent(url: str, writes: str) -> None:
+    """A process starts an IndexWriter, runs `writes` (code using w), then kills
+    itself -9: its writer must exit within 20 s (it sees EOF)."""
     code = ("import os, signal, sys\n"
             "from dedupd.consolidate.writer import IndexWriter\n"
             f"w = IndexWriter({url!r})\n"
+            f"{writes}"
             "print(w.pid, flush=True)\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
@@ -134,21 +140,8 @@ def test_flushes_received_before_the_parent_died_are_all_written(tmp_path: Path)
         (src / f"f{i}").write_bytes(b"abc")
     Store(url).close()
     rows = [[_row(src / f"f{i}", tmp_path / "a" / f"f{i}", b"h" * 16)] for i in range(3)]
-    code = ("import os, signal, sys\n"
-            "from dedupd.consolidate.writer import IndexWriter\n"
-            f"w = IndexWriter({url!r})\n"
-            f"for r in {rows!r}:\n"
-            "    w.write(1, [], [], r, 'c', [], 1.0)\n"
-            "print(w.pid, flush=True)\n"
-            "os.kill(os.getpid(), signal.SIGKILL)\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                       timeout=60, check=False)
-    assert r.returncode == -signal.SIGKILL, r.stderr
-    pid = int(r.stdout)
-    deadline = time.monotonic() + 20
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(pid)
+    _writer_of_a_killed_parent(url, f"for r in {rows!r}:\n"
+                                    "    w.write(1, [], [], r, 'c', [], 1.0)\n")
     store = Store(url)
     try:
         assert sorted(prov.load(store, "c")) == [bytes(src / f"f{i}") for i in range(3)]
