@@ -12,9 +12,11 @@ import fnmatch
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from dedupd import pathtrust
 from dedupd.config import ConsolidateConfig
+from dedupd.consolidate.treewalk import TreeWalk
 from dedupd.errors import ConfigError
 from dedupd.files.events import FileEvent, Problem, WalkStats
 from dedupd.fsops.archive_lock import LOCK_NAME, LOCK_TEMP_GLOB, TMP_GLOB
@@ -23,7 +25,7 @@ from dedupd.hashing import Hasher, HashStats, HashWriter, Stability
 from dedupd.index import provenance as prov
 from dedupd.index.db import S64, U64
 from dedupd.index.store import IndexedFile, Store
-from dedupd.scan.walk import RECORD_BATCH, WalkOptions, batches, normalize_roots, walk
+from dedupd.scan.walk import RECORD_BATCH, WalkOptions, normalize_roots, walk
 
 Progress = Callable[[str, int, int], None]
 SAVE_BATCH = 2000
@@ -31,6 +33,8 @@ SAVE_BATCH = 2000
 # per new content until its batch is placed: only groups this small are (else hashed).
 UNSORTED_BYTES = 64 << 20
 UNSORTED_FILES = 256
+_ARCHIVE = 1  # index_trees' walk: part 0 the sources, part 1 the archive
+_path = itemgetter(0)  # a FileEvent's path, in C
 
 
 @dataclass(frozen=True)
@@ -146,40 +150,45 @@ def _included(ev: FileEvent, root: bytes, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(x, p) for p in patterns for x in (name, rel))
 
 
-def _source_events(inv: Inventory, cfg: ConsolidateConfig) -> Iterator[FileEvent]:
+def _source_events(roots: Roots, cfg: ConsolidateConfig, stats: WalkStats
+                   ) -> Iterator[FileEvent]:
     skip = cfg.exclude
     if cfg.quarantine_dir is not None:  # pruned copies kept there are not source files
         q = os.fsdecode(os.path.realpath(os.fsencode(cfg.quarantine_dir)))
         skip = (*skip, q, q + "/*")
     opts = WalkOptions(1, skip, False)
-    for root in inv.roots.sources:
+    for root in roots.sources:
         if not cfg.include:  # every file is (a test and a generator step less a file)
-            yield from walk([root], opts, inv.walk)
+            yield from walk([root], opts, stats)
             continue
-        for ev in walk([root], opts, inv.walk):
+        for ev in walk([root], opts, stats):
             if _included(ev, root, cfg.include):
                 yield ev
             else:
-                inv.walk.excluded += 1
+                stats.excluded += 1
 
 
-def _archive_events(inv: Inventory) -> Iterator[FileEvent]:
+def _archive_events(roots: Roots, stats: WalkStats) -> Iterator[FileEvent]:
     # Our own temp and lock files (and the linker's temp links) are never archive content.
     opts = WalkOptions(1, (TMP_GLOB, os.fsdecode(LOCK_NAME), LOCK_TEMP_GLOB,
                            os.fsdecode(LINK_TEMP_PREFIX) + "*"), False)
-    for ev in walk([inv.roots.archive], opts, inv.walk):
-        inv.archive_paths.add(ev.path)
-        yield ev
+    return walk([roots.archive], opts, stats)
 
 
 def index_trees(store: Store, cfg: ConsolidateConfig, roots: Roots,
                 progress: Progress | None = None) -> Inventory:
-    """Walk sources and archive into one scan of the index (no file data is read)."""
-    inv = Inventory(store.begin_scan([*roots.sources, roots.archive]), roots)
-    recorded = inv.recorded
-    assert recorded is not None  # a new Inventory's
-    for events in (_source_events(inv, cfg), _archive_events(inv)):
-        for batch in batches(events, RECORD_BATCH):
+    """Walk sources and archive into one scan of the index (no file data is read).
+    The walk runs in a process of its own while this one records its batches
+    (treewalk.py: the same batches, the same counters)."""
+    walking = TreeWalk(lambda stats: (_source_events(roots, cfg, stats),
+                                      _archive_events(roots, stats)), RECORD_BATCH)
+    try:
+        inv = Inventory(store.begin_scan([*roots.sources, roots.archive]), roots)
+        recorded = inv.recorded
+        assert recorded is not None  # a new Inventory's
+        for part, batch in walking.batches(inv.walk):
+            if part == _ARCHIVE:
+                inv.archive_paths.update(map(_path, batch))
             for f in store.record(inv.scan_id, batch).files:
                 k = (f[0], f[1])  # f.key
                 had = recorded.get(k)
@@ -189,6 +198,8 @@ def index_trees(store: Store, cfg: ConsolidateConfig, roots: Roots,
                 recorded[k] = f
             if progress:
                 progress("walk", inv.walk.files_seen, 0)
+    finally:
+        walking.close()
     store.finish_scan(inv.scan_id, [*roots.sources, roots.archive])
     return inv
 
