@@ -18,6 +18,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -132,20 +133,31 @@ def refusals(rep: PassReport) -> set[str]:
 @contextmanager
 def attack_at(site: Site, window: str, act: Callable[[Path], None]) -> Iterator[None]:
     """Run act(dir d or file under it) once, the first time `window` is reached for a
-    path in the attacked branch's share/atk/d."""
+    path in the attacked branch's share/atk/d, by whichever process reaches it (a
+    consolidation walks in a process of its own): that it ran comes back through a
+    marker file, into site.fired once the block is done."""
     d = bytes(site.attacked / "share" / "atk" / "d")
+    marker = Path(tempfile.mkdtemp(prefix="dedupd-fired-")) / "fired"
 
     def hook(point: str, path: bytes) -> None:
-        if site.fired:
-            return
         if (point == "walk.subdir" and path == d) or \
                 (point != "walk.subdir" and path.startswith(d + b"/")):
-            site.fired.append(point)
+            try:  # the first time in any process
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            except FileExistsError:
+                return
+            os.write(fd, point.encode())
+            os.close(fd)
             act(Path(os.fsdecode(path)))
 
     site.fired.clear()
-    with testpoints.acting((window,), hook):
-        yield
+    try:
+        with testpoints.acting((window,), hook):
+            yield
+    finally:
+        if marker.exists():
+            site.fired.append(marker.read_text())
+        shutil.rmtree(marker.parent)
 
 
 def check_nothing_outside(site: Site, before: dict[str, Manifest], db: Path,
