@@ -3,9 +3,11 @@
 Its disk waits overlap its CPU work. A batch's syncfs (then the drop of its
 staged files from the page cache and one read-ahead of them, fsops.copy.sync_batch)
 runs in a second thread, _Syncer: system calls that release the interpreter's
-lock. Meanwhile this thread receives and stages the next batch. Only then does
-it wait for that sync, read the batch back (from the pages read ahead), compare,
-check the sources and link (fsops.copy.place_copy), answer it, and start the
+lock. Meanwhile this thread receives the next batch (copies the run staged:
+their metadata set here, fsops.copy.adopt_staged; a large one copied here,
+stage_copy). Only then does it wait for that sync, read the batch back (from the
+pages read ahead), compare it with the sources re-read, check the sources and
+link (fsops.copy.place_copy), answer it, and start the
 next batch's sync -- after those names were placed, so that sync makes them
 durable too (the "synced" flag of the next answer). Per batch, in this order:
 
@@ -18,8 +20,8 @@ Every per-file order of fsops/copy.py stays: write -> durable -> read back from
 the disk -> compare -> source unchanged -> link. At most two batches are in the
 worker: their handles (the run sizes batches for that: execute.py; when two
 would hold more than half the open-file limit, a size group's batch being one,
-the second is staged only once the first is answered) and their bytes (two
-receive buffers, used in turn). Every kill step is taken in this thread, so
+the second is staged only once the first is answered). Every kill step is
+taken in this thread, so
 their order is fixed whatever the sync thread does meanwhile.
 """
 
@@ -41,10 +43,11 @@ from dedupd.fsops.copy import (
     DestDirs,
     DirCache,
     Staged,
+    adopt_staged,
     discard,
+    kept_dirs,
     place_copy,
     stage_copy,
-    stage_data,
     sync_batch,
 )
 from dedupd.fsops.durable import sync_filesystem
@@ -129,16 +132,10 @@ class WorkerLoop:
         if soft == resource.RLIM_INFINITY:
             soft = 1 << 16
         self.max_files = max(8, soft // 3) // 2
-        # the archive directories' handles, kept from batch to batch: between batches
-        # the most recent, at most a 48th of the limit (the generated tree's import
-        # has 120 directories); within them, one a copy at most (counted above); no floor
-        # above that 48th but 2 (one of 8 failed copies under `ulimit -n` 32 and 36)
-        self.dirs = DirCache(sync=False, keep=max(2, min(256, soft // 48)))
+        # the archive directories' handles, kept from batch to batch (kept_dirs); within
+        # a batch, one a copy at most (counted above)
+        self.dirs = DirCache(sync=False, keep=kept_dirs())
         self.unsynced = False  # names placed since the last syncfs began
-        # two receive buffers, one per batch in flight, each reused: a fresh one per
-        # batch costs a page fault per 4 KiB (60,000 for 250 MB of copies)
-        self.bufs = [bytearray(), bytearray()]
-        self.turn = 0
         self.inflight: list[_InFlight] = []  # at most two: staged, and being staged
 
     def serve(self) -> None:
@@ -148,7 +145,7 @@ class WorkerLoop:
                     if self.inflight and len(self.inflight[0].staged) + len(
                             msg[1]) > self.max_files:  # the one before first, not beside
                         self._finish(self.inflight[0])
-                    cur = self._stage(msg[1], msg[2])
+                    cur = self._stage(msg[1])
                     if len(self.inflight) > 1:
                         self._finish(self.inflight[0])
                     if cur.staged:  # after the names before were placed: syncs them too
@@ -171,27 +168,21 @@ class WorkerLoop:
                 b.close()
             self.dirs.close()
 
-    def _stage(self, items: list[Wire], total: int) -> _InFlight:
-        """Receive a batch (its handles, then its bytes) and stage every copy of it."""
-        handles = self._handles(sum(1 for it in items if it[-1] >= 0))
-        buf = self.bufs[self.turn]
-        if len(buf) < total:  # grown anew: no view of the old one can be in the way
-            buf = self.bufs[self.turn] = bytearray(total)
-        self.turn ^= 1
+    def _stage(self, items: list[Wire]) -> _InFlight:
+        """Receive a batch (its handles) and adopt or stage every copy of it."""
+        handles = self._handles(2 * sum(1 for it in items if it[6] is not None))
         b = _InFlight(DestDirs(synced_later=True, dirs=self.dirs))
         self.inflight.append(b)  # closed by serve even if this fails
-        _read_exact(self.inp, total, buf)
-        view = memoryview(buf)
-        off = 0
-        for cid, dest, src, stw, head, full, n in items:
+        h = 0
+        for cid, dest, src, stw, head, full, tmp_name in items:
             ddir = os.path.dirname(dest)
             try:
-                if n < 0:  # a large source: copied from the source, which must be stw
+                if tmp_name is None:  # a large source: copied here, from the source as stw
                     st = stage_copy(src, ddir, Ident(*stw[:5]), b.dirs)
-                else:  # a view: the batch's bytes stay in its buffer
-                    st = stage_data(src, handles.pop(0), stat_from(stw), head, full,
-                                    view[off:off + n], ddir, b.dirs)
-                    off += n
+                else:  # staged by the run: its handle and its source's
+                    h += 2
+                    st = adopt_staged(src, handles[h - 2], handles[h - 1], stat_from(stw),
+                                      head, full, ddir, tmp_name, b.dirs)
             except CopyError as e:
                 b.results.append(("x", cid, e.reason, e.detail))
                 continue
@@ -231,7 +222,7 @@ class WorkerLoop:
         forkpipe.send(self.out, ("d", b.sync is not None, b.results))
         self.inflight.remove(b)
         b.close()
-        self.dirs.trim()  # its views of a receive buffer go with it: the next batch reuses it
+        self.dirs.trim()
         self.kill("answered")
 
     def _place(self, cid: int, dest: bytes, st: Staged, b: _InFlight) -> CopyResult | None:
@@ -251,21 +242,6 @@ class WorkerLoop:
         discard(st, b.dirs)
         b.results.append(("x", cid, "name-collision", "no free name"))
         return None
-
-
-def _read_exact(fd: int, n: int, buf: bytearray) -> None:
-    """n bytes from the pipe into the start of buf (grown to n when shorter: a batch's
-    bytes, up to execute.BATCH_BYTES or an unsorted group's)."""
-    if len(buf) < n:
-        buf.extend(bytes(n - len(buf)))
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = os.readv(fd, [view[got:n]])  # never past n: the next frame follows
-        if not k:
-            raise EOFError("the run closed the pipe in the middle of a batch")
-        got += k
-    view.release()
 
 
 class KillHook:

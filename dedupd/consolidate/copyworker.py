@@ -1,27 +1,27 @@
-"""The copy phase's writing side, in a forked process beside the reading side.
+"""The copy phase's confirming side, in a forked process beside the reading side.
 
 A first import is Python-bound per file (issue 16): reading, hashing, sorting
 size groups into contents and naming them cost about as much as creating the
 staged files, syncing, reading them back, comparing and linking them, and all of
-it ran in one process. The reading side stays in the run's process
-(execute.py; names are decided in one place); this worker, forked when the run
-starts (run.py: its heap still small), does the writing side on the other core.
-It gets, in plan order:
+it ran in one process. The run's process (execute.py; names are decided in one
+place) reads each source, names it and writes its staged file; this worker,
+forked when the run starts (run.py: its heap still small), makes the copies
+durable, verifies and links them, on the other core. It gets, in plan order:
 
 - "b" (a batch): per copy the archive path, the source path, the source's stat
-  as it was read, its hashes and the length of its bytes (read whole by the
-  run, at most KEEP_BYTES), then those bytes, and over a socket the very handle
-  each source was read through. Each copy becomes a staged file in its target
-  directory with the source's metadata (fsops.copy.stage_data): no name yet
-  (O_TMPFILE, fsops/anon.py), or a temp name where the filesystem has no
-  O_TMPFILE; a larger source comes without its bytes and the worker copies it
-  from the source itself (stage_copy, which checks the indexed identity). Then
-  one syncfs, the batch's staged files dropped from the cache and read back,
-  each compared byte for byte with the bytes it was written from, its source
-  required (through its handle) to be the very inode that was read, unchanged
-  (its ctime moves with any write), then linked to its name, never replacing a
-  file (fsops.copy.place_copy). A batch's sync runs while the next batch is
-  staged, its verify and links after that (copyloop.py: the worker's loop);
+  as it was read, its hashes and how it was staged: by the run (read whole, at
+  most KEEP_BYTES, and written to a staged file with no name yet -- O_TMPFILE,
+  fsops/anon.py -- or a temp name where the filesystem has no O_TMPFILE), whose
+  handle comes over a socket with the very handle its source was read through;
+  or not at all (None: a larger source, which the worker copies from the source
+  itself, stage_copy, checking the indexed identity). The worker sets each staged
+  file's metadata (fsops.copy.adopt_staged). Then one syncfs, the batch's staged
+  files dropped from the cache and read back, each compared byte for byte with
+  its source re-read through its handle, the source required to be the very
+  inode that was read, unchanged (its ctime moves with any write), then linked
+  to its name, never replacing a file (fsops.copy.place_copy). A batch's sync
+  runs while the next batch is received, its verify and links after that
+  (copyloop.py: the worker's loop);
 - "e" (end of a round of copies): the last batch finished, then a syncfs when
   names were placed since the previous one began. The worker exits when its
   input closes (EOF).
@@ -105,19 +105,18 @@ class CopyWorker:
         self.batches_sent = self.batches_done = 0
         self._finished = False
 
-    def send_batch(self, items: list[Wire], payload: list[bytes], fds: list[int]) -> None:
+    def send_batch(self, items: list[Wire], fds: list[int]) -> None:
         """One batch: per copy (id, archive path, source path, the source's stat as
-        read -- or, without bytes, the identity it must still have --, head hash, full
-        hash, length of its bytes in payload or -1), then the bytes, in that order, and
-        the handle each of those bytes was read through (the caller closes its own)."""
+        read -- or, not staged, the identity it must still have --, head hash, full
+        hash, its staged file's temp name: b"" for none, None when not staged), and
+        per staged copy its staged file's handle and its source's, in that order
+        (the caller closes its own)."""
         for k in range(0, len(fds), FDS_PER_MSG):
             try:
                 socket.send_fds(self._fds, [b"f"], fds[k:k + FDS_PER_MSG])
             except BrokenPipeError:
                 self._last_words()
-        self._write(forkpipe.frame(("b", items, sum(len(b) for b in payload))))
-        for b in payload:
-            self._write(b)
+        self._write(forkpipe.frame(("b", items)))
         self.batches_sent += 1
 
     def wait(self, behind: int = AHEAD) -> None:

@@ -8,20 +8,21 @@ Copies go in batches (BATCH_FILES / BATCH_BYTES, and at most a quarter of the
 open-file budget, helpers.fd_budget: each staged copy holds its staged file and
 its source open until placed, and the worker holds two batches). This process
 reads each source whole (hashing it, sorting unsorted size groups, naming new
-contents) and hands a batch -- bytes, hashes, stat and the very handle each
-source was read through -- to the copy worker (consolidate/copyworker.py, a
-forked process on the other core), which stages
-every copy of the batch as a file with no name yet (fsops/anon.py: O_TMPFILE;
-a temp name where the filesystem has none), makes them durable with one syncfs,
-reads them back from the disk, compares them with those bytes, checks each
-source through its handle and links each copy into place (a batch's sync
-overlapping the staging of the next), while this process reads the next batch.
+contents), writes it to a staged file with no name yet in its archive directory
+(fsops/anon.py: O_TMPFILE; a temp name where the filesystem has none) and hands
+a batch -- hashes, stat, the staged file's handle and the very handle each source
+was read through -- to the copy worker (consolidate/copyworker.py, a forked
+process on the other core), which gives each copy the source's metadata, makes
+the batch durable with one syncfs, reads the copies back from the disk,
+compares each with its source re-read through its handle, checks the source
+unchanged and links each copy into place (a batch's sync overlapping the
+receipt of the next), while this process reads and stages the next batch.
 The index rows of a batch go to the index writer (consolidate/writer.py,
 another forked process) only after the worker says a
 later sync made the batch's names durable (the next batch's, or the last one
 at the end), so the index never names a copy a crash could lose. Each source
-is read once for its copy: the bytes stay in memory for the verify of the copy
-and for the byte compare of the content's other source paths.
+is read once for its copy and once by its verify; the bytes of a content with
+other source paths stay in memory for their byte compare.
 
 Test hooks: DEDUPD_TEST_KILL_AFTER_COPY_STEPS=k kills the run (and the worker)
 at the worker's k-th copy step (copyworker.py); DEDUPD_TEST_COPY_BATCH_FILES=b
@@ -43,6 +44,7 @@ from dedupd.consolidate.rows import Rows
 from dedupd.consolidate.sortcopy import NewCopy, sort_group
 from dedupd.files.events import Problem
 from dedupd.forkpipe import Wire
+from dedupd.fsops.copy import DestDirs, DirCache, kept_dirs, stage_bytes
 from dedupd.fsops.durable import sync_filesystem
 from dedupd.fsops.fill import KEEP_BYTES
 from dedupd.fsops.source import CopyError, SourceDirs, SourceRead, read_source
@@ -110,6 +112,10 @@ class Executor:
         # 4096: the batches' files take a third); never more than that sixth (a floor
         # of 64 overran `ulimit -n 64`: each source past it failed at every run)
         self._dirs = SourceDirs(min(4096, max(4, fd_budget() // 2)))
+        # the archive directories copies are staged in (this process writes them; the
+        # worker syncs, verifies and links them): new levels made durable by its syncs
+        self._archive_dirs = DirCache(sync=False, keep=kept_dirs())
+        self._staging = DestDirs(synced_later=True, dirs=self._archive_dirs)
         self.collided: list[SourcePath] = []
 
     def run(self, replan: Callable[[list[SourcePath]], None] | None = None) -> Counters:
@@ -128,6 +134,8 @@ class Executor:
             raise
         finally:
             self._dirs.close()
+            self._staging.close()
+            self._archive_dirs.close()
             # the worker's callback is this executor's method: left set, executor and
             # worker hold each other, so the plan and inventory outlive the run until a
             # collection (140,000 objects, 56 ms of CPU after a 20,000-file import)
@@ -193,11 +201,12 @@ class Executor:
     def _end_batch(self, batch: _Batch) -> None:
         self._batch_hashes.append(batch.hashes)
         try:
-            self._worker.send_batch(batch.items, batch.payload, batch.fds)
+            self._worker.send_batch(batch.items, batch.fds)
         finally:
             batch.close()
         batch.files = batch.size = 0  # sent: the same batch goes on empty (_stage_group)
-        batch.hashes, batch.items, batch.payload = [], [], []
+        batch.hashes, batch.items = [], []
+        self._archive_dirs.trim()
         self._worker.wait()
 
     def _tick(self) -> None:
@@ -310,20 +319,31 @@ class Executor:
                 self._end_batch(batch)
 
     def _send(self, cp: Copy, r: SourceRead | None, batch: _Batch) -> None:
-        """Hand one copy to the worker: its bytes as read (r), else its source path."""
-        cid = self._next_id
-        self._next_id += 1
+        """Hand one copy to the worker: staged here from its bytes as read (r), else
+        (a large source) its source path, which the worker copies."""
         if r is None:
             i = cp.src.file.ident
-            self._pending[cid] = (cp, None)
-            batch.items.append((cid, cp.dest, cp.src.path,
-                                (i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns), 0, b"", -1))
+            item: Wire = (cp.dest, cp.src.path,
+                          (i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns), 0, b"", None)
+            data = None
         else:
-            self._pending[cid] = (cp, r.data)
-            batch.items.append((cid, cp.dest, r.src, stat_wire(r.stat), r.head, r.full,
-                                len(r.data)))
-            batch.payload.append(r.data)
-            batch.fds.append(r.fd)  # the worker checks the source through it before the link
+            try:
+                tfd, tmp_name = stage_bytes(r.data, cp.dest.rpartition(b"/")[0],
+                                            self._staging)
+            except CopyError as e:  # e.g. out of space: nothing staged
+                r.close()
+                self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))
+                return
+            # the worker syncs the staged file, reads it back, compares it with the
+            # source re-read through the handle it was read by, which it checks too
+            batch.fds += (tfd, r.fd)
+            item = (cp.dest, r.src, stat_wire(r.stat), r.head, r.full, tmp_name)
+            # kept for the compare of the content's other source paths (_copied)
+            data = r.data if len(cp.content.sources) > 1 else None
+        cid = self._next_id
+        self._next_id += 1
+        self._pending[cid] = (cp, data)
+        batch.items.append((cid, *item))
         batch.files += 1
         batch.size += cp.content.size
 
@@ -406,11 +426,10 @@ class _Batch:
     size: int = 0
     hashes: list[HashUpdate] = field(default_factory=list)
     items: list[Wire] = field(default_factory=list)  # copyworker.CopyWorker.send_batch
-    payload: list[bytes] = field(default_factory=list)
-    fds: list[int] = field(default_factory=list)  # the sources' handles, payload's order
+    fds: list[int] = field(default_factory=list)  # per staged copy its handle, its source's
 
     def close(self) -> None:
-        """Close the run's handles of the batch's sources (the worker has its own)."""
+        """Close the run's handles of the batch's copies (the worker has its own)."""
         for fd in self.fds:
             os.close(fd)
         self.fds = []

@@ -37,9 +37,12 @@ create, link and unlink of the batch is relative to it. It also holds each
 staged temp file and its source open until the copy is placed or discarded:
 the sync's cache drop, the read-back, the source's unchanged-check (fstat of
 the very handle it was read through) and the final stat need no new open.
-`read_source` (fsops/source.py) + `stage_data` split steps 1-2 between two
-processes (consolidate/copyworker.py): one reads and hashes, the other writes
-those bytes and gets the source's handle along with them. The read-back
+A consolidation splits a copy between two processes (consolidate/copyworker.py):
+the run reads and hashes the source (`read_source`, fsops/source.py) and writes
+the staged file from those bytes (`stage_bytes`); the copy worker gets both
+handles, sets the metadata (`adopt_staged`), syncs the batch and compares the
+copy read back from the disk with the source re-read through the very handle it
+was read by (`place_copy`), then links it. The read-back
 compares are fsops/readback.py; the bytes and metadata written, fsops/fill.py;
 the final name, fsops/place.py; the archive's lock and the sweep of temp
 names, fsops/archive_lock.py.
@@ -59,6 +62,7 @@ from dedupd.fsops import fill, place
 from dedupd.fsops.archive_lock import TMP_PREFIX, TMP_SUFFIX
 from dedupd.fsops.destdirs import DestDirs as DestDirs
 from dedupd.fsops.destdirs import DirCache as DirCache
+from dedupd.fsops.destdirs import kept_dirs as kept_dirs
 from dedupd.fsops.destdirs import make_dirs as make_dirs
 from dedupd.fsops.durable import sync_filesystem
 from dedupd.fsops.readback import compare_kept, compare_with_source
@@ -98,9 +102,7 @@ class Staged:
     head: int
     full: bytes
     bytes_read: int
-    # the source bytes as copied (sources <= KEEP_BYTES); a view of a batch's buffer
-    # when they were handed over by another process (stage_data)
-    data: bytes | memoryview | None = None
+    data: bytes | None = None  # the source bytes as copied (sources <= KEEP_BYTES)
     anon: bool = False  # tmp is only the key of a file with no name yet (fsops/anon.py)
 
 
@@ -145,48 +147,83 @@ def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None,
     return _stage(src, sfd, st, dest_dir, dirs, lambda tfd: fill.write_copy(sfd, tfd, st))
 
 
-def stage_data(src: bytes, sfd: int, st: os.stat_result, head: int, full: bytes,
-               data: bytes | memoryview, dest_dir: bytes, dirs: DestDirs) -> Staged:
-    """stage_copy for bytes read in another process (consolidate/copyworker.py) through
-    sfd, a handle of src passed along with them, as st describes it: write them to a
-    staged file in dest_dir (as stage_copy's). Takes sfd (kept in dirs until placed: place_copy
-    checks with it that the source is still st, unchanged)."""
+def stage_bytes(data: bytes | memoryview, dest_dir: bytes, dirs: DestDirs) -> tuple[int, bytes]:
+    """Write data (a source's bytes as read, fsops/source.py) to a new staged file in
+    dest_dir: its handle, and b"" for a file with no name (fsops/anon.py) else its temp
+    name. No metadata and no sync yet: the copy worker adopts it (adopt_staged) and
+    does the rest (consolidate/copyworker.py). CopyError on failure, the staged file
+    gone."""
+    try:
+        testpoints.at("mutate", dest_dir)
+        tfd, name, anon = _create(dest_dir, dirs, True)
+        try:
+            fill.write_all(tfd, data)
+        except BaseException:
+            _drop(tfd, name, anon, dirs.fd(dest_dir))
+            raise
+    except OSError as e:
+        raise CopyError("error", f"{e.strerror or e} while copying") from None
+    return tfd, b"" if anon else name
 
-    def write(tfd: int) -> tuple[int, bytes, int, bytes | memoryview | None]:
-        fill.write_all(tfd, data)
-        return head, full, 0, data
 
-    return _stage(src, sfd, st, dest_dir, dirs, write)
+def adopt_staged(src: bytes, tfd: int, sfd: int, st: os.stat_result, head: int,
+                 full: bytes, dest_dir: bytes, tmp_name: bytes, dirs: DestDirs) -> Staged:
+    """A copy stage_bytes wrote in another process (consolidate/execute.py), from the
+    bytes of src read through sfd as st describes it (hashes head and full), both
+    handles passed along: the staged file tfd (no name when tmp_name is empty, else
+    that temp name in dest_dir) gets the source's metadata, and both are held in dirs
+    from now on, for sync_batch and place_copy (which compares the copy read back
+    with the source re-read through sfd) as if staged here. Takes both handles."""
+    anon = not tmp_name
+    try:
+        fill.set_meta(tfd, st)
+    except OSError as e:
+        _drop(tfd, tmp_name, anon, dirs.fd(dest_dir))
+        os.close(sfd)
+        raise CopyError("error", f"{e.strerror or e} while copying") from None
+    # an anonymous file's key is for dirs only, never a name on the disk
+    name = b"%s%d.anon" % (TMP_PREFIX, next(_anon_ids)) if anon else tmp_name
+    tmp = os.path.join(dest_dir, name)
+    dirs.keep(tmp, tfd, sfd)
+    return Staged(src, tmp, st, head, full, 0, None, anon)
+
+
+def _create(dest_dir: bytes, dirs: DestDirs, anon_ok: bool) -> tuple[int, bytes, bool]:
+    """A new staged file in dest_dir: (handle, name, no name). With anon_ok and where
+    the filesystem can, a file with no name (nothing to sweep after a crash; the name
+    is then a key for dirs only); else a fresh temp name (swept after a crash)."""
+    tfd = dirs.anon(dest_dir) if anon_ok else None
+    if tfd is not None:
+        return tfd, b"%s%d.anon" % (TMP_PREFIX, next(_anon_ids)), True
+    name = TMP_PREFIX + os.urandom(8).hex().encode() + TMP_SUFFIX
+    return os.open(name, _TMP_FLAGS, 0o600, dir_fd=dirs.fd(dest_dir)), name, False
+
+
+def _drop(tfd: int, name: bytes, anon: bool, dfd: int) -> None:
+    """Close a staged file that failed, and remove its temp name (if it has one)."""
+    os.close(tfd)
+    if not anon:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dfd)
 
 
 def _stage(src: bytes, sfd: int, st: os.stat_result, dest_dir: bytes, dirs: DestDirs | None,
-           write: Callable[[int], tuple[int, bytes, int, bytes | memoryview | None]]
-           ) -> Staged:
-    """Create the staged file (no name, or a temp name), fill it (write), set the
-    metadata; sfd (-1: none) is kept with it in dirs (or closed). On failure the
-    staged file is gone and sfd closed."""
+                  write: Callable[[int], tuple[int, bytes, int, bytes | None]]) -> Staged:
+    """Create the staged file (_create), fill it (write), set the metadata; sfd (-1:
+    none) is kept with it in dirs (or closed). On failure the staged file is gone and
+    sfd closed."""
     own = dirs is None
     d = DestDirs() if dirs is None else dirs
     kept = False
     try:
         testpoints.at("mutate", dest_dir)
-        dfd = d.fd(dest_dir)
-        # kept open until placed: a file with no name (nothing to sweep after a crash)
-        tfd = None if own else d.anon(dest_dir)
-        is_anon = tfd is not None
-        if tfd is None:
-            name = TMP_PREFIX + os.urandom(8).hex().encode() + TMP_SUFFIX
-            tfd = os.open(name, _TMP_FLAGS, 0o600, dir_fd=dfd)
-        else:  # a key for DestDirs only, never a name on the disk
-            name = b"%s%d.anon" % (TMP_PREFIX, next(_anon_ids))
+        # kept open until placed (anonymous only when dirs holds it until then)
+        tfd, name, is_anon = _create(dest_dir, d, not own)
         try:
             head, full, nread, data = write(tfd)
             fill.set_meta(tfd, st)
         except BaseException:
-            os.close(tfd)
-            if not is_anon:
-                with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=dfd)
+            _drop(tfd, name, is_anon, d.fd(dest_dir))
             raise
         tmp = os.path.join(dest_dir, name)
         if own:
@@ -284,9 +321,8 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
     on_step("placed")
     st = os.fstat(tfd)  # the inode now under dest (after the temp name went)
     dirs.release(staged.tmp)
-    kept = staged.data if isinstance(staged.data, bytes) else None  # a view: the caller's
     return CopyResult(dest, staged.head, staged.full, st, nread, staged.src_stat.st_size,
-                      kept)
+                      staged.data)
 
 
 def discard(staged: Staged, dirs: DestDirs | None = None) -> None:

@@ -13,6 +13,7 @@ from its anchor: 0.4 s of the copy worker's time).
 from __future__ import annotations
 
 import os
+import resource
 from collections import OrderedDict
 
 from dedupd import handles
@@ -92,6 +93,11 @@ class DestDirs:
     def src_fd(self, tmp: bytes) -> int | None:
         return self._src.get(tmp)
 
+    def take(self, tmp: bytes) -> tuple[int, int]:
+        """Stop holding a staged file's handle and its source's (-1: none) and return
+        them, open, to the caller (who passes them to another process and closes them)."""
+        return self._tmp.pop(tmp), self._src.pop(tmp, -1)
+
     def release(self, tmp: bytes) -> None:
         for held in (self._tmp, self._src):
             fd = held.pop(tmp, None)
@@ -110,6 +116,17 @@ class DestDirs:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def kept_dirs() -> int:
+    """Directory handles a DirCache of a run's batches keeps between batches: the most
+    recent, at most a 48th of the open-file limit (the generated bench tree's import has
+    120 directories), no floor above that but 2 (one of 8 copies failed under `ulimit
+    -n` 32 and 36 with more)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 16
+    return max(2, min(256, soft // 48))
 
 
 def make_dirs(path: bytes, sync: bool = True) -> None:

@@ -51,7 +51,10 @@ def compare_kept(kept: bytes | memoryview, tfd: int) -> None:
 
 
 def compare_with_source(sfd: int, tfd: int, st: os.stat_result) -> int:
-    """Compare the written copy with the source byte for byte; return source bytes read."""
+    """Compare the written copy with the source byte for byte; return source bytes read.
+    A source changed since st was taken is "changed" (checked first: else it would be
+    a mismatch), and one changed during the compare too."""
+    same_inode(sfd, st)
     off = 0
     while off < st.st_size:
         a = os.pread(sfd, BUF, off)

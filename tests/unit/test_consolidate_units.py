@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dedupd.consolidate.copyloop import _read_exact
 from dedupd.consolidate.dates import capture_date, exif_date, image_kind, parse_exif_datetime
 from dedupd.consolidate.layout import Fields, check_layout, render, with_suffix
 from dedupd.dedup.verify import first_difference
@@ -21,10 +20,11 @@ from dedupd.fsops.archive_lock import remove_stale_temps
 from dedupd.fsops.copy import (
     DestDirs,
     Staged,
+    adopt_staged,
     copy_verified,
     place_copy,
+    stage_bytes,
     stage_copy,
-    stage_data,
     sync_batch,
 )
 from dedupd.fsops.fill import KEEP_BYTES
@@ -142,23 +142,31 @@ def test_staged_copy_is_verified_against_the_source_bytes(tmp_path: Path, size: 
         assert os.listdir(out) == []  # no name, and the temp copy is gone
 
 
+def staged_by_run(src: Path, out: Path, dirs: DestDirs, ident: Ident | None = None) -> Staged:
+    """A copy staged as a consolidation stages it: read and written by the run
+    (read_source, stage_bytes), adopted by the copy worker (adopt_staged)."""
+    r = read_source(os.fsencode(src), ident)
+    tfd, name = stage_bytes(r.data, os.fsencode(out), dirs)
+    return adopt_staged(r.src, tfd, r.fd, r.stat, r.head, r.full, os.fsencode(out), name,
+                        dirs)
+
+
 @pytest.mark.parametrize("change", ["shorter", "longer", "last byte"])
-def test_read_back_in_the_reused_buffer_catches_every_difference(
-        tmp_path: Path, change: str) -> None:
+def test_read_back_catches_every_difference(tmp_path: Path, change: str) -> None:
     """The copies are read back into one reused buffer: a copy of the right bytes read
     back first leaves them in it, so a later copy that is shorter by its last byte (the
     buffer still holds that byte), longer, or different in its last byte must still
-    fail, whether the source bytes come as bytes or as a view (the copy worker's)."""
+    fail, whether compared with the bytes kept from the copy (stage_copy) or with the
+    source re-read (a copy the run staged)."""
     data = os.urandom(70_000)
     out = tmp_path / "out"
-    for i, kept in enumerate((data, memoryview(bytearray(data)))):
+    for i, stage in enumerate((
+            lambda p, d: stage_copy(os.fsencode(p), os.fsencode(out), None, d),
+            lambda p, d: staged_by_run(p, out, d))):
         src = tmp_path / f"src{i}.bin"
         write(src, data, "2020-02-02")
         with DestDirs() as dirs:
-            good = stage_data(os.fsencode(src), os.open(src, os.O_RDONLY),
-                              os.stat(src), 0, b"", kept, os.fsencode(out), dirs)
-            bad = stage_data(os.fsencode(src), os.open(src, os.O_RDONLY),
-                             os.stat(src), 0, b"", kept, os.fsencode(out), dirs)
+            good, bad = stage(src, dirs), stage(src, dirs)
             sync_batch(os.fsencode(tmp_path), [good, bad], dirs)
             with open(staged_file(bad, dirs), "r+b") as f:
                 if change == "shorter":
@@ -193,27 +201,28 @@ def test_source_changed_after_its_copy_is_refused(tmp_path: Path) -> None:
         assert os.listdir(out) == []
 
 
-def test_read_source_then_stage_data_is_a_verified_copy(tmp_path: Path) -> None:
-    """A source read into memory (as the run reads it for the copy worker) is staged
-    from those bytes and its handle;
-    a source that is not the indexed inode any more is refused before any read, and
-    one rewritten after the read gets no name at the rename."""
+def test_read_source_then_stage_bytes_is_a_verified_copy(tmp_path: Path) -> None:
+    """A source read into memory and staged from those bytes by the run, adopted with
+    its handle by the copy worker, is a verified copy; a source that is not the indexed
+    inode any more is refused before any read, and one rewritten after the read gets
+    no name."""
     src, out = tmp_path / "src.bin", tmp_path / "out"
     write(src, b"a" * 5000, "2020-02-02")
+    os.chmod(src, 0o640)
     ident = Ident.of(os.stat(src))
     with pytest.raises(CopyError) as e:
         read_source(os.fsencode(src), ident._replace(size=4999))
     assert e.value.reason == "changed"
     with DestDirs() as dirs:
-        r = read_source(os.fsencode(src), ident)
-        assert r.data == b"a" * 5000
-        st = stage_data(r.src, r.fd, r.stat, r.head, r.full, r.data, os.fsencode(out), dirs)
+        st = staged_by_run(src, out, dirs, ident)
         sync_batch(os.fsencode(tmp_path), [st], dirs)
         res = place_copy(st, os.fsencode(out / "a.bin"), dirs=dirs)
-        assert (out / "a.bin").read_bytes() == b"a" * 5000 and res.full == r.full
-        r = read_source(os.fsencode(src), ident)
-        st = stage_data(r.src, r.fd, r.stat, r.head, r.full, r.data, os.fsencode(out), dirs)
-        src.write_bytes(b"b" * 5000)  # after the read, before the rename
+        assert (out / "a.bin").read_bytes() == b"a" * 5000
+        assert res.full == st.full and res.bytes_read == 5000  # the verify's source read
+        got = os.stat(out / "a.bin")  # the source's metadata, set by the worker
+        assert (got.st_mode & 0o7777, got.st_mtime_ns) == (0o640, ident.mtime_ns)
+        st = staged_by_run(src, out, dirs, ident)
+        src.write_bytes(b"b" * 5000)  # after the read, before the link
         os.utime(src, ns=(ident.mtime_ns, ident.mtime_ns))
         sync_batch(os.fsencode(tmp_path), [st], dirs)
         with pytest.raises(CopyError) as e:
@@ -226,25 +235,6 @@ def test_compare_with_kept_bytes() -> None:
     assert first_difference(b"abcdef", b"abcxef") == 3
     assert first_difference(b"abc", b"abcd") == 3
     assert first_difference(b"", b"") == 0
-
-
-def test_copy_worker_reads_a_batch_into_its_reused_buffer_and_no_further() -> None:
-    """The worker's receive buffer outlives its batches (no page faults per batch): a
-    batch shorter than an earlier one must leave the next frame in the pipe."""
-    r, w = os.pipe()
-    try:
-        buf = bytearray(b"x" * 100)  # an earlier, bigger batch
-        os.write(w, b"abc" + b"NEXT")
-        os.set_blocking(r, False)  # a read past the batch empties the pipe: no hang
-        _read_exact(r, 3, buf)
-        assert bytes(buf[:3]) == b"abc"
-        assert os.read(r, 10) == b"NEXT"
-        os.write(w, b"y" * 150)
-        _read_exact(r, 150, buf)
-        assert len(buf) == 150 and bytes(buf) == b"y" * 150
-    finally:
-        os.close(r)
-        os.close(w)
 
 
 @pytest.mark.parametrize("anon_ok", [True, False])
