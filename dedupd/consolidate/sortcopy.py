@@ -10,11 +10,11 @@ each inode is read once, in source order (config order, then path):
   path of that content (its handle is closed, its row waits for the content's
   verified copy); a hash match with other bytes is reported as hash-collision
   and the file is content of its own: a hash never merges anything;
-- a new content gets its name (the EXIF date from the bytes in memory); its
-  bytes and its open handle go to the copy worker (consolidate/copyworker.py),
-  which writes them to a temp file and, after the batch's sync, compares the
-  copy read back from the disk with the same bytes; an fstat of that handle
-  must then still show the inode read, unchanged.
+- a new content gets its name (the EXIF date from the bytes in memory); the
+  run writes its bytes to a staged file (execute.py), which goes with the open
+  handle to the copy worker (consolidate/copyworker.py): after the batch's sync
+  it compares the copy read back from the disk with the source re-read through
+  that handle, whose fstat must still show the inode read, unchanged.
 
 Further names of an inode already read are that inode's content (no read).
 """

@@ -2,10 +2,11 @@
 handles, required to be the indexed inode, unchanged, before and after the read.
 
 The consolidation's reading side (consolidate/execute.py, sortcopy.py) reads each
-source whole here and hands the bytes with the very handle they were read through
-to the copy worker, which writes them (fsops/copy.py) and checks through that
-handle, before the copy gets its name, that the source is still that inode,
-unchanged (same_inode: any write moves the ctime).
+source whole here, writes the bytes to a staged file (fsops/copy.py) and hands it
+with the very handle they were read through to the copy worker, which compares
+the copy with the source re-read through that handle and checks through it,
+before the copy gets its name, that the source is still that inode, unchanged
+(same_inode: any write moves the ctime).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def open_expected(src: bytes, expect: Ident | None,
 
 class SourceRead(NamedTuple):
     """A source read whole into memory and hashed, its handle still open: it is either
-    staged as a copy (stage_data takes the handle) or closed (close)."""
+    staged as a copy (its handle passed to the copy worker with it) or closed (close)."""
 
     src: bytes
     fd: int

@@ -59,7 +59,8 @@ def check_archive(archive: Path, contents: set[str], complete: bool) -> None:
 
 
 def kill_points(n: int) -> list[str]:
-    """Copies go in one batch here (copyworker.py): "written" for each file, "syncing"
+    """Copies go in one batch here (copyworker.py), every copy staged by the run before
+    the batch is sent: "written" for each file (adopted by the worker), "syncing"
     (its sync begun), "synced" for each file, then "verified", "placed", "queued" file
     by file, "answered", and "ended" (the round's last sync). Kill after the first
     and last of each per-file step and at each step kind of a middle file."""
@@ -83,10 +84,9 @@ def test_kill_at_copy_steps(tmp_path: Path, zfs_archive: Callable[[str], Path]) 
         assert r.returncode == -9, (k, r.returncode, r.stderr.decode())
         check_archive(archive, contents, complete=False)
         temps = [p for p in manifest(archive) if b".dedupd-copy." in p]
-        step, _, nth = k.partition(":")
+        step = k.partition(":")[0]
         if step in ("written", "syncing", "synced"):  # killed before anything was placed
-            staged = int(nth) if step == "written" else len(contents)
-            assert not archive_files(archive) and len(temps) == staged, k
+            assert not archive_files(archive) and len(temps) == len(contents), k
         rep = json.loads(dedupd("consolidate", "-c", str(cfg), "x", "--json").stdout)
         assert rep["stats"]["problems"] == 0, rep["problems"]
         assert rep["stats"]["stale_temp_files"] == len(temps), k  # removed, then redone

@@ -38,9 +38,9 @@ def test_a_copy_moved_to_a_suffix_mid_run_keeps_its_row(tmp_path: Path) -> None:
         month = archive / "2015" / "05"
 
         def progress(done: int, _total: int, _b: int, _bt: int) -> None:
-            # the first copy is named (its name was free), not placed yet: both names
-            # appear now, as another program's files
-            if done == 1 and not month.exists():
+            # the first copy is named (its name was free) and staged, not placed yet:
+            # both names appear now, as another program's files
+            if done == 1 and not (month / "b.txt").exists():
                 for n in "bc":
                     write(month / f"{n}.txt", b"someone else's\n")
 
