@@ -307,7 +307,8 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
             compare_kept(staged.data, tfd)
             nread = staged.bytes_read
         else:
-            nread = staged.bytes_read + compare_with_source(sfd, tfd, staged.src_stat)
+            nread = staged.bytes_read + compare_with_source(sfd, tfd, staged.src_stat,
+                                                             staged.full)
         same_inode(sfd, staged.src_stat)
     finally:
         if own_src:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import NoReturn
+
+import xxhash
 
 from dedupd.dedup.verify import first_difference
 from dedupd.fsops.source import CopyError, same_inode
@@ -19,14 +22,26 @@ BUF = 1 << 20
 _tls = threading.local()
 
 
-def _readback_buffer(n: int) -> bytearray:
-    """This thread's buffer for reading copies back, at least n bytes: reused, so a
-    read-back costs no fresh pages (a new bytes per copy faulted in 60,000 pages for
-    250 MB of copies)."""
-    buf: bytearray | None = getattr(_tls, "buf", None)
+def _readback_buffer(n: int, which: str = "buf") -> bytearray:
+    """This thread's buffer for reading copies back (or, "src", their sources), at
+    least n bytes: reused, so a read-back costs no fresh pages (a new bytes per copy
+    faulted in 60,000 pages for 250 MB of copies)."""
+    buf: bytearray | None = getattr(_tls, which, None)
     if buf is None or len(buf) < n:
-        buf = _tls.buf = bytearray(max(n, BUF))
+        buf = bytearray(max(n, BUF + 1))
+        setattr(_tls, which, buf)
     return buf
+
+
+def _read_at(fd: int, view: memoryview, off: int) -> int:
+    """Fill view from fd at off: the bytes read (fewer only at the end of the file)."""
+    got = 0
+    while got < len(view):
+        k = os.preadv(fd, [view[got:]], off + got)
+        if not k:
+            break
+        got += k
+    return got
 
 
 def compare_kept(kept: bytes | memoryview, tfd: int) -> None:
@@ -50,19 +65,50 @@ def compare_kept(kept: bytes | memoryview, tfd: int) -> None:
     raise CopyError("mismatch", f"copy differs from source at byte {at}")
 
 
-def compare_with_source(sfd: int, tfd: int, st: os.stat_result) -> int:
-    """Compare the written copy with the source byte for byte; return source bytes read.
-    A source changed since st was taken is "changed" (checked first: else it would be
-    a mismatch), and one changed during the compare too."""
+def compare_with_source(sfd: int, tfd: int, st: os.stat_result, full: bytes) -> int:
+    """Compare the written copy with the source byte for byte, and the copy's XXH3-128
+    with full (the hash of the bytes it was written from, which the index records);
+    return source bytes read. A source changed since st was taken is "changed" (checked
+    first: else it would be a mismatch), and one changed during the compare too. Both
+    are read a buffer at a time into this thread's two reused buffers, compared with
+    one memcmp each."""
     same_inode(sfd, st)
-    off = 0
-    while off < st.st_size:
-        a = os.pread(sfd, BUF, off)
-        b = os.pread(tfd, BUF, off)
-        if not a or a != b:
-            raise CopyError("mismatch", f"copy differs from source at byte {off}")
-        off += len(a)
-    if os.pread(tfd, 1, off):
-        raise CopyError("mismatch", "copy is longer than the source")
+    n = st.st_size
+    a, b = _readback_buffer(BUF, "src"), _readback_buffer(BUF + 1)
+    h = xxhash.xxh3_128()
+    with memoryview(a) as va, memoryview(b) as vb:
+        off = 0
+        while True:
+            k = min(BUF, n - off)
+            last = off + k >= n
+            # the copy's last buffer one byte longer: a longer copy differs too
+            got = _read_at(tfd, vb[:k + 1] if last else vb[:k], off)
+            if _read_at(sfd, va[:k], off) != k or got != k or not a.startswith(vb[:k]):
+                _differs(sfd, tfd, st, full, "copy is longer than the source" if got > k
+                         else f"copy differs from source at byte {off}")
+            h.update(vb[:k])
+            off += k
+            if last:
+                break
+    if h.digest() != full:  # equal to the source, not to what was read: changed since
+        _differs(sfd, tfd, st, full, "copy differs from the bytes it was written from")
     same_inode(sfd, st)
     return off
+
+
+def _differs(sfd: int, tfd: int, st: os.stat_result, full: bytes, detail: str) -> NoReturn:
+    """A copy that differs from its source re-read: "changed" when the source is to
+    blame -- its ctime moved during the compare, or the copy read back is still the
+    bytes it was written from (full) while the source's bytes changed with no ctime
+    moved (written through a memory map whose pages were dirty already: no fault, no
+    timestamp) --; else "mismatch" (what reached the disk is not what was written)."""
+    same_inode(sfd, st)
+    h = xxhash.xxh3_128()
+    off = 0
+    while chunk := os.pread(tfd, BUF, off):
+        h.update(chunk)
+        off += len(chunk)
+    if h.digest() == full:
+        raise CopyError("changed", "source changed while it was being copied (its bytes, "
+                        "not its ctime)")
+    raise CopyError("mismatch", detail)
