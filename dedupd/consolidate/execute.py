@@ -307,6 +307,11 @@ class Executor:
         self.c.problems.extend(res.problems)
         self.c.contents_sorted += res.contents
         batch.hashes.extend(res.hashes)
+        if len(res.copies) > self._max_files:
+            # every source of the group is open until its batch is sent: its staged
+            # files' handles come out of the source directories' (none needed until
+            # the next read), else they overran `ulimit -n` 336..368 (256 files)
+            self._dirs.close()
         for cp, r in res.copies:
             self.plan.copies.append(cp)
             self._done_files += 1

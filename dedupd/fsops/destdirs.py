@@ -93,11 +93,6 @@ class DestDirs:
     def src_fd(self, tmp: bytes) -> int | None:
         return self._src.get(tmp)
 
-    def take(self, tmp: bytes) -> tuple[int, int]:
-        """Stop holding a staged file's handle and its source's (-1: none) and return
-        them, open, to the caller (who passes them to another process and closes them)."""
-        return self._tmp.pop(tmp), self._src.pop(tmp, -1)
-
     def release(self, tmp: bytes) -> None:
         for held in (self._tmp, self._src):
             fd = held.pop(tmp, None)
