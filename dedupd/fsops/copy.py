@@ -208,7 +208,7 @@ def _drop(tfd: int, name: bytes, anon: bool, dfd: int) -> None:
 
 
 def _stage(src: bytes, sfd: int, st: os.stat_result, dest_dir: bytes, dirs: DestDirs | None,
-                  write: Callable[[int], tuple[int, bytes, int, bytes | None]]) -> Staged:
+           write: Callable[[int], tuple[int, bytes, int, bytes | None]]) -> Staged:
     """Create the staged file (_create), fill it (write), set the metadata; sfd (-1:
     none) is kept with it in dirs (or closed). On failure the staged file is gone and
     sfd closed."""
