@@ -38,6 +38,7 @@ from dedupd import forkpipe
 from dedupd.consolidate.plan import Names
 from dedupd.files.events import Ident
 from dedupd.forkpipe import Wire
+from dedupd.fsops import anon
 from dedupd.fsops.copy import (
     CopyResult,
     DestDirs,
@@ -53,6 +54,13 @@ from dedupd.fsops.copy import (
 from dedupd.fsops.durable import sync_filesystem
 from dedupd.fsops.source import CopyError
 
+# Files with no name the worker makes ahead in the archive's root for the run to
+# write its copies into (creating them was a tenth of the run's time, which bounds
+# the import; the worker has time to spare): at most POOL sent and not yet used, and
+# only under an open-file limit that leaves room for them (the run raises it,
+# helpers.fd_budget).
+POOL = 256
+POOL_MIN_LIMIT = 4096
 KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
 KILL_WHICH_ENV = "DEDUPD_TEST_KILL_WHICH"
 MAX_RETRIES = 20
@@ -137,17 +145,22 @@ class WorkerLoop:
         self.dirs = DirCache(sync=False, keep=kept_dirs())
         self.unsynced = False  # names placed since the last syncfs began
         self.inflight: list[_InFlight] = []  # at most two: staged, and being staged
+        self.pool = soft >= POOL_MIN_LIMIT  # files made ahead for the run (_fill_pool)
+        self.pool_out = 0  # sent to the run and not yet used by it
 
     def serve(self) -> None:
         try:
+            self._fill_pool()
             while (msg := forkpipe.recv(self.inp)) is not None:
                 if msg[0] == "b":
+                    self.pool_out -= msg[2]  # the run's copies written to pool files
                     if self.inflight and len(self.inflight[0].staged) + len(
                             msg[1]) > self.max_files:  # the one before first, not beside
                         self._finish(self.inflight[0])
                     cur = self._stage(msg[1])
                     if len(self.inflight) > 1:
                         self._finish(self.inflight[0])
+                    self._fill_pool()
                     if cur.staged:  # after the names before were placed: syncs them too
                         cur.sync = _Syncer(self.archive, [s for _, _, s in cur.staged],
                                            cur.dirs)
@@ -167,6 +180,34 @@ class WorkerLoop:
             for b in self.inflight:
                 b.close()
             self.dirs.close()
+
+    def _fill_pool(self) -> None:
+        """Make files with no name in the archive's root (fsops/anon.py) until POOL are
+        with the run, and send them over the handles' socket, never waiting: while the
+        run does not read them (it takes them when it needs one), what does not fit
+        is closed (freed: they have no name). Where the archive cannot have them, no
+        more are made."""
+        if not self.pool or self.pool_out >= POOL:
+            return
+        dfd = self.dirs.fd(self.archive)
+        fds: list[int] = []
+        try:
+            for _ in range(POOL - self.pool_out):
+                fd = anon.open_in(dfd, self.dirs.dev(self.archive))
+                if fd is None:
+                    self.pool = False
+                    break
+                fds.append(fd)
+            for k in range(0, len(fds), FDS_PER_MSG):
+                try:
+                    socket.send_fds(self.fds, [b"p"], fds[k:k + FDS_PER_MSG],
+                                    socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                self.pool_out += len(fds[k:k + FDS_PER_MSG])
+        finally:
+            for fd in fds:  # the run has its own handles of those sent
+                os.close(fd)
 
     def _stage(self, items: list[Wire]) -> _InFlight:
         """Receive a batch (its handles) and adopt or stage every copy of it."""

@@ -53,6 +53,7 @@ acts while it is frozen and sends SIGCONT).
 
 from __future__ import annotations
 
+import array
 import os
 import select
 import socket
@@ -68,6 +69,7 @@ from dedupd.consolidate.copyloop import stat_wire as stat_wire
 from dedupd.errors import DedupdError
 from dedupd.forkpipe import Wire
 
+_FDS_SPACE = socket.CMSG_LEN(FDS_PER_MSG * array.array("i").itemsize)
 # Batches the run may have sent that the worker has not answered: it answers a batch
 # once it has staged the next one (copyloop.py), so with fewer the run would wait
 # while the worker stages.
@@ -104,6 +106,34 @@ class CopyWorker:
         os.set_blocking(self.to, False)
         self.batches_sent = self.batches_done = 0
         self._finished = False
+        self._pool: list[int] = []  # files with no name the worker made (fresh_file)
+        self._pooled = 0  # of those, used for the batch being made
+
+    def fresh_file(self) -> int | None:
+        """A file with no name (mode 0600, empty) in the archive root's filesystem and
+        mount, made ahead by the worker for a copy (copyloop.POOL), or None when it
+        has none ready (the caller makes one). The caller owns it."""
+        if not self._pool:
+            self._take_pool()
+            if not self._pool:
+                return None
+        self._pooled += 1
+        return self._pool.pop()
+
+    def _take_pool(self) -> None:
+        """The files the worker sent since (never waiting for more)."""
+        while True:
+            try:  # socket.recv_fds, whose flags Python 3.11 does not pass on
+                msg, anc, _, _ = self._fds.recvmsg(1, _FDS_SPACE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+                    self._pool.extend(fds)
+            if not msg:  # the worker is gone: its error comes with the next answer
+                return
 
     def send_batch(self, items: list[Wire], fds: list[int]) -> None:
         """One batch: per copy (id, archive path, source path, the source's stat as
@@ -116,7 +146,8 @@ class CopyWorker:
                 socket.send_fds(self._fds, [b"f"], fds[k:k + FDS_PER_MSG])
             except BrokenPipeError:
                 self._last_words()
-        self._write(forkpipe.frame(("b", items)))
+        self._write(forkpipe.frame(("b", items, self._pooled)))
+        self._pooled = 0
         self.batches_sent += 1
 
     def wait(self, behind: int = AHEAD) -> None:
@@ -144,6 +175,9 @@ class CopyWorker:
             self._close()
 
     def _close(self) -> bool:
+        for fd in self._pool:  # unused: freed with their last handle
+            os.close(fd)
+        self._pool = []
         self._fds.close()
         forkpipe.close(self.to)
         forkpipe.close(self.frm)

@@ -332,9 +332,12 @@ class Executor:
                           (i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns), 0, b"", None)
             data = None
         else:
+            # a file with no name the worker made ahead in the archive's root: linked
+            # anywhere in the archive, which is one mount (handles.anchored crosses none)
+            fresh = self._worker.fresh_file()
             try:
                 tfd, tmp_name = stage_bytes(r.data, cp.dest.rpartition(b"/")[0],
-                                            self._staging)
+                                            self._staging, fresh)
             except CopyError as e:  # e.g. out of space: nothing staged
                 r.close()
                 self.c.problems.append(Problem(cp.src.path, e.reason, e.detail))

@@ -147,15 +147,20 @@ def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None,
     return _stage(src, sfd, st, dest_dir, dirs, lambda tfd: fill.write_copy(sfd, tfd, st))
 
 
-def stage_bytes(data: bytes | memoryview, dest_dir: bytes, dirs: DestDirs) -> tuple[int, bytes]:
+def stage_bytes(data: bytes | memoryview, dest_dir: bytes, dirs: DestDirs,
+                fresh: int | None = None) -> tuple[int, bytes]:
     """Write data (a source's bytes as read, fsops/source.py) to a new staged file in
-    dest_dir: its handle, and b"" for a file with no name (fsops/anon.py) else its temp
-    name. No metadata and no sync yet: the copy worker adopts it (adopt_staged) and
-    does the rest (consolidate/copyworker.py). CopyError on failure, the staged file
-    gone."""
+    dest_dir -- or to fresh, an empty file with no name that may be linked there,
+    which it takes --: its handle, and b"" for a file with no name (fsops/anon.py)
+    else its temp name. No metadata and no sync yet: the copy worker adopts it
+    (adopt_staged) and does the rest (consolidate/copyworker.py). CopyError on
+    failure, the staged file gone."""
     try:
         testpoints.at("mutate", dest_dir)
-        tfd, name, anon = _create(dest_dir, dirs, True)
+        if fresh is None:
+            tfd, name, anon = _create(dest_dir, dirs, True)
+        else:
+            tfd, name, anon = fresh, b"", True
         try:
             fill.write_all(tfd, data)
         except BaseException:
