@@ -14,7 +14,9 @@ durable, verifies and links them, on the other core. It gets, in plan order:
   fsops/anon.py -- or a temp name where the filesystem has no O_TMPFILE), whose
   handle comes over a socket with the very handle its source was read through;
   or not at all (None: a larger source, which the worker copies from the source
-  itself, stage_copy, checking the indexed identity). The worker sets each staged
+  itself, stage_copy, checking the indexed identity), and how many of the files
+  with no name the worker made ahead (copyloop.POOL, sent to the run over the
+  same socket) the batch used. The worker sets each staged
   file's metadata (fsops.copy.adopt_staged). Then one syncfs, the batch's staged
   files dropped from the cache and read back, each compared byte for byte with
   its source re-read through its handle, the source required to be the very

@@ -8,8 +8,9 @@ Copies go in batches (BATCH_FILES / BATCH_BYTES, and at most a quarter of the
 open-file budget, helpers.fd_budget: each staged copy holds its staged file and
 its source open until placed, and the worker holds two batches). This process
 reads each source whole (hashing it, sorting unsorted size groups, naming new
-contents), writes it to a staged file with no name yet in its archive directory
-(fsops/anon.py: O_TMPFILE; a temp name where the filesystem has none) and hands
+contents), writes it to a staged file with no name yet (fsops/anon.py: O_TMPFILE,
+one of those the worker makes ahead, copyloop.POOL, else one made here in its
+archive directory; a temp name there where the filesystem has none) and hands
 a batch -- hashes, stat, the staged file's handle and the very handle each source
 was read through -- to the copy worker (consolidate/copyworker.py, a forked
 process on the other core), which gives each copy the source's metadata, makes

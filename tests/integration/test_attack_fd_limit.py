@@ -173,12 +173,18 @@ def test_consolidate_a_month_a_file_under_a_very_low_limit(tmp_path: Path,
     every file imported. Before, the copy worker kept at least 8 archive directory
     handles between batches (copyloop's DirCache) whatever the limit: 35 copies
     failed "Too many open files" at 32, the worker itself at 36."""
+    import_spread_out(tmp_path, [3000 + i for i in range(150)], limit)
+
+
+def import_spread_out(tmp_path: Path, sizes: list[int], limit: int) -> None:
+    """A file of each size in a directory of its own, each a month after the one
+    before (an archive directory each), imported under `ulimit -n` limit: every one."""
     src, arch = tmp_path / "src", tmp_path / "arch"
     content = {}
-    for i in range(150):
+    for i, size in enumerate(sizes):
         p = src / f"d{i}" / f"f{i}"
         p.parent.mkdir(parents=True)
-        content[p.name] = os.urandom(3000 + i)
+        content[p.name] = os.urandom(size)
         p.write_bytes(content[p.name])
         t = 946_684_800 + i * 31 * 86_400
         os.utime(p, (t, t))

@@ -248,25 +248,9 @@ def test_a_whole_size_group_spread_out_under_a_low_limit(tmp_path: Path, limit: 
     files while copying" for most of the group at every run below 384 (and at 384 with
     the archive directories kept). All imported."""
     from dedupd.consolidate.inventory import UNSORTED_FILES
-    from tests.integration.test_attack_fd_limit import _consolidate
+    from tests.integration.test_attack_fd_limit import import_spread_out
 
-    src, arch = tmp_path / "src", tmp_path / "arch"
-    content = {}
-    for i in range(UNSORTED_FILES):
-        p = src / f"d{i}" / f"f{i}"
-        p.parent.mkdir(parents=True)
-        content[p.name] = os.urandom(5000)
-        p.write_bytes(content[p.name])
-        t = 946_684_800 + i * 31 * 86_400
-        os.utime(p, (t, t))
-    arch.mkdir()
-    (tmp_path / "c.toml").write_text(
-        f'[consolidate.p]\nsources = ["{src}"]\narchive = "{arch}"\n')
-    r = _consolidate(tmp_path, limit)
-    assert r.returncode == 0, r.stderr[-2000:]
-    got = {p.name: p.read_bytes() for p in arch.rglob("*")
-           if p.is_file() and not p.name.startswith(".dedupd")}
-    assert got == content
+    import_spread_out(tmp_path, [5000] * UNSORTED_FILES, limit)  # one size group
 
 
 @pytest.mark.parametrize("fs", ["ext4", "zfs-fuse"])

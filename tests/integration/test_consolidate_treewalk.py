@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from dedupd.consolidate.treewalk import Parts, TreeWalk
 from dedupd.files.events import FileEvent, WalkStats
 from dedupd.scan.walk import batches
 from tests.fixtures.consolidate import write, write_config
+from tests.fixtures.procs import gone_within
 
 pytestmark = pytest.mark.integration
 
@@ -172,16 +172,5 @@ def test_the_walk_ends_with_its_run_killed(tmp_path: Path) -> None:
                        timeout=60, check=False)
     assert r.returncode == -signal.SIGKILL, r.stderr
     pid = int(pidfile.read_text())
-    deadline = time.monotonic() + 20
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(pid), "the walk outlived its run"
+    assert gone_within(pid, 20), "the walk outlived its run"
 
-
-def _alive(pid: int) -> bool:
-    """Running (an exited child of init waiting to be reaped is not)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b") ", 1)[-1][:1] != b"Z"
-    except FileNotFoundError:
-        return False

@@ -19,6 +19,7 @@ from dedupd.forkpipe import Wire
 from dedupd.index import provenance as prov
 from dedupd.index.provenance import Provenance
 from dedupd.index.store import HashUpdate, Store
+from tests.fixtures.procs import gone_within
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,20 +90,7 @@ def _writer_of_a_killed_parent(url: str, writes: str) -> None:
                        timeout=60, check=False)
     assert r.returncode == -signal.SIGKILL, r.stderr
     pid = int(r.stdout)
-    deadline = time.monotonic() + 20
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(pid), "the index writer outlived its parent"
-
-
-def _alive(pid: int) -> bool:
-    """Running (an exited child of init waiting to be reaped is not)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b") ", 1)[-1][:1] != b"Z"
-    except FileNotFoundError:
-        return False
-
+    assert gone_within(pid, 20), "the index writer outlived its parent"
 
 def test_rows_sent_are_committed_while_no_more_come(tmp_path: Path) -> None:
     """Flushes share a transaction only while they follow each other: one left alone
