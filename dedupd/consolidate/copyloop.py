@@ -2,19 +2,22 @@
 
 Its disk waits overlap its CPU work. A batch's syncfs (then the drop of its
 staged files from the page cache and one read-ahead of them, fsops.copy.sync_batch)
-runs in a second thread, _Syncer: system calls that release the interpreter's
-lock. Meanwhile this thread receives the next batch (copies the run staged:
-their metadata set here, fsops.copy.adopt_staged; a large one copied here,
-stage_copy). Only then does it wait for that sync, read the batch back (from the
-pages read ahead), compare it with the sources re-read, check the sources and
-link (fsops.copy.place_copy), answer it, and start the
-next batch's sync -- after those names were placed, so that sync makes them
-durable too (the "synced" flag of the next answer). Per batch, in this order:
+runs in a thread of its own, _Syncer: system calls that release the interpreter's
+lock. It begins as soon as the batch is received (copies the run staged: their
+metadata set here, fsops.copy.adopt_staged; a large one copied here, stage_copy),
+while this thread goes on to the batch before: waits for that one's sync, reads
+it back (from the pages read ahead), compares it with the sources re-read,
+checks the sources and links it (fsops.copy.place_copy), and answers it. A sync
+makes durable the names placed before it began: those of the batches finished
+then (_Syncer.covers), not those being linked beside it, so each answer says how
+many batches, from the first, have every name durable (the run hands their
+index rows to the writer only then). Per batch, in this order:
 
-    receive N+1, stage N+1 ("written" per copy)   | sync of N (thread)
+    receive N+1, stage N+1 ("written" per copy), start N+1's sync ("syncing")
+                                                  | sync of N+1 (thread)
     wait for N's sync ("synced" per copy of N), verify, link ("verified",
     "placed", "queued" per copy of N), answer N ("answered")
-    start N+1's sync ("syncing"), receive N+2 ...  | sync of N+1 (thread)
+    receive N+2 ...
 
 Every per-file order of fsops/copy.py stays: write -> durable -> read back from
 the disk -> compare -> source unchanged -> link. At most two batches are in the
@@ -84,8 +87,12 @@ class _Syncer:
     """One batch's sync_batch in a thread of its own; wait() joins it (its error, if
     it failed, raised there)."""
 
-    def __init__(self, archive: bytes, staged: list[Staged], dirs: DestDirs) -> None:
+    def __init__(self, archive: bytes, staged: list[Staged], dirs: DestDirs,
+                 covers: int) -> None:
+        """covers: the batches whose every name was placed when it began (it makes
+        their names durable)."""
         self.error: BaseException | None = None
+        self.covers = covers
         self._t = threading.Thread(target=self._run, args=(archive, staged, dirs),
                                    name="dedupd-sync", daemon=True)
         self._t.start()
@@ -143,7 +150,10 @@ class WorkerLoop:
         # the archive directories' handles, kept from batch to batch (kept_dirs); within
         # a batch, one a copy at most (counted above)
         self.dirs = DirCache(sync=False, keep=kept_dirs())
-        self.unsynced = False  # names placed since the last syncfs began
+        # batches finished (verified, linked, answered); of those, the first `durable`
+        # have every name durable (a sync that began after their links is over), and
+        # the last with a name placed is number `last_placed`
+        self.finished = self.durable = self.last_placed = 0
         self.inflight: list[_InFlight] = []  # at most two: staged, and being staged
         self.pool = soft >= POOL_MIN_LIMIT  # files made ahead for the run (_fill_pool)
         self.pool_out = 0  # sent to the run and not yet used by it
@@ -158,22 +168,22 @@ class WorkerLoop:
                             msg[1]) > self.max_files:  # the one before first, not beside
                         self._finish(self.inflight[0])
                     cur = self._stage(msg[1])
+                    if cur.staged:  # at once: it overlaps the verify and links of the
+                        # batch before, whose names a later sync makes durable
+                        cur.sync = _Syncer(self.archive, [s for _, _, s in cur.staged],
+                                           cur.dirs, self.finished)
+                        self.kill("syncing")
                     if len(self.inflight) > 1:
                         self._finish(self.inflight[0])
                     self._fill_pool()
-                    if cur.staged:  # after the names before were placed: syncs them too
-                        cur.sync = _Syncer(self.archive, [s for _, _, s in cur.staged],
-                                           cur.dirs)
-                        self.kill("syncing")
                 elif msg[0] == "e":
                     if self.inflight:
                         self._finish(self.inflight[0])
-                    synced = self.unsynced
-                    if synced:
+                    if self.last_placed > self.durable:  # names no sync began after
                         sync_filesystem(self.archive)
-                        self.unsynced = False
                         self.kill("ended")
-                    forkpipe.send(self.out, ("done", synced))
+                    self.durable = self.finished
+                    forkpipe.send(self.out, ("done", self.durable))
             # EOF: the run is done, or gone (what is staged has no name, or a temp name
             # for the next run's sweep)
         finally:
@@ -247,20 +257,24 @@ class WorkerLoop:
 
     def _finish(self, b: _InFlight) -> None:
         """Once b's sync is over: verify and link its copies one by one, answer it
-        with whether a sync made every name placed before durable."""
+        with how many batches (from the first) have every name durable."""
         if b.sync is not None:
             b.sync.wait()
-            self.unsynced = False  # it began after the names before were placed
+            self.durable = max(self.durable, b.sync.covers)
             for _ in b.staged:
                 self.kill("synced")
+        placed = False
         for cid, dest, st in b.staged:
             res = self._place(cid, dest, st, b)
             if res is not None:
-                self.unsynced = True
+                placed = True
                 b.results.append(("p", cid, res.dest, stat_wire(res.dest_stat), res.head,
                                   res.full, res.bytes_read, res.bytes_written))
                 self.kill("queued")
-        forkpipe.send(self.out, ("d", b.sync is not None, b.results))
+        self.finished += 1
+        if placed:
+            self.last_placed = self.finished
+        forkpipe.send(self.out, ("d", self.durable, b.results))
         self.inflight.remove(b)
         b.close()
         self.dirs.trim()

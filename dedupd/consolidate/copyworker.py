@@ -29,10 +29,11 @@ durable, verifies and links them, on the other core. It gets, in plan order:
   input closes (EOF).
 
 It answers in order: "d" per batch, once the next batch is staged (or at "e"),
-with whether a syncfs made every name placed by the batches before durable (the
-run hands their index rows to the writer only then) and per copy "p" (placed,
-with the name and the copy's stat) or "x" (failed, with the reason); "done" at
-the end of a round, with the same flag for the last batch's names. The run may
+with how many batches, from the first, have every name durable (a syncfs that
+began after their links is over: the run hands their index rows to the writer
+only then) and per copy "p" (placed, with the name and the copy's stat) or "x"
+(failed, with the reason); "done" at the end of a round, once a last syncfs
+made every name placed durable, with the number of batches so far. The run may
 have AHEAD batches unanswered and reads answers whenever its next message does
 not fit in the pipe, so neither side waits on a full pipe.
 
@@ -45,10 +46,10 @@ an error and places nothing more. Test hook: DEDUPD_TEST_KILL_AFTER_COPY_STEPS=k
 SIGKILLs the run and the worker at the worker's k-th step, or with "step:k" at
 the k-th step of that name. Steps, in the order the worker takes them (all in
 one thread: copyloop.py): "written" per copy of batch N+1 (after batch N's
-steps when the two would hold too many handles), then for batch N
-"synced" per copy (its sync over), "verified", "placed", "queued" copy by copy,
-"answered" (its answer sent), then "syncing" (batch N+1's sync begun, in the
-background); "ended" after a round's last syncfs. DEDUPD_TEST_KILL_WHICH=run or
+steps when the two would hold too many handles), "syncing" (batch N+1's sync
+begun, in the background), then for batch N "synced" per copy (its sync over),
+"verified", "placed", "queued" copy by copy, "answered" (its answer sent);
+"ended" after a round's last syncfs. DEDUPD_TEST_KILL_WHICH=run or
 worker kills only that one; "stop" SIGSTOPs the worker instead (a test then
 acts while it is frozen and sends SIGCONT).
 """
@@ -95,7 +96,7 @@ class CopyWorker:
         run's heap is small (before the index scan): each page the run writes after a
         fork costs it a copy-on-write fault (34,000 of them for a 20,000-file import
         when it was forked at the copies)."""
-        self.on_batch: Callable[[bool, list[Wire]], None] = _unset
+        self.on_batch: Callable[[int, list[Wire] | None], None] = _unset
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
         def work(i: int, o: int) -> None:
@@ -223,8 +224,8 @@ class CopyWorker:
             self.on_batch(msg[1], msg[2])
         elif kind == "done":
             self._finished = True
-            self.on_batch(msg[1], [])
+            self.on_batch(msg[1], None)
 
 
-def _unset(_synced: bool, _results: list[Wire]) -> None:
+def _unset(_durable: int, _results: list[Wire] | None) -> None:
     raise AssertionError("CopyWorker.on_batch was not set")

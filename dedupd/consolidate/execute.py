@@ -46,7 +46,6 @@ from dedupd.consolidate.sortcopy import NewCopy, sort_group
 from dedupd.files.events import Problem
 from dedupd.forkpipe import Wire
 from dedupd.fsops.copy import DestDirs, DirCache, kept_dirs, stage_bytes
-from dedupd.fsops.durable import sync_filesystem
 from dedupd.fsops.fill import KEEP_BYTES
 from dedupd.fsops.source import CopyError, SourceDirs, SourceRead, read_source
 from dedupd.index.store import HashUpdate, IndexedFile, Store
@@ -105,7 +104,6 @@ class Executor:
         self.c = Counters()
         # (source path, archive file) pairs whose equality is confirmed: prune candidates
         self.confirmed: list[tuple[SourcePath, bytes]] = []
-        self._unsynced = False  # names placed since the last sync (their rows wait)
         self._pending: dict[int, tuple[Copy, bytes | None]] = {}  # sent to the worker
         self._next_id = 0
         self._max_files = BATCH_FILES  # copies a batch (_copy_all)
@@ -163,10 +161,7 @@ class Executor:
             if not self.collided or replan is None:
                 break
         self._tick()
-        if self._unsynced:
-            sync_filesystem(self.archive)  # the last batch's names, before its rows
-            self._unsynced = False
-        self.flush()
+        self.flush()  # the worker's end of each round made every name durable
 
     def _copy_all(self, items: list[Copy | Content | Unsorted]) -> None:
         """Read the items here and stage, sync, verify and link them in the copy worker
@@ -358,16 +353,17 @@ class Executor:
         batch.files += 1
         batch.size += cp.content.size
 
-    def _answer(self, synced: bool, results: list[Wire]) -> None:
-        """The worker's answer for one batch (copyworker.py), in the order of batches."""
-        if synced:  # the names placed before are durable: their rows may go
-            self._unsynced = False
-            self.flush()
+    def _answer(self, durable: int, results: list[Wire] | None) -> None:
+        """The worker's answer for one batch (copyworker.py), in the order of batches,
+        or (results None) for the end of a round: the first `durable` batches have
+        every name durable, so their rows may go."""
+        self._q.flush_through(durable)
+        if results is None:
+            return
         for msg in results:
             if msg[0] == "p":
                 _, cid, dest, stw, head, full, nread, nwritten = msg
                 cp, data = self._pending.pop(cid)
-                self._unsynced = True
                 self._copied(cp, dest, stw, head, full, nread, nwritten, data)
             else:
                 _, cid, reason, detail = msg
@@ -377,6 +373,7 @@ class Executor:
             # after the batch's archive files: the writer records them first (save_hashes
             # skips a hash of an inode the index has no row for)
             self._q.hashes(self._batch_hashes.pop(0))
+        self._q.end_answer()
 
     def _copied(self, cp: Copy, dest: bytes, stw: StatWire, head: int, full: bytes,
                 nread: int, nwritten: int, data: bytes | None) -> None:
@@ -446,7 +443,7 @@ class _Batch:
         self.fds = []
 
 
-def _answered(_synced: bool, _results: list[Wire]) -> None:
+def _answered(_durable: int, _results: list[Wire] | None) -> None:
     raise AssertionError("a copy worker answered after its run")
 
 

@@ -37,6 +37,9 @@ class Rows:
         self._touch: list[bytes] = []
         # (source path, archive file) pairs whose equality is confirmed: prune candidates
         self.confirmed: list[tuple[SourcePath, bytes]] = []
+        # per copy worker answer not yet flushed, the queues' lengths after its rows
+        self._marks: list[tuple[int, int, int, int]] = []
+        self._answers = self._flushed = 0  # answers queued; of those, flushed
 
     def placed(self, dest: bytes, stw: Wire, head: int, full: bytes, src_dev: int,
                src_ino: int) -> None:
@@ -68,10 +71,31 @@ class Rows:
         """Whether enough rows wait to be worth a flush (where the caller may flush)."""
         return len(self._rows) + len(self._touch) >= FLUSH_EVERY
 
+    def end_answer(self) -> None:
+        """The rows queued since are those of one more answer of the copy worker."""
+        self._marks.append((len(self._events), len(self._hashes), len(self._rows),
+                            len(self._touch)))
+        self._answers += 1
+
+    def flush_through(self, answers: int) -> None:
+        """Hand the writer the rows of the first `answers` answers (and whatever was
+        queued before them), whose names a sync made durable; the rest wait."""
+        n = min(answers, self._answers) - self._flushed
+        if n <= 0:
+            return
+        e, h, r, t = self._marks[n - 1]
+        if e or h or r or t:
+            self._writer.write(self.scan_id, self._events[:e], self._hashes[:h],
+                               self._rows[:r], self.name, self._touch[:t], self._now)
+        del self._events[:e], self._hashes[:h], self._rows[:r], self._touch[:t]
+        self._marks = [(a - e, b - h, c - r, d - t) for a, b, c, d in self._marks[n:]]
+        self._flushed += n
+
     def flush(self) -> None:
-        """Hand the queued rows to the writer (archive files first, then hashes, then
+        """Hand every queued row to the writer (archive files first, then hashes, then
         provenance); it writes them beside the next batch's copies."""
         if self._events or self._hashes or self._rows or self._touch:
             self._writer.write(self.scan_id, self._events, self._hashes, self._rows,
                                self.name, self._touch, self._now)
         self._events, self._hashes, self._rows, self._touch = [], [], [], []
+        self._marks, self._flushed = [], self._answers

@@ -42,8 +42,8 @@ def test_archive_io_error_before_a_batch_sync_writes_no_row_for_lost_names(
         write(src / f"f{i}.bin", os.urandom(20_000 + i), "2019-01-01")
     db = tmp_path / "db.sqlite"
     cfg = write_config(tmp_path / "c.toml", db, "x", [src], archive, 'layout = "{name}"\n')
-    # stopped with batch 1's names placed (and answered), batch 2 staged, its sync not
-    # begun: batch 2's sync is the one that would make batch 1's names durable
+    # stopped with batch 1's names placed (and answered); batch 2's sync began before
+    # those links (it overlaps them) and makes none of them durable: batch 3's would
     with import_stopped_at(cfg, "x", "answered:1") as (run, worker):
         assert sorted(p.name for p in archive.glob("*.bin")) == ["f0.bin", "f1.bin"]
         # the disk fails: its journal is not flushed (xfs_io's shutdown without -f)
