@@ -3,8 +3,8 @@
 Its disk waits overlap its CPU work. A batch's syncfs (then the drop of its
 staged files from the page cache and one read-ahead of them, fsops.copy.sync_batch)
 runs in a thread of its own, _Syncer: system calls that release the interpreter's
-lock. It begins as soon as the batch is received (copies the run staged: their
-metadata set here, fsops.copy.adopt_staged; a large one copied here, stage_copy),
+lock. It begins as soon as the batch is received (copies the run staged, taken
+over here, fsops.copy.adopt_staged; a large one copied here, stage_copy),
 while this thread goes on to the batch before: waits for that one's sync, reads
 it back (from the pages read ahead), compares it with the sources re-read,
 checks the sources and links it (fsops.copy.place_copy), and answers it. A sync

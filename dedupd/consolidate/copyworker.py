@@ -16,8 +16,8 @@ durable, verifies and links them, on the other core. It gets, in plan order:
   or not at all (None: a larger source, which the worker copies from the source
   itself, stage_copy, checking the indexed identity), and how many of the files
   with no name the worker made ahead (copyloop.POOL, sent to the run over the
-  same socket) the batch used. The worker sets each staged
-  file's metadata (fsops.copy.adopt_staged). Then one syncfs, the batch's staged
+  same socket) the batch used. The worker takes each staged file over
+  (fsops.copy.adopt_staged). Then one syncfs, the batch's staged
   files dropped from the cache and read back, each compared byte for byte with
   its source re-read through its handle, the source required to be the very
   inode that was read, unchanged (its ctime moves with any write), then linked

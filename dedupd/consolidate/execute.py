@@ -13,7 +13,7 @@ one of those the worker makes ahead, copyloop.POOL, else one made here in its
 archive directory; a temp name there where the filesystem has none) and hands
 a batch -- hashes, stat, the staged file's handle and the very handle each source
 was read through -- to the copy worker (consolidate/copyworker.py, a forked
-process on the other core), which gives each copy the source's metadata, makes
+process on the other core), which makes
 the batch durable with one syncfs, reads the copies back from the disk,
 compares each with its source re-read through its handle, checks the source
 unchanged and links each copy into place (a batch's sync overlapping the
@@ -334,7 +334,7 @@ class Executor:
             # anywhere in the archive, which is one mount (handles.anchored crosses none)
             fresh = self._worker.fresh_file()
             try:
-                tfd, tmp_name = stage_bytes(r.data, cp.dest.rpartition(b"/")[0],
+                tfd, tmp_name = stage_bytes(r.data, r.stat, cp.dest.rpartition(b"/")[0],
                                             self._staging, fresh)
             except CopyError as e:  # e.g. out of space: nothing staged
                 r.close()

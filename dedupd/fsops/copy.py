@@ -39,8 +39,8 @@ the sync's cache drop, the read-back, the source's unchanged-check (fstat of
 the very handle it was read through) and the final stat need no new open.
 A consolidation splits a copy between two processes (consolidate/copyworker.py):
 the run reads and hashes the source (`read_source`, fsops/source.py) and writes
-the staged file from those bytes (`stage_bytes`); the copy worker gets both
-handles, sets the metadata (`adopt_staged`), syncs the batch and compares the
+the staged file from those bytes, with the source's metadata (`stage_bytes`); the
+copy worker gets both handles (`adopt_staged`), syncs the batch and compares the
 copy read back from the disk with the source re-read through the very handle it
 was read by (`place_copy`), then links it. The read-back
 compares are fsops/readback.py; the bytes and metadata written, fsops/fill.py;
@@ -147,14 +147,14 @@ def stage_copy(src: bytes, dest_dir: bytes, expect: Ident | None = None,
     return _stage(src, sfd, st, dest_dir, dirs, lambda tfd: fill.write_copy(sfd, tfd, st))
 
 
-def stage_bytes(data: bytes | memoryview, dest_dir: bytes, dirs: DestDirs,
-                fresh: int | None = None) -> tuple[int, bytes]:
-    """Write data (a source's bytes as read, fsops/source.py) to a new staged file in
-    dest_dir -- or to fresh, an empty file with no name that may be linked there,
-    which it takes --: its handle, and b"" for a file with no name (fsops/anon.py)
-    else its temp name. No metadata and no sync yet: the copy worker adopts it
-    (adopt_staged) and does the rest (consolidate/copyworker.py). CopyError on
-    failure, the staged file gone."""
+def stage_bytes(data: bytes | memoryview, st: os.stat_result, dest_dir: bytes,
+                dirs: DestDirs, fresh: int | None = None) -> tuple[int, bytes]:
+    """Write data (a source's bytes as read, fsops/source.py, whose stat is st) to a
+    new staged file in dest_dir -- or to fresh, an empty file with no name that may
+    be linked there, which it takes -- with the source's metadata: its handle, and
+    b"" for a file with no name (fsops/anon.py) else its temp name. No sync yet: the
+    copy worker adopts it (adopt_staged) and does the rest (consolidate/copyworker.py).
+    CopyError on failure, the staged file gone."""
     try:
         testpoints.at("mutate", dest_dir)
         if fresh is None:
@@ -163,6 +163,7 @@ def stage_bytes(data: bytes | memoryview, dest_dir: bytes, dirs: DestDirs,
             tfd, name, anon = fresh, b"", True
         try:
             fill.write_all(tfd, data)
+            fill.set_meta(tfd, st)
         except BaseException:
             _drop(tfd, name, anon, dirs.fd(dest_dir))
             raise
@@ -176,16 +177,10 @@ def adopt_staged(src: bytes, tfd: int, sfd: int, st: os.stat_result, head: int,
     """A copy stage_bytes wrote in another process (consolidate/execute.py), from the
     bytes of src read through sfd as st describes it (hashes head and full), both
     handles passed along: the staged file tfd (no name when tmp_name is empty, else
-    that temp name in dest_dir) gets the source's metadata, and both are held in dirs
-    from now on, for sync_batch and place_copy (which compares the copy read back
-    with the source re-read through sfd) as if staged here. Takes both handles."""
+    that temp name in dest_dir) and its source are held in dirs from now on, for
+    sync_batch and place_copy (which compares the copy read back with the source
+    re-read through sfd) as if staged here. Takes both handles."""
     anon = not tmp_name
-    try:
-        fill.set_meta(tfd, st)
-    except OSError as e:
-        _drop(tfd, tmp_name, anon, dirs.fd(dest_dir))
-        os.close(sfd)
-        raise CopyError("error", f"{e.strerror or e} while copying") from None
     # an anonymous file's key is for dirs only, never a name on the disk
     name = b"%s%d.anon" % (TMP_PREFIX, next(_anon_ids)) if anon else tmp_name
     tmp = os.path.join(dest_dir, name)

@@ -146,7 +146,7 @@ def staged_by_run(src: Path, out: Path, dirs: DestDirs, ident: Ident | None = No
     """A copy staged as a consolidation stages it: read and written by the run
     (read_source, stage_bytes), adopted by the copy worker (adopt_staged)."""
     r = read_source(os.fsencode(src), ident)
-    tfd, name = stage_bytes(r.data, os.fsencode(out), dirs)
+    tfd, name = stage_bytes(r.data, r.stat, os.fsencode(out), dirs)
     return adopt_staged(r.src, tfd, r.fd, r.stat, r.head, r.full, os.fsencode(out), name,
                         dirs)
 
@@ -219,7 +219,7 @@ def test_read_source_then_stage_bytes_is_a_verified_copy(tmp_path: Path) -> None
         res = place_copy(st, os.fsencode(out / "a.bin"), dirs=dirs)
         assert (out / "a.bin").read_bytes() == b"a" * 5000
         assert res.full == st.full and res.bytes_read == 5000  # the verify's source read
-        got = os.stat(out / "a.bin")  # the source's metadata, set by the worker
+        got = os.stat(out / "a.bin")  # the source's metadata, set by the run
         assert (got.st_mode & 0o7777, got.st_mtime_ns) == (0o640, ident.mtime_ns)
         st = staged_by_run(src, out, dirs, ident)
         src.write_bytes(b"b" * 5000)  # after the read, before the link
