@@ -305,11 +305,11 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
     try:
         if staged.data is not None:
             compare_kept(staged.data, tfd)
+            same_inode(sfd, staged.src_stat)
             nread = staged.bytes_read
-        else:
+        else:  # which checks the source before and after its compare
             nread = staged.bytes_read + compare_with_source(sfd, tfd, staged.src_stat,
                                                              staged.full)
-        same_inode(sfd, staged.src_stat)
     finally:
         if own_src:
             os.close(sfd)
