@@ -30,6 +30,7 @@ their order is fixed whatever the sync thread does meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -160,7 +161,10 @@ class WorkerLoop:
 
     def serve(self) -> None:
         try:
-            self._fill_pool()
+            if self.pool:
+                self._fill_pool()
+            else:
+                self._no_pool()
             while (msg := forkpipe.recv(self.inp)) is not None:
                 if msg[0] == "b":
                     self.pool_out -= msg[2]  # the run's copies written to pool files
@@ -191,6 +195,13 @@ class WorkerLoop:
                 b.close()
             self.dirs.close()
 
+    def _no_pool(self) -> None:
+        """Make no more files ahead, and tell the run (a message with no handles), so
+        it stops asking for one at each copy."""
+        self.pool = False
+        with contextlib.suppress(BlockingIOError):
+            self.fds.send(b"n", socket.MSG_DONTWAIT)
+
     def _fill_pool(self) -> None:
         """Make files with no name in the archive's root (fsops/anon.py) until POOL are
         with the run, and send them over the handles' socket, never waiting: while the
@@ -205,7 +216,7 @@ class WorkerLoop:
             for _ in range(POOL - self.pool_out):
                 fd = anon.open_in(dfd, self.dirs.dev(self.archive))
                 if fd is None:
-                    self.pool = False
+                    self._no_pool()
                     break
                 fds.append(fd)
             for k in range(0, len(fds), FDS_PER_MSG):

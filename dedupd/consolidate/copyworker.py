@@ -22,8 +22,8 @@ durable, verifies and links them, on the other core. It gets, in plan order:
   its source re-read through its handle, the source required to be the very
   inode that was read, unchanged (its ctime moves with any write), then linked
   to its name, never replacing a file (fsops.copy.place_copy). A batch's sync
-  runs while the next batch is received, its verify and links after that
-  (copyloop.py: the worker's loop);
+  runs beside the verify and links of the batch before (copyloop.py: the
+  worker's loop);
 - "e" (end of a round of copies): the last batch finished, then a syncfs when
   names were placed since the previous one began. The worker exits when its
   input closes (EOF).
@@ -113,12 +113,15 @@ class CopyWorker:
         self._finished = False
         self._pool: list[int] = []  # files with no name the worker made (fresh_file)
         self._pooled = 0  # of those, used for the batch being made
+        self._none_coming = False  # the worker said it makes none (no more asking)
 
     def fresh_file(self) -> int | None:
         """A file with no name (mode 0600, empty) in the archive root's filesystem and
         mount, made ahead by the worker for a copy (copyloop.POOL), or None when it
         has none ready (the caller makes one). The caller owns it."""
         if not self._pool:
+            if self._none_coming:
+                return None
             self._take_pool()
             if not self._pool:
                 return None
@@ -137,6 +140,8 @@ class CopyWorker:
                     fds = array.array("i")
                     fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
                     self._pool.extend(fds)
+            if msg == b"n":  # it makes none (no O_TMPFILE there, a low open-file limit)
+                self._none_coming = True
             if not msg:  # the worker is gone: its error comes with the next answer
                 return
 

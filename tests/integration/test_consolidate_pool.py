@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import stat
 import subprocess
 import sys
@@ -49,6 +50,27 @@ def test_the_worker_hands_the_run_files_with_no_name(tmp_path: Path) -> None:
             os.close(fd)
         w.close()
     assert os.listdir(archive) == []  # nothing with a name, nothing left
+
+
+def test_a_worker_that_makes_none_says_so(tmp_path: Path) -> None:
+    """Under an open-file limit too low for the pool the worker makes no file ahead
+    and says so: the run stops asking (no system call per copy)."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    try:
+        w = CopyWorker(os.fsencode(archive), "suffix")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        deadline = time.monotonic() + 30
+        while not w._none_coming and time.monotonic() < deadline:
+            assert w.fresh_file() is None
+            time.sleep(0.01)
+        assert w._none_coming and w.fresh_file() is None
+    finally:
+        w.close()
 
 
 def test_the_run_writes_into_the_worker_s_files(tmp_path: Path) -> None:
