@@ -17,7 +17,8 @@ process on the other core), which makes
 the batch durable with one syncfs, reads the copies back from the disk,
 compares each with its source re-read through its handle, checks the source
 unchanged and links each copy into place (a batch's sync overlapping the
-receipt of the next), while this process reads and stages the next batch.
+verify and links of the batch before), while this process reads and stages the
+next batch.
 The index rows of a batch go to the index writer (consolidate/writer.py,
 another forked process) only after the worker says a
 later sync made the batch's names durable (the next batch's, or the last one
