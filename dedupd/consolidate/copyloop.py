@@ -60,16 +60,23 @@ from dedupd.fsops.source import CopyError
 
 # Files with no name the worker makes ahead in the archive's root for the run to
 # write its copies into (creating them was a tenth of the run's time, which bounds
-# the import; the worker has time to spare): at most POOL sent and not yet used, and
-# only under an open-file limit that leaves room for them (the run raises it,
-# helpers.fd_budget).
-POOL = 256
+# the import; the worker has time to spare): at most pool_size() sent and not yet
+# used, and only under an open-file limit that leaves room for them (the run raises
+# it, helpers.fd_budget). POOL is two batches (execute.BATCH_FILES): with 256, half a
+# batch, the run still made 12,000 of a 20,000-file import's files itself.
+POOL = 1024
 POOL_MIN_LIMIT = 4096
 KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
 KILL_WHICH_ENV = "DEDUPD_TEST_KILL_WHICH"
 MAX_RETRIES = 20
 FDS_PER_MSG = 250  # SCM_RIGHTS carries at most 253 handles a message
 StatWire = tuple[int, int, int, int, int, int, int, int, int, int]
+
+
+def pool_size(soft: int) -> int:
+    """Files made ahead under an open-file limit of soft (0: none): an eighth of it at
+    most, beside the run's batches and source directories (fd_budget's thirds)."""
+    return 0 if soft < POOL_MIN_LIMIT else min(POOL, soft // 8)
 
 
 def stat_wire(st: os.stat_result) -> StatWire:
@@ -156,7 +163,8 @@ class WorkerLoop:
         # the last with a name placed is number `last_placed`
         self.finished = self.durable = self.last_placed = 0
         self.inflight: list[_InFlight] = []  # at most two: staged, and being staged
-        self.pool = soft >= POOL_MIN_LIMIT  # files made ahead for the run (_fill_pool)
+        self.pool_max = pool_size(soft)  # files made ahead for the run (_fill_pool)
+        self.pool = self.pool_max > 0
         self.pool_out = 0  # sent to the run and not yet used by it
 
     def serve(self) -> None:
@@ -203,17 +211,17 @@ class WorkerLoop:
             self.fds.send(b"n", socket.MSG_DONTWAIT)
 
     def _fill_pool(self) -> None:
-        """Make files with no name in the archive's root (fsops/anon.py) until POOL are
+        """Make files with no name in the archive's root (fsops/anon.py) until pool_max are
         with the run, and send them over the handles' socket, never waiting: while the
         run does not read them (it takes them when it needs one), what does not fit
         is closed (freed: they have no name). Where the archive cannot have them, no
         more are made."""
-        if not self.pool or self.pool_out >= POOL:
+        if not self.pool or self.pool_out >= self.pool_max:
             return
         dfd = self.dirs.fd(self.archive)
         fds: list[int] = []
         try:
-            for _ in range(POOL - self.pool_out):
+            for _ in range(self.pool_max - self.pool_out):
                 fd = anon.open_in(dfd, self.dirs.dev(self.archive))
                 if fd is None:
                     self._no_pool()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dedupd.consolidate.copyloop import POOL
+from dedupd.consolidate.copyloop import POOL, pool_size
 from dedupd.consolidate.copyworker import CopyWorker
 from tests.fixtures.components import require_tools
 from tests.fixtures.consolidate import archive_files, write, write_config
@@ -29,16 +29,18 @@ def test_the_worker_hands_the_run_files_with_no_name(tmp_path: Path) -> None:
     archive = tmp_path / "archive"
     archive.mkdir()
     w = CopyWorker(os.fsencode(archive), "suffix")
+    pool = pool_size(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    assert pool > 0
     got: list[int] = []
     try:
         deadline = time.monotonic() + 30
-        while len(got) < POOL and time.monotonic() < deadline:
+        while len(got) < pool and time.monotonic() < deadline:
             fd = w.fresh_file()
             if fd is None:
                 time.sleep(0.01)
             else:
                 got.append(fd)
-        assert len(got) == POOL  # all sent at once, none more until a batch used them
+        assert len(got) == pool  # all sent at once, none more until a batch used them
         assert w.fresh_file() is None
         for fd in got:
             st = os.fstat(fd)
@@ -75,13 +77,15 @@ def test_a_worker_that_makes_none_says_so(tmp_path: Path) -> None:
 
 def test_the_run_writes_into_the_worker_s_files(tmp_path: Path) -> None:
     """Seen in the system calls, process by process: the worker makes POOL files with
-    no name as it starts, and more as batches use them; the run makes fewer than its
-    copies (it takes the worker's once they are there: under strace, the worker's
-    first POOL come after the run's first copies of a small import)."""
+    no name as it starts (the run raises its open-file limit to allow that), and more
+    as batches use them; the run makes fewer than its copies (it takes the worker's
+    once they are there: under strace, the worker's first come after the run's first
+    copies of a small import)."""
     require_tools("strace")
+    assert pool_size(min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1 << 16)) == POOL
     src, archive = tmp_path / "src", tmp_path / "archive"
     archive.mkdir()
-    n = 3 * POOL
+    n = 768
     for i in range(n):
         write(src / f"d{i % 4}" / f"f{i}.bin", os.urandom(100 + i), "2019-09-09")
     cfg = write_config(tmp_path / "c.toml", tmp_path / "db.sqlite", "s", [src], archive)
