@@ -68,11 +68,11 @@ def compare_kept(kept: bytes | memoryview, tfd: int) -> None:
 def compare_with_source(sfd: int, tfd: int, st: os.stat_result, full: bytes) -> int:
     """Compare the written copy with the source byte for byte, and the copy's XXH3-128
     with full (the hash of the bytes it was written from, which the index records);
-    return source bytes read. A source changed since st was taken is "changed" (checked
-    first: else it would be a mismatch), and one changed during the compare too. Both
-    are read a buffer at a time into this thread's two reused buffers, compared with
-    one memcmp each."""
-    same_inode(sfd, st)
+    return source bytes read. A source changed since st was taken is "changed", checked
+    once, after the compare (a write moves the ctime): a difference found meanwhile
+    checks it first (_differs), so it is not taken for a mismatch. Both are read a
+    buffer at a time into this thread's two reused buffers, compared with one memcmp
+    each."""
     n = st.st_size
     a, b = _readback_buffer(BUF, "src"), _readback_buffer(BUF + 1)
     h = xxhash.xxh3_128()
