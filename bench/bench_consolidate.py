@@ -15,10 +15,14 @@ rsync's are not). Rounds are interleaved (dedupd, rsync, dedupd, rsync...)
 so a machine shared with other work loads every tool alike; the table shows
 best-of-N and the range of wall times, and the CPU time (user + sys) of each
 tool. The sources are read once before every timed command (warm cache for
-each). After the rounds, a dedupd re-run with nothing new must read nothing.
+each), and --warm-mib of memory is written and freed (on a VM that reports free
+memory to its host -- virtio-balloon free page reporting, this one -- each page a
+command takes that was reported faults on the host: 0.3-0.6 s of a 2.2 s import,
+measured, more for the tool that takes more memory; a machine of its own has no such
+cost). After the rounds, a dedupd re-run with nothing new must read nothing.
 
 Usage: python bench/bench_consolidate.py [--trees generated,real] [--rounds N]
-[--files N] [--keep] [--baseline CHECKOUT]
+[--files N] [--keep] [--baseline CHECKOUT] [--warm-mib N]
 
 --baseline times another dedupd checkout's first import in each round too
 (e.g. `git worktree add /tmp/old <commit>`): old and new side by side.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import mmap
 import os
 import random
 import shutil
@@ -39,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import compile_dedupd
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,10 +157,19 @@ def timed(argv: list[str], cwd: Path | None = None) -> tuple[float, float, bytes
     return wall, ru.ru_utime + ru.ru_stime, out
 
 
-def warm(roots: list[Path]) -> None:
-    """Read every source file once so each timed command starts with a warm cache."""
+WARM_MIB = 4096  # memory written and freed before each timed command (--warm-mib)
+
+
+def warm(roots: list[Path], warm_mib: int) -> None:
+    """Read every source file once so each timed command starts with a warm cache, and
+    write warm_mib of memory then free it (module docstring)."""
     subprocess.run(["find", *map(str, roots), "-type", "f", "-exec", "cat", "{}", "+"],
                    stdout=subprocess.DEVNULL, check=True)
+    if warm_mib > 0:
+        with mmap.mmap(-1, warm_mib << 20) as m:
+            block = b"\1" * (1 << 20)
+            for off in range(0, warm_mib << 20, 1 << 20):
+                m[off:off + (1 << 20)] = block
 
 
 def fresh(p: Path) -> None:
@@ -180,13 +195,14 @@ def dedupd_argv(cfg: Path) -> list[str]:
 
 
 def first_import(base: Path, shares: list[Path], archive_name: str, tag: str,
-                 checkout: Path, runs: Runs) -> tuple[Path, dict]:  # type: ignore[type-arg]
+                 checkout: Path, runs: Runs,
+                 warm_mib: int) -> tuple[Path, dict]:  # type: ignore[type-arg]
     """One timed first import of the shares by the dedupd of checkout, into a fresh
     archive and index (added to runs); its config and its report's stats."""
     archive = base / archive_name
     fresh(archive)
     cfg = dedupd_config(base, shares, archive, tag)
-    warm(shares)
+    warm(shares, warm_mib)
     wall, cpu, out = timed(dedupd_argv(cfg), checkout)
     runs.add(wall, cpu)
     return cfg, json.loads(out)["stats"]
@@ -197,7 +213,7 @@ def mib(n: float) -> str:
 
 
 def bench_tree(name: str, base: Path, shares: list[Path], rounds: int,
-               baseline: Path | None = None) -> bool:
+               baseline: Path | None = None, warm_mib: int = WARM_MIB) -> bool:
     """Interleaved rounds on one source set; print the table; False if the re-run read.
     With baseline (another dedupd checkout), its first import is timed in each round too."""
     n_files, n_bytes = tree_bytes(shares)
@@ -212,16 +228,17 @@ def bench_tree(name: str, base: Path, shares: list[Path], rounds: int,
         # (measured: about 10% of a whole import's CPU), which a first import into an
         # archive does not pay.
         rdest = base / f"rsync{r}"
-        cfg, stats = first_import(base, shares, f"archive{r}", "bench", ROOT, ded)
+        cfg, stats = first_import(base, shares, f"archive{r}", "bench", ROOT, ded,
+                                    warm_mib)
         fresh(rdest)
-        warm(shares)
+        warm(shares, warm_mib)
         wall, cpu, _ = timed(["rsync", "-a", *map(str, shares), str(rdest) + "/"])
         rs.add(wall, cpu)
         w2, c2, _ = timed(["sync", "-f", str(rdest)])
         rss.add(wall + w2, cpu + c2)
         if baseline is not None:
             _, old_stats = first_import(base, shares, f"archive-baseline{r}", "baseline",
-                                        baseline, old)
+                                        baseline, old, warm_mib)
     again_wall, _, out = timed(dedupd_argv(cfg), ROOT)
     again = json.loads(out)["stats"]
     r_files, r_bytes = tree_bytes([rdest])
@@ -259,9 +276,14 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp directory")
     ap.add_argument("--baseline", type=Path, help="another dedupd checkout (its root) whose "
                     "first import is timed beside, round by round")
+    ap.add_argument("--warm-mib", type=int, default=WARM_MIB, help="memory written and "
+                    "freed before each timed command (0: none; module docstring)")
     args = ap.parse_args()
     if shutil.which("rsync") is None:
         sys.exit("rsync not installed (make deps installs it)")
+    for checkout in (ROOT, args.baseline):  # as installed: no timed run compiles dedupd
+        if checkout is not None:
+            compile_dedupd(checkout)
     os.sync()
     load = os.getloadavg()
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs "
@@ -280,7 +302,8 @@ def main() -> int:
             else:
                 sys.exit(f"unknown tree {tree!r} (generated, real)")
             print(f"{tree} sources built in {time.monotonic() - t0:.1f}s", flush=True)
-            ok = bench_tree(tree, tb, shares, args.rounds, args.baseline) and ok
+            ok = bench_tree(tree, tb, shares, args.rounds, args.baseline,
+                            args.warm_mib) and ok
         return 0 if ok else 1
     finally:
         if args.keep:
