@@ -297,9 +297,9 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
     own_src = sfd is None
     if sfd is None:
         sfd, _ = open_expected(staged.src, Ident.of(staged.src_stat))
-    tdir, tname = _at(dirs, staged.tmp)
     tfd = dirs.tmp_fd(staged.tmp)
     if tfd is None:  # staged with a private DestDirs
+        tdir, tname = _at(dirs, staged.tmp)
         tfd = os.open(tname, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=tdir)
         dirs.keep(staged.tmp, tfd, os.dup(sfd))
     try:
@@ -315,9 +315,10 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
             os.close(sfd)
     on_step("verified")
     ddir, dname = _at(dirs, dest)
-    if staged.anon:
+    if staged.anon:  # its key in dirs is no name: no directory of its own to resolve
         place.place_anon(tfd, ddir, dname, dest)
     else:
+        tdir, tname = _at(dirs, staged.tmp)
         place.place_named(tdir, tname, ddir, dname, dest)
     on_step("placed")
     st = os.fstat(tfd)  # the inode now under dest (after the temp name went)
