@@ -62,9 +62,16 @@ from dedupd.fsops.source import CopyError
 # write its copies into (creating them was a tenth of the run's time, which bounds
 # the import; the worker has time to spare): at most pool_size() sent and not yet
 # used, and only under an open-file limit that leaves room for them (the run raises
-# it, helpers.fd_budget). POOL is two batches (execute.BATCH_FILES): with 256, half a
-# batch, the run still made 12,000 of a 20,000-file import's files itself.
-POOL = 1024
+# it, helpers.fd_budget). POOL is four batches (execute.BATCH_FILES): the run may
+# stage copyworker.AHEAD batches before the worker learns they used the files (with
+# 256, half a batch, the run still made 12,000 of a 20,000-file import's files
+# itself; with two batches, 3,000). Never
+# more than the run says it may still stage ("n", and each batch): one left unused
+# is freed at the end, and ext4 then skips its inode number at every allocation
+# for a minute or more (recently_deleted: 1,024 of them made each create of the
+# next import over ten times as slow).
+POOL = 2048
+POOL_FIRST = 16  # sent before the rest (_fill_pool)
 POOL_MIN_LIMIT = 4096
 KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"
 KILL_WHICH_ENV = "DEDUPD_TEST_KILL_WHICH"
@@ -166,16 +173,19 @@ class WorkerLoop:
         self.pool_max = pool_size(soft)  # files made ahead for the run (_fill_pool)
         self.pool = self.pool_max > 0
         self.pool_out = 0  # sent to the run and not yet used by it
+        self.left = 0  # copies the run may still stage (at most): none made beyond
 
     def serve(self) -> None:
         try:
-            if self.pool:
-                self._fill_pool()
-            else:
+            if not self.pool:
                 self._no_pool()
             while (msg := forkpipe.recv(self.inp)) is not None:
-                if msg[0] == "b":
+                if msg[0] == "n":  # a round of copies begins: at most this many
+                    self.left = msg[1]
+                    self._fill_pool()
+                elif msg[0] == "b":
                     self.pool_out -= msg[2]  # the run's copies written to pool files
+                    self.left = msg[3]
                     if self.inflight and len(self.inflight[0].staged) + len(
                             msg[1]) > self.max_files:  # the one before first, not beside
                         self._finish(self.inflight[0])
@@ -212,30 +222,37 @@ class WorkerLoop:
 
     def _fill_pool(self) -> None:
         """Make files with no name in the archive's root (fsops/anon.py) until pool_max are
-        with the run, and send them over the handles' socket, never waiting: while the
+        with the run (or as many as it may still stage), and send them over the
+        handles' socket as they are made (the first POOL_FIRST at once: the run stages
+        its first copies meanwhile, in files of its own), never waiting: while the
         run does not read them (it takes them when it needs one), what does not fit
         is closed (freed: they have no name). Where the archive cannot have them, no
         more are made."""
-        if not self.pool or self.pool_out >= self.pool_max:
+        want = min(self.pool_max, self.left) - self.pool_out
+        if not self.pool or want <= 0:
             return
         dfd = self.dirs.fd(self.archive)
         fds: list[int] = []
         try:
-            for _ in range(self.pool_max - self.pool_out):
+            while want > 0:
                 fd = anon.open_in(dfd, self.dirs.dev(self.archive))
                 if fd is None:
                     self._no_pool()
                     break
                 fds.append(fd)
-            for k in range(0, len(fds), FDS_PER_MSG):
+                want -= 1
+                if want and len(fds) < (POOL_FIRST if self.pool_out == 0 else FDS_PER_MSG):
+                    continue
                 try:
-                    socket.send_fds(self.fds, [b"p"], fds[k:k + FDS_PER_MSG],
-                                    socket.MSG_DONTWAIT)
+                    socket.send_fds(self.fds, [b"p"], fds, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     break
-                self.pool_out += len(fds[k:k + FDS_PER_MSG])
+                self.pool_out += len(fds)
+                for fd in fds:  # the run has its own handles of those sent
+                    os.close(fd)
+                fds = []
         finally:
-            for fd in fds:  # the run has its own handles of those sent
+            for fd in fds:  # not sent: freed
                 os.close(fd)
 
     def _stage(self, items: list[Wire]) -> _InFlight:

@@ -8,6 +8,8 @@ place) reads each source, names it and writes its staged file; this worker,
 forked when the run starts (run.py: its heap still small), makes the copies
 durable, verifies and links them, on the other core. It gets, in plan order:
 
+- "n" (a round of copies begins): at most how many copies the run may stage in
+  it (the worker makes no more files ahead than that, copyloop.POOL);
 - "b" (a batch): per copy the archive path, the source path, the source's stat
   as it was read, its hashes and how it was staged: by the run (read whole, at
   most KEEP_BYTES, and written to a staged file with no name yet -- O_TMPFILE,
@@ -16,8 +18,9 @@ durable, verifies and links them, on the other core. It gets, in plan order:
   or not at all (None: a larger source, which the worker copies from the source
   itself, stage_copy, checking the indexed identity), and how many of the files
   with no name the worker made ahead (copyloop.POOL, sent to the run over the
-  same socket) the batch used. The worker takes each staged file over
-  (fsops.copy.adopt_staged). Then one syncfs, the batch's staged
+  same socket) the batch used, and how many copies may still follow. The
+  worker takes each staged file over (fsops.copy.adopt_staged). Then one
+  syncfs, the batch's staged
   files dropped from the cache and read back, each compared byte for byte with
   its source re-read through its handle, the source required to be the very
   inode that was read, unchanged (its ctime moves with any write), then linked
@@ -145,18 +148,24 @@ class CopyWorker:
             if not msg:  # the worker is gone: its error comes with the next answer
                 return
 
-    def send_batch(self, items: list[Wire], fds: list[int]) -> None:
+    def expect(self, left: int) -> None:
+        """A round of copies begins, of at most `left` (the files the worker makes
+        ahead: never more than the run may use, copyloop.POOL)."""
+        self._write(forkpipe.frame(("n", left)))
+
+    def send_batch(self, items: list[Wire], fds: list[int], left: int) -> None:
         """One batch: per copy (id, archive path, source path, the source's stat as
         read -- or, not staged, the identity it must still have --, head hash, full
         hash, its staged file's temp name: b"" for none, None when not staged), and
         per staged copy its staged file's handle and its source's, in that order
-        (the caller closes its own)."""
+        (the caller closes its own); left: the copies that may still follow it in
+        this round, at most."""
         for k in range(0, len(fds), FDS_PER_MSG):
             try:
                 socket.send_fds(self._fds, [b"f"], fds[k:k + FDS_PER_MSG])
             except BrokenPipeError:
                 self._last_words()
-        self._write(forkpipe.frame(("b", items, self._pooled)))
+        self._write(forkpipe.frame(("b", items, self._pooled, left)))
         self._pooled = 0
         self.batches_sent += 1
 

@@ -177,6 +177,7 @@ class Executor:
         # synced and linked while the next is staged): a quarter of the budget's files
         # keep them within 1.5 budgets (all of them overran a hard limit of 1024)
         max_files = self._max_files = min(max_files, max(1, fd_budget() // 4))
+        self._worker.expect(self._left())
         try:
             batch = _Batch()
             for it in items:
@@ -200,13 +201,17 @@ class Executor:
     def _end_batch(self, batch: _Batch) -> None:
         self._batch_hashes.append(batch.hashes)
         try:
-            self._worker.send_batch(batch.items, batch.fds)
+            self._worker.send_batch(batch.items, batch.fds, self._left())
         finally:
             batch.close()
         batch.files = batch.size = 0  # sent: the same batch goes on empty (_stage_group)
         batch.hashes, batch.items = [], []
         self._archive_dirs.trim()
         self._worker.wait()
+
+    def _left(self) -> int:
+        """Copies still to stage, at most (an unsorted inode counts as one)."""
+        return len(self.plan.copies) + self._unsorted_left - self._done_files
 
     def _tick(self) -> None:
         if self.progress:
