@@ -22,9 +22,9 @@ durable, verifies and links them, on the other core. It gets, in plan order:
   worker takes each staged file over (fsops.copy.adopt_staged). Then one
   syncfs, the batch's staged files dropped from the cache and read back, each
   compared byte for byte with its source re-read through its handle, the source
-  required to be the very
-  inode that was read, unchanged (its ctime moves with any write), then linked
-  to its name, never replacing a file (fsops.copy.place_copy). A batch's sync
+  required to be the very inode that was read, unchanged (its ctime moves with
+  any write), then linked to its name, never replacing a file
+  (fsops.copy.place_copy). A batch's sync
   runs beside the verify and links of the batch before (copyloop.py: the
   worker's loop);
 - "e" (end of a round of copies): the last batch finished, then a syncfs when
