@@ -165,11 +165,20 @@ def warm(roots: list[Path], warm_mib: int) -> None:
     write warm_mib of memory then free it (module docstring)."""
     subprocess.run(["find", *map(str, roots), "-type", "f", "-exec", "cat", "{}", "+"],
                    stdout=subprocess.DEVNULL, check=True)
+    warm_mib = min(warm_mib, _available_mib() // 2)  # never a squeeze of the machine
     if warm_mib > 0:
         with mmap.mmap(-1, warm_mib << 20) as m:
             block = b"\1" * (1 << 20)
             for off in range(0, warm_mib << 20, 1 << 20):
                 m[off:off + (1 << 20)] = block
+
+
+def _available_mib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) >> 10
+    return 0
 
 
 def fresh(p: Path) -> None:
