@@ -66,16 +66,18 @@ def compare_kept(kept: bytes | memoryview, tfd: int) -> None:
 
 
 def compare_with_source(sfd: int, tfd: int, st: os.stat_result, full: bytes) -> int:
-    """Compare the written copy with the source byte for byte, and the copy's XXH3-128
-    with full (the hash of the bytes it was written from, which the index records);
-    return source bytes read. A source changed since st was taken is "changed", checked
-    once, after the compare (a write moves the ctime): a difference found meanwhile
-    checks it first (_differs), so it is not taken for a mismatch. Both are read a
+    """Compare the written copy with the source byte for byte; return source bytes read.
+    A source changed since st was taken is "changed", checked once, after the compare
+    (a write moves the ctime): a difference found meanwhile checks it first
+    (_differs, which also tells a source rewritten with no ctime moved from a bad
+    copy by full, the hash of the bytes the copy was written from). The copy is not
+    hashed here: it was written from the very bytes full was taken of, so a copy
+    equal to the source re-read is those bytes unless the source changed since its
+    read -- which makes it differ from the copy, or moves its ctime. Both are read a
     buffer at a time into this thread's two reused buffers, compared with one memcmp
     each."""
     n = st.st_size
     a, b = _readback_buffer(BUF, "src"), _readback_buffer(BUF + 1)
-    h = xxhash.xxh3_128()
     with memoryview(a) as va, memoryview(b) as vb:
         off = 0
         while True:
@@ -86,12 +88,9 @@ def compare_with_source(sfd: int, tfd: int, st: os.stat_result, full: bytes) -> 
             if _read_at(sfd, va[:k], off) != k or got != k or not a.startswith(vb[:k]):
                 _differs(sfd, tfd, st, full, "copy is longer than the source" if got > k
                          else f"copy differs from source at byte {off}")
-            h.update(vb[:k])
             off += k
             if last:
                 break
-    if h.digest() != full:  # equal to the source, not to what was read: changed since
-        _differs(sfd, tfd, st, full, "copy differs from the bytes it was written from")
     same_inode(sfd, st)
     return off
 
