@@ -177,7 +177,13 @@ class Executor:
         # synced and linked while the next is staged): a quarter of the budget's files
         # keep them within 1.5 budgets (all of them overran a hard limit of 1024)
         max_files = self._max_files = min(max_files, max(1, fd_budget() // 4))
-        self._worker.expect(self._left())
+        # the copies this round may still stage from bytes read here, at most (an
+        # unsorted inode counts as one until its group is read; a group is read whole
+        # whatever its size, sortcopy.py): the worker makes no more files ahead than
+        # that (copyloop.POOL: one unused is freed at the end)
+        self._staged_left = sum(it.inodes if isinstance(it, Unsorted) else
+                                int(_size(it) <= KEEP_BYTES) for it in items)
+        self._worker.expect(self._staged_left)
         try:
             batch = _Batch()
             for it in items:
@@ -201,17 +207,13 @@ class Executor:
     def _end_batch(self, batch: _Batch) -> None:
         self._batch_hashes.append(batch.hashes)
         try:
-            self._worker.send_batch(batch.items, batch.fds, self._left())
+            self._worker.send_batch(batch.items, batch.fds, self._staged_left)
         finally:
             batch.close()
         batch.files = batch.size = 0  # sent: the same batch goes on empty (_stage_group)
         batch.hashes, batch.items = [], []
         self._archive_dirs.trim()
         self._worker.wait()
-
-    def _left(self) -> int:
-        """Copies still to stage, at most (an unsorted inode counts as one)."""
-        return len(self.plan.copies) + self._unsorted_left - self._done_files
 
     def _tick(self) -> None:
         if self.progress:
@@ -275,6 +277,7 @@ class Executor:
         f = src.file
         r: SourceRead | None = None
         if f.size <= KEEP_BYTES:  # larger: the worker copies it, a buffer at a time
+            self._staged_left -= 1
             try:
                 r = read_source(src.path, f.ident, self._dirs)
             except CopyError as e:
@@ -307,6 +310,8 @@ class Executor:
         self._tick()
         res = sort_group(u, self._new_copy, self._dirs)
         self._unsorted_left -= u.inodes
+        # its inodes are so many copies now (the worker is told as its batches go)
+        self._staged_left -= u.inodes - len(res.copies)
         self.c.bytes_read += res.bytes_read  # every inode's one read
         self.c.problems.extend(res.problems)
         self.c.contents_sorted += res.contents
@@ -321,6 +326,7 @@ class Executor:
             self._done_files += 1
             self._done_bytes += cp.content.size
             self._bytes_total += cp.content.size
+            self._staged_left -= 1
             self._send(cp, r, batch)
             # a group of up to inventory.UNSORTED_FILES: in one batch, its handles
             # overran the worker's limit (200 files under `ulimit -n` 384)
@@ -461,3 +467,7 @@ def _indexed(dest: bytes, stw: StatWire, head: int, full: bytes) -> IndexedFile:
     """A placed copy as an index row (for a compare of another source path with it)."""
     _mode, ino, dev, _nlink, _uid, _gid, size, _atime, mtime, ctime = stw
     return IndexedFile(dev, ino, size, mtime, ctime, head, full, 0, (dest,))
+
+
+def _size(it: Copy | Content) -> int:
+    return it.content.size if isinstance(it, Copy) else it.size

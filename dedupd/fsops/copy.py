@@ -307,9 +307,9 @@ def _verify_and_place(staged: Staged, dest: bytes, on_step: Step,
             compare_kept(staged.data, tfd)
             same_inode(sfd, staged.src_stat)
             nread = staged.bytes_read
-        else:  # which checks the source before and after its compare
+        else:  # which checks the source after its compare
             nread = staged.bytes_read + compare_with_source(sfd, tfd, staged.src_stat,
-                                                             staged.full)
+                                                             staged.full, not staged.anon)
     finally:
         if own_src:
             os.close(sfd)

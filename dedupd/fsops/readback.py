@@ -65,19 +65,24 @@ def compare_kept(kept: bytes | memoryview, tfd: int) -> None:
     raise CopyError("mismatch", f"copy differs from source at byte {at}")
 
 
-def compare_with_source(sfd: int, tfd: int, st: os.stat_result, full: bytes) -> int:
+def compare_with_source(sfd: int, tfd: int, st: os.stat_result, full: bytes,
+                        named: bool) -> int:
     """Compare the written copy with the source byte for byte; return source bytes read.
     A source changed since st was taken is "changed", checked once, after the compare
     (a write moves the ctime): a difference found meanwhile checks it first
     (_differs, which also tells a source rewritten with no ctime moved from a bad
-    copy by full, the hash of the bytes the copy was written from). The copy is not
-    hashed here: it was written from the very bytes full was taken of, so a copy
-    equal to the source re-read is those bytes unless the source changed since its
-    read -- which makes it differ from the copy, or moves its ctime. Both are read a
-    buffer at a time into this thread's two reused buffers, compared with one memcmp
-    each."""
+    copy by full, the hash of the bytes the copy was written from). A copy with no
+    name is not hashed here: it was written from the very bytes full was taken of
+    and nobody else can reach it, so a copy equal to the source re-read is those
+    bytes unless the source changed since its read -- which makes it differ from the
+    copy, or moves its ctime. A copy with a temp name (named: no O_TMPFILE there) has
+    its source's owner and mode already, so that owner may rewrite it and the source
+    alike (the source through a dirty memory map, with no ctime moved): its
+    XXH3-128 must be full. Both are read a buffer at a time into this thread's two
+    reused buffers, compared with one memcmp each."""
     n = st.st_size
     a, b = _readback_buffer(BUF, "src"), _readback_buffer(BUF + 1)
+    h = xxhash.xxh3_128() if named else None
     with memoryview(a) as va, memoryview(b) as vb:
         off = 0
         while True:
@@ -88,9 +93,13 @@ def compare_with_source(sfd: int, tfd: int, st: os.stat_result, full: bytes) -> 
             if _read_at(sfd, va[:k], off) != k or got != k or not a.startswith(vb[:k]):
                 _differs(sfd, tfd, st, full, "copy is longer than the source" if got > k
                          else f"copy differs from source at byte {off}")
+            if h is not None:
+                h.update(vb[:k])
             off += k
             if last:
                 break
+    if h is not None and h.digest() != full:  # equal to the source, not to what was read
+        _differs(sfd, tfd, st, full, "copy differs from the bytes it was written from")
     same_inode(sfd, st)
     return off
 

@@ -289,3 +289,58 @@ def test_metadata_set_by_the_worker_on_a_copy_the_run_staged(
         tick = 10**9 if fs == "zfs-fuse" else 1
         assert got.st_mtime_ns == src.st_mtime_ns // tick * tick, name
         assert (archive / f"{name}.bin").read_bytes() == (share / f"{name}.bin").read_bytes()
+
+
+def test_temp_copy_and_source_rewritten_alike_on_zfs_fuse(
+        tmp_path: Path, attacker: User, loopfs: Callable[[str, str], Path],
+        zfs_archive: Callable[[str], Path]) -> None:
+    """zfs-fuse has no O_TMPFILE: the run stages each copy under a temp name in the
+    archive, with its source's owner and mode already. While the worker is stopped
+    the owner rewrites the sources through a dirty memory map (no ctime moves) and
+    writes the same bytes into the staged copies: copy and source re-read agree, but
+    neither is what the run read and hashed (what the index would record). Each is
+    refused (the copy's hash is checked where it has a name), none gets its name."""
+    mnt = loopfs("ext4", "64M")
+    reachable(mnt)
+    share = mnt / "share"
+    share.mkdir()
+    attacker.owns(share)
+    old = _sources(attacker, share)
+    subprocess.run(["sync", "-f", str(share)], check=True)  # as in the test above
+    archive = zfs_archive("alike")
+    reachable(archive)
+    names = [str(share / f"f{i}.bin") for i in range(2, 6)]
+    mapper = subprocess.Popen(
+        ["setpriv", f"--reuid={attacker.uid}", f"--regid={attacker.gid}", "--clear-groups",
+         "--", "/usr/bin/python3", "-c", MAPPER, *names],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert mapper.stdout is not None and mapper.stdin is not None
+        assert mapper.stdout.readline() == "ready\n"
+        cfg = write_config(tmp_path / "c.toml", tmp_path / "db", "x", [share], archive,
+                           'layout = "{name}"\n')
+        with import_stopped_at(cfg, "x", "written:5", "--json") as (run, worker):
+            mapper.stdin.write("go\n")
+            mapper.stdin.flush()
+            assert mapper.stdout.readline() == "done\n"
+            # each staged copy (f2..f5, told apart by size) gets its source's new bytes
+            attacker.run('for t in "$1"/.dedupd-copy.*.tmp; do n=$(stat -c %s "$t"); '
+                         'dd if="$2/f$((n - 20000)).bin" of="$t" conv=notrunc status=none; '
+                         'done', str(archive), str(share))
+            temps = sorted(archive.glob(".dedupd-copy.*.tmp"))
+            assert len(temps) == 4, temps
+            now = {Path(n).read_bytes() for n in names}
+            assert {t.read_bytes() for t in temps} == now  # the attack took
+            os.kill(worker, signal.SIGCONT)
+            out, err = run.communicate(timeout=120)
+        assert b"Traceback" not in err, err
+        rep = json.loads(out)
+        refused = sorted((p["path"].rsplit("/", 1)[1], p["reason"]) for p in rep["problems"])
+        assert refused == [(f"f{i}.bin", "mismatch") for i in range(2, 6)], refused
+        placed = {p.name: p.read_bytes() for p in archive.iterdir() if p.suffix == ".bin"}
+        assert placed == {f"f{i}.bin": old[f"f{i}.bin"] for i in range(2)}
+        assert not list(archive.glob(".dedupd-copy.*"))
+    finally:
+        if mapper.stdin is not None:
+            mapper.stdin.close()
+        mapper.wait(timeout=30)
