@@ -62,15 +62,16 @@ from dedupd.fsops.source import CopyError
 # write its copies into (creating them was a tenth of the run's time, which bounds
 # the import; the worker has time to spare): at most pool_size() sent and not yet
 # used, and only under an open-file limit that leaves room for them (the run raises
-# it, helpers.fd_budget). POOL is four batches (execute.BATCH_FILES): the run may
-# stage copyworker.AHEAD batches before the worker learns they used the files (with
-# 256, half a batch, the run still made 12,000 of a 20,000-file import's files
-# itself; with two batches, 3,000). Never more than the run says it may still stage
-# ("n", and each batch): a file left unused is freed at the end, and ext4 then skips
-# its inode number at each allocation in its group for a minute or more
-# (recently_deleted: with 1,024 of them, each create of the next import took 52
-# microseconds instead of 7).
-POOL = 2048
+# it, helpers.fd_budget). POOL is five batches (execute.BATCH_FILES): the run may
+# stage copyworker.AHEAD batches and most of the next before the worker learns they
+# used the files (with 256, half a batch, the run still made 12,000 of a
+# 20,000-file import's files itself; with two batches 3,000, with four 350, each
+# one the pool then had to spare at the end). Never more than the run says it may
+# still stage ("n", and each batch; 16-83 left on the bench trees, 256 before):
+# a file left unused is freed at the end, and ext4 then skips its inode number at
+# each allocation in its group for a minute or more (recently_deleted: with 1,024
+# of them, each create of the next import took 52 microseconds instead of 7).
+POOL = 2560
 POOL_FIRST = 16  # sent before the rest (_fill_pool)
 POOL_MIN_LIMIT = 4096
 KILL_ENV = "DEDUPD_TEST_KILL_AFTER_COPY_STEPS"

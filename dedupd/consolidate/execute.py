@@ -108,6 +108,10 @@ class Executor:
         self._pending: dict[int, tuple[Copy, bytes | None]] = {}  # sent to the worker
         self._next_id = 0
         self._max_files = BATCH_FILES  # copies a batch (_copy_all)
+        # the files the worker makes ahead (_left): copies still known, inodes of size
+        # groups not read yet, and what the groups read gave
+        self._staged_left = self._group_inodes_left = 0
+        self._sorted_inodes = self._sorted_copies = 0
         self._batch_hashes: list[list[HashUpdate]] = []  # of batches the worker has
         # the sources' directory handles, for the whole run: a size group's files lie
         # all over the shares, so keep many (a sixth of the open-file limit, at most
@@ -177,13 +181,15 @@ class Executor:
         # synced and linked while the next is staged): a quarter of the budget's files
         # keep them within 1.5 budgets (all of them overran a hard limit of 1024)
         max_files = self._max_files = min(max_files, max(1, fd_budget() // 4))
-        # the copies this round may still stage from bytes read here, at most (an
-        # unsorted inode counts as one until its group is read; a group is read whole
-        # whatever its size, sortcopy.py): the worker makes no more files ahead than
-        # that (copyloop.POOL: one unused is freed at the end)
-        self._staged_left = sum(it.inodes if isinstance(it, Unsorted) else
-                                int(_size(it) <= KEEP_BYTES) for it in items)
-        self._worker.expect(self._staged_left)
+        # the copies this round may still stage from bytes read here (_left): the worker
+        # makes no more files ahead than that (copyloop.POOL: one unused is freed at
+        # the end). Those of planned copies (up to KEEP_BYTES: the worker copies a
+        # larger one itself) and of a sorted group are known; an unread group's are
+        # guessed from those read so far (a group is read whole whatever its size)
+        self._staged_left = sum(int(_size(it) <= KEEP_BYTES) for it in items
+                                if not isinstance(it, Unsorted))
+        self._group_inodes_left = sum(it.inodes for it in items if isinstance(it, Unsorted))
+        self._worker.expect(self._left())
         try:
             batch = _Batch()
             for it in items:
@@ -207,13 +213,23 @@ class Executor:
     def _end_batch(self, batch: _Batch) -> None:
         self._batch_hashes.append(batch.hashes)
         try:
-            self._worker.send_batch(batch.items, batch.fds, self._staged_left)
+            self._worker.send_batch(batch.items, batch.fds, self._left())
         finally:
             batch.close()
         batch.files = batch.size = 0  # sent: the same batch goes on empty (_stage_group)
         batch.hashes, batch.items = [], []
         self._archive_dirs.trim()
         self._worker.wait()
+
+    def _left(self) -> int:
+        """The copies still to stage from bytes read here: those known, and those the
+        unread size groups' inodes are likely to be (as many as the groups read so far
+        gave an inode; one each before any). Too few costs the run a file it makes
+        itself; too many, one the worker made and nothing uses."""
+        groups = self._group_inodes_left
+        if self._sorted_inodes:
+            groups = -(-groups * self._sorted_copies // self._sorted_inodes)
+        return self._staged_left + groups
 
     def _tick(self) -> None:
         if self.progress:
@@ -311,7 +327,10 @@ class Executor:
         res = sort_group(u, self._new_copy, self._dirs)
         self._unsorted_left -= u.inodes
         # its inodes are so many copies now (the worker is told as its batches go)
-        self._staged_left -= u.inodes - len(res.copies)
+        self._group_inodes_left -= u.inodes
+        self._staged_left += len(res.copies)
+        self._sorted_inodes += u.inodes
+        self._sorted_copies += len(res.copies)
         self.c.bytes_read += res.bytes_read  # every inode's one read
         self.c.problems.extend(res.problems)
         self.c.contents_sorted += res.contents
