@@ -62,6 +62,32 @@ sys.stdin.read()
 """
 
 
+class _Mapper:
+    """The user's MAPPER over names (each page dirtied, ready); rewrite() flips every
+    byte through the maps, which moves no timestamp. A context manager."""
+
+    def __init__(self, attacker: User, names: list[str]) -> None:
+        self.p = subprocess.Popen(
+            ["setpriv", f"--reuid={attacker.uid}", f"--regid={attacker.gid}",
+             "--clear-groups", "--", "/usr/bin/python3", "-c", MAPPER, *names],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.p.stdout is not None and self.p.stdin is not None
+        self.out, self.inp = self.p.stdout, self.p.stdin
+        assert self.out.readline() == "ready\n"
+
+    def rewrite(self) -> None:
+        self.inp.write("go\n")
+        self.inp.flush()
+        assert self.out.readline() == "done\n"
+
+    def __enter__(self) -> _Mapper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.inp.close()
+        self.p.wait(timeout=30)
+
+
 def _sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
@@ -130,20 +156,12 @@ def test_source_rewritten_through_a_dirty_memory_map_is_changed_not_mismatch(
     # f2..f5: read and staged before the stop (f0 and f1 placed by then; rewritten so,
     # no index could tell: their ctime says unchanged)
     names = [str(share / f"f{i}.bin") for i in range(2, 6)]
-    mapper = subprocess.Popen(
-        ["setpriv", f"--reuid={attacker.uid}", f"--regid={attacker.gid}", "--clear-groups",
-         "--", "/usr/bin/python3", "-c", MAPPER, *names],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert mapper.stdout is not None and mapper.stdin is not None
-        assert mapper.stdout.readline() == "ready\n"
+    with _Mapper(attacker, names) as mapper:
         stamped = {n: os.stat(n) for n in names}  # as the run will index and read them
         cfg = write_config(tmp_path / "c.toml", tmp_path / "db", "x", [share], archive,
                            'layout = "{name}"\n')
         with import_stopped_at(cfg, "x", "written:5", "--json") as (run, worker):
-            mapper.stdin.write("go\n")
-            mapper.stdin.flush()
-            assert mapper.stdout.readline() == "done\n"
+            mapper.rewrite()
             for n in names:  # nothing but the bytes changed
                 st, was = os.stat(n), stamped[n]
                 assert (st.st_ctime_ns, st.st_mtime_ns) == (was.st_ctime_ns, was.st_mtime_ns)
@@ -152,10 +170,6 @@ def test_source_rewritten_through_a_dirty_memory_map_is_changed_not_mismatch(
             out, err = run.communicate(timeout=120)
         assert b"Traceback" not in err, err
         _check_refused(out, archive, old, "mmap")
-    finally:
-        if mapper.stdin is not None:
-            mapper.stdin.close()
-        mapper.wait(timeout=30)
     _check_next_run(cfg, archive, share, old)
 
 
@@ -310,19 +324,11 @@ def test_temp_copy_and_source_rewritten_alike_on_zfs_fuse(
     archive = zfs_archive("alike")
     reachable(archive)
     names = [str(share / f"f{i}.bin") for i in range(2, 6)]
-    mapper = subprocess.Popen(
-        ["setpriv", f"--reuid={attacker.uid}", f"--regid={attacker.gid}", "--clear-groups",
-         "--", "/usr/bin/python3", "-c", MAPPER, *names],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert mapper.stdout is not None and mapper.stdin is not None
-        assert mapper.stdout.readline() == "ready\n"
+    with _Mapper(attacker, names) as mapper:
         cfg = write_config(tmp_path / "c.toml", tmp_path / "db", "x", [share], archive,
                            'layout = "{name}"\n')
         with import_stopped_at(cfg, "x", "written:5", "--json") as (run, worker):
-            mapper.stdin.write("go\n")
-            mapper.stdin.flush()
-            assert mapper.stdout.readline() == "done\n"
+            mapper.rewrite()
             # each staged copy (f2..f5, told apart by size) gets its source's new bytes
             attacker.run('for t in "$1"/.dedupd-copy.*.tmp; do n=$(stat -c %s "$t"); '
                          'dd if="$2/f$((n - 20000)).bin" of="$t" conv=notrunc status=none; '
@@ -340,7 +346,3 @@ def test_temp_copy_and_source_rewritten_alike_on_zfs_fuse(
         placed = {p.name: p.read_bytes() for p in archive.iterdir() if p.suffix == ".bin"}
         assert placed == {f"f{i}.bin": old[f"f{i}.bin"] for i in range(2)}
         assert not list(archive.glob(".dedupd-copy.*"))
-    finally:
-        if mapper.stdin is not None:
-            mapper.stdin.close()
-        mapper.wait(timeout=30)
