@@ -67,7 +67,7 @@ from dedupd.fsops.source import CopyError
 # used the files (with 256, half a batch, the run still made 12,000 of a
 # 20,000-file import's files itself; with two batches 3,000, with four 350, each
 # one the pool then had to spare at the end). Never more than the run says it may
-# still stage ("n", and each batch; 16-83 left on the bench trees, 256 before):
+# still stage ("n", and each batch; 0-5 left on the bench trees, 256 before):
 # a file left unused is freed at the end, and ext4 then skips its inode number at
 # each allocation in its group for a minute or more (recently_deleted: with 1,024
 # of them, each create of the next import took 52 microseconds instead of 7).
