@@ -24,9 +24,8 @@ durable, verifies and links them, on the other core. It gets, in plan order:
   compared byte for byte with its source re-read through its handle, the source
   required to be the very inode that was read, unchanged (its ctime moves with
   any write), then linked to its name, never replacing a file
-  (fsops.copy.place_copy). A batch's sync
-  runs beside the verify and links of the batch before (copyloop.py: the
-  worker's loop);
+  (fsops.copy.place_copy). A batch's sync runs beside the verify and links of
+  the batch before (copyloop.py: the worker's loop);
 - "e" (end of a round of copies): the last batch finished, then a syncfs when
   names were placed since the previous one began. The worker exits when its
   input closes (EOF).
