@@ -41,7 +41,7 @@ from dedupd.consolidate.compare import Compared, hash_archived, same_as_data, sa
 from dedupd.consolidate.copyworker import KILL_ENV, StatWire, stat_wire
 from dedupd.consolidate.helpers import Helpers, fd_budget
 from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
-from dedupd.consolidate.plan import Copy, Known, Plan
+from dedupd.consolidate.plan import Copy, Known, Plan, copy_order
 from dedupd.consolidate.rows import Rows
 from dedupd.consolidate.sortcopy import NewCopy, sort_group
 from dedupd.files.events import Problem
@@ -153,15 +153,17 @@ class Executor:
         for k in self.plan.known:
             self._confirm(k)
         start = 0
-        # named as read, then the size groups sorted as read: once, after the rest
-        items: list[Copy | Content | Unsorted] = [*self.plan.unnamed, *self.plan.unsorted]
+        # the contents named as read and the size groups sorted as read: in the first
+        # round only, in turns with the planned copies (copy_order)
+        unnamed, groups = self.plan.unnamed, self.plan.unsorted
         while True:
             if self.collided and replan is not None:
                 replan(self.collided)
                 self.collided = []
                 self._bytes_total = self.plan.bytes_to_copy
-            self._copy_all([*self.plan.copies[start:], *items])
-            items = []
+            self._copy_all(copy_order([*self.plan.copies[start:], *unnamed], groups,
+                                      BATCH_BYTES, BATCH_FILES))
+            unnamed, groups = [], []
             start = len(self.plan.copies)  # copies sorted from the groups included
             if not self.collided or replan is None:
                 break

@@ -131,6 +131,40 @@ def make_plan(inv: Inventory, cfg: ConsolidateConfig, rows: dict[bytes, Provenan
     return plan
 
 
+def copy_order(singles: list[Copy | Content], groups: list[Unsorted], run_bytes: int,
+               run_files: int) -> list[Copy | Content | Unsorted]:
+    """The order a round reads and stages its copies in: the single files (planned copies,
+    then the contents named as read) and the unsorted size groups, each kept in its own
+    order, taken in turns -- single files up to run_bytes, then groups up to run_files
+    inodes -- so both go at one pace in files. On a first import the single files (sizes
+    met once) are mostly large and the groups mostly small: one after the other, the
+    first were bound by the disk (their syncs and read-backs; the run waited for the
+    worker, a core idle) and the second by the CPU. In turns, one's disk work overlaps
+    the other's reads and names; in runs, not file by file, which cost more CPU (a
+    large file read between small ones leaves the processor's caches cold). Copies are
+    named as read, so which of two contents wanting one name gets the suffix follows
+    this order (the same for the same trees)."""
+    n_singles, n_group_files = len(singles), sum(g.inodes for g in groups)
+    out: list[Copy | Content | Unsorted] = []
+    i = j = group_files = 0
+    while i < n_singles or j < len(groups):
+        if j == len(groups) or (i < n_singles and i * n_group_files <= group_files * n_singles):
+            size = 0
+            while i < n_singles and size < run_bytes:
+                x = singles[i]
+                size += x.content.size if isinstance(x, Copy) else x.size
+                out.append(x)
+                i += 1
+        else:
+            n = 0
+            while j < len(groups) and n < run_files:
+                n += groups[j].inodes
+                out.append(groups[j])
+                j += 1
+            group_files += n
+    return out
+
+
 def _known(c: Content, rows: dict[bytes, Provenance]) -> Known:
     apaths = {p for f in c.archive for p in f.paths}
     target = min(apaths)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +12,9 @@ import pytest
 from PIL import Image
 
 from dedupd.consolidate.dates import capture_date, exif_date, image_kind, parse_exif_datetime
+from dedupd.consolidate.inventory import Content, Unsorted
 from dedupd.consolidate.layout import Fields, check_layout, render, with_suffix
+from dedupd.consolidate.plan import copy_order
 from dedupd.dedup.verify import first_difference
 from dedupd.errors import ConfigError
 from dedupd.files.events import Ident
@@ -266,3 +269,20 @@ def test_staged_copy_has_no_name_until_placed_never_over_a_name(
     assert (out / "dest.bin").read_bytes() == data
     assert res.dest_stat.st_ino == os.stat(out / "dest.bin").st_ino
     assert os.stat(out / "dest.bin").st_mtime_ns == os.stat(src).st_mtime_ns
+
+
+def test_copy_order_takes_single_files_and_size_groups_in_turns() -> None:
+    singles: list[Content] = [Content(100, None, (), ()) for _ in range(12)]
+    groups = [Unsorted(10 + i, (), 3) for i in range(8)]  # 24 files in all
+    out = copy_order(list(singles), groups, 300, 6)
+    assert sorted(map(id, out)) == sorted(map(id, [*singles, *groups]))  # each once
+    # each kept in its own order
+    assert [x for x in out if isinstance(x, Unsorted)] == groups
+    assert [x for x in out if not isinstance(x, Unsorted)] == singles
+    # in turns: runs of 3 single files (300 bytes) and of 2 groups (6 files), at one
+    # pace in files (a run of single files first, when both are at the same share)
+    runs = [len(list(g)) for _, g in itertools.groupby(out, lambda x: isinstance(x, Unsorted))]
+    assert runs == [3, 2, 3, 2, 3, 2, 3, 2], out
+    # either side alone is kept as it is
+    assert copy_order(list(singles), [], 300, 6) == singles
+    assert copy_order([], groups, 300, 6) == groups
