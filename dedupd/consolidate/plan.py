@@ -140,10 +140,10 @@ def copy_order(singles: list[Copy | Content], groups: list[Unsorted], run_bytes:
     met once) are mostly large and the groups mostly small: one after the other, the
     first were bound by the disk (their syncs and read-backs; the run waited for the
     worker, a core idle) and the second by the CPU. In turns, one's disk work overlaps
-    the other's reads and names; in runs, not file by file, which cost more CPU (a
-    large file read between small ones leaves the processor's caches cold). Copies are
-    named as read, so which of two contents wanting one name gets the suffix follows
-    this order (the same for the same trees)."""
+    the other's reads and names. In runs, not file by file: merged file by file, the
+    real bench tree's import took more CPU (3.15 against 2.93 s) and no less time.
+    Copies are named as read, so which of two contents wanting one name gets the
+    suffix follows this order (the same for the same trees)."""
     n_singles, n_group_files = len(singles), sum(g.inodes for g in groups)
     out: list[Copy | Content | Unsorted] = []
     i = j = group_files = 0
