@@ -14,7 +14,8 @@ Each round times, in turn, dedupd's first import (fresh archive and index),
 rsync's are not). Rounds are interleaved (dedupd, rsync, dedupd, rsync...)
 so a machine shared with other work loads every tool alike; the table shows
 best-of-N and the range of wall times, and the CPU time (user + sys) of each
-tool. The sources are read once before every timed command (warm cache for
+tool; the summary adds the median of the rounds' ratios (each round's dedupd
+against the same round's rsync). The sources are read once before every timed command (warm cache for
 each), and --warm-mib of memory is written and freed (on a VM that reports free
 memory to its host -- virtio-balloon free page reporting, this one -- each page a
 command takes that was reported faults on the host: 0.3-0.6 s of a 2.2 s import,
@@ -37,6 +38,7 @@ import mmap
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,6 +139,12 @@ class Runs:
 
     def best(self) -> float:
         return min(self.wall)
+
+    def paired(self, other: Runs) -> str:
+        """The median of the rounds' ratios to other's run in the same round (a round's
+        commands meet the same state of the machine; best-of pairs runs rounds apart)."""
+        ratios = [a / b for a, b in zip(self.wall, other.wall, strict=True)]
+        return f"median of the rounds' ratios {statistics.median(ratios):.2f}x"
 
     def cells(self) -> str:
         return (f"{self.best():8.2f} {min(self.wall):6.2f}-{max(self.wall):<6.2f} "
@@ -269,7 +277,10 @@ def bench_tree(name: str, base: Path, shares: list[Path], rounds: int,
           f"{again['files_copied']:>7,}")
     print(f"{name}: dedupd/rsync best-of-{rounds} wall {ded.best() / rs.best():.2f}x "
           f"(vs rsync + sync -f {ded.best() / rss.best():.2f}x; worst/worst "
-          f"{max(ded.wall) / max(rs.wall):.2f}x); {stats['distinct_contents']:,} distinct "
+          f"{max(ded.wall) / max(rs.wall):.2f}x; {ded.paired(rs)})"
+          + (f"; --baseline/rsync best {old.best() / rs.best():.2f}x, {old.paired(rs)}"
+             if old.wall else "")
+          + f"; {stats['distinct_contents']:,} distinct "
           f"contents, archive = {stats['bytes_written'] / max(n_bytes, 1):.1%} of the source "
           f"bytes; dedupd read {stats['bytes_read'] / max(n_bytes, 1):.2f}x the source bytes",
           flush=True)
