@@ -15,12 +15,13 @@ rsync's are not). Rounds are interleaved (dedupd, rsync, dedupd, rsync...)
 so a machine shared with other work loads every tool alike; the table shows
 best-of-N and the range of wall times, and the CPU time (user + sys) of each
 tool; the summary adds the median of the rounds' ratios (each round's dedupd
-against the same round's rsync). The sources are read once before every timed command (warm cache for
-each), and --warm-mib of memory is written and freed (on a VM that reports free
-memory to its host -- virtio-balloon free page reporting, this one -- each page a
-command takes that was reported faults on the host: 0.3-0.6 s of a 2.2 s import,
-measured, more for the tool that takes more memory; a machine of its own has no such
-cost). After the rounds, a dedupd re-run with nothing new must read nothing.
+against the same round's rsync). Before every timed command --warm-mib of memory
+is written and freed (on a VM that reports free memory to its host --
+virtio-balloon free page reporting, this one -- each page a command takes that
+was reported faults on the host: 0.3-0.6 s of a 2.2 s import, measured, more for
+the tool that takes more memory; a machine of its own has no such cost), then the
+sources are read once (warm cache for each). After the rounds, a dedupd re-run
+with nothing new must read nothing.
 
 Usage: python bench/bench_consolidate.py [--trees generated,real] [--rounds N]
 [--files N] [--keep] [--baseline CHECKOUT] [--warm-mib N]
@@ -46,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import compile_dedupd
+from common import compile_dedupd, warm
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,7 +169,7 @@ def timed(argv: list[str], cwd: Path | None = None) -> tuple[float, float, bytes
 WARM_MIB = 4096  # memory written and freed before each timed command (--warm-mib)
 
 
-def warm(roots: list[Path], warm_mib: int) -> None:
+def warm_up(roots: list[Path], warm_mib: int) -> None:
     """Write warm_mib of memory then free it, and read every source file once, so each
     timed command starts with a warm cache (module docstring). In that order: memory
     taken after the read pushes sources out of a full cache (kept archives filling
@@ -179,8 +180,7 @@ def warm(roots: list[Path], warm_mib: int) -> None:
             block = b"\1" * (1 << 20)
             for off in range(0, warm_mib << 20, 1 << 20):
                 m[off:off + (1 << 20)] = block
-    subprocess.run(["find", *map(str, roots), "-type", "f", "-exec", "cat", "{}", "+"],
-                   stdout=subprocess.DEVNULL, check=True)
+    warm(*roots)
 
 
 def _available_mib() -> int:
@@ -221,7 +221,7 @@ def first_import(base: Path, shares: list[Path], archive_name: str, tag: str,
     archive = base / archive_name
     fresh(archive)
     cfg = dedupd_config(base, shares, archive, tag)
-    warm(shares, warm_mib)
+    warm_up(shares, warm_mib)
     wall, cpu, out = timed(dedupd_argv(cfg), checkout)
     runs.add(wall, cpu)
     return cfg, json.loads(out)["stats"]
@@ -250,7 +250,7 @@ def bench_tree(name: str, base: Path, shares: list[Path], rounds: int,
         cfg, stats = first_import(base, shares, f"archive{r}", "bench", ROOT, ded,
                                     warm_mib)
         fresh(rdest)
-        warm(shares, warm_mib)
+        warm_up(shares, warm_mib)
         wall, cpu, _ = timed(["rsync", "-a", *map(str, shares), str(rdest) + "/"])
         rs.add(wall, cpu)
         w2, c2, _ = timed(["sync", "-f", str(rdest)])

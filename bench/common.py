@@ -110,9 +110,9 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def warm(root: Path) -> None:
-    """Read every file once so the page cache holds the tree."""
-    subprocess.run(["find", str(root), "-type", "f", "-exec", "cat", "{}", "+"],
+def warm(*roots: Path) -> None:
+    """Read every file once so the page cache holds the trees."""
+    subprocess.run(["find", *map(str, roots), "-type", "f", "-exec", "cat", "{}", "+"],
                    stdout=subprocess.DEVNULL, check=True)
 
 

@@ -41,7 +41,7 @@ from dedupd.consolidate.compare import Compared, hash_archived, same_as_data, sa
 from dedupd.consolidate.copyworker import KILL_ENV, StatWire, stat_wire
 from dedupd.consolidate.helpers import Helpers, fd_budget
 from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
-from dedupd.consolidate.plan import Copy, Known, Plan, copy_order
+from dedupd.consolidate.plan import Copy, Known, Plan, copy_order, copy_size
 from dedupd.consolidate.rows import Rows
 from dedupd.consolidate.sortcopy import NewCopy, sort_group
 from dedupd.files.events import Problem
@@ -188,7 +188,7 @@ class Executor:
         # the end). Those of planned copies (up to KEEP_BYTES: the worker copies a
         # larger one itself) and of a sorted group are known; an unread group's are
         # guessed from those read so far (a group is read whole whatever its size)
-        self._staged_left = sum(int(_size(it) <= KEEP_BYTES) for it in items
+        self._staged_left = sum(int(copy_size(it) <= KEEP_BYTES) for it in items
                                 if not isinstance(it, Unsorted))
         self._group_inodes_left = sum(it.inodes for it in items if isinstance(it, Unsorted))
         self._worker.expect(self._left())
@@ -488,7 +488,3 @@ def _indexed(dest: bytes, stw: StatWire, head: int, full: bytes) -> IndexedFile:
     """A placed copy as an index row (for a compare of another source path with it)."""
     _mode, ino, dev, _nlink, _uid, _gid, size, _atime, mtime, ctime = stw
     return IndexedFile(dev, ino, size, mtime, ctime, head, full, 0, (dest,))
-
-
-def _size(it: Copy | Content) -> int:
-    return it.content.size if isinstance(it, Copy) else it.size

@@ -151,9 +151,8 @@ def copy_order(singles: list[Copy | Content], groups: list[Unsorted], run_bytes:
         if j == len(groups) or (i < n_singles and i * n_group_files <= group_files * n_singles):
             size = 0
             while i < n_singles and size < run_bytes:
-                x = singles[i]
-                size += x.content.size if isinstance(x, Copy) else x.size
-                out.append(x)
+                size += copy_size(singles[i])
+                out.append(singles[i])
                 i += 1
         else:
             n = 0
@@ -163,6 +162,11 @@ def copy_order(singles: list[Copy | Content], groups: list[Unsorted], run_bytes:
                 j += 1
             group_files += n
     return out
+
+
+def copy_size(it: Copy | Content) -> int:
+    """The bytes of a planned copy, or of a content to be named as read."""
+    return it.content.size if isinstance(it, Copy) else it.size
 
 
 def _known(c: Content, rows: dict[bytes, Provenance]) -> Known:
