@@ -417,13 +417,15 @@ class Executor:
         c.bytes_copied += cp.content.size
         c.bytes_written += nwritten
         c.bytes_read += nread
-        f = cp.src.file
-        self._q.placed(dest, stw, head, full, f.dev, f.ino)
-        if cp.content.sources == (cp.src,):  # the common case: no other path to confirm
-            self._q.row(cp.src, dest, full)
+        src = cp.src
+        self._q.copied(src, dest, stw, head, full)  # its archive file, hashes and row
+        if cp.content.sources == (src,):  # the common case: no other path to confirm
             return
+        f = src.file
         dest_file: IndexedFile | None = None  # for a compare with the copy on the disk
         for s in cp.content.sources:
+            if s.path == src.path:  # the copy's own: in its record
+                continue
             if s.file.key == f.key:
                 self._q.row(s, dest, full)
                 continue

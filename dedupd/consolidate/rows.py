@@ -8,8 +8,11 @@ every name among them durable -- in the order the writer applies them (files,
 hashes, rows, touches).
 
 Rows are queued in the writer's wire form (plain tuples), not as FileEvent,
-HashUpdate and Provenance objects: a first import queues four per copied file,
-and each object was built only to be taken apart again for the pipe.
+HashUpdate and Provenance objects: each object was built only to be taken apart
+again for the pipe. A copied file's four (its archive file, the hashes of both
+inodes, its source's provenance row) go as one tuple (copied), which the writer
+takes apart (writer.apply): they share the hashes, the path and the inodes, and
+a first import queues one a file.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class Rows:
     def __init__(self, writer: IndexWriter, scan_id: int, name: str) -> None:
         self._writer, self.scan_id, self.name = writer, scan_id, name
         self._now = time.time()
-        self._events: list[Wire] = []
+        self._copies: list[Wire] = []
         self._hashes: list[Wire] = []
         self._rows: list[Wire] = []
         self._touch: list[bytes] = []
@@ -41,14 +44,14 @@ class Rows:
         self._marks: list[tuple[int, int, int, int]] = []
         self._answers = self._flushed = 0  # answers queued; of those, flushed
 
-    def placed(self, dest: bytes, stw: Wire, head: int, full: bytes, src_dev: int,
-               src_ino: int) -> None:
-        """A copy placed at dest (stw: its stat, copyworker.stat_wire), read from the
-        source inode (src_dev, src_ino): the archive file and both inodes' hashes."""
-        mode, ino, dev, nlink, uid, gid, size, _atime, mtime, ctime = stw
-        self._events.append((dest, dev, ino, size, mtime, ctime, mode, uid, gid, nlink))
-        self._hashes.append((dev, ino, head, full, None))
-        self._hashes.append((src_dev, src_ino, head, full, None))
+    def copied(self, s: SourcePath, dest: bytes, stw: Wire, head: int, full: bytes) -> None:
+        """A copy of s placed at dest (stw: its stat, copyworker.stat_wire; head, full:
+        the hashes of both): the archive file, both inodes' hashes and s's row, in the
+        copy record the writer takes apart (writer.expand)."""
+        self.confirmed.append((s, dest))
+        f = s.file
+        self._copies.append((dest, stw, head, full, s.path, f.dev, f.ino, f.size, f.mtime_ns,
+                             f.ctime_ns))
 
     def hashes(self, updates: Iterable[HashUpdate]) -> None:
         """Hashes read for the plan (after the archive files they may name)."""
@@ -73,7 +76,7 @@ class Rows:
 
     def end_answer(self) -> None:
         """The rows queued since are those of one more answer of the copy worker."""
-        self._marks.append((len(self._events), len(self._hashes), len(self._rows),
+        self._marks.append((len(self._copies), len(self._hashes), len(self._rows),
                             len(self._touch)))
         self._answers += 1
 
@@ -83,19 +86,19 @@ class Rows:
         n = min(answers, self._answers) - self._flushed
         if n <= 0:
             return
-        e, h, r, t = self._marks[n - 1]
-        if e or h or r or t:
-            self._writer.write(self.scan_id, self._events[:e], self._hashes[:h],
+        c, h, r, t = self._marks[n - 1]
+        if c or h or r or t:
+            self._writer.write(self.scan_id, self._copies[:c], self._hashes[:h],
                                self._rows[:r], self.name, self._touch[:t], self._now)
-        del self._events[:e], self._hashes[:h], self._rows[:r], self._touch[:t]
-        self._marks = [(a - e, b - h, c - r, d - t) for a, b, c, d in self._marks[n:]]
+        del self._copies[:c], self._hashes[:h], self._rows[:r], self._touch[:t]
+        self._marks = [(a - c, b - h, x - r, y - t) for a, b, x, y in self._marks[n:]]
         self._flushed += n
 
     def flush(self) -> None:
         """Hand every queued row to the writer (archive files first, then hashes, then
-        provenance); it writes them beside the next batch's copies."""
-        if self._events or self._hashes or self._rows or self._touch:
-            self._writer.write(self.scan_id, self._events, self._hashes, self._rows,
+        provenance: writer.apply); it writes them beside the next batch's copies."""
+        if self._copies or self._hashes or self._rows or self._touch:
+            self._writer.write(self.scan_id, self._copies, self._hashes, self._rows,
                                self.name, self._touch, self._now)
-        self._events, self._hashes, self._rows, self._touch = [], [], [], []
+        self._copies, self._hashes, self._rows, self._touch = [], [], [], []
         self._marks, self._flushed = [], self._answers

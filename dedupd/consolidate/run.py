@@ -162,6 +162,19 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
                    placed)
 
 
+def _source_bytes(inv: Inventory) -> int:
+    """The bytes of the distinct source inodes. An inode is in one content or one size
+    group, all of one size; a group knows its inodes, a content's several paths are
+    mostly other inodes (s.file[:2] is an inode's key, sliced in C)."""
+    n = sum(u.size * u.inodes for u in inv.unsorted)
+    for x in inv.contents:
+        if len(x.sources) == 1:
+            n += x.size
+        elif x.sources:
+            n += x.size * len({s.file[:2] for s in x.sources})
+    return n
+
+
 def _would_confirm(plan: Plan) -> list[tuple[SourcePath, bytes]]:
     """For a dry run: the (source, archive file) pairs a real run would confirm."""
     pairs = [(s, k.target) for k in plan.known for s in (*k.fresh, *k.check)]
@@ -172,14 +185,11 @@ def _would_confirm(plan: Plan) -> list[tuple[SourcePath, bytes]]:
 def _report(cfg: ConsolidateConfig, opts: Options, inv: Inventory, plan: Plan,
             c: Counters, ops: OpsReport, stale: int, seconds: float,
             placed: dict[bytes, bytes]) -> Report:
-    # s.file[:2] is its key (dev, ino), sliced in C: these run once per source path
-    src_inodes = {s.file[:2]: s.file.size for x in inv.contents for s in x.sources}
-    src_inodes.update((s.file[:2], s.file.size) for u in inv.unsorted for s in u.sources)
     stats: dict[str, int | float] = {
         "files_seen": inv.walk.files_seen,
         "source_paths": (sum(len(x.sources) for x in inv.contents)
                          + sum(len(u.sources) for u in inv.unsorted)),
-        "source_bytes": sum(src_inodes.values()),
+        "source_bytes": _source_bytes(inv),
         "distinct_contents": sum(1 for x in inv.contents if x.sources) + c.contents_sorted,
         "already_in_archive": len(plan.known),
         "to_copy": len(plan.copies) + c.unnamed_failed,

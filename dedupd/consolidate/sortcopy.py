@@ -115,8 +115,10 @@ def sort_group(u: Unsorted, new_copy: NewCopy, dirs: SourceDirs | None = None
     out.bytes_read = nread
     out.contents = len(found)
     for x in found:
-        if x.copy is not None and x.read is not None:
-            cp = x.copy  # built directly: dataclasses.replace costs 15 us a copy
-            out.copies.append((Copy(Content(size, x.full, (), tuple(x.paths)), cp.src,
-                                    cp.dest, cp.date, frozenset(x.compared)), x.read))
+        cp = x.copy
+        if cp is not None and x.read is not None:
+            if len(x.paths) > 1:  # built directly: dataclasses.replace costs 15 us a copy
+                cp = Copy(Content(size, x.full, (), tuple(x.paths)), cp.src, cp.dest, cp.date,
+                          frozenset(x.compared))
+            out.copies.append((cp, x.read))  # else as named: its one path, none compared
     return out

@@ -5,8 +5,8 @@ Recording a batch's archive files, hashes and provenance rows is Python-bound
 in the copying process. Here a child with its own connection to the index
 writes them while the parent copies the next batch: two cores instead of one.
 
-Contract: `write()` takes one flush (archive file events, hash updates,
-provenance rows, paths to touch) and returns at once; the child applies the
+Contract: `write()` takes one flush (copy records, hash updates, provenance
+rows, paths to touch) and returns at once; the child applies the
 flushes in the order given, each in that order (files, hashes, rows), exactly
 as the parent did itself (the hashes of new archive files go in with their rows:
 the same rows). The parent sends a flush only when every name in it
@@ -54,18 +54,23 @@ class WriteFailed(DedupdError):
 
 def apply(store: Store, msg: Wire) -> int:
     """Write one flush (the wire form of IndexWriter.write) in one transaction (the
-    caller's, when it has one: Db.tx); return provenance rows. Its rows are used as
-    they come: events become FileEvents by tuple.__new__ (no Python __new__ a row),
-    hash updates stay tuples (save_hashes only indexes them), provenance rows go in
-    as fields (prov.save_fields)."""
-    scan_id, events, hashes, rows, name, touch, now = msg
+    caller's, when it has one: Db.tx); return provenance rows. A copy record gives
+    its archive file, two hashes and a row (expand), before the flush's other hashes
+    and rows. Rows are used as they come: archive files become FileEvents by
+    tuple.__new__ (no Python __new__ a row), hash updates stay tuples (save_hashes
+    only indexes them), provenance rows go in as fields (prov.save_fields)."""
+    scan_id, copies, hashes, rows, name, touch, now = msg
+    files: list[FileEvent] = []
+    if copies:
+        files, c_hashes, c_rows = expand(copies, name, now)
+        hashes, rows = c_hashes + hashes, c_rows + rows
     try:
         with store.db.tx():  # record, save_hashes and the rest join it (Db.tx)
             # the update save_hashes would write of each inode: those of new archive
             # files go in with their rows (Store.record), one UPDATE a copy fewer
             latest = {(u[0], u[1]): u for u in hashes}
-            if events:
-                store.record(scan_id, [_new(FileEvent, t) for t in events], hashes=latest)
+            if files:
+                store.record(scan_id, files, hashes=latest)
             if latest:
                 store.save_hashes(cast("list[HashUpdate]", list(latest.values())))
             n = prov.save_fields(store, rows) if rows else 0
@@ -75,6 +80,23 @@ def apply(store: Store, msg: Wire) -> int:
         store.dirs.reset()  # directories made in the rolled-back transaction are void
         raise
     return n
+
+
+def expand(copies: list[Wire], name: str, now: float
+           ) -> tuple[list[FileEvent], list[Wire], list[Wire]]:
+    """The rows of copy records (rows.Rows.copied): per copy its archive file, the
+    hashes of both inodes (the archive file's first) and its source's provenance row."""
+    files: list[FileEvent] = []
+    hashes: list[Wire] = []
+    rows: list[Wire] = []
+    for dest, stw, head, full, src, sdev, sino, ssize, smtime, sctime in copies:
+        mode, ino, dev, nlink, uid, gid, size, _atime, mtime, ctime = stw
+        files.append(_new(FileEvent, (dest, dev, ino, size, mtime, ctime, mode, uid, gid,
+                                      nlink)))
+        hashes.append((dev, ino, head, full, None))
+        hashes.append((sdev, sino, head, full, None))
+        rows.append((name, src, dest, full, ssize, sdev, sino, smtime, sctime, now, now))
+    return files, hashes, rows
 
 
 def _child(inp: int, out: int, url: str) -> None:
@@ -119,12 +141,12 @@ class IndexWriter:
     def __init__(self, url: str) -> None:
         self.pid, self.to, self.frm = forkpipe.spawn(lambda i, o: _child(i, o, url))
 
-    def write(self, scan_id: int, events: list[Wire], hashes: list[Wire], rows: list[Wire],
+    def write(self, scan_id: int, copies: list[Wire], hashes: list[Wire], rows: list[Wire],
               name: str, touch: list[bytes], now: float) -> None:
-        """One flush, in wire form (rows.py builds it): events as _event makes them,
-        hashes as HashUpdate's fields, rows as Provenance's fields, in their order."""
+        """One flush, in wire form (rows.py builds it): copy records (rows.Rows.copied),
+        hashes as HashUpdate's fields, rows as Provenance's, in their order."""
         try:
-            forkpipe.send(self.to, (scan_id, events, hashes, rows, name, touch, now))
+            forkpipe.send(self.to, (scan_id, copies, hashes, rows, name, touch, now))
         except BrokenPipeError:  # it died (not stdout's EPIPE): close() tells why
             self.close()
             raise WriteFailed("writing the index failed: index writer died") from None

@@ -51,6 +51,7 @@ def test_prune_dry_run_then_apply_with_quarantine(tmp_path: Path,
 
     rep = json.loads(dedupd("consolidate", "-c", str(cfg), "p", "--json").stdout)
     assert rep["stats"]["sources_pruned"] == 3, rep["refused"]
+    assert rep["stats"]["provenance_rows_written"] == 3
     assert source_files(sources, skip=quarantine) == {}  # every name removed...
     kept = {v[-1] for p, v in manifest(quarantine).items() if v[-1]}
     assert kept == set(before.values())  # ...but kept in the quarantine

@@ -59,6 +59,7 @@ def test_group_read_once_duplicates_confirmed(tmp_path: Path) -> None:
             b"2011/05/a.jpg", b"2017/03/b.bin", b"2018/04/c.bin"]  # EXIF date from memory
         assert sorted(files.values()) == sorted(digest(d) for d in (photo, X, Y))
         assert st["files_confirmed"] == 3 and prov.count(store, "s") == 6
+        assert st["provenance_rows_written"] == 6
         srcs = {p.source_path for p in prov.sources_of(store, os.fsencode(archive /
                                                                          "2017/03/b.bin"))}
         assert srcs == {os.fsencode(p) for p in (s1 / "b.bin", s2 / "d.bin",

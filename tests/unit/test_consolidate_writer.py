@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dedupd.consolidate import writer
+from dedupd.consolidate.copyworker import stat_wire
 from dedupd.consolidate.writer import IndexWriter, WriteFailed
 from dedupd.files.events import FileEvent
 from dedupd.forkpipe import Wire
@@ -43,10 +44,12 @@ def test_writes_every_flush_in_order_and_counts_rows(tmp_path: Path) -> None:
     store = Store(url)
     try:
         scan = store.begin_scan([bytes(arch)])
-        ev = FileEvent.from_stat(bytes(arch / "x"), os.stat(arch / "x"))
+        ast, sst = os.stat(arch / "x"), os.stat(src / "x")
         w = IndexWriter(url)
-        w.write(scan, [tuple(ev)], [tuple(HashUpdate(ev.dev, ev.ino, 11, b"h" * 16))],
-                [_row(src / "x", arch / "x", b"h" * 16)], "c", [], 1.0)
+        # a copy record (rows.Rows.copied): archive file, both hashes and src/x's row
+        w.write(scan, [(bytes(arch / "x"), stat_wire(ast), 11, b"h" * 16, bytes(src / "x"),
+                        sst.st_dev, sst.st_ino, sst.st_size, sst.st_mtime_ns,
+                        sst.st_ctime_ns)], [], [], "c", [], 1.0)
         # a later flush replaces the row: applied after the first, never before
         w.write(scan, [], [], [_row(src / "x", arch / "x", b"k" * 16, 2.0),
                                _row(src / "y", arch / "x", b"k" * 16)], "c", [], 2.0)
@@ -57,7 +60,7 @@ def test_writes_every_flush_in_order_and_counts_rows(tmp_path: Path) -> None:
         assert x.content == b"k" * 16 and x.first_seen == 1.0 and y.last_seen == 9.0
         [f] = [f for g in prov.files_by_size(store, scan) for f in g]
         # a 3-byte file: its full hash is all the index keeps (schema 4: no head)
-        assert (f.ino, f.head, f.full) == (ev.ino, None, b"h" * 16)
+        assert (f.ino, f.head, f.full) == (ast.st_ino, None, b"h" * 16)
     finally:
         store.close()
 
@@ -142,7 +145,8 @@ def test_hashes_of_new_archive_files_go_in_with_their_rows_as_save_hashes_wrote_
     """apply() writes the hashes of a flush's new inodes in their rows (Store.record's
     hashes): the index must end as record then save_hashes left it -- a small file
     without its head, a large one with it, the last of two updates, one at another
-    stat skipped, a known inode's hashes updated."""
+    stat skipped, a known inode's hashes updated. The new inodes come as copy records
+    (rows.Rows.copied), whose own hashes go before the flush's."""
     src, arch = tmp_path / "s", tmp_path / "a"
     for d in (src, arch):
         d.mkdir()
@@ -169,11 +173,18 @@ def test_hashes_of_new_archive_files_go_in_with_their_rows_as_save_hashes_wrote_
         try:
             scan = store.begin_scan([bytes(src), bytes(arch)])
             store.record(scan, [FileEvent.from_stat(bytes(src / "known"), known)])
+            # each archive file copied from src/known, with hashes the flush's replace
+            copies = [(e.path, stat_wire(os.stat(e.path)), 7, b"7" * 16, bytes(src / "known"),
+                       known.st_dev, known.st_ino, known.st_size, known.st_mtime_ns,
+                       known.st_ctime_ns) for e in evs]
             if way == "apply":
-                writer.apply(store, (scan, [tuple(e) for e in evs], hashes, [], "c", [], 1.0))
+                writer.apply(store, (scan, copies, hashes, [], "c", [], 1.0))
             else:
                 store.record(scan, evs)
-                store.save_hashes([HashUpdate(*h) for h in hashes])
+                own = [h for e in evs for h in ((e.dev, e.ino, 7, b"7" * 16, None),
+                                                 (known.st_dev, known.st_ino, 7, b"7" * 16,
+                                                  None))]
+                store.save_hashes([HashUpdate(*h) for h in own + hashes])
             rows.append(store.db.rows('SELECT ino, size, head, "full", unstable FROM inodes '
                                       "ORDER BY ino"))
         finally:
