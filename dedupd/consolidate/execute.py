@@ -146,7 +146,10 @@ class Executor:
             # worker hold each other, so the plan and inventory outlive the run until a
             # collection (140,000 objects, 56 ms of CPU after a 20,000-file import)
             self._worker.on_batch = _answered
-        self.c.rows_written += h.close()
+        h.close()
+        if self._helpers is None:  # else their owner waits for the index writer's last
+            self.c.rows_written += h.finish()  # rows (run.py: beside its report)
+            h.wait()
         return self.c
 
     def _run(self, replan: Callable[[list[SourcePath]], None] | None) -> None:

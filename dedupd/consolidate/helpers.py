@@ -12,7 +12,8 @@ from dedupd.consolidate.writer import IndexWriter
 class Helpers:
     """The processes a run's copies use: the index writer (writer.py) and the copy
     worker (copyworker.py). Fork them early (run.py: before the index scan, while the
-    heap is small, and before any thread); close() or abandon() them at the end."""
+    heap is small, and before any thread); close(), finish() and wait(), or abandon(),
+    them at the end."""
 
     def __init__(self, url: str, archive: bytes, policy: str) -> None:
         fd_budget()  # the open-file limit raised first: the worker holds a batch open
@@ -23,14 +24,24 @@ class Helpers:
             self.writer.abandon()
             raise
 
-    def close(self) -> int:
-        """End both (the worker first: its answers are all in); rows written."""
+    def close(self) -> None:
+        """End both: the worker (its answers are all in) and the writer's input; the
+        writer goes on with its last rows until finish()."""
         try:
             self.worker.close()
         except BaseException:
             self.writer.abandon()
             raise
-        return self.writer.close()
+        self.writer.end()
+
+    def finish(self) -> int:
+        """After close(): wait for the writer's last rows; the provenance rows it wrote
+        (0 when called again). WriteFailed when it failed. It checkpoints the index
+        after that (writer.py): wait() reaps it."""
+        return self.writer.close(reap=False)
+
+    def wait(self) -> None:
+        self.writer.wait()
 
     def abandon(self) -> None:
         self.worker.abandon()

@@ -88,15 +88,22 @@ def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options) -> Report:
     # a 20,000-file import's CPU, perf). Refcounting frees everything as before.
     was_enabled = gc.isenabled()
     gc.disable()
+    ending: list[Helpers] = []
     try:
         with handles.anchored([*roots.sources, roots.archive]):
-            return _consolidate(store, cfg, opts, roots)
+            return _consolidate(store, cfg, opts, roots, ending)
     finally:
+        # reaped once the run's heap is freed: meanwhile the index writer checkpointed
+        # what it wrote (writer.py), which the close of the index did after, alone
+        for h in ending:
+            h.wait()
         if was_enabled:
             gc.enable()
 
 
-def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roots) -> Report:
+def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roots,
+                 ending: list[Helpers]) -> Report:
+    """consolidate()'s run; its helper processes, once finished, go to `ending`."""
     t0 = time.monotonic()
     lock = -1
     if not opts.dry_run:
@@ -107,6 +114,7 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
                                    "importing into this archive; try again later") from None
     jr = None if opts.dry_run else Journal(store)
     ops = OpsReport()
+    helpers: Helpers | None = None
     try:
         if jr is not None:
             recover(jr, cfg.name, ops)  # an interrupted link or prune comes first
@@ -119,17 +127,12 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
         # the copies' helper processes, forked while the heap is small (helpers.Helpers)
         helpers = None if opts.dry_run else Helpers(store.url, roots.archive,
                                                     cfg.on_name_collision)
-        try:
-            inv = index_trees(store, cfg, roots, opts.progress)
-            # A dry run hashes every size group: its plan lists every copy and duplicate.
-            group_contents(store, inv, opts.progress, defer=not opts.dry_run)
-            names = Names(inv.archive_paths)
-            rows = prov.load(store, cfg.name)
-            plan = make_plan(inv, cfg, rows, names, defer_names=not opts.dry_run)
-        except BaseException:
-            if helpers is not None:
-                helpers.abandon()
-            raise
+        inv = index_trees(store, cfg, roots, opts.progress)
+        # A dry run hashes every size group: its plan lists every copy and duplicate.
+        group_contents(store, inv, opts.progress, defer=not opts.dry_run)
+        names = Names(inv.archive_paths)
+        rows = prov.load(store, cfg.name)
+        plan = make_plan(inv, cfg, rows, names, defer_names=not opts.dry_run)
         counters, confirmed = Counters(), _would_confirm(plan)
         if helpers is not None:
             ex = Executor(store, cfg.name, inv.scan_id, plan, roots.archive,
@@ -139,6 +142,11 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
             counters = ex.run(lambda srcs: plan_collisions(plan, cfg, roots.archive,
                                                            names, srcs))
             confirmed = ex.confirmed
+            # the index writer's last rows go in beside the report (below), unless a
+            # step here writes the index or changes files: it must find them committed,
+            # and a failed write stops the run before it
+            if rows or (cfg.link_duplicates and plan.archive_dups) or cfg.prune_sources:
+                counters.rows_written += helpers.finish()
             if rows:  # else every row is this run's, naming a file it found or placed
                 # the names this run's rows give, not the planned ones: a copy whose
                 # name appeared meanwhile was placed under a suffix
@@ -150,16 +158,24 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
         if cfg.prune_sources:
             qdir = None if cfg.quarantine_dir is None else os.fsencode(cfg.quarantine_dir)
             prune_sources(jr, cfg.name, confirmed, qdir, opts.dry_run, ops)
+        placed = {s.path: a for s, a in confirmed}  # a copy's name may not be the planned one
+        report = _report(cfg, opts, inv, plan, counters, ops, len(stale),
+                         time.monotonic() - t0, placed)
+        if helpers is not None:  # its last rows (0 if finished above)
+            report.stats["provenance_rows_written"] += helpers.finish()
+            ending.append(helpers)
         if lock >= 0:
             mark_running(lock, False)  # reached only when the run finished
+    except BaseException:
+        if helpers is not None:  # (a no-op after a failed executor: it did that)
+            helpers.abandon()
+        raise
     finally:
         if jr is not None:
             jr.close()
         if lock >= 0:
             os.close(lock)
-    placed = {s.path: a for s, a in confirmed}  # a copy's name may not be the planned one
-    return _report(cfg, opts, inv, plan, counters, ops, len(stale), time.monotonic() - t0,
-                   placed)
+    return report
 
 
 def _source_bytes(inv: Inventory) -> int:

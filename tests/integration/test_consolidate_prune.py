@@ -51,6 +51,7 @@ def test_prune_dry_run_then_apply_with_quarantine(tmp_path: Path,
 
     rep = json.loads(dedupd("consolidate", "-c", str(cfg), "p", "--json").stdout)
     assert rep["stats"]["sources_pruned"] == 3, rep["refused"]
+    # written before the prune (which must find them committed), and counted
     assert rep["stats"]["provenance_rows_written"] == 3
     assert source_files(sources, skip=quarantine) == {}  # every name removed...
     kept = {v[-1] for p, v in manifest(quarantine).items() if v[-1]}

@@ -194,3 +194,31 @@ def test_hashes_of_new_archive_files_go_in_with_their_rows_as_save_hashes_wrote_
     assert got[small.ino] == (None, b"1" * 16) and got[big.ino] == (2, b"2" * 16)
     assert got[twice.ino] == (None, b"5" * 16) and got[stale.ino] == (None, None)
     assert got[known.st_ino] == (None, b"4" * 16)
+
+
+def test_after_its_answer_the_writer_checkpoints_then_is_reaped(tmp_path: Path) -> None:
+    """close() returns at the writer's answer; the child then copies its WAL into the
+    database file (the run's close of the index did that after everything else) and
+    wait() reaps it."""
+    db = tmp_path / "db.sqlite"
+    url = f"sqlite:///{db}"
+    src = tmp_path / "s"
+    src.mkdir()
+    for i in range(300):
+        (src / f"f{i}").write_bytes(b"abc")
+    Store(url).close()  # the schema, checkpointed by the last close
+    before = db.stat().st_size
+    w = IndexWriter(url)
+    pid = w.pid
+    w.write(1, [], [], [_row(src / f"f{i}", tmp_path / "a" / f"f{i}", b"h" * 16)
+                        for i in range(300)], "c", [], 1.0)
+    assert w.close(reap=False) == 300
+    w.wait()
+    with pytest.raises(ChildProcessError):  # reaped
+        os.waitpid(pid, os.WNOHANG)
+    assert db.stat().st_size > before  # the rows are in the database file itself
+    store = Store(url)
+    try:
+        assert len(prov.load(store, "c")) == 300
+    finally:
+        store.close()
