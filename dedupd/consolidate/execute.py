@@ -1,4 +1,5 @@
-"""Carry out a plan: verified copies, byte-compared confirmations, provenance rows.
+"""Carry out a plan: verified copies, byte-compared confirmations (confirm.py),
+provenance rows.
 
 Index writes are batched (every rows.FLUSH_EVERY files): a crash loses at most the
 rows of one batch, and the next run rebuilds them from the files themselves
@@ -37,11 +38,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dedupd.consolidate.compare import Compared, hash_archived, same_as_data, same_bytes
+from dedupd.consolidate.confirm import Confirms, Counters
 from dedupd.consolidate.copyworker import KILL_ENV, StatWire, stat_wire
 from dedupd.consolidate.helpers import Helpers, fd_budget
 from dedupd.consolidate.inventory import Content, SourcePath, Unsorted
-from dedupd.consolidate.plan import Copy, Known, Plan, copy_order, copy_size
+from dedupd.consolidate.plan import Copy, Plan, copy_order, copy_size
 from dedupd.consolidate.rows import Rows
 from dedupd.consolidate.sortcopy import NewCopy, sort_group
 from dedupd.files.events import Problem
@@ -49,9 +50,9 @@ from dedupd.forkpipe import Wire
 from dedupd.fsops.copy import DestDirs, DirCache, kept_dirs, stage_bytes
 from dedupd.fsops.fill import KEEP_BYTES
 from dedupd.fsops.source import CopyError, SourceDirs, SourceRead, read_source
-from dedupd.index.store import HashUpdate, IndexedFile, Store
+from dedupd.index.store import HashUpdate, Store
 
-__all__ = ["BATCH_ENV", "KILL_ENV", "Counters", "Executor"]
+__all__ = ["BATCH_ENV", "KILL_ENV", "Executor"]
 BATCH_ENV = "DEDUPD_TEST_COPY_BATCH_FILES"
 # One filesystem sync per batch (see fsops/copy.py): bounded so a crash redoes little.
 # Small enough that the worker starts soon after the plan and ends soon after the
@@ -64,23 +65,6 @@ BATCH_FILES = 512
 BATCH_BYTES = 16 << 20
 
 CopyProgress = Callable[[int, int, int, int], None]  # files done/total, bytes done/total
-
-
-@dataclass
-class Counters:
-    files_copied: int = 0
-    bytes_copied: int = 0
-    bytes_written: int = 0
-    bytes_read: int = 0
-    files_confirmed: int = 0  # source paths byte-compared against the archive
-    files_unchanged: int = 0  # source paths whose provenance row was still valid
-    rows_written: int = 0
-    contents_sorted: int = 0  # distinct contents found in unsorted size groups
-    # contents of plan.unnamed never named (source gone, changed or unreadable):
-    # planned copies that did not happen, as a failed copy of plan.copies is
-    unnamed_failed: int = 0
-    unnamed_failed_bytes: int = 0
-    problems: list[Problem] = field(default_factory=list)
 
 
 class Executor:
@@ -122,7 +106,6 @@ class Executor:
         # worker syncs, verifies and links them): new levels made durable by its syncs
         self._archive_dirs = DirCache(sync=False, keep=kept_dirs())
         self._staging = DestDirs(synced_later=True, dirs=self._archive_dirs)
-        self.collided: list[SourcePath] = []
 
     def run(self, replan: Callable[[list[SourcePath]], None] | None = None) -> Counters:
         """Confirm known contents, then copy. Sources that turn out to differ from every
@@ -131,6 +114,7 @@ class Executor:
         h = self._helpers or Helpers(self.store.url, self.archive, self.policy)
         self._worker = h.worker
         self._q = Rows(h.writer, self.scan_id, self.name)
+        self._confirms = Confirms(self.c, self._q)
         self.confirmed = self._q.confirmed
         self._worker.on_batch = self._answer
         try:
@@ -153,22 +137,24 @@ class Executor:
         return self.c
 
     def _run(self, replan: Callable[[list[SourcePath]], None] | None) -> None:
-        for k in self.plan.known:
-            self._confirm(k)
+        for k in self.plan.known:  # content the archive has (confirm.py)
+            self._confirms.known(k)
+            if self._q.full():
+                self.flush()
         start = 0
         # the contents named as read and the size groups sorted as read: in the first
         # round only, in turns with the planned copies (copy_order)
         unnamed, groups = self.plan.unnamed, self.plan.unsorted
         while True:
-            if self.collided and replan is not None:
-                replan(self.collided)
-                self.collided = []
+            if self._confirms.collided and replan is not None:
+                replan(self._confirms.collided)
+                self._confirms.collided = []
                 self._bytes_total = self.plan.bytes_to_copy
             self._copy_all(copy_order([*self.plan.copies[start:], *unnamed], groups,
                                       BATCH_BYTES, BATCH_FILES))
             unnamed, groups = [], []
             start = len(self.plan.copies)  # copies sorted from the groups included
-            if not self.collided or replan is None:
+            if not self._confirms.collided or replan is None:
                 break
         self._tick()
         self.flush()  # the worker's end of each round made every name durable
@@ -240,54 +226,6 @@ class Executor:
         if self.progress:
             self.progress(self._done_files, len(self.plan.copies) + self._unsorted_left,
                           self._done_bytes, self._bytes_total)
-
-    # --- content the archive already has ---
-
-    def _confirm(self, k: Known) -> None:
-        self.c.files_unchanged += len(k.fresh)
-        self._q.still(k.fresh, k.target)
-        if not k.check:  # a re-run's common case: every row still valid, nothing to read
-            if self._q.full():
-                self.flush()
-            return
-        full = k.content.full if k.content.full is not None else self._hashed(k)
-        if full is None:  # the archive file could not be read (reported)
-            return
-        # the target first, then the other archive inodes of the group
-        order = sorted(k.content.archive, key=lambda f: k.target not in f.paths)
-        for s in k.check:
-            for f in order:
-                path = k.target if k.target in f.paths else f.paths[0]
-                res = self._compare(s.path, s.file, path, f)
-                if res.equal:
-                    self.c.files_confirmed += 1
-                    self._q.row(s, path, full)
-                    break
-                if res.problem is None or res.problem[0] != "differs":
-                    break  # vanished/changed/unreadable: reported, nothing more to try
-            else:
-                self._collision(s)
-        if self._q.full():
-            self.flush()
-
-    def _hashed(self, k: Known) -> bytes | None:
-        """The whole hash of k's target, read now: a content without one is an inode
-        met alone (a source hardlinked into the archive); None when unreadable."""
-        got = hash_archived(next(f for f in k.content.archive if k.target in f.paths),
-                            k.target)
-        if isinstance(got, Problem):
-            self.c.problems.append(got)
-            return None
-        self.c.bytes_read += k.content.size
-        self._q.hashes([got])
-        return got.full
-
-    def _compare(self, a: bytes, fa: IndexedFile, b: bytes, fb: IndexedFile) -> Compared:
-        res = same_bytes(a, fa.ident, b, fb.ident)
-        self.c.bytes_read += res.bytes_read
-        if res.problem and res.problem[0] != "differs":
-            self.c.problems.append(Problem(a, res.problem[0], res.problem[1]))
-        return res
 
     # --- new content ---
 
@@ -380,7 +318,7 @@ class Executor:
             # source re-read through the handle it was read by, which it checks too
             batch.fds += (tfd, r.fd)
             item = (cp.dest, r.src, stat_wire(r.stat), r.head, r.full, tmp_name)
-            # kept for the compare of the content's other source paths (_copied)
+            # kept for the compare of the content's other source paths (Confirms.others)
             data = r.data if len(cp.content.sources) > 1 else None
         cid = self._next_id
         self._next_id += 1
@@ -422,39 +360,8 @@ class Executor:
         c.bytes_read += nread
         src = cp.src
         self._q.copied(src, dest, stw, head, full)  # its archive file, hashes and row
-        if cp.content.sources == (src,):  # the common case: no other path to confirm
-            return
-        f = src.file
-        dest_file: IndexedFile | None = None  # for a compare with the copy on the disk
-        for s in cp.content.sources:
-            if s.path == src.path:  # the copy's own: in its record
-                continue
-            if s.file.key == f.key:
-                self._q.row(s, dest, full)
-                continue
-            if s.path in cp.compared:  # equal to the bytes the copy was verified against
-                c.files_confirmed += 1
-                self._q.row(s, dest, full)
-                continue
-            if data is not None:  # the copy's verified bytes: read the other path only
-                cmp = same_as_data(s.path, s.file.ident, data)
-                self.c.bytes_read += cmp.bytes_read
-                if cmp.problem and cmp.problem[0] != "differs":
-                    self.c.problems.append(Problem(s.path, cmp.problem[0], cmp.problem[1]))
-            else:
-                if dest_file is None:
-                    dest_file = _indexed(dest, stw, head, full)
-                cmp = self._compare(s.path, s.file, dest, dest_file)
-            if cmp.equal:
-                c.files_confirmed += 1
-                self._q.row(s, dest, full)
-            elif cmp.problem is not None and cmp.problem[0] == "differs":
-                self._collision(s)
-
-    def _collision(self, s: SourcePath) -> None:
-        self.collided.append(s)
-        self.c.problems.append(Problem(s.path, "hash-collision", "same size and hash as "
-                                       "other content, other bytes: imported on its own"))
+        if cp.content.sources != (src,):  # the common case has no other path to confirm
+            self._confirms.others(cp, dest, stw, head, full, data)
 
     # --- index writes ---
 
@@ -488,8 +395,3 @@ def _answered(_durable: int, _results: list[Wire] | None) -> None:
 def _no_new_copy(c: Content, _data: bytes | None) -> Copy | None:
     raise AssertionError(f"a content named as read ({c.size} bytes) needs new_copy")
 
-
-def _indexed(dest: bytes, stw: StatWire, head: int, full: bytes) -> IndexedFile:
-    """A placed copy as an index row (for a compare of another source path with it)."""
-    _mode, ino, dev, _nlink, _uid, _gid, size, _atime, mtime, ctime = stw
-    return IndexedFile(dev, ino, size, mtime, ctime, head, full, 0, (dest,))

@@ -23,7 +23,8 @@ from dedupd.consolidate.archive_ops import (
     prune_sources,
     recover,
 )
-from dedupd.consolidate.execute import CopyProgress, Counters, Executor
+from dedupd.consolidate.confirm import Counters
+from dedupd.consolidate.execute import CopyProgress, Executor
 from dedupd.consolidate.helpers import Helpers
 from dedupd.consolidate.inventory import (
     Inventory,
