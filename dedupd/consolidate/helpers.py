@@ -41,6 +41,7 @@ class Helpers:
         return self.writer.close(reap=False)
 
     def wait(self) -> None:
+        """After finish(): reap the writer, its checkpoint over (writer.IndexWriter.wait)."""
         self.writer.wait()
 
     def abandon(self) -> None:

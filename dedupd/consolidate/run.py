@@ -181,8 +181,9 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
 
 def _source_bytes(inv: Inventory) -> int:
     """The bytes of the distinct source inodes. An inode is in one content or one size
-    group, all of one size; a group knows its inodes, a content's several paths are
-    mostly other inodes (s.file[:2] is an inode's key, sliced in C)."""
+    group, whose files are all of one size: a group knows how many inodes it has; a
+    content's paths may be several names of one inode, counted once (s.file[:2] is
+    an inode's key, sliced in C)."""
     n = sum(u.size * u.inodes for u in inv.unsorted)
     for x in inv.contents:
         if len(x.sources) == 1:
