@@ -137,6 +137,9 @@ class CopyWorker:
                 msg, anc, _, _ = self._fds.recvmsg(1, _FDS_SPACE, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
+            except ConnectionResetError:  # it died with handles of ours unread: gone,
+                self._none_coming = True  # its error (or EOF) comes with the next answer
+                return
             for level, kind, data in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds = array.array("i")
@@ -162,7 +165,7 @@ class CopyWorker:
         for k in range(0, len(fds), FDS_PER_MSG):
             try:
                 socket.send_fds(self._fds, [b"f"], fds[k:k + FDS_PER_MSG])
-            except BrokenPipeError:
+            except (BrokenPipeError, ConnectionResetError):
                 self._last_words()
         self._write(forkpipe.frame(("b", items, self._pooled, left)))
         self._pooled = 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import re
 import resource
+import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -17,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from dedupd.consolidate.copyloop import POOL_FIRST, pool_size
-from dedupd.consolidate.copyworker import CopyWorker
+from dedupd.consolidate.copyworker import CopyWorker, WorkerFailed
 from tests.fixtures.components import require_tools
 from tests.fixtures.consolidate import archive_files, write, write_config
+from tests.fixtures.procs import gone_within
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -108,3 +111,24 @@ def test_the_run_writes_into_the_worker_s_files(tmp_path: Path) -> None:
     assert POOL_FIRST <= made[worker] <= n + 1, made
     assert made[run] < n, made
     assert len(archive_files(archive)) == n
+
+
+def test_a_worker_killed_with_handles_unread_is_a_dead_worker(tmp_path: Path) -> None:
+    """Killed with handles of the run still in its socket, the worker resets it: the
+    run's next look for files made ahead finds none (not ECONNRESET, a traceback in
+    the kill-at-every-step test once), and its next batch fails as a dead worker."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    w = CopyWorker(os.fsencode(archive), "suffix")
+    fd = os.open(archive, os.O_RDONLY)
+    try:
+        socket.send_fds(w._fds, [b"f"], [fd])  # the worker reads them only with a batch
+        os.kill(w.pid, signal.SIGKILL)
+        assert gone_within(w.pid, 20)  # a zombie of ours: dead, not yet reaped
+        assert w.fresh_file() is None
+        assert w.fresh_file() is None  # no more asking
+        with pytest.raises(WorkerFailed, match="the copy worker died"):
+            w.send_batch([], [fd], 0)
+    finally:
+        os.close(fd)
+        w.abandon()
