@@ -18,6 +18,7 @@ from dedupd.consolidate.run import Options, consolidate
 from dedupd.index import provenance as prov
 from dedupd.index.store import Store
 from tests.fixtures.consolidate import archive_files, jpeg, manifest, write
+from tests.fixtures.procs import zombies
 
 pytestmark = pytest.mark.integration
 
@@ -26,20 +27,6 @@ X, Y = b"x" * 30_000, b"y" * 30_000  # one size: one unsorted group
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def zombies() -> list[int]:
-    """This process's children that ended and were not reaped."""
-    dead = []
-    for t in os.listdir("/proc/self/task"):
-        for kid in Path(f"/proc/self/task/{t}/children").read_text().split():
-            try:
-                state = Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:  # reaped meanwhile
-                continue
-            if state == "Z":
-                dead.append(int(kid))
-    return dead
 
 
 def reasons(problems: tuple[dict[str, str], ...]) -> set[tuple[str, str]]:
@@ -59,7 +46,7 @@ def test_group_read_once_duplicates_confirmed(tmp_path: Path) -> None:
     cfg = ConsolidateConfig("s", (s1, s2), archive)
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     try:
-        others = set(zombies())  # of earlier tests
+        others = set(zombies(os.getpid()))  # of earlier tests
         rep = consolidate(store, cfg, Options())
         st = rep.stats
         assert rep.problems == () and st["files_copied"] == 3 and st["files_hashed"] == 0
@@ -77,7 +64,7 @@ def test_group_read_once_duplicates_confirmed(tmp_path: Path) -> None:
         # the index writer's last rows, waited for beside the report, are counted; the
         # writer (which checkpointed the index meanwhile) is reaped, no zombie left
         assert st["provenance_rows_written"] == 6
-        assert not set(zombies()) - others
+        assert not set(zombies(os.getpid())) - others
         srcs = {p.source_path for p in prov.sources_of(store, os.fsencode(archive /
                                                                          "2017/03/b.bin"))}
         assert srcs == {os.fsencode(p) for p in (s1 / "b.bin", s2 / "d.bin",
