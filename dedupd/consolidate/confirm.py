@@ -97,10 +97,7 @@ class Confirms:
                 self.q.row(s, dest, full)
                 continue
             if data is not None:  # the copy's verified bytes: read the other path only
-                cmp = same_as_data(s.path, s.file.ident, data)
-                self.c.bytes_read += cmp.bytes_read
-                if cmp.problem and cmp.problem[0] != "differs":
-                    self.c.problems.append(Problem(s.path, cmp.problem[0], cmp.problem[1]))
+                cmp = self._counted(s.path, same_as_data(s.path, s.file.ident, data))
             else:
                 if dest_file is None:
                     dest_file = _indexed(dest, stw, head, full)
@@ -124,10 +121,14 @@ class Confirms:
         return got.full
 
     def _compare(self, a: bytes, fa: IndexedFile, b: bytes, fb: IndexedFile) -> Compared:
-        res = same_bytes(a, fa.ident, b, fb.ident)
+        return self._counted(a, same_bytes(a, fa.ident, b, fb.ident))
+
+    def _counted(self, path: bytes, res: Compared) -> Compared:
+        """res, a compare of path: its bytes read counted, and any failure but a
+        difference (vanished, changed, unreadable) reported."""
         self.c.bytes_read += res.bytes_read
         if res.problem and res.problem[0] != "differs":
-            self.c.problems.append(Problem(a, res.problem[0], res.problem[1]))
+            self.c.problems.append(Problem(path, res.problem[0], res.problem[1]))
         return res
 
     def _collision(self, s: SourcePath) -> None:
