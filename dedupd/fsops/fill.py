@@ -15,10 +15,16 @@ from dedupd.hashing import HEAD_SIZE
 
 KEEP_BYTES = 16 << 20  # a source up to this size stays in memory, as read (the read-back)
 _EUID = os.geteuid()  # whether copies may take the source's owner (root only)
+_EGID = os.getegid()  # a copy's group, with _EUID (dedupd never changes either)
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
     """data to the fresh file fd, its runs of zeros left as holes (write_sparse)."""
+    if 0 < len(data) <= BUF:  # most sources: their one buffer, the last (write_sparse's)
+        n = os.write(fd, data)
+        if n < len(data):
+            write_sparse(fd, memoryview(data)[n:], True)
+        return
     view = memoryview(data)
     for off in range(0, len(view), BUF):
         write_sparse(fd, view[off:off + BUF], off + BUF >= len(view))
@@ -78,7 +84,7 @@ def set_meta(tfd: int, st: os.stat_result) -> None:
     A copy that could not take the source's owner loses setuid/setgid (as cp -p does):
     else a user's setuid program would be one of ours."""
     mode = stat.S_IMODE(st.st_mode)
-    owned = st.st_uid == _EUID and st.st_gid == os.getegid()  # made ours: theirs already
+    owned = st.st_uid == _EUID and st.st_gid == _EGID  # made ours: theirs already
     if _EUID == 0 and not owned:
         # A uid the archive filesystem cannot store (or no CAP_CHOWN) is not an error
         with contextlib.suppress(OSError):
