@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import exifread
-
 from dedupd import handles
 
 # exifread logs every malformed tag at WARNING; a corrupt photo is reported once by us.
@@ -117,6 +115,10 @@ def _exif_date(fh: Any) -> tuple[datetime | None, str, int]:
         return None, "", nread
     fh.seek(0)
     counted = _Counting(fh)
+    # imported at the first image, not with the module: it and what it imports (XML,
+    # fractions, decimal) were a tenth of every import's start-up
+    import exifread
+
     try:
         tags = exifread.process_file(
             counted,  # type: ignore[arg-type]  # duck-typed: read/seek/tell suffice
