@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dedupd.commands.common import add_common, add_progress_arg, load_config, open_store
-from dedupd.consolidate.run import Options, Report, consolidate
 from dedupd.errors import ConfigError, UsageError
 from dedupd.output import human_bytes, print_json, show_path
 from dedupd.progress import Progress, open_progress
+
+if TYPE_CHECKING:  # imported by run(), after the index walk is forked (walkfirst)
+    from dedupd.consolidate.run import Report
 
 HELP = """\
 Import every distinct file of the [consolidate.NAME] sources that the archive
@@ -38,6 +40,10 @@ examples:
 """
 
 
+# The last run's heap, never freed: the process exits after the output (cli.run)
+_LEFT: list[object] = []
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("consolidate", help="import new content from backup shares into an archive",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,17 +66,27 @@ def run(args: argparse.Namespace) -> int:
     if args.name not in cfg.consolidate:
         known = ", ".join(cfg.consolidate) or "none configured"
         raise UsageError(f"no [consolidate.{args.name}] in {cfg.source} (known: {known})")
-    store = open_store(args, cfg)
+    from dedupd.consolidate import walkfirst
+
+    walkfirst.start(cfg.consolidate[args.name])  # the index walk, beside what follows
+    _LEFT.clear()  # run in-process more than once (tests): one run's at a time
     try:
-        with open_progress(args.progress) as prog:
-            report = consolidate(store, cfg.consolidate[args.name],
-                                 Options(args.dry_run, prog, copy_reporter(prog)))
-    except ConfigError as e:  # checks made at run time name the config file too
-        if e.file != "<config>":
-            raise
-        raise ConfigError(cfg.source, e.key, e.problem) from None
+        from dedupd.consolidate.run import Options, consolidate
+
+        store = open_store(args, cfg)
+        try:
+            with open_progress(args.progress) as prog:
+                report = consolidate(store, cfg.consolidate[args.name],
+                                     Options(args.dry_run, prog, copy_reporter(prog)),
+                                     left=_LEFT)
+        except ConfigError as e:  # checks made at run time name the config file too
+            if e.file != "<config>":
+                raise
+            raise ConfigError(cfg.source, e.key, e.problem) from None
+        finally:
+            store.close()
     finally:
-        store.close()
+        walkfirst.drop()  # not taken: the run failed before its index pass
     if args.json:
         print_json(report.as_json())
     else:

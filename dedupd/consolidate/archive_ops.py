@@ -22,7 +22,8 @@ from typing import Any
 
 from dedupd import handles
 from dedupd.consolidate.compare import same_bytes
-from dedupd.consolidate.inventory import Content, Roots, SourcePath
+from dedupd.consolidate.inventory import Content, SourcePath
+from dedupd.consolidate.roots import Roots
 from dedupd.dedup import journal as J
 from dedupd.dedup.recovery import finish_remove, recover_all
 from dedupd.files.events import FileEvent, Ident

@@ -17,6 +17,7 @@ from typing import Any
 
 from dedupd import handles
 from dedupd.config import ConsolidateConfig
+from dedupd.consolidate import walkfirst
 from dedupd.consolidate.archive_ops import (
     OpsReport,
     link_archive_duplicates,
@@ -29,14 +30,13 @@ from dedupd.consolidate.helpers import Helpers
 from dedupd.consolidate.inventory import (
     Inventory,
     Progress,
-    Roots,
     SourcePath,
     group_contents,
     index_trees,
-    resolve_roots,
 )
 from dedupd.consolidate.layout import check_layout
 from dedupd.consolidate.plan import Names, Plan, make_plan, new_copy, plan_collisions
+from dedupd.consolidate.roots import Roots, resolve_roots
 from dedupd.dedup.journal import Journal
 from dedupd.errors import TemporaryFailure
 from dedupd.fsops.archive_lock import (
@@ -77,11 +77,15 @@ class Report:
                 "recovered": list(self.recovered), "problems": list(self.problems)}
 
 
-def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options) -> Report:
+def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options,
+                left: list[object] | None = None) -> Report:
     """Import every content of cfg.sources the archive lacks (see module docstring).
 
     Every path is resolved beneath the sources and the archive (handles.py): a
-    symlinked directory in a source share is refused, never copied from."""
+    symlinked directory in a source share is refused, never copied from. left: where
+    a finished run's index rows, plan and executor go instead of being freed on
+    return, for a command that exits after its output without freeing anything
+    (cli.run): one by one, a 20,000-file import's took 25 ms after its last copy."""
     check_layout(cfg.name, cfg.layout, cfg.undated_dir)
     roots = resolve_roots(cfg)
     # A run holds a few objects per file (index rows, plan, staged copies) and makes no
@@ -92,7 +96,7 @@ def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options) -> Report:
     ending: list[Helpers] = []
     try:
         with handles.anchored([*roots.sources, roots.archive]):
-            return _consolidate(store, cfg, opts, roots, ending)
+            return _consolidate(store, cfg, opts, roots, ending, left)
     finally:
         # reaped once the run's heap is freed: meanwhile the index writer checkpointed
         # what it wrote (writer.py), which the close of the index did after, alone
@@ -103,8 +107,9 @@ def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options) -> Report:
 
 
 def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roots,
-                 ending: list[Helpers]) -> Report:
-    """consolidate()'s run; its helper processes, once finished, go to `ending`."""
+                 ending: list[Helpers], left: list[object] | None) -> Report:
+    """consolidate()'s run; its helper processes, once finished, go to `ending`, its
+    heap to `left` (consolidate)."""
     t0 = time.monotonic()
     lock = -1
     if not opts.dry_run:
@@ -121,8 +126,11 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
             recover(jr, cfg.name, ops)  # an interrupted link or prune comes first
         # Temp files exist only if a run was interrupted: sweep only then (a whole walk).
         stale: list[bytes] = []
-        if was_interrupted(roots.archive):
+        interrupted = was_interrupted(roots.archive)
+        if interrupted:
             stale = remove_stale_temps(roots.archive, dry_run=opts.dry_run)
+        if ops.recovered or interrupted:  # what the walk forked first listed may differ
+            walkfirst.drop()
         if lock >= 0:
             mark_running(lock, True)
         # the copies' helper processes, forked while the heap is small (helpers.Helpers)
@@ -135,6 +143,7 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
         rows = prov.load(store, cfg.name)
         plan = make_plan(inv, cfg, rows, names, defer_names=not opts.dry_run)
         counters, confirmed = Counters(), _would_confirm(plan)
+        ex: Executor | None = None
         if helpers is not None:
             ex = Executor(store, cfg.name, inv.scan_id, plan, roots.archive,
                           cfg.on_name_collision, opts.copy_progress,
@@ -167,6 +176,8 @@ def _consolidate(store: Store, cfg: ConsolidateConfig, opts: Options, roots: Roo
             ending.append(helpers)
         if lock >= 0:
             mark_running(lock, False)  # reached only when the run finished
+        if left is not None:
+            left += (inv, plan, names, rows, confirmed, placed, ex)
     except BaseException:
         if helpers is not None:  # (a no-op after a failed executor: it did that)
             helpers.abandon()

@@ -13,7 +13,8 @@ import pytest
 from dedupd import handles
 from dedupd.config import ConsolidateConfig
 from dedupd.consolidate import inventory
-from dedupd.consolidate.inventory import group_contents, index_trees, resolve_roots
+from dedupd.consolidate.inventory import group_contents, index_trees
+from dedupd.consolidate.roots import resolve_roots
 from dedupd.index import provenance as prov
 from dedupd.index.store import Store
 from tests.fixtures.consolidate import write

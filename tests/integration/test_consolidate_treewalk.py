@@ -18,8 +18,8 @@ from dedupd import handles, testpoints
 from dedupd.cli import main
 from dedupd.config import ConsolidateConfig
 from dedupd.consolidate import inventory
-from dedupd.consolidate.inventory import Roots, resolve_roots
-from dedupd.consolidate.treewalk import Parts, TreeWalk
+from dedupd.consolidate.roots import resolve_roots, walk_parts
+from dedupd.consolidate.treewalk import TreeWalk
 from dedupd.files.events import FileEvent, WalkStats
 from dedupd.scan.walk import batches
 from tests.fixtures.consolidate import write, write_config
@@ -54,11 +54,6 @@ def _tree(tmp_path: Path) -> tuple[ConsolidateConfig, Path]:
     return cfg, s2 / "swapped"
 
 
-def _parts(roots: Roots, cfg: ConsolidateConfig) -> Parts:
-    return lambda st: (inventory._source_events(roots, cfg, st),
-                       inventory._archive_events(roots, st))
-
-
 def _swapping(d: Path) -> AbstractContextManager[None]:
     """A walk that reaches d finds a symlink in its place (a path_changed problem)."""
     def swap(_point: str, path: bytes) -> None:
@@ -79,12 +74,12 @@ def test_the_forked_walk_is_the_walk_in_the_run(tmp_path: Path) -> None:
     with handles.anchored([*roots.sources, roots.archive]):
         here, in_run = WalkStats(), []
         with _swapping(swapped):
-            for k, events in enumerate(_parts(roots, cfg)(here)):
+            for k, events in enumerate(walk_parts(roots, cfg)(here)):
                 in_run += [(k, b, here.files_seen) for b in batches(events, 3)]
         _unswap(swapped)
         there, forked = WalkStats(), []
         with _swapping(swapped):  # the hook acts in the walk's process (inherited)
-            walking = TreeWalk(_parts(roots, cfg), 3)
+            walking = TreeWalk(walk_parts(roots, cfg), 3)
             try:
                 forked = [(k, b, there.files_seen) for k, b in walking.batches(there)]
             finally:
@@ -109,7 +104,7 @@ def test_index_trees_reports_the_walk_as_before(tmp_path: Path,
     here = WalkStats()
     expected = []
     with handles.anchored([*roots.sources, roots.archive]):
-        for events in _parts(roots, cfg)(here):
+        for events in walk_parts(roots, cfg)(here):
             expected += [("walk", here.files_seen, 0) for _b in batches(events, 4)]
         shown: list[tuple[str, int, int]] = []
         store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
