@@ -13,7 +13,7 @@ from dedupd.output import human_bytes, print_json, show_path
 from dedupd.progress import Progress, open_progress
 
 if TYPE_CHECKING:  # imported by run(), after the index walk is forked (walkfirst)
-    from dedupd.consolidate.run import Report
+    from dedupd.consolidate.run import Left, Report
 
 HELP = """\
 Import every distinct file of the [consolidate.NAME] sources that the archive
@@ -41,7 +41,7 @@ examples:
 
 
 # The last run's heap, never freed: the process exits after the output (cli.run)
-_LEFT: list[object] = []
+_LEFT: list[Left] = []
 
 
 def register(sub: Any) -> None:
@@ -71,26 +71,29 @@ def run(args: argparse.Namespace) -> int:
     walkfirst.start(cfg.consolidate[args.name])  # the index walk, beside what follows
     _LEFT.clear()  # run in-process more than once (tests): one run's at a time
     try:
-        from dedupd.consolidate.run import Options, consolidate
+        from dedupd.consolidate.run import Left, Options, consolidate
 
+        _LEFT.append(left := Left())
         store = open_store(args, cfg)
         try:
             with open_progress(args.progress) as prog:
                 report = consolidate(store, cfg.consolidate[args.name],
                                      Options(args.dry_run, prog, copy_reporter(prog)),
-                                     left=_LEFT)
+                                     left=left)
         except ConfigError as e:  # checks made at run time name the config file too
             if e.file != "<config>":
                 raise
             raise ConfigError(cfg.source, e.key, e.problem) from None
         finally:
             store.close()
+        if args.json:
+            print_json(report.as_json())
+        else:
+            _print_text(report)
     finally:
         walkfirst.drop()  # not taken: the run failed before its index pass
-    if args.json:
-        print_json(report.as_json())
-    else:
-        _print_text(report)
+        if _LEFT:  # the index writer, its last pages written during the output
+            _LEFT[0].reap()
     # Exit 1 when a planned copy did not happen (vanished, changed, unreadable): the
     # archive is consistent but incomplete, and a re-run picks up what is left.
     st = report.stats

@@ -60,7 +60,8 @@ def test_the_run_records_the_walk_forked_first(tmp_path: Path,
     assert rep["stats"]["files_seen"] == 12 and rep["stats"]["files_copied"] == 12
     assert rep["stats"]["problems"] == 0 and len(archive_files(archive)) == 12
     assert walkfirst._walk is None
-    assert any(isinstance(x, Inventory) for x in cmd._LEFT)  # left to the exit (cli.run)
+    assert any(isinstance(x, Inventory) for x in cmd._LEFT[0].heap)  # left to the exit
+    assert not cmd._LEFT[0].helpers and not children(os.getpid())  # reaped after the output
 
 
 def test_an_interrupted_run_s_trees_are_walked_again(tmp_path: Path,
