@@ -16,19 +16,28 @@ after it. Anything that fails here is a guess gone: the run's own checks say why
 
 from __future__ import annotations
 
+import resource
+
 from dedupd.config import ConsolidateConfig
 from dedupd.consolidate.roots import Roots, resolve_roots, walk_parts
 from dedupd.consolidate.treewalk import TreeWalk
 from dedupd.scan.walk import RECORD_BATCH
 
+MIN_FILES = 64  # open-file limit (soft) under which no walk is forked first
 _Key = tuple[Roots, tuple[str, ...], tuple[str, ...], object]
 _walk: tuple[_Key, TreeWalk] | None = None  # started, not taken yet
 
 
 def start(cfg: ConsolidateConfig) -> None:
-    """Fork cfg's index walk, if its roots resolve (the run reports it if not)."""
+    """Fork cfg's index walk, if its roots resolve (the run reports it if not) and the
+    open-file limit leaves room for its pipes: under one this low the run needs every
+    handle itself, and says so when it lacks one (the index's, else the first it
+    cannot open), which a walk holding two would turn into another error."""
     global _walk
     drop()
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < MIN_FILES:
+        return
     try:
         roots = resolve_roots(cfg)
         _walk = (_key(roots, cfg), TreeWalk(walk_parts(roots, cfg), RECORD_BATCH))
