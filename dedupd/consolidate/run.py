@@ -268,16 +268,22 @@ def _report(cfg: ConsolidateConfig, opts: Options, inv: Inventory, plan: Plan,
         "seconds": round(seconds, 3),
     }
     enc, err = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-    # os.fsdecode's answers, decoded in one C call each (a Python call less a path)
-    copies = tuple({"source": x.src.path.decode(enc, err),
-                    "archive": placed.get(x.src.path, x.dest).decode(enc, err),
-                    "size": x.content.size, "date_from": x.date.source,
-                    "duplicates": [s.path.decode(enc, err) for s in x.content.sources[1:]]}
-                   # a real run lists the copies placed (and confirmed), not those that
-                   # failed (out of space, source changed: they are in the problems)
-                   for x in plan.copies if opts.dry_run or x.src.path in placed)
+    copies: list[dict[str, Any]] = []
+    for x in plan.copies:
+        src = x.src.path
+        # a real run lists the copies placed (and confirmed), not those that failed
+        # (out of space, source changed: they are in the problems)
+        if src not in placed and not opts.dry_run:
+            continue
+        paths = x.content.sources
+        # os.fsdecode's answers, decoded in one C call each (a Python call less a path)
+        copies.append({"source": src.decode(enc, err),
+                       "archive": placed.get(src, x.dest).decode(enc, err),
+                       "size": x.content.size, "date_from": x.date.source,
+                       "duplicates": [s.path.decode(enc, err) for s in paths[1:]]
+                       if len(paths) > 1 else []})  # most: no list comprehension's frame
     dups = tuple({"size": d.size, "paths": [os.fsdecode(f.paths[0]) for f in d.archive]}
                  for d in plan.archive_dups)
     problems = tuple(p.as_dict() for p in [*inv.problems, *plan.problems, *c.problems])
-    return Report(cfg.name, opts.dry_run, stats, copies, dups, problems, tuple(ops.actions),
+    return Report(cfg.name, opts.dry_run, stats, tuple(copies), dups, problems, tuple(ops.actions),
                   tuple(ops.refused), tuple(ops.recovered))
