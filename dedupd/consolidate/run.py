@@ -114,9 +114,9 @@ def consolidate(store: Store, cfg: ConsolidateConfig, opts: Options,
         with handles.anchored([*roots.sources, roots.archive]):
             return _consolidate(store, cfg, opts, roots, ending, left)
     finally:
-        # reaped once the run's heap is freed (or by the caller, after its output):
-        # meanwhile the index writer checkpointed what it wrote (writer.py), which the
-        # close of the index did after, alone
+        # reaped here once the run's heap is freed, or by the caller after its output
+        # (Left): meanwhile the index writer checkpoints what it wrote and closes the
+        # index (writer.py), which the run's close of the index did after, alone
         if left is not None:
             left.helpers += ending
         else:

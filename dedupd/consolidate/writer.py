@@ -22,8 +22,8 @@ long at most. A failure rolls back the flushes of its transaction.
 written; a failure in the child is raised there (the message is its error,
 never a partial success); `end()` before it lets the child write its last
 flushes while the parent does something else. After its answer the child
-checkpoints the WAL while the parent goes on; `wait()` reaps it. Construct
-before starting threads (dedupd.forkpipe's rule).
+checkpoints the WAL and closes the index while the parent goes on; `wait()` reaps
+it. Construct before starting threads (dedupd.forkpipe's rule).
 """
 
 from __future__ import annotations
