@@ -17,6 +17,7 @@ from dedupd.dedup.verify import Refused, check_stat, compare_group, refusal, res
 from dedupd.files.events import Ident
 from dedupd.fsops import link as fs
 from dedupd.fsops.durable import sync_filesystem
+from dedupd.fsops.release import Releaser
 from dedupd.fsops.swap import Swap
 from dedupd.index.store import IndexedFile
 
@@ -50,20 +51,25 @@ def execute(run: LinkRun) -> None:
     touched: dict[int, bytes] = {}
     verdicts: dict[tuple[int, int], Refused | None] = {}
     proven: set[tuple[int, int]] = set()
-    for n, (pl, spec, op) in enumerate(zip(plan, specs, ops, strict=True)):
-        if n == 0 or plan[n - 1].keep is not pl.keep:
-            verdicts, proven = _compare(run, _same_keep(plan, n))
-        if verdicts[pl.f.key] is None:  # a swap is tried: names may move, refused or not
-            touched[pl.f.dev] = pl.path
-        after = _replace(run, pl, spec, op, verdicts[pl.f.key], pl.f.key in proven)
-        if after is not None:
-            swapped.append((pl, op))
-            accept(run, pl.keep.key, after)  # our link moved the kept file's ctime
-        else:
-            refresh(run, pl.keep.key, pl.keep.path)
-        for rest in pl.rest:
-            if refresh(run, pl.f.key, rest):
-                break
+    release = Releaser()
+    try:
+        for n, (pl, spec, op) in enumerate(zip(plan, specs, ops, strict=True)):
+            if n == 0 or plan[n - 1].keep is not pl.keep:
+                verdicts, proven = _compare(run, _same_keep(plan, n))
+            if verdicts[pl.f.key] is None:  # a swap is tried: names may move, refused or not
+                touched[pl.f.dev] = pl.path
+            after = _replace(run, pl, spec, op, verdicts[pl.f.key], pl.f.key in proven,
+                             release)
+            if after is not None:
+                swapped.append((pl, op))
+                accept(run, pl.keep.key, after)  # our link moved the kept file's ctime
+            else:
+                refresh(run, pl.keep.key, pl.keep.path)
+            for rest in pl.rest:
+                if refresh(run, pl.f.key, rest):
+                    break
+    finally:
+        release.close()  # the duplicates' blocks are free before the batch's sync
     if not touched:
         return
     # One sync per filesystem makes every link, swap, unlink and undo of the batch
@@ -139,17 +145,19 @@ def _last_look(keep: Callable[[bytes], os.stat_result], spec: J.OpSpec, kid: Ide
         raise _Untouched(r) from None
 
 
-def _replace(run: LinkRun, pl: Planned, spec: J.OpSpec, op: int,
-             verdict: Refused | None, proven: bool) -> os.stat_result | None:
+def _replace(run: LinkRun, pl: Planned, spec: J.OpSpec, op: int, verdict: Refused | None,
+             proven: bool, release: Releaser) -> os.stat_result | None:
     """Swap one name of the batch whose inode the compare found equal (`verdict` None;
     proven: equal by run.proofs, not read again); the name's stat (the kept inode) when
-    it now links the kept file (its DONE mark waits for the batch's sync), else None."""
+    it now links the kept file (its DONE mark waits for the batch's sync), else None.
+    release: the batch's, where the duplicate's unlinked inode is let go of."""
     jr = run.journal
     assert jr is not None
     p, did = pl.path, run.ident[pl.f.key]
     try:
         if verdict is None:
-            return _swap(jr, spec, did, run.ident[pl.keep.key] if proven else None, run.dirs)
+            return _swap(jr, spec, did, run.ident[pl.keep.key] if proven else None, run.dirs,
+                         release)
     except _Untouched as u:
         verdict = u.refused
     except (Refused, OSError) as e:
@@ -170,7 +178,7 @@ def _replace(run: LinkRun, pl: Planned, spec: J.OpSpec, op: int,
 
 
 def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident, kid: Ident | None,
-          dirs: dirhandles.Dirs | None) -> os.stat_result:
+          dirs: dirhandles.Dirs | None, release: Releaser) -> os.stat_result:
     """Link the kept file over the duplicate's name (fsops.swap.Swap: both directories'
     handles, from the batch's `dirs` when given); returns the name's final stat, the
     kept inode. kid: the kept file's identity when the pair is proven equal (see
@@ -185,7 +193,7 @@ def _swap(jr: J.Journal, spec: J.OpSpec, did: Ident, kid: Ident | None,
         fs.link_exact(p, spec.quarantine_path, durable=False,
                       expect=(spec.dup_dev, spec.dup_ino))
         jr.step("link quarantine")
-    with Swap(spec.keep_path, tmp, p, dirs) as sw:
+    with Swap(spec.keep_path, tmp, p, dirs, release) as sw:
         if kid is not None and spec.quarantine_path is None:
             _last_look(lambda _: sw.lstat_keep(), spec, kid, lambda _: sw.lstat_dup(), did)
         # the temp name must be the verified kept inode

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 from dedupd import dirhandles, handles, testpoints
 from dedupd.fsops.names import exchange_in, hold_in, put_back, renameat2
+from dedupd.fsops.release import Releaser
 
 TEMP_PREFIX = b".dedupd-tmp-"
 # The name a file is moved to while it is checked (unlink_if_inode; a hardlink swap
@@ -202,10 +203,32 @@ def _holds(p: handles.Parent, dev: int, ino: int) -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino) and stat.S_ISREG(st.st_mode)
 
 
-def unlink_in(p: handles.Parent, dev: int, ino: int) -> bool:
-    if not _holds(p, dev, ino):
+def unlink_in(p: handles.Parent, dev: int, ino: int, release: Releaser | None = None) -> bool:
+    """p's name removed if it is, now, the regular file (dev, ino); True if removed.
+    release: the inode is held while its name goes, and let go of by that Releaser's
+    thread (its blocks freed there: fsops/release.py). The check is then made on the
+    held descriptor (what the name held when it was opened) instead of an lstat of the
+    name: the same window between check and unlink."""
+    try:
+        fd = None if release is None else release.hold(p.fd, p.name)
+    except FileNotFoundError:
         return False
-    os.unlink(p.name, dir_fd=p.fd)
+    if fd is None:
+        if not _holds(p, dev, ino):
+            return False
+        os.unlink(p.name, dir_fd=p.fd)
+        return True
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return False
+        os.unlink(p.name, dir_fd=p.fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    assert release is not None
+    release.release(fd)
     return True
 
 

@@ -12,6 +12,7 @@ import stat
 from dedupd import dirhandles, testpoints
 from dedupd.fsops.link import Pair, hold_name, link_in, unlink_in
 from dedupd.fsops.names import exchange_in, hold_in, put_back, rename_noreplace, renameat2
+from dedupd.fsops.release import Releaser
 
 
 class Swap:
@@ -23,11 +24,13 @@ class Swap:
     place (or link_name, unlink_temp) -> unlink_held, or give_back. Nothing is made
     durable here: the batch syncs the filesystem.
     dirs: the batch's directory handles (each directory resolved once per batch).
+    release: the batch's Releaser: the duplicate's inode, unlinked, is let go of there.
     """
 
     def __init__(self, keep: bytes, tmp: bytes, dup: bytes,
-                 dirs: dirhandles.Dirs | None = None) -> None:
+                 dirs: dirhandles.Dirs | None = None, release: Releaser | None = None) -> None:
         testpoints.at("mutate", tmp)
+        self.release = release
         self.pair = Pair(keep, tmp, dirs)
         try:
             self.tmp = self.pair.b
@@ -103,7 +106,7 @@ class Swap:
     def unlink_held(self, dev: int, ino: int) -> bool:
         """The hold name removed if it is (dev, ino), the duplicate checked there."""
         testpoints.at("mutate", self.held.path)
-        return unlink_in(self.held, dev, ino)
+        return unlink_in(self.held, dev, ino, self.release)
 
     def give_back(self) -> bool:
         """The held entry back under the duplicate's name, never over a file made
@@ -114,4 +117,4 @@ class Swap:
     def unlink_temp(self, dev: int, ino: int) -> bool:
         """unlink_if_inode(tmp, dev, ino) on the held handle."""
         testpoints.at("mutate", self.tmp.path)
-        return unlink_in(self.tmp, dev, ino)
+        return unlink_in(self.tmp, dev, ino, self.release)
