@@ -37,6 +37,7 @@ from dedupd.hashing.read import (
     FileChanged,
     Got,
     check_unchanged,
+    from_cache,
     open_checked,
     problem,
 )
@@ -45,6 +46,8 @@ from dedupd.index.store import IndexedFile
 BUF = 1 << 17  # per member and step: stays in the CPU cache between read and compare
 AHEAD = 8 << 20  # asked for ahead per member (WILLNEED): a cold disk reads long runs
 MAX_FILES = 64  # members read side by side at once (descriptors and buffers held)
+POOL = 16  # buffers a thread keeps from one read to the next (2 MiB)
+_tls = threading.local()
 
 Key = tuple[int, int]
 
@@ -86,6 +89,7 @@ class _Member:
     fd: int
     buf: bytearray
     ahead: int  # the offset from which the next WILLNEED asks
+    missed: bool = False  # a read the page cache did not answer whole
 
 
 @dataclass
@@ -99,23 +103,27 @@ class _Class:
 
 class Together:
     """The hasher's `together` reader (dedupd.hashing.engine.Together) for one pass:
-    records what it found equal in `proofs`."""
+    records what it found equal in `proofs`. `warm` until one of its reads is not
+    answered whole by the page cache (or its filesystem cannot tell: tmpfs, FUSE)."""
 
     def __init__(self, proofs: Proofs) -> None:
         self.proofs = proofs
+        self.warm = True
 
     def __call__(self, files: list[IndexedFile]) -> list[Got | Problem]:
         out: list[Got | Problem] = []
         for i in range(0, len(files), MAX_FILES):
-            out += read_together(files[i:i + MAX_FILES], self.proofs)
+            out += read_together(files[i:i + MAX_FILES], self.proofs, self)
         return out
 
 
-def read_together(files: Sequence[IndexedFile], proofs: Proofs) -> list[Got | Problem]:
+def read_together(files: Sequence[IndexedFile], proofs: Proofs,
+                  reader: Together | None = None) -> list[Got | Problem]:
     """Read members of one size (at most MAX_FILES) side by side: one outcome per file,
     in order (a Got as read_one gives it, or the Problem of a failed read); every set
     of two or more found equal goes to proofs. Each descriptor is checked against its
-    file's identity right after opening and again after the last read."""
+    file's identity right after opening and again after the last read. reader: told
+    (warm = False) when a read missed the page cache."""
     out: list[Got | Problem | None] = [None] * len(files)
     live: list[_Member] = []
     size = files[0].size if files else 0
@@ -125,10 +133,11 @@ def read_together(files: Sequence[IndexedFile], proofs: Proofs) -> list[Got | Pr
     # same-size, different files: fixed-size images, records).
     first = HEAD_SIZE if size > BUF and any(f.head is None for f in files) else BUF
     dirs = Dirs()
+    bufs = _buffers(len(files))
     try:
         for n, f in enumerate(files):
             try:
-                live.append(_Member(n, f, open_checked(f, dirs), bytearray(BUF),
+                live.append(_Member(n, f, open_checked(f, dirs), bufs[n],
                                     0 if first == BUF else first))
             except (FileChanged, OSError) as e:
                 out[n] = problem(f, e)
@@ -146,37 +155,38 @@ def read_together(files: Sequence[IndexedFile], proofs: Proofs) -> list[Got | Pr
     finally:
         for m in live:
             os.close(m.fd)
+            if m.missed and reader is not None:
+                reader.warm = False
         dirs.close()
     assert all(o is not None for o in out)
     return out  # type: ignore[return-value]
 
 
 def _step(c: _Class, off: int, n: int, out: list[Got | Problem | None]) -> list[_Class]:
-    """Read the next n bytes of every member of c; c split by what they hold."""
-    parts: list[tuple[bytearray, list[_Member]]] = []
+    """Read the next n bytes of every member of c; c split by what they hold. Each
+    part is a view of its first member's buffer; another member is in it when its
+    buffer starts with those n bytes (one memcmp, and no copy of a short last chunk:
+    one 100 KiB copy per member had malloc grow and trim its heap once per group)."""
+    parts: list[tuple[memoryview, list[_Member]]] = []
     for m in c.members:
         try:
-            if off >= m.ahead:
-                os.posix_fadvise(m.fd, off, AHEAD, os.POSIX_FADV_WILLNEED)
-                m.ahead = off + AHEAD
             _fill(m, off, n)
         except (FileChanged, OSError) as e:
             out[m.n] = problem(m.f, e)
             continue
-        got = m.buf if n == BUF else m.buf[:n]
-        for bytes_, same in parts:
-            if bytes_ == got:
+        buf = m.buf
+        for view, same in parts:
+            if buf.startswith(view):
                 same.append(m)
                 break
         else:
-            parts.append((got, [m]))
+            parts.append((memoryview(buf)[:n], [m]))
     if not parts:
         return []
     # Copies of the state before this chunk for every part but the first.
     states = [c.h] + [c.h.copy() for _ in parts[1:]]
     out_classes = []
-    for (data, same), h in zip(parts, states, strict=True):
-        view = memoryview(data)
+    for (view, same), h in zip(parts, states, strict=True):
         h.update(view)
         head = xxhash.xxh3_64_intdigest(view[:HEAD_SIZE]) if off == 0 else c.head
         out_classes.append(_Class(same, h, head))
@@ -198,10 +208,29 @@ def _parted(c: _Class, nread: int, out: list[Got | Problem | None]) -> bool:
     return True
 
 
+def _buffers(n: int) -> list[bytearray]:
+    """n buffers of BUF bytes, the first POOL of them this thread's own, reused from one
+    read to the next: a new 128 KiB bytearray is a new mapping (malloc's mmap threshold),
+    zeroed and faulted in page by page, then unmapped (issue 16: on a warm cache, half
+    the time of the reads). Every step fills the bytes it compares before comparing."""
+    pool: list[bytearray] | None = getattr(_tls, "pool", None)
+    if pool is None:
+        pool = _tls.pool = [bytearray(BUF) for _ in range(POOL)]
+    return pool[:n] + [bytearray(BUF) for _ in range(n - POOL)]
+
+
 def _fill(m: _Member, off: int, n: int) -> None:
-    """Exactly n bytes at off into m.buf; FileChanged if the file ends before."""
+    """Exactly n bytes at off into m.buf; FileChanged if the file ends before. Past what
+    was asked for ahead, the page cache is read first (hashing.read.from_cache): only
+    what it does not hold is asked for (WILLNEED), so a warm cache costs no advice."""
     mv = memoryview(m.buf)
     got = 0
+    if off >= m.ahead:
+        got = from_cache(m.fd, m.f.dev, mv[:n], off)
+        if got < n:
+            m.missed = True
+            os.posix_fadvise(m.fd, off + got, AHEAD, os.POSIX_FADV_WILLNEED)
+            m.ahead = off + got + AHEAD
     while got < n:
         k = os.preadv(m.fd, [mv[got:n]], off + got)
         if not k:

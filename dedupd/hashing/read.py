@@ -330,6 +330,23 @@ def read_warm(jobs: Sequence[tuple[IndexedFile, bool, object]]) -> list[Got | No
     return out
 
 
+def from_cache(fd: int, dev: int, mv: memoryview, off: int) -> int:
+    """Read into mv at off what the page cache holds of it, without waiting for the
+    disk (RWF_NOWAIT): the bytes read, 0 when none (not cached, or the filesystem of
+    dev refuses the flag: then never tried on it again)."""
+    if dev in _no_nowait:
+        return 0
+    try:
+        return os.preadv(fd, (mv,), off, _NOWAIT)
+    except BlockingIOError:  # not cached (EAGAIN)
+        return 0
+    except OSError as e:
+        if e.errno != errno.EOPNOTSUPP:
+            raise
+        _no_nowait.add(dev)
+        return 0
+
+
 def _large_warm(fd: int, size: int, mv: memoryview) -> Got | None:
     """Hash a large file whole (as _hash_large) when its first MiB is in the page
     cache, else None; what follows it that is not cached is read from the disk.

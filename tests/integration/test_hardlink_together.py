@@ -5,6 +5,8 @@ when either file changes after it was read."""
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -121,13 +123,14 @@ def test_members_read_whole_at_once_part_with_their_heads(link_tree: tuple[Path,
     files = unhashed(store, root, SIZE)
     reads: list[tuple[str, ...]] = []
 
-    def together(members: list[IndexedFile]) -> list[Got | Problem]:
-        reads.append(tuple(sorted(os.path.basename(f.path).decode() for f in members)))
-        return Together(proofs)(members)
+    class Recorded(Together):
+        def __call__(self, members: list[IndexedFile]) -> list[Got | Problem]:
+            reads.append(tuple(sorted(os.path.basename(f.path).decode() for f in members)))
+            return super().__call__(members)
 
     proofs = Proofs()
     stats = HashStats()
-    (r,) = Hasher(Stability(0.0), stats, together=together).run([files])
+    (r,) = Hasher(Stability(0.0), stats, together=Recorded(proofs)).run([files])
     assert reads == [("a.bin", "b.bin", "m.bin", "n.bin", "p.bin", "x.bin")]
     assert sorted(sorted(os.path.basename(f.path) for f in g.files) for g in r.groups) == \
         [[b"a.bin", b"b.bin"], [b"m.bin", b"n.bin"]]
@@ -270,3 +273,74 @@ def test_same_size_different_files_cost_a_head_each(link_tree: tuple[Path, Store
     (r,) = Hasher(Stability(0.0), stats, together=Together(Proofs())).run([files])
     assert r.groups == () and stats.bytes_read == 6 * HEAD_SIZE
     assert sorted(u[2:4] for u in r.updates) == sorted(read_one(f, False)[:2] for f in files)
+
+
+def test_reused_buffers_compare_only_the_bytes_read(link_tree: tuple[Path, Store]) -> None:
+    """A thread's buffers go from one read to the next (together._buffers) and a short
+    chunk is compared in place: bytes left in the buffers by an earlier, larger file
+    must never make two files equal, nor two equal files different, nor enter a hash."""
+    root, store = link_tree
+    big, small = 2 * BUF + HEAD_SIZE, 700
+    x = blob(30, big)
+    pairs = {"big": (x, x[:HEAD_SIZE] + blob(31, big - HEAD_SIZE)),  # part after the head
+             "eq": (blob(32, small), blob(32, small)),
+             "last": (blob(33, small), blob(33, small)[:-1] + b"!"),
+             "first": (b"?" + blob(34, small)[1:], blob(34, small))}
+    for name, (a, b) in pairs.items():
+        write(root / name / "a.bin", a)
+        write(root / name / "b.bin", b)
+    files = unhashed(store, root, big, small)
+    proofs = Proofs()
+    for name in ("big", "eq", "last", "first", "eq"):  # one thread, in this order
+        group = [f for f in files if f"/{name}/".encode() in f.path]
+        got = read_together(group, proofs)
+        a, b = (f.ident for f in group)
+        assert proofs.equal(a, b) == (name == "eq"), name
+        if name == "big":  # both buffers now hold a different whole chunk
+            assert [g.nread for g in got if isinstance(g, Got)] == [HEAD_SIZE + BUF] * 2
+        else:  # the hashes of the bytes read, and of nothing else
+            assert got == [read_one(f, True) for f in group], name
+
+
+def test_warm_groups_are_read_in_the_callers_thread_cold_ones_in_the_pool(
+        loopfs: Callable[..., Path], tmp_path: Path) -> None:
+    """The hasher calls the side-by-side reader in its own thread while the page cache
+    answers its reads (no lock handed between threads at each read); once a read
+    misses, the rest go to the reader threads. The outcomes are the same either way."""
+    root = loopfs("ext4", "64M") / "vol"
+    for k in range(3):
+        for c in ("x", "y"):
+            write(root / f"{c}{k}.bin", blob(40 + k, SIZE + k))
+    store = Store(f"sqlite:///{tmp_path}/index.db")
+    try:
+        files = unhashed(store, root, SIZE, SIZE + 1, SIZE + 2)
+    finally:
+        store.close()
+    groups = [[f for f in files if f.size == SIZE + k] for k in range(3)]
+    threads: list[str] = []
+
+    class Recorded(Together):
+        def __call__(self, members: list[IndexedFile]) -> list[Got | Problem]:
+            threads.append(threading.current_thread().name)
+            return super().__call__(members)
+
+    def found(reader: Together) -> list[list[bytes]]:
+        res = Hasher(Stability(0.0), HashStats(), together=reader).run(groups)
+        return sorted(sorted(os.path.basename(f.path) for f in g.files)
+                      for r in res for g in r.groups)
+
+    warm = Recorded(Proofs())
+    assert found(warm) == [[b"x0.bin", b"y0.bin"], [b"x1.bin", b"y1.bin"],
+                           [b"x2.bin", b"y2.bin"]]
+    me = threading.current_thread().name
+    assert threads == [me, me, me] and warm.warm
+    os.sync()
+    for f in files:  # out of the page cache: the next reads go to the disk
+        fd = os.open(f.path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    threads.clear()
+    cold = Recorded(Proofs())
+    assert found(cold) == found(Together(Proofs()))
+    assert threads[0] == me and not cold.warm
+    assert len(threads) == 3 and all(t.startswith("hash") for t in threads[1:])
