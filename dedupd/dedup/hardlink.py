@@ -226,8 +226,13 @@ def _link_inode(run: LinkRun, keep: IndexedFile, kl: Look, f: IndexedFile,
 
 
 def _describe(run: LinkRun, keep: IndexedFile, f: IndexedFile, p: bytes) -> None:
+    """A dry run's verdict on one name: the byte compare an apply would make, or, for a
+    pair the hasher read side by side and found equal at the identities both names
+    have now (run.ident: their re-stat before this), that proof, as an apply uses it."""
+    kid, did = run.ident[keep.key], run.ident[f.key]
     try:
-        if not same_bytes(keep.path, run.ident[keep.key], p, run.ident[f.key]):
+        proven = run.proofs is not None and run.proofs.equal(kid, did)
+        if not proven and not same_bytes(keep.path, kid, p, did):
             raise Refused("content_differs", "same hash, different bytes")
     except Refused as r:
         run.refuse(p, r)

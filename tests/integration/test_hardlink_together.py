@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from dedupd import testpoints
-from dedupd.dedup import link_exec
+from dedupd.dedup import hardlink, link_exec
 from dedupd.dedup.hardlink import LinkPolicy, LinkResult, link_groups
 from dedupd.dedup.journal import Journal
 from dedupd.dedup.together import BUF, Proofs, Together, read_together
-from dedupd.files.events import Problem
+from dedupd.files.events import Ident, Problem
 from dedupd.hashing import Hasher, HashStats, Stability
 from dedupd.hashing.read import HEAD_SIZE, Got, read_one
 from dedupd.index.store import IndexedFile, Store
@@ -344,3 +344,34 @@ def test_warm_groups_are_read_in_the_callers_thread_cold_ones_in_the_pool(
     assert found(cold) == found(Together(Proofs()))
     assert threads[0] == me and not cold.warm
     assert len(threads) == 3 and all(t.startswith("hash") for t in threads[1:])
+
+
+def test_a_dry_run_takes_the_proof_and_compares_the_rest(link_tree: tuple[Path, Store],
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """A dry run describes a pair read side by side and found equal, at the identities
+    its names still have, without reading it again (as an apply links it); a pair with
+    no proof is compared, and refused when its bytes differ."""
+    root, store = link_tree
+    data = blob(11, SIZE)
+    for name, content in (("a", data), ("b", data), ("c", data), ("d", data[:-1] + b"!")):
+        write(root / f"{name}.bin", content)
+    files = by_name(unhashed(store, root, SIZE))
+    read: list[bytes] = []
+    real = hardlink.same_bytes
+
+    def counting(a: bytes, a_id: Ident, b: bytes, b_id: Ident) -> bool:
+        read.append(os.path.basename(b))
+        return real(a, a_id, b, b_id)
+
+    monkeypatch.setattr(hardlink, "same_bytes", counting)
+    proofs = Proofs()
+    read_together([files["a.bin"], files["b.bin"]], proofs)  # a and b proven equal
+    forged = DupGroup(SIZE, (files["a.bin"], files["b.bin"], files["c.bin"], files["d.bin"]))
+    before = inodes(root)
+    res = link_groups(None, [forged], LinkPolicy("v", (bytes(root),)), dry_run=True,
+                      proofs=proofs)
+    assert sorted(read) == [b"c.bin", b"d.bin"]  # b was proven: not read again
+    assert sorted(os.path.basename(a["replace"]) for a in res.actions) == ["b.bin", "c.bin"]
+    assert dict(res.counts) == {"content_differs": 1}
+    assert inodes(root) == before
