@@ -6,7 +6,8 @@ device and tmpfs, side by side in one run) and each round, copies it twice onto
 a fresh mount, runs each tool on its own copy (alternating which goes first)
 and records wall time, bytes freed (statvfs before/after) and the time of
 unchanged re-runs. Every copy is checked afterwards: every path with its bytes.
-Prints the median and range per filesystem, the load average, and the ratios.
+Prints each timed run as it ends (in the order run: which tool went first shows),
+then the median and range per filesystem, the load average, and the ratios.
 
 Run as root (it mounts): python bench/bench_hardlink.py [--files N] [--fs ext4 tmpfs]
 [--rounds N]
@@ -112,6 +113,7 @@ def one_round(src: Path, kind: str, mnt: Path, size_mb: int, order: tuple[str, .
             argv = argv_of(name, trees[name], mnt.parent / f"index-{kind}.db")
             f0 = free(trees[name])
             out[name].wall.append(timed(argv))
+            print(f"  {kind}: {name} {out[name].wall[-1]:.3f} s", flush=True)
             out[name].freed.append(free(trees[name]) - f0)
             out[name].rerun.extend(timed(argv) for _ in range(reruns))
         for name in order:

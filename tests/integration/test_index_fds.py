@@ -7,7 +7,6 @@ fds of earlier tests' indexes this way."""
 from __future__ import annotations
 
 import gc
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,18 +14,11 @@ import pytest
 
 from dedupd.index.store import Store
 from dedupd.scan.scanner import ScanOptions, scan
+from tests.fixtures.procs import open_files
 
 
 def _fds_of(db: Path) -> list[str]:
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(db)):
-            out.append(target)
-    return sorted(out)
+    return open_files(str(db))
 
 
 @pytest.fixture

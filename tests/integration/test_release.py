@@ -16,6 +16,7 @@ import pytest
 from dedupd import handles
 from dedupd.fsops.link import unlink_in
 from dedupd.fsops.release import Releaser
+from tests.fixtures.procs import open_files
 from tests.integration.linktree import blob, write
 
 pytestmark = pytest.mark.integration
@@ -35,15 +36,7 @@ class Kept(Releaser):
 
 def deleted_fds(under: Path) -> list[str]:
     """This process's descriptors of files under `under` with no name left."""
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(f"{under}/") and target.endswith(" (deleted)"):
-            out.append(target)
-    return out
+    return [t for t in open_files(f"{under}/") if t.endswith(" (deleted)")]
 
 
 def unlink(path: Path, expect: os.stat_result, release: Releaser) -> bool:
