@@ -222,15 +222,18 @@ def _buffers(n: int) -> list[bytearray]:
 def _fill(m: _Member, off: int, n: int) -> None:
     """Exactly n bytes at off into m.buf; FileChanged if the file ends before. Past what
     was asked for ahead, the page cache is read first (hashing.read.from_cache): only
-    what it does not hold is asked for (WILLNEED), so a warm cache costs no advice."""
+    what it does not hold is asked for (WILLNEED), so a warm cache costs no advice. The
+    first read (a head's, when nothing is asked ahead before it) tries the cache too:
+    members that part there are read no further, and their misses must still count."""
     mv = memoryview(m.buf)
     got = 0
-    if off >= m.ahead:
+    if off >= m.ahead or not off:  # a first read (a head's: no advice) tells a miss too
         got = from_cache(m.fd, m.f.dev, mv[:n], off)
         if got < n:
             m.missed = True
-            os.posix_fadvise(m.fd, off + got, AHEAD, os.POSIX_FADV_WILLNEED)
-            m.ahead = off + got + AHEAD
+            if off >= m.ahead:
+                os.posix_fadvise(m.fd, off + got, AHEAD, os.POSIX_FADV_WILLNEED)
+                m.ahead = off + got + AHEAD
     while got < n:
         k = os.preadv(m.fd, [mv[got:n]], off + got)
         if not k:

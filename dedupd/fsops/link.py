@@ -210,7 +210,7 @@ def unlink_in(p: handles.Parent, dev: int, ino: int, release: Releaser | None = 
     held descriptor (what the name held when it was opened) instead of an lstat of the
     name: the same window between check and unlink."""
     try:
-        fd = None if release is None else release.hold(p.fd, p.name)
+        fd = None if release is None else release.hold(p.fd, p.name, dev)
     except FileNotFoundError:
         return False
     if fd is None:

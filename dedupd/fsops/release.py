@@ -13,6 +13,11 @@ Nothing about names changes: the check and the unlink are the caller's, exactly 
 without it. A kill -9 closes the descriptors with the process, and the kernel frees
 the blocks then. At most LIMIT inodes wait at once (then the caller waits for the
 thread): a batch never holds more descriptors than that.
+
+Only on the local filesystems of LOCAL: there a held file that lost its name has no
+name at all. An NFS client renames it instead (".nfsXXXX", removed at the last
+close: a crash in between leaves it on the server), and a filesystem not listed may
+do the like; there, and wherever the mount cannot be told, names go the plain way.
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ import os
 import queue
 import threading
 
+from dedupd.files import mounts
+
 LIMIT = 64  # descriptors waiting to be closed, at most
 _FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+LOCAL = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "tmpfs", "zfs",
+                   "fuse.zfs"})
 
 
 class Releaser:
@@ -34,12 +43,19 @@ class Releaser:
     def __init__(self, limit: int = LIMIT) -> None:
         self._q: queue.Queue[int | None] = queue.Queue(limit)
         self._thread: threading.Thread | None = None
+        self._local: dict[int, bool] = {}  # st_dev -> on a filesystem of LOCAL
 
-    def hold(self, dir_fd: int, name: bytes) -> int | None:
+    def hold(self, dir_fd: int, name: bytes, dev: int) -> int | None:
         """A descriptor of the entry `name` in dir_fd itself (a symlink is not followed),
         to check with fstat and, once the name is unlinked, to hand to release(); None
-        when no descriptor is left (the caller then unlinks the plain way).
+        when dir_fd (whose files have st_dev dev) is not on a filesystem of LOCAL, or no
+        descriptor is left: the caller then unlinks the plain way.
         FileNotFoundError if there is no such entry."""
+        local = self._local.get(dev)
+        if local is None:
+            local = self._local[dev] = _on_local(dir_fd)
+        if not local:
+            return None
         try:
             return os.open(name, _FLAGS, dir_fd=dir_fd)
         except OSError as e:
@@ -65,3 +81,12 @@ class Releaser:
             self._q.put(None)
             self._thread.join()
             self._thread = None
+
+
+def _on_local(dir_fd: int) -> bool:
+    """Whether the mount dir_fd was reached through has a filesystem of LOCAL."""
+    try:
+        m = mounts.mount_of_fd(dir_fd)
+    except OSError:
+        return False
+    return m is not None and m.fstype in LOCAL

@@ -439,8 +439,8 @@ def test_user_swaps_the_temp_name_between_hold_and_unlink(
     fired: list[bytes] = []
     real_hold = release_mod.Releaser.hold
 
-    def hold(self: release_mod.Releaser, dir_fd: int, nm: bytes) -> int | None:
-        fd = real_hold(self, dir_fd, nm)
+    def hold(self: release_mod.Releaser, dir_fd: int, nm: bytes, dev: int) -> int | None:
+        fd = real_hold(self, dir_fd, nm, dev)
         if not fired and nm.startswith(b".dedupd-tmp-") and os.path.samestat(
                 os.fstat(dir_fd), os.stat(d)):
             fired.append(nm)
@@ -467,10 +467,10 @@ def test_user_swaps_the_temp_name_between_hold_and_unlink(
     for p in ("a.bin", "a2.bin", "d/b.bin"):
         assert (root / p).read_bytes() == data
     assert deleted_under(root) == []
-    # The user's file renamed over our temp name in the window: recorded, not asserted
-    # (the previous lstat-then-unlink had the same window).
-    left = sorted(p.name for p in d.iterdir())
-    print("user's dir after:", left)
+    # The user's own file, renamed over our temp name in the window, went with the
+    # name: a file of theirs in a directory of theirs, which they could remove
+    # themselves (the previous lstat-then-unlink had the same window).
+    assert sorted(p.name for p in d.iterdir()) == ["b.bin"]
 
 
 def test_cold_head_reads_of_sets_that_part_at_once_leave_the_callers_thread(

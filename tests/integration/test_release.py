@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dedupd import handles
+from dedupd.fsops import release
 from dedupd.fsops.link import unlink_in
 from dedupd.fsops.release import Releaser
 from tests.fixtures.procs import open_files
@@ -44,8 +45,14 @@ def unlink(path: Path, expect: os.stat_result, release: Releaser) -> bool:
         return unlink_in(p, expect.st_dev, expect.st_ino, release)
 
 
-def test_the_inode_handed_over_is_the_one_unlinked(tmp_path: Path) -> None:
-    f = write(tmp_path / "dup.bin", blob(1))
+@pytest.fixture
+def ext4(loopfs: Callable[..., Path]) -> Path:
+    """A fresh ext4 (a filesystem of release.LOCAL, whatever /tmp is on)."""
+    return loopfs("ext4", "128M")
+
+
+def test_the_inode_handed_over_is_the_one_unlinked(ext4: Path) -> None:
+    f = write(ext4 / "dup.bin", blob(1))
     st = f.stat()
     kept = Kept()
     assert unlink(f, st, kept)
@@ -56,14 +63,14 @@ def test_the_inode_handed_over_is_the_one_unlinked(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("swap", ["symlink", "other file", "directory", "fifo", "gone"])
-def test_a_name_that_is_not_the_inode_is_left_and_nothing_held(tmp_path: Path,
+def test_a_name_that_is_not_the_inode_is_left_and_nothing_held(ext4: Path,
                                                                swap: str) -> None:
     # What the name holds when it is looked at decides, as without a Releaser: a
     # symlink to the inode, another file, a directory, a FIFO (held without opening
     # it: no wait for a writer) or nothing is never removed.
-    target = write(tmp_path / "target.bin", blob(2))
+    target = write(ext4 / "target.bin", blob(2))
     st = target.stat()
-    name = tmp_path / "dup.bin"
+    name = ext4 / "dup.bin"
     if swap == "symlink":
         name.symlink_to(target)
     elif swap == "other file":
@@ -81,8 +88,8 @@ def test_a_name_that_is_not_the_inode_is_left_and_nothing_held(tmp_path: Path,
     assert sorted(os.listdir("/proc/self/fd")) == fds_before  # nothing left open
 
 
-def test_close_lets_every_inode_go_and_frees_the_blocks(loopfs: Callable[..., Path]) -> None:
-    root = loopfs("ext4", "128M")
+def test_close_lets_every_inode_go_and_frees_the_blocks(ext4: Path) -> None:
+    root = ext4
     files = [write(root / f"d{k}.bin", blob(k, 4 * MiB)) for k in range(8)]
     os.sync()
     free0 = os.statvfs(root).f_bfree * os.statvfs(root).f_frsize
@@ -95,6 +102,18 @@ def test_close_lets_every_inode_go_and_frees_the_blocks(loopfs: Callable[..., Pa
     os.sync()
     freed = os.statvfs(root).f_bfree * os.statvfs(root).f_frsize - free0
     assert freed >= 0.95 * 8 * 4 * MiB
+
+
+def test_elsewhere_the_name_is_unlinked_the_plain_way(ext4: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # A filesystem not in LOCAL (NFS would rename a held file to .nfsXXXX instead of
+    # letting it go): nothing is held, the name goes as without a Releaser.
+    monkeypatch.setattr(release, "LOCAL", frozenset({"nfs"}))
+    f = write(ext4 / "dup.bin", blob(4))
+    kept = Kept()
+    assert unlink(f, f.stat(), kept)
+    assert not f.exists() and kept.fds == []
+    assert deleted_fds(ext4) == []
 
 
 def test_out_of_descriptors_the_name_is_unlinked_the_plain_way(tmp_path: Path) -> None:
