@@ -41,6 +41,14 @@ def unhashed(store: Store, root: Path, *sizes: int) -> list[IndexedFile]:
                   key=lambda f: (f.size, f.path))
 
 
+def alike(root: Path, store: Store, names: str, data: bytes) -> list[IndexedFile]:
+    """Files named after each letter of names, all holding data, as a pass that has not
+    read them yet sees them."""
+    for n in names:
+        write(root / f"{n}.bin", data)
+    return unhashed(store, root, len(data))
+
+
 def name(f: IndexedFile) -> str:
     return os.path.basename(f.path).decode()
 
@@ -121,10 +129,7 @@ def test_member_changed_during_the_read_is_never_proven(link_tree: tuple[Path, S
     user): it is a problem, in no proof; the others are still proven."""
     root, store = link_tree
     size = 3 * BUF + 77
-    data = blob(5, size)
-    for n in "abc":
-        write(root / f"{n}.bin", data)
-    files = unhashed(store, root, size)
+    files = alike(root, store, "abc", blob(5, size))
     victim = root / "b.bin"
     st0 = victim.stat()
     real = together._fill
@@ -206,10 +211,7 @@ def test_a_dry_run_does_not_take_a_proof_of_a_file_rewritten_since(
     mtime put back: a dry run compares it again and refuses it (content_differs)."""
     root, store = link_tree
     size = 2 * BUF + 5
-    data = blob(3, size)
-    for n in "ab":
-        write(root / f"{n}.bin", data)
-    files = unhashed(store, root, size)
+    files = alike(root, store, "ab", blob(3, size))
     proofs = Proofs()
     read_together(files, proofs)
     a, b = files
