@@ -185,7 +185,7 @@ def _remove_in(p: handles.Parent, dev: int, ino: int, hold: bytes | None = None,
     st = hold_in(p, h)
     if step is not None:
         step("hold")
-    if (st.st_dev, st.st_ino) == (dev, ino) and stat.S_ISREG(st.st_mode):
+    if _is_file(st, dev, ino):
         os.unlink(h.name, dir_fd=h.fd)
         return True
     put_back(h, p)
@@ -194,13 +194,18 @@ def _remove_in(p: handles.Parent, dev: int, ino: int, hold: bytes | None = None,
     return False
 
 
+def _is_file(st: os.stat_result, dev: int, ino: int) -> bool:
+    """st is the regular file (dev, ino)."""
+    return stat.S_ISREG(st.st_mode) and handles.same_inode(st, (dev, ino))
+
+
 def _holds(p: handles.Parent, dev: int, ino: int) -> bool:
     """p's name is, now, the regular file (dev, ino)."""
     try:
         st = p.lstat()
     except FileNotFoundError:
         return False
-    return (st.st_dev, st.st_ino) == (dev, ino) and stat.S_ISREG(st.st_mode)
+    return _is_file(st, dev, ino)
 
 
 def unlink_in(p: handles.Parent, dev: int, ino: int, release: Releaser | None = None) -> bool:
@@ -209,25 +214,30 @@ def unlink_in(p: handles.Parent, dev: int, ino: int, release: Releaser | None = 
     thread (its blocks freed there: fsops/release.py). The check is then made on the
     held descriptor (what the name held when it was opened) instead of an lstat of the
     name: the same window between check and unlink."""
-    try:
-        fd = None if release is None else release.hold(p.fd, p.name, dev)
-    except FileNotFoundError:
-        return False
-    if fd is None:
-        if not _holds(p, dev, ino):
+    if release is not None:
+        try:
+            fd = release.hold(p.fd, p.name, dev)
+        except FileNotFoundError:
             return False
-        os.unlink(p.name, dir_fd=p.fd)
-        return True
+        if fd is not None:
+            return _unlink_held(p, dev, ino, fd, release)
+    if not _holds(p, dev, ino):
+        return False
+    os.unlink(p.name, dir_fd=p.fd)
+    return True
+
+
+def _unlink_held(p: handles.Parent, dev: int, ino: int, fd: int, release: Releaser) -> bool:
+    """unlink_in with p's entry held by fd (release.hold): checked on fd, then its name
+    unlinked and fd handed to release (closed here unless handed over)."""
     try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
+        if not _is_file(os.fstat(fd), dev, ino):
             os.close(fd)
             return False
         os.unlink(p.name, dir_fd=p.fd)
     except BaseException:
         os.close(fd)
         raise
-    assert release is not None
     release.release(fd)
     return True
 
